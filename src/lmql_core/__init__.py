@@ -1,0 +1,22 @@
+"""lmql-core: LMQL's local-model inference layer.
+
+Importing this package loads no model library (torch, transformers, llama_cpp); the heavy
+parts load when a backend is first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {"LLM", "ScoringResult", "model", "serve", "generate", "generate_sync", "score",
+        "score_sync", "set_default_model"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from lmql_core import api
+
+        return getattr(api, name)
+    raise AttributeError(name)

@@ -1,0 +1,75 @@
+"""The Python API: ``model``, ``serve``, ``generate``, ``score`` and friends."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from lmql_core import plugins
+from lmql_core.api.llm import LLM
+from lmql_core.api.scoring import ScoringResult
+from lmql_core.identifiers import parse_model_id
+from lmql_core.tokenizer import load_tokenizer
+
+__all__ = ["LLM", "ScoringResult", "model", "serve", "generate", "generate_sync", "score",
+           "score_sync", "set_default_model"]
+
+_default_model: LLM | None = None
+
+
+def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = None,
+          api_key: str | None = None, inprocess: bool = False, **loader_kwargs: Any) -> LLM:
+    """A model by identifier: ``local:NAME`` (or ``inprocess=True``) loads it in this process
+    with ``loader_kwargs``; otherwise it is served at ``endpoint`` (default localhost:8080)."""
+    if isinstance(name, LLM):
+        return name
+    model_id = parse_model_id(("local:" if inprocess and not name.startswith("local:") else "") + name)
+    transports = plugins.registry().transports
+    if model_id.local:
+        client = transports["local:"](model_id, **loader_kwargs)
+    else:
+        if loader_kwargs:
+            warnings.warn(f"loader arguments {sorted(loader_kwargs)} are ignored for a served model; "
+                          "pass them to `lmql serve-model` instead", stacklevel=2)
+        client = transports[""](model_id, endpoint=endpoint, api_key=api_key)
+    return LLM(model_id, client, load_tokenizer(model_id.model, tokenizer, model_id.backend))
+
+
+def serve(model: str = "lmql-tiny", **kwargs: Any) -> None:
+    """Serve ``model`` over LMTP; see ``lmql_core.api.serve.serve``."""
+    from lmql_core.api.serve import serve as run
+
+    run(model, **kwargs)
+
+
+def set_default_model(llm: LLM | str) -> None:
+    global _default_model
+    _default_model = model(llm) if isinstance(llm, str) else llm
+
+
+def _default() -> LLM:
+    if _default_model is None:
+        raise RuntimeError("no default model: call lmql.set_default_model(...) or pass model=")
+    return _default_model
+
+
+def _pick(llm: LLM | str | None) -> LLM:
+    return _default() if llm is None else model(llm) if isinstance(llm, str) else llm
+
+
+async def generate(prompt: str, max_tokens: int | None = None, model: LLM | str | None = None,
+                   **kwargs: Any) -> str | list[str]:
+    return await _pick(model).generate(prompt, max_tokens=max_tokens, **kwargs)
+
+
+def generate_sync(prompt: str, max_tokens: int | None = None, model: LLM | str | None = None,
+                  **kwargs: Any) -> str | list[str]:
+    return _pick(model).generate_sync(prompt, max_tokens=max_tokens, **kwargs)
+
+
+async def score(prompt: str, values: list[str] | str, model: LLM | str | None = None) -> ScoringResult:
+    return await _pick(model).score(prompt, values)
+
+
+def score_sync(prompt: str, values: list[str] | str, model: LLM | str | None = None) -> ScoringResult:
+    return _pick(model).score_sync(prompt, values)

@@ -1,0 +1,121 @@
+"""``LLM``: a model as an LMQL program sees it, over LMTP or in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from lmql_core.api.scoring import ScoringResult
+from lmql_core.identifiers import ModelId
+from lmql_core.lmtp.client import LMTPClient
+from lmql_core.lmtp.loop import client_loop, run_async, run_sync
+from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
+
+DECODERS = ("argmax", "sample")
+
+
+class LLM:
+    def __init__(self, model_id: ModelId, client: LMTPClient, tokenizer: Tokenizer) -> None:
+        self.model_id = model_id
+        self.client = client
+        self.tokenizer = tokenizer
+
+    @property
+    def model_identifier(self) -> str:
+        return str(self.model_id)
+
+    def __repr__(self) -> str:
+        return f"<LLM {self.model_identifier}>"
+
+    # --- token level ----------------------------------------------------------------------
+
+    def _request(self, prompt_ids: list[int], max_tokens: int | None, decoder: str,
+                 temperature: float | None, **extra: Any) -> dict[str, Any]:
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder '{decoder}'; use one of {', '.join(DECODERS)}")
+        if temperature is None:
+            temperature = 1.0 if decoder == "sample" else 0.0
+        if decoder == "argmax":
+            temperature = 0.0
+        request = {"model": self.model_id.served_name, "prompt": prompt_ids,
+                   "temperature": temperature, **extra}
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
+        return request
+
+    async def _tokens(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        async for entry in self.client.request("GENERATE", request):
+            yield entry
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        bos = self.tokenizer.bos_token_id
+        return ids or ([bos] if bos is not None else ids)
+
+    # --- text level -----------------------------------------------------------------------
+
+    async def _stream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
+        decoder = IncrementalDecoder(self.tokenizer, skip={self.tokenizer.eos_token_id or -1})
+        request = self._request(self.encode(prompt), **options)
+        async for entry in self._tokens(request):
+            yield decoder.push(entry["token"])
+        yield decoder.flush()
+
+    async def _generate_one(self, prompt: str, **options: Any) -> str:
+        return prompt + "".join([d async for d in self._stream(prompt, **options)])
+
+    async def _generate(self, prompt: str, max_tokens: int | None, decoder: str,
+                        temperature: float | None, n: int, **extra: Any) -> str | list[str]:
+        options = dict(max_tokens=max_tokens, decoder=decoder, temperature=temperature, **extra)
+        if n == 1:
+            return await self._generate_one(prompt, **options)
+        return list(await asyncio.gather(*(self._generate_one(prompt, **options) for _ in range(n))))
+
+    async def generate(self, prompt: str, max_tokens: int | None = None, decoder: str = "argmax",
+                       temperature: float | None = None, n: int = 1, **extra: Any) -> str | list[str]:
+        """The prompt followed by its continuation (a list of ``n`` of them when ``n > 1``)."""
+        return await run_async(self._generate(prompt, max_tokens, decoder, temperature, n, **extra))
+
+    def generate_sync(self, prompt: str, max_tokens: int | None = None, decoder: str = "argmax",
+                      temperature: float | None = None, n: int = 1, **extra: Any) -> str | list[str]:
+        return run_sync(self._generate(prompt, max_tokens, decoder, temperature, n, **extra))
+
+    def stream_sync(self, prompt: str, **options: Any) -> Iterator[str]:
+        """Text deltas of one continuation, as they arrive."""
+        agen = self._stream(prompt, **options)
+        loop = client_loop()
+        while True:
+            try:
+                yield asyncio.run_coroutine_threadsafe(agen.__anext__(), loop).result()
+            except StopAsyncIteration:
+                return
+
+    async def _score(self, prompt: str, values: list[str] | str) -> ScoringResult:
+        values = [values] if isinstance(values, str) else list(values)
+        if not values:
+            raise ValueError("score() needs at least one value to score")
+        prompt_ids = self.encode(prompt)
+
+        async def one(value: str) -> list[float]:
+            scored = self.tokenizer.encode(value, add_special_tokens=False)
+            if not scored:
+                return []
+            request = {"model": self.model_id.served_name, "prompt": prompt_ids, "scored": scored}
+            return [e["logprob"] async for e in self.client.request("SCORE", request)]
+
+        logprobs = list(await asyncio.gather(*(one(v) for v in values)))
+        return ScoringResult(prompt, values, logprobs, self.model_identifier)
+
+    async def score(self, prompt: str, values: list[str] | str) -> ScoringResult:
+        """Log-probabilities of each value as a continuation of ``prompt``."""
+        return await run_async(self._score(prompt, values))
+
+    def score_sync(self, prompt: str, values: list[str] | str) -> ScoringResult:
+        return run_sync(self._score(prompt, values))
+
+    async def model_info(self) -> dict[str, Any]:
+        return await run_async(self.client.model_info(self.model_id.served_name))
+
+    def model_info_sync(self) -> dict[str, Any]:
+        return run_sync(self.client.model_info(self.model_id.served_name))

@@ -1,0 +1,71 @@
+"""Running an LMTP server: load the model, bind, serve until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import weakref
+from typing import Any
+
+from aiohttp import web
+from rich.console import Console
+
+from lmql_core.identifiers import format_kwargs, parse_model_id
+from lmql_core.lmtp import protocol
+from lmql_core.lmtp.server import make_app
+from lmql_core.serving import ModelHost, load_model
+
+DEFAULT_MODEL = "lmql-tiny"
+console = Console(stderr=True)
+
+
+def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 8080,
+          cuda: bool = False, dtype: str | None = None, backend: str | None = None,
+          load_on_demand: bool = False, limits: protocol.Limits | None = None,
+          **loader_kwargs: Any) -> None:
+    """Load ``model`` and serve it over LMTP on ``ws://host:port/`` until stopped."""
+    model_id = parse_model_id(model, backend)
+    where = "CUDA" if cuda else "CPU"
+    args = format_kwargs(loader_kwargs.items())
+    console.print(f"[bold]Loading[/] {model_id.served_name} with backend '{model_id.backend}' "
+                  f"on {where}{f' ({args})' if args else ''}")
+    with console.status(f"Loading {model_id.served_name}..."):
+        loaded = load_model(model_id, cuda=cuda, dtype=dtype, **loader_kwargs)
+    models = ModelHost(load_on_demand=load_on_demand, default_backend=backend)
+    models.add(loaded)
+    info = loaded.info()
+    console.print(f"[green]Ready:[/] {model_id.served_name} on {info.get('devices', where)}"
+                  f"{', ' + str(info['dtype']) if info.get('dtype') else ''}")
+    asyncio.run(run_server(models, host, port, limits))
+
+
+async def run_server(models: ModelHost, host: str, port: int,
+                     limits: protocol.Limits | None = None) -> None:
+    app = make_app(models, limits)
+    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+    app.on_response_prepare.append(_track(sockets))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    for bound_host, bound_port in runner.addresses[:1]:
+        console.print(f"Serving LMTP on [bold]ws://{host}:{bound_port}/[/] ({bound_host})")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    console.print("Shutting down: ending open streams")
+    await asyncio.to_thread(models.close)  # in-flight streams get an error entry
+    await asyncio.sleep(0.2)  # let the writers send those entries
+    for ws in list(sockets):
+        await ws.close()
+    await runner.cleanup()
+
+
+def _track(sockets: weakref.WeakSet[web.WebSocketResponse]) -> Any:
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if isinstance(response, web.WebSocketResponse):
+            sockets.add(response)
+
+    return on_prepare

@@ -1,0 +1,58 @@
+"""The interface a model backend implements: batched forward passes at the step level.
+
+The engine decides which sequences step together; a backend only runs the forward pass for
+the tokens each sequence appends, keeps that sequence's KV cache until ``release``, and
+returns logits. Sampling, logit bias, top-logprobs and finish reasons live in the engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmql_core.engine.array_ops import ArrayOps
+
+
+@dataclass
+class StepInput:
+    """Tokens that sequence ``seq_id`` appends this step (a prompt chunk or the last sample)."""
+
+    seq_id: int
+    tokens: list[int]
+    all_logits: bool = False  # logits for every appended token (scoring), not only the last
+
+
+@dataclass
+class StepOutput:
+    """``last_logits``: shape (batch, vocab), one row per input in order.
+    ``all_logits``: for inputs that asked, seq_id -> shape (len(tokens), vocab)."""
+
+    last_logits: Any
+    all_logits: dict[int, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    vocab_size: int
+    eos_token_id: int | None = None
+    max_context: int | None = None  # longest sequence (prompt + generated) it can hold
+    ops: ArrayOps  # array operations that work on this backend's logits
+
+    @abstractmethod
+    def forward(self, batch: list[StepInput]) -> StepOutput:
+        """Append each input's tokens to its sequence and return the logits."""
+
+    @abstractmethod
+    def release(self, seq_id: int) -> None:
+        """Forget a sequence (finished or cancelled) and free its cache."""
+
+    def info(self) -> dict[str, Any]:
+        """What was loaded and how; sent to clients in MODEL_INFO."""
+        return {}
+
+    def tokenizer_files(self) -> dict[str, str]:
+        """Paths of the files a client needs to build this model's tokenizer, if any."""
+        return {}
+
+    def close(self) -> None:
+        """Free the model (called once at shutdown)."""

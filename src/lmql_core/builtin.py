@@ -1,0 +1,59 @@
+"""The core's own plugin: the random backend, basic tokenizers and both transports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmql_core.hookspecs import hookimpl
+
+
+def _random_backend(model: str, **kwargs: Any) -> Any:
+    from lmql_core.backends.random import RandomBackend
+
+    return RandomBackend(model, **kwargs)
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register("random", _random_backend, prefixes=("random:",), models=("random",),
+             description="seeded random logits (no model; for tests and trying the CLI)")
+
+
+def _bytes_tokenizer(model: str, tokenizer: str | None = None, backend: str | None = None,
+                     **options: Any) -> Any:
+    from lmql_core.tokenizer import BytesTokenizer
+
+    if tokenizer == "bytes" or (tokenizer is None and backend == "random"):
+        return BytesTokenizer(**options)
+    return None
+
+
+def _json_tokenizer(model: str, tokenizer: str | None = None, **options: Any) -> Any:
+    from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json
+
+    path = find_tokenizer_json(tokenizer or model)
+    return JsonTokenizer(path) if path else None
+
+
+@hookimpl
+def register_tokenizers(register: Any) -> None:
+    register("bytes", _bytes_tokenizer)
+    register("tokenizer.json", _json_tokenizer)
+
+
+def _websocket_transport(model_id: Any, **options: Any) -> Any:
+    from lmql_core.lmtp.client import WebSocketClient
+
+    return WebSocketClient.shared(**options)
+
+
+def _in_process_transport(model_id: Any, **options: Any) -> Any:
+    from lmql_core.lmtp.client import InProcessClient
+
+    return InProcessClient.for_model(model_id, **options)
+
+
+@hookimpl
+def register_transports(register: Any) -> None:
+    register("", _websocket_transport)
+    register("local:", _in_process_transport)

@@ -1,0 +1,115 @@
+"""The ``lmql`` command line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from lmql_core.errors import LMQLError
+from lmql_core.identifiers import parse_loader_args
+
+console = Console()
+
+
+@click.group()
+@click.version_option(package_name="lmql-core")
+def cli() -> None:
+    """lmql-core: serve local models over LMTP and use them from LMQL programs."""
+
+
+@cli.command(
+    "serve-model",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.argument("model", required=False, default="lmql-tiny")
+@click.option("--backend", help="Backend for unprefixed model names (default: hf). See `lmql backends`.")
+@click.option("--host", default="localhost", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on (0: any free).")
+@click.option("--cuda", is_flag=True, help="Load the model on the GPU(s).")
+@click.option("--dtype", help="Weights' data type: float16, bfloat16, float32, 8bit, 4bit.")
+@click.option("--load-on-demand", is_flag=True,
+              help="Load other models when clients ask for them (default: serve only MODEL).")
+@click.pass_context
+def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, port: int,
+                cuda: bool, dtype: str | None, load_on_demand: bool) -> None:
+    """Load MODEL once and serve it over LMTP (websocket) until Ctrl-C or SIGTERM.
+
+    MODEL is a model identifier: a Hugging Face name or folder (backend hf), `llama.cpp:PATH.gguf`,
+    or `random`; without one, the bundled `lmql-tiny` is served. Any further `--KEY VALUE` pairs go
+    to the backend's loader (e.g. `--trust_remote_code True`, `--n_ctx 4096`); True/False, ints and
+    floats are parsed as such.
+    """
+    from lmql_core.api.serve import serve
+
+    with _errors():
+        loader_kwargs = parse_loader_args(ctx.args)
+        serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
+              load_on_demand=load_on_demand, **loader_kwargs)
+
+
+@cli.command("backends")
+def backends() -> None:
+    """List installed plugins with their backends, prefixes and distributions."""
+    from lmql_core import plugins
+
+    table = Table(title="lmql backends")
+    for column in ("backend", "prefixes", "claims", "distribution", "plugin", "description"):
+        table.add_column(column)
+    for spec in plugins.registry().backends.values():
+        default = " (default)" if spec.name == plugins.DEFAULT_BACKEND else ""
+        table.add_row(spec.name + default, ", ".join(spec.prefixes), ", ".join(spec.models),
+                      spec.distribution, spec.plugin, spec.description)
+    console.print(table)
+    missing = {n: d for n, d in plugins.KNOWN_BACKENDS.items() if n not in plugins.registry().backends}
+    for name, dist in missing.items():
+        console.print(f"[dim]not installed: backend '{name}' (pip install {dist})[/]")
+
+
+@cli.command(
+    "generate",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.argument("prompt")
+@click.option("--model", "-m", default="lmql-tiny", show_default=True,
+              help="Model identifier; prefix with local: to load it in this process.")
+@click.option("--endpoint", "-e", help="host:port of the LMTP server (default localhost:8080).")
+@click.option("--max-tokens", default=32, show_default=True, type=int)
+@click.option("--temperature", default=0.0, show_default=True, type=float,
+              help="0 decodes greedily; above 0 samples.")
+@click.option("--tokenizer", help="Tokenizer name or folder, when the model's own is not found.")
+@click.pass_context
+def generate(ctx: click.Context, prompt: str, model: str, endpoint: str | None, max_tokens: int,
+             temperature: float, tokenizer: str | None) -> None:
+    """Generate a continuation of PROMPT, streaming it to the terminal."""
+    import lmql_core.api as api
+
+    with _errors():
+        llm = api.model(model, endpoint=endpoint, tokenizer=tokenizer, **parse_loader_args(ctx.args))
+        decoder = "sample" if temperature > 0 else "argmax"
+        sys.stdout.write(prompt)
+        for delta in llm.stream_sync(prompt, max_tokens=max_tokens, decoder=decoder,
+                                     temperature=temperature):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
+class _errors:
+    """Show our own errors as one red line and exit 1, not as a traceback."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
+        if isinstance(error, LMQLError):
+            Console(stderr=True).print(f"[red]Error:[/] {error}")
+            sys.exit(1)
+        return False
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,1 @@
+"""The serving engine: sequences, scheduling, sampling over a backend's forward passes."""

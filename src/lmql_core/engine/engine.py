@@ -1,0 +1,176 @@
+"""The engine loop: runs the scheduler's batches through the backend on its own thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from lmql_core.backend import Backend, StepInput
+from lmql_core.engine.sampling import sample_batch, score_tokens
+from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
+from lmql_core.engine.sequence import Kind, Sequence, Sink, TokenEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    tokens_generated: int = 0
+    tokens_prefilled: int = 0
+    sequences_finished: int = 0
+    sequences_cancelled: int = 0
+    last_step_seconds: float = 0.0
+
+
+class Engine:
+    def __init__(self, backend: Backend, *, max_batch: int = 64, token_budget: int = 2048,
+                 seed: int = 0) -> None:
+        self.backend = backend
+        self.scheduler = Scheduler(max_batch=max_batch, token_budget=token_budget)
+        self.stats = EngineStats()
+        self.seed = seed
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="lmql-engine", daemon=True)
+        self._thread.start()
+
+    # --- called from any thread -------------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> None:
+        with self._wake:
+            self.scheduler.add(seq)
+            self._wake.notify()
+
+    def cancel(self, seqs: list[Sequence]) -> None:
+        with self._wake:
+            for seq in seqs:
+                seq.cancelled = True
+            self._wake.notify()
+
+    def active_sequences(self) -> int:
+        with self._wake:
+            return len(self.scheduler.running) + len(self.scheduler.waiting)
+
+    def queue_depth(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    # --- the engine thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self.scheduler.has_work():
+                    self._wake.wait()
+                if self._stopping:
+                    self._fail_all("the server is shutting down")
+                    return
+                for seq in self.scheduler.drop_cancelled():
+                    self._release(seq)
+                    self.stats.sequences_cancelled += 1
+                chunks = self.scheduler.schedule()
+            if chunks:
+                self._step(chunks)
+
+    def _step(self, chunks: list[ScheduledChunk]) -> None:
+        started = time.perf_counter()
+        inputs = [StepInput(c.seq.seq_id, c.tokens, all_logits=c.seq.kind is Kind.SCORE) for c in chunks]
+        try:
+            output = self.backend.forward(inputs)
+        except Exception as e:  # a failed batch ends its streams, never the server
+            log.exception("forward pass failed")
+            for c in chunks:
+                self._end(c.seq, TokenEvent(c.seq.stream_id, error=f"model error: {e}"))
+            return
+        for c in chunks:
+            if c.seq.in_prefill:
+                self.stats.tokens_prefilled += len(c.tokens)
+            c.seq.num_fed += len(c.tokens)
+        events: dict[int, tuple[Sink, list[TokenEvent]]] = {}
+
+        def emit(seq: Sequence, event: TokenEvent) -> None:
+            events.setdefault(id(seq.sink), (seq.sink, []))[1].append(event)
+
+        ready = [i for i, c in enumerate(chunks) if c.completes_prefill and c.seq.kind is Kind.GENERATE]
+        if ready:
+            self._sample([chunks[i].seq for i in ready], self._rows(output.last_logits, ready), emit)
+        for c in chunks:
+            if c.seq.kind is Kind.SCORE:
+                self._score(c.seq, output.all_logits[c.seq.seq_id], emit)
+        self.stats.steps += 1
+        self.stats.last_step_seconds = time.perf_counter() - started
+        for sink, batch in events.values():
+            self._deliver(sink, batch)
+
+    def _rows(self, logits: Any, rows: list[int]) -> Any:
+        return logits if len(rows) == len(logits) else logits[rows]
+
+    def _sample(self, seqs: list[Sequence], logits: Any, emit: Any) -> None:
+        self.seed += 1
+        samples = sample_batch(self.backend.ops, logits, [s.params for s in seqs], self.seed)
+        for seq, s in zip(seqs, samples, strict=True):
+            seq.generated.append(s.token)
+            self.stats.tokens_generated += 1
+            reason = self._finish_reason(seq, s.token)
+            emit(seq, TokenEvent(seq.stream_id, s.token, s.logprob, reason, s.top_logprobs))
+            if reason:
+                self._finish(seq)
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        if token == self.backend.eos_token_id:
+            return "stop"
+        if len(seq.generated) >= seq.params.max_tokens:
+            return "length"
+        limit = self.backend.max_context
+        if limit is not None and len(seq.tokens) >= limit:
+            return "length"
+        return None
+
+    def _score(self, seq: Sequence, logits: Any, emit: Any) -> None:
+        # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt
+        start = len(seq.prompt) - 1
+        rows = logits[start : start + len(seq.scored)]
+        logprobs = score_tokens(self.backend.ops, rows, seq.scored)
+        for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)):
+            last = i == len(seq.scored) - 1
+            emit(seq, TokenEvent(seq.stream_id, token, lp, "stop" if last else None))
+        self._finish(seq)
+
+    def _finish(self, seq: Sequence) -> None:
+        self.stats.sequences_finished += 1
+        with self._wake:
+            self.scheduler.finish(seq)
+        self._release(seq)
+
+    def _end(self, seq: Sequence, event: TokenEvent) -> None:
+        self._finish(seq)
+        self._deliver(seq.sink, [event])
+
+    def _release(self, seq: Sequence) -> None:
+        try:
+            self.backend.release(seq.seq_id)
+        except Exception:
+            log.exception("releasing sequence %s failed", seq.seq_id)
+
+    def _deliver(self, sink: Sink, events: list[TokenEvent]) -> None:
+        try:
+            sink(events)
+        except Exception:  # a broken client must not stop the engine
+            log.exception("delivering tokens failed")
+
+    def _fail_all(self, message: str) -> None:
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self._deliver(seq.sink, [TokenEvent(seq.stream_id, error=message)])
+            self._release(seq)
+        self.scheduler.running.clear()
+        self.scheduler.waiting.clear()

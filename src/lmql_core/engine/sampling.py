@@ -1,0 +1,72 @@
+"""Token selection for a batch, defined once for every backend.
+
+Per row: add the stream's logit bias (a bias of -100 or less bans a token, +100 or more
+restricts the choice to the tokens so biased), take log-softmax, then pick the argmax
+(temperature 0) or sample at the stream's temperature (Gumbel-max). The reported log-probs
+are those of the biased distribution at temperature 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lmql_core.engine.array_ops import ArrayOps
+from lmql_core.engine.sequence import SamplingParams
+
+BAN_AT = -100.0
+FORCE_AT = 100.0
+FORCE_BIAS = 1e4  # large enough that unforced tokens get probability 0 in float32
+
+
+@dataclass
+class Sample:
+    token: int
+    logprob: float
+    top_logprobs: dict[int, float]
+
+
+def effective_bias(value: float) -> float:
+    if value <= BAN_AT:
+        return float("-inf")
+    if value >= FORCE_AT:
+        return FORCE_BIAS
+    return value
+
+
+def apply_bias(ops: ArrayOps, logits: Any, params: list[SamplingParams]) -> Any:
+    rows, cols, values = [], [], []
+    for row, p in enumerate(params):
+        for token, bias in p.logit_bias.items():
+            rows.append(row)
+            cols.append(token)
+            values.append(effective_bias(bias))
+    return ops.add_at(logits, rows, cols, values) if rows else logits
+
+
+def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int) -> list[Sample]:
+    logprobs = ops.log_softmax(apply_bias(ops, ops.prepare(logits), params))
+    sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0]
+    scores = logprobs
+    if sampled_rows:
+        scores = ops.scale_rows(logprobs, [1.0 / p.temperature if p.temperature > 0 else 1.0 for p in params])
+        scores = ops.add_gumbel(scores, sampled_rows, seed)
+    tokens = ops.argmax(scores)
+    token_logprobs = ops.to_list(ops.take(logprobs, tokens))
+    tokens_list = ops.to_list(tokens)
+    k = max((p.top_logprobs for p in params), default=0)
+    tops: list[dict[int, float]] = [{} for _ in params]
+    if k > 0:
+        values, indices = (ops.to_list(a) for a in ops.topk(logprobs, k))
+        for row, p in enumerate(params):
+            pairs = zip(indices[row][: p.top_logprobs], values[row][: p.top_logprobs], strict=True)
+            tops[row] = {int(i): float(v) for i, v in pairs if v != float("-inf")}
+    return [
+        Sample(int(t), float(lp), top) for t, lp, top in zip(tokens_list, token_logprobs, tops, strict=True)
+    ]
+
+
+def score_tokens(ops: ArrayOps, logits: Any, targets: list[int]) -> list[float]:
+    """Log-probability of ``targets[i]`` under the distribution in row ``i`` of ``logits``."""
+    logprobs = ops.log_softmax(ops.prepare(logits))
+    return [float(v) for v in ops.to_list(ops.take(logprobs, targets))]

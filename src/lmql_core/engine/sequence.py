@@ -1,0 +1,65 @@
+"""A sequence: one stream's request and its progress through the engine."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+@dataclass
+class TokenEvent:
+    """One token of one stream, or the error that ends it."""
+
+    stream_id: Any
+    token: int = -1
+    logprob: float = 0.0
+    finish_reason: str | None = None
+    top_logprobs: dict[int, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+Sink = Callable[[list[TokenEvent]], None]  # receives a step's events for one client, in order
+
+_ids = itertools.count(1)
+
+
+class Kind(Enum):
+    GENERATE = "generate"
+    SCORE = "score"
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    top_logprobs: int = 0
+
+
+@dataclass(eq=False)
+class Sequence:
+    stream_id: Any
+    prompt: list[int]
+    params: SamplingParams
+    sink: Sink  # receives this sequence's TOKEN entries, in order
+    kind: Kind = Kind.GENERATE
+    scored: list[int] = field(default_factory=list)
+    seq_id: int = field(default_factory=lambda: next(_ids))
+    generated: list[int] = field(default_factory=list)
+    num_fed: int = 0  # tokens the backend has seen
+    cancelled: bool = False
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.scored + self.generated
+
+    @property
+    def unfed(self) -> list[int]:
+        return self.tokens[self.num_fed :]
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.num_fed < len(self.prompt) + len(self.scored)

@@ -1,0 +1,34 @@
+"""Exceptions with messages meant for the person at the keyboard."""
+
+from __future__ import annotations
+
+
+class LMQLError(Exception):
+    """Base class of every error lmql-core raises on purpose."""
+
+
+class BackendNotInstalled(LMQLError):
+    def __init__(self, backend: str, distribution: str | None) -> None:
+        if distribution:
+            hint = f"install it with: pip install {distribution}"
+        else:
+            hint = "see `lmql backends` for the installed ones"
+        super().__init__(f"The backend '{backend}' is not installed; {hint}")
+        self.backend = backend
+        self.distribution = distribution
+
+
+class TokenizerNotFound(LMQLError):
+    pass
+
+
+class RequestError(LMQLError):
+    """A request that the server or engine rejects; the message goes back to the client."""
+
+
+class ServerError(LMQLError):
+    """An error reported by the server for one stream."""
+
+
+class ConnectionLost(LMQLError):
+    pass

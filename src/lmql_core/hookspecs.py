@@ -1,0 +1,44 @@
+"""The hooks a plugin implements to add backends, tokenizers and transports.
+
+A plugin is a module with ``@hookimpl`` functions; each receives a ``register`` callable.
+Built-in parts of the core are registered through these same hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("lmql")
+hookimpl = pluggy.HookimplMarker("lmql")
+
+
+@hookspec
+def register_backends(register: Any) -> None:
+    """Register model backends.
+
+    ``register(name, factory, prefixes=(), models=(), description="")``: ``factory(model, *,
+    cuda=False, dtype=None, **loader_kwargs)`` returns a ``lmql_core.backend.Backend``.
+    ``prefixes`` are identifier prefixes that select this backend (``"llama.cpp:"``);
+    ``models`` are exact model names it claims (``"random"``).
+    """
+
+
+@hookspec
+def register_tokenizers(register: Any) -> None:
+    """Register tokenizer loaders.
+
+    ``register(name, loader)``: ``loader(model, tokenizer=None, **options)`` returns a
+    ``lmql_core.tokenizer.Tokenizer`` or ``None`` when it does not know that model.
+    """
+
+
+@hookspec
+def register_transports(register: Any) -> None:
+    """Register client transports.
+
+    ``register(prefix, factory)``: ``factory(model_id, **options)`` returns a
+    ``lmql_core.lmtp.client.LMTPClient`` for ``model_id`` (a ``ModelId``); ``prefix`` is the
+    identifier prefix that selects it (``"local:"``), or ``""`` for the default.
+    """

@@ -1,0 +1,1 @@
+"""LMTP: the websocket protocol between LMQL clients and inference servers."""

@@ -1,0 +1,180 @@
+"""LMTP clients: many streams multiplexed over one connection, or over an in-process session.
+
+Everything here runs on the client loop (``lmql_core.lmtp.loop``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from lmql_core.errors import ConnectionLost, ServerError
+from lmql_core.lmtp import protocol
+from lmql_core.lmtp.loop import client_loop, on_shutdown
+
+_END = object()
+
+
+class LMTPClient:
+    """Routes TOKEN entries to per-stream queues and MSG answers to their waiters."""
+
+    def __init__(self) -> None:
+        self._streams: dict[Any, asyncio.Queue[Any]] = {}
+        self._ids = itertools.count(1)
+
+    async def _send(self, command: str, payload: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def _ensure_open(self) -> None:
+        """Connect if not connected."""
+
+    def _dispatch(self, command: str, payload: Any) -> None:
+        entries = payload if isinstance(payload, list) else [payload]
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            queue = self._streams.get(entry.get("stream_id"))
+            if queue is None:
+                continue
+            queue.put_nowait(entry if command == "TOKEN" else {"msg": entry})
+
+    def _fail_all(self, message: str) -> None:
+        for queue in self._streams.values():
+            queue.put_nowait({"error": message, "lost": True})
+
+    async def request(self, command: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send one request and yield the entries of its stream until it ends."""
+        await self._ensure_open()
+        stream_id = next(self._ids)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._streams[stream_id] = queue
+        try:
+            await self._send(command, dict(payload, stream_id=stream_id))
+            while True:
+                entry = await queue.get()
+                if "error" in entry:
+                    raise (ConnectionLost if entry.get("lost") else ServerError)(entry["error"])
+                yield entry
+                if "msg" in entry or entry.get("finish_reason") is not None:
+                    return
+        finally:
+            self._streams.pop(stream_id, None)
+
+    async def model_info(self, model: str) -> dict[str, Any]:
+        async for entry in self.request("MODEL_INFO", {"model": model}):
+            return dict(entry["msg"])
+        raise ConnectionLost("no answer to MODEL_INFO")
+
+    async def close(self) -> None:
+        pass
+
+
+class WebSocketClient(LMTPClient):
+    _shared: ClassVar[dict[tuple[str, str | None], WebSocketClient]] = {}
+
+    def __init__(self, endpoint: str, api_key: str | None = None) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        self.api_key = api_key
+        self._ws: Any = None
+        self._session: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._connecting = asyncio.Lock()
+
+    @classmethod
+    def shared(cls, endpoint: str | None = None, api_key: str | None = None, **_: Any) -> WebSocketClient:
+        """One connection per process and endpoint."""
+        endpoint = normalize_endpoint(endpoint)
+        api_key = api_key or os.environ.get("LMQL_AUTH_TOKEN")
+        key = (endpoint, api_key)
+        if key not in cls._shared:
+            cls._shared[key] = asyncio.run_coroutine_threadsafe(_construct(cls, endpoint, api_key),
+                                                                client_loop()).result()
+        return cls._shared[key]
+
+    async def _ensure_open(self) -> None:
+        async with self._connecting:
+            if self._ws is not None and not self._ws.closed:
+                return
+            import aiohttp
+
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+                on_shutdown(self.close)
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            try:
+                self._ws = await self._session.ws_connect(
+                    f"{self.endpoint}/", headers=headers, max_msg_size=0, heartbeat=30
+                )
+            except (aiohttp.ClientError, OSError) as e:
+                raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {e}") from None
+            self._reader = asyncio.create_task(self._read(self._ws))
+
+    async def _read(self, ws: Any) -> None:
+        import aiohttp
+
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                try:
+                    command, payload = protocol.parse_frame(msg.data)
+                except Exception:
+                    continue
+                self._dispatch(command, payload)
+        self._fail_all(f"the connection to {self.endpoint} closed ({ws.close_code})")
+
+    async def _send(self, command: str, payload: dict[str, Any]) -> None:
+        await self._ws.send_str(protocol.encode_frame(command, payload))
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+async def _construct(cls: type[WebSocketClient], endpoint: str, api_key: str | None) -> WebSocketClient:
+    return cls(endpoint, api_key)  # created on the client loop, where its lock must live
+
+
+def normalize_endpoint(endpoint: str | None) -> str:
+    endpoint = endpoint or os.environ.get("LMQL_ENDPOINT") or "localhost:8080"
+    if "://" not in endpoint:
+        endpoint = "ws://" + endpoint
+    return endpoint.rstrip("/")
+
+
+class InProcessClient(LMTPClient):
+    """The ``local:`` transport: a session on the engine, minus the socket."""
+
+    _loaded: ClassVar[dict[str, InProcessClient]] = {}
+
+    def __init__(self, host: Any) -> None:
+        super().__init__()
+        from lmql_core.lmtp.session import Session
+
+        self.host = host
+        self.session = Session(host, self._dispatch)
+
+    @classmethod
+    def for_model(cls, model_id: Any, **loader_kwargs: Any) -> InProcessClient:
+        """Load the model once per process and set of loader arguments."""
+        key = f"{model_id.served_name}|{sorted(loader_kwargs.items())!r}"
+        if key not in cls._loaded:
+            cls._loaded[key] = asyncio.run_coroutine_threadsafe(
+                _load_in_process(cls, model_id, loader_kwargs), client_loop()
+            ).result()
+        return cls._loaded[key]
+
+    async def _send(self, command: str, payload: dict[str, Any]) -> None:
+        await self.session.handle(command, payload)
+
+
+async def _load_in_process(cls: type[InProcessClient], model_id: Any, kwargs: dict[str, Any]) -> Any:
+    from lmql_core.serving import ModelHost, load_model
+
+    host = ModelHost()
+    host.add(await asyncio.to_thread(load_model, model_id, **kwargs))
+    return cls(host)

@@ -1,0 +1,126 @@
+"""LMTP frames and requests: parsing, validation and the wire form of tokens.
+
+A frame is text: ``<COMMAND> <json>``. Every rule about what a request may contain is here,
+so the server and the in-process transport reject exactly the same things.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from lmql_core.engine.sequence import SamplingParams, TokenEvent
+from lmql_core.errors import RequestError
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame_bytes: int = 16 * 1024 * 1024
+    max_streams_per_connection: int = 1024
+    max_tokens: int = 65536
+    max_top_logprobs: int = 100
+    max_logit_bias_entries: int = 200_000
+    default_max_tokens: int = 256
+
+
+def parse_frame(text: str) -> tuple[str, Any]:
+    command, _, body = text.partition(" ")
+    if not command or not command.isupper():
+        raise RequestError("a frame must be '<COMMAND> <json>', e.g. 'GENERATE {...}'")
+    try:
+        payload = json.loads(body) if body.strip() else None
+    except (ValueError, RecursionError) as e:
+        raise RequestError(f"the body of {command} is not valid JSON: {e}") from None
+    return command, payload
+
+
+def encode_frame(command: str, payload: Any) -> str:
+    return f"{command} {json.dumps(payload, separators=(',', ':'))}"
+
+
+def require_object(payload: Any, command: str) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise RequestError(f"the body of {command} must be a JSON object")
+    return payload
+
+
+def stream_id_of(payload: dict[str, Any]) -> int | str:
+    sid = payload.get("stream_id")
+    if isinstance(sid, bool) or not isinstance(sid, int | str):
+        raise RequestError("'stream_id' must be an integer or a string")
+    return sid
+
+
+def _int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"'{name}' must be an integer, got {json.dumps(value)[:40]}")
+    if not low <= value <= high:
+        raise RequestError(f"'{name}' must be between {low} and {high}, got {value}")
+    return value
+
+
+def token_list(value: Any, name: str, vocab_size: int, allow_empty: bool = False) -> list[int]:
+    if not isinstance(value, list):
+        raise RequestError(f"'{name}' must be a list of token ids")
+    if not value and not allow_empty:
+        raise RequestError(f"'{name}' must not be empty")
+    for t in value:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
+            raise RequestError(f"'{name}' holds {json.dumps(t)[:40]}, not a token id in [0, {vocab_size})")
+    return value
+
+
+def logit_bias(value: Any, vocab_size: int, limits: Limits) -> dict[int, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError("'logit_bias' must be an object mapping token ids to numbers")
+    if len(value) > limits.max_logit_bias_entries:
+        raise RequestError(f"'logit_bias' has more than {limits.max_logit_bias_entries} entries")
+    bias: dict[int, float] = {}
+    for key, b in value.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise RequestError(f"'logit_bias' key {key[:40]!r} is not a token id") from None
+        if not 0 <= token < vocab_size:
+            raise RequestError(f"'logit_bias' key {token} is outside the vocabulary [0, {vocab_size})")
+        if isinstance(b, bool) or not isinstance(b, int | float) or math.isnan(b):
+            raise RequestError(f"'logit_bias' value for {token} must be a number")
+        bias[token] = float(b)
+    return bias
+
+
+def temperature(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError("'temperature' must be a finite number")
+    if value < 0:
+        raise RequestError(f"'temperature' must not be negative, got {value}")
+    return float(value)
+
+
+def sampling_params(payload: dict[str, Any], vocab_size: int, limits: Limits) -> SamplingParams:
+    max_tokens = payload.get("max_tokens")
+    return SamplingParams(
+        max_tokens=limits.default_max_tokens if max_tokens is None
+        else _int(max_tokens, "max_tokens", 1, limits.max_tokens),
+        temperature=temperature(payload.get("temperature")),
+        logit_bias=logit_bias(payload.get("logit_bias"), vocab_size, limits),
+        top_logprobs=_int(payload.get("top_logprobs") or 0, "top_logprobs", 0, limits.max_top_logprobs),
+    )
+
+
+def token_entry(event: TokenEvent) -> dict[str, Any]:
+    if event.error is not None:
+        return {"stream_id": event.stream_id, "error": event.error}
+    return {
+        "token": event.token,
+        "stream_id": event.stream_id,
+        "logprob": event.logprob,
+        "finish_reason": event.finish_reason,
+        "top_logprobs": {str(t): lp for t, lp in event.top_logprobs.items()},
+    }

@@ -1,0 +1,95 @@
+"""Plugin manager: finds built-in and third-party plugins and collects what they register."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import pluggy
+
+from lmql_core import hookspecs
+
+ENTRY_POINT_GROUP = "lmql"
+# Built-in plugins go through the same hooks as third-party ones.
+BUILTIN_PLUGINS = ("lmql_core.builtin",)
+CORE_DISTRIBUTION = "lmql-core"
+
+# Backends we know of but that live in their own distributions.
+KNOWN_BACKENDS = {"hf": "lmql-hf", "llama.cpp": "lmql-llamacpp"}
+KNOWN_PREFIXES = {"llama.cpp:": "llama.cpp"}
+DEFAULT_BACKEND = "hf"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    factory: Callable[..., Any]
+    prefixes: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    description: str = ""
+    plugin: str = ""
+    distribution: str = CORE_DISTRIBUTION
+
+
+@dataclass
+class Registry:
+    backends: dict[str, BackendSpec] = field(default_factory=dict)
+    tokenizers: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    transports: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+
+@cache
+def plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("lmql")
+    pm.add_hookspecs(hookspecs)
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    return pm
+
+
+def _distributions(pm: pluggy.PluginManager) -> dict[int, str]:
+    return {id(plugin): dist.project_name for plugin, dist in pm.list_plugin_distinfo()}
+
+
+@cache
+def registry() -> Registry:
+    """Everything all plugins registered, collected once per process."""
+    pm = plugin_manager()
+    dists = _distributions(pm)
+    reg = Registry()
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin) or repr(plugin)
+        dist = dists.get(id(plugin), CORE_DISTRIBUTION)
+
+        def add_backend(
+            backend_name: str,
+            factory: Callable[..., Any],
+            prefixes: tuple[str, ...] | list[str] = (),
+            models: tuple[str, ...] | list[str] = (),
+            description: str = "",
+            _plugin: str = name,
+            _dist: str = dist,
+        ) -> None:
+            reg.backends[backend_name] = BackendSpec(
+                backend_name, factory, tuple(prefixes), tuple(models), description, _plugin, _dist
+            )
+
+        caller = pm.subset_hook_caller
+        others = [p for p in pm.get_plugins() if p is not plugin]
+        caller("register_backends", others)(register=add_backend)
+        caller("register_tokenizers", others)(register=reg.tokenizers.__setitem__)
+        caller("register_transports", others)(register=reg.transports.__setitem__)
+    return reg
+
+
+def backend_for_name(name: str) -> BackendSpec:
+    from lmql_core.errors import BackendNotInstalled
+
+    spec = registry().backends.get(name)
+    if spec is None:
+        raise BackendNotInstalled(name, KNOWN_BACKENDS.get(name))
+    return spec

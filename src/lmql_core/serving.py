@@ -1,0 +1,85 @@
+"""Loading models into engines: what the server and the in-process transport both run."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmql_core import plugins
+from lmql_core.backend import Backend
+from lmql_core.engine.engine import Engine
+from lmql_core.errors import RequestError
+from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
+
+
+@dataclass
+class LoadedModel:
+    model_id: ModelId
+    backend: Backend
+    engine: Engine
+    loader_kwargs: dict[str, Any]
+
+    def info(self) -> dict[str, Any]:
+        spec = plugins.backend_for_name(self.model_id.backend)
+        info = {
+            "model": self.model_id.served_name,
+            "backend": self.model_id.backend,
+            "distribution": spec.distribution,
+            "vocab_size": self.backend.vocab_size,
+            "eos_token_id": self.backend.eos_token_id,
+            "max_context": self.backend.max_context,
+            "loader_kwargs": {k: repr(v) for k, v in self.loader_kwargs.items()},
+        }
+        info.update(self.backend.info())
+        return info
+
+
+def load_model(model_id: ModelId, *, cuda: bool = False, dtype: str | None = None,
+               engine_options: dict[str, Any] | None = None, **loader_kwargs: Any) -> LoadedModel:
+    spec = plugins.backend_for_name(model_id.backend)
+    backend = spec.factory(model_id.model, cuda=cuda, dtype=dtype, **loader_kwargs)
+    kwargs = dict(loader_kwargs, cuda=cuda, dtype=dtype)
+    return LoadedModel(model_id, backend, Engine(backend, **(engine_options or {})), kwargs)
+
+
+@dataclass
+class ModelHost:
+    """The models one server (or one in-process transport) serves.
+
+    Static by default: only the models it was started with. With ``load_on_demand`` a request
+    for another model loads it with the defaults (never with loader arguments from clients).
+    """
+
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    load_on_demand: bool = False
+    default_backend: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, model: LoadedModel) -> None:
+        self.models[model.model_id.served_name] = model
+
+    def get(self, name: Any) -> LoadedModel:
+        if not isinstance(name, str) or not name:
+            raise RequestError("'model' must name the served model")
+        name = name.removeprefix("local:")
+        with self._lock:
+            if name in self.models:
+                return self.models[name]
+            if not self.load_on_demand:
+                served = ", ".join(f"'{n}'" for n in self.models) or "nothing"
+                raise RequestError(
+                    f"this server serves {served}, not '{name}' (start it with --load-on-demand "
+                    "to load other models on request)"
+                )
+            model = load_model(parse_model_id(name, self.default_backend))
+            self.add(model)
+            return model
+
+    def describe(self) -> str:
+        return "; ".join(f"{n} ({format_kwargs(m.loader_kwargs.items())})" for n, m in self.models.items())
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.engine.stop()
+            model.backend.close()

@@ -1,0 +1,140 @@
+"""Client-side tokenizers: the interface, a ``tokenizers``-based one, and streaming decode."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+from lmql_core import plugins
+from lmql_core.errors import TokenizerNotFound
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    eos_token_id: int | None
+    bos_token_id: int | None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def fingerprint(self) -> str: ...
+
+
+class JsonTokenizer:
+    """A tokenizer from a ``tokenizer.json`` file, through the ``tokenizers`` library (no torch)."""
+
+    def __init__(self, path: str | Path, eos_token: str | None = None, bos_token: str | None = None):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.path = Path(path)
+        self._tok = HFTokenizer.from_file(str(self.path))
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        config = _read_json(self.path.with_name("tokenizer_config.json"))
+        self.eos_token_id = self._token_id(eos_token or _token_text(config.get("eos_token")))
+        self.bos_token_id = self._token_id(bos_token or _token_text(config.get("bos_token")))
+
+    def _token_id(self, text: str | None) -> int | None:
+        return self._tok.token_to_id(text) if text else None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(list(ids), skip_special_tokens=False))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+
+
+class BytesTokenizer:
+    """UTF-8 bytes as token ids 0..255; larger ids decode as ``<|id|>``. For the random backend."""
+
+    def __init__(self, vocab_size: int = 50257, eos_token_id: int | None = 50256) -> None:
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        out, pending = [], bytearray()
+        for i in ids:
+            if 0 <= i < 256:
+                pending.append(i)
+                continue
+            out.append(pending.decode("utf-8", errors="replace"))
+            pending.clear()
+            out.append("<|endoftext|>" if i == self.eos_token_id else f"<|{i}|>")
+        out.append(pending.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def fingerprint(self) -> str:
+        return f"bytes-{self.vocab_size}-{self.eos_token_id}"
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text deltas without splitting UTF-8 characters.
+
+    A token that ends inside a multi-byte character decodes to U+FFFD; its text is held back
+    until a later token completes the character.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip: set[int] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.skip = skip or set()
+        self.ids: list[int] = []
+        self.emitted = ""
+
+    def push(self, token: int) -> str:
+        if token not in self.skip:
+            self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self.emitted = text[len(self.emitted) :], text
+        return delta
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        delta, self.emitted = text[len(self.emitted) :], text
+        return delta
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):  # {"content": "</s>", ...} in newer tokenizer configs
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def find_tokenizer_json(name: str) -> Path | None:
+    """``name`` is a tokenizer.json file or a folder holding one."""
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        return path
+    if (path / "tokenizer.json").is_file():
+        return path / "tokenizer.json"
+    return None
+
+
+def load_tokenizer(model: str, tokenizer: str | None = None, backend: str | None = None) -> Tokenizer:
+    """Ask every registered loader in turn; the first that knows the model wins."""
+    for name, loader in plugins.registry().tokenizers.items():
+        found = loader(model, tokenizer=tokenizer, backend=backend)
+        if found is not None:
+            return found
+    wanted = f"'{tokenizer}'" if tokenizer else f"the model '{model}'"
+    raise TokenizerNotFound(
+        f"No tokenizer found for {wanted}. Pass tokenizer=... naming a folder with a "
+        "tokenizer.json, a tokenizer.json file, or a Hugging Face model name (needs lmql-hf); "
+        f"loaders tried: {', '.join(plugins.registry().tokenizers) or 'none'}"
+    )
