@@ -48,22 +48,22 @@ class LLM:
         async for entry in self.client.request("GENERATE", request):
             yield entry
 
-    def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text)
+    def encode_prompt(self, text: str) -> list[int]:
+        """BOS (when the tokenizer has one) and the text's tokens: what LMQL 0.7 clients send."""
         bos = self.tokenizer.bos_token_id
-        return ids or ([bos] if bos is not None else ids)
+        return ([bos] if bos is not None else []) + self.tokenizer.encode(text, add_special_tokens=False)
 
     # --- text level -----------------------------------------------------------------------
 
     async def _stream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
         decoder = IncrementalDecoder(self.tokenizer, skip={self.tokenizer.eos_token_id or -1})
-        request = self._request(self.encode(prompt), **options)
+        request = self._request(self.encode_prompt(prompt), **options)
         async for entry in self._tokens(request):
             yield decoder.push(entry["token"])
         yield decoder.flush()
 
     async def _generate_one(self, prompt: str, **options: Any) -> str:
-        return prompt + "".join([d async for d in self._stream(prompt, **options)])
+        return "".join([d async for d in self._stream(prompt, **options)])
 
     async def _generate(self, prompt: str, max_tokens: int | None, decoder: str,
                         temperature: float | None, n: int, **extra: Any) -> str | list[str]:
@@ -74,7 +74,7 @@ class LLM:
 
     async def generate(self, prompt: str, max_tokens: int | None = None, decoder: str = "argmax",
                        temperature: float | None = None, n: int = 1, **extra: Any) -> str | list[str]:
-        """The prompt followed by its continuation (a list of ``n`` of them when ``n > 1``)."""
+        """The continuation of ``prompt`` (a list of ``n`` of them when ``n > 1``)."""
         return await run_async(self._generate(prompt, max_tokens, decoder, temperature, n, **extra))
 
     def generate_sync(self, prompt: str, max_tokens: int | None = None, decoder: str = "argmax",
@@ -95,7 +95,7 @@ class LLM:
         values = [values] if isinstance(values, str) else list(values)
         if not values:
             raise ValueError("score() needs at least one value to score")
-        prompt_ids = self.encode(prompt)
+        prompt_ids = self.encode_prompt(prompt)
 
         async def one(value: str) -> list[float]:
             scored = self.tokenizer.encode(value, add_special_tokens=False)

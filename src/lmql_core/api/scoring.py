@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 AGGREGATIONS = ("sum", "mean", "normalized")
@@ -9,34 +10,41 @@ AGGREGATIONS = ("sum", "mean", "normalized")
 
 @dataclass
 class ScoringResult:
-    """``logprobs[i]`` holds the per-token log-probabilities of ``continuations[i]``."""
+    """``token_scores[i]`` holds the per-token log-probabilities of ``continuations[i]``."""
 
     prompt: str
     continuations: list[str]
-    logprobs: list[list[float]]
+    token_scores: list[list[float]]
     model_identifier: str = ""
 
-    def scores(self, agg: str = "sum") -> list[float]:
-        """``sum``: log-prob of the whole continuation; ``mean``: per token; ``normalized``: the
-        sums turned into probabilities over the given continuations (they add up to 1)."""
-        if agg == "sum":
-            return [sum(lps) for lps in self.logprobs]
-        if agg == "mean":
-            return [sum(lps) / len(lps) if lps else 0.0 for lps in self.logprobs]
-        if agg == "normalized":
-            import math
+    def scores(self, agg: str = "sum", alpha: float = 0.7) -> list[float]:
+        """One number per continuation.
 
-            sums = self.scores("sum")
-            top = max(sums)
-            weights = [math.exp(s - top) for s in sums]
-            total = sum(weights)
-            return [w / total for w in weights]
+        ``sum``: the log-probability of the whole continuation; ``mean``: per token;
+        ``normalized``: the sum divided by ``len(tokens) ** alpha`` (a length penalty).
+        """
+        if agg == "sum":
+            return [sum(lps) for lps in self.token_scores]
+        if agg == "mean":
+            return [sum(lps) / len(lps) if lps else 0.0 for lps in self.token_scores]
+        if agg.startswith("normalized"):
+            return [sum(lps) / len(lps) ** alpha if lps else 0.0 for lps in self.token_scores]
         raise ValueError(f"unknown aggregation '{agg}'; use one of {', '.join(AGGREGATIONS)}")
+
+    def logprobs(self, agg: str = "sum") -> list[float]:
+        """The scores turned into a log-distribution over the given continuations."""
+        scores = self.scores(agg)
+        top = max(scores)
+        total = top + math.log(sum(math.exp(s - top) for s in scores))
+        return [s - total for s in scores]
+
+    def probs(self, agg: str = "sum") -> list[float]:
+        return [math.exp(lp) for lp in self.logprobs(agg)]
 
     def argmax(self, agg: str = "sum") -> str:
         scores = self.scores(agg)
         return self.continuations[scores.index(max(scores))]
 
     def __str__(self) -> str:
-        rows = ", ".join(f"{c!r}: {s:.4f}" for c, s in zip(self.continuations, self.scores(), strict=True))
-        return f"ScoringResult({self.prompt!r} -> {{{rows}}})"
+        rows = "".join(f"\n  {c!r}: {s:.4f}" for c, s in zip(self.continuations, self.scores(), strict=True))
+        return f"ScoringResult(model={self.model_identifier!r}, prompt={self.prompt!r}){rows}"

@@ -17,7 +17,7 @@ class TokenEvent:
     token: int = -1
     logprob: float = 0.0
     finish_reason: str | None = None
-    top_logprobs: dict[int, float] = field(default_factory=dict)
+    top_logprobs: dict[int, float] | None = None  # None for scored tokens
     error: str | None = None
 
 

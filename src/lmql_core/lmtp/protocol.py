@@ -22,7 +22,7 @@ class Limits:
     max_tokens: int = 65536
     max_top_logprobs: int = 100
     max_logit_bias_entries: int = 200_000
-    default_max_tokens: int = 256
+    default_max_tokens: int = 65536  # LMQL clients always send max_tokens; others run to EOS
 
 
 def parse_frame(text: str) -> tuple[str, Any]:
@@ -114,13 +114,26 @@ def sampling_params(payload: dict[str, Any], vocab_size: int, limits: Limits) ->
     )
 
 
+LOWEST_LOGPROB = -1e30  # stands in for -inf, which strict JSON cannot carry
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else LOWEST_LOGPROB
+
+
 def token_entry(event: TokenEvent) -> dict[str, Any]:
+    """The wire form of an event. LMQL 0.7 clients need ``top_logprobs`` on every generated
+    token, holding at least the chosen one; scored tokens carry none."""
     if event.error is not None:
         return {"stream_id": event.stream_id, "error": event.error}
-    return {
+    entry = {
         "token": event.token,
         "stream_id": event.stream_id,
-        "logprob": event.logprob,
+        "logprob": _finite(event.logprob),
         "finish_reason": event.finish_reason,
-        "top_logprobs": {str(t): lp for t, lp in event.top_logprobs.items()},
     }
+    if event.top_logprobs is not None:
+        top = {str(event.token): entry["logprob"]}
+        top.update((str(t), _finite(lp)) for t, lp in event.top_logprobs.items())
+        entry["top_logprobs"] = top
+    return entry

@@ -80,8 +80,8 @@ class Session:
 
     async def _model_info(self, stream_id: Any, body: dict[str, Any]) -> None:
         model = await self._model(body)
-        self._send("MSG", {"stream_id": stream_id, "model": model.model_id.served_name,
-                           "model_info": model.info()})
+        self._send("MSG", [{"stream_id": stream_id, "model": model.model_id.served_name,
+                            "model_info": model.info()}])
 
     def _check_context(self, model: LoadedModel, length: int) -> None:
         limit = model.backend.max_context

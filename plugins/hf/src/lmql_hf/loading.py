@@ -1,0 +1,67 @@
+"""Turning ``serve-model`` options into a ``from_pretrained`` call, and describing the result."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+import torch
+
+from lmql_core.errors import LMQLError
+
+DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+QUANTIZED = {"8bit": {"load_in_8bit": True}, "4bit": {"load_in_4bit": True}}
+
+
+def loader_kwargs(cuda: bool, dtype: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments for ``AutoModelForCausalLM.from_pretrained``."""
+    result = dict(kwargs)
+    if cuda:
+        if not torch.cuda.is_available():
+            raise LMQLError("--cuda was given but torch sees no CUDA device "
+                            f"(torch {torch.__version__}; is this a CPU-only build?)")
+        # several visible GPUs: accelerate spreads the layers over all of them
+        result.setdefault("device_map", "auto" if torch.cuda.device_count() > 1 else "cuda")
+    if dtype in QUANTIZED:
+        try:
+            importlib.import_module("bitsandbytes")
+        except ImportError:
+            raise LMQLError(f"--dtype {dtype} needs bitsandbytes: pip install bitsandbytes") from None
+        from transformers import BitsAndBytesConfig
+
+        result.setdefault("quantization_config", BitsAndBytesConfig(**QUANTIZED[dtype]))
+    elif dtype is not None:
+        if dtype not in DTYPES:
+            known = ", ".join(list(DTYPES) + list(QUANTIZED))
+            raise LMQLError(f"unknown --dtype '{dtype}'; use one of {known}")
+        result["dtype"] = DTYPES[dtype]
+    return result
+
+
+def constructor_call(name: str, kwargs: dict[str, Any]) -> str:
+    args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    return f"AutoModelForCausalLM.from_pretrained({name!r}{args})"
+
+
+def devices_of(model: Any) -> list[str]:
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        return sorted({str(d) for d in device_map.values()})
+    return sorted({str(p.device) for p in model.parameters()})
+
+
+def layer_placement(model: Any) -> dict[str, str]:
+    """Which module sits on which device, when accelerate spread the model."""
+    return {k: str(v) for k, v in (getattr(model, "hf_device_map", None) or {}).items()}
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for dist in ("torch", "transformers", "accelerate", "lmql-hf", "lmql-core"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found

@@ -1,0 +1,52 @@
+"""Client-side tokenizers for HF models, without importing torch where a tokenizer.json exists."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json
+
+from lmql_hf.bundled import resolve
+
+
+class TransformersTokenizer:
+    """Wraps a ``transformers`` tokenizer, for models that ship no ``tokenizer.json``."""
+
+    def __init__(self, tok: Any) -> None:
+        self._tok = tok
+        self.vocab_size = len(tok)
+        self.eos_token_id = tok.eos_token_id
+        self.bos_token_id = tok.bos_token_id
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids))
+
+    def fingerprint(self) -> str:
+        vocab = sorted(self._tok.get_vocab().items())
+        return hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]
+
+
+def _cached_tokenizer_json(name: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(name, "tokenizer.json")
+    return found if isinstance(found, str) else None
+
+
+def load_hf_tokenizer(name: str) -> Any:
+    """A bundled model, a folder, a tokenizer.json, or a hub name (from the local cache first)."""
+    path = find_tokenizer_json(resolve(name)) or _cached_tokenizer_json(name)
+    if path:
+        return JsonTokenizer(path)
+    try:
+        from transformers import AutoTokenizer
+
+        return TransformersTokenizer(AutoTokenizer.from_pretrained(name))
+    except (OSError, ValueError):
+        return None
