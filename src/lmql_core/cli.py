@@ -106,7 +106,7 @@ class _errors:
 
     def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
         if isinstance(error, LMQLError):
-            Console(stderr=True).print(f"[red]Error:[/] {error}")
+            Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/] {error}")
             sys.exit(1)
         return False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -47,7 +48,12 @@ def plugin_manager() -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    allowed = os.environ.get("LMQL_LOAD_PLUGINS")
+    if allowed is None:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    else:  # a comma-separated list of entry-point names; empty: built-ins only
+        for name in filter(None, (n.strip() for n in allowed.split(","))):
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
     return pm
 
 

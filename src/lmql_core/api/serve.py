@@ -10,13 +10,14 @@ from typing import Any
 from aiohttp import web
 from rich.console import Console
 
+from lmql_core import plugins
 from lmql_core.identifiers import format_kwargs, parse_model_id
 from lmql_core.lmtp import protocol
 from lmql_core.lmtp.server import make_app
 from lmql_core.serving import ModelHost, load_model
 
 DEFAULT_MODEL = "lmql-tiny"
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 8080,
@@ -25,6 +26,7 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
           **loader_kwargs: Any) -> None:
     """Load ``model`` and serve it over LMTP on ``ws://host:port/`` until stopped."""
     model_id = parse_model_id(model, backend)
+    plugins.backend_for_name(model_id.backend)  # fail before announcing anything
     where = "CUDA" if cuda else "CPU"
     args = format_kwargs(loader_kwargs.items())
     console.print(f"[bold]Loading[/] {model_id.served_name} with backend '{model_id.backend}' "

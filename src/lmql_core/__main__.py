@@ -1,0 +1,3 @@
+from lmql_core.cli import main
+
+main()

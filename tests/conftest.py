@@ -1,0 +1,134 @@
+"""Shared fixtures: real server processes on free loopback ports, and raw LMTP connections."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A real `lmql serve-model` process."""
+
+    def __init__(self, model: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "lmql_core", "serve-model", model,
+                   "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="lmql-server-", suffix=".log")
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        self._wait_ready(timeout=180)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"server did not start:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def random_server() -> Iterator[Server]:
+    server = Server("random", "--seed", "7")
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+class RawClient:
+    """A bare websocket speaking LMTP frames, for checking the wire itself."""
+
+    def __init__(self, endpoint: str) -> None:
+        import aiohttp
+
+        self.endpoint = endpoint
+        self.session = aiohttp.ClientSession()
+        self.ws: Any = None
+
+    async def __aenter__(self) -> RawClient:
+        self.ws = await self.session.ws_connect(f"ws://{self.endpoint}/")
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.ws.close()
+        await self.session.close()
+
+    async def send(self, command: str, payload: Any) -> None:
+        await self.ws.send_str(f"{command} {json.dumps(payload)}")
+
+    async def send_raw(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def frame(self, timeout: float = 30) -> tuple[str, Any]:
+        import asyncio
+
+        msg = await asyncio.wait_for(self.ws.receive(), timeout)
+        command, _, body = msg.data.partition(" ")
+        return command, json.loads(body)
+
+    async def stream(self, stream_id: Any, timeout: float = 30) -> list[dict[str, Any]]:
+        """Entries of one stream until it finishes or errs (other streams' entries are dropped)."""
+        entries: list[dict[str, Any]] = []
+        while True:
+            _, payload = await self.frame(timeout)
+            for entry in payload:
+                if entry.get("stream_id") != stream_id:
+                    continue
+                entries.append(entry)
+                if "error" in entry or entry.get("finish_reason") is not None:
+                    return entries
+
+    async def collect(self, stream_ids: set[Any], timeout: float = 60) -> dict[Any, list[dict[str, Any]]]:
+        """Entries of several interleaved streams, each until it ends."""
+        result: dict[Any, list[dict[str, Any]]] = {sid: [] for sid in stream_ids}
+        open_ids = set(stream_ids)
+        while open_ids:
+            _, payload = await self.frame(timeout)
+            assert isinstance(payload, list), payload
+            for entry in payload:
+                sid = entry.get("stream_id")
+                if sid in open_ids:
+                    result[sid].append(entry)
+                    if "error" in entry or entry.get("finish_reason") is not None:
+                        open_ids.discard(sid)
+        return result

@@ -1,0 +1,152 @@
+"""The LMTP server as a real process: frames, many streams and clients, SCORE, MODEL_INFO."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+import lmql
+from tests.conftest import RawClient, Server
+
+
+def test_generate_streams_token_lists_in_order(random_server: Server) -> None:
+    async def scenario() -> None:
+        async with RawClient(random_server.endpoint) as c:
+            await c.send("GENERATE", {"model": "random", "prompt": [1, 2, 3], "stream_id": 1,
+                                      "max_tokens": 12, "temperature": 0.0, "top_logprobs": 3})
+            entries = await c.stream(1)
+        assert len(entries) == 12
+        assert [e["finish_reason"] for e in entries] == [None] * 11 + ["length"]
+        for e in entries:
+            assert set(e) == {"token", "stream_id", "logprob", "finish_reason", "top_logprobs"}
+            top = {int(k): v for k, v in e["top_logprobs"].items()}
+            assert e["token"] in top and top[e["token"]] == e["logprob"]
+            # greedy: the chosen token is the most likely one
+            assert e["logprob"] == max(top.values())
+            assert list(top.values()) == sorted(top.values(), reverse=True)
+
+    asyncio.run(scenario())
+
+
+def test_many_interleaved_streams_on_one_connection(random_server: Server) -> None:
+    prompts = {sid: [sid, sid + 1, 7] for sid in range(1, 33)}
+
+    async def scenario() -> dict:
+        async with RawClient(random_server.endpoint) as c:
+            for sid, prompt in prompts.items():
+                await c.send("GENERATE", {"model": "random", "prompt": prompt, "stream_id": sid,
+                                          "max_tokens": 20})
+            return await c.collect(set(prompts))
+
+    served = asyncio.run(scenario())
+    local = lmql.model("local:random", seed=7)
+    for sid, prompt in prompts.items():
+        tokens = [e["token"] for e in served[sid]]
+        expected = asyncio.run(_local_tokens(local, prompt, 20))
+        assert tokens == expected, sid
+
+
+async def _local_tokens(llm: lmql.LLM, prompt: list[int], max_tokens: int) -> list[int]:
+    from lmql_core.lmtp.loop import run_async
+
+    async def run() -> list[int]:
+        request = {"model": "random", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        return [e["token"] async for e in llm.client.request("GENERATE", request)]
+
+    return await run_async(run())
+
+
+def test_several_clients_concurrently(random_server: Server) -> None:
+    async def one_client(n: int) -> list[list[int]]:
+        async with RawClient(random_server.endpoint) as c:
+            for sid in range(1, 9):
+                await c.send("GENERATE", {"model": "random", "prompt": [sid, 3], "stream_id": sid,
+                                          "max_tokens": 15})
+            streams = await c.collect(set(range(1, 9)))
+            return [[e["token"] for e in streams[sid]] for sid in range(1, 9)]
+
+    async def scenario() -> list:
+        return await asyncio.gather(*(one_client(n) for n in range(6)))
+
+    results = asyncio.run(scenario())
+    assert all(len(tokens) == 15 for tokens in results[0])
+    assert len({tuple(tokens) for tokens in results[0]}) == 8  # different prompts, different tokens
+    # the same prompts on other connections, at the same time, give the same greedy tokens
+    assert all(streams == results[0] for streams in results)
+
+
+def test_score_returns_one_entry_per_scored_token(random_server: Server) -> None:
+    async def scenario() -> list:
+        async with RawClient(random_server.endpoint) as c:
+            await c.send("SCORE", {"model": "random", "prompt": [5, 6], "scored": [7, 8, 9], "stream_id": 4})
+            return await c.stream(4)
+
+    entries = asyncio.run(scenario())
+    assert [e["token"] for e in entries] == [7, 8, 9]
+    assert [e["finish_reason"] for e in entries] == [None, None, "stop"]
+    assert all(e["logprob"] < 0 for e in entries)
+    local = lmql.model("local:random", seed=7).score_sync("\x05\x06", ["\x07\x08\x09"])
+    assert local.token_scores[0] == pytest.approx([e["logprob"] for e in entries], abs=1e-6)
+
+
+def test_model_info_answers_with_msg_list(random_server: Server) -> None:
+    async def scenario() -> tuple:
+        async with RawClient(random_server.endpoint) as c:
+            await c.send("MODEL_INFO", {"stream_id": 9, "model": "random", "data": {"model": "random"}})
+            return await c.frame()
+
+    command, payload = asyncio.run(scenario())
+    assert command == "MSG" and isinstance(payload, list)
+    info = payload[0]["model_info"]
+    assert payload[0]["stream_id"] == 9
+    assert info["backend"] == "random" and info["seed"] == 7 and info["vocab_size"] == 50257
+
+
+def test_static_server_refuses_other_models(random_server: Server) -> None:
+    async def scenario() -> list:
+        async with RawClient(random_server.endpoint) as c:
+            await c.send("GENERATE", {"model": "gpt2", "prompt": [1], "stream_id": 2, "max_tokens": 2})
+            return await c.stream(2)
+
+    [entry] = asyncio.run(scenario())
+    assert "serves 'random', not 'gpt2'" in entry["error"]
+    assert "--load-on-demand" in entry["error"]
+
+
+def test_eos_finishes_with_stop() -> None:
+    # a two-token vocabulary whose EOS is token 1: greedy decoding soon picks it
+    server = Server("random", "--vocab_size", "2", "--eos_token_id", "1", "--seed", "3")
+    try:
+        async def scenario() -> list:
+            async with RawClient(server.endpoint) as c:
+                await c.send("GENERATE", {"model": "random", "prompt": [0], "stream_id": 1,
+                                          "max_tokens": 500, "logit_bias": {"0": -100}})
+                return await c.stream(1)
+
+        [entry] = asyncio.run(scenario())
+        assert entry["token"] == 1 and entry["finish_reason"] == "stop"
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_ends_open_streams_and_exits_zero() -> None:
+    server = Server("random")
+
+    async def scenario() -> list:
+        async with RawClient(server.endpoint) as c:
+            await c.send("GENERATE", {"model": "random", "prompt": [1], "stream_id": 1, "max_tokens": 60000})
+            await c.frame()
+            server.proc.terminate()
+            entries = []
+            while True:
+                msg = await asyncio.wait_for(c.ws.receive(), 30)
+                if msg.type != aiohttp.WSMsgType.TEXT:  # the server closed the socket
+                    return entries
+                entries.extend(json.loads(msg.data.partition(" ")[2]))
+
+    entries = asyncio.run(scenario())
+    assert server.stop() == 0
+    assert any("shutting down" in e.get("error", "") for e in entries)
