@@ -30,8 +30,8 @@ class LLM:
 
     # --- token level ----------------------------------------------------------------------
 
-    def _request(self, prompt_ids: list[int], max_tokens: int | None, decoder: str,
-                 temperature: float | None, **extra: Any) -> dict[str, Any]:
+    def _request(self, prompt_ids: list[int], max_tokens: int | None = None, decoder: str = "argmax",
+                 temperature: float | None = None, **extra: Any) -> dict[str, Any]:
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder '{decoder}'; use one of {', '.join(DECODERS)}")
         if temperature is None:

@@ -1,0 +1,110 @@
+"""The Python API: lmql.model / generate / score, sync and async, in and out of event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import lmql
+from lmql_core.api.scoring import ScoringResult
+from lmql_core.errors import ServerError
+from tests.conftest import Server
+
+
+def test_served_and_in_process_agree(random_server: Server) -> None:
+    served = lmql.model("random", endpoint=random_server.endpoint)
+    local = lmql.model("local:random", seed=7)
+    for prompt in ["Hello", "The cat", "ünïcødé ✓"]:
+        assert served.generate_sync(prompt, max_tokens=10) == local.generate_sync(prompt, max_tokens=10)
+        served_scores = served.score_sync(prompt, ["a", "bc"]).token_scores
+        local_scores = local.score_sync(prompt, ["a", "bc"]).token_scores
+        assert [pytest.approx(s, abs=1e-6) for s in local_scores] == served_scores
+
+
+def test_async_api_and_sync_api_inside_a_running_loop(random_server: Server) -> None:
+    llm = lmql.model("random", endpoint=random_server.endpoint)
+    expected = llm.generate_sync("abc", max_tokens=6)
+
+    async def main() -> tuple[str, str, list]:
+        from_async = await llm.generate("abc", max_tokens=6)
+        from_sync = llm.generate_sync("abc", max_tokens=6)  # blocks this loop, must not deadlock
+        many = await asyncio.gather(*(llm.generate("abc", max_tokens=6) for _ in range(10)))
+        return from_async, from_sync, many
+
+    from_async, from_sync, many = asyncio.run(main())
+    assert from_async == from_sync == expected
+    assert many == [expected] * 10
+
+
+def test_default_model_and_top_level_functions(random_server: Server) -> None:
+    llm = lmql.model("random", endpoint=random_server.endpoint)
+    lmql.set_default_model(llm)
+    assert lmql.generate_sync("xy", max_tokens=4) == llm.generate_sync("xy", max_tokens=4)
+    assert lmql.score_sync("xy", ["z"]).token_scores == llm.score_sync("xy", ["z"]).token_scores
+    assert asyncio.run(lmql.generate("xy", max_tokens=4)) == llm.generate_sync("xy", max_tokens=4)
+    assert asyncio.run(lmql.score("xy", ["z"])).argmax() == "z"
+
+
+def test_sampling_with_n(random_server: Server) -> None:
+    llm = lmql.model("random", endpoint=random_server.endpoint)
+    samples = llm.generate_sync("s", max_tokens=8, decoder="sample", temperature=1.5, n=4)
+    assert isinstance(samples, list) and len(samples) == 4
+    assert len(set(samples)) > 1  # 50257-way sampling at T=1.5 does not repeat itself
+
+
+def test_unknown_decoder_is_rejected(random_server: Server) -> None:
+    llm = lmql.model("random", endpoint=random_server.endpoint)
+    with pytest.raises(ValueError, match="unknown decoder 'beam'"):
+        llm.generate_sync("s", decoder="beam")
+
+
+def test_server_errors_raise_in_the_client(random_server: Server) -> None:
+    llm = lmql.model("random", endpoint=random_server.endpoint)
+    with pytest.raises(ServerError, match="'max_tokens' must be between"):
+        llm.generate_sync("s", max_tokens=-1)
+    assert llm.generate_sync("s", max_tokens=2)  # the connection still works
+
+
+def test_scoring_result_aggregations() -> None:
+    result = ScoringResult("p", ["a", "bb"], [[-1.0], [-1.0, -3.0]], "m")
+    assert result.scores("sum") == [-1.0, -4.0]
+    assert result.scores("mean") == [-1.0, -2.0]
+    assert result.scores("normalized") == pytest.approx([-1.0, -4.0 / 2**0.7])
+    assert sum(result.probs()) == pytest.approx(1.0)
+    assert result.logprobs()[0] == pytest.approx(-math.log(1 + math.exp(-3)))
+    assert result.argmax() == "a" and result.argmax("mean") == "a"
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        result.scores("max")
+
+
+def test_stream_sync_yields_deltas(random_server: Server) -> None:
+    llm = lmql.model("random", endpoint=random_server.endpoint)
+    deltas = list(llm.stream_sync("q", max_tokens=5))
+    assert "".join(deltas) == llm.generate_sync("q", max_tokens=5)
+
+
+def test_client_process_exits_promptly_and_imports_no_model_library(random_server: Server) -> None:
+    script = textwrap.dedent(f"""
+        import sys, lmql
+        llm = lmql.model("random", endpoint="{random_server.endpoint}")
+        print(llm.generate_sync("hi", max_tokens=3) != "")
+        heavy = [m for m in ("torch", "transformers", "llama_cpp") if m in sys.modules]
+        print(heavy)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["True", "[]"]
+
+
+def test_unreachable_endpoint_says_so() -> None:
+    from lmql_core.errors import ConnectionLost
+    from tests.conftest import free_port
+
+    llm = lmql.model("random", endpoint=f"127.0.0.1:{free_port()}")
+    with pytest.raises(ConnectionLost, match="cannot reach the LMTP server"):
+        llm.generate_sync("x", max_tokens=1)
