@@ -11,6 +11,7 @@ from rich.table import Table
 
 from lmql_core.errors import LMQLError
 from lmql_core.identifiers import parse_loader_args
+from lmql_core.lmtp.protocol import Limits
 
 console = Console()
 
@@ -33,9 +34,20 @@ def cli() -> None:
 @click.option("--dtype", help="Weights' data type: float16, bfloat16, float32, 8bit, 4bit.")
 @click.option("--load-on-demand", is_flag=True,
               help="Load other models when clients ask for them (default: serve only MODEL).")
+@click.option("--max-frame-bytes", type=int, default=Limits.max_frame_bytes, show_default=True,
+              help="Largest websocket frame accepted; a larger one closes that connection.")
+@click.option("--max-streams", type=int, default=Limits.max_streams_per_connection,
+              show_default=True, help="Concurrent streams per connection.")
+@click.option("--max-new-tokens", type=int, default=Limits.max_tokens, show_default=True,
+              help="Cap on a request's max_tokens.")
+@click.option("--max-top-logprobs", type=int, default=Limits.max_top_logprobs, show_default=True)
+@click.option("--max-logit-bias", type=int, default=Limits.max_logit_bias_entries,
+              show_default=True, help="Most logit_bias entries in one request.")
 @click.pass_context
 def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, port: int,
-                cuda: bool, dtype: str | None, load_on_demand: bool) -> None:
+                cuda: bool, dtype: str | None, load_on_demand: bool, max_frame_bytes: int,
+                max_streams: int, max_new_tokens: int, max_top_logprobs: int,
+                max_logit_bias: int) -> None:
     """Load MODEL once and serve it over LMTP (websocket) until Ctrl-C or SIGTERM.
 
     MODEL is a model identifier: a Hugging Face name or folder (backend hf), `llama.cpp:PATH.gguf`,
@@ -47,8 +59,11 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
 
     with _errors():
         loader_kwargs = parse_loader_args(ctx.args)
+        limits = Limits(max_frame_bytes=max_frame_bytes, max_streams_per_connection=max_streams,
+                        max_tokens=max_new_tokens, max_top_logprobs=max_top_logprobs,
+                        max_logit_bias_entries=max_logit_bias)
         serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
-              load_on_demand=load_on_demand, **loader_kwargs)
+              load_on_demand=load_on_demand, limits=limits, **loader_kwargs)
 
 
 @cli.command("backends")

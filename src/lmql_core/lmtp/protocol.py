@@ -22,7 +22,10 @@ class Limits:
     max_tokens: int = 65536
     max_top_logprobs: int = 100
     max_logit_bias_entries: int = 200_000
-    default_max_tokens: int = 65536  # LMQL clients always send max_tokens; others run to EOS
+
+    @property
+    def default_max_tokens(self) -> int:
+        return self.max_tokens  # LMQL clients always send max_tokens; others run to EOS
 
 
 def parse_frame(text: str) -> tuple[str, Any]:

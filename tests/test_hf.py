@@ -1,0 +1,186 @@
+"""The HF backend with the bundled lmql-tiny model, on CPU: served and in-process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lmql_hf")
+
+import lmql  # noqa: E402
+from lmql_core.errors import LMQLError  # noqa: E402
+from lmql_core.tokenizer import IncrementalDecoder  # noqa: E402
+from lmql_hf.bundled import bundled_path  # noqa: E402
+from tests.conftest import RawClient, Server  # noqa: E402
+
+pytestmark = pytest.mark.hf
+PROMPTS = ["Once upon a time", "The cat sat on the", "A wise man once said", "Q: What is love?\nA:"]
+
+
+@pytest.fixture(scope="module")
+def tiny_server() -> Server:
+    server = Server("lmql-tiny")
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+@pytest.fixture(scope="module")
+def local() -> lmql.LLM:
+    return lmql.model("local:lmql-tiny")
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple:
+    from transformers import AutoModelForCausalLM
+
+    path = bundled_path("lmql-tiny")
+    return AutoModelForCausalLM.from_pretrained(path).eval(), lmql.model("local:lmql-tiny").tokenizer
+
+
+def test_bundled_model_is_small_and_complete() -> None:
+    path = bundled_path("lmql-tiny")
+    assert path is not None
+    names = {p.name for p in path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
+    assert sum(p.stat().st_size for p in path.iterdir()) <= 8 * 1024 * 1024
+
+
+def test_greedy_served_equals_in_process(tiny_server: Server, local: lmql.LLM) -> None:
+    served = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
+    for prompt in PROMPTS:
+        text = served.generate_sync(prompt, max_tokens=24)
+        assert text == local.generate_sync(prompt, max_tokens=24)
+        assert len(text) > 10
+
+
+def test_serve_model_without_argument_serves_lmql_tiny() -> None:
+    server = Server(None)
+    try:
+        info = lmql.model("lmql-tiny", endpoint=server.endpoint).model_info_sync()
+        assert info["model"] == "lmql-tiny"
+    finally:
+        assert server.stop() == 0
+
+
+def test_scores_equal_a_direct_forward_pass(local: lmql.LLM, reference: tuple) -> None:
+    model, tokenizer = reference
+    prompt, value = "The cat sat on the", " mat and looked out of the window"
+    result = local.score_sync(prompt, [value])
+    prompt_ids = local.encode_prompt(prompt)
+    value_ids = tokenizer.encode(value, add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + value_ids])).logits[0]
+    logprobs = torch.log_softmax(logits, -1)
+    expected = [logprobs[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(value_ids)]
+    assert result.token_scores[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_real_words_score_far_above_random_letters(local: lmql.LLM) -> None:
+    result = local.score_sync("The cat sat on the", [" floor", " xqzvk"])
+    real, noise = result.scores("sum")
+    assert real > noise + 5
+    assert result.argmax() == " floor"
+
+
+async def _generate(endpoint: str, requests: dict[int, dict]) -> dict[int, list[dict]]:
+    async with RawClient(endpoint) as c:
+        for sid, request in requests.items():
+            await c.send("GENERATE", {"model": "lmql-tiny", "stream_id": sid, **request})
+        return await c.collect(set(requests))
+
+
+def test_logit_bias_forces_and_bans(tiny_server: Server, local: lmql.LLM) -> None:
+    prompt = local.encode_prompt("Once upon a time")
+    plain = asyncio.run(_generate(tiny_server.endpoint, {1: {"prompt": prompt, "max_tokens": 6}}))[1]
+    first = plain[0]["token"]
+    forced_token = 42
+    results = asyncio.run(_generate(tiny_server.endpoint, {
+        1: {"prompt": prompt, "max_tokens": 6, "logit_bias": {str(forced_token): 100}},
+        2: {"prompt": prompt, "max_tokens": 6, "logit_bias": {str(first): -100}, "top_logprobs": 5},
+        3: {"prompt": prompt, "max_tokens": 6, "temperature": 5.0, "logit_bias": {str(forced_token): 100}},
+    }))
+    assert [e["token"] for e in results[1]] == [forced_token] * 6
+    assert [e["token"] for e in results[3]] == [forced_token] * 6  # even when sampling hot
+    assert all(e["logprob"] == pytest.approx(0.0, abs=1e-4) for e in results[1])
+    banned = results[2]
+    assert banned[0]["token"] != first
+    assert str(first) not in banned[0]["top_logprobs"]
+
+
+def test_top_logprobs_sorted_and_consistent(tiny_server: Server, local: lmql.LLM) -> None:
+    prompt = local.encode_prompt("A wise man once said")
+    results = asyncio.run(_generate(tiny_server.endpoint, {
+        1: {"prompt": prompt, "max_tokens": 8, "top_logprobs": 5},
+        2: {"prompt": prompt, "max_tokens": 8, "top_logprobs": 5, "temperature": 1.0},
+    }))
+    for sid, entries in results.items():
+        for e in entries:
+            top = list(e["top_logprobs"].items())
+            assert top[0] == (str(e["token"]), e["logprob"])
+            rest = [lp for _, lp in top[1:]]
+            assert len(rest) == 5 and rest == sorted(rest, reverse=True)
+            assert sum(torch.tensor(rest).exp()) <= 1.0 + 1e-5
+            if sid == 1:  # greedy picks the most likely token
+                assert e["logprob"] == pytest.approx(rest[0])
+
+
+def test_concurrent_streams_with_different_settings_share_batches(tiny_server: Server, local: lmql.LLM) -> None:
+    prompts = {sid: local.encode_prompt(p) for sid, p in enumerate(PROMPTS, start=1)}
+    solo = {sid: [e["token"] for e in asyncio.run(_generate(tiny_server.endpoint, {
+        sid: {"prompt": p, "max_tokens": 16}}))[sid]] for sid, p in prompts.items()}
+    mixed = {sid: {"prompt": p, "max_tokens": 16} for sid, p in prompts.items()}
+    mixed[10] = {"prompt": prompts[1], "max_tokens": 16, "temperature": 0.9, "top_logprobs": 3}
+    mixed[11] = {"prompt": prompts[2], "max_tokens": 5, "logit_bias": {"7": 100}}
+    together = asyncio.run(_generate(tiny_server.endpoint, mixed))
+    for sid in prompts:
+        assert [e["token"] for e in together[sid]] == solo[sid]
+    assert len(together[10]) == 16 and len(together[10][0]["top_logprobs"]) >= 3
+    assert [e["token"] for e in together[11]] == [7] * 5
+
+
+def test_multibyte_characters_decode_across_tokens(local: lmql.LLM) -> None:
+    text = "naïve café — 日本語 ✓ 🙂"
+    ids = local.tokenizer.encode(text, add_special_tokens=False)
+    pieces = [local.tokenizer.decode([i]) for i in ids]
+    assert any("\ufffd" in p for p in pieces)  # some characters really are split across tokens
+    decoder = IncrementalDecoder(local.tokenizer)
+    deltas = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_model_info_describes_the_load(tiny_server: Server) -> None:
+    info = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint).model_info_sync()["model_info"]
+    assert info["backend"] == "hf" and info["model_class"] == "LlamaForCausalLM"
+    assert info["devices"] == ["cpu"] and info["dtype"] == "float32"
+    assert info["constructor"].startswith("AutoModelForCausalLM.from_pretrained(")
+    assert {"torch", "transformers"} <= set(info["versions"])
+
+
+def test_loader_arguments_reach_from_pretrained() -> None:
+    llm = lmql.model("local:lmql-tiny", dtype="bfloat16", attn_implementation="eager")
+    info = llm.model_info_sync()["model_info"]
+    assert info["dtype"] == "bfloat16"
+    assert "attn_implementation='eager'" in info["constructor"]
+    assert llm.generate_sync("Once upon a time", max_tokens=5)
+
+
+def test_quantized_dtype_without_bitsandbytes_is_a_clear_error() -> None:
+    pytest.importorskip("lmql_hf")
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    with pytest.raises(LMQLError, match="needs bitsandbytes: pip install bitsandbytes"):
+        lmql.model("local:lmql-tiny", dtype="8bit")
+
+
+def test_cuda_without_a_gpu_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(LMQLError, match="--cuda was given but torch sees no CUDA device"):
+        lmql.model("local:lmql-tiny", cuda=True)
