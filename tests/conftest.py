@@ -29,11 +29,12 @@ def free_port() -> int:
 class Server:
     """A real `lmql serve-model` process."""
 
-    def __init__(self, model: str | None, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, model: str | None, *args: str, host: str = "127.0.0.1",
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "lmql_core", "serve-model", *([model] if model else []),
-                   "--host", "127.0.0.1", "--port", str(self.port), *args]
+                   "--host", host, "--port", str(self.port), *args]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="lmql-server-", suffix=".log")
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})

@@ -43,11 +43,13 @@ def cli() -> None:
 @click.option("--max-top-logprobs", type=int, default=Limits.max_top_logprobs, show_default=True)
 @click.option("--max-logit-bias", type=int, default=Limits.max_logit_bias_entries,
               show_default=True, help="Most logit_bias entries in one request.")
+@click.option("--auth-token", envvar="LMQL_AUTH_TOKEN",
+              help="Refuse connections that do not present this token (env: LMQL_AUTH_TOKEN).")
 @click.pass_context
 def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, port: int,
                 cuda: bool, dtype: str | None, load_on_demand: bool, max_frame_bytes: int,
                 max_streams: int, max_new_tokens: int, max_top_logprobs: int,
-                max_logit_bias: int) -> None:
+                max_logit_bias: int, auth_token: str | None) -> None:
     """Load MODEL once and serve it over LMTP (websocket) until Ctrl-C or SIGTERM.
 
     MODEL is a model identifier: a Hugging Face name or folder (backend hf), `llama.cpp:PATH.gguf`,
@@ -63,7 +65,7 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
                         max_tokens=max_new_tokens, max_top_logprobs=max_top_logprobs,
                         max_logit_bias_entries=max_logit_bias)
         serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
-              load_on_demand=load_on_demand, limits=limits, **loader_kwargs)
+              load_on_demand=load_on_demand, limits=limits, auth_token=auth_token, **loader_kwargs)
 
 
 @cli.command("backends")
@@ -96,14 +98,16 @@ def backends() -> None:
 @click.option("--temperature", default=0.0, show_default=True, type=float,
               help="0 decodes greedily; above 0 samples.")
 @click.option("--tokenizer", help="Tokenizer name or folder, when the model's own is not found.")
+@click.option("--api-key", envvar="LMQL_AUTH_TOKEN", help="The server's --auth-token.")
 @click.pass_context
 def generate(ctx: click.Context, prompt: str, model: str, endpoint: str | None, max_tokens: int,
-             temperature: float, tokenizer: str | None) -> None:
+             temperature: float, tokenizer: str | None, api_key: str | None) -> None:
     """Generate a continuation of PROMPT, streaming it to the terminal."""
     import lmql_core.api as api
 
     with _errors():
-        llm = api.model(model, endpoint=endpoint, tokenizer=tokenizer, **parse_loader_args(ctx.args))
+        llm = api.model(model, endpoint=endpoint, tokenizer=tokenizer, api_key=api_key,
+                        **parse_loader_args(ctx.args))
         decoder = "sample" if temperature > 0 else "argmax"
         sys.stdout.write(prompt)
         for delta in llm.stream_sync(prompt, max_tokens=max_tokens, decoder=decoder,

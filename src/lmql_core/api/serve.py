@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import weakref
 from typing import Any
@@ -17,14 +18,22 @@ from lmql_core.lmtp.server import make_app
 from lmql_core.serving import ModelHost, load_model
 
 DEFAULT_MODEL = "lmql-tiny"
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 console = Console(stderr=True, soft_wrap=True)
 
 
 def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 8080,
           cuda: bool = False, dtype: str | None = None, backend: str | None = None,
           load_on_demand: bool = False, limits: protocol.Limits | None = None,
-          **loader_kwargs: Any) -> None:
-    """Load ``model`` and serve it over LMTP on ``ws://host:port/`` until stopped."""
+          auth_token: str | None = None, **loader_kwargs: Any) -> None:
+    """Load ``model`` and serve it over LMTP on ``ws://host:port/`` until stopped.
+
+    ``auth_token`` (or ``LMQL_AUTH_TOKEN``) makes the server refuse connections without it.
+    """
+    auth_token = auth_token or os.environ.get("LMQL_AUTH_TOKEN", "")
+    if not auth_token and host not in LOOPBACK:
+        console.print(f"[yellow]Warning:[/] serving on {host} without --auth-token: anyone who can "
+                      "reach this port can use the model")
     model_id = parse_model_id(model, backend)
     plugins.backend_for_name(model_id.backend)  # fail before announcing anything
     where = "CUDA" if cuda else "CPU"
@@ -38,12 +47,12 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
     info = loaded.info()
     console.print(f"[green]Ready:[/] {model_id.served_name} on {info.get('devices', where)}"
                   f"{', ' + str(info['dtype']) if info.get('dtype') else ''}")
-    asyncio.run(run_server(models, host, port, limits))
+    asyncio.run(run_server(models, host, port, limits, auth_token))
 
 
 async def run_server(models: ModelHost, host: str, port: int,
-                     limits: protocol.Limits | None = None) -> None:
-    app = make_app(models, limits)
+                     limits: protocol.Limits | None = None, auth_token: str = "") -> None:
+    app = make_app(models, limits, auth_token)
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
     app.on_response_prepare.append(_track(sockets))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

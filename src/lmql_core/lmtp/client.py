@@ -109,6 +109,11 @@ class WebSocketClient(LMTPClient):
                 self._ws = await self._session.ws_connect(
                     f"{self.endpoint}/", headers=headers, max_msg_size=0, heartbeat=30
                 )
+            except aiohttp.WSServerHandshakeError as e:
+                if e.status == 401:
+                    raise ConnectionLost(f"the LMTP server at {self.endpoint} wants a token: pass "
+                                         "api_key=... or set LMQL_AUTH_TOKEN") from None
+                raise ConnectionLost(f"{self.endpoint} is not an LMTP server: {e}") from None
             except (aiohttp.ClientError, OSError) as e:
                 raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {e}") from None
             self._reader = asyncio.create_task(self._read(self._ws))

@@ -1,0 +1,50 @@
+"""Prometheus metrics, read from the engines' own counters at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from lmql_core.serving import ModelHost
+
+
+class EngineCollector(Collector):
+    def __init__(self, host: ModelHost, connections: int) -> None:
+        self.host = host
+        self.connections = connections
+
+    def collect(self) -> Iterator[Any]:
+        for name, doc, family_type, read in METRICS:
+            family = family_type(name, doc, labels=["model"])
+            for model_name, model in self.host.models.items():
+                family.add_metric([model_name], read(model.engine))
+            yield family
+        yield GaugeMetricFamily("lmql_connections", "Open LMTP connections", value=self.connections)
+
+
+METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
+    ("lmql_active_sequences", "Sequences running or waiting", GaugeMetricFamily,
+     lambda e: e.active_sequences()),
+    ("lmql_queue_depth", "Sequences waiting to start", GaugeMetricFamily, lambda e: e.queue_depth()),
+    ("lmql_step_seconds", "Duration of the last engine step", GaugeMetricFamily,
+     lambda e: e.stats.last_step_seconds),
+    ("lmql_tokens_generated", "Tokens generated", CounterMetricFamily, lambda e: e.stats.tokens_generated),
+    ("lmql_tokens_prefilled", "Prompt tokens processed", CounterMetricFamily,
+     lambda e: e.stats.tokens_prefilled),
+    ("lmql_engine_steps", "Engine steps (batched forward passes)", CounterMetricFamily,
+     lambda e: e.stats.steps),
+    ("lmql_sequences_finished", "Sequences finished", CounterMetricFamily,
+     lambda e: e.stats.sequences_finished),
+    ("lmql_sequences_cancelled", "Sequences cancelled", CounterMetricFamily,
+     lambda e: e.stats.sequences_cancelled),
+]
+
+
+def render_metrics(host: ModelHost, connections: int) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(host, connections))
+    return generate_latest(registry)
