@@ -35,7 +35,8 @@ class Server:
         self.endpoint = f"127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "lmql_core", "serve-model", *([model] if model else []),
                    "--host", host, "--port", str(self.port), *args]
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="lmql-server-", suffix=".log")
+        # closed in stop(): the log outlives this call
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="lmql-server-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         self._wait_ready(timeout=180)

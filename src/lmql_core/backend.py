@@ -54,5 +54,5 @@ class Backend(ABC):
         """Paths of the files a client needs to build this model's tokenizer, if any."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional; most backends need nothing)
         """Free the model (called once at shutdown)."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Any
+from collections.abc import Iterator
 
 import click
 from rich.console import Console
@@ -117,17 +118,14 @@ def generate(ctx: click.Context, prompt: str, model: str, endpoint: str | None, 
         sys.stdout.write("\n")
 
 
-class _errors:
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
     """Show our own errors as one red line and exit 1, not as a traceback."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
-        if isinstance(error, LMQLError):
-            Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/] {error}")
-            sys.exit(1)
-        return False
+    try:
+        yield
+    except LMQLError as error:
+        Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/] {error}")
+        sys.exit(1)
 
 
 def main() -> None:

@@ -128,7 +128,7 @@ def find_tokenizer_json(name: str) -> Path | None:
 
 def load_tokenizer(model: str, tokenizer: str | None = None, backend: str | None = None) -> Tokenizer:
     """Ask every registered loader in turn; the first that knows the model wins."""
-    for name, loader in plugins.registry().tokenizers.items():
+    for loader in plugins.registry().tokenizers.values():
         found = loader(model, tokenizer=tokenizer, backend=backend)
         if found is not None:
             return found

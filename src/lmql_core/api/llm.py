@@ -83,13 +83,13 @@ class LLM:
 
     def stream_sync(self, prompt: str, **options: Any) -> Iterator[str]:
         """Text deltas of one continuation, as they arrive."""
-        agen = self._stream(prompt, **options)
-        loop = client_loop()
-        while True:
-            try:
-                yield asyncio.run_coroutine_threadsafe(agen.__anext__(), loop).result()
-            except StopAsyncIteration:
-                return
+        deltas = self._stream(prompt, **options)
+
+        async def next_delta() -> str | None:
+            return await anext(deltas, None)
+
+        while (delta := asyncio.run_coroutine_threadsafe(next_delta(), client_loop()).result()) is not None:
+            yield delta
 
     async def _score(self, prompt: str, values: list[str] | str) -> ScoringResult:
         values = [values] if isinstance(values, str) else list(values)

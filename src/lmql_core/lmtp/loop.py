@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -41,10 +42,8 @@ def _shutdown() -> None:
     async def close_all() -> None:
         await asyncio.gather(*(c() for c in _closers), return_exceptions=True)
 
-    try:
+    with contextlib.suppress(Exception):  # exiting anyway: a server gone first is fine
         asyncio.run_coroutine_threadsafe(close_all(), _loop).result(timeout=5)
-    except Exception:
-        pass
     _loop.call_soon_threadsafe(_loop.stop)
 
 

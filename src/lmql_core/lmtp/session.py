@@ -59,7 +59,9 @@ class Session:
     async def _model(self, body: dict[str, Any]) -> LoadedModel:
         name = body.get("model")
         loaded = self.host.models.get(name) if isinstance(name, str) else None
-        return loaded or await asyncio.to_thread(self.host.get, name)
+        if loaded is None:  # not served yet: an error, or a load (off the event loop)
+            loaded = await asyncio.to_thread(self.host.get, name)
+        return loaded
 
     async def _generate(self, stream_id: Any, body: dict[str, Any]) -> None:
         model = await self._model(body)

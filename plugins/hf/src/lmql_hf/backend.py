@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lmql_core.backend import Backend, StepInput, StepOutput
-from lmql_core.engine.array_ops import TorchOps
 from rich.console import Console
 from transformers import AutoModelForCausalLM, DynamicCache
 
+from lmql_core.backend import Backend, StepInput, StepOutput
+from lmql_core.engine.array_ops import TorchOps
 from lmql_hf import loading
 from lmql_hf.bundled import resolve
 
@@ -43,7 +43,8 @@ class HFBackend(Backend):
         config = self.model.config
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.eos_token_id = _first(self.model.generation_config.eos_token_id or config.eos_token_id)
-        self.max_context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.max_context = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None)
         self.ops = TorchOps()
         # transformers 5.x renamed `past_key_values` to `cache`; both fill the object in place
         params = inspect.signature(self.model.forward).parameters

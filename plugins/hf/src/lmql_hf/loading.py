@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 from typing import Any
 
@@ -60,8 +61,6 @@ def layer_placement(model: Any) -> dict[str, str]:
 def versions() -> dict[str, str]:
     found = {}
     for dist in ("torch", "transformers", "accelerate", "lmql-hf", "lmql-core"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found

@@ -6,7 +6,6 @@ import hashlib
 from typing import Any
 
 from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json
-
 from lmql_hf.bundled import resolve
 
 
