@@ -14,10 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "plugins" / "hf" / "src" / "lmql_hf" / "models" / "lmql-tiny"
 EOS = "<|endoftext|>"
 
-WORDS = ("the a one every some model token server client stream prompt query answer cat dog "
-         "river mountain city light music number seven three large small quick slow red blue "
-         "green runs jumps reads writes sees finds makes takes gives keeps under over near far "
-         "and but so because while when if then").split()
+WORDS = ["the", "a", "one", "every", "some", "model", "token", "server", "client", "stream", "prompt", "query", "answer", "cat", "dog", "river", "mountain", "city", "light", "music", "number", "seven", "three", "large", "small", "quick", "slow", "red", "blue", "green", "runs", "jumps", "reads", "writes", "sees", "finds", "makes", "takes", "gives", "keeps", "under", "over", "near", "far", "and", "but", "so", "because", "while", "when", "if", "then"]
 
 
 def bundled_llama() -> Path | None:
@@ -40,7 +37,7 @@ def corpus(lines: int = 400, seed: int = 0) -> list[str]:
     return out
 
 
-def train_tokenizer(folder: Path, vocab_size: int = 320) -> int:
+def train_tokenizer(folder: Path, vocab_size: int = 300) -> int:
     """A byte-level BPE tokenizer.json; returns its vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import NumpyOps
 from lmql_core.hookspecs import hookimpl
