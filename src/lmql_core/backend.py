@@ -36,6 +36,7 @@ class Backend(ABC):
     vocab_size: int
     eos_token_id: int | None = None
     max_context: int | None = None  # longest sequence (prompt + generated) it can hold
+    max_batch: int | None = None  # most sequences it can hold at once, if limited
     ops: ArrayOps  # array operations that work on this backend's logits
 
     @abstractmethod

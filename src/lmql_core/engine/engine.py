@@ -30,7 +30,8 @@ class Engine:
     def __init__(self, backend: Backend, *, max_batch: int = 64, token_budget: int = 2048,
                  seed: int = 0) -> None:
         self.backend = backend
-        self.scheduler = Scheduler(max_batch=max_batch, token_budget=token_budget)
+        limit = min(max_batch, backend.max_batch or max_batch)
+        self.scheduler = Scheduler(max_batch=limit, token_budget=token_budget)
         self.stats = EngineStats()
         self.seed = seed
         self._wake = threading.Condition()

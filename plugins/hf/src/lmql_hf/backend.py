@@ -1,8 +1,8 @@
-"""The HF backend: batched forward passes of a ``transformers`` causal LM with per-sequence caches.
+"""The HF backend: a ``transformers`` causal LM stepping many sequences over a slot KV cache.
 
-Each step stacks the sequences' caches into one padded batch: past tokens are left-padded to
-the longest past, new tokens left-padded to the most new tokens, and the attention mask hides
-the padding. So prompts (prefill) and single decode tokens of different streams share one pass.
+Every forward pass runs over a range of cache slots with per-row positions (``SlotCache``), so
+prompts of new streams and single decode tokens of running ones share passes, finished prompts
+are reused as prefixes (``SlotTable``), and on CUDA pure decode steps replay CUDA graphs.
 """
 
 from __future__ import annotations
@@ -12,29 +12,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from rich.console import Console
-from transformers import AutoModelForCausalLM, DynamicCache
-
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import TorchOps
+from transformers import AutoModelForCausalLM
+
 from lmql_hf import loading
 from lmql_hf.bundled import resolve
+from lmql_hf.graphs import DecodeGraphs, length_buckets
+from lmql_hf.slot_cache import SlotCache
+from lmql_hf.slots import SlotTable
 
-console = Console(stderr=True)
+# Options of this backend itself; everything else goes to from_pretrained.
+ENGINE_OPTIONS = {"max_batch": 64, "max_seq_len": 2048, "cuda_graphs": True, "reuse_prefixes": True,
+                  "cache_memory_fraction": 0.5, "cpu_cache_bytes": 4 << 30}
 
 
 @dataclass
-class SequenceCache:
-    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, heads, length, head_dim)
-
-    @property
-    def length(self) -> int:
-        return self.layers[0][0].shape[-2] if self.layers else 0
+class Row:
+    item: StepInput
+    slot: int
+    start: int  # position of the first token computed now
+    tokens: list[int]  # tokens computed now (a reused prefix is skipped)
 
 
 class HFBackend(Backend):
-    def __init__(self, model: str, *, cuda: bool = False, dtype: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, model: str, *, cuda: bool = False, dtype: str | None = None, **kwargs: Any) -> None:
+        self.options = {k: kwargs.pop(k, v) for k, v in ENGINE_OPTIONS.items()}
         self.name = model
         self.path = resolve(model)
         self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
@@ -43,74 +46,113 @@ class HFBackend(Backend):
         config = self.model.config
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.eos_token_id = _first(self.model.generation_config.eos_token_id or config.eos_token_id)
-        self.max_context = getattr(config, "max_position_embeddings", None) or getattr(
-            config, "n_positions", None)
+        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.max_context = min(context or self.options["max_seq_len"], self.options["max_seq_len"])
         self.ops = TorchOps()
-        # transformers 5.x renamed `past_key_values` to `cache`; both fill the object in place
+        # transformers 5.x renamed `past_key_values` to `cache`
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self._caches: dict[int, SequenceCache] = {}
+        self.cache = self._allocate_cache()
+        self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
+        self.max_batch = min(int(self.options["max_batch"]), self.table.capacity)
+        self.lengths = length_buckets(self.max_context)
+        self.graphs = self._decode_graphs()
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _allocate_cache(self) -> SlotCache:
+        config = self.model.config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        layers = config.num_hidden_layers
+        per_slot = SlotCache.bytes_per_slot(layers, kv_heads, self.max_context, head_dim, self.model.dtype)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = int(free * float(self.options["cache_memory_fraction"]))
+        else:
+            budget = int(self.options["cpu_cache_bytes"])
+        # running sequences + as many cached prefixes + the scratch slot, within the budget
+        slots = min(2 * int(self.options["max_batch"]) + 1, budget // per_slot)
+        if slots < 2:
+            raise MemoryError(f"no room for a KV cache of {self.max_context} positions; "
+                              "pass a smaller --max_seq_len")
+        return SlotCache(layers, slots, kv_heads, self.max_context, head_dim, self.model.dtype,
+                         loading.layer_devices(self.model, layers, self.device))
+
+    def _decode_graphs(self) -> DecodeGraphs | None:
+        single_device = len(loading.devices_of(self.model)) == 1
+        if self.device.type != "cuda" or not single_device or not self.options["cuda_graphs"]:
+            return None
+        return DecodeGraphs(self._graph_forward, self.device, self.max_context, self.max_batch,
+                            self.table.scratch)
+
+    # --- stepping ---------------------------------------------------------------------------
 
     @torch.inference_mode()
     def forward(self, batch: list[StepInput]) -> StepOutput:
-        caches = [self._caches.get(item.seq_id, SequenceCache([])) for item in batch]
-        past_len = max(c.length for c in caches)
-        new_len = max(len(item.tokens) for item in batch)
-        input_ids = torch.zeros((len(batch), new_len), dtype=torch.long)
-        mask = torch.zeros((len(batch), past_len + new_len), dtype=torch.long)
-        positions = torch.zeros((len(batch), new_len), dtype=torch.long)
-        for row, (item, cache) in enumerate(zip(batch, caches, strict=True)):
-            n = len(item.tokens)
-            input_ids[row, new_len - n :] = torch.tensor(item.tokens)
-            mask[row, past_len - cache.length : past_len] = 1
-            mask[row, past_len + new_len - n :] = 1
-            positions[row, new_len - n :] = torch.arange(cache.length, cache.length + n)
-        cache = self._stack(caches, past_len)
-        out = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            use_cache=True,
-            **{self._cache_kwarg: cache},
-        )
-        self._unstack(batch, caches, cache, past_len, new_len)
-        logits = out.logits
-        every = {item.seq_id: logits[row, new_len - len(item.tokens) :]
-                 for row, item in enumerate(batch) if item.all_logits}
-        return StepOutput(logits[:, -1], every)
+        rows = [self._row(item) for item in batch]
+        if self.graphs and self._is_plain_decode(rows):
+            by_slot = sorted(rows, key=lambda r: r.slot)
+            logits = self.graphs.run([r.tokens[0] for r in by_slot], [r.start for r in by_slot])
+            last = logits[torch.tensor([r.slot for r in rows], device=logits.device)]
+            every: dict[int, Any] = {}
+        else:
+            last, every = self._eager(rows)
+        for row in rows:
+            self.table.append(row.item.seq_id, row.tokens)
+        return StepOutput(last, every)
 
-    def _stack(self, caches: list[SequenceCache], past_len: int) -> DynamicCache:
-        if past_len == 0:
-            return DynamicCache(config=self.model.config)
-        layers = []
-        for i in range(self.model.config.num_hidden_layers):
-            keys, values = [], []
-            for cache in caches:
-                k, v = cache.layers[i] if cache.layers else self._empty(i, past_len)
-                pad = past_len - k.shape[-2]
-                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
-            layers.append((torch.cat(keys), torch.cat(values)))
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+    def _row(self, item: StepInput) -> Row:
+        if item.seq_id in self.table.slot_of:
+            return Row(item, self.table.slot_of[item.seq_id], self.table.length(item.seq_id), item.tokens)
+        if len(item.tokens) > self.max_context:
+            raise ValueError(f"{len(item.tokens)} tokens do not fit the context of {self.max_context}")
+        slot, kept = self.table.admit(item.seq_id, item.tokens, reuse=not item.all_logits)
+        return Row(item, slot, kept, item.tokens[kept:])
 
-    def _empty(self, layer: int, past_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = next(c.layers[layer] for c in self._caches.values() if c.layers)
-        shape = (1, k.shape[1], 0, k.shape[3])
-        return k.new_zeros(shape), v.new_zeros(shape)
+    def _is_plain_decode(self, rows: list[Row]) -> bool:
+        return all(len(r.tokens) == 1 for r in rows) and {r.slot for r in rows} == set(range(len(rows)))
 
-    def _unstack(self, batch: list[StepInput], caches: list[SequenceCache], cache: Any,
-                 past_len: int, new_len: int) -> None:
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
-        for row, (item, old) in enumerate(zip(batch, caches, strict=True)):
-            keep = torch.cat([torch.arange(past_len - old.length, past_len),
-                              torch.arange(past_len + new_len - len(item.tokens), past_len + new_len)])
-            self._caches[item.seq_id] = SequenceCache(
-                [(k[row : row + 1, :, keep.to(k.device)], v[row : row + 1, :, keep.to(v.device)])
-                 for k, v in kv]
-            )
+    def _eager(self, rows: list[Row]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        low = min(r.slot for r in rows)
+        count = max(r.slot for r in rows) + 1 - low
+        width = max(len(r.tokens) for r in rows)
+        ids = torch.zeros((count, width), dtype=torch.long)
+        positions = torch.zeros((count, width), dtype=torch.long)
+        slots = torch.full((count, width), self.table.scratch, dtype=torch.long)
+        for r in rows:
+            n = len(r.tokens)
+            ids[r.slot - low, :n] = torch.tensor(r.tokens)
+            positions[r.slot - low, :n] = torch.arange(r.start, r.start + n)
+            slots[r.slot - low, :n] = r.slot
+        length = next(n for n in self.lengths if n > int(positions.max()))
+        logits = self._model_step(ids.to(self.device), positions.to(self.device), slots.to(self.device),
+                                  slice(low, low + count), length)
+        last = torch.stack([logits[r.slot - low, len(r.tokens) - 1] for r in rows])
+        every = {r.item.seq_id: logits[r.slot - low, : len(r.tokens)] for r in rows if r.item.all_logits}
+        return last, every
+
+    def _graph_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                       length: int) -> torch.Tensor:
+        return self._model_step(ids, positions, slots, slice(0, ids.shape[0]), length)
+
+    def _model_step(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                    read_rows: slice, length: int) -> torch.Tensor:
+        """Logits of shape (rows, tokens, vocab); row i reads slot ``read_rows.start + i``."""
+        self.cache.bind(slots, positions, read_rows, length)
+        columns = torch.arange(length, device=positions.device)
+        visible = columns[None, None, :] <= positions[:, :, None]  # each token sees up to itself
+        mask = torch.zeros(visible.shape, dtype=self.model.dtype, device=positions.device)
+        mask = mask.masked_fill(~visible, torch.finfo(self.model.dtype).min)[:, None]
+        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                         **{self._cache_kwarg: self.cache})
+        return out.logits
 
     def release(self, seq_id: int) -> None:
-        self._caches.pop(seq_id, None)
+        self.table.release(seq_id)
+
+    # --- description ------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         return {
@@ -121,6 +163,9 @@ class HFBackend(Backend):
             "devices": loading.devices_of(self.model),
             "layers": loading.layer_placement(self.model),
             "dtype": str(self.model.dtype).removeprefix("torch."),
+            "kv_cache": {"slots": self.cache.slots, "max_len": self.max_context,
+                         "cuda_graphs": self.graphs is not None,
+                         "reused_prefix_tokens": self.table.reused_tokens},
             "versions": loading.versions(),
         }
 
@@ -129,9 +174,6 @@ class HFBackend(Backend):
 
         found = find_tokenizer_json(self.path)
         return {"tokenizer.json": str(found)} if found else {}
-
-    def close(self) -> None:
-        self._caches.clear()
 
 
 def _first(value: Any) -> int | None:

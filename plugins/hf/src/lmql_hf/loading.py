@@ -64,3 +64,11 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[dist] = importlib.metadata.version(dist)
     return found
+
+
+def layer_devices(model: Any, layers: int, default: torch.device) -> list[torch.device]:
+    """The device of each decoder layer (they differ when accelerate spread the model)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == layers:
+            return [next(layer.parameters()).device for layer in module]
+    return [default] * layers

@@ -1,0 +1,79 @@
+"""Decode steps replayed from CUDA graphs: one graph per (batch bucket, length bucket).
+
+A decode step of b running sequences (slots 0..b-1, one new token each) runs the graph of the
+smallest captured batch >= b whose key length covers every row's position; padding rows write
+to the scratch slot. Inputs are copied into the graph's static tensors, so a step costs one
+small host-to-device copy, the replay, and whatever reads the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)
+
+
+def length_buckets(max_len: int) -> list[int]:
+    buckets, n = [], 64
+    while n < max_len:
+        buckets.append(n)
+        n *= 2
+    return [*buckets, max_len]
+
+
+class DecodeGraph:
+    def __init__(self, batch: int, length: int, device: torch.device) -> None:
+        self.batch, self.length = batch, length
+        self.inputs = torch.zeros((3, batch), dtype=torch.long, device=device)  # ids, positions, slots
+        self.graph = torch.cuda.CUDAGraph()
+        self.logits: torch.Tensor | None = None
+
+
+class DecodeGraphs:
+    """``forward(ids, positions, slots, length)`` runs the model on (batch, 1) inputs."""
+
+    def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, max_len: int,
+                 max_batch: int, scratch_slot: int) -> None:
+        self.forward = forward
+        self.device = device
+        self.lengths = length_buckets(max_len)
+        self.batches = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+        self.scratch = scratch_slot
+        self.graphs: dict[tuple[int, int], DecodeGraph] = {}
+        self.pool: Any = None
+
+    def run(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """Rows are slots 0..len(tokens)-1; returns logits of shape (rows, vocab)."""
+        rows = len(tokens)
+        batch = next(b for b in self.batches if b >= rows)
+        length = next(n for n in self.lengths if n > max(positions))
+        graph = self.graphs.get((batch, length)) or self._capture(batch, length)
+        pad = batch - rows
+        host = torch.tensor([tokens + [0] * pad, positions + [0] * pad,
+                             list(range(rows)) + [self.scratch] * pad], dtype=torch.long)
+        graph.inputs.copy_(host, non_blocking=True)
+        graph.graph.replay()
+        assert graph.logits is not None
+        return graph.logits[:rows]
+
+    def _capture(self, batch: int, length: int) -> DecodeGraph:
+        graph = DecodeGraph(batch, length, self.device)
+        graph.inputs[2].fill_(self.scratch)  # warm-up writes go to the scratch slot
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step(graph)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        with torch.cuda.graph(graph.graph, pool=self.pool):
+            graph.logits = self._step(graph)
+        self.pool = graph.graph.pool()
+        self.graphs[(batch, length)] = graph
+        return graph
+
+    def _step(self, graph: DecodeGraph) -> torch.Tensor:
+        ids, positions, slots = graph.inputs[0:1].T, graph.inputs[1:2].T, graph.inputs[2:3].T
+        return self.forward(ids, positions, slots, graph.length)[:, -1]

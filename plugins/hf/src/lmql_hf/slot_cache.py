@@ -1,0 +1,76 @@
+"""A KV cache of fixed slots: one slot per sequence, each position written where it belongs.
+
+Every layer keeps keys and values as (slots, kv_heads, max_len, head_dim) buffers allocated
+once, so shapes never change and decode steps can be captured as CUDA graphs. A forward pass
+runs over a contiguous range of slots with per-row positions; the attention mask (built by the
+caller) hides every position past a row's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Cache
+
+
+class SlotCache(Cache):
+    def __init__(self, layers: int, slots: int, kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, devices: list[torch.device]) -> None:
+        # Not calling Cache.__init__: its signature differs between transformers releases and
+        # we implement every method the models call.
+        self.layers = []
+        self.layer_class_to_replicate = None
+        self.offloading = False
+        shape = (slots, kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=devices[i]) for i in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=devices[i]) for i in range(layers)]
+        self.slots, self.max_len = slots, max_len
+        # Set before each forward pass (static tensors when replayed from a CUDA graph):
+        self.write_slots: torch.Tensor | None = None  # (rows, new tokens): the slot of each token
+        self.positions: torch.Tensor | None = None  # (rows, new tokens): its position there
+        self.read_rows = slice(0, 0)  # the slots attention reads, one per row
+        self.read_len = 0  # positions attention reads
+
+    def bind(self, write_slots: torch.Tensor, positions: torch.Tensor, read_rows: slice, read_len: int) -> None:
+        self.write_slots, self.positions = write_slots, positions
+        self.read_rows, self.read_len = read_rows, read_len
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        assert self.write_slots is not None and self.positions is not None
+        slots, positions = self.write_slots.to(keys.device), self.positions.to(keys.device)
+        # (rows, heads, new, dim) -> written at [slot, :, position, :]
+        keys[slots, :, positions] = key_states.transpose(1, 2).to(keys.dtype)
+        values[slots, :, positions] = value_states.transpose(1, 2).to(values.dtype)
+        return keys[self.read_rows, :, : self.read_len], values[self.read_rows, :, : self.read_len]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions always come from position_ids
+
+    def get_mask_sizes(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        return self.read_len, 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    def copy_slot(self, source: int, target: int, length: int) -> None:
+        for keys, values in zip(self.keys, self.values, strict=True):
+            keys[target, :, :length] = keys[source, :, :length]
+            values[target, :, :length] = values[source, :, :length]
+
+    def swap_slots(self, a: int, b: int, length: int) -> None:
+        for buffers in (self.keys, self.values):
+            for t in buffers:
+                held = t[a, :, :length].clone()
+                t[a, :, :length] = t[b, :, :length]
+                t[b, :, :length] = held
+
+    @staticmethod
+    def bytes_per_slot(layers: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * layers * kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,115 @@
+"""Which sequence lives in which cache slot, and which finished prompts are kept for reuse.
+
+Running sequences occupy slots 0..n-1 (compact, so a decode step reads one contiguous range).
+A finished sequence's slot is kept, with the tokens it holds, as a cached prefix: a new request
+whose prompt starts with those tokens (LMQL sends growing prompts again and again) takes the
+slot over and only computes the rest. The last slot is scratch for padding rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from lmql_hf.slot_cache import SlotCache
+
+
+@dataclass
+class Slot:
+    tokens: list[int] = field(default_factory=list)  # whose keys/values the slot holds, from 0
+    seq_id: int | None = None  # None: a cached prefix (or empty)
+    last_used: int = 0
+
+
+class SlotTable:
+    def __init__(self, cache: SlotCache, reuse_prefixes: bool = True) -> None:
+        self.cache = cache
+        self.reuse_prefixes = reuse_prefixes
+        self.scratch = cache.slots - 1
+        self.slots = [Slot() for _ in range(self.scratch)]
+        self.slot_of: dict[int, int] = {}
+        self._clock = itertools.count()
+        self.reused_tokens = 0  # prompt tokens not recomputed thanks to cached prefixes
+
+    @property
+    def capacity(self) -> int:
+        return len(self.slots)
+
+    @property
+    def active(self) -> int:
+        return len(self.slot_of)
+
+    def admit(self, seq_id: int, prompt: list[int], reuse: bool = True) -> tuple[int, int]:
+        """Give ``seq_id`` the next slot; returns (slot, tokens already cached from the prompt)."""
+        target = self.active
+        if target >= self.capacity:
+            raise RuntimeError(f"all {self.capacity} cache slots are in use")
+        source, kept = self._best_prefix(prompt) if reuse and self.reuse_prefixes else (target, 0)
+        if source != target:
+            self._swap(source, target)
+        elif kept == 0:
+            self._make_room(target)
+        slot = self.slots[target]
+        slot.tokens = slot.tokens[:kept]
+        slot.seq_id, slot.last_used = seq_id, next(self._clock)
+        self.slot_of[seq_id] = target
+        self.reused_tokens += kept
+        return target, kept
+
+    def _best_prefix(self, prompt: list[int]) -> tuple[int, int]:
+        best, best_len = self.active, 0
+        for index in range(self.active, self.capacity):
+            n = _common_prefix(self.slots[index].tokens, prompt)
+            if n > best_len:
+                best, best_len = index, n
+        # leave at least one token to compute: its logits are the answer
+        return best, min(best_len, len(prompt) - 1)
+
+    def _make_room(self, target: int) -> None:
+        """Move a cached prefix out of ``target`` into the emptiest, least recently used slot."""
+        if not self.slots[target].tokens:
+            return
+        victim = min(range(target + 1, self.capacity),
+                     key=lambda i: (bool(self.slots[i].tokens), self.slots[i].last_used), default=None)
+        if victim is not None:
+            self.cache.copy_slot(target, victim, len(self.slots[target].tokens))
+            self.slots[victim] = self.slots[target]
+        self.slots[target] = Slot()
+
+    def append(self, seq_id: int, tokens: list[int]) -> None:
+        self.slots[self.slot_of[seq_id]].tokens.extend(tokens)
+
+    def release(self, seq_id: int) -> None:
+        """Keep the finished sequence's tokens as a cached prefix and keep running slots compact."""
+        index = self.slot_of.pop(seq_id, None)
+        if index is None:
+            return
+        slot = self.slots[index]
+        slot.seq_id = None
+        if not self.reuse_prefixes:
+            slot.tokens = []
+        last = self.active  # the running sequence in the highest slot moves down
+        if index != last:
+            self._swap(index, last)
+
+    def _swap(self, a: int, b: int) -> None:
+        length = max(len(self.slots[a].tokens), len(self.slots[b].tokens))
+        if length:
+            self.cache.swap_slots(a, b, length)
+        self.slots[a], self.slots[b] = self.slots[b], self.slots[a]
+        for index in (a, b):
+            seq_id = self.slots[index].seq_id
+            if seq_id is not None:
+                self.slot_of[seq_id] = index
+
+    def length(self, seq_id: int) -> int:
+        return len(self.slots[self.slot_of[seq_id]].tokens)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
