@@ -18,7 +18,7 @@ def install_project(session: nox.Session, llamacpp: bool = True) -> None:
     session.install("./", "./plugins/hf", "./tests/plugin_example", "pytest>=8", "pytest-timeout")
     if llamacpp:
         # llama-cpp-python has no wheel on the registry: it compiles once per environment
-        session.install("./plugins/llamacpp",
+        session.install("./plugins/llamacpp[export]",
                         env={"CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
 
 

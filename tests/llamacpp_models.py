@@ -66,7 +66,7 @@ def build_random_llama(folder: Path, seed: int = 0) -> Path:
     config = LlamaConfig(
         vocab_size=(n_tokens + 63) // 64 * 64, hidden_size=64, intermediate_size=160,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
+        max_position_embeddings=512, rms_norm_eps=1e-5,
         tie_word_embeddings=False, bos_token_id=eos, eos_token_id=eos, initializer_range=0.2,
     )
     torch.manual_seed(seed)

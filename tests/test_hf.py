@@ -9,11 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 
-from lmql_hf.bundled import bundled_path  # noqa: E402
-
 import lmql  # noqa: E402
 from lmql_core.errors import LMQLError  # noqa: E402
 from lmql_core.tokenizer import IncrementalDecoder  # noqa: E402
+from lmql_hf.bundled import bundled_path  # noqa: E402
 from tests.conftest import RawClient, Server  # noqa: E402
 
 pytestmark = pytest.mark.hf

@@ -45,8 +45,10 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
     models = ModelHost(load_on_demand=load_on_demand, default_backend=backend)
     models.add(loaded)
     info = loaded.info()
-    console.print(f"[green]Ready:[/] {model_id.served_name} on {info.get('devices', where)}"
-                  f"{', ' + str(info['dtype']) if info.get('dtype') else ''}")
+    devices = info.get("devices") or [where]
+    devices_text = ", ".join(map(str, devices)) if isinstance(devices, list) else str(devices)
+    dtype = f", {info['dtype']}" if info.get("dtype") else ""
+    console.print(f"[green]Ready:[/] {model_id.served_name} on {devices_text}{dtype}")
     asyncio.run(run_server(models, host, port, limits, auth_token))
 
 

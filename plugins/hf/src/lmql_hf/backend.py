@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lmql_core.backend import Backend, StepInput, StepOutput
-from lmql_core.engine.array_ops import TorchOps
 from transformers import AutoModelForCausalLM
 
+from lmql_core.backend import Backend, StepInput, StepOutput
+from lmql_core.engine.array_ops import TorchOps
 from lmql_hf import loading
 from lmql_hf.bundled import resolve
 from lmql_hf.graphs import DecodeGraphs, length_buckets

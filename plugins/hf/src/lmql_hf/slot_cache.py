@@ -32,7 +32,8 @@ class SlotCache(Cache):
         self.read_rows = slice(0, 0)  # the slots attention reads, one per row
         self.read_len = 0  # positions attention reads
 
-    def bind(self, write_slots: torch.Tensor, positions: torch.Tensor, read_rows: slice, read_len: int) -> None:
+    def bind(self, write_slots: torch.Tensor, positions: torch.Tensor, read_rows: slice,
+             read_len: int) -> None:
         self.write_slots, self.positions = write_slots, positions
         self.read_rows, self.read_len = read_rows, read_len
 

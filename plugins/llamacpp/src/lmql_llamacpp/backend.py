@@ -25,8 +25,10 @@ n_ctx`` KV cells); ``verbose=False``; ``type_k``/``type_v`` may be given as name
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.metadata
+import inspect
 import os
 import threading
 import warnings
@@ -37,13 +39,14 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 from llama_cpp import _internals as internals
+
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import NumpyOps
 from lmql_core.errors import LMQLError
 
 DEFAULT_N_CTX = 2048
 DEFAULT_SEQUENCES = 4
-BACKEND_OPTIONS = ("n_seq_max",)  # ours; every other loader argument goes to Llama(...)
+KV_PAD = 256
 
 
 class ContextOverflow(LMQLError):
@@ -68,20 +71,45 @@ def _kv_type(value: Any) -> Any:
     return value
 
 
+def _meta(model: Any, key: str) -> str | None:
+    buffer = ctypes.create_string_buffer(256)
+    n = llama_cpp.llama_model_meta_val_str(model.model, key.encode(), buffer, len(buffer))
+    return buffer.value.decode("utf-8", "replace") if n >= 0 else None
+
+
 def _n_ctx_train(path: str) -> int:
-    """The model's training context, read from the file without loading the weights."""
+    """The model's training context from the file's metadata (0 if it has none).
+
+    Read with a vocabulary-only load, which skips the weights (and leaves ``n_ctx_train`` 0,
+    hence the metadata key).
+    """
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
-    model = internals.LlamaModel(path_model=path, params=params, verbose=False)
     try:
-        return int(model.n_ctx_train())
+        model = internals.LlamaModel(path_model=path, params=params, verbose=False)
+    except ValueError as e:
+        raise LMQLError(f"llama.cpp could not read '{path}': {e}") from None
+    try:
+        value = _meta(model, f"{_meta(model, 'general.architecture')}.context_length")
+        return int(value) if value and value.isdigit() else 0
     finally:
         model.close()
 
 
+def _check_kwargs(kwargs: dict[str, Any]) -> None:
+    """``Llama`` silently drops keyword arguments it does not know; we refuse them."""
+    params = inspect.signature(Llama.__init__).parameters
+    known = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise LMQLError(f"unknown llama.cpp loader argument(s) {', '.join(unknown)}; Llama(...) "
+                        f"takes {', '.join(sorted(known))} (and lmql's n_seq_max)")
+
+
 def llama_kwargs(path: str, cuda: bool, dtype: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments for ``Llama(model_path=path, ...)``."""
+    _check_kwargs(kwargs)
     result = dict(kwargs)
     if dtype is not None:
         warnings.warn(f"dtype={dtype!r} is ignored by the llama.cpp backend: a GGUF file's weight "
@@ -99,11 +127,16 @@ def llama_kwargs(path: str, cuda: bool, dtype: str | None, kwargs: dict[str, Any
     n_ctx = result.get("n_ctx")
     if n_ctx is None or n_ctx == 0:
         train = _n_ctx_train(path)
-        result["n_ctx"] = train if n_ctx == 0 or train <= 0 else min(train, DEFAULT_N_CTX)
+        if train <= 0:
+            result["n_ctx"] = DEFAULT_N_CTX
+        else:
+            result["n_ctx"] = train if n_ctx == 0 else min(train, DEFAULT_N_CTX)
     return result
 
 
 class LlamaCppBackend(Backend):
+    max_context: int  # tokens per sequence: n_ctx
+
     def __init__(self, model: str, *, cuda: bool = False, dtype: str | None = None,
                  n_seq_max: int = DEFAULT_SEQUENCES, **kwargs: Any) -> None:
         self.name = model
@@ -114,10 +147,19 @@ class LlamaCppBackend(Backend):
         if not 1 <= int(n_seq_max) <= limit:
             raise LMQLError(f"n_seq_max must be between 1 and {limit}, got {n_seq_max}")
         self.kwargs = llama_kwargs(self.path, cuda, dtype, kwargs)
-        self.llama = Llama(model_path=self.path, **self.kwargs)
         self.n_slots = int(n_seq_max)
         self.n_ctx = int(self.kwargs["n_ctx"])
-        self._ctx = self._make_context()
+        try:
+            self.llama = Llama(model_path=self.path, **self.kwargs)
+        except ValueError as e:
+            raise LMQLError(f"llama.cpp could not load '{model}': {e}") from None
+        try:
+            self._ctx = self._make_context()
+        except ValueError as e:
+            self.llama.close()
+            raise LMQLError(f"llama.cpp could not make a context of {self.n_slots} sequences x "
+                            f"{self.n_ctx} tokens for '{model}' ({e}; too little memory? lower "
+                            "n_ctx or n_seq_max)") from None
         self.n_batch = int(self._ctx.params.n_batch)
         self.vocab_size = int(self.llama.n_vocab())
         eos = int(self.llama.token_eos())
@@ -135,12 +177,15 @@ class LlamaCppBackend(Backend):
         source = self.llama.context_params
         params = type(source).from_buffer_copy(source)
         params.n_seq_max = self.n_slots
-        params.n_ctx = self.n_ctx * self.n_slots
+        # llama.cpp pads each sequence's context to a multiple of 256 cells (and says so when
+        # the total does not divide evenly): ask for the padded size directly
+        params.n_ctx = -(-self.n_ctx // KV_PAD) * KV_PAD * self.n_slots
         params.kv_unified = False
         self.llama._ctx.close()  # free its KV cache before allocating ours
         context = internals.LlamaContext(model=self.llama._model, params=params, verbose=False)
         if context.memory is None:
-            raise LMQLError(f"{self.path}: this model type has no KV cache llama.cpp can share")
+            context.close()
+            raise ValueError("this model type has no KV cache to hold sequences")
         return context
 
     # --- forward ------------------------------------------------------------------------------
@@ -311,8 +356,6 @@ class LlamaCppBackend(Backend):
 def _versions() -> dict[str, str]:
     found = {"llama-cpp-python": getattr(llama_cpp, "__version__", "unknown")}
     for dist in ("lmql-llamacpp", "lmql-core"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found

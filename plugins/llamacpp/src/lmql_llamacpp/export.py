@@ -137,7 +137,7 @@ def read_tokenizer(folder: Path, vocab_size: int) -> dict[str, Any]:
         raise ExportError(f"the tokenizer has ids up to {max(vocab.values())} but the model only "
                           f"{vocab_size} embeddings")
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
-    types = [int(5)] * vocab_size  # UNUSED
+    types = [5] * vocab_size  # UNUSED
     for text, index in vocab.items():
         tokens[index] = text
         types[index] = 3 if text in special else 1  # CONTROL or NORMAL
