@@ -1,7 +1,7 @@
 """The few array operations sampling needs, for numpy and (lazily imported) torch logits.
 
 Sampling rules are written once in ``sampling.py`` against this interface, so a backend whose
-logits live on a GPU samples there and only tokens and log-probs cross to the host.
+logits live on a GPU samples there and only tokens and log-probs cross to the host, in one copy.
 """
 
 from __future__ import annotations
@@ -13,23 +13,29 @@ import numpy as np
 
 class ArrayOps(Protocol):
     def prepare(self, logits: Any) -> Any: ...  # float32, 2-D
-    def add_at(self, x: Any, rows: list[int], cols: list[int], values: list[float]) -> Any: ...
+    def bias_row(self, bias: dict[int, float], like: Any) -> Any: ...  # dense (vocab,) row
+    def add_rows(self, x: Any, rows: list[int], values: list[Any]) -> Any: ...  # x[rows[i]] += values[i]
     def log_softmax(self, x: Any) -> Any: ...
     def scale_rows(self, x: Any, factors: list[float]) -> Any: ...
     def add_gumbel(self, x: Any, rows: list[int], seed: int) -> Any: ...
     def argmax(self, x: Any) -> Any: ...
     def take(self, x: Any, index: Any) -> Any: ...  # x[i, index[i]]; index: array or list
-    def topk(self, x: Any, k: int) -> tuple[Any, Any]: ...
-    def to_list(self, x: Any) -> list[Any]: ...
+    def topk(self, x: Any, k: int) -> tuple[Any, Any]: ...  # sorted, largest first
+    def to_host(self, *arrays: Any) -> list[list[Any]]: ...  # one transfer for all of them
 
 
 class NumpyOps:
     def prepare(self, logits: Any) -> np.ndarray:
         return np.atleast_2d(np.asarray(logits, dtype=np.float32))
 
-    def add_at(self, x: np.ndarray, rows: list[int], cols: list[int], values: list[float]):
+    def bias_row(self, bias: dict[int, float], like: np.ndarray) -> np.ndarray:
+        row = np.zeros(like.shape[-1], dtype=np.float32)
+        row[list(bias)] = list(bias.values())
+        return row
+
+    def add_rows(self, x: np.ndarray, rows: list[int], values: list[Any]) -> np.ndarray:
         x = x.copy()
-        np.add.at(x, (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)), values)
+        x[rows] += np.stack(values)
         return x
 
     def log_softmax(self, x: np.ndarray) -> np.ndarray:
@@ -48,19 +54,18 @@ class NumpyOps:
     def argmax(self, x: np.ndarray) -> np.ndarray:
         return x.argmax(axis=-1)
 
-    def take(self, x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    def take(self, x: np.ndarray, index: Any) -> np.ndarray:
         return np.take_along_axis(x, np.asarray(index)[:, None], axis=-1)[:, 0]
 
     def topk(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.argpartition(-x, k - 1, axis=-1)[:, :k] if k < x.shape[1] else np.tile(
-            np.arange(x.shape[1]), (x.shape[0], 1)
-        )
+        k = min(k, x.shape[1])
+        idx = np.argpartition(-x, k - 1, axis=-1)[:, :k]
         vals = np.take_along_axis(x, idx, axis=-1)
         order = np.argsort(-vals, axis=-1, kind="stable")
         return np.take_along_axis(vals, order, -1), np.take_along_axis(idx, order, -1)
 
-    def to_list(self, x: np.ndarray) -> list[Any]:
-        return np.asarray(x).tolist()
+    def to_host(self, *arrays: Any) -> list[list[Any]]:
+        return [np.asarray(a).tolist() for a in arrays]
 
 
 class TorchOps:
@@ -72,10 +77,17 @@ class TorchOps:
     def prepare(self, logits: Any) -> Any:
         return logits.float().reshape(-1, logits.shape[-1])
 
-    def add_at(self, x: Any, rows: list[int], cols: list[int], values: list[float]) -> Any:
+    def bias_row(self, bias: dict[int, float], like: Any) -> Any:
         t = self.torch
-        index = (t.tensor(rows, device=x.device), t.tensor(cols, device=x.device))
-        return x.index_put(index, t.tensor(values, device=x.device, dtype=x.dtype), accumulate=True)
+        row = t.zeros(like.shape[-1], dtype=t.float32)
+        row[t.tensor(list(bias), dtype=t.long)] = t.tensor(list(bias.values()), dtype=t.float32)
+        return row.to(like.device)
+
+    def add_rows(self, x: Any, rows: list[int], values: list[Any]) -> Any:
+        t = self.torch
+        x = x.clone()
+        x[t.tensor(rows, device=x.device)] += t.stack(values)
+        return x
 
     def log_softmax(self, x: Any) -> Any:
         return self.torch.log_softmax(x, dim=-1)
@@ -104,5 +116,23 @@ class TorchOps:
         values, indices = x.topk(min(k, x.shape[1]), dim=-1)
         return values, indices
 
-    def to_list(self, x: Any) -> list[Any]:
-        return x.tolist()
+    def to_host(self, *arrays: Any) -> list[list[Any]]:
+        # one device-to-host copy: float64 holds every token id and float32 value exactly
+        t = self.torch
+        flat = t.cat([a.reshape(-1).to(t.float64) for a in arrays]).cpu().tolist()
+        out, start = [], 0
+        for a in arrays:
+            n = a.numel()
+            values = flat[start : start + n]
+            if not a.dtype.is_floating_point:
+                values = [int(v) for v in values]
+            out.append(_reshape(values, tuple(a.shape)))
+            start += n
+        return out
+
+
+def _reshape(values: list[Any], shape: tuple[int, ...]) -> list[Any]:
+    if len(shape) <= 1:
+        return values
+    width = shape[1]
+    return [values[i : i + width] for i in range(0, len(values), width)]

@@ -35,13 +35,14 @@ def effective_bias(value: float) -> float:
 
 
 def apply_bias(ops: ArrayOps, logits: Any, params: list[SamplingParams]) -> Any:
-    rows, cols, values = [], [], []
-    for row, p in enumerate(params):
-        for token, bias in p.logit_bias.items():
-            rows.append(row)
-            cols.append(token)
-            values.append(effective_bias(bias))
-    return ops.add_at(logits, rows, cols, values) if rows else logits
+    rows = [i for i, p in enumerate(params) if p.logit_bias]
+    if not rows:
+        return logits
+    for i in rows:  # dense rows are built once per stream: LMQL masks hold half the vocabulary
+        if params[i].dense_bias is None:
+            bias = {t: effective_bias(b) for t, b in params[i].logit_bias.items()}
+            params[i].dense_bias = ops.bias_row(bias, logits)
+    return ops.add_rows(logits, rows, [params[i].dense_bias for i in rows])
 
 
 def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int) -> list[Sample]:
@@ -52,21 +53,22 @@ def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed:
         scores = ops.scale_rows(logprobs, [1.0 / p.temperature if p.temperature > 0 else 1.0 for p in params])
         scores = ops.add_gumbel(scores, sampled_rows, seed)
     tokens = ops.argmax(scores)
-    token_logprobs = ops.to_list(ops.take(logprobs, tokens))
-    tokens_list = ops.to_list(tokens)
+    arrays = [tokens, ops.take(logprobs, tokens)]
     k = max((p.top_logprobs for p in params), default=0)
-    tops: list[dict[int, float]] = [{} for _ in params]
     if k > 0:
-        values, indices = (ops.to_list(a) for a in ops.topk(logprobs, k))
-        for row, p in enumerate(params):
-            pairs = zip(indices[row][: p.top_logprobs], values[row][: p.top_logprobs], strict=True)
-            tops[row] = {int(i): float(v) for i, v in pairs if v != float("-inf")}
-    return [
-        Sample(int(t), float(lp), top) for t, lp, top in zip(tokens_list, token_logprobs, tops, strict=True)
-    ]
+        arrays.extend(ops.topk(logprobs, k))
+    host = ops.to_host(*arrays)
+    samples = []
+    for row, p in enumerate(params):
+        top: dict[int, float] = {}
+        if k > 0:
+            pairs = zip(host[3][row][: p.top_logprobs], host[2][row][: p.top_logprobs], strict=True)
+            top = {int(i): float(v) for i, v in pairs if v != float("-inf")}
+        samples.append(Sample(int(host[0][row]), float(host[1][row]), top))
+    return samples
 
 
 def score_tokens(ops: ArrayOps, logits: Any, targets: list[int]) -> list[float]:
     """Log-probability of ``targets[i]`` under the distribution in row ``i`` of ``logits``."""
     logprobs = ops.log_softmax(ops.prepare(logits))
-    return [float(v) for v in ops.to_list(ops.take(logprobs, targets))]
+    return [float(v) for v in ops.to_host(ops.take(logprobs, targets))[0]]

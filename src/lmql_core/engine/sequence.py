@@ -37,6 +37,7 @@ class SamplingParams:
     temperature: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     top_logprobs: int = 0
+    dense_bias: Any = field(default=None, compare=False, repr=False)  # built by the sampler
 
 
 @dataclass(eq=False)

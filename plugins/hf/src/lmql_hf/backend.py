@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from rich.console import Console
 from transformers import AutoModelForCausalLM
 
 from lmql_core.backend import Backend, StepInput, StepOutput
@@ -21,6 +22,8 @@ from lmql_hf.bundled import resolve
 from lmql_hf.graphs import DecodeGraphs, length_buckets
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.slots import SlotTable
+
+console = Console(stderr=True)
 
 # Options of this backend itself; everything else goes to from_pretrained.
 ENGINE_OPTIONS = {"max_batch": 64, "max_seq_len": 2048, "cuda_graphs": True, "reuse_prefixes": True,
@@ -84,8 +87,12 @@ class HFBackend(Backend):
         single_device = len(loading.devices_of(self.model)) == 1
         if self.device.type != "cuda" or not single_device or not self.options["cuda_graphs"]:
             return None
-        return DecodeGraphs(self._graph_forward, self.device, self.max_context, self.max_batch,
-                            self.table.scratch)
+        graphs = DecodeGraphs(self._graph_forward, self.device, self.max_context, self.max_batch,
+                              self.table.scratch)
+        count = len(graphs.batches) * len(graphs.lengths)
+        with console.status(f"Capturing {count} CUDA graphs for decode steps..."):
+            graphs.capture_all()
+        return graphs
 
     # --- stepping ---------------------------------------------------------------------------
 

@@ -45,6 +45,12 @@ class DecodeGraphs:
         self.graphs: dict[tuple[int, int], DecodeGraph] = {}
         self.pool: Any = None
 
+    def capture_all(self) -> None:
+        """Capture every bucket now, so no request waits for a capture later."""
+        for batch in self.batches:
+            for length in self.lengths:
+                self._capture(batch, length)
+
     def run(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """Rows are slots 0..len(tokens)-1; returns logits of shape (rows, vocab)."""
         rows = len(tokens)

@@ -1,0 +1,129 @@
+"""GPU benchmark: a gpt2-medium-shaped model (random weights, built from its config, fp16),
+served by lmql-core over LMTP and in-process, beside plain HF ``generate``.
+
+    python benchmarks/gpu_bench.py [--streams 1,8,32,64] [--new-tokens 128] [--out DIR]
+
+Prints one table; with --out writes results.json there. Needs a CUDA GPU; downloads nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lmtp_load  # noqa: E402
+
+MODEL_DIR = Path("/tmp/lmql-bench-gpt2-medium")
+
+
+def build_model() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if (MODEL_DIR / "config.json").exists():
+        return
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=1024, n_layer=24, n_head=16, n_positions=1024, vocab_size=50257)
+    GPT2LMHeadModel(config).half().save_pretrained(MODEL_DIR)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(port: int, *extra: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "lmql_core", "serve-model", str(MODEL_DIR), "--cuda", "--dtype",
+               "float16", "--port", str(port), *extra]
+    proc = subprocess.Popen(command)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited")
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("server did not start")
+
+
+def hf_generate(batch: int, prompt_len: int, new_tokens: int) -> dict[str, float]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float16).cuda().eval()
+    ids = torch.randint(0, 50000, (batch, prompt_len), device="cuda")
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    model.generate(ids, **dict(kwargs, max_new_tokens=4, min_new_tokens=4))
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    model.generate(ids, **kwargs)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    del model
+    torch.cuda.empty_cache()
+    return {"streams": batch, "transport": "hf-generate", "tok_per_s": round(batch * new_tokens / seconds, 1),
+            "seconds": round(seconds, 3)}
+
+
+def workloads(streams: list[int], new_tokens: int) -> list[list[str]]:
+    runs = [["--streams", str(n), "--new-tokens", str(new_tokens)] for n in streams]
+    runs.append(["--streams", str(max(streams)), "--new-tokens", str(new_tokens), "--stagger-ms", "20"])
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", default="1,8,32,64")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--out", default=os.environ.get("OUT"))
+    parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--skip-hf", action="store_true")
+    args = parser.parse_args()
+    streams = [int(n) for n in args.streams.split(",")]
+    build_model()
+    print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    results = []
+    port = free_port()
+    server = start_server(port)
+    try:
+        for run in workloads(streams, args.new_tokens):
+            endpoint = f"127.0.0.1:{port}"
+            results.append(lmtp_load.main(["--endpoint", endpoint, "--model", str(MODEL_DIR), *run]))
+    finally:
+        server.terminate()
+        server.wait()
+    if not args.skip_local:
+        for run in workloads(streams, args.new_tokens):
+            results.append(lmtp_load.main(["--local", "--cuda", "--dtype", "float16", "--model",
+                                           str(MODEL_DIR), *run]))
+    if not args.skip_hf:
+        for batch in (1, max(streams)):
+            results.append(hf_generate(batch, 16, args.new_tokens))
+            print(results[-1], flush=True)
+    print_table(results)
+    if args.out:
+        Path(args.out, "results.json").write_text(json.dumps(results, indent=1))
+
+
+def print_table(results: list[dict]) -> None:
+    columns = ["transport", "streams", "stagger_ms", "tok_per_s", "ttft_median_ms", "ttft_p90_ms",
+               "itl_median_ms", "seconds"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in results:
+        print("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""LMTP load driver: N concurrent streams over one websocket; prints tok/s, TTFT and ITL.
+
+    python benchmarks/lmtp_load.py --endpoint localhost:8080 --model lmql-tiny --streams 64 \
+        --prompt-len 16 --new-tokens 128 [--stagger-ms 20] [--local]
+
+Every stream sends a random prompt (seeded) and asks for exactly --new-tokens tokens (EOS is
+banned with a -100 logit bias, which LMQL's server honours too). With --local the same
+requests go to an in-process engine (`local:` transport) instead of a socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class StreamTimes:
+    sent: float = 0.0
+    arrivals: list[float] = field(default_factory=list)
+
+    @property
+    def ttft(self) -> float:
+        return self.arrivals[0] - self.sent
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)]
+
+
+class SocketTarget:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint if "://" in endpoint else f"ws://{endpoint}"
+        self.queues: dict[int, asyncio.Queue[Any]] = {}
+
+    async def __aenter__(self) -> SocketTarget:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession()
+        self.ws = await self.session.ws_connect(self.endpoint + "/", max_msg_size=0)
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.reader.cancel()
+        await self.ws.close()
+        await self.session.close()
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            command, _, body = msg.data.partition(" ")
+            now = time.perf_counter()
+            for entry in json.loads(body):
+                queue = self.queues.get(entry.get("stream_id"))
+                if queue is not None:
+                    queue.put_nowait((now, entry))
+
+    async def send(self, command: str, payload: dict[str, Any]) -> asyncio.Queue[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.queues[payload["stream_id"]] = queue
+        await self.ws.send_str(f"{command} {json.dumps(payload)}")
+        return queue
+
+    async def info(self, model: str) -> dict[str, Any]:
+        queue = await self.send("MODEL_INFO", {"stream_id": 0, "model": model})
+        return (await queue.get())[1].get("model_info", {})
+
+
+class LocalTarget:
+    """The same requests through lmql-core's in-process transport (``local:``, no socket)."""
+
+    def __init__(self, model: str, loader_kwargs: dict[str, Any]) -> None:
+        from lmql_core.identifiers import parse_model_id
+        from lmql_core.lmtp.client import InProcessClient
+
+        self.client = InProcessClient.for_model(parse_model_id("local:" + model), **loader_kwargs)
+
+    async def __aenter__(self) -> LocalTarget:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        pass
+
+    async def send(self, command: str, payload: dict[str, Any]) -> asyncio.Queue[Any]:
+        from lmql_core.lmtp.loop import client_loop
+
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def pump() -> None:  # runs on the client loop, like every lmql.model() call
+            try:
+                async for entry in self.client.request(command, payload):
+                    loop.call_soon_threadsafe(queue.put_nowait, (time.perf_counter(), entry))
+            except Exception as e:
+                loop.call_soon_threadsafe(queue.put_nowait, (time.perf_counter(), {"error": str(e)}))
+
+        asyncio.run_coroutine_threadsafe(pump(), client_loop())
+        return queue
+
+    async def info(self, model: str) -> dict[str, Any]:
+        queue = await self.send("MODEL_INFO", {"model": model})
+        return (await queue.get())[1]["msg"].get("model_info", {})
+
+
+async def run_stream(target: Any, stream_id: int, request: dict[str, Any], delay: float) -> StreamTimes:
+    await asyncio.sleep(delay)
+    times = StreamTimes(sent=time.perf_counter())
+    queue = await target.send("GENERATE", dict(request, stream_id=stream_id))
+    while True:
+        arrived, entry = await queue.get()
+        if "error" in entry:
+            raise RuntimeError(entry["error"])
+        times.arrivals.append(arrived)
+        if entry.get("finish_reason") is not None:
+            return times
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.local:
+        target: Any = LocalTarget(args.model, {"cuda": args.cuda, "dtype": args.dtype})
+    else:
+        target = SocketTarget(args.endpoint)
+    async with target:
+        info = await target.info(args.model)
+        vocab = int(info.get("vocab_size") or args.vocab_size)
+        eos = info.get("eos_token_id")
+        rng = random.Random(args.seed)
+        requests = []
+        for _ in range(args.streams):
+            request = {"model": args.model, "prompt": [rng.randrange(vocab) for _ in range(args.prompt_len)],
+                       "max_tokens": args.new_tokens, "temperature": 0.0, "top_logprobs": 1}
+            if eos is not None:
+                request["logit_bias"] = {str(eos): -100}
+            requests.append(request)
+        if args.warmup:
+            await asyncio.gather(*(run_stream(target, 10_000 + i, dict(r, max_tokens=4), 0)
+                                   for i, r in enumerate(requests)))
+        started = time.perf_counter()
+        streams = await asyncio.gather(*(run_stream(target, i + 1, r, i * args.stagger_ms / 1000)
+                                         for i, r in enumerate(requests)))
+        elapsed = max(s.arrivals[-1] for s in streams) - started
+    tokens = sum(len(s.arrivals) for s in streams)
+    gaps = [g for s in streams for g in s.gaps()]
+    return {
+        "streams": args.streams, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "stagger_ms": args.stagger_ms, "transport": "local" if args.local else "lmtp",
+        "tokens": tokens, "seconds": round(elapsed, 3), "tok_per_s": round(tokens / elapsed, 1),
+        "ttft_median_ms": round(1000 * statistics.median(s.ttft for s in streams), 1),
+        "ttft_p90_ms": round(1000 * sorted(s.ttft for s in streams)[int(0.9 * (len(streams) - 1))], 1),
+        "itl_median_ms": round(1000 * statistics.median(gaps), 2) if gaps else None,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--endpoint", default="localhost:8080")
+    parser.add_argument("--model", default="lmql-tiny")
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--stagger-ms", type=float, default=0.0, help="delay between stream starts")
+    parser.add_argument("--local", action="store_true", help="in-process engine instead of a socket")
+    parser.add_argument("--cuda", action="store_true", help="with --local: load the model on the GPU")
+    parser.add_argument("--dtype", help="with --local: the weights' dtype (float16, ...)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--vocab-size", type=int, default=50257, help="when MODEL_INFO does not say")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON line only")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    result = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in result.items()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
