@@ -19,7 +19,7 @@ from gpu_bench import MODEL_DIR, build_model  # noqa: E402
 
 from lmql_core.backend import StepInput  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
-from lmql_core.engine.sampling import sample_batch  # noqa: E402
+from lmql_core.engine.sampling import sample_batch  # noqa: E402  (launch + collect)
 from lmql_core.engine.sequence import SamplingParams, Sequence  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 

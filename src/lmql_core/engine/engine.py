@@ -9,11 +9,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmql_core.backend import Backend, StepInput
-from lmql_core.engine.sampling import sample_batch, score_tokens
+from lmql_core.engine.sampling import (
+    PendingSamples,
+    collect_sampling,
+    collect_scoring,
+    launch_sampling,
+    launch_scoring,
+)
 from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
 from lmql_core.engine.sequence import Kind, Sequence, Sink, TokenEvent
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LaunchedStep:
+    """A step whose work is queued on the device; its results are read by ``_collect``."""
+
+    sampled: list[Sequence]
+    sampling: PendingSamples | None
+    scoring: list[tuple[Sequence, Any]]
+    started: float
 
 
 @dataclass
@@ -66,65 +82,97 @@ class Engine:
         self._thread.join(timeout=30)
 
     # --- the engine thread ------------------------------------------------------------------
+    #
+    # Steps are pipelined: step N+1 is launched (forward pass and sampling queued on the
+    # device) before step N's tokens are turned into events and handed to the clients, so on a
+    # GPU that host work overlaps the next step's computation.
 
     def _run(self) -> None:
+        launched: LaunchedStep | None = None
         while True:
+            events = self._collect(launched) if launched else {}
             with self._wake:
-                while not self._stopping and not self.scheduler.has_work():
+                while not self._stopping and not self.scheduler.has_work() and not events:
                     self._wake.wait()
                 if self._stopping:
+                    self._deliver_all(events)
                     self._fail_all("the server is shutting down")
                     return
                 for seq in self.scheduler.drop_cancelled():
                     self._release(seq)
                     self.stats.sequences_cancelled += 1
                 chunks = self.scheduler.schedule()
-            if chunks:
-                self._step(chunks)
+            launched = self._launch(chunks) if chunks else None
+            self._deliver_all(events)
 
-    def _step(self, chunks: list[ScheduledChunk]) -> None:
+    def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep | None:
         started = time.perf_counter()
         inputs = [StepInput(c.seq.seq_id, c.tokens, all_logits=c.seq.kind is Kind.SCORE) for c in chunks]
         try:
             output = self.backend.forward(inputs)
+            for c in chunks:
+                if c.seq.in_prefill:
+                    self.stats.tokens_prefilled += len(c.tokens)
+                c.seq.num_fed += len(c.tokens)
+            ready = [i for i, c in enumerate(chunks) if c.completes_prefill and c.seq.kind is Kind.GENERATE]
+            sampling = None
+            if ready:
+                self.seed += 1
+                logits = self._rows(output.last_logits, ready)
+                sampling = launch_sampling(self.backend.ops, logits, [chunks[i].seq.params for i in ready],
+                                           self.seed)
+            ops = self.backend.ops
+            scoring = [(c.seq, launch_scoring(ops, self._scored_rows(c.seq, output), c.seq.scored))
+                       for c in chunks if c.seq.kind is Kind.SCORE]
         except Exception as e:  # a failed batch ends its streams, never the server
             log.exception("forward pass failed")
             for c in chunks:
                 self._end(c.seq, TokenEvent(c.seq.stream_id, error=f"model error: {e}"))
-            return
-        for c in chunks:
-            if c.seq.in_prefill:
-                self.stats.tokens_prefilled += len(c.tokens)
-            c.seq.num_fed += len(c.tokens)
+            return None
+        return LaunchedStep([chunks[i].seq for i in ready], sampling, scoring, started)
+
+    def _scored_rows(self, seq: Sequence, output: Any) -> Any:
+        # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt
+        start = len(seq.prompt) - 1
+        return output.all_logits[seq.seq_id][start : start + len(seq.scored)]
+
+    def _collect(self, step: LaunchedStep) -> dict[int, tuple[Sink, list[TokenEvent]]]:
+        """Wait for a launched step's results and turn them into events, grouped by client."""
         events: dict[int, tuple[Sink, list[TokenEvent]]] = {}
 
         def emit(seq: Sequence, event: TokenEvent) -> None:
             events.setdefault(id(seq.sink), (seq.sink, []))[1].append(event)
 
-        ready = [i for i, c in enumerate(chunks) if c.completes_prefill and c.seq.kind is Kind.GENERATE]
-        if ready:
-            self._sample([chunks[i].seq for i in ready], self._rows(output.last_logits, ready), emit)
-        for c in chunks:
-            if c.seq.kind is Kind.SCORE:
-                self._score(c.seq, output.all_logits[c.seq.seq_id], emit)
+        try:
+            samples = collect_sampling(self.backend.ops, step.sampling) if step.sampling else []
+            scores = [(seq, collect_scoring(self.backend.ops, pending)) for seq, pending in step.scoring]
+        except Exception as e:
+            log.exception("sampling failed")
+            for seq in step.sampled + [seq for seq, _ in step.scoring]:
+                self._end(seq, TokenEvent(seq.stream_id, error=f"model error: {e}"))
+            return {}
+        for seq, sample in zip(step.sampled, samples, strict=True):
+            seq.generated.append(sample.token)
+            self.stats.tokens_generated += 1
+            reason = self._finish_reason(seq, sample.token)
+            emit(seq, TokenEvent(seq.stream_id, sample.token, sample.logprob, reason, sample.top_logprobs))
+            if reason:
+                self._finish(seq)
+        for seq, logprobs in scores:
+            for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)):
+                last = i == len(seq.scored) - 1
+                emit(seq, TokenEvent(seq.stream_id, token, lp, "stop" if last else None))
+            self._finish(seq)
         self.stats.steps += 1
-        self.stats.last_step_seconds = time.perf_counter() - started
+        self.stats.last_step_seconds = time.perf_counter() - step.started
+        return events
+
+    def _deliver_all(self, events: dict[int, tuple[Sink, list[TokenEvent]]]) -> None:
         for sink, batch in events.values():
             self._deliver(sink, batch)
 
     def _rows(self, logits: Any, rows: list[int]) -> Any:
         return logits if len(rows) == len(logits) else logits[rows]
-
-    def _sample(self, seqs: list[Sequence], logits: Any, emit: Any) -> None:
-        self.seed += 1
-        samples = sample_batch(self.backend.ops, logits, [s.params for s in seqs], self.seed)
-        for seq, s in zip(seqs, samples, strict=True):
-            seq.generated.append(s.token)
-            self.stats.tokens_generated += 1
-            reason = self._finish_reason(seq, s.token)
-            emit(seq, TokenEvent(seq.stream_id, s.token, s.logprob, reason, s.top_logprobs))
-            if reason:
-                self._finish(seq)
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         if token == self.backend.eos_token_id:
@@ -135,16 +183,6 @@ class Engine:
         if limit is not None and len(seq.tokens) >= limit:
             return "length"
         return None
-
-    def _score(self, seq: Sequence, logits: Any, emit: Any) -> None:
-        # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt
-        start = len(seq.prompt) - 1
-        rows = logits[start : start + len(seq.scored)]
-        logprobs = score_tokens(self.backend.ops, rows, seq.scored)
-        for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)):
-            last = i == len(seq.scored) - 1
-            emit(seq, TokenEvent(seq.stream_id, token, lp, "stop" if last else None))
-        self._finish(seq)
 
     def _finish(self, seq: Sequence) -> None:
         self.stats.sequences_finished += 1

@@ -45,7 +45,16 @@ def apply_bias(ops: ArrayOps, logits: Any, params: list[SamplingParams]) -> Any:
     return ops.add_rows(logits, rows, [params[i].dense_bias for i in rows])
 
 
-def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int) -> list[Sample]:
+@dataclass
+class PendingSamples:
+    """Sampling queued on the device: arrays still to be read back, and the settings per row."""
+
+    arrays: list[Any]
+    params: list[SamplingParams]
+    k: int
+
+
+def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int) -> PendingSamples:
     logprobs = ops.log_softmax(apply_bias(ops, ops.prepare(logits), params))
     sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0]
     scores = logprobs
@@ -57,18 +66,29 @@ def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed:
     k = max((p.top_logprobs for p in params), default=0)
     if k > 0:
         arrays.extend(ops.topk(logprobs, k))
-    host = ops.to_host(*arrays)
+    return PendingSamples(arrays, params, k)
+
+
+def collect_sampling(ops: ArrayOps, pending: PendingSamples) -> list[Sample]:
+    host = ops.to_host(*pending.arrays)
     samples = []
-    for row, p in enumerate(params):
+    for row, p in enumerate(pending.params):
         top: dict[int, float] = {}
-        if k > 0:
+        if pending.k > 0:
             pairs = zip(host[3][row][: p.top_logprobs], host[2][row][: p.top_logprobs], strict=True)
             top = {int(i): float(v) for i, v in pairs if v != float("-inf")}
         samples.append(Sample(int(host[0][row]), float(host[1][row]), top))
     return samples
 
 
-def score_tokens(ops: ArrayOps, logits: Any, targets: list[int]) -> list[float]:
-    """Log-probability of ``targets[i]`` under the distribution in row ``i`` of ``logits``."""
-    logprobs = ops.log_softmax(ops.prepare(logits))
-    return [float(v) for v in ops.to_host(ops.take(logprobs, targets))[0]]
+def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int) -> list[Sample]:
+    return collect_sampling(ops, launch_sampling(ops, logits, params, seed))
+
+
+def launch_scoring(ops: ArrayOps, logits: Any, targets: list[int]) -> Any:
+    """Log-probability of ``targets[i]`` under row ``i`` of ``logits``, still on the device."""
+    return ops.take(ops.log_softmax(ops.prepare(logits)), targets)
+
+
+def collect_scoring(ops: ArrayOps, pending: Any) -> list[float]:
+    return [float(v) for v in ops.to_host(pending)[0]]

@@ -101,8 +101,10 @@ class HFBackend(Backend):
         rows = [self._row(item) for item in batch]
         if self.graphs and self._is_plain_decode(rows):
             by_slot = sorted(rows, key=lambda r: r.slot)
-            logits = self.graphs.run([r.tokens[0] for r in by_slot], [r.start for r in by_slot])
-            last = logits[torch.tensor([r.slot for r in rows], device=logits.device)]
+            last = self.graphs.run([r.tokens[0] for r in by_slot], [r.start for r in by_slot])
+            order = [r.slot for r in rows]  # the batch's order, usually already the slots'
+            if order != list(range(len(rows))):
+                last = last[torch.tensor(order).to(last.device, non_blocking=True)]
             every: dict[int, Any] = {}
         else:
             last, every = self._eager(rows)

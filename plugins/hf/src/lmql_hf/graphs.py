@@ -28,6 +28,8 @@ class DecodeGraph:
     def __init__(self, batch: int, length: int, device: torch.device) -> None:
         self.batch, self.length = batch, length
         self.inputs = torch.zeros((3, batch), dtype=torch.long, device=device)  # ids, positions, slots
+        # pinned, so the copy to the device does not wait for the steps queued before it
+        self.staging = torch.zeros((3, batch), dtype=torch.long).pin_memory()
         self.graph = torch.cuda.CUDAGraph()
         self.logits: torch.Tensor | None = None
 
@@ -58,9 +60,9 @@ class DecodeGraphs:
         length = next(n for n in self.lengths if n > max(positions))
         graph = self.graphs.get((batch, length)) or self._capture(batch, length)
         pad = batch - rows
-        host = torch.tensor([tokens + [0] * pad, positions + [0] * pad,
-                             list(range(rows)) + [self.scratch] * pad], dtype=torch.long)
-        graph.inputs.copy_(host, non_blocking=True)
+        graph.staging.copy_(torch.tensor([tokens + [0] * pad, positions + [0] * pad,
+                                          list(range(rows)) + [self.scratch] * pad]))
+        graph.inputs.copy_(graph.staging, non_blocking=True)
         graph.graph.replay()
         assert graph.logits is not None
         return graph.logits[:rows]
