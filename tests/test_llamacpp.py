@@ -24,6 +24,7 @@ import lmql  # noqa: E402
 from lmql_core.backend import StepInput  # noqa: E402
 from lmql_core.errors import LMQLError, ServerError, TokenizerNotFound  # noqa: E402
 from lmql_core.lmtp.loop import run_sync  # noqa: E402
+from lmql_core.tokenizer import load_tokenizer  # noqa: E402
 from lmql_llamacpp.backend import ContextOverflow, LlamaCppBackend  # noqa: E402
 from tests.conftest import Server  # noqa: E402
 from tests.llamacpp_models import hf_llama_folder  # noqa: E402
@@ -143,8 +144,9 @@ def test_scores_equal_hf(llm: lmql.LLM, hf_llm: lmql.LLM) -> None:
 def test_concurrent_streams_beyond_the_kv_slots_equal_hf(served_llm: lmql.LLM, hf_llm: lmql.LLM) -> None:
     prompts = PROMPTS + ["The client keeps a blue number"]  # five streams, two slots
 
+    requests = [request_of(served_llm, p, 12) for p in prompts]
+
     async def all_streams() -> list[list[dict[str, Any]]]:
-        requests = [request_of(served_llm, p, 12) for p in prompts]
         return list(await asyncio.gather(*(_entries(served_llm, r) for r in requests)))
 
     for got, prompt in zip(run_sync(all_streams()), prompts, strict=True):
@@ -197,9 +199,10 @@ def test_top_logprobs_are_sorted_and_hold_the_chosen_token(llm: lmql.LLM, hf_llm
 # --- tokenizers and identifiers ----------------------------------------------------------------
 
 
-def test_missing_tokenizer_says_what_to_pass(server: Server, gguf_path: Path) -> None:
+def test_missing_tokenizer_says_what_to_pass(gguf_path: Path) -> None:
+    """What a client hears when neither it nor the server (an LMQL 0.7 one, say) has the tokenizer."""
     with pytest.raises(TokenizerNotFound) as caught:
-        lmql.model(f"llama.cpp:{gguf_path}", endpoint=server.endpoint)
+        load_tokenizer(str(gguf_path), None, "llama.cpp")
     message = str(caught.value)
     assert str(gguf_path) in message
     assert 'tokenizer="path/to/folder-with-tokenizer.json"' in message
@@ -211,9 +214,10 @@ def test_tokenizer_next_to_the_gguf_file_is_found(tmp_path: Path, gguf_path: Pat
     (tmp_path / "model.gguf").symlink_to(gguf_path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(hf_folder / name, tmp_path / name)
-    llm = lmql.model(f"llama.cpp:{tmp_path / 'model.gguf'}", endpoint="127.0.0.1:1")
-    assert llm.tokenizer.fingerprint() == served_llm.tokenizer.fingerprint()
-    assert llm.encode_prompt(PROMPTS[2]) == served_llm.encode_prompt(PROMPTS[2])
+    found = load_tokenizer(str(tmp_path / "model.gguf"), None, "llama.cpp")
+    assert found.fingerprint() == served_llm.tokenizer.fingerprint()
+    ids = served_llm.encode_prompt(PROMPTS[2])
+    assert [found.bos_token_id, *found.encode(PROMPTS[2], add_special_tokens=False)] == ids
 
 
 def test_identifier_is_kept_when_the_path_is_not_on_the_client(server: Server, hf_folder: Path) -> None:

@@ -35,6 +35,7 @@ class StepOutput:
 class Backend(ABC):
     vocab_size: int
     eos_token_id: int | None = None
+    bos_token_id: int | None = None  # what clients put before a prompt, when there is one
     max_context: int | None = None  # longest sequence (prompt + generated) it can hold
     max_batch: int | None = None  # most sequences it can hold at once, if limited
     ops: ArrayOps  # array operations that work on this backend's logits
@@ -51,9 +52,9 @@ class Backend(ABC):
         """What was loaded and how; sent to clients in MODEL_INFO."""
         return {}
 
-    def tokenizer_files(self) -> dict[str, str]:
-        """Paths of the files a client needs to build this model's tokenizer, if any."""
-        return {}
+    def tokenizer_json(self) -> str | None:
+        """The model's tokenizer as a ``tokenizers`` JSON document, for clients that lack it."""
+        return None
 
     def close(self) -> None:  # noqa: B027 (optional; most backends need nothing)
         """Free the model (called once at shutdown)."""

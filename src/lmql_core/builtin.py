@@ -32,7 +32,7 @@ def _json_tokenizer(model: str, tokenizer: str | None = None, **options: Any) ->
     from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json
 
     path = find_tokenizer_json(tokenizer or model)
-    return JsonTokenizer(path) if path else None
+    return JsonTokenizer.from_file(path) if path else None
 
 
 @hookimpl

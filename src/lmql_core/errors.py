@@ -22,6 +22,10 @@ class TokenizerNotFound(LMQLError):
     pass
 
 
+class TokenizerMismatch(LMQLError):
+    """The client's tokenizer is not the one the model is served with."""
+
+
 class RequestError(LMQLError):
     """A request that the server or engine rejects; the message goes back to the client."""
 

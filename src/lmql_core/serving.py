@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from lmql_core import plugins
@@ -11,6 +12,7 @@ from lmql_core.backend import Backend
 from lmql_core.engine.engine import Engine
 from lmql_core.errors import RequestError
 from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
+from lmql_core.tokenizer import JsonTokenizer
 
 
 @dataclass
@@ -19,6 +21,22 @@ class LoadedModel:
     backend: Backend
     engine: Engine
     loader_kwargs: dict[str, Any]
+
+    @cached_property
+    def tokenizer(self) -> JsonTokenizer | None:
+        """The model's own tokenizer, when the backend can tell it: sent to clients that ask
+        (TOKENIZER) and used for requests in text mode."""
+        content = self.backend.tokenizer_json()
+        if content is None:
+            return None
+        return JsonTokenizer.from_spec({"tokenizer_json": content, "source": self.model_id.served_name,
+                                        "bos_token_id": self.backend.bos_token_id,
+                                        "eos_token_id": self.backend.eos_token_id})
+
+    def extensions(self) -> dict[str, Any]:
+        """LMTP extensions this model supports, advertised in MODEL_INFO (LMQL 0.7 ignores them)."""
+        tokenizer = self.tokenizer
+        return {"tokenizer": tokenizer.fingerprint() if tokenizer else None, "text": tokenizer is not None}
 
     def info(self) -> dict[str, Any]:
         spec = plugins.backend_for_name(self.model_id.backend)
@@ -30,6 +48,7 @@ class LoadedModel:
             "eos_token_id": self.backend.eos_token_id,
             "max_context": self.backend.max_context,
             "loader_kwargs": {k: repr(v) for k, v in self.loader_kwargs.items()},
+            "extensions": self.extensions(),
         }
         info.update(self.backend.info())
         return info

@@ -22,20 +22,37 @@ class Tokenizer(Protocol):
 
 
 class JsonTokenizer:
-    """A tokenizer from a ``tokenizer.json`` file, through the ``tokenizers`` library (no torch)."""
+    """A ``tokenizer.json`` through the ``tokenizers`` library (no torch)."""
 
-    def __init__(self, path: str | Path, eos_token: str | None = None, bos_token: str | None = None):
+    def __init__(self, tok: Any, bos_token_id: int | None, eos_token_id: int | None,
+                 source: str = "") -> None:
+        self._tok = tok
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self.bos_token_id, self.eos_token_id = bos_token_id, eos_token_id
+        self.source = source
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> JsonTokenizer:
+        """``path`` is a tokenizer.json; BOS and EOS come from the tokenizer_config.json beside it."""
         from tokenizers import Tokenizer as HFTokenizer
 
-        self.path = Path(path)
-        self._tok = HFTokenizer.from_file(str(self.path))
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        config = _read_json(self.path.with_name("tokenizer_config.json"))
-        self.eos_token_id = self._token_id(eos_token or _token_text(config.get("eos_token")))
-        self.bos_token_id = self._token_id(bos_token or _token_text(config.get("bos_token")))
+        path = Path(path)
+        tok = HFTokenizer.from_file(str(path))
+        config = _read_json(path.with_name("tokenizer_config.json"))
+        bos, eos = (_token_text(config.get(key)) for key in ("bos_token", "eos_token"))
+        return cls(tok, _id(tok, bos), _id(tok, eos), str(path))
 
-    def _token_id(self, text: str | None) -> int | None:
-        return self._tok.token_to_id(text) if text else None
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> JsonTokenizer:
+        """From what a server sends: ``{"tokenizer_json", "bos_token_id", "eos_token_id"}``."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        tok = HFTokenizer.from_str(spec["tokenizer_json"])
+        return cls(tok, spec.get("bos_token_id"), spec.get("eos_token_id"), spec.get("source", "server"))
+
+    def spec(self) -> dict[str, Any]:
+        return {"tokenizer_json": self._tok.to_str(), "bos_token_id": self.bos_token_id,
+                "eos_token_id": self.eos_token_id, "fingerprint": self.fingerprint()}
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
@@ -44,7 +61,13 @@ class JsonTokenizer:
         return str(self._tok.decode(list(ids), skip_special_tokens=False))
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+        return vocab_fingerprint(self._tok.get_vocab(with_added_tokens=True))
+
+
+def vocab_fingerprint(vocab: dict[str, int]) -> str:
+    """Equal for tokenizers that map the same strings to the same ids, whatever their file format."""
+    canonical = json.dumps(sorted(vocab.items(), key=lambda item: item[1]), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 class BytesTokenizer:
@@ -100,6 +123,10 @@ class IncrementalDecoder:
         text = self.tokenizer.decode(self.ids)
         delta, self.emitted = text[len(self.emitted) :], text
         return delta
+
+
+def _id(tok: Any, text: str | None) -> int | None:
+    return tok.token_to_id(text) if text else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from lmql_core import plugins
 from lmql_core.api.llm import LLM
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.identifiers import parse_model_id
-from lmql_core.tokenizer import load_tokenizer
 
 __all__ = ["LLM", "ScoringResult", "model", "serve", "generate", "generate_sync", "score",
            "score_sync", "set_default_model"]
@@ -32,7 +31,7 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
             warnings.warn(f"loader arguments {sorted(loader_kwargs)} are ignored for a served model; "
                           "pass them to `lmql serve-model` instead", stacklevel=2)
         client = transports[""](model_id, endpoint=endpoint, api_key=api_key)
-    return LLM(model_id, client, load_tokenizer(model_id.model, tokenizer, model_id.backend))
+    return LLM(model_id, client, tokenizer)
 
 
 def serve(model: str = "lmql-tiny", **kwargs: Any) -> None:

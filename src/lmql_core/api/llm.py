@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from lmql_core.api.scoring import ScoringResult
+from lmql_core.api.tokenizers import TokenizerResolver
 from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client import LMTPClient
 from lmql_core.lmtp.loop import client_loop, run_async, run_sync
@@ -16,10 +17,15 @@ DECODERS = ("argmax", "sample")
 
 
 class LLM:
-    def __init__(self, model_id: ModelId, client: LMTPClient, tokenizer: Tokenizer) -> None:
+    def __init__(self, model_id: ModelId, client: LMTPClient, tokenizer: str | None = None) -> None:
         self.model_id = model_id
         self.client = client
-        self.tokenizer = tokenizer
+        self._tokenizers = TokenizerResolver(model_id, client, tokenizer)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer in use: the server's own unless ``tokenizer=`` named another."""
+        return run_sync(self._tokenizers.get())
 
     @property
     def model_identifier(self) -> str:
@@ -49,15 +55,20 @@ class LLM:
             yield entry
 
     def encode_prompt(self, text: str) -> list[int]:
+        return run_sync(self._encode_prompt(text))
+
+    async def _encode_prompt(self, text: str) -> list[int]:
         """BOS (when the tokenizer has one) and the text's tokens: what LMQL 0.7 clients send."""
-        bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + self.tokenizer.encode(text, add_special_tokens=False)
+        tokenizer = await self._tokenizers.get()
+        bos = tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + tokenizer.encode(text, add_special_tokens=False)
 
     # --- text level -----------------------------------------------------------------------
 
     async def _stream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
-        decoder = IncrementalDecoder(self.tokenizer, skip={self.tokenizer.eos_token_id or -1})
-        request = self._request(self.encode_prompt(prompt), **options)
+        tokenizer = await self._tokenizers.get()
+        decoder = IncrementalDecoder(tokenizer, skip={tokenizer.eos_token_id or -1})
+        request = self._request(await self._encode_prompt(prompt), **options)
         async for entry in self._tokens(request):
             yield decoder.push(entry["token"])
         yield decoder.flush()
@@ -95,10 +106,11 @@ class LLM:
         values = [values] if isinstance(values, str) else list(values)
         if not values:
             raise ValueError("score() needs at least one value to score")
-        prompt_ids = self.encode_prompt(prompt)
+        prompt_ids = await self._encode_prompt(prompt)
+        tokenizer = await self._tokenizers.get()
 
         async def one(value: str) -> list[float]:
-            scored = self.tokenizer.encode(value, add_special_tokens=False)
+            scored = tokenizer.encode(value, add_special_tokens=False)
             if not scored:
                 return []
             request = {"model": self.model_id.served_name, "prompt": prompt_ids, "scored": scored}

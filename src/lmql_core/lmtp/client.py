@@ -39,7 +39,7 @@ class LMTPClient:
             queue = self._streams.get(entry.get("stream_id"))
             if queue is None:
                 continue
-            queue.put_nowait(entry if command == "TOKEN" else {"msg": entry})
+            queue.put_nowait(entry if command == "TOKEN" or "error" in entry else {"msg": entry})
 
     def _fail_all(self, message: str) -> None:
         for queue in self._streams.values():
@@ -67,6 +67,12 @@ class LMTPClient:
         async for entry in self.request("MODEL_INFO", {"model": model}):
             return dict(entry["msg"])
         raise ConnectionLost("no answer to MODEL_INFO")
+
+    async def tokenizer(self, model: str) -> dict[str, Any]:
+        """The served model's tokenizer (the TOKENIZER extension; see MODEL_INFO's extensions)."""
+        async for entry in self.request("TOKENIZER", {"model": model}):
+            return dict(entry["msg"]["tokenizer"])
+        raise ConnectionLost("no answer to TOKENIZER")
 
     async def close(self) -> None:
         pass

@@ -18,6 +18,7 @@ T = TypeVar("T")
 _loop: asyncio.AbstractEventLoop | None = None
 _lock = threading.Lock()
 _closers: list[Any] = []
+_THREAD_NAME = "lmql-client"
 
 
 def client_loop() -> asyncio.AbstractEventLoop:
@@ -25,7 +26,7 @@ def client_loop() -> asyncio.AbstractEventLoop:
     with _lock:
         if _loop is None:
             _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="lmql-client", daemon=True).start()
+            threading.Thread(target=_loop.run_forever, name=_THREAD_NAME, daemon=True).start()
             atexit.register(_shutdown)
         return _loop
 
@@ -48,7 +49,11 @@ def _shutdown() -> None:
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run_coroutine_threadsafe(coro, client_loop()).result()
+    loop = client_loop()
+    if threading.current_thread().name == _THREAD_NAME:
+        coro.close()
+        raise RuntimeError("a *_sync method was called from lmql's own client loop; await the async one")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 
 async def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -15,6 +15,7 @@ from lmql_core.engine.sequence import Kind, SamplingParams, Sequence, TokenEvent
 from lmql_core.errors import LMQLError, RequestError
 from lmql_core.lmtp import protocol
 from lmql_core.serving import LoadedModel, ModelHost
+from lmql_core.tokenizer import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Session:
         self._send = send
         self._loop = asyncio.get_running_loop()
         self._active: dict[Any, tuple[Sequence, LoadedModel]] = {}
+        self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
         self.closed = False
 
     async def handle_text(self, text: str) -> None:
@@ -43,7 +45,7 @@ class Session:
         try:
             handler = self._handlers().get(command)
             if handler is None:
-                raise RequestError(f"unknown command '{command}' (expected GENERATE, SCORE or MODEL_INFO)")
+                raise RequestError(f"unknown command '{command}' (expected {', '.join(self._handlers())})")
             body = protocol.require_object(payload, command)
             stream_id = protocol.stream_id_of(body)
             await handler(stream_id, body)
@@ -54,7 +56,8 @@ class Session:
             self._error(stream_id, f"internal error: {type(e).__name__}: {e}")
 
     def _handlers(self) -> dict[str, Callable[[Any, dict[str, Any]], Any]]:
-        return {"GENERATE": self._generate, "SCORE": self._score, "MODEL_INFO": self._model_info}
+        return {"GENERATE": self._generate, "SCORE": self._score, "MODEL_INFO": self._model_info,
+                "TOKENIZER": self._tokenizer}
 
     async def _model(self, body: dict[str, Any]) -> LoadedModel:
         name = body.get("model")
@@ -66,19 +69,53 @@ class Session:
     async def _generate(self, stream_id: Any, body: dict[str, Any]) -> None:
         model = await self._model(body)
         vocab = model.backend.vocab_size
-        prompt = protocol.token_list(body.get("prompt"), "prompt", vocab)
+        text_mode = "text" in body and "prompt" not in body
+        if text_mode:
+            prompt = self._encode(model, body, "text", prompt=True)
+        else:
+            prompt = protocol.token_list(body.get("prompt"), "prompt", vocab)
         params = protocol.sampling_params(body, vocab, self.limits)
         self._check_context(model, len(prompt))
         self._start(Sequence(stream_id, prompt, params, self._deliver), model)
+        if text_mode:
+            assert model.tokenizer is not None
+            skip = {model.tokenizer.eos_token_id} if model.tokenizer.eos_token_id is not None else set()
+            self._decoders[stream_id] = IncrementalDecoder(model.tokenizer, skip)
 
     async def _score(self, stream_id: Any, body: dict[str, Any]) -> None:
         model = await self._model(body)
         vocab = model.backend.vocab_size
-        prompt = protocol.token_list(body.get("prompt"), "prompt", vocab)
-        scored = protocol.token_list(body.get("scored"), "scored", vocab)
+        if "text" in body and "prompt" not in body:
+            prompt = self._encode(model, body, "text", prompt=True)
+            scored = self._encode(model, body, "scored_text", prompt=False)
+        else:
+            prompt = protocol.token_list(body.get("prompt"), "prompt", vocab)
+            scored = protocol.token_list(body.get("scored"), "scored", vocab)
         self._check_context(model, len(prompt) + len(scored))
         seq = Sequence(stream_id, prompt, SamplingParams(max_tokens=0), self._deliver, Kind.SCORE, scored)
         self._start(seq, model)
+
+    def _encode(self, model: LoadedModel, body: dict[str, Any], field: str, prompt: bool) -> list[int]:
+        """Text mode: the server tokenizes (a prompt gets the model's BOS, like LMQL clients send)."""
+        tokenizer = model.tokenizer
+        if tokenizer is None:
+            raise RequestError("text mode needs the model's tokenizer, which this server does not have; "
+                               "send token ids in 'prompt' instead")
+        text = body.get(field)
+        if not isinstance(text, str) or not text:
+            raise RequestError(f"'{field}' must be a non-empty string")
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        bos = [tokenizer.bos_token_id] if prompt and tokenizer.bos_token_id is not None else []
+        if not bos + ids:
+            raise RequestError(f"'{field}' encodes to no tokens")
+        return bos + ids
+
+    async def _tokenizer(self, stream_id: Any, body: dict[str, Any]) -> None:
+        model = await self._model(body)
+        if model.tokenizer is None:
+            raise RequestError(f"the server has no tokenizer for '{model.model_id.served_name}'")
+        self._send("MSG", [{"stream_id": stream_id, "model": model.model_id.served_name,
+                            "tokenizer": model.tokenizer.spec()}])
 
     async def _model_info(self, stream_id: Any, body: dict[str, Any]) -> None:
         model = await self._model(body)
@@ -104,11 +141,22 @@ class Session:
             self._loop.call_soon_threadsafe(self._send_tokens, events)
 
     def _send_tokens(self, events: list[TokenEvent]) -> None:
+        entries = [self._entry(e) for e in events]
         for e in events:
             if e.finish_reason is not None or e.error is not None:
                 self._active.pop(e.stream_id, None)
+                self._decoders.pop(e.stream_id, None)
         if not self.closed:
-            self._send("TOKEN", [protocol.token_entry(e) for e in events])
+            self._send("TOKEN", entries)
+
+    def _entry(self, event: TokenEvent) -> dict[str, Any]:
+        entry = protocol.token_entry(event)
+        decoder = self._decoders.get(event.stream_id)
+        if decoder is not None and event.error is None:  # text mode: the decoded text so far
+            entry["text"] = decoder.push(event.token)
+            if event.finish_reason is not None:
+                entry["text"] += decoder.flush()
+        return entry
 
     def _error(self, stream_id: Any, message: str) -> None:
         self._send("TOKEN", [{"stream_id": stream_id, "error": message}])

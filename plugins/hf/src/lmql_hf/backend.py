@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,11 +18,13 @@ from transformers import AutoModelForCausalLM
 
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import TorchOps
+from lmql_core.tokenizer import find_tokenizer_json
 from lmql_hf import loading
 from lmql_hf.bundled import resolve
 from lmql_hf.graphs import DecodeGraphs, length_buckets
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.slots import SlotTable
+from lmql_hf.tokenizer import cached_tokenizer_json
 
 console = Console(stderr=True)
 
@@ -49,6 +52,7 @@ class HFBackend(Backend):
         config = self.model.config
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.eos_token_id = _first(self.model.generation_config.eos_token_id or config.eos_token_id)
+        self.bos_token_id = _first(self.model.generation_config.bos_token_id or config.bos_token_id)
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_context = min(context or self.options["max_seq_len"], self.options["max_seq_len"])
         self.ops = TorchOps()
@@ -178,11 +182,9 @@ class HFBackend(Backend):
             "versions": loading.versions(),
         }
 
-    def tokenizer_files(self) -> dict[str, str]:
-        from lmql_core.tokenizer import find_tokenizer_json
-
-        found = find_tokenizer_json(self.path)
-        return {"tokenizer.json": str(found)} if found else {}
+    def tokenizer_json(self) -> str | None:
+        found = find_tokenizer_json(self.path) or cached_tokenizer_json(self.path)
+        return Path(found).read_text(encoding="utf-8") if found else None
 
 
 def _first(value: Any) -> int | None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json
+from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json, vocab_fingerprint
 from lmql_hf.bundled import resolve
 
 
@@ -25,11 +24,11 @@ class TransformersTokenizer:
         return str(self._tok.decode(ids))
 
     def fingerprint(self) -> str:
-        vocab = sorted(self._tok.get_vocab().items())
-        return hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]
+        return vocab_fingerprint(self._tok.get_vocab())
 
 
-def _cached_tokenizer_json(name: str) -> str | None:
+def cached_tokenizer_json(name: str) -> str | None:
+    """The tokenizer.json of a hub model in the local Hugging Face cache (no download)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
@@ -40,9 +39,9 @@ def _cached_tokenizer_json(name: str) -> str | None:
 
 def load_hf_tokenizer(name: str) -> Any:
     """A bundled model, a folder, a tokenizer.json, or a hub name (from the local cache first)."""
-    path = find_tokenizer_json(resolve(name)) or _cached_tokenizer_json(name)
+    path = find_tokenizer_json(resolve(name)) or cached_tokenizer_json(name)
     if path:
-        return JsonTokenizer(path)
+        return JsonTokenizer.from_file(path)
     try:
         from transformers import AutoTokenizer
 

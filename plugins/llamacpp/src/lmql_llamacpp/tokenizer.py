@@ -18,10 +18,10 @@ def load_llamacpp_tokenizer(model: str, tokenizer: str | None = None) -> JsonTok
     """The tokenizer for the GGUF file ``model``; None lets other loaders try ``tokenizer``."""
     if tokenizer is not None:
         found = find_tokenizer_json(tokenizer)
-        return JsonTokenizer(found) if found else None
+        return JsonTokenizer.from_file(found) if found else None
     beside = Path(model).expanduser().parent / "tokenizer.json"
     if beside.is_file():
-        return JsonTokenizer(beside)
+        return JsonTokenizer.from_file(beside)
     raise TokenizerNotFound(
         f"No tokenizer for the llama.cpp model '{model}': lmql tokenizes on the client with "
         f"Hugging Face tokenizers and found no tokenizer.json next to it (looked for {beside}). "

@@ -1,0 +1,95 @@
+"""Which tokenizer a client uses for a model, and checking it against the server's.
+
+Without ``tokenizer=``, the server's own tokenizer is used when the server offers it (an LMTP
+extension, advertised in MODEL_INFO), fetched once and cached on disk by fingerprint; servers
+that do not offer one (LMQL 0.7) fall back to the local loaders. With ``tokenizer=``, that one
+is used, but it must have the same vocabulary as the server's: a mismatch is an error, never
+garbage output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lmql_core.errors import ConnectionLost, TokenizerMismatch
+from lmql_core.identifiers import ModelId
+from lmql_core.lmtp.client import LMTPClient
+from lmql_core.tokenizer import JsonTokenizer, Tokenizer, load_tokenizer
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("LMQL_CACHE_DIR") or Path.home() / ".cache" / "lmql"
+    return Path(base) / "tokenizers"
+
+
+class TokenizerResolver:
+    def __init__(self, model_id: ModelId, client: LMTPClient, requested: str | None) -> None:
+        self.model_id = model_id
+        self.client = client
+        self.requested = requested
+        # an explicit tokenizer loads now, so a wrong path fails at lmql.model(...)
+        self._local = load_tokenizer(model_id.model, requested, model_id.backend) if requested else None
+        self._resolved: Tokenizer | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def get(self) -> Tokenizer:
+        if self._resolved is None:
+            self._lock = self._lock or asyncio.Lock()
+            async with self._lock:
+                if self._resolved is None:
+                    try:
+                        self._resolved = await self._resolve()
+                    except ConnectionLost:
+                        if self._local is None:
+                            raise
+                        return self._local  # checked against the server once it answers
+        return self._resolved
+
+    async def _resolve(self) -> Tokenizer:
+        served = await self._server_fingerprint()
+        if self._local is not None:
+            if served and self._local.fingerprint() != served:
+                raise TokenizerMismatch(
+                    f"the tokenizer '{self.requested}' does not match the one '{self.model_id.served_name}' "
+                    f"is served with (vocabulary fingerprints {self._local.fingerprint()} vs {served}); "
+                    "leave out tokenizer= to use the server's")
+            return self._local
+        if served:
+            return _from_cache(served) or await self._fetch(served)
+        return load_tokenizer(self.model_id.model, None, self.model_id.backend)
+
+    async def _server_fingerprint(self) -> str | None:
+        info = (await self.client.model_info(self.model_id.served_name)).get("model_info")
+        extensions = info.get("extensions") if isinstance(info, dict) else None
+        found = extensions.get("tokenizer") if isinstance(extensions, dict) else None
+        return found if isinstance(found, str) else None
+
+    async def _fetch(self, fingerprint: str) -> Tokenizer:
+        spec = await self.client.tokenizer(self.model_id.served_name)
+        tokenizer = JsonTokenizer.from_spec(spec)
+        if tokenizer.fingerprint() == fingerprint:
+            _store(fingerprint, spec)
+        return tokenizer
+
+
+def _from_cache(fingerprint: str) -> Tokenizer | None:
+    path = cache_dir() / f"{fingerprint}.json"
+    try:
+        tokenizer = JsonTokenizer.from_spec(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError):
+        return None
+    return tokenizer if tokenizer.fingerprint() == fingerprint else None
+
+
+def _store(fingerprint: str, spec: dict[str, Any]) -> None:
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        temporary = cache_dir() / f".{fingerprint}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(spec), encoding="utf-8")
+        temporary.replace(cache_dir() / f"{fingerprint}.json")
+    except OSError:
+        pass  # a read-only home only costs a fetch next time
