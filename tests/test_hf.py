@@ -118,12 +118,14 @@ def test_top_logprobs_sorted_and_consistent(tiny_server: Server, local: lmql.LLM
     for sid, entries in results.items():
         for e in entries:
             top = list(e["top_logprobs"].items())
+            # the chosen token first, then the 5 most likely (it is often one of them: K or K+1 keys)
             assert top[0] == (str(e["token"]), e["logprob"])
+            assert len(top) in (5, 6)
             rest = [lp for _, lp in top[1:]]
-            assert len(rest) == 5 and rest == sorted(rest, reverse=True)
-            assert sum(torch.tensor(rest).exp()) <= 1.0 + 1e-5
+            assert rest == sorted(rest, reverse=True)
+            assert sum(torch.tensor([lp for _, lp in top]).exp()) <= 1.0 + 1e-5
             if sid == 1:  # greedy picks the most likely token
-                assert e["logprob"] == pytest.approx(rest[0])
+                assert e["logprob"] == pytest.approx(max(lp for _, lp in top))
 
 
 def test_concurrent_streams_with_different_settings_share_batches(tiny_server: Server, local: lmql.LLM) -> None:

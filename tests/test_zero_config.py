@@ -1,0 +1,121 @@
+"""Clients that need no tokenizer files: the server hands its tokenizer over; text mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmql_hf")
+
+import lmql  # noqa: E402
+from lmql_core.errors import TokenizerMismatch  # noqa: E402
+from lmql_hf.bundled import bundled_path  # noqa: E402
+from tests.conftest import RawClient, Server  # noqa: E402
+
+pytestmark = pytest.mark.hf
+TEXT = "Naïve café — 日本語 🙂 and so"
+
+
+@pytest.fixture(scope="module")
+def tiny_server() -> Server:
+    server = Server("lmql-tiny")
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+def test_model_info_advertises_the_extensions(tiny_server: Server) -> None:
+    info = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint).model_info_sync()["model_info"]
+    llm = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
+    assert info["extensions"] == {"tokenizer": llm.tokenizer.fingerprint(), "text": True}
+
+
+def test_client_without_tokenizer_files_uses_the_servers(tiny_server: Server, tmp_path: Path) -> None:
+    expected = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint).generate_sync(TEXT, max_tokens=20)
+    script = textwrap.dedent(f"""
+        import lmql
+        llm = lmql.model("lmql-tiny", endpoint="{tiny_server.endpoint}")
+        print(repr(llm.generate_sync({TEXT!r}, max_tokens=20)))
+    """)
+    # only the core's plugins: no lmql-hf, so no local way to find lmql-tiny's tokenizer
+    env = {**os.environ, "LMQL_LOAD_PLUGINS": "", "LMQL_CACHE_DIR": str(tmp_path)}
+    for _ in range(2):  # the second run reads the tokenizer from the cache
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == repr(expected)
+        assert len(list((tmp_path / "tokenizers").glob("*.json"))) == 1
+
+
+def test_a_matching_tokenizer_passes_the_check(tiny_server: Server) -> None:
+    llm = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint, tokenizer=str(bundled_path("lmql-tiny")))
+    assert llm.generate_sync("Once upon a time", max_tokens=5)
+
+
+def test_a_different_tokenizer_is_refused(tiny_server: Server, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    other = Tokenizer(models.BPE())
+    other.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    other.train_from_iterator(["some other text entirely"] * 10, trainers.BpeTrainer(vocab_size=300))
+    other.save(str(tmp_path / "tokenizer.json"))
+    llm = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint, tokenizer=str(tmp_path))
+    with pytest.raises(TokenizerMismatch, match="does not match the one 'lmql-tiny' is served with"):
+        llm.generate_sync("Once upon a time", max_tokens=5)
+
+
+async def _stream(endpoint: str, command: str, body: dict) -> list[dict]:
+    async with RawClient(endpoint) as c:
+        await c.send(command, {"model": "lmql-tiny", "stream_id": 1, **body})
+        return await c.stream(1)
+
+
+def test_text_mode_round_trips_non_ascii(tiny_server: Server) -> None:
+    llm = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
+    entries = asyncio.run(_stream(tiny_server.endpoint, "GENERATE", {"text": TEXT, "max_tokens": 30}))
+    by_ids = asyncio.run(_stream(tiny_server.endpoint, "GENERATE",
+                                 {"prompt": llm.encode_prompt(TEXT), "max_tokens": 30}))
+    assert [e["token"] for e in entries] == [e["token"] for e in by_ids]
+    text = "".join(e["text"] for e in entries)
+    assert text == llm.generate_sync(TEXT, max_tokens=30)
+    assert all("\ufffd" not in e["text"] for e in entries)
+    # the prompt itself, pushed through text mode's decoder token by token, survives intact
+    echoed = asyncio.run(_stream(tiny_server.endpoint, "SCORE", {"text": "x", "scored_text": TEXT}))
+    assert llm.tokenizer.decode([e["token"] for e in echoed]) == TEXT
+
+
+def test_text_mode_scores_equal_token_scores(tiny_server: Server) -> None:
+    llm = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
+    entries = asyncio.run(_stream(tiny_server.endpoint, "SCORE",
+                                  {"text": "The cat sat on the", "scored_text": " mat"}))
+    expected = llm.score_sync("The cat sat on the", [" mat"]).token_scores[0]
+    assert [e["logprob"] for e in entries] == pytest.approx(expected, abs=1e-5)
+
+
+def test_text_mode_without_a_server_tokenizer_is_an_error(random_server: Server) -> None:
+    async def scenario() -> list[dict]:
+        async with RawClient(random_server.endpoint) as c:
+            await c.send("GENERATE", {"model": "random", "stream_id": 1, "text": "hi"})
+            return await c.stream(1)
+
+    [entry] = asyncio.run(scenario())
+    assert "text mode needs the model's tokenizer" in entry["error"]
+
+
+def test_tokenizer_command_answers(tiny_server: Server) -> None:
+    async def scenario() -> tuple:
+        async with RawClient(tiny_server.endpoint) as c:
+            await c.send("TOKENIZER", {"model": "lmql-tiny", "stream_id": 3})
+            return await c.frame()
+
+    command, [answer] = asyncio.run(scenario())
+    assert command == "MSG" and answer["stream_id"] == 3
+    spec = answer["tokenizer"]
+    assert json.loads(spec["tokenizer_json"])["model"]["type"] == "BPE"
+    assert (spec["bos_token_id"], spec["eos_token_id"]) == (1, 2)
