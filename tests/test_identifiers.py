@@ -44,7 +44,8 @@ def test_empty_identifier_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("text", "value"),
     [("True", True), ("false", False), ("None", None), ("42", 42), ("-3", -3), ("0.5", 0.5),
-     ("1e-3", 0.001), ("sdpa", "sdpa"), ("main", "main")],
+     ("1e-3", 0.001), ("sdpa", "sdpa"), ("main", "main"), ('{"0": "2GiB"}', {"0": "2GiB"}),
+     ("[1, 2]", [1, 2]), ("{oops", "{oops")],
 )
 def test_parse_value(text: str, value: object) -> None:
     assert parse_value(text) == value and type(parse_value(text)) is type(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,10 +61,16 @@ def parse_model_id(identifier: str, backend: str | None = None) -> ModelId:
 
 
 def parse_value(text: str) -> Any:
-    """``"True"``/``"False"``/``"None"``, ints and floats become Python values; the rest stays text."""
+    """``"True"``/``"False"``/``"None"``, ints, floats and JSON objects or lists become Python
+    values (``--max_memory '{"0": "20GiB"}'``); the rest stays text."""
     special = {"true": True, "false": False, "none": None}
     if text.lower() in special:
         return special[text.lower()]
+    if text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
     for convert in (int, float):
         try:
             return convert(text)

@@ -19,6 +19,8 @@ QUANTIZED = {"8bit": {"load_in_8bit": True}, "4bit": {"load_in_4bit": True}}
 def loader_kwargs(cuda: bool, dtype: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments for ``AutoModelForCausalLM.from_pretrained``."""
     result = dict(kwargs)
+    if isinstance(result.get("max_memory"), dict):  # JSON keys are text; accelerate wants GPU numbers
+        result["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in result["max_memory"].items()}
     if cuda:
         if not torch.cuda.is_available():
             raise LMQLError("--cuda was given but torch sees no CUDA device "
