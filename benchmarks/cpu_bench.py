@@ -59,7 +59,8 @@ def servers(model: str, lmql_python: str | None) -> list[tuple[str, list[str]]]:
     ours = [sys.executable, "-m", "lmql_core", "serve-model", model]
     found = [("lmql-core", ours)]
     if lmql_python:  # LMQL 0.7.3 preloads the model in the background: its first request waits
-        found.append(("lmql 0.7.3", [lmql_python, "-m", "lmql.cli", "serve-model", model, "--static"]))
+        script = str(Path(lmql_python).parent / "lmql")  # that environment's `lmql` command
+        found.append(("lmql 0.7.3", [script, "serve-model", model, "--static"]))
     return found
 
 
