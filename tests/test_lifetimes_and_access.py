@@ -96,7 +96,7 @@ def test_200_streams_over_20_connections(random_server: Server) -> None:
 
 
 def test_soak_clients_connecting_and_dropping_at_random() -> None:
-    seconds = float(os.environ.get("LMQL_SOAK_SECONDS", "45"))
+    seconds = float(os.environ.get("LMQL_SOAK_SECONDS", "120"))
     server = Server("random")
     rng = random.Random(1)
     completed = 0
