@@ -186,3 +186,41 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(LMQLError, match="--cuda was given but torch sees no CUDA device"):
         lmql.model("local:lmql-tiny", cuda=True)
+
+
+def test_growing_prompts_reuse_the_cached_prefix(tiny_server: Server, local: lmql.LLM) -> None:
+    """LMQL sends a prompt, then the prompt plus what came back plus more: only the new part is
+    computed, and the result equals a server that recomputes everything."""
+    plain = Server("lmql-tiny", "--reuse_prefixes", "False")
+    try:
+        prompt = local.encode_prompt("Once upon a time")
+        outputs = {}
+        for name, server in (("reuse", tiny_server), ("plain", plain)):
+            llm = lmql.model("lmql-tiny", endpoint=server.endpoint)
+            before = llm.model_info_sync()["model_info"]["kv_cache"]["reused_prefix_tokens"]
+            first = asyncio.run(_generate(server.endpoint, {1: {"prompt": prompt, "max_tokens": 8}}))[1]
+            grown = prompt + [e["token"] for e in first] + local.tokenizer.encode(" and then", False)
+            second = asyncio.run(_generate(server.endpoint, {1: {"prompt": grown, "max_tokens": 8,
+                                                                 "top_logprobs": 3}}))[1]
+            after = llm.model_info_sync()["model_info"]["kv_cache"]["reused_prefix_tokens"]
+            outputs[name] = (first, second, after - before)
+        assert outputs["reuse"][2] >= len(prompt) + 7  # the whole first exchange was reused
+        assert outputs["plain"][2] == 0
+        for a, b in zip(outputs["reuse"][1], outputs["plain"][1], strict=True):
+            assert a["token"] == b["token"]
+            assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-4)
+    finally:
+        assert plain.stop() == 0
+
+
+def test_more_streams_than_the_batch_wait_their_turn(local: lmql.LLM) -> None:
+    server = Server("lmql-tiny", "--max_batch", "2")
+    try:
+        prompts = {sid: local.encode_prompt(p) for sid, p in enumerate(PROMPTS, start=1)}
+        together = asyncio.run(_generate(server.endpoint, {sid: {"prompt": p, "max_tokens": 10}
+                                                           for sid, p in prompts.items()}))
+        for sid, prompt in prompts.items():
+            solo = asyncio.run(_generate(server.endpoint, {sid: {"prompt": prompt, "max_tokens": 10}}))[sid]
+            assert [e["token"] for e in together[sid]] == [e["token"] for e in solo]
+    finally:
+        assert server.stop() == 0
