@@ -220,6 +220,20 @@ def test_tokenizer_next_to_the_gguf_file_is_found(tmp_path: Path, gguf_path: Pat
     assert [found.bos_token_id, *found.encode(PROMPTS[2], add_special_tokens=False)] == ids
 
 
+def test_server_hands_out_the_vocabulary_in_the_gguf_file(server: Server, gguf_path: Path,
+                                                         hf_llm: lmql.LLM, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tokenizer= and no tokenizer.json next to the file: the server rebuilds the tokenizer from
+    the GGUF vocabulary, and it is the HF model's (same fingerprint, same prompt ids)."""
+    monkeypatch.setenv("LMQL_CACHE_DIR", str(tmp_path))
+    llm = lmql.model(f"llama.cpp:{gguf_path}", endpoint=server.endpoint)
+    info = llm.model_info_sync()["model_info"]
+    assert info["extensions"] == {"tokenizer": hf_llm.tokenizer.fingerprint(), "text": True}
+    for prompt in [*PROMPTS, "naïve café 日本語 🙂\n\n  spaces"]:
+        assert llm.encode_prompt(prompt) == hf_llm.encode_prompt(prompt)
+    assert llm.generate_sync(PROMPTS[2], max_tokens=12) == hf_llm.generate_sync(PROMPTS[2], max_tokens=12)
+
+
 def test_identifier_is_kept_when_the_path_is_not_on_the_client(server: Server, hf_folder: Path) -> None:
     elsewhere = "llama.cpp:/models/not/here.gguf"
     llm = lmql.model(elsewhere, endpoint=server.endpoint, tokenizer=str(hf_folder))

@@ -43,6 +43,7 @@ from llama_cpp import _internals as internals
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import NumpyOps
 from lmql_core.errors import LMQLError
+from lmql_llamacpp.gguf_vocab import tokenizer_json_from_gguf
 
 DEFAULT_N_CTX = 2048
 DEFAULT_SEQUENCES = 4
@@ -164,6 +165,8 @@ class LlamaCppBackend(Backend):
         self.vocab_size = int(self.llama.n_vocab())
         eos = int(self.llama.token_eos())
         self.eos_token_id = eos if eos >= 0 else None
+        bos = int(self.llama.token_bos())  # sent to clients: the file says whether prompts start with it
+        self.bos_token_id = bos if bos >= 0 and self.llama._model.add_bos_token() else None
         self.max_context = min(self.n_ctx, int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx)))
         self.ops = NumpyOps()
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
@@ -171,6 +174,8 @@ class LlamaCppBackend(Backend):
         self._free_slots = list(range(self.n_slots))
         self._clock = 0
         self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
+        self._tokenizer: tuple[str | None] | None = None  # computed on first use
 
     def _make_context(self) -> Any:
         """Swap ``Llama``'s one-sequence context for one with ``n_seq_max`` KV streams."""
@@ -342,6 +347,19 @@ class LlamaCppBackend(Backend):
     def tokenizer_files(self) -> dict[str, str]:
         beside = os.path.join(os.path.dirname(self.path), "tokenizer.json")
         return {"tokenizer.json": beside} if os.path.isfile(beside) else {}
+
+    def tokenizer_json(self) -> str | None:
+        """The ``tokenizer.json`` next to the GGUF file, else one rebuilt from the vocabulary in
+        the file (None for vocabularies ``gguf_vocab`` cannot rebuild); computed once."""
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                files = self.tokenizer_files()
+                if files:
+                    with open(files["tokenizer.json"], encoding="utf-8") as f:
+                        self._tokenizer = (f.read(),)
+                else:
+                    self._tokenizer = (tokenizer_json_from_gguf(self.path),)
+            return self._tokenizer[0]
 
     def close(self) -> None:
         with self._lock:

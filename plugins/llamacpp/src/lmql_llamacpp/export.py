@@ -4,7 +4,11 @@ Usage: ``python -m lmql_llamacpp.export HF_FOLDER OUT.gguf``
 
 Writes every weight as F32 (no quantization), the ``llama`` hyperparameters, and the folder's
 byte-level BPE ``tokenizer.json`` as a ``gpt2`` vocabulary (llama.cpp needs a vocabulary to load
-a model; lmql clients tokenize with the same ``tokenizer.json`` through HF ``tokenizers``).
+a model; lmql clients tokenize with the same ``tokenizer.json`` through HF ``tokenizers``). The
+vocabulary is written so that it tokenizes exactly as the ``tokenizer.json`` does, in llama.cpp
+and in the tokenizer ``lmql_llamacpp.gguf_vocab`` rebuilds from it (same ids, same special and
+added tokens, the pre-tokenizer named by ``tokenizer.ggml.pre``); a ``tokenizer.json`` a GGUF
+vocabulary cannot express is refused.
 
 HF stores the rotary halves of each attention head as ``[x0..x(d/2-1), x(d/2)..x(d-1)]``,
 llama.cpp interleaves them as pairs, so the Q and K projections are permuted per head (the
@@ -20,6 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lmql_llamacpp.gguf_vocab import (
+    CONTROL,
+    LLAMA3_SPLIT,
+    NORMAL,
+    PRE_TOKENIZERS,
+    QWEN2_SPLIT,
+    UNUSED,
+    USER_DEFINED,
+)
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 
@@ -121,8 +135,31 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def pre_tokenizer_name(data: dict[str, Any], path: Path) -> str:
+    """The ``tokenizer.ggml.pre`` that splits text as this ``tokenizer.json`` does, in llama.cpp
+    and in ``gguf_vocab``; ExportError for a pipeline a GGUF vocabulary cannot express."""
+    model, pre = data["model"], data.get("pre_tokenizer") or {}
+    name = None
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
+        name = "gpt-2"
+    elif pre.get("type") == "Sequence" and len(pre.get("pretokenizers") or []) == 2:
+        split, byte_level = pre["pretokenizers"]
+        if (split.get("type") == "Split" and split.get("behavior") == "Isolated"
+                and not split.get("invert") and byte_level.get("type") == "ByteLevel"
+                and not byte_level.get("use_regex", True) and not byte_level.get("add_prefix_space")):
+            regex = (split.get("pattern") or {}).get("Regex")
+            name = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}.get(str(regex))
+    plain = data.get("normalizer") is None and not any(
+        model.get(key) for key in ("byte_fallback", "continuing_subword_prefix", "end_of_word_suffix"))
+    if name is None or not plain or bool(model.get("ignore_merges")) != PRE_TOKENIZERS[name][1]:
+        raise ExportError(f"{path} cannot be written as a GGUF vocabulary: only byte-level BPE without "
+                          "a normalizer that splits text like GPT-2, Llama 3 or Qwen 2 is supported")
+    return name
+
+
 def read_tokenizer(folder: Path, vocab_size: int) -> dict[str, Any]:
-    """Tokens, types and merges of a byte-level BPE ``tokenizer.json``, padded to ``vocab_size``."""
+    """Tokens, types, merges and pre-tokenizer of a byte-level BPE ``tokenizer.json``, padded to
+    ``vocab_size`` (with unused ``[PAD<id>]`` tokens, as llama.cpp's converter pads)."""
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise ExportError(f"no tokenizer.json in {folder} (llama.cpp needs a vocabulary)")
@@ -130,19 +167,23 @@ def read_tokenizer(folder: Path, vocab_size: int) -> dict[str, Any]:
     model = data.get("model") or {}
     if model.get("type") != "BPE":
         raise ExportError(f"{path} is a {model.get('type')} tokenizer; only byte-level BPE is supported")
+    pre = pre_tokenizer_name(data, path)
     vocab: dict[str, int] = dict(model["vocab"])
-    special = {t["content"]: t["id"] for t in data.get("added_tokens") or []}
-    vocab.update(special)
+    added = {t["content"]: t for t in data.get("added_tokens") or []}
+    vocab.update({text: t["id"] for text, t in added.items()})
     if max(vocab.values()) >= vocab_size:
         raise ExportError(f"the tokenizer has ids up to {max(vocab.values())} but the model only "
                           f"{vocab_size} embeddings")
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
-    types = [5] * vocab_size  # UNUSED
+    types = [UNUSED] * vocab_size
     for text, index in vocab.items():
         tokens[index] = text
-        types[index] = 3 if text in special else 1  # CONTROL or NORMAL
+        if text in added:  # llama.cpp matches both kinds whole in the text, as HF does
+            types[index] = CONTROL if added[text].get("special") else USER_DEFINED
+        else:
+            types[index] = NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    return {"tokens": tokens, "types": types, "merges": merges, "ids": vocab}
+    return {"tokens": tokens, "types": types, "merges": merges, "ids": vocab, "pre": pre}
 
 
 def special_ids(folder: Path, config: dict[str, Any], ids: dict[str, int]) -> dict[str, int]:
@@ -162,6 +203,23 @@ def special_ids(folder: Path, config: dict[str, Any], ids: dict[str, int]) -> di
     return found
 
 
+def add_vocabulary(writer: Any, folder: Path, config: dict[str, Any],
+                   tokenizer: dict[str, Any]) -> None:
+    """Write ``read_tokenizer``'s result and the BOS/EOS ids as the ``tokenizer.ggml.*`` keys."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(tokenizer["pre"])
+    writer.add_token_list(tokenizer["tokens"])
+    writer.add_token_types(tokenizer["types"])
+    writer.add_token_merges(tokenizer["merges"])
+    ids = special_ids(folder, config, tokenizer["ids"])
+    if "bos" in ids:
+        writer.add_bos_token_id(ids["bos"])
+    if "eos" in ids:
+        writer.add_eos_token_id(ids["eos"])
+    # lmql prepends BOS to prompts whenever the model has one (as the HF backend does)
+    writer.add_add_bos_token("bos" in ids)
+
+
 def export_hf_llama_to_gguf(hf_folder: str | Path, out_path: str | Path) -> Path:
     """Write ``out_path`` (GGUF, F32 weights) from the HF Llama checkpoint in ``hf_folder``."""
     import gguf
@@ -174,7 +232,7 @@ def export_hf_llama_to_gguf(hf_folder: str | Path, out_path: str | Path) -> Path
     head_dim = int(config.get("head_dim") or n_embd // n_head)
     vocab_size = int(config["vocab_size"])
     tied = bool(config.get("tie_word_embeddings", False))
-    tokenizer = read_tokenizer(folder, vocab_size)
+    tokenizer = read_tokenizer(folder, vocab_size)  # fails before anything is written
 
     writer = gguf.GGUFWriter(str(out), "llama")
     writer.add_name(folder.name)
@@ -192,17 +250,7 @@ def export_hf_llama_to_gguf(hf_folder: str | Path, out_path: str | Path) -> Path
     writer.add_vocab_size(vocab_size)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
 
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokenizer["tokens"])
-    writer.add_token_types(tokenizer["types"])
-    writer.add_token_merges(tokenizer["merges"])
-    ids = special_ids(folder, config, tokenizer["ids"])
-    if "bos" in ids:
-        writer.add_bos_token_id(ids["bos"])
-    if "eos" in ids:
-        writer.add_eos_token_id(ids["eos"])
-    writer.add_add_bos_token(False)  # lmql clients send BOS themselves
+    add_vocabulary(writer, folder, config, tokenizer)
 
     written: set[str] = set()
     for hf_name, array in iter_weights(folder):
