@@ -344,18 +344,14 @@ class LlamaCppBackend(Backend):
             "versions": _versions(),
         }
 
-    def tokenizer_files(self) -> dict[str, str]:
-        beside = os.path.join(os.path.dirname(self.path), "tokenizer.json")
-        return {"tokenizer.json": beside} if os.path.isfile(beside) else {}
-
     def tokenizer_json(self) -> str | None:
         """The ``tokenizer.json`` next to the GGUF file, else one rebuilt from the vocabulary in
         the file (None for vocabularies ``gguf_vocab`` cannot rebuild); computed once."""
         with self._tokenizer_lock:
             if self._tokenizer is None:
-                files = self.tokenizer_files()
-                if files:
-                    with open(files["tokenizer.json"], encoding="utf-8") as f:
+                beside = os.path.join(os.path.dirname(self.path), "tokenizer.json")
+                if os.path.isfile(beside):
+                    with open(beside, encoding="utf-8") as f:
                         self._tokenizer = (f.read(),)
                 else:
                     self._tokenizer = (tokenizer_json_from_gguf(self.path),)
