@@ -133,7 +133,8 @@ def test_concurrent_streams_with_different_settings_share_batches(tiny_server: S
     solo = {sid: [e["token"] for e in asyncio.run(_generate(tiny_server.endpoint, {
         sid: {"prompt": p, "max_tokens": 16}}))[sid]] for sid, p in prompts.items()}
     mixed = {sid: {"prompt": p, "max_tokens": 16} for sid, p in prompts.items()}
-    mixed[10] = {"prompt": prompts[1], "max_tokens": 16, "temperature": 0.9, "top_logprobs": 3}
+    mixed[10] = {"prompt": prompts[1], "max_tokens": 16, "temperature": 0.9, "top_logprobs": 3,
+                 "logit_bias": {"2": -100}}  # no EOS: exactly 16 tokens
     mixed[11] = {"prompt": prompts[2], "max_tokens": 5, "logit_bias": {"7": 100}}
     together = asyncio.run(_generate(tiny_server.endpoint, mixed))
     for sid in prompts:
