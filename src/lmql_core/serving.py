@@ -11,7 +11,7 @@ from lmql_core import plugins
 from lmql_core.backend import Backend
 from lmql_core.engine.engine import Engine
 from lmql_core.errors import RequestError
-from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
+from lmql_core.identifiers import ModelId, parse_model_id
 from lmql_core.tokenizer import JsonTokenizer
 
 
@@ -94,9 +94,6 @@ class ModelHost:
             model = load_model(parse_model_id(name, self.default_backend))
             self.add(model)
             return model
-
-    def describe(self) -> str:
-        return "; ".join(f"{n} ({format_kwargs(m.loader_kwargs.items())})" for n, m in self.models.items())
 
     def close(self) -> None:
         for model in self.models.values():
