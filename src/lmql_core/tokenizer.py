@@ -30,6 +30,7 @@ class JsonTokenizer:
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self.bos_token_id, self.eos_token_id = bos_token_id, eos_token_id
         self.source = source
+        self._fingerprint: str | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> JsonTokenizer:
@@ -61,7 +62,9 @@ class JsonTokenizer:
         return str(self._tok.decode(list(ids), skip_special_tokens=False))
 
     def fingerprint(self) -> str:
-        return vocab_fingerprint(self._tok.get_vocab(with_added_tokens=True))
+        if self._fingerprint is None:  # hashing a large vocabulary takes a while: once is enough
+            self._fingerprint = vocab_fingerprint(self._tok.get_vocab(with_added_tokens=True))
+        return self._fingerprint
 
 
 def vocab_fingerprint(vocab: dict[str, int]) -> str:
