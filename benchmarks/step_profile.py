@@ -69,13 +69,43 @@ def profile_engine(engine: Engine, batch: int, new_tokens: int) -> float:
     return batch * new_tokens / (time.perf_counter() - started)
 
 
+class ProfiledEngine(Engine):
+    """The engine with cProfile running in its own thread."""
+
+    def _run(self) -> None:
+        import cProfile
+
+        self.profiler = cProfile.Profile()
+        self.profiler.enable()
+        try:
+            super()._run()
+        finally:
+            self.profiler.disable()
+
+
+def profile_host(backend: HFBackend, batch: int) -> None:
+    import pstats
+
+    engine = ProfiledEngine(backend)
+    profile_engine(engine, batch, 8)
+    tok_s = profile_engine(engine, batch, 128)
+    engine.stop()
+    print(f"batch {batch}: {tok_s:.0f} tok/s under the profiler")
+    pstats.Stats(engine.profiler).sort_stats("tottime").print_stats(25)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", default="1,8,32,64")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--cprofile", type=int, metavar="BATCH",
+                        help="only print where the engine thread's host time goes at this batch size")
     args = parser.parse_args()
     build_model()
     backend = HFBackend(str(MODEL_DIR), cuda=True, dtype="float16")
+    if args.cprofile:
+        profile_host(backend, args.cprofile)
+        return
     engine = Engine(backend)
     print("| batch | forward ms | forward+sample ms | engine tok/s (no sockets) |")
     print("|---|---|---|---|")

@@ -22,9 +22,19 @@ class SlotCache(Cache):
         self.layers = []
         self.layer_class_to_replicate = None
         self.offloading = False
+        # One (layers, slots, ...) tensor per device and kind, so moving a slot is one copy per
+        # tensor rather than one per layer; each layer uses a view of its device's tensor.
         shape = (slots, kv_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=devices[i]) for i in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=devices[i]) for i in range(layers)]
+        self.groups: list[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = [torch.empty(0)] * layers
+        self.values: list[torch.Tensor] = [torch.empty(0)] * layers
+        for device in dict.fromkeys(devices):
+            on_device = [i for i in range(layers) if devices[i] == device]
+            for views in (self.keys, self.values):
+                group = torch.zeros((len(on_device), *shape), dtype=dtype, device=device)
+                self.groups.append(group)
+                for layer, view in zip(on_device, group.unbind(0), strict=True):
+                    views[layer] = view
         self.slots, self.max_len = slots, max_len
         # Set before each forward pass (static tensors when replayed from a CUDA graph):
         self.write_slots: torch.Tensor | None = None  # (rows, new tokens): the slot of each token
@@ -61,16 +71,14 @@ class SlotCache(Cache):
         return True
 
     def copy_slot(self, source: int, target: int, length: int) -> None:
-        for keys, values in zip(self.keys, self.values, strict=True):
-            keys[target, :, :length] = keys[source, :, :length]
-            values[target, :, :length] = values[source, :, :length]
+        for group in self.groups:
+            group[:, target, :, :length] = group[:, source, :, :length]
 
     def swap_slots(self, a: int, b: int, length: int) -> None:
-        for buffers in (self.keys, self.values):
-            for t in buffers:
-                held = t[a, :, :length].clone()
-                t[a, :, :length] = t[b, :, :length]
-                t[b, :, :length] = held
+        for group in self.groups:
+            held = group[:, a, :, :length].clone()
+            group[:, a, :, :length] = group[:, b, :, :length]
+            group[:, b, :, :length] = held
 
     @staticmethod
     def bytes_per_slot(layers: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype) -> int:
