@@ -33,8 +33,8 @@ class SlotCache(Cache):
             for views in (self.keys, self.values):
                 group = torch.zeros((len(on_device), *shape), dtype=dtype, device=device)
                 self.groups.append(group)
-                for layer, view in zip(on_device, group.unbind(0), strict=True):
-                    views[layer] = view
+                for index, layer in enumerate(on_device):
+                    views[layer] = group[index]  # a plain view (unbind's may not be written)
         self.slots, self.max_len = slots, max_len
         # Set before each forward pass (static tensors when replayed from a CUDA graph):
         self.write_slots: torch.Tensor | None = None  # (rows, new tokens): the slot of each token
