@@ -48,6 +48,7 @@ class HFBackend(Backend):
         self.path = resolve(model)
         self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
         self.model = AutoModelForCausalLM.from_pretrained(self.path, **self.kwargs).eval()
+        self.model.requires_grad_(False)  # inference only: no autograd, also while capturing graphs
         self.device = self.model.get_input_embeddings().weight.device
         config = self.model.config
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
