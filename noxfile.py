@@ -1,8 +1,10 @@
-"""Sessions: tests (CI), lint, typecheck. Every environment gets the CPU torch pin first."""
+"""Sessions: tests (CI), lint, typecheck; compat (LMQL 0.7.3, on demand). Every environment gets
+the CPU torch pin first."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -40,3 +42,30 @@ def typecheck(session: nox.Session) -> None:
     install_project(session, llamacpp=False)
     session.install("mypy")
     session.run("mypy", "src/lmql_core", "src/lmql")
+
+
+# LMQL 0.7.3's own server and client, with the transformers of its time: 4.38 is the last release
+# whose stopping criteria short-circuit like 4.34's (which LMQL 0.7.3's streamer relies on) and
+# one that installs on Python 3.11 with torch 2.13; numpy 2 postdates both.
+LMQL_073 = ("lmql==0.7.3", "transformers==4.38.2", "numpy<2")
+
+
+@nox.session(python=PYTHON)
+def compat(session: nox.Session) -> None:
+    """Drop-in compatibility with LMQL 0.7.3: the same LMQL programs against its server and ours,
+    our client against its server (tests/compat). Posargs go to run_compat.py (--random-model)."""
+    session.install(TORCH)
+    session.install("./", "./plugins/hf")
+    # a second environment for LMQL 0.7.3, kept between runs while its requirements stay the same
+    lmql_env = Path(session.virtualenv.location).parent / "compat-lmql073"
+    python = lmql_env / "bin" / "python"
+    stamp = lmql_env / "compat-requirements.txt"
+    wanted = "\n".join((TORCH, *LMQL_073))
+    if not (python.exists() and stamp.exists() and stamp.read_text() == wanted):
+        session.run("python", "-m", "venv", "--clear", str(lmql_env))
+        session.run(str(python), "-m", "pip", "install", "-q", TORCH, external=True)
+        session.run(str(python), "-m", "pip", "install", "-q", *LMQL_073, external=True)
+        stamp.write_text(wanted)
+    work = Path(session.create_tmp()) / "run"
+    session.run("python", "tests/compat/run_compat.py", "--lmql-python", str(python), "--work", str(work),
+                *session.posargs, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})

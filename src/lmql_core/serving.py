@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,6 +14,8 @@ from lmql_core.engine.engine import Engine
 from lmql_core.errors import RequestError
 from lmql_core.identifiers import ModelId, parse_model_id
 from lmql_core.tokenizer import JsonTokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,7 +29,11 @@ class LoadedModel:
     def tokenizer(self) -> JsonTokenizer | None:
         """The model's own tokenizer, when the backend can tell it: sent to clients that ask
         (TOKENIZER) and used for requests in text mode."""
-        content = self.backend.tokenizer_json()
+        try:
+            content = self.backend.tokenizer_json()
+        except Exception:  # the model serves fine without: clients then bring their own
+            log.exception("could not read the tokenizer of %s", self.model_id.served_name)
+            return None
         if content is None:
             return None
         return JsonTokenizer.from_spec({"tokenizer_json": content, "source": self.model_id.served_name,

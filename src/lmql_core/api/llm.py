@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Any
 
 from lmql_core.api.scoring import ScoringResult
@@ -21,6 +22,7 @@ class LLM:
         self.model_id = model_id
         self.client = client
         self._tokenizers = TokenizerResolver(model_id, client, tokenizer)
+        self._final_length: bool | None = None
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -50,9 +52,37 @@ class LLM:
             request["max_tokens"] = max_tokens
         return request
 
-    async def _tokens(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        async for entry in self.client.request("GENERATE", request):
-            yield entry
+    async def _tokens(self, prompt_ids: list[int], max_tokens: int | None = None,
+                      **options: Any) -> AsyncGenerator[dict[str, Any], None]:
+        """The entries of one continuation: at most ``max_tokens``, else until EOS.
+
+        LMQL 0.7 servers batch requests and generate the batch's largest ``max_tokens`` for
+        every stream (so entries past ours are dropped here), and without ``max_tokens`` they
+        stop at 32 with ``"length"``; then, like LMQL's client, we ask for the rest.
+        """
+        generated: list[int] = []
+        while True:
+            remaining = None if max_tokens is None else max_tokens - len(generated)
+            request = self._request(prompt_ids + generated, max_tokens=remaining, **options)
+            finish = None
+            async with aclosing(self.client.request("GENERATE", request)) as entries:
+                async for entry in entries:
+                    generated.append(entry["token"])
+                    finish = entry.get("finish_reason")
+                    yield entry
+                    if len(generated) == max_tokens:
+                        return
+            if finish != "length" or max_tokens is not None or await self._length_is_final():
+                return
+
+    async def _length_is_final(self) -> bool:
+        """Whether a ``"length"`` finish ends the continuation: it does from servers that
+        advertise LMTP extensions (ours, which stop only at ``max_tokens`` or a full context),
+        not from LMQL 0.7 servers, which also stop at their default ``max_tokens``."""
+        if self._final_length is None:
+            info = (await self.client.model_info(self.model_id.served_name)).get("model_info")
+            self._final_length = isinstance(info, dict) and "extensions" in info
+        return self._final_length
 
     def encode_prompt(self, text: str) -> list[int]:
         return run_sync(self._encode_prompt(text))
@@ -68,9 +98,9 @@ class LLM:
     async def _stream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
         tokenizer = await self._tokenizers.get()
         decoder = IncrementalDecoder(tokenizer, skip={tokenizer.eos_token_id or -1})
-        request = self._request(await self._encode_prompt(prompt), **options)
-        async for entry in self._tokens(request):
-            yield decoder.push(entry["token"])
+        async with aclosing(self._tokens(await self._encode_prompt(prompt), **options)) as entries:
+            async for entry in entries:
+                yield decoder.push(entry["token"])
         yield decoder.flush()
 
     async def _generate_one(self, prompt: str, **options: Any) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 from lmql_core.errors import ConnectionLost, ServerError
@@ -45,7 +45,7 @@ class LMTPClient:
         for queue in self._streams.values():
             queue.put_nowait({"error": message, "lost": True})
 
-    async def request(self, command: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def request(self, command: str, payload: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """Send one request and yield the entries of its stream until it ends."""
         await self._ensure_open()
         stream_id = next(self._ids)

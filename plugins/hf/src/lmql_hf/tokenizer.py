@@ -33,7 +33,10 @@ def cached_tokenizer_json(name: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(name, "tokenizer.json")
+    try:
+        found = try_to_load_from_cache(name, "tokenizer.json")
+    except ValueError:  # not a hub name (a path, say)
+        return None
     return found if isinstance(found, str) else None
 
 

@@ -1,0 +1,288 @@
+"""LMQL 0.7.3 compatibility: the same client programs against LMQL 0.7.3's server and ours.
+
+    python tests/compat/run_compat.py --lmql-python <LMQL 0.7.3 venv>/bin/python [--random-model]
+
+Run with lmql-core's Python (``nox -s compat`` sets both environments up). Builds a model folder
+(``build_model.py``), starts LMQL 0.7.3's ``lmql serve-model`` and ours on free loopback ports,
+runs ``programs.py`` with LMQL 0.7.3's client and with ours against both, prints a table and
+exits non-zero on any mismatch. Deterministic results (greedy text, scores within 1e-3) must be
+identical; sampled ones must have the right shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TOLERANCE = 1e-3
+PROGRAM_TIMEOUT = 1200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.log_path = log
+        self.log = log.open("w")
+        self.proc = subprocess.Popen([*command, "--port", str(self.port), "--host", "127.0.0.1"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, model: str, timeout: float = 300) -> None:
+        """Until MODEL_INFO describes the loaded model. LMQL's server listens before it loads, and
+        if loading fails it stays up and never answers generation requests."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            if "Exception in thread" in self.output():  # LMQL's server: the model did not load
+                raise RuntimeError(f"{self.name} failed:\n{self.output()}")
+            with contextlib.suppress(OSError, asyncio.TimeoutError, ValueError):
+                if isinstance(asyncio.run(model_info(self.endpoint, model)), dict):
+                    return
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name} did not start:\n{self.output()}")
+
+    def output(self, tail: int = 4000) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+async def model_info(endpoint: str, model: str) -> Any:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"ws://{endpoint}/") as ws:
+        await ws.send_str("MODEL_INFO " + json.dumps({"stream_id": 1, "model": model, "data": {}}))
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        return json.loads(msg.data.split(" ", 1)[1])[0].get("model_info")
+
+
+def run_programs(python: str, side: str, server: Server, folder: Path, env: dict[str, str],
+                 log: Path, *selection: str) -> dict[str, dict[str, Any]]:
+    """Run programs.py; its COMPAT lines by check name (a crash leaves the rest missing)."""
+    command = [python, str(HERE / "programs.py"), side, server.endpoint, str(folder), *selection]
+    with log.open("w") as err:
+        try:
+            proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                                  timeout=PROGRAM_TIMEOUT)
+            stdout = proc.stdout
+        except subprocess.TimeoutExpired as e:
+            stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    records = {}
+    for line in stdout.splitlines():
+        if line.startswith("COMPAT "):
+            record = json.loads(line[len("COMPAT "):])
+            records[record["check"]] = record
+    return records
+
+
+# --- comparing ----------------------------------------------------------------------------------
+
+
+def same(a: Any, b: Any, tolerance: float = TOLERANCE) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return abs(a - b) <= tolerance
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y, tolerance) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k], tolerance) for k in a)
+    return bool(a == b)
+
+
+def sampled_queries(result: Any) -> bool:
+    """``sample(n=2)`` over ``[STORY]``: two results, each with a string STORY of < 10 tokens."""
+    return (isinstance(result, list) and len(result) == 2
+            and all(isinstance(r["variables"].get("STORY"), str) for r in result))
+
+
+def sampled_texts(result: Any) -> bool:
+    return isinstance(result, list) and len(result) == 2 and all(isinstance(r, str) for r in result)
+
+
+@dataclass
+class Row:
+    section: str
+    check: str
+    left: dict[str, Any] | None
+    right: dict[str, Any] | None
+    ok: bool
+    how: str
+
+
+def compare(section: str, check: str, left: dict[str, Any] | None, right: dict[str, Any] | None,
+            shape: Callable[[Any], bool] | None = None, equal: bool = True) -> Row:
+    """Both sides must have run; then equal results (or, for sampling, the right shape on both;
+    or both). The same error from LMQL's client on both servers is the same behaviour too."""
+    if left is None or right is None:
+        return Row(section, check, left, right, False, "ran")
+    if "error" in left or "error" in right:
+        error = left.get("error")
+        ok = error == right.get("error") and not str(error).startswith("no answer")  # never a hang
+        return Row(section, check, left, right, ok, "error")
+    ok = shape is None or (shape(left["result"]) and shape(right["result"]))
+    if equal:
+        ok = ok and same(left["result"], right["result"])
+    return Row(section, check, left, right, ok, "equal" if equal else "shape")
+
+
+def one_sided(section: str, check: str, right: dict[str, Any] | None, ok: Callable[[Any], bool]) -> Row:
+    good = right is not None and "error" not in right and ok(right["result"])
+    return Row(section, check, None, right, good, "ours")
+
+
+def cell(record: dict[str, Any] | None, width: int) -> str:
+    if record is None:
+        text = "(not run)"
+    elif "error" in record:
+        text = "ERROR " + record["error"]
+    else:
+        text = json.dumps(record["result"], ensure_ascii=False)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(rows: list[Row]) -> None:
+    width = 44
+    header = f"{'check':<28} {'LMQL 0.7.3 server / client':<{width}} {'lmql-core':<{width}} {'cmp':<6} result"
+    section = None
+    for row in rows:
+        if row.section != section:
+            section = row.section
+            print(f"\n== {section}\n{header}\n{'-' * len(header)}")
+        verdict = "PASS" if row.ok else "FAIL"
+        print(f"{row.check:<28} {cell(row.left, width):<{width}} {cell(row.right, width):<{width}} "
+              f"{row.how:<6} {verdict}")
+
+
+def show_failures(rows: list[Row]) -> None:
+    for row in rows:
+        if row.ok:
+            continue
+        print(f"\n--- FAIL {row.section}: {row.check} ({row.how})")
+        for label, record in (("LMQL 0.7.3", row.left), ("lmql-core", row.right)):
+            if record is not None:
+                print(f"{label}: {json.dumps(record, ensure_ascii=False)[:3000]}")
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+SAMPLED = {"query_sample": sampled_queries, "query_sample_default": sampled_queries, "sample": sampled_texts}
+# equal, and long enough to need a second request to LMQL's server (it stops at 32 by default)
+CHECKED = {"generate_to_eos": lambda result: result["tokens"] > 32}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lmql-python", required=True, help="python of an environment with lmql==0.7.3")
+    parser.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
+    parser.add_argument("--random-model", action="store_true", help="a seeded random model, not lmql-tiny")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    work = (args.work or Path(tempfile.mkdtemp(prefix="lmql-compat-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HOME": str(work / "home"), "LMQL_CACHE_DIR": str(work / "cache"),
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    (work / "home").mkdir(exist_ok=True)
+
+    sys.path.insert(0, str(HERE))
+    from build_model import build
+
+    folder = work / "model"
+    kind = build(folder, random=args.random_model)
+    print(f"model: {folder} ({kind})")
+    print(f"work folder: {work} (server logs, results.json)")
+
+    lmql_bin = str(Path(args.lmql_python).parent / "lmql")
+    ours_bin = str(Path(sys.executable).parent / "lmql")
+    servers = [Server("LMQL 0.7.3 server", [lmql_bin, "serve-model", str(folder)], env,
+                      work / "lmql-server.log"),
+               Server("lmql-core server", [ours_bin, "serve-model", str(folder)], env,
+                      work / "core-server.log")]
+    theirs, ours = servers
+    try:
+        for server in servers:
+            server.wait_ready(str(folder))
+        print(f"servers: LMQL 0.7.3 on {theirs.endpoint}, lmql-core on {ours.endpoint}", flush=True)
+        skip_core = ["-generate_to_eos"] if args.random_model else []  # a random model may never stop
+        runs = {}
+        for side, python in (("lmql", args.lmql_python), ("core", sys.executable)):
+            for server, extra in ((theirs, ["-error_unserved_model"]), (ours, [])):
+                label = f"{side} client on {server.name}"
+                t0 = time.monotonic()
+                selection = extra + (skip_core if side == "core" else [])
+                runs[side, server.name] = run_programs(python, side, server, folder, env,
+                                                       work / f"{side}-{server.port}.log", *selection)
+                print(f"ran {label}: {len(runs[side, server.name])} checks in {time.monotonic() - t0:.1f} s",
+                      flush=True)
+    finally:
+        for server in servers:
+            server.stop()
+
+    (work / "results.json").write_text(json.dumps({f"{side} client on {name}": records
+                                                   for (side, name), records in runs.items()}, indent=1))
+    lmql_theirs, lmql_ours = runs["lmql", theirs.name], runs["lmql", ours.name]
+    core_theirs, core_ours = runs["core", theirs.name], runs["core", ours.name]
+    rows = []
+    section = "LMQL 0.7.3 client: LMQL 0.7.3 server vs lmql-core server"
+    for check in dict.fromkeys([*lmql_theirs, *lmql_ours]):
+        if check == "error_unserved_model":
+            rows.append(one_sided(section, check, lmql_ours.get(check), lambda r: r["raised"] is not None))
+        else:
+            rows.append(compare(section, check, lmql_theirs.get(check), lmql_ours.get(check),
+                                SAMPLED.get(check), equal=check not in SAMPLED))
+    section = "lmql-core client: LMQL 0.7.3 server vs lmql-core server"
+    for check in dict.fromkeys([*core_theirs, *core_ours]):
+        rows.append(compare(section, check, core_theirs.get(check), core_ours.get(check),
+                            SAMPLED.get(check) or CHECKED.get(check), equal=check not in SAMPLED))
+    section = "LMQL 0.7.3 client on its server vs lmql-core client on ours"
+    for check in ("generate", "generate_40", "score"):
+        rows.append(compare(section, check, lmql_theirs.get(check), core_ours.get(check)))
+
+    print_table(rows)
+    show_failures(rows)
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        for server in servers:
+            print(f"\n--- {server.name} log (tail)\n{server.output()}")
+    print(f"\nLMQL 0.7.3 compatibility ({time.monotonic() - started:.0f} s): "
+          f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
