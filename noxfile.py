@@ -50,13 +50,8 @@ def typecheck(session: nox.Session) -> None:
 LMQL_073 = ("lmql==0.7.3", "transformers==4.38.2", "numpy<2")
 
 
-@nox.session(python=PYTHON)
-def compat(session: nox.Session) -> None:
-    """Drop-in compatibility with LMQL 0.7.3: the same LMQL programs against its server and ours,
-    our client against its server (tests/compat). Posargs go to run_compat.py (--random-model)."""
-    session.install(TORCH)
-    session.install("./", "./plugins/hf")
-    # a second environment for LMQL 0.7.3, kept between runs while its requirements stay the same
+def lmql_073_python(session: nox.Session) -> Path:
+    """A second environment with LMQL 0.7.3, kept between runs while its requirements stay the same."""
     lmql_env = Path(session.virtualenv.location).parent / "compat-lmql073"
     python = lmql_env / "bin" / "python"
     stamp = lmql_env / "compat-requirements.txt"
@@ -66,6 +61,25 @@ def compat(session: nox.Session) -> None:
         session.run(str(python), "-m", "pip", "install", "-q", TORCH, external=True)
         session.run(str(python), "-m", "pip", "install", "-q", *LMQL_073, external=True)
         stamp.write_text(wanted)
+    return python
+
+
+@nox.session(python=PYTHON)
+def compat(session: nox.Session) -> None:
+    """Drop-in compatibility with LMQL 0.7.3: the same LMQL programs against its server and ours,
+    our client against its server (tests/compat). Posargs go to run_compat.py (--random-model)."""
+    session.install(TORCH)
+    session.install("./", "./plugins/hf")
+    python = lmql_073_python(session)
     work = Path(session.create_tmp()) / "run"
     session.run("python", "tests/compat/run_compat.py", "--lmql-python", str(python), "--work", str(work),
                 *session.posargs, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """CPU benchmark: our server against LMQL 0.7.3's on lmql-tiny and a 4-layer GPT-2."""
+    session.install(TORCH)
+    session.install("./", "./plugins/hf")
+    python = lmql_073_python(session)
+    session.run("python", "benchmarks/cpu_bench.py", "--lmql-python", str(python), *session.posargs)
