@@ -10,6 +10,7 @@ apart. Without --lmql-python only our server runs. Prints one table (markdown).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -74,6 +75,8 @@ def main() -> None:
 
     rows = []
     for model in (str(bundled_path("lmql-tiny")), str(build_gpt2())):
+        config = json.loads((Path(model) / "config.json").read_text())
+        shape = ["--vocab-size", str(config["vocab_size"]), "--eos-token-id", str(config["eos_token_id"])]
         for name, command in servers(model, args.lmql_python):
             port = free_port()
             proc = start([*command, "--port", str(port)], port)
@@ -81,7 +84,7 @@ def main() -> None:
                 for streams, stagger in WORKLOADS:
                     result = lmtp_load.main(["--endpoint", f"127.0.0.1:{port}", "--model", model, "--json",
                                              "--streams", str(streams), "--prompt-len", "32", "--new-tokens",
-                                             str(args.new_tokens), "--stagger-ms", str(stagger)])
+                                             str(args.new_tokens), "--stagger-ms", str(stagger), *shape])
                     rows.append({"server": name, "model": Path(model).name, **result})
             finally:
                 proc.terminate()

@@ -128,7 +128,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with target:
         info = await target.info(args.model)
         vocab = int(info.get("vocab_size") or args.vocab_size)
-        eos = info.get("eos_token_id")
+        eos = info.get("eos_token_id", args.eos_token_id)
         rng = random.Random(args.seed)
         requests = []
         for _ in range(args.streams):
@@ -170,6 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", help="with --local: the weights' dtype (float16, ...)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--vocab-size", type=int, default=50257, help="when MODEL_INFO does not say")
+    parser.add_argument("--eos-token-id", type=int, help="when MODEL_INFO does not say (LMQL 0.7)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     return parser.parse_args(argv)
