@@ -279,8 +279,8 @@ def main(argv: list[str]) -> int:
     if failed:
         for server in servers:
             print(f"\n--- {server.name} log (tail)\n{server.output()}")
-    print(f"\nLMQL 0.7.3 compatibility ({time.monotonic() - started:.0f} s): "
-          f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    print(f"\nLMQL 0.7.3 compatibility checks took {time.monotonic() - started:.0f} s")
+    print(f"compat: {len(rows) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 
 
