@@ -12,18 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lmtp_load  # noqa: E402
+from processes import free_port, start_server  # noqa: E402
 
 GPT2_DIR = Path(tempfile.gettempdir()) / "lmql-bench-gpt2-4layer"
 WORKLOADS = [(1, 0.0), (8, 0.0), (32, 0.0), (32, 20.0)]
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def build_gpt2() -> Path:
@@ -34,26 +34,6 @@ def build_gpt2() -> Path:
         torch.manual_seed(0)
         GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=256, n_head=4)).save_pretrained(GPT2_DIR)
     return GPT2_DIR
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    for _ in range(1200):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{command} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return proc
-        except OSError:
-            time.sleep(0.25)
-    raise TimeoutError(f"{command} did not start")
 
 
 def servers(model: str, lmql_python: str | None) -> list[tuple[str, list[str]]]:
@@ -79,7 +59,8 @@ def main() -> None:
         shape = ["--vocab-size", str(config["vocab_size"]), "--eos-token-id", str(config["eos_token_id"])]
         for name, command in servers(model, args.lmql_python):
             port = free_port()
-            proc = start([*command, "--port", str(port)], port)
+            proc = start_server([*command, "--port", str(port)], port, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=OFFLINE)
             try:
                 for streams, stagger in WORKLOADS:
                     result = lmtp_load.main(["--endpoint", f"127.0.0.1:{port}", "--model", model, "--json",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lmtp_load  # noqa: E402
+from processes import free_port, start_server  # noqa: E402
 
 MODEL_DIR = Path("/tmp/lmql-bench-gpt2-medium")
 
@@ -35,26 +35,9 @@ def build_model() -> None:
     GPT2LMHeadModel(config).half().save_pretrained(MODEL_DIR)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(port: int, *extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "lmql_core", "serve-model", str(MODEL_DIR), "--cuda", "--dtype",
-               "float16", "--port", str(port), *extra]
-    proc = subprocess.Popen(command)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited")
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return proc
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError("server did not start")
+def start_ours(port: int) -> subprocess.Popen[bytes]:
+    return start_server([sys.executable, "-m", "lmql_core", "serve-model", str(MODEL_DIR), "--cuda",
+                         "--dtype", "float16", "--port", str(port)], port)
 
 
 def hf_generate(batch: int, prompt_len: int, new_tokens: int) -> dict[str, float]:
@@ -95,7 +78,7 @@ def main() -> None:
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     results = []
     port = free_port()
-    server = start_server(port)
+    server = start_ours(port)
     try:
         for run in workloads(streams, args.new_tokens):
             endpoint = f"127.0.0.1:{port}"
