@@ -75,6 +75,8 @@ BAD_FRAMES = [
     (_generate(logit_bias=[1, 2]), "'logit_bias' must be an object"),
     (_generate(top_logprobs=10**6), "'top_logprobs' must be between 0 and 100"),
     (_generate(top_logprobs="all"), "'top_logprobs' must be an integer"),
+    (_generate(repetition_penalty=1.2), "'repetition_penalty' is not supported by this server (yet)"),
+    (_generate(top_p=0.9), "'top_p' is not supported by this server (yet)"),
     ("SCORE " + json.dumps({"model": "random", "prompt": [1], "stream_id": 2}), "'scored' must be a list"),
     ("SCORE " + json.dumps({"model": "random", "prompt": [1], "scored": [], "stream_id": 2}), "'scored' must not be empty"),
     ("SCORE " + json.dumps({"model": "random", "prompt": [], "scored": [1], "stream_id": 2}), "'prompt' must not be empty"),

@@ -106,7 +106,16 @@ def temperature(value: Any) -> float:
     return float(value)
 
 
+# Decoding options LMQL 0.7 clients forward from lmql.model(...) that this engine does not apply
+# yet: refusing them beats decoding differently from what the program asked for.
+UNSUPPORTED_OPTIONS = ("top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",
+                       "length_penalty")
+
+
 def sampling_params(payload: dict[str, Any], vocab_size: int, limits: Limits) -> SamplingParams:
+    for option in UNSUPPORTED_OPTIONS:
+        if payload.get(option) is not None:
+            raise RequestError(f"'{option}' is not supported by this server (yet); leave it out")
     max_tokens = payload.get("max_tokens")
     return SamplingParams(
         max_tokens=limits.default_max_tokens if max_tokens is None
