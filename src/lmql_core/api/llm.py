@@ -21,8 +21,8 @@ class LLM:
     def __init__(self, model_id: ModelId, client: LMTPClient, tokenizer: str | None = None) -> None:
         self.model_id = model_id
         self.client = client
-        self._tokenizers = TokenizerResolver(model_id, client, tokenizer)
-        self._final_length: bool | None = None
+        self._tokenizers = TokenizerResolver(model_id, client, tokenizer, self._server_info)
+        self._info: dict[str, Any] | None = None
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -79,10 +79,14 @@ class LLM:
         """Whether a ``"length"`` finish ends the continuation: it does from servers that
         advertise LMTP extensions (ours, which stop only at ``max_tokens`` or a full context),
         not from LMQL 0.7 servers, which also stop at their default ``max_tokens``."""
-        if self._final_length is None:
+        return "extensions" in await self._server_info()
+
+    async def _server_info(self) -> dict[str, Any]:
+        """The served model's MODEL_INFO (asked once; ``{}`` from servers that say nothing)."""
+        if self._info is None:
             info = (await self.client.model_info(self.model_id.served_name)).get("model_info")
-            self._final_length = isinstance(info, dict) and "extensions" in info
-        return self._final_length
+            self._info = info if isinstance(info, dict) else {}
+        return self._info
 
     def encode_prompt(self, text: str) -> list[int]:
         return run_sync(self._encode_prompt(text))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ def cache_dir() -> Path:
 
 
 class TokenizerResolver:
-    def __init__(self, model_id: ModelId, client: LMTPClient, requested: str | None) -> None:
+    def __init__(self, model_id: ModelId, client: LMTPClient, requested: str | None,
+                 server_info: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         self.model_id = model_id
         self.client = client
         self.requested = requested
+        self.server_info = server_info
         # an explicit tokenizer loads now, so a wrong path fails at lmql.model(...)
         self._local = load_tokenizer(model_id.model, requested, model_id.backend) if requested else None
         self._resolved: Tokenizer | None = None
@@ -63,8 +66,7 @@ class TokenizerResolver:
         return load_tokenizer(self.model_id.model, None, self.model_id.backend)
 
     async def _server_fingerprint(self) -> str | None:
-        info = (await self.client.model_info(self.model_id.served_name)).get("model_info")
-        extensions = info.get("extensions") if isinstance(info, dict) else None
+        extensions = (await self.server_info()).get("extensions")
         found = extensions.get("tokenizer") if isinstance(extensions, dict) else None
         return found if isinstance(found, str) else None
 
