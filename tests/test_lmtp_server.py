@@ -150,3 +150,23 @@ def test_sigterm_ends_open_streams_and_exits_zero() -> None:
     entries = asyncio.run(scenario())
     assert server.stop() == 0
     assert any("shutting down" in e.get("error", "") for e in entries)
+
+
+def test_load_on_demand_serves_other_models_with_default_arguments() -> None:
+    server = Server("random", "--load-on-demand")
+    try:
+        async def scenario() -> tuple:
+            async with RawClient(server.endpoint) as c:
+                await c.send("GENERATE", {"model": "random:second", "prompt": [1, 2], "stream_id": 1,
+                                          "max_tokens": 4})
+                entries = await c.stream(1)
+                await c.send("MODEL_INFO", {"model": "random:second", "stream_id": 2})
+                _, info = await c.frame()
+                return entries, info
+
+        entries, [info] = asyncio.run(scenario())
+        assert len(entries) == 4 and entries[-1]["finish_reason"] == "length"
+        assert info["model"] == "random:second" and info["model_info"]["backend"] == "random"
+        assert info["model_info"]["loader_kwargs"] == {"cuda": "False", "dtype": "None"}
+    finally:
+        assert server.stop() == 0
