@@ -108,3 +108,29 @@ def test_unreachable_endpoint_says_so() -> None:
     llm = lmql.model("random", endpoint=f"127.0.0.1:{free_port()}")
     with pytest.raises(ConnectionLost, match="cannot reach the LMTP server"):
         llm.generate_sync("x", max_tokens=1)
+
+
+def test_lmql_serve_from_python() -> None:
+    import signal
+    import socket
+    import time
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    script = f"import lmql; lmql.serve('random', host='127.0.0.1', port={port}, seed=3)"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "lmql.serve did not start"
+                time.sleep(0.1)
+        info = lmql.model("random", endpoint=f"127.0.0.1:{port}").model_info_sync()["model_info"]
+        assert info["seed"] == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
