@@ -225,3 +225,30 @@ def test_more_streams_than_the_batch_wait_their_turn(local: lmql.LLM) -> None:
             assert [e["token"] for e in together[sid]] == [e["token"] for e in solo]
     finally:
         assert server.stop() == 0
+
+
+def test_repetition_penalty_matches_transformers(tiny_server: Server, local: lmql.LLM, reference: tuple) -> None:
+    model, _ = reference
+    prompt = local.encode_prompt("The cat sat on the mat. The cat sat on the")
+    with torch.no_grad():
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                                  repetition_penalty=1.3, pad_token_id=0)[0, len(prompt):].tolist()
+    got = asyncio.run(_generate(tiny_server.endpoint, {1: {"prompt": prompt, "max_tokens": 20,
+                                                           "repetition_penalty": 1.3, "logit_bias": {"2": -100}}}))[1]
+    plain = asyncio.run(_generate(tiny_server.endpoint, {1: {"prompt": prompt, "max_tokens": 20}}))[1]
+    assert [e["token"] for e in got] == expected
+    assert [e["token"] for e in got] != [e["token"] for e in plain]  # the penalty changed something
+
+
+def test_top_k_and_top_p_narrow_sampling(tiny_server: Server, local: lmql.LLM) -> None:
+    prompt = local.encode_prompt("Once upon a time")
+    greedy = asyncio.run(_generate(tiny_server.endpoint, {1: {"prompt": prompt, "max_tokens": 12}}))[1]
+    narrowed = asyncio.run(_generate(tiny_server.endpoint, {
+        1: {"prompt": prompt, "max_tokens": 12, "temperature": 5.0, "top_k": 1},
+        2: {"prompt": prompt, "max_tokens": 12, "temperature": 5.0, "top_p": 1e-6},
+        3: {"prompt": prompt, "max_tokens": 12, "temperature": 5.0},
+    }))
+    tokens = [e["token"] for e in greedy]
+    assert [e["token"] for e in narrowed[1]] == tokens  # only the most likely token is left
+    assert [e["token"] for e in narrowed[2]] == tokens
+    assert [e["token"] for e in narrowed[3]] != tokens  # hot sampling without them wanders off

@@ -22,6 +22,8 @@ class ArrayOps(Protocol):
     def take(self, x: Any, index: Any) -> Any: ...  # x[i, index[i]]; index: array or list
     def topk(self, x: Any, k: int) -> tuple[Any, Any]: ...  # sorted, largest first
     def to_host(self, *arrays: Any) -> list[list[Any]]: ...  # one transfer for all of them
+    def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any: ...
+    def keep_top(self, x: Any, ks: list[int], ps: list[float]) -> Any: ...  # others become -inf
 
 
 class NumpyOps:
@@ -66,6 +68,26 @@ class NumpyOps:
 
     def to_host(self, *arrays: Any) -> list[list[Any]]:
         return [np.asarray(a).tolist() for a in arrays]
+
+    def penalize(self, x: np.ndarray, row: int, tokens: list[int], penalty: float) -> np.ndarray:
+        x = x.copy()
+        seen = np.unique(np.asarray(tokens, dtype=np.int64))
+        values = x[row, seen]
+        x[row, seen] = np.where(values < 0, values * penalty, values / penalty)
+        return x
+
+    def keep_top(self, x: np.ndarray, ks: list[int], ps: list[float]) -> np.ndarray:
+        order = np.argsort(-x, axis=-1, kind="stable")
+        ranked = np.take_along_axis(x, order, -1)
+        probs = np.exp(ranked - ranked[:, :1])
+        probs /= probs.sum(-1, keepdims=True)
+        before = np.cumsum(probs, -1) - probs  # probability of the tokens ranked above
+        ranks = np.arange(x.shape[1])[None, :]
+        k = np.asarray([k or x.shape[1] for k in ks])[:, None]
+        drop = (ranks >= k) | (before >= np.asarray(ps, dtype=np.float32)[:, None])
+        out = x.copy()
+        np.put_along_axis(out, order, np.where(drop, -np.inf, ranked), -1)
+        return out
 
 
 class TorchOps:
@@ -115,6 +137,23 @@ class TorchOps:
     def topk(self, x: Any, k: int) -> tuple[Any, Any]:
         values, indices = x.topk(min(k, x.shape[1]), dim=-1)
         return values, indices
+
+    def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any:
+        seen = self.torch.tensor(sorted(set(tokens)), device=x.device)
+        values = x[row, seen]
+        x = x.clone()
+        x[row, seen] = self.torch.where(values < 0, values * penalty, values / penalty)
+        return x
+
+    def keep_top(self, x: Any, ks: list[int], ps: list[float]) -> Any:
+        t = self.torch
+        ranked, order = x.sort(dim=-1, descending=True)
+        probs = t.softmax(ranked, dim=-1)
+        before = probs.cumsum(-1) - probs  # probability of the tokens ranked above
+        ranks = t.arange(x.shape[1], device=x.device)[None, :]
+        k = t.tensor([k or x.shape[1] for k in ks], device=x.device)[:, None]
+        drop = (ranks >= k) | (before >= t.tensor(ps, device=x.device, dtype=x.dtype)[:, None])
+        return x.scatter(-1, order, ranked.masked_fill(drop, float("-inf")))
 
     def to_host(self, *arrays: Any) -> list[list[Any]]:
         # one device-to-host copy: float64 holds every token id and float32 value exactly

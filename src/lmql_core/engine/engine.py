@@ -119,8 +119,11 @@ class Engine:
             if ready:
                 self.seed += 1
                 logits = self._rows(output.last_logits, ready)
-                sampling = launch_sampling(self.backend.ops, logits, [chunks[i].seq.params for i in ready],
-                                           self.seed)
+                seqs = [chunks[i].seq for i in ready]
+                histories = ([s.tokens for s in seqs]
+                             if any(s.params.repetition_penalty != 1.0 for s in seqs) else None)
+                sampling = launch_sampling(self.backend.ops, logits, [s.params for s in seqs], self.seed,
+                                           histories)
             ops = self.backend.ops
             scoring = [(c.seq, launch_scoring(ops, self._scored_rows(c.seq, output), c.seq.scored))
                        for c in chunks if c.seq.kind is Kind.SCORE]

@@ -1,9 +1,10 @@
 """Token selection for a batch, defined once for every backend.
 
-Per row: add the stream's logit bias (a bias of -100 or less bans a token, +100 or more
-restricts the choice to the tokens so biased), take log-softmax, then pick the argmax
-(temperature 0) or sample at the stream's temperature (Gumbel-max). The reported log-probs
-are those of the biased distribution at temperature 1.
+Per row: apply the stream's repetition penalty (as transformers does), add its logit bias (-100
+or less bans a token, +100 or more restricts the choice to the tokens so biased), take
+log-softmax, then pick the argmax (temperature 0) or sample at the stream's temperature
+(Gumbel-max) among its top-k / top-p tokens. The reported log-probs are those of the biased
+distribution at temperature 1.
 """
 
 from __future__ import annotations
@@ -54,12 +55,23 @@ class PendingSamples:
     k: int
 
 
-def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int) -> PendingSamples:
-    logprobs = ops.log_softmax(apply_bias(ops, ops.prepare(logits), params))
+def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int,
+                    histories: list[list[int]] | None = None) -> PendingSamples:
+    """``histories[i]``: the tokens of row i's sequence so far (for its repetition penalty)."""
+    logits = ops.prepare(logits)
+    for row, p in enumerate(params):  # first, as transformers' processors run before LMQL's bias
+        if p.repetition_penalty != 1.0 and histories:
+            logits = ops.penalize(logits, row, histories[row], p.repetition_penalty)
+    logprobs = ops.log_softmax(apply_bias(ops, logits, params))
     sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0]
     scores = logprobs
     if sampled_rows:
         scores = ops.scale_rows(logprobs, [1.0 / p.temperature if p.temperature > 0 else 1.0 for p in params])
+        if any(params[i].top_k or params[i].top_p < 1.0 for i in sampled_rows):
+            sampled = [p.temperature > 0 for p in params]  # greedy rows keep every token
+            ks = [p.top_k if s else 0 for p, s in zip(params, sampled, strict=True)]
+            ps = [p.top_p if s else 1.0 for p, s in zip(params, sampled, strict=True)]
+            scores = ops.keep_top(scores, ks, ps)
         scores = ops.add_gumbel(scores, sampled_rows, seed)
     tokens = ops.argmax(scores)
     arrays = [tokens, ops.take(logprobs, tokens)]

@@ -37,6 +37,9 @@ class SamplingParams:
     temperature: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     top_logprobs: int = 0
+    top_k: int = 0  # when sampling: only the k most likely tokens (0: all)
+    top_p: float = 1.0  # when sampling: only the most likely tokens holding this much probability
+    repetition_penalty: float = 1.0  # logits of tokens already in the sequence, as in transformers
     dense_bias: Any = field(default=None, compare=False, repr=False)  # built by the sampler
 
 

@@ -108,8 +108,7 @@ def temperature(value: Any) -> float:
 
 # Decoding options LMQL 0.7 clients forward from lmql.model(...) that this engine does not apply
 # yet: refusing them beats decoding differently from what the program asked for.
-UNSUPPORTED_OPTIONS = ("top_p", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                       "length_penalty")
+UNSUPPORTED_OPTIONS = ("presence_penalty", "frequency_penalty", "length_penalty")
 
 
 def sampling_params(payload: dict[str, Any], vocab_size: int, limits: Limits) -> SamplingParams:
@@ -123,7 +122,22 @@ def sampling_params(payload: dict[str, Any], vocab_size: int, limits: Limits) ->
         temperature=temperature(payload.get("temperature")),
         logit_bias=logit_bias(payload.get("logit_bias"), vocab_size, limits),
         top_logprobs=_int(payload.get("top_logprobs") or 0, "top_logprobs", 0, limits.max_top_logprobs),
+        top_k=_int(payload.get("top_k") or 0, "top_k", 0, vocab_size),
+        top_p=_number(payload.get("top_p"), "top_p", 1.0, low=0.0, high=1.0, open_low=True),
+        repetition_penalty=_number(payload.get("repetition_penalty"), "repetition_penalty", 1.0, low=0.0,
+                                   high=1e6, open_low=True),
     )
+
+
+def _number(value: Any, name: str, default: float, low: float, high: float, open_low: bool = False) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"'{name}' must be a finite number")
+    if value > high or value < low or (open_low and value == low):
+        bound = f"({low}" if open_low else f"[{low}"
+        raise RequestError(f"'{name}' must be in {bound}, {high}], got {value}")
+    return float(value)
 
 
 LOWEST_LOGPROB = -1e30  # stands in for -inf, which strict JSON cannot carry
