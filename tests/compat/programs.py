@@ -90,9 +90,14 @@ def lmql_checks(endpoint: str, folder: str) -> dict[str, Callable[[], Awaitable[
             return query_result(await lmql.run(code, model=m))
         return run
 
+    # a decoding option LMQL's client forwards with every request (its server hands it to
+    # transformers; ours applies it in its own sampler)
+    penalized = lmql.model(folder, endpoint=endpoint, tokenizer=folder, repetition_penalty=1.3)
     checks: dict[str, Callable[[], Awaitable[Any]]] = {
         "generate": lambda: m.generate(PROMPT, max_tokens=20),
         "generate_40": lambda: m.generate("The quick brown fox", max_tokens=40),
+        "generate_repetition_penalty": lambda: penalized.generate("The cat sat on the mat. The cat",
+                                                                  max_tokens=20),
         "score": score,
     }
     checks.update({name: query(code) for name, code in QUERIES.items()})
