@@ -183,7 +183,7 @@ class Engine:
         if len(seq.generated) >= seq.params.max_tokens:
             return "length"
         limit = self.backend.max_context
-        if limit is not None and len(seq.tokens) >= limit:
+        if limit is not None and seq.length >= limit:
             return "length"
         return None
 

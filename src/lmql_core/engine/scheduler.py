@@ -19,7 +19,7 @@ class ScheduledChunk:
 
     @property
     def completes_prefill(self) -> bool:
-        return self.seq.num_fed + len(self.tokens) >= len(self.seq.tokens)
+        return self.seq.num_fed + len(self.tokens) >= self.seq.length
 
 
 class Scheduler:

@@ -61,7 +61,15 @@ class Sequence:
         return self.prompt + self.scored + self.generated
 
     @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.scored) + len(self.generated)
+
+    @property
     def unfed(self) -> list[int]:
+        # asked for every step of every stream: while decoding, slice the generated tokens only
+        fixed = len(self.prompt) + len(self.scored)
+        if self.num_fed >= fixed:
+            return self.generated[self.num_fed - fixed :]
         return self.tokens[self.num_fed :]
 
     @property
