@@ -104,28 +104,33 @@ class IncrementalDecoder:
     """Turns a growing list of token ids into text deltas without splitting UTF-8 characters.
 
     A token that ends inside a multi-byte character decodes to U+FFFD; its text is held back
-    until a later token completes the character.
+    until a later token completes the character. Only a short window of recent tokens is decoded
+    per push (the tokens since the last emitted text, after the ones before it as context), so
+    a long stream costs linear, not quadratic, time.
     """
 
     def __init__(self, tokenizer: Tokenizer, skip: set[int] | None = None) -> None:
         self.tokenizer = tokenizer
         self.skip = skip or set()
         self.ids: list[int] = []
-        self.emitted = ""
+        self.context = 0  # window start: tokens before it are emitted and never decoded again
+        self.emitted = 0  # tokens whose text has been emitted
 
     def push(self, token: int) -> str:
         if token not in self.skip:
             self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        delta, self.emitted = text[len(self.emitted) :], text
-        return delta
+        return self._delta(final=False)
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.ids)
-        delta, self.emitted = text[len(self.emitted) :], text
-        return delta
+        return self._delta(final=True)
+
+    def _delta(self, final: bool) -> str:
+        done = self.tokenizer.decode(self.ids[self.context : self.emitted])
+        text = self.tokenizer.decode(self.ids[self.context :])
+        if len(text) <= len(done) or (text.endswith("\ufffd") and not final):
+            return ""
+        self.context, self.emitted = self.emitted, len(self.ids)
+        return text[len(done) :]
 
 
 def _id(tok: Any, text: str | None) -> int | None:
