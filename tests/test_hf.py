@@ -252,3 +252,58 @@ def test_top_k_and_top_p_narrow_sampling(tiny_server: Server, local: lmql.LLM) -
     assert [e["token"] for e in narrowed[1]] == tokens  # only the most likely token is left
     assert [e["token"] for e in narrowed[2]] == tokens
     assert [e["token"] for e in narrowed[3]] != tokens  # hot sampling without them wanders off
+
+
+def _chained_steps(server: Server) -> float:
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(r'^lmql_engine_steps_chained(?:_total)?{model="lmql-tiny"} ([0-9.e+-]+)$', text, re.M)
+    assert match, text
+    return float(match.group(1))
+
+
+async def _staggered(endpoint: str, requests: dict[int, dict], late: dict[int, dict]) -> dict[int, list[dict]]:
+    async with RawClient(endpoint) as c:
+        for sid, request in requests.items():
+            await c.send("GENERATE", {"model": "lmql-tiny", "stream_id": sid, **request})
+        await asyncio.sleep(0.05)  # joins while the others are decoding
+        for sid, request in late.items():
+            await c.send("GENERATE", {"model": "lmql-tiny", "stream_id": sid, **request})
+        return await c.collect(set(requests) | set(late))
+
+
+def test_steps_fed_from_device_tokens_equal_ordinary_steps(tiny_server: Server, local: lmql.LLM) -> None:
+    """The GPU path queues decode step N+1 from step N's sampled tokens before the host reads
+    them; forced on here (CPU), it must give exactly the ordinary steps' streams: with streams
+    ending by EOS and by length mid-batch (rows reordered), a late arrival, and prefix reuse."""
+    chained = Server("lmql-tiny", "--chain_steps", "True")
+    try:
+        prompts = ["The cat sat on the", "Q: What is love?\nA:", "Q:", "Love is", "Once upon a time"]
+        requests = {i: {"prompt": local.encode_prompt(p), "max_tokens": 40 + 7 * i, "top_logprobs": 2}
+                    for i, p in enumerate(prompts)}
+        requests[1]["max_tokens"] = 12  # ends by length while the others go on
+        late = {9: {"prompt": local.encode_prompt("A wise man once said"), "max_tokens": 30}}
+        results = {name: asyncio.run(_staggered(server.endpoint, requests, late))
+                   for name, server in (("plain", tiny_server), ("chained", chained))}
+        for sid in [*requests, *late]:
+            plain, fed = results["plain"][sid], results["chained"][sid]
+            assert [e["token"] for e in fed] == [e["token"] for e in plain]
+            assert [e["finish_reason"] for e in fed] == [e["finish_reason"] for e in plain]
+            assert [e["logprob"] for e in fed] == pytest.approx([e["logprob"] for e in plain], abs=1e-4)
+        assert {results["plain"][sid][-1]["finish_reason"] for sid in requests} == {"stop", "length"}
+        assert _chained_steps(chained) > 20 and _chained_steps(tiny_server) == 0
+        # the host learnt the chained tokens afterwards: a grown prompt reuses all of them
+        llm = lmql.model("lmql-tiny", endpoint=chained.endpoint)
+        before = llm.model_info_sync()["model_info"]["kv_cache"]["reused_prefix_tokens"]
+        first = results["chained"][4]
+        grown = requests[4]["prompt"] + [e["token"] for e in first] + local.tokenizer.encode(" and", False)
+        again = asyncio.run(_generate(chained.endpoint, {1: {"prompt": grown, "max_tokens": 4}}))[1]
+        after = llm.model_info_sync()["model_info"]["kv_cache"]["reused_prefix_tokens"]
+        assert after - before >= len(requests[4]["prompt"]) + len(first) - 1
+        assert [e["token"] for e in again] == [e["token"] for e in asyncio.run(
+            _generate(tiny_server.endpoint, {1: {"prompt": grown, "max_tokens": 4}}))[1]]
+    finally:
+        assert chained.stop() == 0

@@ -39,6 +39,9 @@ class Backend(ABC):
     max_context: int | None = None  # longest sequence (prompt + generated) it can hold
     max_batch: int | None = None  # most sequences it can hold at once, if limited
     ops: ArrayOps  # array operations that work on this backend's logits
+    # True where the device runs behind the host (a GPU): the engine then launches a decode step
+    # from the previous step's sampled tokens before reading them (``forward_sampled``).
+    chains_steps: bool = False
 
     @abstractmethod
     def forward(self, batch: list[StepInput]) -> StepOutput:
@@ -47,6 +50,15 @@ class Backend(ABC):
     @abstractmethod
     def release(self, seq_id: int) -> None:
         """Forget a sequence (finished or cancelled) and free its cache."""
+
+    def forward_sampled(self, seq_ids: list[int], tokens: Any) -> StepOutput | None:
+        """Append one token to each sequence, given as the device array that sampling returned
+        (row i for ``seq_ids[i]``), without the host reading it; ``confirm`` tells the values
+        later. Returns None where it cannot (the engine then runs an ordinary step)."""
+        return None
+
+    def confirm(self, tokens: dict[int, int]) -> None:  # noqa: B027 (optional, like forward_sampled)
+        """seq_id -> the value of the token last appended to it by ``forward_sampled``."""
 
     def info(self) -> dict[str, Any]:
         """What was loaded and how; sent to clients in MODEL_INFO."""

@@ -21,7 +21,8 @@ class ArrayOps(Protocol):
     def argmax(self, x: Any) -> Any: ...
     def take(self, x: Any, index: Any) -> Any: ...  # x[i, index[i]]; index: array or list
     def topk(self, x: Any, k: int) -> tuple[Any, Any]: ...  # sorted, largest first
-    def to_host(self, *arrays: Any) -> list[list[Any]]: ...  # one transfer for all of them
+    def start_host_copy(self, *arrays: Any) -> Any: ...  # one transfer for all of them, queued
+    def finish_host_copy(self, pending: Any) -> list[list[Any]]: ...  # waits for that transfer
     def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any: ...
     def keep_top(self, x: Any, ks: list[int], ps: list[float]) -> Any: ...  # others become -inf
 
@@ -66,8 +67,11 @@ class NumpyOps:
         order = np.argsort(-vals, axis=-1, kind="stable")
         return np.take_along_axis(vals, order, -1), np.take_along_axis(idx, order, -1)
 
-    def to_host(self, *arrays: Any) -> list[list[Any]]:
+    def start_host_copy(self, *arrays: Any) -> Any:
         return [np.asarray(a).tolist() for a in arrays]
+
+    def finish_host_copy(self, pending: Any) -> list[list[Any]]:
+        return pending
 
     def penalize(self, x: np.ndarray, row: int, tokens: list[int], penalty: float) -> np.ndarray:
         x = x.copy()
@@ -91,10 +95,22 @@ class NumpyOps:
 
 
 class TorchOps:
+    """On a GPU nothing here waits for the device: small index tensors travel through pinned
+    memory, and results come back through ``start_host_copy``/``finish_host_copy``, so the host
+    can queue the next step while this one runs."""
+
     def __init__(self) -> None:
         import torch
 
         self.torch = torch
+
+    def tensor(self, values: Any, device: Any, dtype: Any = None) -> Any:
+        """A host list on ``device``, copied without waiting for the work queued there."""
+        t = self.torch
+        host = t.tensor(values, dtype=dtype)
+        if t.device(device).type != "cuda":
+            return host
+        return host.pin_memory().to(device, non_blocking=True)
 
     def prepare(self, logits: Any) -> Any:
         return logits.float().reshape(-1, logits.shape[-1])
@@ -103,19 +119,19 @@ class TorchOps:
         t = self.torch
         row = t.zeros(like.shape[-1], dtype=t.float32)
         row[t.tensor(list(bias), dtype=t.long)] = t.tensor(list(bias.values()), dtype=t.float32)
-        return row.to(like.device)
+        return row.pin_memory().to(like.device, non_blocking=True) if like.is_cuda else row
 
     def add_rows(self, x: Any, rows: list[int], values: list[Any]) -> Any:
         t = self.torch
         x = x.clone()
-        x[t.tensor(rows, device=x.device)] += t.stack(values)
+        x[self.tensor(rows, x.device)] += t.stack(values)
         return x
 
     def log_softmax(self, x: Any) -> Any:
         return self.torch.log_softmax(x, dim=-1)
 
     def scale_rows(self, x: Any, factors: list[float]) -> Any:
-        return x * self.torch.tensor(factors, device=x.device, dtype=x.dtype)[:, None]
+        return x * self.tensor(factors, x.device, x.dtype)[:, None]
 
     def add_gumbel(self, x: Any, rows: list[int], seed: int) -> Any:
         t = self.torch
@@ -123,7 +139,7 @@ class TorchOps:
         uniform = t.rand((len(rows), x.shape[1]), generator=gen, device=x.device)
         noise = -t.log(-t.log(uniform.clamp_(min=1e-20)))
         x = x.clone()
-        x[t.tensor(rows, device=x.device)] += noise
+        x[self.tensor(rows, x.device)] += noise
         return x
 
     def argmax(self, x: Any) -> Any:
@@ -131,7 +147,7 @@ class TorchOps:
 
     def take(self, x: Any, index: Any) -> Any:
         if isinstance(index, list):
-            index = self.torch.tensor(index, device=x.device)
+            index = self.tensor(index, x.device)
         return x.gather(-1, index[:, None])[:, 0]
 
     def topk(self, x: Any, k: int) -> tuple[Any, Any]:
@@ -139,7 +155,7 @@ class TorchOps:
         return values, indices
 
     def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any:
-        seen = self.torch.tensor(sorted(set(tokens)), device=x.device)
+        seen = self.tensor(sorted(set(tokens)), x.device)
         values = x[row, seen]
         x = x.clone()
         x[row, seen] = self.torch.where(values < 0, values * penalty, values / penalty)
@@ -151,21 +167,34 @@ class TorchOps:
         probs = t.softmax(ranked, dim=-1)
         before = probs.cumsum(-1) - probs  # probability of the tokens ranked above
         ranks = t.arange(x.shape[1], device=x.device)[None, :]
-        k = t.tensor([k or x.shape[1] for k in ks], device=x.device)[:, None]
-        drop = (ranks >= k) | (before >= t.tensor(ps, device=x.device, dtype=x.dtype)[:, None])
+        k = self.tensor([k or x.shape[1] for k in ks], x.device)[:, None]
+        drop = (ranks >= k) | (before >= self.tensor(ps, x.device, x.dtype)[:, None])
         return x.scatter(-1, order, ranked.masked_fill(drop, float("-inf")))
 
-    def to_host(self, *arrays: Any) -> list[list[Any]]:
-        # one device-to-host copy: float64 holds every token id and float32 value exactly
+    def start_host_copy(self, *arrays: Any) -> Any:
+        # one copy: float64 holds every token id and float32 value exactly
         t = self.torch
-        flat = t.cat([a.reshape(-1).to(t.float64) for a in arrays]).cpu().tolist()
+        flat = t.cat([a.reshape(-1).to(t.float64) for a in arrays])
+        layout = [(a.numel(), tuple(a.shape), a.dtype.is_floating_point) for a in arrays]
+        if not flat.is_cuda:
+            return flat, None, layout
+        host = t.empty(flat.shape, dtype=t.float64, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        done = t.cuda.Event()
+        done.record()
+        return host, done, layout
+
+    def finish_host_copy(self, pending: Any) -> list[list[Any]]:
+        host, done, layout = pending
+        if done is not None:
+            done.synchronize()
+        flat = host.tolist()
         out, start = [], 0
-        for a in arrays:
-            n = a.numel()
+        for n, shape, floating in layout:
             values = flat[start : start + n]
-            if not a.dtype.is_floating_point:
+            if not floating:
                 values = [int(v) for v in values]
-            out.append(_reshape(values, tuple(a.shape)))
+            out.append(_reshape(values, shape))
             start += n
         return out
 

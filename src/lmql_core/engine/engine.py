@@ -35,6 +35,7 @@ class LaunchedStep:
 @dataclass
 class EngineStats:
     steps: int = 0
+    steps_chained: int = 0
     tokens_generated: int = 0
     tokens_prefilled: int = 0
     sequences_finished: int = 0
@@ -81,18 +82,21 @@ class Engine:
             self._wake.notify()
         self._thread.join(timeout=30)
 
-    # --- the engine thread ------------------------------------------------------------------
+    # --- the engine thread ---------------------------------------------------------------
     #
     # Steps are pipelined: step N+1 is launched (forward pass and sampling queued on the
     # device) before step N's tokens are turned into events and handed to the clients, so on a
-    # GPU that host work overlaps the next step's computation.
+    # GPU that host work overlaps the next step's computation. In steady decoding the backend
+    # may even take step N's sampled tokens straight from the device (``_chain``): step N+1 is
+    # then queued before the host waits for step N at all, and the GPU never idles.
 
     def _run(self) -> None:
         launched: LaunchedStep | None = None
         while True:
-            events = self._collect(launched) if launched else {}
+            chained = self._chain(launched) if launched else None
+            events = self._collect(launched, chained) if launched else {}
             with self._wake:
-                while not self._stopping and not self.scheduler.has_work() and not events:
+                while not self._stopping and not self.scheduler.has_work() and not events and not chained:
                     self._wake.wait()
                 if self._stopping:
                     self._deliver_all(events)
@@ -101,8 +105,8 @@ class Engine:
                 for seq in self.scheduler.drop_cancelled():
                     self._release(seq)
                     self.stats.sequences_cancelled += 1
-                chunks = self.scheduler.schedule()
-            launched = self._launch(chunks) if chunks else None
+                chunks = [] if chained else self.scheduler.schedule()
+            launched = chained or (self._launch(chunks) if chunks else None)
             self._deliver_all(events)
 
     def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep | None:
@@ -115,15 +119,8 @@ class Engine:
                     self.stats.tokens_prefilled += len(c.tokens)
                 c.seq.num_fed += len(c.tokens)
             ready = [i for i, c in enumerate(chunks) if c.completes_prefill and c.seq.kind is Kind.GENERATE]
-            sampling = None
-            if ready:
-                self.seed += 1
-                logits = self._rows(output.last_logits, ready)
-                seqs = [chunks[i].seq for i in ready]
-                histories = ([s.tokens for s in seqs]
-                             if any(s.params.repetition_penalty != 1.0 for s in seqs) else None)
-                sampling = launch_sampling(self.backend.ops, logits, [s.params for s in seqs], self.seed,
-                                           histories)
+            seqs = [chunks[i].seq for i in ready]
+            sampling = self._sample(seqs, self._rows(output.last_logits, ready)) if ready else None
             ops = self.backend.ops
             scoring = [(c.seq, launch_scoring(ops, self._scored_rows(c.seq, output), c.seq.scored))
                        for c in chunks if c.seq.kind is Kind.SCORE]
@@ -132,15 +129,58 @@ class Engine:
             for c in chunks:
                 self._end(c.seq, TokenEvent(c.seq.stream_id, error=f"model error: {e}"))
             return None
-        return LaunchedStep([chunks[i].seq for i in ready], sampling, scoring, started)
+        return LaunchedStep(seqs, sampling, scoring, started)
+
+    def _sample(self, seqs: list[Sequence], logits: Any) -> PendingSamples:
+        self.seed += 1
+        penalized = any(s.params.repetition_penalty != 1.0 for s in seqs)
+        histories = [s.tokens for s in seqs] if penalized else None
+        return launch_sampling(self.backend.ops, logits, [s.params for s in seqs], self.seed, histories)
+
+    def _chain(self, step: LaunchedStep) -> LaunchedStep | None:
+        """Queue the next decode step of ``step``'s sequences, fed with the tokens it sampled
+        while they are still on the device. Only in steady decoding: every running sequence
+        sampled in ``step``, none ends by length there, nobody waits or was cancelled. A sequence
+        that samples EOS in ``step`` costs one wasted row in the chained step."""
+        if not self.backend.chains_steps or step.sampling is None or step.scoring:
+            return None
+        seqs = step.sampled
+        with self._wake:
+            if self.scheduler.waiting or len(seqs) != len(self.scheduler.running):
+                return None
+        if not all(self._continues(s) for s in seqs):
+            return None
+        started = time.perf_counter()
+        try:
+            output = self.backend.forward_sampled([s.seq_id for s in seqs], step.sampling.tokens)
+            if output is None:
+                return None
+            for s in seqs:
+                s.num_fed += 1
+            self.stats.steps_chained += 1
+            return LaunchedStep(seqs, self._sample(seqs, output.last_logits), [], started)
+        except Exception as e:
+            log.exception("forward pass failed")
+            for s in seqs:
+                self._end(s, TokenEvent(s.stream_id, error=f"model error: {e}"))
+            return None
+
+    def _continues(self, seq: Sequence) -> bool:
+        """Whether ``seq`` surely goes on after its next token (EOS aside)."""
+        limit = self.backend.max_context
+        return (not seq.cancelled and not seq.finished and seq.params.repetition_penalty == 1.0
+                and len(seq.generated) + 1 < seq.params.max_tokens
+                and (limit is None or seq.length + 1 < limit))
 
     def _scored_rows(self, seq: Sequence, output: Any) -> Any:
         # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt
         start = len(seq.prompt) - 1
         return output.all_logits[seq.seq_id][start : start + len(seq.scored)]
 
-    def _collect(self, step: LaunchedStep) -> dict[int, tuple[Sink, list[TokenEvent]]]:
-        """Wait for a launched step's results and turn them into events, grouped by client."""
+    def _collect(self, step: LaunchedStep,
+                 chained: LaunchedStep | None = None) -> dict[int, tuple[Sink, list[TokenEvent]]]:
+        """Wait for a launched step's results and turn them into events, grouped by client.
+        ``chained``: the step already queued with these samples as its input."""
         events: dict[int, tuple[Sink, list[TokenEvent]]] = {}
 
         def emit(seq: Sequence, event: TokenEvent) -> None:
@@ -152,9 +192,15 @@ class Engine:
         except Exception as e:
             log.exception("sampling failed")
             for seq in step.sampled + [seq for seq, _ in step.scoring]:
-                self._end(seq, TokenEvent(seq.stream_id, error=f"model error: {e}"))
+                if not seq.finished:
+                    self._end(seq, TokenEvent(seq.stream_id, error=f"model error: {e}"))
             return {}
+        if chained:
+            self.backend.confirm({seq.seq_id: sample.token for seq, sample in zip(step.sampled, samples,
+                                                                                   strict=True)})
         for seq, sample in zip(step.sampled, samples, strict=True):
+            if seq.finished or seq.cancelled:  # a row of a chained step, after its sequence ended
+                continue
             seq.generated.append(sample.token)
             self.stats.tokens_generated += 1
             reason = self._finish_reason(seq, sample.token)
@@ -188,6 +234,7 @@ class Engine:
         return None
 
     def _finish(self, seq: Sequence) -> None:
+        seq.finished = True
         self.stats.sequences_finished += 1
         with self._wake:
             self.scheduler.finish(seq)

@@ -48,9 +48,11 @@ def apply_bias(ops: ArrayOps, logits: Any, params: list[SamplingParams]) -> Any:
 
 @dataclass
 class PendingSamples:
-    """Sampling queued on the device: arrays still to be read back, and the settings per row."""
+    """Sampling queued on the device: its results (``tokens`` stays on the device, for a next
+    step fed from it), their copy to the host under way, and the settings per row."""
 
-    arrays: list[Any]
+    tokens: Any
+    host_copy: Any
     params: list[SamplingParams]
     k: int
 
@@ -78,11 +80,11 @@ def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], se
     k = max((p.top_logprobs for p in params), default=0)
     if k > 0:
         arrays.extend(ops.topk(logprobs, k))
-    return PendingSamples(arrays, params, k)
+    return PendingSamples(tokens, ops.start_host_copy(*arrays), params, k)
 
 
 def collect_sampling(ops: ArrayOps, pending: PendingSamples) -> list[Sample]:
-    host = ops.to_host(*pending.arrays)
+    host = ops.finish_host_copy(pending.host_copy)
     samples = []
     for row, p in enumerate(pending.params):
         top: dict[int, float] = {}
@@ -98,9 +100,9 @@ def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed:
 
 
 def launch_scoring(ops: ArrayOps, logits: Any, targets: list[int]) -> Any:
-    """Log-probability of ``targets[i]`` under row ``i`` of ``logits``, still on the device."""
-    return ops.take(ops.log_softmax(ops.prepare(logits)), targets)
+    """Log-probability of ``targets[i]`` under row ``i`` of ``logits``, on its way to the host."""
+    return ops.start_host_copy(ops.take(ops.log_softmax(ops.prepare(logits)), targets))
 
 
 def collect_scoring(ops: ArrayOps, pending: Any) -> list[float]:
-    return [float(v) for v in ops.to_host(pending)[0]]
+    return [float(v) for v in ops.finish_host_copy(pending)[0]]

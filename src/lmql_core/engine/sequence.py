@@ -55,6 +55,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     num_fed: int = 0  # tokens the backend has seen
     cancelled: bool = False
+    finished: bool = False  # its last event was sent; results of steps still in flight are dropped
 
     @property
     def tokens(self) -> list[int]:

@@ -37,6 +37,8 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      lambda e: e.stats.tokens_prefilled),
     ("lmql_engine_steps", "Engine steps (batched forward passes)", CounterMetricFamily,
      lambda e: e.stats.steps),
+    ("lmql_engine_steps_chained", "Decode steps queued from the previous step's device-side tokens",
+     CounterMetricFamily, lambda e: e.stats.steps_chained),
     ("lmql_sequences_finished", "Sequences finished", CounterMetricFamily,
      lambda e: e.stats.sequences_finished),
     ("lmql_sequences_cancelled", "Sequences cancelled", CounterMetricFamily,

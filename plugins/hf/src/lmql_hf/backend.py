@@ -31,7 +31,8 @@ console = Console(stderr=True)
 
 # Options of this backend itself; everything else goes to from_pretrained.
 ENGINE_OPTIONS = {"max_batch": 64, "max_seq_len": 2048, "cuda_graphs": True, "reuse_prefixes": True,
-                  "cache_memory_fraction": 0.5, "cpu_cache_bytes": 4 << 30, "cpu_threads": None}
+                  "cache_memory_fraction": 0.5, "cpu_cache_bytes": 4 << 30, "cpu_threads": None,
+                  "chain_steps": None, "fuse_kernels": True}
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Row:
 
 
 class HFBackend(Backend):
+    ops: TorchOps
+
     def __init__(self, model: str, *, cuda: bool = False, dtype: str | None = None, **kwargs: Any) -> None:
         self.options = {k: kwargs.pop(k, v) for k, v in ENGINE_OPTIONS.items()}
         self.name = model
@@ -68,6 +71,9 @@ class HFBackend(Backend):
         self.max_batch = min(int(self.options["max_batch"]), self.table.capacity)
         self.lengths = length_buckets(self.max_context)
         self.graphs = self._decode_graphs()
+        # queue decode steps from device-side tokens: pays where the device runs behind the host
+        chain = self.options["chain_steps"]
+        self.chains_steps = self.graphs is not None if chain is None else bool(chain)
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -122,7 +128,7 @@ class HFBackend(Backend):
             last = self.graphs.run([r.tokens[0] for r in by_slot], [r.start for r in by_slot])
             order = [r.slot for r in rows]  # the batch's order, usually already the slots'
             if order != list(range(len(rows))):
-                last = last[torch.tensor(order).to(last.device, non_blocking=True)]
+                last = last[self.ops.tensor(order, last.device)]
             every: dict[int, Any] = {}
         else:
             last, every = self._eager(rows)
@@ -154,11 +160,46 @@ class HFBackend(Backend):
             positions[r.slot - low, :n] = torch.arange(r.start, r.start + n)
             slots[r.slot - low, :n] = r.slot
         length = next(n for n in self.lengths if n > int(positions.max()))
-        logits = self._model_step(ids.to(self.device), positions.to(self.device), slots.to(self.device),
-                                  slice(low, low + count), length)
+        ids, positions, slots = (self._to_device(t) for t in (ids, positions, slots))
+        logits = self._model_step(ids, positions, slots, slice(low, low + count), length)
         last = torch.stack([logits[r.slot - low, len(r.tokens) - 1] for r in rows])
         every = {r.item.seq_id: logits[r.slot - low, : len(r.tokens)] for r in rows if r.item.all_logits}
         return last, every
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Without waiting for the steps queued on a GPU."""
+        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
+
+    @torch.inference_mode()
+    def forward_sampled(self, seq_ids: list[int], tokens: torch.Tensor) -> StepOutput | None:
+        slots = [self.table.slot_of[i] for i in seq_ids]
+        positions = [self.table.length(i) for i in seq_ids]
+        if sorted(slots) != list(range(len(slots))) or max(positions) >= self.max_context:
+            return None
+        in_order = slots == list(range(len(slots)))
+        if not in_order:  # rows by slot for the pass, then back to the caller's order
+            by_slot = sorted(range(len(slots)), key=slots.__getitem__)
+            tokens = tokens[self.ops.tensor(by_slot, tokens.device)]
+            positions = [positions[i] for i in by_slot]
+        tokens = tokens.to(self.device)
+        last = self.graphs.run(tokens, positions) if self.graphs else self._decode_eager(tokens, positions)
+        if not in_order:
+            last = last[self.ops.tensor(slots, last.device)]
+        for seq_id in seq_ids:
+            self.table.append_pending(seq_id)
+        return StepOutput(last, {})
+
+    def _decode_eager(self, tokens: torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """One token for each of slots 0..n-1, without a graph."""
+        n = len(positions)
+        at = self._to_device(torch.tensor(positions).view(n, 1))
+        slots = self._to_device(torch.arange(n).view(n, 1))
+        length = next(bucket for bucket in self.lengths if bucket > max(positions))
+        return self._model_step(tokens.view(n, 1), at, slots, slice(0, n), length)[:, -1]
+
+    def confirm(self, tokens: dict[int, int]) -> None:
+        for seq_id, token in tokens.items():
+            self.table.confirm(seq_id, token)
 
     def _graph_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                        length: int) -> torch.Tensor:

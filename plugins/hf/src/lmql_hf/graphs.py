@@ -3,7 +3,9 @@
 A decode step of b running sequences (slots 0..b-1, one new token each) runs the graph of the
 smallest captured batch >= b whose key length covers every row's position; padding rows write
 to the scratch slot. Inputs are copied into the graph's static tensors, so a step costs one
-small host-to-device copy, the replay, and whatever reads the logits.
+small host-to-device copy, the replay, and whatever reads the logits. The tokens may also come
+as a device tensor (what the previous step sampled), so a step can be queued before the host
+knows them.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ class DecodeGraph:
     def __init__(self, batch: int, length: int, device: torch.device) -> None:
         self.batch, self.length = batch, length
         self.inputs = torch.zeros((3, batch), dtype=torch.long, device=device)  # ids, positions, slots
-        # pinned, so the copy to the device does not wait for the steps queued before it
-        self.staging = torch.zeros((3, batch), dtype=torch.long).pin_memory()
         self.graph = torch.cuda.CUDAGraph()
         self.logits: torch.Tensor | None = None
 
@@ -53,16 +53,21 @@ class DecodeGraphs:
             for length in self.lengths:
                 self._capture(batch, length)
 
-    def run(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """Rows are slots 0..len(tokens)-1; returns logits of shape (rows, vocab)."""
-        rows = len(tokens)
+    def run(self, tokens: list[int] | torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """Rows are slots 0..len(positions)-1; returns logits of shape (rows, vocab)."""
+        rows = len(positions)
         batch = next(b for b in self.batches if b >= rows)
         length = next(n for n in self.lengths if n > max(positions))
         graph = self.graphs.get((batch, length)) or self._capture(batch, length)
         pad = batch - rows
-        graph.staging.copy_(torch.tensor([tokens + [0] * pad, positions + [0] * pad,
-                                          list(range(rows)) + [self.scratch] * pad]))
-        graph.inputs.copy_(graph.staging, non_blocking=True)
+        on_device = isinstance(tokens, torch.Tensor)
+        ids = [0] * batch if on_device else [*tokens, *[0] * pad]
+        # pinned and fresh per step, so the copy neither waits for the queued steps nor races a
+        # copy of the step before that is still waiting for its turn
+        staging = torch.tensor([ids, positions + [0] * pad, list(range(rows)) + [self.scratch] * pad])
+        graph.inputs.copy_(staging.pin_memory(), non_blocking=True)
+        if isinstance(tokens, torch.Tensor):
+            graph.inputs[0, :rows].copy_(tokens)
         graph.graph.replay()
         assert graph.logits is not None
         return graph.logits[:rows]

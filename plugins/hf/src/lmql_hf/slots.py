@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from lmql_hf.slot_cache import SlotCache
 
+PENDING = -1  # a token whose value the host does not know yet
+
 
 @dataclass
 class Slot:
@@ -28,6 +30,7 @@ class SlotTable:
         self.scratch = cache.slots - 1
         self.slots = [Slot() for _ in range(self.scratch)]
         self.slot_of: dict[int, int] = {}
+        self.pending: dict[int, int] = {}  # seq_id -> index of its token not yet confirmed
         self._clock = itertools.count()
         self.reused_tokens = 0  # prompt tokens not recomputed thanks to cached prefixes
 
@@ -79,9 +82,22 @@ class SlotTable:
     def append(self, seq_id: int, tokens: list[int]) -> None:
         self.slots[self.slot_of[seq_id]].tokens.extend(tokens)
 
+    def append_pending(self, seq_id: int) -> None:
+        """A token computed from the device whose value the host learns later (``confirm``);
+        until then it matches no prompt."""
+        slot = self.slots[self.slot_of[seq_id]]
+        self.pending[seq_id] = len(slot.tokens)
+        slot.tokens.append(PENDING)
+
+    def confirm(self, seq_id: int, token: int) -> None:
+        index = self.pending.pop(seq_id, None)
+        if index is not None and seq_id in self.slot_of:
+            self.slots[self.slot_of[seq_id]].tokens[index] = token
+
     def release(self, seq_id: int) -> None:
         """Keep the finished sequence's tokens as a cached prefix and keep running slots compact."""
         index = self.slot_of.pop(seq_id, None)
+        self.pending.pop(seq_id, None)
         if index is None:
             return
         slot = self.slots[index]
