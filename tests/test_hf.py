@@ -162,6 +162,25 @@ def test_model_info_describes_the_load(tiny_server: Server) -> None:
     assert {"torch", "transformers"} <= set(info["versions"])
 
 
+def test_fused_stand_in_modules_compute_what_the_originals_did(tiny_server: Server, local: lmql.LLM) -> None:
+    """On CUDA, RMSNorm and tanh-GELU modules are swapped for fused kernels; forced on here,
+    every stream decodes to the same tokens with the same log-probabilities."""
+    fused = Server("lmql-tiny", "--fuse_kernels", "True")
+    try:
+        info = {name: lmql.model("lmql-tiny", endpoint=server.endpoint).model_info_sync()["model_info"]
+                for name, server in (("plain", tiny_server), ("fused", fused))}
+        assert info["fused"]["kv_cache"]["fused_modules"] >= 9  # two norms per layer and the final one
+        assert info["plain"]["kv_cache"]["fused_modules"] == 0
+        requests = {i: {"prompt": local.encode_prompt(p), "max_tokens": 24, "top_logprobs": 3}
+                    for i, p in enumerate(["Once upon a time", "Q: What is love?\nA:"])}
+        plain, swapped = (asyncio.run(_generate(server.endpoint, requests)) for server in (tiny_server, fused))
+        for sid in requests:
+            assert [e["token"] for e in swapped[sid]] == [e["token"] for e in plain[sid]]
+            assert [e["logprob"] for e in swapped[sid]] == pytest.approx([e["logprob"] for e in plain[sid]], abs=1e-4)
+    finally:
+        assert fused.stop() == 0
+
+
 def test_loader_arguments_reach_from_pretrained() -> None:
     llm = lmql.model("local:lmql-tiny", dtype="bfloat16", attn_implementation="eager")
     info = llm.model_info_sync()["model_info"]

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import TorchOps
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import loading
+from lmql_hf import fused, loading
 from lmql_hf.bundled import resolve
 from lmql_hf.graphs import DecodeGraphs, length_buckets
 from lmql_hf.slot_cache import SlotCache
@@ -32,7 +32,7 @@ console = Console(stderr=True)
 # Options of this backend itself; everything else goes to from_pretrained.
 ENGINE_OPTIONS = {"max_batch": 64, "max_seq_len": 2048, "cuda_graphs": True, "reuse_prefixes": True,
                   "cache_memory_fraction": 0.5, "cpu_cache_bytes": 4 << 30, "cpu_threads": None,
-                  "chain_steps": None, "fuse_kernels": True}
+                  "chain_steps": None, "fuse_kernels": None}
 
 
 @dataclass
@@ -48,6 +48,7 @@ class HFBackend(Backend):
 
     def __init__(self, model: str, *, cuda: bool = False, dtype: str | None = None, **kwargs: Any) -> None:
         self.options = {k: kwargs.pop(k, v) for k, v in ENGINE_OPTIONS.items()}
+        self.fused_modules = 0
         self.name = model
         self.path = resolve(model)
         self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
@@ -56,6 +57,8 @@ class HFBackend(Backend):
         self.device = self.model.get_input_embeddings().weight.device
         if self.device.type == "cpu":
             self._set_cpu_threads()
+        if _auto(self.options["fuse_kernels"], self.device.type == "cuda"):
+            self.fused_modules = fused.fuse(self.model)
         config = self.model.config
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.eos_token_id = _first(self.model.generation_config.eos_token_id or config.eos_token_id)
@@ -72,8 +75,7 @@ class HFBackend(Backend):
         self.lengths = length_buckets(self.max_context)
         self.graphs = self._decode_graphs()
         # queue decode steps from device-side tokens: pays where the device runs behind the host
-        chain = self.options["chain_steps"]
-        self.chains_steps = self.graphs is not None if chain is None else bool(chain)
+        self.chains_steps = _auto(self.options["chain_steps"], self.graphs is not None)
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -232,7 +234,8 @@ class HFBackend(Backend):
             "layers": loading.layer_placement(self.model),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "kv_cache": {"slots": self.cache.slots, "max_len": self.max_context,
-                         "cuda_graphs": self.graphs is not None,
+                         "cuda_graphs": self.graphs is not None, "fused_modules": self.fused_modules,
+                         "chained_steps": self.chains_steps,
                          "reused_prefix_tokens": self.table.reused_tokens},
             "versions": loading.versions(),
         }
@@ -240,6 +243,11 @@ class HFBackend(Backend):
     def tokenizer_json(self) -> str | None:
         found = find_tokenizer_json(self.path) or cached_tokenizer_json(self.path)
         return Path(found).read_text(encoding="utf-8") if found else None
+
+
+def _auto(option: bool | None, default: bool) -> bool:
+    """An engine option left at None follows the default that suits the device."""
+    return default if option is None else bool(option)
 
 
 def _first(value: Any) -> int | None:
