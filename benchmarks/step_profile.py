@@ -1,7 +1,8 @@
 """Where a decode step's time goes, on the GPU: forward alone, forward + sampling, the whole
 engine (no sockets), for several batch sizes. Uses the gpt2-medium-shaped model of gpu_bench.
 
-    python benchmarks/step_profile.py [--batches 1,8,64] [--steps 100]
+    python benchmarks/step_profile.py [--batches 1,8,64] [--steps 100] [--kernels]
+        [--option fuse_kernels=False] [--option chain_steps=False]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lmql_core.backend import StepInput  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
 from lmql_core.engine.sampling import sample_batch  # noqa: E402  (launch + collect)
 from lmql_core.engine.sequence import SamplingParams, Sequence  # noqa: E402
+from lmql_core.identifiers import parse_loader_args  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 
 
@@ -49,6 +51,40 @@ def profile_backend(backend: HFBackend, batch: int, steps: int) -> dict[str, flo
     for i in ids:
         backend.release(i)
     return result
+
+
+def replay_ms(backend: HFBackend, batch: int, steps: int) -> float:
+    """GPU time of one decode step alone: the captured graph replayed back to back."""
+    assert backend.graphs is not None
+    graph = backend.graphs.graphs[(next(b for b in backend.graphs.batches if b >= batch), backend.lengths[0])]
+    graph.inputs[2].fill_(backend.table.scratch)  # writes only to the scratch slot
+    return timed(graph.graph.replay, steps)
+
+
+def print_kernels(backend: HFBackend, batch: int) -> None:
+    """Which kernels one eager decode step launches, and what each kind costs on the GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = backend.device
+    ids = torch.zeros((batch, 1), dtype=torch.long, device=device)
+    positions = torch.full((batch, 1), 8, dtype=torch.long, device=device)
+    slots = torch.full((batch, 1), backend.table.scratch, dtype=torch.long, device=device)
+
+    def step() -> None:
+        with torch.inference_mode():
+            backend._model_step(ids, positions, slots, slice(0, batch), backend.lengths[0])
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    launched = sum(e.count for e in kernels)
+    busy = sum(e.self_device_time_total for e in kernels) / 1000
+    print(f"batch {batch}: {launched} kernels, {busy:.2f} ms of GPU time in one eager step")
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:20]:
+        print(f"  {e.count:4d} x {e.self_device_time_total / e.count:7.1f} us  {e.key[:90]}")
 
 
 def profile_engine(engine: Engine, batch: int, new_tokens: int) -> float:
@@ -98,23 +134,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", default="1,8,32,64")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an engine option of the HF backend, e.g. fuse_kernels=False")
+    parser.add_argument("--kernels", action="store_true", help="also list one eager step's kernels")
     parser.add_argument("--cprofile", type=int, metavar="BATCH",
                         help="only print where the engine thread's host time goes at this batch size")
     args = parser.parse_args()
     build_model()
-    backend = HFBackend(str(MODEL_DIR), cuda=True, dtype="float16")
+    backend = HFBackend(str(MODEL_DIR), cuda=True, dtype="float16", **parse_loader_args(
+        [f"--{option}" for option in args.option]))
+    print(f"options {args.option or 'default'}: {backend.info()['kv_cache']}")
     if args.cprofile:
         profile_host(backend, args.cprofile)
         return
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.kernels:
+        for batch in batches:
+            print_kernels(backend, batch)
     engine = Engine(backend)
-    print("| batch | forward ms | forward+sample ms | engine tok/s (no sockets) |")
-    print("|---|---|---|---|")
-    for batch in (int(b) for b in args.batches.split(",")):
+    print("| batch | graph replay ms | forward ms | forward+sample ms | engine tok/s (no sockets) |")
+    print("|---|---|---|---|---|")
+    for batch in batches:
+        replay = replay_ms(backend, batch, args.steps) if backend.graphs else float("nan")
         times = profile_backend(backend, batch, args.steps)
         profile_engine(engine, batch, 8)  # warm-up
         tok_s = profile_engine(engine, batch, 128)
-        print(f"| {batch} | {times['forward_ms']:.2f} | {times['forward+sample_ms']:.2f} | {tok_s:.0f} |",
-              flush=True)
+        print(f"| {batch} | {replay:.3f} | {times['forward_ms']:.2f} | {times['forward+sample_ms']:.2f} "
+              f"| {tok_s:.0f} |", flush=True)
     engine.stop()
 
 

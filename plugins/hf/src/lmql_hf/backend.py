@@ -32,7 +32,7 @@ console = Console(stderr=True)
 # Options of this backend itself; everything else goes to from_pretrained.
 ENGINE_OPTIONS = {"max_batch": 64, "max_seq_len": 2048, "cuda_graphs": True, "reuse_prefixes": True,
                   "cache_memory_fraction": 0.5, "cpu_cache_bytes": 4 << 30, "cpu_threads": None,
-                  "chain_steps": None, "fuse_kernels": None}
+                  "chain_steps": None, "fuse_kernels": None, "compile": False}
 
 
 @dataclass
@@ -113,7 +113,8 @@ class HFBackend(Backend):
         single_device = len(loading.devices_of(self.model)) == 1
         if self.device.type != "cuda" or not single_device or not self.options["cuda_graphs"]:
             return None
-        graphs = DecodeGraphs(self._graph_forward, self.device, self.max_context, self.max_batch,
+        forward = torch.compile(self._graph_forward) if self.options["compile"] else self._graph_forward
+        graphs = DecodeGraphs(forward, self.device, self.max_context, self.max_batch,
                               self.table.scratch)
         count = len(graphs.batches) * len(graphs.lengths)
         with console.status(f"Capturing {count} CUDA graphs for decode steps..."):
