@@ -141,9 +141,11 @@ def main() -> None:
                         help="only print where the engine thread's host time goes at this batch size")
     args = parser.parse_args()
     build_model()
+    started = time.perf_counter()
     backend = HFBackend(str(MODEL_DIR), cuda=True, dtype="float16", **parse_loader_args(
         [f"--{option}" for option in args.option]))
-    print(f"options {args.option or 'default'}: {backend.info()['kv_cache']}")
+    print(f"options {args.option or 'default'}: {backend.info()['kv_cache']}, "
+          f"ready in {time.perf_counter() - started:.1f} s", flush=True)
     if args.cprofile:
         profile_host(backend, args.cprofile)
         return
