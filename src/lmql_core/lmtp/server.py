@@ -37,7 +37,7 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
     if not authorized(request):
         raise web.HTTPUnauthorized(text="this LMTP server needs a token (--auth-token)\n")
     limits = request.app[LIMITS_KEY]
-    ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, heartbeat=30)
+    ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, heartbeat=30, compress=False)
     await ws.prepare(request)
     outbox: asyncio.Queue[str | None] = asyncio.Queue()
 
