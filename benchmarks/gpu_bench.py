@@ -1,7 +1,9 @@
 """GPU benchmark: a gpt2-medium-shaped model (random weights, built from its config, fp16),
 served by lmql-core over LMTP and in-process, beside plain HF ``generate``.
 
-    python benchmarks/gpu_bench.py [--streams 1,8,32,64] [--new-tokens 128] [--out DIR]
+    python benchmarks/gpu_bench.py [--streams 1,8,32,64] [--new-tokens 128] [--out DIR] [SERVER ARG ...]
+
+SERVER ARGs go to our server (engine options such as ``--chain_steps False``).
 
 Prints one table; with --out writes results.json there. Needs a CUDA GPU; downloads nothing.
 """
@@ -35,9 +37,9 @@ def build_model() -> None:
     GPT2LMHeadModel(config).half().save_pretrained(MODEL_DIR)
 
 
-def start_ours(port: int) -> subprocess.Popen[bytes]:
+def start_ours(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
     return start_server([sys.executable, "-m", "lmql_core", "serve-model", str(MODEL_DIR), "--cuda",
-                         "--dtype", "float16", "--port", str(port)], port)
+                         "--dtype", "float16", "--port", str(port), *extra], port)
 
 
 def hf_generate(batch: int, prompt_len: int, new_tokens: int) -> dict[str, float]:
@@ -72,13 +74,13 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT"))
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--skip-hf", action="store_true")
-    args = parser.parse_args()
+    args, server_args = parser.parse_known_args()
     streams = [int(n) for n in args.streams.split(",")]
     build_model()
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     results = []
     port = free_port()
-    server = start_ours(port)
+    server = start_ours(port, server_args)
     try:
         for run in workloads(streams, args.new_tokens):
             endpoint = f"127.0.0.1:{port}"

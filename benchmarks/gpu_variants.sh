@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The LMTP workload of gpu_bench.py under server variants, in one GPU session:
+#   bash benchmarks/gpu_variants.sh
+# Python's GIL switch interval is set in the server process through a sitecustomize module.
+set -u
+cd "$(dirname "$0")/.."
+run() {
+    echo "== $*"
+    timeout 240 python3 benchmarks/gpu_bench.py --skip-local --skip-hf "$@" 2>&1 | grep "^| lmtp"
+}
+run --streams 1,64
+switch=$(mktemp -d)
+for interval in 0.0005 0.00005; do
+    echo "import sys; sys.setswitchinterval($interval)" > "$switch/sitecustomize.py"
+    echo "== GIL switch interval $interval s"
+    PYTHONPATH=$switch run --streams 1,64
+done
+run --streams 1 --compile True --max_batch 1
