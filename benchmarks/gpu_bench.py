@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -60,6 +61,26 @@ def hf_generate(batch: int, prompt_len: int, new_tokens: int) -> dict[str, float
             "seconds": round(seconds, 3)}
 
 
+def engine_counters(endpoint: str) -> dict[str, float]:
+    """The server's step counters, from its Prometheus metrics."""
+    with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    names = ("lmql_engine_steps_total", "lmql_engine_busy_seconds_total",
+             "lmql_engine_device_wait_seconds_total")
+    return {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(names)}
+
+
+def per_step(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Host time of the engine thread per step: working, and blocked on the GPU."""
+    delta = {name: after[name] - before.get(name, 0.0) for name in after}
+    steps = max(delta.get("lmql_engine_steps_total", 0.0), 1.0)
+    busy = delta.get("lmql_engine_busy_seconds_total", 0.0)
+    wait = delta.get("lmql_engine_device_wait_seconds_total", 0.0)
+    return {"steps": int(steps), "host_ms_per_step": round(1000 * (busy - wait) / steps, 3),
+            "wait_ms_per_step": round(1000 * wait / steps, 3)}
+
+
 def workloads(streams: list[int], new_tokens: int) -> list[list[str]]:
     runs = [["--streams", str(n), "--new-tokens", str(new_tokens)] for n in streams]
     runs.append(["--streams", str(max(streams)), "--new-tokens", str(new_tokens), "--stagger-ms", "20"])
@@ -84,7 +105,9 @@ def main() -> None:
     try:
         for run in workloads(streams, args.new_tokens):
             endpoint = f"127.0.0.1:{port}"
+            before = engine_counters(endpoint)
             results.append(lmtp_load.main(["--endpoint", endpoint, "--model", str(MODEL_DIR), *run]))
+            results[-1].update(per_step(before, engine_counters(endpoint)))
     finally:
         server.terminate()
         server.wait()
@@ -103,7 +126,7 @@ def main() -> None:
 
 def print_table(results: list[dict]) -> None:
     columns = ["transport", "streams", "stagger_ms", "tok_per_s", "ttft_median_ms", "ttft_p90_ms",
-               "itl_median_ms", "seconds"]
+               "itl_median_ms", "seconds", "steps", "host_ms_per_step", "wait_ms_per_step"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for r in results:

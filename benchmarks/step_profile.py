@@ -8,6 +8,7 @@ engine (no sockets), for several batch sizes. Uses the gpt2-medium-shaped model 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
@@ -154,15 +155,20 @@ def main() -> None:
         for batch in batches:
             print_kernels(backend, batch)
     engine = Engine(backend)
-    print("| batch | graph replay ms | forward ms | forward+sample ms | engine tok/s (no sockets) |")
-    print("|---|---|---|---|---|")
+    print("| batch | graph replay ms | forward ms | forward+sample ms | engine tok/s (no sockets) "
+          "| host ms/step | wait ms/step |")
+    print("|---|---|---|---|---|---|---|")
     for batch in batches:
         replay = replay_ms(backend, batch, args.steps) if backend.graphs else float("nan")
         times = profile_backend(backend, batch, args.steps)
         profile_engine(engine, batch, 8)  # warm-up
+        before = dataclasses.replace(engine.stats)
         tok_s = profile_engine(engine, batch, 128)
+        steps = engine.stats.steps - before.steps
+        wait = (engine.stats.device_wait_seconds - before.device_wait_seconds) / steps * 1000
+        host = (engine.stats.busy_seconds - before.busy_seconds) / steps * 1000 - wait
         print(f"| {batch} | {replay:.3f} | {times['forward_ms']:.2f} | {times['forward+sample_ms']:.2f} "
-              f"| {tok_s:.0f} |", flush=True)
+              f"| {tok_s:.0f} | {host:.3f} | {wait:.3f} |", flush=True)
     engine.stop()
 
 

@@ -22,7 +22,8 @@ class ArrayOps(Protocol):
     def take(self, x: Any, index: Any) -> Any: ...  # x[i, index[i]]; index: array or list
     def topk(self, x: Any, k: int) -> tuple[Any, Any]: ...  # sorted, largest first
     def start_host_copy(self, *arrays: Any) -> Any: ...  # one transfer for all of them, queued
-    def finish_host_copy(self, pending: Any) -> list[list[Any]]: ...  # waits for that transfer
+    def wait_host_copy(self, pending: Any) -> None: ...  # blocks until that transfer is done
+    def finish_host_copy(self, pending: Any) -> list[list[Any]]: ...  # waits, then the values
     def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any: ...
     def keep_top(self, x: Any, ks: list[int], ps: list[float]) -> Any: ...  # others become -inf
 
@@ -69,6 +70,9 @@ class NumpyOps:
 
     def start_host_copy(self, *arrays: Any) -> Any:
         return [np.asarray(a).tolist() for a in arrays]
+
+    def wait_host_copy(self, pending: Any) -> None:
+        pass
 
     def finish_host_copy(self, pending: Any) -> list[list[Any]]:
         return pending
@@ -184,10 +188,13 @@ class TorchOps:
         done.record()
         return host, done, layout
 
+    def wait_host_copy(self, pending: Any) -> None:
+        if pending[1] is not None:
+            pending[1].synchronize()
+
     def finish_host_copy(self, pending: Any) -> list[list[Any]]:
-        host, done, layout = pending
-        if done is not None:
-            done.synchronize()
+        self.wait_host_copy(pending)
+        host, _, layout = pending
         flat = host.tolist()
         out, start = [], 0
         for n, shape, floating in layout:

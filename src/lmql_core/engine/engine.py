@@ -41,6 +41,8 @@ class EngineStats:
     sequences_finished: int = 0
     sequences_cancelled: int = 0
     last_step_seconds: float = 0.0
+    busy_seconds: float = 0.0  # the engine thread at work, idle waits for requests excluded
+    device_wait_seconds: float = 0.0  # of which blocked until a step's results reached the host
 
 
 class Engine:
@@ -92,12 +94,15 @@ class Engine:
 
     def _run(self) -> None:
         launched: LaunchedStep | None = None
+        began = time.perf_counter()
         while True:
             chained = self._chain(launched) if launched else None
             events = self._collect(launched, chained) if launched else {}
             with self._wake:
                 while not self._stopping and not self.scheduler.has_work() and not events and not chained:
+                    self.stats.busy_seconds += time.perf_counter() - began
                     self._wake.wait()
+                    began = time.perf_counter()
                 if self._stopping:
                     self._deliver_all(events)
                     self._fail_all("the server is shutting down")
@@ -187,6 +192,7 @@ class Engine:
             events.setdefault(id(seq.sink), (seq.sink, []))[1].append(event)
 
         try:
+            self._wait_for(step)
             samples = collect_sampling(self.backend.ops, step.sampling) if step.sampling else []
             scores = [(seq, collect_scoring(self.backend.ops, pending)) for seq, pending in step.scoring]
         except Exception as e:
@@ -215,6 +221,15 @@ class Engine:
         self.stats.steps += 1
         self.stats.last_step_seconds = time.perf_counter() - step.started
         return events
+
+    def _wait_for(self, step: LaunchedStep) -> None:
+        waiting = time.perf_counter()
+        transfers = [pending for _, pending in step.scoring]
+        if step.sampling:
+            transfers.append(step.sampling.host_copy)
+        for pending in transfers:
+            self.backend.ops.wait_host_copy(pending)
+        self.stats.device_wait_seconds += time.perf_counter() - waiting
 
     def _deliver_all(self, events: dict[int, tuple[Sink, list[TokenEvent]]]) -> None:
         for sink, batch in events.values():
