@@ -113,7 +113,9 @@ class HFBackend(Backend):
         single_device = len(loading.devices_of(self.model)) == 1
         if self.device.type != "cuda" or not single_device or not self.options["cuda_graphs"]:
             return None
-        forward = torch.compile(self._graph_forward) if self.options["compile"] else self._graph_forward
+        forward = self._graph_forward
+        if mode := self.options["compile"]:  # True, or one of torch.compile's modes
+            forward = torch.compile(forward, mode=None if mode is True else str(mode))
         graphs = DecodeGraphs(forward, self.device, self.max_context, self.max_batch,
                               self.table.scratch)
         count = len(graphs.batches) * len(graphs.lengths)
