@@ -94,9 +94,14 @@ class Engine:
 
     def _run(self) -> None:
         launched: LaunchedStep | None = None
+        events: dict[int, tuple[Sink, list[TokenEvent]]] = {}
         began = time.perf_counter()
         while True:
             chained = self._chain(launched) if launched else None
+            # Handed over only now, with the next step queued: the clients' threads then do their
+            # share (encoding, sending) while this one waits for the device, instead of taking
+            # turns with it for the interpreter's lock while it launches the step.
+            self._deliver_all(events)
             events = self._collect(launched, chained) if launched else {}
             with self._wake:
                 while not self._stopping and not self.scheduler.has_work() and not events and not chained:
@@ -112,7 +117,6 @@ class Engine:
                     self.stats.sequences_cancelled += 1
                 chunks = [] if chained else self.scheduler.schedule()
             launched = chained or (self._launch(chunks) if chunks else None)
-            self._deliver_all(events)
 
     def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep | None:
         started = time.perf_counter()

@@ -55,6 +55,7 @@ class PendingSamples:
     host_copy: Any
     params: list[SamplingParams]
     k: int
+    ranked: bool = False  # greedy everywhere: the host gets only the ranking, best first
 
 
 def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int,
@@ -66,18 +67,19 @@ def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], se
             logits = ops.penalize(logits, row, histories[row], p.repetition_penalty)
     logprobs = ops.log_softmax(apply_bias(ops, logits, params))
     sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0]
-    scores = logprobs
-    if sampled_rows:
-        scores = ops.scale_rows(logprobs, [1.0 / p.temperature if p.temperature > 0 else 1.0 for p in params])
-        if any(params[i].top_k or params[i].top_p < 1.0 for i in sampled_rows):
-            sampled = [p.temperature > 0 for p in params]  # greedy rows keep every token
-            ks = [p.top_k if s else 0 for p, s in zip(params, sampled, strict=True)]
-            ps = [p.top_p if s else 1.0 for p, s in zip(params, sampled, strict=True)]
-            scores = ops.keep_top(scores, ks, ps)
-        scores = ops.add_gumbel(scores, sampled_rows, seed)
+    k = max((p.top_logprobs for p in params), default=0)
+    if not sampled_rows:  # the chosen token heads the top list: fewer operations per step
+        values, indices = ops.topk(logprobs, max(k, 1))
+        return PendingSamples(indices[:, 0], ops.start_host_copy(indices, values), params, k, ranked=True)
+    scores = ops.scale_rows(logprobs, [1.0 / p.temperature if p.temperature > 0 else 1.0 for p in params])
+    if any(params[i].top_k or params[i].top_p < 1.0 for i in sampled_rows):
+        sampled = [p.temperature > 0 for p in params]  # greedy rows keep every token
+        ks = [p.top_k if s else 0 for p, s in zip(params, sampled, strict=True)]
+        ps = [p.top_p if s else 1.0 for p, s in zip(params, sampled, strict=True)]
+        scores = ops.keep_top(scores, ks, ps)
+    scores = ops.add_gumbel(scores, sampled_rows, seed)
     tokens = ops.argmax(scores)
     arrays = [tokens, ops.take(logprobs, tokens)]
-    k = max((p.top_logprobs for p in params), default=0)
     if k > 0:
         arrays.extend(ops.topk(logprobs, k))
     return PendingSamples(tokens, ops.start_host_copy(*arrays), params, k)
@@ -85,14 +87,16 @@ def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], se
 
 def collect_sampling(ops: ArrayOps, pending: PendingSamples) -> list[Sample]:
     host = ops.finish_host_copy(pending.host_copy)
-    samples = []
-    for row, p in enumerate(pending.params):
-        top: dict[int, float] = {}
-        if pending.k > 0:
-            pairs = zip(host[3][row][: p.top_logprobs], host[2][row][: p.top_logprobs], strict=True)
-            top = {int(i): float(v) for i, v in pairs if v != float("-inf")}
-        samples.append(Sample(int(host[0][row]), float(host[1][row]), top))
-    return samples
+    if pending.ranked:
+        return [Sample(int(indices[0]), float(values[0]), _top(indices, values, p.top_logprobs))
+                for indices, values, p in zip(host[0], host[1], pending.params, strict=True)]
+    return [Sample(int(host[0][row]), float(host[1][row]),
+                   _top(host[3][row], host[2][row], p.top_logprobs) if pending.k else {})
+            for row, p in enumerate(pending.params)]
+
+
+def _top(indices: list[int], values: list[float], k: int) -> dict[int, float]:
+    return {int(i): float(v) for i, v in zip(indices[:k], values[:k], strict=True) if v != float("-inf")}
 
 
 def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int) -> list[Sample]:
