@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import pytest
@@ -170,3 +171,39 @@ def test_load_on_demand_serves_other_models_with_default_arguments() -> None:
         assert info["model_info"]["loader_kwargs"] == {"cuda": "False", "dtype": "None"}
     finally:
         assert server.stop() == 0
+
+
+def test_steps_waiting_for_a_busy_loop_leave_in_one_frame_in_order() -> None:
+    """While the event loop is busy, the engine's next steps wait in the session's outbox and go
+    out together: fewer, larger TOKEN frames, every stream's tokens still in order."""
+    from lmql_core.identifiers import parse_model_id
+    from lmql_core.lmtp.session import Session
+    from lmql_core.serving import ModelHost, load_model
+
+    async def run(block_s: float) -> list[list[dict]]:
+        host = ModelHost()
+        host.add(load_model(parse_model_id("random")))
+        frames: list[list[dict]] = []
+        finished = asyncio.Event()
+
+        def send(command: str, payload: list[dict]) -> None:
+            frames.append(payload)
+            if sum(e["finish_reason"] is not None for f in frames for e in f) == 3:
+                finished.set()
+
+        session = Session(host, send)
+        for sid in (1, 2, 3):
+            await session.handle("GENERATE", {"model": "random", "prompt": [sid, 5], "stream_id": sid,
+                                              "max_tokens": 40, "temperature": 0.0})
+        time.sleep(block_s)  # the loop is stuck; the engine goes on generating
+        await asyncio.wait_for(finished.wait(), 30)
+        for model in host.models.values():
+            model.engine.stop()
+        return frames
+
+    free, blocked = asyncio.run(run(0.0)), asyncio.run(run(0.5))
+    assert len(blocked) < 10 < 40 <= len(free)  # 40 steps, taken out in a few frames
+    for sid in (1, 2, 3):
+        tokens = [[e["token"] for f in frames for e in f if e["stream_id"] == sid] for frames in (free, blocked)]
+        assert tokens[0] == tokens[1] and len(tokens[0]) == 40
+    assert any(sum(e["stream_id"] == 1 for e in frame) > 1 for frame in blocked)

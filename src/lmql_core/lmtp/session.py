@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,9 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._active: dict[Any, tuple[Sequence, LoadedModel]] = {}
         self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
+        self._outbox: list[TokenEvent] = []  # delivered by the engine, not yet sent
+        self._outbox_lock = threading.Lock()
+        self._drain_due = False  # the event loop has been asked to send the outbox
         self.closed = False
 
     async def handle_text(self, text: str) -> None:
@@ -136,11 +140,21 @@ class Session:
         model.engine.submit(seq)
 
     def _deliver(self, events: list[TokenEvent]) -> None:
-        """Called on the engine thread with one step's events for this session."""
-        if not self.closed:
-            self._loop.call_soon_threadsafe(self._send_tokens, events)
+        """Called on the engine thread with one step's events for this session. Steps that
+        arrive while the loop is still due to send earlier ones go out in the same frame: waking
+        the loop costs the engine thread a system call and a turn for the interpreter's lock."""
+        if self.closed:
+            return
+        with self._outbox_lock:
+            self._outbox.extend(events)
+            if self._drain_due:
+                return
+            self._drain_due = True
+        self._loop.call_soon_threadsafe(self._send_tokens)
 
-    def _send_tokens(self, events: list[TokenEvent]) -> None:
+    def _send_tokens(self) -> None:
+        with self._outbox_lock:
+            events, self._outbox, self._drain_due = self._outbox, [], False
         entries = [self._entry(e) for e in events]
         for e in events:
             if e.finish_reason is not None or e.error is not None:
