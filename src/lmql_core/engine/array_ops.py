@@ -155,7 +155,10 @@ class TorchOps:
         return x.gather(-1, index[:, None])[:, 0]
 
     def topk(self, x: Any, k: int) -> tuple[Any, Any]:
-        values, indices = x.topk(min(k, x.shape[1]), dim=-1)
+        if k == 1:  # one reduction instead of a selection (LMQL clients mostly ask for one)
+            values, indices = x.max(dim=-1, keepdim=True)
+        else:
+            values, indices = x.topk(min(k, x.shape[1]), dim=-1)
         return values, indices
 
     def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any:
