@@ -2,7 +2,8 @@
 
 1. the bundled lmql-tiny with --cuda in float32, float16 and bfloat16: greedy output equal to
    the CPU's, and MODEL_INFO reporting the device and dtype;
-2. the CUDA-graph decode path equal to the eager path (gpt2-shaped model, random weights).
+2. the CUDA-graph decode path and the fused modules equal to the plain eager path (gpt2-shaped
+   model, random weights).
 
     python scripts/gpu_check.py
 """
@@ -54,8 +55,10 @@ def check_graphs() -> bool:
     path = "/tmp/lmql-check-gpt2"
     GPT2LMHeadModel(GPT2Config(n_embd=256, n_layer=4, n_head=4, vocab_size=1000)).save_pretrained(path)
     results = []
-    for graphs in (False, True):
-        backend = HFBackend(path, cuda=True, dtype="float32", cuda_graphs=graphs)
+    variants = [{"cuda_graphs": False, "fuse_kernels": False}, {"cuda_graphs": False, "fuse_kernels": True},
+                {"cuda_graphs": True, "fuse_kernels": True}]
+    for options in variants:
+        backend = HFBackend(path, cuda=True, dtype="float32", **options)
         rng = torch.Generator().manual_seed(0)
         prompts = {i: torch.randint(0, 1000, (5 + 3 * i,), generator=rng).tolist() for i in range(1, 6)}
         out = backend.forward([StepInput(i, p) for i, p in prompts.items()])
@@ -68,8 +71,8 @@ def check_graphs() -> bool:
                 backend.release(3)  # a stream leaves mid-way: slots are compacted
                 tokens.pop(3)
         results.append(tokens)
-    same = results[0] == results[1]
-    print(f"CUDA graph decode equals eager decode: {same}")
+    same = results[0] == results[1] == results[2]
+    print(f"eager decode = eager decode with fused modules = CUDA graph decode: {same}")
     return same
 
 

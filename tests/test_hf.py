@@ -162,23 +162,44 @@ def test_model_info_describes_the_load(tiny_server: Server) -> None:
     assert {"torch", "transformers"} <= set(info["versions"])
 
 
-def test_fused_stand_in_modules_compute_what_the_originals_did(tiny_server: Server, local: lmql.LLM) -> None:
-    """On CUDA, RMSNorm and tanh-GELU modules are swapped for fused kernels; forced on here,
-    every stream decodes to the same tokens with the same log-probabilities."""
-    fused = Server("lmql-tiny", "--fuse_kernels", "True")
+@pytest.fixture(scope="module")
+def small_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer GPT-2 with random weights (Conv1D layers, tanh GELU), built here."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gpt2")
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, bos_token_id=999, eos_token_id=999)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):  # zeros by default: nothing a lost bias would show
+                parameter.normal_(std=0.1)
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(("model", "swapped"), [("lmql-tiny", 9), ("gpt2", 10)])
+def test_fused_stand_in_modules_compute_what_the_originals_did(model: str, swapped: int, small_gpt2: str) -> None:
+    """On CUDA, RMSNorm, tanh-GELU and GPT-2's Conv1D modules are swapped for faster ones;
+    forced on here, every stream decodes to the same tokens with the same log-probabilities."""
+    path = small_gpt2 if model == "gpt2" else model
+    plain, fused = Server(path), Server(path, "--fuse_kernels", "True")
     try:
-        info = {name: lmql.model("lmql-tiny", endpoint=server.endpoint).model_info_sync()["model_info"]
-                for name, server in (("plain", tiny_server), ("fused", fused))}
-        assert info["fused"]["kv_cache"]["fused_modules"] >= 9  # two norms per layer and the final one
+        info = {name: lmql.model(path, endpoint=server.endpoint).model_info_sync()["model_info"]
+                for name, server in (("plain", plain), ("fused", fused))}
+        assert info["fused"]["kv_cache"]["fused_modules"] == swapped  # per layer 2 norms / 4 Conv1D + GELU
         assert info["plain"]["kv_cache"]["fused_modules"] == 0
-        requests = {i: {"prompt": local.encode_prompt(p), "max_tokens": 24, "top_logprobs": 3}
-                    for i, p in enumerate(["Once upon a time", "Q: What is love?\nA:"])}
-        plain, swapped = (asyncio.run(_generate(server.endpoint, requests)) for server in (tiny_server, fused))
+        requests = {i: {"model": path, "prompt": prompt, "max_tokens": 16 + 8 * i, "top_logprobs": 3}
+                    for i, prompt in enumerate([[1, 15, 27, 99, 3], [7], [400, 2, 2, 9]])}  # the last ends alone
+        results = {name: asyncio.run(_generate(server.endpoint, requests)) for name, server in
+                   (("plain", plain), ("fused", fused))}
         for sid in requests:
-            assert [e["token"] for e in swapped[sid]] == [e["token"] for e in plain[sid]]
-            assert [e["logprob"] for e in swapped[sid]] == pytest.approx([e["logprob"] for e in plain[sid]], abs=1e-4)
+            want, got = results["plain"][sid], results["fused"][sid]
+            assert [e["token"] for e in got] == [e["token"] for e in want]
+            assert [e["logprob"] for e in got] == pytest.approx([e["logprob"] for e in want], abs=1e-4)
     finally:
-        assert fused.stop() == 0
+        assert plain.stop() == 0 and fused.stop() == 0
 
 
 def test_loader_arguments_reach_from_pretrained() -> None:
