@@ -1,11 +1,11 @@
 """Single-kernel stand-ins for modules that run as chains of small kernels (used on CUDA).
 
-A decode step of a few sequences is bound by kernel launches and memory reads, not arithmetic:
-GPT-2's ``gelu_new`` runs as seven elementwise kernels per layer and Llama's RMSNorm as eight,
-and GPT-2's ``Conv1D`` layers (weights stored input-major, bias fused into the product) read
-their weights at well under half the rate a matrix-vector kernel reaches. The stand-ins compute
-the same functions; results differ by rounding only. Only exact classes are swapped: look-alikes
-(Gemma's RMSNorm scales by 1 + weight) stay as they are.
+A decode step of a few sequences is bound by kernel launches, not arithmetic: GPT-2's
+``gelu_new`` runs as seven elementwise kernels per layer and Llama's RMSNorm as eight. The
+stand-ins compute the same functions in one or a few kernels; results differ by rounding only.
+Only exact classes are swapped: look-alikes (Gemma's RMSNorm scales by 1 + weight) stay as they are.
+(GPT-2's Conv1D as a transposed linear layer was tried: cuBLAS picks the same kind of kernel for
+it at one row, and the separate bias add made the step slower.)
 """
 
 from __future__ import annotations
@@ -36,26 +36,8 @@ class FusedRMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-class Conv1DAsLinear(nn.Module):
-    """GPT-2's ``Conv1D`` (x @ W + b, W stored in × out) with W stored out × in, as ``nn.Linear``.
-    One row at a time, the product without the bias runs as cuBLAS's matrix-vector kernel: on an
-    H100 at ~2.5 TB/s rather than the ~1.1 TB/s of the fused-bias product Conv1D gets."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(conv.weight.detach().t().contiguous(), requires_grad=False)
-        self.bias = conv.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[:-1].numel() == 1:
-            return functional.linear(x, self.weight) + self.bias
-        return functional.linear(x, self.weight, self.bias)
-
-
 def stand_in(module: nn.Module) -> nn.Module | None:
     name = type(module).__name__
-    if name == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
-        return Conv1DAsLinear(module)
     if name == "NewGELUActivation":
         return TanhGELU()
     if name in RMS_NORMS and hasattr(module, "variance_epsilon"):
