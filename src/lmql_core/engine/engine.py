@@ -45,6 +45,12 @@ class EngineStats:
     device_wait_seconds: float = 0.0  # of which blocked until a step's results reached the host
 
 
+# An idle engine woken by a request waits for its companions (clients send many at once, one
+# frame each) so that they share one prefill step instead of trickling into several.
+ARRIVAL_QUIET_S = 1e-3  # until no request came for this long
+ARRIVAL_WINDOW_S = 5e-3  # or this long after the first
+
+
 class Engine:
     def __init__(self, backend: Backend, *, max_batch: int = 64, token_budget: int = 2048,
                  seed: int = 0) -> None:
@@ -54,6 +60,7 @@ class Engine:
         self.stats = EngineStats()
         self.seed = seed
         self._wake = threading.Condition()
+        self._last_arrival = 0.0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="lmql-engine", daemon=True)
         self._thread.start()
@@ -63,6 +70,7 @@ class Engine:
     def submit(self, seq: Sequence) -> None:
         with self._wake:
             self.scheduler.add(seq)
+            self._last_arrival = time.perf_counter()
             self._wake.notify()
 
     def cancel(self, seqs: list[Sequence]) -> None:
@@ -104,10 +112,13 @@ class Engine:
             self._deliver_all(events)
             events = self._collect(launched, chained) if launched else {}
             with self._wake:
+                idle = not self.scheduler.running and not events and not chained
                 while not self._stopping and not self.scheduler.has_work() and not events and not chained:
                     self.stats.busy_seconds += time.perf_counter() - began
                     self._wake.wait()
                     began = time.perf_counter()
+                if idle and not self._stopping:
+                    self._gather_arrivals()
                 if self._stopping:
                     self._deliver_all(events)
                     self._fail_all("the server is shutting down")
@@ -117,6 +128,16 @@ class Engine:
                     self.stats.sequences_cancelled += 1
                 chunks = [] if chained else self.scheduler.schedule()
             launched = chained or (self._launch(chunks) if chunks else None)
+
+    def _gather_arrivals(self) -> None:
+        """With the lock held: let a burst of requests finish arriving (see ARRIVAL_QUIET_S)."""
+        deadline = time.perf_counter() + ARRIVAL_WINDOW_S
+        while not self._stopping:
+            until = min(deadline, self._last_arrival + ARRIVAL_QUIET_S)
+            left = until - time.perf_counter()
+            if left <= 0:
+                return
+            self._wake.wait(left)
 
     def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep | None:
         started = time.perf_counter()

@@ -61,8 +61,12 @@ class SlotTable:
 
     def _best_prefix(self, prompt: list[int]) -> tuple[int, int]:
         best, best_len = self.active, 0
+        first = prompt[0] if prompt else None
         for index in range(self.active, self.capacity):
-            n = _common_prefix(self.slots[index].tokens, prompt)
+            tokens = self.slots[index].tokens
+            if not tokens or tokens[0] != first:  # most cached prompts differ at once: no walk
+                continue
+            n = _common_prefix(tokens, prompt)
             if n > best_len:
                 best, best_len = index, n
         # leave at least one token to compute: its logits are the answer
