@@ -45,6 +45,8 @@ class Row:
 
 class HFBackend(Backend):
     ops: TorchOps
+    max_context: int  # always known here: the model's positions, capped by max_seq_len
+    max_batch: int
 
     def __init__(self, model: str, *, cuda: bool = False, dtype: str | None = None, **kwargs: Any) -> None:
         self.options = {k: kwargs.pop(k, v) for k, v in ENGINE_OPTIONS.items()}

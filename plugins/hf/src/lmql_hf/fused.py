@@ -40,8 +40,9 @@ def stand_in(module: nn.Module) -> nn.Module | None:
     name = type(module).__name__
     if name == "NewGELUActivation":
         return TanhGELU()
-    if name in RMS_NORMS and hasattr(module, "variance_epsilon"):
-        return FusedRMSNorm(module.weight, float(module.variance_epsilon))
+    weight, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
+    if name in RMS_NORMS and isinstance(weight, nn.Parameter) and isinstance(eps, float):
+        return FusedRMSNorm(weight, eps)
     return None
 
 
