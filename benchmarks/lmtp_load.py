@@ -68,7 +68,8 @@ class SocketTarget:
 
     async def info(self, model: str) -> dict[str, Any]:
         queue = await self.send("MODEL_INFO", {"stream_id": 0, "model": model})
-        return (await queue.get())[1].get("model_info", {})
+        info = (await queue.get())[1].get("model_info")
+        return info if isinstance(info, dict) else {}  # LMQL 0.7.3 may answer a text while loading
 
 
 class LocalTarget:
