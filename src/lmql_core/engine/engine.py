@@ -113,8 +113,10 @@ class Engine:
             events = self._collect(launched, chained) if launched else {}
             with self._wake:
                 idle = not self.scheduler.running and not events and not chained
+                now = time.perf_counter()
+                self.stats.busy_seconds += now - began
+                began = now
                 while not self._stopping and not self.scheduler.has_work() and not events and not chained:
-                    self.stats.busy_seconds += time.perf_counter() - began
                     self._wake.wait()
                     began = time.perf_counter()
                 if idle and not self._stopping:
