@@ -50,6 +50,8 @@ def test_health_and_metrics(random_server: Server) -> None:
     assert _metric(text, "lmql_tokens_generated") >= 3
     for name in ("lmql_active_sequences", "lmql_queue_depth", "lmql_step_seconds", "lmql_engine_steps"):
         _metric(text, name)
+    busy, waiting = _metric(text, "lmql_engine_busy_seconds"), _metric(text, "lmql_engine_device_wait_seconds")
+    assert 0 < busy < 60 and 0 <= waiting <= busy  # the engine worked, and never longer than it ran
 
 
 def test_disconnect_mid_stream_frees_the_sequences() -> None:
