@@ -241,3 +241,17 @@ def test_a_burst_of_requests_to_an_idle_engine_shares_one_step() -> None:
         assert checked >= 2
     finally:
         engine.stop()
+
+
+def test_frames_go_uncompressed_even_when_a_client_offers_deflate(random_server: Server) -> None:
+    """aiohttp clients (LMQL's too) offer per-message deflate; on local sockets it only costs CPU."""
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"ws://{random_server.endpoint}/", compress=15) as ws:
+            assert ws.compress == 0
+            await ws.send_str('GENERATE {"model": "random", "prompt": [1, 2], "stream_id": 1, "max_tokens": 2}')
+            frame = await ws.receive_str(timeout=10)
+            assert frame.startswith("TOKEN [")
+
+    asyncio.run(scenario())
