@@ -41,7 +41,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     install_project(session, llamacpp=False)
     session.install("mypy")
-    session.run("mypy", "src/lmql_core", "src/lmql")
+    session.run("mypy", "src/lmql_core", "src/lmql", "plugins/hf/src/lmql_hf")
 
 
 # LMQL 0.7.3's own server and client, with the transformers of its time: 4.38 is the last release
