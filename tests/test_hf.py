@@ -314,14 +314,17 @@ async def _staggered(endpoint: str, requests: dict[int, dict], late: dict[int, d
         return await c.collect(set(requests) | set(late))
 
 
-def test_steps_fed_from_device_tokens_equal_ordinary_steps(tiny_server: Server, local: lmql.LLM) -> None:
+@pytest.mark.parametrize("top_logprobs", [1, 2])
+def test_steps_fed_from_device_tokens_equal_ordinary_steps(tiny_server: Server, local: lmql.LLM,
+                                                           top_logprobs: int) -> None:
     """The GPU path queues decode step N+1 from step N's sampled tokens before the host reads
     them; forced on here (CPU), it must give exactly the ordinary steps' streams: with streams
-    ending by EOS and by length mid-batch (rows reordered), a late arrival, and prefix reuse."""
+    ending by EOS and by length mid-batch (rows reordered), a late arrival, and prefix reuse.
+    With one top log-prob the chained steps take the best token the pass computed itself."""
     chained = Server("lmql-tiny", "--chain_steps", "True")
     try:
         prompts = ["The cat sat on the", "Q: What is love?\nA:", "Q:", "Love is", "Once upon a time"]
-        requests = {i: {"prompt": local.encode_prompt(p), "max_tokens": 40 + 7 * i, "top_logprobs": 2}
+        requests = {i: {"prompt": local.encode_prompt(p), "max_tokens": 40 + 7 * i, "top_logprobs": top_logprobs}
                     for i, p in enumerate(prompts)}
         requests[1]["max_tokens"] = 12  # ends by length while the others go on
         late = {9: {"prompt": local.encode_prompt("A wise man once said"), "max_tokens": 30}}
@@ -332,6 +335,10 @@ def test_steps_fed_from_device_tokens_equal_ordinary_steps(tiny_server: Server, 
             assert [e["token"] for e in fed] == [e["token"] for e in plain]
             assert [e["finish_reason"] for e in fed] == [e["finish_reason"] for e in plain]
             assert [e["logprob"] for e in fed] == pytest.approx([e["logprob"] for e in plain], abs=1e-4)
+            for mine, theirs in zip(fed, plain, strict=True):
+                assert mine["top_logprobs"].keys() == theirs["top_logprobs"].keys()
+                assert list(mine["top_logprobs"].values()) == pytest.approx(list(theirs["top_logprobs"].values()),
+                                                                            abs=1e-4)
         assert {results["plain"][sid][-1]["finish_reason"] for sid in requests} == {"stop", "length"}
         assert _chained_steps(chained) > 20 and _chained_steps(tiny_server) == 0
         # the host learnt the chained tokens afterwards: a grown prompt reuses all of them
