@@ -21,11 +21,7 @@ from gpu_bench import MODEL_DIR, build_model  # noqa: E402
 
 from lmql_core.backend import StepInput  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
-from lmql_core.engine.sampling import (  # noqa: E402
-    collect_sampling,
-    launch_sampling,
-    sample_batch,  # launch + collect
-)
+from lmql_core.engine.sampling import sample_batch  # noqa: E402  (launch + collect)
 from lmql_core.engine.sequence import SamplingParams, Sequence  # noqa: E402
 from lmql_core.identifiers import parse_loader_args  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
@@ -80,9 +76,8 @@ def print_kernels(backend: HFBackend, batch: int) -> None:
 
     def step() -> None:
         with torch.inference_mode():
-            logits, values, indices = forward(ids, positions, slots, backend.lengths[0])
-            pending = launch_sampling(backend.ops, logits, params, 0, best=(values, indices))
-            collect_sampling(backend.ops, pending)
+            logits = forward(ids, positions, slots, backend.lengths[0])[:, -1]
+            sample_batch(backend.ops, logits, params, 0)
 
     step()
     torch.cuda.synchronize()

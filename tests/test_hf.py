@@ -319,8 +319,8 @@ def test_steps_fed_from_device_tokens_equal_ordinary_steps(tiny_server: Server, 
                                                            top_logprobs: int) -> None:
     """The GPU path queues decode step N+1 from step N's sampled tokens before the host reads
     them; forced on here (CPU), it must give exactly the ordinary steps' streams: with streams
-    ending by EOS and by length mid-batch (rows reordered), a late arrival, and prefix reuse.
-    With one top log-prob the chained steps take the best token the pass computed itself."""
+    ending by EOS and by length mid-batch (rows reordered), a late arrival, and prefix reuse;
+    with one top log-prob (one max reduction) and with two (a top-k)."""
     chained = Server("lmql-tiny", "--chain_steps", "True")
     try:
         prompts = ["The cat sat on the", "Q: What is love?\nA:", "Q:", "Love is", "Once upon a time"]

@@ -26,13 +26,10 @@ class StepInput:
 @dataclass
 class StepOutput:
     """``last_logits``: shape (batch, vocab), one row per input in order.
-    ``all_logits``: for inputs that asked, seq_id -> shape (len(tokens), vocab).
-    ``best``: optionally, computed with the pass (on a GPU, inside its graph): each row's most
-    likely token and its log-probability, as (log-probs, tokens), both shape (batch, 1)."""
+    ``all_logits``: for inputs that asked, seq_id -> shape (len(tokens), vocab)."""
 
     last_logits: Any
     all_logits: dict[int, Any] = field(default_factory=dict)
-    best: tuple[Any, Any] | None = None
 
 
 class Backend(ABC):

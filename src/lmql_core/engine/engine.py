@@ -163,12 +163,11 @@ class Engine:
             return None
         return LaunchedStep(seqs, sampling, scoring, started)
 
-    def _sample(self, seqs: list[Sequence], logits: Any,
-                best: tuple[Any, Any] | None = None) -> PendingSamples:
+    def _sample(self, seqs: list[Sequence], logits: Any) -> PendingSamples:
         self.seed += 1
         penalized = any(s.params.repetition_penalty != 1.0 for s in seqs)
         histories = [s.tokens for s in seqs] if penalized else None
-        return launch_sampling(self.backend.ops, logits, [s.params for s in seqs], self.seed, histories, best)
+        return launch_sampling(self.backend.ops, logits, [s.params for s in seqs], self.seed, histories)
 
     def _chain(self, step: LaunchedStep) -> LaunchedStep | None:
         """Queue the next decode step of ``step``'s sequences, fed with the tokens it sampled
@@ -191,7 +190,7 @@ class Engine:
             for s in seqs:
                 s.num_fed += 1
             self.stats.steps_chained += 1
-            return LaunchedStep(seqs, self._sample(seqs, output.last_logits, output.best), [], started)
+            return LaunchedStep(seqs, self._sample(seqs, output.last_logits), [], started)
         except Exception as e:
             log.exception("forward pass failed")
             for s in seqs:

@@ -59,15 +59,8 @@ class PendingSamples:
 
 
 def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int,
-                    histories: list[list[int]] | None = None, best: tuple[Any, Any] | None = None
-                    ) -> PendingSamples:
-    """``histories[i]``: the tokens of row i's sequence so far (for its repetition penalty).
-    ``best``: each row's top token and log-prob, already computed (``StepOutput.best``); taken
-    as the sample where every row is greedy, unbiased, unpenalized and wants one top log-prob."""
-    if best is not None and all(_plain_greedy(p) for p in params):
-        values, indices = best
-        return PendingSamples(indices[:, 0], ops.start_host_copy(indices, values), params,
-                              max(p.top_logprobs for p in params), ranked=True)
+                    histories: list[list[int]] | None = None) -> PendingSamples:
+    """``histories[i]``: the tokens of row i's sequence so far (for its repetition penalty)."""
     logits = ops.prepare(logits)
     for row, p in enumerate(params):  # first, as transformers' processors run before LMQL's bias
         if p.repetition_penalty != 1.0 and histories:
@@ -90,10 +83,6 @@ def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], se
     if k > 0:
         arrays.extend(ops.topk(logprobs, k))
     return PendingSamples(tokens, ops.start_host_copy(*arrays), params, k)
-
-
-def _plain_greedy(p: SamplingParams) -> bool:
-    return p.temperature <= 0 and not p.logit_bias and p.repetition_penalty == 1.0 and p.top_logprobs <= 1
 
 
 def collect_sampling(ops: ArrayOps, pending: PendingSamples) -> list[Sample]:

@@ -132,21 +132,16 @@ class HFBackend(Backend):
         rows = [self._row(item) for item in batch]
         if self.graphs and self._is_plain_decode(rows):
             by_slot = sorted(rows, key=lambda r: r.slot)
-            outputs = self.graphs.run([r.tokens[0] for r in by_slot], [r.start for r in by_slot])
-            last, *best = self._in_order([r.slot for r in rows], outputs)
-            output = StepOutput(last, {}, (best[0], best[1]))
+            last = self.graphs.run([r.tokens[0] for r in by_slot], [r.start for r in by_slot])
+            order = [r.slot for r in rows]  # the batch's order, usually already the slots'
+            if order != list(range(len(rows))):
+                last = last[self.ops.tensor(order, last.device)]
+            every: dict[int, Any] = {}
         else:
-            output = StepOutput(*self._eager(rows))
+            last, every = self._eager(rows)
         for row in rows:
             self.table.append(row.item.seq_id, row.tokens)
-        return output
-
-    def _in_order(self, slots: list[int], outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """Rows computed slot by slot, back in the batch's order (usually already the slots')."""
-        if slots == list(range(len(slots))):
-            return outputs
-        order = self.ops.tensor(slots, outputs[0].device)
-        return tuple(output[order] for output in outputs)
+        return StepOutput(last, every)
 
     def _row(self, item: StepInput) -> Row:
         if item.seq_id in self.table.slot_of:
@@ -188,37 +183,34 @@ class HFBackend(Backend):
         positions = [self.table.length(i) for i in seq_ids]
         if sorted(slots) != list(range(len(slots))) or max(positions) >= self.max_context:
             return None
-        if slots != list(range(len(slots))):  # rows by slot for the pass
+        in_order = slots == list(range(len(slots)))
+        if not in_order:  # rows by slot for the pass, then back to the caller's order
             by_slot = sorted(range(len(slots)), key=slots.__getitem__)
             tokens = tokens[self.ops.tensor(by_slot, tokens.device)]
             positions = [positions[i] for i in by_slot]
         tokens = tokens.to(self.device)
-        outputs = self.graphs.run(tokens, positions) if self.graphs else self._decode_eager(tokens, positions)
-        last, *best = self._in_order(slots, outputs)
+        last = self.graphs.run(tokens, positions) if self.graphs else self._decode_eager(tokens, positions)
+        if not in_order:
+            last = last[self.ops.tensor(slots, last.device)]
         for seq_id in seq_ids:
             self.table.append_pending(seq_id)
-        return StepOutput(last, {}, (best[0], best[1]))
+        return StepOutput(last, {})
 
-    def _decode_eager(self, tokens: torch.Tensor, positions: list[int]) -> tuple[torch.Tensor, ...]:
+    def _decode_eager(self, tokens: torch.Tensor, positions: list[int]) -> torch.Tensor:
         """One token for each of slots 0..n-1, without a graph."""
         n = len(positions)
         at = self._to_device(torch.tensor(positions).view(n, 1))
         slots = self._to_device(torch.arange(n).view(n, 1))
         length = next(bucket for bucket in self.lengths if bucket > max(positions))
-        return self._graph_forward(tokens.view(n, 1), at, slots, length)
+        return self._model_step(tokens.view(n, 1), at, slots, slice(0, n), length)[:, -1]
 
     def confirm(self, tokens: dict[int, int]) -> None:
         for seq_id, token in tokens.items():
             self.table.confirm(seq_id, token)
 
     def _graph_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                       length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A decode step of slots 0..n-1: the logits, and each row's best token with its
-        log-probability computed in the same pass (in the graph: no launches of their own), as
-        the engine's greedy sampling would (float32 log-softmax, first maximum)."""
-        logits = self._model_step(ids, positions, slots, slice(0, ids.shape[0]), length)[:, -1]
-        values, indices = torch.log_softmax(logits.float(), dim=-1).max(dim=-1, keepdim=True)
-        return logits, values, indices
+                       length: int) -> torch.Tensor:
+        return self._model_step(ids, positions, slots, slice(0, ids.shape[0]), length)
 
     def _model_step(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                     read_rows: slice, length: int) -> torch.Tensor:

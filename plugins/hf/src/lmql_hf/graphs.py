@@ -26,22 +26,18 @@ def length_buckets(max_len: int) -> list[int]:
     return [*buckets, max_len]
 
 
-Outputs = tuple[torch.Tensor, ...]  # the last position's logits, then whatever else forward returns
-
-
 class DecodeGraph:
     def __init__(self, batch: int, length: int, device: torch.device) -> None:
         self.batch, self.length = batch, length
         self.inputs = torch.zeros((3, batch), dtype=torch.long, device=device)  # ids, positions, slots
         self.graph = torch.cuda.CUDAGraph()
-        self.outputs: Outputs = ()
+        self.logits: torch.Tensor | None = None
 
 
 class DecodeGraphs:
-    """``forward(ids, positions, slots, length)`` runs the model on (batch, 1) inputs and returns
-    tensors with one row per input (the logits first)."""
+    """``forward(ids, positions, slots, length)`` runs the model on (batch, 1) inputs."""
 
-    def __init__(self, forward: Callable[..., Outputs], device: torch.device, max_len: int,
+    def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, max_len: int,
                  max_batch: int, scratch_slot: int) -> None:
         self.forward = forward
         self.device = device
@@ -57,8 +53,8 @@ class DecodeGraphs:
             for length in self.lengths:
                 self._capture(batch, length)
 
-    def run(self, tokens: list[int] | torch.Tensor, positions: list[int]) -> Outputs:
-        """Rows are slots 0..len(positions)-1; returns forward's outputs for those rows."""
+    def run(self, tokens: list[int] | torch.Tensor, positions: list[int]) -> torch.Tensor:
+        """Rows are slots 0..len(positions)-1; returns logits of shape (rows, vocab)."""
         rows = len(positions)
         batch = next(b for b in self.batches if b >= rows)
         length = next(n for n in self.lengths if n > max(positions))
@@ -73,7 +69,8 @@ class DecodeGraphs:
         if isinstance(tokens, torch.Tensor):
             graph.inputs[0, :rows].copy_(tokens)
         graph.graph.replay()
-        return tuple(output[:rows] for output in graph.outputs)
+        assert graph.logits is not None
+        return graph.logits[:rows]
 
     def _capture(self, batch: int, length: int) -> DecodeGraph:
         graph = DecodeGraph(batch, length, self.device)
@@ -85,11 +82,11 @@ class DecodeGraphs:
                 self._step(graph)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         with torch.cuda.graph(graph.graph, pool=self.pool):
-            graph.outputs = self._step(graph)
+            graph.logits = self._step(graph)
         self.pool = graph.graph.pool()
         self.graphs[(batch, length)] = graph
         return graph
 
-    def _step(self, graph: DecodeGraph) -> Outputs:
+    def _step(self, graph: DecodeGraph) -> torch.Tensor:
         ids, positions, slots = graph.inputs[0:1].T, graph.inputs[1:2].T, graph.inputs[2:3].T
-        return self.forward(ids, positions, slots, graph.length)
+        return self.forward(ids, positions, slots, graph.length)[:, -1]
