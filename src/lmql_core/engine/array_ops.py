@@ -110,9 +110,11 @@ class TorchOps:
 
     def tensor(self, values: Any, device: Any, dtype: Any = None) -> Any:
         """A host list on ``device``, copied without waiting for the work queued there."""
-        t = self.torch
-        host = t.tensor(values, dtype=dtype)
-        if t.device(device).type != "cuda":
+        return self.to_device(self.torch.tensor(values, dtype=dtype), device)
+
+    def to_device(self, host: Any, device: Any) -> Any:
+        """A host tensor on ``device``, copied without waiting for the work queued there."""
+        if self.torch.device(device).type != "cuda":
             return host
         return host.pin_memory().to(device, non_blocking=True)
 
@@ -123,7 +125,7 @@ class TorchOps:
         t = self.torch
         row = t.zeros(like.shape[-1], dtype=t.float32)
         row[t.tensor(list(bias), dtype=t.long)] = t.tensor(list(bias.values()), dtype=t.float32)
-        return row.pin_memory().to(like.device, non_blocking=True) if like.is_cuda else row
+        return self.to_device(row, like.device)
 
     def add_rows(self, x: Any, rows: list[int], values: list[Any]) -> Any:
         t = self.torch

@@ -133,9 +133,7 @@ class HFBackend(Backend):
         if self.graphs and self._is_plain_decode(rows):
             by_slot = sorted(rows, key=lambda r: r.slot)
             last = self.graphs.run([r.tokens[0] for r in by_slot], [r.start for r in by_slot])
-            order = [r.slot for r in rows]  # the batch's order, usually already the slots'
-            if order != list(range(len(rows))):
-                last = last[self.ops.tensor(order, last.device)]
+            last = self._in_order([r.slot for r in rows], last)
             every: dict[int, Any] = {}
         else:
             last, every = self._eager(rows)
@@ -167,15 +165,11 @@ class HFBackend(Backend):
             positions[r.slot - low, :n] = torch.arange(r.start, r.start + n)
             slots[r.slot - low, :n] = r.slot
         length = next(n for n in self.lengths if n > int(positions.max()))
-        ids, positions, slots = (self._to_device(t) for t in (ids, positions, slots))
+        ids, positions, slots = (self.ops.to_device(t, self.device) for t in (ids, positions, slots))
         logits = self._model_step(ids, positions, slots, slice(low, low + count), length)
         last = torch.stack([logits[r.slot - low, len(r.tokens) - 1] for r in rows])
         every = {r.item.seq_id: logits[r.slot - low, : len(r.tokens)] for r in rows if r.item.all_logits}
         return last, every
-
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        """Without waiting for the steps queued on a GPU."""
-        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
 
     @torch.inference_mode()
     def forward_sampled(self, seq_ids: list[int], tokens: torch.Tensor) -> StepOutput | None:
@@ -183,24 +177,28 @@ class HFBackend(Backend):
         positions = [self.table.length(i) for i in seq_ids]
         if sorted(slots) != list(range(len(slots))) or max(positions) >= self.max_context:
             return None
-        in_order = slots == list(range(len(slots)))
-        if not in_order:  # rows by slot for the pass, then back to the caller's order
+        if slots != list(range(len(slots))):  # rows by slot for the pass
             by_slot = sorted(range(len(slots)), key=slots.__getitem__)
             tokens = tokens[self.ops.tensor(by_slot, tokens.device)]
             positions = [positions[i] for i in by_slot]
         tokens = tokens.to(self.device)
         last = self.graphs.run(tokens, positions) if self.graphs else self._decode_eager(tokens, positions)
-        if not in_order:
-            last = last[self.ops.tensor(slots, last.device)]
+        last = self._in_order(slots, last)
         for seq_id in seq_ids:
             self.table.append_pending(seq_id)
         return StepOutput(last, {})
 
+    def _in_order(self, slots: list[int], by_slot: torch.Tensor) -> torch.Tensor:
+        """Rows computed slot by slot (0..n-1), back in the batch's order (usually the same)."""
+        if slots == list(range(len(slots))):
+            return by_slot
+        return by_slot[self.ops.tensor(slots, by_slot.device)]
+
     def _decode_eager(self, tokens: torch.Tensor, positions: list[int]) -> torch.Tensor:
         """One token for each of slots 0..n-1, without a graph."""
         n = len(positions)
-        at = self._to_device(torch.tensor(positions).view(n, 1))
-        slots = self._to_device(torch.arange(n).view(n, 1))
+        at = self.ops.tensor(positions, self.device).view(n, 1)
+        slots = self.ops.to_device(torch.arange(n).view(n, 1), self.device)
         length = next(bucket for bucket in self.lengths if bucket > max(positions))
         return self._model_step(tokens.view(n, 1), at, slots, slice(0, n), length)[:, -1]
 

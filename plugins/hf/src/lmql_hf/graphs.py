@@ -60,8 +60,7 @@ class DecodeGraphs:
         length = next(n for n in self.lengths if n > max(positions))
         graph = self.graphs.get((batch, length)) or self._capture(batch, length)
         pad = batch - rows
-        on_device = isinstance(tokens, torch.Tensor)
-        ids = [0] * batch if on_device else [*tokens, *[0] * pad]
+        ids = [0] * batch if isinstance(tokens, torch.Tensor) else [*tokens, *[0] * pad]
         # pinned and fresh per step, so the copy neither waits for the queued steps nor races a
         # copy of the step before that is still waiting for its turn
         staging = torch.tensor([ids, positions + [0] * pad, list(range(rows)) + [self.scratch] * pad])
