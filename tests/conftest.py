@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,13 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_metric(text: str, name: str, model: str = "random") -> float:
+    """One model's value of a Prometheus metric (a counter may carry the ``_total`` suffix)."""
+    match = re.search(rf'^{name}(?:_total)?{{model="{model}"}} ([0-9.e+-]+)$', text, re.M)
+    assert match, f"{name} not in metrics:\n{text}"
+    return float(match.group(1))
 
 
 def free_port() -> int:

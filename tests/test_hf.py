@@ -13,7 +13,7 @@ import lmql  # noqa: E402
 from lmql_core.errors import LMQLError  # noqa: E402
 from lmql_core.tokenizer import IncrementalDecoder  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
-from tests.conftest import RawClient, Server  # noqa: E402
+from tests.conftest import RawClient, Server, read_metric  # noqa: E402
 
 pytestmark = pytest.mark.hf
 PROMPTS = ["Once upon a time", "The cat sat on the", "A wise man once said", "Q: What is love?\nA:"]
@@ -294,14 +294,10 @@ def test_top_k_and_top_p_narrow_sampling(tiny_server: Server, local: lmql.LLM) -
 
 
 def _chained_steps(server: Server) -> float:
-    import re
     import urllib.request
 
     with urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    match = re.search(r'^lmql_engine_steps_chained(?:_total)?{model="lmql-tiny"} ([0-9.e+-]+)$', text, re.M)
-    assert match, text
-    return float(match.group(1))
+        return read_metric(response.read().decode(), "lmql_engine_steps_chained", "lmql-tiny")
 
 
 async def _staggered(endpoint: str, requests: dict[int, dict], late: dict[int, dict]) -> dict[int, list[dict]]:

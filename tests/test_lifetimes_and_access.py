@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import time
 import urllib.request
 
@@ -14,7 +13,7 @@ import pytest
 
 import lmql
 from lmql_core.errors import ConnectionLost
-from tests.conftest import RawClient, Server
+from tests.conftest import RawClient, Server, read_metric
 
 
 def _get(server: Server, path: str, token: str | None = None) -> tuple[int, str]:
@@ -26,12 +25,6 @@ def _get(server: Server, path: str, token: str | None = None) -> tuple[int, str]
             return response.status, response.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
-
-
-def _metric(text: str, name: str) -> float:
-    match = re.search(rf'^{name}(?:_total)?{{model="random"}} ([0-9.e+-]+)$', text, re.M)
-    assert match, f"{name} not in metrics:\n{text}"
-    return float(match.group(1))
 
 
 def _wait_for(condition, timeout: float = 10.0) -> None:  # noqa: ANN001
@@ -47,10 +40,10 @@ def test_health_and_metrics(random_server: Server) -> None:
     lmql.model("random", endpoint=random_server.endpoint).generate_sync("m", max_tokens=3)
     status, text = _get(random_server, "/metrics")
     assert status == 200
-    assert _metric(text, "lmql_tokens_generated") >= 3
+    assert read_metric(text, "lmql_tokens_generated") >= 3
     for name in ("lmql_active_sequences", "lmql_queue_depth", "lmql_step_seconds", "lmql_engine_steps"):
-        _metric(text, name)
-    busy, waiting = _metric(text, "lmql_engine_busy_seconds"), _metric(text, "lmql_engine_device_wait_seconds")
+        read_metric(text, name)
+    busy, waiting = read_metric(text, "lmql_engine_busy_seconds"), read_metric(text, "lmql_engine_device_wait_seconds")
     assert 0 < busy < 60 and 0 <= waiting <= busy  # the engine worked, and never longer than it ran
 
 
@@ -66,12 +59,12 @@ def test_disconnect_mid_stream_frees_the_sequences() -> None:
             # leaving the block closed the socket in the middle of five long streams
 
         asyncio.run(scenario())
-        _wait_for(lambda: _metric(_get(server, "/metrics")[1], "lmql_active_sequences") == 0)
+        _wait_for(lambda: read_metric(_get(server, "/metrics")[1], "lmql_active_sequences") == 0)
         metrics = _get(server, "/metrics")[1]
-        assert _metric(metrics, "lmql_sequences_cancelled") == 5
-        generated = _metric(metrics, "lmql_tokens_generated")
+        assert read_metric(metrics, "lmql_sequences_cancelled") == 5
+        generated = read_metric(metrics, "lmql_tokens_generated")
         time.sleep(0.5)
-        assert _metric(_get(server, "/metrics")[1], "lmql_tokens_generated") == generated  # nothing runs on
+        assert read_metric(_get(server, "/metrics")[1], "lmql_tokens_generated") == generated  # nothing runs on
     finally:
         assert server.stop() == 0
 
@@ -125,7 +118,7 @@ def test_soak_clients_connecting_and_dropping_at_random() -> None:
     try:
         asyncio.run(scenario())
         assert completed > 0
-        _wait_for(lambda: _metric(_get(server, "/metrics")[1], "lmql_active_sequences") == 0)
+        _wait_for(lambda: read_metric(_get(server, "/metrics")[1], "lmql_active_sequences") == 0)
         assert server.alive()
     finally:
         assert server.stop() == 0
