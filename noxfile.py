@@ -17,7 +17,8 @@ PYTHON = "3.11"
 
 def install_project(session: nox.Session, llamacpp: bool = True) -> None:
     session.install(TORCH)
-    session.install("./", "./plugins/hf", "./tests/plugin_example", "pytest>=8", "pytest-timeout")
+    # triton: the HF backend's GPU kernel, tested on the CPU through Triton's interpreter
+    session.install("./", "./plugins/hf", "./tests/plugin_example", "triton", "pytest>=8", "pytest-timeout")
     if llamacpp:
         # llama-cpp-python has no wheel on the registry: it compiles once per environment
         session.install("./plugins/llamacpp[export]",

@@ -126,7 +126,7 @@ def main() -> None:
 
 def print_table(results: list[dict]) -> None:
     columns = ["transport", "streams", "stagger_ms", "tok_per_s", "ttft_median_ms", "ttft_p90_ms",
-               "itl_median_ms", "seconds", "steps", "host_ms_per_step", "wait_ms_per_step"]
+               "itl_median_ms", "itl_max_ms", "seconds", "steps", "host_ms_per_step", "wait_ms_per_step"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for r in results:

@@ -154,6 +154,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ttft_median_ms": round(1000 * statistics.median(s.ttft for s in streams), 1),
         "ttft_p90_ms": round(1000 * sorted(s.ttft for s in streams)[int(0.9 * (len(streams) - 1))], 1),
         "itl_median_ms": round(1000 * statistics.median(gaps), 2) if gaps else None,
+        "itl_max_ms": round(1000 * max(gaps), 2) if gaps else None,
     }
 
 

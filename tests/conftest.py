@@ -142,3 +142,21 @@ class RawClient:
                     if "error" in entry or entry.get("finish_reason") is not None:
                         open_ids.discard(sid)
         return result
+
+
+@pytest.fixture(scope="session")
+def small_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer GPT-2 with random weights (tanh GELU), built here."""
+    torch = pytest.importorskip("torch")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gpt2")
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, bos_token_id=999, eos_token_id=999)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):  # zeros by default: a stand-in losing one would not show
+                parameter.normal_(std=0.1)
+    model.save_pretrained(path)
+    return str(path)

@@ -3,16 +3,21 @@
 A decode step of a few sequences is bound by kernel launches, not arithmetic: GPT-2's
 ``gelu_new`` runs as seven elementwise kernels per layer and Llama's RMSNorm as eight. The
 stand-ins compute the same functions in one or a few kernels; results differ by rounding only.
-Only exact classes are swapped: look-alikes (Gemma's RMSNorm scales by 1 + weight) stay as they are.
-(GPT-2's Conv1D as a transposed linear layer was tried: cuBLAS picks the same kind of kernel for
-it at one row, and the separate bias add made the step slower.)
+At one row (a single stream's decode step) every linear layer is a matrix-vector product that
+cuBLAS runs well under memory bandwidth: those run as a Triton kernel (gemv_kernel) that also
+adds the bias and, in GPT-2's MLP, the GELU. Only exact classes are swapped: look-alikes
+(Gemma's RMSNorm scales by 1 + weight, quantized linear layers) stay as they are.
 """
 
 from __future__ import annotations
 
+import os
+from types import ModuleType
+
 import torch
 from torch import nn
 from torch.nn import functional
+from transformers.pytorch_utils import Conv1D
 
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm"}
 
@@ -36,10 +41,66 @@ class FusedRMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
+def _row_kernel() -> ModuleType | None:
+    """The one-row Triton kernel, where Triton is installed (it comes with CUDA builds of torch)."""
+    try:
+        from lmql_hf import gemv_kernel
+    except ImportError:
+        return None
+    return gemv_kernel
+
+
+class OneRowLinear(nn.Module):
+    """``act(x @ weight.T + bias)``, through the Triton kernel when x is a single row on the GPU
+    (or in Triton's interpreter), through cuBLAS otherwise. ``weight`` is (out, in), contiguous."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                 activation: str | None = None) -> None:
+        super().__init__()
+        self.weight, self.bias, self.activation = weight, bias, activation
+        self.kernel = _row_kernel()
+        self.interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if self.kernel and rows.shape[0] == 1 and (rows.is_cuda or self.interpreted):
+            out = self.kernel.row_times_weights(rows.contiguous(), self.weight, self.bias, self.activation)
+        else:
+            weight = self.weight.t()
+            out = rows @ weight if self.bias is None else torch.addmm(self.bias, rows, weight)
+            if self.activation:
+                out = functional.gelu(out, approximate="tanh")
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _one_row_linear(module: nn.Module, activation: str | None = None) -> OneRowLinear | None:
+    if hasattr(module, "_hf_hook"):  # offloaded by accelerate: its weights are not ours to move
+        return None
+    if type(module) is nn.Linear:
+        return OneRowLinear(module.weight, module.bias, activation)
+    if type(module) is Conv1D:  # GPT-2's layout is (in, out): keep a transposed copy instead
+        weight = nn.Parameter(module.weight.t().contiguous(), requires_grad=False)
+        return OneRowLinear(weight, module.bias, activation)
+    return None
+
+
+def _fuse_gelu_into_mlp(mlp: nn.Module) -> bool:
+    """GPT-2's MLP: the tanh-GELU runs inside c_fc's kernel."""
+    c_fc, act = getattr(mlp, "c_fc", None), getattr(mlp, "act", None)
+    if type(mlp).__name__ != "GPT2MLP" or type(act).__name__ != "NewGELUActivation":
+        return False
+    if not isinstance(c_fc, nn.Module) or (c_fc := _one_row_linear(c_fc, "gelu_tanh")) is None:
+        return False
+    mlp.c_fc, mlp.act = c_fc, nn.Identity()
+    return True
+
+
 def stand_in(module: nn.Module) -> nn.Module | None:
     name = type(module).__name__
     if name == "NewGELUActivation":
         return TanhGELU()
+    if (linear := _one_row_linear(module)) is not None:
+        return linear
     weight, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
     if name in RMS_NORMS and isinstance(weight, nn.Parameter) and isinstance(eps, float):
         return FusedRMSNorm(weight, eps)
@@ -48,8 +109,9 @@ def stand_in(module: nn.Module) -> nn.Module | None:
 
 def fuse(model: nn.Module) -> int:
     """Swap every module that has a stand-in; returns how many were swapped."""
+    fused_mlps = sum(_fuse_gelu_into_mlp(mlp) for mlp in list(model.modules()))
     swaps = [(parent, name, new) for parent in model.modules() for name, child in parent.named_children()
              if (new := stand_in(child)) is not None]
     for parent, name, new in swaps:
         setattr(parent, name, new)
-    return len(swaps)
+    return fused_mlps + len(swaps)
