@@ -66,18 +66,25 @@ def engine_counters(endpoint: str) -> dict[str, float]:
     with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=10) as response:
         text = response.read().decode()
     names = ("lmql_engine_steps_total", "lmql_engine_busy_seconds_total",
-             "lmql_engine_device_wait_seconds_total")
-    return {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith(names)}
+             "lmql_engine_device_wait_seconds_total", "lmql_gc_pause_seconds_total")
+    counters: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(names):  # summed over labels (the collector's generations)
+            name = line.split("{")[0]
+            counters[name] = counters.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counters
 
 
 def per_step(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Host time of the engine thread per step: working, and blocked on the GPU."""
+    """Host time of the engine thread per step: working, and blocked on the GPU; the server's
+    time in the garbage collector."""
     delta = {name: after[name] - before.get(name, 0.0) for name in after}
     steps = max(delta.get("lmql_engine_steps_total", 0.0), 1.0)
     busy = delta.get("lmql_engine_busy_seconds_total", 0.0)
     wait = delta.get("lmql_engine_device_wait_seconds_total", 0.0)
-    return {"steps": int(steps), "host_ms_per_step": round(1000 * (busy - wait) / steps, 3),
+    gc_pause = delta.get("lmql_gc_pause_seconds_total", 0.0)
+    return {"steps": int(steps), "gc_pause_ms": round(1000 * gc_pause, 1),
+            "host_ms_per_step": round(1000 * (busy - wait) / steps, 3),
             "wait_ms_per_step": round(1000 * wait / steps, 3)}
 
 
@@ -126,7 +133,8 @@ def main() -> None:
 
 def print_table(results: list[dict]) -> None:
     columns = ["transport", "streams", "stagger_ms", "tok_per_s", "ttft_median_ms", "ttft_p90_ms",
-               "itl_median_ms", "itl_max_ms", "seconds", "steps", "host_ms_per_step", "wait_ms_per_step"]
+               "itl_median_ms", "itl_max_ms", "seconds", "steps", "host_ms_per_step", "wait_ms_per_step",
+               "gc_pause_ms"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for r in results:

@@ -21,9 +21,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def read_metric(text: str, name: str, model: str = "random") -> float:
-    """One model's value of a Prometheus metric (a counter may carry the ``_total`` suffix)."""
-    match = re.search(rf'^{name}(?:_total)?{{model="{model}"}} ([0-9.e+-]+)$', text, re.M)
+def read_metric(text: str, name: str, model: str = "random", label: str | None = "model") -> float:
+    """One model's value of a Prometheus metric (a counter may carry the ``_total`` suffix); with
+    another ``label``, the value where that label is ``model``; with None, an unlabelled one."""
+    selector = f'{{{label}="{model}"}}' if label else ""
+    match = re.search(rf'^{name}(?:_total)?{re.escape(selector)} ([0-9.e+-]+)$', text, re.M)
     assert match, f"{name} not in metrics:\n{text}"
     return float(match.group(1))
 

@@ -45,6 +45,10 @@ def test_health_and_metrics(random_server: Server) -> None:
         read_metric(text, name)
     busy, waiting = read_metric(text, "lmql_engine_busy_seconds"), read_metric(text, "lmql_engine_device_wait_seconds")
     assert 0 < busy < 60 and 0 <= waiting <= busy  # the engine worked, and never longer than it ran
+    # the loaded process is frozen out of the collector's walks; the collections still run, timed
+    assert read_metric(text, "lmql_gc_frozen_objects", label=None) > 10_000
+    assert read_metric(text, "lmql_gc_collections", "0", label="generation") > 0
+    assert read_metric(text, "lmql_gc_pause_seconds", "0", label="generation") > 0
 
 
 def test_disconnect_mid_stream_frees_the_sequences() -> None:

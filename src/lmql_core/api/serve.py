@@ -14,7 +14,7 @@ from rich.console import Console
 
 from lmql_core import plugins
 from lmql_core.identifiers import format_kwargs, parse_model_id
-from lmql_core.lmtp import protocol
+from lmql_core.lmtp import gc_pauses, protocol
 from lmql_core.lmtp.server import make_app
 from lmql_core.serving import ModelHost, load_model
 
@@ -55,6 +55,8 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
     dtype = f", {info['dtype']}" if info.get("dtype") else ""
     console.print(f"[green]Ready:[/] {model_id.served_name} on {devices_text}{dtype}")
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    gc_pauses.freeze_loaded_objects()
+    gc_pauses.PAUSES.install()
     asyncio.run(run_server(models, host, port, limits, auth_token))
 
 

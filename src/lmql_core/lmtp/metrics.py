@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -9,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from lmql_core.lmtp.gc_pauses import PAUSES
 from lmql_core.serving import ModelHost
 
 
@@ -24,6 +26,21 @@ class EngineCollector(Collector):
                 family.add_metric([model_name], read(model.engine))
             yield family
         yield GaugeMetricFamily("lmql_connections", "Open LMTP connections", value=self.connections)
+        yield from gc_metrics()
+
+
+def gc_metrics() -> Iterator[Any]:
+    pauses = CounterMetricFamily("lmql_gc_pause_seconds", "Time in Python's garbage collector",
+                                 labels=["generation"])
+    collections = CounterMetricFamily("lmql_gc_collections", "Python garbage collections",
+                                      labels=["generation"])
+    for generation, (seconds, count) in enumerate(zip(PAUSES.seconds, PAUSES.counts, strict=True)):
+        pauses.add_metric([str(generation)], seconds)
+        collections.add_metric([str(generation)], count)
+    yield pauses
+    yield collections
+    yield GaugeMetricFamily("lmql_gc_frozen_objects", "Objects exempt from collection (those of the "
+                            "loaded model)", value=gc.get_freeze_count())
 
 
 METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
