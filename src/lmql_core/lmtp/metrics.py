@@ -26,21 +26,23 @@ class EngineCollector(Collector):
                 family.add_metric([model_name], read(model.engine))
             yield family
         yield GaugeMetricFamily("lmql_connections", "Open LMTP connections", value=self.connections)
-        yield from gc_metrics()
 
 
-def gc_metrics() -> Iterator[Any]:
-    pauses = CounterMetricFamily("lmql_gc_pause_seconds", "Time in Python's garbage collector",
-                                 labels=["generation"])
-    collections = CounterMetricFamily("lmql_gc_collections", "Python garbage collections",
-                                      labels=["generation"])
-    for generation, (seconds, count) in enumerate(zip(PAUSES.seconds, PAUSES.counts, strict=True)):
-        pauses.add_metric([str(generation)], seconds)
-        collections.add_metric([str(generation)], count)
-    yield pauses
-    yield collections
-    yield GaugeMetricFamily("lmql_gc_frozen_objects", "Objects exempt from collection (those of the "
-                            "loaded model)", value=gc.get_freeze_count())
+class GCCollector(Collector):
+    """The serving process's garbage collector: pauses, collections, frozen objects."""
+
+    def collect(self) -> Iterator[Any]:
+        pauses = CounterMetricFamily("lmql_gc_pause_seconds", "Time in Python's garbage collector",
+                                     labels=["generation"])
+        collections = CounterMetricFamily("lmql_gc_collections", "Python garbage collections",
+                                          labels=["generation"])
+        for generation, (seconds, count) in enumerate(zip(PAUSES.seconds, PAUSES.counts, strict=True)):
+            pauses.add_metric([str(generation)], seconds)
+            collections.add_metric([str(generation)], count)
+        yield pauses
+        yield collections
+        yield GaugeMetricFamily("lmql_gc_frozen_objects", "Objects exempt from collection (those of "
+                                "the loaded model)", value=gc.get_freeze_count())
 
 
 METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
@@ -70,4 +72,5 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
 def render_metrics(host: ModelHost, connections: int) -> bytes:
     registry = CollectorRegistry()
     registry.register(EngineCollector(host, connections))
+    registry.register(GCCollector())
     return generate_latest(registry)
