@@ -57,8 +57,8 @@ class Backend(ABC):
         later. Returns None where it cannot (the engine then runs an ordinary step)."""
         return None
 
-    def confirm(self, tokens: dict[int, int]) -> None:  # noqa: B027 (optional, like forward_sampled)
-        """seq_id -> the value of the token last appended to it by ``forward_sampled``."""
+    def confirm(self, seq_ids: list[int], tokens: list[int]) -> None:  # noqa: B027 (optional)
+        """``tokens[i]``: the value of the token last appended to ``seq_ids[i]`` by ``forward_sampled``."""
 
     def info(self) -> dict[str, Any]:
         """What was loaded and how; sent to clients in MODEL_INFO."""

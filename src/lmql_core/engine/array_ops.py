@@ -14,14 +14,16 @@ import numpy as np
 class ArrayOps(Protocol):
     def prepare(self, logits: Any) -> Any: ...  # float32, 2-D
     def bias_row(self, bias: dict[int, float], like: Any) -> Any: ...  # dense (vocab,) row
-    def add_rows(self, x: Any, rows: list[int], values: list[Any]) -> Any: ...  # x[rows[i]] += values[i]
+    def stack(self, rows: list[Any]) -> Any: ...  # 1-D rows into one 2-D array
+    def floats(self, values: list[float], like: Any) -> Any: ...  # a float32 column where ``like`` is
+    def add_rows(self, x: Any, rows: list[int], values: Any) -> Any: ...  # x[rows[i]] += values[i]
     def log_softmax(self, x: Any) -> Any: ...
-    def scale_rows(self, x: Any, factors: list[float]) -> Any: ...
+    def scale_rows(self, x: Any, factors: Any) -> Any: ...  # x[i] * factors[i] (from ``floats``)
     def add_gumbel(self, x: Any, rows: list[int], seed: int) -> Any: ...
     def argmax(self, x: Any) -> Any: ...
     def take(self, x: Any, index: Any) -> Any: ...  # x[i, index[i]]; index: array or list
     def topk(self, x: Any, k: int) -> tuple[Any, Any]: ...  # sorted, largest first
-    def start_host_copy(self, *arrays: Any) -> Any: ...  # one transfer for all of them, queued
+    def start_host_copy(self, *arrays: Any) -> Any: ...  # queued transfers, one wait for all
     def wait_host_copy(self, pending: Any) -> None: ...  # blocks until that transfer is done
     def finish_host_copy(self, pending: Any) -> list[list[Any]]: ...  # waits, then the values
     def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any: ...
@@ -37,17 +39,23 @@ class NumpyOps:
         row[list(bias)] = list(bias.values())
         return row
 
-    def add_rows(self, x: np.ndarray, rows: list[int], values: list[Any]) -> np.ndarray:
+    def stack(self, rows: list[Any]) -> np.ndarray:
+        return np.stack(rows)
+
+    def floats(self, values: list[float], like: Any) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32)
+
+    def add_rows(self, x: np.ndarray, rows: list[int], values: np.ndarray) -> np.ndarray:
         x = x.copy()
-        x[rows] += np.stack(values)
+        x[rows] += values
         return x
 
     def log_softmax(self, x: np.ndarray) -> np.ndarray:
         shifted = x - x.max(axis=-1, keepdims=True)
         return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
-    def scale_rows(self, x: np.ndarray, factors: list[float]) -> np.ndarray:
-        return x * np.asarray(factors, dtype=np.float32)[:, None]
+    def scale_rows(self, x: np.ndarray, factors: np.ndarray) -> np.ndarray:
+        return x * factors[:, None]
 
     def add_gumbel(self, x: np.ndarray, rows: list[int], seed: int) -> np.ndarray:
         x = x.copy()
@@ -127,19 +135,24 @@ class TorchOps:
         row[t.tensor(list(bias), dtype=t.long)] = t.tensor(list(bias.values()), dtype=t.float32)
         return self.to_device(row, like.device)
 
-    def add_rows(self, x: Any, rows: list[int], values: list[Any]) -> Any:
-        t = self.torch
+    def stack(self, rows: list[Any]) -> Any:
+        return rows[0][None] if len(rows) == 1 else self.torch.stack(rows)
+
+    def floats(self, values: list[float], like: Any) -> Any:
+        return self.tensor(values, like.device, self.torch.float32)
+
+    def add_rows(self, x: Any, rows: list[int], values: Any) -> Any:
         if len(rows) == x.shape[0]:  # every row (rows are distinct and in order): no scatter
-            return x + (values[0] if len(values) == 1 else t.stack(values))
+            return x + values
         x = x.clone()
-        x[self.tensor(rows, x.device)] += t.stack(values)
+        x[self.tensor(rows, x.device)] += values
         return x
 
     def log_softmax(self, x: Any) -> Any:
         return self.torch.log_softmax(x, dim=-1)
 
-    def scale_rows(self, x: Any, factors: list[float]) -> Any:
-        return x * self.tensor(factors, x.device, x.dtype)[:, None]
+    def scale_rows(self, x: Any, factors: Any) -> Any:
+        return x * factors[:, None]
 
     def add_gumbel(self, x: Any, rows: list[int], seed: int) -> Any:
         t = self.torch
@@ -183,17 +196,16 @@ class TorchOps:
         return x.scatter(-1, order, ranked.masked_fill(drop, float("-inf")))
 
     def start_host_copy(self, *arrays: Any) -> Any:
-        # one copy: float64 holds every token id and float32 value exactly
+        # each array into pinned memory as it is (no casts, no concatenation: every call is a
+        # turn for the interpreter's lock), then one event for all of them
+        if not arrays[0].is_cuda:
+            return arrays, None
         t = self.torch
-        flat = t.cat([a.reshape(-1).to(t.float64) for a in arrays])
-        layout = [(a.numel(), tuple(a.shape), a.dtype.is_floating_point) for a in arrays]
-        if not flat.is_cuda:
-            return flat, None, layout
-        host = t.empty(flat.shape, dtype=t.float64, pin_memory=True)
-        host.copy_(flat, non_blocking=True)
+        hosts = tuple(t.empty(a.shape, dtype=a.dtype, pin_memory=True).copy_(a, non_blocking=True)
+                      for a in arrays)
         done = t.cuda.Event()
         done.record()
-        return host, done, layout
+        return hosts, done
 
     def wait_host_copy(self, pending: Any) -> None:
         if pending[1] is not None:
@@ -201,20 +213,4 @@ class TorchOps:
 
     def finish_host_copy(self, pending: Any) -> list[list[Any]]:
         self.wait_host_copy(pending)
-        host, _, layout = pending
-        flat = host.tolist()
-        out, start = [], 0
-        for n, shape, floating in layout:
-            values = flat[start : start + n]
-            if not floating:
-                values = [int(v) for v in values]
-            out.append(_reshape(values, shape))
-            start += n
-        return out
-
-
-def _reshape(values: list[Any], shape: tuple[int, ...]) -> list[Any]:
-    if len(shape) <= 1:
-        return values
-    width = shape[1]
-    return [values[i : i + width] for i in range(0, len(values), width)]
+        return [host.tolist() for host in pending[0]]

@@ -11,6 +11,8 @@ from typing import Any
 from lmql_core.backend import Backend, StepInput
 from lmql_core.engine.sampling import (
     PendingSamples,
+    Samples,
+    SamplingPlan,
     collect_sampling,
     collect_scoring,
     launch_sampling,
@@ -30,6 +32,9 @@ class LaunchedStep:
     sampling: PendingSamples | None
     scoring: list[tuple[Sequence, Any]]
     started: float
+    # tokens the sampled sequences surely generate after this step (length limits; EOS aside)
+    headroom: int = 0
+    fed_from_device: list[int] | None = None  # chained: the seq_ids whose tokens the host must confirm
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Engine:
         self.seed = seed
         self._wake = threading.Condition()
         self._last_arrival = 0.0
+        self._cancelling = False  # a cancel came since the scheduler last dropped cancelled rows
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="lmql-engine", daemon=True)
         self._thread.start()
@@ -68,6 +74,9 @@ class Engine:
     # --- called from any thread -------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> None:
+        seq.max_generated = seq.params.max_tokens
+        if self.backend.max_context is not None:
+            seq.max_generated = min(seq.max_generated, self.backend.max_context - seq.length)
         with self._wake:
             self.scheduler.add(seq)
             self._last_arrival = time.perf_counter()
@@ -77,6 +86,7 @@ class Engine:
         with self._wake:
             for seq in seqs:
                 seq.cancelled = True
+            self._cancelling = True
             self._wake.notify()
 
     def active_sequences(self) -> int:
@@ -102,7 +112,7 @@ class Engine:
 
     def _run(self) -> None:
         launched: LaunchedStep | None = None
-        events: dict[int, tuple[Sink, list[TokenEvent]]] = {}
+        events: dict[Sink, list[TokenEvent]] = {}
         began = time.perf_counter()
         while True:
             chained = self._chain(launched) if launched else None
@@ -128,6 +138,7 @@ class Engine:
                 for seq in self.scheduler.drop_cancelled():
                     self._release(seq)
                     self.stats.sequences_cancelled += 1
+                self._cancelling = False
                 chunks = [] if chained else self.scheduler.schedule()
             launched = chained or (self._launch(chunks) if chunks else None)
 
@@ -152,7 +163,8 @@ class Engine:
                 c.seq.num_fed += len(c.tokens)
             ready = [i for i, c in enumerate(chunks) if c.completes_prefill and c.seq.kind is Kind.GENERATE]
             seqs = [chunks[i].seq for i in ready]
-            sampling = self._sample(seqs, self._rows(output.last_logits, ready)) if ready else None
+            plan = SamplingPlan([s.params for s in seqs])
+            sampling = self._sample(seqs, self._rows(output.last_logits, ready), plan) if ready else None
             ops = self.backend.ops
             scoring = [(c.seq, launch_scoring(ops, self._scored_rows(c.seq, output), c.seq.scored))
                        for c in chunks if c.seq.kind is Kind.SCORE]
@@ -161,48 +173,44 @@ class Engine:
             for c in chunks:
                 self._end(c.seq, TokenEvent(c.seq.stream_id, error=f"model error: {e}"))
             return None
-        return LaunchedStep(seqs, sampling, scoring, started)
+        headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
+        return LaunchedStep(seqs, sampling, scoring, started, headroom)
 
-    def _sample(self, seqs: list[Sequence], logits: Any) -> PendingSamples:
+    def _sample(self, seqs: list[Sequence], logits: Any, plan: SamplingPlan) -> PendingSamples:
         self.seed += 1
-        penalized = any(s.params.repetition_penalty != 1.0 for s in seqs)
-        histories = [s.tokens for s in seqs] if penalized else None
-        return launch_sampling(self.backend.ops, logits, [s.params for s in seqs], self.seed, histories)
+        histories = [s.tokens for s in seqs] if plan.penalized else None
+        return launch_sampling(self.backend.ops, logits, plan, self.seed, histories)
 
     def _chain(self, step: LaunchedStep) -> LaunchedStep | None:
         """Queue the next decode step of ``step``'s sequences, fed with the tokens it sampled
         while they are still on the device. Only in steady decoding: every running sequence
         sampled in ``step``, none ends by length there, nobody waits or was cancelled. A sequence
         that samples EOS in ``step`` costs one wasted row in the chained step."""
-        if not self.backend.chains_steps or step.sampling is None or step.scoring:
+        sampling = step.sampling
+        if not self.backend.chains_steps or sampling is None or sampling.plan.penalized or step.scoring:
+            return None
+        if step.headroom < 1:
             return None
         seqs = step.sampled
-        with self._wake:
-            if self.scheduler.waiting or len(seqs) != len(self.scheduler.running):
+        with self._wake:  # a sequence that ended has left ``running``; a cancelled one may not yet
+            if self.scheduler.waiting or self._cancelling or len(seqs) != len(self.scheduler.running):
                 return None
-        if not all(self._continues(s) for s in seqs):
-            return None
         started = time.perf_counter()
         try:
-            output = self.backend.forward_sampled([s.seq_id for s in seqs], step.sampling.tokens)
+            seq_ids = [s.seq_id for s in seqs]
+            output = self.backend.forward_sampled(seq_ids, sampling.tokens)
             if output is None:
                 return None
             for s in seqs:
                 s.num_fed += 1
             self.stats.steps_chained += 1
-            return LaunchedStep(seqs, self._sample(seqs, output.last_logits), [], started)
+            following = self._sample(seqs, output.last_logits, sampling.plan)
+            return LaunchedStep(seqs, following, [], started, step.headroom - 1, seq_ids)
         except Exception as e:
             log.exception("forward pass failed")
             for s in seqs:
                 self._end(s, TokenEvent(s.stream_id, error=f"model error: {e}"))
             return None
-
-    def _continues(self, seq: Sequence) -> bool:
-        """Whether ``seq`` surely goes on after its next token (EOS aside)."""
-        limit = self.backend.max_context
-        return (not seq.cancelled and not seq.finished and seq.params.repetition_penalty == 1.0
-                and len(seq.generated) + 1 < seq.params.max_tokens
-                and (limit is None or seq.length + 1 < limit))
 
     def _scored_rows(self, seq: Sequence, output: Any) -> Any:
         # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt
@@ -210,17 +218,13 @@ class Engine:
         return output.all_logits[seq.seq_id][start : start + len(seq.scored)]
 
     def _collect(self, step: LaunchedStep,
-                 chained: LaunchedStep | None = None) -> dict[int, tuple[Sink, list[TokenEvent]]]:
+                 chained: LaunchedStep | None = None) -> dict[Sink, list[TokenEvent]]:
         """Wait for a launched step's results and turn them into events, grouped by client.
-        ``chained``: the step already queued with these samples as its input."""
-        events: dict[int, tuple[Sink, list[TokenEvent]]] = {}
-
-        def emit(seq: Sequence, event: TokenEvent) -> None:
-            events.setdefault(id(seq.sink), (seq.sink, []))[1].append(event)
-
+        ``chained``: the step already queued with these samples as its input. This runs once
+        per row per step on the thread every step waits for: keep its loop lean."""
         try:
             self._wait_for(step)
-            samples = collect_sampling(self.backend.ops, step.sampling) if step.sampling else []
+            samples = collect_sampling(self.backend.ops, step.sampling) if step.sampling else None
             scores = [(seq, collect_scoring(self.backend.ops, pending)) for seq, pending in step.scoring]
         except Exception as e:
             log.exception("sampling failed")
@@ -228,26 +232,40 @@ class Engine:
                 if not seq.finished:
                     self._end(seq, TokenEvent(seq.stream_id, error=f"model error: {e}"))
             return {}
-        if chained:
-            self.backend.confirm({seq.seq_id: sample.token for seq, sample in zip(step.sampled, samples,
-                                                                                   strict=True)})
-        for seq, sample in zip(step.sampled, samples, strict=True):
-            if seq.finished or seq.cancelled:  # a row of a chained step, after its sequence ended
-                continue
-            seq.generated.append(sample.token)
-            self.stats.tokens_generated += 1
-            reason = self._finish_reason(seq, sample.token)
-            emit(seq, TokenEvent(seq.stream_id, sample.token, sample.logprob, reason, sample.top_logprobs))
-            if reason:
-                self._finish(seq)
+        events: dict[Sink, list[TokenEvent]] = {}
+        if samples:
+            if chained and chained.fed_from_device:
+                self.backend.confirm(chained.fed_from_device, samples.tokens)
+            self._emit_samples(step.sampled, samples, events)
         for seq, logprobs in scores:
-            for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)):
-                last = i == len(seq.scored) - 1
-                emit(seq, TokenEvent(seq.stream_id, token, lp, "stop" if last else None))
+            last = len(seq.scored) - 1
+            events.setdefault(seq.sink, []).extend(
+                TokenEvent(seq.stream_id, token, lp, "stop" if i == last else None)
+                for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)))
             self._finish(seq)
         self.stats.steps += 1
         self.stats.last_step_seconds = time.perf_counter() - step.started
         return events
+
+    def _emit_samples(self, seqs: list[Sequence], samples: Samples,
+                      events: dict[Sink, list[TokenEvent]]) -> None:
+        eos = self.backend.eos_token_id
+        sink, batch = None, []  # one client's rows usually come together: group them in runs
+        produced = 0
+        for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
+                                            strict=True):
+            if seq.finished or seq.cancelled:  # a row of a chained step, after its sequence ended
+                continue
+            seq.generated.append(token)
+            produced += 1
+            reason = "stop" if token == eos else "length" if len(seq.generated) >= seq.max_generated else None
+            if seq.sink != sink:
+                sink = seq.sink
+                batch = events.setdefault(sink, [])
+            batch.append(TokenEvent(seq.stream_id, token, logprob, reason, top))
+            if reason:
+                self._finish(seq)
+        self.stats.tokens_generated += produced
 
     def _wait_for(self, step: LaunchedStep) -> None:
         waiting = time.perf_counter()
@@ -258,22 +276,12 @@ class Engine:
             self.backend.ops.wait_host_copy(pending)
         self.stats.device_wait_seconds += time.perf_counter() - waiting
 
-    def _deliver_all(self, events: dict[int, tuple[Sink, list[TokenEvent]]]) -> None:
-        for sink, batch in events.values():
+    def _deliver_all(self, events: dict[Sink, list[TokenEvent]]) -> None:
+        for sink, batch in events.items():
             self._deliver(sink, batch)
 
     def _rows(self, logits: Any, rows: list[int]) -> Any:
         return logits if len(rows) == len(logits) else logits[rows]
-
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
-        if token == self.backend.eos_token_id:
-            return "stop"
-        if len(seq.generated) >= seq.params.max_tokens:
-            return "length"
-        limit = self.backend.max_context
-        if limit is not None and seq.length >= limit:
-            return "length"
-        return None
 
     def _finish(self, seq: Sequence) -> None:
         seq.finished = True

@@ -9,6 +9,7 @@ distribution at temperature 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,12 @@ FORCE_BIAS = 1e4  # large enough that unforced tokens get probability 0 in float
 
 
 @dataclass
-class Sample:
-    token: int
-    logprob: float
-    top_logprobs: dict[int, float]
+class Samples:
+    """One step's choices, a column per field (row i: the batch's row i)."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    top_logprobs: list[dict[int, float]]
 
 
 def effective_bias(value: float) -> float:
@@ -35,72 +38,107 @@ def effective_bias(value: float) -> float:
     return value
 
 
-def apply_bias(ops: ArrayOps, logits: Any, params: list[SamplingParams]) -> Any:
-    rows = [i for i, p in enumerate(params) if p.logit_bias]
-    if not rows:
+class SamplingPlan:
+    """What a batch's settings ask of sampling, worked out once per batch of rows: a chained
+    step (same sequences, same settings) reuses its predecessor's plan, and with it the device
+    arrays built from the settings (stacked bias rows, temperatures, top-k/top-p)."""
+
+    def __init__(self, params: list[SamplingParams]) -> None:
+        self.params = params
+        self.penalized = any(p.repetition_penalty != 1.0 for p in params)
+        self.biased_rows = [i for i, p in enumerate(params) if p.logit_bias]
+        self.sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0]
+        self.k = max((p.top_logprobs for p in params), default=0)
+        self.truncated = any(params[i].top_k or params[i].top_p < 1.0 for i in self.sampled_rows)
+        self._device: dict[str, Any] = {}
+
+    def device_array(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._device:
+            self._device[name] = build()
+        return self._device[name]
+
+
+def apply_bias(ops: ArrayOps, logits: Any, plan: SamplingPlan) -> Any:
+    if not plan.biased_rows:
         return logits
-    for i in rows:  # dense rows are built once per stream: LMQL masks hold half the vocabulary
-        if params[i].dense_bias is None:
-            bias = {t: effective_bias(b) for t, b in params[i].logit_bias.items()}
-            params[i].dense_bias = ops.bias_row(bias, logits)
-    return ops.add_rows(logits, rows, [params[i].dense_bias for i in rows])
+    bias = plan.device_array("bias", lambda: _bias_rows(ops, logits, plan))
+    return ops.add_rows(logits, plan.biased_rows, bias)
+
+
+def _bias_rows(ops: ArrayOps, logits: Any, plan: SamplingPlan) -> Any:
+    params = [plan.params[i] for i in plan.biased_rows]
+    for p in params:  # dense rows are built once per stream: LMQL masks hold half the vocabulary
+        if p.dense_bias is None:
+            p.dense_bias = ops.bias_row({t: effective_bias(b) for t, b in p.logit_bias.items()}, logits)
+    return ops.stack([p.dense_bias for p in params])
 
 
 @dataclass
 class PendingSamples:
     """Sampling queued on the device: its results (``tokens`` stays on the device, for a next
-    step fed from it), their copy to the host under way, and the settings per row."""
+    step fed from it), their copy to the host under way, and the plan it followed."""
 
     tokens: Any
     host_copy: Any
-    params: list[SamplingParams]
-    k: int
+    plan: SamplingPlan
     ranked: bool = False  # greedy everywhere: the host gets only the ranking, best first
 
 
-def launch_sampling(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int,
+def launch_sampling(ops: ArrayOps, logits: Any, plan: SamplingPlan, seed: int,
                     histories: list[list[int]] | None = None) -> PendingSamples:
     """``histories[i]``: the tokens of row i's sequence so far (for its repetition penalty)."""
     logits = ops.prepare(logits)
-    for row, p in enumerate(params):  # first, as transformers' processors run before LMQL's bias
-        if p.repetition_penalty != 1.0 and histories:
-            logits = ops.penalize(logits, row, histories[row], p.repetition_penalty)
-    logprobs = ops.log_softmax(apply_bias(ops, logits, params))
-    sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0]
-    k = max((p.top_logprobs for p in params), default=0)
-    if not sampled_rows:  # the chosen token heads the top list: fewer operations per step
-        values, indices = ops.topk(logprobs, max(k, 1))
-        return PendingSamples(indices[:, 0], ops.start_host_copy(indices, values), params, k, ranked=True)
-    scores = ops.scale_rows(logprobs, [1.0 / p.temperature if p.temperature > 0 else 1.0 for p in params])
-    if any(params[i].top_k or params[i].top_p < 1.0 for i in sampled_rows):
+    params = plan.params
+    if plan.penalized and histories:  # first, as transformers' processors run before LMQL's bias
+        for row, p in enumerate(params):
+            if p.repetition_penalty != 1.0:
+                logits = ops.penalize(logits, row, histories[row], p.repetition_penalty)
+    logprobs = ops.log_softmax(apply_bias(ops, logits, plan))
+    if not plan.sampled_rows:  # the chosen token heads the top list: fewer operations per step
+        values, indices = ops.topk(logprobs, max(plan.k, 1))
+        return PendingSamples(indices[:, 0], ops.start_host_copy(indices, values), plan, ranked=True)
+    scores = ops.scale_rows(logprobs, plan.device_array("scale", lambda: ops.floats(
+        [1.0 / p.temperature if p.temperature > 0 else 1.0 for p in params], logprobs)))
+    if plan.truncated:
         sampled = [p.temperature > 0 for p in params]  # greedy rows keep every token
         ks = [p.top_k if s else 0 for p, s in zip(params, sampled, strict=True)]
         ps = [p.top_p if s else 1.0 for p, s in zip(params, sampled, strict=True)]
         scores = ops.keep_top(scores, ks, ps)
-    scores = ops.add_gumbel(scores, sampled_rows, seed)
+    scores = ops.add_gumbel(scores, plan.sampled_rows, seed)
     tokens = ops.argmax(scores)
     arrays = [tokens, ops.take(logprobs, tokens)]
-    if k > 0:
-        arrays.extend(ops.topk(logprobs, k))
-    return PendingSamples(tokens, ops.start_host_copy(*arrays), params, k)
+    if plan.k > 0:
+        arrays.extend(ops.topk(logprobs, plan.k))
+    return PendingSamples(tokens, ops.start_host_copy(*arrays), plan)
 
 
-def collect_sampling(ops: ArrayOps, pending: PendingSamples) -> list[Sample]:
+def collect_sampling(ops: ArrayOps, pending: PendingSamples) -> Samples:
     host = ops.finish_host_copy(pending.host_copy)
+    plan = pending.plan
+    ks = [p.top_logprobs for p in plan.params]
     if pending.ranked:
-        return [Sample(int(indices[0]), float(values[0]), _top(indices, values, p.top_logprobs))
-                for indices, values, p in zip(host[0], host[1], pending.params, strict=True)]
-    return [Sample(int(host[0][row]), float(host[1][row]),
-                   _top(host[3][row], host[2][row], p.top_logprobs) if pending.k else {})
-            for row, p in enumerate(pending.params)]
+        indices, values = host
+        tokens = [row[0] for row in indices]
+        logprobs = [row[0] for row in values]
+        if plan.k <= 1:  # the usual case (LMQL asks for one): no walk over the ranking
+            tops = [{t: lp} if k else {} for t, lp, k in zip(tokens, logprobs, ks, strict=True)]
+        else:
+            tops = [_top(i, v, k) for i, v, k in zip(indices, values, ks, strict=True)]
+        return Samples(tokens, logprobs, tops)
+    tokens, logprobs = host[0], host[1]
+    if plan.k:
+        tops = [_top(i, v, k) for i, v, k in zip(host[3], host[2], ks, strict=True)]
+    else:
+        tops = [{} for _ in tokens]
+    return Samples(tokens, logprobs, tops)
 
 
 def _top(indices: list[int], values: list[float], k: int) -> dict[int, float]:
-    return {int(i): float(v) for i, v in zip(indices[:k], values[:k], strict=True) if v != float("-inf")}
+    return {i: v for i, v in zip(indices[:k], values[:k], strict=True) if v != float("-inf")}
 
 
-def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int) -> list[Sample]:
-    return collect_sampling(ops, launch_sampling(ops, logits, params, seed))
+def sample_batch(ops: ArrayOps, logits: Any, params: list[SamplingParams], seed: int) -> Samples:
+    return collect_sampling(ops, launch_sampling(ops, logits, SamplingPlan(params), seed))
 
 
 def launch_scoring(ops: ArrayOps, logits: Any, targets: list[int]) -> Any:

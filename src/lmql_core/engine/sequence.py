@@ -9,7 +9,7 @@ from enum import Enum
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenEvent:
     """One token of one stream, or the error that ends it."""
 
@@ -56,6 +56,7 @@ class Sequence:
     num_fed: int = 0  # tokens the backend has seen
     cancelled: bool = False
     finished: bool = False  # its last event was sent; results of steps still in flight are dropped
+    max_generated: int = 0  # set by the engine: max_tokens, or fewer where the context ends first
 
     @property
     def tokens(self) -> list[int]:

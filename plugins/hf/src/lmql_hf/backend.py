@@ -173,8 +173,9 @@ class HFBackend(Backend):
 
     @torch.inference_mode()
     def forward_sampled(self, seq_ids: list[int], tokens: torch.Tensor) -> StepOutput | None:
-        slots = [self.table.slot_of[i] for i in seq_ids]
-        positions = [self.table.length(i) for i in seq_ids]
+        slot_of = self.table.slot_of
+        slots = [slot_of[i] for i in seq_ids]
+        positions = self.table.lengths(slots)
         if sorted(slots) != list(range(len(slots))) or max(positions) >= self.max_context:
             return None
         if slots != list(range(len(slots))):  # rows by slot for the pass
@@ -184,8 +185,7 @@ class HFBackend(Backend):
         tokens = tokens.to(self.device)
         last = self.graphs.run(tokens, positions) if self.graphs else self._decode_eager(tokens, positions)
         last = self._in_order(slots, last)
-        for seq_id in seq_ids:
-            self.table.append_pending(seq_id)
+        self.table.append_pending(seq_ids)
         return StepOutput(last, {})
 
     def _in_order(self, slots: list[int], by_slot: torch.Tensor) -> torch.Tensor:
@@ -202,9 +202,8 @@ class HFBackend(Backend):
         length = next(bucket for bucket in self.lengths if bucket > max(positions))
         return self._model_step(tokens.view(n, 1), at, slots, slice(0, n), length)[:, -1]
 
-    def confirm(self, tokens: dict[int, int]) -> None:
-        for seq_id, token in tokens.items():
-            self.table.confirm(seq_id, token)
+    def confirm(self, seq_ids: list[int], tokens: list[int]) -> None:
+        self.table.confirm(seq_ids, tokens)
 
     def _graph_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                        length: int) -> torch.Tensor:

@@ -86,17 +86,24 @@ class SlotTable:
     def append(self, seq_id: int, tokens: list[int]) -> None:
         self.slots[self.slot_of[seq_id]].tokens.extend(tokens)
 
-    def append_pending(self, seq_id: int) -> None:
-        """A token computed from the device whose value the host learns later (``confirm``);
-        until then it matches no prompt."""
-        slot = self.slots[self.slot_of[seq_id]]
-        self.pending[seq_id] = len(slot.tokens)
-        slot.tokens.append(PENDING)
+    def append_pending(self, seq_ids: list[int]) -> None:
+        """A token for each sequence, computed from the device, whose value the host learns
+        later (``confirm``); until then it matches no prompt. (Once per decode step: lean.)"""
+        slots, slot_of, pending = self.slots, self.slot_of, self.pending
+        for seq_id in seq_ids:
+            tokens = slots[slot_of[seq_id]].tokens
+            pending[seq_id] = len(tokens)
+            tokens.append(PENDING)
 
-    def confirm(self, seq_id: int, token: int) -> None:
-        index = self.pending.pop(seq_id, None)
-        if index is not None and seq_id in self.slot_of:
-            self.slots[self.slot_of[seq_id]].tokens[index] = token
+    def confirm(self, seq_ids: list[int], tokens: list[int]) -> None:
+        slots, slot_of, pending = self.slots, self.slot_of, self.pending
+        for seq_id, token in zip(seq_ids, tokens, strict=True):
+            index = pending.pop(seq_id, None)
+            if index is not None and seq_id in slot_of:
+                slots[slot_of[seq_id]].tokens[index] = token
+
+    def lengths(self, slots: list[int]) -> list[int]:
+        return [len(self.slots[slot].tokens) for slot in slots]
 
     def release(self, seq_id: int) -> None:
         """Keep the finished sequence's tokens as a cached prefix and keep running slots compact."""
