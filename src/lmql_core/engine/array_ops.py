@@ -127,6 +127,8 @@ class TorchOps:
         return host.pin_memory().to(device, non_blocking=True)
 
     def prepare(self, logits: Any) -> Any:
+        if logits.dtype is self.torch.float32 and logits.dim() == 2:  # as graphs return them
+            return logits
         return logits.float().reshape(-1, logits.shape[-1])
 
     def bias_row(self, bias: dict[int, float], like: Any) -> Any:

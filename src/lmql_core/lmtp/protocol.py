@@ -39,7 +39,13 @@ def parse_frame(text: str) -> tuple[str, Any]:
     return command, payload
 
 
+class Encoded(str):
+    """A payload already in its JSON form (see ``token_entries_json``)."""
+
+
 def encode_frame(command: str, payload: Any) -> str:
+    if isinstance(payload, Encoded):
+        return f"{command} {payload}"
     return f"{command} {json.dumps(payload, separators=(',', ':'))}"
 
 
@@ -163,3 +169,29 @@ def token_entry(event: TokenEvent) -> dict[str, Any]:
         top.update((str(t), _finite(lp)) for t, lp in event.top_logprobs.items())
         entry["top_logprobs"] = top
     return entry
+
+
+def token_entries_json(events: list[TokenEvent]) -> Encoded:
+    """``json.dumps([token_entry(e) for e in events])`` (compact), character for character, but
+    written directly: the event loop encodes every generated token of every stream, and the
+    dictionaries plus the generic encoder cost it three times as much."""
+    return Encoded(f"[{','.join([_entry_json(e) for e in events])}]")
+
+
+def _entry_json(event: TokenEvent) -> str:
+    token, top, reason, sid = event.token, event.top_logprobs, event.finish_reason, event.stream_id
+    if event.error is not None or reason not in (None, "stop", "length") or type(sid) is not int:
+        return json.dumps(token_entry(event), separators=(",", ":"))  # the rare shapes
+    logprob = _number_json(event.logprob)
+    head = f'{{"token":{token},"stream_id":{sid},"logprob":{logprob},"finish_reason":'
+    head += "null" if reason is None else f'"{reason}"'
+    if top is None:
+        return head + "}"
+    chosen = _number_json(top[token]) if token in top else logprob
+    rest = "" if len(top) == 1 and token in top else "".join(
+        [f',"{t}":{_number_json(lp)}' for t, lp in top.items() if t != token])
+    return f'{head},"top_logprobs":{{"{token}":{chosen}{rest}}}}}'
+
+
+def _number_json(value: float) -> str:
+    return repr(value) if math.isfinite(value) else "-1e+30"  # json.dumps(LOWEST_LOGPROB)

@@ -44,7 +44,7 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
     def send(command: str, payload: Any) -> None:
         outbox.put_nowait(protocol.encode_frame(command, payload))
 
-    session = Session(request.app[HOST_KEY], send, limits)
+    session = Session(request.app[HOST_KEY], send, limits, encode_tokens=True)
     request.app[CONNECTIONS_KEY].add(ws)
     writer = asyncio.create_task(_write(ws, outbox))
     try:

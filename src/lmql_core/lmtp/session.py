@@ -7,6 +7,7 @@ session directly, without a socket. Both therefore accept and answer exactly the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -24,8 +25,12 @@ Send = Callable[[str, Any], None]  # called on the session's event loop
 
 
 class Session:
-    def __init__(self, host: ModelHost, send: Send, limits: protocol.Limits | None = None) -> None:
+    def __init__(self, host: ModelHost, send: Send, limits: protocol.Limits | None = None,
+                 encode_tokens: bool = False) -> None:
+        """``encode_tokens``: send TOKEN payloads in their JSON form (``protocol.Encoded``), for
+        a transport that writes text anyway; written directly, that is cheaper than dictionaries."""
         self.host = host
+        self.encode_tokens = encode_tokens
         self.limits = limits or protocol.Limits()
         self._send = send
         self._loop = asyncio.get_running_loop()
@@ -155,7 +160,13 @@ class Session:
     def _send_tokens(self) -> None:
         with self._outbox_lock:
             events, self._outbox, self._drain_due = self._outbox, [], False
-        entries = [self._entry(e) for e in events]
+        entries: list[dict[str, Any]] | protocol.Encoded
+        if self.encode_tokens and not self._decoders:
+            entries = protocol.token_entries_json(events)
+        elif self.encode_tokens:  # text mode: its entries carry decoded text too
+            entries = protocol.Encoded(json.dumps([self._entry(e) for e in events], separators=(",", ":")))
+        else:
+            entries = [self._entry(e) for e in events]
         for e in events:
             if e.finish_reason is not None or e.error is not None:
                 self._active.pop(e.stream_id, None)

@@ -182,7 +182,8 @@ class HFBackend(Backend):
             by_slot = sorted(range(len(slots)), key=slots.__getitem__)
             tokens = tokens[self.ops.tensor(by_slot, tokens.device)]
             positions = [positions[i] for i in by_slot]
-        tokens = tokens.to(self.device)
+        if tokens.device != self.device:
+            tokens = tokens.to(self.device)
         last = self.graphs.run(tokens, positions) if self.graphs else self._decode_eager(tokens, positions)
         last = self._in_order(slots, last)
         self.table.append_pending(seq_ids)

@@ -54,7 +54,7 @@ class DecodeGraphs:
                 self._capture(batch, length)
 
     def run(self, tokens: list[int] | torch.Tensor, positions: list[int]) -> torch.Tensor:
-        """Rows are slots 0..len(positions)-1; returns logits of shape (rows, vocab)."""
+        """Rows are slots 0..len(positions)-1; returns float32 logits of shape (rows, vocab)."""
         rows = len(positions)
         batch = next(b for b in self.batches if b >= rows)
         length = next(n for n in self.lengths if n > max(positions))
@@ -69,7 +69,7 @@ class DecodeGraphs:
             graph.inputs[0, :rows].copy_(tokens)
         graph.graph.replay()
         assert graph.logits is not None
-        return graph.logits[:rows]
+        return graph.logits if rows == batch else graph.logits[:rows]
 
     def _capture(self, batch: int, length: int) -> DecodeGraph:
         graph = DecodeGraph(batch, length, self.device)
@@ -88,4 +88,5 @@ class DecodeGraphs:
 
     def _step(self, graph: DecodeGraph) -> torch.Tensor:
         ids, positions, slots = graph.inputs[0:1].T, graph.inputs[1:2].T, graph.inputs[2:3].T
-        return self.forward(ids, positions, slots, graph.length)[:, -1]
+        # float32 as sampling takes them: the cast is then part of the replay, not a launch of its own
+        return self.forward(ids, positions, slots, graph.length)[:, -1].float()
