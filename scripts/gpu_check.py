@@ -21,8 +21,12 @@ from lmql_hf.bundled import bundled_path
 PROMPTS = ["Once upon a time", "The cat sat on the", "A wise man once said", "Q: Why?\nA:"]
 
 
-def greedy(llm: Any, n: int = 32) -> list[str]:
-    return [llm.generate_sync(p, max_tokens=n) for p in PROMPTS]
+# bans a hundred tokens and favours one: the bias rows are built on the device (one per stream)
+BIAS = {**{str(t): -100 for t in range(50, 150)}, "200": 3.0}
+
+
+def greedy(llm: Any, n: int = 32, **options: Any) -> list[str]:
+    return [llm.generate_sync(p, max_tokens=n, **options) for p in PROMPTS]
 
 
 def check_bundled() -> bool:
@@ -30,7 +34,8 @@ def check_bundled() -> bool:
         print("lmql-tiny is not bundled: skipped")
         return True
     cpu = greedy(lmql.model("local:lmql-tiny"))
-    ok = True
+    cpu_biased = greedy(lmql.model("local:lmql-tiny"), logit_bias=BIAS)
+    ok = cpu_biased != cpu
     for dtype in ("float32", "float16", "bfloat16"):
         llm = lmql.model("local:lmql-tiny", cuda=True, dtype=dtype)
         info = llm.model_info_sync()["model_info"]
@@ -42,6 +47,10 @@ def check_bundled() -> bool:
             if a != b:
                 print(f"   cpu : {b!r}\n   cuda: {a!r}")
         ok &= info["devices"] == ["cuda:0"] and info["dtype"] == dtype
+        biased = greedy(llm, logit_bias=BIAS)
+        same = sum(a == b for a, b in zip(biased, cpu_biased, strict=True))
+        print(f"lmql-tiny cuda {dtype} with a logit bias: greedy equal to CPU: {same}/{len(cpu)}")
+        ok &= dtype != "float32" or same == len(cpu)
     return ok
 
 
