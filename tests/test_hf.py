@@ -128,6 +128,21 @@ def test_top_logprobs_sorted_and_consistent(tiny_server: Server, local: lmql.LLM
                 assert e["logprob"] == pytest.approx(max(lp for _, lp in top))
 
 
+def test_one_top_logprob_of_a_sampled_token_names_the_best_one_too(tiny_server: Server, local: lmql.LLM) -> None:
+    """With ``top_logprobs: 1`` a greedy entry's list is the chosen token alone; a sampled one
+    also names the most likely token where the draw picked another."""
+    prompt = local.encode_prompt("Once upon a time")
+    results = asyncio.run(_generate(tiny_server.endpoint, {
+        1: {"prompt": prompt, "max_tokens": 24, "top_logprobs": 1},
+        2: {"prompt": prompt, "max_tokens": 24, "top_logprobs": 1, "temperature": 2.0},
+    }))
+    assert all(list(e["top_logprobs"]) == [str(e["token"])] for e in results[1])
+    for e in results[2]:
+        top = e["top_logprobs"]
+        assert str(e["token"]) in top and len(top) <= 2 and max(top.values()) >= e["logprob"]
+    assert any(len(e["top_logprobs"]) == 2 for e in results[2])
+
+
 def test_concurrent_streams_with_different_settings_share_batches(tiny_server: Server, local: lmql.LLM) -> None:
     prompts = {sid: local.encode_prompt(p) for sid, p in enumerate(PROMPTS, start=1)}
     solo = {sid: [e["token"] for e in asyncio.run(_generate(tiny_server.endpoint, {
@@ -141,6 +156,20 @@ def test_concurrent_streams_with_different_settings_share_batches(tiny_server: S
         assert [e["token"] for e in together[sid]] == solo[sid]
     assert len(together[10]) == 16 and len(together[10][0]["top_logprobs"]) >= 3
     assert [e["token"] for e in together[11]] == [7] * 5
+
+
+def test_streams_ending_together_leave_the_others_caches_intact(tiny_server: Server, local: lmql.LLM) -> None:
+    """Streams 1, 3 and 5 end in the same step while 2, 4 and 6 go on: the running ones above
+    the new boundary move into the freed cache slots in one exchange, and decode as if alone."""
+    no_eos = {str(local.tokenizer.eos_token_id): -100}
+    prompts = {sid: local.encode_prompt(PROMPTS[sid % len(PROMPTS)] + " " * sid) for sid in range(1, 7)}
+    requests = {sid: {"prompt": p, "max_tokens": 4 if sid % 2 else 24, "logit_bias": no_eos}
+                for sid, p in prompts.items()}
+    together = asyncio.run(_generate(tiny_server.endpoint, requests))
+    for sid in (2, 4, 6):
+        solo = asyncio.run(_generate(tiny_server.endpoint, {sid: requests[sid]}))[sid]
+        assert [e["token"] for e in together[sid]] == [e["token"] for e in solo]
+    assert [len(together[sid]) for sid in range(1, 7)] == [4, 24] * 3
 
 
 def test_multibyte_characters_decode_across_tokens(local: lmql.LLM) -> None:

@@ -51,6 +51,11 @@ class Backend(ABC):
     def release(self, seq_id: int) -> None:
         """Forget a sequence (finished or cancelled) and free its cache."""
 
+    def release_all(self, seq_ids: list[int]) -> None:
+        """Forget several sequences (those that ended in one step); override where together is cheaper."""
+        for seq_id in seq_ids:
+            self.release(seq_id)
+
     def forward_sampled(self, seq_ids: list[int], tokens: Any) -> StepOutput | None:
         """Append one token to each sequence, given as the device array that sampling returned
         (row i for ``seq_ids[i]``), without the host reading it; ``confirm`` tells the values

@@ -135,9 +135,9 @@ class Engine:
                     self._deliver_all(events)
                     self._fail_all("the server is shutting down")
                     return
-                for seq in self.scheduler.drop_cancelled():
-                    self._release(seq)
-                    self.stats.sequences_cancelled += 1
+                dropped = self.scheduler.drop_cancelled()
+                self._release(dropped)
+                self.stats.sequences_cancelled += len(dropped)
                 self._cancelling = False
                 chunks = [] if chained else self.scheduler.schedule()
             launched = chained or (self._launch(chunks) if chunks else None)
@@ -242,7 +242,7 @@ class Engine:
             events.setdefault(seq.sink, []).extend(
                 TokenEvent(seq.stream_id, token, lp, "stop" if i == last else None)
                 for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)))
-            self._finish(seq)
+        self._finish([seq for seq, _ in scores])
         self.stats.steps += 1
         self.stats.last_step_seconds = time.perf_counter() - step.started
         return events
@@ -251,7 +251,7 @@ class Engine:
                       events: dict[Sink, list[TokenEvent]]) -> None:
         eos = self.backend.eos_token_id
         sink, batch = None, []  # one client's rows usually come together: group them in runs
-        produced = 0
+        produced, ended = 0, []
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
                                             strict=True):
             if seq.finished or seq.cancelled:  # a row of a chained step, after its sequence ended
@@ -264,8 +264,9 @@ class Engine:
                 batch = events.setdefault(sink, [])
             batch.append(TokenEvent(seq.stream_id, token, logprob, reason, top))
             if reason:
-                self._finish(seq)
+                ended.append(seq)
         self.stats.tokens_generated += produced
+        self._finish(ended)
 
     def _wait_for(self, step: LaunchedStep) -> None:
         waiting = time.perf_counter()
@@ -283,22 +284,29 @@ class Engine:
     def _rows(self, logits: Any, rows: list[int]) -> Any:
         return logits if len(rows) == len(logits) else logits[rows]
 
-    def _finish(self, seq: Sequence) -> None:
-        seq.finished = True
-        self.stats.sequences_finished += 1
+    def _finish(self, seqs: list[Sequence]) -> None:
+        """End sequences: out of the running batch, their caches released together (sequences
+        that end in the same step often end together: a batch of equal requests)."""
+        if not seqs:
+            return
+        for seq in seqs:
+            seq.finished = True
+        self.stats.sequences_finished += len(seqs)
         with self._wake:
-            self.scheduler.finish(seq)
-        self._release(seq)
+            self.scheduler.drop_finished()
+        self._release(seqs)
 
     def _end(self, seq: Sequence, event: TokenEvent) -> None:
-        self._finish(seq)
+        self._finish([seq])
         self._deliver(seq.sink, [event])
 
-    def _release(self, seq: Sequence) -> None:
+    def _release(self, seqs: list[Sequence]) -> None:
+        if not seqs:
+            return
         try:
-            self.backend.release(seq.seq_id)
+            self.backend.release_all([seq.seq_id for seq in seqs])
         except Exception:
-            log.exception("releasing sequence %s failed", seq.seq_id)
+            log.exception("releasing sequences %s failed", [seq.seq_id for seq in seqs])
 
     def _deliver(self, sink: Sink, events: list[TokenEvent]) -> None:
         try:
@@ -309,6 +317,6 @@ class Engine:
     def _fail_all(self, message: str) -> None:
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
             self._deliver(seq.sink, [TokenEvent(seq.stream_id, error=message)])
-            self._release(seq)
+        self._release(list(self.scheduler.running) + list(self.scheduler.waiting))
         self.scheduler.running.clear()
         self.scheduler.waiting.clear()

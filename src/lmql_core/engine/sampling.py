@@ -9,8 +9,9 @@ distribution at temperature 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from lmql_core.engine.array_ops import ArrayOps
@@ -19,6 +20,7 @@ from lmql_core.engine.sequence import SamplingParams
 BAN_AT = -100.0
 FORCE_AT = 100.0
 FORCE_BIAS = 1e4  # large enough that unforced tokens get probability 0 in float32
+ONLY_THE_CHOSEN: Mapping[int, float] = MappingProxyType({})  # top log-probs beside the chosen token's
 
 
 @dataclass
@@ -27,7 +29,7 @@ class Samples:
 
     tokens: list[int]
     logprobs: list[float]
-    top_logprobs: list[dict[int, float]]
+    top_logprobs: list[Mapping[int, float]]
 
 
 def effective_bias(value: float) -> float:
@@ -115,21 +117,16 @@ def launch_sampling(ops: ArrayOps, logits: Any, plan: SamplingPlan, seed: int,
 def collect_sampling(ops: ArrayOps, pending: PendingSamples) -> Samples:
     host = ops.finish_host_copy(pending.host_copy)
     plan = pending.plan
-    ks = [p.top_logprobs for p in plan.params]
-    if pending.ranked:
+    if pending.ranked:  # greedy: the chosen token heads each row's ranking
         indices, values = host
-        tokens = [row[0] for row in indices]
-        logprobs = [row[0] for row in values]
-        if plan.k <= 1:  # the usual case (LMQL asks for one): no walk over the ranking
-            tops = [{t: lp} if k else {} for t, lp, k in zip(tokens, logprobs, ks, strict=True)]
-        else:
-            tops = [_top(i, v, k) for i, v, k in zip(indices, values, ks, strict=True)]
-        return Samples(tokens, logprobs, tops)
-    tokens, logprobs = host[0], host[1]
-    if plan.k:
-        tops = [_top(i, v, k) for i, v, k in zip(host[3], host[2], ks, strict=True)]
+        tokens, logprobs = [row[0] for row in indices], [row[0] for row in values]
     else:
-        tops = [{} for _ in tokens]
+        tokens, logprobs, values, indices = host if plan.k else (*host, [], [])
+    tops: list[Mapping[int, float]]
+    if plan.k == 0 or (plan.k == 1 and pending.ranked):  # LMQL's usual: the greedy choice alone
+        tops = [ONLY_THE_CHOSEN] * len(tokens)
+    else:
+        tops = [_top(i, v, p.top_logprobs) for i, v, p in zip(indices, values, plan.params, strict=True)]
     return Samples(tokens, logprobs, tops)
 
 

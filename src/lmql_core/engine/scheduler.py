@@ -41,9 +41,8 @@ class Scheduler:
         self.waiting = deque(s for s in self.waiting if not s.cancelled)
         return dropped
 
-    def finish(self, seq: Sequence) -> None:
-        if seq in self.running:
-            self.running.remove(seq)
+    def drop_finished(self) -> None:
+        self.running = [s for s in self.running if not s.finished]
 
     def schedule(self) -> list[ScheduledChunk]:
         chunks: list[ScheduledChunk] = []

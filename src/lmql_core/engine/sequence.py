@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -17,7 +17,8 @@ class TokenEvent:
     token: int = -1
     logprob: float = 0.0
     finish_reason: str | None = None
-    top_logprobs: dict[int, float] | None = None  # None for scored tokens
+    # more candidates beside the chosen token (whose log-prob is ``logprob``); None: a scored token
+    top_logprobs: Mapping[int, float] | None = None
     error: str | None = None
 
 

@@ -188,7 +188,7 @@ def _entry_json(event: TokenEvent) -> str:
     if top is None:
         return head + "}"
     chosen = _number_json(top[token]) if token in top else logprob
-    rest = "" if len(top) == 1 and token in top else "".join(
+    rest = "" if not top or (len(top) == 1 and token in top) else "".join(
         [f',"{t}":{_number_json(lp)}' for t, lp in top.items() if t != token])
     return f'{head},"top_logprobs":{{"{token}":{chosen}{rest}}}}}'
 

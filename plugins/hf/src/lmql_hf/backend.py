@@ -226,7 +226,10 @@ class HFBackend(Backend):
         return out.logits
 
     def release(self, seq_id: int) -> None:
-        self.table.release(seq_id)
+        self.table.release([seq_id])
+
+    def release_all(self, seq_ids: list[int]) -> None:
+        self.table.release(seq_ids)
 
     # --- description ------------------------------------------------------------------------
 

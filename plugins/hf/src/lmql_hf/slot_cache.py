@@ -74,12 +74,27 @@ class SlotCache(Cache):
         for group in self.groups:
             group[:, target, :, :length] = group[:, source, :, :length]
 
-    def swap_slots(self, a: int, b: int, length: int) -> None:
-        for group in self.groups:
-            held = group[:, a, :, :length].clone()
-            group[:, a, :, :length] = group[:, b, :, :length]
-            group[:, b, :, :length] = held
+    def swap_slots(self, pairs: list[tuple[int, int]], length: int) -> None:
+        """Exchange the first ``length`` positions of each pair of slots (pairs are disjoint)."""
+        if len(pairs) == 1:  # slices: no index to upload
+            (a, b), = pairs
+            for group in self.groups:
+                held = group[:, a, :, :length].clone()
+                group[:, a, :, :length] = group[:, b, :, :length]
+                group[:, b, :, :length] = held
+            return
+        targets = [a for a, _ in pairs] + [b for _, b in pairs]
+        sources = [b for _, b in pairs] + [a for a, _ in pairs]
+        for group in self.groups:  # the right side is gathered (copied) before it is written
+            into, from_ = _index(targets, group.device), _index(sources, group.device)
+            group[:, into, :, :length] = group[:, from_, :, :length]
 
     @staticmethod
     def bytes_per_slot(layers: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * layers * kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def _index(values: list[int], device: torch.device) -> torch.Tensor:
+    """Slot numbers on ``device`` without waiting for the work queued there (pinned, async)."""
+    host = torch.tensor(values, dtype=torch.long)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host

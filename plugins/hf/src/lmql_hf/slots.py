@@ -49,7 +49,7 @@ class SlotTable:
             raise RuntimeError(f"all {self.capacity} cache slots are in use")
         source, kept = self._best_prefix(prompt) if reuse and self.reuse_prefixes else (target, 0)
         if source != target:
-            self._swap(source, target)
+            self._swap([(source, target)])
         elif kept == 0:
             self._make_room(target)
         slot = self.slots[target]
@@ -105,29 +105,37 @@ class SlotTable:
     def lengths(self, slots: list[int]) -> list[int]:
         return [len(self.slots[slot].tokens) for slot in slots]
 
-    def release(self, seq_id: int) -> None:
-        """Keep the finished sequence's tokens as a cached prefix and keep running slots compact."""
-        index = self.slot_of.pop(seq_id, None)
-        self.pending.pop(seq_id, None)
-        if index is None:
-            return
-        slot = self.slots[index]
-        slot.seq_id = None
-        if not self.reuse_prefixes:
-            slot.tokens = []
-        last = self.active  # the running sequence in the highest slot moves down
-        if index != last:
-            self._swap(index, last)
+    def release(self, seq_ids: list[int]) -> None:
+        """Keep the finished sequences' tokens as cached prefixes and the running slots compact:
+        running sequences above the new boundary move down into the freed slots, in one exchange
+        (none when the highest ones ended too, as when a batch of equal requests ends)."""
+        freed = []
+        for seq_id in seq_ids:
+            index = self.slot_of.pop(seq_id, None)
+            self.pending.pop(seq_id, None)
+            if index is None:
+                continue
+            slot = self.slots[index]
+            slot.seq_id = None
+            if not self.reuse_prefixes:
+                slot.tokens = []
+            freed.append(index)
+        active = self.active
+        holes = sorted(i for i in freed if i < active)
+        movers = [i for i in range(active, active + len(freed)) if self.slots[i].seq_id is not None]
+        if holes:
+            self._swap(list(zip(holes, movers, strict=True)))
 
-    def _swap(self, a: int, b: int) -> None:
-        length = max(len(self.slots[a].tokens), len(self.slots[b].tokens))
+    def _swap(self, pairs: list[tuple[int, int]]) -> None:
+        length = max(len(self.slots[i].tokens) for pair in pairs for i in pair)
         if length:
-            self.cache.swap_slots(a, b, length)
-        self.slots[a], self.slots[b] = self.slots[b], self.slots[a]
-        for index in (a, b):
-            seq_id = self.slots[index].seq_id
-            if seq_id is not None:
-                self.slot_of[seq_id] = index
+            self.cache.swap_slots(pairs, length)
+        for a, b in pairs:
+            self.slots[a], self.slots[b] = self.slots[b], self.slots[a]
+            for index in (a, b):
+                seq_id = self.slots[index].seq_id
+                if seq_id is not None:
+                    self.slot_of[seq_id] = index
 
     def length(self, seq_id: int) -> int:
         return len(self.slots[self.slot_of[seq_id]].tokens)
