@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from transformers import AutoModelForCausalLM
@@ -159,18 +160,22 @@ class HFBackend(Backend):
         low = min(r.slot for r in rows)
         count = max(r.slot for r in rows) + 1 - low
         width = max(len(r.tokens) for r in rows)
-        ids = torch.zeros((count, width), dtype=torch.long)
-        positions = torch.zeros((count, width), dtype=torch.long)
-        slots = torch.full((count, width), self.table.scratch, dtype=torch.long)
+        # built in numpy: a burst of new requests is many rows, and every torch call is a turn for
+        # the interpreter's lock with the event loop
+        ids = np.zeros((count, width), dtype=np.int64)
+        positions = np.zeros((count, width), dtype=np.int64)
+        slots = np.full((count, width), self.table.scratch, dtype=np.int64)
         for r in rows:
             n = len(r.tokens)
-            ids[r.slot - low, :n] = torch.tensor(r.tokens)
-            positions[r.slot - low, :n] = torch.arange(r.start, r.start + n)
+            ids[r.slot - low, :n] = r.tokens
+            positions[r.slot - low, :n] = np.arange(r.start, r.start + n)
             slots[r.slot - low, :n] = r.slot
-        length = next(n for n in self.lengths if n > int(positions.max()))
-        ids, positions, slots = (self.ops.to_device(t, self.device) for t in (ids, positions, slots))
-        logits = self._model_step(ids, positions, slots, slice(low, low + count), length)
-        last = torch.stack([logits[r.slot - low, len(r.tokens) - 1] for r in rows])
+        length = next(n for n in self.lengths if n > max(r.start + len(r.tokens) - 1 for r in rows))
+        on_device = [self.ops.to_device(torch.from_numpy(a), self.device) for a in (ids, positions, slots)]
+        logits = self._model_step(*on_device, slice(low, low + count), length)
+        row, column = self.ops.tensor([[r.slot - low for r in rows], [len(r.tokens) - 1 for r in rows]],
+                                      logits.device)
+        last = logits[row, column]
         every = {r.item.seq_id: logits[r.slot - low, : len(r.tokens)] for r in rows if r.item.all_logits}
         return last, every
 
