@@ -171,8 +171,9 @@ class HFBackend(Backend):
             positions[r.slot - low, :n] = np.arange(r.start, r.start + n)
             slots[r.slot - low, :n] = r.slot
         length = next(n for n in self.lengths if n > max(r.start + len(r.tokens) - 1 for r in rows))
-        on_device = [self.ops.to_device(torch.from_numpy(a), self.device) for a in (ids, positions, slots)]
-        logits = self._model_step(*on_device, slice(low, low + count), length)
+        ids_at, positions_at, slots_at = (self.ops.to_device(torch.from_numpy(a), self.device)
+                                          for a in (ids, positions, slots))
+        logits = self._model_step(ids_at, positions_at, slots_at, slice(low, low + count), length)
         row, column = self.ops.tensor([[r.slot - low for r in rows], [len(r.tokens) - 1 for r in rows]],
                                       logits.device)
         last = logits[row, column]
