@@ -43,7 +43,7 @@ def effective_bias(value: float) -> float:
 class SamplingPlan:
     """What a batch's settings ask of sampling, worked out once per batch of rows: a chained
     step (same sequences, same settings) reuses its predecessor's plan, and with it the device
-    arrays built from the settings (stacked bias rows, temperatures, top-k/top-p)."""
+    arrays built from the settings (the stacked bias rows, the temperatures)."""
 
     def __init__(self, params: list[SamplingParams]) -> None:
         self.params = params

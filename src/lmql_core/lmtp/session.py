@@ -7,7 +7,6 @@ session directly, without a socket. Both therefore accept and answer exactly the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -161,10 +160,8 @@ class Session:
         with self._outbox_lock:
             events, self._outbox, self._drain_due = self._outbox, [], False
         entries: list[dict[str, Any]] | protocol.Encoded
-        if self.encode_tokens and not self._decoders:
+        if self.encode_tokens and not self._decoders:  # text mode's entries carry decoded text too
             entries = protocol.token_entries_json(events)
-        elif self.encode_tokens:  # text mode: its entries carry decoded text too
-            entries = protocol.Encoded(json.dumps([self._entry(e) for e in events], separators=(",", ":")))
         else:
             entries = [self._entry(e) for e in events]
         for e in events:

@@ -13,6 +13,10 @@ from typing import Any
 import torch
 from transformers import Cache
 
+from lmql_core.engine.array_ops import TorchOps
+
+_OPS = TorchOps()  # slot numbers reach the GPU without waiting for the work queued there
+
 
 class SlotCache(Cache):
     def __init__(self, layers: int, slots: int, kv_heads: int, max_len: int, head_dim: int,
@@ -86,15 +90,10 @@ class SlotCache(Cache):
         targets = [a for a, _ in pairs] + [b for _, b in pairs]
         sources = [b for _, b in pairs] + [a for a, _ in pairs]
         for group in self.groups:  # the right side is gathered (copied) before it is written
-            into, from_ = _index(targets, group.device), _index(sources, group.device)
+            into, from_ = (_OPS.tensor(slots, group.device, torch.long) for slots in (targets, sources))
             group[:, into, :, :length] = group[:, from_, :, :length]
 
     @staticmethod
     def bytes_per_slot(layers: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * layers * kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
 
-
-def _index(values: list[int], device: torch.device) -> torch.Tensor:
-    """Slot numbers on ``device`` without waiting for the work queued there (pinned, async)."""
-    host = torch.tensor(values, dtype=torch.long)
-    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
