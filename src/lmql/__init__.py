@@ -1,4 +1,5 @@
-"""``import lmql``: the thin facade over lmql-core's API (``lmql.model``, ``lmql.serve``, ...)."""
+"""``import lmql``: lmql-core's API (``lmql.model``, ``lmql.serve``, ...) and the LMQL query
+language (``@lmql.query``, ``lmql.run``, ``lmql.F``)."""
 
 from lmql_core.api import (
     LLM,
@@ -11,6 +12,15 @@ from lmql_core.api import (
     serve,
     set_default_model,
 )
+from lmql_core.query import (
+    F,
+    LMQLResult,
+    QueryError,
+    query,
+    run,
+    run_file,
+    run_sync,
+)
 
-__all__ = ["LLM", "ScoringResult", "generate", "generate_sync", "model", "score", "score_sync",
-           "serve", "set_default_model"]
+__all__ = ["F", "LLM", "LMQLResult", "QueryError", "ScoringResult", "generate", "generate_sync", "model",
+           "query", "run", "run_file", "run_sync", "score", "score_sync", "serve", "set_default_model"]

@@ -1,0 +1,132 @@
+"""The query entry points: ``@lmql.query``, ``lmql.query(source)``, ``lmql.run``, ``lmql.F``."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from lmql_core.lmtp.loop import run_async
+from lmql_core.lmtp.loop import run_sync as _block
+from lmql_core.query.errors import QueryError, QuerySyntaxError
+from lmql_core.query.parser import Clause, ParsedQuery, parse_query
+from lmql_core.query.program import CompiledQuery
+
+
+class QueryFunction:
+    """A compiled query, callable like the function it came from (sync or async)."""
+
+    def __init__(self, compiled: CompiledQuery, is_async: bool, single_value: bool = False) -> None:
+        self.compiled, self.is_async, self.single_value = compiled, is_async, single_value
+        self.__name__ = compiled.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        run = self.compiled.start(args, kwargs)
+        if self.is_async:
+            return self._unpack(run_async(run))
+        return self._single(_block(run))
+
+    async def _unpack(self, result: Awaitable[Any]) -> Any:
+        return self._single(await result)
+
+    def _single(self, result: Any) -> Any:
+        if self.single_value and hasattr(result, "variables"):
+            values = dict(result.variables)
+            return next(iter(values.values())) if len(values) == 1 else values
+        return result
+
+    def __repr__(self) -> str:
+        return f"<lmql query {self.__name__}>"
+
+
+def query(fn: Callable[..., Any] | str | None = None, *, is_async: bool | None = None,
+          **defaults: Any) -> Any:
+    """``@lmql.query`` (docstring or plain-Python body), ``@lmql.query(model=..., decoder=...)``,
+    or ``lmql.query("argmax ...")`` (async unless ``is_async=False``)."""
+    if fn is None:
+        return lambda f: query(f, is_async=is_async, **defaults)
+    if isinstance(fn, str):
+        compiled = CompiledQuery(parse_query(fn), None, defaults, _caller_globals(), "query")
+        return QueryFunction(compiled, True if is_async is None else is_async)
+    compiled = _from_function(fn, defaults)
+    wrapper = QueryFunction(compiled, inspect.iscoroutinefunction(fn) if is_async is None else is_async)
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+async def run(source: str, *args: Any, **kwargs: Any) -> Any:
+    """Compile and run LMQL ``source``; keyword arguments are its inputs and run options."""
+    return await run_async(CompiledQuery(parse_query(source), None, {}, _caller_globals()).start(args, kwargs))
+
+
+def run_sync(source: str, *args: Any, **kwargs: Any) -> Any:
+    return _block(CompiledQuery(parse_query(source), None, {}, _caller_globals()).start(args, kwargs))
+
+
+def run_file(path: str | Path, **kwargs: Any) -> Any:
+    source = Path(path).read_text(encoding="utf-8")
+    compiled = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(path).name)
+    return _block(compiled.start((), kwargs))
+
+
+def F(prompt: str, constraints: str | None = None, is_async: bool = False, **defaults: Any) -> QueryFunction:
+    """A one-statement query as a function: ``lmql.F("Summarize {text}: [S]", "len(TOKENS(S)) < 20")``
+    returns the variable's value (a dict when the prompt has several)."""
+    source = repr(prompt) + (f" where {constraints}" if constraints else "")
+    compiled = CompiledQuery(parse_query(source), None, defaults, _caller_globals(), "F")
+    return QueryFunction(compiled, is_async, single_value=True)
+
+
+def _caller_globals() -> dict[str, Any]:
+    """The globals of the code that called into this module (where a query finds its names)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("lmql_core.query", "lmql")):
+        frame = frame.f_back  # type: ignore[assignment]
+    return {**frame.f_globals, **frame.f_locals} if frame is not None else {}
+
+
+def _from_function(fn: Callable[..., Any], defaults: dict[str, Any]) -> CompiledQuery:
+    try:
+        lines, first = inspect.getsourcelines(fn)
+    except (OSError, TypeError):
+        raise QueryError(f"cannot read the source of {fn.__name__}: define query functions in a file "
+                         "(or use lmql.query(\"...\") with a string)") from None
+    source = textwrap.dedent("".join(lines))
+    tree = ast.parse(source)
+    definition = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
+    docstring = ast.get_docstring(definition, clean=False)
+    namespace = {**fn.__globals__, **_closure(fn), **_caller_locals()}
+    if docstring is not None and docstring.strip().startswith("lmql"):
+        parsed = parse_query(docstring)
+    else:
+        body = definition.body[1:] if docstring is not None else definition.body
+        if not body:
+            raise QuerySyntaxError(f"{fn.__name__} has no query: write LMQL in a '''lmql docstring or "
+                                   "prompt strings in its body")
+        start = body[0].lineno
+        text = textwrap.dedent("\n".join(source.splitlines()[start - 1:]))
+        parsed = ParsedQuery(source, Clause(text, start))
+    return CompiledQuery(parsed, definition.args, defaults, namespace, fn.__name__)
+
+
+def _closure(fn: Callable[..., Any]) -> dict[str, Any]:
+    cells = fn.__closure__ or ()
+    values = {}
+    for name, cell in zip(fn.__code__.co_freevars, cells, strict=True):
+        try:
+            values[name] = cell.cell_contents
+        except ValueError:
+            pass
+    return values
+
+
+def _caller_locals() -> dict[str, Any]:
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("lmql_core.query", "lmql")):
+        frame = frame.f_back  # type: ignore[assignment]
+    return dict(frame.f_locals) if frame is not None and frame.f_locals is not frame.f_globals else {}

@@ -1,0 +1,34 @@
+"""Errors of LMQL programs: one line that names the query's line, never our internals."""
+
+from __future__ import annotations
+
+from lmql_core.errors import LMQLError
+
+
+class QueryError(LMQLError):
+    """A problem with a query, reported with the query line it comes from (when known)."""
+
+    def __init__(self, message: str, line: int | None = None, source_line: str | None = None) -> None:
+        self.message, self.line, self.source_line = message, line, source_line
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        if self.line is None:
+            return self.message
+        where = f"line {self.line}" + (f": {self.source_line.strip()}" if self.source_line else "")
+        return f"{self.message} (query {where})"
+
+    def at(self, line: int | None, source_line: str | None = None) -> QueryError:
+        """This error, placed at ``line`` unless it already knows its line."""
+        if self.line is None and line is not None:
+            self.line, self.source_line = line, source_line
+            self.args = (self._text(),)
+        return self
+
+
+class QuerySyntaxError(QueryError):
+    pass
+
+
+class UnsupportedConstraint(QueryError):
+    pass

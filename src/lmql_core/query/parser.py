@@ -1,0 +1,209 @@
+"""LMQL source to its parts: decoder clause, prompt program, ``from``, ``where``, ``distribution``.
+
+A query reads ``[DECODER] BODY [from MODEL] [where CONDITION] [distribution VAR in VALUES]``, on
+one line or several; the body is Python whose top-level strings are prompts. Clause keywords
+count only at the top level of a line that starts in column 0 (``from x import y`` is Python);
+``where`` after a prompt string with more body below it constrains that statement alone.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+import tokenize
+from dataclasses import dataclass, field
+
+from lmql_core.query.errors import QuerySyntaxError
+
+DECODERS = ("argmax", "sample", "beam")
+UNSUPPORTED_DECODERS = ("beam_var", "var", "beam_sample", "best_k", "sample_var")
+CLAUSES = ("from", "where", "distribution")
+WHERE_MARK = "__lmql_where__"  # a statement-level where, rewritten as ("prompt", WHERE_MARK, (cond))
+
+
+@dataclass
+class Clause:
+    text: str
+    line: int  # 1-based line of the clause's first character in the query source
+
+
+@dataclass
+class ParsedQuery:
+    source: str
+    body: Clause
+    decoder: str | None = None
+    decoder_args: Clause | None = None
+    clauses: dict[str, Clause] = field(default_factory=dict)
+
+    def source_line(self, line: int | None) -> str | None:
+        lines = self.source.splitlines()
+        return lines[line - 1] if line is not None and 0 < line <= len(lines) else None
+
+
+@dataclass
+class _Line:
+    tokens: list[tokenize.TokenInfo]
+
+    @property
+    def indent(self) -> int:
+        return self.tokens[0].start[1]
+
+
+def parse_query(source: str) -> ParsedQuery:
+    """Split LMQL source into its parts (line numbers kept for error messages)."""
+    source = _strip_marker(textwrap.dedent(source))
+    offsets = _line_offsets(source)
+
+    def at(pos: tuple[int, int]) -> int:
+        return offsets[pos[0] - 1] + pos[1]
+
+    lines = _logical_lines(source)
+    if not lines:
+        raise QuerySyntaxError("the query is empty")
+    query = ParsedQuery(source, Clause("", 1))
+    tokens = [t for line in lines for t in line.tokens]
+    start = _decoder_clause(query, tokens, at, source)
+    keywords = _clause_keywords(lines, start)
+    body_end = at(keywords[0].start) if keywords else len(source)
+    body_start = at(start.start) if start is not None else len(source)
+    edits = _statement_wheres(lines, start, keywords, at)
+    query.body = Clause(_body_text(source, body_start, body_end, edits),
+                        start.start[0] if start is not None else 1)
+    for i, keyword in enumerate(keywords):
+        end = at(keywords[i + 1].start) if i + 1 < len(keywords) else len(source)
+        if keyword.string in query.clauses:
+            raise QuerySyntaxError(f"more than one '{keyword.string}' clause").at(keyword.start[0], keyword.line)
+        query.clauses[keyword.string] = Clause(source[at(keyword.end):end].strip(), keyword.start[0])
+    return query
+
+
+def _strip_marker(source: str) -> str:
+    """The docstring form starts with a line ``lmql``: blank it (keeping line numbers)."""
+    head, sep, rest = source.partition("\n")
+    return ("" + sep + rest) if head.strip() == "lmql" else source
+
+
+def _line_offsets(source: str) -> list[int]:
+    offsets, total = [], 0
+    for line in source.splitlines(keepends=True):
+        offsets.append(total)
+        total += len(line)
+    return offsets + [total]
+
+
+def _logical_lines(source: str) -> list[_Line]:
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING,
+            tokenize.ENDMARKER}
+    lines: list[_Line] = []
+    current: list[tokenize.TokenInfo] = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.NEWLINE:
+                if current:
+                    lines.append(_Line(current))
+                current = []
+            elif token.type not in skip:
+                current.append(token)
+    except (tokenize.TokenError, IndentationError, SyntaxError) as e:
+        line = getattr(e, "lineno", None) or (e.args[1][0] if len(e.args) > 1 else None)
+        raise QuerySyntaxError(f"cannot read the query: {e.args[0]}").at(line) from None
+    if current:
+        lines.append(_Line(current))
+    return lines
+
+
+def _decoder_clause(query: ParsedQuery, tokens: list[tokenize.TokenInfo], at: object,
+                    source: str) -> tokenize.TokenInfo | None:
+    """Read a leading decoder (``argmax``, ``sample(n=2)``); return the body's first token."""
+    first = tokens[0]
+    if first.type != tokenize.NAME or len(tokens) > 1 and tokens[1].string in ("=", ".", ","):
+        return first
+    if first.string in UNSUPPORTED_DECODERS:
+        raise QuerySyntaxError(f"the decoder '{first.string}' is not supported; use one of "
+                               f"{', '.join(DECODERS)}").at(first.start[0], first.line)
+    if first.string not in DECODERS:
+        return first
+    query.decoder = first.string
+    i = 1
+    if i < len(tokens) and tokens[i].string == "(" and tokens[i].start == first.end:
+        depth, j = 0, i
+        while j < len(tokens):
+            depth += {"(": 1, ")": -1}.get(tokens[j].string, 0)
+            if depth == 0:
+                break
+            j += 1
+        if j == len(tokens):
+            raise QuerySyntaxError(f"unclosed '(' after '{first.string}'").at(first.start[0], first.line)
+        offset = at  # type: ignore[assignment]
+        query.decoder_args = Clause(source[offset(tokens[i].end):offset(tokens[j].start)],  # type: ignore[operator]
+                                    tokens[i].start[0])
+        i = j + 1
+    return tokens[i] if i < len(tokens) else None
+
+
+def _clause_keywords(lines: list[_Line], start: tokenize.TokenInfo | None) -> list[tokenize.TokenInfo]:
+    if start is None:
+        return []
+    found: list[tokenize.TokenInfo] = []
+    for n, line in enumerate(lines):
+        if line.indent != 0 or line.tokens[-1].end < start.start:
+            continue
+        depth = 0
+        for k, token in enumerate(line.tokens):
+            if token.start < start.start:
+                continue
+            if token.type == tokenize.OP:
+                depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(token.string, 0)
+            if depth or token.type != tokenize.NAME or token.string not in CLAUSES:
+                continue
+            rest = line.tokens[k:]
+            if token.string == "from" and any(t.string == "import" for t in rest):
+                continue
+            if token.string == "where" and not found and not _only_clauses_after(lines, n):
+                continue  # a statement-level where
+            if token.string == "distribution" and k != 0 and not found:
+                continue
+            found.append(token)
+    return found
+
+
+def _only_clauses_after(lines: list[_Line], n: int) -> bool:
+    return all(line.indent == 0 and line.tokens[0].string in CLAUSES for line in lines[n + 1:])
+
+
+def _statement_wheres(lines: list[_Line], start: tokenize.TokenInfo | None,
+                      keywords: list[tokenize.TokenInfo], at: object) -> list[tuple[int, int, str]]:
+    """Edits (offset, length replaced, text) that turn ``"p" where c`` into ``("p", MARK, (c))``."""
+    offset = at  # type: ignore[assignment]
+    edits: list[tuple[int, int, str]] = []
+    first_clause = keywords[0].start if keywords else None
+    for line in lines:
+        depth = 0
+        for k, token in enumerate(line.tokens):
+            if start is None or token.start < start.start or (first_clause and token.start >= first_clause):
+                continue
+            if token.type == tokenize.OP:
+                depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(token.string, 0)
+            if depth or token.string != "where" or k == 0:
+                continue
+            head = line.tokens[0] if line.tokens[0].start >= start.start else start
+            last = line.tokens[-1]
+            if first_clause and last.end > first_clause:
+                last = max((t for t in line.tokens if t.end <= first_clause), key=lambda t: t.end)
+            edits += [(offset(head.start), 0, "("), (offset(token.start), 5, f", {WHERE_MARK}, ("),  # type: ignore[operator]
+                      (offset(last.end), 0, "))")]  # type: ignore[operator]
+            break
+    return edits
+
+
+def _body_text(source: str, start: int, end: int, edits: list[tuple[int, int, str]]) -> str:
+    text = source
+    for offset, length, replacement in sorted(edits, reverse=True):
+        text = text[:offset] + replacement + text[offset + length:]
+        if offset <= end:
+            end += len(replacement) - length
+    body = text[start:end]
+    head, sep, rest = body.partition("\n")
+    if head.strip():
+        return head.strip() + sep + textwrap.dedent(rest)
+    return "\n" + textwrap.dedent(rest)

@@ -1,0 +1,292 @@
+"""A compiled query and its runs: inputs bound, model and decoder chosen, results assembled."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import math
+import traceback
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmql_core.api.llm import LLM
+from lmql_core.lmtp.loop import run_async
+from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
+from lmql_core.query.decoders import DecoderSpec, direct, log_softmax
+from lmql_core.query.errors import QueryError
+from lmql_core.query.parser import ParsedQuery
+from lmql_core.query.qstring import Hole, parse_qstring
+from lmql_core.query.result import LMQLResult
+from lmql_core.query.runtime import Program, QueryContext
+from lmql_core.query.vocabulary import Vocabulary
+from lmql_core.query.where import parse_where
+
+FILENAME = "<lmql query>"
+RUN_OPTIONS = ("model", "decoder", "output_writer", "certificate", "cache", *DecoderSpec.KNOWN)
+
+
+@dataclass
+class CompiledQuery:
+    parsed: ParsedQuery
+    params: ast.arguments
+    defaults: dict[str, Any] = field(default_factory=dict)  # from @lmql.query(model=..., decoder=...)
+    globals: dict[str, Any] = field(default_factory=dict)
+    name: str = "query"
+
+    def __post_init__(self) -> None:
+        self.body = parse_body(self.parsed.body.text, self.parsed.body.line)
+        self.variables = frozenset(_holes(self.body))
+        distribution = self.parsed.clauses.get("distribution")
+        self.distribution: tuple[str, ast.expr] | None = None
+        if distribution is not None:
+            self.distribution = self._distribution(distribution.text, distribution.line)
+        self.free_names = _names(self.body, self.parsed)
+        self._check_constraints()
+        self._code: dict[tuple[str, ...], Any] = {}
+
+    def _distribution(self, text: str, line: int) -> tuple[str, ast.expr]:
+        try:
+            expr = ast.parse(text, mode="eval").body
+        except SyntaxError:
+            expr = None
+        if not (isinstance(expr, ast.Compare) and isinstance(expr.left, ast.Name)
+                and len(expr.ops) == 1 and isinstance(expr.ops[0], ast.In)):
+            raise QueryError("write the distribution clause as: distribution VAR in [values]", line,
+                             self.parsed.source_line(line))
+        if expr.left.id not in self.variables:
+            raise QueryError(f"the distribution variable {expr.left.id} is not a prompt variable", line,
+                             self.parsed.source_line(line))
+        return expr.left.id, expr.comparators[0]
+
+    def _check_constraints(self) -> None:
+        """Every where clause parses into constraints we can enforce, before anything runs."""
+        where = self.parsed.clauses.get("where")
+        try:
+            parse_where(where.text if where else None, self.variables, self.variables)
+        except QueryError as e:
+            raise e.at(where.line if where else None, self.parsed.source_line(where.line if where else None))
+        for node in ast.walk(ast.Module(self.body, [])):
+            prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
+            if prompt is None or prompt[1] is None:
+                continue
+            holes = frozenset(_string_holes(prompt[0]))
+            try:
+                parse_where(ast.unparse(prompt[1]), holes, self.variables)
+            except QueryError as e:
+                raise e.at(node.lineno, self.parsed.source_line(node.lineno))  # type: ignore[attr-defined]
+
+    def program(self) -> Program:
+        where = self.parsed.clauses.get("where")
+        return Program(where.text if where else None, self.variables,
+                       self.distribution[0] if self.distribution else None)
+
+    def function(self, input_names: tuple[str, ...], namespace: dict[str, Any]) -> Any:
+        if input_names not in self._code:
+            params = self.params
+            if params is None:
+                params = ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in input_names], kwonlyargs=[],
+                                       kw_defaults=[], defaults=[])
+            self._code[input_names] = compile_query(self.body, params, FILENAME)
+        exec(self._code[input_names], namespace)
+        return namespace[FUNCTION]
+
+    # --- a call --------------------------------------------------------------------------
+
+    def split_kwargs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Query inputs and run options (model=, decoder=, n=, ...)."""
+        inputs, options = {}, {}
+        for key, value in kwargs.items():
+            if self.params is not None and key in _param_names(self.params):
+                inputs[key] = value
+            elif self.params is None and key in self.free_names:
+                inputs[key] = value
+            elif key in RUN_OPTIONS:
+                options[key] = value
+            else:
+                raise QueryError(f"unknown argument '{key}': the query does not use it and it is not one "
+                                 f"of {', '.join(RUN_OPTIONS)}")
+        return inputs, options
+
+    async def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await run_async(self.start(args, kwargs))
+
+    def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Coroutine[Any, Any, Any]:
+        """The run, to be awaited on the client loop. Inputs, decoder and model are settled here,
+        in the caller's thread: loading a ``local:`` model or connecting blocks on that loop."""
+        inputs, options = self.split_kwargs(kwargs)
+        options = {**self.defaults, **options}
+        namespace = _namespace(self.globals)
+        scope = {**namespace, **inputs}
+        if self.params is None and args:
+            raise QueryError("a query from source takes its inputs as keyword arguments")
+        decoder = self._decoder(scope, options)
+        model = self._model(scope, options)
+        return self._run(args, inputs, namespace, scope, decoder, model)
+
+    async def _run(self, args: tuple[Any, ...], inputs: dict[str, Any], namespace: dict[str, Any],
+                   scope: dict[str, Any], decoder: DecoderSpec, model: LLM) -> Any:
+        vocab = Vocabulary.of(await model._tokenizers.get())
+        fn = self.function(tuple(sorted(inputs)) if self.params is None else (), namespace)
+        program = self.program()
+        program.globals = namespace
+        runs = decoder.n if decoder.name == "sample" else 1
+        if decoder.name == "beam":
+            from lmql_core.query.beam import beam_search
+
+            results = await beam_search(self, fn, program, model, vocab, decoder, args, inputs)
+        else:
+            results = await asyncio.gather(*(self._once(fn, program, model, vocab, decoder, args, inputs)
+                                              for _ in range(runs)))
+        results = [await self._distribute(r, scope, model, vocab) for r in results]
+        return results[0] if len(results) == 1 and decoder.name != "beam" else list(results)
+
+    def context(self, program: Program, model: LLM, vocab: Vocabulary, decide: Any) -> QueryContext:
+        return QueryContext(program, model, vocab, decide, self.parsed.source_line)
+
+    async def _once(self, fn: Any, program: Program, model: LLM, vocab: Vocabulary, decoder: DecoderSpec,
+                    args: tuple[Any, ...], inputs: dict[str, Any]) -> Any:
+        ctx = self.context(program, model, vocab, direct(decoder))
+        returned = await self.call(fn, ctx, args, inputs)
+        return returned if returned is not None else LMQLResult(ctx.final_prompt, dict(ctx.variables))
+
+    async def call(self, fn: Any, ctx: QueryContext, args: tuple[Any, ...], inputs: dict[str, Any]) -> Any:
+        try:
+            return await fn(ctx, *args, **inputs)
+        except QueryError:
+            raise
+        except Exception as e:
+            if not _raised_in_query(e):
+                raise
+            line = _query_line(e)
+            raise QueryError(f"{type(e).__name__}: {e}", line, self.parsed.source_line(line)) from None
+
+    def _decoder(self, scope: dict[str, Any], options: dict[str, Any]) -> DecoderSpec:
+        name = options.get("decoder") or self.parsed.decoder or "argmax"
+        kwargs: dict[str, Any] = {}
+        if self.parsed.decoder_args is not None and not options.get("decoder"):
+            kwargs = self._eval(f"__lmql_kwargs({self.parsed.decoder_args.text})", scope,
+                                self.parsed.decoder_args.line, __lmql_kwargs=lambda **kw: kw)
+        kwargs.update({k: v for k, v in options.items() if k in DecoderSpec.KNOWN})
+        if name not in ("argmax", "sample", "beam"):
+            raise QueryError(f"unknown decoder '{name}'; use argmax, sample or beam")
+        return DecoderSpec.build(name, kwargs)
+
+    def _model(self, scope: dict[str, Any], options: dict[str, Any]) -> LLM:
+        from lmql_core import api
+
+        chosen = options.get("model")
+        clause = self.parsed.clauses.get("from")
+        if chosen is None and clause is not None:
+            chosen = self._eval(clause.text, scope, clause.line)
+        if chosen is None:
+            chosen = api._default_model
+        if chosen is None:
+            raise QueryError("no model for this query: add `from \"local:lmql-tiny\"` (or another model), "
+                             "pass model=..., or call lmql.set_default_model(...)")
+        if isinstance(chosen, LLM):
+            return chosen
+        if isinstance(chosen, str):
+            return api.model(chosen)
+        raise QueryError(f"the query's model must be a model name or lmql.model(...), not {chosen!r}")
+
+    def _eval(self, text: str, scope: dict[str, Any], line: int, **extra: Any) -> Any:
+        try:
+            return eval(compile("(" + text + "\n)", FILENAME, "eval"), {**scope, **extra})
+        except QueryError:
+            raise
+        except Exception as e:
+            raise QueryError(f"{type(e).__name__}: {e}", line, self.parsed.source_line(line)) from None
+
+    async def _distribute(self, result: Any, scope: dict[str, Any], model: LLM, vocab: Vocabulary) -> Any:
+        """Score the distribution variable's values after the prompt (as LMQL: mean log-probability
+        per token, normalized over the values)."""
+        if self.distribution is None or not isinstance(result, LMQLResult):
+            return result
+        name, values_expr = self.distribution
+        line = self.parsed.clauses["distribution"].line
+        values = self._eval(ast.unparse(values_expr), {**scope, **result.variables}, line)
+        if not values or not all(isinstance(v, str) for v in values):
+            raise QueryError("the distribution's values must be a non-empty list of strings", line,
+                             self.parsed.source_line(line))
+        prompt = result.prompt
+        prompt_ids = ([vocab.bos] if vocab.bos is not None else []) + vocab.encode(prompt)
+        means = []
+        for value in values:
+            scored = vocab.encode(value)
+            request = {"model": model.model_id.served_name, "prompt": prompt_ids, "scored": scored}
+            logprobs = [e["logprob"] async for e in model.client.request("SCORE", request)]
+            means.append(sum(logprobs) / len(logprobs))
+        log_probs = log_softmax(means)
+        best = max(range(len(values)), key=lambda i: log_probs[i])
+        result.variables[name] = values[best]
+        result.variables[f"P({name})"] = [(v, math.exp(lp)) for v, lp in zip(values, log_probs, strict=True)]
+        result.variables[f"log P({name})"] = list(zip(values, log_probs, strict=True))
+        result.prompt = prompt + values[best]
+        result.distribution_variable, result.distribution_values = name, list(values)
+        return result
+
+
+def _namespace(base: dict[str, Any]) -> dict[str, Any]:
+    import lmql
+
+    namespace = dict(base)
+    namespace.setdefault("lmql", lmql)
+    namespace.setdefault("__builtins__", __builtins__)
+    return namespace
+
+
+def _holes(body: list[ast.stmt]) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.Module(body, [])):
+        prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
+        if prompt is not None:
+            names += _string_holes(prompt[0])
+    return names
+
+
+def _string_holes(string: ast.expr) -> list[str]:
+    if isinstance(string, ast.Constant):
+        parts = parse_qstring(string.value)
+    else:
+        parts = [p for v in string.values if isinstance(v, ast.Constant)  # type: ignore[attr-defined]
+                 for p in parse_qstring(v.value, interpolate=False)]
+    return [p.name for p in parts if isinstance(p, Hole)]
+
+
+def _names(body: list[ast.stmt], parsed: ParsedQuery) -> set[str]:
+    """Every name the query reads, its prompt strings' interpolations included."""
+    names = {n.id for n in ast.walk(ast.Module(body, [])) if isinstance(n, ast.Name)}
+    for node in ast.walk(ast.Module(body, [])):
+        prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
+        if prompt is not None and isinstance(prompt[0], ast.Constant):
+            for part in parse_qstring(prompt[0].value):
+                if not isinstance(part, Hole) and hasattr(part, "expr"):
+                    names |= _expr_names(part.expr)
+    for clause in [parsed.decoder_args, *parsed.clauses.values()]:
+        if clause is not None:
+            names |= _expr_names(clause.text)
+    return names
+
+
+def _expr_names(text: str) -> set[str]:
+    try:
+        tree = ast.parse("(" + text + "\n)", mode="eval")
+    except SyntaxError:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+def _param_names(params: ast.arguments) -> set[str]:
+    args = [*params.posonlyargs, *params.args, *params.kwonlyargs]
+    return {a.arg for a in args}
+
+
+def _raised_in_query(e: BaseException) -> bool:
+    return any(frame.f_code.co_filename == FILENAME for frame, _ in traceback.walk_tb(e.__traceback__))
+
+
+def _query_line(e: BaseException) -> int | None:
+    lines = [line for frame, line in traceback.walk_tb(e.__traceback__) if frame.f_code.co_filename == FILENAME]
+    return lines[-1] if lines else None
+

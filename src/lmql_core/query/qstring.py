@@ -1,0 +1,96 @@
+"""Prompt strings ("qstrings"): literal text, ``{expr}`` interpolations and ``[VAR]`` holes.
+
+``[[`` and ``]]`` stand for literal brackets, ``{{`` and ``}}`` for literal braces, as in LMQL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lmql_core.query.errors import QuerySyntaxError
+
+_HOLE = re.compile(r"\s*(?P<name>[A-Za-z_][A-Za-z_0-9]*)\s*(?::\s*(?P<type>[^\]]*?)\s*)?$")
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Interpolation:
+    expr: str  # Python source, with an optional ``!r``/``:spec`` tail as in f-strings
+
+
+@dataclass(frozen=True)
+class Hole:
+    name: str
+    type_expr: str | None = None
+
+
+Segment = Text | Interpolation | Hole
+
+
+def parse_qstring(s: str, interpolate: bool = True) -> list[Segment]:
+    """The segments of one prompt string, adjacent text merged."""
+    segments: list[Segment] = []
+    text: list[str] = []
+    i = 0
+
+    def flush() -> None:
+        if text:
+            segments.append(Text("".join(text)))
+            text.clear()
+
+    while i < len(s):
+        c, pair = s[i], s[i:i + 2]
+        if pair in ("[[", "]]") or (interpolate and pair in ("{{", "}}")):
+            text.append(c)
+            i += 2
+        elif c == "[":
+            end = s.find("]", i)
+            if end < 0:
+                raise QuerySyntaxError(f"unclosed '[' in prompt string {s!r} (write '[[' for a literal bracket)")
+            flush()
+            segments.append(_hole(s[i + 1:end], s))
+            i = end + 1
+        elif c == "{" and interpolate:
+            end = _closing_brace(s, i)
+            flush()
+            segments.append(Interpolation(s[i + 1:end]))
+            i = end + 1
+        else:
+            text.append(c)
+            i += 1
+    flush()
+    return segments
+
+
+def _hole(inner: str, s: str) -> Hole:
+    match = _HOLE.match(inner)
+    if match is None:
+        raise QuerySyntaxError(f"'[{inner}]' in prompt string {s!r} is not a variable: write [NAME] or "
+                               "[NAME: type] (and '[[' for a literal bracket)")
+    return Hole(match["name"], match["type"] or None)
+
+
+def _closing_brace(s: str, start: int) -> int:
+    depth = 0
+    quote: str | None = None
+    for i in range(start, len(s)):
+        c = s[i]
+        if quote:
+            if c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c in "{[(":
+            depth += 1
+        elif c in "}])":
+            depth -= 1
+            if depth == 0:
+                if c != "}":
+                    break
+                return i
+    raise QuerySyntaxError(f"unclosed '{{' in prompt string {s!r} (write '{{{{' for a literal brace)")

@@ -1,0 +1,139 @@
+"""One run of a prompt program: the prompt so far, its tokens, and each variable as it is decided.
+
+Tokens follow LMQL 0.7: the text before the first variable is tokenized once (after BOS); when a
+variable ends, its value and the prompt text up to the next variable are tokenized separately and
+replace the generated tokens (kept as generated when nothing changed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmql_core.api.llm import LLM
+from lmql_core.query.constraints import Both, IsInt, Node, Scope
+from lmql_core.query.errors import QueryError
+from lmql_core.query.qstring import Hole
+from lmql_core.query.vocabulary import Vocabulary
+from lmql_core.query.where import parse_where
+
+
+@dataclass
+class Decided:
+    """A variable's outcome: the generated tokens, their text, and the value put in the prompt."""
+
+    ids: list[int]
+    text: str
+    prompt_text: str
+    value: Any
+
+
+# How a hole gets its value: generate it now, or (beam search) replay or suspend.
+Decide = Callable[["QueryContext", str, list[int], "Variable"], Awaitable[Decided]]  # noqa: F821
+
+
+@dataclass
+class Program:
+    """What every run of one query shares."""
+
+    where: str | None
+    variables: frozenset[str]  # every prompt variable of the program
+    distribution: str | None = None
+    globals: dict[str, Any] = field(default_factory=dict)
+
+
+class QueryContext:
+    """The object compiled prompt statements talk to (``__lmql_ctx``)."""
+
+    def __init__(self, program: Program, model: LLM, vocab: Vocabulary, decide: Decide,
+                 source_line: Callable[[int], str | None] = lambda line: None) -> None:
+        self.program, self.model, self.vocab, self.decide = program, model, vocab, decide
+        self.source_line = source_line
+        self.prompt_text = ""
+        self.variables: dict[str, Any] = {}
+        self.distribution_prompt: str | None = None
+        self._ids: list[int] | None = None
+        self._pending = ""  # prompt text not yet tokenized
+        self._last: tuple[list[int], Decided] | None = None  # (tokens before it, the last variable)
+
+    def hole(self, name: str, type_expr: str | None) -> Hole:
+        return Hole(name, type_expr)
+
+    async def prompt(self, segments: list[Any], where: str | None, scope: dict[str, Any],
+                     line: int) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        holes = frozenset(s.name for s in segments if isinstance(s, Hole))
+        try:
+            local_where = parse_where(where, holes, self.program.variables)
+            for segment in segments:
+                if isinstance(segment, Hole):
+                    values[segment.name] = await self._fill(segment, local_where, scope)
+                else:
+                    self._append(str(segment))
+        except QueryError as e:
+            raise e.at(line, self.source_line(line)) from None
+        return values
+
+    def _append(self, text: str) -> None:
+        self.prompt_text += text
+        self._pending += text
+
+    async def _fill(self, hole: Hole, local_where: Node | None, scope: dict[str, Any]) -> Any:
+        if hole.name == self.program.distribution:
+            self.distribution_prompt = self.prompt_text
+            return None
+        from lmql_core.query.generation import Variable
+
+        where = self._where_for(hole, local_where)
+        variable = Variable(hole.name, where, Scope(self.program.globals, scope, dict(self.variables)),
+                            self.vocab)
+        prompt_ids = self._prompt_ids()
+        decided = await self.decide(self, hole.name, prompt_ids, variable)
+        self._last = (prompt_ids, decided)
+        self.variables[hole.name] = decided.value
+        self.prompt_text += decided.prompt_text
+        return decided.value
+
+    def _where_for(self, hole: Hole, local_where: Node | None) -> Node | None:
+        parts = [parse_where(self.program.where, self.program.variables, self.program.variables), local_where]
+        if hole.type_expr is not None:
+            if hole.type_expr.strip() != "int":
+                raise QueryError(f"[{hole.name}: {hole.type_expr}]: only the type 'int' is supported")
+            parts.append(IsInt(hole.name, [], f"[{hole.name}: int]"))
+        present = [p for p in parts if p is not None]
+        return Both(present) if len(present) > 1 else (present[0] if present else None)
+
+    def _prompt_ids(self) -> list[int]:
+        """The tokens to generate the next variable after (see the module's docstring)."""
+        if self._last is None:
+            bos = [self.vocab.bos] if self.vocab.bos is not None else []
+            ids = bos + self.vocab.encode(self._pending)
+        else:
+            before, last = self._last
+            if self._pending == "" and last.prompt_text == last.text:
+                ids = before + last.ids
+            else:
+                ids = before + self.vocab.encode(last.prompt_text) + self.vocab.encode(self._pending)
+        self._pending = ""
+        return ids
+
+    @property
+    def final_prompt(self) -> str:
+        return self.prompt_text
+
+
+def postprocess(where: Node | None, name: str, text: str) -> tuple[str, Any]:
+    """The text a finished value puts in the prompt, and its value: INT makes an int."""
+    if where is not None and _has_int(where, name):
+        digits = "".join(c for c in text if c.isdigit())
+        if not digits:
+            raise QueryError(f"INT({name}) ended without a digit: {text!r}")
+        return str(int(digits)), int(digits)
+    return text, text
+
+
+def _has_int(node: Node, name: str) -> bool:
+    if isinstance(node, IsInt):
+        return node.var == name
+    return any(_has_int(child, name) for child in getattr(node, "children", []))

@@ -1,0 +1,70 @@
+"""A tokenizer's vocabulary as constraints need it: each token's text, and masks over all tokens."""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from lmql_core.tokenizer import Tokenizer
+
+_cache: dict[int, Vocabulary] = {}
+
+
+class Vocabulary:
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.size = int(tokenizer.vocab_size)
+        self.eos = tokenizer.eos_token_id
+        self.bos = tokenizer.bos_token_id
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> Vocabulary:
+        key = id(tokenizer)
+        if key not in _cache:
+            _cache[key] = cls(tokenizer)
+        return _cache[key]
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """Each token's text on its own (special tokens included, as the tokenizer writes them)."""
+        return [self.tokenizer.decode([i]) for i in range(self.size)]
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.texts], dtype=np.int64)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if ids else ""
+
+    def none(self) -> np.ndarray:
+        return np.zeros(self.size, dtype=bool)
+
+    def matching(self, pattern: str) -> np.ndarray:
+        """Tokens whose text matches ``pattern`` from its start (``re.match``)."""
+        return self._regex_mask(pattern)
+
+    def _regex_mask(self, pattern: str) -> Any:
+        key = ("match", pattern)
+        cache = self.__dict__.setdefault("_masks", {})
+        if key not in cache:
+            compiled = re.compile(pattern)
+            mask = np.array([compiled.match(t) is not None for t in self.texts], dtype=bool)
+            if self.eos is not None:
+                mask[self.eos] = False
+            cache[key] = mask
+        return cache[key]
+
+    def first_tokens(self, texts: list[str]) -> np.ndarray:
+        """The first token of each text's own tokenization."""
+        mask = self.none()
+        for text in texts:
+            ids = self.encode(text)
+            if ids:
+                mask[ids[0]] = True
+        return mask
