@@ -71,8 +71,10 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
     if threading.current_thread() is threading.main_thread() and not _loop_running():
         asyncio.run(server.run(stop_on_signals=True))
         return None
-    server.start(how_to_stop="Ctrl-C (KeyboardInterrupt) stops it")  # a notebook, or a thread
-    try:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    server.start(how_to_stop="Ctrl-C (KeyboardInterrupt) stops it" if in_main_thread else
+                 "it serves until this process ends (background=True gives a handle to stop)")
+    try:  # a running event loop (a notebook), or another thread
         server.wait()
     except KeyboardInterrupt:
         pass
