@@ -74,13 +74,20 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
     in_main_thread = threading.current_thread() is threading.main_thread()
     server.start(how_to_stop="Ctrl-C (KeyboardInterrupt) stops it" if in_main_thread else
                  "it serves until this process ends (background=True gives a handle to stop)")
-    try:  # a running event loop (a notebook), or another thread
-        server.wait()
+    _serve_until_interrupted(server)  # inside a running event loop (a notebook), or a thread
+    return None
+
+
+def _serve_until_interrupted(server: RunningServer) -> None:
+    """Ctrl-C stops it: a KeyboardInterrupt, or ``asyncio.run`` cancelling the task we block."""
+    task = asyncio.current_task() if _loop_running() else None
+    cancelling = getattr(task, "cancelling", lambda: 0)  # Python 3.11+
+    try:
+        server.wait(until=lambda: cancelling() > 0)
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
-    return None
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
@@ -219,9 +226,9 @@ class RunningServer:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def wait(self) -> None:
-        """Block until the server stops (Ctrl-C still raises KeyboardInterrupt here)."""
-        while self._thread is not None and self._thread.is_alive():
+    def wait(self, until: Callable[[], bool] = lambda: False) -> None:
+        """Block until the server stops or ``until()`` (Ctrl-C raises KeyboardInterrupt here)."""
+        while self._thread is not None and self._thread.is_alive() and not until():
             self._thread.join(0.2)
 
     def __enter__(self) -> RunningServer:
