@@ -91,36 +91,40 @@ def _serve_until_interrupted(server: RunningServer) -> None:
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for every address of ``host`` (IPv4 and IPv6 for localhost), all on
-    one port (``port=0``: a free one); a port in use is an error that says what to do."""
+    """Sockets bound to every address of ``host`` (IPv4 and IPv6 for localhost), all on one
+    port (``port=0``: a free one); a port in use is an error that says what to do. They listen
+    only once the server serves: until then connections are refused, not left waiting."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     listeners: list[socket.socket] = []
     try:
         for family, _, _, _, address in dict.fromkeys(infos):
-            listener = _listen(family, (address[0], port, *address[2:]))
+            listener = _bound(family, (address[0], port, *address[2:]))
             if listener is not None:
                 listeners.append(listener)
                 port = port or listener.getsockname()[1]
     except OSError as error:
         for listener in listeners:
             listener.close()
-        if error.errno == errno.EADDRINUSE:
-            raise LMQLError(f"port {port} on {host} is in use (another server?): stop that one or "
-                            "pass another --port (0 picks a free one)") from None
-        raise LMQLError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+        raise _cannot_listen(error, host, port) from None
     if not listeners:
         raise LMQLError(f"cannot listen on {host}:{port}: no usable address")
     return listeners
 
 
-def _listen(family: int, address: tuple[Any, ...]) -> socket.socket | None:
+def _cannot_listen(error: OSError, host: str, port: int) -> LMQLError:
+    if error.errno == errno.EADDRINUSE:
+        return LMQLError(f"port {port} on {host} is in use (another server?): stop that one or "
+                         "pass another --port (0 picks a free one)")
+    return LMQLError(f"cannot listen on {host}:{port}: {error.strerror or error}")
+
+
+def _bound(family: int, address: tuple[Any, ...]) -> socket.socket | None:
     listener = socket.socket(family, socket.SOCK_STREAM)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         listener.bind(address)
-        listener.listen(LISTEN_BACKLOG)
     except OSError as error:
         listener.close()
         if error.errno == errno.EADDRNOTAVAIL:  # that family is not enabled here (as asyncio does)
@@ -191,8 +195,13 @@ class RunningServer:
         if stop_on_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._stop.set)
-        await run_server(self.models, self.listeners, self.limits, self.auth_token,
-                         stop=self._stop, on_serving=lambda: self._announce(how_to_stop))
+        try:
+            await run_server(self.models, self.listeners, self.limits, self.auth_token,
+                             stop=self._stop, on_serving=lambda: self._announce(how_to_stop))
+        except OSError as error:  # listen() lost a race for the port since bind()
+            if self._serving.is_set():
+                raise
+            raise _cannot_listen(error, self.host, self.port) from None
 
     def _announce(self, how_to_stop: str) -> None:
         console.print(f"[green]Ready:[/] {self.description}, serving LMTP on "
@@ -247,7 +256,7 @@ async def run_server(models: ModelHost, listeners: list[socket.socket],
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     for listener in listeners:
-        await web.SockSite(runner, listener).start()
+        await web.SockSite(runner, listener, backlog=LISTEN_BACKLOG).start()
     on_serving()
     await stop.wait()
     console.print("Shutting down: ending open streams")

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import TorchOps
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import fused, loading
+from lmql_hf import fused, hub, loading
 from lmql_hf.graphs import DecodeGraphs, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
 from lmql_hf.slot_cache import SlotCache
@@ -49,7 +49,7 @@ class HFBackend(Backend):
         self.fused_modules = 0
         self.name = model
         self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
-        self.path, offline = loading.locate(model, self.kwargs.get("revision"))
+        self.path, offline = hub.locate(model, self.kwargs.get("revision"))
         with loading.progress_bars(bool(self.options["progress"])):
             loaded = AutoModelForCausalLM.from_pretrained(self.path, **dict(offline, **self.kwargs))
         self.model = loaded.eval()
