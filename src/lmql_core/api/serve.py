@@ -68,10 +68,10 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
     if background:  # leaves the interpreter's settings alone: the process is the caller's
         return server.start(how_to_stop="server.stop() or leaving its with-block stops it")
     _tune_process_for_serving()
-    if threading.current_thread() is threading.main_thread() and not _loop_running():
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread and not _loop_running():
         asyncio.run(server.run(stop_on_signals=True))
         return None
-    in_main_thread = threading.current_thread() is threading.main_thread()
     server.start(how_to_stop="Ctrl-C (KeyboardInterrupt) stops it" if in_main_thread else
                  "it serves until this process ends (background=True gives a handle to stop)")
     _serve_until_interrupted(server)  # inside a running event loop (a notebook), or a thread
@@ -94,9 +94,9 @@ def bind(host: str, port: int) -> list[socket.socket]:
     """Sockets bound to every address of ``host`` (IPv4 and IPv6 for localhost), all on one
     port (``port=0``: a free one); a port in use is an error that says what to do. They listen
     only once the server serves: until then connections are refused, not left waiting."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     listeners: list[socket.socket] = []
     try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, _, _, _, address in dict.fromkeys(infos):
             listener = _bound(family, (address[0], port, *address[2:]))
             if listener is not None:
