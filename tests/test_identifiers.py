@@ -79,4 +79,6 @@ def test_missing_backend_names_its_distribution(model: str, distribution: str) -
     )
     assert result.returncode == 1
     assert f"pip install {distribution}" in result.stderr
+    checkout = {"lmql-hf": "./plugins/hf", "lmql-llamacpp": "./plugins/llamacpp"}[distribution]
+    assert f"from a checkout of lmql-core: pip install {checkout}" in result.stderr
     assert "Traceback" not in result.stderr

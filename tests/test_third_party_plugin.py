@@ -21,8 +21,10 @@ def test_listed_by_lmql_backends() -> None:
     result = subprocess.run([sys.executable, "-m", "lmql_core", "backends"], capture_output=True,
                             text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0
-    line = next(line for line in result.stdout.splitlines() if "counting" in line)
-    assert "counting:" in line and "lmql-example-backend" in line
+    lines = result.stdout.splitlines()
+    block = lines[lines.index("counting"):][:4]  # the heading, then indented details
+    assert "    prefixes: counting:" in block
+    assert "    from: lmql-example-backend (plugin counting)" in block
 
 
 def test_in_process_through_the_prefix() -> None:

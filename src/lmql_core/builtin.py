@@ -16,7 +16,11 @@ def _random_backend(model: str, **kwargs: Any) -> Any:
 @hookimpl
 def register_backends(register: Any) -> None:
     register("random", _random_backend, prefixes=("random:",), models=("random",),
-             description="seeded random logits (no model; for tests and trying the CLI)")
+             description="seeded random logits (no model; for tests and trying the CLI)",
+             options={"seed": "the seed of the logits [default: 0]",
+                      "vocab_size": "vocabulary size [default: 50257]",
+                      "eos_token_id": "the end-of-sequence token [default: 50256]",
+                      "max_context": "longest prompt + generation [default: 2048]"})
 
 
 def _bytes_tokenizer(model: str, tokenizer: str | None = None, backend: str | None = None,

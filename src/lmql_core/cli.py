@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Iterable, Iterator
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from lmql_core.errors import LMQLError
 from lmql_core.identifiers import parse_loader_args
 from lmql_core.lmtp.protocol import Limits
 
 console = Console()
+DEFAULT_MODEL = "lmql-tiny"
 
 
 @click.group()
@@ -23,11 +24,25 @@ def cli() -> None:
     """lmql-core: serve local models over LMTP and use them from LMQL programs."""
 
 
+class ServeModelCommand(click.Command):
+    """``serve-model --help`` also lists every installed backend's own options."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        from lmql_core import plugins
+
+        for spec in plugins.registry().backends.values():
+            if spec.options:
+                with formatter.section(f"Options of the {spec.name} backend (after MODEL)"):
+                    formatter.write_dl([(f"--{name} VALUE", text) for name, text in spec.options])
+
+
 @cli.command(
     "serve-model",
+    cls=ServeModelCommand,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
 )
-@click.argument("model", required=False, default="lmql-tiny")
+@click.argument("model", required=False, default=DEFAULT_MODEL)
 @click.option("--backend", help="Backend for unprefixed model names (default: hf). See `lmql backends`.")
 @click.option("--host", default="localhost", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on (0: any free).")
@@ -61,7 +76,8 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
     from lmql_core.api.serve import serve
 
     with _errors():
-        loader_kwargs = parse_loader_args(ctx.args)
+        model, loader_args = model_and_loader_args(model, ctx.args)
+        loader_kwargs = parse_loader_args(loader_args)
         limits = Limits(max_frame_bytes=max_frame_bytes, max_streams_per_connection=max_streams,
                         max_tokens=max_new_tokens, max_top_logprobs=max_top_logprobs,
                         max_logit_bias_entries=max_logit_bias)
@@ -69,22 +85,39 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
               load_on_demand=load_on_demand, limits=limits, auth_token=auth_token, **loader_kwargs)
 
 
+def model_and_loader_args(model: str, extra: list[str]) -> tuple[str, list[str]]:
+    """Without a model named, click takes the first loader option for it
+    (``serve-model --trust_remote_code``): give it back and serve the default model."""
+    if model.startswith("-"):
+        return DEFAULT_MODEL, [model, *extra]
+    return model, list(extra)
+
+
 @cli.command("backends")
 def backends() -> None:
     """List installed plugins with their backends, prefixes and distributions."""
     from lmql_core import plugins
 
-    table = Table(title="lmql backends")
-    for column in ("backend", "prefixes", "claims", "distribution", "plugin", "description"):
-        table.add_column(column)
     for spec in plugins.registry().backends.values():
         default = " (default)" if spec.name == plugins.DEFAULT_BACKEND else ""
-        table.add_row(spec.name + default, ", ".join(spec.prefixes), ", ".join(spec.models),
-                      spec.distribution, spec.plugin, spec.description)
-    console.print(table)
-    missing = {n: d for n, d in plugins.KNOWN_BACKENDS.items() if n not in plugins.registry().backends}
-    for name, dist in missing.items():
-        console.print(f"[dim]not installed: backend '{name}' (pip install {dist})[/]")
+        console.print(f"[bold]{spec.name}[/]{default}", highlight=False)
+        details = [spec.description, f"models: {', '.join(spec.models)}" if spec.models else "",
+                   f"prefixes: {', '.join(spec.prefixes)}" if spec.prefixes else "",
+                   f"from: {spec.distribution} (plugin {spec.plugin})"]
+        _print_indented(filter(None, details))
+    for name, dist in plugins.KNOWN_BACKENDS.items():
+        if name not in plugins.registry().backends:
+            console.print(f"[dim]{name}: not installed[/]", highlight=False)
+            _print_indented([f"pip install {dist}", "from a checkout of lmql-core: "
+                             f"pip install {plugins.CHECKOUT_PATHS[dist]}"], style="dim")
+
+
+def _print_indented(lines: Iterable[str], style: str = "") -> None:
+    """Lines under a heading, wrapped to the terminal with their indent kept."""
+    for line in lines:
+        text = textwrap.fill(line, width=max(console.width, 40), initial_indent="    ",
+                             subsequent_indent="      ", break_long_words=False)
+        console.print(text, style=style, soft_wrap=True, highlight=False, markup=False)
 
 
 @cli.command(
@@ -110,12 +143,27 @@ def generate(ctx: click.Context, prompt: str, model: str, endpoint: str | None, 
         llm = api.model(model, endpoint=endpoint, tokenizer=tokenizer, api_key=api_key,
                         **parse_loader_args(ctx.args))
         decoder = "sample" if temperature > 0 else "argmax"
-        sys.stdout.write(prompt)
-        for delta in llm.stream_sync(prompt, max_tokens=max_tokens, decoder=decoder,
-                                     temperature=temperature):
-            sys.stdout.write(delta)
+        stream = llm.stream_sync(prompt, max_tokens=max_tokens, decoder=decoder,
+                                 temperature=temperature)
+        _echo_continuation(prompt, stream)
+
+
+def _echo_continuation(prompt: str, stream: Iterator[str]) -> None:
+    """The prompt, then the continuation as it arrives; the prompt shows with the first piece
+    (an error before it shows alone), and the line always ends, so an error starts its own."""
+    shown = False
+    try:
+        for delta in stream:
+            sys.stdout.write(delta if shown else prompt + delta)
             sys.stdout.flush()
-        sys.stdout.write("\n")
+            shown = True
+        if not shown:
+            sys.stdout.write(prompt)
+            shown = True
+    finally:
+        if shown:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
 
 
 @contextlib.contextmanager
@@ -124,8 +172,10 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except LMQLError as error:
-        Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/] {error}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/] {error}", highlight=False)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C while loading or generating: stopped, nothing to report
+        sys.exit(130)
 
 
 def main() -> None:

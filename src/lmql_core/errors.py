@@ -10,12 +10,18 @@ class LMQLError(Exception):
 class BackendNotInstalled(LMQLError):
     def __init__(self, backend: str, distribution: str | None) -> None:
         if distribution:
-            hint = f"install it with: pip install {distribution}"
+            from lmql_core.plugins import install_hint
+
+            hint = f"install it with: {install_hint(distribution)}"
         else:
             hint = "see `lmql backends` for the installed ones"
         super().__init__(f"The backend '{backend}' is not installed; {hint}")
         self.backend = backend
         self.distribution = distribution
+
+
+class ModelLoadError(LMQLError):
+    """A backend failed to load a model; the message names the model, backend and arguments."""
 
 
 class TokenizerNotFound(LMQLError):

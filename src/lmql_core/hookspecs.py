@@ -18,10 +18,12 @@ hookimpl = pluggy.HookimplMarker("lmql")
 def register_backends(register: Any) -> None:
     """Register model backends.
 
-    ``register(name, factory, prefixes=(), models=(), description="")``: ``factory(model, *,
-    cuda=False, dtype=None, **loader_kwargs)`` returns a ``lmql_core.backend.Backend``.
-    ``prefixes`` are identifier prefixes that select this backend (``"llama.cpp:"``);
-    ``models`` are exact model names it claims (``"random"``).
+    ``register(name, factory, prefixes=(), models=(), description="", options=None)``:
+    ``factory(model, *, cuda=False, dtype=None, **loader_kwargs)`` returns a
+    ``lmql_core.backend.Backend``. ``prefixes`` are identifier prefixes that select this backend
+    (``"llama.cpp:"``); ``models`` are exact model names it claims (``"random"``); ``options``
+    maps the backend's own loader options to a line of help (``{"max_batch": "..."}``), which
+    ``lmql serve-model --help`` lists.
     """
 
 

@@ -20,6 +20,8 @@ CORE_DISTRIBUTION = "lmql-core"
 
 # Backends we know of but that live in their own distributions.
 KNOWN_BACKENDS = {"hf": "lmql-hf", "llama.cpp": "lmql-llamacpp"}
+# Where those distributions sit in a checkout of lmql-core (until they are on the registry).
+CHECKOUT_PATHS = {"lmql-hf": "./plugins/hf", "lmql-llamacpp": "./plugins/llamacpp"}
 KNOWN_PREFIXES = {"llama.cpp:": "llama.cpp"}
 DEFAULT_BACKEND = "hf"
 
@@ -33,6 +35,8 @@ class BackendSpec:
     description: str = ""
     plugin: str = ""
     distribution: str = CORE_DISTRIBUTION
+    # the backend's own loader options: (name, help) pairs, shown by `serve-model --help`
+    options: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -77,11 +81,13 @@ def registry() -> Registry:
             prefixes: tuple[str, ...] | list[str] = (),
             models: tuple[str, ...] | list[str] = (),
             description: str = "",
+            options: dict[str, str] | None = None,
             _plugin: str = name,
             _dist: str = dist,
         ) -> None:
             reg.backends[backend_name] = BackendSpec(
-                backend_name, factory, tuple(prefixes), tuple(models), description, _plugin, _dist
+                backend_name, factory, tuple(prefixes), tuple(models), description, _plugin, _dist,
+                tuple((options or {}).items()),
             )
 
         caller = pm.subset_hook_caller
@@ -90,6 +96,13 @@ def registry() -> Registry:
         caller("register_tokenizers", others)(register=reg.tokenizers.__setitem__)
         caller("register_transports", others)(register=reg.transports.__setitem__)
     return reg
+
+
+def install_hint(distribution: str) -> str:
+    """How to install a plugin distribution: from the registry, or from a checkout of lmql-core."""
+    path = CHECKOUT_PATHS.get(distribution)
+    checkout = f" (from a checkout of lmql-core: pip install {path})" if path else ""
+    return f"pip install {distribution}{checkout}"
 
 
 def backend_for_name(name: str) -> BackendSpec:

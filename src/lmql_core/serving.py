@@ -11,8 +11,8 @@ from typing import Any
 from lmql_core import plugins
 from lmql_core.backend import Backend
 from lmql_core.engine.engine import Engine
-from lmql_core.errors import RequestError
-from lmql_core.identifiers import ModelId, parse_model_id
+from lmql_core.errors import LMQLError, ModelLoadError, RequestError
+from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
 from lmql_core.tokenizer import JsonTokenizer
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,23 @@ class LoadedModel:
 def load_model(model_id: ModelId, *, cuda: bool = False, dtype: str | None = None,
                engine_options: dict[str, Any] | None = None, **loader_kwargs: Any) -> LoadedModel:
     spec = plugins.backend_for_name(model_id.backend)
-    backend = spec.factory(model_id.model, cuda=cuda, dtype=dtype, **loader_kwargs)
+    try:
+        backend = spec.factory(model_id.model, cuda=cuda, dtype=dtype, **loader_kwargs)
+    except LMQLError:
+        raise
+    except Exception as error:  # the loader's own complaint, told in one line with what was asked
+        args = format_kwargs(loader_kwargs.items())
+        raise ModelLoadError(
+            f"could not load '{model_id.served_name}' with backend '{model_id.backend}'"
+            f"{f' ({args})' if args else ''}: {type(error).__name__}: {_one_line(str(error))}"
+        ) from error
     kwargs = dict(loader_kwargs, cuda=cuda, dtype=dtype)
     return LoadedModel(model_id, backend, Engine(backend, **(engine_options or {})), kwargs)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmql_core import plugins
 from lmql_core.api.llm import LLM
 from lmql_core.api.scoring import ScoringResult
+from lmql_core.errors import LMQLError
 from lmql_core.identifiers import parse_model_id
+
+if TYPE_CHECKING:
+    from lmql_core.api.serve import RunningServer
 
 __all__ = ["LLM", "ScoringResult", "model", "serve", "generate", "generate_sync", "score",
            "score_sync", "set_default_model"]
@@ -25,6 +29,10 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
     model_id = parse_model_id(("local:" if inprocess and not name.startswith("local:") else "") + name)
     transports = plugins.registry().transports
     if model_id.local:
+        if endpoint:
+            raise LMQLError(f"'{model_id}' loads the model in this process, so there is no endpoint "
+                            f"to use ('{endpoint}'): drop 'local:' to use the server there, or "
+                            "drop the endpoint")
         client = transports["local:"](model_id, **loader_kwargs)
     else:
         if loader_kwargs:
@@ -34,11 +42,12 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
     return LLM(model_id, client, tokenizer)
 
 
-def serve(model: str = "lmql-tiny", **kwargs: Any) -> None:
-    """Serve ``model`` over LMTP; see ``lmql_core.api.serve.serve``."""
+def serve(model: str = "lmql-tiny", **kwargs: Any) -> RunningServer | None:
+    """Serve ``model`` over LMTP until stopped; ``background=True`` returns the running server
+    at once (``.endpoint``, ``.stop()``, a context manager). See ``lmql_core.api.serve.serve``."""
     from lmql_core.api.serve import serve as run
 
-    run(model, **kwargs)
+    return run(model, **kwargs)
 
 
 def set_default_model(llm: LLM | str) -> None:

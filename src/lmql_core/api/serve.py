@@ -1,19 +1,29 @@
-"""Running an LMTP server: load the model, bind, serve until SIGTERM or Ctrl-C."""
+"""Running an LMTP server: bind, load the model, serve until stopped.
+
+``serve`` blocks (until SIGTERM or Ctrl-C) or, with ``background=True``, returns a
+``RunningServer`` at once: serving on its own thread and event loop, stopped by ``stop()`` or
+the end of a ``with`` block. Both work from any thread and inside a running event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
+import socket
 import sys
+import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from rich.console import Console
 
 from lmql_core import plugins
-from lmql_core.identifiers import format_kwargs, parse_model_id
+from lmql_core.errors import LMQLError
+from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
 from lmql_core.lmtp import gc_pauses, protocol
 from lmql_core.lmtp.server import make_app
 from lmql_core.serving import ModelHost, load_model
@@ -24,16 +34,22 @@ LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 # step; at Python's default of 5 ms a turn can outlast a whole decode step (measured on an H100,
 # 64 streams: 15.2k tok/s at 5 ms, 17.7k at 50 us; benchmarks/gpu_variants.sh).
 GIL_SWITCH_INTERVAL_S = 50e-6
+LISTEN_BACKLOG = 128
 console = Console(stderr=True, soft_wrap=True)
 
 
 def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 8080,
           cuda: bool = False, dtype: str | None = None, backend: str | None = None,
           load_on_demand: bool = False, limits: protocol.Limits | None = None,
-          auth_token: str | None = None, **loader_kwargs: Any) -> None:
-    """Load ``model`` and serve it over LMTP on ``ws://host:port/`` until stopped.
+          auth_token: str | None = None, background: bool = False,
+          **loader_kwargs: Any) -> RunningServer | None:
+    """Load ``model`` and serve it over LMTP on ``ws://host:port/``.
 
-    ``auth_token`` (or ``LMQL_AUTH_TOKEN``) makes the server refuse connections without it.
+    The port is taken before the model loads, so a busy port fails at once. Blocks until
+    SIGTERM or Ctrl-C (KeyboardInterrupt); with ``background=True`` returns a ``RunningServer``
+    once it serves (``.endpoint``, ``.stop()``, usable as a context manager). ``port=0`` picks a
+    free port. ``auth_token`` (or ``LMQL_AUTH_TOKEN``) makes the server refuse connections
+    without it.
     """
     auth_token = auth_token or os.environ.get("LMQL_AUTH_TOKEN", "")
     if not auth_token and host not in LOOPBACK:
@@ -41,6 +57,85 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
                       "reach this port can use the model")
     model_id = parse_model_id(model, backend)
     plugins.backend_for_name(model_id.backend)  # fail before announcing anything
+    listeners = bind(host, port)
+    try:
+        models, description = _load(model_id, cuda, dtype, backend, load_on_demand, loader_kwargs)
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    server = RunningServer(models, listeners, host, limits, auth_token, description)
+    if background:  # leaves the interpreter's settings alone: the process is the caller's
+        return server.start(how_to_stop="server.stop() or leaving its with-block stops it")
+    _tune_process_for_serving()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread and not _loop_running():
+        asyncio.run(server.run(stop_on_signals=True))
+        return None
+    server.start(how_to_stop="Ctrl-C (KeyboardInterrupt) stops it" if in_main_thread else
+                 "it serves until this process ends (background=True gives a handle to stop)")
+    _serve_until_interrupted(server)  # inside a running event loop (a notebook), or a thread
+    return None
+
+
+def _serve_until_interrupted(server: RunningServer) -> None:
+    """Ctrl-C stops it: a KeyboardInterrupt, or ``asyncio.run`` cancelling the task we block."""
+    task = asyncio.current_task() if _loop_running() else None
+    cancelling = getattr(task, "cancelling", lambda: 0)  # Python 3.11+
+    try:
+        server.wait(until=lambda: cancelling() > 0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address of ``host`` (IPv4 and IPv6 for localhost), all on one
+    port (``port=0``: a free one); a port in use is an error that says what to do. They listen
+    only once the server serves: until then connections are refused, not left waiting."""
+    listeners: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, _, _, _, address in dict.fromkeys(infos):
+            listener = _bound(family, (address[0], port, *address[2:]))
+            if listener is not None:
+                listeners.append(listener)
+                port = port or listener.getsockname()[1]
+    except OSError as error:
+        for listener in listeners:
+            listener.close()
+        raise _cannot_listen(error, host, port) from None
+    if not listeners:
+        raise LMQLError(f"cannot listen on {host}:{port}: no usable address")
+    return listeners
+
+
+def _cannot_listen(error: OSError, host: str, port: int) -> LMQLError:
+    if error.errno == errno.EADDRINUSE:
+        return LMQLError(f"port {port} on {host} is in use (another server?): stop that one or "
+                         "pass another --port (0 picks a free one)")
+    return LMQLError(f"cannot listen on {host}:{port}: {error.strerror or error}")
+
+
+def _bound(family: int, address: tuple[Any, ...]) -> socket.socket | None:
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        if error.errno == errno.EADDRNOTAVAIL:  # that family is not enabled here (as asyncio does)
+            return None
+        raise
+    listener.setblocking(False)
+    return listener
+
+
+def _load(model_id: ModelId, cuda: bool, dtype: str | None, backend: str | None,
+          load_on_demand: bool, loader_kwargs: dict[str, Any]) -> tuple[ModelHost, str]:
     where = "CUDA" if cuda else "CPU"
     args = format_kwargs(loader_kwargs.items())
     console.print(f"[bold]Loading[/] {model_id.served_name} with backend '{model_id.backend}' "
@@ -52,29 +147,117 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
     info = loaded.info()
     devices = info.get("devices") or [where]
     devices_text = ", ".join(map(str, devices)) if isinstance(devices, list) else str(devices)
-    dtype = f", {info['dtype']}" if info.get("dtype") else ""
-    console.print(f"[green]Ready:[/] {model_id.served_name} on {devices_text}{dtype}")
+    dtype_text = f", {info['dtype']}" if info.get("dtype") else ""
+    return models, f"{model_id.served_name} on {devices_text}{dtype_text}"
+
+
+def _tune_process_for_serving() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     gc_pauses.freeze_loaded_objects()
     gc_pauses.PAUSES.install()
-    asyncio.run(run_server(models, host, port, limits, auth_token))
 
 
-async def run_server(models: ModelHost, host: str, port: int,
-                     limits: protocol.Limits | None = None, auth_token: str = "") -> None:
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class RunningServer:
+    """A server that serves until ``stop()``; ``serve(..., background=True)`` returns one.
+
+    ``endpoint`` is what clients pass (``lmql.model(name, endpoint=server.endpoint)``).
+    """
+
+    def __init__(self, models: ModelHost, listeners: list[socket.socket], host: str,
+                 limits: protocol.Limits | None, auth_token: str, description: str) -> None:
+        self.models = models
+        self.listeners = listeners
+        self.host = host
+        self.port: int = listeners[0].getsockname()[1]
+        self.endpoint = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.limits = limits
+        self.auth_token = auth_token
+        self.description = description
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._serving = threading.Event()
+        self._failure: BaseException | None = None
+
+    async def run(self, stop_on_signals: bool = False,
+                  how_to_stop: str = "Ctrl-C or SIGTERM stops it") -> None:
+        """Serve on the running loop until ``stop()`` (or SIGINT/SIGTERM when asked)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if stop_on_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await run_server(self.models, self.listeners, self.limits, self.auth_token,
+                             stop=self._stop, on_serving=lambda: self._announce(how_to_stop))
+        except OSError as error:  # listen() lost a race for the port since bind()
+            if self._serving.is_set():
+                raise
+            raise _cannot_listen(error, self.host, self.port) from None
+
+    def _announce(self, how_to_stop: str) -> None:
+        console.print(f"[green]Ready:[/] {self.description}, serving LMTP on "
+                      f"[bold]ws://{self.endpoint}/[/]; {how_to_stop}")
+        self._serving.set()
+
+    def start(self, how_to_stop: str) -> RunningServer:
+        """Serve on a thread of its own; returns once the socket serves."""
+        self._thread = threading.Thread(target=self._run_in_thread, args=(how_to_stop,),
+                                        name=f"lmql-serve-{self.port}", daemon=True)
+        self._thread.start()
+        while not self._serving.wait(0.1):
+            if not self._thread.is_alive():
+                raise LMQLError(f"the server on {self.endpoint} did not start: {self._failure}")
+        return self
+
+    def _run_in_thread(self, how_to_stop: str) -> None:
+        try:
+            asyncio.run(self.run(how_to_stop=how_to_stop))
+        except BaseException as error:  # told by start() when it happens before serving
+            self._failure = error
+            if self._serving.is_set():
+                raise
+            for listener in self.listeners:
+                listener.close()
+
+    def stop(self, timeout: float = 30) -> None:
+        """End open streams, close the connections and the socket; returns once done."""
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def wait(self, until: Callable[[], bool] = lambda: False) -> None:
+        """Block until the server stops or ``until()`` (Ctrl-C raises KeyboardInterrupt here)."""
+        while self._thread is not None and self._thread.is_alive() and not until():
+            self._thread.join(0.2)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def run_server(models: ModelHost, listeners: list[socket.socket],
+                     limits: protocol.Limits | None = None, auth_token: str = "", *,
+                     stop: asyncio.Event, on_serving: Callable[[], None]) -> None:
     app = make_app(models, limits, auth_token)
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
     app.on_response_prepare.append(_track(sockets))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    for bound_host, bound_port in runner.addresses[:1]:
-        console.print(f"Serving LMTP on [bold]ws://{host}:{bound_port}/[/] ({bound_host})")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    for listener in listeners:
+        await web.SockSite(runner, listener, backlog=LISTEN_BACKLOG).start()
+    on_serving()
     await stop.wait()
     console.print("Shutting down: ending open streams")
     await asyncio.to_thread(models.close)  # in-flight streams get an error entry

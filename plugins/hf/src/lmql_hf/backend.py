@@ -21,19 +21,14 @@ from transformers import AutoModelForCausalLM
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import TorchOps
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import fused, loading
-from lmql_hf.bundled import resolve
+from lmql_hf import fused, hub, loading
 from lmql_hf.graphs import DecodeGraphs, length_buckets
+from lmql_hf.options import ENGINE_OPTIONS
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.slots import SlotTable
 from lmql_hf.tokenizer import cached_tokenizer_json
 
 console = Console(stderr=True)
-
-# Options of this backend itself; everything else goes to from_pretrained.
-ENGINE_OPTIONS = {"max_batch": 64, "max_seq_len": 2048, "cuda_graphs": True, "reuse_prefixes": True,
-                  "cache_memory_fraction": 0.5, "cpu_cache_bytes": 4 << 30, "cpu_threads": None,
-                  "chain_steps": None, "fuse_kernels": None, "compile": False}
 
 
 @dataclass
@@ -53,9 +48,11 @@ class HFBackend(Backend):
         self.options = {k: kwargs.pop(k, v) for k, v in ENGINE_OPTIONS.items()}
         self.fused_modules = 0
         self.name = model
-        self.path = resolve(model)
         self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, **self.kwargs).eval()
+        self.path, offline = hub.locate(model, self.kwargs.get("revision"))
+        with loading.progress_bars(bool(self.options["progress"])):
+            loaded = AutoModelForCausalLM.from_pretrained(self.path, **dict(offline, **self.kwargs))
+        self.model = loaded.eval()
         self.model.requires_grad_(False)  # inference only: no autograd, also while capturing graphs
         self.device = self.model.get_input_embeddings().weight.device
         if _auto(self.options["fuse_kernels"], self.device.type == "cuda"):

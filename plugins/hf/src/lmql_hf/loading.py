@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -40,7 +41,33 @@ def loader_kwargs(cuda: bool, dtype: str | None, kwargs: dict[str, Any]) -> dict
             known = ", ".join(list(DTYPES) + list(QUANTIZED))
             raise LMQLError(f"unknown --dtype '{dtype}'; use one of {known}")
         result["dtype"] = DTYPES[dtype]
+    for key in ("torch_dtype", "dtype"):  # given as loader arguments: names, checked here
+        if isinstance(result.get(key), str) and result[key] != "auto":
+            result[key] = _dtype_named(key, result[key])
     return result
+
+
+def _dtype_named(option: str, name: str) -> torch.dtype:
+    found = DTYPES.get(name) or getattr(torch, name, None)
+    if not isinstance(found, torch.dtype):
+        raise LMQLError(f"unknown --{option} '{name}'; use auto or one of {', '.join(DTYPES)}")
+    return found
+
+
+@contextlib.contextmanager
+def progress_bars(shown: bool) -> Iterator[None]:
+    """Loading shows transformers' progress bars only when asked (``--progress True``): a
+    library call stays quiet and the application decides, as with other libraries."""
+    from transformers.utils import logging as hf_logging
+
+    hide = not shown and hf_logging.is_progress_bar_enabled()
+    if hide:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            hf_logging.enable_progress_bar()
 
 
 def constructor_call(name: str, kwargs: dict[str, Any]) -> str:

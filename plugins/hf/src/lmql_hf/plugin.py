@@ -24,7 +24,10 @@ def _tokenizer(model: str, tokenizer: str | None = None, backend: str | None = N
 
 @hookimpl
 def register_backends(register: Any) -> None:
-    register("hf", _backend, description="Hugging Face transformers (CPU, CUDA, several GPUs)")
+    from lmql_hf.options import option_help
+
+    register("hf", _backend, models=("lmql-tiny",), options=option_help(),
+             description="Hugging Face transformers (CPU, CUDA, several GPUs)")
 
 
 @hookimpl

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json, vocab_fingerprint
 from lmql_hf.bundled import resolve
+from lmql_hf.hub import hub_reachable
 
 
 class TransformersTokenizer:
@@ -45,6 +47,8 @@ def load_hf_tokenizer(name: str) -> Any:
     path = find_tokenizer_json(resolve(name)) or cached_tokenizer_json(name)
     if path:
         return JsonTokenizer.from_file(path)
+    if not Path(name).expanduser().is_dir() and not hub_reachable():
+        return None  # a hub name, not cached, and no hub: not ours to find (and no retries)
     try:
         from transformers import AutoTokenizer
 

@@ -1,0 +1,125 @@
+"""``lmql.serve`` from Python: blocking, in the background, inside an event loop, from a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import lmql
+from lmql_core.api.serve import RunningServer
+from lmql_core.errors import LMQLError
+from tests.conftest import free_port
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_background_server_serves_until_its_with_block_ends() -> None:
+    with lmql.serve("random", host="127.0.0.1", port=0, background=True, seed=3) as server:
+        assert server.endpoint == f"127.0.0.1:{server.port}"
+        info = lmql.model("random", endpoint=server.endpoint).model_info_sync()["model_info"]
+        assert info["seed"] == 3
+    assert refuses_connections(server.port)
+
+
+def test_background_server_started_inside_a_running_event_loop() -> None:
+    """As in a notebook cell: the caller's loop keeps running while the server serves."""
+    async def cell() -> tuple[str, str]:
+        server = lmql.serve("random", host="127.0.0.1", port=0, background=True, seed=4)
+        try:
+            llm = lmql.model("random", endpoint=server.endpoint, tokenizer="bytes")
+            served = await llm.generate("ab", max_tokens=3)
+            in_process = await lmql.model("local:random", tokenizer="bytes", seed=4).generate(
+                "ab", max_tokens=3)
+            return served, in_process
+        finally:
+            server.stop()
+
+    served, in_process = asyncio.run(cell())
+    assert served == in_process
+
+
+def test_background_server_started_from_a_thread_and_stopped_from_another() -> None:
+    started: list[RunningServer] = []
+    thread = threading.Thread(target=lambda: started.append(
+        lmql.serve("random", host="127.0.0.1", port=0, background=True, seed=5)))
+    thread.start()
+    thread.join(60)
+    [server] = started
+    assert lmql.model("random", endpoint=server.endpoint).model_info_sync()["model_info"]["seed"] == 5
+    server.stop()
+    assert refuses_connections(server.port)
+
+
+def test_a_busy_port_fails_before_loading_in_the_background_form() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(LMQLError, match=f"port {port} on 127.0.0.1 is in use"):
+            lmql.serve("random", host="127.0.0.1", port=port, background=True)
+
+
+CHECK = """
+def check(port, interrupt):
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    print(lmql.model("random", endpoint=f"127.0.0.1:{port}").model_info_sync()["model_info"]["seed"])
+    if interrupt:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as a notebook's interrupt button sends
+"""
+SCRIPTS = {
+    # a notebook: the cell runs on the kernel's loop, where Ctrl-C raises KeyboardInterrupt
+    "running loop": """
+threading.Thread(target=check, args=(PORT, True)).start()
+async def cell():
+    lmql.serve("random", host="127.0.0.1", port=PORT, seed=6)
+    print("stopped")
+asyncio.new_event_loop().run_until_complete(cell())
+""",
+    # asyncio.run's Ctrl-C cancels the task that blocks in serve
+    "asyncio.run": """
+threading.Thread(target=check, args=(PORT, True)).start()
+async def main():
+    lmql.serve("random", host="127.0.0.1", port=PORT, seed=6)
+    print("stopped")
+    await asyncio.sleep(0)
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    pass
+""",
+    # another thread: serves until the process ends
+    "thread": """
+threading.Thread(target=lmql.serve, args=("random",), daemon=True,
+                 kwargs=dict(host="127.0.0.1", port=PORT, seed=6)).start()
+check(PORT, False)
+print("stopped")
+""",
+}
+
+
+@pytest.mark.parametrize("where", list(SCRIPTS))
+def test_blocking_serve_works_in_a_running_loop_and_from_a_thread(where: str) -> None:
+    """The blocking form, where neither asyncio.run nor signal handlers are at hand; it stops
+    on Ctrl-C (run in a process of its own, so the test can press it)."""
+    script = ("import asyncio, os, signal, socket, threading, time, lmql\n" + CHECK
+              + SCRIPTS[where].replace("PORT", str(free_port())))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["6", "stopped"]
+    assert "Ready" in result.stderr and "Traceback" not in result.stderr
