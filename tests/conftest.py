@@ -146,6 +146,21 @@ class RawClient:
         return result
 
 
+async def first_tokens(endpoint: str, model: str, requests: list[dict[str, Any]], wave: int = 1000) -> list[int]:
+    """The first token of each GENERATE request, one stream each, sent over one connection in
+    waves of ``wave`` streams (servers allow 1024 at a time)."""
+    tokens: list[int] = []
+    async with RawClient(endpoint) as c:
+        for start in range(0, len(requests), wave):
+            batch = dict(enumerate(requests[start:start + wave], start=start))
+            for sid, request in batch.items():
+                await c.send("GENERATE", {"model": model, "stream_id": sid, "max_tokens": 1, **request})
+            entries = await c.collect(set(batch), timeout=120)
+            assert all("error" not in e[0] for e in entries.values()), entries
+            tokens.extend(entries[sid][0]["token"] for sid in batch)
+    return tokens
+
+
 @pytest.fixture(scope="session")
 def small_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer GPT-2 with random weights (tanh GELU), built here."""

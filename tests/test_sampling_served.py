@@ -16,14 +16,13 @@ import lmql
 from lmql_core.backend import StepInput
 from lmql_core.backends.random import RandomBackend
 from lmql_core.lmtp.loop import run_sync
-from tests.conftest import RawClient, Server
+from tests.conftest import RawClient, Server, first_tokens
 from tests.sampling_reference import assert_drawn_from, distribution
 
 VOCAB, EOS, SEED, CONTEXT = 12, 11, 1, 16
 LOADER = ("--seed", str(SEED), "--vocab_size", str(VOCAB), "--eos_token_id", str(EOS),
           "--max_context", str(CONTEXT))
 DRAWS = 2500  # per setting
-WAVE = 1000  # streams in flight on one connection at a time (the server allows 1024)
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +36,6 @@ def model_row(prompt: list[int]) -> np.ndarray:
     """The logits the served model computes after ``prompt``, from the backend itself."""
     backend = RandomBackend(seed=SEED, vocab_size=VOCAB, eos_token_id=EOS, max_context=CONTEXT)
     return np.asarray(backend.forward([StepInput(1, prompt)]).last_logits[0], dtype=np.float64)
-
-
-async def first_tokens(endpoint: str, requests: list[dict[str, Any]]) -> list[int]:
-    """The first token of each request, one stream each (in waves)."""
-    tokens: list[int] = []
-    async with RawClient(endpoint) as c:
-        for start in range(0, len(requests), WAVE):
-            wave = dict(enumerate(requests[start:start + WAVE], start=start))
-            for sid, request in wave.items():
-                await c.send("GENERATE", {"model": "random", "stream_id": sid, "max_tokens": 1, **request})
-            entries = await c.collect(set(wave))
-            assert all("error" not in e[0] for e in entries.values()), entries
-            tokens.extend(entries[sid][0]["token"] for sid in wave)
-    return tokens
 
 
 SETTINGS: list[dict[str, Any]] = [
@@ -67,7 +52,7 @@ def test_served_sampling_follows_the_reference(small_random: Server) -> None:
     prompt = [0]
     requests = [{"prompt": prompt, **s} for s in SETTINGS for _ in range(DRAWS)]
     order = np.random.default_rng(0).permutation(len(requests))  # settings mixed within every step
-    drawn = asyncio.run(first_tokens(small_random.endpoint, [requests[i] for i in order]))
+    drawn = asyncio.run(first_tokens(small_random.endpoint, "random", [requests[i] for i in order]))
     by_setting: list[list[int]] = [[] for _ in SETTINGS]
     for i, token in zip(order, drawn, strict=True):
         by_setting[i // DRAWS].append(token)
@@ -83,7 +68,7 @@ def test_the_bias_moves_the_distribution_as_the_reference_says(small_random: Ser
     """+2.5 on a token multiplies its odds against an unbiased one by e^2.5 (about 12)."""
     row = model_row([0])
     unbiased, favoured = 6, 4  # 0.176 and 0.074 without a bias
-    tokens = asyncio.run(first_tokens(small_random.endpoint,
+    tokens = asyncio.run(first_tokens(small_random.endpoint, "random",
                                       [{"prompt": [0], "temperature": 1.0, "logit_bias": {str(favoured): 2.5}}] * DRAWS))
     counts = np.bincount(tokens, minlength=VOCAB)
     expected = distribution(row, bias={favoured: 2.5})
