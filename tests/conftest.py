@@ -12,7 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,21 @@ def read_metric(text: str, name: str, model: str = "random", label: str | None =
     match = re.search(rf'^{name}(?:_total)?{re.escape(selector)} ([0-9.e+-]+)$', text, re.M)
     assert match, f"{name} not in metrics:\n{text}"
     return float(match.group(1))
+
+
+def server_metric(server: Server, name: str, model: str = "random") -> float:
+    """One model's value of a metric, read from a running server's /metrics."""
+    with urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10) as response:
+        return read_metric(response.read().decode(), name, model)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll until ``condition()`` holds; fail after ``timeout`` seconds (a bound on a hang, not a
+    speed requirement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
 
 
 def free_port() -> int:

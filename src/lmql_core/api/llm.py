@@ -127,14 +127,18 @@ class LLM:
         return run_sync(self._generate(prompt, max_tokens, decoder, temperature, n, **extra))
 
     def stream_sync(self, prompt: str, **options: Any) -> Iterator[str]:
-        """Text deltas of one continuation, as they arrive."""
+        """Text deltas of one continuation, as they arrive. Leaving the loop early ends the
+        stream (the server stops generating it where it supports CANCEL)."""
         deltas = self._stream(prompt, **options)
 
         async def next_delta() -> str | None:
             return await anext(deltas, None)
 
-        while (delta := asyncio.run_coroutine_threadsafe(next_delta(), client_loop()).result()) is not None:
-            yield delta
+        try:
+            while (delta := asyncio.run_coroutine_threadsafe(next_delta(), client_loop()).result()) is not None:
+                yield delta
+        finally:
+            asyncio.run_coroutine_threadsafe(deltas.aclose(), client_loop()).result()
 
     async def _score(self, prompt: str, values: list[str] | str) -> ScoringResult:
         values = [values] if isinstance(values, str) else list(values)
