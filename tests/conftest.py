@@ -19,6 +19,13 @@ from typing import Any
 
 import pytest
 
+from tests.skip_report import (  # noqa: F401  (hooks: loud module skips, strict in CI)
+    pytest_collectreport,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
