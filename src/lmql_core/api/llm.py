@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -99,7 +99,7 @@ class LLM:
 
     # --- text level -----------------------------------------------------------------------
 
-    async def _stream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
+    async def _stream(self, prompt: str, **options: Any) -> AsyncGenerator[str, None]:
         tokenizer = await self._tokenizers.get()
         decoder = IncrementalDecoder(tokenizer, skip={tokenizer.eos_token_id or -1})
         async with aclosing(self._tokens(await self._encode_prompt(prompt), **options)) as entries:
@@ -134,11 +134,14 @@ class LLM:
         async def next_delta() -> str | None:
             return await anext(deltas, None)
 
+        def wait(coro: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, client_loop()).result()
+
         try:
-            while (delta := asyncio.run_coroutine_threadsafe(next_delta(), client_loop()).result()) is not None:
+            while (delta := wait(next_delta())) is not None:
                 yield delta
         finally:
-            asyncio.run_coroutine_threadsafe(deltas.aclose(), client_loop()).result()
+            wait(deltas.aclose())
 
     async def _score(self, prompt: str, values: list[str] | str) -> ScoringResult:
         values = [values] if isinstance(values, str) else list(values)
