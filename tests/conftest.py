@@ -12,11 +12,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.skip_report import (  # noqa: F401  (hooks: loud module skips, strict in CI)
+    pytest_collectreport,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +36,21 @@ def read_metric(text: str, name: str, model: str = "random", label: str | None =
     match = re.search(rf'^{name}(?:_total)?{re.escape(selector)} ([0-9.e+-]+)$', text, re.M)
     assert match, f"{name} not in metrics:\n{text}"
     return float(match.group(1))
+
+
+def server_metric(server: Server, name: str, model: str = "random") -> float:
+    """One model's value of a metric, read from a running server's /metrics."""
+    with urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10) as response:
+        return read_metric(response.read().decode(), name, model)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll until ``condition()`` holds; fail after ``timeout`` seconds (a bound on a hang, not a
+    speed requirement)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -144,6 +167,21 @@ class RawClient:
                     if "error" in entry or entry.get("finish_reason") is not None:
                         open_ids.discard(sid)
         return result
+
+
+async def first_tokens(endpoint: str, model: str, requests: list[dict[str, Any]], wave: int = 1000) -> list[int]:
+    """The first token of each GENERATE request, one stream each, sent over one connection in
+    waves of ``wave`` streams (servers allow 1024 at a time)."""
+    tokens: list[int] = []
+    async with RawClient(endpoint) as c:
+        for start in range(0, len(requests), wave):
+            batch = dict(enumerate(requests[start:start + wave], start=start))
+            for sid, request in batch.items():
+                await c.send("GENERATE", {"model": model, "stream_id": sid, "max_tokens": 1, **request})
+            entries = await c.collect(set(batch), timeout=120)
+            assert all("error" not in e[0] for e in entries.values()), entries
+            tokens.extend(entries[sid][0]["token"] for sid in batch)
+    return tokens
 
 
 @pytest.fixture(scope="session")

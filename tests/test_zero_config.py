@@ -18,6 +18,7 @@ import lmql  # noqa: E402
 from lmql_core.errors import TokenizerMismatch  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
 from tests.conftest import RawClient, Server  # noqa: E402
+from tests.lmtp_proxy import RecordingProxy  # noqa: E402
 
 pytestmark = pytest.mark.hf
 TEXT = "Naïve café — 日本語 🙂 and so"
@@ -33,24 +34,33 @@ def tiny_server() -> Server:
 def test_model_info_advertises_the_extensions(tiny_server: Server) -> None:
     info = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint).model_info_sync()["model_info"]
     llm = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
-    assert info["extensions"] == {"tokenizer": llm.tokenizer.fingerprint(), "text": True}
+    assert info["extensions"] == {"tokenizer": llm.tokenizer.fingerprint(), "text": True, "cancel": True}
 
 
 def test_client_without_tokenizer_files_uses_the_servers(tiny_server: Server, tmp_path: Path) -> None:
+    """The first client process fetches the server's tokenizer (TOKENIZER, once) and caches it;
+    the second reads the cache and never asks (seen in the frames it sends through a proxy)."""
     expected = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint).generate_sync(TEXT, max_tokens=20)
+    proxy = RecordingProxy(tiny_server.endpoint)
     script = textwrap.dedent(f"""
         import lmql
-        llm = lmql.model("lmql-tiny", endpoint="{tiny_server.endpoint}")
+        llm = lmql.model("lmql-tiny", endpoint="{proxy.endpoint}")
         print(repr(llm.generate_sync({TEXT!r}, max_tokens=20)))
     """)
     # only the core's plugins: no lmql-hf, so no local way to find lmql-tiny's tokenizer
     env = {**os.environ, "LMQL_LOAD_PLUGINS": "", "LMQL_CACHE_DIR": str(tmp_path)}
-    for _ in range(2):  # the second run reads the tokenizer from the cache
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                env=env, timeout=60)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == repr(expected)
-        assert len(list((tmp_path / "tokenizers").glob("*.json"))) == 1
+    try:
+        for asked in (1, 0):  # the second run reads the tokenizer from the cache
+            first = len(proxy.sent)
+            result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                    env=env, timeout=60)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() == repr(expected)
+            assert len(list((tmp_path / "tokenizers").glob("*.json"))) == 1
+            commands = proxy.commands()[first:]
+            assert commands.count("TOKENIZER") == asked and "GENERATE" in commands
+    finally:
+        proxy.close()
 
 
 def test_a_matching_tokenizer_passes_the_check(tiny_server: Server) -> None:

@@ -43,7 +43,8 @@ class LoadedModel:
     def extensions(self) -> dict[str, Any]:
         """LMTP extensions this model supports, advertised in MODEL_INFO (LMQL 0.7 ignores them)."""
         tokenizer = self.tokenizer
-        return {"tokenizer": tokenizer.fingerprint() if tokenizer else None, "text": tokenizer is not None}
+        return {"tokenizer": tokenizer.fingerprint() if tokenizer else None, "text": tokenizer is not None,
+                "cancel": True}
 
     def info(self) -> dict[str, Any]:
         spec = plugins.backend_for_name(self.model_id.backend)

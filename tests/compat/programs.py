@@ -4,8 +4,10 @@
     <lmql-core venv>/bin/python  tests/compat/programs.py core ENDPOINT MODEL_DIR
 
 ``lmql``: LMQL 0.7.3's own client (``generate``, ``score``, queries with constraints, decoders)
-plus raw LMTP frames sent with aiohttp. ``core``: lmql-core's client. Every check prints one
-line ``COMPAT <json>`` with its name and result (or error); ``run_compat.py`` compares them.
+plus raw LMTP frames sent with aiohttp. ``core``: lmql-core's client. First a line
+``COMPAT_PLAN <json list>`` names the checks it will run; then every check prints one line
+``COMPAT <json>`` with its name and result (or error); ``run_compat.py`` compares them. It exits
+non-zero when it could not run them all (a crash, or a check with no answer: a stuck server).
 Names after MODEL_DIR select checks (``-NAME`` leaves one out).
 Only the standard library is imported at module level: each side brings its own ``lmql``.
 """
@@ -298,13 +300,13 @@ def core_checks(endpoint: str, folder: str) -> dict[str, Callable[[], Awaitable[
     }
 
 
-async def main(side: str, endpoint: str, folder: str, selection: list[str]) -> None:
+async def main(side: str, endpoint: str, folder: str, selection: list[str]) -> int:
     checks = (lmql_checks if side == "lmql" else core_checks)(endpoint, folder)
     only = {s for s in selection if not s.startswith("-")}
     skip = {s[1:] for s in selection if s.startswith("-")}
-    for name, check in checks.items():
-        if (only and name not in only) or name in skip:
-            continue
+    planned = {name: check for name, check in checks.items() if (not only or name in only) and name not in skip}
+    print("COMPAT_PLAN " + json.dumps(list(planned)), flush=True)
+    for name, check in planned.items():
         start = time.monotonic()
         record: dict[str, Any] = {"check": name}
         try:
@@ -312,16 +314,17 @@ async def main(side: str, endpoint: str, folder: str, selection: list[str]) -> N
         except asyncio.TimeoutError:
             record["error"] = f"no answer in {TIMEOUT:.0f} s"
             print("COMPAT " + json.dumps(record), flush=True)
-            return  # the server is stuck: the checks after this one would wait as long
+            return 2  # the server is stuck: the checks after this one would wait as long
         except Exception as e:
             record["error"] = f"{type(e).__name__}: {e}"
             record["traceback"] = traceback.format_exc()[-2000:]
         record["seconds"] = round(time.monotonic() - start, 2)
         print("COMPAT " + json.dumps(record), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
     side, endpoint, folder, *rest = sys.argv[1:]
     if side not in ("lmql", "core"):
         raise SystemExit("usage: programs.py lmql|core ENDPOINT MODEL_DIR [CHECK | -CHECK ...]")
-    asyncio.run(main(side, endpoint, folder, rest))
+    sys.exit(asyncio.run(main(side, endpoint, folder, rest)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -99,7 +99,7 @@ class LLM:
 
     # --- text level -----------------------------------------------------------------------
 
-    async def _stream(self, prompt: str, **options: Any) -> AsyncIterator[str]:
+    async def _stream(self, prompt: str, **options: Any) -> AsyncGenerator[str, None]:
         tokenizer = await self._tokenizers.get()
         decoder = IncrementalDecoder(tokenizer, skip={tokenizer.eos_token_id or -1})
         async with aclosing(self._tokens(await self._encode_prompt(prompt), **options)) as entries:
@@ -127,14 +127,21 @@ class LLM:
         return run_sync(self._generate(prompt, max_tokens, decoder, temperature, n, **extra))
 
     def stream_sync(self, prompt: str, **options: Any) -> Iterator[str]:
-        """Text deltas of one continuation, as they arrive."""
+        """Text deltas of one continuation, as they arrive. Leaving the loop early ends the
+        stream (the server stops generating it where it supports CANCEL)."""
         deltas = self._stream(prompt, **options)
 
         async def next_delta() -> str | None:
             return await anext(deltas, None)
 
-        while (delta := asyncio.run_coroutine_threadsafe(next_delta(), client_loop()).result()) is not None:
-            yield delta
+        def wait(coro: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, client_loop()).result()
+
+        try:
+            while (delta := wait(next_delta())) is not None:
+                yield delta
+        finally:
+            wait(deltas.aclose())
 
     async def _score(self, prompt: str, values: list[str] | str) -> ScoringResult:
         values = [values] if isinstance(values, str) else list(values)

@@ -95,12 +95,13 @@ class NumpyOps:
     def keep_top(self, x: np.ndarray, ks: list[int], ps: list[float]) -> np.ndarray:
         order = np.argsort(-x, axis=-1, kind="stable")
         ranked = np.take_along_axis(x, order, -1)
-        probs = np.exp(ranked - ranked[:, :1])
+        ranks = np.arange(x.shape[1])[None, :]
+        outside_k = ranks >= np.asarray([k or x.shape[1] for k in ks])[:, None]
+        # top-p over what top-k left, renormalized (transformers' order of warpers)
+        probs = np.where(outside_k, 0.0, np.exp(ranked - ranked[:, :1]))
         probs /= probs.sum(-1, keepdims=True)
         before = np.cumsum(probs, -1) - probs  # probability of the tokens ranked above
-        ranks = np.arange(x.shape[1])[None, :]
-        k = np.asarray([k or x.shape[1] for k in ks])[:, None]
-        drop = (ranks >= k) | (before >= np.asarray(ps, dtype=np.float32)[:, None])
+        drop = outside_k | (before >= np.asarray(ps, dtype=np.float32)[:, None])
         out = x.copy()
         np.put_along_axis(out, order, np.where(drop, -np.inf, ranked), -1)
         return out
@@ -193,11 +194,12 @@ class TorchOps:
     def keep_top(self, x: Any, ks: list[int], ps: list[float]) -> Any:
         t = self.torch
         ranked, order = x.sort(dim=-1, descending=True)
-        probs = t.softmax(ranked, dim=-1)
-        before = probs.cumsum(-1) - probs  # probability of the tokens ranked above
         ranks = t.arange(x.shape[1], device=x.device)[None, :]
-        k = self.tensor([k or x.shape[1] for k in ks], x.device)[:, None]
-        drop = (ranks >= k) | (before >= self.tensor(ps, x.device, x.dtype)[:, None])
+        outside_k = ranks >= self.tensor([k or x.shape[1] for k in ks], x.device)[:, None]
+        # top-p over what top-k left, renormalized (transformers' order of warpers)
+        probs = t.softmax(ranked.masked_fill(outside_k, float("-inf")), dim=-1)
+        before = probs.cumsum(-1) - probs  # probability of the tokens ranked above
+        drop = outside_k | (before >= self.tensor(ps, x.device, x.dtype)[:, None])
         return x.scatter(-1, order, ranked.masked_fill(drop, float("-inf")))
 
     def start_host_copy(self, *arrays: Any) -> Any:

@@ -6,6 +6,7 @@ Everything here runs on the client loop (``lmql_core.lmtp.loop``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncGenerator
@@ -21,9 +22,14 @@ _END = object()
 class LMTPClient:
     """Routes TOKEN entries to per-stream queues and MSG answers to their waiters."""
 
+    # whether the server stops a stream on CANCEL (an extension it advertises in MODEL_INFO):
+    # a stream abandoned before its end is then cancelled, not left generating
+    cancels = False
+
     def __init__(self) -> None:
         self._streams: dict[Any, asyncio.Queue[Any]] = {}
         self._ids = itertools.count(1)
+        self._cancelling: set[asyncio.Task[None]] = set()
 
     async def _send(self, command: str, payload: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -51,26 +57,48 @@ class LMTPClient:
         stream_id = next(self._ids)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._streams[stream_id] = queue
+        ended = False
         try:
             await self._send(command, dict(payload, stream_id=stream_id))
             while True:
                 entry = await queue.get()
+                ended = "error" in entry or "msg" in entry or entry.get("finish_reason") is not None
                 if "error" in entry:
                     raise (ConnectionLost if entry.get("lost") else ServerError)(entry["error"])
                 yield entry
-                if "msg" in entry or entry.get("finish_reason") is not None:
+                if ended:
                     return
         finally:
             self._streams.pop(stream_id, None)
+            if not ended and self.cancels:  # abandoned: broken out of, cancelled or closed early
+                self._cancel_soon(stream_id)
+
+    def _cancel_soon(self, stream_id: Any) -> None:
+        """Send CANCEL for an abandoned stream, without waiting (this may run in a cancelled task)."""
+        try:
+            task = asyncio.get_running_loop().create_task(self._send_cancel(stream_id))
+        except RuntimeError:  # finalized after the loop stopped: the connection is gone too
+            return
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
+    async def _send_cancel(self, stream_id: Any) -> None:
+        with contextlib.suppress(Exception):  # a connection that is gone has stopped the stream
+            await self._send(protocol.CANCEL, {"stream_id": stream_id})
 
     async def model_info(self, model: str) -> dict[str, Any]:
         async for entry in self.request("MODEL_INFO", {"model": model}):
-            return dict(entry["msg"])
+            answer = dict(entry["msg"])
+            info = answer.get("model_info")
+            extensions = info.get("extensions") if isinstance(info, dict) else None
+            if isinstance(extensions, dict) and extensions.get("cancel") is True:
+                self.cancels = True
+            return answer
         raise ConnectionLost("no answer to MODEL_INFO")
 
     async def tokenizer(self, model: str) -> dict[str, Any]:
         """The served model's tokenizer (the TOKENIZER extension; see MODEL_INFO's extensions)."""
-        async for entry in self.request("TOKENIZER", {"model": model}):
+        async for entry in self.request(protocol.TOKENIZER, {"model": model}):
             return dict(entry["msg"]["tokenizer"])
         raise ConnectionLost("no answer to TOKENIZER")
 
@@ -122,6 +150,7 @@ class WebSocketClient(LMTPClient):
                 raise ConnectionLost(f"{self.endpoint} is not an LMTP server: {e}") from None
             except (aiohttp.ClientError, OSError) as e:
                 raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {e}") from None
+            self.cancels = False  # a new connection, perhaps to another server: until MODEL_INFO says
             self._reader = asyncio.create_task(self._read(self._ws))
 
     async def _read(self, ws: Any) -> None:
@@ -159,6 +188,8 @@ def normalize_endpoint(endpoint: str | None) -> str:
 
 class InProcessClient(LMTPClient):
     """The ``local:`` transport: a session on the engine, minus the socket."""
+
+    cancels = True  # our own session, which always handles CANCEL
 
     _loaded: ClassVar[dict[str, InProcessClient]] = {}
 

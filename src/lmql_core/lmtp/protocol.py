@@ -14,6 +14,10 @@ from typing import Any
 from lmql_core.engine.sequence import SamplingParams, TokenEvent
 from lmql_core.errors import RequestError
 
+# Commands beyond LMQL 0.7, each advertised in MODEL_INFO's ``model_info.extensions``.
+TOKENIZER = "TOKENIZER"  # the served model's tokenizer
+CANCEL = "CANCEL"  # stop a stream and free it; no answer (unknown and finished ids are ignored)
+
 
 @dataclass(frozen=True)
 class Limits:

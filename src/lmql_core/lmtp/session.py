@@ -65,7 +65,7 @@ class Session:
 
     def _handlers(self) -> dict[str, Callable[[Any, dict[str, Any]], Any]]:
         return {"GENERATE": self._generate, "SCORE": self._score, "MODEL_INFO": self._model_info,
-                "TOKENIZER": self._tokenizer}
+                protocol.TOKENIZER: self._tokenizer, protocol.CANCEL: self._cancel}
 
     async def _model(self, body: dict[str, Any]) -> LoadedModel:
         name = body.get("model")
@@ -129,6 +129,16 @@ class Session:
         model = await self._model(body)
         self._send("MSG", [{"stream_id": stream_id, "model": model.model_id.served_name,
                             "model_info": model.info()}])
+
+    async def _cancel(self, stream_id: Any, body: dict[str, Any]) -> None:
+        """CANCEL (an extension): stop the stream and free it. Nothing is answered; a stream
+        that is unknown or already finished is ignored. Entries already on their way may
+        still arrive."""
+        active = self._active.pop(stream_id, None)
+        self._decoders.pop(stream_id, None)
+        if active is not None:
+            seq, model = active
+            model.engine.cancel([seq])
 
     def _check_context(self, model: LoadedModel, length: int) -> None:
         limit = model.backend.max_context
