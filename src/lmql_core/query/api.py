@@ -99,12 +99,12 @@ def _from_function(fn: Callable[..., Any], defaults: dict[str, Any]) -> Compiled
     source = textwrap.dedent("".join(lines))
     tree = ast.parse(source)
     definition = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
-    docstring = ast.get_docstring(definition, clean=False)
+    docstring = _raw_docstring(definition, source)
     namespace = {**fn.__globals__, **_closure(fn), **_caller_locals()}
     if docstring is not None and docstring.strip().startswith("lmql"):
         parsed = parse_query(docstring)
     else:
-        body = definition.body[1:] if docstring is not None else definition.body
+        body = definition.body  # a first string is the first prompt, not a docstring
         if not body:
             raise QuerySyntaxError(f"{fn.__name__} has no query: write LMQL in a '''lmql docstring or "
                                    "prompt strings in its body")
@@ -112,6 +112,18 @@ def _from_function(fn: Callable[..., Any], defaults: dict[str, Any]) -> Compiled
         text = textwrap.dedent("\n".join(source.splitlines()[start - 1:]))
         parsed = ParsedQuery(source, Clause(text, start))
     return CompiledQuery(parsed, definition.args, defaults, namespace, fn.__name__)
+
+
+def _raw_docstring(definition: ast.FunctionDef | ast.AsyncFunctionDef, source: str) -> str | None:
+    """The docstring as written (escapes such as ``\\n`` belong to the query's own strings)."""
+    first = definition.body[0] if definition.body else None
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            and isinstance(first.value.value, str)):
+        return None
+    literal = ast.get_source_segment(source, first.value) or ""
+    literal = literal.lstrip("rRbBuU")
+    quote = literal[:3] if literal[:3] in ('"""', "'''") else literal[:1]
+    return literal[len(quote):-len(quote)]
 
 
 def _closure(fn: Callable[..., Any]) -> dict[str, Any]:

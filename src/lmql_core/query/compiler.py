@@ -149,6 +149,10 @@ def _formatted(field: str) -> ast.FormattedValue:
         value = ast.parse(expr.strip(), mode="eval").body
     except SyntaxError:
         raise QuerySyntaxError(f"'{{{field}}}' in a prompt string is not a Python expression") from None
+    for node in ast.walk(value):  # located at its prompt statement, not at line 1
+        for attribute in ("lineno", "end_lineno", "col_offset", "end_col_offset"):
+            if hasattr(node, attribute):
+                delattr(node, attribute)
     return ast.FormattedValue(value, ord(conversion) if conversion else -1,
                               ast.JoinedStr([ast.Constant(spec)]) if spec else None)
 

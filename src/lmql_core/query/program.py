@@ -241,7 +241,10 @@ def _holes(body: list[ast.stmt]) -> list[str]:
     for node in ast.walk(ast.Module(body, [])):
         prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
         if prompt is not None:
-            names += _string_holes(prompt[0])
+            try:
+                names += _string_holes(prompt[0])
+            except QueryError as e:
+                raise e.at(node.lineno) from None  # type: ignore[attr-defined]
     return names
 
 
