@@ -148,6 +148,40 @@ def generate(ctx: click.Context, prompt: str, model: str, endpoint: str | None, 
         _echo_continuation(prompt, stream)
 
 
+@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "-m", help="Run with this model instead of the query's `from` clause "
+              "(local:NAME loads it in this process).")
+@click.option("--endpoint", "-e", help="host:port of the LMTP server for --model.")
+@click.pass_context
+def run_query(ctx: click.Context, file: str, model: str | None, endpoint: str | None) -> None:
+    """Run the LMQL program in FILE and print its result.
+
+    Further `--NAME VALUE` pairs are the query's inputs (True/False, ints and floats parsed as
+    such), e.g. `lmql run capital.lmql --country France`.
+    """
+    import lmql_core.api as api
+    from lmql_core.query import run_file
+
+    with _errors():
+        inputs = parse_loader_args(ctx.args)
+        if model is not None:
+            inputs["model"] = api.model(model, endpoint=endpoint)
+        results = run_file(file, **inputs)
+        for result in results if isinstance(results, list) else [results]:
+            _print_result(result)
+
+
+def _print_result(result: object) -> None:
+    prompt, variables = getattr(result, "prompt", None), getattr(result, "variables", None)
+    if prompt is None or variables is None:
+        console.print(repr(result), highlight=False, markup=False)
+        return
+    console.print(prompt, highlight=False, markup=False, soft_wrap=True)
+    for name, value in variables.items():
+        console.print(f"  {name} = {value!r}", style="dim", highlight=False, markup=False, soft_wrap=True)
+
+
 def _echo_continuation(prompt: str, stream: Iterator[str]) -> None:
     """The prompt, then the continuation as it arrives; the prompt shows with the first piece
     (an error before it shows alone), and the line always ends, so an error starts its own."""
