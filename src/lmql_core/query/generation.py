@@ -146,6 +146,8 @@ async def _stream(model: LLM, request: dict[str, Any], ids: list[int], variable:
             ids.append(token)
             received += 1
             following = variable.step(ids)
+            if entry.get("finish_reason") == "length" and received < budget:
+                return True, following  # the model's context is full: the value ends here
             if following.done or not following.same_mask(step) or received >= budget:
                 return False, following
             step = following

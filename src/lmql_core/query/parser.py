@@ -51,7 +51,7 @@ class _Line:
 
 def parse_query(source: str) -> ParsedQuery:
     """Split LMQL source into its parts (line numbers kept for error messages)."""
-    source = _strip_marker(textwrap.dedent(source))
+    source = _strip_marker(_dedent(source))
     offsets = _line_offsets(source)
 
     def at(pos: tuple[int, int]) -> int:
@@ -75,6 +75,14 @@ def parse_query(source: str) -> ParsedQuery:
             raise QuerySyntaxError(f"more than one '{keyword.string}' clause").at(keyword.start[0], keyword.line)
         query.clauses[keyword.string] = Clause(source[at(keyword.end):end].strip(), keyword.start[0])
     return query
+
+
+def _dedent(source: str) -> str:
+    """Dedented; a first line right after the opening quotes counts apart, as in docstrings."""
+    head, sep, rest = source.partition("\n")
+    if head.strip() and rest.strip():
+        return head.strip() + sep + textwrap.dedent(rest)
+    return textwrap.dedent(source)
 
 
 def _strip_marker(source: str) -> str:

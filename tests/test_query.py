@@ -1,0 +1,225 @@
+"""LMQL programs on lmql-core (lmql-tiny, in-process and served). Expected values come from
+transformers (greedy decoding under masks computed here, from LMQL 0.7's rules) or from what a
+constraint means; the differential suite against LMQL 0.7.3 itself is in tests/compat."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import lmql  # noqa: E402
+from lmql_hf.bundled import bundled_path  # noqa: E402
+from tests.conftest import Server  # noqa: E402
+
+pytestmark = pytest.mark.hf
+MODEL = "local:lmql-tiny"
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[object, object]:
+    path = bundled_path("lmql-tiny")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_server() -> Server:
+    server = Server("lmql-tiny")
+    yield server
+    server.stop()
+
+
+def greedy(reference: tuple[object, object], prompt: str, steps: int, allowed=None) -> list[int]:
+    """Greedy tokens after BOS + prompt; ``allowed(ids)`` (a set, or None for any) masks each step."""
+    model, tokenizer = reference
+    ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    out: list[int] = []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + out])).logits[0, -1]
+        mask = allowed(out) if allowed else None
+        if mask is not None:
+            banned = torch.ones_like(logits, dtype=torch.bool)
+            banned[list(mask)] = False
+            logits = logits.masked_fill(banned, -math.inf)
+        token = int(logits.argmax())
+        if token == tokenizer.eos_token_id:
+            break
+        out.append(token)
+    return out
+
+
+def test_the_docs_example_runs_verbatim_in_process() -> None:
+    result = lmql.run_sync('argmax "Hello[WHO]" from lmql.model("local:lmql-tiny") where len(TOKENS(WHO)) < 10')
+    assert result.prompt == "Hello" + result.variables["WHO"] and result.variables["WHO"]
+
+
+@pytest.mark.parametrize("where", ["local", "served"])
+def test_a_token_bound_gives_transformers_greedy_continuation(reference, tiny_server, where) -> None:
+    model = MODEL if where == "local" else lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
+    result = lmql.run_sync('argmax "Once upon a time[STORY]" where len(TOKENS(STORY)) < 12', model=model)
+    expected = reference[1].decode(greedy(reference, "Once upon a time", 11))
+    assert result.variables == {"STORY": expected}
+    assert result.prompt == "Once upon a time" + expected
+
+
+def test_in_list_follows_the_first_token_rule(reference) -> None:
+    tokenizer = reference[1]
+    options = [" mat", " dog", " table", " floor"]
+
+    def allowed(out: list[int]) -> set[int]:
+        text = tokenizer.decode(out)
+        rests = [o[len(text):] for o in options if o.startswith(text)]
+        mask = {tokenizer(r, add_special_tokens=False)["input_ids"][0] for r in rests if r}
+        return mask | ({tokenizer.eos_token_id} if "" in rests else set())
+
+    expected = tokenizer.decode(greedy(reference, "The cat sat on the", 6, allowed))
+    result = lmql.run_sync('argmax "The cat sat on the[PLACE]" where PLACE in [" mat", " dog", " table", " floor"]',
+                           model=MODEL)
+    assert result.variables["PLACE"] == expected and expected in options
+
+
+def test_stops_at_trims_after_the_phrase_and_stops_before_drops_it(reference) -> None:
+    tokenizer = reference[1]
+    prompt = "Q: What is the capital of France?\nA:"
+    free = tokenizer.decode(greedy(reference, prompt, 30))
+    assert "." in free, "the reference continuation must contain the phrase for this test"
+    at = lmql.run_sync(f'argmax {prompt!r}"[A]" where STOPS_AT(A, ".") and len(TOKENS(A)) < 31', model=MODEL)
+    before = lmql.run_sync(f'argmax {prompt!r}"[A]" where STOPS_BEFORE(A, ".") and len(TOKENS(A)) < 31',
+                           model=MODEL)
+    assert at.variables["A"] == free[:free.index(".") + 1]
+    assert before.variables["A"] == free[:free.index(".")]
+
+
+def test_int_regex_and_character_bounds_hold() -> None:
+    result = lmql.run_sync('''argmax
+        "Q: What is two plus two?\\nA: The answer is [N]" where INT(N) and len(TOKENS(N)) < 4
+        "\\nCode: [C]" where REGEX(C, r"[0-9]{3}-[a-z]{2}")
+        "\\nName:[NAME]" where len(NAME) < 9
+    ''', model=MODEL)
+    n, code, name = (result.variables[k] for k in ("N", "C", "NAME"))
+    assert isinstance(n, int) and f"is {n}\nCode: {code}\nName:{name}" in result.prompt
+    import re
+
+    assert re.fullmatch(r"[0-9]{3}-[a-z]{2}", code) and len(name) < 9
+
+
+def test_prompt_time_python_and_earlier_variables() -> None:
+    result = lmql.run_sync('''argmax
+        "Colors:\\n"
+        for i in range(count):
+            "{i + 1}. [COLOR]\\n" where STOPS_AT(COLOR, "\\n") and len(TOKENS(COLOR)) < 4
+            colors.append(COLOR.strip())
+        if len(colors) == count:
+            "Done: {', '.join(colors)}[END]" where len(TOKENS(END)) < 2
+        return {"colors": colors, "prompt_ends": END}
+    ''', model=MODEL, count=2, colors=[])
+    assert len(result["colors"]) == 2 and isinstance(result["prompt_ends"], str)
+
+
+def test_distribution_is_the_softmax_of_mean_logprobs(reference) -> None:
+    model, tokenizer = reference
+    result = lmql.run_sync('''argmax
+        "The cat sat on the[PLACE]"
+    from "local:lmql-tiny"
+    distribution
+        PLACE in [" mat", " dog", " table"]''')
+    prompt_ids = [tokenizer.bos_token_id] + tokenizer("The cat sat on the", add_special_tokens=False)["input_ids"]
+    means = []
+    for value in (" mat", " dog", " table"):
+        scored = tokenizer(value, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + scored])).logits[0].log_softmax(-1)
+        means.append(sum(float(logits[len(prompt_ids) - 1 + i, t]) for i, t in enumerate(scored)) / len(scored))
+    total = math.log(sum(math.exp(m) for m in means))
+    probs = [math.exp(m - total) for m in means]
+    got = [p for _, p in result.variables["P(PLACE)"]]
+    assert got == pytest.approx(probs, abs=1e-4)
+    best = (" mat", " dog", " table")[probs.index(max(probs))]
+    assert result.variables["PLACE"] == best and result.prompt == "The cat sat on the" + best
+
+
+def test_decoders_give_lists_of_the_right_shape() -> None:
+    sampled = lmql.run_sync('sample(n=3, temperature=0.8) "Once[S]" where len(TOKENS(S)) < 5', model=MODEL)
+    beams = lmql.run_sync('beam(n=2) "Once[S]" where len(TOKENS(S)) < 4', model=MODEL)
+    assert len(sampled) == 3 and all(isinstance(r.variables["S"], str) for r in sampled)
+    assert len(beams) == 2 and beams[0].variables["S"] != beams[1].variables["S"]
+
+
+def test_decorated_functions_docstring_plain_async_and_F() -> None:
+    @lmql.query(model=MODEL)
+    def capital(country):
+        '''lmql
+        "Q: What is the capital of {country}?\nA:[A]" where len(TOKENS(A)) < 4
+        return A
+        '''
+
+    @lmql.query(model=MODEL)
+    async def acapital(country):
+        '''lmql
+        argmax "Q: What is the capital of {country}?\nA:[A]" where len(TOKENS(A)) < 4
+        '''
+
+    @lmql.query(model=MODEL, max_len=24)
+    def plain(country):
+        "Q: What is the capital of {country}?\nA:[A]"
+        return A  # noqa: F821 (a prompt variable)
+
+    summarize = lmql.F("Q: What is the capital of {country}?\nA:[A]", "len(TOKENS(A)) < 4", model=MODEL)
+    first = capital("France")
+    assert asyncio.run(acapital("France")).variables["A"] == first and first.startswith("\t")
+    assert summarize(country="France") == first
+    assert plain("France").startswith(first)
+
+
+@pytest.mark.parametrize("source, message, line", [
+    ('argmax\n    "Hi [X"\nfrom "local:lmql-tiny"', "unclosed '['", 2),
+    ('argmax\n    "Hi [X]" where len(TOKENS(X)) < 3\n    "{NOPE}"\nfrom "local:lmql-tiny"',
+     "NameError: name 'NOPE' is not defined", 3),
+    ('argmax\n    "Hi [X]" where X.startswith("a")\nfrom "local:lmql-tiny"', "cannot be enforced", 2),
+    ('argmax\n    "Hi [X]"\nfrom "local:lmql-tiny"\nwhere not X in ["a"]', "cannot be enforced", 4),
+    ('argmax\n    x = = 1\n    "Hi [X]"\nfrom "local:lmql-tiny"', "invalid syntax", 2),
+])
+def test_bad_programs_fail_with_one_error_naming_the_line(source, message, line) -> None:
+    with pytest.raises(lmql.QueryError) as raised:
+        lmql.run_sync(source)
+    assert message in str(raised.value) and f"query line {line}" in str(raised.value)
+    error = raised.value  # no chained exception from our internals is shown with it
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+def test_an_unsupported_constraint_fails_before_any_generation() -> None:
+    unreachable = lmql.model("lmql-tiny", endpoint="127.0.0.1:9")  # nothing listens: any request fails
+    with pytest.raises(lmql.QueryError, match="cannot be enforced"):
+        lmql.run_sync('argmax "Hi [X]" where X.upper() == "A"', model=unreachable)
+
+
+def test_without_a_model_the_error_says_how_to_name_one() -> None:
+    with pytest.raises(lmql.QueryError, match="no model for this query"):
+        lmql.run_sync('argmax "Hi [X]" where len(TOKENS(X)) < 3')
+
+
+def test_lmql_run_cli_runs_a_file_with_inputs(tmp_path: Path) -> None:
+    query = tmp_path / "capital.lmql"
+    query.write_text(textwrap.dedent('''\
+        argmax
+            "Q: What is the capital of {country}?\\nA:[A]" where len(TOKENS(A)) < 4
+        from "local:lmql-tiny"
+    '''))
+    done = subprocess.run([sys.executable, "-m", "lmql_core", "run", str(query), "--country", "France"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "Q: What is the capital of France?" in done.stdout and "A = " in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "lmql_core", "run", str(query)], capture_output=True,
+                         text=True, timeout=240)
+    assert bad.returncode == 1 and "Error: NameError: name 'country'" in bad.stderr
+    assert "Traceback" not in bad.stderr
