@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import inspect
 import sys
@@ -61,7 +62,8 @@ def query(fn: Callable[..., Any] | str | None = None, *, is_async: bool | None =
 
 async def run(source: str, *args: Any, **kwargs: Any) -> Any:
     """Compile and run LMQL ``source``; keyword arguments are its inputs and run options."""
-    return await run_async(CompiledQuery(parse_query(source), None, {}, _caller_globals()).start(args, kwargs))
+    compiled = CompiledQuery(parse_query(source), None, {}, _caller_globals())
+    return await run_async(compiled.start(args, kwargs))
 
 
 def run_sync(source: str, *args: Any, **kwargs: Any) -> Any:
@@ -130,10 +132,8 @@ def _closure(fn: Callable[..., Any]) -> dict[str, Any]:
     cells = fn.__closure__ or ()
     values = {}
     for name, cell in zip(fn.__code__.co_freevars, cells, strict=True):
-        try:
+        with contextlib.suppress(ValueError):  # a cell not filled yet
             values[name] = cell.cell_contents
-        except ValueError:
-            pass
     return values
 
 

@@ -28,8 +28,9 @@ def compile_query(body: list[ast.stmt], params: ast.arguments, filename: str) ->
     params = ast.arguments(posonlyargs=[], args=[ast.arg(CTX), *params.posonlyargs, *params.args],
                            vararg=params.vararg, kwonlyargs=params.kwonlyargs, kw_defaults=params.kw_defaults,
                            kwarg=params.kwarg, defaults=params.defaults)
-    function = ast.AsyncFunctionDef(name=FUNCTION, args=params, body=body, decorator_list=[], returns=None,
-                                    type_params=[])
+    function = ast.AsyncFunctionDef(name=FUNCTION, args=params, body=body, decorator_list=[], returns=None)
+    if "type_params" in ast.AsyncFunctionDef._fields:  # Python 3.12+
+        function.type_params = []
     module = ast.Module(body=[function], type_ignores=[])
     ast.fix_missing_locations(module)
     try:
@@ -92,8 +93,8 @@ class PromptRewriter(ast.NodeTransformer):
         statements: list[ast.stmt] = [ast.Assign([ast.Name("__lmql_vars", ast.Store())], call)]
         for name in dict.fromkeys(holes):
             statements.append(ast.Assign([ast.Name(name, ast.Store())],
-                                         ast.Subscript(ast.Name("__lmql_vars", ast.Load()), ast.Constant(name),
-                                                       ast.Load())))
+                                         ast.Subscript(ast.Name("__lmql_vars", ast.Load()),
+                                                       ast.Constant(name), ast.Load())))
         for statement in statements:
             ast.copy_location(statement, node)
         return statements
@@ -110,13 +111,13 @@ def _is_hole_call(node: ast.expr) -> bool:
 def _segments(string: ast.expr) -> list[ast.expr]:
     """A prompt string's pieces: text (an f-string where it interpolates) and hole calls."""
     if isinstance(string, ast.Constant):
-        parts: list[Any] = parse_qstring(string.value)
+        parts: list[Any] = parse_qstring(str(string.value))
     else:  # an explicit f-string: its formatted values are text, holes come from its literal parts
         assert isinstance(string, ast.JoinedStr)
         parts = []
         for value in string.values:
             if isinstance(value, ast.Constant):
-                parts += parse_qstring(value.value, interpolate=False)
+                parts += parse_qstring(str(value.value), interpolate=False)
             else:
                 parts.append(value)
     segments: list[ast.expr] = []

@@ -18,14 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from lmql_core.query.errors import QueryError, UnsupportedConstraint
+from lmql_core.query.errors import QueryError
 from lmql_core.query.vocabulary import Vocabulary
 
 COMPARISONS: dict[type, Callable[[Any, Any], bool]] = {
     ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
     ast.Eq: operator.eq, ast.NotEq: operator.ne,
 }
-FLIPPED = {ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Gt: ast.Lt, ast.GtE: ast.LtE, ast.Eq: ast.Eq, ast.NotEq: ast.NotEq}
+FLIPPED = {ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Gt: ast.Lt, ast.GtE: ast.LtE, ast.Eq: ast.Eq,
+           ast.NotEq: ast.NotEq}
 
 
 @dataclass
@@ -172,7 +173,8 @@ class StopsAt(Leaf):
     def phrase(self, scope: Scope) -> str:
         phrase = scope.eval(self.args[0])
         if not isinstance(phrase, str) or not phrase:
-            raise QueryError(f"the stopping phrase of {self.source} must be a non-empty string, not {phrase!r}")
+            raise QueryError(f"the stopping phrase of {self.source} must be a non-empty string, "
+                             f"not {phrase!r}")
         return phrase
 
     @staticmethod
@@ -208,7 +210,8 @@ class Count(Leaf):
             return Allowed(tokens, op(now, limit))
         now = len(value.text)
         if self.compare in (ast.Lt, ast.LtE, ast.Eq):
-            tokens = COMPARISONS[ast.LtE if self.compare is ast.Eq else self.compare](now + vocab.lengths, limit)
+            bound = COMPARISONS[ast.LtE if self.compare is ast.Eq else self.compare]
+            tokens = np.asarray(bound(now + vocab.lengths, limit), dtype=bool)
         else:
             tokens = None
         return Allowed(tokens, op(now, limit))

@@ -37,7 +37,8 @@ class DecoderSpec:
         temperature = kwargs.get("temperature")
         if name == "argmax" and temperature not in (None, 0, 0.0):
             name = "sample"  # as LMQL: a temperature makes argmax sample
-        return cls(name, n, temperature, int(kwargs.get("max_len", kwargs.get("max_length", DEFAULT_MAX_LENGTH))),
+        max_length = int(kwargs.get("max_len", kwargs.get("max_length", DEFAULT_MAX_LENGTH)))
+        return cls(name, n, temperature, max_length,
                    {k: kwargs[k] for k in cls.FORWARDED if k in kwargs})
 
     @property

@@ -42,7 +42,7 @@ class Step:
         a, b = self.allowed, other.allowed
         if a.eos != b.eos or (a.tokens is None) != (b.tokens is None):
             return False
-        return a.tokens is None or bool(np.array_equal(a.tokens, b.tokens))
+        return a.tokens is None or b.tokens is None or bool(np.array_equal(a.tokens, b.tokens))
 
     def logit_bias(self, vocab: Vocabulary) -> dict[str, int] | None:
         tokens, eos = self.allowed.tokens, vocab.eos

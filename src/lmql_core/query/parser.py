@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import textwrap
 import tokenize
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lmql_core.query.errors import QuerySyntaxError
@@ -18,6 +19,7 @@ from lmql_core.query.errors import QuerySyntaxError
 DECODERS = ("argmax", "sample", "beam")
 UNSUPPORTED_DECODERS = ("beam_var", "var", "beam_sample", "best_k", "sample_var")
 CLAUSES = ("from", "where", "distribution")
+Offset = Callable[[tuple[int, int]], int]  # (row, column) to a position in the source
 WHERE_MARK = "__lmql_where__"  # a statement-level where, rewritten as ("prompt", WHERE_MARK, (cond))
 
 
@@ -72,7 +74,8 @@ def parse_query(source: str) -> ParsedQuery:
     for i, keyword in enumerate(keywords):
         end = at(keywords[i + 1].start) if i + 1 < len(keywords) else len(source)
         if keyword.string in query.clauses:
-            raise QuerySyntaxError(f"more than one '{keyword.string}' clause").at(keyword.start[0], keyword.line)
+            raise QuerySyntaxError(f"more than one '{keyword.string}' clause").at(keyword.start[0],
+                                                                                 keyword.line)
         query.clauses[keyword.string] = Clause(source[at(keyword.end):end].strip(), keyword.start[0])
     return query
 
@@ -120,7 +123,7 @@ def _logical_lines(source: str) -> list[_Line]:
     return lines
 
 
-def _decoder_clause(query: ParsedQuery, tokens: list[tokenize.TokenInfo], at: object,
+def _decoder_clause(query: ParsedQuery, tokens: list[tokenize.TokenInfo], at: Offset,
                     source: str) -> tokenize.TokenInfo | None:
     """Read a leading decoder (``argmax``, ``sample(n=2)``); return the body's first token."""
     first = tokens[0]
@@ -142,9 +145,7 @@ def _decoder_clause(query: ParsedQuery, tokens: list[tokenize.TokenInfo], at: ob
             j += 1
         if j == len(tokens):
             raise QuerySyntaxError(f"unclosed '(' after '{first.string}'").at(first.start[0], first.line)
-        offset = at  # type: ignore[assignment]
-        query.decoder_args = Clause(source[offset(tokens[i].end):offset(tokens[j].start)],  # type: ignore[operator]
-                                    tokens[i].start[0])
+        query.decoder_args = Clause(source[at(tokens[i].end):at(tokens[j].start)], tokens[i].start[0])
         i = j + 1
     return tokens[i] if i < len(tokens) else None
 
@@ -180,9 +181,8 @@ def _only_clauses_after(lines: list[_Line], n: int) -> bool:
 
 
 def _statement_wheres(lines: list[_Line], start: tokenize.TokenInfo | None,
-                      keywords: list[tokenize.TokenInfo], at: object) -> list[tuple[int, int, str]]:
+                      keywords: list[tokenize.TokenInfo], at: Offset) -> list[tuple[int, int, str]]:
     """Edits (offset, length replaced, text) that turn ``"p" where c`` into ``("p", MARK, (c))``."""
-    offset = at  # type: ignore[assignment]
     edits: list[tuple[int, int, str]] = []
     first_clause = keywords[0].start if keywords else None
     for line in lines:
@@ -198,8 +198,8 @@ def _statement_wheres(lines: list[_Line], start: tokenize.TokenInfo | None,
             last = line.tokens[-1]
             if first_clause and last.end > first_clause:
                 last = max((t for t in line.tokens if t.end <= first_clause), key=lambda t: t.end)
-            edits += [(offset(head.start), 0, "("), (offset(token.start), 5, f", {WHERE_MARK}, ("),  # type: ignore[operator]
-                      (offset(last.end), 0, "))")]  # type: ignore[operator]
+            edits += [(at(head.start), 0, "("), (at(token.start), 5, f", {WHERE_MARK}, ("),
+                      (at(last.end), 0, "))")]
             break
     return edits
 

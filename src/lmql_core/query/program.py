@@ -29,7 +29,7 @@ RUN_OPTIONS = ("model", "decoder", "output_writer", "certificate", "cache", *Dec
 @dataclass
 class CompiledQuery:
     parsed: ParsedQuery
-    params: ast.arguments
+    params: ast.arguments | None  # None: a query from source, whose inputs are its free names
     defaults: dict[str, Any] = field(default_factory=dict)  # from @lmql.query(model=..., decoder=...)
     globals: dict[str, Any] = field(default_factory=dict)
     name: str = "query"
@@ -65,7 +65,8 @@ class CompiledQuery:
         try:
             parse_where(where.text if where else None, self.variables, self.variables)
         except QueryError as e:
-            raise e.at(where.line if where else None, self.parsed.source_line(where.line if where else None))
+            line = where.line if where else None
+            raise e.at(line, self.parsed.source_line(line)) from None
         for node in ast.walk(ast.Module(self.body, [])):
             prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
             if prompt is None or prompt[1] is None:
@@ -74,7 +75,8 @@ class CompiledQuery:
             try:
                 parse_where(ast.unparse(prompt[1]), holes, self.variables)
             except QueryError as e:
-                raise e.at(node.lineno, self.parsed.source_line(node.lineno))  # type: ignore[attr-defined]
+                line = node.lineno  # type: ignore[attr-defined]
+                raise e.at(line, self.parsed.source_line(line)) from None
 
     def program(self) -> Program:
         where = self.parsed.clauses.get("where")
@@ -97,9 +99,8 @@ class CompiledQuery:
         """Query inputs and run options (model=, decoder=, n=, ...)."""
         inputs, options = {}, {}
         for key, value in kwargs.items():
-            if self.params is not None and key in _param_names(self.params):
-                inputs[key] = value
-            elif self.params is None and key in self.free_names:
+            declared = _param_names(self.params) if self.params is not None else self.free_names
+            if key in declared:
                 inputs[key] = value
             elif key in RUN_OPTIONS:
                 options[key] = value
@@ -250,10 +251,10 @@ def _holes(body: list[ast.stmt]) -> list[str]:
 
 def _string_holes(string: ast.expr) -> list[str]:
     if isinstance(string, ast.Constant):
-        parts = parse_qstring(string.value)
+        parts = parse_qstring(str(string.value))
     else:
         parts = [p for v in string.values if isinstance(v, ast.Constant)  # type: ignore[attr-defined]
-                 for p in parse_qstring(v.value, interpolate=False)]
+                 for p in parse_qstring(str(v.value), interpolate=False)]
     return [p.name for p in parts if isinstance(p, Hole)]
 
 
@@ -263,7 +264,7 @@ def _names(body: list[ast.stmt], parsed: ParsedQuery) -> set[str]:
     for node in ast.walk(ast.Module(body, [])):
         prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
         if prompt is not None and isinstance(prompt[0], ast.Constant):
-            for part in parse_qstring(prompt[0].value):
+            for part in parse_qstring(str(prompt[0].value)):
                 if not isinstance(part, Hole) and hasattr(part, "expr"):
                     names |= _expr_names(part.expr)
     for clause in [parsed.decoder_args, *parsed.clauses.values()]:
@@ -290,6 +291,7 @@ def _raised_in_query(e: BaseException) -> bool:
 
 
 def _query_line(e: BaseException) -> int | None:
-    lines = [line for frame, line in traceback.walk_tb(e.__traceback__) if frame.f_code.co_filename == FILENAME]
+    frames = traceback.walk_tb(e.__traceback__)
+    lines = [line for frame, line in frames if frame.f_code.co_filename == FILENAME]
     return lines[-1] if lines else None
 

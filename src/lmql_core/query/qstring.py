@@ -51,7 +51,8 @@ def parse_qstring(s: str, interpolate: bool = True) -> list[Segment]:
         elif c == "[":
             end = s.find("]", i)
             if end < 0:
-                raise QuerySyntaxError(f"unclosed '[' in prompt string {s!r} (write '[[' for a literal bracket)")
+                raise QuerySyntaxError(f"unclosed '[' in prompt string {s!r} "
+                                       "(write '[[' for a literal bracket)")
             flush()
             segments.append(_hole(s[i + 1:end], s))
             i = end + 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmql_core.api.llm import LLM
 from lmql_core.query.constraints import Both, IsInt, Node, Scope
@@ -17,6 +17,9 @@ from lmql_core.query.errors import QueryError
 from lmql_core.query.qstring import Hole
 from lmql_core.query.vocabulary import Vocabulary
 from lmql_core.query.where import parse_where
+
+if TYPE_CHECKING:
+    from lmql_core.query.generation import Variable
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Decided:
 
 
 # How a hole gets its value: generate it now, or (beam search) replay or suspend.
-Decide = Callable[["QueryContext", str, list[int], "Variable"], Awaitable[Decided]]  # noqa: F821
+Decide = Callable[["QueryContext", str, list[int], "Variable"], Awaitable[Decided]]
 
 
 @dataclass
