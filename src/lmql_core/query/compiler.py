@@ -30,7 +30,7 @@ def compile_query(body: list[ast.stmt], params: ast.arguments, filename: str) ->
                            kwarg=params.kwarg, defaults=params.defaults)
     function = ast.AsyncFunctionDef(name=FUNCTION, args=params, body=body, decorator_list=[], returns=None)
     if "type_params" in ast.AsyncFunctionDef._fields:  # Python 3.12+
-        function.type_params = []
+        function.type_params = []  # type: ignore[attr-defined]
     module = ast.Module(body=[function], type_ignores=[])
     ast.fix_missing_locations(module)
     try:
