@@ -243,6 +243,17 @@ class OneOf(Leaf):
         return text in _options(args[0], self.source)
 
 
+@dataclass
+class NoneOf(Leaf):
+    """``not V in [options]``: the variable may not end on one of them."""
+
+    def mask(self, value: Value, args: list[Any], vocab: Vocabulary) -> Allowed:
+        return Allowed(None, value.text not in _options(args[0], self.source))
+
+    def holds(self, text: str, args: list[Any], vocab: Vocabulary) -> bool:
+        return text not in _options(args[0], self.source)
+
+
 def _options(options: Any, source: str) -> list[str]:
     if isinstance(options, str) or not all(isinstance(o, str) for o in options):
         raise QueryError(f"{source}: the options must be a list of strings")

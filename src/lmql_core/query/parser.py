@@ -168,7 +168,7 @@ def _clause_keywords(lines: list[_Line], start: tokenize.TokenInfo | None) -> li
             rest = line.tokens[k:]
             if token.string == "from" and any(t.string == "import" for t in rest):
                 continue
-            if token.string == "where" and not found and not _only_clauses_after(lines, n):
+            if token.string == "where" and k != 0 and not found and not _only_clauses_after(lines, n):
                 continue  # a statement-level where
             if token.string == "distribution" and k != 0 and not found:
                 continue
@@ -177,7 +177,9 @@ def _clause_keywords(lines: list[_Line], start: tokenize.TokenInfo | None) -> li
 
 
 def _only_clauses_after(lines: list[_Line], n: int) -> bool:
-    return all(line.indent == 0 and line.tokens[0].string in CLAUSES for line in lines[n + 1:])
+    """Whether the lines after line ``n`` hold only clauses (and their indented continuations)."""
+    rest = lines[n + 1:]
+    return not rest or (rest[0].indent == 0 and rest[0].tokens[0].string in CLAUSES)
 
 
 def _statement_wheres(lines: list[_Line], start: tokenize.TokenInfo | None,
@@ -210,8 +212,8 @@ def _body_text(source: str, start: int, end: int, edits: list[tuple[int, int, st
         text = text[:offset] + replacement + text[offset + length:]
         if offset <= end:
             end += len(replacement) - length
-    body = text[start:end]
-    head, sep, rest = body.partition("\n")
-    if head.strip():
+    line_start = text.rfind("\n", 0, start) + 1
+    if text[line_start:start].strip():  # the body starts after the decoder on its line
+        head, sep, rest = text[start:end].partition("\n")
         return head.strip() + sep + textwrap.dedent(rest)
-    return "\n" + textwrap.dedent(rest)
+    return textwrap.dedent(text[line_start:end])

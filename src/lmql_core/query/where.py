@@ -14,6 +14,7 @@ from lmql_core.query.constraints import (
     Either,
     IsInt,
     Node,
+    NoneOf,
     OneOf,
     Regex,
     StopsAt,
@@ -45,6 +46,8 @@ def _node(expr: ast.expr, generated: frozenset[str], known: frozenset[str]) -> N
         inner = _node(expr.operand, generated, known)
         if isinstance(inner, Condition):
             return Condition(inner.expr, inner.names, not inner.negate)
+        if isinstance(inner, OneOf):
+            return NoneOf(inner.var, inner.args, ast.unparse(expr))
         raise _unsupported(expr, "'not' can only negate conditions on earlier variables")
     leaf = _leaf(expr, generated, known)
     if leaf is not None:
