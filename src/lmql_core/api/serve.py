@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import weakref
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +14,8 @@ from rich.console import Console
 from lmql_core import plugins
 from lmql_core.identifiers import format_kwargs, parse_model_id
 from lmql_core.lmtp import gc_pauses, protocol
-from lmql_core.lmtp.server import make_app
+from lmql_core.lmtp.guard import GuardedSite
+from lmql_core.lmtp.server import GUARD_KEY, make_app, shut_down
 from lmql_core.serving import ModelHost, load_model
 
 DEFAULT_MODEL = "lmql-tiny"
@@ -62,12 +62,12 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
 
 async def run_server(models: ModelHost, host: str, port: int,
                      limits: protocol.Limits | None = None, auth_token: str = "") -> None:
+    limits = limits or protocol.Limits()
     app = make_app(models, limits, auth_token)
-    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
-    app.on_response_prepare.append(_track(sockets))
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # shut_down has ended every connection before the runner's cleanup waits on them
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = GuardedSite(runner, host, port, app[GUARD_KEY])
     await site.start()
     for bound_host, bound_port in runner.addresses[:1]:
         console.print(f"Serving LMTP on [bold]ws://{host}:{bound_port}/[/] ({bound_host})")
@@ -76,17 +76,6 @@ async def run_server(models: ModelHost, host: str, port: int,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    console.print("Shutting down: ending open streams")
-    await asyncio.to_thread(models.close)  # in-flight streams get an error entry
-    await asyncio.sleep(0.2)  # let the writers send those entries
-    for ws in list(sockets):
-        await ws.close()
+    console.print(f"Shutting down: ending open streams (at most {limits.shutdown_grace_s:g} s)")
+    await shut_down(app, limits.shutdown_grace_s)  # in-flight streams get an error entry
     await runner.cleanup()
-
-
-def _track(sockets: weakref.WeakSet[web.WebSocketResponse]) -> Any:
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        if isinstance(response, web.WebSocketResponse):
-            sockets.add(response)
-
-    return on_prepare
