@@ -179,3 +179,42 @@ def test_connections_beyond_the_cap_are_refused_with_503() -> None:
         assert status == 503 and admitted == 3, message
     finally:
         assert server.stop() == 0, server.output()
+
+
+@pytest.fixture(scope="module")
+def tiny_server() -> Server:
+    pytest.importorskip("lmql_hf")
+    server = Server("lmql-tiny")
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+def _text_reply(server: Server, command: str, body: dict) -> dict:
+    async def scenario() -> dict:
+        async with RawClient(server.endpoint) as c:
+            await c.send(command, {"model": "lmql-tiny", "stream_id": 1, "max_tokens": 4, **body})
+            return (await c.stream(1))[-1]
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("command", "body", "field"), [
+    ("GENERATE", {"text": "a" * 15_000_000}, "text"),
+    ("SCORE", {"text": "a", "scored_text": "b" * 13_000_000}, "scored_text"),
+])
+def test_huge_texts_are_refused_before_tokenizing(tiny_server: Server, command: str, body: dict,
+                                                  field: str) -> None:
+    entry = _text_reply(tiny_server, command, body)
+    # lmql-tiny's context holds 512 tokens; 64 characters a token is the most accepted
+    assert f"'{field}' has {len(body[field])} characters" in entry["error"]
+    assert "at most 32768 characters" in entry["error"]
+    assert health(tiny_server.endpoint)["status"] == "ok"
+
+
+@pytest.mark.parametrize("field", ["text", "scored_text"])
+def test_a_lone_surrogate_in_text_mode_is_a_bad_request(tiny_server: Server, field: str) -> None:
+    body = {"text": "Once upon", "scored_text": " a time", field: "x\ud800y"}
+    entry = _text_reply(tiny_server, "SCORE" if field == "scored_text" else "GENERATE", body)
+    assert f"'{field}' is not valid Unicode: it holds a lone surrogate" in entry["error"]
+    assert "internal error" not in entry["error"]
+    assert _text_reply(tiny_server, "GENERATE", {"text": "Once upon a time"})["finish_reason"] == "length"
