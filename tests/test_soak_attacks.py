@@ -12,6 +12,7 @@ notwithstanding. ``LMQL_SOAK_ATTACK_SECONDS`` sets how long the attack lasts (de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -109,11 +110,8 @@ async def _flood(server: Server, stop: asyncio.Event) -> None:
             await c.send("GENERATE", {"model": "lmql-tiny", "prompt": [1 + sid % 500, 7], "stream_id": sid,
                                       "max_tokens": 400})
         while not stop.is_set():
-            with_timeout = asyncio.wait_for(c.frame(), 1)
-            try:
-                await with_timeout
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await c.frame(timeout=1)
 
 
 def _stalled_client(server: Server) -> object:

@@ -21,7 +21,7 @@ REFUSAL_LINGER_S = 1.0  # a refused client gets this long to read the 503 before
 class ConnectionGuard:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.open: dict[asyncio.BaseTransport, GuardedProtocol] = {}
+        self.open: dict[asyncio.Transport, GuardedProtocol] = {}
         self.closing = False  # shutting down: new connections are refused
 
     def handshake_done(self, transport: Any) -> None:

@@ -121,7 +121,8 @@ def logit_bias(value: Any, vocab_size: int, limits: Limits) -> dict[int, float]:
             raise RequestError(f"'logit_bias' key {shown(repr(key), 40)} is not a token id")
         token = int(key) if len(key) <= 18 else vocab_size  # int() refuses 4,300 digits and more
         if not 0 <= token < vocab_size:
-            raise RequestError(f"'logit_bias' key {shown(key, 40)} is outside the vocabulary [0, {vocab_size})")
+            raise RequestError(f"'logit_bias' key {shown(key, 40)} is outside the vocabulary "
+                               f"[0, {vocab_size})")
         if isinstance(b, bool) or not isinstance(b, int | float) or math.isnan(b):
             raise RequestError(f"'logit_bias' value for {token} must be a number")
         bias[token] = float(b)

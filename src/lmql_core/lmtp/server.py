@@ -27,6 +27,7 @@ LIMITS_KEY = web.AppKey("limits", protocol.Limits)
 TOKEN_KEY = web.AppKey("auth_token", str)
 CONNECTIONS_KEY = web.AppKey("connections", set)
 GUARD_KEY = web.AppKey("guard", ConnectionGuard)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def authorized(request: web.Request) -> bool:
@@ -82,7 +83,7 @@ async def shut_down(app: web.Application, grace_s: float) -> None:
         await connection.flushed()
         await connection.ws.close()
 
-    connections = list(app[CONNECTIONS_KEY])
+    connections: list[Connection] = [*app[CONNECTIONS_KEY]]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(close(c) for c in connections), return_exceptions=True),
                                max(0.0, deadline - _now()))
@@ -99,22 +100,25 @@ async def _in_daemon_thread(work: Callable[[], object]) -> None:
     """``work()`` on a daemon thread: unlike ``asyncio.to_thread``, one that never returns does
     not keep the process from exiting."""
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
 
     def run() -> None:
         try:
             work()
         finally:
             with contextlib.suppress(RuntimeError):  # the loop closed first: nobody waits
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(finish)
 
     threading.Thread(target=run, name="lmql-shutdown", daemon=True).start()
     await done
 
 
 @web.middleware
-async def _handshake_done(request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def _handshake_done(request: web.Request, handler: Handler) -> web.StreamResponse:
     request.app[GUARD_KEY].handshake_done(request.transport)
     return await handler(request)
 

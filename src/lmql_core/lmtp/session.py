@@ -56,7 +56,8 @@ class Session:
         try:
             handler = self._handlers().get(command)
             if handler is None:
-                raise RequestError(f"unknown command '{shown(command)}' (expected {', '.join(self._handlers())})")
+                expected = ", ".join(self._handlers())
+                raise RequestError(f"unknown command '{shown(command)}' (expected {expected})")
             body = protocol.require_object(payload, command)
             stream_id = protocol.stream_id_of(body)
             await handler(stream_id, body)
