@@ -8,6 +8,7 @@ import json
 import aiohttp
 import pytest
 
+from tests.attackers import http_status, upgrade_request
 from tests.conftest import RawClient, Server
 
 GOOD = {"model": "random", "prompt": [1, 2], "max_tokens": 3}
@@ -70,7 +71,12 @@ BAD_FRAMES = [
     (_generate(logit_bias={"abc": 5}), "'logit_bias' key 'abc' is not a token id"),
     (_generate(logit_bias={"1.5": 5}), "'logit_bias' key '1.5' is not a token id"),
     (_generate(logit_bias={str(VOCAB + 3): 5}), f"'logit_bias' key {VOCAB + 3} is outside the vocabulary"),
-    (_generate(logit_bias={"-1": 5}), "'logit_bias' key -1 is outside the vocabulary"),
+    (_generate(logit_bias={"-1": 5}), "'logit_bias' key '-1' is not a token id"),
+    # only plain decimal digits: Python's int() would read these as 7, 8 and 10 (issue 18, item 10)
+    (_generate(logit_bias={" 7 ": 5}), "'logit_bias' key ' 7 ' is not a token id"),
+    (_generate(logit_bias={"\u0668": 5}), "'logit_bias' key '\u0668' is not a token id"),
+    (_generate(logit_bias={"1_0": 5}), "'logit_bias' key '1_0' is not a token id"),
+    (_generate(logit_bias={"9" * 5000: 5}), "'logit_bias' key 9999999999"),
     (_generate(logit_bias={"3": "high"}), "'logit_bias' value for 3 must be a number"),
     (_generate(logit_bias=[1, 2]), "'logit_bias' must be an object"),
     (_generate(top_logprobs=10**6), "'top_logprobs' must be between 0 and 100"),
@@ -139,3 +145,56 @@ def test_duplicate_stream_id_on_one_connection(random_server: Server) -> None:
 
     [entry] = asyncio.run(scenario())
     assert "stream 1 is already running on this connection" in entry["error"]
+
+
+@pytest.mark.parametrize("frame", [
+    _generate(model="m" * 100_000),
+    "X" * 100_000 + " {}",
+    _generate(logit_bias={"k" * 100_000: 1}),
+    _generate(logit_bias={"9" * 100_000: 1}),
+])
+def test_errors_do_not_echo_long_names_back(random_server: Server, frame: str) -> None:
+    [entry] = _reply(random_server, frame)
+    assert len(entry["error"]) < 300, entry["error"][:300]
+    _still_serves(random_server)
+
+
+def _tokens(server: Server, **fields: object) -> list[dict]:
+    async def scenario() -> list[dict]:
+        async with RawClient(server.endpoint) as c:
+            await c.send("GENERATE", {**GOOD, "stream_id": 1, "prompt": [464, 3797], "max_tokens": 3, **fields})
+            return await c.stream(1)
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-45, 1e-39, 1e-8])
+def test_tiny_temperatures_decode_greedily(random_server: Server, temperature: float) -> None:
+    greedy = [e["token"] for e in _tokens(random_server)]
+    assert [e["token"] for e in _tokens(random_server, temperature=temperature)] == greedy
+    assert greedy != [0, 0, 0]
+
+
+def test_banning_every_token_is_an_error_for_that_stream(random_server: Server) -> None:
+    [entry] = _tokens(random_server, logit_bias={str(t): -100 for t in range(VOCAB)})
+    assert "no token can be chosen" in entry["error"]
+    _still_serves(random_server)
+
+
+@pytest.fixture(scope="module")
+def token_server() -> Server:
+    server = Server("random", "--auth-token", "s3cret")
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+@pytest.mark.parametrize(("header", "status"), [
+    (b"Authorization: Bearer \xff\xfe\r\n", 401),  # not UTF-8
+    (b"Authorization: \xc3\x28 s3cret\r\n", 401),
+    (b"Authorization: Basic s3cret\r\n", 401),
+    (b"Authorization: bearer s3cret\r\n", 101),  # the scheme is case-insensitive (RFC 9110)
+    (b"Authorization: BEARER s3cret\r\n", 101),
+])
+def test_authorization_header_bytes(token_server: Server, header: bytes, status: int) -> None:
+    assert http_status(token_server.endpoint, upgrade_request(token_server.endpoint, header)) == status
+    assert token_server.alive()

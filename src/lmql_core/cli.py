@@ -53,19 +53,31 @@ class ServeModelCommand(click.Command):
 @click.option("--max-frame-bytes", type=int, default=Limits.max_frame_bytes, show_default=True,
               help="Largest websocket frame accepted; a larger one closes that connection.")
 @click.option("--max-streams", type=int, default=Limits.max_streams_per_connection,
-              show_default=True, help="Concurrent streams per connection.")
+              show_default=True, help="Streams one connection may have running or queued; beyond, a "
+              "request gets an error. Connections share the batch fairly, whatever their queues.")
 @click.option("--max-new-tokens", type=int, default=Limits.max_tokens, show_default=True,
               help="Cap on a request's max_tokens.")
 @click.option("--max-top-logprobs", type=int, default=Limits.max_top_logprobs, show_default=True)
 @click.option("--max-logit-bias", type=int, default=Limits.max_logit_bias_entries,
               show_default=True, help="Most logit_bias entries in one request.")
+@click.option("--max-connections", type=int, default=Limits.max_connections, show_default=True,
+              help="Open TCP connections; one more is answered 503 and closed (keep `ulimit -n` above).")
+@click.option("--max-outgoing-bytes", type=int, default=Limits.max_outgoing_bytes, show_default=True,
+              help="Unsent frames one connection may hold (a client that does not read): beyond, its "
+              "streams end with an error; beyond twice that, the connection is closed.")
+@click.option("--handshake-timeout", type=float, default=Limits.handshake_timeout_s, show_default=True,
+              help="Seconds a new connection has to complete its HTTP/websocket handshake.")
+@click.option("--shutdown-grace", type=float, default=Limits.shutdown_grace_s, show_default=True,
+              help="Seconds SIGTERM waits for clients to receive their streams' ends; then it closes "
+              "every connection and exits.")
 @click.option("--auth-token", envvar="LMQL_AUTH_TOKEN",
               help="Refuse connections that do not present this token (env: LMQL_AUTH_TOKEN).")
 @click.pass_context
 def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, port: int,
                 cuda: bool, dtype: str | None, load_on_demand: bool, max_frame_bytes: int,
                 max_streams: int, max_new_tokens: int, max_top_logprobs: int,
-                max_logit_bias: int, auth_token: str | None) -> None:
+                max_logit_bias: int, max_connections: int, max_outgoing_bytes: int,
+                handshake_timeout: float, shutdown_grace: float, auth_token: str | None) -> None:
     """Load MODEL once and serve it over LMTP (websocket) until Ctrl-C or SIGTERM.
 
     MODEL is a model identifier: a Hugging Face name or folder (backend hf), `llama.cpp:PATH.gguf`,
@@ -80,7 +92,9 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
         loader_kwargs = parse_loader_args(loader_args)
         limits = Limits(max_frame_bytes=max_frame_bytes, max_streams_per_connection=max_streams,
                         max_tokens=max_new_tokens, max_top_logprobs=max_top_logprobs,
-                        max_logit_bias_entries=max_logit_bias)
+                        max_logit_bias_entries=max_logit_bias, max_connections=max_connections,
+                        max_outgoing_bytes=max_outgoing_bytes, handshake_timeout_s=handshake_timeout,
+                        shutdown_grace_s=shutdown_grace)
         serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
               load_on_demand=load_on_demand, limits=limits, auth_token=auth_token, **loader_kwargs)
 

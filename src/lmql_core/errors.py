@@ -36,6 +36,13 @@ class RequestError(LMQLError):
     """A request that the server or engine rejects; the message goes back to the client."""
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``value`` as text for an error message, cut to ``limit`` characters: a client's 100 KB
+    model name or stream id is not echoed back whole."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class ServerError(LMQLError):
     """An error reported by the server for one stream."""
 

@@ -11,7 +11,7 @@ from typing import Any
 from lmql_core import plugins
 from lmql_core.backend import Backend
 from lmql_core.engine.engine import Engine
-from lmql_core.errors import LMQLError, ModelLoadError, RequestError
+from lmql_core.errors import LMQLError, ModelLoadError, RequestError, shown
 from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
 from lmql_core.tokenizer import JsonTokenizer
 
@@ -110,7 +110,7 @@ class ModelHost:
             if not self.load_on_demand:
                 served = ", ".join(f"'{n}'" for n in self.models) or "nothing"
                 raise RequestError(
-                    f"this server serves {served}, not '{name}' (start it with --load-on-demand "
+                    f"this server serves {served}, not '{shown(name)}' (start it with --load-on-demand "
                     "to load other models on request)"
                 )
             model = load_model(parse_model_id(name, self.default_backend))

@@ -14,7 +14,6 @@ import signal
 import socket
 import sys
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,8 @@ from lmql_core import plugins
 from lmql_core.errors import LMQLError
 from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
 from lmql_core.lmtp import gc_pauses, protocol
-from lmql_core.lmtp.server import make_app
+from lmql_core.lmtp.guard import GuardedSockSite
+from lmql_core.lmtp.server import GUARD_KEY, make_app, shut_down
 from lmql_core.serving import ModelHost, load_model
 
 DEFAULT_MODEL = "lmql-tiny"
@@ -250,26 +250,15 @@ class RunningServer:
 async def run_server(models: ModelHost, listeners: list[socket.socket],
                      limits: protocol.Limits | None = None, auth_token: str = "", *,
                      stop: asyncio.Event, on_serving: Callable[[], None]) -> None:
+    limits = limits or protocol.Limits()
     app = make_app(models, limits, auth_token)
-    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
-    app.on_response_prepare.append(_track(sockets))
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # shut_down has ended every connection before the runner's cleanup waits on them
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     for listener in listeners:
-        await web.SockSite(runner, listener, backlog=LISTEN_BACKLOG).start()
+        await GuardedSockSite(runner, listener, app[GUARD_KEY], backlog=LISTEN_BACKLOG).start()
     on_serving()
     await stop.wait()
-    console.print("Shutting down: ending open streams")
-    await asyncio.to_thread(models.close)  # in-flight streams get an error entry
-    await asyncio.sleep(0.2)  # let the writers send those entries
-    for ws in list(sockets):
-        await ws.close()
+    console.print(f"Shutting down: ending open streams (at most {limits.shutdown_grace_s:g} s)")
+    await shut_down(app, limits.shutdown_grace_s)  # in-flight streams get an error entry
     await runner.cleanup()
-
-
-def _track(sockets: weakref.WeakSet[web.WebSocketResponse]) -> Any:
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        if isinstance(response, web.WebSocketResponse):
-            sockets.add(response)
-
-    return on_prepare

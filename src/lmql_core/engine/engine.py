@@ -45,6 +45,7 @@ class EngineStats:
     tokens_prefilled: int = 0
     sequences_finished: int = 0
     sequences_cancelled: int = 0
+    sequences_preempted: int = 0  # made way for other clients (see scheduler.py); they run again
     last_step_seconds: float = 0.0
     busy_seconds: float = 0.0  # the engine thread at work, idle waits for requests excluded
     device_wait_seconds: float = 0.0  # of which blocked until a step's results reached the host
@@ -54,6 +55,9 @@ class EngineStats:
 # frame each) so that they share one prefill step instead of trickling into several.
 ARRIVAL_QUIET_S = 1e-3  # until no request came for this long
 ARRIVAL_WINDOW_S = 5e-3  # or this long after the first
+NO_CHANCE = float("-inf")
+NOTHING_TO_CHOOSE = ("no token can be chosen: every token has probability 0 "
+                     "(does logit_bias ban them all?)")
 
 
 class Engine:
@@ -139,8 +143,17 @@ class Engine:
                 self._release(dropped)
                 self.stats.sequences_cancelled += len(dropped)
                 self._cancelling = False
-                chunks = [] if chained else self.scheduler.schedule()
+                chunks = [] if chained else self._reschedule()
             launched = chained or (self._launch(chunks) if chunks else None)
+
+    def _reschedule(self) -> list[ScheduledChunk]:
+        """With the lock held: the next step's chunks, after preempting for fairness."""
+        preempted = self.scheduler.preempt()
+        if preempted:
+            self._release(preempted)
+            self.scheduler.requeue(preempted)
+            self.stats.sequences_preempted += len(preempted)
+        return self.scheduler.schedule()
 
     def _gather_arrivals(self) -> None:
         """With the lock held: let a burst of requests finish arriving (see ARRIVAL_QUIET_S)."""
@@ -255,6 +268,10 @@ class Engine:
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
                                             strict=True):
             if seq.finished or seq.cancelled:  # a row of a chained step, after its sequence ended
+                continue
+            if not logprob > NO_CHANCE:  # NaN or -inf: every token had probability 0
+                events.setdefault(seq.sink, []).append(TokenEvent(seq.stream_id, error=NOTHING_TO_CHOOSE))
+                ended.append(seq)
                 continue
             seq.generated.append(token)
             produced += 1

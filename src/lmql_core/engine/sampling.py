@@ -21,6 +21,15 @@ BAN_AT = -100.0
 FORCE_AT = 100.0
 FORCE_BIAS = 1e4  # large enough that unforced tokens get probability 0 in float32
 ONLY_THE_CHOSEN: Mapping[int, float] = MappingProxyType({})  # top log-probs beside the chosen token's
+# Temperatures below this decode greedily. Scores are log-probs / T in float32: below 3e-39, 1/T
+# itself overflows (and inf * 0 gives NaN rows); and already at 1e-5 a token other than the best
+# wins only if its log-prob is within ~1e-4 of the best, finer than float32 logits resolve.
+GREEDY_BELOW = 1e-5
+
+
+def is_sampled(params: SamplingParams) -> bool:
+    """Whether a stream samples (rather than decoding greedily)."""
+    return params.temperature >= GREEDY_BELOW
 
 
 @dataclass
@@ -49,7 +58,7 @@ class SamplingPlan:
         self.params = params
         self.penalized = any(p.repetition_penalty != 1.0 for p in params)
         self.biased_rows = [i for i, p in enumerate(params) if p.logit_bias]
-        self.sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0]
+        self.sampled_rows = [i for i, p in enumerate(params) if is_sampled(p)]
         self.k = max((p.top_logprobs for p in params), default=0)
         self.truncated = any(params[i].top_k or params[i].top_p < 1.0 for i in self.sampled_rows)
         self._device: dict[str, Any] = {}
@@ -100,9 +109,9 @@ def launch_sampling(ops: ArrayOps, logits: Any, plan: SamplingPlan, seed: int,
         values, indices = ops.topk(logprobs, max(plan.k, 1))
         return PendingSamples(indices[:, 0], ops.start_host_copy(indices, values), plan, ranked=True)
     scores = ops.scale_rows(logprobs, plan.device_array("scale", lambda: ops.floats(
-        [1.0 / p.temperature if p.temperature > 0 else 1.0 for p in params], logprobs)))
+        [1.0 / p.temperature if is_sampled(p) else 1.0 for p in params], logprobs)))
     if plan.truncated:
-        sampled = [p.temperature > 0 for p in params]  # greedy rows keep every token
+        sampled = [is_sampled(p) for p in params]  # greedy rows keep every token
         ks = [p.top_k if s else 0 for p, s in zip(params, sampled, strict=True)]
         ps = [p.top_p if s else 1.0 for p, s in zip(params, sampled, strict=True)]
         scores = ops.keep_top(scores, ks, ps)

@@ -59,6 +59,11 @@ class Sequence:
     finished: bool = False  # its last event was sent; results of steps still in flight are dropped
     max_generated: int = 0  # set by the engine: max_tokens, or fewer where the context ends first
 
+    def restart(self) -> None:
+        """Preempted, its cache freed: it feeds everything again, under a new id for the backend."""
+        self.seq_id = next(_ids)
+        self.num_fed = 0
+
     @property
     def tokens(self) -> list[int]:
         return self.prompt + self.scored + self.generated

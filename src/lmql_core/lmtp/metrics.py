@@ -66,6 +66,8 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      lambda e: e.stats.sequences_finished),
     ("lmql_sequences_cancelled", "Sequences cancelled", CounterMetricFamily,
      lambda e: e.stats.sequences_cancelled),
+    ("lmql_sequences_preempted", "Sequences paused to give other connections their share of the batch",
+     CounterMetricFamily, lambda e: e.stats.sequences_preempted),
 ]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmql_core.engine.sequence import SamplingParams, TokenEvent
-from lmql_core.errors import RequestError
+from lmql_core.errors import RequestError, shown
 
 # Commands beyond LMQL 0.7, each advertised in MODEL_INFO's ``model_info.extensions``.
 TOKENIZER = "TOKENIZER"  # the served model's tokenizer
@@ -22,10 +22,15 @@ CANCEL = "CANCEL"  # stop a stream and free it; no answer (unknown and finished 
 @dataclass(frozen=True)
 class Limits:
     max_frame_bytes: int = 16 * 1024 * 1024
-    max_streams_per_connection: int = 1024
+    max_streams_per_connection: int = 1024  # running and queued; fairness is between connections
     max_tokens: int = 65536
     max_top_logprobs: int = 100
     max_logit_bias_entries: int = 200_000
+    max_connections: int = 1024  # open TCP connections; more are answered 503 and closed
+    # unsent frames of one connection (a client that does not read): beyond, its streams end
+    max_outgoing_bytes: int = 32 * 1024 * 1024
+    handshake_timeout_s: float = 10.0  # a connection that sends no complete request is closed
+    shutdown_grace_s: float = 10.0  # after SIGTERM, the longest wait for clients before closing
 
     @property
     def default_max_tokens(self) -> int:
@@ -39,7 +44,7 @@ def parse_frame(text: str) -> tuple[str, Any]:
     try:
         payload = json.loads(body) if body.strip() else None
     except (ValueError, RecursionError) as e:
-        raise RequestError(f"the body of {command} is not valid JSON: {e}") from None
+        raise RequestError(f"the body of {shown(command)} is not valid JSON: {shown(e, 200)}") from None
     return command, payload
 
 
@@ -55,7 +60,7 @@ def encode_frame(command: str, payload: Any) -> str:
 
 def require_object(payload: Any, command: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
-        raise RequestError(f"the body of {command} must be a JSON object")
+        raise RequestError(f"the body of {shown(command)} must be a JSON object")
     return payload
 
 
@@ -85,6 +90,28 @@ def token_list(value: Any, name: str, vocab_size: int, allow_empty: bool = False
     return value
 
 
+# Text mode: a text longer than the context times this cannot fit (tokens this long are rare even
+# in code vocabularies), so it is refused before tokenizing, which holds the event loop (and the
+# interpreter's lock: measured, ~1.8 s per million characters for lmql-tiny's tokenizer).
+MAX_CHARS_PER_TOKEN = 64
+
+
+def text(body: dict[str, Any], field: str, max_context: int | None) -> str:
+    """A text-mode field: a non-empty string of valid Unicode that could fit the context."""
+    value = body.get(field)
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"'{field}' must be a non-empty string")
+    if max_context is not None and len(value) > max_context * MAX_CHARS_PER_TOKEN:
+        raise RequestError(f"'{field}' has {len(value)} characters; this model's context holds {max_context} "
+                           f"tokens, so at most {max_context * MAX_CHARS_PER_TOKEN} characters are accepted")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(f"'{field}' is not valid Unicode: it holds a lone surrogate "
+                           f"({shown(ascii(e.object[e.start:e.end]))}) at character {e.start}") from None
+    return value
+
+
 def logit_bias(value: Any, vocab_size: int, limits: Limits) -> dict[int, float]:
     if value is None:
         return {}
@@ -94,12 +121,12 @@ def logit_bias(value: Any, vocab_size: int, limits: Limits) -> dict[int, float]:
         raise RequestError(f"'logit_bias' has more than {limits.max_logit_bias_entries} entries")
     bias: dict[int, float] = {}
     for key, b in value.items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise RequestError(f"'logit_bias' key {key[:40]!r} is not a token id") from None
+        if not (key.isascii() and key.isdigit()):  # int() would take " 7 ", "1_0" and Arabic digits
+            raise RequestError(f"'logit_bias' key {shown(repr(key), 40)} is not a token id")
+        token = int(key) if len(key) <= 18 else vocab_size  # int() refuses 4,300 digits and more
         if not 0 <= token < vocab_size:
-            raise RequestError(f"'logit_bias' key {token} is outside the vocabulary [0, {vocab_size})")
+            raise RequestError(f"'logit_bias' key {shown(key, 40)} is outside the vocabulary "
+                               f"[0, {vocab_size})")
         if isinstance(b, bool) or not isinstance(b, int | float) or math.isnan(b):
             raise RequestError(f"'logit_bias' value for {token} must be a number")
         bias[token] = float(b)

@@ -6,13 +6,17 @@ Besides the websocket at ``/``: ``/health`` (JSON) and ``/metrics`` (Prometheus 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
-from typing import Any
+import threading
+from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
 from lmql_core.lmtp import protocol
+from lmql_core.lmtp.connection import Connection
+from lmql_core.lmtp.guard import ConnectionGuard
 from lmql_core.lmtp.metrics import render_metrics
 from lmql_core.lmtp.session import Session
 from lmql_core.serving import ModelHost
@@ -22,6 +26,8 @@ HOST_KEY = web.AppKey("host", ModelHost)
 LIMITS_KEY = web.AppKey("limits", protocol.Limits)
 TOKEN_KEY = web.AppKey("auth_token", str)
 CONNECTIONS_KEY = web.AppKey("connections", set)
+GUARD_KEY = web.AppKey("guard", ConnectionGuard)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def authorized(request: web.Request) -> bool:
@@ -29,8 +35,14 @@ def authorized(request: web.Request) -> bool:
     if not expected:
         return True
     header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header else request.query.get("token", "")
-    return hmac.compare_digest(given.encode(), expected.encode())
+    if header:  # "Bearer <token>", the scheme in any case (RFC 9110, 11.1)
+        scheme, _, given = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+    else:
+        given = request.query.get("token", "")
+    # headers arrive as UTF-8 with undecodable bytes kept as surrogates: compare the bytes sent
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), expected.encode())
 
 
 async def lmtp_socket(request: web.Request) -> web.StreamResponse:
@@ -39,38 +51,76 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
     limits = request.app[LIMITS_KEY]
     ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, heartbeat=30, compress=False)
     await ws.prepare(request)
-    outbox: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def send(command: str, payload: Any) -> None:
-        outbox.put_nowait(protocol.encode_frame(command, payload))
-
-    session = Session(request.app[HOST_KEY], send, limits, encode_tokens=True)
-    request.app[CONNECTIONS_KEY].add(ws)
-    writer = asyncio.create_task(_write(ws, outbox))
+    connection = Connection(request, ws, limits)
+    session = Session(request.app[HOST_KEY], connection.send, limits, encode_tokens=True)
+    connection.start(session)
+    request.app[CONNECTIONS_KEY].add(connection)
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 await session.handle_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                send("TOKEN", [{"stream_id": None, "error": "binary frames are not supported; send text"}])
+                connection.send("TOKEN", [{"stream_id": None,
+                                           "error": "binary frames are not supported; send text"}])
             elif msg.type == WSMsgType.ERROR:
                 log.info("connection error: %s", ws.exception())
     finally:
-        request.app[CONNECTIONS_KEY].discard(ws)
+        request.app[CONNECTIONS_KEY].discard(connection)
         session.close()
-        outbox.put_nowait(None)
-        await writer
+        await connection.close()
     return ws
 
 
-async def _write(ws: web.WebSocketResponse, outbox: asyncio.Queue[str | None]) -> None:
-    while (frame := await outbox.get()) is not None:
-        if ws.closed:
-            continue
+async def shut_down(app: web.Application, grace_s: float) -> None:
+    """End every stream with an error entry, let clients read them and close, and after
+    ``grace_s`` seconds drop whatever connection is left: shutdown never waits on a client."""
+    deadline = asyncio.get_running_loop().time() + grace_s
+    app[GUARD_KEY].closing = True
+    with contextlib.suppress(TimeoutError):  # the engines stop after their current step
+        await asyncio.wait_for(_in_daemon_thread(app[HOST_KEY].close), max(0.0, deadline - _now()) / 2)
+
+    async def close(connection: Connection) -> None:
+        await connection.flushed()
+        await connection.ws.close()
+
+    connections: list[Connection] = [*app[CONNECTIONS_KEY]]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(close(c) for c in connections), return_exceptions=True),
+                               max(0.0, deadline - _now()))
+    for connection in connections:
+        connection.abort()
+    app[GUARD_KEY].abort_all()
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def _in_daemon_thread(work: Callable[[], object]) -> None:
+    """``work()`` on a daemon thread: unlike ``asyncio.to_thread``, one that never returns does
+    not keep the process from exiting."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
         try:
-            await ws.send_str(frame)
-        except (ConnectionError, RuntimeError):
-            log.info("client went away while sending")
+            work()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed first: nobody waits
+                loop.call_soon_threadsafe(finish)
+
+    threading.Thread(target=run, name="lmql-shutdown", daemon=True).start()
+    await done
+
+
+@web.middleware
+async def _handshake_done(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request.app[GUARD_KEY].handshake_done(request.transport)
+    return await handler(request)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -90,11 +140,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def make_app(host: ModelHost, limits: protocol.Limits | None = None, auth_token: str = "") -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_handshake_done])
     app[HOST_KEY] = host
     app[LIMITS_KEY] = limits or protocol.Limits()
     app[TOKEN_KEY] = auth_token
     app[CONNECTIONS_KEY] = set()
+    app[GUARD_KEY] = ConnectionGuard(app[LIMITS_KEY])
     app.router.add_get("/", lmtp_socket)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmql_core.engine.sequence import Kind, SamplingParams, Sequence, TokenEvent
-from lmql_core.errors import LMQLError, RequestError
+from lmql_core.errors import LMQLError, RequestError, shown
 from lmql_core.lmtp import protocol
 from lmql_core.serving import LoadedModel, ModelHost
 from lmql_core.tokenizer import IncrementalDecoder
@@ -21,6 +21,7 @@ from lmql_core.tokenizer import IncrementalDecoder
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Any], None]  # called on the session's event loop
+STALE_EVENTS_S = 10.0  # a cancelled sequence's last events reach the session within a step
 
 
 class Session:
@@ -38,6 +39,8 @@ class Session:
         self._outbox: list[TokenEvent] = []  # delivered by the engine, not yet sent
         self._outbox_lock = threading.Lock()
         self._drain_due = False  # the event loop has been asked to send the outbox
+        # streams ended by ``end_all``: events of theirs the engine had produced already are dropped
+        self._stale: set[Any] = set()
         self.closed = False
 
     async def handle_text(self, text: str) -> None:
@@ -53,7 +56,8 @@ class Session:
         try:
             handler = self._handlers().get(command)
             if handler is None:
-                raise RequestError(f"unknown command '{command}' (expected {', '.join(self._handlers())})")
+                expected = ", ".join(self._handlers())
+                raise RequestError(f"unknown command '{shown(command)}' (expected {expected})")
             body = protocol.require_object(payload, command)
             stream_id = protocol.stream_id_of(body)
             await handler(stream_id, body)
@@ -61,7 +65,7 @@ class Session:
             self._error(stream_id, str(e))
         except Exception as e:  # never let one request take the connection down
             log.exception("request failed")
-            self._error(stream_id, f"internal error: {type(e).__name__}: {e}")
+            self._error(stream_id, f"internal error: {type(e).__name__}: {shown(e, 200)}")
 
     def _handlers(self) -> dict[str, Callable[[Any, dict[str, Any]], Any]]:
         return {"GENERATE": self._generate, "SCORE": self._score, "MODEL_INFO": self._model_info,
@@ -109,9 +113,7 @@ class Session:
         if tokenizer is None:
             raise RequestError("text mode needs the model's tokenizer, which this server does not have; "
                                "send token ids in 'prompt' instead")
-        text = body.get(field)
-        if not isinstance(text, str) or not text:
-            raise RequestError(f"'{field}' must be a non-empty string")
+        text = protocol.text(body, field, model.backend.max_context)
         ids = tokenizer.encode(text, add_special_tokens=False)
         bos = [tokenizer.bos_token_id] if prompt and tokenizer.bos_token_id is not None else []
         if not bos + ids:
@@ -147,9 +149,11 @@ class Session:
 
     def _start(self, seq: Sequence, model: LoadedModel) -> None:
         if seq.stream_id in self._active:
-            raise RequestError(f"stream {seq.stream_id} is already running on this connection")
+            raise RequestError(f"stream {shown(seq.stream_id)} is already running on this connection")
         if len(self._active) >= self.limits.max_streams_per_connection:
-            raise RequestError(f"at most {self.limits.max_streams_per_connection} streams per connection")
+            raise RequestError(f"this connection has {len(self._active)} streams running or queued, the most "
+                               "the server allows (--max-streams); send more when some have finished")
+        self._stale.discard(seq.stream_id)
         self._active[seq.stream_id] = (seq, model)
         model.engine.submit(seq)
 
@@ -169,6 +173,10 @@ class Session:
     def _send_tokens(self) -> None:
         with self._outbox_lock:
             events, self._outbox, self._drain_due = self._outbox, [], False
+        if self._stale:
+            events = [e for e in events if e.stream_id not in self._stale]
+            if not events:
+                return
         entries: list[dict[str, Any]] | protocol.Encoded
         if self.encode_tokens and not self._decoders:  # text mode's entries carry decoded text too
             entries = protocol.token_entries_json(events)
@@ -193,12 +201,29 @@ class Session:
     def _error(self, stream_id: Any, message: str) -> None:
         self._send("TOKEN", [{"stream_id": stream_id, "error": message}])
 
+    def has_streams(self) -> bool:
+        return bool(self._active)
+
+    def end_all(self, message: str) -> None:
+        """End every stream of this session with an error entry; the session goes on."""
+        ended = list(self._active)
+        self._cancel_all()
+        with self._outbox_lock:  # their tokens not sent yet are dropped with them
+            self._outbox = [e for e in self._outbox if e.stream_id not in ended]
+        self._stale.update(ended)
+        self._loop.call_later(STALE_EVENTS_S, self._stale.difference_update, ended)
+        self._send("TOKEN", [{"stream_id": sid, "error": message} for sid in ended])
+
     def close(self) -> None:
         """The client went away: stop its sequences so the engine frees their memory."""
         self.closed = True
+        self._cancel_all()
+
+    def _cancel_all(self) -> None:
         by_engine: dict[int, tuple[Any, list[Sequence]]] = {}
         for seq, model in self._active.values():
             by_engine.setdefault(id(model.engine), (model.engine, []))[1].append(seq)
         for engine, seqs in by_engine.values():
             engine.cancel(seqs)
         self._active.clear()
+        self._decoders.clear()
