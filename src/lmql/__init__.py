@@ -1,7 +1,13 @@
 """``import lmql``: lmql-core's API (``lmql.model``, ``lmql.serve``, ...) and the LMQL query
 language (``@lmql.query``, ``lmql.run``, ``lmql.F``)."""
 
-from lmql_core.api import (
+from pathlib import Path as _Path
+
+from lmql_core.coexistence import check as _check_installation
+
+_check_installation(_Path(__file__).parent)
+
+from lmql_core.api import (  # noqa: E402
     LLM,
     ScoringResult,
     generate,
@@ -12,7 +18,7 @@ from lmql_core.api import (
     serve,
     set_default_model,
 )
-from lmql_core.query import (
+from lmql_core.query import (  # noqa: E402
     F,
     LMQLResult,
     QueryError,

@@ -227,4 +227,11 @@ def _errors() -> Iterator[None]:
 
 
 def main() -> None:
+    from lmql_core.coexistence import MixedInstallation, check
+
+    try:
+        check()
+    except MixedInstallation as error:
+        Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/] {error}", highlight=False)
+        sys.exit(1)
     cli()
