@@ -58,7 +58,13 @@ where
     STOPS_AT(CITY, "\\n") and len(TOKENS(CITY)) < 6 and len(TOKENS(COUNTRY)) < 5'''},
     {"name": "statement_where", "kind": "greedy", "lmql": '''argmax
     "A short poem:\\n[LINE1]" where STOPS_AT(LINE1, "\\n") and len(TOKENS(LINE1)) < 8
-    "[LINE2]" where len(TOKENS(LINE2)) < 6'''},
+    "\\n[LINE2]" where len(TOKENS(LINE2)) < 6'''},
+    # A variable right after a variable, no text between. LMQL 0.7.3 gives B = "": the EOS that
+    # ended A under an EOS-only mask is cached as the unmasked argmax of that prefix
+    # (runtime/dclib/dclib_cache.py:549-553), and B starts at the same prefix
+    {"name": "adjacent_variables", "kind": "greedy", "lmql": '''argmax
+    "Once upon a time[A]" where len(TOKENS(A)) < 3
+    "[B]" where len(TOKENS(B)) < 3'''},
     {"name": "statement_and_query_where", "kind": "greedy", "lmql": '''argmax
     "Colors: red,[C1]" where STOPS_AT(C1, ",")
     " and[C2]"
@@ -119,8 +125,19 @@ CONSTRAINTS: list[dict[str, Any]] = [
      "lmql": 'argmax "The cat sat on the[P]" where P in [" mat", " dog", " table"] and not P in [" mat"]'},
     {"name": "condition_on_input", "kind": "greedy", "inputs": {"limit": 4},
      "lmql": 'argmax "Once upon a time[X]" where len(TOKENS(X)) < limit'},
-    {"name": "condition_on_earlier_var", "kind": "greedy", "lmql": '''argmax
-    "Pick:[A]\\nAgain:[B]" where A in [" red", " blue"] and B in [A, " green"]'''},
+    # LMQL 0.7.3 cannot put an earlier variable into a list (B in [A, " green"]: AttributeError
+    # 'Var' object has no attribute 'startswith'); a Python list built from it works
+    {"name": "condition_list_from_earlier_var", "kind": "greedy", "lmql": '''argmax
+    "Pick:[A]" where A in [" red", " blue"]
+    options = [A, " green"]
+    "\\nAgain:[B]" where B in options'''},
+    {"name": "condition_len_of_earlier_var", "kind": "greedy", "lmql": '''argmax
+    "Pick:[A]" where A in [" red", " blue"]
+    "\\nAgain:[B]" where len(TOKENS(B)) < len(A)'''},
+    {"name": "condition_on_earlier_value", "kind": "greedy", "lmql": '''argmax
+    "Pick:[A]\\nAgain:[B]" where A in [" red", " blue"] and (A == " red" or len(TOKENS(B)) < 2) and len(TOKENS(B)) < 4'''},
+    {"name": "condition_earlier_var_in_query_where", "kind": "greedy", "lmql": '''argmax
+    "Pick:[A]\\nAgain:[B]" where A in [" red", " blue"] and len(TOKENS(B)) < len(A)'''},
 ]
 
 # -- distributions ---------------------------------------------------------------------------------
