@@ -260,11 +260,34 @@ def build_rows(lmql_theirs: ProgramRun, lmql_ours: ProgramRun, core_theirs: Prog
     return rows
 
 
+def query_rows(server: str, theirs: ProgramRun, ours: ProgramRun,
+               expected: dict[str, tuple[Callable[[Any], bool] | None, bool]]) -> list[Row]:
+    """The LMQL programs of ``queries.py`` run by each runtime against one server: a row each."""
+    section = f"LMQL programs on {server}: LMQL 0.7.3 runtime vs lmql-core runtime"
+    rows = [script_row(theirs), script_row(ours)]
+    for check in dict.fromkeys([*theirs.names(), *ours.names()]):
+        shape, equal = expected.get(check, (None, True))
+        rows.append(compare(section, check, theirs.records.get(check), ours.records.get(check), shape, equal))
+    return rows
+
+
+def run_queries(python: str, side: str, server: Server, folder: Path, env: dict[str, str], work: Path) -> ProgramRun:
+    label = f"{side} runtime, LMQL programs on {server.name}"
+    t0 = time.monotonic()
+    command = [python, str(HERE / "query_programs.py"), server.endpoint, str(folder)]
+    run = run_programs(command, env, work / f"queries-{side}-{server.port}.log", label)
+    print(f"ran {label}: {len(run.records)} programs in {time.monotonic() - t0:.1f} s "
+          f"(exit {run.returncode})", flush=True)
+    return run
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lmql-python", required=True, help="python of an environment with lmql==0.7.3")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     parser.add_argument("--random-model", action="store_true", help="a seeded random model, not lmql-tiny")
+    parser.add_argument("--queries-on", choices=("core", "both", "none"), default="both",
+                        help="servers to run the LMQL programs of queries.py against (default: both)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -274,6 +297,8 @@ def main(argv: list[str]) -> int:
            "HOME": str(work / "home"), "LMQL_CACHE_DIR": str(work / "cache"),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     (work / "home").mkdir(exist_ok=True)
+    # PYTHONPATH may point at lmql-core's sources (a run by hand): never into LMQL 0.7.3's Python
+    their_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
 
     sys.path.insert(0, str(HERE))
     from build_model import build
@@ -285,7 +310,7 @@ def main(argv: list[str]) -> int:
 
     lmql_bin = str(Path(args.lmql_python).parent / "lmql")
     ours_bin = str(Path(sys.executable).parent / "lmql")
-    servers = [Server("LMQL 0.7.3 server", [lmql_bin, "serve-model", str(folder)], env,
+    servers = [Server("LMQL 0.7.3 server", [lmql_bin, "serve-model", str(folder)], their_env,
                       work / "lmql-server.log"),
                Server("lmql-core server", [ours_bin, "serve-model", str(folder)], env,
                       work / "core-server.log")]
@@ -302,16 +327,31 @@ def main(argv: list[str]) -> int:
                 t0 = time.monotonic()
                 selection = extra + (skip_core if side == "core" else [])
                 command = [python, str(HERE / "programs.py"), side, server.endpoint, str(folder), *selection]
-                run = runs[side, server.name] = run_programs(command, env, work / f"{side}-{server.port}.log", label)
+                side_env = their_env if side == "lmql" else env
+                run = runs[side, server.name] = run_programs(command, side_env, work / f"{side}-{server.port}.log",
+                                                             label)
                 print(f"ran {label}: {len(run.records)} checks in {time.monotonic() - t0:.1f} s "
                       f"(exit {run.returncode})", flush=True)
+        query_servers = {"core": [ours], "both": [ours, theirs], "none": []}[args.queries_on]
+        if args.random_model:
+            query_servers = []  # the programs' expectations (lists, bounds) assume lmql-tiny's text
+        query_runs = [(server.name, run_queries(args.lmql_python, "LMQL 0.7.3", server, folder, their_env, work),
+                       run_queries(sys.executable, "lmql-core", server, folder, env, work))
+                      for server in query_servers]
     finally:
         for server in servers:
             server.stop()
 
-    (work / "results.json").write_text(json.dumps({run.label: vars(run) for run in runs.values()}, indent=1))
+    every_run = [*runs.values(), *(run for _, *pair in query_runs for run in pair)]
+    (work / "results.json").write_text(json.dumps({run.label: vars(run) for run in every_run}, indent=1))
     rows = build_rows(runs["lmql", theirs.name], runs["lmql", ours.name],
                       runs["core", theirs.name], runs["core", ours.name])
+    if query_runs:
+        from query_compare import expectations
+
+        expected = expectations(str(folder))
+        for server_name, their_run, our_run in query_runs:
+            rows += query_rows(server_name, their_run, our_run, expected)
     print_table(rows)
     show_failures(rows)
     failed = [r for r in rows if not r.ok]

@@ -1,0 +1,114 @@
+"""Run the LMQL programs of ``queries.py`` with whichever ``lmql`` this Python has.
+
+    <LMQL 0.7.3 venv>/bin/python tests/compat/query_programs.py ENDPOINT MODEL_DIR [NAME | -NAME ...]
+    <lmql-core venv>/bin/python  tests/compat/query_programs.py ENDPOINT MODEL_DIR [NAME | -NAME ...]
+
+The same protocol as ``programs.py``: a line ``COMPAT_PLAN <json list>``, then one line
+``COMPAT <json>`` per program with its result (or error); ``run_compat.py`` compares the two
+sides. Query strings run with ``lmql.run(source, model=..., **inputs)``; Python programs
+(decorators, ``lmql.F``) are written to a module file and imported, so that each side's
+``@lmql.query`` can read their source, then their ``main()`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from queries import PROGRAMS
+
+TIMEOUT = 90.0  # per program
+
+
+def plain(value: Any) -> Any:
+    """JSON-friendly: query results to their prompt and variables, tuples to lists."""
+    if hasattr(value, "prompt") and hasattr(value, "variables"):
+        record = {"prompt": value.prompt, "variables": plain(dict(value.variables))}
+        for field in ("distribution_variable", "distribution_values"):
+            if getattr(value, field, None) is not None:
+                record[field] = plain(getattr(value, field))
+        return record
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return plain(value.tolist())
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def model_expression(endpoint: str, folder: str) -> str:
+    return f"lmql.model({folder!r}, endpoint={endpoint!r}, tokenizer={folder!r})"
+
+
+async def run_query(program: dict[str, Any], endpoint: str, folder: str) -> Any:
+    import lmql
+
+    source = program["lmql"]
+    inputs = dict(program.get("inputs", {}))
+    if "<MODEL>" in source:
+        source = source.replace("<MODEL>", model_expression(endpoint, folder))
+    else:
+        inputs["model"] = lmql.model(folder, endpoint=endpoint, tokenizer=folder)
+    return await lmql.run(source, **inputs)
+
+
+async def run_python(program: dict[str, Any], endpoint: str, folder: str, modules: Path) -> Any:
+    """Import the program as a module (``lmql`` and ``MODEL`` defined first) and call ``main``."""
+    name = f"query_program_{program['name']}"
+    header = f"import lmql\nMODEL = {model_expression(endpoint, folder)}\n"
+    path = modules / f"{name}.py"
+    path.write_text(header + program["python"], encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if inspect.iscoroutinefunction(module.main):
+        return await module.main()
+    return await asyncio.to_thread(module.main)  # a sync query blocks: not on this event loop
+
+
+async def run_one(program: dict[str, Any], endpoint: str, folder: str, modules: Path) -> dict[str, Any]:
+    record: dict[str, Any] = {"check": program["name"]}
+    start = time.monotonic()
+    try:
+        if "lmql" in program:
+            result = run_query(program, endpoint, folder)
+        else:
+            result = run_python(program, endpoint, folder, modules)
+        record["result"] = plain(await asyncio.wait_for(result, TIMEOUT))
+    except asyncio.TimeoutError:
+        record["error"] = f"no answer in {TIMEOUT:.0f} s"
+    except Exception as e:
+        record["error"] = f"{type(e).__name__}: {e}"
+        record["traceback"] = traceback.format_exc()[-2000:]
+    record["seconds"] = round(time.monotonic() - start, 2)
+    return record
+
+
+async def main(endpoint: str, folder: str, selection: list[str]) -> int:
+    only = {s for s in selection if not s.startswith("-")}
+    skip = {s[1:] for s in selection if s.startswith("-")}
+    planned = [p for p in PROGRAMS if (not only or p["name"] in only) and p["name"] not in skip]
+    print("COMPAT_PLAN " + json.dumps([p["name"] for p in planned]), flush=True)
+    with tempfile.TemporaryDirectory(prefix="lmql-query-programs-") as modules:
+        for program in planned:
+            print("COMPAT " + json.dumps(await run_one(program, endpoint, folder, Path(modules))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        raise SystemExit("usage: query_programs.py ENDPOINT MODEL_DIR [NAME | -NAME ...]")
+    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3:])))
