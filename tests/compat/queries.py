@@ -59,12 +59,10 @@ where
     {"name": "statement_where", "kind": "greedy", "lmql": '''argmax
     "A short poem:\\n[LINE1]" where STOPS_AT(LINE1, "\\n") and len(TOKENS(LINE1)) < 8
     "\\n[LINE2]" where len(TOKENS(LINE2)) < 6'''},
-    # A variable right after a variable, no text between. LMQL 0.7.3 gives B = "": the EOS that
-    # ended A under an EOS-only mask is cached as the unmasked argmax of that prefix
-    # (runtime/dclib/dclib_cache.py:549-553), and B starts at the same prefix
-    {"name": "adjacent_variables", "kind": "greedy", "lmql": '''argmax
-    "Once upon a time[A]" where len(TOKENS(A)) < 3
-    "[B]" where len(TOKENS(B)) < 3'''},
+    # Not compared: a variable right after a variable with no text between ("[A][B]"). LMQL 0.7.3
+    # gives B = "": the EOS that ended A under an EOS-only mask is cached as the unmasked argmax of
+    # that prefix (runtime/dclib/dclib_cache.py:549-553), and B starts at the same prefix; we
+    # generate B (a documented difference, README "LMQL programs").
     {"name": "statement_and_query_where", "kind": "greedy", "lmql": '''argmax
     "Colors: red,[C1]" where STOPS_AT(C1, ",")
     " and[C2]"
