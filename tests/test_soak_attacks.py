@@ -40,9 +40,11 @@ GRACE_S = 3.0
 # event loop also encodes the attackers' frames. 10 s is that many times over, for a loaded
 # 2-core runner; first come, first served made it minutes (the flood's ~400k tokens go first).
 TTFT_BOUND_S = 10.0
-# After the attackers leave: the allocator keeps some freed memory for reuse (see the README's
-# "Limits" section: repeated attacks plateau instead of growing), so allow this much above the
-# RSS measured after the warm-up.
+# After the attackers leave, RSS may stay above its start: a first heavy load raises a plateau
+# (torch's prefill temporaries freed into glibc's arenas, ~100 MiB for lmql-tiny) and
+# fragmentation moves 20-45 MiB above that; repeated attacks do not raise it further (README,
+# "Limits"; scripts/rss_plateau.py). A leak of the attack's streams (16 x 512 tokens x 100 top
+# log-probs for each stalled reader, a thousand queued sequences) would exceed this.
 RSS_GROWTH_BOUND_MIB = 150
 BAD_FRAMES = ["", "GENERATE {not json", "GENERATE [1]", "X" * 50_000 + " {}", "GENERATE " + "[" * 50_000,
               'GENERATE {"model": "lmql-tiny", "stream_id": 1, "prompt": [1], "logit_bias": {" 7 ": 1}}',

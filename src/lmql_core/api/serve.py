@@ -259,6 +259,10 @@ async def run_server(models: ModelHost, listeners: list[socket.socket],
         await GuardedSockSite(runner, listener, app[GUARD_KEY], backlog=LISTEN_BACKLOG).start()
     on_serving()
     await stop.wait()
+    # Shutdown is under way and bounded by its grace period: a second SIGTERM (a supervisor
+    # repeating itself) must not turn the clean exit into a kill, even during the final teardown.
+    loop.remove_signal_handler(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     console.print(f"Shutting down: ending open streams (at most {limits.shutdown_grace_s:g} s)")
     await shut_down(app, limits.shutdown_grace_s)  # in-flight streams get an error entry
     await runner.cleanup()

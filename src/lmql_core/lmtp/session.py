@@ -208,9 +208,9 @@ class Session:
         """End every stream of this session with an error entry; the session goes on."""
         ended = list(self._active)
         self._cancel_all()
-        with self._outbox_lock:  # their tokens not sent yet are dropped with them
-            self._outbox = [e for e in self._outbox if e.stream_id not in ended]
         self._stale.update(ended)
+        with self._outbox_lock:  # their tokens not sent yet are dropped with them
+            self._outbox = [e for e in self._outbox if e.stream_id not in self._stale]
         self._loop.call_later(STALE_EVENTS_S, self._stale.difference_update, ended)
         self._send("TOKEN", [{"stream_id": sid, "error": message} for sid in ended])
 
