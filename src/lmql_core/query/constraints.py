@@ -62,8 +62,14 @@ class Scope:
     decided: dict[str, Any]  # prompt variables with their values so far
 
     def eval(self, node: ast.expr) -> Any:
-        code = compile(ast.Expression(node), "<where>", "eval")
-        return eval(code, self.globals, {**self.locals, **self.decided})
+        code = _compiled.get(id(node))
+        if code is None or code[0] is not node:
+            expression = ast.fix_missing_locations(ast.Expression(node))
+            code = _compiled[id(node)] = (node, compile(expression, "<where>", "eval"))
+        return eval(code[1], self.globals, {**self.locals, **self.decided})
+
+
+_compiled: dict[int, tuple[ast.expr, Any]] = {}  # a where clause's argument, compiled once
 
 
 @dataclass
