@@ -36,6 +36,11 @@ ONE_LINERS: list[dict[str, Any]] = [
      "lmql": 'argmax "The cat sat on the[PLACE]" from <MODEL> where PLACE in [" mat", " dog", " table"]'},
     {"name": "oneliner_int", "kind": "greedy",
      "lmql": 'argmax "Two plus two is [N]" from <MODEL> where INT(N) and len(TOKENS(N)) < 3'},
+    {"name": "oneliner_sample", "kind": "sampled",
+     "lmql": 'sample(n=2, temperature=0.8) "Hello[WHO]" from <MODEL> where len(TOKENS(WHO)) < 4',
+     "shape": {"n": 2, "vars": {"WHO": {"type": "str", "max_tokens": 4}}}},
+    {"name": "oneliner_beam", "kind": "beam",
+     "lmql": 'beam(n=2) "The cat sat on the[P]" from <MODEL> where P in [" mat", " dog", " table"]'},
     {"name": "oneliner_model_string", "kind": "greedy",  # no from: the model= argument decides
      "lmql": 'argmax "The weather today is[W]" where len(TOKENS(W)) < 6'},
 ]
@@ -115,6 +120,12 @@ CONSTRAINTS: list[dict[str, Any]] = [
      "lmql": 'argmax "The year was[Y]" where REGEX(Y, r" [0-9]+") and len(TOKENS(Y)) < 4'},
     {"name": "regex_words", "kind": "greedy",
      "lmql": 'argmax "She said[W]" where REGEX(W, r" [a-z]+") and len(TOKENS(W)) < 3'},
+    {"name": "regex_alternatives", "kind": "greedy",
+     "lmql": 'argmax "Is it raining? Answer:[A]" where REGEX(A, r" (yes|no|maybe)")'},
+    {"name": "stops_before_newline", "kind": "greedy",
+     "lmql": 'argmax "Q: Name a city.\\nA:[C]" where STOPS_BEFORE(C, "\\n") and len(TOKENS(C)) < 8'},
+    {"name": "len_chars_and_stops_at", "kind": "greedy",
+     "lmql": 'argmax "Once upon a time[X]" where STOPS_AT(X, ",") and len(X) < 20'},
     {"name": "and_or", "kind": "greedy",
      "lmql": 'argmax "A cat, a dog[X]" where (STOPS_AT(X, ".") or STOPS_AT(X, ",")) and len(TOKENS(X)) < 10'},
     {"name": "or_lists", "kind": "greedy",
@@ -192,6 +203,18 @@ PYTHON_IN_PROMPTS: list[dict[str, Any]] = [
         " Strange.[R]" where len(TOKENS(R)) < 3
     else:
         " Of course.[R]" where len(TOKENS(R)) < 3'''},
+    {"name": "while_loop", "kind": "greedy", "lmql": '''argmax
+    n = 0
+    while n < 2:
+        "Step {n}:[S]" where len(TOKENS(S)) < 3
+        "\\n"
+        n += 1
+    return n'''},
+    {"name": "if_on_input", "kind": "greedy", "inputs": {"formal": False}, "lmql": '''argmax
+    if formal:
+        "Good evening, sir.[X]" where len(TOKENS(X)) < 4
+    elif not formal:
+        "Hey there![X]" where len(TOKENS(X)) < 4'''},
     {"name": "return_value", "kind": "greedy", "lmql": '''argmax
     "Q: What is two plus two?\\nA:[N]" where INT(N) and len(TOKENS(N)) < 3
     return N'''},
