@@ -194,7 +194,7 @@ class RunningServer:
         self._stop = asyncio.Event()
         if stop_on_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._loop.add_signal_handler(sig, self._stop.set)
+                self._loop.add_signal_handler(sig, self._on_signal)
         try:
             await run_server(self.models, self.listeners, self.limits, self.auth_token,
                              stop=self._stop, on_serving=lambda: self._announce(how_to_stop))
@@ -202,6 +202,15 @@ class RunningServer:
             if self._serving.is_set():
                 raise
             raise _cannot_listen(error, self.host, self.port) from None
+
+    def _on_signal(self) -> None:
+        """Stop. Shutdown is then under way and bounded by its grace period: a second SIGTERM (a
+        supervisor repeating itself) must not turn the clean exit into a kill, even during the
+        final teardown, so SIGTERM is ignored from here on (this runs on the main thread)."""
+        assert self._loop is not None and self._stop is not None
+        self._stop.set()
+        self._loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def _announce(self, how_to_stop: str) -> None:
         console.print(f"[green]Ready:[/] {self.description}, serving LMTP on "
@@ -259,10 +268,6 @@ async def run_server(models: ModelHost, listeners: list[socket.socket],
         await GuardedSockSite(runner, listener, app[GUARD_KEY], backlog=LISTEN_BACKLOG).start()
     on_serving()
     await stop.wait()
-    # Shutdown is under way and bounded by its grace period: a second SIGTERM (a supervisor
-    # repeating itself) must not turn the clean exit into a kill, even during the final teardown.
-    loop.remove_signal_handler(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     console.print(f"Shutting down: ending open streams (at most {limits.shutdown_grace_s:g} s)")
     await shut_down(app, limits.shutdown_grace_s)  # in-flight streams get an error entry
     await runner.cleanup()
