@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 import lmql
+import lmql_core.api
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.errors import ServerError
 from tests.conftest import Server
@@ -44,10 +45,13 @@ def test_async_api_and_sync_api_inside_a_running_loop(random_server: Server) -> 
 def test_default_model_and_top_level_functions(random_server: Server) -> None:
     llm = lmql.model("random", endpoint=random_server.endpoint)
     lmql.set_default_model(llm)
-    assert lmql.generate_sync("xy", max_tokens=4) == llm.generate_sync("xy", max_tokens=4)
-    assert lmql.score_sync("xy", ["z"]).token_scores == llm.score_sync("xy", ["z"]).token_scores
-    assert asyncio.run(lmql.generate("xy", max_tokens=4)) == llm.generate_sync("xy", max_tokens=4)
-    assert asyncio.run(lmql.score("xy", ["z"])).argmax() == "z"
+    try:
+        assert lmql.generate_sync("xy", max_tokens=4) == llm.generate_sync("xy", max_tokens=4)
+        assert lmql.score_sync("xy", ["z"]).token_scores == llm.score_sync("xy", ["z"]).token_scores
+        assert asyncio.run(lmql.generate("xy", max_tokens=4)) == llm.generate_sync("xy", max_tokens=4)
+        assert asyncio.run(lmql.score("xy", ["z"])).argmax() == "z"
+    finally:
+        lmql_core.api._default_model = None  # other tests expect no default model
 
 
 def test_sampling_with_n(random_server: Server) -> None:

@@ -203,9 +203,14 @@ def test_an_unsupported_constraint_fails_before_any_generation() -> None:
         lmql.run_sync('argmax "Hi [X]" where X.upper() == "A"', model=unreachable)
 
 
-def test_without_a_model_the_error_says_how_to_name_one() -> None:
+def test_without_a_model_the_error_says_how_to_name_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmql_core.api
+
+    monkeypatch.setattr(lmql_core.api, "_default_model", None)
     with pytest.raises(lmql.QueryError, match="no model for this query"):
         lmql.run_sync('argmax "Hi [X]" where len(TOKENS(X)) < 3')
+    lmql.set_default_model(MODEL)
+    assert lmql.run_sync('argmax "Hi [X]" where len(TOKENS(X)) < 3').prompt.startswith("Hi ")
 
 
 def test_lmql_run_cli_runs_a_file_with_inputs(tmp_path: Path) -> None:
