@@ -229,18 +229,3 @@ def test_lmql_run_cli_runs_a_file_with_inputs(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "Error: NameError: name 'country'" in bad.stderr
     assert "Traceback" not in bad.stderr
 
-
-def test_lmql_07_files_beside_ours_stop_import_and_commands_with_one_message(tmp_path: Path) -> None:
-    import shutil
-
-    site = tmp_path / "site"
-    shutil.copytree(Path(lmql.__file__).parent, site / "lmql")
-    (site / "lmql" / "runtime").mkdir()
-    (site / "lmql" / "runtime" / "interpreter.py").write_text("# LMQL 0.7's\n")
-    env = {**__import__("os").environ, "PYTHONPATH": f"{site}:{__import__('os').environ.get('PYTHONPATH', '')}"}
-    imported = subprocess.run([sys.executable, "-c", "import lmql"], capture_output=True, text=True, env=env)
-    assert imported.returncode == 1 and "lmql-core replaces it" in imported.stderr
-    command = subprocess.run([sys.executable, "-m", "lmql_core", "backends"], capture_output=True, text=True,
-                             env=env)
-    assert command.returncode == 1 and command.stderr.startswith("Error: LMQL 0.7")
-    assert "Traceback" not in command.stderr

@@ -5,6 +5,8 @@ other one's files beside ours mean a broken mix. Found, they stop ``import lmql`
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from pathlib import Path
 
 # files only LMQL 0.7's distribution has in the lmql package
@@ -29,3 +31,29 @@ def check(package_dir: Path | None = None) -> None:
             f"({package_dir}); both own the 'lmql' package and lmql-core replaces it. Repair: "
             "pip uninstall -y lmql lmql-core, then pip install lmql-core (or ./ from a checkout); "
             "keep LMQL 0.7 in a virtual environment of its own.")
+
+
+class _Refuse:
+    """A meta path finder that stops every import of ``lmql`` with the message."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name != "lmql" and not name.startswith("lmql."):
+            return None
+        if os.path.basename(sys.argv[0] if sys.argv else "") == "lmql":  # the `lmql` command
+            sys.stderr.write(f"Error: {self.message}\n")
+            raise SystemExit(1)
+        raise MixedInstallation(self.message)
+
+
+def install_guard() -> None:
+    """Run at start-up by ``lmql_core_guard.pth``: LMQL 0.7 installed after lmql-core replaces our
+    ``lmql/__init__.py`` and script, so only a start-up hook can still say what happened."""
+    try:
+        check(Path(__file__).resolve().parent.parent / "lmql")
+    except MixedInstallation as error:
+        sys.meta_path.insert(0, _Refuse(str(error)))
+    except Exception:  # noqa: BLE001 (never break interpreter start-up)
+        pass
