@@ -56,7 +56,14 @@ distribution
 
 
 def plain(value: Any) -> Any:
-    """JSON-friendly: tuples to lists, numpy scalars to Python numbers."""
+    """JSON-friendly: query results to their prompt and variables (and distribution fields),
+    tuples to lists, numpy scalars to Python numbers."""
+    if hasattr(value, "prompt") and hasattr(value, "variables"):
+        record = {"prompt": value.prompt, "variables": plain(dict(value.variables))}
+        for field in ("distribution_variable", "distribution_values"):
+            if getattr(value, field, None) is not None:
+                record[field] = plain(getattr(value, field))
+        return record
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -23,28 +23,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from programs import plain
 from queries import PROGRAMS
 
 TIMEOUT = 90.0  # per program
-
-
-def plain(value: Any) -> Any:
-    """JSON-friendly: query results to their prompt and variables, tuples to lists."""
-    if hasattr(value, "prompt") and hasattr(value, "variables"):
-        record = {"prompt": value.prompt, "variables": plain(dict(value.variables))}
-        for field in ("distribution_variable", "distribution_values"):
-            if getattr(value, field, None) is not None:
-                record[field] = plain(getattr(value, field))
-        return record
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return plain(value.tolist())
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 def model_expression(endpoint: str, folder: str) -> str:

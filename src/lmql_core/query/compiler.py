@@ -16,7 +16,7 @@ from typing import Any
 
 from lmql_core.query.errors import QueryError, QuerySyntaxError
 from lmql_core.query.parser import WHERE_MARK
-from lmql_core.query.qstring import Hole, Interpolation, Text, parse_qstring
+from lmql_core.query.qstring import Hole, Interpolation, Text, outside_quotes, parse_qstring
 
 CTX = "__lmql_ctx"
 FUNCTION = "__lmql_query__"
@@ -159,19 +159,11 @@ def _formatted(field: str) -> ast.FormattedValue:
 
 
 def _split_field(field: str) -> tuple[str, str | None, str | None]:
-    depth, quote = 0, None
-    for i, c in enumerate(field):
-        if quote:
-            quote = None if c == quote else quote
-        elif c in "'\"":
-            quote = c
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif depth == 0 and c == "!" and field[i + 1:i + 2] != "=":
+    """``expr!r:spec`` to its expression, conversion and format spec."""
+    for i, c, depth in outside_quotes(field):
+        if depth == 0 and c == "!" and field[i + 1:i + 2] != "=":
             conversion, _, spec = field[i + 1:].partition(":")
             return field[:i], conversion.strip(), spec or None
-        elif depth == 0 and c == ":":
+        if depth == 0 and c == ":":
             return field[:i], None, field[i + 1:]
     return field, None, None

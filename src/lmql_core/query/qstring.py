@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lmql_core.query.errors import QuerySyntaxError
@@ -76,22 +77,26 @@ def _hole(inner: str, s: str) -> Hole:
     return Hole(match["name"], match["type"] or None)
 
 
-def _closing_brace(s: str, start: int) -> int:
-    depth = 0
-    quote: str | None = None
+def outside_quotes(s: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """``(index, character, bracket depth after it)`` for each character of ``s`` from ``start``
+    that is not inside a quoted string (what Python expressions in ``{...}`` need)."""
+    depth, quote = 0, None
     for i in range(start, len(s)):
         c = s[i]
         if quote:
-            if c == quote:
-                quote = None
-        elif c in "'\"":
+            quote = None if c == quote else quote
+            continue
+        if c in "'\"":
             quote = c
-        elif c in "{[(":
-            depth += 1
-        elif c in "}])":
-            depth -= 1
-            if depth == 0:
-                if c != "}":
-                    break
-                return i
+            continue
+        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
+        yield i, c, depth
+
+
+def _closing_brace(s: str, start: int) -> int:
+    for i, c, depth in outside_quotes(s, start):
+        if depth == 0 and c in ")]}":
+            if c != "}":
+                break
+            return i
     raise QuerySyntaxError(f"unclosed '{{' in prompt string {s!r} (write '{{{{' for a literal brace)")
