@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from lmql_core.api.llm import LLM
-from lmql_core.query.constraints import ANY, Allowed, Node, Scope, StopsAt, Value
+from lmql_core.query.constraints import ANY, Allowed, Count, Node, Scope, StopsAt, Value
 from lmql_core.query.vocabulary import Vocabulary
 
 CHUNK = 64  # tokens asked for at once when no constraint bounds the variable
@@ -84,8 +84,6 @@ class Variable:
 
     def token_limit(self, ids: list[int]) -> int:
         """How many tokens one request may ask for: the tightest ``len(TOKENS(V)) < n``."""
-        from lmql_core.query.constraints import Count
-
         limit = CHUNK
         nodes = [self.where] if self.where is not None else []
         while nodes:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmql_core.api.llm import LLM
 from lmql_core.query.constraints import Both, IsInt, Node, Scope
 from lmql_core.query.errors import QueryError
+from lmql_core.query.generation import Variable
 from lmql_core.query.qstring import Hole
 from lmql_core.query.vocabulary import Vocabulary
 from lmql_core.query.where import parse_where
-
-if TYPE_CHECKING:
-    from lmql_core.query.generation import Variable
 
 
 @dataclass
@@ -33,7 +31,7 @@ class Decided:
 
 
 # How a hole gets its value: generate it now, or (beam search) replay or suspend.
-Decide = Callable[["QueryContext", str, list[int], "Variable"], Awaitable[Decided]]
+Decide = Callable[["QueryContext", str, list[int], Variable], Awaitable[Decided]]
 
 
 @dataclass
@@ -86,8 +84,6 @@ class QueryContext:
         if hole.name == self.program.distribution:
             self.distribution_prompt = self.prompt_text
             return None
-        from lmql_core.query.generation import Variable
-
         where = self._where_for(hole, local_where)
         variable = Variable(hole.name, where, Scope(self.program.globals, scope, dict(self.variables)),
                             self.vocab)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
 from lmql_core.tokenizer import Tokenizer
 
-_cache: dict[int, Vocabulary] = {}
+_cache: dict[int, Vocabulary] = {}  # by id of the tokenizer, which the entry keeps alive
 
 
 class Vocabulary:
@@ -19,13 +18,14 @@ class Vocabulary:
         self.size = int(tokenizer.vocab_size)
         self.eos = tokenizer.eos_token_id
         self.bos = tokenizer.bos_token_id
+        self._masks: dict[str, np.ndarray] = {}
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> Vocabulary:
-        key = id(tokenizer)
-        if key not in _cache:
-            _cache[key] = cls(tokenizer)
-        return _cache[key]
+        cached = _cache.get(id(tokenizer))
+        if cached is None or cached.tokenizer is not tokenizer:
+            cached = _cache[id(tokenizer)] = cls(tokenizer)
+        return cached
 
     @cached_property
     def texts(self) -> list[str]:
@@ -46,19 +46,14 @@ class Vocabulary:
         return np.zeros(self.size, dtype=bool)
 
     def matching(self, pattern: str) -> np.ndarray:
-        """Tokens whose text matches ``pattern`` from its start (``re.match``)."""
-        return self._regex_mask(pattern)
-
-    def _regex_mask(self, pattern: str) -> Any:
-        key = ("match", pattern)
-        cache = self.__dict__.setdefault("_masks", {})
-        if key not in cache:
+        """Tokens whose text matches ``pattern`` from its start (``re.match``), EOS never."""
+        if pattern not in self._masks:
             compiled = re.compile(pattern)
             mask = np.array([compiled.match(t) is not None for t in self.texts], dtype=bool)
             if self.eos is not None:
                 mask[self.eos] = False
-            cache[key] = mask
-        return cache[key]
+            self._masks[pattern] = mask
+        return self._masks[pattern]
 
     def first_tokens(self, texts: list[str]) -> np.ndarray:
         """The first token of each text's own tokenization."""
