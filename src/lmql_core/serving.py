@@ -54,6 +54,7 @@ class LoadedModel:
             "distribution": spec.distribution,
             "vocab_size": self.backend.vocab_size,
             "eos_token_id": self.backend.eos_token_id,
+            "bos_token_id": self.backend.bos_token_id,
             "max_context": self.backend.max_context,
             "loader_kwargs": {k: repr(v) for k, v in self.loader_kwargs.items()},
             "extensions": self.extensions(),
