@@ -5,11 +5,10 @@ The package lives in tests/plugin_example and is installed into the test environ
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-
-import asyncio
 
 import numpy as np
 import pytest
@@ -49,7 +48,7 @@ def test_served_by_lmql_serve_model() -> None:
 def counting_logprob(values: str, after: str) -> float:
     """The reference: each token has logit 10 where it is its predecessor + 1 and 0 elsewhere."""
     total = 0.0
-    for previous, token in zip(after[-1] + values, values):
+    for previous, token in zip(after[-1] + values[:-1], values, strict=True):
         row = np.zeros(256)
         row[(ord(previous) + 1) % 256] = 10.0
         total += row[ord(token)] - np.log(np.exp(row).sum())
