@@ -133,3 +133,25 @@ def test_the_reference_filters_as_transformers_warpers_do(temperature: float, to
         scores = warper(None, scores)
     expected = torch.softmax(scores, dim=-1)[0].numpy()
     assert distribution(WIDE_ROW, temperature, top_k, top_p) == pytest.approx(expected, abs=1e-12)
+
+
+TIED_ROWS = {
+    "uniform": np.zeros(4096),
+    "tied_below_the_best": np.asarray([0.0, 1.0, 3.0, 3.0, 2.0, 3.0] * 700),
+}
+
+
+@pytest.mark.parametrize("ops_name", OPS)
+@pytest.mark.parametrize("row_name", TIED_ROWS)
+@pytest.mark.parametrize("top_logprobs", [1, 5])
+def test_greedy_ties_go_to_the_lowest_id(ops_name: str, row_name: str, top_logprobs: int) -> None:
+    """Among equal logits the greedy choice and the top list rank the lowest id first, as
+    numpy's stable sort (the reference) and argmax do."""
+    ops, array = OPS[ops_name]()
+    row = TIED_ROWS[row_name]
+    batch = [params({"temperature": 0.0}, top_logprobs=top_logprobs)] * 3
+    samples = sample_batch(ops, array([row] * 3), batch, seed=0)
+    best = np.argsort(-row, kind="stable")[:top_logprobs].tolist()
+    assert samples.tokens == [best[0]] * 3
+    if top_logprobs > 1:
+        assert [list(top) for top in samples.top_logprobs] == [best] * 3

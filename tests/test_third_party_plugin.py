@@ -5,13 +5,16 @@ The package lives in tests/plugin_example and is installed into the test environ
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import lmql
+from lmql_core.errors import ModelLoadError, ServerError
 from tests.conftest import Server
 
 pytest.importorskip("lmql_example_backend", reason="pip install ./tests/plugin_example")
@@ -40,3 +43,74 @@ def test_served_by_lmql_serve_model() -> None:
         assert llm.generate_sync("0", max_tokens=5) == "12345"
     finally:
         assert server.stop() == 0
+
+
+def counting_logprob(values: str, after: str) -> float:
+    """The reference: each token has logit 10 where it is its predecessor + 1 and 0 elsewhere."""
+    total = 0.0
+    for previous, token in zip(after[-1] + values[:-1], values, strict=True):
+        row = np.zeros(256)
+        row[(ord(previous) + 1) % 256] = 10.0
+        total += row[ord(token)] - np.log(np.exp(row).sum())
+    return total
+
+
+def test_scored_through_lmql_serve_model() -> None:
+    """The example honours StepInput.all_logits (it did not: SCORE failed with 'model error: 1')."""
+    server = Server("counting:x")
+    try:
+        llm = lmql.model("counting:x", endpoint=server.endpoint)
+        result = llm.score_sync("ab", ["cd", "cx"])
+        assert result.scores() == pytest.approx([counting_logprob("cd", "ab"), counting_logprob("cx", "ab")],
+                                                  abs=1e-4)
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_backend_that_cannot_score_fails_the_score_with_a_clear_error() -> None:
+    llm = lmql.model("local:counting:noscore", scores=False)
+    with pytest.raises(ServerError, match="CountingBackend cannot score.*StepOutput.all_logits"):
+        llm.score_sync("ab", ["cd"])
+    assert llm.generate_sync("a", max_tokens=2) == "bc"  # the model lives on
+
+
+def test_a_backend_without_its_required_attributes_fails_at_load() -> None:
+    with pytest.raises(ModelLoadError, match=r"'counting' \(CountingBackend\) does not set what every "
+                       "backend must: ops: the array operations"):
+        lmql.model("local:counting:noops", leave_out="ops")
+
+
+def test_one_failed_row_ends_only_its_own_stream() -> None:
+    """A row the backend reports in StepOutput.errors fails its stream; the batch goes on."""
+    server = Server("counting:x", "--fail_on", "120")  # 'x'
+    try:
+        llm = lmql.model("counting:x", endpoint=server.endpoint)
+
+        async def all_at_once() -> list[object]:
+            prompts = ["a", "b", "x", "c", "d", "e", "f", "g"]
+            return await asyncio.gather(*(llm.generate(p, max_tokens=3) for p in prompts),
+                                        return_exceptions=True)
+
+        results = asyncio.run(all_at_once())
+        failed = results.pop(2)
+        assert isinstance(failed, ServerError) and "token 120 is not allowed" in str(failed)
+        assert results == ["bcd", "cde", "def", "efg", "fgh", "ghi", "hij"]
+        assert llm.generate_sync("0", max_tokens=2) == "12"  # the server lives on
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_tokenizer_reaches_the_backends_loader_in_process() -> None:
+    llm = lmql.model("local:counting:tok", tokenizer="counting-bytes")
+    assert llm.model_info_sync()["model_info"]["tokenizer"] == repr("counting-bytes")
+
+
+def test_the_tokenizer_reaches_the_backends_loader_from_lmql_generate() -> None:
+    """The example's loader rejects tokenizers other than its own: the refusal shows it got one."""
+    command = [sys.executable, "-m", "lmql_core", "generate", "a", "-m", "local:counting:cli", "--max-tokens", "3"]
+    good = subprocess.run([*command, "--tokenizer", "counting-bytes"], capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0, good.stderr
+    assert "abc" in good.stdout
+    bad = subprocess.run([*command, "--tokenizer", "other"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0
+    assert "no tokenizer 'other' for the counting backend" in bad.stderr

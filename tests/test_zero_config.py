@@ -129,3 +129,32 @@ def test_tokenizer_command_answers(tiny_server: Server) -> None:
     spec = answer["tokenizer"]
     assert json.loads(spec["tokenizer_json"])["model"]["type"] == "BPE"
     assert (spec["bos_token_id"], spec["eos_token_id"]) == (1, 2)
+
+
+def tiny_without_bos(folder: Path) -> Path:
+    """lmql-tiny's files, its vocabulary unchanged, served with no BOS token."""
+    import shutil
+
+    copy = Path(shutil.copytree(bundled_path("lmql-tiny"), folder / "tiny-without-bos"))
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((copy / name).read_text())
+        config["bos_token_id"] = None
+        (copy / name).write_text(json.dumps(config))
+    return copy
+
+
+def test_the_tokenizer_cache_keeps_bos_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same vocabulary served without BOS, asked with a warm cache: no BOS before the prompt
+    (the cache was keyed by the vocabulary alone, and the warm client prepended BOS=1)."""
+    monkeypatch.setenv("LMQL_CACHE_DIR", str(tmp_path / "cache"))
+    no_bos = tiny_without_bos(tmp_path)
+    with_bos_server, no_bos_server = Server("lmql-tiny"), Server(str(no_bos))
+    try:
+        with_bos = lmql.model("lmql-tiny", endpoint=with_bos_server.endpoint)
+        without = lmql.model(str(no_bos), endpoint=no_bos_server.endpoint)
+        words = with_bos.tokenizer.encode("hi", add_special_tokens=False)
+        assert with_bos.encode_prompt("hi") == [1, *words]  # warms the cache
+        assert without.encode_prompt("hi") == words
+        assert len(list((tmp_path / "cache" / "tokenizers").glob("*.json"))) == 2
+    finally:
+        assert with_bos_server.stop() == 0 and no_bos_server.stop() == 0

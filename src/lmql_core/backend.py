@@ -26,10 +26,28 @@ class StepInput:
 @dataclass
 class StepOutput:
     """``last_logits``: shape (batch, vocab), one row per input in order.
-    ``all_logits``: for inputs that asked, seq_id -> shape (len(tokens), vocab)."""
+    ``all_logits``: for every input that asked (``StepInput.all_logits``), seq_id -> shape
+    (len(tokens), vocab).
+    ``errors``: seq_id -> message, for inputs that failed on their own (a bad token, say): the
+    engine ends only those streams, with the message; their rows of ``last_logits`` are ignored
+    (fill them with anything). An exception raised by ``forward`` fails the whole batch."""
 
     last_logits: Any
     all_logits: dict[int, Any] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+REQUIRED_ATTRIBUTES = {"vocab_size": "the number of token ids (an int)",
+                       "ops": "the array operations for its logits (NumpyOps() for numpy arrays)"}
+
+
+def contract_problems(backend: Any) -> list[str]:
+    """What ``backend`` lacks of the attributes every backend must set (empty when none)."""
+    problems = [f"{name}: {what}" for name, what in REQUIRED_ATTRIBUTES.items()
+                if getattr(backend, name, None) is None]
+    if not problems and not (isinstance(backend.vocab_size, int) and backend.vocab_size > 0):
+        problems.append(f"vocab_size must be a positive int, not {backend.vocab_size!r}")
+    return problems
 
 
 class Backend(ABC):

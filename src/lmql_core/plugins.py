@@ -112,3 +112,16 @@ def backend_for_name(name: str) -> BackendSpec:
     if spec is None:
         raise BackendNotInstalled(name, KNOWN_BACKENDS.get(name))
     return spec
+
+
+def backend_takes(name: str, keyword: str) -> bool:
+    """Whether the factory of backend ``name`` names ``keyword`` among its parameters (a
+    ``**kwargs`` alone does not count: those usually go on to a library that would reject it)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(backend_for_name(name).factory).parameters
+    except (TypeError, ValueError):  # a factory whose signature cannot be read
+        return False
+    found = parameters.get(keyword)
+    return found is not None and found.kind in (found.POSITIONAL_OR_KEYWORD, found.KEYWORD_ONLY)

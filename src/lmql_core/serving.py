@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from lmql_core import plugins
-from lmql_core.backend import Backend
+from lmql_core.backend import Backend, contract_problems
 from lmql_core.engine.engine import Engine
 from lmql_core.errors import LMQLError, ModelLoadError, RequestError, shown
 from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
@@ -54,6 +54,7 @@ class LoadedModel:
             "distribution": spec.distribution,
             "vocab_size": self.backend.vocab_size,
             "eos_token_id": self.backend.eos_token_id,
+            "bos_token_id": self.backend.bos_token_id,
             "max_context": self.backend.max_context,
             "loader_kwargs": {k: repr(v) for k, v in self.loader_kwargs.items()},
             "extensions": self.extensions(),
@@ -75,6 +76,10 @@ def load_model(model_id: ModelId, *, cuda: bool = False, dtype: str | None = Non
             f"could not load '{model_id.served_name}' with backend '{model_id.backend}'"
             f"{f' ({args})' if args else ''}: {type(error).__name__}: {_one_line(str(error))}"
         ) from error
+    problems = contract_problems(backend)
+    if problems:
+        raise ModelLoadError(f"the backend '{model_id.backend}' ({type(backend).__name__}) does not set "
+                             f"what every backend must: {'; '.join(problems)}")
     kwargs = dict(loader_kwargs, cuda=cuda, dtype=dtype)
     return LoadedModel(model_id, backend, Engine(backend, **(engine_options or {})), kwargs)
 

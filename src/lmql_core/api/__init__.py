@@ -23,7 +23,8 @@ _default_model: LLM | None = None
 def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = None,
           api_key: str | None = None, inprocess: bool = False, **loader_kwargs: Any) -> LLM:
     """A model by identifier: ``local:NAME`` (or ``inprocess=True``) loads it in this process
-    with ``loader_kwargs``; otherwise it is served at ``endpoint`` (default localhost:8080)."""
+    with ``loader_kwargs`` (and ``tokenizer``, where the backend's factory takes one);
+    otherwise it is served at ``endpoint`` (default localhost:8080)."""
     if isinstance(name, LLM):
         return name
     model_id = parse_model_id(("local:" if inprocess and not name.startswith("local:") else "") + name)
@@ -33,6 +34,8 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
             raise LMQLError(f"'{model_id}' loads the model in this process, so there is no endpoint "
                             f"to use ('{endpoint}'): drop 'local:' to use the server there, or "
                             "drop the endpoint")
+        if tokenizer is not None and plugins.backend_takes(model_id.backend, "tokenizer"):
+            loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}  # the backend's loader sees it too
         client = transports["local:"](model_id, **loader_kwargs)
     else:
         if loader_kwargs:

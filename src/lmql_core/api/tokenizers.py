@@ -62,7 +62,9 @@ class TokenizerResolver:
                     "leave out tokenizer= to use the server's")
             return self._local
         if served:
-            return _from_cache(served) or await self._fetch(served)
+            specials = await self._served_specials()
+            cached = _from_cache(served, *specials) if specials else None
+            return cached or await self._fetch(served)
         return load_tokenizer(self.model_id.model, None, self.model_id.backend)
 
     async def _server_fingerprint(self) -> str | None:
@@ -70,28 +72,41 @@ class TokenizerResolver:
         found = extensions.get("tokenizer") if isinstance(extensions, dict) else None
         return found if isinstance(found, str) else None
 
+    async def _served_specials(self) -> tuple[int | None, int | None] | None:
+        """(BOS, EOS) as MODEL_INFO tells them: one vocabulary may be served with other ones,
+        so they are part of the cache key. None where the server does not tell BOS."""
+        info = await self.server_info()
+        if "bos_token_id" not in info:
+            return None
+        return info.get("bos_token_id"), info.get("eos_token_id")
+
     async def _fetch(self, fingerprint: str) -> Tokenizer:
         spec = await self.client.tokenizer(self.model_id.served_name)
         tokenizer = JsonTokenizer.from_spec(spec)
         if tokenizer.fingerprint() == fingerprint:
-            _store(fingerprint, spec)
+            _store(_cache_key(fingerprint, tokenizer.bos_token_id, tokenizer.eos_token_id), spec)
         return tokenizer
 
 
-def _from_cache(fingerprint: str) -> Tokenizer | None:
-    path = cache_dir() / f"{fingerprint}.json"
+def _cache_key(fingerprint: str, bos: int | None, eos: int | None) -> str:
+    return f"{fingerprint}-bos{bos}-eos{eos}"
+
+
+def _from_cache(fingerprint: str, bos: int | None, eos: int | None) -> Tokenizer | None:
+    path = cache_dir() / f"{_cache_key(fingerprint, bos, eos)}.json"
     try:
         tokenizer = JsonTokenizer.from_spec(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError):
         return None
-    return tokenizer if tokenizer.fingerprint() == fingerprint else None
+    found = (tokenizer.fingerprint(), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    return tokenizer if found == (fingerprint, bos, eos) else None
 
 
-def _store(fingerprint: str, spec: dict[str, Any]) -> None:
+def _store(key: str, spec: dict[str, Any]) -> None:
     try:
         cache_dir().mkdir(parents=True, exist_ok=True)
-        temporary = cache_dir() / f".{fingerprint}.{os.getpid()}.tmp"
+        temporary = cache_dir() / f".{key}.{os.getpid()}.tmp"
         temporary.write_text(json.dumps(spec), encoding="utf-8")
-        temporary.replace(cache_dir() / f"{fingerprint}.json")
+        temporary.replace(cache_dir() / f"{key}.json")
     except OSError:
         pass  # a read-only home only costs a fetch next time

@@ -70,8 +70,18 @@ class NumpyOps:
         return np.take_along_axis(x, np.asarray(index)[:, None], axis=-1)[:, 0]
 
     def topk(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` largest of each row, best first; among equal values the lowest id first
+        (as ``argmax``), so a greedy choice between tied tokens is always the same."""
         k = min(k, x.shape[1])
-        idx = np.argpartition(-x, k - 1, axis=-1)[:, :k]
+        if k == 1:
+            idx = x.argmax(axis=-1)[:, None]
+        else:
+            keys = np.where(np.isnan(x), -np.inf, x)  # NaN ranks last (the engine reports it)
+            threshold = -np.partition(-keys, k - 1, axis=-1)[:, k - 1 : k]
+            tied = keys == threshold
+            wanted = k - (keys > threshold).sum(axis=-1, keepdims=True)
+            chosen = (keys > threshold) | (tied & (np.cumsum(tied, axis=-1) <= wanted))
+            idx = np.nonzero(chosen)[1].reshape(len(x), k)  # exactly k a row, ascending ids
         vals = np.take_along_axis(x, idx, axis=-1)
         order = np.argsort(-vals, axis=-1, kind="stable")
         return np.take_along_axis(vals, order, -1), np.take_along_axis(idx, order, -1)
@@ -178,11 +188,23 @@ class TorchOps:
         return x.gather(-1, index[:, None])[:, 0]
 
     def topk(self, x: Any, k: int) -> tuple[Any, Any]:
+        """As ``NumpyOps.topk``: among equal values the lowest id first, without a host sync."""
+        t = self.torch
         if k == 1:  # one reduction instead of a selection (LMQL clients mostly ask for one)
-            values, indices = x.max(dim=-1, keepdim=True)
-        else:
-            values, indices = x.topk(min(k, x.shape[1]), dim=-1)
-        return values, indices
+            indices = x.argmax(dim=-1, keepdim=True)  # the first of equal maxima
+            return x.gather(-1, indices), indices
+        k = min(k, x.shape[1])
+        keys = t.nan_to_num(x, nan=float("-inf"))
+        threshold = keys.topk(k, dim=-1).values[:, -1:]
+        tied = keys == threshold
+        wanted = k - (keys > threshold).sum(dim=-1, keepdim=True)
+        chosen = (keys > threshold) | (tied & (tied.cumsum(dim=-1) <= wanted))
+        ids = t.arange(x.shape[1], device=x.device)
+        # the chosen ids, lowest first: rank them by how far from the end they are (no ties)
+        indices = t.where(chosen, x.shape[1] - ids, 0).topk(k, dim=-1).indices
+        values = x.gather(-1, indices)
+        order = (-values).sort(dim=-1, stable=True).indices
+        return values.gather(-1, order), indices.gather(-1, order)
 
     def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any:
         seen = self.tensor(sorted(set(tokens)), x.device)

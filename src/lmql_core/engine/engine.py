@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lmql_core.backend import Backend, StepInput
+from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.sampling import (
     PendingSamples,
     Samples,
@@ -174,20 +174,44 @@ class Engine:
                 if c.seq.in_prefill:
                     self.stats.tokens_prefilled += len(c.tokens)
                 c.seq.num_fed += len(c.tokens)
-            ready = [i for i, c in enumerate(chunks) if c.completes_prefill and c.seq.kind is Kind.GENERATE]
+            self._end_failed_rows([c.seq for c in chunks], output.errors)
+            ready = [i for i, c in enumerate(chunks)
+                     if c.completes_prefill and c.seq.kind is Kind.GENERATE and not c.seq.finished]
             seqs = [chunks[i].seq for i in ready]
             plan = SamplingPlan([s.params for s in seqs])
             sampling = self._sample(seqs, self._rows(output.last_logits, ready), plan) if ready else None
-            ops = self.backend.ops
-            scoring = [(c.seq, launch_scoring(ops, self._scored_rows(c.seq, output), c.seq.scored))
-                       for c in chunks if c.seq.kind is Kind.SCORE]
+            scoring = self._launch_scoring([c.seq for c in chunks if c.seq.kind is Kind.SCORE], output)
         except Exception as e:  # a failed batch ends its streams, never the server
             log.exception("forward pass failed")
             for c in chunks:
-                self._end(c.seq, TokenEvent(c.seq.stream_id, error=f"model error: {e}"))
+                if not c.seq.finished:
+                    self._end(c.seq, TokenEvent(c.seq.stream_id, error=f"model error: {e}"))
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scoring, started, headroom)
+
+    def _end_failed_rows(self, seqs: list[Sequence], errors: dict[int, str]) -> None:
+        """End the sequences whose rows the backend reported failed (``StepOutput.errors``)."""
+        for seq in seqs:
+            if seq.seq_id in errors:
+                self._end(seq, TokenEvent(seq.stream_id, error=f"model error: {errors[seq.seq_id]}"))
+
+    def _launch_scoring(self, seqs: list[Sequence], output: StepOutput) -> list[tuple[Sequence, Any]]:
+        launched = []
+        for seq in seqs:
+            if seq.finished:
+                continue
+            if seq.seq_id not in output.all_logits:  # a backend that ignores StepInput.all_logits
+                self._end(seq, TokenEvent(seq.stream_id, error=self._no_all_logits()))
+                continue
+            rows = self._scored_rows(seq, output)
+            launched.append((seq, launch_scoring(self.backend.ops, rows, seq.scored)))
+        return launched
+
+    def _no_all_logits(self) -> str:
+        return (f"model error: the backend {type(self.backend).__name__} cannot score: its forward() "
+                "returned no StepOutput.all_logits[seq_id] (logits for every appended token) for "
+                "an input with StepInput.all_logits set")
 
     def _sample(self, seqs: list[Sequence], logits: Any, plan: SamplingPlan) -> PendingSamples:
         self.seed += 1
@@ -216,13 +240,15 @@ class Engine:
                 return None
             for s in seqs:
                 s.num_fed += 1
+            self._end_failed_rows(seqs, output.errors)  # their sampled rows are skipped later
             self.stats.steps_chained += 1
             following = self._sample(seqs, output.last_logits, sampling.plan)
             return LaunchedStep(seqs, following, [], started, step.headroom - 1, seq_ids)
         except Exception as e:
             log.exception("forward pass failed")
             for s in seqs:
-                self._end(s, TokenEvent(s.stream_id, error=f"model error: {e}"))
+                if not s.finished:
+                    self._end(s, TokenEvent(s.stream_id, error=f"model error: {e}"))
             return None
 
     def _scored_rows(self, seq: Sequence, output: Any) -> Any:

@@ -1,4 +1,11 @@
-"""A backend written the way a third party would: the next token is always the last one + 1."""
+"""A backend written the way a third party would: the next token is always the last one + 1.
+
+Loader options that tests use to reach the corners of the backend contract:
+``fail_on=N``: an input that appends token N fails on its own (``StepOutput.errors``);
+``scores=False``: ignores ``StepInput.all_logits`` (a backend that cannot score);
+``leave_out=NAME``: does not set the attribute NAME (a backend that breaks the contract);
+``tokenizer=``: from ``lmql.model("local:...", tokenizer=...)``; only ``counting-bytes``, reported in ``info()``.
+"""
 
 from __future__ import annotations
 
@@ -12,27 +19,46 @@ from lmql_core.hookspecs import hookimpl
 from lmql_core.tokenizer import BytesTokenizer
 
 VOCAB = 256
+CONFIDENCE = 10.0  # the logit of the next token; every other token has 0
+
+
+def counting_logits(tokens: list[int]) -> np.ndarray:
+    """Row i predicts the token after ``tokens[i]``."""
+    logits = np.zeros((len(tokens), VOCAB), dtype=np.float32)
+    logits[np.arange(len(tokens)), (np.asarray(tokens) + 1) % VOCAB] = CONFIDENCE
+    return logits
 
 
 class CountingBackend(Backend):
-    def __init__(self, model: str, **kwargs: Any) -> None:
+    def __init__(self, model: str, *, tokenizer: str | None = None, fail_on: int | None = None,
+                 scores: bool = True, leave_out: str | None = None, **kwargs: Any) -> None:
         self.vocab_size = VOCAB
         self.eos_token_id = None
         self.max_context = 1024
         self.ops = NumpyOps()
+        if tokenizer not in (None, "counting-bytes"):
+            raise ValueError(f"no tokenizer '{tokenizer}' for the counting backend (it has 'counting-bytes')")
+        self.tokenizer = tokenizer
+        self.fail_on = None if fail_on is None else int(fail_on)
+        self.scores = scores not in (False, "False", "false")
         self.kwargs = kwargs
+        if leave_out:  # a backend that forgot a required attribute
+            delattr(self, leave_out)
 
     def forward(self, batch: list[StepInput]) -> StepOutput:
-        logits = np.zeros((len(batch), VOCAB), dtype=np.float32)
-        for row, item in enumerate(batch):
-            logits[row, (item.tokens[-1] + 1) % VOCAB] = 10.0
-        return StepOutput(logits)
+        output = StepOutput(np.stack([counting_logits(item.tokens)[-1] for item in batch]))
+        for item in batch:
+            if self.fail_on is not None and self.fail_on in item.tokens:
+                output.errors[item.seq_id] = f"token {self.fail_on} is not allowed"
+            elif item.all_logits and self.scores:
+                output.all_logits[item.seq_id] = counting_logits(item.tokens)
+        return output
 
     def release(self, seq_id: int) -> None:
         pass
 
     def info(self) -> dict[str, Any]:
-        return {"backend": "counting", "kwargs": repr(self.kwargs)}
+        return {"backend": "counting", "kwargs": repr(self.kwargs), "tokenizer": repr(self.tokenizer)}
 
 
 @hookimpl
