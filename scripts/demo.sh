@@ -29,4 +29,9 @@ import sys, lmql
 llm = lmql.model("lmql-tiny", endpoint=f"localhost:{sys.argv[1]}")
 result = llm.score_sync("The cat sat on the", [" mat", " xqzv"])
 print(result)
+# an LMQL program on the served model
+answer = lmql.run_sync("""argmax
+    "Q: Where did the cat sit?\\nA: On the[PLACE]" where PLACE in [" mat", " sofa", " roof"]
+""", model=llm)
+print(answer.prompt)
 PY
