@@ -1,0 +1,11 @@
+"""Everything a backend author imports, in one place (see README, "Writing a backend").
+
+    from lmql_core.plugin import Backend, NumpyOps, StepInput, StepOutput, hookimpl
+"""
+
+from lmql_core.backend import Backend, StepInput, StepOutput
+from lmql_core.engine.array_ops import NumpyOps, TorchOps
+from lmql_core.errors import LMQLError
+from lmql_core.hookspecs import hookimpl
+
+__all__ = ["Backend", "LMQLError", "NumpyOps", "StepInput", "StepOutput", "TorchOps", "hookimpl"]

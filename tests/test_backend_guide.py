@@ -1,0 +1,61 @@
+"""The README's "Writing a backend" example, exactly as printed there, installed the way a plugin
+is (a module and a distribution's entry point) and served by `lmql serve-model mine:...`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_backend() -> str:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"```python\n(# mine_backend\.py\n.*?)```", readme, re.S)
+    assert match, "the README's backend example is missing"
+    return match.group(1)
+
+
+def install_plugin(site: Path) -> None:
+    """What `pip install` of the plugin's project leaves: the module and its entry point."""
+    (site / "mine_backend.py").write_text(readme_backend())
+    info = site / "mine_backend-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mine-backend\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[lmql]\nmine = mine_backend\n")
+
+
+async def request(endpoint: str, command: str, payload: dict) -> list[dict]:
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"ws://{endpoint}/") as ws:
+        await ws.send_str(f"{command} {json.dumps({**payload, 'stream_id': 1})}")
+        entries: list[dict] = []
+        while not entries or entries[-1].get("finish_reason") is None and "error" not in entries[-1]:
+            message = await asyncio.wait_for(ws.receive(), 30)
+            entries += json.loads(message.data.split(" ", 1)[1])
+        return entries
+
+
+def test_the_readme_backend_serves_generates_and_scores(tmp_path: Path) -> None:
+    install_plugin(tmp_path)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    server = Server("mine:anything", env={"PYTHONPATH": path})
+    try:
+        generated = asyncio.run(request(server.endpoint, "GENERATE", {
+            "model": "mine:anything", "prompt": [97], "max_tokens": 3, "temperature": 0}))
+        scored = asyncio.run(request(server.endpoint, "SCORE", {
+            "model": "mine:anything", "prompt": [97], "scored": [98, 120]}))
+    finally:
+        assert server.stop() == 0, server.output()
+    assert [e["token"] for e in generated] == [98, 99, 100]
+    assert generated[-1]["finish_reason"] == "length"
+    total = math.log(math.exp(10.0) + 255)  # one logit of 10, 255 of 0
+    assert [e["logprob"] for e in scored] == pytest.approx([10.0 - total, 0.0 - total], abs=1e-4)
