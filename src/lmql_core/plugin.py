@@ -1,11 +1,14 @@
 """Everything a backend author imports, in one place (see README, "Writing a backend").
 
     from lmql_core.plugin import Backend, NumpyOps, StepInput, StepOutput, hookimpl
+    from lmql_core.plugin import check_backend  # in the plugin's tests
 """
 
 from lmql_core.backend import Backend, StepInput, StepOutput
+from lmql_core.conformance import ConformanceError, check_backend
 from lmql_core.engine.array_ops import NumpyOps, TorchOps
 from lmql_core.errors import LMQLError
 from lmql_core.hookspecs import hookimpl
 
-__all__ = ["Backend", "LMQLError", "NumpyOps", "StepInput", "StepOutput", "TorchOps", "hookimpl"]
+__all__ = ["Backend", "ConformanceError", "LMQLError", "NumpyOps", "StepInput", "StepOutput", "TorchOps", "check_backend",
+           "hookimpl"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -65,9 +66,16 @@ class LoadedModel:
 
 def load_model(model_id: ModelId, *, cuda: bool = False, dtype: str | None = None,
                engine_options: dict[str, Any] | None = None, **loader_kwargs: Any) -> LoadedModel:
-    spec = plugins.backend_for_name(model_id.backend)
+    factory = plugins.backend_for_name(model_id.backend).factory
+    return load_with(factory, model_id, cuda=cuda, dtype=dtype, engine_options=engine_options, **loader_kwargs)
+
+
+def load_with(factory: Callable[..., Backend], model_id: ModelId, *, cuda: bool = False,
+              dtype: str | None = None, engine_options: dict[str, Any] | None = None,
+              **loader_kwargs: Any) -> LoadedModel:
+    """Call a backend's factory as the server does, check the contract and start its engine."""
     try:
-        backend = spec.factory(model_id.model, cuda=cuda, dtype=dtype, **loader_kwargs)
+        backend = factory(model_id.model, cuda=cuda, dtype=dtype, **loader_kwargs)
     except LMQLError:
         raise
     except Exception as error:  # the loader's own complaint, told in one line with what was asked
