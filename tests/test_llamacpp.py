@@ -46,7 +46,11 @@ def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def gguf_path(hf_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The export, through the exporter's command line, alone in its folder (no tokenizer.json)."""
-    out = tmp_path_factory.mktemp("gguf") / "model.gguf"
+    return export_gguf(hf_folder, tmp_path_factory.mktemp("gguf"))
+
+
+def export_gguf(hf_folder: Path, folder: Path) -> Path:
+    out = folder / "model.gguf"
     done = subprocess.run([sys.executable, "-m", "lmql_llamacpp.export", str(hf_folder), str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
