@@ -175,21 +175,24 @@ class _Suite:
     async def check_batching(self, prompts: list[list[int]], alone: list[Entries]) -> None:
         together = await asyncio.gather(*(self.generate("batching", p, MAX_TOKENS) for p in prompts))
         for i, (got, expected) in enumerate(zip(together, alone, strict=True)):
-            self.same("batching", f"stream {i} of {len(prompts)} concurrent ones against it alone", got, expected)
+            what = f"stream {i} of {len(prompts)} concurrent ones against it alone"
+            self.same("batching", what, got, expected)
 
     async def check_score(self, prompt: list[int], greedy: Entries) -> None:
         scored = [e["token"] for e in greedy]
-        entries = await self.stream("score", "SCORE", {"model": self.name, "prompt": prompt, "scored": scored})
+        body = {"model": self.name, "prompt": prompt, "scored": scored}
+        entries = await self.stream("score", "SCORE", body)
         self.observed("score")
         if [e.get("token") for e in entries] != scored:
             raise ConformanceError(f"score: SCORE of {len(scored)} tokens {scored} answered tokens "
-                                   f"{[e.get('token') for e in entries]}; expected one entry per scored token")
+                                   f"{[e.get('token') for e in entries]}; expected one per scored token")
         for i, (got, expected) in enumerate(zip(entries, greedy, strict=True)):
             self.check_logprob("score", got, i)
             if abs(got["logprob"] - expected["logprob"]) > self.tolerance:
                 raise ConformanceError(
-                    f"score: scored token {i} ({got['token']}) has logprob {got['logprob']:.6g}, but the greedy "
-                    f"step that chose it had {expected['logprob']:.6g} (tolerance {self.tolerance})")
+                    f"score: scored token {i} ({got['token']}) has logprob {got['logprob']:.6g}, but "
+                    f"the greedy step that chose it had {expected['logprob']:.6g} "
+                    f"(tolerance {self.tolerance})")
 
     async def check_release(self, prompt: list[int], expected: Entries) -> None:
         await self.wait_released("release", "after their streams ended")
@@ -202,14 +205,14 @@ class _Suite:
         self.same("release", "a stream after a cancelled one against the same stream before", after, expected)
 
     async def check_row_error(self, failing: list[int], prompt: list[int], expected: Entries) -> None:
-        results = await asyncio.gather(self.generate("row errors", failing, MAX_TOKENS),
-                                       self.generate("row errors", prompt, MAX_TOKENS), return_exceptions=True)
-        bad, good = results
-        if not isinstance(bad, ConformanceError):
-            raise ConformanceError(f"row errors: failing_prompt {failing} generated tokens "
-                                   f"{[e['token'] for e in bad]} instead of failing on its own")
+        bad, good = await asyncio.gather(self.generate("row errors", failing, MAX_TOKENS),
+                                         self.generate("row errors", prompt, MAX_TOKENS),
+                                         return_exceptions=True)
         if isinstance(good, BaseException):
             raise ConformanceError(f"row errors: a stream beside the failing one failed too: {good}")
+        if not isinstance(bad, BaseException):
+            raise ConformanceError(f"row errors: failing_prompt {failing} generated tokens "
+                                   f"{[e['token'] for e in bad]} instead of failing on its own")
         self.same("row errors", "a stream beside a failing one against it alone", good, expected)
 
     # helpers
@@ -246,7 +249,8 @@ class _Suite:
             raise ConformanceError(f"{check}: finish reasons {reasons}: only the last token may have one, "
                                    "'stop' or 'length'")
         if reasons[-1] == "length" and len(entries) != max_tokens:
-            raise ConformanceError(f"{check}: finish reason 'length' after {len(entries)} of {max_tokens} tokens")
+            raise ConformanceError(f"{check}: finish reason 'length' after {len(entries)} of {max_tokens} "
+                                   "tokens")
         if reasons[-1] == "stop" and tokens[-1] != self.backend.eos_token_id:
             raise ConformanceError(f"{check}: finish reason 'stop' on token {tokens[-1]}, not eos_token_id="
                                    f"{self.backend.eos_token_id}")

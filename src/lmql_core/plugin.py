@@ -10,5 +10,5 @@ from lmql_core.engine.array_ops import NumpyOps, TorchOps
 from lmql_core.errors import LMQLError
 from lmql_core.hookspecs import hookimpl
 
-__all__ = ["Backend", "ConformanceError", "LMQLError", "NumpyOps", "StepInput", "StepOutput", "TorchOps", "check_backend",
-           "hookimpl"]
+__all__ = ["Backend", "ConformanceError", "LMQLError", "NumpyOps", "StepInput", "StepOutput", "TorchOps",
+           "check_backend", "hookimpl"]

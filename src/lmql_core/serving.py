@@ -67,7 +67,8 @@ class LoadedModel:
 def load_model(model_id: ModelId, *, cuda: bool = False, dtype: str | None = None,
                engine_options: dict[str, Any] | None = None, **loader_kwargs: Any) -> LoadedModel:
     factory = plugins.backend_for_name(model_id.backend).factory
-    return load_with(factory, model_id, cuda=cuda, dtype=dtype, engine_options=engine_options, **loader_kwargs)
+    return load_with(factory, model_id, cuda=cuda, dtype=dtype, engine_options=engine_options,
+                     **loader_kwargs)
 
 
 def load_with(factory: Callable[..., Backend], model_id: ModelId, *, cuda: bool = False,
