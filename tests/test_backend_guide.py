@@ -59,3 +59,12 @@ def test_the_readme_backend_serves_generates_and_scores(tmp_path: Path) -> None:
     assert generated[-1]["finish_reason"] == "length"
     total = math.log(math.exp(10.0) + 255)  # one logit of 10, 255 of 0
     assert [e["logprob"] for e in scored] == pytest.approx([10.0 - total, 0.0 - total], abs=1e-4)
+
+
+def test_the_readme_backend_passes_check_backend() -> None:
+    from lmql_core.plugin import check_backend
+
+    module: dict = {}
+    exec(compile(readme_backend(), "mine_backend.py", "exec"), module)
+    outcome = check_backend(module["NextByte"], "anything")
+    assert outcome["score"] == outcome["batching"] == outcome["release"] == "passed"
