@@ -9,25 +9,12 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 
 import aiohttp
 import pytest
 
 from tests.attackers import connect, health, open_websocket, read_frames, send_frame
-from tests.conftest import RawClient, Server, read_metric
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
-def _tokens_generated(server: Server) -> float:
-    with urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10) as response:
-        return read_metric(response.read().decode(), "lmql_tokens_generated")
+from tests.conftest import RawClient, Server, server_metric, wait_until
 
 
 def _long_generate(sid: int, top_logprobs: int = 100) -> dict:
@@ -43,7 +30,7 @@ def test_sigterm_ends_the_server_within_its_grace_period_while_a_client_does_not
             send_frame(sock, "GENERATE", _long_generate(sid))
         # ~9 MB of frames, twice what the kernel buffers for a socket here (tcp_wmem's 4 MB):
         # the server's sends now wait on this client
-        _wait_for(lambda: _tokens_generated(server) >= 4000, timeout=120)
+        wait_until(lambda: server_metric(server, "lmql_tokens_generated") >= 4000, timeout=120)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         try:
@@ -64,14 +51,14 @@ def test_a_client_that_does_not_read_has_its_streams_ended_and_freed() -> None:
         for sid in range(8):
             send_frame(sock, "GENERATE", _long_generate(sid))
         # the engine lets them go long before the context (2,048 tokens each) would end them
-        _wait_for(lambda: health(server.endpoint)["models"]["random"]["active_sequences"] == 0)
+        wait_until(lambda: health(server.endpoint)["models"]["random"]["active_sequences"] == 0, 30)
         entries = [e for command, payload in read_frames(sock) if command == "TOKEN" for e in payload]
         ends = {e["stream_id"]: e for e in entries if "error" in e or e.get("finish_reason")}
         assert set(ends) == set(range(8))
         assert all("did not read the server's frames" in e["error"] for e in ends.values())
         assert len(entries) - 8 < 8 * 2048  # cut short
         sock.close()
-        _wait_for(lambda: health(server.endpoint)["connections"] == 0)
+        wait_until(lambda: health(server.endpoint)["connections"] == 0, 30)
     finally:
         assert server.stop() == 0, server.output()
 
@@ -85,7 +72,7 @@ def test_one_connection_with_a_thousand_streams_does_not_starve_another() -> Non
                     await hog.send("GENERATE", {"model": "random", "prompt": [1 + sid % 100], "stream_id": sid,
                                                 "max_tokens": 2000})
                 drain = asyncio.create_task(_drain(hog))
-                await asyncio.to_thread(_wait_for, lambda: _waiting(server) > 900)
+                await asyncio.to_thread(wait_until, lambda: _waiting(server) > 900, 30)
                 await newcomer.send("GENERATE", {"model": "random", "prompt": [5, 6], "stream_id": 1,
                                                  "max_tokens": 24})
                 answer = await newcomer.stream(1, timeout=120)

@@ -13,7 +13,7 @@ import pytest
 
 import lmql
 from lmql_core.errors import ConnectionLost
-from tests.conftest import RawClient, Server, read_metric
+from tests.conftest import RawClient, Server, read_metric, wait_until
 
 
 def _get(server: Server, path: str, token: str | None = None) -> tuple[int, str]:
@@ -25,13 +25,6 @@ def _get(server: Server, path: str, token: str | None = None) -> tuple[int, str]
             return response.status, response.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
-
-
-def _wait_for(condition, timeout: float = 10.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_health_and_metrics(random_server: Server) -> None:
@@ -63,7 +56,7 @@ def test_disconnect_mid_stream_frees_the_sequences() -> None:
             # leaving the block closed the socket in the middle of five long streams
 
         asyncio.run(scenario())
-        _wait_for(lambda: read_metric(_get(server, "/metrics")[1], "lmql_active_sequences") == 0)
+        wait_until(lambda: read_metric(_get(server, "/metrics")[1], "lmql_active_sequences") == 0, 10)
         metrics = _get(server, "/metrics")[1]
         assert read_metric(metrics, "lmql_sequences_cancelled") == 5
         generated = read_metric(metrics, "lmql_tokens_generated")
@@ -122,7 +115,7 @@ def test_soak_clients_connecting_and_dropping_at_random() -> None:
     try:
         asyncio.run(scenario())
         assert completed > 0
-        _wait_for(lambda: read_metric(_get(server, "/metrics")[1], "lmql_active_sequences") == 0)
+        wait_until(lambda: read_metric(_get(server, "/metrics")[1], "lmql_active_sequences") == 0, 10)
         assert server.alive()
     finally:
         assert server.stop() == 0

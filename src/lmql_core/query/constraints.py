@@ -82,33 +82,28 @@ class Value:
 
 
 class Node:
-    def variables(self) -> Iterator[str]:
-        yield from ()
+    def nodes(self) -> Iterator[Node]:
+        """This node and every node under it."""
+        yield self
 
     def allowed(self, var: str, value: Value, scope: Scope, vocab: Vocabulary) -> Allowed:
         raise NotImplementedError
-
-    def stops(self, var: str) -> Iterator[StopsAt]:
-        yield from ()
 
 
 @dataclass
 class Both(Node):
     children: list[Node]
 
-    def variables(self) -> Iterator[str]:
+    def nodes(self) -> Iterator[Node]:
+        yield self
         for child in self.children:
-            yield from child.variables()
+            yield from child.nodes()
 
     def allowed(self, var: str, value: Value, scope: Scope, vocab: Vocabulary) -> Allowed:
         result = ANY
         for child in self.children:
             result = result & child.allowed(var, value, scope, vocab)
         return result
-
-    def stops(self, var: str) -> Iterator[StopsAt]:
-        for child in self.children:
-            yield from child.stops(var)
 
 
 @dataclass
@@ -147,9 +142,6 @@ class Leaf(Node):
     args: list[ast.expr]
     source: str
 
-    def variables(self) -> Iterator[str]:
-        yield self.var
-
     def allowed(self, var: str, value: Value, scope: Scope, vocab: Vocabulary) -> Allowed:
         if var == self.var:
             return self.mask(value, [scope.eval(a) for a in self.args], vocab)
@@ -171,10 +163,6 @@ class StopsAt(Leaf):
 
     def mask(self, value: Value, args: list[Any], vocab: Vocabulary) -> Allowed:
         return ANY
-
-    def stops(self, var: str) -> Iterator[StopsAt]:
-        if var == self.var:
-            yield self
 
     def phrase(self, scope: Scope) -> str:
         phrase = scope.eval(self.args[0])

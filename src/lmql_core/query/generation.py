@@ -80,15 +80,15 @@ class Variable:
         return Step(allowed, stop)
 
     def stops(self) -> list[StopsAt]:
-        return list(self.where.stops(self.name)) if self.where is not None else []
+        return [n for n in self.constraints() if isinstance(n, StopsAt) and n.var == self.name]
+
+    def constraints(self) -> list[Node]:
+        return list(self.where.nodes()) if self.where is not None else []
 
     def token_limit(self, ids: list[int]) -> int:
         """How many tokens one request may ask for: the tightest ``len(TOKENS(V)) < n``."""
         limit = CHUNK
-        nodes = [self.where] if self.where is not None else []
-        while nodes:
-            node = nodes.pop()
-            nodes += getattr(node, "children", [])
+        for node in self.constraints():
             if isinstance(node, Count) and node.tokens and node.var == self.name:
                 bound = self.scope.eval(node.args[0])
                 if isinstance(bound, int):

@@ -124,15 +124,10 @@ class QueryContext:
 
 def postprocess(where: Node | None, name: str, text: str) -> tuple[str, Any]:
     """The text a finished value puts in the prompt, and its value: INT makes an int."""
-    if where is not None and _has_int(where, name):
+    if where is not None and any(isinstance(n, IsInt) and n.var == name for n in where.nodes()):
         digits = "".join(c for c in text if c.isdigit())
         if not digits:
             raise QueryError(f"INT({name}) ended without a digit: {text!r}")
         return str(int(digits)), int(digits)
     return text, text
 
-
-def _has_int(node: Node, name: str) -> bool:
-    if isinstance(node, IsInt):
-        return node.var == name
-    return any(_has_int(child, name) for child in getattr(node, "children", []))
