@@ -11,7 +11,7 @@ from lmql_core.api.scoring import ScoringResult
 from lmql_core.api.tokenizers import TokenizerResolver
 from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client import LMTPClient
-from lmql_core.lmtp.loop import client_loop, run_async, run_sync
+from lmql_core.lmtp.loop import run_async, run_sync
 from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
 
 DECODERS = ("argmax", "sample")
@@ -134,14 +134,11 @@ class LLM:
         async def next_delta() -> str | None:
             return await anext(deltas, None)
 
-        def wait(coro: Any) -> Any:
-            return asyncio.run_coroutine_threadsafe(coro, client_loop()).result()
-
         try:
-            while (delta := wait(next_delta())) is not None:
+            while (delta := run_sync(next_delta())) is not None:
                 yield delta
         finally:
-            wait(deltas.aclose())
+            run_sync(deltas.aclose())
 
     async def _score(self, prompt: str, values: list[str] | str) -> ScoringResult:
         values = [values] if isinstance(values, str) else list(values)
