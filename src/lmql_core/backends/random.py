@@ -37,9 +37,10 @@ class RandomBackend(Backend):
         for item in batch:
             context = self._contexts.setdefault(item.seq_id, [])
             rows = []
-            for token in item.tokens:
+            last_index = len(item.tokens) - 1
+            for index, token in enumerate(item.tokens):
                 context.append(token)
-                if item.all_logits or token is item.tokens[-1]:
+                if item.all_logits or index == last_index:
                     rows.append(self._logits_after(context))
             last.append(rows[-1])
             if item.all_logits:

@@ -270,7 +270,8 @@ class IsInt(Leaf):
         return Allowed(vocab.none(), True)
 
     def holds(self, text: str, args: list[Any], vocab: Vocabulary) -> bool:
-        return text.strip().isdigit()
+        digits = text.removeprefix(" ")  # as LMQL 0.7: one leading space, then 0-9 only
+        return text != "" and all(c in "0123456789" for c in digits)
 
 
 @dataclass

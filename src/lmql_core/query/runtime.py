@@ -122,10 +122,13 @@ class QueryContext:
         return self.prompt_text
 
 
+ASCII_DIGITS = frozenset("0123456789")
+
+
 def postprocess(where: Node | None, name: str, text: str) -> tuple[str, Any]:
     """The text a finished value puts in the prompt, and its value: INT makes an int."""
     if where is not None and any(isinstance(n, IsInt) and n.var == name for n in where.nodes()):
-        digits = "".join(c for c in text if c.isdigit())
+        digits = "".join(c for c in text if c in ASCII_DIGITS)  # as LMQL: 0-9, not every Unicode digit
         if not digits:
             raise QueryError(f"INT({name}) ended without a digit: {text!r}")
         return str(int(digits)), int(digits)
