@@ -170,7 +170,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         requests = draw_requests(args, rng, vocab, eos)
         if args.warmup:  # prompts of their own: the measured ones must not be cached by it
             warmups = draw_requests(args, random.Random(rng.random()), vocab, eos)
-            await asyncio.gather(*(run_stream(target, 10_000 + i, short(r), 0) for i, r in enumerate(warmups)))
+            await asyncio.gather(*(run_stream(target, 10_000 + i, short(r), 0)
+                                   for i, r in enumerate(warmups)))
         started = time.perf_counter()
         streams = await asyncio.gather(*(run_stream(target, i + 1, r, i * args.stagger_ms / 1000)
                                          for i, r in enumerate(requests)))

@@ -44,8 +44,9 @@ def install_wheels(wheels: Path, site: Path) -> Path:
     """Install the carried wheels (no index, no dependencies) into ``site``, once."""
     stamp = site / ".installed-from"
     if not (stamp.exists() and stamp.read_text() == str(wheels.resolve())):
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--upgrade", "--target", str(site), *map(str, sorted(wheels.glob("*.whl")))], check=True)
+        wheel_files = [str(w) for w in sorted(wheels.glob("*.whl"))]
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                        "--no-compile", "--upgrade", "--target", str(site), *wheel_files], check=True)
         stamp.write_text(str(wheels.resolve()))
     return site
 

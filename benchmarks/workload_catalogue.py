@@ -30,8 +30,13 @@ class Point:
 
     def shrunk(self) -> Point:
         """The CPU smoke version: the same kind of requests, a few tokens each."""
-        return dataclasses.replace(self, streams=min(self.streams, 3), prompt_len=_cap(self.prompt_len, 24),
-                                   new_tokens=_cap(self.new_tokens, 4), score=min(self.score, 4))
+        return dataclasses.replace(self, streams=min(self.streams, 3), score=min(self.score, 4),
+                                   prompt_len=cap_lengths(self.prompt_len, 24, low_cap=12),
+                                   new_tokens=cap_lengths(self.new_tokens, 4, low_cap=2))
+
+    def at_most(self, new_tokens: int) -> Point:
+        """The same point with at most ``new_tokens`` per stream."""
+        return dataclasses.replace(self, new_tokens=cap_lengths(self.new_tokens, new_tokens))
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,12 @@ class Workload:
     points: tuple[Point, ...]
 
 
-def _cap(lengths: str, cap: int) -> str:
+def cap_lengths(lengths: str, cap: int, low_cap: int | None = None) -> str:
+    """``N`` or ``A-B`` with every length at most ``cap`` (and A at most ``low_cap``)."""
     low, _, high = lengths.partition("-")
     if not high:
         return str(min(int(low), cap))
-    return f"{min(int(low), cap // 2)}-{min(int(high), cap)}"
+    return f"{min(int(low), cap if low_cap is None else low_cap)}-{min(int(high), cap)}"
 
 
 WORKLOADS = (

@@ -47,7 +47,10 @@ def target(row: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     return "; ".join(t for t in (first, row.get("target", "")) if t)
 
 
-def cells(row: dict[str, Any], runs: list[dict[str, Any]], yardsticks: dict[Any, dict[str, Any]]) -> list[str]:
+Row = dict[str, Any]
+
+
+def cells(row: Row, runs: list[Row], yardsticks: dict[tuple[str, str, str], Row]) -> list[str]:
     if "error" in row:
         measured = [str(row["error"]).replace("|", "/").replace("\n", " "), *[""] * 5]
     else:
@@ -55,7 +58,8 @@ def cells(row: dict[str, Any], runs: list[dict[str, Any]], yardsticks: dict[Any,
                                                          "ttft_p90_ms", "itl_median_ms")]
         if not is_score(row):
             measured[1] = ""
-    head = [str(row.get(name, "")) for name in ("workload", "model", "point", "server", "phase", "new_tokens")]
+    head = [str(row.get(name, "")) for name in ("workload", "model", "point", "server", "phase",
+                                                 "new_tokens")]
     return [*head, *measured, ratio(row, yardsticks), target(row, runs)]
 
 
