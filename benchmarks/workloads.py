@@ -2,8 +2,9 @@
 run, LMQL 0.7.3's as the yardstick. Prompts are fresh in every run; each server's first run is
 its "first after Ready" row, the rest "warm".
 
-Full run (the lead's; a two-GPU H100 host, `run` kind nvidia-h100-x2, carry [".whl"] holding
-LMQL 0.7.3's wheels, see benchmarks/RESULTS.md), under 9 minutes:
+Full run (the lead's), under 9 minutes on a two-GPU H100 host. Once, in the checkout that the
+device tool sends: `bash benchmarks/fetch_lmql073_wheels.sh` (LMQL 0.7.3's wheels into .whl/).
+Then one `run` call, kind nvidia-h100-x2, carry [".whl"], timeout_s 600:
 
     python3 -m pip install -q --no-deps --no-build-isolation . ./plugins/hf && \\
     PYTHONUNBUFFERED=1 python3 benchmarks/workloads.py --lmql-wheels .whl --out $OUT
