@@ -4,7 +4,9 @@
 
 Models: the bundled lmql-tiny and a 4-layer GPT-2 built here with random weights. Workloads:
 1, 8 and 32 concurrent streams (32 prompt tokens, 64 new tokens) and 32 streams arriving 20 ms
-apart. Without --lmql-python only our server runs. Prints one table (markdown).
+apart, prompts drawn fresh for every run. Each server's first run comes straight after it is
+ready (no warm-up: the "first after Ready" row); the others after a warm-up of their own prompts.
+Without --lmql-python only our server runs. Prints one table (markdown).
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lmtp_load  # noqa: E402
-from processes import free_port, start_server  # noqa: E402
+from processes import OFFLINE_ENV, free_port, lmql_073_env, start_server  # noqa: E402
 
 GPT2_DIR = Path(tempfile.gettempdir()) / "lmql-bench-gpt2-4layer"
 WORKLOADS = [(1, 0.0), (8, 0.0), (32, 0.0), (32, 20.0)]
-OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+OURS = "lmql-core"
 
 
 def build_gpt2() -> Path:
@@ -36,12 +38,13 @@ def build_gpt2() -> Path:
     return GPT2_DIR
 
 
-def servers(model: str, lmql_python: str | None) -> list[tuple[str, list[str]]]:
+def servers(model: str, lmql_python: str | None) -> list[tuple[str, list[str], dict[str, str]]]:
+    """Name, command and environment of each server (LMQL's without our PYTHONPATH)."""
     ours = [sys.executable, "-m", "lmql_core", "serve-model", model]
-    found = [("lmql-core", ours)]
+    found = [(OURS, ours, {**os.environ, **OFFLINE_ENV})]
     if lmql_python:  # LMQL 0.7.3 preloads the model in the background: its first request waits
         script = str(Path(lmql_python).parent / "lmql")  # that environment's `lmql` command
-        found.append(("lmql 0.7.3", [script, "serve-model", model, "--static"]))
+        found.append(("lmql 0.7.3", [script, "serve-model", model, "--static"], lmql_073_env(None, None)))
     return found
 
 
@@ -57,24 +60,32 @@ def main() -> None:
     for model in (str(bundled_path("lmql-tiny")), str(build_gpt2())):
         config = json.loads((Path(model) / "config.json").read_text())
         shape = ["--vocab-size", str(config["vocab_size"]), "--eos-token-id", str(config["eos_token_id"])]
-        for name, command in servers(model, args.lmql_python):
+        for name, command, env in servers(model, args.lmql_python):
             port = free_port()
             proc = start_server([*command, "--port", str(port)], port, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=OFFLINE)
+                                stderr=subprocess.DEVNULL, env=env)
             try:
-                for streams, stagger in WORKLOADS:
+                if name != OURS:  # it listens before its model has loaded: wait for one token
+                    lmtp_load.main(["--endpoint", f"127.0.0.1:{port}", "--model", model, "--json",
+                                    "--no-warmup", "--streams", "1", "--new-tokens", "1", *shape])
+                for run, (streams, stagger) in enumerate(WORKLOADS):
+                    first = ["--no-warmup"] if run == 0 else []
                     result = lmtp_load.main(["--endpoint", f"127.0.0.1:{port}", "--model", model, "--json",
                                              "--streams", str(streams), "--prompt-len", "32", "--new-tokens",
-                                             str(args.new_tokens), "--stagger-ms", str(stagger), *shape])
-                    rows.append({"server": name, "model": Path(model).name, **result})
+                                             str(args.new_tokens), "--stagger-ms", str(stagger), *shape,
+                                             *first])
+                    phase = "first after Ready" if first else "warm"
+                    rows.append({"server": name, "model": Path(model).name, "phase": phase, **result})
             finally:
                 proc.terminate()
                 proc.wait()
-    print("| server | model | streams | stagger ms | tok/s | TTFT median ms | TTFT p90 ms | ITL median ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    columns = ("server", "model", "phase", "streams", "stagger_ms", "tok_per_s", "ttft_median_ms",
+               "ttft_p90_ms", "itl_median_ms")
+    print("| server | model | phase | streams | stagger ms | tok/s | TTFT median ms | TTFT p90 ms | "
+          "ITL median ms |")
+    print("|" + "---|" * len(columns))
     for r in rows:
-        print(f"| {r['server']} | {r['model']} | {r['streams']} | {r['stagger_ms']} | {r['tok_per_s']} | "
-              f"{r['ttft_median_ms']} | {r['ttft_p90_ms']} | {r['itl_median_ms']} |")
+        print("| " + " | ".join(str(r[c]) for c in columns) + " |")
 
 
 if __name__ == "__main__":

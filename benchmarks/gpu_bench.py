@@ -3,7 +3,9 @@ served by lmql-core over LMTP and in-process, beside plain HF ``generate``.
 
     python benchmarks/gpu_bench.py [--streams 1,8,32,64] [--new-tokens 128] [--out DIR] [SERVER ARG ...]
 
-SERVER ARGs go to our server (engine options such as ``--chain_steps False``).
+SERVER ARGs go to our server (engine options such as ``--chain_steps False``). Prompts are fresh
+in every run; the server's first run has no warm-up (its "first after Ready" row), the others
+a warm-up of their own prompts. benchmarks/workloads.py has issue 19's wider set of workloads.
 
 Prints one table; with --out writes results.json there. Needs a CUDA GPU; downloads nothing.
 """
@@ -23,19 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lmtp_load  # noqa: E402
+from bench_models import FOLDERS, bench_model  # noqa: E402
 from processes import free_port, start_server  # noqa: E402
 
-MODEL_DIR = Path("/tmp/lmql-bench-gpt2-medium")
+MODEL_DIR = FOLDERS["gpt2-medium"]
 
 
 def build_model() -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    if (MODEL_DIR / "config.json").exists():
-        return
-    torch.manual_seed(0)
-    config = GPT2Config(n_embd=1024, n_layer=24, n_head=16, n_positions=1024, vocab_size=50257)
-    GPT2LMHeadModel(config).half().save_pretrained(MODEL_DIR)
+    bench_model("gpt2-medium")
 
 
 def start_ours(port: int, extra: list[str]) -> subprocess.Popen[bytes]:
@@ -110,11 +107,13 @@ def main() -> None:
     port = free_port()
     server = start_ours(port, server_args)
     try:
-        for run in workloads(streams, args.new_tokens):
+        for i, run in enumerate(workloads(streams, args.new_tokens)):
             endpoint = f"127.0.0.1:{port}"
             before = engine_counters(endpoint)
-            results.append(lmtp_load.main(["--endpoint", endpoint, "--model", str(MODEL_DIR), *run]))
-            results[-1].update(per_step(before, engine_counters(endpoint)))
+            first = ["--no-warmup"] if i == 0 else []  # the server's first requests, as they come
+            results.append(lmtp_load.main(["--endpoint", endpoint, "--model", str(MODEL_DIR), *run, *first]))
+            results[-1].update(per_step(before, engine_counters(endpoint)),
+                               phase="first after Ready" if first else "warm")
     finally:
         server.terminate()
         server.wait()
@@ -132,7 +131,7 @@ def main() -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    columns = ["transport", "streams", "stagger_ms", "tok_per_s", "ttft_median_ms", "ttft_p90_ms",
+    columns = ["transport", "phase", "streams", "stagger_ms", "tok_per_s", "ttft_median_ms", "ttft_p90_ms",
                "itl_median_ms", "itl_max_ms", "seconds", "steps", "host_ms_per_step", "wait_ms_per_step",
                "gc_pause_ms"]
     print("| " + " | ".join(columns) + " |")

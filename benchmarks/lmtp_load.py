@@ -1,11 +1,17 @@
 """LMTP load driver: N concurrent streams over one websocket; prints tok/s, TTFT and ITL.
 
     python benchmarks/lmtp_load.py --endpoint localhost:8080 --model lmql-tiny --streams 64 \
-        --prompt-len 16 --new-tokens 128 [--stagger-ms 20] [--local]
+        --prompt-len 16 --new-tokens 128 [--stagger-ms 20] [--local] [--repeat-prompts]
+    python benchmarks/lmtp_load.py ... --streams 256 --prompt-len 100-1024 --new-tokens 100-1024
+    python benchmarks/lmtp_load.py ... --streams 64 --prompt-len 256 --score 16      (SCORE requests)
 
-Every stream sends a random prompt (seeded) and asks for exactly --new-tokens tokens (EOS is
-banned with a -100 logit bias, which LMQL's server honours too). With --local the same
-requests go to an in-process engine (`local:` transport) instead of a socket.
+Every stream sends a random prompt and asks for exactly --new-tokens tokens (EOS is banned with
+a -100 logit bias, which LMQL's server honours too); a range A-B draws each stream's length
+uniformly from it. Prompts are drawn fresh for every run, so no prefix cache can help; with
+--repeat-prompts (or --seed N) they are the same in every run. The warm-up requests (off with
+--no-warmup) use prompts of their own. With --score N every stream is a SCORE of N random tokens
+after its prompt instead, and req_per_s counts them. With --local the same requests go to an
+in-process engine (`local:` transport) instead of a socket.
 """
 
 from __future__ import annotations
@@ -111,14 +117,44 @@ class LocalTarget:
 async def run_stream(target: Any, stream_id: int, request: dict[str, Any], delay: float) -> StreamTimes:
     await asyncio.sleep(delay)
     times = StreamTimes(sent=time.perf_counter())
-    queue = await target.send("GENERATE", dict(request, stream_id=stream_id))
+    command = "SCORE" if "scored" in request else "GENERATE"
+    expected = len(request["scored"]) if command == "SCORE" else request["max_tokens"]
+    queue = await target.send(command, dict(request, stream_id=stream_id))
     while True:
         arrived, entry = await queue.get()
         if "error" in entry:
             raise RuntimeError(entry["error"])
         times.arrivals.append(arrived)
-        if entry.get("finish_reason") is not None:
+        if entry.get("finish_reason") is not None or len(times.arrivals) >= expected:
             return times
+
+
+def length_range(text: str) -> tuple[int, int]:
+    """``"16"`` or ``"100-1024"`` (both ends included)."""
+    low, _, high = text.partition("-")
+    return int(low), int(high or low)
+
+
+def draw_requests(args: argparse.Namespace, rng: random.Random, vocab: int, eos: Any) -> list[dict[str, Any]]:
+    prompt_lens, new_tokens = length_range(args.prompt_len), length_range(args.new_tokens)
+    requests = []
+    for _ in range(args.streams):
+        prompt = [rng.randrange(vocab) for _ in range(rng.randint(*prompt_lens))]
+        request: dict[str, Any] = {"model": args.model, "prompt": prompt}
+        if args.score:
+            request["scored"] = [rng.randrange(vocab) for _ in range(args.score)]
+        else:
+            request.update(max_tokens=rng.randint(*new_tokens), temperature=0.0, top_logprobs=1)
+            if eos is not None:
+                request["logit_bias"] = {str(eos): -100}
+        requests.append(request)
+    return requests
+
+
+def prompt_rng(args: argparse.Namespace) -> random.Random:
+    """Fresh prompts unless asked to repeat them (a seed)."""
+    seed = 0 if args.repeat_prompts and args.seed is None else args.seed
+    return random.Random(seed)  # None: seeded from the OS, different every run
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,27 +166,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         info = await target.info(args.model)
         vocab = int(info.get("vocab_size") or args.vocab_size)
         eos = info.get("eos_token_id", args.eos_token_id)
-        rng = random.Random(args.seed)
-        requests = []
-        for _ in range(args.streams):
-            request = {"model": args.model, "prompt": [rng.randrange(vocab) for _ in range(args.prompt_len)],
-                       "max_tokens": args.new_tokens, "temperature": 0.0, "top_logprobs": 1}
-            if eos is not None:
-                request["logit_bias"] = {str(eos): -100}
-            requests.append(request)
-        if args.warmup:
-            await asyncio.gather(*(run_stream(target, 10_000 + i, dict(r, max_tokens=4), 0)
-                                   for i, r in enumerate(requests)))
+        rng = prompt_rng(args)
+        requests = draw_requests(args, rng, vocab, eos)
+        if args.warmup:  # prompts of their own: the measured ones must not be cached by it
+            warmups = draw_requests(args, random.Random(rng.random()), vocab, eos)
+            await asyncio.gather(*(run_stream(target, 10_000 + i, short(r), 0)
+                                   for i, r in enumerate(warmups)))
         started = time.perf_counter()
         streams = await asyncio.gather(*(run_stream(target, i + 1, r, i * args.stagger_ms / 1000)
                                          for i, r in enumerate(requests)))
         elapsed = max(s.arrivals[-1] for s in streams) - started
+    return summary(args, streams, elapsed)
+
+
+def short(request: dict[str, Any]) -> dict[str, Any]:
+    """A warm-up request: 4 new tokens, or 4 scored tokens."""
+    if "scored" in request:
+        return dict(request, scored=request["scored"][:4])
+    return dict(request, max_tokens=min(4, request["max_tokens"]))
+
+
+def summary(args: argparse.Namespace, streams: list[StreamTimes], elapsed: float) -> dict[str, Any]:
     tokens = sum(len(s.arrivals) for s in streams)
     gaps = [g for s in streams for g in s.gaps()]
     return {
-        "streams": args.streams, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "streams": args.streams, "prompt_len": args.prompt_len,
+        "new_tokens": f"score {args.score}" if args.score else args.new_tokens,
         "stagger_ms": args.stagger_ms, "transport": "local" if args.local else "lmtp",
         "tokens": tokens, "seconds": round(elapsed, 3), "tok_per_s": round(tokens / elapsed, 1),
+        "req_per_s": round(len(streams) / elapsed, 1),
         "ttft_median_ms": round(1000 * statistics.median(s.ttft for s in streams), 1),
         "ttft_p90_ms": round(1000 * sorted(s.ttft for s in streams)[int(0.9 * (len(streams) - 1))], 1),
         "itl_median_ms": round(1000 * statistics.median(gaps), 2) if gaps else None,
@@ -164,8 +208,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--endpoint", default="localhost:8080")
     parser.add_argument("--model", default="lmql-tiny")
     parser.add_argument("--streams", type=int, default=8)
-    parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-len", default="16", help="N, or A-B: each stream's drawn uniformly")
+    parser.add_argument("--new-tokens", default="128", help="N, or A-B: each stream's drawn uniformly")
+    parser.add_argument("--score", type=int, default=0, metavar="N",
+                        help="SCORE requests of N random tokens after the prompt instead of GENERATE")
     parser.add_argument("--stagger-ms", type=float, default=0.0, help="delay between stream starts")
     parser.add_argument("--local", action="store_true", help="in-process engine instead of a socket")
     parser.add_argument("--cuda", action="store_true", help="with --local: load the model on the GPU")
@@ -173,14 +219,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--vocab-size", type=int, default=50257, help="when MODEL_INFO does not say")
     parser.add_argument("--eos-token-id", type=int, help="when MODEL_INFO does not say (LMQL 0.7)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="draw the prompts from this seed (the same every run)")
+    parser.add_argument("--repeat-prompts", action="store_true",
+                        help="the same prompts in every run (seed 0 unless --seed); default: fresh ones")
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
+    parser.add_argument("--timeout", type=float, help="seconds for the whole run (TimeoutError after)")
     return parser.parse_args(argv)
+
+
+async def run_within(args: argparse.Namespace) -> dict[str, Any]:
+    return await asyncio.wait_for(run(args), args.timeout)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    result = asyncio.run(run(args))
+    result = asyncio.run(run_within(args))
     if args.json:
         print(json.dumps(result))
     else:

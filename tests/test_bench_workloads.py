@@ -1,0 +1,58 @@
+"""The benchmark harness (benchmarks/workloads.py) on the CPU: every workload of issue 19 runs
+against a real server on lmql-tiny with a few tokens each, so a broken harness shows up here
+and not on the GPU machine. No speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import lmtp_load  # noqa: E402
+from workload_catalogue import WORKLOADS  # noqa: E402
+
+
+def drawn(*argv: str) -> list[dict]:
+    args = lmtp_load.parse_args(["--streams", "4", *argv])
+    return lmtp_load.draw_requests(args, lmtp_load.prompt_rng(args), vocab=2048, eos=2)
+
+
+def test_prompts_are_fresh_in_every_run_unless_repeated() -> None:
+    assert drawn()[0]["prompt"] != drawn()[0]["prompt"]
+    assert drawn("--repeat-prompts") == drawn("--repeat-prompts")
+    assert drawn("--seed", "7") == drawn("--seed", "7") != drawn("--seed", "8")
+
+
+def test_lengths_drawn_from_ranges_and_score_requests() -> None:
+    requests = drawn("--streams", "64", "--prompt-len", "3-9", "--new-tokens", "5-6")
+    assert {len(r["prompt"]) for r in requests} <= set(range(3, 10))
+    assert {r["max_tokens"] for r in requests} == {5, 6}
+    assert all(r["logit_bias"] == {"2": -100} for r in requests)
+    (score,) = drawn("--streams", "1", "--prompt-len", "8", "--score", "3")
+    assert (len(score["prompt"]), len(score["scored"])) == (8, 3)
+    assert "max_tokens" not in score
+
+
+@pytest.mark.timeout(180)
+def test_every_workload_runs_on_lmql_tiny(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "workloads.py"), "--smoke",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    runs = [r for r in rows if "workload" in r]
+    assert [r for r in rows if "error" in r] == []
+    assert {r["workload"] for r in runs} == {w.name for w in WORKLOADS}
+    assert sum(len(w.points) for w in WORKLOADS) == len({(r["workload"], r["point"]) for r in runs})
+    assert runs[0]["phase"] == "first after Ready"
+    assert {r["phase"] for r in runs[1:]} == {"warm", "warm, again"}
+    assert all(r["tokens"] > 0 and r["tok_per_s"] > 0 for r in runs)
+    scores = [r for r in runs if r["workload"] == "score"]
+    assert scores and all(r["new_tokens"] == "score 4" and r["tokens"] == 4 * r["streams"] for r in scores)
+    table = (tmp_path / "workloads.md").read_text()
+    assert table.startswith("| workload | model | point | server | phase |") and "first after Ready" in table
