@@ -20,16 +20,18 @@ def register_backends(register: Any) -> None:
              options={"seed": "the seed of the logits [default: 0]",
                       "vocab_size": "vocabulary size [default: 50257]",
                       "eos_token_id": "the end-of-sequence token [default: 50256]",
-                      "max_context": "longest prompt + generation [default: 2048]"})
+                      "max_context": "longest prompt + generation [default: 2048]"},
+             tokenizer=_random_tokenizer)
 
 
-def _bytes_tokenizer(model: str, tokenizer: str | None = None, backend: str | None = None,
-                     **options: Any) -> Any:
+def _random_tokenizer(model: str, tokenizer: str | None = None) -> Any:
+    return _bytes_tokenizer(model, tokenizer or "bytes")
+
+
+def _bytes_tokenizer(model: str, tokenizer: str | None = None, **options: Any) -> Any:
     from lmql_core.tokenizer import BytesTokenizer
 
-    if tokenizer == "bytes" or (tokenizer is None and backend == "random"):
-        return BytesTokenizer(**options)
-    return None
+    return BytesTokenizer() if tokenizer == "bytes" else None
 
 
 def _json_tokenizer(model: str, tokenizer: str | None = None, **options: Any) -> Any:

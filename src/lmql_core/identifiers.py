@@ -33,13 +33,6 @@ class ModelId:
         return (LOCAL_PREFIX if self.local else "") + self.served_name
 
 
-def _known_prefixes() -> dict[str, str]:
-    prefixes = dict(plugins.KNOWN_PREFIXES)
-    for spec in plugins.registry().backends.values():
-        prefixes.update({p: spec.name for p in spec.prefixes})
-    return prefixes
-
-
 def parse_model_id(identifier: str, backend: str | None = None) -> ModelId:
     """Split an identifier into transport, backend and model name.
 
@@ -50,7 +43,7 @@ def parse_model_id(identifier: str, backend: str | None = None) -> ModelId:
         raise LMQLError("Empty model identifier")
     local = identifier.startswith(LOCAL_PREFIX)
     rest = identifier[len(LOCAL_PREFIX) :] if local else identifier
-    for prefix, name in _known_prefixes().items():
+    for prefix, name in plugins.prefixes().items():
         if rest.startswith(prefix):
             return ModelId(rest[len(prefix) :], name, local, prefix)
     if backend is None:

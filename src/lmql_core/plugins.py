@@ -18,11 +18,10 @@ ENTRY_POINT_GROUP = "lmql"
 BUILTIN_PLUGINS = ("lmql_core.builtin",)
 CORE_DISTRIBUTION = "lmql-core"
 
-# Backends we know of but that live in their own distributions.
+# Backends we know of but that live in their own distributions: named when one is missing.
 KNOWN_BACKENDS = {"hf": "lmql-hf", "llama.cpp": "lmql-llamacpp"}
 # Where those distributions sit in a checkout of lmql-core (until they are on the registry).
 CHECKOUT_PATHS = {"lmql-hf": "./plugins/hf", "lmql-llamacpp": "./plugins/llamacpp"}
-KNOWN_PREFIXES = {"llama.cpp:": "llama.cpp"}
 DEFAULT_BACKEND = "hf"
 
 
@@ -37,6 +36,8 @@ class BackendSpec:
     distribution: str = CORE_DISTRIBUTION
     # the backend's own loader options: (name, help) pairs, shown by `serve-model --help`
     options: tuple[tuple[str, str], ...] = ()
+    # ``tokenizer(model, tokenizer=None)``: the tokenizer of this backend's models, or None
+    tokenizer: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -82,12 +83,13 @@ def registry() -> Registry:
             models: tuple[str, ...] | list[str] = (),
             description: str = "",
             options: dict[str, str] | None = None,
+            tokenizer: Callable[..., Any] | None = None,
             _plugin: str = name,
             _dist: str = dist,
         ) -> None:
             reg.backends[backend_name] = BackendSpec(
                 backend_name, factory, tuple(prefixes), tuple(models), description, _plugin, _dist,
-                tuple((options or {}).items()),
+                tuple((options or {}).items()), tokenizer,
             )
 
         caller = pm.subset_hook_caller
@@ -103,6 +105,16 @@ def install_hint(distribution: str) -> str:
     path = CHECKOUT_PATHS.get(distribution)
     checkout = f" (from a checkout of lmql-core: pip install {path})" if path else ""
     return f"pip install {distribution}{checkout}"
+
+
+def prefixes() -> dict[str, str]:
+    """Identifier prefixes and the backends they select: those the installed backends register,
+    and ``NAME:`` for each known backend that is not installed (using it says what to install)."""
+    installed = registry().backends
+    found = {f"{name}:": name for name in KNOWN_BACKENDS if name not in installed}
+    for spec in installed.values():
+        found.update({prefix: spec.name for prefix in spec.prefixes})
+    return found
 
 
 def backend_for_name(name: str) -> BackendSpec:

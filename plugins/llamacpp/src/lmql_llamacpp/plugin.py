@@ -1,4 +1,4 @@
-"""Registers the ``llama.cpp`` backend (prefix ``llama.cpp:``) and its tokenizer loader."""
+"""Registers the ``llama.cpp`` backend (prefix ``llama.cpp:``) with its tokenizer."""
 
 from __future__ import annotations
 
@@ -23,10 +23,7 @@ def _backend(model: str, **kwargs: Any) -> Any:
     return LlamaCppBackend(model, **kwargs)
 
 
-def _tokenizer(model: str, tokenizer: str | None = None, backend: str | None = None,
-               **options: Any) -> Any:
-    if backend != BACKEND:
-        return None
+def _tokenizer(model: str, tokenizer: str | None = None) -> Any:
     from lmql_llamacpp.tokenizer import load_llamacpp_tokenizer
 
     return load_llamacpp_tokenizer(model, tokenizer)
@@ -34,10 +31,5 @@ def _tokenizer(model: str, tokenizer: str | None = None, backend: str | None = N
 
 @hookimpl
 def register_backends(register: Any) -> None:
-    register(BACKEND, _backend, prefixes=("llama.cpp:",), options=OPTIONS,
+    register(BACKEND, _backend, prefixes=("llama.cpp:",), options=OPTIONS, tokenizer=_tokenizer,
              description="llama.cpp through llama-cpp-python (GGUF files; CPU, or GPU offload)")
-
-
-@hookimpl
-def register_tokenizers(register: Any) -> None:
-    register(BACKEND, _tokenizer)

@@ -61,14 +61,12 @@ class CountingBackend(Backend):
         return {"backend": "counting", "kwargs": repr(self.kwargs), "tokenizer": repr(self.tokenizer)}
 
 
+def counting_tokenizer(model: str, tokenizer: str | None = None) -> BytesTokenizer | None:
+    """Bytes as token ids, for every model of this backend (None for a tokenizer it lacks)."""
+    return BytesTokenizer(VOCAB, None) if tokenizer in (None, "counting-bytes") else None
+
+
 @hookimpl
 def register_backends(register: Any) -> None:
-    register("counting", CountingBackend, prefixes=("counting:",), description="counts upwards")
-
-
-@hookimpl
-def register_tokenizers(register: Any) -> None:
-    def load(model: str, tokenizer: str | None = None, backend: str | None = None, **_: Any) -> Any:
-        return BytesTokenizer(VOCAB, None) if backend == "counting" else None
-
-    register("counting", load)
+    register("counting", CountingBackend, prefixes=("counting:",), description="counts upwards",
+             tokenizer=counting_tokenizer)
