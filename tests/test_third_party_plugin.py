@@ -32,9 +32,11 @@ def test_listed_by_lmql_backends() -> None:
 
 
 def test_in_process_through_the_prefix() -> None:
-    llm = lmql.model("local:counting:anything", start=3)
+    llm = lmql.model("local:counting:anything", fail_on=250)
     assert llm.generate_sync("a", max_tokens=4) == "bcde"
-    assert llm.model_info_sync()["model_info"]["kwargs"] == repr({"cuda": False, "dtype": None, "start": 3})
+    info = llm.model_info_sync()["model_info"]
+    assert info["fail_on"] == 250
+    assert info["kwargs"] == repr({"cuda": False, "dtype": None})
 
 
 def test_served_by_lmql_serve_model() -> None:

@@ -6,13 +6,14 @@ import contextlib
 import sys
 import textwrap
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import click
 from rich.console import Console
 
 from lmql_core.errors import LMQLError
-from lmql_core.identifiers import parse_loader_args
 from lmql_core.lmtp.protocol import Limits
+from lmql_core.options import command_line_pairs, parse_loader_args
 
 console = Console()
 DEFAULT_MODEL = "lmql-tiny"
@@ -32,9 +33,12 @@ class ServeModelCommand(click.Command):
         from lmql_core import plugins
 
         for spec in plugins.registry().backends.values():
-            if spec.options:
+            rows = [(f"--{name} VALUE", option.describe()) for name, option in spec.options.declared.items()]
+            if isinstance(spec.options.extra, str):
+                rows.append(("--KEY VALUE", f"any other key goes to {spec.options.extra}"))
+            if rows:
                 with formatter.section(f"Options of the {spec.name} backend (after MODEL)"):
-                    formatter.write_dl([(f"--{name} VALUE", text) for name, text in spec.options])
+                    formatter.write_dl(rows)
 
 
 @cli.command(
@@ -89,7 +93,7 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
 
     with _errors():
         model, loader_args = model_and_loader_args(model, ctx.args)
-        loader_kwargs = parse_loader_args(loader_args)
+        loader_kwargs = checked_loader_args(model, backend, loader_args)
         limits = Limits(max_frame_bytes=max_frame_bytes, max_streams_per_connection=max_streams,
                         max_tokens=max_new_tokens, max_top_logprobs=max_top_logprobs,
                         max_logit_bias_entries=max_logit_bias, max_connections=max_connections,
@@ -105,6 +109,17 @@ def model_and_loader_args(model: str, extra: list[str]) -> tuple[str, list[str]]
     if model.startswith("-"):
         return DEFAULT_MODEL, [model, *extra]
     return model, list(extra)
+
+
+def checked_loader_args(model: str, backend: str | None, args: list[str]) -> dict[str, Any]:
+    """The ``--KEY VALUE`` pairs after MODEL, checked and converted by the backend's options."""
+    from lmql_core import plugins
+    from lmql_core.identifiers import parse_model_id
+
+    if not args:
+        return {}
+    spec = plugins.backend_for_name(parse_model_id(model, backend).backend)
+    return spec.options.check(command_line_pairs(args), from_text=True)
 
 
 @cli.command("backends")
@@ -154,8 +169,9 @@ def generate(ctx: click.Context, prompt: str, model: str, endpoint: str | None, 
     import lmql_core.api as api
 
     with _errors():
-        llm = api.model(model, endpoint=endpoint, tokenizer=tokenizer, api_key=api_key,
-                        **parse_loader_args(ctx.args))
+        local = model.startswith("local:")  # served: the server took its loader options
+        loader_kwargs = checked_loader_args(model, None, ctx.args) if local else parse_loader_args(ctx.args)
+        llm = api.model(model, endpoint=endpoint, tokenizer=tokenizer, api_key=api_key, **loader_kwargs)
         decoder = "sample" if temperature > 0 else "argmax"
         stream = llm.stream_sync(prompt, max_tokens=max_tokens, decoder=decoder,
                                  temperature=temperature)

@@ -1,9 +1,8 @@
-"""Model identifiers (``[local:][<backend prefix>:]<model>``) and loader arguments."""
+"""Model identifiers (``[local:][<backend prefix>:]<model>``)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,52 +49,6 @@ def parse_model_id(identifier: str, backend: str | None = None) -> ModelId:
         claimed = [s.name for s in plugins.registry().backends.values() if rest in s.models]
         backend = claimed[0] if claimed else plugins.DEFAULT_BACKEND
     return ModelId(rest, backend, local)
-
-
-
-def parse_value(text: str) -> Any:
-    """``"True"``/``"False"``/``"None"``, ints, floats and JSON objects or lists become Python
-    values (``--max_memory '{"0": "20GiB"}'``); the rest stays text."""
-    special = {"true": True, "false": False, "none": None}
-    if text.lower() in special:
-        return special[text.lower()]
-    if text[:1] in "{[":
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_loader_args(args: Sequence[str]) -> dict[str, Any]:
-    """Turn ``["--trust_remote_code", "True", "--n_ctx=4096", "--flag"]`` into keyword arguments.
-
-    A ``--key`` followed by another ``--key`` (or nothing) is a flag and means ``True``.
-    Dashes in keys become underscores, so ``--n-ctx`` and ``--n_ctx`` are the same.
-    """
-    result: dict[str, Any] = {}
-    items = list(args)
-    i = 0
-    while i < len(items):
-        item = items[i]
-        if not item.startswith("--") or len(item) == 2:
-            raise LMQLError(f"Expected a --KEY VALUE pair for the model loader, got '{item}'")
-        key, eq, value = item[2:].partition("=")
-        key = key.replace("-", "_")
-        if eq:
-            result[key] = parse_value(value)
-        elif i + 1 < len(items) and not items[i + 1].startswith("--"):
-            result[key] = parse_value(items[i + 1])
-            i += 1
-        else:
-            result[key] = True
-        i += 1
-    return result
 
 
 def format_kwargs(kwargs: Iterable[tuple[str, Any]]) -> str:

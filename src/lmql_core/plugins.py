@@ -12,6 +12,7 @@ from typing import Any
 import pluggy
 
 from lmql_core import hookspecs
+from lmql_core.options import Extras, LoaderOptions, Option
 
 ENTRY_POINT_GROUP = "lmql"
 # Built-in plugins go through the same hooks as third-party ones.
@@ -34,8 +35,8 @@ class BackendSpec:
     description: str = ""
     plugin: str = ""
     distribution: str = CORE_DISTRIBUTION
-    # the backend's own loader options: (name, help) pairs, shown by `serve-model --help`
-    options: tuple[tuple[str, str], ...] = ()
+    # the backend's own loader options (`serve-model --help` lists them) and what it does with others
+    options: LoaderOptions = field(default_factory=lambda: LoaderOptions(""))
     # ``tokenizer(model, tokenizer=None)``: the tokenizer of this backend's models, or None
     tokenizer: Callable[..., Any] | None = None
 
@@ -82,14 +83,15 @@ def registry() -> Registry:
             prefixes: tuple[str, ...] | list[str] = (),
             models: tuple[str, ...] | list[str] = (),
             description: str = "",
-            options: dict[str, str] | None = None,
+            options: dict[str, Option | str] | None = None,
             tokenizer: Callable[..., Any] | None = None,
+            extra_options: Extras = None,
             _plugin: str = name,
             _dist: str = dist,
         ) -> None:
             reg.backends[backend_name] = BackendSpec(
                 backend_name, factory, tuple(prefixes), tuple(models), description, _plugin, _dist,
-                tuple((options or {}).items()), tokenizer,
+                LoaderOptions.of(backend_name, options, extra_options), tokenizer,
             )
 
         caller = pm.subset_hook_caller

@@ -34,6 +34,7 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
             raise LMQLError(f"'{model_id}' loads the model in this process, so there is no endpoint "
                             f"to use ('{endpoint}'): drop 'local:' to use the server there, or "
                             "drop the endpoint")
+        loader_kwargs = plugins.backend_for_name(model_id.backend).options.check(loader_kwargs)
         if tokenizer is not None and plugins.backend_takes(model_id.backend, "tokenizer"):
             loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}  # the backend's loader sees it too
         client = transports["local:"](model_id, **loader_kwargs)

@@ -56,7 +56,8 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
         console.print(f"[yellow]Warning:[/] serving on {host} without --auth-token: anyone who can "
                       "reach this port can use the model")
     model_id = parse_model_id(model, backend)
-    plugins.backend_for_name(model_id.backend)  # fail before announcing anything
+    # fail before announcing anything
+    loader_kwargs = plugins.backend_for_name(model_id.backend).options.check(loader_kwargs)
     listeners = bind(host, port)
     try:
         models, description = _load(model_id, cuda, dtype, backend, load_on_demand, loader_kwargs)

@@ -31,10 +31,10 @@ def _tokenizer(model: str, tokenizer: str | None = None, backend: str | None = N
 
 @hookimpl
 def register_backends(register: Any) -> None:
-    from lmql_hf.options import option_help
+    from lmql_hf.options import EXTRA_OPTIONS, OPTIONS
 
-    register("hf", _backend, models=("lmql-tiny",), options=option_help(), tokenizer=_own_tokenizer,
-             description="Hugging Face transformers (CPU, CUDA, several GPUs)")
+    register("hf", _backend, models=("lmql-tiny",), options=OPTIONS, extra_options=EXTRA_OPTIONS,
+             tokenizer=_own_tokenizer, description="Hugging Face transformers (CPU, CUDA, several GPUs)")
 
 
 @hookimpl

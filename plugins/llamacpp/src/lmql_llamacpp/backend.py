@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.metadata
-import inspect
 import os
 import threading
 import warnings
@@ -44,6 +43,7 @@ from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import NumpyOps
 from lmql_core.errors import LMQLError
 from lmql_llamacpp.gguf_vocab import tokenizer_json_from_gguf
+from lmql_llamacpp.plugin import llama_parameters
 
 DEFAULT_N_CTX = 2048
 DEFAULT_SEQUENCES = 4
@@ -100,8 +100,7 @@ def _n_ctx_train(path: str) -> int:
 
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
     """``Llama`` silently drops keyword arguments it does not know; we refuse them."""
-    params = inspect.signature(Llama.__init__).parameters
-    known = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    known = set(llama_parameters())
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise LMQLError(f"unknown llama.cpp loader argument(s) {', '.join(unknown)}; Llama(...) "
