@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import math
 
 import pytest
 
 import lmql
 from lmql_core.errors import LMQLError
 from lmql_core.options import LoaderOptions, Option
-from tests.conftest import Server, run_lmql, the_error
+from tests.conftest import Server, run_lmql, server_metric, the_error
 
-COUNTING_OPTIONS = "its options: --fail_on (int | None), --scores (bool), --leave_out (str | None)"
+COUNTING_OPTIONS = ("its options: --fail_on (int | None), --scores (bool), --leave_out (str | None); "
+                    "the engine's: --max_batch (int), --token_budget (int)")
 needs_example = pytest.mark.skipif(importlib.util.find_spec("lmql_example_backend") is None,
                                    reason="pip install ./tests/plugin_example")
 needs_hf = pytest.mark.skipif(importlib.util.find_spec("lmql_hf") is None, reason="needs lmql-hf")
@@ -45,8 +48,8 @@ def test_extra_options_named_by_a_function_are_read_only_when_needed() -> None:
     options = LoaderOptions.of("x", {"n": Option(int, 1, "")}, names)
     assert options.check({"n": "2"}) == {"n": 2} and not asked
     assert options.check({"n_batch": "8"}, from_text=True) == {"n_batch": 8}
-    with pytest.raises(LMQLError, match="the x backend has no option --m; its options: --n .int.; it also "
-                       "takes --n_batch$"):
+    with pytest.raises(LMQLError, match=r"the x backend has no option --m; its options: --n \(int\); the engine's: "
+                       r"--max_batch \(int\), --token_budget \(int\); it also takes --n_batch$"):
         options.check({"m": 1})
 
 
@@ -102,3 +105,37 @@ def test_hf_typed_options_refuse_from_local_and_extras_pass_on() -> None:
         lmql.model("local:lmql-tiny", cache_memory_fraction="half")
     with pytest.raises(LMQLError, match=r"could not load 'lmql-tiny' with backend 'hf' \(no_such_arg=3.*TypeError"):
         lmql.model("local:lmql-tiny", no_such_arg=3)  # from_pretrained's own refusal
+
+
+def test_engine_options_from_serve_model_set_the_token_budget_and_the_batch() -> None:
+    server = Server("random", "--token_budget", "3", "--max_batch", "1")
+    try:
+        llm = lmql.model("random", endpoint=server.endpoint)
+        llm.generate_sync("abcdefghij", max_tokens=1)
+        prefilled = server_metric(server, "lmql_tokens_prefilled")
+        assert prefilled >= 9 and server_metric(server, "lmql_engine_steps") == math.ceil(prefilled / 3)
+
+        async def four_at_once() -> list[str]:
+            return await asyncio.gather(*(llm.generate(prompt, max_tokens=3) for prompt in "wxyz"))
+
+        asyncio.run(four_at_once())  # one sequence a step: a step for each token generated
+        generated = server_metric(server, "lmql_tokens_generated") - 1
+        assert generated >= 4
+        assert server_metric(server, "lmql_engine_steps") - math.ceil(prefilled / 3) == generated
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+def test_engine_options_from_local_reach_the_engine() -> None:
+    llm = lmql.model("local:random", max_batch="2", token_budget=5)
+    engine = llm.client.host.models["random"].engine  # type: ignore[attr-defined]
+    assert (engine.scheduler.max_batch, engine.scheduler.token_budget) == (2, 5)
+    with pytest.raises(LMQLError, match="--token_budget of the random backend must be int, got 'lots'"):
+        lmql.model("local:random", token_budget="lots")
+
+
+@needs_hf
+def test_an_engine_option_the_backend_declares_reaches_both() -> None:
+    llm = lmql.model("local:lmql-tiny", max_batch=200, max_seq_len=64)
+    loaded = llm.client.host.models["lmql-tiny"]  # type: ignore[attr-defined]
+    assert loaded.backend.max_batch == loaded.engine.scheduler.max_batch == 200

@@ -31,11 +31,16 @@ class ServeModelCommand(click.Command):
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_epilog(ctx, formatter)
         from lmql_core import plugins
+        from lmql_core.options import ENGINE_OPTIONS
 
+        with formatter.section("Options of the engine (after MODEL, any backend)"):
+            formatter.write_dl([(f"--{name} VALUE", o.describe()) for name, o in ENGINE_OPTIONS.items()])
         for spec in plugins.registry().backends.values():
             rows = [(f"--{name} VALUE", option.describe()) for name, option in spec.options.declared.items()]
             if isinstance(spec.options.extra, str):
                 rows.append(("--KEY VALUE", f"any other key goes to {spec.options.extra}"))
+            elif spec.options.extra is not None:
+                rows.append(("--KEY VALUE", "other keys it takes (an unknown one is an error listing them)"))
             if rows:
                 with formatter.section(f"Options of the {spec.name} backend (after MODEL)"):
                     formatter.write_dl(rows)

@@ -58,6 +58,14 @@ class Option:
         return f"{self.help}{kind}{default}"
 
 
+# Options of the engine every model runs on (``lmql_core.engine.Engine``), given like a backend's
+# own: split off before the factory is called (a backend that declares one gets it too).
+ENGINE_OPTIONS = {
+    "max_batch": Option(int, 64, "most sequences stepped together (the backend's own limit may be lower)"),
+    "token_budget": Option(int, 2048, "prompt tokens prefilled per step; longer prompts take several"),
+}
+
+
 def _as_type(kind: Any, value: Any) -> tuple[bool, Any]:
     """(True, value as ``kind``) or (False, None)."""
     text = value.strip() if isinstance(value, str) else None
@@ -113,7 +121,7 @@ class LoaderOptions:
         ones too, as ``parse_value`` reads them); an LMQLError for a bad value or unknown key."""
         checked = {}
         for key, value in kwargs.items():
-            option = self.declared.get(key)
+            option = self.declared.get(key) or ENGINE_OPTIONS.get(key)
             if option is not None:
                 checked[key] = self._convert(key, option, value)
             elif key in CORE_KEYWORDS or self._takes(key):
@@ -121,6 +129,12 @@ class LoaderOptions:
             else:
                 raise LMQLError(f"the {self.backend} backend has no option --{key}; {self.known()}")
         return checked
+
+    def split(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Checked ``kwargs`` as (the factory's, the engine's)."""
+        engine = {key: value for key, value in kwargs.items() if key in ENGINE_OPTIONS}
+        loader = {key: value for key, value in kwargs.items() if key not in engine or key in self.declared}
+        return loader, engine
 
     def _convert(self, key: str, option: Option, value: Any) -> Any:
         try:
@@ -135,14 +149,19 @@ class LoaderOptions:
         return isinstance(self.extra, str) or key in set(self.extra())
 
     def known(self) -> str:
-        """``its options: --a (int), --b (bool)`` and what it does with others."""
-        named = ", ".join(f"--{name} ({option.type_name()})" for name, option in self.declared.items())
-        listed = f"its options: {named}" if named else "it has no options of its own"
+        """``its options: --a (int), --b (bool)``, the engine's, and what it does with others."""
+        listed = f"its options: {_named(self.declared)}" if self.declared else "it has no options of its own"
+        engine = f"the engine's: {_named(ENGINE_OPTIONS)}"
         if isinstance(self.extra, str):
-            return f"{listed}; other keys go to {self.extra}"
+            return f"{listed}; {engine}; other keys go to {self.extra}"
         if self.extra is not None:
-            return f"{listed}; it also takes --{', --'.join(sorted(set(self.extra()) - set(self.declared)))}"
-        return listed
+            others = sorted(set(self.extra()) - set(self.declared))
+            return f"{listed}; {engine}; it also takes --{', --'.join(others)}"
+        return f"{listed}; {engine}"
+
+
+def _named(options: Mapping[str, Option]) -> str:
+    return ", ".join(f"--{name} ({option.type_name()})" for name, option in options.items())
 
 
 def parse_value(text: str) -> Any:

@@ -34,10 +34,11 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
             raise LMQLError(f"'{model_id}' loads the model in this process, so there is no endpoint "
                             f"to use ('{endpoint}'): drop 'local:' to use the server there, or "
                             "drop the endpoint")
-        loader_kwargs = plugins.backend_for_name(model_id.backend).options.check(loader_kwargs)
+        options = plugins.backend_for_name(model_id.backend).options
+        loader_kwargs, engine_options = options.split(options.check(loader_kwargs))
         if tokenizer is not None and plugins.backend_takes(model_id.backend, "tokenizer"):
             loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}  # the backend's loader sees it too
-        client = transports["local:"](model_id, **loader_kwargs)
+        client = transports["local:"](model_id, engine_options=engine_options, **loader_kwargs)
     else:
         if loader_kwargs:
             warnings.warn(f"loader arguments {sorted(loader_kwargs)} are ignored for a served model; "
