@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from lmql_core import plugins
 from lmql_core.errors import LMQLError
+from lmql_core.options import format_kwargs  # noqa: F401 (serving imports it from here)
 
 LOCAL_PREFIX = "local:"
 
@@ -50,6 +49,3 @@ def parse_model_id(identifier: str, backend: str | None = None) -> ModelId:
         backend = claimed[0] if claimed else plugins.DEFAULT_BACKEND
     return ModelId(rest, backend, local)
 
-
-def format_kwargs(kwargs: Iterable[tuple[str, Any]]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in kwargs)

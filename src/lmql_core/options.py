@@ -213,3 +213,13 @@ def parse_loader_args(args: Sequence[str]) -> dict[str, Any]:
     nothing about them, and for a query's inputs)."""
     return {key: parse_value(value) if isinstance(value, str) else value
             for key, value in command_line_pairs(args).items()}
+
+
+def format_kwargs(kwargs: Iterable[tuple[str, Any]]) -> str:
+    """``k=v, ...`` with each value's repr, as in a call."""
+    return ", ".join(f"{key}={value!r}" for key, value in kwargs)
+
+
+def call_text(callee: str, *args: Any, **kwargs: Any) -> str:
+    """A call as Python text, for a backend's ``info()``: ``Llama(model_path='x.gguf', n_ctx=64)``."""
+    return f"{callee}({', '.join([*map(repr, args), *filter(None, [format_kwargs(kwargs.items())])])})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from collections.abc import Callable
@@ -100,6 +101,18 @@ def registry() -> Registry:
         caller("register_tokenizers", others)(register=reg.tokenizers.__setitem__)
         caller("register_transports", others)(register=reg.transports.__setitem__)
     return reg
+
+
+def versions(*distributions: str) -> dict[str, str]:
+    """The installed version of each of ``distributions`` (those not installed left out), for a
+    backend's ``info()``: ``versions("torch", "lmql-hf", "lmql-core")``."""
+    import importlib.metadata
+
+    found = {}
+    for distribution in distributions:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[distribution] = importlib.metadata.version(distribution)
+    return found
 
 
 def install_hint(distribution: str) -> str:

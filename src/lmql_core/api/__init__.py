@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from lmql_core import plugins
+from lmql_core import API_NAMES, plugins
 from lmql_core.api.llm import LLM
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.errors import LMQLError
@@ -14,8 +14,7 @@ from lmql_core.identifiers import parse_model_id
 if TYPE_CHECKING:
     from lmql_core.api.serve import RunningServer
 
-__all__ = ["LLM", "ScoringResult", "model", "serve", "generate", "generate_sync", "score",
-           "score_sync", "set_default_model"]
+__all__ = list(API_NAMES)
 
 _default_model: LLM | None = None
 

@@ -22,10 +22,11 @@ from rich.console import Console
 
 from lmql_core import plugins
 from lmql_core.errors import LMQLError
-from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
+from lmql_core.identifiers import ModelId, parse_model_id
 from lmql_core.lmtp import gc_pauses, protocol
 from lmql_core.lmtp.guard import GuardedSockSite
 from lmql_core.lmtp.server import GUARD_KEY, make_app, shut_down
+from lmql_core.options import format_kwargs
 from lmql_core.serving import ModelHost, load_model
 
 DEFAULT_MODEL = "lmql-tiny"

@@ -25,9 +25,7 @@ n_ctx`` KV cells); ``verbose=False``; ``type_k``/``type_v`` may be given as name
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import importlib.metadata
 import os
 import threading
 import warnings
@@ -39,9 +37,11 @@ import numpy as np
 from llama_cpp import Llama
 from llama_cpp import _internals as internals
 
+from lmql_core import plugins
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import NumpyOps
 from lmql_core.errors import LMQLError
+from lmql_core.options import call_text
 from lmql_llamacpp.gguf_vocab import tokenizer_json_from_gguf
 from lmql_llamacpp.plugin import llama_parameters
 
@@ -325,13 +325,12 @@ class LlamaCppBackend(Backend):
     def info(self) -> dict[str, Any]:
         offload = bool(llama_cpp.llama_supports_gpu_offload())
         gpu_layers = int(self.kwargs.get("n_gpu_layers", 0) or 0)
-        args = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
         desc = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(self.llama._model.model, desc, len(desc))
         return {
             "backend": "llama.cpp",
             "path": self.path,
-            "constructor": f"Llama(model_path={self.path!r}{args})",
+            "constructor": call_text("Llama", model_path=self.path, **self.kwargs),
             "model_desc": desc.value.decode("utf-8", "replace"),
             "n_ctx": self.max_context,
             "n_seq_max": self.n_slots,
@@ -340,7 +339,7 @@ class LlamaCppBackend(Backend):
             "n_gpu_layers": gpu_layers,
             "gpu_offload_supported": offload,
             "devices": ["gpu", "cpu"] if offload and gpu_layers != 0 else ["cpu"],
-            "versions": _versions(),
+            "versions": plugins.versions("llama-cpp-python", "lmql-llamacpp", "lmql-core"),
         }
 
     def tokenizer_json(self) -> str | None:
@@ -364,11 +363,3 @@ class LlamaCppBackend(Backend):
             self._seqs.clear()
             self._ctx.close()
             self.llama.close()
-
-
-def _versions() -> dict[str, str]:
-    found = {"llama-cpp-python": getattr(llama_cpp, "__version__", "unknown")}
-    for dist in ("lmql-llamacpp", "lmql-core"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found[dist] = importlib.metadata.version(dist)
-    return found
