@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, Server, run_lmql, the_error
 
+
 def readme_backend() -> str:
     readme = (ROOT / "README.md").read_text()
     match = re.search(r"```python\n(# mine_backend\.py\n.*?)```", readme, re.S)

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmql_core import plugins
 from lmql_core.backend import StepInput, StepOutput
 from lmql_core.plugin import ConformanceError, check_backend
 from lmql_core.tokenizer import BytesTokenizer

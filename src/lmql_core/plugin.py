@@ -13,5 +13,5 @@ from lmql_core.options import Option, call_text
 from lmql_core.plugins import versions
 from lmql_core.tokenizer import BytesTokenizer, JsonTokenizer
 
-__all__ = ["Backend", "BytesTokenizer", "ConformanceError", "JsonTokenizer", "LMQLError", "NumpyOps", "Option",
-           "StepInput", "StepOutput", "TorchOps", "call_text", "check_backend", "hookimpl", "versions"]
+__all__ = ["Backend", "BytesTokenizer", "ConformanceError", "JsonTokenizer", "LMQLError", "NumpyOps",
+           "Option", "StepInput", "StepOutput", "TorchOps", "call_text", "check_backend", "hookimpl", "versions"]
