@@ -14,4 +14,5 @@ from lmql_core.plugins import versions
 from lmql_core.tokenizer import BytesTokenizer, JsonTokenizer
 
 __all__ = ["Backend", "BytesTokenizer", "ConformanceError", "JsonTokenizer", "LMQLError", "NumpyOps",
-           "Option", "StepInput", "StepOutput", "TorchOps", "call_text", "check_backend", "hookimpl", "versions"]
+           "Option", "StepInput", "StepOutput", "TorchOps", "call_text", "check_backend", "hookimpl",
+           "versions"]
