@@ -94,7 +94,7 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
     to the backend's loader (e.g. `--trust_remote_code True`, `--n_ctx 4096`); True/False, ints and
     floats are parsed as such.
     """
-    from lmql_core.api.serve import serve
+    from lmql_core.api.server import serve
 
     with _errors():
         model, loader_args = model_and_loader_args(model, ctx.args)
