@@ -53,6 +53,14 @@ def test_extra_options_named_by_a_function_are_read_only_when_needed() -> None:
         options.check({"m": 1})
 
 
+def test_an_option_given_as_help_alone_takes_any_value_read_as_before() -> None:
+    options = LoaderOptions.of("x", {"a": "any value"}, None)
+    assert options.check({"a": "3"}, from_text=True) == {"a": 3}
+    assert options.check({"a": "3"}) == {"a": "3"}
+    with pytest.raises(LMQLError, match=r"the x backend has no option --b; its options: --a \(any\); "):
+        options.check({"b": 1})
+
+
 @needs_example
 @pytest.mark.parametrize(("args", "message"), [
     (["--nope", "1"], f"Error: the counting backend has no option --nope; {COUNTING_OPTIONS}"),

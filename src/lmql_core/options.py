@@ -40,7 +40,8 @@ class Option:
         return (self.type,)
 
     def type_name(self) -> str:
-        return " | ".join("None" if t is type(None) else getattr(t, "__name__", str(t)) for t in self.types())
+        names = {type(None): "None", object: "any"}
+        return " | ".join(names.get(t) or getattr(t, "__name__", str(t)) for t in self.types())
 
     def convert(self, value: Any) -> Any:
         """``value`` as this option's type; text (from the command line) is parsed. Raises
@@ -117,14 +118,15 @@ class LoaderOptions:
         return cls(backend, declared, extra)
 
     def check(self, kwargs: Mapping[str, Any], from_text: bool = False) -> dict[str, Any]:
-        """``kwargs`` with declared options converted to their types (``from_text``: undeclared
-        ones too, as ``parse_value`` reads them); an LMQLError for a bad value or unknown key."""
+        """``kwargs`` with declared options converted to their types (``from_text``: untyped and
+        undeclared ones too, as ``parse_value`` reads them); an LMQLError for a bad value or an
+        unknown key."""
         checked = {}
         for key, value in kwargs.items():
             option = self.declared.get(key) or ENGINE_OPTIONS.get(key)
-            if option is not None:
+            if option is not None and option.type is not object:
                 checked[key] = self._convert(key, option, value)
-            elif key in CORE_KEYWORDS or self._takes(key):
+            elif option is not None or key in CORE_KEYWORDS or self._takes(key):
                 checked[key] = parse_value(value) if from_text and isinstance(value, str) else value
             else:
                 raise LMQLError(f"the {self.backend} backend has no option --{key}; {self.known()}")
