@@ -40,8 +40,8 @@ class Option:
         return (self.type,)
 
     def type_name(self) -> str:
-        names = {type(None): "None", object: "any"}
-        return " | ".join(names.get(t) or getattr(t, "__name__", str(t)) for t in self.types())
+        names: dict[Any, str] = {type(None): "None", object: "any"}
+        return " | ".join(names.get(t) or str(getattr(t, "__name__", t)) for t in self.types())
 
     def convert(self, value: Any) -> Any:
         """``value`` as this option's type; text (from the command line) is parsed. Raises
