@@ -53,6 +53,24 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+LMQL = [sys.executable, "-m", "lmql_core"]
+
+
+def run_lmql(*args: str, env: dict[str, str] | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LMQL, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "80", **(env or {})})
+
+
+def the_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The one `Error:` line of a failed command (and no traceback)."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -138,3 +138,15 @@ def test_lmql_serve_from_python() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_the_public_names_are_listed_once_and_resolve_everywhere() -> None:
+    """Also once the module that serves has loaded (it was api/serve.py, and took the name of
+    the function lmql_core.api.serve on its first import)."""
+    server = lmql.serve("random", host="127.0.0.1", port=0, background=True)
+    assert server is not None
+    server.stop()
+    assert lmql_core.api.__all__ == list(lmql_core.API_NAMES)
+    assert set(lmql_core.API_NAMES) <= set(lmql.__all__)
+    for name in lmql_core.API_NAMES:
+        assert getattr(lmql, name) is getattr(lmql_core, name) is getattr(lmql_core.api, name)

@@ -13,9 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import Server
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, Server, run_lmql, the_error
 
 
 def readme_backend() -> str:
@@ -44,10 +42,14 @@ async def request(endpoint: str, command: str, payload: dict) -> list[dict]:
         return entries
 
 
+def with_plugin(site: Path) -> dict[str, str]:
+    """The environment of a process that has the README's plugin installed in ``site``."""
+    install_plugin(site)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
 def test_the_readme_backend_serves_generates_and_scores(tmp_path: Path) -> None:
-    install_plugin(tmp_path)
-    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    server = Server("mine:anything", env={"PYTHONPATH": path})
+    server = Server("mine:anything", "--confidence", "5", env=with_plugin(tmp_path))
     try:
         generated = asyncio.run(request(server.endpoint, "GENERATE", {
             "model": "mine:anything", "prompt": [97], "max_tokens": 3, "temperature": 0}))
@@ -57,8 +59,15 @@ def test_the_readme_backend_serves_generates_and_scores(tmp_path: Path) -> None:
         assert server.stop() == 0, server.output()
     assert [e["token"] for e in generated] == [98, 99, 100]
     assert generated[-1]["finish_reason"] == "length"
-    total = math.log(math.exp(10.0) + 255)  # one logit of 10, 255 of 0
-    assert [e["logprob"] for e in scored] == pytest.approx([10.0 - total, 0.0 - total], abs=1e-4)
+    total = math.log(math.exp(5.0) + 255)  # one logit of 5 (--confidence), 255 of 0
+    assert [e["logprob"] for e in scored] == pytest.approx([5.0 - total, 0.0 - total], abs=1e-4)
+
+
+def test_the_readme_error_for_an_unknown_option_is_the_one_printed(tmp_path: Path) -> None:
+    printed = re.search(r"is one\s+line, `(Error: .*?)`", (ROOT / "README.md").read_text(), re.S)
+    assert printed, "the README's example error is missing"
+    result = run_lmql("serve-model", "mine:anything", "--port", "0", "--confidance", "5", env=with_plugin(tmp_path))
+    assert the_error(result) == " ".join(printed.group(1).split())
 
 
 def test_the_readme_backend_passes_check_backend() -> None:
@@ -66,5 +75,5 @@ def test_the_readme_backend_passes_check_backend() -> None:
 
     module: dict = {}
     exec(compile(readme_backend(), "mine_backend.py", "exec"), module)
-    outcome = check_backend(module["NextByte"], "anything")
-    assert outcome["score"] == outcome["batching"] == outcome["release"] == "passed"
+    outcome = check_backend(module["NextByte"], "anything", tokenizer=module["next_byte_tokenizer"])
+    assert outcome["score"] == outcome["batching"] == outcome["release"] == outcome["tokenizer"] == "passed"

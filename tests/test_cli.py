@@ -16,26 +16,9 @@ pytest.importorskip("lmql_hf")
 
 import lmql  # noqa: E402
 from lmql_core.cli import DEFAULT_MODEL, model_and_loader_args  # noqa: E402
-from tests.conftest import ROOT, Server, free_port  # noqa: E402
+from tests.conftest import LMQL, ROOT, Server, free_port, run_lmql, the_error  # noqa: E402
 
 pytestmark = pytest.mark.hf
-
-LMQL = [sys.executable, "-m", "lmql_core"]
-
-
-def run_lmql(*args: str, env: dict[str, str] | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LMQL, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "80", **(env or {})})
-
-
-def the_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The one `Error:` line of a failed command (and no traceback)."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 @contextlib.contextmanager

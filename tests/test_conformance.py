@@ -9,25 +9,52 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmql_core import plugins
 from lmql_core.backend import StepInput, StepOutput
 from lmql_core.plugin import ConformanceError, check_backend
+from lmql_core.tokenizer import BytesTokenizer
 
 pytest.importorskip("lmql_example_backend")
 from lmql_example_backend import CountingBackend  # noqa: E402
 
 ALL_PASSED = {"contract": "passed", "generate": "passed", "batching": "passed", "score": "passed",
-              "release": "passed"}
+              "release": "passed", "tokenizer": "passed"}
+NO_TOKENIZER = "skipped: the backend brings no tokenizer (register(..., tokenizer=) or tokenizer_json())"
 
 
 def test_the_example_plugin_passes() -> None:
     outcome = check_backend(CountingBackend, "anything")
-    assert outcome == dict(ALL_PASSED, **{"row errors": "skipped: no failing_prompt given"})
+    assert outcome == dict(ALL_PASSED, **{"row errors": "skipped: no failing_prompt given", "tokenizer": NO_TOKENIZER})
 
 
 def test_the_example_plugin_passes_the_row_error_check() -> None:
     outcome = check_backend(CountingBackend, "anything", fail_on=200, failing_prompt=[200])
-    assert outcome == dict(ALL_PASSED, **{"row errors": "passed"})
+    assert outcome == dict(ALL_PASSED, **{"row errors": "passed", "tokenizer": NO_TOKENIZER})
+
+
+def test_the_example_plugin_by_name_passes_with_its_registered_tokenizer() -> None:
+    outcome = check_backend("counting", "anything")
+    assert outcome == dict(ALL_PASSED, **{"row errors": "skipped: no failing_prompt given"})
+
+
+class ShiftedBytes(BytesTokenizer):
+    """Bytes as ids 200..455: more ids than the counting backend's 256."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [i + 200 for i in super().encode(text)]
+
+    def decode(self, ids: list[int]) -> str:
+        return super().decode([i - 200 for i in ids])
+
+
+class AsciiOnly(BytesTokenizer):
+    """Loses what is not ASCII on the way back."""
+
+    def decode(self, ids: list[int]) -> str:
+        return super().decode([i for i in ids if i < 128])
+
+
+def tokenizer_of(kind: type[BytesTokenizer], eos: int | None = None) -> Any:
+    return lambda model, tokenizer=None: kind(256, eos)
 
 
 class WiderVocabulary(CountingBackend):
@@ -71,8 +98,14 @@ class NotANumber(CountingBackend):
     (Forgetful, {}, "batching: stream 1 of 4 concurrent ones against it alone: tokens"),
     (NotANumber, {}, "generate: GENERATE of .* failed: no token can be chosen"),
     (CountingBackend, {"fail_on": 200, "failing_prompt": [5]}, "row errors: failing_prompt .5. generated tokens"),
+    (CountingBackend, {"tokenizer": tokenizer_of(BytesTokenizer, eos=5)},
+     r"tokenizer: the registered tokenizer \(BytesTokenizer\): eos_token_id=5, but the backend's is None"),
+    (CountingBackend, {"tokenizer": tokenizer_of(ShiftedBytes)},
+     r"tokenizer: .*encode\('Hello, world!'\) gave ids \[272, 301, .*\] outside vocab_size=256"),
+    (CountingBackend, {"tokenizer": tokenizer_of(AsciiOnly)},
+     r"tokenizer: .*decode\(encode\('naïve café'\)\) gave 'nave caf'"),
 ], ids=["no-vocab_size", "ignores-all_logits", "wrong-vocab_size", "extra-row", "batch-mixes-rows", "nan-logits",
-        "no-row-error"])
+        "no-row-error", "tokenizer-eos", "tokenizer-ids-beyond-vocab", "tokenizer-loses-text"])
 def test_a_broken_backend_fails_naming_the_problem(factory: Any, options: dict[str, Any], expected: str) -> None:
     with pytest.raises(ConformanceError, match=expected):
         check_backend(factory, "anything", **options)
@@ -81,7 +114,7 @@ def test_a_broken_backend_fails_naming_the_problem(factory: Any, options: dict[s
 def test_hf_on_lmql_tiny_passes() -> None:
     pytest.importorskip("lmql_hf")
     pytest.importorskip("torch")
-    outcome = check_backend(plugins.backend_for_name("hf").factory, "lmql-tiny")
+    outcome = check_backend("hf", "lmql-tiny")  # its factory and its tokenizer, as registered
     assert {k: v for k, v in outcome.items() if k != "row errors"} == ALL_PASSED
 
 
@@ -94,5 +127,5 @@ def test_llamacpp_on_its_gguf_test_model_passes(tmp_path_factory: pytest.TempPat
     from tests.test_llamacpp import KV_F32, N_CTX, export_gguf
 
     gguf: Path = export_gguf(hf_llama_folder(tmp_path_factory.mktemp("hf")), tmp_path_factory.mktemp("gguf"))
-    outcome = check_backend(plugins.backend_for_name("llama.cpp").factory, str(gguf), n_ctx=N_CTX, **KV_F32)
+    outcome = check_backend("llama.cpp", str(gguf), n_ctx=N_CTX, **KV_F32)
     assert {k: v for k, v in outcome.items() if k != "row errors"} == ALL_PASSED

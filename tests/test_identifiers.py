@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from lmql_core.errors import BackendNotInstalled, LMQLError
-from lmql_core.identifiers import parse_loader_args, parse_model_id, parse_value
+from lmql_core.identifiers import parse_model_id
+from lmql_core.options import parse_loader_args, parse_value
 from lmql_core.plugins import backend_for_name
 
 

@@ -337,5 +337,6 @@ def test_loader_options(gguf_path: Path, hf_folder: Path, tmp_path: Path) -> Non
 
 
 def test_serve_model_reports_a_bad_loader_argument(gguf_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="unknown llama.cpp loader argument"):
+    with pytest.raises(RuntimeError, match=r"Error: the llama.cpp backend has no option --n_ctxx; its "
+                       r"options: --n_seq_max \(int\), .*; it also takes .*--n_batch, "):
         Server(f"llama.cpp:{gguf_path}", "--n_ctxx", "64")

@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,9 +32,11 @@ def test_listed_by_lmql_backends() -> None:
 
 
 def test_in_process_through_the_prefix() -> None:
-    llm = lmql.model("local:counting:anything", start=3)
+    llm = lmql.model("local:counting:anything", fail_on=250)
     assert llm.generate_sync("a", max_tokens=4) == "bcde"
-    assert llm.model_info_sync()["model_info"]["kwargs"] == repr({"cuda": False, "dtype": None, "start": 3})
+    info = llm.model_info_sync()["model_info"]
+    assert info["fail_on"] == 250
+    assert info["kwargs"] == repr({"cuda": False, "dtype": None})
 
 
 def test_served_by_lmql_serve_model() -> None:
@@ -114,3 +117,15 @@ def test_the_tokenizer_reaches_the_backends_loader_from_lmql_generate() -> None:
     bad = subprocess.run([*command, "--tokenizer", "other"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0
     assert "no tokenizer 'other' for the counting backend" in bad.stderr
+
+
+def test_the_backends_own_tokenizer_comes_before_the_loaders(tmp_path: Path) -> None:
+    """register(..., tokenizer=) is asked first for the backend's models: a counting model named by
+    a folder that holds a tokenizer.json still gets the counting bytes (the tokenizer.json loader
+    answered first before, and 'a' became an unknown word)."""
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"[UNK]": 0, "b": 1}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    llm = lmql.model(f"local:counting:{tmp_path}")
+    assert llm.tokenizer.encode("ab") == [97, 98]
+    assert llm.generate_sync("a", max_tokens=3) == "bcd"

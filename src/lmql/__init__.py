@@ -3,21 +3,12 @@ language (``@lmql.query``, ``lmql.run``, ``lmql.F``)."""
 
 from pathlib import Path as _Path
 
+from lmql_core import API_NAMES as _API_NAMES
 from lmql_core.coexistence import check as _check_installation
 
 _check_installation(_Path(__file__).parent)
 
-from lmql_core.api import (  # noqa: E402
-    LLM,
-    ScoringResult,
-    generate,
-    generate_sync,
-    model,
-    score,
-    score_sync,
-    serve,
-    set_default_model,
-)
+from lmql_core.api import *  # noqa: E402, F403 (the names in API_NAMES)
 from lmql_core.query import (  # noqa: E402
     F,
     LMQLResult,
@@ -28,5 +19,4 @@ from lmql_core.query import (  # noqa: E402
     run_sync,
 )
 
-__all__ = ["F", "LLM", "LMQLResult", "QueryError", "ScoringResult", "generate", "generate_sync", "model",
-           "query", "run", "run_file", "run_sync", "score", "score_sync", "serve", "set_default_model"]
+__all__ = [*_API_NAMES, "F", "LMQLResult", "QueryError", "query", "run", "run_file", "run_sync"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmql_core.hookspecs import hookimpl
+from lmql_core.options import Option
 
 
 def _random_backend(model: str, **kwargs: Any) -> Any:
@@ -17,19 +18,21 @@ def _random_backend(model: str, **kwargs: Any) -> Any:
 def register_backends(register: Any) -> None:
     register("random", _random_backend, prefixes=("random:",), models=("random",),
              description="seeded random logits (no model; for tests and trying the CLI)",
-             options={"seed": "the seed of the logits [default: 0]",
-                      "vocab_size": "vocabulary size [default: 50257]",
-                      "eos_token_id": "the end-of-sequence token [default: 50256]",
-                      "max_context": "longest prompt + generation [default: 2048]"})
+             options={"seed": Option(int, 0, "the seed of the logits"),
+                      "vocab_size": Option(int, 50257, "vocabulary size"),
+                      "eos_token_id": Option(int, 50256, "the end-of-sequence token"),
+                      "max_context": Option(int, 2048, "longest prompt + generation")},
+             tokenizer=_random_tokenizer)
 
 
-def _bytes_tokenizer(model: str, tokenizer: str | None = None, backend: str | None = None,
-                     **options: Any) -> Any:
+def _random_tokenizer(model: str, tokenizer: str | None = None) -> Any:
+    return _bytes_tokenizer(model, tokenizer or "bytes")
+
+
+def _bytes_tokenizer(model: str, tokenizer: str | None = None, **options: Any) -> Any:
     from lmql_core.tokenizer import BytesTokenizer
 
-    if tokenizer == "bytes" or (tokenizer is None and backend == "random"):
-        return BytesTokenizer(**options)
-    return None
+    return BytesTokenizer() if tokenizer == "bytes" else None
 
 
 def _json_tokenizer(model: str, tokenizer: str | None = None, **options: Any) -> Any:

@@ -6,13 +6,14 @@ import contextlib
 import sys
 import textwrap
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import click
 from rich.console import Console
 
 from lmql_core.errors import LMQLError
-from lmql_core.identifiers import parse_loader_args
 from lmql_core.lmtp.protocol import Limits
+from lmql_core.options import command_line_pairs, parse_loader_args
 
 console = Console()
 DEFAULT_MODEL = "lmql-tiny"
@@ -30,11 +31,19 @@ class ServeModelCommand(click.Command):
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_epilog(ctx, formatter)
         from lmql_core import plugins
+        from lmql_core.options import ENGINE_OPTIONS
 
+        with formatter.section("Options of the engine (after MODEL, any backend)"):
+            formatter.write_dl([(f"--{name} VALUE", o.describe()) for name, o in ENGINE_OPTIONS.items()])
         for spec in plugins.registry().backends.values():
-            if spec.options:
+            rows = [(f"--{name} VALUE", option.describe()) for name, option in spec.options.declared.items()]
+            if isinstance(spec.options.extra, str):
+                rows.append(("--KEY VALUE", f"any other key goes to {spec.options.extra}"))
+            elif spec.options.extra is not None:
+                rows.append(("--KEY VALUE", "other keys it takes (an unknown one is an error listing them)"))
+            if rows:
                 with formatter.section(f"Options of the {spec.name} backend (after MODEL)"):
-                    formatter.write_dl([(f"--{name} VALUE", text) for name, text in spec.options])
+                    formatter.write_dl(rows)
 
 
 @cli.command(
@@ -85,11 +94,11 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
     to the backend's loader (e.g. `--trust_remote_code True`, `--n_ctx 4096`); True/False, ints and
     floats are parsed as such.
     """
-    from lmql_core.api.serve import serve
+    from lmql_core.api.server import serve
 
     with _errors():
         model, loader_args = model_and_loader_args(model, ctx.args)
-        loader_kwargs = parse_loader_args(loader_args)
+        loader_kwargs = checked_loader_args(model, backend, loader_args)
         limits = Limits(max_frame_bytes=max_frame_bytes, max_streams_per_connection=max_streams,
                         max_tokens=max_new_tokens, max_top_logprobs=max_top_logprobs,
                         max_logit_bias_entries=max_logit_bias, max_connections=max_connections,
@@ -105,6 +114,17 @@ def model_and_loader_args(model: str, extra: list[str]) -> tuple[str, list[str]]
     if model.startswith("-"):
         return DEFAULT_MODEL, [model, *extra]
     return model, list(extra)
+
+
+def checked_loader_args(model: str, backend: str | None, args: list[str]) -> dict[str, Any]:
+    """The ``--KEY VALUE`` pairs after MODEL, checked and converted by the backend's options."""
+    from lmql_core import plugins
+    from lmql_core.identifiers import parse_model_id
+
+    if not args:
+        return {}
+    spec = plugins.backend_for_name(parse_model_id(model, backend).backend)
+    return spec.options.check(command_line_pairs(args), from_text=True)
 
 
 @cli.command("backends")
@@ -154,8 +174,9 @@ def generate(ctx: click.Context, prompt: str, model: str, endpoint: str | None, 
     import lmql_core.api as api
 
     with _errors():
-        llm = api.model(model, endpoint=endpoint, tokenizer=tokenizer, api_key=api_key,
-                        **parse_loader_args(ctx.args))
+        local = model.startswith("local:")  # served: the server took its loader options
+        loader_kwargs = checked_loader_args(model, None, ctx.args) if local else parse_loader_args(ctx.args)
+        llm = api.model(model, endpoint=endpoint, tokenizer=tokenizer, api_key=api_key, **loader_kwargs)
         decoder = "sample" if temperature > 0 else "argmax"
         stream = llm.stream_sync(prompt, max_tokens=max_tokens, decoder=decoder,
                                  temperature=temperature)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmql_core.errors import LMQLError, ServerError
+from lmql_core import plugins
+from lmql_core.errors import LMQLError, ServerError, TokenizerNotFound
 from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client import InProcessClient
 from lmql_core.lmtp.loop import run_sync
@@ -29,6 +30,9 @@ PROMPT_LENGTH = 4
 MAX_TOKENS = 6
 RELEASE_WAIT_S = 10.0  # how long the engine may take to release sequences that ended
 BACKEND_NAME = "conformance"
+# decoded back exactly by byte-level and most other tokenizers
+TOKENIZER_TEXTS = ("Hello, world!", "The quick brown fox jumps over 13 lazy dogs.",
+                   " leading and  double spaces", "line\nbreak\ttab", "naïve café")
 Entries = list[dict[str, Any]]
 
 
@@ -36,19 +40,29 @@ class ConformanceError(AssertionError):
     """A backend broke the contract: the message names the check and what went wrong."""
 
 
-def check_backend(factory: Callable[..., Any], model: str = "conformance", *, tolerance: float = 1e-3,
-                  failing_prompt: list[int] | None = None, **loader_kwargs: Any) -> dict[str, str]:
+def check_backend(factory: Callable[..., Any] | str, model: str = "conformance", *, tolerance: float = 1e-3,
+                  failing_prompt: list[int] | None = None, tokenizer: Callable[..., Any] | None = None,
+                  **loader_kwargs: Any) -> dict[str, str]:
     """Load ``factory(model, cuda=False, dtype=None, **loader_kwargs)`` the way the server does and
-    check it; returns each check's outcome ("passed" or "skipped: why"). ``tolerance``: how far a
-    SCORE logprob may be from the greedy step's for the same token (prefill vs decode numerics).
-    ``failing_prompt``: token ids the backend rejects on its own (``StepOutput.errors``), to check
-    that only that stream fails; the per-row check is skipped without it."""
+    check it; returns each check's outcome ("passed" or "skipped: why"). ``factory`` may be the
+    name of an installed backend: its registered factory and tokenizer are checked. ``tolerance``:
+    how far a SCORE logprob may be from the greedy step's for the same token (prefill vs decode
+    numerics). ``failing_prompt``: token ids the backend rejects on its own (``StepOutput.errors``),
+    to check that only that stream fails; the per-row check is skipped without it. ``tokenizer``:
+    the function given to ``register(..., tokenizer=)``; it and the backend's ``tokenizer_json()``
+    must give texts back, ids below ``vocab_size`` and the backend's BOS and EOS."""
+    if isinstance(factory, str):
+        spec = plugins.backend_for_name(factory)
+        factory, tokenizer = spec.factory, tokenizer or spec.tokenizer
     observer = Observer()
-    loaded = _load(lambda *args, **kwargs: observer.attach(factory(*args, **kwargs)), model, loader_kwargs)
+    make = factory
+    loaded = _load(lambda *args, **kwargs: observer.attach(make(*args, **kwargs)), model, loader_kwargs)
     host = ModelHost()
     host.add(loaded)
     try:
-        return run_sync(_Suite(loaded, host, observer, tolerance).run(failing_prompt))
+        outcome = run_sync(_Suite(loaded, host, observer, tolerance).run(failing_prompt))
+        outcome["tokenizer"] = check_tokenizers(loaded, tokenizer)
+        return outcome
     finally:
         host.close()
 
@@ -285,3 +299,41 @@ class _Suite:
         if missing:
             raise ConformanceError(f"{check}: sequences {missing} were never released {when} (release/"
                                    f"release_all was not called, or the wrapped methods were bypassed)")
+
+
+def check_tokenizers(loaded: LoadedModel, registered: Callable[..., Any] | None) -> str:
+    """"passed", or "skipped: ..." when the backend brings no tokenizer; ConformanceError else."""
+    found = [("the registered tokenizer", _registered(registered, loaded.model_id.model)),
+             ("tokenizer_json()", loaded.tokenizer)]
+    found = [(where, tokenizer) for where, tokenizer in found if tokenizer is not None]
+    if not found:
+        return "skipped: the backend brings no tokenizer (register(..., tokenizer=) or tokenizer_json())"
+    for where, tokenizer in found:
+        check_tokenizer(where, tokenizer, loaded.backend)
+    return "passed"
+
+
+def _registered(loader: Callable[..., Any] | None, model: str) -> Any:
+    """What ``register(..., tokenizer=)``'s function gives for ``model`` (None: nothing for it)."""
+    try:
+        return loader(model, tokenizer=None) if loader is not None else None
+    except TokenizerNotFound:
+        return None
+
+
+def check_tokenizer(where: str, tokenizer: Any, backend: Any) -> None:
+    def fail(problem: str) -> ConformanceError:
+        return ConformanceError(f"tokenizer: {where} ({type(tokenizer).__name__}): {problem}")
+
+    for special in ("bos_token_id", "eos_token_id"):
+        ours, theirs = getattr(tokenizer, special, None), getattr(backend, special, None)
+        if ours != theirs:
+            raise fail(f"{special}={ours!r}, but the backend's is {theirs!r}")
+    for text in TOKENIZER_TEXTS:
+        ids = list(tokenizer.encode(text, add_special_tokens=False))
+        outside = [i for i in ids if not 0 <= i < backend.vocab_size]
+        if outside:
+            raise fail(f"encode({text!r}) gave ids {outside} outside vocab_size={backend.vocab_size}")
+        decoded = tokenizer.decode(ids)
+        if decoded != text:
+            raise fail(f"decode(encode({text!r})) gave {decoded!r}")

@@ -1,6 +1,6 @@
 """Everything a backend author imports, in one place (see README, "Writing a backend").
 
-    from lmql_core.plugin import Backend, NumpyOps, StepInput, StepOutput, hookimpl
+    from lmql_core.plugin import Backend, NumpyOps, Option, StepInput, StepOutput, hookimpl
     from lmql_core.plugin import check_backend  # in the plugin's tests
 """
 
@@ -9,6 +9,10 @@ from lmql_core.conformance import ConformanceError, check_backend
 from lmql_core.engine.array_ops import NumpyOps, TorchOps
 from lmql_core.errors import LMQLError
 from lmql_core.hookspecs import hookimpl
+from lmql_core.options import Option, call_text
+from lmql_core.plugins import versions
+from lmql_core.tokenizer import BytesTokenizer, JsonTokenizer
 
-__all__ = ["Backend", "ConformanceError", "LMQLError", "NumpyOps", "StepInput", "StepOutput", "TorchOps",
-           "check_backend", "hookimpl"]
+__all__ = ["Backend", "BytesTokenizer", "ConformanceError", "JsonTokenizer", "LMQLError", "NumpyOps",
+           "Option", "StepInput", "StepOutput", "TorchOps", "call_text", "check_backend", "hookimpl",
+           "versions"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from collections.abc import Callable
@@ -12,17 +13,17 @@ from typing import Any
 import pluggy
 
 from lmql_core import hookspecs
+from lmql_core.options import Extras, LoaderOptions, Option
 
 ENTRY_POINT_GROUP = "lmql"
 # Built-in plugins go through the same hooks as third-party ones.
 BUILTIN_PLUGINS = ("lmql_core.builtin",)
 CORE_DISTRIBUTION = "lmql-core"
 
-# Backends we know of but that live in their own distributions.
+# Backends we know of but that live in their own distributions: named when one is missing.
 KNOWN_BACKENDS = {"hf": "lmql-hf", "llama.cpp": "lmql-llamacpp"}
 # Where those distributions sit in a checkout of lmql-core (until they are on the registry).
 CHECKOUT_PATHS = {"lmql-hf": "./plugins/hf", "lmql-llamacpp": "./plugins/llamacpp"}
-KNOWN_PREFIXES = {"llama.cpp:": "llama.cpp"}
 DEFAULT_BACKEND = "hf"
 
 
@@ -35,8 +36,10 @@ class BackendSpec:
     description: str = ""
     plugin: str = ""
     distribution: str = CORE_DISTRIBUTION
-    # the backend's own loader options: (name, help) pairs, shown by `serve-model --help`
-    options: tuple[tuple[str, str], ...] = ()
+    # the backend's own loader options (`serve-model --help` lists them) and what it does with others
+    options: LoaderOptions = field(default_factory=lambda: LoaderOptions(""))
+    # ``tokenizer(model, tokenizer=None)``: the tokenizer of this backend's models, or None
+    tokenizer: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -81,13 +84,15 @@ def registry() -> Registry:
             prefixes: tuple[str, ...] | list[str] = (),
             models: tuple[str, ...] | list[str] = (),
             description: str = "",
-            options: dict[str, str] | None = None,
+            options: dict[str, Option | str] | None = None,
+            tokenizer: Callable[..., Any] | None = None,
+            extra_options: Extras = None,
             _plugin: str = name,
             _dist: str = dist,
         ) -> None:
             reg.backends[backend_name] = BackendSpec(
                 backend_name, factory, tuple(prefixes), tuple(models), description, _plugin, _dist,
-                tuple((options or {}).items()),
+                LoaderOptions.of(backend_name, options, extra_options), tokenizer,
             )
 
         caller = pm.subset_hook_caller
@@ -98,11 +103,33 @@ def registry() -> Registry:
     return reg
 
 
+def versions(*distributions: str) -> dict[str, str]:
+    """The installed version of each of ``distributions`` (those not installed left out), for a
+    backend's ``info()``: ``versions("torch", "lmql-hf", "lmql-core")``."""
+    import importlib.metadata
+
+    found = {}
+    for distribution in distributions:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[distribution] = importlib.metadata.version(distribution)
+    return found
+
+
 def install_hint(distribution: str) -> str:
     """How to install a plugin distribution: from the registry, or from a checkout of lmql-core."""
     path = CHECKOUT_PATHS.get(distribution)
     checkout = f" (from a checkout of lmql-core: pip install {path})" if path else ""
     return f"pip install {distribution}{checkout}"
+
+
+def prefixes() -> dict[str, str]:
+    """Identifier prefixes and the backends they select: those the installed backends register,
+    and ``NAME:`` for each known backend that is not installed (using it says what to install)."""
+    installed = registry().backends
+    found = {f"{name}:": name for name in KNOWN_BACKENDS if name not in installed}
+    for spec in installed.values():
+        found.update({prefix: spec.name for prefix in spec.prefixes})
+    return found
 
 
 def backend_for_name(name: str) -> BackendSpec:

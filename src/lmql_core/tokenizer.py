@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -162,8 +163,10 @@ def find_tokenizer_json(name: str) -> Path | None:
 
 
 def load_tokenizer(model: str, tokenizer: str | None = None, backend: str | None = None) -> Tokenizer:
-    """Ask every registered loader in turn; the first that knows the model wins."""
-    for loader in plugins.registry().tokenizers.values():
+    """The tokenizer the backend registered with its factory first, then every registered
+    tokenizer loader in turn; the first that knows the model wins."""
+    loaders = _loaders(backend)
+    for loader in loaders.values():
         found = loader(model, tokenizer=tokenizer, backend=backend)
         if found is not None:
             return found
@@ -171,5 +174,18 @@ def load_tokenizer(model: str, tokenizer: str | None = None, backend: str | None
     raise TokenizerNotFound(
         f"No tokenizer found for {wanted}. Pass tokenizer=... naming a folder with a "
         "tokenizer.json, a tokenizer.json file, or a Hugging Face model name (needs lmql-hf); "
-        f"loaders tried: {', '.join(plugins.registry().tokenizers) or 'none'}"
+        f"loaders tried: {', '.join(loaders) or 'none'}"
     )
+
+
+def _loaders(backend: str | None) -> dict[str, Callable[..., Tokenizer | None]]:
+    registry = plugins.registry()
+    spec = registry.backends.get(backend or "")
+    own = spec.tokenizer if spec is not None else None
+    if own is None:
+        return dict(registry.tokenizers)
+
+    def own_loader(model: str, tokenizer: str | None = None, **_: Any) -> Tokenizer | None:
+        return own(model, tokenizer=tokenizer)
+
+    return {f"the {backend} backend's own": own_loader, **registry.tokenizers}

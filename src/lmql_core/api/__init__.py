@@ -5,17 +5,16 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from lmql_core import plugins
+from lmql_core import API_NAMES, plugins
 from lmql_core.api.llm import LLM
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.errors import LMQLError
 from lmql_core.identifiers import parse_model_id
 
 if TYPE_CHECKING:
-    from lmql_core.api.serve import RunningServer
+    from lmql_core.api.server import RunningServer
 
-__all__ = ["LLM", "ScoringResult", "model", "serve", "generate", "generate_sync", "score",
-           "score_sync", "set_default_model"]
+__all__ = list(API_NAMES)
 
 _default_model: LLM | None = None
 
@@ -34,9 +33,11 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
             raise LMQLError(f"'{model_id}' loads the model in this process, so there is no endpoint "
                             f"to use ('{endpoint}'): drop 'local:' to use the server there, or "
                             "drop the endpoint")
+        options = plugins.backend_for_name(model_id.backend).options
+        loader_kwargs, engine_options = options.split(options.check(loader_kwargs))
         if tokenizer is not None and plugins.backend_takes(model_id.backend, "tokenizer"):
             loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}  # the backend's loader sees it too
-        client = transports["local:"](model_id, **loader_kwargs)
+        client = transports["local:"](model_id, engine_options=engine_options, **loader_kwargs)
     else:
         if loader_kwargs:
             warnings.warn(f"loader arguments {sorted(loader_kwargs)} are ignored for a served model; "
@@ -47,8 +48,8 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
 
 def serve(model: str = "lmql-tiny", **kwargs: Any) -> RunningServer | None:
     """Serve ``model`` over LMTP until stopped; ``background=True`` returns the running server
-    at once (``.endpoint``, ``.stop()``, a context manager). See ``lmql_core.api.serve.serve``."""
-    from lmql_core.api.serve import serve as run
+    at once (``.endpoint``, ``.stop()``, a context manager). See ``lmql_core.api.server.serve``."""
+    from lmql_core.api.server import serve as run
 
     return run(model, **kwargs)
 

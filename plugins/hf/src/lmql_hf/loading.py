@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
+import importlib
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from lmql_core import plugins
 from lmql_core.errors import LMQLError
+from lmql_core.options import call_text
 
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -71,8 +73,7 @@ def progress_bars(shown: bool) -> Iterator[None]:
 
 
 def constructor_call(name: str, kwargs: dict[str, Any]) -> str:
-    args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
-    return f"AutoModelForCausalLM.from_pretrained({name!r}{args})"
+    return call_text("AutoModelForCausalLM.from_pretrained", name, **kwargs)
 
 
 def devices_of(model: Any) -> list[str]:
@@ -88,11 +89,7 @@ def layer_placement(model: Any) -> dict[str, str]:
 
 
 def versions() -> dict[str, str]:
-    found = {}
-    for dist in ("torch", "transformers", "accelerate", "lmql-hf", "lmql-core"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found[dist] = importlib.metadata.version(dist)
-    return found
+    return plugins.versions("torch", "transformers", "accelerate", "lmql-hf", "lmql-core")
 
 
 def layer_devices(model: Any, layers: int, default: torch.device) -> list[torch.device]:

@@ -5,26 +5,24 @@ Kept free of torch, so that ``lmql serve-model --help`` can list them without lo
 
 from __future__ import annotations
 
-from typing import Any
+from lmql_core.options import Option
 
-# name: (default, one line of help); plugins/hf/README.md explains each at length
-OPTIONS: dict[str, tuple[Any, str]] = {
-    "max_batch": (64, "most streams decoded together (more wait in the queue)"),
-    "max_seq_len": (2048, "longest prompt + generation per stream (capped by the model)"),
-    "cuda_graphs": (True, "replay decode steps from CUDA graphs (single GPU)"),
-    "reuse_prefixes": (True, "reuse finished streams' KV caches for prompts extending them"),
-    "cache_memory_fraction": (0.5, "share of free GPU memory given to the KV cache"),
-    "cpu_cache_bytes": (4 << 30, "KV cache budget on the CPU, in bytes"),
-    "cpu_threads": (None, "the host's matrix threads (default: cores - 1 on CPU, 1 on GPUs)"),
-    "chain_steps": (None, "queue decode steps from tokens still on the GPU (default: with graphs)"),
-    "fuse_kernels": (None, "swap modules for fused kernels (default: on with CUDA)"),
-    "compile": (False, "True or a torch.compile mode: compile the decode forward"),
-    "progress": (False, "show transformers' progress bars while loading"),
+# plugins/hf/README.md explains each at length
+OPTIONS: dict[str, Option] = {
+    "max_batch": Option(int, 64, "most streams decoded together (more wait in the queue)"),
+    "max_seq_len": Option(int, 2048, "longest prompt + generation per stream (capped by the model)"),
+    "cuda_graphs": Option(bool, True, "replay decode steps from CUDA graphs (single GPU)"),
+    "reuse_prefixes": Option(bool, True, "reuse finished streams' KV caches for prompts extending them"),
+    "cache_memory_fraction": Option(float, 0.5, "share of free GPU memory given to the KV cache"),
+    "cpu_cache_bytes": Option(int, 4 << 30, "KV cache budget on the CPU, in bytes"),
+    "cpu_threads": Option(int | None, None,
+                          "the host's matrix threads (default: cores - 1 on CPU, 1 on GPUs)"),
+    "chain_steps": Option(bool | None, None,
+                          "queue decode steps from tokens still on the GPU (default: with graphs)"),
+    "fuse_kernels": Option(bool | None, None, "swap modules for fused kernels (default: on with CUDA)"),
+    "compile": Option(bool | str, False, "True or a torch.compile mode: compile the decode forward"),
+    "progress": Option(bool, False, "show transformers' progress bars while loading"),
 }
-ENGINE_OPTIONS = {name: default for name, (default, _) in OPTIONS.items()}
-
-
-def option_help() -> dict[str, str]:
-    """What ``register_backends`` announces: each option with its help and default."""
-    return {name: text if default is None else f"{text} [default: {default}]"
-            for name, (default, text) in OPTIONS.items()}
+ENGINE_OPTIONS = {name: option.default for name, option in OPTIONS.items()}
+# every other loader option goes on to transformers, as the design asks
+EXTRA_OPTIONS = "AutoModelForCausalLM.from_pretrained"

@@ -25,10 +25,7 @@ n_ctx`` KV cells); ``verbose=False``; ``type_k``/``type_v`` may be given as name
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import importlib.metadata
-import inspect
 import os
 import threading
 import warnings
@@ -40,10 +37,13 @@ import numpy as np
 from llama_cpp import Llama
 from llama_cpp import _internals as internals
 
+from lmql_core import plugins
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import NumpyOps
 from lmql_core.errors import LMQLError
+from lmql_core.options import call_text
 from lmql_llamacpp.gguf_vocab import tokenizer_json_from_gguf
+from lmql_llamacpp.plugin import llama_parameters
 
 DEFAULT_N_CTX = 2048
 DEFAULT_SEQUENCES = 4
@@ -100,8 +100,7 @@ def _n_ctx_train(path: str) -> int:
 
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
     """``Llama`` silently drops keyword arguments it does not know; we refuse them."""
-    params = inspect.signature(Llama.__init__).parameters
-    known = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    known = set(llama_parameters())
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise LMQLError(f"unknown llama.cpp loader argument(s) {', '.join(unknown)}; Llama(...) "
@@ -326,13 +325,12 @@ class LlamaCppBackend(Backend):
     def info(self) -> dict[str, Any]:
         offload = bool(llama_cpp.llama_supports_gpu_offload())
         gpu_layers = int(self.kwargs.get("n_gpu_layers", 0) or 0)
-        args = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
         desc = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(self.llama._model.model, desc, len(desc))
         return {
             "backend": "llama.cpp",
             "path": self.path,
-            "constructor": f"Llama(model_path={self.path!r}{args})",
+            "constructor": call_text("Llama", model_path=self.path, **self.kwargs),
             "model_desc": desc.value.decode("utf-8", "replace"),
             "n_ctx": self.max_context,
             "n_seq_max": self.n_slots,
@@ -341,7 +339,7 @@ class LlamaCppBackend(Backend):
             "n_gpu_layers": gpu_layers,
             "gpu_offload_supported": offload,
             "devices": ["gpu", "cpu"] if offload and gpu_layers != 0 else ["cpu"],
-            "versions": _versions(),
+            "versions": plugins.versions("llama-cpp-python", "lmql-llamacpp", "lmql-core"),
         }
 
     def tokenizer_json(self) -> str | None:
@@ -365,11 +363,3 @@ class LlamaCppBackend(Backend):
             self._seqs.clear()
             self._ctx.close()
             self.llama.close()
-
-
-def _versions() -> dict[str, str]:
-    found = {"llama-cpp-python": getattr(llama_cpp, "__version__", "unknown")}
-    for dist in ("lmql-llamacpp", "lmql-core"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found[dist] = importlib.metadata.version(dist)
-    return found

@@ -1,20 +1,33 @@
-"""Registers the ``llama.cpp`` backend (prefix ``llama.cpp:``) and its tokenizer loader."""
+"""Registers the ``llama.cpp`` backend (prefix ``llama.cpp:``) with its tokenizer."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from lmql_core.hookspecs import hookimpl
+from lmql_core.options import Option
 
 BACKEND = "llama.cpp"
-# the most used; every keyword argument of llama_cpp.Llama(...) is accepted
+# the most used; every keyword argument of llama_cpp.Llama(...) is accepted (llama_parameters)
 OPTIONS = {
-    "n_seq_max": "sequences resident at once, each with n_ctx positions [default: 4]",
-    "n_ctx": "context per sequence (0: the model's training context) [default: <= 2048]",
-    "n_gpu_layers": "layers offloaded to the GPU (-1: all; --cuda sets -1) [default: 0]",
-    "type_k": "KV cache type of keys: f32, f16, q8_0, ... (type_v: of values) [default: f16]",
-    "n_threads": "CPU threads [default: llama.cpp's choice]",
+    "n_seq_max": Option(int, 4, "sequences resident at once, each with n_ctx positions"),
+    "n_ctx": Option(int, None, "context per sequence (0: the model's training context) [default: <= 2048]"),
+    "n_gpu_layers": Option(int, 0, "layers offloaded to the GPU (-1: all; --cuda sets -1)"),
+    "type_k": Option(str | int, "f16", "KV cache type of keys: f32, f16, q8_0, ..."),
+    "type_v": Option(str | int, "f16", "KV cache type of values"),
+    "n_threads": Option(int | None, None, "CPU threads [default: llama.cpp's choice]"),
 }
+
+
+def llama_parameters() -> list[str]:
+    """The keyword arguments ``llama_cpp.Llama(...)`` takes (imports llama_cpp: asked only when a
+    loader option beyond OPTIONS comes)."""
+    import inspect
+
+    from llama_cpp import Llama
+
+    parameters = inspect.signature(Llama.__init__).parameters
+    return [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
 
 
 def _backend(model: str, **kwargs: Any) -> Any:
@@ -23,10 +36,7 @@ def _backend(model: str, **kwargs: Any) -> Any:
     return LlamaCppBackend(model, **kwargs)
 
 
-def _tokenizer(model: str, tokenizer: str | None = None, backend: str | None = None,
-               **options: Any) -> Any:
-    if backend != BACKEND:
-        return None
+def _tokenizer(model: str, tokenizer: str | None = None) -> Any:
     from lmql_llamacpp.tokenizer import load_llamacpp_tokenizer
 
     return load_llamacpp_tokenizer(model, tokenizer)
@@ -34,10 +44,6 @@ def _tokenizer(model: str, tokenizer: str | None = None, backend: str | None = N
 
 @hookimpl
 def register_backends(register: Any) -> None:
-    register(BACKEND, _backend, prefixes=("llama.cpp:",), options=OPTIONS,
+    register(BACKEND, _backend, prefixes=("llama.cpp:",), options=OPTIONS, extra_options=llama_parameters,
+             tokenizer=_tokenizer,
              description="llama.cpp through llama-cpp-python (GGUF files; CPU, or GPU offload)")
-
-
-@hookimpl
-def register_tokenizers(register: Any) -> None:
-    register(BACKEND, _tokenizer)

@@ -16,6 +16,7 @@ import numpy as np
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import NumpyOps
 from lmql_core.hookspecs import hookimpl
+from lmql_core.options import Option
 from lmql_core.tokenizer import BytesTokenizer
 
 VOCAB = 256
@@ -39,8 +40,8 @@ class CountingBackend(Backend):
         if tokenizer not in (None, "counting-bytes"):
             raise ValueError(f"no tokenizer '{tokenizer}' for the counting backend (it has 'counting-bytes')")
         self.tokenizer = tokenizer
-        self.fail_on = None if fail_on is None else int(fail_on)
-        self.scores = scores not in (False, "False", "false")
+        self.fail_on = fail_on
+        self.scores = scores
         self.kwargs = kwargs
         if leave_out:  # a backend that forgot a required attribute
             delattr(self, leave_out)
@@ -58,17 +59,24 @@ class CountingBackend(Backend):
         pass
 
     def info(self) -> dict[str, Any]:
-        return {"backend": "counting", "kwargs": repr(self.kwargs), "tokenizer": repr(self.tokenizer)}
+        return {"backend": "counting", "kwargs": repr(self.kwargs), "tokenizer": repr(self.tokenizer),
+                "fail_on": self.fail_on}
+
+
+def counting_tokenizer(model: str, tokenizer: str | None = None) -> BytesTokenizer | None:
+    """Bytes as token ids, for every model of this backend (None for a tokenizer it lacks)."""
+    return BytesTokenizer(VOCAB, None) if tokenizer in (None, "counting-bytes") else None
+
+
+# strict: the core refuses other keys (and values of other types) before the backend loads
+OPTIONS = {
+    "fail_on": Option(int | None, None, "a prompt or generation with this token fails on its own"),
+    "scores": Option(bool, True, "False: ignore StepInput.all_logits (a backend that cannot score)"),
+    "leave_out": Option(str | None, None, "leave out this required attribute (a broken backend)"),
+}
 
 
 @hookimpl
 def register_backends(register: Any) -> None:
-    register("counting", CountingBackend, prefixes=("counting:",), description="counts upwards")
-
-
-@hookimpl
-def register_tokenizers(register: Any) -> None:
-    def load(model: str, tokenizer: str | None = None, backend: str | None = None, **_: Any) -> Any:
-        return BytesTokenizer(VOCAB, None) if backend == "counting" else None
-
-    register("counting", load)
+    register("counting", CountingBackend, prefixes=("counting:",), description="counts upwards",
+             options=OPTIONS, tokenizer=counting_tokenizer)

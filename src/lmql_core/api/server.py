@@ -22,10 +22,11 @@ from rich.console import Console
 
 from lmql_core import plugins
 from lmql_core.errors import LMQLError
-from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
+from lmql_core.identifiers import ModelId, parse_model_id
 from lmql_core.lmtp import gc_pauses, protocol
 from lmql_core.lmtp.guard import GuardedSockSite
 from lmql_core.lmtp.server import GUARD_KEY, make_app, shut_down
+from lmql_core.options import format_kwargs
 from lmql_core.serving import ModelHost, load_model
 
 DEFAULT_MODEL = "lmql-tiny"
@@ -56,10 +57,12 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
         console.print(f"[yellow]Warning:[/] serving on {host} without --auth-token: anyone who can "
                       "reach this port can use the model")
     model_id = parse_model_id(model, backend)
-    plugins.backend_for_name(model_id.backend)  # fail before announcing anything
+    options = plugins.backend_for_name(model_id.backend).options  # fail before announcing anything
+    loader_kwargs, engine_options = options.split(options.check(loader_kwargs))
     listeners = bind(host, port)
     try:
-        models, description = _load(model_id, cuda, dtype, backend, load_on_demand, loader_kwargs)
+        models, description = _load(model_id, cuda, dtype, backend, load_on_demand, loader_kwargs,
+                                    engine_options)
     except BaseException:
         for listener in listeners:
             listener.close()
@@ -135,13 +138,14 @@ def _bound(family: int, address: tuple[Any, ...]) -> socket.socket | None:
 
 
 def _load(model_id: ModelId, cuda: bool, dtype: str | None, backend: str | None,
-          load_on_demand: bool, loader_kwargs: dict[str, Any]) -> tuple[ModelHost, str]:
+          load_on_demand: bool, loader_kwargs: dict[str, Any],
+          engine_options: dict[str, Any]) -> tuple[ModelHost, str]:
     where = "CUDA" if cuda else "CPU"
-    args = format_kwargs(loader_kwargs.items())
+    args = format_kwargs([*loader_kwargs.items(), *engine_options.items()])
     console.print(f"[bold]Loading[/] {model_id.served_name} with backend '{model_id.backend}' "
                   f"on {where}{f' ({args})' if args else ''}")
     with console.status(f"Loading {model_id.served_name}..."):
-        loaded = load_model(model_id, cuda=cuda, dtype=dtype, **loader_kwargs)
+        loaded = load_model(model_id, cuda=cuda, dtype=dtype, engine_options=engine_options, **loader_kwargs)
     models = ModelHost(load_on_demand=load_on_demand, default_backend=backend)
     models.add(loaded)
     info = loaded.info()
