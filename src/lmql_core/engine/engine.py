@@ -19,7 +19,7 @@ from lmql_core.engine.sampling import (
     launch_scoring,
 )
 from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
-from lmql_core.engine.sequence import Kind, Sequence, Sink, TokenEvent
+from lmql_core.engine.sequence import Kind, Sequence, Sink, Status, TokenEvent
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ class Engine:
         self.seed = seed
         self._wake = threading.Condition()
         self._last_arrival = 0.0
-        self._cancelling = False  # a cancel came since the scheduler last dropped cancelled rows
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="lmql-engine", daemon=True)
         self._thread.start()
@@ -87,10 +86,9 @@ class Engine:
             self._wake.notify()
 
     def cancel(self, seqs: list[Sequence]) -> None:
+        """Stop ``seqs`` (those already ended are ignored): nothing more is sent for them."""
         with self._wake:
-            for seq in seqs:
-                seq.cancelled = True
-            self._cancelling = True
+            self.stats.sequences_cancelled += len(self.scheduler.cancel(seqs))
             self._wake.notify()
 
     def active_sequences(self) -> int:
@@ -139,20 +137,15 @@ class Engine:
                     self._deliver_all(events)
                     self._fail_all("the server is shutting down")
                     return
-                dropped = self.scheduler.drop_cancelled()
-                self._release(dropped)
-                self.stats.sequences_cancelled += len(dropped)
-                self._cancelling = False
+                self._release(self.scheduler.take_cancelled())
                 chunks = [] if chained else self._reschedule()
             launched = chained or (self._launch(chunks) if chunks else None)
 
     def _reschedule(self) -> list[ScheduledChunk]:
         """With the lock held: the next step's chunks, after preempting for fairness."""
-        preempted = self.scheduler.preempt()
-        if preempted:
-            self._release(preempted)
-            self.scheduler.requeue(preempted)
-            self.stats.sequences_preempted += len(preempted)
+        freed = self.scheduler.preempt()
+        self._release_ids(freed)
+        self.stats.sequences_preempted += len(freed)
         return self.scheduler.schedule()
 
     def _gather_arrivals(self) -> None:
@@ -176,16 +169,14 @@ class Engine:
                 c.seq.num_fed += len(c.tokens)
             self._end_failed_rows([c.seq for c in chunks], output.errors)
             ready = [i for i, c in enumerate(chunks)
-                     if c.completes_prefill and c.seq.kind is Kind.GENERATE and not c.seq.finished]
+                     if c.completes_prefill and c.seq.kind is Kind.GENERATE and c.seq.status is Status.RUNNING]
             seqs = [chunks[i].seq for i in ready]
             plan = SamplingPlan([s.params for s in seqs])
             sampling = self._sample(seqs, self._rows(output.last_logits, ready), plan) if ready else None
             scoring = self._launch_scoring([c.seq for c in chunks if c.seq.kind is Kind.SCORE], output)
         except Exception as e:  # a failed batch ends its streams, never the server
             log.exception("forward pass failed")
-            for c in chunks:
-                if not c.seq.finished:
-                    self._end(c.seq, TokenEvent(c.seq.stream_id, error=f"model error: {e}"))
+            self._end_all([c.seq for c in chunks], f"model error: {e}")
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scoring, started, headroom)
@@ -199,7 +190,7 @@ class Engine:
     def _launch_scoring(self, seqs: list[Sequence], output: StepOutput) -> list[tuple[Sequence, Any]]:
         launched = []
         for seq in seqs:
-            if seq.finished:
+            if seq.status is not Status.RUNNING:
                 continue
             if seq.seq_id not in output.all_logits:  # a backend that ignores StepInput.all_logits
                 self._end(seq, TokenEvent(seq.stream_id, error=self._no_all_logits()))
@@ -229,8 +220,8 @@ class Engine:
         if step.headroom < 1:
             return None
         seqs = step.sampled
-        with self._wake:  # a sequence that ended has left ``running``; a cancelled one may not yet
-            if self.scheduler.waiting or self._cancelling or len(seqs) != len(self.scheduler.running):
+        with self._wake:
+            if not self.scheduler.is_steady(seqs):
                 return None
         started = time.perf_counter()
         try:
@@ -246,9 +237,7 @@ class Engine:
             return LaunchedStep(seqs, following, [], started, step.headroom - 1, seq_ids)
         except Exception as e:
             log.exception("forward pass failed")
-            for s in seqs:
-                if not s.finished:
-                    self._end(s, TokenEvent(s.stream_id, error=f"model error: {e}"))
+            self._end_all(seqs, f"model error: {e}")
             return None
 
     def _scored_rows(self, seq: Sequence, output: Any) -> Any:
@@ -267,9 +256,7 @@ class Engine:
             scores = [(seq, collect_scoring(self.backend.ops, pending)) for seq, pending in step.scoring]
         except Exception as e:
             log.exception("sampling failed")
-            for seq in step.sampled + [seq for seq, _ in step.scoring]:
-                if not seq.finished:
-                    self._end(seq, TokenEvent(seq.stream_id, error=f"model error: {e}"))
+            self._end_all(step.sampled + [seq for seq, _ in step.scoring], f"model error: {e}")
             return {}
         events: dict[Sink, list[TokenEvent]] = {}
         if samples:
@@ -277,6 +264,8 @@ class Engine:
                 self.backend.confirm(chained.fed_from_device, samples.tokens)
             self._emit_samples(step.sampled, samples, events)
         for seq, logprobs in scores:
+            if seq.status is not Status.RUNNING:  # cancelled while its step ran
+                continue
             last = len(seq.scored) - 1
             events.setdefault(seq.sink, []).extend(
                 TokenEvent(seq.stream_id, token, lp, "stop" if i == last else None)
@@ -293,7 +282,7 @@ class Engine:
         produced, ended = 0, []
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
                                             strict=True):
-            if seq.finished or seq.cancelled:  # a row of a chained step, after its sequence ended
+            if seq.status is not Status.RUNNING:  # a row of a chained step, after its sequence ended
                 continue
             if not logprob > NO_CHANCE:  # NaN or -inf: every token had probability 0
                 events.setdefault(seq.sink, []).append(TokenEvent(seq.stream_id, error=NOTHING_TO_CHOOSE))
@@ -327,29 +316,36 @@ class Engine:
     def _rows(self, logits: Any, rows: list[int]) -> Any:
         return logits if len(rows) == len(logits) else logits[rows]
 
-    def _finish(self, seqs: list[Sequence]) -> None:
-        """End sequences: out of the running batch, their caches released together (sequences
-        that end in the same step often end together: a batch of equal requests)."""
+    def _finish(self, seqs: list[Sequence]) -> list[Sequence]:
+        """End those of ``seqs`` still running, their caches released together (sequences that
+        end in the same step often end together: a batch of equal requests); returns them."""
         if not seqs:
-            return
-        for seq in seqs:
-            seq.finished = True
-        self.stats.sequences_finished += len(seqs)
+            return []
         with self._wake:
-            self.scheduler.drop_finished()
-        self._release(seqs)
+            ended = self.scheduler.finish(seqs)
+        self.stats.sequences_finished += len(ended)
+        self._release(ended)
+        return ended
 
     def _end(self, seq: Sequence, event: TokenEvent) -> None:
-        self._finish([seq])
-        self._deliver(seq.sink, [event])
+        """End ``seq`` with ``event`` (an error), unless it ended or was cancelled already."""
+        if self._finish([seq]):
+            self._deliver(seq.sink, [event])
+
+    def _end_all(self, seqs: list[Sequence], error: str) -> None:
+        for seq in seqs:
+            self._end(seq, TokenEvent(seq.stream_id, error=error))
 
     def _release(self, seqs: list[Sequence]) -> None:
-        if not seqs:
+        self._release_ids([seq.seq_id for seq in seqs])
+
+    def _release_ids(self, seq_ids: list[int]) -> None:
+        if not seq_ids:
             return
         try:
-            self.backend.release_all([seq.seq_id for seq in seqs])
+            self.backend.release_all(seq_ids)
         except Exception:
-            log.exception("releasing sequences %s failed", [seq.seq_id for seq in seqs])
+            log.exception("releasing sequences %s failed", seq_ids)
 
     def _deliver(self, sink: Sink, events: list[TokenEvent]) -> None:
         try:
@@ -358,8 +354,8 @@ class Engine:
             log.exception("delivering tokens failed")
 
     def _fail_all(self, message: str) -> None:
-        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+        """With the lock held: end every sequence with ``message`` (the engine stops)."""
+        ended, holding = self.scheduler.finish_all()
+        for seq in ended:
             self._deliver(seq.sink, [TokenEvent(seq.stream_id, error=message)])
-        self._release(list(self.scheduler.running) + list(self.scheduler.waiting))
-        self.scheduler.running.clear()
-        self.scheduler.waiting.clear()
+        self._release(holding)

@@ -32,6 +32,15 @@ class Kind(Enum):
     SCORE = "score"
 
 
+class Status(Enum):
+    """Where a sequence is in its life; only the scheduler changes it (see scheduler.py)."""
+
+    WAITING = "waiting"  # queued: not yet admitted, or preempted (its cache freed)
+    RUNNING = "running"  # in the batch: the backend holds its cache
+    FINISHED = "finished"  # its last event was made; results of steps still in flight are dropped
+    CANCELLED = "cancelled"  # its client stopped it; nothing more is sent for it
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int
@@ -55,14 +64,17 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     generated: list[int] = field(default_factory=list)
     num_fed: int = 0  # tokens the backend has seen
-    cancelled: bool = False
-    finished: bool = False  # its last event was sent; results of steps still in flight are dropped
+    status: Status = Status.WAITING  # changed by the scheduler only
     max_generated: int = 0  # set by the engine: max_tokens, or fewer where the context ends first
 
     def restart(self) -> None:
         """Preempted, its cache freed: it feeds everything again, under a new id for the backend."""
         self.seq_id = next(_ids)
         self.num_fed = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status is Status.FINISHED or self.status is Status.CANCELLED
 
     @property
     def tokens(self) -> list[int]:

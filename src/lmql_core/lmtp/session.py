@@ -34,6 +34,8 @@ class Session:
         self.limits = limits or protocol.Limits()
         self._send = send
         self._loop = asyncio.get_running_loop()
+        # the streams started here; each one's status is its engine's scheduler's to change:
+        # those that ended are dropped when a new stream needs their id or room (``_running``)
         self._active: dict[Any, tuple[Sequence, LoadedModel]] = {}
         self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
         self._outbox: list[TokenEvent] = []  # delivered by the engine, not yet sent
@@ -148,8 +150,11 @@ class Session:
             raise RequestError(f"the prompt has {length} tokens; this model's context holds {limit}")
 
     def _start(self, seq: Sequence, model: LoadedModel) -> None:
-        if seq.stream_id in self._active:
+        earlier = self._active.get(seq.stream_id)
+        if earlier is not None and not earlier[0].done:
             raise RequestError(f"stream {shown(seq.stream_id)} is already running on this connection")
+        if len(self._active) >= self.limits.max_streams_per_connection:
+            self._running()
         if len(self._active) >= self.limits.max_streams_per_connection:
             raise RequestError(f"this connection has {len(self._active)} streams running or queued, the most "
                                "the server allows (--max-streams); send more when some have finished")
@@ -182,10 +187,10 @@ class Session:
             entries = protocol.token_entries_json(events)
         else:
             entries = [self._entry(e) for e in events]
-        for e in events:
-            if e.finish_reason is not None or e.error is not None:
-                self._active.pop(e.stream_id, None)
-                self._decoders.pop(e.stream_id, None)
+        if self._decoders:  # text mode: a stream's decoder goes with its last event
+            for e in events:
+                if e.finish_reason is not None or e.error is not None:
+                    self._decoders.pop(e.stream_id, None)
         if not self.closed:
             self._send("TOKEN", entries)
 
@@ -201,12 +206,17 @@ class Session:
     def _error(self, stream_id: Any, message: str) -> None:
         self._send("TOKEN", [{"stream_id": stream_id, "error": message}])
 
+    def _running(self) -> dict[Any, tuple[Sequence, LoadedModel]]:
+        """The streams that have not ended (their scheduler says), once those that did are forgotten."""
+        self._active = {sid: active for sid, active in self._active.items() if not active[0].done}
+        return self._active
+
     def has_streams(self) -> bool:
-        return bool(self._active)
+        return bool(self._running())
 
     def end_all(self, message: str) -> None:
         """End every stream of this session with an error entry; the session goes on."""
-        ended = list(self._active)
+        ended = list(self._running())
         self._cancel_all()
         self._stale.update(ended)
         with self._outbox_lock:  # their tokens not sent yet are dropped with them
