@@ -71,7 +71,8 @@ class Observer:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attach(self, backend: Any) -> Any:
-        forward, release, release_all = backend.forward, backend.release, backend.release_all
+        forward, release = backend.forward, backend.release
+        release_all = getattr(backend, "release_all", None)  # optional (backend.ReleasesTogether)
 
         def observed_forward(batch: list[Any]) -> Any:
             output = forward(batch)
@@ -88,10 +89,11 @@ class Observer:
         def observed_release_all(seq_ids: list[int]) -> None:
             with self._lock:
                 self.released.update(seq_ids)
-            release_all(seq_ids)
+            release_all(seq_ids)  # type: ignore[misc]  # wrapped only where it is set
 
-        backend.forward, backend.release, backend.release_all = (observed_forward, observed_release,
-                                                                 observed_release_all)
+        backend.forward, backend.release = observed_forward, observed_release
+        if release_all is not None:
+            backend.release_all = observed_release_all
         return backend
 
     def _check_output(self, vocab: Any, batch: list[Any], output: Any) -> None:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lmql_core.backend import Backend, StepInput, StepOutput
+from lmql_core.backend import Backend, StepInput, StepOutput, chained_steps, release_all
 from lmql_core.engine.sampling import (
     PendingSamples,
     Samples,
@@ -168,8 +168,8 @@ class Engine:
                     self.stats.tokens_prefilled += len(c.tokens)
                 c.seq.num_fed += len(c.tokens)
             self._end_failed_rows([c.seq for c in chunks], output.errors)
-            ready = [i for i, c in enumerate(chunks)
-                     if c.completes_prefill and c.seq.kind is Kind.GENERATE and c.seq.status is Status.RUNNING]
+            ready = [i for i, c in enumerate(chunks) if c.completes_prefill
+                     and c.seq.kind is Kind.GENERATE and c.seq.status is Status.RUNNING]
             seqs = [chunks[i].seq for i in ready]
             plan = SamplingPlan([s.params for s in seqs])
             sampling = self._sample(seqs, self._rows(output.last_logits, ready), plan) if ready else None
@@ -215,7 +215,8 @@ class Engine:
         sampled in ``step``, none ends by length there, nobody waits or was cancelled. A sequence
         that samples EOS in ``step`` costs one wasted row in the chained step."""
         sampling = step.sampling
-        if not self.backend.chains_steps or sampling is None or sampling.plan.penalized or step.scoring:
+        chaining = chained_steps(self.backend)
+        if chaining is None or sampling is None or sampling.plan.penalized or step.scoring:
             return None
         if step.headroom < 1:
             return None
@@ -226,7 +227,7 @@ class Engine:
         started = time.perf_counter()
         try:
             seq_ids = [s.seq_id for s in seqs]
-            output = self.backend.forward_sampled(seq_ids, sampling.tokens)
+            output = chaining.forward_sampled(seq_ids, sampling.tokens)
             if output is None:
                 return None
             for s in seqs:
@@ -261,7 +262,9 @@ class Engine:
         events: dict[Sink, list[TokenEvent]] = {}
         if samples:
             if chained and chained.fed_from_device:
-                self.backend.confirm(chained.fed_from_device, samples.tokens)
+                chaining = chained_steps(self.backend)
+                assert chaining is not None, "a chained step ran on a backend that does not chain"
+                chaining.confirm(chained.fed_from_device, samples.tokens)
             self._emit_samples(step.sampled, samples, events)
         for seq, logprobs in scores:
             if seq.status is not Status.RUNNING:  # cancelled while its step ran
@@ -343,7 +346,7 @@ class Engine:
         if not seq_ids:
             return
         try:
-            self.backend.release_all(seq_ids)
+            release_all(self.backend, seq_ids)
         except Exception:
             log.exception("releasing sequences %s failed", seq_ids)
 
