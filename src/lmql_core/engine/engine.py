@@ -77,9 +77,12 @@ class Engine:
     # --- called from any thread -------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> None:
+        """Queue ``seq``, a request the session validated (token ids, context length)."""
         seq.max_generated = seq.params.max_tokens
         if self.backend.max_context is not None:
-            seq.max_generated = min(seq.max_generated, self.backend.max_context - seq.length)
+            room = self.backend.max_context - seq.length
+            assert room > 0, f"a request of {seq.length} tokens passed the session's context check"
+            seq.max_generated = min(seq.max_generated, room)
         with self._wake:
             self.scheduler.add(seq)
             self._last_arrival = time.perf_counter()
