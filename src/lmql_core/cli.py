@@ -12,7 +12,7 @@ from rich.console import Console
 
 from lmql_core.errors import LMQLError
 from lmql_core.identifiers import parse_loader_args
-from lmql_core.lmtp.protocol import Limits
+from lmql_core.lmtp.wire import Limits
 
 console = Console()
 DEFAULT_MODEL = "lmql-tiny"
@@ -85,7 +85,7 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
     to the backend's loader (e.g. `--trust_remote_code True`, `--n_ctx 4096`); True/False, ints and
     floats are parsed as such.
     """
-    from lmql_core.api.serve import serve
+    from lmql_core.api.run_server import serve
 
     with _errors():
         model, loader_args = model_and_loader_args(model, ctx.args)

@@ -19,10 +19,10 @@ from typing import Any
 
 from lmql_core.errors import LMQLError, ServerError
 from lmql_core.identifiers import ModelId
-from lmql_core.lmtp.client import InProcessClient
-from lmql_core.lmtp.loop import run_sync
-from lmql_core.lmtp.protocol import LOWEST_LOGPROB
-from lmql_core.serving import LoadedModel, ModelHost, load_with
+from lmql_core.lmtp.client.loop import run_sync
+from lmql_core.lmtp.local import InProcessClient
+from lmql_core.lmtp.wire import LOWEST_LOGPROB
+from lmql_core.model_host import LoadedModel, ModelHost, load_with
 
 PROMPTS = 4  # streams in the batching check
 PROMPT_LENGTH = 4

@@ -19,7 +19,7 @@ from lmql_core.engine.sampling import (
     launch_scoring,
 )
 from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
-from lmql_core.engine.sequence import Kind, Sequence, Sink, Status, TokenEvent
+from lmql_core.engine.sequence import Finish, Kind, Sequence, Sink, Status, TokenEvent
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class Engine:
                 continue
             last = len(seq.scored) - 1
             events.setdefault(seq.sink, []).extend(
-                TokenEvent(seq.stream_id, token, lp, "stop" if i == last else None)
+                TokenEvent(seq.stream_id, token, lp, Finish.SCORED if i == last else None)
                 for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)))
         self._finish([seq for seq, _ in scores])
         self.stats.steps += 1
@@ -296,7 +296,8 @@ class Engine:
                 continue
             seq.generated.append(token)
             produced += 1
-            reason = "stop" if token == eos else "length" if len(seq.generated) >= seq.max_generated else None
+            reason = (Finish.EOS if token == eos else Finish.LENGTH if len(seq.generated) >= seq.max_generated
+                      else None)
             if seq.sink != sink:
                 sink = seq.sink
                 batch = events.setdefault(sink, [])

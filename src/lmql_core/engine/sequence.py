@@ -9,6 +9,14 @@ from enum import Enum
 from typing import Any
 
 
+class Finish(Enum):
+    """Why a stream ended with a token (its wire name is the server's business)."""
+
+    EOS = "eos"  # the model's end-of-sequence token
+    LENGTH = "length"  # max_tokens generated, or the context is full
+    SCORED = "scored"  # the last scored token of a SCORE request
+
+
 @dataclass(slots=True)
 class TokenEvent:
     """One token of one stream, or the error that ends it."""
@@ -16,7 +24,7 @@ class TokenEvent:
     stream_id: Any
     token: int = -1
     logprob: float = 0.0
-    finish_reason: str | None = None
+    finish_reason: Finish | None = None
     # more candidates beside the chosen token (whose log-prob is ``logprob``); None: a scored token
     top_logprobs: Mapping[int, float] | None = None
     error: str | None = None

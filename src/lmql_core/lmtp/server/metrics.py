@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lmql_core.lmtp.gc_pauses import PAUSES
-from lmql_core.serving import ModelHost
+from lmql_core.lmtp.server.gc_pauses import PAUSES
+from lmql_core.model_host import ModelHost
 
 
 class EngineCollector(Collector):

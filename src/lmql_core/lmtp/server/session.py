@@ -12,26 +12,29 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from lmql_core.engine.sequence import Kind, SamplingParams, Sequence, TokenEvent
+from lmql_core.engine.sequence import Finish, Kind, SamplingParams, Sequence, TokenEvent
 from lmql_core.errors import LMQLError, RequestError, shown
-from lmql_core.lmtp import protocol
-from lmql_core.serving import LoadedModel, ModelHost
+from lmql_core.lmtp import wire
+from lmql_core.model_host import LoadedModel, ModelHost
 from lmql_core.tokenizer import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Any], None]  # called on the session's event loop
+# the wire names of the engine's finish reasons
+FINISH_REASONS: wire.Reasons = {None: None, Finish.EOS: wire.STOP, Finish.SCORED: wire.STOP,
+                                Finish.LENGTH: wire.LENGTH}
 STALE_EVENTS_S = 10.0  # a cancelled sequence's last events reach the session within a step
 
 
 class Session:
-    def __init__(self, host: ModelHost, send: Send, limits: protocol.Limits | None = None,
+    def __init__(self, host: ModelHost, send: Send, limits: wire.Limits | None = None,
                  encode_tokens: bool = False) -> None:
-        """``encode_tokens``: send TOKEN payloads in their JSON form (``protocol.Encoded``), for
+        """``encode_tokens``: send TOKEN payloads in their JSON form (``wire.Encoded``), for
         a transport that writes text anyway; written directly, that is cheaper than dictionaries."""
         self.host = host
         self.encode_tokens = encode_tokens
-        self.limits = limits or protocol.Limits()
+        self.limits = limits or wire.Limits()
         self._send = send
         self._loop = asyncio.get_running_loop()
         # the streams started here; each one's status is its engine's scheduler's to change:
@@ -47,7 +50,7 @@ class Session:
 
     async def handle_text(self, text: str) -> None:
         try:
-            command, payload = protocol.parse_frame(text)
+            command, payload = wire.parse_frame(text)
         except RequestError as e:
             self._error(None, str(e))
             return
@@ -60,8 +63,8 @@ class Session:
             if handler is None:
                 expected = ", ".join(self._handlers())
                 raise RequestError(f"unknown command '{shown(command)}' (expected {expected})")
-            body = protocol.require_object(payload, command)
-            stream_id = protocol.stream_id_of(body)
+            body = wire.require_object(payload, command)
+            stream_id = wire.stream_id_of(body)
             await handler(stream_id, body)
         except LMQLError as e:
             self._error(stream_id, str(e))
@@ -71,7 +74,7 @@ class Session:
 
     def _handlers(self) -> dict[str, Callable[[Any, dict[str, Any]], Any]]:
         return {"GENERATE": self._generate, "SCORE": self._score, "MODEL_INFO": self._model_info,
-                protocol.TOKENIZER: self._tokenizer, protocol.CANCEL: self._cancel}
+                wire.TOKENIZER: self._tokenizer, wire.CANCEL: self._cancel}
 
     async def _model(self, body: dict[str, Any]) -> LoadedModel:
         name = body.get("model")
@@ -87,8 +90,8 @@ class Session:
         if text_mode:
             prompt = self._encode(model, body, "text", prompt=True)
         else:
-            prompt = protocol.token_list(body.get("prompt"), "prompt", vocab)
-        params = protocol.sampling_params(body, vocab, self.limits)
+            prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
+        params = SamplingParams(**wire.sampling_options(body, vocab, self.limits))
         self._check_context(model, len(prompt))
         self._start(Sequence(stream_id, prompt, params, self._deliver), model)
         if text_mode:
@@ -103,8 +106,8 @@ class Session:
             prompt = self._encode(model, body, "text", prompt=True)
             scored = self._encode(model, body, "scored_text", prompt=False)
         else:
-            prompt = protocol.token_list(body.get("prompt"), "prompt", vocab)
-            scored = protocol.token_list(body.get("scored"), "scored", vocab)
+            prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
+            scored = wire.token_list(body.get("scored"), "scored", vocab)
         self._check_context(model, len(prompt) + len(scored))
         seq = Sequence(stream_id, prompt, SamplingParams(max_tokens=0), self._deliver, Kind.SCORE, scored)
         self._start(seq, model)
@@ -115,7 +118,7 @@ class Session:
         if tokenizer is None:
             raise RequestError("text mode needs the model's tokenizer, which this server does not have; "
                                "send token ids in 'prompt' instead")
-        text = protocol.text(body, field, model.backend.max_context)
+        text = wire.text(body, field, model.backend.max_context)
         ids = tokenizer.encode(text, add_special_tokens=False)
         bos = [tokenizer.bos_token_id] if prompt and tokenizer.bos_token_id is not None else []
         if not bos + ids:
@@ -182,9 +185,9 @@ class Session:
             events = [e for e in events if e.stream_id not in self._stale]
             if not events:
                 return
-        entries: list[dict[str, Any]] | protocol.Encoded
+        entries: list[dict[str, Any]] | wire.Encoded
         if self.encode_tokens and not self._decoders:  # text mode's entries carry decoded text too
-            entries = protocol.token_entries_json(events)
+            entries = wire.token_entries_json(events, FINISH_REASONS)
         else:
             entries = [self._entry(e) for e in events]
         if self._decoders:  # text mode: a stream's decoder goes with its last event
@@ -195,7 +198,7 @@ class Session:
             self._send("TOKEN", entries)
 
     def _entry(self, event: TokenEvent) -> dict[str, Any]:
-        entry = protocol.token_entry(event)
+        entry = wire.token_entry(event, FINISH_REASONS)
         decoder = self._decoders.get(event.stream_id)
         if decoder is not None and event.error is None:  # text mode: the decoded text so far
             entry["text"] = decoder.push(event.token)

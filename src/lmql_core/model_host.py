@@ -1,4 +1,4 @@
-"""Loading models into engines: what the server and the in-process transport both run."""
+"""The models this process serves: loaded into engines, for the server and the `local:` transport alike."""
 
 from __future__ import annotations
 
