@@ -34,7 +34,8 @@ class LaunchedStep:
     started: float
     # tokens the sampled sequences surely generate after this step (length limits; EOS aside)
     headroom: int = 0
-    fed_from_device: list[int] | None = None  # chained: the seq_ids whose tokens the host must confirm
+    # a chained step: the seq_ids it appended a sampled token to, whose values the host confirms
+    chained_ids: list[int] | None = None
 
 
 @dataclass
@@ -111,16 +112,17 @@ class Engine:
     #
     # Steps are pipelined: step N+1 is launched (forward pass and sampling queued on the
     # device) before step N's tokens are turned into events and handed to the clients, so on a
-    # GPU that host work overlaps the next step's computation. In steady decoding the backend
-    # may even take step N's sampled tokens straight from the device (``_chain``): step N+1 is
-    # then queued before the host waits for step N at all, and the GPU never idles.
+    # GPU that host work overlaps the next step's computation. In steady decoding, step N+1 may
+    # even be a chained step (``_launch_chained``; ``backend.ChainedSteps``): fed with step N's
+    # sampled tokens still on the device, it is queued before the host waits for step N at all,
+    # and the GPU never idles.
 
     def _run(self) -> None:
         launched: LaunchedStep | None = None
         events: dict[Sink, list[TokenEvent]] = {}
         began = time.perf_counter()
         while True:
-            chained = self._chain(launched) if launched else None
+            chained = self._launch_chained(launched) if launched else None
             # Handed over only now, with the next step queued: the clients' threads then do their
             # share (encoding, sending) while this one waits for the device, instead of taking
             # turns with it for the interpreter's lock while it launches the step.
@@ -212,14 +214,14 @@ class Engine:
         histories = [s.tokens for s in seqs] if plan.penalized else None
         return launch_sampling(self.backend.ops, logits, plan, self.seed, histories)
 
-    def _chain(self, step: LaunchedStep) -> LaunchedStep | None:
-        """Queue the next decode step of ``step``'s sequences, fed with the tokens it sampled
-        while they are still on the device. Only in steady decoding: every running sequence
+    def _launch_chained(self, step: LaunchedStep) -> LaunchedStep | None:
+        """Queue a chained step: the next decode step of ``step``'s sequences, fed with the
+        tokens it sampled while they are still on the device. Only in steady decoding: every running sequence
         sampled in ``step``, none ends by length there, nobody waits or was cancelled. A sequence
         that samples EOS in ``step`` costs one wasted row in the chained step."""
         sampling = step.sampling
-        chaining = chained_steps(self.backend)
-        if chaining is None or sampling is None or sampling.plan.penalized or step.scoring:
+        backend = chained_steps(self.backend)
+        if backend is None or sampling is None or sampling.plan.penalized or step.scoring:
             return None
         if step.headroom < 1:
             return None
@@ -230,7 +232,7 @@ class Engine:
         started = time.perf_counter()
         try:
             seq_ids = [s.seq_id for s in seqs]
-            output = chaining.forward_sampled(seq_ids, sampling.tokens)
+            output = backend.forward_sampled(seq_ids, sampling.tokens)
             if output is None:
                 return None
             for s in seqs:
@@ -252,7 +254,7 @@ class Engine:
     def _collect(self, step: LaunchedStep,
                  chained: LaunchedStep | None = None) -> dict[Sink, list[TokenEvent]]:
         """Wait for a launched step's results and turn them into events, grouped by client.
-        ``chained``: the step already queued with these samples as its input. This runs once
+        ``chained``: the chained step already queued with these samples as its input. This runs once
         per row per step on the thread every step waits for: keep its loop lean."""
         try:
             self._wait_for(step)
@@ -264,10 +266,10 @@ class Engine:
             return {}
         events: dict[Sink, list[TokenEvent]] = {}
         if samples:
-            if chained and chained.fed_from_device:
-                chaining = chained_steps(self.backend)
-                assert chaining is not None, "a chained step ran on a backend that does not chain"
-                chaining.confirm(chained.fed_from_device, samples.tokens)
+            if chained and chained.chained_ids:
+                backend = chained_steps(self.backend)
+                assert backend is not None, "a chained step ran on a backend that does not chain"
+                backend.confirm(chained.chained_ids, samples.tokens)
             self._emit_samples(step.sampled, samples, events)
         for seq, logprobs in scores:
             if seq.status is not Status.RUNNING:  # cancelled while its step ran
