@@ -116,15 +116,12 @@ class Scheduler:
     def cancel(self, seqs: list[Sequence]) -> list[Sequence]:
         """Cancel those of ``seqs`` still waiting or running; returns them. A waiting one is
         gone at once; a running one leaves the batch, its cache freed after ``take_cancelled``."""
-        waiting = [s for s in seqs if s.status is Status.WAITING]
-        running = [s for s in seqs if s.status is Status.RUNNING]
+        waiting = self._leave([s for s in seqs if s.status is Status.WAITING], Status.CANCELLED)
+        running = self._leave([s for s in seqs if s.status is Status.RUNNING], Status.CANCELLED)
         self.waiting.remove(waiting)
         if running:
-            gone = {id(s) for s in running}
-            self.running = [s for s in self.running if id(s) not in gone]
+            self.running = [s for s in self.running if s.status is Status.RUNNING]
             self._cancelled_running.extend(running)
-        for seq in waiting + running:
-            seq.status = Status.CANCELLED
         return waiting + running
 
     def take_cancelled(self) -> list[Sequence]:
@@ -135,20 +132,26 @@ class Scheduler:
     def finish(self, seqs: list[Sequence]) -> list[Sequence]:
         """End those of ``seqs`` still running (not cancelled or ended meanwhile); returns them:
         their caches are for the caller to free."""
-        ended = [s for s in seqs if s.status is Status.RUNNING]
-        for seq in ended:
-            seq.status = Status.FINISHED
+        ended = self._leave([s for s in seqs if s.status is Status.RUNNING], Status.FINISHED)
         if ended:
             self.running = [s for s in self.running if s.status is Status.RUNNING]
         return ended
+
+    @staticmethod
+    def _leave(seqs: list[Sequence], status: Status) -> list[Sequence]:
+        """Give ``seqs`` their final ``status``; returns them, each once."""
+        left = []
+        for seq in seqs:
+            if not seq.done:
+                seq.status = status
+                left.append(seq)
+        return left
 
     def finish_all(self) -> tuple[list[Sequence], list[Sequence]]:
         """End every sequence (the server stops): (all that were waiting or running, those
         among them or cancelled whose caches the backend still holds)."""
         holding = self.running + self.take_cancelled()
-        ended = list(self.waiting) + self.running
-        for seq in ended:
-            seq.status = Status.FINISHED
+        ended = self._leave(list(self.waiting) + self.running, Status.FINISHED)
         self.running = []
         self.waiting.clear()
         return ended, holding
