@@ -35,6 +35,16 @@ def step(scheduler: Scheduler) -> list[ScheduledChunk]:
     return chunks
 
 
+def started(max_batch: int, *streams: str) -> tuple[Scheduler, list[Sequence]]:
+    """A scheduler that queued one client's ``streams`` and ran a step."""
+    scheduler, sink = Scheduler(max_batch=max_batch), client()
+    seqs = [request(sink, name) for name in streams]
+    for seq in seqs:
+        scheduler.add(seq)
+    step(scheduler)
+    return scheduler, seqs
+
+
 def names(seqs: list[Sequence]) -> list[str]:
     return [seq.stream_id for seq in seqs]
 
@@ -132,12 +142,8 @@ def test_status_follows_each_transition() -> None:
 
 
 def test_cancel_while_waiting_is_gone_at_once() -> None:
-    scheduler = Scheduler(max_batch=1)
-    sink = client()
-    first, second = request(sink, "first"), request(sink, "second")
-    scheduler.add(first)
-    scheduler.add(second)
-    step(scheduler)
+    scheduler, (first, second) = started(1, "first", "second")
+    assert second.status is Status.WAITING
     assert scheduler.cancel([second]) == [second]
     assert second.status is Status.CANCELLED and list(scheduler.waiting) == []
     assert scheduler.take_cancelled() == []  # it held no cache
@@ -145,12 +151,7 @@ def test_cancel_while_waiting_is_gone_at_once() -> None:
 
 
 def test_cancel_while_running_leaves_the_batch_and_hands_its_cache_over_once() -> None:
-    scheduler = Scheduler(max_batch=4)
-    sink = client()
-    kept, cancelled = request(sink, "kept"), request(sink, "cancelled")
-    scheduler.add(kept)
-    scheduler.add(cancelled)
-    step(scheduler)
+    scheduler, (kept, cancelled) = started(4, "kept", "cancelled")
     assert scheduler.is_steady([kept, cancelled])
     assert scheduler.cancel([cancelled, cancelled]) == [cancelled]
     assert cancelled.status is Status.CANCELLED and scheduler.running == [kept]
@@ -162,12 +163,7 @@ def test_cancel_while_running_leaves_the_batch_and_hands_its_cache_over_once() -
 
 
 def test_finish_all_ends_everything_and_names_the_caches_held() -> None:
-    scheduler = Scheduler(max_batch=2)
-    sink = client()
-    seqs = [request(sink, name) for name in ("r0", "r1", "w0")]
-    for seq in seqs:
-        scheduler.add(seq)
-    step(scheduler)
+    scheduler, seqs = started(2, "r0", "r1", "w0")
     scheduler.cancel([seqs[1]])
     ended, holding = scheduler.finish_all()
     assert names(ended) == ["w0", "r0"] and names(holding) == ["r0", "r1"]
