@@ -216,9 +216,9 @@ class Engine:
 
     def _launch_chained(self, step: LaunchedStep) -> LaunchedStep | None:
         """Queue a chained step: the next decode step of ``step``'s sequences, fed with the
-        tokens it sampled while they are still on the device. Only in steady decoding: every running sequence
-        sampled in ``step``, none ends by length there, nobody waits or was cancelled. A sequence
-        that samples EOS in ``step`` costs one wasted row in the chained step."""
+        tokens it sampled while they are still on the device. Only in steady decoding: every
+        running sequence sampled in ``step``, none ends by length there, nobody waits or was
+        cancelled. A sequence that samples EOS in ``step`` costs one wasted row in the chained step."""
         sampling = step.sampling
         backend = chained_steps(self.backend)
         if backend is None or sampling is None or sampling.plan.penalized or step.scoring:
@@ -254,8 +254,8 @@ class Engine:
     def _collect(self, step: LaunchedStep,
                  chained: LaunchedStep | None = None) -> dict[Sink, list[TokenEvent]]:
         """Wait for a launched step's results and turn them into events, grouped by client.
-        ``chained``: the chained step already queued with these samples as its input. This runs once
-        per row per step on the thread every step waits for: keep its loop lean."""
+        ``chained``: the chained step already queued with these samples as its input. This runs
+        once per row per step on the thread every step waits for: keep its loop lean."""
         try:
             self._wait_for(step)
             samples = collect_sampling(self.backend.ops, step.sampling) if step.sampling else None
@@ -287,10 +287,10 @@ class Engine:
                       events: dict[Sink, list[TokenEvent]]) -> None:
         eos = self.backend.eos_token_id
         sink, batch = None, []  # one client's rows usually come together: group them in runs
-        produced, ended = 0, []
+        produced, ended, running = 0, [], Status.RUNNING
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
                                             strict=True):
-            if seq.status is not Status.RUNNING:  # a row of a chained step, after its sequence ended
+            if seq.status is not running:  # a row of a chained step, after its sequence ended
                 continue
             if not logprob > NO_CHANCE:  # NaN or -inf: every token had probability 0
                 events.setdefault(seq.sink, []).append(TokenEvent(seq.stream_id, error=NOTHING_TO_CHOOSE))
