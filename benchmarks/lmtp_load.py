@@ -83,7 +83,7 @@ class LocalTarget:
 
     def __init__(self, model: str, loader_kwargs: dict[str, Any]) -> None:
         from lmql_core.identifiers import parse_model_id
-        from lmql_core.lmtp.client import InProcessClient
+        from lmql_core.lmtp.local import InProcessClient
 
         self.client = InProcessClient.for_model(parse_model_id("local:" + model), **loader_kwargs)
 
@@ -94,7 +94,7 @@ class LocalTarget:
         pass
 
     async def send(self, command: str, payload: dict[str, Any]) -> asyncio.Queue[Any]:
-        from lmql_core.lmtp.loop import client_loop
+        from lmql_core.lmtp.client.loop import client_loop
 
         queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()

@@ -63,7 +63,7 @@ def greedy(port: int) -> tuple[dict, list[list[int]]]:
         request = {"model": MODEL_DIR, "prompt": prompt, "max_tokens": 24, "temperature": 0}
         return [e["token"] async for e in llm.client.request("GENERATE", request)]
 
-    from lmql_core.lmtp.loop import run_sync
+    from lmql_core.lmtp.client.loop import run_sync
 
     return llm.model_info_sync()["model_info"], [run_sync(tokens(p)) for p in PROMPTS]
 

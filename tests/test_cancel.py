@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import lmql
-from lmql_core.lmtp.loop import run_sync
+from lmql_core.lmtp.client.loop import run_sync
 from tests.conftest import RawClient, Server, server_metric, wait_until
 from tests.lmtp_proxy import RecordingProxy
 

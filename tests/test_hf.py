@@ -326,10 +326,10 @@ async def _staggered(endpoint: str, requests: dict[int, dict], late: dict[int, d
 
 
 @pytest.mark.parametrize("top_logprobs", [1, 2])
-def test_steps_fed_from_device_tokens_equal_ordinary_steps(tiny_server: Server, local: lmql.LLM,
+def test_chained_steps_give_the_tokens_of_ordinary_steps(tiny_server: Server, local: lmql.LLM,
                                                            top_logprobs: int) -> None:
-    """The GPU path queues decode step N+1 from step N's sampled tokens before the host reads
-    them; forced on here (CPU), it must give exactly the ordinary steps' streams: with streams
+    """Chained steps (the GPU path: decode step N+1 queued with step N's sampled tokens before the
+    host reads them), forced on here (CPU), give exactly the ordinary steps' streams: with streams
     ending by EOS and by length mid-batch (rows reordered), a late arrival, and prefix reuse;
     with one top log-prob (one max reduction) and with two (a top-k)."""
     chained = Server("lmql-tiny", "--chain_steps", "True")

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 
 import lmql  # noqa: E402
-from lmql_core.lmtp.loop import run_sync  # noqa: E402
+from lmql_core.lmtp.client.loop import run_sync  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
 from tests.conftest import RawClient, Server, first_tokens  # noqa: E402
 from tests.sampling_reference import assert_drawn_from, distribution  # noqa: E402

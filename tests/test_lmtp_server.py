@@ -52,7 +52,7 @@ def test_many_interleaved_streams_on_one_connection(random_server: Server) -> No
 
 
 async def _local_tokens(llm: lmql.LLM, prompt: list[int], max_tokens: int) -> list[int]:
-    from lmql_core.lmtp.loop import run_async
+    from lmql_core.lmtp.client.loop import run_async
 
     async def run() -> list[int]:
         request = {"model": "random", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
@@ -178,8 +178,8 @@ def test_steps_waiting_for_a_busy_loop_leave_in_one_frame_in_order() -> None:
     """While the event loop is busy, the engine's next steps wait in the session's outbox and go
     out together: fewer, larger TOKEN frames, every stream's tokens still in order."""
     from lmql_core.identifiers import parse_model_id
-    from lmql_core.lmtp.session import Session
-    from lmql_core.serving import ModelHost, load_model
+    from lmql_core.lmtp.server.session import Session
+    from lmql_core.model_host import ModelHost, load_model
 
     async def run(block_s: float) -> list[list[dict]]:
         host = ModelHost()
@@ -215,15 +215,15 @@ def test_a_burst_of_requests_to_an_idle_engine_shares_one_step() -> None:
     (no request for 1 ms, at most 5 ms) so the whole burst is prefilled in one step."""
     from lmql_core.backends.random import RandomBackend
     from lmql_core.engine.engine import ARRIVAL_QUIET_S, Engine
-    from lmql_core.engine.sequence import SamplingParams, Sequence
+    from lmql_core.engine.sequence import Finish, SamplingParams, Sequence
 
     engine = Engine(RandomBackend(vocab_size=512, eos_token_id=1))
     checked = 0
     try:
         for burst in range(6):
-            done: list[str] = []
+            done: list[Finish] = []
 
-            def sink(events: list, done: list[str] = done) -> None:
+            def sink(events: list, done: list[Finish] = done) -> None:
                 done.extend(e.finish_reason for e in events)
 
             steps, arrivals = engine.stats.steps, []
@@ -234,7 +234,7 @@ def test_a_burst_of_requests_to_an_idle_engine_shares_one_step() -> None:
             deadline = time.monotonic() + 10
             while len(done) < 8 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert done == ["length"] * 8
+            assert done == [Finish.LENGTH] * 8
             if max(b - a for a, b in itertools.pairwise(arrivals)) < 0.8 * ARRIVAL_QUIET_S:
                 assert engine.stats.steps - steps == 1  # (a loaded machine may sleep longer: not checked)
                 checked += 1

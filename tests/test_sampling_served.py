@@ -15,7 +15,7 @@ import pytest
 import lmql
 from lmql_core.backend import StepInput
 from lmql_core.backends.random import RandomBackend
-from lmql_core.lmtp.loop import run_sync
+from lmql_core.lmtp.client.loop import run_sync
 from tests.conftest import RawClient, Server, first_tokens
 from tests.sampling_reference import assert_drawn_from, distribution
 

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import lmql
-from lmql_core.api.server import RunningServer
+from lmql_core.api.run_server import RunningServer
 from lmql_core.errors import LMQLError
 from tests.conftest import free_port
 

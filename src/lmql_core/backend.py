@@ -8,8 +8,9 @@ returns logits. Sampling, logit bias, top-logprobs and finish reasons live in th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from lmql_core.engine.array_ops import ArrayOps
 
@@ -57,9 +58,6 @@ class Backend(ABC):
     max_context: int | None = None  # longest sequence (prompt + generated) it can hold
     max_batch: int | None = None  # most sequences it can hold at once, if limited
     ops: ArrayOps  # array operations that work on this backend's logits
-    # True where the device runs behind the host (a GPU): the engine then launches a decode step
-    # from the previous step's sampled tokens before reading them (``forward_sampled``).
-    chains_steps: bool = False
 
     @abstractmethod
     def forward(self, batch: list[StepInput]) -> StepOutput:
@@ -68,20 +66,6 @@ class Backend(ABC):
     @abstractmethod
     def release(self, seq_id: int) -> None:
         """Forget a sequence (finished or cancelled) and free its cache."""
-
-    def release_all(self, seq_ids: list[int]) -> None:
-        """Forget several sequences (those that ended in one step); override where together is cheaper."""
-        for seq_id in seq_ids:
-            self.release(seq_id)
-
-    def forward_sampled(self, seq_ids: list[int], tokens: Any) -> StepOutput | None:
-        """Append one token to each sequence, given as the device array that sampling returned
-        (row i for ``seq_ids[i]``), without the host reading it; ``confirm`` tells the values
-        later. Returns None where it cannot (the engine then runs an ordinary step)."""
-        return None
-
-    def confirm(self, seq_ids: list[int], tokens: list[int]) -> None:  # noqa: B027 (optional)
-        """``tokens[i]``: the value of the token last appended to ``seq_ids[i]`` by ``forward_sampled``."""
 
     def info(self) -> dict[str, Any]:
         """What was loaded and how; sent to clients in MODEL_INFO."""
@@ -93,3 +77,45 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional; most backends need nothing)
         """Free the model (called once at shutdown)."""
+
+
+# Optional capabilities: a backend has one by defining its methods (no base class to name); the
+# engine asks with ``isinstance``.
+
+@runtime_checkable
+class ChainedSteps(Protocol):
+    """Chained steps: where the device runs behind the host (a GPU), the engine queues the next
+    decode step with the tokens the previous step sampled while they are still on the device,
+    before the host reads them, and tells their values afterwards."""
+
+    chains_steps: bool  # whether to chain now (a backend may have the methods and not want it)
+
+    def forward_sampled(self, seq_ids: list[int], tokens: Any) -> StepOutput | None:
+        """A chained step: append one token to each sequence, given as the device array that
+        sampling returned (row i for ``seq_ids[i]``), without the host reading it. Returns None
+        where it cannot (the engine then runs an ordinary step)."""
+
+    def confirm(self, seq_ids: list[int], tokens: list[int]) -> None:
+        """``tokens[i]``: the value of the token a chained step appended to ``seq_ids[i]``."""
+
+
+@runtime_checkable
+class ReleasesTogether(Protocol):
+    """Frees several sequences (those that ended in one step) at once, where together is cheaper
+    than one ``release`` each."""
+
+    def release_all(self, seq_ids: list[int]) -> None: ...
+
+
+def chained_steps(backend: Backend) -> ChainedSteps | None:
+    """``backend`` as one that runs chained steps, or None where it cannot or does not want to."""
+    return backend if isinstance(backend, ChainedSteps) and backend.chains_steps else None
+
+
+def release_all(backend: Backend, seq_ids: Sequence[int]) -> None:
+    """Free ``seq_ids``: together where the backend can, else one ``release`` each."""
+    if isinstance(backend, ReleasesTogether):
+        backend.release_all(list(seq_ids))
+    else:
+        for seq_id in seq_ids:
+            backend.release(seq_id)

@@ -55,7 +55,7 @@ def _websocket_transport(model_id: Any, **options: Any) -> Any:
 
 
 def _in_process_transport(model_id: Any, **options: Any) -> Any:
-    from lmql_core.lmtp.client import InProcessClient
+    from lmql_core.lmtp.local import InProcessClient
 
     return InProcessClient.for_model(model_id, **options)
 

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 
 from lmql_core.errors import LMQLError
-from lmql_core.lmtp.protocol import Limits
+from lmql_core.lmtp.wire import Limits
 from lmql_core.options import command_line_pairs, parse_loader_args
 
 console = Console()
@@ -94,7 +94,7 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
     to the backend's loader (e.g. `--trust_remote_code True`, `--n_ctx 4096`); True/False, ints and
     floats are parsed as such.
     """
-    from lmql_core.api.server import serve
+    from lmql_core.api.run_server import serve
 
     with _errors():
         model, loader_args = model_and_loader_args(model, ctx.args)

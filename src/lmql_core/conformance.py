@@ -20,10 +20,10 @@ from typing import Any
 from lmql_core import plugins
 from lmql_core.errors import LMQLError, ServerError, TokenizerNotFound
 from lmql_core.identifiers import ModelId
-from lmql_core.lmtp.client import InProcessClient
-from lmql_core.lmtp.loop import run_sync
-from lmql_core.lmtp.protocol import LOWEST_LOGPROB
-from lmql_core.serving import LoadedModel, ModelHost, load_with
+from lmql_core.lmtp.client.loop import run_sync
+from lmql_core.lmtp.local import InProcessClient
+from lmql_core.lmtp.wire import LOWEST_LOGPROB
+from lmql_core.model_host import LoadedModel, ModelHost, load_with
 
 PROMPTS = 4  # streams in the batching check
 PROMPT_LENGTH = 4
@@ -85,7 +85,8 @@ class Observer:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attach(self, backend: Any) -> Any:
-        forward, release, release_all = backend.forward, backend.release, backend.release_all
+        forward, release = backend.forward, backend.release
+        release_all = getattr(backend, "release_all", None)  # optional (backend.ReleasesTogether)
 
         def observed_forward(batch: list[Any]) -> Any:
             output = forward(batch)
@@ -102,10 +103,11 @@ class Observer:
         def observed_release_all(seq_ids: list[int]) -> None:
             with self._lock:
                 self.released.update(seq_ids)
-            release_all(seq_ids)
+            release_all(seq_ids)  # type: ignore[misc]  # wrapped only where it is set
 
-        backend.forward, backend.release, backend.release_all = (observed_forward, observed_release,
-                                                                 observed_release_all)
+        backend.forward, backend.release = observed_forward, observed_release
+        if release_all is not None:
+            backend.release_all = observed_release_all
         return backend
 
     def _check_output(self, vocab: Any, batch: list[Any], output: Any) -> None:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from lmql_core import plugins
 from lmql_core.errors import LMQLError
-from lmql_core.options import format_kwargs  # noqa: F401 (serving imports it from here)
 
 LOCAL_PREFIX = "local:"
 

@@ -12,7 +12,7 @@ from lmql_core.errors import LMQLError
 from lmql_core.identifiers import parse_model_id
 
 if TYPE_CHECKING:
-    from lmql_core.api.server import RunningServer
+    from lmql_core.api.run_server import RunningServer
 
 __all__ = list(API_NAMES)
 
@@ -48,8 +48,8 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
 
 def serve(model: str = "lmql-tiny", **kwargs: Any) -> RunningServer | None:
     """Serve ``model`` over LMTP until stopped; ``background=True`` returns the running server
-    at once (``.endpoint``, ``.stop()``, a context manager). See ``lmql_core.api.server.serve``."""
-    from lmql_core.api.server import serve as run
+    at once (``.endpoint``, ``.stop()``, a context manager). See ``lmql_core.api.run_server.serve``."""
+    from lmql_core.api.run_server import serve as run
 
     return run(model, **kwargs)
 

@@ -11,7 +11,7 @@ from lmql_core.api.scoring import ScoringResult
 from lmql_core.api.tokenizers import TokenizerResolver
 from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client import LMTPClient
-from lmql_core.lmtp.loop import run_async, run_sync
+from lmql_core.lmtp.client.loop import run_async, run_sync
 from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
 
 DECODERS = ("argmax", "sample")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lmql_core.backend import Backend, StepInput, StepOutput
+from lmql_core.backend import Backend, StepInput, StepOutput, chained_steps, release_all
 from lmql_core.engine.sampling import (
     PendingSamples,
     Samples,
@@ -19,7 +19,7 @@ from lmql_core.engine.sampling import (
     launch_scoring,
 )
 from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
-from lmql_core.engine.sequence import Kind, Sequence, Sink, TokenEvent
+from lmql_core.engine.sequence import Finish, Kind, Sequence, Sink, Status, TokenEvent
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ class LaunchedStep:
     started: float
     # tokens the sampled sequences surely generate after this step (length limits; EOS aside)
     headroom: int = 0
-    fed_from_device: list[int] | None = None  # chained: the seq_ids whose tokens the host must confirm
+    # a chained step: the seq_ids it appended a sampled token to, whose values the host confirms
+    chained_ids: list[int] | None = None
 
 
 @dataclass
@@ -70,7 +71,6 @@ class Engine:
         self.seed = seed
         self._wake = threading.Condition()
         self._last_arrival = 0.0
-        self._cancelling = False  # a cancel came since the scheduler last dropped cancelled rows
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="lmql-engine", daemon=True)
         self._thread.start()
@@ -78,19 +78,21 @@ class Engine:
     # --- called from any thread -------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> None:
+        """Queue ``seq``, a request the session validated (token ids, context length)."""
         seq.max_generated = seq.params.max_tokens
         if self.backend.max_context is not None:
-            seq.max_generated = min(seq.max_generated, self.backend.max_context - seq.length)
+            room = self.backend.max_context - seq.length
+            assert room > 0, f"a request of {seq.length} tokens passed the session's context check"
+            seq.max_generated = min(seq.max_generated, room)
         with self._wake:
             self.scheduler.add(seq)
             self._last_arrival = time.perf_counter()
             self._wake.notify()
 
     def cancel(self, seqs: list[Sequence]) -> None:
+        """Stop ``seqs`` (those already ended are ignored): nothing more is sent for them."""
         with self._wake:
-            for seq in seqs:
-                seq.cancelled = True
-            self._cancelling = True
+            self.stats.sequences_cancelled += len(self.scheduler.cancel(seqs))
             self._wake.notify()
 
     def active_sequences(self) -> int:
@@ -110,16 +112,17 @@ class Engine:
     #
     # Steps are pipelined: step N+1 is launched (forward pass and sampling queued on the
     # device) before step N's tokens are turned into events and handed to the clients, so on a
-    # GPU that host work overlaps the next step's computation. In steady decoding the backend
-    # may even take step N's sampled tokens straight from the device (``_chain``): step N+1 is
-    # then queued before the host waits for step N at all, and the GPU never idles.
+    # GPU that host work overlaps the next step's computation. In steady decoding, step N+1 may
+    # even be a chained step (``_launch_chained``; ``backend.ChainedSteps``): fed with step N's
+    # sampled tokens still on the device, it is queued before the host waits for step N at all,
+    # and the GPU never idles.
 
     def _run(self) -> None:
         launched: LaunchedStep | None = None
         events: dict[Sink, list[TokenEvent]] = {}
         began = time.perf_counter()
         while True:
-            chained = self._chain(launched) if launched else None
+            chained = self._launch_chained(launched) if launched else None
             # Handed over only now, with the next step queued: the clients' threads then do their
             # share (encoding, sending) while this one waits for the device, instead of taking
             # turns with it for the interpreter's lock while it launches the step.
@@ -139,20 +142,15 @@ class Engine:
                     self._deliver_all(events)
                     self._fail_all("the server is shutting down")
                     return
-                dropped = self.scheduler.drop_cancelled()
-                self._release(dropped)
-                self.stats.sequences_cancelled += len(dropped)
-                self._cancelling = False
+                self._release(self.scheduler.take_cancelled())
                 chunks = [] if chained else self._reschedule()
             launched = chained or (self._launch(chunks) if chunks else None)
 
     def _reschedule(self) -> list[ScheduledChunk]:
         """With the lock held: the next step's chunks, after preempting for fairness."""
-        preempted = self.scheduler.preempt()
-        if preempted:
-            self._release(preempted)
-            self.scheduler.requeue(preempted)
-            self.stats.sequences_preempted += len(preempted)
+        freed = self.scheduler.preempt()
+        self._release_ids(freed)
+        self.stats.sequences_preempted += len(freed)
         return self.scheduler.schedule()
 
     def _gather_arrivals(self) -> None:
@@ -175,17 +173,15 @@ class Engine:
                     self.stats.tokens_prefilled += len(c.tokens)
                 c.seq.num_fed += len(c.tokens)
             self._end_failed_rows([c.seq for c in chunks], output.errors)
-            ready = [i for i, c in enumerate(chunks)
-                     if c.completes_prefill and c.seq.kind is Kind.GENERATE and not c.seq.finished]
+            ready = [i for i, c in enumerate(chunks) if c.completes_prefill
+                     and c.seq.kind is Kind.GENERATE and c.seq.status is Status.RUNNING]
             seqs = [chunks[i].seq for i in ready]
             plan = SamplingPlan([s.params for s in seqs])
             sampling = self._sample(seqs, self._rows(output.last_logits, ready), plan) if ready else None
             scoring = self._launch_scoring([c.seq for c in chunks if c.seq.kind is Kind.SCORE], output)
         except Exception as e:  # a failed batch ends its streams, never the server
             log.exception("forward pass failed")
-            for c in chunks:
-                if not c.seq.finished:
-                    self._end(c.seq, TokenEvent(c.seq.stream_id, error=f"model error: {e}"))
+            self._end_all([c.seq for c in chunks], f"model error: {e}")
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scoring, started, headroom)
@@ -199,7 +195,7 @@ class Engine:
     def _launch_scoring(self, seqs: list[Sequence], output: StepOutput) -> list[tuple[Sequence, Any]]:
         launched = []
         for seq in seqs:
-            if seq.finished:
+            if seq.status is not Status.RUNNING:
                 continue
             if seq.seq_id not in output.all_logits:  # a backend that ignores StepInput.all_logits
                 self._end(seq, TokenEvent(seq.stream_id, error=self._no_all_logits()))
@@ -218,24 +214,25 @@ class Engine:
         histories = [s.tokens for s in seqs] if plan.penalized else None
         return launch_sampling(self.backend.ops, logits, plan, self.seed, histories)
 
-    def _chain(self, step: LaunchedStep) -> LaunchedStep | None:
-        """Queue the next decode step of ``step``'s sequences, fed with the tokens it sampled
-        while they are still on the device. Only in steady decoding: every running sequence
-        sampled in ``step``, none ends by length there, nobody waits or was cancelled. A sequence
-        that samples EOS in ``step`` costs one wasted row in the chained step."""
+    def _launch_chained(self, step: LaunchedStep) -> LaunchedStep | None:
+        """Queue a chained step: the next decode step of ``step``'s sequences, fed with the
+        tokens it sampled while they are still on the device. Only in steady decoding: every
+        running sequence sampled in ``step``, none ends by length there, nobody waits or was
+        cancelled. A sequence that samples EOS in ``step`` costs one wasted row in the chained step."""
         sampling = step.sampling
-        if not self.backend.chains_steps or sampling is None or sampling.plan.penalized or step.scoring:
+        backend = chained_steps(self.backend)
+        if backend is None or sampling is None or sampling.plan.penalized or step.scoring:
             return None
         if step.headroom < 1:
             return None
         seqs = step.sampled
-        with self._wake:  # a sequence that ended has left ``running``; a cancelled one may not yet
-            if self.scheduler.waiting or self._cancelling or len(seqs) != len(self.scheduler.running):
+        with self._wake:
+            if not self.scheduler.is_steady(seqs):
                 return None
         started = time.perf_counter()
         try:
             seq_ids = [s.seq_id for s in seqs]
-            output = self.backend.forward_sampled(seq_ids, sampling.tokens)
+            output = backend.forward_sampled(seq_ids, sampling.tokens)
             if output is None:
                 return None
             for s in seqs:
@@ -246,9 +243,7 @@ class Engine:
             return LaunchedStep(seqs, following, [], started, step.headroom - 1, seq_ids)
         except Exception as e:
             log.exception("forward pass failed")
-            for s in seqs:
-                if not s.finished:
-                    self._end(s, TokenEvent(s.stream_id, error=f"model error: {e}"))
+            self._end_all(seqs, f"model error: {e}")
             return None
 
     def _scored_rows(self, seq: Sequence, output: Any) -> Any:
@@ -259,27 +254,29 @@ class Engine:
     def _collect(self, step: LaunchedStep,
                  chained: LaunchedStep | None = None) -> dict[Sink, list[TokenEvent]]:
         """Wait for a launched step's results and turn them into events, grouped by client.
-        ``chained``: the step already queued with these samples as its input. This runs once
-        per row per step on the thread every step waits for: keep its loop lean."""
+        ``chained``: the chained step already queued with these samples as its input. This runs
+        once per row per step on the thread every step waits for: keep its loop lean."""
         try:
             self._wait_for(step)
             samples = collect_sampling(self.backend.ops, step.sampling) if step.sampling else None
             scores = [(seq, collect_scoring(self.backend.ops, pending)) for seq, pending in step.scoring]
         except Exception as e:
             log.exception("sampling failed")
-            for seq in step.sampled + [seq for seq, _ in step.scoring]:
-                if not seq.finished:
-                    self._end(seq, TokenEvent(seq.stream_id, error=f"model error: {e}"))
+            self._end_all(step.sampled + [seq for seq, _ in step.scoring], f"model error: {e}")
             return {}
         events: dict[Sink, list[TokenEvent]] = {}
         if samples:
-            if chained and chained.fed_from_device:
-                self.backend.confirm(chained.fed_from_device, samples.tokens)
+            if chained and chained.chained_ids:
+                backend = chained_steps(self.backend)
+                assert backend is not None, "a chained step ran on a backend that does not chain"
+                backend.confirm(chained.chained_ids, samples.tokens)
             self._emit_samples(step.sampled, samples, events)
         for seq, logprobs in scores:
+            if seq.status is not Status.RUNNING:  # cancelled while its step ran
+                continue
             last = len(seq.scored) - 1
             events.setdefault(seq.sink, []).extend(
-                TokenEvent(seq.stream_id, token, lp, "stop" if i == last else None)
+                TokenEvent(seq.stream_id, token, lp, Finish.SCORED if i == last else None)
                 for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)))
         self._finish([seq for seq, _ in scores])
         self.stats.steps += 1
@@ -290,10 +287,10 @@ class Engine:
                       events: dict[Sink, list[TokenEvent]]) -> None:
         eos = self.backend.eos_token_id
         sink, batch = None, []  # one client's rows usually come together: group them in runs
-        produced, ended = 0, []
+        produced, ended, running = 0, [], Status.RUNNING
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
                                             strict=True):
-            if seq.finished or seq.cancelled:  # a row of a chained step, after its sequence ended
+            if seq.status is not running:  # a row of a chained step, after its sequence ended
                 continue
             if not logprob > NO_CHANCE:  # NaN or -inf: every token had probability 0
                 events.setdefault(seq.sink, []).append(TokenEvent(seq.stream_id, error=NOTHING_TO_CHOOSE))
@@ -301,7 +298,8 @@ class Engine:
                 continue
             seq.generated.append(token)
             produced += 1
-            reason = "stop" if token == eos else "length" if len(seq.generated) >= seq.max_generated else None
+            reason = (Finish.EOS if token == eos else Finish.LENGTH if len(seq.generated) >= seq.max_generated
+                      else None)
             if seq.sink != sink:
                 sink = seq.sink
                 batch = events.setdefault(sink, [])
@@ -327,29 +325,36 @@ class Engine:
     def _rows(self, logits: Any, rows: list[int]) -> Any:
         return logits if len(rows) == len(logits) else logits[rows]
 
-    def _finish(self, seqs: list[Sequence]) -> None:
-        """End sequences: out of the running batch, their caches released together (sequences
-        that end in the same step often end together: a batch of equal requests)."""
+    def _finish(self, seqs: list[Sequence]) -> list[Sequence]:
+        """End those of ``seqs`` still running, their caches released together (sequences that
+        end in the same step often end together: a batch of equal requests); returns them."""
         if not seqs:
-            return
-        for seq in seqs:
-            seq.finished = True
-        self.stats.sequences_finished += len(seqs)
+            return []
         with self._wake:
-            self.scheduler.drop_finished()
-        self._release(seqs)
+            ended = self.scheduler.finish(seqs)
+        self.stats.sequences_finished += len(ended)
+        self._release(ended)
+        return ended
 
     def _end(self, seq: Sequence, event: TokenEvent) -> None:
-        self._finish([seq])
-        self._deliver(seq.sink, [event])
+        """End ``seq`` with ``event`` (an error), unless it ended or was cancelled already."""
+        if self._finish([seq]):
+            self._deliver(seq.sink, [event])
+
+    def _end_all(self, seqs: list[Sequence], error: str) -> None:
+        for seq in seqs:
+            self._end(seq, TokenEvent(seq.stream_id, error=error))
 
     def _release(self, seqs: list[Sequence]) -> None:
-        if not seqs:
+        self._release_ids([seq.seq_id for seq in seqs])
+
+    def _release_ids(self, seq_ids: list[int]) -> None:
+        if not seq_ids:
             return
         try:
-            self.backend.release_all([seq.seq_id for seq in seqs])
+            release_all(self.backend, seq_ids)
         except Exception:
-            log.exception("releasing sequences %s failed", [seq.seq_id for seq in seqs])
+            log.exception("releasing sequences %s failed", seq_ids)
 
     def _deliver(self, sink: Sink, events: list[TokenEvent]) -> None:
         try:
@@ -358,8 +363,8 @@ class Engine:
             log.exception("delivering tokens failed")
 
     def _fail_all(self, message: str) -> None:
-        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+        """With the lock held: end every sequence with ``message`` (the engine stops)."""
+        ended, holding = self.scheduler.finish_all()
+        for seq in ended:
             self._deliver(seq.sink, [TokenEvent(seq.stream_id, error=message)])
-        self._release(list(self.scheduler.running) + list(self.scheduler.waiting))
-        self.scheduler.running.clear()
-        self.scheduler.waiting.clear()
+        self._release(holding)

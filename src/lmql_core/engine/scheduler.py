@@ -9,6 +9,17 @@ the clients with work); a client below its share is admitted first, round-robin,
 batch is full, the newest sequences of clients above their share are preempted for it: they go
 back to the front of their client's queue and later feed their tokens again (recomputation).
 So one client's thousand streams cannot keep another client's first token waiting for them.
+
+The scheduler owns each sequence's ``status`` (``sequence.Status``): every transition is one of
+its methods, called with the engine's lock held::
+
+    add        -> WAITING
+    schedule      WAITING -> RUNNING
+    preempt       RUNNING -> WAITING   (its cache to free; it feeds everything again later)
+    finish        RUNNING -> FINISHED  (its last event made, or its batch failed)
+    cancel        WAITING -> CANCELLED (gone at once) and RUNNING -> CANCELLED (its cache to free:
+                  ``take_cancelled`` hands it to the engine thread between two steps)
+    finish_all    WAITING, RUNNING -> FINISHED (the server stops)
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lmql_core.engine.sequence import Kind, Sequence
+from lmql_core.engine.sequence import Kind, Sequence, Status
 
 
 @dataclass
@@ -69,13 +80,14 @@ class FairQueue:
         self._count -= 1
         return seq
 
-    def remove_cancelled(self) -> list[Sequence]:
-        removed = [s for s in self if s.cancelled]
-        if removed:
-            kept = {c: deque(s for s in q if not s.cancelled) for c, q in self._queues.items()}
-            self._queues = {c: q for c, q in kept.items() if q}
-            self._count -= len(removed)
-        return removed
+    def remove(self, seqs: list[Sequence]) -> None:
+        """Take ``seqs`` (all of them waiting here) out of their queues."""
+        if not seqs:
+            return
+        gone = {id(s) for s in seqs}
+        kept = {c: deque(s for s in q if id(s) not in gone) for c, q in self._queues.items()}
+        self._queues = {c: q for c, q in kept.items() if q}
+        self._count -= len(seqs)
 
     def clear(self) -> None:
         self._queues.clear()
@@ -88,28 +100,70 @@ class Scheduler:
         self.token_budget = token_budget
         self.waiting = FairQueue()
         self.running: list[Sequence] = []
+        self._cancelled_running: list[Sequence] = []  # cancelled while running: caches to free
 
     def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
         self.waiting.append(seq)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self._cancelled_running)
 
-    def drop_cancelled(self) -> list[Sequence]:
-        dropped = [s for s in self.running if s.cancelled] + self.waiting.remove_cancelled()
-        self.running = [s for s in self.running if not s.cancelled]
-        return dropped
+    def is_steady(self, seqs: list[Sequence]) -> bool:
+        """``seqs`` are the whole batch: nobody waits, ended or was cancelled since they ran."""
+        return not self.waiting and not self._cancelled_running and len(seqs) == len(self.running)
 
-    def drop_finished(self) -> None:
-        self.running = [s for s in self.running if not s.finished]
+    def cancel(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Cancel those of ``seqs`` still waiting or running; returns them. A waiting one is
+        gone at once; a running one leaves the batch, its cache freed after ``take_cancelled``."""
+        waiting = self._leave([s for s in seqs if s.status is Status.WAITING], Status.CANCELLED)
+        running = self._leave([s for s in seqs if s.status is Status.RUNNING], Status.CANCELLED)
+        self.waiting.remove(waiting)
+        if running:
+            self.running = [s for s in self.running if s.status is Status.RUNNING]
+            self._cancelled_running.extend(running)
+        return waiting + running
+
+    def take_cancelled(self) -> list[Sequence]:
+        """The cancelled sequences whose caches the backend still holds (for the caller to free)."""
+        taken, self._cancelled_running = self._cancelled_running, []
+        return taken
+
+    def finish(self, seqs: list[Sequence]) -> list[Sequence]:
+        """End those of ``seqs`` still running (not cancelled or ended meanwhile); returns them:
+        their caches are for the caller to free."""
+        ended = self._leave([s for s in seqs if s.status is Status.RUNNING], Status.FINISHED)
+        if ended:
+            self.running = [s for s in self.running if s.status is Status.RUNNING]
+        return ended
+
+    @staticmethod
+    def _leave(seqs: list[Sequence], status: Status) -> list[Sequence]:
+        """Give ``seqs`` their final ``status``; returns them, each once."""
+        left = []
+        for seq in seqs:
+            if not seq.done:
+                seq.status = status
+                left.append(seq)
+        return left
+
+    def finish_all(self) -> tuple[list[Sequence], list[Sequence]]:
+        """End every sequence (the server stops): (all that were waiting or running, those
+        among them or cancelled whose caches the backend still holds)."""
+        holding = self.running + self.take_cancelled()
+        ended = self._leave(list(self.waiting) + self.running, Status.FINISHED)
+        self.running = []
+        self.waiting.clear()
+        return ended, holding
 
     def _share(self) -> int:
         clients = set(self.waiting.clients()) | {s.sink for s in self.running}
         return max(1, self.max_batch // max(1, len(clients)))
 
-    def preempt(self) -> list[Sequence]:
-        """Running sequences to make room for waiting clients below their share, newest first
-        from the clients furthest above it. The caller frees their caches, then ``requeue``s them."""
+    def preempt(self) -> list[int]:
+        """Make room for waiting clients below their share: running sequences go back to the
+        front of their clients' queues, newest first from the clients furthest above it.
+        Returns the backend ids they had, whose caches the caller frees."""
         if not self.waiting:
             return []
         share, counts = self._share(), Counter(s.sink for s in self.running)
@@ -125,14 +179,15 @@ class Scheduler:
                 break
             victims.append(victim)
             counts[client] -= 1
-        if victims:
-            self.running = [s for s in self.running if s not in victims]
-        return victims
-
-    def requeue(self, seqs: list[Sequence]) -> None:
-        for seq in seqs:  # newest first: each client's oldest preempted sequence ends up in front
+        if not victims:
+            return []
+        self.running = [s for s in self.running if s not in victims]
+        freed = [s.seq_id for s in victims]
+        for seq in victims:  # newest first: each client's oldest preempted sequence ends up in front
             seq.restart()
+            seq.status = Status.WAITING
             self.waiting.put_back(seq)
+        return freed
 
     def schedule(self) -> list[ScheduledChunk]:
         chunks: list[ScheduledChunk] = []
@@ -143,6 +198,7 @@ class Scheduler:
             budget -= len(take)
         while self.waiting and len(self.running) < self.max_batch and budget > 0:
             seq = self.waiting.take(self._next_client())
+            seq.status = Status.RUNNING
             self.running.append(seq)
             # A scored request runs whole: its log-probs need every position in one pass.
             take = seq.unfed if seq.kind is Kind.SCORE else seq.unfed[:budget]

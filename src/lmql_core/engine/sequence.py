@@ -9,6 +9,14 @@ from enum import Enum
 from typing import Any
 
 
+class Finish(Enum):
+    """Why a stream ended with a token (its wire name is the server's business)."""
+
+    EOS = "eos"  # the model's end-of-sequence token
+    LENGTH = "length"  # max_tokens generated, or the context is full
+    SCORED = "scored"  # the last scored token of a SCORE request
+
+
 @dataclass(slots=True)
 class TokenEvent:
     """One token of one stream, or the error that ends it."""
@@ -16,7 +24,7 @@ class TokenEvent:
     stream_id: Any
     token: int = -1
     logprob: float = 0.0
-    finish_reason: str | None = None
+    finish_reason: Finish | None = None
     # more candidates beside the chosen token (whose log-prob is ``logprob``); None: a scored token
     top_logprobs: Mapping[int, float] | None = None
     error: str | None = None
@@ -30,6 +38,15 @@ _ids = itertools.count(1)
 class Kind(Enum):
     GENERATE = "generate"
     SCORE = "score"
+
+
+class Status(Enum):
+    """Where a sequence is in its life; only the scheduler changes it (see scheduler.py)."""
+
+    WAITING = "waiting"  # queued: not yet admitted, or preempted (its cache freed)
+    RUNNING = "running"  # in the batch: the backend holds its cache
+    FINISHED = "finished"  # its last event was made; results of steps still in flight are dropped
+    CANCELLED = "cancelled"  # its client stopped it; nothing more is sent for it
 
 
 @dataclass
@@ -55,14 +72,17 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     generated: list[int] = field(default_factory=list)
     num_fed: int = 0  # tokens the backend has seen
-    cancelled: bool = False
-    finished: bool = False  # its last event was sent; results of steps still in flight are dropped
+    status: Status = Status.WAITING  # changed by the scheduler only
     max_generated: int = 0  # set by the engine: max_tokens, or fewer where the context ends first
 
     def restart(self) -> None:
         """Preempted, its cache freed: it feeds everything again, under a new id for the backend."""
         self.seq_id = next(_ids)
         self.num_fed = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status is Status.FINISHED or self.status is Status.CANCELLED
 
     @property
     def tokens(self) -> list[int]:

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from lmql_core.lmtp.loop import run_async
-from lmql_core.lmtp.loop import run_sync as _block
+from lmql_core.lmtp.client.loop import run_async
+from lmql_core.lmtp.client.loop import run_sync as _block
 from lmql_core.query.errors import QueryError, QuerySyntaxError
 from lmql_core.query.parser import Clause, ParsedQuery, parse_query
 from lmql_core.query.program import CompiledQuery

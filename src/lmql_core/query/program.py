@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.api.llm import LLM
-from lmql_core.lmtp.loop import run_async
+from lmql_core.lmtp.client.loop import run_async
 from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
 from lmql_core.query.decoders import DecoderSpec, direct, log_softmax
 from lmql_core.query.errors import QueryError

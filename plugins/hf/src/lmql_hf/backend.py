@@ -145,8 +145,7 @@ class HFBackend(Backend):
     def _row(self, item: StepInput) -> Row:
         if item.seq_id in self.table.slot_of:
             return Row(item, self.table.slot_of[item.seq_id], self.table.length(item.seq_id), item.tokens)
-        if len(item.tokens) > self.max_context:
-            raise ValueError(f"{len(item.tokens)} tokens do not fit the context of {self.max_context}")
+        assert len(item.tokens) <= self.max_context, "the session admits no prompt beyond the context"
         slot, kept = self.table.admit(item.seq_id, item.tokens, reuse=not item.all_logits)
         return Row(item, slot, kept, item.tokens[kept:])
 

@@ -1,22 +1,28 @@
-"""LMTP frames and requests: parsing, validation and the wire form of tokens.
+"""LMTP on the wire: frames, the rules for requests, and the wire form of tokens.
 
 A frame is text: ``<COMMAND> <json>``. Every rule about what a request may contain is here,
-so the server and the in-process transport reject exactly the same things.
+so the server and the in-process transport reject exactly the same things. This module knows
+nothing of the engine: it reads plain values, and writes token entries from any object with a
+token event's fields (``TokenFields``), given the wire name of each finish reason.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from lmql_core.engine.sequence import SamplingParams, TokenEvent
 from lmql_core.errors import RequestError, shown
 
 # Commands beyond LMQL 0.7, each advertised in MODEL_INFO's ``model_info.extensions``.
 TOKENIZER = "TOKENIZER"  # the served model's tokenizer
 CANCEL = "CANCEL"  # stop a stream and free it; no answer (unknown and finished ids are ignored)
+
+# finish reasons on the wire
+STOP = "stop"  # EOS, or the last scored token
+LENGTH = "length"  # max_tokens reached, or the context is full
 
 
 @dataclass(frozen=True)
@@ -148,12 +154,14 @@ def temperature(value: Any) -> float:
 UNSUPPORTED_OPTIONS = ("presence_penalty", "frequency_penalty", "length_penalty")
 
 
-def sampling_params(payload: dict[str, Any], vocab_size: int, limits: Limits) -> SamplingParams:
+def sampling_options(payload: dict[str, Any], vocab_size: int, limits: Limits) -> dict[str, Any]:
+    """A GENERATE request's decoding options, checked: max_tokens, temperature, logit_bias,
+    top_logprobs, top_k, top_p, repetition_penalty."""
     for option in UNSUPPORTED_OPTIONS:
         if payload.get(option) is not None:
             raise RequestError(f"'{option}' is not supported by this server (yet); leave it out")
     max_tokens = payload.get("max_tokens")
-    return SamplingParams(
+    return dict(
         max_tokens=limits.default_max_tokens if max_tokens is None
         else _int(max_tokens, "max_tokens", 1, limits.max_tokens),
         temperature=temperature(payload.get("temperature")),
@@ -184,7 +192,21 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else LOWEST_LOGPROB
 
 
-def token_entry(event: TokenEvent) -> dict[str, Any]:
+class TokenFields(Protocol):
+    """What a token entry is written from (the engine's ``TokenEvent`` has these fields)."""
+
+    stream_id: Any
+    token: int
+    logprob: float
+    finish_reason: Any  # a key of the ``reasons`` mapping given with it
+    top_logprobs: Mapping[int, float] | None
+    error: str | None
+
+
+Reasons = Mapping[Any, str | None]  # an event's finish_reason -> its wire name (STOP, LENGTH, None)
+
+
+def token_entry(event: TokenFields, reasons: Reasons) -> dict[str, Any]:
     """The wire form of an event. LMQL 0.7 clients need ``top_logprobs`` on every generated
     token, holding at least the chosen one; scored tokens carry none."""
     if event.error is not None:
@@ -193,7 +215,7 @@ def token_entry(event: TokenEvent) -> dict[str, Any]:
         "token": event.token,
         "stream_id": event.stream_id,
         "logprob": _finite(event.logprob),
-        "finish_reason": event.finish_reason,
+        "finish_reason": reasons[event.finish_reason],
     }
     if event.top_logprobs is not None:
         top = {str(event.token): entry["logprob"]}
@@ -202,17 +224,17 @@ def token_entry(event: TokenEvent) -> dict[str, Any]:
     return entry
 
 
-def token_entries_json(events: list[TokenEvent]) -> Encoded:
-    """``json.dumps([token_entry(e) for e in events])`` (compact), character for character, but
-    written directly: the event loop encodes every generated token of every stream, and the
-    dictionaries plus the generic encoder cost it three times as much."""
-    return Encoded(f"[{','.join([_entry_json(e) for e in events])}]")
+def token_entries_json(events: Sequence[TokenFields], reasons: Reasons) -> Encoded:
+    """``json.dumps([token_entry(e, reasons) for e in events])`` (compact), character for
+    character, but written directly: the event loop encodes every generated token of every
+    stream, and the dictionaries plus the generic encoder cost it three times as much."""
+    return Encoded(f"[{','.join([_entry_json(e, reasons) for e in events])}]")
 
 
-def _entry_json(event: TokenEvent) -> str:
-    token, top, reason, sid = event.token, event.top_logprobs, event.finish_reason, event.stream_id
-    if event.error is not None or reason not in (None, "stop", "length") or type(sid) is not int:
-        return json.dumps(token_entry(event), separators=(",", ":"))  # the rare shapes
+def _entry_json(event: TokenFields, reasons: Reasons) -> str:
+    token, top, reason, sid = event.token, event.top_logprobs, reasons[event.finish_reason], event.stream_id
+    if event.error is not None or reason not in (None, STOP, LENGTH) or type(sid) is not int:
+        return json.dumps(token_entry(event, reasons), separators=(",", ":"))  # the rare shapes
     logprob = _number_json(event.logprob)
     head = f'{{"token":{token},"stream_id":{sid},"logprob":{logprob},"finish_reason":'
     head += "null" if reason is None else f'"{reason}"'

@@ -15,14 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from lmql_core.lmtp import protocol
-from lmql_core.lmtp.session import Session
+from lmql_core.lmtp import wire
+from lmql_core.lmtp.server.session import Session
 
 log = logging.getLogger(__name__)
 
 
 class Connection:
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, limits: protocol.Limits) -> None:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, limits: wire.Limits) -> None:
         self.ws = ws
         self.transport = request.transport
         self.limits = limits
@@ -40,7 +40,7 @@ class Connection:
     def send(self, command: str, payload: Any) -> None:
         if self._closed:
             return
-        frame = protocol.encode_frame(command, payload)
+        frame = wire.encode_frame(command, payload)
         self._frames.append(frame)
         self.unsent_bytes += len(frame)  # JSON is ASCII: characters are bytes
         self._ready.set()

@@ -12,28 +12,33 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from lmql_core.engine.sequence import Kind, SamplingParams, Sequence, TokenEvent
+from lmql_core.engine.sequence import Finish, Kind, SamplingParams, Sequence, TokenEvent
 from lmql_core.errors import LMQLError, RequestError, shown
-from lmql_core.lmtp import protocol
-from lmql_core.serving import LoadedModel, ModelHost
+from lmql_core.lmtp import wire
+from lmql_core.model_host import LoadedModel, ModelHost
 from lmql_core.tokenizer import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Any], None]  # called on the session's event loop
+# the wire names of the engine's finish reasons
+FINISH_REASONS: wire.Reasons = {None: None, Finish.EOS: wire.STOP, Finish.SCORED: wire.STOP,
+                                Finish.LENGTH: wire.LENGTH}
 STALE_EVENTS_S = 10.0  # a cancelled sequence's last events reach the session within a step
 
 
 class Session:
-    def __init__(self, host: ModelHost, send: Send, limits: protocol.Limits | None = None,
+    def __init__(self, host: ModelHost, send: Send, limits: wire.Limits | None = None,
                  encode_tokens: bool = False) -> None:
-        """``encode_tokens``: send TOKEN payloads in their JSON form (``protocol.Encoded``), for
+        """``encode_tokens``: send TOKEN payloads in their JSON form (``wire.Encoded``), for
         a transport that writes text anyway; written directly, that is cheaper than dictionaries."""
         self.host = host
         self.encode_tokens = encode_tokens
-        self.limits = limits or protocol.Limits()
+        self.limits = limits or wire.Limits()
         self._send = send
         self._loop = asyncio.get_running_loop()
+        # the streams started here; each one's status is its engine's scheduler's to change:
+        # those that ended are dropped when a new stream needs their id or room (``_running``)
         self._active: dict[Any, tuple[Sequence, LoadedModel]] = {}
         self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
         self._outbox: list[TokenEvent] = []  # delivered by the engine, not yet sent
@@ -45,7 +50,7 @@ class Session:
 
     async def handle_text(self, text: str) -> None:
         try:
-            command, payload = protocol.parse_frame(text)
+            command, payload = wire.parse_frame(text)
         except RequestError as e:
             self._error(None, str(e))
             return
@@ -58,8 +63,8 @@ class Session:
             if handler is None:
                 expected = ", ".join(self._handlers())
                 raise RequestError(f"unknown command '{shown(command)}' (expected {expected})")
-            body = protocol.require_object(payload, command)
-            stream_id = protocol.stream_id_of(body)
+            body = wire.require_object(payload, command)
+            stream_id = wire.stream_id_of(body)
             await handler(stream_id, body)
         except LMQLError as e:
             self._error(stream_id, str(e))
@@ -69,7 +74,7 @@ class Session:
 
     def _handlers(self) -> dict[str, Callable[[Any, dict[str, Any]], Any]]:
         return {"GENERATE": self._generate, "SCORE": self._score, "MODEL_INFO": self._model_info,
-                protocol.TOKENIZER: self._tokenizer, protocol.CANCEL: self._cancel}
+                wire.TOKENIZER: self._tokenizer, wire.CANCEL: self._cancel}
 
     async def _model(self, body: dict[str, Any]) -> LoadedModel:
         name = body.get("model")
@@ -85,8 +90,8 @@ class Session:
         if text_mode:
             prompt = self._encode(model, body, "text", prompt=True)
         else:
-            prompt = protocol.token_list(body.get("prompt"), "prompt", vocab)
-        params = protocol.sampling_params(body, vocab, self.limits)
+            prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
+        params = SamplingParams(**wire.sampling_options(body, vocab, self.limits))
         self._check_context(model, len(prompt))
         self._start(Sequence(stream_id, prompt, params, self._deliver), model)
         if text_mode:
@@ -101,8 +106,8 @@ class Session:
             prompt = self._encode(model, body, "text", prompt=True)
             scored = self._encode(model, body, "scored_text", prompt=False)
         else:
-            prompt = protocol.token_list(body.get("prompt"), "prompt", vocab)
-            scored = protocol.token_list(body.get("scored"), "scored", vocab)
+            prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
+            scored = wire.token_list(body.get("scored"), "scored", vocab)
         self._check_context(model, len(prompt) + len(scored))
         seq = Sequence(stream_id, prompt, SamplingParams(max_tokens=0), self._deliver, Kind.SCORE, scored)
         self._start(seq, model)
@@ -113,7 +118,7 @@ class Session:
         if tokenizer is None:
             raise RequestError("text mode needs the model's tokenizer, which this server does not have; "
                                "send token ids in 'prompt' instead")
-        text = protocol.text(body, field, model.backend.max_context)
+        text = wire.text(body, field, model.backend.max_context)
         ids = tokenizer.encode(text, add_special_tokens=False)
         bos = [tokenizer.bos_token_id] if prompt and tokenizer.bos_token_id is not None else []
         if not bos + ids:
@@ -148,8 +153,11 @@ class Session:
             raise RequestError(f"the prompt has {length} tokens; this model's context holds {limit}")
 
     def _start(self, seq: Sequence, model: LoadedModel) -> None:
-        if seq.stream_id in self._active:
+        earlier = self._active.get(seq.stream_id)
+        if earlier is not None and not earlier[0].done:
             raise RequestError(f"stream {shown(seq.stream_id)} is already running on this connection")
+        if len(self._active) >= self.limits.max_streams_per_connection:
+            self._running()
         if len(self._active) >= self.limits.max_streams_per_connection:
             raise RequestError(f"this connection has {len(self._active)} streams running or queued, the most "
                                "the server allows (--max-streams); send more when some have finished")
@@ -177,20 +185,20 @@ class Session:
             events = [e for e in events if e.stream_id not in self._stale]
             if not events:
                 return
-        entries: list[dict[str, Any]] | protocol.Encoded
+        entries: list[dict[str, Any]] | wire.Encoded
         if self.encode_tokens and not self._decoders:  # text mode's entries carry decoded text too
-            entries = protocol.token_entries_json(events)
+            entries = wire.token_entries_json(events, FINISH_REASONS)
         else:
             entries = [self._entry(e) for e in events]
-        for e in events:
-            if e.finish_reason is not None or e.error is not None:
-                self._active.pop(e.stream_id, None)
-                self._decoders.pop(e.stream_id, None)
+        if self._decoders:  # text mode: a stream's decoder goes with its last event
+            for e in events:
+                if e.finish_reason is not None or e.error is not None:
+                    self._decoders.pop(e.stream_id, None)
         if not self.closed:
             self._send("TOKEN", entries)
 
     def _entry(self, event: TokenEvent) -> dict[str, Any]:
-        entry = protocol.token_entry(event)
+        entry = wire.token_entry(event, FINISH_REASONS)
         decoder = self._decoders.get(event.stream_id)
         if decoder is not None and event.error is None:  # text mode: the decoded text so far
             entry["text"] = decoder.push(event.token)
@@ -201,12 +209,17 @@ class Session:
     def _error(self, stream_id: Any, message: str) -> None:
         self._send("TOKEN", [{"stream_id": stream_id, "error": message}])
 
+    def _running(self) -> dict[Any, tuple[Sequence, LoadedModel]]:
+        """The streams that have not ended (their scheduler says), once those that did are forgotten."""
+        self._active = {sid: active for sid, active in self._active.items() if not active[0].done}
+        return self._active
+
     def has_streams(self) -> bool:
-        return bool(self._active)
+        return bool(self._running())
 
     def end_all(self, message: str) -> None:
         """End every stream of this session with an error entry; the session goes on."""
-        ended = list(self._active)
+        ended = list(self._running())
         self._cancel_all()
         self._stale.update(ended)
         with self._outbox_lock:  # their tokens not sent yet are dropped with them

@@ -1,6 +1,7 @@
-"""LMTP clients: many streams multiplexed over one connection, or over an in-process session.
+"""LMTP client transports: many streams multiplexed over one websocket (or, in ``lmtp.local``,
+over an in-process session).
 
-Everything here runs on the client loop (``lmql_core.lmtp.loop``).
+Everything here runs on the client loop (``lmql_core.lmtp.client.loop``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 from lmql_core.errors import ConnectionLost, ServerError
-from lmql_core.lmtp import protocol
-from lmql_core.lmtp.loop import client_loop, on_shutdown
+from lmql_core.lmtp import wire
+from lmql_core.lmtp.client.loop import client_loop, on_shutdown
 
 _END = object()
 
@@ -84,7 +85,7 @@ class LMTPClient:
 
     async def _send_cancel(self, stream_id: Any) -> None:
         with contextlib.suppress(Exception):  # a connection that is gone has stopped the stream
-            await self._send(protocol.CANCEL, {"stream_id": stream_id})
+            await self._send(wire.CANCEL, {"stream_id": stream_id})
 
     async def model_info(self, model: str) -> dict[str, Any]:
         async for entry in self.request("MODEL_INFO", {"model": model}):
@@ -98,7 +99,7 @@ class LMTPClient:
 
     async def tokenizer(self, model: str) -> dict[str, Any]:
         """The served model's tokenizer (the TOKENIZER extension; see MODEL_INFO's extensions)."""
-        async for entry in self.request(protocol.TOKENIZER, {"model": model}):
+        async for entry in self.request(wire.TOKENIZER, {"model": model}):
             return dict(entry["msg"]["tokenizer"])
         raise ConnectionLost("no answer to TOKENIZER")
 
@@ -159,14 +160,14 @@ class WebSocketClient(LMTPClient):
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 try:
-                    command, payload = protocol.parse_frame(msg.data)
+                    command, payload = wire.parse_frame(msg.data)
                 except Exception:
                     continue
                 self._dispatch(command, payload)
         self._fail_all(f"the connection to {self.endpoint} closed ({ws.close_code})")
 
     async def _send(self, command: str, payload: dict[str, Any]) -> None:
-        await self._ws.send_str(protocol.encode_frame(command, payload))
+        await self._ws.send_str(wire.encode_frame(command, payload))
 
     async def close(self) -> None:
         if self._ws is not None:
@@ -184,39 +185,3 @@ def normalize_endpoint(endpoint: str | None) -> str:
     if "://" not in endpoint:
         endpoint = "ws://" + endpoint
     return endpoint.rstrip("/")
-
-
-class InProcessClient(LMTPClient):
-    """The ``local:`` transport: a session on the engine, minus the socket."""
-
-    cancels = True  # our own session, which always handles CANCEL
-
-    _loaded: ClassVar[dict[str, InProcessClient]] = {}
-
-    def __init__(self, host: Any) -> None:
-        super().__init__()
-        from lmql_core.lmtp.session import Session
-
-        self.host = host
-        self.session = Session(host, self._dispatch)
-
-    @classmethod
-    def for_model(cls, model_id: Any, **loader_kwargs: Any) -> InProcessClient:
-        """Load the model once per process and set of loader arguments."""
-        key = f"{model_id.served_name}|{sorted(loader_kwargs.items())!r}"
-        if key not in cls._loaded:
-            cls._loaded[key] = asyncio.run_coroutine_threadsafe(
-                _load_in_process(cls, model_id, loader_kwargs), client_loop()
-            ).result()
-        return cls._loaded[key]
-
-    async def _send(self, command: str, payload: dict[str, Any]) -> None:
-        await self.session.handle(command, payload)
-
-
-async def _load_in_process(cls: type[InProcessClient], model_id: Any, kwargs: dict[str, Any]) -> Any:
-    from lmql_core.serving import ModelHost, load_model
-
-    host = ModelHost()
-    host.add(await asyncio.to_thread(load_model, model_id, **kwargs))
-    return cls(host)

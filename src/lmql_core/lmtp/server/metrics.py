@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from lmql_core.lmtp.gc_pauses import PAUSES
-from lmql_core.serving import ModelHost
+from lmql_core.lmtp.server.gc_pauses import PAUSES
+from lmql_core.model_host import ModelHost
 
 
 class EngineCollector(Collector):
@@ -56,7 +56,7 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      lambda e: e.stats.tokens_prefilled),
     ("lmql_engine_steps", "Engine steps (batched forward passes)", CounterMetricFamily,
      lambda e: e.stats.steps),
-    ("lmql_engine_steps_chained", "Decode steps queued from the previous step's device-side tokens",
+    ("lmql_engine_steps_chained", "Chained steps: decode steps fed with the last step's tokens on the device",
      CounterMetricFamily, lambda e: e.stats.steps_chained),
     ("lmql_engine_busy_seconds", "Time the engine thread worked (waits for requests excluded)",
      CounterMetricFamily, lambda e: e.stats.busy_seconds),

@@ -1,4 +1,4 @@
-"""Loading models into engines: what the server and the in-process transport both run."""
+"""The models this process serves: loaded into engines, for the server and the `local:` transport alike."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from lmql_core import plugins
 from lmql_core.backend import Backend, contract_problems
 from lmql_core.engine.engine import Engine
 from lmql_core.errors import LMQLError, ModelLoadError, RequestError, shown
-from lmql_core.identifiers import ModelId, format_kwargs, parse_model_id
+from lmql_core.identifiers import ModelId, parse_model_id
+from lmql_core.options import format_kwargs
 from lmql_core.tokenizer import JsonTokenizer
 
 log = logging.getLogger(__name__)

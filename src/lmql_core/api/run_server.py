@@ -1,4 +1,4 @@
-"""Running an LMTP server: bind, load the model, serve until stopped.
+"""`lmql.serve`: bind a socket, load the model, run the LMTP server (``lmtp.server.app``) until stopped.
 
 ``serve`` blocks (until SIGTERM or Ctrl-C) or, with ``background=True``, returns a
 ``RunningServer`` at once: serving on its own thread and event loop, stopped by ``stop()`` or
@@ -23,11 +23,12 @@ from rich.console import Console
 from lmql_core import plugins
 from lmql_core.errors import LMQLError
 from lmql_core.identifiers import ModelId, parse_model_id
-from lmql_core.lmtp import gc_pauses, protocol
-from lmql_core.lmtp.guard import GuardedSockSite
-from lmql_core.lmtp.server import GUARD_KEY, make_app, shut_down
+from lmql_core.lmtp import wire
+from lmql_core.lmtp.server import gc_pauses
+from lmql_core.lmtp.server.app import GUARD_KEY, make_app, shut_down
+from lmql_core.lmtp.server.guard import GuardedSockSite
+from lmql_core.model_host import ModelHost, load_model
 from lmql_core.options import format_kwargs
-from lmql_core.serving import ModelHost, load_model
 
 DEFAULT_MODEL = "lmql-tiny"
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -41,7 +42,7 @@ console = Console(stderr=True, soft_wrap=True)
 
 def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 8080,
           cuda: bool = False, dtype: str | None = None, backend: str | None = None,
-          load_on_demand: bool = False, limits: protocol.Limits | None = None,
+          load_on_demand: bool = False, limits: wire.Limits | None = None,
           auth_token: str | None = None, background: bool = False,
           **loader_kwargs: Any) -> RunningServer | None:
     """Load ``model`` and serve it over LMTP on ``ws://host:port/``.
@@ -176,7 +177,7 @@ class RunningServer:
     """
 
     def __init__(self, models: ModelHost, listeners: list[socket.socket], host: str,
-                 limits: protocol.Limits | None, auth_token: str, description: str) -> None:
+                 limits: wire.Limits | None, auth_token: str, description: str) -> None:
         self.models = models
         self.listeners = listeners
         self.host = host
@@ -261,9 +262,9 @@ class RunningServer:
 
 
 async def run_server(models: ModelHost, listeners: list[socket.socket],
-                     limits: protocol.Limits | None = None, auth_token: str = "", *,
+                     limits: wire.Limits | None = None, auth_token: str = "", *,
                      stop: asyncio.Event, on_serving: Callable[[], None]) -> None:
-    limits = limits or protocol.Limits()
+    limits = limits or wire.Limits()
     app = make_app(models, limits, auth_token)
     # shut_down has ended every connection before the runner's cleanup waits on them
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)

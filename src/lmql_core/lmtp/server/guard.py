@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lmql_core.lmtp.protocol import Limits
+from lmql_core.lmtp.wire import Limits
 
 REFUSAL_LINGER_S = 1.0  # a refused client gets this long to read the 503 before the socket closes
 

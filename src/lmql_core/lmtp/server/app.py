@@ -14,16 +14,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from lmql_core.lmtp import protocol
-from lmql_core.lmtp.connection import Connection
-from lmql_core.lmtp.guard import ConnectionGuard
-from lmql_core.lmtp.metrics import render_metrics
-from lmql_core.lmtp.session import Session
-from lmql_core.serving import ModelHost
+from lmql_core.lmtp import wire
+from lmql_core.lmtp.server.connection import Connection
+from lmql_core.lmtp.server.guard import ConnectionGuard
+from lmql_core.lmtp.server.metrics import render_metrics
+from lmql_core.lmtp.server.session import Session
+from lmql_core.model_host import ModelHost
 
 log = logging.getLogger(__name__)
 HOST_KEY = web.AppKey("host", ModelHost)
-LIMITS_KEY = web.AppKey("limits", protocol.Limits)
+LIMITS_KEY = web.AppKey("limits", wire.Limits)
 TOKEN_KEY = web.AppKey("auth_token", str)
 CONNECTIONS_KEY = web.AppKey("connections", set)
 GUARD_KEY = web.AppKey("guard", ConnectionGuard)
@@ -139,10 +139,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def make_app(host: ModelHost, limits: protocol.Limits | None = None, auth_token: str = "") -> web.Application:
+def make_app(host: ModelHost, limits: wire.Limits | None = None, auth_token: str = "") -> web.Application:
     app = web.Application(middlewares=[_handshake_done])
     app[HOST_KEY] = host
-    app[LIMITS_KEY] = limits or protocol.Limits()
+    app[LIMITS_KEY] = limits or wire.Limits()
     app[TOKEN_KEY] = auth_token
     app[CONNECTIONS_KEY] = set()
     app[GUARD_KEY] = ConnectionGuard(app[LIMITS_KEY])

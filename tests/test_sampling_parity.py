@@ -1,0 +1,95 @@
+"""NumpyOps and TorchOps (CPU) give the same results on the same logits, each checked against a
+float64 numpy reference written in the tests (``tests/sampling_reference.py``, which imports
+nothing of the engine): greedy choices with every kind of logit bias, the top log-prob lists,
+the tokens top-k and top-p keep, sampling where one token is left, and scored log-probs.
+Fast: no server, no model. (Drawn frequencies are checked in ``test_sampling_ops.py``.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lmql_core.engine.sampling import collect_scoring, launch_scoring, sample_batch
+from lmql_core.engine.sequence import SamplingParams
+from tests.sampling_reference import distribution
+from tests.test_sampling_ops import OPS
+
+ROWS = (np.random.default_rng(20).standard_normal((6, 257)) * 3).astype(np.float32)
+TOP = 5
+
+# Forcing adds a large bias (sampling.FORCE_BIAS) to the forced tokens in float32, whose steps
+# are ~1e-3 that high: their log-probs come out that much off. Elsewhere float32 rounding alone.
+FORCED_TOLERANCE, TOLERANCE = 2e-3, 1e-5
+
+BIASES: dict[str, dict[int, float]] = {
+    "none": {},
+    "moderate": {3: 2.5, 7: -1.0, int(np.argmax(ROWS[0])): -4.0},
+    "ban_the_best": {int(np.argmax(row)): -100 for row in ROWS},
+    "force_a_subset": {5: 100, 9: 100, 200: 100},
+}
+
+
+def reference_logprobs(row: np.ndarray, bias: dict[int, float] | None = None) -> np.ndarray:
+    """log p of every token under ``bias`` at temperature 1 (-inf where p is 0)."""
+    with np.errstate(divide="ignore"):
+        return np.log(distribution(row, bias=bias))
+
+
+def host(ops: Any, array: Any) -> np.ndarray:
+    return np.asarray(ops.finish_host_copy(ops.start_host_copy(array))[0], dtype=np.float64)
+
+
+@pytest.mark.parametrize("ops_name", OPS)
+@pytest.mark.parametrize("bias_name", BIASES)
+def test_greedy_choices_logprobs_and_top_lists_match_the_reference(ops_name: str, bias_name: str) -> None:
+    ops, array = OPS[ops_name]()
+    bias = BIASES[bias_name]
+    params = [SamplingParams(max_tokens=1, logit_bias=dict(bias), top_logprobs=TOP) for _ in ROWS]
+    samples = sample_batch(ops, array(ROWS), params, seed=0)
+    tolerance = FORCED_TOLERANCE if bias_name == "force_a_subset" else TOLERANCE
+    for row, token, logprob, top in zip(ROWS, samples.tokens, samples.logprobs, samples.top_logprobs,
+                                        strict=True):
+        reference = reference_logprobs(row, bias)
+        ranked = [int(t) for t in np.argsort(-reference, kind="stable")[:TOP] if np.isfinite(reference[t])]
+        assert token == ranked[0]
+        assert logprob == pytest.approx(reference[token], abs=tolerance)
+        assert list(top)[: len(ranked)] == ranked  # beyond: tokens a forcing bias left at ~0
+        assert [top[t] for t in ranked] == pytest.approx(reference[ranked].tolist(), abs=tolerance)
+        assert all(value < -1e3 for t, value in top.items() if t not in ranked)
+
+
+FILTERS = [(1.0, 0, 0.75), (1.5, 6, 0.7), (0.7, 3, 1.0), (1.0, 1, 1.0), (2.0, 0, 0.3), (0.5, 40, 0.9)]
+
+
+@pytest.mark.parametrize("ops_name", OPS)
+def test_top_k_and_top_p_keep_the_tokens_the_reference_keeps(ops_name: str) -> None:
+    """Per row (temperature, top_k, top_p): the tokens left to sample from."""
+    ops, array = OPS[ops_name]()
+    logprobs = ops.log_softmax(ops.prepare(array(ROWS)))
+    scores = ops.scale_rows(logprobs, ops.floats([1.0 / t for t, _, _ in FILTERS], logprobs))
+    kept = host(ops, ops.keep_top(scores, [k for _, k, _ in FILTERS], [p for _, _, p in FILTERS]))
+    for row, kept_row, (temperature, top_k, top_p) in zip(ROWS, kept, FILTERS, strict=True):
+        expected = np.flatnonzero(distribution(row, temperature, top_k, top_p) > 0)
+        assert np.flatnonzero(np.isfinite(kept_row)).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("ops_name", OPS)
+def test_sampling_where_the_filters_leave_one_token_picks_it(ops_name: str) -> None:
+    ops, array = OPS[ops_name]()
+    bias = BIASES["moderate"]
+    params = [SamplingParams(max_tokens=1, temperature=1.7, logit_bias=dict(bias), top_k=1),
+              SamplingParams(max_tokens=1, temperature=0.9, logit_bias=dict(bias), top_p=1e-6)] * 3
+    samples = sample_batch(ops, array(ROWS), params, seed=7)
+    expected = [int(np.argmax(reference_logprobs(row, bias))) for row in ROWS]
+    assert samples.tokens == expected
+
+
+@pytest.mark.parametrize("ops_name", OPS)
+def test_scored_logprobs_match_the_reference(ops_name: str) -> None:
+    ops, array = OPS[ops_name]()
+    targets = [0, 17, 256, int(np.argmax(ROWS[3])), int(np.argmin(ROWS[4])), 128]
+    scores = collect_scoring(ops, launch_scoring(ops, array(ROWS), targets))
+    expected = [reference_logprobs(row)[t] for row, t in zip(ROWS, targets, strict=True)]
+    assert scores == pytest.approx(expected, abs=TOLERANCE)

@@ -1,0 +1,183 @@
+"""The scheduler on its own (no engine thread, no backend): fair shares between clients,
+which sequences preemption picks and where they queue again, the token budget of a step, and
+every status transition, cancellation included. Each step here does what the engine does
+between two steps: ``schedule``, then count the fed tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
+from lmql_core.engine.sequence import Kind, SamplingParams, Sequence, Status, TokenEvent
+
+Client = Callable[[list[TokenEvent]], None]
+
+
+def client() -> Client:
+    """A client is its sink: sequences with the same sink belong to the same client."""
+    def sink(events: list[TokenEvent]) -> None:
+        pass
+    return sink
+
+
+def request(sink: Client, name: str, prompt_length: int = 3, kind: Kind = Kind.GENERATE) -> Sequence:
+    scored = [1, 2] if kind is Kind.SCORE else []
+    return Sequence(name, list(range(1, prompt_length + 1)), SamplingParams(max_tokens=8), sink, kind, scored)
+
+
+def step(scheduler: Scheduler) -> list[ScheduledChunk]:
+    """One step as the engine runs it: the chunks, their tokens then fed to the backend."""
+    chunks = scheduler.schedule()
+    for chunk in chunks:
+        chunk.seq.num_fed += len(chunk.tokens)
+    return chunks
+
+
+def started(max_batch: int, *streams: str) -> tuple[Scheduler, list[Sequence]]:
+    """A scheduler that queued one client's ``streams`` and ran a step."""
+    scheduler, sink = Scheduler(max_batch=max_batch), client()
+    seqs = [request(sink, name) for name in streams]
+    for seq in seqs:
+        scheduler.add(seq)
+    step(scheduler)
+    return scheduler, seqs
+
+
+def names(seqs: list[Sequence]) -> list[str]:
+    return [seq.stream_id for seq in seqs]
+
+
+def test_clients_below_their_share_are_admitted_in_turn() -> None:
+    """Client a queued six before b's two; the batch of four is shared two and two, admitted
+    a, b, a, b; a's others wait."""
+    a, b = client(), client()
+    scheduler = Scheduler(max_batch=4)
+    for i in range(6):
+        scheduler.add(request(a, f"a{i}"))
+    for i in range(2):
+        scheduler.add(request(b, f"b{i}"))
+    chunks = step(scheduler)
+    assert names([c.seq for c in chunks]) == ["a0", "b0", "a1", "b1"]
+    assert names(list(scheduler.waiting)) == ["a2", "a3", "a4", "a5"]
+
+
+def test_a_lone_client_fills_the_batch_and_a_newcomer_preempts_its_newest() -> None:
+    """a runs four of four; b arrives with two: a's two newest make way (their caches to free,
+    their ids returned), and queue first again, oldest in front, to feed everything anew."""
+    a, b = client(), client()
+    scheduler = Scheduler(max_batch=4)
+    seqs = [request(a, f"a{i}") for i in range(4)]
+    for seq in seqs:
+        scheduler.add(seq)
+    step(scheduler)
+    old_ids = [seq.seq_id for seq in seqs]
+    scheduler.add(request(b, "b0"))
+    scheduler.add(request(b, "b1"))
+    freed = scheduler.preempt()
+    assert freed == [old_ids[3], old_ids[2]]  # newest first
+    assert [seq.status for seq in seqs] == [Status.RUNNING] * 2 + [Status.WAITING] * 2
+    assert [seq.num_fed for seq in seqs[2:]] == [0, 0] and seqs[2].seq_id not in old_ids
+    assert names([c.seq for c in step(scheduler)]) == ["a0", "a1", "b0", "b1"]
+    assert names(list(scheduler.waiting)) == ["a2", "a3"]
+
+
+def test_no_preemption_within_shares_nor_of_scored_requests() -> None:
+    a, b = client(), client()
+    within = Scheduler(max_batch=4)
+    for name in ("a0", "a1"):
+        within.add(request(a, name))
+    step(within)
+    within.add(request(b, "b0"))
+    assert within.preempt() == []  # a free slot is left for b
+
+    scoring = Scheduler(max_batch=2)
+    for name in ("a0", "a1"):
+        scoring.add(request(a, name, kind=Kind.SCORE))
+    step(scoring)
+    scoring.add(request(b, "b0"))
+    assert scoring.preempt() == []  # a scored request runs whole, once
+
+
+def test_the_token_budget_chunks_prompts_and_always_lets_decoding_rows_step() -> None:
+    scheduler = Scheduler(max_batch=8, token_budget=10)
+    sink = client()
+    long, short = request(sink, "long", prompt_length=25), request(sink, "short", prompt_length=4)
+    scheduler.add(long)
+    scheduler.add(short)
+    assert [len(c.tokens) for c in step(scheduler)] == [10]  # the budget is spent on long's prompt
+    chunks = step(scheduler)
+    assert [(c.seq.stream_id, len(c.tokens)) for c in chunks] == [("long", 10)]
+    chunks = step(scheduler)  # long's last 5; short's prompt of 4 fits the 5 left
+    assert [(c.seq.stream_id, len(c.tokens), c.completes_prefill) for c in chunks] == [
+        ("long", 5, True), ("short", 4, True)]
+    long.generated.append(7)
+    short.generated.append(7)
+    big = request(sink, "big", prompt_length=30)
+    scheduler.add(big)
+    chunks = step(scheduler)  # two decode rows of one token, then 8 tokens of big's prompt
+    assert [(c.seq.stream_id, len(c.tokens)) for c in chunks] == [("long", 1), ("short", 1), ("big", 8)]
+
+
+def test_a_scored_request_feeds_whole_beyond_the_budget() -> None:
+    scheduler = Scheduler(max_batch=8, token_budget=4)
+    seq = request(client(), "s", prompt_length=10, kind=Kind.SCORE)
+    scheduler.add(seq)
+    chunks = step(scheduler)
+    assert len(chunks[0].tokens) == 12 and chunks[0].completes_prefill
+
+
+def test_status_follows_each_transition() -> None:
+    scheduler = Scheduler(max_batch=4)
+    seq = request(client(), "s")
+    scheduler.add(seq)
+    assert seq.status is Status.WAITING and not seq.done
+    step(scheduler)
+    assert seq.status is Status.RUNNING and scheduler.running == [seq]
+    assert scheduler.finish([seq]) == [seq]
+    assert seq.status is Status.FINISHED and seq.done and scheduler.running == []
+    assert scheduler.finish([seq]) == [] and scheduler.cancel([seq]) == []  # ended stays ended
+    assert seq.status is Status.FINISHED and not scheduler.has_work()
+
+
+def test_cancel_while_waiting_is_gone_at_once() -> None:
+    scheduler, (first, second) = started(1, "first", "second")
+    assert second.status is Status.WAITING
+    assert scheduler.cancel([second]) == [second]
+    assert second.status is Status.CANCELLED and list(scheduler.waiting) == []
+    assert scheduler.take_cancelled() == []  # it held no cache
+    assert names([c.seq for c in step(scheduler)]) == ["first"]
+
+
+def test_cancel_while_running_leaves_the_batch_and_hands_its_cache_over_once() -> None:
+    scheduler, (kept, cancelled) = started(4, "kept", "cancelled")
+    assert scheduler.is_steady([kept, cancelled])
+    assert scheduler.cancel([cancelled, cancelled]) == [cancelled]
+    assert cancelled.status is Status.CANCELLED and scheduler.running == [kept]
+    assert not scheduler.is_steady([kept, cancelled]) and not scheduler.is_steady([kept])
+    assert scheduler.finish([cancelled]) == []  # a step in flight ends: it stays cancelled
+    assert scheduler.take_cancelled() == [cancelled] and scheduler.take_cancelled() == []
+    assert scheduler.is_steady([kept])
+    assert names([c.seq for c in step(scheduler)]) == ["kept"]
+
+
+def test_finish_all_ends_everything_and_names_the_caches_held() -> None:
+    scheduler, seqs = started(2, "r0", "r1", "w0")
+    scheduler.cancel([seqs[1]])
+    ended, holding = scheduler.finish_all()
+    assert names(ended) == ["w0", "r0"] and names(holding) == ["r0", "r1"]
+    assert [seq.status for seq in seqs] == [Status.FINISHED, Status.CANCELLED, Status.FINISHED]
+    assert not scheduler.has_work()
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 8])
+def test_every_client_gets_its_share_of_any_batch(max_batch: int) -> None:
+    clients = [client() for _ in range(3)]
+    scheduler = Scheduler(max_batch=max_batch)
+    for i in range(10):
+        for n, sink in enumerate(clients):
+            scheduler.add(request(sink, f"c{n}-{i}"))
+    running = [c.seq for c in step(scheduler)]
+    counts = [sum(seq.sink is sink for seq in running) for sink in clients]
+    assert len(running) == max_batch and max(counts) - min(counts) <= 1

@@ -1,0 +1,144 @@
+"""The HF backend's slot table (``lmql_hf.slots.SlotTable``) over a real, tiny ``SlotCache`` on
+the CPU, without a model: which slot each sequence gets, cached prefixes taken over, running
+slots kept compact on release, and tokens appended from the device (pending) then confirmed.
+
+Every "computed" token is written into the cache as its own value (keys and values, every
+layer), so the cache can be read back: after every move the table describes, each slot's cache
+must still hold exactly the tokens the table says it holds."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lmql_hf.slot_cache import SlotCache  # noqa: E402
+from lmql_hf.slots import PENDING, SlotTable  # noqa: E402
+
+SLOTS = 5  # four for sequences, the last is scratch
+MAX_LEN = 16
+
+
+def make_table(reuse_prefixes: bool = True) -> SlotTable:
+    cache = SlotCache(layers=2, slots=SLOTS, kv_heads=1, max_len=MAX_LEN, head_dim=2,
+                      dtype=torch.float32, devices=[torch.device("cpu")] * 2)
+    return SlotTable(cache, reuse_prefixes=reuse_prefixes)
+
+
+def write(table: SlotTable, slot: int, start: int, tokens: list[int]) -> None:
+    """What a forward pass does to the cache: positions start.. of ``slot`` now hold ``tokens``."""
+    values = torch.tensor(tokens, dtype=torch.float32)[None, None, :, None]
+    for group in table.cache.groups:
+        group[:, slot, :, start : start + len(tokens)] = values
+
+
+def held(table: SlotTable, slot: int, length: int) -> list[int]:
+    return [int(v) for v in table.cache.groups[0][0, slot, 0, :length, 0]]
+
+
+def feed(table: SlotTable, seq_id: int, prompt: list[int], reuse: bool = True) -> tuple[int, int]:
+    """Admit a prompt and compute what the cache lacks of it, as the backend's forward does."""
+    slot, kept = table.admit(seq_id, prompt, reuse=reuse)
+    write(table, slot, kept, prompt[kept:])
+    table.append(seq_id, prompt[kept:])
+    return slot, kept
+
+
+def assert_cache_follows_table(table: SlotTable) -> None:
+    for index, slot in enumerate(table.slots):
+        known = [t for t in slot.tokens if t != PENDING]
+        if len(known) == len(slot.tokens):
+            assert held(table, index, len(slot.tokens)) == slot.tokens, f"slot {index}"
+
+
+def test_sequences_take_the_lowest_free_slots_and_the_scratch_slot_is_never_given() -> None:
+    table = make_table()
+    assert (table.capacity, table.scratch) == (SLOTS - 1, SLOTS - 1)
+    assert [feed(table, seq_id, [seq_id, 9])[0] for seq_id in (10, 11, 12, 13)] == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError, match="all 4 cache slots are in use"):
+        table.admit(14, [1, 2])
+    assert_cache_follows_table(table)
+
+
+def test_a_prompt_extending_a_finished_one_takes_its_slot_and_computes_only_the_rest() -> None:
+    table = make_table()
+    feed(table, 1, [5, 6, 7, 8])
+    table.release([1])
+    assert table.slots[0].tokens == [5, 6, 7, 8] and table.active == 0  # kept as a cached prefix
+    slot, kept = feed(table, 2, [5, 6, 7, 9, 10])
+    assert (slot, kept, table.reused_tokens) == (0, 3, 3)
+    assert table.slots[0].tokens == [5, 6, 7, 9, 10]
+    assert_cache_follows_table(table)
+
+
+def test_an_equal_prompt_still_computes_its_last_token_and_scoring_reuses_nothing() -> None:
+    table = make_table()
+    feed(table, 1, [5, 6, 7])
+    table.release([1])
+    assert feed(table, 2, [5, 6, 7])[1] == 2  # the last token's logits are the answer
+    table.release([2])
+    assert feed(table, 3, [5, 6, 7, 8], reuse=False)[1] == 0
+    assert_cache_follows_table(table)
+
+
+def test_without_prefix_reuse_a_released_slot_is_forgotten() -> None:
+    table = make_table(reuse_prefixes=False)
+    feed(table, 1, [5, 6, 7])
+    table.release([1])
+    assert table.slots[0].tokens == []
+    assert feed(table, 2, [5, 6, 7, 8])[1] == 0
+
+
+def test_a_new_prompt_moves_a_cached_prefix_aside_instead_of_overwriting_it() -> None:
+    table = make_table()
+    feed(table, 1, [5, 6, 7])
+    table.release([1])
+    feed(table, 2, [40, 41])  # no common prefix: slot 0's prefix goes to an empty slot
+    assert table.slot_of[2] == 0 and [5, 6, 7] in [s.tokens for s in table.slots[1:]]
+    assert_cache_follows_table(table)
+    table.release([2])
+    assert feed(table, 3, [5, 6, 7, 8])[1] == 3  # still reusable
+    assert_cache_follows_table(table)
+
+
+def test_release_moves_running_sequences_down_into_the_holes() -> None:
+    table = make_table()
+    for seq_id in (1, 2, 3, 4):
+        feed(table, seq_id, [seq_id * 10, seq_id * 10 + 1])
+    table.release([1, 3])
+    assert sorted(table.slot_of.values()) == [0, 1]  # compact: one contiguous range
+    assert table.slot_of[2] == 1 and table.slot_of[4] in (0, 1)
+    assert table.slots[table.slot_of[4]].tokens == [40, 41]
+    assert_cache_follows_table(table)
+    before = dict(table.slot_of)
+    feed(table, 5, [50])
+    table.release([5])  # the highest slot ended: nothing moves
+    assert table.slot_of == before
+    assert_cache_follows_table(table)
+
+
+def test_pending_tokens_match_no_prompt_until_confirmed() -> None:
+    table = make_table()
+    feed(table, 1, [5, 6])
+    feed(table, 2, [7, 8])
+    table.append_pending([1, 2])
+    assert table.slots[0].tokens == [5, 6, PENDING] and table.length(1) == 3
+    table.confirm([1, 2], [30, 31])
+    assert table.slots[0].tokens == [5, 6, 30] and table.slots[1].tokens == [7, 8, 31]
+    assert table.pending == {}
+    write(table, 0, 2, [30])
+    write(table, 1, 2, [31])
+    table.release([1])
+    assert feed(table, 3, [5, 6, 30, 4])[1] == 3  # the confirmed token is reused as a prefix
+    assert_cache_follows_table(table)
+
+
+def test_a_confirmation_for_a_released_sequence_is_dropped() -> None:
+    table = make_table()
+    feed(table, 1, [5, 6])
+    table.append_pending([1])
+    table.release([1])
+    assert table.pending == {}
+    table.confirm([1], [30])  # arrives after the release: nothing to write, nothing breaks
+    assert table.slots[0].tokens == [5, 6, PENDING]
+    assert feed(table, 2, [5, 6, 30, 9])[1] == 2  # the token never confirmed matches nothing
