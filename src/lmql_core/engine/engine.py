@@ -167,7 +167,7 @@ class Engine:
 
     def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep | None:
         started = time.perf_counter()
-        inputs = [StepInput(c.seq.seq_id, c.tokens, all_logits=c.seq.kind is Kind.SCORE) for c in chunks]
+        inputs = [self._step_input(c) for c in chunks]
         try:
             output = self.backend.forward(inputs)
             for c in chunks:
@@ -189,6 +189,13 @@ class Engine:
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scoring, started, headroom)
+
+    def _step_input(self, chunk: ScheduledChunk) -> StepInput:
+        seq = chunk.seq
+        if seq.kind is not Kind.SCORE:
+            return StepInput(seq.seq_id, chunk.tokens)
+        # a SCORE runs whole from its first token: only the logits from the prompt's last on are read
+        return StepInput(seq.seq_id, chunk.tokens, all_logits=True, logits_from=max(0, len(seq.prompt) - 1))
 
     def _end_failed_rows(self, seqs: list[Sequence], errors: dict[int, str]) -> None:
         """End the sequences whose rows the backend reported failed (``StepOutput.errors``)."""
@@ -252,9 +259,11 @@ class Engine:
             return None
 
     def _scored_rows(self, seq: Sequence, output: Any) -> Any:
-        # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt
-        start = len(seq.prompt) - 1
-        return output.all_logits[seq.seq_id][start : start + len(seq.scored)]
+        # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt.
+        # The rows are those of the last tokens fed (all of them, or from StepInput.logits_from on).
+        rows = output.all_logits[seq.seq_id]
+        start = len(seq.prompt) - 1 - (seq.length - len(rows))
+        return rows[start : start + len(seq.scored)]
 
     def _collect(self, step: LaunchedStep,
                  chained: LaunchedStep | None = None) -> dict[Sink, list[TokenEvent]]:

@@ -11,6 +11,7 @@ from typing import Any
 OPTIONS: dict[str, tuple[Any, str]] = {
     "max_batch": (64, "most streams decoded together (more wait in the queue)"),
     "max_seq_len": (2048, "longest prompt + generation per stream (capped by the model)"),
+    "prefill_tokens": (8192, "most prompt tokens in one packed pass (a longer step runs in parts)"),
     "cuda_graphs": (True, "replay decode steps from CUDA graphs (single GPU)"),
     "reuse_prefixes": (True, "reuse finished streams' KV caches for prompts extending them"),
     "cache_memory_fraction": (0.5, "share of free GPU memory given to the KV cache"),
