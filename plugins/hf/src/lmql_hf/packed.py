@@ -127,7 +127,9 @@ def install(model: Any) -> bool:
 
 def _needs_more_than_causal(config: Any) -> bool:
     text = getattr(config, "get_text_config", lambda: config)()
-    if getattr(text, "attn_logit_softcapping", None) is not None or getattr(text, "use_sliding_window", False):
+    if getattr(text, "attn_logit_softcapping", None) is not None:
+        return True
+    if getattr(text, "use_sliding_window", False):
         return True
     layer_types = getattr(text, "layer_types", None) or []
     return any(kind != "full_attention" for kind in layer_types)
