@@ -76,6 +76,8 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     """transformers' attention signature: query (batch, heads, tokens, dim); returns
     (batch, tokens, heads, dim). A packed pass has one row of queries and the whole cache as keys."""
     if query.shape[0] == key.shape[0]:  # an ordinary pass: rows and their slots
+        if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
+            return _one_query_grouped(query, key, value, attention_mask, scaling)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -92,6 +94,17 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         attended = _attend(q, k, v, repeat, scaling, g.start)
         out[0, g.offset : g.offset + g.count * n] = attended.transpose(1, 2).reshape(g.count * n, heads, dim)
     return out, None
+
+
+def _one_query_grouped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       mask: torch.Tensor | None, scale: float | None) -> tuple[torch.Tensor, None]:
+    """A decode step of grouped-query attention: each key/value head's query heads attend as one
+    head's rows, so the cache is read once rather than copied once per query head (some
+    transformers releases repeat it). ``mask``: (rows, 1, 1, keys), shared by all heads."""
+    rows, heads, _, dim = query.shape
+    grouped = query.reshape(rows, key.shape[1], heads // key.shape[1], dim)
+    out = functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scale)
+    return out.reshape(rows, 1, heads, dim), None
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeat: int, scale: float | None,
