@@ -80,33 +80,41 @@ def kernels(backend: HFBackend) -> None:
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
 
 
-def engine_run(engine: Engine, count: int, length: int, new_tokens: int, vocab: int) -> str:
-    first: dict[int, float] = {}
+def engine_run(engine: Engine, count: int, length: int, new_tokens: int, vocab: int,
+               stagger_ms: float = 0.0) -> str:
+    arrivals: dict[int, list[float]] = {}
     done = threading.Semaphore(0)
 
     def sink(events: list) -> None:  # noqa: ANN001
         now = time.perf_counter()
         for e in events:
-            first.setdefault(e.stream_id, now)
+            arrivals.setdefault(e.stream_id, []).append(now)
             if e.finish_reason is not None or e.error:
                 done.release()
 
     params = SamplingParams(max_tokens=new_tokens, top_logprobs=1, logit_bias={0: -100.0})
     seqs = [Sequence(next(_ids), p, params, sink) for p in fresh(count, length, vocab)]
     began = time.perf_counter()
+    sent = {}
     for seq in seqs:
+        sent[seq.stream_id] = time.perf_counter()
         engine.submit(seq)
+        time.sleep(stagger_ms / 1000)
     for _ in seqs:
         done.acquire()
     seconds = time.perf_counter() - began
-    ttft = statistics.median(first[s.stream_id] - began for s in seqs) * 1000
-    return f"{count * new_tokens / seconds:.0f} tok/s, TTFT median {ttft:.1f} ms"
+    ttft = statistics.median(arrivals[s.stream_id][0] - sent[s.stream_id] for s in seqs) * 1000
+    gaps = sorted(b - a for s in seqs for a, b in zip(arrivals[s.stream_id], arrivals[s.stream_id][1:],
+                                                      strict=False))
+    p99 = gaps[int(0.99 * (len(gaps) - 1))] * 1000 if gaps else 0.0
+    return f"{count * new_tokens / seconds:.0f} tok/s, TTFT median {ttft:.1f} ms, ITL p99 {p99:.1f} ms"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default="gpt2,qwen3")
     parser.add_argument("--kernels", action="store_true")
+    parser.add_argument("--token-budgets", default="2048,8192", help="the engine's, one run each")
     parser.add_argument("--option", action="append", default=[], help="backend option NAME=VALUE")
     args = parser.parse_args()
     models = {"gpt2": (build_gpt2, GPT2_DIR, "float16", 512),
@@ -118,18 +126,22 @@ def main() -> None:
         began = time.perf_counter()
         backend = HFBackend(str(path), cuda=True, dtype=dtype, **options)
         print(f"{name}: loaded and warmed in {time.perf_counter() - began:.1f} s, options {options}")
-        engine = Engine(backend)
-        for run in ("first", "again"):
-            one = engine_run(engine, 1, 16, 32, backend.vocab_size)
-            print(f"  engine, 1 x 16 prompt, 32 new, {run}: {one}")
-        for run in ("first", "again"):
-            print(f"  engine, 64 x {length} prompts, 128 new, {run}: "
-                  f"{engine_run(engine, 64, length, 128, backend.vocab_size)}")
-        engine.stop()
+        for budget in args.token_budgets.split(","):
+            engine = Engine(backend, token_budget=int(budget))
+            print(f"  token budget {budget}:")
+            for run in ("first", "again"):
+                one = engine_run(engine, 1, 16, 32, backend.vocab_size)
+                print(f"    1 x 16 prompt, 32 new, {run}: {one}")
+            for run in ("first", "again"):
+                print(f"    64 x {length} prompts, 128 new, {run}: "
+                      f"{engine_run(engine, 64, length, 128, backend.vocab_size)}")
+            print(f"    32 x {length} prompts 5 ms apart, 128 new: "
+                  f"{engine_run(engine, 32, length, 128, backend.vocab_size, stagger_ms=5)}")
+            engine.stop()
         step_times(backend)
         if args.kernels:
             kernels(backend)
-        del engine, backend
+        del backend
         torch.cuda.empty_cache()
 
 

@@ -163,3 +163,12 @@ def test_big_vocabulary_chunked_prompts_beside_decode_rows(big_vocab_path: str) 
     got = greedy_in_steps(backend, batch, arrivals=[0, 1, 1], chunk=128, new_tokens=4)
     assert got == [greedy_with_transformers(reference, p, 4) for p in batch]
 
+
+
+def test_warm_up_leaves_nothing_behind_and_decoding_unchanged(tiny_path: str, tiny_reference: Any) -> None:
+    backend = HFBackend(tiny_path, warm_up=True)  # on CPU too, when asked
+    assert backend.table.active == 0
+    assert all(not slot.tokens for slot in backend.table.slots)  # no made-up prefix is reused
+    batch = prompts(3, [20, 64, 5], backend.vocab_size, seed=7)
+    got = greedy_in_steps(backend, batch, arrivals=[0, 1, 1], chunk=32, new_tokens=4)
+    assert got == [greedy_with_transformers(tiny_reference, p, 4) for p in batch]

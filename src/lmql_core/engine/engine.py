@@ -61,7 +61,10 @@ NOTHING_TO_CHOOSE = ("no token can be chosen: every token has probability 0 "
 
 
 class Engine:
-    def __init__(self, backend: Backend, *, max_batch: int = 64, token_budget: int = 2048,
+    # token_budget: prompt tokens a step feeds. 8192 rather than 2048: on one H100 a packed pass of
+    # 2048 tokens is bound by the host's launches (gpt2-medium: 16 ms on the host, 4.5 on the GPU),
+    # so fewer, larger steps cut the TTFT of a burst of long prompts (benchmarks/RESULTS.md, #19)
+    def __init__(self, backend: Backend, *, max_batch: int = 64, token_budget: int = 8192,
                  seed: int = 0) -> None:
         self.backend = backend
         limit = min(max_batch, backend.max_batch or max_batch)

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import TorchOps
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import fused, hub, loading, packed
+from lmql_hf import fused, hub, loading, packed, warm_up
 from lmql_hf.graphs import DecodeGraphs, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
 from lmql_hf.slot_cache import SlotCache
@@ -81,7 +81,7 @@ class HFBackend(Backend):
         self.max_batch = min(int(self.options["max_batch"]), self.table.capacity)
         self.lengths = length_buckets(self.max_context)
         self.graphs = self._decode_graphs()
-        if self.device.type == "cuda" and self.packs:
+        if _auto(self.options["warm_up"], self.device.type == "cuda") and self.packs:
             self._warm_up()
         # queue decode steps from device-side tokens: pays where the device runs behind the host
         self.chains_steps = _auto(self.options["chain_steps"], self.graphs is not None)
@@ -239,11 +239,13 @@ class HFBackend(Backend):
         return out.logits[0] if self._keeps_logits else out.logits[0, keep.to(out.logits.device)]
 
     def _warm_up(self) -> None:
-        """Packed passes at the sizes serving hits (fresh and continued chunks, one and many
-        logits), so no request waits for kernels to load or matrix algorithms to be chosen."""
+        """Serve a small made-up workload before "Ready", so no request waits for kernels to load
+        or matrix algorithms to be chosen: packed passes of every size up to a step's (fresh and
+        continued chunks, one and many logits), decode rows beside prompts, chained steps, and the
+        engine's sampling and scoring. It leaves the cache as it found it."""
         began = time.perf_counter()
         count = min(3, self.table.capacity)
-        with console.status("Warming up the prefill..."):
+        with console.status("Warming up..."):
             size = 16
             while size <= min(self.prefill_tokens, self.max_context):
                 n = size // count
@@ -251,8 +253,11 @@ class HFBackend(Backend):
                 rows.append(([0] * n, count - 1, min(n, self.max_context - n), 0 if size <= 1024 else n - 1))
                 self._packed_logits(packed.pack(rows))
                 size *= 2
-            torch.cuda.synchronize(self.device)
-        console.print(f"Prefill warmed up in {time.perf_counter() - began:.1f} s")
+            warm_up.serve(self)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        self.table.forget_prefixes()
+        console.print(f"Warmed up in {time.perf_counter() - began:.1f} s")
 
     def _eager(self, rows: list[Row]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         low = min(r.slot for r in rows)

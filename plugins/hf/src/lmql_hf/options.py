@@ -12,6 +12,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "max_batch": (64, "most streams decoded together (more wait in the queue)"),
     "max_seq_len": (2048, "longest prompt + generation per stream (capped by the model)"),
     "prefill_tokens": (8192, "most prompt tokens in one packed pass (a longer step runs in parts)"),
+    "warm_up": (None, "run a made-up workload before Ready: no request loads kernels (default: with CUDA)"),
     "cuda_graphs": (True, "replay decode steps from CUDA graphs (single GPU)"),
     "reuse_prefixes": (True, "reuse finished streams' KV caches for prompts extending them"),
     "cache_memory_fraction": (0.5, "share of free GPU memory given to the KV cache"),
