@@ -8,9 +8,12 @@ from lmql_core.backend import StepInput
 from lmql_core.engine.sampling import collect_scoring, launch_scoring, sample_batch
 from lmql_core.engine.sequence import SamplingParams
 
-# the kinds of sampling requests make: greedy with log-probs and a bias, and sampled
-PARAMS = (SamplingParams(max_tokens=8, top_logprobs=1, logit_bias={0: -100.0}),
-          SamplingParams(max_tokens=8, temperature=0.8, top_k=40, top_p=0.9, top_logprobs=5))
+
+def sampling_kinds() -> tuple[SamplingParams, ...]:
+    """What requests ask for: greedy with log-probs and a bias, and sampled. New objects for each
+    warm-up: the sampler keeps the bias it builds on them, sized for one model's vocabulary."""
+    return (SamplingParams(max_tokens=8, top_logprobs=1, logit_bias={0: -100.0}),
+            SamplingParams(max_tokens=8, temperature=0.8, top_k=40, top_p=0.9, top_logprobs=5))
 
 
 def serve(backend: Any) -> None:
@@ -22,10 +25,10 @@ def serve(backend: Any) -> None:
         ids = [-1 - i for i in range(rows)]
         prompt = [1] * min(48, backend.max_context // 4)
         out = backend.forward([StepInput(ids[0], prompt)])
-        for params in PARAMS:
+        for params in sampling_kinds():
             sample_batch(backend.ops, out.last_logits, [params], 0)
         out = backend.forward([StepInput(ids[0], [2])] + [StepInput(i, prompt) for i in ids[1:]])
-        for params in PARAMS:
+        for params in sampling_kinds():
             samples = sample_batch(backend.ops, out.last_logits, [params] * rows, 0)
         out = backend.forward([StepInput(i, [3]) for i in ids])
         if backend.chains_steps:
