@@ -172,3 +172,11 @@ def test_warm_up_leaves_nothing_behind_and_decoding_unchanged(tiny_path: str, ti
     batch = prompts(3, [20, 64, 5], backend.vocab_size, seed=7)
     got = greedy_in_steps(backend, batch, arrivals=[0, 1, 1], chunk=32, new_tokens=4)
     assert got == [greedy_with_transformers(tiny_reference, p, 4) for p in batch]
+
+
+def test_warm_ups_of_models_with_different_vocabularies_in_one_process(tiny_path: str, small_gpt2: str) -> None:
+    """The warm-up's sampling requests are new for each model (the sampler keeps a bias sized for
+    one vocabulary on them: a second model once failed to load)."""
+    for path in (tiny_path, small_gpt2, tiny_path):
+        backend = HFBackend(path, warm_up=True)
+        assert backend.table.active == 0
