@@ -53,9 +53,24 @@ _current = threading.local()  # the packed pass in progress on this thread: its 
 def packed_pass(segments: list[Segment]) -> Iterator[None]:
     _current.groups = group(segments)
     try:
-        yield
+        with _without_cudnn():
+            yield
     finally:
         _current.groups = None
+
+
+@contextmanager
+def _without_cudnn() -> Iterator[None]:
+    """Chunks come in ever new shapes (count, length, start), and cuDNN's attention builds a plan
+    for each new shape on its first call (tens to hundreds of ms): a request would wait for that
+    after "Ready". Flash and memory-efficient attention need no such plans."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no cuDNN attention either
+        yield
+        return
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
 
 
 def group(segments: list[Segment]) -> list[Group]:
