@@ -74,6 +74,7 @@ class HFBackend(Backend):
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.packs = packed.install(self.model)
         self._keeps_logits = "logits_to_keep" in params  # the head runs on chosen positions only
+        self._head_device = self.model.get_output_embeddings().weight.device
         self.prefill_tokens = int(self.options["prefill_tokens"])
         self.cache = self._allocate_cache()
         self._set_cpu_threads()
@@ -224,8 +225,10 @@ class HFBackend(Backend):
 
     def _packed_logits(self, batch: packed.PackedRows) -> torch.Tensor:
         """Logits of shape (len(batch.keep), vocab): the output head runs on those positions only."""
-        ids, positions, slots, keep = (self.ops.to_device(torch.from_numpy(a), self.device)
-                                       for a in (batch.ids, batch.positions, batch.slots, batch.keep))
+        ids, positions, slots = (self.ops.to_device(torch.from_numpy(a), self.device)
+                                 for a in (batch.ids, batch.positions, batch.slots))
+        # where the last hidden states are (the last layer's device, when layers are spread)
+        keep = self.ops.to_device(torch.from_numpy(batch.keep), self._head_device)
         ids, positions, slots = ids.view(1, -1), positions.view(1, -1), slots.view(1, -1)
         self.cache.bind(slots, positions, slice(0, self.cache.slots), self.max_context)
         kwargs: dict[str, Any] = {self._cache_kwarg: self.cache}
@@ -236,7 +239,7 @@ class HFBackend(Backend):
         with packed.packed_pass(batch.segments):
             out = self.model(input_ids=ids, position_ids=positions, attention_mask=unused_mask,
                              use_cache=True, **kwargs)
-        return out.logits[0] if self._keeps_logits else out.logits[0, keep.to(out.logits.device)]
+        return out.logits[0] if self._keeps_logits else out.logits[0, keep]
 
     def _warm_up(self) -> None:
         """Serve a small made-up workload before "Ready", so no request waits for kernels to load
