@@ -74,7 +74,10 @@ class HFBackend(Backend):
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.packs = packed.install(self.model)
         self._keeps_logits = "logits_to_keep" in params  # the head runs on chosen positions only
-        self._head_device = self.model.get_output_embeddings().weight.device
+        # the kept positions' index: where the last hidden states are, or (layers spread over
+        # devices, which accelerate moves between) on the host, which indexing any device accepts
+        spread = len(loading.devices_of(self.model)) > 1
+        self._keep_device = torch.device("cpu") if spread else self.device
         self.prefill_tokens = int(self.options["prefill_tokens"])
         self.cache = self._allocate_cache()
         self._set_cpu_threads()
@@ -227,8 +230,7 @@ class HFBackend(Backend):
         """Logits of shape (len(batch.keep), vocab): the output head runs on those positions only."""
         ids, positions, slots = (self.ops.to_device(torch.from_numpy(a), self.device)
                                  for a in (batch.ids, batch.positions, batch.slots))
-        # where the last hidden states are (the last layer's device, when layers are spread)
-        keep = self.ops.to_device(torch.from_numpy(batch.keep), self._head_device)
+        keep = self.ops.to_device(torch.from_numpy(batch.keep), self._keep_device)
         ids, positions, slots = ids.view(1, -1), positions.view(1, -1), slots.view(1, -1)
         self.cache.bind(slots, positions, slice(0, self.cache.slots), self.max_context)
         kwargs: dict[str, Any] = {self._cache_kwarg: self.cache}
