@@ -22,13 +22,16 @@ class StepInput:
     seq_id: int
     tokens: list[int]
     all_logits: bool = False  # logits for every appended token (scoring), not only the last
+    # with ``all_logits``: the engine reads only the logits of ``tokens[logits_from:]``; a backend
+    # may return just those rows (shape (len(tokens) - logits_from, vocab)) or all of them
+    logits_from: int = 0
 
 
 @dataclass
 class StepOutput:
     """``last_logits``: shape (batch, vocab), one row per input in order.
     ``all_logits``: for every input that asked (``StepInput.all_logits``), seq_id -> shape
-    (len(tokens), vocab).
+    (len(tokens), vocab), or (len(tokens) - logits_from, vocab): the rows of the last tokens.
     ``errors``: seq_id -> message, for inputs that failed on their own (a bad token, say): the
     engine ends only those streams, with the message; their rows of ``last_logits`` are ignored
     (fill them with anything). An exception raised by ``forward`` fails the whole batch."""

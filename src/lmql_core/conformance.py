@@ -118,13 +118,16 @@ class Observer:
         for item in batch:
             if not item.all_logits or item.seq_id in output.errors:
                 continue
+            n = len(item.tokens)
             rows = output.all_logits.get(item.seq_id)
             if rows is None:
                 self._problem("forward ignored StepInput.all_logits: an input that asked for every "
                               "token's logits (a SCORE) got no StepOutput.all_logits[seq_id]")
-            elif tuple(rows.shape) != (len(item.tokens), vocab):
+            elif tuple(rows.shape) not in {(n, vocab), (n - item.logits_from, vocab)}:
                 self._problem(f"forward returned all_logits of shape {tuple(rows.shape)} for "
-                              f"{len(item.tokens)} tokens; expected ({len(item.tokens)}, vocab_size={vocab})")
+                              f"{len(item.tokens)} tokens; expected ({len(item.tokens)}, vocab_size={vocab}) "
+                              f"or, from StepInput.logits_from={item.logits_from} on, "
+                              f"({len(item.tokens) - item.logits_from}, vocab_size={vocab})")
 
     def _problem(self, message: str) -> None:
         with self._lock:

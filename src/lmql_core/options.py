@@ -63,7 +63,7 @@ class Option:
 # own: split off before the factory is called (a backend that declares one gets it too).
 ENGINE_OPTIONS = {
     "max_batch": Option(int, 64, "most sequences stepped together (the backend's own limit may be lower)"),
-    "token_budget": Option(int, 2048, "prompt tokens prefilled per step; longer prompts take several"),
+    "token_budget": Option(int, 8192, "prompt tokens prefilled per step; longer prompts take several"),
 }
 
 

@@ -62,7 +62,10 @@ NOTHING_TO_CHOOSE = ("no token can be chosen: every token has probability 0 "
 
 
 class Engine:
-    def __init__(self, backend: Backend, *, max_batch: int = 64, token_budget: int = 2048,
+    # token_budget: prompt tokens a step feeds. 8192 rather than 2048: on one H100 a packed pass of
+    # 2048 tokens is bound by the host's launches (gpt2-medium: 16 ms on the host, 4.5 on the GPU),
+    # so fewer, larger steps cut the TTFT of a burst of long prompts (benchmarks/RESULTS.md, #19)
+    def __init__(self, backend: Backend, *, max_batch: int = 64, token_budget: int = 8192,
                  seed: int = 0) -> None:
         self.backend = backend
         limit = min(max_batch, backend.max_batch or max_batch)
@@ -165,7 +168,7 @@ class Engine:
 
     def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep | None:
         started = time.perf_counter()
-        inputs = [StepInput(c.seq.seq_id, c.tokens, all_logits=c.seq.kind is Kind.SCORE) for c in chunks]
+        inputs = [self._step_input(c) for c in chunks]
         try:
             output = self.backend.forward(inputs)
             for c in chunks:
@@ -185,6 +188,13 @@ class Engine:
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scoring, started, headroom)
+
+    def _step_input(self, chunk: ScheduledChunk) -> StepInput:
+        seq = chunk.seq
+        if seq.kind is not Kind.SCORE:
+            return StepInput(seq.seq_id, chunk.tokens)
+        # a SCORE runs whole from its first token: only the logits from the prompt's last on are read
+        return StepInput(seq.seq_id, chunk.tokens, all_logits=True, logits_from=max(0, len(seq.prompt) - 1))
 
     def _end_failed_rows(self, seqs: list[Sequence], errors: dict[int, str]) -> None:
         """End the sequences whose rows the backend reported failed (``StepOutput.errors``)."""
@@ -247,9 +257,11 @@ class Engine:
             return None
 
     def _scored_rows(self, seq: Sequence, output: Any) -> Any:
-        # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt
-        start = len(seq.prompt) - 1
-        return output.all_logits[seq.seq_id][start : start + len(seq.scored)]
+        # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt.
+        # The rows are those of the last tokens fed (all of them, or from StepInput.logits_from on).
+        rows = output.all_logits[seq.seq_id]
+        start = len(seq.prompt) - 1 - (seq.length - len(rows))
+        return rows[start : start + len(seq.scored)]
 
     def _collect(self, step: LaunchedStep,
                  chained: LaunchedStep | None = None) -> dict[Sink, list[TokenEvent]]:

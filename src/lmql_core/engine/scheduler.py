@@ -95,7 +95,7 @@ class FairQueue:
 
 
 class Scheduler:
-    def __init__(self, max_batch: int = 64, token_budget: int = 2048) -> None:
+    def __init__(self, max_batch: int = 64, token_budget: int = 8192) -> None:
         self.max_batch = max_batch
         self.token_budget = token_budget
         self.waiting = FairQueue()

@@ -1,14 +1,19 @@
 """The HF backend: a ``transformers`` causal LM stepping many sequences over a slot KV cache.
 
-Every forward pass runs over a range of cache slots with per-row positions (``SlotCache``), so
-prompts of new streams and single decode tokens of running ones share passes, finished prompts
-are reused as prefixes (``SlotTable``), and on CUDA pure decode steps replay CUDA graphs.
+Every sequence lives in a cache slot (``SlotCache``) and finished prompts are reused as prefixes
+(``SlotTable``). A step's single decode tokens run together, replayed from CUDA graphs on a GPU;
+its prompt chunks run packed into one row without padding (``packed``), and the output head
+sees only the positions whose logits are read: each chunk's last token, and for a SCORE its
+tokens from ``StepInput.logits_from`` on (``StepOutput.all_logits`` then holds just those rows).
+So a long prompt never materializes (tokens x vocabulary) logits. Models whose attention cannot
+be packed (not SDPA, softcapping, sliding windows) run steps padded to the widest chunk.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ from transformers import AutoModelForCausalLM
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.engine.array_ops import TorchOps
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import fused, hub, loading
+from lmql_hf import fused, hub, loading, packed, warm_up
 from lmql_hf.graphs import DecodeGraphs, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
 from lmql_hf.slot_cache import SlotCache
@@ -67,12 +72,21 @@ class HFBackend(Backend):
         # transformers 5.x renamed `past_key_values` to `cache`
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.packs = packed.install(self.model)
+        self._keeps_logits = "logits_to_keep" in params  # the head runs on chosen positions only
+        # the kept positions' index: where the last hidden states are, or (layers spread over
+        # devices, which accelerate moves between) on the host, which indexing any device accepts
+        spread = len(loading.devices_of(self.model)) > 1
+        self._keep_device = torch.device("cpu") if spread else self.device
+        self.prefill_tokens = int(self.options["prefill_tokens"])
         self.cache = self._allocate_cache()
         self._set_cpu_threads()
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
         self.max_batch = min(int(self.options["max_batch"]), self.table.capacity)
         self.lengths = length_buckets(self.max_context)
         self.graphs = self._decode_graphs()
+        if _auto(self.options["warm_up"], self.device.type == "cuda") and self.packs:
+            self._warm_up()
         # queue decode steps from device-side tokens: pays where the device runs behind the host
         self.chains_steps = _auto(self.options["chain_steps"], self.graphs is not None)
 
@@ -131,11 +145,13 @@ class HFBackend(Backend):
     @torch.inference_mode()
     def forward(self, batch: list[StepInput]) -> StepOutput:
         rows = [self._row(item) for item in batch]
+        every: dict[int, Any] = {}
         if self.graphs and self._is_plain_decode(rows):
             by_slot = sorted(rows, key=lambda r: r.slot)
             last = self.graphs.run([r.tokens[0] for r in by_slot], [r.start for r in by_slot])
             last = self._in_order([r.slot for r in rows], last)
-            every: dict[int, Any] = {}
+        elif self.packs:
+            last, every = self._mixed(rows)
         else:
             last, every = self._eager(rows)
         for row in rows:
@@ -146,11 +162,106 @@ class HFBackend(Backend):
         if item.seq_id in self.table.slot_of:
             return Row(item, self.table.slot_of[item.seq_id], self.table.length(item.seq_id), item.tokens)
         assert len(item.tokens) <= self.max_context, "the session admits no prompt beyond the context"
-        slot, kept = self.table.admit(item.seq_id, item.tokens, reuse=not item.all_logits)
+        # a cached prefix serves a SCORE up to the first token whose logits it reads
+        matched = item.tokens[: item.logits_from + 1] if item.all_logits else item.tokens
+        slot, kept = self.table.admit(item.seq_id, matched)
         return Row(item, slot, kept, item.tokens[kept:])
 
     def _is_plain_decode(self, rows: list[Row]) -> bool:
         return all(len(r.tokens) == 1 for r in rows) and {r.slot for r in rows} == set(range(len(rows)))
+
+    def _mixed(self, rows: list[Row]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Single decode tokens together (from a graph where one fits), prompt chunks packed
+        (in parts of at most ``prefill_tokens``); float32 last logits in the batch's order."""
+        decode = [i for i, r in enumerate(rows) if len(r.tokens) == 1 and not r.item.all_logits]
+        taken = set(decode)
+        parts: list[tuple[list[int], torch.Tensor]] = []
+        if decode:
+            parts.append((decode, self._decode_rows([rows[i] for i in decode])))
+        every: dict[int, torch.Tensor] = {}
+        for part in self._prefill_parts([i for i in range(len(rows)) if i not in taken], rows):
+            last, part_every = self._packed_pass([rows[i] for i in part])
+            parts.append((part, last))
+            every.update(part_every)
+        device = parts[0][1].device
+        out = torch.empty((len(rows), self.vocab_size), dtype=torch.float32, device=device)
+        for indices, logits in parts:
+            out[self.ops.tensor(indices, device)] = logits.to(device, torch.float32)
+        return out, every
+
+    def _prefill_parts(self, indices: list[int], rows: list[Row]) -> list[list[int]]:
+        parts: list[list[int]] = []
+        size = 0
+        for i in indices:
+            n = len(rows[i].tokens)
+            if not parts or size + n > self.prefill_tokens:
+                parts.append([])
+                size = 0
+            parts[-1].append(i)
+            size += n
+        return parts
+
+    def _decode_rows(self, rows: list[Row]) -> torch.Tensor:
+        tokens, positions, slots = ([r.tokens[0] for r in rows], [r.start for r in rows],
+                                    [r.slot for r in rows])
+        if self.graphs and self.graphs.fits(slots, positions):
+            return self.graphs.run_scattered(tokens, positions, slots)
+        return self._eager(rows)[0]  # one token each: nothing is padded
+
+    def _packed_pass(self, rows: list[Row]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        batch = packed.pack([(r.tokens, r.slot, r.start, self._logits_from(r)) for r in rows])
+        logits = self._packed_logits(batch)
+        last = logits[self.ops.tensor([end - 1 for _, end in batch.kept_of], logits.device)]
+        every = {r.item.seq_id: logits[start:end]
+                 for r, (start, end) in zip(rows, batch.kept_of, strict=True) if r.item.all_logits}
+        return last, every
+
+    @staticmethod
+    def _logits_from(row: Row) -> int:
+        """The first of ``row.tokens`` whose logits are read: the last, or for a SCORE the one at
+        ``StepInput.logits_from`` (a cached prefix never reaches past it; see ``_row``)."""
+        last = len(row.tokens) - 1
+        if not row.item.all_logits:
+            return last
+        return min(last, max(0, row.item.logits_from - (len(row.item.tokens) - len(row.tokens))))
+
+    def _packed_logits(self, batch: packed.PackedRows) -> torch.Tensor:
+        """Logits of shape (len(batch.keep), vocab): the output head runs on those positions only."""
+        ids, positions, slots = (self.ops.to_device(torch.from_numpy(a), self.device)
+                                 for a in (batch.ids, batch.positions, batch.slots))
+        keep = self.ops.to_device(torch.from_numpy(batch.keep), self._keep_device)
+        ids, positions, slots = ids.view(1, -1), positions.view(1, -1), slots.view(1, -1)
+        self.cache.bind(slots, positions, slice(0, self.cache.slots), self.max_context)
+        kwargs: dict[str, Any] = {self._cache_kwarg: self.cache}
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        # a 4D mask is taken as given: none is built (attention is per chunk, see packed.py)
+        unused_mask = torch.zeros((1, 1, 1, 1), dtype=self.model.dtype, device=self.device)
+        with packed.packed_pass(batch.segments):
+            out = self.model(input_ids=ids, position_ids=positions, attention_mask=unused_mask,
+                             use_cache=True, **kwargs)
+        return out.logits[0] if self._keeps_logits else out.logits[0, keep]
+
+    def _warm_up(self) -> None:
+        """Serve a small made-up workload before "Ready", so no request waits for kernels to load
+        or matrix algorithms to be chosen: packed passes of every size up to a step's (fresh and
+        continued chunks, one and many logits), decode rows beside prompts, chained steps, and the
+        engine's sampling and scoring. It leaves the cache as it found it."""
+        began = time.perf_counter()
+        count = min(3, self.table.capacity)
+        with console.status("Warming up..."):
+            size = 16
+            while size <= min(self.prefill_tokens, self.max_context):
+                n = size // count
+                rows = [([0] * n, slot, 0, n - 1) for slot in range(count - 1)]
+                rows.append(([0] * n, count - 1, min(n, self.max_context - n), 0 if size <= 1024 else n - 1))
+                self._packed_logits(packed.pack(rows))
+                size *= 2
+            warm_up.serve(self)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        self.table.forget_prefixes()
+        console.print(f"Warmed up in {time.perf_counter() - began:.1f} s")
 
     def _eager(self, rows: list[Row]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         low = min(r.slot for r in rows)

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmql_core.engine.array_ops import TorchOps
+
+_OPS = TorchOps()  # row numbers reach the GPU without waiting for the work queued there
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)
 
 
@@ -51,8 +54,10 @@ class Staging:
         self.turn = 0
         self._views: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray]] = {}
 
-    def copy(self, into: torch.Tensor, ids: list[int] | None, positions: list[int], scratch: int) -> None:
-        """``into``: a graph's (3, batch) inputs; rows past ``len(positions)`` are padding."""
+    def copy(self, into: torch.Tensor, ids: list[int] | None, positions: list[int], scratch: int,
+             slots: list[int] | None = None) -> None:
+        """``into``: a graph's (3, batch) inputs; rows past ``len(positions)`` are padding. Row i
+        writes slot i, or ``slots[i]`` where given (the scratch slot for a padding row)."""
         turn, self.turn = self.turn, (self.turn + 1) % self.DEPTH
         if self.in_use[turn]:
             self.copied[turn].synchronize()
@@ -60,7 +65,7 @@ class Staging:
         pinned, host = self._view(turn, batch)
         host[0, :rows] = ids if ids is not None else 0
         host[1, :rows] = positions
-        host[2, :rows] = self.slot_numbers[:rows]
+        host[2, :rows] = self.slot_numbers[:rows] if slots is None else slots
         host[:2, rows:] = 0
         host[2, rows:] = scratch
         into.copy_(pinned, non_blocking=True)
@@ -94,8 +99,10 @@ class DecodeGraphs:
             for length in self.lengths:
                 self._capture(batch, length)
 
-    def run(self, tokens: list[int] | torch.Tensor, positions: list[int]) -> torch.Tensor:
-        """Rows are slots 0..len(positions)-1; returns float32 logits of shape (rows, vocab)."""
+    def run(self, tokens: list[int] | torch.Tensor, positions: list[int],
+            slots: list[int] | None = None) -> torch.Tensor:
+        """Rows are slots 0..len(positions)-1; returns float32 logits of shape (rows, vocab).
+        ``slots``: the slot each row writes, where some rows are padding (see ``run_scattered``)."""
         rows = len(positions)
         batch = next(b for b in self.batches if b >= rows)
         length = next(n for n in self.lengths if n > max(positions))
@@ -104,10 +111,25 @@ class DecodeGraphs:
             self.staging.copy(graph.inputs, None, positions, self.scratch)
             (graph.inputs[0] if rows == batch else graph.inputs[0, :rows]).copy_(tokens)
         else:
-            self.staging.copy(graph.inputs, tokens, positions, self.scratch)
+            self.staging.copy(graph.inputs, tokens, positions, self.scratch, slots)
         graph.graph.replay()
         assert graph.logits is not None
         return graph.logits if rows == batch else graph.logits[:rows]
+
+    def fits(self, slots: list[int], positions: list[int]) -> bool:
+        return max(slots) < self.batches[-1] and max(positions) < self.lengths[-1]
+
+    def run_scattered(self, tokens: list[int], positions: list[int], slots: list[int]) -> torch.Tensor:
+        """One token for each of ``slots`` (any of 0..max batch-1; the other rows up to the
+        highest are padding, as when prompt chunks share the step): float32 logits, in order."""
+        width = max(slots) + 1
+        ids, at, writes = [0] * width, [0] * width, [self.scratch] * width
+        for token, position, slot in zip(tokens, positions, slots, strict=True):
+            ids[slot], at[slot], writes[slot] = token, position, slot
+        logits = self.run(ids, at, writes)
+        if slots == list(range(width)):
+            return logits
+        return logits[_OPS.tensor(slots, self.device)]
 
     def _capture(self, batch: int, length: int) -> DecodeGraph:
         graph = DecodeGraph(batch, length, self.device)

@@ -137,6 +137,12 @@ class SlotTable:
                 if seq_id is not None:
                     self.slot_of[seq_id] = index
 
+    def forget_prefixes(self) -> None:
+        """Drop every cached prefix (the slots of running sequences stay)."""
+        for slot in self.slots:
+            if slot.seq_id is None:
+                slot.tokens = []
+
     def length(self, seq_id: int) -> int:
         return len(self.slots[self.slot_of[seq_id]].tokens)
 

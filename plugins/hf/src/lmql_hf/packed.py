@@ -1,0 +1,198 @@
+"""Prompt chunks packed into one row: no padding, attention per sequence against its own slot.
+
+A step's prompt chunks run as one (1, T) pass: every token of every chunk side by side, so the
+projections, MLPs and the output head see only real tokens, however the chunks' lengths differ.
+Only attention needs to know where a chunk ends: the model runs with the attention function
+registered here (``ATTENTION``), which treats a pass as packed when the keys it gets are the
+slot cache's whole buffers (``SlotCache`` returns those for a packed pass) and then attends each
+chunk's queries to its own slot, from position 0 to its last token, causally. Chunks of equal
+length and start in neighbouring slots (a burst of new prompts) attend in one batched call.
+Any other pass (decode steps, the CUDA graphs) goes to transformers' SDPA function unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+ATTENTION = "lmql_packed"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One sequence's chunk in the packed row."""
+
+    offset: int  # index of its first token in the row
+    length: int  # tokens computed now
+    slot: int  # its cache slot
+    start: int  # position of its first token (tokens before it are in the slot already)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Segments attended in one call: equal length and start, neighbouring offsets and slots."""
+
+    offset: int
+    length: int
+    slot: int
+    start: int
+    count: int
+
+
+_current = threading.local()  # the packed pass in progress on this thread: its groups
+
+
+@contextmanager
+def packed_pass(segments: list[Segment]) -> Iterator[None]:
+    _current.groups = group(segments)
+    try:
+        with _without_cudnn():
+            yield
+    finally:
+        _current.groups = None
+
+
+@contextmanager
+def _without_cudnn() -> Iterator[None]:
+    """Chunks come in ever new shapes (count, length, start), and cuDNN's attention builds a plan
+    for each new shape on its first call (tens to hundreds of ms): a request would wait for that
+    after "Ready". Flash and memory-efficient attention need no such plans."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no cuDNN attention either
+        yield
+        return
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
+
+
+def group(segments: list[Segment]) -> list[Group]:
+    groups: list[Group] = []
+    for s in segments:
+        last = groups[-1] if groups else None
+        if (last is not None and (last.length, last.start) == (s.length, s.start)
+                and s.offset == last.offset + last.count * last.length and s.slot == last.slot + last.count):
+            groups[-1] = Group(last.offset, last.length, last.slot, last.start, last.count + 1)
+        else:
+            groups.append(Group(s.offset, s.length, s.slot, s.start, 1))
+    return groups
+
+
+def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' attention signature: query (batch, heads, tokens, dim); returns
+    (batch, tokens, heads, dim). A packed pass has one row of queries and the whole cache as keys."""
+    if query.shape[0] == key.shape[0]:  # an ordinary pass: rows and their slots
+        if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
+            return _one_query_grouped(query, key, value, attention_mask, scaling)
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    groups: list[Group] = _current.groups
+    heads, dim = query.shape[1], query.shape[3]
+    out = query.new_empty((1, query.shape[2], heads, dim))
+    repeat = heads // key.shape[1]
+    for g in groups:
+        n, end = g.length, g.start + g.length
+        # (count, heads, n, dim): a view of the packed queries
+        q = query[0, :, g.offset : g.offset + g.count * n].view(heads, g.count, n, dim).transpose(0, 1)
+        k, v = key[g.slot : g.slot + g.count, :, :end], value[g.slot : g.slot + g.count, :, :end]
+        attended = _attend(q, k, v, repeat, scaling, g.start)
+        out[0, g.offset : g.offset + g.count * n] = attended.transpose(1, 2).reshape(g.count * n, heads, dim)
+    return out, None
+
+
+def _one_query_grouped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       mask: torch.Tensor | None, scale: float | None) -> tuple[torch.Tensor, None]:
+    """A decode step of grouped-query attention: each key/value head's query heads attend as one
+    head's rows, so the cache is read once rather than copied once per query head (some
+    transformers releases repeat it). ``mask``: (rows, 1, 1, keys), shared by all heads."""
+    rows, heads, _, dim = query.shape
+    grouped = query.reshape(rows, key.shape[1], heads // key.shape[1], dim)
+    out = functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scale)
+    return out.reshape(rows, 1, heads, dim), None
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeat: int, scale: float | None,
+            start: int) -> torch.Tensor:
+    """Causal attention of n queries at positions start.. to keys 0..start+n-1."""
+    if repeat > 1:  # grouped-query attention
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+    if start == 0:
+        return functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    from torch.nn.attention.bias import causal_lower_right
+
+    mask = causal_lower_right(q.shape[2], k.shape[2])
+    return functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def install(model: Any) -> bool:
+    """Route ``model``'s attention through ``packed_attention``; False where it cannot be
+    (another attention than SDPA was chosen, softcapping or sliding windows, old transformers)."""
+    config = model.config
+    if getattr(config, "_attn_implementation", None) != "sdpa" or _needs_more_than_causal(config):
+        return False
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(ATTENTION, packed_attention)
+        AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+        model.set_attn_implementation(ATTENTION)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return False
+    return getattr(config, "_attn_implementation", None) == ATTENTION
+
+
+def _needs_more_than_causal(config: Any) -> bool:
+    text = getattr(config, "get_text_config", lambda: config)()
+    if getattr(text, "attn_logit_softcapping", None) is not None:
+        return True
+    if getattr(text, "use_sliding_window", False):
+        return True
+    layer_types = getattr(text, "layer_types", None) or []
+    return any(kind != "full_attention" for kind in layer_types)
+
+
+@dataclass
+class PackedRows:
+    """The inputs of one packed pass, built on the host (numpy: one upload per array)."""
+
+    ids: np.ndarray  # (T,)
+    positions: np.ndarray  # (T,)
+    slots: np.ndarray  # (T,)
+    segments: list[Segment]  # in packing order
+    keep: np.ndarray  # indices into the row whose logits are computed
+    kept_of: list[tuple[int, int]]  # per input row, in the caller's order: its span of ``keep``
+
+
+def pack(rows: list[tuple[list[int], int, int, int]]) -> PackedRows:
+    """``rows``: (tokens, slot, start, logits_from) each; a row needs logits for its tokens from
+    ``logits_from`` on (its last token only: ``len(tokens) - 1``). Rows are packed by (start,
+    length, slot), so a burst of new equal-length prompts attends in one call."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][2], len(rows[i][0]), rows[i][1]))
+    total = sum(len(tokens) for tokens, *_ in rows)
+    ids, positions, slots = (np.empty(total, dtype=np.int64) for _ in range(3))
+    segments, keep_parts, spans = [], [], [(0, 0)] * len(rows)
+    offset = kept = 0
+    for i in order:
+        tokens, slot, start, logits_from = rows[i]
+        n = len(tokens)
+        ids[offset : offset + n] = tokens
+        positions[offset : offset + n] = np.arange(start, start + n)
+        slots[offset : offset + n] = slot
+        segments.append(Segment(offset, n, slot, start))
+        keep_parts.append(np.arange(offset + logits_from, offset + n))
+        spans[i] = (kept, kept + n - logits_from)
+        kept += n - logits_from
+        offset += n
+    return PackedRows(ids, positions, slots, segments, np.concatenate(keep_parts), spans)

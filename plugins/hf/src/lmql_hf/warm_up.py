@@ -1,0 +1,42 @@
+"""A made-up serving workload for the backend's warm-up (see ``HFBackend._warm_up``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmql_core.backend import StepInput
+from lmql_core.engine.sampling import collect_scoring, launch_scoring, sample_batch
+from lmql_core.engine.sequence import SamplingParams
+
+
+def sampling_kinds() -> tuple[SamplingParams, ...]:
+    """What requests ask for: greedy with log-probs and a bias, and sampled. New objects for each
+    warm-up: the sampler keeps the bias it builds on them, sized for one model's vocabulary."""
+    return (SamplingParams(max_tokens=8, top_logprobs=1, logit_bias={0: -100.0}),
+            SamplingParams(max_tokens=8, temperature=0.8, top_k=40, top_p=0.9, top_logprobs=5))
+
+
+def serve(backend: Any) -> None:
+    """Sequences of negative ids (the engine's are positive) join while others decode, in batches
+    of one and of the most the backend holds, chained and not; then one is scored."""
+    if backend.max_context < 128:
+        return
+    for rows in sorted({1, min(backend.max_batch, 64)}):
+        ids = [-1 - i for i in range(rows)]
+        prompt = [1] * min(48, backend.max_context // 4)
+        out = backend.forward([StepInput(ids[0], prompt)])
+        for params in sampling_kinds():
+            sample_batch(backend.ops, out.last_logits, [params], 0)
+        out = backend.forward([StepInput(ids[0], [2])] + [StepInput(i, prompt) for i in ids[1:]])
+        for params in sampling_kinds():
+            samples = sample_batch(backend.ops, out.last_logits, [params] * rows, 0)
+        out = backend.forward([StepInput(i, [3]) for i in ids])
+        if backend.chains_steps:
+            launched = backend.forward_sampled(ids, backend.ops.tensor(samples.tokens, backend.device))
+            if launched is not None:
+                backend.confirm(ids, samples.tokens)
+        backend.release_all(ids)
+    scored = StepInput(-1000, [1] * 40, all_logits=True, logits_from=30)
+    logits = backend.forward([scored]).all_logits[scored.seq_id]
+    collect_scoring(backend.ops, launch_scoring(backend.ops, logits[:-1], [1] * (len(logits) - 1)))
+    backend.release_all([scored.seq_id])
