@@ -85,10 +85,10 @@ class HFBackend(Backend):
         self.max_batch = min(int(self.options["max_batch"]), self.table.capacity)
         self.lengths = length_buckets(self.max_context)
         self.graphs = self._decode_graphs()
-        if _auto(self.options["warm_up"], self.device.type == "cuda") and self.packs:
-            self._warm_up()
         # queue decode steps from device-side tokens: pays where the device runs behind the host
         self.chains_steps = _auto(self.options["chain_steps"], self.graphs is not None)
+        if _auto(self.options["warm_up"], self.device.type == "cuda") and self.packs:
+            self._warm_up()
 
     # --- setup ------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from lmql_core.options import Option
 OPTIONS: dict[str, Option] = {
     "max_batch": Option(int, 64, "most streams decoded together (more wait in the queue)"),
     "max_seq_len": Option(int, 2048, "longest prompt + generation per stream (capped by the model)"),
-    "prefill_tokens": Option(int, 8192, "most prompt tokens in one packed pass (a longer step runs in parts)"),
+    "prefill_tokens": Option(int, 8192,
+                             "most prompt tokens in one packed pass (a longer step runs in parts)"),
     "warm_up": Option(bool | None, None,
                       "run a made-up workload before Ready: no request loads kernels (default: with CUDA)"),
     "cuda_graphs": Option(bool, True, "replay decode steps from CUDA graphs (single GPU)"),
