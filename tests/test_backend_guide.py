@@ -63,6 +63,26 @@ def test_the_readme_backend_serves_generates_and_scores(tmp_path: Path) -> None:
     assert [e["logprob"] for e in scored] == pytest.approx([5.0 - total, 0.0 - total], abs=1e-4)
 
 
+def test_the_readme_backend_serves_text_with_the_tokenizer_it_registered(tmp_path: Path) -> None:
+    """The server tokenizes with register(..., tokenizer=next_byte_tokenizer): text mode works, and a
+    client without the plugin gets that tokenizer from the server (TOKENIZER)."""
+    import lmql
+
+    server = Server("mine:anything", env=with_plugin(tmp_path))
+    try:
+        texts = asyncio.run(request(server.endpoint, "GENERATE", {
+            "model": "mine:anything", "text": "ab", "max_tokens": 3, "temperature": 0}))
+        llm = lmql.model("mine:anything", endpoint=server.endpoint)
+        generated = llm.generate_sync("ab", max_tokens=3)
+        encoded = llm.tokenizer.encode("é")
+    finally:
+        assert server.stop() == 0, server.output()
+    assert [e["token"] for e in texts] == [99, 100, 101]
+    assert "".join(e["text"] for e in texts) == "cde"
+    assert generated == "cde"
+    assert encoded == list("é".encode())  # the UTF-8 bytes: the README's tokenizer, not one found here
+
+
 def test_the_readme_error_for_an_unknown_option_is_the_one_printed(tmp_path: Path) -> None:
     printed = re.search(r"is one\s+line, `(Error: .*?)`", (ROOT / "README.md").read_text(), re.S)
     assert printed, "the README's example error is missing"

@@ -16,7 +16,7 @@ import pytest
 
 import lmql
 from lmql_core.errors import ModelLoadError, ServerError
-from tests.conftest import Server
+from tests.conftest import RawClient, Server
 
 pytest.importorskip("lmql_example_backend", reason="pip install ./tests/plugin_example")
 
@@ -129,3 +129,34 @@ def test_the_backends_own_tokenizer_comes_before_the_loaders(tmp_path: Path) -> 
     llm = lmql.model(f"local:counting:{tmp_path}")
     assert llm.tokenizer.encode("ab") == [97, 98]
     assert llm.generate_sync("a", max_tokens=3) == "bcd"
+
+
+def test_local_models_offer_the_registered_tokenizer() -> None:
+    """The in-process server tokenizes with register(..., tokenizer=) when the backend has no
+    tokenizer.json of its own: text mode and TOKENIZER are offered, as over a socket."""
+    info = lmql.model("local:counting:offered").model_info_sync()["model_info"]
+    assert info["extensions"] == {"tokenizer": "bytes-256-None", "text": True, "cancel": True}
+
+
+def test_text_mode_without_a_tokenizer_is_an_error_and_the_server_lives_on() -> None:
+    server = Server("counting:no-tokenizer")
+
+    async def scenario() -> tuple[list[dict], list[dict], list[dict]]:
+        async with RawClient(server.endpoint) as c:
+            await c.send("GENERATE", {"model": "counting:no-tokenizer", "stream_id": 1, "text": "hi"})
+            text = await c.stream(1)
+            await c.send("TOKENIZER", {"model": "counting:no-tokenizer", "stream_id": 2})
+            offer = await c.stream(2)
+            await c.send("GENERATE", {"model": "counting:no-tokenizer", "stream_id": 3, "prompt": [97],
+                                      "max_tokens": 2, "temperature": 0})
+            return text, offer, await c.stream(3)
+
+    try:
+        [text], [offer], tokens = asyncio.run(scenario())
+        info = lmql.model("counting:no-tokenizer", endpoint=server.endpoint).model_info_sync()["model_info"]
+    finally:
+        assert server.stop() == 0, server.output()
+    assert "text mode needs the model's tokenizer" in text["error"]
+    assert "no tokenizer to send for 'counting:no-tokenizer'" in offer["error"]
+    assert [e["token"] for e in tokens] == [98, 99]
+    assert info["extensions"] == {"tokenizer": None, "text": False, "cancel": True}

@@ -108,16 +108,6 @@ def test_text_mode_scores_equal_token_scores(tiny_server: Server) -> None:
     assert [e["logprob"] for e in entries] == pytest.approx(expected, abs=1e-5)
 
 
-def test_text_mode_without_a_server_tokenizer_is_an_error(random_server: Server) -> None:
-    async def scenario() -> list[dict]:
-        async with RawClient(random_server.endpoint) as c:
-            await c.send("GENERATE", {"model": "random", "stream_id": 1, "text": "hi"})
-            return await c.stream(1)
-
-    [entry] = asyncio.run(scenario())
-    assert "text mode needs the model's tokenizer" in entry["error"]
-
-
 def test_tokenizer_command_answers(tiny_server: Server) -> None:
     async def scenario() -> tuple:
         async with RawClient(tiny_server.endpoint) as c:

@@ -56,20 +56,25 @@ def check_backend(factory: Callable[..., Any] | str, model: str = "conformance",
         factory, tokenizer = spec.factory, tokenizer or spec.tokenizer
     observer = Observer()
     make = factory
-    loaded = _load(lambda *args, **kwargs: observer.attach(make(*args, **kwargs)), model, loader_kwargs)
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        return observer.attach(make(*args, **kwargs))
+
+    loaded = _load(observed, model, tokenizer, loader_kwargs)
     host = ModelHost()
     host.add(loaded)
     try:
         outcome = run_sync(_Suite(loaded, host, observer, tolerance).run(failing_prompt))
-        outcome["tokenizer"] = check_tokenizers(loaded, tokenizer)
+        outcome["tokenizer"] = check_tokenizers(loaded)
         return outcome
     finally:
         host.close()
 
 
-def _load(factory: Callable[..., Any], model: str, loader_kwargs: dict[str, Any]) -> LoadedModel:
+def _load(factory: Callable[..., Any], model: str, tokenizer: Callable[..., Any] | None,
+          loader_kwargs: dict[str, Any]) -> LoadedModel:
     try:
-        return load_with(factory, ModelId(model, BACKEND_NAME), **loader_kwargs)
+        return load_with(factory, ModelId(model, BACKEND_NAME), tokenizer_loader=tokenizer, **loader_kwargs)
     except LMQLError as error:
         raise ConformanceError(f"contract: {error}") from error
 
@@ -306,10 +311,10 @@ class _Suite:
                                    f"release_all was not called, or the wrapped methods were bypassed)")
 
 
-def check_tokenizers(loaded: LoadedModel, registered: Callable[..., Any] | None) -> str:
+def check_tokenizers(loaded: LoadedModel) -> str:
     """"passed", or "skipped: ..." when the backend brings no tokenizer; ConformanceError else."""
-    found = [("the registered tokenizer", _registered(registered, loaded.model_id.model)),
-             ("tokenizer_json()", loaded.tokenizer)]
+    found = [("the registered tokenizer", _registered(loaded.tokenizer_loader, loaded.model_id.model)),
+             ("tokenizer_json()", loaded.own_tokenizer())]
     found = [(where, tokenizer) for where, tokenizer in found if tokenizer is not None]
     if not found:
         return "skipped: the backend brings no tokenizer (register(..., tokenizer=) or tokenizer_json())"

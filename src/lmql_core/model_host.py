@@ -15,7 +15,7 @@ from lmql_core.engine.engine import Engine
 from lmql_core.errors import LMQLError, ModelLoadError, RequestError, shown
 from lmql_core.identifiers import ModelId, parse_model_id
 from lmql_core.options import format_kwargs
-from lmql_core.tokenizer import JsonTokenizer
+from lmql_core.tokenizer import JsonTokenizer, Tokenizer, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,20 @@ class LoadedModel:
     backend: Backend
     engine: Engine
     loader_kwargs: dict[str, Any]
+    # ``tokenizer(model, tokenizer=None)``: what the backend's plugin gave ``register(..., tokenizer=)``
+    tokenizer_loader: Callable[..., Any] | None = None
 
     @cached_property
-    def tokenizer(self) -> JsonTokenizer | None:
-        """The model's own tokenizer, when the backend can tell it: sent to clients that ask
-        (TOKENIZER) and used for requests in text mode."""
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer, used for requests in text mode and sent to clients that ask
+        (TOKENIZER): the backend's own ``tokenizer_json()``, else the one its plugin registered
+        (``register(..., tokenizer=...)``), else None (clients then bring their own)."""
+        return self.own_tokenizer() or self.registered_tokenizer()
+
+    def own_tokenizer(self) -> Tokenizer | None:
         try:
             content = self.backend.tokenizer_json()
-        except Exception:  # the model serves fine without: clients then bring their own
+        except Exception:  # the model serves fine without: the registered one, or the client's
             log.exception("could not read the tokenizer of %s", self.model_id.served_name)
             return None
         if content is None:
@@ -42,11 +48,27 @@ class LoadedModel:
                                         "bos_token_id": self.backend.bos_token_id,
                                         "eos_token_id": self.backend.eos_token_id})
 
+    def registered_tokenizer(self) -> Tokenizer | None:
+        """The plugin's ``tokenizer(model, tokenizer=...)``, given the ``tokenizer=`` the model was
+        loaded with (``local:``), if any."""
+        if self.tokenizer_loader is None:
+            return None
+        requested = self.loader_kwargs.get("tokenizer")
+        try:
+            found: Tokenizer | None = self.tokenizer_loader(
+                self.model_id.model, tokenizer=requested if isinstance(requested, str) else None)
+        except Exception:  # as with the backend's own: the model still serves token ids
+            log.exception("the tokenizer registered for %s failed", self.model_id.served_name)
+            return None
+        return found
+
     def extensions(self) -> dict[str, Any]:
-        """LMTP extensions this model supports, advertised in MODEL_INFO (LMQL 0.7 ignores them)."""
+        """LMTP extensions this model supports, advertised in MODEL_INFO (LMQL 0.7 ignores them):
+        the fingerprint of a tokenizer it can send (TOKENIZER), text mode, CANCEL."""
         tokenizer = self.tokenizer
-        return {"tokenizer": tokenizer.fingerprint() if tokenizer else None, "text": tokenizer is not None,
-                "cancel": True}
+        sendable = tokenizer is not None and spec_of(tokenizer) is not None
+        return {"tokenizer": tokenizer.fingerprint() if tokenizer and sendable else None,
+                "text": tokenizer is not None, "cancel": True}
 
     def info(self) -> dict[str, Any]:
         spec = plugins.backend_for_name(self.model_id.backend)
@@ -67,15 +89,16 @@ class LoadedModel:
 
 def load_model(model_id: ModelId, *, cuda: bool = False, dtype: str | None = None,
                engine_options: dict[str, Any] | None = None, **loader_kwargs: Any) -> LoadedModel:
-    factory = plugins.backend_for_name(model_id.backend).factory
-    return load_with(factory, model_id, cuda=cuda, dtype=dtype, engine_options=engine_options,
-                     **loader_kwargs)
+    spec = plugins.backend_for_name(model_id.backend)
+    return load_with(spec.factory, model_id, cuda=cuda, dtype=dtype, engine_options=engine_options,
+                     tokenizer_loader=spec.tokenizer, **loader_kwargs)
 
 
 def load_with(factory: Callable[..., Backend], model_id: ModelId, *, cuda: bool = False,
               dtype: str | None = None, engine_options: dict[str, Any] | None = None,
-              **loader_kwargs: Any) -> LoadedModel:
-    """Call a backend's factory as the server does, check the contract and start its engine."""
+              tokenizer_loader: Callable[..., Any] | None = None, **loader_kwargs: Any) -> LoadedModel:
+    """Call a backend's factory as the server does, check the contract and start its engine;
+    ``tokenizer_loader``: the function its plugin gave ``register(..., tokenizer=)``."""
     try:
         backend = factory(model_id.model, cuda=cuda, dtype=dtype, **loader_kwargs)
     except LMQLError:
@@ -91,7 +114,7 @@ def load_with(factory: Callable[..., Backend], model_id: ModelId, *, cuda: bool 
         raise ModelLoadError(f"the backend '{model_id.backend}' ({type(backend).__name__}) does not set "
                              f"what every backend must: {'; '.join(problems)}")
     kwargs = dict(loader_kwargs, cuda=cuda, dtype=dtype)
-    return LoadedModel(model_id, backend, Engine(backend, **(engine_options or {})), kwargs)
+    return LoadedModel(model_id, backend, Engine(backend, **(engine_options or {})), kwargs, tokenizer_loader)
 
 
 def _one_line(text: str, limit: int = 400) -> str:

@@ -80,7 +80,7 @@ class BytesTokenizer:
     def __init__(self, vocab_size: int = 50257, eos_token_id: int | None = 50256) -> None:
         self.vocab_size = vocab_size
         self.eos_token_id = eos_token_id
-        self.bos_token_id = None
+        self.bos_token_id: int | None = None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(text.encode("utf-8"))
@@ -99,6 +99,26 @@ class BytesTokenizer:
 
     def fingerprint(self) -> str:
         return f"bytes-{self.vocab_size}-{self.eos_token_id}"
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": BYTES_KIND, "vocab_size": self.vocab_size, "bos_token_id": None,
+                "eos_token_id": self.eos_token_id, "fingerprint": self.fingerprint()}
+
+
+BYTES_KIND = "bytes"
+SENDABLE = (JsonTokenizer, BytesTokenizer)  # the tokenizers a client can rebuild from their spec()
+
+
+def spec_of(tokenizer: Tokenizer) -> dict[str, Any] | None:
+    """What a server sends (TOKENIZER) for ``tokenizer``, or None for one a client cannot rebuild."""
+    return tokenizer.spec() if isinstance(tokenizer, SENDABLE) else None
+
+
+def from_spec(spec: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a server sent: ``{"tokenizer_json", ...}`` or ``{"kind": "bytes", ...}``."""
+    if spec.get("kind") == BYTES_KIND:
+        return BytesTokenizer(int(spec["vocab_size"]), spec.get("eos_token_id"))
+    return JsonTokenizer.from_spec(spec)
 
 
 class IncrementalDecoder:

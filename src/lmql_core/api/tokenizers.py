@@ -19,7 +19,7 @@ from typing import Any
 from lmql_core.errors import ConnectionLost, TokenizerMismatch
 from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client import LMTPClient
-from lmql_core.tokenizer import JsonTokenizer, Tokenizer, load_tokenizer
+from lmql_core.tokenizer import Tokenizer, from_spec, load_tokenizer
 
 
 def cache_dir() -> Path:
@@ -82,7 +82,7 @@ class TokenizerResolver:
 
     async def _fetch(self, fingerprint: str) -> Tokenizer:
         spec = await self.client.tokenizer(self.model_id.served_name)
-        tokenizer = JsonTokenizer.from_spec(spec)
+        tokenizer = from_spec(spec)
         if tokenizer.fingerprint() == fingerprint:
             _store(_cache_key(fingerprint, tokenizer.bos_token_id, tokenizer.eos_token_id), spec)
         return tokenizer
@@ -95,7 +95,7 @@ def _cache_key(fingerprint: str, bos: int | None, eos: int | None) -> str:
 def _from_cache(fingerprint: str, bos: int | None, eos: int | None) -> Tokenizer | None:
     path = cache_dir() / f"{_cache_key(fingerprint, bos, eos)}.json"
     try:
-        tokenizer = JsonTokenizer.from_spec(json.loads(path.read_text(encoding="utf-8")))
+        tokenizer = from_spec(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError):
         return None
     found = (tokenizer.fingerprint(), tokenizer.bos_token_id, tokenizer.eos_token_id)

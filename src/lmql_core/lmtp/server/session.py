@@ -16,7 +16,7 @@ from lmql_core.engine.sequence import Finish, Kind, SamplingParams, Sequence, To
 from lmql_core.errors import LMQLError, RequestError, shown
 from lmql_core.lmtp import wire
 from lmql_core.model_host import LoadedModel, ModelHost
-from lmql_core.tokenizer import IncrementalDecoder
+from lmql_core.tokenizer import IncrementalDecoder, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,10 @@ class Session:
 
     async def _tokenizer(self, stream_id: Any, body: dict[str, Any]) -> None:
         model = await self._model(body)
-        if model.tokenizer is None:
-            raise RequestError(f"the server has no tokenizer for '{model.model_id.served_name}'")
-        self._send("MSG", [{"stream_id": stream_id, "model": model.model_id.served_name,
-                            "tokenizer": model.tokenizer.spec()}])
+        spec = spec_of(model.tokenizer) if model.tokenizer is not None else None
+        if spec is None:
+            raise RequestError(f"the server has no tokenizer to send for '{model.model_id.served_name}'")
+        self._send("MSG", [{"stream_id": stream_id, "model": model.model_id.served_name, "tokenizer": spec}])
 
     async def _model_info(self, stream_id: Any, body: dict[str, Any]) -> None:
         model = await self._model(body)

@@ -5,6 +5,7 @@ Loader options that tests use to reach the corners of the backend contract:
 ``scores=False``: ignores ``StepInput.all_logits`` (a backend that cannot score);
 ``leave_out=NAME``: does not set the attribute NAME (a backend that breaks the contract);
 ``tokenizer=``: from ``lmql.model("local:...", tokenizer=...)``; only ``counting-bytes``, reported in ``info()``.
+The model ``no-tokenizer`` has no tokenizer (a backend whose models may lack one).
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class CountingBackend(Backend):
 
 
 def counting_tokenizer(model: str, tokenizer: str | None = None) -> BytesTokenizer | None:
-    """Bytes as token ids, for every model of this backend (None for a tokenizer it lacks)."""
-    return BytesTokenizer(VOCAB, None) if tokenizer in (None, "counting-bytes") else None
+    """Bytes as token ids, for every model of this backend but ``no-tokenizer`` (None for a
+    tokenizer it lacks)."""
+    known = tokenizer in (None, "counting-bytes") and model != "no-tokenizer"
+    return BytesTokenizer(VOCAB, None) if known else None
 
 
 # strict: the core refuses other keys (and values of other types) before the backend loads
