@@ -3,7 +3,7 @@ language (``@lmql.query``, ``lmql.run``, ``lmql.F``)."""
 
 from pathlib import Path as _Path
 
-from lmql_core import API_NAMES as _API_NAMES
+from lmql_core.api_names import API_NAMES as _API_NAMES
 from lmql_core.coexistence import check as _check_installation
 
 _check_installation(_Path(__file__).parent)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from lmql_core.api_names import API_NAMES
 
-# The public names of the API (``lmql_core.api``), listed once: ``lmql_core.api.__all__``, the
-# lazy attributes below and the ``lmql`` facade's names come from here.
-API_NAMES = ("LLM", "ScoringResult", "model", "serve", "generate", "generate_sync", "score",
-             "score_sync", "set_default_model")
+__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

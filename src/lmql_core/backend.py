@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from lmql_core.engine.array_ops import ArrayOps
+from lmql_core.array_ops import ArrayOps
 
 
 @dataclass

@@ -8,13 +8,9 @@ class LMQLError(Exception):
 
 
 class BackendNotInstalled(LMQLError):
-    def __init__(self, backend: str, distribution: str | None) -> None:
-        if distribution:
-            from lmql_core.plugins import install_hint
-
-            hint = f"install it with: {install_hint(distribution)}"
-        else:
-            hint = "see `lmql backends` for the installed ones"
+    def __init__(self, backend: str, distribution: str | None, install: str | None = None) -> None:
+        """``install``: the command that installs ``distribution`` (``plugins.install_hint``)."""
+        hint = f"install it with: {install}" if install else "see `lmql backends` for the installed ones"
         super().__init__(f"The backend '{backend}' is not installed; {hint}")
         self.backend = backend
         self.distribution = distribution

@@ -5,9 +5,9 @@
     from lmql_core.plugin import ChainedSteps, ReleasesTogether  # optional capabilities
 """
 
+from lmql_core.array_ops import NumpyOps, TorchOps
 from lmql_core.backend import Backend, ChainedSteps, ReleasesTogether, StepInput, StepOutput
 from lmql_core.conformance import ConformanceError, check_backend
-from lmql_core.engine.array_ops import NumpyOps, TorchOps
 from lmql_core.errors import LMQLError
 from lmql_core.hookspecs import hookimpl
 from lmql_core.options import Option, call_text

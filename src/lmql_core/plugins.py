@@ -13,6 +13,7 @@ from typing import Any
 import pluggy
 
 from lmql_core import hookspecs
+from lmql_core.errors import BackendNotInstalled
 from lmql_core.options import Extras, LoaderOptions, Option
 
 ENTRY_POINT_GROUP = "lmql"
@@ -133,11 +134,10 @@ def prefixes() -> dict[str, str]:
 
 
 def backend_for_name(name: str) -> BackendSpec:
-    from lmql_core.errors import BackendNotInstalled
-
     spec = registry().backends.get(name)
     if spec is None:
-        raise BackendNotInstalled(name, KNOWN_BACKENDS.get(name))
+        distribution = KNOWN_BACKENDS.get(name)
+        raise BackendNotInstalled(name, distribution, install_hint(distribution) if distribution else None)
     return spec
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from lmql_core import API_NAMES, plugins
+from lmql_core import plugins
 from lmql_core.api.llm import LLM
 from lmql_core.api.scoring import ScoringResult
+from lmql_core.api_names import API_NAMES
 from lmql_core.errors import LMQLError
 from lmql_core.identifiers import parse_model_id
 

@@ -38,12 +38,12 @@ from llama_cpp import Llama
 from llama_cpp import _internals as internals
 
 from lmql_core import plugins
+from lmql_core.array_ops import NumpyOps
 from lmql_core.backend import Backend, StepInput, StepOutput
-from lmql_core.engine.array_ops import NumpyOps
 from lmql_core.errors import LMQLError
 from lmql_core.options import call_text
 from lmql_llamacpp.gguf_vocab import tokenizer_json_from_gguf
-from lmql_llamacpp.plugin import llama_parameters
+from lmql_llamacpp.options import llama_parameters
 
 DEFAULT_N_CTX = 2048
 DEFAULT_SEQUENCES = 4

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from lmql_core.array_ops import NumpyOps
 from lmql_core.backend import Backend, StepInput, StepOutput
-from lmql_core.engine.array_ops import NumpyOps
 from lmql_core.hookspecs import hookimpl
 from lmql_core.options import Option
 from lmql_core.tokenizer import BytesTokenizer

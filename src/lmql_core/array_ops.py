@@ -1,0 +1,246 @@
+"""The few array operations sampling needs, for numpy and (lazily imported) torch logits.
+
+Sampling rules are written once in ``engine/sampling.py`` against this interface, so a backend whose
+logits live on a GPU samples there and only tokens and log-probs cross to the host, in one copy.
+It sits below both the backend interface (``Backend.ops``) and the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class ArrayOps(Protocol):
+    def prepare(self, logits: Any) -> Any: ...  # float32, 2-D
+    def bias_row(self, bias: dict[int, float], like: Any) -> Any: ...  # dense (vocab,) row
+    def stack(self, rows: list[Any]) -> Any: ...  # 1-D rows into one 2-D array
+    def floats(self, values: list[float], like: Any) -> Any: ...  # a float32 column where ``like`` is
+    def add_rows(self, x: Any, rows: list[int], values: Any) -> Any: ...  # x[rows[i]] += values[i]
+    def log_softmax(self, x: Any) -> Any: ...
+    def scale_rows(self, x: Any, factors: Any) -> Any: ...  # x[i] * factors[i] (from ``floats``)
+    def add_gumbel(self, x: Any, rows: list[int], seed: int) -> Any: ...
+    def argmax(self, x: Any) -> Any: ...
+    def take(self, x: Any, index: Any) -> Any: ...  # x[i, index[i]]; index: array or list
+    def topk(self, x: Any, k: int) -> tuple[Any, Any]: ...  # sorted, largest first
+    def start_host_copy(self, *arrays: Any) -> Any: ...  # queued transfers, one wait for all
+    def wait_host_copy(self, pending: Any) -> None: ...  # blocks until that transfer is done
+    def finish_host_copy(self, pending: Any) -> list[list[Any]]: ...  # waits, then the values
+    def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any: ...
+    def keep_top(self, x: Any, ks: list[int], ps: list[float]) -> Any: ...  # others become -inf
+
+
+class NumpyOps:
+    def prepare(self, logits: Any) -> np.ndarray:
+        return np.atleast_2d(np.asarray(logits, dtype=np.float32))
+
+    def bias_row(self, bias: dict[int, float], like: np.ndarray) -> np.ndarray:
+        row = np.zeros(like.shape[-1], dtype=np.float32)
+        row[list(bias)] = list(bias.values())
+        return row
+
+    def stack(self, rows: list[Any]) -> np.ndarray:
+        return np.stack(rows)
+
+    def floats(self, values: list[float], like: Any) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32)
+
+    def add_rows(self, x: np.ndarray, rows: list[int], values: np.ndarray) -> np.ndarray:
+        x = x.copy()
+        x[rows] += values
+        return x
+
+    def log_softmax(self, x: np.ndarray) -> np.ndarray:
+        shifted = x - x.max(axis=-1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+    def scale_rows(self, x: np.ndarray, factors: np.ndarray) -> np.ndarray:
+        return x * factors[:, None]
+
+    def add_gumbel(self, x: np.ndarray, rows: list[int], seed: int) -> np.ndarray:
+        x = x.copy()
+        rng = np.random.default_rng(seed)
+        x[rows] += rng.gumbel(size=(len(rows), x.shape[1])).astype(np.float32)
+        return x
+
+    def argmax(self, x: np.ndarray) -> np.ndarray:
+        return x.argmax(axis=-1)
+
+    def take(self, x: np.ndarray, index: Any) -> np.ndarray:
+        return np.take_along_axis(x, np.asarray(index)[:, None], axis=-1)[:, 0]
+
+    def topk(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` largest of each row, best first; among equal values the lowest id first
+        (as ``argmax``), so a greedy choice between tied tokens is always the same."""
+        k = min(k, x.shape[1])
+        if k == 1:
+            idx = x.argmax(axis=-1)[:, None]
+        else:
+            keys = np.where(np.isnan(x), -np.inf, x)  # NaN ranks last (the engine reports it)
+            threshold = -np.partition(-keys, k - 1, axis=-1)[:, k - 1 : k]
+            tied = keys == threshold
+            wanted = k - (keys > threshold).sum(axis=-1, keepdims=True)
+            chosen = (keys > threshold) | (tied & (np.cumsum(tied, axis=-1) <= wanted))
+            idx = np.nonzero(chosen)[1].reshape(len(x), k)  # exactly k a row, ascending ids
+        vals = np.take_along_axis(x, idx, axis=-1)
+        order = np.argsort(-vals, axis=-1, kind="stable")
+        return np.take_along_axis(vals, order, -1), np.take_along_axis(idx, order, -1)
+
+    def start_host_copy(self, *arrays: Any) -> Any:
+        return [np.asarray(a).tolist() for a in arrays]
+
+    def wait_host_copy(self, pending: Any) -> None:
+        pass
+
+    def finish_host_copy(self, pending: Any) -> list[list[Any]]:
+        return pending
+
+    def penalize(self, x: np.ndarray, row: int, tokens: list[int], penalty: float) -> np.ndarray:
+        x = x.copy()
+        seen = np.unique(np.asarray(tokens, dtype=np.int64))
+        values = x[row, seen]
+        x[row, seen] = np.where(values < 0, values * penalty, values / penalty)
+        return x
+
+    def keep_top(self, x: np.ndarray, ks: list[int], ps: list[float]) -> np.ndarray:
+        order = np.argsort(-x, axis=-1, kind="stable")
+        ranked = np.take_along_axis(x, order, -1)
+        ranks = np.arange(x.shape[1])[None, :]
+        outside_k = ranks >= np.asarray([k or x.shape[1] for k in ks])[:, None]
+        # top-p over what top-k left, renormalized (transformers' order of warpers)
+        probs = np.where(outside_k, 0.0, np.exp(ranked - ranked[:, :1]))
+        probs /= probs.sum(-1, keepdims=True)
+        before = np.cumsum(probs, -1) - probs  # probability of the tokens ranked above
+        drop = outside_k | (before >= np.asarray(ps, dtype=np.float32)[:, None])
+        out = x.copy()
+        np.put_along_axis(out, order, np.where(drop, -np.inf, ranked), -1)
+        return out
+
+
+class TorchOps:
+    """On a GPU nothing here waits for the device: small index tensors travel through pinned
+    memory, and results come back through ``start_host_copy``/``finish_host_copy``, so the host
+    can queue the next step while this one runs."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+
+    def tensor(self, values: Any, device: Any, dtype: Any = None) -> Any:
+        """A host list on ``device``, copied without waiting for the work queued there."""
+        return self.to_device(self.torch.tensor(values, dtype=dtype), device)
+
+    def to_device(self, host: Any, device: Any) -> Any:
+        """A host tensor on ``device``, copied without waiting for the work queued there."""
+        if self.torch.device(device).type != "cuda":
+            return host
+        return host.pin_memory().to(device, non_blocking=True)
+
+    def prepare(self, logits: Any) -> Any:
+        if logits.dtype is self.torch.float32 and logits.dim() == 2:  # as graphs return them
+            return logits
+        return logits.float().reshape(-1, logits.shape[-1])
+
+    def bias_row(self, bias: dict[int, float], like: Any) -> Any:
+        # built where it is used: only the entries travel, and the host does no vocabulary-wide
+        # work (on a busy host that work, and pinning it, cost 15 ms per stream: measured)
+        t = self.torch
+        row = t.zeros(like.shape[-1], dtype=t.float32, device=like.device)
+        index = self.tensor(list(bias), like.device, t.long)
+        row[index] = self.tensor(list(bias.values()), like.device, t.float32)
+        return row
+
+    def stack(self, rows: list[Any]) -> Any:
+        return rows[0][None] if len(rows) == 1 else self.torch.stack(rows)
+
+    def floats(self, values: list[float], like: Any) -> Any:
+        return self.tensor(values, like.device, self.torch.float32)
+
+    def add_rows(self, x: Any, rows: list[int], values: Any) -> Any:
+        if len(rows) == x.shape[0]:  # every row (rows are distinct and in order): no scatter
+            return x + values
+        x = x.clone()
+        x[self.tensor(rows, x.device)] += values
+        return x
+
+    def log_softmax(self, x: Any) -> Any:
+        return self.torch.log_softmax(x, dim=-1)
+
+    def scale_rows(self, x: Any, factors: Any) -> Any:
+        return x * factors[:, None]
+
+    def add_gumbel(self, x: Any, rows: list[int], seed: int) -> Any:
+        t = self.torch
+        gen = t.Generator(device=x.device).manual_seed(seed)
+        uniform = t.rand((len(rows), x.shape[1]), generator=gen, device=x.device)
+        noise = -t.log(-t.log(uniform.clamp_(min=1e-20)))
+        x = x.clone()
+        x[self.tensor(rows, x.device)] += noise
+        return x
+
+    def argmax(self, x: Any) -> Any:
+        return x.argmax(dim=-1)
+
+    def take(self, x: Any, index: Any) -> Any:
+        if isinstance(index, list):
+            index = self.tensor(index, x.device)
+        return x.gather(-1, index[:, None])[:, 0]
+
+    def topk(self, x: Any, k: int) -> tuple[Any, Any]:
+        """As ``NumpyOps.topk``: among equal values the lowest id first, without a host sync."""
+        t = self.torch
+        if k == 1:  # one reduction instead of a selection (LMQL clients mostly ask for one)
+            indices = x.argmax(dim=-1, keepdim=True)  # the first of equal maxima
+            return x.gather(-1, indices), indices
+        k = min(k, x.shape[1])
+        keys = t.nan_to_num(x, nan=float("-inf"))
+        threshold = keys.topk(k, dim=-1).values[:, -1:]
+        tied = keys == threshold
+        wanted = k - (keys > threshold).sum(dim=-1, keepdim=True)
+        chosen = (keys > threshold) | (tied & (tied.cumsum(dim=-1) <= wanted))
+        ids = t.arange(x.shape[1], device=x.device)
+        # the chosen ids, lowest first: rank them by how far from the end they are (no ties)
+        indices = t.where(chosen, x.shape[1] - ids, 0).topk(k, dim=-1).indices
+        values = x.gather(-1, indices)
+        order = (-values).sort(dim=-1, stable=True).indices
+        return values.gather(-1, order), indices.gather(-1, order)
+
+    def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any:
+        seen = self.tensor(sorted(set(tokens)), x.device)
+        values = x[row, seen]
+        x = x.clone()
+        x[row, seen] = self.torch.where(values < 0, values * penalty, values / penalty)
+        return x
+
+    def keep_top(self, x: Any, ks: list[int], ps: list[float]) -> Any:
+        t = self.torch
+        ranked, order = x.sort(dim=-1, descending=True)
+        ranks = t.arange(x.shape[1], device=x.device)[None, :]
+        outside_k = ranks >= self.tensor([k or x.shape[1] for k in ks], x.device)[:, None]
+        # top-p over what top-k left, renormalized (transformers' order of warpers)
+        probs = t.softmax(ranked.masked_fill(outside_k, float("-inf")), dim=-1)
+        before = probs.cumsum(-1) - probs  # probability of the tokens ranked above
+        drop = outside_k | (before >= self.tensor(ps, x.device, x.dtype)[:, None])
+        return x.scatter(-1, order, ranked.masked_fill(drop, float("-inf")))
+
+    def start_host_copy(self, *arrays: Any) -> Any:
+        # each array into pinned memory as it is (no casts, no concatenation: every call is a
+        # turn for the interpreter's lock), then one event for all of them
+        if not arrays[0].is_cuda:
+            return arrays, None
+        t = self.torch
+        hosts = tuple(t.empty(a.shape, dtype=a.dtype, pin_memory=True).copy_(a, non_blocking=True)
+                      for a in arrays)
+        done = t.cuda.Event()
+        done.record()
+        return hosts, done
+
+    def wait_host_copy(self, pending: Any) -> None:
+        if pending[1] is not None:
+            pending[1].synchronize()
+
+    def finish_host_copy(self, pending: Any) -> list[list[Any]]:
+        self.wait_host_copy(pending)
+        return [host.tolist() for host in pending[0]]
