@@ -6,30 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.compat.readme_backend import readme_backend, with_plugin
 from tests.conftest import ROOT, Server, run_lmql, the_error
-
-
-def readme_backend() -> str:
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(r"```python\n(# mine_backend\.py\n.*?)```", readme, re.S)
-    assert match, "the README's backend example is missing"
-    return match.group(1)
-
-
-def install_plugin(site: Path) -> None:
-    """What `pip install` of the plugin's project leaves: the module and its entry point."""
-    (site / "mine_backend.py").write_text(readme_backend())
-    info = site / "mine_backend-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mine-backend\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[lmql]\nmine = mine_backend\n")
 
 
 async def request(endpoint: str, command: str, payload: dict) -> list[dict]:
@@ -40,12 +24,6 @@ async def request(endpoint: str, command: str, payload: dict) -> list[dict]:
             message = await asyncio.wait_for(ws.receive(), 30)
             entries += json.loads(message.data.split(" ", 1)[1])
         return entries
-
-
-def with_plugin(site: Path) -> dict[str, str]:
-    """The environment of a process that has the README's plugin installed in ``site``."""
-    install_plugin(site)
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
 
 
 def test_the_readme_backend_serves_generates_and_scores(tmp_path: Path) -> None:
@@ -97,3 +75,17 @@ def test_the_readme_backend_passes_check_backend() -> None:
     exec(compile(readme_backend(), "mine_backend.py", "exec"), module)
     outcome = check_backend(module["NextByte"], "anything", tokenizer=module["next_byte_tokenizer"])
     assert outcome["score"] == outcome["batching"] == outcome["release"] == outcome["tokenizer"] == "passed"
+
+
+def test_the_compat_runs_byte_tokenizer_gives_the_backends_ids(tmp_path: Path) -> None:
+    """LMQL 0.7.3's client talks to the README backend through tokenizer files (the compat run's
+    `readme_backend.write_byte_tokenizer`): their ids must be the text's UTF-8 bytes, as the
+    backend's own BytesTokenizer gives them."""
+    from lmql_core.tokenizer import JsonTokenizer
+    from tests.compat.readme_backend import write_byte_tokenizer
+
+    tokenizer = JsonTokenizer.from_file(write_byte_tokenizer(tmp_path) / "tokenizer.json")
+    for text in ("ab", " leading space", "naïve café 日本 🙂", "\x00\x7f\n"):
+        assert tokenizer.encode(text, add_special_tokens=False) == list(text.encode("utf-8"))
+        assert tokenizer.decode(list(text.encode("utf-8"))) == text
+    assert tokenizer.eos_token_id == 256

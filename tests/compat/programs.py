@@ -8,7 +8,8 @@ plus raw LMTP frames sent with aiohttp. ``core``: lmql-core's client. First a li
 ``COMPAT_PLAN <json list>`` names the checks it will run; then every check prints one line
 ``COMPAT <json>`` with its name and result (or error); ``run_compat.py`` compares them. It exits
 non-zero when it could not run them all (a crash, or a check with no answer: a stuck server).
-Names after MODEL_DIR select checks (``-NAME`` leaves one out).
+Names after MODEL_DIR select checks (``-NAME`` leaves one out). ``lmql-readme``: LMQL 0.7.3's client
+on the README's backend; MODEL_DIR is then a tokenizer folder (``readme_backend.py``).
 Only the standard library is imported at module level: each side brings its own ``lmql``.
 """
 
@@ -307,8 +308,29 @@ def core_checks(endpoint: str, folder: str) -> dict[str, Callable[[], Awaitable[
     }
 
 
+def readme_checks(endpoint: str, tokenizer: str) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """LMQL 0.7.3's client on the README's backend (``readme_backend.py``; ``lmql serve-model
+    mine:anything``), tokenizing with ``tokenizer``, a folder whose token ids are bytes."""
+    import lmql
+
+    m = lmql.model("mine:anything", endpoint=endpoint, tokenizer=tokenizer)
+
+    async def score() -> Any:
+        r = await m.score("ab", ["c", "xy"])
+        return {"token_scores": plain(r.token_scores), "argmax": r.argmax()}
+
+    async def query() -> Any:
+        return query_result(await lmql.run('argmax "ab[X]" where len(TOKENS(X)) < 4', model=m))
+
+    return {"readme_generate": lambda: m.generate("ab", max_tokens=3), "readme_score": score,
+            "readme_query": query}
+
+
+SIDES = {"lmql": lmql_checks, "core": core_checks, "lmql-readme": readme_checks}
+
+
 async def main(side: str, endpoint: str, folder: str, selection: list[str]) -> int:
-    checks = (lmql_checks if side == "lmql" else core_checks)(endpoint, folder)
+    checks = SIDES[side](endpoint, folder)
     only = {s for s in selection if not s.startswith("-")}
     skip = {s[1:] for s in selection if s.startswith("-")}
     planned = {name: check for name, check in checks.items() if (not only or name in only) and name not in skip}
@@ -332,6 +354,6 @@ async def main(side: str, endpoint: str, folder: str, selection: list[str]) -> i
 
 if __name__ == "__main__":
     side, endpoint, folder, *rest = sys.argv[1:]
-    if side not in ("lmql", "core"):
-        raise SystemExit("usage: programs.py lmql|core ENDPOINT MODEL_DIR [CHECK | -CHECK ...]")
+    if side not in SIDES:
+        raise SystemExit("usage: programs.py lmql|core|lmql-readme ENDPOINT MODEL_DIR [CHECK | -CHECK ...]")
     sys.exit(asyncio.run(main(side, endpoint, folder, rest)))

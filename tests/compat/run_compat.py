@@ -281,6 +281,26 @@ def run_queries(python: str, side: str, server: Server, folder: Path, env: dict[
     return run
 
 
+def readme_backend_rows(lmql_python: str, ours_bin: str, env: dict[str, str], their_env: dict[str, str],
+                        work: Path) -> list[Row]:
+    """LMQL 0.7.3's client on the README's backend served by our ``lmql serve-model``: the
+    results worked out by hand (``readme_backend.EXPECTED``) in the left column."""
+    from readme_backend import EXPECTED, MODEL, with_plugin, write_byte_tokenizer
+
+    tokenizer = write_byte_tokenizer(work / "byte-tokenizer")
+    server = Server("README backend", [ours_bin, "serve-model", MODEL],
+                    {**env, **with_plugin(work / "readme-plugin", env)}, work / "readme-server.log")
+    try:
+        server.wait_ready(MODEL)
+        command = [lmql_python, str(HERE / "programs.py"), "lmql-readme", server.endpoint, str(tokenizer)]
+        run = run_programs(command, their_env, work / "readme-client.log", "LMQL 0.7.3 client on the README backend")
+    finally:
+        server.stop()
+    section = f"LMQL 0.7.3 client on the README's backend (lmql serve-model {MODEL}): expected vs got"
+    return [script_row(run), *(compare(section, check, {"result": expected}, run.records.get(check))
+                               for check, expected in EXPECTED.items())]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lmql-python", required=True, help="python of an environment with lmql==0.7.3")
@@ -346,6 +366,7 @@ def main(argv: list[str]) -> int:
     (work / "results.json").write_text(json.dumps({run.label: vars(run) for run in every_run}, indent=1))
     rows = build_rows(runs["lmql", theirs.name], runs["lmql", ours.name],
                       runs["core", theirs.name], runs["core", ours.name])
+    rows += readme_backend_rows(args.lmql_python, ours_bin, env, their_env, work)
     if query_runs:
         from query_compare import expectations
 
