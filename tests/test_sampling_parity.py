@@ -90,6 +90,19 @@ def test_sampling_where_the_filters_leave_one_token_picks_it(ops_name: str) -> N
 def test_scored_logprobs_match_the_reference(ops_name: str) -> None:
     ops, array = OPS[ops_name]()
     targets = [0, 17, 256, int(np.argmax(ROWS[3])), int(np.argmin(ROWS[4])), 128]
-    scores = collect_scoring(ops, launch_scoring(ops, array(ROWS), targets))
+    scores = collect_scoring(ops, launch_scoring(ops, [array(ROWS)], [targets]))
     expected = [reference_logprobs(row)[t] for row, t in zip(ROWS, targets, strict=True)]
-    assert scores == pytest.approx(expected, abs=TOLERANCE)
+    assert len(scores) == 1 and scores[0] == pytest.approx(expected, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("ops_name", OPS)
+def test_requests_scored_together_get_their_own_logprobs(ops_name: str) -> None:
+    """A step's SCORE requests are scored in one pass: each gets the log-probs of its own rows."""
+    ops, array = OPS[ops_name]()
+    spans, targets = [(0, 1), (1, 4), (4, 6)], [[5], [0, 256, 9], [int(np.argmax(ROWS[4])), 128]]
+    scores = collect_scoring(ops, launch_scoring(ops, [array(ROWS[a:b]) for a, b in spans], targets))
+    expected = [[reference_logprobs(ROWS[a + i])[t] for i, t in enumerate(ts)]
+                for (a, _), ts in zip(spans, targets, strict=True)]
+    assert [len(s) for s in scores] == [1, 3, 2]
+    for got, want in zip(scores, expected, strict=True):
+        assert got == pytest.approx(want, abs=TOLERANCE)
