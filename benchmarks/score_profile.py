@@ -5,8 +5,9 @@ the server's event loop while ``lmtp_load`` (another process) sends SCORE reques
         [--score 16] [--runs 5] [--top 25] [SERVER OPTION=VALUE ...]
 
 Prints each run's time (the first one included in the profile), then per thread the functions
-with the most time of their own and the busiest by time inclusive. On the CPU the model's own work is part of the engine thread's time:
-compare functions outside the forward pass (``forward`` of torch modules) between versions.
+with the most time of their own and the busiest by time inclusive. On the CPU the model's own
+work is part of the engine thread's time: compare functions outside the forward pass (``forward``
+of torch modules) between versions.
 """
 
 from __future__ import annotations
