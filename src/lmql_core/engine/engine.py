@@ -59,6 +59,7 @@ class EngineStats:
 ARRIVAL_QUIET_S = 1e-3  # until no request came for this long
 ARRIVAL_WINDOW_S = 5e-3  # or this long after the first
 NO_CHANCE = float("-inf")
+DEFAULT_MAX_BATCH = 64
 NOTHING_TO_CHOOSE = ("no token can be chosen: every token has probability 0 "
                      "(does logit_bias ban them all?)")
 
@@ -67,10 +68,13 @@ class Engine:
     # token_budget: prompt tokens a step feeds. 8192 rather than 2048: on one H100 a packed pass of
     # 2048 tokens is bound by the host's launches (gpt2-medium: 16 ms on the host, 4.5 on the GPU),
     # so fewer, larger steps cut the TTFT of a burst of long prompts (benchmarks/RESULTS.md, #19)
-    def __init__(self, backend: Backend, *, max_batch: int = 64, token_budget: int = 8192,
+    def __init__(self, backend: Backend, *, max_batch: int | None = None, token_budget: int = 8192,
                  seed: int = 0) -> None:
+        """``max_batch``: None takes the backend's (``Backend.max_batch``, which a backend may size
+        from memory), or DEFAULT_MAX_BATCH where it sets none; a backend's limit is never exceeded."""
         self.backend = backend
-        limit = min(max_batch, backend.max_batch or max_batch)
+        wanted = max_batch or backend.max_batch or DEFAULT_MAX_BATCH
+        limit = min(wanted, backend.max_batch or wanted)
         self.scheduler = Scheduler(max_batch=limit, token_budget=token_budget)
         self.stats = EngineStats()
         self.seed = seed

@@ -25,6 +25,7 @@ ONLY_THE_CHOSEN: Mapping[int, float] = MappingProxyType({})  # top log-probs bes
 # itself overflows (and inf * 0 gives NaN rows); and already at 1e-5 a token other than the best
 # wins only if its log-prob is within ~1e-4 of the best, finer than float32 logits resolve.
 GREEDY_BELOW = 1e-5
+SCORE_ROWS = 1024  # scored rows per log-softmax (float32 work of 1024 x vocabulary at most)
 
 
 def is_sampled(params: SamplingParams) -> bool:
@@ -158,20 +159,21 @@ class PendingScores:
 
 def launch_scoring(ops: ArrayOps, logits: list[Any], targets: list[list[int]]) -> PendingScores:
     """Log-probability of ``targets[j][i]`` under row ``i`` of ``logits[j]``, for every request j
-    at once: one log-softmax over all their rows and one copy to the host, rather than a few
-    operations and a copy per request (64 SCORE requests in a step: on a GPU host, each launch
-    costs more than the device's work)."""
-    rows = ops.prepare(logits[0] if len(logits) == 1 else ops.concat(logits))
+    at once: a log-softmax over all their rows (in parts of ``SCORE_ROWS``, which bounds its
+    float32 memory) and one copy to the host, rather than a few operations and a copy per
+    request (64 SCORE requests in a step: on a GPU host, each launch costs more than its work)."""
+    rows = logits[0] if len(logits) == 1 else ops.concat(logits)
     flat = [token for request in targets for token in request]
-    logprobs = ops.take(ops.log_softmax(rows), flat)
-    return PendingScores(ops.start_host_copy(logprobs), [len(t) for t in targets])
+    parts = [ops.take(ops.log_softmax(ops.prepare(rows[i : i + SCORE_ROWS])), flat[i : i + SCORE_ROWS])
+             for i in range(0, len(flat), SCORE_ROWS)]
+    return PendingScores(ops.start_host_copy(*parts), [len(t) for t in targets])
 
 
 def collect_scoring(ops: ArrayOps, pending: PendingScores) -> list[list[float]]:
     """Each request's log-probs, in the order ``launch_scoring`` was given them."""
-    values = ops.finish_host_copy(pending.host_copy)[0]
+    values = [float(v) for part in ops.finish_host_copy(pending.host_copy) for v in part]
     scores, start = [], 0
     for count in pending.counts:
-        scores.append([float(v) for v in values[start : start + count]])
+        scores.append(values[start : start + count])
         start += count
     return scores
