@@ -21,7 +21,7 @@ OPTIONS: dict[str, Option] = {
     "reuse_prefixes": Option(bool, True, "reuse finished streams' KV caches for prompts extending them"),
     "cache_memory_fraction": Option(float, None,
                                     "share of free GPU memory for the KV cache and the passes' work "
-                                    "(default: 0.95)"),
+                                    "(default: 0.95; with layers spread over GPUs, 0.5 for the cache)"),
     "cpu_cache_bytes": Option(int, 4 << 30, "KV cache budget on the CPU, in bytes"),
     "cpu_threads": Option(int | None, None,
                           "the host's matrix threads (default: cores - 1 on CPU, 1 on GPUs)"),
