@@ -56,18 +56,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default="/tmp", help="where each thread's profile is written (.prof)")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="time the runs only (cProfile slows Python-heavy code several times)")
     args, rest = parser.parse_known_args()
     options = dict(option.split("=", 1) for option in rest)
-    Engine._run = profiled(Engine._run, PROFILES["engine"])  # type: ignore[method-assign]
-    RunningServer._run_in_thread = profiled(  # type: ignore[method-assign]
-        RunningServer._run_in_thread, PROFILES["event loop"])
+    if args.profile:
+        Engine._run = profiled(Engine._run, PROFILES["engine"])  # type: ignore[method-assign]
+        RunningServer._run_in_thread = profiled(  # type: ignore[method-assign]
+            RunningServer._run_in_thread, PROFILES["event loop"])
     server = serve(args.model, port=0, background=True, **options)
     assert server is not None
     with server:
         for _ in range(args.runs):
             result = load(server.endpoint, args)
             print(f"run: {result['seconds']} s, {result['req_per_s']} requests/s")
-    for name, profile in PROFILES.items():
+    for name, profile in PROFILES.items() if args.profile else ():
         print(f"\n=== {name} thread ===")
         profile.dump_stats(Path(args.out, f"score_profile_{name.replace(' ', '_')}.prof"))
         stats = pstats.Stats(profile).strip_dirs()
