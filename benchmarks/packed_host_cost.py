@@ -3,7 +3,7 @@
 is negligible, so what is measured is the host's work per launch (what bounds such a pass on a
 GPU: benchmarks/RESULTS.md, issue 19's staggered TTFT).
 
-    python benchmarks/packed_host_cost.py [--tokens 16] [--prompts 1] [--repeats 50]
+    python benchmarks/packed_host_cost.py [--tokens 16] [--prompts 1] [--repeats 50] [--fuse]
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def measure(name: str, config: Any, args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
         AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        backend = HFBackend(folder, max_seq_len=256, cpu_threads=1, reuse_prefixes=False)
+        backend = HFBackend(folder, max_seq_len=256, cpu_threads=1, reuse_prefixes=False,
+                            fuse_kernels=args.fuse)
     ids = iter(range(1, 10**9))
     one_pass(backend, [next(ids) for _ in range(args.prompts)], args.tokens)  # warm
     counter = CountOps()
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--fuse", action="store_true", help="swap in the fused modules, as on CUDA")
     args = parser.parse_args()
     for name, config in CONFIGS.items():
         measure(name, config, args)
