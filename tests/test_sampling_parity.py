@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmql_core.engine.sampling import collect_scoring, launch_scoring, sample_batch
+from lmql_core.engine.sampling import SCORE_ROWS, collect_scoring, launch_scoring, sample_batch
 from lmql_core.engine.sequence import SamplingParams
 from tests.sampling_reference import distribution
 from tests.test_sampling_ops import OPS
@@ -90,6 +90,30 @@ def test_sampling_where_the_filters_leave_one_token_picks_it(ops_name: str) -> N
 def test_scored_logprobs_match_the_reference(ops_name: str) -> None:
     ops, array = OPS[ops_name]()
     targets = [0, 17, 256, int(np.argmax(ROWS[3])), int(np.argmin(ROWS[4])), 128]
-    scores = collect_scoring(ops, launch_scoring(ops, array(ROWS), targets))
+    scores = collect_scoring(ops, launch_scoring(ops, [array(ROWS)], [targets]))
     expected = [reference_logprobs(row)[t] for row, t in zip(ROWS, targets, strict=True)]
-    assert scores == pytest.approx(expected, abs=TOLERANCE)
+    assert len(scores) == 1 and scores[0] == pytest.approx(expected, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("ops_name", OPS)
+def test_requests_scored_together_get_their_own_logprobs(ops_name: str) -> None:
+    """A step's SCORE requests are scored in one pass: each gets the log-probs of its own rows."""
+    ops, array = OPS[ops_name]()
+    spans, targets = [(0, 1), (1, 4), (4, 6)], [[5], [0, 256, 9], [int(np.argmax(ROWS[4])), 128]]
+    scores = collect_scoring(ops, launch_scoring(ops, [array(ROWS[a:b]) for a, b in spans], targets))
+    expected = [[reference_logprobs(ROWS[a + i])[t] for i, t in enumerate(ts)]
+                for (a, _), ts in zip(spans, targets, strict=True)]
+    assert [len(s) for s in scores] == [1, 3, 2]
+    for got, want in zip(scores, expected, strict=True):
+        assert got == pytest.approx(want, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("ops_name", OPS)
+def test_more_scored_rows_than_one_log_softmax_takes_score_alike(ops_name: str) -> None:
+    ops, array = OPS[ops_name]()
+    many = np.tile(ROWS, (SCORE_ROWS // len(ROWS) + 2, 1))  # past SCORE_ROWS: two parts
+    targets = [[(7 * i) % many.shape[1] for i in range(len(many) - 10)], list(range(10))]
+    scores = collect_scoring(ops, launch_scoring(ops, [array(many[:-10]), array(many[-10:])], targets))
+    flat = [t for ts in targets for t in ts]
+    expected = [reference_logprobs(row)[t] for row, t in zip(many, flat, strict=True)]
+    assert len(flat) > SCORE_ROWS and scores[0] + scores[1] == pytest.approx(expected, abs=TOLERANCE)

@@ -128,6 +128,22 @@ def test_a_scored_request_feeds_whole_beyond_the_budget() -> None:
     assert len(chunks[0].tokens) == 12 and chunks[0].completes_prefill
 
 
+def test_a_scored_request_beyond_the_budget_left_waits_for_the_next_step() -> None:
+    """SCOREs fill a step up to the budget; the next waits (so a step is one packed pass of the
+    backend's), then comes first, and runs whole even when it alone exceeds the budget."""
+    scheduler, sink = Scheduler(max_batch=8, token_budget=10), client()
+    seqs = [request(sink, f"s{i}", prompt_length=3, kind=Kind.SCORE) for i in range(3)]  # 5 tokens each
+    big = request(sink, "big", prompt_length=20, kind=Kind.SCORE)
+    for seq in [*seqs, big]:
+        scheduler.add(seq)
+    assert [c.seq.stream_id for c in step(scheduler)] == ["s0", "s1"]
+    scheduler.finish(seqs[:2])
+    assert [c.seq.stream_id for c in step(scheduler)] == ["s2"]  # big (22) does not fit the 5 left
+    scheduler.finish(seqs[2:])
+    chunks = step(scheduler)
+    assert [(c.seq.stream_id, len(c.tokens)) for c in chunks] == [("big", 22)]
+
+
 def test_status_follows_each_transition() -> None:
     scheduler = Scheduler(max_batch=4)
     seq = request(client(), "s")

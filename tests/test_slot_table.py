@@ -19,8 +19,8 @@ SLOTS = 5  # four for sequences, the last is scratch
 MAX_LEN = 16
 
 
-def make_table(reuse_prefixes: bool = True) -> SlotTable:
-    cache = SlotCache(layers=2, slots=SLOTS, kv_heads=1, max_len=MAX_LEN, head_dim=2,
+def make_table(reuse_prefixes: bool = True, slots: int = SLOTS) -> SlotTable:
+    cache = SlotCache(layers=2, slots=slots, kv_heads=1, max_len=MAX_LEN, head_dim=2,
                       dtype=torch.float32, devices=[torch.device("cpu")] * 2)
     return SlotTable(cache, reuse_prefixes=reuse_prefixes)
 
@@ -114,6 +114,15 @@ def test_release_moves_running_sequences_down_into_the_holes() -> None:
     feed(table, 5, [50])
     table.release([5])  # the highest slot ended: nothing moves
     assert table.slot_of == before
+    assert_cache_follows_table(table)
+
+
+def test_many_sequences_ending_at_once_move_down_in_several_exchanges() -> None:
+    table = make_table(slots=21)
+    for seq_id in range(20):
+        feed(table, seq_id, [seq_id, seq_id + 100, seq_id + 200][: 1 + seq_id % 3])
+    table.release(list(range(0, 20, 2)))  # every other one: 5 holes below 10, 5 movers above
+    assert sorted(table.slot_of.values()) == list(range(10))
     assert_cache_follows_table(table)
 
 

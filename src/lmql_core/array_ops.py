@@ -16,6 +16,7 @@ class ArrayOps(Protocol):
     def prepare(self, logits: Any) -> Any: ...  # float32, 2-D
     def bias_row(self, bias: dict[int, float], like: Any) -> Any: ...  # dense (vocab,) row
     def stack(self, rows: list[Any]) -> Any: ...  # 1-D rows into one 2-D array
+    def concat(self, arrays: list[Any]) -> Any: ...  # 2-D arrays, one under the other
     def floats(self, values: list[float], like: Any) -> Any: ...  # a float32 column where ``like`` is
     def add_rows(self, x: Any, rows: list[int], values: Any) -> Any: ...  # x[rows[i]] += values[i]
     def log_softmax(self, x: Any) -> Any: ...
@@ -42,6 +43,9 @@ class NumpyOps:
 
     def stack(self, rows: list[Any]) -> np.ndarray:
         return np.stack(rows)
+
+    def concat(self, arrays: list[Any]) -> np.ndarray:
+        return np.concatenate([np.asarray(a) for a in arrays])
 
     def floats(self, values: list[float], like: Any) -> np.ndarray:
         return np.asarray(values, dtype=np.float32)
@@ -154,6 +158,9 @@ class TorchOps:
 
     def stack(self, rows: list[Any]) -> Any:
         return rows[0][None] if len(rows) == 1 else self.torch.stack(rows)
+
+    def concat(self, arrays: list[Any]) -> Any:
+        return self.torch.cat(arrays)
 
     def floats(self, values: list[float], like: Any) -> Any:
         return self.tensor(values, like.device, self.torch.float32)

@@ -62,7 +62,8 @@ class Option:
 # Options of the engine every model runs on (``lmql_core.engine.Engine``), given like a backend's
 # own: split off before the factory is called (a backend that declares one gets it too).
 ENGINE_OPTIONS = {
-    "max_batch": Option(int, 64, "most sequences stepped together (the backend's own limit may be lower)"),
+    "max_batch": Option(int, None, "most sequences stepped together (default: the backend's own limit, "
+                                   "64 where it has none)"),
     "token_budget": Option(int, 8192, "prompt tokens prefilled per step; longer prompts take several"),
 }
 

@@ -11,6 +11,7 @@ from typing import Any
 from lmql_core.backend import Backend, StepInput, StepOutput, chained_steps, release_all
 from lmql_core.engine.sampling import (
     PendingSamples,
+    PendingScores,
     Samples,
     SamplingPlan,
     collect_sampling,
@@ -30,7 +31,8 @@ class LaunchedStep:
 
     sampled: list[Sequence]
     sampling: PendingSamples | None
-    scoring: list[tuple[Sequence, Any]]
+    scored: list[Sequence]  # the SCORE requests it runs, whose log-probs ``scoring`` computes
+    scoring: PendingScores | None
     started: float
     # tokens the sampled sequences surely generate after this step (length limits; EOS aside)
     headroom: int = 0
@@ -57,6 +59,7 @@ class EngineStats:
 ARRIVAL_QUIET_S = 1e-3  # until no request came for this long
 ARRIVAL_WINDOW_S = 5e-3  # or this long after the first
 NO_CHANCE = float("-inf")
+DEFAULT_MAX_BATCH = 64
 NOTHING_TO_CHOOSE = ("no token can be chosen: every token has probability 0 "
                      "(does logit_bias ban them all?)")
 
@@ -65,10 +68,13 @@ class Engine:
     # token_budget: prompt tokens a step feeds. 8192 rather than 2048: on one H100 a packed pass of
     # 2048 tokens is bound by the host's launches (gpt2-medium: 16 ms on the host, 4.5 on the GPU),
     # so fewer, larger steps cut the TTFT of a burst of long prompts (benchmarks/RESULTS.md, #19)
-    def __init__(self, backend: Backend, *, max_batch: int = 64, token_budget: int = 8192,
+    def __init__(self, backend: Backend, *, max_batch: int | None = None, token_budget: int = 8192,
                  seed: int = 0) -> None:
+        """``max_batch``: None takes the backend's (``Backend.max_batch``, which a backend may size
+        from memory), or DEFAULT_MAX_BATCH where it sets none; a backend's limit is never exceeded."""
         self.backend = backend
-        limit = min(max_batch, backend.max_batch or max_batch)
+        wanted = max_batch or backend.max_batch or DEFAULT_MAX_BATCH
+        limit = min(wanted, backend.max_batch or wanted)
         self.scheduler = Scheduler(max_batch=limit, token_budget=token_budget)
         self.stats = EngineStats()
         self.seed = seed
@@ -181,13 +187,14 @@ class Engine:
             seqs = [chunks[i].seq for i in ready]
             plan = SamplingPlan([s.params for s in seqs])
             sampling = self._sample(seqs, self._rows(output.last_logits, ready), plan) if ready else None
-            scoring = self._launch_scoring([c.seq for c in chunks if c.seq.kind is Kind.SCORE], output)
+            scores = [c.seq for c in chunks if c.seq.kind is Kind.SCORE]
+            scored, scoring = self._launch_scoring(scores, output)
         except Exception as e:  # a failed batch ends its streams, never the server
             log.exception("forward pass failed")
             self._end_all([c.seq for c in chunks], f"model error: {e}")
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
-        return LaunchedStep(seqs, sampling, scoring, started, headroom)
+        return LaunchedStep(seqs, sampling, scored, scoring, started, headroom)
 
     def _step_input(self, chunk: ScheduledChunk) -> StepInput:
         seq = chunk.seq
@@ -202,17 +209,22 @@ class Engine:
             if seq.seq_id in errors:
                 self._end(seq, TokenEvent(seq.stream_id, error=f"model error: {errors[seq.seq_id]}"))
 
-    def _launch_scoring(self, seqs: list[Sequence], output: StepOutput) -> list[tuple[Sequence, Any]]:
-        launched = []
+    def _launch_scoring(self, seqs: list[Sequence],
+                        output: StepOutput) -> tuple[list[Sequence], PendingScores | None]:
+        """The step's SCORE requests, scored together (``launch_scoring``): those it scores, and
+        their log-probs on the way to the host."""
+        scored = []
         for seq in seqs:
             if seq.status is not Status.RUNNING:
                 continue
             if seq.seq_id not in output.all_logits:  # a backend that ignores StepInput.all_logits
                 self._end(seq, TokenEvent(seq.stream_id, error=self._no_all_logits()))
                 continue
-            rows = self._scored_rows(seq, output)
-            launched.append((seq, launch_scoring(self.backend.ops, rows, seq.scored)))
-        return launched
+            scored.append(seq)
+        if not scored:
+            return [], None
+        rows = [self._scored_rows(seq, output) for seq in scored]
+        return scored, launch_scoring(self.backend.ops, rows, [seq.scored for seq in scored])
 
     def _no_all_logits(self) -> str:
         return (f"model error: the backend {type(self.backend).__name__} cannot score: its forward() "
@@ -231,7 +243,7 @@ class Engine:
         cancelled. A sequence that samples EOS in ``step`` costs one wasted row in the chained step."""
         sampling = step.sampling
         backend = chained_steps(self.backend)
-        if backend is None or sampling is None or sampling.plan.penalized or step.scoring:
+        if backend is None or sampling is None or sampling.plan.penalized or step.scored:
             return None
         if step.headroom < 1:
             return None
@@ -250,7 +262,7 @@ class Engine:
             self._end_failed_rows(seqs, output.errors)  # their sampled rows are skipped later
             self.stats.steps_chained += 1
             following = self._sample(seqs, output.last_logits, sampling.plan)
-            return LaunchedStep(seqs, following, [], started, step.headroom - 1, seq_ids)
+            return LaunchedStep(seqs, following, [], None, started, step.headroom - 1, seq_ids)
         except Exception as e:
             log.exception("forward pass failed")
             self._end_all(seqs, f"model error: {e}")
@@ -271,10 +283,10 @@ class Engine:
         try:
             self._wait_for(step)
             samples = collect_sampling(self.backend.ops, step.sampling) if step.sampling else None
-            scores = [(seq, collect_scoring(self.backend.ops, pending)) for seq, pending in step.scoring]
+            scores = collect_scoring(self.backend.ops, step.scoring) if step.scoring else []
         except Exception as e:
             log.exception("sampling failed")
-            self._end_all(step.sampled + [seq for seq, _ in step.scoring], f"model error: {e}")
+            self._end_all(step.sampled + step.scored, f"model error: {e}")
             return {}
         events: dict[Sink, list[TokenEvent]] = {}
         if samples:
@@ -283,14 +295,14 @@ class Engine:
                 assert backend is not None, "a chained step ran on a backend that does not chain"
                 backend.confirm(chained.chained_ids, samples.tokens)
             self._emit_samples(step.sampled, samples, events)
-        for seq, logprobs in scores:
+        for seq, logprobs in zip(step.scored, scores, strict=True):
             if seq.status is not Status.RUNNING:  # cancelled while its step ran
                 continue
             last = len(seq.scored) - 1
             events.setdefault(seq.sink, []).extend(
                 TokenEvent(seq.stream_id, token, lp, Finish.SCORED if i == last else None)
                 for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)))
-        self._finish([seq for seq, _ in scores])
+        self._finish(step.scored)
         self.stats.steps += 1
         self.stats.last_step_seconds = time.perf_counter() - step.started
         return events
@@ -323,7 +335,7 @@ class Engine:
 
     def _wait_for(self, step: LaunchedStep) -> None:
         waiting = time.perf_counter()
-        transfers = [pending for _, pending in step.scoring]
+        transfers = [step.scoring.host_copy] if step.scoring else []
         if step.sampling:
             transfers.append(step.sampling.host_copy)
         for pending in transfers:

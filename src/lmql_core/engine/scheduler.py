@@ -71,6 +71,10 @@ class FairQueue:
     def count_of(self, client: Any) -> int:
         return len(self._queues.get(client, ()))
 
+    def peek(self, client: Any) -> Sequence:
+        """The sequence ``take(client)`` would return, left in the queue."""
+        return self._queues[client][0]
+
     def take(self, client: Any) -> Sequence:
         """The next sequence of ``client``, who then goes to the end of the turn order."""
         queue = self._queues.pop(client)
@@ -192,18 +196,27 @@ class Scheduler:
     def schedule(self) -> list[ScheduledChunk]:
         chunks: list[ScheduledChunk] = []
         budget = self.token_budget
+        prefilling = False  # whether a prompt chunk feeds in this step
         for seq in self.running:
             take = seq.unfed if seq.kind is Kind.SCORE else seq.unfed[: max(1, budget)]
+            prefilling = prefilling or seq.in_prefill
             chunks.append(ScheduledChunk(seq, take))
             budget -= len(take)
         while self.waiting and len(self.running) < self.max_batch and budget > 0:
-            seq = self.waiting.take(self._next_client())
+            client = self._next_client()
+            seq = self.waiting.peek(client)
+            # A scored request runs whole: its log-probs need every position in one pass. One
+            # that does not fit the budget left waits for the next step (where it comes first),
+            # so a step's prompts stay within one pass of the backend's (see ``token_budget``).
+            take = seq.unfed if seq.kind is Kind.SCORE else seq.unfed[:budget]
+            if len(take) > budget and prefilling:
+                break
+            self.waiting.take(client)
             seq.status = Status.RUNNING
             self.running.append(seq)
-            # A scored request runs whole: its log-probs need every position in one pass.
-            take = seq.unfed if seq.kind is Kind.SCORE else seq.unfed[:budget]
             chunks.append(ScheduledChunk(seq, take))
             budget -= len(take)
+            prefilling = True
         return chunks
 
     def _next_client(self) -> Any:

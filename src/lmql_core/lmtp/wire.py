@@ -88,8 +88,14 @@ def _int(value: Any, name: str, low: int, high: int) -> int:
 def token_list(value: Any, name: str, vocab_size: int, allow_empty: bool = False) -> list[int]:
     if not isinstance(value, list):
         raise RequestError(f"'{name}' must be a list of token ids")
-    if not value and not allow_empty:
-        raise RequestError(f"'{name}' must not be empty")
+    if not value:
+        if not allow_empty:
+            raise RequestError(f"'{name}' must not be empty")
+        return value
+    # the common case in C-level passes (a 272-token prompt: ~8x faster than the loop below,
+    # which the event loop ran for every token of every request); ``type is int`` refuses bools
+    if set(map(type, value)) == {int} and min(value) >= 0 and max(value) < vocab_size:
+        return value
     for t in value:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
             raise RequestError(f"'{name}' holds {json.dumps(t)[:40]}, not a token id in [0, {vocab_size})")

@@ -23,11 +23,11 @@ import torch
 from rich.console import Console
 from transformers import AutoModelForCausalLM
 
+from lmql_core.array_ops import TorchOps
 from lmql_core.backend import Backend, StepInput, StepOutput
-from lmql_core.engine.array_ops import TorchOps
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import fused, hub, loading, packed, warm_up
-from lmql_hf.graphs import DecodeGraphs, length_buckets
+from lmql_hf import fused, hub, loading, memory, packed, warm_up
+from lmql_hf.graphs import BATCH_BUCKETS, DecodeGraphs, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.slots import SlotTable
@@ -79,11 +79,14 @@ class HFBackend(Backend):
         spread = len(loading.devices_of(self.model)) > 1
         self._keep_device = torch.device("cpu") if spread else self.device
         self.prefill_tokens = int(self.options["prefill_tokens"])
-        self.cache = self._allocate_cache()
+        self.lengths = length_buckets(self.max_context)
+        self.memory = self._plan_memory()
+        if self.device.type == "cuda":
+            console.print(self.memory.describe())
+        self.cache = self._allocate_cache(self.memory.slots)
         self._set_cpu_threads()
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
-        self.max_batch = min(int(self.options["max_batch"]), self.table.capacity)
-        self.lengths = length_buckets(self.max_context)
+        self.max_batch = min(self.memory.max_batch, self.table.capacity)
         self.graphs = self._decode_graphs()
         # queue decode steps from device-side tokens: pays where the device runs behind the host
         self.chains_steps = _auto(self.options["chain_steps"], self.graphs is not None)
@@ -106,23 +109,37 @@ class HFBackend(Backend):
         if threads:
             torch.set_num_threads(int(threads))
 
-    def _allocate_cache(self) -> SlotCache:
+    def _plan_memory(self) -> memory.MemoryPlan:
+        """Slots and batch: on one GPU sized together with the passes and graphs (``memory``);
+        elsewhere slots for ``--max_batch`` (64) running sequences and as many cached prefixes,
+        within ``--cpu_cache_bytes`` (or, layers spread over GPUs, half the first one's free memory)."""
+        config = self.model.config
+        shape = memory.ModelShape.of(config, self.vocab_size, self.model.dtype.itemsize)
+        given, fraction = self.options["max_batch"], self.options["cache_memory_fraction"]
+        if self.device.type == "cuda" and len(loading.devices_of(self.model)) == 1:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            graph_lengths = len(self.lengths) if self.options["cuda_graphs"] else 0
+            return memory.plan(shape, free, self.max_context, self.prefill_tokens, graph_lengths,
+                               list(BATCH_BUCKETS), given, fraction)
+        if self.device.type == "cuda":
+            budget = int(torch.cuda.mem_get_info(self.device)[0] * (0.5 if fraction is None else fraction))
+        else:
+            budget = int(self.options["cpu_cache_bytes"])
+        wanted = memory.CPU_MAX_BATCH if given is None else int(given)
+        slot = shape.slot_bytes(self.max_context)
+        slots = min(2 * wanted + 1, budget // slot)
+        if slots < 2:
+            raise MemoryError(f"no room for a KV cache of {self.max_context} positions; "
+                              "pass a smaller --max_seq_len")
+        source = "default" if given is None else "given"
+        return memory.MemoryPlan(min(wanted, slots - 1), slots, slot, 0, source)
+
+    def _allocate_cache(self, slots: int) -> SlotCache:
         config = self.model.config
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         layers = config.num_hidden_layers
-        per_slot = SlotCache.bytes_per_slot(layers, kv_heads, self.max_context, head_dim, self.model.dtype)
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            budget = int(free * float(self.options["cache_memory_fraction"]))
-        else:
-            budget = int(self.options["cpu_cache_bytes"])
-        # running sequences + as many cached prefixes + the scratch slot, within the budget
-        slots = min(2 * int(self.options["max_batch"]) + 1, budget // per_slot)
-        if slots < 2:
-            raise MemoryError(f"no room for a KV cache of {self.max_context} positions; "
-                              "pass a smaller --max_seq_len")
         return SlotCache(layers, slots, kv_heads, self.max_context, head_dim, self.model.dtype,
                          loading.layer_devices(self.model, layers, self.device))
 
@@ -355,7 +372,11 @@ class HFBackend(Backend):
             "devices": loading.devices_of(self.model),
             "layers": loading.layer_placement(self.model),
             "dtype": str(self.model.dtype).removeprefix("torch."),
+            "max_batch": self.max_batch,
+            "max_batch_from": self.memory.source,  # "memory" (as many as fit), "given", "default"
             "kv_cache": {"slots": self.cache.slots, "max_len": self.max_context,
+                         "bytes": self.cache.slots * self.memory.slot_bytes,
+                         "reserved_bytes": self.memory.reserved_bytes,
                          "cuda_graphs": self.graphs is not None, "fused_modules": self.fused_modules,
                          "chained_steps": self.chains_steps,
                          "reused_prefix_tokens": self.table.reused_tokens},

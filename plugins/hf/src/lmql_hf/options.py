@@ -9,7 +9,9 @@ from lmql_core.options import Option
 
 # plugins/hf/README.md explains each at length
 OPTIONS: dict[str, Option] = {
-    "max_batch": Option(int, 64, "most streams decoded together (more wait in the queue)"),
+    "max_batch": Option(int, None,
+                        "most streams decoded together, more wait (default: on a GPU as many as memory "
+                        "holds, up to 256; 64 elsewhere)"),
     "max_seq_len": Option(int, 2048, "longest prompt + generation per stream (capped by the model)"),
     "prefill_tokens": Option(int, 8192,
                              "most prompt tokens in one packed pass (a longer step runs in parts)"),
@@ -17,7 +19,9 @@ OPTIONS: dict[str, Option] = {
                       "run a made-up workload before Ready: no request loads kernels (default: with CUDA)"),
     "cuda_graphs": Option(bool, True, "replay decode steps from CUDA graphs (single GPU)"),
     "reuse_prefixes": Option(bool, True, "reuse finished streams' KV caches for prompts extending them"),
-    "cache_memory_fraction": Option(float, 0.5, "share of free GPU memory given to the KV cache"),
+    "cache_memory_fraction": Option(float, None,
+                                    "share of free GPU memory for the KV cache and the passes' work "
+                                    "(default: 0.95; with layers spread over GPUs, 0.5 for the cache)"),
     "cpu_cache_bytes": Option(int, 4 << 30, "KV cache budget on the CPU, in bytes"),
     "cpu_threads": Option(int | None, None,
                           "the host's matrix threads (default: cores - 1 on CPU, 1 on GPUs)"),

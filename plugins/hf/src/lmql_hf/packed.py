@@ -98,17 +98,24 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     groups: list[Group] = _current.groups
-    heads, dim = query.shape[1], query.shape[3]
-    out = query.new_empty((1, query.shape[2], heads, dim))
-    repeat = heads // key.shape[1]
+    if len(groups) == 1:  # one call covers the row (one prompt, or a burst of equal ones): no copy
+        return _group_attention(query, key, value, groups[0], scaling)[None], None
+    out = query.new_empty((1, query.shape[2], query.shape[1], query.shape[3]))
     for g in groups:
-        n, end = g.length, g.start + g.length
-        # (count, heads, n, dim): a view of the packed queries
-        q = query[0, :, g.offset : g.offset + g.count * n].view(heads, g.count, n, dim).transpose(0, 1)
-        k, v = key[g.slot : g.slot + g.count, :, :end], value[g.slot : g.slot + g.count, :, :end]
-        attended = _attend(q, k, v, repeat, scaling, g.start)
-        out[0, g.offset : g.offset + g.count * n] = attended.transpose(1, 2).reshape(g.count * n, heads, dim)
+        out[0, g.offset : g.offset + g.count * g.length] = _group_attention(query, key, value, g, scaling)
     return out, None
+
+
+def _group_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: Group,
+                     scaling: float | None) -> torch.Tensor:
+    """One group's attention, shaped as its span of the packed row: (count * length, heads, dim)."""
+    heads, dim = query.shape[1], query.shape[3]
+    n, end = g.length, g.start + g.length
+    # (count, heads, n, dim): a view of the packed queries
+    q = query[0, :, g.offset : g.offset + g.count * n].view(heads, g.count, n, dim).transpose(0, 1)
+    k, v = key[g.slot : g.slot + g.count, :, :end], value[g.slot : g.slot + g.count, :, :end]
+    attended = _attend(q, k, v, heads // key.shape[1], scaling, g.start)
+    return attended.transpose(1, 2).reshape(g.count * n, heads, dim)
 
 
 def _one_query_grouped(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

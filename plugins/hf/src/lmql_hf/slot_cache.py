@@ -13,9 +13,12 @@ from typing import Any
 import torch
 from transformers import Cache
 
-from lmql_core.engine.array_ops import TorchOps
+from lmql_core.array_ops import TorchOps
 
 _OPS = TorchOps()  # slot numbers reach the GPU without waiting for the work queued there
+# slot pairs exchanged per gather: its copy holds 2 x this many slots of one tensor (keys or
+# values), which GPU memory planning reserves (memory.py): not half the cache at once
+SWAPS_AT_ONCE = 4
 
 
 class SlotCache(Cache):
@@ -54,11 +57,16 @@ class SlotCache(Cache):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        assert self.write_slots is not None and self.positions is not None
-        slots, positions = self.write_slots.to(keys.device), self.positions.to(keys.device)
+        slots, positions = self.write_slots, self.positions
+        assert slots is not None and positions is not None
+        # every call is host work for each layer of every eager pass: no-op casts and moves are skipped
+        if slots.device != keys.device:  # layers spread over devices
+            slots, positions = slots.to(keys.device), positions.to(keys.device)
+        if key_states.dtype != keys.dtype:
+            key_states, value_states = key_states.to(keys.dtype), value_states.to(keys.dtype)
         # (rows, heads, new, dim) -> written at [slot, :, position, :]
-        keys[slots, :, positions] = key_states.transpose(1, 2).to(keys.dtype)
-        values[slots, :, positions] = value_states.transpose(1, 2).to(values.dtype)
+        keys[slots, :, positions] = key_states.transpose(1, 2)
+        values[slots, :, positions] = value_states.transpose(1, 2)
         return keys[self.read_rows, :, : self.read_len], values[self.read_rows, :, : self.read_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -87,13 +95,10 @@ class SlotCache(Cache):
                 group[:, a, :, :length] = group[:, b, :, :length]
                 group[:, b, :, :length] = held
             return
-        targets = [a for a, _ in pairs] + [b for _, b in pairs]
-        sources = [b for _, b in pairs] + [a for a, _ in pairs]
-        for group in self.groups:  # the right side is gathered (copied) before it is written
-            into, from_ = (_OPS.tensor(slots, group.device, torch.long) for slots in (targets, sources))
-            group[:, into, :, :length] = group[:, from_, :, :length]
-
-    @staticmethod
-    def bytes_per_slot(layers: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype) -> int:
-        return 2 * layers * kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
-
+        for start in range(0, len(pairs), SWAPS_AT_ONCE):
+            some = pairs[start : start + SWAPS_AT_ONCE]
+            targets = [a for a, _ in some] + [b for _, b in some]
+            sources = [b for _, b in some] + [a for a, _ in some]
+            for group in self.groups:  # the right side is gathered (copied) before it is written
+                into, from_ = (_OPS.tensor(slots, group.device, torch.long) for slots in (targets, sources))
+                group[:, into, :, :length] = group[:, from_, :, :length]

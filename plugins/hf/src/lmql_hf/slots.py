@@ -62,10 +62,11 @@ class SlotTable:
     def _best_prefix(self, prompt: list[int]) -> tuple[int, int]:
         best, best_len = self.active, 0
         first = prompt[0] if prompt else None
-        for index in range(self.active, self.capacity):
+        # most cached prompts differ at once: only those starting alike are walked
+        starting_alike = [index for index, slot in enumerate(self.slots[self.active :], self.active)
+                          if slot.tokens and slot.tokens[0] == first]
+        for index in starting_alike:
             tokens = self.slots[index].tokens
-            if not tokens or tokens[0] != first:  # most cached prompts differ at once: no walk
-                continue
             n = _common_prefix(tokens, prompt)
             if n > best_len:
                 best, best_len = index, n
@@ -76,9 +77,12 @@ class SlotTable:
         """Move a cached prefix out of ``target`` into the emptiest, least recently used slot."""
         if not self.slots[target].tokens:
             return
-        victim = min(range(target + 1, self.capacity),
-                     key=lambda i: (bool(self.slots[i].tokens), self.slots[i].last_used), default=None)
-        if victim is not None:
+        # once per admitted prompt, over every slot above: keys in one pass, empty slots first
+        # (a key of -1), then the least recently used (the clock counts from 0)
+        above = self.slots[target + 1 :]
+        age = [slot.last_used if slot.tokens else -1 for slot in above]
+        if above:
+            victim = target + 1 + min(range(len(age)), key=age.__getitem__)
             self.cache.copy_slot(target, victim, len(self.slots[target].tokens))
             self.slots[victim] = self.slots[target]
         self.slots[target] = Slot()

@@ -38,5 +38,6 @@ def serve(backend: Any) -> None:
         backend.release_all(ids)
     scored = StepInput(-1000, [1] * 40, all_logits=True, logits_from=30)
     logits = backend.forward([scored]).all_logits[scored.seq_id]
-    collect_scoring(backend.ops, launch_scoring(backend.ops, logits[:-1], [1] * (len(logits) - 1)))
+    targets = [[1] * (len(logits) - 1)] * 2  # two requests: scored together, as a step's are
+    collect_scoring(backend.ops, launch_scoring(backend.ops, [logits[:-1], logits[1:]], targets))
     backend.release_all([scored.seq_id])
