@@ -107,13 +107,18 @@ def registry() -> Registry:
 def versions(*distributions: str) -> dict[str, str]:
     """The installed version of each of ``distributions`` (those not installed left out), for a
     backend's ``info()``: ``versions("torch", "lmql-hf", "lmql-core")``."""
+    return dict(_installed_versions(distributions))
+
+
+@cache  # read once: MODEL_INFO asks on every call, and reading package metadata takes ~17 ms
+def _installed_versions(distributions: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     import importlib.metadata
 
-    found = {}
+    found = []
     for distribution in distributions:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found[distribution] = importlib.metadata.version(distribution)
-    return found
+            found.append((distribution, importlib.metadata.version(distribution)))
+    return tuple(found)
 
 
 def install_hint(distribution: str) -> str:
