@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -59,6 +62,21 @@ def test_the_readme_backend_serves_text_with_the_tokenizer_it_registered(tmp_pat
     assert "".join(e["text"] for e in texts) == "cde"
     assert generated == "cde"
     assert encoded == list("é".encode())  # the UTF-8 bytes: the README's tokenizer, not one found here
+
+
+def test_the_readme_backend_runs_in_process_through_local(tmp_path: Path) -> None:
+    """``local:`` loads the plugin in the client's own process: same tokens and log-probs as served."""
+    program = ("import json, lmql\n"
+               "m = lmql.model('local:mine:anything', confidence=5)\n"
+               "scored = m.score_sync('a', ['b'])\n"
+               "print(json.dumps([m.generate_sync('ab', max_tokens=3), scored.token_scores[0]]))\n")
+    env = {**os.environ, **with_plugin(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    generated, scores = json.loads(result.stdout.splitlines()[-1])
+    assert generated == "cde"
+    assert scores == pytest.approx([5.0 - math.log(math.exp(5.0) + 255)], abs=1e-4)
 
 
 def test_the_readme_error_for_an_unknown_option_is_the_one_printed(tmp_path: Path) -> None:
