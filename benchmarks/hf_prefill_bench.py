@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import FOLDERS, bench_model  # noqa: E402
 from gpu_bench import MODEL_DIR as GPT2_DIR  # noqa: E402
 from gpu_bench import build_model as build_gpt2  # noqa: E402
 from processes import free_port, start_server  # noqa: E402
 
-QWEN3_DIR = Path("/tmp/lmql-bench-qwen3-0.6b")
+QWEN3_DIR = FOLDERS["qwen3-0.6b"]
 LOAD = str(Path(__file__).resolve().parent / "lmtp_load.py")
 # (name, lmtp_load arguments): run in this order on one server; seeds differ, so prompts are fresh
 WORKLOADS = {
@@ -42,18 +43,9 @@ WORKLOADS = {
 
 
 def build_qwen3() -> None:
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    if (QWEN3_DIR / "config.json").exists():
-        return
-    torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=151936, num_hidden_layers=28, hidden_size=1024, num_attention_heads=16,
-                         num_key_value_heads=8, head_dim=128, intermediate_size=3072,
-                         max_position_embeddings=40960, tie_word_embeddings=True, dtype="bfloat16")
-    with torch.device("cuda"):
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(QWEN3_DIR)
+    """The shared Qwen3-0.6B-shaped model (benchmarks/bench_models.py), so both scripts read one
+    folder with one configuration (EOS id included)."""
+    bench_model("qwen3-0.6b")
 
 
 def serve(model: str, dtype: str, code: str | None) -> tuple[subprocess.Popen[bytes], int, float]:

@@ -16,7 +16,7 @@ import pytest
 
 import lmql
 from lmql_core.errors import ModelLoadError, ServerError
-from tests.conftest import RawClient, Server
+from tests.conftest import RawClient, Server, run_lmql, the_error
 
 pytest.importorskip("lmql_example_backend", reason="pip install ./tests/plugin_example")
 
@@ -110,13 +110,11 @@ def test_the_tokenizer_reaches_the_backends_loader_in_process() -> None:
 
 def test_the_tokenizer_reaches_the_backends_loader_from_lmql_generate() -> None:
     """The example's loader rejects tokenizers other than its own: the refusal shows it got one."""
-    command = [sys.executable, "-m", "lmql_core", "generate", "a", "-m", "local:counting:cli", "--max-tokens", "3"]
-    good = subprocess.run([*command, "--tokenizer", "counting-bytes"], capture_output=True, text=True, timeout=120)
+    command = ("generate", "a", "-m", "local:counting:cli", "--max-tokens", "3")
+    good = run_lmql(*command, "--tokenizer", "counting-bytes")
     assert good.returncode == 0, good.stderr
     assert "abc" in good.stdout
-    bad = subprocess.run([*command, "--tokenizer", "other"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0
-    assert "no tokenizer 'other' for the counting backend" in bad.stderr
+    assert "no tokenizer 'other' for the counting backend" in the_error(run_lmql(*command, "--tokenizer", "other"))
 
 
 def test_the_backends_own_tokenizer_comes_before_the_loaders(tmp_path: Path) -> None:
