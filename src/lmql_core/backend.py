@@ -8,7 +8,6 @@ returns logits. Sampling, logit bias, top-logprobs and finish reasons live in th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -108,17 +107,3 @@ class ReleasesTogether(Protocol):
     than one ``release`` each."""
 
     def release_all(self, seq_ids: list[int]) -> None: ...
-
-
-def chained_steps(backend: Backend) -> ChainedSteps | None:
-    """``backend`` as one that runs chained steps, or None where it cannot or does not want to."""
-    return backend if isinstance(backend, ChainedSteps) and backend.chains_steps else None
-
-
-def release_all(backend: Backend, seq_ids: Sequence[int]) -> None:
-    """Free ``seq_ids``: together where the backend can, else one ``release`` each."""
-    if isinstance(backend, ReleasesTogether):
-        backend.release_all(list(seq_ids))
-    else:
-        for seq_id in seq_ids:
-            backend.release(seq_id)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lmql_core.backend import Backend, StepInput, StepOutput, chained_steps, release_all
+from lmql_core.backend import Backend, ChainedSteps, ReleasesTogether, StepInput, StepOutput
 from lmql_core.engine.sampling import (
     PendingSamples,
     PendingScores,
@@ -73,6 +73,9 @@ class Engine:
         """``max_batch``: None takes the backend's (``Backend.max_batch``, which a backend may size
         from memory), or DEFAULT_MAX_BATCH where it sets none; a backend's limit is never exceeded."""
         self.backend = backend
+        # asked once: isinstance against a runtime-checkable protocol takes 10-20 µs, and every step asks
+        self._chaining_backend = backend if isinstance(backend, ChainedSteps) else None
+        self._releases_together = isinstance(backend, ReleasesTogether)
         wanted = max_batch or backend.max_batch or DEFAULT_MAX_BATCH
         limit = min(wanted, backend.max_batch or wanted)
         self.scheduler = Scheduler(max_batch=limit, token_budget=token_budget)
@@ -242,7 +245,7 @@ class Engine:
         running sequence sampled in ``step``, none ends by length there, nobody waits or was
         cancelled. A sequence that samples EOS in ``step`` costs one wasted row in the chained step."""
         sampling = step.sampling
-        backend = chained_steps(self.backend)
+        backend = self._chainer()
         if backend is None or sampling is None or sampling.plan.penalized or step.scored:
             return None
         if step.headroom < 1:
@@ -291,7 +294,7 @@ class Engine:
         events: dict[Sink, list[TokenEvent]] = {}
         if samples:
             if chained and chained.chained_ids:
-                backend = chained_steps(self.backend)
+                backend = self._chainer()
                 assert backend is not None, "a chained step ran on a backend that does not chain"
                 backend.confirm(chained.chained_ids, samples.tokens)
             self._emit_samples(step.sampled, samples, events)
@@ -369,6 +372,11 @@ class Engine:
         for seq in seqs:
             self._end(seq, TokenEvent(seq.stream_id, error=error))
 
+    def _chainer(self) -> ChainedSteps | None:
+        """The backend as one that runs chained steps, or None where it cannot or does not want to now."""
+        backend = self._chaining_backend
+        return backend if backend is not None and backend.chains_steps else None
+
     def _release(self, seqs: list[Sequence]) -> None:
         self._release_ids([seq.seq_id for seq in seqs])
 
@@ -376,7 +384,11 @@ class Engine:
         if not seq_ids:
             return
         try:
-            release_all(self.backend, seq_ids)
+            if self._releases_together:  # together where the backend can, else one release each
+                self.backend.release_all(seq_ids)  # type: ignore[attr-defined]
+            else:
+                for seq_id in seq_ids:
+                    self.backend.release(seq_id)
         except Exception:
             log.exception("releasing sequences %s failed", seq_ids)
 
