@@ -15,7 +15,7 @@ from lmql_core.engine.engine import Engine
 from lmql_core.errors import LMQLError, ModelLoadError, RequestError, shown
 from lmql_core.identifiers import ModelId, parse_model_id
 from lmql_core.options import format_kwargs
-from lmql_core.tokenizer import JsonTokenizer, Tokenizer, spec_of
+from lmql_core.tokenizer import JsonTokenizer, Tokenizer, sendable
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,8 @@ class LoadedModel:
     def extensions(self) -> dict[str, Any]:
         """LMTP extensions this model supports, advertised in MODEL_INFO (LMQL 0.7 ignores them):
         the fingerprint of a tokenizer it can send (TOKENIZER), text mode, CANCEL."""
-        tokenizer = self.tokenizer
-        sendable = tokenizer is not None and spec_of(tokenizer) is not None
-        return {"tokenizer": tokenizer.fingerprint() if tokenizer and sendable else None,
+        tokenizer = self.tokenizer  # asked, not spec()'d: a spec holds the whole vocabulary
+        return {"tokenizer": tokenizer.fingerprint() if sendable(tokenizer) else None,
                 "text": tokenizer is not None, "cancel": True}
 
     def info(self) -> dict[str, Any]:

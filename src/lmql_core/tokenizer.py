@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from lmql_core import plugins
 from lmql_core.errors import TokenizerNotFound
@@ -109,9 +109,14 @@ BYTES_KIND = "bytes"
 SENDABLE = (JsonTokenizer, BytesTokenizer)  # the tokenizers a client can rebuild from their spec()
 
 
+def sendable(tokenizer: Tokenizer | None) -> TypeGuard[JsonTokenizer | BytesTokenizer]:
+    """Whether a client can rebuild ``tokenizer`` from what a server sends (TOKENIZER)."""
+    return isinstance(tokenizer, SENDABLE)
+
+
 def spec_of(tokenizer: Tokenizer) -> dict[str, Any] | None:
     """What a server sends (TOKENIZER) for ``tokenizer``, or None for one a client cannot rebuild."""
-    return tokenizer.spec() if isinstance(tokenizer, SENDABLE) else None
+    return tokenizer.spec() if sendable(tokenizer) else None
 
 
 def from_spec(spec: dict[str, Any]) -> Tokenizer:
