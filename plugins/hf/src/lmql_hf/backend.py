@@ -200,6 +200,8 @@ class HFBackend(Backend):
             last, part_every = self._packed_pass([rows[i] for i in part])
             parts.append((part, last))
             every.update(part_every)
+        if len(parts) == 1 and len(parts[0][0]) == len(rows):  # one part, already in the batch's order
+            return parts[0][1].float(), every
         device = parts[0][1].device
         out = torch.empty((len(rows), self.vocab_size), dtype=torch.float32, device=device)
         for indices, logits in parts:
