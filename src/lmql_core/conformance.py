@@ -22,7 +22,7 @@ from lmql_core.errors import LMQLError, ServerError, TokenizerNotFound
 from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client.loop import run_sync
 from lmql_core.lmtp.local import InProcessClient
-from lmql_core.lmtp.wire import LOWEST_LOGPROB
+from lmql_core.lmtp.wire import LENGTH, LOWEST_LOGPROB, STOP
 from lmql_core.model_host import LoadedModel, ModelHost, load_with
 
 PROMPTS = 4  # streams in the batching check
@@ -269,13 +269,13 @@ class _Suite:
         reasons = [e.get("finish_reason") for e in entries]
         if not entries or len(entries) > max_tokens:
             raise ConformanceError(f"{check}: max_tokens={max_tokens} gave {len(entries)} tokens {tokens}")
-        if any(r is not None for r in reasons[:-1]) or reasons[-1] not in ("stop", "length"):
+        if any(r is not None for r in reasons[:-1]) or reasons[-1] not in (STOP, LENGTH):
             raise ConformanceError(f"{check}: finish reasons {reasons}: only the last token may have one, "
                                    "'stop' or 'length'")
-        if reasons[-1] == "length" and len(entries) != max_tokens:
+        if reasons[-1] == LENGTH and len(entries) != max_tokens:
             raise ConformanceError(f"{check}: finish reason 'length' after {len(entries)} of {max_tokens} "
                                    "tokens")
-        if reasons[-1] == "stop" and tokens[-1] != self.backend.eos_token_id:
+        if reasons[-1] == STOP and tokens[-1] != self.backend.eos_token_id:
             raise ConformanceError(f"{check}: finish reason 'stop' on token {tokens[-1]}, not eos_token_id="
                                    f"{self.backend.eos_token_id}")
         for i, entry in enumerate(entries):
