@@ -133,6 +133,10 @@ class LoaderOptions:
                 raise LMQLError(f"the {self.backend} backend has no option --{key}; {self.known()}")
         return checked
 
+    def check_and_split(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``kwargs`` checked (``check``), as (the factory's, the engine's)."""
+        return self.split(self.check(kwargs))
+
     def split(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Checked ``kwargs`` as (the factory's, the engine's)."""
         engine = {key: value for key, value in kwargs.items() if key in ENGINE_OPTIONS}

@@ -35,7 +35,7 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
                             f"to use ('{endpoint}'): drop 'local:' to use the server there, or "
                             "drop the endpoint")
         options = plugins.backend_for_name(model_id.backend).options
-        loader_kwargs, engine_options = options.split(options.check(loader_kwargs))
+        loader_kwargs, engine_options = options.check_and_split(loader_kwargs)
         if tokenizer is not None and plugins.backend_takes(model_id.backend, "tokenizer"):
             loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}  # the backend's loader sees it too
         client = transports["local:"](model_id, engine_options=engine_options, **loader_kwargs)

@@ -59,7 +59,7 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
                       "reach this port can use the model")
     model_id = parse_model_id(model, backend)
     options = plugins.backend_for_name(model_id.backend).options  # fail before announcing anything
-    loader_kwargs, engine_options = options.split(options.check(loader_kwargs))
+    loader_kwargs, engine_options = options.check_and_split(loader_kwargs)
     listeners = bind(host, port)
     try:
         models, description = _load(model_id, cuda, dtype, backend, load_on_demand, loader_kwargs,
