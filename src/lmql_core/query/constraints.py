@@ -254,6 +254,9 @@ def _options(options: Any, source: str) -> list[str]:
     return list(options)
 
 
+ASCII_DIGITS = frozenset("0123456789")  # INT's digits, as LMQL's: not every Unicode digit
+
+
 @dataclass
 class IsInt(Leaf):
     """``INT(V)``: digits (a leading space allowed), ended by any other token, which the
@@ -271,7 +274,7 @@ class IsInt(Leaf):
 
     def holds(self, text: str, args: list[Any], vocab: Vocabulary) -> bool:
         digits = text.removeprefix(" ")  # as LMQL 0.7: one leading space, then 0-9 only
-        return text != "" and all(c in "0123456789" for c in digits)
+        return text != "" and all(c in ASCII_DIGITS for c in digits)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.api.llm import LLM
-from lmql_core.query.constraints import Both, IsInt, Node, Scope
+from lmql_core.query.constraints import ASCII_DIGITS, Both, IsInt, Node, Scope
 from lmql_core.query.errors import QueryError
 from lmql_core.query.generation import Variable
 from lmql_core.query.qstring import Hole
@@ -120,9 +120,6 @@ class QueryContext:
     @property
     def final_prompt(self) -> str:
         return self.prompt_text
-
-
-ASCII_DIGITS = frozenset("0123456789")
 
 
 def postprocess(where: Node | None, name: str, text: str) -> tuple[str, Any]:
