@@ -1,4 +1,5 @@
-"""The one-row Triton kernel (lmql_hf.gemv_kernel) on the CPU, through Triton's interpreter."""
+"""The HF backend's Triton kernels on the CPU, through Triton's interpreter: the one-row matrix
+product (lmql_hf.gemv_kernel) and the decode attention (lmql_hf.decode_attention)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ pytest.importorskip("triton")
 pytest.importorskip("lmql_hf")
 
 pytestmark = pytest.mark.hf
-CHECKS = Path(__file__).with_name("row_kernel_checks.py")
+HERE = Path(__file__).parent
 
 
-def test_the_kernel_computes_what_cublas_does_under_the_interpreter() -> None:
+@pytest.mark.parametrize(("checks", "count"), [("row_kernel_checks.py", 10), ("decode_attention_checks.py", 12)])
+def test_the_kernels_compute_what_references_do_under_the_interpreter(checks: str, count: int) -> None:
     """Triton picks interpreter or compiler at import: the checks run in a process of their own."""
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)],
-        env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=CHECKS.parent.parent,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / checks)],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=HERE.parent,
         capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "10 passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    assert f"{count} passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]

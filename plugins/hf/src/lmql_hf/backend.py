@@ -11,6 +11,7 @@ be packed (not SDPA, softcapping, sliding windows) run steps padded to the wides
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import time
@@ -73,6 +74,8 @@ class HFBackend(Backend):
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.packs = packed.install(self.model)
+        self._decode_kernel = (self.packs and bool(self.options["decode_attention"])
+                               and packed.decode_kernel(self.device) is not None)
         self._keeps_logits = "logits_to_keep" in params  # the head runs on chosen positions only
         # the kept positions' index: where the last hidden states are, or (layers spread over
         # devices, which accelerate moves between) on the host, which indexing any device accepts
@@ -353,8 +356,10 @@ class HFBackend(Backend):
         visible = columns[None, None, :] <= positions[:, :, None]  # each token sees up to itself
         mask = torch.zeros(visible.shape, dtype=self.model.dtype, device=positions.device)
         mask = mask.masked_fill(~visible, torch.finfo(self.model.dtype).min)[:, None]
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                         **{self._cache_kwarg: self.cache})
+        decoding = ids.shape[1] == 1 and self._decode_kernel
+        with packed.decode_pass(positions[:, 0]) if decoding else contextlib.nullcontext():
+            out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                             **{self._cache_kwarg: self.cache})
         return out.logits
 
     def release(self, seq_id: int) -> None:

@@ -7,15 +7,19 @@ registered here (``ATTENTION``), which treats a pass as packed when the keys it 
 slot cache's whole buffers (``SlotCache`` returns those for a packed pass) and then attends each
 chunk's queries to its own slot, from position 0 to its last token, causally. Chunks of equal
 length and start in neighbouring slots (a burst of new prompts) attend in one batched call.
-Any other pass (decode steps, the CUDA graphs) goes to transformers' SDPA function unchanged.
+A decode step (one query per row) run inside ``decode_pass`` attends through the Triton kernel of
+decode_attention.py, which reads each row's keys only up to its own position. Any other pass goes
+to transformers' SDPA function unchanged.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -46,7 +50,28 @@ class Group:
     count: int
 
 
-_current = threading.local()  # the packed pass in progress on this thread: its groups
+_current = threading.local()  # the pass in progress on this thread: its groups, or decode positions
+
+
+def decode_kernel(device: torch.device) -> ModuleType | None:
+    """The decode attention kernel, where it runs: CUDA with Triton (or Triton's interpreter)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    try:
+        from lmql_hf import decode_attention
+    except ImportError:
+        return None
+    return decode_attention
+
+
+@contextmanager
+def decode_pass(positions: torch.Tensor) -> Iterator[None]:
+    """Decode attention reads row i's keys up to ``positions[i]`` (1-D, on the device)."""
+    _current.decode_positions = positions
+    try:
+        yield
+    finally:
+        _current.decode_positions = None
 
 
 @contextmanager
@@ -91,6 +116,9 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     """transformers' attention signature: query (batch, heads, tokens, dim); returns
     (batch, tokens, heads, dim). A packed pass has one row of queries and the whole cache as keys."""
     if query.shape[0] == key.shape[0]:  # an ordinary pass: rows and their slots
+        positions = getattr(_current, "decode_positions", None)
+        if positions is not None and query.shape[2] == 1 and (kernel := decode_kernel(query.device)):
+            return kernel.decode_attention(query, key, value, positions, scaling), None
         if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
             return _one_query_grouped(query, key, value, attention_mask, scaling)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -1,0 +1,108 @@
+"""Checks of the decode attention kernel (lmql_hf.decode_attention), run on the CPU by Triton's
+interpreter: the kernel against a float64 softmax written here, and HF backends decoding through
+it against transformers' own generate.
+
+Triton decides at import whether it interprets, so these run in a process of their own, started
+by test_row_kernel.py with TRITON_INTERPRET=1 (pytest does not collect this file by itself).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts
+
+from lmql_hf.bundled import bundled_path
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_row_kernel.py"
+
+
+@pytest.fixture(scope="module")
+def kernel() -> ModuleType:
+    from lmql_hf import decode_attention
+
+    return decode_attention
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: list[int], scale: float) -> torch.Tensor:
+    """(rows, 1, heads, dim) from q (rows, heads, 1, dim) and k, v (rows, kv_heads, len, dim)."""
+    rows, heads, _, dim = q.shape
+    group = heads // k.shape[1]
+    out = torch.empty((rows, 1, heads, dim), dtype=torch.float64)
+    for r in range(rows):
+        for h in range(heads):
+            keys = k[r, h // group, : positions[r] + 1].double()
+            values = v[r, h // group, : positions[r] + 1].double()
+            weights = torch.softmax(keys @ q[r, h, 0].double() * scale, dim=0)
+            out[r, 0, h] = weights @ values
+    return out
+
+
+@pytest.mark.parametrize(("rows", "heads", "kv_heads", "dim", "length"), [
+    (3, 4, 4, 32, 64),  # one head per key/value head, one split
+    (2, 8, 2, 64, 1024),  # grouped queries; few rows, long keys: positions split across programs
+    (5, 6, 3, 80, 200),  # a head size that is no power of two; a length no block multiple
+    (1, 2, 1, 16, 700),  # one row, split, a last split shorter than the others
+])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_each_row_attends_to_its_own_positions(kernel: ModuleType, rows: int, heads: int, kv_heads: int,
+                                               dim: int, length: int, dtype: str) -> None:
+    torch.manual_seed(rows * heads * dim + length)
+    kind = getattr(torch, dtype)
+    # queries as the models make them: heads transposed out of (rows, 1, heads, dim)
+    q = torch.randn(rows, 1, heads, dim).to(kind).transpose(1, 2)
+    # keys and values as views of a larger slot cache: more slots, longer buffers
+    cache = torch.randn(2, rows + 2, kv_heads, length + 37, dim).to(kind)
+    k, v = cache[0, 1 : rows + 1, :, :length], cache[1, 1 : rows + 1, :, :length]
+    positions = [length - 1, 0, *[int(p) for p in torch.randint(0, length, (rows,))]][:rows]
+    # a column of a (rows, 2) tensor: positions with a stride, as the graphs' inputs have them
+    at = torch.tensor([[p, -1] for p in positions])[:, 0]
+    scale = 0.7 / dim ** 0.5
+    out = kernel.decode_attention(q, k, v, at, scale)
+    want = reference(q, k, v, positions, scale)
+    assert out.shape == (rows, 1, heads, dim) and out.dtype == kind
+    error = float((out.double() - want).abs().max())
+    assert error < (1e-5 if dtype == "float32" else 3e-3), (positions, error)
+
+
+def test_splits_only_where_rows_and_heads_leave_the_gpu_idle(kernel: ModuleType) -> None:
+    assert kernel.split_of(1, 8, 2048)[0] > 1
+    assert kernel.split_of(256, 8, 2048) == (1, 2048)
+    assert kernel.split_of(4, 4, 100)[0] == 1  # too short to be worth splitting
+    splits, span = kernel.split_of(2, 2, 1024)
+    assert splits * span >= 1024 and (splits - 1) * span < 1024 and span % kernel.BLOCK_N == 0
+
+
+@pytest.fixture(scope="module")
+def qwen3_gqa(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small Qwen3-shaped model: grouped-query attention (4 query heads on 2 key/value heads)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                         eos_token_id=0, bos_token_id=0)
+    path = tmp_path_factory.mktemp("qwen3-gqa")
+    Qwen3ForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("which", ["lmql-tiny", "qwen3", "gpt2"])
+def test_backends_decode_through_the_kernel_as_transformers_does(which: str, qwen3_gqa: str,
+                                                                 small_gpt2: str) -> None:
+    """Streams of different lengths in one decode step, each reading only its own keys."""
+    from transformers import AutoModelForCausalLM
+
+    from lmql_hf.backend import HFBackend
+
+    path = {"lmql-tiny": str(bundled_path("lmql-tiny")), "qwen3": qwen3_gqa, "gpt2": small_gpt2}[which]
+    backend = HFBackend(path)
+    assert backend._decode_kernel
+    model: Any = AutoModelForCausalLM.from_pretrained(path).eval()
+    batch = prompts(3, [300, 5, 40], backend.vocab_size, seed=3)
+    got = greedy_in_steps(backend, batch, arrivals=[0, 1, 1], chunk=512, new_tokens=6)
+    assert got == [greedy_with_transformers(model, p, 6) for p in batch]
