@@ -1,5 +1,5 @@
 """The HF backend's Triton kernels on the CPU, through Triton's interpreter: the one-row matrix
-product (lmql_hf.gemv_kernel) and the decode attention (lmql_hf.decode_attention)."""
+product (lmql_hf.gemv_kernel) and the attention over the slot cache (lmql_hf.slot_attention)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.hf
 HERE = Path(__file__).parent
 
 
-@pytest.mark.parametrize(("checks", "count"), [("row_kernel_checks.py", 10), ("decode_attention_checks.py", 12)])
+@pytest.mark.parametrize(("checks", "count"), [("row_kernel_checks.py", 10), ("slot_attention_checks.py", 19)])
 def test_the_kernels_compute_what_references_do_under_the_interpreter(checks: str, count: int) -> None:
     """Triton picks interpreter or compiler at import: the checks run in a process of their own."""
     result = subprocess.run(

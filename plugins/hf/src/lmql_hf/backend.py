@@ -27,9 +27,10 @@ from transformers import AutoModelForCausalLM
 from lmql_core.array_ops import TorchOps
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import fused, hub, loading, memory, packed, warm_up
+from lmql_hf import fused, hub, loading, memory, packed, prompt_graphs, warm_up
 from lmql_hf.graphs import BATCH_BUCKETS, DecodeGraphs, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
+from lmql_hf.prompt_graphs import PromptGraphs
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.slots import SlotTable
 from lmql_hf.tokenizer import cached_tokenizer_json
@@ -74,8 +75,8 @@ class HFBackend(Backend):
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.packs = packed.install(self.model)
-        self._decode_kernel = (self.packs and bool(self.options["decode_attention"])
-                               and packed.decode_kernel(self.device) is not None)
+        self._slot_kernels = (self.packs and bool(self.options["slot_attention"])
+                              and packed.slot_kernels(self.device) is not None)
         self._keeps_logits = "logits_to_keep" in params  # the head runs on chosen positions only
         # the kept positions' index: where the last hidden states are, or (layers spread over
         # devices, which accelerate moves between) on the host, which indexing any device accepts
@@ -91,6 +92,7 @@ class HFBackend(Backend):
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
         self.max_batch = min(self.memory.max_batch, self.table.capacity)
         self.graphs = self._decode_graphs()
+        self.prompts = self._prompt_graphs()
         # queue decode steps from device-side tokens: pays where the device runs behind the host
         self.chains_steps = _auto(self.options["chain_steps"], self.graphs is not None)
         if _auto(self.options["warm_up"], self.device.type == "cuda") and self.packs:
@@ -159,6 +161,43 @@ class HFBackend(Backend):
         with console.status(f"Capturing {count} CUDA graphs for decode steps..."):
             graphs.capture_all()
         return graphs
+
+    def _prompt_graphs(self) -> PromptGraphs | None:
+        """Where decode steps replay from graphs (or on the CPU under Triton's interpreter, eagerly
+        for tests), packed prompt passes do too: the attention kernel takes its tiles from a tensor."""
+        on_cuda = self.device.type == "cuda"
+        if not self._slot_kernels or (on_cuda and self.graphs is None) or not self._head_is_plain():
+            return None
+        config = self.model.config
+        tile = prompt_graphs.tokens_per_tile(config.num_attention_heads, self.cache.keys[0].shape[1])
+        prompts = PromptGraphs(self._prompt_forward, self.device, min(self.prefill_tokens, self.max_context),
+                               self.max_batch, tile, self.table.scratch, capture=on_cuda)
+        with console.status(f"Capturing {len(prompts.graphs)} CUDA graphs for prompt passes..."):
+            prompts.capture_all()
+        return prompts
+
+    def _head_is_plain(self) -> bool:
+        """Whether the logits are the output head applied to the last hidden states, nothing after
+        it (no scaling, no capping): prompt graphs end at the hidden states."""
+        n, scratch = 8, self.table.scratch
+        ids = (torch.arange(1, n + 1, device=self.device) % self.vocab_size).view(1, n)
+        positions = torch.arange(n, device=self.device).view(1, n)
+        slots = torch.full((1, n), scratch, device=self.device)
+        with torch.inference_mode():
+            logits = self._model_step(ids, positions, slots, slice(scratch, scratch + 1), n)
+            hidden = self._model_step(ids, positions, slots, slice(scratch, scratch + 1), n, hidden=True)
+            headed = self.model.get_output_embeddings()(hidden)
+        return torch.allclose(headed.float(), logits.float(), rtol=1e-3, atol=1e-3)
+
+    def _prompt_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                        tiles: torch.Tensor) -> torch.Tensor:
+        """The last hidden states of a packed pass, (1, T, hidden); attention by ``tiles``."""
+        self.cache.bind(slots, positions, slice(0, self.cache.slots), self.max_context)
+        unused_mask = torch.zeros((1, 1, 1, 1), dtype=self.model.dtype, device=ids.device)
+        with packed.tiled_pass(tiles):
+            out = self.model.base_model(input_ids=ids, position_ids=positions, attention_mask=unused_mask,
+                                        use_cache=True, **{self._cache_kwarg: self.cache})
+        return out.last_hidden_state
 
     # --- stepping ---------------------------------------------------------------------------
 
@@ -249,6 +288,10 @@ class HFBackend(Backend):
 
     def _packed_logits(self, batch: packed.PackedRows) -> torch.Tensor:
         """Logits of shape (len(batch.keep), vocab): the output head runs on those positions only."""
+        if self.prompts and self.prompts.fits(batch):
+            hidden = self.prompts.run(batch)
+            keep = self.ops.to_device(torch.from_numpy(batch.keep), hidden.device)
+            return self.model.get_output_embeddings()(hidden[keep])
         ids, positions, slots = (self.ops.to_device(torch.from_numpy(a), self.device)
                                  for a in (batch.ids, batch.positions, batch.slots))
         keep = self.ops.to_device(torch.from_numpy(batch.keep), self._keep_device)
@@ -349,18 +392,20 @@ class HFBackend(Backend):
         return self._model_step(ids, positions, slots, slice(0, ids.shape[0]), length)
 
     def _model_step(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                    read_rows: slice, length: int) -> torch.Tensor:
-        """Logits of shape (rows, tokens, vocab); row i reads slot ``read_rows.start + i``."""
+                    read_rows: slice, length: int, hidden: bool = False) -> torch.Tensor:
+        """Logits of shape (rows, tokens, vocab), or with ``hidden`` the last hidden states; row
+        i reads slot ``read_rows.start + i``."""
         self.cache.bind(slots, positions, read_rows, length)
         columns = torch.arange(length, device=positions.device)
         visible = columns[None, None, :] <= positions[:, :, None]  # each token sees up to itself
         mask = torch.zeros(visible.shape, dtype=self.model.dtype, device=positions.device)
         mask = mask.masked_fill(~visible, torch.finfo(self.model.dtype).min)[:, None]
-        decoding = ids.shape[1] == 1 and self._decode_kernel
+        decoding = ids.shape[1] == 1 and self._slot_kernels
+        module = self.model.base_model if hidden else self.model
         with packed.decode_pass(positions[:, 0]) if decoding else contextlib.nullcontext():
-            out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                             **{self._cache_kwarg: self.cache})
-        return out.logits
+            out = module(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                         **{self._cache_kwarg: self.cache})
+        return out.last_hidden_state if hidden else out.logits
 
     def release(self, seq_id: int) -> None:
         self.table.release([seq_id])

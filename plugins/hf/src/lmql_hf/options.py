@@ -28,9 +28,10 @@ OPTIONS: dict[str, Option] = {
     "chain_steps": Option(bool | None, None,
                           "queue decode steps from tokens still on the GPU (default: with graphs)"),
     "fuse_kernels": Option(bool | None, None, "swap modules for fused kernels (default: on with CUDA)"),
-    "decode_attention": Option(bool, True,
-                               "decode steps attend through our Triton kernel, which reads each stream's "
-                               "cache only up to its length (CUDA; False: SDPA with a mask)"),
+    "slot_attention": Option(bool, True,
+                             "attend through our Triton kernels over the KV cache: decode steps read each "
+                             "stream only up to its length, prompt passes replay from CUDA graphs (CUDA; "
+                             "False: SDPA)"),
     "compile": Option(bool | str, False, "True or a torch.compile mode: compile the decode forward"),
     "progress": Option(bool, False, "show transformers' progress bars while loading"),
 }

@@ -7,9 +7,10 @@ registered here (``ATTENTION``), which treats a pass as packed when the keys it 
 slot cache's whole buffers (``SlotCache`` returns those for a packed pass) and then attends each
 chunk's queries to its own slot, from position 0 to its last token, causally. Chunks of equal
 length and start in neighbouring slots (a burst of new prompts) attend in one batched call.
-A decode step (one query per row) run inside ``decode_pass`` attends through the Triton kernel of
-decode_attention.py, which reads each row's keys only up to its own position. Any other pass goes
-to transformers' SDPA function unchanged.
+Where Triton runs, the kernels of slot_attention.py take over: a decode step (one query per row)
+inside ``decode_pass`` reads each row's keys only up to its own position, and a packed pass inside
+``tiled_pass`` (prompt_graphs.py, replayed from CUDA graphs) attends by a table of tiles in a
+device tensor. Any other pass goes to transformers' SDPA function unchanged.
 """
 
 from __future__ import annotations
@@ -53,15 +54,15 @@ class Group:
 _current = threading.local()  # the pass in progress on this thread: its groups, or decode positions
 
 
-def decode_kernel(device: torch.device) -> ModuleType | None:
-    """The decode attention kernel, where it runs: CUDA with Triton (or Triton's interpreter)."""
+def slot_kernels(device: torch.device) -> ModuleType | None:
+    """The slot-cache attention kernels, where they run: CUDA with Triton (or its interpreter)."""
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return None
     try:
-        from lmql_hf import decode_attention
+        from lmql_hf import slot_attention
     except ImportError:
         return None
-    return decode_attention
+    return slot_attention
 
 
 @contextmanager
@@ -72,6 +73,16 @@ def decode_pass(positions: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         _current.decode_positions = None
+
+
+@contextmanager
+def tiled_pass(tiles: torch.Tensor) -> Iterator[None]:
+    """A packed pass whose attention follows ``tiles`` (slot_attention.tile_table, on the device)."""
+    _current.tiles = tiles
+    try:
+        yield
+    finally:
+        _current.tiles = None
 
 
 @contextmanager
@@ -117,7 +128,7 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     (batch, tokens, heads, dim). A packed pass has one row of queries and the whole cache as keys."""
     if query.shape[0] == key.shape[0]:  # an ordinary pass: rows and their slots
         positions = getattr(_current, "decode_positions", None)
-        if positions is not None and query.shape[2] == 1 and (kernel := decode_kernel(query.device)):
+        if positions is not None and query.shape[2] == 1 and (kernel := slot_kernels(query.device)):
             return kernel.decode_attention(query, key, value, positions, scaling), None
         if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
             return _one_query_grouped(query, key, value, attention_mask, scaling)
@@ -125,6 +136,9 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
+    tiles = getattr(_current, "tiles", None)
+    if tiles is not None and (kernel := slot_kernels(query.device)):
+        return kernel.prompt_attention(query, key, value, tiles, scaling), None
     groups: list[Group] = _current.groups
     if len(groups) == 1:  # one call covers the row (one prompt, or a burst of equal ones): no copy
         return _group_attention(query, key, value, groups[0], scaling)[None], None

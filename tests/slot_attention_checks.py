@@ -1,6 +1,6 @@
-"""Checks of the decode attention kernel (lmql_hf.decode_attention), run on the CPU by Triton's
-interpreter: the kernel against a float64 softmax written here, and HF backends decoding through
-it against transformers' own generate.
+"""Checks of the slot-cache attention kernels (lmql_hf.slot_attention), run on the CPU by Triton's
+interpreter: decode rows and packed prompt chunks against a float64 softmax written here, and HF
+backends prefilling and decoding through them against transformers' own generate.
 
 Triton decides at import whether it interprets, so these run in a process of their own, started
 by test_row_kernel.py with TRITON_INTERPRET=1 (pytest does not collect this file by itself).
@@ -17,15 +17,16 @@ import torch
 from test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts
 
 from lmql_hf.bundled import bundled_path
+from lmql_hf.prompt_graphs import tile_table, tokens_per_tile
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_row_kernel.py"
 
 
 @pytest.fixture(scope="module")
 def kernel() -> ModuleType:
-    from lmql_hf import decode_attention
+    from lmql_hf import slot_attention
 
-    return decode_attention
+    return slot_attention
 
 
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: list[int], scale: float) -> torch.Tensor:
@@ -77,6 +78,44 @@ def test_splits_only_where_rows_and_heads_leave_the_gpu_idle(kernel: ModuleType)
     assert splits * span >= 1024 and (splits - 1) * span < 1024 and span % kernel.BLOCK_N == 0
 
 
+def test_tiles_cover_each_chunk_and_pad_with_empty_ones() -> None:
+    table = tile_table([(0, 5, 7, 0), (5, 130, 2, 40)], tokens=64, width=6)
+    assert table.tolist() == [[0, 5, 69, 133, 0, 0],  # first token in the packed row
+                              [5, 64, 64, 2, 0, 0],  # tokens
+                              [7, 2, 2, 2, 0, 0],  # slot
+                              [0, 40, 104, 168, 0, 0]]  # position of the first token
+    assert [tokens_per_tile(h, kv) for h, kv in ((16, 16), (32, 8), (12, 4), (4, 2))] == [64, 16, 16, 32]
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(4, 4, 32), (8, 2, 64), (6, 2, 48)])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_prompt_chunks_attend_causally_to_their_own_slots(kernel: ModuleType, heads: int, kv_heads: int,
+                                                         dim: int, dtype: str) -> None:
+    """Chunks packed side by side: fresh prompts and continuations of cached ones, each reading
+    its slot from position 0 to its own token; padding tokens at the end belong to no tile."""
+    torch.manual_seed(heads * dim)
+    kind = getattr(torch, dtype)
+    chunks = [(3, 0, 70), (0, 100, 9), (5, 17, 1), (1, 0, 130)]  # (slot, start, tokens)
+    total, padded = sum(n for *_, n in chunks), 256
+    q = torch.randn(1, padded, heads, dim).to(kind).transpose(1, 2)  # (1, heads, T, dim), strided
+    cache = torch.randn(2, 6, kv_heads, 300, dim).to(kind)
+    segments, offset = [], 0
+    for slot, start, n in chunks:
+        segments.append((offset, n, slot, start))
+        offset += n
+    tiles = torch.from_numpy(tile_table(segments, tokens_per_tile(heads, kv_heads), width=16))
+    scale = dim ** -0.5
+    out = kernel.prompt_attention(q, cache[0], cache[1], tiles, scale)
+    assert out.shape == (1, padded, heads, dim) and out.dtype == kind
+    for offset, n, slot, start in segments:
+        rows = q[0, :, offset : offset + n].transpose(0, 1)[:, :, None]  # (n, heads, 1, dim)
+        each = [cache[i, slot : slot + 1].expand(n, -1, -1, -1) for i in (0, 1)]
+        want = reference(rows, each[0], each[1], list(range(start, start + n)), scale)
+        error = float((out[0, offset : offset + n].double() - want[:, 0]).abs().max())
+        assert error < (1e-5 if dtype == "float32" else 3e-3), (slot, start, n, error)
+    assert total < padded
+
+
 @pytest.fixture(scope="module")
 def qwen3_gqa(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small Qwen3-shaped model: grouped-query attention (4 query heads on 2 key/value heads)."""
@@ -101,8 +140,9 @@ def test_backends_decode_through_the_kernel_as_transformers_does(which: str, qwe
 
     path = {"lmql-tiny": str(bundled_path("lmql-tiny")), "qwen3": qwen3_gqa, "gpt2": small_gpt2}[which]
     backend = HFBackend(path)
-    assert backend._decode_kernel
+    assert backend._slot_kernels and backend.prompts is not None  # prompt passes by tiles too
     model: Any = AutoModelForCausalLM.from_pretrained(path).eval()
     batch = prompts(3, [300, 5, 40], backend.vocab_size, seed=3)
-    got = greedy_in_steps(backend, batch, arrivals=[0, 1, 1], chunk=512, new_tokens=6)
+    # chunks of 128: the long prompt continues from its own cache (starts 128, 256) beside decode rows
+    got = greedy_in_steps(backend, batch, arrivals=[0, 1, 1], chunk=128, new_tokens=6)
     assert got == [greedy_with_transformers(model, p, 6) for p in batch]

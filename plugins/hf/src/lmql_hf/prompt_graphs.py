@@ -1,0 +1,136 @@
+"""Packed prompt passes replayed from CUDA graphs: one graph per bucket of tokens.
+
+An eager pass of the HF module launches every kernel from Python: for a 24-layer model that is
+~15 ms of host time whatever the tokens, so SCORE batches and prompts joining running streams
+waited for the host, not the GPU. Here a pass of up to ``bucket`` tokens is one replay: the
+tokens, their positions and slots, and the table of attention tiles (``tile_table``) are
+copied into the graph's static inputs; padding tokens write to the scratch slot and belong to no
+tile. The graph ends at the model's last hidden states; the output head runs afterwards on the
+positions whose logits are read only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmql_core.array_ops import TorchOps
+from lmql_hf.packed import PackedRows
+
+_OPS = TorchOps()
+PROMPT_TILE = 64  # the attention kernel's query rows (tokens x grouped heads) per program
+TILE_FIELDS = 4  # a tile: first token (index in the packed row), tokens, slot, position of the first
+
+
+def tokens_per_tile(heads: int, kv_heads: int) -> int:
+    """Tokens of a tile: the kernel's rows are tokens x query heads per key/value head (a power of two)."""
+    return max(1, PROMPT_TILE // (1 << (heads // kv_heads - 1).bit_length()))
+
+
+def tile_table(segments: list[tuple[int, int, int, int]], tokens: int,
+               width: int | None = None) -> np.ndarray:
+    """The tiles of prompt chunks given as (first token in the packed row, tokens, slot, position
+    of the first token): (TILE_FIELDS, tiles) int64, tiles of at most ``tokens`` tokens; padded
+    with empty tiles up to ``width``."""
+    parts = []
+    for offset, length, slot, start in segments:
+        firsts = np.arange(0, length, tokens)
+        counts = np.minimum(tokens, length - firsts)
+        parts.append(np.stack([offset + firsts, counts, np.full_like(firsts, slot), start + firsts]))
+    table = np.concatenate(parts, axis=1) if parts else np.zeros((TILE_FIELDS, 0), dtype=np.int64)
+    if width is not None:
+        assert table.shape[1] <= width
+        table = np.pad(table, ((0, 0), (0, width - table.shape[1])))
+    return table.astype(np.int64)
+
+
+def token_buckets(most: int) -> list[int]:
+    """Powers of two up to 512, then 1.5x between them (768, 1536, ...): a pass pads at most a
+    third of its tokens once passes are long enough for the padding to cost."""
+    buckets, n = [64, 128, 256], 512
+    while n < most:
+        buckets += [n, n * 3 // 2]
+        n *= 2
+    return sorted({b for b in buckets if b < most} | {most})
+
+
+class PromptGraph:
+    def __init__(self, tokens: int, tiles: int, device: torch.device) -> None:
+        self.tokens, self.tiles = tokens, tiles
+        self.inputs = torch.zeros(3 * tokens + TILE_FIELDS * tiles, dtype=torch.long, device=device)
+        self.graph = torch.cuda.CUDAGraph() if device.type == "cuda" else None
+        self.hidden: torch.Tensor | None = None
+
+    def views(self, inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """(1, T) ids, positions and slots; (TILE_FIELDS, tiles) tiles: of the graph's static
+        inputs, or of ``inputs`` laid out as they are."""
+        inputs = self.inputs if inputs is None else inputs
+        n = self.tokens
+        ids, positions, slots = (inputs[i * n : (i + 1) * n].view(1, n) for i in range(3))
+        return ids, positions, slots, inputs[3 * n :].view(TILE_FIELDS, self.tiles)
+
+
+class PromptGraphs:
+    """``forward(ids, positions, slots, tiles)`` returns the last hidden states, (1, T, hidden).
+    Without ``capture`` (no CUDA: Triton's interpreter in tests) every pass runs it eagerly, with
+    the same padded inputs a graph would get."""
+
+    def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, most_tokens: int,
+                 most_rows: int, tokens_per_tile: int, scratch_slot: int, capture: bool = True) -> None:
+        self.forward = forward
+        self.capture = capture
+        self.device = device
+        self.per_tile = tokens_per_tile
+        self.most_rows = most_rows
+        self.scratch = scratch_slot
+        self.graphs = {n: PromptGraph(n, self._width(n), device) for n in token_buckets(most_tokens)}
+        self.pool: Any = None
+
+    def _width(self, tokens: int) -> int:
+        """Tiles a pass of ``tokens`` tokens can need: whole tiles, plus a partial one per row."""
+        return -(-tokens // self.per_tile) + min(tokens, self.most_rows)
+
+    def capture_all(self) -> None:
+        for graph in self.graphs.values() if self.capture else ():
+            self._capture(graph)
+
+    def fits(self, batch: PackedRows) -> bool:
+        return len(batch.ids) <= max(self.graphs) and len(batch.segments) <= self.most_rows
+
+    def run(self, batch: PackedRows) -> torch.Tensor:
+        """The last hidden states of the batch's tokens, (T, hidden), of a replay."""
+        count = len(batch.ids)
+        graph = self.graphs[next(n for n in self.graphs if n >= count)]
+        tiles = tile_table([(s.offset, s.length, s.slot, s.start) for s in batch.segments],
+                                          self.per_tile, graph.tiles)
+        host = np.zeros(graph.inputs.shape[0], dtype=np.int64)
+        n = graph.tokens
+        host[:count], host[n : n + count] = batch.ids, batch.positions
+        host[2 * n : 2 * n + count] = batch.slots
+        host[2 * n + count : 3 * n] = self.scratch  # padding tokens write where nothing reads
+        host[3 * n :] = tiles.reshape(-1)
+        inputs = _OPS.to_device(torch.from_numpy(host), self.device)
+        if not self.capture:
+            return self.forward(*graph.views(inputs))[0, :count]
+        graph.inputs.copy_(inputs)
+        assert graph.graph is not None
+        graph.graph.replay()
+        assert graph.hidden is not None
+        return graph.hidden[0, :count]
+
+    def _capture(self, graph: PromptGraph) -> None:
+        ids, positions, slots, tiles = graph.views()
+        slots.fill_(self.scratch)  # warm-up and capture write to the scratch slot; no tile reads
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.forward(ids, positions, slots, tiles)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        assert graph.graph is not None
+        with torch.cuda.graph(graph.graph, pool=self.pool):
+            graph.hidden = self.forward(ids, positions, slots, tiles)
+        self.pool = graph.graph.pool()

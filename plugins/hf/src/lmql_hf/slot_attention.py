@@ -1,0 +1,162 @@
+"""Attention over the slot cache as one Triton kernel, for decode steps and packed prompt chunks.
+
+Each program takes a tile of query tokens of one sequence (one token in a decode step; up to
+``PROMPT_TILE`` in a prompt chunk) and one key/value head, with all the query heads sharing that
+head (grouped-query attention) as rows of the same block, so the cache is read once per tile.
+It reads the sequence's slot from position 0 up to its last token only, causally: a batch of
+mixed lengths reads no masked-out keys (SDPA with a mask reads every row up to the step's
+longest). Where a decode step's rows x heads are too few to fill the GPU, a row's positions are
+split into spans whose partial softmax sums a second kernel combines (flash-decoding).
+Everything about a step but its shapes lives in device tensors (positions; for prompt chunks a
+table of tiles), so a pass captured in a CUDA graph replays with any sequences.
+Imported only where Triton is (CUDA builds of torch; its interpreter in tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lmql_hf.prompt_graphs import tokens_per_tile
+
+BLOCK_N = 64  # keys per loop iteration
+MIN_SPAN = 256  # positions: a split shorter than this costs more to combine than it saves
+TARGET_PROGRAMS = 512  # about four per multiprocessor of an H100/H200
+
+
+@triton.jit
+def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_ptr,
+            stride_qt, stride_qh, stride_ot, stride_oh, stride_kr, stride_kh, stride_kn,
+            stride_vr, stride_vh, stride_vn, stride_pos, stride_tiles,
+            scale, group, dim, heads, splits, span,
+            TOKENS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
+            SPLIT: tl.constexpr, TILED: tl.constexpr):
+    tile, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if TILED:  # a prompt chunk's tile, from the table
+        first = tl.load(tiles_ptr + tile)
+        count = tl.load(tiles_ptr + stride_tiles + tile)
+        slot = tl.load(tiles_ptr + 2 * stride_tiles + tile)
+        at = tl.load(tiles_ptr + 3 * stride_tiles + tile)
+    else:  # a decode row: row i is token i and reads slot i (the keys given start at its slot)
+        first, count, slot = tile, 1, tile
+        at = tl.load(pos_ptr + tile * stride_pos)
+    r, d = tl.arange(0, TOKENS * GROUP), tl.arange(0, DIM)
+    t, g = r // GROUP, r % GROUP  # each row: a token of the tile and one of its query heads
+    token, head = first + t, kv_head * group + g
+    seen = at + t  # the last position each row's query sees
+    rows_ok = (t < count) & (g < group)
+    q_mask = rows_ok[:, None] & (d < dim)[None, :]
+    q_at = q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :]
+    q = tl.load(q_at, mask=q_mask, other=0.0)
+    keys = k_ptr + slot.to(tl.int64) * stride_kr + kv_head * stride_kh
+    values = v_ptr + slot.to(tl.int64) * stride_vr + kv_head * stride_vh
+    start = split * span
+    end = tl.minimum(start + span, at + count)
+    best = tl.full((TOKENS * GROUP,), float("-inf"), tl.float32)
+    total = tl.zeros((TOKENS * GROUP,), tl.float32)
+    acc = tl.zeros((TOKENS * GROUP, DIM), tl.float32)
+    for n0 in range(start, end, BLOCK):
+        n = n0 + tl.arange(0, BLOCK)
+        kv_mask = (n < end)[:, None] & (d < dim)[None, :]
+        k = tl.load(keys + n[:, None] * stride_kn + d[None, :], mask=kv_mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # float32 models: no TF32
+        # causal; a row's first block always holds position 0, so its running maximum is finite
+        scores = tl.where((n[None, :] <= seen[:, None]) & (n < end)[None, :], scores, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, 1))
+        weights = tl.exp(scores - new_best[:, None])
+        rescale = tl.exp(best - new_best)
+        total = total * rescale + tl.sum(weights, 1)
+        v = tl.load(values + n[:, None] * stride_vn + d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v, input_precision="ieee")
+        best = new_best
+    if SPLIT:  # a decode row's partial sums, combined by _combine_spans
+        part = (tile * heads + head) * splits + split
+        tl.store(part_ptr + part[:, None] * DIM + d[None, :], acc, mask=q_mask)
+        tl.store(stats_ptr + part * 2, best, mask=rows_ok)
+        tl.store(stats_ptr + part * 2 + 1, total, mask=rows_ok)
+    else:
+        out = acc / tl.maximum(total, 1.0)[:, None]  # >= 1 where a row is real (its best weighs 1)
+        tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=q_mask)
+
+
+@triton.jit
+def _combine_spans(part_ptr, stats_ptr, pos_ptr, out_ptr, stride_pos, dim, heads, splits, span,
+                   SPLITS: tl.constexpr, DIM: tl.constexpr):
+    row, head = tl.program_id(0), tl.program_id(1)
+    length = tl.load(pos_ptr + row * stride_pos) + 1
+    s, d = tl.arange(0, SPLITS), tl.arange(0, DIM)
+    used = (s < splits) & (s * span < length)  # split 0 is never empty
+    at = (row * heads + head) * splits + s
+    best = tl.load(stats_ptr + at * 2, mask=used, other=float("-inf"))
+    total = tl.load(stats_ptr + at * 2 + 1, mask=used, other=0.0)
+    weight = tl.where(used, tl.exp(best - tl.max(best, 0)), 0.0)
+    part_mask = used[:, None] & (d < dim)[None, :]
+    parts = tl.load(part_ptr + at[:, None] * DIM + d[None, :], mask=part_mask, other=0.0)
+    out = tl.sum(parts * weight[:, None], 0) / tl.sum(total * weight, 0)
+    tl.store(out_ptr + (row * heads + head) * dim + d, out.to(out_ptr.dtype.element_ty), mask=d < dim)
+
+
+def split_of(rows: int, kv_heads: int, length: int) -> tuple[int, int]:
+    """(splits, positions per split) for ``rows`` decode rows reading up to ``length`` positions."""
+    wanted = max(1, min(triton.cdiv(TARGET_PROGRAMS, rows * kv_heads), length // MIN_SPAN))
+    span = triton.cdiv(triton.cdiv(length, wanted), BLOCK_N) * BLOCK_N
+    return triton.cdiv(length, span), span
+
+
+def _sizes(heads: int, kv_heads: int, dim: int) -> tuple[int, int]:
+    """(padded group of query heads, padded head size): tl.dot's sides are powers of two >= 16."""
+    assert heads % kv_heads == 0
+    return triton.next_power_of_2(heads // kv_heads), max(16, triton.next_power_of_2(dim))
+
+
+def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     positions: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Causal attention of one query per row: ``query`` (rows, heads, 1, dim); ``key`` and
+    ``value`` (rows, kv_heads, length, dim), of which row i reads positions 0..``positions[i]``
+    (a 1-D integer tensor, on the device). Returns (rows, 1, heads, dim), as transformers'
+    attention functions do."""
+    rows, heads, _, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    assert query.stride(3) == key.stride(3) == value.stride(3) == 1
+    group, block_dim = _sizes(heads, kv_heads, dim)
+    out = query.new_empty((rows, 1, heads, dim))
+    splits, span = split_of(rows, kv_heads, length)
+    part = stats = out  # unused without a split
+    if splits > 1:
+        part = torch.empty((rows, heads, splits, block_dim), dtype=torch.float32, device=query.device)
+        stats = torch.empty((rows, heads, splits, 2), dtype=torch.float32, device=query.device)
+    _attend[(rows, kv_heads, splits)](
+        query, key, value, positions, positions, out, part, stats,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(2), key.stride(0), key.stride(1),
+        key.stride(2), value.stride(0), value.stride(1), value.stride(2), positions.stride(0), 0,
+        scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, splits, span,
+        TOKENS=1, GROUP=max(16, group), DIM=block_dim, BLOCK=BLOCK_N, SPLIT=splits > 1, TILED=False,
+        num_warps=4)
+    if splits > 1:
+        _combine_spans[(rows, heads)](part, stats, positions, out, positions.stride(0), dim, heads,
+                                      splits, span, SPLITS=triton.next_power_of_2(splits), DIM=block_dim)
+    return out
+
+
+def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tiles: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """Causal attention of packed prompt chunks: ``query`` (1, heads, T, dim), the tokens of
+    every chunk side by side; ``key`` and ``value`` the whole cache (slots, kv_heads, length,
+    dim), this pass's keys written already; ``tiles`` a device tensor from ``prompt_graphs.tile_table``. Each
+    token attends to its slot's positions up to its own. Returns (1, T, heads, dim); rows of no
+    tile (padding) are left unwritten."""
+    _, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    assert query.stride(3) == key.stride(3) == value.stride(3) == 1
+    group, block_dim = _sizes(heads, kv_heads, dim)
+    out = query.new_empty((1, query.shape[2], heads, dim))
+    _attend[(tiles.shape[1], kv_heads, 1)](
+        query, key, value, tiles, tiles, out, out, out,
+        query.stride(2), query.stride(1), out.stride(1), out.stride(2), key.stride(0), key.stride(1),
+        key.stride(2), value.stride(0), value.stride(1), value.stride(2), 0, tiles.stride(0),
+        scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, 1, key.shape[2],
+        TOKENS=tokens_per_tile(heads, kv_heads), GROUP=group, DIM=block_dim, BLOCK=BLOCK_N, SPLIT=False,
+        TILED=True, num_warps=4)
+    return out
