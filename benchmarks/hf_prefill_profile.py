@@ -1,7 +1,8 @@
 """Where prefill time goes on the GPU, in-process (no sockets): packed prompt passes, decode
-steps, mixed steps, and the engine on 64 long prompts (first time and again, fresh prompts).
+steps, mixed steps, SCORE passes, and the engine on 64 long prompts and 64 SCORE requests
+(first time and again, fresh prompts).
 
-    python benchmarks/hf_prefill_profile.py [--only gpt2,qwen3] [--kernels]
+    python benchmarks/hf_prefill_profile.py [--only gpt2,qwen3] [--kernels] [--option slot_attention=False]
 
 Uses the models of benchmarks/hf_prefill_bench.py (built from their configs, random weights).
 """
@@ -22,7 +23,7 @@ from hf_prefill_bench import GPT2_DIR, QWEN3_DIR, build_gpt2, build_qwen3  # noq
 
 from lmql_core.backend import StepInput  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
-from lmql_core.engine.sequence import SamplingParams, Sequence  # noqa: E402
+from lmql_core.engine.sequence import Kind, SamplingParams, Sequence  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 
 _ids = iter(range(10**6, 10**9))  # clear of the engine's own sequence ids
@@ -68,16 +69,30 @@ def step_times(backend: HFBackend) -> None:
 
     print(f"  60 decode rows + 4 x 512 new prompt tokens: {timed_ms(mixed):.2f} ms")
     backend.release_all(running)
+    print(f"  SCORE pass, 30 x (256 + 16): {timed_ms(lambda: score_pass(backend, 30)):.2f} ms")
+
+
+def score_pass(backend: HFBackend, count: int, prompt: int = 256, scored: int = 16) -> None:
+    """A step of SCORE requests as the engine feeds them: whole, logits from the prompt's last."""
+    seq_ids = [next(_ids) for _ in range(count)]
+    rows = fresh(count, prompt + scored, backend.vocab_size)
+    out = backend.forward([StepInput(i, r, all_logits=True, logits_from=prompt - 1)
+                           for i, r in zip(seq_ids, rows, strict=True)])
+    out.all_logits[seq_ids[-1]].float().log_softmax(-1)
+    backend.release_all(seq_ids)
 
 
 def kernels(backend: HFBackend) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        prompts_pass(backend, 4, 512)
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
+    for name, work in (("4 x 512 prompts", lambda: prompts_pass(backend, 4, 512)),
+                       ("SCORE 30 x (256 + 16)", lambda: score_pass(backend, 30))):
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            work()
+            torch.cuda.synchronize()
+        print(f"  kernels of one pass, {name}:")
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15))
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
 
 
 def engine_run(engine: Engine, count: int, length: int, new_tokens: int, vocab: int,
@@ -110,6 +125,26 @@ def engine_run(engine: Engine, count: int, length: int, new_tokens: int, vocab: 
     return f"{count * new_tokens / seconds:.0f} tok/s, TTFT median {ttft:.1f} ms, ITL p99 {p99:.1f} ms"
 
 
+def engine_scores(engine: Engine, count: int, vocab: int) -> str:
+    """``count`` SCORE requests of 256 prompt + 16 scored tokens submitted at once: requests/s."""
+    done = threading.Semaphore(0)
+
+    def sink(events: list) -> None:  # noqa: ANN001
+        for e in events:
+            if e.finish_reason is not None or e.error:
+                done.release()
+
+    rows = fresh(count, 272, vocab)
+    seqs = [Sequence(next(_ids), r[:256], SamplingParams(max_tokens=0), sink, kind=Kind.SCORE, scored=r[256:])
+            for r in rows]
+    began = time.perf_counter()
+    for seq in seqs:
+        engine.submit(seq)
+    for _ in seqs:
+        done.acquire()
+    return f"{count / (time.perf_counter() - began):.0f} requests/s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default="gpt2,qwen3")
@@ -119,7 +154,8 @@ def main() -> None:
     args = parser.parse_args()
     models = {"gpt2": (build_gpt2, GPT2_DIR, "float16", 512),
               "qwen3": (build_qwen3, QWEN3_DIR, "bfloat16", 1024)}
-    options = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in args.option)}
+    options = {k: int(v) if v.isdigit() else {"True": True, "False": False}.get(v, v)
+               for k, v in (o.split("=", 1) for o in args.option)}
     for name in args.only.split(","):
         build, path, dtype, length = models[name]
         build()
@@ -137,6 +173,8 @@ def main() -> None:
                       f"{engine_run(engine, 64, length, 128, backend.vocab_size)}")
             print(f"    32 x {length} prompts 5 ms apart, 128 new: "
                   f"{engine_run(engine, 32, length, 128, backend.vocab_size, stagger_ms=5)}")
+            for run in ("first", "again"):
+                print(f"    SCORE 64 x (256 + 16), {run}: {engine_scores(engine, 64, backend.vocab_size)}")
             engine.stop()
         step_times(backend)
         if args.kernels:

@@ -71,7 +71,7 @@ def print_kernels(backend: HFBackend, batch: int) -> None:
     positions = torch.full((batch, 1), 8, dtype=torch.long, device=device)
     slots = torch.full((batch, 1), backend.table.scratch, dtype=torch.long, device=device)
 
-    forward = backend.graphs.forward if backend.graphs else backend._graph_forward  # compiled if asked
+    forward = backend.graphs.forward if backend.graphs else backend.decode_forward  # compiled if asked
     params = [SamplingParams(max_tokens=1000, top_logprobs=1) for _ in range(batch)]
 
     def step() -> None:

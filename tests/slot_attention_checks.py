@@ -140,7 +140,7 @@ def test_backends_decode_through_the_kernel_as_transformers_does(which: str, qwe
 
     path = {"lmql-tiny": str(bundled_path("lmql-tiny")), "qwen3": qwen3_gqa, "gpt2": small_gpt2}[which]
     backend = HFBackend(path)
-    assert backend._slot_kernels and backend.prompts is not None  # prompt passes by tiles too
+    assert backend.slot_kernels and backend.prompts is not None  # prompt passes by tiles too
     model: Any = AutoModelForCausalLM.from_pretrained(path).eval()
     batch = prompts(3, [300, 5, 40], backend.vocab_size, seed=3)
     # chunks of 128: the long prompt continues from its own cache (starts 128, 256) beside decode rows

@@ -27,10 +27,9 @@ from transformers import AutoModelForCausalLM
 from lmql_core.array_ops import TorchOps
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import fused, hub, loading, memory, packed, prompt_graphs, warm_up
-from lmql_hf.graphs import BATCH_BUCKETS, DecodeGraphs, length_buckets
+from lmql_hf import fused, hub, loading, memory, packed, replays, warm_up
+from lmql_hf.graphs import BATCH_BUCKETS, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
-from lmql_hf.prompt_graphs import PromptGraphs
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.slots import SlotTable
 from lmql_hf.tokenizer import cached_tokenizer_json
@@ -75,8 +74,8 @@ class HFBackend(Backend):
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.packs = packed.install(self.model)
-        self._slot_kernels = (self.packs and bool(self.options["slot_attention"])
-                              and packed.slot_kernels(self.device) is not None)
+        self.slot_kernels = (self.packs and bool(self.options["slot_attention"])
+                             and packed.slot_kernels(self.device) is not None)
         self._keeps_logits = "logits_to_keep" in params  # the head runs on chosen positions only
         # the kept positions' index: where the last hidden states are, or (layers spread over
         # devices, which accelerate moves between) on the host, which indexing any device accepts
@@ -84,6 +83,7 @@ class HFBackend(Backend):
         self._keep_device = torch.device("cpu") if spread else self.device
         self.prefill_tokens = int(self.options["prefill_tokens"])
         self.lengths = length_buckets(self.max_context)
+        self.shape = memory.ModelShape.of(config, self.vocab_size, self.model.dtype.itemsize)
         self.memory = self._plan_memory()
         if self.device.type == "cuda":
             console.print(self.memory.describe())
@@ -91,8 +91,8 @@ class HFBackend(Backend):
         self._set_cpu_threads()
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
         self.max_batch = min(self.memory.max_batch, self.table.capacity)
-        self.graphs = self._decode_graphs()
-        self.prompts = self._prompt_graphs()
+        self.graphs = replays.decode_graphs(self)
+        self.prompts = replays.prompt_graphs(self)
         # queue decode steps from device-side tokens: pays where the device runs behind the host
         self.chains_steps = _auto(self.options["chain_steps"], self.graphs is not None)
         if _auto(self.options["warm_up"], self.device.type == "cuda") and self.packs:
@@ -118,8 +118,7 @@ class HFBackend(Backend):
         """Slots and batch: on one GPU sized together with the passes and graphs (``memory``);
         elsewhere slots for ``--max_batch`` (64) running sequences and as many cached prefixes,
         within ``--cpu_cache_bytes`` (or, layers spread over GPUs, half the first one's free memory)."""
-        config = self.model.config
-        shape = memory.ModelShape.of(config, self.vocab_size, self.model.dtype.itemsize)
+        shape = self.shape
         given, fraction = self.options["max_batch"], self.options["cache_memory_fraction"]
         if self.device.type == "cuda" and len(loading.devices_of(self.model)) == 1:
             free, _ = torch.cuda.mem_get_info(self.device)
@@ -140,56 +139,11 @@ class HFBackend(Backend):
         return memory.MemoryPlan(min(wanted, slots - 1), slots, slot, 0, source)
 
     def _allocate_cache(self, slots: int) -> SlotCache:
-        config = self.model.config
-        heads = config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        layers = config.num_hidden_layers
-        return SlotCache(layers, slots, kv_heads, self.max_context, head_dim, self.model.dtype,
+        shape, layers = self.shape, self.shape.layers
+        return SlotCache(layers, slots, shape.kv_heads, self.max_context, shape.head_dim, self.model.dtype,
                          loading.layer_devices(self.model, layers, self.device))
 
-    def _decode_graphs(self) -> DecodeGraphs | None:
-        single_device = len(loading.devices_of(self.model)) == 1
-        if self.device.type != "cuda" or not single_device or not self.options["cuda_graphs"]:
-            return None
-        forward = self._graph_forward
-        if mode := self.options["compile"]:  # True, or one of torch.compile's modes
-            forward = torch.compile(forward, mode=None if mode is True else str(mode))
-        graphs = DecodeGraphs(forward, self.device, self.max_context, self.max_batch,
-                              self.table.scratch)
-        count = len(graphs.batches) * len(graphs.lengths)
-        with console.status(f"Capturing {count} CUDA graphs for decode steps..."):
-            graphs.capture_all()
-        return graphs
-
-    def _prompt_graphs(self) -> PromptGraphs | None:
-        """Where decode steps replay from graphs (or on the CPU under Triton's interpreter, eagerly
-        for tests), packed prompt passes do too: the attention kernel takes its tiles from a tensor."""
-        on_cuda = self.device.type == "cuda"
-        if not self._slot_kernels or (on_cuda and self.graphs is None) or not self._head_is_plain():
-            return None
-        config = self.model.config
-        tile = prompt_graphs.tokens_per_tile(config.num_attention_heads, self.cache.keys[0].shape[1])
-        prompts = PromptGraphs(self._prompt_forward, self.device, min(self.prefill_tokens, self.max_context),
-                               self.max_batch, tile, self.table.scratch, capture=on_cuda)
-        with console.status(f"Capturing {len(prompts.graphs)} CUDA graphs for prompt passes..."):
-            prompts.capture_all()
-        return prompts
-
-    def _head_is_plain(self) -> bool:
-        """Whether the logits are the output head applied to the last hidden states, nothing after
-        it (no scaling, no capping): prompt graphs end at the hidden states."""
-        n, scratch = 8, self.table.scratch
-        ids = (torch.arange(1, n + 1, device=self.device) % self.vocab_size).view(1, n)
-        positions = torch.arange(n, device=self.device).view(1, n)
-        slots = torch.full((1, n), scratch, device=self.device)
-        with torch.inference_mode():
-            logits = self._model_step(ids, positions, slots, slice(scratch, scratch + 1), n)
-            hidden = self._model_step(ids, positions, slots, slice(scratch, scratch + 1), n, hidden=True)
-            headed = self.model.get_output_embeddings()(hidden)
-        return torch.allclose(headed.float(), logits.float(), rtol=1e-3, atol=1e-3)
-
-    def _prompt_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+    def prompt_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                         tiles: torch.Tensor) -> torch.Tensor:
         """The last hidden states of a packed pass, (1, T, hidden); attention by ``tiles``."""
         self.cache.bind(slots, positions, slice(0, self.cache.slots), self.max_context)
@@ -345,7 +299,7 @@ class HFBackend(Backend):
         length = next(n for n in self.lengths if n > max(r.start + len(r.tokens) - 1 for r in rows))
         ids_at, positions_at, slots_at = (self.ops.to_device(torch.from_numpy(a), self.device)
                                           for a in (ids, positions, slots))
-        logits = self._model_step(ids_at, positions_at, slots_at, slice(low, low + count), length)
+        logits = self.model_step(ids_at, positions_at, slots_at, slice(low, low + count), length)
         row, column = self.ops.tensor([[r.slot - low for r in rows], [len(r.tokens) - 1 for r in rows]],
                                       logits.device)
         last = logits[row, column]
@@ -382,16 +336,16 @@ class HFBackend(Backend):
         at = self.ops.tensor(positions, self.device).view(n, 1)
         slots = self.ops.to_device(torch.arange(n).view(n, 1), self.device)
         length = next(bucket for bucket in self.lengths if bucket > max(positions))
-        return self._model_step(tokens.view(n, 1), at, slots, slice(0, n), length)[:, -1]
+        return self.model_step(tokens.view(n, 1), at, slots, slice(0, n), length)[:, -1]
 
     def confirm(self, seq_ids: list[int], tokens: list[int]) -> None:
         self.table.confirm(seq_ids, tokens)
 
-    def _graph_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+    def decode_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                        length: int) -> torch.Tensor:
-        return self._model_step(ids, positions, slots, slice(0, ids.shape[0]), length)
+        return self.model_step(ids, positions, slots, slice(0, ids.shape[0]), length)
 
-    def _model_step(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+    def model_step(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                     read_rows: slice, length: int, hidden: bool = False) -> torch.Tensor:
         """Logits of shape (rows, tokens, vocab), or with ``hidden`` the last hidden states; row
         i reads slot ``read_rows.start + i``."""
@@ -400,7 +354,7 @@ class HFBackend(Backend):
         visible = columns[None, None, :] <= positions[:, :, None]  # each token sees up to itself
         mask = torch.zeros(visible.shape, dtype=self.model.dtype, device=positions.device)
         mask = mask.masked_fill(~visible, torch.finfo(self.model.dtype).min)[:, None]
-        decoding = ids.shape[1] == 1 and self._slot_kernels
+        decoding = ids.shape[1] == 1 and self.slot_kernels
         module = self.model.base_model if hidden else self.model
         with packed.decode_pass(positions[:, 0]) if decoding else contextlib.nullcontext():
             out = module(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
