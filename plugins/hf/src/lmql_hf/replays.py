@@ -42,9 +42,9 @@ def prompt_graphs(backend: Any) -> PromptGraphs | None:
     if not backend.slot_kernels or (on_cuda and backend.graphs is None) or not head_is_plain(backend):
         return None
     tile = tokens_per_tile(backend.shape.heads, backend.shape.kv_heads)
-    most = min(backend.prefill_tokens, backend.max_context)
-    prompts = PromptGraphs(backend.prompt_forward, backend.device, most, backend.max_batch, tile,
-                           backend.table.scratch, capture=on_cuda)
+    # a pass packs many sequences: it can hold more tokens than one sequence's context
+    prompts = PromptGraphs(backend.prompt_forward, backend.device, backend.prefill_tokens, backend.max_batch,
+                           tile, backend.table.scratch, capture=on_cuda)
     with console.status(f"Capturing {len(prompts.graphs)} CUDA graphs for prompt passes..."):
         prompts.capture_all()
     return prompts

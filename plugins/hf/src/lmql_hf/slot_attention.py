@@ -31,7 +31,7 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
             stride_vr, stride_vh, stride_vn, stride_pos, stride_tiles,
             scale, group, dim, heads, splits, span,
             TOKENS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
-            SPLIT: tl.constexpr, TILED: tl.constexpr):
+            SPLIT: tl.constexpr, TILED: tl.constexpr, PRECISION: tl.constexpr):
     tile, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if TILED:  # a prompt chunk's tile, from the table
         first = tl.load(tiles_ptr + tile)
@@ -60,7 +60,7 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
         n = n0 + tl.arange(0, BLOCK)
         kv_mask = (n < end)[:, None] & (d < dim)[None, :]
         k = tl.load(keys + n[:, None] * stride_kn + d[None, :], mask=kv_mask, other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # float32 models: no TF32
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         # causal; a row's first block always holds position 0, so its running maximum is finite
         scores = tl.where((n[None, :] <= seen[:, None]) & (n < end)[None, :], scores, float("-inf"))
         new_best = tl.maximum(best, tl.max(scores, 1))
@@ -68,7 +68,7 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
         rescale = tl.exp(best - new_best)
         total = total * rescale + tl.sum(weights, 1)
         v = tl.load(values + n[:, None] * stride_vn + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v, input_precision="ieee")
+        acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
         best = new_best
     if SPLIT:  # a decode row's partial sums, combined by _combine_spans
         part = (tile * heads + head) * splits + split
@@ -96,6 +96,12 @@ def _combine_spans(part_ptr, stats_ptr, pos_ptr, out_ptr, stride_pos, dim, heads
     parts = tl.load(part_ptr + at[:, None] * DIM + d[None, :], mask=part_mask, other=0.0)
     out = tl.sum(parts * weight[:, None], 0) / tl.sum(total * weight, 0)
     tl.store(out_ptr + (row * heads + head) * dim + d, out.to(out_ptr.dtype.element_ty), mask=d < dim)
+
+
+def _precision(query: torch.Tensor) -> str:
+    """float32 models get float32 products (not TF32, which rounds to 10 bits and flipped greedy
+    tokens against the CPU); half precision runs on tensor cores either way."""
+    return "ieee" if query.dtype == torch.float32 else "tf32"
 
 
 def split_of(rows: int, kv_heads: int, length: int) -> tuple[int, int]:
@@ -133,7 +139,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         key.stride(2), value.stride(0), value.stride(1), value.stride(2), positions.stride(0), 0,
         scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, splits, span,
         TOKENS=1, GROUP=max(16, group), DIM=block_dim, BLOCK=BLOCK_N, SPLIT=splits > 1, TILED=False,
-        num_warps=4)
+        PRECISION=_precision(query), num_warps=4)
     if splits > 1:
         _combine_spans[(rows, heads)](part, stats, positions, out, positions.stride(0), dim, heads,
                                       splits, span, SPLITS=triton.next_power_of_2(splits), DIM=block_dim)
@@ -158,5 +164,5 @@ def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         key.stride(2), value.stride(0), value.stride(1), value.stride(2), 0, tiles.stride(0),
         scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, 1, key.shape[2],
         TOKENS=tokens_per_tile(heads, kv_heads), GROUP=group, DIM=block_dim, BLOCK=BLOCK_N, SPLIT=False,
-        TILED=True, num_warps=4)
+        TILED=True, PRECISION=_precision(query), num_warps=4)
     return out
