@@ -239,3 +239,23 @@ def test_int_keeps_ascii_digits_only_as_lmql_does() -> None:
     assert not where.holds("\u0663", [], None)  # type: ignore[arg-type]
     assert not where.holds("  12", [], None)  # type: ignore[arg-type]
     assert not where.holds("", [], None)  # type: ignore[arg-type]
+
+
+def test_compiled_conditions_live_only_as_long_as_their_queries() -> None:
+    """A server that builds a query per request keeps the parsed where clauses of the last 256
+    only (parse_where's cache): their compiled conditions go with them."""
+    import gc
+
+    from lmql_core.query import constraints, where
+
+    where.parse_where.cache_clear()
+    gc.collect()
+    held = len(constraints._compiled)
+    for i in range(12):
+        lmql.run_sync(f'''argmax
+            "Number {i}:[X]" where len(TOKENS(X)) < 2 and limit > {i}
+        ''', model=MODEL, limit=100)
+    assert len(constraints._compiled) >= held + 12  # each query's condition compiled once
+    where.parse_where.cache_clear()
+    gc.collect()
+    assert len(constraints._compiled) <= held

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,14 +63,16 @@ class Scope:
     decided: dict[str, Any]  # prompt variables with their values so far
 
     def eval(self, node: ast.expr) -> Any:
-        code = _compiled.get(id(node))
-        if code is None or code[0] is not node:
+        code = _compiled.get(node)
+        if code is None:
             expression = ast.fix_missing_locations(ast.Expression(node))
-            code = _compiled[id(node)] = (node, compile(expression, "<where>", "eval"))
-        return eval(code[1], self.globals, {**self.locals, **self.decided})
+            code = _compiled[node] = compile(expression, "<where>", "eval")
+        return eval(code, self.globals, {**self.locals, **self.decided})
 
 
-_compiled: dict[int, tuple[ast.expr, Any]] = {}  # a where clause's argument, compiled once
+# a where clause's argument, compiled once; gone with the query that holds it (a process that
+# builds queries from strings, one per request, would otherwise keep every one of them)
+_compiled: weakref.WeakKeyDictionary[ast.expr, Any] = weakref.WeakKeyDictionary()
 
 
 @dataclass
