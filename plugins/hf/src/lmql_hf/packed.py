@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -51,7 +51,7 @@ class Group:
     count: int
 
 
-_current = threading.local()  # the pass in progress on this thread: its groups, or decode positions
+_current = threading.local()  # the pass in progress on this thread: its groups, tiles or decode positions
 
 
 def slot_kernels(device: torch.device) -> ModuleType | None:
@@ -66,33 +66,29 @@ def slot_kernels(device: torch.device) -> ModuleType | None:
 
 
 @contextmanager
-def decode_pass(positions: torch.Tensor) -> Iterator[None]:
+def _in_pass(name: str, value: Any) -> Iterator[None]:
+    """``value`` is what this thread's pass in progress knows as ``name`` (for packed_attention)."""
+    setattr(_current, name, value)
+    try:
+        yield
+    finally:
+        setattr(_current, name, None)
+
+
+def decode_pass(positions: torch.Tensor) -> AbstractContextManager[None]:
     """Decode attention reads row i's keys up to ``positions[i]`` (1-D, on the device)."""
-    _current.decode_positions = positions
-    try:
-        yield
-    finally:
-        _current.decode_positions = None
+    return _in_pass("decode_positions", positions)
 
 
-@contextmanager
-def tiled_pass(tiles: torch.Tensor) -> Iterator[None]:
-    """A packed pass whose attention follows ``tiles`` (slot_attention.tile_table, on the device)."""
-    _current.tiles = tiles
-    try:
-        yield
-    finally:
-        _current.tiles = None
+def tiled_pass(tiles: torch.Tensor) -> AbstractContextManager[None]:
+    """A packed pass whose attention follows ``tiles`` (prompt_graphs.tile_table, on the device)."""
+    return _in_pass("tiles", tiles)
 
 
 @contextmanager
 def packed_pass(segments: list[Segment]) -> Iterator[None]:
-    _current.groups = group(segments)
-    try:
-        with _without_cudnn():
-            yield
-    finally:
-        _current.groups = None
+    with _in_pass("groups", group(segments)), _without_cudnn():
+        yield
 
 
 @contextmanager
