@@ -144,3 +144,55 @@ def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
     torch.manual_seed(2)
     model = _perturbed(GPT2LMHeadModel.from_pretrained(small_gpt2))
     _assert_fused_decode_matches(model, one_row_layers.OneRowGPT2Block)
+
+
+@pytest.mark.parametrize(("rows", "tokens"), [(3, 1), (1, 5)])  # decode rows; a packed prompt chunk
+def test_cache_writes_land_where_indexing_puts_them(rows: int, tokens: int) -> None:
+    from lmql_hf.cache_write_kernel import write_tokens
+
+    torch.manual_seed(rows)
+    heads, dim = 2, 12
+    keys, values = torch.randn(6, heads, 16, dim), torch.randn(6, heads, 16, dim)
+    want_keys, want_values = keys.clone(), values.clone()
+    # as the decode graphs hold them: views of a (3, rows) tensor, not contiguous
+    inputs = torch.stack([torch.tensor([1, 4, 2][:rows]), torch.tensor([3, 9, 0][:rows])])
+    slots, positions = inputs[0:1].T.expand(rows, tokens), inputs[1:2].T + torch.arange(tokens)
+    slots = slots.contiguous() if tokens > 1 else slots
+    new = torch.randn(rows, tokens, 2 * heads, dim).transpose(1, 2)  # (rows, heads, tokens, dim) views
+    key_states, value_states = new[:, :heads], new[:, heads:].double()  # values cast on the way
+    want_keys[slots, :, positions] = key_states.transpose(1, 2)
+    want_values[slots, :, positions] = value_states.transpose(1, 2).float()
+    write_tokens(keys, values, key_states, value_states, slots, positions)
+    assert torch.equal(keys, want_keys) and torch.equal(values, want_values)
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, small_gpt2: str,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The HF backend on its slot cache (kernel writes), one stream then two: each step's
+    logits with fused modules as without them."""
+    from lmql_core.backend import StepInput
+    from lmql_hf import one_row_layers
+    from lmql_hf.backend import HFBackend
+
+    path = small_gpt2 if model == "gpt2" else _saved_llama(tmp_path_factory)
+    fused, plain = (HFBackend(path, fuse_kernels=on, max_seq_len=64, max_batch=2) for on in (True, False))
+    assert fused.cache.write_tokens is not None and plain.cache.write_tokens is None
+    assert any(isinstance(m, one_row_layers.OneRowLayer) for m in fused.model.modules())
+    steps = [[StepInput(0, [5, 7, 9])], [StepInput(0, [11])], [StepInput(0, [3])],
+             [StepInput(1, [8, 2]), StepInput(0, [4])], [StepInput(0, [6]), StepInput(1, [1])]]
+    for step in steps:
+        want, got = plain.forward(step).last_logits, fused.forward(step).last_logits
+        assert torch.allclose(want, got, atol=2e-5), float((want - got).abs().max())
+
+
+def _saved_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=96, vocab_size=1000, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_id=2)
+    path = tmp_path_factory.mktemp("llama")
+    _perturbed(LlamaForCausalLM(config)).save_pretrained(path)
+    return str(path)

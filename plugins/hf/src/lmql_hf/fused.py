@@ -56,7 +56,7 @@ def _row_kernel() -> ModuleType | None:
     return gemv_kernel
 
 
-def _runs_kernel(x: torch.Tensor) -> bool:
+def runs_kernel(x: torch.Tensor) -> bool:
     """Triton runs on the GPU, or anywhere in its interpreter (the tests)."""
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -73,7 +73,7 @@ class OneRowLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if self.kernel and rows.shape[0] == 1 and _runs_kernel(rows):
+        if self.kernel and rows.shape[0] == 1 and runs_kernel(rows):
             out = self.kernel.row_times_weights(rows.contiguous(), self.weight, self.bias, self.activation)
         else:
             weight = self.weight.t()
@@ -120,7 +120,7 @@ def _one_row_llama_layer(layer: nn.Module, kernel: ModuleType) -> nn.Module | No
         return None
     if not hasattr(attention, "scaling") or not isinstance(getattr(attention, "head_dim", None), int):
         return None
-    return one_row_layers.OneRowLlamaLayer(layer, kernel, _runs_kernel)
+    return one_row_layers.OneRowLlamaLayer(layer, kernel, runs_kernel)
 
 
 def _one_row_gpt2_block(block: nn.Module, kernel: ModuleType) -> nn.Module | None:
@@ -138,7 +138,7 @@ def _one_row_gpt2_block(block: nn.Module, kernel: ModuleType) -> nn.Module | Non
         if type(child) is not OneRowLinear and (child := _one_row_linear(child)) is None:
             return None
         setattr(parent, name, child)
-    return one_row_layers.OneRowGPT2Block(block, kernel, _runs_kernel)
+    return one_row_layers.OneRowGPT2Block(block, kernel, runs_kernel)
 
 
 ONE_ROW_LAYERS = {"LlamaDecoderLayer": _one_row_llama_layer, "GPT2Block": _one_row_gpt2_block}
