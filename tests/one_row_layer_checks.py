@@ -31,11 +31,13 @@ def _normed(x: torch.Tensor, kind: str, weight: torch.Tensor, bias: torch.Tensor
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-@pytest.mark.parametrize(("n", "k", "config"), [
-    (96, 64, None),  # the whole row in one block, as fused norms take it
-    (37, 100, (4, 128, 2)),  # K not a power of two: the norm's sums skip the masked lanes
+@pytest.mark.parametrize(("n", "k", "config", "kind"), [
+    (96, 64, None, "rms"),  # the whole row in one block, as fused norms take it by default
+    (96, 64, None, "layer"),
+    (37, 100, (4, 128, 2), "rms"),  # K not a power of two: the norm's sums skip the masked lanes
+    (37, 100, (4, 128, 2), "layer"),
+    (37, 100, (2, 32, 2), "rms"),  # RMSNorm over several blocks: scaled once all are summed
 ])
-@pytest.mark.parametrize("kind", ["rms", "layer"])
 @pytest.mark.parametrize("activation", [None, "gelu_tanh", "silu_mul"])
 def test_norm_product_and_residual_match_float64(kernel: ModuleType, n: int, k: int, config: tuple | None,
                                                  kind: str, activation: str | None) -> None:
@@ -59,8 +61,8 @@ def test_norm_product_and_residual_match_float64(kernel: ModuleType, n: int, k: 
     assert float((out.double() - want).norm() / want.norm()) < 1e-6
 
 
-def test_a_fused_norm_needs_the_whole_row_in_one_block(kernel: ModuleType) -> None:
-    norm = kernel.RowNorm("rms", torch.ones(256), None, 1e-6)
+def test_a_fused_layer_norm_needs_the_whole_row_in_one_block(kernel: ModuleType) -> None:
+    norm = kernel.RowNorm("layer", torch.ones(256), torch.zeros(256), 1e-6)
     with pytest.raises(AssertionError):
         kernel.row_times_weights(torch.randn(1, 256), torch.randn(8, 256), None, None, (2, 128, 2), norm=norm)
 
