@@ -101,9 +101,11 @@ def block_sizes(n: int, k: int, whole_row: bool = False) -> tuple[int, int, int]
     """(BLOCK_N, BLOCK_K, num_warps), from sweeps over the gpt2-medium shapes on an H100 and the
     Llama 1.2B ones on an H200 (benchmarks/gemv_bench.py): a couple of whole rows per program;
     long rows get one, more warps. ``whole_row``: the row in one block (a norm is fused)."""
-    if whole_row:  # Llama 1.2B's gate/up (N 8192 pairs): 21.5 us against 24.1 with (2, 2048, 4)
+    if whole_row:
         block_k = triton.next_power_of_2(k)
-        return (1, block_k, 4) if k >= 4096 or (k > 1024 and n >= 8192) else (2, block_k, 2)
+        if k > 1024 and n >= 8192:  # Llama 1.2B's gate/up (8192 pairs): 19.7 us, ~24 with 1-2 rows
+            return 4, block_k, 4
+        return (1, block_k, 4) if k >= 4096 else (2, block_k, 2)
     if k >= 4096:
         return 1, 2048, 4
     if k > 1024:  # Llama 1.2B's o_proj (K 2048): 4.4 us against 5.0 with (2, 1024, 2) on an H200
