@@ -1,7 +1,7 @@
 """Where a decode step's time goes, on the GPU: forward alone, forward + sampling, the whole
-engine (no sockets), for several batch sizes. Uses the gpt2-medium-shaped model of gpu_bench.
+engine (no sockets), for several batch sizes, on one of bench_models' models (gpt2-medium by default).
 
-    python benchmarks/step_profile.py [--batches 1,8,64] [--steps 100] [--kernels]
+    python benchmarks/step_profile.py [--model llama-1b] [--batches 1,8,64] [--steps 100] [--kernels]
         [--option fuse_kernels=False] [--option chain_steps=False]
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_bench import MODEL_DIR, build_model  # noqa: E402
+from bench_models import bench_model  # noqa: E402
 
 from lmql_core.backend import StepInput  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
@@ -138,6 +138,7 @@ def profile_host(backend: HFBackend, batch: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="gpt2-medium", choices=["gpt2-medium", "llama-1b", "qwen3-0.6b"])
     parser.add_argument("--batches", default="1,8,32,64")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -146,9 +147,9 @@ def main() -> None:
     parser.add_argument("--cprofile", type=int, metavar="BATCH",
                         help="only print where the engine thread's host time goes at this batch size")
     args = parser.parse_args()
-    build_model()
+    model = bench_model(args.model)
     started = time.perf_counter()
-    backend = HFBackend(str(MODEL_DIR), cuda=True, dtype="float16", **parse_loader_args(
+    backend = HFBackend(str(model.folder), cuda=True, dtype=model.dtype, **parse_loader_args(
         [f"--{option}" for option in args.option]))
     print(f"options {args.option or 'default'}: {backend.info()['kv_cache']}, "
           f"ready in {time.perf_counter() - started:.1f} s", flush=True)

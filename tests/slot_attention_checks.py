@@ -130,16 +130,19 @@ def qwen3_gqa(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("which", ["lmql-tiny", "qwen3", "gpt2"])
-def test_backends_decode_through_the_kernel_as_transformers_does(which: str, qwen3_gqa: str,
+@pytest.mark.parametrize(("which", "fuse"), [("lmql-tiny", False), ("qwen3", False), ("gpt2", False),
+                                            ("lmql-tiny", True), ("gpt2", True)])
+def test_backends_decode_through_the_kernel_as_transformers_does(which: str, fuse: bool, qwen3_gqa: str,
                                                                  small_gpt2: str) -> None:
-    """Streams of different lengths in one decode step, each reading only its own keys."""
+    """Streams of different lengths in one decode step, each reading only its own keys; with
+    ``fuse`` the fused modules too (as on CUDA: one-row decoder layers, kernel cache writes)."""
     from transformers import AutoModelForCausalLM
 
     from lmql_hf.backend import HFBackend
 
     path = {"lmql-tiny": str(bundled_path("lmql-tiny")), "qwen3": qwen3_gqa, "gpt2": small_gpt2}[which]
-    backend = HFBackend(path)
+    backend = HFBackend(path, fuse_kernels=fuse)
+    assert bool(backend.fused_modules) == fuse
     assert backend.slot_kernels and backend.prompts is not None  # prompt passes by tiles too
     model: Any = AutoModelForCausalLM.from_pretrained(path).eval()
     batch = prompts(3, [300, 5, 40], backend.vocab_size, seed=3)

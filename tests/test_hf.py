@@ -191,7 +191,7 @@ def test_model_info_describes_the_load(tiny_server: Server) -> None:
     assert {"torch", "transformers"} <= set(info["versions"])
 
 
-@pytest.mark.parametrize(("model", "swapped"), [("lmql-tiny", 4 * 9 + 2), ("gpt2", 2 * 4 + 1)])
+@pytest.mark.parametrize(("model", "swapped"), [("lmql-tiny", 4 * 10 + 2), ("gpt2", 2 * 2 + 1)])
 def test_fused_stand_in_modules_compute_what_the_originals_did(model: str, swapped: int, small_gpt2: str) -> None:
     """On CUDA, norms, GELUs and linear layers are swapped for fused kernels; forced on here (where
     linear layers take cuBLAS's path, with GPT-2's weights transposed), every stream decodes to the
@@ -201,7 +201,8 @@ def test_fused_stand_in_modules_compute_what_the_originals_did(model: str, swapp
     try:
         info = {name: lmql.model(path, endpoint=server.endpoint).model_info_sync()["model_info"]
                 for name, server in (("plain", plain), ("fused", fused))}
-        # per layer: 2 norms + 7 linear / qkv, attention out, MLP in (+GELU), MLP out; + final norm, LM head
+        # per layer: 2 norms + 7 linear + the layer (one_row_layers) / the MLP (GELU into its first
+        # product) and the block, which takes its linear layers; + final norm, LM head
         assert info["fused"]["kv_cache"]["fused_modules"] == swapped
         assert info["plain"]["kv_cache"]["fused_modules"] == 0
         requests = {i: {"model": path, "prompt": prompt, "max_tokens": 16 + 8 * i, "top_logprobs": 3}

@@ -88,6 +88,8 @@ class HFBackend(Backend):
         if self.device.type == "cuda":
             console.print(self.memory.describe())
         self.cache = self._allocate_cache(self.memory.slots)
+        if self.fused_modules and not spread and fused.runs_kernel(self.model.get_input_embeddings().weight):
+            self.cache.use_kernel_writes()  # keys and values in one kernel
         self._set_cpu_threads()
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
         self.max_batch = min(self.memory.max_batch, self.table.capacity)

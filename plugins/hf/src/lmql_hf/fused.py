@@ -5,7 +5,8 @@ A decode step of a few sequences is bound by kernel launches, not arithmetic: GP
 stand-ins compute the same functions in one or a few kernels; results differ by rounding only.
 At one row (a single stream's decode step) every linear layer is a matrix-vector product that
 cuBLAS runs well under memory bandwidth: those run as a Triton kernel (gemv_kernel) that also
-adds the bias and, in GPT-2's MLP, the GELU. Only exact classes are swapped: look-alikes
+adds the bias and, in GPT-2's MLP, the GELU. Llama's and GPT-2's decoder layers run one token
+in a few fused kernels (one_row_layers). Only exact classes are swapped: look-alikes
 (Gemma's RMSNorm scales by 1 + weight, quantized linear layers) stay as they are.
 """
 
@@ -13,12 +14,17 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional
+from transformers import __version__ as transformers_version
 from transformers.pytorch_utils import Conv1D
 
+from lmql_hf import one_row_layers
+
+SILU = {"SiLUActivation", "SiLU"}
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm"}
 
 
@@ -50,6 +56,11 @@ def _row_kernel() -> ModuleType | None:
     return gemv_kernel
 
 
+def runs_kernel(x: torch.Tensor) -> bool:
+    """Triton runs on the GPU, or anywhere in its interpreter (the tests)."""
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 class OneRowLinear(nn.Module):
     """``act(x @ weight.T + bias)``, through the Triton kernel when x is a single row on the GPU
     (or in Triton's interpreter), through cuBLAS otherwise. ``weight`` is (out, in), contiguous."""
@@ -59,11 +70,10 @@ class OneRowLinear(nn.Module):
         super().__init__()
         self.weight, self.bias, self.activation = weight, bias, activation
         self.kernel = _row_kernel()
-        self.interpreted = os.environ.get("TRITON_INTERPRET") == "1"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if self.kernel and rows.shape[0] == 1 and (rows.is_cuda or self.interpreted):
+        if self.kernel and rows.shape[0] == 1 and runs_kernel(rows):
             out = self.kernel.row_times_weights(rows.contiguous(), self.weight, self.bias, self.activation)
         else:
             weight = self.weight.t()
@@ -95,6 +105,57 @@ def _fuse_gelu_into_mlp(mlp: nn.Module) -> bool:
     return True
 
 
+def _all_linear(modules: list[Any]) -> bool:
+    return all(type(m) is nn.Linear and not hasattr(m, "_hf_hook") for m in modules)
+
+
+def _one_row_llama_layer(layer: nn.Module, kernel: ModuleType) -> nn.Module | None:
+    attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if attention is None or mlp is None or type(getattr(mlp, "act_fn", None)).__name__ not in SILU:
+        return None
+    norms = [getattr(layer, name, None) for name in ("input_layernorm", "post_attention_layernorm")]
+    projections = [getattr(attention, name, None) for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    linears = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    if not all(type(n).__name__ == "LlamaRMSNorm" for n in norms) or not _all_linear(projections + linears):
+        return None
+    if not hasattr(attention, "scaling") or not isinstance(getattr(attention, "head_dim", None), int):
+        return None
+    return one_row_layers.OneRowLlamaLayer(layer, kernel, runs_kernel)
+
+
+def _one_row_gpt2_block(block: nn.Module, kernel: ModuleType) -> nn.Module | None:
+    attention, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
+    if attention is None or mlp is None or hasattr(block, "crossattention"):
+        return None
+    if not hasattr(attention, "scaling"):
+        return None
+    if type(mlp.c_fc) is not OneRowLinear or mlp.c_fc.activation != "gelu_tanh":  # GELU fused (above)
+        return None
+    if not all(type(n) is nn.LayerNorm and n.bias is not None for n in (block.ln_1, block.ln_2)):
+        return None
+    for parent, name in ((attention, "c_attn"), (attention, "c_proj"), (mlp, "c_proj")):
+        child = getattr(parent, name)
+        if type(child) is not OneRowLinear and (child := _one_row_linear(child)) is None:
+            return None
+        setattr(parent, name, child)
+    return one_row_layers.OneRowGPT2Block(block, kernel, runs_kernel)
+
+
+ONE_ROW_LAYERS = {"LlamaDecoderLayer": _one_row_llama_layer, "GPT2Block": _one_row_gpt2_block}
+
+
+def _fuse_layers(model: nn.Module) -> int:
+    """Decoder layers with a one-token path of a few kernels (transformers 5's layer signatures)."""
+    kernel = _row_kernel()
+    if kernel is None or int(transformers_version.split(".")[0]) < 5:
+        return 0
+    swaps = [(parent, name, new) for parent in model.modules() for name, child in parent.named_children()
+             if (build := ONE_ROW_LAYERS.get(type(child).__name__)) and (new := build(child, kernel))]
+    for parent, name, new in swaps:
+        setattr(parent, name, new)
+    return len(swaps)
+
+
 def stand_in(module: nn.Module) -> nn.Module | None:
     name = type(module).__name__
     if name == "NewGELUActivation":
@@ -110,8 +171,9 @@ def stand_in(module: nn.Module) -> nn.Module | None:
 def fuse(model: nn.Module) -> int:
     """Swap every module that has a stand-in; returns how many were swapped."""
     fused_mlps = sum(_fuse_gelu_into_mlp(mlp) for mlp in list(model.modules()))
+    fused_layers = _fuse_layers(model)
     swaps = [(parent, name, new) for parent in model.modules() for name, child in parent.named_children()
              if (new := stand_in(child)) is not None]
     for parent, name, new in swaps:
         setattr(parent, name, new)
-    return fused_mlps + len(swaps)
+    return fused_mlps + fused_layers + len(swaps)

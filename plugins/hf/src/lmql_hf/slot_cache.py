@@ -8,6 +8,7 @@ caller) hides every position past a row's own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,6 +49,17 @@ class SlotCache(Cache):
         self.positions: torch.Tensor | None = None  # (rows, new tokens): its position there
         self.read_rows = slice(0, 0)  # the slots attention reads, one per row
         self.read_len = 0  # positions attention reads
+        # writes the new keys and values in one kernel (cache_write_kernel), where set
+        self.write_tokens: Callable[..., None] | None = None
+
+    def use_kernel_writes(self) -> bool:
+        """Write through the Triton kernel from now on, where Triton is installed."""
+        try:
+            from lmql_hf.cache_write_kernel import write_tokens
+        except ImportError:
+            return False
+        self.write_tokens = write_tokens
+        return True
 
     def bind(self, write_slots: torch.Tensor, positions: torch.Tensor, read_rows: slice,
              read_len: int) -> None:
@@ -65,8 +77,12 @@ class SlotCache(Cache):
         if key_states.dtype != keys.dtype:
             key_states, value_states = key_states.to(keys.dtype), value_states.to(keys.dtype)
         # (rows, heads, new, dim) -> written at [slot, :, position, :]
-        keys[slots, :, positions] = key_states.transpose(1, 2)
-        values[slots, :, positions] = value_states.transpose(1, 2)
+        if (self.write_tokens is not None and slots.stride() == positions.stride()
+                and key_states.stride(3) == value_states.stride(3) == 1):
+            self.write_tokens(keys, values, key_states, value_states, slots, positions)
+        else:
+            keys[slots, :, positions] = key_states.transpose(1, 2)
+            values[slots, :, positions] = value_states.transpose(1, 2)
         return keys[self.read_rows, :, : self.read_len], values[self.read_rows, :, : self.read_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -1,0 +1,152 @@
+"""Decoder layers of Llama and GPT-2 that run a single token (a decode step of one stream) in
+a few fused kernels, and anything else as transformers does.
+
+A decode step of one row is bound by kernel launches: HF's Llama layer runs ~30 (RMSNorm, three
+projections, RoPE's slices and concatenations, SiLU, mul, residual adds) and GPT-2's ~10 besides
+attention. The stand-ins run the norm inside the next product, q, k and v as one product over
+their concatenated weights (the projections keep views of it: no copy), RoPE as one kernel,
+gate and up as one product with SiLU * up, and the residual adds inside the output products
+(gemv_kernel): five kernels a layer for Llama and four for GPT-2, around the cache update and
+attention, which stay the model's own (the attention function the model is configured with).
+Results differ from the original layers by rounding only. Anything other than one token of one
+row goes to the original layer.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+RunsKernel = Callable[[torch.Tensor], bool]
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")  # by transformers release
+
+
+class OneRowLayer(nn.Module):
+    """A decoder layer with a fused path for one token of one row."""
+
+    ATTENTION = "self_attn"  # the layer's attention module
+
+    def __init__(self, layer: Any, kernel: ModuleType, run_kernel: RunsKernel) -> None:
+        super().__init__()
+        self.layer: Any = layer
+        self.kernel, self.runs_kernel = kernel, run_kernel
+        self.signature = inspect.signature(layer.forward)
+
+    def __getattr__(self, name: str) -> Any:
+        """The layer's own attributes (``mlp``, ``attention_type``...), as models read them."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["layer"], name)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if hidden_states.shape[:-1].numel() != 1 or not self.runs_kernel(hidden_states):
+            return self.layer(hidden_states, *args, **kwargs)
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        bound = self.signature.bind(hidden_states, *args, **kwargs).arguments
+        implementation = getattr(self.layer, self.ATTENTION).config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get(implementation)
+        if attention is None or bound.get("encoder_hidden_states") is not None:  # eager, cross-attention
+            return self.layer(hidden_states, *args, **kwargs)
+        # what the layer hands its attention module besides the mask: passed on to the attention
+        extra = dict(bound.pop("kwargs", {}))
+        extra.update({name: bound[name] for name in ("position_ids", "use_cache") if name in bound})
+        cache = next((bound[name] for name in CACHE_ARGUMENTS if name in bound), None)
+        return self.one_row(hidden_states, attention, cache, bound, extra)
+
+    def one_row(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
+                extra: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _attended(attend: Callable[..., Any], module: Any, query: torch.Tensor, key: torch.Tensor,
+              value: torch.Tensor, cache: Any, arguments: dict[str, Any],
+              extra: dict[str, Any]) -> torch.Tensor:
+    """Cache update and attention as the model's attention module runs them: (1, heads x dim)."""
+    if cache is not None:
+        key, value = cache.update(key, value, module.layer_idx, kwargs=extra)
+    out, _ = attend(module, query, key, value, arguments.get("attention_mask"), dropout=0.0,
+                    scaling=module.scaling, **extra)
+    return out.reshape(1, -1).contiguous()
+
+
+def _heads(flat: torch.Tensor, dim: int) -> torch.Tensor:
+    """(1, heads x dim) -> (1, heads, 1, dim), as the attention functions take them."""
+    return flat.view(1, 1, -1, dim).transpose(1, 2)
+
+
+def _as_parameter(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor, requires_grad=False)
+
+
+def _concatenated(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (sum of outs, in) weight (and bias) for ``linears``, which keep views of it."""
+    weight = torch.cat([m.weight for m in linears])
+    bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+    start = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight = _as_parameter(weight[start : start + rows])
+        if bias is not None:
+            m.bias = _as_parameter(bias[start : start + rows])
+        start += rows
+    return weight, bias
+
+
+class OneRowLlamaLayer(OneRowLayer):
+    def __init__(self, layer: Any, kernel: ModuleType, run_kernel: RunsKernel) -> None:
+        super().__init__(layer, kernel, run_kernel)
+        attention, mlp = layer.self_attn, layer.mlp
+        self.qkv, self.qkv_bias = _concatenated([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.gate_up, self.gate_up_bias = _concatenated([mlp.gate_proj, mlp.up_proj])
+        self.heads = attention.q_proj.weight.shape[0] // attention.head_dim
+        self.kv_heads = attention.k_proj.weight.shape[0] // attention.head_dim
+        self.norms = [kernel.RowNorm("rms", n.weight, None, float(n.variance_epsilon))
+                      for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+
+    def one_row(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
+                extra: dict[str, Any]) -> torch.Tensor:
+        layer, kernel = self.layer, self.kernel
+        attention, dim = layer.self_attn, layer.self_attn.head_dim
+        row = x.reshape(1, -1)
+        qkv = kernel.row_times_weights(row, self.qkv, self.qkv_bias, norm=self.norms[0])
+        cos, sin = arguments["position_embeddings"]
+        rotated = kernel.rotate_heads(qkv, self.heads + self.kv_heads, cos, sin)
+        query, key = _heads(rotated[:, : self.heads * dim], dim), _heads(rotated[:, self.heads * dim :], dim)
+        value = _heads(qkv[:, (self.heads + self.kv_heads) * dim :], dim)
+        attended = _attended(attend, attention, query, key, value, cache, arguments, extra)
+        out, down = attention.o_proj, layer.mlp.down_proj
+        row = kernel.row_times_weights(attended, out.weight, out.bias, residual=row)
+        gate_up, bias = self.gate_up, self.gate_up_bias
+        hidden = kernel.row_times_weights(row, gate_up, bias, "silu_mul", norm=self.norms[1])
+        row = kernel.row_times_weights(hidden, down.weight, down.bias, residual=row)
+        return row.view(x.shape)
+
+
+class OneRowGPT2Block(OneRowLayer):
+    ATTENTION = "attn"
+
+    def __init__(self, layer: Any, kernel: ModuleType, run_kernel: RunsKernel) -> None:
+        super().__init__(layer, kernel, run_kernel)
+        self.norms = [kernel.RowNorm("layer", n.weight, n.bias, float(n.eps))
+                      for n in (layer.ln_1, layer.ln_2)]
+
+    def one_row(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
+                extra: dict[str, Any]) -> torch.Tensor:
+        layer, kernel = self.layer, self.kernel
+        attention, mlp = layer.attn, layer.mlp
+        row = x.reshape(1, -1)
+        qkv_in, out, mlp_in = attention.c_attn, attention.c_proj, mlp.c_fc
+        qkv = kernel.row_times_weights(row, qkv_in.weight, qkv_in.bias, norm=self.norms[0])
+        query, key, value = (_heads(part, attention.head_dim) for part in qkv.split(attention.split_size, 1))
+        attended = _attended(attend, attention, query, key, value, cache, arguments, extra)
+        row = kernel.row_times_weights(attended, out.weight, out.bias, residual=row)
+        hidden = kernel.row_times_weights(row, mlp_in.weight, mlp_in.bias, "gelu_tanh", norm=self.norms[1])
+        row = kernel.row_times_weights(hidden, mlp.c_proj.weight, mlp.c_proj.bias, residual=row)
+        return row.view(x.shape)

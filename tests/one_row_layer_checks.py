@@ -1,0 +1,200 @@
+"""Checks of the fused one-token decoder layers (lmql_hf.one_row_layers) and the kernel options
+they use (a norm before the product, a residual after it, SwiGLU, RoPE), run on the CPU by
+Triton's interpreter against float64 references and transformers' own modules.
+
+Started by test_row_kernel.py with TRITON_INTERPRET=1 (pytest does not collect this file by itself).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from types import ModuleType
+
+import pytest
+import torch
+from torch.nn import functional
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_row_kernel.py"
+
+
+@pytest.fixture(scope="module")
+def kernel() -> ModuleType:
+    from lmql_hf import gemv_kernel
+
+    return gemv_kernel
+
+
+def _normed(x: torch.Tensor, kind: str, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    if kind == "layer":
+        return functional.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+@pytest.mark.parametrize(("n", "k", "config", "kind"), [
+    (96, 64, None, "rms"),  # the whole row in one block, as fused norms take it by default
+    (96, 64, None, "layer"),
+    (37, 100, (4, 128, 2), "rms"),  # K not a power of two: the norm's sums skip the masked lanes
+    (37, 100, (4, 128, 2), "layer"),
+    (37, 100, (2, 32, 2), "rms"),  # RMSNorm over several blocks: scaled once all are summed
+])
+@pytest.mark.parametrize("activation", [None, "gelu_tanh", "silu_mul"])
+def test_norm_product_and_residual_match_float64(kernel: ModuleType, n: int, k: int, config: tuple | None,
+                                                 kind: str, activation: str | None) -> None:
+    torch.manual_seed(n + k)
+    rows = 2 * n if activation == "silu_mul" else n
+    x = torch.randn(1, k) * 3 + 1  # off-centre: LayerNorm's mean matters
+    weight, bias = torch.randn(rows, k) / k ** 0.5, torch.randn(rows)
+    norm_weight, norm_bias = torch.rand(k) + 0.5, (torch.randn(k) if kind == "layer" else None)
+    residual = torch.randn(1, n)
+    norm = kernel.RowNorm(kind, norm_weight, norm_bias, 1e-5)
+    out = kernel.row_times_weights(x, weight, bias, activation, config, norm=norm, residual=residual)
+    d = torch.float64
+    product = functional.linear(_normed(x.to(d), kind, norm_weight.to(d), None if norm_bias is None else norm_bias.to(d),
+                                        1e-5), weight.to(d), bias.to(d))
+    if activation == "gelu_tanh":
+        product = functional.gelu(product, approximate="tanh")
+    elif activation == "silu_mul":
+        product = functional.silu(product[:, :n]) * product[:, n:]
+    want = product + residual.to(d)
+    assert out.shape == (1, n)
+    assert float((out.double() - want).norm() / want.norm()) < 1e-6
+
+
+def test_a_fused_layer_norm_needs_the_whole_row_in_one_block(kernel: ModuleType) -> None:
+    norm = kernel.RowNorm("layer", torch.ones(256), torch.zeros(256), 1e-6)
+    with pytest.raises(AssertionError):
+        kernel.row_times_weights(torch.randn(1, 256), torch.randn(8, 256), None, None, (2, 128, 2), norm=norm)
+
+
+@pytest.mark.parametrize("dim", [64, 12])  # 12: half a head is not a power of two (masked lanes)
+def test_rope_matches_transformers(kernel: ModuleType, dim: int) -> None:
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    torch.manual_seed(dim)
+    heads, kv_heads = 4, 2
+    qkv = torch.randn(1, (heads + 2 * kv_heads) * dim)
+    angles = torch.rand(1, 1, dim // 2) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    q = qkv[:, : heads * dim].view(1, 1, heads, dim).transpose(1, 2)
+    k = qkv[:, heads * dim : (heads + kv_heads) * dim].view(1, 1, kv_heads, dim).transpose(1, 2)
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
+    out = kernel.rotate_heads(qkv, heads + kv_heads, cos, sin)
+    assert torch.allclose(out[:, : heads * dim], want_q.transpose(1, 2).reshape(1, -1), atol=1e-6)
+    assert torch.allclose(out[:, heads * dim :], want_k.transpose(1, 2).reshape(1, -1), atol=1e-6)
+
+
+def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """Norm weights off one and biases off zero, so a stand-in that dropped one would show."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name or "ln_" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+            elif name.endswith("bias"):
+                parameter.normal_(std=0.1)
+    return model.eval()
+
+
+def _decode_logits(model: torch.nn.Module, prompt: torch.Tensor, then: list[int]) -> list[torch.Tensor]:
+    """Logits of a prompt's pass and of each following token, one at a time over the model's cache."""
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)
+        logits, cache = [out.logits[0, -1]], out.past_key_values
+        for token in then:
+            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            logits.append(out.logits[0, -1])
+            cache = out.past_key_values
+    return logits
+
+
+def _assert_fused_decode_matches(model: torch.nn.Module, wrapper: type) -> None:
+    from lmql_hf import fused
+
+    original = copy.deepcopy(model)
+    fused.fuse(model)
+    layers = [m for m in model.modules() if isinstance(m, wrapper)]
+    assert len(layers) == 2
+    prompt, then = torch.tensor([[5, 7, 9, 11]]), [13, 2, 40]
+    want, got = _decode_logits(original, prompt, then), _decode_logits(model, prompt, then)
+    for a, b in zip(want, got, strict=True):
+        assert torch.allclose(a, b, atol=2e-5), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("attention_bias", [False, True])
+def test_a_fused_llama_decodes_as_transformers_does(attention_bias: bool) -> None:
+    """Each one-token step through the fused layers (one prompt pass first, through the
+    original ones): logits as the untouched model's, over a grouped-query cache."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmql_hf import one_row_layers
+
+    torch.manual_seed(1)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=96, vocab_size=1000, attention_bias=attention_bias,
+                         rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    model = _perturbed(LlamaForCausalLM(config))
+    _assert_fused_decode_matches(model, one_row_layers.OneRowLlamaLayer)
+    attention = model.model.layers[0].layer.self_attn
+    assert attention.k_proj.weight.data_ptr() == attention.q_proj.weight.data_ptr() + 64 * 64 * 4  # views, no copy
+
+
+def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
+    from transformers import GPT2LMHeadModel
+
+    from lmql_hf import one_row_layers
+
+    torch.manual_seed(2)
+    model = _perturbed(GPT2LMHeadModel.from_pretrained(small_gpt2))
+    _assert_fused_decode_matches(model, one_row_layers.OneRowGPT2Block)
+
+
+@pytest.mark.parametrize(("rows", "tokens"), [(3, 1), (1, 5)])  # decode rows; a packed prompt chunk
+def test_cache_writes_land_where_indexing_puts_them(rows: int, tokens: int) -> None:
+    from lmql_hf.cache_write_kernel import write_tokens
+
+    torch.manual_seed(rows)
+    heads, dim = 2, 12
+    keys, values = torch.randn(6, heads, 16, dim), torch.randn(6, heads, 16, dim)
+    want_keys, want_values = keys.clone(), values.clone()
+    # as the decode graphs hold them: views of a (3, rows) tensor, not contiguous
+    inputs = torch.stack([torch.tensor([1, 4, 2][:rows]), torch.tensor([3, 9, 0][:rows])])
+    slots, positions = inputs[0:1].T.expand(rows, tokens), inputs[1:2].T + torch.arange(tokens)
+    slots = slots.contiguous() if tokens > 1 else slots
+    new = torch.randn(rows, tokens, 2 * heads, dim).transpose(1, 2)  # (rows, heads, tokens, dim) views
+    key_states, value_states = new[:, :heads], new[:, heads:].double()  # values cast on the way
+    want_keys[slots, :, positions] = key_states.transpose(1, 2)
+    want_values[slots, :, positions] = value_states.transpose(1, 2).float()
+    write_tokens(keys, values, key_states, value_states, slots, positions)
+    assert torch.equal(keys, want_keys) and torch.equal(values, want_values)
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, small_gpt2: str,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The HF backend on its slot cache (kernel writes), one stream then two: each step's
+    logits with fused modules as without them."""
+    from lmql_core.backend import StepInput
+    from lmql_hf import one_row_layers
+    from lmql_hf.backend import HFBackend
+
+    path = small_gpt2 if model == "gpt2" else _saved_llama(tmp_path_factory)
+    fused, plain = (HFBackend(path, fuse_kernels=on, max_seq_len=64, max_batch=2) for on in (True, False))
+    assert fused.cache.write_tokens is not None and plain.cache.write_tokens is None
+    assert any(isinstance(m, one_row_layers.OneRowLayer) for m in fused.model.modules())
+    steps = [[StepInput(0, [5, 7, 9])], [StepInput(0, [11])], [StepInput(0, [3])],
+             [StepInput(1, [8, 2]), StepInput(0, [4])], [StepInput(0, [6]), StepInput(1, [1])]]
+    for step in steps:
+        want, got = plain.forward(step).last_logits, fused.forward(step).last_logits
+        assert torch.allclose(want, got, atol=2e-5), float((want - got).abs().max())
+
+
+def _saved_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=96, vocab_size=1000, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_id=2)
+    path = tmp_path_factory.mktemp("llama")
+    _perturbed(LlamaForCausalLM(config)).save_pretrained(path)
+    return str(path)
