@@ -79,7 +79,8 @@ class HFBackend(Backend):
         self._keeps_logits = "logits_to_keep" in params  # the head runs on chosen positions only
         # the kept positions' index: where the last hidden states are, or (layers spread over
         # devices, which accelerate moves between) on the host, which indexing any device accepts
-        spread = len(loading.devices_of(self.model)) > 1
+        self.devices = loading.devices_of(self.model)
+        spread = len(self.devices) > 1
         self._keep_device = torch.device("cpu") if spread else self.device
         self.prefill_tokens = int(self.options["prefill_tokens"])
         self.lengths = length_buckets(self.max_context)
@@ -122,7 +123,7 @@ class HFBackend(Backend):
         within ``--cpu_cache_bytes`` (or, layers spread over GPUs, half the first one's free memory)."""
         shape = self.shape
         given, fraction = self.options["max_batch"], self.options["cache_memory_fraction"]
-        if self.device.type == "cuda" and len(loading.devices_of(self.model)) == 1:
+        if self.device.type == "cuda" and len(self.devices) == 1:
             free, _ = torch.cuda.mem_get_info(self.device)
             graph_lengths = len(self.lengths) if self.options["cuda_graphs"] else 0
             return memory.plan(shape, free, self.max_context, self.prefill_tokens, graph_lengths,
@@ -377,7 +378,7 @@ class HFBackend(Backend):
             "model_class": type(self.model).__name__,
             "path": self.path,
             "constructor": loading.constructor_call(self.path, self.kwargs),
-            "devices": loading.devices_of(self.model),
+            "devices": self.devices,
             "layers": loading.layer_placement(self.model),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "max_batch": self.max_batch,

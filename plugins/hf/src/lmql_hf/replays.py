@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmql_hf import loading
 from lmql_hf.graphs import DecodeGraphs
 from lmql_hf.prompt_graphs import PromptGraphs, tokens_per_tile
 
@@ -21,8 +20,7 @@ console = Console(stderr=True)
 
 def decode_graphs(backend: Any) -> DecodeGraphs | None:
     """Decode steps of one GPU's model replay from graphs, each bucket captured now."""
-    single_device = len(loading.devices_of(backend.model)) == 1
-    if backend.device.type != "cuda" or not single_device or not backend.options["cuda_graphs"]:
+    if backend.device.type != "cuda" or len(backend.devices) > 1 or not backend.options["cuda_graphs"]:
         return None
     forward = backend.decode_forward
     if mode := backend.options["compile"]:  # True, or one of torch.compile's modes
