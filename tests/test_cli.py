@@ -117,6 +117,27 @@ def test_ready_is_printed_once_the_socket_serves_with_how_to_stop() -> None:
         assert proc.wait(timeout=30) == 0
 
 
+def test_the_cpu_server_warms_up_before_ready_and_says_how_long() -> None:
+    """The first request after Ready on the CPU paid the libraries' lazy set-up (issue #19)."""
+    port = free_port()
+    proc = subprocess.Popen([*LMQL, "serve-model", "lmql-tiny", "--host", "127.0.0.1", "--port", str(port)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("Ready"):
+                break
+        assert any(line.startswith("Warmed up in") for line in lines[:-1]), lines
+        info = lmql.model("lmql-tiny", endpoint=f"127.0.0.1:{port}").model_info_sync()["model_info"]
+        assert info["devices"] == ["cpu"] and 0 < info["warm_up_s"] < 5
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
 def test_the_demo_refuses_a_port_in_use() -> None:
     with port_taken() as port:
         result = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], capture_output=True,

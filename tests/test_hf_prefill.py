@@ -166,7 +166,8 @@ def test_big_vocabulary_chunked_prompts_beside_decode_rows(big_vocab_path: str) 
 
 
 def test_warm_up_leaves_nothing_behind_and_decoding_unchanged(tiny_path: str, tiny_reference: Any) -> None:
-    backend = HFBackend(tiny_path, warm_up=True)  # on CPU too, when asked
+    backend = HFBackend(tiny_path)  # the CPU warms up too, by default
+    assert backend.warm_up_seconds is not None
     assert backend.table.active == 0
     assert all(not slot.tokens for slot in backend.table.slots)  # no made-up prefix is reused
     batch = prompts(3, [20, 64, 5], backend.vocab_size, seed=7)

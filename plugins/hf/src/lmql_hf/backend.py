@@ -98,7 +98,8 @@ class HFBackend(Backend):
         self.prompts = replays.prompt_graphs(self)
         # queue decode steps from device-side tokens: pays where the device runs behind the host
         self.chains_steps = _auto(self.options["chain_steps"], self.graphs is not None)
-        if _auto(self.options["warm_up"], self.device.type == "cuda") and self.packs:
+        self.warm_up_seconds: float | None = None  # how long the warm-up before Ready took
+        if self.options["warm_up"] and self.packs:
             self._warm_up()
 
     # --- setup ------------------------------------------------------------------------------
@@ -268,22 +269,27 @@ class HFBackend(Backend):
         """Serve a small made-up workload before "Ready", so no request waits for kernels to load
         or matrix algorithms to be chosen: packed passes of every size up to a step's (fresh and
         continued chunks, one and many logits), decode rows beside prompts, chained steps, and the
-        engine's sampling and scoring. It leaves the cache as it found it."""
+        engine's sampling and scoring. It leaves the cache as it found it. On the CPU, where
+        nothing is chosen per shape, small passes do: the first request there paid ~15 ms for
+        lazy set-up (4-layer GPT-2), the whole warm-up costs a few tenths of a second."""
         began = time.perf_counter()
+        on_gpu = self.device.type == "cuda"
+        largest = self.prefill_tokens if on_gpu else warm_up.CPU_PASS_TOKENS
         count = min(3, self.table.capacity)
         with console.status("Warming up..."):
             size = 16
-            while size <= min(self.prefill_tokens, self.max_context):
+            while size <= min(largest, self.max_context):
                 n = size // count
                 rows = [([0] * n, slot, 0, n - 1) for slot in range(count - 1)]
                 rows.append(([0] * n, count - 1, min(n, self.max_context - n), 0 if size <= 1024 else n - 1))
                 self._packed_logits(packed.pack(rows))
                 size *= 2
-            warm_up.serve(self)
-            if self.device.type == "cuda":
+            warm_up.serve(self, warm_up.GPU_ROWS if on_gpu else warm_up.CPU_ROWS)
+            if on_gpu:
                 torch.cuda.synchronize(self.device)
         self.table.forget_prefixes()
-        console.print(f"Warmed up in {time.perf_counter() - began:.1f} s")
+        self.warm_up_seconds = time.perf_counter() - began
+        console.print(f"Warmed up in {self.warm_up_seconds:.1f} s")
 
     def _eager(self, rows: list[Row]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         low = min(r.slot for r in rows)
@@ -389,6 +395,7 @@ class HFBackend(Backend):
                          "cuda_graphs": self.graphs is not None, "fused_modules": self.fused_modules,
                          "chained_steps": self.chains_steps,
                          "reused_prefix_tokens": self.table.reused_tokens},
+            "warm_up_s": None if self.warm_up_seconds is None else round(self.warm_up_seconds, 3),
             "versions": loading.versions(),
         }
 

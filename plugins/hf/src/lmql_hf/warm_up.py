@@ -8,6 +8,10 @@ from lmql_core.backend import StepInput
 from lmql_core.engine.sampling import collect_scoring, launch_scoring, sample_batch
 from lmql_core.engine.sequence import SamplingParams
 
+GPU_ROWS = 64  # the most sequences a warm-up step runs on a GPU, where shapes pick kernels
+CPU_ROWS = 4  # on the CPU only libraries load lazily: a few rows do, and keep start-up short
+CPU_PASS_TOKENS = 64  # the largest packed pass of the CPU's warm-up
+
 
 def sampling_kinds() -> tuple[SamplingParams, ...]:
     """What requests ask for: greedy with log-probs and a bias, and sampled. New objects for each
@@ -16,12 +20,13 @@ def sampling_kinds() -> tuple[SamplingParams, ...]:
             SamplingParams(max_tokens=8, temperature=0.8, top_k=40, top_p=0.9, top_logprobs=5))
 
 
-def serve(backend: Any) -> None:
+def serve(backend: Any, most_rows: int) -> None:
     """Sequences of negative ids (the engine's are positive) join while others decode, in batches
-    of one and of the most the backend holds, chained and not; then one is scored."""
+    of one and of up to ``most_rows`` (as many as the backend holds), chained and not; then one
+    is scored."""
     if backend.max_context < 128:
         return
-    for rows in sorted({1, min(backend.max_batch, 64)}):
+    for rows in sorted({1, min(backend.max_batch, most_rows)}):
         ids = [-1 - i for i in range(rows)]
         prompt = [1] * min(48, backend.max_context // 4)
         out = backend.forward([StepInput(ids[0], prompt)])
