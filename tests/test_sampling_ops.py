@@ -155,3 +155,26 @@ def test_greedy_ties_go_to_the_lowest_id(ops_name: str, row_name: str, top_logpr
     assert samples.tokens == [best[0]] * 3
     if top_logprobs > 1:
         assert [list(top) for top in samples.top_logprobs] == [best] * 3
+
+
+@pytest.mark.parametrize("ops_name", OPS)
+def test_a_long_bias_added_as_dense_rows_chooses_as_a_short_one_added_entry_by_entry(ops_name: str) -> None:
+    """Biases of up to SPARSE_BIAS_TOKENS tokens are added entry by entry, longer ones as dense
+    rows: the same bias padded with zeros past that length takes the dense path and must give
+    the same tokens and exactly the same log-probs, greedy and sampled."""
+    from lmql_core.engine.sampling import SPARSE_BIAS_TOKENS
+
+    ops, array = OPS[ops_name]()
+    rng = np.random.default_rng(21)
+    vocab = 2 * SPARSE_BIAS_TOKENS + 8
+    logits = rng.standard_normal((6, vocab)).astype(np.float32) * 3
+    short = {int(np.argmax(logits[0])): -100, 3: 2.5, 7: 100, 8: 100, 9: -1.5}
+    padded = {**{t: 0.0 for t in range(10, 11 + SPARSE_BIAS_TOKENS)}, **short}
+    results = []
+    for bias in (short, padded):
+        batch = [params({"bias": bias, "temperature": t}, top_logprobs=3) for t in (0.0, 0.0, 0.9, 0.0, 1.3, 0.0)]
+        batch[1].logit_bias = {}  # a row without a bias between biased ones
+        results.append(sample_batch(ops, array(logits), batch, seed=9))
+    sparse, dense = results
+    assert sparse.tokens == dense.tokens and sparse.logprobs == dense.logprobs
+    assert sparse.top_logprobs == dense.top_logprobs

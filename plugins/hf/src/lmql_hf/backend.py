@@ -309,9 +309,12 @@ class HFBackend(Backend):
         ids_at, positions_at, slots_at = (self.ops.to_device(torch.from_numpy(a), self.device)
                                           for a in (ids, positions, slots))
         logits = self.model_step(ids_at, positions_at, slots_at, slice(low, low + count), length)
-        row, column = self.ops.tensor([[r.slot - low for r in rows], [len(r.tokens) - 1 for r in rows]],
-                                      logits.device)
-        last = logits[row, column]
+        order = [r.slot - low for r in rows]
+        if width == 1 and order == list(range(count)):  # decode rows in slot order: a view, no copy
+            last = logits[:, 0]
+        else:
+            row, column = self.ops.tensor([order, [len(r.tokens) - 1 for r in rows]], logits.device)
+            last = logits[row, column]
         every = {r.item.seq_id: logits[r.slot - low, : len(r.tokens)] for r in rows if r.item.all_logits}
         return last, every
 
