@@ -81,6 +81,7 @@ class Engine:
         self.scheduler = Scheduler(max_batch=limit, token_budget=token_budget)
         self.stats = EngineStats()
         self.seed = seed
+        self._last_plan: SamplingPlan | None = None  # the engine thread's only
         self._wake = threading.Condition()
         self._last_arrival = 0.0
         self._stopping = False
@@ -188,7 +189,7 @@ class Engine:
             ready = [i for i, c in enumerate(chunks) if c.completes_prefill
                      and c.seq.kind is Kind.GENERATE and c.seq.status is Status.RUNNING]
             seqs = [chunks[i].seq for i in ready]
-            plan = SamplingPlan([s.params for s in seqs])
+            plan = self._plan_for(seqs)
             sampling = self._sample(seqs, self._rows(output.last_logits, ready), plan) if ready else None
             scores = [c.seq for c in chunks if c.seq.kind is Kind.SCORE]
             scored, scoring = self._launch_scoring(scores, output)
@@ -198,6 +199,15 @@ class Engine:
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scored, scoring, started, headroom)
+
+    def _plan_for(self, seqs: list[Sequence]) -> SamplingPlan:
+        """The last step's plan when it sampled the same streams (steady decoding without chained
+        steps, as on the CPU): its arrays (bias entries, temperatures) are then built only once."""
+        last = self._last_plan
+        if (last is None or len(last.params) != len(seqs)
+                or any(p is not s.params for p, s in zip(last.params, seqs, strict=True))):
+            last = self._last_plan = SamplingPlan([s.params for s in seqs])
+        return last
 
     def _step_input(self, chunk: ScheduledChunk) -> StepInput:
         seq = chunk.seq
