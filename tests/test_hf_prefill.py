@@ -3,6 +3,7 @@ where they are read. Checked against transformers' own greedy tokens and log-pro
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -173,6 +174,32 @@ def test_warm_up_leaves_nothing_behind_and_decoding_unchanged(tiny_path: str, ti
     batch = prompts(3, [20, 64, 5], backend.vocab_size, seed=7)
     got = greedy_in_steps(backend, batch, arrivals=[0, 1, 1], chunk=32, new_tokens=4)
     assert got == [greedy_with_transformers(tiny_reference, p, 4) for p in batch]
+
+
+def test_a_large_models_steps_of_many_tokens_take_every_core_and_tokens_stay_transformers(
+        tmp_path: Any) -> None:
+    """On the CPU a model of ALL_CORES_FROM_WEIGHTS weights or more runs steps of at least
+    ALL_CORES_FROM_TOKENS tokens on every core, smaller steps leave a core to the event loop;
+    the tokens are transformers' either way."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmql_hf.threads import ALL_CORES_FROM_TOKENS, ALL_CORES_FROM_WEIGHTS, weights_per_token
+
+    cores = os.cpu_count() or 1
+    if cores < 2 or "OMP_NUM_THREADS" in os.environ:
+        pytest.skip("one core, or threads fixed by OMP_NUM_THREADS")
+    torch.manual_seed(0)
+    reference = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=128, n_head=4, vocab_size=32_000)).eval()
+    assert weights_per_token(reference) >= ALL_CORES_FROM_WEIGHTS
+    reference.save_pretrained(tmp_path)
+    backend = HFBackend(str(tmp_path))
+    batch = prompts(2, [ALL_CORES_FROM_TOKENS // 2], backend.vocab_size, seed=3)
+    first = backend.forward([StepInput(i, p) for i, p in enumerate(batch)]).last_logits.argmax(-1).tolist()
+    assert torch.get_num_threads() == cores
+    second = backend.forward([StepInput(i, [t]) for i, t in enumerate(first)]).last_logits.argmax(-1).tolist()
+    assert torch.get_num_threads() == cores - 1
+    assert [list(pair) for pair in zip(first, second, strict=True)] == [
+        greedy_with_transformers(reference, p, 2) for p in batch]
 
 
 def test_warm_ups_of_models_with_different_vocabularies_in_one_process(tiny_path: str, small_gpt2: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from lmql_hf.graphs import BATCH_BUCKETS, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.slots import SlotTable
+from lmql_hf.threads import HostThreads, weights_per_token
 from lmql_hf.tokenizer import cached_tokenizer_json
 
 console = Console(stderr=True)
@@ -91,7 +91,9 @@ class HFBackend(Backend):
         self.cache = self._allocate_cache(self.memory.slots)
         if self.fused_modules and not spread and fused.runs_kernel(self.model.get_input_embeddings().weight):
             self.cache.use_kernel_writes()  # keys and values in one kernel
-        self._set_cpu_threads()
+        self.threads = HostThreads(self.options["cpu_threads"],
+                                   all(p.device.type == "cuda" for p in self.model.parameters()),
+                                   weights_per_token(self.model))
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
         self.max_batch = min(self.memory.max_batch, self.table.capacity)
         self.graphs = replays.decode_graphs(self)
@@ -103,20 +105,6 @@ class HFBackend(Backend):
             self._warm_up()
 
     # --- setup ------------------------------------------------------------------------------
-
-    def _set_cpu_threads(self) -> None:
-        """On the CPU, leave one core to the event loop that streams the tokens: with every core
-        busy in matrix products, each token waits for the loop's turn (measured: 2.2x the
-        throughput of 8 streams on 2 cores). With every layer on GPUs, one thread: the host then
-        runs only small operations, where waking a team of threads costs more than it saves, and
-        on a host busy with other work waits for all of them to get a core. ``--cpu_threads N``
-        or OMP_NUM_THREADS decide instead."""
-        threads = self.options["cpu_threads"]
-        if threads is None and "OMP_NUM_THREADS" not in os.environ:
-            on_gpus = all(p.device.type == "cuda" for p in self.model.parameters())
-            threads = 1 if on_gpus else max(1, (os.cpu_count() or 2) - 1)
-        if threads:
-            torch.set_num_threads(int(threads))
 
     def _plan_memory(self) -> memory.MemoryPlan:
         """Slots and batch: on one GPU sized together with the passes and graphs (``memory``);
@@ -161,6 +149,7 @@ class HFBackend(Backend):
 
     @torch.inference_mode()
     def forward(self, batch: list[StepInput]) -> StepOutput:
+        self.threads.use_for(sum(len(item.tokens) for item in batch))
         rows = [self._row(item) for item in batch]
         every: dict[int, Any] = {}
         if self.graphs and self._is_plain_decode(rows):

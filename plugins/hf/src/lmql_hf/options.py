@@ -24,7 +24,8 @@ OPTIONS: dict[str, Option] = {
                                     "(default: 0.95; with layers spread over GPUs, 0.5 for the cache)"),
     "cpu_cache_bytes": Option(int, 4 << 30, "KV cache budget on the CPU, in bytes"),
     "cpu_threads": Option(int | None, None,
-                          "the host's matrix threads (default: cores - 1 on CPU, 1 on GPUs)"),
+                          "the host's matrix threads (default: cores - 1 on CPU, every core for a "
+                          "model of 4M+ weights in steps of 8+ tokens; 1 on GPUs)"),
     "chain_steps": Option(bool | None, None,
                           "queue decode steps from tokens still on the GPU (default: with graphs)"),
     "fuse_kernels": Option(bool | None, None, "swap modules for fused kernels (default: on with CUDA)"),
