@@ -258,9 +258,9 @@ class HFBackend(Backend):
         """Serve a small made-up workload before "Ready", so no request waits for kernels to load
         or matrix algorithms to be chosen: packed passes of every size up to a step's (fresh and
         continued chunks, one and many logits), decode rows beside prompts, chained steps, and the
-        engine's sampling and scoring. It leaves the cache as it found it. On the CPU, where
-        nothing is chosen per shape, small passes do: the first request there paid ~15 ms for
-        lazy set-up (4-layer GPT-2), the whole warm-up costs a few tenths of a second."""
+        engine's sampling and scoring. It leaves the cache as it found it. On the CPU what costs
+        is each library's first use (a lone first request paid ~10 ms more, 4-layer GPT-2): a
+        smaller workload covers it, in 0.05-0.2 s."""
         began = time.perf_counter()
         on_gpu = self.device.type == "cuda"
         largest = self.prefill_tokens if on_gpu else warm_up.CPU_PASS_TOKENS
