@@ -62,9 +62,9 @@ def lmql_073_python(session: nox.Session) -> Path:
     stamp = lmql_env / "compat-requirements.txt"
     wanted = "\n".join((TORCH, *LMQL_073))
     if not (python.exists() and stamp.exists() and stamp.read_text() == wanted):
-        session.run("python", "-m", "venv", "--clear", str(lmql_env))
-        session.run(str(python), "-m", "pip", "install", "-q", TORCH, external=True)
-        session.run(str(python), "-m", "pip", "install", "-q", *LMQL_073, external=True)
+        session.run_install("python", "-m", "venv", "--clear", str(lmql_env))
+        session.run_install(str(python), "-m", "pip", "install", "-q", TORCH, external=True)
+        session.run_install(str(python), "-m", "pip", "install", "-q", *LMQL_073, external=True)
         stamp.write_text(wanted)
     return python
 
