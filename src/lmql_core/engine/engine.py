@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmql_core.backend import Backend, ChainedSteps, ReleasesTogether, StepInput, StepOutput
+from lmql_core.engine import scoring
 from lmql_core.engine.sampling import (
     PendingSamples,
     PendingScores,
@@ -231,18 +232,13 @@ class Engine:
             if seq.status is not Status.RUNNING:
                 continue
             if seq.seq_id not in output.all_logits:  # a backend that ignores StepInput.all_logits
-                self._end(seq, TokenEvent(seq.stream_id, error=self._no_all_logits()))
+                self._end(seq, TokenEvent(seq.stream_id, error=scoring.missing_logits(self.backend)))
                 continue
             scored.append(seq)
         if not scored:
             return [], None
-        rows = [self._scored_rows(seq, output) for seq in scored]
+        rows = [scoring.scored_rows(seq, output.all_logits[seq.seq_id]) for seq in scored]
         return scored, launch_scoring(self.backend.ops, rows, [seq.scored for seq in scored])
-
-    def _no_all_logits(self) -> str:
-        return (f"model error: the backend {type(self.backend).__name__} cannot score: its forward() "
-                "returned no StepOutput.all_logits[seq_id] (logits for every appended token) for "
-                "an input with StepInput.all_logits set")
 
     def _sample(self, seqs: list[Sequence], logits: Any, plan: SamplingPlan) -> PendingSamples:
         self.seed += 1
@@ -281,13 +277,6 @@ class Engine:
             self._end_all(seqs, f"model error: {e}")
             return None
 
-    def _scored_rows(self, seq: Sequence, output: Any) -> Any:
-        # logits[i] predicts token i+1 of what was fed; the first scored token follows the prompt.
-        # The rows are those of the last tokens fed (all of them, or from StepInput.logits_from on).
-        rows = output.all_logits[seq.seq_id]
-        start = len(seq.prompt) - 1 - (seq.length - len(rows))
-        return rows[start : start + len(seq.scored)]
-
     def _collect(self, step: LaunchedStep,
                  chained: LaunchedStep | None = None) -> dict[Sink, list[TokenEvent]]:
         """Wait for a launched step's results and turn them into events, grouped by client.
@@ -308,13 +297,7 @@ class Engine:
                 assert backend is not None, "a chained step ran on a backend that does not chain"
                 backend.confirm(chained.chained_ids, samples.tokens)
             self._emit_samples(step.sampled, samples, events)
-        for seq, logprobs in zip(step.scored, scores, strict=True):
-            if seq.status is not Status.RUNNING:  # cancelled while its step ran
-                continue
-            last = len(seq.scored) - 1
-            events.setdefault(seq.sink, []).extend(
-                TokenEvent(seq.stream_id, token, lp, Finish.SCORED if i == last else None)
-                for i, (token, lp) in enumerate(zip(seq.scored, logprobs, strict=True)))
+        scoring.add_events(step.scored, scores, events)
         self._finish(step.scored)
         self.stats.steps += 1
         self.stats.last_step_seconds = time.perf_counter() - step.started
