@@ -96,17 +96,24 @@ def test_a_bad_loader_value_is_one_error_line(args: list[str], message: str) -> 
 
 # --- serve-model: Ready once serving (point 3) ---------------------------------------------
 
+def _serve_until_ready(model: str, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """``lmql serve-model MODEL`` on ``port``, and the lines it printed up to "Ready"."""
+    proc = subprocess.Popen([*LMQL, "serve-model", model, "--host", "127.0.0.1", "--port", str(port)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("Ready"):
+            break
+    return proc, lines
+
+
 def test_ready_is_printed_once_the_socket_serves_with_how_to_stop() -> None:
     port = free_port()
-    proc = subprocess.Popen([*LMQL, "serve-model", "random", "--host", "127.0.0.1", "--port", str(port)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc, lines = _serve_until_ready("random", port)
     try:
-        assert proc.stderr is not None
-        lines = []
-        for line in proc.stderr:
-            lines.append(line)
-            if line.startswith("Ready"):
-                break
         ready = lines[-1]
         assert f"serving LMTP on ws://127.0.0.1:{port}/" in ready and "Ctrl-C or SIGTERM stops it" in ready
         # nothing waited for: the socket serves the moment Ready is out
@@ -120,16 +127,8 @@ def test_ready_is_printed_once_the_socket_serves_with_how_to_stop() -> None:
 def test_the_cpu_server_warms_up_before_ready_and_says_how_long() -> None:
     """The first request after Ready on the CPU paid the libraries' lazy set-up (issue #19)."""
     port = free_port()
-    proc = subprocess.Popen([*LMQL, "serve-model", "lmql-tiny", "--host", "127.0.0.1", "--port", str(port)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc, lines = _serve_until_ready("lmql-tiny", port)
     try:
-        assert proc.stderr is not None
-        lines = []
-        for line in proc.stderr:
-            lines.append(line)
-            if line.startswith("Ready"):
-                break
         assert any(line.startswith("Warmed up in") for line in lines[:-1]), lines
         info = lmql.model("lmql-tiny", endpoint=f"127.0.0.1:{port}").model_info_sync()["model_info"]
         assert info["devices"] == ["cpu"] and 0 < info["warm_up_s"] < 5
