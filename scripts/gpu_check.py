@@ -3,7 +3,11 @@
 1. the bundled lmql-tiny with --cuda in float32, float16 and bfloat16: greedy output equal to
    the CPU's, and MODEL_INFO reporting the device and dtype;
 2. the CUDA-graph decode path and the fused modules equal to the plain eager path (gpt2-shaped
-   model, random weights), for five streams and for one (the one-row kernel's case).
+   model, random weights), for five streams and for one (the one-row kernel's case);
+3. the slot-cache attention kernels and the prompt graphs (``--slot_attention``) against SDPA and
+   eager prompt passes, with the fused modules against without: GPT-2 and a Llama shape with
+   grouped-query attention, long prompts whose packed passes hold thousands of tokens (beyond
+   gpt2's 1,024-position context), one stream and twelve, and SCORE log-probs.
 
     python scripts/gpu_check.py
 """
@@ -71,13 +75,52 @@ def check_graphs() -> bool:
     return ok
 
 
-def greedy_steps(path: str, options: dict[str, bool], streams: int) -> dict[int, list[int]]:
+def check_slot_attention() -> bool:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = "/tmp/lmql-check-llama-gqa"
+    LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                                 num_attention_heads=8, num_key_value_heads=2, vocab_size=1000,
+                                 max_position_embeddings=2048)).save_pretrained(llama)
+    plain = {"slot_attention": False, "fuse_kernels": False}
+    kernels = {"slot_attention": True, "fuse_kernels": True}
+    ok = True
+    for name, path in (("gpt2", "/tmp/lmql-check-gpt2"), ("llama-gqa", llama)):
+        for streams in (12, 1):
+            same = greedy_steps(path, plain, streams, 150) == greedy_steps(path, kernels, streams, 150)
+            print(f"{name}, {streams} stream(s) with prompts of 150-{150 + 30 * streams} tokens: "
+                  f"slot kernels + prompt graphs + fused modules = SDPA + eager passes: {same}")
+            ok &= same
+        gap = (score_rows(path, plain) - score_rows(path, kernels)).abs().max().item()
+        print(f"{name}, SCORE of 8 x 600 tokens through one packed pass: largest logit gap {gap:.2e}")
+        ok &= gap < 1e-3
+    return ok
+
+
+def score_rows(path: str, options: dict[str, bool]) -> torch.Tensor:
+    from lmql_core.backend import StepInput
+    from lmql_hf.backend import HFBackend
+
+    backend = HFBackend(path, cuda=True, dtype="float32", **options)
+    assert (backend.prompts is not None) == options["slot_attention"]
+    rng = torch.Generator().manual_seed(1)
+    rows = [StepInput(i, torch.randint(0, 1000, (600,), generator=rng).tolist(), all_logits=True,
+                      logits_from=500) for i in range(1, 9)]
+    out = backend.forward(rows)
+    return torch.cat([out.all_logits[r.seq_id].float() for r in rows])
+
+
+def greedy_steps(path: str, options: dict[str, bool], streams: int,
+                 shortest: int = 5) -> dict[int, list[int]]:
     from lmql_core.backend import StepInput
     from lmql_hf.backend import HFBackend
 
     backend = HFBackend(path, cuda=True, dtype="float32", **options)
     rng = torch.Generator().manual_seed(0)
-    prompts = {i: torch.randint(0, 1000, (5 + 3 * i,), generator=rng).tolist() for i in range(1, streams + 1)}
+    step = 3 if shortest < 100 else 30
+    prompts = {i: torch.randint(0, 1000, (shortest + step * i,), generator=rng).tolist()
+               for i in range(1, streams + 1)}
     out = backend.forward([StepInput(i, p) for i, p in prompts.items()])
     tokens = {i: [int(out.last_logits[k].argmax())] for k, i in enumerate(prompts)}
     for _ in range(40):
@@ -92,6 +135,6 @@ def greedy_steps(path: str, options: dict[str, bool], streams: int) -> dict[int,
 
 if __name__ == "__main__":
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    ok = check_graphs() & check_bundled()
+    ok = check_graphs() & check_slot_attention() & check_bundled()
     print("ALL OK" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)

@@ -178,7 +178,8 @@ def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, sma
     from lmql_hf.backend import HFBackend
 
     path = small_gpt2 if model == "gpt2" else _saved_llama(tmp_path_factory)
-    fused, plain = (HFBackend(path, fuse_kernels=on, max_seq_len=64, max_batch=2) for on in (True, False))
+    fused, plain = (HFBackend(path, fuse_kernels=on, max_seq_len=64, max_batch=2, warm_up=False)
+                    for on in (True, False))
     assert fused.cache.write_tokens is not None and plain.cache.write_tokens is None
     assert any(isinstance(m, one_row_layers.OneRowLayer) for m in fused.model.modules())
     steps = [[StepInput(0, [5, 7, 9])], [StepInput(0, [11])], [StepInput(0, [3])],

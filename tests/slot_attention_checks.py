@@ -141,7 +141,7 @@ def test_backends_decode_through_the_kernel_as_transformers_does(which: str, fus
     from lmql_hf.backend import HFBackend
 
     path = {"lmql-tiny": str(bundled_path("lmql-tiny")), "qwen3": qwen3_gqa, "gpt2": small_gpt2}[which]
-    backend = HFBackend(path, fuse_kernels=fuse)
+    backend = HFBackend(path, fuse_kernels=fuse, warm_up=False)  # interpreted, a warm-up takes minutes
     assert bool(backend.fused_modules) == fuse
     assert backend.slot_kernels and backend.prompts is not None  # prompt passes by tiles too
     model: Any = AutoModelForCausalLM.from_pretrained(path).eval()
