@@ -43,10 +43,9 @@ from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.errors import LMQLError
 from lmql_core.options import call_text
 from lmql_llamacpp.gguf_vocab import tokenizer_json_from_gguf
-from lmql_llamacpp.options import llama_parameters
+from lmql_llamacpp.options import DEFAULT_SEQUENCES, llama_parameters
 
 DEFAULT_N_CTX = 2048
-DEFAULT_SEQUENCES = 4
 KV_PAD = 256
 
 

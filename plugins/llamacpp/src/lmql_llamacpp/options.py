@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from lmql_core.options import Option
 
+DEFAULT_SEQUENCES = 4  # sequences resident at once (memory: n_seq_max x n_ctx positions)
+
 # the most used; every keyword argument of llama_cpp.Llama(...) is accepted (llama_parameters)
 OPTIONS = {
-    "n_seq_max": Option(int, 4, "sequences resident at once, each with n_ctx positions"),
+    "n_seq_max": Option(int, DEFAULT_SEQUENCES, "sequences resident at once, each with n_ctx positions"),
     "n_ctx": Option(int, None, "context per sequence (0: the model's training context) [default: <= 2048]"),
     "n_gpu_layers": Option(int, 0, "layers offloaded to the GPU (-1: all; --cuda sets -1)"),
     "type_k": Option(str | int, "f16", "KV cache type of keys: f32, f16, q8_0, ..."),
