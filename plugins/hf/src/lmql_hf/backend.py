@@ -89,7 +89,7 @@ class HFBackend(Backend):
         if self.device.type == "cuda":
             console.print(self.memory.describe())
         self.cache = self._allocate_cache(self.memory.slots)
-        if self.fused_modules and not spread and fused.runs_kernel(self.model.get_input_embeddings().weight):
+        if self.fused_modules and not spread and fused.runs_on(self.device):
             self.cache.use_kernel_writes()  # keys and values in one kernel
         self.threads = HostThreads(self.options["cpu_threads"],
                                    all(p.device.type == "cuda" for p in self.model.parameters()),

@@ -56,9 +56,13 @@ def _row_kernel() -> ModuleType | None:
     return gemv_kernel
 
 
-def runs_kernel(x: torch.Tensor) -> bool:
+def runs_on(device: torch.device) -> bool:
     """Triton runs on the GPU, or anywhere in its interpreter (the tests)."""
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def runs_kernel(x: torch.Tensor) -> bool:
+    return runs_on(x.device)
 
 
 class OneRowLinear(nn.Module):

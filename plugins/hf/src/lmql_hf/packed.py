@@ -15,7 +15,6 @@ device tensor. Any other pass goes to transformers' SDPA function unchanged.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional
+
+from lmql_hf import fused
 
 ATTENTION = "lmql_packed"
 
@@ -55,8 +56,9 @@ _current = threading.local()  # the pass in progress on this thread: its groups,
 
 
 def slot_kernels(device: torch.device) -> ModuleType | None:
-    """The slot-cache attention kernels, where they run: CUDA with Triton (or its interpreter)."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    """The slot-cache attention kernels, where they run: CUDA with Triton (or its interpreter).
+    Asked once, at load: ``decode_pass`` and ``tiled_pass`` are entered only where they run."""
+    if not fused.runs_on(device):
         return None
     try:
         from lmql_hf import slot_attention
@@ -124,8 +126,10 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     (batch, tokens, heads, dim). A packed pass has one row of queries and the whole cache as keys."""
     if query.shape[0] == key.shape[0]:  # an ordinary pass: rows and their slots
         positions = getattr(_current, "decode_positions", None)
-        if positions is not None and query.shape[2] == 1 and (kernel := slot_kernels(query.device)):
-            return kernel.decode_attention(query, key, value, positions, scaling), None
+        if positions is not None and query.shape[2] == 1:
+            from lmql_hf import slot_attention
+
+            return slot_attention.decode_attention(query, key, value, positions, scaling), None
         if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
             return _one_query_grouped(query, key, value, attention_mask, scaling)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -133,8 +137,10 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     tiles = getattr(_current, "tiles", None)
-    if tiles is not None and (kernel := slot_kernels(query.device)):
-        return kernel.prompt_attention(query, key, value, tiles, scaling), None
+    if tiles is not None:
+        from lmql_hf import slot_attention
+
+        return slot_attention.prompt_attention(query, key, value, tiles, scaling), None
     groups: list[Group] = _current.groups
     if len(groups) == 1:  # one call covers the row (one prompt, or a burst of equal ones): no copy
         return _group_attention(query, key, value, groups[0], scaling)[None], None
