@@ -139,9 +139,9 @@ class HFBackend(Backend):
                         tiles: torch.Tensor) -> torch.Tensor:
         """The last hidden states of a packed pass, (1, T, hidden); attention by ``tiles``."""
         self.cache.bind(slots, positions, slice(0, self.cache.slots), self.max_context)
-        unused_mask = torch.zeros((1, 1, 1, 1), dtype=self.model.dtype, device=ids.device)
+        mask = packed.no_mask(self.model.dtype, self.device)
         with packed.tiled_pass(tiles):
-            out = self.model.base_model(input_ids=ids, position_ids=positions, attention_mask=unused_mask,
+            out = self.model.base_model(input_ids=ids, position_ids=positions, attention_mask=mask,
                                         use_cache=True, **{self._cache_kwarg: self.cache})
         return out.last_hidden_state
 
@@ -247,11 +247,10 @@ class HFBackend(Backend):
         kwargs: dict[str, Any] = {self._cache_kwarg: self.cache}
         if self._keeps_logits:
             kwargs["logits_to_keep"] = keep
-        # a 4D mask is taken as given: none is built (attention is per chunk, see packed.py)
-        unused_mask = torch.zeros((1, 1, 1, 1), dtype=self.model.dtype, device=self.device)
+        mask = packed.no_mask(self.model.dtype, self.device)
         with packed.packed_pass(batch.segments):
-            out = self.model(input_ids=ids, position_ids=positions, attention_mask=unused_mask,
-                             use_cache=True, **kwargs)
+            out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                             **kwargs)
         return out.logits[0] if self._keeps_logits else out.logits[0, keep]
 
     def _warm_up(self) -> None:
@@ -351,11 +350,10 @@ class HFBackend(Backend):
         """Logits of shape (rows, tokens, vocab), or with ``hidden`` the last hidden states; row
         i reads slot ``read_rows.start + i``."""
         self.cache.bind(slots, positions, read_rows, length)
-        columns = torch.arange(length, device=positions.device)
-        visible = columns[None, None, :] <= positions[:, :, None]  # each token sees up to itself
-        mask = torch.zeros(visible.shape, dtype=self.model.dtype, device=positions.device)
-        mask = mask.masked_fill(~visible, torch.finfo(self.model.dtype).min)[:, None]
-        decoding = ids.shape[1] == 1 and self.slot_kernels
+        decoding = ids.shape[1] == 1 and self.slot_kernels  # the kernel reads to each row's position
+        dtype = self.model.dtype
+        mask = (packed.no_mask(dtype, self.device) if decoding
+                else packed.causal_mask(positions, length, dtype))
         module = self.model.base_model if hidden else self.model
         with packed.decode_pass(positions[:, 0]) if decoding else contextlib.nullcontext():
             out = module(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,

@@ -119,6 +119,20 @@ def group(segments: list[Segment]) -> list[Group]:
     return groups
 
 
+def causal_mask(positions: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """For an ordinary pass: (rows, 1, tokens, length), each token seeing the positions up to its own."""
+    columns = torch.arange(length, device=positions.device)
+    visible = columns[None, None, :] <= positions[:, :, None]
+    mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)
+    return mask.masked_fill(~visible, torch.finfo(dtype).min)[:, None]
+
+
+def no_mask(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """For passes whose attention ignores the mask (packed chunks, the slot kernels): a 4D mask
+    is taken as given, so transformers builds none either."""
+    return torch.zeros((1, 1, 1, 1), dtype=dtype, device=device)
+
+
 def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs: Any) -> tuple[torch.Tensor, None]:
