@@ -150,7 +150,7 @@ def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
 
 @pytest.mark.parametrize(("rows", "tokens"), [(3, 1), (1, 5)])  # decode rows; a packed prompt chunk
 def test_cache_writes_land_where_indexing_puts_them(rows: int, tokens: int) -> None:
-    from lmql_hf.cache_write_kernel import write_tokens
+    from lmql_hf.cache_kernels import write_tokens
 
     torch.manual_seed(rows)
     heads, dim = 2, 12
@@ -166,6 +166,35 @@ def test_cache_writes_land_where_indexing_puts_them(rows: int, tokens: int) -> N
     want_values[slots, :, positions] = value_states.transpose(1, 2).float()
     write_tokens(keys, values, key_states, value_states, slots, positions)
     assert torch.equal(keys, want_keys) and torch.equal(values, want_values)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_slot_moves_move_what_indexing_moves(swap: bool) -> None:
+    """Through SlotCache's copy_slot / swap_slots, as the slot table calls them: keys and values
+    of every layer, the first ``length`` positions only, the rest of each slot untouched."""
+    from lmql_hf.slot_cache import SlotCache
+
+    torch.manual_seed(swap)
+    cache = SlotCache(layers=3, slots=7, kv_heads=2, max_len=40, head_dim=12, dtype=torch.float32,
+                      devices=[torch.device("cpu")] * 3)
+    for group in cache.groups:
+        group.copy_(torch.randn_like(group))
+    keys, values = (group.clone() for group in cache.groups)
+    assert cache.use_kernels()
+    length = 33  # positions x dim spans several of the kernel's blocks
+    if swap:
+        pairs = [(0, 5), (2, 3), (1, 6)]
+        cache.swap_slots(pairs, length)
+        for want in (keys, values):
+            for a, b in pairs:
+                held = want[:, a, :, :length].clone()
+                want[:, a, :, :length] = want[:, b, :, :length]
+                want[:, b, :, :length] = held
+    else:
+        cache.copy_slot(4, 1, length)
+        for want in (keys, values):
+            want[:, 1, :, :length] = want[:, 4, :, :length]
+    assert torch.equal(cache.groups[0], keys) and torch.equal(cache.groups[1], values)
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])

@@ -90,7 +90,7 @@ class HFBackend(Backend):
             console.print(self.memory.describe())
         self.cache = self._allocate_cache(self.memory.slots)
         if self.fused_modules and not spread and fused.runs_on(self.device):
-            self.cache.use_kernel_writes()  # keys and values in one kernel
+            self.cache.use_kernels()  # writes and slot moves in one kernel each
         self.threads = HostThreads(self.options["cpu_threads"],
                                    all(p.device.type == "cuda" for p in self.model.parameters()),
                                    weights_per_token(self.model))

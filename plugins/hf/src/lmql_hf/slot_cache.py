@@ -49,16 +49,18 @@ class SlotCache(Cache):
         self.positions: torch.Tensor | None = None  # (rows, new tokens): its position there
         self.read_rows = slice(0, 0)  # the slots attention reads, one per row
         self.read_len = 0  # positions attention reads
-        # writes the new keys and values in one kernel (cache_write_kernel), where set
+        # write the new keys and values, and move slots, in one kernel each (cache_kernels), where set
         self.write_tokens: Callable[..., None] | None = None
+        self.move_slots: Callable[..., None] | None = None
 
-    def use_kernel_writes(self) -> bool:
-        """Write through the Triton kernel from now on, where Triton is installed."""
+    def use_kernels(self) -> bool:
+        """Write and move through the Triton kernels from now on, where Triton is installed."""
         try:
-            from lmql_hf.cache_write_kernel import write_tokens
+            from lmql_hf import cache_kernels
         except ImportError:
             return False
-        self.write_tokens = write_tokens
+        assert len(self.groups) == 2, "the kernels move keys and values of one device"
+        self.write_tokens, self.move_slots = cache_kernels.write_tokens, cache_kernels.move_slots
         return True
 
     def bind(self, write_slots: torch.Tensor, positions: torch.Tensor, read_rows: slice,
@@ -99,11 +101,17 @@ class SlotCache(Cache):
         return True
 
     def copy_slot(self, source: int, target: int, length: int) -> None:
+        if self.move_slots is not None:
+            self._move([target], [source], length, swap=False)
+            return
         for group in self.groups:
             group[:, target, :, :length] = group[:, source, :, :length]
 
     def swap_slots(self, pairs: list[tuple[int, int]], length: int) -> None:
         """Exchange the first ``length`` positions of each pair of slots (pairs are disjoint)."""
+        if self.move_slots is not None:
+            self._move([a for a, _ in pairs], [b for _, b in pairs], length, swap=True)
+            return
         if len(pairs) == 1:  # slices: no index to upload
             (a, b), = pairs
             for group in self.groups:
@@ -118,3 +126,9 @@ class SlotCache(Cache):
             for group in self.groups:  # the right side is gathered (copied) before it is written
                 into, from_ = (_OPS.tensor(slots, group.device, torch.long) for slots in (targets, sources))
                 group[:, into, :, :length] = group[:, from_, :, :length]
+
+    def _move(self, into: list[int], from_: list[int], length: int, swap: bool) -> None:
+        keys, values = self.groups
+        assert self.move_slots is not None
+        slots = _OPS.tensor(into + from_, keys.device, torch.long)  # one upload
+        self.move_slots(keys, values, slots[: len(into)], slots[len(into) :], length, swap)
