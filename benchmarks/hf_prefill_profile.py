@@ -2,7 +2,8 @@
 steps, mixed steps, SCORE passes, and the engine on 64 long prompts and 64 SCORE requests
 (first time and again, fresh prompts).
 
-    python benchmarks/hf_prefill_profile.py [--only gpt2,qwen3] [--kernels] [--option slot_attention=False]
+    python benchmarks/hf_prefill_profile.py [--only gpt2,qwen3] [--kernels] [--host] [--no-engine]
+        [--option slot_attention=False]
 
 Uses the models of benchmarks/hf_prefill_bench.py (built from their configs, random weights).
 """
@@ -95,6 +96,24 @@ def kernels(backend: HFBackend) -> None:
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
 
 
+def host_profile(backend: HFBackend) -> None:
+    """Python's own time in the host work of SCORE passes and of 16 x 128-token prompt passes
+    (the GPU's kernels: --kernels)."""
+    import cProfile
+    import pstats
+
+    for name, work in (("SCORE 30 x (256 + 16)", lambda: score_pass(backend, 30)),
+                       ("16 x 128 prompts", lambda: prompts_pass(backend, 16, 128))):
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(5):
+            work()
+        torch.cuda.synchronize()
+        profiler.disable()
+        print(f"  host profile of 5 passes, {name}:")
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(28)
+
+
 def engine_run(engine: Engine, count: int, length: int, new_tokens: int, vocab: int,
                stagger_ms: float = 0.0) -> str:
     arrivals: dict[int, list[float]] = {}
@@ -149,6 +168,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default="gpt2,qwen3")
     parser.add_argument("--kernels", action="store_true")
+    parser.add_argument("--host", action="store_true", help="cProfile of the passes' host work")
+    parser.add_argument("--no-engine", action="store_true", help="passes only, not the engine runs")
     parser.add_argument("--token-budgets", default="2048,8192", help="the engine's, one run each")
     parser.add_argument("--option", action="append", default=[], help="backend option NAME=VALUE")
     args = parser.parse_args()
@@ -162,7 +183,7 @@ def main() -> None:
         began = time.perf_counter()
         backend = HFBackend(str(path), cuda=True, dtype=dtype, **options)
         print(f"{name}: loaded and warmed in {time.perf_counter() - began:.1f} s, options {options}")
-        for budget in args.token_budgets.split(","):
+        for budget in [] if args.no_engine else args.token_budgets.split(","):
             engine = Engine(backend, token_budget=int(budget))
             print(f"  token budget {budget}:")
             for run in ("first", "again"):
@@ -179,6 +200,8 @@ def main() -> None:
         step_times(backend)
         if args.kernels:
             kernels(backend)
+        if args.host:
+            host_profile(backend)
         del backend
         torch.cuda.empty_cache()
 

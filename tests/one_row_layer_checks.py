@@ -168,33 +168,38 @@ def test_cache_writes_land_where_indexing_puts_them(rows: int, tokens: int) -> N
     assert torch.equal(keys, want_keys) and torch.equal(values, want_values)
 
 
-@pytest.mark.parametrize("swap", [False, True])
-def test_slot_moves_move_what_indexing_moves(swap: bool) -> None:
+def test_slot_moves_move_what_indexing_moves() -> None:
     """Through SlotCache's copy_slot / swap_slots, as the slot table calls them: keys and values
-    of every layer, the first ``length`` positions only, the rest of each slot untouched."""
+    of every layer, the first positions of each slot only; copies held back until ``flush``,
+    one after the other where they touch the same slots."""
     from lmql_hf.slot_cache import SlotCache
 
-    torch.manual_seed(swap)
-    cache = SlotCache(layers=3, slots=7, kv_heads=2, max_len=40, head_dim=12, dtype=torch.float32,
+    torch.manual_seed(0)
+    cache = SlotCache(layers=3, slots=9, kv_heads=2, max_len=40, head_dim=12, dtype=torch.float32,
                       devices=[torch.device("cpu")] * 3)
     for group in cache.groups:
         group.copy_(torch.randn_like(group))
-    keys, values = (group.clone() for group in cache.groups)
+    want = [group.clone() for group in cache.groups]
     assert cache.use_kernels()
-    length = 33  # positions x dim spans several of the kernel's blocks
-    if swap:
-        pairs = [(0, 5), (2, 3), (1, 6)]
-        cache.swap_slots(pairs, length)
-        for want in (keys, values):
-            for a, b in pairs:
-                held = want[:, a, :, :length].clone()
-                want[:, a, :, :length] = want[:, b, :, :length]
-                want[:, b, :, :length] = held
-    else:
-        cache.copy_slot(4, 1, length)
-        for want in (keys, values):
-            want[:, 1, :, :length] = want[:, 4, :, :length]
-    assert torch.equal(cache.groups[0], keys) and torch.equal(cache.groups[1], values)
+
+    def copy(source: int, target: int, length: int) -> None:
+        cache.copy_slot(source, target, length)
+        for group in want:
+            group[:, target, :, :length] = group[:, source, :, :length]
+
+    # lengths spanning several of the kernel's blocks, and fewer; the third reads what the first wrote
+    copy(4, 1, 33), copy(5, 2, 7), copy(1, 6, 40)
+    cache.flush()
+    assert all(torch.equal(a, b) for a, b in zip(cache.groups, want, strict=True))
+    copy(3, 0, 12)  # held back, then launched before the swap
+    pairs, length = [(0, 5), (2, 3), (1, 7)], 21
+    cache.swap_slots(pairs, length)
+    for group in want:
+        for a, b in pairs:
+            held = group[:, a, :, :length].clone()
+            group[:, a, :, :length] = group[:, b, :, :length]
+            group[:, b, :, :length] = held
+    assert all(torch.equal(a, b) for a, b in zip(cache.groups, want, strict=True))
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])
@@ -228,3 +233,26 @@ def _saved_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("llama")
     _perturbed(LlamaForCausalLM(config)).save_pretrained(path)
     return str(path)
+
+
+def test_a_prefix_moved_out_of_the_way_serves_a_later_prompt(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With the cache kernels, admitting a prompt moves the cached prefix in its slot elsewhere
+    (the copy held back until the pass): a later prompt extending that prefix reuses it, and
+    every last-token logit equals transformers' own forward over the whole prompt."""
+    from transformers import AutoModelForCausalLM
+
+    from lmql_core.backend import StepInput
+    from lmql_hf.backend import HFBackend
+
+    path = _saved_llama(tmp_path_factory)
+    reference = AutoModelForCausalLM.from_pretrained(path).eval()
+    backend = HFBackend(path, fuse_kernels=True, max_seq_len=64, max_batch=4, warm_up=False)
+    assert backend.cache.move_slots is not None
+    first, other, extended = [5, 7, 9, 11, 13], [8, 2, 4], [5, 7, 9, 11, 13, 17, 19]
+    for seq_id, prompt in [(0, first), (1, other), (2, extended)]:
+        got = backend.forward([StepInput(seq_id, prompt)]).last_logits[0]
+        with torch.no_grad():
+            want = reference(torch.tensor([prompt])).logits[0, -1]
+        assert torch.allclose(got, want, atol=2e-5), (seq_id, float((got - want).abs().max()))
+        backend.release_all([seq_id])  # slot 0 keeps the prompt as a cached prefix
+    assert backend.table.reused_tokens == len(first)

@@ -151,6 +151,7 @@ class HFBackend(Backend):
     def forward(self, batch: list[StepInput]) -> StepOutput:
         self.threads.use_for(sum(len(item.tokens) for item in batch))
         rows = [self._row(item) for item in batch]
+        self.cache.flush()  # the slot copies of the admissions, in one launch
         every: dict[int, Any] = {}
         if self.graphs and self._is_plain_decode(rows):
             by_slot = sorted(rows, key=lambda r: r.slot)

@@ -8,7 +8,7 @@ Moving a slot (a cached prefix out of the way of a new sequence, running sequenc
 freed slots) copies a strided view of a cache tensor of more than 2**31 elements: PyTorch
 splits such a copy into 16 launches per tensor, so every admitted prompt cost 32 launches
 (gpt2-medium: 3.5 ms of host and GPU time for a SCORE batch of 30). ``move_slots`` moves keys
-and values of every layer in one launch.
+and values of every layer, for every slot a pass admits, in one launch.
 Imported only where Triton is (CUDA builds of torch; its interpreter in tests).
 """
 
@@ -67,27 +67,31 @@ def _move(ptr, into, from_, offs, mask, SWAP: tl.constexpr):
 
 
 @triton.jit
-def _move_slots(keys_ptr, values_ptr, into_ptr, from_ptr, HEADS, layer_stride, slot_stride,
-                head_stride, count, SWAP: tl.constexpr, BLOCK: tl.constexpr):
+def _move_slots(keys_ptr, values_ptr, moves_ptr, pairs, HEADS, layer_stride, slot_stride,
+                head_stride, DIM: tl.constexpr, SWAP: tl.constexpr, BLOCK: tl.constexpr):
     layer_head, pair, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     layer, head = layer_head // HEADS, layer_head % HEADS
     base = layer.to(tl.int64) * layer_stride + head.to(tl.int64) * head_stride
-    into = base + tl.load(into_ptr + pair) * slot_stride
-    from_ = base + tl.load(from_ptr + pair) * slot_stride
+    into = base + tl.load(moves_ptr + pair) * slot_stride
+    from_ = base + tl.load(moves_ptr + pairs + pair) * slot_stride
+    count = tl.load(moves_ptr + 2 * pairs + pair) * DIM
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < count
     _move(keys_ptr, into, from_, offs, mask, SWAP)
     _move(values_ptr, into, from_, offs, mask, SWAP)
 
 
-def move_slots(keys: torch.Tensor, values: torch.Tensor, into: torch.Tensor, from_: torch.Tensor,
-               length: int, swap: bool) -> None:
-    """For each i, slot ``into[i]`` of every layer takes the first ``length`` positions of slot
-    ``from_[i]`` (``swap``: and gives its own back). ``keys`` and ``values`` are (layers, slots,
-    heads, max_len, dim), contiguous; the slots in ``into`` and ``from_`` all differ."""
+def move_slots(keys: torch.Tensor, values: torch.Tensor, moves: torch.Tensor, longest: int,
+               swap: bool) -> None:
+    """``moves`` (3, pairs): for each pair i, slot ``moves[0, i]`` of every layer takes the first
+    ``moves[2, i]`` positions of slot ``moves[1, i]`` (``swap``: and gives its own back);
+    ``longest`` is the most positions of a pair. ``keys`` and ``values`` are (layers, slots,
+    heads, max_len, dim), contiguous; a slot appears in one pair at most."""
     layers, _, heads, _, dim = keys.shape
     assert keys.shape == values.shape and keys.is_contiguous() and values.is_contiguous()
-    count = length * dim  # a slot's positions of one head are contiguous: the first ``count``
-    grid = (layers * heads, len(into), triton.cdiv(count, MOVE_BLOCK))
-    _move_slots[grid](keys, values, into, from_, heads, keys.stride(0), keys.stride(1), keys.stride(2),
-                      count, SWAP=swap, BLOCK=MOVE_BLOCK, num_warps=4)
+    assert moves.is_contiguous() and moves.shape[0] == 3
+    pairs = moves.shape[1]
+    # a slot's positions of one head are contiguous: a pair moves the first length x dim elements
+    grid = (layers * heads, pairs, triton.cdiv(longest * dim, MOVE_BLOCK))
+    _move_slots[grid](keys, values, moves, pairs, heads, keys.stride(0), keys.stride(1), keys.stride(2),
+                      DIM=dim, SWAP=swap, BLOCK=MOVE_BLOCK, num_warps=4)

@@ -52,6 +52,8 @@ class SlotCache(Cache):
         # write the new keys and values, and move slots, in one kernel each (cache_kernels), where set
         self.write_tokens: Callable[..., None] | None = None
         self.move_slots: Callable[..., None] | None = None
+        # copies (into, from, length) not launched yet: launched together by ``flush``
+        self._copies: list[tuple[int, int, int]] = []
 
     def use_kernels(self) -> bool:
         """Write and move through the Triton kernels from now on, where Triton is installed."""
@@ -101,16 +103,29 @@ class SlotCache(Cache):
         return True
 
     def copy_slot(self, source: int, target: int, length: int) -> None:
-        if self.move_slots is not None:
-            self._move([target], [source], length, swap=False)
+        """Slot ``target`` takes the first ``length`` positions of ``source``. Through the kernel
+        the copy waits for ``flush`` (before the next pass), so the copies of every prompt a pass
+        admits are one launch."""
+        if self.move_slots is None:
+            for group in self.groups:
+                group[:, target, :, :length] = group[:, source, :, :length]
             return
-        for group in self.groups:
-            group[:, target, :, :length] = group[:, source, :, :length]
+        if any(slot in (source, target) for copy in self._copies for slot in copy[:2]):
+            self.flush()  # one after the other, as called
+        self._copies.append((target, source, length))
+
+    def flush(self) -> None:
+        """Launch the copies ``copy_slot`` holds back."""
+        if self._copies:
+            into, from_, lengths = zip(*self._copies, strict=True)
+            self._copies = []
+            self._move([into, from_, lengths], swap=False)
 
     def swap_slots(self, pairs: list[tuple[int, int]], length: int) -> None:
         """Exchange the first ``length`` positions of each pair of slots (pairs are disjoint)."""
         if self.move_slots is not None:
-            self._move([a for a, _ in pairs], [b for _, b in pairs], length, swap=True)
+            self.flush()
+            self._move([[a for a, _ in pairs], [b for _, b in pairs], [length] * len(pairs)], swap=True)
             return
         if len(pairs) == 1:  # slices: no index to upload
             (a, b), = pairs
@@ -127,8 +142,9 @@ class SlotCache(Cache):
                 into, from_ = (_OPS.tensor(slots, group.device, torch.long) for slots in (targets, sources))
                 group[:, into, :, :length] = group[:, from_, :, :length]
 
-    def _move(self, into: list[int], from_: list[int], length: int, swap: bool) -> None:
+    def _move(self, moves: list[Any], swap: bool) -> None:
+        """``moves``: into, from and length of each pair, through the kernel."""
         keys, values = self.groups
         assert self.move_slots is not None
-        slots = _OPS.tensor(into + from_, keys.device, torch.long)  # one upload
-        self.move_slots(keys, values, slots[: len(into)], slots[len(into) :], length, swap)
+        table = _OPS.tensor(moves, keys.device, torch.long)  # one upload
+        self.move_slots(keys, values, table, max(moves[2]), swap)
