@@ -8,6 +8,9 @@ must still hold exactly the tokens the table says it holds."""
 
 from __future__ import annotations
 
+import os
+import random
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -151,3 +154,32 @@ def test_a_confirmation_for_a_released_sequence_is_dropped() -> None:
     table.confirm([1], [30])  # arrives after the release: nothing to write, nothing breaks
     assert table.slots[0].tokens == [5, 6, PENDING]
     assert feed(table, 2, [5, 6, 30, 9])[1] == 2  # the token never confirmed matches nothing
+
+
+def walked_prefix(table: SlotTable, prompt: list[int]) -> int:
+    """The longest prefix of ``prompt`` a cached slot holds, by walking every slot above the
+    running ones (at most all but the prompt's last token: its logits are the answer)."""
+    cached = [slot.tokens for slot in table.slots[table.active :]]
+    longest = max((len(os.path.commonprefix([tokens, prompt])) for tokens in cached), default=0)
+    return min(longest, len(prompt) - 1)
+
+
+def test_many_admissions_and_releases_reuse_the_longest_cached_prefix() -> None:
+    """Random prompts over a small alphabet (so they share prefixes), random releases and a
+    table small enough to evict: every admission reuses what a walk over the slots finds, and
+    the cache holds what the table says."""
+    rng = random.Random(7)
+    table = make_table(slots=9)
+    running: list[int] = []
+    for seq_id in range(300):
+        if len(running) == table.capacity or (running and rng.random() < 0.4):
+            ending = rng.sample(running, rng.randint(1, len(running)))
+            table.release(ending)
+            running = [s for s in running if s not in ending]
+        if rng.random() < 0.02:
+            table.forget_prefixes()
+        prompt = [rng.choice([3, 4, 5]) for _ in range(rng.randint(1, MAX_LEN - 1))]
+        expected = walked_prefix(table, prompt)
+        assert feed(table, seq_id, prompt)[1] == expected, seq_id
+        running.append(seq_id)
+        assert_cache_follows_table(table)
