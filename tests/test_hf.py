@@ -77,6 +77,30 @@ def test_scores_equal_a_direct_forward_pass(local: lmql.LLM, reference: tuple) -
     assert result.token_scores[0] == pytest.approx(expected, abs=1e-4)
 
 
+def test_scores_run_in_steps_launched_ahead_and_equal_a_direct_forward_pass(reference: tuple) -> None:
+    """A token budget of one SCORE request a step: each step after the first is queued while the
+    one before it runs (nothing it needs comes from there), and every value's log-probs still equal
+    transformers' forward over prompt and value."""
+    model, tokenizer = reference
+    server = Server("lmql-tiny", "--token_budget", "48")
+    try:
+        llm = lmql.model("lmql-tiny", endpoint=server.endpoint)
+        prompt = "Q: What is the best thing about a cat that sat on the mat?\nA:"
+        values = [" It is soft and warm", " nothing", " the mat, and the sun on the window", " love"]
+        result = llm.score_sync(prompt, values)
+        prompt_ids = llm.encode_prompt(prompt)
+        for value, scores in zip(values, result.token_scores, strict=True):
+            value_ids = tokenizer.encode(value, add_special_tokens=False)
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt_ids + value_ids])).logits[0]
+            logprobs = torch.log_softmax(logits, -1)
+            expected = [logprobs[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(value_ids)]
+            assert scores == pytest.approx(expected, abs=1e-4)
+        assert _engine_metric(server, "lmql_engine_steps_ahead") >= len(values) - 1
+    finally:
+        assert server.stop() == 0, server.output()
+
+
 def test_real_words_score_far_above_random_letters(local: lmql.LLM) -> None:
     result = local.score_sync("The cat sat on the", [" floor", " xqzvk"])
     real, noise = result.scores("sum")
@@ -309,11 +333,15 @@ def test_top_k_and_top_p_narrow_sampling(tiny_server: Server, local: lmql.LLM) -
     assert [e["token"] for e in narrowed[3]] != tokens  # hot sampling without them wanders off
 
 
-def _chained_steps(server: Server) -> float:
+def _engine_metric(server: Server, name: str) -> float:
     import urllib.request
 
     with urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10) as response:
-        return read_metric(response.read().decode(), "lmql_engine_steps_chained", "lmql-tiny")
+        return read_metric(response.read().decode(), name, "lmql-tiny")
+
+
+def _chained_steps(server: Server) -> float:
+    return _engine_metric(server, "lmql_engine_steps_chained")
 
 
 async def _staggered(endpoint: str, requests: dict[int, dict], late: dict[int, dict]) -> dict[int, list[dict]]:

@@ -28,10 +28,13 @@ def request(sink: Client, name: str, prompt_length: int = 3, kind: Kind = Kind.G
 
 
 def step(scheduler: Scheduler) -> list[ScheduledChunk]:
-    """One step as the engine runs it: the chunks, their tokens then fed to the backend."""
+    """One step as the engine runs it: the chunks, their tokens then fed to the backend, and a
+    token sampled for each generation whose prompt is all fed (the next step feeds it)."""
     chunks = scheduler.schedule()
     for chunk in chunks:
         chunk.seq.num_fed += len(chunk.tokens)
+        if chunk.seq.kind is Kind.GENERATE and not chunk.seq.unfed:
+            chunk.seq.generated.append(7)
     return chunks
 
 
@@ -112,8 +115,6 @@ def test_the_token_budget_chunks_prompts_and_always_lets_decoding_rows_step() ->
     chunks = step(scheduler)  # long's last 5; short's prompt of 4 fits the 5 left
     assert [(c.seq.stream_id, len(c.tokens), c.completes_prefill) for c in chunks] == [
         ("long", 5, True), ("short", 4, True)]
-    long.generated.append(7)
-    short.generated.append(7)
     big = request(sink, "big", prompt_length=30)
     scheduler.add(big)
     chunks = step(scheduler)  # two decode rows of one token, then 8 tokens of big's prompt
@@ -197,3 +198,17 @@ def test_every_client_gets_its_share_of_any_batch(max_batch: int) -> None:
     running = [c.seq for c in step(scheduler)]
     counts = [sum(seq.sink is sink for seq in running) for sink in clients]
     assert len(running) == max_batch and max(counts) - min(counts) <= 1
+
+
+def test_a_step_launched_ahead_skips_the_sequences_still_waiting_for_results() -> None:
+    """After a step of SCOREs (fed whole, log-probs not back yet) the next step, launched
+    ahead, takes only the waiting requests: nothing of the running ones is fed twice."""
+    scheduler = Scheduler(max_batch=8, token_budget=5)
+    sink = client()
+    first, second = (request(sink, name, kind=Kind.SCORE) for name in ("s0", "s1"))
+    scheduler.add(first)
+    scheduler.add(second)
+    assert names([c.seq for c in scheduler.schedule()]) == ["s0"]  # 5 tokens: the budget
+    first.num_fed = first.length
+    assert [(c.seq.stream_id, len(c.tokens)) for c in scheduler.schedule()] == [("s1", 5)]
+    assert [s.status for s in (first, second)] == [Status.RUNNING] * 2

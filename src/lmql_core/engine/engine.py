@@ -45,6 +45,7 @@ class LaunchedStep:
 class EngineStats:
     steps: int = 0
     steps_chained: int = 0
+    steps_ahead: int = 0
     tokens_generated: int = 0
     tokens_prefilled: int = 0
     sequences_finished: int = 0
@@ -129,7 +130,8 @@ class Engine:
     # GPU that host work overlaps the next step's computation. In steady decoding, step N+1 may
     # even be a chained step (``_launch_chained``; ``backend.ChainedSteps``): fed with step N's
     # sampled tokens still on the device, it is queued before the host waits for step N at all,
-    # and the GPU never idles.
+    # and the GPU never idles. A step that samples nothing (SCORE requests, prompt chunks that
+    # complete no prompt) is followed the same way by a step launched ahead (``_launch_ahead``).
 
     def _run(self) -> None:
         launched: LaunchedStep | None = None
@@ -137,6 +139,8 @@ class Engine:
         began = time.perf_counter()
         while True:
             chained = self._launch_chained(launched) if launched else None
+            if chained is None and launched is not None and launched.sampling is None:
+                chained = self._launch_ahead()
             # Handed over only now, with the next step queued: the clients' threads then do their
             # share (encoding, sending) while this one waits for the device, instead of taking
             # turns with it for the interpreter's lock while it launches the step.
@@ -276,6 +280,18 @@ class Engine:
             log.exception("forward pass failed")
             self._end_all(seqs, f"model error: {e}")
             return None
+
+    def _launch_ahead(self) -> LaunchedStep | None:
+        """Queue the next step while one that samples nothing runs: its chunks need none of that
+        step's results (the scheduler skips the sequences still waiting for theirs), so its host
+        work (admitting prompts, packing them) overlaps the device's. No preemption meanwhile."""
+        with self._wake:
+            if self._stopping:
+                return None
+            chunks = self.scheduler.schedule()
+        step = self._launch(chunks) if chunks else None
+        self.stats.steps_ahead += step is not None
+        return step
 
     def _collect(self, step: LaunchedStep,
                  chained: LaunchedStep | None = None) -> dict[Sink, list[TokenEvent]]:

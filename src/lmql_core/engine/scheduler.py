@@ -199,6 +199,8 @@ class Scheduler:
         prefilling = False  # whether a prompt chunk feeds in this step
         for seq in self.running:
             take = seq.unfed if seq.kind is Kind.SCORE else seq.unfed[: max(1, budget)]
+            if not take:  # its last step's results are not back yet (a step launched ahead)
+                continue
             prefilling = prefilling or seq.in_prefill
             chunks.append(ScheduledChunk(seq, take))
             budget -= len(take)
