@@ -7,6 +7,9 @@ whose logits are the output head applied to the last hidden states.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,7 +31,7 @@ def decode_graphs(backend: Any) -> DecodeGraphs | None:
     graphs = DecodeGraphs(forward, backend.device, backend.max_context, backend.max_batch,
                           backend.table.scratch)
     count = len(graphs.batches) * len(graphs.lengths)
-    with console.status(f"Capturing {count} CUDA graphs for decode steps..."):
+    with console.status(f"Capturing {count} CUDA graphs for decode steps..."), no_collection():
         graphs.capture_all()
     return graphs
 
@@ -43,9 +46,23 @@ def prompt_graphs(backend: Any) -> PromptGraphs | None:
     # a pass packs many sequences: it can hold more tokens than one sequence's context
     prompts = PromptGraphs(backend.prompt_forward, backend.device, backend.prefill_tokens, backend.max_batch,
                            tile, backend.table.scratch, capture=on_cuda)
-    with console.status(f"Capturing {len(prompts.graphs)} CUDA graphs for prompt passes..."):
+    with console.status(f"Capturing {len(prompts.graphs)} CUDA graphs for prompt passes..."), no_collection():
         prompts.capture_all()
     return prompts
+
+
+@contextlib.contextmanager
+def no_collection() -> Iterator[None]:
+    """Python's garbage collector kept from running during captures: objects it frees then (an
+    earlier backend's graphs, pinned buffers) make CUDA calls that invalidate a capture."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def head_is_plain(backend: Any) -> bool:
