@@ -274,6 +274,7 @@ class HFBackend(Backend):
                 self._packed_logits(packed.pack(rows))
                 size *= 2
             warm_up.serve(self, warm_up.GPU_ROWS if on_gpu else warm_up.CPU_ROWS)
+            warm_up.slot_moves(self)
             if on_gpu:
                 torch.cuda.synchronize(self.device)
         self.table.forget_prefixes()

@@ -21,7 +21,10 @@ import triton.language as tl
 MOVE_BLOCK = 1024  # elements a program moves (of one layer, slot and head: its positions x dim)
 
 
-@triton.jit
+# Integer arguments that vary from pass to pass are not specialized on (Triton compiles a variant
+# for a value of 1 and for multiples of 16): every variant a request can need is then compiled by
+# the warm-up before Ready (a compile is ~0.1 s).
+@triton.jit(do_not_specialize=["T", "k_batch", "v_batch", "slot_row", "slot_token"])
 def _write_tokens(new_k_ptr, new_v_ptr, keys_ptr, values_ptr, slots_ptr, positions_ptr, T,
                   k_batch, k_head, k_token, v_batch, v_head, v_token, slot_row, slot_token,
                   cache_slot, cache_head, cache_position,
@@ -66,7 +69,7 @@ def _move(ptr, into, from_, offs, mask, SWAP: tl.constexpr):
     tl.store(ptr + into + offs, moving, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["pairs"])
 def _move_slots(keys_ptr, values_ptr, moves_ptr, pairs, HEADS, layer_stride, slot_stride,
                 head_stride, DIM: tl.constexpr, SWAP: tl.constexpr, BLOCK: tl.constexpr):
     layer_head, pair, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)

@@ -46,3 +46,13 @@ def serve(backend: Any, most_rows: int) -> None:
     targets = [[1] * (len(logits) - 1)] * 2  # two requests: scored together, as a step's are
     collect_scoring(backend.ops, launch_scoring(backend.ops, [logits[:-1], logits[1:]], targets))
     backend.release_all([scored.seq_id])
+
+
+def slot_moves(backend: Any) -> None:
+    """Both kinds of slot move through the cache kernels (a copy, a swap), compiled now: the warm-up's
+    own requests move no slot."""
+    cache, scratch = backend.cache, backend.table.scratch
+    if cache.move_slots is not None:
+        cache.copy_slot(scratch, scratch, 1)
+        cache.flush()
+        cache.swap_slots([(scratch, scratch)], 1)
