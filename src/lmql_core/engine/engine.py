@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from lmql_core.backend import Backend, ChainedSteps, ReleasesTogether, StepInput, StepOutput
@@ -22,38 +21,9 @@ from lmql_core.engine.sampling import (
 )
 from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
 from lmql_core.engine.sequence import Finish, Kind, Sequence, Sink, Status, TokenEvent
+from lmql_core.engine.steps import EngineStats, LaunchedStep
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LaunchedStep:
-    """A step whose work is queued on the device; its results are read by ``_collect``."""
-
-    sampled: list[Sequence]
-    sampling: PendingSamples | None
-    scored: list[Sequence]  # the SCORE requests it runs, whose log-probs ``scoring`` computes
-    scoring: PendingScores | None
-    started: float
-    # tokens the sampled sequences surely generate after this step (length limits; EOS aside)
-    headroom: int = 0
-    # a chained step: the seq_ids it appended a sampled token to, whose values the host confirms
-    chained_ids: list[int] | None = None
-
-
-@dataclass
-class EngineStats:
-    steps: int = 0
-    steps_chained: int = 0
-    steps_ahead: int = 0
-    tokens_generated: int = 0
-    tokens_prefilled: int = 0
-    sequences_finished: int = 0
-    sequences_cancelled: int = 0
-    sequences_preempted: int = 0  # made way for other clients (see scheduler.py); they run again
-    last_step_seconds: float = 0.0
-    busy_seconds: float = 0.0  # the engine thread at work, idle waits for requests excluded
-    device_wait_seconds: float = 0.0  # of which blocked until a step's results reached the host
 
 
 # An idle engine woken by a request waits for its companions (clients send many at once, one
