@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,7 +218,7 @@ class HFBackend(Backend):
 
     def _packed_pass(self, rows: list[Row]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         batch = packed.pack([(r.tokens, r.slot, r.start, self._logits_from(r)) for r in rows])
-        logits = self._packed_logits(batch)
+        logits = self.packed_logits(batch)
         last = logits[self.ops.tensor([end - 1 for _, end in batch.kept_of], logits.device)]
         every = {r.item.seq_id: logits[start:end]
                  for r, (start, end) in zip(rows, batch.kept_of, strict=True) if r.item.all_logits}
@@ -234,7 +233,7 @@ class HFBackend(Backend):
             return last
         return min(last, max(0, row.item.logits_from - (len(row.item.tokens) - len(row.tokens))))
 
-    def _packed_logits(self, batch: packed.PackedRows) -> torch.Tensor:
+    def packed_logits(self, batch: packed.PackedRows) -> torch.Tensor:
         """Logits of shape (len(batch.keep), vocab): the output head runs on those positions only."""
         if self.prompts and self.prompts.fits(batch):
             hidden = self.prompts.run(batch)
@@ -255,30 +254,7 @@ class HFBackend(Backend):
         return out.logits[0] if self._keeps_logits else out.logits[0, keep]
 
     def _warm_up(self) -> None:
-        """Serve a small made-up workload before "Ready", so no request waits for kernels to load
-        or matrix algorithms to be chosen: packed passes of every size up to a step's (fresh and
-        continued chunks, one and many logits), decode rows beside prompts, chained steps, and the
-        engine's sampling and scoring. It leaves the cache as it found it. On the CPU what costs
-        is each library's first use (a lone first request paid ~10 ms more, 4-layer GPT-2): a
-        smaller workload covers it, in 0.05-0.2 s."""
-        began = time.perf_counter()
-        on_gpu = self.device.type == "cuda"
-        largest = self.prefill_tokens if on_gpu else warm_up.CPU_PASS_TOKENS
-        count = min(3, self.table.capacity)
-        with console.status("Warming up..."):
-            size = 16
-            while size <= min(largest, self.max_context):
-                n = size // count
-                rows = [([0] * n, slot, 0, n - 1) for slot in range(count - 1)]
-                rows.append(([0] * n, count - 1, min(n, self.max_context - n), 0 if size <= 1024 else n - 1))
-                self._packed_logits(packed.pack(rows))
-                size *= 2
-            warm_up.serve(self, warm_up.GPU_ROWS if on_gpu else warm_up.CPU_ROWS)
-            warm_up.slot_moves(self)
-            if on_gpu:
-                torch.cuda.synchronize(self.device)
-        self.table.forget_prefixes()
-        self.warm_up_seconds = time.perf_counter() - began
+        self.warm_up_seconds = warm_up.run(self)
         console.print(f"Warmed up in {self.warm_up_seconds:.1f} s")
 
     def _eager(self, rows: list[Row]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
