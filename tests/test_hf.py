@@ -101,6 +101,44 @@ def test_scores_run_in_steps_launched_ahead_and_equal_a_direct_forward_pass(refe
         assert server.stop() == 0, server.output()
 
 
+def test_long_prompts_and_scores_together_in_steps_launched_ahead(reference: tuple) -> None:
+    """Prompts of ~100 tokens in chunks of a 48-token budget (chunks that complete no prompt sample
+    nothing, so the next step is launched ahead) beside SCORE requests, all sent at once: the
+    greedy tokens are transformers' own, the log-probs its forward's."""
+    model, tokenizer = reference
+    text = "Q: What did the wise old man say to the cat that sat on the mat in the sun? A: He said"
+    prompts = [tokenizer.encode(text * k, add_special_tokens=False)[:n] for k, n in ((2, 90), (3, 130), (2, 70))]
+    scored = tokenizer.encode(" that love is all we need", add_special_tokens=False)
+
+    async def together(endpoint: str) -> dict[int, list[dict]]:
+        async with RawClient(endpoint) as c:
+            for sid, prompt in enumerate(prompts):
+                await c.send("GENERATE", {"model": "lmql-tiny", "stream_id": sid, "prompt": prompt,
+                                          "max_tokens": 8, "logit_bias": {str(tokenizer.eos_token_id): -100}})
+            for sid, prompt in enumerate(prompts, start=10):
+                await c.send("SCORE", {"model": "lmql-tiny", "stream_id": sid, "prompt": prompt, "scored": scored})
+            return await c.collect(set(range(len(prompts))) | set(range(10, 10 + len(prompts))))
+
+    server = Server("lmql-tiny", "--token_budget", "48")
+    try:
+        results = asyncio.run(together(server.endpoint))
+        ahead = _engine_metric(server, "lmql_engine_steps_ahead")
+    finally:
+        assert server.stop() == 0, server.output()
+    for sid, prompt in enumerate(prompts):
+        with torch.no_grad():
+            ids = torch.tensor([prompt])
+            bias = torch.zeros(model.config.vocab_size)
+            bias[tokenizer.eos_token_id] = -100
+            for _ in range(8):
+                ids = torch.cat([ids, (model(ids).logits[0, -1] + bias).argmax().view(1, 1)], dim=1)
+            logprobs = torch.log_softmax(model(torch.tensor([prompt + scored])).logits[0], -1)
+        assert [e["token"] for e in results[sid]] == ids[0, len(prompt):].tolist()
+        expected = [logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(scored)]
+        assert [e["logprob"] for e in results[10 + sid]] == pytest.approx(expected, abs=1e-4)
+    assert ahead > 0
+
+
 def test_real_words_score_far_above_random_letters(local: lmql.LLM) -> None:
     result = local.score_sync("The cat sat on the", [" floor", " xqzvk"])
     real, noise = result.scores("sum")

@@ -110,8 +110,9 @@ def test_the_token_budget_chunks_prompts_and_always_lets_decoding_rows_step() ->
     scheduler.add(long)
     scheduler.add(short)
     assert [len(c.tokens) for c in step(scheduler)] == [10]  # the budget is spent on long's prompt
-    chunks = step(scheduler)
-    assert [(c.seq.stream_id, len(c.tokens)) for c in chunks] == [("long", 10)]
+    chunks = step(scheduler)  # 20 of 25 fed now: no token is sampled yet, though the engine
+    # counts the chunk as fed before it asks which sequences sample
+    assert [(c.seq.stream_id, len(c.tokens), c.completes_prefill) for c in chunks] == [("long", 10, False)]
     chunks = step(scheduler)  # long's last 5; short's prompt of 4 fits the 5 left
     assert [(c.seq.stream_id, len(c.tokens), c.completes_prefill) for c in chunks] == [
         ("long", 5, True), ("short", 4, True)]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.engine.sequence import Kind, Sequence, Status
@@ -36,10 +36,12 @@ from lmql_core.engine.sequence import Kind, Sequence, Status
 class ScheduledChunk:
     seq: Sequence
     tokens: list[int]
+    # whether these tokens end the prompt (the next token is sampled): fixed when scheduled, since
+    # the engine counts them as fed (``num_fed``) before it decides what to sample
+    completes_prefill: bool = field(init=False)
 
-    @property
-    def completes_prefill(self) -> bool:
-        return self.seq.num_fed + len(self.tokens) >= self.seq.length
+    def __post_init__(self) -> None:
+        self.completes_prefill = self.seq.num_fed + len(self.tokens) >= self.seq.length
 
 
 class FairQueue:
