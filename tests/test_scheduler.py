@@ -213,3 +213,14 @@ def test_a_step_launched_ahead_skips_the_sequences_still_waiting_for_results() -
     first.num_fed = first.length
     assert [(c.seq.stream_id, len(c.tokens)) for c in scheduler.schedule()] == [("s1", 5)]
     assert [s.status for s in (first, second)] == [Status.RUNNING] * 2
+
+
+def test_more_clients_than_the_batch_holds_arriving_at_once_preempt_nothing() -> None:
+    """Three clients, one request each, a batch of two, nothing running yet: each client's share
+    is one, so three want a place the batch lacks; nobody runs, so nobody is preempted (this
+    raised IndexError in the engine thread, which then served nothing more)."""
+    scheduler = Scheduler(max_batch=2)
+    for name in ("a0", "b0", "c0"):
+        scheduler.add(request(client(), name))
+    assert scheduler.preempt() == []
+    assert names([c.seq for c in step(scheduler)]) == ["a0", "b0"]

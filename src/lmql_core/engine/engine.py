@@ -57,7 +57,7 @@ class Engine:
         self._wake = threading.Condition()
         self._last_arrival = 0.0
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="lmql-engine", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="lmql-engine", daemon=True)
         self._thread.start()
 
     # --- called from any thread -------------------------------------------------------------
@@ -102,6 +102,19 @@ class Engine:
     # sampled tokens still on the device, it is queued before the host waits for step N at all,
     # and the GPU never idles. A step that samples nothing (SCORE requests, prompt chunks that
     # complete no prompt) is followed the same way by a step launched ahead (``_launch_ahead``).
+
+    def _serve(self) -> None:
+        """The engine thread: a step that fails in an unforeseen way ends the streams in flight
+        with the error, and the engine serves on (a dead thread would leave every later request
+        waiting forever)."""
+        while True:
+            try:
+                self._run()
+                return
+            except Exception as e:
+                log.exception("the engine failed")
+                with self._wake:
+                    self._fail_all(f"engine error: {e}")
 
     def _run(self) -> None:
         launched: LaunchedStep | None = None

@@ -178,6 +178,8 @@ class Scheduler:
         needed = wanted - (self.max_batch - len(self.running))  # beyond the free slots
         victims: list[Sequence] = []
         for _ in range(max(0, needed)):
+            if not counts:  # more clients want a share than the batch holds: none runs yet
+                break
             client, running = counts.most_common(1)[0]
             victim = next((s for s in reversed(self.running) if s.sink == client
                            and s.kind is Kind.GENERATE and s not in victims), None)
