@@ -255,3 +255,26 @@ def test_frames_go_uncompressed_even_when_a_client_offers_deflate(random_server:
             assert frame.startswith("TOKEN [")
 
     asyncio.run(scenario())
+
+
+def test_more_connections_than_the_batch_holds_are_all_answered() -> None:
+    """Six connections send a request each at once to an idle server whose batch holds two:
+    every stream gets its tokens (the engine thread once died here, and the server with it
+    answered nothing more), and the server still answers afterwards."""
+    server = Server("random", "--max_batch", "2")
+
+    async def one(sid: int) -> list:
+        async with RawClient(server.endpoint) as c:
+            await c.send("GENERATE", {"model": "random", "prompt": [5, 6, sid], "max_tokens": 5, "stream_id": sid})
+            return await c.stream(sid)
+
+    async def all_at_once() -> list:
+        return await asyncio.gather(*(one(sid) for sid in range(6)))
+
+    try:
+        for streams in (asyncio.run(all_at_once()), [asyncio.run(one(9))]):
+            for entries in streams:
+                assert [e.get("error") for e in entries] == [None] * 5
+                assert entries[-1]["finish_reason"] == "length"
+    finally:
+        assert server.stop() == 0, server.output()
