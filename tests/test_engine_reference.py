@@ -64,19 +64,31 @@ class Client:
 class Traffic:
     """Random requests, each with its expected result from the reference."""
 
-    def __init__(self, model: Any, seed: int) -> None:
+    def __init__(self, model: Any, seed: int, shared: bool = False) -> None:
         self.model, self.rng = model, random.Random(seed)
         self.vocab, self.eos = model.config.vocab_size, model.config.eos_token_id
         self.expected: dict[Any, tuple[str, list]] = {}
+        # with ``shared``, prompts start with the start of one of a few texts, as LMQL's growing
+        # prompts do: finished streams' caches serve them as prefixes
+        self.texts = [self._tokens(150) for _ in range(3)] if shared else []
+
+    def _tokens(self, count: int) -> list[int]:
+        return [self.rng.randrange(3, self.vocab) for _ in range(count)]
+
+    def _prompt(self) -> list[int]:
+        length = self.rng.choice([1, 5, 30, 70, 150])
+        if not self.texts:
+            return self._tokens(length)
+        start = self.rng.choice(self.texts)[: self.rng.randint(1, 150)]
+        return (start + self._tokens(length))[: max(length, len(start))]
 
     def client(self, name: str, streams: int) -> tuple[Client, list[Sequence]]:
-        """A client's streams: prompts of 1 to 150 tokens, every fourth a SCORE."""
+        """A client's streams: prompts of 1 to 300 tokens, every fourth a SCORE."""
         client, requests = Client(streams), []
         for s in range(streams):
-            stream, rng = (name, s), self.rng
-            prompt = [rng.randrange(3, self.vocab) for _ in range(rng.choice([1, 5, 30, 70, 150]))]
+            stream, prompt = (name, s), self._prompt()
             if s % 4 == 3:
-                scored = [rng.randrange(3, self.vocab) for _ in range(rng.randint(1, 8))]
+                scored = self._tokens(self.rng.randint(1, 8))
                 requests.append(Sequence(stream, prompt, SamplingParams(max_tokens=0), client,
                                          kind=Kind.SCORE, scored=scored))
                 self.expected[stream] = ("score", logprobs(self.model, prompt, scored))
@@ -97,12 +109,14 @@ class Traffic:
                 assert [e.logprob for e in events] == pytest.approx(want, abs=1e-4), stream
 
 
-@pytest.mark.parametrize(("token_budget", "max_batch"), [(24, 3), (64, 8), (8192, 64)])
+@pytest.mark.parametrize(("token_budget", "max_batch", "shared"),
+                         [(24, 3, False), (64, 8, False), (8192, 64, False), (24, 3, True), (8192, 64, True)])
 def test_mixed_traffic_gives_transformers_tokens_and_log_probs(reference: Any, token_budget: int,
-                                                                max_batch: int) -> None:
+                                                                max_batch: int, shared: bool) -> None:
     """One client fills the batch and more; two others arrive once it decodes and take their
-    shares (the first's newest streams preempted, where the batch is small)."""
-    traffic = Traffic(reference, token_budget)
+    shares (the first's newest streams preempted, where the batch is small). With ``shared``
+    prompts, cached prefixes serve them."""
+    traffic = Traffic(reference, token_budget, shared)
     engine = Engine(HFBackend(str(bundled_path("lmql-tiny"))), token_budget=token_budget, max_batch=max_batch)
     try:
         first = traffic.client("first", min(max_batch + 2, 10))
@@ -116,7 +130,8 @@ def test_mixed_traffic_gives_transformers_tokens_and_log_probs(reference: Any, t
                 engine.submit(seq)
         for client, _ in [first, *later]:
             traffic.check(client)
-        assert engine.stats.sequences_preempted > 0 or max_batch > 8
+        assert engine.stats.sequences_preempted > 0 or max_batch > 3  # (with 8: as arrivals fall)
+        assert engine.backend.table.reused_tokens > 0 or not shared
     finally:
         engine.stop()
 
