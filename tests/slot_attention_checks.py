@@ -149,3 +149,30 @@ def test_backends_decode_through_the_kernel_as_transformers_does(which: str, fus
     # chunks of 128: the long prompt continues from its own cache (starts 128, 256) beside decode rows
     got = greedy_in_steps(backend, batch, arrivals=[0, 1, 1], chunk=128, new_tokens=6)
     assert got == [greedy_with_transformers(model, p, 6) for p in batch]
+
+
+def test_mixed_traffic_through_the_kernels_gives_transformers_results() -> None:
+    """tests/test_engine_reference.py's mixed traffic (chunked prompts, SCOREs, preemption,
+    cached prefixes) on a backend whose passes go through the slot kernels, the cache kernels
+    (writes, slot moves) and the fused one-row layers."""
+    from test_engine_reference import Traffic
+    from transformers import AutoModelForCausalLM
+
+    from lmql_core.engine.engine import Engine
+    from lmql_hf.backend import HFBackend
+
+    path = str(bundled_path("lmql-tiny"))
+    traffic = Traffic(AutoModelForCausalLM.from_pretrained(path).eval(), 11, shared=True)
+    backend = HFBackend(path, fuse_kernels=True, max_batch=3, warm_up=False)
+    assert backend.slot_kernels and backend.prompts is not None and backend.cache.move_slots is not None
+    engine = Engine(backend, token_budget=64, max_batch=3)
+    try:
+        for round_ in ([traffic.client("first", 4), traffic.client("second", 2)], [traffic.client("again", 4)]):
+            for _, requests in round_:  # the second round finds the first one's prompts cached
+                for seq in requests:
+                    engine.submit(seq)
+            for client, _ in round_:
+                traffic.check(client, timeout=600)  # interpreted kernels
+        assert backend.table.reused_tokens > 0
+    finally:
+        engine.stop()

@@ -98,8 +98,8 @@ class Traffic:
                 self.expected[stream] = ("tokens", greedy(self.model, prompt, self.eos))
         return client, requests
 
-    def check(self, client: Client) -> None:
-        assert client.done.wait(120), "streams did not end"
+    def check(self, client: Client, timeout: float = 120) -> None:
+        assert client.done.wait(timeout), "streams did not end"
         for stream, events in client.events.items():
             kind, want = self.expected[stream]
             assert all(e.error is None for e in events), (stream, events[-1].error)
