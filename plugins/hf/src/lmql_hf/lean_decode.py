@@ -1,0 +1,205 @@
+"""Decode steps of Llama and GPT-2 on the CPU as direct torch operations over the model's own
+weights and the slot cache, without transformers' modules, masks and cache calls.
+
+On the CPU a decode step of a few rows is bound by the interpreter, not arithmetic: transformers
+spends ~1.35 ms of lmql-tiny's 1.7 ms one-row step in per-module Python (hooks, keyword
+arguments, mask and cache bookkeeping). Here each layer is ~15 torch calls: the norms as
+``rms_norm``/``layer_norm``, q, k and v as one product over their concatenated weights (the
+projections keep views of it, as ``one_row_layers`` does on the GPU), RoPE from a table of every
+position's cos and sin computed once by the model's own rotary module, the new keys and values
+written into the slot cache with one ``index_copy_`` each (flat row indices computed once per
+step, shared by every layer), and attention as one SDPA call per layer against each row's slot
+with a mask computed once per step. Results differ from transformers' by rounding only. Every
+other architecture, dtype or option keeps transformers' forward (``LeanDecoder.of`` says None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn import functional
+
+from lmql_hf.one_row_layers import concatenated
+from lmql_hf.slot_cache import SlotCache
+
+# rotary embeddings whose angles depend on the position only (not on the sequence's length)
+STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
+GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
+
+
+@dataclass
+class Step:
+    """What every layer of one decode step shares, computed once."""
+
+    positions: torch.Tensor  # (rows,)
+    mask: torch.Tensor  # (rows, 1, 1, length): which cached positions each row attends to
+    heads_at: torch.Tensor  # (rows x kv_heads,): flat row of each new key in a layer's cache
+    read_rows: slice
+    length: int
+
+
+class LeanDecoder:
+    """One family's decode step; ``logits`` is what ``HFBackend.model_step`` returns for one
+    token per row, as (rows, vocab)."""
+
+    def __init__(self, model: Any, cache: SlotCache) -> None:
+        self.model, self.cache = model, cache
+        self.columns = torch.arange(cache.max_len)
+        self.head = model.get_output_embeddings().weight
+
+    @staticmethod
+    def of(model: Any, cache: SlotCache) -> LeanDecoder | None:
+        """The lean step for ``model`` on this cache, or None where transformers' forward stays."""
+        if model.dtype != torch.float32 or model.device.type != "cpu" or cache.keys[0].dtype != torch.float32:
+            return None
+        family = {"LlamaForCausalLM": LeanLlama, "GPT2LMHeadModel": LeanGPT2}.get(type(model).__name__)
+        if family is None or not family.supports(model.config):
+            return None
+        return family(model, cache)
+
+    def logits(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice,
+               length: int) -> torch.Tensor:
+        """``ids``, ``positions``, ``slots``: (rows, 1); row i reads slot ``read_rows.start + i``
+        up to its own position (at most ``length``) and writes its key and value in ``slots[i]``."""
+        step = self._step(positions.view(-1), slots.view(-1), read_rows, length)
+        hidden = self.embed(ids.view(-1), step.positions)
+        for index in range(len(self.cache.keys)):
+            hidden = self.layer(index, hidden, step)
+        return functional.linear(self.final_norm(hidden), self.head)
+
+    def _step(self, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice, length: int) -> Step:
+        keys = self.cache.keys[0]  # (slots, kv_heads, max_len, dim): every layer's view alike
+        kv_heads, max_len = keys.shape[1], keys.shape[2]
+        heads = torch.arange(kv_heads) * max_len
+        heads_at = ((slots * (kv_heads * max_len) + positions)[:, None] + heads).view(-1)
+        mask = (self.columns[:length] <= positions[:, None]).view(-1, 1, 1, length)
+        return Step(positions, mask, heads_at, read_rows, length)
+
+    def attend(self, index: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               step: Step, scale: float) -> torch.Tensor:
+        """Write the rows' new ``key`` and ``value`` (rows, kv_heads, dim) into the cache and
+        attend each row's ``query`` (rows, heads, dim) to its slot: (rows, heads x dim)."""
+        keys, values = self.cache.keys[index], self.cache.values[index]
+        dim = keys.shape[3]
+        keys.view(-1, dim).index_copy_(0, step.heads_at, key.reshape(-1, dim))
+        values.view(-1, dim).index_copy_(0, step.heads_at, value.reshape(-1, dim))
+        rows, kv_heads = query.shape[0], keys.shape[1]
+        # grouped-query heads: each key/value head's query heads attend as one head's rows
+        grouped = query.reshape(rows, kv_heads, -1, dim)
+        read = step.read_rows, slice(None), slice(0, step.length)
+        out = functional.scaled_dot_product_attention(grouped, keys[read], values[read], attn_mask=step.mask,
+                                                      scale=scale)
+        return out.reshape(rows, -1)
+
+    @staticmethod
+    def supports(config: Any) -> bool:
+        """Whether the family's lean step computes what this configuration asks."""
+        raise NotImplementedError
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layer(self, index: int, hidden: torch.Tensor, step: Step) -> torch.Tensor:
+        raise NotImplementedError
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LeanLlama(LeanDecoder):
+    @staticmethod
+    def supports(config: Any) -> bool:
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        return (config.hidden_act == "silu" and getattr(config, "pretraining_tp", 1) == 1
+                and rope.get("rope_type", rope.get("type", "default")) in STATIC_ROPE)
+
+    def __init__(self, model: Any, cache: SlotCache) -> None:
+        super().__init__(model, cache)
+        base = model.model
+        self.layers = [_LlamaWeights(layer) for layer in base.layers]
+        self.embeddings = base.embed_tokens.weight
+        self.norm_weight, self.norm_eps = base.norm.weight, float(base.norm.variance_epsilon)
+        dim = self.layers[0].dim
+        positions = torch.arange(cache.max_len)[None]
+        cos, sin = base.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)  # as the model's own pass
+        half = dim // 2
+        self.cos = cos[0].contiguous()  # (max_len, dim)
+        # rotate_half(x) * sin == roll(x, half) * sin with its first half negated
+        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1).contiguous()
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return functional.embedding(ids, self.embeddings)
+
+    def _step(self, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice, length: int) -> Step:
+        step = super()._step(positions, slots, read_rows, length)
+        self.step_cos, self.step_sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        return step
+
+    def layer(self, index: int, hidden: torch.Tensor, step: Step) -> torch.Tensor:
+        w = self.layers[index]
+        rows, dim, heads, kv_heads = hidden.shape[0], w.dim, w.heads, w.kv_heads
+        normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm1, w.eps1)
+        qkv = functional.linear(normed, w.qkv, w.qkv_bias).view(rows, -1, dim)
+        qk, value = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
+        rotated = qk * self.step_cos + qk.roll(dim // 2, -1) * self.step_sin
+        attended = self.attend(index, rotated[:, :heads], rotated[:, heads:], value, step, w.scale)
+        hidden = hidden + functional.linear(attended, w.out, w.out_bias)
+        normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm2, w.eps2)
+        gate, up = functional.linear(normed, w.gate_up, w.gate_up_bias).chunk(2, -1)
+        return hidden + functional.linear(functional.silu(gate) * up, w.down, w.down_bias)
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return functional.rms_norm(hidden, (hidden.shape[1],), self.norm_weight, self.norm_eps)
+
+
+class _LlamaWeights:
+    """One Llama decoder layer's weights, q/k/v and gate/up concatenated (the modules keep views)."""
+
+    def __init__(self, layer: Any) -> None:
+        attention, mlp = layer.self_attn, layer.mlp
+        self.dim, self.scale = attention.head_dim, float(attention.scaling)
+        self.heads = attention.q_proj.weight.shape[0] // self.dim
+        self.kv_heads = attention.k_proj.weight.shape[0] // self.dim
+        self.qkv, self.qkv_bias = concatenated([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.gate_up, self.gate_up_bias = concatenated([mlp.gate_proj, mlp.up_proj])
+        self.out, self.out_bias = attention.o_proj.weight, attention.o_proj.bias
+        self.down, self.down_bias = mlp.down_proj.weight, mlp.down_proj.bias
+        self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
+        self.norm2 = layer.post_attention_layernorm.weight
+        self.eps2 = float(layer.post_attention_layernorm.variance_epsilon)
+
+
+class LeanGPT2(LeanDecoder):
+    @staticmethod
+    def supports(config: Any) -> bool:
+        return (config.activation_function in GPT2_GELU and not config.add_cross_attention
+                and not config.reorder_and_upcast_attn)
+
+    def __init__(self, model: Any, cache: SlotCache) -> None:
+        super().__init__(model, cache)
+        base = model.transformer
+        self.blocks = list(base.h)
+        self.tokens, self.places = base.wte.weight, base.wpe.weight
+        self.ln_f = base.ln_f
+        self.gelu = GPT2_GELU[model.config.activation_function]
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return functional.embedding(ids, self.tokens) + functional.embedding(positions, self.places)
+
+    def layer(self, index: int, hidden: torch.Tensor, step: Step) -> torch.Tensor:
+        block = self.blocks[index]
+        attention, mlp, ln_1, ln_2 = block.attn, block.mlp, block.ln_1, block.ln_2
+        rows, dim = hidden.shape[0], attention.head_dim
+        normed = functional.layer_norm(hidden, (hidden.shape[1],), ln_1.weight, ln_1.bias, ln_1.eps)
+        qkv = torch.addmm(attention.c_attn.bias, normed, attention.c_attn.weight).view(rows, 3, -1, dim)
+        attended = self.attend(index, qkv[:, 0], qkv[:, 1], qkv[:, 2], step, float(attention.scaling))
+        hidden = hidden + torch.addmm(attention.c_proj.bias, attended, attention.c_proj.weight)
+        normed = functional.layer_norm(hidden, (hidden.shape[1],), ln_2.weight, ln_2.bias, ln_2.eps)
+        inner = functional.gelu(torch.addmm(mlp.c_fc.bias, normed, mlp.c_fc.weight), approximate=self.gelu)
+        return hidden + torch.addmm(mlp.c_proj.bias, inner, mlp.c_proj.weight)
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        ln_f = self.ln_f
+        return functional.layer_norm(hidden, (hidden.shape[1],), ln_f.weight, ln_f.bias, ln_f.eps)
