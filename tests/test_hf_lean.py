@@ -124,3 +124,4 @@ def test_other_architectures_and_the_option_keep_transformers_forward(small_gpt2
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
     Qwen3ForCausalLM(config).save_pretrained(tmp_path)
     assert HFBackend(str(tmp_path), warm_up=False).lean is None
+

@@ -15,6 +15,8 @@ other architecture, dtype or option keeps transformers' forward (``LeanDecoder.o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,8 @@ class LeanDecoder:
 
     def __init__(self, model: Any, cache: SlotCache) -> None:
         self.model, self.cache = model, cache
+        # the threads of the output head's product (HostThreads.every_core where the backend sets it)
+        self.head_threads: Callable[[], AbstractContextManager[None]] = nullcontext
         self.columns = torch.arange(cache.max_len)
         self.head = model.get_output_embeddings().weight
 
@@ -67,7 +71,9 @@ class LeanDecoder:
         hidden = self.embed(ids.view(-1), step.positions)
         for index in range(len(self.cache.keys)):
             hidden = self.layer(index, hidden, step)
-        return functional.linear(self.final_norm(hidden), self.head)
+        normed = self.final_norm(hidden)
+        with self.head_threads():
+            return functional.linear(normed, self.head)
 
     def _step(self, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice, length: int) -> Step:
         keys = self.cache.keys[0]  # (slots, kv_heads, max_len, dim): every layer's view alike

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -55,3 +57,18 @@ class HostThreads:
         wanted = many if tokens >= ALL_CORES_FROM_TOKENS else fewer
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
+
+    @contextmanager
+    def every_core(self) -> Iterator[None]:
+        """Every core for one large product of a step of few tokens (a lone stream's output head:
+        memory-bound, twice as fast on two cores); a no-op where the threads were chosen or the
+        step has them all already."""
+        if self.by_size is None or torch.get_num_threads() == self.by_size[1]:
+            yield
+            return
+        fewer, many = self.by_size
+        torch.set_num_threads(many)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(fewer)
