@@ -100,7 +100,7 @@ def test_decode_rows_give_transformers_logits_without_its_forward(model_path: st
             for row, i in enumerate(running):
                 want = reference(torch.tensor([sequences[i]])).logits[0, -1]
                 got = out.last_logits[row]
-                assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())
+                assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), float((got - want).abs().max())
         if step == 3:
             backend.release(1)
 

@@ -4,8 +4,8 @@ weights and the slot cache, without transformers' modules, masks and cache calls
 On the CPU a decode step of a few rows is bound by the interpreter, not arithmetic: transformers
 spends ~1.35 ms of lmql-tiny's 1.7 ms one-row step in per-module Python (hooks, keyword
 arguments, mask and cache bookkeeping). Here each layer is ~15 torch calls: the norms as
-``rms_norm``/``layer_norm``, q, k and v as one product over their concatenated weights (the
-projections keep views of it, as ``one_row_layers`` does on the GPU), RoPE from a table of every
+``rms_norm``/``layer_norm``, q, k and v as one product over their concatenated weights, stored
+by columns (the projections keep views of it), RoPE from a table of every
 position's cos and sin computed once by the model's own rotary module, the new keys and values
 written into the slot cache with one ``index_copy_`` each (flat row indices computed once per
 step, shared by every layer), and attention as one SDPA call per layer against each row's slot
@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional
 
-from lmql_hf.one_row_layers import concatenated
 from lmql_hf.slot_cache import SlotCache
 
 # rotary embeddings whose angles depend on the position only (not on the sequence's length)
+# A head tied to the input embeddings (whose look-ups need it by rows) is copied by columns only
+# up to this size; an untied one is stored by columns in place.
+TIED_HEAD_COPY_BYTES = 256 << 20
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
@@ -42,6 +45,39 @@ class Step:
     length: int
 
 
+def by_columns(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (in, sum of outs) contiguous weight (and bias) for ``linears``, whose modules keep
+    transposed views of it (no second copy). MKL's products of a few rows read a weight ~1.3-2x
+    faster by columns than by rows (one row, 192 x 576: 7.9 -> 4.7 us; the 4-layer GPT-2's head,
+    8 rows, one core: 5.5 -> 2.6 ms)."""
+    weight = torch.cat([m.weight.detach().T for m in linears], 1).contiguous()
+    bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
+    start = 0
+    for m in linears:
+        outs = m.weight.shape[0]
+        m.weight = nn.Parameter(weight[:, start : start + outs].T, requires_grad=False)
+        if bias is not None:
+            m.bias = nn.Parameter(bias[start : start + outs], requires_grad=False)
+        start += outs
+    return weight, bias
+
+
+def _head_by_columns(model: Any) -> torch.Tensor:
+    """The output head's weight as (hidden, vocabulary): a copy where the input embeddings'
+    look-ups share it (up to TIED_HEAD_COPY_BYTES; beyond, a view by rows)."""
+    head = model.get_output_embeddings()
+    weight = head.weight
+    if weight is model.get_input_embeddings().weight:
+        too_big = weight.numel() * weight.element_size() > TIED_HEAD_COPY_BYTES
+        return weight.detach().T if too_big else weight.detach().T.contiguous()
+    return by_columns([head])[0]
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight (+ bias)`` for a weight by columns (in, out)."""
+    return x @ weight if bias is None else torch.addmm(bias, x, weight)
+
+
 class LeanDecoder:
     """One family's decode step; ``logits`` is what ``HFBackend.model_step`` returns for one
     token per row, as (rows, vocab)."""
@@ -51,7 +87,7 @@ class LeanDecoder:
         # the threads of the output head's product (HostThreads.every_core where the backend sets it)
         self.head_threads: Callable[[], AbstractContextManager[None]] = nullcontext
         self.columns = torch.arange(cache.max_len)
-        self.head = model.get_output_embeddings().weight
+        self.head = _head_by_columns(model)
 
     @staticmethod
     def of(model: Any, cache: SlotCache) -> LeanDecoder | None:
@@ -73,7 +109,7 @@ class LeanDecoder:
             hidden = self.layer(index, hidden, step)
         normed = self.final_norm(hidden)
         with self.head_threads():
-            return functional.linear(normed, self.head)
+            return normed @ self.head
 
     def _step(self, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice, length: int) -> Step:
         keys = self.cache.keys[0]  # (slots, kv_heads, max_len, dim): every layer's view alike
@@ -147,31 +183,31 @@ class LeanLlama(LeanDecoder):
         w = self.layers[index]
         rows, dim, heads, kv_heads = hidden.shape[0], w.dim, w.heads, w.kv_heads
         normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm1, w.eps1)
-        qkv = functional.linear(normed, w.qkv, w.qkv_bias).view(rows, -1, dim)
+        qkv = _product(normed, w.qkv, w.qkv_bias).view(rows, -1, dim)
         qk, value = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
         rotated = qk * self.step_cos + qk.roll(dim // 2, -1) * self.step_sin
         attended = self.attend(index, rotated[:, :heads], rotated[:, heads:], value, step, w.scale)
-        hidden = hidden + functional.linear(attended, w.out, w.out_bias)
+        hidden = hidden + _product(attended, w.out, w.out_bias)
         normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm2, w.eps2)
-        gate, up = functional.linear(normed, w.gate_up, w.gate_up_bias).chunk(2, -1)
-        return hidden + functional.linear(functional.silu(gate) * up, w.down, w.down_bias)
+        gate, up = _product(normed, w.gate_up, w.gate_up_bias).chunk(2, -1)
+        return hidden + _product(functional.silu(gate) * up, w.down, w.down_bias)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return functional.rms_norm(hidden, (hidden.shape[1],), self.norm_weight, self.norm_eps)
 
 
 class _LlamaWeights:
-    """One Llama decoder layer's weights, q/k/v and gate/up concatenated (the modules keep views)."""
+    """One Llama decoder layer's weights by columns, q/k/v and gate/up concatenated (views in the modules)."""
 
     def __init__(self, layer: Any) -> None:
         attention, mlp = layer.self_attn, layer.mlp
         self.dim, self.scale = attention.head_dim, float(attention.scaling)
         self.heads = attention.q_proj.weight.shape[0] // self.dim
         self.kv_heads = attention.k_proj.weight.shape[0] // self.dim
-        self.qkv, self.qkv_bias = concatenated([attention.q_proj, attention.k_proj, attention.v_proj])
-        self.gate_up, self.gate_up_bias = concatenated([mlp.gate_proj, mlp.up_proj])
-        self.out, self.out_bias = attention.o_proj.weight, attention.o_proj.bias
-        self.down, self.down_bias = mlp.down_proj.weight, mlp.down_proj.bias
+        self.qkv, self.qkv_bias = by_columns([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.gate_up, self.gate_up_bias = by_columns([mlp.gate_proj, mlp.up_proj])
+        self.out, self.out_bias = by_columns([attention.o_proj])
+        self.down, self.down_bias = by_columns([mlp.down_proj])
         self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
         self.norm2 = layer.post_attention_layernorm.weight
         self.eps2 = float(layer.post_attention_layernorm.variance_epsilon)

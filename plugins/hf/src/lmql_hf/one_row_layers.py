@@ -85,7 +85,7 @@ def _as_parameter(tensor: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(tensor, requires_grad=False)
 
 
-def concatenated(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _concatenated(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One (sum of outs, in) weight (and bias) for ``linears``, which keep views of it."""
     weight = torch.cat([m.weight for m in linears])
     bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
@@ -103,8 +103,8 @@ class OneRowLlamaLayer(OneRowLayer):
     def __init__(self, layer: Any, kernel: ModuleType, run_kernel: RunsKernel) -> None:
         super().__init__(layer, kernel, run_kernel)
         attention, mlp = layer.self_attn, layer.mlp
-        self.qkv, self.qkv_bias = concatenated([attention.q_proj, attention.k_proj, attention.v_proj])
-        self.gate_up, self.gate_up_bias = concatenated([mlp.gate_proj, mlp.up_proj])
+        self.qkv, self.qkv_bias = _concatenated([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.gate_up, self.gate_up_bias = _concatenated([mlp.gate_proj, mlp.up_proj])
         self.heads = attention.q_proj.weight.shape[0] // attention.head_dim
         self.kv_heads = attention.k_proj.weight.shape[0] // attention.head_dim
         self.norms = [kernel.RowNorm("rms", n.weight, None, float(n.variance_epsilon))
