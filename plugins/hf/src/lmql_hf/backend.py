@@ -99,7 +99,7 @@ class HFBackend(Backend):
                 and lean_decode.LeanDecoder.of(self.model, self.cache))
         self.lean = lean or None
         if self.lean is not None:
-            self.lean.head_threads = self.threads.every_core
+            self.lean.threads = self.threads
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
         self.max_batch = min(self.memory.max_batch, self.table.capacity)
         self.graphs = replays.decode_graphs(self)

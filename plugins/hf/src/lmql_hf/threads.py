@@ -59,16 +59,19 @@ class HostThreads:
             torch.set_num_threads(wanted)
 
     @contextmanager
-    def every_core(self) -> Iterator[None]:
-        """Every core for one large product of a step of few tokens (a lone stream's output head:
-        memory-bound, twice as fast on two cores); a no-op where the threads were chosen or the
-        step has them all already."""
-        if self.by_size is None or torch.get_num_threads() == self.by_size[1]:
+    def cores(self, every: bool) -> Iterator[None]:
+        """Every core, or all but the event loop's, for one part of a step (``lean_decode``: the
+        output head's product on every core, a decode step's layers on the others), then the
+        step's own count again; a no-op where the threads were chosen."""
+        if self.by_size is None:
             yield
             return
-        fewer, many = self.by_size
-        torch.set_num_threads(many)
+        before, wanted = torch.get_num_threads(), self.by_size[1 if every else 0]
+        if wanted == before:
+            yield
+            return
+        torch.set_num_threads(wanted)
         try:
             yield
         finally:
-            torch.set_num_threads(fewer)
+            torch.set_num_threads(before)
