@@ -101,7 +101,10 @@ class LeanDecoder:
         family = {"LlamaForCausalLM": LeanLlama, "GPT2LMHeadModel": LeanGPT2}.get(type(model).__name__)
         if family is None or not family.supports(model.config):
             return None
-        return family(model, cache)
+        try:
+            return family(model, cache)
+        except AttributeError:  # modules of a transformers release before 4.48 (no ``scaling``...)
+            return None
 
     def logits(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice,
                length: int) -> torch.Tensor:
