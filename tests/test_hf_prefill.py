@@ -180,7 +180,8 @@ def test_a_large_models_steps_of_many_tokens_take_every_core_and_tokens_stay_tra
         tmp_path: Any) -> None:
     """On the CPU a model of ALL_CORES_FROM_WEIGHTS weights or more runs steps of at least
     ALL_CORES_FROM_TOKENS tokens on every core, smaller steps leave a core to the event loop;
-    the tokens are transformers' either way."""
+    a lean decode step runs its layers on the latter and its head on the former; the tokens
+    are transformers' either way."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from lmql_hf.threads import ALL_CORES_FROM_TOKENS, ALL_CORES_FROM_WEIGHTS, weights_per_token
@@ -196,7 +197,14 @@ def test_a_large_models_steps_of_many_tokens_take_every_core_and_tokens_stay_tra
     batch = prompts(2, [ALL_CORES_FROM_TOKENS // 2], backend.vocab_size, seed=3)
     first = backend.forward([StepInput(i, p) for i, p in enumerate(batch)]).last_logits.argmax(-1).tolist()
     assert torch.get_num_threads() == cores
+    with backend.threads.cores(every=False):  # a lean decode step's layers, however many rows
+        assert torch.get_num_threads() == cores - 1
+    assert torch.get_num_threads() == cores
     second = backend.forward([StepInput(i, [t]) for i, t in enumerate(first)]).last_logits.argmax(-1).tolist()
+    assert torch.get_num_threads() == cores - 1
+    assert backend.lean is not None  # its output head, in a step of few rows, on every core:
+    with backend.threads.cores(every=True):
+        assert torch.get_num_threads() == cores
     assert torch.get_num_threads() == cores - 1
     assert [list(pair) for pair in zip(first, second, strict=True)] == [
         greedy_with_transformers(reference, p, 2) for p in batch]

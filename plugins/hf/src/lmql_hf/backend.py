@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM
 from lmql_core.array_ops import TorchOps
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import fused, hub, loading, memory, packed, replays, warm_up
+from lmql_hf import fused, hub, lean_decode, loading, memory, packed, replays, warm_up
 from lmql_hf.graphs import BATCH_BUCKETS, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
 from lmql_hf.slot_cache import SlotCache
@@ -93,6 +93,12 @@ class HFBackend(Backend):
         self.threads = HostThreads(self.options["cpu_threads"],
                                    all(p.device.type == "cuda" for p in self.model.parameters()),
                                    weights_per_token(self.model))
+        # decode rows as direct torch operations (the CPU's Llama and GPT-2, their own modules)
+        lean = (self.options["lean_decode"] and not self.fused_modules
+                and lean_decode.LeanDecoder.of(self.model, self.cache))
+        self.lean = lean or None
+        if self.lean is not None:
+            self.lean.threads = self.threads
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
         self.max_batch = min(self.memory.max_batch, self.table.capacity)
         self.graphs = replays.decode_graphs(self)
@@ -327,6 +333,8 @@ class HFBackend(Backend):
                     read_rows: slice, length: int, hidden: bool = False) -> torch.Tensor:
         """Logits of shape (rows, tokens, vocab), or with ``hidden`` the last hidden states; row
         i reads slot ``read_rows.start + i``."""
+        if self.lean is not None and ids.shape[1] == 1 and not hidden:
+            return self.lean.logits(ids, positions, slots, read_rows, length)[:, None]
         self.cache.bind(slots, positions, read_rows, length)
         decoding = ids.shape[1] == 1 and self.slot_kernels  # the kernel reads to each row's position
         dtype = self.model.dtype
@@ -361,7 +369,7 @@ class HFBackend(Backend):
                          "bytes": self.cache.slots * self.memory.slot_bytes,
                          "reserved_bytes": self.memory.reserved_bytes,
                          "cuda_graphs": self.graphs is not None, "fused_modules": self.fused_modules,
-                         "chained_steps": self.chains_steps,
+                         "chained_steps": self.chains_steps, "lean_decode": self.lean is not None,
                          "reused_prefix_tokens": self.table.reused_tokens},
             "warm_up_s": None if self.warm_up_seconds is None else round(self.warm_up_seconds, 3),
             "versions": loading.versions(),

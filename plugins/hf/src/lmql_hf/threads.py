@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -55,3 +57,21 @@ class HostThreads:
         wanted = many if tokens >= ALL_CORES_FROM_TOKENS else fewer
         if torch.get_num_threads() != wanted:
             torch.set_num_threads(wanted)
+
+    @contextmanager
+    def cores(self, every: bool) -> Iterator[None]:
+        """Every core, or all but the event loop's, for one part of a step (``lean_decode``: the
+        output head's product on every core, a decode step's layers on the others), then the
+        step's own count again; a no-op where the threads were chosen."""
+        if self.by_size is None:
+            yield
+            return
+        before, wanted = torch.get_num_threads(), self.by_size[1 if every else 0]
+        if wanted == before:
+            yield
+            return
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)

@@ -1,0 +1,274 @@
+"""Decode steps of Llama and GPT-2 on the CPU as direct torch operations over the model's own
+weights and the slot cache, without transformers' modules, masks and cache calls.
+
+On the CPU a decode step of a few rows is bound by the interpreter, not arithmetic: transformers
+spends ~1.35 ms of lmql-tiny's 1.7 ms one-row step in per-module Python (hooks, keyword
+arguments, mask and cache bookkeeping). Here each layer is ~15 torch calls: the norms as
+``rms_norm``/``layer_norm``, q, k and v as one product over their concatenated weights, stored
+by columns (the projections keep views of it), RoPE from a table of every
+position's cos and sin computed once by the model's own rotary module, the new keys and values
+written into the slot cache with one ``index_copy_`` each (flat row indices computed once per
+step, shared by every layer), and attention as one SDPA call per layer against each row's slot
+with a mask computed once per step. Results differ from transformers' by rounding only. Every
+other architecture, dtype or option keeps transformers' forward (``LeanDecoder.of`` says None).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from lmql_hf.slot_cache import SlotCache
+from lmql_hf.threads import HostThreads
+
+# rotary embeddings whose angles depend on the position only (not on the sequence's length)
+# A head tied to the input embeddings (whose look-ups need it by rows) is copied by columns only
+# up to this size; an untied one is stored by columns in place.
+TIED_HEAD_COPY_BYTES = 256 << 20
+STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
+GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
+
+
+@dataclass
+class Step:
+    """What every layer of one decode step shares, computed once."""
+
+    positions: torch.Tensor  # (rows,)
+    mask: torch.Tensor  # (rows, 1, 1, length): which cached positions each row attends to
+    heads_at: torch.Tensor  # (rows x kv_heads,): flat row of each new key in a layer's cache
+    read_rows: slice
+    length: int
+
+
+def by_columns(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (in, sum of outs) contiguous weight (and bias) for ``linears``, whose modules keep
+    transposed views of it (no second copy). MKL's products of a few rows read a weight ~1.3-2x
+    faster by columns than by rows (one row, 192 x 576: 7.9 -> 4.7 us; the 4-layer GPT-2's head,
+    8 rows, one core: 5.5 -> 2.6 ms)."""
+    weight = torch.cat([m.weight.detach().T for m in linears], 1).contiguous()
+    bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
+    start = 0
+    for m in linears:
+        outs = m.weight.shape[0]
+        m.weight = nn.Parameter(weight[:, start : start + outs].T, requires_grad=False)
+        if bias is not None:
+            m.bias = nn.Parameter(bias[start : start + outs], requires_grad=False)
+        start += outs
+    return weight, bias
+
+
+def _head_by_columns(model: Any) -> torch.Tensor:
+    """The output head's weight as (hidden, vocabulary): a copy where the input embeddings'
+    look-ups share it (up to TIED_HEAD_COPY_BYTES; beyond, a view by rows)."""
+    head = model.get_output_embeddings()
+    weight = head.weight
+    if weight is model.get_input_embeddings().weight:
+        too_big = weight.numel() * weight.element_size() > TIED_HEAD_COPY_BYTES
+        return weight.detach().T if too_big else weight.detach().T.contiguous()
+    return by_columns([head])[0]
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight (+ bias)`` for a weight by columns (in, out)."""
+    return x @ weight if bias is None else torch.addmm(bias, x, weight)
+
+
+class LeanDecoder:
+    """One family's decode step; ``logits`` is what ``HFBackend.model_step`` returns for one
+    token per row, as (rows, vocab)."""
+
+    def __init__(self, model: Any, cache: SlotCache) -> None:
+        self.model, self.cache = model, cache
+        self.threads: HostThreads | None = None  # set by the backend: which parts run on every core
+        self.columns = torch.arange(cache.max_len)
+        keys = cache.keys[0]  # (slots, kv_heads, max_len, dim): every layer's view alike
+        # in a layer's cache viewed as (slots x kv_heads x max_len, dim): a slot's first row, and
+        # each head's first row from there
+        self.slot_rows = keys.shape[1] * keys.shape[2]
+        self.head_rows = torch.arange(keys.shape[1]) * keys.shape[2]
+        self.head = _head_by_columns(model)
+
+    @staticmethod
+    def of(model: Any, cache: SlotCache) -> LeanDecoder | None:
+        """The lean step for ``model`` on this cache, or None where transformers' forward stays."""
+        if model.dtype != torch.float32 or model.device.type != "cpu" or cache.keys[0].dtype != torch.float32:
+            return None
+        family = {"LlamaForCausalLM": LeanLlama, "GPT2LMHeadModel": LeanGPT2}.get(type(model).__name__)
+        if family is None or not family.supports(model.config):
+            return None
+        try:
+            return family(model, cache)
+        except AttributeError:  # modules of a transformers release before 4.48 (no ``scaling``...)
+            return None
+
+    def logits(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice,
+               length: int) -> torch.Tensor:
+        """``ids``, ``positions``, ``slots``: (rows, 1); row i reads slot ``read_rows.start + i``
+        up to its own position (at most ``length``) and writes its key and value in ``slots[i]``."""
+        step = self._step(positions.view(-1), slots.view(-1), read_rows, length)
+        with self._cores(every=False):
+            hidden = self.embed(ids.view(-1), step.positions)
+            for index in range(len(self.cache.keys)):
+                hidden = self.layer(index, hidden, step)
+            normed = self.final_norm(hidden)
+        with self._cores(every=True):
+            return normed @ self.head
+
+    def _cores(self, every: bool) -> AbstractContextManager[None]:
+        """A decode step's layers on all cores but the event loop's, its head on every core: the
+        layers' products of a few rows are small, and a team of threads waits at each of their
+        ~15 operations for a core the loop (or another process) holds, where the head's product,
+        by far the largest, halves (4-layer GPT-2 served, 8 streams: 1,250-1,400 -> 1,690-1,800
+        tok/s; 32 streams the same within the spread)."""
+        return nullcontext() if self.threads is None else self.threads.cores(every)
+
+    def _step(self, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice, length: int) -> Step:
+        heads_at = ((slots * self.slot_rows + positions)[:, None] + self.head_rows).view(-1)
+        mask = (self.columns[:length] <= positions[:, None]).view(-1, 1, 1, length)
+        return Step(positions, mask, heads_at, read_rows, length)
+
+    def attend(self, index: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               step: Step, scale: float) -> torch.Tensor:
+        """Write the rows' new ``key`` and ``value`` (rows, kv_heads, dim) into the cache and
+        attend each row's ``query`` (rows, heads, dim) to its slot: (rows, heads x dim)."""
+        keys, values = self.cache.keys[index], self.cache.values[index]
+        dim = keys.shape[3]
+        keys.view(-1, dim).index_copy_(0, step.heads_at, key.reshape(-1, dim))
+        values.view(-1, dim).index_copy_(0, step.heads_at, value.reshape(-1, dim))
+        rows, kv_heads = query.shape[0], keys.shape[1]
+        # grouped-query heads: each key/value head's query heads attend as one head's rows
+        grouped = query.reshape(rows, kv_heads, -1, dim)
+        read = step.read_rows, slice(None), slice(0, step.length)
+        out = functional.scaled_dot_product_attention(grouped, keys[read], values[read], attn_mask=step.mask,
+                                                      scale=scale)
+        return out.reshape(rows, -1)
+
+    @staticmethod
+    def supports(config: Any) -> bool:
+        """Whether the family's lean step computes what this configuration asks."""
+        raise NotImplementedError
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layer(self, index: int, hidden: torch.Tensor, step: Step) -> torch.Tensor:
+        raise NotImplementedError
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LeanLlama(LeanDecoder):
+    @staticmethod
+    def supports(config: Any) -> bool:
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        return (config.hidden_act == "silu" and getattr(config, "pretraining_tp", 1) == 1
+                and rope.get("rope_type", rope.get("type", "default")) in STATIC_ROPE)
+
+    def __init__(self, model: Any, cache: SlotCache) -> None:
+        super().__init__(model, cache)
+        base = model.model
+        self.layers = [_LlamaWeights(layer) for layer in base.layers]
+        self.embeddings = base.embed_tokens.weight
+        self.norm_weight, self.norm_eps = base.norm.weight, float(base.norm.variance_epsilon)
+        dim = self.layers[0].dim
+        positions = torch.arange(cache.max_len)[None]
+        cos, sin = base.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)  # as the model's own pass
+        half = dim // 2
+        self.cos = cos[0].contiguous()  # (max_len, dim)
+        # rotate_half(x) * sin == roll(x, half) * sin with its first half negated
+        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1).contiguous()
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return functional.embedding(ids, self.embeddings)
+
+    def _step(self, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice, length: int) -> Step:
+        step = super()._step(positions, slots, read_rows, length)
+        self.step_cos, self.step_sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        return step
+
+    def layer(self, index: int, hidden: torch.Tensor, step: Step) -> torch.Tensor:
+        w = self.layers[index]
+        rows, dim, heads, kv_heads = hidden.shape[0], w.dim, w.heads, w.kv_heads
+        normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm1, w.eps1)
+        qkv = _product(normed, w.qkv, w.qkv_bias).view(rows, -1, dim)
+        qk, value = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
+        rotated = qk * self.step_cos + qk.roll(dim // 2, -1) * self.step_sin
+        attended = self.attend(index, rotated[:, :heads], rotated[:, heads:], value, step, w.scale)
+        hidden = hidden + _product(attended, w.out, w.out_bias)
+        normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm2, w.eps2)
+        gate, up = _product(normed, w.gate_up, w.gate_up_bias).chunk(2, -1)
+        return hidden + _product(functional.silu(gate) * up, w.down, w.down_bias)
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return functional.rms_norm(hidden, (hidden.shape[1],), self.norm_weight, self.norm_eps)
+
+
+class _LlamaWeights:
+    """One Llama decoder layer's weights by columns, q/k/v and gate/up concatenated (views in the modules)."""
+
+    def __init__(self, layer: Any) -> None:
+        attention, mlp = layer.self_attn, layer.mlp
+        self.dim, self.scale = attention.head_dim, float(attention.scaling)
+        self.heads = attention.q_proj.weight.shape[0] // self.dim
+        self.kv_heads = attention.k_proj.weight.shape[0] // self.dim
+        self.qkv, self.qkv_bias = by_columns([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.gate_up, self.gate_up_bias = by_columns([mlp.gate_proj, mlp.up_proj])
+        self.out, self.out_bias = by_columns([attention.o_proj])
+        self.down, self.down_bias = by_columns([mlp.down_proj])
+        self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
+        self.norm2 = layer.post_attention_layernorm.weight
+        self.eps2 = float(layer.post_attention_layernorm.variance_epsilon)
+
+
+class LeanGPT2(LeanDecoder):
+    @staticmethod
+    def supports(config: Any) -> bool:
+        return (config.activation_function in GPT2_GELU and not config.add_cross_attention
+                and not config.reorder_and_upcast_attn)
+
+    def __init__(self, model: Any, cache: SlotCache) -> None:
+        super().__init__(model, cache)
+        base = model.transformer
+        self.blocks = [_GPT2Weights(block) for block in base.h]
+        self.tokens, self.places = base.wte.weight, base.wpe.weight
+        self.ln_f = base.ln_f
+        self.gelu = GPT2_GELU[model.config.activation_function]
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return functional.embedding(ids, self.tokens) + functional.embedding(positions, self.places)
+
+    def layer(self, index: int, hidden: torch.Tensor, step: Step) -> torch.Tensor:
+        w = self.blocks[index]
+        rows, width = hidden.shape
+        normed = functional.layer_norm(hidden, (width,), w.norm1, w.norm1_bias, w.eps1)
+        qkv = torch.addmm(w.qkv_bias, normed, w.qkv).view(rows, 3, -1, w.dim)
+        attended = self.attend(index, qkv[:, 0], qkv[:, 1], qkv[:, 2], step, w.scale)
+        hidden = hidden + torch.addmm(w.out_bias, attended, w.out)
+        normed = functional.layer_norm(hidden, (width,), w.norm2, w.norm2_bias, w.eps2)
+        inner = functional.gelu(torch.addmm(w.up_bias, normed, w.up), approximate=self.gelu)
+        return hidden + torch.addmm(w.down_bias, inner, w.down)
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        ln_f = self.ln_f
+        return functional.layer_norm(hidden, (hidden.shape[1],), ln_f.weight, ln_f.bias, ln_f.eps)
+
+
+class _GPT2Weights:
+    """One GPT-2 block's tensors as plain attributes (a module's cost ~0.2 us per look-up, 25 a
+    layer). Conv1D weights are by columns already."""
+
+    def __init__(self, block: Any) -> None:
+        attention, mlp = block.attn, block.mlp
+        self.dim, self.scale = attention.head_dim, float(attention.scaling)
+        self.norm1, self.norm1_bias, self.eps1 = block.ln_1.weight, block.ln_1.bias, float(block.ln_1.eps)
+        self.norm2, self.norm2_bias, self.eps2 = block.ln_2.weight, block.ln_2.bias, float(block.ln_2.eps)
+        self.qkv, self.qkv_bias = attention.c_attn.weight, attention.c_attn.bias
+        self.out, self.out_bias = attention.c_proj.weight, attention.c_proj.bias
+        self.up, self.up_bias = mlp.c_fc.weight, mlp.c_fc.bias
+        self.down, self.down_bias = mlp.c_proj.weight, mlp.c_proj.bias

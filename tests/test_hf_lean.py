@@ -1,0 +1,127 @@
+"""The HF backend's lean decode step on the CPU (lmql_hf.lean_decode): decode rows of Llama and
+GPT-2 as direct torch operations over the slot cache. Checked against transformers' own forward
+over each whole sequence, and its greedy ``generate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lmql_hf")
+
+from lmql_core.backend import StepInput  # noqa: E402
+from lmql_hf.backend import HFBackend  # noqa: E402
+from lmql_hf.bundled import bundled_path  # noqa: E402
+from tests.test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts  # noqa: E402
+
+pytestmark = pytest.mark.hf
+MODELS = ["lmql-tiny", "gpt2", "llama"]
+
+
+@pytest.fixture(scope="module")
+def small_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Grouped-query attention with biases, norm weights off one, llama3 RoPE scaling."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(4)
+    rope = {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=96, vocab_size=1000, max_position_embeddings=256, attention_bias=True,
+                         mlp_bias=True, rope_parameters=rope, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+            elif name.endswith("bias"):
+                parameter.normal_(std=0.1)
+    path = tmp_path_factory.mktemp("llama-lean")
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lively_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A GPT-2 whose weights are large enough that every part (GELU's curve, position
+    embeddings, biases) moves the logits well past the tolerance."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(5)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, bos_token_id=999, eos_token_id=999)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.normal_(mean=1.0 if "ln_" in name and name.endswith("weight") else 0.0,
+                              std=0.1 if name.endswith("bias") or "ln_" in name else 0.2)
+    path = tmp_path_factory.mktemp("gpt2-lean")
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def model_path(request: pytest.FixtureRequest, lively_gpt2: str, small_llama: str) -> str:
+    return {"lmql-tiny": str(bundled_path("lmql-tiny")), "gpt2": lively_gpt2, "llama": small_llama}[request.param]
+
+
+def _reference(path: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+@pytest.mark.parametrize("model_path", MODELS, indirect=True)
+def test_decode_rows_give_transformers_logits_without_its_forward(model_path: str) -> None:
+    """Streams at different positions decode together, one joins mid-way (its prompt beside the
+    decode rows) and one ends: each decode row's logits as transformers' forward over the whole
+    sequence, and the model's own forward never runs for a decode-only step."""
+    backend = HFBackend(model_path, warm_up=False)
+    assert backend.lean is not None and backend.info()["kv_cache"]["lean_decode"]
+    reference = _reference(model_path)
+    calls: list[int] = []
+    backend.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    sequences = dict(enumerate(prompts(3, [9, 30, 4], backend.vocab_size, seed=8), start=1))
+    backend.forward([StepInput(i, sequences[i]) for i in (1, 2)])
+    generator = torch.Generator().manual_seed(9)
+    for step in range(6):
+        running = [i for i in sequences if (i != 3 or step >= 2) and (i != 1 or step < 4)]
+        batch = []
+        for i in running:
+            fresh = i == 3 and step == 2
+            tokens = sequences[i] if fresh else torch.randint(3, backend.vocab_size, (1,), generator=generator).tolist()
+            sequences[i] = sequences[i] + tokens if not fresh else sequences[i]
+            batch.append(StepInput(i, tokens))
+        calls.clear()
+        out = backend.forward(batch)
+        assert bool(calls) == (step == 2)  # only the step with a prompt runs transformers' forward
+        with torch.no_grad():
+            for row, i in enumerate(running):
+                want = reference(torch.tensor([sequences[i]])).logits[0, -1]
+                got = out.last_logits[row]
+                assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), float((got - want).abs().max())
+        if step == 3:
+            backend.release(1)
+
+
+@pytest.mark.parametrize("model_path", MODELS, indirect=True)
+def test_greedy_tokens_equal_transformers_generate(model_path: str) -> None:
+    backend = HFBackend(model_path)
+    assert backend.lean is not None
+    batch = prompts(4, [12, 40, 3, 25], backend.vocab_size, seed=10)
+    got = greedy_in_steps(backend, batch, arrivals=[0, 0, 3, 5], chunk=16, new_tokens=16)
+    reference = _reference(model_path)
+    assert got == [greedy_with_transformers(reference, p, 16) for p in batch]
+
+
+def test_other_architectures_and_the_option_keep_transformers_forward(small_gpt2: str,
+                                                                      tmp_path: Any) -> None:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    assert HFBackend(small_gpt2, lean_decode=False, warm_up=False).lean is None
+    config = Qwen3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+    Qwen3ForCausalLM(config).save_pretrained(tmp_path)
+    assert HFBackend(str(tmp_path), warm_up=False).lean is None
+
