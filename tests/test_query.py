@@ -259,3 +259,23 @@ def test_compiled_conditions_live_only_as_long_as_their_queries() -> None:
     where.parse_where.cache_clear()
     gc.collect()
     assert len(constraints._compiled) <= held
+
+
+def test_vocabularies_of_tokenizers_no_longer_used_are_let_go() -> None:
+    """The vocabularies of the last few tokenizers are kept (a program's masks are computed once
+    per model); an older tokenizer is freed once nothing else holds it."""
+    import gc
+    import weakref
+
+    from lmql_core.query.vocabulary import CACHED_VOCABULARIES, Vocabulary
+    from lmql_core.tokenizer import BytesTokenizer
+
+    first = BytesTokenizer(vocab_size=300)
+    vocabulary = Vocabulary.of(first)
+    assert Vocabulary.of(first) is vocabulary and vocabulary.texts[104] == "h"
+    freed = weakref.ref(first)
+    del first, vocabulary
+    for _ in range(CACHED_VOCABULARIES):
+        Vocabulary.of(BytesTokenizer(vocab_size=300))
+    gc.collect()
+    assert freed() is None

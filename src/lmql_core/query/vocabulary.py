@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from functools import cached_property
 
 import numpy as np
 
 from lmql_core.tokenizer import Tokenizer
 
-_cache: dict[int, Vocabulary] = {}  # by id of the tokenizer, which the entry keeps alive
+# by id of the tokenizer (which the entry keeps alive, so an id is never reused while cached);
+# the least recently used go first, so programs over many models do not keep every tokenizer
+CACHED_VOCABULARIES = 8
+_cache: OrderedDict[int, Vocabulary] = OrderedDict()
 
 
 class Vocabulary:
@@ -23,8 +27,11 @@ class Vocabulary:
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> Vocabulary:
         cached = _cache.get(id(tokenizer))
-        if cached is None or cached.tokenizer is not tokenizer:
+        if cached is None:
             cached = _cache[id(tokenizer)] = cls(tokenizer)
+            while len(_cache) > CACHED_VOCABULARIES:
+                _cache.popitem(last=False)
+        _cache.move_to_end(id(tokenizer))
         return cached
 
     @cached_property
