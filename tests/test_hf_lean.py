@@ -125,3 +125,70 @@ def test_other_architectures_and_the_option_keep_transformers_forward(small_gpt2
     Qwen3ForCausalLM(config).save_pretrained(tmp_path)
     assert HFBackend(str(tmp_path), warm_up=False).lean is None
 
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 40, 70])
+def test_every_form_of_the_head_product_is_numpys_product(rows: int) -> None:
+    import numpy as np
+
+    from lmql_hf.head_product import HeadProduct
+
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(1000, 48, generator=generator)
+    x = torch.randn(rows, 48, generator=generator)
+    want = x.double().numpy() @ weight.double().numpy().T
+    head = HeadProduct(weight, copies=True)
+    forms = head.available()
+    assert {"x @ columns", "(rows @ x.T).T"} <= set(forms)
+    for form in forms:
+        head.forms = dict.fromkeys((1, 2, 4, 8, 16, 32, 64), form)
+        got = head(x)
+        assert got.shape == (rows, 1000) and got.is_contiguous(), form
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4, err_msg=form)
+
+
+def test_tuning_the_head_keeps_the_layouts_of_the_forms_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each bucket up to the batch's rows gets a form; layouts no bucket chose are let go; a head
+    whose product is slow whatever the form is not tuned."""
+    from lmql_hf import head_product
+    from lmql_hf.head_product import FORMS, HeadProduct
+
+    weight = torch.randn(3000, 64)
+    head = HeadProduct(weight, copies=True)
+    chosen = head.tune(most_rows=5)
+    assert sorted(chosen) == [1, 2, 4, 8] and set(chosen.values()) <= set(FORMS)
+    assert set(head.layouts) == {FORMS[form][0] for form in chosen.values()} | {"rows"}
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(head(x), x @ weight.T, rtol=1e-5, atol=1e-4)
+    monkeypatch.setattr(head_product, "TUNE_BELOW_S", 0.0)
+    untuned = HeadProduct(weight, copies=True)
+    assert untuned.tune(most_rows=64) == {} and untuned.form_for(64) == head_product.DEFAULT_FORM
+
+
+def test_a_head_too_large_to_copy_is_read_where_it_lies(lively_gpt2: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmql_hf import lean_decode
+
+    monkeypatch.setattr(lean_decode, "HEAD_COPY_BYTES", 0)
+    backend = HFBackend(lively_gpt2, warm_up=False)
+    embeddings = backend.model.get_input_embeddings().weight
+    assert all(t.untyped_storage().data_ptr() == embeddings.untyped_storage().data_ptr()
+               for t in backend.lean.head.layouts.values())
+    assert backend.lean.head.available() == ["x @ columns", "(rows @ x.T).T"]
+
+
+@pytest.mark.parametrize("form", ["x @ columns", "(rows @ x.T).T", "oneDNN packed"])
+def test_decode_rows_give_transformers_logits_through_each_head_form(lively_gpt2: str, form: str) -> None:
+    backend = HFBackend(lively_gpt2, warm_up=False)
+    if form not in backend.lean.head.available():
+        pytest.skip(f"this torch has no {form}")
+    backend.lean.head.forms = dict.fromkeys((1, 2, 4, 8, 16, 32, 64), form)
+    reference = _reference(lively_gpt2)
+    sequences = prompts(5, [7, 3, 12, 5, 9], backend.vocab_size, seed=11)
+    out = backend.forward([StepInput(i, s) for i, s in enumerate(sequences)])
+    for _ in range(3):
+        tokens = out.last_logits.argmax(-1).tolist()
+        sequences = [s + [t] for s, t in zip(sequences, tokens, strict=True)]
+        out = backend.forward([StepInput(i, [t]) for i, t in enumerate(tokens)])
+        with torch.no_grad():
+            want = torch.stack([reference(torch.tensor([s])).logits[0, -1] for s in sequences])
+        torch.testing.assert_close(out.last_logits, want, rtol=1e-5, atol=1e-4)

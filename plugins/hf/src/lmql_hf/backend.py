@@ -370,6 +370,7 @@ class HFBackend(Backend):
                          "reserved_bytes": self.memory.reserved_bytes,
                          "cuda_graphs": self.graphs is not None, "fused_modules": self.fused_modules,
                          "chained_steps": self.chains_steps, "lean_decode": self.lean is not None,
+                         "head_forms": self.lean.head.forms if self.lean is not None else None,
                          "reused_prefix_tokens": self.table.reused_tokens},
             "warm_up_s": None if self.warm_up_seconds is None else round(self.warm_up_seconds, 3),
             "versions": loading.versions(),

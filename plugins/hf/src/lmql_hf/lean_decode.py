@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from lmql_hf.head_product import HeadProduct
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.threads import HostThreads
 
+# the output head is also held in other layouts (copies) up to this size (head_product.py)
+HEAD_COPY_BYTES = 256 << 20
 # rotary embeddings whose angles depend on the position only (not on the sequence's length)
-# A head tied to the input embeddings (whose look-ups need it by rows) is copied by columns only
-# up to this size; an untied one is stored by columns in place.
-TIED_HEAD_COPY_BYTES = 256 << 20
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
@@ -62,15 +62,11 @@ def by_columns(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, bias
 
 
-def _head_by_columns(model: Any) -> torch.Tensor:
-    """The output head's weight as (hidden, vocabulary): a copy where the input embeddings'
-    look-ups share it (up to TIED_HEAD_COPY_BYTES; beyond, a view by rows)."""
-    head = model.get_output_embeddings()
-    weight = head.weight
-    if weight is model.get_input_embeddings().weight:
-        too_big = weight.numel() * weight.element_size() > TIED_HEAD_COPY_BYTES
-        return weight.detach().T if too_big else weight.detach().T.contiguous()
-    return by_columns([head])[0]
+def _head_product(model: Any) -> HeadProduct:
+    """The output head's product, its weight held by rows (the model's own) and, up to
+    HEAD_COPY_BYTES, in the layouts of its other forms."""
+    weight = model.get_output_embeddings().weight.detach()
+    return HeadProduct(weight, copies=weight.numel() * weight.element_size() <= HEAD_COPY_BYTES)
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -91,7 +87,7 @@ class LeanDecoder:
         # each head's first row from there
         self.slot_rows = keys.shape[1] * keys.shape[2]
         self.head_rows = torch.arange(keys.shape[1]) * keys.shape[2]
-        self.head = _head_by_columns(model)
+        self.head = _head_product(model)
 
     @staticmethod
     def of(model: Any, cache: SlotCache) -> LeanDecoder | None:
@@ -117,7 +113,13 @@ class LeanDecoder:
                 hidden = self.layer(index, hidden, step)
             normed = self.final_norm(hidden)
         with self._cores(every=True):
-            return normed @ self.head
+            return self.head(normed)
+
+    def tune(self, most_rows: int) -> dict[int, str]:
+        """Choose the output head's call form for each bucket of rows by timing them (on every
+        core, as steps run it): the form chosen, by bucket."""
+        with self._cores(every=True):
+            return self.head.tune(most_rows)
 
     def _cores(self, every: bool) -> AbstractContextManager[None]:
         """A decode step's layers on all cores but the event loop's, its head on every core: the

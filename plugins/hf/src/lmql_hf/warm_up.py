@@ -24,9 +24,10 @@ CPU_PASS_TOKENS = 64  # the largest packed pass of the CPU's warm-up
 def run(backend: Any) -> float:
     """Packed passes of every size up to a step's (fresh and continued chunks, one and many
     logits), decode rows beside prompts, chained steps, the engine's sampling and scoring, slot
-    moves; seconds taken. The cache is left as it was found. On the CPU what costs is each
-    library's first use (a lone first request paid ~10 ms more, 4-layer GPT-2): a smaller
-    workload covers it, in 0.05-0.2 s."""
+    moves, and on the CPU the lean output head's forms timed (head_product.py); seconds taken.
+    The cache is left as it was found. On the CPU what costs is each library's first use (a
+    lone first request paid ~10 ms more, 4-layer GPT-2): a smaller workload covers it, in
+    0.05-0.2 s, plus the head's timing (0.6-0.8 s for that GPT-2's 50,257 x 256 head)."""
     began = time.perf_counter()
     on_gpu = backend.device.type == "cuda"
     largest = backend.prefill_tokens if on_gpu else CPU_PASS_TOKENS
@@ -39,6 +40,8 @@ def run(backend: Any) -> float:
             rows.append(([0] * n, count - 1, min(n, backend.max_context - n), 0 if size <= 1024 else n - 1))
             backend.packed_logits(packed.pack(rows))
             size *= 2
+        if backend.lean is not None:  # before the steps below, which then run the chosen forms
+            backend.lean.tune(backend.max_batch)
         serve(backend, GPU_ROWS if on_gpu else CPU_ROWS)
         slot_moves(backend)
         if on_gpu:

@@ -1,0 +1,101 @@
+"""The output head's product on the CPU (``lean_decode``), by whichever call form this processor
+runs fastest for each number of rows, measured at warm-up.
+
+One product, ``x @ W.T``, reaches the CPU's libraries several ways: MKL with the weight by rows
+(as the model holds it) or by columns, the result as (rows, vocabulary) or as its transpose, or
+oneDNN with the weight packed in its own blocked layout. Each runs a different kernel, and which
+is fastest depends on the processor and the number of rows: for a 4-layer GPT-2's head (50,257 x
+256) on two cores of an AMD EPYC, 1 / 8 / 32 rows take 2.0 / 8.6 / 12.3 ms by columns, 7.0 / 5.3
+/ 11.7 by rows written transposed, 1.9 / 2.1 / 5.2 packed for oneDNN; on an Intel Xeon by
+columns beat transformers' own form by 1.3-2x. The head is most of a small model's decode step
+on the CPU, so each bucket of rows takes the form measured fastest (``tune``), and layouts no
+bucket chose are let go. Until then (or where the head is too large to be worth it), by columns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+# a form: the layout of the weight it reads, and x, that weight -> x @ W.T as (rows, vocabulary),
+# contiguous (the sampler reads each row's logits)
+FORMS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "x @ columns": ("columns", lambda x, weight: x @ weight),
+    "(rows @ x.T).T": ("rows", lambda x, weight: (weight @ x.T).T.contiguous()),
+    "oneDNN packed": ("onednn", lambda x, weight: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none",
+                                                                                     [], "")),
+}
+DEFAULT_FORM = "x @ columns"
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# each form's time is the least of this many rounds (the forms take turns, so a moment of
+# contention for the cores slows all of them), after one untimed run: ~0.5 s for that GPT-2
+TIMED_ROUNDS = 2
+# a head whose single-row product takes longer is bound by reading its weight whatever the
+# form: tuning would only add seconds to start-up
+TUNE_BELOW_S = 0.05
+
+
+class HeadProduct:
+    """``x @ W.T`` for the head's weight ``W`` (vocabulary, hidden). ``copies``: whether it may
+    also be held by columns and packed for oneDNN (not for a head too large to hold twice)."""
+
+    def __init__(self, weight: torch.Tensor, copies: bool) -> None:
+        self.layouts = {"rows": weight, "columns": weight.T.contiguous() if copies else weight.T}
+        if copies and (packed := _packed_for_onednn(weight)) is not None:
+            self.layouts["onednn"] = packed
+        self.forms: dict[int, str] = {}  # bucket of rows -> the form chosen for it
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        layout, product = FORMS[self.form_for(x.shape[0])]
+        return product(x, self.layouts[layout])
+
+    def form_for(self, rows: int) -> str:
+        """The form chosen for the smallest bucket of at least ``rows`` (the default before ``tune``)."""
+        bucket = next((b for b in ROW_BUCKETS if b >= rows), ROW_BUCKETS[-1])
+        return self.forms.get(bucket, DEFAULT_FORM)
+
+    def available(self) -> list[str]:
+        return [name for name, (layout, _) in FORMS.items() if layout in self.layouts]
+
+    def tune(self, most_rows: int) -> dict[int, str]:
+        """Time every form for each bucket up to ``most_rows`` rows (on the threads the caller
+        set), keep the fastest, let go of the layouts none chose; the choices, by bucket."""
+        hidden = self.layouts["rows"].shape[1]
+        if self._seconds(DEFAULT_FORM, torch.zeros(1, hidden)) > TUNE_BELOW_S:
+            return self.forms
+        names = self.available()
+        for bucket in ROW_BUCKETS:
+            x = torch.randn(bucket, hidden, generator=torch.Generator().manual_seed(bucket))
+            for name in names:
+                self._seconds(name, x)
+            times = dict.fromkeys(names, float("inf"))
+            for _ in range(TIMED_ROUNDS):
+                for name in names:
+                    times[name] = min(times[name], self._seconds(name, x))
+            self.forms[bucket] = min(times, key=times.__getitem__)
+            if bucket >= most_rows:
+                break
+        kept = {FORMS[name][0] for name in self.forms.values()} | {"rows"}
+        self.layouts = {layout: weight for layout, weight in self.layouts.items() if layout in kept}
+        return self.forms
+
+    def _seconds(self, name: str, x: torch.Tensor) -> float:
+        layout, product = FORMS[name]
+        began = time.perf_counter()
+        product(x, self.layouts[layout])
+        return time.perf_counter() - began
+
+
+def _packed_for_onednn(weight: torch.Tensor) -> torch.Tensor | None:
+    """``weight`` in oneDNN's blocked layout for its matrix products, where this torch has oneDNN
+    (the operators are the ones torch.compile's CPU code calls)."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, ROW_BUCKETS[-1])
+        torch.ops.mkldnn._linear_pointwise(weight[:1], packed, None, "none", [], "")
+    except (AttributeError, RuntimeError):  # a build without these operators
+        return None
+    return packed
