@@ -81,7 +81,7 @@ def test_decode_rows_give_transformers_logits_without_its_forward(model_path: st
     assert backend.lean is not None and backend.info()["kv_cache"]["lean_decode"]
     reference = _reference(model_path)
     calls: list[int] = []
-    backend.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    backend.model.base_model.register_forward_pre_hook(lambda *_: calls.append(1))
     sequences = dict(enumerate(prompts(3, [9, 30, 4], backend.vocab_size, seed=8), start=1))
     backend.forward([StepInput(i, sequences[i]) for i in (1, 2)])
     generator = torch.Generator().manual_seed(9)
@@ -127,7 +127,7 @@ def test_other_architectures_and_the_option_keep_transformers_forward(small_gpt2
 
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 40, 70])
+@pytest.mark.parametrize("rows", [1, 3, 8, 40, 70, 300])
 def test_every_form_of_the_head_product_is_numpys_product(rows: int) -> None:
     import numpy as np
 

@@ -112,6 +112,12 @@ class LeanDecoder:
             for index in range(len(self.cache.keys)):
                 hidden = self.layer(index, hidden, step)
             normed = self.final_norm(hidden)
+        return self.head_logits(normed)
+
+    def head_logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """The output head applied to final hidden states (rows, hidden), on every core (prompt
+        passes' too: MKL's form of transformers' head took 6.8-8.4 ms of a 12-14 ms 32-token
+        GPT-2 prompt pass on an AMD EPYC, oneDNN's 1.9)."""
         with self._cores(every=True):
             return self.head(normed)
 
