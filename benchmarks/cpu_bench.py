@@ -26,6 +26,7 @@ from processes import OFFLINE_ENV, free_port, lmql_073_env, start_server  # noqa
 GPT2_DIR = Path(tempfile.gettempdir()) / "lmql-bench-gpt2-4layer"
 WORKLOADS = [(1, 0.0), (8, 0.0), (32, 0.0), (32, 20.0)]
 OURS = "lmql-core"
+TARGET_RATIO = 1.5  # issue #19: at least 1.5x LMQL 0.7.3's tok/s at every point
 
 
 def build_gpt2() -> Path:
@@ -79,13 +80,23 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait()
+    print(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    """One markdown row per run; ours with its ratio to LMQL 0.7.3's run of the same point (the
+    target: TARGET_RATIO at every point)."""
     columns = ("server", "model", "phase", "streams", "stagger_ms", "tok_per_s", "ttft_median_ms",
                "ttft_p90_ms", "itl_median_ms")
-    print("| server | model | phase | streams | stagger ms | tok/s | TTFT median ms | TTFT p90 ms | "
-          "ITL median ms |")
-    print("|" + "---|" * len(columns))
+    point = ("model", "streams", "stagger_ms")
+    theirs = {tuple(r[c] for c in point): r["tok_per_s"] for r in rows if r["server"] != OURS}
+    lines = ["| server | model | phase | streams | stagger ms | tok/s | TTFT median ms | TTFT p90 ms | "
+             f"ITL median ms | x LMQL 0.7.3 (target {TARGET_RATIO}x) |", "|" + "---|" * (len(columns) + 1)]
     for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in columns) + " |")
+        base = theirs.get(tuple(r[c] for c in point)) if r["server"] == OURS else None
+        ratio = f"{r['tok_per_s'] / base:.2f}x" if base else ""
+        lines.append("| " + " | ".join([*(str(r[c]) for c in columns), ratio]) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -56,3 +56,17 @@ def test_every_workload_runs_on_lmql_tiny(tmp_path: Path) -> None:
     assert scores and all(r["new_tokens"] == "score 4" and r["tokens"] == 4 * r["streams"] for r in scores)
     table = (tmp_path / "workloads.md").read_text()
     assert table.startswith("| workload | model | point | server | phase |") and "first after Ready" in table
+
+
+def test_the_cpu_benchmark_gives_each_of_our_points_its_ratio_to_lmqls_same_point() -> None:
+    import cpu_bench
+
+    def run(server: str, model: str, streams: int, stagger: float, rate: float) -> dict:
+        return {"server": server, "model": model, "phase": "warm", "streams": streams, "stagger_ms": stagger,
+                "tok_per_s": rate, "ttft_median_ms": 1.0, "ttft_p90_ms": 2.0, "itl_median_ms": 3.0}
+
+    ours, theirs = cpu_bench.OURS, "lmql 0.7.3"
+    rows = [run(ours, "a", 8, 0.0, 900.0), run(ours, "a", 8, 20.0, 100.0), run(ours, "b", 8, 0.0, 50.0),
+            run(theirs, "a", 8, 0.0, 300.0), run(theirs, "a", 8, 20.0, 400.0)]
+    ratios = [line.split("|")[-2].strip() for line in cpu_bench.table(rows).splitlines()[2:]]
+    assert ratios == ["3.00x", "0.25x", "", "", ""]
