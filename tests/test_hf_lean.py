@@ -17,7 +17,7 @@ from lmql_hf.bundled import bundled_path  # noqa: E402
 from tests.test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts  # noqa: E402
 
 pytestmark = pytest.mark.hf
-MODELS = ["lmql-tiny", "gpt2", "llama"]
+MODELS = ["lmql-tiny", "gpt2", "llama", "qwen2", "qwen3"]
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +31,47 @@ def small_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
     config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=96, vocab_size=1000, max_position_embeddings=256, attention_bias=True,
                          mlp_bias=True, rope_parameters=rope, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("llama-lean")
+    _lively(LlamaForCausalLM(config)).save_pretrained(path)
+    return str(path)
+
+
+def _lively(model: Any) -> Any:
+    """Norm weights off one and biases off zero, so that each moves the logits."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "norm" in name:
                 parameter.add_(torch.randn_like(parameter) * 0.2)
             elif name.endswith("bias"):
                 parameter.normal_(std=0.1)
-    path = tmp_path_factory.mktemp("llama-lean")
-    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def small_qwen2(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Biases on q, k and v only."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(6)
+    config = Qwen2Config(vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    path = tmp_path_factory.mktemp("qwen2-lean")
+    _lively(Qwen2ForCausalLM(config)).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def small_qwen3(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """q and k normalized per head (weights off one), a head dimension apart from the width."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(7)
+    config = Qwen3Config(vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=24, max_position_embeddings=256,
+                         bos_token_id=1, eos_token_id=2)
+    path = tmp_path_factory.mktemp("qwen3-lean")
+    _lively(Qwen3ForCausalLM(config)).save_pretrained(path)
     return str(path)
 
 
@@ -62,8 +94,10 @@ def lively_gpt2(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def model_path(request: pytest.FixtureRequest, lively_gpt2: str, small_llama: str) -> str:
-    return {"lmql-tiny": str(bundled_path("lmql-tiny")), "gpt2": lively_gpt2, "llama": small_llama}[request.param]
+def model_path(request: pytest.FixtureRequest, lively_gpt2: str, small_llama: str, small_qwen2: str,
+               small_qwen3: str) -> str:
+    return {"lmql-tiny": str(bundled_path("lmql-tiny")), "gpt2": lively_gpt2, "llama": small_llama,
+            "qwen2": small_qwen2, "qwen3": small_qwen3}[request.param]
 
 
 def _reference(path: str) -> Any:
@@ -115,15 +149,18 @@ def test_greedy_tokens_equal_transformers_generate(model_path: str) -> None:
     assert got == [greedy_with_transformers(reference, p, 16) for p in batch]
 
 
-def test_other_architectures_and_the_option_keep_transformers_forward(small_gpt2: str,
-                                                                      tmp_path: Any) -> None:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def test_other_architectures_sliding_windows_and_the_option_keep_transformers_forward(
+        small_gpt2: str, tmp_path: Any) -> None:
+    from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     assert HFBackend(small_gpt2, lean_decode=False, warm_up=False).lean is None
-    config = Qwen3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
-    Qwen3ForCausalLM(config).save_pretrained(tmp_path)
-    assert HFBackend(str(tmp_path), warm_up=False).lean is None
+    shape = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+    MistralForCausalLM(MistralConfig(**shape, sliding_window=16)).save_pretrained(tmp_path / "mistral")
+    Qwen3ForCausalLM(Qwen3Config(**shape, use_sliding_window=True, sliding_window=16,
+                                 max_window_layers=1)).save_pretrained(tmp_path / "qwen3")
+    for name in ("mistral", "qwen3"):
+        assert HFBackend(str(tmp_path / name), warm_up=False).lean is None, name
 
 
 

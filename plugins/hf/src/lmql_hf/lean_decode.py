@@ -1,5 +1,5 @@
-"""Decode steps of Llama and GPT-2 on the CPU as direct torch operations over the model's own
-weights and the slot cache, without transformers' modules, masks and cache calls.
+"""Decode steps of Llama (and Qwen2, Qwen3) and GPT-2 on the CPU as direct torch operations over
+the model's own weights and the slot cache, without transformers' modules, masks and cache calls.
 
 On the CPU a decode step of a few rows is bound by the interpreter, not arithmetic: transformers
 spends ~1.35 ms of lmql-tiny's 1.7 ms one-row step in per-module Python (hooks, keyword
@@ -94,7 +94,7 @@ class LeanDecoder:
         """The lean step for ``model`` on this cache, or None where transformers' forward stays."""
         if model.dtype != torch.float32 or model.device.type != "cpu" or cache.keys[0].dtype != torch.float32:
             return None
-        family = {"LlamaForCausalLM": LeanLlama, "GPT2LMHeadModel": LeanGPT2}.get(type(model).__name__)
+        family = FAMILIES.get(type(model).__name__)
         if family is None or not family.supports(model.config):
             return None
         try:
@@ -172,11 +172,17 @@ class LeanDecoder:
 
 
 class LeanLlama(LeanDecoder):
+    """Llama, and the models built like it: Qwen2 (biases on q, k and v) and Qwen3 (q and k
+    normalized per head before RoPE), where every layer attends to the whole sequence."""
+
     @staticmethod
     def supports(config: Any) -> bool:
         rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        layer_types = getattr(config, "layer_types", None) or []
         return (config.hidden_act == "silu" and getattr(config, "pretraining_tp", 1) == 1
-                and rope.get("rope_type", rope.get("type", "default")) in STATIC_ROPE)
+                and rope.get("rope_type", rope.get("type", "default")) in STATIC_ROPE
+                and not getattr(config, "use_sliding_window", False)
+                and all(kind == "full_attention" for kind in layer_types))
 
     def __init__(self, model: Any, cache: SlotCache) -> None:
         super().__init__(model, cache)
@@ -206,6 +212,8 @@ class LeanLlama(LeanDecoder):
         normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm1, w.eps1)
         qkv = _product(normed, w.qkv, w.qkv_bias).view(rows, -1, dim)
         qk, value = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
+        if w.qk_norm is not None:  # Qwen3's q_norm and k_norm, as one norm over every head
+            qk = functional.rms_norm(qk, (dim,), None, w.qk_eps) * w.qk_norm
         rotated = qk * self.step_cos + qk.roll(dim // 2, -1) * self.step_sin
         attended = self.attend(index, rotated[:, :heads], rotated[:, heads:], value, step, w.scale)
         hidden = hidden + _product(attended, w.out, w.out_bias)
@@ -229,9 +237,20 @@ class _LlamaWeights:
         self.gate_up, self.gate_up_bias = by_columns([mlp.gate_proj, mlp.up_proj])
         self.out, self.out_bias = by_columns([attention.o_proj])
         self.down, self.down_bias = by_columns([mlp.down_proj])
+        self.qk_norm, self.qk_eps = _qk_norm(attention, self.heads, self.kv_heads)
         self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
         self.norm2 = layer.post_attention_layernorm.weight
         self.eps2 = float(layer.post_attention_layernorm.variance_epsilon)
+
+
+def _qk_norm(attention: Any, heads: int, kv_heads: int) -> tuple[torch.Tensor | None, float]:
+    """Qwen3's per-head norms of q and k as one weight for the rows of (q heads, k heads), and
+    their epsilon (both are the configuration's ``rms_norm_eps``); None where there are none."""
+    q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+    if q_norm is None or k_norm is None:
+        return None, 0.0
+    weight = torch.cat([q_norm.weight.expand(heads, -1), k_norm.weight.expand(kv_heads, -1)])
+    return weight.detach(), float(q_norm.variance_epsilon)
 
 
 class LeanGPT2(LeanDecoder):
@@ -280,3 +299,7 @@ class _GPT2Weights:
         self.out, self.out_bias = attention.c_proj.weight, attention.c_proj.bias
         self.up, self.up_bias = mlp.c_fc.weight, mlp.c_fc.bias
         self.down, self.down_bias = mlp.c_proj.weight, mlp.c_proj.bias
+
+
+FAMILIES: dict[str, type[LeanDecoder]] = {"LlamaForCausalLM": LeanLlama, "Qwen2ForCausalLM": LeanLlama,
+                                          "Qwen3ForCausalLM": LeanLlama, "GPT2LMHeadModel": LeanGPT2}

@@ -34,8 +34,9 @@ OPTIONS: dict[str, Option] = {
                              "stream only up to its length, prompt passes replay from CUDA graphs (CUDA; "
                              "False: SDPA)"),
     "lean_decode": Option(bool, True,
-                          "on the CPU, run Llama's and GPT-2's decode steps as direct torch operations "
-                          "rather than through transformers' modules (same results up to rounding)"),
+                          "on the CPU, run Llama's, Qwen2's, Qwen3's and GPT-2's decode steps as direct "
+                          "torch operations rather than through transformers' modules (same results up to "
+                          "rounding)"),
     "compile": Option(bool | str, False, "True or a torch.compile mode: compile the decode forward"),
     "progress": Option(bool, False, "show transformers' progress bars while loading"),
 }
