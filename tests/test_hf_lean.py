@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 
 from lmql_core.backend import StepInput  # noqa: E402
+from lmql_hf import packed_linear  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
 from tests.test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts  # noqa: E402
@@ -106,12 +107,15 @@ def _reference(path: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(path).eval()
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["mkl", "packed"])
 @pytest.mark.parametrize("model_path", MODELS, indirect=True)
-def test_decode_rows_give_transformers_logits_without_its_forward(model_path: str) -> None:
+def test_decode_rows_give_transformers_logits_without_its_forward(model_path: str, packed: bool) -> None:
     """Streams at different positions decode together, one joins mid-way (its prompt beside the
     decode rows) and one ends: each decode row's logits as transformers' forward over the whole
-    sequence, and the model's own forward never runs for a decode-only step."""
-    backend = HFBackend(model_path, warm_up=False)
+    sequence, and the model's own forward never runs for a decode-only step. Linear layers by
+    MKL, or packed for oneDNN (prompt passes through transformers' modules then use them too)."""
+    backend = HFBackend(model_path, warm_up=False, packed_linears=packed)
+    assert bool(backend.lean.packed_roles) == (packed and packed_linear.available())
     assert backend.lean is not None and backend.info()["kv_cache"]["lean_decode"]
     reference = _reference(model_path)
     calls: list[int] = []
@@ -139,9 +143,10 @@ def test_decode_rows_give_transformers_logits_without_its_forward(model_path: st
             backend.release(1)
 
 
+@pytest.mark.parametrize("packed", [None, True], ids=["auto", "packed"])
 @pytest.mark.parametrize("model_path", MODELS, indirect=True)
-def test_greedy_tokens_equal_transformers_generate(model_path: str) -> None:
-    backend = HFBackend(model_path)
+def test_greedy_tokens_equal_transformers_generate(model_path: str, packed: bool | None) -> None:
+    backend = HFBackend(model_path, packed_linears=packed)
     assert backend.lean is not None
     batch = prompts(4, [12, 40, 3, 25], backend.vocab_size, seed=10)
     got = greedy_in_steps(backend, batch, arrivals=[0, 0, 3, 5], chunk=16, new_tokens=16)
@@ -229,3 +234,48 @@ def test_decode_rows_give_transformers_logits_through_each_head_form(lively_gpt2
         with torch.no_grad():
             want = torch.stack([reference(torch.tensor([s])).logits[0, -1] for s in sequences])
         torch.testing.assert_close(out.last_logits, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_layers_are_numpys_products(bias: bool) -> None:
+    """nn.Linear (weight (out, in)) and GPT-2's Conv1D (weight (in, out)), packed for oneDNN, on
+    inputs of any leading shape."""
+    import numpy as np
+    from transformers.pytorch_utils import Conv1D
+
+    if not packed_linear.available():
+        pytest.skip("this torch has no oneDNN packed linear operators")
+    torch.manual_seed(12)
+    linear = torch.nn.Linear(48, 80, bias=bias)
+    conv = Conv1D(80, 48)
+    if not bias:
+        conv.bias = None
+    for module, weight_by_rows in ((linear, linear.weight), (conv, conv.weight.T)):
+        packed = packed_linear.PackedLinear.of(module)
+        for shape in ((1, 48), (7, 48), (1, 70, 48), (2, 3, 48)):
+            x = torch.randn(*shape)
+            want = x.double().numpy() @ weight_by_rows.detach().double().numpy().T
+            if module.bias is not None:
+                want = want + module.bias.detach().double().numpy()
+            got = packed(x)
+            assert got.shape == (*shape[:-1], 80)
+            np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_roles_pack_every_layer_of_the_kinds_chosen(small_llama: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from lmql_hf.lean_decode import LeanLlama
+
+    if not packed_linear.available():
+        pytest.skip("this torch has no oneDNN packed linear operators")
+    roles = LeanLlama.ROLES
+    for wanted in (True, False, None):
+        model = AutoModelForCausalLM.from_pretrained(small_llama).eval()
+        chosen = packed_linear.packed_roles(list(model.model.layers), roles, wanted)
+        assert chosen == (set(roles) if wanted else set() if wanted is False else chosen & set(roles))
+        for layer in model.model.layers:
+            for name, role in roles.items():
+                for child, attribute in role:
+                    module = getattr(getattr(layer, child), attribute)
+                    assert isinstance(module, packed_linear.PackedLinear) == (name in chosen), (name, wanted)

@@ -127,22 +127,28 @@ def test_long_scores_equal_transformers_log_probs(tiny_reference: Any) -> None:
     assert llm.model_info_sync()["model_info"]["kv_cache"]["reused_prefix_tokens"] >= len(prompt_ids) - 1
 
 
-def test_big_vocabulary_prefill_and_score_compute_only_the_logits_read(big_vocab_path: str) -> None:
+@pytest.mark.parametrize("lean", [True, False])
+def test_big_vocabulary_prefill_and_score_compute_only_the_logits_read(big_vocab_path: str, lean: bool) -> None:
+    """Only the positions whose logits are read reach the output head: transformers' module, or
+    the lean step's (which prompt passes use too where it is on)."""
     from transformers import AutoModelForCausalLM
 
-    backend = HFBackend(big_vocab_path)
-    assert backend.packs
-    seen: list[tuple[int, ...]] = []
+    backend = HFBackend(big_vocab_path, lean_decode=lean)
+    assert backend.packs and (backend.lean is not None) == lean
+    seen: list[tuple[int, ...]] = []  # (positions, hidden) of each call of the head
     head = backend.model.get_output_embeddings()
-    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape[-2:])))
+    if backend.lean is not None:
+        lean_head = backend.lean.head_logits
+        backend.lean.head_logits = lambda hidden: seen.append(tuple(hidden.shape)) or lean_head(hidden)
     long_prompt, other = prompts(2, [1500, 700], BIG_VOCAB, seed=5)
     try:
         out = backend.forward([StepInput(1, long_prompt), StepInput(2, other)])
-        assert seen == [(1, 2, 32)]  # two prompts: one position each reaches the head
+        assert seen == [(2, 32)]  # two prompts: one position each reaches the head
         scored = 20
         out_score = backend.forward([StepInput(3, other + long_prompt[:scored], all_logits=True,
                                                logits_from=len(other) - 1)])
-        assert seen[-1] == (1, scored + 1, 32)
+        assert seen[-1] == (scored + 1, 32)
     finally:
         hook.remove()
     reference = AutoModelForCausalLM.from_pretrained(big_vocab_path).eval()

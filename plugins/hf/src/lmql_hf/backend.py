@@ -95,10 +95,9 @@ class HFBackend(Backend):
                                    weights_per_token(self.model))
         # decode rows as direct torch operations (the CPU's Llama and GPT-2, their own modules)
         lean = (self.options["lean_decode"] and not self.fused_modules
-                and lean_decode.LeanDecoder.of(self.model, self.cache))
+                and lean_decode.LeanDecoder.of(self.model, self.cache, self.threads,
+                                               self.options["packed_linears"]))
         self.lean = lean or None
-        if self.lean is not None:
-            self.lean.threads = self.threads
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
         self.max_batch = min(self.memory.max_batch, self.table.capacity)
         self.graphs = replays.decode_graphs(self)
@@ -374,6 +373,7 @@ class HFBackend(Backend):
                          "cuda_graphs": self.graphs is not None, "fused_modules": self.fused_modules,
                          "chained_steps": self.chains_steps, "lean_decode": self.lean is not None,
                          "head_forms": self.lean.head.forms if self.lean is not None else None,
+                         "packed_linears": sorted(self.lean.packed_roles) if self.lean is not None else [],
                          "reused_prefix_tokens": self.table.reused_tokens},
             "warm_up_s": None if self.warm_up_seconds is None else round(self.warm_up_seconds, 3),
             "versions": loading.versions(),

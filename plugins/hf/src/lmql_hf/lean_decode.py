@@ -15,6 +15,7 @@ other architecture, dtype or option keeps transformers' forward (``LeanDecoder.o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from torch import nn
 from torch.nn import functional
 
 from lmql_hf.head_product import HeadProduct
+from lmql_hf.packed_linear import PackedLinear, Role, packed_roles
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.threads import HostThreads
 
@@ -69,18 +71,41 @@ def _head_product(model: Any) -> HeadProduct:
     return HeadProduct(weight, copies=weight.numel() * weight.element_size() <= HEAD_COPY_BYTES)
 
 
-def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+Product = Callable[[torch.Tensor], torch.Tensor]  # x (rows, in) -> x @ W.T + bias, (rows, out)
+
+
+def _by_columns_product(weight: torch.Tensor, bias: torch.Tensor | None) -> Product:
     """``x @ weight (+ bias)`` for a weight by columns (in, out)."""
-    return x @ weight if bias is None else torch.addmm(bias, x, weight)
+    if bias is None:
+        return lambda x: x @ weight
+    return lambda x: torch.addmm(bias, x, weight)
+
+
+def _product_of(modules: list[Any]) -> Product:
+    """One product over the outputs of ``modules`` side by side: their packed products
+    concatenated where they were packed (``packed_linear``), else one product over their weights
+    by columns (``nn.Linear``s become views of it; GPT-2's ``Conv1D``s are by columns already)."""
+    if all(isinstance(m, PackedLinear) for m in modules):
+        if len(modules) == 1:
+            return modules[0].product
+        return lambda x: torch.cat([m.product(x) for m in modules], -1)
+    if isinstance(modules[0], nn.Linear):
+        return _by_columns_product(*by_columns(modules))
+    (module,) = modules
+    return _by_columns_product(module.weight.detach(), module.bias)
 
 
 class LeanDecoder:
     """One family's decode step; ``logits`` is what ``HFBackend.model_step`` returns for one
     token per row, as (rows, vocab)."""
 
-    def __init__(self, model: Any, cache: SlotCache) -> None:
-        self.model, self.cache = model, cache
-        self.threads: HostThreads | None = None  # set by the backend: which parts run on every core
+    def __init__(self, model: Any, cache: SlotCache, threads: HostThreads | None,
+                 packed: bool | None) -> None:
+        """``threads``: which parts run on every core (None: as set); ``packed``: whether the
+        layers' linear modules are packed for oneDNN (``packed_linear.packed_roles``)."""
+        self.model, self.cache, self.threads = model, cache, threads
+        with self._cores(every=False):  # the layers' threads, for timing them
+            self.packed_roles = packed_roles(self.layer_modules(model), self.ROLES, packed)
         self.columns = torch.arange(cache.max_len)
         keys = cache.keys[0]  # (slots, kv_heads, max_len, dim): every layer's view alike
         # in a layer's cache viewed as (slots x kv_heads x max_len, dim): a slot's first row, and
@@ -89,8 +114,11 @@ class LeanDecoder:
         self.head_rows = torch.arange(keys.shape[1]) * keys.shape[2]
         self.head = _head_product(model)
 
+    ROLES: dict[str, Role] = {}  # each kind of linear layer: its modules in a decoder layer
+
     @staticmethod
-    def of(model: Any, cache: SlotCache) -> LeanDecoder | None:
+    def of(model: Any, cache: SlotCache, threads: HostThreads | None = None,
+           packed: bool | None = False) -> LeanDecoder | None:
         """The lean step for ``model`` on this cache, or None where transformers' forward stays."""
         if model.dtype != torch.float32 or model.device.type != "cpu" or cache.keys[0].dtype != torch.float32:
             return None
@@ -98,7 +126,7 @@ class LeanDecoder:
         if family is None or not family.supports(model.config):
             return None
         try:
-            return family(model, cache)
+            return family(model, cache, threads, packed)
         except AttributeError:  # modules of a transformers release before 4.48 (no ``scaling``...)
             return None
 
@@ -161,6 +189,10 @@ class LeanDecoder:
         """Whether the family's lean step computes what this configuration asks."""
         raise NotImplementedError
 
+    @staticmethod
+    def layer_modules(model: Any) -> list[Any]:
+        raise NotImplementedError
+
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -184,8 +216,17 @@ class LeanLlama(LeanDecoder):
                 and not getattr(config, "use_sliding_window", False)
                 and all(kind == "full_attention" for kind in layer_types))
 
-    def __init__(self, model: Any, cache: SlotCache) -> None:
-        super().__init__(model, cache)
+    ROLES = {"qkv": (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj")),
+             "out": (("self_attn", "o_proj"),), "gate_up": (("mlp", "gate_proj"), ("mlp", "up_proj")),
+             "down": (("mlp", "down_proj"),)}
+
+    @staticmethod
+    def layer_modules(model: Any) -> list[Any]:
+        return list(model.model.layers)
+
+    def __init__(self, model: Any, cache: SlotCache, threads: HostThreads | None,
+                 packed: bool | None) -> None:
+        super().__init__(model, cache, threads, packed)
         base = model.model
         self.layers = [_LlamaWeights(layer) for layer in base.layers]
         self.embeddings = base.embed_tokens.weight
@@ -210,33 +251,33 @@ class LeanLlama(LeanDecoder):
         w = self.layers[index]
         rows, dim, heads, kv_heads = hidden.shape[0], w.dim, w.heads, w.kv_heads
         normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm1, w.eps1)
-        qkv = _product(normed, w.qkv, w.qkv_bias).view(rows, -1, dim)
+        qkv = w.qkv(normed).view(rows, -1, dim)
         qk, value = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
         if w.qk_norm is not None:  # Qwen3's q_norm and k_norm, as one norm over every head
             qk = functional.rms_norm(qk, (dim,), None, w.qk_eps) * w.qk_norm
         rotated = qk * self.step_cos + qk.roll(dim // 2, -1) * self.step_sin
         attended = self.attend(index, rotated[:, :heads], rotated[:, heads:], value, step, w.scale)
-        hidden = hidden + _product(attended, w.out, w.out_bias)
+        hidden = hidden + w.out(attended)
         normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm2, w.eps2)
-        gate, up = _product(normed, w.gate_up, w.gate_up_bias).chunk(2, -1)
-        return hidden + _product(functional.silu(gate) * up, w.down, w.down_bias)
+        gate, up = w.gate_up(normed).chunk(2, -1)
+        return hidden + w.down(functional.silu(gate) * up)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return functional.rms_norm(hidden, (hidden.shape[1],), self.norm_weight, self.norm_eps)
 
 
 class _LlamaWeights:
-    """One Llama decoder layer's weights by columns, q/k/v and gate/up concatenated (views in the modules)."""
+    """One Llama decoder layer's products (q/k/v and gate/up side by side) and norms."""
 
     def __init__(self, layer: Any) -> None:
         attention, mlp = layer.self_attn, layer.mlp
         self.dim, self.scale = attention.head_dim, float(attention.scaling)
-        self.heads = attention.q_proj.weight.shape[0] // self.dim
-        self.kv_heads = attention.k_proj.weight.shape[0] // self.dim
-        self.qkv, self.qkv_bias = by_columns([attention.q_proj, attention.k_proj, attention.v_proj])
-        self.gate_up, self.gate_up_bias = by_columns([mlp.gate_proj, mlp.up_proj])
-        self.out, self.out_bias = by_columns([attention.o_proj])
-        self.down, self.down_bias = by_columns([mlp.down_proj])
+        self.heads = attention.q_proj.out_features // self.dim
+        self.kv_heads = attention.k_proj.out_features // self.dim
+        self.qkv = _product_of([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.gate_up = _product_of([mlp.gate_proj, mlp.up_proj])
+        self.out = _product_of([attention.o_proj])
+        self.down = _product_of([mlp.down_proj])
         self.qk_norm, self.qk_eps = _qk_norm(attention, self.heads, self.kv_heads)
         self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
         self.norm2 = layer.post_attention_layernorm.weight
@@ -259,8 +300,16 @@ class LeanGPT2(LeanDecoder):
         return (config.activation_function in GPT2_GELU and not config.add_cross_attention
                 and not config.reorder_and_upcast_attn)
 
-    def __init__(self, model: Any, cache: SlotCache) -> None:
-        super().__init__(model, cache)
+    ROLES = {"qkv": (("attn", "c_attn"),), "out": (("attn", "c_proj"),), "up": (("mlp", "c_fc"),),
+             "down": (("mlp", "c_proj"),)}
+
+    @staticmethod
+    def layer_modules(model: Any) -> list[Any]:
+        return list(model.transformer.h)
+
+    def __init__(self, model: Any, cache: SlotCache, threads: HostThreads | None,
+                 packed: bool | None) -> None:
+        super().__init__(model, cache, threads, packed)
         base = model.transformer
         self.blocks = [_GPT2Weights(block) for block in base.h]
         self.tokens, self.places = base.wte.weight, base.wpe.weight
@@ -274,12 +323,12 @@ class LeanGPT2(LeanDecoder):
         w = self.blocks[index]
         rows, width = hidden.shape
         normed = functional.layer_norm(hidden, (width,), w.norm1, w.norm1_bias, w.eps1)
-        qkv = torch.addmm(w.qkv_bias, normed, w.qkv).view(rows, 3, -1, w.dim)
+        qkv = w.qkv(normed).view(rows, 3, -1, w.dim)
         attended = self.attend(index, qkv[:, 0], qkv[:, 1], qkv[:, 2], step, w.scale)
-        hidden = hidden + torch.addmm(w.out_bias, attended, w.out)
+        hidden = hidden + w.out(attended)
         normed = functional.layer_norm(hidden, (width,), w.norm2, w.norm2_bias, w.eps2)
-        inner = functional.gelu(torch.addmm(w.up_bias, normed, w.up), approximate=self.gelu)
-        return hidden + torch.addmm(w.down_bias, inner, w.down)
+        inner = functional.gelu(w.up(normed), approximate=self.gelu)
+        return hidden + w.down(inner)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         ln_f = self.ln_f
@@ -287,18 +336,16 @@ class LeanGPT2(LeanDecoder):
 
 
 class _GPT2Weights:
-    """One GPT-2 block's tensors as plain attributes (a module's cost ~0.2 us per look-up, 25 a
-    layer). Conv1D weights are by columns already."""
+    """One GPT-2 block's products and norms as plain attributes (a module's cost ~0.2 us per
+    look-up, 25 a layer)."""
 
     def __init__(self, block: Any) -> None:
         attention, mlp = block.attn, block.mlp
         self.dim, self.scale = attention.head_dim, float(attention.scaling)
         self.norm1, self.norm1_bias, self.eps1 = block.ln_1.weight, block.ln_1.bias, float(block.ln_1.eps)
         self.norm2, self.norm2_bias, self.eps2 = block.ln_2.weight, block.ln_2.bias, float(block.ln_2.eps)
-        self.qkv, self.qkv_bias = attention.c_attn.weight, attention.c_attn.bias
-        self.out, self.out_bias = attention.c_proj.weight, attention.c_proj.bias
-        self.up, self.up_bias = mlp.c_fc.weight, mlp.c_fc.bias
-        self.down, self.down_bias = mlp.c_proj.weight, mlp.c_proj.bias
+        self.qkv, self.out = _product_of([attention.c_attn]), _product_of([attention.c_proj])
+        self.up, self.down = _product_of([mlp.c_fc]), _product_of([mlp.c_proj])
 
 
 FAMILIES: dict[str, type[LeanDecoder]] = {"LlamaForCausalLM": LeanLlama, "Qwen2ForCausalLM": LeanLlama,
