@@ -1,9 +1,12 @@
-"""A decode step on the CPU, in-process: ``HFBackend.forward`` of one token per stream, timed with
-the lean step (``lean_decode``, its output head in the forms the warm-up chose) and without it.
+"""A decode step on the CPU, in-process: ``HFBackend.forward`` of one token per stream, timed
+without the lean step, with it (``lean_decode``, its output head in the forms the warm-up chose),
+and with its linear layers packed for oneDNN where they time faster (``packed_linears``).
 
-    python benchmarks/cpu_step_bench.py [--model gpt2-4layer|qwen3-4layer|lmql-tiny|PATH] [--rows 1,8,32]
+    python benchmarks/cpu_step_bench.py [--model gpt2-4layer|qwen3-4layer|qwen3-wide-4layer|lmql-tiny|PATH]
+        [--rows 1,8,32]
 
-The 4-layer models are built here with random weights (the GPT-2 is cpu_bench.py's). Each point
+The 4-layer models are built here with random weights (the GPT-2 is cpu_bench.py's; the Qwen3s
+are 256 and 1,024 wide). Each point
 is the best of 3 rounds of 20 steps, streams at 32 tokens of context. Prints one markdown table.
 """
 
@@ -18,27 +21,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_bench import build_gpt2  # noqa: E402
 
-QWEN3_DIR = Path(tempfile.gettempdir()) / "lmql-bench-qwen3-4layer"
+QWEN3_WIDTHS = {"qwen3-4layer": 256, "qwen3-wide-4layer": 1024}  # Qwen3-0.6B's width: 1024
 
 
-def build_qwen3() -> Path:
-    if not (QWEN3_DIR / "config.json").exists():
+def build_qwen3(name: str) -> Path:
+    """4 layers, head dimension 64, a 32,000-token vocabulary, untied head."""
+    folder = Path(tempfile.gettempdir()) / f"lmql-bench-{name}"
+    if not (folder / "config.json").exists():
         import torch
         from transformers import Qwen3Config, Qwen3ForCausalLM
 
         torch.manual_seed(0)
-        config = Qwen3Config(vocab_size=32000, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-                             max_position_embeddings=2048)
-        Qwen3ForCausalLM(config).save_pretrained(QWEN3_DIR)
-    return QWEN3_DIR
+        width = QWEN3_WIDTHS[name]
+        config = Qwen3Config(vocab_size=32000, hidden_size=width, intermediate_size=3 * width,
+                             num_hidden_layers=4, num_attention_heads=width // 64,
+                             num_key_value_heads=width // 128, head_dim=64, max_position_embeddings=2048,
+                             tie_word_embeddings=False)
+        Qwen3ForCausalLM(config).save_pretrained(folder)
+    return folder
 
 
 def model_path(name: str) -> str:
     if name == "gpt2-4layer":
         return str(build_gpt2())
-    if name == "qwen3-4layer":
-        return str(build_qwen3())
+    if name in QWEN3_WIDTHS:
+        return str(build_qwen3(name))
     if name == "lmql-tiny":
         from lmql_hf.bundled import bundled_path
 
@@ -76,13 +83,16 @@ def main() -> None:
     from lmql_hf.backend import HFBackend
 
     path, rows = model_path(args.model), [int(r) for r in args.rows.split(",")]
-    print("| model | lean_decode | " + " | ".join(f"{r} rows ms" for r in rows) + " | head forms |")
-    print("|" + "---|" * (len(rows) + 3))
-    for lean in (False, True):
-        backend = HFBackend(path, lean_decode=lean)
-        times = [f"{step_ms(backend, r):.2f}" for r in rows]
+    times = " | ".join(f"{r} rows ms" for r in rows)
+    print(f"| model | lean_decode | packed_linears | {times} | head forms | packed layers |")
+    print("|" + "---|" * (len(rows) + 5))
+    for lean, packed in ((False, False), (True, False), (True, None)):
+        backend = HFBackend(path, lean_decode=lean, packed_linears=packed)
+        times = " | ".join(f"{step_ms(backend, r):.2f}" for r in rows)
         forms = backend.lean.head.forms if backend.lean is not None else ""
-        print(f"| {args.model} | {lean} | " + " | ".join(times) + f" | {forms} |")
+        chosen = ", ".join(sorted(backend.lean.packed_roles)) if backend.lean is not None else ""
+        packing = "auto" if packed is None else packed
+        print(f"| {args.model} | {lean} | {packing} | {times} | {forms} | {chosen} |")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def test_the_cpu_benchmark_gives_each_of_our_points_its_ratio_to_lmqls_same_poin
 def test_the_cpu_step_benchmark_times_both_steps_on_lmql_tiny() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_step_bench.py"), "--model", "lmql-tiny",
                           "--rows", "1,3"], capture_output=True, text=True, timeout=300, check=True).stdout
-    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| lmql-tiny")]
-    assert [r[1].strip() for r in rows] == ["False", "True"]
-    assert all(float(cell) > 0 for r in rows for cell in r[2:4])
-    assert rows[0][4].strip() == "" and rows[1][4].strip().startswith("{1: ")  # the lean head's forms
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith("| lmql-tiny")]
+    assert [r[1:3] for r in rows] == [["False", "False"], ["True", "False"], ["True", "auto"]]
+    assert all(float(cell) > 0 for r in rows for cell in r[3:5])
+    assert rows[0][5] == "" and all(r[5].startswith("{1: ") for r in rows[1:])  # the lean head's forms

@@ -30,8 +30,8 @@ FORMS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_FORM = "x @ columns"
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # each form's time is the least of this many rounds (the forms take turns, so a moment of
-# contention for the cores slows all of them), after one untimed run: ~0.5 s for that GPT-2
-TIMED_ROUNDS = 2
+# contention for the cores slows all of them), after one untimed run: ~0.7 s for that GPT-2
+TIMED_ROUNDS = 3
 # a head whose single-row product takes longer is bound by reading its weight whatever the
 # form: tuning would only add seconds to start-up
 TUNE_BELOW_S = 0.05
