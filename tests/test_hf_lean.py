@@ -143,9 +143,9 @@ def test_decode_rows_give_transformers_logits_without_its_forward(model_path: st
             backend.release(1)
 
 
-@pytest.mark.parametrize("packed", [None, True], ids=["auto", "packed"])
+@pytest.mark.parametrize("packed", ["auto", True], ids=["auto", "packed"])
 @pytest.mark.parametrize("model_path", MODELS, indirect=True)
-def test_greedy_tokens_equal_transformers_generate(model_path: str, packed: bool | None) -> None:
+def test_greedy_tokens_equal_transformers_generate(model_path: str, packed: bool | str) -> None:
     backend = HFBackend(model_path, packed_linears=packed)
     assert backend.lean is not None
     batch = prompts(4, [12, 40, 3, 25], backend.vocab_size, seed=10)
@@ -279,3 +279,11 @@ def test_packed_roles_pack_every_layer_of_the_kinds_chosen(small_llama: str) -> 
                 for child, attribute in role:
                     module = getattr(getattr(layer, child), attribute)
                     assert isinstance(module, packed_linear.PackedLinear) == (name in chosen), (name, wanted)
+
+
+def test_packed_linears_takes_true_false_or_auto(small_llama: str) -> None:
+    from lmql_core.errors import LMQLError
+
+    with pytest.raises(LMQLError, match="packed_linears takes True, False or auto, not 'sometimes'"):
+        HFBackend(small_llama, warm_up=False, packed_linears="sometimes")
+    assert HFBackend(small_llama, warm_up=False, packed_linears="auto").lean is not None

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 
 from lmql_core.array_ops import TorchOps
 from lmql_core.backend import Backend, StepInput, StepOutput
+from lmql_core.errors import LMQLError
 from lmql_core.tokenizer import find_tokenizer_json
 from lmql_hf import fused, hub, lean_decode, loading, memory, packed, replays, warm_up
 from lmql_hf.graphs import BATCH_BUCKETS, length_buckets
@@ -94,9 +95,12 @@ class HFBackend(Backend):
                                    all(p.device.type == "cuda" for p in self.model.parameters()),
                                    weights_per_token(self.model))
         # decode rows as direct torch operations (the CPU's Llama and GPT-2, their own modules)
+        packing = self.options["packed_linears"]
+        if packing not in (True, False, "auto"):
+            raise LMQLError(f"packed_linears takes True, False or auto, not {packing!r}")
         lean = (self.options["lean_decode"] and not self.fused_modules
                 and lean_decode.LeanDecoder.of(self.model, self.cache, self.threads,
-                                               self.options["packed_linears"]))
+                                               None if packing == "auto" else packing))
         self.lean = lean or None
         self.table = SlotTable(self.cache, bool(self.options["reuse_prefixes"]))
         self.max_batch = min(self.memory.max_batch, self.table.capacity)

@@ -37,10 +37,10 @@ OPTIONS: dict[str, Option] = {
                           "on the CPU, run Llama's, Qwen2's, Qwen3's and GPT-2's decode steps as direct "
                           "torch operations rather than through transformers' modules (same results up to "
                           "rounding)"),
-    "packed_linears": Option(bool | None, None,
+    "packed_linears": Option(bool | str, "auto",
                              "on the CPU, the lean decode step's linear layers through oneDNN with their "
-                             "weights packed for it, also in prompt passes (default: each kind of layer "
-                             "whose first layer times faster so at load)"),
+                             "weights packed for it, also in prompt passes (True, False, or auto: each "
+                             "kind of layer whose first layer times faster so at load)"),
     "compile": Option(bool | str, False, "True or a torch.compile mode: compile the decode forward"),
     "progress": Option(bool, False, "show transformers' progress bars while loading"),
 }
