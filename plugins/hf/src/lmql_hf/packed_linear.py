@@ -12,7 +12,7 @@ are packed: ``packed_roles`` (by default those whose first layer times faster pa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch import nn
 PACKED_FOR_ROWS = 64  # oneDNN's hint for the rows it will see; any number of rows works
 TIMED_ROWS = (1, 8, 32)  # decode steps of few and of many streams
 MUST_SAVE = 0.9  # packed only where it takes at most this share of the modules' own time
+TIMED_ROUNDS = 3
 
 
 @cache
@@ -75,8 +76,7 @@ def packed_roles(layers: Sequence[Any], roles: dict[str, Role], wanted: bool | N
     MUST_SAVE of their own time packed (on the threads the caller set)."""
     if wanted is False or not layers or not available():
         return set()
-    chosen = {name for name, role in roles.items()
-              if wanted or _packed_time(layers[0], role) <= MUST_SAVE * _own_time(layers[0], role)}
+    chosen = {name for name, role in roles.items() if wanted or _packing_saves(layers[0], role)}
     for layer in layers:
         for name in chosen:
             for child, attribute in roles[name]:
@@ -94,31 +94,31 @@ def columns_of(module: Any) -> torch.Tensor:
     return module.weight.detach().T if isinstance(module, nn.Linear) else module.weight.detach()
 
 
-def _own_time(layer: Any, role: Role) -> float:
-    """The lean step's product for the role unpacked: one over its modules' weights by columns."""
+def _packing_saves(layer: Any, role: Role) -> bool:
+    """Whether the role's product packed (one per module, side by side) takes at most MUST_SAVE
+    of the time of the lean step's unpacked one (one product over the modules' weights by
+    columns), each the least of TIMED_ROUNDS rounds, the two taking turns, summed over TIMED_ROWS."""
     modules = _modules(layer, role)
     weight = torch.cat([columns_of(m) for m in modules], 1).contiguous()
     bias = None if modules[0].bias is None else torch.cat([m.bias.detach() for m in modules])
-    return _timed(lambda x: x @ weight if bias is None else torch.addmm(bias, x, weight), weight.shape[0])
+    packed = [PackedLinear.of(m) for m in modules]
 
+    def own(x: torch.Tensor) -> torch.Tensor:
+        return x @ weight if bias is None else torch.addmm(bias, x, weight)
 
-def _packed_time(layer: Any, role: Role) -> float:
-    """The same product packed: one per module, concatenated."""
-    packed = [PackedLinear.of(m) for m in _modules(layer, role)]
-    return _timed(lambda x: torch.cat([p.product(x) for p in packed], -1), packed[0].in_features)
+    def packed_product(x: torch.Tensor) -> torch.Tensor:
+        return packed[0].product(x) if len(packed) == 1 else torch.cat([p.product(x) for p in packed], -1)
 
-
-def _timed(product: Callable[[torch.Tensor], torch.Tensor], width: int) -> float:
-    """Seconds for ``product`` of each of TIMED_ROWS rows, the least of two rounds after one."""
-    total = 0.0
+    totals = [0.0, 0.0]
     with torch.no_grad():
         for rows in TIMED_ROWS:
-            x = torch.randn(rows, width)
-            product(x)
-            best = float("inf")
-            for _ in range(2):
-                began = time.perf_counter()
-                product(x)
-                best = min(best, time.perf_counter() - began)
-            total += best
-    return total
+            x = torch.randn(rows, weight.shape[0])
+            best = [float("inf"), float("inf")]
+            for round_ in range(TIMED_ROUNDS + 1):  # the first untimed
+                for i, product in enumerate((own, packed_product)):
+                    began = time.perf_counter()
+                    product(x)
+                    if round_:
+                        best[i] = min(best[i], time.perf_counter() - began)
+            totals = [total + b for total, b in zip(totals, best, strict=True)]
+    return totals[1] <= MUST_SAVE * totals[0]
