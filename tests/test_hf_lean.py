@@ -200,8 +200,10 @@ def test_tuning_the_head_keeps_the_layouts_of_the_forms_chosen(monkeypatch: pyte
     chosen = head.tune(most_rows=5)
     assert sorted(chosen) == [1, 2, 4, 8] and set(chosen.values()) <= set(FORMS)
     assert set(head.layouts) == {FORMS[form][0] for form in chosen.values()} | {"rows"}
-    x = torch.randn(5, 64)
-    torch.testing.assert_close(head(x), x @ weight.T, rtol=1e-5, atol=1e-4)
+    for rows in (5, 9, 300):  # more rows than tuned for: a prompt pass's, a SCORE's
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(head(x), x @ weight.T, rtol=1e-5, atol=1e-4)
+    assert head.form_for(300) == chosen[8]
     monkeypatch.setattr(head_product, "TUNE_BELOW_S", 0.0)
     untuned = HeadProduct(weight, copies=True)
     assert untuned.tune(most_rows=64) == {} and untuned.form_for(64) == head_product.DEFAULT_FORM

@@ -52,9 +52,13 @@ class HeadProduct:
         return product(x, self.layouts[layout])
 
     def form_for(self, rows: int) -> str:
-        """The form chosen for the smallest bucket of at least ``rows`` (the default before ``tune``)."""
-        bucket = next((b for b in ROW_BUCKETS if b >= rows), ROW_BUCKETS[-1])
-        return self.forms.get(bucket, DEFAULT_FORM)
+        """The form chosen for the smallest bucket timed of at least ``rows``, else for the
+        largest timed (a prompt pass's or a SCORE's rows can outnumber the batch's); the default
+        before ``tune``."""
+        if not self.forms:
+            return DEFAULT_FORM
+        bucket = next((b for b in ROW_BUCKETS if b >= rows and b in self.forms), max(self.forms))
+        return self.forms[bucket]
 
     def available(self) -> list[str]:
         return [name for name, (layout, _) in FORMS.items() if layout in self.layouts]
