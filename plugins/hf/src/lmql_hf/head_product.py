@@ -19,13 +19,14 @@ from collections.abc import Callable
 
 import torch
 
+from lmql_hf import packed_linear
+
 # a form: the layout of the weight it reads, and x, that weight -> x @ W.T as (rows, vocabulary),
 # contiguous (the sampler reads each row's logits)
 FORMS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
     "x @ columns": ("columns", lambda x, weight: x @ weight),
     "(rows @ x.T).T": ("rows", lambda x, weight: (weight @ x.T).T.contiguous()),
-    "oneDNN packed": ("onednn", lambda x, weight: torch.ops.mkldnn._linear_pointwise(x, weight, None, "none",
-                                                                                     [], "")),
+    "oneDNN packed": ("onednn", packed_linear.packed_product),
 }
 DEFAULT_FORM = "x @ columns"
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -43,8 +44,8 @@ class HeadProduct:
 
     def __init__(self, weight: torch.Tensor, copies: bool) -> None:
         self.layouts = {"rows": weight, "columns": weight.T.contiguous() if copies else weight.T}
-        if copies and (packed := _packed_for_onednn(weight)) is not None:
-            self.layouts["onednn"] = packed
+        if copies and packed_linear.available():
+            self.layouts["onednn"] = packed_linear.pack(weight)
         self.forms: dict[int, str] = {}  # bucket of rows -> the form chosen for it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,15 +92,3 @@ class HeadProduct:
         product(x, self.layouts[layout])
         return time.perf_counter() - began
 
-
-def _packed_for_onednn(weight: torch.Tensor) -> torch.Tensor | None:
-    """``weight`` in oneDNN's blocked layout for its matrix products, where this torch has oneDNN
-    (the operators are the ones torch.compile's CPU code calls)."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, ROW_BUCKETS[-1])
-        torch.ops.mkldnn._linear_pointwise(weight[:1], packed, None, "none", [], "")
-    except (AttributeError, RuntimeError):  # a build without these operators
-        return None
-    return packed

@@ -15,7 +15,6 @@ other architecture, dtype or option keeps transformers' forward (``LeanDecoder.o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from torch import nn
 from torch.nn import functional
 
 from lmql_hf.head_product import HeadProduct
-from lmql_hf.packed_linear import PackedLinear, Role, packed_roles
+from lmql_hf.packed_linear import PackedLinear, Product, Role, by_columns_product, packed_roles, side_by_side
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.threads import HostThreads
 
@@ -71,28 +70,16 @@ def _head_product(model: Any) -> HeadProduct:
     return HeadProduct(weight, copies=weight.numel() * weight.element_size() <= HEAD_COPY_BYTES)
 
 
-Product = Callable[[torch.Tensor], torch.Tensor]  # x (rows, in) -> x @ W.T + bias, (rows, out)
-
-
-def _by_columns_product(weight: torch.Tensor, bias: torch.Tensor | None) -> Product:
-    """``x @ weight (+ bias)`` for a weight by columns (in, out)."""
-    if bias is None:
-        return lambda x: x @ weight
-    return lambda x: torch.addmm(bias, x, weight)
-
-
 def _product_of(modules: list[Any]) -> Product:
     """One product over the outputs of ``modules`` side by side: their packed products
     concatenated where they were packed (``packed_linear``), else one product over their weights
     by columns (``nn.Linear``s become views of it; GPT-2's ``Conv1D``s are by columns already)."""
     if all(isinstance(m, PackedLinear) for m in modules):
-        if len(modules) == 1:
-            return modules[0].product
-        return lambda x: torch.cat([m.product(x) for m in modules], -1)
+        return side_by_side(modules)
     if isinstance(modules[0], nn.Linear):
-        return _by_columns_product(*by_columns(modules))
+        return by_columns_product(*by_columns(modules))
     (module,) = modules
-    return _by_columns_product(module.weight.detach(), module.bias)
+    return by_columns_product(module.weight.detach(), module.bias)
 
 
 class LeanDecoder:

@@ -6,13 +6,15 @@ MKL, 1.0, 1.1 and 0.4 by oneDNN with a packed weight (``torch.ops.mkldnn._linear
 the operator torch.compile's CPU code calls). ``PackedLinear`` replaces a model's ``nn.Linear``
 or GPT-2 ``Conv1D``, holding only the packed weight, so transformers' own forward (prompt
 passes) and the lean decode step both use it, and no weight is held twice. Which kinds of layer
-are packed: ``packed_roles`` (by default those whose first layer times faster packed).
+are packed: ``packed_roles`` (by default those whose first layer times faster packed). The
+products the lean step calls, packed or by MKL (``side_by_side``, ``by_columns_product``), and
+the output head's packed form (head_product.py) come from here too.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -25,18 +27,43 @@ MUST_SAVE = 0.9  # packed only where it takes at most this share of the modules'
 TIMED_ROUNDS = 3
 
 
+Product = Callable[[torch.Tensor], torch.Tensor]  # x (rows, in) -> x @ W.T + bias, (rows, out)
+
+
 @cache
 def available() -> bool:
     """Whether this torch has oneDNN's packed linear operators (and they run)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        weight = torch.ones(4, 8)
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_FOR_ROWS)
-        out = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8), packed, None, "none", [], "")
+        out = packed_product(torch.ones(2, 8), pack(torch.ones(4, 8)))
     except (AttributeError, RuntimeError):
         return False
     return bool(torch.equal(out, torch.full((2, 4), 8.0)))
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` of (out, in) in oneDNN's blocked layout for its products."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACKED_FOR_ROWS)
+
+
+def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` for ``x`` of (rows, in) and ``packed`` from ``pack(W)``."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def by_columns_product(weight: torch.Tensor, bias: torch.Tensor | None) -> Product:
+    """``x @ weight (+ bias)`` for a weight by columns (in, out): MKL."""
+    if bias is None:
+        return lambda x: x @ weight
+    return lambda x: torch.addmm(bias, x, weight)
+
+
+def side_by_side(modules: Sequence[PackedLinear]) -> Product:
+    """The packed modules' products of one input, concatenated."""
+    if len(modules) == 1:
+        return modules[0].product
+    return lambda x: torch.cat([m.product(x) for m in modules], -1)
 
 
 class PackedLinear(nn.Module):
@@ -45,7 +72,7 @@ class PackedLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACKED_FOR_ROWS)
+        self.packed = pack(weight)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @staticmethod
@@ -56,7 +83,7 @@ class PackedLinear(nn.Module):
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """For ``x`` of (rows, in)."""
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return packed_product(x, self.packed, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = self.product(x.reshape(-1, self.in_features))
@@ -101,21 +128,14 @@ def _packing_saves(layer: Any, role: Role) -> bool:
     modules = _modules(layer, role)
     weight = torch.cat([columns_of(m) for m in modules], 1).contiguous()
     bias = None if modules[0].bias is None else torch.cat([m.bias.detach() for m in modules])
-    packed = [PackedLinear.of(m) for m in modules]
-
-    def own(x: torch.Tensor) -> torch.Tensor:
-        return x @ weight if bias is None else torch.addmm(bias, x, weight)
-
-    def packed_product(x: torch.Tensor) -> torch.Tensor:
-        return packed[0].product(x) if len(packed) == 1 else torch.cat([p.product(x) for p in packed], -1)
-
+    own, packed = by_columns_product(weight, bias), side_by_side([PackedLinear.of(m) for m in modules])
     totals = [0.0, 0.0]
     with torch.no_grad():
         for rows in TIMED_ROWS:
             x = torch.randn(rows, weight.shape[0])
             best = [float("inf"), float("inf")]
             for round_ in range(TIMED_ROUNDS + 1):  # the first untimed
-                for i, product in enumerate((own, packed_product)):
+                for i, product in enumerate((own, packed)):
                     began = time.perf_counter()
                     product(x)
                     if round_:
