@@ -2,11 +2,12 @@
 without the lean step, with it (``lean_decode``, its output head in the forms the warm-up chose),
 and with its linear layers packed for oneDNN where they time faster (``packed_linears``).
 
-    python benchmarks/cpu_step_bench.py [--model gpt2-4layer|qwen3-4layer|qwen3-wide-4layer|lmql-tiny|PATH]
-        [--rows 1,8,32]
+    python benchmarks/cpu_step_bench.py [--model gpt2-4layer|qwen3-4layer|qwen3-wide-4layer|
+        qwen3-0.6b-4layer|lmql-tiny|PATH] [--rows 1,8,32]
 
 The 4-layer models are built here with random weights (the GPT-2 is cpu_bench.py's; the Qwen3s
-are 256 and 1,024 wide). Each point
+are 256 and 1,024 wide with an untied 32,000-token head, and Qwen3-0.6B's shape with its tied
+151,936-token head). Each point
 is the best of 3 rounds of 20 steps, streams at 32 tokens of context. Prints one markdown table.
 """
 
@@ -21,22 +22,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_bench import build_gpt2  # noqa: E402
 
-QWEN3_WIDTHS = {"qwen3-4layer": 256, "qwen3-wide-4layer": 1024}  # Qwen3-0.6B's width: 1024
+# name -> width, vocabulary, head tied to the embeddings (Qwen3-0.6B: 1,024, 151,936, tied)
+QWEN3_SHAPES = {"qwen3-4layer": (256, 32000, False), "qwen3-wide-4layer": (1024, 32000, False),
+                "qwen3-0.6b-4layer": (1024, 151936, True)}
 
 
 def build_qwen3(name: str) -> Path:
-    """4 layers, head dimension 64, a 32,000-token vocabulary, untied head."""
+    """4 layers, head dimension 64, of the shape QWEN3_SHAPES names."""
     folder = Path(tempfile.gettempdir()) / f"lmql-bench-{name}"
     if not (folder / "config.json").exists():
         import torch
         from transformers import Qwen3Config, Qwen3ForCausalLM
 
         torch.manual_seed(0)
-        width = QWEN3_WIDTHS[name]
-        config = Qwen3Config(vocab_size=32000, hidden_size=width, intermediate_size=3 * width,
+        width, vocabulary, tied = QWEN3_SHAPES[name]
+        config = Qwen3Config(vocab_size=vocabulary, hidden_size=width, intermediate_size=3 * width,
                              num_hidden_layers=4, num_attention_heads=width // 64,
                              num_key_value_heads=width // 128, head_dim=64, max_position_embeddings=2048,
-                             tie_word_embeddings=False)
+                             tie_word_embeddings=tied)
         Qwen3ForCausalLM(config).save_pretrained(folder)
     return folder
 
@@ -44,7 +47,7 @@ def build_qwen3(name: str) -> Path:
 def model_path(name: str) -> str:
     if name == "gpt2-4layer":
         return str(build_gpt2())
-    if name in QWEN3_WIDTHS:
+    if name in QWEN3_SHAPES:
         return str(build_qwen3(name))
     if name == "lmql-tiny":
         from lmql_hf.bundled import bundled_path

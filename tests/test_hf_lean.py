@@ -180,6 +180,7 @@ def test_every_form_of_the_head_product_is_numpys_product(rows: int) -> None:
     x = torch.randn(rows, 48, generator=generator)
     want = x.double().numpy() @ weight.double().numpy().T
     head = HeadProduct(weight, copies=True)
+    head.hold_every_layout()
     forms = head.available()
     assert {"x @ columns", "(rows @ x.T).T"} <= set(forms)
     for form in forms:
@@ -204,25 +205,44 @@ def test_tuning_the_head_keeps_the_layouts_of_the_forms_chosen(monkeypatch: pyte
         x = torch.randn(rows, 64)
         torch.testing.assert_close(head(x), x @ weight.T, rtol=1e-5, atol=1e-4)
     assert head.form_for(300) == chosen[8]
-    monkeypatch.setattr(head_product, "TUNE_BELOW_S", 0.0)
-    untuned = HeadProduct(weight, copies=True)
-    assert untuned.tune(most_rows=64) == {} and untuned.form_for(64) == head_product.DEFAULT_FORM
+    monkeypatch.setattr(head_product, "TUNE_BELOW_S", 0.0)  # every head slow: two buckets, one round
+    slow = HeadProduct(weight, copies=True)
+    assert sorted(slow.tune(most_rows=20)) == [1, 32] and sorted(slow.tune(most_rows=500)) == [1, 32, 64]
+    x = torch.randn(20, 64)
+    torch.testing.assert_close(slow(x), x @ weight.T, rtol=1e-5, atol=1e-4)
+
+
+def test_the_packed_layout_is_made_only_when_tuned() -> None:
+    """An untuned head (no warm-up) holds no packed copy it may never use."""
+    from lmql_hf import packed_linear
+    from lmql_hf.head_product import HeadProduct
+
+    head = HeadProduct(torch.randn(300, 16), copies=False)
+    assert set(head.layouts) == {"rows", "columns"} and head.available() == ["x @ columns", "(rows @ x.T).T"]
+    if packed_linear.available():
+        head.hold_every_layout()
+        assert "oneDNN packed" in head.available()
 
 
 def test_a_head_too_large_to_copy_is_read_where_it_lies(lively_gpt2: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No copy by columns; packed for oneDNN only if its timing chose that form."""
     from lmql_hf import lean_decode
 
     monkeypatch.setattr(lean_decode, "HEAD_COPY_BYTES", 0)
-    backend = HFBackend(lively_gpt2, warm_up=False)
+    backend = HFBackend(lively_gpt2)
     embeddings = backend.model.get_input_embeddings().weight
-    assert all(t.untyped_storage().data_ptr() == embeddings.untyped_storage().data_ptr()
-               for t in backend.lean.head.layouts.values())
-    assert backend.lean.head.available() == ["x @ columns", "(rows @ x.T).T"]
+    head = backend.lean.head
+    by_rows = {name for name, t in head.layouts.items()
+               if t.untyped_storage().data_ptr() == embeddings.untyped_storage().data_ptr()}
+    assert by_rows == {"rows", "columns"} and set(head.layouts) - by_rows <= {"onednn"}
+    assert ("onednn" in head.layouts) == ("oneDNN packed" in head.forms.values())
+    assert sorted(head.forms) == [1, 64] or sorted(head.forms) == [1, 2, 4, 8, 16, 32, 64]
 
 
 @pytest.mark.parametrize("form", ["x @ columns", "(rows @ x.T).T", "oneDNN packed"])
 def test_decode_rows_give_transformers_logits_through_each_head_form(lively_gpt2: str, form: str) -> None:
     backend = HFBackend(lively_gpt2, warm_up=False)
+    backend.lean.head.hold_every_layout()
     if form not in backend.lean.head.available():
         pytest.skip(f"this torch has no {form}")
     backend.lean.head.forms = dict.fromkeys((1, 2, 4, 8, 16, 32, 64), form)

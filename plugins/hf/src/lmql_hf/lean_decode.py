@@ -28,7 +28,7 @@ from lmql_hf.packed_linear import PackedLinear, Product, Role, by_columns_produc
 from lmql_hf.slot_cache import SlotCache
 from lmql_hf.threads import HostThreads
 
-# the output head is also held in other layouts (copies) up to this size (head_product.py)
+# the output head is also held by columns up to this size (head_product.py)
 HEAD_COPY_BYTES = 256 << 20
 # rotary embeddings whose angles depend on the position only (not on the sequence's length)
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
@@ -65,7 +65,7 @@ def by_columns(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def _head_product(model: Any) -> HeadProduct:
     """The output head's product, its weight held by rows (the model's own) and, up to
-    HEAD_COPY_BYTES, in the layouts of its other forms."""
+    HEAD_COPY_BYTES, by columns (packed for oneDNN at any size, if tuning chooses it)."""
     weight = model.get_output_embeddings().weight.detach()
     return HeadProduct(weight, copies=weight.numel() * weight.element_size() <= HEAD_COPY_BYTES)
 
