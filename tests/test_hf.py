@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
 
 import pytest
 
@@ -55,11 +57,19 @@ def test_greedy_served_equals_in_process(tiny_server: Server, local: lmql.LLM) -
         assert len(text) > 10
 
 
-def test_serve_model_without_argument_serves_lmql_tiny() -> None:
+def test_serve_model_without_argument_serves_lmql_tiny_and_ends_quietly_on_ctrl_c() -> None:
+    """Its start-up time is shown; Ctrl-C ends it with nothing printed after "Shutting down" (the
+    objects frozen for serving once stayed frozen at exit, and triton's bindings, where installed,
+    printed ~30 lines of "leaked instance")."""
     server = Server(None)
     try:
         info = lmql.model("lmql-tiny", endpoint=server.endpoint).model_info_sync()
         assert info["model"] == "lmql-tiny"
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(timeout=30) == 0
+        output = server.output()
+        assert re.search(r"Ready: lmql-tiny on cpu, float32 \(loaded in [0-9.]+ s\)", output), output
+        assert output.rstrip().splitlines()[-1].startswith("Shutting down"), output
     finally:
         assert server.stop() == 0
 

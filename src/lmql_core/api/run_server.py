@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -73,13 +74,16 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
         return server.start(how_to_stop="server.stop() or leaving its with-block stops it")
     _tune_process_for_serving()
     in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread and not _loop_running():
-        asyncio.run(server.run(stop_on_signals=True))
+    try:
+        if in_main_thread and not _loop_running():
+            asyncio.run(server.run(stop_on_signals=True))
+            return None
+        server.start(how_to_stop="Ctrl-C (KeyboardInterrupt) stops it" if in_main_thread else
+                     "it serves until this process ends (background=True gives a handle to stop)")
+        _serve_until_interrupted(server)  # inside a running event loop (a notebook), or a thread
         return None
-    server.start(how_to_stop="Ctrl-C (KeyboardInterrupt) stops it" if in_main_thread else
-                 "it serves until this process ends (background=True gives a handle to stop)")
-    _serve_until_interrupted(server)  # inside a running event loop (a notebook), or a thread
-    return None
+    finally:
+        gc_pauses.unfreeze()
 
 
 def _serve_until_interrupted(server: RunningServer) -> None:
@@ -145,6 +149,7 @@ def _load(model_id: ModelId, cuda: bool, dtype: str | None, backend: str | None,
     args = format_kwargs([*loader_kwargs.items(), *engine_options.items()])
     console.print(f"[bold]Loading[/] {model_id.served_name} with backend '{model_id.backend}' "
                   f"on {where}{f' ({args})' if args else ''}")
+    began = time.monotonic()
     with console.status(f"Loading {model_id.served_name}..."):
         loaded = load_model(model_id, cuda=cuda, dtype=dtype, engine_options=engine_options, **loader_kwargs)
     models = ModelHost(load_on_demand=load_on_demand, default_backend=backend)
@@ -153,7 +158,8 @@ def _load(model_id: ModelId, cuda: bool, dtype: str | None, backend: str | None,
     devices = info.get("devices") or [where]
     devices_text = ", ".join(map(str, devices)) if isinstance(devices, list) else str(devices)
     dtype_text = f", {info['dtype']}" if info.get("dtype") else ""
-    return models, f"{model_id.served_name} on {devices_text}{dtype_text}"
+    took = time.monotonic() - began
+    return models, f"{model_id.served_name} on {devices_text}{dtype_text} (loaded in {took:.1f} s)"
 
 
 def _tune_process_for_serving() -> None:

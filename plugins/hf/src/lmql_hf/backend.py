@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,10 @@ class HFBackend(Backend):
         self.name = model
         self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
         self.path, offline = hub.locate(model, self.kwargs.get("revision"))
+        began = time.perf_counter()
         with loading.progress_bars(bool(self.options["progress"])):
             loaded = AutoModelForCausalLM.from_pretrained(self.path, **dict(offline, **self.kwargs))
+        console.print(f"Loaded the weights in {time.perf_counter() - began:.1f} s")
         self.model = loaded.eval()
         self.model.requires_grad_(False)  # inference only: no autograd, also while capturing graphs
         self.device = self.model.get_input_embeddings().weight.device

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,8 +31,7 @@ def decode_graphs(backend: Any) -> DecodeGraphs | None:
         forward = torch.compile(forward, mode=None if mode is True else str(mode))
     graphs = DecodeGraphs(forward, backend.device, backend.max_context, backend.max_batch,
                           backend.table.scratch)
-    count = len(graphs.batches) * len(graphs.lengths)
-    with console.status(f"Capturing {count} CUDA graphs for decode steps..."), no_collection():
+    with capturing(len(graphs.batches) * len(graphs.lengths), "decode steps"):
         graphs.capture_all()
     return graphs
 
@@ -46,9 +46,22 @@ def prompt_graphs(backend: Any) -> PromptGraphs | None:
     # a pass packs many sequences: it can hold more tokens than one sequence's context
     prompts = PromptGraphs(backend.prompt_forward, backend.device, backend.prefill_tokens, backend.max_batch,
                            tile, backend.table.scratch, capture=on_cuda)
-    with console.status(f"Capturing {len(prompts.graphs)} CUDA graphs for prompt passes..."), no_collection():
+    if not on_cuda:
+        prompts.capture_all()
+        return prompts
+    with capturing(len(prompts.graphs), "prompt passes"):
         prompts.capture_all()
     return prompts
+
+
+@contextlib.contextmanager
+def capturing(count: int, what: str) -> Iterator[None]:
+    """A spinner while ``count`` graphs are captured, then how long that took (part of the
+    start-up that the server's "Ready" line sums up)."""
+    began = time.perf_counter()
+    with console.status(f"Capturing {count} CUDA graphs for {what}..."), no_collection():
+        yield
+    console.print(f"Captured {count} CUDA graphs for {what} in {time.perf_counter() - began:.1f} s")
 
 
 @contextlib.contextmanager
