@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import signal
 
 import pytest
 
@@ -12,10 +10,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 
 import lmql  # noqa: E402
-from lmql_core.errors import LMQLError  # noqa: E402
 from lmql_core.tokenizer import IncrementalDecoder  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
-from tests.conftest import RawClient, Server, read_metric  # noqa: E402
+from tests.conftest import RawClient, Server, server_metric  # noqa: E402
 
 pytestmark = pytest.mark.hf
 PROMPTS = ["Once upon a time", "The cat sat on the", "A wise man once said", "Q: What is love?\nA:"]
@@ -41,37 +38,12 @@ def reference() -> tuple:
     return AutoModelForCausalLM.from_pretrained(path).eval(), lmql.model("local:lmql-tiny").tokenizer
 
 
-def test_bundled_model_is_small_and_complete() -> None:
-    path = bundled_path("lmql-tiny")
-    assert path is not None
-    names = {p.name for p in path.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
-    assert sum(p.stat().st_size for p in path.iterdir()) <= 8 * 1024 * 1024
-
-
 def test_greedy_served_equals_in_process(tiny_server: Server, local: lmql.LLM) -> None:
     served = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
     for prompt in PROMPTS:
         text = served.generate_sync(prompt, max_tokens=24)
         assert text == local.generate_sync(prompt, max_tokens=24)
         assert len(text) > 10
-
-
-def test_serve_model_without_argument_serves_lmql_tiny_and_ends_quietly_on_ctrl_c() -> None:
-    """Its start-up time is shown; Ctrl-C ends it with nothing printed after "Shutting down" (the
-    objects frozen for serving once stayed frozen at exit, and triton's bindings, where installed,
-    printed ~30 lines of "leaked instance")."""
-    server = Server(None)
-    try:
-        info = lmql.model("lmql-tiny", endpoint=server.endpoint).model_info_sync()
-        assert info["model"] == "lmql-tiny"
-        server.proc.send_signal(signal.SIGINT)
-        assert server.proc.wait(timeout=30) == 0
-        output = server.output()
-        assert re.search(r"Ready: lmql-tiny on cpu, float32 \(loaded in [0-9.]+ s\)", output), output
-        assert output.rstrip().splitlines()[-1].startswith("Shutting down"), output
-    finally:
-        assert server.stop() == 0
 
 
 def test_scores_equal_a_direct_forward_pass(local: lmql.LLM, reference: tuple) -> None:
@@ -106,7 +78,7 @@ def test_scores_run_in_steps_launched_ahead_and_equal_a_direct_forward_pass(refe
             logprobs = torch.log_softmax(logits, -1)
             expected = [logprobs[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(value_ids)]
             assert scores == pytest.approx(expected, abs=1e-4)
-        assert _engine_metric(server, "lmql_engine_steps_ahead") >= len(values) - 1
+        assert server_metric(server, "lmql_engine_steps_ahead", "lmql-tiny") >= len(values) - 1
     finally:
         assert server.stop() == 0, server.output()
 
@@ -132,7 +104,7 @@ def test_long_prompts_and_scores_together_in_steps_launched_ahead(reference: tup
     server = Server("lmql-tiny", "--token_budget", "48")
     try:
         results = asyncio.run(together(server.endpoint))
-        ahead = _engine_metric(server, "lmql_engine_steps_ahead")
+        ahead = server_metric(server, "lmql_engine_steps_ahead", "lmql-tiny")
     finally:
         assert server.stop() == 0, server.output()
     for sid, prompt in enumerate(prompts):
@@ -289,33 +261,6 @@ def test_fused_stand_in_modules_compute_what_the_originals_did(model: str, swapp
         assert plain.stop() == 0 and fused.stop() == 0
 
 
-def test_loader_arguments_reach_from_pretrained() -> None:
-    llm = lmql.model("local:lmql-tiny", dtype="bfloat16", attn_implementation="eager")
-    info = llm.model_info_sync()["model_info"]
-    assert info["dtype"] == "bfloat16"
-    assert "attn_implementation='eager'" in info["constructor"]
-    assert llm.generate_sync("Once upon a time", max_tokens=5)
-
-
-def test_quantized_dtype_without_bitsandbytes_is_a_clear_error() -> None:
-    pytest.importorskip("lmql_hf")
-    try:
-        import bitsandbytes  # noqa: F401
-
-        pytest.skip("bitsandbytes is installed")
-    except ImportError:
-        pass
-    with pytest.raises(LMQLError, match="needs bitsandbytes: pip install bitsandbytes"):
-        lmql.model("local:lmql-tiny", dtype="8bit")
-
-
-def test_cuda_without_a_gpu_is_a_clear_error() -> None:
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    with pytest.raises(LMQLError, match="--cuda was given but torch sees no CUDA device"):
-        lmql.model("local:lmql-tiny", cuda=True)
-
-
 def test_growing_prompts_reuse_the_cached_prefix(tiny_server: Server, local: lmql.LLM) -> None:
     """LMQL sends a prompt, then the prompt plus what came back plus more: only the new part is
     computed, and the result equals a server that recomputes everything."""
@@ -381,15 +326,8 @@ def test_top_k_and_top_p_narrow_sampling(tiny_server: Server, local: lmql.LLM) -
     assert [e["token"] for e in narrowed[3]] != tokens  # hot sampling without them wanders off
 
 
-def _engine_metric(server: Server, name: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10) as response:
-        return read_metric(response.read().decode(), name, "lmql-tiny")
-
-
 def _chained_steps(server: Server) -> float:
-    return _engine_metric(server, "lmql_engine_steps_chained")
+    return server_metric(server, "lmql_engine_steps_chained", "lmql-tiny")
 
 
 async def _staggered(endpoint: str, requests: dict[int, dict], late: dict[int, dict]) -> dict[int, list[dict]]:
