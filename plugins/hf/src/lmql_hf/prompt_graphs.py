@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lmql_core.array_ops import TorchOps
+from lmql_hf.graphs import capture
 from lmql_hf.packed import PackedRows
 
 _OPS = TorchOps()
@@ -124,13 +125,7 @@ class PromptGraphs:
     def _capture(self, graph: PromptGraph) -> None:
         ids, positions, slots, tiles = graph.views()
         slots.fill_(self.scratch)  # warm-up and capture write to the scratch slot; no tile reads
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.forward(ids, positions, slots, tiles)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
         assert graph.graph is not None
-        with torch.cuda.graph(graph.graph, pool=self.pool):
-            graph.hidden = self.forward(ids, positions, slots, tiles)
+        graph.hidden = capture(graph.graph, lambda: self.forward(ids, positions, slots, tiles), self.device,
+                               self.pool)
         self.pool = graph.graph.pool()
