@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from transformers import AutoModelForCausalLM
 
 from lmql_core.array_ops import TorchOps
 from lmql_core.backend import Backend, StepInput, StepOutput
@@ -57,10 +55,7 @@ class HFBackend(Backend):
         self.name = model
         self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
         self.path, offline = hub.locate(model, self.kwargs.get("revision"))
-        began = time.perf_counter()
-        with loading.progress_bars(bool(self.options["progress"])):
-            loaded = AutoModelForCausalLM.from_pretrained(self.path, **dict(offline, **self.kwargs))
-        console.print(f"Loaded the weights in {time.perf_counter() - began:.1f} s")
+        loaded = loading.load_weights(self.path, dict(offline, **self.kwargs), bool(self.options["progress"]))
         self.model = loaded.eval()
         self.model.requires_grad_(False)  # inference only: no autograd, also while capturing graphs
         self.device = self.model.get_input_embeddings().weight.device

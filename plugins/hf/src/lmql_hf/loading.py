@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from lmql_core import plugins
 from lmql_core.errors import LMQLError
@@ -17,6 +19,7 @@ DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
 QUANTIZED = {"8bit": {"load_in_8bit": True}, "4bit": {"load_in_4bit": True}}
+console = Console(stderr=True)
 
 
 def loader_kwargs(cuda: bool, dtype: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +57,18 @@ def _dtype_named(option: str, name: str) -> torch.dtype:
     if not isinstance(found, torch.dtype):
         raise LMQLError(f"unknown --{option} '{name}'; use auto or one of {', '.join(DTYPES)}")
     return found
+
+
+def load_weights(path: str, kwargs: dict[str, Any], progress: bool) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(path, **kwargs)``, printing how long it took (a part
+    of the start-up that the server's "Ready" line sums up)."""
+    from transformers import AutoModelForCausalLM
+
+    began = time.perf_counter()
+    with progress_bars(progress):
+        loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    console.print(f"Loaded the weights in {time.perf_counter() - began:.1f} s")
+    return loaded
 
 
 @contextlib.contextmanager

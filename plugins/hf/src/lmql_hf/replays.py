@@ -46,11 +46,8 @@ def prompt_graphs(backend: Any) -> PromptGraphs | None:
     # a pass packs many sequences: it can hold more tokens than one sequence's context
     prompts = PromptGraphs(backend.prompt_forward, backend.device, backend.prefill_tokens, backend.max_batch,
                            tile, backend.table.scratch, capture=on_cuda)
-    if not on_cuda:
-        prompts.capture_all()
-        return prompts
-    with capturing(len(prompts.graphs), "prompt passes"):
-        prompts.capture_all()
+    with capturing(len(prompts.graphs), "prompt passes") if on_cuda else contextlib.nullcontext():
+        prompts.capture_all()  # on the CPU nothing is captured: the passes run eagerly
     return prompts
 
 
