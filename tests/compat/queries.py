@@ -22,6 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import queries_api
+import queries_chat
+import queries_nested
+import queries_syntax
+
 # -- standalone one-liners: argmax "..." from <model> where ... ------------------------------------
 
 ONE_LINERS: list[dict[str, Any]] = [
@@ -340,4 +345,5 @@ async def main():
 ]
 
 PROGRAMS: list[dict[str, Any]] = [*ONE_LINERS, *MULTI_LINE, *DECODERS, *CONSTRAINTS, *DISTRIBUTIONS,
-                                  *PYTHON_IN_PROMPTS, *PYTHON_API]
+                                  *PYTHON_IN_PROMPTS, *PYTHON_API, *queries_syntax.PROGRAMS,
+                                  *queries_api.PROGRAMS, *queries_nested.PROGRAMS, *queries_chat.PROGRAMS]
