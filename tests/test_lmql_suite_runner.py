@@ -26,6 +26,7 @@ MODEL = "local:/models/tiny"
     ("    from\n        'openai/text-ada-001'\n", f'    from\n        "{MODEL}"\n'),
     ('@lmql.query(model="chatgpt")', f'@lmql.query(model="{MODEL}")'),
     ('lmql.F("Say: [R]", model="random")', f'lmql.F("Say: [R]", model="{MODEL}")'),
+    ('t = lmql.tokenizer("gpt2")', 't = lmql.tokenizer("/models/tiny")'),
     ('x = "randomly chosen"; y = "gpt2-medium"', 'x = "randomly chosen"; y = "gpt2-medium"'),
 ])
 def test_swap_models_changes_only_model_names(source: str, expected: str) -> None:

@@ -48,6 +48,9 @@ INTERNAL_HELPERS = {"lmql_test", "LMQLExpr"}
 MODEL_NAME = r"random|chatgpt|gpt2|local:gpt2|local:sshleifer/tiny-gpt2|openai/[\w.\-]+"
 # lmql.model("random", seed=1, tokenizer=...): the arguments belong to the random/OpenAI model
 MODEL_CALL = re.compile(r"""lmql\.model\(\s*(["'])(?:random|chatgpt|openai/[\w.\-]+)\1[^()]*\)""")
+# lmql.tokenizer("gpt2"): the model's tokenizer is the one its tests compare against (and gpt2's
+# cannot be downloaded here); LMQL loads a tokenizer from a folder path, without "local:"
+TOKENIZER_CALL = re.compile(r"""lmql\.tokenizer\(\s*(["'])gpt2\1\s*\)""")
 MODEL_STRING = re.compile(rf"""(["'])(?:{MODEL_NAME})\1""")
 IMPORTS = [
     (re.compile(r"from\s+(?:lmql\.tests\.)?expr_test_utils\s+import"), "from lmql_suite_harness import"),
@@ -57,8 +60,9 @@ IMPORTS = [
 
 def swap_models(source: str, model: str) -> str:
     """The same program with every model replaced by ``model`` (the options of ``local:`` models,
-    ``inprocess=True``, ``silent=True``, ``cuda=True``, are kept)."""
+    ``inprocess=True``, ``silent=True``, ``cuda=True``, are kept), and the gpt2 tokenizer by its."""
     source = MODEL_CALL.sub(f'lmql.model("{model}")', source)
+    source = TOKENIZER_CALL.sub(f'lmql.tokenizer("{model.removeprefix("local:")}")', source)
     return MODEL_STRING.sub(f'"{model}"', source)
 
 

@@ -26,8 +26,9 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PLAN, RESULT, FILE_ERROR = "LMQL_SUITE_PLAN ", "LMQL_SUITE_RESULT ", "LMQL_SUITE_FILE_ERROR "
 INTERNAL_HELPERS = ["lmql_test", "LMQLExpr", "fin", "var", "inc", "dec", "SEQ", "enable_show_transformed"]
