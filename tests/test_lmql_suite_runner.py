@@ -46,6 +46,7 @@ def test_uses_internals() -> None:
     assert lmql_suite.uses_internals("from lmql.language.qstrings import QstringParser")
     assert lmql_suite.uses_internals("from lmql.tests.expr_test_utils import *")
     assert not lmql_suite.uses_internals("import lmql\nfrom lmql.tests.expr_test_utils import run_all_tests")
+    assert not lmql_suite.uses_internals("def test_skip():\n    import lmql.runtime.openai_secret")
 
 
 SYNTHETIC = '''
