@@ -32,3 +32,7 @@ class QuerySyntaxError(QueryError):
 
 class UnsupportedConstraint(QueryError):
     pass
+
+
+class UnknownVariable(QuerySyntaxError):
+    """A constraint on a name that is not a prompt variable of the query (reported when it is called)."""

@@ -19,7 +19,7 @@ from lmql_core.query.constraints import (
     Regex,
     StopsAt,
 )
-from lmql_core.query.errors import QuerySyntaxError, UnsupportedConstraint
+from lmql_core.query.errors import QuerySyntaxError, UnknownVariable, UnsupportedConstraint
 
 SUPPORTED = ("STOPS_AT(V, s)", "STOPS_BEFORE(V, s)", "len(TOKENS(V)) < n", "len(V) < n", "V in [...]",
              "V == s", "INT(V)", "REGEX(V, r)", "and/or", "Python conditions on earlier variables")
@@ -111,7 +111,7 @@ def _length_of(expr: ast.expr) -> tuple[str, bool] | None:
 
 def _variable(expr: ast.expr, source: str, known: frozenset[str]) -> str:
     if not isinstance(expr, ast.Name) or expr.id not in known:
-        raise QuerySyntaxError(f"{source}: the first argument must be a prompt variable "
+        raise UnknownVariable(f"{source}: the first argument must be a prompt variable "
                                f"(one of: {', '.join(sorted(known)) or 'none in this query'})")
     return expr.id
 
