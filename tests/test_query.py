@@ -184,7 +184,8 @@ def test_decorated_functions_docstring_plain_async_and_F() -> None:
     ('argmax\n    "Hi [X]" where len(TOKENS(X)) < 3\n    "{NOPE}"\nfrom "local:lmql-tiny"',
      "Failed to resolve variable 'NOPE' in LMQL query", 3),
     ('argmax\n    "Hi [X]" where X.startswith("a")\nfrom "local:lmql-tiny"', "cannot be enforced", 2),
-    ('argmax\n    "Hi [X]"\nfrom "local:lmql-tiny"\nwhere not len(TOKENS(X)) < 3', "cannot be enforced", 4),
+    ('argmax\n    "Hi [X]"\nfrom "local:lmql-tiny"\nwhere not STOPS_AT(X, ".")',
+     "the constraint 'not STOPS_AT(X, '.')' cannot be enforced", 4),
     ('argmax\n    x = = 1\n    "Hi [X]"\nfrom "local:lmql-tiny"', "invalid syntax", 2),
 ])
 def test_bad_programs_fail_with_one_error_naming_the_line(source, message, line) -> None:

@@ -31,7 +31,7 @@ class QuerySyntaxError(QueryError):
 
 
 class UnsupportedConstraint(QueryError):
-    pass
+    why = ""  # the reason alone, without the constraint
 
 
 class UnknownVariable(QuerySyntaxError):

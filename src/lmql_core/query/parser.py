@@ -185,7 +185,7 @@ def _clause_keywords(lines: list[_Line], start: tokenize.TokenInfo | None) -> li
     for n, line in enumerate(lines):
         if line.indent != 0 or line.tokens[-1].end < start.start:
             continue
-        depth = 0
+        depth, statement_where = 0, False
         for k, token in enumerate(line.tokens):
             if token.start < start.start:
                 continue
@@ -197,12 +197,18 @@ def _clause_keywords(lines: list[_Line], start: tokenize.TokenInfo | None) -> li
             rest = line.tokens[k:]
             if keyword == "from" and any(t.string == "import" for t in rest):
                 continue
-            if keyword == "where" and k != 0 and not found and not _only_clauses_after(lines, n):
-                continue  # a statement-level where
-            if keyword == "distribution" and k != 0 and not found:
+            if keyword == "where" and k != 0 and not found and (
+                    _is_string(line.tokens[k - 1]) or not _only_clauses_after(lines, n)):
+                statement_where = True  # as in LMQL, a where right after a prompt string is its own
+                continue
+            if keyword == "distribution" and k != 0 and not found and not statement_where:
                 continue
             found.append(token)
     return found
+
+
+def _is_string(token: tokenize.TokenInfo) -> bool:
+    return token.type == tokenize.STRING or token.type == getattr(tokenize, "FSTRING_END", None)
 
 
 def _only_clauses_after(lines: list[_Line], n: int) -> bool:
