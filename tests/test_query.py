@@ -182,9 +182,10 @@ def test_decorated_functions_docstring_plain_async_and_F() -> None:
 @pytest.mark.parametrize("source, message, line", [
     ('argmax\n    "Hi [X"\nfrom "local:lmql-tiny"', "unclosed '['", 2),
     ('argmax\n    "Hi [X]" where len(TOKENS(X)) < 3\n    "{NOPE}"\nfrom "local:lmql-tiny"',
-     "NameError: name 'NOPE' is not defined", 3),
+     "Failed to resolve variable 'NOPE' in LMQL query", 3),
     ('argmax\n    "Hi [X]" where X.startswith("a")\nfrom "local:lmql-tiny"', "cannot be enforced", 2),
-    ('argmax\n    "Hi [X]"\nfrom "local:lmql-tiny"\nwhere not len(TOKENS(X)) < 3', "cannot be enforced", 4),
+    ('argmax\n    "Hi [X]"\nfrom "local:lmql-tiny"\nwhere not STOPS_AT(X, ".")',
+     "the constraint 'not STOPS_AT(X, '.')' cannot be enforced", 4),
     ('argmax\n    x = = 1\n    "Hi [X]"\nfrom "local:lmql-tiny"', "invalid syntax", 2),
 ])
 def test_bad_programs_fail_with_one_error_naming_the_line(source, message, line) -> None:
@@ -221,7 +222,8 @@ def test_lmql_run_cli_runs_a_file_with_inputs(tmp_path: Path) -> None:
     done = run_lmql("run", str(query), "--country", "France", timeout=240)
     assert done.returncode == 0, done.stderr
     assert "Q: What is the capital of France?" in done.stdout and "A = " in done.stdout
-    assert "Error: NameError: name 'country'" in the_error(run_lmql("run", str(query), timeout=240))
+    assert ("Failed to resolve variable 'country' in LMQL query: it is an input of the query; pass it on the "
+            f"command line: lmql run {query} --country VALUE") in the_error(run_lmql("run", str(query), timeout=240))
 
 
 

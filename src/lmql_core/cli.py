@@ -195,14 +195,25 @@ def run_query(ctx: click.Context, file: str, model: str | None, endpoint: str | 
     Further `--NAME VALUE` pairs are the query's inputs (True/False, ints and floats parsed as
     such), e.g. `lmql run capital.lmql --country France`.
     """
+    from pathlib import Path
+
     import lmql_core.api as api
-    from lmql_core.query import run_file
+    from lmql_core.lmtp.client.loop import run_sync
+    from lmql_core.query.inputs import MissingInput
+    from lmql_core.query.parser import parse_query
+    from lmql_core.query.program import CompiledQuery
 
     with _errors():
         inputs = parse_loader_args(ctx.args)
+        source = Path(file).read_text(encoding="utf-8")
+        query = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(file).name)
+        try:  # the query's syntax and inputs are checked before --model loads
+            query.check_inputs(query.split_kwargs(inputs)[0], query.globals)
+        except MissingInput as missing:
+            raise missing.for_cli(file) from None
         if model is not None:
             inputs["model"] = api.model(model, endpoint=endpoint)
-        results = run_file(file, **inputs)
+        results = run_sync(query.start((), inputs))
         for result in results if isinstance(results, list) else [results]:
             _print_result(result)
 

@@ -251,6 +251,33 @@ class NoneOf(Leaf):
         return text not in _options(args[0], self.source)
 
 
+@dataclass
+class Contains(Leaf):
+    """``s in V`` (``negate``: ``not s in V``). As LMQL's InOpStrInStr: ``s in V`` masks no token
+    and lets V end once it holds s; ``not s in V`` masks every token whose text holds the rest
+    of s that V's end has not begun yet (all of s, or what follows the longest prefix of s that
+    V ends with), and lets V end."""
+
+    negate: bool = False
+
+    def mask(self, value: Value, args: list[Any], vocab: Vocabulary) -> Allowed:
+        phrase = self._phrase(args[0])
+        if not self.negate:
+            return Allowed(None, phrase in value.text)
+        if phrase in value.text:
+            return Allowed(vocab.none(), True)  # LMQL's mask when nothing is allowed: EOS alone
+        overlap = max((i for i in range(1, len(phrase)) if value.text.endswith(phrase[:i])), default=0)
+        return Allowed(~vocab.containing(phrase[overlap:]), True)
+
+    def holds(self, text: str, args: list[Any], vocab: Vocabulary) -> bool:
+        return (self._phrase(args[0]) in text) != self.negate
+
+    def _phrase(self, phrase: Any) -> str:
+        if not isinstance(phrase, str):
+            raise QueryError(f"{self.source}: only a string can be looked for in a variable, not {phrase!r}")
+        return phrase
+
+
 def _options(options: Any, source: str) -> list[str]:
     if isinstance(options, str) or not all(isinstance(o, str) for o in options):
         raise QueryError(f"{source}: the options must be a list of strings")

@@ -31,4 +31,8 @@ class QuerySyntaxError(QueryError):
 
 
 class UnsupportedConstraint(QueryError):
-    pass
+    why = ""  # the reason alone, without the constraint
+
+
+class UnknownVariable(QuerySyntaxError):
+    """A constraint on a name that is not a prompt variable of the query (reported when it is called)."""

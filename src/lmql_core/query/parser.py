@@ -1,9 +1,12 @@
 """LMQL source to its parts: decoder clause, prompt program, ``from``, ``where``, ``distribution``.
 
-A query reads ``[DECODER] BODY [from MODEL] [where CONDITION] [distribution VAR in VALUES]``, on
-one line or several; the body is Python whose top-level strings are prompts. Clause keywords
-count only at the top level of a line that starts in column 0 (``from x import y`` is Python);
-``where`` after a prompt string with more body below it constrains that statement alone.
+A query reads ``[PROLOGUE] [DECODER] BODY [from MODEL] [where CONDITION] [distribution VAR in
+VALUES]``, on one line or several; the body is Python whose top-level strings are prompts. As in
+LMQL, Python statements before the decoder keyword are a prologue (run once, as module code),
+and clause keywords are case-insensitive (``FROM``, ``WHERE``); decoder keywords are lower case.
+Clause keywords count only at the top level of a line that starts in column 0 (``from x import
+y`` is Python); ``where`` after a prompt string with more body below it constrains that
+statement alone. A backslash continuation before a clause keyword belongs to no clause.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Clause:
 class ParsedQuery:
     source: str
     body: Clause
+    prologue: Clause | None = None  # Python before the decoder keyword
     decoder: str | None = None
     decoder_args: Clause | None = None
     clauses: dict[str, Clause] = field(default_factory=dict)
@@ -63,7 +67,10 @@ def parse_query(source: str) -> ParsedQuery:
     if not lines:
         raise QuerySyntaxError("the query is empty")
     query = ParsedQuery(source, Clause("", 1))
-    tokens = [t for line in lines for t in line.tokens]
+    decoder_line = _decoder_line(lines)
+    if decoder_line:
+        query.prologue = Clause(source[:at((lines[decoder_line].tokens[0].start[0], 0))], 1)
+    tokens = [t for line in lines[decoder_line:] for t in line.tokens]
     start = _decoder_clause(query, tokens, at, source)
     keywords = _clause_keywords(lines, start)
     body_end = at(keywords[0].start) if keywords else len(source)
@@ -73,10 +80,11 @@ def parse_query(source: str) -> ParsedQuery:
                         start.start[0] if start is not None else 1)
     for i, keyword in enumerate(keywords):
         end = at(keywords[i + 1].start) if i + 1 < len(keywords) else len(source)
-        if keyword.string in query.clauses:
-            raise QuerySyntaxError(f"more than one '{keyword.string}' clause").at(keyword.start[0],
-                                                                                 keyword.line)
-        query.clauses[keyword.string] = Clause(source[at(keyword.end):end].strip(), keyword.start[0])
+        name = keyword.string.lower()
+        if name in query.clauses:
+            raise QuerySyntaxError(f"more than one '{name}' clause").at(keyword.start[0], keyword.line)
+        query.clauses[name] = Clause(_without_continuation(source[at(keyword.end):end]).strip(),
+                                     keyword.start[0])
     return query
 
 
@@ -123,12 +131,32 @@ def _logical_lines(source: str) -> list[_Line]:
     return lines
 
 
+def _decoder_line(lines: list[_Line]) -> int:
+    """The index of the line that starts with the decoder keyword when Python statements come
+    before it (LMQL's prologue); 0 otherwise. A ``where`` before any decoder ends the search."""
+    for n, line in enumerate(lines):
+        first = line.tokens[0]
+        if line.indent == 0 and first.type == tokenize.NAME and first.string.lower() in DECODERS:
+            follower = line.tokens[1] if len(line.tokens) > 1 else None
+            if follower is None or follower.type == tokenize.STRING or (
+                    follower.string == "(" and follower.start == first.end):
+                return n
+        if any(t.type == tokenize.NAME and t.string.lower() in CLAUSES[1:] for t in line.tokens):
+            return 0  # where/distribution: LMQL reads no decoder after them
+    return 0
+
+
 def _decoder_clause(query: ParsedQuery, tokens: list[tokenize.TokenInfo], at: Offset,
                     source: str) -> tokenize.TokenInfo | None:
     """Read a leading decoder (``argmax``, ``sample(n=2)``); return the body's first token."""
     first = tokens[0]
     if first.type != tokenize.NAME or len(tokens) > 1 and tokens[1].string in ("=", ".", ","):
         return first
+    if first.string.lower() in DECODERS + UNSUPPORTED_DECODERS and first.string != first.string.lower() and (
+            len(tokens) == 1 or tokens[1].type == tokenize.STRING or tokens[1].string == "("):
+        lower = first.string.lower()
+        raise QuerySyntaxError(f"decoder keywords are lower case, as in LMQL: write '{lower}', "
+                               f"not '{first.string}'").at(first.start[0], first.line)
     if first.string in UNSUPPORTED_DECODERS:
         raise QuerySyntaxError(f"the decoder '{first.string}' is not supported; use one of "
                                f"{', '.join(DECODERS)}").at(first.start[0], first.line)
@@ -157,29 +185,36 @@ def _clause_keywords(lines: list[_Line], start: tokenize.TokenInfo | None) -> li
     for n, line in enumerate(lines):
         if line.indent != 0 or line.tokens[-1].end < start.start:
             continue
-        depth = 0
+        depth, statement_where = 0, False
         for k, token in enumerate(line.tokens):
             if token.start < start.start:
                 continue
             if token.type == tokenize.OP:
                 depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(token.string, 0)
-            if depth or token.type != tokenize.NAME or token.string not in CLAUSES:
+            keyword = token.string.lower()
+            if depth or token.type != tokenize.NAME or keyword not in CLAUSES:
                 continue
             rest = line.tokens[k:]
-            if token.string == "from" and any(t.string == "import" for t in rest):
+            if keyword == "from" and any(t.string == "import" for t in rest):
                 continue
-            if token.string == "where" and k != 0 and not found and not _only_clauses_after(lines, n):
-                continue  # a statement-level where
-            if token.string == "distribution" and k != 0 and not found:
+            if keyword == "where" and k != 0 and not found and (
+                    _is_string(line.tokens[k - 1]) or not _only_clauses_after(lines, n)):
+                statement_where = True  # as in LMQL, a where right after a prompt string is its own
+                continue
+            if keyword == "distribution" and k != 0 and not found and not statement_where:
                 continue
             found.append(token)
     return found
 
 
+def _is_string(token: tokenize.TokenInfo) -> bool:
+    return token.type == tokenize.STRING or token.type == getattr(tokenize, "FSTRING_END", None)
+
+
 def _only_clauses_after(lines: list[_Line], n: int) -> bool:
     """Whether the lines after line ``n`` hold only clauses (and their indented continuations)."""
     rest = lines[n + 1:]
-    return not rest or (rest[0].indent == 0 and rest[0].tokens[0].string in CLAUSES)
+    return not rest or (rest[0].indent == 0 and rest[0].tokens[0].string.lower() in CLAUSES)
 
 
 def _statement_wheres(lines: list[_Line], start: tokenize.TokenInfo | None,
@@ -194,7 +229,7 @@ def _statement_wheres(lines: list[_Line], start: tokenize.TokenInfo | None,
                 continue
             if token.type == tokenize.OP:
                 depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(token.string, 0)
-            if depth or token.string != "where" or k == 0:
+            if depth or token.string.lower() != "where" or k == 0:
                 continue
             head = line.tokens[0] if line.tokens[0].start >= start.start else start
             last = line.tokens[-1]
@@ -206,6 +241,14 @@ def _statement_wheres(lines: list[_Line], start: tokenize.TokenInfo | None,
     return edits
 
 
+def _without_continuation(text: str) -> str:
+    """``text`` without trailing space and the backslash that continued it into the next clause."""
+    text = text.rstrip()
+    while text.endswith("\\"):
+        text = text[:-1].rstrip()
+    return text
+
+
 def _body_text(source: str, start: int, end: int, edits: list[tuple[int, int, str]]) -> str:
     text = source
     for offset, length, replacement in sorted(edits, reverse=True):
@@ -215,5 +258,5 @@ def _body_text(source: str, start: int, end: int, edits: list[tuple[int, int, st
     line_start = text.rfind("\n", 0, start) + 1
     if text[line_start:start].strip():  # the body starts after the decoder on its line
         head, sep, rest = text[start:end].partition("\n")
-        return head.strip() + sep + textwrap.dedent(rest)
-    return textwrap.dedent(text[line_start:end])
+        return _without_continuation(head.strip() + sep + textwrap.dedent(rest))
+    return _without_continuation(textwrap.dedent(text[line_start:end]))

@@ -14,8 +14,9 @@ from lmql_core.api.llm import LLM
 from lmql_core.lmtp.client.loop import run_async
 from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
 from lmql_core.query.decoders import DecoderSpec, direct, log_softmax
-from lmql_core.query.errors import QueryError
-from lmql_core.query.parser import ParsedQuery
+from lmql_core.query.errors import QueryError, UnknownVariable
+from lmql_core.query.inputs import MissingInput, bound_names, missing_inputs, read_names
+from lmql_core.query.parser import WHERE_MARK, ParsedQuery
 from lmql_core.query.qstring import Hole, parse_qstring
 from lmql_core.query.result import LMQLResult
 from lmql_core.query.runtime import Program, QueryContext
@@ -41,9 +42,29 @@ class CompiledQuery:
         self.distribution: tuple[str, ast.expr] | None = None
         if distribution is not None:
             self.distribution = self._distribution(distribution.text, distribution.line)
-        self.free_names = _names(self.body, self.parsed)
-        self._check_constraints()
+        self.reads = _reads(self.body, self.parsed)
+        self.free_names = set(self.reads)
+        self.bound = bound_names(self.body) | self.variables | {WHERE_MARK}
+        if self.params is not None:
+            self.bound |= _param_names(self.params)
+        self._unknown_variable: QueryError | None = None  # reported when called, as LMQL does
+        try:
+            self._check_constraints()
+        except UnknownVariable as e:
+            self._unknown_variable = e
         self._code: dict[tuple[str, ...], Any] = {}
+        self._compiled(())  # Python's own compile-time errors ('break' outside a loop) now, not after loading
+        self._run_prologue()
+
+    def _run_prologue(self) -> None:
+        """Python before the decoder keyword runs once, as module code of the query (as in LMQL):
+        what it defines is a global of every run."""
+        prologue = self.parsed.prologue
+        if prologue is None:
+            return
+        code = compile(ast.Module(parse_body(prologue.text, prologue.line), []), FILENAME, "exec")
+        self.globals.update({k: v for k, v in _namespace(self.globals).items() if k not in self.globals})
+        exec(code, self.globals)
 
     def _distribution(self, text: str, line: int) -> tuple[str, ast.expr]:
         try:
@@ -83,15 +104,28 @@ class CompiledQuery:
         return Program(where.text if where else None, self.variables,
                        self.distribution[0] if self.distribution else None)
 
-    def function(self, input_names: tuple[str, ...], namespace: dict[str, Any]) -> Any:
+    def _compiled(self, input_names: tuple[str, ...]) -> Any:
         if input_names not in self._code:
             params = self.params
             if params is None:
                 params = ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in input_names], kwonlyargs=[],
                                        kw_defaults=[], defaults=[])
             self._code[input_names] = compile_query(self.body, params, FILENAME)
-        exec(self._code[input_names], namespace)
+        return self._code[input_names]
+
+    def function(self, input_names: tuple[str, ...], namespace: dict[str, Any]) -> Any:
+        exec(self._compiled(input_names), namespace)
         return namespace[FUNCTION]
+
+    def check_inputs(self, inputs: dict[str, Any], namespace: dict[str, Any]) -> None:
+        """Every name the query reads is defined (LMQL's TypeError when not), and its where clauses
+        name prompt variables: both before a model is loaded."""
+        missing = missing_inputs(self.reads, self.bound, inputs, namespace)
+        if missing:
+            line = missing[0][1]
+            raise MissingInput([name for name, _ in missing], line, self.parsed.source_line(line))
+        if self._unknown_variable is not None:
+            raise self._unknown_variable
 
     # --- a call --------------------------------------------------------------------------
 
@@ -121,6 +155,7 @@ class CompiledQuery:
         scope = {**namespace, **inputs}
         if self.params is None and args:
             raise QueryError("a query from source takes its inputs as keyword arguments")
+        self.check_inputs(inputs, namespace)
         decoder = self._decoder(scope, options)
         model = self._model(scope, options)
         return self._run(args, inputs, namespace, scope, decoder, model)
@@ -258,27 +293,30 @@ def _string_holes(string: ast.expr) -> list[str]:
     return [p.name for p in parts if isinstance(p, Hole)]
 
 
-def _names(body: list[ast.stmt], parsed: ParsedQuery) -> set[str]:
-    """Every name the query reads, its prompt strings' interpolations included."""
-    names = {n.id for n in ast.walk(ast.Module(body, [])) if isinstance(n, ast.Name)}
+def _reads(body: list[ast.stmt], parsed: ParsedQuery) -> dict[str, int | None]:
+    """Every name the query reads (its prompt strings' interpolations and clauses included), with
+    the query line of its first use."""
+    names = read_names([ast.Module(body, [])])
     for node in ast.walk(ast.Module(body, [])):
         prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
         if prompt is not None and isinstance(prompt[0], ast.Constant):
             for part in parse_qstring(str(prompt[0].value)):
                 if not isinstance(part, Hole) and hasattr(part, "expr"):
-                    names |= _expr_names(part.expr)
+                    for name in _expr_names(part.expr):
+                        names.setdefault(name, node.lineno)  # type: ignore[attr-defined]
     for clause in [parsed.decoder_args, *parsed.clauses.values()]:
         if clause is not None:
-            names |= _expr_names(clause.text)
+            for name in _expr_names(clause.text):
+                names.setdefault(name, clause.line)
     return names
 
 
-def _expr_names(text: str) -> set[str]:
+def _expr_names(text: str) -> list[str]:
     try:
         tree = ast.parse("(" + text + "\n)", mode="eval")
     except SyntaxError:
-        return set()
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        return []
+    return list(read_names([tree]))
 
 
 def _param_names(params: ast.arguments) -> set[str]:

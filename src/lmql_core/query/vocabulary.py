@@ -62,6 +62,16 @@ class Vocabulary:
             self._masks[pattern] = mask
         return self._masks[pattern]
 
+    def containing(self, text: str) -> np.ndarray:
+        """Tokens whose text holds ``text`` (EOS never)."""
+        key = "contains:" + text
+        if key not in self._masks:
+            mask = np.array([text in t for t in self.texts], dtype=bool)
+            if self.eos is not None:
+                mask[self.eos] = False
+            self._masks[key] = mask
+        return self._masks[key]
+
     def first_tokens(self, texts: list[str]) -> np.ndarray:
         """The first token of each text's own tokenization."""
         mask = self.none()

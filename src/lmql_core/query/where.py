@@ -10,6 +10,7 @@ from lmql_core.query.constraints import (
     FLIPPED,
     Both,
     Condition,
+    Contains,
     Count,
     Either,
     IsInt,
@@ -19,10 +20,13 @@ from lmql_core.query.constraints import (
     Regex,
     StopsAt,
 )
-from lmql_core.query.errors import QuerySyntaxError, UnsupportedConstraint
+from lmql_core.query.errors import QuerySyntaxError, UnknownVariable, UnsupportedConstraint
 
 SUPPORTED = ("STOPS_AT(V, s)", "STOPS_BEFORE(V, s)", "len(TOKENS(V)) < n", "len(V) < n", "V in [...]",
-             "V == s", "INT(V)", "REGEX(V, r)", "and/or", "Python conditions on earlier variables")
+             "V == s", "s in V", "INT(V)", "REGEX(V, r)", "and/or", "not",
+             "Python conditions on earlier variables")
+NEGATED_COUNT = {ast.Lt: ast.GtE, ast.LtE: ast.Gt, ast.Gt: ast.LtE, ast.GtE: ast.Lt, ast.Eq: ast.NotEq,
+                 ast.NotEq: ast.Eq}
 
 
 @lru_cache(maxsize=256)
@@ -43,12 +47,7 @@ def _node(expr: ast.expr, generated: frozenset[str], known: frozenset[str]) -> N
         children = [_node(value, generated, known) for value in expr.values]
         return Both(children) if isinstance(expr.op, ast.And) else Either(children)
     if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
-        inner = _node(expr.operand, generated, known)
-        if isinstance(inner, Condition):
-            return Condition(inner.expr, inner.names, not inner.negate)
-        if isinstance(inner, OneOf):
-            return NoneOf(inner.var, inner.args, ast.unparse(expr))
-        raise _unsupported(expr, "'not' can only negate conditions on earlier variables")
+        return _negated(expr, generated, known)
     leaf = _leaf(expr, generated, known)
     if leaf is not None:
         return leaf
@@ -57,6 +56,27 @@ def _node(expr: ast.expr, generated: frozenset[str], known: frozenset[str]) -> N
         raise _unsupported(expr, f"it depends on {', '.join(sorted(names & generated))} while "
                            "that variable is generated")
     return Condition(expr, names)
+
+
+def _negated(expr: ast.UnaryOp, generated: frozenset[str], known: frozenset[str]) -> Node:
+    """``not C``: the complement of C where LMQL's NotOp has one; the error names all of ``not C``."""
+    try:
+        inner = _node(expr.operand, generated, known)
+    except UnsupportedConstraint as e:
+        raise _unsupported(expr, e.why) from None
+    source = ast.unparse(expr)
+    if isinstance(inner, Condition):
+        return Condition(inner.expr, inner.names, not inner.negate)
+    if isinstance(inner, OneOf):
+        return NoneOf(inner.var, inner.args, source)
+    if isinstance(inner, NoneOf):
+        return OneOf(inner.var, inner.args, source)
+    if isinstance(inner, Contains):
+        return Contains(inner.var, inner.args, source, negate=not inner.negate)
+    if isinstance(inner, Count):
+        return Count(inner.var, inner.args, source, compare=NEGATED_COUNT[inner.compare], tokens=inner.tokens)
+    raise _unsupported(expr, "'not' negates conditions on earlier variables, V in [...], V == s, s in V "
+                       "and length bounds, not STOPS_AT, INT or REGEX")
 
 
 def _leaf(expr: ast.expr, generated: frozenset[str], known: frozenset[str]) -> Node | None:
@@ -77,10 +97,15 @@ def _leaf(expr: ast.expr, generated: frozenset[str], known: frozenset[str]) -> N
     if not isinstance(expr, ast.Compare) or len(expr.ops) != 1:
         return None
     op, left, right = type(expr.ops[0]), expr.left, expr.comparators[0]
-    if op is ast.In and isinstance(left, ast.Name) and left.id in generated:
-        return OneOf(left.id, [right], source)
-    if op is ast.Eq and isinstance(left, ast.Name) and left.id in generated:
-        return OneOf(left.id, [ast.List([right], ast.Load())], source)
+    if op in (ast.In, ast.NotIn) and isinstance(right, ast.Name) and right.id in generated:
+        _independent(left, generated, expr)
+        return Contains(right.id, [left], source, negate=op is ast.NotIn)
+    if op in (ast.In, ast.NotIn) and isinstance(left, ast.Name) and left.id in generated:
+        kind = OneOf if op is ast.In else NoneOf
+        return kind(left.id, [right], source)
+    if op in (ast.Eq, ast.NotEq) and isinstance(left, ast.Name) and left.id in generated:
+        kind = OneOf if op is ast.Eq else NoneOf
+        return kind(left.id, [ast.List([right], ast.Load())], source)
     if op not in COMPARISONS:
         return None
     if _length_of(right) is not None and _length_of(left) is None:
@@ -111,11 +136,20 @@ def _length_of(expr: ast.expr) -> tuple[str, bool] | None:
 
 def _variable(expr: ast.expr, source: str, known: frozenset[str]) -> str:
     if not isinstance(expr, ast.Name) or expr.id not in known:
-        raise QuerySyntaxError(f"{source}: the first argument must be a prompt variable "
+        raise UnknownVariable(f"{source}: the first argument must be a prompt variable "
                                f"(one of: {', '.join(sorted(known)) or 'none in this query'})")
     return expr.id
 
 
+def _independent(expr: ast.expr, generated: frozenset[str], whole: ast.expr) -> None:
+    names = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)} & generated
+    if names:
+        raise _unsupported(whole, f"what is looked for depends on {', '.join(sorted(names))}, which is "
+                           "being generated")
+
+
 def _unsupported(expr: ast.expr, why: str) -> UnsupportedConstraint:
-    return UnsupportedConstraint(f"the constraint '{ast.unparse(expr)}' cannot be enforced: {why} "
-                                 f"(supported: {', '.join(SUPPORTED)})")
+    error = UnsupportedConstraint(f"the constraint '{ast.unparse(expr)}' cannot be enforced: {why} "
+                                  f"(supported: {', '.join(SUPPORTED)})")
+    error.why = why
+    return error
