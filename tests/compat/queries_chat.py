@@ -1,8 +1,347 @@
 """Differential-suite programs (see queries.py for the format): LMQL programs written for issue 27,
-area: chat. Every program here must give identical results under LMQL 0.7.3 and lmql-core."""
+area: chat. Every program here must give identical results under LMQL 0.7.3 and lmql-core.
+
+Chat role tags, chat lists, ``await input()`` answered by an output writer, ``lmql.lib.chat``'s
+``@message``, variable decorators (``[@fn VAR]``: pre, streaming, post) and tool-use programs
+(Python between prompt statements calling tools). LMQL 0.7.3 writes a role tag as ``((role)):``
+for every model but OpenAI's chat models.
+
+LMQL 0.7.3 calls a streaming decorator at every step its decoder takes, repeating values (how
+often depends on its internals); the programs here keep each distinct value in order, which is
+what LMQL documents them to see.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-PROGRAMS: list[dict[str, Any]] = []
+# A scripted chat user: answers ``await input()`` and records @message events (streams deduplicated).
+CHAT_WRITER = '''
+from lmql.lib.chat import ChatMessageOutputWriter, message
+
+class ScriptedUser(ChatMessageOutputWriter):
+    def __init__(self, lines):
+        super().__init__()
+        self.lines, self.events = list(lines), []
+
+    async def input(self, *args):
+        self.events.append(["input", list(args)])
+        return self.lines.pop(0)
+
+    def begin_message(self, variable):
+        self.events.append(["begin", variable.name])
+
+    def stream_message(self, text):
+        if self.events[-1] != ["stream", text]:
+            self.events.append(["stream", text])
+
+    def complete_message(self, text):
+        self.events.append(["complete", text])
+'''
+
+ROLE_TAGS: list[dict[str, Any]] = [
+    {"name": "chat_role_tags", "kind": "greedy", "lmql": '''argmax
+    "{:system} You are a helpful assistant."
+    "{:user} What is the capital of France?"
+    "{:assistant}[ANSWER]" where len(TOKENS(ANSWER)) < 6
+from
+    <MODEL>'''},
+    # a tag that is not the prompt's first text keeps its newline; any role name works
+    {"name": "chat_tag_mid_prompt", "kind": "greedy", "lmql": '''argmax
+    "Notes. {:tool} result: 42{:assistant} The answer is[A]" where len(TOKENS(A)) < 4
+    "{:user}Thanks![B]" where len(TOKENS(B)) < 3'''},
+    {"name": "chat_list_input", "kind": "greedy",
+     "inputs": {"history": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+                            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Why?"}]},
+     "lmql": '''argmax
+    "{history}{:assistant}[A]" where STOPS_AT(A, "\\n") and len(TOKENS(A)) < 8'''},
+    {"name": "chat_tags_in_loop", "kind": "greedy", "inputs": {"questions": ["Who are you?", "Where?"]},
+     "lmql": '''argmax
+    "{:system} Answer in a few words."
+    answers = []
+    for q in questions:
+        "{:user} {q}"
+        "{:assistant}[A]" where len(TOKENS(A)) < 4
+        answers.append(A)
+    return answers'''},
+]
+
+CHAT_PROGRAMS: list[dict[str, Any]] = [
+    {"name": "chat_input_message", "kind": "greedy", "python": CHAT_WRITER + '''
+@lmql.query(model=MODEL)
+async def chatbot():
+    \'\'\'lmql
+    argmax
+        "{:system} You are a marketing chatbot for LMQL."
+        for i in range(2):
+            "{:user} {await input('> ')}"
+            "{:assistant} [@message ANSWER]" where len(TOKENS(ANSWER)) < 5
+    \'\'\'
+
+async def main():
+    user = ScriptedUser(["Hello!", "What is LMQL?"])
+    result = await chatbot(output_writer=user)
+    return [result, user.events]
+'''},
+    # the docs' internal reasoning: only @message variables reach the chat writer
+    {"name": "chat_internal_reasoning", "kind": "greedy", "python": CHAT_WRITER + '''
+@lmql.query(model=MODEL)
+async def chatbot():
+    \'\'\'lmql
+    argmax
+        "{:system} Think first, then answer."
+        "{:user} {await input()}"
+        "{:assistant} Internal Reasoning:[REASONING]" where STOPS_AT(REASONING, "\\n") and len(TOKENS(REASONING)) < 6
+        "{:assistant} External Answer: [@message ANSWER]" where len(TOKENS(ANSWER)) < 4
+    \'\'\'
+
+async def main():
+    user = ScriptedUser(["Is LMQL a language?"])
+    result = await chatbot(output_writer=user)
+    return [result, user.events]
+'''},
+    # without a chat writer, @message changes nothing
+    {"name": "chat_message_plain", "kind": "greedy", "python": '''
+from lmql.lib.chat import message
+
+@lmql.query(model=MODEL)
+async def reply(text):
+    \'\'\'lmql
+    "{:user} {text}{:assistant}[@message A]" where len(TOKENS(A)) < 5
+    \'\'\'
+
+async def main():
+    return await reply("Good morning")
+'''},
+]
+
+DECORATORS: list[dict[str, Any]] = [
+    # a plain function is a post decorator: its value is the variable's, str() of it the prompt's
+    {"name": "decorator_post_value", "kind": "greedy", "python": '''
+seen = []
+
+def length(value):
+    seen.append(value)
+    return len(value)
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    "Say 'this is a test':[@length R]" where len(TOKENS(R)) < 6
+    "\\nNext:[S]" where len(TOKENS(S)) < 4
+    return [R, S, seen]
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    {"name": "decorator_post_prompt", "kind": "greedy", "python": '''
+def shout(value, prompt_value, context):
+    return value.upper(), "[" + prompt_value.strip() + "]"
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    argmax
+        "Q: Name a color.\\nA:[@shout C]" where len(TOKENS(C)) < 4
+        " Why?[W]" where len(TOKENS(W)) < 4
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    {"name": "decorator_pre_fixed", "kind": "greedy", "python": '''
+@lmql.decorators.pre
+def fixed(variable):
+    return " Paris" if variable.name == "CITY" else variable
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    argmax
+        "The capital of France is[@fixed CITY], and of Italy[@fixed OTHER]" where len(TOKENS(OTHER)) < 4 and len(TOKENS(CITY)) < 2
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    {"name": "decorator_pre_tuple", "kind": "greedy", "python": '''
+@lmql.decorators.pre
+def lookup(variable, context):
+    return 42, " forty-two"
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    "The answer is[@lookup N]." where INT(N)
+    " So[M]" where len(TOKENS(M)) < 4
+    return [N, M]
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    {"name": "decorator_streaming", "kind": "greedy", "python": '''
+stream = []
+
+@lmql.decorators.streaming
+def collect(text, context):
+    if not stream or stream[-1] != text:
+        stream.append(text)
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    argmax
+        "Q: What is the capital of France?\\nA:[@collect A]" where STOPS_AT(A, "\\n") and len(TOKENS(A)) < 8
+        " Two plus two is [@collect N]" where INT(N) and len(TOKENS(N)) < 3
+    \'\'\'
+
+async def main():
+    result = await q()
+    return [result, stream]
+'''},
+    # pre in order; stream and post in reverse order; a decorator that fixes the value stops the rest
+    {"name": "decorator_order", "kind": "greedy", "python": '''
+log = []
+
+class Tracer(lmql.decorators.LMQLDecorator):
+    def __init__(self, label):
+        self.label, self.streamed = label, None
+    def pre(self, variable, context):
+        log.append([self.label, "pre", variable.name])
+        return variable
+    def stream(self, value, context):
+        if value != self.streamed:
+            self.streamed = value
+            log.append([self.label, "stream", value])
+        return value
+    def post(self, value, prompt_value, context):
+        log.append([self.label, "post", value])
+        return value + self.label, prompt_value
+
+a, b = Tracer("a"), Tracer("b")
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    "Hello[@a @b X]" where len(TOKENS(X)) < 3
+    \'\'\'
+
+async def main():
+    result = await q()
+    return [result, log]
+'''},
+    {"name": "decorator_arguments", "kind": "greedy", "python": '''
+def suffix(mark):
+    def add(value):
+        return value.strip() + mark
+    return add
+
+class tools:
+    @staticmethod
+    def words(value):
+        return value.split()
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    "Once upon a time[@suffix('!') A]" where len(TOKENS(A)) < 5
+    " The end[@tools.words B]" where len(TOKENS(B)) < 5
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    {"name": "decorator_in_query", "kind": "greedy", "python": '''
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    calls = []
+    def count(value):
+        calls.append(value)
+        return 12
+
+    "Say 'this is a test':\\n[@count RESPONSE]" where len(TOKENS(RESPONSE)) < 10
+    return [RESPONSE, calls, RESPONSE + 1]
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    {"name": "decorator_post_int", "kind": "greedy", "python": '''
+def double(value, prompt_value, context):
+    return value * 2
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    "Two plus two is [@double N]" where INT(N) and len(TOKENS(N)) < 3
+    " and[M]" where len(TOKENS(M)) < 3
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+]
+
+TOOL_USE: list[dict[str, Any]] = [
+    # ReAct style: the model picks an action from a list, Python runs the tool, the observation goes back in
+    {"name": "tool_use_react", "kind": "greedy", "python": '''
+def calculator(expression):
+    return str(eval(expression, {"__builtins__": {}}))
+
+def lookup(term):
+    return {"France": "Paris", "Italy": "Rome"}.get(term.strip(), "unknown")
+
+@lmql.query(model=MODEL)
+async def agent(question):
+    \'\'\'lmql
+    argmax
+        "Question: {question}\\n"
+        for step in range(2):
+            "Action:[ACTION]" where ACTION in [" calculator", " lookup"]
+            if ACTION == " calculator":
+                result = calculator("6 * 7")
+            else:
+                result = lookup("France")
+            "\\nObservation: {result}\\n"
+        "Answer:[ANSWER]" where STOPS_AT(ANSWER, "\\n") and len(TOKENS(ANSWER)) < 5
+    \'\'\'
+
+async def main():
+    return await agent("What is 6 times 7?")
+'''},
+    # a tool as a post decorator: the value the model wrote is replaced by the tool's output
+    {"name": "tool_use_decorator", "kind": "greedy", "python": '''
+calls = []
+
+def weather(city, prompt_value, context):
+    calls.append([city, context.prompt])
+    return {"temperature": 21, "city": city.strip()}, " sunny, 21 degrees"
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    argmax
+        "Weather in[@weather CITY]" where CITY in [" Paris", " Rome"]
+        ". Tomorrow[T]" where len(TOKENS(T)) < 4
+        return [CITY, T, calls]
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    # lmql.run with a decorator and the user's input passed as query inputs
+    {"name": "tool_use_run_inputs", "kind": "greedy", "python": '''
+def upper(value):
+    return value.upper()
+
+async def main():
+    return await lmql.run(\'\'\'argmax
+    "{:user} {request}{:assistant}[@upper A]" where len(TOKENS(A)) < 5
+\'\'\', model=MODEL, request="Write a title.", upper=upper)
+'''},
+]
+
+PROGRAMS: list[dict[str, Any]] = [*ROLE_TAGS, *CHAT_PROGRAMS, *DECORATORS, *TOOL_USE]
