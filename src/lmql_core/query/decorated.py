@@ -29,13 +29,13 @@ class StreamedVariable(Variable):
 
 
 class DecoratedVariable:
-    def __init__(self, name: str, decorators: list[Any], index: int | None, runtime: Any,
-                 prompt: str, variables: dict[str, Any]) -> None:
+    def __init__(self, name: str, decorators: list[Any], runtime: Any, prompt: str,
+                 variables: dict[str, Any]) -> None:
         self.name, self.runtime, self.prompt = name, runtime, prompt
         self.variables = dict(variables)
         self.chain = LMQLDecoratorList(decorators)
-        self.fixed: tuple[Any] | None = None  # (value,) when a pre decorator fixed it
-        self.template = TemplateVariable(name, decorator_exprs=[_label(d) for d in decorators], index=index)
+        self.fixed: Any = None  # the value a pre decorator fixed (None: the generated text, as LMQL)
+        self.template = TemplateVariable(name, decorator_exprs=[_label(d) for d in decorators])
 
     def state(self, text: str | None = None) -> ProgramState:
         """The program state a decorator sees: the variable's text so far when it has one."""
@@ -49,8 +49,7 @@ class DecoratedVariable:
         returned = self.chain.pre(self.template, self.state())
         if returned is self.template:
             return where
-        value, text = returned
-        self.fixed = (value,)
+        self.fixed, text = returned
         options = ast.List([ast.Constant(text)], ast.Load())
         return OneOf(self.name, [options], f"{self.name} in [{text!r}]")
 
@@ -58,7 +57,7 @@ class DecoratedVariable:
         self.chain.stream(text, self.state(text))
 
     def post(self, decided: Decided) -> Decided:
-        value = decided.value if self.fixed is None else self.fixed[0]  # as LMQL: the fixed value
+        value = decided.value if self.fixed is None else self.fixed
         value, prompt_text = self.chain.post(value, decided.prompt_text, self.state(decided.text))
         return replace(decided, value=value, prompt_text=prompt_text)
 

@@ -113,8 +113,7 @@ class QueryContext:
         if not hole.decorators:
             return None
         runtime = self.program.globals.get(RUNTIME)
-        return DecoratedVariable(hole.name, list(hole.decorators), None, runtime,
-                                 self.prompt_text, self.variables)
+        return DecoratedVariable(hole.name, list(hole.decorators), runtime, self.prompt_text, self.variables)
 
     def _where_for(self, hole: Hole, local_where: Node | None) -> Node | None:
         parts = [parse_where(self.program.where, self.program.variables, self.program.variables), local_where]
