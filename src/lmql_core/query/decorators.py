@@ -99,7 +99,7 @@ class LMQLDecoratorFunction(LMQLDecorator):
         if returned is None:
             return variable_value, prompt_value
         if isinstance(returned, tuple):
-            return returned  # type: ignore[return-value]
+            return returned
         return returned, str(returned)
 
 
