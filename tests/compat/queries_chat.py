@@ -116,6 +116,25 @@ async def main():
 ]
 
 DECORATORS: list[dict[str, Any]] = [
+    # stream runs right to left and @message's stream gives None: a decorator before it sees None
+    {"name": "decorator_before_message", "kind": "greedy", "python": '''
+from lmql.lib.chat import message
+seen = []
+
+@lmql.decorators.streaming
+def watch(text, context):
+    if not seen or seen[-1] != text:
+        seen.append(text)
+
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    "{:user} Hi{:assistant}[@watch @message A]" where len(TOKENS(A)) < 4
+    \'\'\'
+
+async def main():
+    return [await q(), seen]
+'''},
     # a plain function is a post decorator: its value is the variable's, str() of it the prompt's
     {"name": "decorator_post_value", "kind": "greedy", "python": '''
 seen = []
@@ -331,6 +350,15 @@ async def q():
 
 async def main():
     return await q()
+'''},
+    # lmql.F with a post decorator that parses the model's answer
+    {"name": "tool_use_f_decorator", "kind": "greedy", "python": '''
+def words(value):
+    return {"text": value, "words": len(value.split())}
+
+def main():
+    split = lmql.F("List three things:[@words ITEMS]", "len(TOKENS(ITEMS)) < 6", model=MODEL)
+    return split(words=words)  # LMQL 0.7.3: F does not see the module's globals
 '''},
     # lmql.run with a decorator and the user's input passed as query inputs
     {"name": "tool_use_run_inputs", "kind": "greedy", "python": '''
