@@ -372,4 +372,105 @@ async def main():
 '''},
 ]
 
-PROGRAMS: list[dict[str, Any]] = [*ROLE_TAGS, *CHAT_PROGRAMS, *DECORATORS, *TOOL_USE]
+# LMQL's documentation pages (language/decorators.md, language/tools.md), with only the model changed
+# and the token bounds lmql-tiny needs; imports as the docs write them
+DOCS: list[dict[str, Any]] = [
+    {"name": "docs_decorator_context", "kind": "greedy", "python": '''
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    from lmql.runtime.program_state import ProgramState
+    from typing import Any
+
+    def aslist(value: Any, prompt_value: str, context: ProgramState):
+        """Decorator to convert a comma-separated string into a List[str]"""
+        return value.split(", "), prompt_value
+
+    "A (comma-separated) list of pancake ingredients: [@aslist ANSWER]" where len(TOKENS(ANSWER)) < 8
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    {"name": "docs_decorator_cache", "kind": "greedy", "python": '''
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    from lmql.runtime.program_state import ProgramState
+    from lmql.language.qstrings import TemplateVariable
+
+    cached_values = {
+        "ITEM0": "A shopping cart"
+    }
+
+    @lmql.decorators.pre
+    def cache(variable: TemplateVariable, context: ProgramState):
+        """Decorator to cache variable values by name"""
+        return cached_values.get(variable.name, variable)
+
+    """A list of things not to forget when going to the supermarket:
+    -[@cache ITEM0]
+    -[@cache ITEM1]
+    -[@cache ITEM0]
+    """ where STOPS_BEFORE(ITEM0, "\\n") and STOPS_BEFORE(ITEM1, "\\n") and len(TOKENS(ITEM1)) < 6
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    {"name": "docs_tools_calculator", "kind": "greedy", "python": '''
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    import re
+
+    def calc(expr):
+        expr = re.sub(r"[^0-9+\\-*/().]", "", expr)
+        try:
+            return eval(expr)
+        except Exception:
+            return "?"
+
+    "Q: Josh buys a house for $80,000 and puts in $50,000 in repairs. How much did he spend?\\n"
+    "Let's think step by step.\\n"
+    for i in range(2):
+        "[REASON_OR_CALC]" where STOPS_AT(REASON_OR_CALC, "<<") and STOPS_AT(REASON_OR_CALC, "So the answer") and len(TOKENS(REASON_OR_CALC)) < 6
+        if REASON_OR_CALC.endswith("<<"):
+            " [EXPR]" where STOPS_AT(EXPR, "=") and len(TOKENS(EXPR)) < 4
+            " {calc(EXPR)}>>"
+        elif REASON_OR_CALC.endswith("So the answer"):
+            break
+        " 80000 + 50000 = <<"
+        " [EXPR2]" where STOPS_AT(EXPR2, "=") and len(TOKENS(EXPR2)) < 4
+        " {calc(EXPR2)}>>\\n"
+    "So the answer is[RESULT]" where len(TOKENS(RESULT)) < 4
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+    {"name": "docs_tools_key_value", "kind": "greedy", "python": '''
+@lmql.query(model=MODEL)
+async def q():
+    \'\'\'lmql
+    storage = {}
+    def assign(key, value):
+        storage[key] = value; return f'{{{key}: "{value}"}}'
+    def get(key):
+        return storage.get(key)
+
+    """In your reasoning you can use actions. To remember something:
+    `assign("Alice", "banana") # result: "banana"`\\n"""
+    "Alice has a[BALL]" where BALL in [" black ball", " brown ball"]
+    "\\n`assign(\\"Alice\\", \\"{BALL.strip()}\\") # result: {assign('Alice', BALL.strip())}`\\n"
+    "Bob has a[BALL2]" where len(TOKENS(BALL2)) < 3
+    "\\n`get(\\"Alice\\") # result: {get('Alice')}`\\nSo Alice has the[ANSWER]" where len(TOKENS(ANSWER)) < 3
+    return [storage, BALL2, ANSWER]
+    \'\'\'
+
+async def main():
+    return await q()
+'''},
+]
+
+PROGRAMS: list[dict[str, Any]] = [*ROLE_TAGS, *CHAT_PROGRAMS, *DECORATORS, *TOOL_USE, *DOCS]
