@@ -8,6 +8,7 @@ from lmql_core.coexistence import check as _check_installation
 
 _check_installation(_Path(__file__).parent)
 
+from lmql import decorators as decorators  # noqa: E402 (LMQL's lmql.decorators: "[@fn VAR]")
 from lmql_core.api import *  # noqa: E402, F403 (the names in API_NAMES)
 from lmql_core.query import (  # noqa: E402
     F,

@@ -132,7 +132,11 @@ def _segments(string: ast.expr) -> list[ast.expr]:
     for part in parts:
         if isinstance(part, Hole):
             flush()
-            segments.append(_ctx_call("hole", [ast.Constant(part.name), ast.Constant(part.type_expr)]))
+            hole = _ctx_call("hole", [ast.Constant(part.name), ast.Constant(part.type_expr)])
+            if part.decorators:  # evaluated with the statement, before any of its variables, as LMQL
+                decorators = [_expression(d, f"decorator @{d}") for d in part.decorators]
+                hole.keywords.append(ast.keyword("decorators", ast.List(decorators, ast.Load())))
+            segments.append(hole)
         elif isinstance(part, Text):
             text.append(ast.Constant(part.text))
         elif isinstance(part, Interpolation):
@@ -144,18 +148,26 @@ def _segments(string: ast.expr) -> list[ast.expr]:
 
 
 def _formatted(field: str) -> ast.FormattedValue:
-    """``{expr!r:spec}`` as an f-string field."""
+    """``{expr!r:spec}`` as an f-string field; a plain ``{expr}`` formats as LMQL's (chat lists)."""
     expr, conversion, spec = _split_field(field)
+    value = _expression(expr, f"'{{{field}}}' in a prompt string")
+    if conversion is None and spec is None:
+        value = _ctx_call("format", [value])
+    return ast.FormattedValue(value, ord(conversion) if conversion else -1,
+                              ast.JoinedStr([ast.Constant(spec)]) if spec else None)
+
+
+def _expression(source: str, what: str) -> ast.expr:
+    """A Python expression from a prompt string, located at its prompt statement (not line 1)."""
     try:
-        value = ast.parse(expr.strip(), mode="eval").body
+        value = ast.parse(source.strip(), mode="eval").body
     except SyntaxError:
-        raise QuerySyntaxError(f"'{{{field}}}' in a prompt string is not a Python expression") from None
-    for node in ast.walk(value):  # located at its prompt statement, not at line 1
+        raise QuerySyntaxError(f"{what} is not a Python expression") from None
+    for node in ast.walk(value):
         for attribute in ("lineno", "end_lineno", "col_offset", "end_col_offset"):
             if hasattr(node, attribute):
                 delattr(node, attribute)
-    return ast.FormattedValue(value, ord(conversion) if conversion else -1,
-                              ast.JoinedStr([ast.Constant(spec)]) if spec else None)
+    return value
 
 
 def _split_field(field: str) -> tuple[str, str | None, str | None]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from lmql_core.api.llm import LLM
 from lmql_core.lmtp.client.loop import run_async
+from lmql_core.query.chat import install_runtime
 from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
 from lmql_core.query.decoders import DecoderSpec, direct, log_softmax
 from lmql_core.query.errors import QueryError, UnknownVariable
@@ -152,6 +153,7 @@ class CompiledQuery:
         inputs, options = self.split_kwargs(kwargs)
         options = {**self.defaults, **options}
         namespace = _namespace(self.globals)
+        install_runtime(namespace, options.get("output_writer"))
         scope = {**namespace, **inputs}
         if self.params is None and args:
             raise QueryError("a query from source takes its inputs as keyword arguments")
@@ -303,6 +305,9 @@ def _reads(body: list[ast.stmt], parsed: ParsedQuery) -> dict[str, int | None]:
             for part in parse_qstring(str(prompt[0].value)):
                 if not isinstance(part, Hole) and hasattr(part, "expr"):
                     for name in _expr_names(part.expr):
+                        names.setdefault(name, node.lineno)  # type: ignore[attr-defined]
+                for decorator in part.decorators if isinstance(part, Hole) else ():
+                    for name in _expr_names(decorator):
                         names.setdefault(name, node.lineno)  # type: ignore[attr-defined]
     for clause in [parsed.decoder_args, *parsed.clauses.values()]:
         if clause is not None:

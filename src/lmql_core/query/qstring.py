@@ -1,6 +1,7 @@
 """Prompt strings ("qstrings"): literal text, ``{expr}`` interpolations and ``[VAR]`` holes.
 
 ``[[`` and ``]]`` stand for literal brackets, ``{{`` and ``}}`` for literal braces, as in LMQL.
+A hole may carry decorators (``[@fn VAR]``, ``[@a @b(1) VAR]``); ``{:ROLE}`` is a role tag (``chat``).
 """
 
 from __future__ import annotations
@@ -8,10 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from lmql_core.query.chat import tag
 from lmql_core.query.errors import QuerySyntaxError
 
 _HOLE = re.compile(r"\s*(?P<name>[A-Za-z_][A-Za-z_0-9]*)\s*(?::\s*(?P<type>[^\]]*?)\s*)?$")
+_DECORATOR = re.compile(r"@\s*(?P<name>[A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*)\s*")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Interpolation:
 class Hole:
     name: str
     type_expr: str | None = None
+    decorators: tuple[Any, ...] = ()  # their Python sources once parsed; the objects at run time
 
 
 Segment = Text | Interpolation | Hole
@@ -50,7 +55,7 @@ def parse_qstring(s: str, interpolate: bool = True) -> list[Segment]:
             text.append(c)
             i += 2
         elif c == "[":
-            end = s.find("]", i)
+            end = _hole_end(s, i)
             if end < 0:
                 raise QuerySyntaxError(f"unclosed '[' in prompt string {s!r} "
                                        "(write '[[' for a literal bracket)")
@@ -59,8 +64,11 @@ def parse_qstring(s: str, interpolate: bool = True) -> list[Segment]:
             i = end + 1
         elif c == "{" and interpolate:
             end = _closing_brace(s, i)
-            flush()
-            segments.append(Interpolation(s[i + 1:end]))
+            if s[i + 1:i + 2] == ":":
+                text.append(tag(s[i + 2:end]))  # {:user}: a role tag, as LMQL's lmql_runtime.tag
+            else:
+                flush()
+                segments.append(Interpolation(s[i + 1:end]))
             i = end + 1
         else:
             text.append(c)
@@ -70,11 +78,49 @@ def parse_qstring(s: str, interpolate: bool = True) -> list[Segment]:
 
 
 def _hole(inner: str, s: str) -> Hole:
-    match = _HOLE.match(inner)
+    decorators, rest = _decorators(inner, s)
+    match = _HOLE.match(rest)
     if match is None:
-        raise QuerySyntaxError(f"'[{inner}]' in prompt string {s!r} is not a variable: write [NAME] or "
-                               "[NAME: type] (and '[[' for a literal bracket)")
-    return Hole(match["name"], match["type"] or None)
+        raise QuerySyntaxError(f"'[{inner}]' in prompt string {s!r} is not a variable: write [NAME], "
+                               "[NAME: type] or [@decorator NAME] (and '[[' for a literal bracket)")
+    return Hole(match["name"], match["type"] or None, decorators)
+
+
+def _decorators(inner: str, s: str) -> tuple[tuple[str, ...], str]:
+    """``@name``, ``@a.b`` and ``@f(args)`` prefixes of a hole: their sources and the rest."""
+    found: list[str] = []
+    rest = inner.lstrip()
+    while rest.startswith("@"):
+        match = _DECORATOR.match(rest)
+        if match is None:
+            raise QuerySyntaxError(f"'[{inner}]' in prompt string {s!r}: '@' must be followed by a "
+                                   "decorator's name, as in [@fn NAME]")
+        expr, rest = re.sub(r"\s+", "", match["name"]), rest[match.end():]
+        if rest.startswith("("):
+            close = _closing(rest, 0, "(", ")")
+            if close is None:
+                raise QuerySyntaxError(f"unclosed '(' in decorator @{expr} of '[{inner}]'")
+            expr, rest = expr + rest[:close + 1], rest[close + 1:].lstrip()
+        found.append(expr)
+    return tuple(found), rest
+
+
+def _hole_end(s: str, start: int) -> int:
+    """The ``]`` closing the hole at ``start``; a decorator's arguments may hold brackets."""
+    if s[start + 1:].lstrip().startswith("@"):
+        end = _closing(s, start, "[", "]")
+        return -1 if end is None else end
+    return s.find("]", start)
+
+
+def _closing(s: str, start: int, opening: str, closing: str) -> int | None:
+    """The index of the ``closing`` that balances the ``opening`` at ``start``, outside quotes."""
+    for i, c, depth in outside_quotes(s, start):
+        if depth == 0 and c == closing:
+            return i
+        if depth <= 0 and c in ")]}":
+            return None
+    return None
 
 
 def outside_quotes(s: str, start: int = 0) -> Iterator[tuple[int, str, int]]:

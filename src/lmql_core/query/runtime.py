@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.api.llm import LLM
+from lmql_core.query.chat import RUNTIME, prompt_value, render_role_tags
 from lmql_core.query.constraints import ASCII_DIGITS, Both, IsInt, Node, Scope
+from lmql_core.query.decorated import DecoratedVariable, StreamedVariable
 from lmql_core.query.errors import QueryError
 from lmql_core.query.generation import Variable
 from lmql_core.query.qstring import Hole
@@ -58,8 +60,12 @@ class QueryContext:
         self._pending = ""  # prompt text not yet tokenized
         self._last: tuple[list[int], Decided] | None = None  # (tokens before it, the last variable)
 
-    def hole(self, name: str, type_expr: str | None) -> Hole:
-        return Hole(name, type_expr)
+    def hole(self, name: str, type_expr: str | None, decorators: tuple[Any, ...] = ()) -> Hole:
+        return Hole(name, type_expr, tuple(decorators))
+
+    def format(self, value: Any) -> Any:
+        """What ``{value}`` puts in the prompt (a chat list as role-tagged messages)."""
+        return prompt_value(value)
 
     async def prompt(self, segments: list[Any], where: str | None, scope: dict[str, Any],
                      line: int) -> dict[str, Any]:
@@ -77,6 +83,7 @@ class QueryContext:
         return values
 
     def _append(self, text: str) -> None:
+        text = render_role_tags(text, first=self.prompt_text == "")
         self.prompt_text += text
         self._pending += text
 
@@ -85,14 +92,28 @@ class QueryContext:
             self.distribution_prompt = self.prompt_text
             return None
         where = self._where_for(hole, local_where)
-        variable = Variable(hole.name, where, Scope(self.program.globals, scope, dict(self.variables)),
-                            self.vocab)
+        decorated = self._decorated(hole)
+        if decorated is not None:
+            where = decorated.constraint(where)
+        known = Scope(self.program.globals, scope, dict(self.variables))
+        if decorated is None:
+            variable = Variable(hole.name, where, known, self.vocab)
+        else:
+            variable = StreamedVariable(hole.name, where, known, self.vocab, on_text=decorated.stream)
         prompt_ids = self._prompt_ids()
         decided = await self.decide(self, hole.name, prompt_ids, variable)
+        if decorated is not None:
+            decided = decorated.post(decided)
         self._last = (prompt_ids, decided)
         self.variables[hole.name] = decided.value
         self.prompt_text += decided.prompt_text
         return decided.value
+
+    def _decorated(self, hole: Hole) -> DecoratedVariable | None:
+        if not hole.decorators:
+            return None
+        runtime = self.program.globals.get(RUNTIME)
+        return DecoratedVariable(hole.name, list(hole.decorators), runtime, self.prompt_text, self.variables)
 
     def _where_for(self, hole: Hole, local_where: Node | None) -> Node | None:
         parts = [parse_where(self.program.where, self.program.variables, self.program.variables), local_where]

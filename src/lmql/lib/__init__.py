@@ -1,0 +1,1 @@
+"""``lmql.lib``: libraries for LMQL programs (``lmql.lib.chat``)."""
