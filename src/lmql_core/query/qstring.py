@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from lmql_core.query.errors import QuerySyntaxError
 
-_HOLE = re.compile(r"\s*(?P<name>[A-Za-z_][A-Za-z_0-9]*)\s*(?::\s*(?P<type>[^\]]*?)\s*)?$")
+_HOLE = re.compile(r"\s*(?P<name>[A-Za-z_][A-Za-z_0-9]*)\s*(?::\s*(?P<type>.*?)\s*)?$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def parse_qstring(s: str, interpolate: bool = True) -> list[Segment]:
             text.append(c)
             i += 2
         elif c == "[":
-            end = s.find("]", i)
+            end = _closing_bracket(s, i)
             if end < 0:
                 raise QuerySyntaxError(f"unclosed '[' in prompt string {s!r} "
                                        "(write '[[' for a literal bracket)")
@@ -91,6 +91,15 @@ def outside_quotes(s: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
             continue
         depth += 1 if c in "([{" else -1 if c in ")]}" else 0
         yield i, c, depth
+
+
+def _closing_bracket(s: str, start: int) -> int:
+    """The ``]`` that ends the hole opened at ``start`` (a type may hold brackets and strings:
+    ``[A: one_of(['x', 'y'])]``), or -1."""
+    for i, c, depth in outside_quotes(s, start + 1):
+        if depth < 0:
+            return i if c == "]" else -1
+    return -1
 
 
 def _closing_brace(s: str, start: int) -> int:
