@@ -97,6 +97,10 @@ def dateformat():
     outer("nested_outer_stops_at", '''    "Q: What is two plus two? [ANSWER: think]" where STOPS_AT(ANSWER, ".")''', THINK),
     outer("nested_outer_len_in_prompt", '''    "Q: What is two plus two? [ANSWER: think_aloud]" where len(TOKENS(ANSWER)) < 3''',
           THINK),
+    # a string as the type is a regular expression (LMQL's type_expr)
+    {"name": "regex_type", "kind": "greedy", "lmql": '''argmax
+    pattern = "[0-9][0-9]"
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 [N: pattern] and[X]" where len(TOKENS(X)) < 3'''},
     {"name": "nested_method", "kind": "greedy", "python": '''
 class Asker:
     def __init__(self):

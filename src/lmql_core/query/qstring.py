@@ -51,6 +51,8 @@ def parse_qstring(s: str, interpolate: bool = True) -> list[Segment]:
             i += 2
         elif c == "[":
             end = _closing_bracket(s, i)
+            if end < 0:  # unbalanced inside: the first "]" ends it (the type's error says why)
+                end = s.find("]", i)
             if end < 0:
                 raise QuerySyntaxError(f"unclosed '[' in prompt string {s!r} "
                                        "(write '[[' for a literal bracket)")

@@ -1,0 +1,246 @@
+"""Nested queries, queries called or defined in a query's body, query methods and ``context``
+(issue 27, points 4 and 7), on lmql-tiny in process. Every expected value is what LMQL 0.7.3
+gives for the same program on the same model (its run of a copy of lmql-tiny, `local:` on both
+sides); the differential suite (tests/compat/queries_nested.py) checks the same forms served."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import lmql  # noqa: E402
+from lmql_core.query.errors import QueryError  # noqa: E402
+
+pytestmark = pytest.mark.hf
+MODEL = "local:lmql-tiny"
+
+
+@lmql.query
+def chain_of_thought():
+    '''lmql
+    "A: Let's think step by step. [ANSWER]" where len(TOKENS(ANSWER)) < 4
+    return ANSWER.strip()
+    '''
+
+
+@lmql.query
+def items_list(n: int):
+    '''lmql
+    for i in range(n):
+        "-[ITEM]\n" where STOPS_AT(ITEM, "\n") and len(TOKENS(ITEM)) < 3
+    '''
+
+
+@lmql.query
+def one_of(choices: list):
+    '''lmql
+    "Among {choices}, what do you consider \
+    most likely? [ANSWER]" where ANSWER in choices
+    return ANSWER
+    '''
+
+
+@lmql.query
+def cot_one_of(choices: list):
+    '''lmql
+    "A: Let's think step by step. [ANSWER: one_of(choices)]" where len(TOKENS(ANSWER)) < 4
+    return ANSWER.strip()
+    '''
+
+
+@lmql.query
+def think():
+    '''lmql
+    "A: Let's think step by step. [ANSWER]"
+    return ANSWER.strip()
+    '''
+
+
+@lmql.query
+def think_aloud():
+    '''lmql
+    "A: Let's think. [ANSWER]"
+    '''
+
+
+def run(source: str):
+    return lmql.run_sync(source, model=MODEL)
+
+
+def test_a_nested_query_continues_the_prompt_and_leaves_only_its_return_value() -> None:
+    result = run('''argmax
+    "Q: It is August 12th, 2020. What date was it 100 days ago? [ANSWER: chain_of_thought]"
+    "\\nSo:[X]" where len(TOKENS(X)) < 3''')
+    assert result.variables == {"ANSWER": "The\nW", "X": "  The"}
+    assert result.prompt == "Q: It is August 12th, 2020. What date was it 100 days ago? The\nW\nSo:  The"
+
+
+def test_a_nested_query_without_return_leaves_its_whole_text() -> None:
+    result = run('''argmax
+    "A list of things:\\n[ITEMS: items_list(2)]"
+    "Done[X]" where len(TOKENS(X)) < 3''')
+    assert result.variables == {"ITEMS": '- "F\n-lo\n', "X": '"\n'}  # the inner ITEMs are not the outer's
+    assert result.prompt == 'A list of things:\n- "F\n-lo\nDone"\n'
+
+
+def test_nested_query_arguments_and_two_nested_variables_in_one_string() -> None:
+    result = run('''argmax
+    "Q: What is the capital of France? [ANSWER: one_of(['Berlin', 'Paris', 'London'])]"
+    "\\nSo[X]" where len(TOKENS(X)) < 3''')
+    assert result.variables == {"ANSWER": "Paris", "X": " the light"}
+    both = run('''argmax
+    "Q: [A: one_of(['x', 'y'])] and [B: one_of(['Berlin', 'Paris'])]"''')
+    assert (both.prompt, both.variables) == ("Q: x and Paris", {"A": "x", "B": "Paris"})
+
+
+@pytest.mark.parametrize("nested, where, value", [
+    # the inner variable ends when the outer bound (counted from where ANSWER began) is reached
+    ("think", "len(TOKENS(ANSWER)) < 14", ""),
+    # the inner prompt's "." ends ANSWER there: the inner variable takes the text so far
+    ("think", 'STOPS_AT(ANSWER, ".")', "A: Let's think step by step."),
+    # ended inside the inner prompt, without a return value: the prompt, then the text so far
+    ("think_aloud", "len(TOKENS(ANSWER)) < 3", "A: Let's think. A: Let's think."),
+])
+def test_constraints_on_the_outer_variable_hold_over_the_inner_run(nested: str, where: str, value: str) -> None:
+    result = run(f'argmax "Q: What is two plus two? [ANSWER: {nested}]" where {where}')
+    assert result.variables == {"ANSWER": value}
+    assert result.prompt == "Q: What is two plus two? " + value
+
+
+def test_a_nested_query_inside_a_nested_query() -> None:
+    result = run('''argmax "The answer is [ANSWER: cot_one_of(['Hello', 'Greetings'])]"''')
+    assert result.variables == {"ANSWER": "Among ['Hello', 'Greetings'], what do you consider most likely?"}
+
+
+class Asker:
+    def __init__(self) -> None:
+        self.a = 7
+
+    @lmql.query
+    def number(self):
+        '''lmql
+        "Number {self.a}:[N]" where len(TOKENS(N)) < 3
+        return N.strip()
+        '''
+
+    @lmql.query(model=MODEL)
+    async def explain(self):
+        '''lmql
+        "Why {self.a}? [N]" where len(TOKENS(N)) < 3
+        '''
+
+    @lmql.query(model=MODEL)
+    def ask(self):
+        '''lmql
+        "Q:[A: self.number]"
+        r = await self.explain()
+        return [A, r.prompt, r.variables["N"], context.prompt]
+        '''
+
+
+def test_query_methods_bind_self_as_a_type_and_when_called() -> None:
+    assert Asker().ask() == ["No", "Why 7?  I'm", " I'm", "Q:No"]
+    assert Asker().number(model=MODEL) == "A"  # called alone: its prompt starts the text
+
+
+@lmql.query(model=MODEL)
+def defines_a_query():
+    '''lmql
+    @lmql.query
+    async def inner(x):
+        """lmql
+        "Inner {x}:[Y]" where len(TOKENS(Y)) < 3
+        return Y.upper()
+        """
+    "Outer:[Z: inner('q')]\n"
+    r = inner("z", model=MODEL)
+    return [Z, r, context.prompt]
+    '''
+
+
+def test_a_query_defined_inside_a_query_runs_nested_and_called() -> None:
+    assert defines_a_query() == ["  WHAT", "      ", "Outer:  WHAT\n"]
+
+
+@lmql.query(model=MODEL)
+async def word(prefix):
+    '''lmql
+    "{prefix}[W]" where len(TOKENS(W)) < 3
+    return W
+    '''
+
+
+@lmql.query(model=MODEL)
+def word_sync(prefix):
+    '''lmql
+    "{prefix}[W]" where len(TOKENS(W)) < 3
+    return W
+    '''
+
+
+@lmql.query(model=MODEL)
+async def phrase(prefix):
+    '''lmql
+    "{prefix}[W]" where len(TOKENS(W)) < 3
+    '''
+
+
+@lmql.query(model=MODEL)
+def caller():
+    '''lmql
+    a = word("Once upon")
+    b = await phrase("The cat")
+    c = phrase("The dog")
+    same = word_sync("Once upon")
+    "Start: {a}[X]" where len(TOKENS(X)) < 3
+    return [a, b.prompt, b.variables, c.variables["W"], X, context.prompt, same]
+    '''
+
+
+def test_queries_called_from_a_body_are_awaited_with_or_without_await() -> None:
+    # LMQL 0.7.3 gives all but the last; a sync query called there fails on LMQL ("cannot be
+    # called synchronously from within an async context") and runs on ours, as its async twin
+    assert caller() == [" a m", "The cat is a", {"W": " is a"}, " is a", "ale of", "Start:  a male of", " a m"]
+
+
+@lmql.query(model=MODEL)
+def with_context():
+    '''lmql
+    before = context.prompt
+    "Hello[X]" where len(TOKENS(X)) < 3
+    v = context.get_var("X")
+    every = context.get_all_vars()
+    w = await context.get_var("X")
+    s = context.score([" a", " b"])
+    "! Then[Y]" where len(TOKENS(Y)) < 3
+    missing = context.get_var("Z")
+    return [before, v, every, w, type(context).__name__, s.argmax(), [round(x, 3) for x in s.scores()],
+            context.prompt, missing, context.get_return_value().prompt]
+    '''
+
+
+def test_context_in_a_query_body() -> None:
+    assert with_context() == ["", ", n", {"X": ", n"}, ", n", "LMQLContext", " a", [-9.266, -10.3],
+                              "Hello, n! Then I don", None, "Hello, n! Then I don"]
+
+
+def test_a_string_type_is_a_regular_expression() -> None:
+    result = run('''argmax
+    pattern = "[0-9][0-9]"
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 [N: pattern] and[X]" where len(TOKENS(X)) < 3''')
+    assert result.variables == {"N": "05", "X": " 10%"}
+
+
+@pytest.mark.parametrize("hole, message", [
+    ("[X: 3]", "[X: 3]: not a valid type; use int, a regular expression string or a query function"),
+    ("[X: nowhere]", "[X: nowhere]: NameError: name 'nowhere' is not defined"),
+    ("[X: one_of(*pair)]", "write the nested query's arguments one by one"),
+    ("[X: one_of(]", "[X: one_of(]: the type is not a Python expression"),
+])
+def test_a_type_that_is_not_one_fails_naming_the_variable(hole: str, message: str) -> None:
+    with pytest.raises(QueryError) as error:
+        run(f'argmax\n    pair = ["a", "b"]\n    "Q: {hole}"')
+    assert message in str(error.value)
+    assert "line 3" in str(error.value)
