@@ -46,6 +46,29 @@ def think_aloud():
     \'\'\'
 '''
 
+MUSING = '''
+@lmql.query
+def musing():
+    \'\'\'lmql
+    "Think: [ANSWER]" where len(TOKENS(ANSWER)) < 8
+    return ANSWER.strip()
+    \'\'\'
+
+@lmql.query
+def musing_text():
+    \'\'\'lmql
+    "Think: [ANSWER]" where len(TOKENS(ANSWER)) < 8
+    \'\'\'
+
+@lmql.query
+def two():
+    \'\'\'lmql
+    "First: [A]" where len(TOKENS(A)) < 3
+    " Second: [B]" where len(TOKENS(B)) < 3
+    return A + "|" + B
+    \'\'\'
+'''
+
 
 def outer(name: str, body: str, shared: str = "", decorator: str = "@lmql.query(model=MODEL)") -> dict[str, Any]:
     """A program whose main() runs query ``name`` (``body`` its LMQL) after the ``shared`` inner ones."""
@@ -101,6 +124,15 @@ def dateformat():
     {"name": "regex_type", "kind": "greedy", "lmql": '''argmax
     pattern = "[0-9][0-9]"
     "Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 [N: pattern] and[X]" where len(TOKENS(X)) < 3'''},
+    # VAR's own stopping phrase in the inner run's last token: VAR is that text, cut
+    outer("nested_outer_stops_in_value", '''    "Q: Tell me a story. [ANSWER: musing]" where STOPS_AT(ANSWER, "e")''',
+          MUSING),
+    outer("nested_outer_stops_no_return", '''    "Q: Tell me a story. [ANSWER: musing_text]" where STOPS_AT(ANSWER, "e")''',
+          MUSING),
+    outer("nested_outer_len_two_inner_vars", '''    "Q: Tell me a story. [ANSWER: two]" where len(TOKENS(ANSWER)) < 6''',
+          MUSING),
+    outer("nested_two_inner_vars", '''    "Q: Tell me a story. [ANSWER: two]"
+    "\\nAnd[X]" where len(TOKENS(X)) < 3''', MUSING),
     {"name": "nested_method", "kind": "greedy", "python": '''
 class Asker:
     def __init__(self):

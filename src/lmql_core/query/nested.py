@@ -11,7 +11,9 @@ constraints on VAR hold over everything the inner run adds (its prompt text and 
   query's first variable takes the text put in so far as its value (LMQL's sub-interpreter reads
   it from where VAR began) and the inner query runs on;
 - each inner variable is generated under its own constraints and the outer ones, the latter
-  read on all the inner text since VAR began.
+  read on all the inner text since VAR began;
+- when VAR's own STOPS_AT/STOPS_BEFORE phrase is in the last token of the inner run's text, VAR
+  is that text cut at the phrase, whatever the inner query returns.
 """
 
 from __future__ import annotations
@@ -79,11 +81,15 @@ def inline(query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decide:
         fn = compiled.function(tuple(sorted(inputs)) if compiled.params is None else (), namespace)
         program = compiled.program()
         program.globals = namespace
-        within = _within(outer.decide, variable, prompt_ids)
+        dropped: list[int] = []  # the inner prompt's tokens LMQL drops when VAR ends inside it
+        within = _within(outer.decide, variable, prompt_ids, dropped)
         inner = compiled.context(program, outer.model, outer.vocab, within)
         inner.prompt_text, inner.start_ids = outer.prompt_text, prompt_ids
         returned = await compiled.call(fn, inner, (*query.bound_args, *args), inputs)
-        ids = inner._prompt_ids()[len(prompt_ids):]  # the inner run's tokens after the outer prompt
+        ids = inner._prompt_ids()[len(prompt_ids) + len(dropped):]  # the inner run's, after the outer prompt
+        stopped = _stopped(variable, ids)
+        if stopped is not None:
+            return Decided(ids, outer.vocab.decode(ids), stopped, stopped)
         if returned is None:
             returned = LMQLResult(inner.prompt_text, dict(inner.variables))
         if isinstance(returned, LMQLResult):
@@ -94,8 +100,18 @@ def inline(query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decide:
     return decide
 
 
-def _within(decide: Decide, outer: Variable, start: list[int]) -> Decide:
-    """The inner query's ``decide``: its variables also under the outer variable's constraints."""
+def _stopped(variable: Variable, ids: list[int]) -> str | None:
+    """The outer variable's text cut by its own STOPS_AT/STOPS_BEFORE when the phrase is in the
+    last token of what the inner run added; LMQL then takes that text, not the inner result."""
+    value = variable.value(ids)
+    cuts = [t for s in variable.stops() if (t := s.trim(value, s.phrase(variable.scope))) is not None]
+    return min(cuts, key=len) if cuts else None
+
+
+def _within(decide: Decide, outer: Variable, start: list[int], dropped: list[int]) -> Decide:
+    """The inner query's ``decide``: its variables also under the outer variable's constraints.
+    When VAR ends inside the inner prompt, the tokens of that prompt go to ``dropped``: LMQL's
+    sub-interpreter replaces them with the first variable's value (its prompt text keeps both)."""
     first = True
 
     async def inner_decide(ctx: QueryContext, name: str, prompt_ids: list[int],
@@ -108,6 +124,7 @@ def _within(decide: Decide, outer: Variable, start: list[int]) -> Decide:
         if at_first:
             cut = _cut_in_prompt(outer, prefix)
             if cut is not None:
+                dropped.extend(prefix)
                 return finished(name, prefix[:cut], variable)
         own = {f.name: getattr(variable, f.name) for f in fields(variable)}
         return await decide(ctx, name, prompt_ids, Within(**own, outer=outer, prefix=prefix))
