@@ -65,6 +65,30 @@ def think_aloud():
     '''
 
 
+@lmql.query
+def musing():
+    '''lmql
+    "Think: [ANSWER]" where len(TOKENS(ANSWER)) < 8
+    return ANSWER.strip()
+    '''
+
+
+@lmql.query
+def musing_text():
+    '''lmql
+    "Think: [ANSWER]" where len(TOKENS(ANSWER)) < 8
+    '''
+
+
+@lmql.query
+def two():
+    '''lmql
+    "First: [A]" where len(TOKENS(A)) < 3
+    " Second: [B]" where len(TOKENS(B)) < 3
+    return A + "|" + B
+    '''
+
+
 def run(source: str):
     return lmql.run_sync(source, model=MODEL)
 
@@ -107,6 +131,20 @@ def test_constraints_on_the_outer_variable_hold_over_the_inner_run(nested: str, 
     result = run(f'argmax "Q: What is two plus two? [ANSWER: {nested}]" where {where}')
     assert result.variables == {"ANSWER": value}
     assert result.prompt == "Q: What is two plus two? " + value
+
+
+@pytest.mark.parametrize("nested, where, value", [
+    # the outer phrase in the inner run's last token: ANSWER is the run's text cut there, with
+    # or without a return value
+    ("musing", 'STOPS_AT(ANSWER, "e")', "Think:  Isaac Ne"),
+    ("musing_text", 'STOPS_AT(ANSWER, "e")', "Think:  Isaac Ne"),
+    # the bound ends the inner query's first variable; the second is empty; the return value stays
+    ("two", "len(TOKENS(ANSWER)) < 6", " I|"),
+    ("two", "True", " I'm| I'm"),
+])
+def test_outer_constraints_while_the_inner_query_generates(nested: str, where: str, value: str) -> None:
+    result = run(f'argmax "Q: Tell me a story. [ANSWER: {nested}]" where {where}')
+    assert result.variables == {"ANSWER": value}
 
 
 def test_a_nested_query_inside_a_nested_query() -> None:
