@@ -5,6 +5,8 @@ sides); the differential suite (tests/compat/queries_nested.py) checks the same 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 pytest.importorskip("torch")
@@ -241,6 +243,21 @@ def test_queries_called_from_a_body_are_awaited_with_or_without_await() -> None:
     # LMQL 0.7.3 gives all but the last; a sync query called there fails on LMQL ("cannot be
     # called synchronously from within an async context") and runs on ours, as its async twin
     assert caller() == [" a m", "The cat is a", {"W": " is a"}, " is a", "ale of", "Start:  a male of", " a m"]
+
+
+@lmql.query(model=MODEL)
+async def gathers():
+    '''lmql
+    import asyncio
+    a, b = await asyncio.gather(word("Once upon"), phrase("The cat"))
+    return [a, b.prompt]
+    '''
+
+
+def test_asyncio_calls_in_a_body_take_the_queries_unawaited() -> None:
+    # not LMQL's (it awaits each query before gather sees it, and fails); the values are LMQL's
+    # for each query run alone
+    assert asyncio.run(gathers()) == [" a m", "The cat is a"]
 
 
 @lmql.query(model=MODEL)
