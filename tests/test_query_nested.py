@@ -288,6 +288,27 @@ def test_a_string_type_is_a_regular_expression() -> None:
     assert result.variables == {"N": "05", "X": " 10%"}
 
 
+@lmql.query
+def with_its_own_model():
+    '''lmql
+    sample(temperature=0.9)
+        "Say[S]" where len(TOKENS(S)) < 3
+    from
+        "local:no-such-model"
+    '''
+
+
+def test_a_nested_querys_own_model_and_decoder_are_ignored_with_a_warning() -> None:
+    with pytest.warns(UserWarning) as warned:
+        result = run('argmax "Q:[A: with_its_own_model]"')
+    assert [str(w.message) for w in warned] == [  # LMQL 0.7.3's words
+        "warning: the specified model of nested query 'with_its_own_model' is ignored. Nested queries "
+        "cannot specify their own model.",
+        "warning: the decoder configuration of nested query 'with_its_own_model' is ignored. Nested "
+        "queries cannot specify their own decoder."]
+    assert result.variables == {"A": "Say the t"}  # the outer model, greedy (LMQL 0.7.3's value)
+
+
 @pytest.mark.parametrize("hole, message", [
     ("[X: 3]", "[X: 3]: not a valid type; use int, a regular expression string or a query function"),
     ("[X: nowhere]", "[X: nowhere]: NameError: name 'nowhere' is not defined"),

@@ -19,6 +19,7 @@ constraints on VAR hold over everything the inner run adds (its prompt text and 
 from __future__ import annotations
 
 import ast
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -76,6 +77,7 @@ def inline(query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decide:
         from lmql_core.query.program import _namespace
 
         compiled = query.compiled
+        _warn_ignored(compiled)
         inputs, _ = compiled.split_kwargs(kwargs)  # as LMQL: the model and decoder are the outer's
         namespace = _namespace(compiled.globals)
         fn = compiled.function(tuple(sorted(inputs)) if compiled.params is None else (), namespace)
@@ -98,6 +100,16 @@ def inline(query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decide:
         return Decided(ids, outer.vocab.decode(ids), str(returned), returned)
 
     return decide
+
+
+def _warn_ignored(compiled: Any) -> None:
+    """LMQL's warnings (its words) for a nested query's own ``from`` clause and decoder."""
+    if "from" in compiled.parsed.clauses:
+        warnings.warn(f"warning: the specified model of nested query '{compiled.name}' is ignored. Nested "
+                      "queries cannot specify their own model.", stacklevel=2)
+    if compiled.parsed.decoder is not None:
+        warnings.warn(f"warning: the decoder configuration of nested query '{compiled.name}' is ignored. "
+                      "Nested queries cannot specify their own decoder.", stacklevel=2)
 
 
 def _stopped(variable: Variable, ids: list[int]) -> str | None:
