@@ -320,3 +320,17 @@ def test_a_type_that_is_not_one_fails_naming_the_variable(hole: str, message: st
         run(f'argmax\n    pair = ["a", "b"]\n    "Q: {hole}"')
     assert message in str(error.value)
     assert "line 3" in str(error.value)
+
+
+@lmql.query(model=MODEL)
+def reads_its_frame():
+    '''lmql
+    x = 5
+    names = sorted(n for n in dir() if not n.startswith("__"))
+    return [names, vars()["x"], [len(str(i)) for i in range(3)]]
+    '''
+
+
+def test_builtins_that_read_their_callers_frame_see_the_query_body() -> None:
+    # every other call in a body goes through the runtime's call(); these must not
+    assert reads_its_frame() == [["x"], 5, [1, 1, 1]]

@@ -20,7 +20,9 @@ CONTEXT = "__lmql_context"
 # put before the compiled query function: the names the rewritten body uses
 PRELUDE = (f"from lmql_core.query.calls import call as {CALL}, call_awaited as {CALL_AWAITED}\n"
            f"from lmql_core.query.context import LMQLContext as {CONTEXT}\n")
-NOT_WRAPPED = frozenset({"print", "eval", "locals", "globals", CALL, CALL_AWAITED, CONTEXT})
+# LMQL's exceptions, the other builtins that read their caller's frame, and our own names
+NOT_WRAPPED = frozenset({"print", "eval", "locals", "globals", "exec", "vars", "dir", "super",
+                         CALL, CALL_AWAITED, CONTEXT})
 
 
 class BodyCalls(ast.NodeTransformer):
