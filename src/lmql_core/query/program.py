@@ -312,6 +312,5 @@ def _query_line(e: BaseException) -> int | None:
     return lines[-1] if lines else None
 
 
-
 def _in_query(filename: str) -> bool:
     return filename.startswith(FILENAME[:-1])
