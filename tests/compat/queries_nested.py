@@ -133,6 +133,24 @@ def dateformat():
           MUSING),
     outer("nested_two_inner_vars", '''    "Q: Tell me a story. [ANSWER: two]"
     "\\nAnd[X]" where len(TOKENS(X)) < 3''', MUSING),
+    {"name": "nested_sampled", "kind": "sampled", "python": '''
+@lmql.query
+def short():
+    \'\'\'lmql
+    "A:[Y]" where len(TOKENS(Y)) < 3
+    return Y
+    \'\'\'
+
+@lmql.query(model=MODEL)
+def sampled():
+    \'\'\'lmql
+    sample(n=2, temperature=0.8)
+        "Q:[A: short] and[X]" where len(TOKENS(X)) < 3
+    \'\'\'
+
+def main():
+    return sampled()
+''', "shape": {"n": 2, "vars": {"A": {"type": "str", "max_tokens": 3}, "X": {"type": "str", "max_tokens": 3}}}},
     {"name": "nested_method", "kind": "greedy", "python": '''
 class Asker:
     def __init__(self):
