@@ -314,6 +314,8 @@ def test_a_nested_querys_own_model_and_decoder_are_ignored_with_a_warning() -> N
     ("[X: nowhere]", "[X: nowhere]: NameError: name 'nowhere' is not defined"),
     ("[X: one_of(*pair)]", "write the nested query's arguments one by one"),
     ("[X: one_of(]", "[X: one_of(]: the type is not a Python expression"),
+    ("[X: one_of()]", "[X: one_of(...)]: missing a required argument: 'choices'"),
+    ("[X: one_of(pair, 2)]", "[X: one_of(...)]: too many positional arguments"),
 ])
 def test_a_type_that_is_not_one_fails_naming_the_variable(hole: str, message: str) -> None:
     with pytest.raises(QueryError) as error:

@@ -19,6 +19,7 @@ constraints on VAR hold over everything the inner run adds (its prompt text and 
 from __future__ import annotations
 
 import ast
+import inspect
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -87,7 +88,12 @@ def inline(query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decide:
         within = _within(outer.decide, variable, prompt_ids, dropped)
         inner = compiled.context(program, outer.model, outer.vocab, within)
         inner.prompt_text, inner.start_ids = outer.prompt_text, prompt_ids
-        returned = await compiled.call(fn, inner, (*query.bound_args, *args), inputs)
+        call_args = (*query.bound_args, *args)
+        try:
+            inspect.signature(fn).bind(inner, *call_args, **inputs)
+        except TypeError as e:
+            raise QueryError(f"[{name}: {compiled.name}(...)]: {e}") from None
+        returned = await compiled.call(fn, inner, call_args, inputs)
         ids = inner._prompt_ids()[len(prompt_ids) + len(dropped):]  # the inner run's, after the outer prompt
         stopped = _stopped(variable, ids)
         if stopped is not None:
