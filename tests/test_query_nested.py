@@ -180,9 +180,16 @@ class Asker:
         '''
 
 
+class HoldsAnF:
+    say = lmql.F("Say this is a test:[R]", "len(TOKENS(R)) < 5", model=MODEL)
+
+
 def test_query_methods_bind_self_as_a_type_and_when_called() -> None:
     assert Asker().ask() == ["No", "Why 7?  I'm", " I'm", "Q:No"]
     assert Asker().number(model=MODEL) == "A"  # called alone: its prompt starts the text
+    assert Asker.number(Asker(), model=MODEL) == "A"  # from the class, self given
+    # a query from source has no parameter for self: an instance's attribute is the same query
+    assert HoldsAnF().say() == HoldsAnF.say()
 
 
 @lmql.query(model=MODEL)

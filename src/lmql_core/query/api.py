@@ -39,8 +39,11 @@ class QueryFunction:
         return self._single(await self.compiled.start(args, kwargs))
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        """A query method: ``self`` bound as its first input."""
-        return self if instance is None else BoundQuery(self, instance)
+        """A query method: ``self`` bound as its first input (a query from source, ``lmql.F``
+        or ``lmql.query("...")``, has no parameters to bind it to)."""
+        if instance is None or self.compiled.params is None:
+            return self
+        return BoundQuery(self, instance)
 
     @property
     def __lmql_query_function__(self) -> QueryFunction:
