@@ -22,6 +22,8 @@ from lmql_core.query.program import CompiledQuery
 class QueryFunction:
     """A compiled query, callable like the function it came from (sync or async)."""
 
+    bound_args: tuple[Any, ...] = ()
+
     def __init__(self, compiled: CompiledQuery, is_async: bool, single_value: bool = False) -> None:
         self.compiled, self.is_async, self.single_value = compiled, is_async, single_value
         self.__name__ = compiled.name
@@ -31,6 +33,21 @@ class QueryFunction:
         if self.is_async:
             return self._unpack(run_async(run))
         return self._single(_block(run))
+
+    async def run_in_query(self, *args: Any, **kwargs: Any) -> Any:
+        """Called from another query's body (on the client loop): awaited, sync or not."""
+        return self._single(await self.compiled.start(args, kwargs))
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        """A query method: ``self`` bound as its first input (a query from source, ``lmql.F``
+        or ``lmql.query("...")``, has no parameters to bind it to)."""
+        if instance is None or self.compiled.params is None:
+            return self
+        return BoundQuery(self, instance)
+
+    @property
+    def __lmql_query_function__(self) -> QueryFunction:
+        return self
 
     async def _unpack(self, result: Awaitable[Any]) -> Any:
         return self._single(await result)
@@ -43,6 +60,35 @@ class QueryFunction:
 
     def __repr__(self) -> str:
         return f"<lmql query {self.__name__}>"
+
+
+class BoundQuery:
+    """A query method of an instance (``obj.method``): the query with ``self`` given."""
+
+    def __init__(self, query: QueryFunction, instance: Any) -> None:
+        self.query, self.instance = query, instance
+        self.__name__ = query.__name__
+
+    @property
+    def compiled(self) -> CompiledQuery:
+        return self.query.compiled
+
+    @property
+    def bound_args(self) -> tuple[Any, ...]:
+        return (self.instance,)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.query(self.instance, *args, **kwargs)
+
+    async def run_in_query(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.query.run_in_query(self.instance, *args, **kwargs)
+
+    @property
+    def __lmql_query_function__(self) -> QueryFunction:
+        return self.query
+
+    def __repr__(self) -> str:
+        return f"<bound lmql query {self.__name__} of {self.instance!r}>"
 
 
 def query(fn: Callable[..., Any] | str | None = None, *, is_async: bool | None = None,

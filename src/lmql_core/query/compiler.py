@@ -12,8 +12,10 @@ so later Python sees ``ANSWER`` as an ordinary local, and ``return`` works as in
 from __future__ import annotations
 
 import ast
+import copy
 from typing import Any
 
+from lmql_core.query.calls import PRELUDE, BodyCalls
 from lmql_core.query.errors import QueryError, QuerySyntaxError
 from lmql_core.query.parser import WHERE_MARK
 from lmql_core.query.qstring import Hole, Interpolation, Text, outside_quotes, parse_qstring
@@ -24,14 +26,15 @@ FUNCTION = "__lmql_query__"
 
 def compile_query(body: list[ast.stmt], params: ast.arguments, filename: str) -> Any:
     """The code of ``async def __lmql_query__(__lmql_ctx, <params>): <body as prompt program>``."""
-    body = PromptRewriter().visit(ast.Module(list(body), [])).body or [ast.Pass()]
+    body = PromptRewriter().visit(ast.Module(copy.deepcopy(body), [])).body or [ast.Pass()]
+    body = BodyCalls(CTX).visit(ast.Module(body, [])).body
     params = ast.arguments(posonlyargs=[], args=[ast.arg(CTX), *params.posonlyargs, *params.args],
                            vararg=params.vararg, kwonlyargs=params.kwonlyargs, kw_defaults=params.kw_defaults,
                            kwarg=params.kwarg, defaults=params.defaults)
     function = ast.AsyncFunctionDef(name=FUNCTION, args=params, body=body, decorator_list=[], returns=None)
     if "type_params" in ast.AsyncFunctionDef._fields:  # Python 3.12+
         function.type_params = []  # type: ignore[attr-defined]
-    module = ast.Module(body=[function], type_ignores=[])
+    module = ast.Module(body=[*ast.parse(PRELUDE).body, function], type_ignores=[])
     ast.fix_missing_locations(module)
     try:
         return compile(module, filename, "exec")

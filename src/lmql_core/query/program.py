@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import itertools
+import linecache
 import math
 import traceback
 from collections.abc import Coroutine
@@ -25,6 +27,7 @@ from lmql_core.query.vocabulary import Vocabulary
 from lmql_core.query.where import parse_where
 
 FILENAME = "<lmql query>"
+_numbers = itertools.count(1)
 RUN_OPTIONS = ("model", "decoder", "output_writer", "certificate", "cache", *DecoderSpec.KNOWN)
 
 
@@ -54,6 +57,7 @@ class CompiledQuery:
         except UnknownVariable as e:
             self._unknown_variable = e
         self._code: dict[tuple[str, ...], Any] = {}
+        self.filename = _source_file(self.parsed, self.body)
         self._compiled(())  # Python's own compile-time errors ('break' outside a loop) now, not after loading
         self._run_prologue()
 
@@ -111,7 +115,7 @@ class CompiledQuery:
             if params is None:
                 params = ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in input_names], kwonlyargs=[],
                                        kw_defaults=[], defaults=[])
-            self._code[input_names] = compile_query(self.body, params, FILENAME)
+            self._code[input_names] = compile_query(self.body, params, self.filename)
         return self._code[input_names]
 
     def function(self, input_names: tuple[str, ...], namespace: dict[str, Any]) -> Any:
@@ -274,6 +278,18 @@ def _namespace(base: dict[str, Any]) -> dict[str, Any]:
     return namespace
 
 
+def _source_file(parsed: ParsedQuery, body: list[ast.stmt]) -> str:
+    """The file name the query's code is compiled under. A query that defines functions (a query
+    inside a query) gets its own, with its source in ``linecache``: ``@lmql.query`` reads it."""
+    if not any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+               for n in ast.walk(ast.Module(body, []))):
+        return FILENAME
+    name = f"{FILENAME[:-1]} {next(_numbers)}>"
+    lines = parsed.source.splitlines(keepends=True)
+    linecache.cache[name] = (len(parsed.source), None, lines, name)
+    return name
+
+
 def _holes(body: list[ast.stmt]) -> list[str]:
     names: list[str] = []
     for node in ast.walk(ast.Module(body, [])):
@@ -330,11 +346,14 @@ def _param_names(params: ast.arguments) -> set[str]:
 
 
 def _raised_in_query(e: BaseException) -> bool:
-    return any(frame.f_code.co_filename == FILENAME for frame, _ in traceback.walk_tb(e.__traceback__))
+    return any(_in_query(frame.f_code.co_filename) for frame, _ in traceback.walk_tb(e.__traceback__))
 
 
 def _query_line(e: BaseException) -> int | None:
     frames = traceback.walk_tb(e.__traceback__)
-    lines = [line for frame, line in frames if frame.f_code.co_filename == FILENAME]
+    lines = [line for frame, line in frames if _in_query(frame.f_code.co_filename)]
     return lines[-1] if lines else None
 
+
+def _in_query(filename: str) -> bool:
+    return filename.startswith(FILENAME[:-1])

@@ -14,7 +14,7 @@ from typing import Any
 from lmql_core.query.chat import tag
 from lmql_core.query.errors import QuerySyntaxError
 
-_HOLE = re.compile(r"\s*(?P<name>[A-Za-z_][A-Za-z_0-9]*)\s*(?::\s*(?P<type>[^\]]*?)\s*)?$")
+_HOLE = re.compile(r"\s*(?P<name>[A-Za-z_][A-Za-z_0-9]*)\s*(?::\s*(?P<type>.*?)\s*)?$", re.DOTALL)
 _DECORATOR = re.compile(r"@\s*(?P<name>[A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*)\s*")
 
 
@@ -106,10 +106,12 @@ def _decorators(inner: str, s: str) -> tuple[tuple[str, ...], str]:
 
 
 def _hole_end(s: str, start: int) -> int:
-    """The ``]`` closing the hole at ``start``; a decorator's arguments may hold brackets."""
-    if s[start + 1:].lstrip().startswith("@"):
-        end = _closing(s, start, "[", "]")
-        return -1 if end is None else end
+    """The ``]`` closing the hole at ``start``: a type or a decorator's arguments may hold brackets
+    and strings (``[A: one_of(['x', 'y'])]``, ``[@f([1]) X]``); unbalanced inside, the first ``]``
+    (the type's error then says why)."""
+    for i, c, depth in outside_quotes(s, start + 1):
+        if depth < 0:
+            return i if c == "]" else s.find("]", start)
     return s.find("]", start)
 
 

@@ -57,6 +57,7 @@ class QueryContext:
         self.variables: dict[str, Any] = {}
         self.distribution_prompt: str | None = None
         self._ids: list[int] | None = None
+        self.start_ids: list[int] | None = None  # a nested query's: the outer prompt's tokens
         self._pending = ""  # prompt text not yet tokenized
         self._last: tuple[list[int], Decided] | None = None  # (tokens before it, the last variable)
 
@@ -96,12 +97,17 @@ class QueryContext:
         if decorated is not None:
             where = decorated.constraint(where)
         known = Scope(self.program.globals, scope, dict(self.variables))
+        decide = self.decide
+        if hole.type_expr is not None and hole.type_expr.strip() != "int":
+            from lmql_core.query.nested import tactic  # (it builds on this module)
+
+            where, decide = tactic(hole, where, known, decide)
         if decorated is None:
             variable = Variable(hole.name, where, known, self.vocab)
         else:
             variable = StreamedVariable(hole.name, where, known, self.vocab, on_text=decorated.stream)
         prompt_ids = self._prompt_ids()
-        decided = await self.decide(self, hole.name, prompt_ids, variable)
+        decided = await decide(self, hole.name, prompt_ids, variable)
         if decorated is not None:
             decided = decorated.post(decided)
         self._last = (prompt_ids, decided)
@@ -117,9 +123,7 @@ class QueryContext:
 
     def _where_for(self, hole: Hole, local_where: Node | None) -> Node | None:
         parts = [parse_where(self.program.where, self.program.variables, self.program.variables), local_where]
-        if hole.type_expr is not None:
-            if hole.type_expr.strip() != "int":
-                raise QueryError(f"[{hole.name}: {hole.type_expr}]: only the type 'int' is supported")
+        if hole.type_expr is not None and hole.type_expr.strip() == "int":  # other types: nested.py
             parts.append(IsInt(hole.name, [], f"[{hole.name}: int]"))
         present = [p for p in parts if p is not None]
         return Both(present) if len(present) > 1 else (present[0] if present else None)
@@ -128,7 +132,7 @@ class QueryContext:
         """The tokens to generate the next variable after (see the module's docstring)."""
         if self._last is None:
             bos = [self.vocab.bos] if self.vocab.bos is not None else []
-            ids = bos + self.vocab.encode(self._pending)
+            ids = (bos if self.start_ids is None else self.start_ids) + self.vocab.encode(self._pending)
         else:
             before, last = self._last
             if self._pending == "" and last.prompt_text == last.text:
