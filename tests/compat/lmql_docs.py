@@ -83,6 +83,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work", type=Path)
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per program and side")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("-k", dest="only", default="", help="only programs whose label contains this")
     args = parser.parse_args(argv)
 
     work = (args.work or Path(tempfile.mkdtemp(prefix="lmql-docs-"))).resolve()
@@ -94,7 +95,7 @@ def main(argv: list[str]) -> int:
         folder = work / "model"
         build(folder)
     model = f"local:{folder.resolve()}"
-    programs = [p for page in PAGES for p in programs_of(page, page_text(page))]
+    programs = [p for page in PAGES for p in programs_of(page, page_text(page)) if args.only in p.label]
     envs = environments(work, work)
     pythons = {SIDES[0]: args.lmql_python, SIDES[1]: args.ours_python}
     jobs = [(side, p) for p in programs for side in SIDES]

@@ -28,11 +28,11 @@ def summary(value: Any) -> Any:
     return {k: str(v) for k, v in variables.items()} if isinstance(variables, dict) else str(value)
 
 
-def run_query(source: str, model: str) -> Any:
+def run_query(source: str, model: str, path: str) -> Any:
     return lmql.run_sync(source, model=lmql.model(model))
 
 
-def run_cell(source: str, model: str) -> Any:
+def run_cell(source: str, model: str, path: str) -> Any:
     lmql.set_default_model(lmql.model(model))
     tree = ast.parse(source)
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
@@ -42,7 +42,8 @@ def run_cell(source: str, model: str) -> Any:
     for part, mode in ((tree, "exec"), (ast.Expression(last.value) if last else None, "eval")):
         if part is None:
             continue
-        value = eval(compile(part, "<cell>", mode, flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT), namespace)
+        # the file's name: a query function's docstring is read back through inspect.getsource
+        value = eval(compile(part, path, mode, flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT), namespace)
         if inspect.isawaitable(value):
             value = loop.run_until_complete(value)
     return value if last else None
@@ -51,7 +52,7 @@ def run_cell(source: str, model: str) -> Any:
 def main(kind: str, path: str, model: str) -> None:
     source = Path(path).read_text()
     try:
-        value = (run_query if kind == "lmql" else run_cell)(source, model)
+        value = (run_query if kind == "lmql" else run_cell)(source, model, path)
         record = {"ok": True, "error": None, "result": summary(value)}
     except Exception as error:  # noqa: BLE001 - how the program ended is the result
         lines = str(error).strip().splitlines()
