@@ -107,12 +107,13 @@ def _decorators(inner: str, s: str) -> tuple[tuple[str, ...], str]:
 
 def _hole_end(s: str, start: int) -> int:
     """The ``]`` closing the hole at ``start``: a type or a decorator's arguments may hold brackets
-    and strings (``[A: one_of(['x', 'y'])]``, ``[@f([1]) X]``); unbalanced inside, the first ``]``
-    (the type's error then says why)."""
+    and strings (``[A: one_of(['x', 'y'])]``, ``[@f([1]) X]``). Unbalanced inside, a decorated hole
+    is unclosed; another ends at the first ``]`` (its type's error then says why)."""
+    fallback = -1 if s[start + 1:].lstrip().startswith("@") else s.find("]", start)
     for i, c, depth in outside_quotes(s, start + 1):
         if depth < 0:
-            return i if c == "]" else s.find("]", start)
-    return s.find("]", start)
+            return i if c == "]" else fallback
+    return fallback
 
 
 def _closing(s: str, start: int, opening: str, closing: str) -> int | None:
