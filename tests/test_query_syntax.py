@@ -58,11 +58,12 @@ def test_upper_case_clause_keywords_mean_the_lower_case_ones() -> None:
     assert [p for _, p in upper.variables["P(A)"]] == pytest.approx(probabilities, abs=1e-5)
 
 
-def test_upper_case_decoder_keywords_are_refused_as_in_lmql() -> None:
+@pytest.mark.parametrize("prologue", ["", "x = 1\n"])
+def test_upper_case_decoder_keywords_are_refused_as_in_lmql(prologue: str) -> None:
     # LMQL 0.7.3 reads ARGMAX as the decoder keyword, then fails to resolve it as a decoder
     with pytest.raises(lmql.QueryError, match="decoder keywords are lower case, as in LMQL: write 'argmax', "
                                               "not 'ARGMAX'"):
-        run('ARGMAX "Hello[WHO]" WHERE len(TOKENS(WHO)) < 4')
+        run(prologue + 'ARGMAX "Hello[WHO]" WHERE len(TOKENS(WHO)) < 4')
 
 
 # -- 3: a prologue before the decoder ------------------------------------------------------------
