@@ -47,6 +47,20 @@ argmax "{greeting}, my name is[NAME]" where len(TOKENS(NAME)) < 4'''},
     where STOPS_AT(OBJECT, ".") and len(TOKENS(OBJECT)) < 4'''},
     {"name": "syntax_backslash_after_from", "kind": "greedy",
      "lmql": 'argmax "Hello[WHO]" from <MODEL> \\\nwhere len(TOKENS(WHO)) < 4'},
+    # constraints.md and scripted-prompting.md, bounded for lmql-tiny
+    {"name": "syntax_docs_backpack", "kind": "greedy", "lmql": '''"A list of things not to forget when going to the sea (not travelling): \\n"
+backpack = []
+for i in range(3):
+   "-[THING]" where STOPS_AT(THING, "\\n") and len(TOKENS(THING)) < 6
+   backpack.append(THING.strip())
+
+"The most essential of which is: [ESSENTIAL_THING]" \\
+    where ESSENTIAL_THING in backpack
+'''},
+    {"name": "syntax_docs_regex_date", "kind": "greedy", "lmql": '''"It's the last day of June so today is [DATE]" \\
+   where REGEX(DATE, r"[0-9]{2}/[0-9]{2}")'''},
+    {"name": "syntax_docs_story", "kind": "greedy", "lmql": '''"A story about life:[STORY]" \\
+   where STOPS_AT(STORY, ".") and len(TOKENS(STORY)) > 5 and len(TOKENS(STORY)) < 30'''},
     # a where right after a prompt string constrains that statement only, also on the last line
     {"name": "syntax_last_statement_where", "kind": "greedy", "lmql": '''argmax
     "Pick:[A]" where A in [" red", " blue"]

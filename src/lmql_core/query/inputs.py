@@ -13,7 +13,10 @@ import ast
 import builtins
 from collections.abc import Iterable
 
+from lmql_core.query.compiler import prompt_of
 from lmql_core.query.errors import QueryError
+from lmql_core.query.parser import ParsedQuery
+from lmql_core.query.qstring import Hole, parse_qstring
 
 # LMQL's constraint functions (ops.py's registry) and what its compiler lets through unresolved
 LMQL_BUILTINS = frozenset({"SENTENCES", "INT", "TOKENS", "WORDS", "len", "REGEX", "STARTS_WITH", "STOPS_AT",
@@ -41,6 +44,35 @@ class MissingInput(QueryError, TypeError):
     def for_cli(self, file: str) -> MissingInput:
         """The same error, saying how to pass the inputs to ``lmql run``."""
         return MissingInput(self.names, self.line, self.source_line, cli_file=file)
+
+
+def query_reads(body: list[ast.stmt], parsed: ParsedQuery) -> dict[str, int | None]:
+    """Every name the query reads (its prompt strings' interpolations and clauses included), with
+    the query line of its first use."""
+    names = read_names([ast.Module(body, [])])
+    for node in ast.walk(ast.Module(body, [])):
+        prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
+        if prompt is not None and isinstance(prompt[0], ast.Constant):
+            for part in parse_qstring(str(prompt[0].value)):
+                if not isinstance(part, Hole) and hasattr(part, "expr"):
+                    for name in _expr_names(part.expr):
+                        names.setdefault(name, node.lineno)  # type: ignore[attr-defined]
+                for decorator in part.decorators if isinstance(part, Hole) else ():
+                    for name in _expr_names(decorator):
+                        names.setdefault(name, node.lineno)  # type: ignore[attr-defined]
+    for clause in [parsed.decoder_args, *parsed.clauses.values()]:
+        if clause is not None:
+            for name in _expr_names(clause.text):
+                names.setdefault(name, clause.line)
+    return names
+
+
+def _expr_names(text: str) -> list[str]:
+    try:
+        tree = ast.parse("(" + text + "\n)", mode="eval")
+    except SyntaxError:
+        return []
+    return list(read_names([tree]))
 
 
 def read_names(trees: Iterable[ast.AST]) -> dict[str, int | None]:

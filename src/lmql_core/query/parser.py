@@ -136,7 +136,8 @@ def _decoder_line(lines: list[_Line]) -> int:
     before it (LMQL's prologue); 0 otherwise. A ``where`` before any decoder ends the search."""
     for n, line in enumerate(lines):
         first = line.tokens[0]
-        if line.indent == 0 and first.type == tokenize.NAME and first.string.lower() in DECODERS:
+        named = first.type == tokenize.NAME and first.string.lower() in DECODERS + UNSUPPORTED_DECODERS
+        if line.indent == 0 and named:
             follower = line.tokens[1] if len(line.tokens) > 1 else None
             if follower is None or follower.type == tokenize.STRING or (
                     follower.string == "(" and follower.start == first.end):

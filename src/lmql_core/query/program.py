@@ -18,7 +18,7 @@ from lmql_core.query.chat import install_runtime
 from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
 from lmql_core.query.decoders import DecoderSpec, direct, log_softmax
 from lmql_core.query.errors import QueryError, UnknownVariable
-from lmql_core.query.inputs import MissingInput, bound_names, missing_inputs, read_names
+from lmql_core.query.inputs import MissingInput, bound_names, missing_inputs, query_reads
 from lmql_core.query.parser import WHERE_MARK, ParsedQuery
 from lmql_core.query.qstring import Hole, parse_qstring
 from lmql_core.query.result import LMQLResult
@@ -46,7 +46,7 @@ class CompiledQuery:
         self.distribution: tuple[str, ast.expr] | None = None
         if distribution is not None:
             self.distribution = self._distribution(distribution.text, distribution.line)
-        self.reads = _reads(self.body, self.parsed)
+        self.reads = query_reads(self.body, self.parsed)
         self.free_names = set(self.reads)
         self.bound = bound_names(self.body) | self.variables | {WHERE_MARK}
         if self.params is not None:
@@ -309,35 +309,6 @@ def _string_holes(string: ast.expr) -> list[str]:
         parts = [p for v in string.values if isinstance(v, ast.Constant)  # type: ignore[attr-defined]
                  for p in parse_qstring(str(v.value), interpolate=False)]
     return [p.name for p in parts if isinstance(p, Hole)]
-
-
-def _reads(body: list[ast.stmt], parsed: ParsedQuery) -> dict[str, int | None]:
-    """Every name the query reads (its prompt strings' interpolations and clauses included), with
-    the query line of its first use."""
-    names = read_names([ast.Module(body, [])])
-    for node in ast.walk(ast.Module(body, [])):
-        prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
-        if prompt is not None and isinstance(prompt[0], ast.Constant):
-            for part in parse_qstring(str(prompt[0].value)):
-                if not isinstance(part, Hole) and hasattr(part, "expr"):
-                    for name in _expr_names(part.expr):
-                        names.setdefault(name, node.lineno)  # type: ignore[attr-defined]
-                for decorator in part.decorators if isinstance(part, Hole) else ():
-                    for name in _expr_names(decorator):
-                        names.setdefault(name, node.lineno)  # type: ignore[attr-defined]
-    for clause in [parsed.decoder_args, *parsed.clauses.values()]:
-        if clause is not None:
-            for name in _expr_names(clause.text):
-                names.setdefault(name, clause.line)
-    return names
-
-
-def _expr_names(text: str) -> list[str]:
-    try:
-        tree = ast.parse("(" + text + "\n)", mode="eval")
-    except SyntaxError:
-        return []
-    return list(read_names([tree]))
 
 
 def _param_names(params: ast.arguments) -> set[str]:

@@ -25,8 +25,8 @@ from lmql_core.query.errors import QuerySyntaxError, UnknownVariable, Unsupporte
 SUPPORTED = ("STOPS_AT(V, s)", "STOPS_BEFORE(V, s)", "len(TOKENS(V)) < n", "len(V) < n", "V in [...]",
              "V == s", "s in V", "INT(V)", "REGEX(V, r)", "and/or", "not",
              "Python conditions on earlier variables")
-NEGATED_COUNT = {ast.Lt: ast.GtE, ast.LtE: ast.Gt, ast.Gt: ast.LtE, ast.GtE: ast.Lt, ast.Eq: ast.NotEq,
-                 ast.NotEq: ast.Eq}
+NEGATED_COUNT: dict[type, type] = {ast.Lt: ast.GtE, ast.LtE: ast.Gt, ast.Gt: ast.LtE, ast.GtE: ast.Lt,
+                                   ast.Eq: ast.NotEq, ast.NotEq: ast.Eq}
 
 
 @lru_cache(maxsize=256)
