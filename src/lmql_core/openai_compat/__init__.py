@@ -1,0 +1,6 @@
+"""OpenAI's HTTP API (as vLLM and llama-server speak it) on the engines and session logic of LMTP.
+
+``requests`` reads OpenAI's bodies, ``choices`` writes its answers, ``service`` runs requests
+through an LMTP ``Session`` (which checks everything LMTP also has) and knows no web framework,
+so any transport (the aiohttp routes in ``http``, a Ray deployment) can serve it.
+"""
