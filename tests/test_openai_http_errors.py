@@ -8,6 +8,8 @@ import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.openai_fixtures import (
     MAX_STREAMS,
     TOKEN,
     assert_openai_error,
+    lmtp_stream,
     post,
     serve_guarded,
     serve_tiny,
@@ -142,3 +145,25 @@ def test_shutdown_ends_requests_in_flight_with_503() -> None:
     request.join(30)
     assert_openai_error(*answers[0], 503, "shutting down")
     assert answers[0][1]["error"]["type"] == "service_unavailable"
+
+
+
+def status_of(server: Server, path: str, body: dict[str, Any]) -> int:
+    request = urllib.request.Request(f"http://{server.endpoint}{path}", data=json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_no_openai_serves_lmtp_alone() -> None:
+    with_api, without = Server("random", "--seed", "3"), Server("random", "--seed", "3", "--no-openai")
+    try:
+        body = {"model": "random", "prompt": [5, 6], "max_tokens": 3, "temperature": 0}
+        assert status_of(with_api, "/v1/completions", body) == 200
+        assert status_of(without, "/v1/completions", body) == 404
+        assert status_of(without, "/tokenize", body) == 404
+        assert len(lmtp_stream(without, dict(body))) == 3  # LMTP as ever
+    finally:
+        assert with_api.stop() == 0 and without.stop() == 0
