@@ -17,15 +17,18 @@ STOP, LENGTH = "stop", "length"
 @dataclass
 class TokenLogprob:
     token: int
-    text: str  # the token alone, decoded
+    text: str  # how the token is shown: decoded alone, or "token_id:N" (``tokens_as_ids``)
     logprob: float | None  # None: the prompt's first token (nothing before it to predict it)
     top: list[tuple[int, str, float]] = field(default_factory=list)  # best first, the chosen included
+    length: int = 0  # characters of the token decoded alone (for text offsets)
 
 
 class Choice:
     def __init__(self, index: int, tokenizer: Tokenizer, stop: list[str], stop_token_ids: list[int],
-                 eos_token_id: int | None) -> None:
+                 eos_token_id: int | None, tokens_as_ids: bool = False) -> None:
+        """``tokens_as_ids``: log-probs name tokens "token_id:N" (vLLM's return_tokens_as_token_ids)."""
         self.index = index
+        self.tokens_as_ids = tokens_as_ids
         self.tokenizer = tokenizer
         self.stop = stop
         self.stop_token_ids = set(stop_token_ids)
@@ -82,11 +85,14 @@ class Choice:
 
     def token_logprob(self, token: int, logprob: float | None, top: dict[str, float] | None) -> TokenLogprob:
         ranked = sorted(((int(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])
-        return TokenLogprob(token, self._piece(token), logprob,
-                            [(t, self._piece(t), lp) for t, lp in ranked])
+        piece = self.tokenizer.decode([token])
+        return TokenLogprob(token, self._label(token, piece), logprob,
+                            [(t, self._label(t), lp) for t, lp in ranked], len(piece))
 
-    def _piece(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+    def _label(self, token: int, piece: str | None = None) -> str:
+        if self.tokens_as_ids:
+            return f"token_id:{token}"
+        return piece if piece is not None else self.tokenizer.decode([token])
 
     def releasable_text(self) -> str:
         """The text a stream may be given now: all of it once done, else all but the characters
@@ -115,7 +121,7 @@ def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any
     offsets = []
     for item in items:
         offsets.append(offset)
-        offset += len(item.text)
+        offset += item.length
     return {
         "tokens": [item.text for item in items],
         "token_logprobs": [item.logprob for item in items],

@@ -57,6 +57,7 @@ class CompletionRequest:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     sampling: dict[str, Any] = field(default_factory=dict)  # LMTP's fields, for the session to check
+    tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: log-probs name "token_id:N"
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -115,6 +116,7 @@ def _common(body: dict[str, Any], chat: bool) -> CompletionRequest:
         request.include_usage = _flag(options, "include_usage")
     request.stop = stop_strings(body.get("stop"))
     request.stop_token_ids = _int_list(body, "stop_token_ids")
+    request.tokens_as_ids = _flag(body, "return_tokens_as_token_ids")
     request.sampling = sampling_fields(body)
     return request
 

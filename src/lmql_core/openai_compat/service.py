@@ -170,7 +170,7 @@ class Completion:
 
     def _new_choice(self, tokenizer: Any, model: LoadedModel) -> Choice:
         choice = Choice(len(self.choices), tokenizer, self.request.stop, self.request.stop_token_ids,
-                        model.backend.eos_token_id)
+                        model.backend.eos_token_id, self.request.tokens_as_ids)
         self.choices.append(choice)
         return choice
 
@@ -306,7 +306,7 @@ class Completion:
         else:
             body["text"] = text
             body["logprobs"] = None if k is None else completion_logprobs(items, offsets[choice.index])
-            offsets[choice.index] += sum(len(item.text) for item in items)
+            offsets[choice.index] += sum(item.length for item in items)
         body["finish_reason"] = finish
         return {**self._chunk_head(), "choices": [body]}
 
