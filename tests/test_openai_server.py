@@ -71,6 +71,17 @@ def _no_details(usage: Any) -> dict[str, Any]:
     return {k: None for k in ("completion_tokens_details", "prompt_tokens_details") if k in usage.model_dump()}
 
 
+def test_tokens_by_id_as_vllm_names_them(tiny: Server) -> None:
+    reference = greedy(tiny, max_tokens=5, top_logprobs=2)
+    answer = client(tiny).completions.create(model="lmql-tiny", prompt=PROMPT, max_tokens=5, temperature=0,
+                                             logprobs=2, extra_body={"return_tokens_as_token_ids": True})
+    logprobs = answer.choices[0].logprobs
+    assert logprobs.tokens == [f"token_id:{e['token']}" for e in reference]
+    assert [sorted(top) for top in logprobs.top_logprobs] == \
+        [sorted(f"token_id:{t}" for t in e["top_logprobs"]) for e in reference]
+    assert answer.choices[0].text == "".join(e["text"] for e in reference)
+
+
 def test_prompts_as_token_ids_and_lists(tiny: Server) -> None:
     ids = tokenize(tiny, PROMPT)
     texts = [e["text"] for e in greedy(tiny, max_tokens=6)]

@@ -71,6 +71,9 @@ class OpenAIClient(LMTPClient):
             await handler(stream_id, payload)
         except asyncio.CancelledError:
             raise
+        except (OSError, ConnectionLost) as error:  # aiohttp's connection errors are OSErrors
+            lost = f"cannot reach {self.base_url}: {error}"
+            self._dispatch("TOKEN", [{"stream_id": stream_id, "error": lost, "lost": True}])
         except Exception as error:  # the stream's error, as an LMTP server would send it
             self._dispatch("TOKEN", [{"stream_id": stream_id, "error": str(error)}])
         finally:
