@@ -6,12 +6,22 @@ strings are found in it here, and text that could still become one is held back 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
 
 STOP, LENGTH = "stop", "length"
+# each tokenizer's tokens decoded alone, as log-probs show them (asked for every token of every stream)
+_PIECES: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
+def pieces_of(tokenizer: Tokenizer) -> dict[int, str]:
+    pieces = _PIECES.get(tokenizer)
+    if pieces is None:
+        pieces = _PIECES[tokenizer] = {}
+    return pieces
 
 
 @dataclass
@@ -29,6 +39,7 @@ class Choice:
         """``tokens_as_ids``: log-probs name tokens "token_id:N" (vLLM's return_tokens_as_token_ids)."""
         self.index = index
         self.tokens_as_ids = tokens_as_ids
+        self.pieces = pieces_of(tokenizer)
         self.tokenizer = tokenizer
         self.stop = stop
         self.stop_token_ids = set(stop_token_ids)
@@ -85,30 +96,38 @@ class Choice:
 
     def token_logprob(self, token: int, logprob: float | None, top: dict[str, float] | None) -> TokenLogprob:
         ranked = sorted(((int(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])
-        piece = self.tokenizer.decode([token])
+        piece = self._piece(token)
         return TokenLogprob(token, self._label(token, piece), logprob,
-                            [(t, self._label(t), lp) for t, lp in ranked], len(piece))
+                            [(t, self._label(t, self._piece(t)), lp) for t, lp in ranked], len(piece))
 
-    def _label(self, token: int, piece: str | None = None) -> str:
-        if self.tokens_as_ids:
-            return f"token_id:{token}"
-        return piece if piece is not None else self.tokenizer.decode([token])
+    def _piece(self, token: int) -> str:
+        piece = self.pieces.get(token)
+        if piece is None:
+            piece = self.pieces[token] = self.tokenizer.decode([token])
+        return piece
+
+    def _label(self, token: int, piece: str) -> str:
+        return f"token_id:{token}" if self.tokens_as_ids else piece
 
     def releasable_text(self) -> str:
-        """The text a stream may be given now: all of it once done, else all but the characters
-        that could begin a stop string still to come."""
-        full = self.prefix + self.text
-        end = len(full)
+        """The text a stream may be given now (after the echoed prompt, if any): all of it once
+        done, else all but the characters that could begin a stop string still to come."""
+        shown = len(self.prefix)
+        end = shown + len(self.text)
         if self.stop and not self.done:
-            end = max(self.sent_text, end - max(map(len, self.stop)) + 1)
-        delta = full[self.sent_text : end]
-        self.sent_text = max(self.sent_text, end)
-        return delta
+            end = max(self.sent_text, shown, end - max(map(len, self.stop)) + 1)
+        start, self.sent_text = self.sent_text, max(self.sent_text, end)
+        if start >= end:
+            return ""
+        head = self.prefix[start:] if start < shown else ""
+        return head + self.text[max(0, start - shown) : end - shown]
 
     def new_logprobs(self) -> list[TokenLogprob]:
-        every = self.prefix_logprobs + self.logprobs
-        new = every[self.sent_logprobs :]
-        self.sent_logprobs = len(every)
+        """The log-probs a stream has not been given yet (the echoed prompt's first)."""
+        shown = len(self.prefix_logprobs)
+        start = self.sent_logprobs
+        new = self.prefix_logprobs[start:] + self.logprobs[max(0, start - shown) :]
+        self.sent_logprobs = shown + len(self.logprobs)
         return new
 
 
