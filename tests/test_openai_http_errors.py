@@ -71,6 +71,12 @@ def test_unknown_model_is_404(tiny: Server) -> None:
     assert_openai_error(*post(tiny, "/tokenize", {"model": "gpt-4", "prompt": PROMPT}), 404, "not 'gpt-4'")
 
 
+def test_unknown_routes_are_404_in_openais_shape(tiny: Server) -> None:
+    assert_openai_error(*post(tiny, "/v1/embeddings", {"model": "lmql-tiny", "input": "x"}), 404,
+                        "no route POST /v1/embeddings here; this server answers GET /v1/models")
+    assert status_of(tiny, "/v1/completions", None) == 404  # a GET of a POST route
+
+
 def test_max_tokens_past_the_context_is_400(tiny: Server) -> None:
     status, body = post(tiny, "/v1/completions", {"model": "lmql-tiny", "prompt": PROMPT, "max_tokens": 510})
     assert_openai_error(status, body, 400, "maximum context length is 512 tokens")
@@ -148,8 +154,10 @@ def test_shutdown_ends_requests_in_flight_with_503() -> None:
 
 
 
-def status_of(server: Server, path: str, body: dict[str, Any]) -> int:
-    request = urllib.request.Request(f"http://{server.endpoint}{path}", data=json.dumps(body).encode())
+def status_of(server: Server, path: str, body: dict[str, Any] | None) -> int:
+    """The status of a POST of ``body`` (None: a GET)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{server.endpoint}{path}", data=data)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return int(response.status)

@@ -29,6 +29,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", _endpoint(_chat_completions))
     app.router.add_post("/tokenize", _endpoint(_tokenize))
     app.router.add_post("/detokenize", _endpoint(_detokenize))
+    app.router.add_route("*", "/v1/{anything:.*}", _endpoint(_no_such_route, reads_body=False))
+
+
+ROUTES = "GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /tokenize, POST /detokenize"
 
 
 def error_response(error: OpenAIError) -> web.Response:
@@ -77,6 +81,11 @@ async def _read_body(request: web.Request) -> bytes:
 
 def _service(request: web.Request) -> OpenAIService:
     return request.app[SERVICE_KEY]
+
+
+async def _no_such_route(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    raise OpenAIError(404, f"no route {request.method} {request.path} here; this server answers {ROUTES}",
+                      code="unknown_url")
 
 
 async def _models(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
