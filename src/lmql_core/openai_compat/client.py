@@ -84,6 +84,9 @@ class OpenAIClient(LMTPClient):
     async def _model_info(self, stream_id: Any, payload: dict[str, Any]) -> None:
         name = payload.get("model")
         models = await self._served_models()
+        if name not in models:  # a server that loads on demand may have it by now
+            self._models = None
+            models = await self._served_models()
         if name not in models:
             served = ", ".join(map(repr, models)) or "nothing"
             raise LMQLError(f"the server at {self.base_url} serves {served}, not {name!r}")
