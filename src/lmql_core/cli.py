@@ -90,7 +90,7 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
                 max_logit_bias: int, max_connections: int, max_outgoing_bytes: int,
                 handshake_timeout: float, shutdown_grace: float, auth_token: str | None,
                 no_openai: bool) -> None:
-    """Load MODEL once and serve it over LMTP (websocket) until Ctrl-C or SIGTERM.
+    """Load MODEL once and serve it over LMTP (websocket) and OpenAI's HTTP API (/v1) until Ctrl-C or SIGTERM.
 
     MODEL is a model identifier: a Hugging Face name or folder (backend hf), `llama.cpp:PATH.gguf`,
     or `random`; without one, the bundled `lmql-tiny` is served. Any further `--KEY VALUE` pairs go
