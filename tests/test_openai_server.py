@@ -267,3 +267,35 @@ def test_metrics_count_requests_by_transport(tiny: Server) -> None:
     assert read_metric(after, "lmql_requests", "openai", label="transport") == before + 2
     assert read_metric(after, "lmql_clients", "openai", label="transport") == 0
     assert read_metric(after, "lmql_requests", "lmtp", label="transport") >= 1
+
+
+def test_tokenize_and_detokenize_as_vllm(tiny: Server, guarded: Server) -> None:
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(bundled_tiny())
+    ids = reference(PROMPT, add_special_tokens=False)["input_ids"]
+    assert tokenize(tiny, PROMPT, bos=False) == ids
+    assert tokenize(tiny, PROMPT) == [reference.bos_token_id, *ids]  # the BOS first, as LMTP's text mode
+    status, answer = post(tiny, "/detokenize", {"model": "lmql-tiny", "tokens": tokenize(tiny, PROMPT, bos=False)})
+    assert status == 200 and answer == {"prompt": PROMPT}
+    status, answer = post(guarded, "/tokenize", {"model": guarded.model, "messages": MESSAGES},  # type: ignore[attr-defined]
+                          {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and answer["tokens"] == template_ids(guarded.model)  # type: ignore[attr-defined]
+    assert answer["max_model_len"] == 512 and answer["count"] == len(answer["tokens"])
+
+
+def test_streamed_choices_with_echo_equal_the_whole_answer(tiny: Server) -> None:
+    options: dict[str, Any] = dict(model="lmql-tiny", prompt=[PROMPT, "Hello"], max_tokens=6, temperature=0, n=2,
+                                   echo=True, logprobs=1)
+    whole = client(tiny).completions.create(**options)
+    texts: dict[int, str] = {}
+    logprobs: dict[int, list[Any]] = {}
+    for chunk in client(tiny).completions.create(**options, stream=True):
+        (choice,) = chunk.choices
+        texts[choice.index] = texts.get(choice.index, "") + choice.text
+        logprobs.setdefault(choice.index, []).extend(choice.logprobs.token_logprobs)
+    assert [texts[i] for i in range(4)] == [c.text for c in whole.choices]
+    for i, choice in enumerate(whole.choices):  # the batches differ: float32 sums in another order
+        assert logprobs[i][0] is None is choice.logprobs.token_logprobs[0]
+        assert logprobs[i][1:] == pytest.approx(choice.logprobs.token_logprobs[1:], abs=1e-4)
+    assert whole.choices[0].text.startswith(PROMPT) and whole.choices[2].text.startswith("Hello")
