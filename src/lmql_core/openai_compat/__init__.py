@@ -1,6 +1,7 @@
-"""OpenAI's HTTP API (as vLLM and llama-server speak it) on the engines and session logic of LMTP.
+"""OpenAI's HTTP API (as vLLM and llama-server speak it), both ways.
 
-``requests`` reads OpenAI's bodies, ``choices`` writes its answers, ``service`` runs requests
-through an LMTP ``Session`` (which checks everything LMTP also has) and knows no web framework,
-so any transport (the aiohttp routes in ``http``, a Ray deployment) can serve it.
+Server: ``requests`` reads OpenAI's bodies, ``choices`` writes its answers, ``service`` runs
+requests through an LMTP ``Session`` (which checks everything LMTP also has) and knows no web
+framework, so any transport (the aiohttp routes in ``http``, a Ray deployment) can serve it.
+Client: ``client`` is the ``openai:`` transport, LMTP requests answered by such a server.
 """
