@@ -4,6 +4,7 @@
         --prompt-len 16 --new-tokens 128 [--stagger-ms 20] [--local] [--repeat-prompts]
     python benchmarks/lmtp_load.py ... --streams 256 --prompt-len 100-1024 --new-tokens 100-1024
     python benchmarks/lmtp_load.py ... --streams 64 --prompt-len 256 --score 16      (SCORE requests)
+    python benchmarks/lmtp_load.py ... --openai      (the same requests through OpenAI's HTTP API)
 
 Every stream sends a random prompt and asks for exactly --new-tokens tokens (EOS is banned with
 a -100 logit bias, which LMQL's server honours too); a range A-B draws each stream's length
@@ -11,7 +12,8 @@ uniformly from it. Prompts are drawn fresh for every run, so no prefix cache can
 --repeat-prompts (or --seed N) they are the same in every run. The warm-up requests (off with
 --no-warmup) use prompts of their own. With --score N every stream is a SCORE of N random tokens
 after its prompt instead, and req_per_s counts them. With --local the same requests go to an
-in-process engine (`local:` transport) instead of a socket.
+in-process engine (`local:` transport) instead of a socket; with --openai, as streamed
+`/v1/completions` requests on the same server (`openai_target.py`).
 """
 
 from __future__ import annotations
@@ -160,6 +162,10 @@ def prompt_rng(args: argparse.Namespace) -> random.Random:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.local:
         target: Any = LocalTarget(args.model, {"cuda": args.cuda, "dtype": args.dtype})
+    elif args.openai:
+        from openai_target import OpenAITarget
+
+        target = OpenAITarget(args.endpoint)
     else:
         target = SocketTarget(args.endpoint)
     async with target:
@@ -192,7 +198,8 @@ def summary(args: argparse.Namespace, streams: list[StreamTimes], elapsed: float
     return {
         "streams": args.streams, "prompt_len": args.prompt_len,
         "new_tokens": f"score {args.score}" if args.score else args.new_tokens,
-        "stagger_ms": args.stagger_ms, "transport": "local" if args.local else "lmtp",
+        "stagger_ms": args.stagger_ms,
+        "transport": "local" if args.local else "openai" if args.openai else "lmtp",
         "tokens": tokens, "seconds": round(elapsed, 3), "tok_per_s": round(tokens / elapsed, 1),
         "req_per_s": round(len(streams) / elapsed, 1),
         "ttft_median_ms": round(1000 * statistics.median(s.ttft for s in streams), 1),
@@ -214,6 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="SCORE requests of N random tokens after the prompt instead of GENERATE")
     parser.add_argument("--stagger-ms", type=float, default=0.0, help="delay between stream starts")
     parser.add_argument("--local", action="store_true", help="in-process engine instead of a socket")
+    parser.add_argument("--openai", action="store_true", help="OpenAI's HTTP API on the same server")
     parser.add_argument("--cuda", action="store_true", help="with --local: load the model on the GPU")
     parser.add_argument("--dtype", help="with --local: the weights' dtype (float16, ...)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")

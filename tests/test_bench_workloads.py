@@ -80,3 +80,23 @@ def test_the_cpu_step_benchmark_times_both_steps_on_lmql_tiny() -> None:
     assert [r[1:3] for r in rows] == [["False", "False"], ["True", "False"], ["True", "auto"]]
     assert all(float(cell) > 0 for r in rows for cell in r[3:5])
     assert rows[0][5] == "" and all(r[5].startswith("{1: ") for r in rows[1:])  # the lean head's forms
+
+
+@pytest.mark.timeout(180)
+def test_the_load_driver_runs_through_openais_api() -> None:
+    from tests.conftest import Server
+
+    server = Server("lmql-tiny")
+    try:
+        results = {}
+        for transport in ([], ["--openai"], ["--openai", "--score", "3"]):
+            out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lmtp_load.py"), "--endpoint",
+                                  server.endpoint, "--streams", "3", "--new-tokens", "5", "--json", *transport],
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr[-3000:]
+            results[" ".join(transport)] = json.loads(out.stdout)
+    finally:
+        assert server.stop() == 0
+    assert results[""]["transport"] == "lmtp" and results["--openai"]["transport"] == "openai"
+    assert results[""]["tokens"] == results["--openai"]["tokens"] == 15
+    assert results["--openai --score 3"]["tokens"] == 9

@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("lmql_core.api",),
     ("lmql_core.builtin",),  # the core's own plugin: the random backend, tokenizers, transports
     ("lmql_core.lmtp.local",),
-    ("lmql_core.lmtp.server",),
+    ("lmql_core.lmtp.server", "lmql_core.openai_compat"),  # LMTP's server, OpenAI's HTTP API on it
     ("lmql_core.lmtp.client",),
     ("lmql_core.model_host",),
     ("lmql_core.lmtp", "lmql_core.lmtp.wire"),

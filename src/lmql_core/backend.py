@@ -107,3 +107,15 @@ class ReleasesTogether(Protocol):
     than one ``release`` each."""
 
     def release_all(self, seq_ids: list[int]) -> None: ...
+
+
+@runtime_checkable
+class ChatTemplates(Protocol):
+    """Renders chat messages into a prompt with the model's chat template (for OpenAI's
+    ``/v1/chat/completions``)."""
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str | None:
+        """The prompt text the model's chat template makes of ``messages`` (OpenAI's form: each
+        with ``role`` and ``content``), ending where the assistant's answer begins; None where
+        the model has no chat template. A conversation the template refuses raises
+        ``RequestError`` with the template's reason."""

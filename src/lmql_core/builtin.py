@@ -1,4 +1,4 @@
-"""The core's own plugin: the random backend, basic tokenizers and both transports."""
+"""The core's own plugin: the random backend, basic tokenizers and the transports."""
 
 from __future__ import annotations
 
@@ -60,7 +60,14 @@ def _in_process_transport(model_id: Any, **options: Any) -> Any:
     return InProcessClient.for_model(model_id, **options)
 
 
+def _openai_transport(model_id: Any, **options: Any) -> Any:
+    from lmql_core.openai_compat.client import OpenAIClient
+
+    return OpenAIClient.shared(**options)
+
+
 @hookimpl
 def register_transports(register: Any) -> None:
     register("", _websocket_transport)
     register("local:", _in_process_transport)
+    register("openai:", _openai_transport)  # any OpenAI-compatible completions server

@@ -81,13 +81,16 @@ class ServeModelCommand(click.Command):
               "every connection and exits.")
 @click.option("--auth-token", envvar="LMQL_AUTH_TOKEN",
               help="Refuse connections that do not present this token (env: LMQL_AUTH_TOKEN).")
+@click.option("--no-openai", is_flag=True, help="Do not serve OpenAI's HTTP API (/v1/completions, ...) "
+              "beside LMTP.")
 @click.pass_context
 def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, port: int,
                 cuda: bool, dtype: str | None, load_on_demand: bool, max_frame_bytes: int,
                 max_streams: int, max_new_tokens: int, max_top_logprobs: int,
                 max_logit_bias: int, max_connections: int, max_outgoing_bytes: int,
-                handshake_timeout: float, shutdown_grace: float, auth_token: str | None) -> None:
-    """Load MODEL once and serve it over LMTP (websocket) until Ctrl-C or SIGTERM.
+                handshake_timeout: float, shutdown_grace: float, auth_token: str | None,
+                no_openai: bool) -> None:
+    """Load MODEL once and serve it over LMTP (websocket) and OpenAI's HTTP API (/v1) until Ctrl-C or SIGTERM.
 
     MODEL is a model identifier: a Hugging Face name or folder (backend hf), `llama.cpp:PATH.gguf`,
     or `random`; without one, the bundled `lmql-tiny` is served. Any further `--KEY VALUE` pairs go
@@ -105,7 +108,8 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
                         max_outgoing_bytes=max_outgoing_bytes, handshake_timeout_s=handshake_timeout,
                         shutdown_grace_s=shutdown_grace)
         serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
-              load_on_demand=load_on_demand, limits=limits, auth_token=auth_token, **loader_kwargs)
+              load_on_demand=load_on_demand, limits=limits, auth_token=auth_token, openai=not no_openai,
+              **loader_kwargs)
 
 
 def model_and_loader_args(model: str, extra: list[str]) -> tuple[str, list[str]]:

@@ -2,6 +2,7 @@
 
     <LMQL 0.7.3 venv>/bin/python tests/compat/query_programs.py ENDPOINT MODEL_DIR [NAME | -NAME ...]
     <lmql-core venv>/bin/python  tests/compat/query_programs.py ENDPOINT MODEL_DIR [NAME | -NAME ...]
+    (ENDPOINT ``http://host:port/v1``: through OpenAI's API, with lmql-core's ``openai:`` transport)
 
 The same protocol as ``programs.py``: a line ``COMPAT_PLAN <json list>``, then one line
 ``COMPAT <json>`` per program with its result (or error); ``run_compat.py`` compares the two
@@ -29,8 +30,13 @@ from queries import PROGRAMS
 TIMEOUT = 90.0  # per program
 
 
+def model_name(endpoint: str, folder: str) -> str:
+    """An ``http://.../v1`` endpoint is an OpenAI-compatible server (our ``openai:`` transport)."""
+    return f"openai:{folder}" if endpoint.startswith("http") else folder
+
+
 def model_expression(endpoint: str, folder: str) -> str:
-    return f"lmql.model({folder!r}, endpoint={endpoint!r}, tokenizer={folder!r})"
+    return f"lmql.model({model_name(endpoint, folder)!r}, endpoint={endpoint!r}, tokenizer={folder!r})"
 
 
 async def run_query(program: dict[str, Any], endpoint: str, folder: str) -> Any:
@@ -41,7 +47,7 @@ async def run_query(program: dict[str, Any], endpoint: str, folder: str) -> Any:
     if "<MODEL>" in source:
         source = source.replace("<MODEL>", model_expression(endpoint, folder))
     else:
-        inputs["model"] = lmql.model(folder, endpoint=endpoint, tokenizer=folder)
+        inputs["model"] = lmql.model(model_name(endpoint, folder), endpoint=endpoint, tokenizer=folder)
     return await lmql.run(source, **inputs)
 
 

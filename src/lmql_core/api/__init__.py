@@ -27,8 +27,12 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
     otherwise it is served at ``endpoint`` (default localhost:8080)."""
     if isinstance(name, LLM):
         return name
-    model_id = parse_model_id(("local:" if inprocess and not name.startswith("local:") else "") + name)
     transports = plugins.registry().transports
+    prefix = next((p for p in transports if p not in ("", "local:") and name.startswith(p)), "")
+    if prefix:  # another transport's (``openai:``): the rest names the model on its server
+        return LLM(parse_model_id(name[len(prefix):]), transports[prefix](name, endpoint=endpoint,
+                                                                           api_key=api_key), tokenizer)
+    model_id = parse_model_id(("local:" if inprocess and not name.startswith("local:") else "") + name)
     if model_id.local:
         if endpoint:
             raise LMQLError(f"'{model_id}' loads the model in this process, so there is no endpoint "

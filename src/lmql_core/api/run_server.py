@@ -29,6 +29,7 @@ from lmql_core.lmtp.server import gc_pauses
 from lmql_core.lmtp.server.app import GUARD_KEY, make_app, shut_down
 from lmql_core.lmtp.server.guard import GuardedSockSite
 from lmql_core.model_host import ModelHost, load_model
+from lmql_core.openai_compat import http as openai_http
 from lmql_core.options import format_kwargs
 
 DEFAULT_MODEL = "lmql-tiny"
@@ -44,9 +45,10 @@ console = Console(stderr=True, soft_wrap=True)
 def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 8080,
           cuda: bool = False, dtype: str | None = None, backend: str | None = None,
           load_on_demand: bool = False, limits: wire.Limits | None = None,
-          auth_token: str | None = None, background: bool = False,
+          auth_token: str | None = None, background: bool = False, openai: bool = True,
           **loader_kwargs: Any) -> RunningServer | None:
-    """Load ``model`` and serve it over LMTP on ``ws://host:port/``.
+    """Load ``model`` and serve it over LMTP on ``ws://host:port/`` and (``openai``) OpenAI's
+    HTTP API on ``http://host:port/v1``.
 
     The port is taken before the model loads, so a busy port fails at once. Blocks until
     SIGTERM or Ctrl-C (KeyboardInterrupt); with ``background=True`` returns a ``RunningServer``
@@ -69,7 +71,7 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
         for listener in listeners:
             listener.close()
         raise
-    server = RunningServer(models, listeners, host, limits, auth_token, description)
+    server = RunningServer(models, listeners, host, limits, auth_token, description, openai)
     if background:  # leaves the interpreter's settings alone: the process is the caller's
         return server.start(how_to_stop="server.stop() or leaving its with-block stops it")
     _tune_process_for_serving()
@@ -183,7 +185,7 @@ class RunningServer:
     """
 
     def __init__(self, models: ModelHost, listeners: list[socket.socket], host: str,
-                 limits: wire.Limits | None, auth_token: str, description: str) -> None:
+                 limits: wire.Limits | None, auth_token: str, description: str, openai: bool = True) -> None:
         self.models = models
         self.listeners = listeners
         self.host = host
@@ -192,6 +194,7 @@ class RunningServer:
         self.limits = limits
         self.auth_token = auth_token
         self.description = description
+        self.openai = openai
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -207,7 +210,7 @@ class RunningServer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._on_signal)
         try:
-            await run_server(self.models, self.listeners, self.limits, self.auth_token,
+            await run_server(self.models, self.listeners, self.limits, self.auth_token, openai=self.openai,
                              stop=self._stop, on_serving=lambda: self._announce(how_to_stop))
         except OSError as error:  # listen() lost a race for the port since bind()
             if self._serving.is_set():
@@ -224,8 +227,9 @@ class RunningServer:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def _announce(self, how_to_stop: str) -> None:
+        openai = f" and OpenAI's API on [bold]http://{self.endpoint}/v1[/]" if self.openai else ""
         console.print(f"[green]Ready:[/] {self.description}, serving LMTP on "
-                      f"[bold]ws://{self.endpoint}/[/]; {how_to_stop}")
+                      f"[bold]ws://{self.endpoint}/[/]{openai}; {how_to_stop}")
         self._serving.set()
 
     def start(self, how_to_stop: str) -> RunningServer:
@@ -268,10 +272,12 @@ class RunningServer:
 
 
 async def run_server(models: ModelHost, listeners: list[socket.socket],
-                     limits: wire.Limits | None = None, auth_token: str = "", *,
+                     limits: wire.Limits | None = None, auth_token: str = "", *, openai: bool = True,
                      stop: asyncio.Event, on_serving: Callable[[], None]) -> None:
     limits = limits or wire.Limits()
     app = make_app(models, limits, auth_token)
+    if openai:
+        openai_http.add_routes(app)
     # shut_down has ended every connection before the runner's cleanup waits on them
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()

@@ -18,6 +18,7 @@ from lmql_core.engine.sampling import (
     collect_scoring,
     launch_sampling,
     launch_scoring,
+    stream_seed,
 )
 from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
 from lmql_core.engine.sequence import Finish, Kind, Sequence, Sink, Status, TokenEvent
@@ -230,7 +231,10 @@ class Engine:
     def _sample(self, seqs: list[Sequence], logits: Any, plan: SamplingPlan) -> PendingSamples:
         self.seed += 1
         histories = [s.tokens for s in seqs] if plan.penalized else None
-        return launch_sampling(self.backend.ops, logits, plan, self.seed, histories)
+        # a row samples the token at position num_fed (every token before it has been fed)
+        row_seeds = [stream_seed(seqs[i].params.seed, seqs[i].num_fed)  # type: ignore[arg-type]
+                     for i in plan.seeded_rows] if plan.seeded_rows else None
+        return launch_sampling(self.backend.ops, logits, plan, self.seed, histories, row_seeds)
 
     def _launch_chained(self, step: LaunchedStep) -> LaunchedStep | None:
         """Queue a chained step: the next decode step of ``step``'s sequences, fed with the

@@ -65,6 +65,7 @@ class SamplingPlan:
         self.biased_rows = [i for i, p in enumerate(params) if p.logit_bias]
         self.sparse_bias = all(len(params[i].logit_bias) <= SPARSE_BIAS_TOKENS for i in self.biased_rows)
         self.sampled_rows = [i for i, p in enumerate(params) if is_sampled(p)]
+        self.seeded_rows = [i for i in self.sampled_rows if params[i].seed is not None]
         self.k = max((p.top_logprobs for p in params), default=0)
         self.truncated = any(params[i].top_k or params[i].top_p < 1.0 for i in self.sampled_rows)
         self._device: dict[str, Any] = {}
@@ -115,8 +116,10 @@ class PendingSamples:
 
 
 def launch_sampling(ops: ArrayOps, logits: Any, plan: SamplingPlan, seed: int,
-                    histories: list[list[int]] | None = None) -> PendingSamples:
-    """``histories[i]``: the tokens of row i's sequence so far (for its repetition penalty)."""
+                    histories: list[list[int]] | None = None,
+                    row_seeds: list[int] | None = None) -> PendingSamples:
+    """``histories[i]``: the tokens of row i's sequence so far (for its repetition penalty);
+    ``row_seeds[j]``: the noise seed of ``plan.seeded_rows[j]`` (the others share ``seed``)."""
     logits = ops.prepare(logits)
     params = plan.params
     if plan.penalized and histories:  # first, as transformers' processors run before LMQL's bias
@@ -134,12 +137,31 @@ def launch_sampling(ops: ArrayOps, logits: Any, plan: SamplingPlan, seed: int,
         ks = [p.top_k if s else 0 for p, s in zip(params, sampled, strict=True)]
         ps = [p.top_p if s else 1.0 for p, s in zip(params, sampled, strict=True)]
         scores = ops.keep_top(scores, ks, ps)
-    scores = ops.add_gumbel(scores, plan.sampled_rows, seed)
+    scores = add_noise(ops, scores, plan, seed, row_seeds)
     tokens = ops.argmax(scores)
     arrays = [tokens, ops.take(logprobs, tokens)]
     if plan.k > 0:
         arrays.extend(ops.topk(logprobs, plan.k))
     return PendingSamples(tokens, ops.start_host_copy(*arrays), plan)
+
+
+def add_noise(ops: ArrayOps, scores: Any, plan: SamplingPlan, seed: int, row_seeds: list[int] | None) -> Any:
+    """Gumbel noise on the sampled rows: the step's seed for most, a seeded stream's own for it."""
+    if not plan.seeded_rows:
+        return ops.add_gumbel(scores, plan.sampled_rows, seed)
+    assert row_seeds is not None and len(row_seeds) == len(plan.seeded_rows)
+    shared = [i for i in plan.sampled_rows if plan.params[i].seed is None]
+    if shared:
+        scores = ops.add_gumbel(scores, shared, seed)
+    for row, row_seed in zip(plan.seeded_rows, row_seeds, strict=True):
+        scores = ops.add_gumbel(scores, [row], row_seed)
+    return scores
+
+
+def stream_seed(seed: int, position: int) -> int:
+    """The noise seed of a seeded stream's token at ``position``: the same in any batch, after
+    any preemption, so a request with a seed samples the same tokens every time."""
+    return (seed * 1_000_003 + position) % (1 << 63)
 
 
 def collect_sampling(ops: ArrayOps, pending: PendingSamples) -> Samples:

@@ -58,6 +58,7 @@ class SamplingParams:
     top_k: int = 0  # when sampling: only the k most likely tokens (0: all)
     top_p: float = 1.0  # when sampling: only the most likely tokens holding this much probability
     repetition_penalty: float = 1.0  # logits of tokens already in the sequence, as in transformers
+    seed: int | None = None  # when sampling: this stream's own noise, the same whatever the batch
     dense_bias: Any = field(default=None, compare=False, repr=False)  # built by the sampler
 
 

@@ -162,7 +162,7 @@ UNSUPPORTED_OPTIONS = ("presence_penalty", "frequency_penalty", "length_penalty"
 
 def sampling_options(payload: dict[str, Any], vocab_size: int, limits: Limits) -> dict[str, Any]:
     """A GENERATE request's decoding options, checked: max_tokens, temperature, logit_bias,
-    top_logprobs, top_k, top_p, repetition_penalty."""
+    top_logprobs, top_k, top_p, repetition_penalty, seed (an extension: the stream's own noise)."""
     for option in UNSUPPORTED_OPTIONS:
         if payload.get(option) is not None:
             raise RequestError(f"'{option}' is not supported by this server (yet); leave it out")
@@ -177,6 +177,7 @@ def sampling_options(payload: dict[str, Any], vocab_size: int, limits: Limits) -
         top_p=_number(payload.get("top_p"), "top_p", 1.0, low=0.0, high=1.0, open_low=True),
         repetition_penalty=_number(payload.get("repetition_penalty"), "repetition_penalty", 1.0, low=0.0,
                                    high=1e6, open_low=True),
+        seed=None if payload.get("seed") is None else _int(payload["seed"], "seed", 0, MAX_SEED),
     )
 
 
@@ -191,6 +192,7 @@ def _number(value: Any, name: str, default: float, low: float, high: float, open
     return float(value)
 
 
+MAX_SEED = (1 << 63) - 1
 LOWEST_LOGPROB = -1e30  # stands in for -inf, which strict JSON cannot carry
 
 

@@ -25,7 +25,7 @@ from lmql_core.array_ops import TorchOps
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.errors import LMQLError
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import fused, hub, lean_decode, loading, memory, packed, replays, warm_up
+from lmql_hf import chat, fused, hub, lean_decode, loading, memory, packed, replays, warm_up
 from lmql_hf.graphs import BATCH_BUCKETS, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
 from lmql_hf.slot_cache import SlotCache
@@ -384,6 +384,9 @@ class HFBackend(Backend):
     def tokenizer_json(self) -> str | None:
         found = find_tokenizer_json(self.path) or cached_tokenizer_json(self.path)
         return Path(found).read_text(encoding="utf-8") if found else None
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str | None:  # backend.ChatTemplates
+        return chat.chat_prompt(self.path, messages)
 
 
 def _auto(option: bool | None, default: bool) -> bool:

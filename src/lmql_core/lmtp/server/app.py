@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.server.connection import Connection
 from lmql_core.lmtp.server.guard import ConnectionGuard
-from lmql_core.lmtp.server.metrics import render_metrics
+from lmql_core.lmtp.server.metrics import Traffic, render_metrics
 from lmql_core.lmtp.server.session import Session
 from lmql_core.model_host import ModelHost
 
@@ -27,6 +27,7 @@ LIMITS_KEY = web.AppKey("limits", wire.Limits)
 TOKEN_KEY = web.AppKey("auth_token", str)
 CONNECTIONS_KEY = web.AppKey("connections", set)
 GUARD_KEY = web.AppKey("guard", ConnectionGuard)
+TRAFFIC_KEY = web.AppKey("traffic", Traffic)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -55,9 +56,12 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
     session = Session(request.app[HOST_KEY], connection.send, limits, encode_tokens=True)
     connection.start(session)
     request.app[CONNECTIONS_KEY].add(connection)
+    traffic = request.app[TRAFFIC_KEY]
+    traffic.clients["lmtp"] += 1
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
+                traffic.requests["lmtp"] += 1
                 await session.handle_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 connection.send("TOKEN", [{"stream_id": None,
@@ -65,6 +69,7 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
             elif msg.type == WSMsgType.ERROR:
                 log.info("connection error: %s", ws.exception())
     finally:
+        traffic.clients["lmtp"] -= 1
         request.app[CONNECTIONS_KEY].discard(connection)
         session.close()
         await connection.close()
@@ -135,7 +140,7 @@ async def health(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     if not authorized(request):
         raise web.HTTPUnauthorized(text="this server needs a token (--auth-token)\n")
-    body = render_metrics(request.app[HOST_KEY], len(request.app[CONNECTIONS_KEY]))
+    body = render_metrics(request.app[HOST_KEY], len(request.app[CONNECTIONS_KEY]), request.app[TRAFFIC_KEY])
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
@@ -146,6 +151,7 @@ def make_app(host: ModelHost, limits: wire.Limits | None = None, auth_token: str
     app[TOKEN_KEY] = auth_token
     app[CONNECTIONS_KEY] = set()
     app[GUARD_KEY] = ConnectionGuard(app[LIMITS_KEY])
+    app[TRAFFIC_KEY] = Traffic()
     app.router.add_get("/", lmtp_socket)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

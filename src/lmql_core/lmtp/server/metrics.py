@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -13,11 +15,23 @@ from prometheus_client.registry import Collector
 from lmql_core.lmtp.server.gc_pauses import PAUSES
 from lmql_core.model_host import ModelHost
 
+TRANSPORTS = ("lmtp", "openai")
+
+
+@dataclass
+class Traffic:
+    """What each transport (LMTP, OpenAI's HTTP API) receives: requests so far (LMTP: frames;
+    OpenAI: HTTP requests) and its clients now (LMTP: connections; OpenAI: requests in flight)."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    clients: Counter[str] = field(default_factory=Counter)
+
 
 class EngineCollector(Collector):
-    def __init__(self, host: ModelHost, connections: int) -> None:
+    def __init__(self, host: ModelHost, connections: int, traffic: Traffic | None = None) -> None:
         self.host = host
         self.connections = connections
+        self.traffic = traffic or Traffic()
 
     def collect(self) -> Iterator[Any]:
         for name, doc, family_type, read in METRICS:
@@ -26,6 +40,15 @@ class EngineCollector(Collector):
                 family.add_metric([model_name], read(model.engine))
             yield family
         yield GaugeMetricFamily("lmql_connections", "Open LMTP connections", value=self.connections)
+        requests = CounterMetricFamily("lmql_requests", "Requests received (LMTP frames, OpenAI "
+                                       "HTTP requests)", labels=["transport"])
+        clients = GaugeMetricFamily("lmql_clients", "Clients now (LMTP connections, OpenAI requests "
+                                    "in flight)", labels=["transport"])
+        for transport in TRANSPORTS:
+            requests.add_metric([transport], self.traffic.requests[transport])
+            clients.add_metric([transport], self.traffic.clients[transport])
+        yield requests
+        yield clients
 
 
 class GCCollector(Collector):
@@ -73,8 +96,8 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
 ]
 
 
-def render_metrics(host: ModelHost, connections: int) -> bytes:
+def render_metrics(host: ModelHost, connections: int, traffic: Traffic | None = None) -> bytes:
     registry = CollectorRegistry()
-    registry.register(EngineCollector(host, connections))
+    registry.register(EngineCollector(host, connections, traffic))
     registry.register(GCCollector())
     return generate_latest(registry)

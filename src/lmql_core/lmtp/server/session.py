@@ -72,23 +72,29 @@ class Session:
             log.exception("request failed")
             self._error(stream_id, f"internal error: {type(e).__name__}: {shown(e, 200)}")
 
+    async def start(self, command: str, body: dict[str, Any]) -> None:
+        """Start a GENERATE or SCORE request (an LMTP body) with the same checks as ``handle``,
+        but a bad request raises ``RequestError`` instead of being answered with an error entry:
+        for a transport that answers errors in its own shape (``openai_compat``)."""
+        await self._handlers()[command](wire.stream_id_of(body), body)
+
     def _handlers(self) -> dict[str, Callable[[Any, dict[str, Any]], Any]]:
         return {"GENERATE": self._generate, "SCORE": self._score, "MODEL_INFO": self._model_info,
                 wire.TOKENIZER: self._tokenizer, wire.CANCEL: self._cancel}
 
-    async def _model(self, body: dict[str, Any]) -> LoadedModel:
-        name = body.get("model")
+    async def model(self, name: Any) -> LoadedModel:
+        """The served model named ``name`` (loaded now where the server loads on demand)."""
         loaded = self.host.models.get(name) if isinstance(name, str) else None
         if loaded is None:  # not served yet: an error, or a load (off the event loop)
             loaded = await asyncio.to_thread(self.host.get, name)
         return loaded
 
     async def _generate(self, stream_id: Any, body: dict[str, Any]) -> None:
-        model = await self._model(body)
+        model = await self.model(body.get("model"))
         vocab = model.backend.vocab_size
         text_mode = "text" in body and "prompt" not in body
         if text_mode:
-            prompt = self._encode(model, body, "text", prompt=True)
+            prompt = self.encode(model, body.get("text"), "text", bos=True)
         else:
             prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
         params = SamplingParams(**wire.sampling_options(body, vocab, self.limits))
@@ -100,11 +106,11 @@ class Session:
             self._decoders[stream_id] = IncrementalDecoder(model.tokenizer, skip)
 
     async def _score(self, stream_id: Any, body: dict[str, Any]) -> None:
-        model = await self._model(body)
+        model = await self.model(body.get("model"))
         vocab = model.backend.vocab_size
         if "text" in body and "prompt" not in body:
-            prompt = self._encode(model, body, "text", prompt=True)
-            scored = self._encode(model, body, "scored_text", prompt=False)
+            prompt = self.encode(model, body.get("text"), "text", bos=True)
+            scored = self.encode(model, body.get("scored_text"), "scored_text", bos=False)
         else:
             prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
             scored = wire.token_list(body.get("scored"), "scored", vocab)
@@ -112,28 +118,29 @@ class Session:
         seq = Sequence(stream_id, prompt, SamplingParams(max_tokens=0), self._deliver, Kind.SCORE, scored)
         self._start(seq, model)
 
-    def _encode(self, model: LoadedModel, body: dict[str, Any], field: str, prompt: bool) -> list[int]:
-        """Text mode: the server tokenizes (a prompt gets the model's BOS, like LMQL clients send)."""
+    def encode(self, model: LoadedModel, value: Any, field: str, bos: bool) -> list[int]:
+        """Text mode: the server tokenizes ``value`` (the request's ``field``); a prompt gets the
+        model's BOS (``bos``), as LMQL clients send it."""
         tokenizer = model.tokenizer
         if tokenizer is None:
             raise RequestError("text mode needs the model's tokenizer, which this server does not have; "
                                "send token ids in 'prompt' instead")
-        text = wire.text(body, field, model.backend.max_context)
+        text = wire.text({field: value}, field, model.backend.max_context)
         ids = tokenizer.encode(text, add_special_tokens=False)
-        bos = [tokenizer.bos_token_id] if prompt and tokenizer.bos_token_id is not None else []
-        if not bos + ids:
+        first = [tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []
+        if not first + ids:
             raise RequestError(f"'{field}' encodes to no tokens")
-        return bos + ids
+        return first + ids
 
     async def _tokenizer(self, stream_id: Any, body: dict[str, Any]) -> None:
-        model = await self._model(body)
+        model = await self.model(body.get("model"))
         spec = spec_of(model.tokenizer) if model.tokenizer is not None else None
         if spec is None:
             raise RequestError(f"the server has no tokenizer to send for '{model.model_id.served_name}'")
         self._send("MSG", [{"stream_id": stream_id, "model": model.model_id.served_name, "tokenizer": spec}])
 
     async def _model_info(self, stream_id: Any, body: dict[str, Any]) -> None:
-        model = await self._model(body)
+        model = await self.model(body.get("model"))
         self._send("MSG", [{"stream_id": stream_id, "model": model.model_id.served_name,
                             "model_info": model.info()}])
 
@@ -141,6 +148,10 @@ class Session:
         """CANCEL (an extension): stop the stream and free it. Nothing is answered; a stream
         that is unknown or already finished is ignored. Entries already on their way may
         still arrive."""
+        self.cancel(stream_id)
+
+    def cancel(self, stream_id: Any) -> None:
+        """Stop a stream and free it (as CANCEL)."""
         active = self._active.pop(stream_id, None)
         self._decoders.pop(stream_id, None)
         if active is not None:

@@ -1,0 +1,162 @@
+"""One choice of a completion: LMTP token entries in, OpenAI's text, log-probs and finish out.
+
+Text comes from the model's tokenizer as the tokens arrive (``IncrementalDecoder``); stop
+strings are found in it here, and text that could still become one is held back from streams.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
+
+STOP, LENGTH = "stop", "length"
+# each tokenizer's tokens decoded alone, as log-probs show them (asked for every token of every stream)
+_PIECES: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
+def pieces_of(tokenizer: Tokenizer) -> dict[int, str]:
+    pieces = _PIECES.get(tokenizer)
+    if pieces is None:
+        pieces = _PIECES[tokenizer] = {}
+    return pieces
+
+
+@dataclass
+class TokenLogprob:
+    token: int
+    text: str  # how the token is shown: decoded alone, or "token_id:N" (``tokens_as_ids``)
+    logprob: float | None  # None: the prompt's first token (nothing before it to predict it)
+    top: list[tuple[int, str, float]] = field(default_factory=list)  # best first, the chosen included
+    length: int = 0  # characters of the token decoded alone (for text offsets)
+
+
+class Choice:
+    def __init__(self, index: int, tokenizer: Tokenizer, stop: list[str], stop_token_ids: list[int],
+                 eos_token_id: int | None, tokens_as_ids: bool = False) -> None:
+        """``tokens_as_ids``: log-probs name tokens "token_id:N" (vLLM's return_tokens_as_token_ids)."""
+        self.index = index
+        self.tokens_as_ids = tokens_as_ids
+        self.pieces = pieces_of(tokenizer)
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.stop_token_ids = set(stop_token_ids)
+        skip = {eos_token_id} if eos_token_id is not None else set()
+        self.decoder = IncrementalDecoder(tokenizer, skip | self.stop_token_ids)
+        self.prefix = ""  # echo: the prompt's text
+        self.prefix_logprobs: list[TokenLogprob] = []
+        self.text = ""  # the completion's text (cut at a stop string once one is found)
+        self.logprobs: list[TokenLogprob] = []
+        self.tokens = 0  # generated
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.sent_text = 0  # characters of ``prefix + text`` a stream has been given
+        self.sent_logprobs = 0  # entries of ``prefix_logprobs + logprobs`` a stream has been given
+        self.role_sent = False  # chat streams: the first chunk names the role
+        self._checked = 0  # characters of ``text`` searched for stop strings
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+    def add(self, entry: dict[str, Any]) -> bool:
+        """Take one LMTP token entry; True when a stop string or stop token ended the choice
+        here (the caller cancels its stream: the engine does not know why it ended)."""
+        if self.done:
+            return False
+        if "error" in entry:
+            self.error = str(entry["error"])
+            return False
+        token = entry["token"]
+        self.tokens += 1
+        self.logprobs.append(self.token_logprob(token, entry["logprob"], entry.get("top_logprobs")))
+        self.text += self.decoder.push(token)
+        if token in self.stop_token_ids:
+            self.finish_reason = STOP
+        elif entry.get("finish_reason") is not None:
+            self.finish_reason = STOP if entry["finish_reason"] == STOP else LENGTH
+        if self.done:
+            self.text += self.decoder.flush()
+        if self.stop and self._cut_at_stop():
+            self.finish_reason = STOP
+            return True
+        return token in self.stop_token_ids
+
+    def _cut_at_stop(self) -> bool:
+        longest = max(map(len, self.stop))
+        start = max(0, self._checked - longest + 1)
+        found = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        self._checked = len(self.text)
+        if not found:
+            return False
+        self.text = self.text[: min(found)]
+        return True
+
+    def token_logprob(self, token: int, logprob: float | None, top: dict[str, float] | None) -> TokenLogprob:
+        ranked = sorted(((int(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])
+        piece = self._piece(token)
+        return TokenLogprob(token, self._label(token, piece), logprob,
+                            [(t, self._label(t, self._piece(t)), lp) for t, lp in ranked], len(piece))
+
+    def _piece(self, token: int) -> str:
+        piece = self.pieces.get(token)
+        if piece is None:
+            piece = self.pieces[token] = self.tokenizer.decode([token])
+        return piece
+
+    def _label(self, token: int, piece: str) -> str:
+        return f"token_id:{token}" if self.tokens_as_ids else piece
+
+    def releasable_text(self) -> str:
+        """The text a stream may be given now (after the echoed prompt, if any): all of it once
+        done, else all but the characters that could begin a stop string still to come."""
+        shown = len(self.prefix)
+        end = shown + len(self.text)
+        if self.stop and not self.done:
+            end = max(self.sent_text, shown, end - max(map(len, self.stop)) + 1)
+        start, self.sent_text = self.sent_text, max(self.sent_text, end)
+        if start >= end:
+            return ""
+        head = self.prefix[start:] if start < shown else ""
+        return head + self.text[max(0, start - shown) : end - shown]
+
+    def new_logprobs(self) -> list[TokenLogprob]:
+        """The log-probs a stream has not been given yet (the echoed prompt's first)."""
+        shown = len(self.prefix_logprobs)
+        start = self.sent_logprobs
+        new = self.prefix_logprobs[start:] + self.logprobs[max(0, start - shown) :]
+        self.sent_logprobs = shown + len(self.logprobs)
+        return new
+
+
+# --- OpenAI's shapes ---------------------------------------------------------------------
+
+
+def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The ``logprobs`` of a /v1/completions choice; ``offset``: where the first token's text
+    begins in the choice's text."""
+    offsets = []
+    for item in items:
+        offsets.append(offset)
+        offset += item.length
+    return {
+        "tokens": [item.text for item in items],
+        "token_logprobs": [item.logprob for item in items],
+        "top_logprobs": [None if item.logprob is None else {text: lp for _, text, lp in item.top} or
+                         {item.text: item.logprob} for item in items],
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(items: list[TokenLogprob], top: int) -> dict[str, Any]:
+    """The ``logprobs`` of a chat choice: ``content``, one entry per token with its ``top``
+    alternatives."""
+    return {"content": [{**_chat_token(item.text, item.logprob),
+                         "top_logprobs": [_chat_token(text, lp) for _, text, lp in item.top[:top]]}
+                        for item in items]}
+
+
+def _chat_token(text: str, logprob: float | None) -> dict[str, Any]:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}

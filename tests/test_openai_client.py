@@ -1,0 +1,104 @@
+"""The ``openai:`` transport: LMQL programs, generate and score against an OpenAI-compatible
+server (ours) give what they give over LMTP from the same server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Server, server_metric, wait_until
+from tests.openai_fixtures import bundled_tiny
+
+COMPAT = ROOT / "tests" / "compat"
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def folder() -> str:
+    return str(bundled_tiny())
+
+
+@pytest.fixture(scope="module")
+def server(folder: str) -> Iterator[Server]:
+    served = Server(folder)  # by its folder, as the differential suite serves it
+    yield served
+    assert served.stop() == 0, served.output()
+
+
+def both(server: Server, folder: str) -> tuple[Any, Any]:
+    import lmql
+
+    return (lmql.model(f"openai:{folder}", endpoint=f"http://{server.endpoint}/v1"),
+            lmql.model(folder, endpoint=server.endpoint))
+
+
+def test_generate_and_score_equal_lmtp(server: Server, folder: str) -> None:
+    over_openai, over_lmtp = both(server, folder)
+    assert over_openai.generate_sync(PROMPT, max_tokens=16) == over_lmtp.generate_sync(PROMPT, max_tokens=16)
+    values = [" there", " you", " the end"]
+    scores = over_openai.score_sync(PROMPT, values).token_scores
+    expected = over_lmtp.score_sync(PROMPT, values).token_scores
+    assert [len(s) for s in scores] == [len(s) for s in expected] == [1, 1, 2]
+    for ours, reference in zip(scores, expected, strict=True):
+        assert ours == pytest.approx(reference, abs=1e-4)
+
+
+def test_an_abandoned_stream_stops_on_the_server(server: Server, folder: str) -> None:
+    over_openai, _ = both(server, folder)
+    over_openai.generate_sync("warm", max_tokens=1)
+    before = [server_metric(server, f"lmql_sequences_{n}", folder) for n in ("cancelled", "finished")]
+    stream = over_openai.stream_sync(PROMPT, max_tokens=480, logit_bias={"2": -100})
+    next(stream), next(stream)
+    stream.close()  # leaves the stream early: the HTTP response is closed, the server cancels
+    wait_until(lambda: server_metric(server, "lmql_active_sequences", folder) == 0)
+    after = [server_metric(server, f"lmql_sequences_{n}", folder) for n in ("cancelled", "finished")]
+    assert after == [before[0] + 1, before[1]]
+
+
+def test_an_unknown_model_is_a_clear_error(server: Server) -> None:
+    import lmql
+    from lmql_core.errors import LMQLError
+
+    llm = lmql.model("openai:no-such-model", endpoint=f"http://{server.endpoint}/v1", tokenizer=str(bundled_tiny()))
+    with pytest.raises(LMQLError, match="lmql-tiny', not 'no-such-model'"):
+        llm.generate_sync(PROMPT, max_tokens=2)
+
+
+def run_programs(endpoint: str, folder: str) -> dict[str, dict[str, Any]]:
+    """The differential suite's programs (``tests/compat/queries.py``) with this runtime."""
+    result = subprocess.run([sys.executable, str(COMPAT / "query_programs.py"), endpoint, folder],
+                            capture_output=True, text=True, timeout=900)
+    records = [json.loads(line[len("COMPAT "):]) for line in result.stdout.splitlines() if line.startswith("COMPAT ")]
+    assert records, result.stderr
+    return {r["check"]: r for r in records}
+
+
+def test_the_query_suite_runs_the_same_over_openai(server: Server, folder: str) -> None:
+    sys.path.insert(0, str(COMPAT))
+    try:
+        from queries import PROGRAMS
+        from query_compare import sampled_shape, token_counter
+        from run_compat import same
+    finally:
+        sys.path.remove(str(COMPAT))
+    over_openai = run_programs(f"http://{server.endpoint}/v1", folder)
+    over_lmtp = run_programs(server.endpoint, folder)
+    count_tokens = token_counter(folder)
+    failed = []
+    for program in PROGRAMS:
+        name = program["name"]
+        ours, reference = over_openai[name], over_lmtp[name]
+        if "error" in ours or "error" in reference:
+            failed.append((name, ours.get("error"), reference.get("error")))
+        elif program["kind"] == "sampled":  # different draws: the shape only
+            if not sampled_shape(program["shape"], count_tokens)(ours["result"]):
+                failed.append((name, ours["result"], "shape"))
+        elif not same(ours["result"], reference["result"]):
+            failed.append((name, ours["result"], reference["result"]))
+    assert not failed, failed
+    assert len(over_openai) == len(PROGRAMS)
