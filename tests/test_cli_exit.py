@@ -69,7 +69,7 @@ def test_exit_while_the_local_engine_is_mid_step_is_clean() -> None:
 
 def test_ctrl_c_on_an_idle_model_server_exits_within_2_s() -> None:
     """(point 1) It took 8-12 s: the interpreter's exit-time collections over torch's objects."""
-    server = Server("lmql-tiny")
+    server = Server("lmql-tiny", "--max_batch", "4")
     server.proc.send_signal(signal.SIGINT)
     began = time.monotonic()
     try:
@@ -81,3 +81,4 @@ def test_ctrl_c_on_an_idle_model_server_exits_within_2_s() -> None:
     assert server.proc.returncode == 0, output
     assert "Traceback" not in output
     assert took < 2.0, f"exited {took:.1f} s after Ctrl-C"
+    assert "Loading lmql-tiny with backend 'hf' on CPU (max_batch=4)\n" in output  # once (point 6)

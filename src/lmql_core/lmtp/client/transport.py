@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
-from lmql_core.errors import ConnectionLost, ServerError
+from lmql_core.errors import ConnectionLost, LMQLError, ServerError
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.client.loop import client_loop, on_shutdown
 
@@ -149,6 +149,10 @@ class WebSocketClient(LMTPClient):
                     raise ConnectionLost(f"the LMTP server at {self.endpoint} wants a token: pass "
                                          "api_key=... or set LMQL_AUTH_TOKEN") from None
                 raise ConnectionLost(f"{self.endpoint} is not an LMTP server: {e}") from None
+            except aiohttp.ClientConnectorError as e:  # its text: "... ssl:default [Connect call failed ..."
+                cause = e.os_error
+                reason = os.strerror(cause.errno) if (cause.errno or 0) > 0 else cause.strerror or str(cause)
+                raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {reason}") from None
             except (aiohttp.ClientError, OSError) as e:
                 raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {e}") from None
             self.cancels = False  # a new connection, perhaps to another server: until MODEL_INFO says
@@ -182,6 +186,9 @@ async def _construct(cls: type[WebSocketClient], endpoint: str, api_key: str | N
 
 def normalize_endpoint(endpoint: str | None) -> str:
     endpoint = endpoint or os.environ.get("LMQL_ENDPOINT") or "localhost:8080"
+    if endpoint.isdigit():
+        raise LMQLError(f"the endpoint '{endpoint}' is a port without a host: use "
+                        f"localhost:{endpoint} (host:port)")
     if "://" not in endpoint:
         endpoint = "ws://" + endpoint
     return endpoint.rstrip("/")
