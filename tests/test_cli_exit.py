@@ -28,6 +28,7 @@ SAMPLED_SET_LOOP = textwrap.dedent("""\
     """)
 
 
+@pytest.mark.timeout(900)  # 20 processes loading torch: ~70 s on two idle cores, more when shared
 def test_lmql_run_local_exits_0_twenty_times_in_a_row(tmp_path: Path) -> None:
     programs = [tmp_path / "number.lmql", tmp_path / "things.lmql"]
     programs[0].write_text(CONSTRAINED_NUMBER)
