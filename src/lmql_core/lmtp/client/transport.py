@@ -31,12 +31,21 @@ class LMTPClient:
         self._streams: dict[Any, asyncio.Queue[Any]] = {}
         self._ids = itertools.count(1)
         self._cancelling: set[asyncio.Task[None]] = set()
+        # connections opened so far: a new one may reach another server (restarted with another
+        # model behind the same endpoint), so what was learnt from the last one is stale
+        self.connections = 0
 
     async def _send(self, command: str, payload: dict[str, Any]) -> None:
         raise NotImplementedError
 
     async def _ensure_open(self) -> None:
         """Connect if not connected."""
+
+    async def connection(self) -> int:
+        """Which connection requests go over now (connecting if there is none): what was learnt
+        of the server over another one must be asked again."""
+        await self._ensure_open()
+        return self.connections
 
     def _dispatch(self, command: str, payload: Any) -> None:
         entries = payload if isinstance(payload, list) else [payload]
@@ -156,6 +165,7 @@ class WebSocketClient(LMTPClient):
             except (aiohttp.ClientError, OSError) as e:
                 raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {e}") from None
             self.cancels = False  # a new connection, perhaps to another server: until MODEL_INFO says
+            self.connections += 1
             self._reader = asyncio.create_task(self._read(self._ws))
 
     async def _read(self, ws: Any) -> None:
