@@ -159,8 +159,8 @@ class WebSocketClient(LMTPClient):
                                          "api_key=... or set LMQL_AUTH_TOKEN") from None
                 raise ConnectionLost(f"{self.endpoint} is not an LMTP server: {e}") from None
             except aiohttp.ClientConnectorError as e:  # its text: "... ssl:default [Connect call failed ..."
-                cause = e.os_error
-                reason = os.strerror(cause.errno) if (cause.errno or 0) > 0 else cause.strerror or str(cause)
+                number, cause = e.os_error.errno or 0, e.os_error
+                reason = os.strerror(number) if number > 0 else cause.strerror or str(cause)
                 raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {reason}") from None
             except (aiohttp.ClientError, OSError) as e:
                 raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {e}") from None
