@@ -22,7 +22,7 @@ class LLM:
         self.model_id = model_id
         self.client = client
         self._tokenizers = TokenizerResolver(model_id, client, tokenizer, self._server_info)
-        self._info: dict[str, Any] | None = None
+        self._info: tuple[int, dict[str, Any]] | None = None  # (the connection it came over, MODEL_INFO)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -82,11 +82,13 @@ class LLM:
         return "extensions" in await self._server_info()
 
     async def _server_info(self) -> dict[str, Any]:
-        """The served model's MODEL_INFO (asked once; ``{}`` from servers that say nothing)."""
-        if self._info is None:
+        """The served model's MODEL_INFO (asked once per connection: after a reconnect the server
+        may have restarted with another model; ``{}`` from servers that say nothing)."""
+        connection = await self.client.connection()
+        if self._info is None or self._info[0] != connection:
             info = (await self.client.model_info(self.model_id.served_name)).get("model_info")
-            self._info = info if isinstance(info, dict) else {}
-        return self._info
+            self._info = (connection, info if isinstance(info, dict) else {})
+        return self._info[1]
 
     def encode_prompt(self, text: str) -> list[int]:
         return run_sync(self._encode_prompt(text))

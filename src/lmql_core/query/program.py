@@ -17,7 +17,7 @@ from lmql_core.lmtp.client.loop import run_async
 from lmql_core.query.chat import install_runtime
 from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
 from lmql_core.query.decoders import DecoderSpec, direct, log_softmax
-from lmql_core.query.errors import QueryError, UnknownVariable
+from lmql_core.query.errors import NoModelError, QueryError, UnknownVariable
 from lmql_core.query.inputs import MissingInput, bound_names, missing_inputs, query_reads
 from lmql_core.query.parser import WHERE_MARK, ParsedQuery
 from lmql_core.query.qstring import Hole, parse_qstring
@@ -224,7 +224,7 @@ class CompiledQuery:
         if chosen is None:
             chosen = api._default_model
         if chosen is None:
-            raise QueryError("no model for this query: add `from \"local:lmql-tiny\"` (or another model), "
+            raise NoModelError("no model for this query: add `from \"local:lmql-tiny\"` (or another model), "
                              "pass model=..., or call lmql.set_default_model(...)")
         if isinstance(chosen, LLM):
             return chosen
