@@ -17,6 +17,7 @@ from lmql_core.lmtp.client.loop import run_sync as _block
 from lmql_core.query.errors import QueryError, QuerySyntaxError
 from lmql_core.query.parser import Clause, ParsedQuery, parse_query
 from lmql_core.query.program import CompiledQuery
+from lmql_core.query.result import LMQLResult
 
 
 class QueryFunction:
@@ -36,13 +37,48 @@ class QueryFunction:
         return self._single(await result)
 
     def _single(self, result: Any) -> Any:
-        if self.single_value and hasattr(result, "variables"):
-            values = dict(result.variables)
-            return next(iter(values.values())) if len(values) == 1 else values
-        return result
+        """``lmql.F`` returns each run's variable value (a dict when there are several): a list
+        of them when the decoder gives several runs (``n=2``), the value alone for one."""
+        if not self.single_value:
+            return result
+        if isinstance(result, list):
+            values = [_variable_value(r) for r in result]
+            return values[0] if len(values) == 1 else values
+        return _variable_value(result)
 
     def __repr__(self) -> str:
         return f"<lmql query {self.__name__}>"
+
+    # --- what LMQL's query functions tell about themselves ----------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.__name__
+
+    @property
+    def output_variables(self) -> list[str]:
+        """The names the query defines: its prompt variables, then what its statements assign."""
+        return list(self.compiled.output_variables)
+
+    @property
+    def output_keys(self) -> list[str]:
+        return self.output_variables
+
+    @property
+    def input_keys(self) -> list[str]:
+        """The query's inputs: a function's parameters, or (from source) the names it reads."""
+        return self.compiled.input_names()
+
+    @property
+    def lmql_code(self) -> str:
+        return self.compiled.parsed.source
+
+
+def _variable_value(result: Any) -> Any:
+    if not isinstance(result, LMQLResult):
+        return result  # a value the query returned
+    values = dict(result.variables)
+    return next(iter(values.values())) if len(values) == 1 else values
 
 
 def query(fn: Callable[..., Any] | str | None = None, *, is_async: bool | None = None,
@@ -70,10 +106,10 @@ def run_sync(source: str, *args: Any, **kwargs: Any) -> Any:
     return _block(CompiledQuery(parse_query(source), None, {}, _caller_globals()).start(args, kwargs))
 
 
-def run_file(path: str | Path, **kwargs: Any) -> Any:
+def run_file(path: str | Path, *args: Any, **kwargs: Any) -> Any:
     source = Path(path).read_text(encoding="utf-8")
     compiled = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(path).name)
-    return _block(compiled.start((), kwargs))
+    return _block(compiled.start(args, kwargs))
 
 
 def F(prompt: str, constraints: str | None = None, is_async: bool = False, **defaults: Any) -> QueryFunction:

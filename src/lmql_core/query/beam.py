@@ -8,7 +8,6 @@ the top-n next tokens of every open hypothesis under its mask and keeps the n be
 
 from __future__ import annotations
 
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,15 +69,8 @@ async def _expand(beam: Hypothesis, model: LLM, spec: DecoderSpec, advance: Any)
     forced = step.forced()
     if forced is not None:
         return [Hypothesis(beam.decided, beam.score, [*beam.ids, forced], beam.at)]
-    request = {"model": model.model_id.served_name, "prompt": prompt_ids + beam.ids, "max_tokens": 1,
-               "temperature": 0.0, "top_logprobs": spec.n, **spec.options}
-    bias = step.logit_bias(variable.vocab)
-    if bias is not None:
-        request["logit_bias"] = bias
-    async with aclosing(model.client.request("GENERATE", request)) as entries:
-        entry = await anext(entries)
-    tops = {int(t): float(lp) for t, lp in (entry.get("top_logprobs") or {}).items()}
-    tops.setdefault(int(entry["token"]), float(entry["logprob"]))
+    tops = await model.next_token_logprobs(prompt_ids + beam.ids, spec.n, step.logit_bias(variable.vocab),
+                                           **spec.options)
     grown = []
     for token, logprob in sorted(tops.items(), key=lambda item: -item[1])[:spec.n]:
         if token == variable.vocab.eos:
