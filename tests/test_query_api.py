@@ -133,3 +133,72 @@ def test_lmql_model_options_we_cannot_honour_fail_clearly(options: dict[str, obj
 def test_served_models_take_lmqls_in_process_options_without_complaint(recwarn: pytest.WarningsRecorder) -> None:
     llm = lmql.model("lmql-tiny", endpoint="localhost:1", silent=True, batch_size=4, chunksize=8)
     assert llm.decoding == {"chunksize": 8} and not recwarn.list
+
+
+# --- LMQL 0.7.3's public names (its dir(lmql), less what it re-exports from inspect/typing) ---
+
+LMQL_PUBLIC = ("F", "LLM", "LMQLQueryFunction", "LMQLResult", "ScoringResult", "algorithms", "decorators",
+               "generate", "generate_sync", "get_default_model", "get_default_scoring_model", "headless",
+               "main", "model", "printing", "query", "query_from_string", "run", "run_file", "run_in_loop",
+               "run_sync", "score", "score_sync", "serve", "set_default_model", "silent", "stream", "tokenizer")
+
+
+def test_lmqls_public_names_are_there() -> None:
+    missing = [name for name in LMQL_PUBLIC if not hasattr(lmql, name)]
+    assert not missing
+    assert set(LMQL_PUBLIC) <= set(dir(lmql))
+
+
+def test_import_lmql_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, time; t = time.perf_counter(); import lmql; took = time.perf_counter() - t; "
+            "print(took, *(m in sys.modules for m in ('torch', 'transformers', 'numpy')))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(3)]
+    assert min(float(r[0]) for r in runs) < 0.3
+    assert all(r[1:] == ["False", "False", "False"] for r in runs)
+
+
+def test_tokenizer_is_the_models_tokenizer_called_as_in_lmql() -> None:
+    import transformers
+
+    from lmql_hf.bundled import bundled_path
+
+    reference = transformers.AutoTokenizer.from_pretrained(bundled_path("lmql-tiny"))
+    t = lmql.tokenizer("lmql-tiny")
+    text = "Hello world, said the cat."
+    assert t(text)["input_ids"] == reference(text, add_special_tokens=False)["input_ids"]
+    assert t([text, "a"])["input_ids"][1] == reference("a", add_special_tokens=False)["input_ids"]
+    assert t.decode(t(text)["input_ids"]) == text and "".join(t.tokenize(text)) == text
+    assert lmql.tokenizer("lmql-tiny") is t and t.eos_token_id == reference.eos_token_id
+
+
+def test_main_runs_an_async_query_to_its_result() -> None:
+    q = lmql.query("argmax " + HELLO)
+    assert lmql.main(q, model=MODEL).variables == lmql.run_sync("argmax " + HELLO, model=MODEL).variables
+
+
+def test_stream_writes_the_variable_as_it_grows(capsys: pytest.CaptureFixture[str]) -> None:
+    result = lmql.run_sync("argmax " + HELLO, model=MODEL, output_writer=lmql.stream("WHO"))
+    assert capsys.readouterr().out == result.variables["WHO"].strip()
+    lmql.run_sync("argmax " + HELLO, model=MODEL, output_writer=lmql.printing)
+    shown = capsys.readouterr().out
+    assert f"{result.prompt}\n\n valid=True" in shown
+    lmql.run_sync("argmax " + HELLO, model=MODEL, output_writer=lmql.silent)
+    assert capsys.readouterr().out == ""
+
+
+def test_algorithms_map_calls_the_query_on_every_item_in_order() -> None:
+    import lmql.algorithms as la
+
+    summary = lmql.F("Say {text}:[X]", "len(TOKENS(X)) < 3", model=MODEL, is_async=True)
+    items = [" one", " two", " three"]
+    expected = [lmql.F("Say {text}:[X]", "len(TOKENS(X)) < 3", model=MODEL)(text=i) for i in items]
+    assert lmql.main(la.map, summary, items, chunksize=2) == expected
+    assert lmql.main(la.map, "Say {text}:[X]", items, where="len(TOKENS(X)) < 3", model=MODEL) == expected
+
+
+def test_llm_from_descriptor_is_lmql_model() -> None:
+    assert lmql.LLM.from_descriptor(MODEL).model_id == lmql.model(MODEL).model_id

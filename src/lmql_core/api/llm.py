@@ -45,6 +45,18 @@ class LLM:
     def model_identifier(self) -> str:
         return str(self.model_id)
 
+    @classmethod
+    def from_descriptor(cls, model_identifier: str | LLM | None, **kwargs: Any) -> LLM:
+        """LMQL's name for ``lmql.model(...)``; None is the default model."""
+        from lmql_core import api
+
+        if model_identifier is None:
+            default = api.get_default_model()
+            if default is None:
+                raise RuntimeError("no default model: call lmql.set_default_model(...) or name one")
+            return default
+        return api.model(model_identifier, **kwargs)  # type: ignore[arg-type]
+
     def __repr__(self) -> str:
         return f"<LLM {self.model_identifier}>"
 

@@ -74,6 +74,30 @@ class QueryFunction:
         return self.compiled.parsed.source
 
 
+def query_from_string(source: str, input_variables: list[str] | None = None, is_async: bool = True,
+                      output_writer: Any = None, **extra_args: Any) -> QueryFunction:
+    """LMQL's name for ``lmql.query(source)``."""
+    if output_writer is not None:
+        extra_args["output_writer"] = output_writer
+    return query(source, input_variables, is_async=is_async, **extra_args)  # type: ignore[no-any-return]
+
+
+def main(query_fct: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``query_fct`` and wait for its result, in any thread but lmql's own client loop
+    (LMQL's ``lmql.main``, for async queries called from sync code)."""
+    result = query_fct(*args, **kwargs)
+    return run_in_loop(result) if inspect.isawaitable(result) else result
+
+
+def run_in_loop(awaitable: Awaitable[Any]) -> Any:
+    """Wait for ``awaitable`` (a coroutine of lmql's API or any other) from sync code."""
+
+    async def wait() -> Any:
+        return await awaitable
+
+    return _block(wait())
+
+
 def _variable_value(result: Any) -> Any:
     if not isinstance(result, LMQLResult):
         return result  # a value the query returned
@@ -81,14 +105,21 @@ def _variable_value(result: Any) -> Any:
     return next(iter(values.values())) if len(values) == 1 else values
 
 
-def query(fn: Callable[..., Any] | str | None = None, *, is_async: bool | None = None,
-          **defaults: Any) -> Any:
+def query(fn: Callable[..., Any] | str | None = None, input_variables: list[str] | None = None, *,
+          is_async: bool | None = None, **defaults: Any) -> Any:
     """``@lmql.query`` (docstring or plain-Python body), ``@lmql.query(model=..., decoder=...)``,
-    or ``lmql.query("argmax ...")`` (async unless ``is_async=False``)."""
+    or ``lmql.query("argmax ...")`` (async unless ``is_async=False``; ``input_variables`` names
+    its parameters, in order, as LMQL's)."""
     if fn is None:
         return lambda f: query(f, is_async=is_async, **defaults)
+    if isinstance(fn, QueryFunction):
+        return fn
     if isinstance(fn, str):
-        compiled = CompiledQuery(parse_query(fn), None, defaults, _caller_globals(), "query")
+        params = None
+        if input_variables is not None:
+            params = ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in input_variables], kwonlyargs=[],
+                                   kw_defaults=[], defaults=[])
+        compiled = CompiledQuery(parse_query(fn), params, defaults, _caller_globals(), "query")
         return QueryFunction(compiled, True if is_async is None else is_async)
     compiled = _from_function(fn, defaults)
     wrapper = QueryFunction(compiled, inspect.iscoroutinefunction(fn) if is_async is None else is_async)

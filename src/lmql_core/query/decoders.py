@@ -9,6 +9,7 @@ from typing import Any
 
 from lmql_core.query.errors import QueryError
 from lmql_core.query.generation import CHUNK, Sampling, Variable, generate
+from lmql_core.query.output import show
 from lmql_core.query.runtime import Decide, Decided, QueryContext, postprocess
 
 DEFAULT_MAX_LENGTH = 2048  # LMQL's default max_len: prompt and generated tokens together
@@ -47,6 +48,7 @@ class DecoderSpec:
     max_length: int = DEFAULT_MAX_LENGTH
     options: dict[str, Any] = field(default_factory=dict)  # FORWARDED ones
     chunk: int = CHUNK
+    writer: Any = None  # output_writer=
 
     KNOWN = tuple(sorted({a for args in DECODER_ARGUMENTS.values() for a in args} | set(EXTRA)))
 
@@ -78,7 +80,7 @@ class DecoderSpec:
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise QueryError(f"chunksize must be a positive integer, not {chunk!r}")
         return cls("beam" if name == "beam_search" else name, n, temperature, max_length,
-                   {k: kwargs[k] for k in FORWARDED if k in kwargs}, chunk)
+                   {k: kwargs[k] for k in FORWARDED if k in kwargs}, chunk, kwargs.get("output_writer"))
 
     @classmethod
     def accepted(cls, name: str) -> set[str]:
@@ -100,11 +102,18 @@ class DecoderSpec:
 
 
 def direct(spec: DecoderSpec) -> Decide:
-    """Generate each variable when the program reaches it."""
+    """Generate each variable when the program reaches it (shown to ``output_writer`` token by
+    token, where there is one)."""
     sampling = spec.sampling
 
     async def decide(ctx: QueryContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
-        ids = await generate(ctx.model, prompt_ids, variable, sampling, spec.max_length)
+        async def on_token(ids: list[int]) -> None:
+            text = variable.vocab.decode(ids)
+            await show(spec.writer, name, ctx.prompt_text + text, {**ctx.variables, name: text},
+                       len(prompt_ids) + len(ids))
+
+        watch = on_token if spec.writer is not None else None
+        ids = await generate(ctx.model, prompt_ids, variable, sampling, spec.max_length, watch)
         return finished(name, ids, variable)
 
     return decide

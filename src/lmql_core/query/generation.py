@@ -8,7 +8,7 @@ mask. A single allowed token is taken without asking the model, as LMQL does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -112,28 +112,34 @@ class Sampling:
     chunk: int = CHUNK  # tokens asked for at once when no constraint bounds the variable
 
 
+OnToken = Callable[[list[int]], Awaitable[None]]
+
+
 async def generate(model: LLM, prompt_ids: list[int], variable: Variable, sampling: Sampling,
-                   max_length: int) -> list[int]:
-    """The tokens of ``variable`` (without EOS) after ``prompt_ids``."""
+                   max_length: int, on_token: OnToken | None = None) -> list[int]:
+    """The tokens of ``variable`` (without EOS) after ``prompt_ids``; ``on_token(ids)`` is
+    awaited after each one."""
     ids: list[int] = []
     step = variable.step(ids)
     while not step.done and len(prompt_ids) + len(ids) < max_length:
         forced = step.forced()
         if forced is not None:
             ids.append(forced)
+            if on_token is not None:
+                await on_token(ids)
             step = variable.step(ids)
             continue
         budget = min(variable.token_limit(ids, sampling.chunk), max_length - len(prompt_ids) - len(ids))
         entries = model.token_stream(prompt_ids + ids, budget, sampling.temperature,
                                      step.logit_bias(variable.vocab), **(sampling.options or {}))
-        ended, step = await _stream(entries, ids, variable, step, budget)
+        ended, step = await _stream(entries, ids, variable, step, budget, on_token)
         if ended:
             break
     return ids
 
 
 async def _stream(stream: AsyncGenerator[dict[str, Any], None], ids: list[int], variable: Variable,
-                  step: Step, budget: int) -> tuple[bool, Step]:
+                  step: Step, budget: int, on_token: OnToken | None) -> tuple[bool, Step]:
     """Consume one request while its mask holds; ``(variable ended, next step)``."""
     received = 0
     async with aclosing(stream) as entries:
@@ -143,6 +149,8 @@ async def _stream(stream: AsyncGenerator[dict[str, Any], None], ids: list[int], 
                 return True, step
             ids.append(token)
             received += 1
+            if on_token is not None:
+                await on_token(ids)
             following = variable.step(ids)
             if entry.get("finish_reason") == "length" and received < budget:
                 return True, following  # the model's context is full: the value ends here
