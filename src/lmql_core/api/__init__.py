@@ -54,7 +54,9 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
                           "pass them to `lmql serve-model` instead", stacklevel=2)
         client = transports[""](model_id, endpoint=endpoint, api_key=api_key)
     llm = LLM(model_id, client, tokenizer, decoding=options.decoding)
-    llm.configuration = dict(kwargs)  # as LMQL's LLM.configuration: the options it was made with
+    given = {"endpoint": endpoint, "tokenizer": tokenizer, "api_key": api_key, "inprocess": inprocess or None}
+    # as LMQL's LLM.configuration: the options it was made with
+    llm.configuration = {**{k: v for k, v in given.items() if v is not None}, **kwargs}
     return llm
 
 
