@@ -22,6 +22,22 @@ async def main():
     {"name": "api_argmax_n2_list", "kind": "greedy", "lmql": f"argmax(n=2) {HELLO} from <MODEL>"},
     {"name": "api_beam_n1_list", "kind": "beam",
      "lmql": 'beam(n=1) "The cat sat on the[P]" from <MODEL> where P in [" mat", " dog"]'},
+    # beam search over several variables: the prompt text after each variable is scored, the
+    # EOS that ended it dropped (LMQL's rewrite), hypotheses ranked by sum / length ** 0.7
+    {"name": "api_beam_two_vars", "kind": "beam", "lmql": '''beam(n=2)
+    "Q: Name a color.\\nA:[C] and[D]" where len(TOKENS(C)) < 3 and len(TOKENS(D)) < 3
+from
+    <MODEL>'''},
+    {"name": "api_beam_trailing_text", "kind": "beam",
+     "lmql": 'beam(n=3) "Hello[X] the end." from <MODEL> where STOPS_AT(X, ".") and len(TOKENS(X)) < 6'},
+    {"name": "api_beam_qa", "kind": "beam", "lmql": '''beam(n=3)
+    "Q: What is 2+2?\\nA:[A]\\nQ: And 3+3?\\nA:[B]" where len(TOKENS(A)) < 4 and len(TOKENS(B)) < 4
+from
+    <MODEL>'''},
+    {"name": "api_beam_list_lines", "kind": "beam", "lmql": '''beam(n=2)
+    "List:\\n-[X]\\n-[Y]\\n" where STOPS_AT(X, "\\n") and STOPS_AT(Y, "\\n") and len(TOKENS(X)) < 5 and len(TOKENS(Y)) < 5
+from
+    <MODEL>'''},
     # a program that meets no variable: one result, in a list
     {"name": "api_no_variable", "kind": "greedy", "lmql": 'argmax "Just a prompt" from <MODEL>'},
     # return values under several runs: the list of what each run returned

@@ -34,7 +34,9 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
     there (``model_options``)."""
     if isinstance(name, LLM):
         return name
-    model_id = parse_model_id(("local:" if inprocess and not name.startswith("local:") else "") + name)
+    # as LMQL: the random model runs in-process (here unless an endpoint says where it is served)
+    in_process = inprocess or (name == "random" and endpoint is None)
+    model_id = parse_model_id(("local:" if in_process and not name.startswith("local:") else "") + name)
     options = split_model_options(kwargs, model_id.local, model_id.backend)
     transports = plugins.registry().transports
     if model_id.local:
