@@ -202,3 +202,11 @@ def test_algorithms_map_calls_the_query_on_every_item_in_order() -> None:
 
 def test_llm_from_descriptor_is_lmql_model() -> None:
     assert lmql.LLM.from_descriptor(MODEL).model_id == lmql.model(MODEL).model_id
+
+
+def test_an_input_given_nowhere_is_a_type_error_naming_it() -> None:
+    # lmql_runtime.make_kwargs: TypeError "Failed to resolve variable 's' in LMQL query."
+    with pytest.raises(TypeError, match=r"Failed to resolve variable 'unknown_input_s'.*unknown_input_s=\.\.\."):
+        lmql.run_sync('argmax\n    return unknown_input_s', model=MODEL)
+    assert lmql.run_sync('argmax\n    return unknown_input_s', unknown_input_s=3, model=MODEL) == [3]
+    assert lmql.run_sync('argmax\n    f = lambda a: a + 1\n    return f(2)', model=MODEL) == [3]

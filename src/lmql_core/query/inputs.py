@@ -29,6 +29,10 @@ def defined_names(body: list[ast.stmt], holes: list[str]) -> list[str]:
             defined = [node.name]
         elif isinstance(node, ast.Import | ast.ImportFrom):
             defined = [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, ast.arg):  # parameters of functions and lambdas defined in the query
+            defined = [node.arg]
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            defined = [node.name]
         else:
             continue
         names += [n for n in defined if n not in names]
@@ -43,6 +47,21 @@ def positional_inputs(read: set[str], defined: list[str]) -> list[str]:
 
 class PositionalInputError(QueryError, TypeError):  # LMQL raises TypeError
     pass
+
+
+class MissingInputError(QueryError, TypeError):  # LMQL: "Failed to resolve variable ..." (TypeError)
+    pass
+
+
+def check_resolved(names: list[str], inputs: dict[str, Any], namespace: dict[str, Any]) -> None:
+    """Every input a query from source reads is given or defined where it was written."""
+    missing = [n for n in names if n not in inputs and n not in namespace]
+    if missing:
+        listed = ", ".join(f"'{n}'" for n in missing)
+        example = ", ".join(f"{n}=..." for n in missing)
+        plural = len(missing) > 1
+        raise MissingInputError(f"Failed to resolve variable{'s' if plural else ''} {listed} in the LMQL "
+                                f"query: pass {'them' if plural else 'it'} as input ({example})")
 
 
 def bind_positional(names: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

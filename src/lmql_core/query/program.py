@@ -15,7 +15,7 @@ from lmql_core.lmtp.client.loop import run_async
 from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
 from lmql_core.query.decoders import DecoderSpec, direct, log_softmax
 from lmql_core.query.errors import QueryError
-from lmql_core.query.inputs import bind_positional, defined_names, positional_inputs
+from lmql_core.query.inputs import bind_positional, check_resolved, defined_names, positional_inputs
 from lmql_core.query.parser import ParsedQuery
 from lmql_core.query.qstring import Hole, parse_qstring
 from lmql_core.query.result import LMQLResult
@@ -129,6 +129,8 @@ class CompiledQuery:
         if self.params is None and args:
             inputs, args = bind_positional(self.input_names(), args, inputs), ()
             scope.update(inputs)
+        if self.params is None:
+            check_resolved(self.input_names(), inputs, namespace)
         decoder = self._decoder(scope, options)
         model = self._model(scope, options)
         if model.decoding:
