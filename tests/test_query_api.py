@@ -210,3 +210,13 @@ def test_an_input_given_nowhere_is_a_type_error_naming_it() -> None:
         lmql.run_sync('argmax\n    return unknown_input_s', model=MODEL)
     assert lmql.run_sync('argmax\n    return unknown_input_s', unknown_input_s=3, model=MODEL) == [3]
     assert lmql.run_sync('argmax\n    f = lambda a: a + 1\n    return f(2)', model=MODEL) == [3]
+
+
+def test_a_forced_model_and_a_query_output_writer_apply_to_every_call(capsys: pytest.CaptureFixture[str]) -> None:
+    # lmql_runtime.LMQLQueryFunction: force_model wins over model=; output_writer is used by calls
+    q = lmql.query('argmax "Hello[WHO]" from "nonexistent-model" where len(TOKENS(WHO)) < 4', is_async=False)
+    q.force_model(lmql.model(MODEL))
+    q.output_writer = lmql.stream("WHO")
+    result = q(model="another-nonexistent-model")
+    assert capsys.readouterr().out == result.variables["WHO"].strip()
+    assert q.args == q.input_keys == [] and q.extra_args == {}

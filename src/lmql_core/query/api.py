@@ -26,8 +26,14 @@ class QueryFunction:
     def __init__(self, compiled: CompiledQuery, is_async: bool, single_value: bool = False) -> None:
         self.compiled, self.is_async, self.single_value = compiled, is_async, single_value
         self.__name__ = compiled.name
+        self.model: Any = None  # force_model's: wins over every other choice, as in LMQL
+        self.output_writer: Any = None  # used when a call names none
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.model is not None:
+            kwargs["model"] = self.model
+        if self.output_writer is not None:
+            kwargs.setdefault("output_writer", self.output_writer)
         run = self.compiled.start(args, kwargs)
         if self.is_async:
             return self._unpack(run_async(run))
@@ -72,6 +78,19 @@ class QueryFunction:
     @property
     def lmql_code(self) -> str:
         return self.compiled.parsed.source
+
+    @property
+    def args(self) -> list[str]:
+        return self.input_keys
+
+    @property
+    def extra_args(self) -> dict[str, Any]:
+        """The run options given with the query (``@lmql.query(model=..., decoder=...)``)."""
+        return self.compiled.defaults
+
+    def force_model(self, model: Any) -> None:
+        """Run with ``model`` whatever the query's ``from`` or a call's ``model=`` say."""
+        self.model = model
 
 
 def query_from_string(source: str, input_variables: list[str] | None = None, is_async: bool = True,
