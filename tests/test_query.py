@@ -182,7 +182,7 @@ def test_decorated_functions_docstring_plain_async_and_F() -> None:
 @pytest.mark.parametrize("source, message, line", [
     ('argmax\n    "Hi [X"\nfrom "local:lmql-tiny"', "unclosed '['", 2),
     ('argmax\n    "Hi [X]" where len(TOKENS(X)) < 3\n    "{NOPE}"\nfrom "local:lmql-tiny"',
-     "NameError: name 'NOPE' is not defined", 3),
+     "Failed to resolve variable 'NOPE'", 3),  # LMQL 0.7.3's TypeError, before running
     ('argmax\n    "Hi [X]" where X.startswith("a")\nfrom "local:lmql-tiny"', "cannot be enforced", 2),
     ('argmax\n    "Hi [X]"\nfrom "local:lmql-tiny"\nwhere not len(TOKENS(X)) < 3', "cannot be enforced", 4),
     ('argmax\n    x = = 1\n    "Hi [X]"\nfrom "local:lmql-tiny"', "invalid syntax", 2),
@@ -221,7 +221,7 @@ def test_lmql_run_cli_runs_a_file_with_inputs(tmp_path: Path) -> None:
     done = run_lmql("run", str(query), "--country", "France", timeout=240)
     assert done.returncode == 0, done.stderr
     assert "Q: What is the capital of France?" in done.stdout and "A = " in done.stdout
-    assert "Error: NameError: name 'country'" in the_error(run_lmql("run", str(query), timeout=240))
+    assert "Failed to resolve variable 'country'" in the_error(run_lmql("run", str(query), timeout=240))
 
 
 

@@ -100,6 +100,13 @@ class CompiledQuery:
             return [a.arg for a in [*self.params.posonlyargs, *self.params.args, *self.params.kwonlyargs]]
         return positional_inputs(self.free_names, self.output_variables)
 
+    def _first_use(self, message: str) -> int | None:
+        """The query line of the first statement that reads a name the message quotes."""
+        for node in ast.walk(ast.Module(self.body, [])):
+            if isinstance(node, ast.stmt) and any(f"'{n}'" in message for n in _names([node], None)):
+                return node.lineno
+        return None
+
     # --- a call --------------------------------------------------------------------------
 
     def split_kwargs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -130,7 +137,11 @@ class CompiledQuery:
             inputs, args = bind_positional(self.input_names(), args, inputs), ()
             scope.update(inputs)
         if self.params is None:
-            check_resolved(self.input_names(), inputs, namespace)
+            try:
+                check_resolved(self.input_names(), inputs, namespace)
+            except QueryError as e:
+                line = self._first_use(e.args[0])
+                raise e.at(line, self.parsed.source_line(line)) from None
         decoder = self._decoder(scope, options)
         model = self._model(scope, options)
         if model.decoding:
@@ -272,8 +283,9 @@ def _string_holes(string: ast.expr) -> list[str]:
     return [p.name for p in parts if isinstance(p, Hole)]
 
 
-def _names(body: list[ast.stmt], parsed: ParsedQuery) -> set[str]:
-    """Every name the query reads, its prompt strings' interpolations included."""
+def _names(body: list[ast.stmt], parsed: ParsedQuery | None) -> set[str]:
+    """Every name the query reads, its prompt strings' interpolations included (and its clauses',
+    given ``parsed``)."""
     names = {n.id for n in ast.walk(ast.Module(body, [])) if isinstance(n, ast.Name)}
     for node in ast.walk(ast.Module(body, [])):
         prompt = prompt_of(node) if isinstance(node, ast.stmt) else None
@@ -281,7 +293,7 @@ def _names(body: list[ast.stmt], parsed: ParsedQuery) -> set[str]:
             for part in parse_qstring(str(prompt[0].value)):
                 if not isinstance(part, Hole) and hasattr(part, "expr"):
                     names |= _expr_names(part.expr)
-    for clause in [parsed.decoder_args, *parsed.clauses.values()]:
+    for clause in [parsed.decoder_args, *parsed.clauses.values()] if parsed is not None else []:
         if clause is not None:
             names |= _expr_names(clause.text)
     return names
