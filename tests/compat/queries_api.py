@@ -76,9 +76,11 @@ def main():
     # ScoringResult as LMQL shows it: whole scored sequences, LMQL's aggregates
     {"name": "api_scoring_result", "kind": "greedy", "python": '''
 def main():
-    # LMQL 0.7.3's LLM.score needs its tracer set up in this context (LookupError otherwise),
-    # which compiling a query does
-    lmql.query('argmax "a[X]" where len(TOKENS(X)) < 2', is_async=False)
+    try:  # LMQL 0.7.3's LLM.score needs its tracer set up in this context (LookupError otherwise)
+        from lmql.runtime.tracing.tracer import has_tracer
+        has_tracer()
+    except ImportError:  # lmql-core: nothing to set up
+        pass
     r = MODEL.score_sync("The cat sat on the", [" mat", " big red table"])
     return {"lengths": [len(s) for s in r.seqs], "full": r.full_token_scores, "values": r.token_scores,
             "sum": r.scores("sum"), "mean": r.scores("mean"), "normalized": r.scores("normalized"),
