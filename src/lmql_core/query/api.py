@@ -17,6 +17,7 @@ from lmql_core.lmtp.client.loop import run_sync as _block
 from lmql_core.query.errors import QueryError, QuerySyntaxError
 from lmql_core.query.parser import Clause, ParsedQuery, parse_query
 from lmql_core.query.program import CompiledQuery
+from lmql_core.query.result import LMQLResult
 
 
 class QueryFunction:
@@ -27,8 +28,14 @@ class QueryFunction:
     def __init__(self, compiled: CompiledQuery, is_async: bool, single_value: bool = False) -> None:
         self.compiled, self.is_async, self.single_value = compiled, is_async, single_value
         self.__name__ = compiled.name
+        self.model: Any = None  # force_model's: wins over every other choice, as in LMQL
+        self.output_writer: Any = None  # used when a call names none
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.model is not None:
+            kwargs["model"] = self.model
+        if self.output_writer is not None:
+            kwargs.setdefault("output_writer", self.output_writer)
         run = self.compiled.start(args, kwargs)
         if self.is_async:
             return self._unpack(run_async(run))
@@ -53,13 +60,55 @@ class QueryFunction:
         return self._single(await result)
 
     def _single(self, result: Any) -> Any:
-        if self.single_value and hasattr(result, "variables"):
-            values = dict(result.variables)
-            return next(iter(values.values())) if len(values) == 1 else values
-        return result
+        """``lmql.F`` returns each run's variable value (a dict when there are several): a list
+        of them when the decoder gives several runs (``n=2``), the value alone for one."""
+        if not self.single_value:
+            return result
+        if isinstance(result, list):
+            values = [_variable_value(r) for r in result]
+            return values[0] if len(values) == 1 else values
+        return _variable_value(result)
 
     def __repr__(self) -> str:
         return f"<lmql query {self.__name__}>"
+
+    # --- what LMQL's query functions tell about themselves ----------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.__name__
+
+    @property
+    def output_variables(self) -> list[str]:
+        """The names the query defines: its prompt variables, then what its statements assign."""
+        return list(self.compiled.output_variables)
+
+    @property
+    def output_keys(self) -> list[str]:
+        return self.output_variables
+
+    @property
+    def input_keys(self) -> list[str]:
+        """The query's inputs: a function's parameters, or (from source) the names it reads."""
+        return self.compiled.input_names()
+
+    @property
+    def lmql_code(self) -> str:
+        return self.compiled.parsed.source
+
+    @property
+    def args(self) -> list[str]:
+        return self.input_keys
+
+    @property
+    def extra_args(self) -> dict[str, Any]:
+        """The run options given with the query (``@lmql.query(model=..., decoder=...)``)."""
+        return self.compiled.defaults
+
+    def force_model(self, model: Any) -> None:
+        """Run with ``model`` whatever the query's ``from`` or a call's ``model=`` say."""
+        self.model = model
+
 
 
 class BoundQuery:
@@ -91,14 +140,52 @@ class BoundQuery:
         return f"<bound lmql query {self.__name__} of {self.instance!r}>"
 
 
-def query(fn: Callable[..., Any] | str | None = None, *, is_async: bool | None = None,
-          **defaults: Any) -> Any:
+def query_from_string(source: str, input_variables: list[str] | None = None, is_async: bool = True,
+                      output_writer: Any = None, **extra_args: Any) -> QueryFunction:
+    """LMQL's name for ``lmql.query(source)``."""
+    if output_writer is not None:
+        extra_args["output_writer"] = output_writer
+    return query(source, input_variables, is_async=is_async, **extra_args)  # type: ignore[no-any-return]
+
+
+def main(query_fct: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``query_fct`` and wait for its result, in any thread but lmql's own client loop
+    (LMQL's ``lmql.main``, for async queries called from sync code)."""
+    result = query_fct(*args, **kwargs)
+    return run_in_loop(result) if inspect.isawaitable(result) else result
+
+
+def run_in_loop(awaitable: Awaitable[Any]) -> Any:
+    """Wait for ``awaitable`` (a coroutine of lmql's API or any other) from sync code."""
+
+    async def wait() -> Any:
+        return await awaitable
+
+    return _block(wait())
+
+
+def _variable_value(result: Any) -> Any:
+    if not isinstance(result, LMQLResult):
+        return result  # a value the query returned
+    values = dict(result.variables)
+    return next(iter(values.values())) if len(values) == 1 else values
+
+
+def query(fn: Callable[..., Any] | str | None = None, input_variables: list[str] | None = None, *,
+          is_async: bool | None = None, **defaults: Any) -> Any:
     """``@lmql.query`` (docstring or plain-Python body), ``@lmql.query(model=..., decoder=...)``,
-    or ``lmql.query("argmax ...")`` (async unless ``is_async=False``)."""
+    or ``lmql.query("argmax ...")`` (async unless ``is_async=False``; ``input_variables`` names
+    its parameters, in order, as LMQL's)."""
     if fn is None:
         return lambda f: query(f, is_async=is_async, **defaults)
+    if isinstance(fn, QueryFunction):
+        return fn
     if isinstance(fn, str):
-        compiled = CompiledQuery(parse_query(fn), None, defaults, _caller_globals(), "query")
+        params = None
+        if input_variables is not None:
+            params = ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in input_variables], kwonlyargs=[],
+                                   kw_defaults=[], defaults=[])
+        compiled = CompiledQuery(parse_query(fn), params, defaults, _caller_globals(), "query")
         return QueryFunction(compiled, True if is_async is None else is_async)
     compiled = _from_function(fn, defaults)
     wrapper = QueryFunction(compiled, inspect.iscoroutinefunction(fn) if is_async is None else is_async)
@@ -116,10 +203,10 @@ def run_sync(source: str, *args: Any, **kwargs: Any) -> Any:
     return _block(CompiledQuery(parse_query(source), None, {}, _caller_globals()).start(args, kwargs))
 
 
-def run_file(path: str | Path, **kwargs: Any) -> Any:
+def run_file(path: str | Path, *args: Any, **kwargs: Any) -> Any:
     source = Path(path).read_text(encoding="utf-8")
     compiled = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(path).name)
-    return _block(compiled.start((), kwargs))
+    return _block(compiled.start(args, kwargs))
 
 
 def F(prompt: str, constraints: str | None = None, is_async: bool = False, **defaults: Any) -> QueryFunction:
