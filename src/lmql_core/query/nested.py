@@ -27,7 +27,7 @@ from typing import Any
 from lmql_core.query.constraints import Both, Node, Regex, Scope
 from lmql_core.query.decoders import finished
 from lmql_core.query.errors import QueryError
-from lmql_core.query.generation import Step, Variable
+from lmql_core.query.generation import CHUNK, Step, Variable
 from lmql_core.query.qstring import Hole
 from lmql_core.query.result import LMQLResult
 from lmql_core.query.runtime import Decide, Decided, QueryContext
@@ -184,8 +184,8 @@ class Within(Variable):
         theirs = self.outer.step(self.prefix + ids)
         return Step(own.allowed & theirs.allowed, own.stop or theirs.stop)
 
-    def token_limit(self, ids: list[int]) -> int:
-        own = super().token_limit(ids)
+    def token_limit(self, ids: list[int], chunk: int = CHUNK) -> int:
+        own = super().token_limit(ids, chunk)
         if self.outer is None:
             return own
-        return min(own, self.outer.token_limit(self.prefix + ids))
+        return min(own, self.outer.token_limit(self.prefix + ids, chunk))
