@@ -5,9 +5,11 @@ constraint means; the differential suite against LMQL 0.7.3 itself is in tests/c
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import math
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,3 +283,37 @@ def test_vocabularies_of_tokenizers_no_longer_used_are_let_go() -> None:
         Vocabulary.of(BytesTokenizer(vocab_size=300))
     gc.collect()
     assert freed() is None
+
+
+def _import(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_query_reads_its_modules_globals_when_called(tmp_path: Path) -> None:
+    # LMQL looks names up when the query runs: a helper defined below the query, or rebound later, counts
+    (tmp_path / "lmql_app.py").write_text(textwrap.dedent('''
+        import lmql
+
+        @lmql.query(model="local:lmql-tiny")
+        def greet():
+            \'\'\'lmql
+            "{salutation()} {NAME}:[X]" where len(TOKENS(X)) < 2
+            return context.prompt
+            \'\'\'
+
+        def salutation():
+            return "Dear"
+
+        NAME = "Ada"
+        from_source = lmql.query('"{NAME}[X]" where len(TOKENS(X)) < 2', is_async=False,
+                                 model="local:lmql-tiny")
+    '''))
+    module = _import(tmp_path / "lmql_app.py")  # named like lmql's own modules, which it is not
+    assert module.greet().startswith("Dear Ada:")
+    module.NAME = "Grace"
+    assert module.greet().startswith("Dear Grace:")
+    assert module.from_source().prompt.startswith("Grace")

@@ -185,7 +185,7 @@ def query(fn: Callable[..., Any] | str | None = None, input_variables: list[str]
         if input_variables is not None:
             params = ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in input_variables], kwonlyargs=[],
                                    kw_defaults=[], defaults=[])
-        compiled = CompiledQuery(parse_query(fn), params, defaults, _caller_globals(), "query")
+        compiled = _from_source(fn, params, defaults)
         return QueryFunction(compiled, True if is_async is None else is_async)
     compiled = _from_function(fn, defaults)
     wrapper = QueryFunction(compiled, inspect.iscoroutinefunction(fn) if is_async is None else is_async)
@@ -195,12 +195,12 @@ def query(fn: Callable[..., Any] | str | None = None, input_variables: list[str]
 
 async def run(source: str, *args: Any, **kwargs: Any) -> Any:
     """Compile and run LMQL ``source``; keyword arguments are its inputs and run options."""
-    compiled = CompiledQuery(parse_query(source), None, {}, _caller_globals())
+    compiled = _from_source(source, None, {})
     return await run_async(compiled.start(args, kwargs))
 
 
 def run_sync(source: str, *args: Any, **kwargs: Any) -> Any:
-    return _block(CompiledQuery(parse_query(source), None, {}, _caller_globals()).start(args, kwargs))
+    return _block(_from_source(source, None, {}).start(args, kwargs))
 
 
 def run_file(path: str | Path, *args: Any, **kwargs: Any) -> Any:
@@ -213,16 +213,30 @@ def F(prompt: str, constraints: str | None = None, is_async: bool = False, **def
     """A one-statement query as a function: ``lmql.F("Summarize {text}: [S]", "len(TOKENS(S)) < 20")``
     returns the variable's value (a dict when the prompt has several)."""
     source = repr(prompt) + (f" where {constraints}" if constraints else "")
-    compiled = CompiledQuery(parse_query(source), None, defaults, _caller_globals(), "F")
+    compiled = _from_source(source, None, defaults, "F")
     return QueryFunction(compiled, is_async, single_value=True)
 
 
-def _caller_globals() -> dict[str, Any]:
-    """The globals of the code that called into this module (where a query finds its names)."""
+def _from_source(source: str, params: ast.arguments | None, defaults: dict[str, Any],
+                 name: str = "query") -> CompiledQuery:
+    """A query from source that finds its names where it was written: the caller's module, read
+    live at each call, under the caller's locals."""
+    frame = _caller_frame()
+    module = frame.f_globals if frame is not None else None
+    own = dict(frame.f_locals) if frame is not None and frame.f_locals is not frame.f_globals else {}
+    return CompiledQuery(parse_query(source), params, defaults, own, name, module=module)
+
+
+def _caller_frame() -> Any:
+    """The first frame outside lmql's own modules (a user's module may be named ``lmql_app``)."""
     frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("lmql_core.query", "lmql")):
+    while frame is not None and _is_ours(frame.f_globals.get("__name__", "")):
         frame = frame.f_back  # type: ignore[assignment]
-    return {**frame.f_globals, **frame.f_locals} if frame is not None else {}
+    return frame
+
+
+def _is_ours(module: str) -> bool:
+    return module in ("lmql", "lmql_core") or module.startswith(("lmql.", "lmql_core."))
 
 
 def _from_function(fn: Callable[..., Any], defaults: dict[str, Any]) -> CompiledQuery:
@@ -235,7 +249,7 @@ def _from_function(fn: Callable[..., Any], defaults: dict[str, Any]) -> Compiled
     tree = ast.parse(source)
     definition = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
     docstring = _raw_docstring(definition, source)
-    namespace = {**fn.__globals__, **_closure(fn), **_caller_locals()}
+    own_names = {**_closure(fn), **_caller_locals()}
     if docstring is not None and docstring.strip().startswith("lmql"):
         parsed = parse_query(docstring)
     else:
@@ -246,7 +260,7 @@ def _from_function(fn: Callable[..., Any], defaults: dict[str, Any]) -> Compiled
         start = body[0].lineno
         text = textwrap.dedent("\n".join(source.splitlines()[start - 1:]))
         parsed = ParsedQuery(source, Clause(text, start))
-    return CompiledQuery(parsed, definition.args, defaults, namespace, fn.__name__)
+    return CompiledQuery(parsed, definition.args, defaults, own_names, fn.__name__, module=fn.__globals__)
 
 
 def _raw_docstring(definition: ast.FunctionDef | ast.AsyncFunctionDef, source: str) -> str | None:
@@ -271,7 +285,5 @@ def _closure(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _caller_locals() -> dict[str, Any]:
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("lmql_core.query", "lmql")):
-        frame = frame.f_back  # type: ignore[assignment]
+    frame = _caller_frame()
     return dict(frame.f_locals) if frame is not None and frame.f_locals is not frame.f_globals else {}

@@ -75,12 +75,10 @@ def inline(query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decide:
     """Decide a variable by running ``query`` inside it (see the module's docstring)."""
 
     async def decide(outer: QueryContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
-        from lmql_core.query.program import _namespace
-
         compiled = query.compiled
         _warn_ignored(compiled)
         inputs, _ = compiled.split_kwargs(kwargs)  # as LMQL: the model and decoder are the outer's
-        namespace = _namespace(compiled.globals)
+        namespace = compiled.namespace()
         fn = compiled.function(tuple(sorted(inputs)) if compiled.params is None else (), namespace)
         program = compiled.program()
         program.globals = namespace

@@ -44,8 +44,14 @@ class CompiledQuery:
     parsed: ParsedQuery
     params: ast.arguments | None  # None: a query from source, whose inputs are its free names
     defaults: dict[str, Any] = field(default_factory=dict)  # from @lmql.query(model=..., decoder=...)
-    globals: dict[str, Any] = field(default_factory=dict)
+    globals: dict[str, Any] = field(default_factory=dict)  # names of its own (closure, prologue)
     name: str = "query"
+    module: dict[str, Any] | None = None  # the defining module's globals, read live at each call
+
+    def namespace(self) -> dict[str, Any]:
+        """What a run sees: the module's globals as they are now (a helper defined below the query
+        counts), under the query's own names."""
+        return _namespace({**self.module, **self.globals} if self.module is not None else self.globals)
 
     def __post_init__(self) -> None:
         self.body = parse_body(self.parsed.body.text, self.parsed.body.line)
@@ -77,8 +83,10 @@ class CompiledQuery:
         if prologue is None:
             return
         code = compile(ast.Module(parse_body(prologue.text, prologue.line), []), FILENAME, "exec")
-        self.globals.update({k: v for k, v in _namespace(self.globals).items() if k not in self.globals})
-        exec(code, self.globals)
+        namespace = self.namespace()
+        before = dict(namespace)
+        exec(code, namespace)
+        self.globals.update({k: v for k, v in namespace.items() if k not in before or before[k] is not v})
 
     def _distribution(self, text: str, line: int) -> tuple[str, ast.expr]:
         try:
@@ -170,7 +178,7 @@ class CompiledQuery:
         in the caller's thread: loading a ``local:`` model or connecting blocks on that loop."""
         inputs, options = self.split_kwargs(kwargs)
         options = {**self.defaults, **options}
-        namespace = _namespace(self.globals)
+        namespace = self.namespace()
         install_runtime(namespace, options.get("output_writer"))
         scope = {**namespace, **inputs}
         if self.params is None and args:
