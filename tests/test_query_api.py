@@ -220,3 +220,25 @@ def test_a_forced_model_and_a_query_output_writer_apply_to_every_call(capsys: py
     result = q(model="another-nonexistent-model")
     assert capsys.readouterr().out == result.variables["WHO"].strip()
     assert q.args == q.input_keys == [] and q.extra_args == {}
+
+
+@pytest.mark.parametrize(("counts", "beam", "sizes"), [
+    # LMQL 0.7.3 decoders.get_bank_sizes_post_vilar: equal shares, the remainder to the most
+    # advanced bank, then what a bank cannot fill passes up and (carried on) down
+    ({1: 5, 2: 1}, 4, {1: 3, 2: 1}),
+    ({0: 1, 1: 1, 3: 6}, 3, {0: 1, 1: 1, 3: 1}),
+    ({2: 3}, 2, {2: 2}),
+    ({0: 0, 1: 4}, 5, {0: 0, 1: 4}),
+])
+def test_beam_var_allocates_banks_as_post_and_vilar(counts: dict[int, int], beam: int, sizes: dict[int, int]) -> None:
+    from lmql_core.query.beam_var import bank_sizes
+
+    assert bank_sizes(counts, beam) == sizes
+
+
+def test_beam_decoders_default_to_four_beams_and_give_lists() -> None:
+    # decoders.py: beam_search(n=4), beam_var(n=4); both finish with a list, best first
+    source = 'beam "The cat sat on the[P]" where P in [" mat", " dog", " table", " floor", " bed"]'
+    assert len(lmql.run_sync(source, model=MODEL)) == 4
+    results = lmql.run_sync("beam_var(n=2) " + HELLO, model=MODEL)
+    assert isinstance(results, list) and len(results) >= 2
