@@ -56,6 +56,10 @@ from
     "Q: What is 2+2?\\nA:[A]\\nQ: And 3+3?\\nA:[B]" where len(TOKENS(A)) < 4 and len(TOKENS(B)) < 4
 from
     <MODEL>'''},
+    # sample with LMQL's request size: n results of the declared shape
+    {"name": "api_sample_chunksize", "kind": "sampled",
+     "lmql": 'sample(n=3, chunksize=2, temperature=0.9) "Hello[WHO]" from <MODEL> where len(TOKENS(WHO)) < 5',
+     "shape": {"n": 3, "vars": {"WHO": {"type": "str", "max_tokens": 5}}}},
     # a program that meets no variable: one result, in a list
     {"name": "api_no_variable", "kind": "greedy", "lmql": 'argmax "Just a prompt" from <MODEL>'},
     # return values under several runs: the list of what each run returned
