@@ -242,3 +242,16 @@ def test_beam_decoders_default_to_four_beams_and_give_lists() -> None:
     assert len(lmql.run_sync(source, model=MODEL)) == 4
     results = lmql.run_sync("beam_var(n=2) " + HELLO, model=MODEL)
     assert isinstance(results, list) and len(results) >= 2
+
+
+def test_bits_is_lmqls_name_for_a_quantized_dtype() -> None:
+    # lmtp/utils.rename_model_args: bits=8 loads in 8 bit, as dtype="8bit" does here
+    pytest.importorskip("lmql_hf")
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    with pytest.raises(LMQLError, match="needs bitsandbytes"):
+        lmql.model(MODEL, bits=8)
