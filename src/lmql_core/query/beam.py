@@ -22,6 +22,7 @@ import numpy as np
 
 from lmql_core.api.llm import LLM
 from lmql_core.query.decoders import DecoderSpec, finished
+from lmql_core.query.errors import QueryError
 from lmql_core.query.generation import Variable
 from lmql_core.query.result import LMQLResult
 from lmql_core.query.runtime import Decided, Program, QueryContext
@@ -71,12 +72,16 @@ class BeamSearch:
         self.query, self.fn, self.program, self.model, self.vocab = query, fn, program, model, vocab
         self.spec, self.args, self.inputs = spec, args, inputs
         self.bos = [vocab.bos] if vocab.bos is not None else []
+        if vocab.eos is None:
+            raise QueryError("beam search needs a model whose tokenizer has an end-of-sequence token")
+        self.eos: int = vocab.eos
 
     async def run(self) -> list[Any]:
         first = await self.replay([], [], [], forced=False)
         if first.done:
             return [first.result]  # as LMQL: a program with no variable to decode, one result
-        active, done = [first], []
+        active: list[Hypothesis] = [first]
+        done: list[Hypothesis] = []
         while active:
             grown = [h for hypothesis in active for h in await self.expand(hypothesis)]
             pool = grown + done
@@ -140,9 +145,9 @@ class BeamSearch:
             return Hypothesis(decided, [], [], result=result)
         following = ctx.prompt_ids()[len(self.bos):]
         if following == tokens and forced:
-            return Hypothesis(decided, [*tokens, self.vocab.eos], [*logprobs, 0.0], result=result,
+            return Hypothesis(decided, [*tokens, self.eos], [*logprobs, 0.0], result=result,
                               det=[*det, False])
-        hypothesis = await self.rewritten(decided, tokens, logprobs, det, [*following, self.vocab.eos])
+        hypothesis = await self.rewritten(decided, tokens, logprobs, det, [*following, self.eos])
         return replace(hypothesis, result=result)
 
     async def rewritten(self, decided: list[Decided], tokens: list[int], logprobs: list[float],
