@@ -255,3 +255,14 @@ def test_bits_is_lmqls_name_for_a_quantized_dtype() -> None:
         pass
     with pytest.raises(LMQLError, match="needs bitsandbytes"):
         lmql.model(MODEL, bits=8)
+
+
+def test_var_samples_each_variable_and_returns_runs_that_keep_the_constraints() -> None:
+    # decoders.var: b samples per variable, the finished runs in a list (sorted by score)
+    source = 'var(b=2)\n    "Pick:[C]\\nAgain:[D]" where C in [" red", " blue"] and len(TOKENS(D)) < 3'
+    results = lmql.run_sync(source, model=MODEL)
+    assert isinstance(results, list) and results
+    assert all(r.variables["C"] in (" red", " blue") and r.prompt.startswith("Pick:" + r.variables["C"])
+               for r in results)
+    with pytest.raises(QueryError, match="subdecoder='beam'"):
+        lmql.run_sync("var(b=2, subdecoder='beam') " + HELLO, model=MODEL)

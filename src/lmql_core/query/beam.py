@@ -193,6 +193,10 @@ def _replay(decided: list[Decided]) -> Any:
 
 async def beam_search(query: Any, fn: Any, program: Program, model: LLM, vocab: Vocabulary,
                       spec: DecoderSpec, args: tuple[Any, ...], inputs: dict[str, Any]) -> list[Any]:
+    if spec.name == "var":
+        from lmql_core.query.var_decoder import VariableDecoder
+
+        return await VariableDecoder(query, fn, program, model, vocab, spec, args, inputs).run()
     if spec.name == "beam_var":
         from lmql_core.query.beam_var import VariableBeamSearch
 
