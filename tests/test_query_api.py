@@ -220,3 +220,49 @@ def test_a_forced_model_and_a_query_output_writer_apply_to_every_call(capsys: py
     result = q(model="another-nonexistent-model")
     assert capsys.readouterr().out == result.variables["WHO"].strip()
     assert q.args == q.input_keys == [] and q.extra_args == {}
+
+
+@pytest.mark.parametrize(("counts", "beam", "sizes"), [
+    # LMQL 0.7.3 decoders.get_bank_sizes_post_vilar: equal shares, the remainder to the most
+    # advanced bank, then what a bank cannot fill passes up and (carried on) down
+    ({1: 5, 2: 1}, 4, {1: 3, 2: 1}),
+    ({0: 1, 1: 1, 3: 6}, 3, {0: 1, 1: 1, 3: 1}),
+    ({2: 3}, 2, {2: 2}),
+    ({0: 0, 1: 4}, 5, {0: 0, 1: 4}),
+])
+def test_beam_var_allocates_banks_as_post_and_vilar(counts: dict[int, int], beam: int, sizes: dict[int, int]) -> None:
+    from lmql_core.query.beam_var import bank_sizes
+
+    assert bank_sizes(counts, beam) == sizes
+
+
+def test_beam_decoders_default_to_four_beams_and_give_lists() -> None:
+    # decoders.py: beam_search(n=4), beam_var(n=4); both finish with a list, best first
+    source = 'beam "The cat sat on the[P]" where P in [" mat", " dog", " table", " floor", " bed"]'
+    assert len(lmql.run_sync(source, model=MODEL)) == 4
+    results = lmql.run_sync("beam_var(n=2) " + HELLO, model=MODEL)
+    assert isinstance(results, list) and len(results) >= 2
+
+
+def test_bits_is_lmqls_name_for_a_quantized_dtype() -> None:
+    # lmtp/utils.rename_model_args: bits=8 loads in 8 bit, as dtype="8bit" does here
+    pytest.importorskip("lmql_hf")
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    with pytest.raises(LMQLError, match="needs bitsandbytes"):
+        lmql.model(MODEL, bits=8)
+
+
+def test_var_samples_each_variable_and_returns_runs_that_keep_the_constraints() -> None:
+    # decoders.var: b samples per variable, the finished runs in a list (sorted by score)
+    source = 'var(b=2)\n    "Pick:[C]\\nAgain:[D]" where C in [" red", " blue"] and len(TOKENS(D)) < 3'
+    results = lmql.run_sync(source, model=MODEL)
+    assert isinstance(results, list) and results
+    assert all(r.variables["C"] in (" red", " blue") and r.prompt.startswith("Pick:" + r.variables["C"])
+               for r in results)
+    with pytest.raises(QueryError, match="subdecoder='beam'"):
+        lmql.run_sync("var(b=2, subdecoder='beam') " + HELLO, model=MODEL)

@@ -38,6 +38,28 @@ from
     "List:\\n-[X]\\n-[Y]\\n" where STOPS_AT(X, "\\n") and STOPS_AT(Y, "\\n") and len(TOKENS(X)) < 5 and len(TOKENS(Y)) < 5
 from
     <MODEL>'''},
+    # beam without n: LMQL's default of 4
+    {"name": "api_beam_default_n", "kind": "beam",
+     "lmql": 'beam "Once upon a time[X]" from <MODEL> where len(TOKENS(X)) < 3'},
+    # beam_var: LMQL's variable-wise beam search (its own scorer and beam allocation)
+    {"name": "api_beam_var_trailing_text", "kind": "beam",
+     "lmql": 'beam_var(n=2) "Hello[X] the end." from <MODEL> where STOPS_AT(X, ".") and len(TOKENS(X)) < 6'},
+    {"name": "api_beam_var_int", "kind": "beam", "lmql": '''beam_var(n=2)
+    "Pick a color:[C]\\nPick a number:[N]" where C in [" red", " blue", " green"] and INT(N) and len(TOKENS(N)) < 3
+from
+    <MODEL>'''},
+    {"name": "api_beam_var_n3", "kind": "beam", "lmql": '''beam_var(n=3)
+    "List:\\n-[X]\\n-[Y]\\n" where STOPS_AT(X, "\\n") and STOPS_AT(Y, "\\n") and len(TOKENS(X)) < 5 and len(TOKENS(Y)) < 5
+from
+    <MODEL>'''},
+    {"name": "api_beam_var_two_vars", "kind": "beam", "lmql": '''beam_var(n=3)
+    "Q: What is 2+2?\\nA:[A]\\nQ: And 3+3?\\nA:[B]" where len(TOKENS(A)) < 4 and len(TOKENS(B)) < 4
+from
+    <MODEL>'''},
+    # sample with LMQL's request size: n results of the declared shape
+    {"name": "api_sample_chunksize", "kind": "sampled",
+     "lmql": 'sample(n=3, chunksize=2, temperature=0.9) "Hello[WHO]" from <MODEL> where len(TOKENS(WHO)) < 5',
+     "shape": {"n": 3, "vars": {"WHO": {"type": "str", "max_tokens": 5}}}},
     # a program that meets no variable: one result, in a list
     {"name": "api_no_variable", "kind": "greedy", "lmql": 'argmax "Just a prompt" from <MODEL>'},
     # return values under several runs: the list of what each run returned

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -63,7 +63,7 @@ class LLM:
     # --- token level: what the query runtime asks a model, one request each ----------------
 
     def token_stream(self, prompt_ids: list[int], max_tokens: int | None = None, temperature: float = 0.0,
-                     logit_bias: dict[str, float] | None = None, top_logprobs: int | None = None,
+                     logit_bias: Mapping[str, float] | None = None, top_logprobs: int | None = None,
                      **options: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The token entries of one GENERATE request after ``prompt_ids``, as the server sends
         them (``token``, ``logprob``, ``top_logprobs``, ``finish_reason``); ``options`` are
@@ -79,7 +79,7 @@ class LLM:
         return self.client.request("GENERATE", request)
 
     async def next_token_logprobs(self, prompt_ids: list[int], k: int,
-                                  logit_bias: dict[str, float] | None = None,
+                                  logit_bias: Mapping[str, float] | None = None,
                                   **options: Any) -> dict[int, float]:
         """The (at least) ``k`` most likely next tokens after ``prompt_ids`` with their
         log-probabilities, under ``logit_bias``."""

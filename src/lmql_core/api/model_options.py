@@ -22,7 +22,7 @@ DECODING = ("chunksize", "top_k", "top_p", "repetition_penalty", "presence_penal
 CLIENT_ONLY = ("verbose", "truncation_threshold", "async_transport")
 # LMQL's in-process server options: meaningless for a model served elsewhere, as in LMQL
 IN_PROCESS = ("silent", "loader", "batch_size", "bits")
-QUANTIZED = {4: "load_in_4bit", 8: "load_in_8bit"}
+QUANTIZED = {4: "4bit", 8: "8bit"}  # LMQL's bits=4/8: the backend's quantized dtypes
 
 
 @dataclass
@@ -50,11 +50,9 @@ def split_model_options(kwargs: dict[str, Any], local: bool, backend: str) -> Mo
             _check_loader(value, backend)
         elif key == "bits":
             if value in QUANTIZED:
-                options.loader[QUANTIZED[value]] = True
+                options.loader.setdefault("dtype", QUANTIZED[value])
             elif value not in (16, 32, None):
                 raise LMQLError(f"bits={value!r}: LMQL's bits= takes 4 or 8 (quantized) or 16")
-        elif key == "dtype" and value in ("4bit", "8bit"):
-            options.loader[QUANTIZED[int(value[0])]] = True
         else:
             options.loader[key] = value
     return options

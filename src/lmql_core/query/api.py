@@ -145,7 +145,7 @@ def query_from_string(source: str, input_variables: list[str] | None = None, is_
     """LMQL's name for ``lmql.query(source)``."""
     if output_writer is not None:
         extra_args["output_writer"] = output_writer
-    return query(source, input_variables, is_async=is_async, **extra_args)  # type: ignore[no-any-return]
+    return query(source, input_variables, is_async=is_async, **extra_args)
 
 
 def main(query_fct: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 
 from lmql_core.api.llm import LLM
 from lmql_core.query.decoders import DecoderSpec, finished
+from lmql_core.query.errors import QueryError
 from lmql_core.query.generation import Variable
 from lmql_core.query.result import LMQLResult
 from lmql_core.query.runtime import Decided, Program, QueryContext
@@ -44,6 +45,9 @@ class Hypothesis:
     start: int = 0  # where the variable in progress begins in ``tokens``
     pending: list[tuple[int, float]] = field(default_factory=list)  # scored prompt tokens still to join
     result: Any = None
+    det: list[bool] = field(default_factory=list)  # per token: prompt text (True) or generated (False)
+    rewritten_now: bool = False  # the step that made it ended a variable (LMQL: a deterministic sequence)
+    parent: int = 0  # id() of the hypothesis it grew from in this step
 
     @property
     def done(self) -> bool:
@@ -57,8 +61,9 @@ class Hypothesis:
     def normalized(self) -> float:
         return self.total / len(self.tokens) ** ALPHA if self.tokens else 0.0
 
-    def grown(self, token: int, logprob: float) -> Hypothesis:
-        return replace(self, tokens=[*self.tokens, token], logprobs=[*self.logprobs, logprob])
+    def grown(self, token: int, logprob: float, det: bool = False) -> Hypothesis:
+        return replace(self, tokens=[*self.tokens, token], logprobs=[*self.logprobs, logprob],
+                       det=[*self.det, det], rewritten_now=False)
 
 
 class BeamSearch:
@@ -67,12 +72,16 @@ class BeamSearch:
         self.query, self.fn, self.program, self.model, self.vocab = query, fn, program, model, vocab
         self.spec, self.args, self.inputs = spec, args, inputs
         self.bos = [vocab.bos] if vocab.bos is not None else []
+        if vocab.eos is None:
+            raise QueryError("beam search needs a model whose tokenizer has an end-of-sequence token")
+        self.eos: int = vocab.eos
 
     async def run(self) -> list[Any]:
         first = await self.replay([], [], [], forced=False)
         if first.done:
             return [first.result]  # as LMQL: a program with no variable to decode, one result
-        active, done = [first], []
+        active: list[Hypothesis] = [first]
+        done: list[Hypothesis] = []
         while active:
             grown = [h for hypothesis in active for h in await self.expand(hypothesis)]
             pool = grown + done
@@ -86,7 +95,7 @@ class BeamSearch:
     async def expand(self, hypothesis: Hypothesis) -> list[Hypothesis]:
         if hypothesis.pending:
             (token, logprob), *rest = hypothesis.pending
-            return [replace(hypothesis.grown(token, logprob), pending=rest)]
+            return [replace(hypothesis.grown(token, logprob, det=True), pending=rest)]
         assert hypothesis.at is not None
         at, ids = hypothesis.at, hypothesis.tokens[hypothesis.start:]
         step = at.variable.step(ids)
@@ -112,44 +121,47 @@ class BeamSearch:
         at = hypothesis.at
         assert at is not None
         decided = [*hypothesis.decided, finished(at.name, hypothesis.tokens[hypothesis.start:], at.variable)]
-        return await self.replay(decided, hypothesis.tokens, hypothesis.logprobs, forced)
+        return await self.replay(decided, hypothesis.tokens, hypothesis.logprobs, forced, hypothesis.det)
 
     async def replay(self, decided: list[Decided], tokens: list[int], logprobs: list[float],
-                     forced: bool) -> Hypothesis:
+                     forced: bool, det: list[bool] | None = None) -> Hypothesis:
         """The program run again with ``decided``, up to its next variable or its end; the tokens
         that follow ``tokens`` are scored (LMQL's rewrite, which drops the EOS that ended the
         variable). A forced end with nothing after it keeps its EOS at 0 (LMQL's single-token
         masks score 0)."""
+        det = det or []
         ctx = self.query.context(self.program, self.model, self.vocab, _replay(decided))
         try:
             returned = await self.query.call(self.fn, ctx, self.args, self.inputs)
         except Suspended as at:
             following = at.prompt_ids[len(self.bos):]
             if not tokens:  # the first prompt: all there, scored 0
-                return Hypothesis(decided, following, [0.0] * len(following), at, len(following))
-            hypothesis = await self.rewritten(decided, tokens, logprobs, following)
+                return Hypothesis(decided, following, [0.0] * len(following), at, len(following),
+                                  det=[True] * len(following))
+            hypothesis = await self.rewritten(decided, tokens, logprobs, det, following)
             return replace(hypothesis, at=at, start=len(following))
         result = returned if returned is not None else LMQLResult(ctx.final_prompt, dict(ctx.variables))
         if not tokens:
             return Hypothesis(decided, [], [], result=result)
         following = ctx.prompt_ids()[len(self.bos):]
         if following == tokens and forced:
-            return Hypothesis(decided, [*tokens, self.vocab.eos], [*logprobs, 0.0], result=result)
-        hypothesis = await self.rewritten(decided, tokens, logprobs, [*following, self.vocab.eos])
+            return Hypothesis(decided, [*tokens, self.eos], [*logprobs, 0.0], result=result,
+                              det=[*det, False])
+        hypothesis = await self.rewritten(decided, tokens, logprobs, det, [*following, self.eos])
         return replace(hypothesis, result=result)
 
     async def rewritten(self, decided: list[Decided], tokens: list[int], logprobs: list[float],
-                        following: list[int]) -> Hypothesis:
+                        det: list[bool], following: list[int]) -> Hypothesis:
         """The sequence ``following``: what it shares with ``tokens`` keeps its log-probabilities,
         the rest is scored; its first new token joins now, the others are pending."""
         common = _common_prefix(tokens, following)
         kept, new = following[:common], following[common:]
         scores = await self.model.score_tokens(self.bos + kept, new) if new else []
-        hypothesis = Hypothesis(decided, kept, list(logprobs[:common]))
+        hypothesis = Hypothesis(decided, kept, list(logprobs[:common]), det=list(det[:common]))
         if not new:
-            return hypothesis
+            return replace(hypothesis, rewritten_now=True)
         pending = list(zip(new[1:], scores[1:], strict=True))
-        return replace(hypothesis.grown(new[0], scores[0]), pending=pending)
+        return replace(hypothesis.grown(new[0], scores[0], det=True), pending=pending, rewritten_now=True)
 
 
 def best(hypotheses: list[Hypothesis], n: int) -> list[Hypothesis]:
@@ -181,4 +193,12 @@ def _replay(decided: list[Decided]) -> Any:
 
 async def beam_search(query: Any, fn: Any, program: Program, model: LLM, vocab: Vocabulary,
                       spec: DecoderSpec, args: tuple[Any, ...], inputs: dict[str, Any]) -> list[Any]:
+    if spec.name == "var":
+        from lmql_core.query.var_decoder import VariableDecoder
+
+        return await VariableDecoder(query, fn, program, model, vocab, spec, args, inputs).run()
+    if spec.name == "beam_var":
+        from lmql_core.query.beam_var import VariableBeamSearch
+
+        return await VariableBeamSearch(query, fn, program, model, vocab, spec, args, inputs).run()
     return await BeamSearch(query, fn, program, model, vocab, spec, args, inputs).run()

@@ -25,7 +25,7 @@ DECODER_ARGUMENTS = {
     "var": ("b", "n", "max_len", "subdecoder", "temperature", "return_first"),
     "best_k": ("k", "budget", "kappa", "beta", "gamma", "max_heap_size", "top_k_continuations", "max_len"),
 }
-RUNNABLE = ("argmax", "sample", "beam", "beam_search")
+RUNNABLE = ("argmax", "sample", "beam", "beam_search", "beam_var", "var")
 # Sent with each request, as LMQL's LMTP client does (the server decides what it supports).
 FORWARDED = ("top_k", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 # What LMQL accepts beside every decoder's own (PromptInterpreter.EXTRA_DECODER_ARGS, less its
@@ -49,6 +49,7 @@ class DecoderSpec:
     options: dict[str, Any] = field(default_factory=dict)  # FORWARDED ones
     chunk: int = CHUNK
     writer: Any = None  # output_writer=
+    extra: dict[str, Any] = field(default_factory=dict)  # the decoder's own arguments, as given
 
     KNOWN = tuple(sorted({a for args in DECODER_ARGUMENTS.values() for a in args} | set(EXTRA)))
 
@@ -69,18 +70,20 @@ class DecoderSpec:
                                          "common ones "
                                          f"({', '.join(EXTRA)})")
         kwargs = {**(model_defaults or {}), **kwargs}
-        n = kwargs.get("n", 1)
+        n = kwargs.get("n", 4 if name in ("beam", "beam_search", "beam_var") else 1)  # LMQL's defaults
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise QueryError(f"{name}(n=...) must be a positive integer, not {n!r}")
         temperature = kwargs.get("temperature")
         if name == "argmax" and temperature not in (None, 0, 0.0):
             name = "sample"  # as LMQL: a temperature makes argmax sample
-        max_length = int(kwargs.get("max_len", kwargs.get("max_length", DEFAULT_MAX_LENGTH)))
+        default_length = 384 if name == "var" else DEFAULT_MAX_LENGTH  # LMQL's var(max_len=384)
+        max_length = int(kwargs.get("max_len", kwargs.get("max_length", default_length)))
         chunk = kwargs.get("chunksize", CHUNK)
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise QueryError(f"chunksize must be a positive integer, not {chunk!r}")
         return cls("beam" if name == "beam_search" else name, n, temperature, max_length,
-                   {k: kwargs[k] for k in FORWARDED if k in kwargs}, chunk, kwargs.get("output_writer"))
+                   {k: kwargs[k] for k in FORWARDED if k in kwargs}, chunk, kwargs.get("output_writer"),
+                   {k: kwargs[k] for k in DECODER_ARGUMENTS[name] if k in kwargs})
 
     @classmethod
     def accepted(cls, name: str) -> set[str]:
