@@ -317,3 +317,32 @@ def test_a_query_reads_its_modules_globals_when_called(tmp_path: Path) -> None:
     module.NAME = "Grace"
     assert module.greet().startswith("Dear Grace:")
     assert module.from_source().prompt.startswith("Grace")
+
+
+@lmql.query(model="local:lmql-tiny")
+def returns_a_free_name():
+    '''lmql
+    argmax
+        return s, len(s)
+    '''
+
+
+def test_a_query_function_takes_names_it_reads_by_keyword() -> None:
+    # LMQL: a name the body reads that is not a parameter may be given by keyword; given nowhere,
+    # it is LMQL's TypeError
+    assert returns_a_free_name(s="test") == [("test", 4)]  # no variable met: LMQL's one-element list
+    with pytest.raises(TypeError, match="Failed to resolve variable 's'"):
+        returns_a_free_name()
+    with pytest.raises(lmql.QueryError, match="unknown argument 'nope'"):
+        returns_a_free_name(s="x", nope=1)
+
+
+def test_a_sync_query_call_inside_a_coroutine_is_refused_as_in_lmql() -> None:
+    async def inside() -> None:
+        with pytest.raises(lmql.QueryError, match="cannot be called synchronously from within an async context"):
+            lmql.run_sync('argmax "Hi[X]" where len(TOKENS(X)) < 2', model="local:lmql-tiny")
+        with pytest.raises(lmql.QueryError, match="cannot be called synchronously"):
+            returns_a_free_name(s="x")
+        assert (await lmql.run('argmax\n    return s', s="ok", model="local:lmql-tiny")) == ["ok"]
+
+    asyncio.run(inside())

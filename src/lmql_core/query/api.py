@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -36,6 +37,8 @@ class QueryFunction:
             kwargs["model"] = self.model
         if self.output_writer is not None:
             kwargs.setdefault("output_writer", self.output_writer)
+        if not self.is_async:
+            _refuse_in_async_context()
         run = self.compiled.start(args, kwargs)
         if self.is_async:
             return self._unpack(run_async(run))
@@ -200,7 +203,18 @@ async def run(source: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def run_sync(source: str, *args: Any, **kwargs: Any) -> Any:
+    _refuse_in_async_context()
     return _block(_from_source(source, None, {}).start(args, kwargs))
+
+
+def _refuse_in_async_context() -> None:
+    """As LMQL 0.7: a sync query call inside a coroutine would block the very loop it runs on."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise QueryError("LMQL queries cannot be called synchronously from within an async context: "
+                     "await lmql.run(...) or the query's async form instead")
 
 
 def run_file(path: str | Path, *args: Any, **kwargs: Any) -> Any:

@@ -157,12 +157,15 @@ class CompiledQuery:
     # --- a call --------------------------------------------------------------------------
 
     def split_kwargs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Query inputs and run options (model=, decoder=, n=, ...)."""
+        """Query inputs and run options (model=, decoder=, n=, ...). A query function also takes,
+        by keyword, names its body reads that are not its parameters (as LMQL)."""
         inputs, options = {}, {}
         for key, value in kwargs.items():
             declared = _param_names(self.params) if self.params is not None else self.free_names
             if key in declared:
                 inputs[key] = value
+            elif key in self.free_names and key not in self.bound:
+                options.setdefault("free_inputs", {})[key] = value
             elif key in RUN_OPTIONS:
                 options[key] = value
             else:
@@ -178,7 +181,7 @@ class CompiledQuery:
         in the caller's thread: loading a ``local:`` model or connecting blocks on that loop."""
         inputs, options = self.split_kwargs(kwargs)
         options = {**self.defaults, **options}
-        namespace = self.namespace()
+        namespace = {**self.namespace(), **options.pop("free_inputs", {})}
         install_runtime(namespace, options.get("output_writer"))
         scope = {**namespace, **inputs}
         if self.params is None and args:
