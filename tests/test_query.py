@@ -346,3 +346,16 @@ def test_a_sync_query_call_inside_a_coroutine_is_refused_as_in_lmql() -> None:
         assert (await lmql.run('argmax\n    return s', s="ok", model="local:lmql-tiny")) == ["ok"]
 
     asyncio.run(inside())
+
+
+def test_an_exception_of_the_querys_own_python_goes_through_as_it_is(tmp_path: Path) -> None:
+    # LMQL lets it through (code catching AssertionError around a query works); ours names the line
+    source = 'argmax\n    "Hi[X]" where len(TOKENS(X)) < 2\n    assert X == "never", "not this one"\n'
+    with pytest.raises(AssertionError, match="not this one") as raised:
+        lmql.run_sync(source, model="local:lmql-tiny")
+    assert raised.value.__notes__ == ['(raised at query line 3: assert X == "never", "not this one")']
+    query = tmp_path / "fails.lmql"
+    query.write_text(source)
+    error = the_error(run_lmql("run", str(query), "--model", "local:lmql-tiny", timeout=240))
+    assert error == ('Error: AssertionError: not this one (raised at query line 3: assert X == "never", '
+                     '"not this one")')

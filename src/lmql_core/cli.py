@@ -298,6 +298,13 @@ def _errors() -> Iterator[None]:
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C while loading or generating: stopped, nothing to report
         sys.exit(130)
+    except Exception as error:  # a query's own Python failed (kept as it is, see query.errors.placed)
+        where = getattr(error, "lmql_query_line", None)
+        if where is None:
+            raise
+        message = f"[red]Error:[/] {type(error).__name__}: {error} ({where})"
+        Console(stderr=True, soft_wrap=True).print(message, highlight=False)
+        sys.exit(1)
 
 
 def main() -> None:

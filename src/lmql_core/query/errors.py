@@ -26,6 +26,16 @@ class QueryError(LMQLError):
         return self
 
 
+def placed(error: BaseException, line: int | None, source_line: str | None) -> BaseException:
+    """An exception the query's own Python raised, kept as it is (LMQL lets it through, so
+    ``except AssertionError`` around a query works) with a note naming the query line; ``lmql
+    run`` shows it as one error line."""
+    where = f"query line {line}" + (f": {source_line.strip()}" if source_line else "")
+    error.lmql_query_line = f"raised at {where}"  # type: ignore[attr-defined]
+    error.add_note(f"({error.lmql_query_line})")  # type: ignore[attr-defined]
+    return error
+
+
 class QuerySyntaxError(QueryError):
     pass
 

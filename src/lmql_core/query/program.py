@@ -17,7 +17,7 @@ from lmql_core.lmtp.client.loop import run_async
 from lmql_core.query.chat import install_runtime
 from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
 from lmql_core.query.decoders import DecoderSpec, direct, log_softmax
-from lmql_core.query.errors import NoModelError, QueryError, UnknownVariable
+from lmql_core.query.errors import NoModelError, QueryError, UnknownVariable, placed
 from lmql_core.query.inputs import (
     MissingInput,
     bind_positional,
@@ -233,7 +233,7 @@ class CompiledQuery:
             if not _raised_in_query(e):
                 raise
             line = _query_line(e)
-            raise QueryError(f"{type(e).__name__}: {e}", line, self.parsed.source_line(line)) from None
+            raise placed(e, line, self.parsed.source_line(line)) from None
 
     def _decoder(self, scope: dict[str, Any], options: dict[str, Any],
                  model_defaults: dict[str, Any] | None = None) -> DecoderSpec:
