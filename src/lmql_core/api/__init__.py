@@ -30,8 +30,11 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
     transports = plugins.registry().transports
     prefix = next((p for p in transports if p not in ("", "local:") and name.startswith(p)), "")
     if prefix:  # another transport's (``openai:``): the rest names the model on its server
-        return LLM(parse_model_id(name[len(prefix):]), transports[prefix](name, endpoint=endpoint,
-                                                                           api_key=api_key), tokenizer)
+        llm = LLM(parse_model_id(name[len(prefix):]), transports[prefix](name, endpoint=endpoint,
+                                                                          api_key=api_key), tokenizer)
+        if hasattr(llm.client, "use_tokenizer"):  # a transport that maps text to tokens needs the model's
+            llm.client.use_tokenizer(llm.model_id.served_name, llm.resolved_tokenizer)
+        return llm
     model_id = parse_model_id(("local:" if inprocess and not name.startswith("local:") else "") + name)
     if model_id.local:
         if endpoint:

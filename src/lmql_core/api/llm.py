@@ -29,6 +29,10 @@ class LLM:
         """The tokenizer in use: the server's own unless ``tokenizer=`` named another."""
         return run_sync(self._tokenizers.get())
 
+    async def resolved_tokenizer(self) -> Tokenizer:
+        """``tokenizer``, awaited on the client loop."""
+        return await self._tokenizers.get()
+
     @property
     def model_identifier(self) -> str:
         return str(self.model_id)
