@@ -71,3 +71,32 @@ def test_the_query_suite_runs_the_same_over_openai(server: Server, folder: str) 
     over_lmtp = run_programs(server.endpoint, folder)
     assert not differences(over_openai, over_lmtp, folder)
     assert len(over_openai) == len(program_names())
+
+
+@pytest.fixture(scope="module")
+def capped(folder: str) -> Iterator[Server]:
+    """The same model on a server that takes at most 20 logit_bias entries per request."""
+    served = Server(folder, "--max-logit-bias", "20")
+    yield served
+    assert served.stop() == 0, served.output()
+
+
+def test_a_mask_over_the_cap_goes_the_other_way_round(capped: Server, server: Server, folder: str) -> None:
+    import lmql
+
+    over_capped = lmql.model(f"openai:{folder}", endpoint=f"http://{capped.endpoint}/v1", tokenizer=folder)
+    reference = lmql.model(folder, endpoint=server.endpoint)
+    allowed = {int(i) for i in reference.tokenizer.encode(" the cat and the dog", add_special_tokens=False)}
+    banned = {str(i): -100 for i in range(reference.tokenizer.vocab_size) if i not in allowed}
+    assert len(banned) > 20 and len(allowed) <= 20
+    expected = reference.generate_sync(PROMPT, max_tokens=6, logit_bias=banned)
+    assert over_capped.generate_sync(PROMPT, max_tokens=6, logit_bias=banned) == expected
+
+
+def test_masks_past_the_cap_either_way_are_applied_on_the_client(capped: Server, server: Server,
+                                                                 folder: str) -> None:
+    names = ["oneliner_int", "oneliner_in_list", "oneliner_beam", "oneliner_stops_at"]
+    ours = run_programs(f"http://{capped.endpoint}/v1", folder, *names)
+    reference = run_programs(server.endpoint, folder, *names)
+    assert set(ours) == set(names)
+    assert not differences(ours, reference, folder)

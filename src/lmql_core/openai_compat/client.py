@@ -277,12 +277,16 @@ class OpenAIClient(LMTPClient):
             self._dispatch("TOKEN", [{**entry, "stream_id": stream_id}])
 
     async def _distribution(self, served: ServedModel, ids: list[int], k: int) -> dict[int, float]:
-        """The top ``k`` next-token log-probabilities after ``ids``: the echo of ``ids`` + EOS,
-        at EOS's position (a server capping ``logprobs`` lower has its cap learnt here)."""
+        """The top ``k`` next-token log-probabilities after ``ids`` (a server capping ``logprobs``
+        lower has its cap learnt here). Servers that name tokens by id send a generated EOS with
+        its log-probabilities: one greedy token tells them. The others (llama.cpp's) send nothing
+        for EOS: the echo of ``ids`` + EOS tells them, at EOS's position."""
         assert served.texts is not None and served.texts.eos is not None
         eos = served.texts.eos
-        body = {**self._completion_body(served, {"model": served.name}), "prompt": served.prompt(ids + [eos]),
-                "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": k}
+        by_echo = not served.features.token_ids
+        asked = ids + [eos] if by_echo else ids
+        body = {**self._completion_body(served, {"model": served.name}), "prompt": served.prompt(asked),
+                "max_tokens": 1, "temperature": 0, "echo": by_echo, "logprobs": k}
         try:
             answer = await self.http.post("/completions", body)
         except HTTPStatusError as error:
@@ -291,9 +295,9 @@ class OpenAIClient(LMTPClient):
             served.features.top_logprobs_cap = k // 2
             return await self._distribution(served, ids, k // 2)
         logprobs = answer["choices"][0]["logprobs"]
-        at = served.texts.echo_position(logprobs["tokens"], ids + [eos]) + len(ids)
+        at = served.texts.echo_position(logprobs["tokens"], asked) + len(ids) if by_echo else 0
         found = {int(t): lp for t, lp in self._tops(served, logprobs["top_logprobs"][at]).items()}
-        found[eos] = float(logprobs["token_logprobs"][at])
+        found[served.token_id(logprobs["tokens"][at])] = float(logprobs["token_logprobs"][at])
         return found
 
     # --- SCORE -------------------------------------------------------------------------------
