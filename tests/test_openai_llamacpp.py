@@ -6,8 +6,6 @@ Expected values: the same GGUF served by our LMTP server with the llama.cpp back
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +23,7 @@ pytest.importorskip("gguf")
 pytest.importorskip("lmql_llamacpp")
 
 import lmql  # noqa: E402
-from lmql_core.errors import LMQLError, ServerError  # noqa: E402
+from lmql_core.errors import ServerError  # noqa: E402
 from lmql_core.openai_compat.client_features import ServerFeatureWarning  # noqa: E402
 from tests.conftest import Server, free_port  # noqa: E402
 from tests.llamacpp_models import hf_llama_folder  # noqa: E402
@@ -147,3 +145,20 @@ def test_the_query_suite_gives_lmtp_results(third_party: LlamaCppServer, lmtp: S
     reference = run_programs(lmtp.endpoint, folder, *selection, served_model=f"llama.cpp:{gguf}")
     assert not differences(ours, reference, folder)
     assert len(ours) == len(program_names()) - len(CANNOT)
+
+
+def test_without_logprobs_text_is_generated_and_scoring_is_a_clear_error(gguf: Path, folder: str,
+                                                                         lmtp: Server) -> None:
+    server = LlamaCppServer(gguf, folder, "--logits_all", "False")  # it then refuses logprobs
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            llm = over_openai(server, folder)
+            text = llm.generate_sync(PROMPT, max_tokens=12)
+        said = " ".join(str(w.message) for w in caught if issubclass(w.category, ServerFeatureWarning))
+        assert "logprobs (tokens come from re-encoding the text" in said
+        assert text == over_lmtp(lmtp, gguf, folder).generate_sync(PROMPT, max_tokens=12)
+        with pytest.raises(ServerError, match="cannot score: it lacks echo with logprobs"):
+            llm.score_sync(PROMPT, [" there"])
+    finally:
+        server.stop()
