@@ -313,7 +313,9 @@ class OpenAIClient(LMTPClient):
         answer = await self.http.post("/completions", body)
         logprobs = answer["choices"][0]["logprobs"]
         start = len(prompt) + (served.texts.echo_position(logprobs["tokens"], ids) if served.texts else 0)
-        entries = list(self._entries(stream_id, served, logprobs, scored=True))[start:start + len(scored)]
+        end = start + len(scored)
+        kept = {key: logprobs[key][start:end] for key in ("tokens", "token_logprobs")}  # only these are read
+        entries = list(self._entries(stream_id, served, kept, scored=True))
         if [e["token"] for e in entries] != scored:
             raise LMQLError("the server's echo does not give back the scored tokens")
         entries[-1]["finish_reason"] = "stop"
