@@ -12,7 +12,9 @@ client's tokenizer (``client_tokens``); masks the server cannot apply are applie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,7 +23,7 @@ from lmql_core.errors import ConnectionLost, LMQLError
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.client.loop import client_loop
 from lmql_core.lmtp.client.transport import LMTPClient
-from lmql_core.openai_compat.client_features import Features, HTTPStatusError, probe
+from lmql_core.openai_compat.client_features import Features, HTTPStatusError, ServerFeatureWarning, probe
 from lmql_core.openai_compat.client_http import OpenAIHTTP
 from lmql_core.openai_compat.client_steps import chosen_tokens
 from lmql_core.openai_compat.client_tokens import TokenTexts
@@ -31,6 +33,7 @@ DEFAULT_ENDPOINT = "http://localhost:8080/v1"
 # LMTP's GENERATE fields an OpenAI completions request takes under the same name
 PASSED_ON = ("temperature", "top_p", "top_k", "seed", "repetition_penalty")
 REFUSED = (400, 413, 422)
+RESUMPTIONS = 3  # of a stream the server ended early (for another request)
 Handler = Callable[[Any, dict[str, Any]], Awaitable[None]]
 
 
@@ -39,10 +42,30 @@ class ServedModel:
     name: str
     features: Features
     texts: TokenTexts | None  # None: no tokenizer known, the server must name tokens by id
+    # set once the server ended a stream for another request (llama-cpp-python's
+    # interrupt_requests): from then on one request at a time
+    one_at_a_time: asyncio.Lock | None = None
+
+    def turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self.one_at_a_time or contextlib.nullcontext()
+
+    def serialize(self, base_url: str) -> None:
+        if self.one_at_a_time is None:
+            self.one_at_a_time = asyncio.Lock()
+            warnings.warn(f"the server at {base_url} ({self.name!r}) ends a stream when another request "
+                          "comes: requests go to it one at a time", ServerFeatureWarning, stacklevel=2)
+
+    split_told: bool = False  # warned that a prompt's tokens were not its text's own
 
     def prompt(self, ids: list[int]) -> list[int] | str:
         if self.features.token_prompts or self.texts is None:
             return ids
+        if not self.split_told and not self.texts.round_trips(ids):
+            self.split_told = True
+            warnings.warn(f"{self.name!r}: a prompt's tokens are not its text's own tokenization (a value "
+                          "generated in another split than the text's), and this server takes prompts "
+                          "only as text: it sees the text's tokens, so results may differ from a server "
+                          "that takes token ids", ServerFeatureWarning, stacklevel=2)
         return self.texts.prompt_text(ids, self.features.adds_bos)
 
     def token_id(self, token: str) -> int:
@@ -187,22 +210,31 @@ class OpenAIClient(LMTPClient):
         return {str(i): flipped for i in range(vocab) if str(i) not in bias}
 
     async def _generate_streamed(self, stream_id: Any, served: ServedModel, payload: dict[str, Any]) -> None:
+        """One streamed completion; where the server ends it early for another request, the rest
+        is asked for again (after the tokens received), one request at a time from then on."""
         prompt = payload["prompt"]
-        body = self._completion_body(served, payload)
-        body.update(prompt=served.prompt(prompt), stream=True,
-                    max_tokens=payload.get("max_tokens") or await self._room(payload["model"], len(prompt)))
+        limit = payload.get("max_tokens") or await self._room(payload["model"], len(prompt))
+        received: list[int] = []
         held: dict[str, Any] | None = None  # the last token, sent once we know whether it ends the stream
         text = ""
-        async for chunk in self.http.events("/completions", body):
-            for choice in chunk.get("choices", []):
-                text += choice.get("text") or ""
-                if served.features.logprobs:
-                    for entry in self._entries(stream_id, served, choice.get("logprobs")):
-                        if held is not None:
-                            self._dispatch("TOKEN", [held])
-                        held = entry
-                if choice.get("finish_reason") is not None:
-                    return self._finish(stream_id, served, held, text, choice["finish_reason"])
+        for _ in range(RESUMPTIONS + 1):
+            body = self._completion_body(served, payload)
+            body.update(prompt=served.prompt(prompt + received), stream=True,
+                        max_tokens=limit - len(received))
+            async with served.turn():
+                async for chunk in self.http.events("/completions", body):
+                    for choice in chunk.get("choices", []):
+                        text += choice.get("text") or ""
+                        for entry in self._entries(stream_id, served, choice.get("logprobs")):
+                            if held is not None:
+                                self._dispatch("TOKEN", [held])
+                            held = entry
+                            received.append(entry["token"])
+                        if choice.get("finish_reason") is not None:
+                            return self._finish(stream_id, served, held, text, choice["finish_reason"])
+            if not served.features.logprobs:  # no token ids to go on from
+                break
+            served.serialize(self.base_url)
         raise ConnectionLost("the server's stream ended without a finish_reason")
 
     def _completion_body(self, served: ServedModel, payload: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +320,8 @@ class OpenAIClient(LMTPClient):
         body = {**self._completion_body(served, {"model": served.name}), "prompt": served.prompt(asked),
                 "max_tokens": 1, "temperature": 0, "echo": by_echo, "logprobs": k}
         try:
-            answer = await self.http.post("/completions", body)
+            async with served.turn():
+                answer = await self.http.post("/completions", body)
         except HTTPStatusError as error:
             if error.status not in REFUSED or "logprobs" not in str(error) or k <= 1:
                 raise
@@ -310,7 +343,8 @@ class OpenAIClient(LMTPClient):
         ids = prompt + scored
         body = {**self._completion_body(served, payload), "prompt": served.prompt(ids),
                 "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
-        answer = await self.http.post("/completions", body)
+        async with served.turn():
+            answer = await self.http.post("/completions", body)
         logprobs = answer["choices"][0]["logprobs"]
         start = len(prompt) + (served.texts.echo_position(logprobs["tokens"], ids) if served.texts else 0)
         end = start + len(scored)

@@ -63,6 +63,11 @@ class TokenTexts:
             ids = ids[1:]
         return self.tokenizer.decode(ids) if ids else ""
 
+    def round_trips(self, ids: list[int]) -> bool:
+        """Whether tokenizing the prompt's text again gives these ids (BOS aside)."""
+        body = ids[1:] if ids[:1] == [self.bos] and self.bos is not None else ids
+        return self.tokenizer.encode(self.tokenizer.decode(body), add_special_tokens=False) == body
+
     def echo_position(self, echoed: list[str], ids: list[int]) -> int:
         """Where ``ids[j]`` is among the echoed tokens: ``j`` plus this (-1 where the server's
         echo leaves out the leading BOS, as llama.cpp's do)."""
