@@ -161,7 +161,7 @@ def test_a_prompt_split_unlike_its_text_is_said(third_party: LlamaCppServer, fol
     assert any("not its text's own tokenization" in s for s in said), said
 
 
-@pytest.mark.timeout(1500)  # the suite twice: about 2.5 minutes here (2 shared cores)
+@pytest.mark.timeout(1500)  # the suite twice: 30 s to a few minutes on 2 shared cores
 def test_the_query_suite_gives_lmtp_results(third_party: LlamaCppServer, lmtp: Server, gguf: Path,
                                             folder: str) -> None:
     selection = [f"-{name}" for name in CANNOT]
