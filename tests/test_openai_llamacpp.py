@@ -161,6 +161,17 @@ def test_a_prompt_split_unlike_its_text_is_said(third_party: LlamaCppServer, fol
     assert any("not its text's own tokenization" in s for s in said), said
 
 
+def test_a_value_the_text_joins_to_the_prompt_cannot_be_scored(third_party: LlamaCppServer, folder: str) -> None:
+    llm = over_openai(third_party, folder)
+    tokenizer = llm.tokenizer
+    apart = tokenizer.encode("The cat", add_special_tokens=False) + tokenizer.encode("s", add_special_tokens=False)
+    assert tokenizer.encode("The cats", add_special_tokens=False) != apart  # "s" joins " cat" in the text
+    with pytest.raises(ServerError, match="splits prompt and value together otherwise"):
+        llm.score_sync("The cat", ["s"])
+    sat = tokenizer.encode(" sat", add_special_tokens=False)  # a value that stays apart
+    assert len(llm.score_sync("The cat", [" sat"]).token_scores[0]) == len(sat)
+
+
 @pytest.mark.timeout(1500)  # the suite twice: 30 s to a few minutes on 2 shared cores
 def test_the_query_suite_gives_lmtp_results(third_party: LlamaCppServer, lmtp: Server, gguf: Path,
                                             folder: str) -> None:

@@ -351,7 +351,10 @@ class OpenAIClient(LMTPClient):
         kept = {key: logprobs[key][start:end] for key in ("tokens", "token_logprobs")}  # only these are read
         entries = list(self._entries(stream_id, served, kept, scored=True))
         if [e["token"] for e in entries] != scored:
-            raise LMQLError("the server's echo does not give back the scored tokens")
+            text_only = "" if served.features.token_prompts else (
+                ": it takes the prompt only as text and splits prompt and value together otherwise "
+                "than the client's tokens of each")
+            raise LMQLError(f"the server's echo does not give back the scored tokens{text_only}")
         entries[-1]["finish_reason"] = "stop"
         self._dispatch("TOKEN", entries)
 
