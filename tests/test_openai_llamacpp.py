@@ -172,6 +172,18 @@ def test_a_value_the_text_joins_to_the_prompt_cannot_be_scored(third_party: Llam
     assert len(llm.score_sync("The cat", [" sat"]).token_scores[0]) == len(sat)
 
 
+def test_streams_the_server_ends_for_each_other_go_on_one_at_a_time(third_party: LlamaCppServer, lmtp: Server,
+                                                                    gguf: Path, folder: str) -> None:
+    """llama-cpp-python's server ends a stream when another request comes (interrupt_requests)."""
+    expected = over_lmtp(lmtp, gguf, folder).generate_sync(PROMPT, max_tokens=40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        texts = over_openai(third_party, folder).generate_sync(PROMPT, max_tokens=40, n=3)
+    assert texts == [expected] * 3
+    said = [str(w.message) for w in caught if issubclass(w.category, ServerFeatureWarning)]
+    assert any("ends a stream when another request comes" in s for s in said), said
+
+
 @pytest.mark.timeout(1500)  # the suite twice: 30 s to a few minutes on 2 shared cores
 def test_the_query_suite_gives_lmtp_results(third_party: LlamaCppServer, lmtp: Server, gguf: Path,
                                             folder: str) -> None:
