@@ -17,14 +17,28 @@ TORCH = "torch==2.13.0"  # the CPU build; an unpinned torch pulls a multi-GB CUD
 PYTHON = "3.11"
 
 
+LLAMA_CPP = "llama-cpp-python>=0.3.36"  # as plugins/llamacpp/pyproject.toml asks
+WHEELS = Path(".nox") / "wheels"
+
+
 def install_project(session: nox.Session, llamacpp: bool = True) -> None:
     session.install(TORCH)
     # triton: the HF backend's GPU kernel, tested on the CPU through Triton's interpreter
     session.install("./", "./plugins/hf", "./tests/plugin_example", "triton", "pytest>=8", "pytest-timeout")
     if llamacpp:
-        # llama-cpp-python has no wheel on the registry: it compiles once per environment
-        session.install("./plugins/llamacpp[export]",
-                        env={"CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
+        session.install(str(llama_cpp_wheel(session)), "./plugins/llamacpp[export]")
+
+
+def llama_cpp_wheel(session: nox.Session) -> Path:
+    """llama-cpp-python has no wheel on the registry, and compiling it is half of a first run
+    on 2 cores: it is built once into .nox/wheels and every later environment installs that
+    wheel (nox recreates the environments on each run)."""
+    built = sorted(WHEELS.glob("llama_cpp_python-*.whl"))
+    if not built:
+        session.run("pip", "wheel", "--no-deps", "-w", str(WHEELS), LLAMA_CPP,
+                    env={"CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
+        built = sorted(WHEELS.glob("llama_cpp_python-*.whl"))
+    return built[-1].resolve()
 
 
 @nox.session(python=PYTHON)

@@ -81,8 +81,8 @@ class Server:
     """A real `lmql serve-model` process."""
 
     def __init__(self, model: str | None, *args: str, host: str = "127.0.0.1",
-                 env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "lmql_core", "serve-model", *([model] if model else []),
                    "--host", host, "--port", str(self.port), *args]

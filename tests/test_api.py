@@ -22,8 +22,8 @@ def test_served_and_in_process_agree(random_server: Server) -> None:
     local = lmql.model("local:random", seed=7)
     for prompt in ["Hello", "The cat", "ünïcødé ✓"]:
         assert served.generate_sync(prompt, max_tokens=10) == local.generate_sync(prompt, max_tokens=10)
-        served_scores = served.score_sync(prompt, ["a", "bc"]).token_scores
-        local_scores = local.score_sync(prompt, ["a", "bc"]).token_scores
+        served_scores = [list(s) for s in served.score_sync(prompt, ["a", "bc"]).token_scores]
+        local_scores = [list(s) for s in local.score_sync(prompt, ["a", "bc"]).token_scores]
         assert [pytest.approx(s, abs=1e-6) for s in local_scores] == served_scores
 
 
@@ -47,7 +47,7 @@ def test_default_model_and_top_level_functions(random_server: Server) -> None:
     lmql.set_default_model(llm)
     try:
         assert lmql.generate_sync("xy", max_tokens=4) == llm.generate_sync("xy", max_tokens=4)
-        assert lmql.score_sync("xy", ["z"]).token_scores == llm.score_sync("xy", ["z"]).token_scores
+        assert list(lmql.score_sync("xy", ["z"]).scores()) == list(llm.score_sync("xy", ["z"]).scores())
         assert asyncio.run(lmql.generate("xy", max_tokens=4)) == llm.generate_sync("xy", max_tokens=4)
         assert asyncio.run(lmql.score("xy", ["z"])).argmax() == "z"
     finally:
@@ -75,10 +75,15 @@ def test_server_errors_raise_in_the_client(random_server: Server) -> None:
 
 
 def test_scoring_result_aggregations() -> None:
-    result = ScoringResult("p", ["a", "bb"], [[-1.0], [-1.0, -3.0]], "m")
-    assert result.scores("sum") == [-1.0, -4.0]
-    assert result.scores("mean") == [-1.0, -2.0]
-    assert result.scores("normalized") == pytest.approx([-1.0, -4.0 / 2**0.7])
+    # LMQL 0.7.3 (api/scoring.py): mean and normalized divide by the whole scored sequence's
+    # length, the prompt's two tokens (log-probability 0) included
+    result = ScoringResult("p", ["a", "bb"], [[-1.0], [-1.0, -3.0]], "m", [7, 8], [[5], [6, 6]])
+    assert list(result.scores("sum")) == [-1.0, -4.0]
+    assert list(result.scores("mean")) == pytest.approx([-1.0 / 3, -4.0 / 4])
+    assert list(result.scores("normalized")) == pytest.approx([-1.0 / 3**0.7, -4.0 / 4**0.7])
+    assert [list(s.input_ids) for s in result.seqs] == [[7, 8, 5], [7, 8, 6, 6]]
+    assert [list(s) for s in result.full_token_scores] == [[0, 0, -1], [0, 0, -1, -3]]
+    assert [list(s) for s in result.token_scores] == [[-1], [-1, -3]]
     assert sum(result.probs()) == pytest.approx(1.0)
     assert result.logprobs()[0] == pytest.approx(-math.log(1 + math.exp(-3)))
     assert result.argmax() == "a" and result.argmax("mean") == "a"

@@ -69,7 +69,7 @@ def test_the_readme_backend_runs_in_process_through_local(tmp_path: Path) -> Non
     program = ("import json, lmql\n"
                "m = lmql.model('local:mine:anything', confidence=5)\n"
                "scored = m.score_sync('a', ['b'])\n"
-               "print(json.dumps([m.generate_sync('ab', max_tokens=3), scored.token_scores[0]]))\n")
+               "print(json.dumps([m.generate_sync('ab', max_tokens=3), scored.token_scores[0].tolist()]))\n")
     env = {**os.environ, **with_plugin(tmp_path)}
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
                             env=env)

@@ -87,7 +87,7 @@ def test_a_port_in_use_fails_before_the_model_loads() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--torch_dtype", "notatype"], "unknown --torch_dtype 'notatype'; use auto or one of float16"),
-    (["--no_such_arg", "3"], "could not load 'lmql-tiny' with backend 'hf' (no_such_arg=3): TypeError"),
+    (["--no_such_arg", "3"], "the hf backend has no option --no_such_arg; its options: --max_batch"),
     (["--dtype", "float7"], "unknown --dtype 'float7'"),
 ])
 def test_a_bad_loader_value_is_one_error_line(args: list[str], message: str) -> None:

@@ -5,9 +5,11 @@ constraint means; the differential suite against LMQL 0.7.3 itself is in tests/c
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import math
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,3 +283,66 @@ def test_vocabularies_of_tokenizers_no_longer_used_are_let_go() -> None:
         Vocabulary.of(BytesTokenizer(vocab_size=300))
     gc.collect()
     assert freed() is None
+
+
+def _import(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_query_reads_its_modules_globals_when_called(tmp_path: Path) -> None:
+    # LMQL looks names up when the query runs: a helper defined below the query, or rebound later, counts
+    (tmp_path / "lmql_app.py").write_text(textwrap.dedent('''
+        import lmql
+
+        @lmql.query(model="local:lmql-tiny")
+        def greet():
+            \'\'\'lmql
+            "{salutation()} {NAME}:[X]" where len(TOKENS(X)) < 2
+            return context.prompt
+            \'\'\'
+
+        def salutation():
+            return "Dear"
+
+        NAME = "Ada"
+        from_source = lmql.query('"{NAME}[X]" where len(TOKENS(X)) < 2', is_async=False,
+                                 model="local:lmql-tiny")
+    '''))
+    module = _import(tmp_path / "lmql_app.py")  # named like lmql's own modules, which it is not
+    assert module.greet().startswith("Dear Ada:")
+    module.NAME = "Grace"
+    assert module.greet().startswith("Dear Grace:")
+    assert module.from_source().prompt.startswith("Grace")
+
+
+@lmql.query(model="local:lmql-tiny")
+def returns_a_free_name():
+    '''lmql
+    argmax
+        return s, len(s)
+    '''
+
+
+def test_a_query_function_takes_names_it_reads_by_keyword() -> None:
+    # LMQL: a name the body reads that is not a parameter may be given by keyword; given nowhere,
+    # it is LMQL's TypeError
+    assert returns_a_free_name(s="test") == [("test", 4)]  # no variable met: LMQL's one-element list
+    with pytest.raises(TypeError, match="Failed to resolve variable 's'"):
+        returns_a_free_name()
+    with pytest.raises(lmql.QueryError, match="unknown argument 'nope'"):
+        returns_a_free_name(s="x", nope=1)
+
+
+def test_a_sync_query_call_inside_a_coroutine_is_refused_as_in_lmql() -> None:
+    async def inside() -> None:
+        with pytest.raises(lmql.QueryError, match="cannot be called synchronously from within an async context"):
+            lmql.run_sync('argmax "Hi[X]" where len(TOKENS(X)) < 2', model="local:lmql-tiny")
+        with pytest.raises(lmql.QueryError, match="cannot be called synchronously"):
+            returns_a_free_name(s="x")
+        assert (await lmql.run('argmax\n    return s', s="ok", model="local:lmql-tiny")) == ["ok"]
+
+    asyncio.run(inside())

@@ -100,7 +100,8 @@ def test_role_tags_are_written_as_lmql_writes_them_for_local_models(reference, t
     ('"{:user}[[x]] {{y}}"', "((user)):[x] {y}"),
 ])
 def test_where_a_role_tag_keeps_its_newline(source: str, prompt: str) -> None:
-    assert lmql.run_sync(source, model=MODEL).prompt == prompt
+    (result,) = lmql.run_sync(source, model=MODEL)  # no variable: LMQL gives the result in a list
+    assert result.prompt == prompt
 
 
 def test_a_chat_list_in_a_prompt_becomes_tagged_messages(reference) -> None:
@@ -116,7 +117,8 @@ def test_a_chat_list_in_a_prompt_becomes_tagged_messages(reference) -> None:
     [],  # LMQL 0.7.3 raises IndexError on an empty list here; lmql-core writes it as it is
 ])
 def test_other_lists_are_written_as_python_writes_them(value: list) -> None:
-    assert lmql.run_sync('"{value}"', model=MODEL, value=value).prompt == str(value)
+    (result,) = lmql.run_sync('"{value}"', model=MODEL, value=value)
+    assert result.prompt == str(value)
 
 
 def test_await_input_asks_the_output_writer(reference) -> None:
@@ -156,7 +158,8 @@ def test_an_input_of_the_programs_own_is_not_replaced() -> None:
     def input(*args: object) -> str:  # noqa: A001 (the point: a global named input)
         return "mine"
 
-    assert lmql.run_sync('"{input()}"', model=MODEL).prompt == "mine"
+    (result,) = lmql.run_sync('"{input()}"', model=MODEL)
+    assert result.prompt == "mine"
 
 
 def test_message_reports_to_a_chat_writer(reference) -> None:

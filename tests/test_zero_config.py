@@ -86,12 +86,25 @@ async def _stream(endpoint: str, command: str, body: dict) -> list[dict]:
         return await c.stream(1)
 
 
+def reference_prompt(text: str) -> list[int]:
+    """BOS and the text's tokens, by the tokenizers library from lmql-tiny's own files."""
+    from tokenizers import Tokenizer
+
+    folder = bundled_path("lmql-tiny")
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    bos = tokenizer.token_to_id(json.loads((folder / "tokenizer_config.json").read_text())["bos_token"])
+    return [bos, *tokenizer.encode(text, add_special_tokens=False).ids]
+
+
 def test_text_mode_round_trips_non_ascii(tiny_server: Server) -> None:
     llm = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
+    prompt = reference_prompt(TEXT)
+    assert llm.encode_prompt(TEXT) == prompt  # one BOS, then the text
     entries = asyncio.run(_stream(tiny_server.endpoint, "GENERATE", {"text": TEXT, "max_tokens": 30}))
-    by_ids = asyncio.run(_stream(tiny_server.endpoint, "GENERATE",
-                                 {"prompt": llm.encode_prompt(TEXT), "max_tokens": 30}))
+    by_ids = asyncio.run(_stream(tiny_server.endpoint, "GENERATE", {"prompt": prompt, "max_tokens": 30}))
     assert [e["token"] for e in entries] == [e["token"] for e in by_ids]
+    # the log-probabilities tell the prompt the model saw: a doubled BOS shifts every one of them
+    assert [e["logprob"] for e in entries] == pytest.approx([e["logprob"] for e in by_ids], abs=1e-5)
     text = "".join(e["text"] for e in entries)
     assert text == llm.generate_sync(TEXT, max_tokens=30)
     assert all("\ufffd" not in e["text"] for e in entries)

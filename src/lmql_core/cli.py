@@ -97,7 +97,7 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
     to the backend's loader (e.g. `--trust_remote_code True`, `--n_ctx 4096`); True/False, ints and
     floats are parsed as such.
     """
-    from lmql_core.api.run_server import serve
+    from lmql_core.api.run_server import PortInUse, serve
 
     with _errors():
         model, loader_args = model_and_loader_args(model, ctx.args)
@@ -107,9 +107,28 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
                         max_logit_bias_entries=max_logit_bias, max_connections=max_connections,
                         max_outgoing_bytes=max_outgoing_bytes, handshake_timeout_s=handshake_timeout,
                         shutdown_grace_s=shutdown_grace)
-        serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
-              load_on_demand=load_on_demand, limits=limits, auth_token=auth_token, openai=not no_openai,
-              **loader_kwargs)
+        try:
+            serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
+                  load_on_demand=load_on_demand, limits=limits, auth_token=auth_token,
+                  openai=not no_openai, **loader_kwargs)
+        except PortInUse as error:
+            raise error.command_line() from None
+    _exit_without_finalizing()
+
+
+def _exit_without_finalizing() -> None:
+    """End a command that has done its work, skipping the interpreter's finalization: with a
+    model loaded, its garbage collections walk every object torch and transformers made (8-12 s
+    after Ctrl-C on a lmql-tiny server, 5 s after `lmql run` with local:, issue 28) only to free
+    memory the OS takes back anyway. atexit handlers still run first: they close connections and
+    stop in-process engines (whose threads must not be inside a step when the process ends)."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def model_and_loader_args(model: str, extra: list[str]) -> tuple[str, list[str]]:
@@ -163,8 +182,8 @@ def _print_indented(lines: Iterable[str], style: str = "") -> None:
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
 )
 @click.argument("prompt")
-@click.option("--model", "-m", default="lmql-tiny", show_default=True,
-              help="Model identifier; prefix with local: to load it in this process.")
+@click.option("--model", "-m", help="Model identifier; prefix with local: to load it in this "
+              "process. Default: the model the server serves (lmql-tiny where it does not say).")
 @click.option("--endpoint", "-e", help="host:port of the LMTP server (default localhost:8080).")
 @click.option("--max-tokens", default=32, show_default=True, type=int)
 @click.option("--temperature", default=0.0, show_default=True, type=float,
@@ -172,12 +191,13 @@ def _print_indented(lines: Iterable[str], style: str = "") -> None:
 @click.option("--tokenizer", help="Tokenizer name or folder, when the model's own is not found.")
 @click.option("--api-key", envvar="LMQL_AUTH_TOKEN", help="The server's --auth-token.")
 @click.pass_context
-def generate(ctx: click.Context, prompt: str, model: str, endpoint: str | None, max_tokens: int,
-             temperature: float, tokenizer: str | None, api_key: str | None) -> None:
+def generate(ctx: click.Context, prompt: str, model: str | None, endpoint: str | None,
+             max_tokens: int, temperature: float, tokenizer: str | None, api_key: str | None) -> None:
     """Generate a continuation of PROMPT, streaming it to the terminal."""
     import lmql_core.api as api
 
     with _errors():
+        model = model or _the_served_model(endpoint, api_key)
         local = model.startswith("local:")  # served: the server took its loader options
         loader_kwargs = checked_loader_args(model, None, ctx.args) if local else parse_loader_args(ctx.args)
         llm = api.model(model, endpoint=endpoint, tokenizer=tokenizer, api_key=api_key, **loader_kwargs)
@@ -185,6 +205,17 @@ def generate(ctx: click.Context, prompt: str, model: str, endpoint: str | None, 
         stream = llm.stream_sync(prompt, max_tokens=max_tokens, decoder=decoder,
                                  temperature=temperature)
         _echo_continuation(prompt, stream)
+
+
+def _the_served_model(endpoint: str | None, api_key: str | None) -> str:
+    """The one model the server serves (lmql-tiny where it does not say which)."""
+    from lmql_core.lmtp.client.served import served_models
+
+    models = served_models(endpoint, api_key) or [DEFAULT_MODEL]
+    if len(models) > 1:
+        named = ", ".join(f"'{name}'" for name in models)
+        raise LMQLError(f"the server serves {named}: pick one with --model NAME")
+    return models[0]
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -203,6 +234,7 @@ def run_query(ctx: click.Context, file: str, model: str | None, endpoint: str | 
 
     import lmql_core.api as api
     from lmql_core.lmtp.client.loop import run_sync
+    from lmql_core.query.errors import NoModelError
     from lmql_core.query.inputs import MissingInput
     from lmql_core.query.parser import parse_query
     from lmql_core.query.program import CompiledQuery
@@ -217,9 +249,15 @@ def run_query(ctx: click.Context, file: str, model: str | None, endpoint: str | 
             raise missing.for_cli(file) from None
         if model is not None:
             inputs["model"] = api.model(model, endpoint=endpoint)
-        results = run_sync(query.start((), inputs))
+        try:
+            results = run_sync(query.start((), inputs))
+        except NoModelError:
+            raise LMQLError(f"{file} names no model: pass --model NAME (local:NAME loads it in this "
+                            f"process, e.g. --model local:{DEFAULT_MODEL}) or add a `from` clause to "
+                            "the query") from None
         for result in results if isinstance(results, list) else [results]:
             _print_result(result)
+    _exit_without_finalizing()
 
 
 def _print_result(result: object) -> None:

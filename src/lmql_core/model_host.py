@@ -147,8 +147,8 @@ class ModelHost:
             if not self.load_on_demand:
                 served = ", ".join(f"'{n}'" for n in self.models) or "nothing"
                 raise RequestError(
-                    f"this server serves {served}, not '{shown(name)}' (start it with --load-on-demand "
-                    "to load other models on request)"
+                    f"this server serves {served}, not '{shown(name)}': ask for a model it serves, or "
+                    "start it with --load-on-demand to load other models on request"
                 )
             model = load_model(parse_model_id(name, self.default_backend))
             self.add(model)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from lmql_core import plugins
 from lmql_core.api.llm import LLM
+from lmql_core.api.model_options import split_model_options
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.api_names import API_NAMES
 from lmql_core.errors import LMQLError
@@ -21,10 +26,12 @@ _default_model: LLM | None = None
 
 
 def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = None,
-          api_key: str | None = None, inprocess: bool = False, **loader_kwargs: Any) -> LLM:
+          api_key: str | None = None, inprocess: bool = False, **kwargs: Any) -> LLM:
     """A model by identifier: ``local:NAME`` (or ``inprocess=True``) loads it in this process
-    with ``loader_kwargs`` (and ``tokenizer``, where the backend's factory takes one);
-    otherwise it is served at ``endpoint`` (default localhost:8080)."""
+    with the loader's keyword arguments (and ``tokenizer``, where the backend's factory takes
+    one); otherwise it is served at ``endpoint`` (default localhost:8080). LMQL 0.7's own
+    options (``silent``, ``chunksize``, ``batch_size``, ``top_k``, ...) mean what they mean
+    there (``model_options``)."""
     if isinstance(name, LLM):
         return name
     transports = plugins.registry().transports
@@ -33,25 +40,43 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
         llm = LLM(parse_model_id(name[len(prefix):]), transports[prefix](name, endpoint=endpoint,
                                                                           api_key=api_key), tokenizer)
         if hasattr(llm.client, "use_tokenizer"):  # a transport that maps text to tokens needs the model's
-            llm.client.use_tokenizer(llm.model_id.served_name, llm.resolved_tokenizer)
+            llm.client.use_tokenizer(llm.model_id.served_name, llm.resolve_tokenizer)
         return llm
-    model_id = parse_model_id(("local:" if inprocess and not name.startswith("local:") else "") + name)
+    # as LMQL: the random model runs in-process (here unless an endpoint says where it is served)
+    in_process = inprocess or (name == "random" and endpoint is None)
+    model_id = parse_model_id(("local:" if in_process and not name.startswith("local:") else "") + name)
+    options = split_model_options(kwargs, model_id.local, model_id.backend)
     if model_id.local:
         if endpoint:
             raise LMQLError(f"'{model_id}' loads the model in this process, so there is no endpoint "
                             f"to use ('{endpoint}'): drop 'local:' to use the server there, or "
                             "drop the endpoint")
-        options = plugins.backend_for_name(model_id.backend).options
-        loader_kwargs, engine_options = options.check_and_split(loader_kwargs)
+        loader_options = plugins.backend_for_name(model_id.backend).options
+        loader_kwargs, engine_options = loader_options.check_and_split(options.loader)
         if tokenizer is not None and plugins.backend_takes(model_id.backend, "tokenizer"):
             loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}  # the backend's loader sees it too
-        client = transports["local:"](model_id, engine_options=engine_options, **loader_kwargs)
+        with _quiet(options.silent):
+            client = transports["local:"](model_id, engine_options=engine_options, **loader_kwargs)
     else:
-        if loader_kwargs:
-            warnings.warn(f"loader arguments {sorted(loader_kwargs)} are ignored for a served model; "
+        if options.loader:
+            warnings.warn(f"loader arguments {sorted(options.loader)} are ignored for a served model; "
                           "pass them to `lmql serve-model` instead", stacklevel=2)
         client = transports[""](model_id, endpoint=endpoint, api_key=api_key)
-    return LLM(model_id, client, tokenizer)
+    llm = LLM(model_id, client, tokenizer, decoding=options.decoding)
+    given = {"endpoint": endpoint, "tokenizer": tokenizer, "api_key": api_key, "inprocess": inprocess or None}
+    # as LMQL's LLM.configuration: the options it was made with
+    llm.configuration = {**{k: v for k, v in given.items() if v is not None}, **kwargs}
+    return llm
+
+
+@contextlib.contextmanager
+def _quiet(silent: bool) -> Iterator[None]:
+    """``silent=True``: what loading a model prints (progress, timings) is not shown."""
+    if not silent:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def serve(model: str = "lmql-tiny", **kwargs: Any) -> RunningServer | None:
@@ -63,14 +88,29 @@ def serve(model: str = "lmql-tiny", **kwargs: Any) -> RunningServer | None:
 
 
 def set_default_model(llm: LLM | str) -> None:
+    """The model of queries and calls that name none (this process)."""
     global _default_model
     _default_model = model(llm) if isinstance(llm, str) else llm
 
 
-def _default() -> LLM:
-    if _default_model is None:
-        raise RuntimeError("no default model: call lmql.set_default_model(...) or pass model=")
+def get_default_model() -> LLM | None:
+    """The model set by ``set_default_model``, else the one ``LMQL_DEFAULT_MODEL`` names (an
+    identifier, as LMQL reads it), else None."""
+    if _default_model is None and os.environ.get("LMQL_DEFAULT_MODEL"):
+        set_default_model(os.environ["LMQL_DEFAULT_MODEL"])
     return _default_model
+
+
+def get_default_scoring_model() -> LLM | None:
+    """The model ``score`` uses when given none (LMQL keeps a separate one for OpenAI's sake)."""
+    return get_default_model()
+
+
+def _default() -> LLM:
+    default = get_default_model()
+    if default is None:
+        raise RuntimeError("no default model: call lmql.set_default_model(...) or pass model=")
+    return default
 
 
 def _pick(llm: LLM | str | None) -> LLM:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -18,29 +18,83 @@ DECODERS = ("argmax", "sample")
 
 
 class LLM:
-    def __init__(self, model_id: ModelId, client: LMTPClient, tokenizer: str | None = None) -> None:
+    def __init__(self, model_id: ModelId, client: LMTPClient, tokenizer: str | None = None,
+                 decoding: dict[str, Any] | None = None) -> None:
         self.model_id = model_id
         self.client = client
+        # LMQL's per-model decoding options (chunksize, top_k, ...): queries on this model use them
+        self.decoding: dict[str, Any] = dict(decoding or {})
+        self.configuration: dict[str, Any] = {}
         self._tokenizers = TokenizerResolver(model_id, client, tokenizer, self._server_info)
-        self._info: dict[str, Any] | None = None
+        self._info: tuple[int, dict[str, Any]] | None = None  # (the connection it came over, MODEL_INFO)
 
     @property
     def tokenizer(self) -> Tokenizer:
         """The tokenizer in use: the server's own unless ``tokenizer=`` named another."""
         return run_sync(self._tokenizers.get())
 
-    async def resolved_tokenizer(self) -> Tokenizer:
-        """``tokenizer``, awaited on the client loop."""
+    def get_tokenizer(self) -> Tokenizer:
+        """The tokenizer in use (LMQL's name for ``tokenizer``)."""
+        return self.tokenizer
+
+    async def resolve_tokenizer(self) -> Tokenizer:
+        """The tokenizer in use, from a coroutine on the client loop."""
         return await self._tokenizers.get()
 
     @property
     def model_identifier(self) -> str:
         return str(self.model_id)
 
+    @classmethod
+    def from_descriptor(cls, model_identifier: str | LLM | None, **kwargs: Any) -> LLM:
+        """LMQL's name for ``lmql.model(...)``; None is the default model."""
+        from lmql_core import api
+
+        if model_identifier is None:
+            default = api.get_default_model()
+            if default is None:
+                raise RuntimeError("no default model: call lmql.set_default_model(...) or name one")
+            return default
+        return api.model(model_identifier, **kwargs)  # type: ignore[arg-type]
+
     def __repr__(self) -> str:
         return f"<LLM {self.model_identifier}>"
 
-    # --- token level ----------------------------------------------------------------------
+    # --- token level: what the query runtime asks a model, one request each ----------------
+
+    def token_stream(self, prompt_ids: list[int], max_tokens: int | None = None, temperature: float = 0.0,
+                     logit_bias: Mapping[str, float] | None = None, top_logprobs: int | None = None,
+                     **options: Any) -> AsyncGenerator[dict[str, Any], None]:
+        """The token entries of one GENERATE request after ``prompt_ids``, as the server sends
+        them (``token``, ``logprob``, ``top_logprobs``, ``finish_reason``); ``options`` are
+        forwarded (``top_k``, ``top_p``, ``repetition_penalty``, ...). Close it to stop early."""
+        request: dict[str, Any] = {"model": self.model_id.served_name, "prompt": list(prompt_ids),
+                                   "temperature": temperature, **options}
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
+        if logit_bias is not None:
+            request["logit_bias"] = logit_bias
+        if top_logprobs is not None:
+            request["top_logprobs"] = top_logprobs
+        return self.client.request("GENERATE", request)
+
+    async def next_token_logprobs(self, prompt_ids: list[int], k: int,
+                                  logit_bias: Mapping[str, float] | None = None,
+                                  **options: Any) -> dict[int, float]:
+        """The (at least) ``k`` most likely next tokens after ``prompt_ids`` with their
+        log-probabilities, under ``logit_bias``."""
+        async with aclosing(self.token_stream(prompt_ids, 1, 0.0, logit_bias, k, **options)) as entries:
+            entry = await anext(entries)
+        tops = {int(t): float(lp) for t, lp in (entry.get("top_logprobs") or {}).items()}
+        tops.setdefault(int(entry["token"]), float(entry["logprob"]))
+        return tops
+
+    async def score_tokens(self, prompt_ids: list[int], scored: list[int]) -> list[float]:
+        """The log-probability of each token of ``scored`` as the continuation of ``prompt_ids``."""
+        if not scored:
+            return []
+        request = {"model": self.model_id.served_name, "prompt": list(prompt_ids), "scored": list(scored)}
+        return [e["logprob"] async for e in self.client.request("SCORE", request)]
 
     def _request(self, prompt_ids: list[int], max_tokens: int | None = None, decoder: str = "argmax",
                  temperature: float | None = None, **extra: Any) -> dict[str, Any]:
@@ -50,11 +104,13 @@ class LLM:
             temperature = 1.0 if decoder == "sample" else 0.0
         if decoder == "argmax":
             temperature = 0.0
-        request = {"model": self.model_id.served_name, "prompt": prompt_ids,
-                   "temperature": temperature, **extra}
-        if max_tokens is not None:
-            request["max_tokens"] = max_tokens
-        return request
+        return {"prompt_ids": prompt_ids, "max_tokens": max_tokens, "temperature": temperature,
+                **self.request_options(), **extra}
+
+    def request_options(self) -> dict[str, Any]:
+        """The model's own decoding options sent with each request (``top_k``, ... given to
+        ``lmql.model``), without ``chunksize``, which only sizes requests."""
+        return {k: v for k, v in self.decoding.items() if k != "chunksize"}
 
     async def _tokens(self, prompt_ids: list[int], max_tokens: int | None = None,
                       **options: Any) -> AsyncGenerator[dict[str, Any], None]:
@@ -69,7 +125,7 @@ class LLM:
             remaining = None if max_tokens is None else max_tokens - len(generated)
             request = self._request(prompt_ids + generated, max_tokens=remaining, **options)
             finish = None
-            async with aclosing(self.client.request("GENERATE", request)) as entries:
+            async with aclosing(self.token_stream(**request)) as entries:
                 async for entry in entries:
                     generated.append(entry["token"])
                     finish = entry.get("finish_reason")
@@ -86,14 +142,19 @@ class LLM:
         return "extensions" in await self._server_info()
 
     async def _server_info(self) -> dict[str, Any]:
-        """The served model's MODEL_INFO (asked once; ``{}`` from servers that say nothing)."""
-        if self._info is None:
+        """The served model's MODEL_INFO (asked once per connection: after a reconnect the server
+        may have restarted with another model; ``{}`` from servers that say nothing)."""
+        connection = await self.client.connection()
+        if self._info is None or self._info[0] != connection:
             info = (await self.client.model_info(self.model_id.served_name)).get("model_info")
-            self._info = info if isinstance(info, dict) else {}
-        return self._info
+            self._info = (connection, info if isinstance(info, dict) else {})
+        return self._info[1]
 
     def encode_prompt(self, text: str) -> list[int]:
         return run_sync(self._encode_prompt(text))
+
+    async def encode_prompt_async(self, text: str) -> list[int]:
+        return await self._encode_prompt(text)
 
     async def _encode_prompt(self, text: str) -> list[int]:
         """BOS (when the tokenizer has one) and the text's tokens: what LMQL 0.7 clients send."""
@@ -151,15 +212,11 @@ class LLM:
         prompt_ids = await self._encode_prompt(prompt)
         tokenizer = await self._tokenizers.get()
 
-        async def one(value: str) -> list[float]:
-            scored = tokenizer.encode(value, add_special_tokens=False)
-            if not scored:
-                return []
-            request = {"model": self.model_id.served_name, "prompt": prompt_ids, "scored": scored}
-            return [e["logprob"] async for e in self.client.request("SCORE", request)]
-
-        logprobs = list(await asyncio.gather(*(one(v) for v in values)))
-        return ScoringResult(prompt, values, logprobs, self.model_identifier)
+        scored = [tokenizer.encode(v, add_special_tokens=False) for v in values]
+        logprobs = list(await asyncio.gather(*(self.score_tokens(prompt_ids, ids) for ids in scored)))
+        bos = tokenizer.bos_token_id
+        shown = prompt_ids[1:] if bos is not None and prompt_ids[:1] == [bos] else prompt_ids
+        return ScoringResult(prompt, values, logprobs, self.model_identifier, shown, scored)
 
     async def score(self, prompt: str, values: list[str] | str) -> ScoringResult:
         """Log-probabilities of each value as a continuation of ``prompt``."""

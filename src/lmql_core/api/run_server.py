@@ -39,6 +39,7 @@ LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 # 64 streams: 15.2k tok/s at 5 ms, 17.7k at 50 us; benchmarks/gpu_variants.sh).
 GIL_SWITCH_INTERVAL_S = 50e-6
 LISTEN_BACKLOG = 128
+MAX_PORT = 65535
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -104,6 +105,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
     """Sockets bound to every address of ``host`` (IPv4 and IPv6 for localhost), all on one
     port (``port=0``: a free one); a port in use is an error that says what to do. They listen
     only once the server serves: until then connections are refused, not left waiting."""
+    if not 0 <= port <= MAX_PORT:
+        raise LMQLError(f"port {port} is out of range: use 1-{MAX_PORT}, or 0 for a free one")
     listeners: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -121,10 +124,21 @@ def bind(host: str, port: int) -> list[socket.socket]:
     return listeners
 
 
+class PortInUse(LMQLError):
+    """The port is taken; the text says what to pass in Python, ``command_line()`` in the CLI."""
+
+    def __init__(self, host: str, port: int, retry_with: str = "port=") -> None:
+        self.host, self.port = host, port
+        super().__init__(f"port {port} on {host} is in use (another server?): stop that one or "
+                         f"pass another {retry_with}N (0 picks a free one)")
+
+    def command_line(self) -> PortInUse:
+        return PortInUse(self.host, self.port, retry_with="--port ")
+
+
 def _cannot_listen(error: OSError, host: str, port: int) -> LMQLError:
     if error.errno == errno.EADDRINUSE:
-        return LMQLError(f"port {port} on {host} is in use (another server?): stop that one or "
-                         "pass another --port (0 picks a free one)")
+        return PortInUse(host, port)
     return LMQLError(f"cannot listen on {host}:{port}: {error.strerror or error}")
 
 
@@ -148,7 +162,7 @@ def _load(model_id: ModelId, cuda: bool, dtype: str | None, backend: str | None,
           load_on_demand: bool, loader_kwargs: dict[str, Any],
           engine_options: dict[str, Any]) -> tuple[ModelHost, str]:
     where = "CUDA" if cuda else "CPU"
-    args = format_kwargs([*loader_kwargs.items(), *engine_options.items()])
+    args = format_kwargs({**loader_kwargs, **engine_options}.items())  # a backend's engine option is in both
     console.print(f"[bold]Loading[/] {model_id.served_name} with backend '{model_id.backend}' "
                   f"on {where}{f' ({args})' if args else ''}")
     began = time.monotonic()

@@ -37,19 +37,30 @@ class TokenizerResolver:
         # an explicit tokenizer loads now, so a wrong path fails at lmql.model(...)
         self._local = load_tokenizer(model_id.model, requested, model_id.backend) if requested else None
         self._resolved: Tokenizer | None = None
+        self._resolved_over = -1  # the client's connection it was resolved over
         self._lock: asyncio.Lock | None = None
 
     async def get(self) -> Tokenizer:
-        if self._resolved is None:
+        """Resolved once per connection: a reconnect may reach a server restarted with another
+        model behind the same endpoint."""
+        try:
+            connection = await self.client.connection()
+        except ConnectionLost:
+            known = self._resolved or self._local
+            if known is None:
+                raise
+            return known  # the request that follows says the server is gone
+        if self._resolved is None or self._resolved_over != connection:
             self._lock = self._lock or asyncio.Lock()
             async with self._lock:
-                if self._resolved is None:
+                if self._resolved is None or self._resolved_over != connection:
                     try:
                         self._resolved = await self._resolve()
                     except ConnectionLost:
                         if self._local is None:
                             raise
                         return self._local  # checked against the server once it answers
+                    self._resolved_over = connection
         return self._resolved
 
     async def _resolve(self) -> Tokenizer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from lmql_core.lmtp.client.loop import client_loop
+from lmql_core.lmtp.client.loop import client_loop, on_shutdown
 from lmql_core.lmtp.client.transport import LMTPClient
 from lmql_core.lmtp.server.session import Session
 from lmql_core.model_host import ModelHost, load_model
@@ -40,8 +40,19 @@ class InProcessClient(LMTPClient):
     async def _send(self, command: str, payload: dict[str, Any]) -> None:
         await self.session.handle(command, payload)
 
+    async def close(self) -> None:
+        """Stop the engines and wait for their threads: an engine thread still inside a native
+        step when the interpreter finalizes is killed by unwinding its C++ frames, which aborts
+        the process (``terminate called without an active exception``) after a correct run.
+        Blocking this loop is fine at exit, and a worker thread is not: by now the executors
+        refuse new work."""
+        self.session.close()
+        self.host.close()
+
 
 async def _load_in_process(cls: type[InProcessClient], model_id: Any, kwargs: dict[str, Any]) -> Any:
     host = ModelHost()
     host.add(await asyncio.to_thread(load_model, model_id, **kwargs))
-    return cls(host)
+    client = cls(host)
+    on_shutdown(client.close)
+    return client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -17,6 +18,7 @@ from lmql_core.lmtp.client.loop import run_sync as _block
 from lmql_core.query.errors import QueryError, QuerySyntaxError
 from lmql_core.query.parser import Clause, ParsedQuery, parse_query
 from lmql_core.query.program import CompiledQuery
+from lmql_core.query.result import LMQLResult
 
 
 class QueryFunction:
@@ -27,8 +29,16 @@ class QueryFunction:
     def __init__(self, compiled: CompiledQuery, is_async: bool, single_value: bool = False) -> None:
         self.compiled, self.is_async, self.single_value = compiled, is_async, single_value
         self.__name__ = compiled.name
+        self.model: Any = None  # force_model's: wins over every other choice, as in LMQL
+        self.output_writer: Any = None  # used when a call names none
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.model is not None:
+            kwargs["model"] = self.model
+        if self.output_writer is not None:
+            kwargs.setdefault("output_writer", self.output_writer)
+        if not self.is_async:
+            _refuse_in_async_context()
         run = self.compiled.start(args, kwargs)
         if self.is_async:
             return self._unpack(run_async(run))
@@ -53,13 +63,55 @@ class QueryFunction:
         return self._single(await result)
 
     def _single(self, result: Any) -> Any:
-        if self.single_value and hasattr(result, "variables"):
-            values = dict(result.variables)
-            return next(iter(values.values())) if len(values) == 1 else values
-        return result
+        """``lmql.F`` returns each run's variable value (a dict when there are several): a list
+        of them when the decoder gives several runs (``n=2``), the value alone for one."""
+        if not self.single_value:
+            return result
+        if isinstance(result, list):
+            values = [_variable_value(r) for r in result]
+            return values[0] if len(values) == 1 else values
+        return _variable_value(result)
 
     def __repr__(self) -> str:
         return f"<lmql query {self.__name__}>"
+
+    # --- what LMQL's query functions tell about themselves ----------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.__name__
+
+    @property
+    def output_variables(self) -> list[str]:
+        """The names the query defines: its prompt variables, then what its statements assign."""
+        return list(self.compiled.output_variables)
+
+    @property
+    def output_keys(self) -> list[str]:
+        return self.output_variables
+
+    @property
+    def input_keys(self) -> list[str]:
+        """The query's inputs: a function's parameters, or (from source) the names it reads."""
+        return self.compiled.input_names()
+
+    @property
+    def lmql_code(self) -> str:
+        return self.compiled.parsed.source
+
+    @property
+    def args(self) -> list[str]:
+        return self.input_keys
+
+    @property
+    def extra_args(self) -> dict[str, Any]:
+        """The run options given with the query (``@lmql.query(model=..., decoder=...)``)."""
+        return self.compiled.defaults
+
+    def force_model(self, model: Any) -> None:
+        """Run with ``model`` whatever the query's ``from`` or a call's ``model=`` say."""
+        self.model = model
+
 
 
 class BoundQuery:
@@ -91,14 +143,52 @@ class BoundQuery:
         return f"<bound lmql query {self.__name__} of {self.instance!r}>"
 
 
-def query(fn: Callable[..., Any] | str | None = None, *, is_async: bool | None = None,
-          **defaults: Any) -> Any:
+def query_from_string(source: str, input_variables: list[str] | None = None, is_async: bool = True,
+                      output_writer: Any = None, **extra_args: Any) -> QueryFunction:
+    """LMQL's name for ``lmql.query(source)``."""
+    if output_writer is not None:
+        extra_args["output_writer"] = output_writer
+    return query(source, input_variables, is_async=is_async, **extra_args)
+
+
+def main(query_fct: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``query_fct`` and wait for its result, in any thread but lmql's own client loop
+    (LMQL's ``lmql.main``, for async queries called from sync code)."""
+    result = query_fct(*args, **kwargs)
+    return run_in_loop(result) if inspect.isawaitable(result) else result
+
+
+def run_in_loop(awaitable: Awaitable[Any]) -> Any:
+    """Wait for ``awaitable`` (a coroutine of lmql's API or any other) from sync code."""
+
+    async def wait() -> Any:
+        return await awaitable
+
+    return _block(wait())
+
+
+def _variable_value(result: Any) -> Any:
+    if not isinstance(result, LMQLResult):
+        return result  # a value the query returned
+    values = dict(result.variables)
+    return next(iter(values.values())) if len(values) == 1 else values
+
+
+def query(fn: Callable[..., Any] | str | None = None, input_variables: list[str] | None = None, *,
+          is_async: bool | None = None, **defaults: Any) -> Any:
     """``@lmql.query`` (docstring or plain-Python body), ``@lmql.query(model=..., decoder=...)``,
-    or ``lmql.query("argmax ...")`` (async unless ``is_async=False``)."""
+    or ``lmql.query("argmax ...")`` (async unless ``is_async=False``; ``input_variables`` names
+    its parameters, in order, as LMQL's)."""
     if fn is None:
         return lambda f: query(f, is_async=is_async, **defaults)
+    if isinstance(fn, QueryFunction):
+        return fn
     if isinstance(fn, str):
-        compiled = CompiledQuery(parse_query(fn), None, defaults, _caller_globals(), "query")
+        params = None
+        if input_variables is not None:
+            params = ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in input_variables], kwonlyargs=[],
+                                   kw_defaults=[], defaults=[])
+        compiled = _from_source(fn, params, defaults)
         return QueryFunction(compiled, True if is_async is None else is_async)
     compiled = _from_function(fn, defaults)
     wrapper = QueryFunction(compiled, inspect.iscoroutinefunction(fn) if is_async is None else is_async)
@@ -108,34 +198,59 @@ def query(fn: Callable[..., Any] | str | None = None, *, is_async: bool | None =
 
 async def run(source: str, *args: Any, **kwargs: Any) -> Any:
     """Compile and run LMQL ``source``; keyword arguments are its inputs and run options."""
-    compiled = CompiledQuery(parse_query(source), None, {}, _caller_globals())
+    compiled = _from_source(source, None, {})
     return await run_async(compiled.start(args, kwargs))
 
 
 def run_sync(source: str, *args: Any, **kwargs: Any) -> Any:
-    return _block(CompiledQuery(parse_query(source), None, {}, _caller_globals()).start(args, kwargs))
+    _refuse_in_async_context()
+    return _block(_from_source(source, None, {}).start(args, kwargs))
 
 
-def run_file(path: str | Path, **kwargs: Any) -> Any:
+def _refuse_in_async_context() -> None:
+    """As LMQL 0.7: a sync query call inside a coroutine would block the very loop it runs on."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise QueryError("LMQL queries cannot be called synchronously from within an async context: "
+                     "await lmql.run(...) or the query's async form instead")
+
+
+def run_file(path: str | Path, *args: Any, **kwargs: Any) -> Any:
     source = Path(path).read_text(encoding="utf-8")
     compiled = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(path).name)
-    return _block(compiled.start((), kwargs))
+    return _block(compiled.start(args, kwargs))
 
 
 def F(prompt: str, constraints: str | None = None, is_async: bool = False, **defaults: Any) -> QueryFunction:
     """A one-statement query as a function: ``lmql.F("Summarize {text}: [S]", "len(TOKENS(S)) < 20")``
     returns the variable's value (a dict when the prompt has several)."""
     source = repr(prompt) + (f" where {constraints}" if constraints else "")
-    compiled = CompiledQuery(parse_query(source), None, defaults, _caller_globals(), "F")
+    compiled = _from_source(source, None, defaults, "F")
     return QueryFunction(compiled, is_async, single_value=True)
 
 
-def _caller_globals() -> dict[str, Any]:
-    """The globals of the code that called into this module (where a query finds its names)."""
+def _from_source(source: str, params: ast.arguments | None, defaults: dict[str, Any],
+                 name: str = "query") -> CompiledQuery:
+    """A query from source that finds its names where it was written: the caller's module, read
+    live at each call, under the caller's locals."""
+    frame = _caller_frame()
+    module = frame.f_globals if frame is not None else None
+    own = dict(frame.f_locals) if frame is not None and frame.f_locals is not frame.f_globals else {}
+    return CompiledQuery(parse_query(source), params, defaults, own, name, module=module)
+
+
+def _caller_frame() -> Any:
+    """The first frame outside lmql's own modules (a user's module may be named ``lmql_app``)."""
     frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("lmql_core.query", "lmql")):
+    while frame is not None and _is_ours(frame.f_globals.get("__name__", "")):
         frame = frame.f_back  # type: ignore[assignment]
-    return {**frame.f_globals, **frame.f_locals} if frame is not None else {}
+    return frame
+
+
+def _is_ours(module: str) -> bool:
+    return module in ("lmql", "lmql_core") or module.startswith(("lmql.", "lmql_core."))
 
 
 def _from_function(fn: Callable[..., Any], defaults: dict[str, Any]) -> CompiledQuery:
@@ -148,7 +263,7 @@ def _from_function(fn: Callable[..., Any], defaults: dict[str, Any]) -> Compiled
     tree = ast.parse(source)
     definition = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
     docstring = _raw_docstring(definition, source)
-    namespace = {**fn.__globals__, **_closure(fn), **_caller_locals()}
+    own_names = {**_closure(fn), **_caller_locals()}
     if docstring is not None and docstring.strip().startswith("lmql"):
         parsed = parse_query(docstring)
     else:
@@ -159,7 +274,7 @@ def _from_function(fn: Callable[..., Any], defaults: dict[str, Any]) -> Compiled
         start = body[0].lineno
         text = textwrap.dedent("\n".join(source.splitlines()[start - 1:]))
         parsed = ParsedQuery(source, Clause(text, start))
-    return CompiledQuery(parsed, definition.args, defaults, namespace, fn.__name__)
+    return CompiledQuery(parsed, definition.args, defaults, own_names, fn.__name__, module=fn.__globals__)
 
 
 def _raw_docstring(definition: ast.FunctionDef | ast.AsyncFunctionDef, source: str) -> str | None:
@@ -184,7 +299,5 @@ def _closure(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _caller_locals() -> dict[str, Any]:
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("lmql_core.query", "lmql")):
-        frame = frame.f_back  # type: ignore[assignment]
+    frame = _caller_frame()
     return dict(frame.f_locals) if frame is not None and frame.f_locals is not frame.f_globals else {}

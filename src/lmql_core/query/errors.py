@@ -30,6 +30,11 @@ class QuerySyntaxError(QueryError):
     pass
 
 
+class NoModelError(QueryError):
+    """The query names no model and none was passed or set (the `lmql run` command words its own
+    remedy: `--model`)."""
+
+
 class UnsupportedConstraint(QueryError):
     why = ""  # the reason alone, without the constraint
 

@@ -8,6 +8,7 @@ mask. A single allowed token is taken without asking the model, as LMQL does.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -85,9 +86,10 @@ class Variable:
     def constraints(self) -> list[Node]:
         return list(self.where.nodes()) if self.where is not None else []
 
-    def token_limit(self, ids: list[int]) -> int:
-        """How many tokens one request may ask for: the tightest ``len(TOKENS(V)) < n``."""
-        limit = CHUNK
+    def token_limit(self, ids: list[int], chunk: int = CHUNK) -> int:
+        """How many tokens one request may ask for: the tightest ``len(TOKENS(V)) < n``, else
+        ``chunk`` (the decoder's ``chunksize``)."""
+        limit = chunk
         for node in self.constraints():
             if isinstance(node, Count) and node.tokens and node.var == self.name:
                 bound = self.scope.eval(node.args[0])
@@ -107,42 +109,48 @@ class Variable:
 class Sampling:
     temperature: float = 0.0
     options: dict[str, Any] | None = None  # top_k, top_p, repetition_penalty: forwarded as LMQL does
+    chunk: int = CHUNK  # tokens asked for at once when no constraint bounds the variable
+
+
+OnToken = Callable[[list[int]], Awaitable[None]]
 
 
 async def generate(model: LLM, prompt_ids: list[int], variable: Variable, sampling: Sampling,
-                   max_length: int) -> list[int]:
-    """The tokens of ``variable`` (without EOS) after ``prompt_ids``."""
+                   max_length: int, on_token: OnToken | None = None) -> list[int]:
+    """The tokens of ``variable`` (without EOS) after ``prompt_ids``; ``on_token(ids)`` is
+    awaited after each one."""
     ids: list[int] = []
     step = variable.step(ids)
     while not step.done and len(prompt_ids) + len(ids) < max_length:
         forced = step.forced()
         if forced is not None:
             ids.append(forced)
+            if on_token is not None:
+                await on_token(ids)
             step = variable.step(ids)
             continue
-        budget = min(variable.token_limit(ids), max_length - len(prompt_ids) - len(ids))
-        request = {"model": model.model_id.served_name, "prompt": prompt_ids + ids,
-                   "max_tokens": budget, "temperature": sampling.temperature, **(sampling.options or {})}
-        bias = step.logit_bias(variable.vocab)
-        if bias is not None:
-            request["logit_bias"] = bias
-        ended, step = await _stream(model, request, ids, variable, step, budget)
+        budget = min(variable.token_limit(ids, sampling.chunk), max_length - len(prompt_ids) - len(ids))
+        entries = model.token_stream(prompt_ids + ids, budget, sampling.temperature,
+                                     step.logit_bias(variable.vocab), **(sampling.options or {}))
+        ended, step = await _stream(entries, ids, variable, step, budget, on_token)
         if ended:
             break
     return ids
 
 
-async def _stream(model: LLM, request: dict[str, Any], ids: list[int], variable: Variable, step: Step,
-                  budget: int) -> tuple[bool, Step]:
+async def _stream(stream: AsyncGenerator[dict[str, Any], None], ids: list[int], variable: Variable,
+                  step: Step, budget: int, on_token: OnToken | None) -> tuple[bool, Step]:
     """Consume one request while its mask holds; ``(variable ended, next step)``."""
     received = 0
-    async with aclosing(model.client.request("GENERATE", request)) as entries:
+    async with aclosing(stream) as entries:
         async for entry in entries:
             token = entry["token"]
             if token == variable.vocab.eos:
                 return True, step
             ids.append(token)
             received += 1
+            if on_token is not None:
+                await on_token(ids)
             following = variable.step(ids)
             if entry.get("finish_reason") == "length" and received < budget:
                 return True, following  # the model's context is full: the value ends here

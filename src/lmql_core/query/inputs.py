@@ -1,4 +1,5 @@
-"""Which names a query reads that nothing defines: its inputs, checked when it is called.
+"""A query's inputs and outputs by name: which names it reads that nothing defines (its inputs,
+checked when it is called) and which it defines (``output_variables``).
 
 As in LMQL 0.7.3 (``lmql_runtime.py``), a name the query reads but never binds must come from
 the call's keyword arguments or the query's globals; one that comes from neither fails the call
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ast
 import builtins
 from collections.abc import Iterable
+from typing import Any
 
 from lmql_core.query.compiler import prompt_of
 from lmql_core.query.errors import QueryError
@@ -117,3 +119,45 @@ def missing_inputs(reads: dict[str, int | None], bound: set[str], given: Iterabl
     known = bound | set(given) | LMQL_BUILTINS
     return [(name, line) for name, line in reads.items()
             if name not in known and name not in scope and not hasattr(builtins, name)]
+
+
+def defined_names(body: list[ast.stmt], holes: list[str]) -> list[str]:
+    """Names the query defines, prompt variables first, each once, in order of appearance (LMQL's
+    ``output_variables``)."""
+    names = list(dict.fromkeys(holes))
+    for node in ast.walk(ast.Module(body, [])):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined = [node.id]
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined = [node.name]
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            defined = [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, ast.arg):  # parameters of functions and lambdas defined in the query
+            defined = [node.arg]
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            defined = [node.name]
+        else:
+            continue
+        names += [n for n in defined if n not in names]
+    return names
+
+
+def positional_inputs(read: Iterable[str], defined: list[str]) -> list[str]:
+    """The inputs a query from source binds positional arguments to, in LMQL's (sorted) order
+    (``parameters = sorted(scope.free_vars)`` in its compiler)."""
+    names = set(read) - set(defined) - LMQL_BUILTINS - {"CHARS"} - set(dir(builtins))
+    return sorted(n for n in names if not n.startswith("__lmql"))  # not the compiler's own names
+
+
+class PositionalInputError(QueryError, TypeError):  # LMQL raises TypeError
+    pass
+
+
+def bind_positional(names: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``args`` bound to ``names`` in order, under ``kwargs``. As in LMQL, positional inputs are
+    taken only when there is one for every input."""
+    if len(args) != len(names):
+        listed = ", ".join(names) or "none"
+        raise PositionalInputError(f"the query takes {len(names)} input(s) by position ({listed}), "
+                                   f"got {len(args)}: pass them by name or one for each")
+    return {**dict(zip(names, args, strict=True)), **kwargs}

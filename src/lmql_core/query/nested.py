@@ -27,7 +27,7 @@ from typing import Any
 from lmql_core.query.constraints import Both, Node, Regex, Scope
 from lmql_core.query.decoders import finished
 from lmql_core.query.errors import QueryError
-from lmql_core.query.generation import Step, Variable
+from lmql_core.query.generation import CHUNK, Step, Variable
 from lmql_core.query.qstring import Hole
 from lmql_core.query.result import LMQLResult
 from lmql_core.query.runtime import Decide, Decided, QueryContext
@@ -75,12 +75,10 @@ def inline(query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decide:
     """Decide a variable by running ``query`` inside it (see the module's docstring)."""
 
     async def decide(outer: QueryContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
-        from lmql_core.query.program import _namespace
-
         compiled = query.compiled
         _warn_ignored(compiled)
         inputs, _ = compiled.split_kwargs(kwargs)  # as LMQL: the model and decoder are the outer's
-        namespace = _namespace(compiled.globals)
+        namespace = compiled.namespace()
         fn = compiled.function(tuple(sorted(inputs)) if compiled.params is None else (), namespace)
         program = compiled.program()
         program.globals = namespace
@@ -184,8 +182,8 @@ class Within(Variable):
         theirs = self.outer.step(self.prefix + ids)
         return Step(own.allowed & theirs.allowed, own.stop or theirs.stop)
 
-    def token_limit(self, ids: list[int]) -> int:
-        own = super().token_limit(ids)
+    def token_limit(self, ids: list[int], chunk: int = CHUNK) -> int:
+        own = super().token_limit(ids, chunk)
         if self.outer is None:
             return own
-        return min(own, self.outer.token_limit(self.prefix + ids))
+        return min(own, self.outer.token_limit(self.prefix + ids, chunk))

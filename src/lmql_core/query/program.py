@@ -17,8 +17,16 @@ from lmql_core.lmtp.client.loop import run_async
 from lmql_core.query.chat import install_runtime
 from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
 from lmql_core.query.decoders import DecoderSpec, direct, log_softmax
-from lmql_core.query.errors import QueryError, UnknownVariable
-from lmql_core.query.inputs import MissingInput, bound_names, missing_inputs, query_reads
+from lmql_core.query.errors import NoModelError, QueryError, UnknownVariable
+from lmql_core.query.inputs import (
+    MissingInput,
+    bind_positional,
+    bound_names,
+    defined_names,
+    missing_inputs,
+    positional_inputs,
+    query_reads,
+)
 from lmql_core.query.parser import WHERE_MARK, ParsedQuery
 from lmql_core.query.qstring import Hole, parse_qstring
 from lmql_core.query.result import LMQLResult
@@ -36,8 +44,14 @@ class CompiledQuery:
     parsed: ParsedQuery
     params: ast.arguments | None  # None: a query from source, whose inputs are its free names
     defaults: dict[str, Any] = field(default_factory=dict)  # from @lmql.query(model=..., decoder=...)
-    globals: dict[str, Any] = field(default_factory=dict)
+    globals: dict[str, Any] = field(default_factory=dict)  # names of its own (closure, prologue)
     name: str = "query"
+    module: dict[str, Any] | None = None  # the defining module's globals, read live at each call
+
+    def namespace(self) -> dict[str, Any]:
+        """What a run sees: the module's globals as they are now (a helper defined below the query
+        counts), under the query's own names."""
+        return _namespace({**self.module, **self.globals} if self.module is not None else self.globals)
 
     def __post_init__(self) -> None:
         self.body = parse_body(self.parsed.body.text, self.parsed.body.line)
@@ -56,6 +70,7 @@ class CompiledQuery:
             self._check_constraints()
         except UnknownVariable as e:
             self._unknown_variable = e
+        self.output_variables = defined_names(self.body, _holes(self.body))
         self._code: dict[tuple[str, ...], Any] = {}
         self.filename = _source_file(self.parsed, self.body)
         self._compiled(())  # Python's own compile-time errors ('break' outside a loop) now, not after loading
@@ -68,8 +83,10 @@ class CompiledQuery:
         if prologue is None:
             return
         code = compile(ast.Module(parse_body(prologue.text, prologue.line), []), FILENAME, "exec")
-        self.globals.update({k: v for k, v in _namespace(self.globals).items() if k not in self.globals})
-        exec(code, self.globals)
+        namespace = self.namespace()
+        before = dict(namespace)
+        exec(code, namespace)
+        self.globals.update({k: v for k, v in namespace.items() if k not in before or before[k] is not v})
 
     def _distribution(self, text: str, line: int) -> tuple[str, ast.expr]:
         try:
@@ -132,15 +149,23 @@ class CompiledQuery:
         if self._unknown_variable is not None:
             raise self._unknown_variable
 
+    def input_names(self) -> list[str]:
+        if self.params is not None:
+            return [a.arg for a in [*self.params.posonlyargs, *self.params.args, *self.params.kwonlyargs]]
+        return positional_inputs(self.free_names, self.output_variables)
+
     # --- a call --------------------------------------------------------------------------
 
     def split_kwargs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Query inputs and run options (model=, decoder=, n=, ...)."""
+        """Query inputs and run options (model=, decoder=, n=, ...). A query function also takes,
+        by keyword, names its body reads that are not its parameters (as LMQL)."""
         inputs, options = {}, {}
         for key, value in kwargs.items():
             declared = _param_names(self.params) if self.params is not None else self.free_names
             if key in declared:
                 inputs[key] = value
+            elif key in self.free_names and key not in self.bound:
+                options.setdefault("free_inputs", {})[key] = value
             elif key in RUN_OPTIONS:
                 options[key] = value
             else:
@@ -156,41 +181,48 @@ class CompiledQuery:
         in the caller's thread: loading a ``local:`` model or connecting blocks on that loop."""
         inputs, options = self.split_kwargs(kwargs)
         options = {**self.defaults, **options}
-        namespace = _namespace(self.globals)
+        namespace = {**self.namespace(), **options.pop("free_inputs", {})}
         install_runtime(namespace, options.get("output_writer"))
         scope = {**namespace, **inputs}
         if self.params is None and args:
-            raise QueryError("a query from source takes its inputs as keyword arguments")
+            inputs, args = bind_positional(self.input_names(), args, inputs), ()
+            scope.update(inputs)
         self.check_inputs(inputs, namespace)
         decoder = self._decoder(scope, options)
         model = self._model(scope, options)
+        if model.decoding:
+            decoder = self._decoder(scope, options, model.decoding)
         return self._run(args, inputs, namespace, scope, decoder, model)
 
     async def _run(self, args: tuple[Any, ...], inputs: dict[str, Any], namespace: dict[str, Any],
                    scope: dict[str, Any], decoder: DecoderSpec, model: LLM) -> Any:
-        vocab = Vocabulary.of(await model._tokenizers.get())
+        vocab = Vocabulary.of(await model.resolve_tokenizer())
         fn = self.function(tuple(sorted(inputs)) if self.params is None else (), namespace)
         program = self.program()
         program.globals = namespace
-        runs = decoder.n if decoder.name == "sample" else 1
-        if decoder.name == "beam":
+        if decoder.name in ("beam", "beam_var", "var"):
             from lmql_core.query.beam import beam_search
 
             results = await beam_search(self, fn, program, model, vocab, decoder, args, inputs)
         else:
-            results = await asyncio.gather(*(self._once(fn, program, model, vocab, decoder, args, inputs)
-                                              for _ in range(runs)))
+            runs = await asyncio.gather(*(self._once(fn, program, model, vocab, decoder, args, inputs)
+                                          for _ in range(decoder.n)))
+            if not any(decided for _, decided in runs):
+                return [runs[0][0]]  # as LMQL: a run that met no variable is one result, in a list
+            results = [result for result, _ in runs]
         results = [await self._distribute(r, scope, model, vocab) for r in results]
-        return results[0] if len(results) == 1 and decoder.name != "beam" else list(results)
+        return results[0] if len(results) == 1 and decoder.singular else list(results)
 
     def context(self, program: Program, model: LLM, vocab: Vocabulary, decide: Any) -> QueryContext:
         return QueryContext(program, model, vocab, decide, self.parsed.source_line)
 
     async def _once(self, fn: Any, program: Program, model: LLM, vocab: Vocabulary, decoder: DecoderSpec,
-                    args: tuple[Any, ...], inputs: dict[str, Any]) -> Any:
+                    args: tuple[Any, ...], inputs: dict[str, Any]) -> tuple[Any, bool]:
+        """One run: its result, and whether it decided any variable."""
         ctx = self.context(program, model, vocab, direct(decoder))
         returned = await self.call(fn, ctx, args, inputs)
-        return returned if returned is not None else LMQLResult(ctx.final_prompt, dict(ctx.variables))
+        result = returned if returned is not None else LMQLResult(ctx.final_prompt, dict(ctx.variables))
+        return result, bool(ctx.variables) or ctx.distribution_prompt is not None
 
     async def call(self, fn: Any, ctx: QueryContext, args: tuple[Any, ...], inputs: dict[str, Any]) -> Any:
         try:
@@ -203,16 +235,16 @@ class CompiledQuery:
             line = _query_line(e)
             raise QueryError(f"{type(e).__name__}: {e}", line, self.parsed.source_line(line)) from None
 
-    def _decoder(self, scope: dict[str, Any], options: dict[str, Any]) -> DecoderSpec:
+    def _decoder(self, scope: dict[str, Any], options: dict[str, Any],
+                 model_defaults: dict[str, Any] | None = None) -> DecoderSpec:
         name = options.get("decoder") or self.parsed.decoder or "argmax"
         kwargs: dict[str, Any] = {}
         if self.parsed.decoder_args is not None and not options.get("decoder"):
             kwargs = self._eval(f"__lmql_kwargs({self.parsed.decoder_args.text})", scope,
                                 self.parsed.decoder_args.line, __lmql_kwargs=lambda **kw: kw)
-        kwargs.update({k: v for k, v in options.items() if k in DecoderSpec.KNOWN})
-        if name not in ("argmax", "sample", "beam"):
-            raise QueryError(f"unknown decoder '{name}'; use argmax, sample or beam")
-        return DecoderSpec.build(name, kwargs)
+        # as LMQL (derive_decoder_args): a call's arguments the decoder does not take are left out
+        kwargs.update({k: v for k, v in options.items() if k in DecoderSpec.accepted(name)})
+        return DecoderSpec.build(name, kwargs, model_defaults)
 
     def _model(self, scope: dict[str, Any], options: dict[str, Any]) -> LLM:
         from lmql_core import api
@@ -222,9 +254,9 @@ class CompiledQuery:
         if chosen is None and clause is not None:
             chosen = self._eval(clause.text, scope, clause.line)
         if chosen is None:
-            chosen = api._default_model
+            chosen = api.get_default_model()
         if chosen is None:
-            raise QueryError("no model for this query: add `from \"local:lmql-tiny\"` (or another model), "
+            raise NoModelError("no model for this query: add `from \"local:lmql-tiny\"` (or another model), "
                              "pass model=..., or call lmql.set_default_model(...)")
         if isinstance(chosen, LLM):
             return chosen
@@ -255,9 +287,7 @@ class CompiledQuery:
         prompt_ids = ([vocab.bos] if vocab.bos is not None else []) + vocab.encode(prompt)
         means = []
         for value in values:
-            scored = vocab.encode(value)
-            request = {"model": model.model_id.served_name, "prompt": prompt_ids, "scored": scored}
-            logprobs = [e["logprob"] async for e in model.client.request("SCORE", request)]
+            logprobs = await model.score_tokens(prompt_ids, vocab.encode(value))
             means.append(sum(logprobs) / len(logprobs))
         log_probs = log_softmax(means)
         best = max(range(len(values)), key=lambda i: log_probs[i])

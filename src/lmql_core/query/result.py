@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
+
+LEGACY_INDEX_WARNING = (
+    "Deprecated result[0] access on a query result detected. Since LMQL 0.7, an argmax/sample query "
+    "with a single result returns an LMQLResult instead of a list of one element: use the result "
+    "directly, not result[0]. In the future, this will raise an error.")
 
 
 @dataclass
@@ -18,6 +24,19 @@ class LMQLResult:
     variables: dict[str, Any] = field(default_factory=dict)
     distribution_variable: str | None = None
     distribution_values: list[str] | None = None
+
+    @property
+    def requires_distribution_postprocessing(self) -> bool:
+        return self.distribution_variable is not None
+
+    def __getitem__(self, key: Any) -> LMQLResult:
+        """``result[0]`` is the result itself (LMQL before 0.7 returned a list of one), with a
+        DeprecationWarning as in LMQL 0.7.3; any other index fails as there (AttributeError)."""
+        if key != 0:
+            raise AttributeError(f"an LMQLResult is not a list: only the legacy result[0] is kept, "
+                                 f"not [{key!r}]")
+        warnings.warn(LEGACY_INDEX_WARNING, DeprecationWarning, stacklevel=2)
+        return self
 
     def __getattr__(self, name: str) -> Any:
         variables = self.__dict__.get("variables", {})

@@ -142,6 +142,12 @@ class QueryContext:
         self._pending = ""
         return ids
 
+    def prompt_ids(self) -> list[int]:
+        """The tokens of the prompt so far (BOS first), as the next variable would follow them;
+        after the program ends, the whole prompt's (beam search scores the text after the last
+        variable)."""
+        return self._prompt_ids()
+
     @property
     def final_prompt(self) -> str:
         return self.prompt_text

@@ -25,7 +25,7 @@ from lmql_core.array_ops import TorchOps
 from lmql_core.backend import Backend, StepInput, StepOutput
 from lmql_core.errors import LMQLError
 from lmql_core.tokenizer import find_tokenizer_json
-from lmql_hf import chat, fused, hub, lean_decode, loading, memory, packed, replays, warm_up
+from lmql_hf import chat, fused, hub, lean_decode, loader_keys, loading, memory, packed, replays, warm_up
 from lmql_hf.graphs import BATCH_BUCKETS, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS
 from lmql_hf.slot_cache import SlotCache
@@ -55,6 +55,7 @@ class HFBackend(Backend):
         self.name = model
         self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
         self.path, offline = hub.locate(model, self.kwargs.get("revision"))
+        loader_keys.check(self.path, kwargs, dict(self.kwargs, **offline))
         loaded = loading.load_weights(self.path, dict(offline, **self.kwargs), bool(self.options["progress"]))
         self.model = loaded.eval()
         self.model.requires_grad_(False)  # inference only: no autograd, also while capturing graphs

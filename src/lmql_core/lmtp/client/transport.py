@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
-from lmql_core.errors import ConnectionLost, ServerError
+from lmql_core.errors import ConnectionLost, LMQLError, ServerError
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.client.loop import client_loop, on_shutdown
 
@@ -31,12 +31,21 @@ class LMTPClient:
         self._streams: dict[Any, asyncio.Queue[Any]] = {}
         self._ids = itertools.count(1)
         self._cancelling: set[asyncio.Task[None]] = set()
+        # connections opened so far: a new one may reach another server (restarted with another
+        # model behind the same endpoint), so what was learnt from the last one is stale
+        self.connections = 0
 
     async def _send(self, command: str, payload: dict[str, Any]) -> None:
         raise NotImplementedError
 
     async def _ensure_open(self) -> None:
         """Connect if not connected."""
+
+    async def connection(self) -> int:
+        """Which connection requests go over now (connecting if there is none): what was learnt
+        of the server over another one must be asked again."""
+        await self._ensure_open()
+        return self.connections
 
     def _dispatch(self, command: str, payload: Any) -> None:
         entries = payload if isinstance(payload, list) else [payload]
@@ -149,9 +158,14 @@ class WebSocketClient(LMTPClient):
                     raise ConnectionLost(f"the LMTP server at {self.endpoint} wants a token: pass "
                                          "api_key=... or set LMQL_AUTH_TOKEN") from None
                 raise ConnectionLost(f"{self.endpoint} is not an LMTP server: {e}") from None
+            except aiohttp.ClientConnectorError as e:  # its text: "... ssl:default [Connect call failed ..."
+                number, cause = e.os_error.errno or 0, e.os_error
+                reason = os.strerror(number) if number > 0 else cause.strerror or str(cause)
+                raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {reason}") from None
             except (aiohttp.ClientError, OSError) as e:
                 raise ConnectionLost(f"cannot reach the LMTP server at {self.endpoint}: {e}") from None
             self.cancels = False  # a new connection, perhaps to another server: until MODEL_INFO says
+            self.connections += 1
             self._reader = asyncio.create_task(self._read(self._ws))
 
     async def _read(self, ws: Any) -> None:
@@ -182,6 +196,9 @@ async def _construct(cls: type[WebSocketClient], endpoint: str, api_key: str | N
 
 def normalize_endpoint(endpoint: str | None) -> str:
     endpoint = endpoint or os.environ.get("LMQL_ENDPOINT") or "localhost:8080"
+    if endpoint.isdigit():
+        raise LMQLError(f"the endpoint '{endpoint}' is a port without a host: use "
+                        f"localhost:{endpoint} (host:port)")
     if "://" not in endpoint:
         endpoint = "ws://" + endpoint
     return endpoint.rstrip("/")

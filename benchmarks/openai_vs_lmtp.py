@@ -1,0 +1,69 @@
+"""Issue 29's GPU point: the same load through LMTP and through OpenAI's HTTP API on one server.
+
+    python benchmarks/openai_vs_lmtp.py [--model gpt2-medium] [--streams 64] [--rounds 2]
+
+Starts ``lmql serve-model`` on the model (built from its config, nothing downloads; ``--cuda``
+when a GPU is there), then runs ``lmtp_load.py`` with and without ``--openai`` in turns, fresh
+prompts each run, and prints tok/s per transport and the OpenAI/LMTP ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import lmtp_load  # noqa: E402
+from bench_models import bench_model  # noqa: E402
+from processes import free_port, start_server  # noqa: E402
+
+
+def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, openai: bool) -> float:
+    argv = ["--endpoint", endpoint, "--model", model, "--streams", str(streams), "--prompt-len", "16",
+            "--new-tokens", "128", "--vocab-size", str(vocab), "--json"]
+    argv += ["--eos-token-id", str(eos)] if eos is not None else []
+    argv += ["--openai"] if openai else []
+    return float(lmtp_load.main(argv)["tok_per_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gpt2-medium")
+    parser.add_argument("--streams", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    model = bench_model(args.model)
+    device = ["--cuda", "--dtype", model.dtype] if torch.cuda.is_available() else []
+    port = free_port()
+    command = [sys.executable, "-m", "lmql_core", "serve-model", str(model.folder), "--port", str(port),
+               *device]
+    server = start_server(command, port, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        endpoint, vocab = f"localhost:{port}", model.config()["vocab_size"]
+        results: dict[str, list[float]] = {"lmtp": [], "openai": []}
+        for _ in range(args.rounds):
+            for transport in results:
+                rate = load(endpoint, str(model.folder), args.streams, vocab, model.eos_token_id(),
+                            transport == "openai")
+                results[transport].append(rate)
+                row = {"transport": transport, "streams": args.streams, "tok_per_s": rate}
+                print(json.dumps(row), flush=True)
+    finally:
+        server.terminate()
+        server.wait(60)
+    lmtp, openai = (statistics.median(results[t]) for t in ("lmtp", "openai"))
+    print(f"{args.model} {args.streams} streams: LMTP {lmtp:,.0f} tok/s, OpenAI {openai:,.0f} tok/s, "
+          f"OpenAI/LMTP {openai / lmtp:.2f}")
+
+
+if __name__ == "__main__":
+    main()

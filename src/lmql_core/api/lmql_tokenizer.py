@@ -1,0 +1,64 @@
+"""``lmql.tokenizer(NAME)``: a model's tokenizer with the interface LMQL 0.7 programs use.
+
+LMQL's ``LMQLTokenizer`` is called on text for ``{"input_ids": [...]}`` (no special tokens
+unless asked), ``tokenize``s text into its tokens and ``decode``s ids; one instance per name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmql_core.tokenizer import Tokenizer, load_tokenizer
+
+_loaded: dict[str, LMQLTokenizer] = {}
+
+
+class LMQLTokenizer:
+    def __init__(self, model_identifier: str, tokenizer: Tokenizer) -> None:
+        self.model_identifier = model_identifier
+        self.tokenizer_impl = tokenizer
+
+    def __repr__(self) -> str:
+        return f"<LMQLTokenizer '{self.model_identifier}'>"
+
+    @property
+    def name(self) -> str:
+        return self.model_identifier
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.tokenizer_impl.bos_token_id
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer_impl.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer_impl.vocab_size
+
+    model_vocab_size = vocab_size
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = False) -> dict[str, Any]:
+        """``{"input_ids": ids}`` of ``text`` (of each text, for a list)."""
+        if isinstance(text, list):
+            return {"input_ids": [self.tokenizer_impl.encode(t, add_special_tokens) for t in text]}
+        return {"input_ids": self.tokenizer_impl.encode(text, add_special_tokens)}
+
+    def tokenize(self, text: str, asbytes: bool = False) -> list[Any]:
+        """The text of each of ``text``'s tokens (UTF-8 bytes with ``asbytes``)."""
+        pieces = [self.tokenizer_impl.decode([i]) for i in self.tokenizer_impl.encode(text, False)]
+        return [p.encode("utf-8") for p in pieces] if asbytes else pieces
+
+    def decode(self, input_ids: list[int]) -> str:
+        return self.tokenizer_impl.decode([int(i) for i in input_ids])
+
+
+def tokenizer(model_identifier: str, type: str = "auto", **kwargs: Any) -> LMQLTokenizer:  # noqa: A002 (LMQL's name)
+    """The tokenizer of ``model_identifier`` (a model name or folder; ``local:`` is dropped),
+    loaded once per process. ``type`` (LMQL's backend choice) is accepted; the loaders
+    installed decide."""
+    name = model_identifier.removeprefix("local:")
+    if name not in _loaded:
+        _loaded[name] = LMQLTokenizer(model_identifier, load_tokenizer(name, kwargs.get("tokenizer")))
+    return _loaded[name]
