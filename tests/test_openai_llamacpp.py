@@ -6,6 +6,7 @@ Expected values: the same GGUF served by our LMTP server with the llama.cpp back
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,7 @@ def gguf(folder: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run([sys.executable, "-m", "lmql_llamacpp.export", folder, str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    shutil.copy(Path(folder) / "tokenizer.json", out.parent)  # lmql.tokenizer("llama.cpp:PATH") finds it
     return out
 
 
