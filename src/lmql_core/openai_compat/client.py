@@ -218,6 +218,8 @@ class OpenAIClient(LMTPClient):
         held: dict[str, Any] | None = None  # the last token, sent once we know whether it ends the stream
         text = ""
         for _ in range(RESUMPTIONS + 1):
+            if held is not None and len(received) >= limit:  # ended for another request just at its end
+                return self._finish(stream_id, served, held, text, "length")
             body = self._completion_body(served, payload)
             body.update(prompt=served.prompt(prompt + received), stream=True,
                         max_tokens=limit - len(received))
