@@ -47,6 +47,9 @@ def tests(session: nox.Session) -> None:
     here, so a test module skipped whole, or a run in which no test passed, fails the session
     (tests/skip_report.py); pytest itself fails when it collected nothing."""
     install_project(session)
+    # the OpenAI-compatible server of llama-cpp-python, which tests/test_openai_llamacpp.py runs:
+    # its extras only (the llama-cpp-python just installed satisfies the requirement itself)
+    session.install("llama-cpp-python[server]")
     session.run("pytest", "-ra", *session.posargs, env={"HF_HUB_OFFLINE": "1", "LMQL_STRICT_SKIPS": "1"})
 
 

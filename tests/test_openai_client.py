@@ -3,18 +3,15 @@ server (ours) give what they give over LMTP from the same server."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Server, server_metric, wait_until
+from tests.conftest import Server, server_metric, wait_until
 from tests.openai_fixtures import bundled_tiny
+from tests.openai_suite import differences, program_names, run_programs
 
-COMPAT = ROOT / "tests" / "compat"
 PROMPT = "Once upon a time"
 
 
@@ -69,36 +66,37 @@ def test_an_unknown_model_is_a_clear_error(server: Server) -> None:
         llm.generate_sync(PROMPT, max_tokens=2)
 
 
-def run_programs(endpoint: str, folder: str) -> dict[str, dict[str, Any]]:
-    """The differential suite's programs (``tests/compat/queries.py``) with this runtime."""
-    result = subprocess.run([sys.executable, str(COMPAT / "query_programs.py"), endpoint, folder],
-                            capture_output=True, text=True, timeout=900)
-    records = [json.loads(line[len("COMPAT "):]) for line in result.stdout.splitlines() if line.startswith("COMPAT ")]
-    assert records, result.stderr
-    return {r["check"]: r for r in records}
-
-
 def test_the_query_suite_runs_the_same_over_openai(server: Server, folder: str) -> None:
-    sys.path.insert(0, str(COMPAT))
-    try:
-        from queries import PROGRAMS
-        from query_compare import sampled_shape, token_counter
-        from run_compat import same
-    finally:
-        sys.path.remove(str(COMPAT))
     over_openai = run_programs(f"http://{server.endpoint}/v1", folder)
     over_lmtp = run_programs(server.endpoint, folder)
-    count_tokens = token_counter(folder)
-    failed = []
-    for program in PROGRAMS:
-        name = program["name"]
-        ours, reference = over_openai[name], over_lmtp[name]
-        if "error" in ours or "error" in reference:
-            failed.append((name, ours.get("error"), reference.get("error")))
-        elif program["kind"] == "sampled":  # different draws: the shape only
-            if not sampled_shape(program["shape"], count_tokens)(ours["result"]):
-                failed.append((name, ours["result"], "shape"))
-        elif not same(ours["result"], reference["result"]):
-            failed.append((name, ours["result"], reference["result"]))
-    assert not failed, failed
-    assert len(over_openai) == len(PROGRAMS)
+    assert not differences(over_openai, over_lmtp, folder)
+    assert len(over_openai) == len(program_names())
+
+
+@pytest.fixture(scope="module")
+def capped(folder: str) -> Iterator[Server]:
+    """The same model on a server that takes at most 20 logit_bias entries per request."""
+    served = Server(folder, "--max-logit-bias", "20")
+    yield served
+    assert served.stop() == 0, served.output()
+
+
+def test_a_mask_over_the_cap_goes_the_other_way_round(capped: Server, server: Server, folder: str) -> None:
+    import lmql
+
+    over_capped = lmql.model(f"openai:{folder}", endpoint=f"http://{capped.endpoint}/v1", tokenizer=folder)
+    reference = lmql.model(folder, endpoint=server.endpoint)
+    allowed = {int(i) for i in reference.tokenizer.encode(" the cat and the dog", add_special_tokens=False)}
+    banned = {str(i): -100 for i in range(reference.tokenizer.vocab_size) if i not in allowed}
+    assert len(banned) > 20 and len(allowed) <= 20
+    expected = reference.generate_sync(PROMPT, max_tokens=6, logit_bias=banned)
+    assert over_capped.generate_sync(PROMPT, max_tokens=6, logit_bias=banned) == expected
+
+
+def test_masks_past_the_cap_either_way_are_applied_on_the_client(capped: Server, server: Server,
+                                                                 folder: str) -> None:
+    names = ["oneliner_int", "oneliner_in_list", "oneliner_beam", "oneliner_stops_at"]
+    ours = run_programs(f"http://{capped.endpoint}/v1", folder, *names)
+    reference = run_programs(server.endpoint, folder, *names)
+    assert set(ours) == set(names)
+    assert not differences(ours, reference, folder)

@@ -17,6 +17,7 @@ import asyncio
 import importlib.util
 import inspect
 import json
+import os
 import sys
 import tempfile
 import time
@@ -31,8 +32,11 @@ TIMEOUT = 90.0  # per program
 
 
 def model_name(endpoint: str, folder: str) -> str:
-    """An ``http://.../v1`` endpoint is an OpenAI-compatible server (our ``openai:`` transport)."""
-    return f"openai:{folder}" if endpoint.startswith("http") else folder
+    """An ``http://.../v1`` endpoint is an OpenAI-compatible server (our ``openai:`` transport).
+    ``COMPAT_SERVED_MODEL``: the name the server knows the model by, where not ``folder`` (which
+    stays the tokenizer), e.g. ``llama.cpp:PATH.gguf``."""
+    served = os.environ.get("COMPAT_SERVED_MODEL") or folder
+    return f"openai:{served}" if endpoint.startswith("http") else served
 
 
 def model_expression(endpoint: str, folder: str) -> str:

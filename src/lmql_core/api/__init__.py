@@ -36,12 +36,12 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
         return name
     transports = plugins.registry().transports
     prefix = next((p for p in transports if p not in ("", "local:") and name.startswith(p)), "")
-    if prefix:  # another transport's (``openai:``): the rest names the model on its server
-        return LLM(parse_model_id(name[len(prefix):]), transports[prefix](name, endpoint=endpoint,
-                                                                           api_key=api_key), tokenizer)
     # as LMQL: the random model runs in-process (here unless an endpoint says where it is served)
     in_process = inprocess or (name == "random" and endpoint is None)
-    model_id = parse_model_id(("local:" if in_process and not name.startswith("local:") else "") + name)
+    if prefix:  # another transport's (``openai:``): the rest names the model on its server
+        model_id = parse_model_id(name[len(prefix):])
+    else:
+        model_id = parse_model_id(("local:" if in_process and not name.startswith("local:") else "") + name)
     options = split_model_options(kwargs, model_id.local, model_id.backend)
     if model_id.local:
         if endpoint:
@@ -58,8 +58,10 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
         if options.loader:
             warnings.warn(f"loader arguments {sorted(options.loader)} are ignored for a served model; "
                           "pass them to `lmql serve-model` instead", stacklevel=2)
-        client = transports[""](model_id, endpoint=endpoint, api_key=api_key)
-    llm = LLM(model_id, client, tokenizer, decoding=options.decoding)
+        client = transports[prefix](model_id, endpoint=endpoint, api_key=api_key)
+    llm = LLM(model_id, client, tokenizer, decoding=options.decoding, transport=prefix)
+    if hasattr(client, "use_tokenizer"):  # a transport that maps text to tokens needs the model's
+        client.use_tokenizer(model_id.served_name, llm.resolve_tokenizer)
     given = {"endpoint": endpoint, "tokenizer": tokenizer, "api_key": api_key, "inprocess": inprocess or None}
     # as LMQL's LLM.configuration: the options it was made with
     llm.configuration = {**{k: v for k, v in given.items() if v is not None}, **kwargs}

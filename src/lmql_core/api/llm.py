@@ -19,8 +19,9 @@ DECODERS = ("argmax", "sample")
 
 class LLM:
     def __init__(self, model_id: ModelId, client: LMTPClient, tokenizer: str | None = None,
-                 decoding: dict[str, Any] | None = None) -> None:
+                 decoding: dict[str, Any] | None = None, transport: str = "") -> None:
         self.model_id = model_id
+        self.transport = transport  # a client transport's prefix (``openai:``), part of the identifier
         self.client = client
         # LMQL's per-model decoding options (chunksize, top_k, ...): queries on this model use them
         self.decoding: dict[str, Any] = dict(decoding or {})
@@ -43,7 +44,7 @@ class LLM:
 
     @property
     def model_identifier(self) -> str:
-        return str(self.model_id)
+        return self.transport + str(self.model_id)
 
     @classmethod
     def from_descriptor(cls, model_identifier: str | LLM | None, **kwargs: Any) -> LLM:

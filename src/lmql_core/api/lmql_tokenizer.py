@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmql_core import plugins
+from lmql_core.identifiers import parse_model_id
 from lmql_core.tokenizer import Tokenizer, load_tokenizer
 
 _loaded: dict[str, LMQLTokenizer] = {}
@@ -59,6 +61,10 @@ def tokenizer(model_identifier: str, type: str = "auto", **kwargs: Any) -> LMQLT
     loaded once per process. ``type`` (LMQL's backend choice) is accepted; the loaders
     installed decide."""
     name = model_identifier.removeprefix("local:")
+    transport = next((p for p in plugins.registry().transports if p and name.startswith(p)), "")
+    name = name[len(transport):]  # ``openai:NAME``: the model NAME on another kind of server
     if name not in _loaded:
-        _loaded[name] = LMQLTokenizer(model_identifier, load_tokenizer(name, kwargs.get("tokenizer")))
+        model_id = parse_model_id(name)  # ``llama.cpp:PATH``: that backend's own loader first
+        found = load_tokenizer(model_id.model, kwargs.get("tokenizer"), model_id.backend)
+        _loaded[name] = LMQLTokenizer(model_identifier, found)
     return _loaded[name]
