@@ -5,8 +5,9 @@
 
 Starts ``lmql serve-model MODEL``, then runs ``lmtp_load.py`` (a child process) with and without
 ``--openai`` in turns; for each run prints tok/s, the server's CPU seconds per token (from
-/proc/PID/stat, before and after the run) and the driver's (its processes' rusage). The
-driver's warm-up tokens are included in both (64 x 4 of them at 64 streams).
+/proc/PID/stat, before and after the run; the driver's warm-up tokens included, 64 x 4 at 64
+streams) and the driver's (its processes' CPU while the measured streams ran). ``--processes N``:
+the OpenAI driver's streams split between N processes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,22 +32,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_load(endpoint: str, args: argparse.Namespace, openai: bool, server_pid: int) -> dict[str, float]:
     command = [sys.executable, str(HERE / "lmtp_load.py"), "--endpoint", endpoint, "--model", args.model,
                "--streams", str(args.streams), "--new-tokens", str(args.new_tokens), "--json",
-               *(["--openai"] if openai else [])]
-    server_before, driver_before = cpu_seconds(server_pid), children_cpu()
+               *(["--openai", "--processes", str(args.processes)] if openai else [])]
+    server_before = cpu_seconds(server_pid)
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    server_cpu, driver_cpu = cpu_seconds(server_pid) - server_before, children_cpu() - driver_before
+    server_cpu = cpu_seconds(server_pid) - server_before
     result = json.loads(out.strip().splitlines()[-1])
     tokens = result["tokens"] + args.streams * min(4, args.new_tokens)  # the warm-up's too
     return {"tok_per_s": result["tok_per_s"], "server_us_per_token": 1e6 * server_cpu / tokens,
-            "driver_us_per_token": 1e6 * driver_cpu / tokens}
+            "driver_us_per_token": 1e6 * result["driver_cpu_s"] / result["tokens"]}
 
 
 def main() -> None:
@@ -60,7 +55,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="the OpenAI driver's client processes")
     args, server_args = parser.parse_known_args()
     port = free_port()
-    command = [sys.executable, "-m", "lmql_core", "serve-model", args.model, "--port", str(port), *server_args]
+    command = [sys.executable, "-m", "lmql_core", "serve-model", args.model, "--port", str(port),
+               *server_args]
     server = start_server(command, port, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     results: dict[str, list[dict[str, float]]] = {"lmtp": [], "openai": []}
     try:
@@ -76,7 +72,8 @@ def main() -> None:
     medians = {t: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for t, rows in results.items()}
     lmtp, openai = medians["lmtp"], medians["openai"]
     print(f"{args.model} {args.streams} streams (medians): tok/s LMTP {lmtp['tok_per_s']:,.0f}, OpenAI "
-          f"{openai['tok_per_s']:,.0f} ({openai['tok_per_s'] / lmtp['tok_per_s']:.2f}x); server us/token LMTP "
+          f"{openai['tok_per_s']:,.0f} ({openai['tok_per_s'] / lmtp['tok_per_s']:.2f}x); "
+          f"server us/token LMTP "
           f"{lmtp['server_us_per_token']:.0f}, OpenAI {openai['server_us_per_token']:.0f} "
           f"({openai['server_us_per_token'] / lmtp['server_us_per_token']:.2f}x); driver us/token LMTP "
           f"{lmtp['driver_us_per_token']:.0f}, OpenAI {openai['driver_us_per_token']:.0f}")

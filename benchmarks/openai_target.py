@@ -10,6 +10,8 @@ import json
 import time
 from typing import Any
 
+NOT_LAST = {"finish_reason": None}
+
 
 class OpenAITarget:
     def __init__(self, endpoint: str, api_key: str | None = None) -> None:
@@ -59,15 +61,24 @@ class OpenAITarget:
         async with self.session.post(self.base_url + "/completions", json=body) as response:
             if response.status != 200:
                 raise RuntimeError(f"{response.status}: {await response.text()}")
-            async for line in response.content:
-                if not line.startswith(b"data: {"):
-                    continue
+            rest = b""
+            async for data in response.content.iter_any():  # whatever has arrived: one event or more
                 now = time.perf_counter()
-                choice = json.loads(line[6:])["choices"][0]
-                tokens = len(choice["logprobs"]["tokens"]) if choice.get("logprobs") else 1
-                for i in range(tokens):
-                    last = i == tokens - 1
-                    queue.put_nowait((now, {"finish_reason": choice.get("finish_reason") if last else None}))
+                *events, rest = (rest + data).split(b"\n\n")
+                for event in events:
+                    if event.startswith(b"data: {"):
+                        self._tokens(json.loads(event[6:])["choices"], now, queue)
+
+    @staticmethod
+    def _tokens(choices: list[dict[str, Any]], now: float, queue: asyncio.Queue[Any]) -> None:
+        """An event's tokens (several when the server coalesced them), each an entry of the stream."""
+        if not choices:  # the usage
+            return
+        choice = choices[0]
+        tokens = len(choice["logprobs"]["tokens"]) if choice.get("logprobs") else 1
+        for _ in range(tokens - 1):
+            queue.put_nowait((now, NOT_LAST))
+        queue.put_nowait((now, {"finish_reason": choice.get("finish_reason")}))
 
     async def _score(self, payload: dict[str, Any], queue: asyncio.Queue[Any]) -> None:
         body = {"model": payload["model"], "prompt": payload["prompt"] + payload["scored"], "max_tokens": 0,
