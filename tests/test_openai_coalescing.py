@@ -74,11 +74,11 @@ def check_coalesced_equals_whole(pacer: StreamPacer, read: str) -> None:
 
 
 def test_a_consumer_behind_gets_the_tokens_since_in_one_chunk() -> None:
-    check_coalesced_equals_whole(StreamPacer(0.0), "blocking")
+    check_coalesced_equals_whole(StreamPacer(0), "blocking")
 
 
 def test_paced_events_carry_several_tokens_and_reconstruct_the_answer() -> None:
-    pacer = StreamPacer(event_cost_s=0.04)  # one stream: 40 ms between its events
+    pacer = StreamPacer(events_per_s=25)  # one stream: 40 ms between its events
     assert pacer.pause() == 0.0  # no stream yet
     check_coalesced_equals_whole(pacer, "sse")
     assert pacer.streams == 0  # the stream left the pacer when it ended

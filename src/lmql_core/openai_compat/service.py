@@ -28,7 +28,6 @@ from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad
 SHUTTING_DOWN = "shutting down"  # in the engine's error when the server stops
 DONE = b"data: [DONE]\n\n"
 _JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds one per call
-EVENT_COST_S = 0.0002  # the streams on one event loop send at most 1 / EVENT_COST_S events a second
 MAX_PAUSE_S = 0.05  # the longest a stream waits between its events when many share the loop
 MIN_PAUSE_S = 0.001  # shorter pauses are not worth a timer: the next step comes as fast
 
@@ -40,22 +39,23 @@ class StreamPacer:
     GPU. A stream that waits gets the tokens produced meanwhile in its next event (``_deltas``),
     so fewer, larger events; a client reconstructs the same text, log-probs and finish."""
 
-    def __init__(self, event_cost_s: float = EVENT_COST_S) -> None:
-        self.event_cost_s = event_cost_s
+    def __init__(self, events_per_s: float) -> None:
+        """``events_per_s``: for all the streams together (0: no pauses)."""
+        self.event_cost_s = 1 / events_per_s if events_per_s > 0 else 0.0
         self.streams = 0  # streaming completions now
 
     def pause(self) -> float:
-        """Seconds a stream waits after an event before its next one."""
+        """The least seconds between two events of a stream."""
         pause = min(MAX_PAUSE_S, self.streams * self.event_cost_s)
         return pause if pause >= MIN_PAUSE_S else 0.0
 
 
 class OpenAIService:
     def __init__(self, host: ModelHost, limits: wire.Limits, pacer: StreamPacer | None = None) -> None:
-        """``pacer``: how the streams on the loop space their events (default ``StreamPacer()``)."""
+        """``pacer``: how the streams on the loop space their events (default: ``limits``')."""
         self.host = host
         self.limits = limits
-        self.pacer = pacer or StreamPacer()
+        self.pacer = pacer or StreamPacer(limits.openai_events_per_s)
         self._outboxes: dict[asyncio.AbstractEventLoop, Outbox] = {}
 
     def models(self) -> dict[str, Any]:
@@ -337,8 +337,9 @@ class Completion:
         """Each time the engine has delivered (or, paced, after the pause): the choices' news
         since the last time."""
         offsets = [0] * len(self.choices)
-        pacer = self.pacer or StreamPacer(0.0)
+        pacer, loop = self.pacer or StreamPacer(0), asyncio.get_running_loop()
         pacer.streams += 1
+        last_sent = 0.0
         try:
             while True:
                 if not self._echoes:  # the prompts' log-probs go first
@@ -347,11 +348,13 @@ class Completion:
                     deltas = [d for d in news if d is not None]
                     if deltas:
                         yield deltas
-                        if pause := pacer.pause():
-                            await asyncio.sleep(pause)
+                        last_sent = loop.time()
                     if len(self._finish_sent) == len(self.choices):
                         break
                 await self._next_change()
+                wait = pacer.pause() - (loop.time() - last_sent)  # news sooner than the pause: it waits
+                if wait >= MIN_PAUSE_S:
+                    await asyncio.sleep(wait)
         finally:
             pacer.streams -= 1
 
