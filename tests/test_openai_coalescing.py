@@ -82,3 +82,19 @@ def test_paced_events_carry_several_tokens_and_reconstruct_the_answer() -> None:
     assert pacer.pause() == 0.0  # no stream yet
     check_coalesced_equals_whole(pacer, "sse")
     assert pacer.streams == 0  # the stream left the pacer when it ended
+
+
+def test_deltas_are_written_as_json_dumps_writes_them() -> None:
+    from lmql_core.openai_compat.choices import delta_json
+
+    logprobs = {"tokens": [" é\"\\\n", "token_id:7", "\u2028😀"], "token_logprobs": [None, -0.5, -1e30],
+                "top_logprobs": [None, {"a": -0.25, "b": float("-inf")}, {"\u2028😀": -3.0000000000000004}],
+                "text_offset": [0, 5, 16]}
+    deltas = [
+        {"index": 0, "text": " é\"\\\ntoken😀", "logprobs": logprobs, "finish_reason": None},
+        {"index": 3, "text": "", "logprobs": None, "finish_reason": "length"},
+        {"index": 1, "text": "x", "logprobs": {**logprobs, "tokens": []}, "finish_reason": "stop"},
+        {"index": 0, "delta": {"content": "hi"}, "logprobs": None, "finish_reason": None},  # chat's
+    ]
+    for delta in deltas:
+        assert delta_json(delta) == json.dumps(delta, separators=(",", ":"))

@@ -39,7 +39,7 @@ class Limits:
     shutdown_grace_s: float = 10.0  # after SIGTERM, the longest wait for clients before closing
     # OpenAI's streams: events a second the event loop writes at most, all streams together (many
     # streams: each waits and sends the tokens produced meanwhile in one event); 0: every step
-    openai_events_per_s: float = 5000.0
+    openai_events_per_s: float = 2000.0
 
     @property
     def default_max_tokens(self) -> int:

@@ -22,7 +22,7 @@ from lmql_core.lmtp import wire
 from lmql_core.lmtp.server.session import Outbox, Session
 from lmql_core.model_host import LoadedModel, ModelHost
 from lmql_core.openai_compat import requests
-from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs
+from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs, delta_json
 from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad_request
 
 SHUTTING_DOWN = "shutting down"  # in the engine's error when the server stops
@@ -325,7 +325,7 @@ class Completion:
         prefix, suffix = b"data: " + head + b',"choices":[', b"]}\n\n"
         try:
             async for deltas in self._deltas():
-                yield b"".join(prefix + _JSON.encode(delta).encode() + suffix for delta in deltas)
+                yield b"".join([prefix + delta_json(delta).encode() + suffix for delta in deltas])
             tail = sse_event(self._usage_chunk()) if self.request.include_usage else b""
         except OpenAIError as error:
             if error.status == 499:  # nobody to tell
