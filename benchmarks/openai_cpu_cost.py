@@ -6,8 +6,9 @@
 Starts ``lmql serve-model MODEL``, then runs ``lmtp_load.py`` (a child process) with and without
 ``--openai`` in turns; for each run prints tok/s, the server's CPU seconds per token (from
 /proc/PID/stat, before and after the run; the driver's warm-up tokens included, 64 x 4 at 64
-streams) and the driver's (its processes' CPU while the measured streams ran). ``--processes N``:
-the OpenAI driver's streams split between N processes.
+streams), the part of it on the server's event loop (its main thread: transports, encoding),
+and the driver's (its processes' CPU while the measured streams ran). ``--processes N``: the
+OpenAI driver's streams split between N processes.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ sys.path.insert(0, str(HERE))
 from processes import free_port, start_server  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU of a process, its threads included (or of one of its threads)."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -36,12 +38,14 @@ def run_load(endpoint: str, args: argparse.Namespace, openai: bool, server_pid: 
     command = [sys.executable, str(HERE / "lmtp_load.py"), "--endpoint", endpoint, "--model", args.model,
                "--streams", str(args.streams), "--new-tokens", str(args.new_tokens), "--json",
                *(["--openai", "--processes", str(args.processes)] if openai else [])]
-    server_before = cpu_seconds(server_pid)
+    server_before, loop_before = cpu_seconds(server_pid), cpu_seconds(server_pid, server_pid)
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     server_cpu = cpu_seconds(server_pid) - server_before
+    loop_cpu = cpu_seconds(server_pid, server_pid) - loop_before  # the main thread: the event loop
     result = json.loads(out.strip().splitlines()[-1])
     tokens = result["tokens"] + args.streams * min(4, args.new_tokens)  # the warm-up's too
     return {"tok_per_s": result["tok_per_s"], "server_us_per_token": 1e6 * server_cpu / tokens,
+            "server_loop_us_per_token": 1e6 * loop_cpu / tokens,
             "driver_us_per_token": 1e6 * result["driver_cpu_s"] / result["tokens"]}
 
 
@@ -75,7 +79,9 @@ def main() -> None:
           f"{openai['tok_per_s']:,.0f} ({openai['tok_per_s'] / lmtp['tok_per_s']:.2f}x); "
           f"server us/token LMTP "
           f"{lmtp['server_us_per_token']:.0f}, OpenAI {openai['server_us_per_token']:.0f} "
-          f"({openai['server_us_per_token'] / lmtp['server_us_per_token']:.2f}x); driver us/token LMTP "
+          f"({openai['server_us_per_token'] / lmtp['server_us_per_token']:.2f}x), of which the event loop "
+          f"LMTP {lmtp['server_loop_us_per_token']:.0f}, OpenAI {openai['server_loop_us_per_token']:.0f}; "
+          f"driver us/token LMTP "
           f"{lmtp['driver_us_per_token']:.0f}, OpenAI {openai['driver_us_per_token']:.0f}")
 
 

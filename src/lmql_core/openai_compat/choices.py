@@ -97,10 +97,13 @@ class Choice:
         return True
 
     def token_logprob(self, token: int, logprob: float | None, top: dict[str, float] | None) -> TokenLogprob:
-        ranked = sorted(((int(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])
         piece = self._piece(token)
-        return TokenLogprob(token, self._label(token, piece), logprob,
-                            [(t, self._label(t, self._piece(t)), lp) for t, lp in ranked], len(piece))
+        label = self._label(token, piece)
+        if top and len(top) == 1 and str(token) in top:  # the usual: the chosen token alone
+            return TokenLogprob(token, label, logprob, [(token, label, top[str(token)])], len(piece))
+        ranked = sorted(((int(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])
+        labelled = [(t, self._label(t, self._piece(t)), lp) for t, lp in ranked]
+        return TokenLogprob(token, label, logprob, labelled, len(piece))
 
     def _piece(self, token: int) -> str:
         piece = self.pieces.get(token)
