@@ -28,7 +28,7 @@ from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad
 SHUTTING_DOWN = "shutting down"  # in the engine's error when the server stops
 DONE = b"data: [DONE]\n\n"
 _JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds one per call
-MAX_PAUSE_S = 0.05  # the longest a stream waits between its events when many share the loop
+MAX_PAUSE_S = 0.25  # the longest a stream waits between its events when many share the loop
 MIN_PAUSE_S = 0.001  # shorter pauses are not worth a timer: the next step comes as fast
 
 
