@@ -203,6 +203,9 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else LOWEST_LOGPROB
 
 
+finite_logprob = _finite  # a log-prob as the wire carries it (-inf as LOWEST_LOGPROB)
+
+
 class TokenFields(Protocol):
     """What a token entry is written from (the engine's ``TokenEvent`` has these fields)."""
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import math
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmql_core.lmtp.wire import TokenFields, finite_logprob
 from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
 
 STOP, LENGTH = "stop", "length"
@@ -71,14 +73,27 @@ class Choice:
         if "error" in entry:
             self.error = str(entry["error"])
             return False
-        token = entry["token"]
+        top, finish = entry.get("top_logprobs"), entry.get("finish_reason")
+        return self._take(entry["token"], entry["logprob"], top, finish)
+
+    def add_event(self, event: TokenFields, finish_reason: str | None) -> bool:
+        """``add`` of the engine's event (not an error) whose wire finish reason is ``finish_reason``,
+        without making its LMTP entry."""
+        if self.done:
+            return False
+        logprob, top = finite_logprob(event.logprob), event.top_logprobs
+        if top is not None:  # as LMTP's entry: the chosen token first, the candidates' values win
+            top = {event.token: logprob, **{t: finite_logprob(lp) for t, lp in top.items()}}
+        return self._take(event.token, logprob, top, finish_reason)
+
+    def _take(self, token: int, logprob: float, top: Mapping[Any, float] | None, finish: str | None) -> bool:
         self.tokens += 1
-        self.logprobs.append(self.token_logprob(token, entry["logprob"], entry.get("top_logprobs")))
+        self.logprobs.append(self.token_logprob(token, logprob, top))
         self.text += self.decoder.push(token)
         if token in self.stop_token_ids:
             self.finish_reason = STOP
-        elif entry.get("finish_reason") is not None:
-            self.finish_reason = STOP if entry["finish_reason"] == STOP else LENGTH
+        elif finish is not None:
+            self.finish_reason = STOP if finish == STOP else LENGTH
         if self.done:
             self.text += self.decoder.flush()
         if self.stop and self._cut_at_stop():
@@ -96,11 +111,15 @@ class Choice:
         self.text = self.text[: min(found)]
         return True
 
-    def token_logprob(self, token: int, logprob: float | None, top: dict[str, float] | None) -> TokenLogprob:
+    def token_logprob(self, token: int, logprob: float | None,
+                      top: Mapping[Any, float] | None) -> TokenLogprob:
+        """``top``: candidates by token id (an int, or LMTP's string of it)."""
         piece = self._piece(token)
         label = self._label(token, piece)
-        if top and len(top) == 1 and str(token) in top:  # the usual: the chosen token alone
-            return TokenLogprob(token, label, logprob, [(token, label, top[str(token)])], len(piece))
+        if top and len(top) == 1:  # the usual: the chosen token alone
+            ((candidate, value),) = top.items()
+            if int(candidate) == token:
+                return TokenLogprob(token, label, logprob, [(token, label, value)], len(piece))
         ranked = sorted(((int(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])
         labelled = [(t, self._label(t, self._piece(t)), lp) for t, lp in ranked]
         return TokenLogprob(token, label, logprob, labelled, len(piece))

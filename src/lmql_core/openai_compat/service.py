@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from lmql_core.backend import ChatTemplates
+from lmql_core.engine.sequence import TokenEvent
 from lmql_core.errors import LMQLError, RequestError
 from lmql_core.lmtp import wire
-from lmql_core.lmtp.server.session import Outbox, Session
+from lmql_core.lmtp.server.session import FINISH_REASONS, Outbox, Session
 from lmql_core.model_host import LoadedModel, ModelHost
 from lmql_core.openai_compat import requests
 from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs, delta_json
@@ -151,7 +152,7 @@ class Completion:
         self.request = request
         self.pacer = pacer
         self.limits = limits
-        self.session = Session(host, self._receive, limits, outbox=outbox)
+        self.session = Session(host, self._receive, limits, outbox=outbox, raw_events=True)
         kind = "chatcmpl" if request.chat else "cmpl"
         self.id = f"{kind}-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -245,7 +246,15 @@ class Completion:
     # --- results, as the engine delivers them (on the event loop) ----------------------------
 
     def _receive(self, command: str, payload: Any) -> None:
+        """TOKEN payloads: the engine's events (``raw_events``), or entries (errors)."""
         for entry in payload if isinstance(payload, list) else []:
+            if type(entry) is TokenEvent:
+                sid = entry.stream_id
+                if entry.error is None and type(sid) is int and 0 <= sid < len(self.choices):
+                    if self.choices[sid].add_event(entry, FINISH_REASONS[entry.finish_reason]):
+                        self.session.cancel(sid)
+                    continue
+                entry = wire.token_entry(entry, FINISH_REASONS)
             sid = entry.get("stream_id")
             if isinstance(sid, int) and 0 <= sid < len(self.choices):
                 if self.choices[sid].add(entry):

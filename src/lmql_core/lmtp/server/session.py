@@ -68,11 +68,14 @@ class Outbox:
 
 class Session:
     def __init__(self, host: ModelHost, send: Send, limits: wire.Limits | None = None,
-                 encode_tokens: bool = False, outbox: Outbox | None = None) -> None:
+                 encode_tokens: bool = False, outbox: Outbox | None = None, raw_events: bool = False) -> None:
         """``encode_tokens``: send TOKEN payloads in their JSON form (``wire.Encoded``), for
         a transport that writes text anyway; written directly, that is cheaper than dictionaries.
-        ``outbox``: shared with other sessions on this loop (default: one of its own)."""
+        ``outbox``: shared with other sessions on this loop (default: one of its own).
+        ``raw_events``: TOKEN payloads are the engine's ``TokenEvent``s themselves (a transport in
+        this process that reads them directly; errors of requests still come as entries)."""
         self.host = host
+        self.raw_events = raw_events
         self.encode_tokens = encode_tokens
         self.limits = limits or wire.Limits()
         self._send = send
@@ -225,8 +228,10 @@ class Session:
             events = [e for e in events if e.stream_id not in self._stale]
             if not events:
                 return
-        entries: list[dict[str, Any]] | wire.Encoded
-        if self.encode_tokens and not self._decoders:  # text mode's entries carry decoded text too
+        entries: list[dict[str, Any]] | wire.Encoded | list[TokenEvent]
+        if self.raw_events and not self._decoders:
+            entries = events
+        elif self.encode_tokens and not self._decoders:  # text mode's entries carry decoded text too
             entries = wire.token_entries_json(events, FINISH_REASONS)
         else:
             entries = [self._entry(e) for e in events]
