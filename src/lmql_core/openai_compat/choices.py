@@ -175,7 +175,7 @@ def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"))
-_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_string = json.encoder.encode_basestring_ascii
 COMPLETION_DELTA_KEYS = ("index", "text", "logprobs", "finish_reason")
 COMPLETION_LOGPROBS_KEYS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
 
