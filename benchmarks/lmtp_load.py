@@ -5,6 +5,7 @@
     python benchmarks/lmtp_load.py ... --streams 256 --prompt-len 100-1024 --new-tokens 100-1024
     python benchmarks/lmtp_load.py ... --streams 64 --prompt-len 256 --score 16      (SCORE requests)
     python benchmarks/lmtp_load.py ... --openai      (the same requests through OpenAI's HTTP API)
+    python benchmarks/lmtp_load.py ... --openai --processes 4   (the streams shared by 4 driver processes)
 
 Every stream sends a random prompt and asks for exactly --new-tokens tokens (EOS is banned with
 a -100 logit bias, which LMQL's server honours too); a range A-B draws each stream's length
@@ -13,7 +14,9 @@ uniformly from it. Prompts are drawn fresh for every run, so no prefix cache can
 --no-warmup) use prompts of their own. With --score N every stream is a SCORE of N random tokens
 after its prompt instead, and req_per_s counts them. With --local the same requests go to an
 in-process engine (`local:` transport) instead of a socket; with --openai, as streamed
-`/v1/completions` requests on the same server (`openai_target.py`).
+`/v1/completions` requests on the same server (`openai_target.py`). With --processes N the
+streams are split between N driver processes started together (`load_workers.py`), so that the
+driver is not what limits the rate; driver_cpu_s is the drivers' CPU during the measured part.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import json
 import random
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,7 +163,9 @@ def prompt_rng(args: argparse.Namespace) -> random.Random:
     return random.Random(seed)  # None: seeded from the OS, different every run
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, go: Any = None) -> dict[str, Any]:
+    """``go``: awaited between the warm-up and the measured streams (a worker's start signal);
+    with it, the streams' times come back instead of their summary."""
     if args.local:
         target: Any = LocalTarget(args.model, {"cuda": args.cuda, "dtype": args.dtype})
     elif args.openai:
@@ -178,11 +184,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             warmups = draw_requests(args, random.Random(rng.random()), vocab, eos)
             await asyncio.gather(*(run_stream(target, 10_000 + i, short(r), 0)
                                    for i, r in enumerate(warmups)))
-        started = time.perf_counter()
+        if go is not None:
+            await go()
+        started, cpu = time.perf_counter(), time.process_time()
+        ids = range(args.first_stream, args.first_stream + len(requests))
         streams = await asyncio.gather(*(run_stream(target, i + 1, r, i * args.stagger_ms / 1000)
-                                         for i, r in enumerate(requests)))
+                                         for i, r in zip(ids, requests, strict=True)))
+        cpu = time.process_time() - cpu
+        if go is not None:
+            return {"started": started, "cpu": cpu, "streams": [[s.sent, s.arrivals] for s in streams]}
         elapsed = max(s.arrivals[-1] for s in streams) - started
-    return summary(args, streams, elapsed)
+    return summary(args, streams, elapsed, cpu)
 
 
 def short(request: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +204,8 @@ def short(request: dict[str, Any]) -> dict[str, Any]:
     return dict(request, max_tokens=min(4, request["max_tokens"]))
 
 
-def summary(args: argparse.Namespace, streams: list[StreamTimes], elapsed: float) -> dict[str, Any]:
+def summary(args: argparse.Namespace, streams: list[StreamTimes], elapsed: float,
+            cpu: float) -> dict[str, Any]:
     tokens = sum(len(s.arrivals) for s in streams)
     gaps = [g for s in streams for g in s.gaps()]
     return {
@@ -206,6 +219,7 @@ def summary(args: argparse.Namespace, streams: list[StreamTimes], elapsed: float
         "ttft_p90_ms": round(1000 * sorted(s.ttft for s in streams)[int(0.9 * (len(streams) - 1))], 1),
         "itl_median_ms": round(1000 * statistics.median(gaps), 2) if gaps else None,
         "itl_max_ms": round(1000 * max(gaps), 2) if gaps else None,
+        "processes": args.processes, "driver_cpu_s": round(cpu, 3),
     }
 
 
@@ -230,6 +244,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="draw the prompts from this seed (the same every run)")
     parser.add_argument("--repeat-prompts", action="store_true",
                         help="the same prompts in every run (seed 0 unless --seed); default: fresh ones")
+    parser.add_argument("--processes", type=int, default=1, help="driver processes sharing the streams")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --processes
+    parser.add_argument("--first-stream", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     parser.add_argument("--timeout", type=float, help="seconds for the whole run (TimeoutError after)")
     return parser.parse_args(argv)
@@ -241,7 +258,15 @@ async def run_within(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    result = asyncio.run(run_within(args))
+    if args.worker or args.processes > 1:
+        import load_workers
+
+        if args.worker:
+            return load_workers.worker(args)
+        streams, elapsed, cpu = load_workers.run_workers(args, sys.argv[1:] if argv is None else argv)
+        result = summary(args, streams, elapsed, cpu)
+    else:
+        result = asyncio.run(run_within(args))
     if args.json:
         print(json.dumps(result))
     else:

@@ -1,10 +1,12 @@
 """Issue 29's GPU point: the same load through LMTP and through OpenAI's HTTP API on one server.
 
-    python benchmarks/openai_vs_lmtp.py [--model gpt2-medium] [--streams 64] [--rounds 2]
+    python benchmarks/openai_vs_lmtp.py [--model gpt2-medium] [--streams 64] [--rounds 2] [--processes 4]
 
 Starts ``lmql serve-model`` on the model (built from its config, nothing downloads; ``--cuda``
 when a GPU is there), then runs ``lmtp_load.py`` with and without ``--openai`` in turns, fresh
-prompts each run, and prints tok/s per transport and the OpenAI/LMTP ratio.
+prompts each run, and prints tok/s per transport and the OpenAI/LMTP ratio. The OpenAI load
+comes from ``--processes`` driver processes (64 HTTP streams read by one Python process cost it
+more than the server; LMTP's one websocket is read by one), each run's driver CPU printed too.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from bench_models import bench_model  # noqa: E402
 from processes import free_port, start_server  # noqa: E402
 
 
-def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, openai: bool) -> float:
+def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, openai: bool,
+         processes: int) -> dict[str, float]:
     argv = ["--endpoint", endpoint, "--model", model, "--streams", str(streams), "--prompt-len", "16",
             "--new-tokens", "128", "--vocab-size", str(vocab), "--json"]
     argv += ["--eos-token-id", str(eos)] if eos is not None else []
-    argv += ["--openai"] if openai else []
-    return float(lmtp_load.main(argv)["tok_per_s"])
+    argv += ["--openai", "--processes", str(processes)] if openai else []
+    return lmtp_load.main(argv)
 
 
 def main() -> None:
@@ -38,6 +41,7 @@ def main() -> None:
     parser.add_argument("--model", default="gpt2-medium")
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=4, help="the OpenAI load's driver processes")
     args = parser.parse_args()
     import torch
 
@@ -52,10 +56,11 @@ def main() -> None:
         results: dict[str, list[float]] = {"lmtp": [], "openai": []}
         for _ in range(args.rounds):
             for transport in results:
-                rate = load(endpoint, str(model.folder), args.streams, vocab, model.eos_token_id(),
-                            transport == "openai")
-                results[transport].append(rate)
-                row = {"transport": transport, "streams": args.streams, "tok_per_s": rate}
+                result = load(endpoint, str(model.folder), args.streams, vocab, model.eos_token_id(),
+                              transport == "openai", args.processes)
+                results[transport].append(float(result["tok_per_s"]))
+                row = {"transport": transport, "streams": args.streams, "tok_per_s": result["tok_per_s"],
+                       "processes": result["processes"], "driver_cpu_s": result["driver_cpu_s"]}
                 print(json.dumps(row), flush=True)
     finally:
         server.terminate()

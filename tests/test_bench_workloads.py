@@ -89,7 +89,7 @@ def test_the_load_driver_runs_through_openais_api() -> None:
     server = Server("lmql-tiny")
     try:
         results = {}
-        for transport in ([], ["--openai"], ["--openai", "--score", "3"]):
+        for transport in ([], ["--openai"], ["--openai", "--score", "3"], ["--openai", "--processes", "2"]):
             out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lmtp_load.py"), "--endpoint",
                                   server.endpoint, "--streams", "3", "--new-tokens", "5", "--json", *transport],
                                  capture_output=True, text=True, timeout=120)
@@ -100,3 +100,4 @@ def test_the_load_driver_runs_through_openais_api() -> None:
     assert results[""]["transport"] == "lmtp" and results["--openai"]["transport"] == "openai"
     assert results[""]["tokens"] == results["--openai"]["tokens"] == 15
     assert results["--openai --score 3"]["tokens"] == 9
+    assert results["--openai --processes 2"]["tokens"] == 15  # the streams split 2 + 1, merged

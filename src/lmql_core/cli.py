@@ -79,6 +79,9 @@ class ServeModelCommand(click.Command):
 @click.option("--shutdown-grace", type=float, default=Limits.shutdown_grace_s, show_default=True,
               help="Seconds SIGTERM waits for clients to receive their streams' ends; then it closes "
               "every connection and exits.")
+@click.option("--openai-events-per-s", type=float, default=Limits.openai_events_per_s, show_default=True,
+              help="OpenAI's streams: server-sent events a second for all streams together; with many "
+              "streams, each sends the tokens produced meanwhile in one event (0: one event per step).")
 @click.option("--auth-token", envvar="LMQL_AUTH_TOKEN",
               help="Refuse connections that do not present this token (env: LMQL_AUTH_TOKEN).")
 @click.option("--no-openai", is_flag=True, help="Do not serve OpenAI's HTTP API (/v1/completions, ...) "
@@ -88,8 +91,8 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
                 cuda: bool, dtype: str | None, load_on_demand: bool, max_frame_bytes: int,
                 max_streams: int, max_new_tokens: int, max_top_logprobs: int,
                 max_logit_bias: int, max_connections: int, max_outgoing_bytes: int,
-                handshake_timeout: float, shutdown_grace: float, auth_token: str | None,
-                no_openai: bool) -> None:
+                handshake_timeout: float, shutdown_grace: float, openai_events_per_s: float,
+                auth_token: str | None, no_openai: bool) -> None:
     """Load MODEL once and serve it over LMTP (websocket) and OpenAI's HTTP API (/v1) until Ctrl-C or SIGTERM.
 
     MODEL is a model identifier: a Hugging Face name or folder (backend hf), `llama.cpp:PATH.gguf`,
@@ -106,7 +109,7 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
                         max_tokens=max_new_tokens, max_top_logprobs=max_top_logprobs,
                         max_logit_bias_entries=max_logit_bias, max_connections=max_connections,
                         max_outgoing_bytes=max_outgoing_bytes, handshake_timeout_s=handshake_timeout,
-                        shutdown_grace_s=shutdown_grace)
+                        shutdown_grace_s=shutdown_grace, openai_events_per_s=openai_events_per_s)
         try:
             serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
                   load_on_demand=load_on_demand, limits=limits, auth_token=auth_token,

@@ -37,6 +37,9 @@ class Limits:
     max_outgoing_bytes: int = 32 * 1024 * 1024
     handshake_timeout_s: float = 10.0  # a connection that sends no complete request is closed
     shutdown_grace_s: float = 10.0  # after SIGTERM, the longest wait for clients before closing
+    # OpenAI's streams: events a second the event loop writes at most, all streams together (many
+    # streams: each waits and sends the tokens produced meanwhile in one event); 0: every step
+    openai_events_per_s: float = 2000.0
 
     @property
     def default_max_tokens(self) -> int:
@@ -198,6 +201,9 @@ LOWEST_LOGPROB = -1e30  # stands in for -inf, which strict JSON cannot carry
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) else LOWEST_LOGPROB
+
+
+finite_logprob = _finite  # a log-prob as the wire carries it (-inf as LOWEST_LOGPROB)
 
 
 class TokenFields(Protocol):

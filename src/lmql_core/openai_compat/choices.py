@@ -6,10 +6,14 @@ strings are found in it here, and text that could still become one is held back 
 
 from __future__ import annotations
 
+import json
+import math
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmql_core.lmtp.wire import TokenFields, finite_logprob
 from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
 
 STOP, LENGTH = "stop", "length"
@@ -69,14 +73,27 @@ class Choice:
         if "error" in entry:
             self.error = str(entry["error"])
             return False
-        token = entry["token"]
+        top, finish = entry.get("top_logprobs"), entry.get("finish_reason")
+        return self._take(entry["token"], entry["logprob"], top, finish)
+
+    def add_event(self, event: TokenFields, finish_reason: str | None) -> bool:
+        """``add`` of the engine's event (not an error) whose wire finish reason is ``finish_reason``,
+        without making its LMTP entry."""
+        if self.done:
+            return False
+        logprob, top = finite_logprob(event.logprob), event.top_logprobs
+        if top is not None:  # as LMTP's entry: the chosen token first, the candidates' values win
+            top = {event.token: logprob, **{t: finite_logprob(lp) for t, lp in top.items()}}
+        return self._take(event.token, logprob, top, finish_reason)
+
+    def _take(self, token: int, logprob: float, top: Mapping[Any, float] | None, finish: str | None) -> bool:
         self.tokens += 1
-        self.logprobs.append(self.token_logprob(token, entry["logprob"], entry.get("top_logprobs")))
+        self.logprobs.append(self.token_logprob(token, logprob, top))
         self.text += self.decoder.push(token)
         if token in self.stop_token_ids:
             self.finish_reason = STOP
-        elif entry.get("finish_reason") is not None:
-            self.finish_reason = STOP if entry["finish_reason"] == STOP else LENGTH
+        elif finish is not None:
+            self.finish_reason = STOP if finish == STOP else LENGTH
         if self.done:
             self.text += self.decoder.flush()
         if self.stop and self._cut_at_stop():
@@ -94,11 +111,18 @@ class Choice:
         self.text = self.text[: min(found)]
         return True
 
-    def token_logprob(self, token: int, logprob: float | None, top: dict[str, float] | None) -> TokenLogprob:
-        ranked = sorted(((int(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])
+    def token_logprob(self, token: int, logprob: float | None,
+                      top: Mapping[Any, float] | None) -> TokenLogprob:
+        """``top``: candidates by token id (an int, or LMTP's string of it)."""
         piece = self._piece(token)
-        return TokenLogprob(token, self._label(token, piece), logprob,
-                            [(t, self._label(t, self._piece(t)), lp) for t, lp in ranked], len(piece))
+        label = self._label(token, piece)
+        if top and len(top) == 1:  # the usual: the chosen token alone
+            ((candidate, value),) = top.items()
+            if int(candidate) == token:
+                return TokenLogprob(token, label, logprob, [(token, label, value)], len(piece))
+        ranked = sorted(((int(t), lp) for t, lp in (top or {}).items()), key=lambda item: -item[1])
+        labelled = [(t, self._label(t, self._piece(t)), lp) for t, lp in ranked]
+        return TokenLogprob(token, label, logprob, labelled, len(piece))
 
     def _piece(self, token: int) -> str:
         piece = self.pieces.get(token)
@@ -148,6 +172,47 @@ def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any
                          {item.text: item.logprob} for item in items],
         "text_offset": offsets,
     }
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))
+_string = json.encoder.encode_basestring_ascii
+COMPLETION_DELTA_KEYS = ("index", "text", "logprobs", "finish_reason")
+COMPLETION_LOGPROBS_KEYS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+
+
+def delta_json(delta: dict[str, Any]) -> str:
+    """``json.dumps(delta)`` (compact), character for character; a /v1/completions delta (every
+    generated token of every stream goes through here) written directly: the generic encoder
+    costs the event loop more than the rest of the chunk's making."""
+    logprobs = delta.get("logprobs")
+    if (tuple(delta) != COMPLETION_DELTA_KEYS or type(delta["index"]) is not int
+            or not (logprobs is None or tuple(logprobs) == COMPLETION_LOGPROBS_KEYS)):
+        return _JSON.encode(delta)  # chat's, and any other shape
+    finish = delta["finish_reason"]
+    return (f'{{"index":{delta["index"]},"text":{_string(delta["text"])},"logprobs":'
+            f'{"null" if logprobs is None else _logprobs_json(logprobs)},'
+            f'"finish_reason":{"null" if finish is None else _string(finish)}}}')
+
+
+def _logprobs_json(logprobs: dict[str, Any]) -> str:
+    tops = ",".join([_top_json(top) for top in logprobs["top_logprobs"]])
+    return (f'{{"tokens":[{",".join(map(_string, logprobs["tokens"]))}],'
+            f'"token_logprobs":[{",".join(map(_number, logprobs["token_logprobs"]))}],'
+            f'"top_logprobs":[{tops}],"text_offset":[{",".join(map(str, logprobs["text_offset"]))}]}}')
+
+
+def _top_json(top: dict[str, float] | None) -> str:
+    if top is None:
+        return "null"
+    return "{" + ",".join([f"{_string(text)}:{_number(lp)}" for text, lp in top.items()]) + "}"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "null"
+    if math.isfinite(value):
+        return float.__repr__(value) if type(value) is float else _JSON.encode(value)
+    return _JSON.encode(value)  # Infinity, as json writes it
 
 
 def chat_logprobs(items: list[TokenLogprob], top: int) -> dict[str, Any]:

@@ -4,7 +4,6 @@ and metrics): routes, bodies, errors as HTTP statuses, server-sent events, disco
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -131,19 +130,9 @@ async def _stream(request: web.Request, completion: Completion) -> web.StreamRes
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     try:
-        try:
-            async for chunk in completion.chunks():
-                await response.write(_event(chunk))
-        except OpenAIError as error:  # after the headers: the error is an event of the stream
-            if error.status == 499:  # the client went away: nobody to tell
-                return response
-            await response.write(_event(error.body()))
-        await response.write(b"data: [DONE]\n\n")
+        async for data in completion.sse():
+            await response.write(data)
         await response.write_eof()
     except ConnectionError:  # the client went away while we wrote
         pass
     return response
-
-
-def _event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"

@@ -10,27 +10,54 @@ LMTP's, and its ``close()`` stops the engine's work when the client goes away.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from lmql_core.backend import ChatTemplates
+from lmql_core.engine.sequence import TokenEvent
 from lmql_core.errors import LMQLError, RequestError
 from lmql_core.lmtp import wire
-from lmql_core.lmtp.server.session import Session
+from lmql_core.lmtp.server.session import FINISH_REASONS, Outbox, Session
 from lmql_core.model_host import LoadedModel, ModelHost
 from lmql_core.openai_compat import requests
-from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs
+from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs, delta_json
 from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad_request
 
 SHUTTING_DOWN = "shutting down"  # in the engine's error when the server stops
+DONE = b"data: [DONE]\n\n"
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds one per call
+MAX_PAUSE_S = 0.25  # the longest a stream waits between its events when many share the loop
+MIN_PAUSE_S = 0.001  # shorter pauses are not worth a timer: the next step comes as fast
+
+
+class StreamPacer:
+    """Spaces the events of the streams on one event loop, when there are many, so that writing
+    them stays a small part of the loop's work: each event costs the interpreter tens of
+    microseconds (encoding, the write, waking the writer) for 64 streams every engine step on a
+    GPU. A stream that waits gets the tokens produced meanwhile in its next event (``_deltas``),
+    so fewer, larger events; a client reconstructs the same text, log-probs and finish."""
+
+    def __init__(self, events_per_s: float) -> None:
+        """``events_per_s``: for all the streams together (0: no pauses)."""
+        self.event_cost_s = 1 / events_per_s if events_per_s > 0 else 0.0
+        self.streams = 0  # streaming completions now
+
+    def pause(self) -> float:
+        """The least seconds between two events of a stream."""
+        pause = min(MAX_PAUSE_S, self.streams * self.event_cost_s)
+        return pause if pause >= MIN_PAUSE_S else 0.0
 
 
 class OpenAIService:
-    def __init__(self, host: ModelHost, limits: wire.Limits) -> None:
+    def __init__(self, host: ModelHost, limits: wire.Limits, pacer: StreamPacer | None = None) -> None:
+        """``pacer``: how the streams on the loop space their events (default: ``limits``')."""
         self.host = host
         self.limits = limits
+        self.pacer = pacer or StreamPacer(limits.openai_events_per_s)
+        self._outboxes: dict[asyncio.AbstractEventLoop, Outbox] = {}
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [
@@ -42,7 +69,9 @@ class OpenAIService:
         """A started completion (its streams are in the engine's queue)."""
         k = self.limits.max_top_logprobs
         request = requests.chat_request(body, k) if chat else requests.completion_request(body, k)
-        completion = Completion(self.host, self.limits, request)
+        loop = asyncio.get_running_loop()
+        outbox = self._outboxes.get(loop) or self._outboxes.setdefault(loop, Outbox(loop))
+        completion = Completion(self.host, self.limits, request, outbox, self.pacer)
         await completion.begin()
         return completion
 
@@ -70,6 +99,11 @@ class OpenAIService:
 
 def _ignore(command: str, payload: Any) -> None:
     pass
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    """One server-sent event of a stream."""
+    return b"data: " + _JSON.encode(payload).encode() + b"\n\n"
 
 
 async def _model(session: Session, name: str) -> LoadedModel:
@@ -111,10 +145,14 @@ class Completion:
     """One request's choices, each an LMTP stream of the request's own session (stream id: the
     choice's index); with ``echo``, a SCORE stream per prompt gives the prompt's log-probs."""
 
-    def __init__(self, host: ModelHost, limits: wire.Limits, request: CompletionRequest) -> None:
+    def __init__(self, host: ModelHost, limits: wire.Limits, request: CompletionRequest,
+                 outbox: Outbox | None = None, pacer: StreamPacer | None = None) -> None:
+        """``outbox``: shared by the completions on one event loop (one wake-up per engine step);
+        ``pacer``: spaces the stream's events when many streams share the loop."""
         self.request = request
+        self.pacer = pacer
         self.limits = limits
-        self.session = Session(host, self._receive, limits)
+        self.session = Session(host, self._receive, limits, outbox=outbox, raw_events=True)
         kind = "chatcmpl" if request.chat else "cmpl"
         self.id = f"{kind}-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -208,7 +246,15 @@ class Completion:
     # --- results, as the engine delivers them (on the event loop) ----------------------------
 
     def _receive(self, command: str, payload: Any) -> None:
+        """TOKEN payloads: the engine's events (``raw_events``), or entries (errors)."""
         for entry in payload if isinstance(payload, list) else []:
+            if type(entry) is TokenEvent:
+                sid = entry.stream_id
+                if entry.error is None and type(sid) is int and 0 <= sid < len(self.choices):
+                    if self.choices[sid].add_event(entry, FINISH_REASONS[entry.finish_reason]):
+                        self.session.cancel(sid)
+                    continue
+                entry = wire.token_entry(entry, FINISH_REASONS)
             sid = entry.get("stream_id")
             if isinstance(sid, int) and 0 <= sid < len(self.choices):
                 if self.choices[sid].add(entry):
@@ -271,22 +317,60 @@ class Completion:
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         """The answer as stream chunks: text as it is decoded, each choice's end, then (asked
-        with ``stream_options.include_usage``) the usage."""
-        offsets = [0] * len(self.choices)
-        while True:
-            if not self._echoes:  # the prompts' log-probs go first
-                self._raise_errors()
-                for choice in self.choices:
-                    chunk = self._chunk(choice, offsets)
-                    if chunk is not None:
-                        yield chunk
-                if len(self._finish_sent) == len(self.choices):
-                    break
-            await self._next_change()
+        with ``stream_options.include_usage``) the usage. A consumer that falls behind gets the
+        tokens produced meanwhile in one chunk per choice (text and log-probs concatenated)."""
+        head = self._chunk_head()
+        async for deltas in self._deltas():
+            for delta in deltas:
+                yield {**head, "choices": [delta]}
         if self.request.include_usage:
-            yield {**self._chunk_head(), "choices": [], "usage": self.usage()}
+            yield self._usage_chunk()
 
-    def _chunk(self, choice: Choice, offsets: list[int]) -> dict[str, Any] | None:
+    async def sse(self) -> AsyncIterator[bytes]:
+        """``chunks()`` as the bytes of server-sent events, those ready together in one piece, then
+        ``data: [DONE]``; an error after the start is an event of the stream. Ends without
+        ``[DONE]`` when the client went away (``close``)."""
+        head = _JSON.encode(self._chunk_head())[:-1].encode()
+        prefix, suffix = b"data: " + head + b',"choices":[', b"]}\n\n"
+        try:
+            async for deltas in self._deltas():
+                yield b"".join([prefix + delta_json(delta).encode() + suffix for delta in deltas])
+            tail = sse_event(self._usage_chunk()) if self.request.include_usage else b""
+        except OpenAIError as error:
+            if error.status == 499:  # nobody to tell
+                return
+            tail = sse_event(error.body())
+        yield tail + DONE
+
+    async def _deltas(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Each time the engine has delivered (or, paced, after the pause): the choices' news
+        since the last time."""
+        offsets = [0] * len(self.choices)
+        pacer, loop = self.pacer or StreamPacer(0), asyncio.get_running_loop()
+        pacer.streams += 1
+        last_sent = 0.0
+        try:
+            while True:
+                if not self._echoes:  # the prompts' log-probs go first
+                    self._raise_errors()
+                    news = (self._delta(choice, offsets) for choice in self.choices)
+                    deltas = [d for d in news if d is not None]
+                    if deltas:
+                        yield deltas
+                        last_sent = loop.time()
+                    if len(self._finish_sent) == len(self.choices):
+                        break
+                await self._next_change()
+                wait = pacer.pause() - (loop.time() - last_sent)  # news sooner than the pause: it waits
+                if wait >= MIN_PAUSE_S:
+                    await asyncio.sleep(wait)
+        finally:
+            pacer.streams -= 1
+
+    def _usage_chunk(self) -> dict[str, Any]:
+        return {**self._chunk_head(), "choices": [], "usage": self.usage()}
+
+    def _delta(self, choice: Choice, offsets: list[int]) -> dict[str, Any] | None:
         if choice.index in self._finish_sent:
             return None
         text, items = choice.releasable_text(), choice.new_logprobs()
@@ -308,7 +392,7 @@ class Completion:
             body["logprobs"] = None if k is None else completion_logprobs(items, offsets[choice.index])
             offsets[choice.index] += sum(item.length for item in items)
         body["finish_reason"] = finish
-        return {**self._chunk_head(), "choices": [body]}
+        return body
 
     def _chunk_head(self) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.request.chat else "text_completion"

@@ -27,12 +27,55 @@ FINISH_REASONS: wire.Reasons = {None: None, Finish.EOS: wire.STOP, Finish.SCORED
 STALE_EVENTS_S = 10.0  # a cancelled sequence's last events reach the session within a step
 
 
+class Outbox:
+    """Token events the engine thread delivered to sessions on one event loop, not yet handed to
+    them. Steps that arrive while the loop is still due to take earlier ones go with them: waking
+    the loop costs the engine thread a system call and a turn for the interpreter's lock. Sessions
+    may share one (OpenAI's completions: a session per request, one wake-up per step for all)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: dict[Session, list[TokenEvent]] = {}
+        self._lock = threading.Lock()
+        self._due = False  # the event loop has been asked to drain
+
+    def post(self, session: Session, events: list[TokenEvent]) -> None:
+        """Called on the engine thread."""
+        with self._lock:
+            pending = self._pending.get(session)
+            if pending is None:
+                self._pending[session] = list(events)
+            else:
+                pending.extend(events)
+            if self._due:
+                return
+            self._due = True
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def drop(self, session: Session, stream_ids: set[Any]) -> None:
+        """Forget ``session``'s events of these streams not handed over yet."""
+        with self._lock:
+            pending = self._pending.get(session)
+            if pending:
+                pending[:] = [e for e in pending if e.stream_id not in stream_ids]
+
+    def _drain(self) -> None:
+        with self._lock:
+            pending, self._pending, self._due = self._pending, {}, False
+        for session, events in pending.items():
+            session.send_events(events)
+
+
 class Session:
     def __init__(self, host: ModelHost, send: Send, limits: wire.Limits | None = None,
-                 encode_tokens: bool = False) -> None:
+                 encode_tokens: bool = False, outbox: Outbox | None = None, raw_events: bool = False) -> None:
         """``encode_tokens``: send TOKEN payloads in their JSON form (``wire.Encoded``), for
-        a transport that writes text anyway; written directly, that is cheaper than dictionaries."""
+        a transport that writes text anyway; written directly, that is cheaper than dictionaries.
+        ``outbox``: shared with other sessions on this loop (default: one of its own).
+        ``raw_events``: TOKEN payloads are the engine's ``TokenEvent``s themselves (a transport in
+        this process that reads them directly; errors of requests still come as entries)."""
         self.host = host
+        self.raw_events = raw_events
         self.encode_tokens = encode_tokens
         self.limits = limits or wire.Limits()
         self._send = send
@@ -41,9 +84,7 @@ class Session:
         # those that ended are dropped when a new stream needs their id or room (``_running``)
         self._active: dict[Any, tuple[Sequence, LoadedModel]] = {}
         self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
-        self._outbox: list[TokenEvent] = []  # delivered by the engine, not yet sent
-        self._outbox_lock = threading.Lock()
-        self._drain_due = False  # the event loop has been asked to send the outbox
+        self._outbox = outbox or Outbox(self._loop)  # delivered by the engine, not yet sent
         # streams ended by ``end_all``: events of theirs the engine had produced already are dropped
         self._stale: set[Any] = set()
         self.closed = False
@@ -177,27 +218,20 @@ class Session:
         model.engine.submit(seq)
 
     def _deliver(self, events: list[TokenEvent]) -> None:
-        """Called on the engine thread with one step's events for this session. Steps that
-        arrive while the loop is still due to send earlier ones go out in the same frame: waking
-        the loop costs the engine thread a system call and a turn for the interpreter's lock."""
-        if self.closed:
-            return
-        with self._outbox_lock:
-            self._outbox.extend(events)
-            if self._drain_due:
-                return
-            self._drain_due = True
-        self._loop.call_soon_threadsafe(self._send_tokens)
+        """Called on the engine thread with one step's events for this session."""
+        if not self.closed:
+            self._outbox.post(self, events)
 
-    def _send_tokens(self) -> None:
-        with self._outbox_lock:
-            events, self._outbox, self._drain_due = self._outbox, [], False
+    def send_events(self, events: list[TokenEvent]) -> None:
+        """On the event loop: the events the engine delivered since the last call, as one frame."""
         if self._stale:
             events = [e for e in events if e.stream_id not in self._stale]
             if not events:
                 return
-        entries: list[dict[str, Any]] | wire.Encoded
-        if self.encode_tokens and not self._decoders:  # text mode's entries carry decoded text too
+        entries: list[dict[str, Any]] | wire.Encoded | list[TokenEvent]
+        if self.raw_events and not self._decoders:
+            entries = events
+        elif self.encode_tokens and not self._decoders:  # text mode's entries carry decoded text too
             entries = wire.token_entries_json(events, FINISH_REASONS)
         else:
             entries = [self._entry(e) for e in events]
@@ -233,8 +267,7 @@ class Session:
         ended = list(self._running())
         self._cancel_all()
         self._stale.update(ended)
-        with self._outbox_lock:  # their tokens not sent yet are dropped with them
-            self._outbox = [e for e in self._outbox if e.stream_id not in self._stale]
+        self._outbox.drop(self, self._stale)  # their tokens not sent yet are dropped with them
         self._loop.call_later(STALE_EVENTS_S, self._stale.difference_update, ended)
         self._send("TOKEN", [{"stream_id": sid, "error": message} for sid in ended])
 

@@ -1,0 +1,100 @@
+"""A stream whose consumer falls behind, or whose events are paced because many streams share
+the server's loop, gets several tokens in one chunk; what a client reconstructs from the chunks
+(text, tokens, log-probs, offsets, finish, usage) is exactly the whole answer of the same request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from lmql_core.identifiers import parse_model_id
+from lmql_core.lmtp import wire
+from lmql_core.model_host import ModelHost, load_model
+from lmql_core.openai_compat.service import OpenAIService, StreamPacer
+
+REQUEST = {"model": "lmql-tiny", "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0,
+           "logprobs": 2, "stream_options": {"include_usage": True}}
+
+
+async def answers(pacer: StreamPacer, read: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The whole answer, and the same request's stream chunks read slowly (``read``: "blocking",
+    the loop held up after each chunk; "sse", the events' bytes parsed as a client does)."""
+    host = ModelHost()
+    host.add(await asyncio.to_thread(load_model, parse_model_id("lmql-tiny")))
+    try:
+        service = OpenAIService(host, wire.Limits(), pacer)
+        whole = await (await service.completion(dict(REQUEST), chat=False)).result()
+        completion = await service.completion({**REQUEST, "stream": True}, chat=False)
+        chunks = []
+        if read == "blocking":
+            async for chunk in completion.chunks():
+                chunks.append(chunk)
+                time.sleep(0.03)  # the loop is stuck; the engine goes on generating
+        else:
+            async for data in completion.sse():
+                chunks += [json.loads(event[6:]) for event in data.split(b"\n\n")
+                           if event.startswith(b"data: {")]
+            assert data.endswith(b"data: [DONE]\n\n")
+        completion.close()
+        return whole, chunks
+    finally:
+        host.close()
+
+
+def reconstructed(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The choice a streaming client puts together from the chunks."""
+    text_chunks = [c["choices"][0] for c in chunks if c["choices"]]
+    joined: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for choice in text_chunks:
+        for key, values in joined.items():
+            values += choice["logprobs"][key]
+    return {"index": 0, "text": "".join(c["text"] for c in text_chunks), "logprobs": joined,
+            "finish_reason": text_chunks[-1]["finish_reason"]}
+
+
+def check_coalesced_equals_whole(pacer: StreamPacer, read: str) -> None:
+    whole, chunks = asyncio.run(answers(pacer, read))
+    token_counts = [len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks if c["choices"]]
+    assert sum(token_counts) == 24
+    assert max(token_counts) > 1, token_counts  # tokens did come together
+    mine, reference = reconstructed(chunks), whole["choices"][0]
+    assert mine["text"] == reference["text"] and mine["finish_reason"] == reference["finish_reason"]
+    for key in ("tokens", "text_offset"):
+        assert mine["logprobs"][key] == reference["logprobs"][key]
+    # the same tokens; their log-probs to float32's rounding (the engine batched them differently)
+    assert mine["logprobs"]["token_logprobs"] == pytest.approx(reference["logprobs"]["token_logprobs"], abs=1e-4)
+    for top, expected in zip(mine["logprobs"]["top_logprobs"], reference["logprobs"]["top_logprobs"], strict=True):
+        assert top == pytest.approx(expected, abs=1e-4)
+    assert chunks[-1]["usage"] == whole["usage"] and not chunks[-1]["choices"]
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-2])
+
+
+def test_a_consumer_behind_gets_the_tokens_since_in_one_chunk() -> None:
+    check_coalesced_equals_whole(StreamPacer(0), "blocking")
+
+
+def test_paced_events_carry_several_tokens_and_reconstruct_the_answer() -> None:
+    pacer = StreamPacer(events_per_s=25)  # one stream: 40 ms between its events
+    assert pacer.pause() == 0.0  # no stream yet
+    check_coalesced_equals_whole(pacer, "sse")
+    assert pacer.streams == 0  # the stream left the pacer when it ended
+
+
+def test_deltas_are_written_as_json_dumps_writes_them() -> None:
+    from lmql_core.openai_compat.choices import delta_json
+
+    logprobs = {"tokens": [" é\"\\\n", "token_id:7", "\u2028😀"], "token_logprobs": [None, -0.5, -1e30],
+                "top_logprobs": [None, {"a": -0.25, "b": float("-inf")}, {"\u2028😀": -3.0000000000000004}],
+                "text_offset": [0, 5, 16]}
+    deltas = [
+        {"index": 0, "text": " é\"\\\ntoken😀", "logprobs": logprobs, "finish_reason": None},
+        {"index": 3, "text": "", "logprobs": None, "finish_reason": "length"},
+        {"index": 1, "text": "x", "logprobs": {**logprobs, "tokens": []}, "finish_reason": "stop"},
+        {"index": 0, "delta": {"content": "hi"}, "logprobs": None, "finish_reason": None},  # chat's
+    ]
+    for delta in deltas:
+        assert delta_json(delta) == json.dumps(delta, separators=(",", ":"))
