@@ -21,6 +21,35 @@ STOP, LENGTH = "stop", "length"
 _PIECES: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
 
 
+class FastDecode:
+    """A transformers tokenizer's ``decode`` through its Rust backend: the same text where the
+    tokenizer cleans up no spaces, at a tenth of the cost (a stream decodes every token twice,
+    and at 64 streams on a GPU transformers' own ``decode`` was most of the server's time)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.backend.decode(ids, skip_special_tokens=False))
+
+
+_FAST: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def fast_decoding(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer``, or for a transformers fast tokenizer that cleans up no spaces, its backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return tokenizer
+    try:
+        fast = _FAST.get(tokenizer)
+        if fast is None:
+            fast = _FAST[tokenizer] = FastDecode(backend)
+    except TypeError:  # not weakly referenceable
+        return tokenizer
+    return fast  # type: ignore[no-any-return]
+
+
 def pieces_of(tokenizer: Tokenizer) -> dict[int, str]:
     pieces = _PIECES.get(tokenizer)
     if pieces is None:
@@ -48,7 +77,7 @@ class Choice:
         self.stop = stop
         self.stop_token_ids = set(stop_token_ids)
         skip = {eos_token_id} if eos_token_id is not None else set()
-        self.decoder = IncrementalDecoder(tokenizer, skip | self.stop_token_ids)
+        self.decoder = IncrementalDecoder(fast_decoding(tokenizer), skip | self.stop_token_ids)
         self.prefix = ""  # echo: the prompt's text
         self.prefix_logprobs: list[TokenLogprob] = []
         self.text = ""  # the completion's text (cut at a stop string once one is found)
