@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+
 from lmql_core.cli import _errors, model_and_loader_args
 from lmql_core.errors import LMQLError
 from lmql_core.lmtp.wire import Limits
@@ -71,7 +72,6 @@ def cluster_config(args: list[str], model: str, backend: str | None, cuda: bool,
     from lmql_core import plugins
     from lmql_core.identifiers import parse_model_id
     from lmql_core.options import command_line_pairs
-
     from lmql_ray.deploy import ClusterConfig
 
     model, loader_args = model_and_loader_args(model, args)

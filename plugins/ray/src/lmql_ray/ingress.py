@@ -13,9 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
-from lmql_core.lmtp import wire
 from ray import serve
 
+from lmql_core.lmtp import wire
 from lmql_ray import relay
 
 app = FastAPI()

@@ -15,7 +15,6 @@ from typing import Any
 
 from lmql_core.errors import RequestError, shown
 from lmql_core.lmtp import wire
-
 from lmql_ray.policy import routing_key
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,8 @@ class LMTPBridge:
         return None
 
     async def _relay(self, command: str, body: dict[str, Any], stream_id: Any) -> None:
-        response = self.replicas.options(stream=True).lmtp.remote(command, body, routing_key=routing_key(body))
+        streaming = self.replicas.options(stream=True)
+        response = streaming.lmtp.remote(command, body, routing_key=routing_key(body))
         try:
             async for batch in response:
                 for frame_command, payload in batch:

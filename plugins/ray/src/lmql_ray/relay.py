@@ -15,9 +15,9 @@ from typing import Any
 
 from fastapi import Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
 from lmql_core.lmtp import wire
 from lmql_core.openai_compat.requests import OpenAIError, parse_json
-
 from lmql_ray.lmtp_bridge import LMTPBridge
 from lmql_ray.metrics_text import merge_metrics
 from lmql_ray.policy import routing_key
@@ -59,7 +59,8 @@ class Relay:
             parsed = parse_json(body)
         except OpenAIError as error:
             return JSONResponse(error.body(), status_code=error.status)
-        call = self.replicas.options(stream=True).openai_call.remote(route, parsed, routing_key=routing_key(parsed))
+        streaming = self.replicas.options(stream=True)
+        call = streaming.openai_call.remote(route, parsed, routing_key=routing_key(parsed))
         try:
             _, replica = await call.__anext__()
             kind, value = await call.__anext__()
@@ -104,7 +105,8 @@ class Relay:
             call = getattr(self.replicas, method).remote(pin_replica=name)
             return await asyncio.wait_for(call, REPLICA_CALL_TIMEOUT_S)
         except Exception as error:  # dead, restarting, or not a replica of ours
-            return {"status": "unreachable", "replica": name, "error": f"{type(error).__name__}: {error}"[:300]}
+            problem = f"{type(error).__name__}: {error}"[:300]
+            return {"status": "unreachable", "replica": name, "error": problem}
 
     async def replica_names(self) -> list[str]:
         """The live replicas, as the router of this process knows them."""
@@ -114,8 +116,8 @@ class Relay:
 
 
 def _replica_failed(error: Exception) -> OpenAIError:
-    return OpenAIError(503, f"the replica serving this request failed ({type(error).__name__}); send it again",
-                       kind="service_unavailable")
+    return OpenAIError(503, f"the replica serving this request failed ({type(error).__name__}); "
+                       "send it again", kind="service_unavailable")
 
 
 async def _events(first: Any, call: Any) -> AsyncIterator[bytes]:
