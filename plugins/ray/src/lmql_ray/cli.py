@@ -52,7 +52,7 @@ def serve_cluster(ctx: click.Context, model: str, replicas: int, min_replicas: i
     Without --ray-address a local Ray starts here; with it, the replicas go wherever that
     cluster has room. Further `--KEY VALUE` pairs go to the backend's loader, as with serve-model.
     """
-    from lmql_ray.deploy import start
+    from lmql_ray.deploy import serve_until_stopped
 
     with _errors():
         config = cluster_config(ctx.args, model, backend, cuda, dtype, replicas=replicas,
@@ -61,9 +61,8 @@ def serve_cluster(ctx: click.Context, model: str, replicas: int, min_replicas: i
                                 gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
                                 router_kwargs={"round_robin": routing == "round-robin",
                                                "imbalance_threshold": imbalance})
-        click.echo(f"Deploying {config.model}: {_describe(config)} on "
-                   f"{ray_address or 'a local Ray'}; serving on ws://{host}:{port}/ and http://{host}:{port}/v1")
-        start(config, host=host, port=port, ray_address=ray_address, blocking=True)
+        click.echo(f"Deploying {config.model}: {_describe(config)} on {ray_address or 'a local Ray'}")
+        serve_until_stopped(config, host, port, ray_address, announce=click.echo)
 
 
 def cluster_config(args: list[str], model: str, backend: str | None, cuda: bool, dtype: str | None,

@@ -4,6 +4,10 @@ Ray or a cluster."""
 
 from __future__ import annotations
 
+import signal
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,20 +92,38 @@ def build_app(config: ClusterConfig) -> Any:
 
 
 def start(config: ClusterConfig, host: str = "127.0.0.1", port: int = 8080,
-          ray_address: str | None = None, blocking: bool = False) -> str:
+          ray_address: str | None = None) -> str:
     """Deploy on the Ray cluster at ``ray_address`` (None: a local Ray started here) and return
-    the endpoint ``host:port``; ``blocking`` serves until Ctrl-C."""
+    the endpoint ``host:port`` once every replica has loaded."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         ray.init(address=ray_address, namespace="lmql", log_to_driver=False, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=blocking)
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     return f"{host}:{port}"
 
 
-def stop() -> None:
+def serve_until_stopped(config: ClusterConfig, host: str, port: int, ray_address: str | None,
+                        announce: Callable[[str], None] = print) -> None:
+    """``start``, then serve until Ctrl-C or SIGTERM; then remove the application (a cluster we
+    joined keeps running) or stop the local Ray we started."""
+    import ray
     from ray import serve
 
-    serve.delete(APP_NAME)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        endpoint = start(config, host, port, ray_address)
+        announce(f"Serving on ws://{endpoint}/ (LMTP) and http://{endpoint}/v1 (OpenAI); Ctrl-C stops")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if ray.is_initialized():
+            if ray_address is None:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
+            ray.shutdown()

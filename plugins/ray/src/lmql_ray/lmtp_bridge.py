@@ -15,6 +15,7 @@ from typing import Any
 
 from lmql_core.errors import RequestError, shown
 from lmql_core.lmtp import wire
+from lmql_ray import calls
 from lmql_ray.policy import routing_key
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ class LMTPBridge:
         return None
 
     async def _relay(self, command: str, body: dict[str, Any], stream_id: Any) -> None:
-        streaming = self.replicas.options(stream=True)
-        response = streaming.lmtp.remote(command, body, routing_key=routing_key(body))
+        response = calls.call(self.replicas, "lmtp", command, body, stream=True, routing_key=routing_key(body))
         try:
             async for batch in response:
                 for frame_command, payload in batch:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from lmql_core.lmtp import wire
 from lmql_core.openai_compat.requests import OpenAIError, parse_json
+from lmql_ray import calls
 from lmql_ray.lmtp_bridge import LMTPBridge
 from lmql_ray.metrics_text import merge_metrics
 from lmql_ray.policy import routing_key
@@ -47,7 +48,7 @@ class Relay:
             await bridge.close()
 
     async def models(self) -> Any:
-        return await self.replicas.models.remote()
+        return await calls.call(self.replicas, "models")
 
     async def openai(self, route: str, request: Request) -> Response:
         """``route``: completion, chat, tokenize, detokenize (``ModelReplica.openai_call``)."""
@@ -59,8 +60,8 @@ class Relay:
             parsed = parse_json(body)
         except OpenAIError as error:
             return JSONResponse(error.body(), status_code=error.status)
-        streaming = self.replicas.options(stream=True)
-        call = streaming.openai_call.remote(route, parsed, routing_key=routing_key(parsed))
+        call = calls.call(self.replicas, "openai_call", route, parsed, stream=True,
+                          routing_key=routing_key(parsed))
         try:
             _, replica = await call.__anext__()
             kind, value = await call.__anext__()
@@ -102,8 +103,8 @@ class Relay:
 
     async def _from_replica(self, name: str, method: str) -> Any:
         try:
-            call = getattr(self.replicas, method).remote(pin_replica=name)
-            return await asyncio.wait_for(call, REPLICA_CALL_TIMEOUT_S)
+            return await asyncio.wait_for(calls.call(self.replicas, method, pin_replica=name),
+                                          REPLICA_CALL_TIMEOUT_S)
         except Exception as error:  # dead, restarting, or not a replica of ours
             problem = f"{type(error).__name__}: {error}"[:300]
             return {"status": "unreachable", "replica": name, "error": problem}
@@ -111,7 +112,7 @@ class Relay:
     async def replica_names(self) -> list[str]:
         """The live replicas, as the router of this process knows them."""
         if self.deployment_name not in ROUTERS:  # no call has gone through the handle: one makes it
-            await self.replicas.models.remote()
+            await calls.call(self.replicas, "models")
         return ROUTERS[self.deployment_name].replica_names()
 
 

@@ -39,6 +39,8 @@ class PrefixAffinityRouter(RequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         by_id = {replica.replica_id: replica for replica in candidate_replicas}
         kwargs = pending_request.kwargs if pending_request is not None else {}
+        if pending_request is not None:  # every replica is ranked: if none takes it, wait before asking again
+            pending_request.routing_context.should_backoff = True
         pinned = kwargs.get("pin_replica")
         if pinned is not None:
             return [[r for r in candidate_replicas if r.replica_id.unique_id == pinned]]
@@ -84,3 +86,4 @@ class PrefixAffinityRouter(RequestRouter):
     def replica_names(self) -> list[str]:
         """The live replicas' ids (``ReplicaID.unique_id``)."""
         return sorted(replica_id.unique_id for replica_id in list(self.curr_replicas))
+
