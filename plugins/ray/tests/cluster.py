@@ -63,11 +63,14 @@ class Cluster:
         return dict(answer["replicas"])
 
     def output(self) -> str:
+        if self.log.closed:
+            return self.final_output
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> int:
-        """SIGTERM: the command removes its application and stops the local Ray it started."""
+        """SIGTERM: the command removes its application and stops the local Ray it started;
+        ``output()`` still reads the log afterwards."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -75,6 +78,7 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self.final_output = self.output()
         self.log.close()
         return self.proc.returncode
 

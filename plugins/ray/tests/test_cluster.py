@@ -24,6 +24,7 @@ from plugins.ray.tests.cluster import Cluster, reused, served  # noqa: E402
 MODEL = "lmql-tiny"
 VOCAB = 2048  # lmql-tiny's
 BOS = 1
+NO_EOS = {"logit_bias": {"2": -100}}  # streams that run to max_tokens
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,25 @@ def test_lmtp_generate_and_score_equal_a_single_server(cluster: Cluster, single:
     }
     ours = without_errors(streams(cluster.endpoint, requests))
     reference = without_errors(streams(single.endpoint, requests))
-    assert ours == reference
-    assert len(ours["score"]) == 4 and len(ours["greedy"]) == 16
+    assert set(ours) == set(reference)
+    for sid, entries in ours.items():
+        assert same_entries(entries, reference[sid]), (sid, entries, reference[sid])
+    assert len(ours["score"]) == 4 and ours["score"][-1]["finish_reason"] == "stop"
+
+
+def same_entries(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> bool:
+    """Entries equal but for the last digits of log-probabilities (which batch a request shares
+    changes them, on one server as on two)."""
+    def exact(entry: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in entry.items() if k not in ("logprob", "top_logprobs")} | {
+            "top": sorted(entry.get("top_logprobs", {}))}
+
+    def numbers(entry: dict[str, Any]) -> list[float]:
+        return [entry["logprob"], *(v for _, v in sorted(entry.get("top_logprobs", {}).items()))]
+
+    pairs = zip(ours, theirs, strict=True)
+    return ([exact(e) for e in ours] == [exact(e) for e in theirs]
+            and all(numbers(a) == pytest.approx(numbers(b), abs=1e-4) for a, b in pairs))
 
 
 def test_our_client_generates_and_scores_as_with_a_single_server(cluster: Cluster, single: Server) -> None:
@@ -82,8 +100,12 @@ def test_our_client_generates_and_scores_as_with_a_single_server(cluster: Cluste
         llm = api.model(MODEL, endpoint=server.endpoint)
         scored = llm.score_sync("The cat sat on the", [" mat", " hat"])
         results.append((llm.generate_sync("Once upon a time", max_tokens=12), scored.token_scores))
-    assert results[0] == results[1]
-    assert len(results[0][1]) == 2
+    (text, scores), (reference_text, reference_scores) = results
+    assert text == reference_text
+    assert len(scores) == 2
+    # the two continuations may share a batch on one server and not on two replicas: last digits differ
+    for ours, theirs in zip(scores, reference_scores, strict=True):
+        assert ours == pytest.approx(theirs, abs=1e-4)
 
 
 def test_openai_client_answers_as_with_a_single_server(cluster: Cluster, single: Server) -> None:
@@ -100,8 +122,8 @@ def test_openai_client_answers_as_with_a_single_server(cluster: Cluster, single:
                         echoed.choices[0].logprobs.token_logprobs,
                         "".join(chunk.choices[0].text for chunk in chunks)))
     assert answers[0] == answers[1]
-    assert [m.id for m in openai.OpenAI(base_url=f"http://{cluster.endpoint}/v1", api_key="x").models.list()] \
-        == [MODEL]
+    listed = openai.OpenAI(base_url=f"http://{cluster.endpoint}/v1", api_key="x").models.list()
+    assert [m.id for m in listed] == [MODEL]
 
 
 def test_a_bad_openai_request_is_answered_as_by_a_single_server(cluster: Cluster, single: Server) -> None:
@@ -116,7 +138,7 @@ def test_a_bad_openai_request_is_answered_as_by_a_single_server(cluster: Cluster
 
 def test_100_concurrent_streams_spread_over_both_replicas(cluster: Cluster) -> None:
     before = served(cluster.health())
-    requests = {sid: ("GENERATE", {"prompt": prompt(100 + sid), "max_tokens": 8, "temperature": 0})
+    requests = {sid: ("GENERATE", {"prompt": prompt(100 + sid), "max_tokens": 8, "temperature": 0, **NO_EOS})
                 for sid in range(100)}
     entries = without_errors(streams(cluster.endpoint, requests))
     assert all(stream[-1]["finish_reason"] == "length" and len(stream) == 8 for stream in entries.values())
@@ -151,37 +173,39 @@ def test_health_and_metrics_per_replica_and_aggregated(cluster: Cluster) -> None
     status, text = cluster.get("/metrics")
     assert status == 200
     for name in health:
-        assert f'lmql_tokens_generated{{replica="{name}",model="{MODEL}"}}' in text
+        assert f'lmql_tokens_generated_total{{replica="{name}",model="{MODEL}"}}' in text
         status, own = cluster.get(f"/replicas/{name}/metrics")
-        assert status == 200 and "lmql_tokens_generated{" in own and "replica=" not in own
+        assert status == 200 and "lmql_tokens_generated_total{" in own and "replica=" not in own
         status, one = cluster.get(f"/replicas/{name}/health")
         assert status == 200 and one["replica"] == name
-    assert text.count("# TYPE lmql_tokens_generated counter") == 1
+    assert text.count("# TYPE lmql_tokens_generated_total counter") == 1
     status, missing = cluster.get("/replicas/no-such-replica/health")
     assert status == 503 and missing["status"] == "unreachable"
 
 
 def test_killing_a_replica_ends_only_its_streams_and_the_next_requests_succeed(cluster: Cluster) -> None:
-    requests = {sid: ("GENERATE", {"prompt": prompt(300 + sid), "max_tokens": 480, "temperature": 0})
-                for sid in range(8)}
+    requests = {sid: ("GENERATE", {"prompt": prompt(300 + sid), "max_tokens": 480, "temperature": 0,
+                                   **NO_EOS}) for sid in range(8)}
+    victims = []
 
     async def run() -> dict[Any, list[dict[str, Any]]]:
         async with RawClient(cluster.endpoint) as c:
             for sid, (command, body) in requests.items():
                 await c.send(command, {"model": MODEL, "stream_id": sid, **body})
-            await asyncio.sleep(0)
             victim = await asyncio.to_thread(busy_replica, cluster)
             os.kill(victim["pid"], signal.SIGKILL)
+            victims.append(victim)
             return await c.collect(set(requests), timeout=180)
 
     entries = asyncio.run(run())
     failed = [sid for sid, stream in entries.items() if "error" in stream[-1]]
     finished = [sid for sid, stream in entries.items() if stream[-1].get("finish_reason") == "length"]
-    assert failed and finished and len(failed) + len(finished) == 8, entries
-    assert all("replica serving this stream failed" in entries[sid][-1]["error"] for sid in failed)
-    assert all(len(entries[sid]) == 480 for sid in finished)
+    assert len(failed) == victims[0]["ongoing"] and len(failed) + len(finished) == 8, entries
+    errors = [entries[sid][-1]["error"] for sid in failed]
+    assert all("the replica serving this stream failed" in error for error in errors), errors
+    assert [len(entries[sid]) for sid in finished] == [480] * len(finished)
     after = without_errors(streams(cluster.endpoint, {sid: ("GENERATE", {
-        "prompt": prompt(400 + sid), "max_tokens": 4, "temperature": 0}) for sid in range(6)}))
+        "prompt": prompt(400 + sid), "max_tokens": 4, "temperature": 0, **NO_EOS}) for sid in range(6)}))
     assert all(len(stream) == 4 for stream in after.values())
     cluster.wait_healthy(180)  # Ray restarts the replica
 

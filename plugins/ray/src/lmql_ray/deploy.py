@@ -95,14 +95,20 @@ def start(config: ClusterConfig, host: str = "127.0.0.1", port: int = 8080,
           ray_address: str | None = None) -> str:
     """Deploy on the Ray cluster at ``ray_address`` (None: a local Ray started here) and return
     the endpoint ``host:port`` once every replica has loaded."""
-    import ray
     from ray import serve
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address, namespace="lmql", log_to_driver=False, include_dashboard=False)
+    connect(ray_address)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     return f"{host}:{port}"
+
+
+def connect(ray_address: str | None) -> None:
+    """Join the cluster at ``ray_address``, or start a local Ray (None)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, namespace="lmql", log_to_driver=False, include_dashboard=False)
 
 
 def serve_until_stopped(config: ClusterConfig, host: str, port: int, ray_address: str | None,
@@ -112,8 +118,9 @@ def serve_until_stopped(config: ClusterConfig, host: str, port: int, ray_address
     import ray
     from ray import serve
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
+        connect(ray_address)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init, which sets its own
         endpoint = start(config, host, port, ray_address)
         announce(f"Serving on ws://{endpoint}/ (LMTP) and http://{endpoint}/v1 (OpenAI); Ctrl-C stops")
         while True:

@@ -68,7 +68,8 @@ class LMTPBridge:
         return None
 
     async def _relay(self, command: str, body: dict[str, Any], stream_id: Any) -> None:
-        response = calls.call(self.replicas, "lmtp", command, body, stream=True, routing_key=routing_key(body))
+        key = routing_key(body)
+        response = calls.call(self.replicas, "lmtp", command, body, stream=True, routing_key=key)
         try:
             async for batch in response:
                 for frame_command, payload in batch:

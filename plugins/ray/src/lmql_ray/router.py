@@ -1,5 +1,5 @@
 """The Ray Serve request router of the model deployment: ``policy.PrefixAffinityPolicy`` on
-the ``routing_key`` (token ids) each call carries, loads counted from the calls this router sent.
+the ``routing_key`` (token ids) each call carries; loads are the ongoing requests Ray counts.
 
 It runs in the process that holds the deployment's handle (the ingress). Ray tries the ranks it
 returns in order, so each rank holds one replica: the policy's choice is taken unless that
@@ -28,8 +28,10 @@ class PrefixAffinityRouter(RequestRouter):
         self.policy = PrefixAffinityPolicy(imbalance_threshold, min_match_tokens, PrefixTree(max_prompts))
         self.round_robin = round_robin
         self.turn = 0
-        self.loads: Counter[ReplicaID] = Counter()  # calls sent and not completed
         self.lock = threading.Lock()
+        # requests routed to a replica and not sent yet: Ray routes a burst before it sends any,
+        # and counts a request only once sent; without these the whole burst sees the same loads
+        self.assigned: Counter[ReplicaID] = Counter()
         # through the module: Ray may have unpickled this class by value, with a copy of its globals
         import lmql_ray.router
 
@@ -46,7 +48,8 @@ class PrefixAffinityRouter(RequestRouter):
             return [[r for r in candidate_replicas if r.replica_id.unique_id == pinned]]
         tokens = kwargs.get("routing_key") or []
         with self.lock:
-            loads = {replica_id: self.loads[replica_id] for replica_id in by_id}
+            loads = {replica_id: self.load(replica) + self.assigned[replica_id]
+                     for replica_id, replica in by_id.items()}
             if self.round_robin:
                 ranked = sorted(by_id, key=lambda r: r.unique_id)
                 self.turn += 1
@@ -55,18 +58,14 @@ class PrefixAffinityRouter(RequestRouter):
                 ranked = self.policy.rank(tokens, loads)
                 if ranked:
                     self.policy.routed(ranked[0], tokens)
+                    self.assigned[ranked[0]] += 1
         return [[by_id[replica_id]] for replica_id in ranked]
 
     def on_send_request(self, replica_id: ReplicaID) -> None:
-        super().on_send_request(replica_id)
+        super().on_send_request(replica_id)  # Ray's count of the replica's ongoing requests takes it over
         with self.lock:
-            self.loads[replica_id] += 1
-
-    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        super().on_request_completed(replica_id, internal_request_id)
-        with self.lock:
-            if self.loads[replica_id] > 0:
-                self.loads[replica_id] -= 1
+            if self.assigned[replica_id] > 0:
+                self.assigned[replica_id] -= 1
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
@@ -74,14 +73,22 @@ class PrefixAffinityRouter(RequestRouter):
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         live = {replica.replica_id for replica in replicas}
-        self._forget([replica_id for replica_id in self.loads if replica_id not in live])
+        self._forget([replica_id for replica_id in self.curr_replicas if replica_id not in live])
         super().update_replicas(replicas)
+
+    def load(self, replica: RunningReplica) -> int:
+        """Its ongoing requests: Ray's count (kept by this router as it sends and as requests
+        finish, corrected by the replica's answers), else what the replica last reported."""
+        counted = self.replica_queue_len_cache.get(replica.replica_id)
+        if counted is not None:
+            return int(counted)
+        return int((replica.routing_stats or {}).get("ongoing", 0))
 
     def _forget(self, replica_ids: list[ReplicaID]) -> None:
         with self.lock:
             self.policy.forget(replica_ids)
             for replica_id in replica_ids:
-                self.loads.pop(replica_id, None)
+                self.assigned.pop(replica_id, None)
 
     def replica_names(self) -> list[str]:
         """The live replicas' ids (``ReplicaID.unique_id``)."""
