@@ -167,6 +167,18 @@ def test_a_growing_prompt_stays_on_the_replica_that_cached_it(cluster: Cluster) 
     assert reused(cluster.health()[homes[0]]) > reused(first_health[homes[0]])
 
 
+def test_a_stream_id_is_free_again_once_its_stream_has_ended(cluster: Cluster) -> None:
+    async def run() -> list[list[dict[str, Any]]]:
+        async with RawClient(cluster.endpoint) as c:
+            answers = []
+            for round_ in range(5):  # the next request follows the last entry at once
+                await c.send("GENERATE", {"model": MODEL, "stream_id": 0, "prompt": prompt(500 + round_),
+                                          "max_tokens": 2, "temperature": 0, **NO_EOS})
+                answers.append(await c.stream(0))
+            return answers
+    assert all(len(entries) == 2 and "error" not in entries[-1] for entries in asyncio.run(run()))
+
+
 def test_health_and_metrics_per_replica_and_aggregated(cluster: Cluster) -> None:
     health = cluster.health()
     assert len(health) == 2 and all(replica["status"] == "ok" for replica in health.values())

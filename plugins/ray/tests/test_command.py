@@ -3,9 +3,11 @@ cluster: the command line, its errors, fixed and autoscaled replicas, GPUs per r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import run_lmql, the_error
+from tests.conftest import free_port, run_lmql, the_error
 
 pytest.importorskip("ray.serve")
 
@@ -23,12 +25,19 @@ def test_the_plugin_adds_serve_cluster_to_the_lmql_command() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--replicas", "0"], "--replicas must be at least 1, not 0"),
     (["--min-replicas", "3", "--max-replicas", "2"], "0 <= min (3) <= max (2)"),
-    (["--no_such_option", "1"], "no_such_option"),
+    (["--max_batch", "many"], "max_batch"),
 ])
 def test_bad_settings_are_refused_before_ray_starts(args: list[str], message: str) -> None:
     result = run_lmql("serve-cluster", "lmql-tiny", *args)
     assert message in the_error(result)
     assert "Started a local Ray" not in result.stderr + result.stdout
+
+
+def test_a_model_the_replicas_cannot_load_is_one_error_line(tmp_path: Path) -> None:
+    result = run_lmql("serve-cluster", str(tmp_path / "no-model-here"), "--cpus-per-replica", "0",
+                      "--port", str(free_port()), env={"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"},
+                      timeout=300)
+    assert "the replicas did not start" in the_error(result)
 
 
 def test_an_unknown_routing_policy_is_a_usage_error() -> None:

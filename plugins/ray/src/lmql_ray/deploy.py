@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmql_core.errors import LMQLError
 from lmql_core.lmtp import wire
 
 MODEL_DEPLOYMENT = "lmql-model"
@@ -44,12 +45,12 @@ class ClusterConfig:
     router_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"--replicas must be at least 1, not {self.replicas}")
         low = self.replicas if self.min_replicas is None else self.min_replicas
         high = self.replicas if self.max_replicas is None else self.max_replicas
         if low < 0 or high < 1 or low > high:
             raise ValueError(f"replicas must satisfy 0 <= min ({low}) <= max ({high}) and max >= 1")
-        if self.replicas < 1:
-            raise ValueError(f"--replicas must be at least 1, not {self.replicas}")
 
     def scaling(self) -> dict[str, Any]:
         """The model deployment's ``num_replicas`` or ``autoscaling_config``."""
@@ -99,7 +100,12 @@ def start(config: ClusterConfig, host: str = "127.0.0.1", port: int = 8080,
 
     connect(ray_address)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    try:
+        serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+    except RuntimeError as error:  # a replica could not start (its model did not load, ...)
+        why = " ".join(str(error).split())[:300]
+        raise LMQLError(f"the replicas did not start ({why}); each replica's log is in Ray's session "
+                        "folder, logs/serve/ (/tmp/ray/session_latest/ locally)") from None
     return f"{host}:{port}"
 
 

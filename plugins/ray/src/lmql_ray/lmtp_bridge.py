@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 STREAMING = ("GENERATE", "SCORE")
 
 
+def stream_ended(command: str, payload: Any, stream_id: Any) -> bool:
+    """Whether a frame answering ``stream_id``'s request is its last one."""
+    if command == "MSG":
+        return True
+    return any(isinstance(e, dict) and e.get("stream_id") in (stream_id, None)
+               and (e.get("error") is not None or e.get("finish_reason") is not None)
+               for e in payload or ())
+
+
 def error_frame(stream_id: Any, message: str) -> str:
     return wire.encode_frame("TOKEN", [{"stream_id": stream_id, "error": message}])
 
@@ -74,6 +83,8 @@ class LMTPBridge:
             async for batch in response:
                 for frame_command, payload in batch:
                     self.send(wire.encode_frame(frame_command, payload))
+                    if stream_ended(frame_command, payload, stream_id):  # its id is free again now
+                        self._forget(stream_id, asyncio.current_task())
         except asyncio.CancelledError:
             response.cancel()
             raise
@@ -87,7 +98,7 @@ class LMTPBridge:
         if call is not None:
             call.cancel()
 
-    def _forget(self, stream_id: Any, call: asyncio.Task[None]) -> None:
+    def _forget(self, stream_id: Any, call: asyncio.Task[None] | None) -> None:
         if self._streams.get(stream_id) is call:
             del self._streams[stream_id]
 

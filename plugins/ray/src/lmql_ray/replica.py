@@ -21,17 +21,9 @@ from lmql_core.lmtp.server.session import Session
 from lmql_core.model_host import ModelHost, load_model
 from lmql_core.openai_compat.requests import OpenAIError
 from lmql_core.openai_compat.service import OpenAIService
+from lmql_ray.lmtp_bridge import stream_ended
 
 Frame = tuple[str, Any]  # (LMTP command, payload)
-
-
-def stream_ended(command: str, payload: Any, stream_id: Any) -> bool:
-    """Whether a frame answering ``stream_id``'s request is its last one."""
-    if command == "MSG":
-        return True
-    return any(isinstance(e, dict) and e.get("stream_id") in (stream_id, None)
-               and (e.get("error") is not None or e.get("finish_reason") is not None)
-               for e in payload or ())
 
 
 class ModelReplica:
