@@ -3,8 +3,8 @@ load, 1 vs 2 replicas, prefix-affinity routing vs round-robin.
 
 The load: PROGRAMS concurrent "programs" over one LMTP connection; each runs ROUNDS requests whose
 prompt grows as an LMQL program's does (the previous prompt, what was generated, a few new
-template tokens). The hit rate is the prompt tokens the replicas did not recompute
-(``reused_prefix_tokens``) over the prompt tokens sent.
+template tokens); each round the programs' requests arrive in another order. The hit rate is the
+prompt tokens the replicas did not recompute (``reused_prefix_tokens``) over the prompt tokens sent.
 
     python benchmarks/ray_replicas.py [--programs 16 --rounds 6 --tokens 16] [--cuda]
 
@@ -45,7 +45,10 @@ async def run_load(endpoint: str, programs: int, rounds: int, tokens: int) -> tu
     began = time.perf_counter()
     async with RawClient(endpoint) as client:
         for round_ in range(rounds):
-            for p, prompt in prompts.items():
+            # programs advance at their own pace: their requests arrive in a different order each round
+            order = random.Random(round_).sample(sorted(prompts), len(prompts))
+            for p in order:
+                prompt = prompts[p]
                 await client.send("GENERATE", {"model": MODEL, "stream_id": p, "prompt": prompt,
                                                "max_tokens": tokens, "temperature": 0, "logit_bias": NO_EOS})
                 sent += len(prompt)
