@@ -5,10 +5,13 @@ growing prompt kept where its prefix is cached, a killed replica ending only its
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,6 +109,31 @@ def test_our_client_generates_and_scores_as_with_a_single_server(cluster: Cluste
     # the two continuations may share a batch on one server and not on two replicas: last digits differ
     for ours, theirs in zip(scores, reference_scores, strict=True):
         assert ours == pytest.approx(theirs, abs=1e-4)
+
+
+LMQL_073 = os.environ.get("LMQL_073_PYTHON", "/work/lmql073/bin/python")
+
+
+@pytest.mark.skipif(not os.path.exists(LMQL_073), reason="LMQL 0.7.3 not installed (LMQL_073_PYTHON)")
+def test_an_lmql_073_client_generates_scores_and_queries_as_with_a_single_server(
+        cluster: Cluster, single: Server, tmp_path: Path) -> None:
+    from tests.compat.build_model import build
+
+    build(tmp_path / "tiny")  # lmql-tiny's tokenizer in a form LMQL 0.7.3's transformers reads
+    driver = Path(__file__).with_name("lmql073_driver.py")
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    answers = []
+    for server in (cluster, single):
+        run = subprocess.run([LMQL_073, str(driver), server.endpoint, str(tmp_path / "tiny")],
+                             capture_output=True, text=True, timeout=300,
+                             env={**environment, "HF_HUB_OFFLINE": "1"})
+        assert run.returncode == 0, run.stderr
+        answers.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    ours, reference = answers
+    assert ours["generate"] and set(ours["query"]) == {"ANSWER", "OTHER"}
+    assert ours["generate"] == reference["generate"] and ours["query"] == reference["query"]
+    for a, b in zip(ours["token_scores"], reference["token_scores"], strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
 
 
 def test_openai_client_answers_as_with_a_single_server(cluster: Cluster, single: Server) -> None:
