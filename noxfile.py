@@ -1,5 +1,5 @@
-"""Sessions: tests (CI), lint, typecheck; compat (LMQL 0.7.3, on demand). Every environment gets
-the CPU torch pin first."""
+"""Sessions: tests (CI), lint, typecheck; compat (LMQL 0.7.3, on demand); ray (lmql-ray, on
+demand). Every environment gets the CPU torch pin first."""
 
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def typecheck(session: nox.Session) -> None:
     install_project(session, llamacpp=False)
     session.install("mypy")
     session.run("mypy", "src/lmql_core", "src/lmql", "plugins/hf/src/lmql_hf")
+
+
+@nox.session(python=PYTHON)
+def ray(session: nox.Session) -> None:
+    """lmql-ray: replicas on a local Ray Serve (plugins/ray/tests; ~1 minute of tests on 2 cores,
+    plus installing ray[serve], ~200 MB). Not a default session: Ray stays optional."""
+    session.install(TORCH)
+    session.install("./", "./plugins/hf", "./plugins/ray", "pytest>=8", "pytest-timeout", "openai")
+    session.run("pytest", "-ra", "plugins/ray/tests", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 
 # LMQL 0.7.3's own server and client, with the transformers of its time: 4.38 is the last release

@@ -158,3 +158,11 @@ def test_text_mode_without_a_tokenizer_is_an_error_and_the_server_lives_on() -> 
     assert "no tokenizer to send for 'counting:no-tokenizer'" in offer["error"]
     assert [e["token"] for e in tokens] == [98, 99]
     assert info["extensions"] == {"tokenizer": None, "text": False, "cancel": True}
+
+
+def test_a_plugin_adds_a_subcommand_but_cannot_replace_the_cores() -> None:
+    result = run_lmql("count-to", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1 2 3"
+    assert "count-to" in run_lmql("--help").stdout
+    assert "the plugin's backends" not in run_lmql("backends").stdout

@@ -318,4 +318,15 @@ def main() -> None:
     except MixedInstallation as error:
         Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/] {error}", highlight=False)
         sys.exit(1)
+    add_plugin_commands()
     cli()
+
+
+def add_plugin_commands() -> None:
+    """Subcommands plugins register (``register_commands``), e.g. lmql-ray's ``serve-cluster``;
+    a name the core uses stays the core's."""
+    from lmql_core import plugins
+
+    for command in plugins.registry().commands:
+        if command.name not in cli.commands:
+            cli.add_command(command)

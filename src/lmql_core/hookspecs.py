@@ -50,3 +50,13 @@ def register_transports(register: Any) -> None:
     ``lmql_core.lmtp.client.LMTPClient`` for ``model_id`` (a ``ModelId``); ``prefix`` is the
     identifier prefix that selects it (``"local:"``), or ``""`` for the default.
     """
+
+
+@hookspec
+def register_commands(register: Any) -> None:
+    """Register subcommands of the ``lmql`` command line.
+
+    ``register(command)``: ``command`` is a ``click.Command`` (its name is the subcommand's);
+    one whose name the core already uses is ignored. The plugin imports what it needs (click,
+    its own libraries) inside this hook, so a plugin that is not used costs nothing.
+    """

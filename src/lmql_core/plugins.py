@@ -48,6 +48,7 @@ class Registry:
     backends: dict[str, BackendSpec] = field(default_factory=dict)
     tokenizers: dict[str, Callable[..., Any]] = field(default_factory=dict)
     transports: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    commands: list[Any] = field(default_factory=list)  # click commands (``register_commands``)
 
 
 @cache
@@ -101,6 +102,7 @@ def registry() -> Registry:
         caller("register_backends", others)(register=add_backend)
         caller("register_tokenizers", others)(register=reg.tokenizers.__setitem__)
         caller("register_transports", others)(register=reg.transports.__setitem__)
+        caller("register_commands", others)(register=reg.commands.append)
     return reg
 
 

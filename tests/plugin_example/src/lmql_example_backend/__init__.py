@@ -83,3 +83,21 @@ OPTIONS = {
 def register_backends(register: Any) -> None:
     register("counting", CountingBackend, prefixes=("counting:",), description="counts upwards",
              options=OPTIONS, tokenizer=counting_tokenizer)
+
+
+@hookimpl
+def register_commands(register: Any) -> None:
+    import click
+
+    @click.command("count-to")
+    @click.argument("n", type=int)
+    def count_to(n: int) -> None:
+        """Print 1..N (a subcommand a plugin adds to `lmql`)."""
+        click.echo(" ".join(str(i) for i in range(1, n + 1)))
+
+    @click.command("backends")
+    def shadowing() -> None:  # a name the core uses: the core's command stays
+        click.echo("the plugin's backends")
+
+    register(count_to)
+    register(shadowing)

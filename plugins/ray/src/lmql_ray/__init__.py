@@ -1,0 +1,1 @@
+"""lmql-ray: replicas of lmql-core's engine on Ray Serve (``lmql serve-cluster``)."""

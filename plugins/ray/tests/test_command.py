@@ -1,0 +1,62 @@
+"""`lmql serve-cluster` as the plugin registers it, and the deployment it builds, without a Ray
+cluster: the command line, its errors, fixed and autoscaled replicas, GPUs per replica."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, run_lmql, the_error
+
+pytest.importorskip("ray.serve")
+
+from lmql_ray.deploy import ClusterConfig  # noqa: E402
+
+
+def test_the_plugin_adds_serve_cluster_to_the_lmql_command() -> None:
+    result = run_lmql("serve-cluster", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--replicas", "--min-replicas", "--max-replicas", "--ray-address", "--routing"):
+        assert option in result.stdout
+    assert "serve-cluster" in run_lmql("--help").stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--replicas", "0"], "--replicas must be at least 1, not 0"),
+    (["--min-replicas", "3", "--max-replicas", "2"], "0 <= min (3) <= max (2)"),
+    (["--max_batch", "many"], "max_batch"),
+])
+def test_bad_settings_are_refused_before_ray_starts(args: list[str], message: str) -> None:
+    result = run_lmql("serve-cluster", "lmql-tiny", *args)
+    assert message in the_error(result)
+    assert "Started a local Ray" not in result.stderr + result.stdout
+
+
+def test_a_model_the_replicas_cannot_load_is_one_error_line(tmp_path: Path) -> None:
+    result = run_lmql("serve-cluster", str(tmp_path / "no-model-here"), "--cpus-per-replica", "0",
+                      "--port", str(free_port()), env={"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"},
+                      timeout=300)
+    assert "the replicas did not start" in the_error(result)
+
+
+def test_an_unknown_routing_policy_is_a_usage_error() -> None:
+    result = run_lmql("serve-cluster", "--routing", "random")
+    assert result.returncode == 2
+    assert "'random' is not one of 'prefix', 'round-robin'" in result.stderr
+
+
+def test_fixed_replicas_and_autoscaling_on_ongoing_requests() -> None:
+    assert ClusterConfig("m", replicas=2).scaling() == {"num_replicas": 2}
+    auto = ClusterConfig("m", replicas=2, min_replicas=1, max_replicas=4, target_ongoing=8).scaling()
+    assert auto == {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
+                                           "target_ongoing_requests": 8}}
+    # scaled to zero when idle, one replica to start with
+    idle = ClusterConfig("m", min_replicas=0, max_replicas=2).scaling()["autoscaling_config"]
+    assert idle["min_replicas"] == 0 and idle["initial_replicas"] == 1
+
+
+def test_each_replica_reserves_its_gpus_with_cuda_and_none_without() -> None:
+    with_gpus = ClusterConfig("m", cuda=True, gpus_per_replica=2).actor_options()
+    assert with_gpus == {"num_cpus": 1.0, "num_gpus": 2}
+    assert ClusterConfig("m", cpus_per_replica=0).actor_options() == {"num_cpus": 0}
