@@ -21,7 +21,8 @@ def python(code: str, site: Path) -> subprocess.CompletedProcess[str]:
 
 
 def lmql_07_files(package: Path) -> None:
-    (package / "runtime").mkdir(parents=True)
+    # ours has an lmql/runtime too (LMQL's import paths for decorators), without interpreter.py
+    (package / "runtime").mkdir(parents=True, exist_ok=True)
     (package / "runtime" / "interpreter.py").write_text("# LMQL 0.7's\n")
 
 

@@ -33,10 +33,10 @@ class FastDecode:
         return str(self.backend.decode(ids, skip_special_tokens=False))
 
 
-_FAST: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_FAST: weakref.WeakKeyDictionary[Any, FastDecode] = weakref.WeakKeyDictionary()
 
 
-def fast_decoding(tokenizer: Tokenizer) -> Tokenizer:
+def fast_decoding(tokenizer: Tokenizer) -> Any:
     """``tokenizer``, or for a transformers fast tokenizer that cleans up no spaces, its backend."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", True):
@@ -47,7 +47,7 @@ def fast_decoding(tokenizer: Tokenizer) -> Tokenizer:
             fast = _FAST[tokenizer] = FastDecode(backend)
     except TypeError:  # not weakly referenceable
         return tokenizer
-    return fast  # type: ignore[no-any-return]
+    return fast
 
 
 def pieces_of(tokenizer: Tokenizer) -> dict[int, str]:

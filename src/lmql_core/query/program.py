@@ -159,7 +159,8 @@ class CompiledQuery:
     def split_kwargs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Query inputs and run options (model=, decoder=, n=, ...). A query function also takes,
         by keyword, names its body reads that are not its parameters (as LMQL)."""
-        inputs, options = {}, {}
+        inputs: dict[str, Any] = {}
+        options: dict[str, Any] = {}
         for key, value in kwargs.items():
             declared = _param_names(self.params) if self.params is not None else self.free_names
             if key in declared:
