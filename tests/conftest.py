@@ -121,6 +121,24 @@ class Server:
         return self.proc.returncode
 
 
+@pytest.fixture(scope="module")
+def reference() -> tuple[Any, Any]:
+    """lmql-tiny in transformers, and its tokenizer: the reference our query runtime is held to."""
+    transformers = pytest.importorskip("transformers")
+    from lmql_hf.bundled import bundled_path
+
+    path = bundled_path("lmql-tiny")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_server() -> Iterator[Server]:
+    server = Server("lmql-tiny")
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def random_server() -> Iterator[Server]:
     server = Server("random", "--seed", "7")

@@ -19,25 +19,9 @@ transformers = pytest.importorskip("transformers")
 import lmql  # noqa: E402
 from lmql.lib.chat import ChatMessageOutputWriter, message  # noqa: E402
 from lmql_core.errors import LMQLError  # noqa: E402
-from lmql_hf.bundled import bundled_path  # noqa: E402
-from tests.conftest import Server  # noqa: E402
 
 pytestmark = pytest.mark.hf
 MODEL = "local:lmql-tiny"
-
-
-@pytest.fixture(scope="module")
-def reference() -> tuple[object, object]:
-    path = bundled_path("lmql-tiny")
-    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_server() -> Server:
-    server = Server("lmql-tiny")
-    yield server
-    server.stop()
 
 
 def greedy_text(reference: tuple[object, object], prompt: str, steps: int) -> str:

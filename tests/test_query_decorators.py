@@ -15,26 +15,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import lmql  # noqa: E402
-from lmql_hf.bundled import bundled_path  # noqa: E402
-from tests.conftest import Server  # noqa: E402
 from tests.test_query import greedy  # noqa: E402
 
 pytestmark = pytest.mark.hf
 MODEL = "local:lmql-tiny"
-
-
-@pytest.fixture(scope="module")
-def reference() -> tuple[object, object]:
-    path = bundled_path("lmql-tiny")
-    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_server() -> Server:
-    server = Server("lmql-tiny")
-    yield server
-    server.stop()
 
 
 def encode(reference: tuple[object, object], text: str) -> list[int]:

@@ -24,20 +24,12 @@ transformers = pytest.importorskip("transformers")
 
 import lmql  # noqa: E402
 from lmql_core.query.errors import QuerySyntaxError  # noqa: E402
-from lmql_hf.bundled import bundled_path  # noqa: E402
 from tests.conftest import run_lmql, the_error  # noqa: E402
 from tests.test_query import greedy  # noqa: E402
 
 pytestmark = pytest.mark.hf
 MODEL = "local:lmql-tiny"
 UNREACHABLE = "127.0.0.1:9"  # nothing listens: a query that reaches its model fails differently
-
-
-@pytest.fixture(scope="module")
-def reference() -> tuple[object, object]:
-    path = bundled_path("lmql-tiny")
-    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(path)
 
 
 def run(source: str, **inputs: object) -> lmql.LMQLResult:
