@@ -344,3 +344,14 @@ def test_an_exception_of_the_querys_own_python_goes_through_as_it_is(tmp_path: P
     error = the_error(run_lmql("run", str(query), "--model", "local:lmql-tiny", timeout=240))
     assert error == ('Error: AssertionError: not this one (raised at query line 3: assert X == "never", '
                      '"not this one")')
+
+
+def test_int_that_ends_without_a_digit_is_a_value_error_as_in_lmql() -> None:
+    # LMQL's docs (scripted prompting): lmql-tiny's one INT token is a space here, and LMQL's
+    # int() of the value raises ValueError
+    source = (
+        'argmax\n    """\n    Write a summary of Bruno Mars, the singer:\n    {{\n'
+        '      "name": "[STRING_VALUE]",\n      "age": [INT_VALUE],\n    }}\n    """\n'
+        'where\n    STOPS_BEFORE(STRING_VALUE, \'"\') and INT(INT_VALUE) and len(TOKENS(INT_VALUE)) < 2')
+    with pytest.raises(ValueError, match="INT\\(INT_VALUE\\) ended without a digit"):
+        lmql.run_sync(source, model="local:lmql-tiny")

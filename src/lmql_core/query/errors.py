@@ -36,6 +36,10 @@ def placed(error: BaseException, line: int | None, source_line: str | None) -> B
     return error
 
 
+class NotAnInteger(QueryError, ValueError):
+    """INT(X) ended without a digit (a ValueError, as LMQL's int() of the value raises)."""
+
+
 class QuerySyntaxError(QueryError):
     pass
 

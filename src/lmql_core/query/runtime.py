@@ -15,7 +15,7 @@ from lmql_core.api.llm import LLM
 from lmql_core.query.chat import RUNTIME, prompt_value, render_role_tags
 from lmql_core.query.constraints import ASCII_DIGITS, Both, IsInt, Node, Scope
 from lmql_core.query.decorated import DecoratedVariable, StreamedVariable
-from lmql_core.query.errors import QueryError
+from lmql_core.query.errors import NotAnInteger, QueryError
 from lmql_core.query.generation import Variable
 from lmql_core.query.qstring import Hole
 from lmql_core.query.vocabulary import Vocabulary
@@ -158,7 +158,7 @@ def postprocess(where: Node | None, name: str, text: str) -> tuple[str, Any]:
     if where is not None and any(isinstance(n, IsInt) and n.var == name for n in where.nodes()):
         digits = "".join(c for c in text if c in ASCII_DIGITS)  # as LMQL: 0-9, not every Unicode digit
         if not digits:
-            raise QueryError(f"INT({name}) ended without a digit: {text!r}")
+            raise NotAnInteger(f"INT({name}) ended without a digit: {text!r}")
         return str(int(digits)), int(digits)
     return text, text
 
