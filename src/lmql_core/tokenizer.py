@@ -126,6 +126,9 @@ def from_spec(spec: dict[str, Any]) -> Tokenizer:
     return JsonTokenizer.from_spec(spec)
 
 
+HELD = 16  # tokens of unfinished text held back at most (IncrementalDecoder)
+
+
 class IncrementalDecoder:
     """Turns a growing list of token ids into text deltas without splitting UTF-8 characters.
 
@@ -153,7 +156,11 @@ class IncrementalDecoder:
     def _delta(self, final: bool) -> str:
         done = self.tokenizer.decode(self.ids[self.context : self.emitted])
         text = self.tokenizer.decode(self.ids[self.context :])
-        if len(text) <= len(done) or (text.endswith("\ufffd") and not final):
+        # a character spans at most 4 bytes: text still unfinished after HELD tokens is bytes that
+        # will never form one, given out as they decode (holding them made every push re-decode
+        # a growing window)
+        held_too_long = len(self.ids) - self.emitted > HELD
+        if len(text) <= len(done) or (text.endswith("\ufffd") and not final and not held_too_long):
             return ""
         self.context, self.emitted = self.emitted, len(self.ids)
         return text[len(done) :]
