@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -381,23 +380,3 @@ def test_chained_steps_give_the_tokens_of_ordinary_steps(tiny_server: Server, lo
     finally:
         assert chained.stop() == 0
 
-
-def test_incremental_decoding_gives_invalid_bytes_out_after_a_bounded_wait() -> None:
-    # bytes that never form a character (a random-weight model's) are held at most HELD tokens,
-    # and all text still adds up to the tokenizers library's decode of the whole stream
-    from tokenizers import Tokenizer as RustTokenizer
-
-    from lmql_core.tokenizer import HELD, JsonTokenizer
-    from lmql_hf.bundled import bundled_path
-
-    path = Path(bundled_path("lmql-tiny")) / "tokenizer.json"
-    tokenizer = JsonTokenizer.from_file(path)
-    rust = RustTokenizer.from_file(str(path))
-    continuation = [rust.token_to_id(t) for t in ("Ġ", "Ã")]  # "Ã" alone: a lead byte, never completed
-    assert None not in continuation
-    lead = continuation[1]
-    decoder = IncrementalDecoder(tokenizer)
-    pieces = [decoder.push(lead) for _ in range(3 * HELD)]
-    assert sum(1 for p in pieces if p) >= 2  # given out while the stream goes on, not only at its end
-    pieces.append(decoder.flush())
-    assert "".join(pieces) == rust.decode([lead] * (3 * HELD), skip_special_tokens=False)

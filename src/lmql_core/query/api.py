@@ -237,8 +237,7 @@ def _from_source(source: str, params: ast.arguments | None, defaults: dict[str, 
     live at each call, under the caller's locals."""
     frame = _caller_frame()
     module = frame.f_globals if frame is not None else None
-    own = dict(frame.f_locals) if frame is not None and frame.f_locals is not frame.f_globals else {}
-    return CompiledQuery(parse_query(source), params, defaults, own, name, module=module)
+    return CompiledQuery(parse_query(source), params, defaults, _locals_of(frame), name, module=module)
 
 
 def _caller_frame() -> Any:
@@ -299,5 +298,9 @@ def _closure(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def _caller_locals() -> dict[str, Any]:
-    frame = _caller_frame()
+    return _locals_of(_caller_frame())
+
+
+def _locals_of(frame: Any) -> dict[str, Any]:
+    """A frame's own names (none at module level, where its locals are its globals)."""
     return dict(frame.f_locals) if frame is not None and frame.f_locals is not frame.f_globals else {}

@@ -77,7 +77,7 @@ def inline(query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decide:
     async def decide(outer: QueryContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
         compiled = query.compiled
         _warn_ignored(compiled)
-        inputs, _ = compiled.split_kwargs(kwargs)  # as LMQL: the model and decoder are the outer's
+        inputs, _, _ = compiled.split_kwargs(kwargs)  # as LMQL: the model and decoder are the outer's
         namespace = compiled.namespace()
         fn = compiled.function(tuple(sorted(inputs)) if compiled.params is None else (), namespace)
         program = compiled.program()

@@ -156,23 +156,24 @@ class CompiledQuery:
 
     # --- a call --------------------------------------------------------------------------
 
-    def split_kwargs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Query inputs and run options (model=, decoder=, n=, ...). A query function also takes,
-        by keyword, names its body reads that are not its parameters (as LMQL)."""
+    def split_kwargs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Query inputs, run options (model=, decoder=, n=, ...) and, for a query function, names
+        its body reads that are not its parameters, given by keyword (as LMQL takes them)."""
         inputs: dict[str, Any] = {}
         options: dict[str, Any] = {}
+        free: dict[str, Any] = {}
+        declared = _param_names(self.params) if self.params is not None else self.free_names
         for key, value in kwargs.items():
-            declared = _param_names(self.params) if self.params is not None else self.free_names
             if key in declared:
                 inputs[key] = value
             elif key in self.free_names and key not in self.bound:
-                options.setdefault("free_inputs", {})[key] = value
+                free[key] = value
             elif key in RUN_OPTIONS:
                 options[key] = value
             else:
                 raise QueryError(f"unknown argument '{key}': the query does not use it and it is not one "
                                  f"of {', '.join(RUN_OPTIONS)}")
-        return inputs, options
+        return inputs, options, free
 
     async def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return await run_async(self.start(args, kwargs))
@@ -180,9 +181,9 @@ class CompiledQuery:
     def start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Coroutine[Any, Any, Any]:
         """The run, to be awaited on the client loop. Inputs, decoder and model are settled here,
         in the caller's thread: loading a ``local:`` model or connecting blocks on that loop."""
-        inputs, options = self.split_kwargs(kwargs)
+        inputs, options, free = self.split_kwargs(kwargs)
         options = {**self.defaults, **options}
-        namespace = {**self.namespace(), **options.pop("free_inputs", {})}
+        namespace = {**self.namespace(), **free}
         install_runtime(namespace, options.get("output_writer"))
         scope = {**namespace, **inputs}
         if self.params is None and args:
