@@ -207,8 +207,9 @@ class Completion:
                               f"{request.max_tokens} for the completion)", "max_tokens")
 
     def _new_choice(self, tokenizer: Any, model: LoadedModel) -> Choice:
-        choice = Choice(len(self.choices), tokenizer, self.request.stop, self.request.stop_token_ids,
-                        model.backend.eos_token_id, self.request.tokens_as_ids)
+        request = self.request
+        choice = Choice(len(self.choices), tokenizer, request.stop, request.stop_token_ids,
+                        model.backend.eos_token_id, request.tokens_as_ids, request.logprobs is not None)
         self.choices.append(choice)
         return choice
 
@@ -373,6 +374,8 @@ class Completion:
     def _delta(self, choice: Choice, offsets: list[int]) -> dict[str, Any] | None:
         if choice.index in self._finish_sent:
             return None
+        if choice.settle():  # the tokens since the last event, decoded together
+            self.session.cancel(choice.index)
         text, items = choice.releasable_text(), choice.new_logprobs()
         all_sent = choice.sent_text == len(choice.prefix) + len(choice.text)
         finish = choice.finish_reason if choice.done and all_sent else None
