@@ -1,7 +1,7 @@
 """CPU per generated token, server and load driver, for LMTP and OpenAI's streamed
 ``/v1/completions`` on one server (issue 29's CPU proxy for the GPU point).
 
-    python benchmarks/openai_cpu_cost.py [--model lmql-tiny] [--streams 64] [--rounds 2] [SERVER ARG ...]
+    python benchmarks/openai_cpu_cost.py [--model lmql-tiny|gpt2-micro] [--streams 64] [--rounds 2] [SERVER ARG ...]
 
 Starts ``lmql serve-model MODEL``, then runs ``lmtp_load.py`` (a child process) with and without
 ``--openai`` in turns; for each run prints tok/s, the server's CPU seconds per token (from
@@ -24,6 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bench_models import FOLDERS, bench_model  # noqa: E402
 from processes import free_port, start_server  # noqa: E402
 
 
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=1, help="the OpenAI driver's client processes")
     args, server_args = parser.parse_known_args()
+    if args.model in FOLDERS:  # a benchmark model (built from its config): served from its folder
+        args.model = str(bench_model(args.model).folder)
     port = free_port()
     command = [sys.executable, "-m", "lmql_core", "serve-model", args.model, "--port", str(port),
                *server_args]

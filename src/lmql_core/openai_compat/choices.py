@@ -85,7 +85,7 @@ class Choice:
         without making its LMTP entry. Tokens that can end nothing (no stop string to look for,
         not a stop token, not the last) wait, and are decoded together when their text is next
         needed (``settle``): one decode for all the tokens of a stream's event, not one per token."""
-        if self.done:
+        if self.finish_reason is not None or self.error is not None:  # done
             return False
         self._unread.append(event)
         if finish_reason is None and not self.stop and event.token not in self.stop_token_ids:
@@ -142,13 +142,17 @@ class Choice:
         return True
 
     def _event_logprob(self, event: TokenFields) -> TokenLogprob:
-        """``token_logprob`` of the engine's event; the usual top (the chosen token alone) quickly."""
+        """``token_logprob`` of the engine's event; the usual top (the chosen token alone: no other
+        candidate, or the chosen one) quickly."""
         token, top = event.token, event.top_logprobs
-        if top is not None and len(top) == 1 and token in top:
-            piece = self._piece(token)
-            label = self._label(token, piece)
-            return TokenLogprob(token, label, finite_logprob(event.logprob),
-                                [(token, label, finite_logprob(top[token]))], len(piece))
+        if top is not None and (not top or (len(top) == 1 and token in top)):
+            piece = self.pieces.get(token)
+            if piece is None:
+                piece = self._piece(token)
+            label = f"token_id:{token}" if self.tokens_as_ids else piece
+            logprob = finite_logprob(event.logprob)
+            value = finite_logprob(top[token]) if top else logprob
+            return TokenLogprob(token, label, logprob, [(token, label, value)], len(piece))
         return self.token_logprob(token, finite_logprob(event.logprob), _top_of(event))
 
     def token_logprob(self, token: int, logprob: float | None,

@@ -248,11 +248,13 @@ class Completion:
 
     def _receive(self, command: str, payload: Any) -> None:
         """TOKEN payloads: the engine's events (``raw_events``), or entries (errors)."""
+        choices = self.choices
         for entry in payload if isinstance(payload, list) else []:
             if type(entry) is TokenEvent:
                 sid = entry.stream_id
-                if entry.error is None and type(sid) is int and 0 <= sid < len(self.choices):
-                    if self.choices[sid].add_event(entry, FINISH_REASONS[entry.finish_reason]):
+                if entry.error is None and type(sid) is int and 0 <= sid < len(choices):
+                    finish = None if entry.finish_reason is None else FINISH_REASONS[entry.finish_reason]
+                    if choices[sid].add_event(entry, finish):
                         self.session.cancel(sid)
                     continue
                 entry = wire.token_entry(entry, FINISH_REASONS)
