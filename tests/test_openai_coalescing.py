@@ -94,6 +94,10 @@ def test_deltas_are_written_as_json_dumps_writes_them() -> None:
         {"index": 0, "text": " é\"\\\ntoken😀", "logprobs": logprobs, "finish_reason": None},
         {"index": 3, "text": "", "logprobs": None, "finish_reason": "length"},
         {"index": 1, "text": "x", "logprobs": {**logprobs, "tokens": []}, "finish_reason": "stop"},
+        {"index": 2, "text": "", "logprobs": {**logprobs, "token_logprobs": [-0.5, -1e30, -3.0000000000000004]},
+         "finish_reason": None},  # finite floats only: written at once
+        {"index": 2, "text": "", "logprobs": {**logprobs, "token_logprobs": [-0.5, float("-inf"), 2]},
+         "finish_reason": None},
         {"index": 0, "delta": {"content": "hi"}, "logprobs": None, "finish_reason": None},  # chat's
     ]
     for delta in deltas:

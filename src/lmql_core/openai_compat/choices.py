@@ -250,7 +250,7 @@ def delta_json(delta: dict[str, Any]) -> str:
 def _logprobs_json(logprobs: dict[str, Any]) -> str:
     tops = ",".join([_top_json(top) for top in logprobs["top_logprobs"]])
     return (f'{{"tokens":[{",".join(map(_string, logprobs["tokens"]))}],'
-            f'"token_logprobs":[{",".join(map(_number, logprobs["token_logprobs"]))}],'
+            f'"token_logprobs":[{_numbers(logprobs["token_logprobs"])}],'
             f'"top_logprobs":[{tops}],"text_offset":[{",".join(map(str, logprobs["text_offset"]))}]}}')
 
 
@@ -258,6 +258,16 @@ def _top_json(top: dict[str, float] | None) -> str:
     if top is None:
         return "null"
     return "{" + ",".join([f"{_string(text)}:{_number(lp)}" for text, lp in top.items()]) + "}"
+
+
+def _numbers(values: list[float | None]) -> str:
+    """``_number`` of each, comma-separated; finite floats (the usual) at once."""
+    try:
+        if math.isfinite(sum(values)):  # type: ignore[arg-type]  # a None: TypeError, one by one
+            return ",".join(map(float.__repr__, values))
+    except TypeError:
+        pass
+    return ",".join(map(_number, values))
 
 
 def _number(value: float | None) -> str:
