@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import bench_model  # noqa: E402
 from processes import OFFLINE_ENV, free_port  # noqa: E402
 
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 TIMINGS = re.compile(r"(Loaded the weights|Captured \d+ CUDA graphs for \w+ \w+|Warmed up)\D*([\d.]+) s")
 
 
@@ -38,7 +40,7 @@ def start_once(command: list[str], env: dict[str, str], record: Path | None) -> 
                             stderr=subprocess.STDOUT)
     spy = None
     if record:  # attached at once: py-spy writes its file when the server exits
-        spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking",
+        spy = subprocess.Popen([PY_SPY, "record", "--format", "raw", "--rate", "250", "--nonblocking",
                                 "-o", str(record), "--pid", str(proc.pid)], stdout=subprocess.DEVNULL)
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout.read().decode(errors="replace")  # type: ignore[union-attr]
                                                           .splitlines()))
