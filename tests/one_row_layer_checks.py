@@ -264,7 +264,7 @@ def test_slot_moves_move_what_indexing_moves() -> None:
     assert all(torch.equal(a, b) for a, b in zip(cache.groups, want, strict=True))
 
 
-@pytest.mark.parametrize("model", ["llama", "gpt2"])
+@pytest.mark.parametrize("model", ["llama", "gpt2", "qwen3"])
 def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, small_gpt2: str,
                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     """The HF backend on its slot cache (kernel writes), one stream then two: each step's
@@ -273,7 +273,9 @@ def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, sma
     from lmql_hf import one_row_layers
     from lmql_hf.backend import HFBackend
 
-    path = small_gpt2 if model == "gpt2" else _saved_llama(tmp_path_factory)
+    paths = {"gpt2": lambda: small_gpt2, "llama": lambda: _saved_llama(tmp_path_factory),
+             "qwen3": lambda: _saved_qwen3(tmp_path_factory)}
+    path = paths[model]()
     fused, plain = (HFBackend(path, fuse_kernels=on, max_seq_len=64, max_batch=2, warm_up=False)
                     for on in (True, False))
     assert fused.cache.write_tokens is not None and plain.cache.write_tokens is None
@@ -294,6 +296,14 @@ def _saved_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
                          bos_token_id=1, eos_token_id=2)
     path = tmp_path_factory.mktemp("llama")
     _perturbed(LlamaForCausalLM(config)).save_pretrained(path)
+    return str(path)
+
+
+def _saved_qwen3(tmp_path_factory: pytest.TempPathFactory) -> str:
+    model = _small_qwen("qwen3")
+    model.config.update({"max_position_embeddings": 64, "bos_token_id": 1, "eos_token_id": 2})
+    path = tmp_path_factory.mktemp("qwen3")
+    model.save_pretrained(path)
     return str(path)
 
 
