@@ -124,7 +124,7 @@ def _head_norms_fit(attention: nn.Module, norm_class: str) -> bool:
     q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
     if q_norm is None and k_norm is None:
         return True
-    if not all(type(n).__name__ == norm_class for n in (q_norm, k_norm)):
+    if q_norm is None or k_norm is None or not all(type(n).__name__ == norm_class for n in (q_norm, k_norm)):
         return False
     same_eps = float(q_norm.variance_epsilon) == float(k_norm.variance_epsilon)
     return same_eps and q_norm.weight.numel() == attention.head_dim == k_norm.weight.numel()
