@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gemv_bench import graph_time_us  # noqa: E402
 
-from lmql_hf.gemv_kernel import RowNorm, block_sizes, row_times_weights  # noqa: E402
+from lmql_hf.kernels.gemv_kernel import RowNorm, block_sizes, row_times_weights  # noqa: E402
 
 WHOLE_ROW = [(n, 2048, w) for n, w in itertools.product((1, 2, 4), (2, 4, 8))]
 # name: (weight rows, K, activation, norm fused, residual added, configurations)

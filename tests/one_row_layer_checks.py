@@ -20,7 +20,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_row_ke
 
 @pytest.fixture(scope="module")
 def kernel() -> ModuleType:
-    from lmql_hf import gemv_kernel
+    from lmql_hf.kernels import gemv_kernel
 
     return gemv_kernel
 
@@ -108,7 +108,7 @@ def _decode_logits(model: torch.nn.Module, prompt: torch.Tensor, then: list[int]
 
 
 def _assert_fused_decode_matches(model: torch.nn.Module, wrapper: type) -> None:
-    from lmql_hf import fused
+    from lmql_hf.cuda import fused
 
     original = copy.deepcopy(model)
     fused.fuse(model)
@@ -126,7 +126,7 @@ def test_a_fused_llama_decodes_as_transformers_does(attention_bias: bool) -> Non
     original ones): logits as the untouched model's, over a grouped-query cache."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmql_hf import one_row_layers
+    from lmql_hf.cuda import one_row_layers
 
     torch.manual_seed(1)
     config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -141,7 +141,7 @@ def test_a_fused_llama_decodes_as_transformers_does(attention_bias: bool) -> Non
 def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
     from transformers import GPT2LMHeadModel
 
-    from lmql_hf import one_row_layers
+    from lmql_hf.cuda import one_row_layers
 
     torch.manual_seed(2)
     model = _perturbed(GPT2LMHeadModel.from_pretrained(small_gpt2))
@@ -150,7 +150,7 @@ def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
 
 @pytest.mark.parametrize(("rows", "tokens"), [(3, 1), (1, 5)])  # decode rows; a packed prompt chunk
 def test_cache_writes_land_where_indexing_puts_them(rows: int, tokens: int) -> None:
-    from lmql_hf.cache_kernels import write_tokens
+    from lmql_hf.kernels.cache_kernels import write_tokens
 
     torch.manual_seed(rows)
     heads, dim = 2, 12
@@ -172,7 +172,7 @@ def test_slot_moves_move_what_indexing_moves() -> None:
     """Through SlotCache's copy_slot / swap_slots, as the slot table calls them: keys and values
     of every layer, the first positions of each slot only; copies held back until ``flush``,
     one after the other where they touch the same slots."""
-    from lmql_hf.slot_cache import SlotCache
+    from lmql_hf.cache.slot_cache import SlotCache
 
     torch.manual_seed(0)
     cache = SlotCache(layers=3, slots=9, kv_heads=2, max_len=40, head_dim=12, dtype=torch.float32,
@@ -208,8 +208,8 @@ def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, sma
     """The HF backend on its slot cache (kernel writes), one stream then two: each step's
     logits with fused modules as without them."""
     from lmql_core.backend import StepInput
-    from lmql_hf import one_row_layers
     from lmql_hf.backend import HFBackend
+    from lmql_hf.cuda import one_row_layers
 
     path = small_gpt2 if model == "gpt2" else _saved_llama(tmp_path_factory)
     fused, plain = (HFBackend(path, fuse_kernels=on, max_seq_len=64, max_batch=2, warm_up=False)
