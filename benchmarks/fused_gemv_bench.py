@@ -1,4 +1,4 @@
-"""The one-row kernel as the fused Llama layer calls it (lmql_hf.one_row_layers), on the Llama 1.2B
+"""The one-row kernel as the fused Llama layer calls it (lmql_hf.cuda.one_row_layers), on the Llama 1.2B
 shapes (or Qwen3-0.6B's, with its 151,936 x 1,024 tied head), over block configurations: RMSNorm
 inside q/k/v and gate/up (SwiGLU), the residual inside o_proj and down_proj. Prints µs per
 product and the weight-read bandwidth, the default configuration first, then the fastest.
@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gemv_bench import graph_time_us  # noqa: E402
 
-from lmql_hf.gemv_kernel import RowNorm, block_sizes, row_times_weights  # noqa: E402
+from lmql_hf.kernels.gemv_kernel import RowNorm, block_sizes, row_times_weights  # noqa: E402
 
 WHOLE_ROW = [(n, 2048, w) for n, w in itertools.product((1, 2, 4), (2, 4, 8))]
 # name: (weight rows, K, activation, norm fused, residual added, configurations)

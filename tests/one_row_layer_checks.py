@@ -1,4 +1,4 @@
-"""Checks of the fused one-token decoder layers (lmql_hf.one_row_layers) and the kernel options
+"""Checks of the fused one-token decoder layers (lmql_hf.cuda.one_row_layers) and the kernel options
 they use (a norm before the product, a residual after it, SwiGLU, RoPE), run on the CPU by
 Triton's interpreter against float64 references and transformers' own modules.
 
@@ -20,7 +20,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_row_ke
 
 @pytest.fixture(scope="module")
 def kernel() -> ModuleType:
-    from lmql_hf import gemv_kernel
+    from lmql_hf.kernels import gemv_kernel
 
     return gemv_kernel
 
@@ -133,7 +133,7 @@ def _decode_logits(model: torch.nn.Module, prompt: torch.Tensor, then: list[int]
 
 
 def _assert_fused_decode_matches(model: torch.nn.Module, wrapper: type, then: tuple[int, ...] = (13, 2, 40)) -> None:
-    from lmql_hf import fused
+    from lmql_hf.cuda import fused
 
     original = copy.deepcopy(model)
     fused.fuse(model)
@@ -151,7 +151,7 @@ def test_a_fused_llama_decodes_as_transformers_does(attention_bias: bool) -> Non
     original ones): logits as the untouched model's, over a grouped-query cache."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmql_hf import one_row_layers
+    from lmql_hf.cuda import one_row_layers
 
     torch.manual_seed(1)
     config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -178,7 +178,7 @@ def _small_qwen(family: str) -> torch.nn.Module:
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3"])
 def test_a_fused_qwen_decodes_as_transformers_does(family: str) -> None:
-    from lmql_hf import one_row_layers
+    from lmql_hf.cuda import one_row_layers
 
     model = _small_qwen(family)
     _assert_fused_decode_matches(model, one_row_layers.OneRowLlamaLayer, then=(13, 2))
@@ -190,7 +190,7 @@ def test_a_fused_qwen_decodes_as_transformers_does(family: str) -> None:
 def test_a_qwen3_layer_whose_head_norms_differ_in_epsilon_stays_as_it_is() -> None:
     """The fused RoPE kernel takes one epsilon for q's and k's norms: a layer with two stays
     transformers' own (the other is fused)."""
-    from lmql_hf import fused, one_row_layers
+    from lmql_hf.cuda import fused, one_row_layers
 
     model = _small_qwen("qwen3")
     model.model.layers[0].self_attn.k_norm.variance_epsilon = 1e-3
@@ -203,7 +203,7 @@ def test_a_qwen3_layer_whose_head_norms_differ_in_epsilon_stays_as_it_is() -> No
 def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
     from transformers import GPT2LMHeadModel
 
-    from lmql_hf import one_row_layers
+    from lmql_hf.cuda import one_row_layers
 
     torch.manual_seed(2)
     model = _perturbed(GPT2LMHeadModel.from_pretrained(small_gpt2))
@@ -212,7 +212,7 @@ def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
 
 @pytest.mark.parametrize(("rows", "tokens"), [(3, 1), (1, 5)])  # decode rows; a packed prompt chunk
 def test_cache_writes_land_where_indexing_puts_them(rows: int, tokens: int) -> None:
-    from lmql_hf.cache_kernels import write_tokens
+    from lmql_hf.kernels.cache_kernels import write_tokens
 
     torch.manual_seed(rows)
     heads, dim = 2, 12
@@ -234,7 +234,7 @@ def test_slot_moves_move_what_indexing_moves() -> None:
     """Through SlotCache's copy_slot / swap_slots, as the slot table calls them: keys and values
     of every layer, the first positions of each slot only; copies held back until ``flush``,
     one after the other where they touch the same slots."""
-    from lmql_hf.slot_cache import SlotCache
+    from lmql_hf.cache.slot_cache import SlotCache
 
     torch.manual_seed(0)
     cache = SlotCache(layers=3, slots=9, kv_heads=2, max_len=40, head_dim=12, dtype=torch.float32,
@@ -270,8 +270,8 @@ def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, sma
     """The HF backend on its slot cache (kernel writes), one stream then two: each step's
     logits with fused modules as without them."""
     from lmql_core.backend import StepInput
-    from lmql_hf import one_row_layers
     from lmql_hf.backend import HFBackend
+    from lmql_hf.cuda import one_row_layers
 
     paths = {"gpt2": lambda: small_gpt2, "llama": lambda: _saved_llama(tmp_path_factory),
              "qwen3": lambda: _saved_qwen3(tmp_path_factory)}

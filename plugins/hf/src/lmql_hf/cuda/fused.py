@@ -12,7 +12,6 @@ run one token in a few fused kernels (one_row_layers). Only exact classes are sw
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
@@ -22,7 +21,8 @@ from torch.nn import functional
 from transformers import __version__ as transformers_version
 from transformers.pytorch_utils import Conv1D
 
-from lmql_hf import one_row_layers
+from lmql_hf.cuda import one_row_layers
+from lmql_hf.kernels import runs_on
 
 SILU = {"SiLUActivation", "SiLU"}
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm"}
@@ -50,15 +50,10 @@ class FusedRMSNorm(nn.Module):
 def _row_kernel() -> ModuleType | None:
     """The one-row Triton kernel, where Triton is installed (it comes with CUDA builds of torch)."""
     try:
-        from lmql_hf import gemv_kernel
+        from lmql_hf.kernels import gemv_kernel
     except ImportError:
         return None
     return gemv_kernel
-
-
-def runs_on(device: torch.device) -> bool:
-    """Triton runs on the GPU, or anywhere in its interpreter (the tests)."""
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def runs_kernel(x: torch.Tensor) -> bool:
