@@ -26,6 +26,8 @@ def test_the_plugin_adds_serve_cluster_to_the_lmql_command() -> None:
     (["--replicas", "0"], "--replicas must be at least 1, not 0"),
     (["--min-replicas", "3", "--max-replicas", "2"], "0 <= min (3) <= max (2)"),
     (["--max_batch", "many"], "max_batch"),
+    (["--min-replicas", "1", "--max-replicas", "2", "--upscale-delay", "-1"], "the scaling delays must be"),
+    (["--min-replicas", "1", "--max-replicas", "2", "--look-back", "0"], "the look-back above 0"),
 ])
 def test_bad_settings_are_refused_before_ray_starts(args: list[str], message: str) -> None:
     result = run_lmql("serve-cluster", "lmql-tiny", *args)
@@ -48,9 +50,11 @@ def test_an_unknown_routing_policy_is_a_usage_error() -> None:
 
 def test_fixed_replicas_and_autoscaling_on_ongoing_requests() -> None:
     assert ClusterConfig("m", replicas=2).scaling() == {"num_replicas": 2}
-    auto = ClusterConfig("m", replicas=2, min_replicas=1, max_replicas=4, target_ongoing=8).scaling()
+    auto = ClusterConfig("m", replicas=2, min_replicas=1, max_replicas=4, target_ongoing=8,
+                         upscale_delay=0, downscale_delay=5, look_back=12).scaling()
     assert auto == {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
-                                           "target_ongoing_requests": 8}}
+                                           "target_ongoing_requests": 8, "upscale_delay_s": 0,
+                                           "downscale_delay_s": 5, "look_back_period_s": 12}}
     # scaled to zero when idle, one replica to start with
     idle = ClusterConfig("m", min_replicas=0, max_replicas=2).scaling()["autoscaling_config"]
     assert idle["min_replicas"] == 0 and idle["initial_replicas"] == 1
