@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -23,12 +22,7 @@ pytest.importorskip("ray.serve")
 pytest.importorskip("lmql_hf")
 openai = pytest.importorskip("openai")
 
-from plugins.ray.tests.cluster import Cluster, reused, served  # noqa: E402
-
-MODEL = "lmql-tiny"
-VOCAB = 2048  # lmql-tiny's
-BOS = 1
-NO_EOS = {"logit_bias": {"2": -100}}  # streams that run to max_tokens
+from plugins.ray.tests.cluster import MODEL, NO_EOS, Cluster, prompt, reused, served, streams  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +37,6 @@ def single() -> Iterator[Server]:
     server = Server(MODEL)
     yield server
     assert server.stop() == 0, server.output()
-
-
-def prompt(seed: int, length: int = 24) -> list[int]:
-    rng = random.Random(seed)
-    return [BOS, *(rng.randrange(3, VOCAB) for _ in range(length - 1))]
-
-
-def streams(endpoint: str, requests: dict[Any, tuple[str, dict[str, Any]]],
-            timeout: float = 120) -> dict[Any, list[dict[str, Any]]]:
-    """Every request (stream id -> command, body) on one connection at once; each stream's entries."""
-    async def run() -> dict[Any, list[dict[str, Any]]]:
-        async with RawClient(endpoint) as c:
-            for sid, (command, body) in requests.items():
-                await c.send(command, {"model": MODEL, "stream_id": sid, **body})
-            return await c.collect(set(requests), timeout=timeout)
-    return asyncio.run(run())
 
 
 def without_errors(entries: dict[Any, list[dict[str, Any]]]) -> dict[Any, list[dict[str, Any]]]:

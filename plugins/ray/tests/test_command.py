@@ -3,6 +3,8 @@ cluster: the command line, its errors, fixed and autoscaled replicas, GPUs per r
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,14 @@ def test_the_plugin_adds_serve_cluster_to_the_lmql_command() -> None:
     for option in ("--replicas", "--min-replicas", "--max-replicas", "--ray-address", "--routing"):
         assert option in result.stdout
     assert "serve-cluster" in run_lmql("--help").stdout
+
+
+def test_with_the_plugin_installed_lmql_imports_ray_only_when_serve_cluster_runs() -> None:
+    script = ("import sys, lmql\nfrom lmql_core import plugins\n"
+              "print([c.name for c in plugins.registry().commands], 'ray' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["['serve-cluster']", "False"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
