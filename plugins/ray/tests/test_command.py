@@ -38,6 +38,8 @@ def test_with_the_plugin_installed_lmql_imports_ray_only_when_serve_cluster_runs
     (["--max_batch", "many"], "max_batch"),
     (["--min-replicas", "1", "--max-replicas", "2", "--upscale-delay", "-1"], "the scaling delays must be"),
     (["--min-replicas", "1", "--max-replicas", "2", "--look-back", "0"], "the look-back above 0"),
+    (["--cuda", "--gpus-per-replica", "1.5"], "a fraction up to 1 or a whole number, not 1.5"),
+    (["--gpus-per-replica", "0"], "--gpus-per-replica must be a fraction up to 1 or a whole number, not 0"),
 ])
 def test_bad_settings_are_refused_before_ray_starts(args: list[str], message: str) -> None:
     result = run_lmql("serve-cluster", "lmql-tiny", *args)

@@ -54,6 +54,10 @@ class ClusterConfig:
         high = self.replicas if self.max_replicas is None else self.max_replicas
         if low < 0 or high < 1 or low > high:
             raise ValueError(f"replicas must satisfy 0 <= min ({low}) <= max ({high}) and max >= 1")
+        gpus = float(self.gpus_per_replica)
+        if gpus <= 0 or (gpus > 1 and not gpus.is_integer()):  # Ray's rule: above 1, whole units
+            raise ValueError(f"--gpus-per-replica must be a fraction up to 1 or a whole number, "
+                             f"not {gpus:g}")
         if min(self.upscale_delay, self.downscale_delay) < 0 or self.look_back <= 0:
             raise ValueError("the scaling delays must be at least 0 seconds and the look-back above 0")
 
