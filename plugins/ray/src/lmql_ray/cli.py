@@ -37,7 +37,8 @@ ROUTING = ("prefix", "round-robin")
 @click.option("--cuda", is_flag=True, help="Load each replica on its GPU(s).")
 @click.option("--dtype", help="Weights' data type: float16, bfloat16, float32, 8bit, 4bit.")
 @click.option("--gpus-per-replica", default=1.0, show_default=True, type=float,
-              help="With --cuda: GPUs each replica reserves; above 1 its layers split across them.")
+              help="With --cuda: GPUs each replica reserves; above 1 (whole) its layers split across "
+              "them, below 1 replicas share a GPU.")
 @click.option("--cpus-per-replica", default=1.0, show_default=True, type=float,
               help="CPUs each replica reserves in Ray (0 packs replicas onto a small machine).")
 @click.option("--routing", type=click.Choice(ROUTING), default="prefix", show_default=True,
