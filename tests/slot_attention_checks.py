@@ -17,14 +17,14 @@ import torch
 from test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts
 
 from lmql_hf.bundled import bundled_path
-from lmql_hf.prompt_graphs import tile_table, tokens_per_tile
+from lmql_hf.kernels.tiles import tile_table, tokens_per_tile
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_row_kernel.py"
 
 
 @pytest.fixture(scope="module")
 def kernel() -> ModuleType:
-    from lmql_hf import slot_attention
+    from lmql_hf.kernels import slot_attention
 
     return slot_attention
 

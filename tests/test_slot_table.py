@@ -15,8 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lmql_hf.slot_cache import SlotCache  # noqa: E402
-from lmql_hf.slots import PENDING, SlotTable  # noqa: E402
+from lmql_hf.cache.slot_cache import SlotCache  # noqa: E402
+from lmql_hf.cache.slots import PENDING, SlotTable  # noqa: E402
 
 SLOTS = 5  # four for sequences, the last is scratch
 MAX_LEN = 16

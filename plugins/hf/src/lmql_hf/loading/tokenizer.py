@@ -7,7 +7,7 @@ from typing import Any
 
 from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json, vocab_fingerprint
 from lmql_hf.bundled import resolve
-from lmql_hf.hub import hub_reachable
+from lmql_hf.loading.hub import hub_reachable
 
 
 class TransformersTokenizer:
