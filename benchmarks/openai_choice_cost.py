@@ -23,7 +23,7 @@ from lmql_core.openai_compat.choices import Choice, completion_logprobs, delta_j
 
 
 def tokenizer(name: str) -> Any:
-    from lmql_hf.tokenizer import load_hf_tokenizer
+    from lmql_hf.loading.tokenizer import load_hf_tokenizer
 
     if name == "lmql-tiny":
         return load_hf_tokenizer("lmql-tiny")

@@ -190,7 +190,7 @@ def test_incremental_decoding_passes_over_ids_without_text(tmp_path: Path) -> No
     from transformers import AutoTokenizer, GPT2Config
 
     from lmql_core.tokenizer import IncrementalDecoder
-    from lmql_hf.tokenizer import load_hf_tokenizer
+    from lmql_hf.loading.tokenizer import load_hf_tokenizer
 
     GPT2Config(n_layer=1, n_embd=8, n_head=1).save_pretrained(tmp_path)
     reference = AutoTokenizer.from_pretrained(tmp_path)
@@ -237,7 +237,7 @@ def test_the_hf_tokenizer_decodes_as_transformers() -> None:
 
     from transformers import AutoTokenizer
 
-    from lmql_hf.tokenizer import TransformersTokenizer
+    from lmql_hf.loading.tokenizer import TransformersTokenizer
 
     reference = AutoTokenizer.from_pretrained(bundled_path("lmql-tiny"))
     tokenizer = TransformersTokenizer(reference)
