@@ -66,7 +66,9 @@ def main() -> None:
             *(["--openai", "--processes", "4"] if args.openai else [])]
     try:
         lmtp_load.main(load)  # warm-up, unsampled
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--rate", "1000", "--threads",
+        beside = Path(sys.executable).with_name("py-spy")  # pip's script where PATH may not lead
+        py_spy = str(beside) if beside.exists() else "py-spy"
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(server.pid), "--rate", "1000", "--threads",
                                 "--nonblocking", "--format", "raw", "--output", str(raw),
                                 *(["--gil"] if args.gil else [])])
         time.sleep(1)
