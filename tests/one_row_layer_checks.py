@@ -1,4 +1,4 @@
-"""Checks of the fused one-token decoder layers (lmql_hf.one_row_layers) and the kernel options
+"""Checks of the fused one-token decoder layers (lmql_hf.cuda.one_row_layers) and the kernel options
 they use (a norm before the product, a residual after it, SwiGLU, RoPE), run on the CPU by
 Triton's interpreter against float64 references and transformers' own modules.
 
