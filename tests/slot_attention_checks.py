@@ -1,4 +1,4 @@
-"""Checks of the slot-cache attention kernels (lmql_hf.slot_attention), run on the CPU by Triton's
+"""Checks of the slot-cache attention kernels (lmql_hf.kernels.slot_attention), run on the CPU by Triton's
 interpreter: decode rows and packed prompt chunks against a float64 softmax written here, and HF
 backends prefilling and decoding through them against transformers' own generate.
 

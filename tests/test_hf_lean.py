@@ -1,4 +1,4 @@
-"""The HF backend's lean decode step on the CPU (lmql_hf.lean_decode): decode rows of Llama and
+"""The HF backend's lean decode step on the CPU (lmql_hf.cpu.lean_decode): decode rows of Llama and
 GPT-2 as direct torch operations over the slot cache. Checked against transformers' own forward
 over each whole sequence, and its greedy ``generate``."""
 

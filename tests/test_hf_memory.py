@@ -1,4 +1,4 @@
-"""GPU memory sized together (lmql_hf.memory): the KV cache's slots, the batch chosen from memory
+"""GPU memory sized together (lmql_hf.cache.memory): the KV cache's slots, the batch chosen from memory
 where the user gave none, and what MODEL_INFO reports. The plan is arithmetic, checked here on
 the CPU against the issue's figures (a Qwen3-0.6B-shaped model on an 80 GB H100)."""
 

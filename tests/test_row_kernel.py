@@ -1,5 +1,5 @@
 """The HF backend's Triton kernels on the CPU, through Triton's interpreter: the one-row matrix
-product (lmql_hf.gemv_kernel) and the attention over the slot cache (lmql_hf.slot_attention)."""
+product (lmql_hf.kernels.gemv_kernel) and the attention over the slot cache (lmql_hf.kernels.slot_attention)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HF backend's slot table (``lmql_hf.slots.SlotTable``) over a real, tiny ``SlotCache`` on
+"""The HF backend's slot table (``lmql_hf.cache.slots.SlotTable``) over a real, tiny ``SlotCache`` on
 the CPU, without a model: which slot each sequence gets, cached prefixes taken over, running
 slots kept compact on release, and tokens appended from the device (pending) then confirmed.
 
