@@ -1,0 +1,200 @@
+"""When the HF backend captures its CUDA graphs (issue 32's start-up): before "Ready" only the
+first requests' few, any other bucket at its second use (its first runs eagerly) or while the
+engine idles; and the engine's idle hook (``Backend.idle``) that drives the latter. The captures
+themselves need a GPU (scripts/gpu_check.py); the plan and the engine's calls are checked here."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+
+from lmql_core.backends.random import RandomBackend  # noqa: E402
+from lmql_core.engine.engine import Engine  # noqa: E402
+from lmql_core.engine.sequence import Finish, SamplingParams, Sequence  # noqa: E402
+from lmql_hf.graphs import BATCH_BUCKETS, FIRST_LENGTH, CapturePlan, diagonal_order, length_buckets  # noqa: E402
+from lmql_hf.options import OPTIONS  # noqa: E402
+from lmql_hf.prompt_graphs import token_buckets  # noqa: E402
+
+
+def decode_plan(max_len: int = 2048, max_batch: int = 256, everything: bool = False) -> CapturePlan[Any]:
+    """The plan ``DecodeGraphs`` makes (graphs.py builds it the same way)."""
+    batches = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+    lengths = length_buckets(max_len)
+    first = [(1, n) for n in lengths if n <= FIRST_LENGTH]
+    return CapturePlan(diagonal_order(batches, lengths), first, everything)
+
+
+def test_before_ready_one_stream_up_to_256_positions_is_captured_of_72_graphs() -> None:
+    plan = decode_plan()
+    assert len(plan.order) == 12 * 6 == len(set(plan.order))  # 12 batch buckets x 64..2048
+    assert plan.first == [(1, 64), (1, 128), (1, 256)]
+    assert decode_plan(everything=True).first == plan.order  # --capture_all True: all 72 before Ready
+
+
+def test_idle_captures_come_few_streams_and_short_lengths_first() -> None:
+    order = decode_plan().order
+    assert order[:6] == [(1, 64), (2, 64), (1, 128), (4, 64), (2, 128), (1, 256)]
+    # by batch x length: every length bucket has its one-stream graph among the first 21, every
+    # batch bucket its 64-position graph within the first 40 (of 72)
+    assert {n for b, n in order[:21] if b == 1} == set(length_buckets(2048))
+    assert {b for b, n in order[:40] if n == 64} == set(BATCH_BUCKETS)
+    assert order[-1] == (256, 2048)
+
+
+def test_a_bucket_runs_eagerly_once_then_is_captured_then_replays() -> None:
+    plan = decode_plan()
+    key = (8, 512)
+    assert not plan.ran_eagerly(key)
+    assert plan.use(key) == "eager"
+    assert plan.ran_eagerly(key)  # so its capture needs no warm-up run
+    assert plan.use(key) == "capture"
+    plan.captured.add(key)  # what DecodeGraphs does once the capture succeeded
+    assert [plan.use(key) for _ in range(3)] == ["replay"] * 3
+
+
+def test_a_bucket_whose_capture_failed_runs_eagerly_and_is_not_offered_again() -> None:
+    plan = CapturePlan([64, 128, 256], [64])
+    plan.use(128)
+    plan.failed.add(128)  # out of memory during its capture
+    assert [plan.use(128) for _ in range(3)] == ["eager"] * 3
+    plan.captured.add(64)
+    assert plan.next_idle() == 256
+    plan.captured.add(256)
+    assert plan.next_idle() is None
+
+
+def test_idle_captures_skip_what_requests_captured() -> None:
+    plan = decode_plan(max_len=128, max_batch=2)
+    assert plan.order == [(1, 64), (2, 64), (1, 128), (2, 128)]
+    plan.captured.update(plan.first)
+    plan.use((2, 64))
+    plan.use((2, 64))
+    plan.captured.add((2, 64))  # a request's second use captured it
+    assert plan.next_idle() == (2, 128)
+
+
+def test_prompt_buckets_captured_before_ready_are_those_up_to_256_tokens() -> None:
+    buckets = token_buckets(8192)
+    plan = CapturePlan(buckets, [n for n in buckets if n <= FIRST_LENGTH])
+    assert plan.first == [64, 128, 256] and len(buckets) == 12
+    assert plan.next_idle() == 64  # nothing captured yet: the smallest first
+
+
+def test_capture_all_is_an_option_serve_model_lists() -> None:
+    option = OPTIONS["capture_all"]
+    assert option.default is False
+    assert "before Ready" in option.help
+
+
+class IdleWork(RandomBackend):
+    """A backend with deferred work: ``pieces`` pieces of ``piece_s`` seconds each, done only
+    through ``Backend.idle``; it records whether a step was in flight during one."""
+
+    def __init__(self, pieces: int, piece_s: float, pause_s: float = 0.0) -> None:
+        super().__init__(vocab_size=64, eos_token_id=1)
+        self.left, self.piece_s, self.pause_s = pieces, piece_s, pause_s
+        self.calls: list[float] = []
+        self.stepping = threading.Event()
+        self.overlapped = False
+
+    def idle(self) -> float | None:
+        self.calls.append(time.perf_counter())
+        if self.stepping.is_set():
+            self.overlapped = True
+        if self.left == 0:
+            return None
+        time.sleep(self.piece_s)
+        self.left -= 1
+        return self.pause_s if self.left else None
+
+    def forward(self, batch: Any) -> Any:
+        self.stepping.set()
+        try:
+            return super().forward(batch)
+        finally:
+            self.stepping.clear()
+
+
+def run_one(engine: Engine, seq_id: int, tokens: int = 3) -> list[Finish]:
+    done: list[Finish] = []
+    finished = threading.Event()
+
+    def sink(events: list[Any]) -> None:
+        done.extend(e.finish_reason for e in events if e.finish_reason is not None)
+        if done:
+            finished.set()
+
+    engine.submit(Sequence(seq_id, [2, 3], SamplingParams(max_tokens=tokens), sink))
+    assert finished.wait(10)
+    return done
+
+
+def wait_until(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert condition()
+
+
+def test_an_idle_engine_does_the_backends_deferred_work_piece_by_piece_then_stops_asking() -> None:
+    backend = IdleWork(pieces=5, piece_s=0.001)
+    engine = Engine(backend)
+    try:
+        wait_until(lambda: backend.left == 0)
+        time.sleep(0.05)
+        assert len(backend.calls) == 5  # the fifth piece returned None: never asked again
+        assert run_one(engine, 1) != []
+        time.sleep(0.05)
+        assert len(backend.calls) == 5
+    finally:
+        engine.stop()
+
+
+def test_the_pause_the_backend_asks_for_is_kept_between_pieces() -> None:
+    backend = IdleWork(pieces=3, piece_s=0.0, pause_s=0.1)
+    engine = Engine(backend)
+    try:
+        wait_until(lambda: backend.left == 0)
+        gaps = [b - a for a, b in zip(backend.calls, backend.calls[1:], strict=False)]
+        assert len(gaps) == 2 and min(gaps) >= 0.09
+    finally:
+        engine.stop()
+
+
+def test_requests_arriving_during_idle_work_are_served_and_steps_never_overlap_it() -> None:
+    backend = IdleWork(pieces=40, piece_s=0.01)  # 0.4 s of deferred work
+    engine = Engine(backend)
+    try:
+        wait_until(lambda: len(backend.calls) >= 2)
+        began = time.perf_counter()
+        assert run_one(engine, 1, tokens=5) != []
+        # served after at most the piece in progress, not after all the deferred work
+        assert time.perf_counter() - began < 0.2
+        assert backend.left > 0
+        wait_until(lambda: backend.left == 0)
+        assert not backend.overlapped
+    finally:
+        engine.stop()
+
+
+def test_a_failing_idle_hook_is_not_called_again_and_the_engine_serves_on() -> None:
+    class Failing(RandomBackend):
+        calls = 0
+
+        def idle(self) -> float | None:
+            Failing.calls += 1
+            raise RuntimeError("broken idle work")
+
+    engine = Engine(Failing(vocab_size=64, eos_token_id=1))
+    try:
+        wait_until(lambda: Failing.calls == 1)
+        assert run_one(engine, 1) != []
+        time.sleep(0.05)
+        assert Failing.calls == 1
+    finally:
+        engine.stop()
