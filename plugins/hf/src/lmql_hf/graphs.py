@@ -183,9 +183,17 @@ class DecodeGraphs:
         self.staging = Staging(self.batches[-1])
 
     def capture_first(self) -> None:
-        """Capture the buckets the first requests need (every bucket with ``capture_all``)."""
+        """Capture the buckets the first requests need (every bucket with ``capture_all``), and
+        run one stream once at every other length: the attention kernel's variants differ by
+        length (how many splits), and are compiled now rather than during a request."""
         for batch, length in self.plan.first:
             self._capture(self._bucket(batch, length))
+        for length in self.lengths:
+            if (1, length) not in self.plan.captured:
+                graph = self._bucket(1, length)
+                graph.inputs[2].fill_(self.scratch)
+                self.plan.use((1, length))
+                self._step(graph)
 
     def capture_next(self) -> bool:
         """Capture one bucket not captured yet, the likeliest first; False when none is left."""

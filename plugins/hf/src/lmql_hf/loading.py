@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +60,35 @@ def _dtype_named(option: str, name: str) -> torch.dtype:
     if not isinstance(found, torch.dtype):
         raise LMQLError(f"unknown --{option} '{name}'; use auto or one of {', '.join(DTYPES)}")
     return found
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def start_in_background(path: str, cuda: bool) -> None:
+    """What waits on the device or the disk rather than on the interpreter, started on a thread
+    while this one imports transformers' model code (seconds, all of it holding the interpreter's
+    lock): each GPU's CUDA context (torch lets go of the lock while the driver creates it) and, for
+    a model folder, its weight files read ahead into the page cache. Errors are left to the
+    loading itself, which meets them again."""
+    folder = Path(path)
+    files = [f for pattern in WEIGHT_FILES for f in folder.glob(pattern)] if folder.is_dir() else []
+    if cuda or files:
+        threading.Thread(target=_prepare, args=(cuda, files), name="lmql-hf-prepare", daemon=True).start()
+
+
+def _prepare(cuda: bool, files: list[Path]) -> None:
+    with contextlib.suppress(Exception):
+        if cuda:
+            for device in range(torch.cuda.device_count()):
+                torch.empty(1, device=f"cuda:{device}")
+        for file in files:
+            if hasattr(os, "posix_fadvise"):
+                fd = os.open(file, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(fd)
 
 
 def load_weights(path: str, kwargs: dict[str, Any], progress: bool) -> Any:
