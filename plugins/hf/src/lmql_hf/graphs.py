@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
@@ -81,6 +82,7 @@ def diagonal_order(batches: list[int], lengths: list[int]) -> list[tuple[int, in
 
 
 _STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+_WARMED: set[tuple[int, torch.device]] = set()  # (thread, device): a warm-up ran on its side stream
 
 
 def capture(graph: torch.cuda.CUDAGraph, run: Callable[[], torch.Tensor], device: torch.device,
@@ -91,10 +93,15 @@ def capture(graph: torch.cuda.CUDAGraph, run: Callable[[], torch.Tensor], device
     same shapes has run. Both on one side stream (one per device, as the shared pool wants), and
     without ``torch.cuda.graph``'s synchronize and emptied caches around every capture (the caller
     empties them once before many captures). The garbage collector waits meanwhile: objects it
-    frees can make CUDA calls that invalidate a capture."""
+    frees can make CUDA calls that invalidate a capture. A thread's first capture on a device
+    warms up regardless: cuBLAS keeps a workspace per thread's handle and stream, made at first
+    use. (A warm-up with a step's inputs writes what the step's replay writes again: the same.)"""
     if device not in _STREAMS:
         _STREAMS[device] = torch.cuda.Stream(device)
     stream = _STREAMS[device]
+    thread = (threading.get_ident(), device)
+    warm = warm or thread not in _WARMED
+    _WARMED.add(thread)
     stream.wait_stream(torch.cuda.current_stream(device))
     collecting = gc.isenabled()
     gc.disable()
