@@ -57,7 +57,7 @@ class HFBackend(Backend):
         self.name = model
         self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
         self.path, offline = hub.locate(model, self.kwargs.get("revision"))
-        loading.start_in_background(self.path, cuda)
+        loading.read_ahead(self.path)
         loader_keys.check(self.path, kwargs, dict(self.kwargs, **offline))
         loaded = loading.load_weights(self.path, dict(offline, **self.kwargs), bool(self.options["progress"]))
         self.model = loaded.eval()

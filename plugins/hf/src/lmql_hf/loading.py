@@ -65,30 +65,24 @@ def _dtype_named(option: str, name: str) -> torch.dtype:
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 
 
-def start_in_background(path: str, cuda: bool) -> None:
-    """What waits on the device or the disk rather than on the interpreter, started on a thread
-    while this one imports transformers' model code (seconds, all of it holding the interpreter's
-    lock): each GPU's CUDA context (torch lets go of the lock while the driver creates it) and, for
-    a model folder, its weight files read ahead into the page cache. Errors are left to the
-    loading itself, which meets them again."""
+def read_ahead(path: str) -> None:
+    """A model folder's weight files read into the page cache on a thread, while this one imports
+    transformers' model code (seconds, holding the interpreter's lock); loading then finds them
+    there. Errors are left to the loading itself, which meets them again."""
     folder = Path(path)
     files = [f for pattern in WEIGHT_FILES for f in folder.glob(pattern)] if folder.is_dir() else []
-    if cuda or files:
-        threading.Thread(target=_prepare, args=(cuda, files), name="lmql-hf-prepare", daemon=True).start()
+    if files and hasattr(os, "posix_fadvise"):
+        threading.Thread(target=_will_need, args=(files,), name="lmql-hf-read-ahead", daemon=True).start()
 
 
-def _prepare(cuda: bool, files: list[Path]) -> None:
-    with contextlib.suppress(Exception):
-        if cuda:
-            for device in range(torch.cuda.device_count()):
-                torch.empty(1, device=f"cuda:{device}")
+def _will_need(files: list[Path]) -> None:
+    with contextlib.suppress(OSError):
         for file in files:
-            if hasattr(os, "posix_fadvise"):
-                fd = os.open(file, os.O_RDONLY)
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                finally:
-                    os.close(fd)
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
 
 def load_weights(path: str, kwargs: dict[str, Any], progress: bool) -> Any:
