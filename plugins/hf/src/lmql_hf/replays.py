@@ -22,9 +22,11 @@ from lmql_hf.graphs import DecodeGraphs
 from lmql_hf.prompt_graphs import PromptGraphs, tokens_per_tile
 
 console = Console(stderr=True)
-# graphs left to capture wait until the engine has idled this long: requests that follow each
-# other closely (a query's calls, a burst) then do not find the engine inside a capture (20-75 ms)
-IDLE_CAPTURE_AFTER_S = 0.25
+# graphs left to capture wait until the engine has idled this long (counted from the warm-up
+# before Ready, then from the last step): requests that follow each other closely (a query's
+# calls, a burst, a client's first request after connecting) then do not find the engine inside a
+# capture (20-75 ms)
+IDLE_CAPTURE_AFTER_S = 1.0
 
 
 def decode_graphs(backend: Any) -> DecodeGraphs | None:
