@@ -167,17 +167,18 @@ def test_the_pause_the_backend_asks_for_is_kept_between_pieces() -> None:
 
 
 def test_requests_arriving_during_idle_work_are_served_and_steps_never_overlap_it() -> None:
-    backend = IdleWork(pieces=40, piece_s=0.01)  # 0.4 s of deferred work
+    backend = IdleWork(pieces=300, piece_s=0.01)  # 3 s of deferred work
     engine = Engine(backend)
     try:
         wait_until(lambda: len(backend.calls) >= 2)
         began = time.perf_counter()
         assert run_one(engine, 1, tokens=5) != []
         # served after at most the piece in progress, not after all the deferred work
-        assert time.perf_counter() - began < 0.2
+        assert time.perf_counter() - began < 1.0
         assert backend.left > 0
-        wait_until(lambda: backend.left == 0)
         assert not backend.overlapped
+        left = backend.left
+        wait_until(lambda: backend.left < left)  # and the deferred work goes on afterwards
     finally:
         engine.stop()
 

@@ -383,6 +383,7 @@ class HFBackend(Backend):
                          "bytes": self.cache.slots * self.memory.slot_bytes,
                          "reserved_bytes": self.memory.reserved_bytes,
                          "cuda_graphs": self.graphs is not None, "fused_modules": self.fused_modules,
+                         "graphs": self.captures_left.captured(),  # captured so far, of how many
                          "chained_steps": self.chains_steps, "lean_decode": self.lean is not None,
                          "head_forms": self.lean.head.forms if self.lean is not None else None,
                          "packed_linears": sorted(self.lean.packed_roles) if self.lean is not None else [],

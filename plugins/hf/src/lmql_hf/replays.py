@@ -69,8 +69,14 @@ class CapturesLeft:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         on_cuda = backend.device.type == "cuda"
-        self.sources = [g for g in (backend.graphs, backend.prompts) if g is not None and on_cuda]
+        self.kinds = [g for g in (backend.graphs, backend.prompts) if g is not None and on_cuda]
+        self.sources = list(self.kinds)  # those with graphs left, in turn
         backend.stepped_at = time.perf_counter()
+
+    def captured(self) -> dict[str, int]:
+        """How many graphs are captured now, and of how many (for MODEL_INFO)."""
+        return {"captured": sum(len(g.plan.captured) for g in self.kinds),
+                "of": sum(len(g.plan.order) for g in self.kinds)}
 
     def capture_one(self) -> float | None:
         """Seconds until the next call is due (0: at once), or None when nothing is left."""
