@@ -36,8 +36,10 @@ def decode_graphs(backend: Any) -> DecodeGraphs | None:
     forward = backend.decode_forward
     if mode := backend.options["compile"]:  # True, or one of torch.compile's modes
         forward = torch.compile(forward, mode=None if mode is True else str(mode))
+    # a compiled forward compiles again for every new shape: all of that before Ready
+    everything = bool(backend.options["capture_all"] or backend.options["compile"])
     graphs = DecodeGraphs(forward, backend.device, backend.max_context, backend.max_batch,
-                          backend.table.scratch, bool(backend.options["capture_all"]))
+                          backend.table.scratch, everything)
     with capturing(len(graphs.plan.first), "decode steps", len(graphs.plan.order)):
         torch.cuda.empty_cache()  # what the loading left cached: free for the graphs' pool
         graphs.capture_first()
