@@ -11,28 +11,31 @@ import pytest
 
 pytest.importorskip("torch")
 
-from lmql_hf.graphs import BATCH_BUCKETS, FIRST_LENGTH, CapturePlan, diagonal_order, length_buckets  # noqa: E402
+from lmql_hf.graphs import (  # noqa: E402
+    BATCH_BUCKETS,
+    CapturePlan,
+    batch_buckets,
+    decode_plan,
+    length_buckets,
+    prompt_plan,
+)
 from lmql_hf.options import OPTIONS  # noqa: E402
 from lmql_hf.prompt_graphs import token_buckets  # noqa: E402
 
 
-def decode_plan(max_len: int = 2048, max_batch: int = 256, everything: bool = False) -> CapturePlan[Any]:
-    """The plan ``DecodeGraphs`` makes (graphs.py builds it the same way)."""
-    batches = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
-    lengths = length_buckets(max_len)
-    first = [(1, n) for n in lengths if n <= FIRST_LENGTH]
-    return CapturePlan(diagonal_order(batches, lengths), first, everything)
+def plan_of(max_len: int = 2048, max_batch: int = 256, everything: bool = False) -> CapturePlan[Any]:
+    return decode_plan(batch_buckets(max_batch), length_buckets(max_len), everything)
 
 
 def test_before_ready_one_stream_up_to_256_positions_is_captured_of_72_graphs() -> None:
-    plan = decode_plan()
+    plan = plan_of()
     assert len(plan.order) == 12 * 6 == len(set(plan.order))  # 12 batch buckets x 64..2048
     assert plan.first == [(1, 64), (1, 128), (1, 256)]
-    assert decode_plan(everything=True).first == plan.order  # --capture_all True: all 72 before Ready
+    assert plan_of(everything=True).first == plan.order  # --capture_all True: all 72 before Ready
 
 
 def test_idle_captures_come_few_streams_and_short_lengths_first() -> None:
-    order = decode_plan().order
+    order = plan_of().order
     assert order[:6] == [(1, 64), (2, 64), (1, 128), (4, 64), (2, 128), (1, 256)]
     # by batch x length: every length bucket has its one-stream graph among the first 21, every
     # batch bucket its 64-position graph within the first 40 (of 72)
@@ -42,7 +45,7 @@ def test_idle_captures_come_few_streams_and_short_lengths_first() -> None:
 
 
 def test_a_bucket_runs_eagerly_once_then_is_captured_then_replays() -> None:
-    plan = decode_plan()
+    plan = plan_of()
     key = (8, 512)
     assert not plan.ran_eagerly(key)
     assert plan.use(key) == "eager"
@@ -64,7 +67,7 @@ def test_a_bucket_whose_capture_failed_runs_eagerly_and_is_not_offered_again() -
 
 
 def test_idle_captures_skip_what_requests_captured() -> None:
-    plan = decode_plan(max_len=128, max_batch=2)
+    plan = plan_of(max_len=128, max_batch=2)
     assert plan.order == [(1, 64), (2, 64), (1, 128), (2, 128)]
     plan.captured.update(plan.first)
     plan.use((2, 64))
@@ -75,8 +78,9 @@ def test_idle_captures_skip_what_requests_captured() -> None:
 
 def test_prompt_buckets_captured_before_ready_are_those_up_to_256_tokens() -> None:
     buckets = token_buckets(8192)
-    plan = CapturePlan(buckets, [n for n in buckets if n <= FIRST_LENGTH])
+    plan = prompt_plan(buckets)
     assert plan.first == [64, 128, 256] and len(buckets) == 12
+    assert prompt_plan(buckets, everything=True).first == buckets
     assert plan.next_idle() == 64  # nothing captured yet: the smallest first
 
 

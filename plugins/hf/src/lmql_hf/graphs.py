@@ -74,6 +74,22 @@ class CapturePlan(Generic[Key]):
         return next((k for k in self.order if k not in self.captured and k not in self.failed), None)
 
 
+def batch_buckets(max_batch: int) -> list[int]:
+    return [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+
+
+def decode_plan(batches: list[int], lengths: list[int],
+                everything: bool = False) -> CapturePlan[tuple[int, int]]:
+    """Before "Ready": one stream up to ``FIRST_LENGTH`` positions (a first request's)."""
+    first = [(1, n) for n in lengths if n <= FIRST_LENGTH] or [(1, lengths[0])]
+    return CapturePlan(diagonal_order(batches, lengths), first, everything)
+
+
+def prompt_plan(buckets: list[int], everything: bool = False) -> CapturePlan[int]:
+    """Before "Ready": passes up to ``FIRST_LENGTH`` tokens (a first request's prompt)."""
+    return CapturePlan(buckets, [n for n in buckets if n <= FIRST_LENGTH] or buckets[:1], everything)
+
+
 def diagonal_order(batches: list[int], lengths: list[int]) -> list[tuple[int, int]]:
     """Every (batch, length), by batch x length (the positions a step may read), shorter first
     among equals: few streams at short lengths first, and each batch size and each length has a
@@ -181,11 +197,10 @@ class DecodeGraphs:
         self.forward = forward
         self.device = device
         self.lengths = length_buckets(max_len)
-        self.batches = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+        self.batches = batch_buckets(max_batch)
         self.scratch = scratch_slot
         self.graphs: dict[tuple[int, int], DecodeGraph] = {}  # made, captured or not
-        first = [(1, n) for n in self.lengths if n <= FIRST_LENGTH] or [(1, self.lengths[0])]
-        self.plan = CapturePlan(diagonal_order(self.batches, self.lengths), first, capture_all)
+        self.plan = decode_plan(self.batches, self.lengths, capture_all)
         self.pool: Any = None
         self.staging = Staging(self.batches[-1])
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lmql_core.array_ops import TorchOps
-from lmql_hf.graphs import FIRST_LENGTH, CapturePlan, capture
+from lmql_hf.graphs import capture, prompt_plan
 from lmql_hf.packed import PackedRows
 
 _OPS = TorchOps()
@@ -91,9 +91,7 @@ class PromptGraphs:
         self.most_rows = most_rows
         self.scratch = scratch_slot
         self.graphs = {n: PromptGraph(n, self._width(n), device) for n in token_buckets(most_tokens)}
-        buckets = list(self.graphs)
-        self.plan = CapturePlan(buckets, [n for n in buckets if n <= FIRST_LENGTH] or buckets[:1],
-                                capture_all)
+        self.plan = prompt_plan(list(self.graphs), capture_all)
         self.pool: Any = None
 
     def _width(self, tokens: int) -> int:
