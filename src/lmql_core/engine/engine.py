@@ -58,6 +58,7 @@ class Engine:
         self._wake = threading.Condition()
         self._last_arrival = 0.0
         self._stopping = False
+        self._idle_done = not hasattr(backend, "idle")  # Backend.idle has returned None
         self._thread = threading.Thread(target=self._serve, name="lmql-engine", daemon=True)
         self._thread.start()
 
@@ -136,7 +137,9 @@ class Engine:
                 self.stats.busy_seconds += now - began
                 began = now
                 while not self._stopping and not self.scheduler.has_work() and not events and not chained:
-                    self._wake.wait()
+                    pause = self._idle_work()
+                    if not self._stopping and not self.scheduler.has_work():
+                        self._wake.wait(pause)
                     began = time.perf_counter()
                 if idle and not self._stopping:
                     self._gather_arrivals()
@@ -147,6 +150,22 @@ class Engine:
                 self._release(self.scheduler.take_cancelled())
                 chunks = [] if chained else self._reschedule()
             launched = chained or (self._launch(chunks) if chunks else None)
+
+    def _idle_work(self) -> float | None:
+        """With the lock held: the backend's deferred work (``Backend.idle``), run with the lock
+        released so that requests queue meanwhile; how long to wait before the next piece."""
+        if self._idle_done:
+            return None
+        self._wake.release()
+        try:
+            pause = self.backend.idle()
+        except Exception:
+            log.exception("the backend's idle work failed; it is not called again")
+            pause = None
+        finally:
+            self._wake.acquire()
+        self._idle_done = pause is None
+        return pause
 
     def _reschedule(self) -> list[ScheduledChunk]:
         """With the lock held: the next step's chunks, after preempting for fairness."""
