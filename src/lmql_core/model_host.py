@@ -75,7 +75,9 @@ class LoadedModel:
         the fingerprint of a tokenizer it can send (TOKENIZER), text mode, CANCEL, and the
         constraints a GENERATE may carry (``wire.CONSTRAINT_FIELDS``; they need a tokenizer)."""
         tokenizer = self.tokenizer  # asked, not spec()'d: a spec holds the whole vocabulary
-        constraints = list(wire.CONSTRAINT_FIELDS) if sendable(tokenizer) and constraints_installed() else []
+        can_constrain = (sendable(tokenizer) and self.backend.eos_token_id is not None
+                         and constraints_installed())
+        constraints = list(wire.CONSTRAINT_FIELDS) if can_constrain else []
         return {"tokenizer": tokenizer.fingerprint() if sendable(tokenizer) else None,
                 "text": tokenizer is not None, "cancel": True, "constraints": constraints}
 
