@@ -122,9 +122,11 @@ def test_constrained_and_free_streams_share_a_batch(engine, compiler, tokenizer)
                  "type": "object", "properties": {"day": {"type": "integer"}, "ok": {"type": "boolean"}},
                  "required": ["day", "ok"], "additionalProperties": False})]
     [alone] = run(engine, [(prompt, SamplingParams(max_tokens=12))])
+    filled, followed = engine.stats.mask_fill_seconds, engine.stats.grammar_seconds
     mixed = run(engine, [(prompt, SamplingParams(max_tokens=12))]
                 + [(prompt, SamplingParams(max_tokens=40, constraint=compiler.compile(s))) for s in specs])
     assert [e.token for e in mixed[0]] == [e.token for e in alone]
+    assert engine.stats.mask_fill_seconds > filled and engine.stats.grammar_seconds > followed
     date, choice, number, obj = (text_of(tokenizer, events) for events in mixed[1:])
     assert re.fullmatch(DATE, date)
     assert choice in choices

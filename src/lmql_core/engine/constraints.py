@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -218,13 +219,15 @@ class BatchMask:
 class PendingMasks:
     """Masks being filled for ``seqs`` (in this order) while the forward pass runs."""
 
-    def __init__(self, future: Future[np.ndarray], constrained: list[Any]) -> None:
+    def __init__(self, future: Future[tuple[np.ndarray, float]], constrained: list[Any]) -> None:
         self._future = future
         self._position = {id(seq): j for j, seq in enumerate(constrained)}
+        self.fill_seconds = 0.0  # how long filling them took (known once ``for_rows`` returned)
 
     def for_rows(self, sampled: list[Any]) -> BatchMask | None:
-        """The masks of the constrained ones among ``sampled`` (a step's rows, in order)."""
-        bits = self._future.result()
+        """The masks of the constrained ones among ``sampled`` (a step's rows, in order); waits
+        until they are filled, so no matcher is in use once this returns."""
+        bits, self.fill_seconds = self._future.result()
         rows = [r for r, seq in enumerate(sampled) if id(seq) in self._position]
         if not rows:
             return None
@@ -254,11 +257,12 @@ class MaskFiller:
         future = self._thread.submit(self._fill, matchers, words)
         return PendingMasks(future, constrained)
 
-    def _fill(self, matchers: list[Any], words: int) -> np.ndarray:
+    def _fill(self, matchers: list[Any], words: int) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
         bits = np.zeros((len(matchers), words), dtype=np.int32)
         self._executor.unsafe_compute_mask_ptr([(m, j) for j, m in enumerate(matchers)], bits.ctypes.data,
                                                words * 4, len(matchers))
-        return bits
+        return bits, time.perf_counter() - started
 
     def close(self) -> None:
         if self._thread is not None:

@@ -185,7 +185,7 @@ class Engine:
                      and c.seq.kind is Kind.GENERATE and c.seq.status is Status.RUNNING]
             seqs = [chunks[i].seq for i in ready]
             plan = self._plan_for(seqs)
-            batch_mask = masks.for_rows(seqs) if masks else None  # waits: no matcher is busy after this
+            batch_mask = self._wait_for_masks(masks, seqs) if masks else None
             sampling = (self._sample(seqs, self._rows(output.last_logits, ready), plan, batch_mask)
                         if ready else None)
             scores = [c.seq for c in chunks if c.seq.kind is Kind.SCORE]
@@ -196,6 +196,13 @@ class Engine:
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scored, scoring, started, headroom)
+
+    def _wait_for_masks(self, masks: PendingMasks, seqs: list[Sequence]) -> BatchMask | None:
+        waiting = time.perf_counter()
+        batch_mask = masks.for_rows(seqs)
+        self.stats.mask_wait_seconds += time.perf_counter() - waiting
+        self.stats.mask_fill_seconds += masks.fill_seconds
+        return batch_mask
 
     def _plan_for(self, seqs: list[Sequence]) -> SamplingPlan:
         """The last step's plan when it sampled the same streams (steady decoding without chained
@@ -339,7 +346,9 @@ class Engine:
                 sink = seq.sink
                 batch = events.setdefault(sink, [])
             if reason is None and seq.params.constraint is not None:
+                following = time.perf_counter()
                 followed, ends = grammar_events(seq, token, logprob, top)
+                self.stats.grammar_seconds += time.perf_counter() - following
                 batch.extend(followed)
                 produced += len(followed) - 1
                 if ends:
