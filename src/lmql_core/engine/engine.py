@@ -327,6 +327,7 @@ class Engine:
     def _emit_samples(self, seqs: list[Sequence], samples: Samples,
                       events: dict[Sink, list[TokenEvent]]) -> None:
         eos = self.backend.eos_token_id
+        taken = self._take_grammar_tokens(seqs, samples)
         sink, batch = None, []  # one client's rows usually come together: group them in runs
         produced, ended, running = 0, [], Status.RUNNING
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
@@ -347,7 +348,7 @@ class Engine:
                 batch = events.setdefault(sink, [])
             if reason is None and seq.params.constraint is not None:
                 following = time.perf_counter()
-                followed, ends = grammar_events(seq, token, logprob, top)
+                followed, ends = grammar_events(seq, token, logprob, top, taken.get(id(seq), False))
                 self.stats.grammar_seconds += time.perf_counter() - following
                 batch.extend(followed)
                 produced += len(followed) - 1
@@ -359,6 +360,15 @@ class Engine:
                 ended.append(seq)
         self.stats.tokens_generated += produced
         self._finish(ended)
+
+    def _take_grammar_tokens(self, seqs: list[Sequence], samples: Samples) -> dict[int, bool]:
+        """The grammars take their rows' tokens, all at once (``MaskFiller.take_tokens``)."""
+        if not samples.tokens or not any(seq.params.constraint is not None for seq in seqs):
+            return {}
+        started = time.perf_counter()
+        taken = self._masks.take_tokens(seqs, samples.tokens, samples.logprobs, self.backend.eos_token_id)
+        self.stats.grammar_seconds += time.perf_counter() - started
+        return taken
 
     def _wait_for(self, step: LaunchedStep) -> None:
         waiting = time.perf_counter()
