@@ -58,3 +58,14 @@ def test_a_model_without_constraints_says_so() -> None:
     llm = lmql.model("local:counting:offered")
     with pytest.raises(LMQLError, match="does not follow regex"):
         llm.generate_sync("a", max_tokens=3, regex="b+")
+
+
+def test_a_compile_past_the_time_bound_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session bounds a compile's time (llguidance's limits keep real ones far below it):
+    with the bound at zero, an uncached grammar fails with the error that says so."""
+    from lmql_core.lmtp.server import session
+
+    monkeypatch.setattr(session, "COMPILE_TIMEOUT_S", 0.0)
+    llm = lmql.model("local:lmql-tiny")
+    with pytest.raises(ServerError, match="took longer than 0 s to compile"):
+        llm.generate_sync(PROMPT, max_tokens=5, regex="never compiled before [0-9]{3}")

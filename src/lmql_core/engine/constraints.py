@@ -30,7 +30,7 @@ from lmql_core.errors import LMQLError
 
 KINDS = ("regex", "grammar", "json_schema")
 MAX_SOURCE_CHARS = 100_000  # a grammar's text (a schema's JSON) at most
-CACHE_ENTRIES = 256  # compiled grammars kept per model, least recently used dropped first
+CACHE_ENTRIES = 64  # compiled grammars kept per model, least recently used dropped first
 CACHE_SOURCE_CHARS = 4_000_000  # and at most this much grammar text among them
 # llguidance's own bounds (its defaults are 2-10x larger): what building the lexer and one mask may
 # cost (~50k fuel a ms), and the lexer's states (1-2 kB each): a hostile regex ends in an error
