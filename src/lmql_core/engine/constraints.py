@@ -39,7 +39,7 @@ LEXER_FUEL = 100_000
 STEP_FUEL = 100_000
 LEXER_STATES = 50_000
 NO_EXTENSION = ("NoExtension", "NoExtensionBias")  # llguidance's stop reasons: no byte can follow
-JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class GrammarError(LMQLError):
@@ -83,7 +83,7 @@ class GrammarSpec:
         try:
             # compact JSON (a schema's own "x-guidance" options may allow whitespace): a model that
             # may put whitespace anywhere can spend its whole budget on it
-            return str(LLMatcher.grammar_from_json_schema(self.source, defaults=JSON_OPTIONS))
+            return str(LLMatcher.grammar_from_json_schema(self.source, defaults=JSON_OPTIONS))  # type: ignore[arg-type]
         except ValueError as e:
             raise GrammarError(f"'json_schema' is not a schema: {e}") from None
 
