@@ -28,6 +28,7 @@ def models(tiny_server: Server) -> list[Any]:
 
 
 def test_regex_served_and_local_give_the_reference_text(models: list[Any]) -> None:
+    """(Streamed too: the deltas of stream_sync join into the same text.)"""
     from lmql_core.tokenizer import JsonTokenizer
     from lmql_hf.bundled import bundled_path
 
@@ -35,6 +36,7 @@ def test_regex_served_and_local_give_the_reference_text(models: list[Any]) -> No
     prompt = models[0].encode_prompt(PROMPT)
     expected = reference_greedy(tokenizer, prompt, DATE)
     assert [llm.generate_sync(PROMPT, max_tokens=40, regex=DATE) for llm in models] == [expected, expected]
+    assert "".join(models[0].stream_sync(PROMPT, max_tokens=40, regex=DATE)) == expected
 
 
 def test_json_schema_and_grammar(models: list[Any]) -> None:
@@ -58,6 +60,8 @@ def test_a_model_without_constraints_says_so() -> None:
     llm = lmql.model("local:counting:offered")
     with pytest.raises(LMQLError, match="does not follow regex"):
         llm.generate_sync("a", max_tokens=3, regex="b+")
+    with pytest.raises(LMQLError, match="does not follow json_schema"):
+        list(llm.stream_sync("a", max_tokens=3, json_schema={"type": "object"}))
 
 
 def test_a_compile_past_the_time_bound_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -168,6 +168,7 @@ class LLM:
     # --- text level -----------------------------------------------------------------------
 
     async def _stream(self, prompt: str, **options: Any) -> AsyncGenerator[str, None]:
+        await self._check_constraints([k for k in CONSTRAINT_FIELDS if options.get(k) is not None])
         tokenizer = await self._tokenizers.get()
         decoder = IncrementalDecoder(tokenizer, skip={tokenizer.eos_token_id or -1})
         async with aclosing(self._tokens(await self._encode_prompt(prompt), **options)) as entries:
@@ -181,7 +182,6 @@ class LLM:
     async def _generate(self, prompt: str, max_tokens: int | None, decoder: str,
                         temperature: float | None, n: int, **extra: Any) -> str | list[str]:
         extra = {k: v for k, v in extra.items() if not (k in CONSTRAINT_FIELDS and v is None)}
-        await self._check_constraints([k for k in CONSTRAINT_FIELDS if k in extra])
         options = dict(max_tokens=max_tokens, decoder=decoder, temperature=temperature, **extra)
         if n == 1:
             return await self._generate_one(prompt, **options)
