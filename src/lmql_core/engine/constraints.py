@@ -237,7 +237,9 @@ class MaskFiller:
     """Fills a step's masks on another thread (the engine thread goes on to the forward pass);
     llguidance spreads the rows over its own threads and releases the interpreter's lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Any) -> None:
+        """``stats``: the engine's ``EngineStats``, where the time spent on masks is counted."""
+        self.stats = stats
         self._thread: ThreadPoolExecutor | None = None
         self._executor: Any = None
 
@@ -256,6 +258,14 @@ class MaskFiller:
         future = self._thread.submit(self._fill, matchers, words)
         return PendingMasks(future, constrained)
 
+    def wait(self, masks: PendingMasks, sampled: list[Sequence]) -> BatchMask | None:
+        """``masks.for_rows(sampled)``, with the time waited and the time filling took counted."""
+        waiting = time.perf_counter()
+        batch_mask = masks.for_rows(sampled)
+        self.stats.mask_wait_seconds += time.perf_counter() - waiting
+        self.stats.mask_fill_seconds += masks.fill_seconds
+        return batch_mask
+
     def _fill(self, matchers: list[Any], words: int) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
         bits = np.zeros((len(matchers), words), dtype=np.int32)
@@ -269,16 +279,20 @@ class MaskFiller:
         and rows where nothing could be chosen aside), all at once on llguidance's threads
         without the interpreter's lock (one by one costs ~2.5x as much): by ``id(seq)``,
         whether each grammar took its token."""
+        if not any(seq.params.constraint is not None for seq in seqs):
+            return {}
         rows = [(seq, token) for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True)
                 if seq.params.constraint is not None and seq.status is Status.RUNNING and token != eos
                 and logprob > float("-inf")]
         if not rows:
             return {}
+        started = time.perf_counter()
         if self._executor is None:
             import llguidance
 
             self._executor = llguidance.LLExecutor()
         taken = self._executor.consume_token_par([(seq.params.constraint.matcher, t) for seq, t in rows])
+        self.stats.grammar_seconds += time.perf_counter() - started
         return {id(seq): ok for (seq, _), ok in zip(rows, taken, strict=True)}
 
     def close(self) -> None:

@@ -56,7 +56,7 @@ class Engine:
         self.stats = EngineStats()
         self.seed = seed
         self._last_plan: SamplingPlan | None = None  # the engine thread's only
-        self._masks = MaskFiller()  # grammars' masks, filled while the forward pass runs
+        self._masks = MaskFiller(self.stats)  # grammars' masks, filled while the forward pass runs
         self._wake = threading.Condition()
         self._last_arrival = 0.0
         self._stopping = False
@@ -185,7 +185,7 @@ class Engine:
                      and c.seq.kind is Kind.GENERATE and c.seq.status is Status.RUNNING]
             seqs = [chunks[i].seq for i in ready]
             plan = self._plan_for(seqs)
-            batch_mask = self._wait_for_masks(masks, seqs) if masks else None
+            batch_mask = self._masks.wait(masks, seqs) if masks else None
             sampling = (self._sample(seqs, self._rows(output.last_logits, ready), plan, batch_mask)
                         if ready else None)
             scores = [c.seq for c in chunks if c.seq.kind is Kind.SCORE]
@@ -196,13 +196,6 @@ class Engine:
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scored, scoring, started, headroom)
-
-    def _wait_for_masks(self, masks: PendingMasks, seqs: list[Sequence]) -> BatchMask | None:
-        waiting = time.perf_counter()
-        batch_mask = masks.for_rows(seqs)
-        self.stats.mask_wait_seconds += time.perf_counter() - waiting
-        self.stats.mask_fill_seconds += masks.fill_seconds
-        return batch_mask
 
     def _plan_for(self, seqs: list[Sequence]) -> SamplingPlan:
         """The last step's plan when it sampled the same streams (steady decoding without chained
@@ -327,7 +320,7 @@ class Engine:
     def _emit_samples(self, seqs: list[Sequence], samples: Samples,
                       events: dict[Sink, list[TokenEvent]]) -> None:
         eos = self.backend.eos_token_id
-        taken = self._take_grammar_tokens(seqs, samples)
+        taken = self._masks.take_tokens(seqs, samples.tokens, samples.logprobs, eos)  # grammars take theirs
         sink, batch = None, []  # one client's rows usually come together: group them in runs
         produced, ended, running = 0, [], Status.RUNNING
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
@@ -360,15 +353,6 @@ class Engine:
                 ended.append(seq)
         self.stats.tokens_generated += produced
         self._finish(ended)
-
-    def _take_grammar_tokens(self, seqs: list[Sequence], samples: Samples) -> dict[int, bool]:
-        """The grammars take their rows' tokens, all at once (``MaskFiller.take_tokens``)."""
-        if not samples.tokens or not any(seq.params.constraint is not None for seq in seqs):
-            return {}
-        started = time.perf_counter()
-        taken = self._masks.take_tokens(seqs, samples.tokens, samples.logprobs, self.backend.eos_token_id)
-        self.stats.grammar_seconds += time.perf_counter() - started
-        return taken
 
     def _wait_for(self, step: LaunchedStep) -> None:
         waiting = time.perf_counter()
