@@ -205,14 +205,19 @@ class LLM:
         return run_sync(self._generate(prompt, max_tokens, decoder, temperature, n, regex=regex,
                                        grammar=grammar, json_schema=json_schema, **extra))
 
+    async def follows(self, constraint: str) -> bool:
+        """Whether the server follows GENERATE's ``constraint`` field (``regex``, ``grammar``,
+        ``json_schema``: the "constraints" extension in MODEL_INFO)."""
+        extensions = (await self._server_info()).get("extensions")
+        served = extensions.get("constraints") if isinstance(extensions, dict) else None
+        return isinstance(served, list) and constraint in served
+
     async def _check_constraints(self, asked: list[str]) -> None:
         """Whether the server can follow the constraints ``asked`` (else a clear error, rather than
         a server that ignores the field and generates anything)."""
         if not asked:
             return
-        extensions = (await self._server_info()).get("extensions")
-        served = extensions.get("constraints") if isinstance(extensions, dict) else None
-        missing = [k for k in asked if not isinstance(served, list) or k not in served]
+        missing = [k for k in asked if not await self.follows(k)]
         if missing:
             raise LMQLError(f"{self.model_identifier} does not follow {', '.join(missing)} constraints "
                             "(its server does not advertise them in MODEL_INFO's extensions)")

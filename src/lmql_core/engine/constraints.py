@@ -96,11 +96,15 @@ class Constraint:
         self.matcher = matcher
         self.eos_token_id = eos_token_id
         self.mask_words = mask_words  # int32 words of its mask (32 tokens each)
+        # off: forced text is sampled token by token as any other (under a mask that allows only
+        # its continuations), so the tokens are the model's greedy ones rather than the canonical
+        # tokenization: what a client that masks each step itself would get
+        self.fast_forward = True
 
     def forced(self) -> list[int]:
         """After a sampled token was taken (``MaskFiller.take_tokens``): the tokens the grammar
         now forces, taken too."""
-        if self.matcher.is_stopped():
+        if not self.fast_forward or self.matcher.is_stopped():
             return []
         forced = list(self.matcher.compute_ff_tokens())
         if forced and not self.matcher.consume_tokens(forced):

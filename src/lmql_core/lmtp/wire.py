@@ -196,6 +196,17 @@ def constraint(payload: dict[str, Any]) -> tuple[str, Any] | None:
     return (given[0], payload[given[0]]) if given else None
 
 
+def fast_forward(payload: dict[str, Any]) -> bool:
+    """A constrained GENERATE's ``fast_forward`` (default true): whether text the constraint
+    forces is appended without sampling (as its canonical tokens)."""
+    value = payload.get("fast_forward")
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise RequestError("'fast_forward' must be true or false")
+    return value
+
+
 def _number(value: Any, name: str, default: float, low: float, high: float, open_low: bool = False) -> float:
     if value is None:
         return default

@@ -158,7 +158,9 @@ class Session:
         self._check_context(model, len(prompt))
         asked = wire.constraint(body)
         if asked is not None:
+            follow_forced = wire.fast_forward(body)
             params.constraint = await compile_constraint(model, *asked)
+            params.constraint.fast_forward = follow_forced
         self._start(Sequence(stream_id, prompt, params, self._deliver), model)
         if text_mode:
             assert model.tokenizer is not None
