@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RawClient, Server
+from tests.conftest import RawClient, Server, server_metric
 from tests.test_constraints_engine import DATE, PROMPT, reference_greedy
 
 pytestmark = pytest.mark.hf
@@ -79,7 +79,27 @@ BAD = [
     ({"json_schema": 7}, "must be a string or an object"),
     ({"regex": "a", "grammar": "start: 'a'"}, "at most one of"),
     ({"regex": "(a{1000}){1000}", "max_tokens": 3000}, "too many expressions"),  # fails while followed
+    ({"regex": "a", "fast_forward": "no"}, "'fast_forward' must be true or false"),
 ]
+
+
+def test_fast_forward_off_samples_forced_text(tiny_server: Server, tokenizer: Any) -> None:
+    """Forced text comes as tokens sampled one by one, a step each (the engine's step count),
+    not appended in one; the text is the same."""
+    grammar = 'start: "The answer, after a long and careful deliberation, is " /[0-9]/'
+
+    async def one(**fields: Any) -> tuple[list[dict[str, Any]], float]:
+        before = server_metric(tiny_server, "lmql_engine_steps", MODEL)
+        async with RawClient(tiny_server.endpoint) as client:
+            await generate(client, "s", tokenizer.encode(PROMPT), grammar=grammar, max_tokens=40, **fields)
+            entries = await client.stream("s")
+        return entries, server_metric(tiny_server, "lmql_engine_steps", MODEL) - before
+
+    forwarded, ff_steps = asyncio.run(one())
+    sampled, sampled_steps = asyncio.run(one(fast_forward=False))
+    texts = [tokenizer.decode(tokens_of(entries))[:-1] for entries in (forwarded, sampled)]
+    assert texts == ["The answer, after a long and careful deliberation, is "] * 2
+    assert sampled_steps >= len(sampled) and ff_steps < len(forwarded) / 2
 
 
 def test_bad_constraints_end_their_own_stream_only(tiny_server: Server, tokenizer: Any) -> None:
