@@ -341,3 +341,12 @@ def test_serve_model_reports_a_bad_loader_argument(gguf_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"Error: the llama.cpp backend has no option --n_ctxx; its "
                        r"options: --n_seq_max \(int\), .*; it also takes .*--n_batch, "):
         Server(f"llama.cpp:{gguf_path}", "--n_ctxx", "64")
+
+
+def test_constraints_on_the_gguf_vocabulary(server: Server, gguf_path: Path) -> None:
+    """The server's grammars compile with the tokenizer rebuilt from the GGUF file (issue 31)."""
+    import re
+
+    llm = lmql.model(f"llama.cpp:{gguf_path}", endpoint=server.endpoint)
+    text = llm.generate_sync("Once upon a time", max_tokens=20, regex=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+    assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text), text

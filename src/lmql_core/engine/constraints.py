@@ -174,8 +174,13 @@ class GrammarCompiler:
     def ll_tokenizer(self) -> Any:
         with self._lock:
             if self._ll_tokenizer is None:
-                self._ll_tokenizer = ll_tokenizer_of(self._tokenizer_source, self.vocab_size,
-                                                     self.eos_token_id)
+                try:
+                    self._ll_tokenizer = ll_tokenizer_of(self._tokenizer_source, self.vocab_size,
+                                                         self.eos_token_id)
+                except GrammarError:
+                    raise
+                except Exception as e:  # llguidance refusing the tokenizer: the request's error
+                    raise GrammarError(f"this model's tokenizer cannot compile grammars: {e}") from None
             return self._ll_tokenizer
 
 
