@@ -56,7 +56,7 @@ def test_regex_as_vllm_asks_gives_the_reference_text(tiny: Server) -> None:
 
 
 def test_response_format_json_schema(tiny: Server) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     fmt = {"type": "json_schema", "json_schema": {"name": "trip", "schema": SCHEMA, "strict": True}}
     choice = complete(tiny, max_tokens=40, extra_body={"response_format": fmt})  # as vLLM takes it
     assert choice.finish_reason == "stop"
@@ -67,7 +67,7 @@ def test_response_format_json_schema(tiny: Server) -> None:
 
 
 def test_chat_with_response_format(guarded: Server) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     fmt = {"type": "json_schema", "json_schema": {"name": "trip", "schema": SCHEMA}}
     answer = client(guarded, TOKEN).chat.completions.create(
         model=guarded_name(guarded), messages=[{"role": "user", "content": "Plan a trip."}], temperature=0,
