@@ -78,7 +78,8 @@ class HeadProduct:
         set), keep the fastest, let go of the layouts none chose; the choices, by bucket."""
         self.hold_every_layout()
         hidden = self.layouts["rows"].shape[1]
-        slow = self._seconds(DEFAULT_FORM, torch.zeros(1, hidden)) > TUNE_BELOW_S
+        # probed by rows, the layout always kept (an earlier tune may have let go of the default's)
+        slow = self._seconds("(rows @ x.T).T", torch.zeros(1, hidden)) > TUNE_BELOW_S
         top = next((b for b in ROW_BUCKETS if b >= most_rows), ROW_BUCKETS[-1])
         needed = [b for b in ROW_BUCKETS if b <= top]
         for bucket in [needed[0], needed[-1]] if slow else needed:
