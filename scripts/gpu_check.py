@@ -99,7 +99,7 @@ def check_slot_attention() -> bool:
 
 
 def score_rows(path: str, options: dict[str, bool]) -> torch.Tensor:
-    from lmql_core.backend import StepInput
+    from lmql_core.base.backend import StepInput
     from lmql_hf.backend import HFBackend
 
     backend = HFBackend(path, cuda=True, dtype="float32", **options)
@@ -113,7 +113,7 @@ def score_rows(path: str, options: dict[str, bool]) -> torch.Tensor:
 
 def greedy_steps(path: str, options: dict[str, bool], streams: int,
                  shortest: int = 5) -> dict[int, list[int]]:
-    from lmql_core.backend import StepInput
+    from lmql_core.base.backend import StepInput
     from lmql_hf.backend import HFBackend
 
     backend = HFBackend(path, cuda=True, dtype="float32", **options)

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 
 import lmql  # noqa: E402
-from lmql_core.tokenizer import IncrementalDecoder  # noqa: E402
+from lmql_core.loading.tokenizer import IncrementalDecoder  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
 from tests.conftest import RawClient, Server, server_metric  # noqa: E402
 

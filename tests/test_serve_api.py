@@ -11,8 +11,8 @@ import threading
 import pytest
 
 import lmql
-from lmql_core.api.run_server import RunningServer
 from lmql_core.errors import LMQLError
+from lmql_core.serving.run import RunningServer
 from tests.conftest import free_port
 
 

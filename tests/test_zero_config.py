@@ -168,7 +168,7 @@ def test_incremental_decoding_gives_invalid_bytes_out_after_a_bounded_wait() -> 
     # and all text still adds up to the tokenizers library's decode of the whole stream
     from tokenizers import Tokenizer as RustTokenizer
 
-    from lmql_core.tokenizer import HELD, IncrementalDecoder, JsonTokenizer
+    from lmql_core.loading.tokenizer import HELD, IncrementalDecoder, JsonTokenizer
 
     path = Path(bundled_path("lmql-tiny")) / "tokenizer.json"
     tokenizer = JsonTokenizer.from_file(path)

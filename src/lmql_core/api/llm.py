@@ -9,10 +9,10 @@ from typing import Any
 
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.api.tokenizers import TokenizerResolver
-from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client import LMTPClient
 from lmql_core.lmtp.client.loop import run_async, run_sync
-from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
+from lmql_core.loading.identifiers import ModelId
+from lmql_core.loading.tokenizer import IncrementalDecoder, Tokenizer
 
 DECODERS = ("argmax", "sample")
 

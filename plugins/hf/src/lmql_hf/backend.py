@@ -21,10 +21,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from lmql_core.array_ops import TorchOps
-from lmql_core.backend import Backend, StepInput, StepOutput
-from lmql_core.errors import LMQLError
-from lmql_core.tokenizer import find_tokenizer_json
+from lmql_core.plugin import Backend, LMQLError, StepInput, StepOutput, TorchOps, find_tokenizer_json
 from lmql_hf import chat, fused, hub, lean_decode, loader_keys, loading, memory, packed, replays, warm_up
 from lmql_hf.graphs import BATCH_BUCKETS, length_buckets
 from lmql_hf.options import ENGINE_OPTIONS

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmql_core.array_ops import TorchOps
+from lmql_core.plugin import TorchOps
 from lmql_hf.graphs import capture
 from lmql_hf.packed import PackedRows
 

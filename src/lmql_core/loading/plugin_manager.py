@@ -12,9 +12,9 @@ from typing import Any
 
 import pluggy
 
-from lmql_core import hookspecs
+from lmql_core.base import hookspecs
+from lmql_core.base.options import Extras, LoaderOptions, Option
 from lmql_core.errors import BackendNotInstalled
-from lmql_core.options import Extras, LoaderOptions, Option
 
 ENTRY_POINT_GROUP = "lmql"
 # Built-in plugins go through the same hooks as third-party ones.

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from lmql_core import plugins
-from lmql_core.backend import Backend, contract_problems
+from lmql_core.base.backend import Backend, contract_problems
+from lmql_core.base.options import format_kwargs
 from lmql_core.engine.engine import Engine
 from lmql_core.errors import LMQLError, ModelLoadError, RequestError, shown
-from lmql_core.identifiers import ModelId, parse_model_id
-from lmql_core.options import format_kwargs
-from lmql_core.tokenizer import JsonTokenizer, Tokenizer, sendable
+from lmql_core.loading import plugin_manager
+from lmql_core.loading.identifiers import ModelId, parse_model_id
+from lmql_core.loading.tokenizer import JsonTokenizer, Tokenizer, sendable
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class LoadedModel:
                 "text": tokenizer is not None, "cancel": True}
 
     def info(self) -> dict[str, Any]:
-        spec = plugins.backend_for_name(self.model_id.backend)
+        spec = plugin_manager.backend_for_name(self.model_id.backend)
         info = {
             "model": self.model_id.served_name,
             "backend": self.model_id.backend,
@@ -88,7 +88,7 @@ class LoadedModel:
 
 def load_model(model_id: ModelId, *, cuda: bool = False, dtype: str | None = None,
                engine_options: dict[str, Any] | None = None, **loader_kwargs: Any) -> LoadedModel:
-    spec = plugins.backend_for_name(model_id.backend)
+    spec = plugin_manager.backend_for_name(model_id.backend)
     return load_with(spec.factory, model_id, cuda=cuda, dtype=dtype, engine_options=engine_options,
                      tokenizer_loader=spec.tokenizer, **loader_kwargs)
 
