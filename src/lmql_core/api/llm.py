@@ -9,12 +9,11 @@ from typing import Any
 
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.api.tokenizers import TokenizerResolver
+from lmql_core.base.decoders import TOKEN_DECODERS
 from lmql_core.lmtp.client import LMTPClient
 from lmql_core.lmtp.client.loop import run_async, run_sync
 from lmql_core.loading.identifiers import ModelId
 from lmql_core.loading.tokenizer import IncrementalDecoder, Tokenizer
-
-DECODERS = ("argmax", "sample")
 
 
 class LLM:
@@ -99,8 +98,8 @@ class LLM:
 
     def _request(self, prompt_ids: list[int], max_tokens: int | None = None, decoder: str = "argmax",
                  temperature: float | None = None, **extra: Any) -> dict[str, Any]:
-        if decoder not in DECODERS:
-            raise ValueError(f"unknown decoder '{decoder}'; use one of {', '.join(DECODERS)}")
+        if decoder not in TOKEN_DECODERS:
+            raise ValueError(f"unknown decoder '{decoder}'; use one of {', '.join(TOKEN_DECODERS)}")
         if temperature is None:
             temperature = 1.0 if decoder == "sample" else 0.0
         if decoder == "argmax":

@@ -20,7 +20,12 @@ from lmql_core.loading.identifiers import parse_model_id
 from lmql_core.loading.model_host import ModelHost, load_model
 from lmql_core.openai_compat.requests import OpenAIError, parse_json
 from lmql_core.openai_compat.service import OpenAIService
-from lmql_core.serving.command_line import checked_loader_args, limit_options, model_and_loader_args, shown_errors
+from lmql_core.serving.command_line import (
+           checked_loader_args,
+           limit_options,
+           model_and_loader_args,
+           shown_errors,
+)
 
 __all__ = ["LMQLError", "Limits", "ModelHost", "OpenAIError", "OpenAIService", "RequestError", "Session",
            "Traffic", "checked_loader_args", "command_line_pairs", "limit_options", "load_model",
