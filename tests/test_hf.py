@@ -19,13 +19,6 @@ PROMPTS = ["Once upon a time", "The cat sat on the", "A wise man once said", "Q:
 
 
 @pytest.fixture(scope="module")
-def tiny_server() -> Server:
-    server = Server("lmql-tiny")
-    yield server
-    assert server.stop() == 0, server.output()
-
-
-@pytest.fixture(scope="module")
 def local() -> lmql.LLM:
     return lmql.model("local:lmql-tiny")
 
