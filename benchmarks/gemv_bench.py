@@ -14,7 +14,7 @@ import itertools
 import torch
 from torch.nn import functional
 
-from lmql_hf.gemv_kernel import block_sizes, row_times_weights
+from lmql_hf.kernels.gemv_kernel import block_sizes, row_times_weights
 
 SHAPES = {"qkv": (3072, 1024, None), "attn_proj": (1024, 1024, None), "fc+gelu": (4096, 1024, "gelu_tanh"),
           "mlp_proj": (1024, 4096, None), "lm_head": (50257, 1024, None)}

@@ -6,7 +6,13 @@ prompt grows as an LMQL program's does (the previous prompt, what was generated,
 template tokens); each round the programs' requests arrive in another order. The hit rate is the
 prompt tokens the replicas did not recompute (``reused_prefix_tokens``) over the prompt tokens sent.
 
-    python benchmarks/ray_replicas.py [--programs 16 --rounds 6 --tokens 16] [--cuda]
+    python benchmarks/ray_replicas.py [--programs 16 --rounds 6 --tokens 16] [--cuda [--gpus-per-replica G]]
+                                      [--direct]
+
+``--direct`` adds a single ``lmql serve-model`` under the same load (no Ray): what the Ray path
+costs. With ``--cuda``, the 2-replica rows need two GPUs, or ``--gpus-per-replica 0.5`` on one
+(the replicas then share that GPU: their hit rates mean what they do on two, their throughput
+does not).
 
 Needs lmql-ray (plugins/ray) and starts `lmql serve-cluster` once per configuration.
 """
@@ -25,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from plugins.ray.tests.cluster import Cluster, reused  # noqa: E402
-from tests.conftest import RawClient  # noqa: E402
+from tests.conftest import RawClient, Server  # noqa: E402
 
 MODEL = "lmql-tiny"
 CONFIGS = (("1 replica", 1, "prefix"), ("2 replicas, prefix", 2, "prefix"),
@@ -61,7 +67,7 @@ async def run_load(endpoint: str, programs: int, rounds: int, tokens: int) -> tu
 
 
 def measure(name: str, replicas: int, routing: str, args: argparse.Namespace) -> dict[str, Any]:
-    extra = ["--cuda"] if args.cuda else []
+    extra = ["--cuda", "--gpus-per-replica", str(args.gpus_per_replica)] if args.cuda else []
     cluster = Cluster(MODEL, "--routing", routing, *extra, replicas=replicas)
     try:
         before = sum(reused(r) for r in cluster.health().values())
@@ -70,8 +76,24 @@ def measure(name: str, replicas: int, routing: str, args: argparse.Namespace) ->
         hits = sum(reused(r) for r in cluster.health().values()) - before
     finally:
         cluster.stop()
+    return row(name, sent, generated, seconds, hits)
+
+
+def measure_direct(args: argparse.Namespace) -> dict[str, Any]:
+    """The same load on one ``lmql serve-model`` (its reuse is not reported over HTTP: no hit rate)."""
+    server = Server(MODEL, *(["--cuda"] if args.cuda else []))
+    try:
+        load = run_load(server.endpoint, args.programs, args.rounds, args.tokens)
+        sent, generated, seconds = asyncio.run(load)
+    finally:
+        server.stop()
+    return row("serve-model, no Ray", sent, generated, seconds, None)
+
+
+def row(name: str, sent: int, generated: int, seconds: float, hits: int | None) -> dict[str, Any]:
+    rate = "-" if hits is None else round(hits / sent, 3)
     return {"config": name, "tok/s": round(generated / seconds, 1), "prompt tokens": sent,
-            "reused": hits, "hit rate": round(hits / sent, 3), "seconds": round(seconds, 2)}
+            "reused": "-" if hits is None else hits, "hit rate": rate, "seconds": round(seconds, 2)}
 
 
 def main() -> None:
@@ -81,9 +103,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=16, help="new tokens per request")
     parser.add_argument("--cuda", action="store_true")
+    parser.add_argument("--gpus-per-replica", type=float, default=1.0,
+                        help="with --cuda (0.5: two replicas on one GPU)")
+    parser.add_argument("--direct", action="store_true", help="also one `lmql serve-model`, no Ray")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-    rows = [measure(name, replicas, routing, args) for name, replicas, routing in CONFIGS]
+    rows = [measure_direct(args)] if args.direct else []
+    rows += [measure(name, replicas, routing, args) for name, replicas, routing in CONFIGS]
     print("| config | tok/s | prompt tokens | reused | hit rate | seconds |")
     print("|---|---|---|---|---|---|")
     for row in rows:

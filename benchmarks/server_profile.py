@@ -1,11 +1,12 @@
 """Which thread of a serving process holds the GIL, and in which functions, under LMTP load.
 
-    python benchmarks/server_profile.py [--streams 64] [--runs 6] [--gil] [SERVER ARG ...]
+    python benchmarks/server_profile.py [--streams 64] [--runs 6] [--gil] [--openai] [SERVER ARG ...]
 
 Starts ``lmql serve-model`` on the gpt2-medium-shaped model of gpu_bench (``--cuda --dtype
 float16`` and any SERVER ARGs), samples it with py-spy while lmtp_load runs the workload
 ``--runs`` times, and prints each thread's share of the samples and its busiest functions. With
 ``--gil`` only the thread holding the GIL is sampled: the host time that serialises the steps.
+With ``--openai`` the load is the same requests through OpenAI's HTTP API (4 driver processes).
 Needs py-spy (``pip install py-spy``) and a CUDA GPU.
 """
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--gil", action="store_true")
+    parser.add_argument("--openai", action="store_true", help="the load through OpenAI's HTTP API")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--out", default="/tmp", help="where the raw samples go")
     args, server_args = parser.parse_known_args()
@@ -60,10 +62,13 @@ def main() -> None:
     server = start_server([sys.executable, "-m", "lmql_core", "serve-model", str(MODEL_DIR), "--cuda",
                            "--dtype", "float16", "--port", str(port), *server_args], port)
     raw = Path(args.out, "server_profile.txt")
-    load = ["--endpoint", f"127.0.0.1:{port}", "--model", str(MODEL_DIR), "--streams", str(args.streams)]
+    load = ["--endpoint", f"127.0.0.1:{port}", "--model", str(MODEL_DIR), "--streams", str(args.streams),
+            *(["--openai", "--processes", "4"] if args.openai else [])]
     try:
         lmtp_load.main(load)  # warm-up, unsampled
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--rate", "1000", "--threads",
+        beside = Path(sys.executable).with_name("py-spy")  # pip's script where PATH may not lead
+        py_spy = str(beside) if beside.exists() else "py-spy"
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(server.pid), "--rate", "1000", "--threads",
                                 "--nonblocking", "--format", "raw", "--output", str(raw),
                                 *(["--gil"] if args.gil else [])])
         time.sleep(1)

@@ -6,7 +6,8 @@
    model, random weights), for five streams and for one (the one-row kernel's case);
 3. the slot-cache attention kernels and the prompt graphs (``--slot_attention``) against SDPA and
    eager prompt passes, with the fused modules against without: GPT-2 and a Llama shape with
-   grouped-query attention, long prompts whose packed passes hold thousands of tokens (beyond
+   grouped-query attention, a Qwen3 shape (per-head norms of q and k, heads wider than
+   hidden / heads, a tied head), long prompts whose packed passes hold thousands of tokens (beyond
    gpt2's 1,024-position context), one stream and twelve, and SCORE log-probs.
 
     python scripts/gpu_check.py
@@ -76,17 +77,26 @@ def check_graphs() -> bool:
 
 
 def check_slot_attention() -> bool:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    llama = "/tmp/lmql-check-llama-gqa"
+    llama, qwen3 = "/tmp/lmql-check-llama-gqa", "/tmp/lmql-check-qwen3"
     LlamaForCausalLM(LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                                  num_attention_heads=8, num_key_value_heads=2, vocab_size=1000,
                                  max_position_embeddings=2048)).save_pretrained(llama)
+    model = Qwen3ForCausalLM(Qwen3Config(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                                         num_attention_heads=8, num_key_value_heads=2, head_dim=64,
+                                         vocab_size=1000, max_position_embeddings=2048,
+                                         tie_word_embeddings=True))
+    with torch.no_grad():  # norm weights off one: q_norm's and k_norm's differ
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+    model.save_pretrained(qwen3)
     plain = {"slot_attention": False, "fuse_kernels": False}
     kernels = {"slot_attention": True, "fuse_kernels": True}
     ok = True
-    for name, path in (("gpt2", "/tmp/lmql-check-gpt2"), ("llama-gqa", llama)):
+    for name, path in (("gpt2", "/tmp/lmql-check-gpt2"), ("llama-gqa", llama), ("qwen3", qwen3)):
         for streams in (12, 1):
             same = greedy_steps(path, plain, streams, 150) == greedy_steps(path, kernels, streams, 150)
             print(f"{name}, {streams} stream(s) with prompts of 150-{150 + 30 * streams} tokens: "

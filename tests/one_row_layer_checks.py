@@ -1,4 +1,4 @@
-"""Checks of the fused one-token decoder layers (lmql_hf.one_row_layers) and the kernel options
+"""Checks of the fused one-token decoder layers (lmql_hf.cuda.one_row_layers) and the kernel options
 they use (a norm before the product, a residual after it, SwiGLU, RoPE), run on the CPU by
 Triton's interpreter against float64 references and transformers' own modules.
 
@@ -20,7 +20,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_row_ke
 
 @pytest.fixture(scope="module")
 def kernel() -> ModuleType:
-    from lmql_hf import gemv_kernel
+    from lmql_hf.kernels import gemv_kernel
 
     return gemv_kernel
 
@@ -84,6 +84,31 @@ def test_rope_matches_transformers(kernel: ModuleType, dim: int) -> None:
     assert torch.allclose(out[:, heads * dim :], want_k.transpose(1, 2).reshape(1, -1), atol=1e-6)
 
 
+@pytest.mark.parametrize("dim", [16, 12])  # 12: masked lanes, which the sum of squares must skip
+def test_rope_after_per_head_norms_matches_float64(kernel: ModuleType, dim: int) -> None:
+    """Qwen3's q_norm and k_norm (RMSNorm over each head, one weight for q's heads, another for
+    k's) and then RoPE, in one kernel: as transformers' own modules compute them in float64."""
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm, apply_rotary_pos_emb
+
+    torch.manual_seed(dim)
+    heads, kv_heads, eps = 4, 2, 1e-6
+    qkv = torch.randn(1, (heads + 2 * kv_heads) * dim) * torch.rand(heads + 2 * kv_heads).repeat_interleave(dim) * 4
+    angles = torch.rand(1, 1, dim // 2) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    q_norm, k_norm = Qwen3RMSNorm(dim, eps).double(), Qwen3RMSNorm(dim, eps).double()
+    with torch.no_grad():
+        q_norm.weight.uniform_(0.5, 1.5), k_norm.weight.uniform_(-1.5, -0.5)
+    norms = kernel.HeadNorms(q_norm.weight.detach().float(), k_norm.weight.detach().float(), heads, eps)
+    out = kernel.rotate_heads(qkv, heads + kv_heads, cos, sin, norms).double()
+    d = qkv.double()
+    with torch.no_grad():
+        q = q_norm(d[:, : heads * dim].view(1, 1, heads, dim)).transpose(1, 2)
+        k = k_norm(d[:, heads * dim : (heads + kv_heads) * dim].view(1, 1, kv_heads, dim)).transpose(1, 2)
+        want_q, want_k = apply_rotary_pos_emb(q, k, cos.double(), sin.double())
+    want = torch.cat([want_q.transpose(1, 2).reshape(1, -1), want_k.transpose(1, 2).reshape(1, -1)], 1)
+    assert float((out - want).norm() / want.norm()) < 1e-6
+
+
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
     """Norm weights off one and biases off zero, so a stand-in that dropped one would show."""
     with torch.no_grad():
@@ -107,15 +132,15 @@ def _decode_logits(model: torch.nn.Module, prompt: torch.Tensor, then: list[int]
     return logits
 
 
-def _assert_fused_decode_matches(model: torch.nn.Module, wrapper: type) -> None:
-    from lmql_hf import fused
+def _assert_fused_decode_matches(model: torch.nn.Module, wrapper: type, then: tuple[int, ...] = (13, 2, 40)) -> None:
+    from lmql_hf.cuda import fused
 
     original = copy.deepcopy(model)
     fused.fuse(model)
     layers = [m for m in model.modules() if isinstance(m, wrapper)]
     assert len(layers) == 2
-    prompt, then = torch.tensor([[5, 7, 9, 11]]), [13, 2, 40]
-    want, got = _decode_logits(original, prompt, then), _decode_logits(model, prompt, then)
+    prompt = torch.tensor([[5, 7, 9, 11]])
+    want, got = _decode_logits(original, prompt, list(then)), _decode_logits(model, prompt, list(then))
     for a, b in zip(want, got, strict=True):
         assert torch.allclose(a, b, atol=2e-5), float((a - b).abs().max())
 
@@ -126,7 +151,7 @@ def test_a_fused_llama_decodes_as_transformers_does(attention_bias: bool) -> Non
     original ones): logits as the untouched model's, over a grouped-query cache."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmql_hf import one_row_layers
+    from lmql_hf.cuda import one_row_layers
 
     torch.manual_seed(1)
     config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -138,10 +163,47 @@ def test_a_fused_llama_decodes_as_transformers_does(attention_bias: bool) -> Non
     assert attention.k_proj.weight.data_ptr() == attention.q_proj.weight.data_ptr() + 64 * 64 * 4  # views, no copy
 
 
+def _small_qwen(family: str) -> torch.nn.Module:
+    """Qwen2 (biases on q, k and v) or Qwen3 (per-head norms of q and k, heads wider than
+    hidden / heads as in Qwen3-0.6B, a tied head): two layers, grouped-query."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(4)
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=48, vocab_size=64, rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    if family == "qwen2":
+        return _perturbed(Qwen2ForCausalLM(Qwen2Config(**shape)))
+    return _perturbed(Qwen3ForCausalLM(Qwen3Config(**shape, head_dim=16, tie_word_embeddings=True)))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_a_fused_qwen_decodes_as_transformers_does(family: str) -> None:
+    from lmql_hf.cuda import one_row_layers
+
+    model = _small_qwen(family)
+    _assert_fused_decode_matches(model, one_row_layers.OneRowLlamaLayer, then=(13, 2))
+    assert (model.model.layers[0].head_norms is not None) == (family == "qwen3")
+    if family == "qwen3":
+        assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied, not copied
+
+
+def test_a_qwen3_layer_whose_head_norms_differ_in_epsilon_stays_as_it_is() -> None:
+    """The fused RoPE kernel takes one epsilon for q's and k's norms: a layer with two stays
+    transformers' own (the other is fused)."""
+    from lmql_hf.cuda import fused, one_row_layers
+
+    model = _small_qwen("qwen3")
+    model.model.layers[0].self_attn.k_norm.variance_epsilon = 1e-3
+    fused.fuse(model)
+    kinds = [type(layer) for layer in model.model.layers]
+    assert kinds == [type(model.model.layers[0]), one_row_layers.OneRowLlamaLayer]
+    assert type(model.model.layers[0]).__name__ == "Qwen3DecoderLayer"
+
+
 def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
     from transformers import GPT2LMHeadModel
 
-    from lmql_hf import one_row_layers
+    from lmql_hf.cuda import one_row_layers
 
     torch.manual_seed(2)
     model = _perturbed(GPT2LMHeadModel.from_pretrained(small_gpt2))
@@ -150,7 +212,7 @@ def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
 
 @pytest.mark.parametrize(("rows", "tokens"), [(3, 1), (1, 5)])  # decode rows; a packed prompt chunk
 def test_cache_writes_land_where_indexing_puts_them(rows: int, tokens: int) -> None:
-    from lmql_hf.cache_kernels import write_tokens
+    from lmql_hf.kernels.cache_kernels import write_tokens
 
     torch.manual_seed(rows)
     heads, dim = 2, 12
@@ -172,7 +234,7 @@ def test_slot_moves_move_what_indexing_moves() -> None:
     """Through SlotCache's copy_slot / swap_slots, as the slot table calls them: keys and values
     of every layer, the first positions of each slot only; copies held back until ``flush``,
     one after the other where they touch the same slots."""
-    from lmql_hf.slot_cache import SlotCache
+    from lmql_hf.cache.slot_cache import SlotCache
 
     torch.manual_seed(0)
     cache = SlotCache(layers=3, slots=9, kv_heads=2, max_len=40, head_dim=12, dtype=torch.float32,
@@ -202,16 +264,18 @@ def test_slot_moves_move_what_indexing_moves() -> None:
     assert all(torch.equal(a, b) for a, b in zip(cache.groups, want, strict=True))
 
 
-@pytest.mark.parametrize("model", ["llama", "gpt2"])
+@pytest.mark.parametrize("model", ["llama", "gpt2", "qwen3"])
 def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, small_gpt2: str,
                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     """The HF backend on its slot cache (kernel writes), one stream then two: each step's
     logits with fused modules as without them."""
     from lmql_core.base.backend import StepInput
-    from lmql_hf import one_row_layers
     from lmql_hf.backend import HFBackend
+    from lmql_hf.cuda import one_row_layers
 
-    path = small_gpt2 if model == "gpt2" else _saved_llama(tmp_path_factory)
+    paths = {"gpt2": lambda: small_gpt2, "llama": lambda: _saved_llama(tmp_path_factory),
+             "qwen3": lambda: _saved_qwen3(tmp_path_factory)}
+    path = paths[model]()
     fused, plain = (HFBackend(path, fuse_kernels=on, max_seq_len=64, max_batch=2, warm_up=False)
                     for on in (True, False))
     assert fused.cache.write_tokens is not None and plain.cache.write_tokens is None
@@ -232,6 +296,14 @@ def _saved_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
                          bos_token_id=1, eos_token_id=2)
     path = tmp_path_factory.mktemp("llama")
     _perturbed(LlamaForCausalLM(config)).save_pretrained(path)
+    return str(path)
+
+
+def _saved_qwen3(tmp_path_factory: pytest.TempPathFactory) -> str:
+    model = _small_qwen("qwen3")
+    model.config.update({"max_position_embeddings": 64, "bos_token_id": 1, "eos_token_id": 2})
+    path = tmp_path_factory.mktemp("qwen3")
+    model.save_pretrained(path)
     return str(path)
 
 

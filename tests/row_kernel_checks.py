@@ -19,7 +19,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_row_ke
 
 @pytest.fixture(scope="module")
 def kernel() -> ModuleType:
-    from lmql_hf import gemv_kernel
+    from lmql_hf.kernels import gemv_kernel
 
     return gemv_kernel
 
@@ -63,7 +63,7 @@ def test_a_fused_gpt2_computes_one_row_through_the_kernel(kernel: ModuleType, sm
     from the kernel, a prompt's from cuBLAS, both as the untouched model computes them."""
     from transformers import GPT2LMHeadModel
 
-    from lmql_hf import fused
+    from lmql_hf.cuda import fused
 
     model = GPT2LMHeadModel.from_pretrained(small_gpt2).eval()
     ids = torch.tensor([[5, 7, 9, 11]])

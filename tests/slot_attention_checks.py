@@ -1,4 +1,4 @@
-"""Checks of the slot-cache attention kernels (lmql_hf.slot_attention), run on the CPU by Triton's
+"""Checks of the slot-cache attention kernels (lmql_hf.kernels.slot_attention), run on the CPU by Triton's
 interpreter: decode rows and packed prompt chunks against a float64 softmax written here, and HF
 backends prefilling and decoding through them against transformers' own generate.
 
@@ -17,14 +17,14 @@ import torch
 from test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts
 
 from lmql_hf.bundled import bundled_path
-from lmql_hf.prompt_graphs import tile_table, tokens_per_tile
+from lmql_hf.kernels.tiles import tile_table, tokens_per_tile
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run through tests/test_row_kernel.py"
 
 
 @pytest.fixture(scope="module")
 def kernel() -> ModuleType:
-    from lmql_hf import slot_attention
+    from lmql_hf.kernels import slot_attention
 
     return slot_attention
 

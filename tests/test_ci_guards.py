@@ -1,6 +1,6 @@
 """What keeps the test command honest: loud (and in CI fatal) module skips, a run that checks
-nothing failing, CI running exactly the README's test command with lint and typecheck, and nox
-refusing to skip a missing interpreter."""
+nothing failing, CI running exactly the README's test command with lint, typecheck, compat and
+ray, and nox refusing to skip a missing interpreter."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_ci_runs_exactly_the_readmes_test_command_with_lint_and_typecheck() -> N
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci[-1] == command
     sessions = command.split("nox -s", 1)[1].split()
-    assert {"tests", "lint", "typecheck", "compat"} <= set(sessions)
+    assert {"tests", "lint", "typecheck", "compat", "ray"} <= set(sessions)
 
 
 def test_nox_fails_on_a_missing_interpreter_and_tests_run_strict() -> None:

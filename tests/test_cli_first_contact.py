@@ -32,7 +32,7 @@ def test_an_unknown_hf_loader_key_is_refused_before_the_weights_load() -> None:
 
 def test_from_pretrained_keys_and_config_fields_pass_the_check() -> None:
     from lmql_hf.bundled import bundled_path
-    from lmql_hf.loader_keys import check
+    from lmql_hf.loading.loader_keys import check
 
     path = str(bundled_path("lmql-tiny"))
     check(path, {"torch_dtype": "float32", "attn_implementation": "eager", "use_cache": False,

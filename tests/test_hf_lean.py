@@ -1,4 +1,4 @@
-"""The HF backend's lean decode step on the CPU (lmql_hf.lean_decode): decode rows of Llama and
+"""The HF backend's lean decode step on the CPU (lmql_hf.cpu.lean_decode): decode rows of Llama and
 GPT-2 as direct torch operations over the slot cache. Checked against transformers' own forward
 over each whole sequence, and its greedy ``generate``."""
 
@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 
 from lmql_core.base.backend import StepInput  # noqa: E402
-from lmql_hf import packed_linear  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
+from lmql_hf.cpu import packed_linear  # noqa: E402
 from tests.test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -173,7 +173,7 @@ def test_other_architectures_sliding_windows_and_the_option_keep_transformers_fo
 def test_every_form_of_the_head_product_is_numpys_product(rows: int) -> None:
     import numpy as np
 
-    from lmql_hf.head_product import HeadProduct
+    from lmql_hf.cpu.head_product import HeadProduct
 
     generator = torch.Generator().manual_seed(rows)
     weight = torch.randn(1000, 48, generator=generator)
@@ -193,8 +193,8 @@ def test_every_form_of_the_head_product_is_numpys_product(rows: int) -> None:
 def test_tuning_the_head_keeps_the_layouts_of_the_forms_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each bucket up to the batch's rows gets a form; layouts no bucket chose are let go; a head
     whose product is slow whatever the form is not tuned."""
-    from lmql_hf import head_product
-    from lmql_hf.head_product import FORMS, HeadProduct
+    from lmql_hf.cpu import head_product
+    from lmql_hf.cpu.head_product import FORMS, HeadProduct
 
     weight = torch.randn(3000, 64)
     head = HeadProduct(weight, copies=True)
@@ -214,8 +214,8 @@ def test_tuning_the_head_keeps_the_layouts_of_the_forms_chosen(monkeypatch: pyte
 
 def test_the_packed_layout_is_made_only_when_tuned() -> None:
     """An untuned head (no warm-up) holds no packed copy it may never use."""
-    from lmql_hf import packed_linear
-    from lmql_hf.head_product import HeadProduct
+    from lmql_hf.cpu import packed_linear
+    from lmql_hf.cpu.head_product import HeadProduct
 
     head = HeadProduct(torch.randn(300, 16), copies=False)
     assert set(head.layouts) == {"rows", "columns"} and head.available() == ["x @ columns", "(rows @ x.T).T"]
@@ -226,7 +226,7 @@ def test_the_packed_layout_is_made_only_when_tuned() -> None:
 
 def test_a_head_too_large_to_copy_is_read_where_it_lies(lively_gpt2: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """No copy by columns; packed for oneDNN only if its timing chose that form."""
-    from lmql_hf import lean_decode
+    from lmql_hf.cpu import lean_decode
 
     monkeypatch.setattr(lean_decode, "HEAD_COPY_BYTES", 0)
     backend = HFBackend(lively_gpt2)
@@ -287,7 +287,7 @@ def test_packed_linear_layers_are_numpys_products(bias: bool) -> None:
 def test_packed_roles_pack_every_layer_of_the_kinds_chosen(small_llama: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    from lmql_hf.lean_decode import LeanLlama
+    from lmql_hf.cpu.lean_decode import LeanLlama
 
     if not packed_linear.available():
         pytest.skip("this torch has no oneDNN packed linear operators")

@@ -1,4 +1,4 @@
-"""GPU memory sized together (lmql_hf.memory): the KV cache's slots, the batch chosen from memory
+"""GPU memory sized together (lmql_hf.cache.memory): the KV cache's slots, the batch chosen from memory
 where the user gave none, and what MODEL_INFO reports. The plan is arithmetic, checked here on
 the CPU against the issue's figures (a Qwen3-0.6B-shaped model on an 80 GB H100)."""
 
@@ -10,8 +10,8 @@ pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import lmql  # noqa: E402
-from lmql_hf import memory  # noqa: E402
-from lmql_hf.graphs import BATCH_BUCKETS, length_buckets  # noqa: E402
+from lmql_hf.cache import memory  # noqa: E402
+from lmql_hf.cuda.graphs import BATCH_BUCKETS, length_buckets  # noqa: E402
 
 GIB = 1 << 30
 QWEN3 = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
@@ -71,3 +71,14 @@ def test_off_a_gpu_the_batch_is_64_unless_given_and_model_info_says_where_it_cam
         loaded.backend.model.config, 2048, 4).slot_bytes(info["kv_cache"]["max_len"])
     given = lmql.model("local:lmql-tiny", max_batch=5, max_seq_len=128).model_info_sync()["model_info"]
     assert (given["max_batch"], given["max_batch_from"], given["kv_cache"]["slots"]) == (5, "given", 11)
+
+
+def test_off_one_gpu_the_slots_are_the_running_sequences_and_as_many_prefixes_within_the_budget() -> None:
+    shape = qwen3_shape()
+    slot = 28 * 8 * 128 * 1024 * 2 * 2  # every layer's keys and values of 1024 positions
+    roomy = memory.plan_elsewhere(shape, 1000 * slot, 1024, None)
+    assert (roomy.max_batch, roomy.slots, roomy.slot_bytes, roomy.source) == (64, 129, slot, "default")
+    tight = memory.plan_elsewhere(shape, 10 * slot + slot // 2, 1024, 32)  # 10 slots fit, one is scratch
+    assert (tight.max_batch, tight.slots, tight.reserved_bytes, tight.source) == (9, 10, 0, "given")
+    with pytest.raises(MemoryError, match="no room for a KV cache of 1024 positions; pass a smaller --max_seq_len"):
+        memory.plan_elsewhere(shape, 2 * slot - 1, 1024, None)

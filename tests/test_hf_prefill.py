@@ -190,7 +190,7 @@ def test_a_large_models_steps_of_many_tokens_take_every_core_and_tokens_stay_tra
     are transformers' either way."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lmql_hf.threads import ALL_CORES_FROM_TOKENS, ALL_CORES_FROM_WEIGHTS, weights_per_token
+    from lmql_hf.cpu.threads import ALL_CORES_FROM_TOKENS, ALL_CORES_FROM_WEIGHTS, weights_per_token
 
     cores = os.cpu_count() or 1
     if cores < 2 or "OMP_NUM_THREADS" in os.environ:

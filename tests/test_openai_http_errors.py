@@ -77,11 +77,26 @@ def test_unknown_routes_are_404_in_openais_shape(tiny: Server) -> None:
 
 
 def test_max_tokens_past_the_context_is_400(tiny: Server) -> None:
-    status, body = post(tiny, "/v1/completions", {"model": "lmql-tiny", "prompt": PROMPT, "max_tokens": 510})
-    assert_openai_error(status, body, 400, "maximum context length is 512 tokens")
+    # as vLLM: 400 when the prompt and max_tokens together exceed the context (max_model_len);
+    # exactly the context is answered, every token of it generated
+    prompt = post(tiny, "/tokenize", {"model": "lmql-tiny", "prompt": PROMPT})[1]["tokens"]
+    room = 512 - len(prompt)
+    status, body = post(tiny, "/v1/completions", {**ENDLESS, "prompt": prompt, "max_tokens": room + 1})
+    assert_openai_error(status, body, 400, f"maximum context length is 512 tokens; this request asks for "
+                        f"513 ({len(prompt)} in the prompt, {room + 1} for the completion)")
     assert body["error"]["param"] == "max_tokens"
-    ok, _ = post(tiny, "/v1/completions", {"model": "lmql-tiny", "prompt": PROMPT, "max_tokens": 2})
-    assert ok == 200
+    ok, answer = post(tiny, "/v1/completions", {**ENDLESS, "prompt": prompt, "max_tokens": room})
+    assert ok == 200 and answer["usage"]["completion_tokens"] == room
+    assert answer["choices"][0]["finish_reason"] == "length"
+
+
+def test_lmtp_checks_only_the_prompt_against_the_context(tiny: Server) -> None:
+    # LMTP (LMQL 0.7's server does the same) takes max_tokens past the context and ends the
+    # stream when the context is full
+    prompt = post(tiny, "/tokenize", {"model": "lmql-tiny", "prompt": PROMPT})[1]["tokens"]
+    entries = lmtp_stream(tiny, {"model": "lmql-tiny", "prompt": prompt, "max_tokens": 600,
+                                 "logit_bias": {"2": -100}, "temperature": 1})
+    assert len(prompt) + len(entries) == 512 and entries[-1]["finish_reason"] == "length"
 
 
 @pytest.mark.parametrize("headers", [{}, bearer("wrong"), {"Authorization": f"Basic {TOKEN}"}])

@@ -1,4 +1,4 @@
-"""The HF backend's slot table (``lmql_hf.slots.SlotTable``) over a real, tiny ``SlotCache`` on
+"""The HF backend's slot table (``lmql_hf.cache.slots.SlotTable``) over a real, tiny ``SlotCache`` on
 the CPU, without a model: which slot each sequence gets, cached prefixes taken over, running
 slots kept compact on release, and tokens appended from the device (pending) then confirmed.
 
@@ -15,8 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lmql_hf.slot_cache import SlotCache  # noqa: E402
-from lmql_hf.slots import PENDING, SlotTable  # noqa: E402
+from lmql_hf.cache.slot_cache import SlotCache  # noqa: E402
+from lmql_hf.cache.slots import PENDING, SlotTable  # noqa: E402
 
 SLOTS = 5  # four for sequences, the last is scratch
 MAX_LEN = 16

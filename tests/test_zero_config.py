@@ -175,3 +175,68 @@ def test_incremental_decoding_gives_invalid_bytes_out_after_a_bounded_wait() -> 
     assert sum(1 for p in pieces if p) >= 2  # given out while the stream goes on, not only at its end
     pieces.append(decoder.flush())
     assert "".join(pieces) == rust.decode([lead] * (3 * HELD), skip_special_tokens=False)
+
+
+def test_incremental_decoding_passes_over_ids_without_text(tmp_path: Path) -> None:
+    # a folder with a model's config but no vocabulary (the benchmarks' random-weight models):
+    # transformers' tokenizer knows one token, every other id decodes to nothing; the decoder
+    # passes them over instead of re-decoding a window that grows with the stream
+    from transformers import AutoTokenizer, GPT2Config
+
+    from lmql_core.loading.tokenizer import IncrementalDecoder
+    from lmql_hf.loading.tokenizer import load_hf_tokenizer
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=1).save_pretrained(tmp_path)
+    reference = AutoTokenizer.from_pretrained(tmp_path)
+    tokenizer = load_hf_tokenizer(str(tmp_path))
+    decoder = IncrementalDecoder(tokenizer)
+    ids = [7 + i for i in range(100)] + [0] + [500, 0]
+    pieces = []
+    for token in ids:
+        pieces.append(decoder.push(token))
+        assert len(decoder.ids) - decoder.context <= 2  # the window decoded: the last token and one before
+    pieces.append(decoder.flush())
+    assert "".join(pieces) == reference.decode(ids) == "<|endoftext|>" * 2
+    assert pieces[100] == "<|endoftext|>"
+
+
+def test_tokens_decoded_together_give_the_text_of_all(tmp_path: Path) -> None:
+    # a stream's tokens handed over in batches of any size (a paced OpenAI stream's) decode to
+    # the tokenizers library's text of the whole, characters never split
+    import random
+
+    from tokenizers import Tokenizer as RustTokenizer
+
+    from lmql_core.loading.tokenizer import IncrementalDecoder, JsonTokenizer
+
+    path = Path(bundled_path("lmql-tiny")) / "tokenizer.json"
+    tokenizer, rust = JsonTokenizer.from_file(path), RustTokenizer.from_file(str(path))
+    ids = rust.encode(TEXT * 3, add_special_tokens=False).ids
+    rng = random.Random(0)
+    for _ in range(20):
+        decoder, pieces, start = IncrementalDecoder(tokenizer), [], 0
+        while start < len(ids):
+            size = rng.randrange(1, 25)  # more than HELD at times
+            pieces.append(decoder.extend(ids[start : start + size]))
+            start += size
+        pieces.append(decoder.flush())
+        assert "".join(pieces) == rust.decode(ids, skip_special_tokens=False) == TEXT * 3
+        assert not any("\ufffd" in p for p in pieces)
+
+
+def test_the_hf_tokenizer_decodes_as_transformers() -> None:
+    # the server's transformers tokenizer decodes through its Rust backend (a tenth of the cost)
+    # where that is transformers' text: random ids, special tokens among them
+    import random
+
+    from transformers import AutoTokenizer
+
+    from lmql_hf.loading.tokenizer import TransformersTokenizer
+
+    reference = AutoTokenizer.from_pretrained(bundled_path("lmql-tiny"))
+    tokenizer = TransformersTokenizer(reference)
+    assert tokenizer._rust is not None  # the fast path is the one checked here
+    rng = random.Random(0)
+    for _ in range(500):
+        ids = [rng.randrange(len(reference)) for _ in range(rng.randrange(1, 6))]
+        assert tokenizer.decode(ids) == reference.decode(ids), ids

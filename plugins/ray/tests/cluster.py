@@ -3,9 +3,11 @@ read from it: every replica's health."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,9 +18,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port
+from tests.conftest import RawClient, free_port
 
 START_TIMEOUT_S = 240
+MODEL = "lmql-tiny"
+VOCAB = 2048  # lmql-tiny's
+BOS = 1
+NO_EOS = {"logit_bias": {"2": -100}}  # streams that run to max_tokens
 
 
 class Cluster:
@@ -33,18 +39,20 @@ class Cluster:
                                      env={**os.environ, "RAY_AUTH_MODE": "disabled"}, start_new_session=True)
         self.wait_healthy(START_TIMEOUT_S)
 
-    def wait_healthy(self, timeout: float) -> dict[str, Any]:
-        """Until every replica answers /health (after a start, or a replica's restart)."""
+    def wait_healthy(self, timeout: float, replicas: int | None = None) -> dict[str, Any]:
+        """Until ``replicas`` replicas (default: as many as started) answer /health (after a
+        start, a replica's restart, autoscaling)."""
+        wanted = self.replicas if replicas is None else replicas
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve-cluster exited with {self.proc.returncode}:\n{self.output()}")
             with contextlib.suppress(OSError, ValueError):
                 status, answer = self.get("/health")
-                if status == 200 and len(answer["replicas"]) == self.replicas:
+                if status == 200 and len(answer["replicas"]) == wanted:
                     return answer["replicas"]
             time.sleep(0.5)
-        raise TimeoutError(f"the cluster did not become healthy:\n{self.output()}")
+        raise TimeoutError(f"the cluster did not become healthy with {wanted} replicas:\n{self.output()}")
 
     def get(self, path: str) -> tuple[int, Any]:
         try:
@@ -83,9 +91,25 @@ class Cluster:
         return self.proc.returncode
 
 
-def reused(replica: dict[str, Any], model: str = "lmql-tiny") -> int:
+def reused(replica: dict[str, Any], model: str = MODEL) -> int:
     return int(replica["models"][model]["reused_prefix_tokens"])
 
 
 def served(health: dict[str, Any]) -> dict[str, int]:
     return {name: int(replica["streams_served"]) for name, replica in health.items()}
+
+
+def prompt(seed: int, length: int = 24) -> list[int]:
+    rng = random.Random(seed)
+    return [BOS, *(rng.randrange(3, VOCAB) for _ in range(length - 1))]
+
+
+def streams(endpoint: str, requests: dict[Any, tuple[str, dict[str, Any]]],
+            timeout: float = 120) -> dict[Any, list[dict[str, Any]]]:
+    """Every request (stream id -> command, body) on one connection at once; each stream's entries."""
+    async def run() -> dict[Any, list[dict[str, Any]]]:
+        async with RawClient(endpoint) as c:
+            for sid, (command, body) in requests.items():
+                await c.send(command, {"model": MODEL, "stream_id": sid, **body})
+            return await c.collect(set(requests), timeout=timeout)
+    return asyncio.run(run())

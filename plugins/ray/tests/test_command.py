@@ -3,6 +3,8 @@ cluster: the command line, its errors, fixed and autoscaled replicas, GPUs per r
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,10 +24,22 @@ def test_the_plugin_adds_serve_cluster_to_the_lmql_command() -> None:
     assert "serve-cluster" in run_lmql("--help").stdout
 
 
+def test_with_the_plugin_installed_lmql_imports_ray_only_when_serve_cluster_runs() -> None:
+    script = ("import sys, lmql\nfrom lmql_core import plugins\n"
+              "print([c.name for c in plugins.registry().commands], 'ray' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["['serve-cluster']", "False"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--replicas", "0"], "--replicas must be at least 1, not 0"),
     (["--min-replicas", "3", "--max-replicas", "2"], "0 <= min (3) <= max (2)"),
     (["--max_batch", "many"], "max_batch"),
+    (["--min-replicas", "1", "--max-replicas", "2", "--upscale-delay", "-1"], "the scaling delays must be"),
+    (["--min-replicas", "1", "--max-replicas", "2", "--look-back", "0"], "the look-back above 0"),
+    (["--cuda", "--gpus-per-replica", "1.5"], "a fraction up to 1 or a whole number, not 1.5"),
+    (["--gpus-per-replica", "0"], "--gpus-per-replica must be a fraction up to 1 or a whole number, not 0"),
 ])
 def test_bad_settings_are_refused_before_ray_starts(args: list[str], message: str) -> None:
     result = run_lmql("serve-cluster", "lmql-tiny", *args)
@@ -34,9 +48,11 @@ def test_bad_settings_are_refused_before_ray_starts(args: list[str], message: st
 
 
 def test_a_model_the_replicas_cannot_load_is_one_error_line(tmp_path: Path) -> None:
+    # Ray Serve tries a failing replica 3 times before giving up; once is enough here (a third of the time)
+    retries = {"RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "1"}
     result = run_lmql("serve-cluster", str(tmp_path / "no-model-here"), "--cpus-per-replica", "0",
-                      "--port", str(free_port()), env={"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"},
-                      timeout=300)
+                      "--port", str(free_port()), timeout=300,
+                      env={"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", **retries})
     assert "the replicas did not start" in the_error(result)
 
 
@@ -48,9 +64,11 @@ def test_an_unknown_routing_policy_is_a_usage_error() -> None:
 
 def test_fixed_replicas_and_autoscaling_on_ongoing_requests() -> None:
     assert ClusterConfig("m", replicas=2).scaling() == {"num_replicas": 2}
-    auto = ClusterConfig("m", replicas=2, min_replicas=1, max_replicas=4, target_ongoing=8).scaling()
+    auto = ClusterConfig("m", replicas=2, min_replicas=1, max_replicas=4, target_ongoing=8,
+                         upscale_delay=0, downscale_delay=5, look_back=12).scaling()
     assert auto == {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
-                                           "target_ongoing_requests": 8}}
+                                           "target_ongoing_requests": 8, "upscale_delay_s": 0,
+                                           "downscale_delay_s": 5, "look_back_period_s": 12}}
     # scaled to zero when idle, one replica to start with
     idle = ClusterConfig("m", min_replicas=0, max_replicas=2).scaling()["autoscaling_config"]
     assert idle["min_replicas"] == 0 and idle["initial_replicas"] == 1

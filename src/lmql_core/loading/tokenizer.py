@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeGuard
 
@@ -134,8 +134,9 @@ class IncrementalDecoder:
 
     A token that ends inside a multi-byte character decodes to U+FFFD; its text is held back
     until a later token completes the character. Only a short window of recent tokens is decoded
-    per push (the tokens since the last emitted text, after the ones before it as context), so
-    a long stream costs linear, not quadratic, time.
+    per call (the tokens since the last emitted text, after the ones before it as context), so
+    a long stream costs linear, not quadratic, time; tokens given together (``extend``) are
+    decoded together, at the cost of one token.
     """
 
     def __init__(self, tokenizer: Tokenizer, skip: set[int] | None = None) -> None:
@@ -146,24 +147,48 @@ class IncrementalDecoder:
         self.emitted = 0  # tokens whose text has been emitted
 
     def push(self, token: int) -> str:
-        if token not in self.skip:
-            self.ids.append(token)
+        return self.extend((token,))
+
+    def extend(self, tokens: Iterable[int]) -> str:
+        """The text that ``tokens``, appended, complete (all of it but an unfinished character)."""
+        skip = self.skip
+        self.ids.extend([t for t in tokens if t not in skip] if skip else tokens)
         return self._delta(final=False)
 
     def flush(self) -> str:
         return self._delta(final=True)
 
     def _delta(self, final: bool) -> str:
+        if self.emitted == len(self.ids):  # nothing new (a skipped token): nothing to decode
+            return ""
         done = self.tokenizer.decode(self.ids[self.context : self.emitted])
         text = self.tokenizer.decode(self.ids[self.context :])
-        # a character spans at most 4 bytes: text still unfinished after HELD tokens is bytes that
-        # will never form one, given out as they decode (holding them made every push re-decode
-        # a growing window)
-        held_too_long = len(self.ids) - self.emitted > HELD
-        if len(text) <= len(done) or (text.endswith("\ufffd") and not final and not held_too_long):
-            return ""
-        self.context, self.emitted = self.emitted, len(self.ids)
+        end = len(self.ids)
+        if not final and _unfinished(text, done):
+            if end - self.emitted <= HELD:
+                return ""
+            # held for more than HELD tokens: a character spans at most 4 bytes, so what ends
+            # unfinished in the last tokens is all that may still form one; the rest goes out
+            # (holding bytes that will never form a character made every call re-decode a
+            # growing window); none of it completes: given out as it decodes
+            end, text = self._last_complete(done, text)
+        self.context, self.emitted = self.emitted, end
         return text[len(done) :]
+
+    def _last_complete(self, done: str, text: str) -> tuple[int, str]:
+        """The latest of the last 4 token boundaries where the text is complete, and the text
+        up to it; else all the tokens and their ``text``."""
+        for end in range(len(self.ids) - 1, max(self.emitted, len(self.ids) - 4), -1):
+            shorter = self.tokenizer.decode(self.ids[self.context : end])
+            if not _unfinished(shorter, done):
+                return end, shorter
+        return len(self.ids), text
+
+
+def _unfinished(text: str, done: str) -> bool:
+    """Whether ``text`` (the window's) ends inside a character (or is shorter than what was given
+    out of it: a decoder that rewrites the end)."""
+    return len(text) < len(done) or text.endswith("\ufffd")
 
 
 def _id(tok: Any, text: str | None) -> int | None:

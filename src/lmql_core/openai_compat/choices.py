@@ -21,35 +21,6 @@ STOP, LENGTH = "stop", "length"
 _PIECES: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
 
 
-class FastDecode:
-    """A transformers tokenizer's ``decode`` through its Rust backend: the same text where the
-    tokenizer cleans up no spaces, at a tenth of the cost (a stream decodes every token twice,
-    and at 64 streams on a GPU transformers' own ``decode`` was most of the server's time)."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-
-    def decode(self, ids: list[int]) -> str:
-        return str(self.backend.decode(ids, skip_special_tokens=False))
-
-
-_FAST: weakref.WeakKeyDictionary[Any, FastDecode] = weakref.WeakKeyDictionary()
-
-
-def fast_decoding(tokenizer: Tokenizer) -> Any:
-    """``tokenizer``, or for a transformers fast tokenizer that cleans up no spaces, its backend."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", True):
-        return tokenizer
-    try:
-        fast = _FAST.get(tokenizer)
-        if fast is None:
-            fast = _FAST[tokenizer] = FastDecode(backend)
-    except TypeError:  # not weakly referenceable
-        return tokenizer
-    return fast
-
-
 def pieces_of(tokenizer: Tokenizer) -> dict[int, str]:
     pieces = _PIECES.get(tokenizer)
     if pieces is None:
@@ -68,16 +39,18 @@ class TokenLogprob:
 
 class Choice:
     def __init__(self, index: int, tokenizer: Tokenizer, stop: list[str], stop_token_ids: list[int],
-                 eos_token_id: int | None, tokens_as_ids: bool = False) -> None:
-        """``tokens_as_ids``: log-probs name tokens "token_id:N" (vLLM's return_tokens_as_token_ids)."""
+                 eos_token_id: int | None, tokens_as_ids: bool = False, logprobs: bool = True) -> None:
+        """``tokens_as_ids``: log-probs name tokens "token_id:N" (vLLM's return_tokens_as_token_ids);
+        ``logprobs``: whether the answer shows log-probs (else none are made)."""
         self.index = index
         self.tokens_as_ids = tokens_as_ids
+        self.wants_logprobs = logprobs
         self.pieces = pieces_of(tokenizer)
         self.tokenizer = tokenizer
         self.stop = stop
         self.stop_token_ids = set(stop_token_ids)
         skip = {eos_token_id} if eos_token_id is not None else set()
-        self.decoder = IncrementalDecoder(fast_decoding(tokenizer), skip | self.stop_token_ids)
+        self.decoder = IncrementalDecoder(tokenizer, skip | self.stop_token_ids)
         self.prefix = ""  # echo: the prompt's text
         self.prefix_logprobs: list[TokenLogprob] = []
         self.text = ""  # the completion's text (cut at a stop string once one is found)
@@ -89,6 +62,7 @@ class Choice:
         self.sent_logprobs = 0  # entries of ``prefix_logprobs + logprobs`` a stream has been given
         self.role_sent = False  # chat streams: the first chunk names the role
         self._checked = 0  # characters of ``text`` searched for stop strings
+        self._unread: list[TokenFields] = []  # the engine's events not taken yet (``settle``)
 
     @property
     def done(self) -> bool:
@@ -97,6 +71,7 @@ class Choice:
     def add(self, entry: dict[str, Any]) -> bool:
         """Take one LMTP token entry; True when a stop string or stop token ended the choice
         here (the caller cancels its stream: the engine does not know why it ended)."""
+        self.settle()
         if self.done:
             return False
         if "error" in entry:
@@ -107,27 +82,53 @@ class Choice:
 
     def add_event(self, event: TokenFields, finish_reason: str | None) -> bool:
         """``add`` of the engine's event (not an error) whose wire finish reason is ``finish_reason``,
-        without making its LMTP entry."""
-        if self.done:
+        without making its LMTP entry. Tokens that can end nothing (no stop string to look for,
+        not a stop token, not the last) wait, and are decoded together when their text is next
+        needed (``settle``): one decode for all the tokens of a stream's event, not one per token."""
+        if self.finish_reason is not None or self.error is not None:  # done
             return False
-        logprob, top = finite_logprob(event.logprob), event.top_logprobs
-        if top is not None:  # as LMTP's entry: the chosen token first, the candidates' values win
-            top = {event.token: logprob, **{t: finite_logprob(lp) for t, lp in top.items()}}
-        return self._take(event.token, logprob, top, finish_reason)
+        self._unread.append(event)
+        if finish_reason is None and not self.stop and event.token not in self.stop_token_ids:
+            return False
+        return self.settle(finish_reason)
+
+    def settle(self, finish_reason: str | None = None) -> bool:
+        """Take the events that wait (the last one ending the stream with ``finish_reason``);
+        True when a stop string or stop token ended the choice."""
+        events, self._unread = self._unread, []
+        if not events:
+            return False
+        if self.stop:  # the text is searched after every token, to cut where a stop string ends
+            finishes = [None] * (len(events) - 1) + [finish_reason]
+            return any(self._take_event(e, f) for e, f in zip(events, finishes, strict=True))
+        if self.wants_logprobs:
+            self.logprobs += [self._event_logprob(e) for e in events]
+        self.tokens += len(events)
+        self.text += self.decoder.extend([e.token for e in events])
+        return self._finish(events[-1].token, finish_reason)
+
+    def _take_event(self, event: TokenFields, finish: str | None) -> bool:
+        return False if self.done else self._take(event.token, event.logprob, _top_of(event), finish)
 
     def _take(self, token: int, logprob: float, top: Mapping[Any, float] | None, finish: str | None) -> bool:
         self.tokens += 1
-        self.logprobs.append(self.token_logprob(token, logprob, top))
+        if self.wants_logprobs:
+            self.logprobs.append(self.token_logprob(token, finite_logprob(logprob), top))
         self.text += self.decoder.push(token)
+        stopped = self._finish(token, finish)
+        if self.stop and self._cut_at_stop():
+            self.finish_reason = STOP
+            return True
+        return stopped
+
+    def _finish(self, token: int, finish: str | None) -> bool:
+        """The choice's end, if ``token`` (just taken) ends it; True for a stop token."""
         if token in self.stop_token_ids:
             self.finish_reason = STOP
         elif finish is not None:
             self.finish_reason = STOP if finish == STOP else LENGTH
         if self.done:
             self.text += self.decoder.flush()
-        if self.stop and self._cut_at_stop():
-            self.finish_reason = STOP
-            return True
         return token in self.stop_token_ids
 
     def _cut_at_stop(self) -> bool:
@@ -139,6 +140,20 @@ class Choice:
             return False
         self.text = self.text[: min(found)]
         return True
+
+    def _event_logprob(self, event: TokenFields) -> TokenLogprob:
+        """``token_logprob`` of the engine's event; the usual top (the chosen token alone: no other
+        candidate, or the chosen one) quickly."""
+        token, top = event.token, event.top_logprobs
+        if top is not None and (not top or (len(top) == 1 and token in top)):
+            piece = self.pieces.get(token)
+            if piece is None:
+                piece = self._piece(token)
+            label = f"token_id:{token}" if self.tokens_as_ids else piece
+            logprob = finite_logprob(event.logprob)
+            value = finite_logprob(top[token]) if top else logprob
+            return TokenLogprob(token, label, logprob, [(token, label, value)], len(piece))
+        return self.token_logprob(token, finite_logprob(event.logprob), _top_of(event))
 
     def token_logprob(self, token: int, logprob: float | None,
                       top: Mapping[Any, float] | None) -> TokenLogprob:
@@ -184,6 +199,15 @@ class Choice:
         return new
 
 
+def _top_of(event: TokenFields) -> dict[Any, float] | None:
+    """An event's candidates as LMTP's entry has them: the chosen token first, the candidates'
+    values winning."""
+    top = event.top_logprobs
+    if top is None:
+        return None
+    return {event.token: finite_logprob(event.logprob), **{t: finite_logprob(lp) for t, lp in top.items()}}
+
+
 # --- OpenAI's shapes ---------------------------------------------------------------------
 
 
@@ -226,7 +250,7 @@ def delta_json(delta: dict[str, Any]) -> str:
 def _logprobs_json(logprobs: dict[str, Any]) -> str:
     tops = ",".join([_top_json(top) for top in logprobs["top_logprobs"]])
     return (f'{{"tokens":[{",".join(map(_string, logprobs["tokens"]))}],'
-            f'"token_logprobs":[{",".join(map(_number, logprobs["token_logprobs"]))}],'
+            f'"token_logprobs":[{_numbers(logprobs["token_logprobs"])}],'
             f'"top_logprobs":[{tops}],"text_offset":[{",".join(map(str, logprobs["text_offset"]))}]}}')
 
 
@@ -234,6 +258,16 @@ def _top_json(top: dict[str, float] | None) -> str:
     if top is None:
         return "null"
     return "{" + ",".join([f"{_string(text)}:{_number(lp)}" for text, lp in top.items()]) + "}"
+
+
+def _numbers(values: list[float | None]) -> str:
+    """``_number`` of each, comma-separated; finite floats (the usual) at once."""
+    try:
+        if math.isfinite(sum(values)):  # type: ignore[arg-type]  # a None: TypeError, one by one
+            return ",".join(map(float.__repr__, values))
+    except TypeError:
+        pass
+    return ",".join(map(_number, values))
 
 
 def _number(value: float | None) -> str:

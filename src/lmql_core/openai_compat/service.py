@@ -207,8 +207,9 @@ class Completion:
                               f"{request.max_tokens} for the completion)", "max_tokens")
 
     def _new_choice(self, tokenizer: Any, model: LoadedModel) -> Choice:
-        choice = Choice(len(self.choices), tokenizer, self.request.stop, self.request.stop_token_ids,
-                        model.backend.eos_token_id, self.request.tokens_as_ids)
+        request = self.request
+        choice = Choice(len(self.choices), tokenizer, request.stop, request.stop_token_ids,
+                        model.backend.eos_token_id, request.tokens_as_ids, request.logprobs is not None)
         self.choices.append(choice)
         return choice
 
@@ -247,11 +248,13 @@ class Completion:
 
     def _receive(self, command: str, payload: Any) -> None:
         """TOKEN payloads: the engine's events (``raw_events``), or entries (errors)."""
+        choices = self.choices
         for entry in payload if isinstance(payload, list) else []:
             if type(entry) is TokenEvent:
                 sid = entry.stream_id
-                if entry.error is None and type(sid) is int and 0 <= sid < len(self.choices):
-                    if self.choices[sid].add_event(entry, FINISH_REASONS[entry.finish_reason]):
+                if entry.error is None and type(sid) is int and 0 <= sid < len(choices):
+                    finish = None if entry.finish_reason is None else FINISH_REASONS[entry.finish_reason]
+                    if choices[sid].add_event(entry, finish):
                         self.session.cancel(sid)
                     continue
                 entry = wire.token_entry(entry, FINISH_REASONS)
@@ -373,6 +376,8 @@ class Completion:
     def _delta(self, choice: Choice, offsets: list[int]) -> dict[str, Any] | None:
         if choice.index in self._finish_sent:
             return None
+        if choice.settle():  # the tokens since the last event, decoded together
+            self.session.cancel(choice.index)
         text, items = choice.releasable_text(), choice.new_logprobs()
         all_sent = choice.sent_text == len(choice.prefix) + len(choice.text)
         finish = choice.finish_reason if choice.done and all_sent else None

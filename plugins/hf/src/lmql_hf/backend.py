@@ -22,13 +22,17 @@ import torch
 from rich.console import Console
 
 from lmql_core.plugin import Backend, LMQLError, StepInput, StepOutput, TorchOps, find_tokenizer_json
-from lmql_hf import chat, fused, hub, lean_decode, loader_keys, loading, memory, packed, replays, warm_up
-from lmql_hf.graphs import BATCH_BUCKETS, length_buckets
+from lmql_hf import kernels, warm_up
+from lmql_hf.cache import memory, packed
+from lmql_hf.cache.slot_cache import SlotCache
+from lmql_hf.cache.slots import SlotTable
+from lmql_hf.cpu import lean_decode
+from lmql_hf.cpu.threads import HostThreads, weights_per_token
+from lmql_hf.cuda import fused, replays
+from lmql_hf.cuda.graphs import BATCH_BUCKETS, length_buckets
+from lmql_hf.loading import chat, hub, loader_keys, weights
+from lmql_hf.loading.tokenizer import cached_tokenizer_json
 from lmql_hf.options import ENGINE_OPTIONS
-from lmql_hf.slot_cache import SlotCache
-from lmql_hf.slots import SlotTable
-from lmql_hf.threads import HostThreads, weights_per_token
-from lmql_hf.tokenizer import cached_tokenizer_json
 
 console = Console(stderr=True)
 
@@ -50,10 +54,10 @@ class HFBackend(Backend):
         self.options = {k: kwargs.pop(k, v) for k, v in ENGINE_OPTIONS.items()}
         self.fused_modules = 0
         self.name = model
-        self.kwargs = loading.loader_kwargs(cuda, dtype, kwargs)
+        self.kwargs = weights.loader_kwargs(cuda, dtype, kwargs)
         self.path, offline = hub.locate(model, self.kwargs.get("revision"))
         loader_keys.check(self.path, kwargs, dict(self.kwargs, **offline))
-        loaded = loading.load_weights(self.path, dict(offline, **self.kwargs), bool(self.options["progress"]))
+        loaded = weights.load_weights(self.path, dict(offline, **self.kwargs), bool(self.options["progress"]))
         self.model = loaded.eval()
         self.model.requires_grad_(False)  # inference only: no autograd, also while capturing graphs
         self.device = self.model.get_input_embeddings().weight.device
@@ -75,7 +79,7 @@ class HFBackend(Backend):
         self._keeps_logits = "logits_to_keep" in params  # the head runs on chosen positions only
         # the kept positions' index: where the last hidden states are, or (layers spread over
         # devices, which accelerate moves between) on the host, which indexing any device accepts
-        self.devices = loading.devices_of(self.model)
+        self.devices = weights.devices_of(self.model)
         spread = len(self.devices) > 1
         self._keep_device = torch.device("cpu") if spread else self.device
         self.prefill_tokens = int(self.options["prefill_tokens"])
@@ -85,7 +89,7 @@ class HFBackend(Backend):
         if self.device.type == "cuda":
             console.print(self.memory.describe())
         self.cache = self._allocate_cache(self.memory.slots)
-        if self.fused_modules and not spread and fused.runs_on(self.device):
+        if self.fused_modules and not spread and kernels.runs_on(self.device):
             self.cache.use_kernels()  # writes and slot moves in one kernel each
         self.threads = HostThreads(self.options["cpu_threads"],
                                    all(p.device.type == "cuda" for p in self.model.parameters()),
@@ -111,9 +115,9 @@ class HFBackend(Backend):
     # --- setup ------------------------------------------------------------------------------
 
     def _plan_memory(self) -> memory.MemoryPlan:
-        """Slots and batch: on one GPU sized together with the passes and graphs (``memory``);
-        elsewhere slots for ``--max_batch`` (64) running sequences and as many cached prefixes,
-        within ``--cpu_cache_bytes`` (or, layers spread over GPUs, half the first one's free memory)."""
+        """Slots and batch: on one GPU sized together with the passes and graphs (``memory.plan``);
+        elsewhere within ``--cpu_cache_bytes`` (or, layers spread over GPUs, half the first one's
+        free memory: ``memory.plan_elsewhere``)."""
         shape = self.shape
         given, fraction = self.options["max_batch"], self.options["cache_memory_fraction"]
         if self.device.type == "cuda" and len(self.devices) == 1:
@@ -125,19 +129,12 @@ class HFBackend(Backend):
             budget = int(torch.cuda.mem_get_info(self.device)[0] * (0.5 if fraction is None else fraction))
         else:
             budget = int(self.options["cpu_cache_bytes"])
-        wanted = memory.CPU_MAX_BATCH if given is None else int(given)
-        slot = shape.slot_bytes(self.max_context)
-        slots = min(2 * wanted + 1, budget // slot)
-        if slots < 2:
-            raise MemoryError(f"no room for a KV cache of {self.max_context} positions; "
-                              "pass a smaller --max_seq_len")
-        source = "default" if given is None else "given"
-        return memory.MemoryPlan(min(wanted, slots - 1), slots, slot, 0, source)
+        return memory.plan_elsewhere(shape, budget, self.max_context, given)
 
     def _allocate_cache(self, slots: int) -> SlotCache:
         shape, layers = self.shape, self.shape.layers
         return SlotCache(layers, slots, shape.kv_heads, self.max_context, shape.head_dim, self.model.dtype,
-                         loading.layer_devices(self.model, layers, self.device))
+                         weights.layer_devices(self.model, layers, self.device))
 
     def prompt_forward(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                         tiles: torch.Tensor) -> torch.Tensor:
@@ -361,9 +358,9 @@ class HFBackend(Backend):
             "backend": "hf",
             "model_class": type(self.model).__name__,
             "path": self.path,
-            "constructor": loading.constructor_call(self.path, self.kwargs),
+            "constructor": weights.constructor_call(self.path, self.kwargs),
             "devices": self.devices,
-            "layers": loading.layer_placement(self.model),
+            "layers": weights.layer_placement(self.model),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "max_batch": self.max_batch,
             "max_batch_from": self.memory.source,  # "memory" (as many as fit), "given", "default"
@@ -376,7 +373,7 @@ class HFBackend(Backend):
                          "packed_linears": sorted(self.lean.packed_roles) if self.lean is not None else [],
                          "reused_prefix_tokens": self.table.reused_tokens},
             "warm_up_s": None if self.warm_up_seconds is None else round(self.warm_up_seconds, 3),
-            "versions": loading.versions(),
+            "versions": weights.versions(),
         }
 
     def tokenizer_json(self) -> str | None:

@@ -15,7 +15,7 @@ def _backend(model: str, **kwargs: Any) -> Any:
 
 def _own_tokenizer(model: str, tokenizer: str | None = None) -> Any:
     """The tokenizer of an hf model (or the one named with tokenizer=)."""
-    from lmql_hf.tokenizer import load_hf_tokenizer
+    from lmql_hf.loading.tokenizer import load_hf_tokenizer
 
     return load_hf_tokenizer(tokenizer or model)
 

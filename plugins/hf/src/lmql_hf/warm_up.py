@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from lmql_core.plugin import SamplingParams, StepInput, collect_scoring, launch_scoring, sample_batch
-from lmql_hf import packed
+from lmql_hf.cache import packed
 
 console = Console(stderr=True)
 
@@ -22,7 +22,7 @@ CPU_PASS_TOKENS = 64  # the largest packed pass of the CPU's warm-up
 def run(backend: Any) -> float:
     """Packed passes of every size up to a step's (fresh and continued chunks, one and many
     logits), decode rows beside prompts, chained steps, the engine's sampling and scoring, slot
-    moves, and on the CPU the lean output head's forms timed (head_product.py); seconds taken.
+    moves, and on the CPU the lean output head's forms timed (cpu/head_product.py); seconds taken.
     The cache is left as it was found. On the CPU what costs is each library's first use (a
     lone first request paid ~10 ms more, 4-layer GPT-2): a smaller workload covers it, in
     0.05-0.2 s, plus the head's timing (0.6-0.8 s for that GPT-2's 50,257 x 256 head)."""

@@ -21,6 +21,12 @@ ROUTING = ("prefix", "round-robin")
 @click.option("--max-replicas", type=int, help="Autoscale up to this many (default: --replicas).")
 @click.option("--target-ongoing", default=16.0, show_default=True, type=float,
               help="Autoscaling: ongoing requests (streams) per replica to aim for.")
+@click.option("--upscale-delay", default=30.0, show_default=True, type=float,
+              help="Autoscaling: seconds the load must call for more replicas before they start.")
+@click.option("--downscale-delay", default=600.0, show_default=True, type=float,
+              help="Autoscaling: seconds the load must call for fewer replicas before one stops.")
+@click.option("--look-back", default=30.0, show_default=True, type=float,
+              help="Autoscaling: seconds over which ongoing requests are averaged.")
 @click.option("--max-ongoing", default=1024, show_default=True, type=int,
               help="Streams one replica takes at once; beyond, requests wait in the router.")
 @click.option("--ray-address", help="Join this Ray cluster (`ray start --head` printed it); "
@@ -31,7 +37,8 @@ ROUTING = ("prefix", "round-robin")
 @click.option("--cuda", is_flag=True, help="Load each replica on its GPU(s).")
 @click.option("--dtype", help="Weights' data type: float16, bfloat16, float32, 8bit, 4bit.")
 @click.option("--gpus-per-replica", default=1.0, show_default=True, type=float,
-              help="With --cuda: GPUs each replica reserves; above 1 its layers split across them.")
+              help="With --cuda: GPUs each replica reserves; above 1 (whole) its layers split across "
+              "them, below 1 replicas share a GPU.")
 @click.option("--cpus-per-replica", default=1.0, show_default=True, type=float,
               help="CPUs each replica reserves in Ray (0 packs replicas onto a small machine).")
 @click.option("--routing", type=click.Choice(ROUTING), default="prefix", show_default=True,
@@ -42,7 +49,8 @@ ROUTING = ("prefix", "round-robin")
               "are ignored and the least loaded is chosen.")
 @click.pass_context
 def serve_cluster(ctx: click.Context, model: str, replicas: int, min_replicas: int | None,
-                  max_replicas: int | None, target_ongoing: float, max_ongoing: int,
+                  max_replicas: int | None, target_ongoing: float, upscale_delay: float,
+                  downscale_delay: float, look_back: float, max_ongoing: int,
                   ray_address: str | None, host: str, port: int, backend: str | None, cuda: bool,
                   dtype: str | None, gpus_per_replica: float, cpus_per_replica: float, routing: str,
                   imbalance: int) -> None:
@@ -57,7 +65,9 @@ def serve_cluster(ctx: click.Context, model: str, replicas: int, min_replicas: i
     with _errors():
         config = cluster_config(ctx.args, model, backend, cuda, dtype, replicas=replicas,
                                 min_replicas=min_replicas, max_replicas=max_replicas,
-                                target_ongoing=target_ongoing, max_ongoing=max_ongoing,
+                                target_ongoing=target_ongoing, upscale_delay=upscale_delay,
+                                downscale_delay=downscale_delay, look_back=look_back,
+                                max_ongoing=max_ongoing,
                                 gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
                                 router_kwargs={"round_robin": routing == "round-robin",
                                                "imbalance_threshold": imbalance})

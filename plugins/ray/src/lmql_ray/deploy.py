@@ -38,6 +38,9 @@ class ClusterConfig:
     min_replicas: int | None = None
     max_replicas: int | None = None
     target_ongoing: float = 16.0
+    upscale_delay: float = 30.0  # Ray Serve's defaults
+    downscale_delay: float = 600.0
+    look_back: float = 30.0
     max_ongoing: int = 1024
     gpus_per_replica: float = 1.0
     cpus_per_replica: float = 1.0
@@ -51,6 +54,12 @@ class ClusterConfig:
         high = self.replicas if self.max_replicas is None else self.max_replicas
         if low < 0 or high < 1 or low > high:
             raise ValueError(f"replicas must satisfy 0 <= min ({low}) <= max ({high}) and max >= 1")
+        gpus = float(self.gpus_per_replica)
+        if gpus <= 0 or (gpus > 1 and not gpus.is_integer()):  # Ray's rule: above 1, whole units
+            raise ValueError(f"--gpus-per-replica must be a fraction up to 1 or a whole number, "
+                             f"not {gpus:g}")
+        if min(self.upscale_delay, self.downscale_delay) < 0 or self.look_back <= 0:
+            raise ValueError("the scaling delays must be at least 0 seconds and the look-back above 0")
 
     def scaling(self) -> dict[str, Any]:
         """The model deployment's ``num_replicas`` or ``autoscaling_config``."""
@@ -60,7 +69,10 @@ class ClusterConfig:
             return {"num_replicas": low}
         return {"autoscaling_config": {"min_replicas": low, "max_replicas": high,
                                        "initial_replicas": max(low, min(self.replicas, high)),
-                                       "target_ongoing_requests": self.target_ongoing}}
+                                       "target_ongoing_requests": self.target_ongoing,
+                                       "upscale_delay_s": self.upscale_delay,
+                                       "downscale_delay_s": self.downscale_delay,
+                                       "look_back_period_s": self.look_back}}
 
     def actor_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": self.cpus_per_replica}

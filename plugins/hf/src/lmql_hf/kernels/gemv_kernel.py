@@ -1,4 +1,5 @@
-"""Triton kernels for a decode step of one row: y = act(norm(x) @ w.T + b) + residual, and RoPE.
+"""Triton kernels for a decode step of one row: y = act(norm(x) @ w.T + b) + residual, and RoPE
+(after a per-head RMSNorm where the model has one: Qwen3).
 
 At one row a layer's matrix product is a matrix-vector product: all that matters is
 reading the weights once at full memory bandwidth. On an H100 (3.35 TB/s) cuBLAS's one-row
@@ -138,14 +139,36 @@ def row_times_weights(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return y
 
 
+@dataclass(frozen=True)
+class HeadNorms:
+    """RMSNorm of each head before RoPE (Qwen3's q_norm and k_norm, over head_dim): the first
+    ``query_heads`` heads scaled by ``query``, the others by ``key``."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    query_heads: int
+    eps: float
+
+
 @triton.jit
-def _rotated(qk_ptr, cos_ptr, sin_ptr, out_ptr, HALF: tl.constexpr, BLOCK: tl.constexpr):
-    """One head of RoPE: out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1)."""
-    base = tl.program_id(0) * 2 * HALF
+def _rotated(qk_ptr, cos_ptr, sin_ptr, out_ptr, gq_ptr, gk_ptr, query_heads, eps,
+             HALF: tl.constexpr, BLOCK: tl.constexpr, HEAD_NORM: tl.constexpr):
+    """One head of RoPE: out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); with
+    HEAD_NORM, x is the head RMS-normalised and scaled by its norm's weight first."""
+    head = tl.program_id(0)
+    base = head * 2 * HALF
     offs = tl.arange(0, BLOCK)
     mask = offs < HALF
     x1 = tl.load(qk_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(qk_ptr + base + HALF + offs, mask=mask, other=0.0).to(tl.float32)
+    if HEAD_NORM:  # masked lanes are zeros: they add nothing to the sum of squares
+        scale = tl.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / (2 * HALF) + eps)
+        is_query = head < query_heads
+        g1 = tl.where(is_query, tl.load(gq_ptr + offs, mask=mask, other=0.0),
+                      tl.load(gk_ptr + offs, mask=mask, other=0.0)).to(tl.float32)
+        g2 = tl.where(is_query, tl.load(gq_ptr + HALF + offs, mask=mask, other=0.0),
+                      tl.load(gk_ptr + HALF + offs, mask=mask, other=0.0)).to(tl.float32)
+        x1, x2 = x1 * scale * g1, x2 * scale * g2
     cos1 = tl.load(cos_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     cos2 = tl.load(cos_ptr + HALF + offs, mask=mask, other=0.0).to(tl.float32)
     sin1 = tl.load(sin_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -155,13 +178,18 @@ def _rotated(qk_ptr, cos_ptr, sin_ptr, out_ptr, HALF: tl.constexpr, BLOCK: tl.co
     tl.store(out_ptr + base + HALF + offs, (x2 * cos2 + x1 * sin2).to(out_ty), mask=mask)
 
 
-def rotate_heads(qk: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_heads(qk: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor,
+                 norms: HeadNorms | None = None) -> torch.Tensor:
     """RoPE on the first ``heads`` heads of the one token's ``qk`` (1, >= heads x head_dim), as
     transformers' ``apply_rotary_pos_emb``; ``cos`` and ``sin`` hold head_dim values each.
-    Returns (1, heads x head_dim)."""
+    ``norms``: each head RMS-normalised first (as Qwen3's attention does). Returns (1, heads x head_dim)."""
     dim = cos.numel()
     assert sin.numel() == dim and dim % 2 == 0 and qk.is_contiguous() and qk.shape[-1] >= heads * dim
+    assert norms is None or norms.query.numel() == dim == norms.key.numel()
     out = torch.empty((1, heads * dim), dtype=qk.dtype, device=qk.device)
-    _rotated[(heads,)](qk, cos.contiguous(), sin.contiguous(), out, HALF=dim // 2,
-                       BLOCK=triton.next_power_of_2(dim // 2), num_warps=1)
+    query, key = (qk, qk) if norms is None else (norms.query, norms.key)
+    _rotated[(heads,)](qk, cos.contiguous(), sin.contiguous(), out, query, key,
+                       heads if norms is None else norms.query_heads, 0.0 if norms is None else norms.eps,
+                       HALF=dim // 2, BLOCK=triton.next_power_of_2(dim // 2), HEAD_NORM=norms is not None,
+                       num_warps=1)
     return out

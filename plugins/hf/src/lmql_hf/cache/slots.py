@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lmql_hf.slot_cache import SlotCache
+from lmql_hf.cache.slot_cache import SlotCache
 
 PENDING = -1  # a token whose value the host does not know yet
 NO_TOKEN = -2  # the first token of an empty slot, in SlotTable's index

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmql_hf.graphs import DecodeGraphs
-from lmql_hf.prompt_graphs import PromptGraphs, tokens_per_tile
+from lmql_hf.cuda.graphs import DecodeGraphs
+from lmql_hf.cuda.prompt_graphs import PromptGraphs
+from lmql_hf.kernels.tiles import tokens_per_tile
 
 console = Console(stderr=True)
 

@@ -18,34 +18,11 @@ import numpy as np
 import torch
 
 from lmql_core.plugin import TorchOps
-from lmql_hf.graphs import capture
-from lmql_hf.packed import PackedRows
+from lmql_hf.cache.packed import PackedRows
+from lmql_hf.cuda.graphs import capture
+from lmql_hf.kernels.tiles import TILE_FIELDS, tile_table
 
 _OPS = TorchOps()
-PROMPT_TILE = 64  # the attention kernel's query rows (tokens x grouped heads) per program
-TILE_FIELDS = 4  # a tile: first token (index in the packed row), tokens, slot, position of the first
-
-
-def tokens_per_tile(heads: int, kv_heads: int) -> int:
-    """Tokens of a tile: the kernel's rows are tokens x query heads per key/value head (a power of two)."""
-    return max(1, PROMPT_TILE // (1 << (heads // kv_heads - 1).bit_length()))
-
-
-def tile_table(segments: list[tuple[int, int, int, int]], tokens: int,
-               width: int | None = None) -> np.ndarray:
-    """The tiles of prompt chunks given as (first token in the packed row, tokens, slot, position
-    of the first token): (TILE_FIELDS, tiles) int64, tiles of at most ``tokens`` tokens; padded
-    with empty tiles up to ``width``."""
-    parts = []
-    for offset, length, slot, start in segments:
-        firsts = np.arange(0, length, tokens)
-        counts = np.minimum(tokens, length - firsts)
-        parts.append(np.stack([offset + firsts, counts, np.full_like(firsts, slot), start + firsts]))
-    table = np.concatenate(parts, axis=1) if parts else np.zeros((TILE_FIELDS, 0), dtype=np.int64)
-    if width is not None:
-        assert table.shape[1] <= width
-        table = np.pad(table, ((0, 0), (0, width - table.shape[1])))
-    return table.astype(np.int64)
 
 
 def token_buckets(most: int) -> list[int]:

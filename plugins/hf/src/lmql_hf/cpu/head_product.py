@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from lmql_hf import packed_linear
+from lmql_hf.cpu import packed_linear
 
 # a form: the layout of the weight it reads, and x, that weight -> x @ W.T as (rows, vocabulary),
 # contiguous (the sampler reads each row's logits)

@@ -23,10 +23,17 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from lmql_hf.head_product import HeadProduct
-from lmql_hf.packed_linear import PackedLinear, Product, Role, by_columns_product, packed_roles, side_by_side
-from lmql_hf.slot_cache import SlotCache
-from lmql_hf.threads import HostThreads
+from lmql_hf.cache.slot_cache import SlotCache
+from lmql_hf.cpu.head_product import HeadProduct
+from lmql_hf.cpu.packed_linear import (
+    PackedLinear,
+    Product,
+    Role,
+    by_columns_product,
+    packed_roles,
+    side_by_side,
+)
+from lmql_hf.cpu.threads import HostThreads
 
 # the output head is also held by columns up to this size (head_product.py)
 HEAD_COPY_BYTES = 256 << 20

@@ -1,13 +1,15 @@
-"""Decoder layers of Llama and GPT-2 that run a single token (a decode step of one stream) in
-a few fused kernels, and anything else as transformers does.
+"""Decoder layers of Llama (and Qwen2, Qwen3) and GPT-2 that run a single token (a decode step of
+one stream) in a few fused kernels, and anything else as transformers does.
 
 A decode step of one row is bound by kernel launches: HF's Llama layer runs ~30 (RMSNorm, three
-projections, RoPE's slices and concatenations, SiLU, mul, residual adds) and GPT-2's ~10 besides
-attention. The stand-ins run the norm inside the next product, q, k and v as one product over
-their concatenated weights (the projections keep views of it: no copy), RoPE as one kernel,
-gate and up as one product with SiLU * up, and the residual adds inside the output products
-(gemv_kernel): five kernels a layer for Llama and four for GPT-2, around the cache update and
-attention, which stay the model's own (the attention function the model is configured with).
+projections, RoPE's slices and concatenations, SiLU, mul, residual adds), Qwen3's ~40 (its
+per-head RMSNorms of q and k besides) and GPT-2's ~10 besides attention. The stand-ins run the
+norm inside the next product, q, k and v as one product over their concatenated weights (the
+projections keep views of it: no copy), RoPE as one kernel (with Qwen3's q_norm and k_norm inside
+it), gate and up as one product with SiLU * up, and the residual adds inside the output products
+(gemv_kernel): five kernels a layer for Llama, Qwen2 and Qwen3 and four for GPT-2, around the
+cache update and attention, which stay the model's own (the attention function the model is
+configured with).
 Results differ from the original layers by rounding only. Anything other than one token of one
 row goes to the original layer.
 """
@@ -71,8 +73,10 @@ def _attended(attend: Callable[..., Any], module: Any, query: torch.Tensor, key:
     """Cache update and attention as the model's attention module runs them: (1, heads x dim)."""
     if cache is not None:
         key, value = cache.update(key, value, module.layer_idx, kwargs=extra)
+    # Qwen2's and Qwen3's attention hand on their window (None where the layer sees everything)
+    window = {"sliding_window": module.sliding_window} if hasattr(module, "sliding_window") else {}
     out, _ = attend(module, query, key, value, arguments.get("attention_mask"), dropout=0.0,
-                    scaling=module.scaling, **extra)
+                    scaling=module.scaling, **window, **extra)
     return out.reshape(1, -1).contiguous()
 
 
@@ -100,6 +104,9 @@ def _concatenated(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None
 
 
 class OneRowLlamaLayer(OneRowLayer):
+    """Llama's layer, and those built like it: Qwen2 (biases on q, k and v), Qwen3 (q and k
+    RMS-normalised per head before RoPE)."""
+
     def __init__(self, layer: Any, kernel: ModuleType, run_kernel: RunsKernel) -> None:
         super().__init__(layer, kernel, run_kernel)
         attention, mlp = layer.self_attn, layer.mlp
@@ -109,6 +116,9 @@ class OneRowLlamaLayer(OneRowLayer):
         self.kv_heads = attention.k_proj.weight.shape[0] // attention.head_dim
         self.norms = [kernel.RowNorm("rms", n.weight, None, float(n.variance_epsilon))
                       for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+        self.head_norms = None if q_norm is None or k_norm is None else kernel.HeadNorms(
+            q_norm.weight, k_norm.weight, self.heads, float(q_norm.variance_epsilon))
 
     def one_row(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
                 extra: dict[str, Any]) -> torch.Tensor:
@@ -117,7 +127,7 @@ class OneRowLlamaLayer(OneRowLayer):
         row = x.reshape(1, -1)
         qkv = kernel.row_times_weights(row, self.qkv, self.qkv_bias, norm=self.norms[0])
         cos, sin = arguments["position_embeddings"]
-        rotated = kernel.rotate_heads(qkv, self.heads + self.kv_heads, cos, sin)
+        rotated = kernel.rotate_heads(qkv, self.heads + self.kv_heads, cos, sin, self.head_norms)
         query, key = _heads(rotated[:, : self.heads * dim], dim), _heads(rotated[:, self.heads * dim :], dim)
         value = _heads(qkv[:, (self.heads + self.kv_heads) * dim :], dim)
         attended = _attended(attend, attention, query, key, value, cache, arguments, extra)

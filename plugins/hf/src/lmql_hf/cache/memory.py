@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmql_core.plugin import SCORE_ROWS
-from lmql_hf.slot_cache import SWAPS_AT_ONCE
+from lmql_hf.cache.slot_cache import SWAPS_AT_ONCE
 
 AUTO_MAX_BATCH = 256  # with no --max_batch on a GPU: at most this many, as memory allows
 CPU_MAX_BATCH = 64  # with no --max_batch elsewhere
@@ -120,3 +120,16 @@ def plan(shape: ModelShape, free_bytes: int, max_len: int, prefill_tokens: int, 
         low, high = (middle, high) if slots_beside(middle) > middle else (low, middle - 1)
     slots = min(2 * low + 1, slots_beside(low))
     return MemoryPlan(low, slots, slot, reserve(low), "given" if max_batch else "memory")
+
+
+def plan_elsewhere(shape: ModelShape, budget: int, max_len: int, max_batch: int | None) -> MemoryPlan:
+    """Off a single GPU (the CPU, layers spread over GPUs): slots for ``max_batch`` running
+    sequences (``CPU_MAX_BATCH`` when None) and as many cached prefixes, within ``budget`` bytes."""
+    wanted = CPU_MAX_BATCH if max_batch is None else int(max_batch)
+    slot = shape.slot_bytes(max_len)
+    slots = min(2 * wanted + 1, budget // slot)
+    if slots < 2:
+        raise MemoryError(f"no room for a KV cache of {max_len} positions; "
+                          "pass a smaller --max_seq_len")
+    source = "default" if max_batch is None else "given"
+    return MemoryPlan(min(wanted, slots - 1), slots, slot, 0, source)

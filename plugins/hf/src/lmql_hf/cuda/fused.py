@@ -5,14 +5,13 @@ A decode step of a few sequences is bound by kernel launches, not arithmetic: GP
 stand-ins compute the same functions in one or a few kernels; results differ by rounding only.
 At one row (a single stream's decode step) every linear layer is a matrix-vector product that
 cuBLAS runs well under memory bandwidth: those run as a Triton kernel (gemv_kernel) that also
-adds the bias and, in GPT-2's MLP, the GELU. Llama's and GPT-2's decoder layers run one token
-in a few fused kernels (one_row_layers). Only exact classes are swapped: look-alikes
+adds the bias and, in GPT-2's MLP, the GELU. The decoder layers of Llama, Qwen2, Qwen3 and GPT-2
+run one token in a few fused kernels (one_row_layers). Only exact classes are swapped: look-alikes
 (Gemma's RMSNorm scales by 1 + weight, quantized linear layers) stay as they are.
 """
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
@@ -22,7 +21,8 @@ from torch.nn import functional
 from transformers import __version__ as transformers_version
 from transformers.pytorch_utils import Conv1D
 
-from lmql_hf import one_row_layers
+from lmql_hf.cuda import one_row_layers
+from lmql_hf.kernels import runs_on
 
 SILU = {"SiLUActivation", "SiLU"}
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm"}
@@ -50,15 +50,10 @@ class FusedRMSNorm(nn.Module):
 def _row_kernel() -> ModuleType | None:
     """The one-row Triton kernel, where Triton is installed (it comes with CUDA builds of torch)."""
     try:
-        from lmql_hf import gemv_kernel
+        from lmql_hf.kernels import gemv_kernel
     except ImportError:
         return None
     return gemv_kernel
-
-
-def runs_on(device: torch.device) -> bool:
-    """Triton runs on the GPU, or anywhere in its interpreter (the tests)."""
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def runs_kernel(x: torch.Tensor) -> bool:
@@ -113,16 +108,38 @@ def _all_linear(modules: list[Any]) -> bool:
     return all(type(m) is nn.Linear and not hasattr(m, "_hf_hook") for m in modules)
 
 
+def _same_biases(linears: list[Any]) -> bool:
+    """All with a bias or all without: their concatenation has one or none."""
+    return len({m.bias is None for m in linears}) == 1
+
+
+def _head_norms_fit(attention: nn.Module, norm_class: str) -> bool:
+    """No per-head norms of q and k, or both (Qwen3's) of the layer's RMSNorm class, over
+    head_dim, with one epsilon."""
+    q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
+    if q_norm is None and k_norm is None:
+        return True
+    if q_norm is None or k_norm is None or not all(type(n).__name__ == norm_class for n in (q_norm, k_norm)):
+        return False
+    same_eps = float(q_norm.variance_epsilon) == float(k_norm.variance_epsilon)
+    return same_eps and q_norm.weight.numel() == attention.head_dim == k_norm.weight.numel()
+
+
 def _one_row_llama_layer(layer: nn.Module, kernel: ModuleType) -> nn.Module | None:
+    """Llama's layer or one built like it (LLAMA_SHAPED), where every part is the class expected."""
     attention, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     if attention is None or mlp is None or type(getattr(mlp, "act_fn", None)).__name__ not in SILU:
         return None
+    norm_class = LLAMA_SHAPED[type(layer).__name__]
     norms = [getattr(layer, name, None) for name in ("input_layernorm", "post_attention_layernorm")]
-    projections = [getattr(attention, name, None) for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    linears = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
-    if not all(type(n).__name__ == "LlamaRMSNorm" for n in norms) or not _all_linear(projections + linears):
+    qkv = [getattr(attention, name, None) for name in ("q_proj", "k_proj", "v_proj")]
+    gate_up = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj")]
+    outs = [getattr(attention, "o_proj", None), getattr(mlp, "down_proj", None)]
+    if not all(type(n).__name__ == norm_class for n in norms) or not _all_linear(qkv + gate_up + outs):
         return None
     if not hasattr(attention, "scaling") or not isinstance(getattr(attention, "head_dim", None), int):
+        return None
+    if not (_same_biases(qkv) and _same_biases(gate_up) and _head_norms_fit(attention, norm_class)):
         return None
     return one_row_layers.OneRowLlamaLayer(layer, kernel, runs_kernel)
 
@@ -145,7 +162,13 @@ def _one_row_gpt2_block(block: nn.Module, kernel: ModuleType) -> nn.Module | Non
     return one_row_layers.OneRowGPT2Block(block, kernel, runs_kernel)
 
 
-ONE_ROW_LAYERS = {"LlamaDecoderLayer": _one_row_llama_layer, "GPT2Block": _one_row_gpt2_block}
+# decoder layers built like Llama's, by exact class: the class of RMSNorm each must have. Qwen2 adds
+# biases to q, k and v; Qwen3 normalises q and k per head before RoPE (and passes its sliding
+# window on to the attention, as Qwen2 does). Mistral and Phi-3 are left out: Mistral's attention
+# reads its window from the config, Phi-3 fuses its projections differently.
+LLAMA_SHAPED = {"LlamaDecoderLayer": "LlamaRMSNorm", "Qwen2DecoderLayer": "Qwen2RMSNorm",
+                "Qwen3DecoderLayer": "Qwen3RMSNorm"}
+ONE_ROW_LAYERS = {**dict.fromkeys(LLAMA_SHAPED, _one_row_llama_layer), "GPT2Block": _one_row_gpt2_block}
 
 
 def _fuse_layers(model: nn.Module) -> int:

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmql_hf.prompt_graphs import tokens_per_tile
+from lmql_hf.kernels.tiles import tokens_per_tile
 
 BLOCK_N = 64  # keys per loop iteration
 MIN_SPAN = 256  # positions: a split shorter than this costs more to combine than it saves
@@ -150,7 +150,7 @@ def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                      scale: float | None = None) -> torch.Tensor:
     """Causal attention of packed prompt chunks: ``query`` (1, heads, T, dim), the tokens of
     every chunk side by side; ``key`` and ``value`` the whole cache (slots, kv_heads, length,
-    dim), this pass's keys written already; ``tiles`` a device tensor from ``prompt_graphs.tile_table``. Each
+    dim), this pass's keys written already; ``tiles`` a device tensor from ``tiles.tile_table``. Each
     token attends to its slot's positions up to its own. Returns (1, T, heads, dim); rows of no
     tile (padding) are left unwritten."""
     _, heads, _, dim = query.shape

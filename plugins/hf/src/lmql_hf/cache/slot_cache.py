@@ -58,7 +58,7 @@ class SlotCache(Cache):
     def use_kernels(self) -> bool:
         """Write and move through the Triton kernels from now on, where Triton is installed."""
         try:
-            from lmql_hf import cache_kernels
+            from lmql_hf.kernels import cache_kernels
         except ImportError:
             return False
         assert len(self.groups) == 2, "the kernels move keys and values of one device"

@@ -7,9 +7,9 @@ registered here (``ATTENTION``), which treats a pass as packed when the keys it 
 slot cache's whole buffers (``SlotCache`` returns those for a packed pass) and then attends each
 chunk's queries to its own slot, from position 0 to its last token, causally. Chunks of equal
 length and start in neighbouring slots (a burst of new prompts) attend in one batched call.
-Where Triton runs, the kernels of slot_attention.py take over: a decode step (one query per row)
+Where Triton runs, the kernels of kernels/slot_attention.py take over: a decode step (one query per row)
 inside ``decode_pass`` reads each row's keys only up to its own position, and a packed pass inside
-``tiled_pass`` (prompt_graphs.py, replayed from CUDA graphs) attends by a table of tiles in a
+``tiled_pass`` (cuda/prompt_graphs.py, replayed from CUDA graphs) attends by a table of tiles in a
 device tensor. Any other pass goes to transformers' SDPA function unchanged.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from lmql_hf import fused
+from lmql_hf import kernels
 
 ATTENTION = "lmql_packed"
 
@@ -58,10 +58,10 @@ _current = threading.local()  # the pass in progress on this thread: its groups,
 def slot_kernels(device: torch.device) -> ModuleType | None:
     """The slot-cache attention kernels, where they run: CUDA with Triton (or its interpreter).
     Asked once, at load: ``decode_pass`` and ``tiled_pass`` are entered only where they run."""
-    if not fused.runs_on(device):
+    if not kernels.runs_on(device):
         return None
     try:
-        from lmql_hf import slot_attention
+        from lmql_hf.kernels import slot_attention
     except ImportError:
         return None
     return slot_attention
@@ -83,7 +83,7 @@ def decode_pass(positions: torch.Tensor) -> AbstractContextManager[None]:
 
 
 def tiled_pass(tiles: torch.Tensor) -> AbstractContextManager[None]:
-    """A packed pass whose attention follows ``tiles`` (prompt_graphs.tile_table, on the device)."""
+    """A packed pass whose attention follows ``tiles`` (kernels.tiles.tile_table, on the device)."""
     return _in_pass("tiles", tiles)
 
 
@@ -141,7 +141,7 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if query.shape[0] == key.shape[0]:  # an ordinary pass: rows and their slots
         positions = getattr(_current, "decode_positions", None)
         if positions is not None and query.shape[2] == 1:
-            from lmql_hf import slot_attention
+            from lmql_hf.kernels import slot_attention
 
             return slot_attention.decode_attention(query, key, value, positions, scaling), None
         if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
@@ -152,7 +152,7 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                                       scaling=scaling, **kwargs)
     tiles = getattr(_current, "tiles", None)
     if tiles is not None:
-        from lmql_hf import slot_attention
+        from lmql_hf.kernels import slot_attention
 
         return slot_attention.prompt_attention(query, key, value, tiles, scaling), None
     groups: list[Group] = _current.groups
