@@ -25,9 +25,10 @@ WHEELS = Path(".nox") / "wheels"
 def install_project(session: nox.Session, llamacpp: bool = True) -> None:
     session.install(TORCH)
     # triton: the HF backend's GPU kernel, tested on the CPU through Triton's interpreter;
-    # openai: the official client, which tests our OpenAI-compatible API
-    session.install("./", "./plugins/hf", "./tests/plugin_example", "triton", "openai", "pytest>=8",
-                    "pytest-timeout")
+    # openai: the official client, which tests our OpenAI-compatible API; jsonschema checks the
+    # structured outputs those tests get
+    session.install("./", "./plugins/hf", "./tests/plugin_example", "triton", "openai", "jsonschema",
+                    "pytest>=8", "pytest-timeout")
     if llamacpp:
         session.install(str(llama_cpp_wheel(session)), "./plugins/llamacpp[export]")
 

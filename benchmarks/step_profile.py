@@ -149,8 +149,9 @@ def main() -> None:
     args = parser.parse_args()
     model = bench_model(args.model)
     started = time.perf_counter()
-    backend = HFBackend(str(model.folder), cuda=True, dtype=model.dtype, **parse_loader_args(
-        [f"--{option}" for option in args.option]))
+    # every graph before the engine exists: its idle captures would race this thread's direct steps
+    options = {"capture_all": True, **parse_loader_args([f"--{option}" for option in args.option])}
+    backend = HFBackend(str(model.folder), cuda=True, dtype=model.dtype, **options)
     print(f"options {args.option or 'default'}: {backend.info()['kv_cache']}, "
           f"ready in {time.perf_counter() - started:.1f} s", flush=True)
     if args.cprofile:

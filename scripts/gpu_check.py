@@ -3,7 +3,8 @@
 1. the bundled lmql-tiny with --cuda in float32, float16 and bfloat16: greedy output equal to
    the CPU's, and MODEL_INFO reporting the device and dtype;
 2. the CUDA-graph decode path and the fused modules equal to the plain eager path (gpt2-shaped
-   model, random weights), for five streams and for one (the one-row kernel's case);
+   model, random weights), for five streams and for one (the one-row kernel's case), with graphs
+   captured at a bucket's second use (the first eager), all before Ready, and all while idle;
 3. the slot-cache attention kernels and the prompt graphs (``--slot_attention``) against SDPA and
    eager prompt passes, with the fused modules against without: GPT-2 and a Llama shape with
    grouped-query attention, a Qwen3 shape (per-head norms of q and k, heads wider than
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import torch
@@ -66,12 +68,15 @@ def check_graphs() -> bool:
     path = "/tmp/lmql-check-gpt2"
     GPT2LMHeadModel(GPT2Config(n_embd=256, n_layer=4, n_head=4, vocab_size=1000)).save_pretrained(path)
     variants = [{"cuda_graphs": False, "fuse_kernels": False}, {"cuda_graphs": False, "fuse_kernels": True},
-                {"cuda_graphs": True, "fuse_kernels": True}]
+                {"cuda_graphs": True, "fuse_kernels": True}, {"cuda_graphs": True, "fuse_kernels": True,
+                                                              "capture_all": True}]
     ok = True
     for streams in (5, 1):  # one stream: the linear layers run the one-row Triton kernel
         results = [greedy_steps(path, options, streams) for options in variants]
-        same = results[0] == results[1] == results[2]
-        print(f"{streams} stream(s): eager decode = eager with fused modules = CUDA graph decode: {same}")
+        results.append(greedy_steps(path, variants[2], streams, idle_captures=True))
+        same = all(r == results[0] for r in results)
+        print(f"{streams} stream(s): eager decode = eager with fused modules = CUDA graph decode (graphs "
+              f"captured at a bucket's second use; all before Ready; all while idle): {same}")
         ok &= same
     return ok
 
@@ -97,11 +102,16 @@ def check_slot_attention() -> bool:
     kernels = {"slot_attention": True, "fuse_kernels": True}
     ok = True
     for name, path in (("gpt2", "/tmp/lmql-check-gpt2"), ("llama-gqa", llama), ("qwen3", qwen3)):
+        expected = {}
         for streams in (12, 1):
-            same = greedy_steps(path, plain, streams, 150) == greedy_steps(path, kernels, streams, 150)
+            expected[streams] = greedy_steps(path, plain, streams, 150)
+            same = expected[streams] == greedy_steps(path, kernels, streams, 150)
             print(f"{name}, {streams} stream(s) with prompts of 150-{150 + 30 * streams} tokens: "
                   f"slot kernels + prompt graphs + fused modules = SDPA + eager passes: {same}")
             ok &= same
+        same = expected[12] == greedy_steps(path, kernels, 12, 150, idle_captures=True)
+        print(f"{name}, 12 streams, every graph captured while idle first (the prompt pass's too): {same}")
+        ok &= same
         gap = (score_rows(path, plain) - score_rows(path, kernels)).abs().max().item()
         print(f"{name}, SCORE of 8 x 600 tokens through one packed pass: largest logit gap {gap:.2e}")
         ok &= gap < 1e-3
@@ -121,12 +131,16 @@ def score_rows(path: str, options: dict[str, bool]) -> torch.Tensor:
     return torch.cat([out.all_logits[r.seq_id].float() for r in rows])
 
 
-def greedy_steps(path: str, options: dict[str, bool], streams: int,
-                 shortest: int = 5) -> dict[int, list[int]]:
-    from lmql_core.base.backend import StepInput
+def greedy_steps(path: str, options: dict[str, bool], streams: int, shortest: int = 5,
+                 idle_captures: bool = False) -> dict[int, list[int]]:
+    """With ``idle_captures``, the backend's idle work (every graph not captured before Ready)
+    is done first, as an idle engine does it."""
+    from lmql_core.backend import StepInput
     from lmql_hf.backend import HFBackend
 
     backend = HFBackend(path, cuda=True, dtype="float32", **options)
+    while idle_captures and (pause := backend.idle()) is not None:
+        time.sleep(pause)
     rng = torch.Generator().manual_seed(0)
     step = 3 if shortest < 100 else 30
     prompts = {i: torch.randint(0, 1000, (shortest + step * i,), generator=rng).tolist()

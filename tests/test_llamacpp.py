@@ -232,7 +232,8 @@ def test_server_hands_out_the_vocabulary_in_the_gguf_file(server: Server, gguf_p
     monkeypatch.setenv("LMQL_CACHE_DIR", str(tmp_path))
     llm = lmql.model(f"llama.cpp:{gguf_path}", endpoint=server.endpoint)
     info = llm.model_info_sync()["model_info"]
-    assert info["extensions"] == {"tokenizer": hf_llm.tokenizer.fingerprint(), "text": True, "cancel": True}
+    assert info["extensions"] == {"tokenizer": hf_llm.tokenizer.fingerprint(), "text": True, "cancel": True,
+                                  "constraints": ["regex", "grammar", "json_schema"]}
     for prompt in [*PROMPTS, "naïve café 日本語 🙂\n\n  spaces"]:
         assert llm.encode_prompt(prompt) == hf_llm.encode_prompt(prompt)
     assert llm.generate_sync(PROMPTS[2], max_tokens=12) == hf_llm.generate_sync(PROMPTS[2], max_tokens=12)
@@ -340,3 +341,12 @@ def test_serve_model_reports_a_bad_loader_argument(gguf_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"Error: the llama.cpp backend has no option --n_ctxx; its "
                        r"options: --n_seq_max \(int\), .*; it also takes .*--n_batch, "):
         Server(f"llama.cpp:{gguf_path}", "--n_ctxx", "64")
+
+
+def test_constraints_on_the_gguf_vocabulary(server: Server, gguf_path: Path) -> None:
+    """The server's grammars compile with the tokenizer rebuilt from the GGUF file (issue 31)."""
+    import re
+
+    llm = lmql.model(f"llama.cpp:{gguf_path}", endpoint=server.endpoint)
+    text = llm.generate_sync("Once upon a time", max_tokens=20, regex=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+    assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text), text

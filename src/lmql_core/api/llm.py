@@ -10,8 +10,10 @@ from typing import Any
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.api.tokenizers import TokenizerResolver
 from lmql_core.base.decoders import TOKEN_DECODERS
+from lmql_core.errors import LMQLError
 from lmql_core.lmtp.client import LMTPClient
 from lmql_core.lmtp.client.loop import run_async, run_sync
+from lmql_core.lmtp.wire import CONSTRAINT_FIELDS
 from lmql_core.loading.identifiers import ModelId
 from lmql_core.loading.tokenizer import IncrementalDecoder, Tokenizer
 
@@ -165,6 +167,7 @@ class LLM:
     # --- text level -----------------------------------------------------------------------
 
     async def _stream(self, prompt: str, **options: Any) -> AsyncGenerator[str, None]:
+        await self._check_constraints([k for k in CONSTRAINT_FIELDS if options.get(k) is not None])
         tokenizer = await self._tokenizers.get()
         decoder = IncrementalDecoder(tokenizer, skip={tokenizer.eos_token_id or -1})
         async with aclosing(self._tokens(await self._encode_prompt(prompt), **options)) as entries:
@@ -177,19 +180,46 @@ class LLM:
 
     async def _generate(self, prompt: str, max_tokens: int | None, decoder: str,
                         temperature: float | None, n: int, **extra: Any) -> str | list[str]:
+        extra = {k: v for k, v in extra.items() if not (k in CONSTRAINT_FIELDS and v is None)}
         options = dict(max_tokens=max_tokens, decoder=decoder, temperature=temperature, **extra)
         if n == 1:
             return await self._generate_one(prompt, **options)
         return list(await asyncio.gather(*(self._generate_one(prompt, **options) for _ in range(n))))
 
     async def generate(self, prompt: str, max_tokens: int | None = None, decoder: str = "argmax",
-                       temperature: float | None = None, n: int = 1, **extra: Any) -> str | list[str]:
-        """The continuation of ``prompt`` (a list of ``n`` of them when ``n > 1``)."""
-        return await run_async(self._generate(prompt, max_tokens, decoder, temperature, n, **extra))
+                       temperature: float | None = None, n: int = 1, *, regex: str | None = None,
+                       grammar: str | None = None, json_schema: dict[str, Any] | str | None = None,
+                       **extra: Any) -> str | list[str]:
+        """The continuation of ``prompt`` (a list of ``n`` of them when ``n > 1``). At most one of
+        ``regex``, ``grammar`` (Lark-like, llguidance's syntax) and ``json_schema`` constrains it,
+        on the server (its "constraints" extension; a server without it is an error): the text
+        matches it whole, or stops at ``max_tokens``."""
+        return await run_async(self._generate(prompt, max_tokens, decoder, temperature, n, regex=regex,
+                                              grammar=grammar, json_schema=json_schema, **extra))
 
     def generate_sync(self, prompt: str, max_tokens: int | None = None, decoder: str = "argmax",
-                      temperature: float | None = None, n: int = 1, **extra: Any) -> str | list[str]:
-        return run_sync(self._generate(prompt, max_tokens, decoder, temperature, n, **extra))
+                      temperature: float | None = None, n: int = 1, *, regex: str | None = None,
+                      grammar: str | None = None, json_schema: dict[str, Any] | str | None = None,
+                      **extra: Any) -> str | list[str]:
+        return run_sync(self._generate(prompt, max_tokens, decoder, temperature, n, regex=regex,
+                                       grammar=grammar, json_schema=json_schema, **extra))
+
+    async def follows(self, constraint: str) -> bool:
+        """Whether the server follows GENERATE's ``constraint`` field (``regex``, ``grammar``,
+        ``json_schema``: the "constraints" extension in MODEL_INFO)."""
+        extensions = (await self._server_info()).get("extensions")
+        served = extensions.get("constraints") if isinstance(extensions, dict) else None
+        return isinstance(served, list) and constraint in served
+
+    async def _check_constraints(self, asked: list[str]) -> None:
+        """Whether the server can follow the constraints ``asked`` (else a clear error, rather than
+        a server that ignores the field and generates anything)."""
+        if not asked:
+            return
+        missing = [k for k in asked if not await self.follows(k)]
+        if missing:
+            raise LMQLError(f"{self.model_identifier} does not follow {', '.join(missing)} constraints "
+                            "(its server does not advertise them in MODEL_INFO's extensions)")
 
     def stream_sync(self, prompt: str, **options: Any) -> Iterator[str]:
         """Text deltas of one continuation, as they arrive. Leaving the loop early ends the

@@ -32,6 +32,9 @@ class ArrayOps(Protocol):
     def finish_host_copy(self, pending: Any) -> list[list[Any]]: ...  # waits, then the values
     def penalize(self, x: Any, row: int, tokens: list[int], penalty: float) -> Any: ...
     def keep_top(self, x: Any, ks: list[int], ps: list[float]) -> Any: ...  # others become -inf
+    # tokens whose bit is 0 in ``bits[j]`` (a numpy int32 bitmask, 32 tokens a word) become -inf
+    # in row ``rows[j]``, as do tokens beyond the mask's width
+    def mask_rows(self, x: Any, rows: list[int], bits: np.ndarray) -> Any: ...
 
 
 class NumpyOps:
@@ -131,6 +134,22 @@ class NumpyOps:
         out = x.copy()
         np.put_along_axis(out, order, np.where(drop, -np.inf, ranked), -1)
         return out
+
+
+    def mask_rows(self, x: np.ndarray, rows: list[int], bits: np.ndarray) -> np.ndarray:
+        allowed = np.unpackbits(np.ascontiguousarray(bits).view(np.uint8), axis=1, bitorder="little")
+        allowed = _fit(allowed, x.shape[1]).astype(bool)
+        x = x.copy()
+        x[rows] = np.where(allowed, x[rows], np.float32(-np.inf))
+        return x
+
+
+def _fit(allowed: Any, width: int) -> Any:
+    """A row mask cut or padded (with 0: banned) to ``width`` tokens."""
+    if allowed.shape[1] >= width:
+        return allowed[:, :width]
+    pad = np.zeros((allowed.shape[0], width - allowed.shape[1]), dtype=allowed.dtype)
+    return np.concatenate([allowed, pad], axis=1)
 
 
 class TorchOps:
@@ -254,6 +273,20 @@ class TorchOps:
         before = probs.cumsum(-1) - probs  # probability of the tokens ranked above
         drop = outside_k | (before >= self.tensor(ps, x.device, x.dtype)[:, None])
         return x.scatter(-1, order, ranked.masked_fill(drop, float("-inf")))
+
+    def mask_rows(self, x: Any, rows: list[int], bits: np.ndarray) -> Any:
+        t = self.torch
+        packed = self.to_device(t.from_numpy(np.ascontiguousarray(bits).view(np.uint8)), x.device)
+        shifts = t.arange(8, device=x.device, dtype=t.uint8)
+        allowed = ((packed[:, :, None] >> shifts) & 1).reshape(len(rows), -1).bool()
+        if allowed.shape[1] >= x.shape[1]:
+            allowed = allowed[:, : x.shape[1]]
+        else:
+            allowed = t.nn.functional.pad(allowed, (0, x.shape[1] - allowed.shape[1]), value=False)
+        x = x.clone()
+        index = self.tensor(rows, x.device)
+        x[index] = x[index].masked_fill(~allowed, float("-inf"))
+        return x
 
     def start_host_copy(self, *arrays: Any) -> Any:
         # each array into pinned memory as it is (no casts, no concatenation: every call is a

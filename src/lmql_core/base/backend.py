@@ -80,6 +80,13 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 (optional; most backends need nothing)
         """Free the model (called once at shutdown)."""
 
+    def idle(self) -> float | None:
+        """Called on the engine's thread while no request is in flight: do one short piece of
+        deferred work (the HF backend captures a CUDA graph) and return the seconds after which
+        to be called again (0: at once), or None when nothing is left. A request that arrives
+        meanwhile waits for that piece, so keep it to tens of milliseconds."""
+        return None
+
 
 # Optional capabilities: a backend has one by defining its methods (no base class to name); the
 # engine asks with ``isinstance``.

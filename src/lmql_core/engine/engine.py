@@ -9,6 +9,7 @@ from typing import Any
 
 from lmql_core.base.backend import Backend, ChainedSteps, ReleasesTogether, StepInput, StepOutput
 from lmql_core.engine import scoring
+from lmql_core.engine.constraints import BatchMask, MaskFiller, PendingMasks, grammar_events, nothing_allowed
 from lmql_core.engine.sampling import (
     PendingSamples,
     PendingScores,
@@ -55,9 +56,11 @@ class Engine:
         self.stats = EngineStats()
         self.seed = seed
         self._last_plan: SamplingPlan | None = None  # the engine thread's only
+        self._masks = MaskFiller(self.stats)  # grammars' masks, filled while the forward pass runs
         self._wake = threading.Condition()
         self._last_arrival = 0.0
         self._stopping = False
+        self._idle_done = not hasattr(backend, "idle")  # Backend.idle has returned None
         self._thread = threading.Thread(target=self._serve, name="lmql-engine", daemon=True)
         self._thread.start()
 
@@ -93,6 +96,7 @@ class Engine:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout=30)
+        self._masks.close()
 
     # --- the engine thread ---------------------------------------------------------------
     #
@@ -136,7 +140,9 @@ class Engine:
                 self.stats.busy_seconds += now - began
                 began = now
                 while not self._stopping and not self.scheduler.has_work() and not events and not chained:
-                    self._wake.wait()
+                    pause = self._idle_work()
+                    if not self._stopping and not self.scheduler.has_work():
+                        self._wake.wait(pause)
                     began = time.perf_counter()
                 if idle and not self._stopping:
                     self._gather_arrivals()
@@ -147,6 +153,22 @@ class Engine:
                 self._release(self.scheduler.take_cancelled())
                 chunks = [] if chained else self._reschedule()
             launched = chained or (self._launch(chunks) if chunks else None)
+
+    def _idle_work(self) -> float | None:
+        """With the lock held: the backend's deferred work (``Backend.idle``), run with the lock
+        released so that requests queue meanwhile; how long to wait before the next piece."""
+        if self._idle_done:
+            return None
+        self._wake.release()
+        try:
+            pause = self.backend.idle()
+        except Exception:
+            log.exception("the backend's idle work failed; it is not called again")
+            pause = None
+        finally:
+            self._wake.acquire()
+        self._idle_done = pause is None
+        return pause
 
     def _reschedule(self) -> list[ScheduledChunk]:
         """With the lock held: the next step's chunks, after preempting for fairness."""
@@ -168,7 +190,10 @@ class Engine:
     def _launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep | None:
         started = time.perf_counter()
         inputs = [self._step_input(c) for c in chunks]
+        masks: PendingMasks | None = None
         try:
+            masks = self._masks.start([c.seq for c in chunks
+                                       if c.completes_prefill and c.seq.kind is Kind.GENERATE])
             output = self.backend.forward(inputs)
             for c in chunks:
                 if c.seq.in_prefill:
@@ -179,7 +204,9 @@ class Engine:
                      and c.seq.kind is Kind.GENERATE and c.seq.status is Status.RUNNING]
             seqs = [chunks[i].seq for i in ready]
             plan = self._plan_for(seqs)
-            sampling = self._sample(seqs, self._rows(output.last_logits, ready), plan) if ready else None
+            batch_mask = self._masks.wait(masks, seqs) if masks else None
+            sampling = (self._sample(seqs, self._rows(output.last_logits, ready), plan, batch_mask)
+                        if ready else None)
             scores = [c.seq for c in chunks if c.seq.kind is Kind.SCORE]
             scored, scoring = self._launch_scoring(scores, output)
         except Exception as e:  # a failed batch ends its streams, never the server
@@ -228,13 +255,14 @@ class Engine:
         rows = [scoring.scored_rows(seq, output.all_logits[seq.seq_id]) for seq in scored]
         return scored, launch_scoring(self.backend.ops, rows, [seq.scored for seq in scored])
 
-    def _sample(self, seqs: list[Sequence], logits: Any, plan: SamplingPlan) -> PendingSamples:
+    def _sample(self, seqs: list[Sequence], logits: Any, plan: SamplingPlan,
+                masks: BatchMask | None = None) -> PendingSamples:
         self.seed += 1
         histories = [s.tokens for s in seqs] if plan.penalized else None
         # a row samples the token at position num_fed (every token before it has been fed)
         row_seeds = [stream_seed(seqs[i].params.seed, seqs[i].num_fed)  # type: ignore[arg-type]
                      for i in plan.seeded_rows] if plan.seeded_rows else None
-        return launch_sampling(self.backend.ops, logits, plan, self.seed, histories, row_seeds)
+        return launch_sampling(self.backend.ops, logits, plan, self.seed, histories, row_seeds, masks)
 
     def _launch_chained(self, step: LaunchedStep) -> LaunchedStep | None:
         """Queue a chained step: the next decode step of ``step``'s sequences, fed with the
@@ -243,7 +271,9 @@ class Engine:
         cancelled. A sequence that samples EOS in ``step`` costs one wasted row in the chained step."""
         sampling = step.sampling
         backend = self._chainer()
-        if backend is None or sampling is None or sampling.plan.penalized or step.scored:
+        # a grammar's next mask needs the sampled token on the host first
+        if backend is None or sampling is None or sampling.plan.penalized or sampling.plan.constrained \
+                or step.scored:
             return None
         if step.headroom < 1:
             return None
@@ -309,6 +339,7 @@ class Engine:
     def _emit_samples(self, seqs: list[Sequence], samples: Samples,
                       events: dict[Sink, list[TokenEvent]]) -> None:
         eos = self.backend.eos_token_id
+        taken = self._masks.take_tokens(seqs, samples.tokens, samples.logprobs, eos)  # grammars take theirs
         sink, batch = None, []  # one client's rows usually come together: group them in runs
         produced, ended, running = 0, [], Status.RUNNING
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
@@ -316,7 +347,8 @@ class Engine:
             if seq.status is not running:  # a row of a chained step, after its sequence ended
                 continue
             if not logprob > NO_CHANCE:  # NaN or -inf: every token had probability 0
-                events.setdefault(seq.sink, []).append(TokenEvent(seq.stream_id, error=NOTHING_TO_CHOOSE))
+                error = NOTHING_TO_CHOOSE if seq.params.constraint is None else nothing_allowed(seq)
+                events.setdefault(seq.sink, []).append(TokenEvent(seq.stream_id, error=error))
                 ended.append(seq)
                 continue
             seq.generated.append(token)
@@ -326,6 +358,15 @@ class Engine:
             if seq.sink != sink:
                 sink = seq.sink
                 batch = events.setdefault(sink, [])
+            if reason is None and seq.params.constraint is not None:
+                following = time.perf_counter()
+                followed, ends = grammar_events(seq, token, logprob, top, taken.get(id(seq), False))
+                self.stats.grammar_seconds += time.perf_counter() - following
+                batch.extend(followed)
+                produced += len(followed) - 1
+                if ends:
+                    ended.append(seq)
+                continue
             batch.append(TokenEvent(seq.stream_id, token, logprob, reason, top))
             if reason:
                 ended.append(seq)

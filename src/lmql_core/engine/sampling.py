@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from lmql_core.base.array_ops import ArrayOps
+from lmql_core.engine.constraints import BatchMask
 from lmql_core.engine.sequence import SamplingParams
 
 BAN_AT = -100.0
@@ -67,6 +68,7 @@ class SamplingPlan:
         self.sampled_rows = [i for i, p in enumerate(params) if is_sampled(p)]
         self.seeded_rows = [i for i in self.sampled_rows if params[i].seed is not None]
         self.k = max((p.top_logprobs for p in params), default=0)
+        self.constrained = any(p.constraint is not None for p in params)
         self.truncated = any(params[i].top_k or params[i].top_p < 1.0 for i in self.sampled_rows)
         self._device: dict[str, Any] = {}
 
@@ -117,16 +119,20 @@ class PendingSamples:
 
 def launch_sampling(ops: ArrayOps, logits: Any, plan: SamplingPlan, seed: int,
                     histories: list[list[int]] | None = None,
-                    row_seeds: list[int] | None = None) -> PendingSamples:
+                    row_seeds: list[int] | None = None, masks: BatchMask | None = None) -> PendingSamples:
     """``histories[i]``: the tokens of row i's sequence so far (for its repetition penalty);
-    ``row_seeds[j]``: the noise seed of ``plan.seeded_rows[j]`` (the others share ``seed``)."""
+    ``row_seeds[j]``: the noise seed of ``plan.seeded_rows[j]`` (the others share ``seed``);
+    ``masks``: the grammar masks of constrained rows (after the bias: a grammar has the last word)."""
     logits = ops.prepare(logits)
     params = plan.params
     if plan.penalized and histories:  # first, as transformers' processors run before LMQL's bias
         for row, p in enumerate(params):
             if p.repetition_penalty != 1.0:
                 logits = ops.penalize(logits, row, histories[row], p.repetition_penalty)
-    logprobs = ops.log_softmax(apply_bias(ops, logits, plan))
+    logits = apply_bias(ops, logits, plan)
+    if masks is not None:
+        logits = ops.mask_rows(logits, masks.rows, masks.bits)
+    logprobs = ops.log_softmax(logits)
     if not plan.sampled_rows:  # the chosen token heads the top list: fewer operations per step
         values, indices = ops.topk(logprobs, max(plan.k, 1))
         return PendingSamples(indices[:, 0], ops.start_host_copy(indices, values), plan, ranked=True)

@@ -60,6 +60,8 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # logits of tokens already in the sequence, as in transformers
     seed: int | None = None  # when sampling: this stream's own noise, the same whatever the batch
     dense_bias: Any = field(default=None, compare=False, repr=False)  # built by the sampler
+    # the grammar this stream follows (``constraints.Constraint``): masks its rows, forces tokens
+    constraint: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(eq=False)

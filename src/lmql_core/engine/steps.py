@@ -36,3 +36,9 @@ class EngineStats:
     last_step_seconds: float = 0.0
     busy_seconds: float = 0.0  # the engine thread at work, idle waits for requests excluded
     device_wait_seconds: float = 0.0  # of which blocked until a step's results reached the host
+    # grammars (engine/constraints.py): filling masks (on another thread, beside the forward
+    # pass), the part of it the engine thread waited for after the pass, and following the
+    # sampled tokens (taking them, fast-forward) on the engine thread
+    mask_fill_seconds: float = 0.0
+    mask_wait_seconds: float = 0.0
+    grammar_seconds: float = 0.0

@@ -20,6 +20,10 @@ from lmql_core.lmtp.limits import Limits
 TOKENIZER = "TOKENIZER"  # the served model's tokenizer
 CANCEL = "CANCEL"  # stop a stream and free it; no answer (unknown and finished ids are ignored)
 
+# GENERATE fields beyond LMQL 0.7 (the "constraints" extension in MODEL_INFO lists those served):
+# the output must match a regex, a grammar (Lark-like, llguidance's syntax) or a JSON schema
+CONSTRAINT_FIELDS = ("regex", "grammar", "json_schema")
+
 # finish reasons on the wire
 STOP = "stop"  # EOS, or the last scored token
 LENGTH = "length"  # max_tokens reached, or the context is full
@@ -161,6 +165,25 @@ def sampling_options(payload: dict[str, Any], vocab_size: int, limits: Limits) -
                                    high=1e6, open_low=True),
         seed=None if payload.get("seed") is None else _int(payload["seed"], "seed", 0, MAX_SEED),
     )
+
+
+def constraint(payload: dict[str, Any]) -> tuple[str, Any] | None:
+    """A GENERATE's constraint: (field, value), or None; at most one field may be given."""
+    given = [name for name in CONSTRAINT_FIELDS if payload.get(name) is not None]
+    if len(given) > 1:
+        raise RequestError(f"give at most one of {', '.join(CONSTRAINT_FIELDS)}; got {', '.join(given)}")
+    return (given[0], payload[given[0]]) if given else None
+
+
+def fast_forward(payload: dict[str, Any]) -> bool:
+    """A constrained GENERATE's ``fast_forward`` (default true): whether text the constraint
+    forces is appended without sampling (as its canonical tokens)."""
+    value = payload.get("fast_forward")
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise RequestError("'fast_forward' must be true or false")
+    return value
 
 
 def _number(value: Any, name: str, default: float, low: float, high: float, open_low: bool = False) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable
@@ -9,15 +10,22 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from lmql_core.base.backend import Backend, contract_problems
-from lmql_core.base.options import format_kwargs
+from lmql_core import plugins
+from lmql_core.backend import Backend, contract_problems
+from lmql_core.engine.constraints import GrammarCompiler
 from lmql_core.engine.engine import Engine
 from lmql_core.errors import LMQLError, ModelLoadError, RequestError, shown
-from lmql_core.loading import plugin_manager
-from lmql_core.loading.identifiers import ModelId, parse_model_id
-from lmql_core.loading.tokenizer import JsonTokenizer, Tokenizer, sendable
+from lmql_core.identifiers import ModelId, parse_model_id
+from lmql_core.lmtp import wire
+from lmql_core.options import format_kwargs
+from lmql_core.tokenizer import JsonTokenizer, Tokenizer, sendable
 
 log = logging.getLogger(__name__)
+
+
+def constraints_installed() -> bool:
+    """Whether llguidance is there (found, not imported: MODEL_INFO stays cheap)."""
+    return importlib.util.find_spec("llguidance") is not None
 
 
 @dataclass
@@ -64,10 +72,19 @@ class LoadedModel:
 
     def extensions(self) -> dict[str, Any]:
         """LMTP extensions this model supports, advertised in MODEL_INFO (LMQL 0.7 ignores them):
-        the fingerprint of a tokenizer it can send (TOKENIZER), text mode, CANCEL."""
+        the fingerprint of a tokenizer it can send (TOKENIZER), text mode, CANCEL, and the
+        constraints a GENERATE may carry (``wire.CONSTRAINT_FIELDS``; they need a tokenizer)."""
         tokenizer = self.tokenizer  # asked, not spec()'d: a spec holds the whole vocabulary
+        can_constrain = (sendable(tokenizer) and self.backend.eos_token_id is not None
+                         and constraints_installed())
+        constraints = list(wire.CONSTRAINT_FIELDS) if can_constrain else []
         return {"tokenizer": tokenizer.fingerprint() if sendable(tokenizer) else None,
-                "text": tokenizer is not None, "cancel": True}
+                "text": tokenizer is not None, "cancel": True, "constraints": constraints}
+
+    @cached_property
+    def grammars(self) -> GrammarCompiler:
+        """Compiles this model's constraints (``engine/constraints.py``), with its cache."""
+        return GrammarCompiler(self.tokenizer, self.backend.vocab_size, self.backend.eos_token_id)
 
     def info(self) -> dict[str, Any]:
         spec = plugin_manager.backend_for_name(self.model_id.backend)

@@ -117,7 +117,7 @@ def _common(body: dict[str, Any], chat: bool) -> CompletionRequest:
     request.stop = stop_strings(body.get("stop"))
     request.stop_token_ids = _int_list(body, "stop_token_ids")
     request.tokens_as_ids = _flag(body, "return_tokens_as_token_ids")
-    request.sampling = sampling_fields(body)
+    request.sampling = {**sampling_fields(body), **constraint_fields(body)}
     return request
 
 
@@ -133,6 +133,61 @@ def sampling_fields(body: dict[str, Any]) -> dict[str, Any]:
         if body.get(penalty) not in (None, 0):
             sampling[penalty] = body[penalty]  # the session refuses it with its reason
     return sampling
+
+
+# vLLM's structured outputs (``structured_outputs``, and its older ``guided_*`` fields) as LMTP's
+# constraint fields; ``choice`` becomes a grammar of its strings
+STRUCTURED_KINDS = {"regex": "regex", "grammar": "grammar", "json": "json_schema", "choice": "grammar"}
+GUIDED_FIELDS = ("guided_regex", "guided_grammar", "guided_json", "guided_choice")
+
+
+def constraint_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """``response_format`` (OpenAI: ``json_schema``, ``json_object``, ``text``) and vLLM's
+    ``structured_outputs`` (``regex``, ``choice``, ``grammar``, ``json``) as the LMTP field the
+    session compiles (it checks the constraint itself); at most one may be given."""
+    asked = _response_format(body.get("response_format"))
+    outputs = body.get("structured_outputs")
+    if outputs is not None:
+        if not isinstance(outputs, dict):
+            raise bad_request("'structured_outputs' must be an object", "structured_outputs")
+        asked += [_structured(key, value, f"structured_outputs.{key}")
+                  for key, value in outputs.items() if value is not None]
+    asked += [_structured(name.removeprefix("guided_"), body[name], name)
+              for name in GUIDED_FIELDS if body.get(name) is not None]
+    if len(asked) > 1:
+        raise bad_request("give one structured output (response_format or one structured_outputs field), "
+                          f"not {len(asked)}", "structured_outputs")
+    return dict(asked)
+
+
+def _response_format(value: Any) -> list[tuple[str, Any]]:
+    if value is None:
+        return []
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return []
+    if kind == "json_object":
+        return [("json_schema", {"type": "object"})]
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict | bool):
+            raise bad_request("'response_format.json_schema.schema' must be a JSON schema (an object)",
+                              "response_format")
+        return [("json_schema", schema)]
+    raise bad_request("'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} "
+                      "or {\"type\": \"json_schema\", \"json_schema\": {\"schema\": ...}}", "response_format")
+
+
+def _structured(key: str, value: Any, param: str) -> tuple[str, Any]:
+    if key not in STRUCTURED_KINDS:
+        raise bad_request(f"'{param}' is not supported (supported: {', '.join(STRUCTURED_KINDS)})", param)
+    if key != "choice":
+        return STRUCTURED_KINDS[key], value
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+        raise bad_request(f"'{param}' must be a non-empty list of non-empty strings", param)
+    # Lark string literals take JSON's escapes
+    return "grammar", "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in value)
 
 
 def prompts(value: Any) -> list[str | list[int]]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from lmql_core.api.llm import LLM
 from lmql_core.query.constraints import ANY, Allowed, Count, Node, Scope, StopsAt, Value
+from lmql_core.query.server_side import generate_on_server, server_constraint
 from lmql_core.query.vocabulary import Vocabulary
 
 CHUNK = 64  # tokens asked for at once when no constraint bounds the variable
@@ -118,7 +119,11 @@ OnToken = Callable[[list[int]], Awaitable[None]]
 async def generate(model: LLM, prompt_ids: list[int], variable: Variable, sampling: Sampling,
                    max_length: int, on_token: OnToken | None = None) -> list[int]:
     """The tokens of ``variable`` (without EOS) after ``prompt_ids``; ``on_token(ids)`` is
-    awaited after each one."""
+    awaited after each one. A variable the server can constrain alone goes there (server_side.py)."""
+    on_server = server_constraint(variable) if type(variable) is Variable else None
+    if on_server is not None and await model.follows(on_server[0]):
+        return await generate_on_server(model, prompt_ids, variable, sampling, max_length, on_server,
+                                        on_token)
     ids: list[int] = []
     step = variable.step(ids)
     while not step.done and len(prompt_ids) + len(ids) < max_length:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class HFBackend(Backend):
     ops: TorchOps
     max_context: int  # always known here: the model's positions, capped by max_seq_len
     max_batch: int
+    stepped_at: float  # when the last step began (``replays.CapturesLeft`` waits for a pause)
 
     def __init__(self, model: str, *, cuda: bool = False, dtype: str | None = None, **kwargs: Any) -> None:
         self.options = {k: kwargs.pop(k, v) for k, v in ENGINE_OPTIONS.items()}
@@ -56,6 +58,7 @@ class HFBackend(Backend):
         self.name = model
         self.kwargs = weights.loader_kwargs(cuda, dtype, kwargs)
         self.path, offline = hub.locate(model, self.kwargs.get("revision"))
+        weights.read_ahead(self.path)
         loader_keys.check(self.path, kwargs, dict(self.kwargs, **offline))
         loaded = weights.load_weights(self.path, dict(offline, **self.kwargs), bool(self.options["progress"]))
         self.model = loaded.eval()
@@ -111,6 +114,7 @@ class HFBackend(Backend):
         self.warm_up_seconds: float | None = None  # how long the warm-up before Ready took
         if self.options["warm_up"] and self.packs:
             self._warm_up()
+        self.captures_left = replays.CapturesLeft(self)  # the graphs ``idle`` captures
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -148,8 +152,12 @@ class HFBackend(Backend):
 
     # --- stepping ---------------------------------------------------------------------------
 
+    def idle(self) -> float | None:  # Backend.idle
+        return self.captures_left.capture_one()
+
     @torch.inference_mode()
     def forward(self, batch: list[StepInput]) -> StepOutput:
+        self.stepped_at = time.perf_counter()
         self.threads.use_for(sum(len(item.tokens) for item in batch))
         rows = [self._row(item) for item in batch]
         self.cache.flush()  # the slot copies of the admissions, in one launch
@@ -291,6 +299,7 @@ class HFBackend(Backend):
 
     @torch.inference_mode()
     def forward_sampled(self, seq_ids: list[int], tokens: torch.Tensor) -> StepOutput | None:
+        self.stepped_at = time.perf_counter()
         slot_of = self.table.slot_of
         slots = [slot_of[i] for i in seq_ids]
         positions = self.table.lengths(slots)
@@ -368,6 +377,7 @@ class HFBackend(Backend):
                          "bytes": self.cache.slots * self.memory.slot_bytes,
                          "reserved_bytes": self.memory.reserved_bytes,
                          "cuda_graphs": self.graphs is not None, "fused_modules": self.fused_modules,
+                         "graphs": self.captures_left.captured(),  # captured so far, of how many
                          "chained_steps": self.chains_steps, "lean_decode": self.lean is not None,
                          "head_forms": self.lean.head.forms if self.lean is not None else None,
                          "packed_linears": sorted(self.lean.packed_roles) if self.lean is not None else [],

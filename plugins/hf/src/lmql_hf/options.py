@@ -18,6 +18,10 @@ OPTIONS: dict[str, Option] = {
     "warm_up": Option(bool, True,
                       "run a made-up workload before Ready: no request loads kernels (a smaller one on CPU)"),
     "cuda_graphs": Option(bool, True, "replay decode steps from CUDA graphs (single GPU)"),
+    "capture_all": Option(bool, True,
+                          "capture every CUDA graph before Ready (seconds longer start-up, no capture "
+                          "later); False: the first requests' few, the rest at their second use or "
+                          "while the server idles (not yet run on a GPU)"),
     "reuse_prefixes": Option(bool, True, "reuse finished streams' KV caches for prompts extending them"),
     "cache_memory_fraction": Option(float, None,
                                     "share of free GPU memory for the KV cache and the passes' work "

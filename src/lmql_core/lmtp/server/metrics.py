@@ -87,6 +87,12 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      CounterMetricFamily, lambda e: e.stats.busy_seconds),
     ("lmql_engine_device_wait_seconds", "Part of the busy time spent waiting for a step's results",
      CounterMetricFamily, lambda e: e.stats.device_wait_seconds),
+    ("lmql_engine_mask_fill_seconds", "Time spent filling grammars' masks (beside the forward passes)",
+     CounterMetricFamily, lambda e: e.stats.mask_fill_seconds),
+    ("lmql_engine_mask_wait_seconds", "Part of the busy time spent waiting for masks after a forward pass",
+     CounterMetricFamily, lambda e: e.stats.mask_wait_seconds),
+    ("lmql_engine_grammar_seconds", "Part of the busy time spent following grammars (tokens taken, "
+     "fast-forward)", CounterMetricFamily, lambda e: e.stats.grammar_seconds),
     ("lmql_sequences_finished", "Sequences finished", CounterMetricFamily,
      lambda e: e.stats.sequences_finished),
     ("lmql_sequences_cancelled", "Sequences cancelled", CounterMetricFamily,

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from lmql_core.engine.constraints import Constraint, GrammarError, GrammarSpec
 from lmql_core.engine.sequence import Finish, Kind, SamplingParams, Sequence, TokenEvent
 from lmql_core.errors import LMQLError, RequestError, shown
 from lmql_core.lmtp import wire
@@ -25,6 +26,21 @@ Send = Callable[[str, Any], None]  # called on the session's event loop
 FINISH_REASONS: wire.Reasons = {None: None, Finish.EOS: wire.STOP, Finish.SCORED: wire.STOP,
                                 Finish.LENGTH: wire.LENGTH}
 STALE_EVENTS_S = 10.0  # a cancelled sequence's last events reach the session within a step
+
+
+COMPILE_TIMEOUT_S = 10.0  # a grammar's compile (llguidance's limits bound it well below)
+
+
+async def compile_constraint(model: LoadedModel, kind: str, value: Any) -> Constraint:
+    """A request's regex, grammar or JSON schema compiled for ``model``, off the event loop;
+    one that is invalid, too costly or matches nothing is a ``RequestError`` saying so."""
+    try:
+        spec = GrammarSpec.of(kind, value)
+        return await asyncio.wait_for(asyncio.to_thread(model.grammars.compile, spec), COMPILE_TIMEOUT_S)
+    except GrammarError as e:
+        raise RequestError(str(e)) from None
+    except asyncio.TimeoutError:  # not TimeoutError before Python 3.11
+        raise RequestError(f"the {kind} took longer than {COMPILE_TIMEOUT_S:g} s to compile") from None
 
 
 class Outbox:
@@ -140,6 +156,11 @@ class Session:
             prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
         params = SamplingParams(**wire.sampling_options(body, vocab, self.limits))
         self._check_context(model, len(prompt))
+        asked = wire.constraint(body)
+        if asked is not None:
+            follow_forced = wire.fast_forward(body)
+            params.constraint = await compile_constraint(model, *asked)
+            params.constraint.fast_forward = follow_forced
         self._start(Sequence(stream_id, prompt, params, self._deliver), model)
         if text_mode:
             assert model.tokenizer is not None

@@ -6,12 +6,21 @@ to the scratch slot. Inputs are copied into the graph's static tensors, so a ste
 small host-to-device copy, the replay, and whatever reads the logits. The tokens may also come
 as a device tensor (what the previous step sampled), so a step can be queued before the host
 knows them.
+
+Not every bucket is captured before "Ready" (``CapturePlan``): the first requests' few are; a
+bucket first needed later runs once eagerly at its padded shape (the same kernels a replay
+runs, so the same results), is captured at its next use, and every bucket left is captured
+while the engine idles (``idle_capture``), the likeliest first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import contextlib
+import gc
+import threading
+from collections import Counter
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -30,19 +39,105 @@ def length_buckets(max_len: int) -> list[int]:
     return [*buckets, max_len]
 
 
+# before "Ready": single streams up to this many positions, and prompt passes up to as many tokens
+FIRST_LENGTH = 256
+
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+class CapturePlan(Generic[Key]):
+    """When each bucket's graph is captured: ``first`` before "Ready" (every bucket where
+    ``everything``); any other at its second use, its first having run eagerly (``use``); and
+    while the engine idles, in ``order`` (``next_idle``). A bucket whose capture failed (out of
+    memory) runs eagerly from then on."""
+
+    def __init__(self, order: list[Key], first: list[Key], everything: bool = False) -> None:
+        self.order = order
+        self.first = list(order) if everything else [k for k in order if k in set(first)]
+        self.captured: set[Key] = set()
+        self.failed: set[Key] = set()
+        self.uses: Counter[Key] = Counter()
+
+    def use(self, key: Key) -> str:
+        """What a pass of bucket ``key`` does now: "replay", "eager" or "capture" (then replay)."""
+        if key in self.captured:
+            return "replay"
+        self.uses[key] += 1
+        return "eager" if key in self.failed or self.uses[key] == 1 else "capture"
+
+    def ran_eagerly(self, key: Key) -> bool:
+        """Whether a pass of bucket ``key`` ran (its kernels compiled and loaded at its shapes)."""
+        return self.uses[key] > 0
+
+    def next_idle(self) -> Key | None:
+        return next((k for k in self.order if k not in self.captured and k not in self.failed), None)
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    return [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+
+
+def decode_plan(batches: list[int], lengths: list[int],
+                everything: bool = False) -> CapturePlan[tuple[int, int]]:
+    """Before "Ready": one stream up to ``FIRST_LENGTH`` positions (a first request's)."""
+    first = [(1, n) for n in lengths if n <= FIRST_LENGTH] or [(1, lengths[0])]
+    return CapturePlan(diagonal_order(batches, lengths), first, everything)
+
+
+def prompt_plan(buckets: list[int], everything: bool = False) -> CapturePlan[int]:
+    """Before "Ready": passes up to ``FIRST_LENGTH`` tokens (a first request's prompt)."""
+    return CapturePlan(buckets, [n for n in buckets if n <= FIRST_LENGTH] or buckets[:1], everything)
+
+
+def diagonal_order(batches: list[int], lengths: list[int]) -> list[tuple[int, int]]:
+    """Every (batch, length), by batch x length (the positions a step may read), shorter first
+    among equals: few streams at short lengths first, and each batch size and each length has a
+    graph early on (both buckets grow about twofold a step)."""
+    return sorted(((b, n) for b in batches for n in lengths), key=lambda k: (k[0] * k[1], k[1]))
+
+
+_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+_WARMED: set[tuple[int, torch.device]] = set()  # (thread, device): a warm-up ran on its side stream
+
+
 def capture(graph: torch.cuda.CUDAGraph, run: Callable[[], torch.Tensor], device: torch.device,
-            pool: Any) -> torch.Tensor:
-    """``run`` once on a side stream, so that what a first run does lazily (Triton's compiles,
-    cuBLAS's workspaces) is not captured, then captured into ``graph``, its memory from ``pool``
-    (None: a new pool); the tensor its replays write. One run does all of that: a second added
-    half again to the captures' time, the largest part of start-up (72 graphs, 8-10 s)."""
-    stream = torch.cuda.Stream(device)
+            pool: Any, warm: bool = True) -> torch.Tensor:
+    """``run`` captured into ``graph``, its memory from ``pool`` (None: a new pool); the tensor its
+    replays write. With ``warm``, ``run`` runs once first, so that what a first run does lazily
+    (Triton's compiles, cuBLAS's workspaces) is not captured: without it only where a pass of the
+    same shapes has run. Both on one side stream (one per device, as the shared pool wants), and
+    without ``torch.cuda.graph``'s synchronize and emptied caches around every capture (the caller
+    empties them once before many captures). The garbage collector waits meanwhile: objects it
+    frees can make CUDA calls that invalidate a capture. A thread's first capture on a device
+    warms up regardless: cuBLAS keeps a workspace per thread's handle and stream, made at first
+    use. (A warm-up with a step's inputs writes what the step's replay writes again: the same.)"""
+    if device not in _STREAMS:
+        _STREAMS[device] = torch.cuda.Stream(device)
+    stream = _STREAMS[device]
+    thread = (threading.get_ident(), device)
+    warm = warm or thread not in _WARMED
+    _WARMED.add(thread)
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        run()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.stream(stream):
+            if warm:
+                run()
+            graph.capture_begin(pool=pool)
+            try:
+                out = run()
+            except BaseException:
+                with contextlib.suppress(RuntimeError):  # the capture's own error is the one to see
+                    graph.capture_end()
+                raise
+            graph.capture_end()
+    finally:
+        if collecting:
+            gc.enable()
     torch.cuda.current_stream(device).wait_stream(stream)
-    with torch.cuda.graph(graph, pool=pool):
-        return run()
+    return out
 
 
 class DecodeGraph:
@@ -98,21 +193,37 @@ class DecodeGraphs:
     """``forward(ids, positions, slots, length)`` runs the model on (batch, 1) inputs."""
 
     def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, max_len: int,
-                 max_batch: int, scratch_slot: int) -> None:
+                 max_batch: int, scratch_slot: int, capture_all: bool = False) -> None:
         self.forward = forward
         self.device = device
         self.lengths = length_buckets(max_len)
-        self.batches = [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
+        self.batches = batch_buckets(max_batch)
         self.scratch = scratch_slot
-        self.graphs: dict[tuple[int, int], DecodeGraph] = {}
+        self.graphs: dict[tuple[int, int], DecodeGraph] = {}  # made, captured or not
+        self.plan = decode_plan(self.batches, self.lengths, capture_all)
         self.pool: Any = None
         self.staging = Staging(self.batches[-1])
 
-    def capture_all(self) -> None:
-        """Capture every bucket now, so no request waits for a capture later."""
-        for batch in self.batches:
-            for length in self.lengths:
-                self._capture(batch, length)
+    def capture_first(self) -> None:
+        """Capture the buckets the first requests need (every bucket with ``capture_all``), and
+        run one stream once at every other length: the attention kernel's variants differ by
+        length (how many splits), and are compiled now rather than during a request."""
+        for batch, length in self.plan.first:
+            self._capture(self._bucket(batch, length))
+        for length in self.lengths:
+            if (1, length) not in self.plan.captured:
+                graph = self._bucket(1, length)
+                graph.inputs[2].fill_(self.scratch)
+                self.plan.use((1, length))
+                self._step(graph)
+
+    def capture_next(self) -> bool:
+        """Capture one bucket not captured yet, the likeliest first; False when none is left."""
+        key = self.plan.next_idle()
+        if key is None:
+            return False
+        self._capture(self._bucket(*key))
+        return True
 
     def run(self, tokens: list[int] | torch.Tensor, positions: list[int],
             slots: list[int] | None = None) -> torch.Tensor:
@@ -121,15 +232,23 @@ class DecodeGraphs:
         rows = len(positions)
         batch = next(b for b in self.batches if b >= rows)
         length = next(n for n in self.lengths if n > max(positions))
-        graph = self.graphs.get((batch, length)) or self._capture(batch, length)
+        graph = self._bucket(batch, length)
         if isinstance(tokens, torch.Tensor):  # sampled by the previous step, still on the device
             self.staging.copy(graph.inputs, None, positions, self.scratch)
             (graph.inputs[0] if rows == batch else graph.inputs[0, :rows]).copy_(tokens)
         else:
             self.staging.copy(graph.inputs, tokens, positions, self.scratch, slots)
-        graph.graph.replay()
-        assert graph.logits is not None
-        return graph.logits if rows == batch else graph.logits[:rows]
+        how = self.plan.use((batch, length))
+        if how == "eager":  # at the graph's shapes, from its inputs: the kernels a replay runs
+            logits = self._step(graph)
+        else:
+            if how == "capture" and not self._capture(graph):
+                logits = self._step(graph)
+            else:
+                graph.graph.replay()
+                assert graph.logits is not None
+                logits = graph.logits
+        return logits if rows == batch else logits[:rows]
 
     def fits(self, slots: list[int], positions: list[int]) -> bool:
         return max(slots) < self.batches[-1] and max(positions) < self.lengths[-1]
@@ -146,13 +265,28 @@ class DecodeGraphs:
             return logits
         return logits[_OPS.tensor(slots, self.device)]
 
-    def _capture(self, batch: int, length: int) -> DecodeGraph:
-        graph = DecodeGraph(batch, length, self.device)
-        graph.inputs[2].fill_(self.scratch)  # warm-up writes go to the scratch slot
-        graph.logits = capture(graph.graph, lambda: self._step(graph), self.device, self.pool)
-        self.pool = graph.graph.pool()
-        self.graphs[(batch, length)] = graph
+    def _bucket(self, batch: int, length: int) -> DecodeGraph:
+        graph = self.graphs.get((batch, length))
+        if graph is None:
+            graph = self.graphs[(batch, length)] = DecodeGraph(batch, length, self.device)
         return graph
+
+    def _capture(self, graph: DecodeGraph) -> bool:
+        """Whether ``graph`` was captured (False: out of memory; its bucket then runs eagerly).
+        Its inputs keep the values they hold, a step's: the capture's passes only read them."""
+        key = (graph.batch, graph.length)
+        warm = not self.plan.ran_eagerly(key)
+        if warm:
+            graph.inputs[2].fill_(self.scratch)  # the warm-up run writes to the scratch slot
+        try:
+            graph.logits = capture(graph.graph, lambda: self._step(graph), self.device, self.pool, warm)
+        except torch.cuda.OutOfMemoryError:
+            self.plan.failed.add(key)
+            graph.graph = torch.cuda.CUDAGraph()
+            return False
+        self.pool = graph.graph.pool()
+        self.plan.captured.add(key)
+        return True
 
     def _step(self, graph: DecodeGraph) -> torch.Tensor:
         ids, positions, slots = graph.inputs[0:1].T, graph.inputs[1:2].T, graph.inputs[2:3].T

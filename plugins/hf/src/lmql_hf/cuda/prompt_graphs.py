@@ -6,7 +6,9 @@ waited for the host, not the GPU. Here a pass of up to ``bucket`` tokens is one 
 tokens, their positions and slots, and the table of attention tiles (``tile_table``) are
 copied into the graph's static inputs; padding tokens write to the scratch slot and belong to no
 tile. The graph ends at the model's last hidden states; the output head runs afterwards on the
-positions whose logits are read only.
+positions whose logits are read only. Buckets up to ``FIRST_LENGTH`` tokens are captured before
+"Ready", the others as decode steps' are (``graphs.CapturePlan``): eagerly at first, captured at
+their next use or while the engine idles.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from lmql_core.plugin import TorchOps
 from lmql_hf.cache.packed import PackedRows
-from lmql_hf.cuda.graphs import capture
+from lmql_hf.cuda.graphs import capture, prompt_plan
 from lmql_hf.kernels.tiles import TILE_FIELDS, tile_table
 
 _OPS = TorchOps()
@@ -57,7 +59,8 @@ class PromptGraphs:
     the same padded inputs a graph would get."""
 
     def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, most_tokens: int,
-                 most_rows: int, tokens_per_tile: int, scratch_slot: int, capture: bool = True) -> None:
+                 most_rows: int, tokens_per_tile: int, scratch_slot: int, capture: bool = True,
+                 capture_all: bool = False) -> None:
         self.forward = forward
         self.capture = capture
         self.device = device
@@ -65,21 +68,32 @@ class PromptGraphs:
         self.most_rows = most_rows
         self.scratch = scratch_slot
         self.graphs = {n: PromptGraph(n, self._width(n), device) for n in token_buckets(most_tokens)}
+        self.plan = prompt_plan(list(self.graphs), capture_all)
         self.pool: Any = None
 
     def _width(self, tokens: int) -> int:
         """Tiles a pass of ``tokens`` tokens can need: whole tiles, plus a partial one per row."""
         return -(-tokens // self.per_tile) + min(tokens, self.most_rows)
 
-    def capture_all(self) -> None:
-        for graph in self.graphs.values() if self.capture else ():
-            self._capture(graph)
+    def capture_first(self) -> None:
+        """Capture the buckets the first requests need (every bucket with ``capture_all``)."""
+        for tokens in self.plan.first if self.capture else ():
+            self._capture(self.graphs[tokens])
+
+    def capture_next(self) -> bool:
+        """Capture one bucket not captured yet, the smallest first; False when none is left."""
+        tokens = self.plan.next_idle() if self.capture else None
+        if tokens is None:
+            return False
+        self._capture(self.graphs[tokens])
+        return True
 
     def fits(self, batch: PackedRows) -> bool:
         return len(batch.ids) <= max(self.graphs) and len(batch.segments) <= self.most_rows
 
     def run(self, batch: PackedRows) -> torch.Tensor:
-        """The last hidden states of the batch's tokens, (T, hidden), of a replay."""
+        """The last hidden states of the batch's tokens, (T, hidden), of a replay (or, before its
+        bucket is captured, of an eager pass with the inputs a replay would get)."""
         count = len(batch.ids)
         graph = self.graphs[next(n for n in self.graphs if n >= count)]
         tiles = tile_table([(s.offset, s.length, s.slot, s.start) for s in batch.segments],
@@ -91,7 +105,8 @@ class PromptGraphs:
         host[2 * n + count : 3 * n] = self.scratch  # padding tokens write where nothing reads
         host[3 * n :] = tiles.reshape(-1)
         inputs = _OPS.to_device(torch.from_numpy(host), self.device)
-        if not self.capture:
+        how = self.plan.use(n) if self.capture else "eager"
+        if how == "eager" or (how == "capture" and not self._capture(graph)):
             return self.forward(*graph.views(inputs))[0, :count]
         graph.inputs.copy_(inputs)
         assert graph.graph is not None
@@ -99,10 +114,19 @@ class PromptGraphs:
         assert graph.hidden is not None
         return graph.hidden[0, :count]
 
-    def _capture(self, graph: PromptGraph) -> None:
+    def _capture(self, graph: PromptGraph) -> bool:
+        """Whether ``graph`` was captured (False: out of memory; its bucket then runs eagerly)."""
         ids, positions, slots, tiles = graph.views()
-        slots.fill_(self.scratch)  # warm-up and capture write to the scratch slot; no tile reads
+        warm = not self.plan.ran_eagerly(graph.tokens)
+        slots.fill_(self.scratch)  # a warm-up run writes to the scratch slot; no tile reads
         assert graph.graph is not None
-        graph.hidden = capture(graph.graph, lambda: self.forward(ids, positions, slots, tiles), self.device,
-                               self.pool)
+        try:
+            graph.hidden = capture(graph.graph, lambda: self.forward(ids, positions, slots, tiles),
+                                   self.device, self.pool, warm)
+        except torch.cuda.OutOfMemoryError:
+            self.plan.failed.add(graph.tokens)
+            graph.graph = torch.cuda.CUDAGraph()
+            return False
         self.pool = graph.graph.pool()
+        self.plan.captured.add(graph.tokens)
+        return True

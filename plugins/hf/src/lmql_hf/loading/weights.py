@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +59,29 @@ def _dtype_named(option: str, name: str) -> torch.dtype:
     if not isinstance(found, torch.dtype):
         raise LMQLError(f"unknown --{option} '{name}'; use auto or one of {', '.join(DTYPES)}")
     return found
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def read_ahead(path: str) -> None:
+    """A model folder's weight files read into the page cache on a thread, while this one imports
+    transformers' model code (seconds, holding the interpreter's lock); loading then finds them
+    there. Errors are left to the loading itself, which meets them again."""
+    folder = Path(path)
+    files = [f for pattern in WEIGHT_FILES for f in folder.glob(pattern)] if folder.is_dir() else []
+    if files and hasattr(os, "posix_fadvise"):
+        threading.Thread(target=_will_need, args=(files,), name="lmql-hf-read-ahead", daemon=True).start()
+
+
+def _will_need(files: list[Path]) -> None:
+    with contextlib.suppress(OSError):
+        for file in files:
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
 
 def load_weights(path: str, kwargs: dict[str, Any], progress: bool) -> Any:

@@ -1,0 +1,342 @@
+"""Grammars inside the batch: a per-sequence constraint the engine applies while it samples.
+
+A request's regex, Lark-like grammar or JSON schema (``GrammarSpec``) compiles once per model
+(``GrammarCompiler``, compiled grammars cached by hash, bounded) into a ``Constraint``: an
+llguidance matcher that follows the sequence's tokens. The engine asks ``MaskFiller`` for the
+masks of a step's constrained rows before it runs the forward pass; llguidance fills them on
+its own threads, without the interpreter's lock, while the backend computes. After sampling,
+``Constraint.advance`` takes the token and returns the tokens the grammar then forces
+(fast-forward), which the engine appends without sampling.
+
+llguidance is imported on first use only: ``import lmql`` and servers without constraints never load it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from lmql_core.engine.sequence import Finish, Sequence, Status, TokenEvent
+from lmql_core.errors import LMQLError
+
+KINDS = ("regex", "grammar", "json_schema")
+MAX_SOURCE_CHARS = 100_000  # a grammar's text (a schema's JSON) at most
+CACHE_ENTRIES = 64  # compiled grammars kept per model, least recently used dropped first
+CACHE_SOURCE_CHARS = 4_000_000  # and at most this much grammar text among them
+# llguidance's own bounds (its defaults are 2-10x larger): what building the lexer and one mask may
+# cost (~50k fuel a ms), and the lexer's states (1-2 kB each): a hostile regex ends in an error
+# within tens of milliseconds instead of running for seconds or growing without bound
+LEXER_FUEL = 100_000
+STEP_FUEL = 100_000
+LEXER_STATES = 50_000
+NO_EXTENSION = ("NoExtension", "NoExtensionBias")  # llguidance's stop reasons: no byte can follow
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class GrammarError(LMQLError):
+    """A grammar that cannot constrain generation: invalid, too costly, or matching nothing."""
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What a request asks for: ``kind`` (one of KINDS) and its text (a schema as JSON text)."""
+
+    kind: str
+    source: str
+
+    @classmethod
+    def of(cls, kind: str, value: Any) -> GrammarSpec:
+        """Check a request's field: a regex or grammar is a string; a schema an object or its JSON."""
+        if kind not in KINDS:
+            raise GrammarError(f"unknown constraint kind '{kind}' (expected one of {', '.join(KINDS)})")
+        if kind == "json_schema" and isinstance(value, (dict, bool)):
+            value = json.dumps(value, sort_keys=True)
+        if not isinstance(value, str):
+            wanted = "a string or an object" if kind == "json_schema" else "a string"
+            raise GrammarError(f"'{kind}' must be {wanted}, not {type(value).__name__}")
+        if len(value) > MAX_SOURCE_CHARS:
+            raise GrammarError(f"'{kind}' has {len(value)} characters; "
+                               f"at most {MAX_SOURCE_CHARS} are accepted")
+        if kind == "json_schema":
+            try:
+                json.loads(value)
+            except ValueError as e:
+                raise GrammarError(f"'json_schema' is not valid JSON: {e}") from None
+        return cls(kind, value)
+
+    def llguidance_text(self) -> str:
+        from llguidance import LLMatcher
+
+        if self.kind == "regex":
+            return str(LLMatcher.grammar_from_regex(self.source))
+        if self.kind == "grammar":
+            return str(LLMatcher.grammar_from_lark(self.source))
+        try:
+            # compact JSON (a schema's own "x-guidance" options may allow whitespace): a model that
+            # may put whitespace anywhere can spend its whole budget on it
+            return str(LLMatcher.grammar_from_json_schema(self.source, defaults=JSON_OPTIONS))  # type: ignore[arg-type]
+        except ValueError as e:
+            raise GrammarError(f"'json_schema' is not a schema: {e}") from None
+
+
+class Constraint:
+    """One sequence's grammar state. Used on the engine thread only (and by ``MaskFiller``'s
+    threads while the engine thread waits for them)."""
+
+    def __init__(self, matcher: Any, eos_token_id: int | None, mask_words: int) -> None:
+        self.matcher = matcher
+        self.eos_token_id = eos_token_id
+        self.mask_words = mask_words  # int32 words of its mask (32 tokens each)
+        # off: forced text is sampled token by token as any other (under a mask that allows only
+        # its continuations), so the tokens are the model's greedy ones rather than the canonical
+        # tokenization: what a client that masks each step itself would get
+        self.fast_forward = True
+
+    def forced(self) -> list[int]:
+        """After a sampled token was taken (``MaskFiller.take_tokens``): the tokens the grammar
+        now forces, taken too."""
+        if not self.fast_forward or self.matcher.is_stopped():
+            return []
+        forced = list(self.matcher.compute_ff_tokens())
+        if forced and not self.matcher.consume_tokens(forced):
+            return []
+        return forced
+
+    @property
+    def complete(self) -> bool:
+        """The grammar allows no further token (its text is whole): the sequence ends here."""
+        return bool(self.matcher.is_stopped()) and not self.matcher.is_error()
+
+    @property
+    def error(self) -> str | None:
+        return str(self.matcher.get_error()) or None if self.matcher.is_error() else None
+
+
+class GrammarCompiler:
+    """Compiles grammars for one model's tokenizer. ``compile`` blocks (about a millisecond, a
+    hostile grammar at most its llguidance limits): call it off the event loop."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_id: int | None) -> None:
+        self._tokenizer_source = tokenizer
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+        self._ll_tokenizer: Any = None
+        self._cache: OrderedDict[GrammarSpec, Any] = OrderedDict()  # spec -> a fresh matcher to copy
+        self._lock = threading.RLock()
+
+    def compile(self, spec: GrammarSpec) -> Constraint:
+        with self._lock:
+            template = self._cache.get(spec)
+            if template is not None:
+                self._cache.move_to_end(spec)
+                return self._constraint(template)
+        template = self._build(spec)
+        with self._lock:
+            self._cache[spec] = template
+            while len(self._cache) > CACHE_ENTRIES or (
+                    len(self._cache) > 1 and sum(len(s.source) for s in self._cache) > CACHE_SOURCE_CHARS):
+                self._cache.popitem(last=False)
+        return self._constraint(template)
+
+    def _constraint(self, template: Any) -> Constraint:
+        words = (self.ll_tokenizer().vocab_size + 31) // 32
+        return Constraint(template.deep_copy(), self.eos_token_id, words)
+
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def _build(self, spec: GrammarSpec) -> Any:
+        import llguidance
+
+        limits = llguidance.LLParserLimits(initial_lexer_fuel=LEXER_FUEL, step_lexer_fuel=STEP_FUEL,
+                                           max_lexer_states=LEXER_STATES, verbose_errors=False)
+        matcher = llguidance.LLMatcher(self.ll_tokenizer(), spec.llguidance_text(), log_level=0,
+                                       limits=limits)
+        if not matcher.is_error():
+            matcher.compute_bitmask()  # the first mask: a regex too costly to build fails here
+        # before any token, a grammar that cannot go on matches nothing (not even the empty text)
+        reason = _first_line(matcher.get_error()) if matcher.is_error() else str(matcher.stop_reason())
+        if reason in NO_EXTENSION and not matcher.is_accepting():
+            raise GrammarError(f"the {spec.kind} matches nothing")
+        if matcher.is_error():
+            raise GrammarError(f"invalid {spec.kind}: {_first_line(matcher.get_error())}")
+        return matcher
+
+    def ll_tokenizer(self) -> Any:
+        with self._lock:
+            if self._ll_tokenizer is None:
+                try:
+                    self._ll_tokenizer = ll_tokenizer_of(self._tokenizer_source, self.vocab_size,
+                                                         self.eos_token_id)
+                except GrammarError:
+                    raise
+                except Exception as e:  # llguidance refusing the tokenizer: the request's error
+                    raise GrammarError(f"this model's tokenizer cannot compile grammars: {e}") from None
+            return self._ll_tokenizer
+
+
+def _first_line(message: str) -> str:
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def ll_tokenizer_of(tokenizer: Any, vocab_size: int, eos_token_id: int | None) -> Any:
+    """llguidance's view of one of our tokenizers (``tokenizer.JsonTokenizer``/``BytesTokenizer``)."""
+    import llguidance
+
+    if eos_token_id is None:
+        raise GrammarError("constraints need a model with an end-of-sequence token")
+    spec = tokenizer.spec() if hasattr(tokenizer, "spec") else None
+    if spec and "tokenizer_json" in spec:
+        size = max(vocab_size, tokenizer.vocab_size)
+        return llguidance.LLTokenizer(spec["tokenizer_json"], n_vocab=size, eos_token=eos_token_id)
+    if spec and spec.get("kind") == "bytes":
+        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokens(vocab_size, eos_token_id)))
+    raise GrammarError("this model's tokenizer cannot compile grammars (it needs a tokenizer.json)")
+
+
+class _ByteTokens:
+    """The random backend's tokens as llguidance reads a tokenizer: ids 0-255 are bytes."""
+
+    def __init__(self, vocab_size: int, eos_token_id: int) -> None:
+        self.eos_token_id, self.bos_token_id = eos_token_id, None
+        self.tokens = [bytes([i]) for i in range(256)] + [b"<|%d|>" % i for i in range(256, vocab_size)]
+        self.special_token_ids = list(range(256, vocab_size))
+
+    def __call__(self, data: bytes) -> list[int]:
+        return list(data)
+
+
+@dataclass
+class BatchMask:
+    """One step's masks: ``bits[j]`` (llguidance's bitmask, 32 tokens an int32) is row ``rows[j]``'s."""
+
+    rows: list[int]
+    bits: np.ndarray
+
+
+class PendingMasks:
+    """Masks being filled for ``seqs`` (in this order) while the forward pass runs."""
+
+    def __init__(self, future: Future[tuple[np.ndarray, float]], constrained: list[Any]) -> None:
+        self._future = future
+        self._position = {id(seq): j for j, seq in enumerate(constrained)}
+        self.fill_seconds = 0.0  # how long filling them took (known once ``for_rows`` returned)
+
+    def for_rows(self, sampled: list[Any]) -> BatchMask | None:
+        """The masks of the constrained ones among ``sampled`` (a step's rows, in order); waits
+        until they are filled, so no matcher is in use once this returns."""
+        bits, self.fill_seconds = self._future.result()
+        rows = [r for r, seq in enumerate(sampled) if id(seq) in self._position]
+        if not rows:
+            return None
+        return BatchMask(rows, bits[[self._position[id(sampled[r])] for r in rows]])
+
+
+class MaskFiller:
+    """Fills a step's masks on another thread (the engine thread goes on to the forward pass);
+    llguidance spreads the rows over its own threads and releases the interpreter's lock."""
+
+    def __init__(self, stats: Any) -> None:
+        """``stats``: the engine's ``EngineStats``, where the time spent on masks is counted."""
+        self.stats = stats
+        self._thread: ThreadPoolExecutor | None = None
+        self._executor: Any = None
+
+    def start(self, seqs: list[Sequence]) -> PendingMasks | None:
+        """``seqs``: the step's sequences that sample; None when none of them is constrained."""
+        constrained = [seq for seq in seqs if seq.params.constraint is not None]
+        if not constrained:
+            return None
+        if self._thread is None:
+            import llguidance
+
+            self._executor = self._executor or llguidance.LLExecutor()
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmql-masks")
+        matchers = [seq.params.constraint.matcher for seq in constrained]
+        words = constrained[0].params.constraint.mask_words  # an engine serves one model
+        future = self._thread.submit(self._fill, matchers, words)
+        return PendingMasks(future, constrained)
+
+    def wait(self, masks: PendingMasks, sampled: list[Sequence]) -> BatchMask | None:
+        """``masks.for_rows(sampled)``, with the time waited and the time filling took counted."""
+        waiting = time.perf_counter()
+        batch_mask = masks.for_rows(sampled)
+        self.stats.mask_wait_seconds += time.perf_counter() - waiting
+        self.stats.mask_fill_seconds += masks.fill_seconds
+        return batch_mask
+
+    def _fill(self, matchers: list[Any], words: int) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        bits = np.zeros((len(matchers), words), dtype=np.int32)
+        self._executor.unsafe_compute_mask_ptr([(m, j) for j, m in enumerate(matchers)], bits.ctypes.data,
+                                               words * 4, len(matchers))
+        return bits, time.perf_counter() - started
+
+    def take_tokens(self, seqs: list[Sequence], tokens: list[int], logprobs: list[float],
+                    eos: int | None) -> dict[int, bool]:
+        """The grammars of a step's running constrained sequences take their sampled tokens (EOS
+        and rows where nothing could be chosen aside), all at once on llguidance's threads
+        without the interpreter's lock (one by one costs ~2.5x as much): by ``id(seq)``,
+        whether each grammar took its token."""
+        if not any(seq.params.constraint is not None for seq in seqs):
+            return {}
+        rows = [(seq, token) for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True)
+                if seq.params.constraint is not None and seq.status is Status.RUNNING and token != eos
+                and logprob > float("-inf")]
+        if not rows:
+            return {}
+        started = time.perf_counter()
+        if self._executor is None:
+            import llguidance
+
+            self._executor = llguidance.LLExecutor()
+        taken = self._executor.consume_token_par([(seq.params.constraint.matcher, t) for seq, t in rows])
+        self.stats.grammar_seconds += time.perf_counter() - started
+        return {id(seq): ok for (seq, _), ok in zip(rows, taken, strict=True)}
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+
+
+FORCED_TOP: Mapping[int, float] = MappingProxyType({})  # a forced token's candidates: none beside it
+
+
+def grammar_events(seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
+                   taken: bool) -> tuple[list[TokenEvent], bool]:
+    """``token``, sampled for ``seq`` under its constraint (already in ``seq.generated``; its
+    grammar ``taken`` it or not: ``MaskFiller.take_tokens``), as events: itself, then the tokens
+    the grammar forces after it (appended to ``seq.generated`` too; log-prob 0: under the grammar
+    they are certain). Returns them and whether ``seq`` ends: its grammar is complete (finish
+    EOS, without an EOS token), ``max_generated`` is reached, or the grammar failed (an error)."""
+    constraint: Constraint = seq.params.constraint
+    forced = constraint.forced() if taken else []
+    if not taken or constraint.error is not None:
+        error = constraint.error or "the grammar refused the sampled token"
+        return [TokenEvent(seq.stream_id, error=f"grammar error: {error}")], True
+    forced = forced[: seq.max_generated - len(seq.generated)]
+    seq.generated.extend(forced)
+    tokens = [(token, logprob, top)] + [(t, 0.0, FORCED_TOP) for t in forced]
+    events = [TokenEvent(seq.stream_id, t, lp, None, tp) for t, lp, tp in tokens]
+    last = events[-1]
+    if constraint.complete:
+        last.finish_reason = Finish.EOS
+    elif len(seq.generated) >= seq.max_generated:
+        last.finish_reason = Finish.LENGTH
+    return events, last.finish_reason is not None
+
+
+def nothing_allowed(seq: Sequence) -> str:
+    """The error of a constrained row where no token was left to choose."""
+    constraint: Constraint = seq.params.constraint
+    return f"grammar error: {constraint.error or 'the grammar allows no token here'}"

@@ -1,0 +1,221 @@
+"""Grammars inside the batch (engine/constraints.py), on the engine with lmql-tiny's HF backend.
+
+Expected values come from elsewhere: a greedy decode by transformers under a mask computed here
+with the ``regex`` module's partial matches (a token is allowed when the text with it can still
+become a match); outputs checked with Python's ``re`` and ``json``."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from typing import Any
+
+import pytest
+import regex
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lmql_hf")
+pytest.importorskip("llguidance")
+
+from lmql_core.engine.constraints import GrammarCompiler, GrammarError, GrammarSpec  # noqa: E402
+from lmql_core.engine.engine import Engine  # noqa: E402
+from lmql_core.engine.sequence import Finish, SamplingParams, Sequence, TokenEvent  # noqa: E402
+from lmql_core.tokenizer import JsonTokenizer  # noqa: E402
+from lmql_hf.backend import HFBackend  # noqa: E402
+from lmql_hf.bundled import bundled_path  # noqa: E402
+
+pytestmark = pytest.mark.hf
+DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+PROMPT = "The meeting was moved to"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> JsonTokenizer:
+    return JsonTokenizer.from_file(bundled_path("lmql-tiny") / "tokenizer.json")  # type: ignore[operator]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    engine = Engine(HFBackend(str(bundled_path("lmql-tiny"))))
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def compiler(engine: Engine, tokenizer: JsonTokenizer) -> GrammarCompiler:
+    return GrammarCompiler(tokenizer, engine.backend.vocab_size, engine.backend.eos_token_id)
+
+
+class Collector:
+    def __init__(self, streams: int) -> None:
+        self.events: dict[Any, list[TokenEvent]] = {}
+        self.left, self.done = streams, threading.Event()
+
+    def __call__(self, events: list[TokenEvent]) -> None:
+        for e in events:
+            self.events.setdefault(e.stream_id, []).append(e)
+            if e.finish_reason is not None or e.error:
+                self.left -= 1
+        if self.left <= 0:
+            self.done.set()
+
+
+def run(engine: Engine, requests: list[tuple[list[int], SamplingParams]]) -> list[list[TokenEvent]]:
+    sink = Collector(len(requests))
+    for i, (prompt, params) in enumerate(requests):
+        engine.submit(Sequence(i, prompt, params, sink))
+    assert sink.done.wait(120), "the streams did not end"
+    return [sink.events[i] for i in range(len(requests))]
+
+
+def reference_greedy(tokenizer: JsonTokenizer, prompt: list[int], pattern: str, limit: int = 40) -> str:
+    """transformers' greedy choices under the mask of ``pattern``'s partial matches."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(bundled_path("lmql-tiny")).eval()
+    texts = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    eos = tokenizer.eos_token_id
+    tokens, text = list(prompt), ""
+    for _ in range(limit):
+        allowed = [i for i, t in enumerate(texts) if i != eos and "\ufffd" not in t and t
+                   and regex.fullmatch(pattern, text + t, partial=True)]
+        complete = regex.fullmatch(pattern, text) is not None
+        if complete:
+            allowed.append(eos)  # type: ignore[arg-type]
+        if complete and allowed == [eos]:
+            return text
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens])).logits[0, -1]
+        masked = torch.full_like(logits, float("-inf"))
+        masked[allowed] = logits[allowed]
+        chosen = int(masked.argmax())
+        if chosen == eos:
+            return text
+        tokens.append(chosen)
+        text += texts[chosen]
+    raise AssertionError(f"no match within {limit} tokens: {text!r}")
+
+
+def text_of(tokenizer: JsonTokenizer, events: list[TokenEvent]) -> str:
+    assert not any(e.error for e in events), events[-1].error
+    return tokenizer.decode([e.token for e in events if e.token != tokenizer.eos_token_id])
+
+
+def test_date_regex_greedy_is_transformers_under_the_same_mask(engine, compiler, tokenizer) -> None:
+    prompt = tokenizer.encode(PROMPT)
+    params = SamplingParams(max_tokens=40, constraint=compiler.compile(GrammarSpec.of("regex", DATE)))
+    [events] = run(engine, [(prompt, params)])
+    text = text_of(tokenizer, events)
+    assert re.fullmatch(DATE, text)
+    assert events[-1].finish_reason is Finish.EOS
+    assert text == reference_greedy(tokenizer, prompt, DATE)
+
+
+def test_constrained_and_free_streams_share_a_batch(engine, compiler, tokenizer) -> None:
+    """Each constrained stream matches its own grammar; a free stream beside them decodes as alone."""
+    prompt = tokenizer.encode(PROMPT)
+    choices = ["Monday", "Tuesday", "next week", "the big room"]
+    specs = [GrammarSpec.of("regex", DATE), GrammarSpec.of("regex", "|".join(map(re.escape, choices))),
+             GrammarSpec.of("regex", "[0-9]+"), GrammarSpec.of("json_schema", {
+                 "type": "object", "properties": {"day": {"type": "integer"}, "ok": {"type": "boolean"}},
+                 "required": ["day", "ok"], "additionalProperties": False})]
+    [alone] = run(engine, [(prompt, SamplingParams(max_tokens=12))])
+    filled, followed = engine.stats.mask_fill_seconds, engine.stats.grammar_seconds
+    mixed = run(engine, [(prompt, SamplingParams(max_tokens=12))]
+                + [(prompt, SamplingParams(max_tokens=40, constraint=compiler.compile(s))) for s in specs])
+    assert [e.token for e in mixed[0]] == [e.token for e in alone]
+    assert engine.stats.mask_fill_seconds > filled and engine.stats.grammar_seconds > followed
+    date, choice, number, obj = (text_of(tokenizer, events) for events in mixed[1:])
+    assert re.fullmatch(DATE, date)
+    assert choice in choices
+    assert re.fullmatch("[0-9]+", number) or mixed[3][-1].finish_reason is Finish.LENGTH
+    value = json.loads(obj)
+    assert set(value) == {"day", "ok"} and isinstance(value["day"], int) and isinstance(value["ok"], bool)
+
+
+def test_forced_text_is_appended_without_sampling(engine, compiler, tokenizer) -> None:
+    """A grammar that forces a long literal: its tokens come with log-prob 0, in fewer steps than tokens."""
+    literal = "The answer, after a long and careful deliberation, is"
+    spec = GrammarSpec.of("grammar", f'start: "{literal}" " " /[0-9]{{1,3}}/ "."')
+    steps_before = engine.stats.steps
+    [events] = run(engine, [(tokenizer.encode(PROMPT), SamplingParams(max_tokens=60,
+                                                                      constraint=compiler.compile(spec)))])
+    text = text_of(tokenizer, events)
+    assert re.fullmatch(re.escape(literal) + r" [0-9]{1,3}\.", text)
+    forced = [e for e in events if e.logprob == 0.0]
+    assert len(forced) >= len(tokenizer.encode(literal)) - 2
+    assert engine.stats.steps - steps_before < len(events) - 5
+
+
+def test_length_limit_ends_a_constrained_stream(engine, compiler, tokenizer) -> None:
+    spec = GrammarSpec.of("regex", "[a-z]{30}")
+    [events] = run(engine, [(tokenizer.encode(PROMPT), SamplingParams(max_tokens=3,
+                                                                      constraint=compiler.compile(spec)))])
+    assert len(events) == 3 and events[-1].finish_reason is Finish.LENGTH
+    assert re.fullmatch("[a-z]+", text_of(tokenizer, events))
+
+
+@pytest.mark.parametrize(("kind", "source", "message"), [
+    ("regex", "(", "invalid regex"),
+    ("grammar", "start: /a/ & /b/", "invalid grammar"),
+    ("grammar", "start: A\nA: /a/&/b/", "matches nothing"),
+    ("json_schema", "{not json", "not valid JSON"),
+    ("json_schema", {"type": "object", "properties": {"a": {"type": "nonsense"}}}, "invalid json_schema"),
+])
+def test_bad_grammars_fail_to_compile_quickly(compiler, kind, source, message) -> None:
+    started = time.perf_counter()
+    with pytest.raises(GrammarError, match=message):
+        compiler.compile(GrammarSpec.of(kind, source))
+    assert time.perf_counter() - started < 2.0
+
+
+def test_a_grammar_too_costly_to_follow_ends_its_stream_alone(engine, compiler, tokenizer) -> None:
+    """A regex whose lexer would grow without bound compiles, then fails within llguidance's
+    limits once followed: that stream ends with the error, its neighbour decodes as alone."""
+    prompt = tokenizer.encode(PROMPT)
+    [alone] = run(engine, [(prompt, SamplingParams(max_tokens=8))])
+    hostile = compiler.compile(GrammarSpec.of("regex", "(a{1000}){1000}"))
+    started = time.perf_counter()
+    free, failed = run(engine, [(prompt, SamplingParams(max_tokens=8)),
+                                (prompt, SamplingParams(max_tokens=3000, constraint=hostile))])
+    assert time.perf_counter() - started < 30
+    assert failed[-1].error is not None and "too many expressions" in failed[-1].error
+    assert [e.token for e in free] == [e.token for e in alone]
+
+
+def test_bad_fields_are_rejected() -> None:
+    with pytest.raises(GrammarError, match="must be a string"):
+        GrammarSpec.of("regex", 5)
+    with pytest.raises(GrammarError, match="unknown constraint kind"):
+        GrammarSpec.of("lark", "start: 'a'")
+    with pytest.raises(GrammarError, match="at most"):
+        GrammarSpec.of("regex", "a" * 200_000)
+
+
+def test_compiled_grammars_are_cached(compiler) -> None:
+    spec = GrammarSpec.of("regex", "cached [0-9]+")
+    before = compiler.cached()
+    first, second = compiler.compile(spec), compiler.compile(spec)
+    assert compiler.cached() == before + 1
+    assert first.matcher is not second.matcher  # each stream follows its own copy
+
+
+def test_mask_rows_bans_exactly_the_unset_bits() -> None:
+    """numpy and torch ``mask_rows`` against bits read one by one in Python; tokens past the
+    mask's width are banned, rows not named are untouched."""
+    import numpy as np
+
+    from lmql_core.array_ops import NumpyOps, TorchOps
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 70)).astype(np.float32)
+    bits = rng.integers(-2**31, 2**31 - 1, size=(2, 2), dtype=np.int64).astype(np.int32)  # 64 tokens
+    expected = logits.copy()
+    for j, row in enumerate([0, 2]):
+        for token in range(70):
+            if token >= 64 or not (int(bits[j, token // 32]) >> (token % 32)) & 1:
+                expected[row, token] = -np.inf
+    assert np.array_equal(NumpyOps().mask_rows(logits, [0, 2], bits), expected)
+    assert np.array_equal(TorchOps().mask_rows(torch.from_numpy(logits), [0, 2], bits).numpy(), expected)
