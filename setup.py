@@ -1,5 +1,5 @@
 """Packaging beyond pyproject.toml: ship ``lmql_core_guard.pth`` at the top of site-packages, the
-start-up hook that notices LMQL 0.7 installed over lmql-core (see lmql_core/coexistence.py)."""
+start-up hook that notices LMQL 0.7 installed over lmql-core (see lmql_core/base/coexistence.py)."""
 
 import os
 

@@ -57,7 +57,7 @@ def model_path(name: str) -> str:
 
 
 def step_ms(backend: object, rows: int) -> float:
-    from lmql_core.backend import StepInput
+    from lmql_core.base.backend import StepInput
 
     ids = list(range(1000, 1000 + rows))
     backend.forward([StepInput(i, [5] * 31) for i in ids])  # type: ignore[attr-defined]

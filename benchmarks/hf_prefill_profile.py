@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hf_prefill_bench import GPT2_DIR, QWEN3_DIR, build_gpt2, build_qwen3  # noqa: E402
 
-from lmql_core.backend import StepInput  # noqa: E402
+from lmql_core.base.backend import StepInput  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
 from lmql_core.engine.sequence import Kind, SamplingParams, Sequence  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402

@@ -88,8 +88,8 @@ class LocalTarget:
     """The same requests through lmql-core's in-process transport (``local:``, no socket)."""
 
     def __init__(self, model: str, loader_kwargs: dict[str, Any]) -> None:
-        from lmql_core.identifiers import parse_model_id
         from lmql_core.lmtp.local import InProcessClient
+        from lmql_core.loading.identifiers import parse_model_id
 
         self.client = InProcessClient.for_model(parse_model_id("local:" + model), **loader_kwargs)
 

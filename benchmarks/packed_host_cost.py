@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from lmql_core.backend import StepInput
+from lmql_core.base.backend import StepInput
 from lmql_hf.backend import HFBackend
 
 LAYERS = 24

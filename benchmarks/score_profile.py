@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmql_core.api.run_server import RunningServer, serve
 from lmql_core.engine.engine import Engine
+from lmql_core.serving.run import RunningServer, serve
 
 HERE = Path(__file__).resolve().parent
 PROFILES = {"engine": cProfile.Profile(), "event loop": cProfile.Profile()}

@@ -19,11 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import bench_model  # noqa: E402
 
-from lmql_core.backend import StepInput  # noqa: E402
+from lmql_core.base.backend import StepInput  # noqa: E402
+from lmql_core.base.options import parse_loader_args  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
 from lmql_core.engine.sampling import sample_batch  # noqa: E402  (launch + collect)
 from lmql_core.engine.sequence import SamplingParams, Sequence  # noqa: E402
-from lmql_core.options import parse_loader_args  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 
 

@@ -119,7 +119,7 @@ def check_slot_attention() -> bool:
 
 
 def score_rows(path: str, options: dict[str, bool]) -> torch.Tensor:
-    from lmql_core.backend import StepInput
+    from lmql_core.base.backend import StepInput
     from lmql_hf.backend import HFBackend
 
     backend = HFBackend(path, cuda=True, dtype="float32", **options)

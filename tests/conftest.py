@@ -132,11 +132,15 @@ def reference() -> tuple[Any, Any]:
     return model, transformers.AutoTokenizer.from_pretrained(path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_server() -> Iterator[Server]:
+    """One `lmql serve-model lmql-tiny` for every module that needs a plain one (a server with
+    options of its own is the test's); stopped cleanly at the end. Tests read its counters as
+    differences, since the modules before them used it too."""
+    pytest.importorskip("lmql_hf")
     server = Server("lmql-tiny")
     yield server
-    server.stop()
+    assert server.stop() == 0, server.output()
 
 
 @pytest.fixture(scope="session")

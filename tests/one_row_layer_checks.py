@@ -269,7 +269,7 @@ def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, sma
                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     """The HF backend on its slot cache (kernel writes), one stream then two: each step's
     logits with fused modules as without them."""
-    from lmql_core.backend import StepInput
+    from lmql_core.base.backend import StepInput
     from lmql_hf.backend import HFBackend
     from lmql_hf.cuda import one_row_layers
 
@@ -313,7 +313,7 @@ def test_a_prefix_moved_out_of_the_way_serves_a_later_prompt(tmp_path_factory: p
     every last-token logit equals transformers' own forward over the whole prompt."""
     from transformers import AutoModelForCausalLM
 
-    from lmql_core.backend import StepInput
+    from lmql_core.base.backend import StepInput
     from lmql_hf.backend import HFBackend
 
     path = _saved_llama(tmp_path_factory)

@@ -47,13 +47,6 @@ def chat_model(folder: Path) -> Path:
     return target
 
 
-def serve_tiny() -> Iterator[Server]:
-    """For a module's fixture: `lmql serve-model lmql-tiny`, stopped cleanly at the end."""
-    server = Server("lmql-tiny")
-    yield server
-    assert server.stop() == 0, server.output()
-
-
 def serve_guarded(folder: Path) -> Iterator[Server]:
     """For a module's fixture: lmql-tiny with a chat template, a token and small limits."""
     path = chat_model(folder)

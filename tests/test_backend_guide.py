@@ -99,7 +99,7 @@ def test_the_compat_runs_byte_tokenizer_gives_the_backends_ids(tmp_path: Path) -
     """LMQL 0.7.3's client talks to the README backend through tokenizer files (the compat run's
     `readme_backend.write_byte_tokenizer`): their ids must be the text's UTF-8 bytes, as the
     backend's own BytesTokenizer gives them."""
-    from lmql_core.tokenizer import JsonTokenizer
+    from lmql_core.loading.tokenizer import JsonTokenizer
     from tests.compat.readme_backend import write_byte_tokenizer
 
     tokenizer = JsonTokenizer.from_file(write_byte_tokenizer(tmp_path) / "tokenizer.json")

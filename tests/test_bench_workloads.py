@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Server
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import lmtp_load  # noqa: E402
@@ -83,20 +83,14 @@ def test_the_cpu_step_benchmark_times_both_steps_on_lmql_tiny() -> None:
 
 
 @pytest.mark.timeout(180)
-def test_the_load_driver_runs_through_openais_api() -> None:
-    from tests.conftest import Server
-
-    server = Server("lmql-tiny")
-    try:
-        results = {}
-        for transport in ([], ["--openai"], ["--openai", "--score", "3"], ["--openai", "--processes", "2"]):
-            out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lmtp_load.py"), "--endpoint",
-                                  server.endpoint, "--streams", "3", "--new-tokens", "5", "--json", *transport],
-                                 capture_output=True, text=True, timeout=120)
-            assert out.returncode == 0, out.stderr[-3000:]
-            results[" ".join(transport)] = json.loads(out.stdout)
-    finally:
-        assert server.stop() == 0
+def test_the_load_driver_runs_through_openais_api(tiny_server: Server) -> None:
+    results = {}
+    for transport in ([], ["--openai"], ["--openai", "--score", "3"], ["--openai", "--processes", "2"]):
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lmtp_load.py"), "--endpoint",
+                              tiny_server.endpoint, "--streams", "3", "--new-tokens", "5", "--json", *transport],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[" ".join(transport)] = json.loads(out.stdout)
     assert results[""]["transport"] == "lmtp" and results["--openai"]["transport"] == "openai"
     assert results[""]["tokens"] == results["--openai"]["tokens"] == 15
     assert results["--openai --score 3"]["tokens"] == 9

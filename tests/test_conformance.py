@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmql_core.backend import StepInput, StepOutput
+from lmql_core.base.backend import StepInput, StepOutput
+from lmql_core.loading.tokenizer import BytesTokenizer
 from lmql_core.plugin import ConformanceError, check_backend
-from lmql_core.tokenizer import BytesTokenizer
 
 pytest.importorskip("lmql_example_backend")
 from lmql_example_backend import CountingBackend  # noqa: E402

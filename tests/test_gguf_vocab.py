@@ -21,7 +21,7 @@ import llama_cpp  # noqa: E402
 from llama_cpp import _internals as internals  # noqa: E402
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 
-from lmql_core.tokenizer import JsonTokenizer  # noqa: E402
+from lmql_core.loading.tokenizer import JsonTokenizer  # noqa: E402
 from lmql_llamacpp import export, gguf_vocab  # noqa: E402
 from lmql_llamacpp.backend import LlamaCppBackend  # noqa: E402
 from lmql_llamacpp.gguf_vocab import read_metadata, tokenizer_json_from_gguf  # noqa: E402

@@ -168,14 +168,6 @@ def test_connections_beyond_the_cap_are_refused_with_503() -> None:
         assert server.stop() == 0, server.output()
 
 
-@pytest.fixture(scope="module")
-def tiny_server() -> Server:
-    pytest.importorskip("lmql_hf")
-    server = Server("lmql-tiny")
-    yield server
-    assert server.stop() == 0, server.output()
-
-
 def _text_reply(server: Server, command: str, body: dict) -> dict:
     async def scenario() -> dict:
         async with RawClient(server.endpoint) as c:

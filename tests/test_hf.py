@@ -10,19 +10,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 
 import lmql  # noqa: E402
-from lmql_core.tokenizer import IncrementalDecoder  # noqa: E402
+from lmql_core.loading.tokenizer import IncrementalDecoder  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
 from tests.conftest import RawClient, Server, server_metric  # noqa: E402
 
 pytestmark = pytest.mark.hf
 PROMPTS = ["Once upon a time", "The cat sat on the", "A wise man once said", "Q: What is love?\nA:"]
-
-
-@pytest.fixture(scope="module")
-def tiny_server() -> Server:
-    server = Server("lmql-tiny")
-    yield server
-    assert server.stop() == 0, server.output()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 
-from lmql_core.backend import StepInput  # noqa: E402
+from lmql_core.base.backend import StepInput  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
 from lmql_hf.cpu import packed_linear  # noqa: E402

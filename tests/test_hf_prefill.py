@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 
 import lmql  # noqa: E402
-from lmql_core.backend import StepInput  # noqa: E402
+from lmql_core.base.backend import StepInput  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
 

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from lmql_core.base.options import parse_loader_args, parse_value
 from lmql_core.errors import BackendNotInstalled, LMQLError
-from lmql_core.identifiers import parse_model_id
-from lmql_core.options import parse_loader_args, parse_value
-from lmql_core.plugins import backend_for_name
+from lmql_core.loading.identifiers import parse_model_id
+from lmql_core.loading.plugin_manager import backend_for_name
 
 
 @pytest.mark.parametrize(

@@ -13,22 +13,28 @@ ROOT_PACKAGE = "lmql_core"
 # From the top down; a module belongs to the entry that names it or its package (the longest).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("lmql", ROOT_PACKAGE, "lmql_core.__main__", "lmql_core.cli"),  # facades, the command
-    ("lmql_core.plugin",),  # what a backend author imports
-    ("lmql_core.conformance", "lmql_core.query"),
+    ("lmql_core.plugin", "lmql_core.plugin.serving"),  # what a plugin imports (KIT)
+    ("lmql_core.plugin.conformance", "lmql_core.query"),
     ("lmql_core.api",),
-    ("lmql_core.builtin",),  # the core's own plugin: the random backend, tokenizers, transports
+    ("lmql_core.serving",),  # server start-up, the serving commands' options
+    ("lmql_core.builtin",),  # the core's own plugin: tokenizers, transports
     ("lmql_core.lmtp.local",),
     ("lmql_core.lmtp.server", "lmql_core.openai_compat"),  # LMTP's server, OpenAI's HTTP API on it
     ("lmql_core.lmtp.client",),
-    ("lmql_core.model_host",),
-    ("lmql_core.lmtp", "lmql_core.lmtp.wire"),
-    ("lmql_core.tokenizer", "lmql_core.identifiers"),
-    ("lmql_core.plugins", "lmql_core.backends"),
+    ("lmql_core.loading.model_host",),
+    ("lmql_core.lmtp", "lmql_core.lmtp.wire", "lmql_core.lmtp.limits"),
+    ("lmql_core.loading.tokenizer", "lmql_core.loading.identifiers"),
+    ("lmql_core.loading", "lmql_core.loading.plugin_manager", "lmql_core.builtin.random_backend"),
     ("lmql_core.engine",),
-    ("lmql_core.backend",),
-    ("lmql_core.array_ops", "lmql_core.options", "lmql_core.hookspecs", "lmql_core.coexistence"),
-    ("lmql_core.errors", "lmql_core.api_names"),
+    ("lmql_core.base.backend",),
+    ("lmql_core.base", "lmql_core.base.array_ops", "lmql_core.base.options", "lmql_core.base.hookspecs",
+     "lmql_core.base.coexistence"),
+    ("lmql_core.errors", "lmql_core.base.api_names"),
 )
+# The modules a plugin may import of the core; the first-party plugins are held to it, as a
+# third party's would be (they copy ours).
+KIT = ("lmql_core.plugin", "lmql_core.plugin.serving")
+PLUGIN_SOURCES = (*sorted((ROOT / "plugins").glob("*/src")), ROOT / "tests" / "plugin_example" / "src")
 # (importer, imported): arrows up on purpose, each with its reason
 ALLOWED_UP = {
     ("lmql_core.query.program", "lmql"): "a query program sees `lmql` as in LMQL (`lmql.F`, `lmql.model`)",
@@ -91,6 +97,27 @@ def test_no_module_imports_a_layer_above_its_own() -> None:
 def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     """The check itself: an import of the engine from the backend interface is found."""
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from lmql_core.engine import engine\n    from lmql_core import plugins\n")
-    assert imports(probe) == [(2, "lmql_core.engine.engine"), (3, "lmql_core.plugins")]
-    assert layer_of("lmql_core.engine.engine") < layer_of("lmql_core.backend")  # type: ignore[operator]
+    probe.write_text("def f():\n    from lmql_core.engine import engine\n    from lmql_core.loading import plugin_manager\n")
+    assert imports(probe) == [(2, "lmql_core.engine.engine"), (3, "lmql_core.loading.plugin_manager")]
+    assert layer_of("lmql_core.engine.engine") < layer_of("lmql_core.base.backend")  # type: ignore[operator]
+
+
+def test_plugins_import_only_the_kit() -> None:
+    outside = []
+    for source in PLUGIN_SOURCES:
+        for path in sorted(source.rglob("*.py")):
+            outside += [f"{path.relative_to(ROOT)}:{line}: imports {name}"
+                        for line, name in imports(path) if name not in KIT]
+    assert not outside, "plugins import only lmql_core.plugin (widen the kit instead):\n" + "\n".join(outside)
+
+
+def test_the_plugin_check_sees_a_core_import(tmp_path: Path) -> None:
+    """The check itself: the kit passes, the engine, the plugin manager and the facade do not."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("from lmql_core.plugin import hookimpl\nfrom lmql_core import plugin\n"
+                     "from lmql_core.plugin.serving import wire\nimport lmql\n"
+                     "def f():\n    from lmql_core.engine.sampling import sample_batch\n"
+                     "    from lmql_core.loading import plugin_manager\n")
+    assert [name for _, name in imports(probe) if name not in KIT] == [
+        "lmql", "lmql_core.engine.sampling", "lmql_core.loading.plugin_manager"]
+    assert len(PLUGIN_SOURCES) >= 4  # hf, llamacpp, ray and the example: none left unchecked

@@ -21,10 +21,10 @@ pytest.importorskip("lmql_hf")
 pytest.importorskip("lmql_llamacpp")
 
 import lmql  # noqa: E402
-from lmql_core.backend import StepInput  # noqa: E402
+from lmql_core.base.backend import StepInput  # noqa: E402
 from lmql_core.errors import LMQLError, ServerError, TokenizerNotFound  # noqa: E402
 from lmql_core.lmtp.client.loop import run_sync  # noqa: E402
-from lmql_core.tokenizer import load_tokenizer  # noqa: E402
+from lmql_core.loading.tokenizer import load_tokenizer  # noqa: E402
 from lmql_llamacpp.backend import ContextOverflow, LlamaCppBackend  # noqa: E402
 from tests.conftest import Server  # noqa: E402
 from tests.llamacpp_models import hf_llama_folder  # noqa: E402

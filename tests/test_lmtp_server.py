@@ -177,9 +177,9 @@ def test_load_on_demand_serves_other_models_with_default_arguments() -> None:
 def test_steps_waiting_for_a_busy_loop_leave_in_one_frame_in_order() -> None:
     """While the event loop is busy, the engine's next steps wait in the session's outbox and go
     out together: fewer, larger TOKEN frames, every stream's tokens still in order."""
-    from lmql_core.identifiers import parse_model_id
     from lmql_core.lmtp.server.session import Session
-    from lmql_core.model_host import ModelHost, load_model
+    from lmql_core.loading.identifiers import parse_model_id
+    from lmql_core.loading.model_host import ModelHost, load_model
 
     async def run(block_s: float) -> list[list[dict]]:
         host = ModelHost()
@@ -213,7 +213,7 @@ def test_steps_waiting_for_a_busy_loop_leave_in_one_frame_in_order() -> None:
 def test_a_burst_of_requests_to_an_idle_engine_shares_one_step() -> None:
     """Clients send a burst as one frame per request; an idle engine waits for the burst to end
     (no request for 1 ms, at most 5 ms) so the whole burst is prefilled in one step."""
-    from lmql_core.backends.random import RandomBackend
+    from lmql_core.builtin.random_backend import RandomBackend
     from lmql_core.engine.engine import ARRIVAL_QUIET_S, Engine
     from lmql_core.engine.sequence import Finish, SamplingParams, Sequence
 

@@ -10,8 +10,8 @@ import math
 import pytest
 
 import lmql
+from lmql_core.base.options import LoaderOptions, Option
 from lmql_core.errors import LMQLError
-from lmql_core.options import LoaderOptions, Option
 from tests.conftest import Server, run_lmql, server_metric, the_error
 
 COUNTING_OPTIONS = ("its options: --fail_on (int | None), --scores (bool), --leave_out (str | None); "

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from lmql_core.identifiers import parse_model_id
 from lmql_core.lmtp import wire
-from lmql_core.model_host import ModelHost, load_model
+from lmql_core.loading.identifiers import parse_model_id
+from lmql_core.loading.model_host import ModelHost, load_model
 from lmql_core.openai_compat.service import OpenAIService, StreamPacer
 
 REQUEST = {"model": "lmql-tiny", "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0,

@@ -24,7 +24,6 @@ from tests.openai_fixtures import (
     lmtp_stream,
     post,
     serve_guarded,
-    serve_tiny,
 )
 
 PROMPT = "Once upon a time"
@@ -33,8 +32,8 @@ ENDLESS = {"model": "lmql-tiny", "prompt": PROMPT, "max_tokens": 480, "logit_bia
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Iterator[Server]:
-    yield from serve_tiny()
+def tiny(tiny_server: Server) -> Server:
+    return tiny_server
 
 
 @pytest.fixture(scope="module")

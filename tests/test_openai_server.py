@@ -18,7 +18,6 @@ from tests.openai_fixtures import (
     openai,
     post,
     serve_guarded,
-    serve_tiny,
 )
 
 PROMPT = "Once upon a time"
@@ -26,8 +25,8 @@ EOS = 2  # lmql-tiny's
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Iterator[Server]:
-    yield from serve_tiny()
+def tiny(tiny_server: Server) -> Server:
+    return tiny_server
 
 
 @pytest.fixture(scope="module")

@@ -256,8 +256,8 @@ def test_vocabularies_of_tokenizers_no_longer_used_are_let_go() -> None:
     import gc
     import weakref
 
+    from lmql_core.loading.tokenizer import BytesTokenizer
     from lmql_core.query.vocabulary import CACHED_VOCABULARIES, Vocabulary
-    from lmql_core.tokenizer import BytesTokenizer
 
     first = BytesTokenizer(vocab_size=300)
     vocabulary = Vocabulary.of(first)

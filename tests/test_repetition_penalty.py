@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmql_core.array_ops import NumpyOps
+from lmql_core.base.array_ops import NumpyOps
 from lmql_core.engine.sampling import SamplingPlan, collect_sampling, launch_sampling
 from lmql_core.engine.sequence import SamplingParams
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from lmql_core.array_ops import TorchOps  # noqa: E402
+from lmql_core.base.array_ops import TorchOps  # noqa: E402
 
 # row 0: seen tokens on both sides of zero and at zero; greedy picks token 1 only where the
 # penalty makes seen token 0 (-0.8) worse than unseen token 1 (-1.0), i.e. not when inverted

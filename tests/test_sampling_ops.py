@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lmql_core.array_ops import NumpyOps
+from lmql_core.base.array_ops import NumpyOps
 from lmql_core.engine.sampling import sample_batch
 from lmql_core.engine.sequence import SamplingParams
 from tests.sampling_reference import assert_drawn_from, distribution
@@ -38,7 +38,7 @@ def numpy_ops() -> tuple[Any, Any]:
 
 def torch_ops() -> tuple[Any, Any]:
     torch = pytest.importorskip("torch")
-    from lmql_core.array_ops import TorchOps
+    from lmql_core.base.array_ops import TorchOps
 
     return TorchOps(), lambda rows: torch.tensor(np.asarray(rows), dtype=torch.float32)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import lmql
-from lmql_core.backend import StepInput
-from lmql_core.backends.random import RandomBackend
+from lmql_core.base.backend import StepInput
+from lmql_core.builtin.random_backend import RandomBackend
 from lmql_core.lmtp.client.loop import run_sync
 from tests.conftest import RawClient, Server, first_tokens
 from tests.sampling_reference import assert_drawn_from, distribution

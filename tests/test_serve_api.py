@@ -11,8 +11,8 @@ import threading
 import pytest
 
 import lmql
-from lmql_core.api.run_server import RunningServer
 from lmql_core.errors import LMQLError
+from lmql_core.serving.run import RunningServer
 from tests.conftest import free_port
 
 
@@ -123,3 +123,25 @@ def test_blocking_serve_works_in_a_running_loop_and_from_a_thread(where: str) ->
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["6", "stopped"]
     assert "Ready" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_limits_by_name_reach_the_wire_checks() -> None:
+    """``lmql.serve`` takes the server's limits by their names in the one table (``Limits``), as
+    ``serve-model`` takes them as options: a request above the cap given is refused."""
+    from tests.conftest import RawClient
+
+    async def ask(endpoint: str, max_tokens: int) -> list[dict[str, object]]:
+        async with RawClient(endpoint) as client:
+            await client.send("GENERATE", {"stream_id": 1, "model": "random", "prompt": [1, 2],
+                                           "max_tokens": max_tokens})
+            return await client.stream(1)
+
+    with lmql.serve("random", host="127.0.0.1", port=0, background=True, max_tokens=4) as server:
+        assert [e["error"] for e in asyncio.run(ask(server.endpoint, 5))] == [
+            "'max_tokens' must be between 1 and 4, got 5"]
+        assert len(asyncio.run(ask(server.endpoint, 4))) == 4
+
+
+def test_an_unknown_keyword_is_neither_a_limit_nor_a_loader_option() -> None:
+    with pytest.raises(LMQLError, match="max_token_cap"):
+        lmql.serve("random", host="127.0.0.1", port=0, background=True, max_token_cap=4)

@@ -24,13 +24,6 @@ pytestmark = pytest.mark.hf
 TEXT = "Naïve café — 日本語 🙂 and so"
 
 
-@pytest.fixture(scope="module")
-def tiny_server() -> Server:
-    server = Server("lmql-tiny")
-    yield server
-    assert server.stop() == 0, server.output()
-
-
 def test_model_info_advertises_the_extensions(tiny_server: Server) -> None:
     info = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint).model_info_sync()["model_info"]
     llm = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
@@ -147,21 +140,22 @@ def tiny_without_bos(folder: Path) -> Path:
     return copy
 
 
-def test_the_tokenizer_cache_keeps_bos_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_tokenizer_cache_keeps_bos_apart(tiny_server: Server, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The same vocabulary served without BOS, asked with a warm cache: no BOS before the prompt
     (the cache was keyed by the vocabulary alone, and the warm client prepended BOS=1)."""
     monkeypatch.setenv("LMQL_CACHE_DIR", str(tmp_path / "cache"))
     no_bos = tiny_without_bos(tmp_path)
-    with_bos_server, no_bos_server = Server("lmql-tiny"), Server(str(no_bos))
+    no_bos_server = Server(str(no_bos))
     try:
-        with_bos = lmql.model("lmql-tiny", endpoint=with_bos_server.endpoint)
+        with_bos = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
         without = lmql.model(str(no_bos), endpoint=no_bos_server.endpoint)
         words = with_bos.tokenizer.encode("hi", add_special_tokens=False)
         assert with_bos.encode_prompt("hi") == [1, *words]  # warms the cache
         assert without.encode_prompt("hi") == words
         assert len(list((tmp_path / "cache" / "tokenizers").glob("*.json"))) == 2
     finally:
-        assert with_bos_server.stop() == 0 and no_bos_server.stop() == 0
+        assert no_bos_server.stop() == 0
 
 
 def test_incremental_decoding_gives_invalid_bytes_out_after_a_bounded_wait() -> None:
@@ -169,7 +163,7 @@ def test_incremental_decoding_gives_invalid_bytes_out_after_a_bounded_wait() -> 
     # and all text still adds up to the tokenizers library's decode of the whole stream
     from tokenizers import Tokenizer as RustTokenizer
 
-    from lmql_core.tokenizer import HELD, IncrementalDecoder, JsonTokenizer
+    from lmql_core.loading.tokenizer import HELD, IncrementalDecoder, JsonTokenizer
 
     path = Path(bundled_path("lmql-tiny")) / "tokenizer.json"
     tokenizer = JsonTokenizer.from_file(path)
@@ -190,7 +184,7 @@ def test_incremental_decoding_passes_over_ids_without_text(tmp_path: Path) -> No
     # passes them over instead of re-decoding a window that grows with the stream
     from transformers import AutoTokenizer, GPT2Config
 
-    from lmql_core.tokenizer import IncrementalDecoder
+    from lmql_core.loading.tokenizer import IncrementalDecoder
     from lmql_hf.loading.tokenizer import load_hf_tokenizer
 
     GPT2Config(n_layer=1, n_embd=8, n_head=1).save_pretrained(tmp_path)
@@ -214,7 +208,7 @@ def test_tokens_decoded_together_give_the_text_of_all(tmp_path: Path) -> None:
 
     from tokenizers import Tokenizer as RustTokenizer
 
-    from lmql_core.tokenizer import IncrementalDecoder, JsonTokenizer
+    from lmql_core.loading.tokenizer import IncrementalDecoder, JsonTokenizer
 
     path = Path(bundled_path("lmql-tiny")) / "tokenizer.json"
     tokenizer, rust = JsonTokenizer.from_file(path), RustTokenizer.from_file(str(path))

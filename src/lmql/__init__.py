@@ -10,8 +10,8 @@ import importlib
 from pathlib import Path as _Path
 from typing import Any
 
-from lmql_core.api_names import API_NAMES as _API_NAMES
-from lmql_core.coexistence import check as _check_installation
+from lmql_core.base.api_names import API_NAMES as _API_NAMES
+from lmql_core.base.coexistence import check as _check_installation
 
 _check_installation(_Path(__file__).parent)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmql_core.api_names import API_NAMES
+from lmql_core.base.api_names import API_NAMES
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import textwrap
 from collections.abc import Iterable, Iterator
@@ -11,12 +10,17 @@ from typing import Any
 import click
 from rich.console import Console
 
+from lmql_core.base.options import parse_loader_args
 from lmql_core.errors import LMQLError
-from lmql_core.lmtp.wire import Limits
-from lmql_core.options import command_line_pairs, parse_loader_args
+from lmql_core.lmtp.limits import DEFAULT_HOST, DEFAULT_MODEL, DEFAULT_PORT, Limits
+from lmql_core.serving.command_line import (
+    checked_loader_args,
+    limit_options,
+    model_and_loader_args,
+    shown_errors,
+)
 
 console = Console()
-DEFAULT_MODEL = "lmql-tiny"
 
 
 @click.group()
@@ -30,12 +34,12 @@ class ServeModelCommand(click.Command):
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_epilog(ctx, formatter)
-        from lmql_core import plugins
-        from lmql_core.options import ENGINE_OPTIONS
+        from lmql_core.base.options import ENGINE_OPTIONS
+        from lmql_core.loading import plugin_manager
 
         with formatter.section("Options of the engine (after MODEL, any backend)"):
             formatter.write_dl([(f"--{name} VALUE", o.describe()) for name, o in ENGINE_OPTIONS.items()])
-        for spec in plugins.registry().backends.values():
+        for spec in plugin_manager.registry().backends.values():
             rows = [(f"--{name} VALUE", option.describe()) for name, option in spec.options.declared.items()]
             if isinstance(spec.options.extra, str):
                 rows.append(("--KEY VALUE", f"any other key goes to {spec.options.extra}"))
@@ -53,46 +57,22 @@ class ServeModelCommand(click.Command):
 )
 @click.argument("model", required=False, default=DEFAULT_MODEL)
 @click.option("--backend", help="Backend for unprefixed model names (default: hf). See `lmql backends`.")
-@click.option("--host", default="localhost", show_default=True, help="Interface to bind.")
-@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on (0: any free).")
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Interface to bind.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int,
+              help="Port to listen on (0: any free).")
 @click.option("--cuda", is_flag=True, help="Load the model on the GPU(s).")
 @click.option("--dtype", help="Weights' data type: float16, bfloat16, float32, 8bit, 4bit.")
 @click.option("--load-on-demand", is_flag=True,
               help="Load other models when clients ask for them (default: serve only MODEL).")
-@click.option("--max-frame-bytes", type=int, default=Limits.max_frame_bytes, show_default=True,
-              help="Largest websocket frame accepted; a larger one closes that connection.")
-@click.option("--max-streams", type=int, default=Limits.max_streams_per_connection,
-              show_default=True, help="Streams one connection may have running or queued; beyond, a "
-              "request gets an error. Connections share the batch fairly, whatever their queues.")
-@click.option("--max-new-tokens", type=int, default=Limits.max_tokens, show_default=True,
-              help="Cap on a request's max_tokens.")
-@click.option("--max-top-logprobs", type=int, default=Limits.max_top_logprobs, show_default=True)
-@click.option("--max-logit-bias", type=int, default=Limits.max_logit_bias_entries,
-              show_default=True, help="Most logit_bias entries in one request.")
-@click.option("--max-connections", type=int, default=Limits.max_connections, show_default=True,
-              help="Open TCP connections; one more is answered 503 and closed (keep `ulimit -n` above).")
-@click.option("--max-outgoing-bytes", type=int, default=Limits.max_outgoing_bytes, show_default=True,
-              help="Unsent frames one connection may hold (a client that does not read): beyond, its "
-              "streams end with an error; beyond twice that, the connection is closed.")
-@click.option("--handshake-timeout", type=float, default=Limits.handshake_timeout_s, show_default=True,
-              help="Seconds a new connection has to complete its HTTP/websocket handshake.")
-@click.option("--shutdown-grace", type=float, default=Limits.shutdown_grace_s, show_default=True,
-              help="Seconds SIGTERM waits for clients to receive their streams' ends; then it closes "
-              "every connection and exits.")
-@click.option("--openai-events-per-s", type=float, default=Limits.openai_events_per_s, show_default=True,
-              help="OpenAI's streams: server-sent events a second for all streams together; with many "
-              "streams, each sends the tokens produced meanwhile in one event (0: one event per step).")
+@limit_options
 @click.option("--auth-token", envvar="LMQL_AUTH_TOKEN",
               help="Refuse connections that do not present this token (env: LMQL_AUTH_TOKEN).")
 @click.option("--no-openai", is_flag=True, help="Do not serve OpenAI's HTTP API (/v1/completions, ...) "
               "beside LMTP.")
 @click.pass_context
 def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, port: int,
-                cuda: bool, dtype: str | None, load_on_demand: bool, max_frame_bytes: int,
-                max_streams: int, max_new_tokens: int, max_top_logprobs: int,
-                max_logit_bias: int, max_connections: int, max_outgoing_bytes: int,
-                handshake_timeout: float, shutdown_grace: float, openai_events_per_s: float,
-                auth_token: str | None, no_openai: bool) -> None:
+                cuda: bool, dtype: str | None, load_on_demand: bool, auth_token: str | None,
+                no_openai: bool, **limit_values: Any) -> None:
     """Load MODEL once and serve it over LMTP (websocket) and OpenAI's HTTP API (/v1) until Ctrl-C or SIGTERM.
 
     MODEL is a model identifier: a Hugging Face name or folder (backend hf), `llama.cpp:PATH.gguf`,
@@ -100,16 +80,12 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
     to the backend's loader (e.g. `--trust_remote_code True`, `--n_ctx 4096`); True/False, ints and
     floats are parsed as such.
     """
-    from lmql_core.api.run_server import PortInUse, serve
+    from lmql_core.serving.run import PortInUse, serve
 
-    with _errors():
+    with shown_errors():
         model, loader_args = model_and_loader_args(model, ctx.args)
         loader_kwargs = checked_loader_args(model, backend, loader_args)
-        limits = Limits(max_frame_bytes=max_frame_bytes, max_streams_per_connection=max_streams,
-                        max_tokens=max_new_tokens, max_top_logprobs=max_top_logprobs,
-                        max_logit_bias_entries=max_logit_bias, max_connections=max_connections,
-                        max_outgoing_bytes=max_outgoing_bytes, handshake_timeout_s=handshake_timeout,
-                        shutdown_grace_s=shutdown_grace, openai_events_per_s=openai_events_per_s)
+        limits = Limits.taken_from(limit_values)
         try:
             serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
                   load_on_demand=load_on_demand, limits=limits, auth_token=auth_token,
@@ -134,42 +110,22 @@ def _exit_without_finalizing() -> None:
     os._exit(0)
 
 
-def model_and_loader_args(model: str, extra: list[str]) -> tuple[str, list[str]]:
-    """Without a model named, click takes the first loader option for it
-    (``serve-model --trust_remote_code``): give it back and serve the default model."""
-    if model.startswith("-"):
-        return DEFAULT_MODEL, [model, *extra]
-    return model, list(extra)
-
-
-def checked_loader_args(model: str, backend: str | None, args: list[str]) -> dict[str, Any]:
-    """The ``--KEY VALUE`` pairs after MODEL, checked and converted by the backend's options."""
-    from lmql_core import plugins
-    from lmql_core.identifiers import parse_model_id
-
-    if not args:
-        return {}
-    spec = plugins.backend_for_name(parse_model_id(model, backend).backend)
-    return spec.options.check(command_line_pairs(args), from_text=True)
-
-
 @cli.command("backends")
 def backends() -> None:
     """List installed plugins with their backends, prefixes and distributions."""
-    from lmql_core import plugins
-
-    for spec in plugins.registry().backends.values():
-        default = " (default)" if spec.name == plugins.DEFAULT_BACKEND else ""
+    from lmql_core.loading import plugin_manager
+    for spec in plugin_manager.registry().backends.values():
+        default = " (default)" if spec.name == plugin_manager.DEFAULT_BACKEND else ""
         console.print(f"[bold]{spec.name}[/]{default}", highlight=False)
         details = [spec.description, f"models: {', '.join(spec.models)}" if spec.models else "",
                    f"prefixes: {', '.join(spec.prefixes)}" if spec.prefixes else "",
                    f"from: {spec.distribution} (plugin {spec.plugin})"]
         _print_indented(filter(None, details))
-    for name, dist in plugins.KNOWN_BACKENDS.items():
-        if name not in plugins.registry().backends:
+    for name, dist in plugin_manager.KNOWN_BACKENDS.items():
+        if name not in plugin_manager.registry().backends:
             console.print(f"[dim]{name}: not installed[/]", highlight=False)
             _print_indented([f"pip install {dist}", "from a checkout of lmql-core: "
-                             f"pip install {plugins.CHECKOUT_PATHS[dist]}"], style="dim")
+                             f"pip install {plugin_manager.CHECKOUT_PATHS[dist]}"], style="dim")
 
 
 def _print_indented(lines: Iterable[str], style: str = "") -> None:
@@ -199,7 +155,7 @@ def generate(ctx: click.Context, prompt: str, model: str | None, endpoint: str |
     """Generate a continuation of PROMPT, streaming it to the terminal."""
     import lmql_core.api as api
 
-    with _errors():
+    with shown_errors():
         model = model or _the_served_model(endpoint, api_key)
         local = model.startswith("local:")  # served: the server took its loader options
         loader_kwargs = checked_loader_args(model, None, ctx.args) if local else parse_loader_args(ctx.args)
@@ -242,7 +198,7 @@ def run_query(ctx: click.Context, file: str, model: str | None, endpoint: str | 
     from lmql_core.query.parser import parse_query
     from lmql_core.query.program import CompiledQuery
 
-    with _errors():
+    with shown_errors():
         inputs = parse_loader_args(ctx.args)
         source = Path(file).read_text(encoding="utf-8")
         query = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(file).name)
@@ -291,27 +247,8 @@ def _echo_continuation(prompt: str, stream: Iterator[str]) -> None:
             sys.stdout.flush()
 
 
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Show our own errors as one red line and exit 1, not as a traceback."""
-    try:
-        yield
-    except LMQLError as error:
-        Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/] {error}", highlight=False)
-        sys.exit(1)
-    except KeyboardInterrupt:  # Ctrl-C while loading or generating: stopped, nothing to report
-        sys.exit(130)
-    except Exception as error:  # a query's own Python failed (kept as it is, see query.errors.placed)
-        where = getattr(error, "lmql_query_line", None)
-        if where is None:
-            raise
-        message = f"[red]Error:[/] {type(error).__name__}: {error} ({where})"
-        Console(stderr=True, soft_wrap=True).print(message, highlight=False)
-        sys.exit(1)
-
-
 def main() -> None:
-    from lmql_core.coexistence import MixedInstallation, check
+    from lmql_core.base.coexistence import MixedInstallation, check
 
     try:
         check()
@@ -325,8 +262,7 @@ def main() -> None:
 def add_plugin_commands() -> None:
     """Subcommands plugins register (``register_commands``), e.g. lmql-ray's ``serve-cluster``;
     a name the core uses stays the core's."""
-    from lmql_core import plugins
-
-    for command in plugins.registry().commands:
+    from lmql_core.loading import plugin_manager
+    for command in plugin_manager.registry().commands:
         if command.name not in cli.commands:
             cli.add_command(command)

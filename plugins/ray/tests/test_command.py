@@ -25,8 +25,8 @@ def test_the_plugin_adds_serve_cluster_to_the_lmql_command() -> None:
 
 
 def test_with_the_plugin_installed_lmql_imports_ray_only_when_serve_cluster_runs() -> None:
-    script = ("import sys, lmql\nfrom lmql_core import plugins\n"
-              "print([c.name for c in plugins.registry().commands], 'ray' in sys.modules)")
+    script = ("import sys, lmql\nfrom lmql_core.loading import plugin_manager\n"
+              "print([c.name for c in plugin_manager.registry().commands], 'ray' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["['serve-cluster']", "False"]

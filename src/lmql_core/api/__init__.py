@@ -9,16 +9,16 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from lmql_core import plugins
 from lmql_core.api.llm import LLM
 from lmql_core.api.model_options import split_model_options
 from lmql_core.api.scoring import ScoringResult
-from lmql_core.api_names import API_NAMES
+from lmql_core.base.api_names import API_NAMES
 from lmql_core.errors import LMQLError
-from lmql_core.identifiers import parse_model_id
+from lmql_core.loading import plugin_manager
+from lmql_core.loading.identifiers import parse_model_id
 
 if TYPE_CHECKING:
-    from lmql_core.api.run_server import RunningServer
+    from lmql_core.serving.run import RunningServer
 
 __all__ = list(API_NAMES)
 
@@ -34,7 +34,7 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
     there (``model_options``)."""
     if isinstance(name, LLM):
         return name
-    transports = plugins.registry().transports
+    transports = plugin_manager.registry().transports
     prefix = next((p for p in transports if p not in ("", "local:") and name.startswith(p)), "")
     # as LMQL: the random model runs in-process (here unless an endpoint says where it is served)
     in_process = inprocess or (name == "random" and endpoint is None)
@@ -48,9 +48,9 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
             raise LMQLError(f"'{model_id}' loads the model in this process, so there is no endpoint "
                             f"to use ('{endpoint}'): drop 'local:' to use the server there, or "
                             "drop the endpoint")
-        loader_options = plugins.backend_for_name(model_id.backend).options
+        loader_options = plugin_manager.backend_for_name(model_id.backend).options
         loader_kwargs, engine_options = loader_options.check_and_split(options.loader)
-        if tokenizer is not None and plugins.backend_takes(model_id.backend, "tokenizer"):
+        if tokenizer is not None and plugin_manager.backend_takes(model_id.backend, "tokenizer"):
             loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}  # the backend's loader sees it too
         with _quiet(options.silent):
             client = transports["local:"](model_id, engine_options=engine_options, **loader_kwargs)
@@ -80,8 +80,8 @@ def _quiet(silent: bool) -> Iterator[None]:
 
 def serve(model: str = "lmql-tiny", **kwargs: Any) -> RunningServer | None:
     """Serve ``model`` over LMTP until stopped; ``background=True`` returns the running server
-    at once (``.endpoint``, ``.stop()``, a context manager). See ``lmql_core.api.run_server.serve``."""
-    from lmql_core.api.run_server import serve as run
+    at once (``.endpoint``, ``.stop()``, a context manager). See ``lmql_core.serving.run.serve``."""
+    from lmql_core.serving.run import serve as run
 
     return run(model, **kwargs)
 

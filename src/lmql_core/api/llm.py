@@ -9,14 +9,13 @@ from typing import Any
 
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.api.tokenizers import TokenizerResolver
+from lmql_core.base.decoders import TOKEN_DECODERS
 from lmql_core.errors import LMQLError
-from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client import LMTPClient
 from lmql_core.lmtp.client.loop import run_async, run_sync
 from lmql_core.lmtp.wire import CONSTRAINT_FIELDS
-from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
-
-DECODERS = ("argmax", "sample")
+from lmql_core.loading.identifiers import ModelId
+from lmql_core.loading.tokenizer import IncrementalDecoder, Tokenizer
 
 
 class LLM:
@@ -101,8 +100,8 @@ class LLM:
 
     def _request(self, prompt_ids: list[int], max_tokens: int | None = None, decoder: str = "argmax",
                  temperature: float | None = None, **extra: Any) -> dict[str, Any]:
-        if decoder not in DECODERS:
-            raise ValueError(f"unknown decoder '{decoder}'; use one of {', '.join(DECODERS)}")
+        if decoder not in TOKEN_DECODERS:
+            raise ValueError(f"unknown decoder '{decoder}'; use one of {', '.join(TOKEN_DECODERS)}")
         if temperature is None:
             temperature = 1.0 if decoder == "sample" else 0.0
         if decoder == "argmax":

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmql_core import plugins
-from lmql_core.identifiers import parse_model_id
-from lmql_core.tokenizer import Tokenizer, load_tokenizer
+from lmql_core.loading import plugin_manager
+from lmql_core.loading.identifiers import parse_model_id
+from lmql_core.loading.tokenizer import Tokenizer, load_tokenizer
 
 _loaded: dict[str, LMQLTokenizer] = {}
 
@@ -61,7 +61,7 @@ def tokenizer(model_identifier: str, type: str = "auto", **kwargs: Any) -> LMQLT
     loaded once per process. ``type`` (LMQL's backend choice) is accepted; the loaders
     installed decide."""
     name = model_identifier.removeprefix("local:")
-    transport = next((p for p in plugins.registry().transports if p and name.startswith(p)), "")
+    transport = next((p for p in plugin_manager.registry().transports if p and name.startswith(p)), "")
     name = name[len(transport):]  # ``openai:NAME``: the model NAME on another kind of server
     if name not in _loaded:
         model_id = parse_model_id(name)  # ``llama.cpp:PATH``: that backend's own loader first

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from lmql_core.errors import ConnectionLost, TokenizerMismatch
-from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client import LMTPClient
-from lmql_core.tokenizer import Tokenizer, from_spec, load_tokenizer
+from lmql_core.loading.identifiers import ModelId
+from lmql_core.loading.tokenizer import Tokenizer, from_spec, load_tokenizer
 
 
 def cache_dir() -> Path:

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from lmql_core.backend import Backend, ChainedSteps, ReleasesTogether, StepInput, StepOutput
+from lmql_core.base.backend import Backend, ChainedSteps, ReleasesTogether, StepInput, StepOutput
 from lmql_core.engine import scoring
 from lmql_core.engine.constraints import BatchMask, MaskFiller, PendingMasks, grammar_events, nothing_allowed
 from lmql_core.engine.sampling import (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from lmql_core.array_ops import ArrayOps
+from lmql_core.base.array_ops import ArrayOps
 from lmql_core.engine.constraints import BatchMask
 from lmql_core.engine.sequence import SamplingParams
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from lmql_core.lmtp.client.loop import client_loop, on_shutdown
 from lmql_core.lmtp.client.transport import LMTPClient
 from lmql_core.lmtp.server.session import Session
-from lmql_core.model_host import ModelHost, load_model
+from lmql_core.loading.model_host import ModelHost, load_model
 
 
 class InProcessClient(LMTPClient):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lmql_core.errors import RequestError, shown
+from lmql_core.lmtp.limits import Limits
 
 # Commands beyond LMQL 0.7, each advertised in MODEL_INFO's ``model_info.extensions``.
 TOKENIZER = "TOKENIZER"  # the served model's tokenizer
@@ -27,27 +27,6 @@ CONSTRAINT_FIELDS = ("regex", "grammar", "json_schema")
 # finish reasons on the wire
 STOP = "stop"  # EOS, or the last scored token
 LENGTH = "length"  # max_tokens reached, or the context is full
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_frame_bytes: int = 16 * 1024 * 1024
-    max_streams_per_connection: int = 1024  # running and queued; fairness is between connections
-    max_tokens: int = 65536
-    max_top_logprobs: int = 100
-    max_logit_bias_entries: int = 200_000
-    max_connections: int = 1024  # open TCP connections; more are answered 503 and closed
-    # unsent frames of one connection (a client that does not read): beyond, its streams end
-    max_outgoing_bytes: int = 32 * 1024 * 1024
-    handshake_timeout_s: float = 10.0  # a connection that sends no complete request is closed
-    shutdown_grace_s: float = 10.0  # after SIGTERM, the longest wait for clients before closing
-    # OpenAI's streams: events a second the event loop writes at most, all streams together (many
-    # streams: each waits and sends the tokens produced meanwhile in one event); 0: every step
-    openai_events_per_s: float = 2000.0
-
-    @property
-    def default_max_tokens(self) -> int:
-        return self.max_tokens  # LMQL clients always send max_tokens; others run to EOS
 
 
 def parse_frame(text: str) -> tuple[str, Any]:

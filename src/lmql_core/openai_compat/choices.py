@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.lmtp.wire import TokenFields, finite_logprob
-from lmql_core.tokenizer import IncrementalDecoder, Tokenizer
+from lmql_core.loading.tokenizer import IncrementalDecoder, Tokenizer
 
 STOP, LENGTH = "stop", "length"
 # each tokenizer's tokens decoded alone, as log-probs show them (asked for every token of every stream)

@@ -23,11 +23,11 @@ from lmql_core.errors import ConnectionLost, LMQLError
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.client.loop import client_loop
 from lmql_core.lmtp.client.transport import LMTPClient
+from lmql_core.loading.tokenizer import Tokenizer
 from lmql_core.openai_compat.client_features import Features, HTTPStatusError, ServerFeatureWarning, probe
 from lmql_core.openai_compat.client_http import OpenAIHTTP
 from lmql_core.openai_compat.client_steps import chosen_tokens
 from lmql_core.openai_compat.client_tokens import TokenTexts
-from lmql_core.tokenizer import Tokenizer
 
 DEFAULT_ENDPOINT = "http://localhost:8080/v1"
 # LMTP's GENERATE fields an OpenAI completions request takes under the same name

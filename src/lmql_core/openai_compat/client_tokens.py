@@ -12,7 +12,7 @@ from collections import Counter
 from functools import cached_property
 
 from lmql_core.errors import LMQLError
-from lmql_core.tokenizer import Tokenizer
+from lmql_core.loading.tokenizer import Tokenizer
 
 TOKEN_ID = "token_id:"  # vLLM's return_tokens_as_token_ids
 

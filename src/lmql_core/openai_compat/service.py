@@ -16,12 +16,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from lmql_core.backend import ChatTemplates
+from lmql_core.base.backend import ChatTemplates
 from lmql_core.engine.sequence import TokenEvent
 from lmql_core.errors import LMQLError, RequestError
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.server.session import FINISH_REASONS, Outbox, Session
-from lmql_core.model_host import LoadedModel, ModelHost
+from lmql_core.loading.model_host import LoadedModel, ModelHost
 from lmql_core.openai_compat import requests
 from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs, delta_json
 from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad_request

@@ -140,7 +140,7 @@ class BeamSearch:
                                   det=[True] * len(following))
             hypothesis = await self.rewritten(decided, tokens, logprobs, det, following)
             return replace(hypothesis, at=at, start=len(following))
-        result = returned if returned is not None else LMQLResult(ctx.final_prompt, dict(ctx.variables))
+        result = returned if returned is not None else LMQLResult(ctx.prompt_text, dict(ctx.variables))
         if not tokens:
             return Hypothesis(decided, [], [], result=result)
         following = ctx.prompt_ids()[len(self.bos):]

@@ -94,7 +94,9 @@ class Node:
 
 
 @dataclass
-class Both(Node):
+class Junction(Node):
+    """Constraints joined by ``and`` or ``or``."""
+
     children: list[Node]
 
     def nodes(self) -> Iterator[Node]:
@@ -102,6 +104,9 @@ class Both(Node):
         for child in self.children:
             yield from child.nodes()
 
+
+@dataclass
+class And(Junction):
     def allowed(self, var: str, value: Value, scope: Scope, vocab: Vocabulary) -> Allowed:
         result = ANY
         for child in self.children:
@@ -110,7 +115,7 @@ class Both(Node):
 
 
 @dataclass
-class Either(Both):
+class Or(Junction):
     def allowed(self, var: str, value: Value, scope: Scope, vocab: Vocabulary) -> Allowed:
         results = [child.allowed(var, value, scope, vocab) for child in self.children]
         combined = results[0]

@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lmql_core.query.constraints import Both, Node, Regex, Scope
+from lmql_core.query.constraints import And, Node, Regex, Scope
 from lmql_core.query.decoders import finished
 from lmql_core.query.errors import QueryError
 from lmql_core.query.generation import CHUNK, Step, Variable
@@ -47,7 +47,7 @@ def tactic(hole: Hole, where: Node | None, scope: Scope, decide: Decide) -> tupl
         return where, inline(target, args, kwargs)
     if isinstance(target, str) and call is None:  # as LMQL: a string is a regular expression
         regex = Regex(hole.name, [ast.Constant(target)], f"[{hole.name}: {expr}]")
-        return (Both([where, regex]) if where is not None else regex), decide
+        return (And([where, regex]) if where is not None else regex), decide
     raise QueryError(f"[{hole.name}: {expr}]: not a valid type; use int, a regular expression string "
                      "or a query function (with its arguments)")
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.api.llm import LLM
+from lmql_core.base.decoders import SEARCH_DECODERS
 from lmql_core.lmtp.client.loop import run_async
 from lmql_core.query.chat import install_runtime
 from lmql_core.query.compiler import FUNCTION, compile_query, parse_body, prompt_of
@@ -202,7 +203,7 @@ class CompiledQuery:
         fn = self.function(tuple(sorted(inputs)) if self.params is None else (), namespace)
         program = self.program()
         program.globals = namespace
-        if decoder.name in ("beam", "beam_var", "var"):
+        if decoder.name in SEARCH_DECODERS:
             from lmql_core.query.beam import beam_search
 
             results = await beam_search(self, fn, program, model, vocab, decoder, args, inputs)
@@ -223,8 +224,8 @@ class CompiledQuery:
         """One run: its result, and whether it decided any variable."""
         ctx = self.context(program, model, vocab, direct(decoder))
         returned = await self.call(fn, ctx, args, inputs)
-        result = returned if returned is not None else LMQLResult(ctx.final_prompt, dict(ctx.variables))
-        return result, bool(ctx.variables) or ctx.distribution_prompt is not None
+        result = returned if returned is not None else LMQLResult(ctx.prompt_text, dict(ctx.variables))
+        return result, bool(ctx.variables) or ctx.reached_distribution
 
     async def call(self, fn: Any, ctx: QueryContext, args: tuple[Any, ...], inputs: dict[str, Any]) -> Any:
         try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from lmql_core.api.llm import LLM
 from lmql_core.query.chat import RUNTIME, prompt_value, render_role_tags
-from lmql_core.query.constraints import ASCII_DIGITS, Both, IsInt, Node, Scope
+from lmql_core.query.constraints import ASCII_DIGITS, And, IsInt, Node, Scope
 from lmql_core.query.decorated import DecoratedVariable, StreamedVariable
 from lmql_core.query.errors import NotAnInteger, QueryError
 from lmql_core.query.generation import Variable
@@ -55,7 +55,7 @@ class QueryContext:
         self.source_line = source_line
         self.prompt_text = ""
         self.variables: dict[str, Any] = {}
-        self.distribution_prompt: str | None = None
+        self.reached_distribution = False  # the distribution variable's hole: the run ends there
         self._ids: list[int] | None = None
         self.start_ids: list[int] | None = None  # a nested query's: the outer prompt's tokens
         self._pending = ""  # prompt text not yet tokenized
@@ -90,7 +90,7 @@ class QueryContext:
 
     async def _fill(self, hole: Hole, local_where: Node | None, scope: dict[str, Any]) -> Any:
         if hole.name == self.program.distribution:
-            self.distribution_prompt = self.prompt_text
+            self.reached_distribution = True
             return None
         where = self._where_for(hole, local_where)
         decorated = self._decorated(hole)
@@ -126,7 +126,7 @@ class QueryContext:
         if hole.type_expr is not None and hole.type_expr.strip() == "int":  # other types: nested.py
             parts.append(IsInt(hole.name, [], f"[{hole.name}: int]"))
         present = [p for p in parts if p is not None]
-        return Both(present) if len(present) > 1 else (present[0] if present else None)
+        return And(present) if len(present) > 1 else (present[0] if present else None)
 
     def _prompt_ids(self) -> list[int]:
         """The tokens to generate the next variable after (see the module's docstring)."""
@@ -147,10 +147,6 @@ class QueryContext:
         after the program ends, the whole prompt's (beam search scores the text after the last
         variable)."""
         return self._prompt_ids()
-
-    @property
-    def final_prompt(self) -> str:
-        return self.prompt_text
 
 
 def postprocess(where: Node | None, name: str, text: str) -> tuple[str, Any]:

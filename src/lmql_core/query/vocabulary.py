@@ -8,7 +8,7 @@ from functools import cached_property
 
 import numpy as np
 
-from lmql_core.tokenizer import Tokenizer
+from lmql_core.loading.tokenizer import Tokenizer
 
 # by id of the tokenizer (which the entry keeps alive, so an id is never reused while cached);
 # the least recently used go first, so programs over many models do not keep every tokenizer

@@ -8,15 +8,15 @@ from functools import lru_cache
 from lmql_core.query.constraints import (
     COMPARISONS,
     FLIPPED,
-    Both,
+    And,
     Condition,
     Contains,
     Count,
-    Either,
     IsInt,
     Node,
     NoneOf,
     OneOf,
+    Or,
     Regex,
     StopsAt,
 )
@@ -45,7 +45,7 @@ def parse_where(source: str | None, generated: frozenset[str], known: frozenset[
 def _node(expr: ast.expr, generated: frozenset[str], known: frozenset[str]) -> Node:
     if isinstance(expr, ast.BoolOp):
         children = [_node(value, generated, known) for value in expr.values]
-        return Both(children) if isinstance(expr.op, ast.And) else Either(children)
+        return And(children) if isinstance(expr.op, ast.And) else Or(children)
     if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
         return _negated(expr, generated, known)
     leaf = _leaf(expr, generated, known)

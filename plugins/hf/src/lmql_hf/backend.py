@@ -22,10 +22,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from lmql_core.array_ops import TorchOps
-from lmql_core.backend import Backend, StepInput, StepOutput
-from lmql_core.errors import LMQLError
-from lmql_core.tokenizer import find_tokenizer_json
+from lmql_core.plugin import Backend, LMQLError, StepInput, StepOutput, TorchOps, find_tokenizer_json
 from lmql_hf import kernels, warm_up
 from lmql_hf.cache import memory, packed
 from lmql_hf.cache.slot_cache import SlotCache

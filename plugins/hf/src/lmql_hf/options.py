@@ -5,7 +5,7 @@ Kept free of torch, so that ``lmql serve-model --help`` can list them without lo
 
 from __future__ import annotations
 
-from lmql_core.options import Option
+from lmql_core.plugin import Option
 
 # plugins/hf/README.md explains each at length
 OPTIONS: dict[str, Option] = {

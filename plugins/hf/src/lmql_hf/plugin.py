@@ -6,7 +6,7 @@ import ctypes
 import threading
 from typing import Any
 
-from lmql_core.hookspecs import hookimpl
+from lmql_core.plugin import hookimpl
 
 
 def _backend(model: str, **kwargs: Any) -> Any:

@@ -9,9 +9,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmql_core.backend import StepInput
-from lmql_core.engine.sampling import collect_scoring, launch_scoring, sample_batch
-from lmql_core.engine.sequence import SamplingParams
+from lmql_core.plugin import SamplingParams, StepInput, collect_scoring, launch_scoring, sample_batch
 from lmql_hf.cache import packed
 
 console = Console(stderr=True)

@@ -37,11 +37,8 @@ import numpy as np
 from llama_cpp import Llama
 from llama_cpp import _internals as internals
 
-from lmql_core import plugins
-from lmql_core.array_ops import NumpyOps
-from lmql_core.backend import Backend, StepInput, StepOutput
-from lmql_core.errors import LMQLError
-from lmql_core.options import call_text
+from lmql_core import plugin as plugins
+from lmql_core.plugin import Backend, LMQLError, NumpyOps, StepInput, StepOutput, call_text
 from lmql_llamacpp.gguf_vocab import tokenizer_json_from_gguf
 from lmql_llamacpp.options import DEFAULT_SEQUENCES, llama_parameters
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from lmql_core.options import Option
+from lmql_core.plugin import Option
 
 DEFAULT_SEQUENCES = 4  # sequences resident at once (memory: n_seq_max x n_ctx positions)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmql_core.hookspecs import hookimpl
+from lmql_core.plugin import hookimpl
 from lmql_llamacpp.options import OPTIONS, llama_parameters
 
 BACKEND = "llama.cpp"

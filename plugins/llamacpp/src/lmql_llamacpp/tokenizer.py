@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmql_core.errors import TokenizerNotFound
-from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json
+from lmql_core.plugin import JsonTokenizer, TokenizerNotFound, find_tokenizer_json
 
 
 def load_llamacpp_tokenizer(model: str, tokenizer: str | None = None) -> JsonTokenizer | None:

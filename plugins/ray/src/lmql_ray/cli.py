@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from lmql_core.cli import _errors, model_and_loader_args
-from lmql_core.errors import LMQLError
-from lmql_core.lmtp.wire import Limits
+from lmql_core.plugin import LMQLError
+from lmql_core.plugin.serving import Limits, model_and_loader_args
+from lmql_core.plugin.serving import shown_errors as _errors
 
 ROUTING = ("prefix", "round-robin")
 
@@ -78,9 +78,8 @@ def serve_cluster(ctx: click.Context, model: str, replicas: int, min_replicas: i
 def cluster_config(args: list[str], model: str, backend: str | None, cuda: bool, dtype: str | None,
                    **settings: Any) -> Any:
     """The deployment's configuration, the loader options checked here (not in each replica)."""
-    from lmql_core import plugins
-    from lmql_core.identifiers import parse_model_id
-    from lmql_core.options import command_line_pairs
+    from lmql_core import plugin as plugins
+    from lmql_core.plugin.serving import command_line_pairs, parse_model_id
     from lmql_ray.deploy import ClusterConfig
 
     model, loader_args = model_and_loader_args(model, args)

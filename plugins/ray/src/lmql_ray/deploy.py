@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmql_core.errors import LMQLError
-from lmql_core.lmtp import wire
+from lmql_core.plugin import LMQLError
+from lmql_core.plugin.serving import wire
 
 MODEL_DEPLOYMENT = "lmql-model"
 INGRESS_DEPLOYMENT = "lmql-ingress"

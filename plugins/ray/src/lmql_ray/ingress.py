@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import Response
 from ray import serve
 
-from lmql_core.lmtp import wire
+from lmql_core.plugin.serving import wire
 from lmql_ray import relay
 
 app = FastAPI()

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lmql_core.errors import RequestError, shown
-from lmql_core.lmtp import wire
+from lmql_core.plugin import RequestError
+from lmql_core.plugin.serving import shown, wire
 from lmql_ray import calls
 from lmql_ray.policy import routing_key
 

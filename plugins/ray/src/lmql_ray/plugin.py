@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmql_core.hookspecs import hookimpl
+from lmql_core.plugin import hookimpl
 
 
 @hookimpl

@@ -16,8 +16,7 @@ from typing import Any
 from fastapi import Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from lmql_core.lmtp import wire
-from lmql_core.openai_compat.requests import OpenAIError, parse_json
+from lmql_core.plugin.serving import OpenAIError, parse_json, wire
 from lmql_ray import calls
 from lmql_ray.lmtp_bridge import LMTPBridge
 from lmql_ray.metrics_text import merge_metrics

@@ -14,13 +14,17 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-from lmql_core.identifiers import parse_model_id
-from lmql_core.lmtp import wire
-from lmql_core.lmtp.server.metrics import Traffic, render_metrics
-from lmql_core.lmtp.server.session import Session
-from lmql_core.model_host import ModelHost, load_model
-from lmql_core.openai_compat.requests import OpenAIError
-from lmql_core.openai_compat.service import OpenAIService
+from lmql_core.plugin.serving import (
+    ModelHost,
+    OpenAIError,
+    OpenAIService,
+    Session,
+    Traffic,
+    load_model,
+    parse_model_id,
+    render_metrics,
+    wire,
+)
 from lmql_ray.lmtp_bridge import stream_ended
 
 Frame = tuple[str, Any]  # (LMTP command, payload)

@@ -19,7 +19,7 @@ from lmql_core.lmtp.server.connection import Connection
 from lmql_core.lmtp.server.guard import ConnectionGuard
 from lmql_core.lmtp.server.metrics import Traffic, render_metrics
 from lmql_core.lmtp.server.session import Session
-from lmql_core.model_host import ModelHost
+from lmql_core.loading.model_host import ModelHost
 
 log = logging.getLogger(__name__)
 HOST_KEY = web.AppKey("host", ModelHost)

@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from lmql_core.lmtp.server.gc_pauses import PAUSES
-from lmql_core.model_host import ModelHost
+from lmql_core.loading.model_host import ModelHost
 
 TRANSPORTS = ("lmtp", "openai")
 

@@ -16,8 +16,8 @@ from lmql_core.engine.constraints import Constraint, GrammarError, GrammarSpec
 from lmql_core.engine.sequence import Finish, Kind, SamplingParams, Sequence, TokenEvent
 from lmql_core.errors import LMQLError, RequestError, shown
 from lmql_core.lmtp import wire
-from lmql_core.model_host import LoadedModel, ModelHost
-from lmql_core.tokenizer import IncrementalDecoder, spec_of
+from lmql_core.loading.model_host import LoadedModel, ModelHost
+from lmql_core.loading.tokenizer import IncrementalDecoder, spec_of
 
 log = logging.getLogger(__name__)
 

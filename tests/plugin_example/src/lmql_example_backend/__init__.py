@@ -14,11 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lmql_core.array_ops import NumpyOps
-from lmql_core.backend import Backend, StepInput, StepOutput
-from lmql_core.hookspecs import hookimpl
-from lmql_core.options import Option
-from lmql_core.tokenizer import BytesTokenizer
+from lmql_core.plugin import Backend, BytesTokenizer, NumpyOps, Option, StepInput, StepOutput, hookimpl
 
 VOCAB = 256
 CONFIDENCE = 10.0  # the logit of the next token; every other token has 0

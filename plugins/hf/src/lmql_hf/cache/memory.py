@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lmql_core.engine.sampling import SCORE_ROWS
+from lmql_core.plugin import SCORE_ROWS
 from lmql_hf.cache.slot_cache import SWAPS_AT_ONCE
 
 AUTO_MAX_BATCH = 256  # with no --max_batch on a GPU: at most this many, as memory allows

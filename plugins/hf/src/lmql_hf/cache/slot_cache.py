@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import Cache
 
-from lmql_core.array_ops import TorchOps
+from lmql_core.plugin import TorchOps
 
 _OPS = TorchOps()  # slot numbers reach the GPU without waiting for the work queued there
 # slot pairs exchanged per gather: its copy holds 2 x this many slots of one tensor (keys or

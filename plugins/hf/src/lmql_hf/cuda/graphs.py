@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-from lmql_core.array_ops import TorchOps
+from lmql_core.plugin import TorchOps
 
 _OPS = TorchOps()  # row numbers reach the GPU without waiting for the work queued there
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)

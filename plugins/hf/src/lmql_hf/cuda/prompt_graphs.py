@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmql_core.array_ops import TorchOps
+from lmql_core.plugin import TorchOps
 from lmql_hf.cache.packed import PackedRows
 from lmql_hf.cuda.graphs import capture, prompt_plan
 from lmql_hf.kernels.tiles import TILE_FIELDS, tile_table

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from lmql_core.errors import RequestError
+from lmql_core.plugin import RequestError
 
 
 @functools.lru_cache(maxsize=8)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lmql_core.errors import LMQLError
+from lmql_core.plugin import LMQLError
 from lmql_hf.bundled import bundled_path
 
 HUB_PROBE_TIMEOUT_S = 3.0

@@ -14,7 +14,7 @@ import inspect
 import re
 from typing import Any
 
-from lmql_core.errors import LMQLError
+from lmql_core.plugin import LMQLError
 
 _POPPED = re.compile(r"kwargs\.(?:pop|get)\(\s*[\"'](\w+)[\"']")
 
@@ -71,6 +71,5 @@ def check(path: str, given: dict[str, Any], loader_kwargs: dict[str, Any]) -> No
 
 
 def _own_options() -> str:
-    from lmql_core import plugins
-
+    from lmql_core import plugin as plugins
     return plugins.backend_for_name("hf").options.known().partition("; other keys go to")[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json, vocab_fingerprint
+from lmql_core.plugin import JsonTokenizer, find_tokenizer_json, vocab_fingerprint
 from lmql_hf.bundled import resolve
 from lmql_hf.loading.hub import hub_reachable
 

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmql_core import plugins
-from lmql_core.errors import LMQLError
-from lmql_core.options import call_text
+from lmql_core import plugin as plugins
+from lmql_core.plugin import LMQLError, call_text
 
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

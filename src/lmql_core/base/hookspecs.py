@@ -20,14 +20,14 @@ def register_backends(register: Any) -> None:
 
     ``register(name, factory, prefixes=(), models=(), description="", options=None,
     tokenizer=None, extra_options=None)``: ``factory(model, *, cuda=False, dtype=None,
-    **loader_kwargs)`` returns a ``lmql_core.backend.Backend``. ``prefixes`` are identifier
+    **loader_kwargs)`` returns a ``lmql_core.base.backend.Backend``. ``prefixes`` are identifier
     prefixes that select this backend (``"llama.cpp:"``); ``models`` are exact model names it
     claims (``"random"``); ``options`` maps the backend's loader options to
-    ``lmql_core.options.Option(type, default, help)`` (or to a line of help: any value), which
+    ``lmql_core.base.options.Option(type, default, help)`` (or to a line of help: any value), which
     ``lmql serve-model --help`` lists and the core checks before loading; other keys are an error
     unless ``extra_options`` says where they go (text, e.g. ``"from_pretrained"``) or is a
     function returning the other names the factory takes. ``tokenizer(model, tokenizer=None)`` returns the
-    ``lmql_core.tokenizer.Tokenizer`` of this backend's ``model`` (``tokenizer``: the name a user
+    ``lmql_core.loading.tokenizer.Tokenizer`` of this backend's ``model`` (``tokenizer``: the name a user
     passed with ``tokenizer=``, if any), or None to leave it to the tokenizer loaders; clients ask
     it first for this backend's models.
     """
@@ -38,7 +38,7 @@ def register_tokenizers(register: Any) -> None:
     """Register tokenizer loaders.
 
     ``register(name, loader)``: ``loader(model, tokenizer=None, **options)`` returns a
-    ``lmql_core.tokenizer.Tokenizer`` or ``None`` when it does not know that model.
+    ``lmql_core.loading.tokenizer.Tokenizer`` or ``None`` when it does not know that model.
     """
 
 

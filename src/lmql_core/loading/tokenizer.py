@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypeGuard
 
-from lmql_core import plugins
 from lmql_core.errors import TokenizerNotFound
+from lmql_core.loading import plugin_manager
 
 
 class Tokenizer(Protocol):
@@ -236,7 +236,7 @@ def load_tokenizer(model: str, tokenizer: str | None = None, backend: str | None
 
 
 def _loaders(backend: str | None) -> dict[str, Callable[..., Tokenizer | None]]:
-    registry = plugins.registry()
+    registry = plugin_manager.registry()
     spec = registry.backends.get(backend or "")
     own = spec.tokenizer if spec is not None else None
     if own is None:

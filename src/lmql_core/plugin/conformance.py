@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmql_core import plugins
 from lmql_core.errors import LMQLError, ServerError, TokenizerNotFound
-from lmql_core.identifiers import ModelId
 from lmql_core.lmtp.client.loop import run_sync
 from lmql_core.lmtp.local import InProcessClient
 from lmql_core.lmtp.wire import LENGTH, LOWEST_LOGPROB, STOP
-from lmql_core.model_host import LoadedModel, ModelHost, load_with
+from lmql_core.loading import plugin_manager
+from lmql_core.loading.identifiers import ModelId
+from lmql_core.loading.model_host import LoadedModel, ModelHost, load_with
 
 PROMPTS = 4  # streams in the batching check
 PROMPT_LENGTH = 4
@@ -52,7 +52,7 @@ def check_backend(factory: Callable[..., Any] | str, model: str = "conformance",
     the function given to ``register(..., tokenizer=)``; it and the backend's ``tokenizer_json()``
     must give texts back, ids below ``vocab_size`` and the backend's BOS and EOS."""
     if isinstance(factory, str):
-        spec = plugins.backend_for_name(factory)
+        spec = plugin_manager.backend_for_name(factory)
         factory, tokenizer = spec.factory, tokenizer or spec.tokenizer
     observer = Observer()
     make = factory

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from lmql_core.array_ops import ArrayOps
+from lmql_core.base.array_ops import ArrayOps
 
 
 @dataclass

@@ -21,18 +21,17 @@ from typing import Any
 from aiohttp import web
 from rich.console import Console
 
-from lmql_core import plugins
+from lmql_core.base.options import format_kwargs
 from lmql_core.errors import LMQLError
-from lmql_core.identifiers import ModelId, parse_model_id
-from lmql_core.lmtp import wire
+from lmql_core.lmtp.limits import DEFAULT_HOST, DEFAULT_MODEL, DEFAULT_PORT, Limits
 from lmql_core.lmtp.server import gc_pauses
 from lmql_core.lmtp.server.app import GUARD_KEY, make_app, shut_down
 from lmql_core.lmtp.server.guard import GuardedSockSite
-from lmql_core.model_host import ModelHost, load_model
+from lmql_core.loading import plugin_manager
+from lmql_core.loading.identifiers import ModelId, parse_model_id
+from lmql_core.loading.model_host import ModelHost, load_model
 from lmql_core.openai_compat import http as openai_http
-from lmql_core.options import format_kwargs
 
-DEFAULT_MODEL = "lmql-tiny"
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 # The engine thread and the event loop take turns for the interpreter's lock several times a
 # step; at Python's default of 5 ms a turn can outlast a whole decode step (measured on an H100,
@@ -43,9 +42,9 @@ MAX_PORT = 65535
 console = Console(stderr=True, soft_wrap=True)
 
 
-def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 8080,
+def serve(model: str = DEFAULT_MODEL, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           cuda: bool = False, dtype: str | None = None, backend: str | None = None,
-          load_on_demand: bool = False, limits: wire.Limits | None = None,
+          load_on_demand: bool = False, limits: Limits | None = None,
           auth_token: str | None = None, background: bool = False, openai: bool = True,
           **loader_kwargs: Any) -> RunningServer | None:
     """Load ``model`` and serve it over LMTP on ``ws://host:port/`` and (``openai``) OpenAI's
@@ -55,14 +54,16 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = "localhost", port: int = 80
     SIGTERM or Ctrl-C (KeyboardInterrupt); with ``background=True`` returns a ``RunningServer``
     once it serves (``.endpoint``, ``.stop()``, usable as a context manager). ``port=0`` picks a
     free port. ``auth_token`` (or ``LMQL_AUTH_TOKEN``) makes the server refuse connections
-    without it.
+    without it. The server's limits come as ``limits`` or by name (``max_streams_per_connection=8``,
+    the fields of ``lmtp.limits.Limits``); other keywords go to the backend's loader.
     """
+    limits = Limits.taken_from(loader_kwargs, limits)
     auth_token = auth_token or os.environ.get("LMQL_AUTH_TOKEN", "")
     if not auth_token and host not in LOOPBACK:
         console.print(f"[yellow]Warning:[/] serving on {host} without --auth-token: anyone who can "
                       "reach this port can use the model")
     model_id = parse_model_id(model, backend)
-    options = plugins.backend_for_name(model_id.backend).options  # fail before announcing anything
+    options = plugin_manager.backend_for_name(model_id.backend).options  # fail before announcing anything
     loader_kwargs, engine_options = options.check_and_split(loader_kwargs)
     listeners = bind(host, port)
     try:
@@ -199,7 +200,7 @@ class RunningServer:
     """
 
     def __init__(self, models: ModelHost, listeners: list[socket.socket], host: str,
-                 limits: wire.Limits | None, auth_token: str, description: str, openai: bool = True) -> None:
+                 limits: Limits | None, auth_token: str, description: str, openai: bool = True) -> None:
         self.models = models
         self.listeners = listeners
         self.host = host
@@ -286,9 +287,9 @@ class RunningServer:
 
 
 async def run_server(models: ModelHost, listeners: list[socket.socket],
-                     limits: wire.Limits | None = None, auth_token: str = "", *, openai: bool = True,
+                     limits: Limits | None = None, auth_token: str = "", *, openai: bool = True,
                      stop: asyncio.Event, on_serving: Callable[[], None]) -> None:
-    limits = limits or wire.Limits()
+    limits = limits or Limits()
     app = make_app(models, limits, auth_token)
     if openai:
         openai_http.add_routes(app)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmql_core.hookspecs import hookimpl
-from lmql_core.options import Option
+from lmql_core.base.hookspecs import hookimpl
+from lmql_core.base.options import Option
 
 
 def _random_backend(model: str, **kwargs: Any) -> Any:
-    from lmql_core.backends.random import RandomBackend
+    from lmql_core.builtin.random_backend import RandomBackend
 
     return RandomBackend(model, **kwargs)
 
@@ -30,13 +30,13 @@ def _random_tokenizer(model: str, tokenizer: str | None = None) -> Any:
 
 
 def _bytes_tokenizer(model: str, tokenizer: str | None = None, **options: Any) -> Any:
-    from lmql_core.tokenizer import BytesTokenizer
+    from lmql_core.loading.tokenizer import BytesTokenizer
 
     return BytesTokenizer() if tokenizer == "bytes" else None
 
 
 def _json_tokenizer(model: str, tokenizer: str | None = None, **options: Any) -> Any:
-    from lmql_core.tokenizer import JsonTokenizer, find_tokenizer_json
+    from lmql_core.loading.tokenizer import JsonTokenizer, find_tokenizer_json
 
     path = find_tokenizer_json(tokenizer or model)
     return JsonTokenizer.from_file(path) if path else None

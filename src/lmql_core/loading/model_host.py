@@ -87,7 +87,7 @@ class LoadedModel:
         return GrammarCompiler(self.tokenizer, self.backend.vocab_size, self.backend.eos_token_id)
 
     def info(self) -> dict[str, Any]:
-        spec = plugins.backend_for_name(self.model_id.backend)
+        spec = plugin_manager.backend_for_name(self.model_id.backend)
         info = {
             "model": self.model_id.served_name,
             "backend": self.model_id.backend,
@@ -105,7 +105,7 @@ class LoadedModel:
 
 def load_model(model_id: ModelId, *, cuda: bool = False, dtype: str | None = None,
                engine_options: dict[str, Any] | None = None, **loader_kwargs: Any) -> LoadedModel:
-    spec = plugins.backend_for_name(model_id.backend)
+    spec = plugin_manager.backend_for_name(model_id.backend)
     return load_with(spec.factory, model_id, cuda=cuda, dtype=dtype, engine_options=engine_options,
                      tokenizer_loader=spec.tokenizer, **loader_kwargs)
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from lmql_core.array_ops import NumpyOps
-from lmql_core.backend import Backend, StepInput, StepOutput
+from lmql_core.base.array_ops import NumpyOps
+from lmql_core.base.backend import Backend, StepInput, StepOutput
 
 
 class RandomBackend(Backend):

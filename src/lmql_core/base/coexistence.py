@@ -52,7 +52,7 @@ def install_guard() -> None:
     """Run at start-up by ``lmql_core_guard.pth``: LMQL 0.7 installed after lmql-core replaces our
     ``lmql/__init__.py`` and script, so only a start-up hook can still say what happened."""
     try:
-        check(Path(__file__).resolve().parent.parent / "lmql")
+        check(Path(__file__).resolve().parents[2] / "lmql")  # site-packages/lmql_core/base/this file
     except MixedInstallation as error:
         sys.meta_path.insert(0, _Refuse(str(error)))
     except Exception:  # noqa: BLE001 (never break interpreter start-up)

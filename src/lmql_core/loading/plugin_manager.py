@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 from collections.abc import Callable
@@ -12,9 +13,9 @@ from typing import Any
 
 import pluggy
 
-from lmql_core import hookspecs
+from lmql_core.base import hookspecs
+from lmql_core.base.options import Extras, LoaderOptions, Option
 from lmql_core.errors import BackendNotInstalled
-from lmql_core.options import Extras, LoaderOptions, Option
 
 ENTRY_POINT_GROUP = "lmql"
 # Built-in plugins go through the same hooks as third-party ones.
@@ -97,12 +98,14 @@ def registry() -> Registry:
                 LoaderOptions.of(backend_name, options, extra_options), tokenizer,
             )
 
-        caller = pm.subset_hook_caller
-        others = [p for p in pm.get_plugins() if p is not plugin]
-        caller("register_backends", others)(register=add_backend)
-        caller("register_tokenizers", others)(register=reg.tokenizers.__setitem__)
-        caller("register_transports", others)(register=reg.transports.__setitem__)
-        caller("register_commands", others)(register=reg.commands.append)
+        # pluggy calls a hook on every plugin but those it is told to leave out: this plugin's
+        # hooks alone, so that what each registers is known to come from it
+        left_out = [p for p in pm.get_plugins() if p is not plugin]
+        hooks_of_this_plugin = functools.partial(pm.subset_hook_caller, remove_plugins=left_out)
+        hooks_of_this_plugin("register_backends")(register=add_backend)
+        hooks_of_this_plugin("register_tokenizers")(register=reg.tokenizers.__setitem__)
+        hooks_of_this_plugin("register_transports")(register=reg.transports.__setitem__)
+        hooks_of_this_plugin("register_commands")(register=reg.commands.append)
     return reg
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmql_core import plugins
 from lmql_core.errors import LMQLError
+from lmql_core.loading import plugin_manager
 
 LOCAL_PREFIX = "local:"
 
@@ -40,11 +40,11 @@ def parse_model_id(identifier: str, backend: str | None = None) -> ModelId:
         raise LMQLError("Empty model identifier")
     local = identifier.startswith(LOCAL_PREFIX)
     rest = identifier[len(LOCAL_PREFIX) :] if local else identifier
-    for prefix, name in plugins.prefixes().items():
+    for prefix, name in plugin_manager.prefixes().items():
         if rest.startswith(prefix):
             return ModelId(rest[len(prefix) :], name, local, prefix)
     if backend is None:
-        claimed = [s.name for s in plugins.registry().backends.values() if rest in s.models]
-        backend = claimed[0] if claimed else plugins.DEFAULT_BACKEND
+        claimed = [s.name for s in plugin_manager.registry().backends.values() if rest in s.models]
+        backend = claimed[0] if claimed else plugin_manager.DEFAULT_BACKEND
     return ModelId(rest, backend, local)
 

@@ -1,1 +1,0 @@
-"""Backends built into the core."""
