@@ -119,7 +119,7 @@ def test_silent_loads_without_a_word(capfd: pytest.CaptureFixture[str]) -> None:
     llm = lmql.model(MODEL, silent=True, batch_size=3)
     assert llm.generate_sync("Hi", max_tokens=2)
     assert capfd.readouterr() == ("", "")
-    lmql.model(MODEL, batch_size=5)
+    lmql.model(MODEL, batch_size=5).generate_sync("Hi", max_tokens=1)  # loads at first use
     assert "Loaded the weights" in capfd.readouterr().err
 
 
