@@ -266,3 +266,15 @@ def test_var_samples_each_variable_and_returns_runs_that_keep_the_constraints() 
                for r in results)
     with pytest.raises(QueryError, match="subdecoder='beam'"):
         lmql.run_sync("var(b=2, subdecoder='beam') " + HELLO, model=MODEL)
+
+
+def test_beam_sample_keeps_n_sampled_beams_copies_included() -> None:
+    # decoders.beam_sample: each beam repeated n times, one sampled token per copy, the n best
+    # kept, equal copies not merged; nearly greedy sampling makes every copy the greedy run
+    greedy = lmql.run_sync("argmax " + HELLO, model=MODEL)
+    results = lmql.run_sync("beam_sample(n=3, temperature=0.0001) " + HELLO, model=MODEL)
+    assert [r.variables for r in results] == [greedy.variables] * 3
+    source = 'beam_sample\n    "Pick:[C]\\nAgain:[D]" where C in [" red", " blue"] and len(TOKENS(D)) < 3'
+    sampled = lmql.run_sync(source, model=MODEL)
+    assert isinstance(sampled, list) and len(sampled) == 4  # LMQL's n=4
+    assert all(r.variables["C"] in (" red", " blue") for r in sampled)

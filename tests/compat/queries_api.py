@@ -60,6 +60,15 @@ from
     {"name": "api_sample_chunksize", "kind": "sampled",
      "lmql": 'sample(n=3, chunksize=2, temperature=0.9) "Hello[WHO]" from <MODEL> where len(TOKENS(WHO)) < 5',
      "shape": {"n": 3, "vars": {"WHO": {"type": "str", "max_tokens": 5}}}},
+    # beam_sample: n sampled beams of the whole program (copies may be equal), always a list
+    {"name": "api_beam_sample_two_vars", "kind": "sampled", "lmql": '''beam_sample(n=2)
+    "Hello[WHO]" where len(TOKENS(WHO)) < 4
+    "! And[X]" where len(TOKENS(X)) < 3
+from <MODEL>''', "shape": {"n": 2, "vars": {"WHO": {"max_tokens": 4}, "X": {"max_tokens": 3}}}},
+    {"name": "api_beam_sample_constrained", "kind": "sampled", "lmql": '''beam_sample(n=3, temperature=0.5)
+    "A number: [N]" where INT(N) and len(TOKENS(N)) < 3
+    " and a color:[C]" where C in [" red", " blue", " green"]
+from <MODEL>''', "shape": {"n": 3, "vars": {"N": {"type": "int"}, "C": {"in": [" red", " blue", " green"]}}}},
     # a program that meets no variable: one result, in a list
     {"name": "api_no_variable", "kind": "greedy", "lmql": 'argmax "Just a prompt" from <MODEL>'},
     # return values under several runs: the list of what each run returned
