@@ -264,8 +264,19 @@ def test_var_samples_each_variable_and_returns_runs_that_keep_the_constraints() 
     assert isinstance(results, list) and results
     assert all(r.variables["C"] in (" red", " blue") and r.prompt.startswith("Pick:" + r.variables["C"])
                for r in results)
-    with pytest.raises(QueryError, match="subdecoder='beam'"):
-        lmql.run_sync("var(b=2, subdecoder='beam') " + HELLO, model=MODEL)
+    with pytest.raises(QueryError, match="subdecoder='greedy'"):
+        lmql.run_sync("var(b=2, subdecoder='greedy') " + HELLO, model=MODEL)
+
+
+def test_var_with_the_beam_subdecoder_gives_lmqls_runs() -> None:
+    # decoders.var(subdecoder="beam"): each run's b best tokens a step, all runs in one pool with
+    # one stopping rule; every finished run kept. Expected: LMQL 0.7.3 on lmql-tiny (local folder)
+    source = 'var(b=3, n=2, subdecoder="beam")\n    "Hello[WHO]" where len(TOKENS(WHO)) < 4\n' \
+             '    "! And[X]" where len(TOKENS(X)) < 3'
+    results = lmql.run_sync(source, model=MODEL)
+    assert [(r.variables["WHO"], r.variables["X"]) for r in results] == [
+        (", n:", " if you"), (", n:", " what do"), (", n:", ", I"),
+        (", n.:", " if you"), (", n.:", " it's"), (", n.:", " you're")]
 
 
 def test_beam_sample_keeps_n_sampled_beams_copies_included() -> None:

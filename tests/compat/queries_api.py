@@ -60,6 +60,16 @@ from
     {"name": "api_sample_chunksize", "kind": "sampled",
      "lmql": 'sample(n=3, chunksize=2, temperature=0.9) "Hello[WHO]" from <MODEL> where len(TOKENS(WHO)) < 5',
      "shape": {"n": 3, "vars": {"WHO": {"type": "str", "max_tokens": 5}}}},
+    # var(subdecoder="beam"): all runs' variable decoded in one pool, one stopping rule
+    {"name": "api_var_beam_two_vars", "kind": "beam", "lmql": '''var(b=3, n=2, subdecoder="beam")
+    "Hello[WHO]" where len(TOKENS(WHO)) < 4
+    "! And[X]" where len(TOKENS(X)) < 3
+from <MODEL>'''},
+    {"name": "api_var_beam_loop", "kind": "beam", "lmql": '''var(b=2, subdecoder="beam", return_first=True)
+    "Pick:[C]\\nAgain:[D]" where C in [" red", " blue", " green"] and len(TOKENS(D)) < 3
+    for i in range(2):
+        "Then[T]" where STOPS_AT(T, ".") and len(TOKENS(T)) < 5
+from <MODEL>'''},
     # beam_sample: n sampled beams of the whole program (copies may be equal), always a list
     {"name": "api_beam_sample_two_vars", "kind": "sampled", "lmql": '''beam_sample(n=2)
     "Hello[WHO]" where len(TOKENS(WHO)) < 4
