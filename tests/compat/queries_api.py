@@ -70,6 +70,15 @@ from <MODEL>'''},
     for i in range(2):
         "Then[T]" where STOPS_AT(T, ".") and len(TOKENS(T)) < 5
 from <MODEL>'''},
+    # best_k: best-first search with an age penalty (gamma=0: lmql-tiny's flat next-token
+    # distributions fall under LMQL's default gamma=0.05 and its search never finishes)
+    {"name": "api_best_k_one_var", "kind": "beam",
+     "lmql": 'best_k(k=2, budget=10, gamma=0.0, top_k_continuations=2) "Hello[WHO]" from <MODEL> '
+             'where len(TOKENS(WHO)) < 3'},
+    {"name": "api_best_k_two_vars", "kind": "beam", "lmql": '''best_k(k=3, budget=12, gamma=0.0, top_k_continuations=3)
+    "Hello[WHO]" where len(TOKENS(WHO)) < 3
+    "! And[X]" where len(TOKENS(X)) < 3
+from <MODEL>'''},
     # beam_sample: n sampled beams of the whole program (copies may be equal), always a list
     {"name": "api_beam_sample_two_vars", "kind": "sampled", "lmql": '''beam_sample(n=2)
     "Hello[WHO]" where len(TOKENS(WHO)) < 4

@@ -25,7 +25,7 @@ DECODER_ARGUMENTS = {
     "var": ("b", "n", "max_len", "subdecoder", "temperature", "return_first"),
     "best_k": ("k", "budget", "kappa", "beta", "gamma", "max_heap_size", "top_k_continuations", "max_len"),
 }
-RUNNABLE = ("argmax", "sample", "beam", "beam_search", "beam_var", "var", "beam_sample")
+RUNNABLE = ("argmax", "sample", "beam", "beam_search", "beam_var", "var", "beam_sample", "best_k")
 # Sent with each request, as LMQL's LMTP client does (the server decides what it supports).
 FORWARDED = ("top_k", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 # What LMQL accepts beside every decoder's own (PromptInterpreter.EXTRA_DECODER_ARGS, less its

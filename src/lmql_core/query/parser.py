@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from lmql_core.query.errors import QuerySyntaxError
 
-DECODERS = ("argmax", "sample", "beam", "beam_var", "var", "beam_sample")
-UNSUPPORTED_DECODERS = ("best_k", "sample_var")
+DECODERS = ("argmax", "sample", "beam", "beam_var", "var", "beam_sample", "best_k")
+UNSUPPORTED_DECODERS = ("sample_var",)
 CLAUSES = ("from", "where", "distribution")
 Offset = Callable[[tuple[int, int]], int]  # (row, column) to a position in the source
 WHERE_MARK = "__lmql_where__"  # a statement-level where, rewritten as ("prompt", WHERE_MARK, (cond))

@@ -202,7 +202,7 @@ class CompiledQuery:
         fn = self.function(tuple(sorted(inputs)) if self.params is None else (), namespace)
         program = self.program()
         program.globals = namespace
-        if decoder.name in ("beam", "beam_var", "var", "beam_sample"):
+        if decoder.name in ("beam", "beam_var", "var", "beam_sample", "best_k"):
             from lmql_core.query.beam import beam_search
 
             results = await beam_search(self, fn, program, model, vocab, decoder, args, inputs)
