@@ -253,8 +253,9 @@ def test_bits_is_lmqls_name_for_a_quantized_dtype() -> None:
         pytest.skip("bitsandbytes is installed")
     except ImportError:
         pass
+    eight_bit = lmql.model(MODEL, bits=8)  # loads on first use, as LMQL's in-process models
     with pytest.raises(LMQLError, match="needs bitsandbytes"):
-        lmql.model(MODEL, bits=8)
+        eight_bit.generate_sync("Hi", max_tokens=1)
 
 
 def test_var_samples_each_variable_and_returns_runs_that_keep_the_constraints() -> None:

@@ -47,8 +47,12 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
                             "drop the endpoint")
         loader_options = plugins.backend_for_name(model_id.backend).options
         loader_kwargs, engine_options = loader_options.check_and_split(options.loader)
+        client_tokenizer = tokenizer
         if tokenizer is not None and plugins.backend_takes(model_id.backend, "tokenizer"):
-            loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}  # the backend's loader sees it too
+            # the backend's loader takes it (when the model loads, on first use) and the
+            # in-process session serves it: the client asks the session for it then
+            loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}
+            client_tokenizer = None
         # loads on first use, as LMQL's in-process models do; silent=True loads without a word
         client = transports["local:"](model_id, engine_options=engine_options, silent=options.silent,
                                       **loader_kwargs)
@@ -57,7 +61,8 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
             warnings.warn(f"loader arguments {sorted(options.loader)} are ignored for a served model; "
                           "pass them to `lmql serve-model` instead", stacklevel=2)
         client = transports[prefix](model_id, endpoint=endpoint, api_key=api_key)
-    llm = LLM(model_id, client, tokenizer, decoding=options.decoding, transport=prefix)
+        client_tokenizer = tokenizer
+    llm = LLM(model_id, client, client_tokenizer, decoding=options.decoding, transport=prefix)
     if hasattr(client, "use_tokenizer"):  # a transport that maps text to tokens needs the model's
         client.use_tokenizer(model_id.served_name, llm.resolve_tokenizer)
     given = {"endpoint": endpoint, "tokenizer": tokenizer, "api_key": api_key, "inprocess": inprocess or None}
