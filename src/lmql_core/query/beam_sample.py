@@ -4,8 +4,8 @@ As ``beam``, but each step repeats every open hypothesis ``n`` times and extends
 sampled token (a prompt token pending after a variable joins every copy alike, so copies can be
 equal; LMQL keeps them). Open and finished hypotheses keep the ``n`` best each by
 sum / length ** 0.7; the search stops when ``n`` have finished and no open one scores above the
-worst of them, or none is open. The finished ones come in that ranking (LMQL's ``dc.topk`` order),
-not sorted by their sum as ``beam``'s.
+worst of them, or none is open. The finished ones come best first (LMQL leaves them in
+``dc.topk``'s unsorted order, see ``best_k.lmql_topk``; sampled runs compare by their set only).
 """
 
 from __future__ import annotations
