@@ -135,7 +135,7 @@ def greedy_steps(path: str, options: dict[str, bool], streams: int, shortest: in
                  idle_captures: bool = False) -> dict[int, list[int]]:
     """With ``idle_captures``, the backend's idle work (every graph not captured before Ready)
     is done first, as an idle engine does it."""
-    from lmql_core.backend import StepInput
+    from lmql_core.base.backend import StepInput
     from lmql_hf.backend import HFBackend
 
     backend = HFBackend(path, cuda=True, dtype="float32", **options)

@@ -29,7 +29,7 @@ def models(tiny_server: Server) -> list[Any]:
 
 def test_regex_served_and_local_give_the_reference_text(models: list[Any]) -> None:
     """(Streamed too: the deltas of stream_sync join into the same text.)"""
-    from lmql_core.tokenizer import JsonTokenizer
+    from lmql_core.loading.tokenizer import JsonTokenizer
     from lmql_hf.bundled import bundled_path
 
     tokenizer = JsonTokenizer.from_file(bundled_path("lmql-tiny") / "tokenizer.json")  # type: ignore[operator]

@@ -22,7 +22,7 @@ pytest.importorskip("llguidance")
 from lmql_core.engine.constraints import GrammarCompiler, GrammarError, GrammarSpec  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
 from lmql_core.engine.sequence import Finish, SamplingParams, Sequence, TokenEvent  # noqa: E402
-from lmql_core.tokenizer import JsonTokenizer  # noqa: E402
+from lmql_core.loading.tokenizer import JsonTokenizer  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
 
@@ -207,7 +207,7 @@ def test_mask_rows_bans_exactly_the_unset_bits() -> None:
     mask's width are banned, rows not named are untouched."""
     import numpy as np
 
-    from lmql_core.array_ops import NumpyOps, TorchOps
+    from lmql_core.base.array_ops import NumpyOps, TorchOps
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 70)).astype(np.float32)

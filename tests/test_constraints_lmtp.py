@@ -23,7 +23,7 @@ MODEL = "lmql-tiny"
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    from lmql_core.tokenizer import JsonTokenizer
+    from lmql_core.loading.tokenizer import JsonTokenizer
     from lmql_hf.bundled import bundled_path
 
     return JsonTokenizer.from_file(bundled_path(MODEL) / "tokenizer.json")  # type: ignore[operator]

@@ -43,7 +43,7 @@ def complete(server: Server, **fields: Any) -> Any:
 
 
 def test_regex_as_vllm_asks_gives_the_reference_text(tiny: Server) -> None:
-    from lmql_core.tokenizer import JsonTokenizer
+    from lmql_core.loading.tokenizer import JsonTokenizer
     from lmql_hf.bundled import bundled_path
 
     tokenizer = JsonTokenizer.from_file(bundled_path(MODEL) / "tokenizer.json")  # type: ignore[operator]

@@ -29,7 +29,7 @@ def sequences(server: Server) -> float:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    from lmql_core.tokenizer import JsonTokenizer
+    from lmql_core.loading.tokenizer import JsonTokenizer
     from lmql_hf.bundled import bundled_path
 
     return JsonTokenizer.from_file(bundled_path("lmql-tiny") / "tokenizer.json")  # type: ignore[operator]

@@ -61,11 +61,11 @@ def test_quantized_dtype_without_bitsandbytes_is_a_clear_error() -> None:
     except ImportError:
         pass
     with pytest.raises(LMQLError, match="needs bitsandbytes: pip install bitsandbytes"):
-        lmql.model("local:lmql-tiny", dtype="8bit")
+        lmql.model("local:lmql-tiny", dtype="8bit").generate_sync("Hi", max_tokens=1)  # loads at first use
 
 
 def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(LMQLError, match="--cuda was given but torch sees no CUDA device"):
-        lmql.model("local:lmql-tiny", cuda=True)
+        lmql.model("local:lmql-tiny", cuda=True).generate_sync("Hi", max_tokens=1)  # loads at first use

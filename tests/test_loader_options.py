@@ -111,9 +111,10 @@ def test_hf_typed_options_refuse_from_serve_model() -> None:
 def test_hf_typed_options_refuse_from_local_and_extras_pass_on() -> None:
     with pytest.raises(LMQLError, match="--cache_memory_fraction of the hf backend must be float, got 'half'"):
         lmql.model("local:lmql-tiny", cache_memory_fraction="half")
-    # neither from_pretrained nor the config takes it: refused before the weights load
+    # neither from_pretrained nor the config takes it: refused before the weights load (which is
+    # at first use, as LMQL's in-process models load)
     with pytest.raises(LMQLError, match=r"the hf backend has no option --no_such_arg; .*from_pretrained takes "):
-        lmql.model("local:lmql-tiny", no_such_arg=3)
+        lmql.model("local:lmql-tiny", no_such_arg=3).generate_sync("Hi", max_tokens=1)
 
 
 def test_engine_options_from_serve_model_set_the_token_budget_and_the_batch() -> None:
@@ -137,6 +138,7 @@ def test_engine_options_from_serve_model_set_the_token_budget_and_the_batch() ->
 
 def test_engine_options_from_local_reach_the_engine() -> None:
     llm = lmql.model("local:random", max_batch="2", token_budget=5)
+    llm.generate_sync("ab", max_tokens=1)  # the model loads on first use
     engine = llm.client.host.models["random"].engine  # type: ignore[attr-defined]
     assert (engine.scheduler.max_batch, engine.scheduler.token_budget) == (2, 5)
     with pytest.raises(LMQLError, match="--token_budget of the random backend must be int, got 'lots'"):
@@ -146,5 +148,6 @@ def test_engine_options_from_local_reach_the_engine() -> None:
 @needs_hf
 def test_an_engine_option_the_backend_declares_reaches_both() -> None:
     llm = lmql.model("local:lmql-tiny", max_batch=200, max_seq_len=64)
+    llm.generate_sync("Hi", max_tokens=1)  # the model loads on first use
     loaded = llm.client.host.models["lmql-tiny"]  # type: ignore[attr-defined]
     assert loaded.backend.max_batch == loaded.engine.scheduler.max_batch == 200

@@ -288,6 +288,34 @@ def test_context_in_a_query_body() -> None:
                               "Hello, n! Then I don", None, "Hello, n! Then I don"]
 
 
+def test_num_calls_counts_model_calls_from_zero_and_setters_change_nothing_mid_run() -> None:
+    # interpreter.py LMQLContext: num_calls is the decoder model's uncached calls (0 before any
+    # variable; LMQL 0.7.3 gives 0, 2, 5 here); set_model/set_decoder/set_where_clause only store
+    # what the interpreter read before the body began, so the second variable is still greedy
+    # under its own bound (LMQL 0.7.3: the same values as without the calls); set_model makes
+    # a new decoder model that the running decoder never calls: num_calls is 0 after it
+    counts = run('''argmax
+    a = context.num_calls
+    "Hello[WHO]" where len(TOKENS(WHO)) < 4
+    b = context.num_calls
+    context.set_decoder("sample", temperature=0.5)
+    context.set_where_clause(None)
+    context.set_distribution("X", ["a", "b"])
+    c = context.num_calls
+    "And[X]" where STOPS_AT(X, ".") and len(TOKENS(X)) < 12
+    d = context.num_calls
+    context.set_model("local:no-such-model")
+    "And[Y]" where len(TOKENS(Y)) < 3
+    return [a, b, c, d, context.num_calls, WHO, X, Y]''')
+    plain = run('''argmax
+    "Hello[WHO]" where len(TOKENS(WHO)) < 4
+    "And[X]" where STOPS_AT(X, ".") and len(TOKENS(X)) < 12
+    "And[Y]" where len(TOKENS(Y)) < 3''')
+    a, b, c, d, e = counts[:5]
+    assert a == 0 < b == c < d and e == 0
+    assert counts[5:] == [plain.variables["WHO"], plain.variables["X"], plain.variables["Y"]]
+
+
 def test_a_string_type_is_a_regular_expression() -> None:
     result = run('''argmax
     pattern = "[0-9][0-9]"

@@ -60,6 +60,34 @@ from
     {"name": "api_sample_chunksize", "kind": "sampled",
      "lmql": 'sample(n=3, chunksize=2, temperature=0.9) "Hello[WHO]" from <MODEL> where len(TOKENS(WHO)) < 5',
      "shape": {"n": 3, "vars": {"WHO": {"type": "str", "max_tokens": 5}}}},
+    # var(subdecoder="beam"): all runs' variable decoded in one pool, one stopping rule
+    {"name": "api_var_beam_two_vars", "kind": "beam", "lmql": '''var(b=3, n=2, subdecoder="beam")
+    "Hello[WHO]" where len(TOKENS(WHO)) < 4
+    "! And[X]" where len(TOKENS(X)) < 3
+from <MODEL>'''},
+    {"name": "api_var_beam_loop", "kind": "beam", "lmql": '''var(b=2, subdecoder="beam", return_first=True)
+    "Pick:[C]\\nAgain:[D]" where C in [" red", " blue", " green"] and len(TOKENS(D)) < 3
+    for i in range(2):
+        "Then[T]" where STOPS_AT(T, ".") and len(TOKENS(T)) < 5
+from <MODEL>'''},
+    # best_k: best-first search with an age penalty (gamma=0: lmql-tiny's flat next-token
+    # distributions fall under LMQL's default gamma=0.05 and its search never finishes)
+    {"name": "api_best_k_one_var", "kind": "beam",
+     "lmql": 'best_k(k=2, budget=10, gamma=0.0, top_k_continuations=2) "Hello[WHO]" from <MODEL> '
+             'where len(TOKENS(WHO)) < 3'},
+    {"name": "api_best_k_two_vars", "kind": "beam", "lmql": '''best_k(k=3, budget=12, gamma=0.0, top_k_continuations=3)
+    "Hello[WHO]" where len(TOKENS(WHO)) < 3
+    "! And[X]" where len(TOKENS(X)) < 3
+from <MODEL>'''},
+    # beam_sample: n sampled beams of the whole program (copies may be equal), always a list
+    {"name": "api_beam_sample_two_vars", "kind": "sampled", "lmql": '''beam_sample(n=2)
+    "Hello[WHO]" where len(TOKENS(WHO)) < 4
+    "! And[X]" where len(TOKENS(X)) < 3
+from <MODEL>''', "shape": {"n": 2, "vars": {"WHO": {"max_tokens": 4}, "X": {"max_tokens": 3}}}},
+    {"name": "api_beam_sample_constrained", "kind": "sampled", "lmql": '''beam_sample(n=3, temperature=0.5)
+    "A number: [N]" where INT(N) and len(TOKENS(N)) < 3
+    " and a color:[C]" where C in [" red", " blue", " green"]
+from <MODEL>''', "shape": {"n": 3, "vars": {"N": {"type": "int"}, "C": {"in": [" red", " blue", " green"]}}}},
     # a program that meets no variable: one result, in a list
     {"name": "api_no_variable", "kind": "greedy", "lmql": 'argmax "Just a prompt" from <MODEL>'},
     # return values under several runs: the list of what each run returned

@@ -244,4 +244,19 @@ def with_context():
 def main():
     return with_context()
 '''},
+    # LMQLContext.num_calls (LMQL 0.7.3 counts its cache's uncached calls, 0 2 5 here, ours its
+    # requests: the same order, not the same numbers) and setters that change nothing mid-run,
+    # but set_model: LMQL makes a new decoder model there, never called, so num_calls stays 0
+    {"name": "context_num_calls_and_setters", "kind": "greedy", "lmql": '''argmax
+    a = context.num_calls
+    "Hello[WHO]" where len(TOKENS(WHO)) < 4
+    b = context.num_calls
+    context.set_decoder("sample", temperature=0.5)
+    context.set_where_clause(None)
+    c = context.num_calls
+    "And[X]" where STOPS_AT(X, ".") and len(TOKENS(X)) < 12
+    d = context.num_calls
+    context.set_model("local:no-such-model")
+    "And[Y]" where len(TOKENS(Y)) < 3
+    return [a == 0, 0 < b == c < d, context.num_calls, WHO, X, Y]'''},
 ]

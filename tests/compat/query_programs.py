@@ -2,7 +2,8 @@
 
     <LMQL 0.7.3 venv>/bin/python tests/compat/query_programs.py ENDPOINT MODEL_DIR [NAME | -NAME ...]
     <lmql-core venv>/bin/python  tests/compat/query_programs.py ENDPOINT MODEL_DIR [NAME | -NAME ...]
-    (ENDPOINT ``http://host:port/v1``: through OpenAI's API, with lmql-core's ``openai:`` transport)
+    (ENDPOINT ``http://host:port/v1``: through OpenAI's API, with lmql-core's ``openai:`` transport;
+    ENDPOINT ``local``: the model in this process, ``local:MODEL_DIR``, loaded once for all programs)
 
 The same protocol as ``programs.py``: a line ``COMPAT_PLAN <json list>``, then one line
 ``COMPAT <json>`` per program with its result (or error); ``run_compat.py`` compares the two
@@ -31,16 +32,26 @@ from queries import PROGRAMS
 TIMEOUT = 90.0  # per program
 
 
+LOCAL = "local"  # the ENDPOINT that means in-process
+
+
 def model_name(endpoint: str, folder: str) -> str:
     """An ``http://.../v1`` endpoint is an OpenAI-compatible server (our ``openai:`` transport).
     ``COMPAT_SERVED_MODEL``: the name the server knows the model by, where not ``folder`` (which
     stays the tokenizer), e.g. ``llama.cpp:PATH.gguf``."""
+    if endpoint == LOCAL:
+        return f"local:{folder}"
     served = os.environ.get("COMPAT_SERVED_MODEL") or folder
     return f"openai:{served}" if endpoint.startswith("http") else served
 
 
+def model_arguments(endpoint: str, folder: str) -> dict[str, str]:
+    return {} if endpoint == LOCAL else {"endpoint": endpoint, "tokenizer": folder}
+
+
 def model_expression(endpoint: str, folder: str) -> str:
-    return f"lmql.model({model_name(endpoint, folder)!r}, endpoint={endpoint!r}, tokenizer={folder!r})"
+    arguments = "".join(f", {k}={v!r}" for k, v in model_arguments(endpoint, folder).items())
+    return f"lmql.model({model_name(endpoint, folder)!r}{arguments})"
 
 
 async def run_query(program: dict[str, Any], endpoint: str, folder: str) -> Any:
@@ -51,7 +62,7 @@ async def run_query(program: dict[str, Any], endpoint: str, folder: str) -> Any:
     if "<MODEL>" in source:
         source = source.replace("<MODEL>", model_expression(endpoint, folder))
     else:
-        inputs["model"] = lmql.model(model_name(endpoint, folder), endpoint=endpoint, tokenizer=folder)
+        inputs["model"] = lmql.model(model_name(endpoint, folder), **model_arguments(endpoint, folder))
     return await lmql.run(source, **inputs)
 
 

@@ -6,7 +6,8 @@ Run with lmql-core's Python (``nox -s compat`` sets both environments up). Build
 (``build_model.py``), starts LMQL 0.7.3's ``lmql serve-model`` and ours on free loopback ports,
 runs ``programs.py`` with LMQL 0.7.3's client and with ours against both, prints a table and
 exits non-zero on any mismatch. Deterministic results (greedy text, scores within 1e-3) must be
-identical; sampled ones must have the right shape.
+identical; sampled ones must have the right shape. The LMQL programs of ``queries.py`` also run
+with our runtime on ``local:`` (the model in-process), against LMQL 0.7.3's results.
 """
 
 from __future__ import annotations
@@ -281,6 +282,21 @@ def run_queries(python: str, side: str, server: Server, folder: Path, env: dict[
     return run
 
 
+def local_query_run(query_runs: list[tuple[str, ProgramRun, ProgramRun]], folder: Path, env: dict[str, str],
+                    work: Path) -> tuple[str, ProgramRun, ProgramRun]:
+    """Our runtime on ``local:FOLDER`` (one process, the model loaded once: ~15 s), against the
+    LMQL 0.7.3 runtime's results on LMQL 0.7.3's server where it ran, else on ours."""
+    by_server = {name: theirs for name, theirs, _ in query_runs}
+    reference = by_server.get("LMQL 0.7.3 server") or next(iter(by_server.values()))
+    label = "lmql-core runtime, LMQL programs on local: (in-process)"
+    t0 = time.monotonic()
+    command = [sys.executable, str(HERE / "query_programs.py"), "local", str(folder)]
+    run = run_programs(command, env, work / "queries-lmql-core-local.log", label)
+    print(f"ran {label}: {len(run.records)} programs in {time.monotonic() - t0:.1f} s "
+          f"(exit {run.returncode})", flush=True)
+    return f"local: (reference: {reference.label})", reference, run
+
+
 def readme_backend_rows(lmql_python: str, ours_bin: str, env: dict[str, str], their_env: dict[str, str],
                         work: Path) -> list[Row]:
     """LMQL 0.7.3's client on the README's backend served by our ``lmql serve-model``: the
@@ -307,7 +323,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     parser.add_argument("--random-model", action="store_true", help="a seeded random model, not lmql-tiny")
     parser.add_argument("--queries-on", choices=("core", "both", "none"), default="both",
-                        help="servers to run the LMQL programs of queries.py against (default: both)")
+                        help="servers to run the LMQL programs of queries.py against (default: both); "
+                             "unless none, our runtime also runs them on local:")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -361,6 +378,8 @@ def main(argv: list[str]) -> int:
     finally:
         for server in servers:
             server.stop()
+    if query_runs:
+        query_runs.append(local_query_run(query_runs, folder, env, work))
 
     every_run = [*runs.values(), *(run for _, *pair in query_runs for run in pair)]
     (work / "results.json").write_text(json.dumps({run.label: vars(run) for run in every_run}, indent=1))

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import warnings
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from lmql_core.api.llm import LLM
@@ -27,8 +24,8 @@ _default_model: LLM | None = None
 
 def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = None,
           api_key: str | None = None, inprocess: bool = False, **kwargs: Any) -> LLM:
-    """A model by identifier: ``local:NAME`` (or ``inprocess=True``) loads it in this process
-    with the loader's keyword arguments (and ``tokenizer``, where the backend's factory takes
+    """A model by identifier: ``local:NAME`` (or ``inprocess=True``) loads it in this process,
+    on first use, with the loader's keyword arguments (and ``tokenizer``, where the backend's factory takes
     one); otherwise it is served at ``endpoint`` (default localhost:8080). LMQL 0.7's own
     options (``silent``, ``chunksize``, ``batch_size``, ``top_k``, ...) mean what they mean
     there (``model_options``)."""
@@ -50,32 +47,28 @@ def model(name: str, *, endpoint: str | None = None, tokenizer: str | None = Non
                             "drop the endpoint")
         loader_options = plugin_manager.backend_for_name(model_id.backend).options
         loader_kwargs, engine_options = loader_options.check_and_split(options.loader)
+        client_tokenizer = tokenizer
         if tokenizer is not None and plugin_manager.backend_takes(model_id.backend, "tokenizer"):
-            loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}  # the backend's loader sees it too
-        with _quiet(options.silent):
-            client = transports["local:"](model_id, engine_options=engine_options, **loader_kwargs)
+            # the backend's loader takes it (when the model loads, on first use) and the
+            # in-process session serves it: the client asks the session for it then
+            loader_kwargs = {**loader_kwargs, "tokenizer": tokenizer}
+            client_tokenizer = None
+        # loads on first use, as LMQL's in-process models do; silent=True loads without a word
+        client = transports["local:"](model_id, engine_options=engine_options, silent=options.silent,
+                                      **loader_kwargs)
     else:
         if options.loader:
             warnings.warn(f"loader arguments {sorted(options.loader)} are ignored for a served model; "
                           "pass them to `lmql serve-model` instead", stacklevel=2)
         client = transports[prefix](model_id, endpoint=endpoint, api_key=api_key)
-    llm = LLM(model_id, client, tokenizer, decoding=options.decoding, transport=prefix)
+        client_tokenizer = tokenizer
+    llm = LLM(model_id, client, client_tokenizer, decoding=options.decoding, transport=prefix)
     if hasattr(client, "use_tokenizer"):  # a transport that maps text to tokens needs the model's
         client.use_tokenizer(model_id.served_name, llm.resolve_tokenizer)
     given = {"endpoint": endpoint, "tokenizer": tokenizer, "api_key": api_key, "inprocess": inprocess or None}
     # as LMQL's LLM.configuration: the options it was made with
     llm.configuration = {**{k: v for k, v in given.items() if v is not None}, **kwargs}
     return llm
-
-
-@contextlib.contextmanager
-def _quiet(silent: bool) -> Iterator[None]:
-    """``silent=True``: what loading a model prints (progress, timings) is not shown."""
-    if not silent:
-        yield
-        return
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
 
 
 def serve(model: str = "lmql-tiny", **kwargs: Any) -> RunningServer | None:

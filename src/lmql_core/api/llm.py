@@ -29,6 +29,7 @@ class LLM:
         self.configuration: dict[str, Any] = {}
         self._tokenizers = TokenizerResolver(model_id, client, tokenizer, self._server_info)
         self._info: tuple[int, dict[str, Any]] | None = None  # (the connection it came over, MODEL_INFO)
+        self.requests = 0  # GENERATE and SCORE requests sent so far (a query's context.num_calls)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -78,6 +79,7 @@ class LLM:
             request["logit_bias"] = logit_bias
         if top_logprobs is not None:
             request["top_logprobs"] = top_logprobs
+        self.requests += 1
         return self.client.request("GENERATE", request)
 
     async def next_token_logprobs(self, prompt_ids: list[int], k: int,
@@ -96,6 +98,7 @@ class LLM:
         if not scored:
             return []
         request = {"model": self.model_id.served_name, "prompt": list(prompt_ids), "scored": list(scored)}
+        self.requests += 1
         return [e["logprob"] async for e in self.client.request("SCORE", request)]
 
     def _request(self, prompt_ids: list[int], max_tokens: int | None = None, decoder: str = "argmax",

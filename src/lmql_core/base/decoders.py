@@ -2,6 +2,7 @@
 LMQL 0.7's that we refuse with a message."""
 
 TOKEN_DECODERS = ("argmax", "sample")  # one token at a time: generate and query programs
-SEARCH_DECODERS = ("beam", "beam_var", "var")  # searches over hypotheses: query programs only
+# searches over hypotheses: query programs only
+SEARCH_DECODERS = ("beam", "beam_var", "var", "beam_sample", "best_k")
 DECODERS = TOKEN_DECODERS + SEARCH_DECODERS
-UNSUPPORTED_DECODERS = ("beam_sample", "best_k", "sample_var")
+UNSUPPORTED_DECODERS = ("sample_var",)

@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from lmql_core import plugins
-from lmql_core.backend import Backend, contract_problems
+from lmql_core.base.backend import Backend, contract_problems
+from lmql_core.base.options import format_kwargs
 from lmql_core.engine.constraints import GrammarCompiler
 from lmql_core.engine.engine import Engine
 from lmql_core.errors import LMQLError, ModelLoadError, RequestError, shown
-from lmql_core.identifiers import ModelId, parse_model_id
 from lmql_core.lmtp import wire
-from lmql_core.options import format_kwargs
-from lmql_core.tokenizer import JsonTokenizer, Tokenizer, sendable
+from lmql_core.loading import plugin_manager
+from lmql_core.loading.identifiers import ModelId, parse_model_id
+from lmql_core.loading.tokenizer import JsonTokenizer, Tokenizer, sendable
 
 log = logging.getLogger(__name__)
 

@@ -197,6 +197,14 @@ async def beam_search(query: Any, fn: Any, program: Program, model: LLM, vocab: 
         from lmql_core.query.var_decoder import VariableDecoder
 
         return await VariableDecoder(query, fn, program, model, vocab, spec, args, inputs).run()
+    if spec.name == "best_k":
+        from lmql_core.query.best_k import BestK
+
+        return await BestK(query, fn, program, model, vocab, spec, args, inputs).run()
+    if spec.name == "beam_sample":
+        from lmql_core.query.beam_sample import BeamSample
+
+        return await BeamSample(query, fn, program, model, vocab, spec, args, inputs).run()
     if spec.name == "beam_var":
         from lmql_core.query.beam_var import VariableBeamSearch
 

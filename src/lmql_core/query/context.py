@@ -2,8 +2,13 @@
 
 ``context.prompt`` is the prompt so far (the values of decided variables included);
 ``get_var``, ``get_all_vars``, ``score`` and ``get_return_value`` are coroutines as in LMQL (a
-query body awaits them without ``await``, see ``calls``). The setters LMQL's own compiled code
-uses (``set_model``, ``set_decoder``, ...) are no part of a program's surface and are not here.
+query body awaits them without ``await``, see ``calls``). ``num_calls`` counts the model requests
+made since the run began; LMQL counts its decoder's uncached model calls, which follow its own
+request pattern, so the two agree in kind (0 before any variable, growing as the run generates),
+not in number. The setters LMQL's compiled code calls before the body runs (``set_model``,
+``set_decoder``, ``set_where_clause``, ``set_distribution``) are accepted in the body and, as in
+LMQL 0.7.3, change nothing by then (the model, decoder and constraints are fixed when it starts)
+but ``num_calls`` after ``set_model``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,26 @@ class LMQLContext:
         """What LMQL's helpers read of the interpreter: the model and its identifier."""
         model = self._run.model
         return SimpleNamespace(model=model, model_identifier=model.model_identifier)
+
+    @property
+    def num_calls(self) -> int:
+        if self._run.requests_before is None:
+            return 0
+        return self._run.model.requests - self._run.requests_before
+
+    async def set_model(self, model: Any) -> None:
+        """The run goes on with its model; but LMQL 0.7.3's interpreter makes a new decoder
+        model here, one the running decoder never calls, so ``num_calls`` is 0 from now on."""
+        self._run.requests_before = None
+
+    async def set_decoder(self, method: str, **kwargs: Any) -> None:
+        """No effect once the body runs (LMQL 0.7.3 has started its decoder by then)."""
+
+    async def set_where_clause(self, where: Any) -> None:
+        """No effect once the body runs (the query's constraints were read when it started)."""
+
+    async def set_distribution(self, variable: str, values: list[Any]) -> None:
+        """No effect in the body: a ``distribution`` clause is compiled with the query."""
 
     async def get_var(self, name: str) -> Any:
         return self._run.variables.get(name)

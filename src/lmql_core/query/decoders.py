@@ -25,7 +25,7 @@ DECODER_ARGUMENTS = {
     "var": ("b", "n", "max_len", "subdecoder", "temperature", "return_first"),
     "best_k": ("k", "budget", "kappa", "beta", "gamma", "max_heap_size", "top_k_continuations", "max_len"),
 }
-RUNNABLE = ("argmax", "sample", "beam", "beam_search", "beam_var", "var")
+RUNNABLE = ("argmax", "sample", "beam", "beam_search", "beam_var", "var", "beam_sample", "best_k")
 # Sent with each request, as LMQL's LMTP client does (the server decides what it supports).
 FORWARDED = ("top_k", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 # What LMQL accepts beside every decoder's own (PromptInterpreter.EXTRA_DECODER_ARGS, less its
@@ -70,7 +70,7 @@ class DecoderSpec:
                                          "common ones "
                                          f"({', '.join(EXTRA)})")
         kwargs = {**(model_defaults or {}), **kwargs}
-        n = kwargs.get("n", 4 if name in ("beam", "beam_search", "beam_var") else 1)  # LMQL's defaults
+        n = kwargs.get("n", 4 if name in ("beam", "beam_search", "beam_var", "beam_sample") else 1)  # LMQL's
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise QueryError(f"{name}(n=...) must be a positive integer, not {n!r}")
         temperature = kwargs.get("temperature")

@@ -60,6 +60,8 @@ class QueryContext:
         self.start_ids: list[int] | None = None  # a nested query's: the outer prompt's tokens
         self._pending = ""  # prompt text not yet tokenized
         self._last: tuple[list[int], Decided] | None = None  # (tokens before it, the last variable)
+        # context.num_calls counts from here (None: not at all, after context.set_model)
+        self.requests_before: int | None = model.requests
 
     def hole(self, name: str, type_expr: str | None, decorators: tuple[Any, ...] = ()) -> Hole:
         return Hole(name, type_expr, tuple(decorators))

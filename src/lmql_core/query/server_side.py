@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from lmql_core.query.constraints import Both, Leaf, Node, OneOf, Regex, Value
+from lmql_core.query.constraints import And, Junction, Leaf, Node, OneOf, Regex, Value
 
 if TYPE_CHECKING:
     from lmql_core.api.llm import LLM
@@ -85,7 +85,7 @@ def _rule(state: int) -> str:
 
 def _conjunction(node: Node) -> list[Node] | None:
     """The nodes ``and``-ed together at the top of the clause; None where an ``or`` joins them."""
-    if type(node) is Both:
+    if type(node) is And:
         parts: list[Node] = []
         for child in node.children:
             found = _conjunction(child)
@@ -93,7 +93,7 @@ def _conjunction(node: Node) -> list[Node] | None:
                 return None
             parts.extend(found)
         return parts
-    return None if isinstance(node, Both) else [node]  # an Either (a Both subclass) is an ``or``
+    return None if isinstance(node, Junction) else [node]  # the other junction, Or, is an ``or``
 
 
 def _compiles(pattern: str) -> bool:

@@ -1,10 +1,11 @@
 """``var(b=2, n=b, subdecoder="sample")``: LMQL 0.7.3's variable-by-variable decoder.
 
 One variable at a time: each run so far branches into continuations of the variable in progress
-(``b`` samples of it) until each has
-reached the next variable or the end; the ``b`` best of those go on, their prompt text after the
-variable joined, the ``n`` best of them to the next variable. The finished runs come sorted by
-their sum (hypotheses are ranked by sum / length ** 0.7, as in ``beam``).
+(``b`` samples of it, or with ``subdecoder="beam"`` its ``b`` most likely tokens a step) until
+each has reached the next variable or the end (all runs in one pool, see ``one_variable``);
+the ``b`` best of those go on, their prompt text after the variable joined, the ``n`` best of
+them to the next variable. The finished runs come sorted by their sum (hypotheses are ranked
+by sum / length ** 0.7, as in ``beam``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from typing import Any
 from lmql_core.query.beam import BeamSearch, Hypothesis, best
 from lmql_core.query.errors import QueryError
 
-# "beam" runs (grow) but differs from LMQL 0.7.3 where several runs share a variable: LMQL decodes
-# them in one pool with one stopping rule, this decodes each apart; refused until it matches
-SUBDECODERS = ("sample",)
+SUBDECODERS = ("sample", "beam")
 
 
 class VariableDecoder(BeamSearch):
@@ -37,7 +36,7 @@ class VariableDecoder(BeamSearch):
         runs: list[Hypothesis] = [first]
         done: list[Hypothesis] = []
         while True:
-            ended = [h for run in runs for h in await self.one_variable(run)]
+            ended = await self.one_variable(runs)
             runs, done = [h for h in ended + done if not h.done], [h for h in ended + done if h.done]
             if not runs:
                 break
@@ -50,21 +49,30 @@ class VariableDecoder(BeamSearch):
                 break
         return [h.result for h in sorted(done, key=lambda h: -h.total)]
 
-    async def one_variable(self, run: Hypothesis) -> list[Hypothesis]:
-        """The continuations of ``run``'s variable in progress, each up to where it ends."""
-        variable = run.at
-        active = [run] * (self.width if self.subdecoder == "sample" else 1)
-        ended: list[Hypothesis] = []
-        while active and not (len(ended) == self.width and max(h.normalized for h in active) <
-                              min(h.normalized for h in ended)):
-            grown = [h for hypothesis in active for h in await self.grow(hypothesis)]
-            active = [h for h in grown if h.at is variable and not h.pending]
-            ended += [h for h in grown if not (h.at is variable and not h.pending)]
-            active = best(active, self.width)
-        unique: dict[tuple[int, ...], Hypothesis] = {}
-        for h in ended:
-            unique.setdefault(tuple(h.tokens), h)
-        return list(unique.values())
+    async def one_variable(self, runs: list[Hypothesis]) -> list[Hypothesis]:
+        """The continuations of the runs' variable in progress, each up to where it ends, all
+        runs decoded in one pool as LMQL's ``topk_var_continuations``: each run keeps its own
+        ``b`` best, but one stopping rule counts the pool (all ended ones against all open
+        ones), and the variable is the one the first continuation is at (LMQL's
+        ``active_variable``): one at another ends."""
+        rows = [[run] * (self.width if self.subdecoder == "sample" else 1) for run in runs]
+        ended: list[list[Hypothesis]] = [[] for _ in runs]
+        active_name: list[str | None] = []
+        while any(rows) and not self._pool_settled(rows, ended):
+            for i, row in enumerate(rows):
+                grown = [h for hypothesis in row for h in await self.grow(hypothesis)]
+                on = [h for h in grown if _on_variable(h, active_name)]
+                ended[i] += [h for h in grown if not _on_variable(h, active_name)]
+                rows[i] = best(on, self.width)
+        unique: list[Hypothesis] = []
+        for row in ended:  # token-unique within each run's continuations: at the first one's
+            unique += {tuple(h.tokens): h for h in row}.values()  # place, the last one (dc.token_unique)
+        return unique
+
+    def _pool_settled(self, rows: list[list[Hypothesis]], ended: list[list[Hypothesis]]) -> bool:
+        finished = [h for row in ended for h in row]
+        return len(finished) == self.width and max(h.normalized for row in rows for h in row) < \
+            min(h.normalized for h in finished)
 
     async def grow(self, hypothesis: Hypothesis) -> list[Hypothesis]:
         if self.subdecoder == "beam":
@@ -95,3 +103,14 @@ class VariableDecoder(BeamSearch):
             (token, logprob), *rest = h.pending
             h = replace(h.grown(token, logprob, det=True), pending=rest)
         return h
+
+
+def _on_variable(h: Hypothesis, active_name: list[str | None]) -> bool:
+    """Whether ``h`` still decodes the pool's variable; the first continuation asked names it
+    (``active_name`` holds that name once known, as LMQL's shared ``active_variable``)."""
+    name = h.at.name if h.at is not None and not h.pending else None
+    if name is None:
+        return False
+    if not active_name:
+        active_name.append(name)
+    return name == active_name[0]
