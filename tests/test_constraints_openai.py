@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Server
-from tests.openai_fixtures import TOKEN, client, openai, serve_guarded, serve_tiny
+from tests.openai_fixtures import TOKEN, client, openai, serve_guarded
 from tests.test_constraints_engine import DATE, PROMPT, reference_greedy
 
 pytestmark = pytest.mark.hf
@@ -24,8 +24,8 @@ SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "enum": ["
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Iterator[Server]:
-    yield from serve_tiny()
+def tiny(tiny_server: Server) -> Server:
+    return tiny_server
 
 
 @pytest.fixture(scope="module")

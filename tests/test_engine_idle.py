@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from lmql_core.backends.random import RandomBackend
+from lmql_core.builtin.random_backend import RandomBackend
 from lmql_core.engine.engine import Engine
 from lmql_core.engine.sequence import Finish, SamplingParams, Sequence
 
