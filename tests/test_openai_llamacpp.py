@@ -42,7 +42,7 @@ NOT_THE_TEXTS_OWN_SPLIT = "a prompt's tokens are not its text's tokenization; th
 CANNOT: dict[str, str] = dict.fromkeys(
     ["condition_on_earlier_value", "nested_cot", "nested_args", "nested_three_times",
      "nested_outer_stops_in_value", "nested_outer_stops_no_return", "nested_outer_len_two_inner_vars",
-     "nested_two_inner_vars", "decorator_post_int"], NOT_THE_TEXTS_OWN_SPLIT)
+     "nested_two_inner_vars", "decorator_post_int", "api_var_beam_loop"], NOT_THE_TEXTS_OWN_SPLIT)
 
 
 class LlamaCppServer:
