@@ -129,19 +129,16 @@ class Engine:
             step = following or (self._launcher.launch(chunks) if chunks else None)
 
     def _schedule(self, events: Events, following: LaunchedStep | None) -> list[ScheduledChunk] | None:
-        """The next step's chunks (none where ``following`` runs next), once there is work:
-        meanwhile the backend's idle work runs and a burst of requests gathers. None: the
-        engine stops, every sequence ended and ``events`` delivered."""
+        """With nothing to deliver nor to run, wait for work; then the next step's chunks (none
+        where ``following`` runs next). None: the engine stops, every sequence ended and
+        ``events`` delivered."""
         with self._wake:
             idle = not self.scheduler.running and not events and not following
             now = time.perf_counter()
             self.stats.busy_seconds += now - self._busy_since
             self._busy_since = now
-            while not self._stopping and not self.scheduler.has_work() and not events and not following:
-                pause = self._idle_work()
-                if not self._stopping and not self.scheduler.has_work():
-                    self._wake.wait(pause)
-                self._busy_since = time.perf_counter()
+            if not events and not following:
+                self._wait_for_work()
             if idle and not self._stopping:
                 self._gather_arrivals()
             if self._stopping:
@@ -150,6 +147,15 @@ class Engine:
                 return None
             self._endings.release(self.scheduler.take_cancelled())
             return [] if following else self._reschedule()
+
+    def _wait_for_work(self) -> None:
+        """With the lock held: wait until a request comes or the engine stops, the backend's
+        idle work run meanwhile."""
+        while not self._stopping and not self.scheduler.has_work():
+            pause = self._idle_work()
+            if not self._stopping and not self.scheduler.has_work():
+                self._wake.wait(pause)
+            self._busy_since = time.perf_counter()
 
     def _idle_work(self) -> float | None:
         """With the lock held: the backend's deferred work (``Backend.idle``), run with the lock
