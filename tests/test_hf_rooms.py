@@ -15,7 +15,7 @@ PACKAGE = "lmql_hf"
 # From the top down; a module belongs to the entry that names it or its package (the longest).
 ROOMS: tuple[tuple[str, ...], ...] = (
     ("lmql_hf.plugin",),
-    ("lmql_hf.backend", "lmql_hf.warm_up"),
+    ("lmql_hf.backend", "lmql_hf.warm_up", "lmql_hf.description"),
     ("lmql_hf.cuda", "lmql_hf.cpu"),
     ("lmql_hf.cache", "lmql_hf.loading"),
     ("lmql_hf.kernels",),

@@ -14,7 +14,8 @@ import pytest
 from lmql_core.lmtp import wire
 from lmql_core.loading.identifiers import parse_model_id
 from lmql_core.loading.model_host import ModelHost, load_model
-from lmql_core.openai_compat.service import OpenAIService, StreamPacer
+from lmql_core.openai_compat.completion import StreamPacer
+from lmql_core.openai_compat.service import OpenAIService
 
 REQUEST = {"model": "lmql-tiny", "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0,
            "logprobs": 2, "stream_options": {"include_usage": True}}

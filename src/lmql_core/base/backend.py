@@ -97,7 +97,8 @@ class ChainedSteps(Protocol):
     decode step with the tokens the previous step sampled while they are still on the device,
     before the host reads them, and tells their values afterwards."""
 
-    chains_steps: bool  # whether to chain now (a backend may have the methods and not want it)
+    # whether to chain (a backend may have the methods and not want it); read once, as the engine starts
+    chains_steps: bool
 
     def forward_sampled(self, seq_ids: list[int], tokens: Any) -> StepOutput | None:
         """A chained step: append one token to each sequence, given as the device array that

@@ -10,7 +10,7 @@ from lmql_core.engine.sequence import Sequence
 
 @dataclass
 class LaunchedStep:
-    """A step whose work is queued on the device; its results are read by ``_collect``."""
+    """A step whose work is queued on the device; its results are read by ``Collector.collect``."""
 
     sampled: list[Sequence]
     sampling: PendingSamples | None

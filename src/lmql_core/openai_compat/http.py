@@ -10,8 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from lmql_core.lmtp.server.app import GUARD_KEY, HOST_KEY, LIMITS_KEY, TRAFFIC_KEY, authorized
+from lmql_core.openai_compat.completion import Completion
 from lmql_core.openai_compat.requests import OpenAIError, parse_json
-from lmql_core.openai_compat.service import Completion, OpenAIService
+from lmql_core.openai_compat.service import OpenAIService
 
 SERVICE_KEY = web.AppKey("openai_service", OpenAIService)
 DISCONNECT_POLL_S = 0.2  # how often a request in flight looks whether its client is still there

@@ -1,54 +1,25 @@
 """OpenAI's endpoints on the models a ``ModelHost`` serves, with no web framework in sight.
 
 Each method takes a parsed JSON body and returns OpenAI's JSON answer, or (completions) a
-``Completion`` that is awaited whole or iterated as stream chunks; a bad request raises
-``OpenAIError`` with its HTTP status. A completion runs as LMTP requests on a ``Session`` of its
-own: the session checks them (token ids, sampling options, context, text) exactly as it checks
-LMTP's, and its ``close()`` stops the engine's work when the client goes away.
+``Completion`` (``completion.py``) that is awaited whole or iterated as stream chunks; a bad
+request raises ``OpenAIError`` with its HTTP status. A completion runs as LMTP requests on a
+``Session`` of its own: the session checks them (token ids, sampling options, context, text)
+exactly as it checks LMTP's, and its ``close()`` stops the engine's work when the client goes away.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-from lmql_core.base.backend import ChatTemplates
-from lmql_core.engine.sequence import TokenEvent
-from lmql_core.errors import LMQLError, RequestError
+from lmql_core.errors import RequestError
 from lmql_core.lmtp import wire
-from lmql_core.lmtp.server.session import FINISH_REASONS, Outbox, Session
-from lmql_core.loading.model_host import LoadedModel, ModelHost
+from lmql_core.lmtp.server.session import Outbox, Session
+from lmql_core.loading.model_host import ModelHost
 from lmql_core.openai_compat import requests
-from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs, delta_json
-from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad_request
-
-SHUTTING_DOWN = "shutting down"  # in the engine's error when the server stops
-DONE = b"data: [DONE]\n\n"
-_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds one per call
-MAX_PAUSE_S = 0.25  # the longest a stream waits between its events when many share the loop
-MIN_PAUSE_S = 0.001  # shorter pauses are not worth a timer: the next step comes as fast
-
-
-class StreamPacer:
-    """Spaces the events of the streams on one event loop, when there are many, so that writing
-    them stays a small part of the loop's work: each event costs the interpreter tens of
-    microseconds (encoding, the write, waking the writer) for 64 streams every engine step on a
-    GPU. A stream that waits gets the tokens produced meanwhile in its next event (``_deltas``),
-    so fewer, larger events; a client reconstructs the same text, log-probs and finish."""
-
-    def __init__(self, events_per_s: float) -> None:
-        """``events_per_s``: for all the streams together (0: no pauses)."""
-        self.event_cost_s = 1 / events_per_s if events_per_s > 0 else 0.0
-        self.streams = 0  # streaming completions now
-
-    def pause(self) -> float:
-        """The least seconds between two events of a stream."""
-        pause = min(MAX_PAUSE_S, self.streams * self.event_cost_s)
-        return pause if pause >= MIN_PAUSE_S else 0.0
+from lmql_core.openai_compat.completion import Completion, StreamPacer
+from lmql_core.openai_compat.prompts import chat_ids, encode, served_model, tokenizer_of
+from lmql_core.openai_compat.requests import bad_request
 
 
 class OpenAIService:
@@ -78,333 +49,24 @@ class OpenAIService:
     async def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         """vLLM's ``/tokenize``: ``prompt`` (``add_special_tokens``: the BOS) or chat ``messages``."""
         session = Session(self.host, _ignore, self.limits)
-        model = await _model(session, requests.model_name(body))
+        model = await served_model(session, requests.model_name(body))
         if "messages" in body:
-            ids = await _chat_ids(session, model, requests.messages(body["messages"]))
+            ids = await chat_ids(session, model, requests.messages(body["messages"]))
         else:
             bos = body.get("add_special_tokens", True) is not False
-            ids = _encode(session, model, body.get("prompt"), "prompt", bos)
+            ids = encode(session, model, body.get("prompt"), "prompt", bos)
         return {"count": len(ids), "max_model_len": model.backend.max_context, "tokens": ids}
 
     async def detokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         """vLLM's ``/detokenize``: ``tokens`` back to text."""
         session = Session(self.host, _ignore, self.limits)
-        model = await _model(session, requests.model_name(body))
+        model = await served_model(session, requests.model_name(body))
         try:
             ids = wire.token_list(body.get("tokens"), "tokens", model.backend.vocab_size)
         except RequestError as e:
             raise bad_request(str(e), "tokens") from None
-        return {"prompt": _tokenizer(model).decode(ids)}
+        return {"prompt": tokenizer_of(model).decode(ids)}
 
 
 def _ignore(command: str, payload: Any) -> None:
     pass
-
-
-def sse_event(payload: dict[str, Any]) -> bytes:
-    """One server-sent event of a stream."""
-    return b"data: " + _JSON.encode(payload).encode() + b"\n\n"
-
-
-async def _model(session: Session, name: str) -> LoadedModel:
-    try:
-        return await session.model(name)
-    except LMQLError as e:  # not served (or, loading on demand, not loadable)
-        raise OpenAIError(404, str(e), param="model", code="model_not_found") from None
-
-
-def _tokenizer(model: LoadedModel) -> Any:
-    if model.tokenizer is None:
-        raise bad_request(f"the server has no tokenizer for '{model.model_id.served_name}', which "
-                          "OpenAI's API needs (text in and out); use LMTP with token ids")
-    return model.tokenizer
-
-
-def _encode(session: Session, model: LoadedModel, text: Any, field: str, bos: bool) -> list[int]:
-    _tokenizer(model)
-    try:
-        return session.encode(model, text, field, bos)
-    except RequestError as e:
-        raise bad_request(str(e), field) from None
-
-
-async def _chat_ids(session: Session, model: LoadedModel, messages: list[dict[str, Any]]) -> list[int]:
-    """The chat template's prompt, tokenized as transformers does (no special tokens added: the
-    template writes them)."""
-    backend = model.backend
-    text = None
-    if isinstance(backend, ChatTemplates):  # off the loop: the first call loads the template
-        text = await asyncio.to_thread(backend.chat_prompt, messages)
-    if text is None:
-        raise bad_request(f"'{model.model_id.served_name}' has no chat template (its tokenizer configuration "
-                          "sets no chat_template); send a prompt to /v1/completions instead", "messages")
-    return _encode(session, model, text, "messages", bos=False)
-
-
-class Completion:
-    """One request's choices, each an LMTP stream of the request's own session (stream id: the
-    choice's index); with ``echo``, a SCORE stream per prompt gives the prompt's log-probs."""
-
-    def __init__(self, host: ModelHost, limits: wire.Limits, request: CompletionRequest,
-                 outbox: Outbox | None = None, pacer: StreamPacer | None = None) -> None:
-        """``outbox``: shared by the completions on one event loop (one wake-up per engine step);
-        ``pacer``: spaces the stream's events when many streams share the loop."""
-        self.request = request
-        self.pacer = pacer
-        self.limits = limits
-        self.session = Session(host, self._receive, limits, outbox=outbox, raw_events=True)
-        kind = "chatcmpl" if request.chat else "cmpl"
-        self.id = f"{kind}-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.choices: list[Choice] = []
-        self.prompt_tokens = 0
-        self._echoes: dict[str, tuple[list[int], list[dict[str, Any]], list[Choice]]] = {}
-        self._changed = asyncio.Event()
-        self._finish_sent: set[int] = set()
-        self.closed = False
-
-    async def begin(self) -> None:
-        request = self.request
-        model = await _model(self.session, request.model)
-        tokenizer = _tokenizer(model)
-        prompts = ([await _chat_ids(self.session, model, request.messages)] if request.chat
-                   else [self._prompt_ids(model, p) for p in request.prompts])
-        self._check_room(model, prompts)
-        try:
-            for p, ids in enumerate(prompts):
-                self.prompt_tokens += len(ids)
-                mine = [self._new_choice(tokenizer, model) for _ in range(request.n)]
-                if request.echo:
-                    original = request.prompts[p]
-                    prefix = original if isinstance(original, str) else tokenizer.decode(ids)
-                    await self._start_echo(p, ids, prefix, mine)
-                for i, choice in enumerate(mine):
-                    await self._start_choice(choice, ids, i)
-        except RequestError as e:
-            self.close()
-            raise bad_request(str(e)) from None
-
-    def _prompt_ids(self, model: LoadedModel, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            return _encode(self.session, model, prompt, "prompt", bos=True)
-        try:
-            return wire.token_list(prompt, "prompt", model.backend.vocab_size)
-        except RequestError as e:
-            raise bad_request(str(e), "prompt") from None
-
-    def _check_room(self, model: LoadedModel, prompts: list[list[int]]) -> None:
-        request = self.request
-        streams = len(prompts) * (request.n + request.echo)
-        if streams > self.limits.max_streams_per_connection:
-            raise OpenAIError(429, f"this request asks for {streams} streams; the server runs at most "
-                              f"{self.limits.max_streams_per_connection} for one request (--max-streams)",
-                              kind="rate_limit_exceeded", code="rate_limit_exceeded")
-        context = model.backend.max_context
-        longest = max(map(len, prompts))
-        if context is not None and longest + (request.max_tokens or 0) > context:
-            raise bad_request(f"this model's maximum context length is {context} tokens; this request asks "
-                              f"for {longest + (request.max_tokens or 0)} ({longest} in the prompt, "
-                              f"{request.max_tokens} for the completion)", "max_tokens")
-
-    def _new_choice(self, tokenizer: Any, model: LoadedModel) -> Choice:
-        request = self.request
-        choice = Choice(len(self.choices), tokenizer, request.stop, request.stop_token_ids,
-                        model.backend.eos_token_id, request.tokens_as_ids, request.logprobs is not None)
-        self.choices.append(choice)
-        return choice
-
-    async def _start_echo(self, p: int, ids: list[int], prefix: str, choices: list[Choice]) -> None:
-        for choice in choices:
-            choice.prefix = prefix
-        if len(ids) == 1:  # nothing to score: the first token has no log-prob
-            self._set_prefix_logprobs(ids, [], choices)
-            return
-        stream_id = f"echo-{p}"
-        self._echoes[stream_id] = (ids, [], choices)
-        await self.session.start("SCORE", {"stream_id": stream_id, "model": self.request.model,
-                                           "prompt": ids[:1], "scored": ids[1:]})
-
-    @staticmethod
-    def _set_prefix_logprobs(ids: list[int], scored: list[dict[str, Any]], choices: list[Choice]) -> None:
-        """The prompt's log-probs (SCORE entries for its tokens after the first), as echo shows them."""
-        for choice in choices:
-            choice.prefix_logprobs = [choice.token_logprob(ids[0], None, None)] + [
-                choice.token_logprob(e["token"], e["logprob"], {str(e["token"]): e["logprob"]})
-                for e in scored]
-
-    async def _start_choice(self, choice: Choice, ids: list[int], i: int) -> None:
-        request = self.request
-        if request.max_tokens == 0:  # echo alone: the prompt scored, nothing generated
-            choice.finish_reason = LENGTH
-            return
-        sampling = dict(request.sampling)
-        if "seed" in sampling and isinstance(sampling["seed"], int) and i:
-            sampling["seed"] = (sampling["seed"] + i) % (wire.MAX_SEED + 1)  # each choice its own noise
-        await self.session.start("GENERATE", {
-            **sampling, "stream_id": choice.index, "model": request.model, "prompt": ids,
-            "max_tokens": request.max_tokens, "top_logprobs": request.logprobs or 0})
-
-    # --- results, as the engine delivers them (on the event loop) ----------------------------
-
-    def _receive(self, command: str, payload: Any) -> None:
-        """TOKEN payloads: the engine's events (``raw_events``), or entries (errors)."""
-        choices = self.choices
-        for entry in payload if isinstance(payload, list) else []:
-            if type(entry) is TokenEvent:
-                sid = entry.stream_id
-                if entry.error is None and type(sid) is int and 0 <= sid < len(choices):
-                    finish = None if entry.finish_reason is None else FINISH_REASONS[entry.finish_reason]
-                    if choices[sid].add_event(entry, finish):
-                        self.session.cancel(sid)
-                    continue
-                entry = wire.token_entry(entry, FINISH_REASONS)
-            sid = entry.get("stream_id")
-            if isinstance(sid, int) and 0 <= sid < len(self.choices):
-                if self.choices[sid].add(entry):
-                    self.session.cancel(sid)  # a stop string or stop token: the engine may stop
-            elif sid in self._echoes:
-                self._echo_entry(sid, entry)
-        self._changed.set()
-
-    def _echo_entry(self, sid: str, entry: dict[str, Any]) -> None:
-        ids, entries, choices = self._echoes[sid]
-        if "error" in entry:
-            for choice in choices:
-                choice.error = str(entry["error"])
-        else:
-            entries.append(entry)
-        if "error" in entry or entry.get("finish_reason") is not None:
-            self._set_prefix_logprobs(ids, entries, choices)
-            del self._echoes[sid]
-
-    def _finished(self) -> bool:
-        return not self._echoes and all(choice.done for choice in self.choices)
-
-    async def _next_change(self) -> None:
-        if self.closed:
-            raise OpenAIError(499, "the client went away")
-        await self._changed.wait()
-        self._changed.clear()
-
-    def _raise_errors(self) -> None:
-        for choice in self.choices:
-            if choice.error is not None:
-                if SHUTTING_DOWN in choice.error:
-                    raise OpenAIError(503, choice.error, kind="service_unavailable")
-                raise OpenAIError(500, choice.error, kind="server_error")
-
-    async def result(self) -> dict[str, Any]:
-        """The whole answer, once every choice has ended."""
-        while not self._finished():
-            await self._next_change()
-        self._raise_errors()
-        return {"id": self.id, "object": "chat.completion" if self.request.chat else "text_completion",
-                "created": self.created, "model": self.request.model,
-                "choices": [self._whole(choice) for choice in self.choices], "usage": self.usage()}
-
-    def _whole(self, choice: Choice) -> dict[str, Any]:
-        k = self.request.logprobs
-        items = choice.prefix_logprobs + choice.logprobs
-        if self.request.chat:
-            return {"index": choice.index, "message": {"role": "assistant", "content": choice.text},
-                    "logprobs": None if k is None else chat_logprobs(items, k),
-                    "finish_reason": choice.finish_reason}
-        return {"index": choice.index, "text": choice.prefix + choice.text,
-                "logprobs": None if k is None else completion_logprobs(items, 0),
-                "finish_reason": choice.finish_reason}
-
-    def usage(self) -> dict[str, int]:
-        generated = sum(choice.tokens for choice in self.choices)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": generated,
-                "total_tokens": self.prompt_tokens + generated}
-
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
-        """The answer as stream chunks: text as it is decoded, each choice's end, then (asked
-        with ``stream_options.include_usage``) the usage. A consumer that falls behind gets the
-        tokens produced meanwhile in one chunk per choice (text and log-probs concatenated)."""
-        head = self._chunk_head()
-        async for deltas in self._deltas():
-            for delta in deltas:
-                yield {**head, "choices": [delta]}
-        if self.request.include_usage:
-            yield self._usage_chunk()
-
-    async def sse(self) -> AsyncIterator[bytes]:
-        """``chunks()`` as the bytes of server-sent events, those ready together in one piece, then
-        ``data: [DONE]``; an error after the start is an event of the stream. Ends without
-        ``[DONE]`` when the client went away (``close``)."""
-        head = _JSON.encode(self._chunk_head())[:-1].encode()
-        prefix, suffix = b"data: " + head + b',"choices":[', b"]}\n\n"
-        try:
-            async for deltas in self._deltas():
-                yield b"".join([prefix + delta_json(delta).encode() + suffix for delta in deltas])
-            tail = sse_event(self._usage_chunk()) if self.request.include_usage else b""
-        except OpenAIError as error:
-            if error.status == 499:  # nobody to tell
-                return
-            tail = sse_event(error.body())
-        yield tail + DONE
-
-    async def _deltas(self) -> AsyncIterator[list[dict[str, Any]]]:
-        """Each time the engine has delivered (or, paced, after the pause): the choices' news
-        since the last time."""
-        offsets = [0] * len(self.choices)
-        pacer, loop = self.pacer or StreamPacer(0), asyncio.get_running_loop()
-        pacer.streams += 1
-        last_sent = 0.0
-        try:
-            while True:
-                if not self._echoes:  # the prompts' log-probs go first
-                    self._raise_errors()
-                    news = (self._delta(choice, offsets) for choice in self.choices)
-                    deltas = [d for d in news if d is not None]
-                    if deltas:
-                        yield deltas
-                        last_sent = loop.time()
-                    if len(self._finish_sent) == len(self.choices):
-                        break
-                await self._next_change()
-                wait = pacer.pause() - (loop.time() - last_sent)  # news sooner than the pause: it waits
-                if wait >= MIN_PAUSE_S:
-                    await asyncio.sleep(wait)
-        finally:
-            pacer.streams -= 1
-
-    def _usage_chunk(self) -> dict[str, Any]:
-        return {**self._chunk_head(), "choices": [], "usage": self.usage()}
-
-    def _delta(self, choice: Choice, offsets: list[int]) -> dict[str, Any] | None:
-        if choice.index in self._finish_sent:
-            return None
-        if choice.settle():  # the tokens since the last event, decoded together
-            self.session.cancel(choice.index)
-        text, items = choice.releasable_text(), choice.new_logprobs()
-        all_sent = choice.sent_text == len(choice.prefix) + len(choice.text)
-        finish = choice.finish_reason if choice.done and all_sent else None
-        first = self.request.chat and not choice.role_sent
-        if not text and not items and finish is None and not first:
-            return None
-        if finish is not None:
-            self._finish_sent.add(choice.index)
-        choice.role_sent = True
-        k = self.request.logprobs
-        body: dict[str, Any] = {"index": choice.index}
-        if self.request.chat:
-            body["delta"] = {"role": "assistant", "content": text} if first else {"content": text}
-            body["logprobs"] = None if k is None else chat_logprobs(items, k)
-        else:
-            body["text"] = text
-            body["logprobs"] = None if k is None else completion_logprobs(items, offsets[choice.index])
-            offsets[choice.index] += sum(item.length for item in items)
-        body["finish_reason"] = finish
-        return body
-
-    def _chunk_head(self) -> dict[str, Any]:
-        kind = "chat.completion.chunk" if self.request.chat else "text_completion"
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.request.model}
-
-    def close(self) -> None:
-        """The client went away (or the request failed): the engine stops its streams."""
-        self.closed = True
-        self.session.close()
-        self._changed.set()

@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 
 from lmql_core.plugin import Backend, LMQLError, StepInput, StepOutput, TorchOps, find_tokenizer_json
-from lmql_hf import kernels, warm_up
+from lmql_hf import description, kernels, warm_up
 from lmql_hf.cache import memory, packed
 from lmql_hf.cache.slot_cache import SlotCache
 from lmql_hf.cache.slots import SlotTable
@@ -363,28 +363,7 @@ class HFBackend(Backend):
     # --- description ------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return {
-            "backend": "hf",
-            "model_class": type(self.model).__name__,
-            "path": self.path,
-            "constructor": weights.constructor_call(self.path, self.kwargs),
-            "devices": self.devices,
-            "layers": weights.layer_placement(self.model),
-            "dtype": str(self.model.dtype).removeprefix("torch."),
-            "max_batch": self.max_batch,
-            "max_batch_from": self.memory.source,  # "memory" (as many as fit), "given", "default"
-            "kv_cache": {"slots": self.cache.slots, "max_len": self.max_context,
-                         "bytes": self.cache.slots * self.memory.slot_bytes,
-                         "reserved_bytes": self.memory.reserved_bytes,
-                         "cuda_graphs": self.graphs is not None, "fused_modules": self.fused_modules,
-                         "graphs": self.captures_left.captured(),  # captured so far, of how many
-                         "chained_steps": self.chains_steps, "lean_decode": self.lean is not None,
-                         "head_forms": self.lean.head.forms if self.lean is not None else None,
-                         "packed_linears": sorted(self.lean.packed_roles) if self.lean is not None else [],
-                         "reused_prefix_tokens": self.table.reused_tokens},
-            "warm_up_s": None if self.warm_up_seconds is None else round(self.warm_up_seconds, 3),
-            "versions": weights.versions(),
-        }
+        return description.describe(self)
 
     def tokenizer_json(self) -> str | None:
         found = find_tokenizer_json(self.path) or cached_tokenizer_json(self.path)

@@ -1,0 +1,102 @@
+"""Postprocessing a step: wait for its results on the host and turn them into events."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from lmql_core.base.backend import Backend, ChainedSteps
+from lmql_core.engine import scoring
+from lmql_core.engine.constraints import MaskFiller, grammar_events, nothing_allowed
+from lmql_core.engine.endings import Endings, Events
+from lmql_core.engine.sampling import Samples, collect_sampling, collect_scoring
+from lmql_core.engine.sequence import Finish, Sequence, Status, TokenEvent
+from lmql_core.engine.steps import EngineStats, LaunchedStep
+
+log = logging.getLogger(__name__)
+
+NO_CHANCE = float("-inf")
+NOTHING_TO_CHOOSE = ("no token can be chosen: every token has probability 0 "
+                     "(does logit_bias ban them all?)")
+
+
+class Collector:
+    """Reads the engine's launched steps back. ``chainer``: the backend where it runs chained
+    steps (told the values of the tokens they were fed), else None."""
+
+    def __init__(self, backend: Backend, stats: EngineStats, masks: MaskFiller, endings: Endings,
+                 chainer: ChainedSteps | None) -> None:
+        self.backend = backend
+        self.stats = stats
+        self.masks = masks
+        self.endings = endings
+        self.chainer = chainer
+
+    def collect(self, step: LaunchedStep, chained: LaunchedStep | None = None) -> Events:
+        """Wait for a launched step's results and turn them into events, grouped by client.
+        ``chained``: the chained step already queued with these samples as its input. This runs
+        once per row per step on the thread every step waits for: keep its loop lean."""
+        try:
+            self._wait_for(step)
+            samples = collect_sampling(self.backend.ops, step.sampling) if step.sampling else None
+            scores = collect_scoring(self.backend.ops, step.scoring) if step.scoring else []
+        except Exception as e:
+            log.exception("sampling failed")
+            self.endings.end_all(step.sampled + step.scored, f"model error: {e}")
+            return {}
+        events: Events = {}
+        if samples:
+            if chained and chained.chained_ids:
+                assert self.chainer is not None, "a chained step ran on a backend that does not chain"
+                self.chainer.confirm(chained.chained_ids, samples.tokens)
+            self._emit_samples(step.sampled, samples, events)
+        scoring.add_events(step.scored, scores, events)
+        self.endings.finish(step.scored)
+        self.stats.steps += 1
+        self.stats.last_step_seconds = time.perf_counter() - step.started
+        return events
+
+    def _emit_samples(self, seqs: list[Sequence], samples: Samples, events: Events) -> None:
+        eos = self.backend.eos_token_id
+        taken = self.masks.take_tokens(seqs, samples.tokens, samples.logprobs, eos)  # grammars take theirs
+        sink, batch = None, []  # one client's rows usually come together: group them in runs
+        produced, ended, running = 0, [], Status.RUNNING
+        for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
+                                            strict=True):
+            if seq.status is not running:  # a row of a chained step, after its sequence ended
+                continue
+            if not logprob > NO_CHANCE:  # NaN or -inf: every token had probability 0
+                error = NOTHING_TO_CHOOSE if seq.params.constraint is None else nothing_allowed(seq)
+                events.setdefault(seq.sink, []).append(TokenEvent(seq.stream_id, error=error))
+                ended.append(seq)
+                continue
+            seq.generated.append(token)
+            produced += 1
+            reason = (Finish.EOS if token == eos else Finish.LENGTH if len(seq.generated) >= seq.max_generated
+                      else None)
+            if seq.sink != sink:
+                sink = seq.sink
+                batch = events.setdefault(sink, [])
+            if reason is None and seq.params.constraint is not None:
+                following = time.perf_counter()
+                followed, ends = grammar_events(seq, token, logprob, top, taken.get(id(seq), False))
+                self.stats.grammar_seconds += time.perf_counter() - following
+                batch.extend(followed)
+                produced += len(followed) - 1
+                if ends:
+                    ended.append(seq)
+                continue
+            batch.append(TokenEvent(seq.stream_id, token, logprob, reason, top))
+            if reason:
+                ended.append(seq)
+        self.stats.tokens_generated += produced
+        self.endings.finish(ended)
+
+    def _wait_for(self, step: LaunchedStep) -> None:
+        waiting = time.perf_counter()
+        transfers = [step.scoring.host_copy] if step.scoring else []
+        if step.sampling:
+            transfers.append(step.sampling.host_copy)
+        for pending in transfers:
+            self.backend.ops.wait_host_copy(pending)
+        self.stats.device_wait_seconds += time.perf_counter() - waiting

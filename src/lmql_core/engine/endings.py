@@ -1,0 +1,87 @@
+"""How the engine ends sequences: caches released, errors and tokens handed to their clients."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from lmql_core.base.backend import Backend, ReleasesTogether
+from lmql_core.engine.scheduler import Scheduler
+from lmql_core.engine.sequence import Sequence, Sink, TokenEvent
+from lmql_core.engine.steps import EngineStats
+
+log = logging.getLogger(__name__)
+
+Events = dict[Sink, list[TokenEvent]]  # a step's events, grouped by client
+
+
+def deliver(sink: Sink, events: list[TokenEvent]) -> None:
+    try:
+        sink(events)
+    except Exception:  # a broken client must not stop the engine
+        log.exception("delivering tokens failed")
+
+
+def deliver_all(events: Events) -> None:
+    for sink, batch in events.items():
+        deliver(sink, batch)
+
+
+class Endings:
+    """Ends the engine's sequences; ``lock`` guards the scheduler (the engine's)."""
+
+    def __init__(self, backend: Backend, scheduler: Scheduler, lock: threading.Condition,
+                 stats: EngineStats) -> None:
+        self.backend = backend
+        self.scheduler = scheduler
+        self.lock = lock
+        self.stats = stats
+        self._releases_together = isinstance(backend, ReleasesTogether)
+
+    def finish(self, seqs: list[Sequence]) -> list[Sequence]:
+        """End those of ``seqs`` still running, their caches released together (sequences that
+        end in the same step often end together: a batch of equal requests); returns them."""
+        if not seqs:
+            return []
+        with self.lock:
+            ended = self.scheduler.finish(seqs)
+        self.stats.sequences_finished += len(ended)
+        self.release(ended)
+        return ended
+
+    def end(self, seq: Sequence, event: TokenEvent) -> None:
+        """End ``seq`` with ``event`` (an error), unless it ended or was cancelled already."""
+        if self.finish([seq]):
+            deliver(seq.sink, [event])
+
+    def end_all(self, seqs: list[Sequence], error: str) -> None:
+        for seq in seqs:
+            self.end(seq, TokenEvent(seq.stream_id, error=error))
+
+    def end_failed_rows(self, seqs: list[Sequence], errors: dict[int, str]) -> None:
+        """End the sequences whose rows the backend reported failed (``StepOutput.errors``)."""
+        for seq in seqs:
+            if seq.seq_id in errors:
+                self.end(seq, TokenEvent(seq.stream_id, error=f"model error: {errors[seq.seq_id]}"))
+
+    def fail_all(self, message: str) -> None:
+        """With the lock held: end every sequence with ``message`` (the engine stops)."""
+        ended, holding = self.scheduler.finish_all()
+        for seq in ended:
+            deliver(seq.sink, [TokenEvent(seq.stream_id, error=message)])
+        self.release(holding)
+
+    def release(self, seqs: list[Sequence]) -> None:
+        self.release_ids([seq.seq_id for seq in seqs])
+
+    def release_ids(self, seq_ids: list[int]) -> None:
+        if not seq_ids:
+            return
+        try:
+            if self._releases_together:  # together where the backend can, else one release each
+                self.backend.release_all(seq_ids)  # type: ignore[attr-defined]
+            else:
+                for seq_id in seq_ids:
+                    self.backend.release(seq_id)
+        except Exception:
+            log.exception("releasing sequences %s failed", seq_ids)
