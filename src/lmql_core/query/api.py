@@ -20,6 +20,8 @@ from lmql_core.query.parser import Clause, ParsedQuery, parse_query
 from lmql_core.query.program import CompiledQuery
 from lmql_core.query.result import LMQLResult
 
+SOURCE_TRACE_NAME = "<function query>"  # LMQL's tracer name for a query compiled from a string
+
 
 class QueryFunction:
     """A compiled query, callable like the function it came from (sync or async)."""
@@ -219,7 +221,8 @@ def _refuse_in_async_context() -> None:
 
 def run_file(path: str | Path, *args: Any, **kwargs: Any) -> Any:
     source = Path(path).read_text(encoding="utf-8")
-    compiled = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(path).name)
+    compiled = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(path).name,
+                             trace_name=SOURCE_TRACE_NAME)
     return _block(compiled.start(args, kwargs))
 
 
@@ -237,7 +240,8 @@ def _from_source(source: str, params: ast.arguments | None, defaults: dict[str, 
     live at each call, under the caller's locals."""
     frame = _caller_frame()
     module = frame.f_globals if frame is not None else None
-    return CompiledQuery(parse_query(source), params, defaults, _locals_of(frame), name, module=module)
+    return CompiledQuery(parse_query(source), params, defaults, _locals_of(frame), name, module=module,
+                         trace_name=SOURCE_TRACE_NAME)
 
 
 def _caller_frame() -> Any:
