@@ -4,8 +4,8 @@ with a tracer's recorded model requests and responses, its metrics and its child
 from __future__ import annotations
 
 import json
-from importlib import metadata
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
