@@ -32,7 +32,7 @@ from lmql_core.query.inputs import (
 )
 from lmql_core.query.parser import WHERE_MARK, ParsedQuery
 from lmql_core.query.qstring import Hole, parse_qstring
-from lmql_core.query.result import LMQLResult
+from lmql_core.query.result import LMQLResult, variable_values
 from lmql_core.query.runtime import Program, QueryContext
 from lmql_core.query.vocabulary import Vocabulary
 from lmql_core.query.where import parse_where
@@ -50,6 +50,7 @@ class CompiledQuery:
     globals: dict[str, Any] = field(default_factory=dict)  # names of its own (closure, prologue)
     name: str = "query"
     module: dict[str, Any] | None = None  # the defining module's globals, read live at each call
+    single_value: bool = False  # lmql.F's: each run gives its variable's value (see variable_values)
     trace_name: str | None = None  # its tracer's name, where not ``name`` ("<function query>" from source)
 
     def namespace(self) -> dict[str, Any]:
@@ -207,6 +208,8 @@ class CompiledQuery:
         wanted = certificates.requested(certificate)
         with tracing.scope(self.trace_name or self.name, record=wanted) as tracer:
             results = await run
+            if self.single_value:
+                results = variable_values(results)
             if wanted and tracer is not None:
                 return certificates.deliver(certificate, tracer, results)
         return results
