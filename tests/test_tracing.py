@@ -36,7 +36,7 @@ def test_the_request_ids_are_the_prompts_tokens() -> None:
     from lmql_hf.bundled import bundled_path
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(bundled_path("lmql-tiny"))
-    assert GREET_IDS == [tokenizer.bos_token_id, *tokenizer("Greet the world:", add_special_tokens=False)["input_ids"]]
+    assert [tokenizer.bos_token_id, *tokenizer("Greet the world:", add_special_tokens=False)["input_ids"]] == GREET_IDS
     assert tokenizer.decode(GREET_TOKENS) == GREET_VALUE
 
 
