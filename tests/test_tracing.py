@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import lmql  # noqa: E402
+from tests.conftest import run_lmql  # noqa: E402
 
 pytestmark = pytest.mark.hf
 MODEL = "local:lmql-tiny"
@@ -196,3 +197,14 @@ def test_a_role_tag_from_lmql_tag_renders_as_the_role_tag_syntax() -> None:
     tagged = lmql.run_sync('argmax "{lmql.tag(\'user\')}Hi[X]" where len(TOKENS(X)) < 3', model=MODEL)
     written = lmql.run_sync('argmax "{:user}Hi[X]" where len(TOKENS(X)) < 3', model=MODEL)
     assert tagged.prompt == written.prompt and tagged.variables == written.variables
+
+
+def test_lmql_run_writes_the_certificate_where_certificate_says(tmp_path: Path) -> None:
+    # cli.py of LMQL 0.7.3: --certificate True prints it, a path writes it
+    program = tmp_path / "greet.lmql"
+    program.write_text(f'argmax "{GREET}" from "{MODEL}" where len(TOKENS(GREETING)) < 4\n')
+    path = tmp_path / "certificate.json"
+    run_lmql("run", str(program), "--certificate", str(path))
+    (request, result) = json.loads(path.read_text())["events"]
+    assert request["data"]["kwargs"]["ids"] == GREET_IDS and request["data"]["result"] == GREET_TOKENS
+    assert result["data"][0]["variables"] == {"GREETING": GREET_VALUE}
