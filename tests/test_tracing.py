@@ -177,6 +177,9 @@ def test_version_tag_and_runtime_modules() -> None:
     assert lmql.lmql_runtime is lmql.runtime_support
     assert lmql.lmql_runtime.format("a [b]") == "a [[b]]"  # formatting.py format: brackets escaped
     assert lmql.lmql_runtime.format([{"role": "user", "content": "hi"}]) == "<lmql:user/>hi"
+    assert lmql.runtime.tracing.traced is lmql.traced  # submodules reachable as attributes, as in LMQL
+    with pytest.raises(AttributeError, match="no attribute 'interpreter'"):
+        lmql.runtime.interpreter  # noqa: B018 (LMQL's internal module: not provided)
     from lmql.runtime.output_writer import BaseOutputWriter
 
     assert isinstance(lmql.silent, BaseOutputWriter)

@@ -32,7 +32,7 @@ _RENAMED = {"LMQLQueryFunction": ("lmql_core.query", "QueryFunction")}
 # name -> the submodule it is (LMQL 0.7.3 reaches some under two names)
 _SUBMODULES = {"algorithms": "algorithms", "decorators": "decorators", "version": "version",
                "version_info": "version", "lmql_runtime": "runtime.lmql_runtime",
-               "runtime_support": "runtime.lmql_runtime"}
+               "runtime_support": "runtime.lmql_runtime", "runtime": "runtime", "language": "language"}
 
 __all__ = [*_LAZY, *_RENAMED, *_SUBMODULES]
 
