@@ -139,9 +139,8 @@ class ContextTracer:
         self._tokens.append(_active.set(self.tracer))
         return self.tracer
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         _active.reset(self._tokens.pop())
-        return False
 
 
 def traced(name: str) -> ContextTracer:
