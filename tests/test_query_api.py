@@ -140,7 +140,9 @@ def test_served_models_take_lmqls_in_process_options_without_complaint(recwarn: 
 LMQL_PUBLIC = ("F", "LLM", "LMQLQueryFunction", "LMQLResult", "ScoringResult", "algorithms", "decorators",
                "generate", "generate_sync", "get_default_model", "get_default_scoring_model", "headless",
                "main", "model", "printing", "query", "query_from_string", "run", "run_file", "run_in_loop",
-               "run_sync", "score", "score_sync", "serve", "set_default_model", "silent", "stream", "tokenizer")
+               "run_sync", "score", "score_sync", "serve", "set_default_model", "silent", "stream", "tokenizer",
+               "InferenceCertificate", "Tracer", "certificate", "traced", "tag", "version", "version_info",
+               "lmql_runtime", "runtime_support", "runtime", "language")
 
 
 def test_lmqls_public_names_are_there() -> None:

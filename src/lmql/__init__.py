@@ -22,9 +22,17 @@ _LAZY = {
                                              "run", "run_file", "run_sync", "main", "run_in_loop")},
     **{name: "lmql_core.query.output" for name in ("printing", "silent", "headless", "stream")},
     "tokenizer": "lmql_core.api.lmql_tokenizer",
+    "traced": "lmql_core.api.tracing",
+    "Tracer": "lmql_core.api.tracing",
+    "certificate": "lmql_core.api.certificate",
+    "InferenceCertificate": "lmql_core.api.certificate",
+    "tag": "lmql_core.query.chat",
 }
 _RENAMED = {"LMQLQueryFunction": ("lmql_core.query", "QueryFunction")}
-_SUBMODULES = ("algorithms", "decorators")
+# name -> the submodule it is (LMQL 0.7.3 reaches some under two names)
+_SUBMODULES = {"algorithms": "algorithms", "decorators": "decorators", "version": "version",
+               "version_info": "version", "lmql_runtime": "runtime.lmql_runtime",
+               "runtime_support": "runtime.lmql_runtime", "runtime": "runtime", "language": "language"}
 
 __all__ = [*_LAZY, *_RENAMED, *_SUBMODULES]
 
@@ -36,7 +44,7 @@ def __getattr__(name: str) -> Any:
         module, attribute = _RENAMED[name]
         value = getattr(importlib.import_module(module), attribute)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
+        value = importlib.import_module(f"{__name__}.{_SUBMODULES[name]}")
     elif name == "__version__":
         from lmql_core import __version__ as value
     else:

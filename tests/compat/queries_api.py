@@ -182,4 +182,34 @@ def main():
     ids = t("Hello world, said the cat.")["input_ids"]
     return {"ids": ids, "text": t.decode(ids), "batch": t(["a b", "c"])["input_ids"]}
 '''},
+    # inference certificates: the requests' token ids and tokens, and the recorded result
+    # (the model's info and our request options differ by design; ids and tokens must not)
+    {"name": "api_certificate_callback", "kind": "greedy", "python": '''
+def main():
+    received = []
+    greet = lmql.F("Greet the world:[GREETING]", "len(TOKENS(GREETING)) < 4", model=MODEL)
+    value = greet(certificate=received.append)
+    certificate = received[0].asdict()
+    return {"value": value, "name": certificate["name"], "keys": sorted(certificate),
+            "events": [(e["name"], e["data"]["kwargs"]["ids"], e["data"]["result"]) if e["name"] == "lmtp.generate"
+                       else (e["name"], e["data"]) for e in certificate["events"]]}
+'''},
+    {"name": "api_traced_children", "kind": "greedy", "python": '''
+async def main():
+    try:  # LMQL 0.7.3's tracer stack must be set up in this context first (LookupError otherwise)
+        from lmql.runtime.tracing.tracer import has_tracer
+        has_tracer()
+    except ImportError:  # lmql-core: nothing to set up
+        pass
+    with lmql.traced("context") as tracer:
+        await lmql.run('"Hi[X]" where len(TOKENS(X)) < 2', model=MODEL)
+        text = await lmql.generate("Hi", max_tokens=2, model=MODEL)
+    certificate = lmql.certificate(tracer).asdict()
+    return {"text": text, "keys": sorted(certificate), "children": [
+        (c["name"], sorted(c), [(e["name"], e["data"]["kwargs"]["ids"], e["data"]["result"]) for e in c["events"]])
+        for c in certificate["children"]]}
+'''},
+    # lmql.tag: a role tag written from Python into the prompt
+    {"name": "api_tag_in_prompt", "kind": "greedy",
+     "lmql": 'argmax "{lmql.tag(\'user\')}Say hi:[X]" from <MODEL> where len(TOKENS(X)) < 3'},
 ]

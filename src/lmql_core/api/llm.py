@@ -7,6 +7,8 @@ from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
+from lmql_core.api import certificate as certificates
+from lmql_core.api import tracing
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.api.tokenizers import TokenizerResolver
 from lmql_core.base.decoders import TOKEN_DECODERS
@@ -16,6 +18,8 @@ from lmql_core.lmtp.client.loop import run_async, run_sync
 from lmql_core.lmtp.wire import CONSTRAINT_FIELDS
 from lmql_core.loading.identifiers import ModelId
 from lmql_core.loading.tokenizer import IncrementalDecoder, Tokenizer
+
+TokenEntries = AsyncGenerator[dict[str, Any], None]
 
 
 class LLM:
@@ -80,7 +84,29 @@ class LLM:
         if top_logprobs is not None:
             request["top_logprobs"] = top_logprobs
         self.requests += 1
-        return self.client.request("GENERATE", request)
+        entries = self.client.request("GENERATE", request)
+        tracer = tracing.active_tracer()
+        if tracer is None:
+            return entries
+        sent = {k: v for k, v in request.items() if k not in ("model", "prompt")}
+        kwargs = {"ids": request["prompt"], **sent}
+        return self._traced_stream(tracer, kwargs, entries)
+
+    async def _traced_stream(self, tracer: tracing.Tracer, kwargs: dict[str, Any],
+                             entries: AsyncGenerator[dict[str, Any], None]) -> TokenEntries:
+        """``entries``, recorded as LMQL records an LMTP request: ``lmtp.generate`` with the model,
+        tokenizer and request, and ``result``, the tokens as they are taken."""
+        event = tracer.event("lmtp.generate", await self._call_record(kwargs))
+        async with aclosing(entries):
+            async for entry in entries:
+                if event is not None:
+                    event.add("result", [entry["token"]])
+                yield entry
+
+    async def _call_record(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        tokenizer = await self._tokenizers.get()
+        return {"model": await self._server_info(), "tokenizer": f"<Tokenizer of {self.model_identifier} "
+                f"({type(tokenizer).__name__})>", "kwargs": kwargs}
 
     async def next_token_logprobs(self, prompt_ids: list[int], k: int,
                                   logit_bias: Mapping[str, float] | None = None,
@@ -99,7 +125,12 @@ class LLM:
             return []
         request = {"model": self.model_id.served_name, "prompt": list(prompt_ids), "scored": list(scored)}
         self.requests += 1
-        return [e["logprob"] async for e in self.client.request("SCORE", request)]
+        logprobs = [e["logprob"] async for e in self.client.request("SCORE", request)]
+        tracer = tracing.active_tracer()
+        if tracer is not None:  # LMQL's SCORE requests go unrecorded; a certificate lists every request here
+            record = await self._call_record({"ids": request["prompt"], "scored": request["scored"]})
+            tracer.event("lmtp.score", {**record, "result": logprobs})
+        return logprobs
 
     def _request(self, prompt_ids: list[int], max_tokens: int | None = None, decoder: str = "argmax",
                  temperature: float | None = None, **extra: Any) -> dict[str, Any]:
@@ -181,8 +212,19 @@ class LLM:
     async def _generate_one(self, prompt: str, **options: Any) -> str:
         return "".join([d async for d in self._stream(prompt, **options)])
 
-    async def _generate(self, prompt: str, max_tokens: int | None, decoder: str,
-                        temperature: float | None, n: int, **extra: Any) -> str | list[str]:
+    async def _generate(self, prompt: str, max_tokens: int | None, decoder: str, temperature: float | None,
+                        n: int, certificate: Any = False, **extra: Any) -> Any:
+        """``certificate=`` as on a query (``certificates.deliver``); within ``lmql.traced`` the
+        call records into a child tracer ``lmql.generate``, as LMQL's."""
+        wanted = certificates.requested(certificate)
+        with tracing.scope("lmql.generate", record=wanted) as tracer:
+            texts = await self._texts(prompt, max_tokens, decoder, temperature, n, **extra)
+            if wanted and tracer is not None:
+                return certificates.deliver(certificate, tracer, texts)
+        return texts
+
+    async def _texts(self, prompt: str, max_tokens: int | None, decoder: str,
+                     temperature: float | None, n: int, **extra: Any) -> str | list[str]:
         extra = {k: v for k, v in extra.items() if not (k in CONSTRAINT_FIELDS and v is None)}
         options = dict(max_tokens=max_tokens, decoder=decoder, temperature=temperature, **extra)
         if n == 1:
@@ -246,7 +288,8 @@ class LLM:
         tokenizer = await self._tokenizers.get()
 
         scored = [tokenizer.encode(v, add_special_tokens=False) for v in values]
-        logprobs = list(await asyncio.gather(*(self.score_tokens(prompt_ids, ids) for ids in scored)))
+        with tracing.scope(f"{self!r}.score"):  # as LMQL's score: a child of the active tracer
+            logprobs = list(await asyncio.gather(*(self.score_tokens(prompt_ids, ids) for ids in scored)))
         bos = tokenizer.bos_token_id
         shown = prompt_ids[1:] if bos is not None and prompt_ids[:1] == [bos] else prompt_ids
         return ScoringResult(prompt, values, logprobs, self.model_identifier, shown, scored)

@@ -18,7 +18,8 @@ from lmql_core.lmtp.client.loop import run_sync as _block
 from lmql_core.query.errors import QueryError, QuerySyntaxError
 from lmql_core.query.parser import Clause, ParsedQuery, parse_query
 from lmql_core.query.program import CompiledQuery
-from lmql_core.query.result import LMQLResult
+
+SOURCE_TRACE_NAME = "<function query>"  # LMQL's tracer name for a query compiled from a string
 
 
 class QueryFunction:
@@ -26,8 +27,8 @@ class QueryFunction:
 
     bound_args: tuple[Any, ...] = ()
 
-    def __init__(self, compiled: CompiledQuery, is_async: bool, single_value: bool = False) -> None:
-        self.compiled, self.is_async, self.single_value = compiled, is_async, single_value
+    def __init__(self, compiled: CompiledQuery, is_async: bool) -> None:
+        self.compiled, self.is_async = compiled, is_async
         self.__name__ = compiled.name
         self.model: Any = None  # force_model's: wins over every other choice, as in LMQL
         self.output_writer: Any = None  # used when a call names none
@@ -41,12 +42,12 @@ class QueryFunction:
             _refuse_in_async_context()
         run = self.compiled.start(args, kwargs)
         if self.is_async:
-            return self._unpack(run_async(run))
-        return self._single(_block(run))
+            return run_async(run)
+        return _block(run)
 
     async def run_in_query(self, *args: Any, **kwargs: Any) -> Any:
         """Called from another query's body (on the client loop): awaited, sync or not."""
-        return self._single(await self.compiled.start(args, kwargs))
+        return await self.compiled.start(args, kwargs)
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         """A query method: ``self`` bound as its first input (a query from source, ``lmql.F``
@@ -58,19 +59,6 @@ class QueryFunction:
     @property
     def __lmql_query_function__(self) -> QueryFunction:
         return self
-
-    async def _unpack(self, result: Awaitable[Any]) -> Any:
-        return self._single(await result)
-
-    def _single(self, result: Any) -> Any:
-        """``lmql.F`` returns each run's variable value (a dict when there are several): a list
-        of them when the decoder gives several runs (``n=2``), the value alone for one."""
-        if not self.single_value:
-            return result
-        if isinstance(result, list):
-            values = [_variable_value(r) for r in result]
-            return values[0] if len(values) == 1 else values
-        return _variable_value(result)
 
     def __repr__(self) -> str:
         return f"<lmql query {self.__name__}>"
@@ -167,13 +155,6 @@ def run_in_loop(awaitable: Awaitable[Any]) -> Any:
     return _block(wait())
 
 
-def _variable_value(result: Any) -> Any:
-    if not isinstance(result, LMQLResult):
-        return result  # a value the query returned
-    values = dict(result.variables)
-    return next(iter(values.values())) if len(values) == 1 else values
-
-
 def query(fn: Callable[..., Any] | str | None = None, input_variables: list[str] | None = None, *,
           is_async: bool | None = None, **defaults: Any) -> Any:
     """``@lmql.query`` (docstring or plain-Python body), ``@lmql.query(model=..., decoder=...)``,
@@ -219,7 +200,8 @@ def _refuse_in_async_context() -> None:
 
 def run_file(path: str | Path, *args: Any, **kwargs: Any) -> Any:
     source = Path(path).read_text(encoding="utf-8")
-    compiled = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(path).name)
+    compiled = CompiledQuery(parse_query(source), None, {}, {"__name__": "__lmql__"}, Path(path).name,
+                             trace_name=SOURCE_TRACE_NAME)
     return _block(compiled.start(args, kwargs))
 
 
@@ -228,7 +210,8 @@ def F(prompt: str, constraints: str | None = None, is_async: bool = False, **def
     returns the variable's value (a dict when the prompt has several)."""
     source = repr(prompt) + (f" where {constraints}" if constraints else "")
     compiled = _from_source(source, None, defaults, "F")
-    return QueryFunction(compiled, is_async, single_value=True)
+    compiled.single_value = True
+    return QueryFunction(compiled, is_async)
 
 
 def _from_source(source: str, params: ast.arguments | None, defaults: dict[str, Any],
@@ -237,7 +220,8 @@ def _from_source(source: str, params: ast.arguments | None, defaults: dict[str, 
     live at each call, under the caller's locals."""
     frame = _caller_frame()
     module = frame.f_globals if frame is not None else None
-    return CompiledQuery(parse_query(source), params, defaults, _locals_of(frame), name, module=module)
+    return CompiledQuery(parse_query(source), params, defaults, _locals_of(frame), name, module=module,
+                         trace_name=SOURCE_TRACE_NAME)
 
 
 def _caller_frame() -> Any:

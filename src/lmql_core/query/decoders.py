@@ -50,6 +50,7 @@ class DecoderSpec:
     chunk: int = CHUNK
     writer: Any = None  # output_writer=
     extra: dict[str, Any] = field(default_factory=dict)  # the decoder's own arguments, as given
+    certificate: Any = None  # certificate= (a call's, or the decoder clause's): see api/certificate.py
 
     KNOWN = tuple(sorted({a for args in DECODER_ARGUMENTS.values() for a in args} | set(EXTRA)))
 
@@ -83,7 +84,7 @@ class DecoderSpec:
             raise QueryError(f"chunksize must be a positive integer, not {chunk!r}")
         return cls("beam" if name == "beam_search" else name, n, temperature, max_length,
                    {k: kwargs[k] for k in FORWARDED if k in kwargs}, chunk, kwargs.get("output_writer"),
-                   {k: kwargs[k] for k in DECODER_ARGUMENTS[name] if k in kwargs})
+                   {k: kwargs[k] for k in DECODER_ARGUMENTS[name] if k in kwargs}, kwargs.get("certificate"))
 
     @classmethod
     def accepted(cls, name: str) -> set[str]:

@@ -12,6 +12,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmql_core.api import certificate as certificates
+from lmql_core.api import tracing
 from lmql_core.api.llm import LLM
 from lmql_core.base.decoders import SEARCH_DECODERS
 from lmql_core.lmtp.client.loop import run_async
@@ -30,7 +32,7 @@ from lmql_core.query.inputs import (
 )
 from lmql_core.query.parser import WHERE_MARK, ParsedQuery
 from lmql_core.query.qstring import Hole, parse_qstring
-from lmql_core.query.result import LMQLResult
+from lmql_core.query.result import LMQLResult, variable_values
 from lmql_core.query.runtime import Program, QueryContext
 from lmql_core.query.vocabulary import Vocabulary
 from lmql_core.query.where import parse_where
@@ -48,6 +50,8 @@ class CompiledQuery:
     globals: dict[str, Any] = field(default_factory=dict)  # names of its own (closure, prologue)
     name: str = "query"
     module: dict[str, Any] | None = None  # the defining module's globals, read live at each call
+    single_value: bool = False  # lmql.F's: each run gives its variable's value (see variable_values)
+    trace_name: str | None = None  # its tracer's name, where not ``name`` ("<function query>" from source)
 
     def namespace(self) -> dict[str, Any]:
         """What a run sees: the module's globals as they are now (a helper defined below the query
@@ -195,7 +199,20 @@ class CompiledQuery:
         model = self._model(scope, options)
         if model.decoding:
             decoder = self._decoder(scope, options, model.decoding)
-        return self._run(args, inputs, namespace, scope, decoder, model)
+        certificates.requested(decoder.certificate)  # a bad certificate= fails now, not after the run
+        return self._traced(self._run(args, inputs, namespace, scope, decoder, model), decoder.certificate)
+
+    async def _traced(self, run: Coroutine[Any, Any, Any], certificate: Any) -> Any:
+        """The run, recorded in a child tracer of the active one (or in its own when a certificate
+        is asked for), its certificate handed over as ``certificate=`` says."""
+        wanted = certificates.requested(certificate)
+        with tracing.scope(self.trace_name or self.name, record=wanted) as tracer:
+            results = await run
+            if self.single_value:
+                results = variable_values(results)
+            if wanted and tracer is not None:
+                return certificates.deliver(certificate, tracer, results)
+        return results
 
     async def _run(self, args: tuple[Any, ...], inputs: dict[str, Any], namespace: dict[str, Any],
                    scope: dict[str, Any], decoder: DecoderSpec, model: LLM) -> Any:

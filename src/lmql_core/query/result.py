@@ -43,3 +43,19 @@ class LMQLResult:
         if name in variables:
             return variables[name]
         raise AttributeError(name)
+
+
+def variable_values(result: Any) -> Any:
+    """``lmql.F``'s result: each run's variable value (a dict when there are several), a list of
+    them when the decoder gives several runs (``n=2``), the value alone for one."""
+    if isinstance(result, list):
+        values = [_variable_value(r) for r in result]
+        return values[0] if len(values) == 1 else values
+    return _variable_value(result)
+
+
+def _variable_value(result: Any) -> Any:
+    if not isinstance(result, LMQLResult):
+        return result  # a value the query returned
+    values = dict(result.variables)
+    return next(iter(values.values())) if len(values) == 1 else values
