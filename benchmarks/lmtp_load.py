@@ -17,6 +17,7 @@ in-process engine (`local:` transport) instead of a socket; with --openai, as st
 `/v1/completions` requests on the same server (`openai_target.py`). With --processes N the
 streams are split between N driver processes started together (`load_workers.py`), so that the
 driver is not what limits the rate; driver_cpu_s is the drivers' CPU during the measured part.
+This file is the command line; one run is `load_run.py`, its targets `load_targets.py`.
 """
 
 from __future__ import annotations
@@ -24,203 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
-import statistics
 import sys
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
+import load_workers
+from load_run import draw_requests, prompt_rng, run, summary
 
-@dataclass
-class StreamTimes:
-    sent: float = 0.0
-    arrivals: list[float] = field(default_factory=list)
-
-    @property
-    def ttft(self) -> float:
-        return self.arrivals[0] - self.sent
-
-    def gaps(self) -> list[float]:
-        return [b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)]
-
-
-class SocketTarget:
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint if "://" in endpoint else f"ws://{endpoint}"
-        self.queues: dict[int, asyncio.Queue[Any]] = {}
-
-    async def __aenter__(self) -> SocketTarget:
-        import aiohttp
-
-        self.session = aiohttp.ClientSession()
-        self.ws = await self.session.ws_connect(self.endpoint + "/", max_msg_size=0)
-        self.reader = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self.reader.cancel()
-        await self.ws.close()
-        await self.session.close()
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            command, _, body = msg.data.partition(" ")
-            now = time.perf_counter()
-            for entry in json.loads(body):
-                queue = self.queues.get(entry.get("stream_id"))
-                if queue is not None:
-                    queue.put_nowait((now, entry))
-
-    async def send(self, command: str, payload: dict[str, Any]) -> asyncio.Queue[Any]:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.queues[payload["stream_id"]] = queue
-        await self.ws.send_str(f"{command} {json.dumps(payload)}")
-        return queue
-
-    async def info(self, model: str) -> dict[str, Any]:
-        queue = await self.send("MODEL_INFO", {"stream_id": 0, "model": model})
-        info = (await queue.get())[1].get("model_info")
-        return info if isinstance(info, dict) else {}  # LMQL 0.7.3 may answer a text while loading
-
-
-class LocalTarget:
-    """The same requests through lmql-core's in-process transport (``local:``, no socket)."""
-
-    def __init__(self, model: str, loader_kwargs: dict[str, Any]) -> None:
-        from lmql_core.lmtp.local import InProcessClient
-        from lmql_core.loading.identifiers import parse_model_id
-
-        self.client = InProcessClient.for_model(parse_model_id("local:" + model), **loader_kwargs)
-
-    async def __aenter__(self) -> LocalTarget:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        pass
-
-    async def send(self, command: str, payload: dict[str, Any]) -> asyncio.Queue[Any]:
-        from lmql_core.lmtp.client.loop import client_loop
-
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        async def pump() -> None:  # runs on the client loop, like every lmql.model() call
-            try:
-                async for entry in self.client.request(command, payload):
-                    loop.call_soon_threadsafe(queue.put_nowait, (time.perf_counter(), entry))
-            except Exception as e:
-                loop.call_soon_threadsafe(queue.put_nowait, (time.perf_counter(), {"error": str(e)}))
-
-        asyncio.run_coroutine_threadsafe(pump(), client_loop())
-        return queue
-
-    async def info(self, model: str) -> dict[str, Any]:
-        queue = await self.send("MODEL_INFO", {"model": model})
-        return (await queue.get())[1]["msg"].get("model_info", {})
-
-
-async def run_stream(target: Any, stream_id: int, request: dict[str, Any], delay: float) -> StreamTimes:
-    await asyncio.sleep(delay)
-    times = StreamTimes(sent=time.perf_counter())
-    command = "SCORE" if "scored" in request else "GENERATE"
-    expected = len(request["scored"]) if command == "SCORE" else request["max_tokens"]
-    queue = await target.send(command, dict(request, stream_id=stream_id))
-    while True:
-        arrived, entry = await queue.get()
-        if "error" in entry:
-            raise RuntimeError(entry["error"])
-        times.arrivals.append(arrived)
-        if entry.get("finish_reason") is not None or len(times.arrivals) >= expected:
-            return times
-
-
-def length_range(text: str) -> tuple[int, int]:
-    """``"16"`` or ``"100-1024"`` (both ends included)."""
-    low, _, high = text.partition("-")
-    return int(low), int(high or low)
-
-
-def draw_requests(args: argparse.Namespace, rng: random.Random, vocab: int, eos: Any) -> list[dict[str, Any]]:
-    prompt_lens, new_tokens = length_range(args.prompt_len), length_range(args.new_tokens)
-    requests = []
-    for _ in range(args.streams):
-        prompt = [rng.randrange(vocab) for _ in range(rng.randint(*prompt_lens))]
-        request: dict[str, Any] = {"model": args.model, "prompt": prompt}
-        if args.score:
-            request["scored"] = [rng.randrange(vocab) for _ in range(args.score)]
-        else:
-            request.update(max_tokens=rng.randint(*new_tokens), temperature=0.0, top_logprobs=1)
-            if eos is not None:
-                request["logit_bias"] = {str(eos): -100}
-        requests.append(request)
-    return requests
-
-
-def prompt_rng(args: argparse.Namespace) -> random.Random:
-    """Fresh prompts unless asked to repeat them (a seed)."""
-    seed = 0 if args.repeat_prompts and args.seed is None else args.seed
-    return random.Random(seed)  # None: seeded from the OS, different every run
-
-
-async def run(args: argparse.Namespace, go: Any = None) -> dict[str, Any]:
-    """``go``: awaited between the warm-up and the measured streams (a worker's start signal);
-    with it, the streams' times come back instead of their summary."""
-    if args.local:
-        target: Any = LocalTarget(args.model, {"cuda": args.cuda, "dtype": args.dtype})
-    elif args.openai:
-        from openai_target import OpenAITarget
-
-        target = OpenAITarget(args.endpoint)
-    else:
-        target = SocketTarget(args.endpoint)
-    async with target:
-        info = await target.info(args.model)
-        vocab = int(info.get("vocab_size") or args.vocab_size)
-        eos = info.get("eos_token_id", args.eos_token_id)
-        rng = prompt_rng(args)
-        requests = draw_requests(args, rng, vocab, eos)
-        if args.warmup:  # prompts of their own: the measured ones must not be cached by it
-            warmups = draw_requests(args, random.Random(rng.random()), vocab, eos)
-            await asyncio.gather(*(run_stream(target, 10_000 + i, short(r), 0)
-                                   for i, r in enumerate(warmups)))
-        if go is not None:
-            await go()
-        started, cpu = time.perf_counter(), time.process_time()
-        ids = range(args.first_stream, args.first_stream + len(requests))
-        streams = await asyncio.gather(*(run_stream(target, i + 1, r, i * args.stagger_ms / 1000)
-                                         for i, r in zip(ids, requests, strict=True)))
-        cpu = time.process_time() - cpu
-        if go is not None:
-            return {"started": started, "cpu": cpu, "streams": [[s.sent, s.arrivals] for s in streams]}
-        elapsed = max(s.arrivals[-1] for s in streams) - started
-    return summary(args, streams, elapsed, cpu)
-
-
-def short(request: dict[str, Any]) -> dict[str, Any]:
-    """A warm-up request: 4 new tokens, or 4 scored tokens."""
-    if "scored" in request:
-        return dict(request, scored=request["scored"][:4])
-    return dict(request, max_tokens=min(4, request["max_tokens"]))
-
-
-def summary(args: argparse.Namespace, streams: list[StreamTimes], elapsed: float,
-            cpu: float) -> dict[str, Any]:
-    tokens = sum(len(s.arrivals) for s in streams)
-    gaps = [g for s in streams for g in s.gaps()]
-    return {
-        "streams": args.streams, "prompt_len": args.prompt_len,
-        "new_tokens": f"score {args.score}" if args.score else args.new_tokens,
-        "stagger_ms": args.stagger_ms,
-        "transport": "local" if args.local else "openai" if args.openai else "lmtp",
-        "tokens": tokens, "seconds": round(elapsed, 3), "tok_per_s": round(tokens / elapsed, 1),
-        "req_per_s": round(len(streams) / elapsed, 1),
-        "ttft_median_ms": round(1000 * statistics.median(s.ttft for s in streams), 1),
-        "ttft_p90_ms": round(1000 * sorted(s.ttft for s in streams)[int(0.9 * (len(streams) - 1))], 1),
-        "itl_median_ms": round(1000 * statistics.median(gaps), 2) if gaps else None,
-        "itl_max_ms": round(1000 * max(gaps), 2) if gaps else None,
-        "processes": args.processes, "driver_cpu_s": round(cpu, 3),
-    }
+__all__ = ["draw_requests", "main", "parse_args", "prompt_rng", "run", "run_within", "summary"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -259,8 +70,6 @@ async def run_within(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.worker or args.processes > 1:
-        import load_workers
-
         if args.worker:
             return load_workers.worker(args)
         streams, elapsed, cpu = load_workers.run_workers(args, sys.argv[1:] if argv is None else argv)

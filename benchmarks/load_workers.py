@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lmtp_load
+import load_run
+from load_targets import StreamTimes
 
 READY, GO = "ready", "go"
 
@@ -28,7 +29,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         if line.strip() != GO:
             raise SystemExit("the driver went away")
 
-    result = asyncio.run(asyncio.wait_for(lmtp_load.run(args, go), args.timeout))
+    result = asyncio.run(asyncio.wait_for(load_run.run(args, go), args.timeout))
     print(json.dumps(result), flush=True)
     return result
 
@@ -46,7 +47,7 @@ def worker_argv(argv: list[str], args: argparse.Namespace, index: int, streams: 
 
 
 def run_workers(args: argparse.Namespace,
-                argv: list[str]) -> tuple[list[lmtp_load.StreamTimes], float, float]:
+                argv: list[str]) -> tuple[list[StreamTimes], float, float]:
     """The streams' times, the elapsed seconds (first stream sent to last token) and the
     workers' CPU seconds in the measured part."""
     workers, first = [], 0
@@ -68,7 +69,7 @@ def run_workers(args: argparse.Namespace,
         for proc in workers:
             if proc.poll() is None:
                 proc.kill()
-    times = [lmtp_load.StreamTimes(sent, arrivals) for r in results for sent, arrivals in r["streams"]]
+    times = [StreamTimes(sent, arrivals) for r in results for sent, arrivals in r["streams"]]
     started = min(r["started"] for r in results)
     elapsed = max(t.arrivals[-1] for t in times) - started
     return times, elapsed, sum(r["cpu"] for r in results)

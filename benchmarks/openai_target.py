@@ -16,6 +16,8 @@ import json
 import time
 from typing import Any
 
+from load_targets import SocketTarget
+
 NOT_LAST = {"finish_reason": None}
 
 
@@ -91,8 +93,6 @@ class OpenAITarget:
             transport.close()
 
     async def info(self, model: str) -> dict[str, Any]:
-        from lmtp_load import SocketTarget
-
         async with SocketTarget(self.lmtp_endpoint) as lmtp:
             return await lmtp.info(model)
 
