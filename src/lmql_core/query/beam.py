@@ -23,9 +23,9 @@ import numpy as np
 from lmql_core.api.llm import LLM
 from lmql_core.query.decoders import DecoderSpec, finished
 from lmql_core.query.errors import QueryError
-from lmql_core.query.generation import Variable
 from lmql_core.query.result import LMQLResult
 from lmql_core.query.runtime import Decided, Program, QueryContext
+from lmql_core.query.variable import Variable
 from lmql_core.query.vocabulary import Vocabulary
 
 ALPHA = 0.7  # LMQL's alpha_length_normalized, its default beam scorer

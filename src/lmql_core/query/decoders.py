@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.query.errors import QueryError
-from lmql_core.query.generation import CHUNK, Sampling, Variable, generate
+from lmql_core.query.generation import generate
 from lmql_core.query.output import show
 from lmql_core.query.runtime import Decide, Decided, QueryContext, postprocess
+from lmql_core.query.variable import CHUNK, Sampling, Variable
 
 DEFAULT_MAX_LENGTH = 2048  # LMQL's default max_len: prompt and generated tokens together
 

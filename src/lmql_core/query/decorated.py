@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmql_core.query.constraints import Node, OneOf
 from lmql_core.query.decorators import LMQLDecoratorList, ProgramState, TemplateVariable
-from lmql_core.query.generation import Step, Variable
+from lmql_core.query.variable import Step, Variable
 
 if TYPE_CHECKING:
     from lmql_core.query.runtime import Decided

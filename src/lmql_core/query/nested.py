@@ -27,10 +27,10 @@ from typing import Any
 from lmql_core.query.constraints import And, Node, Regex, Scope
 from lmql_core.query.decoders import finished
 from lmql_core.query.errors import QueryError
-from lmql_core.query.generation import CHUNK, Step, Variable
 from lmql_core.query.qstring import Hole
 from lmql_core.query.result import LMQLResult
 from lmql_core.query.runtime import Decide, Decided, QueryContext
+from lmql_core.query.variable import CHUNK, Step, Variable
 
 
 def tactic(hole: Hole, where: Node | None, scope: Scope, decide: Decide) -> tuple[Node | None, Decide]:

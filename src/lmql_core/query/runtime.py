@@ -16,8 +16,8 @@ from lmql_core.query.chat import RUNTIME, prompt_value, render_role_tags
 from lmql_core.query.constraints import ASCII_DIGITS, And, IsInt, Node, Scope
 from lmql_core.query.decorated import DecoratedVariable, StreamedVariable
 from lmql_core.query.errors import NotAnInteger, QueryError
-from lmql_core.query.generation import Variable
 from lmql_core.query.qstring import Hole
+from lmql_core.query.variable import Variable
 from lmql_core.query.vocabulary import Vocabulary
 from lmql_core.query.where import parse_where
 

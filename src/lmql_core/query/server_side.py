@@ -13,15 +13,12 @@ masks (``generation.generate``).
 from __future__ import annotations
 
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lmql_core.api.llm import LLM
 from lmql_core.query.constraints import And, Junction, Leaf, Node, OneOf, Regex, Value
-
-if TYPE_CHECKING:
-    from lmql_core.api.llm import LLM
-    from lmql_core.query.generation import OnToken, Sampling, Variable
-    from lmql_core.query.vocabulary import Vocabulary
-
+from lmql_core.query.variable import OnToken, Sampling, Variable
+from lmql_core.query.vocabulary import Vocabulary
 
 MAX_CHOICE_STATES = 2000  # an ``in`` list's token automaton larger than this stays client-side
 
