@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from lmql_core.api.llm import LLM
+from lmql_core.query.decision import Decided, RunContext
 from lmql_core.query.decoders import DecoderSpec, finished
 from lmql_core.query.errors import QueryError
 from lmql_core.query.result import LMQLResult
-from lmql_core.query.runtime import Decided, Program, QueryContext
+from lmql_core.query.runtime import Program
 from lmql_core.query.variable import Variable
 from lmql_core.query.vocabulary import Vocabulary
 
@@ -182,7 +183,7 @@ def _allows(tokens: np.ndarray | None, token: int) -> bool:
 def _replay(decided: list[Decided]) -> Any:
     values = iter(decided)
 
-    async def decide(ctx: QueryContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
+    async def decide(ctx: RunContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
         value = next(values, None)
         if value is None:
             raise Suspended(name, prompt_ids, variable)

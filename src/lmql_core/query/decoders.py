@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmql_core.query.decision import Decide, Decided, RunContext, postprocess
 from lmql_core.query.errors import QueryError
 from lmql_core.query.generation import generate
 from lmql_core.query.output import show
-from lmql_core.query.runtime import Decide, Decided, QueryContext, postprocess
 from lmql_core.query.variable import CHUNK, Sampling, Variable
 
 DEFAULT_MAX_LENGTH = 2048  # LMQL's default max_len: prompt and generated tokens together
@@ -111,7 +111,7 @@ def direct(spec: DecoderSpec) -> Decide:
     token, where there is one)."""
     sampling = spec.sampling
 
-    async def decide(ctx: QueryContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
+    async def decide(ctx: RunContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
         async def on_token(ids: list[int]) -> None:
             text = variable.vocab.decode(ids)
             await show(spec.writer, name, ctx.prompt_text + text, {**ctx.variables, name: text},

@@ -6,14 +6,12 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmql_core.query.constraints import Node, OneOf
+from lmql_core.query.decision import Decided
 from lmql_core.query.decorators import LMQLDecoratorList, ProgramState, TemplateVariable
 from lmql_core.query.variable import Step, Variable
-
-if TYPE_CHECKING:
-    from lmql_core.query.runtime import Decided
 
 
 @dataclass

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lmql_core.query.constraints import And, Node, Regex, Scope
+from lmql_core.query.decision import Decide, Decided, RunContext
 from lmql_core.query.decoders import finished
 from lmql_core.query.errors import QueryError
 from lmql_core.query.qstring import Hole
 from lmql_core.query.result import LMQLResult
-from lmql_core.query.runtime import Decide, Decided, QueryContext
 from lmql_core.query.variable import CHUNK, Step, Variable
 
 
@@ -74,7 +74,7 @@ def _arguments(hole: Hole, call: ast.Call, scope: Scope) -> tuple[tuple[Any, ...
 def inline(query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decide:
     """Decide a variable by running ``query`` inside it (see the module's docstring)."""
 
-    async def decide(outer: QueryContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
+    async def decide(outer: RunContext, name: str, prompt_ids: list[int], variable: Variable) -> Decided:
         compiled = query.compiled
         _warn_ignored(compiled)
         inputs, _, _ = compiled.split_kwargs(kwargs)  # as LMQL: the model and decoder are the outer's
@@ -130,7 +130,7 @@ def _within(decide: Decide, outer: Variable, start: list[int], dropped: list[int
     sub-interpreter replaces them with the first variable's value (its prompt text keeps both)."""
     first = True
 
-    async def inner_decide(ctx: QueryContext, name: str, prompt_ids: list[int],
+    async def inner_decide(ctx: RunContext, name: str, prompt_ids: list[int],
                            variable: Variable) -> Decided:
         nonlocal first
         prefix = prompt_ids[len(start):]

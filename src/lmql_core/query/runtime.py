@@ -7,33 +7,25 @@ replace the generated tokens (kept as generated when nothing changed).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.api.llm import LLM
 from lmql_core.query.chat import RUNTIME, prompt_value, render_role_tags
-from lmql_core.query.constraints import ASCII_DIGITS, And, IsInt, Node, Scope
+from lmql_core.query.constraints import And, IsInt, Node, Scope
+from lmql_core.query.decision import Decide, Decided, postprocess
 from lmql_core.query.decorated import DecoratedVariable, StreamedVariable
-from lmql_core.query.errors import NotAnInteger, QueryError
+from lmql_core.query.errors import QueryError
+from lmql_core.query.nested import tactic
 from lmql_core.query.qstring import Hole
 from lmql_core.query.variable import Variable
 from lmql_core.query.vocabulary import Vocabulary
 from lmql_core.query.where import parse_where
 
-
-@dataclass
-class Decided:
-    """A variable's outcome: the generated tokens, their text, and the value put in the prompt."""
-
-    ids: list[int]
-    text: str
-    prompt_text: str
-    value: Any
-
-
-# How a hole gets its value: generate it now, or (beam search) replay or suspend.
-Decide = Callable[["QueryContext", str, list[int], Variable], Awaitable[Decided]]
+# Decided, Decide and postprocess live in decision.py (below decoders and nested queries); they
+# stay importable from here.
+__all__ = ["Decide", "Decided", "Program", "QueryContext", "postprocess"]
 
 
 @dataclass
@@ -101,8 +93,6 @@ class QueryContext:
         known = Scope(self.program.globals, scope, dict(self.variables))
         decide = self.decide
         if hole.type_expr is not None and hole.type_expr.strip() != "int":
-            from lmql_core.query.nested import tactic  # (it builds on this module)
-
             where, decide = tactic(hole, where, known, decide)
         if decorated is None:
             variable = Variable(hole.name, where, known, self.vocab)
@@ -149,14 +139,3 @@ class QueryContext:
         after the program ends, the whole prompt's (beam search scores the text after the last
         variable)."""
         return self._prompt_ids()
-
-
-def postprocess(where: Node | None, name: str, text: str) -> tuple[str, Any]:
-    """The text a finished value puts in the prompt, and its value: INT makes an int."""
-    if where is not None and any(isinstance(n, IsInt) and n.var == name for n in where.nodes()):
-        digits = "".join(c for c in text if c in ASCII_DIGITS)  # as LMQL: 0-9, not every Unicode digit
-        if not digits:
-            raise NotAnInteger(f"INT({name}) ended without a digit: {text!r}")
-        return str(int(digits)), int(digits)
-    return text, text
-
