@@ -190,24 +190,3 @@ def _replay(decided: list[Decided]) -> Any:
         return value
 
     return decide
-
-
-async def beam_search(query: Any, fn: Any, program: Program, model: LLM, vocab: Vocabulary,
-                      spec: DecoderSpec, args: tuple[Any, ...], inputs: dict[str, Any]) -> list[Any]:
-    if spec.name == "var":
-        from lmql_core.query.var_decoder import VariableDecoder
-
-        return await VariableDecoder(query, fn, program, model, vocab, spec, args, inputs).run()
-    if spec.name == "best_k":
-        from lmql_core.query.best_k import BestK
-
-        return await BestK(query, fn, program, model, vocab, spec, args, inputs).run()
-    if spec.name == "beam_sample":
-        from lmql_core.query.beam_sample import BeamSample
-
-        return await BeamSample(query, fn, program, model, vocab, spec, args, inputs).run()
-    if spec.name == "beam_var":
-        from lmql_core.query.beam_var import VariableBeamSearch
-
-        return await VariableBeamSearch(query, fn, program, model, vocab, spec, args, inputs).run()
-    return await BeamSearch(query, fn, program, model, vocab, spec, args, inputs).run()

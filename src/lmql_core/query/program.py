@@ -34,6 +34,7 @@ from lmql_core.query.parser import WHERE_MARK, ParsedQuery
 from lmql_core.query.qstring import Hole, parse_qstring
 from lmql_core.query.result import LMQLResult, variable_values
 from lmql_core.query.runtime import Program, QueryContext
+from lmql_core.query.searches import run_search
 from lmql_core.query.vocabulary import Vocabulary
 from lmql_core.query.where import parse_where
 
@@ -221,9 +222,7 @@ class CompiledQuery:
         program = self.program()
         program.globals = namespace
         if decoder.name in SEARCH_DECODERS:
-            from lmql_core.query.beam import beam_search
-
-            results = await beam_search(self, fn, program, model, vocab, decoder, args, inputs)
+            results = await run_search(self, fn, program, model, vocab, decoder, args, inputs)
         else:
             runs = await asyncio.gather(*(self._once(fn, program, model, vocab, decoder, args, inputs)
                                           for _ in range(decoder.n)))
