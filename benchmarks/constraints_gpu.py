@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
 import json
 import os
 import random
@@ -38,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import bench_model  # noqa: E402
+from local_bpe import train_bpe  # noqa: E402
 from processes import OFFLINE_ENV, free_port, start_server  # noqa: E402
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "pink", "brown",
@@ -68,24 +68,9 @@ def ensure_tokenizer(folder: Path, vocab: int = 50257) -> None:
     trained on this machine's Python sources, in ``folder`` unless it has a tokenizer."""
     if (folder / "tokenizer.json").exists():
         return
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    def texts() -> Any:
-        total = 0
-        for name in sorted(glob.glob(f"{sysconfig.get_paths()['stdlib']}/**/*.py", recursive=True)
-                           + glob.glob(f"{sysconfig.get_paths()['purelib']}/**/*.py", recursive=True)):
-            text = Path(name).read_text(encoding="utf-8", errors="ignore")
-            total += len(text)
-            yield text
-            if total > 80_000_000:
-                return
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts(), trainers.BpeTrainer(
-        vocab_size=vocab - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok.add_special_tokens(["<|endoftext|>"])
+    paths = sysconfig.get_paths()
+    tok = train_bpe([f"{paths['stdlib']}/**/*.py", f"{paths['purelib']}/**/*.py"], vocab, eos_last=True,
+                    max_chars=80_000_000)
     assert tok.get_vocab_size() == vocab, f"trained {tok.get_vocab_size()} tokens; more text is needed"
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from local_bpe import train_bpe
+
 GREEK = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
          "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon"]
 CHOICES = [f"option {name}" for name in GREEK]
@@ -180,27 +182,7 @@ def hf_tokenizer_from(path: Path) -> Any:
 
 def build_big_tokenizer(path: Path, corpus_globs: list[str], vocab: int = 151_000) -> None:
     """A byte-level BPE of ``vocab`` tokens trained here on local text (source files)."""
-    import glob
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    def texts() -> Any:
-        total = 0
-        for pattern in corpus_globs:
-            for name in sorted(glob.glob(pattern, recursive=True)):
-                text = Path(name).read_text(encoding="utf-8", errors="ignore")
-                total += len(text)
-                yield text
-                if total > 120_000_000:
-                    return
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, min_frequency=2, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts(), trainer)
-    tok.save(str(path))
+    train_bpe(corpus_globs, vocab, min_frequency=2).save(str(path))
 
 
 def main() -> None:
