@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -255,8 +256,15 @@ def main() -> None:
     except MixedInstallation as error:
         Console(stderr=True, soft_wrap=True).print(f"[red]Error:[/] {error}", highlight=False)
         sys.exit(1)
+    warnings.showwarning = _show_warning
     add_plugin_commands()
     cli()
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A command's warnings as one line each (``Warning: ...``), not as Python's source lines."""
+    Console(stderr=True, soft_wrap=True).print(f"[yellow]Warning:[/] {message}", highlight=False)
 
 
 def add_plugin_commands() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.metadata
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -60,11 +62,22 @@ def plugin_manager() -> pluggy.PluginManager:
         pm.register(importlib.import_module(module_name), name=module_name)
     allowed = os.environ.get("LMQL_LOAD_PLUGINS")
     if allowed is None:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        names = sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
     else:  # a comma-separated list of entry-point names; empty: built-ins only
-        for name in filter(None, (n.strip() for n in allowed.split(","))):
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+        names = [n for n in (n.strip() for n in allowed.split(",")) if n]
+    for name in names:
+        _load_plugin(pm, name)
     return pm
+
+
+def _load_plugin(pm: pluggy.PluginManager, name: str) -> None:
+    """One installed plugin: one that fails to import is left out with a warning that names it,
+    so that a broken (or stale) plugin does not take every command down with it."""
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    except Exception as error:  # noqa: BLE001 - a third party's import can raise anything
+        warnings.warn(f"the lmql plugin '{name}' failed to load and is left out: "
+                      f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
 
 
 def _distributions(pm: pluggy.PluginManager) -> dict[int, str]:
