@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import ctypes
-import threading
 from typing import Any
 
 from lmql_core.plugin import hookimpl
 
 
 def _backend(model: str, **kwargs: Any) -> Any:
-    if kwargs.get("cuda"):
-        threading.Thread(target=open_cuda_driver, name="lmql-hf-cuda", daemon=True).start()
     from lmql_hf.backend import HFBackend
 
     return HFBackend(model, **kwargs)
-
-
-def open_cuda_driver() -> None:
-    """The CUDA driver initialised and each visible GPU's primary context created, through the
-    driver's own library: torch imports meanwhile (seconds, holding the interpreter's lock, which
-    a foreign call lets go of) and later finds the contexts made (the runtime uses the primary
-    context). Anything missing or failing is left to torch, which meets it again."""
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return
-    count = ctypes.c_int()
-    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return
-    for ordinal in range(count.value):
-        device, context = ctypes.c_int(), ctypes.c_void_p()
-        if driver.cuDeviceGet(ctypes.byref(device), ordinal) == 0:
-            driver.cuDevicePrimaryCtxRetain(ctypes.byref(context), device)
 
 
 def _own_tokenizer(model: str, tokenizer: str | None = None) -> Any:
