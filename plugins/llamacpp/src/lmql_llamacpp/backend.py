@@ -37,8 +37,7 @@ import numpy as np
 from llama_cpp import Llama
 from llama_cpp import _internals as internals
 
-from lmql_core import plugin as plugins
-from lmql_core.plugin import Backend, LMQLError, NumpyOps, StepInput, StepOutput, call_text
+from lmql_core.plugin import Backend, LMQLError, NumpyOps, StepInput, StepOutput, call_text, versions
 from lmql_llamacpp.gguf_vocab import tokenizer_json_from_gguf
 from lmql_llamacpp.options import DEFAULT_SEQUENCES, llama_parameters
 
@@ -335,7 +334,7 @@ class LlamaCppBackend(Backend):
             "n_gpu_layers": gpu_layers,
             "gpu_offload_supported": offload,
             "devices": ["gpu", "cpu"] if offload and gpu_layers != 0 else ["cpu"],
-            "versions": plugins.versions("llama-cpp-python", "lmql-llamacpp", "lmql-core"),
+            "versions": versions("llama-cpp-python", "lmql-llamacpp", "lmql-core"),
         }
 
     def tokenizer_json(self) -> str | None:

@@ -78,12 +78,12 @@ def serve_cluster(ctx: click.Context, model: str, replicas: int, min_replicas: i
 def cluster_config(args: list[str], model: str, backend: str | None, cuda: bool, dtype: str | None,
                    **settings: Any) -> Any:
     """The deployment's configuration, the loader options checked here (not in each replica)."""
-    from lmql_core import plugin as plugins
+    from lmql_core.plugin import backend_for_name
     from lmql_core.plugin.serving import command_line_pairs, parse_model_id
     from lmql_ray.deploy import ClusterConfig
 
     model, loader_args = model_and_loader_args(model, args)
-    spec = plugins.backend_for_name(parse_model_id(model, backend).backend)
+    spec = backend_for_name(parse_model_id(model, backend).backend)
     checked = spec.options.check(command_line_pairs(loader_args), from_text=True) if loader_args else {}
     loader_kwargs, engine_options = spec.options.check_and_split(checked)
     try:

@@ -71,5 +71,6 @@ def check(path: str, given: dict[str, Any], loader_kwargs: dict[str, Any]) -> No
 
 
 def _own_options() -> str:
-    from lmql_core import plugin as plugins
-    return plugins.backend_for_name("hf").options.known().partition("; other keys go to")[0]
+    from lmql_core.plugin import backend_for_name
+
+    return backend_for_name("hf").options.known().partition("; other keys go to")[0]

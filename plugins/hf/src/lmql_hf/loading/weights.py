@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lmql_core import plugin as plugins
 from lmql_core.plugin import LMQLError, call_text
+from lmql_core.plugin import versions as installed_versions
 
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -129,7 +129,7 @@ def layer_placement(model: Any) -> dict[str, str]:
 
 
 def versions() -> dict[str, str]:
-    return plugins.versions("torch", "transformers", "accelerate", "lmql-hf", "lmql-core")
+    return installed_versions("torch", "transformers", "accelerate", "lmql-hf", "lmql-core")
 
 
 def layer_devices(model: Any, layers: int, default: torch.device) -> list[torch.device]:
