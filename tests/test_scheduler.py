@@ -5,6 +5,7 @@ between two steps: ``schedule``, then count the fed tokens."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import pytest
@@ -224,3 +225,113 @@ def test_more_clients_than_the_batch_holds_arriving_at_once_preempt_nothing() ->
         scheduler.add(request(client(), name))
     assert scheduler.preempt() == []
     assert names([c.seq for c in step(scheduler)]) == ["a0", "b0"]
+
+
+# --- the scheduler against a brute-force reference of its rules, on random traffic -----------
+
+class Reference:
+    """The rules of scheduler.py's docstring, recomputed from scratch for every decision: counts
+    by scanning the batch, the share from every client with work, one victim at a time. It
+    predicts a call's outcome from the scheduler's state just before it."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.max_batch, self.budget = scheduler.max_batch, scheduler.token_budget
+        self.running = list(scheduler.running)
+        self.queues: dict[Client, list[Sequence]] = {}  # in turn order
+        for seq in scheduler.waiting:
+            self.queues.setdefault(seq.sink, []).append(seq)
+
+    def count(self, sink: Client) -> int:
+        return sum(seq.sink is sink for seq in self.running)
+
+    def share(self) -> int:
+        clients = {seq.sink for seq in self.running} | set(self.queues)
+        return max(1, self.max_batch // max(1, len(clients)))
+
+    def preempt(self) -> tuple[list[Sequence], list[list[Sequence]]]:
+        """(the victims in the order taken, each client's queue after, in turn order)."""
+        share = self.share()
+        wanted = sum(min(share - self.count(c), len(q)) for c, q in self.queues.items() if self.count(c) < share)
+        needed = wanted - (self.max_batch - len(self.running))
+        victims: list[Sequence] = []
+        while self.queues and len(victims) < needed and self.running:
+            # the client running the most; of equals, the one whose oldest runs longest
+            first_seen = list(dict.fromkeys(seq.sink for seq in self.running))
+            sink = max(first_seen, key=lambda c: (self.count(c), -first_seen.index(c)))
+            newest = [s for s in self.running if s.sink is sink and s.kind is Kind.GENERATE]
+            if self.count(sink) <= share or not newest:
+                break
+            victims.append(newest[-1])
+            self.running.remove(newest[-1])
+        for seq in victims:
+            self.queues.setdefault(seq.sink, []).insert(0, seq)
+        return victims, list(self.queues.values())
+
+    def schedule(self) -> list[tuple[Sequence, list[int]]]:
+        """The chunks (sequence, tokens) of the next step."""
+        chunks, budget, prefilling = [], self.budget, False
+        for seq in self.running:
+            take = seq.unfed if seq.kind is Kind.SCORE else seq.unfed[: max(1, budget)]
+            if take:
+                prefilling = prefilling or seq.in_prefill
+                chunks.append((seq, take))
+                budget -= len(take)
+        while self.queues and len(self.running) < self.max_batch and budget > 0:
+            share = self.share()
+            below = [c for c in self.queues if self.count(c) < share]
+            sink = below[0] if below else next(iter(self.queues))
+            seq = self.queues[sink][0]
+            take = seq.unfed if seq.kind is Kind.SCORE else seq.unfed[:budget]
+            if len(take) > budget and prefilling:
+                break
+            queue = self.queues.pop(sink)[1:]
+            if queue:  # the client goes to the end of the turn order
+                self.queues[sink] = queue
+            self.running.append(seq)
+            chunks.append((seq, take))
+            budget -= len(take)
+            prefilling = True
+        return chunks
+
+
+def queues_of(scheduler: Scheduler) -> list[list[Sequence]]:
+    queues: dict[Client, list[Sequence]] = {}
+    for seq in scheduler.waiting:
+        queues.setdefault(seq.sink, []).append(seq)
+    return list(queues.values())
+
+
+def run_random_traffic(seed: int) -> int:
+    """Clients arriving with bursts, finishing and cancelling at random, SCOREs among them, with
+    a batch and a budget small enough to preempt and chunk: every preemption (victims, their
+    order, the queues after) and every step's chunks must be the reference's. Returns how many
+    sequences were preempted."""
+    rng = random.Random(seed)
+    scheduler = Scheduler(max_batch=rng.choice([3, 4, 8, 16]), token_budget=rng.choice([5, 12, 64, 8192]))
+    clients = [client() for _ in range(rng.randint(2, 5))]
+    preempted = 0
+    for round_ in range(150):
+        sink = rng.choice(clients[: 1 + round_ // 15])  # a client more every 15 rounds
+        for _ in range(rng.choice([0, 0, 1, 3, 9])):
+            kind = Kind.SCORE if rng.random() < 0.15 else Kind.GENERATE
+            scheduler.add(request(sink, f"{seed}-{round_}", rng.randint(1, 20), kind))
+        if rng.random() < 0.1:
+            live = list(scheduler.waiting) + scheduler.running
+            scheduler.cancel(rng.sample(live, min(len(live), rng.randint(1, 3))))
+        reference = Reference(scheduler)
+        victims, queues = reference.preempt()
+        old_ids = [seq.seq_id for seq in victims]  # a preempted sequence gets a new id
+        assert scheduler.preempt() == old_ids, (seed, round_)
+        assert (queues_of(scheduler), scheduler.running) == (queues, reference.running), (seed, round_)
+        expected = reference.schedule()
+        assert [(c.seq, c.tokens) for c in step(scheduler)] == expected, (seed, round_)
+        assert (queues_of(scheduler), scheduler.running) == (list(reference.queues.values()),
+                                                             reference.running), (seed, round_)
+        scheduler.finish([s for s in scheduler.running if s.kind is Kind.SCORE or rng.random() < 0.1])
+        preempted += len(victims)
+    return preempted
+
+
+def test_random_traffic_follows_the_brute_force_reference() -> None:
+    preempted = [run_random_traffic(seed) for seed in range(16)]
+    assert sum(preempted) >= 30 and sum(p > 0 for p in preempted) >= 12, preempted  # it was exercised

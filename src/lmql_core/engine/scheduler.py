@@ -24,8 +24,9 @@ its methods, called with the engine's lock held::
 
 from __future__ import annotations
 
-from collections import Counter, deque
-from collections.abc import Iterator
+import heapq
+from collections import deque
+from collections.abc import Iterator, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,8 +68,10 @@ class FairQueue:
         self._queues.setdefault(seq.sink, deque()).appendleft(seq)
         self._count += 1
 
-    def clients(self) -> list[Any]:
-        return list(self._queues)
+    def clients(self) -> KeysView[Any]:
+        """The clients with sequences waiting, in turn order (a view: not to be kept while
+        sequences are taken)."""
+        return self._queues.keys()
 
     def count_of(self, client: Any) -> int:
         return len(self._queues.get(client, ()))
@@ -87,12 +90,17 @@ class FairQueue:
         return seq
 
     def remove(self, seqs: list[Sequence]) -> None:
-        """Take ``seqs`` (all of them waiting here) out of their queues."""
-        if not seqs:
-            return
-        gone = {id(s) for s in seqs}
-        kept = {c: deque(s for s in q if id(s) not in gone) for c, q in self._queues.items()}
-        self._queues = {c: q for c, q in kept.items() if q}
+        """Take ``seqs`` (all of them waiting here) out of their queues; only their clients'
+        queues are rebuilt, and every client keeps its place in the turn order."""
+        gone: dict[Any, set[int]] = {}
+        for seq in seqs:
+            gone.setdefault(seq.sink, set()).add(id(seq))
+        for client, ids in gone.items():
+            kept = deque(s for s in self._queues[client] if id(s) not in ids)
+            if kept:
+                self._queues[client] = kept
+            else:
+                del self._queues[client]
         self._count -= len(seqs)
 
     def clear(self) -> None:
@@ -105,7 +113,11 @@ class Scheduler:
         self.max_batch = max_batch
         self.token_budget = token_budget
         self.waiting = FairQueue()
-        self.running: list[Sequence] = []
+        self.running: list[Sequence] = []  # in the order they were admitted
+        # the same sequences by client, each client's in the order they were admitted (a dict as
+        # an ordered set): the counts of the fair share and the newest to preempt, without a
+        # scan of the batch per sequence admitted or preempted
+        self._running_of: dict[Any, dict[Sequence, None]] = {}
         self._cancelled_running: list[Sequence] = []  # cancelled while running: caches to free
 
     def add(self, seq: Sequence) -> None:
@@ -126,7 +138,7 @@ class Scheduler:
         running = self._leave([s for s in seqs if s.status is Status.RUNNING], Status.CANCELLED)
         self.waiting.remove(waiting)
         if running:
-            self.running = [s for s in self.running if s.status is Status.RUNNING]
+            self._leave_batch(running)
             self._cancelled_running.extend(running)
         return waiting + running
 
@@ -140,7 +152,7 @@ class Scheduler:
         their caches are for the caller to free."""
         ended = self._leave([s for s in seqs if s.status is Status.RUNNING], Status.FINISHED)
         if ended:
-            self.running = [s for s in self.running if s.status is Status.RUNNING]
+            self._leave_batch(ended)
         return ended
 
     @staticmethod
@@ -153,18 +165,38 @@ class Scheduler:
                 left.append(seq)
         return left
 
+    def _join_batch(self, seq: Sequence) -> None:
+        seq.status = Status.RUNNING
+        self.running.append(seq)
+        self._running_of.setdefault(seq.sink, {})[seq] = None
+
+    def _leave_batch(self, seqs: list[Sequence]) -> None:
+        """``seqs``, running until now and given another status, out of the batch."""
+        for seq in seqs:
+            mine = self._running_of[seq.sink]
+            del mine[seq]
+            if not mine:
+                del self._running_of[seq.sink]
+        self.running = [s for s in self.running if s.status is Status.RUNNING]
+
     def finish_all(self) -> tuple[list[Sequence], list[Sequence]]:
         """End every sequence (the server stops): (all that were waiting or running, those
         among them or cancelled whose caches the backend still holds)."""
         holding = self.running + self.take_cancelled()
         ended = self._leave(list(self.waiting) + self.running, Status.FINISHED)
         self.running = []
+        self._running_of.clear()
         self.waiting.clear()
         return ended, holding
 
     def _share(self) -> int:
-        clients = set(self.waiting.clients()) | {s.sink for s in self.running}
-        return max(1, self.max_batch // max(1, len(clients)))
+        """Each client's share of the batch: the same through a step's admissions (a client
+        admitted runs, so the clients with work stay the same)."""
+        clients = len(self._running_of) + sum(c not in self._running_of for c in self.waiting.clients())
+        return max(1, self.max_batch // max(1, clients))
+
+    def _running_count(self, client: Any) -> int:
+        return len(self._running_of.get(client, ()))
 
     def preempt(self) -> list[int]:
         """Make room for waiting clients below their share: running sequences go back to the
@@ -172,44 +204,78 @@ class Scheduler:
         Returns the backend ids they had, whose caches the caller frees."""
         if not self.waiting:
             return []
-        share, counts = self._share(), Counter(s.sink for s in self.running)
-        wanted = sum(min(share - counts[c], self.waiting.count_of(c))
-                     for c in self.waiting.clients() if counts[c] < share)
+        share = self._share()
+        wanted = 0
+        for client in self.waiting.clients():
+            running = self._running_count(client)
+            if running < share:
+                wanted += min(share - running, self.waiting.count_of(client))
         needed = wanted - (self.max_batch - len(self.running))  # beyond the free slots
-        victims: list[Sequence] = []
-        for _ in range(max(0, needed)):
-            if not counts:  # more clients want a share than the batch holds: none runs yet
-                break
-            client, running = counts.most_common(1)[0]
-            victim = next((s for s in reversed(self.running) if s.sink == client
-                           and s.kind is Kind.GENERATE and s not in victims), None)
-            if running <= share or victim is None:
-                break
-            victims.append(victim)
-            counts[client] -= 1
+        # nothing running: more clients want a share than the batch holds, and none runs yet
+        victims = self._victims(needed, share) if needed > 0 and self.running else []
         if not victims:
             return []
-        self.running = [s for s in self.running if s not in victims]
         freed = [s.seq_id for s in victims]
         for seq in victims:  # newest first: each client's oldest preempted sequence ends up in front
             seq.restart()
             seq.status = Status.WAITING
             self.waiting.put_back(seq)
+        self.running = [s for s in self.running if s.status is Status.RUNNING]
         return freed
+
+    def _victims(self, needed: int, share: int) -> list[Sequence]:
+        """Up to ``needed`` sequences to preempt, taken out of ``_running_of``: one at a time,
+        the newest generation of the client running the most (of those running as many, the
+        one whose oldest sequence runs longest), while that client runs more than its share
+        and has a generation to give."""
+        rank = self._client_ranks()
+        most = [(-len(mine), rank[client], client) for client, mine in self._running_of.items()]
+        heapq.heapify(most)
+        victims: list[Sequence] = []
+        while len(victims) < needed:
+            negative_count, order, client = most[0]
+            mine = self._running_of[client]
+            victim = next((s for s in reversed(mine) if s.kind is Kind.GENERATE), None)
+            if -negative_count <= share or victim is None:
+                break
+            del mine[victim]
+            if not mine:
+                del self._running_of[client]
+            victims.append(victim)
+            heapq.heapreplace(most, (negative_count + 1, order, client))
+        return victims
+
+    def _client_ranks(self) -> dict[Any, int]:
+        """Each running client's place in the order their oldest running sequences were admitted."""
+        rank: dict[Any, int] = {}
+        for seq in self.running:
+            rank.setdefault(seq.sink, len(rank))
+            if len(rank) == len(self._running_of):
+                break
+        return rank
 
     def schedule(self) -> list[ScheduledChunk]:
         chunks: list[ScheduledChunk] = []
         budget = self.token_budget
         prefilling = False  # whether a prompt chunk feeds in this step
         for seq in self.running:
-            take = seq.unfed if seq.kind is Kind.SCORE else seq.unfed[: max(1, budget)]
+            take = seq.unfed
+            if len(take) > budget and seq.kind is not Kind.SCORE:  # a SCORE feeds whole
+                take = take[: max(1, budget)]
             if not take:  # its last step's results are not back yet (a step launched ahead)
                 continue
             prefilling = prefilling or seq.in_prefill
             chunks.append(ScheduledChunk(seq, take))
             budget -= len(take)
+        if self.waiting and len(self.running) < self.max_batch and budget > 0:
+            self._admit(chunks, budget, prefilling)
+        return chunks
+
+    def _admit(self, chunks: list[ScheduledChunk], budget: int, prefilling: bool) -> None:
+        """Waiting sequences into the batch while it has room and the step has ``budget``."""
+        share = self._share()
         while self.waiting and len(self.running) < self.max_batch and budget > 0:
-            client = self._next_client()
+            client = self._next_client(share)
             seq = self.waiting.peek(client)
             # A scored request runs whole: its log-probs need every position in one pass. One
             # that does not fit the budget left waits for the next step (where it comes first),
@@ -218,15 +284,17 @@ class Scheduler:
             if len(take) > budget and prefilling:
                 break
             self.waiting.take(client)
-            seq.status = Status.RUNNING
-            self.running.append(seq)
+            self._join_batch(seq)
             chunks.append(ScheduledChunk(seq, take))
             budget -= len(take)
             prefilling = True
-        return chunks
 
-    def _next_client(self) -> Any:
+    def _next_client(self, share: int) -> Any:
         """The first client in turn below its share; without one, the first in turn."""
-        clients = self.waiting.clients()
-        share, counts = self._share(), Counter(s.sink for s in self.running)
-        return next((c for c in clients if counts[c] < share), clients[0])
+        first = None
+        for client in self.waiting.clients():
+            if self._running_count(client) < share:
+                return client
+            if first is None:
+                first = client
+        return first
