@@ -267,14 +267,14 @@ class Reference:
             self.queues.setdefault(seq.sink, []).insert(0, seq)
         return victims, list(self.queues.values())
 
-    def schedule(self) -> list[tuple[Sequence, list[int]]]:
-        """The chunks (sequence, tokens) of the next step."""
+    def schedule(self) -> list[tuple[Sequence, list[int], bool]]:
+        """The chunks (sequence, tokens, whether they end its prompt) of the next step."""
         chunks, budget, prefilling = [], self.budget, False
         for seq in self.running:
             take = seq.unfed if seq.kind is Kind.SCORE else seq.unfed[: max(1, budget)]
             if take:
                 prefilling = prefilling or seq.in_prefill
-                chunks.append((seq, take))
+                chunks.append((seq, take, seq.num_fed + len(take) == seq.length))
                 budget -= len(take)
         while self.queues and len(self.running) < self.max_batch and budget > 0:
             share = self.share()
@@ -288,7 +288,7 @@ class Reference:
             if queue:  # the client goes to the end of the turn order
                 self.queues[sink] = queue
             self.running.append(seq)
-            chunks.append((seq, take))
+            chunks.append((seq, take, seq.num_fed + len(take) == seq.length))
             budget -= len(take)
             prefilling = True
         return chunks
@@ -324,7 +324,8 @@ def run_random_traffic(seed: int) -> int:
         assert scheduler.preempt() == old_ids, (seed, round_)
         assert (queues_of(scheduler), scheduler.running) == (queues, reference.running), (seed, round_)
         expected = reference.schedule()
-        assert [(c.seq, c.tokens) for c in step(scheduler)] == expected, (seed, round_)
+        chunks = [(c.seq, c.tokens, c.completes_prefill) for c in step(scheduler)]
+        assert chunks == expected, (seed, round_)
         assert (queues_of(scheduler), scheduler.running) == (list(reference.queues.values()),
                                                              reference.running), (seed, round_)
         scheduler.finish([s for s in scheduler.running if s.kind is Kind.SCORE or rng.random() < 0.1])

@@ -27,22 +27,23 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterator, KeysView
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lmql_core.engine.sequence import Kind, Sequence, Status
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledChunk:
     seq: Sequence
     tokens: list[int]
     # whether these tokens end the prompt (the next token is sampled): fixed when scheduled, since
     # the engine counts them as fed (``num_fed``) before it decides what to sample
-    completes_prefill: bool = field(init=False)
+    completes_prefill: bool
 
-    def __post_init__(self) -> None:
-        self.completes_prefill = self.seq.num_fed + len(self.tokens) >= self.seq.length
+
+def chunk_of(seq: Sequence, tokens: list[int]) -> ScheduledChunk:
+    return ScheduledChunk(seq, tokens, seq.num_fed + len(tokens) >= seq.length)
 
 
 class FairQueue:
@@ -256,26 +257,38 @@ class Scheduler:
 
     def schedule(self) -> list[ScheduledChunk]:
         chunks: list[ScheduledChunk] = []
-        budget = self.token_budget
-        prefilling = False  # whether a prompt chunk feeds in this step
-        for seq in self.running:
-            take = seq.unfed
-            if len(take) > budget and seq.kind is not Kind.SCORE:  # a SCORE feeds whole
-                take = take[: max(1, budget)]
-            if not take:  # its last step's results are not back yet (a step launched ahead)
-                continue
-            prefilling = prefilling or seq.in_prefill
-            chunks.append(ScheduledChunk(seq, take))
-            budget -= len(take)
+        budget, prefilling = self._running_chunks(chunks)
         if self.waiting and len(self.running) < self.max_batch and budget > 0:
             self._admit(chunks, budget, prefilling)
         return chunks
 
+    def _running_chunks(self, chunks: list[ScheduledChunk]) -> tuple[int, bool]:
+        """The running sequences' chunks, into ``chunks``: (the budget left, whether a prompt
+        chunk feeds). Once a step for every row: ``Sequence.unfed`` and ``in_prefill`` inlined."""
+        budget = self.token_budget
+        prefilling = False
+        for seq in self.running:
+            fixed = len(seq.prompt) + len(seq.scored)
+            fed = seq.num_fed
+            take = seq.generated[fed - fixed :] if fed >= fixed else seq.tokens[fed:]
+            if len(take) > budget and seq.kind is not Kind.SCORE:  # a SCORE feeds whole
+                take = take[: max(1, budget)]
+            if not take:  # its last step's results are not back yet (a step launched ahead)
+                continue
+            prefilling = prefilling or fed < fixed
+            chunks.append(ScheduledChunk(seq, take, fed + len(take) >= fixed + len(seq.generated)))
+            budget -= len(take)
+        return budget, prefilling
+
     def _admit(self, chunks: list[ScheduledChunk], budget: int, prefilling: bool) -> None:
-        """Waiting sequences into the batch while it has room and the step has ``budget``."""
+        """Waiting sequences into the batch while it has room and the step has ``budget``: each
+        from the first client in turn below its share, or without one, the first in turn."""
         share = self._share()
+        # the clients below their share, in turn order: none rises back below it in a step (their
+        # counts only grow), and a client admitted goes last in the turn, as in ``FairQueue.take``
+        below = deque(c for c in self.waiting.clients() if self._running_count(c) < share)
         while self.waiting and len(self.running) < self.max_batch and budget > 0:
-            client = self._next_client(share)
+            client = below[0] if below else next(iter(self.waiting.clients()))
             seq = self.waiting.peek(client)
             # A scored request runs whole: its log-probs need every position in one pass. One
             # that does not fit the budget left waits for the next step (where it comes first),
@@ -285,16 +298,10 @@ class Scheduler:
                 break
             self.waiting.take(client)
             self._join_batch(seq)
-            chunks.append(ScheduledChunk(seq, take))
+            if below:
+                below.popleft()
+                if self.waiting.count_of(client) and self._running_count(client) < share:
+                    below.append(client)
+            chunks.append(chunk_of(seq, take))
             budget -= len(take)
             prefilling = True
-
-    def _next_client(self, share: int) -> Any:
-        """The first client in turn below its share; without one, the first in turn."""
-        first = None
-        for client in self.waiting.clients():
-            if self._running_count(client) < share:
-                return client
-            if first is None:
-                first = client
-        return first
