@@ -4,10 +4,10 @@ backend (a small vocabulary, its forward pass timed and left out), so what is me
 host's work the GPU would wait for.
 
     python benchmarks/scheduler_cost.py [--max-batch 256] [--clients 64] [--repeats 5]
-        [--engine-steps 300] [--part scheduler|engine|all] [--profile]
+        [--engine-steps 300] [--part scheduler|engine|all] [--profile] [--breakdown]
 
 Each scheduler point is the median of ``--repeats`` runs; ``--profile`` prints cProfile's top
-functions of the engine run (the engine thread's).
+functions of the engine run (the engine thread's); ``--breakdown`` times the engine's parts.
 """
 
 from __future__ import annotations
@@ -196,6 +196,44 @@ def engine_points(args: argparse.Namespace) -> None:
     print()
 
 
+# the engine's parts timed by --breakdown: (module, owner, attribute); each runs once a step
+STAGES = [
+    ("lmql_core.engine.scheduler", "Scheduler", "preempt"),
+    ("lmql_core.engine.scheduler", "Scheduler", "schedule"),
+    ("lmql_core.engine.launch", "StepLauncher", "launch"),
+    ("lmql_core.engine.launch", "StepLauncher", "_plan_for"),
+    ("lmql_core.engine.launch", None, "launch_sampling"),
+    ("lmql_core.engine.collect", "Collector", "collect"),
+    ("lmql_core.engine.collect", "Collector", "_emit_samples"),
+    ("lmql_core.engine.collect", None, "collect_sampling"),
+    ("lmql_core.engine.engine", None, "deliver_all"),
+]
+
+
+def time_stages() -> dict[str, float]:
+    """Wrap each of STAGES in a timer (for the rest of the process): seconds spent by name."""
+    import importlib
+
+    spent: dict[str, float] = {}
+    for module_name, owner_name, attribute in STAGES:
+        module = importlib.import_module(module_name)
+        owner = getattr(module, owner_name) if owner_name else module
+        name = f"{owner_name or module_name.rsplit('.', 1)[1]}.{attribute}"
+        spent[name] = 0.0
+        setattr(owner, attribute, _timer(getattr(owner, attribute), name, spent))
+    return spent
+
+
+def _timer(function: Callable[..., Any], name: str, spent: dict[str, float]) -> Callable[..., Any]:
+    def timed_call(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - began
+    return timed_call
+
+
 def engine_point(args: argparse.Namespace, name: str, live: list[int]) -> None:
     """The engine with ``live[i]`` streams of client i at all times: host µs a step."""
     backend = TimedRandomBackend(vocab_size=256, eos_token_id=255)
@@ -209,10 +247,18 @@ def engine_point(args: argparse.Namespace, name: str, live: list[int]) -> None:
     engine.stop()
     print(f"| {name} | {stats.steps} | {stats.sequences_preempted} | {backend.forward_seconds:.2f} "
           f"| {host / stats.steps * 1e6:,.0f} | {host / max(stats.tokens_generated, 1) * 1e6:.1f} |")
+    if args.spent is not None:
+        args.spent["RandomBackend.forward (left out)"] = backend.forward_seconds
+        print("\n| stage (cumulative: launch holds forward, sampling, plan) | µs a step |\n| --- | ---: |")
+        for stage, seconds in args.spent.items():
+            print(f"| {stage} | {seconds / stats.steps * 1e6:,.0f} |")
+            args.spent[stage] = 0.0
+        print()
     if profiler:
         profiler.disable()
         for order in ("tottime", "cumulative"):
             pstats.Stats(profiler).sort_stats(order).print_stats(r"lmql_core|numpy|builtins", 30)
+
 
 
 class ProfiledEngine(Engine):
@@ -235,7 +281,9 @@ def main() -> None:
     parser.add_argument("--engine-steps", type=int, default=300)
     parser.add_argument("--part", choices=["scheduler", "engine", "all"], default="all")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="time the engine's parts a step")
     args = parser.parse_args()
+    args.spent = time_stages() if args.breakdown else None
     if args.part in ("scheduler", "all"):
         scheduler_points(args)
     if args.part in ("engine", "all"):

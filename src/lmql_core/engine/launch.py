@@ -41,25 +41,23 @@ class StepLauncher:
     def launch(self, chunks: list[ScheduledChunk]) -> LaunchedStep | None:
         """Run ``chunks``; None where the step failed (its sequences then ended with the error)."""
         started = time.perf_counter()
-        inputs = [self._step_input(c) for c in chunks]
+        inputs, sampling_rows, scores, prefilled = self._read_chunks(chunks)
         masks: PendingMasks | None = None
         try:
-            masks = self.masks.start([c.seq for c in chunks
-                                      if c.completes_prefill and c.seq.kind is Kind.GENERATE])
+            masks = self.masks.start([chunks[i].seq for i in sampling_rows])
             output = self.backend.forward(inputs)
             for c in chunks:
-                if c.seq.in_prefill:
-                    self.stats.tokens_prefilled += len(c.tokens)
                 c.seq.num_fed += len(c.tokens)
-            self.endings.end_failed_rows([c.seq for c in chunks], output.errors)
-            ready = [i for i, c in enumerate(chunks) if c.completes_prefill
-                     and c.seq.kind is Kind.GENERATE and c.seq.status is Status.RUNNING]
+            self.stats.tokens_prefilled += prefilled
+            if output.errors:
+                self.endings.end_failed_rows([c.seq for c in chunks], output.errors)
+            running = Status.RUNNING  # (a sequence cancelled meanwhile samples nothing)
+            ready = [i for i in sampling_rows if chunks[i].seq.status is running]
             seqs = [chunks[i].seq for i in ready]
             plan = self._plan_for(seqs)
             batch_mask = self.masks.wait(masks, seqs) if masks else None
             sampling = (self.sample(seqs, _rows(output.last_logits, ready), plan, batch_mask)
                         if ready else None)
-            scores = [c.seq for c in chunks if c.seq.kind is Kind.SCORE]
             scored, scoring = self._launch_scoring(scores, output)
         except Exception as e:  # a failed batch ends its streams, never the server
             log.exception("forward pass failed")
@@ -67,6 +65,27 @@ class StepLauncher:
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scored, scoring, started, headroom)
+
+    @staticmethod
+    def _read_chunks(chunks: list[ScheduledChunk]) -> tuple[list[StepInput], list[int], list[Sequence], int]:
+        """One pass over a step's chunks (up to ``max_batch`` of them, every step): the backend's
+        inputs, the rows that sample once fed (generations whose prompt they complete or that
+        decode), the SCORE requests, and the prompt tokens they feed."""
+        inputs, sampling_rows, scores, prefilled = [], [], [], 0
+        for row, chunk in enumerate(chunks):
+            seq = chunk.seq
+            if seq.num_fed < len(seq.prompt) + len(seq.scored):
+                prefilled += len(chunk.tokens)
+            if seq.kind is Kind.SCORE:
+                # it runs whole from its first token: only the logits from the prompt's last on are read
+                inputs.append(StepInput(seq.seq_id, chunk.tokens, all_logits=True,
+                                        logits_from=max(0, len(seq.prompt) - 1)))
+                scores.append(seq)
+                continue
+            inputs.append(StepInput(seq.seq_id, chunk.tokens))
+            if chunk.completes_prefill:
+                sampling_rows.append(row)
+        return inputs, sampling_rows, scores, prefilled
 
     def sample(self, seqs: list[Sequence], logits: Any, plan: SamplingPlan,
                masks: BatchMask | None = None) -> PendingSamples:
@@ -85,13 +104,6 @@ class StepLauncher:
                 or any(p is not s.params for p, s in zip(last.params, seqs, strict=True))):
             last = self._last_plan = SamplingPlan([s.params for s in seqs])
         return last
-
-    def _step_input(self, chunk: ScheduledChunk) -> StepInput:
-        seq = chunk.seq
-        if seq.kind is not Kind.SCORE:
-            return StepInput(seq.seq_id, chunk.tokens)
-        # a SCORE runs whole from its first token: only the logits from the prompt's last on are read
-        return StepInput(seq.seq_id, chunk.tokens, all_logits=True, logits_from=max(0, len(seq.prompt) - 1))
 
     def _launch_scoring(self, seqs: list[Sequence],
                         output: StepOutput) -> tuple[list[Sequence], PendingScores | None]:
