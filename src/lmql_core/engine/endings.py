@@ -60,6 +60,8 @@ class Endings:
 
     def end_failed_rows(self, seqs: list[Sequence], errors: dict[int, str]) -> None:
         """End the sequences whose rows the backend reported failed (``StepOutput.errors``)."""
+        if not errors:  # as nearly always: no pass over the batch
+            return
         for seq in seqs:
             if seq.seq_id in errors:
                 self.end(seq, TokenEvent(seq.stream_id, error=f"model error: {errors[seq.seq_id]}"))

@@ -49,8 +49,7 @@ class StepLauncher:
             for c in chunks:
                 c.seq.num_fed += len(c.tokens)
             self.stats.tokens_prefilled += prefilled
-            if output.errors:
-                self.endings.end_failed_rows([c.seq for c in chunks], output.errors)
+            self.endings.end_failed_rows([c.seq for c in chunks], output.errors)
             running = Status.RUNNING  # (a sequence cancelled meanwhile samples nothing)
             ready = [i for i in sampling_rows if chunks[i].seq.status is running]
             seqs = [chunks[i].seq for i in ready]
