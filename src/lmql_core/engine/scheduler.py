@@ -212,8 +212,11 @@ class Scheduler:
             if running < share:
                 wanted += min(share - running, self.waiting.count_of(client))
         needed = wanted - (self.max_batch - len(self.running))  # beyond the free slots
-        # nothing running: more clients want a share than the batch holds, and none runs yet
-        victims = self._victims(needed, share) if needed > 0 and self.running else []
+        # nobody above the share (nobody running, say: more clients want a share than the batch
+        # holds, and none runs yet): nobody to preempt
+        if needed <= 0 or all(len(mine) <= share for mine in self._running_of.values()):
+            return []
+        victims = self._victims(needed, share)
         if not victims:
             return []
         freed = [s.seq_id for s in victims]
@@ -235,13 +238,13 @@ class Scheduler:
         victims: list[Sequence] = []
         while len(victims) < needed:
             negative_count, order, client = most[0]
-            mine = self._running_of[client]
+            if -negative_count <= share:
+                break
+            mine = self._running_of[client]  # (it keeps its share, so never empties here)
             victim = next((s for s in reversed(mine) if s.kind is Kind.GENERATE), None)
-            if -negative_count <= share or victim is None:
+            if victim is None:
                 break
             del mine[victim]
-            if not mine:
-                del self._running_of[client]
             victims.append(victim)
             heapq.heapreplace(most, (negative_count + 1, order, client))
         return victims
