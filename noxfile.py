@@ -116,8 +116,11 @@ def ray(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """CPU benchmark: our server against LMQL 0.7.3's on lmql-tiny and a 4-layer GPT-2."""
+    """CPU benchmark: our server against LMQL 0.7.3's on lmql-tiny and a 4-layer GPT-2 (posargs
+    go to cpu_bench.py); then the engine's host work a step at a batch of 256, without a model
+    (scheduler_cost.py: a few seconds)."""
     session.install(TORCH)
     session.install("./", "./plugins/hf")
     python = lmql_073_python(session)
     session.run("python", "benchmarks/cpu_bench.py", "--lmql-python", str(python), *session.posargs)
+    session.run("python", "benchmarks/scheduler_cost.py")
