@@ -227,6 +227,19 @@ def test_more_clients_than_the_batch_holds_arriving_at_once_preempt_nothing() ->
     assert names([c.seq for c in step(scheduler)]) == ["a0", "b0"]
 
 
+def test_cancelling_waiting_sequences_keeps_each_clients_turn() -> None:
+    """a, b, c queued in turn; a's only request and one of b's two are cancelled: b keeps its
+    turn ahead of c, and its other request its place; the queue counts what is left."""
+    a, b, c = client(), client(), client()
+    scheduler = Scheduler(max_batch=1)
+    seqs = {name: request(sink, name) for name, sink in [("a0", a), ("b0", b), ("c0", c), ("b1", b)]}
+    for seq in seqs.values():
+        scheduler.add(seq)
+    assert scheduler.cancel([seqs["a0"], seqs["b0"]]) == [seqs["a0"], seqs["b0"]]
+    assert names(list(scheduler.waiting)) == ["b1", "c0"] and len(scheduler.waiting) == 2
+    assert names([chunk.seq for chunk in step(scheduler)]) == ["b1"]
+
+
 # --- the scheduler against a brute-force reference of its rules, on random traffic -----------
 
 class Reference:
