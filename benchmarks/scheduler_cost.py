@@ -121,7 +121,7 @@ def scheduler_points(args: argparse.Namespace) -> None:
         seconds, admitted = median_of(args.repeats, lambda c=clients, p=per: admission(n, c, p))
         print(f"| admit {admitted} of {clients * per} waiting, {clients} clients | {seconds * 1e6:,.0f} "
               f"| {seconds * 1e6 / max(admitted, 1):.2f} |")
-    for clients, turnover in [(args.clients, 8), (args.clients, 32)]:
+    for clients, turnover in [(args.clients, max(1, n // 32)), (args.clients, max(1, n // 8))]:
         seconds = statistics.median(churn(n, clients, 200, turnover) for _ in range(args.repeats))
         print(f"| churn: {turnover} end and {turnover} arrive a step, {clients} clients (per step) "
               f"| {seconds * 1e6:,.0f} | {seconds * 1e6 / turnover:.2f} |")

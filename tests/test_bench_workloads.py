@@ -82,6 +82,23 @@ def test_the_cpu_step_benchmark_times_both_steps_on_lmql_tiny() -> None:
     assert rows[0][5] == "" and all(r[5].startswith("{1: ") for r in rows[1:])  # the lean head's forms
 
 
+def test_the_scheduler_cost_benchmark_preempts_and_admits_by_the_share_rule() -> None:
+    """benchmarks/scheduler_cost.py at a batch of 16: its contention points preempt what the
+    share rule frees (2 newcomers x 2 requests, share 16 // 3 = 5: the 4 they want; 7 x 2,
+    share 16 // 8 = 2: the hog keeps 2 of 16), and both engine points run."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scheduler_cost.py"), "--max-batch", "16",
+                          "--clients", "4", "--repeats", "1", "--engine-steps", "20", "--breakdown"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| ")]
+    points = [r[0] for r in rows]
+    assert "admit 16 of 32 waiting, 4 clients" in points
+    assert "preempt 4 of one client's 16 for 2 newcomers" in points
+    assert "preempt 14 of one client's 16 for 7 newcomers" in points
+    engine = [r for r in rows if r[0] in ("4 clients x 4 streams", "1 client x 32 streams + 2 x 4")]
+    assert len(engine) == 2 and all(int(r[1]) > 0 for r in engine)  # steps ran
+    assert sum(r[0] == "Scheduler.schedule" for r in rows) == 2  # a breakdown per engine point
+
+
 @pytest.mark.timeout(180)
 def test_the_load_driver_runs_through_openais_api(tiny_server: Server) -> None:
     results = {}
