@@ -124,6 +124,14 @@ def random_server() -> Iterator[Server]:
     assert server.stop() == 0, server.output()
 
 
+@pytest.fixture(scope="session")
+def token_server() -> Iterator[Server]:
+    """A random model behind ``--auth-token s3cret``, for every module that tests the token."""
+    server = Server("random", "--auth-token", "s3cret")
+    yield server
+    assert server.stop() == 0, server.output()
+
+
 class RawClient:
     """A bare websocket speaking LMTP frames, for checking the wire itself."""
 
