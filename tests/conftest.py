@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.server_process import ServerProcess, free_port  # noqa: F401  (free_port: imported from here too)
 from tests.skip_report import (  # noqa: F401  (hooks: loud module skips, strict in CI)
     pytest_collectreport,
     pytest_runtest_logreport,
@@ -71,54 +68,16 @@ def the_error(result: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A real `lmql serve-model` process."""
+class Server(ServerProcess):
+    """A real `lmql serve-model` process, ready when it takes connections."""
 
     def __init__(self, model: str | None, *args: str, host: str = "127.0.0.1",
                  env: dict[str, str] | None = None, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.endpoint = f"127.0.0.1:{self.port}"
+        port = port or free_port()
         command = [sys.executable, "-m", "lmql_core", "serve-model", *([model] if model else []),
-                   "--host", host, "--port", str(self.port), *args]
-        # closed in stop(): the log outlives this call
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="lmql-server-", suffix=".log")  # noqa: SIM115
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-        self._wait_ready(timeout=180)
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"server did not start:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
+                   "--host", host, "--port", str(port), *args]
+        super().__init__("lmql-server", command, port, env={**os.environ, **(env or {})})
+        self.wait_ready(self.accepts_connections, timeout=180)
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +103,31 @@ def tiny_server() -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def tiny(tiny_server: Server) -> Server:
+    """``tiny_server``, under the name the OpenAI test modules give it."""
+    return tiny_server
+
+
+@pytest.fixture(scope="session")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """lmql-tiny with a chat template, a token and small limits (``openai_fixtures.serve_guarded``),
+    one for every OpenAI test module: none reads its counters or leaves a stream open on it."""
+    from tests.openai_fixtures import serve_guarded
+
+    yield from serve_guarded(tmp_path_factory.mktemp("chat"))
+
+
+@pytest.fixture(scope="session")
 def random_server() -> Iterator[Server]:
     server = Server("random", "--seed", "7")
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+@pytest.fixture(scope="session")
+def token_server() -> Iterator[Server]:
+    """A random model behind ``--auth-token s3cret``, for every module that tests the token."""
+    server = Server("random", "--auth-token", "s3cret")
     yield server
     assert server.stop() == 0, server.output()
 

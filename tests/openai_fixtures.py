@@ -1,7 +1,8 @@
 """Servers and helpers for the tests of OpenAI's HTTP API (``lmql_core.openai_compat``).
 
-``tiny``: `lmql serve-model lmql-tiny` with its defaults. ``guarded``: the same weights in a folder
-whose tokenizer configuration has a chat template, served with a token and small limits.
+The servers are conftest's session fixtures, one each for all these modules: ``tiny``, `lmql
+serve-model lmql-tiny` with its defaults; ``guarded`` (``serve_guarded``), the same weights in a
+folder whose tokenizer configuration has a chat template, served with a token and small limits.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def chat_model(folder: Path) -> Path:
 
 
 def serve_guarded(folder: Path) -> Iterator[Server]:
-    """For a module's fixture: lmql-tiny with a chat template, a token and small limits."""
+    """For conftest's ``guarded``: lmql-tiny with a chat template, a token and small limits."""
     path = chat_model(folder)
     server = Server(str(path), "--auth-token", TOKEN, "--max-frame-bytes", str(MAX_BODY),
                     "--max-streams", str(MAX_STREAMS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import lmql_core.api
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.errors import ServerError
 from tests.conftest import Server
+from tests.lmtp_proxy import RecordingProxy
 
 
 def test_served_and_in_process_agree(random_server: Server) -> None:
@@ -52,6 +54,29 @@ def test_default_model_and_top_level_functions(random_server: Server) -> None:
         assert asyncio.run(lmql.score("xy", ["z"])).argmax() == "z"
     finally:
         lmql_core.api._default_model = None  # other tests expect no default model
+
+
+def test_lmqls_runtime_options_stay_out_of_the_request(random_server: Server) -> None:
+    """LMQL 0.7.3's ``lmql.generate`` takes its query runtime's options (``verbose=``, ``cache=``,
+    ...) beside the model's, and its LMTP client (LMTPDcModel.generate) sends only the prompt,
+    max_tokens, temperature, logit_bias, top_logprobs and the decoding options (top_k, ...): the
+    GENERATE frames a relay records must carry nothing else."""
+    runtime = {"verbose": True, "cache": False, "chunksize": 3, "max_len": 512, "step_budget": 64,
+               "show_speculative": True, "output_writer": None, "openai_chunksize": 8}
+    proxy = RecordingProxy(random_server.endpoint)
+    try:
+        llm = lmql.model("random", endpoint=proxy.endpoint)
+        with_runtime = lmql.generate_sync("xy", max_tokens=4, model=llm, top_k=5, **runtime)
+        assert with_runtime == llm.generate_sync("xy", max_tokens=4, top_k=5)
+        frames = [frame.partition(" ")[2] for frame in proxy.sent if frame.startswith("GENERATE ")]
+    finally:
+        proxy.close()
+    requests = [json.loads(frame) for frame in frames]
+    assert len(requests) == 2, frames
+    lmql_sends = {"model", "prompt", "max_tokens", "temperature", "logit_bias", "top_logprobs", "top_k"}
+    for request in requests:
+        assert set(request) - {"stream_id"} <= lmql_sends, request
+        assert request["top_k"] == 5 and request["max_tokens"] == 4
 
 
 def test_sampling_with_n(random_server: Server) -> None:

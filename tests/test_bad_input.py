@@ -181,13 +181,6 @@ def test_banning_every_token_is_an_error_for_that_stream(random_server: Server) 
     _still_serves(random_server)
 
 
-@pytest.fixture(scope="module")
-def token_server() -> Server:
-    server = Server("random", "--auth-token", "s3cret")
-    yield server
-    assert server.stop() == 0, server.output()
-
-
 @pytest.mark.parametrize(("header", "status"), [
     (b"Authorization: Bearer \xff\xfe\r\n", 401),  # not UTF-8
     (b"Authorization: \xc3\x28 s3cret\r\n", 401),

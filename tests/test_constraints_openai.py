@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import Server
-from tests.openai_fixtures import TOKEN, client, openai, serve_guarded
+from tests.openai_fixtures import TOKEN, client, openai
 from tests.test_constraints_engine import DATE, PROMPT, reference_greedy
 
 pytestmark = pytest.mark.hf
@@ -21,17 +20,6 @@ MODEL = "lmql-tiny"
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Zurich", "Tokyo"]},
                                            "days": {"type": "integer", "minimum": 1, "maximum": 9}},
           "required": ["city", "days"], "additionalProperties": False}
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_server: Server) -> Server:
-    return tiny_server
-
-
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """lmql-tiny with a chat template (and a token, small limits)."""
-    yield from serve_guarded(tmp_path_factory.mktemp("chat"))
 
 
 def guarded_name(server: Server) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 
@@ -52,31 +53,41 @@ def test_scores_equal_a_direct_forward_pass(local: lmql.LLM, reference: tuple) -
     assert result.token_scores[0] == pytest.approx(expected, abs=1e-4)
 
 
-def test_scores_run_in_steps_launched_ahead_and_equal_a_direct_forward_pass(reference: tuple) -> None:
+@pytest.fixture(scope="module")
+def budget_server() -> Iterator[Server]:
+    """lmql-tiny with a token budget of 48 a step (its counters read as differences: shared)."""
+    server = Server("lmql-tiny", "--token_budget", "48")
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+def steps_ahead(server: Server) -> float:
+    return server_metric(server, "lmql_engine_steps_ahead", "lmql-tiny")
+
+
+def test_scores_run_in_steps_launched_ahead_and_equal_a_direct_forward_pass(reference: tuple,
+                                                                             budget_server: Server) -> None:
     """A token budget of one SCORE request a step: each step after the first is queued while the
     one before it runs (nothing it needs comes from there), and every value's log-probs still equal
     transformers' forward over prompt and value."""
     model, tokenizer = reference
-    server = Server("lmql-tiny", "--token_budget", "48")
-    try:
-        llm = lmql.model("lmql-tiny", endpoint=server.endpoint)
-        prompt = "Q: What is the best thing about a cat that sat on the mat?\nA:"
-        values = [" It is soft and warm", " nothing", " the mat, and the sun on the window", " love"]
-        result = llm.score_sync(prompt, values)
-        prompt_ids = llm.encode_prompt(prompt)
-        for value, scores in zip(values, result.token_scores, strict=True):
-            value_ids = tokenizer.encode(value, add_special_tokens=False)
-            with torch.no_grad():
-                logits = model(torch.tensor([prompt_ids + value_ids])).logits[0]
-            logprobs = torch.log_softmax(logits, -1)
-            expected = [logprobs[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(value_ids)]
-            assert scores == pytest.approx(expected, abs=1e-4)
-        assert server_metric(server, "lmql_engine_steps_ahead", "lmql-tiny") >= len(values) - 1
-    finally:
-        assert server.stop() == 0, server.output()
+    ahead_before = steps_ahead(budget_server)
+    llm = lmql.model("lmql-tiny", endpoint=budget_server.endpoint)
+    prompt = "Q: What is the best thing about a cat that sat on the mat?\nA:"
+    values = [" It is soft and warm", " nothing", " the mat, and the sun on the window", " love"]
+    result = llm.score_sync(prompt, values)
+    prompt_ids = llm.encode_prompt(prompt)
+    for value, scores in zip(values, result.token_scores, strict=True):
+        value_ids = tokenizer.encode(value, add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + value_ids])).logits[0]
+        logprobs = torch.log_softmax(logits, -1)
+        expected = [logprobs[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(value_ids)]
+        assert scores == pytest.approx(expected, abs=1e-4)
+    assert steps_ahead(budget_server) - ahead_before >= len(values) - 1
 
 
-def test_long_prompts_and_scores_together_in_steps_launched_ahead(reference: tuple) -> None:
+def test_long_prompts_and_scores_together_in_steps_launched_ahead(reference: tuple, budget_server: Server) -> None:
     """Prompts of ~100 tokens in chunks of a 48-token budget (chunks that complete no prompt sample
     nothing, so the next step is launched ahead) beside SCORE requests, all sent at once: the
     greedy tokens are transformers' own, the log-probs its forward's."""
@@ -94,12 +105,9 @@ def test_long_prompts_and_scores_together_in_steps_launched_ahead(reference: tup
                 await c.send("SCORE", {"model": "lmql-tiny", "stream_id": sid, "prompt": prompt, "scored": scored})
             return await c.collect(set(range(len(prompts))) | set(range(10, 10 + len(prompts))))
 
-    server = Server("lmql-tiny", "--token_budget", "48")
-    try:
-        results = asyncio.run(together(server.endpoint))
-        ahead = server_metric(server, "lmql_engine_steps_ahead", "lmql-tiny")
-    finally:
-        assert server.stop() == 0, server.output()
+    ahead_before = steps_ahead(budget_server)
+    results = asyncio.run(together(budget_server.endpoint))
+    ahead = steps_ahead(budget_server) - ahead_before
     for sid, prompt in enumerate(prompts):
         with torch.no_grad():
             ids = torch.tensor([prompt])

@@ -121,28 +121,24 @@ def test_soak_clients_connecting_and_dropping_at_random() -> None:
         assert server.stop() == 0
 
 
-def test_auth_token() -> None:
-    server = Server("random", "--auth-token", "s3cret")
-    try:
-        async def connect(headers: dict[str, str]) -> int:
-            async with aiohttp.ClientSession() as session:
-                try:
-                    async with session.ws_connect(f"ws://{server.endpoint}/", headers=headers):
-                        return 101
-                except aiohttp.WSServerHandshakeError as e:
-                    return e.status
+def test_auth_token(token_server: Server) -> None:
+    async def connect(headers: dict[str, str]) -> int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(f"ws://{token_server.endpoint}/", headers=headers):
+                    return 101
+            except aiohttp.WSServerHandshakeError as e:
+                return e.status
 
-        assert asyncio.run(connect({})) == 401
-        assert asyncio.run(connect({"Authorization": "Bearer wrong"})) == 401
-        assert asyncio.run(connect({"Authorization": "Bearer s3cret"})) == 101
-        with pytest.raises(ConnectionLost, match="wants a token"):
-            lmql.model("random", endpoint=server.endpoint, api_key="nope").generate_sync("x", max_tokens=1)
-        assert lmql.model("random", endpoint=server.endpoint, api_key="s3cret").generate_sync("x", max_tokens=2)
-        assert _get(server, "/metrics")[0] == 401
-        assert _get(server, "/metrics", token="s3cret")[0] == 200
-        assert _get(server, "/health")[0] == 200
-    finally:
-        assert server.stop() == 0
+    assert asyncio.run(connect({})) == 401
+    assert asyncio.run(connect({"Authorization": "Bearer wrong"})) == 401
+    assert asyncio.run(connect({"Authorization": "Bearer s3cret"})) == 101
+    with pytest.raises(ConnectionLost, match="wants a token"):
+        lmql.model("random", endpoint=token_server.endpoint, api_key="nope").generate_sync("x", max_tokens=1)
+    assert lmql.model("random", endpoint=token_server.endpoint, api_key="s3cret").generate_sync("x", max_tokens=2)
+    assert _get(token_server, "/metrics")[0] == 401
+    assert _get(token_server, "/metrics", token="s3cret")[0] == 200
+    assert _get(token_server, "/health")[0] == 200
 
 
 def test_public_host_without_token_warns() -> None:

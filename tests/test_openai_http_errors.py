@@ -10,7 +10,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,22 +22,11 @@ from tests.openai_fixtures import (
     assert_openai_error,
     lmtp_stream,
     post,
-    serve_guarded,
 )
 
 PROMPT = "Once upon a time"
 # lmql-tiny never ends it by itself (EOS banned): only max_tokens, the context, or a cancel
 ENDLESS = {"model": "lmql-tiny", "prompt": PROMPT, "max_tokens": 480, "logit_bias": {"2": -100}, "temperature": 1}
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_server: Server) -> Server:
-    return tiny_server
-
-
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve_guarded(tmp_path_factory.mktemp("chat"))
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -9,8 +9,6 @@ import contextlib
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 import warnings
 from collections.abc import Iterator
@@ -27,9 +25,10 @@ import lmql  # noqa: E402
 from lmql_core.errors import ServerError  # noqa: E402
 from lmql_core.lmtp.client.loop import run_sync  # noqa: E402
 from lmql_core.openai_compat.client_features import ServerFeatureWarning  # noqa: E402
-from tests.conftest import Server, free_port  # noqa: E402
+from tests.conftest import Server  # noqa: E402
 from tests.llamacpp_models import hf_llama_folder  # noqa: E402
 from tests.openai_suite import differences, program_names, run_programs  # noqa: E402
+from tests.server_process import ServerProcess, free_port  # noqa: E402
 
 pytestmark = pytest.mark.llamacpp
 PROMPT = "Once upon a time"
@@ -49,41 +48,23 @@ CANNOT.update(dict.fromkeys(["api_beam_sample_two_vars", "api_beam_sample_constr
                             "sampled: " + NOT_THE_TEXTS_OWN_SPLIT))
 
 
-class LlamaCppServer:
-    """A real ``python -m llama_cpp.server`` process, the model served under ``alias``."""
+class LlamaCppServer(ServerProcess):
+    """A real ``python -m llama_cpp.server`` process, the model served under ``alias``; ready
+    when it lists its models."""
 
     def __init__(self, gguf: Path, alias: str, *args: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        port = free_port()
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
-                   "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(N_CTX),
+                   "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(N_CTX),
                    "--type_k", str(GGML_F32), "--type_v", str(GGML_F32), "--verbose", "False", *args]
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="llama-cpp-server-", suffix=".log")  # noqa: SIM115
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready(timeout=120)
+        super().__init__("llama-cpp-server", command, port)
+        self.base_url = f"http://{self.endpoint}/v1"
+        self.wait_ready(self.lists_models, timeout=120, poll=0.2)
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.proc.returncode}:\n{self.output()}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(self.base_url + "/models", timeout=2):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"llama_cpp.server did not start:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+    def lists_models(self) -> bool:
+        with contextlib.suppress(OSError), urllib.request.urlopen(self.base_url + "/models", timeout=2):
+            return True
+        return False
 
 
 @pytest.fixture(scope="module")

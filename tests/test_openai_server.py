@@ -3,7 +3,6 @@ equals what LMTP answers for the same request, and what transformers computes wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,21 +16,10 @@ from tests.openai_fixtures import (
     lmtp_stream,
     openai,
     post,
-    serve_guarded,
 )
 
 PROMPT = "Once upon a time"
 EOS = 2  # lmql-tiny's
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_server: Server) -> Server:
-    return tiny_server
-
-
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve_guarded(tmp_path_factory.mktemp("chat"))
 
 
 def greedy(server: Server, **options: Any) -> list[dict[str, Any]]:

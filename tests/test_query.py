@@ -25,8 +25,15 @@ MODEL = "local:lmql-tiny"
 
 def greedy(reference: tuple[object, object], prompt: str, steps: int, allowed=None) -> list[int]:
     """Greedy tokens after BOS + prompt; ``allowed(ids)`` (a set, or None for any) masks each step."""
-    model, tokenizer = reference
+    tokenizer = reference[1]
     ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return greedy_after(reference, ids, steps, allowed)
+
+
+def greedy_after(reference: tuple[object, object], ids: list[int], steps: int, allowed=None) -> list[int]:
+    """Greedy tokens after the token ids ``ids`` (BOS not added), at most ``steps``, to EOS;
+    ``allowed`` as in ``greedy``."""
+    model, tokenizer = reference
     out: list[int] = []
     for _ in range(steps):
         with torch.no_grad():

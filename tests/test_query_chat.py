@@ -19,27 +19,14 @@ transformers = pytest.importorskip("transformers")
 import lmql  # noqa: E402
 from lmql.lib.chat import ChatMessageOutputWriter, message  # noqa: E402
 from lmql_core.errors import LMQLError  # noqa: E402
+from tests.test_query import greedy  # noqa: E402
 
 pytestmark = pytest.mark.hf
 MODEL = "local:lmql-tiny"
 
 
 def greedy_text(reference: tuple[object, object], prompt: str, steps: int) -> str:
-    return reference[1].decode(greedy_ids(reference, prompt, steps))
-
-
-def greedy_ids(reference: tuple[object, object], prompt: str, steps: int) -> list[int]:
-    """transformers' greedy continuation of BOS + ``prompt`` (at most ``steps`` tokens, to EOS)."""
-    model, tokenizer = reference
-    ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    out: list[int] = []
-    for _ in range(steps):
-        with torch.no_grad():
-            token = int(model(torch.tensor([ids + out])).logits[0, -1].argmax())
-        if token == tokenizer.eos_token_id:
-            break
-        out.append(token)
-    return out
+    return reference[1].decode(greedy(reference, prompt, steps))
 
 
 class ScriptedUser(ChatMessageOutputWriter):
@@ -155,7 +142,7 @@ def test_message_reports_to_a_chat_writer(reference) -> None:
 
     user = ScriptedUser(["Hi"])
     result = chatbot(output_writer=user)
-    ids = greedy_ids(reference, "((user)): Hi\n((assistant)):", 3)
+    ids = greedy(reference, "((user)): Hi\n((assistant)):", 3)
     answer = reference[1].decode(ids)
     assert result.variables == {"ANSWER": answer}
     prefixes = [reference[1].decode(ids[:n]) for n in range(len(ids) + 1)]

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import lmql  # noqa: E402
-from tests.test_query import greedy  # noqa: E402
+from tests.test_query import greedy, greedy_after  # noqa: E402
 
 pytestmark = pytest.mark.hf
 MODEL = "local:lmql-tiny"
@@ -27,15 +27,7 @@ def encode(reference: tuple[object, object], text: str) -> list[int]:
 
 def continuation(reference: tuple[object, object], ids: list[int], steps: int) -> str:
     """transformers' greedy text after the token ids ``ids`` (BOS not added)."""
-    model, tokenizer = reference
-    out: list[int] = []
-    for _ in range(steps):
-        with torch.no_grad():
-            token = int(model(torch.tensor([ids + out])).logits[0, -1].argmax())
-        if token == tokenizer.eos_token_id:
-            break
-        out.append(token)
-    return tokenizer.decode(out)
+    return reference[1].decode(greedy_after(reference, ids, steps))
 
 
 def after(reference: tuple[object, object], *texts: str) -> list[int]:

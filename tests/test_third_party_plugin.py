@@ -9,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +40,16 @@ def test_in_process_through_the_prefix() -> None:
     assert info["kwargs"] == repr({"cuda": False, "dtype": None})
 
 
-def test_served_by_lmql_serve_model() -> None:
+@pytest.fixture(scope="module")
+def counting_server() -> Iterator[Server]:
     server = Server("counting:x")
-    try:
-        llm = lmql.model("counting:x", endpoint=server.endpoint)
-        assert llm.generate_sync("0", max_tokens=5) == "12345"
-    finally:
-        assert server.stop() == 0
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+def test_served_by_lmql_serve_model(counting_server: Server) -> None:
+    llm = lmql.model("counting:x", endpoint=counting_server.endpoint)
+    assert llm.generate_sync("0", max_tokens=5) == "12345"
 
 
 def counting_logprob(values: str, after: str) -> float:
@@ -58,16 +62,11 @@ def counting_logprob(values: str, after: str) -> float:
     return total
 
 
-def test_scored_through_lmql_serve_model() -> None:
+def test_scored_through_lmql_serve_model(counting_server: Server) -> None:
     """The example honours StepInput.all_logits (it did not: SCORE failed with 'model error: 1')."""
-    server = Server("counting:x")
-    try:
-        llm = lmql.model("counting:x", endpoint=server.endpoint)
-        result = llm.score_sync("ab", ["cd", "cx"])
-        assert result.scores() == pytest.approx([counting_logprob("cd", "ab"), counting_logprob("cx", "ab")],
-                                                  abs=1e-4)
-    finally:
-        assert server.stop() == 0
+    llm = lmql.model("counting:x", endpoint=counting_server.endpoint)
+    result = llm.score_sync("ab", ["cd", "cx"])
+    assert result.scores() == pytest.approx([counting_logprob("cd", "ab"), counting_logprob("cx", "ab")], abs=1e-4)
 
 
 def test_a_backend_that_cannot_score_fails_the_score_with_a_clear_error() -> None:

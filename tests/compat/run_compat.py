@@ -17,8 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,54 +39,29 @@ from comparison import (  # noqa: F401  (compare, same, EXPECTED_ERRORS: read th
 )
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/: server_process, which the test fixtures use too
+from server_process import ServerProcess, free_port  # noqa: E402
+
 PROGRAM_TIMEOUT = 1200
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Server(ServerProcess):
+    """A ``lmql serve-model`` (LMQL 0.7.3's or ours) on a free loopback port."""
 
-
-class Server:
     def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.endpoint = f"127.0.0.1:{self.port}"
-        self.log_path = log
-        self.log = log.open("w")
-        self.proc = subprocess.Popen([*command, "--port", str(self.port), "--host", "127.0.0.1"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        port = free_port()
+        super().__init__(name, [*command, "--port", str(port), "--host", "127.0.0.1"], port, env, log)
 
-    def wait_ready(self, model: str, timeout: float = 300) -> None:
+    def wait_loaded(self, model: str, timeout: float = 300) -> None:
         """Until MODEL_INFO describes the loaded model. LMQL's server listens before it loads, and
         if loading fails it stays up and never answers generation requests."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            if "Exception in thread" in self.output():  # LMQL's server: the model did not load
-                raise RuntimeError(f"{self.name} failed:\n{self.output()}")
-            with contextlib.suppress(OSError, asyncio.TimeoutError, ValueError):
-                if isinstance(asyncio.run(model_info(self.endpoint, model)), dict):
-                    return
-            time.sleep(0.5)
-        raise TimeoutError(f"{self.name} did not start:\n{self.output()}")
+        self.wait_ready(lambda: self.describes(model), timeout, poll=0.5,
+                        failed=lambda output: "Exception in thread" in output)  # LMQL's: the model did not load
 
-    def output(self, tail: int = 4000) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text(errors="replace")[-tail:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+    def describes(self, model: str) -> bool:
+        with contextlib.suppress(OSError, asyncio.TimeoutError, ValueError):
+            return isinstance(asyncio.run(model_info(self.endpoint, model)), dict)
+        return False
 
 
 async def model_info(endpoint: str, model: str) -> Any:
@@ -222,7 +195,7 @@ def readme_backend_rows(lmql_python: str, ours_bin: str, env: dict[str, str], th
     server = Server("README backend", [ours_bin, "serve-model", MODEL],
                     {**env, **with_plugin(work / "readme-plugin", env)}, work / "readme-server.log")
     try:
-        server.wait_ready(MODEL)
+        server.wait_loaded(MODEL)
         command = [lmql_python, str(HERE / "programs.py"), "lmql-readme", server.endpoint, str(tokenizer)]
         run = run_programs(command, their_env, work / "readme-client.log", "LMQL 0.7.3 client on the README backend")
     finally:
@@ -269,7 +242,7 @@ def main(argv: list[str]) -> int:
     theirs, ours = servers
     try:
         for server in servers:
-            server.wait_ready(str(folder))
+            server.wait_loaded(str(folder))
         print(f"servers: LMQL 0.7.3 on {theirs.endpoint}, lmql-core on {ours.endpoint}", flush=True)
         skip_core = ["-generate_to_eos"] if args.random_model else []  # a random model may never stop
         runs = {}
@@ -312,7 +285,7 @@ def main(argv: list[str]) -> int:
     failed = [r for r in rows if not r.ok]
     if failed:
         for server in servers:
-            print(f"\n--- {server.name} log (tail)\n{server.output()}")
+            print(f"\n--- {server.name} log (tail)\n{server.output(4000)}")
     print(f"\nLMQL 0.7.3 compatibility checks took {time.monotonic() - started:.0f} s")
     print(f"compat: {len(rows) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0

@@ -9,6 +9,7 @@ from typing import Any
 
 from lmql_core.api import certificate as certificates
 from lmql_core.api import tracing
+from lmql_core.api.model_options import without_runtime_options
 from lmql_core.api.scoring import ScoringResult
 from lmql_core.api.tokenizers import TokenizerResolver
 from lmql_core.base.decoders import TOKEN_DECODERS
@@ -201,6 +202,7 @@ class LLM:
     # --- text level -----------------------------------------------------------------------
 
     async def _stream(self, prompt: str, **options: Any) -> AsyncGenerator[str, None]:
+        options = without_runtime_options(options)  # LMQL's verbose=, cache=, ...: not the server's
         await self._check_constraints([k for k in CONSTRAINT_FIELDS if options.get(k) is not None])
         tokenizer = await self._tokenizers.get()
         decoder = IncrementalDecoder(tokenizer, skip={tokenizer.eos_token_id or -1})

@@ -22,6 +22,13 @@ DECODING = ("chunksize", "top_k", "top_p", "repetition_penalty", "presence_penal
 CLIENT_ONLY = ("verbose", "truncation_threshold", "async_transport")
 # LMQL's in-process server options: meaningless for a model served elsewhere, as in LMQL
 IN_PROCESS = ("silent", "loader", "batch_size", "bits")
+# What LMQL 0.7.3's lmql.generate(prompt, **kwargs) hands its query runtime and never puts in a
+# request: PromptInterpreter.EXTRA_DECODER_ARGS less the decoding options its LMTP client sends
+# (LMTPDcModel's EXTRA_DECODING_PARAMETERS), and the argmax/sample decoders' max_len. They log,
+# cache, trace, size requests (chunksize) or concern OpenAI's API; none changes a request here.
+RUNTIME_ONLY = ("verbose", "cache", "chunksize", "max_len", "max_length", "output_writer", "step_budget",
+                "chunk_timeout", "chatty_openai", "openai_chunksize", "openai_nonstop",
+                "distribution_batch_size", "stats", "performance_stats", "show_speculative", "alpha")
 QUANTIZED = {4: "4bit", 8: "8bit"}  # LMQL's bits=4/8: the backend's quantized dtypes
 
 
@@ -66,3 +73,8 @@ def _check_loader(loader: Any, backend: str) -> None:
         return
     raise LMQLError(f"loader={loader!r}: lmql-core picks the backend from the model identifier "
                     f"(this one uses '{backend}'); name another with its prefix, e.g. 'local:llama.cpp:PATH'")
+
+
+def without_runtime_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``lmql.generate``'s keyword arguments less LMQL's runtime-only ones (``RUNTIME_ONLY``)."""
+    return {k: v for k, v in options.items() if k not in RUNTIME_ONLY}

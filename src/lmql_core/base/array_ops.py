@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lmql_core.base.mask_staging import MaskStaging
+
 
 class ArrayOps(Protocol):
     def prepare(self, logits: Any) -> Any: ...  # float32, 2-D
@@ -161,6 +163,7 @@ class TorchOps:
         import torch
 
         self.torch = torch
+        self.mask_staging = MaskStaging(torch)
 
     def tensor(self, values: Any, device: Any, dtype: Any = None) -> Any:
         """A host list on ``device``, copied without waiting for the work queued there."""
@@ -276,7 +279,7 @@ class TorchOps:
 
     def mask_rows(self, x: Any, rows: list[int], bits: np.ndarray) -> Any:
         t = self.torch
-        packed = self.to_device(t.from_numpy(np.ascontiguousarray(bits).view(np.uint8)), x.device)
+        packed = self.mask_staging.to_device(bits, x.device)
         shifts = t.arange(8, device=x.device, dtype=t.uint8)
         allowed = ((packed[:, :, None] >> shifts) & 1).reshape(len(rows), -1).bool()
         if allowed.shape[1] >= x.shape[1]:
