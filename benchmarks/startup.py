@@ -11,12 +11,14 @@ With --py-spy (py-spy installed), each start runs under ``py-spy record --format
 its collapsed stacks in FOLDER (one file per start). With --cpu the servers load on the CPU in
 float32 and every start is alike (no Triton cache). First it reports which of the big packages
 have no cached bytecode: each start then compiles their sources again (7-9 s of each start-up
-on the GPU image, benchmarks/RESULTS.md).
+on the GPU image, benchmarks/RESULTS.md). --compile-bytecode first compiles site-packages as pip
+does when it installs (into PYTHONPYCACHEPREFIX where that is set, e.g. for a read-only image).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import importlib.util
 import os
 import re
@@ -24,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -85,6 +88,13 @@ def bytecode_report() -> str:
     return f"sources without cached bytecode: {', '.join(parts)}; writes bytecode: {writes}"
 
 
+def compile_bytecode() -> None:
+    began = time.perf_counter()
+    for folder in dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib")):
+        compileall.compile_dir(folder, quiet=2, workers=os.cpu_count() or 1)
+    print(f"compiled site-packages' bytecode in {time.perf_counter() - began:.0f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,7 +102,12 @@ def main() -> None:
     parser.add_argument("--py-spy", type=Path, metavar="FOLDER", help="record each start with py-spy")
     parser.add_argument("--cpu", action="store_true", help="load on the CPU, in float32")
     parser.add_argument("--starts", type=int, default=2, help="starts per model")
+    parser.add_argument("--compile-bytecode", action="store_true",
+                        help="compile site-packages' bytecode first (as pip install does)")
     args, server_args = parser.parse_known_args()
+    if args.compile_bytecode:
+        print(bytecode_report(), flush=True)
+        compile_bytecode()
     triton_cache = tempfile.mkdtemp(prefix="lmql-startup-triton-")
     env = {**os.environ, **OFFLINE_ENV, "TRITON_CACHE_DIR": triton_cache, "PYTHONUNBUFFERED": "1"}
     print(bytecode_report(), flush=True)
