@@ -85,17 +85,12 @@ def _will_need(files: list[Path]) -> None:
                 os.close(fd)
 
 
-# loader arguments that spread a model with torch.distributed: its modules are not deferred then
-DISTRIBUTED_KEYS = ("tp_plan", "tp_size", "device_mesh", "distributed_config")
-
-
 def load_weights(path: str, kwargs: dict[str, Any], progress: bool) -> Any:
     """``AutoModelForCausalLM.from_pretrained(path, **kwargs)``, printing how long it took (a part
     of the start-up that the server's "Ready" line sums up). transformers' imports of modules that
-    loading and serving never run are deferred (``deferred``) unless the arguments ask for
-    torch.distributed."""
+    loading and serving never run are deferred (``deferred``)."""
     began = time.perf_counter()
-    with deferred.deferred(not any(key in kwargs for key in DISTRIBUTED_KEYS)), progress_bars(progress):
+    with deferred.deferred(), progress_bars(progress):
         from transformers import AutoModelForCausalLM
 
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
