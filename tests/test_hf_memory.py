@@ -63,9 +63,9 @@ def test_no_room_for_a_cache_is_an_error_that_says_what_to_change() -> None:
 
 def test_off_a_gpu_the_batch_is_64_unless_given_and_model_info_says_where_it_came_from() -> None:
     llm = lmql.model("local:lmql-tiny")
+    info = llm.model_info_sync()["model_info"]  # the first use loads the model (as LMQL's local:)
     loaded = llm.client.host.models["lmql-tiny"]  # type: ignore[attr-defined]
     assert loaded.backend.max_batch == loaded.engine.scheduler.max_batch == 64
-    info = llm.model_info_sync()["model_info"]
     assert (info["max_batch"], info["max_batch_from"]) == (64, "default")
     assert info["kv_cache"]["bytes"] == info["kv_cache"]["slots"] * memory.ModelShape.of(
         loaded.backend.model.config, 2048, 4).slot_bytes(info["kv_cache"]["max_len"])

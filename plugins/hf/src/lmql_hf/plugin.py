@@ -8,6 +8,9 @@ from lmql_core.plugin import hookimpl
 
 
 def _backend(model: str, **kwargs: Any) -> Any:
+    from lmql_hf.loading.bytecode import warn_if_recompiled
+
+    warn_if_recompiled()  # before the imports it is about
     from lmql_hf.backend import HFBackend
 
     return HFBackend(model, **kwargs)

@@ -15,14 +15,16 @@ import re
 from typing import Any
 
 from lmql_core.plugin import LMQLError
+from lmql_hf.loading.deferred import deferred
 
 _POPPED = re.compile(r"kwargs\.(?:pop|get)\(\s*[\"'](\w+)[\"']")
 
 
 @functools.cache
 def from_pretrained_keys() -> frozenset[str]:
-    from transformers import PreTrainedModel
-    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+    with deferred():  # as in loading: these import transformers' generation code
+        from transformers import PreTrainedModel
+        from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
     keys: set[str] = set()
     for method in (_BaseAutoModelClass.from_pretrained, PreTrainedModel.from_pretrained):

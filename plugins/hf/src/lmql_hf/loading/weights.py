@@ -16,6 +16,7 @@ from rich.console import Console
 
 from lmql_core.plugin import LMQLError, call_text
 from lmql_core.plugin import versions as installed_versions
+from lmql_hf.loading import deferred
 
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -86,11 +87,12 @@ def _will_need(files: list[Path]) -> None:
 
 def load_weights(path: str, kwargs: dict[str, Any], progress: bool) -> Any:
     """``AutoModelForCausalLM.from_pretrained(path, **kwargs)``, printing how long it took (a part
-    of the start-up that the server's "Ready" line sums up)."""
-    from transformers import AutoModelForCausalLM
-
+    of the start-up that the server's "Ready" line sums up). transformers' imports of modules that
+    loading and serving never run are deferred (``deferred``)."""
     began = time.perf_counter()
-    with progress_bars(progress):
+    with deferred.deferred(), progress_bars(progress):
+        from transformers import AutoModelForCausalLM
+
         loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     console.print(f"Loaded the weights in {time.perf_counter() - began:.1f} s")
     return loaded
