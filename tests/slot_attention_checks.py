@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts
+from torch.nn import functional
 
 from lmql_hf.bundled import bundled_path
 from lmql_hf.kernels.tiles import tile_table, tokens_per_tile
@@ -68,6 +69,52 @@ def test_each_row_attends_to_its_own_positions(kernel: ModuleType, rows: int, he
     assert out.shape == (rows, 1, heads, dim) and out.dtype == kind
     error = float((out.double() - want).abs().max())
     assert error < (1e-5 if dtype == "float32" else 3e-3), (positions, error)
+
+
+def sdpa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: list[int],
+                   scale: float) -> torch.Tensor:
+    """(rows, 1, heads, dim) by torch's SDPA in float64: each row's keys masked past its position,
+    the key/value heads repeated for their query heads, whatever lies past a row's keys zeroed."""
+    rows, heads, _, _ = q.shape
+    seen = torch.arange(k.shape[2])[None, :] <= torch.tensor(positions)[:, None]
+    k, v = (torch.where(seen[:, None, :, None], t.double(), 0.0) for t in (k, v))
+    k, v = (t.repeat_interleave(heads // k.shape[1], dim=1) for t in (k, v))
+    mask = seen[:, None, None, :]  # (rows, 1, 1, keys), True where a row attends
+    out = functional.scaled_dot_product_attention(q.double(), k, v, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [
+    (4, 4, 32),  # one query head per key/value head (GPT-2)
+    (16, 8, 128),  # Qwen3-0.6B's heads
+    (32, 8, 64),  # Llama 3.2 1B's heads
+])
+# not bfloat16: Triton 3.9's interpreter multiplies bfloat16 blocks wrongly in tl.dot (errors of
+# 1e10 on a plain 16 x 16 product); scripts/gpu_check.py runs the kernels in bfloat16 on a GPU
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_rows_read_nothing_past_their_own_length(kernel: ModuleType, heads: int, kv_heads: int, dim: int,
+                                                 dtype: str) -> None:
+    """Rows of mixed lengths (one of a single position, some at a length bucket's edge) in one
+    call, given keys up to a length bucket (512) and up to the whole context (1024, as with
+    --any_length_graphs): the same results, those of SDPA over each row's own keys, though every
+    position past a row's own holds NaN (read and weighted 0, it would make the row NaN)."""
+    torch.manual_seed(heads + dim)
+    kind = getattr(torch, dtype)
+    positions = [0, 511, 510, 63, 64, 300]  # lengths 1, 512 (the bucket's edge), ...
+    rows, context = len(positions), 1024
+    q = torch.randn(rows, 1, heads, dim).to(kind).transpose(1, 2)
+    cache = torch.randn(2, rows + 1, kv_heads, context, dim).to(kind)
+    for row, position in enumerate(positions):
+        cache[:, row, :, position + 1 :] = float("nan")
+    scale = dim ** -0.5
+    want = sdpa_reference(q, cache[0, :rows], cache[1, :rows], positions, scale)
+    at = torch.tensor(positions)
+    for length in (512, context):
+        assert kernel.split_of(rows, kv_heads, length)[0] > 1  # partial sums combined too
+        out = kernel.decode_attention(q, cache[0, :rows, :, :length], cache[1, :rows, :, :length], at, scale)
+        assert out.shape == (rows, 1, heads, dim) and out.dtype == kind
+        error = float((out.double() - want).abs().max())
+        assert error < (1e-5 if dtype == "float32" else 3e-3), (length, error)
 
 
 def test_splits_only_where_rows_and_heads_leave_the_gpu_idle(kernel: ModuleType) -> None:

@@ -86,7 +86,9 @@ class HFBackend(Backend):
         spread = len(self.devices) > 1
         self._keep_device = torch.device("cpu") if spread else self.device
         self.prefill_tokens = int(self.options["prefill_tokens"])
-        self.lengths = length_buckets(self.max_context)
+        # with the slot kernels a decode step's length only sizes the attention kernel's grid
+        any_length = self.slot_kernels and bool(self.options["any_length_graphs"])
+        self.lengths = length_buckets(self.max_context, any_length)
         self.shape = memory.ModelShape.of(config, self.vocab_size, self.model.dtype.itemsize)
         self.memory = self._plan_memory()
         if self.device.type == "cuda":
