@@ -177,20 +177,32 @@ def qwen3_gqa(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(("which", "fuse"), [("lmql-tiny", False), ("qwen3", False), ("gpt2", False),
-                                            ("lmql-tiny", True), ("gpt2", True)])
-def test_backends_decode_through_the_kernel_as_transformers_does(which: str, fuse: bool, qwen3_gqa: str,
-                                                                 small_gpt2: str) -> None:
+FUSED = {"fuse_kernels": True}
+# without fused modules the CPU's float32 decode steps run lean_decode's own attention, not the kernel
+THROUGH_MODULES = {"fuse_kernels": False, "lean_decode": False}
+ANY_LENGTH = {"any_length_graphs": True}  # decode steps given the whole context's keys
+
+
+@pytest.mark.parametrize(("which", "options"), [
+    ("lmql-tiny", {"fuse_kernels": False}), ("qwen3", {"fuse_kernels": False}), ("gpt2", {"fuse_kernels": False}),
+    ("lmql-tiny", FUSED), ("gpt2", FUSED),
+    ("lmql-tiny", {**FUSED, **ANY_LENGTH}), ("qwen3", {**THROUGH_MODULES, **ANY_LENGTH}),
+], ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value)
+def test_backends_decode_through_the_kernel_as_transformers_does(which: str, options: dict[str, bool],
+                                                                 qwen3_gqa: str, small_gpt2: str) -> None:
     """Streams of different lengths in one decode step, each reading only its own keys; with
-    ``fuse`` the fused modules too (as on CUDA: one-row decoder layers, kernel cache writes)."""
+    fused modules too (as on CUDA: one-row decoder layers, kernel cache writes); with
+    ``any_length_graphs`` every decode step at the context's length (grouped queries: Qwen3)."""
     from transformers import AutoModelForCausalLM
 
     from lmql_hf.backend import HFBackend
 
     path = {"lmql-tiny": str(bundled_path("lmql-tiny")), "qwen3": qwen3_gqa, "gpt2": small_gpt2}[which]
-    backend = HFBackend(path, fuse_kernels=fuse, warm_up=False)  # interpreted, a warm-up takes minutes
-    assert bool(backend.fused_modules) == fuse
+    backend = HFBackend(path, warm_up=False, **options)  # interpreted, a warm-up takes minutes
+    assert bool(backend.fused_modules) == options["fuse_kernels"]
     assert backend.slot_kernels and backend.prompts is not None  # prompt passes by tiles too
+    if "any_length_graphs" in options:  # and the decode steps go through the kernel, not lean_decode's
+        assert backend.lengths == [backend.max_context] and backend.lean is None
     model: Any = AutoModelForCausalLM.from_pretrained(path).eval()
     batch = prompts(3, [300, 5, 40], backend.vocab_size, seed=3)
     # chunks of 128: the long prompt continues from its own cache (starts 128, 256) beside decode rows
