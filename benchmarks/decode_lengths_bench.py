@@ -103,23 +103,27 @@ def measure_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def attention_alone(batch: int, lengths: list[int], heads: int, kv_heads: int, dim: int,
-                    dtype: torch.dtype, steps: int) -> dict[str, float]:
-    """One layer's decode attention: the kernel, and SDPA with a mask over the longest row's bucket."""
+def attention_alone(lengths: list[int], heads: int, kv_heads: int, dim: int, context: int,
+                    dtype: torch.dtype, steps: int) -> tuple[int, dict[str, float]]:
+    """One layer's decode attention of rows of ``lengths``: ms of SDPA with a mask and of the kernel
+    over the longest row's bucket, and of the kernel over the whole context in even splits (as
+    ``--any_length_graphs`` runs it); and the bucket."""
     from lmql_hf.cache import packed
     from lmql_hf.kernels.slot_attention import decode_attention
 
-    bucket = 1 << max(lengths).bit_length()
-    q = torch.randn(batch, heads, 1, dim, device=DEVICE, dtype=dtype)
-    k, v = (torch.randn(batch, kv_heads, bucket, dim, device=DEVICE, dtype=dtype) for _ in range(2))
+    bucket = min(1 << max(lengths).bit_length(), context)
+    q = torch.randn(len(lengths), heads, 1, dim, device=DEVICE, dtype=dtype)
+    k, v = (torch.randn(len(lengths), kv_heads, context, dim, device=DEVICE, dtype=dtype) for _ in range(2))
     positions = torch.tensor(lengths, device=DEVICE) - 1
     seen = torch.arange(bucket, device=DEVICE)[None, :] <= positions[:, None]
     mask = torch.zeros(seen.shape, dtype=dtype, device=DEVICE).masked_fill(~seen, torch.finfo(dtype).min)
-    needed = sum(lengths) * kv_heads * dim * 2 * dtype.itemsize  # keys and values, each once
-    kernel = gpu_ms(lambda: decode_attention(q, k, v, positions), steps)
-    sdpa = gpu_ms(lambda: packed._one_query_grouped(q, k, v, mask[:, None, None, :], None), steps)
-    return {"kernel_ms": kernel, "sdpa_ms": sdpa, "kernel_gb_s": needed / kernel / 1e6,
-            "sdpa_gb_s": needed / sdpa / 1e6, "bucket": bucket}
+    mask = mask[:, None, None, :]  # (rows, 1, 1, keys), as the decode step's SDPA takes it
+    k_bucket, v_bucket = k[:, :, :bucket], v[:, :, :bucket]
+    return bucket, {
+        "SDPA, bucket": gpu_ms(lambda: packed._one_query_grouped(q, k_bucket, v_bucket, mask, None), steps),
+        "kernel, bucket": gpu_ms(lambda: decode_attention(q, k_bucket, v_bucket, positions), steps),
+        "kernel, context, even": gpu_ms(lambda: decode_attention(q, k, v, positions, even=True), steps),
+    }
 
 
 def print_tables(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -142,16 +146,18 @@ def print_attention(args: argparse.Namespace) -> None:
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads  # GPT-2: one per query head
     dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    context = min(args.context, config.max_position_embeddings)
     dtype = getattr(torch, model.dtype)
-    print(f"\nOne layer's decode attention ({heads}/{kv_heads} heads x {dim}, {model.dtype}):\n")
-    print("| batch | keys read by SDPA (bucket) | kernel ms | SDPA ms | kernel GB/s needed "
-          "| SDPA GB/s needed |")
-    print("|---|---|---|---|---|---|")
+    print(f"\nOne layer's decode attention ({heads}/{kv_heads} heads x {dim}, {model.dtype}, context "
+          f"{context}): ms, and GB/s of the keys and values the rows need (each read once)\n")
+    print("| batch | bucket | way | ms | GB/s needed |")
+    print("|---|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",")):
-        r = attention_alone(batch, stream_lengths(batch, args.shortest, args.longest), heads, kv_heads, dim,
-                            dtype, args.steps)
-        print(f"| {batch} | {r['bucket']} | {r['kernel_ms']:.3f} | {r['sdpa_ms']:.3f} | "
-              f"{r['kernel_gb_s']:.0f} | {r['sdpa_gb_s']:.0f} |", flush=True)
+        lengths = stream_lengths(batch, args.shortest, args.longest)
+        needed = sum(lengths) * kv_heads * dim * 2 * dtype.itemsize
+        bucket, times = attention_alone(lengths, heads, kv_heads, dim, context, dtype, args.steps)
+        for way, ms in times.items():
+            print(f"| {batch} | {bucket} | {way} | {ms:.3f} | {needed / ms / 1e6:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -163,6 +169,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--shortest", type=int, default=100)
     parser.add_argument("--longest", type=int, default=1900, help="below the context less 2 x --steps")
+    parser.add_argument("--context", type=int, default=2048, help="--max_seq_len (the default's)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one, in this process
     args = parser.parse_args()
@@ -171,7 +178,7 @@ def main() -> None:
             print(RESULT + json.dumps(measure_variant(args.variant, args)), flush=True)
         return
     results = []
-    for name in args.variants.split(","):
+    for name in filter(None, args.variants.split(",")):  # none: the attention alone
         command = [sys.executable, __file__, "--variant", name, *sys.argv[1:]]
         done = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]

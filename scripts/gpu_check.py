@@ -13,7 +13,8 @@
    decode graph per batch for every length (``--any_length_graphs``);
 4. the decode-attention kernel in float32, float16 and bfloat16 (which Triton's interpreter
    multiplies wrongly, so the CPU tests leave it out) against SDPA: 256 rows of mixed lengths
-   whose keys past each row's length are NaN, given keys up to a bucket and up to the context.
+   whose keys past each row's length are NaN, given keys up to a bucket and up to the context
+   (also split evenly, as ``--any_length_graphs`` runs it).
 
     python scripts/gpu_check.py
 """
@@ -144,10 +145,11 @@ def check_decode_kernel() -> bool:
                 enable_gqa=True).transpose(1, 2)
             cache.masked_fill_(~seen[None, :, None, :, None], float("nan"))  # never to be read
             worst = 0.0
-            for given in (1024, context):  # a bucket (its rows only), and the whole context
+            # a bucket (its rows only), the whole context, and that in even splits (--any_length_graphs)
+            for given, even in ((1024, False), (context, False), (context, True)):
                 fits = lengths <= given
                 out = decode_attention(q[fits], cache[0, fits, :, :given], cache[1, fits, :, :given],
-                                       (lengths[fits] - 1).cuda())
+                                       (lengths[fits] - 1).cuda(), even=even)
                 worst = max(worst, (out.float() - want[fits]).abs().max().item())
             good = worst < {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
             print(f"decode kernel, {rows} rows of 1-{context} positions, heads {heads}/{kv_heads} x {dim}, "

@@ -109,18 +109,24 @@ def test_rows_read_nothing_past_their_own_length(kernel: ModuleType, heads: int,
     scale = dim ** -0.5
     want = sdpa_reference(q, cache[0, :rows], cache[1, :rows], positions, scale)
     at = torch.tensor(positions)
-    for length in (512, context):
-        assert kernel.split_of(rows, kv_heads, length)[0] > 1  # partial sums combined too
-        out = kernel.decode_attention(q, cache[0, :rows, :, :length], cache[1, :rows, :, :length], at, scale)
+    # the context's length also with even splits, as --any_length_graphs runs it
+    for length, even in ((512, False), (context, False), (context, True)):
+        assert kernel.split_of(rows, kv_heads, length, even)[0] > 1  # partial sums combined too
+        keys, values = cache[0, :rows, :, :length], cache[1, :rows, :, :length]
+        out = kernel.decode_attention(q, keys, values, at, scale, even)
         assert out.shape == (rows, 1, heads, dim) and out.dtype == kind
         error = float((out.double() - want).abs().max())
-        assert error < (1e-5 if dtype == "float32" else 3e-3), (length, error)
+        assert error < (1e-5 if dtype == "float32" else 3e-3), (length, even, error)
 
 
 def test_splits_only_where_rows_and_heads_leave_the_gpu_idle(kernel: ModuleType) -> None:
     assert kernel.split_of(1, 8, 2048)[0] > 1
     assert kernel.split_of(256, 8, 2048) == (1, 2048)
     assert kernel.split_of(4, 4, 100)[0] == 1  # too short to be worth splitting
+    # even: spans of 256 positions, or a 16th of a longer context, however many rows
+    assert kernel.split_of(256, 8, 2048, even=True) == kernel.split_of(1, 8, 2048, even=True) == (8, 256)
+    assert kernel.split_of(1, 8, 32768, even=True) == (16, 2048)
+    assert kernel.split_of(4, 4, 100, even=True) == (1, 256)
     splits, span = kernel.split_of(2, 2, 1024)
     assert splits * span >= 1024 and (splits - 1) * span < 1024 and span % kernel.BLOCK_N == 0
 
