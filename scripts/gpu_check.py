@@ -9,7 +9,12 @@
    eager prompt passes, with the fused modules against without: GPT-2 and a Llama shape with
    grouped-query attention, a Qwen3 shape (per-head norms of q and k, heads wider than
    hidden / heads, a tied head), long prompts whose packed passes hold thousands of tokens (beyond
-   gpt2's 1,024-position context), one stream and twelve, and SCORE log-probs.
+   gpt2's 1,024-position context), one stream and twelve, and SCORE log-probs; the same with one
+   decode graph per batch for every length (``--any_length_graphs``);
+4. the decode-attention kernel in float32, float16 and bfloat16 (which Triton's interpreter
+   multiplies wrongly, so the CPU tests leave it out) against SDPA: 256 rows of mixed lengths
+   whose keys past each row's length are NaN, given keys up to a bucket and up to the context
+   (also split evenly, as ``--any_length_graphs`` runs it).
 
     python scripts/gpu_check.py
 """
@@ -100,21 +105,56 @@ def check_slot_attention() -> bool:
     model.save_pretrained(qwen3)
     plain = {"slot_attention": False, "fuse_kernels": False}
     kernels = {"slot_attention": True, "fuse_kernels": True}
+    variants = {"slot kernels + prompt graphs + fused modules": kernels,
+                "the same with one decode graph for every length": {**kernels, "any_length_graphs": True}}
     ok = True
     for name, path in (("gpt2", "/tmp/lmql-check-gpt2"), ("llama-gqa", llama), ("qwen3", qwen3)):
         expected = {}
         for streams in (12, 1):
             expected[streams] = greedy_steps(path, plain, streams, 150)
-            same = expected[streams] == greedy_steps(path, kernels, streams, 150)
-            print(f"{name}, {streams} stream(s) with prompts of 150-{150 + 30 * streams} tokens: "
-                  f"slot kernels + prompt graphs + fused modules = SDPA + eager passes: {same}")
-            ok &= same
+            for label, options in variants.items():
+                same = expected[streams] == greedy_steps(path, options, streams, 150)
+                print(f"{name}, {streams} stream(s) with prompts of 150-{150 + 30 * streams} tokens: "
+                      f"{label} = SDPA + eager passes: {same}")
+                ok &= same
         same = expected[12] == greedy_steps(path, kernels, 12, 150, idle_captures=True)
         print(f"{name}, 12 streams, every graph captured while idle first (the prompt pass's too): {same}")
         ok &= same
         gap = (score_rows(path, plain) - score_rows(path, kernels)).abs().max().item()
         print(f"{name}, SCORE of 8 x 600 tokens through one packed pass: largest logit gap {gap:.2e}")
         ok &= gap < 1e-3
+    return ok
+
+
+def check_decode_kernel() -> bool:
+    from torch.nn import functional
+
+    from lmql_hf.kernels.slot_attention import decode_attention
+
+    ok = True
+    rows, context = 256, 2048
+    lengths = torch.randint(1, context + 1, (rows,), generator=torch.Generator().manual_seed(2))
+    lengths[:3] = torch.tensor([1, 1024, context])  # one position; a bucket's edge; the context's
+    seen = (torch.arange(context)[None, :] < lengths[:, None]).cuda()
+    for heads, kv_heads, dim in ((16, 16, 64), (16, 8, 128), (32, 8, 64)):  # GPT-2, Qwen3, Llama
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            q = torch.randn(rows, heads, 1, dim, device="cuda", dtype=dtype)
+            cache = torch.randn(2, rows, kv_heads, context, dim, device="cuda", dtype=dtype)
+            want = functional.scaled_dot_product_attention(
+                q.float(), *(c.float() for c in cache), attn_mask=seen[:, None, None, :],
+                enable_gqa=True).transpose(1, 2)
+            cache.masked_fill_(~seen[None, :, None, :, None], float("nan"))  # never to be read
+            worst = 0.0
+            # a bucket (its rows only), the whole context, and that in even splits (--any_length_graphs)
+            for given, even in ((1024, False), (context, False), (context, True)):
+                fits = lengths <= given
+                out = decode_attention(q[fits], cache[0, fits, :, :given], cache[1, fits, :, :given],
+                                       (lengths[fits] - 1).cuda(), even=even)
+                worst = max(worst, (out.float() - want[fits]).abs().max().item())
+            good = worst < {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+            print(f"decode kernel, {rows} rows of 1-{context} positions, heads {heads}/{kv_heads} x {dim}, "
+                  f"{dtype}: largest gap to SDPA {worst:.1e}: {'ok' if good else 'MISMATCH'}")
+            ok &= good
     return ok
 
 
@@ -159,6 +199,6 @@ def greedy_steps(path: str, options: dict[str, bool], streams: int, shortest: in
 
 if __name__ == "__main__":
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    ok = check_graphs() & check_slot_attention() & check_bundled()
+    ok = check_graphs() & check_slot_attention() & check_decode_kernel() & check_bundled()
     print("ALL OK" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from test_hf_prefill import greedy_in_steps, greedy_with_transformers, prompts
+from torch.nn import functional
 
 from lmql_hf.bundled import bundled_path
 from lmql_hf.kernels.tiles import tile_table, tokens_per_tile
@@ -70,10 +71,62 @@ def test_each_row_attends_to_its_own_positions(kernel: ModuleType, rows: int, he
     assert error < (1e-5 if dtype == "float32" else 3e-3), (positions, error)
 
 
+def sdpa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: list[int],
+                   scale: float) -> torch.Tensor:
+    """(rows, 1, heads, dim) by torch's SDPA in float64: each row's keys masked past its position,
+    the key/value heads repeated for their query heads, whatever lies past a row's keys zeroed."""
+    rows, heads, _, _ = q.shape
+    seen = torch.arange(k.shape[2])[None, :] <= torch.tensor(positions)[:, None]
+    k, v = (torch.where(seen[:, None, :, None], t.double(), 0.0) for t in (k, v))
+    k, v = (t.repeat_interleave(heads // k.shape[1], dim=1) for t in (k, v))
+    mask = seen[:, None, None, :]  # (rows, 1, 1, keys), True where a row attends
+    out = functional.scaled_dot_product_attention(q.double(), k, v, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [
+    (4, 4, 32),  # one query head per key/value head (GPT-2)
+    (16, 8, 128),  # Qwen3-0.6B's heads
+    (32, 8, 64),  # Llama 3.2 1B's heads
+])
+# not bfloat16: Triton 3.9's interpreter multiplies bfloat16 blocks wrongly in tl.dot (errors of
+# 1e10 on a plain 16 x 16 product); scripts/gpu_check.py runs the kernels in bfloat16 on a GPU
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_rows_read_nothing_past_their_own_length(kernel: ModuleType, heads: int, kv_heads: int, dim: int,
+                                                 dtype: str) -> None:
+    """Rows of mixed lengths (one of a single position, some at a length bucket's edge) in one
+    call, given keys up to a length bucket (512) and up to the whole context (1024, as with
+    --any_length_graphs): the same results, those of SDPA over each row's own keys, though every
+    position past a row's own holds NaN (read and weighted 0, it would make the row NaN)."""
+    torch.manual_seed(heads + dim)
+    kind = getattr(torch, dtype)
+    positions = [0, 511, 510, 63, 64, 300]  # lengths 1, 512 (the bucket's edge), ...
+    rows, context = len(positions), 1024
+    q = torch.randn(rows, 1, heads, dim).to(kind).transpose(1, 2)
+    cache = torch.randn(2, rows + 1, kv_heads, context, dim).to(kind)
+    for row, position in enumerate(positions):
+        cache[:, row, :, position + 1 :] = float("nan")
+    scale = dim ** -0.5
+    want = sdpa_reference(q, cache[0, :rows], cache[1, :rows], positions, scale)
+    at = torch.tensor(positions)
+    # the context's length also with even splits, as --any_length_graphs runs it
+    for length, even in ((512, False), (context, False), (context, True)):
+        assert kernel.split_of(rows, kv_heads, length, even)[0] > 1  # partial sums combined too
+        keys, values = cache[0, :rows, :, :length], cache[1, :rows, :, :length]
+        out = kernel.decode_attention(q, keys, values, at, scale, even)
+        assert out.shape == (rows, 1, heads, dim) and out.dtype == kind
+        error = float((out.double() - want).abs().max())
+        assert error < (1e-5 if dtype == "float32" else 3e-3), (length, even, error)
+
+
 def test_splits_only_where_rows_and_heads_leave_the_gpu_idle(kernel: ModuleType) -> None:
     assert kernel.split_of(1, 8, 2048)[0] > 1
     assert kernel.split_of(256, 8, 2048) == (1, 2048)
     assert kernel.split_of(4, 4, 100)[0] == 1  # too short to be worth splitting
+    # even: spans of 256 positions, or a 16th of a longer context, however many rows
+    assert kernel.split_of(256, 8, 2048, even=True) == kernel.split_of(1, 8, 2048, even=True) == (8, 256)
+    assert kernel.split_of(1, 8, 32768, even=True) == (16, 2048)
+    assert kernel.split_of(4, 4, 100, even=True) == (1, 256)
     splits, span = kernel.split_of(2, 2, 1024)
     assert splits * span >= 1024 and (splits - 1) * span < 1024 and span % kernel.BLOCK_N == 0
 
@@ -130,20 +183,32 @@ def qwen3_gqa(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(("which", "fuse"), [("lmql-tiny", False), ("qwen3", False), ("gpt2", False),
-                                            ("lmql-tiny", True), ("gpt2", True)])
-def test_backends_decode_through_the_kernel_as_transformers_does(which: str, fuse: bool, qwen3_gqa: str,
-                                                                 small_gpt2: str) -> None:
+FUSED = {"fuse_kernels": True}
+# without fused modules the CPU's float32 decode steps run lean_decode's own attention, not the kernel
+THROUGH_MODULES = {"fuse_kernels": False, "lean_decode": False}
+ANY_LENGTH = {"any_length_graphs": True}  # decode steps given the whole context's keys
+
+
+@pytest.mark.parametrize(("which", "options"), [
+    ("lmql-tiny", {"fuse_kernels": False}), ("qwen3", {"fuse_kernels": False}), ("gpt2", {"fuse_kernels": False}),
+    ("lmql-tiny", FUSED), ("gpt2", FUSED),
+    ("lmql-tiny", {**FUSED, **ANY_LENGTH}), ("qwen3", {**THROUGH_MODULES, **ANY_LENGTH}),
+], ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value)
+def test_backends_decode_through_the_kernel_as_transformers_does(which: str, options: dict[str, bool],
+                                                                 qwen3_gqa: str, small_gpt2: str) -> None:
     """Streams of different lengths in one decode step, each reading only its own keys; with
-    ``fuse`` the fused modules too (as on CUDA: one-row decoder layers, kernel cache writes)."""
+    fused modules too (as on CUDA: one-row decoder layers, kernel cache writes); with
+    ``any_length_graphs`` every decode step at the context's length (grouped queries: Qwen3)."""
     from transformers import AutoModelForCausalLM
 
     from lmql_hf.backend import HFBackend
 
     path = {"lmql-tiny": str(bundled_path("lmql-tiny")), "qwen3": qwen3_gqa, "gpt2": small_gpt2}[which]
-    backend = HFBackend(path, fuse_kernels=fuse, warm_up=False)  # interpreted, a warm-up takes minutes
-    assert bool(backend.fused_modules) == fuse
+    backend = HFBackend(path, warm_up=False, **options)  # interpreted, a warm-up takes minutes
+    assert bool(backend.fused_modules) == options["fuse_kernels"]
     assert backend.slot_kernels and backend.prompts is not None  # prompt passes by tiles too
+    if "any_length_graphs" in options:  # and the decode steps go through the kernel, not lean_decode's
+        assert backend.lengths == [backend.max_context] and backend.lean is None
     model: Any = AutoModelForCausalLM.from_pretrained(path).eval()
     batch = prompts(3, [300, 5, 40], backend.vocab_size, seed=3)
     # chunks of 128: the long prompt continues from its own cache (starts 128, 256) beside decode rows

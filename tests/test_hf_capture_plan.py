@@ -88,3 +88,14 @@ def test_capture_all_is_an_option_serve_model_lists() -> None:
     option = OPTIONS["capture_all"]
     assert option.default is True  # until the deferred captures have run on a GPU
     assert "before Ready" in option.help
+
+
+def test_with_any_length_graphs_one_decode_graph_per_batch_serves_every_length() -> None:
+    """--any_length_graphs (the slot-attention kernel reads each row up to its own position, so
+    a step's length only sizes the kernel's grid): 12 graphs instead of 72, the first at the context."""
+    assert length_buckets(2048, any_length=True) == [2048]
+    plan = decode_plan(batch_buckets(256), length_buckets(2048, any_length=True))
+    assert plan.order == [(b, 2048) for b in BATCH_BUCKETS]
+    assert plan.first == [(1, 2048)]
+    option = OPTIONS["any_length_graphs"]
+    assert option.default is False  # until a GPU has measured it (benchmarks/decode_lengths_bench.py)

@@ -82,3 +82,16 @@ def test_off_one_gpu_the_slots_are_the_running_sequences_and_as_many_prefixes_wi
     assert (tight.max_batch, tight.slots, tight.reserved_bytes, tight.source) == (9, 10, 0, "given")
     with pytest.raises(MemoryError, match="no room for a KV cache of 1024 positions; pass a smaller --max_seq_len"):
         memory.plan_elsewhere(shape, 2 * slot - 1, 1024, None)
+
+
+def test_one_decode_graph_length_leaves_five_lengths_of_logits_to_the_cache() -> None:
+    """--any_length_graphs: each batch bucket's graph keeps its float32 logits (batch x 151936 x 4
+    bytes) once, not once per length bucket (six at 2048 positions): more streams fit."""
+    free = 24 * GIB
+    bucketed = plan_on(free)
+    one = memory.plan(qwen3_shape(), free, 2048, 8192, len(length_buckets(2048, any_length=True)),
+                      list(BATCH_BUCKETS), None, None)
+    assert one.max_batch > bucketed.max_batch
+    same_batch = memory.plan(qwen3_shape(), free, 2048, 8192, 1, list(BATCH_BUCKETS), bucketed.max_batch, None)
+    batches = [b for b in BATCH_BUCKETS if b < bucketed.max_batch] + [bucketed.max_batch]
+    assert bucketed.reserved_bytes - same_batch.reserved_bytes == 5 * sum(batches) * 151936 * 4

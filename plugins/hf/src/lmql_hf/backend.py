@@ -86,7 +86,9 @@ class HFBackend(Backend):
         spread = len(self.devices) > 1
         self._keep_device = torch.device("cpu") if spread else self.device
         self.prefill_tokens = int(self.options["prefill_tokens"])
-        self.lengths = length_buckets(self.max_context)
+        # with the slot kernels a decode step's length only sizes the attention kernel's grid
+        self.any_length = self.slot_kernels and bool(self.options["any_length_graphs"])
+        self.lengths = length_buckets(self.max_context, self.any_length)
         self.shape = memory.ModelShape.of(config, self.vocab_size, self.model.dtype.itemsize)
         self.memory = self._plan_memory()
         if self.device.type == "cuda":
@@ -349,7 +351,8 @@ class HFBackend(Backend):
         mask = (packed.no_mask(dtype, self.device) if decoding
                 else packed.causal_mask(positions, length, dtype))
         module = self.model.base_model if hidden else self.model
-        with packed.decode_pass(positions[:, 0]) if decoding else contextlib.nullcontext():
+        # given the context's length (--any_length_graphs), the kernel splits positions evenly
+        with packed.decode_pass(positions[:, 0], self.any_length) if decoding else contextlib.nullcontext():
             out = module(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
                          **{self._cache_kwarg: self.cache})
         return out.last_hidden_state if hidden else out.logits

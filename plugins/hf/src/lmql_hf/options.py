@@ -37,6 +37,11 @@ OPTIONS: dict[str, Option] = {
                              "attend through our Triton kernels over the KV cache: decode steps read each "
                              "stream only up to its length, prompt passes replay from CUDA graphs (CUDA; "
                              "False: SDPA)"),
+    "any_length_graphs": Option(bool, False,
+                                "with --slot_attention: one decode graph per batch size serves every length "
+                                "(the kernel reads each stream only up to its own length), not one per "
+                                "length bucket: a sixth of the decode graphs to capture and of their logits' "
+                                "memory (off until measured on a GPU)"),
     "lean_decode": Option(bool, True,
                           "on the CPU, run Llama's, Qwen2's, Qwen3's and GPT-2's decode steps as direct "
                           "torch operations rather than through transformers' modules (same results up to "

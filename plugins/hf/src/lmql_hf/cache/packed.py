@@ -77,9 +77,12 @@ def _in_pass(name: str, value: Any) -> Iterator[None]:
         setattr(_current, name, None)
 
 
-def decode_pass(positions: torch.Tensor) -> AbstractContextManager[None]:
-    """Decode attention reads row i's keys up to ``positions[i]`` (1-D, on the device)."""
-    return _in_pass("decode_positions", positions)
+@contextmanager
+def decode_pass(positions: torch.Tensor, even: bool = False) -> Iterator[None]:
+    """Decode attention reads row i's keys up to ``positions[i]`` (1-D, on the device); with
+    ``even`` its positions split evenly whatever the rows (``slot_attention.split_of``)."""
+    with _in_pass("decode_positions", positions), _in_pass("even_splits", even):
+        yield
 
 
 def tiled_pass(tiles: torch.Tensor) -> AbstractContextManager[None]:
@@ -143,7 +146,8 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         if positions is not None and query.shape[2] == 1:
             from lmql_hf.kernels import slot_attention
 
-            return slot_attention.decode_attention(query, key, value, positions, scaling), None
+            even = bool(getattr(_current, "even_splits", False))
+            return slot_attention.decode_attention(query, key, value, positions, scaling, even), None
         if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
             return _one_query_grouped(query, key, value, attention_mask, scaling)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

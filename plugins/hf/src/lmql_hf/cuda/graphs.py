@@ -1,8 +1,9 @@
 """Decode steps replayed from CUDA graphs: one graph per (batch bucket, length bucket).
 
 A decode step of b running sequences (slots 0..b-1, one new token each) runs the graph of the
-smallest captured batch >= b whose key length covers every row's position; padding rows write
-to the scratch slot. Inputs are copied into the graph's static tensors, so a step costs one
+smallest captured batch >= b whose key length covers every row's position (one length only, the
+context, with ``--any_length_graphs``: see ``length_buckets``); padding rows write to the
+scratch slot. Inputs are copied into the graph's static tensors, so a step costs one
 small host-to-device copy, the replay, and whatever reads the logits. The tokens may also come
 as a device tensor (what the previous step sampled), so a step can be queued before the host
 knows them.
@@ -31,7 +32,12 @@ _OPS = TorchOps()  # row numbers reach the GPU without waiting for the work queu
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)
 
 
-def length_buckets(max_len: int) -> list[int]:
+def length_buckets(max_len: int, any_length: bool = False) -> list[int]:
+    """The key lengths decode steps are run at (and graphs captured for): powers of two from 64,
+    and ``max_len``. With ``any_length`` (the slot-attention kernel, which reads each row only up
+    to its own position whatever the length it is given) only ``max_len``: one graph a batch."""
+    if any_length:
+        return [max_len]
     buckets, n = [], 64
     while n < max_len:
         buckets.append(n)
@@ -192,11 +198,11 @@ class Staging:
 class DecodeGraphs:
     """``forward(ids, positions, slots, length)`` runs the model on (batch, 1) inputs."""
 
-    def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, max_len: int,
+    def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, lengths: list[int],
                  max_batch: int, scratch_slot: int, capture_all: bool = False) -> None:
         self.forward = forward
         self.device = device
-        self.lengths = length_buckets(max_len)
+        self.lengths = lengths  # length_buckets
         self.batches = batch_buckets(max_batch)
         self.scratch = scratch_slot
         self.graphs: dict[tuple[int, int], DecodeGraph] = {}  # made, captured or not

@@ -39,7 +39,7 @@ def decode_graphs(backend: Any) -> DecodeGraphs | None:
         forward = torch.compile(forward, mode=None if mode is True else str(mode))
     # a compiled forward compiles again for every new shape: all of that before Ready
     everything = bool(backend.options["capture_all"] or backend.options["compile"])
-    graphs = DecodeGraphs(forward, backend.device, backend.max_context, backend.max_batch,
+    graphs = DecodeGraphs(forward, backend.device, backend.lengths, backend.max_batch,
                           backend.table.scratch, everything)
     with capturing(len(graphs.plan.first), "decode steps", len(graphs.plan.order)):
         torch.cuda.empty_cache()  # what the loading left cached: free for the graphs' pool

@@ -6,7 +6,9 @@ head (grouped-query attention) as rows of the same block, so the cache is read o
 It reads the sequence's slot from position 0 up to its last token only, causally: a batch of
 mixed lengths reads no masked-out keys (SDPA with a mask reads every row up to the step's
 longest). Where a decode step's rows x heads are too few to fill the GPU, a row's positions are
-split into spans whose partial softmax sums a second kernel combines (flash-decoding).
+split into spans whose partial softmax sums a second kernel combines (flash-decoding); given the
+whole context rather than the rows' bucket (``--any_length_graphs``), every row is split so, in
+even spans (``split_of``).
 Everything about a step but its shapes lives in device tensors (positions; for prompt chunks a
 table of tiles), so a pass captured in a CUDA graph replays with any sequences.
 Imported only where Triton is (CUDA builds of torch; its interpreter in tests).
@@ -23,6 +25,7 @@ from lmql_hf.kernels.tiles import tokens_per_tile
 BLOCK_N = 64  # keys per loop iteration
 MIN_SPAN = 256  # positions: a split shorter than this costs more to combine than it saves
 TARGET_PROGRAMS = 512  # about four per multiprocessor of an H100/H200
+EVEN_SPLITS = 16  # with ``even``: the most spans a row's positions split into (more: more empty programs)
 
 
 @triton.jit
@@ -104,8 +107,15 @@ def _precision(query: torch.Tensor) -> str:
     return "ieee" if query.dtype == torch.float32 else "tf32"
 
 
-def split_of(rows: int, kv_heads: int, length: int) -> tuple[int, int]:
-    """(splits, positions per split) for ``rows`` decode rows reading up to ``length`` positions."""
+def split_of(rows: int, kv_heads: int, length: int, even: bool = False) -> tuple[int, int]:
+    """(splits, positions per split) for ``rows`` decode rows reading up to ``length`` positions.
+    With ``even`` every row is split in spans of the same size whatever the rows: where
+    ``length`` is the context rather than the rows' bucket it says nothing of the rows' lengths,
+    and programs of one span each keep a mix of short and long rows evenly spread over the GPU
+    (a row's spans past its length end at once)."""
+    if even:
+        span = max(MIN_SPAN, triton.cdiv(triton.cdiv(length, EVEN_SPLITS), BLOCK_N) * BLOCK_N)
+        return triton.cdiv(length, span), span
     wanted = max(1, min(triton.cdiv(TARGET_PROGRAMS, rows * kv_heads), length // MIN_SPAN))
     span = triton.cdiv(triton.cdiv(length, wanted), BLOCK_N) * BLOCK_N
     return triton.cdiv(length, span), span
@@ -118,17 +128,17 @@ def _sizes(heads: int, kv_heads: int, dim: int) -> tuple[int, int]:
 
 
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     positions: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+                     positions: torch.Tensor, scale: float | None = None, even: bool = False) -> torch.Tensor:
     """Causal attention of one query per row: ``query`` (rows, heads, 1, dim); ``key`` and
     ``value`` (rows, kv_heads, length, dim), of which row i reads positions 0..``positions[i]``
     (a 1-D integer tensor, on the device). Returns (rows, 1, heads, dim), as transformers'
-    attention functions do."""
+    attention functions do. ``even``: positions split as ``split_of`` says."""
     rows, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     assert query.stride(3) == key.stride(3) == value.stride(3) == 1
     group, block_dim = _sizes(heads, kv_heads, dim)
     out = query.new_empty((rows, 1, heads, dim))
-    splits, span = split_of(rows, kv_heads, length)
+    splits, span = split_of(rows, kv_heads, length, even)
     part = stats = out  # unused without a split
     if splits > 1:
         part = torch.empty((rows, heads, splits, block_dim), dtype=torch.float32, device=query.device)
