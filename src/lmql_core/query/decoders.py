@@ -125,7 +125,7 @@ def direct(spec: DecoderSpec) -> Decide:
 
 
 def finished(name: str, ids: list[int], variable: Variable) -> Decided:
-    prompt_text, value = postprocess(variable.where, name, variable.finish(ids))
+    prompt_text, value = postprocess(variable.rule, name, variable.finish(ids))
     return Decided(ids, variable.vocab.decode(ids), prompt_text, value)
 
 
