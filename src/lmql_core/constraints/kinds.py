@@ -19,10 +19,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lmql_core.constraints.mask import ANY, Allowed, ConstraintError, NoDigits, Value
+from lmql_core.constraints.step import Step
 from lmql_core.constraints.vocabulary import Vocabulary
 
 __all__ = ["ANY", "KINDS", "Allowed", "And", "ConstraintError", "Contains", "Count", "IsInt", "NoDigits",
-           "NoneOf", "OneOf", "Or", "Regex", "Rule", "StopsAt", "Truth", "Value"]
+           "Holds", "NoneOf", "OneOf", "Or", "Regex", "Rule", "StopsAt", "Truth", "Value"]
 
 COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
@@ -44,6 +45,14 @@ class Rule:
 
     def holds(self, text: str, vocab: Vocabulary) -> bool:
         return True
+
+    def step(self, value: Value, vocab: Vocabulary) -> Step:
+        """Where the variable stands with ``value``: its mask, and whether a stopping phrase ended it."""
+        return Step(self.mask(value, vocab), bool(value.ids) and self.reached(value))
+
+    def bound(self, values: dict[int, str], vocab: Vocabulary) -> Rule:
+        """This tree once the template's earlier holes have their values (``Holds``)."""
+        return self
 
     def reached(self, value: Value) -> bool:
         """Whether a stopping phrase of the tree ends the variable with ``value``."""
@@ -103,8 +112,38 @@ class Truth(Rule):
 
 
 @dataclass
+class Holds(Rule):
+    """A constraint on an earlier hole of the same template (``hole``: its index), which the
+    server decides once that hole has its value: true or false as ``Truth``."""
+
+    hole: int
+    rule: Rule
+    kind: ClassVar[str] = "holds"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hole, bool) or not isinstance(self.hole, int) or self.hole < 0:
+            raise ConstraintError(f"'hole' is the index of an earlier hole, not {self.hole!r}")
+
+    def nodes(self) -> Iterator[Rule]:
+        yield self  # not the rule inside: it constrains another variable
+
+    def bound(self, values: dict[int, str], vocab: Vocabulary) -> Rule:
+        if self.hole not in values:
+            raise ConstraintError(f"a constraint refers to hole {self.hole}, which has no value yet")
+        return Truth(self.rule.holds(values[self.hole], vocab))
+
+    def fields(self) -> dict[str, Any]:
+        from lmql_core.constraints.serial import to_json
+
+        return {"hole": self.hole, "rule": to_json(self.rule)}
+
+
+@dataclass
 class Junction(Rule):
     children: list[Rule]
+
+    def bound(self, values: dict[int, str], vocab: Vocabulary) -> Rule:
+        return type(self)([child.bound(values, vocab) for child in self.children])
 
     def nodes(self) -> Iterator[Rule]:
         yield self
@@ -392,4 +431,4 @@ class Regex(Rule):
 
 
 KINDS: dict[str, type[Rule]] = {k.kind: k for k in (Truth, And, Or, StopsAt, Count, OneOf, NoneOf, Contains,
-                                                     IsInt, Regex)}
+                                                     IsInt, Regex, Holds)}

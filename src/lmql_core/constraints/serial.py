@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmql_core.constraints.kinds import KINDS, ConstraintError, Junction, Rule
+from lmql_core.constraints.kinds import KINDS, ConstraintError, Holds, Junction, Rule
 
 MAX_DEPTH = 32
 MAX_NODES = 1000
@@ -28,6 +28,7 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "contains": {"phrase": ((str,), "a string"), "negate": ((bool,), "a boolean")},
     "int": {},
     "regex": {"pattern": ((str,), "a string")},
+    "holds": {"hole": ((int,), "an integer"), "rule": ((dict,), "a constraint")},
 }
 
 
@@ -66,6 +67,8 @@ def _node(data: Any, depth: int, count: list[int]) -> Rule:
     cls = KINDS[kind]
     if issubclass(cls, Junction):
         fields["children"] = [_node(child, depth + 1, count) for child in data["children"]]
+    if cls is Holds:
+        fields["rule"] = _node(data["rule"], depth + 1, count)
     try:
         return cls(**fields)
     except ConstraintError as e:

@@ -9,6 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lmql_core.constraints.mask import Value
+
 
 class Tokenizer(Protocol):
     """What a vocabulary reads of a tokenizer (``loading.tokenizer``'s tokenizers are ones)."""
@@ -60,6 +62,11 @@ class Vocabulary:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if ids else ""
+
+    def value(self, ids: list[int]) -> Value:
+        """A variable's tokens so far as its constraints read them."""
+        text = self.decode(ids)
+        return Value(ids, text, text[len(self.decode(ids[:-1])):] if ids else "")
 
     def none(self) -> np.ndarray:
         return np.zeros(self.size, dtype=bool)

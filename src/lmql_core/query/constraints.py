@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import ast
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ OPERATORS: dict[type, str] = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: 
                               ast.NotEq: "!="}
 FLIPPED = {ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Gt: ast.Lt, ast.GtE: ast.LtE, ast.Eq: ast.Eq,
            ast.NotEq: ast.NotEq}
+NOTHING_DEFERRED: Mapping[str, int] = MappingProxyType({})
 NEGATED_COUNT: dict[type, type] = {ast.Lt: ast.GtE, ast.LtE: ast.Gt, ast.Gt: ast.LtE, ast.GtE: ast.Lt,
                                    ast.Eq: ast.NotEq, ast.NotEq: ast.Eq}
 
@@ -55,8 +57,11 @@ class Node:
         """This node and every node under it."""
         yield self
 
-    def resolve(self, var: str, scope: Scope, vocab: Vocabulary) -> kinds.Rule:
-        """The tree as it stands while ``var`` is generated (see the module's docstring)."""
+    def resolve(self, var: str, scope: Scope, vocab: Vocabulary,
+                deferred: Mapping[str, int] = NOTHING_DEFERRED) -> kinds.Rule:
+        """The tree as it stands while ``var`` is generated (see the module's docstring);
+        ``deferred``: variables generated earlier in the same template request, by hole index,
+        whose leaves the server decides (``kinds.Holds``)."""
         raise NotImplementedError
 
     def negated(self, source: str) -> Node | None:
@@ -82,14 +87,16 @@ class Junction(Node):
 
 @dataclass
 class And(Junction):
-    def resolve(self, var: str, scope: Scope, vocab: Vocabulary) -> kinds.Rule:
-        return kinds.And([child.resolve(var, scope, vocab) for child in self.children])
+    def resolve(self, var: str, scope: Scope, vocab: Vocabulary,
+                deferred: Mapping[str, int] = NOTHING_DEFERRED) -> kinds.Rule:
+        return kinds.And([child.resolve(var, scope, vocab, deferred) for child in self.children])
 
 
 @dataclass
 class Or(Junction):
-    def resolve(self, var: str, scope: Scope, vocab: Vocabulary) -> kinds.Rule:
-        return kinds.Or([child.resolve(var, scope, vocab) for child in self.children])
+    def resolve(self, var: str, scope: Scope, vocab: Vocabulary,
+                deferred: Mapping[str, int] = NOTHING_DEFERRED) -> kinds.Rule:
+        return kinds.Or([child.resolve(var, scope, vocab, deferred) for child in self.children])
 
 
 @dataclass
@@ -106,7 +113,8 @@ class Condition(Node):
         except NameError:
             return True
 
-    def resolve(self, var: str, scope: Scope, vocab: Vocabulary) -> kinds.Rule:
+    def resolve(self, var: str, scope: Scope, vocab: Vocabulary,
+                deferred: Mapping[str, int] = NOTHING_DEFERRED) -> kinds.Rule:
         return kinds.Truth(self.truth(scope))
 
     def negated(self, source: str) -> Node | None:
@@ -121,9 +129,12 @@ class Leaf(Node):
     args: list[ast.expr]
     source: str
 
-    def resolve(self, var: str, scope: Scope, vocab: Vocabulary) -> kinds.Rule:
+    def resolve(self, var: str, scope: Scope, vocab: Vocabulary,
+                deferred: Mapping[str, int] = NOTHING_DEFERRED) -> kinds.Rule:
         if var == self.var:
             return self.evaluate(scope)
+        if self.var in deferred:
+            return kinds.Holds(deferred[self.var], self.evaluate(scope))
         if self.var in scope.decided:
             return kinds.Truth(self.evaluate(scope).holds(str(scope.decided[self.var]), vocab))
         return kinds.Truth(True)
