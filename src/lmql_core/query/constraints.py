@@ -13,8 +13,8 @@ from __future__ import annotations
 import ast
 import weakref
 from collections.abc import Iterator, Mapping
-from types import MappingProxyType
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from lmql_core.constraints import kinds

@@ -121,6 +121,7 @@ def direct(spec: DecoderSpec) -> Decide:
         ids = await generate(ctx.model, prompt_ids, variable, sampling, spec.max_length, watch)
         return finished(name, ids, variable)
 
+    decide.template_spec = spec  # type: ignore[attr-defined]  # its holes may go to the server (template_run)
     return decide
 
 

@@ -12,6 +12,7 @@ masks (``generation.generate``).
 
 from __future__ import annotations
 
+import os
 from contextlib import aclosing
 from typing import Any
 
@@ -19,7 +20,15 @@ from lmql_core.api.llm import LLM
 from lmql_core.constraints.grammar import MAX_CHOICE_STATES, choice_grammar
 from lmql_core.query.variable import OnToken, Sampling, Variable
 
-__all__ = ["MAX_CHOICE_STATES", "choice_grammar", "generate_on_server", "server_constraint"]
+__all__ = ["MAX_CHOICE_STATES", "SWITCH", "choice_grammar", "generate_on_server", "server_constraint",
+           "server_constraints_enabled"]
+
+SWITCH = "LMQL_SERVER_CONSTRAINTS"  # "off": every constraint is enforced by the client (LMQL 0.7.3's way)
+
+
+def server_constraints_enabled() -> bool:
+    """Whether constraints may go to the server (a variable's grammar, a statement's template)."""
+    return os.environ.get(SWITCH, "on").strip().lower() not in ("off", "0", "false", "no")
 
 
 def server_constraint(variable: Variable) -> tuple[str, str] | None:
