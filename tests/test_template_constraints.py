@@ -1,0 +1,154 @@
+"""Constrained LMQL prompt statements run on the server as one template GENERATE (issue 31):
+lmql-tiny served by a real `lmql serve-model`, over real sockets.
+
+The reference is the client path (``LMQL_SERVER_CONSTRAINTS=off``: a mask per step sent as
+``logit_bias``, LMQL 0.7.3's way, which tests/compat checks against LMQL 0.7.3 itself): every
+constraint kind gives the same greedy values, prompt and prompt tokens, in one request. Raw
+template requests check the wire: each hole's entries are tagged, and bad templates end their
+own stream with a clear error while the server and the connection live on."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import lmql
+from tests.conftest import RawClient, Server, server_metric
+
+pytestmark = pytest.mark.hf
+MODEL = "lmql-tiny"
+
+PROGRAMS = {
+    "int": ('"Q: How old is the tower?\\nA: [N] years"', "INT(N)"),
+    "stops_at": ('"A list of fruits:\\n-[X]\\n-[Y]"', 'STOPS_AT(X, "\\n") and STOPS_AT(Y, "\\n") '
+                                                      'and len(TOKENS(X)) < 12 and len(TOKENS(Y)) < 12'),
+    "stops_before": ('"Say something: [X] more"', 'STOPS_BEFORE(X, " ") and len(TOKENS(X)) < 10'),
+    "len_chars": ('"Describe the sea: [X]"', "len(X) < 14"),
+    "len_tokens": ('"Once upon a time[X]"', "len(TOKENS(X)) < 6"),
+    "regex": ('"The date is [D]"', r'REGEX(D, r"[0-9]{2}/[0-9]{2}/[0-9]{4}")'),
+    "in": ('"The best animal is the [A]."', 'A in ["cat", "dog", "catfish", "horse"]'),
+    "equals": ('"Say yes: [A]"', 'A == "yes"'),
+    "and_or": ('"Pick: [A]"', '(A in ["red", "green"] or len(TOKENS(A)) < 3) and not "x" in A'),
+    "four_variables": ('"Name:[NAME]\\nAge:[AGE]\\nColor:[COLOR]\\nMotto:[MOTTO]"',
+                       'STOPS_AT(NAME, "\\n") and len(TOKENS(NAME)) < 6 and INT(AGE) and '
+                       'COLOR in [" red", " blue", " green"] and len(MOTTO) < 20 and '
+                       'STOPS_AT(MOTTO, ".") and len(TOKENS(AGE)) < 4'),
+    "later_hole_sees_earlier": ('"First:[A] Second:[B]"',
+                                'len(TOKENS(A)) < 4 and (len(A) > 100 or B in [" x", " y"]) '
+                                'and len(TOKENS(B)) < 4'),
+}
+
+
+def program(prompt: str, where: str) -> str:
+    return f"argmax\n    {prompt}\nwhere\n    {where}\n"
+
+
+def run(source: str, model: Any) -> tuple[dict[str, Any], str, int]:
+    before = model.requests
+    result = lmql.run_sync(source, model=model)
+    return result.variables, result.prompt, model.requests - before
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_each_kind_on_the_server_equals_the_client_path(tiny_server: Server, name: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+    source = program(*PROGRAMS[name])
+    values, prompt, requests = run(source, model)
+    monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+    client_values, client_prompt, _ = run(source, model)
+    assert (values, prompt) == (client_values, client_prompt)
+    assert requests == 1, f"the server path took {requests} requests"
+
+
+def test_python_conditions_keep_the_client_path(tiny_server: Server) -> None:
+    model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+    source = program('"Count:[X]"', "len(X) < 12 and limit > 2")  # a mask per character count
+    before = model.requests
+    lmql.run_sync(source, model=model, limit=5)
+    assert model.requests - before > 1  # a request per mask change, as LMQL 0.7.3
+
+
+def test_a_template_over_the_socket_tags_each_hole(tiny_server: Server) -> None:
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.serial import to_json
+
+    holes = [{"name": "A", "constraints": to_json(kinds.Count("<", 3)), "max_length": 100},
+             {"name": "B", "constraints": to_json(kinds.And([kinds.IsInt(), kinds.Count("<", 4)])),
+              "max_length": 100}]
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": 1, "prompt": [1, 200, 300],
+                                           "template": {"holes": holes, "texts": [" and "]}})
+            return await client.stream(1)
+
+    entries = asyncio.run(scenario())
+    assert [e["hole"] for e in entries] == sorted(e["hole"] for e in entries)
+    first = [e for e in entries if e["hole"] == 0]
+    assert len([e for e in first if e["token"] != 2]) == 2  # len(TOKENS(A)) < 3 ends it at 2 tokens
+    assert first[-1]["hole_finish"] in ("stop", "length") and "finish_reason" not in first[-1]
+    assert entries[-1]["hole"] == 1 and entries[-1]["finish_reason"] in ("stop", "length")
+
+
+def hole(**fields: Any) -> dict[str, Any]:
+    return {"name": "X", "constraints": None, "max_length": 50, **fields}
+
+
+BAD = [
+    ({"template": {"holes": "x", "texts": []}}, "'template.holes' must be a list"),
+    ({"template": {"holes": [hole()], "texts": ["a"]}}, "'template.texts' must be a list of 0 strings"),
+    ({"template": {"holes": [hole()]}}, "'template' must be an object with 'holes' and 'texts'"),
+    ({"template": {"holes": [hole(constraints={"kind": "grammar"})], "texts": []}},
+     "template hole 0: unknown constraint kind 'grammar'"),
+    ({"template": {"holes": [hole(constraints={"kind": "int", "x": 1})], "texts": []}},
+     "'int' constraint: unknown key(s) x"),
+    ({"template": {"holes": [hole(colour=1)], "texts": []}}, "template hole 0: unknown key(s) colour"),
+    ({"template": {"holes": [hole(max_length=0)], "texts": []}}, "'max_length' must be an integer"),
+    ({"template": {"holes": [hole(temperature=-1)], "texts": []}}, "'temperature' must not be negative"),
+    ({"template": {"holes": [hole(constraints={"kind": "holds", "hole": 0, "rule": {"kind": "int"}})],
+                   "texts": []}}, "refers to hole 0, which is not an earlier hole"),
+    ({"template": {"holes": [hole()], "texts": []}, "regex": "a"}, "a template GENERATE takes no regex"),
+    ({"template": {"holes": [hole(constraints={"kind": "regex", "pattern": "(["})], "texts": []}},
+     "invalid regular expression"),
+    # the second hole's prompt is past lmql-tiny's 512 positions: that hole's error, after the first
+    ({"template": {"holes": [hole(max_length=5000), hole(max_length=5000)], "texts": [" word" * 600]}},
+     "this model's context holds 512"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD)
+def test_bad_templates_end_their_stream_with_an_error(tiny_server: Server, fields: dict[str, Any],
+                                                      message: str) -> None:
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "bad", "prompt": [1, 200], **fields})
+            bad = await client.stream("bad")
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "ok", "prompt": [1, 200],
+                                           "max_tokens": 3})
+            return bad, await client.stream("ok")
+
+    bad, ok = asyncio.run(scenario())
+    assert "error" in bad[-1] and message in bad[-1]["error"], bad[-1]
+    assert len(ok) == 3 and "error" not in ok[-1]  # the connection and the server live on
+
+
+def test_cancelling_a_template_stops_its_hole(tiny_server: Server) -> None:
+    def cancelled() -> float:
+        return server_metric(tiny_server, "lmql_sequences_cancelled", MODEL)
+
+    before = cancelled()
+
+    async def scenario() -> None:
+        async with RawClient(tiny_server.endpoint) as client:
+            holes = [hole(max_length=400), hole(max_length=400)]
+            await client.send("GENERATE", {"model": MODEL, "stream_id": 5, "prompt": [1, 200],
+                                           "template": {"holes": holes, "texts": [" then"]}})
+            await client.frame()
+            await client.send("CANCEL", {"stream_id": 5})
+            await asyncio.sleep(1.0)
+
+    asyncio.run(scenario())
+    assert cancelled() - before == 1
