@@ -252,10 +252,10 @@ class Count(Rule):
         now = len(value.text)
         if self.op in ("<", "<=", "=="):
             bound = COMPARISONS["<=" if self.op == "==" else self.op]
-            tokens: np.ndarray | None = np.asarray(bound(now + vocab.lengths, self.limit), dtype=bool)
+            within: np.ndarray | None = np.asarray(bound(now + vocab.lengths, self.limit), dtype=bool)
         else:
-            tokens = None
-        return Allowed(tokens, compare(now, self.limit))
+            within = None
+        return Allowed(within, compare(now, self.limit))
 
     def _may_grow_into(self, size: int) -> bool:
         if self.op == "==":

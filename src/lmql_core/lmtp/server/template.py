@@ -55,6 +55,8 @@ class TemplateRun:
         for index, hole in enumerate(holes):
             rule = hole.rule.bound(values, vocab) if hole.rule is not None else None
             budget = hole.max_length - len(prompt)
+            ids: list[int]
+            last: dict[str, Any]
             if budget <= 0:
                 ids, last = [], {"stream_id": self.stream_id}
             else:
@@ -86,14 +88,16 @@ class TemplateRun:
         params = SamplingParams(**{**hole.sampling, "max_tokens": budget})
         if rule is not None:
             params.constraint = MaskConstraint(rule, vocab, mask_words(self.model.backend.vocab_size, vocab))
-        seq = Sequence(self.stream_id, list(prompt), params,
-                       lambda events: loop.call_soon_threadsafe(queue.put_nowait, events))
+        def sink(events: list[TokenEvent]) -> None:  # on the engine thread
+            loop.call_soon_threadsafe(queue.put_nowait, events)
+
+        seq = Sequence(self.stream_id, list(prompt), params, sink)
         self.register(seq)
         ended = False
         try:
             ids: list[int] = []
             while not ended:
-                entries = []
+                entries: list[dict[str, Any]] = []
                 for event in await queue.get():
                     entry = wire.token_entry(event, self.reasons)
                     ended = event.error is not None or event.finish_reason is not None
