@@ -10,6 +10,7 @@ own stream with a clear error while the server and the connection live on."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -152,3 +153,31 @@ def test_cancelling_a_template_stops_its_hole(tiny_server: Server) -> None:
 
     asyncio.run(scenario())
     assert cancelled() - before == 1
+
+
+ERRORS = {
+    # no room for N (max_len reached by the prompt): INT ends without a digit, as LMQL's int() raises
+    "int_without_room": ('argmax(max_len=6)\n    "Q: How old is the tower, in years?\\nA: [N]"\nwhere\n    INT(N)\n',
+                         "INT(N) ended without a digit"),
+    # the second hole's prompt is past lmql-tiny's 512 positions: the server's stream ends there, the
+    # first hole is replayed, the second generated on the client, which meets the same error
+    "context_full": ('argmax\n    "A:[A]' + " word" * 600 + '[B]"\nwhere\n    len(TOKENS(A)) < 3 and '
+                     'len(TOKENS(B)) < 3\n', "this model's context holds 512"),
+}
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_errors_come_at_the_same_hole_on_both_paths(tiny_server: Server, name: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+    source, message = ERRORS[name]
+    before = model.requests
+    with pytest.raises(Exception, match=re.escape(message)) as on_server:
+        lmql.run_sync(source, model=model)
+    templates = model.requests - before
+    monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+    before = model.requests
+    with pytest.raises(Exception, match=re.escape(message)) as on_client:
+        lmql.run_sync(source, model=model)
+    assert type(on_server.value) is type(on_client.value)
+    assert templates == max(1, model.requests - before)  # the template, then the client's failing request
