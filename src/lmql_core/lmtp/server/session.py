@@ -7,6 +7,7 @@ session directly, without a socket. Both therefore accept and answer exactly the
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -195,8 +196,11 @@ class Session:
                           FINISH_REASONS)
         task = self._loop.create_task(run.run())
         self._templates[stream_id] = task
-        task.add_done_callback(lambda _: self._templates.pop(stream_id, None) if self._templates.get(
-            stream_id) is task else None)
+        task.add_done_callback(functools.partial(self._template_ended, stream_id))
+
+    def _template_ended(self, stream_id: Any, task: asyncio.Task[None]) -> None:
+        if self._templates.get(stream_id) is task:
+            del self._templates[stream_id]
 
     def _send_open(self, command: str, payload: Any) -> None:
         if not self.closed:

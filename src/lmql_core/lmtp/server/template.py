@@ -15,18 +15,23 @@ reached before it) gets one entry without a token. A hole whose value cannot be 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from lmql_core.constraints.kinds import NoDigits, Rule
 from lmql_core.constraints.vocabulary import Vocabulary
 from lmql_core.engine.mask_constraint import MaskConstraint, mask_words
 from lmql_core.engine.sequence import SamplingParams, Sequence, TokenEvent
-from lmql_core.errors import LMQLError
+from lmql_core.errors import LMQLError, shown
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.template import Hole, Template
 from lmql_core.loading.model_host import LoadedModel
 
-Send = Any  # the session's send(command, payload)
+log = logging.getLogger(__name__)
+Send = Callable[[str, Any], None]  # the session's: a frame to the client
+Register = Callable[[Sequence], None]  # the session's: start the hole's sequence, as the stream's
+CheckContext = Callable[[LoadedModel, int], None]  # the session's: a prompt past the context is an error
 
 
 class TemplateRun:
@@ -34,7 +39,7 @@ class TemplateRun:
     and closing the connection stop it)."""
 
     def __init__(self, stream_id: Any, model: LoadedModel, prompt: list[int], template: Template,
-                 send: Send, register: Any, check_context: Any, reasons: wire.Reasons) -> None:
+                 send: Send, register: Register, check_context: CheckContext, reasons: wire.Reasons) -> None:
         self.stream_id, self.model, self.template = stream_id, model, template
         self.prompt = prompt
         self.send, self.register, self.check_context, self.reasons = send, register, check_context, reasons
@@ -45,6 +50,10 @@ class TemplateRun:
             await self._run()
         except LMQLError as e:
             self.send("TOKEN", [{"stream_id": self.stream_id, "error": str(e)}])
+        except Exception as e:  # never leave the client waiting for an end that will not come
+            log.exception("template failed")
+            self.send("TOKEN", [{"stream_id": self.stream_id,
+                                 "error": f"internal error: {type(e).__name__}: {shown(e, 200)}"}])
 
     async def _run(self) -> None:
         assert self.model.tokenizer is not None, "the extension is advertised with a tokenizer only"
