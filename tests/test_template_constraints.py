@@ -36,6 +36,7 @@ PROGRAMS = {
                        'STOPS_AT(NAME, "\\n") and len(TOKENS(NAME)) < 6 and INT(AGE) and '
                        'COLOR in [" red", " blue", " green"] and len(MOTTO) < 20 and '
                        'STOPS_AT(MOTTO, ".") and len(TOKENS(AGE)) < 4'),
+    "typed_regex_and_int": ('"The code is [C: r\'[A-Z][0-9]{3}\'] and the count [N: int]"', "len(TOKENS(C)) < 10"),
     "later_hole_sees_earlier": ('"First:[A] Second:[B]"',
                                 'len(TOKENS(A)) < 4 and (len(A) > 100 or B in [" x", " y"]) '
                                 'and len(TOKENS(B)) < 4'),
@@ -181,3 +182,32 @@ def test_errors_come_at_the_same_hole_on_both_paths(tiny_server: Server, name: s
         lmql.run_sync(source, model=model)
     assert type(on_server.value) is type(on_client.value)
     assert templates == max(1, model.requests - before)  # the template, then the client's failing request
+
+
+def test_llguidance_regex_masks_are_not_lmqls_so_a_regex_has_no_grammar() -> None:
+    """Why a REGEX goes to the server in a template (its own mask) and not as the "constraints"
+    extension's regex: after "M" in "(Monday|Tuesday|next week)", LMQL's mask (the ``regex``
+    module's partial match of the text with each token) allows "o", "on" and "ond"; llguidance
+    allows only "ond", the start of the canonical tokens of the forced "onday"."""
+    import numpy as np
+
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.vocabulary import Vocabulary
+    from lmql_core.engine.constraints import GrammarCompiler, GrammarSpec
+    from lmql_core.loading.tokenizer import JsonTokenizer
+    from lmql_hf.bundled import bundled_path
+
+    tokenizer = JsonTokenizer.from_file(bundled_path(MODEL) / "tokenizer.json")  # type: ignore[operator]
+    vocab = Vocabulary.of(tokenizer)
+    pattern = "(Monday|Tuesday|next week)"
+    m = tokenizer.encode("M", add_special_tokens=False)
+    lmql_mask = kinds.Regex(pattern).mask(vocab.value(m), vocab).tokens
+    assert lmql_mask is not None
+    matcher = GrammarCompiler(tokenizer, vocab.size, tokenizer.eos_token_id).compile(
+        GrammarSpec.of("regex", pattern)).matcher
+    assert matcher.consume_tokens(m)
+    words = np.frombuffer(bytes(matcher.compute_bitmask()), dtype=np.uint8)
+    llguidance_mask = np.unpackbits(words, bitorder="little")[:vocab.size].astype(bool)
+    assert {vocab.texts[i] for i in np.flatnonzero(lmql_mask)} >= {"o", "on", "ond"}
+    assert {vocab.texts[i] for i in np.flatnonzero(llguidance_mask)} == {"ond"}
+    assert kinds.Regex(pattern).grammar(vocab) is None

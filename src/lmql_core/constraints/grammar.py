@@ -1,5 +1,6 @@
-"""Constraint kinds as the grammars of the server's "constraints" extension (regex, Lark-like
-grammar), where one kind alone can be followed that way with the same masks as its ``mask``."""
+"""Constraint kinds as the grammars of the server's "constraints" extension, where one kind alone
+can be followed that way with the same masks as its ``mask``: ``V in [...]`` as a grammar over
+token ids."""
 
 from __future__ import annotations
 
@@ -34,9 +35,3 @@ def choice_grammar(options: list[str], vocab: Vocabulary) -> str | None:
 def _rule(state: int) -> str:
     return "start" if state == 0 else f"s{state}"
 
-
-def llguidance_takes(pattern: str) -> bool:
-    """Whether llguidance takes the regex (lookarounds and back-references it does not)."""
-    from llguidance import LLMatcher
-
-    return not LLMatcher.validate_grammar(LLMatcher.grammar_from_regex(pattern))

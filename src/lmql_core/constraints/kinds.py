@@ -262,10 +262,10 @@ class Regex(Rule):
     def fields(self) -> dict[str, Any]:
         return {"pattern": self.pattern}
 
-    def grammar(self, vocab: Vocabulary) -> tuple[str, str] | None:
-        from lmql_core.constraints.grammar import llguidance_takes
-
-        return ("regex", self.pattern) if self.pattern.isascii() and llguidance_takes(self.pattern) else None
+    # no grammar(): llguidance's regex masks allow only the canonical tokens of text the regex
+    # forces (after "M" in "(Monday|Tuesday)", lmql-tiny's "ond" but not "o" or "on"), where
+    # LMQL's allow every token that keeps a partial match, so greedy choices would differ; a
+    # REGEX goes to the server in a template (``MaskConstraint``: this very mask) instead
 
 
 KINDS: dict[str, type[Rule]] = {k.kind: k for k in (Truth, And, Or, StopsAt, Count, OneOf, NoneOf, Contains,

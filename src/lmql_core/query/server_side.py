@@ -1,13 +1,13 @@
 """A prompt variable whose only constraint the server can follow, generated there in one request.
 
-Today: a variable constrained by one ``REGEX`` or one ``V in [...]`` alone (ASCII text; other
-leaves of the ``where`` clause on other variables, and Python conditions, hold or fail as a whole
-while it is generated, so they are checked once first). The GENERATE carries a regex or grammar
-(the "constraints" extension) with ``fast_forward`` off, so the server masks each step exactly
-as ``Regex.mask``/``OneOf.mask`` do here, without a request per mask change: a regex allows a
-token where the text with it can still become a match and EOS once it is one; an ``in`` list
-becomes a grammar over token ids (``choice_grammar``). Everything else keeps the client-side
-masks (``generation.generate``).
+Used where a whole statement cannot go to the server as a template (``template_run.py``: e.g. a
+Python condition elsewhere in the clause): a variable constrained by one ``V in [...]`` alone
+(ASCII options; other leaves of the ``where`` clause on other variables, and Python conditions,
+hold or fail as a whole while it is generated: ``Rule.server_grammar``). The GENERATE carries a
+grammar over token ids (``choice_grammar``, the "constraints" extension) with ``fast_forward``
+off, so the server masks each step exactly as ``OneOf.mask`` does here, without a request per
+mask change. A REGEX has no such grammar (``kinds.Regex``: llguidance's masks differ from
+LMQL's). Everything else keeps the client-side masks (``generation.generate``).
 """
 
 from __future__ import annotations

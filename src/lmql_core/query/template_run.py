@@ -10,8 +10,8 @@ step inside its batch exactly as the client would (``Step.row``) and builds each
 A statement goes to the server only when: server-side constraints are on (``LMQL_SERVER_CONSTRAINTS``
 is not ``off``); the decoder generates each hole as the program reaches it (argmax, sample), with
 no ``output_writer`` and no tracer (certificates list LMQL's requests one by one); the server runs
-templates with the client's tokenizer; every hole is plain or ``int``-typed (no decorators, nested
-queries, the distribution variable) and named once; no constraint holds a Python condition or an
+templates with the client's tokenizer; every hole is plain or typed ``int`` or a regex (no decorators,
+nested queries, the distribution variable) and named once; no constraint holds a Python condition or an
 argument naming a hole of the statement; the prompt so far is not empty. Otherwise (LMQL 0.7.3's
 server, ``openai:``) each hole is generated here, a request per mask change (``generation.py``).
 Where the server's stream ends early (an error), the holes it finished are replayed and the rest
@@ -31,6 +31,7 @@ from lmql_core.query.chat import render_role_tags
 from lmql_core.query.constraints import Leaf, Node, Scope
 from lmql_core.query.decision import Decide, Decided, RunContext
 from lmql_core.query.decoders import finished
+from lmql_core.query.nested import tactic
 from lmql_core.query.qstring import Hole
 from lmql_core.query.server_side import server_constraints_enabled
 from lmql_core.query.variable import Variable
@@ -97,8 +98,7 @@ def _split(segments: list[Any]) -> tuple[list[Hole], list[str]]:
 
 
 def _plain(hole: Hole, ctx: TemplateContext) -> bool:
-    typed = hole.type_expr is not None and hole.type_expr.strip() != "int"
-    return not hole.decorators and not typed and hole.name != ctx.program.distribution
+    return not hole.decorators and hole.name != ctx.program.distribution
 
 
 def _trees(ctx: TemplateContext, holes: list[Hole], local_where: Node | None,
@@ -108,16 +108,33 @@ def _trees(ctx: TemplateContext, holes: list[Hole], local_where: Node | None,
     known = Scope(ctx.program.globals, scope, dict(ctx.variables))
     trees: list[dict[str, Any] | None] = []
     for index, hole in enumerate(holes):
-        where = ctx.where_for(hole, local_where)
-        if where is not None and (where.python_conditions() or _arguments_name(where, set(names))):
-            return None
         earlier = {name: i for name, i in names.items() if i < index}
         try:
+            where = _where(ctx, hole, local_where, known)
+            if where is not None and (where.python_conditions() or _arguments_name(where, set(names))):
+                return None
             rule = None if where is None else where.resolve(hole.name, known, ctx.vocab, earlier)
+        except Unsupported:
+            return None
         except LMQLError:
             return None  # generated here, where the error comes at the same hole as before
         trees.append(None if rule is None else to_json(rule))
     return trees
+
+
+class Unsupported(Exception):
+    """A hole the server cannot generate (a nested query's type)."""
+
+
+def _where(ctx: TemplateContext, hole: Hole, local_where: Node | None, known: Scope) -> Node | None:
+    """The hole's constraints as ``QueryContext._fill`` builds them: a regex type adds its REGEX."""
+    where = ctx.where_for(hole, local_where)
+    if hole.type_expr is None or hole.type_expr.strip() == "int":
+        return where
+    where, decide = tactic(hole, where, known, ctx.decide)
+    if decide is not ctx.decide:
+        raise Unsupported(hole.name)
+    return where
 
 
 def _arguments_name(where: Node, names: set[str]) -> bool:
