@@ -211,3 +211,38 @@ def test_llguidance_regex_masks_are_not_lmqls_so_a_regex_has_no_grammar() -> Non
     assert {vocab.texts[i] for i in np.flatnonzero(lmql_mask)} >= {"o", "on", "ond"}
     assert {vocab.texts[i] for i in np.flatnonzero(llguidance_mask)} == {"ond"}
     assert kinds.Regex(pattern).grammar(vocab) is None
+
+
+def test_a_template_and_a_grammar_share_the_batch(tiny_server: Server) -> None:
+    """Rows of both constraint kinds in one step (MaskFiller fills llguidance's and the kinds'
+    masks into one array): each stream gets what it gets alone."""
+    import re as regex_module
+
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.serial import to_json
+
+    template = {"holes": [{"name": "A", "constraints": to_json(kinds.Count("<", 12, tokens=False)),
+                           "max_length": 60}], "texts": []}
+    pattern = "[0-9]{4}-[0-9]{2}"
+
+    async def together() -> dict[Any, list[dict[str, Any]]]:
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "t", "prompt": [1, 200, 300],
+                                           "template": template})
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "g", "prompt": [1, 200, 300],
+                                           "regex": pattern, "max_tokens": 20})
+            return await client.collect({"t", "g"})
+
+    async def alone() -> list[dict[str, Any]]:
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "t", "prompt": [1, 200, 300],
+                                           "template": template})
+            return await client.stream("t")
+
+    both, single = asyncio.run(together()), asyncio.run(alone())
+    assert [e["token"] for e in both["t"]] == [e["token"] for e in single]
+    from lmql_core.loading.tokenizer import JsonTokenizer
+    from lmql_hf.bundled import bundled_path
+
+    tokenizer = JsonTokenizer.from_file(bundled_path(MODEL) / "tokenizer.json")  # type: ignore[operator]
+    assert regex_module.fullmatch(pattern, tokenizer.decode([e["token"] for e in both["g"]]))
