@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("lmql_core.loading.tokenizer", "lmql_core.loading.identifiers"),
     ("lmql_core.loading", "lmql_core.loading.plugin_manager", "lmql_core.builtin.random_backend"),
     ("lmql_core.engine",),
+    ("lmql_core.constraints",),  # constraint kinds: the query runtime's and the engine's
     ("lmql_core.base.backend",),
     ("lmql_core.base", "lmql_core.base.array_ops", "lmql_core.base.options", "lmql_core.base.hookspecs",
      "lmql_core.base.coexistence"),

@@ -224,17 +224,17 @@ def test_lmql_run_cli_runs_a_file_with_inputs(tmp_path: Path) -> None:
 def test_int_keeps_ascii_digits_only_as_lmql_does() -> None:
     # LMQL 0.7.3, ops.py IntOp: postprocess keeps the characters in "0123456789"; forward drops one
     # leading space and then accepts 0-9 only (Unicode digits such as Arabic-Indic ones are not).
-    from lmql_core.query.constraints import IsInt
+    from lmql_core.constraints.kinds import IsInt
     from lmql_core.query.runtime import postprocess
 
-    where = IsInt(var="N", args=[], source="INT(N)")
+    where = IsInt()
     assert postprocess(where, "N", " 4\u0663 2.") == ("42", 42)
     with pytest.raises(lmql.QueryError, match="without a digit"):
         postprocess(where, "N", " \u0663\u0664")
-    assert where.holds(" 12", [], None)  # type: ignore[arg-type]
-    assert not where.holds("\u0663", [], None)  # type: ignore[arg-type]
-    assert not where.holds("  12", [], None)  # type: ignore[arg-type]
-    assert not where.holds("", [], None)  # type: ignore[arg-type]
+    assert where.holds(" 12", None)  # type: ignore[arg-type]
+    assert not where.holds("\u0663", None)  # type: ignore[arg-type]
+    assert not where.holds("  12", None)  # type: ignore[arg-type]
+    assert not where.holds("", None)  # type: ignore[arg-type]
 
 
 def test_compiled_conditions_live_only_as_long_as_their_queries() -> None:

@@ -160,6 +160,19 @@ def query_rows(server: str, theirs: ProgramRun, ours: ProgramRun,
     return rows
 
 
+def identity_rows(on: ProgramRun, off: ProgramRun,
+                  expected: dict[str, tuple[Callable[[Any], bool] | None, bool]]) -> list[Row]:
+    """Issue 31's identity: our runtime on our server with constraints enforced on the server
+    (templates, grammars) and forced onto the client (LMQL_SERVER_CONSTRAINTS=off, LMQL 0.7.3's
+    way): greedy results identical, sampled ones of the right shape."""
+    section = "lmql-core runtime on lmql-core server: server-side vs client-side constraints"
+    rows = [script_row(off)]
+    for check in dict.fromkeys([*on.names(), *off.names()]):
+        shape, equal = expected.get(check, (None, True))
+        rows.append(compare(section, check, on.records.get(check), off.records.get(check), shape, equal))
+    return rows
+
+
 def run_queries(python: str, side: str, server: Server, folder: Path, env: dict[str, str], work: Path) -> ProgramRun:
     label = f"{side} runtime, LMQL programs on {server.name}"
     t0 = time.monotonic()
@@ -235,6 +248,7 @@ def main(argv: list[str]) -> int:
 
     lmql_bin = str(Path(args.lmql_python).parent / "lmql")
     ours_bin = str(Path(sys.executable).parent / "lmql")
+    client_masks: ProgramRun | None = None
     servers = [Server("LMQL 0.7.3 server", [lmql_bin, "serve-model", str(folder)], their_env,
                       work / "lmql-server.log"),
                Server("lmql-core server", [ours_bin, "serve-model", str(folder)], env,
@@ -263,13 +277,17 @@ def main(argv: list[str]) -> int:
         query_runs = [(server.name, run_queries(args.lmql_python, "LMQL 0.7.3", server, folder, their_env, work),
                        run_queries(sys.executable, "lmql-core", server, folder, env, work))
                       for server in query_servers]
+        # one more pass of our runtime on our server, every constraint enforced by the client
+        client_masks = run_queries(sys.executable, "lmql-core-client-masks", ours, folder,
+                                   {**env, "LMQL_SERVER_CONSTRAINTS": "off"}, work) if ours in query_servers else None
     finally:
         for server in servers:
             server.stop()
     if query_runs:
         query_runs.append(local_query_run(query_runs, folder, env, work))
 
-    every_run = [*runs.values(), *(run for _, *pair in query_runs for run in pair)]
+    every_run = [*runs.values(), *(run for _, *pair in query_runs for run in pair),
+                 *([client_masks] if client_masks is not None else [])]
     (work / "results.json").write_text(json.dumps({run.label: vars(run) for run in every_run}, indent=1))
     rows = build_rows(runs["lmql", theirs.name], runs["lmql", ours.name],
                       runs["core", theirs.name], runs["core", ours.name])
@@ -280,6 +298,8 @@ def main(argv: list[str]) -> int:
         expected = expectations(str(folder))
         for server_name, their_run, our_run in query_runs:
             rows += query_rows(server_name, their_run, our_run, expected)
+            if server_name == ours.name and client_masks is not None:
+                rows += identity_rows(our_run, client_masks, expected)
     print_table(rows)
     show_failures(rows)
     failed = [r for r in rows if not r.ok]

@@ -16,6 +16,8 @@ from lmql_core.base.decoders import TOKEN_DECODERS
 from lmql_core.errors import LMQLError
 from lmql_core.lmtp.client import LMTPClient
 from lmql_core.lmtp.client.loop import run_async, run_sync
+from lmql_core.lmtp.template import TEMPLATE
+from lmql_core.lmtp.template import VERSION as TEMPLATE_VERSION
 from lmql_core.lmtp.wire import CONSTRAINT_FIELDS
 from lmql_core.loading.identifiers import ModelId
 from lmql_core.loading.tokenizer import IncrementalDecoder, Tokenizer
@@ -250,6 +252,22 @@ class LLM:
                       **extra: Any) -> str | list[str]:
         return run_sync(self._generate(prompt, max_tokens, decoder, temperature, n, regex=regex,
                                        grammar=grammar, json_schema=json_schema, **extra))
+
+    async def runs_templates(self, tokenizer: Any) -> bool:
+        """Whether the server runs whole LMQL templates (the "template" extension in MODEL_INFO)
+        with the same tokenizer as ``tokenizer`` (the one the client masks and re-tokenizes with)."""
+        extensions = (await self._server_info()).get("extensions")
+        if not isinstance(extensions, dict) or extensions.get(TEMPLATE) != TEMPLATE_VERSION:
+            return False
+        fingerprint = getattr(tokenizer, "fingerprint", None)
+        return fingerprint is not None and fingerprint() == extensions.get("tokenizer")
+
+    def template_stream(self, prompt_ids: list[int],
+                        template: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """The entries of one template GENERATE (``lmtp/template.py``): each hole's tokens, tagged."""
+        self.requests += 1
+        request = {"model": self.model_id.served_name, "prompt": list(prompt_ids), TEMPLATE: template}
+        return self.client.request("GENERATE", request)
 
     async def follows(self, constraint: str) -> bool:
         """Whether the server follows GENERATE's ``constraint`` field (``regex``, ``grammar``,

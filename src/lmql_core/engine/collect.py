@@ -7,7 +7,7 @@ import time
 
 from lmql_core.base.backend import Backend, ChainedSteps
 from lmql_core.engine import scoring
-from lmql_core.engine.constraints import MaskFiller, grammar_events, nothing_allowed
+from lmql_core.engine.constraints import MaskFiller
 from lmql_core.engine.endings import Endings, Events
 from lmql_core.engine.sampling import Samples, collect_sampling, collect_scoring
 from lmql_core.engine.sequence import Finish, Sequence, Status, TokenEvent
@@ -66,7 +66,8 @@ class Collector:
             if seq.status is not running:  # a row of a chained step, after its sequence ended
                 continue
             if not logprob > NO_CHANCE:  # NaN or -inf: every token had probability 0
-                error = NOTHING_TO_CHOOSE if seq.params.constraint is None else nothing_allowed(seq)
+                constraint = seq.params.constraint
+                error = NOTHING_TO_CHOOSE if constraint is None else constraint.failure()
                 events.setdefault(seq.sink, []).append(TokenEvent(seq.stream_id, error=error))
                 ended.append(seq)
                 continue
@@ -79,7 +80,8 @@ class Collector:
                 batch = events.setdefault(sink, [])
             if reason is None and seq.params.constraint is not None:
                 following = time.perf_counter()
-                followed, ends = grammar_events(seq, token, logprob, top, taken.get(id(seq), False))
+                followed, ends = seq.params.constraint.events_after(seq, token, logprob, top,
+                                                                    taken.get(id(seq), False))
                 self.stats.grammar_seconds += time.perf_counter() - following
                 batch.extend(followed)
                 produced += len(followed) - 1

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -88,9 +88,28 @@ class GrammarSpec:
             raise GrammarError(f"'json_schema' is not a schema: {e}") from None
 
 
+class SequenceConstraint(Protocol):
+    """What the engine asks of a sequence's constraint (``SamplingParams.constraint``): a grammar
+    (``Constraint``) or a tree of LMQL's kinds (``mask_constraint.MaskConstraint``)."""
+
+    mask_words: int  # int32 words of its mask (32 tokens each)
+    follows_tokens: bool  # an llguidance matcher: filled, and takes tokens, through llguidance's executor
+
+    def events_after(self, seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
+                     taken: bool) -> tuple[list[TokenEvent], bool]:
+        """A sampled token's events (and tokens it forces), and whether the sequence ends."""
+        ...
+
+    def failure(self) -> str:
+        """The error of a row where no token was left to choose."""
+        ...
+
+
 class Constraint:
     """One sequence's grammar state. Used on the engine thread only (and by ``MaskFiller``'s
     threads while the engine thread waits for them)."""
+
+    follows_tokens = True
 
     def __init__(self, matcher: Any, eos_token_id: int | None, mask_words: int) -> None:
         self.matcher = matcher
@@ -119,6 +138,13 @@ class Constraint:
     @property
     def error(self) -> str | None:
         return str(self.matcher.get_error()) or None if self.matcher.is_error() else None
+
+    def events_after(self, seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
+                     taken: bool) -> tuple[list[TokenEvent], bool]:
+        return grammar_events(seq, token, logprob, top, taken)
+
+    def failure(self) -> str:
+        return f"grammar error: {self.error or 'the grammar allows no token here'}"
 
 
 class GrammarCompiler:
@@ -258,13 +284,10 @@ class MaskFiller:
         if not constrained:
             return None
         if self._thread is None:
-            import llguidance
-
-            self._executor = self._executor or llguidance.LLExecutor()
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmql-masks")
-        matchers = [seq.params.constraint.matcher for seq in constrained]
-        words = constrained[0].params.constraint.mask_words  # an engine serves one model
-        future = self._thread.submit(self._fill, matchers, words)
+        rows = [(seq.params.constraint, list(seq.generated)) for seq in constrained]
+        words = max(c.mask_words for c, _ in rows)  # the same for all: an engine serves one model
+        future = self._thread.submit(self._fill, rows, words)
         return PendingMasks(future, constrained)
 
     def wait(self, masks: PendingMasks, sampled: list[Sequence]) -> BatchMask | None:
@@ -275,12 +298,24 @@ class MaskFiller:
         self.stats.mask_fill_seconds += masks.fill_seconds
         return batch_mask
 
-    def _fill(self, matchers: list[Any], words: int) -> tuple[np.ndarray, float]:
+    def _fill(self, rows: list[tuple[Any, list[int]]], words: int) -> tuple[np.ndarray, float]:
+        """``rows``: each constrained sequence's constraint and tokens so far."""
         started = time.perf_counter()
-        bits = np.zeros((len(matchers), words), dtype=np.int32)
-        self._executor.unsafe_compute_mask_ptr([(m, j) for j, m in enumerate(matchers)], bits.ctypes.data,
-                                               words * 4, len(matchers))
+        bits = np.zeros((len(rows), words), dtype=np.int32)
+        matchers = [(c.matcher, j) for j, (c, _) in enumerate(rows) if c.follows_tokens]
+        if matchers:
+            self._llguidance().unsafe_compute_mask_ptr(matchers, bits.ctypes.data, words * 4, len(rows))
+        for j, (constraint, generated) in enumerate(rows):
+            if not constraint.follows_tokens:
+                constraint.fill(generated, bits[j, :constraint.mask_words])
         return bits, time.perf_counter() - started
+
+    def _llguidance(self) -> Any:
+        if self._executor is None:
+            import llguidance
+
+            self._executor = llguidance.LLExecutor()
+        return self._executor
 
     def take_tokens(self, seqs: list[Sequence], tokens: list[int], logprobs: list[float],
                     eos: int | None) -> dict[int, bool]:
@@ -288,25 +323,25 @@ class MaskFiller:
         and rows where nothing could be chosen aside), all at once on llguidance's threads
         without the interpreter's lock (one by one costs ~2.5x as much): by ``id(seq)``,
         whether each grammar took its token."""
-        if not any(seq.params.constraint is not None for seq in seqs):
+        if not any(_follows_tokens(seq) for seq in seqs):
             return {}
         rows = [(seq, token) for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True)
-                if seq.params.constraint is not None and seq.status is Status.RUNNING and token != eos
+                if _follows_tokens(seq) and seq.status is Status.RUNNING and token != eos
                 and logprob > float("-inf")]
         if not rows:
             return {}
         started = time.perf_counter()
-        if self._executor is None:
-            import llguidance
-
-            self._executor = llguidance.LLExecutor()
-        taken = self._executor.consume_token_par([(seq.params.constraint.matcher, t) for seq, t in rows])
+        taken = self._llguidance().consume_token_par([(seq.params.constraint.matcher, t) for seq, t in rows])
         self.stats.grammar_seconds += time.perf_counter() - started
         return {id(seq): ok for (seq, _), ok in zip(rows, taken, strict=True)}
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=False)
+
+
+def _follows_tokens(seq: Sequence) -> bool:
+    return seq.params.constraint is not None and seq.params.constraint.follows_tokens
 
 
 FORCED_TOP: Mapping[int, float] = MappingProxyType({})  # a forced token's candidates: none beside it
@@ -336,7 +371,3 @@ def grammar_events(seq: Sequence, token: int, logprob: float, top: Mapping[int, 
     return events, last.finish_reason is not None
 
 
-def nothing_allowed(seq: Sequence) -> str:
-    """The error of a constrained row where no token was left to choose."""
-    constraint: Constraint = seq.params.constraint
-    return f"grammar error: {constraint.error or 'the grammar allows no token here'}"

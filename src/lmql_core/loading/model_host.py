@@ -16,6 +16,7 @@ from lmql_core.engine.constraints import GrammarCompiler
 from lmql_core.engine.engine import Engine
 from lmql_core.errors import LMQLError, ModelLoadError, RequestError, shown
 from lmql_core.lmtp import wire
+from lmql_core.lmtp.template import VERSION as TEMPLATE_VERSION
 from lmql_core.loading import plugin_manager
 from lmql_core.loading.identifiers import ModelId, parse_model_id
 from lmql_core.loading.tokenizer import JsonTokenizer, Tokenizer, sendable
@@ -72,14 +73,17 @@ class LoadedModel:
 
     def extensions(self) -> dict[str, Any]:
         """LMTP extensions this model supports, advertised in MODEL_INFO (LMQL 0.7 ignores them):
-        the fingerprint of a tokenizer it can send (TOKENIZER), text mode, CANCEL, and the
-        constraints a GENERATE may carry (``wire.CONSTRAINT_FIELDS``; they need a tokenizer)."""
+        the fingerprint of a tokenizer it can send (TOKENIZER), text mode, CANCEL, the
+        constraints a GENERATE may carry (``wire.CONSTRAINT_FIELDS``; they need a tokenizer), and
+        the version of the template extension (``lmtp/template.py``; None: not run)."""
         tokenizer = self.tokenizer  # asked, not spec()'d: a spec holds the whole vocabulary
         can_constrain = (sendable(tokenizer) and self.backend.eos_token_id is not None
                          and constraints_installed())
         constraints = list(wire.CONSTRAINT_FIELDS) if can_constrain else []
+        runs_templates = sendable(tokenizer) and self.backend.eos_token_id is not None
         return {"tokenizer": tokenizer.fingerprint() if sendable(tokenizer) else None,
-                "text": tokenizer is not None, "cancel": True, "constraints": constraints}
+                "text": tokenizer is not None, "cancel": True, "constraints": constraints,
+                "template": TEMPLATE_VERSION if runs_templates else None}
 
     @cached_property
     def grammars(self) -> GrammarCompiler:

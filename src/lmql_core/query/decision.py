@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lmql_core.api.llm import LLM
-from lmql_core.query.constraints import ASCII_DIGITS, IsInt, Node
+from lmql_core.constraints.kinds import NoDigits, Rule
+from lmql_core.constraints.vocabulary import Vocabulary
 from lmql_core.query.errors import NotAnInteger
 from lmql_core.query.variable import Variable
-from lmql_core.query.vocabulary import Vocabulary
 
 
 @dataclass
@@ -40,11 +40,10 @@ class RunContext(Protocol):
 Decide = Callable[[RunContext, str, list[int], Variable], Awaitable[Decided]]
 
 
-def postprocess(where: Node | None, name: str, text: str) -> tuple[str, Any]:
-    """The text a finished value puts in the prompt, and its value: INT makes an int."""
-    if where is not None and any(isinstance(n, IsInt) and n.var == name for n in where.nodes()):
-        digits = "".join(c for c in text if c in ASCII_DIGITS)  # as LMQL: 0-9, not every Unicode digit
-        if not digits:
-            raise NotAnInteger(f"INT({name}) ended without a digit: {text!r}")
-        return str(int(digits)), int(digits)
-    return text, text
+def postprocess(rule: Rule | None, name: str, text: str) -> tuple[str, Any]:
+    """The text a finished value puts in the prompt, and its value (``rule``: the variable's
+    constraints, ``Variable.rule``; INT makes an int)."""
+    try:
+        return (text, text) if rule is None else rule.postprocess(text)
+    except NoDigits as e:
+        raise NotAnInteger(f"INT({name}) {e}") from None

@@ -121,11 +121,12 @@ def direct(spec: DecoderSpec) -> Decide:
         ids = await generate(ctx.model, prompt_ids, variable, sampling, spec.max_length, watch)
         return finished(name, ids, variable)
 
+    decide.template_spec = spec  # type: ignore[attr-defined]  # its holes may go to the server (template_run)
     return decide
 
 
 def finished(name: str, ids: list[int], variable: Variable) -> Decided:
-    prompt_text, value = postprocess(variable.where, name, variable.finish(ids))
+    prompt_text, value = postprocess(variable.rule, name, variable.finish(ids))
     return Decided(ids, variable.vocab.decode(ids), prompt_text, value)
 
 

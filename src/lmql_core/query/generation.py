@@ -13,7 +13,7 @@ from contextlib import aclosing
 from typing import Any
 
 from lmql_core.api.llm import LLM
-from lmql_core.query.server_side import generate_on_server, server_constraint
+from lmql_core.query.server_side import generate_on_server, server_constraint, server_constraints_enabled
 from lmql_core.query.variable import OnToken, Sampling, Step, Variable
 
 
@@ -21,7 +21,8 @@ async def generate(model: LLM, prompt_ids: list[int], variable: Variable, sampli
                    max_length: int, on_token: OnToken | None = None) -> list[int]:
     """The tokens of ``variable`` (without EOS) after ``prompt_ids``; ``on_token(ids)`` is
     awaited after each one. A variable the server can constrain alone goes there (server_side.py)."""
-    on_server = server_constraint(variable) if type(variable) is Variable else None
+    on_server = server_constraint(variable) if type(variable) is Variable and server_constraints_enabled() \
+        else None
     if on_server is not None and await model.follows(on_server[0]):
         return await generate_on_server(model, prompt_ids, variable, sampling, max_length, on_server,
                                         on_token)

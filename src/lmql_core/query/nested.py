@@ -119,9 +119,7 @@ def _warn_ignored(compiled: Any) -> None:
 def _stopped(variable: Variable, ids: list[int]) -> str | None:
     """The outer variable's text cut by its own STOPS_AT/STOPS_BEFORE when the phrase is in the
     last token of what the inner run added; LMQL then takes that text, not the inner result."""
-    value = variable.value(ids)
-    cuts = [t for s in variable.stops() if (t := s.trim(value, s.phrase(variable.scope))) is not None]
-    return min(cuts, key=len) if cuts else None
+    return variable.cut(ids)
 
 
 def _within(decide: Decide, outer: Variable, start: list[int], dropped: list[int]) -> Decide:

@@ -6,8 +6,8 @@ import ast
 from functools import lru_cache
 
 from lmql_core.query.constraints import (
-    COMPARISONS,
     FLIPPED,
+    OPERATORS,
     And,
     Condition,
     Contains,
@@ -25,8 +25,6 @@ from lmql_core.query.errors import QuerySyntaxError, UnknownVariable, Unsupporte
 SUPPORTED = ("STOPS_AT(V, s)", "STOPS_BEFORE(V, s)", "len(TOKENS(V)) < n", "len(V) < n", "V in [...]",
              "V == s", "s in V", "INT(V)", "REGEX(V, r)", "and/or", "not",
              "Python conditions on earlier variables")
-NEGATED_COUNT: dict[type, type] = {ast.Lt: ast.GtE, ast.LtE: ast.Gt, ast.Gt: ast.LtE, ast.GtE: ast.Lt,
-                                   ast.Eq: ast.NotEq, ast.NotEq: ast.Eq}
 
 
 @lru_cache(maxsize=256)
@@ -64,17 +62,9 @@ def _negated(expr: ast.UnaryOp, generated: frozenset[str], known: frozenset[str]
         inner = _node(expr.operand, generated, known)
     except UnsupportedConstraint as e:
         raise _unsupported(expr, e.why) from None
-    source = ast.unparse(expr)
-    if isinstance(inner, Condition):
-        return Condition(inner.expr, inner.names, not inner.negate)
-    if isinstance(inner, OneOf):
-        return NoneOf(inner.var, inner.args, source)
-    if isinstance(inner, NoneOf):
-        return OneOf(inner.var, inner.args, source)
-    if isinstance(inner, Contains):
-        return Contains(inner.var, inner.args, source, negate=not inner.negate)
-    if isinstance(inner, Count):
-        return Count(inner.var, inner.args, source, compare=NEGATED_COUNT[inner.compare], tokens=inner.tokens)
+    negated = inner.negated(ast.unparse(expr))
+    if negated is not None:
+        return negated
     raise _unsupported(expr, "'not' negates conditions on earlier variables, V in [...], V == s, s in V "
                        "and length bounds, not STOPS_AT, INT or REGEX")
 
@@ -106,7 +96,7 @@ def _leaf(expr: ast.expr, generated: frozenset[str], known: frozenset[str]) -> N
     if op in (ast.Eq, ast.NotEq) and isinstance(left, ast.Name) and left.id in generated:
         kind = OneOf if op is ast.Eq else NoneOf
         return kind(left.id, [ast.List([right], ast.Load())], source)
-    if op not in COMPARISONS:
+    if op not in OPERATORS:
         return None
     if _length_of(right) is not None and _length_of(left) is None:
         left, right, op = right, left, FLIPPED[op]

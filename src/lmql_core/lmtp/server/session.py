@@ -7,6 +7,7 @@ session directly, without a socket. Both therefore accept and answer exactly the
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from typing import Any
 from lmql_core.engine.constraints import Constraint, GrammarError, GrammarSpec
 from lmql_core.engine.sequence import Finish, Kind, SamplingParams, Sequence, TokenEvent
 from lmql_core.errors import LMQLError, RequestError, shown
-from lmql_core.lmtp import wire
+from lmql_core.lmtp import template, wire
+from lmql_core.lmtp.server.template import TemplateRun
 from lmql_core.loading.model_host import LoadedModel, ModelHost
 from lmql_core.loading.tokenizer import IncrementalDecoder, spec_of
 
@@ -103,6 +105,7 @@ class Session:
         self._outbox = outbox or Outbox(self._loop)  # delivered by the engine, not yet sent
         # streams ended by ``end_all``: events of theirs the engine had produced already are dropped
         self._stale: set[Any] = set()
+        self._templates: dict[Any, asyncio.Task[None]] = {}  # template streams running (their tasks)
         self.closed = False
 
     async def handle_text(self, text: str) -> None:
@@ -154,6 +157,9 @@ class Session:
             prompt = self.encode(model, body.get("text"), "text", bos=True)
         else:
             prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
+        if body.get(template.TEMPLATE) is not None:
+            self._start_template(stream_id, body, model, prompt)
+            return
         params = SamplingParams(**wire.sampling_options(body, vocab, self.limits))
         self._check_context(model, len(prompt))
         asked = wire.constraint(body)
@@ -166,6 +172,39 @@ class Session:
             assert model.tokenizer is not None
             skip = {model.tokenizer.eos_token_id} if model.tokenizer.eos_token_id is not None else set()
             self._decoders[stream_id] = IncrementalDecoder(model.tokenizer, skip)
+
+    def _start_template(self, stream_id: Any, body: dict[str, Any], model: LoadedModel,
+                        prompt: list[int]) -> None:
+        """A GENERATE carrying a template (``lmtp/template.py``), run as a task of its own."""
+        if not model.extensions().get(template.TEMPLATE):
+            raise RequestError(f"'{model.model_id.served_name}' does not run templates (it needs a tokenizer "
+                               "the server can send and an end-of-sequence token)")
+        if "prompt" not in body:
+            raise RequestError("a template GENERATE gives its first hole's prompt as token ids ('prompt')")
+        parsed = template.template(body, model.backend.vocab_size, self.limits)
+        earlier = self._templates.get(stream_id)
+        if (earlier is not None and not earlier.done()) or stream_id in self._running():
+            raise RequestError(f"stream {shown(stream_id)} is already running on this connection")
+        if len(self._running()) + len(self._templates) >= self.limits.max_streams_per_connection:
+            raise RequestError("this connection has too many streams running or queued (--max-streams)")
+
+        def register(seq: Sequence) -> None:
+            self._active[stream_id] = (seq, model)
+            model.engine.submit(seq)
+
+        run = TemplateRun(stream_id, model, prompt, parsed, self._send_open, register, self._check_context,
+                          FINISH_REASONS)
+        task = self._loop.create_task(run.run())
+        self._templates[stream_id] = task
+        task.add_done_callback(functools.partial(self._template_ended, stream_id))
+
+    def _template_ended(self, stream_id: Any, task: asyncio.Task[None]) -> None:
+        if self._templates.get(stream_id) is task:
+            del self._templates[stream_id]
+
+    def _send_open(self, command: str, payload: Any) -> None:
+        if not self.closed:
+            self._send(command, payload)
 
     async def _score(self, stream_id: Any, body: dict[str, Any]) -> None:
         model = await self.model(body.get("model"))
@@ -216,6 +255,9 @@ class Session:
         """Stop a stream and free it (as CANCEL)."""
         active = self._active.pop(stream_id, None)
         self._decoders.pop(stream_id, None)
+        task = self._templates.pop(stream_id, None)
+        if task is not None:
+            task.cancel()
         if active is not None:
             seq, model = active
             model.engine.cancel([seq])
@@ -303,5 +345,8 @@ class Session:
             by_engine.setdefault(id(model.engine), (model.engine, []))[1].append(seq)
         for engine, seqs in by_engine.values():
             engine.cancel(seqs)
+        for task in self._templates.values():
+            task.cancel()
+        self._templates.clear()
         self._active.clear()
         self._decoders.clear()

@@ -1,0 +1,70 @@
+"""Where a variable being generated stands (``Step``): the mask of its next token and whether it
+is done; as the client sends it (``logit_bias``, LMQL's +-100) and as the engine applies it
+(``row``). One code for both, so both choose the same tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmql_core.constraints.mask import Allowed
+from lmql_core.constraints.vocabulary import Vocabulary
+
+BAN, ONLY = -100, 100
+
+
+@dataclass
+class Step:
+    allowed: Allowed
+    stop: bool = False
+
+    @property
+    def done(self) -> bool:
+        tokens = self.allowed.tokens
+        return self.stop or (tokens is not None and not tokens.any())
+
+    def forced(self) -> int | None:
+        tokens = self.allowed.tokens
+        if self.allowed.eos or tokens is None or tokens.sum() != 1:
+            return None
+        return int(np.flatnonzero(tokens)[0])
+
+    def same_mask(self, other: Step) -> bool:
+        a, b = self.allowed, other.allowed
+        if a.eos != b.eos or (a.tokens is None) != (b.tokens is None):
+            return False
+        return a.tokens is None or b.tokens is None or bool(np.array_equal(a.tokens, b.tokens))
+
+    def logit_bias(self, vocab: Vocabulary) -> dict[str, int] | None:
+        tokens, eos = self.allowed.tokens, vocab.eos
+        if tokens is None:
+            return None if self.allowed.eos or eos is None else {str(eos): BAN}
+        allowed = tokens.copy()
+        if eos is not None:
+            allowed[eos] = self.allowed.eos
+        count = int(allowed.sum())
+        if count < vocab.size - count:
+            return {str(i): ONLY for i in np.flatnonzero(allowed)}
+        return {str(i): BAN for i in np.flatnonzero(~allowed)}
+
+    def row(self, width: int, eos: int | None) -> np.ndarray:
+        """The tokens the engine lets through (``width`` of them), as the client's requests
+        would: EOS alone where the variable is done, the forced token alone, else the mask
+        with EOS where the variable may end."""
+        row = np.zeros(width, dtype=bool)
+        forced = None if self.done else self.forced()
+        if self.done:
+            if eos is not None:
+                row[eos] = True
+        elif forced is not None:
+            row[forced] = True
+        else:
+            tokens = self.allowed.tokens
+            if tokens is None:
+                row[:] = True
+            else:
+                row[:min(width, len(tokens))] = tokens[:width]
+            if eos is not None:
+                row[eos] = self.allowed.eos
+        return row

@@ -1,0 +1,191 @@
+"""The constraint tree's structure: ``Rule`` (what every kind answers, and the same for a whole
+tree), ``Truth``, ``Holds``, and the junctions ``And``/``Or``. The kinds with arguments are in
+``kinds.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from lmql_core.constraints.mask import ANY, Allowed, ConstraintError, Value
+from lmql_core.constraints.step import Step
+from lmql_core.constraints.vocabulary import Vocabulary
+
+
+class Rule:
+    """One evaluated constraint (a kind); the base constrains nothing."""
+
+    kind: ClassVar[str]
+
+    def nodes(self) -> Iterator[Rule]:
+        yield self
+
+    def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
+        return ANY
+
+    def holds(self, text: str, vocab: Vocabulary) -> bool:
+        return True
+
+    def step(self, value: Value, vocab: Vocabulary) -> Step:
+        """Where the variable stands with ``value``: its mask, and whether a stopping phrase ended it."""
+        return Step(self.mask(value, vocab), bool(value.ids) and self.reached(value))
+
+    def bound(self, values: dict[int, str], vocab: Vocabulary) -> Rule:
+        """This tree once the template's earlier holes have their values (``Holds``)."""
+        return self
+
+    # what one kind does beyond its mask (each kind overrides its own): end the variable, cut its
+    # text, bound the tokens of one request, make its value
+    def ends(self, value: Value) -> bool:
+        return False
+
+    def cut(self, value: Value) -> str | None:
+        return None
+
+    def budget(self, generated: int) -> int | None:
+        return None
+
+    def value_of(self, text: str) -> tuple[str, Any] | None:
+        return None
+
+    # the same for the whole tree
+    def reached(self, value: Value) -> bool:
+        """Whether a stopping phrase of the tree ends the variable with ``value``."""
+        return any(n.ends(value) for n in self.nodes())
+
+    def trim(self, value: Value) -> str | None:
+        """The value cut by the tree's stopping phrases (the shortest cut), None: no cut."""
+        cuts = [t for n in self.nodes() if (t := n.cut(value)) is not None]
+        return min(cuts, key=len) if cuts else None
+
+    def token_budget(self, generated: int, chunk: int) -> int:
+        """How many tokens one request may ask for after ``generated`` ones."""
+        return min([chunk] + [b for n in self.nodes() if (b := n.budget(generated)) is not None])
+
+    def postprocess(self, text: str) -> tuple[str, Any]:
+        """The text a finished value puts in the prompt, and its value."""
+        for node in self.nodes():
+            made = node.value_of(text)
+            if made is not None:
+                return made
+        return text, text
+
+    def fields(self) -> dict[str, Any]:
+        """The JSON fields beside ``kind`` (``serial.to_json``)."""
+        return {}
+
+    def conjuncts(self) -> list[Rule] | None:
+        """The rules ``and``-ed together at the top of the tree; None where an ``or`` joins them."""
+        return [self]
+
+    def grammar(self, vocab: Vocabulary) -> tuple[str, str] | None:
+        """The GENERATE field (``regex`` or ``grammar``) and value that masks as this kind alone
+        does, or None."""
+        return None
+
+    def server_grammar(self, vocab: Vocabulary) -> tuple[str, str] | None:
+        """The grammar of the tree where one kind alone constrains it (the others true), or None."""
+        parts = self.conjuncts()
+        if parts is None:
+            return None
+        constraining = [p for p in parts if p != Truth(True)]
+        return constraining[0].grammar(vocab) if len(constraining) == 1 else None
+
+
+@dataclass
+class Truth(Rule):
+    """A condition that no longer depends on the variable: true constrains nothing, false allows nothing."""
+
+    value: bool
+    kind: ClassVar[str] = "truth"
+
+    def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
+        return ANY if self.value else Allowed(vocab.none(), False)
+
+    def fields(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+
+@dataclass
+class Holds(Rule):
+    """A constraint on an earlier hole of the same template (``hole``: its index), which the
+    server decides once that hole has its value: true or false as ``Truth``."""
+
+    hole: int
+    rule: Rule
+    kind: ClassVar[str] = "holds"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hole, bool) or not isinstance(self.hole, int) or self.hole < 0:
+            raise ConstraintError(f"'hole' is the index of an earlier hole, not {self.hole!r}")
+
+    def nodes(self) -> Iterator[Rule]:
+        yield self  # not the rule inside: it constrains another variable
+
+    def bound(self, values: dict[int, str], vocab: Vocabulary) -> Rule:
+        if self.hole not in values:
+            raise ConstraintError(f"a constraint refers to hole {self.hole}, which has no value yet")
+        return Truth(self.rule.holds(values[self.hole], vocab))
+
+    def fields(self) -> dict[str, Any]:
+        from lmql_core.constraints.serial import to_json
+
+        return {"hole": self.hole, "rule": to_json(self.rule)}
+
+
+@dataclass
+class Junction(Rule):
+    children: list[Rule]
+
+    def bound(self, values: dict[int, str], vocab: Vocabulary) -> Rule:
+        return type(self)([child.bound(values, vocab) for child in self.children])
+
+    def nodes(self) -> Iterator[Rule]:
+        yield self
+        for child in self.children:
+            yield from child.nodes()
+
+    def fields(self) -> dict[str, Any]:
+        from lmql_core.constraints.serial import to_json
+
+        return {"children": [to_json(c) for c in self.children]}
+
+
+@dataclass
+class And(Junction):
+    kind: ClassVar[str] = "and"
+
+    def conjuncts(self) -> list[Rule] | None:
+        parts: list[Rule] = []
+        for child in self.children:
+            found = child.conjuncts()
+            if found is None:
+                return None
+            parts.extend(found)
+        return parts
+
+    def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
+        result = ANY
+        for child in self.children:
+            result = result & child.mask(value, vocab)
+        return result
+
+
+@dataclass
+class Or(Junction):
+    kind: ClassVar[str] = "or"
+
+    def conjuncts(self) -> list[Rule] | None:
+        return None
+
+    def __post_init__(self) -> None:
+        if not self.children:
+            raise ConstraintError("'or' needs at least one constraint")
+
+    def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
+        results = [child.mask(value, vocab) for child in self.children]
+        combined = results[0]
+        for result in results[1:]:
+            combined = combined | result
+        return combined

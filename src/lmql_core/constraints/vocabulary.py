@@ -1,0 +1,101 @@
+"""A tokenizer's vocabulary as constraints need it: each token's text, and masks over all tokens."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from functools import cached_property
+from typing import Protocol
+
+import numpy as np
+
+from lmql_core.constraints.mask import Value
+
+
+class Tokenizer(Protocol):
+    """What a vocabulary reads of a tokenizer (``loading.tokenizer``'s tokenizers are ones)."""
+
+    vocab_size: int
+    eos_token_id: int | None
+    bos_token_id: int | None
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+# by id of the tokenizer (which the entry keeps alive, so an id is never reused while cached);
+# the least recently used go first, so programs over many models do not keep every tokenizer
+CACHED_VOCABULARIES = 8
+_cache: OrderedDict[int, Vocabulary] = OrderedDict()
+
+
+class Vocabulary:
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.size = int(tokenizer.vocab_size)
+        self.eos = tokenizer.eos_token_id
+        self.bos = tokenizer.bos_token_id
+        self._masks: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> Vocabulary:
+        cached = _cache.get(id(tokenizer))
+        if cached is None:
+            cached = _cache[id(tokenizer)] = cls(tokenizer)
+            while len(_cache) > CACHED_VOCABULARIES:
+                _cache.popitem(last=False)
+        _cache.move_to_end(id(tokenizer))
+        return cached
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """Each token's text on its own (special tokens included, as the tokenizer writes them)."""
+        return [self.tokenizer.decode([i]) for i in range(self.size)]
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.texts], dtype=np.int64)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if ids else ""
+
+    def value(self, ids: list[int]) -> Value:
+        """A variable's tokens so far as its constraints read them."""
+        text = self.decode(ids)
+        return Value(ids, text, text[len(self.decode(ids[:-1])):] if ids else "")
+
+    def none(self) -> np.ndarray:
+        return np.zeros(self.size, dtype=bool)
+
+    def matching(self, pattern: str) -> np.ndarray:
+        """Tokens whose text matches ``pattern`` from its start (``re.match``), EOS never."""
+        if pattern not in self._masks:
+            compiled = re.compile(pattern)
+            mask = np.array([compiled.match(t) is not None for t in self.texts], dtype=bool)
+            if self.eos is not None:
+                mask[self.eos] = False
+            self._masks[pattern] = mask
+        return self._masks[pattern]
+
+    def containing(self, text: str) -> np.ndarray:
+        """Tokens whose text holds ``text`` (EOS never)."""
+        key = "contains:" + text
+        if key not in self._masks:
+            mask = np.array([text in t for t in self.texts], dtype=bool)
+            if self.eos is not None:
+                mask[self.eos] = False
+            self._masks[key] = mask
+        return self._masks[key]
+
+    def first_tokens(self, texts: list[str]) -> np.ndarray:
+        """The first token of each text's own tokenization."""
+        mask = self.none()
+        for text in texts:
+            ids = self.encode(text)
+            if ids:
+                mask[ids[0]] = True
+        return mask

@@ -1,0 +1,53 @@
+"""A constraint tree of LMQL's kinds (``lmql_core.constraints``) followed by one sequence.
+
+Beside the llguidance grammars (``constraints.Constraint``): the mask of each step is the one the
+query runtime would send (``Step.row``: LMQL's token-level rules), computed with the kinds' numpy
+masks on ``MaskFiller``'s thread while the forward pass runs. A step where the variable is done
+(a stopping phrase reached, nothing left to allow) allows EOS alone, so the sequence ends there;
+a single allowed token is the only one the step can choose (as LMQL takes it without sampling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lmql_core.constraints.kinds import Rule
+from lmql_core.constraints.vocabulary import Vocabulary
+from lmql_core.engine.sequence import Sequence, TokenEvent
+
+
+class MaskConstraint:
+    """``rule`` (one variable's constraints) over ``vocab``; rows of ``mask_words`` int32 words."""
+
+    follows_tokens = False  # its state is the sequence's tokens: nothing to hand each one to
+
+    def __init__(self, rule: Rule, vocab: Vocabulary, mask_words: int) -> None:
+        self.rule = rule
+        self.vocab = vocab
+        self.mask_words = mask_words
+
+    def fill(self, generated: list[int], row: np.ndarray) -> None:
+        """The mask after ``generated`` into ``row`` (``mask_words`` int32 words, bit i: token i)."""
+        step = self.rule.step(self.vocab.value(generated), self.vocab)
+        allowed = step.row(self.mask_words * 32, self.vocab.eos)
+        row[:] = np.packbits(allowed, bitorder="little").view(np.int32)
+
+    def events_after(self, seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
+                     taken: bool) -> tuple[list[TokenEvent], bool]:
+        """The events of a token sampled under this mask (the sequence ends by EOS or its length)."""
+        return [TokenEvent(seq.stream_id, token, logprob, None, top)], False
+
+    def failure(self) -> str:
+        return "constraint error: no token is allowed here"
+
+
+def mask_words(vocab_size: int, vocab: Vocabulary) -> int:
+    """Words of a mask row for a model of ``vocab_size`` logits and a tokenizer's ``vocab``."""
+    return (max(vocab_size, vocab.size) + 31) // 32
+
+
+def is_mask_constraint(constraint: Any) -> bool:
+    return isinstance(constraint, MaskConstraint)

@@ -1,0 +1,140 @@
+"""Running a template GENERATE (``lmtp/template.py``): its holes one after another, each an engine
+sequence under its constraints (``engine.mask_constraint``), in one stream.
+
+Each hole's prompt is built as the query runtime builds it (LMQL 0.7's rule, ``query/runtime.py``):
+the first hole's is the request's ``prompt``; the next one's is the previous prompt, then the
+previous value's prompt text and the text after it, tokenized separately (or the previous prompt
+and the generated tokens, where neither changed anything). A value's prompt text is its text cut
+by its stopping phrases and postprocessed by its kinds (INT: the number). Entries carry
+``"hole": i``; the last one of each hole carries ``"hole_finish"`` (``stop`` or ``length``), the
+template's very last one ``finish_reason`` instead. A hole with no room left (its ``max_length``
+reached before it) gets one entry without a token. A hole whose value cannot be postprocessed
+(INT without a digit) ends the template there: the client meets the same error replaying it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from lmql_core.constraints.kinds import NoDigits, Rule
+from lmql_core.constraints.vocabulary import Vocabulary
+from lmql_core.engine.mask_constraint import MaskConstraint, mask_words
+from lmql_core.engine.sequence import SamplingParams, Sequence, TokenEvent
+from lmql_core.errors import LMQLError, shown
+from lmql_core.lmtp import wire
+from lmql_core.lmtp.template import Hole, Template
+from lmql_core.loading.model_host import LoadedModel
+
+log = logging.getLogger(__name__)
+Send = Callable[[str, Any], None]  # the session's: a frame to the client
+Register = Callable[[Sequence], None]  # the session's: start the hole's sequence, as the stream's
+CheckContext = Callable[[LoadedModel, int], None]  # the session's: a prompt past the context is an error
+
+
+class TemplateRun:
+    """One template stream. ``register(seq)``: the session learns the hole running now (so CANCEL
+    and closing the connection stop it)."""
+
+    def __init__(self, stream_id: Any, model: LoadedModel, prompt: list[int], template: Template,
+                 send: Send, register: Register, check_context: CheckContext, reasons: wire.Reasons) -> None:
+        self.stream_id, self.model, self.template = stream_id, model, template
+        self.prompt = prompt
+        self.send, self.register, self.check_context, self.reasons = send, register, check_context, reasons
+        self.eos = model.backend.eos_token_id
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except LMQLError as e:
+            self.send("TOKEN", [{"stream_id": self.stream_id, "error": str(e)}])
+        except Exception as e:  # never leave the client waiting for an end that will not come
+            log.exception("template failed")
+            self.send("TOKEN", [{"stream_id": self.stream_id,
+                                 "error": f"internal error: {type(e).__name__}: {shown(e, 200)}"}])
+
+    async def _run(self) -> None:
+        assert self.model.tokenizer is not None, "the extension is advertised with a tokenizer only"
+        vocab = Vocabulary.of(self.model.tokenizer)
+        await asyncio.to_thread(lambda: vocab.texts)  # every token's text, once per tokenizer
+        values: dict[int, str] = {}
+        prompt, holes = self.prompt, self.template.holes
+        for index, hole in enumerate(holes):
+            rule = hole.rule.bound(values, vocab) if hole.rule is not None else None
+            budget = hole.max_length - len(prompt)
+            ids: list[int]
+            last: dict[str, Any]
+            if budget <= 0:
+                ids, last = [], {"stream_id": self.stream_id}
+            else:
+                self.check_context(self.model, len(prompt))
+                ended = await self._generate(index, hole, rule, prompt, budget, vocab)
+                if ended is None:
+                    return
+                ids, last = ended
+            prompt_text = _prompt_text(rule, vocab, ids)
+            final = prompt_text is None or index == len(holes) - 1
+            last["hole"] = index
+            reason = last.pop("finish_reason", None) or wire.LENGTH
+            last["finish_reason" if final else "hole_finish"] = reason
+            self.send("TOKEN", [last])
+            if final or prompt_text is None:
+                return
+            values[index] = prompt_text
+            following = self.template.texts[index]
+            if following == "" and prompt_text == vocab.decode(ids):
+                prompt = prompt + ids
+            else:
+                prompt = prompt + vocab.encode(prompt_text) + vocab.encode(following)
+
+    async def _generate(self, index: int, hole: Hole, rule: Rule | None, prompt: list[int], budget: int,
+                        vocab: Vocabulary) -> tuple[list[int], dict[str, Any]] | None:
+        """The hole's tokens (without EOS) and its last entry, not sent yet; None: an error ended it."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[list[TokenEvent]] = asyncio.Queue()
+        params = SamplingParams(**{**hole.sampling, "max_tokens": budget})
+        if rule is not None:
+            params.constraint = MaskConstraint(rule, vocab, mask_words(self.model.backend.vocab_size, vocab))
+        def sink(events: list[TokenEvent]) -> None:  # on the engine thread
+            loop.call_soon_threadsafe(queue.put_nowait, events)
+
+        seq = Sequence(self.stream_id, list(prompt), params, sink)
+        self.register(seq)
+        ended = False
+        try:
+            ids: list[int] = []
+            while not ended:
+                entries: list[dict[str, Any]] = []
+                for event in await queue.get():
+                    entry = wire.token_entry(event, self.reasons)
+                    ended = event.error is not None or event.finish_reason is not None
+                    if event.error is not None:
+                        self.send("TOKEN", entries + [entry])
+                        return None
+                    if event.token != self.eos:
+                        ids.append(event.token)
+                    if ended:
+                        break
+                    entry["hole"] = index
+                    del entry["finish_reason"]
+                    entries.append(entry)
+                if entries:
+                    self.send("TOKEN", entries)
+            return ids, entry
+        finally:
+            if not ended:  # cancelled: CANCEL, or the connection went away
+                self.model.engine.cancel([seq])
+
+
+def _prompt_text(rule: Rule | None, vocab: Vocabulary, ids: list[int]) -> str | None:
+    """What the value puts in the prompt (None: INT without a digit, which ends the template)."""
+    value = vocab.value(ids)
+    if rule is None:
+        return value.text
+    cut = rule.trim(value)
+    try:
+        return rule.postprocess(value.text if cut is None else cut)[0]
+    except NoDigits:
+        return None

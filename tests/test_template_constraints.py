@@ -1,0 +1,248 @@
+"""Constrained LMQL prompt statements run on the server as one template GENERATE (issue 31):
+lmql-tiny served by a real `lmql serve-model`, over real sockets.
+
+The reference is the client path (``LMQL_SERVER_CONSTRAINTS=off``: a mask per step sent as
+``logit_bias``, LMQL 0.7.3's way, which tests/compat checks against LMQL 0.7.3 itself): every
+constraint kind gives the same greedy values, prompt and prompt tokens, in one request. Raw
+template requests check the wire: each hole's entries are tagged, and bad templates end their
+own stream with a clear error while the server and the connection live on."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+
+import lmql
+from tests.conftest import RawClient, Server, server_metric
+
+pytestmark = pytest.mark.hf
+MODEL = "lmql-tiny"
+
+PROGRAMS = {
+    "int": ('"Q: How old is the tower?\\nA: [N] years"', "INT(N)"),
+    "stops_at": ('"A list of fruits:\\n-[X]\\n-[Y]"', 'STOPS_AT(X, "\\n") and STOPS_AT(Y, "\\n") '
+                                                      'and len(TOKENS(X)) < 12 and len(TOKENS(Y)) < 12'),
+    "stops_before": ('"Say something: [X] more"', 'STOPS_BEFORE(X, " ") and len(TOKENS(X)) < 10'),
+    "len_chars": ('"Describe the sea: [X]"', "len(X) < 14"),
+    "len_tokens": ('"Once upon a time[X]"', "len(TOKENS(X)) < 6"),
+    "regex": ('"The date is [D]"', r'REGEX(D, r"[0-9]{2}/[0-9]{2}/[0-9]{4}")'),
+    "in": ('"The best animal is the [A]."', 'A in ["cat", "dog", "catfish", "horse"]'),
+    "equals": ('"Say yes: [A]"', 'A == "yes"'),
+    "and_or": ('"Pick: [A]"', '(A in ["red", "green"] or len(TOKENS(A)) < 3) and not "x" in A'),
+    "four_variables": ('"Name:[NAME]\\nAge:[AGE]\\nColor:[COLOR]\\nMotto:[MOTTO]"',
+                       'STOPS_AT(NAME, "\\n") and len(TOKENS(NAME)) < 6 and INT(AGE) and '
+                       'COLOR in [" red", " blue", " green"] and len(MOTTO) < 20 and '
+                       'STOPS_AT(MOTTO, ".") and len(TOKENS(AGE)) < 4'),
+    "typed_regex_and_int": ('"The code is [C: r\'[A-Z][0-9]{3}\'] and the count [N: int]"', "len(TOKENS(C)) < 10"),
+    "later_hole_sees_earlier": ('"First:[A] Second:[B]"',
+                                'len(TOKENS(A)) < 4 and (len(A) > 100 or B in [" x", " y"]) '
+                                'and len(TOKENS(B)) < 4'),
+}
+
+
+def program(prompt: str, where: str) -> str:
+    return f"argmax\n    {prompt}\nwhere\n    {where}\n"
+
+
+def run(source: str, model: Any) -> tuple[dict[str, Any], str, int]:
+    before = model.requests
+    result = lmql.run_sync(source, model=model)
+    return result.variables, result.prompt, model.requests - before
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_each_kind_on_the_server_equals_the_client_path(tiny_server: Server, name: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+    source = program(*PROGRAMS[name])
+    values, prompt, requests = run(source, model)
+    monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+    client_values, client_prompt, _ = run(source, model)
+    assert (values, prompt) == (client_values, client_prompt)
+    assert requests == 1, f"the server path took {requests} requests"
+
+
+def test_python_conditions_keep_the_client_path(tiny_server: Server) -> None:
+    model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+    source = program('"Count:[X]"', "len(X) < 12 and limit > 2")  # a mask per character count
+    before = model.requests
+    lmql.run_sync(source, model=model, limit=5)
+    assert model.requests - before > 1  # a request per mask change, as LMQL 0.7.3
+
+
+def test_a_template_over_the_socket_tags_each_hole(tiny_server: Server) -> None:
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.serial import to_json
+
+    holes = [{"name": "A", "constraints": to_json(kinds.Count("<", 3)), "max_length": 100},
+             {"name": "B", "constraints": to_json(kinds.And([kinds.IsInt(), kinds.Count("<", 4)])),
+              "max_length": 100}]
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": 1, "prompt": [1, 200, 300],
+                                           "template": {"holes": holes, "texts": [" and "]}})
+            return await client.stream(1)
+
+    entries = asyncio.run(scenario())
+    assert [e["hole"] for e in entries] == sorted(e["hole"] for e in entries)
+    first = [e for e in entries if e["hole"] == 0]
+    assert len([e for e in first if e["token"] != 2]) == 2  # len(TOKENS(A)) < 3 ends it at 2 tokens
+    assert first[-1]["hole_finish"] in ("stop", "length") and "finish_reason" not in first[-1]
+    assert entries[-1]["hole"] == 1 and entries[-1]["finish_reason"] in ("stop", "length")
+
+
+def hole(**fields: Any) -> dict[str, Any]:
+    return {"name": "X", "constraints": None, "max_length": 50, **fields}
+
+
+BAD = [
+    ({"template": {"holes": "x", "texts": []}}, "'template.holes' must be a list"),
+    ({"template": {"holes": [hole()], "texts": ["a"]}}, "'template.texts' must be a list of 0 strings"),
+    ({"template": {"holes": [hole()]}}, "'template' must be an object with 'holes' and 'texts'"),
+    ({"template": {"holes": [hole(constraints={"kind": "grammar"})], "texts": []}},
+     "template hole 0: unknown constraint kind 'grammar'"),
+    ({"template": {"holes": [hole(constraints={"kind": "int", "x": 1})], "texts": []}},
+     "'int' constraint: unknown key(s) x"),
+    ({"template": {"holes": [hole(colour=1)], "texts": []}}, "template hole 0: unknown key(s) colour"),
+    ({"template": {"holes": [hole(max_length=0)], "texts": []}}, "'max_length' must be an integer"),
+    ({"template": {"holes": [hole(temperature=-1)], "texts": []}}, "'temperature' must not be negative"),
+    ({"template": {"holes": [hole(constraints={"kind": "holds", "hole": 0, "rule": {"kind": "int"}})],
+                   "texts": []}}, "refers to hole 0, which is not an earlier hole"),
+    ({"template": {"holes": [hole()], "texts": []}, "regex": "a"}, "a template GENERATE takes no regex"),
+    ({"template": {"holes": [hole(constraints={"kind": "regex", "pattern": "(["})], "texts": []}},
+     "invalid regular expression"),
+    # the second hole's prompt is past lmql-tiny's 512 positions: that hole's error, after the first
+    ({"template": {"holes": [hole(max_length=5000), hole(max_length=5000)], "texts": [" word" * 600]}},
+     "this model's context holds 512"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD)
+def test_bad_templates_end_their_stream_with_an_error(tiny_server: Server, fields: dict[str, Any],
+                                                      message: str) -> None:
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "bad", "prompt": [1, 200], **fields})
+            bad = await client.stream("bad")
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "ok", "prompt": [1, 200],
+                                           "max_tokens": 3})
+            return bad, await client.stream("ok")
+
+    bad, ok = asyncio.run(scenario())
+    assert "error" in bad[-1] and message in bad[-1]["error"], bad[-1]
+    assert len(ok) == 3 and "error" not in ok[-1]  # the connection and the server live on
+
+
+def test_cancelling_a_template_stops_its_hole(tiny_server: Server) -> None:
+    def cancelled() -> float:
+        return server_metric(tiny_server, "lmql_sequences_cancelled", MODEL)
+
+    before = cancelled()
+
+    async def scenario() -> None:
+        async with RawClient(tiny_server.endpoint) as client:
+            holes = [hole(max_length=400), hole(max_length=400)]
+            await client.send("GENERATE", {"model": MODEL, "stream_id": 5, "prompt": [1, 200],
+                                           "template": {"holes": holes, "texts": [" then"]}})
+            await client.frame()
+            await client.send("CANCEL", {"stream_id": 5})
+            await asyncio.sleep(1.0)
+
+    asyncio.run(scenario())
+    assert cancelled() - before == 1
+
+
+ERRORS = {
+    # no room for N (max_len reached by the prompt): INT ends without a digit, as LMQL's int() raises
+    "int_without_room": ('argmax(max_len=6)\n    "Q: How old is the tower, in years?\\nA: [N]"\nwhere\n    INT(N)\n',
+                         "INT(N) ended without a digit"),
+    # the second hole's prompt is past lmql-tiny's 512 positions: the server's stream ends there, the
+    # first hole is replayed, the second generated on the client, which meets the same error
+    "context_full": ('argmax\n    "A:[A]' + " word" * 600 + '[B]"\nwhere\n    len(TOKENS(A)) < 3 and '
+                     'len(TOKENS(B)) < 3\n', "this model's context holds 512"),
+}
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_errors_come_at_the_same_hole_on_both_paths(tiny_server: Server, name: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+    source, message = ERRORS[name]
+    before = model.requests
+    with pytest.raises(Exception, match=re.escape(message)) as on_server:
+        lmql.run_sync(source, model=model)
+    templates = model.requests - before
+    monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+    before = model.requests
+    with pytest.raises(Exception, match=re.escape(message)) as on_client:
+        lmql.run_sync(source, model=model)
+    assert type(on_server.value) is type(on_client.value)
+    assert templates == max(1, model.requests - before)  # the template, then the client's failing request
+
+
+def test_llguidance_regex_masks_are_not_lmqls_so_a_regex_has_no_grammar() -> None:
+    """Why a REGEX goes to the server in a template (its own mask) and not as the "constraints"
+    extension's regex: after "M" in "(Monday|Tuesday|next week)", LMQL's mask (the ``regex``
+    module's partial match of the text with each token) allows "o", "on" and "ond"; llguidance
+    allows only "ond", the start of the canonical tokens of the forced "onday"."""
+    import numpy as np
+
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.vocabulary import Vocabulary
+    from lmql_core.engine.constraints import GrammarCompiler, GrammarSpec
+    from lmql_core.loading.tokenizer import JsonTokenizer
+    from lmql_hf.bundled import bundled_path
+
+    tokenizer = JsonTokenizer.from_file(bundled_path(MODEL) / "tokenizer.json")  # type: ignore[operator]
+    vocab = Vocabulary.of(tokenizer)
+    pattern = "(Monday|Tuesday|next week)"
+    m = tokenizer.encode("M", add_special_tokens=False)
+    lmql_mask = kinds.Regex(pattern).mask(vocab.value(m), vocab).tokens
+    assert lmql_mask is not None
+    matcher = GrammarCompiler(tokenizer, vocab.size, tokenizer.eos_token_id).compile(
+        GrammarSpec.of("regex", pattern)).matcher
+    assert matcher.consume_tokens(m)
+    words = np.frombuffer(bytes(matcher.compute_bitmask()), dtype=np.uint8)
+    llguidance_mask = np.unpackbits(words, bitorder="little")[:vocab.size].astype(bool)
+    assert {vocab.texts[i] for i in np.flatnonzero(lmql_mask)} >= {"o", "on", "ond"}
+    assert {vocab.texts[i] for i in np.flatnonzero(llguidance_mask)} == {"ond"}
+    assert kinds.Regex(pattern).grammar(vocab) is None
+
+
+def test_a_template_and_a_grammar_share_the_batch(tiny_server: Server) -> None:
+    """Rows of both constraint kinds in one step (MaskFiller fills llguidance's and the kinds'
+    masks into one array): each stream gets what it gets alone."""
+    import re as regex_module
+
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.serial import to_json
+
+    template = {"holes": [{"name": "A", "constraints": to_json(kinds.Count("<", 12, tokens=False)),
+                           "max_length": 60}], "texts": []}
+    pattern = "[0-9]{4}-[0-9]{2}"
+
+    async def together() -> dict[Any, list[dict[str, Any]]]:
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "t", "prompt": [1, 200, 300],
+                                           "template": template})
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "g", "prompt": [1, 200, 300],
+                                           "regex": pattern, "max_tokens": 20})
+            return await client.collect({"t", "g"})
+
+    async def alone() -> list[dict[str, Any]]:
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": "t", "prompt": [1, 200, 300],
+                                           "template": template})
+            return await client.stream("t")
+
+    both, single = asyncio.run(together()), asyncio.run(alone())
+    assert [e["token"] for e in both["t"]] == [e["token"] for e in single]
+    from lmql_core.loading.tokenizer import JsonTokenizer
+    from lmql_hf.bundled import bundled_path
+
+    tokenizer = JsonTokenizer.from_file(bundled_path(MODEL) / "tokenizer.json")  # type: ignore[operator]
+    assert regex_module.fullmatch(pattern, tokenizer.decode([e["token"] for e in both["g"]]))
