@@ -1,0 +1,114 @@
+"""The ``openai:`` transport passes constraints to the server as structured outputs: ``generate``'s
+``regex``/``grammar``/``json_schema`` and the query variables that go server-side over LMTP
+(query/server_side.py) run as one constrained completion against our server's OpenAI endpoint.
+Expected values: transformers' greedy decode under independently computed masks
+(test_constraints_engine.reference_greedy, test_constraints_query.reference_choice), ``re``,
+``json`` and ``jsonschema``. A server that does not follow them is tested in
+test_openai_structured_llamacpp.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from typing import Any
+
+import pytest
+
+import lmql
+from lmql_core.errors import LMQLError, ServerError
+from lmql_core.lmtp.client.loop import run_sync
+from tests.conftest import Server
+from tests.test_constraints_engine import DATE, reference_greedy
+from tests.test_constraints_query import DAYS, PROMPT, program, reference_choice, sequences, tokenizer
+
+pytestmark = pytest.mark.hf
+__all__ = ["tokenizer"]  # a fixture
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Zurich", "Tokyo"]},
+                                           "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+          "required": ["city", "days"], "additionalProperties": False}
+
+
+def over_openai(server: Server) -> Any:
+    return lmql.model("openai:lmql-tiny", endpoint=f"http://{server.endpoint}/v1")
+
+
+def prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_the_server_is_probed_once_and_follows_every_kind(tiny_server: Server) -> None:
+    llm = over_openai(tiny_server)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing lacking: no warning
+        info = llm.model_info_sync()["model_info"]
+    assert info["extensions"]["constraints"] == ["regex", "grammar", "json_schema"]
+    before = sequences(tiny_server)
+    assert over_openai(tiny_server).model_info_sync()["model_info"] == info  # the same client: no probe again
+    assert sequences(tiny_server) == before
+
+
+def test_generate_with_a_regex_gives_the_reference_text(tiny_server: Server, tokenizer: Any) -> None:
+    expected = reference_greedy(tokenizer, prompt_ids(tokenizer, PROMPT), DATE)
+    assert over_openai(tiny_server).generate_sync(PROMPT, max_tokens=40, regex=DATE) == expected
+
+
+def test_generate_with_a_json_schema_and_a_grammar(tiny_server: Server) -> None:
+    import jsonschema
+
+    llm = over_openai(tiny_server)
+    text = llm.generate_sync("A trip: ", max_tokens=40, json_schema=SCHEMA)
+    jsonschema.validate(json.loads(text), SCHEMA)
+    assert llm.generate_sync(PROMPT, max_tokens=10, grammar='start: " on " ("Monday" | "Friday")') in (
+        " on Monday", " on Friday")
+
+
+@pytest.mark.parametrize("pattern", [DATE, DAYS])
+def test_a_regex_variable_is_one_request_with_the_client_masks_result(tiny_server: Server, tokenizer: Any,
+                                                                     pattern: str) -> None:
+    expected = reference_greedy(tokenizer, prompt_ids(tokenizer, PROMPT), pattern)
+    llm = over_openai(tiny_server)
+    llm.model_info_sync()  # the probe, before counting
+    before = sequences(tiny_server)
+    assert lmql.run_sync(program(f'REGEX(D, r"{pattern}")'), model=llm).variables["D"] == expected
+    assert sequences(tiny_server) - before == 1
+
+
+def test_an_in_list_is_one_request_with_the_client_masks_result(tiny_server: Server, tokenizer: Any) -> None:
+    options = ["Monday", "Tuesday", "Mon", "next week", "the big room", "the bigger room"]
+    expected = reference_choice(tokenizer, prompt_ids(tokenizer, PROMPT), options)
+    llm = over_openai(tiny_server)
+    llm.model_info_sync()
+    before = sequences(tiny_server)
+    assert lmql.run_sync(program(f"D in {options!r}"), model=llm).variables["D"] == expected
+    assert sequences(tiny_server) - before == 1
+
+
+def test_a_clause_the_server_cannot_take_whole_stays_on_the_client(tiny_server: Server) -> None:
+    llm = over_openai(tiny_server)
+    llm.model_info_sync()
+    before = sequences(tiny_server)
+    value = lmql.run_sync(program(f'REGEX(D, r"{DATE}") or REGEX(D, r"[a-z]{{3}}")'), model=llm).variables["D"]
+    assert sequences(tiny_server) - before > 1  # a request per mask change
+    assert re.fullmatch(DATE, value) or re.fullmatch("[a-z]{3}", value)
+
+
+def test_a_constraint_the_server_refuses_is_the_streams_error(tiny_server: Server) -> None:
+    llm = over_openai(tiny_server)
+    with pytest.raises(ServerError, match="400.*regex"):
+        llm.generate_sync(PROMPT, max_tokens=5, regex="([0-9]")
+    with pytest.raises(ServerError, match="400.*grammar"):
+        llm.generate_sync(PROMPT, max_tokens=5, grammar="start: (")
+    assert llm.generate_sync(PROMPT, max_tokens=12, regex=DATE)  # the server lives on
+
+
+def test_two_constraints_at_once_are_refused(tiny_server: Server) -> None:
+    llm = over_openai(tiny_server)
+
+    async def both() -> list[Any]:
+        ids = await llm.encode_prompt_async(PROMPT)
+        return [e async for e in llm.token_stream(ids, 5, 0.0, None, regex=DATE, grammar='start: "x"')]
+
+    with pytest.raises(LMQLError, match="at most one of regex, grammar, json_schema"):
+        run_sync(both())
