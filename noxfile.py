@@ -121,3 +121,5 @@ def bench(session: nox.Session) -> None:
     session.install("./", "./plugins/hf")
     python = lmql_073_python(session)
     session.run("python", "benchmarks/cpu_bench.py", "--lmql-python", str(python), *session.posargs)
+    # issue 31: constrained LMQL programs, each runtime against its own server
+    session.run("python", "benchmarks/constrained_programs.py", "--lmql-python", str(python))
