@@ -112,3 +112,15 @@ def test_two_constraints_at_once_are_refused(tiny_server: Server) -> None:
 
     with pytest.raises(LMQLError, match="at most one of regex, grammar, json_schema"):
         run_sync(both())
+
+
+def test_fast_forward_off_samples_forced_text_and_a_bad_one_is_a_400(tiny_server: Server) -> None:
+    from tests.openai_fixtures import client, openai
+
+    fields = {"structured_outputs": {"regex": DATE}}
+    off = client(tiny_server).completions.create(model="lmql-tiny", prompt=PROMPT, temperature=0, max_tokens=40,
+                                                 extra_body={**fields, "fast_forward": False})
+    assert re.fullmatch(DATE, off.choices[0].text)
+    with pytest.raises(openai.BadRequestError, match="'fast_forward' must be true or false"):
+        client(tiny_server).completions.create(model="lmql-tiny", prompt=PROMPT, max_tokens=4,
+                                               extra_body={**fields, "fast_forward": "no"})
