@@ -112,10 +112,15 @@ def side_records(name: str, command: list[str], env: dict[str, str], python: str
     return records
 
 
+def spread(median: float, runs: list[dict[str, Any]]) -> str:
+    times = [r["ms"] for r in runs]
+    return f"{median:.1f} ({min(times):.0f}-{max(times):.0f})"
+
+
 def table(results: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[str]]:
     """The markdown rows and the mismatches against LMQL 0.7.3's values."""
-    lines = ["| program | lmql-core ms/program | requests/program (ours) | lmql 0.7.3 ms/program | ratio |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| program | lmql-core ms/program (min-max) | requests/program (ours) | "
+             "lmql 0.7.3 ms/program (min-max) | ratio of medians |", "| --- | --- | --- | --- | --- |"]
     mismatches = []
     for program in PROGRAMS:
         timed = {side: [r for r in records if r["program"] == program and r["run"] >= 0]
@@ -124,9 +129,9 @@ def table(results: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[str
         requests = sorted({r["requests"] for r in timed[OURS]})
         theirs = statistics.median(r["ms"] for r in timed[LMQL]) if LMQL in timed else None
         ratio = f"{theirs / ours:.1f}x" if theirs else "—"
-        shown_theirs = f"{theirs:.0f}" if theirs else "—"
-        lines.append(f"| {program} | {ours:.1f} | {', '.join(f'{n:g}' for n in requests)} | {shown_theirs} | "
-                     f"{ratio} |")
+        shown_theirs = spread(theirs, timed[LMQL]) if theirs else "—"
+        lines.append(f"| {program} | {spread(ours, timed[OURS])} | {', '.join(f'{n:g}' for n in requests)} | "
+                     f"{shown_theirs} | {ratio} |")
         if LMQL in timed:
             for mine, reference in zip(timed[OURS], timed[LMQL], strict=True):
                 if mine["values"] != reference["values"]:
