@@ -8,9 +8,12 @@ test_openai_structured_llamacpp.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +21,8 @@ import pytest
 import lmql
 from lmql_core.errors import LMQLError, ServerError
 from lmql_core.lmtp.client.loop import run_sync
-from tests.conftest import Server
+from lmql_core.openai_compat.client_features import ServerFeatureWarning
+from tests.conftest import Server, free_port
 from tests.test_constraints_engine import DATE, reference_greedy
 from tests.test_constraints_query import DAYS, PROMPT, program, reference_choice, sequences, tokenizer
 
@@ -124,3 +128,77 @@ def test_fast_forward_off_samples_forced_text_and_a_bad_one_is_a_400(tiny_server
     with pytest.raises(openai.BadRequestError, match="'fast_forward' must be true or false"):
         client(tiny_server).completions.create(model="lmql-tiny", prompt=PROMPT, max_tokens=4,
                                                extra_body={**fields, "fast_forward": "no"})
+
+
+class ResponseFormatOnly:
+    """A relay on loopback to our server's OpenAI endpoint that drops vLLM's fields
+    (``structured_outputs``, ``guided_*``), as an OpenAI-style server ignoring unknown fields
+    would: only ``response_format`` (JSON schema) constrains through it."""
+
+    DROPPED = ("structured_outputs", "guided_regex", "guided_grammar", "guided_json", "guided_choice")
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = f"http://{upstream}"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._runner = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    async def _start(self) -> Any:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._relay)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        return runner
+
+    async def _relay(self, request: Any) -> Any:
+        import aiohttp
+        from aiohttp import web
+
+        body = await request.json() if request.method == "POST" else None
+        if isinstance(body, dict):
+            body = {k: v for k, v in body.items() if k not in self.DROPPED}
+        async with aiohttp.ClientSession() as session, \
+                session.request(request.method, self.upstream + request.path, json=body) as answer:
+            relayed = web.StreamResponse(status=answer.status,
+                                         headers={"Content-Type": answer.headers["Content-Type"]})
+            await relayed.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await relayed.write(chunk)
+            await relayed.write_eof()
+            return relayed
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.fixture(scope="module")
+def response_format_only(tiny_server: Server) -> Iterator[ResponseFormatOnly]:
+    relay = ResponseFormatOnly(tiny_server.endpoint)
+    yield relay
+    relay.close()
+
+
+def test_a_server_with_response_format_only_gets_json_schemas_that_way(
+        response_format_only: ResponseFormatOnly, tiny_server: Server, tokenizer: Any) -> None:
+    import jsonschema
+
+    llm = lmql.model("openai:lmql-tiny", endpoint=response_format_only.base_url)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert llm.model_info_sync()["model_info"]["extensions"]["constraints"] == ["json_schema"]
+        text = llm.generate_sync("A trip: ", max_tokens=40, json_schema=SCHEMA)
+        with pytest.raises(LMQLError, match="does not follow regex constraints"):
+            llm.generate_sync(PROMPT, max_tokens=12, regex=DATE)
+    said = [str(w.message) for w in caught if issubclass(w.category, ServerFeatureWarning)]
+    assert len(said) == 1 and "does not follow regex, grammar constraints" in said[0]
+    jsonschema.validate(json.loads(text), SCHEMA)
+    assert text == over_openai(tiny_server).generate_sync("A trip: ", max_tokens=40, json_schema=SCHEMA)
+    # a REGEX variable: client masks through the relay, the reference's value
+    expected = reference_greedy(tokenizer, prompt_ids(tokenizer, PROMPT), DATE)
+    assert lmql.run_sync(program(f'REGEX(D, r"{DATE}")'), model=llm).variables["D"] == expected
