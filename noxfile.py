@@ -124,3 +124,5 @@ def bench(session: nox.Session) -> None:
     python = lmql_073_python(session)
     session.run("python", "benchmarks/cpu_bench.py", "--lmql-python", str(python), *session.posargs)
     session.run("python", "benchmarks/scheduler_cost.py")
+    # issue 31: constrained LMQL programs, each runtime against its own server
+    session.run("python", "benchmarks/constrained_programs.py", "--lmql-python", str(python))

@@ -284,7 +284,8 @@ class LLM:
         missing = [k for k in asked if not await self.follows(k)]
         if missing:
             raise LMQLError(f"{self.model_identifier} does not follow {', '.join(missing)} constraints "
-                            "(its server does not advertise them in MODEL_INFO's extensions)")
+                            "(its server does not say it does: LMTP's MODEL_INFO extensions, or, on an "
+                            "OpenAI-compatible server, structured outputs that the probe found obeyed)")
 
     def stream_sync(self, prompt: str, **options: Any) -> Iterator[str]:
         """Text deltas of one continuation, as they arrive. Leaving the loop early ends the

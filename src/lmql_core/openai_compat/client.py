@@ -27,6 +27,7 @@ from lmql_core.loading.tokenizer import Tokenizer
 from lmql_core.openai_compat.client_features import Features, HTTPStatusError, ServerFeatureWarning, probe
 from lmql_core.openai_compat.client_http import OpenAIHTTP
 from lmql_core.openai_compat.client_steps import chosen_tokens
+from lmql_core.openai_compat.client_structured import StructuredOutputs, probe_structured
 from lmql_core.openai_compat.client_tokens import TokenTexts
 
 DEFAULT_ENDPOINT = "http://localhost:8080/v1"
@@ -87,6 +88,8 @@ class OpenAIClient(LMTPClient):
         self._tokenizers: dict[str, Callable[[], Awaitable[Tokenizer]]] = {}
         self._served: dict[str, ServedModel] = {}
         self._probing: dict[str, asyncio.Lock] = {}
+        self._structured_outputs: dict[str, StructuredOutputs] = {}
+        self._probing_structured: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def shared(cls, endpoint: str | None = None, api_key: str | None = None, **_: Any) -> OpenAIClient:
@@ -142,8 +145,9 @@ class OpenAIClient(LMTPClient):
         if name not in models:
             served = ", ".join(map(repr, models)) or "nothing"
             raise LMQLError(f"the server at {self.base_url} serves {served}, not {name!r}")
+        constraints = (await self._structured(name)).follows()
         info = {"model": name, "max_context": models[name].get("max_model_len"),
-                "extensions": {"tokenizer": None, "text": False, "cancel": True}}
+                "extensions": {"tokenizer": None, "text": False, "cancel": True, "constraints": constraints}}
         self._dispatch("MSG", [{"stream_id": stream_id, "model": name, "model_info": info}])
 
     async def _served_models(self) -> dict[str, dict[str, Any]]:
@@ -167,8 +171,17 @@ class OpenAIClient(LMTPClient):
                     self._served[name] = ServedModel(name, features, texts)
         return self._served[name]
 
+    async def _structured(self, name: str) -> StructuredOutputs:
+        """Which constraints the server follows, and how (probed once per model, on first need:
+        MODEL_INFO or a constrained GENERATE; without the tokenizer, which MODEL_INFO comes before)."""
+        async with self._probing_structured.setdefault(name, asyncio.Lock()):
+            if name not in self._structured_outputs:
+                found = await probe_structured(self.http.post, self.base_url, name)
+                self._structured_outputs[name] = found
+        return self._structured_outputs[name]
+
     async def _room(self, model: str, prompt_length: int) -> int:
-        """Without max_tokens (LMTP: until EOS), as many as the context leaves."""
+        """As many tokens as the context leaves (LMTP's limit without max_tokens: until EOS)."""
         context = (await self._served_models()).get(model, {}).get("max_model_len")
         return max(1, int(context) - prompt_length) if context else wire.Limits().max_tokens
 
@@ -176,6 +189,8 @@ class OpenAIClient(LMTPClient):
 
     async def _generate(self, stream_id: Any, payload: dict[str, Any]) -> None:
         served = await self._model(payload["model"])
+        if wire.constraint(payload) is not None:
+            (await self._structured(served.name)).body_fields(payload)  # an error where the server cannot
         bias = payload.get("logit_bias")
         request = payload
         if bias:
@@ -213,7 +228,8 @@ class OpenAIClient(LMTPClient):
         """One streamed completion; where the server ends it early for another request, the rest
         is asked for again (after the tokens received), one request at a time from then on."""
         prompt = payload["prompt"]
-        limit = payload.get("max_tokens") or await self._room(payload["model"], len(prompt))
+        room = await self._room(payload["model"], len(prompt))
+        limit = min(payload.get("max_tokens") or room, room)  # LMTP stops at the context's end
         received: list[int] = []
         held: dict[str, Any] | None = None  # the last token, sent once we know whether it ends the stream
         text = ""
@@ -234,8 +250,8 @@ class OpenAIClient(LMTPClient):
                             received.append(entry["token"])
                         if choice.get("finish_reason") is not None:
                             return self._finish(stream_id, served, held, text, choice["finish_reason"])
-            if not served.features.logprobs:  # no token ids to go on from
-                break
+            if not served.features.logprobs or wire.constraint(payload) is not None:
+                break  # no token ids to go on from, or a constraint that would start over
             served.serialize(self.base_url)
         raise ConnectionLost("the server's stream ended without a finish_reason")
 
@@ -248,6 +264,8 @@ class OpenAIClient(LMTPClient):
             body["return_tokens_as_token_ids"] = True
         if payload.get("logit_bias"):
             body["logit_bias"] = payload["logit_bias"]
+        if wire.constraint(payload) is not None:  # probed by then (_generate)
+            body.update(self._structured_outputs[served.name].body_fields(payload))
         if served.texts is not None and not served.features.token_ids:
             # llama.cpp's servers' defaults (top_k 40, min_p 0.05, repeat_penalty 1.1) are not LMTP's
             body.setdefault("top_k", 0)
@@ -298,6 +316,9 @@ class OpenAIClient(LMTPClient):
 
     async def _generate_here(self, stream_id: Any, served: ServedModel, payload: dict[str, Any]) -> None:
         """Tokens chosen on the client, one request each (see ``client_steps``)."""
+        if wire.constraint(payload) is not None:
+            raise LMQLError(f"the server at {self.base_url} follows constraints but cannot apply this mask "
+                            "or give this distribution with one: the two cannot be combined here")
         if served.texts is None or not served.features.echo:
             raise LMQLError(f"the server at {self.base_url} cannot apply this mask (logit_bias) and lacks "
                             "echo with logprobs, which masking on the client needs")

@@ -144,7 +144,8 @@ GUIDED_FIELDS = ("guided_regex", "guided_grammar", "guided_json", "guided_choice
 def constraint_fields(body: dict[str, Any]) -> dict[str, Any]:
     """``response_format`` (OpenAI: ``json_schema``, ``json_object``, ``text``) and vLLM's
     ``structured_outputs`` (``regex``, ``choice``, ``grammar``, ``json``) as the LMTP field the
-    session compiles (it checks the constraint itself); at most one may be given."""
+    session compiles (it checks the constraint itself); at most one may be given. ``fast_forward``
+    (an extension; default true) is LMTP's: false samples forced text token by token."""
     asked = _response_format(body.get("response_format"))
     outputs = body.get("structured_outputs")
     if outputs is not None:
@@ -157,6 +158,8 @@ def constraint_fields(body: dict[str, Any]) -> dict[str, Any]:
     if len(asked) > 1:
         raise bad_request("give one structured output (response_format or one structured_outputs field), "
                           f"not {len(asked)}", "structured_outputs")
+    if body.get("fast_forward") is not None:  # ours (LMTP's): the session checks it
+        asked.append(("fast_forward", body["fast_forward"]))
     return dict(asked)
 
 
