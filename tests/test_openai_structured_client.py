@@ -69,14 +69,16 @@ def test_generate_with_a_json_schema_and_a_grammar(tiny_server: Server) -> None:
 
 
 @pytest.mark.parametrize("pattern", [DATE, DAYS])
-def test_a_regex_variable_is_one_request_with_the_client_masks_result(tiny_server: Server, tokenizer: Any,
-                                                                     pattern: str) -> None:
+def test_a_regex_variable_keeps_the_client_masks(tiny_server: Server, tokenizer: Any, pattern: str) -> None:
+    """llguidance allows only the canonical tokens of text a regex forces (after "M" of "Monday",
+    "ond" but not "o"), LMQL every token that keeps a match possible: over a structured-outputs
+    server a REGEX variable stays on client masks (a request per mask change), with LMQL's value."""
     expected = reference_greedy(tokenizer, prompt_ids(tokenizer, PROMPT), pattern)
     llm = over_openai(tiny_server)
     llm.model_info_sync()  # the probe, before counting
     before = sequences(tiny_server)
     assert lmql.run_sync(program(f'REGEX(D, r"{pattern}")'), model=llm).variables["D"] == expected
-    assert sequences(tiny_server) - before == 1
+    assert sequences(tiny_server) - before > 1
 
 
 def test_an_in_list_is_one_request_with_the_client_masks_result(tiny_server: Server, tokenizer: Any) -> None:
