@@ -322,3 +322,19 @@ def test_lmql_topk_keeps_numpy_126s_argpartition_order(scores: list[float], k: i
     from lmql_core.query.best_k import lmql_topk
 
     assert lmql_topk(scores, k) == order
+
+
+def test_the_same_source_run_again_reads_each_callers_names_and_runs_its_prologue_again() -> None:
+    # lmql.run(source) compiles a source once (query/api.py's cache); each call is still the source
+    # written at its call site, as LMQL compiles it anew: the caller's locals, the prologue's side
+    # effects
+    source = 'calls.append(1)\nargmax\n    "{greeting} [WHO]" where len(TOKENS(WHO)) < 2\n    return greeting'
+
+    def run_with(greeting: str, calls: list[int]) -> str:
+        return lmql.run_sync(source, model=MODEL)  # type: ignore[no-any-return]
+
+    first, second = [], []
+    assert run_with("Hello", first) == "Hello"
+    assert run_with("Bye", second) == "Bye"
+    assert (first, second) == ([1], [1])
+    assert run_with("Hi", second) == "Hi" and second == [1, 1]

@@ -17,8 +17,8 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -38,6 +38,9 @@ CACHE_SOURCE_CHARS = 4_000_000  # and at most this much grammar text among them
 LEXER_FUEL = 100_000
 STEP_FUEL = 100_000
 LEXER_STATES = 50_000
+# masks that took less than this last step are filled on the engine thread once the forward pass is
+# launched (on a GPU, still while it runs): handing them to the mask thread and back costs more
+INLINE_FILL_SECONDS = 2e-4
 NO_EXTENSION = ("NoExtension", "NoExtensionBias")  # llguidance's stop reasons: no byte can follow
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
@@ -253,15 +256,15 @@ class BatchMask:
 class PendingMasks:
     """Masks being filled for ``seqs`` (in this order) while the forward pass runs."""
 
-    def __init__(self, future: Future[tuple[np.ndarray, float]], constrained: list[Any]) -> None:
-        self._future = future
+    def __init__(self, filled: Callable[[], tuple[np.ndarray, float]], constrained: list[Any]) -> None:
+        self._filled = filled  # waits for the mask thread, or fills them here (``MaskFiller.start``)
         self._position = {id(seq): j for j, seq in enumerate(constrained)}
         self.fill_seconds = 0.0  # how long filling them took (known once ``for_rows`` returned)
 
     def for_rows(self, sampled: list[Any]) -> BatchMask | None:
         """The masks of the constrained ones among ``sampled`` (a step's rows, in order); waits
         until they are filled, so no matcher is in use once this returns."""
-        bits, self.fill_seconds = self._future.result()
+        bits, self.fill_seconds = self._filled()
         rows = [r for r, seq in enumerate(sampled) if id(seq) in self._position]
         if not rows:
             return None
@@ -275,6 +278,7 @@ class MaskFiller:
     def __init__(self, stats: Any) -> None:
         """``stats``: the engine's ``EngineStats``, where the time spent on masks is counted."""
         self.stats = stats
+        self._last_fill = 0.0  # seconds the last step's masks took
         self._thread: ThreadPoolExecutor | None = None
         self._executor: Any = None
 
@@ -287,8 +291,9 @@ class MaskFiller:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmql-masks")
         rows = [(seq.params.constraint, list(seq.generated)) for seq in constrained]
         words = max(c.mask_words for c, _ in rows)  # the same for all: an engine serves one model
-        future = self._thread.submit(self._fill, rows, words)
-        return PendingMasks(future, constrained)
+        if self._last_fill < INLINE_FILL_SECONDS:  # filled in ``wait``, after the forward pass is launched
+            return PendingMasks(lambda: self._fill(rows, words), constrained)
+        return PendingMasks(self._thread.submit(self._fill, rows, words).result, constrained)
 
     def wait(self, masks: PendingMasks, sampled: list[Sequence]) -> BatchMask | None:
         """``masks.for_rows(sampled)``, with the time waited and the time filling took counted."""
@@ -296,6 +301,7 @@ class MaskFiller:
         batch_mask = masks.for_rows(sampled)
         self.stats.mask_wait_seconds += time.perf_counter() - waiting
         self.stats.mask_fill_seconds += masks.fill_seconds
+        self._last_fill = masks.fill_seconds
         return batch_mask
 
     def _fill(self, rows: list[tuple[Any, list[int]]], words: int) -> tuple[np.ndarray, float]:

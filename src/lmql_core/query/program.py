@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import copy
 import itertools
 import linecache
 import math
@@ -81,6 +82,16 @@ class CompiledQuery:
         self.filename = _source_file(self.parsed, self.body)
         self._compiled(())  # Python's own compile-time errors ('break' outside a loop) now, not after loading
         self._run_prologue()
+
+    def for_call(self, defaults: dict[str, Any], names: dict[str, Any],
+                 module: dict[str, Any] | None) -> CompiledQuery:
+        """This query, compiled once, as written at another call site: its own defaults, names and
+        module, its prologue run again (as LMQL runs a query's source each time); parsing,
+        checks and compiled code shared."""
+        query = copy.copy(self)
+        query.defaults, query.globals, query.module = dict(defaults), dict(names), module
+        query._run_prologue()
+        return query
 
     def _run_prologue(self) -> None:
         """Python before the decoder keyword runs once, as module code of the query (as in LMQL):
