@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lmql_core.constraints.mask import ANY, Allowed, ConstraintError, NoDigits, Value
+from lmql_core.constraints.regex_masks import TextStates, regex_mask
 from lmql_core.constraints.tree import And, Holds, Junction, Or, Rule, Truth
 from lmql_core.constraints.vocabulary import Vocabulary
 
@@ -246,14 +247,12 @@ class Regex(Rule):
             self._compiled = regex.compile(self.pattern)
         except regex.error as e:
             raise ConstraintError(f"invalid regular expression {self.pattern!r}: {e}") from None
+        self._states = TextStates(self.pattern)
 
     def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
-        pattern = self._compiled
-        full = pattern.fullmatch(value.text) is not None
-        tokens = np.array([pattern.fullmatch(value.text + t, partial=True) is not None for t in vocab.texts],
-                          dtype=bool)
-        if vocab.eos is not None:
-            tokens[vocab.eos] = False
+        """Each token t where ``fullmatch(text + t, partial=True)`` matches (EOS never), and the
+        end on a full match; ``regex_mask`` computes it fast (the same tokens)."""
+        tokens, full = regex_mask(self._compiled, value.text, vocab, self._states)
         return Allowed(tokens, full)
 
     def holds(self, text: str, vocab: Vocabulary) -> bool:

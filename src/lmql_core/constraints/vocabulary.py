@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from functools import cached_property
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +26,8 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
 
+MASK_CACHE_BYTES = 64 * 2**20  # masks remembered per vocabulary (REGEX states, ``in`` rests, lengths)
+
 # by id of the tokenizer (which the entry keeps alive, so an id is never reused while cached);
 # the least recently used go first, so programs over many models do not keep every tokenizer
 CACHED_VOCABULARIES = 8
@@ -37,6 +41,9 @@ class Vocabulary:
         self.eos = tokenizer.eos_token_id
         self.bos = tokenizer.bos_token_id
         self._masks: dict[str, np.ndarray] = {}
+        self._remembered: OrderedDict[Hashable, Any] = OrderedDict()
+        self._remembered_bytes = 0
+        self._remembering = threading.Lock()  # the engine's mask thread and a local runtime share it
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> Vocabulary:
@@ -56,6 +63,38 @@ class Vocabulary:
     @cached_property
     def lengths(self) -> np.ndarray:
         return np.array([len(t) for t in self.texts], dtype=np.int64)
+
+    @cached_property
+    def by_first_char(self) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]:
+        """The tokens whose text is empty, and the others grouped by their first character
+        (ids, texts), in id order."""
+        groups: dict[str, list[int]] = {}
+        empty = []
+        for i, text in enumerate(self.texts):
+            if text:
+                groups.setdefault(text[0], []).append(i)
+            else:
+                empty.append(i)
+        grouped = {char: (np.array(ids, dtype=np.int64), [self.texts[i] for i in ids])
+                   for char, ids in groups.items()}
+        return np.array(empty, dtype=np.int64), grouped
+
+    def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``'s result under ``key``, computed once while it stays among the most
+        recently used (``MASK_CACHE_BYTES`` of numpy arrays in all); results are not to be changed."""
+        with self._remembering:
+            found = self._remembered.get(key)
+            if found is not None:
+                self._remembered.move_to_end(key)
+                return found
+        found = compute()
+        with self._remembering:
+            if key not in self._remembered:
+                self._remembered[key] = found
+                self._remembered_bytes += _size(found)
+            while self._remembered_bytes > MASK_CACHE_BYTES and len(self._remembered) > 1:
+                self._remembered_bytes -= _size(self._remembered.popitem(last=False)[1])
+        return found
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
@@ -99,3 +138,11 @@ class Vocabulary:
             if ids:
                 mask[ids[0]] = True
         return mask
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, tuple):
+        return sum(_size(v) for v in value) + 64
+    return 64
