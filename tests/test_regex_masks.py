@@ -9,8 +9,6 @@ against ``regex`` itself on random strings."""
 from __future__ import annotations
 
 import random
-import sysconfig
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +20,7 @@ from lmql_core.constraints.mask import Value
 from lmql_core.constraints.regex_states import automaton
 from lmql_core.constraints.vocabulary import Vocabulary
 from lmql_core.loading.tokenizer import JsonTokenizer
+from tests.bpe_vocab import trained_bpe
 
 PATTERNS = [
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}",
@@ -47,23 +46,7 @@ PATTERNS = [
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> JsonTokenizer:
-    """A byte-level BPE of 8,192 tokens trained on the standard library's sources."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    texts = [p.read_text(encoding="utf-8", errors="ignore") for p in sorted(stdlib.glob("*.py"))[:120]]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts + ["2024-05-17 Monday Tuesday next week äöüß 東京"], trainers.BpeTrainer(
-        vocab_size=8192, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
-    tok.save(str(path))
-    (path.parent / "tokenizer_config.json").write_text('{"eos_token": "<|endoftext|>"}')
-    loaded = JsonTokenizer.from_file(path)
-    assert loaded.vocab_size == 8192 and loaded.eos_token_id == 0
-    return loaded
+    return trained_bpe(tmp_path_factory.mktemp("bpe"))
 
 
 def reference_mask(pattern: str, text: str, vocab: Vocabulary) -> tuple[np.ndarray, bool]:

@@ -11,7 +11,9 @@ is in ``serial.py``. No import of the query runtime: the engine builds these fro
 
 from __future__ import annotations
 
+import math
 import operator
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -88,11 +90,9 @@ class Count(Rule):
             tokens = None if self._may_grow_into(grow) else vocab.none()
             return Allowed(tokens, compare(now, self.limit))
         now = len(value.text)
-        if self.op in ("<", "<=", "=="):
-            bound = COMPARISONS["<=" if self.op == "==" else self.op]
-            within: np.ndarray | None = np.asarray(bound(now + vocab.lengths, self.limit), dtype=bool)
-        else:
-            within = None
+        within = None
+        if self.op in ("<", "<=", "=="):  # the tokens that keep now + len(token) <= (<) limit
+            within = vocab.at_most_chars(_most_chars(self.limit - now, strict=self.op == "<"))
         return Allowed(within, compare(now, self.limit))
 
     def _may_grow_into(self, size: int) -> bool:
@@ -113,6 +113,16 @@ class Count(Rule):
 
     def fields(self) -> dict[str, Any]:
         return {"op": self.op, "limit": self.limit, "tokens": self.tokens}
+
+
+def _most_chars(room: int | float, strict: bool) -> int:
+    """The largest whole n with n < room (``strict``) or n <= room; -1 where there is none."""
+    if math.isnan(room) or room == -math.inf:
+        return -1
+    if room == math.inf:
+        return sys.maxsize
+    most = math.ceil(room) - 1 if strict else math.floor(room)
+    return max(-1, int(most))
 
 
 def _string_list(options: Any) -> list[str]:
@@ -194,7 +204,7 @@ class Contains(Rule):
         if phrase in value.text:
             return Allowed(vocab.none(), True)  # LMQL's mask when nothing is allowed: EOS alone
         overlap = max((i for i in range(1, len(phrase)) if value.text.endswith(phrase[:i])), default=0)
-        return Allowed(~vocab.containing(phrase[overlap:]), True)
+        return Allowed(vocab.not_containing(phrase[overlap:]), True)
 
     def holds(self, text: str, vocab: Vocabulary) -> bool:
         return (self.phrase in text) != self.negate

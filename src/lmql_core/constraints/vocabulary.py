@@ -40,7 +40,6 @@ class Vocabulary:
         self.size = int(tokenizer.vocab_size)
         self.eos = tokenizer.eos_token_id
         self.bos = tokenizer.bos_token_id
-        self._masks: dict[str, np.ndarray] = {}
         self._remembered: OrderedDict[Hashable, Any] = OrderedDict()
         self._remembered_bytes = 0
         self._remembering = threading.Lock()  # the engine's mask thread and a local runtime share it
@@ -110,33 +109,45 @@ class Vocabulary:
     def none(self) -> np.ndarray:
         return np.zeros(self.size, dtype=bool)
 
+    # the masks below are remembered (``remember``) and shared: not to be changed
     def matching(self, pattern: str) -> np.ndarray:
         """Tokens whose text matches ``pattern`` from its start (``re.match``), EOS never."""
-        if pattern not in self._masks:
+        def compute() -> np.ndarray:
             compiled = re.compile(pattern)
-            mask = np.array([compiled.match(t) is not None for t in self.texts], dtype=bool)
-            if self.eos is not None:
-                mask[self.eos] = False
-            self._masks[pattern] = mask
-        return self._masks[pattern]
+            matches = [compiled.match(t) is not None for t in self.texts]
+            return self._without_eos(np.array(matches, dtype=bool))
+
+        return self.remember(("matching", pattern), compute)
 
     def containing(self, text: str) -> np.ndarray:
         """Tokens whose text holds ``text`` (EOS never)."""
-        key = "contains:" + text
-        if key not in self._masks:
-            mask = np.array([text in t for t in self.texts], dtype=bool)
-            if self.eos is not None:
-                mask[self.eos] = False
-            self._masks[key] = mask
-        return self._masks[key]
+        return self.remember(("containing", text),
+                             lambda: self._without_eos(np.array([text in t for t in self.texts], dtype=bool)))
+
+    def not_containing(self, text: str) -> np.ndarray:
+        """Tokens whose text does not hold ``text`` (EOS too)."""
+        return self.remember(("not containing", text), lambda: ~self.containing(text))
 
     def first_tokens(self, texts: list[str]) -> np.ndarray:
         """The first token of each text's own tokenization."""
-        mask = self.none()
-        for text in texts:
-            ids = self.encode(text)
-            if ids:
-                mask[ids[0]] = True
+        def compute() -> np.ndarray:
+            mask = self.none()
+            for text in texts:
+                ids = self.encode(text)
+                if ids:
+                    mask[ids[0]] = True
+            return mask
+
+        return self.remember(("first tokens", tuple(texts)), compute)
+
+    def at_most_chars(self, chars: int) -> np.ndarray:
+        """Tokens of at most ``chars`` characters."""
+        bound = max(-1, min(chars, int(self.lengths.max(initial=0))))  # beyond these: the same masks
+        return self.remember(("chars", bound), lambda: self.lengths <= bound)
+
+    def _without_eos(self, mask: np.ndarray) -> np.ndarray:
+        if self.eos is not None:
+            mask[self.eos] = False
         return mask
 
 
