@@ -95,16 +95,24 @@ class Vocabulary:
                 self._remembered_bytes -= _size(self._remembered.popitem(last=False)[1])
         return found
 
+    @cached_property
+    def longest(self) -> int:
+        """The most characters of a token's text."""
+        return int(self.lengths.max(initial=0))
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if ids else ""
 
-    def value(self, ids: list[int]) -> Value:
-        """A variable's tokens so far as its constraints read them."""
+    def value(self, ids: list[int], before: str | None = None) -> Value:
+        """A variable's tokens so far as its constraints read them (``before``: the text of all
+        but the last of them, where the caller knows it)."""
         text = self.decode(ids)
-        return Value(ids, text, text[len(self.decode(ids[:-1])):] if ids else "")
+        if before is None:
+            before = self.decode(ids[:-1])
+        return Value(ids, text, text[len(before):] if ids else "")
 
     def none(self) -> np.ndarray:
         return np.zeros(self.size, dtype=bool)
@@ -142,7 +150,7 @@ class Vocabulary:
 
     def at_most_chars(self, chars: int) -> np.ndarray:
         """Tokens of at most ``chars`` characters."""
-        bound = max(-1, min(chars, int(self.lengths.max(initial=0))))  # beyond these: the same masks
+        bound = max(-1, min(chars, self.longest))  # beyond these: the same masks
         return self.remember(("chars", bound), lambda: self.lengths <= bound)
 
     def _without_eos(self, mask: np.ndarray) -> np.ndarray:

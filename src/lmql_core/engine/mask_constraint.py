@@ -28,10 +28,14 @@ class MaskConstraint:
         self.rule = rule
         self.vocab = vocab
         self.mask_words = mask_words
+        self._decoded = (-1, "")  # the last step's token count and text: the next one's text before
 
     def fill(self, generated: list[int], row: np.ndarray) -> None:
         """The mask after ``generated`` into ``row`` (``mask_words`` int32 words, bit i: token i)."""
-        step = self.rule.step(self.vocab.value(generated), self.vocab)
+        count, text = self._decoded
+        value = self.vocab.value(generated, text if count == len(generated) - 1 else None)
+        self._decoded = (len(generated), value.text)
+        step = self.rule.step(value, self.vocab)
         allowed = step.row(self.mask_words * 32, self.vocab.eos)
         row[:] = np.packbits(allowed, bitorder="little").view(np.int32)
 
