@@ -27,7 +27,7 @@ from typing import Any
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "pink", "brown",
           "cyan", "magenta", "olive", "navy", "teal", "maroon", "silver", "gold", "beige"]
-DATES = r"[0-9]{4}-[0-9]{2}-[0-9]{2}(, [0-9]{4}-[0-9]{2}-[0-9]{2}){0,40}"
+DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
 
 
 def programs(n: int) -> dict[str, str]:
@@ -38,8 +38,8 @@ def programs(n: int) -> dict[str, str]:
         "choice in 20": (f'argmax\n    "{{name}}. Colours: [C0], [C1], [C2], [C3]. Because:[WHY]"'
                          f'\nwhere\n    {colours} and len(TOKENS(WHY)) < {n}'),
         "len(X) < n": f'argmax\n    "{{name}}. Summary:[SUMMARY]"\nwhere\n    len(SUMMARY) < {4 * n}',
-        "REGEX date": (f'argmax\n    "{{name}}\'s dates: [DATES]"\nwhere\n    REGEX(DATES, r"{DATES}") '
-                       f'and len(TOKENS(DATES)) < {n}'),
+        "REGEX date": (f'argmax\n    "{{name}} was born on [DATE]. Notes:[NOTES]"\nwhere\n    '
+                       f'REGEX(DATE, r"{DATE}") and len(TOKENS(NOTES)) < {n}'),
         "INT": (f'argmax\n    "{{name}} is [AGE] years old. Notes:[NOTES]"\nwhere\n    INT(AGE) and '
                 f'len(TOKENS(AGE)) < 4 and len(TOKENS(NOTES)) < {n}'),
         "4-variable template": (

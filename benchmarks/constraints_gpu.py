@@ -45,7 +45,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "compat"))
 from bench_models import bench_model  # noqa: E402
+from build_model import legacy_merges  # noqa: E402  (tests/compat)
 from constrained_programs import PROGRAMS, runner_records, side_records  # noqa: E402
 from constraint_loads import free_streams, metrics, openai_completions, program_clients, served_name  # noqa: E402
 from local_bpe import train_bpe  # noqa: E402
@@ -62,9 +64,14 @@ LMQL_SITE = Path("/tmp/lmql073-site")
 
 def ensure_tokenizer(folder: Path, vocab: int = 50257) -> None:
     """A byte-level BPE of ``vocab`` tokens (the last one ``<|endoftext|>``, GPT-2's EOS id),
-    trained on this machine's Python sources, in ``folder`` unless it has a tokenizer."""
-    if (folder / "tokenizer.json").exists():
-        return
+    trained on this machine's Python sources, in ``folder`` unless it has a tokenizer; its merges
+    in the form LMQL 0.7.3's older ``tokenizers`` reads too."""
+    if not (folder / "tokenizer.json").exists():
+        train_tokenizer(folder, vocab)
+    legacy_merges(folder)
+
+
+def train_tokenizer(folder: Path, vocab: int) -> None:
     paths = sysconfig.get_paths()
     tok = train_bpe([f"{paths['stdlib']}/**/*.py", f"{paths['purelib']}/**/*.py"], vocab, eos_last=True,
                     max_chars=80_000_000)
