@@ -95,6 +95,40 @@ def measure(rule: Any, text: str, tok: Any, rows: int) -> tuple[float, float, in
     return statistics.mean(cold) * 1e6, statistics.mean(warm) * 1e6, len(ids) + 1
 
 
+def walks(rule: Any, tok: Any, rows: int, steps: int) -> tuple[float, float]:
+    """µs per row over ``rows`` rows that each take their own random path (a random allowed token
+    at every step, as sampling from a random model would), the vocabulary's caches empty at the
+    start: (all steps, the last half)."""
+    import random
+
+    import numpy as np
+
+    from lmql_core.constraints.vocabulary import Vocabulary
+    from lmql_core.engine.mask_constraint import MaskConstraint, mask_words
+
+    vocab = Vocabulary(tok)
+    _ = vocab.texts, vocab.lengths, vocab.by_first_char
+    rng = random.Random(0)
+    from lmql_core.constraints.serial import from_json, to_json
+
+    constraints = [MaskConstraint(from_json(to_json(rule)), vocab, mask_words(vocab.size, vocab))
+                   for _ in range(rows)]  # a rule of its own for each row, as the server builds them
+    paths: list[list[int]] = [[] for _ in range(rows)]
+    bits = np.zeros((rows, constraints[0].mask_words), dtype=np.int32)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        for j, constraint in enumerate(constraints):
+            constraint.fill(paths[j], bits[j])
+        times.append((time.perf_counter() - started) / rows)
+        allowed = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :vocab.size].astype(bool)
+        for j in range(rows):  # a row that may only end stays where it is
+            ids = [i for i in np.flatnonzero(allowed[j]) if i != vocab.eos]
+            if ids:
+                paths[j].append(int(rng.choice(ids)))
+    return statistics.mean(times) * 1e6, statistics.mean(times[steps // 2:]) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,18 +137,26 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3, help="runs per kind (the median is shown)")
     parser.add_argument("--only", help="kinds whose name holds this")
+    parser.add_argument("--walk-steps", type=int, default=0,
+                        help="also: --rows rows on random paths of this many steps (µs per row)")
     args = parser.parse_args()
     tok = tokenizer(args.tokenizer, args.vocab)
     print(f"vocabulary: {tok.vocab_size} tokens; {args.rows} rows per step; median of {args.reps} runs")
-    print("| kind | steps | cold µs/row | warm µs/row |")
-    print("| --- | --- | --- | --- |")
+    walked = (f" {args.rows} random paths x {args.walk_steps} steps µs/row | the last half µs/row |"
+              if args.walk_steps else "")
+    print(f"| kind | steps | cold µs/row | warm µs/row |{walked}")
+    print("| --- | --- | --- | --- |" + (" --- | --- |" if walked else ""))
     for name, (rule, text) in kinds().items():
         if args.only and args.only not in name:
             continue
         runs = [measure(rule, text, tok, args.rows) for _ in range(args.reps)]
         cold = statistics.median(r[0] for r in runs)
         warm = statistics.median(r[1] for r in runs)
-        print(f"| {name} | {runs[0][2]} | {cold:,.0f} | {warm:,.1f} |", flush=True)
+        walked = ""
+        if args.walk_steps:
+            every, late = walks(rule, tok, args.rows, args.walk_steps)
+            walked = f" {every:,.1f} | {late:,.1f} |"
+        print(f"| {name} | {runs[0][2]} | {cold:,.0f} | {warm:,.1f} |{walked}", flush=True)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ class Count(Rule):
         compare = COMPARISONS[self.op]
         if self.tokens:
             now, grow = len(value.ids), len(value.ids) + 1
-            tokens = None if self._may_grow_into(grow) else vocab.none()
+            tokens = None if self._may_grow_into(grow) else vocab.nothing()
             return Allowed(tokens, compare(now, self.limit))
         now = len(value.text)
         within = None
@@ -202,7 +202,7 @@ class Contains(Rule):
         if not self.negate:
             return Allowed(None, phrase in value.text)
         if phrase in value.text:
-            return Allowed(vocab.none(), True)  # LMQL's mask when nothing is allowed: EOS alone
+            return Allowed(vocab.nothing(), True)  # LMQL's mask when nothing is allowed: EOS alone
         overlap = max((i for i in range(1, len(phrase)) if value.text.endswith(phrase[:i])), default=0)
         return Allowed(vocab.not_containing(phrase[overlap:]), True)
 
@@ -228,7 +228,7 @@ class IsInt(Rule):
             return Allowed(vocab.matching(r"[1-9][0-9]*$"), False)
         if all(c.strip() in ",0123456789" for c in text):
             return ANY
-        return Allowed(vocab.none(), True)
+        return Allowed(vocab.nothing(), True)
 
     def holds(self, text: str, vocab: Vocabulary | None) -> bool:
         digits = text.removeprefix(" ")  # as LMQL 0.7: one leading space, then 0-9 only

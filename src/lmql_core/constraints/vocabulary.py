@@ -80,13 +80,15 @@ class Vocabulary:
 
     def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()``'s result under ``key``, computed once while it stays among the most
-        recently used (``MASK_CACHE_BYTES`` of numpy arrays in all); results are not to be changed."""
+        recently used (``MASK_CACHE_BYTES`` of numpy arrays in all); its arrays are made
+        read-only (shared by every step and row that asks)."""
         with self._remembering:
             found = self._remembered.get(key)
             if found is not None:
                 self._remembered.move_to_end(key)
                 return found
         found = compute()
+        _freeze(found)
         with self._remembering:
             if key not in self._remembered:
                 self._remembered[key] = found
@@ -115,7 +117,12 @@ class Vocabulary:
         return Value(ids, text, text[len(before):] if ids else "")
 
     def none(self) -> np.ndarray:
+        """No token allowed, in an array of one's own (to fill)."""
         return np.zeros(self.size, dtype=bool)
+
+    def nothing(self) -> np.ndarray:
+        """No token allowed, shared (read-only)."""
+        return self.remember(("nothing",), self.none)
 
     # the masks below are remembered (``remember``) and shared: not to be changed
     def matching(self, pattern: str) -> np.ndarray:
@@ -157,6 +164,14 @@ class Vocabulary:
         if self.eos is not None:
             mask[self.eos] = False
         return mask
+
+
+def _freeze(value: Any) -> None:
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+    elif isinstance(value, tuple):
+        for part in value:
+            _freeze(part)
 
 
 def _size(value: Any) -> int:
