@@ -54,6 +54,10 @@ class Vocabulary:
         _cache.move_to_end(id(tokenizer))
         return cached
 
+    def prepare(self) -> None:
+        """Compute now what every mask reads of the tokens (their texts, lengths, first characters)."""
+        _ = self.texts, self.lengths, self.longest, self.by_first_char
+
     @cached_property
     def texts(self) -> list[str]:
         """Each token's text on its own (special tokens included, as the tokenizer writes them)."""
