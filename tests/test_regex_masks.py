@@ -122,3 +122,19 @@ def test_dates_share_one_mask_per_state(tokenizer: JsonTokenizer) -> None:
     rule: Any = Regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
     first = rule.mask(Value([], "2024-0", ""), vocab).tokens
     assert Regex(rule.pattern).mask(Value([], "1999-1", ""), vocab).tokens is first
+
+
+def test_a_pattern_whose_states_grow_too_large_is_keyed_by_text(tokenizer: JsonTokenizer) -> None:
+    """(x?){0,3000}: every position reaches thousands without a character; it would cost
+    seconds a state, so the first one found too large turns the pattern's keys into texts."""
+    import time
+
+    pattern = r"(x?){0,3000}y"
+    vocab = Vocabulary(tokenizer)
+    started = time.monotonic()
+    for text in ["", "x", "xx", "xxy"]:
+        allowed = Regex(pattern).mask(Value([], text, ""), vocab)
+        assert np.array_equal(allowed.tokens, reference_mask(pattern, text, vocab)[0]), text
+    machine = automaton(pattern)
+    assert machine is not None and not machine.usable
+    assert time.monotonic() - started < 30

@@ -12,11 +12,12 @@ token at every step:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 
-from lmql_core.constraints.regex_states import automaton
+from lmql_core.constraints.regex_states import Unsupported, automaton
 from lmql_core.constraints.vocabulary import Vocabulary
 
 
@@ -28,14 +29,20 @@ class TextStates:
         self.pattern = pattern
         self._machine = automaton(pattern)
         self._text = ""
-        self._state = self._machine.start() if self._machine is not None else None
+        self._state: frozenset[int] = frozenset()
+        if self._machine is not None and self._machine.usable:
+            with contextlib.suppress(Unsupported):  # then ``usable`` is False: texts are the keys
+                self._state = self._machine.start()
 
     def key(self, text: str) -> tuple[Any, ...]:
-        if self._machine is None:
+        if self._machine is None or not self._machine.usable:
             return ("regex", self.pattern, "text", text)
-        if not text.startswith(self._text):
-            self._text, self._state = "", self._machine.start()
-        self._state = self._machine.advance(self._state, text[len(self._text):])
+        try:
+            if not text.startswith(self._text):
+                self._text, self._state = "", self._machine.start()
+            self._state = self._machine.advance(self._state, text[len(self._text):])
+        except Unsupported:
+            return ("regex", self.pattern, "text", text)
         self._text = text
         return ("regex", self.pattern, "state", self._state)
 

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - Python 3.10
 
 MAX_POSITIONS = 20_000  # a pattern whose automaton would be larger is keyed by text
 MAX_STEPS = 200_000  # remembered transitions per pattern before they are forgotten
+MAX_REACH = 2_000  # positions one position reaches without a character: more, and texts are the keys
 
 
 class Unsupported(Exception):
@@ -42,6 +43,7 @@ class Automaton:
         self.tests: list[tuple[Test, int] | None] = []
         self.empty: list[list[int]] = []
         self.accept = -1
+        self.usable = True  # False once its states proved too large (see ``_reach``)
         self._closures: dict[int, State] = {}
         self._steps: dict[tuple[State, str], State] = {}
 
@@ -92,6 +94,9 @@ class Automaton:
                 if m not in seen:
                     seen.add(m)
                     todo.append(m)
+            if len(seen) > MAX_REACH:  # e.g. (x?){0,3000}: states too large to be worth keys
+                self.usable = False
+                raise Unsupported("states too large")
         return frozenset(m for m in seen if self.tests[m] is not None or m == self.accept)
 
 
