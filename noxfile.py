@@ -126,3 +126,6 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/scheduler_cost.py")
     # issue 31: constrained LMQL programs, each runtime against its own server
     session.run("python", "benchmarks/constrained_programs.py", "--lmql-python", str(python))
+    # issue 31: each constraint kind's mask per step on a 50k BPE; the GPU benchmark's smoke run
+    session.run("python", "benchmarks/mask_costs.py", "--reps", "1", "--walk-steps", "16")
+    session.run("python", "benchmarks/constraints_gpu.py", "--cpu", "--lmql-python", str(python))

@@ -9,6 +9,8 @@ folder (nothing downloads), each saved once and reused while its folder exists.
 - ``gpt2-micro``: a GPT-2 of one layer of width 8 and 2,048 tokens, float32, with the same
   config-only tokenizer as gpt2-medium: a CPU stand-in whose step costs little, so that the
   server's per-token host work is what a CPU run measures (issue 29's OpenAI/LMTP point).
+- ``gpt2-micro-50k``: gpt2-micro with GPT-2's 50,257-token vocabulary: the CPU stand-in of
+  ``constraints_gpu.py --cpu``, whose masks cover a real vocabulary.
 - ``lmql-tiny``: the bundled tiny model (the CPU smoke runs), float32.
 """
 
@@ -45,6 +47,7 @@ def _configs() -> dict[str, Any]:
         "gpt2-medium": GPT2Config(n_embd=1024, n_layer=24, n_head=16, n_positions=1024, vocab_size=50257),
         "gpt2-micro": GPT2Config(n_embd=8, n_layer=1, n_head=1, n_positions=1024, vocab_size=2048,
                                  bos_token_id=2047, eos_token_id=2047),
+        "gpt2-micro-50k": GPT2Config(n_embd=8, n_layer=1, n_head=1, n_positions=1024, vocab_size=50257),
         "llama-1b": LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
                                 num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
                                 max_position_embeddings=8192, bos_token_id=128000, eos_token_id=128001,
@@ -56,8 +59,10 @@ def _configs() -> dict[str, Any]:
     }
 
 
-DTYPES = {"gpt2-medium": "float16", "gpt2-micro": "float32", "llama-1b": "bfloat16", "qwen3-0.6b": "bfloat16"}
+DTYPES = {"gpt2-medium": "float16", "gpt2-micro": "float32", "gpt2-micro-50k": "float32",
+          "llama-1b": "bfloat16", "qwen3-0.6b": "bfloat16"}
 FOLDERS = {"gpt2-medium": ROOT / "lmql-bench-gpt2-medium", "gpt2-micro": ROOT / "lmql-bench-gpt2-micro",
+           "gpt2-micro-50k": ROOT / "lmql-bench-gpt2-micro-50k",
            "llama-1b": ROOT / "lmql-bench-llama-1b",
            "qwen3-0.6b": ROOT / "lmql-bench-qwen3-0.6b"}
 

@@ -100,11 +100,17 @@ def side_records(name: str, command: list[str], env: dict[str, str], python: str
     server = start_server([*command, "--port", str(port)], port, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.STDOUT)
     try:
-        runner = [python, __file__, "--run", f"127.0.0.1:{port}", str(folder), "--reps", str(reps)]
-        done = subprocess.run(runner, capture_output=True, text=True, env=env, timeout=1800)
+        return runner_records(name, python, f"127.0.0.1:{port}", folder, reps, env)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def runner_records(name: str, python: str, endpoint: str, folder: Path, reps: int,
+                   env: dict[str, str]) -> list[dict[str, Any]]:
+    """The programs run by ``python``'s runtime against the server at ``endpoint``."""
+    runner = [python, __file__, "--run", endpoint, str(folder), "--reps", str(reps)]
+    done = subprocess.run(runner, capture_output=True, text=True, env=env, timeout=1800)
     records = [json.loads(line[len("BENCH "):]) for line in done.stdout.splitlines()
                if line.startswith("BENCH ")]
     if done.returncode != 0 or len(records) != len(PROGRAMS) * (reps + 1):

@@ -1,23 +1,33 @@
-"""Issue 31's GPU targets: grammars inside the batch, on a gpt2-medium-shaped model (random
-weights, fp16), served by `lmql serve-model --cuda`.
+"""Issue 31's GPU targets ("Done when"), on a gpt2-medium-shaped model (random weights, fp16)
+served by `lmql serve-model --cuda`, in one run from the repository root:
 
-    python benchmarks/constraints_gpu.py [--streams 64] [--rounds 3] [--new-tokens 128] [--out DIR]
-    python benchmarks/constraints_gpu.py --model lmql-tiny --cpu --streams 4 --rounds 1   # smoke run
+    python3 -m pip install -q --no-deps --no-build-isolation . ./plugins/hf
+    python3 benchmarks/constraints_gpu.py --wheels .whl --out $OUT       # carry [".whl"]
+    python3 benchmarks/constraints_gpu.py --cpu --lmql-python /work/lmql073/bin/python   # a CPU smoke run
 
-(a) ``--streams`` concurrent constrained programs over one LMTP connection, each program one
-    GENERATE whose grammar is an LMQL-style template (a choice among 20, a text of at most n
-    characters, REGEX dates, INTs, a 4-variable template; llguidance syntax), against as many
-    unconstrained streams (EOS banned): aggregate tok/s, target at least 0.8x;
+(.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh` where
+pip reaches the registry; ``--wheels`` installs llguidance beside lmql-core and LMQL 0.7.3 into its
+own folder.)
+
+(a) ``--streams`` concurrent constrained LMQL programs through our runtime (``lmql.run``, over
+    ``--client-procs`` processes; every prompt statement one template request): the five kinds of
+    ``constraint_loads.programs`` in turn, each ``--rounds`` times, against as many unconstrained
+    streams of ``--new-tokens`` tokens (EOS banned): tokens/s from the server's count, target
+    at least 0.8x;
 (b) JSON-schema output through the OpenAI transport (``response_format``) at ``--streams``
-    concurrent completions, against unconstrained completions: tok/s, target at least 0.8x;
-(c) mask work per step in (a) and (b), from the server's /metrics: filling masks (on its own
-    thread, beside the forward pass), the part the engine thread waited for after the pass, and
-    following grammars (taking tokens, fast-forward) on the engine thread, each as a share of the
-    engine's busy time: target under 5% for what the engine thread spends (wait + follow).
-Each client runs ``--rounds`` requests one after another; prompts are random token ids.
+    concurrent completions, against unconstrained completions: target at least 0.8x;
+(c) mask work in (a) and (b) from the server's /metrics: filling masks (on its own thread, beside
+    the forward pass) per step and as a share of the engine's busy time, the part the engine
+    thread waited for, and following llguidance grammars: target under 5% for what the engine
+    thread spends (wait + following);
+(d) each of ``constrained_programs.py``'s five programs alone (``--reps`` runs, median ms) with
+    the server path, with today's client masks (``LMQL_SERVER_CONSTRAINTS=off``, the same server)
+    and with LMQL 0.7.3's runtime and server (from ``--wheels`` or ``--lmql-python``; left out
+    without): targets at least 1x the client path and 20x LMQL 0.7.3.
 
-The model folder gets a 50,257-token byte-level BPE tokenizer trained here on local text (Python
-sources) when it has none: nothing downloads. Needs llguidance (`pip install --no-deps` its wheel).
+The model folder gets a 50,257-token byte-level BPE trained here on local Python sources when it
+has none (nothing downloads). ``--cpu``: gpt2-micro-50k (the same vocabulary, one tiny layer) on
+the CPU at small sizes, to check the whole run end to end.
 """
 
 from __future__ import annotations
@@ -26,48 +36,42 @@ import argparse
 import asyncio
 import json
 import os
-import random
-import re
+import statistics
+import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "compat"))
 from bench_models import bench_model  # noqa: E402
+from build_model import legacy_merges  # noqa: E402  (tests/compat)
+from constrained_programs import PROGRAMS, runner_records, side_records  # noqa: E402
+from constraint_loads import free_streams, metrics, openai_completions, program_clients, served_name  # noqa: E402
 from local_bpe import train_bpe  # noqa: E402
-from processes import OFFLINE_ENV, free_port, start_server  # noqa: E402
+from processes import LMQL_073_SERVE, OFFLINE_ENV, free_port, install_wheels, lmql_073_env, start_server  # noqa: E402
 
-COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "pink", "brown",
-          "cyan", "magenta", "olive", "navy", "teal", "maroon", "silver", "gold", "beige"]
-PROGRAMS = {  # LMQL templates as one grammar each: literal text, holes, their constraints
-    "choice in 20": 'start: "Favourite colour: " COLOR "\\nBecause: " WHY\n'
-                    f'COLOR: {" | ".join(json.dumps(c) for c in COLORS)}\nWHY: /[^\\n]{{1,400}}/',
-    "len(X) < n": 'start: "Summary: " SUMMARY "\\n"\nSUMMARY: /[^\\n]{1,600}/',
-    "REGEX date": 'start: entry+\nentry: "Event on " DATE ": " NOTE "\\n"\n'
-                  'DATE: /[0-9]{4}-[0-9]{2}-[0-9]{2}/\nNOTE: /[a-z ]{1,30}/',
-    "INT": 'start: item+\nitem: "Count: " INT "\\n"\nINT: /[0-9]{1,6}/',
-    "4-variable template": 'start: "Name: " NAME "\\nAge: " AGE "\\nCity: " CITY "\\nBio: " BIO\n'
-                           'NAME: /[A-Za-z ]{1,40}/\nAGE: /[0-9]{1,3}/\nCITY: "Paris" | "Zurich" | "Tokyo"\n'
-                           'BIO: /[^\\n]{1,600}/',
-}
 SCHEMA = {"type": "object", "properties": {
     "title": {"type": "string", "maxLength": 200}, "year": {"type": "integer"},
     "tags": {"type": "array", "items": {"type": "string", "maxLength": 40}},
     "summary": {"type": "string", "maxLength": 600}},
     "required": ["title", "year", "tags", "summary"], "additionalProperties": False}
-METRICS = ("lmql_engine_busy_seconds", "lmql_engine_mask_fill_seconds", "lmql_engine_mask_wait_seconds",
-           "lmql_engine_grammar_seconds", "lmql_engine_steps", "lmql_tokens_generated")
-EOS_BAN = -100.0
+SERVER_PATH, CLIENT_PATH, LMQL = "server path", "client masks", "lmql 0.7.3"
+LMQL_SITE = Path("/tmp/lmql073-site")
 
 
 def ensure_tokenizer(folder: Path, vocab: int = 50257) -> None:
     """A byte-level BPE of ``vocab`` tokens (the last one ``<|endoftext|>``, GPT-2's EOS id),
-    trained on this machine's Python sources, in ``folder`` unless it has a tokenizer."""
-    if (folder / "tokenizer.json").exists():
-        return
+    trained on this machine's Python sources, in ``folder`` unless it has a tokenizer; its merges
+    in the form LMQL 0.7.3's older ``tokenizers`` reads too."""
+    if not (folder / "tokenizer.json").exists():
+        train_tokenizer(folder, vocab)
+    legacy_merges(folder)
+
+
+def train_tokenizer(folder: Path, vocab: int) -> None:
     paths = sysconfig.get_paths()
     tok = train_bpe([f"{paths['stdlib']}/**/*.py", f"{paths['purelib']}/**/*.py"], vocab, eos_last=True,
                     max_chars=80_000_000)
@@ -77,161 +81,168 @@ def ensure_tokenizer(folder: Path, vocab: int = 50257) -> None:
         {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "tokenizer_class": "GPT2TokenizerFast"}))
 
 
-def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    found = {}
-    for name in METRICS:
-        pattern = rf"^{name}(?:_total)?(?:{{[^}}]*}})? ([0-9.e+-]+)$"
-        found[name] = sum(float(v) for v in re.findall(pattern, text, re.M))
-    return found
+def install_llguidance(wheels: Path) -> None:
+    try:
+        import llguidance  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                        *map(str, wheels.glob("llguidance-*.whl"))], check=True)
 
 
-def served_name(port: int) -> str:
-    models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models").read())
-    return str(models["data"][0]["id"])
-
-
-async def lmtp_mode(port: int, model: str, args: argparse.Namespace, constrained: bool,
-                    eos: int) -> tuple[int, float, list[str]]:
-    """Every client's rounds over one LMTP connection: (tokens generated, seconds, errors)."""
-    import aiohttp
-
-    rng = random.Random(1 if constrained else 2)
-    names = list(PROGRAMS)
-    queues: dict[Any, asyncio.Queue[Any]] = {}
-    async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{port}/",
-                                                                max_msg_size=0) as ws:
-        async def read() -> None:
-            async for msg in ws:
-                for entry in json.loads(msg.data.partition(" ")[2]):
-                    if entry.get("stream_id") in queues:
-                        queues[entry["stream_id"]].put_nowait(entry)
-
-        async def client(c: int) -> tuple[int, list[str]]:
-            tokens, errors = 0, []
-            for r in range(args.rounds):
-                sid = f"{c}-{r}"
-                queues[sid] = asyncio.Queue()
-                body: dict[str, Any] = {"model": model, "stream_id": sid, "max_tokens": args.new_tokens,
-                                        "prompt": [rng.randrange(eos) for _ in range(args.prompt_tokens)],
-                                        "temperature": 0.0}
-                if constrained:
-                    body["grammar"] = PROGRAMS[names[(c + r) % len(names)]]
-                else:
-                    body["logit_bias"] = {str(eos): EOS_BAN}
-                await ws.send_str("GENERATE " + json.dumps(body))
-                while True:
-                    entry = await queues[sid].get()
-                    if "error" in entry:
-                        errors.append(entry["error"])
-                        break
-                    tokens += 1
-                    if entry.get("finish_reason") is not None:
-                        break
-                del queues[sid]
-            return tokens, errors
-
-        reader = asyncio.create_task(read())
-        started = time.perf_counter()
-        results = await asyncio.gather(*(client(c) for c in range(args.streams)))
-        seconds = time.perf_counter() - started
-        reader.cancel()
-    return sum(t for t, _ in results), seconds, [e for _, errs in results for e in errs]
-
-
-async def openai_mode(port: int, model: str, args: argparse.Namespace, constrained: bool,
-                      eos: int) -> tuple[int, float, list[str]]:
-    import aiohttp
-
-    rng = random.Random(3 if constrained else 4)
-    extra: dict[str, Any] = ({"response_format": {"type": "json_schema", "json_schema": {"name": "doc",
-                                                                                          "schema": SCHEMA}}}
-                             if constrained else {"logit_bias": {str(eos): EOS_BAN}})
-
-    async def client(http: Any) -> tuple[int, list[str]]:
-        tokens, errors = 0, []
-        for _ in range(args.rounds):
-            body = {"model": model, "prompt": [rng.randrange(eos) for _ in range(args.prompt_tokens)],
-                    "max_tokens": args.new_tokens, "temperature": 0, **extra}
-            async with http.post(f"http://127.0.0.1:{port}/v1/completions", json=body) as response:
-                answer = await response.json()
-            if response.status != 200:
-                errors.append(str(answer))
-                continue
-            tokens += answer["usage"]["completion_tokens"]
-        return tokens, errors
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        started = time.perf_counter()
-        results = await asyncio.gather(*(client(http) for _ in range(args.streams)))
-        seconds = time.perf_counter() - started
-    return sum(t for t, _ in results), seconds, [e for _, errs in results for e in errs]
-
-
-def measure(port: int, model: str, args: argparse.Namespace, eos: int, transport: str,
-            constrained: bool) -> dict[str, Any]:
-    mode = lmtp_mode if transport == "lmtp" else openai_mode
+def measured(port: int, point: str, run: Any) -> dict[str, Any]:
+    """``run()`` (-> seconds, errors) between two reads of the server's counters."""
     before = metrics(port)
-    tokens, seconds, errors = asyncio.run(mode(port, model, args, constrained, eos))
-    after = metrics(port)
-    delta = {k.removeprefix("lmql_engine_").removeprefix("lmql_"): after[k] - before[k] for k in METRICS}
-    busy = delta["busy_seconds"] or float("nan")
-    return {"transport": transport, "constrained": constrained, "streams": args.streams, "tokens": tokens,
-            "seconds": round(seconds, 3), "tok_per_s": round(tokens / seconds, 1), "errors": len(errors),
-            "first_error": errors[0][:200] if errors else None, "steps": int(delta["steps"]),
-            "mask_fill_share": round(delta["mask_fill_seconds"] / busy, 4),
-            "mask_wait_share": round(delta["mask_wait_seconds"] / busy, 4),
-            "grammar_share": round(delta["grammar_seconds"] / busy, 4)}
+    seconds, errors = run()
+    delta = {k: v - before[k] for k, v in metrics(port).items()}
+    busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
+    return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
+            "tok_per_s": round(delta["tokens_generated"] / seconds, 1), "steps": int(delta["steps"]),
+            "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
+            "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
+            "following_share": delta["grammar_seconds"] / busy, "errors": len(errors),
+            "first_error": errors[0][:300] if errors else None}
+
+
+def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int) -> list[dict[str, Any]]:
+    name, endpoint = served_name(port), f"127.0.0.1:{port}"
+    env = {**os.environ, **OFFLINE_ENV}
+    n, streams, rounds, prompt = args.new_tokens, args.streams, args.rounds, args.prompt_tokens
+
+    def free(s: int, r: int) -> tuple[float, list[str]]:
+        return asyncio.run(free_streams(port, name, s, r, n, prompt, eos))
+
+    def openai(s: int, r: int, schema: dict[str, Any] | None) -> tuple[float, list[str]]:
+        seconds, _, errors = asyncio.run(openai_completions(port, name, s, r, n, prompt, eos, schema))
+        return seconds, errors
+
+    def lmql_programs() -> tuple[float, list[str]]:
+        seconds, _, errors = program_clients(endpoint, folder, streams, args.client_procs, rounds, n, env)
+        return seconds, errors
+
+    free(min(8, streams), 1)  # warm-up: each path once (the programs warm up in their clients)
+    openai(min(8, streams), 1, None)
+    openai(min(8, streams), 1, SCHEMA)
+    return [measured(port, f"(a) {streams} free LMTP streams", lambda: free(streams, rounds)),
+            measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs),
+            measured(port, f"(b) {streams} free OpenAI completions", lambda: openai(streams, rounds, None)),
+            measured(port, f"(b) {streams} OpenAI JSON-schema completions",
+                     lambda: openai(streams, rounds, SCHEMA))]
+
+
+def single_programs(port: int, folder: Path, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """(d) on our server: the server path and the client path, one program at a time."""
+    env = {**os.environ, **OFFLINE_ENV}
+    endpoint = f"127.0.0.1:{port}"
+    return {SERVER_PATH: runner_records(SERVER_PATH, sys.executable, endpoint, folder, args.reps, env),
+            CLIENT_PATH: runner_records(CLIENT_PATH, sys.executable, endpoint, folder, args.reps,
+                                        {**env, "LMQL_SERVER_CONSTRAINTS": "off"})}
+
+
+def lmql_073_programs(folder: Path, args: argparse.Namespace,
+                      device: list[str]) -> list[dict[str, Any]] | None:
+    if args.lmql_python:
+        python, env = args.lmql_python, lmql_073_env(None, None)
+    elif args.wheels:
+        python, env = sys.executable, lmql_073_env(install_wheels(args.wheels, LMQL_SITE), None)
+    else:
+        return None
+    command = [python, "-c", LMQL_073_SERVE, str(folder), "--static", *device]
+    return side_records(LMQL, command, env, python, folder, args.reps)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="gpt2-medium")
-    parser.add_argument("--streams", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--cpu", action="store_true", help="serve on the CPU (a smoke run)")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parse_args()
+    if args.wheels:
+        install_llguidance(args.wheels)
     model = bench_model(args.model)
     ensure_tokenizer(model.folder)
     eos = model.eos_token_id() or 50256
-    port = free_port()
     device = [] if args.cpu else ["--cuda", "--dtype", model.dtype]
+    port = free_port()
+    started = time.monotonic()
     server = start_server([sys.executable, "-m", "lmql_core", "serve-model", str(model.folder), *device,
                            "--port", str(port)], port, env={**os.environ, **OFFLINE_ENV})
     try:
-        name = served_name(port)
-        warm = argparse.Namespace(**{**vars(args), "rounds": 1, "streams": min(8, args.streams)})
-        for transport in ("lmtp", "openai"):  # a warm-up of each path (and each grammar compiled once)
-            for constrained in (False, True):
-                measure(port, name, warm, eos, transport, constrained)
-        rows = [measure(port, name, args, eos, transport, constrained)
-                for transport in ("lmtp", "openai") for constrained in (False, True)]
+        print(f"our server ready in {time.monotonic() - started:.0f} s", flush=True)
+        points = load_points(port, model.folder, args, eos)
+        report_points(points)
+        singles = single_programs(port, model.folder, args)
     finally:
         server.terminate()
         server.wait(60)
-    report(rows, args)
-
-
-def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print("| transport | constrained | streams | tokens | s | tok/s | vs free | steps | mask fill "
-          "| mask wait | following | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    free = {r["transport"]: r["tok_per_s"] for r in rows if not r["constrained"]}
-    for r in rows:
-        ratio = r["tok_per_s"] / free[r["transport"]] if free[r["transport"]] else float("nan")
-        print(f"| {r['transport']} | {r['constrained']} | {r['streams']} | {r['tokens']} | {r['seconds']} "
-              f"| {r['tok_per_s']} | {ratio:.2f}x | {r['steps']} | {r['mask_fill_share']:.1%} "
-              f"| {r['mask_wait_share']:.1%} | {r['grammar_share']:.1%} | {r['errors']} |")
-    for r in rows:
-        if r["first_error"]:
-            print(f"first error ({r['transport']}, constrained={r['constrained']}): {r['first_error']}")
+    theirs = lmql_073_programs(model.folder, args, device)
+    if theirs is not None:
+        singles[LMQL] = theirs
+    report_singles(singles, args)
+    print(f"wall time {time.monotonic() - started:.0f} s")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "constraints_gpu.json").write_text(json.dumps(rows, indent=1))
+        (args.out / "constraints_gpu.json").write_text(json.dumps({"points": points, "singles": singles},
+                                                                  indent=1))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="default: gpt2-medium (gpt2-micro-50k with --cpu)")
+    parser.add_argument("--cpu", action="store_true", help="serve on the CPU at small sizes (a smoke run)")
+    parser.add_argument("--streams", type=int)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--new-tokens", type=int)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--client-procs", type=int, help="processes running the LMQL programs of (a)")
+    parser.add_argument("--reps", type=int, help="timed runs of each single program (d)")
+    parser.add_argument("--wheels", type=Path, help="a folder with llguidance's and LMQL 0.7.3's wheels")
+    parser.add_argument("--lmql-python", help="python of an environment with lmql==0.7.3 (not --wheels)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    small = {"model": "gpt2-micro-50k", "streams": 8, "rounds": 1, "new_tokens": 24, "client_procs": 2,
+             "reps": 1}
+    full = {"model": "gpt2-medium", "streams": 64, "rounds": 2, "new_tokens": 128, "client_procs": 4,
+            "reps": 3}
+    for key, value in (small if args.cpu else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def report_points(points: list[dict[str, Any]]) -> None:
+    print("| point | tokens | s | tok/s | vs free | steps | mask fill µs/step | fill | wait | following "
+          "| errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for i, p in enumerate(points):
+        ratio = f"{p['tok_per_s'] / points[i - 1]['tok_per_s']:.2f}x" if i % 2 else "-"
+        print(f"| {p['point']} | {p['tokens']} | {p['seconds']} | {p['tok_per_s']} | {ratio} | {p['steps']} "
+              f"| {p['fill_us_per_step']} | {p['fill_share']:.1%} | {p['wait_share']:.1%} "
+              f"| {p['following_share']:.1%} | {p['errors']} |")
+    for p in points:
+        if p["first_error"]:
+            print(f"first error ({p['point']}): {p['first_error']}")
+    print("targets: (a), (b) at least 0.80x; (c) wait + following under 5% of the engine's busy time",
+          flush=True)
+
+
+def report_singles(singles: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    sides = list(singles)
+    print(f"(d) each program alone, {args.reps} timed runs (median ms; requests/program on our server)")
+    print("| program | " + " | ".join(sides) + " | requests (server path) | vs client masks "
+          "| vs lmql 0.7.3 |")
+    print("| --- " * (len(sides) + 4) + "|")
+    for program in PROGRAMS:
+        timed = {side: [r for r in records if r["program"] == program and r["run"] >= 0]
+                 for side, records in singles.items()}
+        ms = {side: statistics.median(r["ms"] for r in runs) for side, runs in timed.items()}
+        requests = sorted({r["requests"] for r in timed[SERVER_PATH]})
+        client = f"{ms[CLIENT_PATH] / ms[SERVER_PATH]:.1f}x"
+        lmql = f"{ms[LMQL] / ms[SERVER_PATH]:.1f}x" if LMQL in ms else "not run"
+        print(f"| {program} | " + " | ".join(f"{ms[s]:.1f}" for s in sides) +
+              f" | {', '.join(f'{r:g}' for r in requests if r is not None)} | {client} | {lmql} |")
+        for side, runs in timed.items():
+            for mine, other in zip(timed[SERVER_PATH], runs, strict=True):
+                if mine["values"] != other["values"]:
+                    print(f"MISMATCH {program} run {mine['run']}: {SERVER_PATH} {mine['values']} != "
+                          f"{side} {other['values']}")
+    print("targets: at least 1x the client masks, 20x LMQL 0.7.3 (runtime + server)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ is in ``serial.py``. No import of the query runtime: the engine builds these fro
 
 from __future__ import annotations
 
+import math
 import operator
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -19,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lmql_core.constraints.mask import ANY, Allowed, ConstraintError, NoDigits, Value
+from lmql_core.constraints.regex_masks import TextStates, regex_mask
 from lmql_core.constraints.tree import And, Holds, Junction, Or, Rule, Truth
 from lmql_core.constraints.vocabulary import Vocabulary
 
@@ -84,14 +87,12 @@ class Count(Rule):
         compare = COMPARISONS[self.op]
         if self.tokens:
             now, grow = len(value.ids), len(value.ids) + 1
-            tokens = None if self._may_grow_into(grow) else vocab.none()
+            tokens = None if self._may_grow_into(grow) else vocab.nothing()
             return Allowed(tokens, compare(now, self.limit))
         now = len(value.text)
-        if self.op in ("<", "<=", "=="):
-            bound = COMPARISONS["<=" if self.op == "==" else self.op]
-            within: np.ndarray | None = np.asarray(bound(now + vocab.lengths, self.limit), dtype=bool)
-        else:
-            within = None
+        within = None
+        if self.op in ("<", "<=", "=="):  # the tokens that keep now + len(token) <= (<) limit
+            within = vocab.at_most_chars(_most_chars(self.limit - now, strict=self.op == "<"))
         return Allowed(within, compare(now, self.limit))
 
     def _may_grow_into(self, size: int) -> bool:
@@ -112,6 +113,16 @@ class Count(Rule):
 
     def fields(self) -> dict[str, Any]:
         return {"op": self.op, "limit": self.limit, "tokens": self.tokens}
+
+
+def _most_chars(room: int | float, strict: bool) -> int:
+    """The largest whole n with n < room (``strict``) or n <= room; -1 where there is none."""
+    if math.isnan(room) or room == -math.inf:
+        return -1
+    if room == math.inf:
+        return sys.maxsize
+    most = math.ceil(room) - 1 if strict else math.floor(room)
+    return max(-1, int(most))
 
 
 def _string_list(options: Any) -> list[str]:
@@ -191,9 +202,9 @@ class Contains(Rule):
         if not self.negate:
             return Allowed(None, phrase in value.text)
         if phrase in value.text:
-            return Allowed(vocab.none(), True)  # LMQL's mask when nothing is allowed: EOS alone
+            return Allowed(vocab.nothing(), True)  # LMQL's mask when nothing is allowed: EOS alone
         overlap = max((i for i in range(1, len(phrase)) if value.text.endswith(phrase[:i])), default=0)
-        return Allowed(~vocab.containing(phrase[overlap:]), True)
+        return Allowed(vocab.not_containing(phrase[overlap:]), True)
 
     def holds(self, text: str, vocab: Vocabulary) -> bool:
         return (self.phrase in text) != self.negate
@@ -217,7 +228,7 @@ class IsInt(Rule):
             return Allowed(vocab.matching(r"[1-9][0-9]*$"), False)
         if all(c.strip() in ",0123456789" for c in text):
             return ANY
-        return Allowed(vocab.none(), True)
+        return Allowed(vocab.nothing(), True)
 
     def holds(self, text: str, vocab: Vocabulary | None) -> bool:
         digits = text.removeprefix(" ")  # as LMQL 0.7: one leading space, then 0-9 only
@@ -246,14 +257,12 @@ class Regex(Rule):
             self._compiled = regex.compile(self.pattern)
         except regex.error as e:
             raise ConstraintError(f"invalid regular expression {self.pattern!r}: {e}") from None
+        self._states = TextStates(self.pattern)
 
     def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
-        pattern = self._compiled
-        full = pattern.fullmatch(value.text) is not None
-        tokens = np.array([pattern.fullmatch(value.text + t, partial=True) is not None for t in vocab.texts],
-                          dtype=bool)
-        if vocab.eos is not None:
-            tokens[vocab.eos] = False
+        """Each token t where ``fullmatch(text + t, partial=True)`` matches (EOS never), and the
+        end on a full match; ``regex_mask`` computes it fast (the same tokens)."""
+        tokens, full = regex_mask(self._compiled, value.text, vocab, self._states)
         return Allowed(tokens, full)
 
     def holds(self, text: str, vocab: Vocabulary) -> bool:

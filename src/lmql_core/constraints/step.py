@@ -26,7 +26,7 @@ class Step:
 
     def forced(self) -> int | None:
         tokens = self.allowed.tokens
-        if self.allowed.eos or tokens is None or tokens.sum() != 1:
+        if self.allowed.eos or tokens is None or np.count_nonzero(tokens) != 1:
             return None
         return int(np.flatnonzero(tokens)[0])
 

@@ -101,7 +101,7 @@ class Truth(Rule):
     kind: ClassVar[str] = "truth"
 
     def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
-        return ANY if self.value else Allowed(vocab.none(), False)
+        return ANY if self.value else Allowed(vocab.nothing(), False)
 
     def fields(self) -> dict[str, Any]:
         return {"value": self.value}
@@ -168,7 +168,7 @@ class And(Junction):
     def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
         result = ANY
         for child in self.children:
-            result = result & child.mask(value, vocab)
+            result = joined(result, child.mask(value, vocab), vocab, both=True)
         return result
 
 
@@ -187,5 +187,16 @@ class Or(Junction):
         results = [child.mask(value, vocab) for child in self.children]
         combined = results[0]
         for result in results[1:]:
-            combined = combined | result
+            combined = joined(combined, result, vocab, both=False)
         return combined
+
+
+def joined(a: Allowed, b: Allowed, vocab: Vocabulary, both: bool) -> Allowed:
+    """``a & b`` (``both``) or ``a | b``; where both masks are ones the vocabulary remembers
+    (read-only), their join is remembered too (the entry holds both, so their ids stay theirs)."""
+    x, y = a.tokens, b.tokens
+    if x is None or y is None or x.flags.writeable or y.flags.writeable:
+        return a & b if both else a | b
+    key = ("and" if both else "or", id(x), id(y))
+    tokens = vocab.remember(key, lambda: (x, y, x & y if both else x | y))[2]
+    return Allowed(tokens, a.eos and b.eos if both else a.eos or b.eos)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from functools import cached_property
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +26,8 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
 
+MASK_CACHE_BYTES = 64 * 2**20  # masks remembered per vocabulary (REGEX states, ``in`` rests, lengths)
+
 # by id of the tokenizer (which the entry keeps alive, so an id is never reused while cached);
 # the least recently used go first, so programs over many models do not keep every tokenizer
 CACHED_VOCABULARIES = 8
@@ -36,7 +40,9 @@ class Vocabulary:
         self.size = int(tokenizer.vocab_size)
         self.eos = tokenizer.eos_token_id
         self.bos = tokenizer.bos_token_id
-        self._masks: dict[str, np.ndarray] = {}
+        self._remembered: OrderedDict[Hashable, Any] = OrderedDict()
+        self._remembered_bytes = 0
+        self._remembering = threading.Lock()  # the engine's mask thread and a local runtime share it
 
     @classmethod
     def of(cls, tokenizer: Tokenizer) -> Vocabulary:
@@ -48,6 +54,10 @@ class Vocabulary:
         _cache.move_to_end(id(tokenizer))
         return cached
 
+    def prepare(self) -> None:
+        """Compute now what every mask reads of the tokens (their texts, lengths, first characters)."""
+        _ = self.texts, self.lengths, self.longest, self.by_first_char
+
     @cached_property
     def texts(self) -> list[str]:
         """Each token's text on its own (special tokens included, as the tokenizer writes them)."""
@@ -57,45 +67,120 @@ class Vocabulary:
     def lengths(self) -> np.ndarray:
         return np.array([len(t) for t in self.texts], dtype=np.int64)
 
+    @cached_property
+    def by_first_char(self) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]:
+        """The tokens whose text is empty, and the others grouped by their first character
+        (ids, texts), in id order."""
+        groups: dict[str, list[int]] = {}
+        empty = []
+        for i, text in enumerate(self.texts):
+            if text:
+                groups.setdefault(text[0], []).append(i)
+            else:
+                empty.append(i)
+        grouped = {char: (np.array(ids, dtype=np.int64), [self.texts[i] for i in ids])
+                   for char, ids in groups.items()}
+        return np.array(empty, dtype=np.int64), grouped
+
+    def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``'s result under ``key``, computed once while it stays among the most
+        recently used (``MASK_CACHE_BYTES`` of numpy arrays in all); its arrays are made
+        read-only (shared by every step and row that asks)."""
+        with self._remembering:
+            found = self._remembered.get(key)
+            if found is not None:
+                self._remembered.move_to_end(key)
+                return found
+        found = compute()
+        _freeze(found)
+        with self._remembering:
+            if key not in self._remembered:
+                self._remembered[key] = found
+                self._remembered_bytes += _size(found)
+            while self._remembered_bytes > MASK_CACHE_BYTES and len(self._remembered) > 1:
+                self._remembered_bytes -= _size(self._remembered.popitem(last=False)[1])
+        return found
+
+    @cached_property
+    def longest(self) -> int:
+        """The most characters of a token's text."""
+        return int(self.lengths.max(initial=0))
+
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if ids else ""
 
-    def value(self, ids: list[int]) -> Value:
-        """A variable's tokens so far as its constraints read them."""
+    def value(self, ids: list[int], before: str | None = None) -> Value:
+        """A variable's tokens so far as its constraints read them (``before``: the text of all
+        but the last of them, where the caller knows it)."""
         text = self.decode(ids)
-        return Value(ids, text, text[len(self.decode(ids[:-1])):] if ids else "")
+        if before is None:
+            before = self.decode(ids[:-1])
+        return Value(ids, text, text[len(before):] if ids else "")
 
     def none(self) -> np.ndarray:
+        """No token allowed, in an array of one's own (to fill)."""
         return np.zeros(self.size, dtype=bool)
 
+    def nothing(self) -> np.ndarray:
+        """No token allowed, shared (read-only)."""
+        return self.remember(("nothing",), self.none)
+
+    # the masks below are remembered (``remember``) and shared: not to be changed
     def matching(self, pattern: str) -> np.ndarray:
         """Tokens whose text matches ``pattern`` from its start (``re.match``), EOS never."""
-        if pattern not in self._masks:
+        def compute() -> np.ndarray:
             compiled = re.compile(pattern)
-            mask = np.array([compiled.match(t) is not None for t in self.texts], dtype=bool)
-            if self.eos is not None:
-                mask[self.eos] = False
-            self._masks[pattern] = mask
-        return self._masks[pattern]
+            matches = [compiled.match(t) is not None for t in self.texts]
+            return self._without_eos(np.array(matches, dtype=bool))
+
+        return self.remember(("matching", pattern), compute)
 
     def containing(self, text: str) -> np.ndarray:
         """Tokens whose text holds ``text`` (EOS never)."""
-        key = "contains:" + text
-        if key not in self._masks:
-            mask = np.array([text in t for t in self.texts], dtype=bool)
-            if self.eos is not None:
-                mask[self.eos] = False
-            self._masks[key] = mask
-        return self._masks[key]
+        return self.remember(("containing", text),
+                             lambda: self._without_eos(np.array([text in t for t in self.texts], dtype=bool)))
+
+    def not_containing(self, text: str) -> np.ndarray:
+        """Tokens whose text does not hold ``text`` (EOS too)."""
+        return self.remember(("not containing", text), lambda: ~self.containing(text))
 
     def first_tokens(self, texts: list[str]) -> np.ndarray:
         """The first token of each text's own tokenization."""
-        mask = self.none()
-        for text in texts:
-            ids = self.encode(text)
-            if ids:
-                mask[ids[0]] = True
+        def compute() -> np.ndarray:
+            mask = self.none()
+            for text in texts:
+                ids = self.encode(text)
+                if ids:
+                    mask[ids[0]] = True
+            return mask
+
+        return self.remember(("first tokens", tuple(texts)), compute)
+
+    def at_most_chars(self, chars: int) -> np.ndarray:
+        """Tokens of at most ``chars`` characters."""
+        bound = max(-1, min(chars, self.longest))  # beyond these: the same masks
+        return self.remember(("chars", bound), lambda: self.lengths <= bound)
+
+    def _without_eos(self, mask: np.ndarray) -> np.ndarray:
+        if self.eos is not None:
+            mask[self.eos] = False
         return mask
+
+
+def _freeze(value: Any) -> None:
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+    elif isinstance(value, tuple):
+        for part in value:
+            _freeze(part)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, tuple):
+        return sum(_size(v) for v in value) + 64
+    return 64

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lmql_core.constraints.kinds import Rule
+from lmql_core.constraints.step import Step
 from lmql_core.constraints.vocabulary import Vocabulary
 from lmql_core.engine.sequence import Sequence, TokenEvent
 
@@ -28,12 +29,25 @@ class MaskConstraint:
         self.rule = rule
         self.vocab = vocab
         self.mask_words = mask_words
+        self._decoded = (-1, "")  # the last step's token count and text: the next one's text before
 
     def fill(self, generated: list[int], row: np.ndarray) -> None:
         """The mask after ``generated`` into ``row`` (``mask_words`` int32 words, bit i: token i)."""
-        step = self.rule.step(self.vocab.value(generated), self.vocab)
+        count, text = self._decoded
+        value = self.vocab.value(generated, text if count == len(generated) - 1 else None)
+        self._decoded = (len(generated), value.text)
+        step = self.rule.step(value, self.vocab)
+        tokens = step.allowed.tokens
+        if tokens is None or not tokens.flags.writeable:  # a mask the vocabulary remembers: its row too
+            # (the entry holds the array, so no other array can have its id while the entry lives)
+            key = ("packed row", id(tokens), step.allowed.eos, step.stop, self.mask_words)
+            row[:] = self.vocab.remember(key, lambda: (tokens, self._packed(step)))[1]
+        else:
+            row[:] = self._packed(step)
+
+    def _packed(self, step: Step) -> np.ndarray:
         allowed = step.row(self.mask_words * 32, self.vocab.eos)
-        row[:] = np.packbits(allowed, bitorder="little").view(np.int32)
+        return np.packbits(allowed, bitorder="little").view(np.int32)
 
     def events_after(self, seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
                      taken: bool) -> tuple[list[TokenEvent], bool]:

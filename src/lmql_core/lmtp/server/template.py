@@ -58,7 +58,7 @@ class TemplateRun:
     async def _run(self) -> None:
         assert self.model.tokenizer is not None, "the extension is advertised with a tokenizer only"
         vocab = Vocabulary.of(self.model.tokenizer)
-        await asyncio.to_thread(lambda: vocab.texts)  # every token's text, once per tokenizer
+        await asyncio.to_thread(vocab.prepare)  # every token's text and what masks read of it, once
         values: dict[int, str] = {}
         prompt, holes = self.prompt, self.template.holes
         for index, hole in enumerate(holes):

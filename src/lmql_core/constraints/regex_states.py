@@ -1,0 +1,204 @@
+"""Where a text stands in a regular expression: a state that every text with the same
+continuations shares (the set of automaton positions reached), so REGEX masks are computed once
+per state, not once per text.
+
+The state only keys a cache: the masks themselves always come from ``regex``'s own partial
+matching. It is built from Python's ``re`` parser for the part of the syntax where ``re`` and
+``regex`` agree on what matches (literals, sets of literals and ranges, ``.``, groups,
+alternation, repetition); anything else (anchors, lookarounds, backreferences, flags, ``\\d``-like
+classes, possessive or atomic parts, POSIX classes) has no automaton and is keyed by its text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import lru_cache
+
+try:  # Python 3.11+
+    from re import _constants as sre  # type: ignore[attr-defined]
+    from re import _parser as sre_parse
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_constants as sre  # type: ignore[no-redef]
+    import sre_parse  # type: ignore[no-redef]
+
+MAX_POSITIONS = 20_000  # a pattern whose automaton would be larger is keyed by text
+MAX_STEPS = 200_000  # remembered transitions per pattern before they are forgotten
+MAX_REACH = 2_000  # positions one position reaches without a character: more, and texts are the keys
+
+
+class Unsupported(Exception):
+    """The pattern uses syntax outside the subset (see the module's docstring)."""
+
+
+State = frozenset[int]
+Test = Callable[[str], bool]
+
+
+class Automaton:
+    """A Thompson automaton of a pattern: ``tests[n]`` (a character test and the next
+    position) or ``empty[n]`` (positions reached without a character)."""
+
+    def __init__(self) -> None:
+        self.tests: list[tuple[Test, int] | None] = []
+        self.empty: list[list[int]] = []
+        self.accept = -1
+        self.usable = True  # False once its states proved too large (see ``_reach``)
+        self._closures: dict[int, State] = {}
+        self._steps: dict[tuple[State, str], State] = {}
+
+    def position(self) -> int:
+        if len(self.tests) >= MAX_POSITIONS:
+            raise Unsupported("too many positions")
+        self.tests.append(None)
+        self.empty.append([])
+        return len(self.tests) - 1
+
+    def start(self) -> State:
+        return self._closure({0})
+
+    def advance(self, state: State, text: str) -> State:
+        """The state after ``text`` from ``state`` (empty: no match can follow)."""
+        for char in text:
+            if not state:
+                return state
+            key = (state, char)
+            following = self._steps.get(key)
+            if following is None:
+                reached = set()
+                for n in state:
+                    test = self.tests[n]
+                    if test is not None and test[0](char):
+                        reached.add(test[1])
+                following = self._closure(reached)
+                if len(self._steps) >= MAX_STEPS:
+                    self._steps.clear()
+                self._steps[key] = following
+            state = following
+        return state
+
+    def _closure(self, positions: set[int]) -> State:
+        found: set[int] = set()
+        for n in positions:
+            cached = self._closures.get(n)
+            if cached is None:
+                cached = self._closures[n] = self._reach(n)
+            found |= cached
+        return frozenset(found)
+
+    def _reach(self, n: int) -> State:
+        """The positions where a character is tested (or the end) reached from ``n`` alone."""
+        seen, todo = {n}, [n]
+        while todo:
+            for m in self.empty[todo.pop()]:
+                if m not in seen:
+                    seen.add(m)
+                    todo.append(m)
+            if len(seen) > MAX_REACH:  # e.g. (x?){0,3000}: states too large to be worth keys
+                self.usable = False
+                raise Unsupported("states too large")
+        return frozenset(m for m in seen if self.tests[m] is not None or m == self.accept)
+
+
+@lru_cache(maxsize=64)
+def automaton(pattern: str) -> Automaton | None:
+    """The automaton of ``pattern``, or None where the pattern is outside the subset."""
+    if "[:" in pattern:  # regex reads POSIX classes where re reads a set of characters
+        return None
+    try:
+        parsed = sre_parse.parse(pattern)
+        if parsed.state.flags & ~re.UNICODE:
+            raise Unsupported("flags")
+        machine = Automaton()
+        first = machine.position()
+        machine.accept = _sequence(machine, list(parsed), first)
+    except (Unsupported, re.error, RecursionError, OverflowError):
+        return None
+    return machine
+
+
+def _sequence(machine: Automaton, items: list[tuple[object, object]], at: int) -> int:
+    for op, argument in items:
+        at = _item(machine, op, argument, at)
+    return at
+
+
+def _item(machine: Automaton, op: object, argument: object, at: int) -> int:
+    if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
+        end = machine.position()
+        machine.tests[at] = (_test(op, argument), end)
+        # a tested position has no empty edges: give it a fresh successor to chain from
+        return end
+    if op is sre.SUBPATTERN:
+        _group, add_flags, del_flags, items = argument  # type: ignore[misc]
+        if add_flags or del_flags:
+            raise Unsupported("inline flags")
+        return _sequence(machine, list(items), at)
+    if op is sre.BRANCH:
+        _, alternatives = argument  # type: ignore[misc]
+        end = machine.position()
+        for alternative in alternatives:
+            begin = machine.position()
+            machine.empty[at].append(begin)
+            machine.empty[_sequence(machine, list(alternative), begin)].append(end)
+        return end
+    if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):  # greedy or lazy: the same texts match
+        low, high, items = argument  # type: ignore[misc]
+        return _repeat(machine, list(items), int(low), high, at)
+    raise Unsupported(str(op))
+
+
+def _repeat(machine: Automaton, items: list[tuple[object, object]], low: int, high: object, at: int) -> int:
+    for _ in range(low):
+        at = _fresh(machine, items, at)
+    if high == sre.MAXREPEAT:
+        loop = machine.position()
+        machine.empty[at].append(loop)
+        machine.empty[_fresh(machine, items, loop)].append(loop)
+        return loop
+    end = machine.position()
+    machine.empty[at].append(end)
+    for _ in range(int(high) - low):  # type: ignore[call-overload]
+        at = _fresh(machine, items, at)
+        machine.empty[at].append(end)
+    return end
+
+
+def _fresh(machine: Automaton, items: list[tuple[object, object]], at: int) -> int:
+    """One more copy of ``items`` after ``at``, from a position of its own (so no edge leaks)."""
+    begin = machine.position()
+    machine.empty[at].append(begin)
+    return _sequence(machine, items, begin)
+
+
+def _test(op: object, argument: object) -> Test:
+    if op is sre.LITERAL:
+        wanted = chr(argument)  # type: ignore[call-overload]
+        return wanted.__eq__
+    if op is sre.NOT_LITERAL:
+        unwanted = chr(argument)  # type: ignore[call-overload]
+        return unwanted.__ne__
+    if op is sre.ANY:
+        return "\n".__ne__
+    return _set_test(list(argument))  # type: ignore[call-overload]
+
+
+def _set_test(items: list[tuple[object, object]]) -> Test:
+    negate, chars, ranges = False, set(), []
+    for op, argument in items:
+        if op is sre.NEGATE:
+            negate = True
+        elif op is sre.LITERAL:
+            chars.add(chr(argument))  # type: ignore[call-overload]
+        elif op is sre.RANGE:
+            low, high = argument  # type: ignore[misc]
+            ranges.append((chr(low), chr(high)))
+        else:
+            raise Unsupported(str(op))  # a category (\d, \w, \s): re and regex differ on them
+    frozen = frozenset(chars)
+
+    def test(char: str) -> bool:
+        inside = char in frozen or any(low <= char <= high for low, high in ranges)
+        return inside != negate
+
+    return test
