@@ -11,16 +11,19 @@ classes, possessive or atomic parts, POSIX classes) has no automaton and is keye
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
+# the standard library's own regex parser, untyped: its parse trees are read as Any
+sre: Any
+sre_parse: Any
 try:  # Python 3.11+
-    from re import _constants as sre  # type: ignore[attr-defined]
-    from re import _parser as sre_parse
+    sre, sre_parse = importlib.import_module("re._constants"), importlib.import_module("re._parser")
 except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as sre  # type: ignore[no-redef]
-    import sre_parse  # type: ignore[no-redef]
+    sre, sre_parse = importlib.import_module("sre_constants"), importlib.import_module("sre_parse")
 
 MAX_POSITIONS = 20_000  # a pattern whose automaton would be larger is keyed by text
 MAX_STEPS = 200_000  # remembered transitions per pattern before they are forgotten
@@ -117,25 +120,25 @@ def automaton(pattern: str) -> Automaton | None:
     return machine
 
 
-def _sequence(machine: Automaton, items: list[tuple[object, object]], at: int) -> int:
+def _sequence(machine: Automaton, items: list[tuple[Any, Any]], at: int) -> int:
     for op, argument in items:
         at = _item(machine, op, argument, at)
     return at
 
 
-def _item(machine: Automaton, op: object, argument: object, at: int) -> int:
+def _item(machine: Automaton, op: object, argument: Any, at: int) -> int:
     if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
         end = machine.position()
         machine.tests[at] = (_test(op, argument), end)
         # a tested position has no empty edges: give it a fresh successor to chain from
         return end
     if op is sre.SUBPATTERN:
-        _group, add_flags, del_flags, items = argument  # type: ignore[misc]
+        _group, add_flags, del_flags, items = argument
         if add_flags or del_flags:
             raise Unsupported("inline flags")
         return _sequence(machine, list(items), at)
     if op is sre.BRANCH:
-        _, alternatives = argument  # type: ignore[misc]
+        _, alternatives = argument
         end = machine.position()
         for alternative in alternatives:
             begin = machine.position()
@@ -143,12 +146,12 @@ def _item(machine: Automaton, op: object, argument: object, at: int) -> int:
             machine.empty[_sequence(machine, list(alternative), begin)].append(end)
         return end
     if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):  # greedy or lazy: the same texts match
-        low, high, items = argument  # type: ignore[misc]
+        low, high, items = argument
         return _repeat(machine, list(items), int(low), high, at)
     raise Unsupported(str(op))
 
 
-def _repeat(machine: Automaton, items: list[tuple[object, object]], low: int, high: object, at: int) -> int:
+def _repeat(machine: Automaton, items: list[tuple[Any, Any]], low: int, high: Any, at: int) -> int:
     for _ in range(low):
         at = _fresh(machine, items, at)
     if high == sre.MAXREPEAT:
@@ -158,40 +161,40 @@ def _repeat(machine: Automaton, items: list[tuple[object, object]], low: int, hi
         return loop
     end = machine.position()
     machine.empty[at].append(end)
-    for _ in range(int(high) - low):  # type: ignore[call-overload]
+    for _ in range(int(high) - low):
         at = _fresh(machine, items, at)
         machine.empty[at].append(end)
     return end
 
 
-def _fresh(machine: Automaton, items: list[tuple[object, object]], at: int) -> int:
+def _fresh(machine: Automaton, items: list[tuple[Any, Any]], at: int) -> int:
     """One more copy of ``items`` after ``at``, from a position of its own (so no edge leaks)."""
     begin = machine.position()
     machine.empty[at].append(begin)
     return _sequence(machine, items, begin)
 
 
-def _test(op: object, argument: object) -> Test:
+def _test(op: object, argument: Any) -> Test:
     if op is sre.LITERAL:
-        wanted = chr(argument)  # type: ignore[call-overload]
+        wanted = chr(argument)
         return wanted.__eq__
     if op is sre.NOT_LITERAL:
-        unwanted = chr(argument)  # type: ignore[call-overload]
+        unwanted = chr(argument)
         return unwanted.__ne__
     if op is sre.ANY:
         return "\n".__ne__
-    return _set_test(list(argument))  # type: ignore[call-overload]
+    return _set_test(list(argument))
 
 
-def _set_test(items: list[tuple[object, object]]) -> Test:
+def _set_test(items: list[tuple[Any, Any]]) -> Test:
     negate, chars, ranges = False, set(), []
     for op, argument in items:
         if op is sre.NEGATE:
             negate = True
         elif op is sre.LITERAL:
-            chars.add(chr(argument))  # type: ignore[call-overload]
+            chars.add(chr(argument))
         elif op is sre.RANGE:
-            low, high = argument  # type: ignore[misc]
+            low, high = argument
             ranges.append((chr(low), chr(high)))
         else:
             raise Unsupported(str(op))  # a category (\d, \w, \s): re and regex differ on them
