@@ -16,7 +16,7 @@ from lmql_core.base.mask_staging import MaskStaging
 
 class ArrayOps(Protocol):
     def prepare(self, logits: Any) -> Any: ...  # float32, 2-D
-    def bias_row(self, bias: dict[int, float], like: Any) -> Any: ...  # dense (vocab,) row
+    def bias_row(self, bias: dict[int, float], like: Any, fill: float = 0.0) -> Any: ...  # dense (vocab,) row
     def stack(self, rows: list[Any]) -> Any: ...  # 1-D rows into one 2-D array
     def concat(self, arrays: list[Any]) -> Any: ...  # 2-D arrays, one under the other
     def floats(self, values: list[float], like: Any) -> Any: ...  # a float32 column where ``like`` is
@@ -43,8 +43,8 @@ class NumpyOps:
     def prepare(self, logits: Any) -> np.ndarray:
         return np.atleast_2d(np.asarray(logits, dtype=np.float32))
 
-    def bias_row(self, bias: dict[int, float], like: np.ndarray) -> np.ndarray:
-        row = np.zeros(like.shape[-1], dtype=np.float32)
+    def bias_row(self, bias: dict[int, float], like: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        row = np.full(like.shape[-1], fill, dtype=np.float32)
         row[list(bias)] = list(bias.values())
         return row
 
@@ -180,11 +180,11 @@ class TorchOps:
             return logits
         return logits.float().reshape(-1, logits.shape[-1])
 
-    def bias_row(self, bias: dict[int, float], like: Any) -> Any:
+    def bias_row(self, bias: dict[int, float], like: Any, fill: float = 0.0) -> Any:
         # built where it is used: only the entries travel, and the host does no vocabulary-wide
         # work (on a busy host that work, and pinning it, cost 15 ms per stream: measured)
         t = self.torch
-        row = t.zeros(like.shape[-1], dtype=t.float32, device=like.device)
+        row = t.full((like.shape[-1],), fill, dtype=t.float32, device=like.device)
         index = self.tensor(list(bias), like.device, t.long)
         row[index] = self.tensor(list(bias.values()), like.device, t.float32)
         return row

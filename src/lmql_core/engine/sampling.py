@@ -1,7 +1,8 @@
 """Token selection for a batch, defined once for every backend.
 
 Per row: apply the stream's repetition penalty (as transformers does), add its logit bias (-100
-or less bans a token, +100 or more restricts the choice to the tokens so biased), take
+or less bans a token, +100 or more restricts the choice to the tokens so biased, whose logits
+stay as they are), take
 log-softmax, then pick the argmax (temperature 0) or sample at the stream's temperature
 (Gumbel-max) among its top-k / top-p tokens. The reported log-probs are those of the biased
 distribution at temperature 1.
@@ -20,7 +21,6 @@ from lmql_core.engine.sequence import SamplingParams
 
 BAN_AT = -100.0
 FORCE_AT = 100.0
-FORCE_BIAS = 1e4  # large enough that unforced tokens get probability 0 in float32
 ONLY_THE_CHOSEN: Mapping[int, float] = MappingProxyType({})  # top log-probs beside the chosen token's
 # Temperatures below this decode greedily. Scores are log-probs / T in float32: below 3e-39, 1/T
 # itself overflows (and inf * 0 gives NaN rows); and already at 1e-5 a token other than the best
@@ -29,7 +29,8 @@ GREEDY_BELOW = 1e-5
 SCORE_ROWS = 1024  # scored rows per log-softmax (float32 work of 1024 x vocabulary at most)
 # A bias of at most this many tokens a row is added entry by entry: LMQL bans EOS with one, and
 # stacking dense rows cost 3.6 ms of a 25 ms step (32 rows, 50k vocabulary, one CPU core);
-# longer ones (LMQL's masks hold half the vocabulary) as dense rows built once per stream.
+# longer ones (LMQL's masks hold half the vocabulary), and those that force tokens (which reach
+# every token of the row), as dense rows built once per stream.
 SPARSE_BIAS_TOKENS = 256
 
 
@@ -48,11 +49,23 @@ class Samples:
 
 
 def effective_bias(value: float) -> float:
-    if value <= BAN_AT:
-        return float("-inf")
-    if value >= FORCE_AT:
-        return FORCE_BIAS
-    return value
+    """What a bias below FORCE_AT adds (a row that forces tokens is ``forced_row``'s)."""
+    return float("-inf") if value <= BAN_AT else value
+
+
+def forces(bias: Mapping[int, float]) -> bool:
+    return any(value >= FORCE_AT for value in bias.values())
+
+
+def dense_bias_row(ops: ArrayOps, bias: Mapping[int, float], like: Any) -> Any:
+    """The row ``bias`` adds: where it forces tokens, 0 on them and -inf on every other token.
+    (Not a large bias on the forced tokens: in float32, 1e4 + x keeps ~3 decimals of x, so two
+    forced tokens whose logits differ by less than ~1e-3 would tie, and the lower id win, where
+    LMQL, adding +100 in float64, and a hard mask both take the larger: issue 31.)"""
+    forced = [token for token, value in bias.items() if value >= FORCE_AT]
+    if forced:
+        return ops.bias_row(dict.fromkeys(forced, 0.0), like, fill=float("-inf"))
+    return ops.bias_row({t: effective_bias(b) for t, b in bias.items()}, like)
 
 
 class SamplingPlan:
@@ -62,8 +75,9 @@ class SamplingPlan:
 
     def __init__(self, params: list[SamplingParams]) -> None:
         self.params = params
-        self.penalized = self.sparse_bias = self.constrained = self.truncated = False
-        self.biased_rows: list[int] = []
+        self.penalized = self.constrained = self.truncated = False
+        self.sparse_rows: list[int] = []  # biased rows whose bias is added entry by entry
+        self.dense_rows: list[int] = []  # and those added as whole rows
         self.sampled_rows: list[int] = []
         self.seeded_rows: list[int] = []
         self.k = 0
@@ -73,13 +87,12 @@ class SamplingPlan:
     def _read(self, params: list[SamplingParams]) -> None:
         """One pass over the rows (a new plan each step where streams join or leave: at 256 rows
         this is 2.5x faster than a comprehension per field)."""
-        longest_bias = 0
         for row, p in enumerate(params):
             if p.repetition_penalty != 1.0:
                 self.penalized = True
             if p.logit_bias:
-                self.biased_rows.append(row)
-                longest_bias = max(longest_bias, len(p.logit_bias))
+                sparse = len(p.logit_bias) <= SPARSE_BIAS_TOKENS and not forces(p.logit_bias)
+                (self.sparse_rows if sparse else self.dense_rows).append(row)
             if p.temperature >= GREEDY_BELOW:  # is_sampled
                 self.sampled_rows.append(row)
                 if p.seed is not None:
@@ -90,7 +103,6 @@ class SamplingPlan:
                 self.k = p.top_logprobs
             if p.constraint is not None:
                 self.constrained = True
-        self.sparse_bias = longest_bias <= SPARSE_BIAS_TOKENS
 
     def device_array(self, name: str, build: Callable[[], Any]) -> Any:
         if name not in self._device:
@@ -99,18 +111,18 @@ class SamplingPlan:
 
 
 def apply_bias(ops: ArrayOps, logits: Any, plan: SamplingPlan) -> Any:
-    if not plan.biased_rows:
-        return logits
-    if plan.sparse_bias:  # the same sums as adding dense rows (x + 0 is x), without building them
+    if plan.sparse_rows:  # the same sums as adding dense rows (x + 0 is x), without building them
         entries = plan.device_array("bias entries", lambda: _bias_entries(ops, logits, plan))
-        return ops.add_entries(logits, entries)
-    bias = plan.device_array("bias", lambda: _bias_rows(ops, logits, plan))
-    return ops.add_rows(logits, plan.biased_rows, bias)
+        logits = ops.add_entries(logits, entries)
+    if plan.dense_rows:
+        bias = plan.device_array("bias", lambda: _bias_rows(ops, logits, plan))
+        logits = ops.add_rows(logits, plan.dense_rows, bias)
+    return logits
 
 
 def _bias_entries(ops: ArrayOps, logits: Any, plan: SamplingPlan) -> Any:
     rows, tokens, values = [], [], []
-    for row in plan.biased_rows:
+    for row in plan.sparse_rows:
         for token, value in plan.params[row].logit_bias.items():
             rows.append(row)
             tokens.append(token)
@@ -119,10 +131,10 @@ def _bias_entries(ops: ArrayOps, logits: Any, plan: SamplingPlan) -> Any:
 
 
 def _bias_rows(ops: ArrayOps, logits: Any, plan: SamplingPlan) -> Any:
-    params = [plan.params[i] for i in plan.biased_rows]
+    params = [plan.params[i] for i in plan.dense_rows]
     for p in params:  # dense rows are built once per stream: LMQL masks hold half the vocabulary
         if p.dense_bias is None:
-            p.dense_bias = ops.bias_row({t: effective_bias(b) for t, b in p.logit_bias.items()}, logits)
+            p.dense_bias = dense_bias_row(ops, p.logit_bias, logits)
     return ops.stack([p.dense_bias for p in params])
 
 
