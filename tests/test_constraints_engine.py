@@ -207,7 +207,8 @@ def test_compiled_grammars_are_cached(compiler) -> None:
     assert first.matcher is not second.matcher  # each stream follows its own copy
 
 
-def test_mask_rows_bans_exactly_the_unset_bits() -> None:
+@pytest.mark.parametrize("rows", [[0, 2], [0, 1, 2]])  # some rows of the batch, every row
+def test_mask_rows_bans_exactly_the_unset_bits(rows: list[int]) -> None:
     """numpy and torch ``mask_rows`` against bits read one by one in Python; tokens past the
     mask's width are banned, rows not named are untouched."""
     import numpy as np
@@ -216,11 +217,13 @@ def test_mask_rows_bans_exactly_the_unset_bits() -> None:
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 70)).astype(np.float32)
-    bits = rng.integers(-2**31, 2**31 - 1, size=(2, 2), dtype=np.int64).astype(np.int32)  # 64 tokens
+    bits = rng.integers(-2**31, 2**31 - 1, size=(len(rows), 2), dtype=np.int64).astype(np.int32)  # 64 tokens
     expected = logits.copy()
-    for j, row in enumerate([0, 2]):
+    for j, row in enumerate(rows):
         for token in range(70):
             if token >= 64 or not (int(bits[j, token // 32]) >> (token % 32)) & 1:
                 expected[row, token] = -np.inf
-    assert np.array_equal(NumpyOps().mask_rows(logits, [0, 2], bits), expected)
-    assert np.array_equal(TorchOps().mask_rows(torch.from_numpy(logits), [0, 2], bits).numpy(), expected)
+    assert np.array_equal(NumpyOps().mask_rows(logits, rows, bits), expected)
+    torch_logits = torch.from_numpy(logits)
+    assert np.array_equal(TorchOps().mask_rows(torch_logits, rows, bits).numpy(), expected)
+    assert np.array_equal(torch_logits.numpy(), logits)  # the input is left as it was
