@@ -63,8 +63,10 @@ class Engine:
 
     # --- called from any thread -------------------------------------------------------------
 
-    def submit(self, seq: Sequence) -> None:
-        """Queue ``seq``, a request the session validated (token ids, context length)."""
+    def submit(self, seq: Sequence, from_client: bool = True) -> None:
+        """Queue ``seq``, a request the session validated (token ids, context length).
+        ``from_client`` False: a sequence the server made itself (a template's next hole), which
+        no companions follow, so an idle engine does not wait for them (ARRIVAL_QUIET_S)."""
         seq.max_generated = seq.params.max_tokens
         if self.backend.max_context is not None:
             room = self.backend.max_context - seq.length
@@ -72,7 +74,8 @@ class Engine:
             seq.max_generated = min(seq.max_generated, room)
         with self._wake:
             self.scheduler.add(seq)
-            self._last_arrival = time.perf_counter()
+            if from_client:
+                self._last_arrival = time.perf_counter()
             self._wake.notify()
 
     def cancel(self, seqs: list[Sequence]) -> None:

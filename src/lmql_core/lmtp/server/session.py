@@ -188,9 +188,9 @@ class Session:
         if len(self._running()) + len(self._templates) >= self.limits.max_streams_per_connection:
             raise RequestError("this connection has too many streams running or queued (--max-streams)")
 
-        def register(seq: Sequence) -> None:
+        def register(seq: Sequence, first: bool) -> None:
             self._active[stream_id] = (seq, model)
-            model.engine.submit(seq)
+            model.engine.submit(seq, from_client=first)
 
         run = TemplateRun(stream_id, model, prompt, parsed, self._send_open, register, self._check_context,
                           FINISH_REASONS)

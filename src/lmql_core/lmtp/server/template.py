@@ -30,7 +30,8 @@ from lmql_core.loading.model_host import LoadedModel
 
 log = logging.getLogger(__name__)
 Send = Callable[[str, Any], None]  # the session's: a frame to the client
-Register = Callable[[Sequence], None]  # the session's: start the hole's sequence, as the stream's
+# the session's: start the hole's sequence, as the stream's (True: the first hole, sent by the client)
+Register = Callable[[Sequence, bool], None]
 CheckContext = Callable[[LoadedModel, int], None]  # the session's: a prompt past the context is an error
 
 
@@ -101,7 +102,7 @@ class TemplateRun:
             loop.call_soon_threadsafe(queue.put_nowait, events)
 
         seq = Sequence(self.stream_id, list(prompt), params, sink)
-        self.register(seq)
+        self.register(seq, index == 0)
         ended = False
         try:
             ids: list[int] = []
