@@ -2,10 +2,9 @@
 
 Per row: apply the stream's repetition penalty (as transformers does), add its logit bias (-100
 or less bans a token, +100 or more restricts the choice to the tokens so biased, whose logits
-stay as they are), take
-log-softmax, then pick the argmax (temperature 0) or sample at the stream's temperature
-(Gumbel-max) among its top-k / top-p tokens. The reported log-probs are those of the biased
-distribution at temperature 1.
+stay as they are), take log-softmax, then pick the argmax (temperature 0) or sample at the
+stream's temperature (Gumbel-max) among its top-k / top-p tokens. The reported log-probs are
+those of the biased distribution at temperature 1.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ class Samples:
 
 
 def effective_bias(value: float) -> float:
-    """What a bias below FORCE_AT adds (a row that forces tokens is ``forced_row``'s)."""
+    """What a bias below FORCE_AT adds (a row that forces tokens: ``dense_bias_row``)."""
     return float("-inf") if value <= BAN_AT else value
 
 
