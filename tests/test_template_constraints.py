@@ -246,3 +246,20 @@ def test_a_template_and_a_grammar_share_the_batch(tiny_server: Server) -> None:
 
     tokenizer = JsonTokenizer.from_file(bundled_path(MODEL) / "tokenizer.json")  # type: ignore[operator]
     assert regex_module.fullmatch(pattern, tokenizer.decode([e["token"] for e in both["g"]]))
+
+
+def test_forced_tokens_and_the_end_take_no_model_step(tiny_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first token of a long option, the rest is one token at a time with nothing else
+    allowed, and then the variable is done: the runtime takes those tokens and ends without asking
+    the model; so does the server (one step for the prompt's token, none after), same values."""
+    options = ["the quick brown fox jumps over the lazy dog and runs far away", "a cat"]
+    source = program('"The story: [S]"', f"S in {options!r}")
+    model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+    steps, tokens = (server_metric(tiny_server, name, MODEL) for name in ("lmql_engine_steps", "lmql_tokens_generated"))
+    values, _, requests = run(source, model)
+    steps_taken = server_metric(tiny_server, "lmql_engine_steps", MODEL) - steps
+    tokens_taken = server_metric(tiny_server, "lmql_tokens_generated", MODEL) - tokens
+    assert values["S"] in options and requests == 1
+    assert steps_taken <= 2 < tokens_taken  # the prompt's step (and at most one more), not one a token
+    monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+    assert run(source, model)[0] == values

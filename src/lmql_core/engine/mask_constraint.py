@@ -4,7 +4,9 @@ Beside the llguidance grammars (``constraints.Constraint``): the mask of each st
 query runtime would send (``Step.row``: LMQL's token-level rules), computed with the kinds' numpy
 masks on ``MaskFiller``'s thread while the forward pass runs. A step where the variable is done
 (a stopping phrase reached, nothing left to allow) allows EOS alone, so the sequence ends there;
-a single allowed token is the only one the step can choose (as LMQL takes it without sampling).
+a single allowed token is the only one the step can choose. After each sampled token, the tokens the
+constraints force (one allowed, no EOS) are appended without a model step, and a variable that is
+done ends there, as the runtime takes and ends them without asking the model.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from lmql_core.constraints.kinds import Rule
 from lmql_core.constraints.step import Step
 from lmql_core.constraints.vocabulary import Vocabulary
-from lmql_core.engine.sequence import Sequence, TokenEvent
+from lmql_core.engine.constraints import FORCED_TOP
+from lmql_core.engine.sequence import Finish, Sequence, TokenEvent
 
 
 class MaskConstraint:
@@ -33,10 +36,7 @@ class MaskConstraint:
 
     def fill(self, generated: list[int], row: np.ndarray) -> None:
         """The mask after ``generated`` into ``row`` (``mask_words`` int32 words, bit i: token i)."""
-        count, text = self._decoded
-        value = self.vocab.value(generated, text if count == len(generated) - 1 else None)
-        self._decoded = (len(generated), value.text)
-        step = self.rule.step(value, self.vocab)
+        step = self._step(generated)
         tokens = step.allowed.tokens
         if tokens is None or not tokens.flags.writeable:  # a mask the vocabulary remembers: its row too
             # (the entry holds the array, so no other array can have its id while the entry lives)
@@ -45,14 +45,35 @@ class MaskConstraint:
         else:
             row[:] = self._packed(step)
 
+    def _step(self, generated: list[int]) -> Step:
+        count, text = self._decoded
+        value = self.vocab.value(generated, text if count == len(generated) - 1 else None)
+        self._decoded = (len(generated), value.text)
+        return self.rule.step(value, self.vocab)
+
     def _packed(self, step: Step) -> np.ndarray:
         allowed = step.row(self.mask_words * 32, self.vocab.eos)
         return np.packbits(allowed, bitorder="little").view(np.int32)
 
     def events_after(self, seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
                      taken: bool) -> tuple[list[TokenEvent], bool]:
-        """The events of a token sampled under this mask (the sequence ends by EOS or its length)."""
-        return [TokenEvent(seq.stream_id, token, logprob, None, top)], False
+        """The events of a token sampled under this mask, then of the tokens the constraints force
+        after it (appended to ``seq.generated``, log-prob 0), as the query runtime takes them
+        without asking the model; whether ``seq`` ends: its variable is done (finish EOS, without
+        an EOS token, as the runtime ends it) or ``max_generated`` is reached."""
+        events = [TokenEvent(seq.stream_id, token, logprob, None, top)]
+        while len(seq.generated) < seq.max_generated:
+            step = self._step(seq.generated)
+            if step.done:
+                events[-1].finish_reason = Finish.EOS
+                return events, True
+            forced = step.forced()
+            if forced is None:
+                return events, False
+            seq.generated.append(forced)
+            events.append(TokenEvent(seq.stream_id, forced, 0.0, None, FORCED_TOP))
+        events[-1].finish_reason = Finish.LENGTH
+        return events, True
 
     def failure(self) -> str:
         return "constraint error: no token is allowed here"
