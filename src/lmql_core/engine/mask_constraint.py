@@ -32,7 +32,10 @@ class MaskConstraint:
         self.rule = rule
         self.vocab = vocab
         self.mask_words = mask_words
-        self._decoded = (-1, "")  # the last step's token count and text: the next one's text before
+        # the last step asked for: its token count, text and step (the next one's text before). A
+        # step is asked for twice, by the engine thread after the token before it was sampled
+        # (``events_after``) and by the mask thread for its mask (``fill``): computed once
+        self._last: tuple[int, str, Step] | None = None
 
     def fill(self, generated: list[int], row: np.ndarray) -> None:
         """The mask after ``generated`` into ``row`` (``mask_words`` int32 words, bit i: token i)."""
@@ -46,10 +49,15 @@ class MaskConstraint:
             row[:] = self._packed(step)
 
     def _step(self, generated: list[int]) -> Step:
-        count, text = self._decoded
-        value = self.vocab.value(generated, text if count == len(generated) - 1 else None)
-        self._decoded = (len(generated), value.text)
-        return self.rule.step(value, self.vocab)
+        """Where the variable stands after ``generated`` (a sequence's tokens only grow)."""
+        last = self._last
+        if last is not None and last[0] == len(generated):
+            return last[2]
+        before = last[1] if last is not None and last[0] == len(generated) - 1 else None
+        value = self.vocab.value(generated, before)
+        step = self.rule.step(value, self.vocab)
+        self._last = (len(generated), value.text, step)
+        return step
 
     def _packed(self, step: Step) -> np.ndarray:
         allowed = step.row(self.mask_words * 32, self.vocab.eos)
