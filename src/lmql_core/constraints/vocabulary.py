@@ -112,6 +112,16 @@ class Vocabulary:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if ids else ""
 
+    def prompt_after(self, before: list[int], ids: list[int], text: str, prompt_text: str,
+                     following: str) -> list[int]:
+        """The prompt's tokens after a variable (LMQL 0.7's rule; the query runtime and the server's
+        templates both follow it): ``before``, then the variable's own ``ids`` where its prompt text
+        is its ``text`` and no text follows, else its prompt text and the ``following`` text, each
+        tokenized on its own."""
+        if following == "" and prompt_text == text:
+            return before + ids
+        return before + self.encode(prompt_text) + self.encode(following)
+
     def value(self, ids: list[int], before: str | None = None) -> Value:
         """A variable's tokens so far as its constraints read them (``before``: the text of all
         but the last of them, where the caller knows it)."""

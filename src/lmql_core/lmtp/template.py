@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lmql_core.constraints.kinds import ConstraintError, Rule
+from lmql_core.constraints.kinds import ConstraintError, Holds, Rule
 from lmql_core.constraints.serial import from_json
 from lmql_core.errors import RequestError, shown
 from lmql_core.lmtp import wire
@@ -89,8 +89,6 @@ def _hole(value: Any, index: int, vocab_size: int, limits: Limits) -> Hole:
 
 
 def _check_references(rule: Rule, index: int, where: str) -> None:
-    from lmql_core.constraints.kinds import Holds
-
     for node in rule.nodes():
         if isinstance(node, Holds) and node.hole >= index:
             raise RequestError(f"{where}: a 'holds' constraint refers to hole {node.hole}, "

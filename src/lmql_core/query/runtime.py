@@ -142,10 +142,7 @@ class QueryContext:
             ids = (bos if self.start_ids is None else self.start_ids) + self.vocab.encode(self._pending)
         else:
             before, last = self._last
-            if self._pending == "" and last.prompt_text == last.text:
-                ids = before + last.ids
-            else:
-                ids = before + self.vocab.encode(last.prompt_text) + self.vocab.encode(self._pending)
+            ids = self.vocab.prompt_after(before, last.ids, last.text, last.prompt_text, self._pending)
         return ids
 
     def prompt_ids(self) -> list[int]:

@@ -1,7 +1,7 @@
 """Running a template GENERATE (``lmtp/template.py``): its holes one after another, each an engine
 sequence under its constraints (``engine.mask_constraint``), in one stream.
 
-Each hole's prompt is built as the query runtime builds it (LMQL 0.7's rule, ``query/runtime.py``):
+Each hole's prompt is built as the query runtime builds it (LMQL 0.7's rule, ``Vocabulary.prompt_after``):
 the first hole's is the request's ``prompt``; the next one's is the previous prompt, then the
 previous value's prompt text and the text after it, tokenized separately (or the previous prompt
 and the generated tokens, where neither changed anything). A value's prompt text is its text cut
@@ -85,10 +85,7 @@ class TemplateRun:
                 return
             values[index] = prompt_text
             following = self.template.texts[index]
-            if following == "" and prompt_text == vocab.decode(ids):
-                prompt = prompt + ids
-            else:
-                prompt = prompt + vocab.encode(prompt_text) + vocab.encode(following)
+            prompt = vocab.prompt_after(prompt, ids, vocab.decode(ids), prompt_text, following)
 
     async def _generate(self, index: int, hole: Hole, rule: Rule | None, prompt: list[int], budget: int,
                         vocab: Vocabulary) -> tuple[list[int], dict[str, Any]] | None:
