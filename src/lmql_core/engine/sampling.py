@@ -92,7 +92,7 @@ class SamplingPlan:
             if p.logit_bias:
                 sparse = len(p.logit_bias) <= SPARSE_BIAS_TOKENS and not forces(p.logit_bias)
                 (self.sparse_rows if sparse else self.dense_rows).append(row)
-            if p.temperature >= GREEDY_BELOW:  # is_sampled
+            if is_sampled(p):
                 self.sampled_rows.append(row)
                 if p.seed is not None:
                     self.seeded_rows.append(row)
