@@ -71,6 +71,17 @@ def requests_served(endpoint: str) -> float | None:
                for v in re.findall(rf"^{name}(?:_total)?(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
 
 
+async def outcome(lmql: Any, source: str, model: Any, name: str) -> dict[str, Any]:
+    """The program's values, or the error it ended with: an outcome like any other, compared
+    between the sides (LMQL 0.7.3 raises ValueError where an INT value has no digit; ours too)."""
+    try:
+        result = await lmql.run(source, model=model, name=name)
+    except ValueError:  # the sides' messages differ; that it ended so must not
+        return {"error": "ValueError"}
+    result = result[0] if isinstance(result, list) else result
+    return {k: v for k, v in result.variables.items() if isinstance(v, str | int)}
+
+
 async def run_side(endpoint: str, folder: str, reps: int) -> None:
     import lmql
 
@@ -79,11 +90,9 @@ async def run_side(endpoint: str, folder: str, reps: int) -> None:
         for run in range(-1, reps):
             before = requests_served(endpoint)
             start = time.perf_counter()
-            result = await lmql.run(source, model=model, name=input_for(run))
+            values = await outcome(lmql, source, model, input_for(run))
             ms = (time.perf_counter() - start) * 1000
             after = requests_served(endpoint)
-            result = result[0] if isinstance(result, list) else result
-            values = {k: v for k, v in result.variables.items() if isinstance(v, str | int)}
             record = {"program": program, "run": run, "ms": ms, "values": values,
                       "requests": None if before is None or after is None else after - before}
             print("BENCH " + json.dumps(record), flush=True)
