@@ -65,6 +65,24 @@ def test_each_kind_on_the_server_equals_the_client_path(tiny_server: Server, nam
     assert requests == 1, f"the server path took {requests} requests"
 
 
+@pytest.mark.parametrize("path", ["on", "off"])
+def test_an_earlier_value_counts_the_tokens_it_was_generated_as(tiny_server: Server, path: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """LMQL 0.7.3's TOKENS(A) is A's generated tokens (ProgramState.get_tokens), not its text
+    re-tokenized: lmql-tiny writes A as "\\n" then "\\t", which encode together as one token, so
+    a constraint on A read while B is generated holds, and B is generated (both paths)."""
+    monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", path)
+    model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+    values, _, _ = run(program('"Name:[A]\\nB:[B]"', "len(TOKENS(A)) == 2 and len(TOKENS(B)) < 4"), model)
+    from transformers import AutoTokenizer
+
+    from lmql_hf.bundled import bundled_path
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_path(MODEL))
+    assert values["A"] == "\n\t" and len(tokenizer.encode("\n\t", add_special_tokens=False)) == 1
+    assert values["B"] != ""
+
+
 def test_python_conditions_keep_the_client_path(tiny_server: Server) -> None:
     model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
     source = program('"Count:[X]"', "len(X) < 12 and limit > 2")  # a mask per character count

@@ -42,6 +42,9 @@ QUERIES = {
     # one line: LMQL 0.7.3's parser fails on a where clause split over lines in a query string
     "query_multi_var": '''argmax
     "Q: Name a color.\\nA:[COLOR]\\nQ: Name an animal.\\nA:[ANIMAL]\\nQ: And a number?\\nA:[NUM]" where STOPS_AT(COLOR, "\\n") and len(TOKENS(COLOR)) < 8 and STOPS_AT(ANIMAL, "\\n") and len(TOKENS(ANIMAL)) < 8 and INT(NUM) and len(TOKENS(NUM)) < 3''',
+    # A is generated as two tokens whose text encodes as one: TOKENS(A) counts the generated ones
+    "query_tokens_of_earlier": '''argmax
+    "Name:[A]\\nB:[B]" where len(TOKENS(A)) == 2 and len(TOKENS(B)) < 4''',
     # LMQL 0.7.3 skips the distribution of a query with no other variable: give it one
     "query_distribution": '''argmax
     "Q: Where did the cat sit?\\nA:[ANSWER]\\nSo the cat sat on the[PLACE]" where STOPS_AT(ANSWER, "\\n") and len(TOKENS(ANSWER)) < 6

@@ -102,8 +102,9 @@ class Count(Rule):
             return bool(COMPARISONS[self.op](size, self.limit))
         return True
 
-    def holds(self, text: str, vocab: Vocabulary) -> bool:
-        count = len(vocab.encode(text)) if self.tokens else len(text)
+    def holds(self, text: str, vocab: Vocabulary, tokens: int | None = None) -> bool:
+        # LMQL 0.7 counts the tokens a value was generated as, not its text re-tokenized
+        count = len(text) if not self.tokens else tokens if tokens is not None else len(vocab.encode(text))
         return COMPARISONS[self.op](count, self.limit)
 
     def budget(self, generated: int) -> int | None:
@@ -147,7 +148,7 @@ class OneOf(Rule):
         rests = [o[len(value.text):] for o in self.options if o.startswith(value.text)]
         return Allowed(vocab.first_tokens([r for r in rests if r]), "" in rests)
 
-    def holds(self, text: str, vocab: Vocabulary) -> bool:
+    def holds(self, text: str, vocab: Vocabulary, tokens: int | None = None) -> bool:
         return text in self.options
 
     def fields(self) -> dict[str, Any]:
@@ -175,7 +176,7 @@ class NoneOf(Rule):
     def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
         return Allowed(None, value.text not in self.options)
 
-    def holds(self, text: str, vocab: Vocabulary) -> bool:
+    def holds(self, text: str, vocab: Vocabulary, tokens: int | None = None) -> bool:
         return text not in self.options
 
     def fields(self) -> dict[str, Any]:
@@ -206,7 +207,7 @@ class Contains(Rule):
         overlap = max((i for i in range(1, len(phrase)) if value.text.endswith(phrase[:i])), default=0)
         return Allowed(vocab.not_containing(phrase[overlap:]), True)
 
-    def holds(self, text: str, vocab: Vocabulary) -> bool:
+    def holds(self, text: str, vocab: Vocabulary, tokens: int | None = None) -> bool:
         return (self.phrase in text) != self.negate
 
     def fields(self) -> dict[str, Any]:
@@ -230,7 +231,7 @@ class IsInt(Rule):
             return ANY
         return Allowed(vocab.nothing(), True)
 
-    def holds(self, text: str, vocab: Vocabulary | None) -> bool:
+    def holds(self, text: str, vocab: Vocabulary | None, tokens: int | None = None) -> bool:
         digits = text.removeprefix(" ")  # as LMQL 0.7: one leading space, then 0-9 only
         return text != "" and all(c in ASCII_DIGITS for c in digits)
 
@@ -265,7 +266,7 @@ class Regex(Rule):
         tokens, full = regex_mask(self._compiled, value.text, vocab, self._states)
         return Allowed(tokens, full)
 
-    def holds(self, text: str, vocab: Vocabulary) -> bool:
+    def holds(self, text: str, vocab: Vocabulary, tokens: int | None = None) -> bool:
         return self._compiled.fullmatch(text) is not None
 
     def fields(self) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from lmql_core.constraints.mask import ANY, Allowed, ConstraintError, Value
 from lmql_core.constraints.step import Step
 from lmql_core.constraints.vocabulary import Vocabulary
 
+Decided = tuple[str, int]  # an earlier hole's value: its prompt text, and how many tokens it was generated as
+
 
 class Rule:
     """One evaluated constraint (a kind); the base constrains nothing."""
@@ -24,14 +26,16 @@ class Rule:
     def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
         return ANY
 
-    def holds(self, text: str, vocab: Vocabulary) -> bool:
+    def holds(self, text: str, vocab: Vocabulary, tokens: int | None = None) -> bool:
+        """Whether a decided value meets this constraint; ``tokens``: how many tokens it was
+        generated as (None: as many as its text encodes to)."""
         return True
 
     def step(self, value: Value, vocab: Vocabulary) -> Step:
         """Where the variable stands with ``value``: its mask, and whether a stopping phrase ended it."""
         return Step(self.mask(value, vocab), bool(value.ids) and self.reached(value))
 
-    def bound(self, values: dict[int, str], vocab: Vocabulary) -> Rule:
+    def bound(self, values: dict[int, Decided], vocab: Vocabulary) -> Rule:
         """This tree once the template's earlier holes have their values (``Holds``)."""
         return self
 
@@ -123,10 +127,11 @@ class Holds(Rule):
     def nodes(self) -> Iterator[Rule]:
         yield self  # not the rule inside: it constrains another variable
 
-    def bound(self, values: dict[int, str], vocab: Vocabulary) -> Rule:
+    def bound(self, values: dict[int, Decided], vocab: Vocabulary) -> Rule:
         if self.hole not in values:
             raise ConstraintError(f"a constraint refers to hole {self.hole}, which has no value yet")
-        return Truth(self.rule.holds(values[self.hole], vocab))
+        text, tokens = values[self.hole]
+        return Truth(self.rule.holds(text, vocab, tokens))
 
     def fields(self) -> dict[str, Any]:
         from lmql_core.constraints.serial import to_json
@@ -138,7 +143,7 @@ class Holds(Rule):
 class Junction(Rule):
     children: list[Rule]
 
-    def bound(self, values: dict[int, str], vocab: Vocabulary) -> Rule:
+    def bound(self, values: dict[int, Decided], vocab: Vocabulary) -> Rule:
         return type(self)([child.bound(values, vocab) for child in self.children])
 
     def nodes(self) -> Iterator[Rule]:

@@ -38,6 +38,7 @@ class Scope:
     globals: dict[str, Any]
     locals: dict[str, Any]
     decided: dict[str, Any]  # prompt variables with their values so far
+    tokens: dict[str, int] = field(default_factory=dict)  # how many tokens each was generated as
 
     def eval(self, node: ast.expr) -> Any:
         code = _compiled.get(node)
@@ -136,7 +137,8 @@ class Leaf(Node):
         if self.var in deferred:
             return kinds.Holds(deferred[self.var], self.evaluate(scope))
         if self.var in scope.decided:
-            return kinds.Truth(self.evaluate(scope).holds(str(scope.decided[self.var]), vocab))
+            rule = self.evaluate(scope)
+            return kinds.Truth(rule.holds(str(scope.decided[self.var]), vocab, scope.tokens.get(self.var)))
         return kinds.Truth(True)
 
     def evaluate(self, scope: Scope) -> kinds.Rule:

@@ -48,6 +48,7 @@ class QueryContext:
         self.source_line = source_line
         self.prompt_text = ""
         self.variables: dict[str, Any] = {}
+        self.token_counts: dict[str, int] = {}  # how many tokens each variable was generated as
         self.reached_distribution = False  # the distribution variable's hole: the run ends there
         self._ids: list[int] | None = None
         self.start_ids: list[int] | None = None  # a nested query's: the outer prompt's tokens
@@ -99,7 +100,7 @@ class QueryContext:
         decorated = self._decorated(hole)
         if decorated is not None:
             where = decorated.constraint(where)
-        known = Scope(self.program.globals, scope, dict(self.variables))
+        known = self.known(scope)
         decide = self.decide if served is None else replay(served)
         if hole.type_expr is not None and hole.type_expr.strip() != "int":
             where, decide = tactic(hole, where, known, decide)
@@ -113,8 +114,13 @@ class QueryContext:
             decided = decorated.post(decided)
         self._last = (prompt_ids, decided)
         self.variables[hole.name] = decided.value
+        self.token_counts[hole.name] = len(decided.ids)
         self.prompt_text += decided.prompt_text
         return decided.value
+
+    def known(self, scope: dict[str, Any]) -> Scope:
+        """What constraints' arguments are evaluated in now (``scope``: the query's locals)."""
+        return Scope(self.program.globals, scope, dict(self.variables), dict(self.token_counts))
 
     def _decorated(self, hole: Hole) -> DecoratedVariable | None:
         if not hole.decorators:

@@ -48,6 +48,8 @@ class TemplateContext(RunContext, Protocol):
 
     def next_prompt_ids(self) -> list[int]: ...
 
+    def known(self, scope: dict[str, Any]) -> Scope: ...
+
 
 async def on_server(ctx: TemplateContext, segments: list[Any], local_where: Node | None,
                     scope: dict[str, Any]) -> list[list[int]]:
@@ -105,7 +107,7 @@ def _trees(ctx: TemplateContext, holes: list[Hole], local_where: Node | None,
            scope: dict[str, Any]) -> list[dict[str, Any] | None] | None:
     """Each hole's constraints as JSON, evaluated now; None where one cannot go to the server."""
     names = {hole.name: index for index, hole in enumerate(holes)}
-    known = Scope(ctx.program.globals, scope, dict(ctx.variables))
+    known = ctx.known(scope)
     trees: list[dict[str, Any] | None] = []
     for index, hole in enumerate(holes):
         earlier = {name: i for name, i in names.items() if i < index}

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmql_core.constraints.kinds import NoDigits, Rule
+from lmql_core.constraints.tree import Decided
 from lmql_core.constraints.vocabulary import Vocabulary
 from lmql_core.engine.mask_constraint import MaskConstraint, mask_words
 from lmql_core.engine.sequence import SamplingParams, Sequence, TokenEvent
@@ -60,7 +61,7 @@ class TemplateRun:
         assert self.model.tokenizer is not None, "the extension is advertised with a tokenizer only"
         vocab = Vocabulary.of(self.model.tokenizer)
         await asyncio.to_thread(vocab.prepare)  # every token's text and what masks read of it, once
-        values: dict[int, str] = {}
+        values: dict[int, Decided] = {}
         prompt, holes = self.prompt, self.template.holes
         for index, hole in enumerate(holes):
             rule = hole.rule.bound(values, vocab) if hole.rule is not None else None
@@ -83,7 +84,7 @@ class TemplateRun:
             self.send("TOKEN", [last])
             if final or prompt_text is None:
                 return
-            values[index] = prompt_text
+            values[index] = (prompt_text, len(ids))
             following = self.template.texts[index]
             prompt = vocab.prompt_after(prompt, ids, vocab.decode(ids), prompt_text, following)
 
