@@ -71,3 +71,10 @@ def test_remembered_masks_stay_within_their_bytes(monkeypatch: pytest.MonkeyPatc
     assert 5 <= len(vocab._remembered) <= 10
     assert vocab._remembered_bytes <= 10 * vocab.size
     assert np.array_equal(vocab.containing("x0"), [("x0" in t) and i != vocab.eos for i, t in enumerate(vocab.texts)])
+
+
+def test_prepared_says_whether_prepare_has_work_left(tmp_path_factory: pytest.TempPathFactory) -> None:
+    fresh = Vocabulary(trained_bpe(tmp_path_factory.mktemp("bpe")))
+    assert not fresh.prepared
+    fresh.prepare()
+    assert fresh.prepared and len(fresh.texts) == fresh.size

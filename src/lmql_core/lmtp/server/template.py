@@ -60,7 +60,8 @@ class TemplateRun:
     async def _run(self) -> None:
         assert self.model.tokenizer is not None, "the extension is advertised with a tokenizer only"
         vocab = Vocabulary.of(self.model.tokenizer)
-        await asyncio.to_thread(vocab.prepare)  # every token's text and what masks read of it, once
+        if not vocab.prepared:  # every token's text and what masks read of it, once (seconds)
+            await asyncio.to_thread(vocab.prepare)
         values: dict[int, Decided] = {}
         prompt, holes = self.prompt, self.template.holes
         for index, hole in enumerate(holes):
