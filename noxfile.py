@@ -54,7 +54,9 @@ def tests(session: nox.Session) -> None:
     # the OpenAI-compatible server of llama-cpp-python, which tests/test_openai_llamacpp.py runs:
     # its extras only (the llama-cpp-python just installed satisfies the requirement itself)
     session.install("llama-cpp-python[server]")
-    session.run("pytest", "-ra", *session.posargs, env={"HF_HUB_OFFLINE": "1", "LMQL_STRICT_SKIPS": "1"})
+    # the slowest tests named at the end: where the CI's time goes
+    session.run("pytest", "-ra", "--durations=15", *session.posargs,
+                env={"HF_HUB_OFFLINE": "1", "LMQL_STRICT_SKIPS": "1"})
 
 
 @nox.session(python=PYTHON)
