@@ -33,14 +33,15 @@ class StreamPacer:
     GPU. A stream that waits gets the tokens produced meanwhile in its next event (``_deltas``),
     so fewer, larger events; a client reconstructs the same text, log-probs and finish."""
 
-    def __init__(self, events_per_s: float) -> None:
+    def __init__(self, events_per_s: float, max_pause_s: float = MAX_PAUSE_S) -> None:
         """``events_per_s``: for all the streams together (0: no pauses)."""
         self.event_cost_s = 1 / events_per_s if events_per_s > 0 else 0.0
+        self.max_pause_s = max_pause_s
         self.streams = 0  # streaming completions now
 
     def pause(self) -> float:
-        """The least seconds between two events of a stream."""
-        pause = min(MAX_PAUSE_S, self.streams * self.event_cost_s)
+        """The least seconds between two events of a stream (its last event does not wait)."""
+        pause = min(self.max_pause_s, self.streams * self.event_cost_s)
         return pause if pause >= MIN_PAUSE_S else 0.0
 
 
@@ -68,6 +69,7 @@ class Completion:
         self.prompt_tokens = 0
         self._echoes: dict[str, tuple[list[int], list[dict[str, Any]], list[Choice]]] = {}
         self._changed = asyncio.Event()
+        self._pause: asyncio.Future[None] | None = None  # a paced stream waiting for its next event
         self._finish_sent: set[int] = set()
         self.closed = False
 
@@ -173,6 +175,8 @@ class Completion:
             elif sid in self._echoes:
                 self._echo_entry(sid, entry)
         self._changed.set()
+        if self._pause is not None and self._ending():
+            _resolve(self._pause)
 
     def _echo_entry(self, sid: str, entry: dict[str, Any]) -> None:
         ids, entries, choices = self._echoes[sid]
@@ -273,10 +277,26 @@ class Completion:
                         break
                 await self._next_change()
                 wait = pacer.pause() - (loop.time() - last_sent)  # news sooner than the pause: it waits
-                if wait >= MIN_PAUSE_S:
-                    await asyncio.sleep(wait)
+                if wait >= MIN_PAUSE_S and not self._ending():
+                    await self._paused(loop, wait)
         finally:
             pacer.streams -= 1
+
+    def _ending(self) -> bool:
+        """A choice has ended (or failed) and its stream has not said so yet: what a paced stream
+        does not wait for, so that a paced answer ends as soon as an unpaced one."""
+        sent = self._finish_sent
+        return self.closed or any(choice.done and choice.index not in sent for choice in self.choices)
+
+    async def _paused(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """``seconds``, or less where a choice ends meanwhile (``_receive``) or the client goes away."""
+        self._pause = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, self._pause)
+        try:
+            await self._pause
+        finally:
+            timer.cancel()
+            self._pause = None
 
     def _usage_chunk(self) -> dict[str, Any]:
         return {**self._chunk_head(), "choices": [], "usage": self.usage()}
@@ -316,3 +336,10 @@ class Completion:
         self.closed = True
         self.session.close()
         self._changed.set()
+        if self._pause is not None:
+            _resolve(self._pause)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
