@@ -242,20 +242,26 @@ class Completion:
             yield self._usage_chunk()
 
     async def sse(self) -> AsyncIterator[bytes]:
-        """``chunks()`` as the bytes of server-sent events, those ready together in one piece, then
-        ``data: [DONE]``; an error after the start is an event of the stream. Ends without
+        """``chunks()`` as the bytes of server-sent events, those ready together in one piece; the
+        last piece ends with ``data: [DONE]`` (the choices' ends, the usage and ``[DONE]`` in one
+        piece: one write); an error after the start is an event of the stream. Ends without
         ``[DONE]`` when the client went away (``close``)."""
         head = _JSON.encode(self._chunk_head())[:-1].encode()
         prefix, suffix = b"data: " + head + b',"choices":[', b"]}\n\n"
+        last = b""
         try:
             async for deltas in self._deltas():
-                yield b"".join([prefix + delta_json(delta).encode() + suffix for delta in deltas])
+                events = b"".join([prefix + delta_json(delta).encode() + suffix for delta in deltas])
+                if len(self._finish_sent) < len(self.choices):
+                    yield events
+                else:  # the stream's end: it goes with [DONE]
+                    last = events
             tail = sse_event(self._usage_chunk()) if self.request.include_usage else b""
         except OpenAIError as error:
             if error.status == 499:  # nobody to tell
                 return
             tail = sse_event(error.body())
-        yield tail + DONE
+        yield last + tail + DONE
 
     async def _deltas(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Each time the engine has delivered (or, paced, after the pause): the choices' news
