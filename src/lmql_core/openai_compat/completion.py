@@ -159,6 +159,7 @@ class Completion:
     def _receive(self, command: str, payload: Any) -> None:
         """TOKEN payloads: the engine's events (``raw_events``), or entries (errors)."""
         choices = self.choices
+        ended = False  # a choice may have ended here (what ends a paced stream's pause)
         for entry in payload if isinstance(payload, list) else []:
             if type(entry) is TokenEvent:
                 sid = entry.stream_id
@@ -166,8 +167,11 @@ class Completion:
                     finish = None if entry.finish_reason is None else FINISH_REASONS[entry.finish_reason]
                     if choices[sid].add_event(entry, finish):
                         self.session.cancel(sid)
+                        ended = True
+                    ended = ended or finish is not None
                     continue
                 entry = wire.token_entry(entry, FINISH_REASONS)
+            ended = True
             sid = entry.get("stream_id")
             if isinstance(sid, int) and 0 <= sid < len(self.choices):
                 if self.choices[sid].add(entry):
@@ -175,7 +179,7 @@ class Completion:
             elif sid in self._echoes:
                 self._echo_entry(sid, entry)
         self._changed.set()
-        if self._pause is not None and self._ending():
+        if ended and self._pause is not None and self._ending():
             _resolve(self._pause)
 
     def _echo_entry(self, sid: str, entry: dict[str, Any]) -> None:
