@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 
 from lmql_core.lmtp import wire
@@ -59,3 +60,21 @@ def test_the_choices_ends_usage_and_done_are_one_piece() -> None:
     last_events = events(last)  # a choice's end (the last to end), then the usage
     assert any(c["choices"] and c["choices"][0]["finish_reason"] == "length" for c in last_events)
     assert last_events[-1]["choices"] == [] and last_events[-1]["usage"]["completion_tokens"] == 10
+
+
+def test_each_completion_has_its_own_id_in_openais_form() -> None:
+    async def ids() -> list[str]:
+        host = ModelHost()
+        host.add(await asyncio.to_thread(load_model, parse_model_id("lmql-tiny")))
+        try:
+            service = OpenAIService(host, wire.Limits())
+            completions = [await service.completion({**REQUEST, "max_tokens": 1}, chat=False) for _ in range(3)]
+            for completion in completions:
+                completion.close()
+            return [completion.id for completion in completions]
+        finally:
+            host.close()
+
+    found = asyncio.run(ids())
+    assert all(re.fullmatch(r"cmpl-[0-9a-f]{32}", i) for i in found), found
+    assert len(set(found)) == 3
