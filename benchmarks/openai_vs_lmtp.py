@@ -1,6 +1,7 @@
 """Issue 29's GPU point: the same load through LMTP and through OpenAI's HTTP API on one server.
 
     python benchmarks/openai_vs_lmtp.py [--model gpt2-medium] [--streams 64] [--rounds 2] [--processes 4]
+        [--openai-events-per-s N]
 
 Starts ``lmql serve-model`` on the model (built from its config, nothing downloads; ``--cuda``
 when a GPU is there), then runs ``lmtp_load.py`` with and without ``--openai`` in turns, fresh
@@ -42,14 +43,17 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=4, help="the OpenAI load's driver processes")
+    parser.add_argument("--openai-events-per-s", type=float, help="the server's pacing (default: its own)")
     args = parser.parse_args()
     import torch
 
     model = bench_model(args.model)
     device = ["--cuda", "--dtype", model.dtype] if torch.cuda.is_available() else []
     port = free_port()
+    events_per_s = args.openai_events_per_s
+    pacing = [] if events_per_s is None else ["--openai-events-per-s", f"{events_per_s:g}"]
     command = [sys.executable, "-m", "lmql_core", "serve-model", str(model.folder), "--port", str(port),
-               *device]
+               *device, *pacing]
     server = start_server(command, port, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         endpoint, vocab = f"localhost:{port}", model.config()["vocab_size"]

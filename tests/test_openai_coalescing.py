@@ -103,3 +103,40 @@ def test_deltas_are_written_as_json_dumps_writes_them() -> None:
     ]
     for delta in deltas:
         assert delta_json(delta) == json.dumps(delta, separators=(",", ":"))
+
+
+async def paced_stream(close_after_first: bool) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:
+    """A stream paced 10 s between its events (one stream, 0.1 events/s): its chunks, the seconds
+    from its first chunk to its end, and the same request's whole answer."""
+    host = ModelHost()
+    host.add(await asyncio.to_thread(load_model, parse_model_id("lmql-tiny")))
+    try:
+        service = OpenAIService(host, wire.Limits(), StreamPacer(events_per_s=0.1, max_pause_s=10.0))
+        request = {**REQUEST, "max_tokens": 6}
+        whole = await (await service.completion(dict(request), chat=False)).result()
+        completion = await service.completion({**request, "stream": True}, chat=False)
+        chunks, first = [], 0.0
+        async for data in completion.sse():
+            first = first or time.perf_counter()
+            chunks += [json.loads(event[6:]) for event in data.split(b"\n\n") if event.startswith(b"data: {")]
+            if close_after_first:
+                completion.close()  # the client went away while the stream waits out its pause
+        return chunks, time.perf_counter() - first, whole
+    finally:
+        host.close()
+
+
+def test_a_paced_stream_sends_its_end_without_waiting_out_the_pause() -> None:
+    chunks, seconds, whole = asyncio.run(paced_stream(close_after_first=False))
+    assert seconds < 5.0  # not the 10 s pause: the last tokens come as soon as the choice ends
+    texts = [c["choices"][0] for c in chunks if c["choices"]]
+    assert len(texts) == 2  # the first token at once; the rest, with the finish, in one chunk
+    reference = whole["choices"][0]
+    assert "".join(c["text"] for c in texts) == reference["text"]
+    assert texts[-1]["finish_reason"] == reference["finish_reason"] == "length"
+    assert sum(len(c["logprobs"]["tokens"]) for c in texts) == 6
+
+
+def test_a_paced_stream_whose_client_goes_away_ends_without_waiting_out_the_pause() -> None:
+    chunks, seconds, _ = asyncio.run(paced_stream(close_after_first=True))
+    assert seconds < 5.0 and len(chunks) == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +24,9 @@ DONE = b"data: [DONE]\n\n"
 _JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds one per call
 MAX_PAUSE_S = 0.25  # the longest a stream waits between its events when many share the loop
 MIN_PAUSE_S = 0.001  # shorter pauses are not worth a timer: the next step comes as fast
+# completions' ids: 128 random bits as uuid4().hex writes them, without its system call per request
+# (~10 us: a 64-request burst waits for every request's set-up); the ids name, they guard nothing
+_IDS = random.Random()
 
 
 class StreamPacer:
@@ -33,14 +36,15 @@ class StreamPacer:
     GPU. A stream that waits gets the tokens produced meanwhile in its next event (``_deltas``),
     so fewer, larger events; a client reconstructs the same text, log-probs and finish."""
 
-    def __init__(self, events_per_s: float) -> None:
+    def __init__(self, events_per_s: float, max_pause_s: float = MAX_PAUSE_S) -> None:
         """``events_per_s``: for all the streams together (0: no pauses)."""
         self.event_cost_s = 1 / events_per_s if events_per_s > 0 else 0.0
+        self.max_pause_s = max_pause_s
         self.streams = 0  # streaming completions now
 
     def pause(self) -> float:
-        """The least seconds between two events of a stream."""
-        pause = min(MAX_PAUSE_S, self.streams * self.event_cost_s)
+        """The least seconds between two events of a stream (its last event does not wait)."""
+        pause = min(self.max_pause_s, self.streams * self.event_cost_s)
         return pause if pause >= MIN_PAUSE_S else 0.0
 
 
@@ -62,12 +66,13 @@ class Completion:
         self.limits = limits
         self.session = Session(host, self._receive, limits, outbox=outbox, raw_events=True)
         kind = "chatcmpl" if request.chat else "cmpl"
-        self.id = f"{kind}-{uuid.uuid4().hex}"
+        self.id = f"{kind}-{_IDS.getrandbits(128):032x}"
         self.created = int(time.time())
         self.choices: list[Choice] = []
         self.prompt_tokens = 0
         self._echoes: dict[str, tuple[list[int], list[dict[str, Any]], list[Choice]]] = {}
         self._changed = asyncio.Event()
+        self._pause: asyncio.Future[None] | None = None  # a paced stream waiting for its next event
         self._finish_sent: set[int] = set()
         self.closed = False
 
@@ -157,6 +162,7 @@ class Completion:
     def _receive(self, command: str, payload: Any) -> None:
         """TOKEN payloads: the engine's events (``raw_events``), or entries (errors)."""
         choices = self.choices
+        ended = False  # a choice may have ended here (what ends a paced stream's pause)
         for entry in payload if isinstance(payload, list) else []:
             if type(entry) is TokenEvent:
                 sid = entry.stream_id
@@ -164,8 +170,11 @@ class Completion:
                     finish = None if entry.finish_reason is None else FINISH_REASONS[entry.finish_reason]
                     if choices[sid].add_event(entry, finish):
                         self.session.cancel(sid)
+                        ended = True
+                    ended = ended or finish is not None
                     continue
                 entry = wire.token_entry(entry, FINISH_REASONS)
+            ended = True
             sid = entry.get("stream_id")
             if isinstance(sid, int) and 0 <= sid < len(self.choices):
                 if self.choices[sid].add(entry):
@@ -173,6 +182,8 @@ class Completion:
             elif sid in self._echoes:
                 self._echo_entry(sid, entry)
         self._changed.set()
+        if ended and self._pause is not None and self._ending():
+            _resolve(self._pause)
 
     def _echo_entry(self, sid: str, entry: dict[str, Any]) -> None:
         ids, entries, choices = self._echoes[sid]
@@ -238,20 +249,26 @@ class Completion:
             yield self._usage_chunk()
 
     async def sse(self) -> AsyncIterator[bytes]:
-        """``chunks()`` as the bytes of server-sent events, those ready together in one piece, then
-        ``data: [DONE]``; an error after the start is an event of the stream. Ends without
+        """``chunks()`` as the bytes of server-sent events, those ready together in one piece; the
+        last piece ends with ``data: [DONE]`` (the choices' ends, the usage and ``[DONE]`` in one
+        piece: one write); an error after the start is an event of the stream. Ends without
         ``[DONE]`` when the client went away (``close``)."""
         head = _JSON.encode(self._chunk_head())[:-1].encode()
         prefix, suffix = b"data: " + head + b',"choices":[', b"]}\n\n"
+        last = b""
         try:
             async for deltas in self._deltas():
-                yield b"".join([prefix + delta_json(delta).encode() + suffix for delta in deltas])
+                events = b"".join([prefix + delta_json(delta).encode() + suffix for delta in deltas])
+                if len(self._finish_sent) < len(self.choices):
+                    yield events
+                else:  # the stream's end: it goes with [DONE]
+                    last = events
             tail = sse_event(self._usage_chunk()) if self.request.include_usage else b""
         except OpenAIError as error:
             if error.status == 499:  # nobody to tell
                 return
             tail = sse_event(error.body())
-        yield tail + DONE
+        yield last + tail + DONE
 
     async def _deltas(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Each time the engine has delivered (or, paced, after the pause): the choices' news
@@ -273,10 +290,26 @@ class Completion:
                         break
                 await self._next_change()
                 wait = pacer.pause() - (loop.time() - last_sent)  # news sooner than the pause: it waits
-                if wait >= MIN_PAUSE_S:
-                    await asyncio.sleep(wait)
+                if wait >= MIN_PAUSE_S and not self._ending():
+                    await self._paused(loop, wait)
         finally:
             pacer.streams -= 1
+
+    def _ending(self) -> bool:
+        """A choice has ended (or failed) and its stream has not said so yet: what a paced stream
+        does not wait for, so that a paced answer ends as soon as an unpaced one."""
+        sent = self._finish_sent
+        return self.closed or any(choice.done and choice.index not in sent for choice in self.choices)
+
+    async def _paused(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """``seconds``, or less where a choice ends meanwhile (``_receive``) or the client goes away."""
+        self._pause = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, self._pause)
+        try:
+            await self._pause
+        finally:
+            timer.cancel()
+            self._pause = None
 
     def _usage_chunk(self) -> dict[str, Any]:
         return {**self._chunk_head(), "choices": [], "usage": self.usage()}
@@ -316,3 +349,10 @@ class Completion:
         self.closed = True
         self.session.close()
         self._changed.set()
+        if self._pause is not None:
+            _resolve(self._pause)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
