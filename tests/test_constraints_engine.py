@@ -117,9 +117,9 @@ def test_date_regex_greedy_is_transformers_under_the_same_mask(engine, compiler,
 def test_constrained_and_free_streams_share_a_batch(engine, compiler, tokenizer, inline_below, monkeypatch) -> None:
     """Each constrained stream matches its own grammar; a free stream beside them decodes as alone,
     whether the masks are filled on their thread or (quick ones) on the engine thread."""
-    import lmql_core.engine.constraints as constraints
+    import lmql_core.engine.mask_filler as mask_filler
 
-    monkeypatch.setattr(constraints, "INLINE_FILL_SECONDS", inline_below)
+    monkeypatch.setattr(mask_filler, "INLINE_FILL_SECONDS", inline_below)
     prompt = tokenizer.encode(PROMPT)
     choices = ["Monday", "Tuesday", "next week", "the big room"]
     specs = [GrammarSpec.of("regex", DATE), GrammarSpec.of("regex", "|".join(map(re.escape, choices))),

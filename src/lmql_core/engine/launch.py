@@ -9,8 +9,8 @@ from typing import Any
 
 from lmql_core.base.backend import Backend, StepInput, StepOutput
 from lmql_core.engine import scoring
-from lmql_core.engine.constraints import BatchMask, MaskFiller, PendingMasks
 from lmql_core.engine.endings import Endings
+from lmql_core.engine.mask_filler import BatchMask, MaskFiller, PendingMasks
 from lmql_core.engine.sampling import (
     PendingSamples,
     PendingScores,
