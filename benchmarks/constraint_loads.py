@@ -28,6 +28,12 @@ from typing import Any
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "pink", "brown",
           "cyan", "magenta", "olive", "navy", "teal", "maroon", "silver", "gold", "beige"]
 DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+# (b)'s schema (``openai_completions``; ``mask_costs.py --grammar`` fills its masks alone)
+SCHEMA = {"type": "object", "properties": {
+    "title": {"type": "string", "maxLength": 200}, "year": {"type": "integer"},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 40}},
+    "summary": {"type": "string", "maxLength": 600}},
+    "required": ["title", "year", "tags", "summary"], "additionalProperties": False}
 
 
 def programs(n: int) -> dict[str, str]:

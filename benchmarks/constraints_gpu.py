@@ -49,15 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "compa
 from bench_models import bench_model  # noqa: E402
 from build_model import legacy_merges  # noqa: E402  (tests/compat)
 from constrained_programs import PROGRAMS, runner_records, side_records  # noqa: E402
-from constraint_loads import free_streams, metrics, openai_completions, program_clients, served_name  # noqa: E402
+from constraint_loads import (  # noqa: E402
+    SCHEMA,
+    free_streams,
+    metrics,
+    openai_completions,
+    program_clients,
+    served_name,
+)
 from local_bpe import train_bpe  # noqa: E402
 from processes import LMQL_073_SERVE, OFFLINE_ENV, free_port, install_wheels, lmql_073_env, start_server  # noqa: E402
 
-SCHEMA = {"type": "object", "properties": {
-    "title": {"type": "string", "maxLength": 200}, "year": {"type": "integer"},
-    "tags": {"type": "array", "items": {"type": "string", "maxLength": 40}},
-    "summary": {"type": "string", "maxLength": 600}},
-    "required": ["title", "year", "tags", "summary"], "additionalProperties": False}
 SERVER_PATH, CLIENT_PATH, LMQL = "server path", "client masks", "lmql 0.7.3"
 LMQL_SITE = Path("/tmp/lmql073-site")
 

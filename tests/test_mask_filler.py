@@ -84,12 +84,14 @@ def sequences(compiler: GrammarCompiler, count: int) -> list[Sequence]:
     return seqs
 
 
-def test_masks_started_ahead_are_each_matchers_own(compiler: GrammarCompiler, tokenizer: JsonTokenizer,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("threads", [1, 3], ids=["tokens-taken-here", "tokens-taken-on-the-executor"])
+def test_masks_started_ahead_are_each_matchers_own(threads: int, compiler: GrammarCompiler,
+                                                   tokenizer: JsonTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Started ahead (``prefetch``, as after a slow step), taken by the next step whose constrained
     rows they cover, in the step's order; a stream that joins makes the step fill all rows again;
     the grammars take tokens only after masks started ahead are done."""
     monkeypatch.setattr(mask_filler, "INLINE_FILL_SECONDS", 0.0)  # every step counts as slow
+    monkeypatch.setenv(mask_filler.MASK_THREADS_ENV, str(threads))
     filler = MaskFiller(EngineStats())
     seqs = sequences(compiler, 6)
     words = seqs[0].params.constraint.mask_words

@@ -93,6 +93,7 @@ class MaskFiller:
         self._last_fill = 0.0  # seconds the last step's masks took
         self._thread: ThreadPoolExecutor | None = None
         self._executor: Any = None
+        self._threads = 0  # the executor's
         self._ahead: PendingMasks | None = None  # the next step's llguidance masks, started early
 
     def prefetch(self, seqs: list[Sequence]) -> None:
@@ -158,25 +159,28 @@ class MaskFiller:
         if self._executor is None:
             import llguidance
 
-            self._executor = llguidance.LLExecutor(mask_threads())
+            self._threads = mask_threads()
+            self._executor = llguidance.LLExecutor(self._threads)
         return self._executor
 
     def take_tokens(self, seqs: list[Sequence], tokens: list[int], logprobs: list[float],
                     eos: int | None) -> dict[int, bool]:
         """The grammars of a step's running constrained sequences take their sampled tokens (EOS
         and rows where nothing could be chosen aside), all at once on llguidance's threads
-        without the interpreter's lock (one by one costs ~2.5x as much): by ``id(seq)``,
-        whether each grammar took its token."""
+        without the interpreter's lock (one by one costs ~2.5x as much on several threads; with
+        one, handing the rows over costs more than it saves): by ``id(seq)``, whether each
+        grammar took its token."""
         self._settle()
-        if not any(_follows_tokens(seq) for seq in seqs):
-            return {}
+        running, no_chance = Status.RUNNING, float("-inf")
         rows = [(seq, token) for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True)
-                if _follows_tokens(seq) and seq.status is Status.RUNNING and token != eos
-                and logprob > float("-inf")]
+                if token != eos and logprob > no_chance and _follows_tokens(seq) and seq.status is running]
         if not rows:
             return {}
         started = time.perf_counter()
-        taken = self._llguidance().consume_token_par([(seq.params.constraint.matcher, t) for seq, t in rows])
+        matchers = [(seq.params.constraint.matcher, token) for seq, token in rows]
+        executor = self._llguidance()
+        taken = (executor.consume_token_par(matchers) if self._threads > 1
+                 else [matcher.consume_token(token) for matcher, token in matchers])
         self.stats.grammar_seconds += time.perf_counter() - started
         return {id(seq): ok for (seq, _), ok in zip(rows, taken, strict=True)}
 
