@@ -124,11 +124,16 @@ def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int) -> 
     free(min(8, streams), 1)  # warm-up: each path once (the programs warm up in their clients)
     openai(min(8, streams), 1, None)
     openai(min(8, streams), 1, SCHEMA)
-    return [measured(port, f"(a) {streams} free LMTP streams", lambda: free(streams, rounds)),
-            measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs),
-            measured(port, f"(b) {streams} free OpenAI completions", lambda: openai(streams, rounds, None)),
-            measured(port, f"(b) {streams} OpenAI JSON-schema completions",
-                     lambda: openai(streams, rounds, SCHEMA))]
+    points = []
+    if args.only in (None, "a"):
+        points += [measured(port, f"(a) {streams} free LMTP streams", lambda: free(streams, rounds)),
+                   measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs)]
+    if args.only in (None, "b"):
+        points += [measured(port, f"(b) {streams} free OpenAI completions",
+                            lambda: openai(streams, rounds, None)),
+                   measured(port, f"(b) {streams} OpenAI JSON-schema completions",
+                            lambda: openai(streams, rounds, SCHEMA))]
+    return points
 
 
 def single_programs(port: int, folder: Path, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
@@ -168,14 +173,15 @@ def main() -> None:
         print(f"our server ready in {time.monotonic() - started:.0f} s", flush=True)
         points = load_points(port, model.folder, args, eos)
         report_points(points)
-        singles = single_programs(port, model.folder, args)
+        singles = single_programs(port, model.folder, args) if args.only is None else {}
     finally:
         server.terminate()
         server.wait(60)
-    theirs = lmql_073_programs(model.folder, args, device)
-    if theirs is not None:
-        singles[LMQL] = theirs
-    report_singles(singles, args)
+    if singles:
+        theirs = lmql_073_programs(model.folder, args, device)
+        if theirs is not None:
+            singles[LMQL] = theirs
+        report_singles(singles, args)
     print(f"wall time {time.monotonic() - started:.0f} s")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +203,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--wheels", type=Path, help="a folder with llguidance's and LMQL 0.7.3's wheels")
     parser.add_argument("--lmql-python", help="python of an environment with lmql==0.7.3 (not --wheels)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", choices=["a", "b"], help="only point (a) or (b) with (c)'s shares; no (d)")
     args = parser.parse_args()
     small = {"model": "gpt2-micro-50k", "streams": 8, "rounds": 1, "new_tokens": 24, "client_procs": 2,
              "reps": 1}
