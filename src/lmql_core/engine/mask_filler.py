@@ -10,6 +10,7 @@ out events, schedules and launches the forward pass, not only while the device r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -108,11 +109,11 @@ class MaskFiller:
     def start(self, seqs: list[Sequence]) -> PendingMasks | None:
         """``seqs``: the step's sequences that sample; None when none of them is constrained."""
         constrained = [seq for seq in seqs if seq.params.constraint is not None]
-        ahead, self._ahead = self._ahead, None
+        ahead = self._ahead
         if ahead is not None and constrained and ahead.covers(constrained):
+            self._ahead = None
             return ahead
-        if ahead is not None:  # a stream joined (or none samples): fill again once no matcher is in use
-            ahead.for_rows([])
+        self._settle()  # a stream joined (or none samples): fill again once no matcher is in use
         if not constrained:
             return None
         rows = [(seq.params.constraint, [] if _follows_tokens(seq) else list(seq.generated))
@@ -145,10 +146,12 @@ class MaskFiller:
         return bits, time.perf_counter() - started
 
     def _settle(self) -> None:
-        """Wait for masks started ahead that no step took (no matcher may be in use meanwhile)."""
-        if self._ahead is not None:
-            self._ahead.for_rows([])
-            self._ahead = None
+        """Wait for masks started ahead that no step took (no matcher may be in use meanwhile);
+        they are dropped, and so is an error filling them (a step that fills them again meets it)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            with contextlib.suppress(Exception):
+                ahead.for_rows([])
 
     def _mask_thread(self) -> ThreadPoolExecutor:
         if self._thread is None:
