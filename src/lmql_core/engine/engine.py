@@ -126,6 +126,8 @@ class Engine:
             following = self._launch_next(step) if step else None
             deliver_all(events)
             events = self._collector.collect(step, following) if step else {}
+            if following is not None and following.unsampled is not None:
+                self._launcher.sample_chained(following)
             chunks = self._schedule(events, following)
             if chunks is None:
                 return
