@@ -8,12 +8,13 @@ point (b)) for ``steps`` steps. Each step: the masks of every running row (``fil
 decode chooses under a mask (the allowed token with the highest of fixed random scores plus a
 little noise a step: the text runs into long strings and numbers, as the GPU run's does), then
 the grammars take the tokens and force what follows (``following``: ``take_tokens`` and
-``events_after``, as ``collect.py`` runs them). The walk depends only on the masks, so every
-run below writes the same texts.
+``events_after``, as ``collect.py`` runs them; CPU time in the runs one row at a time). The walk
+depends only on the masks, so every run below writes the same texts.
 
 Runs: llguidance's default tokenizer slices against ``constraints.MASK_SLICES``; for each, the
 masks one row at a time (µs a row, and the slowest row of a step: what a step waits for however
-many threads fill it) and through the executor with each thread count.
+many threads fill it; both CPU time, which other processes' load leaves alone) and through the
+executor with each thread count (wall time: on a loaded machine, threads wait for a CPU).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None) -> dict[str, floa
                      sink=lambda events: None, max_generated=steps) for i in range(rows)]
     for seq in seqs:
         seq.status = Status.RUNNING
-    if threads:
-        os.environ["LMQL_MASK_THREADS"] = str(threads)
+    # one row at a time: the grammars take their tokens on this thread too, so CPU time counts all
+    os.environ["LMQL_MASK_THREADS"] = str(threads or 1)
+    clock = time.perf_counter if threads else time.thread_time
     filler, rng = MaskFiller(EngineStats()), np.random.default_rng(0)
     scores = rng.standard_normal(tok.vocab_size)
     fills, slowest, following = [], [], []
@@ -49,17 +51,18 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None) -> dict[str, floa
         running = [s for s in seqs if s.status is Status.RUNNING]
         if not running:
             break
-        started = time.perf_counter()
         if threads:
+            started = time.perf_counter()
             bits = filler.wait(filler.start(running), running).bits  # type: ignore[arg-type, union-attr]
+            fills.append(time.perf_counter() - started)
         else:
-            bits, slowest_row = one_by_one([s.params.constraint for s in running])
+            bits, cpu, slowest_row = one_by_one([s.params.constraint for s in running])
+            fills.append(cpu)
             slowest.append(slowest_row)
-        fills.append(time.perf_counter() - started)
         tokens = greedy(bits, scores, rng, tok.vocab_size, tok.eos_token_id)
-        started = time.perf_counter()
+        started = clock()
         follow(filler, running, tokens, tok.eos_token_id)
-        following.append(time.perf_counter() - started)
+        following.append(clock() - started)
     filler.close()
     os.environ.pop("LMQL_MASK_THREADS", None)
     result = {"fill_ms": statistics.mean(fills) * 1e3, "following_us": statistics.mean(following) * 1e6,
@@ -69,15 +72,17 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None) -> dict[str, floa
     return result
 
 
-def one_by_one(constraints: list[Any]) -> tuple[np.ndarray, float]:
-    """Each row's mask alone: the masks and the slowest row's seconds."""
+def one_by_one(constraints: list[Any]) -> tuple[np.ndarray, float, float]:
+    """Each row's mask alone, on this thread: the masks, the CPU seconds of all rows and of the
+    slowest (CPU time: other processes on the machine do not count)."""
     words = constraints[0].mask_words
-    bits, slowest = np.zeros((len(constraints), words), dtype=np.int32), 0.0
+    bits, slowest, total = np.zeros((len(constraints), words), dtype=np.int32), 0.0, 0.0
     for j, constraint in enumerate(constraints):
-        started = time.perf_counter()
+        started = time.thread_time()
         constraint.matcher.unsafe_compute_mask_ptr(bits[j].ctypes.data, words * 4)
-        slowest = max(slowest, time.perf_counter() - started)
-    return bits, slowest
+        took = time.thread_time() - started
+        total, slowest = total + took, max(slowest, took)
+    return bits, total, slowest
 
 
 def greedy(bits: np.ndarray, scores: np.ndarray, rng: Any, vocab: int, eos: int) -> list[int]:
