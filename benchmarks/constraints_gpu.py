@@ -99,6 +99,7 @@ def measured(port: int, point: str, run: Any) -> dict[str, Any]:
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
             "tok_per_s": round(delta["tokens_generated"] / seconds, 1), "steps": int(delta["steps"]),
+            "chained": int(delta["steps_chained"]),
             "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
             "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
             "following_share": delta["grammar_seconds"] / busy, "errors": len(errors),
@@ -216,12 +217,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def report_points(points: list[dict[str, Any]]) -> None:
-    print("| point | tokens | s | tok/s | vs free | steps | mask fill µs/step | fill | wait | following "
-          "| errors |")
+    print("| point | tokens | s | tok/s | vs free | steps (chained) | mask fill µs/step | fill | wait "
+          "| following | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, p in enumerate(points):
         ratio = f"{p['tok_per_s'] / points[i - 1]['tok_per_s']:.2f}x" if i % 2 else "-"
-        print(f"| {p['point']} | {p['tokens']} | {p['seconds']} | {p['tok_per_s']} | {ratio} | {p['steps']} "
+        print(f"| {p['point']} | {p['tokens']} | {p['seconds']} | {p['tok_per_s']} | {ratio} "
+              f"| {p['steps']} ({p['chained']}) "
               f"| {p['fill_us_per_step']} | {p['fill_share']:.1%} | {p['wait_share']:.1%} "
               f"| {p['following_share']:.1%} | {p['errors']} |")
     for p in points:
