@@ -144,7 +144,8 @@ def test_chained_steps_sample_grammars_once_they_took_the_last_token(engine, com
     """On a backend that chains steps (lmql-tiny with chain_steps, as CUDA graphs do on a GPU), a
     step of grammars' rows runs before the last step's tokens are read and is sampled once the
     grammars took them (a row whose grammar forced tokens is dropped there, they are fed next):
-    the same tokens as the engine that does not chain, the date as transformers' under its mask."""
+    the same tokens as the engine that does not chain (a seeded sampled stream too), the date as
+    transformers' under its mask."""
     chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
     try:
         prompt = tokenizer.encode(PROMPT)
@@ -156,7 +157,9 @@ def test_chained_steps_sample_grammars_once_they_took_the_last_token(engine, com
 
         def requests() -> list[tuple[list[int], SamplingParams]]:
             return [(prompt, SamplingParams(max_tokens=12))] + [
-                (prompt, SamplingParams(max_tokens=40, constraint=compiler.compile(s))) for s in specs]
+                (prompt, SamplingParams(max_tokens=40, constraint=compiler.compile(s))) for s in specs] + [
+                (prompt, SamplingParams(max_tokens=40, temperature=1.0, seed=7,  # its own noise: any batch
+                                        constraint=compiler.compile(specs[3])))]
 
         steps_chained = chained.stats.steps_chained
         mine = run(chained, requests())
