@@ -28,6 +28,12 @@ from typing import Any
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "pink", "brown",
           "cyan", "magenta", "olive", "navy", "teal", "maroon", "silver", "gold", "beige"]
 DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+# (b)'s schema (``openai_completions``; ``mask_costs.py --grammar`` fills its masks alone)
+SCHEMA = {"type": "object", "properties": {
+    "title": {"type": "string", "maxLength": 200}, "year": {"type": "integer"},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 40}},
+    "summary": {"type": "string", "maxLength": 600}},
+    "required": ["title", "year", "tags", "summary"], "additionalProperties": False}
 
 
 def programs(n: int) -> dict[str, str]:
@@ -50,8 +56,8 @@ def programs(n: int) -> dict[str, str]:
 
 
 METRICS = ("lmql_engine_busy_seconds", "lmql_engine_mask_fill_seconds", "lmql_engine_mask_wait_seconds",
-           "lmql_engine_grammar_seconds", "lmql_engine_steps", "lmql_tokens_generated",
-           "lmql_sequences_finished")
+           "lmql_engine_grammar_seconds", "lmql_engine_steps", "lmql_engine_steps_chained",
+           "lmql_tokens_generated", "lmql_sequences_finished")
 EOS_BAN = -100.0
 
 

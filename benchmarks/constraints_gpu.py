@@ -49,15 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "compa
 from bench_models import bench_model  # noqa: E402
 from build_model import legacy_merges  # noqa: E402  (tests/compat)
 from constrained_programs import PROGRAMS, runner_records, side_records  # noqa: E402
-from constraint_loads import free_streams, metrics, openai_completions, program_clients, served_name  # noqa: E402
+from constraint_loads import (  # noqa: E402
+    SCHEMA,
+    free_streams,
+    metrics,
+    openai_completions,
+    program_clients,
+    served_name,
+)
 from local_bpe import train_bpe  # noqa: E402
 from processes import LMQL_073_SERVE, OFFLINE_ENV, free_port, install_wheels, lmql_073_env, start_server  # noqa: E402
 
-SCHEMA = {"type": "object", "properties": {
-    "title": {"type": "string", "maxLength": 200}, "year": {"type": "integer"},
-    "tags": {"type": "array", "items": {"type": "string", "maxLength": 40}},
-    "summary": {"type": "string", "maxLength": 600}},
-    "required": ["title", "year", "tags", "summary"], "additionalProperties": False}
 SERVER_PATH, CLIENT_PATH, LMQL = "server path", "client masks", "lmql 0.7.3"
 LMQL_SITE = Path("/tmp/lmql073-site")
 
@@ -97,6 +99,7 @@ def measured(port: int, point: str, run: Any) -> dict[str, Any]:
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
             "tok_per_s": round(delta["tokens_generated"] / seconds, 1), "steps": int(delta["steps"]),
+            "chained": int(delta["steps_chained"]),
             "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
             "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
             "following_share": delta["grammar_seconds"] / busy, "errors": len(errors),
@@ -122,11 +125,16 @@ def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int) -> 
     free(min(8, streams), 1)  # warm-up: each path once (the programs warm up in their clients)
     openai(min(8, streams), 1, None)
     openai(min(8, streams), 1, SCHEMA)
-    return [measured(port, f"(a) {streams} free LMTP streams", lambda: free(streams, rounds)),
-            measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs),
-            measured(port, f"(b) {streams} free OpenAI completions", lambda: openai(streams, rounds, None)),
-            measured(port, f"(b) {streams} OpenAI JSON-schema completions",
-                     lambda: openai(streams, rounds, SCHEMA))]
+    points = []
+    if args.only in (None, "a"):
+        points += [measured(port, f"(a) {streams} free LMTP streams", lambda: free(streams, rounds)),
+                   measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs)]
+    if args.only in (None, "b"):
+        points += [measured(port, f"(b) {streams} free OpenAI completions",
+                            lambda: openai(streams, rounds, None)),
+                   measured(port, f"(b) {streams} OpenAI JSON-schema completions",
+                            lambda: openai(streams, rounds, SCHEMA))]
+    return points
 
 
 def single_programs(port: int, folder: Path, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
@@ -166,14 +174,15 @@ def main() -> None:
         print(f"our server ready in {time.monotonic() - started:.0f} s", flush=True)
         points = load_points(port, model.folder, args, eos)
         report_points(points)
-        singles = single_programs(port, model.folder, args)
+        singles = single_programs(port, model.folder, args) if args.only is None else {}
     finally:
         server.terminate()
         server.wait(60)
-    theirs = lmql_073_programs(model.folder, args, device)
-    if theirs is not None:
-        singles[LMQL] = theirs
-    report_singles(singles, args)
+    if singles:
+        theirs = lmql_073_programs(model.folder, args, device)
+        if theirs is not None:
+            singles[LMQL] = theirs
+        report_singles(singles, args)
     print(f"wall time {time.monotonic() - started:.0f} s")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +204,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--wheels", type=Path, help="a folder with llguidance's and LMQL 0.7.3's wheels")
     parser.add_argument("--lmql-python", help="python of an environment with lmql==0.7.3 (not --wheels)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", choices=["a", "b"], help="only point (a) or (b) with (c)'s shares; no (d)")
     args = parser.parse_args()
     small = {"model": "gpt2-micro-50k", "streams": 8, "rounds": 1, "new_tokens": 24, "client_procs": 2,
              "reps": 1}
@@ -207,12 +217,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def report_points(points: list[dict[str, Any]]) -> None:
-    print("| point | tokens | s | tok/s | vs free | steps | mask fill µs/step | fill | wait | following "
-          "| errors |")
+    print("| point | tokens | s | tok/s | vs free | steps (chained) | mask fill µs/step | fill | wait "
+          "| following | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, p in enumerate(points):
         ratio = f"{p['tok_per_s'] / points[i - 1]['tok_per_s']:.2f}x" if i % 2 else "-"
-        print(f"| {p['point']} | {p['tokens']} | {p['seconds']} | {p['tok_per_s']} | {ratio} | {p['steps']} "
+        print(f"| {p['point']} | {p['tokens']} | {p['seconds']} | {p['tok_per_s']} | {ratio} "
+              f"| {p['steps']} ({p['chained']}) "
               f"| {p['fill_us_per_step']} | {p['fill_share']:.1%} | {p['wait_share']:.1%} "
               f"| {p['following_share']:.1%} | {p['errors']} |")
     for p in points:

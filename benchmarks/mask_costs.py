@@ -1,6 +1,7 @@
 """Issue 31, part A: what each constraint kind's mask costs per step on a real vocabulary.
 
     python benchmarks/mask_costs.py [--tokenizer PATH] [--vocab 50257] [--rows 64] [--reps 3]
+    python benchmarks/mask_costs.py --grammar [--rows 64] [--walk-steps 128] [--threads 1,4,8]
 
 For each kind, a value grows token by token along a path a greedy run could take; at every
 step a ``MaskConstraint`` fills the row the engine would apply (``fill``: the kind's mask, the
@@ -8,6 +9,9 @@ step's row, packed into int32 words), once for each of ``--rows`` streams standi
 place (the first one pays what is not cached yet, the others what is) and again on a fresh
 vocabulary (``cold``: no cache at all). Prints µs per filled row: cold (the first time a text is
 seen) and warm (the average over the rows).
+
+``--grammar`` (issue 31 (b)/(c)): ``--rows`` llguidance grammars of ``constraints_gpu.py``'s JSON
+schema through the engine's own pieces, as a step of the server runs them (``grammar_costs.py``).
 
 Without --tokenizer, a byte-level BPE of ``--vocab`` tokens is trained on this machine's Python
 sources (nothing downloads) and kept in the temporary folder for the next run.
@@ -139,8 +143,16 @@ def main() -> None:
     parser.add_argument("--only", help="kinds whose name holds this")
     parser.add_argument("--walk-steps", type=int, default=0,
                         help="also: --rows rows on random paths of this many steps (µs per row)")
+    parser.add_argument("--grammar", action="store_true", help="llguidance's JSON-schema masks instead")
+    parser.add_argument("--threads", default="", help="--grammar: executor threads to try (default: the "
+                        "engine's)")
     args = parser.parse_args()
     tok = tokenizer(args.tokenizer, args.vocab)
+    if args.grammar:
+        from grammar_costs import report
+
+        report(tok, args.rows, args.walk_steps or 128, [int(t) for t in args.threads.split(",") if t])
+        return
     print(f"vocabulary: {tok.vocab_size} tokens; {args.rows} rows per step; median of {args.reps} runs")
     walked = (f" {args.rows} random paths x {args.walk_steps} steps µs/row | the last half µs/row |"
               if args.walk_steps else "")

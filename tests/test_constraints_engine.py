@@ -117,9 +117,9 @@ def test_date_regex_greedy_is_transformers_under_the_same_mask(engine, compiler,
 def test_constrained_and_free_streams_share_a_batch(engine, compiler, tokenizer, inline_below, monkeypatch) -> None:
     """Each constrained stream matches its own grammar; a free stream beside them decodes as alone,
     whether the masks are filled on their thread or (quick ones) on the engine thread."""
-    import lmql_core.engine.constraints as constraints
+    import lmql_core.engine.mask_filler as mask_filler
 
-    monkeypatch.setattr(constraints, "INLINE_FILL_SECONDS", inline_below)
+    monkeypatch.setattr(mask_filler, "INLINE_FILL_SECONDS", inline_below)
     prompt = tokenizer.encode(PROMPT)
     choices = ["Monday", "Tuesday", "next week", "the big room"]
     specs = [GrammarSpec.of("regex", DATE), GrammarSpec.of("regex", "|".join(map(re.escape, choices))),
@@ -138,6 +138,39 @@ def test_constrained_and_free_streams_share_a_batch(engine, compiler, tokenizer,
     assert re.fullmatch("[0-9]+", number) or mixed[3][-1].finish_reason is Finish.LENGTH
     value = json.loads(obj)
     assert set(value) == {"day", "ok"} and isinstance(value["day"], int) and isinstance(value["ok"], bool)
+
+
+def test_chained_steps_sample_grammars_once_they_took_the_last_token(engine, compiler, tokenizer) -> None:
+    """On a backend that chains steps (lmql-tiny with chain_steps, as CUDA graphs do on a GPU), a
+    step of grammars' rows runs before the last step's tokens are read and is sampled once the
+    grammars took them (a row whose grammar forced tokens is dropped there, they are fed next):
+    the same tokens as the engine that does not chain (a seeded sampled stream too), the date as
+    transformers' under its mask."""
+    chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
+    try:
+        prompt = tokenizer.encode(PROMPT)
+        specs = [GrammarSpec.of("regex", DATE), GrammarSpec.of("regex", "[0-9]+"),
+                 GrammarSpec.of("grammar", 'start: "The answer is" " " /[0-9]{1,3}/ ", surely."'),
+                 GrammarSpec.of("json_schema", {"type": "object", "properties": {
+                     "day": {"type": "integer"}, "note": {"type": "string", "maxLength": 12}},
+                     "required": ["day", "note"], "additionalProperties": False})]
+
+        def requests() -> list[tuple[list[int], SamplingParams]]:
+            return [(prompt, SamplingParams(max_tokens=12))] + [
+                (prompt, SamplingParams(max_tokens=40, constraint=compiler.compile(s))) for s in specs] + [
+                (prompt, SamplingParams(max_tokens=40, temperature=1.0, seed=7,  # its own noise: any batch
+                                        constraint=compiler.compile(specs[3])))]
+
+        steps_chained = chained.stats.steps_chained
+        mine = run(chained, requests())
+        assert chained.stats.steps_chained > steps_chained
+        theirs = run(engine, requests())
+        assert [[(e.token, e.finish_reason, e.error) for e in events] for events in mine] == \
+               [[(e.token, e.finish_reason, e.error) for e in events] for events in theirs]
+        assert text_of(tokenizer, mine[1]) == reference_greedy(tokenizer, prompt, DATE)
+        assert json.loads(text_of(tokenizer, mine[4])).keys() == {"day", "note"}
+    finally:
+        chained.stop()
 
 
 def test_forced_text_is_appended_without_sampling(engine, compiler, tokenizer) -> None:

@@ -7,8 +7,8 @@ import time
 
 from lmql_core.base.backend import Backend, ChainedSteps
 from lmql_core.engine import scoring
-from lmql_core.engine.constraints import MaskFiller
 from lmql_core.engine.endings import Endings, Events
+from lmql_core.engine.mask_filler import MaskFiller
 from lmql_core.engine.sampling import Samples, collect_sampling, collect_scoring
 from lmql_core.engine.sequence import Finish, Sequence, Status, TokenEvent
 from lmql_core.engine.steps import EngineStats, LaunchedStep
@@ -93,6 +93,7 @@ class Collector:
                 ended.append(seq)
         self.stats.tokens_generated += produced
         self.endings.finish(ended)
+        self.masks.prefetch([s for s in seqs if s.status is running and s.params.constraint is not None])
 
     def _wait_for(self, step: LaunchedStep) -> None:
         waiting = time.perf_counter()

@@ -2,11 +2,10 @@
 
 A request's regex, Lark-like grammar or JSON schema (``GrammarSpec``) compiles once per model
 (``GrammarCompiler``, compiled grammars cached by hash, bounded) into a ``Constraint``: an
-llguidance matcher that follows the sequence's tokens. The engine asks ``MaskFiller`` for the
-masks of a step's constrained rows before it runs the forward pass; llguidance fills them on
-its own threads, without the interpreter's lock, while the backend computes. After sampling,
-``Constraint.advance`` takes the token and returns the tokens the grammar then forces
-(fast-forward), which the engine appends without sampling.
+llguidance matcher that follows the sequence's tokens. ``mask_filler.MaskFiller`` fills the masks
+of a step's constrained rows on llguidance's threads, without the interpreter's lock, while the
+backend computes. After sampling, the grammars take their tokens (``MaskFiller.take_tokens``) and
+``grammar_events`` appends the tokens each grammar then forces (fast-forward) without sampling.
 
 llguidance is imported on first use only: ``import lmql`` and servers without constraints never load it.
 """
@@ -15,17 +14,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
-import numpy as np
-
-from lmql_core.engine.sequence import Finish, Sequence, Status, TokenEvent
+from lmql_core.engine.sequence import Finish, Sequence, TokenEvent
 from lmql_core.errors import LMQLError
 
 KINDS = ("regex", "grammar", "json_schema")
@@ -38,11 +33,18 @@ CACHE_SOURCE_CHARS = 4_000_000  # and at most this much grammar text among them
 LEXER_FUEL = 100_000
 STEP_FUEL = 100_000
 LEXER_STATES = 50_000
-# masks that took less than this last step are filled on the engine thread once the forward pass is
-# launched (on a GPU, still while it runs): handing them to the mask thread and back costs more
-INLINE_FILL_SECONDS = 2e-4
 NO_EXTENSION = ("NoExtension", "NoExtensionBias")  # llguidance's stop reasons: no byte can follow
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# llguidance's "slices" (docs/optimizations.md in its repository): sets of tokens whose mask bits are
+# copied whole where the lexer allows every token of the set, instead of walking them in the token
+# trie. Its default cuts JSON-string tokens at 10 and 30 characters, so a string with fewer than 10
+# characters left before its maxLength (and one under 30) walks most of the vocabulary (0.2-0.5 ms a
+# row at 50k tokens); finer cuts leave a short walk there: 64 rows of a JSON schema, 2.7 -> 2.2 ms of
+# CPU a step (mask_costs.py --grammar). Masks are the same (a slice is only a shortcut).
+_STRING_CHARS = r'[^"\\\x00-\x1F\x7F]'
+MASK_SLICES = [r"[\x20\x0A\x0D\x09]+",
+               *(f"{_STRING_CHARS}{{1,{n}}}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40)),
+               f"{_STRING_CHARS}+"]
 
 
 class GrammarError(LMQLError):
@@ -227,9 +229,11 @@ def ll_tokenizer_of(tokenizer: Any, vocab_size: int, eos_token_id: int | None) -
     spec = tokenizer.spec() if hasattr(tokenizer, "spec") else None
     if spec and "tokenizer_json" in spec:
         size = max(vocab_size, tokenizer.vocab_size)
-        return llguidance.LLTokenizer(spec["tokenizer_json"], n_vocab=size, eos_token=eos_token_id)
+        return llguidance.LLTokenizer(spec["tokenizer_json"], n_vocab=size, eos_token=eos_token_id,
+                                      slices=MASK_SLICES)
     if spec and spec.get("kind") == "bytes":
-        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokens(vocab_size, eos_token_id)))
+        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokens(vocab_size, eos_token_id)),
+                                      slices=MASK_SLICES)
     raise GrammarError("this model's tokenizer cannot compile grammars (it needs a tokenizer.json)")
 
 
@@ -243,111 +247,6 @@ class _ByteTokens:
 
     def __call__(self, data: bytes) -> list[int]:
         return list(data)
-
-
-@dataclass
-class BatchMask:
-    """One step's masks: ``bits[j]`` (llguidance's bitmask, 32 tokens an int32) is row ``rows[j]``'s."""
-
-    rows: list[int]
-    bits: np.ndarray
-
-
-class PendingMasks:
-    """Masks being filled for ``seqs`` (in this order) while the forward pass runs."""
-
-    def __init__(self, filled: Callable[[], tuple[np.ndarray, float]], constrained: list[Any]) -> None:
-        self._filled = filled  # waits for the mask thread, or fills them here (``MaskFiller.start``)
-        self._position = {id(seq): j for j, seq in enumerate(constrained)}
-        self.fill_seconds = 0.0  # how long filling them took (known once ``for_rows`` returned)
-
-    def for_rows(self, sampled: list[Any]) -> BatchMask | None:
-        """The masks of the constrained ones among ``sampled`` (a step's rows, in order); waits
-        until they are filled, so no matcher is in use once this returns."""
-        bits, self.fill_seconds = self._filled()
-        rows = [r for r, seq in enumerate(sampled) if id(seq) in self._position]
-        if not rows:
-            return None
-        return BatchMask(rows, bits[[self._position[id(sampled[r])] for r in rows]])
-
-
-class MaskFiller:
-    """Fills a step's masks on another thread (the engine thread goes on to the forward pass);
-    llguidance spreads the rows over its own threads and releases the interpreter's lock."""
-
-    def __init__(self, stats: Any) -> None:
-        """``stats``: the engine's ``EngineStats``, where the time spent on masks is counted."""
-        self.stats = stats
-        self._last_fill = 0.0  # seconds the last step's masks took
-        self._thread: ThreadPoolExecutor | None = None
-        self._executor: Any = None
-
-    def start(self, seqs: list[Sequence]) -> PendingMasks | None:
-        """``seqs``: the step's sequences that sample; None when none of them is constrained."""
-        constrained = [seq for seq in seqs if seq.params.constraint is not None]
-        if not constrained:
-            return None
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmql-masks")
-        rows = [(seq.params.constraint, list(seq.generated)) for seq in constrained]
-        words = max(c.mask_words for c, _ in rows)  # the same for all: an engine serves one model
-        if self._last_fill < INLINE_FILL_SECONDS:  # filled in ``wait``, after the forward pass is launched
-            return PendingMasks(lambda: self._fill(rows, words), constrained)
-        return PendingMasks(self._thread.submit(self._fill, rows, words).result, constrained)
-
-    def wait(self, masks: PendingMasks, sampled: list[Sequence]) -> BatchMask | None:
-        """``masks.for_rows(sampled)``, with the time waited and the time filling took counted."""
-        waiting = time.perf_counter()
-        batch_mask = masks.for_rows(sampled)
-        self.stats.mask_wait_seconds += time.perf_counter() - waiting
-        self.stats.mask_fill_seconds += masks.fill_seconds
-        self._last_fill = masks.fill_seconds
-        return batch_mask
-
-    def _fill(self, rows: list[tuple[Any, list[int]]], words: int) -> tuple[np.ndarray, float]:
-        """``rows``: each constrained sequence's constraint and tokens so far."""
-        started = time.perf_counter()
-        bits = np.zeros((len(rows), words), dtype=np.int32)
-        matchers = [(c.matcher, j) for j, (c, _) in enumerate(rows) if c.follows_tokens]
-        if matchers:
-            self._llguidance().unsafe_compute_mask_ptr(matchers, bits.ctypes.data, words * 4, len(rows))
-        for j, (constraint, generated) in enumerate(rows):
-            if not constraint.follows_tokens:
-                constraint.fill(generated, bits[j, :constraint.mask_words])
-        return bits, time.perf_counter() - started
-
-    def _llguidance(self) -> Any:
-        if self._executor is None:
-            import llguidance
-
-            self._executor = llguidance.LLExecutor()
-        return self._executor
-
-    def take_tokens(self, seqs: list[Sequence], tokens: list[int], logprobs: list[float],
-                    eos: int | None) -> dict[int, bool]:
-        """The grammars of a step's running constrained sequences take their sampled tokens (EOS
-        and rows where nothing could be chosen aside), all at once on llguidance's threads
-        without the interpreter's lock (one by one costs ~2.5x as much): by ``id(seq)``,
-        whether each grammar took its token."""
-        if not any(_follows_tokens(seq) for seq in seqs):
-            return {}
-        rows = [(seq, token) for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True)
-                if _follows_tokens(seq) and seq.status is Status.RUNNING and token != eos
-                and logprob > float("-inf")]
-        if not rows:
-            return {}
-        started = time.perf_counter()
-        taken = self._llguidance().consume_token_par([(seq.params.constraint.matcher, t) for seq, t in rows])
-        self.stats.grammar_seconds += time.perf_counter() - started
-        return {id(seq): ok for (seq, _), ok in zip(rows, taken, strict=True)}
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown(wait=False)
-
-
-def _follows_tokens(seq: Sequence) -> bool:
-    return seq.params.constraint is not None and seq.params.constraint.follows_tokens
 
 
 FORCED_TOP: Mapping[int, float] = MappingProxyType({})  # a forced token's candidates: none beside it

@@ -14,9 +14,9 @@ import time
 
 from lmql_core.base.backend import Backend
 from lmql_core.engine.collect import Collector
-from lmql_core.engine.constraints import MaskFiller
 from lmql_core.engine.endings import Endings, Events, deliver_all
 from lmql_core.engine.launch import StepLauncher
+from lmql_core.engine.mask_filler import MaskFiller
 from lmql_core.engine.pipeline import Pipeline, chaining
 from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
 from lmql_core.engine.sequence import Sequence
@@ -126,6 +126,8 @@ class Engine:
             following = self._launch_next(step) if step else None
             deliver_all(events)
             events = self._collector.collect(step, following) if step else {}
+            if following is not None and following.unsampled is not None:
+                self._launcher.sample_chained(following)
             chunks = self._schedule(events, following)
             if chunks is None:
                 return

@@ -9,8 +9,8 @@ from typing import Any
 
 from lmql_core.base.backend import Backend, StepInput, StepOutput
 from lmql_core.engine import scoring
-from lmql_core.engine.constraints import BatchMask, MaskFiller, PendingMasks
 from lmql_core.engine.endings import Endings
+from lmql_core.engine.mask_filler import BatchMask, MaskFiller, PendingMasks
 from lmql_core.engine.sampling import (
     PendingSamples,
     PendingScores,
@@ -85,6 +85,28 @@ class StepLauncher:
             if chunk.completes_prefill:
                 sampling_rows.append(row)
         return inputs, sampling_rows, scores, prefilled
+
+    def sample_chained(self, step: LaunchedStep) -> None:
+        """Sample a chained step of grammars' sequences (``LaunchedStep.unsampled``) now that the
+        last step's results are read: the rows whose grammars forced no tokens after it (those
+        are fed next step, their row here is dropped) of sequences still running, under masks."""
+        logits, step.unsampled = step.unsampled, None
+        running = Status.RUNNING
+        ready = [i for i, s in enumerate(step.sampled) if s.status is running and s.num_fed == s.length]
+        seqs = [step.sampled[i] for i in ready]
+        step.sampled = seqs
+        if not seqs:
+            return
+        try:
+            masks = self.masks.start(seqs)
+            batch_mask = self.masks.wait(masks, seqs) if masks else None
+            step.sampling = self.sample(seqs, _rows(logits, ready), self._plan_for(seqs), batch_mask)
+        except Exception as e:  # as in ``launch``: the streams end, the server lives on
+            log.exception("sampling failed")
+            self.endings.end_all(seqs, f"model error: {e}")
+            step.sampled = []
+            return
+        step.headroom = min(s.max_generated - len(s.generated) - 1 for s in seqs)
 
     def sample(self, seqs: list[Sequence], logits: Any, plan: SamplingPlan,
                masks: BatchMask | None = None) -> PendingSamples:

@@ -57,9 +57,13 @@ class Pipeline:
         running sequence sampled in ``step``, none ends by length there, nobody waits or was
         cancelled. A sequence that samples EOS in ``step`` costs one wasted row in the chained step."""
         sampling, backend = step.sampling, self.chainer
-        # a grammar's next mask needs the sampled token on the host first
-        if backend is None or sampling is None or sampling.plan.penalized or sampling.plan.constrained \
-                or step.scored:
+        if backend is None or sampling is None or sampling.plan.penalized or step.scored:
+            return None
+        # a grammar's next mask needs the sampled token on the host first: such a step is sampled
+        # after the last one's results are read (``sample_chained``); LMQL's kinds are not chained
+        grammars = sampling.plan.constrained
+        if grammars and not all(s.params.constraint is None or s.params.constraint.follows_tokens
+                                for s in step.sampled):
             return None
         if step.headroom < 1:
             return None
@@ -77,6 +81,9 @@ class Pipeline:
                 s.num_fed += 1
             self.endings.end_failed_rows(seqs, output.errors)  # their sampled rows are skipped later
             self.stats.steps_chained += 1
+            if grammars:
+                return LaunchedStep(seqs, None, [], None, started, step.headroom - 1, seq_ids,
+                                    unsampled=output.last_logits)
             following = self.launcher.sample(seqs, output.last_logits, sampling.plan)
             return LaunchedStep(seqs, following, [], None, started, step.headroom - 1, seq_ids)
         except Exception as e:

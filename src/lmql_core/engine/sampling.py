@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from lmql_core.base.array_ops import ArrayOps
-from lmql_core.engine.constraints import BatchMask
+from lmql_core.engine.mask_filler import BatchMask
 from lmql_core.engine.sequence import SamplingParams
 
 BAN_AT = -100.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from lmql_core.engine.sampling import PendingSamples, PendingScores
 from lmql_core.engine.sequence import Sequence
@@ -21,6 +22,9 @@ class LaunchedStep:
     headroom: int = 0
     # a chained step: the seq_ids it appended a sampled token to, whose values the host confirms
     chained_ids: list[int] | None = None
+    # a chained step of grammars' sequences: its logits, sampled (``StepLauncher.sample_chained``)
+    # once the grammars took the last step's tokens, which forces some rows' next tokens
+    unsampled: Any = None
 
 
 @dataclass

@@ -1,0 +1,126 @@
+"""Issue 31 (b)/(c) on the CPU: what a step's llguidance grammars cost the server, through the
+engine's own pieces (``GrammarCompiler``, ``MaskFiller``, ``Constraint.events_after``), without
+a model. Run by ``python benchmarks/mask_costs.py --grammar`` (its tokenizer options apply).
+
+``rows`` sequences follow ``constraint_loads.SCHEMA`` (the JSON schema of ``constraints_gpu.py``'s
+point (b)) for ``steps`` steps. Each step: the masks of every running row (``fill``: the engine's
+``MaskFiller.start`` + ``wait``), a token per row chosen the way a random-weight model's greedy
+decode chooses under a mask (the allowed token with the highest of fixed random scores plus a
+little noise a step: the text runs into long strings and numbers, as the GPU run's does), then
+the grammars take the tokens and force what follows (``following``: ``take_tokens`` and
+``events_after``, as ``collect.py`` runs them; CPU time in the runs one row at a time). The walk
+depends only on the masks, so every run below writes the same texts.
+
+Runs: llguidance's default tokenizer slices against ``constraints.MASK_SLICES``; for each, the
+masks one row at a time (µs a row, and the slowest row of a step: what a step waits for however
+many threads fill it; both CPU time, which other processes' load leaves alone) and through the
+executor with each thread count (wall time: on a loaded machine, threads wait for a CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from constraint_loads import SCHEMA
+
+
+def walk(tok: Any, rows: int, steps: int, threads: int | None) -> dict[str, float]:
+    """One run (``threads`` None: the masks one row at a time); ms and µs per step."""
+    from lmql_core.engine import constraints
+    from lmql_core.engine.mask_filler import MaskFiller
+    from lmql_core.engine.sequence import SamplingParams, Sequence, Status
+    from lmql_core.engine.steps import EngineStats
+
+    compiler = constraints.GrammarCompiler(tok, tok.vocab_size, tok.eos_token_id)
+    spec = constraints.GrammarSpec.of("json_schema", SCHEMA)
+    seqs = [Sequence(i, [0], SamplingParams(max_tokens=steps, constraint=compiler.compile(spec)),
+                     sink=lambda events: None, max_generated=steps) for i in range(rows)]
+    for seq in seqs:
+        seq.status = Status.RUNNING
+    # one row at a time: the grammars take their tokens on this thread too, so CPU time counts all
+    os.environ["LMQL_MASK_THREADS"] = str(threads or 1)
+    clock = time.perf_counter if threads else time.thread_time
+    filler, rng = MaskFiller(EngineStats()), np.random.default_rng(0)
+    scores = rng.standard_normal(tok.vocab_size)
+    fills, slowest, following = [], [], []
+    for _ in range(steps):
+        running = [s for s in seqs if s.status is Status.RUNNING]
+        if not running:
+            break
+        if threads:
+            started = time.perf_counter()
+            bits = filler.wait(filler.start(running), running).bits  # type: ignore[arg-type, union-attr]
+            fills.append(time.perf_counter() - started)
+        else:
+            bits, cpu, slowest_row = one_by_one([s.params.constraint for s in running])
+            fills.append(cpu)
+            slowest.append(slowest_row)
+        tokens = greedy(bits, scores, rng, tok.vocab_size, tok.eos_token_id)
+        started = clock()
+        follow(filler, running, tokens, tok.eos_token_id)
+        following.append(clock() - started)
+    filler.close()
+    os.environ.pop("LMQL_MASK_THREADS", None)
+    result = {"fill_ms": statistics.mean(fills) * 1e3, "following_us": statistics.mean(following) * 1e6,
+              "steps": len(fills)}
+    if slowest:
+        result["slowest_us"] = statistics.mean(slowest) * 1e6
+    return result
+
+
+def one_by_one(constraints: list[Any]) -> tuple[np.ndarray, float, float]:
+    """Each row's mask alone, on this thread: the masks, the CPU seconds of all rows and of the
+    slowest (CPU time: other processes on the machine do not count)."""
+    words = constraints[0].mask_words
+    bits, slowest, total = np.zeros((len(constraints), words), dtype=np.int32), 0.0, 0.0
+    for j, constraint in enumerate(constraints):
+        started = time.thread_time()
+        constraint.matcher.unsafe_compute_mask_ptr(bits[j].ctypes.data, words * 4)
+        took = time.thread_time() - started
+        total, slowest = total + took, max(slowest, took)
+    return bits, total, slowest
+
+
+def greedy(bits: np.ndarray, scores: np.ndarray, rng: Any, vocab: int, eos: int) -> list[int]:
+    allowed = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :vocab].astype(bool)
+    noisy = scores + 0.5 * rng.standard_normal((len(bits), vocab))
+    return [int(t) for t in np.argmax(np.where(allowed, noisy, -np.inf), axis=1)]
+
+
+def follow(filler: Any, seqs: list[Any], tokens: list[int], eos: int) -> None:
+    """What ``Collector._emit_samples`` does with a step's constrained rows."""
+    from lmql_core.engine.sequence import Status
+
+    taken = filler.take_tokens(seqs, tokens, [0.0] * len(seqs), eos)
+    for seq, token in zip(seqs, tokens, strict=True):
+        seq.generated.append(token)
+        ends = token == eos or len(seq.generated) >= seq.max_generated
+        if not ends:
+            _, ends = seq.params.constraint.events_after(seq, token, 0.0, {}, taken.get(id(seq), False))
+        if ends:
+            seq.status = Status.FINISHED
+
+
+def report(tok: Any, rows: int, steps: int, thread_counts: list[int]) -> None:
+    from lmql_core.engine import constraints
+    from lmql_core.engine.mask_filler import mask_threads
+
+    ours = constraints.MASK_SLICES
+    thread_counts = thread_counts or [mask_threads()]
+    print(f"vocabulary: {tok.vocab_size} tokens; {rows} rows of constraint_loads.SCHEMA, {steps} steps; "
+          f"{len(os.sched_getaffinity(0))} CPUs")
+    print("| slices | masks filled | fill ms/step | slowest row µs/step | following µs/step | steps |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, slices in (("llguidance's default", None), ("MASK_SLICES", ours)):
+        constraints.MASK_SLICES = slices  # read when a compiler builds its llguidance tokenizer
+        for threads in [None, *thread_counts]:
+            r = walk(tok, rows, steps, threads)
+            how = f"executor, {threads} threads" if threads else "one row at a time"
+            slowest = f"{r['slowest_us']:,.0f}" if "slowest_us" in r else "-"
+            print(f"| {name} | {how} | {r['fill_ms']:.2f} | {slowest} | {r['following_us']:,.0f} "
+                  f"| {r['steps']} |", flush=True)
+    constraints.MASK_SLICES = ours

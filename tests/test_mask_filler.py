@@ -1,0 +1,129 @@
+"""A step's grammar masks (``engine/mask_filler.py``) and the tokenizer slices they are computed with
+(``constraints.MASK_SLICES``), on a real 8,192-token byte-level BPE trained here.
+
+References: llguidance with no slices at all (every token walked in its trie: the definition the
+slices shortcut), and each matcher's own mask computed alone."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+
+llguidance = pytest.importorskip("llguidance")
+
+from lmql_core.engine import mask_filler  # noqa: E402
+from lmql_core.engine.constraints import GrammarCompiler, GrammarSpec  # noqa: E402
+from lmql_core.engine.mask_filler import MaskFiller, mask_threads  # noqa: E402
+from lmql_core.engine.sequence import SamplingParams, Sequence, Status  # noqa: E402
+from lmql_core.engine.steps import EngineStats  # noqa: E402
+from lmql_core.loading.tokenizer import JsonTokenizer  # noqa: E402
+from tests.bpe_vocab import trained_bpe  # noqa: E402
+
+# short maxLengths: a walk reaches each string's last characters, where the slices differ most
+SCHEMA = {"type": "object", "properties": {
+    "title": {"type": "string", "maxLength": 24}, "year": {"type": "integer"},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 9}, "maxItems": 3},
+    "note": {"type": "string"}},
+    "required": ["title", "year", "tags", "note"], "additionalProperties": False}
+SPECS = [GrammarSpec.of("json_schema", SCHEMA), GrammarSpec.of("regex", r"[a-z ]{3,40}\.")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> JsonTokenizer:
+    return trained_bpe(tmp_path_factory.mktemp("bpe"))
+
+
+@pytest.fixture(scope="module")
+def compiler(tokenizer: JsonTokenizer) -> GrammarCompiler:
+    return GrammarCompiler(tokenizer, tokenizer.vocab_size, tokenizer.eos_token_id)
+
+
+def mask_of(matcher: Any, words: int) -> np.ndarray:
+    row = np.zeros(words, dtype=np.int32)
+    matcher.unsafe_compute_mask_ptr(row.ctypes.data, words * 4)
+    return row
+
+
+def allowed(row: np.ndarray, vocab: int) -> np.ndarray:
+    return np.flatnonzero(np.unpackbits(row.view(np.uint8), bitorder="little")[:vocab])
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=["json-schema", "regex"])
+def test_sliced_masks_equal_masks_that_walk_every_token(spec: GrammarSpec, tokenizer: JsonTokenizer,
+                                                        compiler: GrammarCompiler) -> None:
+    """16 random walks (a random allowed token each step) under the sliced tokenizer and under one
+    without slices, side by side: every mask the same, bit for bit."""
+    plain = llguidance.LLTokenizer(tokenizer.spec()["tokenizer_json"], n_vocab=tokenizer.vocab_size,
+                                   eos_token=tokenizer.eos_token_id, slices=[])
+    rng = random.Random(0)
+    steps = 0
+    for _ in range(16):
+        sliced = compiler.compile(spec)
+        reference = llguidance.LLMatcher(plain, spec.llguidance_text(), log_level=0)
+        words = sliced.mask_words
+        while not sliced.matcher.is_stopped():
+            mask = mask_of(sliced.matcher, words)
+            assert np.array_equal(mask, mask_of(reference, words)), f"step {steps}"
+            tokens = [t for t in allowed(mask, tokenizer.vocab_size) if t != tokenizer.eos_token_id]
+            if not tokens:
+                break
+            token = int(rng.choice(tokens))
+            assert sliced.matcher.consume_token(token) and reference.consume_token(token)
+            steps += 1
+    assert steps > 100
+
+
+def sequences(compiler: GrammarCompiler, count: int) -> list[Sequence]:
+    seqs = [Sequence(i, [1, 2], SamplingParams(max_tokens=64, constraint=compiler.compile(SPECS[i % 2])),
+                     sink=lambda events: None) for i in range(count)]
+    for seq in seqs:
+        seq.status = Status.RUNNING
+    return seqs
+
+
+@pytest.mark.parametrize("threads", [1, 3], ids=["tokens-taken-here", "tokens-taken-on-the-executor"])
+def test_masks_started_ahead_are_each_matchers_own(threads: int, compiler: GrammarCompiler,
+                                                   tokenizer: JsonTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started ahead (``prefetch``, as after a slow step), taken by the next step whose constrained
+    rows they cover, in the step's order; a stream that joins makes the step fill all rows again;
+    the grammars take tokens only after masks started ahead are done."""
+    monkeypatch.setattr(mask_filler, "INLINE_FILL_SECONDS", 0.0)  # every step counts as slow
+    monkeypatch.setenv(mask_filler.MASK_THREADS_ENV, str(threads))
+    filler = MaskFiller(EngineStats())
+    seqs = sequences(compiler, 6)
+    words = seqs[0].params.constraint.mask_words
+    rng = random.Random(1)
+    expected = {id(s): mask_of(s.params.constraint.matcher, words) for s in seqs}
+    for step in range(6):
+        if step == 3:  # a stream joins: the masks started ahead do not cover it
+            seqs.append(sequences(compiler, 1)[0])
+            expected[id(seqs[-1])] = mask_of(seqs[-1].params.constraint.matcher, words)
+        sampled = seqs[::-1] if step % 2 else seqs  # the step's rows in another order than started
+        pending = filler.start(sampled)
+        assert pending is not None
+        batch = filler.wait(pending, sampled)
+        assert batch is not None and batch.rows == list(range(len(sampled)))
+        for j, seq in enumerate(sampled):
+            assert np.array_equal(batch.bits[j], expected[id(seq)]), (step, j)
+        tokens = [int(rng.choice(allowed(batch.bits[j], tokenizer.vocab_size))) for j in range(len(sampled))]
+        taken = filler.take_tokens(sampled, tokens, [0.0] * len(sampled), tokenizer.eos_token_id)
+        assert len(taken) == sum(t != tokenizer.eos_token_id for t in tokens) and all(taken.values())
+        expected = {id(s): mask_of(s.params.constraint.matcher, words) for s in seqs}
+        filler.prefetch(seqs)
+    assert filler.stats.mask_fill_seconds > 0 and filler.stats.grammar_seconds > 0
+    filler.close()
+
+
+def test_mask_threads_leave_two_cpus_and_obey_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(mask_filler.MASK_THREADS_ENV, raising=False)
+    assert 1 <= mask_threads() <= mask_filler.MAX_MASK_THREADS
+    monkeypatch.setattr(mask_filler.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(mask_filler, "_cgroup_cpus", lambda: None)
+    assert mask_threads() == mask_filler.MAX_MASK_THREADS
+    monkeypatch.setattr(mask_filler, "_cgroup_cpus", lambda: 5)  # a container's quota
+    assert mask_threads() == 3
+    monkeypatch.setenv(mask_filler.MASK_THREADS_ENV, "12")
+    assert mask_threads() == 12
