@@ -103,7 +103,7 @@ class MaskFiller:
         self._settle()
         if self._last_fill < INLINE_FILL_SECONDS or not seqs or not all(_follows_tokens(s) for s in seqs):
             return
-        rows = [(seq.params.constraint, []) for seq in seqs]
+        rows: list[tuple[Any, list[int]]] = [(seq.params.constraint, []) for seq in seqs]
         self._ahead = PendingMasks(self._mask_thread().submit(self._fill, rows).result, seqs)
 
     def start(self, seqs: list[Sequence]) -> PendingMasks | None:
