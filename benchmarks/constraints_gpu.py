@@ -90,16 +90,22 @@ def install_llguidance(wheels: Path) -> None:
 
 
 def measured(port: int, point: str, run: Any) -> dict[str, Any]:
-    """``run()`` (-> seconds, errors) between two reads of the server's counters."""
+    """``run(start)`` (-> seconds, errors) between two reads of the server's counters; the first
+    read again where ``run`` calls ``start()`` (when its warm-up is over and its clock starts)."""
     before = metrics(port)
-    seconds, errors = run()
+
+    def start() -> None:
+        before.update(metrics(port))
+
+    seconds, errors = run(start)
     delta = {k: v - before[k] for k, v in metrics(port).items()}
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
             "tok_per_s": round(delta["tokens_generated"] / seconds, 1), "steps": int(delta["steps"]),
             "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
             "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
-            "following_share": delta["grammar_seconds"] / busy, "errors": len(errors),
+            "following_share": delta["grammar_seconds"] / busy, "busy_share": busy / seconds,
+            "errors": len(errors),
             "first_error": errors[0][:300] if errors else None}
 
 
@@ -115,18 +121,19 @@ def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int) -> 
         seconds, _, errors = asyncio.run(openai_completions(port, name, s, r, n, prompt, eos, schema))
         return seconds, errors
 
-    def lmql_programs() -> tuple[float, list[str]]:
-        seconds, _, errors = program_clients(endpoint, folder, streams, args.client_procs, rounds, n, env)
+    def lmql_programs(start: Any) -> tuple[float, list[str]]:
+        seconds, _, errors = program_clients(endpoint, folder, streams, args.client_procs, rounds, n, env,
+                                             start)
         return seconds, errors
 
     free(min(8, streams), 1)  # warm-up: each path once (the programs warm up in their clients)
     openai(min(8, streams), 1, None)
     openai(min(8, streams), 1, SCHEMA)
-    return [measured(port, f"(a) {streams} free LMTP streams", lambda: free(streams, rounds)),
+    return [measured(port, f"(a) {streams} free LMTP streams", lambda _: free(streams, rounds)),
             measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs),
-            measured(port, f"(b) {streams} free OpenAI completions", lambda: openai(streams, rounds, None)),
+            measured(port, f"(b) {streams} free OpenAI completions", lambda _: openai(streams, rounds, None)),
             measured(port, f"(b) {streams} OpenAI JSON-schema completions",
-                     lambda: openai(streams, rounds, SCHEMA))]
+                     lambda _: openai(streams, rounds, SCHEMA))]
 
 
 def single_programs(port: int, folder: Path, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
@@ -207,14 +214,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def report_points(points: list[dict[str, Any]]) -> None:
-    print("| point | tokens | s | tok/s | vs free | steps | mask fill µs/step | fill | wait | following "
-          "| errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| point | tokens | s | tok/s | vs free | steps | engine busy | mask fill µs/step | fill | wait "
+          "| following | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, p in enumerate(points):
         ratio = f"{p['tok_per_s'] / points[i - 1]['tok_per_s']:.2f}x" if i % 2 else "-"
         print(f"| {p['point']} | {p['tokens']} | {p['seconds']} | {p['tok_per_s']} | {ratio} | {p['steps']} "
-              f"| {p['fill_us_per_step']} | {p['fill_share']:.1%} | {p['wait_share']:.1%} "
-              f"| {p['following_share']:.1%} | {p['errors']} |")
+              f"| {p['busy_share']:.0%} | {p['fill_us_per_step']} | {p['fill_share']:.1%} "
+              f"| {p['wait_share']:.1%} | {p['following_share']:.1%} | {p['errors']} |")
     for p in points:
         if p["first_error"]:
             print(f"first error ({p['point']}): {p['first_error']}")
