@@ -58,6 +58,11 @@ class Vocabulary:
         """Compute now what every mask reads of the tokens (their texts, lengths, first characters)."""
         _ = self.texts, self.lengths, self.longest, self.by_first_char
 
+    @property
+    def prepared(self) -> bool:
+        """Whether ``prepare`` has run (nothing left for it to compute)."""
+        return all(name in self.__dict__ for name in ("texts", "lengths", "longest", "by_first_char"))
+
     @cached_property
     def texts(self) -> list[str]:
         """Each token's text on its own (special tokens included, as the tokenizer writes them)."""
