@@ -321,9 +321,16 @@ class Session:
                 by_run.setdefault(event.stream_id, []).append(event)
             else:
                 others.append(event)
-        entries = [entry for sid, taken in by_run.items() for entry in runs[sid].take(taken)]
-        if entries and not self.closed:
-            self._send("TOKEN", entries)
+        sent: list[TokenEvent] = []
+        holes: list[int] = []
+        for sid, taken in by_run.items():
+            now, hole = runs[sid].take(taken)
+            sent += now
+            holes += [hole] * len(now)
+        if sent and not self.closed:
+            tagged = zip(sent, holes, strict=True)
+            self._send("TOKEN", wire.token_entries_json(sent, FINISH_REASONS, holes) if self.encode_tokens
+                       else [wire.tagged_entry(e, FINISH_REASONS, h) for e, h in tagged])
         return others
 
     def _entry(self, event: TokenEvent) -> dict[str, Any]:

@@ -6,8 +6,9 @@ the first hole's is the request's ``prompt``; the next one's is the previous pro
 previous value's prompt text and the text after it, tokenized separately (or the previous prompt
 and the generated tokens, where neither changed anything). A value's prompt text is its text cut
 by its stopping phrases and postprocessed by its kinds (INT: the number). Entries carry
-``"hole": i``; the last one of each hole carries ``"hole_finish"`` (``stop`` or ``length``), the
-template's very last one ``finish_reason`` instead. A hole with no room left (its ``max_length``
+``"hole": i`` (and ``"finish_reason": null``, as a plain stream's); the last one of each hole
+carries ``"hole_finish"`` (``stop`` or ``length``) and no ``finish_reason``, the template's very
+last one ``finish_reason`` instead. A hole with no room left (its ``max_length``
 reached before it) gets one entry without a token. A hole whose value cannot be postprocessed
 (INT without a digit) ends the template there: the client meets the same error replaying it.
 """
@@ -109,28 +110,27 @@ class TemplateRun:
             if not running.ended.done():  # cancelled: CANCEL, or the connection went away
                 self.model.engine.cancel([seq])
 
-    def take(self, events: list[TokenEvent]) -> list[dict[str, Any]]:
-        """On the event loop: this stream's events of the running hole (in order), as the entries
-        to send now; its last one (the hole's end, or an error) goes to ``_generate`` instead."""
-        hole, entries = self._hole, []
+    def take(self, events: list[TokenEvent]) -> tuple[list[TokenEvent], int]:
+        """On the event loop: this stream's events of the running hole (in order): those to send
+        now (as ``wire.tagged_entry`` with the hole's index, also answered; an error as it is),
+        its last one (the hole's end, or an error) handed to ``_generate``."""
+        hole, sent = self._hole, list[TokenEvent]()
+        if hole is None:
+            return sent, -1
         for event in events:
-            if hole is None or hole.ended.done():  # (events after the end: none are made)
+            if hole.ended.done():  # (events after the end: none are made)
                 break
-            entry = wire.token_entry(event, self.reasons)
             if event.error is not None:
-                entries.append(entry)
+                sent.append(event)
                 hole.ended.set_result(None)
-            elif event.finish_reason is not None:
-                if event.token != self.eos:
-                    hole.ids.append(event.token)
-                hole.ended.set_result((hole.ids, entry))
+                break
+            if event.token != self.eos:
+                hole.ids.append(event.token)
+            if event.finish_reason is not None:
+                hole.ended.set_result((hole.ids, wire.token_entry(event, self.reasons)))
             else:
-                if event.token != self.eos:
-                    hole.ids.append(event.token)
-                entry["hole"] = hole.index
-                del entry["finish_reason"]
-                entries.append(entry)
-        return entries
+                sent.append(event)
+        return sent, hole.index
 
 
 class _HoleTokens:
