@@ -4,6 +4,7 @@ served by `lmql serve-model --cuda`, in one run from the repository root:
     python3 -m pip install -q --no-deps --no-build-isolation . ./plugins/hf
     python3 benchmarks/constraints_gpu.py --wheels .whl --out $OUT       # carry [".whl"]
     python3 benchmarks/constraints_gpu.py --cpu --lmql-python /work/lmql073/bin/python   # a CPU smoke run
+    python3 benchmarks/constraints_gpu.py --only-a --rounds 4 --out $OUT                  # (a) alone
 
 (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh` where
 pip reaches the registry; ``--wheels`` installs llguidance beside lmql-core and LMQL 0.7.3 into its
@@ -127,13 +128,16 @@ def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int) -> 
         return seconds, errors
 
     free(min(8, streams), 1)  # warm-up: each path once (the programs warm up in their clients)
+    points = [measured(port, f"(a) {streams} free LMTP streams", lambda _: free(streams, rounds)),
+              measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs)]
+    if args.only_a:
+        return points
     openai(min(8, streams), 1, None)
     openai(min(8, streams), 1, SCHEMA)
-    return [measured(port, f"(a) {streams} free LMTP streams", lambda _: free(streams, rounds)),
-            measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs),
-            measured(port, f"(b) {streams} free OpenAI completions", lambda _: openai(streams, rounds, None)),
-            measured(port, f"(b) {streams} OpenAI JSON-schema completions",
-                     lambda _: openai(streams, rounds, SCHEMA))]
+    return points + [
+        measured(port, f"(b) {streams} free OpenAI completions", lambda _: openai(streams, rounds, None)),
+        measured(port, f"(b) {streams} OpenAI JSON-schema completions",
+                 lambda _: openai(streams, rounds, SCHEMA))]
 
 
 def single_programs(port: int, folder: Path, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
@@ -173,14 +177,15 @@ def main() -> None:
         print(f"our server ready in {time.monotonic() - started:.0f} s", flush=True)
         points = load_points(port, model.folder, args, eos)
         report_points(points)
-        singles = single_programs(port, model.folder, args)
+        singles = {} if args.only_a else single_programs(port, model.folder, args)
     finally:
         server.terminate()
         server.wait(60)
-    theirs = lmql_073_programs(model.folder, args, device)
+    theirs = None if args.only_a else lmql_073_programs(model.folder, args, device)
     if theirs is not None:
         singles[LMQL] = theirs
-    report_singles(singles, args)
+    if singles:
+        report_singles(singles, args)
     print(f"wall time {time.monotonic() - started:.0f} s")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +207,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--wheels", type=Path, help="a folder with llguidance's and LMQL 0.7.3's wheels")
     parser.add_argument("--lmql-python", help="python of an environment with lmql==0.7.3 (not --wheels)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only-a", action="store_true", help="(a) alone: free streams and LMQL programs")
     args = parser.parse_args()
     small = {"model": "gpt2-micro-50k", "streams": 8, "rounds": 1, "new_tokens": 24, "client_procs": 2,
              "reps": 1}
