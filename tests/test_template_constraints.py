@@ -95,6 +95,37 @@ def test_a_template_over_the_socket_tags_each_hole(tiny_server: Server) -> None:
     assert entries[-1]["hole"] == 1 and entries[-1]["finish_reason"] in ("stop", "length")
 
 
+def test_template_streams_of_a_connection_share_each_steps_frame(tiny_server: Server) -> None:
+    """Several templates in one batch: a step's entries of all of them come in one TOKEN frame (as
+    plain streams'), not a frame per template; each stream's entries stay complete and tagged."""
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.serial import to_json
+
+    streams = [11, 12, 13, 14]
+    template = {"holes": [{"name": "A", "constraints": to_json(kinds.Count("<", 20)), "max_length": 200}],
+                "texts": []}
+
+    async def scenario() -> list[list[dict[str, Any]]]:
+        frames = []
+        async with RawClient(tiny_server.endpoint) as client:
+            for sid in streams:
+                await client.send("GENERATE", {"model": MODEL, "stream_id": sid, "prompt": [1, 200 + sid],
+                                               "template": template})
+            ended: set[Any] = set()
+            while ended != set(streams):
+                command, payload = await client.frame()
+                assert command == "TOKEN"
+                frames.append(payload)
+                ended |= {e["stream_id"] for e in payload if e.get("finish_reason") is not None}
+        return frames
+
+    frames = asyncio.run(scenario())
+    assert max(len({e["stream_id"] for e in frame}) for frame in frames) == len(streams)
+    for sid in streams:
+        entries = [e for frame in frames for e in frame if e["stream_id"] == sid]
+        assert all(e["hole"] == 0 for e in entries) and len(entries) == 19  # len(TOKENS(A)) < 20
+
+
 def hole(**fields: Any) -> dict[str, Any]:
     return {"name": "X", "constraints": None, "max_length": 50, **fields}
 
