@@ -86,6 +86,11 @@ class MaskConstraint:
         events[-1].finish_reason = Finish.LENGTH
         return events, True
 
+    def allows_all_after(self, generated: int) -> bool:
+        """Whether the mask after any ``generated`` tokens lets every token through (no row
+        needed: the engine may sample that step before it reads the tokens before it)."""
+        return self.rule.allows_all_after(generated)
+
     def failure(self) -> str:
         return "constraint error: no token is allowed here"
 

@@ -19,6 +19,7 @@ from lmql_core.base.backend import Backend, ChainedSteps
 from lmql_core.engine.endings import Endings
 from lmql_core.engine.launch import StepLauncher
 from lmql_core.engine.scheduler import Scheduler
+from lmql_core.engine.sequence import Sequence
 from lmql_core.engine.steps import EngineStats, LaunchedStep
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,10 @@ class Pipeline:
         running sequence sampled in ``step``, none ends by length there, nobody waits or was
         cancelled. A sequence that samples EOS in ``step`` costs one wasted row in the chained step."""
         sampling, backend = step.sampling, self.chainer
-        # a grammar's next mask needs the sampled token on the host first
-        if backend is None or sampling is None or sampling.plan.penalized or sampling.plan.constrained \
-                or step.scored:
+        # a grammar's next mask needs the sampled token on the host first, unless it lets every
+        # token through whatever that token is (``len(TOKENS(X)) < n`` well before n)
+        if backend is None or sampling is None or sampling.plan.penalized or step.scored \
+                or (sampling.plan.constrained and not _masks_all_open(step.sampled)):
             return None
         if step.headroom < 1:
             return None
@@ -95,3 +97,14 @@ class Pipeline:
         step = self.launcher.launch(chunks) if chunks else None
         self.stats.steps_ahead += step is not None
         return step
+
+
+def _masks_all_open(seqs: list[Sequence]) -> bool:
+    """Whether the step after the one in flight (its token not on the host yet) lets every
+    token through for each constrained sequence of ``seqs``, so it needs no mask."""
+    for seq in seqs:
+        constraint = seq.params.constraint
+        if constraint is not None and not (hasattr(constraint, "allows_all_after")
+                                           and constraint.allows_all_after(len(seq.generated) + 1)):
+            return False
+    return True
