@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +117,12 @@ async def free_streams(port: int, model: str, streams: int, rounds: int, new_tok
 
 
 def program_clients(endpoint: str, folder: Path, streams: int, processes: int, rounds: int,
-                    new_tokens: int, env: dict[str, str]) -> tuple[float, int, list[str]]:
+                    new_tokens: int, env: dict[str, str],
+                    on_ready: Callable[[], None] = lambda: None) -> tuple[float, int, list[str]]:
     """``streams`` concurrent program loops over ``processes`` client processes, each loop
     ``rounds`` programs (the five kinds in turn). The processes first compile and run each program
-    once, then all start together: (seconds, programs run, errors)."""
+    once, then (after ``on_ready()``: the server's counters are read there, so that the warm-up's
+    tokens and steps are not counted) all start together: (seconds, programs run, errors)."""
     share = [streams // processes + (1 if p < streams % processes else 0) for p in range(processes)]
     procs = [subprocess.Popen([sys.executable, __file__, "--client", endpoint, str(folder),
                                "--streams", str(n), "--rounds", str(rounds), "--new-tokens", str(new_tokens),
@@ -132,6 +135,7 @@ def program_clients(endpoint: str, folder: Path, streams: int, processes: int, r
             line = proc.stdout.readline()
             if not line.startswith("READY"):
                 raise RuntimeError(f"a program client did not start (exit {proc.wait()}): {line!r}")
+        on_ready()
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("GO\n")

@@ -4,6 +4,7 @@ served by `lmql serve-model --cuda`, in one run from the repository root:
     python3 -m pip install -q --no-deps --no-build-isolation . ./plugins/hf
     python3 benchmarks/constraints_gpu.py --wheels .whl --out $OUT       # carry [".whl"]
     python3 benchmarks/constraints_gpu.py --cpu --lmql-python /work/lmql073/bin/python   # a CPU smoke run
+    python3 benchmarks/constraints_gpu.py --only a --rounds 4 --out $OUT                  # (a) alone
 
 (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh` where
 pip reaches the registry; ``--wheels`` installs llguidance beside lmql-core and LMQL 0.7.3 into its
@@ -92,9 +93,14 @@ def install_llguidance(wheels: Path) -> None:
 
 
 def measured(port: int, point: str, run: Any) -> dict[str, Any]:
-    """``run()`` (-> seconds, errors) between two reads of the server's counters."""
+    """``run(start)`` (-> seconds, errors) between two reads of the server's counters; the first
+    read again where ``run`` calls ``start()`` (when its warm-up is over and its clock starts)."""
     before = metrics(port)
-    seconds, errors = run()
+
+    def start() -> None:
+        before.update(metrics(port))
+
+    seconds, errors = run(start)
     delta = {k: v - before[k] for k, v in metrics(port).items()}
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
@@ -102,7 +108,8 @@ def measured(port: int, point: str, run: Any) -> dict[str, Any]:
             "chained": int(delta["steps_chained"]),
             "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
             "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
-            "following_share": delta["grammar_seconds"] / busy, "errors": len(errors),
+            "following_share": delta["grammar_seconds"] / busy, "busy_share": busy / seconds,
+            "errors": len(errors),
             "first_error": errors[0][:300] if errors else None}
 
 
@@ -118,22 +125,23 @@ def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int) -> 
         seconds, _, errors = asyncio.run(openai_completions(port, name, s, r, n, prompt, eos, schema))
         return seconds, errors
 
-    def lmql_programs() -> tuple[float, list[str]]:
-        seconds, _, errors = program_clients(endpoint, folder, streams, args.client_procs, rounds, n, env)
+    def lmql_programs(start: Any) -> tuple[float, list[str]]:
+        seconds, _, errors = program_clients(endpoint, folder, streams, args.client_procs, rounds, n, env,
+                                             start)
         return seconds, errors
 
     free(min(8, streams), 1)  # warm-up: each path once (the programs warm up in their clients)
-    openai(min(8, streams), 1, None)
-    openai(min(8, streams), 1, SCHEMA)
     points = []
     if args.only in (None, "a"):
-        points += [measured(port, f"(a) {streams} free LMTP streams", lambda: free(streams, rounds)),
+        points += [measured(port, f"(a) {streams} free LMTP streams", lambda _: free(streams, rounds)),
                    measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs)]
     if args.only in (None, "b"):
+        openai(min(8, streams), 1, None)
+        openai(min(8, streams), 1, SCHEMA)
         points += [measured(port, f"(b) {streams} free OpenAI completions",
-                            lambda: openai(streams, rounds, None)),
+                            lambda _: openai(streams, rounds, None)),
                    measured(port, f"(b) {streams} OpenAI JSON-schema completions",
-                            lambda: openai(streams, rounds, SCHEMA))]
+                            lambda _: openai(streams, rounds, SCHEMA))]
     return points
 
 
@@ -217,15 +225,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def report_points(points: list[dict[str, Any]]) -> None:
-    print("| point | tokens | s | tok/s | vs free | steps (chained) | mask fill µs/step | fill | wait "
-          "| following | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| point | tokens | s | tok/s | vs free | steps (chained) | engine busy | mask fill µs/step | fill "
+          "| wait | following | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, p in enumerate(points):
         ratio = f"{p['tok_per_s'] / points[i - 1]['tok_per_s']:.2f}x" if i % 2 else "-"
         print(f"| {p['point']} | {p['tokens']} | {p['seconds']} | {p['tok_per_s']} | {ratio} "
-              f"| {p['steps']} ({p['chained']}) "
-              f"| {p['fill_us_per_step']} | {p['fill_share']:.1%} | {p['wait_share']:.1%} "
-              f"| {p['following_share']:.1%} | {p['errors']} |")
+              f"| {p['steps']} ({p['chained']}) | {p['busy_share']:.0%} | {p['fill_us_per_step']} "
+              f"| {p['fill_share']:.1%} | {p['wait_share']:.1%} | {p['following_share']:.1%} "
+              f"| {p['errors']} |")
     for p in points:
         if p["first_error"]:
             print(f"first error ({p['point']}): {p['first_error']}")

@@ -113,6 +113,37 @@ def test_a_template_over_the_socket_tags_each_hole(tiny_server: Server) -> None:
     assert entries[-1]["hole"] == 1 and entries[-1]["finish_reason"] in ("stop", "length")
 
 
+def test_template_streams_of_a_connection_share_each_steps_frame(tiny_server: Server) -> None:
+    """Several templates in one batch: a step's entries of all of them come in one TOKEN frame (as
+    plain streams'), not a frame per template; each stream's entries stay complete and tagged."""
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.serial import to_json
+
+    streams = [11, 12, 13, 14]
+    template = {"holes": [{"name": "A", "constraints": to_json(kinds.Count("<", 20)), "max_length": 200}],
+                "texts": []}
+
+    async def scenario() -> list[list[dict[str, Any]]]:
+        frames = []
+        async with RawClient(tiny_server.endpoint) as client:
+            for sid in streams:
+                await client.send("GENERATE", {"model": MODEL, "stream_id": sid, "prompt": [1, 200 + sid],
+                                               "template": template})
+            ended: set[Any] = set()
+            while ended != set(streams):
+                command, payload = await client.frame()
+                assert command == "TOKEN"
+                frames.append(payload)
+                ended |= {e["stream_id"] for e in payload if e.get("finish_reason") is not None}
+        return frames
+
+    frames = asyncio.run(scenario())
+    assert max(len({e["stream_id"] for e in frame}) for frame in frames) == len(streams)
+    for sid in streams:
+        entries = [e for frame in frames for e in frame if e["stream_id"] == sid]
+        assert all(e["hole"] == 0 for e in entries) and len(entries) == 19  # len(TOKENS(A)) < 20
+
+
 def hole(**fields: Any) -> dict[str, Any]:
     return {"name": "X", "constraints": None, "max_length": 50, **fields}
 
@@ -281,3 +312,43 @@ def test_forced_tokens_and_the_end_take_no_model_step(tiny_server: Server, monke
     assert steps_taken <= 2 < tokens_taken  # the prompt's step (and at most one more), not one a token
     monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
     assert run(source, model)[0] == values
+
+
+def test_open_masks_let_template_steps_chain(tiny_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chained steps (forced on here, the GPU's path) take template rows while their masks let
+    every token through (``len(TOKENS(X)) < n`` well before n), and give the client path's values:
+    each hole's mask after its count is reached, forced tokens and stops still hold."""
+    chained = Server(MODEL, "--chain_steps", "True")
+    try:
+        model = lmql.model(MODEL, endpoint=chained.endpoint)
+        source = program('"Once upon a time[X] and then:[Y]\\nColor:[C]"',
+                         'len(TOKENS(X)) < 25 and STOPS_AT(Y, ".") and len(TOKENS(Y)) < 30 '
+                         'and C in [" red", " blue"]')
+        before = server_metric(chained, "lmql_engine_steps_chained", MODEL)
+        values, prompt, requests = run(source, model)
+        assert server_metric(chained, "lmql_engine_steps_chained", MODEL) > before
+        monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+        assert (values, prompt) == run(source, lmql.model(MODEL, endpoint=tiny_server.endpoint))[:2]
+        assert requests == 1
+    finally:
+        assert chained.stop() == 0, chained.output()
+
+
+@pytest.mark.parametrize(("op", "limit"), [("<", 5), ("<=", 5), ("==", 5), (">", 2), ("!=", 3)])
+def test_a_count_allows_all_exactly_where_its_mask_is_open(op: str, limit: int) -> None:
+    """``len(TOKENS(X)) op limit`` lets every token and the end through after ``generated`` tokens
+    exactly where its count may grow and already holds (LMQL's rule); a count of characters, or
+    one beside a stopping phrase, reads the text and is never open."""
+    from lmql_core.constraints import kinds
+
+    compare = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b,
+               ">": lambda a, b: a > b, "!=": lambda a, b: a != b}[op]
+    may_grow = {"<": lambda n: n < limit, "<=": lambda n: n <= limit, "==": lambda n: n <= limit}
+    for generated in range(8):
+        expected = may_grow.get(op, lambda n: True)(generated + 1) and compare(generated, limit)
+        assert kinds.Count(op, limit).allows_all_after(generated) is expected, (op, generated)
+        assert kinds.And([kinds.Count(op, limit), kinds.Count("<", 100)]).allows_all_after(generated) is expected
+    assert kinds.And([kinds.Count("<", 100), kinds.Truth(True)]).allows_all_after(0)  # another hole's, decided
+    assert not kinds.And([kinds.Count("<", 100), kinds.Truth(False)]).allows_all_after(0)
+    assert not kinds.Count("<", 100, tokens=False).allows_all_after(0)
+    assert not kinds.And([kinds.Count("<", 100), kinds.StopsAt(".")]).allows_all_after(0)

@@ -34,6 +34,15 @@ def test_direct_token_json_equals_the_generic_encoding(event: TokenEvent) -> Non
     json.loads(expected, parse_constant=lambda c: pytest.fail(f"{c} is not strict JSON"))
 
 
+@pytest.mark.parametrize("event", EVENTS, ids=range(len(EVENTS)))
+def test_a_template_entry_is_the_plain_one_with_its_hole(event: TokenEvent) -> None:
+    plain = wire.token_entry(event, FINISH_REASONS)
+    expected = plain if event.error is not None else {**plain, "hole": 3}  # an error stays as it is
+    assert wire.tagged_entry(event, FINISH_REASONS, 3) == expected
+    written = wire.token_entries_json([event], FINISH_REASONS, [3])
+    assert written == json.dumps([expected], separators=(",", ":"))
+
+
 def test_a_whole_step_encodes_as_one_frame() -> None:
     frame = wire.encode_frame("TOKEN", wire.token_entries_json(EVENTS, FINISH_REASONS))
     assert frame == "TOKEN " + json.dumps([wire.token_entry(e, FINISH_REASONS) for e in EVENTS], separators=(",", ":"))

@@ -95,6 +95,11 @@ class Count(Rule):
             within = vocab.at_most_chars(_most_chars(self.limit - now, strict=self.op == "<"))
         return Allowed(within, compare(now, self.limit))
 
+    def allows_all_after(self, generated: int) -> bool:
+        # the mask reads the tokens' count alone: any token where it may grow, the end where it holds
+        return self.tokens and self._may_grow_into(generated + 1) and \
+            bool(COMPARISONS[self.op](generated, self.limit))
+
     def _may_grow_into(self, size: int) -> bool:
         if self.op == "==":
             return bool(size <= self.limit)

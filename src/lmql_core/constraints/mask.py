@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,10 +42,48 @@ class Allowed:
 ANY = Allowed(None, True)
 
 
-@dataclass
 class Value:
-    """The variable being generated: its tokens and text so far, and the text the last token added."""
+    """The variable being generated: its tokens and text so far, and the text the last token added.
 
-    ids: list[int]
-    text: str
-    diff: str
+    Given ``decode`` instead of ``text``, the text is decoded when a constraint first reads it
+    (``len(TOKENS(X))`` alone never does), and ``diff`` from ``before``: the text of all but the
+    last token, or the ``Value`` of those tokens (decoded when needed)."""
+
+    __slots__ = ("ids", "_text", "_diff", "_decode", "_before")
+
+    def __init__(self, ids: list[int], text: str | None = None, diff: str | None = None,
+                 decode: Callable[[list[int]], str] | None = None, before: str | Value | None = None) -> None:
+        assert text is not None or decode is not None, "a Value needs its text or a way to decode it"
+        self.ids = ids
+        self._text, self._diff, self._decode, self._before = text, diff, decode, before
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            assert self._decode is not None
+            self._text = self._decode(self.ids)
+        return self._text
+
+    @property
+    def diff(self) -> str:
+        if self._diff is None:
+            self._diff = self.text[len(self._text_before()):] if self.ids else ""
+        return self._diff
+
+    def drop_before(self) -> None:
+        """Lets the value before this one go (a next value links to this one; a chain of them would
+        hold every earlier copy of the tokens): ``diff`` is then decoded, where read again."""
+        if isinstance(self._before, Value):
+            self._before = None
+
+    def _text_before(self) -> str:
+        before = self._before
+        if isinstance(before, Value):
+            return before.text
+        if before is not None:
+            return before
+        assert self._decode is not None
+        return self._decode(self.ids[:-1])
+
+    def __repr__(self) -> str:
+        return f"Value(ids={self.ids!r}, text={self.text!r}, diff={self.diff!r})"

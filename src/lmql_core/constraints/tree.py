@@ -50,6 +50,12 @@ class Rule:
     def budget(self, generated: int) -> int | None:
         return None
 
+    def allows_all_after(self, generated: int) -> bool:
+        """Whether the step after any ``generated`` tokens allows every token and the end, and no
+        stopping phrase can end the variable there, whatever the tokens are (the engine then
+        needs none of them on the host for that step's mask). False unless a kind knows better."""
+        return False
+
     def value_of(self, text: str) -> tuple[str, Any] | None:
         return None
 
@@ -107,6 +113,9 @@ class Truth(Rule):
     def mask(self, value: Value, vocab: Vocabulary) -> Allowed:
         return ANY if self.value else Allowed(vocab.nothing(), False)
 
+    def allows_all_after(self, generated: int) -> bool:
+        return self.value
+
     def fields(self) -> dict[str, Any]:
         return {"value": self.value}
 
@@ -160,6 +169,9 @@ class Junction(Rule):
 @dataclass
 class And(Junction):
     kind: ClassVar[str] = "and"
+
+    def allows_all_after(self, generated: int) -> bool:
+        return all(child.allows_all_after(generated) for child in self.children)
 
     def conjuncts(self) -> list[Rule] | None:
         parts: list[Rule] = []

@@ -127,13 +127,11 @@ class Vocabulary:
             return before + ids
         return before + self.encode(prompt_text) + self.encode(following)
 
-    def value(self, ids: list[int], before: str | None = None) -> Value:
-        """A variable's tokens so far as its constraints read them (``before``: the text of all
-        but the last of them, where the caller knows it)."""
-        text = self.decode(ids)
-        if before is None:
-            before = self.decode(ids[:-1])
-        return Value(ids, text, text[len(before):] if ids else "")
+    def value(self, ids: list[int], before: str | Value | None = None) -> Value:
+        """A variable's tokens so far as its constraints read them, decoded when one reads its text
+        (``ids`` must not change meanwhile); ``before``: the text (or the ``Value``) of all but the
+        last of them, where the caller knows it."""
+        return Value(ids, decode=self.decode, before=before)
 
     def none(self) -> np.ndarray:
         """No token allowed, in an array of one's own (to fill)."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lmql_core.constraints.kinds import Rule
+from lmql_core.constraints.mask import Value
 from lmql_core.constraints.step import Step
 from lmql_core.constraints.vocabulary import Vocabulary
 from lmql_core.engine.constraints import FORCED_TOP
@@ -32,10 +33,10 @@ class MaskConstraint:
         self.rule = rule
         self.vocab = vocab
         self.mask_words = mask_words
-        # the last step asked for: its token count, text and step (the next one's text before). A
+        # the last step asked for: its token count, value and step (the next one's value before). A
         # step is asked for twice, by the engine thread after the token before it was sampled
         # (``events_after``) and by the mask thread for its mask (``fill``): computed once
-        self._last: tuple[int, str, Step] | None = None
+        self._last: tuple[int, Value, Step] | None = None
 
     def fill(self, generated: list[int], row: np.ndarray) -> None:
         """The mask after ``generated`` into ``row`` (``mask_words`` int32 words, bit i: token i)."""
@@ -54,9 +55,11 @@ class MaskConstraint:
         if last is not None and last[0] == len(generated):
             return last[2]
         before = last[1] if last is not None and last[0] == len(generated) - 1 else None
-        value = self.vocab.value(generated, before)
+        if before is not None:
+            before.drop_before()
+        value = self.vocab.value(generated[:], before)  # a copy: its text is decoded when read
         step = self.rule.step(value, self.vocab)
-        self._last = (len(generated), value.text, step)
+        self._last = (len(generated), value, step)
         return step
 
     def _packed(self, step: Step) -> np.ndarray:
@@ -82,6 +85,11 @@ class MaskConstraint:
             events.append(TokenEvent(seq.stream_id, forced, 0.0, None, FORCED_TOP))
         events[-1].finish_reason = Finish.LENGTH
         return events, True
+
+    def allows_all_after(self, generated: int) -> bool:
+        """Whether the mask after any ``generated`` tokens lets every token through (no row
+        needed: the engine may sample that step before it reads the tokens before it)."""
+        return self.rule.allows_all_after(generated)
 
     def failure(self) -> str:
         return "constraint error: no token is allowed here"

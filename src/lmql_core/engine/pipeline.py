@@ -19,6 +19,7 @@ from lmql_core.base.backend import Backend, ChainedSteps
 from lmql_core.engine.endings import Endings
 from lmql_core.engine.launch import StepLauncher
 from lmql_core.engine.scheduler import Scheduler
+from lmql_core.engine.sequence import Sequence
 from lmql_core.engine.steps import EngineStats, LaunchedStep
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,12 @@ class Pipeline:
         sampling, backend = step.sampling, self.chainer
         if backend is None or sampling is None or sampling.plan.penalized or step.scored:
             return None
-        # a grammar's next mask needs the sampled token on the host first: such a step is sampled
-        # after the last one's results are read (``sample_chained``); LMQL's kinds are not chained
-        grammars = sampling.plan.constrained
-        if grammars and not all(s.params.constraint is None or s.params.constraint.follows_tokens
-                                for s in step.sampled):
+        # a constrained row's next mask needs the sampled token on the host first, unless it lets
+        # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); a
+        # grammar's row may still chain, sampled once the last step's results are read
+        # (``sample_chained``); LMQL's kinds chain only while open
+        late = _late_sampled(step.sampled) if sampling.plan.constrained else False
+        if late is None:
             return None
         if step.headroom < 1:
             return None
@@ -81,7 +83,7 @@ class Pipeline:
                 s.num_fed += 1
             self.endings.end_failed_rows(seqs, output.errors)  # their sampled rows are skipped later
             self.stats.steps_chained += 1
-            if grammars:
+            if late:
                 return LaunchedStep(seqs, None, [], None, started, step.headroom - 1, seq_ids,
                                     unsampled=output.last_logits)
             following = self.launcher.sample(seqs, output.last_logits, sampling.plan)
@@ -102,3 +104,20 @@ class Pipeline:
         step = self.launcher.launch(chunks) if chunks else None
         self.stats.steps_ahead += step is not None
         return step
+
+
+def _late_sampled(seqs: list[Sequence]) -> bool | None:
+    """For a chained step after the one in flight (its tokens not on the host yet): False when
+    every constrained sequence of ``seqs`` lets every token through next (no mask: sampled at
+    once), True when the others follow llguidance grammars (sampled under masks once the tokens
+    are read), None when one cannot chain (an LMQL kind whose next mask is not open)."""
+    late = False
+    for seq in seqs:
+        constraint = seq.params.constraint
+        if constraint is None or (hasattr(constraint, "allows_all_after")
+                                  and constraint.allows_all_after(len(seq.generated) + 1)):
+            continue
+        if not constraint.follows_tokens:
+            return None
+        late = True
+    return late

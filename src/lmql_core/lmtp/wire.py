@@ -240,26 +240,42 @@ def token_entry(event: TokenFields, reasons: Reasons) -> dict[str, Any]:
     return entry
 
 
-def token_entries_json(events: Sequence[TokenFields], reasons: Reasons) -> Encoded:
+def token_entries_json(events: Sequence[TokenFields], reasons: Reasons,
+                       holes: Sequence[int] | None = None) -> Encoded:
     """``json.dumps([token_entry(e, reasons) for e in events])`` (compact), character for
     character, but written directly: the event loop encodes every generated token of every
-    stream, and the dictionaries plus the generic encoder cost it three times as much."""
-    return Encoded(f"[{','.join([_entry_json(e, reasons) for e in events])}]")
+    stream, and the dictionaries plus the generic encoder cost it three times as much.
+    ``holes``: each event's template hole, added as ``"hole"`` (``tagged_entry``)."""
+    if holes is None:
+        return Encoded(f"[{','.join([_entry_json(e, reasons) for e in events])}]")
+    return Encoded(f"[{','.join([_entry_json(e, reasons, h) for e, h in zip(events, holes, strict=True)])}]")
 
 
-def _entry_json(event: TokenFields, reasons: Reasons) -> str:
+def tagged_entry(event: TokenFields, reasons: Reasons, hole: int) -> dict[str, Any]:
+    """A template stream's entry (``lmtp/template.py``): the event's, with its hole's index (an
+    error's entry as it is)."""
+    entry = token_entry(event, reasons)
+    if event.error is None:
+        entry["hole"] = hole
+    return entry
+
+
+def _entry_json(event: TokenFields, reasons: Reasons, hole: int | None = None) -> str:
     token, top, reason, sid = event.token, event.top_logprobs, reasons[event.finish_reason], event.stream_id
     if event.error is not None or reason not in (None, STOP, LENGTH) or type(sid) is not int:
-        return json.dumps(token_entry(event, reasons), separators=(",", ":"))  # the rare shapes
+        # the rare shapes
+        entry = token_entry(event, reasons) if hole is None else tagged_entry(event, reasons, hole)
+        return json.dumps(entry, separators=(",", ":"))
     logprob = _number_json(event.logprob)
     head = f'{{"token":{token},"stream_id":{sid},"logprob":{logprob},"finish_reason":'
     head += "null" if reason is None else f'"{reason}"'
+    tail = "}" if hole is None else f',"hole":{hole}}}'
     if top is None:
-        return head + "}"
+        return head + tail
     chosen = _number_json(top[token]) if token in top else logprob
     rest = "" if not top or (len(top) == 1 and token in top) else "".join(
         [f',"{t}":{_number_json(lp)}' for t, lp in top.items() if t != token])
-    return f'{head},"top_logprobs":{{"{token}":{chosen}{rest}}}}}'
+    return f'{head},"top_logprobs":{{"{token}":{chosen}{rest}}}{tail}'
 
 
 def _number_json(value: float) -> str:

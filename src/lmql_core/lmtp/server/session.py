@@ -106,6 +106,7 @@ class Session:
         # streams ended by ``end_all``: events of theirs the engine had produced already are dropped
         self._stale: set[Any] = set()
         self._templates: dict[Any, asyncio.Task[None]] = {}  # template streams running (their tasks)
+        self._template_runs: dict[Any, TemplateRun] = {}  # and their runs, which take their events
         self.closed = False
 
     async def handle_text(self, text: str) -> None:
@@ -193,14 +194,16 @@ class Session:
             model.engine.submit(seq, from_client=first)
 
         run = TemplateRun(stream_id, model, prompt, parsed, self._send_open, register, self._check_context,
-                          FINISH_REASONS)
+                          FINISH_REASONS, self._deliver)
         task = self._loop.create_task(run.run())
         self._templates[stream_id] = task
+        self._template_runs[stream_id] = run
         task.add_done_callback(functools.partial(self._template_ended, stream_id))
 
     def _template_ended(self, stream_id: Any, task: asyncio.Task[None]) -> None:
         if self._templates.get(stream_id) is task:
             del self._templates[stream_id]
+            self._template_runs.pop(stream_id, None)
 
     def _send_open(self, command: str, payload: Any) -> None:
         if not self.closed:
@@ -256,6 +259,7 @@ class Session:
         active = self._active.pop(stream_id, None)
         self._decoders.pop(stream_id, None)
         task = self._templates.pop(stream_id, None)
+        self._template_runs.pop(stream_id, None)
         if task is not None:
             task.cancel()
         if active is not None:
@@ -289,8 +293,10 @@ class Session:
         """On the event loop: the events the engine delivered since the last call, as one frame."""
         if self._stale:
             events = [e for e in events if e.stream_id not in self._stale]
-            if not events:
-                return
+        if self._template_runs:
+            events = self._take_template_events(events)
+        if not events:
+            return
         entries: list[dict[str, Any]] | wire.Encoded | list[TokenEvent]
         if self.raw_events and not self._decoders:
             entries = events
@@ -304,6 +310,28 @@ class Session:
                     self._decoders.pop(e.stream_id, None)
         if not self.closed:
             self._send("TOKEN", entries)
+
+    def _take_template_events(self, events: list[TokenEvent]) -> list[TokenEvent]:
+        """Hands the template streams' events to their runs and sends the entries they answer (one
+        frame for all); the other events are left to send."""
+        runs, others = self._template_runs, []
+        by_run: dict[Any, list[TokenEvent]] = {}
+        for event in events:
+            if event.stream_id in runs:
+                by_run.setdefault(event.stream_id, []).append(event)
+            else:
+                others.append(event)
+        sent: list[TokenEvent] = []
+        holes: list[int] = []
+        for sid, taken in by_run.items():
+            now, hole = runs[sid].take(taken)
+            sent += now
+            holes += [hole] * len(now)
+        if sent and not self.closed:
+            tagged = zip(sent, holes, strict=True)
+            self._send("TOKEN", wire.token_entries_json(sent, FINISH_REASONS, holes) if self.encode_tokens
+                       else [wire.tagged_entry(e, FINISH_REASONS, h) for e, h in tagged])
+        return others
 
     def _entry(self, event: TokenEvent) -> dict[str, Any]:
         entry = wire.token_entry(event, FINISH_REASONS)
@@ -348,5 +376,6 @@ class Session:
         for task in self._templates.values():
             task.cancel()
         self._templates.clear()
+        self._template_runs.clear()
         self._active.clear()
         self._decoders.clear()

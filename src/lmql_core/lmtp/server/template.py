@@ -6,8 +6,9 @@ the first hole's is the request's ``prompt``; the next one's is the previous pro
 previous value's prompt text and the text after it, tokenized separately (or the previous prompt
 and the generated tokens, where neither changed anything). A value's prompt text is its text cut
 by its stopping phrases and postprocessed by its kinds (INT: the number). Entries carry
-``"hole": i``; the last one of each hole carries ``"hole_finish"`` (``stop`` or ``length``), the
-template's very last one ``finish_reason`` instead. A hole with no room left (its ``max_length``
+``"hole": i`` (and ``"finish_reason": null``, as a plain stream's); the last one of each hole
+carries ``"hole_finish"`` (``stop`` or ``length``) and no ``finish_reason``, the template's very
+last one ``finish_reason`` instead. A hole with no room left (its ``max_length``
 reached before it) gets one entry without a token. A hole whose value cannot be postprocessed
 (INT without a digit) ends the template there: the client meets the same error replaying it.
 """
@@ -23,7 +24,7 @@ from lmql_core.constraints.kinds import NoDigits, Rule
 from lmql_core.constraints.tree import Decided
 from lmql_core.constraints.vocabulary import Vocabulary
 from lmql_core.engine.mask_constraint import MaskConstraint, mask_words
-from lmql_core.engine.sequence import SamplingParams, Sequence, TokenEvent
+from lmql_core.engine.sequence import SamplingParams, Sequence, Sink, TokenEvent
 from lmql_core.errors import LMQLError, shown
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.template import Hole, Template
@@ -38,14 +39,20 @@ CheckContext = Callable[[LoadedModel, int], None]  # the session's: a prompt pas
 
 class TemplateRun:
     """One template stream. ``register(seq)``: the session learns the hole running now (so CANCEL
-    and closing the connection stop it)."""
+    and closing the connection stop it). Each hole's sequence delivers to ``sink`` (the session's,
+    so that a step's events of every stream go out in one frame); the session hands this stream's
+    events to ``take``, which answers the entries to send now; a hole's last event wakes ``run``
+    to start the next hole."""
 
     def __init__(self, stream_id: Any, model: LoadedModel, prompt: list[int], template: Template,
-                 send: Send, register: Register, check_context: CheckContext, reasons: wire.Reasons) -> None:
+                 send: Send, register: Register, check_context: CheckContext, reasons: wire.Reasons,
+                 sink: Sink) -> None:
         self.stream_id, self.model, self.template = stream_id, model, template
         self.prompt = prompt
         self.send, self.register, self.check_context, self.reasons = send, register, check_context, reasons
+        self.sink = sink
         self.eos = model.backend.eos_token_id
+        self._hole: _HoleTokens | None = None  # the hole running now
 
     async def run(self) -> None:
         try:
@@ -92,40 +99,49 @@ class TemplateRun:
     async def _generate(self, index: int, hole: Hole, rule: Rule | None, prompt: list[int], budget: int,
                         vocab: Vocabulary) -> tuple[list[int], dict[str, Any]] | None:
         """The hole's tokens (without EOS) and its last entry, not sent yet; None: an error ended it."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[list[TokenEvent]] = asyncio.Queue()
         params = SamplingParams(**{**hole.sampling, "max_tokens": budget})
         if rule is not None:
             params.constraint = MaskConstraint(rule, vocab, mask_words(self.model.backend.vocab_size, vocab))
-        def sink(events: list[TokenEvent]) -> None:  # on the engine thread
-            loop.call_soon_threadsafe(queue.put_nowait, events)
-
-        seq = Sequence(self.stream_id, list(prompt), params, sink)
+        seq = Sequence(self.stream_id, list(prompt), params, self.sink)
+        self._hole = running = _HoleTokens(index)
         self.register(seq, index == 0)
-        ended = False
         try:
-            ids: list[int] = []
-            while not ended:
-                entries: list[dict[str, Any]] = []
-                for event in await queue.get():
-                    entry = wire.token_entry(event, self.reasons)
-                    ended = event.error is not None or event.finish_reason is not None
-                    if event.error is not None:
-                        self.send("TOKEN", entries + [entry])
-                        return None
-                    if event.token != self.eos:
-                        ids.append(event.token)
-                    if ended:
-                        break
-                    entry["hole"] = index
-                    del entry["finish_reason"]
-                    entries.append(entry)
-                if entries:
-                    self.send("TOKEN", entries)
-            return ids, entry
+            return await running.ended
         finally:
-            if not ended:  # cancelled: CANCEL, or the connection went away
+            if not running.ended.done():  # cancelled: CANCEL, or the connection went away
                 self.model.engine.cancel([seq])
+
+    def take(self, events: list[TokenEvent]) -> tuple[list[TokenEvent], int]:
+        """On the event loop: this stream's events of the running hole (in order): those to send
+        now (as ``wire.tagged_entry`` with the hole's index, also answered; an error as it is),
+        its last one (the hole's end, or an error) handed to ``_generate``."""
+        hole, sent = self._hole, list[TokenEvent]()
+        if hole is None:
+            return sent, -1
+        for event in events:
+            if hole.ended.done():  # (events after the end: none are made)
+                break
+            if event.error is not None:
+                sent.append(event)
+                hole.ended.set_result(None)
+                break
+            if event.token != self.eos:
+                hole.ids.append(event.token)
+            if event.finish_reason is not None:
+                hole.ended.set_result((hole.ids, wire.token_entry(event, self.reasons)))
+            else:
+                sent.append(event)
+        return sent, hole.index
+
+
+class _HoleTokens:
+    """The running hole's tokens so far, and its end: (tokens, last entry), or None (an error)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.ids: list[int] = []
+        self.ended: asyncio.Future[tuple[list[int], dict[str, Any]] | None] = \
+            asyncio.get_running_loop().create_future()
 
 
 def _prompt_text(rule: Rule | None, vocab: Vocabulary, ids: list[int]) -> str | None:
