@@ -125,6 +125,31 @@ def test_blocking_serve_works_in_a_running_loop_and_from_a_thread(where: str) ->
     assert "Ready" in result.stderr and "Traceback" not in result.stderr
 
 
+# Ctrl-C the moment the server is Ready, while the blocking form may still be inside its start:
+# the signal lands there rather than in its wait (under load, CI saw such a process never end)
+READY_THEN_CTRL_C = """
+import asyncio, os, signal, lmql
+from lmql_core.serving.run import RunningServer
+announce = RunningServer._announce
+def announce_then_interrupt(self, how_to_stop):
+    announce(self, how_to_stop)
+    os.kill(os.getpid(), signal.SIGINT)
+RunningServer._announce = announce_then_interrupt
+async def cell():
+    lmql.serve("random", host="127.0.0.1", port=PORT, seed=6)
+    print("stopped")
+asyncio.new_event_loop().run_until_complete(cell())
+"""
+
+
+def test_ctrl_c_as_the_server_becomes_ready_stops_it() -> None:
+    script = READY_THEN_CTRL_C.replace("PORT", str(free_port()))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["stopped"]
+    assert "Traceback" not in result.stderr
+
+
 def test_limits_by_name_reach_the_wire_checks() -> None:
     """``lmql.serve`` takes the server's limits by their names in the one table (``Limits``), as
     ``serve-model`` takes them as options: a request above the cap given is refused."""

@@ -82,19 +82,20 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = DEFAULT_HOST, port: int = D
         if in_main_thread and not _loop_running():
             asyncio.run(server.run(stop_on_signals=True))
             return None
-        server.start(how_to_stop="Ctrl-C (KeyboardInterrupt) stops it" if in_main_thread else
-                     "it serves until this process ends (background=True gives a handle to stop)")
-        _serve_until_interrupted(server)  # inside a running event loop (a notebook), or a thread
-        return None
+        _serve_until_interrupted(server, "Ctrl-C (KeyboardInterrupt) stops it" if in_main_thread else
+                                 "it serves until this process ends (background=True gives a handle to stop)")
+        return None  # it served inside a running event loop (a notebook), or on a thread
     finally:
         gc_pauses.unfreeze()
 
 
-def _serve_until_interrupted(server: RunningServer) -> None:
-    """Ctrl-C stops it: a KeyboardInterrupt, or ``asyncio.run`` cancelling the task we block."""
+def _serve_until_interrupted(server: RunningServer, how_to_stop: str) -> None:
+    """Ctrl-C stops it: a KeyboardInterrupt, or ``asyncio.run`` cancelling the task we block;
+    also one that comes while the server is starting (it is stopped, not left serving)."""
     task = asyncio.current_task() if _loop_running() else None
     cancelling = getattr(task, "cancelling", lambda: 0)  # Python 3.11+
     try:
+        server.start(how_to_stop=how_to_stop)
         server.wait(until=lambda: cancelling() > 0)
     except KeyboardInterrupt:
         pass
@@ -268,11 +269,16 @@ class RunningServer:
                 listener.close()
 
     def stop(self, timeout: float = 30) -> None:
-        """End open streams, close the connections and the socket; returns once done."""
+        """End open streams, close the connections and the socket; returns once done (also
+        when called while the server's thread is still starting)."""
+        deadline = time.monotonic() + timeout
+        while (self._stop is None and self._thread is not None and self._thread.is_alive()
+               and time.monotonic() < deadline):
+            self._serving.wait(0.05)  # its loop and stop event are being made
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
 
     def wait(self, until: Callable[[], bool] = lambda: False) -> None:
         """Block until the server stops or ``until()`` (Ctrl-C raises KeyboardInterrupt here)."""
