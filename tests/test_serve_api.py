@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -113,13 +114,24 @@ print("stopped")
 }
 
 
+def run_python(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``script`` in a Python process of its own, where Ctrl-C works: a child inherits an ignored
+    SIGINT (from a test run started in the background, as ``cmd &`` starts it) and Python then
+    leaves it ignored, so the script's Ctrl-C would never arrive."""
+    def ctrl_c_as_a_terminal_sends_it() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=ctrl_c_as_a_terminal_sends_it)
+
+
 @pytest.mark.parametrize("where", list(SCRIPTS))
 def test_blocking_serve_works_in_a_running_loop_and_from_a_thread(where: str) -> None:
     """The blocking form, where neither asyncio.run nor signal handlers are at hand; it stops
     on Ctrl-C (run in a process of its own, so the test can press it)."""
     script = ("import asyncio, os, signal, socket, threading, time, lmql\n" + CHECK
               + SCRIPTS[where].replace("PORT", str(free_port())))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = run_python(script, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["6", "stopped"]
     assert "Ready" in result.stderr and "Traceback" not in result.stderr
@@ -144,7 +156,7 @@ asyncio.new_event_loop().run_until_complete(cell())
 
 def test_ctrl_c_as_the_server_becomes_ready_stops_it() -> None:
     script = READY_THEN_CTRL_C.replace("PORT", str(free_port()))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    result = run_python(script, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["stopped"]
     assert "Traceback" not in result.stderr
