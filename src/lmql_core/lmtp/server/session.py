@@ -105,8 +105,8 @@ class Session:
         self._outbox = outbox or Outbox(self._loop)  # delivered by the engine, not yet sent
         # streams ended by ``end_all``: events of theirs the engine had produced already are dropped
         self._stale: set[Any] = set()
-        self._templates: dict[Any, asyncio.Task[None]] = {}  # template streams running (their tasks)
-        self._template_runs: dict[Any, TemplateRun] = {}  # and their runs, which take their events
+        # template streams running: their tasks, and their runs (which take their events)
+        self._templates: dict[Any, tuple[asyncio.Task[None], TemplateRun]] = {}
         self.closed = False
 
     async def handle_text(self, text: str) -> None:
@@ -184,7 +184,7 @@ class Session:
             raise RequestError("a template GENERATE gives its first hole's prompt as token ids ('prompt')")
         parsed = template.template(body, model.backend.vocab_size, self.limits)
         earlier = self._templates.get(stream_id)
-        if (earlier is not None and not earlier.done()) or stream_id in self._running():
+        if (earlier is not None and not earlier[0].done()) or stream_id in self._running():
             raise RequestError(f"stream {shown(stream_id)} is already running on this connection")
         if len(self._running()) + len(self._templates) >= self.limits.max_streams_per_connection:
             raise RequestError("this connection has too many streams running or queued (--max-streams)")
@@ -196,14 +196,13 @@ class Session:
         run = TemplateRun(stream_id, model, prompt, parsed, self._send_open, register, self._check_context,
                           FINISH_REASONS, self._deliver)
         task = self._loop.create_task(run.run())
-        self._templates[stream_id] = task
-        self._template_runs[stream_id] = run
+        self._templates[stream_id] = (task, run)
         task.add_done_callback(functools.partial(self._template_ended, stream_id))
 
     def _template_ended(self, stream_id: Any, task: asyncio.Task[None]) -> None:
-        if self._templates.get(stream_id) is task:
+        running = self._templates.get(stream_id)
+        if running is not None and running[0] is task:
             del self._templates[stream_id]
-            self._template_runs.pop(stream_id, None)
 
     def _send_open(self, command: str, payload: Any) -> None:
         if not self.closed:
@@ -258,10 +257,9 @@ class Session:
         """Stop a stream and free it (as CANCEL)."""
         active = self._active.pop(stream_id, None)
         self._decoders.pop(stream_id, None)
-        task = self._templates.pop(stream_id, None)
-        self._template_runs.pop(stream_id, None)
-        if task is not None:
-            task.cancel()
+        running = self._templates.pop(stream_id, None)
+        if running is not None:
+            running[0].cancel()
         if active is not None:
             seq, model = active
             model.engine.cancel([seq])
@@ -293,7 +291,7 @@ class Session:
         """On the event loop: the events the engine delivered since the last call, as one frame."""
         if self._stale:
             events = [e for e in events if e.stream_id not in self._stale]
-        if self._template_runs:
+        if self._templates:
             events = self._take_template_events(events)
         if not events:
             return
@@ -314,7 +312,7 @@ class Session:
     def _take_template_events(self, events: list[TokenEvent]) -> list[TokenEvent]:
         """Hands the template streams' events to their runs and sends the entries they answer (one
         frame for all); the other events are left to send."""
-        runs, others = self._template_runs, []
+        runs, others = self._templates, []
         by_run: dict[Any, list[TokenEvent]] = {}
         for event in events:
             if event.stream_id in runs:
@@ -324,7 +322,7 @@ class Session:
         sent: list[TokenEvent] = []
         holes: list[int] = []
         for sid, taken in by_run.items():
-            now, hole = runs[sid].take(taken)
+            now, hole = runs[sid][1].take(taken)
             sent += now
             holes += [hole] * len(now)
         if sent and not self.closed:
@@ -373,9 +371,8 @@ class Session:
             by_engine.setdefault(id(model.engine), (model.engine, []))[1].append(seq)
         for engine, seqs in by_engine.values():
             engine.cancel(seqs)
-        for task in self._templates.values():
+        for task, _ in self._templates.values():
             task.cancel()
         self._templates.clear()
-        self._template_runs.clear()
         self._active.clear()
         self._decoders.clear()
