@@ -109,6 +109,11 @@ class SequenceConstraint(Protocol):
         """The error of a row where no token was left to choose."""
         ...
 
+    def allows_all_after(self, generated: int) -> bool:
+        """Whether the mask after any ``generated`` tokens lets every token through, whatever they
+        are (the engine may then sample that step before it reads the tokens before it)."""
+        ...
+
 
 class Constraint:
     """One sequence's grammar state. Used on the engine thread only (and by ``MaskFiller``'s
@@ -150,6 +155,9 @@ class Constraint:
 
     def failure(self) -> str:
         return f"grammar error: {self.error or 'the grammar allows no token here'}"
+
+    def allows_all_after(self, generated: int) -> bool:
+        return False  # its state is the matcher's, which needs every token
 
 
 class GrammarCompiler:

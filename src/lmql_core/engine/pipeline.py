@@ -114,8 +114,7 @@ def _late_sampled(seqs: list[Sequence]) -> bool | None:
     late = False
     for seq in seqs:
         constraint = seq.params.constraint
-        if constraint is None or (hasattr(constraint, "allows_all_after")
-                                  and constraint.allows_all_after(len(seq.generated) + 1)):
+        if constraint is None or constraint.allows_all_after(len(seq.generated) + 1):
             continue
         if not constraint.follows_tokens:
             return None
