@@ -54,14 +54,17 @@ class Vocabulary:
         _cache.move_to_end(id(tokenizer))
         return cached
 
+    PREPARED = ("texts", "lengths", "longest", "by_first_char")  # what every mask reads of the tokens
+
     def prepare(self) -> None:
         """Compute now what every mask reads of the tokens (their texts, lengths, first characters)."""
-        _ = self.texts, self.lengths, self.longest, self.by_first_char
+        for name in self.PREPARED:
+            getattr(self, name)
 
     @property
     def prepared(self) -> bool:
         """Whether ``prepare`` has nothing left to do (cached properties live in the instance's dict)."""
-        return all(name in self.__dict__ for name in ("texts", "lengths", "longest", "by_first_char"))
+        return all(name in self.__dict__ for name in self.PREPARED)
 
     @cached_property
     def texts(self) -> list[str]:
