@@ -112,8 +112,8 @@ def _reference(path: str) -> Any:
 def test_decode_rows_give_transformers_logits_without_its_forward(model_path: str, packed: bool) -> None:
     """Streams at different positions decode together, one joins mid-way (its prompt beside the
     decode rows) and one ends: each decode row's logits as transformers' forward over the whole
-    sequence, and the model's own forward never runs for a decode-only step. Linear layers by
-    MKL, or packed for oneDNN (prompt passes through transformers' modules then use them too)."""
+    sequence, and the model's own forward never runs, prompt passes included (they run the lean
+    layers too). Linear layers by MKL, or packed for oneDNN."""
     backend = HFBackend(model_path, warm_up=False, packed_linears=packed)
     assert bool(backend.lean.packed_roles) == (packed and packed_linear.available())
     assert backend.lean is not None and backend.info()["kv_cache"]["lean_decode"]
@@ -133,7 +133,7 @@ def test_decode_rows_give_transformers_logits_without_its_forward(model_path: st
             batch.append(StepInput(i, tokens))
         calls.clear()
         out = backend.forward(batch)
-        assert bool(calls) == (step == 2)  # only the step with a prompt runs transformers' forward
+        assert not calls
         with torch.no_grad():
             for row, i in enumerate(running):
                 want = reference(torch.tensor([sequences[i]])).logits[0, -1]
@@ -141,6 +141,39 @@ def test_decode_rows_give_transformers_logits_without_its_forward(model_path: st
                 assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), float((got - want).abs().max())
         if step == 3:
             backend.release(1)
+
+
+@pytest.mark.parametrize("model_path", MODELS, indirect=True)
+def test_prompt_passes_give_transformers_logits_without_its_forward(model_path: str) -> None:
+    """Packed prompt chunks on the lean layers: two of equal length in neighbouring slots (one
+    attention call), a longer one, then a prompt that continues a finished one's cached prefix
+    (its chunk starts past position 0) beside a SCORE that reads every token's logits from its
+    third on. Each row's logits as transformers' forward over the whole sequence."""
+    backend = HFBackend(model_path, warm_up=False)
+    assert backend.lean is not None
+    reference = _reference(model_path)
+    calls: list[int] = []
+    backend.model.base_model.register_forward_pre_hook(lambda *_: calls.append(1))
+    first = prompts(3, [7, 7, 19], backend.vocab_size, seed=11)
+    out = backend.forward([StepInput(i + 1, p) for i, p in enumerate(first)])
+    with torch.no_grad():
+        for row, prompt in enumerate(first):
+            _assert_close(out.last_logits[row], reference(torch.tensor([prompt])).logits[0, -1])
+    backend.release(3)  # its slot keeps its 19 tokens as a cached prefix
+    extended = first[2] + prompts(1, [6], backend.vocab_size, seed=12)[0]
+    scored = prompts(1, [9], backend.vocab_size, seed=13)[0]
+    reused = backend.table.reused_tokens
+    out = backend.forward([StepInput(4, extended), StepInput(5, scored, all_logits=True, logits_from=2)])
+    assert backend.table.reused_tokens - reused == 19 and not calls
+    with torch.no_grad():
+        _assert_close(out.last_logits[0], reference(torch.tensor([extended])).logits[0, -1])
+        want = reference(torch.tensor([scored])).logits[0]
+        got = out.all_logits[5]
+        _assert_close(got[-7:], want[2:])
+
+
+def _assert_close(got: Any, want: Any) -> None:
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-4), float((got - want).abs().max())
 
 
 @pytest.mark.parametrize("packed", ["auto", True], ids=["auto", "packed"])

@@ -254,18 +254,17 @@ class HFBackend(Backend):
         ids, positions, slots = (self.ops.to_device(torch.from_numpy(a), self.device)
                                  for a in (batch.ids, batch.positions, batch.slots))
         keep = self.ops.to_device(torch.from_numpy(batch.keep), self._keep_device)
+        if self.lean is not None:  # its layers and output head rather than transformers' forward
+            return self.lean.head_logits(self.lean.prompt_hidden(ids, positions, slots, batch.segments)[keep])
         ids, positions, slots = ids.view(1, -1), positions.view(1, -1), slots.view(1, -1)
         self.cache.bind(slots, positions, slice(0, self.cache.slots), self.max_context)
         kwargs: dict[str, Any] = {self._cache_kwarg: self.cache}
-        lean = self.lean  # its output head, in the form timed fastest, rather than transformers'
-        if self._keeps_logits and lean is None:
+        if self._keeps_logits:
             kwargs["logits_to_keep"] = keep
         mask = packed.no_mask(self.model.dtype, self.device)
         with packed.packed_pass(batch.segments):
-            out = (self.model.base_model if lean else self.model)(
-                input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **kwargs)
-        if lean is not None:
-            return lean.head_logits(out.last_hidden_state[0, keep])
+            out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                             **kwargs)
         return out.logits[0] if self._keeps_logits else out.logits[0, keep]
 
     def _warm_up(self) -> None:

@@ -176,7 +176,7 @@ def _group_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     # (count, heads, n, dim): a view of the packed queries
     q = query[0, :, g.offset : g.offset + g.count * n].view(heads, g.count, n, dim).transpose(0, 1)
     k, v = key[g.slot : g.slot + g.count, :, :end], value[g.slot : g.slot + g.count, :, :end]
-    attended = _attend(q, k, v, heads // key.shape[1], scaling, g.start)
+    attended = causal_attention(q, k, v, heads // key.shape[1], scaling, g.start)
     return attended.transpose(1, 2).reshape(g.count * n, heads, dim)
 
 
@@ -191,7 +191,7 @@ def _one_query_grouped(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     return out.reshape(rows, 1, heads, dim), None
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeat: int, scale: float | None,
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeat: int, scale: float | None,
             start: int) -> torch.Tensor:
     """Causal attention of n queries at positions start.. to keys 0..start+n-1."""
     if repeat > 1:  # grouped-query attention
