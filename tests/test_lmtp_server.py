@@ -243,6 +243,49 @@ def test_a_burst_of_requests_to_an_idle_engine_shares_one_step() -> None:
         engine.stop()
 
 
+def test_requests_sent_one_at_a_time_start_at_once_and_a_burst_brings_the_wait_back() -> None:
+    """A client that sends one request after another's end (one program after another) finds the
+    engine idle each time: after the first, whose companions it waits for, none waits (1 ms of
+    a short program). A burst after them starts without waiting too, but it is seen to be one:
+    the next burst waits for its companions again and shares one step."""
+    from lmql_core.builtin.random_backend import RandomBackend
+    from lmql_core.engine.engine import ARRIVAL_QUIET_S, Engine
+    from lmql_core.engine.sequence import SamplingParams, Sequence
+
+    engine = Engine(RandomBackend(vocab_size=512, eos_token_id=1))
+
+    def run(ids: range, max_tokens: int) -> float:
+        """Submit ``ids`` together, wait for their ends; the longest gap between two submissions."""
+        ended: list[int] = []
+
+        def sink(events: list) -> None:
+            ended.extend(e.stream_id for e in events if e.finish_reason is not None)
+
+        arrivals = []
+        for i in ids:
+            engine.submit(Sequence(i, [i % 500 + 2, 7], SamplingParams(max_tokens=max_tokens), sink))
+            arrivals.append(time.perf_counter())
+        deadline = time.monotonic() + 10
+        while len(ended) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert sorted(ended) == list(ids)
+        return max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0)
+
+    try:
+        for i in range(5):
+            run(range(i, i + 1), 2)
+            assert engine.stats.arrival_waits == 1  # the very first only
+        run(range(100, 108), 20)  # submitted together: the engine is busy with the first meanwhile
+        assert engine.stats.arrival_waits == 1
+        steps = engine.stats.steps
+        gap = run(range(200, 208), 1)
+        assert engine.stats.arrival_waits == 2
+        if gap < 0.8 * ARRIVAL_QUIET_S:  # (a loaded machine may pause longer: not checked)
+            assert engine.stats.steps - steps == 1
+    finally:
+        engine.stop()
+
+
 def test_frames_go_uncompressed_even_when_a_client_offers_deflate(random_server: Server) -> None:
     """aiohttp clients (LMQL's too) offer per-message deflate; on local sockets it only costs CPU."""
 

@@ -39,6 +39,8 @@ class EngineStats:
     sequences_preempted: int = 0  # made way for other clients (see scheduler.py); they run again
     last_step_seconds: float = 0.0
     busy_seconds: float = 0.0  # the engine thread at work, idle waits for requests excluded
+    arrival_waits: int = 0  # wake-ups that waited for a burst's companions (engine.ARRIVAL_QUIET_S)
+    arrival_wait_seconds: float = 0.0
     device_wait_seconds: float = 0.0  # of which blocked until a step's results reached the host
     # grammars (engine/constraints.py): filling masks (on another thread, beside the forward
     # pass), the part of it the engine thread waited for after the pass, and following the

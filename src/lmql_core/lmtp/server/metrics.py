@@ -85,6 +85,8 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      CounterMetricFamily, lambda e: e.stats.steps_ahead),
     ("lmql_engine_busy_seconds", "Time the engine thread worked (waits for requests excluded)",
      CounterMetricFamily, lambda e: e.stats.busy_seconds),
+    ("lmql_engine_arrival_wait_seconds", "Time an idle engine woken by a request waited for the requests "
+     "sent with it", CounterMetricFamily, lambda e: e.stats.arrival_wait_seconds),
     ("lmql_engine_device_wait_seconds", "Part of the busy time spent waiting for a step's results",
      CounterMetricFamily, lambda e: e.stats.device_wait_seconds),
     ("lmql_engine_mask_fill_seconds", "Time spent filling grammars' masks (beside the forward passes)",
