@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import lmql
-from tests.conftest import RawClient, Server, server_metric
+from tests.conftest import RawClient, Server, server_metric, wait_until
 
 pytestmark = pytest.mark.hf
 MODEL = "lmql-tiny"
@@ -113,9 +113,36 @@ def test_a_template_over_the_socket_tags_each_hole(tiny_server: Server) -> None:
     assert entries[-1]["hole"] == 1 and entries[-1]["finish_reason"] in ("stop", "length")
 
 
+def test_a_holes_entries_come_together_when_it_ends(tiny_server: Server) -> None:
+    """A hole's entries wait on the server until it ends (its client reads whole holes; waking the
+    event loop for each token costs the engine thread): its tokens come in one frame, its end
+    entry in the next, then the next hole's; a plain stream's come token by token."""
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.serial import to_json
+
+    holes = [{"name": "A", "constraints": to_json(kinds.Count("<", 7)), "max_length": 100},
+             {"name": "B", "constraints": to_json(kinds.Count("<", 5)), "max_length": 100}]
+
+    async def frames_of(request: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        frames = []
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": 1, **request})
+            while not frames or frames[-1][-1].get("finish_reason") is None:
+                command, payload = await client.frame()
+                assert command == "TOKEN"
+                frames.append(payload)
+        return frames
+
+    template = asyncio.run(frames_of({"prompt": [1, 200, 300], "template": {"holes": holes, "texts": [" and "]}}))
+    assert [[e["hole"] for e in frame] for frame in template] == [[0] * 5, [0], [1] * 3, [1]]
+    assert "hole_finish" in template[1][0] and "finish_reason" in template[3][0]
+    plain = asyncio.run(frames_of({"prompt": [1, 200, 300], "max_tokens": 6}))
+    assert len(plain) > 2 and sum(len(frame) for frame in plain) == 6  # (a lagging loop may join some)
+
+
 def test_template_streams_of_a_connection_share_each_steps_frame(tiny_server: Server) -> None:
-    """Several templates in one batch: a step's entries of all of them come in one TOKEN frame (as
-    plain streams'), not a frame per template; each stream's entries stay complete and tagged."""
+    """Several templates in one batch: their entries come in shared TOKEN frames (as plain
+    streams'), not a frame per template; each stream's entries stay complete and tagged."""
     from lmql_core.constraints import kinds
     from lmql_core.constraints.serial import to_json
 
@@ -190,6 +217,9 @@ def test_cancelling_a_template_stops_its_hole(tiny_server: Server) -> None:
     def cancelled() -> float:
         return server_metric(tiny_server, "lmql_sequences_cancelled", MODEL)
 
+    def running() -> float:
+        return server_metric(tiny_server, "lmql_active_sequences", MODEL)
+
     before = cancelled()
 
     async def scenario() -> None:
@@ -197,12 +227,13 @@ def test_cancelling_a_template_stops_its_hole(tiny_server: Server) -> None:
             holes = [hole(max_length=400), hole(max_length=400)]
             await client.send("GENERATE", {"model": MODEL, "stream_id": 5, "prompt": [1, 200],
                                            "template": {"holes": holes, "texts": [" then"]}})
-            await client.frame()
+            # its first hole runs (398 tokens: its entries come only at its end)
+            await asyncio.to_thread(wait_until, lambda: running() == 1)
             await client.send("CANCEL", {"stream_id": 5})
             await asyncio.sleep(1.0)
 
     asyncio.run(scenario())
-    assert cancelled() - before == 1
+    assert cancelled() - before == 1 and running() == 0
 
 
 ERRORS = {

@@ -8,9 +8,11 @@ and the generated tokens, where neither changed anything). A value's prompt text
 by its stopping phrases and postprocessed by its kinds (INT: the number). Entries carry
 ``"hole": i`` (and ``"finish_reason": null``, as a plain stream's); the last one of each hole
 carries ``"hole_finish"`` (``stop`` or ``length``) and no ``finish_reason``, the template's very
-last one ``finish_reason`` instead. A hole with no room left (its ``max_length``
-reached before it) gets one entry without a token. A hole whose value cannot be postprocessed
-(INT without a digit) ends the template there: the client meets the same error replaying it.
+last one ``finish_reason`` instead. A hole with no room left (its ``max_length`` reached before
+it) gets one entry without a token. A hole whose value cannot be postprocessed (INT without a
+digit) ends the template there: the client meets the same error replaying it. A hole's entries go
+out together once it has ended: the client reads whole holes, and each wake-up of the event loop
+costs the engine thread (``Session._deliver_hole``).
 """
 
 from __future__ import annotations
