@@ -279,19 +279,27 @@ class TorchOps:
 
     def mask_rows(self, x: Any, rows: list[int], bits: np.ndarray) -> Any:
         t = self.torch
-        packed = self.mask_staging.to_device(bits, x.device)
-        shifts = t.arange(8, device=x.device, dtype=t.uint8)
-        allowed = ((packed[:, :, None] >> shifts) & 1).reshape(len(rows), -1).bool()
-        if allowed.shape[1] >= x.shape[1]:
-            allowed = allowed[:, : x.shape[1]]
-        else:
-            allowed = t.nn.functional.pad(allowed, (0, x.shape[1] - allowed.shape[1]), value=False)
+        allowed = self._allowed(bits, x)
         if len(rows) == x.shape[0]:  # every row (rows are distinct and in order): no gather, no scatter
             return t.where(allowed, x, float("-inf"))
         x = x.clone()
         index = self.tensor(rows, x.device)
         x[index] = x[index].masked_fill(~allowed, float("-inf"))
         return x
+
+    def _allowed(self, bits: np.ndarray, x: Any) -> Any:
+        """``bits`` (int32 words, a row each) as booleans on ``x``'s device, as wide as its rows."""
+        t = self.torch
+        if x.device.type == "cpu":  # one numpy call (~15 us) rather than five torch ones (~60)
+            unpacked = np.unpackbits(np.ascontiguousarray(bits).view(np.uint8), axis=1, count=x.shape[1],
+                                     bitorder="little")
+            return t.from_numpy(unpacked.view(np.bool_))
+        packed = self.mask_staging.to_device(bits, x.device)
+        shifts = t.arange(8, device=x.device, dtype=t.uint8)
+        allowed = ((packed[:, :, None] >> shifts) & 1).reshape(len(bits), -1).bool()
+        if allowed.shape[1] >= x.shape[1]:
+            return allowed[:, : x.shape[1]]
+        return t.nn.functional.pad(allowed, (0, x.shape[1] - allowed.shape[1]), value=False)
 
     def start_host_copy(self, *arrays: Any) -> Any:
         # each array into pinned memory as it is (no casts, no concatenation: every call is a

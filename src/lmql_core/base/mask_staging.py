@@ -1,4 +1,4 @@
-"""The host buffers constraint masks travel through on their way to the device, reused from one
+"""The host buffers constraint masks travel through on their way to a GPU, reused from one
 constrained step to the next instead of pinning a fresh copy of every mask (``TorchOps.mask_rows``).
 torch is passed in, never imported here."""
 
