@@ -148,7 +148,8 @@ def test_prompt_passes_give_transformers_logits_without_its_forward(model_path: 
     """Packed prompt chunks on the lean layers: two of equal length in neighbouring slots (one
     attention call), a longer one, then a prompt that continues a finished one's cached prefix
     (its chunk starts past position 0) beside a SCORE that reads every token's logits from its
-    third on. Each row's logits as transformers' forward over the whole sequence."""
+    third on; then the continued one decodes alone. Each row's logits as transformers' forward over
+    the whole sequence."""
     backend = HFBackend(model_path, warm_up=False)
     assert backend.lean is not None
     reference = _reference(model_path)
@@ -170,6 +171,13 @@ def test_prompt_passes_give_transformers_logits_without_its_forward(model_path: 
         want = reference(torch.tensor([scored])).logits[0]
         got = out.all_logits[5]
         _assert_close(got[-7:], want[2:])
+    backend.release(5)
+    for token in (17, 4, 250):  # a lone decode row reads exactly its own keys, without a mask
+        extended.append(token % backend.vocab_size)
+        out = backend.forward([StepInput(4, [extended[-1]])])
+        with torch.no_grad():
+            _assert_close(out.last_logits[0], reference(torch.tensor([extended])).logits[0, -1])
+    assert not calls
 
 
 def _assert_close(got: Any, want: Any) -> None:

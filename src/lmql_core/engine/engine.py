@@ -203,13 +203,12 @@ class Engine:
     def _gather_arrivals(self) -> None:
         """With the lock held: let a burst of requests finish arriving (see ARRIVAL_QUIET_S),
         unless the burst before it was a lone request."""
-        if self._last_burst == 1:
-            return
         started = time.perf_counter()
+        if self._last_burst == 1 or started >= self._last_arrival + ARRIVAL_QUIET_S:
+            return  # (a template's next hole, which the server submits, comes alone)
         deadline = started + ARRIVAL_WINDOW_S
         while not self._stopping:
-            until = min(deadline, self._last_arrival + ARRIVAL_QUIET_S)
-            left = until - time.perf_counter()
+            left = min(deadline, self._last_arrival + ARRIVAL_QUIET_S) - time.perf_counter()
             if left <= 0:
                 break
             self._wake.wait(left)
