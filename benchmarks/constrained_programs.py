@@ -9,10 +9,10 @@ after another with its own runtime against its own server: ours (``lmql serve-mo
 LMQL 0.7.3's (its ``lmql serve-model``, its environment, without our PYTHONPATH). Every run
 gets a fresh input at the start of its prompt (no cache helps); one untimed run per program
 first (LMQL's server loads its model on the first request). Prints ms/program (median) per
-side, the ratio (target: at least 10x), and for ours the requests each program sent (from the
-server's /metrics: the path the runtime took, one per variable when every constraint goes to the
-server, more for masks sent per change). Any value that differs from LMQL's is printed as a
-MISMATCH and makes the exit status 1. Without --lmql-python only ours runs.
+side, the ratio (target: at least 10x), and for ours the engine sequences each program ran (from
+the server's /metrics: the path the runtime took; a statement sent as one template GENERATE runs
+one sequence per variable, the client's masks one per mask change). Any value that differs from
+LMQL's is printed as a MISMATCH and makes the exit status 1. Without --lmql-python only ours runs.
 
 The same file, with ``--run ENDPOINT FOLDER``, is the runner each side's Python executes (it
 imports only the standard library and that side's ``lmql``) and prints one ``BENCH {json}`` line
@@ -134,7 +134,7 @@ def spread(median: float, runs: list[dict[str, Any]]) -> str:
 
 def table(results: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[str]]:
     """The markdown rows and the mismatches against LMQL 0.7.3's values."""
-    lines = ["| program | lmql-core ms/program (min-max) | requests/program (ours) | "
+    lines = ["| program | lmql-core ms/program (min-max) | engine sequences/program (ours) | "
              "lmql 0.7.3 ms/program (min-max) | ratio of medians |", "| --- | --- | --- | --- | --- |"]
     mismatches = []
     for program in PROGRAMS:
