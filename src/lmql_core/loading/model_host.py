@@ -80,10 +80,14 @@ class LoadedModel:
         can_constrain = (sendable(tokenizer) and self.backend.eos_token_id is not None
                          and constraints_installed())
         constraints = list(wire.CONSTRAINT_FIELDS) if can_constrain else []
-        runs_templates = sendable(tokenizer) and self.backend.eos_token_id is not None
         return {"tokenizer": tokenizer.fingerprint() if sendable(tokenizer) else None,
                 "text": tokenizer is not None, "cancel": True, "constraints": constraints,
-                "template": TEMPLATE_VERSION if runs_templates else None}
+                "template": TEMPLATE_VERSION if self.runs_templates() else None}
+
+    def runs_templates(self) -> bool:
+        """Whether a GENERATE may carry a template (its extension; asked per request, so without
+        ``extensions``' look-up of llguidance on disk, ~0.1 ms)."""
+        return sendable(self.tokenizer) and self.backend.eos_token_id is not None
 
     @cached_property
     def grammars(self) -> GrammarCompiler:

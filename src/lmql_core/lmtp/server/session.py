@@ -177,7 +177,7 @@ class Session:
     def _start_template(self, stream_id: Any, body: dict[str, Any], model: LoadedModel,
                         prompt: list[int]) -> None:
         """A GENERATE carrying a template (``lmtp/template.py``), run as a task of its own."""
-        if not model.extensions().get(template.TEMPLATE):
+        if not model.runs_templates():
             raise RequestError(f"'{model.model_id.served_name}' does not run templates (it needs a tokenizer "
                                "the server can send and an end-of-sequence token)")
         if "prompt" not in body:
