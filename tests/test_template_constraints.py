@@ -365,6 +365,28 @@ def test_open_masks_let_template_steps_chain(tiny_server: Server, monkeypatch: p
         assert chained.stop() == 0, chained.output()
 
 
+def test_closed_masks_chain_too_sampled_once_the_tokens_are_read(tiny_server: Server,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chained steps (forced on here, the GPU's path) take template rows whose next mask needs
+    the token in flight too (a count of characters, a stopping phrase, INT, REGEX, ``in``): the
+    step's forward pass runs before that token is read, and its rows are sampled under masks made
+    once it is (a row whose constraints forced tokens is dropped, they are fed next). Every
+    program gives the client path's values and prompt."""
+    chained = Server(MODEL, "--chain_steps", "True")
+    try:
+        model = lmql.model(MODEL, endpoint=chained.endpoint)
+        for name in ("len_chars", "stops_before"):  # never open: no chained step before this change
+            before = server_metric(chained, "lmql_engine_steps_chained", MODEL)
+            run(program(*PROGRAMS[name]), model)
+            assert server_metric(chained, "lmql_engine_steps_chained", MODEL) > before, name
+        served = {name: run(program(*p), model)[:2] for name, p in PROGRAMS.items()}
+        monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+        client = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+        assert served == {name: run(program(*p), client)[:2] for name, p in PROGRAMS.items()}
+    finally:
+        assert chained.stop() == 0, chained.output()
+
+
 @pytest.mark.parametrize(("op", "limit"), [("<", 5), ("<=", 5), ("==", 5), (">", 2), ("!=", 3)])
 def test_a_count_allows_all_exactly_where_its_mask_is_open(op: str, limit: int) -> None:
     """``len(TOKENS(X)) op limit`` lets every token and the end through after ``generated`` tokens

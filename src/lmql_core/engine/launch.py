@@ -87,8 +87,8 @@ class StepLauncher:
         return inputs, sampling_rows, scores, prefilled
 
     def sample_chained(self, step: LaunchedStep) -> None:
-        """Sample a chained step of grammars' sequences (``LaunchedStep.unsampled``) now that the
-        last step's results are read: the rows whose grammars forced no tokens after it (those
+        """Sample a chained step of constrained sequences (``LaunchedStep.unsampled``) now that the
+        last step's results are read: the rows whose constraints forced no tokens after it (those
         are fed next step, their row here is dropped) of sequences still running, under masks."""
         logits, step.unsampled = step.unsampled, None
         running = Status.RUNNING

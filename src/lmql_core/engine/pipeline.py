@@ -61,12 +61,10 @@ class Pipeline:
         if backend is None or sampling is None or sampling.plan.penalized or step.scored:
             return None
         # a constrained row's next mask needs the sampled token on the host first, unless it lets
-        # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); a
-        # grammar's row may still chain, sampled once the last step's results are read
-        # (``sample_chained``); LMQL's kinds chain only while open
-        late = _late_sampled(step.sampled) if sampling.plan.constrained else False
-        if late is None:
-            return None
+        # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); where
+        # one does not, the chained step is sampled once the last step's results are read
+        # (``sample_chained``), its forward pass run meanwhile
+        late = sampling.plan.constrained and _late_sampled(step.sampled)
         if step.headroom < 1:
             return None
         seqs = step.sampled
@@ -106,17 +104,10 @@ class Pipeline:
         return step
 
 
-def _late_sampled(seqs: list[Sequence]) -> bool | None:
-    """For a chained step after the one in flight (its tokens not on the host yet): False when
-    every constrained sequence of ``seqs`` lets every token through next (no mask: sampled at
-    once), True when the others follow llguidance grammars (sampled under masks once the tokens
-    are read), None when one cannot chain (an LMQL kind whose next mask is not open)."""
-    late = False
-    for seq in seqs:
-        constraint = seq.params.constraint
-        if constraint is None or constraint.allows_all_after(len(seq.generated) + 1):
-            continue
-        if not constraint.follows_tokens:
-            return None
-        late = True
-    return late
+def _late_sampled(seqs: list[Sequence]) -> bool:
+    """Whether a chained step after the one in flight (its tokens not on the host yet) is
+    sampled late, under masks made once those tokens are read: where a constrained sequence of
+    ``seqs`` may not let every token through next (an llguidance grammar's state or an LMQL
+    kind's row needs the token in flight)."""
+    return any(seq.params.constraint is not None
+               and not seq.params.constraint.allows_all_after(len(seq.generated) + 1) for seq in seqs)

@@ -22,8 +22,8 @@ class LaunchedStep:
     headroom: int = 0
     # a chained step: the seq_ids it appended a sampled token to, whose values the host confirms
     chained_ids: list[int] | None = None
-    # a chained step of grammars' sequences: its logits, sampled (``StepLauncher.sample_chained``)
-    # once the grammars took the last step's tokens, which forces some rows' next tokens
+    # a chained step of constrained sequences: its logits, sampled (``StepLauncher.sample_chained``)
+    # once the constraints followed the last step's tokens (which forces some rows' next tokens)
     unsampled: Any = None
 
 
