@@ -249,13 +249,14 @@ def test_requests_sent_one_at_a_time_start_at_once_and_a_burst_brings_the_wait_b
     a short program). A burst after them starts without waiting too, but it is seen to be one:
     the next burst waits for its companions again and shares one step."""
     from lmql_core.builtin.random_backend import RandomBackend
-    from lmql_core.engine.engine import ARRIVAL_QUIET_S, Engine
+    from lmql_core.engine.engine import ARRIVAL_QUIET_S, ARRIVAL_WINDOW_S, Engine
     from lmql_core.engine.sequence import SamplingParams, Sequence
 
     engine = Engine(RandomBackend(vocab_size=512, eos_token_id=1))
 
-    def run(ids: range, max_tokens: int) -> float:
-        """Submit ``ids`` together, wait for their ends; the longest gap between two submissions."""
+    def run(ids: range, max_tokens: int) -> tuple[float, float]:
+        """Submit ``ids`` together, wait for their ends; the longest gap between two submissions,
+        and the time from the first to the last."""
         ended: list[int] = []
 
         def sink(events: list) -> None:
@@ -269,19 +270,28 @@ def test_requests_sent_one_at_a_time_start_at_once_and_a_burst_brings_the_wait_b
         while len(ended) < len(ids) and time.monotonic() < deadline:
             time.sleep(0.001)
         assert sorted(ended) == list(ids)
-        return max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0), arrivals[-1] - arrivals[0]
 
+    checked = 0
     try:
-        for i in range(5):
-            run(range(i, i + 1), 2)
-            assert engine.stats.arrival_waits == 1  # the very first only
-        run(range(100, 108), 20)  # submitted together: the engine is busy with the first meanwhile
-        assert engine.stats.arrival_waits == 1
-        steps = engine.stats.steps
-        gap = run(range(200, 208), 1)
-        assert engine.stats.arrival_waits == 2
-        if gap < 0.8 * ARRIVAL_QUIET_S:  # (a loaded machine may pause longer: not checked)
-            assert engine.stats.steps - steps == 1
+        for attempt in range(5):  # (a loaded machine may pause the submitting thread: tried again)
+            waits = engine.stats.arrival_waits
+            for i in range(5):
+                run(range(1000 * attempt + i, 1000 * attempt + i + 1), 2)
+                assert engine.stats.arrival_waits == waits + (attempt == 0)  # the very first waited, alone
+            waits = engine.stats.arrival_waits
+            # submitted together: the engine is busy with the first meanwhile
+            _, span = run(range(1000 * attempt + 100, 1000 * attempt + 108), 20)
+            assert engine.stats.arrival_waits == waits
+            steps = engine.stats.steps
+            gap, _ = run(range(1000 * attempt + 200, 1000 * attempt + 208), 1)
+            if span < 0.8 * ARRIVAL_WINDOW_S:  # the burst was counted whole
+                assert engine.stats.arrival_waits == waits + 1
+                if gap < 0.8 * ARRIVAL_QUIET_S:
+                    assert engine.stats.steps - steps == 1
+                checked += 1
+                break
+        assert checked
     finally:
         engine.stop()
 
