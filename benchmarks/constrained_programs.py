@@ -1,6 +1,6 @@
 """Issue 31's CPU target: constrained LMQL programs, our runtime and server against LMQL 0.7.3's.
 
-    python benchmarks/constrained_programs.py --lmql-python /work/lmql073/bin/python [--reps 3]
+    python benchmarks/constrained_programs.py --lmql-python /work/lmql073/bin/python [--reps 3] [--rounds 1]
 
 The five programs of the issue's "Done when" (a choice among 20 with ``in``, ``len(X) < n`` in
 characters, a REGEX date, INT, a 4-variable template), greedy, on lmql-tiny
@@ -13,6 +13,9 @@ side, the ratio (target: at least 10x), and for ours the engine sequences each p
 the server's /metrics: the path the runtime took; a statement sent as one template GENERATE runs
 one sequence per variable, the client's masks one per mask change). Any value that differs from
 LMQL's is printed as a MISMATCH and makes the exit status 1. Without --lmql-python only ours runs.
+With ``--rounds N`` the two sides take turns N times (ours, LMQL's, ours, ...), each round with
+fresh servers and inputs, and the medians are over every round's runs: on a machine whose load
+changes, both sides then see it alike.
 
 The same file, with ``--run ENDPOINT FOLDER``, is the runner each side's Python executes (it
 imports only the standard library and that side's ``lmql``) and prints one ``BENCH {json}`` line
@@ -82,7 +85,9 @@ async def outcome(lmql: Any, source: str, model: Any, name: str) -> dict[str, An
     return {k: v for k, v in result.variables.items() if isinstance(v, str | int)}
 
 
-async def run_side(endpoint: str, folder: str, reps: int) -> None:
+async def run_side(endpoint: str, folder: str, reps: int, first_input: int = 0) -> None:
+    """``reps`` timed runs of each program (after an untimed one), the inputs of runs
+    ``first_input`` onwards."""
     import lmql
 
     model = lmql.model(folder, endpoint=endpoint, tokenizer=folder)
@@ -90,7 +95,7 @@ async def run_side(endpoint: str, folder: str, reps: int) -> None:
         for run in range(-1, reps):
             before = requests_served(endpoint)
             start = time.perf_counter()
-            values = await outcome(lmql, source, model, input_for(run))
+            values = await outcome(lmql, source, model, input_for(run if run < 0 else run + first_input))
             ms = (time.perf_counter() - start) * 1000
             after = requests_served(endpoint)
             record = {"program": program, "run": run, "ms": ms, "values": values,
@@ -101,7 +106,7 @@ async def run_side(endpoint: str, folder: str, reps: int) -> None:
 # --- the benchmark (our Python) -------------------------------------------------------------------
 
 def side_records(name: str, command: list[str], env: dict[str, str], python: str, folder: Path,
-                 reps: int) -> list[dict[str, Any]]:
+                 reps: int, first_input: int = 0) -> list[dict[str, Any]]:
     """Start the side's server, run the programs with its runtime, stop it."""
     from processes import free_port, start_server
 
@@ -109,16 +114,17 @@ def side_records(name: str, command: list[str], env: dict[str, str], python: str
     server = start_server([*command, "--port", str(port)], port, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.STDOUT)
     try:
-        return runner_records(name, python, f"127.0.0.1:{port}", folder, reps, env)
+        return runner_records(name, python, f"127.0.0.1:{port}", folder, reps, env, first_input)
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
 def runner_records(name: str, python: str, endpoint: str, folder: Path, reps: int,
-                   env: dict[str, str]) -> list[dict[str, Any]]:
+                   env: dict[str, str], first_input: int = 0) -> list[dict[str, Any]]:
     """The programs run by ``python``'s runtime against the server at ``endpoint``."""
-    runner = [python, __file__, "--run", endpoint, str(folder), "--reps", str(reps)]
+    runner = [python, __file__, "--run", endpoint, str(folder), "--reps", str(reps),
+              "--first-input", str(first_input)]
     done = subprocess.run(runner, capture_output=True, text=True, env=env, timeout=1800)
     records = [json.loads(line[len("BENCH "):]) for line in done.stdout.splitlines()
                if line.startswith("BENCH ")]
@@ -160,10 +166,12 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lmql-python", help="python of an environment with lmql==0.7.3")
     parser.add_argument("--reps", type=int, default=3, help="timed runs per program and side")
+    parser.add_argument("--rounds", type=int, default=1, help="turns of both sides, one after the other")
     parser.add_argument("--run", nargs=2, metavar=("ENDPOINT", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--first-input", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
-        asyncio.run(run_side(*args.run, args.reps))
+        asyncio.run(run_side(*args.run, args.reps, args.first_input))
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from processes import OFFLINE_ENV, lmql_073_env
@@ -172,12 +180,17 @@ def main() -> int:
         folder = Path(work) / "lmql-tiny"
         subprocess.run([sys.executable, str(ROOT / "tests" / "compat" / "build_model.py"), str(folder)],
                        check=True)
-        results = {OURS: side_records(OURS, [sys.executable, "-m", "lmql_core", "serve-model", str(folder)],
-                                      {**os.environ, **OFFLINE_ENV}, sys.executable, folder, args.reps)}
+        sides = {OURS: ([sys.executable, "-m", "lmql_core", "serve-model", str(folder)],
+                        {**os.environ, **OFFLINE_ENV}, sys.executable)}
         if args.lmql_python:
             script = str(Path(args.lmql_python).parent / "lmql")  # that environment's `lmql` command
-            results[LMQL] = side_records(LMQL, [script, "serve-model", str(folder)], lmql_073_env(None, None),
-                                         args.lmql_python, folder, args.reps)
+            sides[LMQL] = ([script, "serve-model", str(folder)], lmql_073_env(None, None), args.lmql_python)
+        results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+        for turn in range(args.rounds):
+            for side, (command, env, python) in sides.items():
+                first = turn * args.reps  # each round its own inputs
+                records = side_records(side, command, env, python, folder, args.reps, first)
+                results[side] += [{**r, "run": r["run"] + turn * args.reps} for r in records if r["run"] >= 0]
     lines, mismatches = table(results)
     print(f"constrained programs, greedy, lmql-tiny, {args.reps} timed runs each (median)")
     print("\n".join(lines))
