@@ -247,6 +247,48 @@ def delta_json(delta: dict[str, Any]) -> str:
             f'"finish_reason":{"null" if finish is None else _string(finish)}}}')
 
 
+def completion_logprobs_json(items: list[TokenLogprob], offset: int) -> str:
+    """``delta_json`` of ``completion_logprobs(items, offset)``, written from the entries directly
+    (a stream's every token goes through here): a token's label is escaped once per process, and
+    the usual candidates (the chosen token alone) need no dictionary."""
+    tokens, values, tops, offsets = [], [], [], []
+    for item in items:
+        label = _json_string(item.text)
+        tokens.append(label)
+        lp, top = item.logprob, item.top
+        values.append(_number_fast(lp))
+        if lp is None:
+            tops.append("null")
+        elif len(top) == 1:
+            tops.append(f"{{{_json_string(top[0][1])}:{_number_fast(top[0][2])}}}")
+        elif not top:
+            tops.append(f"{{{label}:{_number_fast(lp)}}}")
+        else:  # several candidates: as the dictionary has them (one entry per text)
+            tops.append(_top_json({text: value for _, text, value in top}))
+        offsets.append(str(offset))
+        offset += item.length
+    return (f'{{"tokens":[{",".join(tokens)}],"token_logprobs":[{",".join(values)}],'
+            f'"top_logprobs":[{",".join(tops)}],"text_offset":[{",".join(offsets)}]}}')
+
+
+_JSON_STRINGS: dict[str, str] = {}  # labels as JSON strings (tokens' texts: bounded by the vocabularies)
+_JSON_STRINGS_MAX = 1 << 18
+
+
+def _json_string(text: str) -> str:
+    encoded = _JSON_STRINGS.get(text)
+    if encoded is None:
+        if len(_JSON_STRINGS) >= _JSON_STRINGS_MAX:
+            _JSON_STRINGS.clear()
+        encoded = _JSON_STRINGS[text] = _string(text)
+    return encoded
+
+
+def _number_fast(value: float | None) -> str:
+    """``_number``; a finite float (the usual) at once (``value - value`` is NaN for inf and NaN)."""
+    return float.__repr__(value) if type(value) is float and value - value == 0 else _number(value)
+
+
 def _logprobs_json(logprobs: dict[str, Any]) -> str:
     tops = ",".join([_top_json(top) for top in logprobs["top_logprobs"]])
     return (f'{{"tokens":[{",".join(map(_string, logprobs["tokens"]))}],'
