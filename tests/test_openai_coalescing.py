@@ -105,6 +105,24 @@ def test_deltas_are_written_as_json_dumps_writes_them() -> None:
         assert delta_json(delta) == json.dumps(delta, separators=(",", ":"))
 
 
+def test_log_probs_written_from_their_entries_are_what_json_dumps_writes() -> None:
+    from lmql_core.openai_compat.choices import TokenLogprob, completion_logprobs, completion_logprobs_json
+
+    items = [
+        TokenLogprob(1, "<s>", None, [], 3),  # the echoed prompt's first token: no log-prob
+        TokenLogprob(2, " é\"\\\n", -0.5, [(2, " é\"\\\n", -0.5)], 5),  # the chosen token alone
+        TokenLogprob(3, "\u2028😀", -1e30, [], 2),  # no candidates: the chosen token's own
+        TokenLogprob(4, "a", -0.25, [(4, "a", -0.25), (5, "b", float("-inf")), (6, "a", -3.0)], 1),  # "a" twice
+        TokenLogprob(7, "token_id:7", float("-inf"), [(7, "token_id:7", float("nan"))], 10),
+        TokenLogprob(8, "x", -2, [(8, "x", 0)], 1),  # ints, as json writes them
+        TokenLogprob(9, "y", -3.0000000000000004, [(9, "y", -3.0000000000000004), (8, "x", -4.5)], 1),
+    ]
+    for offset in (0, 17):
+        for part in (items, items[:1], items[3:], []):
+            expected = json.dumps(completion_logprobs(part, offset), separators=(",", ":"))
+            assert completion_logprobs_json(part, offset) == expected
+
+
 async def paced_stream(close_after_first: bool) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:
     """A stream paced 10 s between its events (one stream, 0.1 events/s): its chunks, the seconds
     from its first chunk to its end, and the same request's whole answer."""

@@ -306,12 +306,24 @@ class Completion:
                         last_sent = loop.time()
                     if len(self._finish_sent) == len(self.choices):
                         break
-                await self._next_change()
-                wait = pacer.pause() - (loop.time() - last_sent)  # news sooner than the pause: it waits
+                wait = pacer.pause() - (loop.time() - last_sent)
                 if wait >= MIN_PAUSE_S and not self._ending():
-                    await self._paused(loop, wait)
+                    await self._paused_deferring(loop, wait)
+                await self._next_change()
         finally:
             pacer.streams -= 1
+
+    async def _paused_deferring(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """``_paused``, the engine's events meanwhile left in the outbox (``Session.defers``: no
+        wake-up of the loop, nor of this completion, per engine step) and taken at its end; an
+        event that ends a stream still comes at once. Not with stop strings or stop tokens: the
+        engine's stream is cancelled at the token that stops it, so each is looked at when it comes."""
+        self.session.defers = not self.request.stop and not self.request.stop_token_ids
+        try:
+            await self._paused(loop, seconds)
+        finally:
+            self.session.defers = False
+            self.session.take_events()
 
     def _ending(self) -> bool:
         """A choice has ended (or failed) and its stream has not said so yet: what a paced stream

@@ -49,7 +49,9 @@ class Outbox:
     """Token events the engine thread delivered to sessions on one event loop, not yet handed to
     them. Steps that arrive while the loop is still due to take earlier ones go with them: waking
     the loop costs the engine thread a system call and a turn for the interpreter's lock. Sessions
-    may share one (OpenAI's completions: a session per request, one wake-up per step for all)."""
+    may share one (OpenAI's completions: a session per request, one wake-up per step for all).
+    A session that ``defers`` its events (a paced stream between its events) does not wake the
+    loop for them unless one ends a stream: it takes them itself when it needs them (``take``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -65,10 +67,17 @@ class Outbox:
                 self._pending[session] = list(events)
             else:
                 pending.extend(events)
-            if self._due:
+            if self._due or (session.defers and not _end_any(events)):
                 return
             self._due = True
         self._loop.call_soon_threadsafe(self._drain)
+
+    def take(self, session: Session) -> None:
+        """On the event loop: hand ``session`` the events that wait for it now."""
+        with self._lock:
+            events = self._pending.pop(session, None)
+        if events:
+            session.send_events(events)
 
     def drop(self, session: Session, stream_ids: set[Any]) -> None:
         """Forget ``session``'s events of these streams not handed over yet."""
@@ -82,6 +91,11 @@ class Outbox:
             pending, self._pending, self._due = self._pending, {}, False
         for session, events in pending.items():
             session.send_events(events)
+
+
+def _end_any(events: list[TokenEvent]) -> bool:
+    """Whether one of the events ends its stream (as what a paced stream does not wait for)."""
+    return any(event.finish_reason is not None or event.error is not None for event in events)
 
 
 class Session:
@@ -103,6 +117,9 @@ class Session:
         self._active: dict[Any, tuple[Sequence, LoadedModel]] = {}
         self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
         self._outbox = outbox or Outbox(self._loop)  # delivered by the engine, not yet sent
+        # the engine's events wait in the outbox until ``take_events`` (unless one ends a stream):
+        # for a consumer that reads them only now and then (a paced OpenAI stream)
+        self.defers = False
         # streams ended by ``end_all``: events of theirs the engine had produced already are dropped
         self._stale: set[Any] = set()
         # template streams running: their tasks, and their runs (which take their events)
@@ -286,6 +303,10 @@ class Session:
         """Called on the engine thread with one step's events for this session."""
         if not self.closed:
             self._outbox.post(self, events)
+
+    def take_events(self) -> None:
+        """The events the engine delivered and the outbox holds, sent now (``defers``)."""
+        self._outbox.take(self)
 
     def send_events(self, events: list[TokenEvent]) -> None:
         """On the event loop: the events the engine delivered since the last call, as one frame."""
