@@ -123,6 +123,37 @@ def test_log_probs_written_from_their_entries_are_what_json_dumps_writes() -> No
             assert completion_logprobs_json(part, offset) == expected
 
 
+def test_a_deferring_session_gets_its_events_when_it_takes_them_or_when_one_ends() -> None:
+    from lmql_core.engine.sequence import Finish, TokenEvent
+    from lmql_core.lmtp.server.session import Outbox, Session
+
+    async def run() -> list[list[int]]:
+        outbox, got = Outbox(asyncio.get_running_loop()), []
+        session = Session(ModelHost(), lambda command, events: got.append([e.token for e in events]),
+                          outbox=outbox, raw_events=True)
+        session.defers = True  # a paced stream during its pause
+
+        async def engine_step(*events: TokenEvent) -> None:  # from another thread, as the engine's
+            await asyncio.to_thread(outbox.post, session, list(events))
+            await asyncio.sleep(0.05)  # time for the loop to take what it was woken for
+
+        await engine_step(TokenEvent(0, 5))
+        await engine_step(TokenEvent(0, 6))
+        assert got == []  # the loop was not woken for them
+        session.take_events()
+        assert got == [[5, 6]]
+        await engine_step(TokenEvent(0, 7), TokenEvent(1, 8, finish_reason=Finish.LENGTH))
+        assert got == [[5, 6], [7, 8]]  # an end comes at once, with what waited before it
+        await engine_step(TokenEvent(0, 9, error="stopped"))
+        assert got[-1] == [9]
+        session.defers = False
+        await engine_step(TokenEvent(0, 10))
+        assert got[-1] == [10]  # not deferring: every step wakes the loop
+        return got
+
+    asyncio.run(run())
+
+
 async def paced_stream(close_after_first: bool) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:
     """A stream paced 10 s between its events (one stream, 0.1 events/s): its chunks, the seconds
     from its first chunk to its end, and the same request's whole answer."""

@@ -252,19 +252,23 @@ def completion_logprobs_json(items: list[TokenLogprob], offset: int) -> str:
     (a stream's every token goes through here): a token's label is escaped once per process, and
     the usual candidates (the chosen token alone) need no dictionary."""
     tokens, values, tops, offsets = [], [], [], []
+    strings = _JSON_STRINGS
     for item in items:
-        label = _json_string(item.text)
+        text, lp, top = item.text, item.logprob, item.top
+        label = strings.get(text) or _json_string(text)
+        value = float.__repr__(lp) if type(lp) is float and lp - lp == 0 else _number(lp)
         tokens.append(label)
-        lp, top = item.logprob, item.top
-        values.append(_number_fast(lp))
+        values.append(value)
         if lp is None:
             tops.append("null")
-        elif len(top) == 1:
-            tops.append(f"{{{_json_string(top[0][1])}:{_number_fast(top[0][2])}}}")
+        elif len(top) == 1:  # the usual: the chosen token alone, its label and often its value the same
+            _, top_text, top_lp = top[0]
+            top_label = label if top_text is text else _json_string(top_text)
+            tops.append(f"{{{top_label}:{value if top_lp is lp else _number_fast(top_lp)}}}")
         elif not top:
-            tops.append(f"{{{label}:{_number_fast(lp)}}}")
+            tops.append(f"{{{label}:{value}}}")
         else:  # several candidates: as the dictionary has them (one entry per text)
-            tops.append(_top_json({text: value for _, text, value in top}))
+            tops.append(_top_json({t: v for _, t, v in top}))
         offsets.append(str(offset))
         offset += item.length
     return (f'{{"tokens":[{",".join(tokens)}],"token_logprobs":[{",".join(values)}],'
