@@ -247,6 +247,12 @@ def delta_json(delta: dict[str, Any]) -> str:
             f'"finish_reason":{"null" if finish is None else _string(finish)}}}')
 
 
+def completion_delta_json(index: int, text: str, logprobs_json: str | None, finish: str | None) -> str:
+    """``delta_json`` of a /v1/completions delta whose log-probs are written already (or None)."""
+    return (f'{{"index":{index},"text":{_string(text)},"logprobs":{logprobs_json or "null"},'
+            f'"finish_reason":{"null" if finish is None else _string(finish)}}}')
+
+
 def completion_logprobs_json(items: list[TokenLogprob], offset: int) -> str:
     """``delta_json`` of ``completion_logprobs(items, offset)``, written from the entries directly
     (a stream's every token goes through here): a token's label is escaped once per process, and

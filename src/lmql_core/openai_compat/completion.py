@@ -8,7 +8,6 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from json.encoder import encode_basestring_ascii as _string  # type: ignore[attr-defined]
 from typing import Any, TypeVar
 
 from lmql_core.engine.sequence import TokenEvent
@@ -16,15 +15,8 @@ from lmql_core.errors import RequestError
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.server.session import FINISH_REASONS, Outbox, Session
 from lmql_core.loading.model_host import LoadedModel, ModelHost
-from lmql_core.openai_compat.choices import (
-    LENGTH,
-    Choice,
-    TokenLogprob,
-    chat_logprobs,
-    completion_logprobs,
-    completion_logprobs_json,
-    delta_json,
-)
+from lmql_core.openai_compat import choices as shapes
+from lmql_core.openai_compat.choices import LENGTH, Choice, TokenLogprob, chat_logprobs, completion_logprobs
 from lmql_core.openai_compat.prompts import chat_ids, encode, served_model, tokenizer_of
 from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad_request
 
@@ -383,17 +375,16 @@ class Completion:
         """``delta_json(self._delta(choice, offsets))``; a /v1/completions delta written directly."""
         if self.request.chat:
             delta = self._delta(choice, offsets)
-            return None if delta is None else delta_json(delta)
+            return None if delta is None else shapes.delta_json(delta)
         news = self._news(choice)
         if news is None:
             return None
         text, items, finish, _ = news
-        logprobs = "null"
+        logprobs = None
         if self.request.logprobs is not None:
-            logprobs = completion_logprobs_json(items, offsets[choice.index])
+            logprobs = shapes.completion_logprobs_json(items, offsets[choice.index])
             offsets[choice.index] += sum(item.length for item in items)
-        return (f'{{"index":{choice.index},"text":{_string(text)},"logprobs":{logprobs},'
-                f'"finish_reason":{"null" if finish is None else _string(finish)}}}')
+        return shapes.completion_delta_json(choice.index, text, logprobs, finish)
 
     def _chunk_head(self) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.request.chat else "text_completion"
