@@ -105,6 +105,55 @@ def test_deltas_are_written_as_json_dumps_writes_them() -> None:
         assert delta_json(delta) == json.dumps(delta, separators=(",", ":"))
 
 
+def test_log_probs_written_from_their_entries_are_what_json_dumps_writes() -> None:
+    from lmql_core.openai_compat.choices import TokenLogprob, completion_logprobs, completion_logprobs_json
+
+    items = [
+        TokenLogprob(1, "<s>", None, [], 3),  # the echoed prompt's first token: no log-prob
+        TokenLogprob(2, " é\"\\\n", -0.5, [(2, " é\"\\\n", -0.5)], 5),  # the chosen token alone
+        TokenLogprob(3, "\u2028😀", -1e30, [], 2),  # no candidates: the chosen token's own
+        TokenLogprob(4, "a", -0.25, [(4, "a", -0.25), (5, "b", float("-inf")), (6, "a", -3.0)], 1),  # "a" twice
+        TokenLogprob(7, "token_id:7", float("-inf"), [(7, "token_id:7", float("nan"))], 10),
+        TokenLogprob(8, "x", -2, [(8, "x", 0)], 1),  # ints, as json writes them
+        TokenLogprob(9, "y", -3.0000000000000004, [(9, "y", -3.0000000000000004), (8, "x", -4.5)], 1),
+    ]
+    for offset in (0, 17):
+        for part in (items, items[:1], items[3:], []):
+            expected = json.dumps(completion_logprobs(part, offset), separators=(",", ":"))
+            assert completion_logprobs_json(part, offset) == expected
+
+
+def test_a_deferring_session_gets_its_events_when_it_takes_them_or_when_one_ends() -> None:
+    from lmql_core.engine.sequence import Finish, TokenEvent
+    from lmql_core.lmtp.server.session import Outbox, Session
+
+    async def run() -> list[list[int]]:
+        outbox, got = Outbox(asyncio.get_running_loop()), []
+        session = Session(ModelHost(), lambda command, events: got.append([e.token for e in events]),
+                          outbox=outbox, raw_events=True)
+        session.defers = True  # a paced stream during its pause
+
+        async def engine_step(*events: TokenEvent) -> None:  # from another thread, as the engine's
+            await asyncio.to_thread(outbox.post, session, list(events))
+            await asyncio.sleep(0.05)  # time for the loop to take what it was woken for
+
+        await engine_step(TokenEvent(0, 5))
+        await engine_step(TokenEvent(0, 6))
+        assert got == []  # the loop was not woken for them
+        session.take_events()
+        assert got == [[5, 6]]
+        await engine_step(TokenEvent(0, 7), TokenEvent(1, 8, finish_reason=Finish.LENGTH))
+        assert got == [[5, 6], [7, 8]]  # an end comes at once, with what waited before it
+        await engine_step(TokenEvent(0, 9, error="stopped"))
+        assert got[-1] == [9]
+        session.defers = False
+        await engine_step(TokenEvent(0, 10))
+        assert got[-1] == [10]  # not deferring: every step wakes the loop
+        return got
+
+    asyncio.run(run())
+
+
 async def paced_stream(close_after_first: bool) -> tuple[list[dict[str, Any]], float, dict[str, Any]]:
     """A stream paced 10 s between its events (one stream, 0.1 events/s): its chunks, the seconds
     from its first chunk to its end, and the same request's whole answer."""

@@ -247,6 +247,58 @@ def delta_json(delta: dict[str, Any]) -> str:
             f'"finish_reason":{"null" if finish is None else _string(finish)}}}')
 
 
+def completion_delta_json(index: int, text: str, logprobs_json: str | None, finish: str | None) -> str:
+    """``delta_json`` of a /v1/completions delta whose log-probs are written already (or None)."""
+    return (f'{{"index":{index},"text":{_string(text)},"logprobs":{logprobs_json or "null"},'
+            f'"finish_reason":{"null" if finish is None else _string(finish)}}}')
+
+
+def completion_logprobs_json(items: list[TokenLogprob], offset: int) -> str:
+    """``delta_json`` of ``completion_logprobs(items, offset)``, written from the entries directly
+    (a stream's every token goes through here): a token's label is escaped once per process, and
+    the usual candidates (the chosen token alone) need no dictionary."""
+    tokens, values, tops, offsets = [], [], [], []
+    strings = _JSON_STRINGS
+    for item in items:
+        text, lp, top = item.text, item.logprob, item.top
+        label = strings.get(text) or _json_string(text)
+        value = float.__repr__(lp) if type(lp) is float and lp - lp == 0 else _number(lp)
+        tokens.append(label)
+        values.append(value)
+        if lp is None:
+            tops.append("null")
+        elif len(top) == 1:  # the usual: the chosen token alone, its label and often its value the same
+            _, top_text, top_lp = top[0]
+            top_label = label if top_text is text else _json_string(top_text)
+            tops.append(f"{{{top_label}:{value if top_lp is lp else _number_fast(top_lp)}}}")
+        elif not top:
+            tops.append(f"{{{label}:{value}}}")
+        else:  # several candidates: as the dictionary has them (one entry per text)
+            tops.append(_top_json({t: v for _, t, v in top}))
+        offsets.append(str(offset))
+        offset += item.length
+    return (f'{{"tokens":[{",".join(tokens)}],"token_logprobs":[{",".join(values)}],'
+            f'"top_logprobs":[{",".join(tops)}],"text_offset":[{",".join(offsets)}]}}')
+
+
+_JSON_STRINGS: dict[str, str] = {}  # labels as JSON strings (tokens' texts: bounded by the vocabularies)
+_JSON_STRINGS_MAX = 1 << 18
+
+
+def _json_string(text: str) -> str:
+    encoded = _JSON_STRINGS.get(text)
+    if encoded is None:
+        if len(_JSON_STRINGS) >= _JSON_STRINGS_MAX:
+            _JSON_STRINGS.clear()
+        encoded = _JSON_STRINGS[text] = _string(text)
+    return encoded
+
+
+def _number_fast(value: float | None) -> str:
+    """``_number``; a finite float (the usual) at once (``value - value`` is NaN for inf and NaN)."""
+    return float.__repr__(value) if type(value) is float and value - value == 0 else _number(value)
+
+
 def _logprobs_json(logprobs: dict[str, Any]) -> str:
     tops = ",".join([_top_json(top) for top in logprobs["top_logprobs"]])
     return (f'{{"tokens":[{",".join(map(_string, logprobs["tokens"]))}],'

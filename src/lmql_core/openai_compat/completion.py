@@ -7,15 +7,16 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from lmql_core.engine.sequence import TokenEvent
 from lmql_core.errors import RequestError
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.server.session import FINISH_REASONS, Outbox, Session
 from lmql_core.loading.model_host import LoadedModel, ModelHost
-from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs, delta_json
+from lmql_core.openai_compat import choices as shapes
+from lmql_core.openai_compat.choices import LENGTH, Choice, TokenLogprob, chat_logprobs, completion_logprobs
 from lmql_core.openai_compat.prompts import chat_ids, encode, served_model, tokenizer_of
 from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad_request
 
@@ -27,6 +28,7 @@ MIN_PAUSE_S = 0.001  # shorter pauses are not worth a timer: the next step comes
 # completions' ids: 128 random bits as uuid4().hex writes them, without its system call per request
 # (~10 us: a 64-request burst waits for every request's set-up); the ids name, they guard nothing
 _IDS = random.Random()
+Delta = TypeVar("Delta", dict[str, Any], str)  # a choice's delta, as a dictionary or as its JSON
 
 
 class StreamPacer:
@@ -71,7 +73,8 @@ class Completion:
         self.choices: list[Choice] = []
         self.prompt_tokens = 0
         self._echoes: dict[str, tuple[list[int], list[dict[str, Any]], list[Choice]]] = {}
-        self._changed = asyncio.Event()
+        self._changed = False  # news since the stream last looked (``_next_change``)
+        self._waiting: asyncio.Future[None] | None = None  # the stream waiting for news
         self._pause: asyncio.Future[None] | None = None  # a paced stream waiting for its next event
         self._finish_sent: set[int] = set()
         self.closed = False
@@ -181,7 +184,9 @@ class Completion:
                     self.session.cancel(sid)  # a stop string or stop token: the engine may stop
             elif sid in self._echoes:
                 self._echo_entry(sid, entry)
-        self._changed.set()
+        self._changed = True
+        if self._waiting is not None:
+            _resolve(self._waiting)
         if ended and self._pause is not None and self._ending():
             _resolve(self._pause)
 
@@ -202,8 +207,13 @@ class Completion:
     async def _next_change(self) -> None:
         if self.closed:
             raise OpenAIError(499, "the client went away")
-        await self._changed.wait()
-        self._changed.clear()
+        if not self._changed:  # a future, not an asyncio.Event: set every step, this is cheaper
+            self._waiting = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiting
+            finally:
+                self._waiting = None
+        self._changed = False
 
     def _raise_errors(self) -> None:
         for choice in self.choices:
@@ -242,7 +252,7 @@ class Completion:
         with ``stream_options.include_usage``) the usage. A consumer that falls behind gets the
         tokens produced meanwhile in one chunk per choice (text and log-probs concatenated)."""
         head = self._chunk_head()
-        async for deltas in self._deltas():
+        async for deltas in self._deltas(self._delta):
             for delta in deltas:
                 yield {**head, "choices": [delta]}
         if self.request.include_usage:
@@ -257,8 +267,8 @@ class Completion:
         prefix, suffix = b"data: " + head + b',"choices":[', b"]}\n\n"
         last = b""
         try:
-            async for deltas in self._deltas():
-                events = b"".join([prefix + delta_json(delta).encode() + suffix for delta in deltas])
+            async for deltas in self._deltas(self._delta_json):
+                events = b"".join([prefix + delta.encode() + suffix for delta in deltas])
                 if len(self._finish_sent) < len(self.choices):
                     yield events
                 else:  # the stream's end: it goes with [DONE]
@@ -270,9 +280,9 @@ class Completion:
             tail = sse_event(error.body())
         yield last + tail + DONE
 
-    async def _deltas(self) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _deltas(self, make: Callable[[Choice, list[int]], Delta | None]) -> AsyncIterator[list[Delta]]:
         """Each time the engine has delivered (or, paced, after the pause): the choices' news
-        since the last time."""
+        since the last time, each made by ``make`` (``_delta`` or ``_delta_json``)."""
         offsets = [0] * len(self.choices)
         pacer, loop = self.pacer or StreamPacer(0), asyncio.get_running_loop()
         pacer.streams += 1
@@ -281,19 +291,31 @@ class Completion:
             while True:
                 if not self._echoes:  # the prompts' log-probs go first
                     self._raise_errors()
-                    news = (self._delta(choice, offsets) for choice in self.choices)
+                    news = (make(choice, offsets) for choice in self.choices)
                     deltas = [d for d in news if d is not None]
                     if deltas:
                         yield deltas
                         last_sent = loop.time()
                     if len(self._finish_sent) == len(self.choices):
                         break
-                await self._next_change()
-                wait = pacer.pause() - (loop.time() - last_sent)  # news sooner than the pause: it waits
+                wait = pacer.pause() - (loop.time() - last_sent)
                 if wait >= MIN_PAUSE_S and not self._ending():
-                    await self._paused(loop, wait)
+                    await self._paused_deferring(loop, wait)
+                await self._next_change()
         finally:
             pacer.streams -= 1
+
+    async def _paused_deferring(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """``_paused``, the engine's events meanwhile left in the outbox (``Session.defers``: no
+        wake-up of the loop, nor of this completion, per engine step) and taken at its end; an
+        event that ends a stream still comes at once. Not with stop strings or stop tokens: the
+        engine's stream is cancelled at the token that stops it, so each is looked at when it comes."""
+        self.session.defers = not self.request.stop and not self.request.stop_token_ids
+        try:
+            await self._paused(loop, seconds)
+        finally:
+            self.session.defers = False
+            self.session.take_events()
 
     def _ending(self) -> bool:
         """A choice has ended (or failed) and its stream has not said so yet: what a paced stream
@@ -314,7 +336,9 @@ class Completion:
     def _usage_chunk(self) -> dict[str, Any]:
         return {**self._chunk_head(), "choices": [], "usage": self.usage()}
 
-    def _delta(self, choice: Choice, offsets: list[int]) -> dict[str, Any] | None:
+    def _news(self, choice: Choice) -> tuple[str, list[TokenLogprob], str | None, bool] | None:
+        """What a stream's next event says of ``choice`` (its text, log-probs, finish reason, and
+        whether it is a chat stream's first), marked as sent; None: nothing new."""
         if choice.index in self._finish_sent:
             return None
         if choice.settle():  # the tokens since the last event, decoded together
@@ -328,6 +352,13 @@ class Completion:
         if finish is not None:
             self._finish_sent.add(choice.index)
         choice.role_sent = True
+        return text, items, finish, first
+
+    def _delta(self, choice: Choice, offsets: list[int]) -> dict[str, Any] | None:
+        news = self._news(choice)
+        if news is None:
+            return None
+        text, items, finish, first = news
         k = self.request.logprobs
         body: dict[str, Any] = {"index": choice.index}
         if self.request.chat:
@@ -340,6 +371,21 @@ class Completion:
         body["finish_reason"] = finish
         return body
 
+    def _delta_json(self, choice: Choice, offsets: list[int]) -> str | None:
+        """``delta_json(self._delta(choice, offsets))``; a /v1/completions delta written directly."""
+        if self.request.chat:
+            delta = self._delta(choice, offsets)
+            return None if delta is None else shapes.delta_json(delta)
+        news = self._news(choice)
+        if news is None:
+            return None
+        text, items, finish, _ = news
+        logprobs = None
+        if self.request.logprobs is not None:
+            logprobs = shapes.completion_logprobs_json(items, offsets[choice.index])
+            offsets[choice.index] += sum(item.length for item in items)
+        return shapes.completion_delta_json(choice.index, text, logprobs, finish)
+
     def _chunk_head(self) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.request.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.request.model}
@@ -348,7 +394,9 @@ class Completion:
         """The client went away (or the request failed): the engine stops its streams."""
         self.closed = True
         self.session.close()
-        self._changed.set()
+        self._changed = True
+        if self._waiting is not None:
+            _resolve(self._waiting)
         if self._pause is not None:
             _resolve(self._pause)
 

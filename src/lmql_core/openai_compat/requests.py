@@ -198,11 +198,12 @@ def prompts(value: Any) -> list[str | list[int]]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and value:
-        if all(isinstance(p, str) for p in value):
+        kinds = set(map(type, value))  # one C-level pass (every request's prompt goes through here)
+        if all(issubclass(kind, str) for kind in kinds):
             return list(value)
-        if all(isinstance(p, list) for p in value):
+        if all(issubclass(kind, list) for kind in kinds):
             return list(value)
-        if not any(isinstance(p, str | list | dict) for p in value):
+        if not any(issubclass(kind, str | list | dict) for kind in kinds):
             return [value]  # token ids (the session checks each)
     raise bad_request("'prompt' must be a text, a list of token ids, or a non-empty list of either", "prompt")
 

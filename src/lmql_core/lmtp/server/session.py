@@ -49,7 +49,9 @@ class Outbox:
     """Token events the engine thread delivered to sessions on one event loop, not yet handed to
     them. Steps that arrive while the loop is still due to take earlier ones go with them: waking
     the loop costs the engine thread a system call and a turn for the interpreter's lock. Sessions
-    may share one (OpenAI's completions: a session per request, one wake-up per step for all)."""
+    may share one (OpenAI's completions: a session per request, one wake-up per step for all).
+    A session that ``defers`` its events (a paced stream between its events) does not wake the
+    loop for them unless one ends a stream: it takes them itself when it needs them (``take``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -57,18 +59,26 @@ class Outbox:
         self._lock = threading.Lock()
         self._due = False  # the event loop has been asked to drain
 
-    def post(self, session: Session, events: list[TokenEvent], wake: bool = True) -> None:
-        """Called on the engine thread. ``wake`` False: the events wait for the next wake-up."""
+    def post(self, session: Session, events: list[TokenEvent], hold: bool = False) -> None:
+        """Called on the engine thread. ``hold``: the events wake the loop only if one ends a
+        stream (else they wait for the next wake-up), as a deferring session's do."""
         with self._lock:
             pending = self._pending.get(session)
             if pending is None:
                 self._pending[session] = list(events)
             else:
                 pending.extend(events)
-            if self._due or not wake:
+            if self._due or ((hold or session.defers) and not _end_any(events)):
                 return
             self._due = True
         self._loop.call_soon_threadsafe(self._drain)
+
+    def take(self, session: Session) -> None:
+        """On the event loop: hand ``session`` the events that wait for it now."""
+        with self._lock:
+            events = self._pending.pop(session, None)
+        if events:
+            session.send_events(events)
 
     def drop(self, session: Session, stream_ids: set[Any]) -> None:
         """Forget ``session``'s events of these streams not handed over yet."""
@@ -82,6 +92,14 @@ class Outbox:
             pending, self._pending, self._due = self._pending, {}, False
         for session, events in pending.items():
             session.send_events(events)
+
+
+def _end_any(events: list[TokenEvent]) -> bool:
+    """Whether one of the events ends its stream (as what a paced stream does not wait for)."""
+    for event in events:  # noqa: SIM110 (on the engine thread, every step: a loop is 4x cheaper than any())
+        if event.finish_reason is not None or event.error is not None:
+            return True
+    return False
 
 
 class Session:
@@ -103,6 +121,9 @@ class Session:
         self._active: dict[Any, tuple[Sequence, LoadedModel]] = {}
         self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
         self._outbox = outbox or Outbox(self._loop)  # delivered by the engine, not yet sent
+        # the engine's events wait in the outbox until ``take_events`` (unless one ends a stream):
+        # for a consumer that reads them only now and then (a paced OpenAI stream)
+        self.defers = False
         # streams ended by ``end_all``: events of theirs the engine had produced already are dropped
         self._stale: set[Any] = set()
         # template streams running: their tasks, and their runs (which take their events)
@@ -293,8 +314,11 @@ class Session:
         the hole ends (its client reads whole holes): a wake-up costs the engine thread a
         turn for the interpreter's lock with the loop, up to a third of a CPU step's time."""
         if not self.closed:
-            self._outbox.post(self, events, any(e.finish_reason is not None or e.error is not None
-                                                for e in events))
+            self._outbox.post(self, events, hold=True)
+
+    def take_events(self) -> None:
+        """The events the engine delivered and the outbox holds, sent now (``defers``)."""
+        self._outbox.take(self)
 
     def send_events(self, events: list[TokenEvent]) -> None:
         """On the event loop: the events the engine delivered since the last call, as one frame."""
@@ -376,8 +400,11 @@ class Session:
 
     def _cancel_all(self) -> None:
         by_engine: dict[int, tuple[Any, list[Sequence]]] = {}
+        # those that ended are left alone: cancelling takes the engine's lock (held while it
+        # schedules a step) and wakes its thread, for nothing (an OpenAI request ends so, each time)
         for seq, model in self._active.values():
-            by_engine.setdefault(id(model.engine), (model.engine, []))[1].append(seq)
+            if not seq.done:
+                by_engine.setdefault(id(model.engine), (model.engine, []))[1].append(seq)
         for engine, seqs in by_engine.values():
             engine.cancel(seqs)
         for task, _ in self._templates.values():
