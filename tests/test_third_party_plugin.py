@@ -167,3 +167,21 @@ def test_a_plugin_adds_a_subcommand_but_cannot_replace_the_cores() -> None:
     assert result.stdout.strip() == "1 2 3"
     assert "count-to" in run_lmql("--help").stdout
     assert "the plugin's backends" not in run_lmql("backends").stdout
+
+
+def test_a_template_to_a_model_without_an_end_of_sequence_token_ends_with_an_error(
+        counting_server: Server) -> None:
+    """The counting backend has no EOS token, which a template's holes end at: the template
+    extension is not offered, a template GENERATE ends with the reason, the connection serves on."""
+    async def scenario() -> tuple[list[dict], list[dict]]:
+        async with RawClient(counting_server.endpoint) as client:
+            await client.send("GENERATE", {"model": "counting:x", "stream_id": "t", "prompt": [97, 98],
+                                           "template": {"holes": [{"name": "X", "max_length": 4}], "texts": []}})
+            refused = await client.stream("t")
+            await client.send("GENERATE", {"model": "counting:x", "stream_id": "ok", "prompt": [97, 98],
+                                           "max_tokens": 3})
+            return refused, await client.stream("ok")
+
+    refused, ok = asyncio.run(scenario())
+    assert "does not run templates" in refused[-1].get("error", ""), refused
+    assert len(ok) == 3 and "error" not in ok[-1]
