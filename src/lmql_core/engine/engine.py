@@ -96,8 +96,10 @@ class Engine:
     def cancel(self, seqs: list[Sequence]) -> None:
         """Stop ``seqs`` (those already ended are ignored): nothing more is sent for them."""
         with self._wake:
-            self.stats.sequences_cancelled += len(self.scheduler.cancel(seqs))
-            self._wake.notify()
+            cancelled = self.scheduler.cancel(seqs)
+            self.stats.sequences_cancelled += len(cancelled)
+            if cancelled:  # (its caches to free: the engine thread's work)
+                self._wake.notify()
 
     def active_sequences(self) -> int:
         with self._wake:
