@@ -84,10 +84,12 @@ def sdpa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
     return out.transpose(1, 2)
 
 
+# the programs are rows x key/value heads x splits, each interpreted: two key/value heads where the
+# models have eight, with their query heads per key/value head, head sizes and the same splits
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [
     (4, 4, 32),  # one query head per key/value head (GPT-2)
-    (16, 8, 128),  # Qwen3-0.6B's heads
-    (32, 8, 64),  # Llama 3.2 1B's heads
+    (4, 2, 128),  # Qwen3-0.6B's grouping (16 on 8) and head size
+    (8, 2, 64),  # Llama 3.2 1B's (32 on 8)
 ])
 # not bfloat16: Triton 3.9's interpreter multiplies bfloat16 blocks wrongly in tl.dot (errors of
 # 1e10 on a plain 16 x 16 product); scripts/gpu_check.py runs the kernels in bfloat16 on a GPU
@@ -237,7 +239,7 @@ def test_backends_decode_through_the_kernel_as_transformers_does(which: str, opt
     assert got == [greedy_with_transformers(model, p, 6) for p in batch]
 
 
-def test_mixed_traffic_through_the_kernels_gives_transformers_results(small_llama: str) -> None:
+def test_mixed_traffic_through_the_kernels_gives_transformers_results() -> None:
     """tests/test_engine_reference.py's mixed traffic (chunked prompts, SCOREs, preemption,
     cached prefixes) on a backend whose passes go through the slot kernels, the cache kernels
     (writes, slot moves) and the fused one-row layers."""
@@ -247,8 +249,11 @@ def test_mixed_traffic_through_the_kernels_gives_transformers_results(small_llam
     from lmql_core.engine.engine import Engine
     from lmql_hf.backend import HFBackend
 
-    traffic = Traffic(AutoModelForCausalLM.from_pretrained(small_llama).eval(), 11, shared=True)
-    backend = HFBackend(small_llama, fuse_kernels=True, max_batch=3, warm_up=False)
+    # lmql-tiny, not the small Llama: its trained attention makes a key lost in a slot move
+    # change the results; over the random one's this traffic passed with every move one position short
+    path = str(bundled_path("lmql-tiny"))
+    traffic = Traffic(AutoModelForCausalLM.from_pretrained(path).eval(), 11, shared=True)
+    backend = HFBackend(path, fuse_kernels=True, max_batch=3, warm_up=False)
     assert backend.slot_kernels and backend.prompts is not None and backend.cache.move_slots is not None
     engine = Engine(backend, token_budget=64, max_batch=3)
     try:
