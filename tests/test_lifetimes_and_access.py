@@ -91,8 +91,8 @@ def test_200_streams_over_20_connections(random_server: Server) -> None:
 # 1-8 streams) and as many have read all their streams: ~130 streams cancelled at random points
 # of their run, then the server's state checked. A drop that leaks a stream or kills the server
 # shows within the first few; the two minutes this soak ran before were more of the same rounds
-# (~170 clients on a loaded 2-core machine), two minutes of every CI run. LMQL_SOAK_SECONDS runs
-# a soak of that many seconds instead.
+# (hundreds of clients), two minutes of every CI run; these take ~15 s. LMQL_SOAK_SECONDS runs a
+# soak of that many seconds instead.
 SOAK_CLIENTS = 30
 
 
