@@ -155,7 +155,7 @@ def test_a_fused_llama_decodes_as_transformers_does(attention_bias: bool) -> Non
 
     torch.manual_seed(1)
     config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=96, vocab_size=1000, attention_bias=attention_bias,
+                         intermediate_size=96, vocab_size=128, attention_bias=attention_bias,
                          rope_parameters={"rope_type": "default", "rope_theta": 500.0})
     model = _perturbed(LlamaForCausalLM(config))
     _assert_fused_decode_matches(model, one_row_layers.OneRowLlamaLayer)
@@ -292,7 +292,7 @@ def _saved_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     torch.manual_seed(3)
     config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=96, vocab_size=1000, max_position_embeddings=64,
+                         intermediate_size=96, vocab_size=128, max_position_embeddings=64,
                          bos_token_id=1, eos_token_id=2)
     path = tmp_path_factory.mktemp("llama")
     _perturbed(LlamaForCausalLM(config)).save_pretrained(path)
