@@ -87,17 +87,16 @@ def test_200_streams_over_20_connections(random_server: Server) -> None:
             assert [e["token"] for e in entries] == [e["token"] for e in results[0][sid]]
 
 
-# Rounds of 1-10 clients until this many have dropped their connection (0-50 ms after asking for
-# 1-8 streams) and as many have read all their streams: ~130 streams cancelled at random points
-# of their run, then the server's state checked. A drop that leaks a stream or kills the server
-# shows within the first few; the two minutes this soak ran before were more of the same rounds
-# (hundreds of clients), two minutes of every CI run; these take ~15 s. LMQL_SOAK_SECONDS runs a
-# soak of that many seconds instead.
+# Rounds of 1-10 clients, each dropping its connection (0-50 ms after asking for 1-8 streams) or
+# reading all its streams, for LMQL_SOAK_SECONDS (two minutes: the soak of a few minutes issue 7
+# asks for), then the server's state checked. LMQL_SOAK_SECONDS=0 runs until this many clients have
+# dropped and as many have read everything (~130 streams cancelled at random points, ~15 s): a drop
+# that leaks a stream or kills the server shows within the first few, for a quick run.
 SOAK_CLIENTS = 30
 
 
 def test_soak_clients_connecting_and_dropping_at_random() -> None:
-    seconds = float(os.environ.get("LMQL_SOAK_SECONDS", "0"))
+    seconds = float(os.environ.get("LMQL_SOAK_SECONDS", "120"))
     server = Server("random")
     rng = random.Random(1)
     completed = dropped = 0
