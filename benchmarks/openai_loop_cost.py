@@ -27,9 +27,10 @@ from typing import Any
 from lmql_core.engine.sampling import ONLY_THE_CHOSEN
 from lmql_core.engine.sequence import Finish, TokenEvent
 from lmql_core.lmtp import wire
-from lmql_core.lmtp.server.session import Outbox
+from lmql_core.lmtp.server.outbox import Outbox
 from lmql_core.openai_compat.choices import Choice
-from lmql_core.openai_compat.completion import Completion, StreamPacer
+from lmql_core.openai_compat.completion import Completion
+from lmql_core.openai_compat.pacing import StreamPacer
 from lmql_core.openai_compat.requests import completion_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -14,7 +14,7 @@ import pytest
 from lmql_core.lmtp import wire
 from lmql_core.loading.identifiers import parse_model_id
 from lmql_core.loading.model_host import ModelHost, load_model
-from lmql_core.openai_compat.completion import StreamPacer
+from lmql_core.openai_compat.pacing import StreamPacer
 from lmql_core.openai_compat.service import OpenAIService
 
 REQUEST = {"model": "lmql-tiny", "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0,
@@ -125,7 +125,8 @@ def test_log_probs_written_from_their_entries_are_what_json_dumps_writes() -> No
 
 def test_a_deferring_session_gets_its_events_when_it_takes_them_or_when_one_ends() -> None:
     from lmql_core.engine.sequence import Finish, TokenEvent
-    from lmql_core.lmtp.server.session import Outbox, Session
+    from lmql_core.lmtp.server.outbox import Outbox
+    from lmql_core.lmtp.server.session import Session
 
     async def run() -> list[list[int]]:
         outbox, got = Outbox(asyncio.get_running_loop()), []

@@ -12,7 +12,7 @@ import socket
 from lmql_core.lmtp import wire
 from lmql_core.loading.identifiers import parse_model_id
 from lmql_core.loading.model_host import ModelHost, load_model
-from lmql_core.openai_compat.completion import StreamPacer
+from lmql_core.openai_compat.pacing import StreamPacer
 from lmql_core.openai_compat.service import OpenAIService
 from tests.conftest import Server
 

@@ -13,41 +13,22 @@ from typing import Any, TypeVar
 from lmql_core.engine.sequence import TokenEvent
 from lmql_core.errors import RequestError
 from lmql_core.lmtp import wire
-from lmql_core.lmtp.server.session import FINISH_REASONS, Outbox, Session
+from lmql_core.lmtp.server.outbox import Outbox
+from lmql_core.lmtp.server.session import FINISH_REASONS, Session
 from lmql_core.loading.model_host import LoadedModel, ModelHost
 from lmql_core.openai_compat import choices as shapes
 from lmql_core.openai_compat.choices import LENGTH, Choice, TokenLogprob, chat_logprobs, completion_logprobs
+from lmql_core.openai_compat.pacing import MIN_PAUSE_S, StreamPacer
 from lmql_core.openai_compat.prompts import chat_ids, encode, served_model, tokenizer_of
 from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad_request
 
 SHUTTING_DOWN = "shutting down"  # in the engine's error when the server stops
 DONE = b"data: [DONE]\n\n"
 _JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds one per call
-MAX_PAUSE_S = 0.25  # the longest a stream waits between its events when many share the loop
-MIN_PAUSE_S = 0.001  # shorter pauses are not worth a timer: the next step comes as fast
 # completions' ids: 128 random bits as uuid4().hex writes them, without its system call per request
 # (~10 us: a 64-request burst waits for every request's set-up); the ids name, they guard nothing
 _IDS = random.Random()
 Delta = TypeVar("Delta", dict[str, Any], str)  # a choice's delta, as a dictionary or as its JSON
-
-
-class StreamPacer:
-    """Spaces the events of the streams on one event loop, when there are many, so that writing
-    them stays a small part of the loop's work: each event costs the interpreter tens of
-    microseconds (encoding, the write, waking the writer) for 64 streams every engine step on a
-    GPU. A stream that waits gets the tokens produced meanwhile in its next event (``_deltas``),
-    so fewer, larger events; a client reconstructs the same text, log-probs and finish."""
-
-    def __init__(self, events_per_s: float, max_pause_s: float = MAX_PAUSE_S) -> None:
-        """``events_per_s``: for all the streams together (0: no pauses)."""
-        self.event_cost_s = 1 / events_per_s if events_per_s > 0 else 0.0
-        self.max_pause_s = max_pause_s
-        self.streams = 0  # streaming completions now
-
-    def pause(self) -> float:
-        """The least seconds between two events of a stream (its last event does not wait)."""
-        pause = min(self.max_pause_s, self.streams * self.event_cost_s)
-        return pause if pause >= MIN_PAUSE_S else 0.0
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:

@@ -14,10 +14,12 @@ from typing import Any
 
 from lmql_core.errors import RequestError
 from lmql_core.lmtp import wire
-from lmql_core.lmtp.server.session import Outbox, Session
+from lmql_core.lmtp.server.outbox import Outbox
+from lmql_core.lmtp.server.session import Session
 from lmql_core.loading.model_host import ModelHost
 from lmql_core.openai_compat import requests
-from lmql_core.openai_compat.completion import Completion, StreamPacer
+from lmql_core.openai_compat.completion import Completion
+from lmql_core.openai_compat.pacing import StreamPacer
 from lmql_core.openai_compat.prompts import chat_ids, encode, served_model, tokenizer_of
 from lmql_core.openai_compat.requests import bad_request
 
