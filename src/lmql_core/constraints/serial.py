@@ -33,7 +33,7 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
 
 
 def to_json(rule: Rule) -> dict[str, Any]:
-    return {"kind": rule.kind, **rule.fields()}
+    return rule.to_json()
 
 
 def from_json(data: Any) -> Rule:

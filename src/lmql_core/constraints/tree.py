@@ -82,8 +82,12 @@ class Rule:
         return text, text
 
     def fields(self) -> dict[str, Any]:
-        """The JSON fields beside ``kind`` (``serial.to_json``)."""
+        """The JSON fields beside ``kind`` (``to_json``)."""
         return {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The rule as the wire carries it (``serial.from_json`` reads it back)."""
+        return {"kind": self.kind, **self.fields()}
 
     def conjuncts(self) -> list[Rule] | None:
         """The rules ``and``-ed together at the top of the tree; None where an ``or`` joins them."""
@@ -143,9 +147,7 @@ class Holds(Rule):
         return Truth(self.rule.holds(text, vocab, tokens))
 
     def fields(self) -> dict[str, Any]:
-        from lmql_core.constraints.serial import to_json
-
-        return {"hole": self.hole, "rule": to_json(self.rule)}
+        return {"hole": self.hole, "rule": self.rule.to_json()}
 
 
 @dataclass
@@ -161,9 +163,7 @@ class Junction(Rule):
             yield from child.nodes()
 
     def fields(self) -> dict[str, Any]:
-        from lmql_core.constraints.serial import to_json
-
-        return {"children": [to_json(c) for c in self.children]}
+        return {"children": [c.to_json() for c in self.children]}
 
 
 @dataclass

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lmql_core.engine.sequence import TokenEvent
 
-if TYPE_CHECKING:
-    from lmql_core.lmtp.server.session import Session
+
+class Receiver(Protocol):
+    """What the outbox needs of a session (``session.Session``)."""
+
+    defers: bool  # its events wake the loop only when one ends a stream; it takes the others
+
+    def send_events(self, events: list[TokenEvent]) -> None: ...
 
 
 class Outbox:
@@ -23,11 +28,11 @@ class Outbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pending: dict[Session, list[TokenEvent]] = {}
+        self._pending: dict[Receiver, list[TokenEvent]] = {}
         self._lock = threading.Lock()
         self._due = False  # the event loop has been asked to drain
 
-    def post(self, session: Session, events: list[TokenEvent], hold: bool = False) -> None:
+    def post(self, session: Receiver, events: list[TokenEvent], hold: bool = False) -> None:
         """Called on the engine thread. ``hold``: the events wake the loop only if one ends a
         stream (else they wait for the next wake-up), as a deferring session's do."""
         with self._lock:
@@ -41,14 +46,14 @@ class Outbox:
             self._due = True
         self._loop.call_soon_threadsafe(self._drain)
 
-    def take(self, session: Session) -> None:
+    def take(self, session: Receiver) -> None:
         """On the event loop: hand ``session`` the events that wait for it now."""
         with self._lock:
             events = self._pending.pop(session, None)
         if events:
             session.send_events(events)
 
-    def drop(self, session: Session, stream_ids: set[Any]) -> None:
+    def drop(self, session: Receiver, stream_ids: set[Any]) -> None:
         """Forget ``session``'s events of these streams not handed over yet."""
         with self._lock:
             pending = self._pending.get(session)
