@@ -77,12 +77,11 @@ class LoadedModel:
         constraints a GENERATE may carry (``wire.CONSTRAINT_FIELDS``; they need a tokenizer), and
         the version of the template extension (``lmtp/template.py``; None: not run)."""
         tokenizer = self.tokenizer  # asked, not spec()'d: a spec holds the whole vocabulary
-        can_constrain = (sendable(tokenizer) and self.backend.eos_token_id is not None
-                         and constraints_installed())
-        constraints = list(wire.CONSTRAINT_FIELDS) if can_constrain else []
+        runs_templates = self.runs_templates()  # what constraints need too, with llguidance
+        constraints = list(wire.CONSTRAINT_FIELDS) if runs_templates and constraints_installed() else []
         return {"tokenizer": tokenizer.fingerprint() if sendable(tokenizer) else None,
                 "text": tokenizer is not None, "cancel": True, "constraints": constraints,
-                "template": TEMPLATE_VERSION if self.runs_templates() else None}
+                "template": TEMPLATE_VERSION if runs_templates else None}
 
     def runs_templates(self) -> bool:
         """Whether a GENERATE may carry a template (its extension; asked per request, so without
