@@ -262,7 +262,7 @@ def completion_logprobs_json(items: list[TokenLogprob], offset: int) -> str:
     for item in items:
         text, lp, top = item.text, item.logprob, item.top
         label = strings.get(text) or _json_string(text)
-        value = float.__repr__(lp) if type(lp) is float and lp - lp == 0 else _number(lp)
+        value = _number_fast(lp)
         tokens.append(label)
         values.append(value)
         if lp is None:
