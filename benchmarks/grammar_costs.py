@@ -11,24 +11,33 @@ the grammars take the tokens and force what follows (``following``: ``take_token
 ``events_after``, as ``collect.py`` runs them; CPU time in the runs one row at a time). The walk
 depends only on the masks, so every run below writes the same texts.
 
-Runs: llguidance's default tokenizer slices against ``constraints.MASK_SLICES``; for each, the
-masks one row at a time (µs a row, and the slowest row of a step: what a step waits for however
-many threads fill it; both CPU time, which other processes' load leaves alone) and through the
-executor with each thread count (wall time: on a loaded machine, threads wait for a CPU).
+Runs: llguidance's default tokenizer slices against ``constraints.MASK_SLICES``, the masks one row
+at a time (µs a row, and the slowest row of a step; CPU time, which other processes' load leaves
+alone; with it the bound for n threads: per step max(slowest row, all rows / n)). Then, with
+MASK_SLICES, ``MaskFiller`` with each thread count and each way of spreading the rows
+(``LMQL_MASK_FILL``: ``rows``, ours, ``mask_rows.RowThreads``; ``executor``, llguidance's batch
+call): wall ms a step and the process's CPU ms a step (all threads: what spreading costs).
+``busy``: the same beside a Python thread that keeps the interpreter's lock busy at the server's
+switch interval, as the event loop and the engine thread do in the server (each matcher call
+of ours takes the lock back once; llguidance's batch call once a step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from constraint_loads import SCHEMA
 
 
-def walk(tok: Any, rows: int, steps: int, threads: int | None) -> dict[str, float]:
+def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "rows") -> dict[str, Any]:
     """One run (``threads`` None: the masks one row at a time); ms and µs per step."""
     from lmql_core.engine import constraints
     from lmql_core.engine.mask_filler import MaskFiller
@@ -43,21 +52,24 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None) -> dict[str, floa
         seq.status = Status.RUNNING
     # one row at a time: the grammars take their tokens on this thread too, so CPU time counts all
     os.environ["LMQL_MASK_THREADS"] = str(threads or 1)
+    os.environ["LMQL_MASK_FILL"] = scheme
     clock = time.perf_counter if threads else time.thread_time
     filler, rng = MaskFiller(EngineStats()), np.random.default_rng(0)
     scores = rng.standard_normal(tok.vocab_size)
-    fills, slowest, following = [], [], []
+    fills, cpus, totals, slowest, following = [], [], [], [], []
     for _ in range(steps):
         running = [s for s in seqs if s.status is Status.RUNNING]
         if not running:
             break
         if threads:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             bits = filler.wait(filler.start(running), running).bits  # type: ignore[arg-type, union-attr]
             fills.append(time.perf_counter() - started)
+            cpus.append(time.process_time() - cpu)
         else:
             bits, cpu, slowest_row = one_by_one([s.params.constraint for s in running])
             fills.append(cpu)
+            totals.append(cpu)
             slowest.append(slowest_row)
         tokens = greedy(bits, scores, rng, tok.vocab_size, tok.eos_token_id)
         started = clock()
@@ -65,11 +77,20 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None) -> dict[str, floa
         following.append(clock() - started)
     filler.close()
     os.environ.pop("LMQL_MASK_THREADS", None)
-    result = {"fill_ms": statistics.mean(fills) * 1e3, "following_us": statistics.mean(following) * 1e6,
-              "steps": len(fills)}
+    os.environ.pop("LMQL_MASK_FILL", None)
+    result: dict[str, Any] = {"fill_ms": statistics.mean(fills) * 1e3, "steps": len(fills),
+                              "following_us": statistics.mean(following) * 1e6}
+    if cpus:
+        result["cpu_ms"] = statistics.mean(cpus) * 1e3
     if slowest:
         result["slowest_us"] = statistics.mean(slowest) * 1e6
+        result["rows"] = list(zip(totals, slowest, strict=True))
     return result
+
+
+def bound_ms(rows: list[tuple[float, float]], threads: int) -> float:
+    """Per step max(slowest row, all rows / threads), averaged: no way of spreading does better."""
+    return statistics.mean(max(slowest, total / threads) for total, slowest in rows) * 1e3
 
 
 def one_by_one(constraints: list[Any]) -> tuple[np.ndarray, float, float]:
@@ -105,22 +126,58 @@ def follow(filler: Any, seqs: list[Any], tokens: list[int], eos: int) -> None:
             seq.status = Status.FINISHED
 
 
-def report(tok: Any, rows: int, steps: int, thread_counts: list[int]) -> None:
+def report(tok: Any, rows: int, steps: int, thread_counts: list[int], busy: bool = False) -> None:
     from lmql_core.engine import constraints
-    from lmql_core.engine.mask_filler import mask_threads
+    from lmql_core.engine.mask_filler import _cgroup_cpus, mask_threads
 
     ours = constraints.MASK_SLICES
     thread_counts = thread_counts or [mask_threads()]
     print(f"vocabulary: {tok.vocab_size} tokens; {rows} rows of constraint_loads.SCHEMA, {steps} steps; "
-          f"{len(os.sched_getaffinity(0))} CPUs")
-    print("| slices | masks filled | fill ms/step | slowest row µs/step | following µs/step | steps |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"{len(os.sched_getaffinity(0))} CPUs (cgroup quota: {_cgroup_cpus() or 'none'}; the engine's "
+          f"mask threads: {mask_threads()}); load average {os.getloadavg()[0]:.1f}")
+    print("| slices | masks filled | fill ms/step | CPU ms/step | slowest row µs/step | following µs/step "
+          "| steps |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    one_row: dict[str, Any] = {}
     for name, slices in (("llguidance's default", None), ("MASK_SLICES", ours)):
         constraints.MASK_SLICES = slices  # read when a compiler builds its llguidance tokenizer
-        for threads in [None, *thread_counts]:
-            r = walk(tok, rows, steps, threads)
-            how = f"executor, {threads} threads" if threads else "one row at a time"
-            slowest = f"{r['slowest_us']:,.0f}" if "slowest_us" in r else "-"
-            print(f"| {name} | {how} | {r['fill_ms']:.2f} | {slowest} | {r['following_us']:,.0f} "
-                  f"| {r['steps']} |", flush=True)
-    constraints.MASK_SLICES = ours
+        one_row = walk(tok, rows, steps, None)
+        print(f"| {name} | one row at a time | {one_row['fill_ms']:.2f} | {one_row['fill_ms']:.2f} "
+              f"| {one_row['slowest_us']:,.0f} | {one_row['following_us']:,.0f} | {one_row['steps']} |",
+              flush=True)
+    for threads in thread_counts:
+        print(f"| MASK_SLICES | bound at {threads} threads | {bound_ms(one_row['rows'], threads):.2f} "
+              "| - | - | - | - |", flush=True)
+        for scheme, busy_lock in [(s, b) for b in ([False, True] if busy else [False])
+                                  for s in ("executor", "rows")]:
+            with _lock_kept_busy(busy_lock):
+                r = walk(tok, rows, steps, threads, scheme)
+            how = ("llguidance's executor" if scheme == "executor" else "RowThreads") + f", {threads} threads"
+            how += ", busy" if busy_lock else ""
+            print(f"| MASK_SLICES | {how} | {r['fill_ms']:.2f} | {r['cpu_ms']:.2f} "
+                  f"| - | {r['following_us']:,.0f} | {r['steps']} |", flush=True)
+
+
+@contextlib.contextmanager
+def _lock_kept_busy(on: bool) -> Iterator[None]:
+    """A thread that runs Python nonstop meanwhile, at the server's switch interval."""
+    if not on:
+        yield
+        return
+    from lmql_core.serving.run import GIL_SWITCH_INTERVAL_S
+
+    stop, interval = threading.Event(), sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)

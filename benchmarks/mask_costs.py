@@ -1,7 +1,7 @@
 """Issue 31, part A: what each constraint kind's mask costs per step on a real vocabulary.
 
     python benchmarks/mask_costs.py [--tokenizer PATH] [--vocab 50257] [--rows 64] [--reps 3]
-    python benchmarks/mask_costs.py --grammar [--rows 64] [--walk-steps 128] [--threads 1,4,8]
+    python benchmarks/mask_costs.py --grammar [--rows 64] [--walk-steps 128] [--threads 1,4,8] [--busy]
 
 For each kind, a value grows token by token along a path a greedy run could take; at every
 step a ``MaskConstraint`` fills the row the engine would apply (``fill``: the kind's mask, the
@@ -144,14 +144,17 @@ def main() -> None:
     parser.add_argument("--walk-steps", type=int, default=0,
                         help="also: --rows rows on random paths of this many steps (µs per row)")
     parser.add_argument("--grammar", action="store_true", help="llguidance's JSON-schema masks instead")
-    parser.add_argument("--threads", default="", help="--grammar: executor threads to try (default: the "
+    parser.add_argument("--threads", default="", help="--grammar: mask threads to try (default: the "
                         "engine's)")
+    parser.add_argument("--busy", action="store_true", help="--grammar: also each beside a thread that keeps "
+                        "the interpreter's lock busy")
     args = parser.parse_args()
     tok = tokenizer(args.tokenizer, args.vocab)
     if args.grammar:
         from grammar_costs import report
 
-        report(tok, args.rows, args.walk_steps or 128, [int(t) for t in args.threads.split(",") if t])
+        threads = [int(t) for t in args.threads.split(",") if t]
+        report(tok, args.rows, args.walk_steps or 128, threads, args.busy)
         return
     print(f"vocabulary: {tok.vocab_size} tokens; {args.rows} rows per step; median of {args.reps} runs")
     walked = (f" {args.rows} random paths x {args.walk_steps} steps µs/row | the last half µs/row |"

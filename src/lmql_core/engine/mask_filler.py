@@ -1,8 +1,9 @@
 """A step's constraint masks, filled beside the engine thread, and the grammars' sampled tokens.
 
-``MaskFiller`` fills the masks of a step's constrained rows on its own thread (llguidance
-spreads the rows over its executor's threads and releases the interpreter's lock; LMQL's kinds,
-``mask_constraint.MaskConstraint``, fill theirs there in Python). Where the last step's fill was
+``MaskFiller`` fills the masks of a step's constrained rows on its own thread (llguidance's rows
+spread over threads of ours, the costly ones first, each matcher's call without the interpreter's
+lock: ``mask_rows.RowThreads``; LMQL's kinds, ``mask_constraint.MaskConstraint``, fill theirs
+there in Python). Where the last step's fill was
 not quick, the next step's llguidance masks are started as soon as the grammars took this step's
 tokens (``prefetch``, from ``collect.py``), so that they are filled while the engine thread hands
 out events, schedules and launches the forward pass, not only while the device runs it.
@@ -21,19 +22,24 @@ from typing import Any
 
 import numpy as np
 
+from lmql_core.engine.mask_rows import RowCosts, RowThreads
 from lmql_core.engine.sequence import Sequence, Status
 
 # masks that took less than this last step are filled on the engine thread once the forward pass is
 # launched (on a GPU, still while it runs): handing them to the mask thread and back costs more
 INLINE_FILL_SECONDS = 2e-4
-# llguidance's executor: at most this many threads (64 rows of 35-500 µs each need no more), and
+# threads for llguidance's masks: at most this many (64 rows of 5-1400 µs each need no more), and
 # two CPUs left to the engine thread and the event loop
 MAX_MASK_THREADS = 8
 MASK_THREADS_ENV = "LMQL_MASK_THREADS"
+# "executor": llguidance's own batch call on its executor's threads instead of ``RowThreads``
+MASK_FILL_ENV = "LMQL_MASK_FILL"
+
+Filled = tuple[np.ndarray, float, RowCosts]  # a step's masks, the seconds filling took, llguidance's rows
 
 
 def mask_threads() -> int:
-    """Threads for llguidance's executor: ``LMQL_MASK_THREADS``, else the CPUs this process may run
+    """Threads for llguidance's masks: ``LMQL_MASK_THREADS``, else the CPUs this process may run
     on (its affinity and a cgroup's quota) less two, between 1 and MAX_MASK_THREADS. (llguidance's
     own default, 80% of the machine's CPUs up to 32, can exceed a container's share.)"""
     asked = os.environ.get(MASK_THREADS_ENV)
@@ -63,10 +69,11 @@ class BatchMask:
 class PendingMasks:
     """Masks being filled for ``constrained`` (in this order) while the forward pass runs."""
 
-    def __init__(self, filled: Callable[[], tuple[np.ndarray, float]], constrained: list[Any]) -> None:
+    def __init__(self, filled: Callable[[], Filled], constrained: list[Any]) -> None:
         self._filled = filled  # waits for the mask thread, or fills them here (``MaskFiller.start``)
         self._position = {id(seq): j for j, seq in enumerate(constrained)}
         self.fill_seconds = 0.0  # how long filling them took (known once ``for_rows`` returned)
+        self.row_costs = RowCosts()  # llguidance's rows, by ``RowThreads`` (known then too)
 
     def covers(self, seqs: list[Any]) -> bool:
         return all(id(seq) in self._position for seq in seqs)
@@ -74,7 +81,7 @@ class PendingMasks:
     def for_rows(self, sampled: list[Any]) -> BatchMask | None:
         """The masks of the constrained ones among ``sampled`` (a step's rows, in order); waits
         until they are filled, so no matcher is in use once this returns."""
-        bits, self.fill_seconds = self._filled()
+        bits, self.fill_seconds, self.row_costs = self._filled()
         rows = [r for r, seq in enumerate(sampled) if id(seq) in self._position]
         if not rows:
             return None
@@ -85,8 +92,8 @@ class PendingMasks:
 
 
 class MaskFiller:
-    """Fills a step's masks on another thread (the engine thread goes on to the forward pass);
-    llguidance spreads the rows over its own threads and releases the interpreter's lock."""
+    """Fills a step's masks on another thread (the engine thread goes on to the forward pass),
+    llguidance's rows on several (``RowThreads``)."""
 
     def __init__(self, stats: Any) -> None:
         """``stats``: the engine's ``EngineStats``, where the time spent on masks is counted."""
@@ -95,6 +102,7 @@ class MaskFiller:
         self._thread: ThreadPoolExecutor | None = None
         self._executor: Any = None
         self._threads = 0  # the executor's
+        self._rows: RowThreads | None = None
         self._ahead: PendingMasks | None = None  # the next step's llguidance masks, started early
 
     def prefetch(self, seqs: list[Sequence]) -> None:
@@ -128,22 +136,29 @@ class MaskFiller:
         batch_mask = masks.for_rows(sampled)
         self.stats.mask_wait_seconds += time.perf_counter() - waiting
         self.stats.mask_fill_seconds += masks.fill_seconds
+        self.stats.mask_rows.add(masks.row_costs)
         self._last_fill = masks.fill_seconds
         return batch_mask
 
-    def _fill(self, rows: list[tuple[Any, list[int]]]) -> tuple[np.ndarray, float]:
+    def _fill(self, rows: list[tuple[Any, list[int]]]) -> Filled:
         """``rows``: each constrained sequence's constraint and (LMQL's kinds) tokens so far."""
         started = time.perf_counter()
         words = max(c.mask_words for c, _ in rows)  # the same for all: an engine serves one model
         bits = np.zeros((len(rows), words), dtype=np.int32)
         matchers = [(c.matcher, j) for j, (c, _) in enumerate(rows) if c.follows_tokens]
-        if matchers:
-            self._llguidance().unsafe_compute_mask_ptr(matchers, bits.ctypes.data, words * 4, len(rows))
+        costs = self._fill_grammars(matchers, bits) if matchers else RowCosts()
         if len(matchers) < len(rows):
             for j, (constraint, generated) in enumerate(rows):
                 if not constraint.follows_tokens:
                     constraint.fill(generated, bits[j, :constraint.mask_words])
-        return bits, time.perf_counter() - started
+        return bits, time.perf_counter() - started, costs
+
+    def _fill_grammars(self, matchers: list[tuple[Any, int]], bits: np.ndarray) -> RowCosts:
+        executor = self._llguidance()
+        if self._rows is not None:
+            return self._rows.fill(matchers, bits)
+        executor.unsafe_compute_mask_ptr(matchers, bits.ctypes.data, bits.strides[0], len(bits))
+        return RowCosts()
 
     def _settle(self) -> None:
         """Wait for masks started ahead that no step took (no matcher may be in use meanwhile);
@@ -164,6 +179,8 @@ class MaskFiller:
 
             self._threads = mask_threads()
             self._executor = llguidance.LLExecutor(self._threads)
+            if os.environ.get(MASK_FILL_ENV, "rows") != "executor":
+                self._rows = RowThreads(self._threads)
         return self._executor
 
     def take_tokens(self, seqs: list[Sequence], tokens: list[int], logprobs: list[float],
@@ -190,6 +207,8 @@ class MaskFiller:
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=False)
+        if self._rows is not None:
+            self._rows.close()
 
 
 def _follows_tokens(seq: Sequence) -> bool:

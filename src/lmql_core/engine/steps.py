@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from lmql_core.engine.mask_rows import RowCosts
 from lmql_core.engine.sampling import PendingSamples, PendingScores
 from lmql_core.engine.sequence import Sequence
 
@@ -47,4 +48,7 @@ class EngineStats:
     # sampled tokens (taking them, fast-forward) on the engine thread
     mask_fill_seconds: float = 0.0
     mask_wait_seconds: float = 0.0
+    # llguidance's rows within the fill (``mask_rows.RowThreads``): their calls summed, the mask
+    # threads' CPU time, and each step's slowest row summed (what threads cannot shorten)
+    mask_rows: RowCosts = field(default_factory=RowCosts)
     grammar_seconds: float = 0.0
