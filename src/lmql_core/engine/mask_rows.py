@@ -76,9 +76,10 @@ class RowThreads:
         return RowCosts(sum(took.values()), sum(cpu), max(took.values(), default=0.0))
 
     def _helpers_for(self, expected_seconds: float, last: dict[int, float]) -> int:
-        if not last:  # nothing known yet: every thread
-            return self.threads - 1
-        return min(self.threads - 1, int(expected_seconds / SHARE_SECONDS))
+        most = self.threads - 1
+        if not last or expected_seconds >= most * SHARE_SECONDS:  # (nothing known yet: every thread)
+            return most
+        return int(expected_seconds / SHARE_SECONDS)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._helpers is None:
