@@ -76,12 +76,15 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "ro
         follow(filler, running, tokens, tok.eos_token_id)
         following.append(clock() - started)
     filler.close()
+    row_costs = filler.stats.mask_rows
     os.environ.pop("LMQL_MASK_THREADS", None)
     os.environ.pop("LMQL_MASK_FILL", None)
     result: dict[str, Any] = {"fill_ms": statistics.mean(fills) * 1e3, "steps": len(fills),
                               "following_us": statistics.mean(following) * 1e6}
     if cpus:
         result["cpu_ms"] = statistics.mean(cpus) * 1e3
+        spent = (row_costs.rows_seconds, row_costs.cpu_seconds, row_costs.cpu_wait_seconds)
+        result["row_us"] = "/".join(f"{t / len(fills) * 1e6:.0f}" for t in spent) if scheme == "rows" else "-"
     if slowest:
         result["slowest_us"] = statistics.mean(slowest) * 1e6
         result["rows"] = list(zip(totals, slowest, strict=True))
@@ -135,19 +138,19 @@ def report(tok: Any, rows: int, steps: int, thread_counts: list[int], busy: bool
     print(f"vocabulary: {tok.vocab_size} tokens; {rows} rows of constraint_loads.SCHEMA, {steps} steps; "
           f"{len(os.sched_getaffinity(0))} CPUs (cgroup quota: {_cgroup_cpus() or 'none'}; the engine's "
           f"mask threads: {mask_threads()}); load average {os.getloadavg()[0]:.1f}")
-    print("| slices | masks filled | fill ms/step | CPU ms/step | slowest row µs/step | following µs/step "
-          "| steps |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| slices | masks filled | fill ms/step | CPU ms/step | slowest row µs/step "
+          "| row calls/CPU/CPU wait µs/step | following µs/step | steps |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     one_row: dict[str, Any] = {}
     for name, slices in (("llguidance's default", None), ("MASK_SLICES", ours)):
         constraints.MASK_SLICES = slices  # type: ignore[assignment]  # (None: llguidance's own)
         one_row = walk(tok, rows, steps, None)
         print(f"| {name} | one row at a time | {one_row['fill_ms']:.2f} | {one_row['fill_ms']:.2f} "
-              f"| {one_row['slowest_us']:,.0f} | {one_row['following_us']:,.0f} | {one_row['steps']} |",
+              f"| {one_row['slowest_us']:,.0f} | - | {one_row['following_us']:,.0f} | {one_row['steps']} |",
               flush=True)
     for threads in thread_counts:
         print(f"| MASK_SLICES | bound at {threads} threads | {bound_ms(one_row['rows'], threads):.2f} "
-              "| - | - | - | - |", flush=True)
+              "| - | - | - | - | - |", flush=True)
         for scheme, busy_lock in [(s, b) for b in ([False, True] if busy else [False])
                                   for s in ("executor", "rows")]:
             with _lock_kept_busy(busy_lock):
@@ -155,7 +158,7 @@ def report(tok: Any, rows: int, steps: int, thread_counts: list[int], busy: bool
             how = ("llguidance's executor" if scheme == "executor" else "RowThreads") + f", {threads} threads"
             how += ", busy" if busy_lock else ""
             print(f"| MASK_SLICES | {how} | {r['fill_ms']:.2f} | {r['cpu_ms']:.2f} "
-                  f"| - | {r['following_us']:,.0f} | {r['steps']} |", flush=True)
+                  f"| - | {r['row_us']} | {r['following_us']:,.0f} | {r['steps']} |", flush=True)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,9 @@ cost warrants (a thread per ``SHARE_SECONDS``), so a cheap step stays on one.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,15 +30,19 @@ SHARE_SECONDS = 2e-4
 @dataclass
 class RowCosts:
     """What a step's rows took: each row's call (wall, the lock taken back included) summed, the
-    threads' CPU time, and the slowest row (no number of threads fills the step faster)."""
+    threads' CPU time, the time they waited for a CPU (runnable, not running: Linux), and the
+    slowest row (no number of threads fills the step faster). Calls less CPU less the CPU waits:
+    about the time the threads waited to take the interpreter's lock back."""
 
     rows_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    cpu_wait_seconds: float = 0.0
     slowest_seconds: float = 0.0
 
     def add(self, other: RowCosts) -> None:
         self.rows_seconds += other.rows_seconds
         self.cpu_seconds += other.cpu_seconds
+        self.cpu_wait_seconds += other.cpu_wait_seconds
         self.slowest_seconds += other.slowest_seconds
 
 
@@ -57,15 +64,16 @@ class RowThreads:
         costs = [last.get(id(matcher), typical) for matcher, _ in rows]
         pending = iter([rows[k] for k in sorted(range(len(rows)), key=costs.__getitem__, reverse=True)])
         took: dict[int, float] = {}
-        cpu: list[float] = []
+        cpu: list[tuple[float, float]] = []
 
         def fill_share() -> None:
-            clock, cpu_started = time.perf_counter, time.thread_time()
+            clock, (cpu_started, waited) = time.perf_counter, _thread_times()
             for matcher, j in pending:  # one shared iterator: each row goes to one thread
                 started = clock()
                 matcher.unsafe_compute_mask_ptr(base + j * row_bytes, row_bytes)
                 took[id(matcher)] = clock() - started
-            cpu.append(time.thread_time() - cpu_started)
+            cpu_now, waited_now = _thread_times()
+            cpu.append((cpu_now - cpu_started, waited_now - waited))
 
         helpers = [self._pool().submit(fill_share) for _ in range(self._helpers_for(sum(costs), last))]
         try:
@@ -73,7 +81,8 @@ class RowThreads:
         finally:
             _wait_all(helpers)
         self._costs = took
-        return RowCosts(sum(took.values()), sum(cpu), max(took.values(), default=0.0))
+        return RowCosts(sum(took.values()), sum(c for c, _ in cpu), sum(w for _, w in cpu),
+                        max(took.values(), default=0.0))
 
     def _helpers_for(self, expected_seconds: float, last: dict[int, float]) -> int:
         most = self.threads - 1
@@ -98,3 +107,36 @@ def _wait_all(futures: list[Future[None]]) -> None:
     for error in errors:
         if error is not None:
             raise error
+
+
+class _SchedStat:
+    """A thread's /proc schedstat, kept open (a read takes ~1 µs), closed with the thread's
+    ``_thread_files`` when the thread ends."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open(f"/proc/self/task/{threading.get_native_id()}/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = -1
+
+    def waited(self) -> float:
+        """Seconds this thread was runnable but not running (0 where Linux's schedstat is missing)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                return int(os.pread(self.fd, 64, 0).split()[1]) * 1e-9
+        return 0.0
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+_thread_files = threading.local()
+
+
+def _thread_times() -> tuple[float, float]:
+    """This thread's CPU seconds, and its seconds spent waiting for a CPU."""
+    schedstat = getattr(_thread_files, "schedstat", None)
+    if schedstat is None:
+        schedstat = _thread_files.schedstat = _SchedStat()
+    return time.thread_time(), schedstat.waited()

@@ -49,6 +49,6 @@ class EngineStats:
     mask_fill_seconds: float = 0.0
     mask_wait_seconds: float = 0.0
     # llguidance's rows within the fill (``mask_rows.RowThreads``): their calls summed, the mask
-    # threads' CPU time, and each step's slowest row summed (what threads cannot shorten)
+    # threads' CPU time and waits for a CPU, each step's slowest row summed (what threads cannot shorten)
     mask_rows: RowCosts = field(default_factory=RowCosts)
     grammar_seconds: float = 0.0
