@@ -20,10 +20,10 @@ own folder.)
 (c) mask work in (a) and (b) from the server's /metrics: filling masks (on its own thread, beside
     the forward pass) per step and as a share of the engine's busy time, the part the engine
     thread waited for, and following llguidance grammars: target under 5% for what the engine
-    thread spends (wait + following); within the fill, llguidance's rows (``rows/CPU/CPU
-    wait/slowest``: each row's call summed, the mask threads' CPU time and their waits for a CPU,
-    each step's slowest row: with n threads the fill cannot beat max(slowest, CPU / n); calls less
-    CPU less CPU waits: waits for the interpreter's lock);
+    thread spends (wait + following); within the fill, llguidance's rows (``rows: CPU/CPU
+    wait/lock wait/slowest``, summed over the mask threads: their CPU time, their waits for a CPU,
+    their waits for the interpreter's lock; each step's slowest row: with n threads the fill cannot
+    beat max(slowest, CPU / n));
 (d) each of ``constrained_programs.py``'s five programs alone (``--reps`` runs, median ms) with
     the server path, with today's client masks (``LMQL_SERVER_CONSTRAINTS=off``, the same server)
     and with LMQL 0.7.3's runtime and server (from ``--wheels`` or ``--lmql-python``; left out
@@ -111,7 +111,7 @@ def measured(port: int, point: str, run: Any) -> dict[str, Any]:
             "chained": int(delta["steps_chained"]),
             "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
             "rows_us": "/".join(f"{delta[k] / steps * 1e6:.0f}" for k in (
-                "mask_rows_seconds", "mask_rows_cpu_seconds", "mask_rows_cpu_wait_seconds",
+                "mask_rows_cpu_seconds", "mask_rows_cpu_wait_seconds", "mask_rows_blocked_seconds",
                 "mask_slowest_row_seconds")),
             "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
             "following_share": delta["grammar_seconds"] / busy, "busy_share": busy / seconds,
@@ -232,7 +232,7 @@ def parse_args() -> argparse.Namespace:
 
 def report_points(points: list[dict[str, Any]]) -> None:
     print("| point | tokens | s | tok/s | vs free | steps (chained) | engine busy | mask fill µs/step "
-          "| rows/CPU/CPU wait/slowest µs/step | fill | wait | following | errors |")
+          "| rows: CPU/CPU wait/lock wait/slowest µs/step | fill | wait | following | errors |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, p in enumerate(points):
         ratio = f"{p['tok_per_s'] / points[i - 1]['tok_per_s']:.2f}x" if i % 2 else "-"

@@ -83,7 +83,7 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "ro
                               "following_us": statistics.mean(following) * 1e6}
     if cpus:
         result["cpu_ms"] = statistics.mean(cpus) * 1e3
-        spent = (row_costs.rows_seconds, row_costs.cpu_seconds, row_costs.cpu_wait_seconds)
+        spent = (row_costs.cpu_seconds, row_costs.cpu_wait_seconds, row_costs.blocked_seconds)
         result["row_us"] = "/".join(f"{t / len(fills) * 1e6:.0f}" for t in spent) if scheme == "rows" else "-"
     if slowest:
         result["slowest_us"] = statistics.mean(slowest) * 1e6
@@ -139,7 +139,7 @@ def report(tok: Any, rows: int, steps: int, thread_counts: list[int], busy: bool
           f"{len(os.sched_getaffinity(0))} CPUs (cgroup quota: {_cgroup_cpus() or 'none'}; the engine's "
           f"mask threads: {mask_threads()}); load average {os.getloadavg()[0]:.1f}")
     print("| slices | masks filled | fill ms/step | CPU ms/step | slowest row µs/step "
-          "| row calls/CPU/CPU wait µs/step | following µs/step | steps |")
+          "| rows: CPU/CPU wait/lock wait µs/step | following µs/step | steps |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     one_row: dict[str, Any] = {}
     for name, slices in (("llguidance's default", None), ("MASK_SLICES", ours)):

@@ -119,7 +119,7 @@ def test_masks_started_ahead_are_each_matchers_own(threads: int, fill: str, comp
         expected = {id(s): mask_of(s.params.constraint.matcher, words) for s in seqs}
         filler.prefetch(seqs)
     assert filler.stats.mask_fill_seconds > 0 and filler.stats.grammar_seconds > 0
-    assert (filler.stats.mask_rows.rows_seconds > 0) == (fill == "rows")
+    assert (filler.stats.mask_rows.cpu_seconds > 0) == (fill == "rows")
     filler.close()
 
 
@@ -158,7 +158,7 @@ def test_rows_spread_over_threads_fill_each_matchers_own_row(threads: int, compi
             assert np.array_equal(bits[j], mask), (step, j)
         unused = sorted(set(range(len(bits))) - set(targets))
         assert (bits[unused] == untouched).all()
-        assert costs.rows_seconds >= costs.slowest_seconds > 0 and costs.cpu_seconds > 0
+        assert costs.slowest_seconds > 0 and costs.cpu_seconds > 0
         for c, mask in zip(running, expected, strict=True):
             tokens = [t for t in allowed(mask, tokenizer.vocab_size) if t != tokenizer.eos_token_id]
             if tokens:

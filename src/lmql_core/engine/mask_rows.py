@@ -29,18 +29,18 @@ SHARE_SECONDS = 2e-4
 
 @dataclass
 class RowCosts:
-    """What a step's rows took: each row's call (wall, the lock taken back included) summed, the
-    threads' CPU time, the time they waited for a CPU (runnable, not running: Linux), and the
-    slowest row (no number of threads fills the step faster). Calls less CPU less the CPU waits:
-    about the time the threads waited to take the interpreter's lock back."""
+    """What a step's rows took, summed over the threads filling them: their CPU time, their waits
+    for a CPU (runnable, not running: Linux's schedstat), the rest of their time (blocked: waiting
+    to take the interpreter's lock back); and the slowest row's call (no number of threads fills
+    the step faster)."""
 
-    rows_seconds: float = 0.0
     cpu_seconds: float = 0.0
     cpu_wait_seconds: float = 0.0
+    blocked_seconds: float = 0.0
     slowest_seconds: float = 0.0
 
     def add(self, other: RowCosts) -> None:
-        self.rows_seconds += other.rows_seconds
+        self.blocked_seconds += other.blocked_seconds
         self.cpu_seconds += other.cpu_seconds
         self.cpu_wait_seconds += other.cpu_wait_seconds
         self.slowest_seconds += other.slowest_seconds
@@ -64,16 +64,17 @@ class RowThreads:
         costs = [last.get(id(matcher), typical) for matcher, _ in rows]
         pending = iter([rows[k] for k in sorted(range(len(rows)), key=costs.__getitem__, reverse=True)])
         took: dict[int, float] = {}
-        cpu: list[tuple[float, float]] = []
+        shares: list[tuple[float, float, float]] = []  # each thread's wall, CPU and CPU-wait seconds
 
         def fill_share() -> None:
-            clock, (cpu_started, waited) = time.perf_counter, _thread_times()
+            clock = time.perf_counter
+            share_started, (cpu_started, waited) = clock(), _thread_times()
             for matcher, j in pending:  # one shared iterator: each row goes to one thread
                 started = clock()
                 matcher.unsafe_compute_mask_ptr(base + j * row_bytes, row_bytes)
                 took[id(matcher)] = clock() - started
             cpu_now, waited_now = _thread_times()
-            cpu.append((cpu_now - cpu_started, waited_now - waited))
+            shares.append((clock() - share_started, cpu_now - cpu_started, waited_now - waited))
 
         helpers = [self._pool().submit(fill_share) for _ in range(self._helpers_for(sum(costs), last))]
         try:
@@ -81,8 +82,8 @@ class RowThreads:
         finally:
             _wait_all(helpers)
         self._costs = took
-        return RowCosts(sum(took.values()), sum(c for c, _ in cpu), sum(w for _, w in cpu),
-                        max(took.values(), default=0.0))
+        wall, cpu, cpu_wait = (sum(column) for column in zip(*shares, strict=True))
+        return RowCosts(cpu, cpu_wait, max(0.0, wall - cpu - cpu_wait), max(took.values(), default=0.0))
 
     def _helpers_for(self, expected_seconds: float, last: dict[int, float]) -> int:
         most = self.threads - 1

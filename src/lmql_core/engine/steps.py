@@ -48,7 +48,8 @@ class EngineStats:
     # sampled tokens (taking them, fast-forward) on the engine thread
     mask_fill_seconds: float = 0.0
     mask_wait_seconds: float = 0.0
-    # llguidance's rows within the fill (``mask_rows.RowThreads``): their calls summed, the mask
-    # threads' CPU time and waits for a CPU, each step's slowest row summed (what threads cannot shorten)
+    # llguidance's rows within the fill (``mask_rows.RowThreads``): the mask threads' CPU time, waits
+    # for a CPU, waits for the interpreter's lock; each step's slowest row summed (what threads
+    # cannot shorten)
     mask_rows: RowCosts = field(default_factory=RowCosts)
     grammar_seconds: float = 0.0
