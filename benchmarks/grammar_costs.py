@@ -16,7 +16,9 @@ at a time (µs a row, and the slowest row of a step; CPU time, which other proce
 alone; with it the bound for n threads: per step max(slowest row, all rows / n)). Then, with
 MASK_SLICES, ``MaskFiller`` with each thread count and each way of spreading the rows
 (``LMQL_MASK_FILL``: ``rows``, ours, ``mask_rows.RowThreads``; ``executor``, llguidance's batch
-call): wall ms a step and the process's CPU ms a step (all threads: what spreading costs).
+call): wall ms a step and the process's CPU ms a step (all threads: what spreading costs); for
+``rows``, its own account summed over the mask threads (``mask_rows.RowCosts``): CPU, waits for
+a CPU (other processes had the cores), waits for the interpreter's lock.
 ``busy``: the same beside a Python thread that keeps the interpreter's lock busy at the server's
 switch interval, as the event loop and the engine thread do in the server (each matcher call
 of ours takes the lock back once; llguidance's batch call once a step).
