@@ -13,7 +13,8 @@ depends only on the masks, so every run below writes the same texts.
 
 Runs: llguidance's default tokenizer slices against ``constraints.MASK_SLICES``, the masks one row
 at a time (µs a row, and the slowest row of a step; CPU time, which other processes' load leaves
-alone; with it the bound for n threads: per step max(slowest row, all rows / n)). Then, with
+alone; with it the bound for n threads, per step max(slowest row, all rows / n), and what two
+ways of spreading those rows would take: ``spread_ms``). Then, with
 MASK_SLICES, ``MaskFiller`` with each thread count and each way of spreading the rows
 (``LMQL_MASK_FILL``: ``rows``, ours, ``mask_rows.RowThreads``; ``executor``, llguidance's batch
 call): wall ms a step and the process's CPU ms a step (all threads: what spreading costs); for
@@ -27,6 +28,7 @@ of ours takes the lock back once; llguidance's batch call once a step).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import statistics
 import sys
@@ -58,7 +60,8 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "ro
     clock = time.perf_counter if threads else time.thread_time
     filler, rng = MaskFiller(EngineStats()), np.random.default_rng(0)
     scores = rng.standard_normal(tok.vocab_size)
-    fills, cpus, totals, slowest, following = [], [], [], [], []
+    fills, cpus, slowest, following = [], [], [], []
+    row_costs_by_step: list[dict[int, float]] = []  # one row at a time: seq_id -> CPU seconds
     for _ in range(steps):
         running = [s for s in seqs if s.status is Status.RUNNING]
         if not running:
@@ -69,10 +72,10 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "ro
             fills.append(time.perf_counter() - started)
             cpus.append(time.process_time() - cpu)
         else:
-            bits, cpu, slowest_row = one_by_one([s.params.constraint for s in running])
-            fills.append(cpu)
-            totals.append(cpu)
-            slowest.append(slowest_row)
+            bits, costs = one_by_one([s.params.constraint for s in running])
+            fills.append(sum(costs))
+            slowest.append(max(costs))
+            row_costs_by_step.append({s.seq_id: c for s, c in zip(running, costs, strict=True)})
         tokens = greedy(bits, scores, rng, tok.vocab_size, tok.eos_token_id)
         started = clock()
         follow(filler, running, tokens, tok.eos_token_id)
@@ -89,26 +92,48 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "ro
         result["row_us"] = "/".join(f"{t / len(fills) * 1e6:.0f}" for t in spent) if scheme == "rows" else "-"
     if slowest:
         result["slowest_us"] = statistics.mean(slowest) * 1e6
-        result["rows"] = list(zip(totals, slowest, strict=True))
+        result["row_costs"] = row_costs_by_step
     return result
 
 
-def bound_ms(rows: list[tuple[float, float]], threads: int) -> float:
-    """Per step max(slowest row, all rows / threads), averaged: no way of spreading does better."""
-    return statistics.mean(max(slowest, total / threads) for total, slowest in rows) * 1e3
+def spread_ms(steps: list[dict[int, float]], threads: int) -> tuple[float, float, float]:
+    """From each step's row costs (one row at a time), ms a step when ``threads`` threads fill
+    them, averaged: the bound max(slowest row, all rows / threads), no way of spreading does
+    better; contiguous runs of rows in order, as rayon's splitter makes them (~2 a thread), each
+    idle thread taking the next; single rows, the costliest of the last step first, each idle
+    thread taking the next (``RowThreads``, not counting its hand-overs of the lock)."""
+    bound, runs, rows = [], [], []
+    last: dict[int, float] = {}
+    for costs in steps:
+        ordered = list(costs.values())
+        bound.append(max(max(ordered), sum(ordered) / threads))
+        size = -(-len(ordered) // (2 * threads))
+        runs.append(_list_schedule([sum(ordered[i:i + size]) for i in range(0, len(ordered), size)], threads))
+        typical = statistics.mean(last.values()) if last else 0.0
+        by_last = sorted(costs, key=lambda seq_id: last.get(seq_id, typical), reverse=True)
+        rows.append(_list_schedule([costs[seq_id] for seq_id in by_last], threads))
+        last = costs
+    return statistics.mean(bound) * 1e3, statistics.mean(runs) * 1e3, statistics.mean(rows) * 1e3
 
 
-def one_by_one(constraints: list[Any]) -> tuple[np.ndarray, float, float]:
-    """Each row's mask alone, on this thread: the masks, the CPU seconds of all rows and of the
-    slowest (CPU time: other processes on the machine do not count)."""
+def _list_schedule(durations: list[float], threads: int) -> float:
+    """When the last of ``durations`` ends, each started by the first thread free."""
+    free = [0.0] * threads
+    for duration in durations:
+        heapq.heappush(free, heapq.heappop(free) + duration)
+    return max(free)
+
+
+def one_by_one(constraints: list[Any]) -> tuple[np.ndarray, list[float]]:
+    """Each row's mask alone, on this thread: the masks and each row's CPU seconds (other
+    processes on the machine do not count)."""
     words = constraints[0].mask_words
-    bits, slowest, total = np.zeros((len(constraints), words), dtype=np.int32), 0.0, 0.0
+    bits, costs = np.zeros((len(constraints), words), dtype=np.int32), []
     for j, constraint in enumerate(constraints):
         started = time.thread_time()
         constraint.matcher.unsafe_compute_mask_ptr(bits[j].ctypes.data, words * 4)
-        took = time.thread_time() - started
-        total, slowest = total + took, max(slowest, took)
-    return bits, total, slowest
+        costs.append(time.thread_time() - started)
+    return bits, costs
 
 
 def greedy(bits: np.ndarray, scores: np.ndarray, rng: Any, vocab: int, eos: int) -> list[int]:
@@ -151,8 +176,10 @@ def report(tok: Any, rows: int, steps: int, thread_counts: list[int], busy: bool
               f"| {one_row['slowest_us']:,.0f} | - | {one_row['following_us']:,.0f} | {one_row['steps']} |",
               flush=True)
     for threads in thread_counts:
-        print(f"| MASK_SLICES | bound at {threads} threads | {bound_ms(one_row['rows'], threads):.2f} "
-              "| - | - | - | - | - |", flush=True)
+        bound, runs, by_cost = spread_ms(one_row["row_costs"], threads)
+        for how, ms in ((f"bound at {threads} threads", bound), ("simulated: contiguous runs (rayon)", runs),
+                        ("simulated: rows by last cost (RowThreads)", by_cost)):
+            print(f"| MASK_SLICES | {how} | {ms:.2f} | - | - | - | - | - |", flush=True)
         for scheme, busy_lock in [(s, b) for b in ([False, True] if busy else [False])
                                   for s in ("executor", "rows")]:
             with _lock_kept_busy(busy_lock):
