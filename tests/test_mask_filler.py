@@ -164,3 +164,21 @@ def test_rows_spread_over_threads_fill_each_matchers_own_row(threads: int, compi
             if tokens:
                 assert c.matcher.consume_token(int(rng.choice(tokens)))
     filler.close()
+
+
+def test_rows_outside_the_masks_are_refused(compiler: GrammarCompiler) -> None:
+    """The matchers write through a raw address: a row index outside the array, or an array not
+    laid out as one int32 row after another, is refused before anything is written."""
+    matcher = compiler.compile(SPECS[0]).matcher
+    words = compiler.compile(SPECS[0]).mask_words
+    filler = RowThreads(1)
+    bits = np.zeros((2, words), dtype=np.int32)
+    for j in (2, -1):
+        with pytest.raises(ValueError, match="outside the 2 rows"):
+            filler.fill([(matcher, j)], bits)
+    for wrong in (np.zeros((2, words), dtype=np.int64), np.zeros((words, 2), dtype=np.int32).T):
+        with pytest.raises(ValueError, match="C-ordered 2-d int32"):
+            filler.fill([(matcher, 0)], wrong)
+    assert not bits.any()
+    filler.fill([(matcher, 1)], bits)
+    assert np.array_equal(bits[1], mask_of(matcher, words)) and not bits[0].any()

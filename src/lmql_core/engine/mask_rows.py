@@ -58,6 +58,7 @@ class RowThreads:
     def fill(self, rows: list[tuple[Any, int]], bits: np.ndarray) -> RowCosts:
         """``rows``: (matcher, j) to fill ``bits[j]`` (int32 words, C order) with the matcher's
         mask. Returns once every row is filled (no matcher is in use then)."""
+        _check_rows(rows, bits)  # llguidance writes through the raw address: a wrong one corrupts memory
         row_bytes, base = bits.strides[0], bits.ctypes.data
         last = self._costs
         typical = sum(last.values()) / len(last) if last else 0.0
@@ -100,6 +101,13 @@ class RowThreads:
     def close(self) -> None:
         if self._helpers is not None:
             self._helpers.shutdown(wait=False)
+
+
+def _check_rows(rows: list[tuple[Any, int]], bits: np.ndarray) -> None:
+    if bits.dtype != np.int32 or bits.ndim != 2 or not bits.flags.c_contiguous:
+        raise ValueError("masks go into a C-ordered 2-d int32 array")
+    if any(not 0 <= j < len(bits) for _, j in rows):
+        raise ValueError(f"a row outside the {len(bits)} rows of the masks")
 
 
 def _wait_all(futures: list[Future[None]]) -> None:
