@@ -32,7 +32,9 @@ INLINE_FILL_SECONDS = 2e-4
 # two CPUs left to the engine thread and the event loop
 MAX_MASK_THREADS = 8
 MASK_THREADS_ENV = "LMQL_MASK_THREADS"
-# "executor": llguidance's own batch call on its executor's threads instead of ``RowThreads``
+# "rows": ``RowThreads`` (our threads, a matcher's call each, the costliest rows first) instead of
+# llguidance's own batch call on its executor's threads, the default until a GPU host measures
+# which fills 64 rows sooner there (on 2 busy cores neither won)
 MASK_FILL_ENV = "LMQL_MASK_FILL"
 
 Filled = tuple[np.ndarray, float, RowCosts]  # a step's masks, the seconds filling took, llguidance's rows
@@ -179,7 +181,7 @@ class MaskFiller:
 
             self._threads = mask_threads()
             self._executor = llguidance.LLExecutor(self._threads)
-            if os.environ.get(MASK_FILL_ENV, "rows") != "executor":
+            if os.environ.get(MASK_FILL_ENV, "executor") == "rows":
                 self._rows = RowThreads(self._threads)
         return self._executor
 
