@@ -174,10 +174,11 @@ def main() -> None:
     ensure_tokenizer(model.folder)
     eos = model.eos_token_id() or 50256
     device = [] if args.cpu else ["--cuda", "--dtype", model.dtype]
+    chain = ["--chain_steps", "True"] if args.chain_steps else []
     port = free_port()
     started = time.monotonic()
     server = start_server([sys.executable, "-m", "lmql_core", "serve-model", str(model.folder), *device,
-                           "--port", str(port)], port, env={**os.environ, **OFFLINE_ENV})
+                           *chain, "--port", str(port)], port, env={**os.environ, **OFFLINE_ENV})
     try:
         print(f"our server ready in {time.monotonic() - started:.0f} s", flush=True)
         points = load_points(port, model.folder, args, eos)
@@ -213,6 +214,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lmql-python", help="python of an environment with lmql==0.7.3 (not --wheels)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--only", choices=["a", "b"], help="only point (a) or (b) with (c)'s shares; no (d)")
+    parser.add_argument("--chain-steps", action="store_true",
+                        help="chained steps on the CPU too (a GPU with CUDA graphs chains anyway): "
+                             "counts the steps that chain, as the GPU would")
     args = parser.parse_args()
     small = {"model": "gpt2-micro-50k", "streams": 8, "rounds": 1, "new_tokens": 24, "client_procs": 2,
              "reps": 1}
