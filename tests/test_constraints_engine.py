@@ -173,6 +173,72 @@ def test_chained_steps_sample_grammars_once_they_took_the_last_token(engine, com
         chained.stop()
 
 
+def greedy_under_regex_mask(tokenizer: JsonTokenizer, prompt: list[int], events: list[TokenEvent],
+                            pattern: str) -> None:
+    """Each of ``events``' tokens continues a partial match of ``pattern``, and each one chosen
+    among several (log-prob below 0; a forced one has 0) is transformers' greedy choice under that
+    mask after the stream's tokens before it (forced ones included), with its log-prob under the
+    mask: one pass over them all."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(bundled_path("lmql-tiny")).eval()
+    texts = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    tokens = [e.token for e in events]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:]
+    text = ""
+    for position, event in enumerate(events):
+        allowed = [i for i, t in enumerate(texts) if "\ufffd" not in t and t
+                   and regex.fullmatch(pattern, text + t, partial=True)]
+        assert event.token in allowed, (position, text, texts[event.token])
+        if event.logprob < 0.0:
+            chosen = max(allowed, key=lambda i: float(logits[position, i]))
+            assert event.token == chosen, (position, text, texts[event.token], texts[chosen])
+            logprobs = torch.log_softmax(logits[position, allowed], dim=-1)
+            assert event.logprob == pytest.approx(float(logprobs[allowed.index(chosen)]), abs=1e-4), position
+        text += texts[event.token]
+    assert regex.fullmatch(pattern, text), text
+
+
+# after each number "; " is forced (one token), and "end" after the fourth: the streams' numbers
+# differ in length, so their forced tokens come at different steps; ", said he; " is four tokens
+FORCED_BETWEEN = r"([0-9]{1,3}; ){4}end"
+FORCED_RUNS = r"[0-9]{1,3}, said he; [0-9]{1,3}, said she; end"
+
+
+def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer) -> None:
+    """A row whose grammar forces tokens after a sampled one stays in the chain: its forced tokens
+    are fed from the host, one a step, in the next chained steps beside the other rows' sampled
+    tokens, and it samples again in the step that feeds the last one (a run too long to ride, as
+    four tokens beside another run of three in a batch of six, is fed whole in an ordinary step,
+    its first token already fed in the chain). The steps stay chained: the prompts' step, that one
+    and those where streams end are not (7 of 18 steps before forced tokens rode). The same tokens
+    as the engine that does not chain, each sampled one transformers' greedy choice under the
+    regex's mask after the stream's tokens."""
+    chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
+    streams = [(PROMPT, FORCED_BETWEEN), ("Count with me:", FORCED_BETWEEN), ("Digits:", FORCED_BETWEEN),
+               ("Here is a list", FORCED_BETWEEN), ("The answer:", FORCED_RUNS), ("Pick a number", FORCED_RUNS)]
+    prompts = [tokenizer.encode(text) for text, _ in streams]
+
+    def requests() -> list[tuple[list[int], SamplingParams]]:
+        return [(prompt, SamplingParams(max_tokens=40, constraint=compiler.compile(GrammarSpec.of("regex", p))))
+                for prompt, (_, p) in zip(prompts, streams, strict=True)]
+
+    try:
+        stats = chained.stats
+        mine = run(chained, requests())
+        theirs = run(engine, requests())
+        assert [[(e.token, e.finish_reason, e.error) for e in events] for events in mine] == \
+               [[(e.token, e.finish_reason, e.error) for e in events] for events in theirs]
+        for prompt, (_, pattern), events in zip(prompts, streams, mine, strict=True):
+            assert events[-1].finish_reason is Finish.EOS
+            greedy_under_regex_mask(tokenizer, prompt, events, pattern)
+        assert stats.tokens_forced_chained >= len(streams)
+        assert stats.steps - stats.steps_chained <= 5, (stats.steps, stats.steps_chained)
+    finally:
+        chained.stop()
+
+
 def test_forced_text_is_appended_without_sampling(engine, compiler, tokenizer) -> None:
     """A grammar that forces a long literal: its tokens come with log-prob 0, in fewer steps than tokens."""
     literal = "The answer, after a long and careful deliberation, is"

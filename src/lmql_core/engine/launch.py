@@ -88,8 +88,10 @@ class StepLauncher:
 
     def sample_chained(self, step: LaunchedStep) -> None:
         """Sample a chained step of constrained sequences (``LaunchedStep.unsampled``) now that the
-        last step's results are read: the rows whose constraints forced no tokens after it (those
-        are fed next step, their row here is dropped) of sequences still running, under masks."""
+        last step's results are read: the rows whose tokens are all fed, of sequences still
+        running, under masks. A row samples nothing here where its constraint forced tokens after
+        the one it was fed, or it was fed a forced token that is not its run's last: the next
+        chained steps feed them (``pipeline._forced_feeds``), and it stays in their batch."""
         logits, step.unsampled = step.unsampled, None
         running = Status.RUNNING
         ready = [i for i, s in enumerate(step.sampled) if s.status is running and s.num_fed == s.length]

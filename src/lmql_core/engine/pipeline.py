@@ -3,9 +3,10 @@ host reads the last one's results, so that the host's work overlaps the device's
 
 Two kinds, chosen once when the engine starts: in steady decoding, on a backend that chains
 steps (``backend.ChainedSteps``, the HF backend with CUDA graphs), a chained step fed with the
-last step's sampled tokens while they are still on the device, so that the GPU never idles;
-after a step that samples nothing (SCORE requests, prompt chunks that complete no prompt), on
-any backend, a step launched ahead, whose chunks need none of that step's results.
+last step's sampled tokens while they are still on the device, so that the GPU never idles (and
+the tokens a constraint forced, from the host, one a row a step: ``_forced_feeds``); after a
+step that samples nothing (SCORE requests, prompt chunks that complete no prompt), on any
+backend, a step launched ahead, whose chunks need none of that step's results.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from lmql_core.base.backend import Backend, ChainedSteps
 from lmql_core.engine.endings import Endings
 from lmql_core.engine.launch import StepLauncher
+from lmql_core.engine.sampling import PendingSamples
 from lmql_core.engine.scheduler import Scheduler
 from lmql_core.engine.sequence import Sequence
 from lmql_core.engine.steps import EngineStats, LaunchedStep
@@ -53,43 +56,59 @@ class Pipeline:
         return following
 
     def _launch_chained(self, step: LaunchedStep) -> LaunchedStep | None:
-        """Queue a chained step: the next decode step of ``step``'s sequences, fed with the
-        tokens it sampled while they are still on the device. Only in steady decoding: every
-        running sequence sampled in ``step``, none ends by length there, nobody waits or was
-        cancelled. A sequence that samples EOS in ``step`` costs one wasted row in the chained step."""
+        """Queue a chained step: the next decode step of ``step``'s batch, fed with the tokens it
+        sampled while they are still on the device, and rows that sampled nothing there (their
+        constraints forced tokens after the token before) with their next forced token from the
+        host (``_forced_feeds``). Only in steady decoding: every running sequence is in ``step``,
+        none ends by length there, nobody waits or was cancelled. A sequence that samples EOS in
+        ``step`` costs one wasted row in the chained step."""
         sampling, backend = step.sampling, self.chainer
-        if backend is None or sampling is None or sampling.plan.penalized or step.scored:
+        if (backend is None or sampling is None or sampling.plan.penalized or step.scored
+                or step.headroom < 1):
             return None
-        # a constrained row's next mask needs the sampled token on the host first, unless it lets
-        # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); where
-        # one does not, the chained step is sampled once the last step's results are read
-        # (``sample_chained``), its forward pass run meanwhile
-        late = sampling.plan.constrained and _late_sampled(step.sampled)
-        if step.headroom < 1:
-            return None
-        seqs = step.sampled
+        batch = step.sampled if step.batch is None else step.batch
         with self.lock:
-            if not self.scheduler.is_steady(seqs):
+            if not self.scheduler.is_steady(batch):
                 return None
+        feeds = _forced_feeds(batch, step.sampled)
+        if feeds is None:
+            return None
         started = time.perf_counter()
         try:
-            seq_ids = [s.seq_id for s in seqs]
-            output = backend.forward_sampled(seq_ids, sampling.tokens)
-            if output is None:
-                return None
-            for s in seqs:
-                s.num_fed += 1
-            self.endings.end_failed_rows(seqs, output.errors)  # their sampled rows are skipped later
-            self.stats.steps_chained += 1
-            if late:
-                return LaunchedStep(seqs, None, [], None, started, step.headroom - 1, seq_ids,
-                                    unsampled=output.last_logits)
-            following = self.launcher.sample(seqs, output.last_logits, sampling.plan)
-            return LaunchedStep(seqs, following, [], None, started, step.headroom - 1, seq_ids)
+            return self._run_chained(step, batch, sampling, feeds, started)
         except Exception as e:
             log.exception("forward pass failed")
-            self.endings.end_all(seqs, f"model error: {e}")
+            self.endings.end_all(batch, f"model error: {e}")
             return None
+
+    def _run_chained(self, step: LaunchedStep, batch: list[Sequence], sampling: PendingSamples,
+                     feeds: ForcedFeeds, started: float) -> LaunchedStep | None:
+        backend = self.chainer
+        assert backend is not None
+        tokens = sampling.tokens
+        if feeds.rows:  # forced tokens from the host, the sampled ones in their rows on the device
+            tokens = self.launcher.backend.ops.place(feeds.tokens, feeds.sampled_rows, tokens)
+        output = backend.forward_sampled([s.seq_id for s in batch], tokens)
+        if output is None:
+            return None
+        for s in batch:
+            s.num_fed += 1
+        if feeds.rows:
+            backend.confirm([batch[r].seq_id for r in feeds.rows], [feeds.tokens[r] for r in feeds.rows])
+            self.stats.tokens_forced_chained += len(feeds.rows)
+        self.endings.end_failed_rows(batch, output.errors)  # their sampled rows are skipped later
+        self.stats.steps_chained += 1
+        sampled_ids = [s.seq_id for s in step.sampled]  # fed the tokens of ``sampling``: confirmed later
+        # a constrained row's next mask needs the sampled token on the host first, unless it lets
+        # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); where
+        # one does not, or a row is fed a forced token, the chained step is sampled once the last
+        # step's results are read (``sample_chained``: its rows whose tokens are all fed then), its
+        # forward pass run meanwhile
+        if feeds.rows or (sampling.plan.constrained and _late_sampled(step.sampled)):
+            return LaunchedStep(batch, None, [], None, started, step.headroom - 1, sampled_ids,
+                                unsampled=output.last_logits, batch=batch)
+        following = self.launcher.sample(batch, output.last_logits, sampling.plan)
+        return LaunchedStep(batch, following, [], None, started, step.headroom - 1, sampled_ids, batch=batch)
 
     def _launch_ahead(self) -> LaunchedStep | None:
         """Queue the next step while one that samples nothing runs: its chunks need none of that
@@ -102,6 +121,52 @@ class Pipeline:
         step = self.launcher.launch(chunks) if chunks else None
         self.stats.steps_ahead += step is not None
         return step
+
+
+@dataclass
+class ForcedFeeds:
+    """A chained step's input from the host: ``tokens[r]`` for the batch's rows ``rows`` (each
+    its next forced token); ``sampled_rows``: the others, fed the last step's sampled tokens."""
+
+    tokens: list[int]
+    rows: list[int]
+    sampled_rows: list[int]
+
+
+NO_FEEDS = ForcedFeeds([], [], [])
+# Forced runs ride in chained steps, one token a row a step, while the rows they keep from sampling
+# (each row's forced tokens but its last) are at most this share of the batch; beyond, they are fed
+# whole in an ordinary step. Each row-step spent feeding one token costs that row a token of
+# progress; an ordinary step costs the whole batch the overlap of host and device work for a step
+# (chained steps exist because that overlap is most of a step on a GPU: 0.3x of free streams'
+# tokens/s without it, #31), so at half a batch of idle rows either way costs about the same. A
+# single forced token after a sampled one, the usual case (a literal's last characters, a choice's
+# rest), always rides; a long literal in a small batch, or many rows forced at once, does not.
+IDLE_ROWS_SHARE = 0.5
+
+
+def _forced_feeds(batch: list[Sequence], sampled: list[Sequence]) -> ForcedFeeds | None:
+    """What a chained step after ``sampled`` (rows of ``batch``, in its order) feeds the rows of
+    ``batch`` that sampled nothing: their next forced token each (``ForcedFeeds``); None where a
+    row has none or the forced runs are too long to ride (IDLE_ROWS_SHARE)."""
+    if len(sampled) == len(batch):
+        return NO_FEEDS
+    tokens, rows, sampled_rows, idle = [0] * len(batch), [], [], 0
+    at = 0  # the next of ``sampled``
+    for row, seq in enumerate(batch):
+        if at < len(sampled) and sampled[at] is seq:
+            sampled_rows.append(row)
+            at += 1
+            continue
+        left = seq.length - seq.num_fed
+        if left < 1:
+            return None
+        tokens[row] = seq.generated[seq.num_fed - len(seq.prompt) - len(seq.scored)]
+        rows.append(row)
+        idle += left - 1
+    if idle > IDLE_ROWS_SHARE * len(batch):
+        return None
+    return ForcedFeeds(tokens, rows, sampled_rows)
 
 
 def _late_sampled(seqs: list[Sequence]) -> bool:

@@ -13,7 +13,7 @@ from lmql_core.engine.sequence import Sequence
 class LaunchedStep:
     """A step whose work is queued on the device; its results are read by ``Collector.collect``."""
 
-    sampled: list[Sequence]
+    sampled: list[Sequence]  # the rows that sample, in the order of ``sampling``'s rows
     sampling: PendingSamples | None
     scored: list[Sequence]  # the SCORE requests it runs, whose log-probs ``scoring`` computes
     scoring: PendingScores | None
@@ -25,12 +25,17 @@ class LaunchedStep:
     # a chained step of constrained sequences: its logits, sampled (``StepLauncher.sample_chained``)
     # once the constraints followed the last step's tokens (which forces some rows' next tokens)
     unsampled: Any = None
+    # a chained step: every row it fed, in the order of its forward pass (the whole running batch);
+    # ``sampled`` may be fewer (rows fed a forced token that is not their last). None: ``sampled``
+    batch: list[Sequence] | None = None
 
 
 @dataclass
 class EngineStats:
     steps: int = 0
     steps_chained: int = 0
+    # forced tokens (a constraint's fast-forward) fed one a row in chained steps, beside sampled ones
+    tokens_forced_chained: int = 0
     steps_ahead: int = 0
     tokens_generated: int = 0
     tokens_prefilled: int = 0

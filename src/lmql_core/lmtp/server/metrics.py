@@ -81,6 +81,9 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      lambda e: e.stats.steps),
     ("lmql_engine_steps_chained", "Chained steps: decode steps fed with the last step's tokens on the device",
      CounterMetricFamily, lambda e: e.stats.steps_chained),
+    ("lmql_engine_tokens_forced_chained", "Tokens a constraint forced, fed in chained steps (one a row "
+     "a step)",
+     CounterMetricFamily, lambda e: e.stats.tokens_forced_chained),
     ("lmql_engine_steps_ahead", "Steps launched ahead: queued while a step that samples nothing ran",
      CounterMetricFamily, lambda e: e.stats.steps_ahead),
     ("lmql_engine_busy_seconds", "Time the engine thread worked (waits for requests excluded)",
