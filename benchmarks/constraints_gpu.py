@@ -52,6 +52,7 @@ from build_model import legacy_merges  # noqa: E402  (tests/compat)
 from constrained_programs import PROGRAMS, runner_records, side_records  # noqa: E402
 from constraint_loads import (  # noqa: E402
     SCHEMA,
+    chain_breaks,
     free_streams,
     metrics,
     openai_completions,
@@ -95,17 +96,21 @@ def install_llguidance(wheels: Path) -> None:
 def measured(port: int, point: str, run: Any) -> dict[str, Any]:
     """``run(start)`` (-> seconds, errors) between two reads of the server's counters; the first
     read again where ``run`` calls ``start()`` (when its warm-up is over and its clock starts)."""
-    before = metrics(port)
+    before, breaks = metrics(port), chain_breaks(port)
 
     def start() -> None:
         before.update(metrics(port))
+        breaks.update(chain_breaks(port))
 
     seconds, errors = run(start)
     delta = {k: v - before[k] for k, v in metrics(port).items()}
+    broken = {k: int(v - breaks.get(k, 0)) for k, v in chain_breaks(port).items()}
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
             "tok_per_s": round(delta["tokens_generated"] / seconds, 1), "steps": int(delta["steps"]),
             "chained": int(delta["steps_chained"]),
+            "chain_breaks": {k: v for k, v in broken.items() if v},
+            "forced_chained": int(delta["tokens_forced_chained"]),
             "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
             "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
             "following_share": delta["grammar_seconds"] / busy, "busy_share": busy / seconds,
@@ -238,6 +243,11 @@ def report_points(points: list[dict[str, Any]]) -> None:
               f"| {p['steps']} ({p['chained']}) | {p['busy_share']:.0%} | {p['fill_us_per_step']} "
               f"| {p['fill_share']:.1%} | {p['wait_share']:.1%} | {p['following_share']:.1%} "
               f"| {p['errors']} |")
+    for p in points:
+        if p["chain_breaks"]:
+            reasons = ", ".join(f"{k} {v}" for k, v in p["chain_breaks"].items())
+            print(f"steps not chained ({p['point']}), by reason: {reasons}; forced tokens fed in "
+                  f"chained steps: {p['forced_chained']}")
     for p in points:
         if p["first_error"]:
             print(f"first error ({p['point']}): {p['first_error']}")

@@ -62,24 +62,40 @@ class Pipeline:
         host (``_forced_feeds``). Only in steady decoding: every running sequence is in ``step``,
         none ends by length there, nobody waits or was cancelled. A sequence that samples EOS in
         ``step`` costs one wasted row in the chained step."""
-        sampling, backend = step.sampling, self.chainer
-        if (backend is None or sampling is None or sampling.plan.penalized or step.scored
-                or step.headroom < 1):
-            return None
+        sampling = step.sampling
         batch = step.sampled if step.batch is None else step.batch
-        with self.lock:
-            if not self.scheduler.is_steady(batch):
-                return None
-        feeds = _forced_feeds(batch, step.sampled)
-        if feeds is None:
+        feeds: ForcedFeeds | None = None
+        reason = self._unchained(step, batch)
+        if reason is None:
+            feeds = _forced_feeds(batch, step.sampled)
+            reason = "forced" if feeds is None else None
+        if reason is not None or sampling is None or feeds is None:
+            self.stats.chain_breaks[reason or "other"] += 1
             return None
         started = time.perf_counter()
         try:
-            return self._run_chained(step, batch, sampling, feeds, started)
+            following = self._run_chained(step, batch, sampling, feeds, started)
         except Exception as e:
             log.exception("forward pass failed")
             self.endings.end_all(batch, f"model error: {e}")
             return None
+        if following is None:
+            self.stats.chain_breaks["backend"] += 1
+        return following
+
+    def _unchained(self, step: LaunchedStep, batch: list[Sequence]) -> str | None:
+        """Why no chained step can follow ``step`` (``EngineStats.chain_breaks``), None if one can."""
+        sampling = step.sampling
+        if sampling is None:
+            return "nothing sampled"  # (a step launched ahead follows)
+        if sampling.plan.penalized or step.scored:
+            return "other"
+        if step.headroom < 1:
+            return "length"
+        with self.lock:
+            if self.scheduler.is_steady(batch):
+                return None
+            return "waiting" if self.scheduler.waiting else "ended"
 
     def _run_chained(self, step: LaunchedStep, batch: list[Sequence], sampling: PendingSamples,
                      feeds: ForcedFeeds, started: float) -> LaunchedStep | None:

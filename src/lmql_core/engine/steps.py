@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmql_core.engine.sampling import PendingSamples, PendingScores
@@ -30,12 +30,22 @@ class LaunchedStep:
     batch: list[Sequence] | None = None
 
 
+# a sequence waits to join the batch; one ended or was cancelled; forced tokens too many to feed one
+# a step (``pipeline.IDLE_ROWS_SHARE``); a sequence's length limit; the step sampled nothing (a
+# step launched ahead follows); the backend declined (``ChainedSteps.forward_sampled``); repetition
+# penalties or SCORE requests in the step
+CHAIN_BREAKS = ("waiting", "ended", "forced", "length", "nothing sampled", "backend", "other")
+
+
 @dataclass
 class EngineStats:
     steps: int = 0
     steps_chained: int = 0
     # forced tokens (a constraint's fast-forward) fed one a row in chained steps, beside sampled ones
     tokens_forced_chained: int = 0
+    # why a step that sampled was not followed by a chained step, on a backend that chains
+    # (``Pipeline._unchained``): by reason, each of CHAIN_BREAKS
+    chain_breaks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHAIN_BREAKS, 0))
     steps_ahead: int = 0
     tokens_generated: int = 0
     tokens_prefilled: int = 0
