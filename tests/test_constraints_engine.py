@@ -211,10 +211,11 @@ def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer) -> Non
     are fed from the host, one a step, in the next chained steps beside the other rows' sampled
     tokens, and it samples again in the step that feeds the last one (a run too long to ride, as
     four tokens beside another run of three in a batch of six, is fed whole in an ordinary step,
-    its first token already fed in the chain). The steps stay chained: the prompts' step, that one
-    and those where streams end are not (7 of 18 steps before forced tokens rode). The same tokens
-    as the engine that does not chain, each sampled one transformers' greedy choice under the
-    regex's mask after the stream's tokens."""
+    its first token already fed in the chain); a stream that ends leaves the chain going without
+    it. The steps stay chained: the prompts' step and that one are not (7 of 18 steps before
+    forced tokens rode, 4 before ended rows were left out). The same tokens as the engine that
+    does not chain, each sampled one transformers' greedy choice under the regex's mask after
+    the stream's tokens; the backend knows the forced tokens it was fed (a grown prompt reuses them)."""
     chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
     streams = [(PROMPT, FORCED_BETWEEN), ("Count with me:", FORCED_BETWEEN), ("Digits:", FORCED_BETWEEN),
                ("Here is a list", FORCED_BETWEEN), ("The answer:", FORCED_RUNS), ("Pick a number", FORCED_RUNS)]
@@ -234,7 +235,14 @@ def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer) -> Non
             assert events[-1].finish_reason is Finish.EOS
             greedy_under_regex_mask(tokenizer, prompt, events, pattern)
         assert stats.tokens_forced_chained >= len(streams)
-        assert stats.steps - stats.steps_chained <= 5, (stats.steps, stats.steps_chained)
+        assert stats.chain_breaks["ended"] == 0 and stats.chain_breaks["forced"] <= 1, stats.chain_breaks
+        assert stats.steps - stats.steps_chained <= 3, (stats.steps, stats.steps_chained)
+        # the backend learnt the forced tokens' values too: a prompt grown from a stream reuses them
+        reused = chained.backend.table.reused_tokens
+        grown = prompts[1] + [e.token for e in mine[1]] + tokenizer.encode(" and")
+        run(chained, [(grown, SamplingParams(max_tokens=1))])
+        last_sampled = max(i for i, e in enumerate(mine[1]) if e.logprob < 0.0)  # (the forced end is never fed)
+        assert chained.backend.table.reused_tokens - reused >= len(prompts[1]) + last_sampled + 1
     finally:
         chained.stop()
 

@@ -53,7 +53,7 @@ class StepLauncher:
             running = Status.RUNNING  # (a sequence cancelled meanwhile samples nothing)
             ready = [i for i in sampling_rows if chunks[i].seq.status is running]
             seqs = [chunks[i].seq for i in ready]
-            plan = self._plan_for(seqs)
+            plan = self.plan_for(seqs)
             batch_mask = self.masks.wait(masks, seqs) if masks else None
             sampling = (self.sample(seqs, _rows(output.last_logits, ready), plan, batch_mask)
                         if ready else None)
@@ -102,7 +102,7 @@ class StepLauncher:
         try:
             masks = self.masks.start(seqs)
             batch_mask = self.masks.wait(masks, seqs) if masks else None
-            step.sampling = self.sample(seqs, _rows(logits, ready), self._plan_for(seqs), batch_mask)
+            step.sampling = self.sample(seqs, _rows(logits, ready), self.plan_for(seqs), batch_mask)
         except Exception as e:  # as in ``launch``: the streams end, the server lives on
             log.exception("sampling failed")
             self.endings.end_all(seqs, f"model error: {e}")
@@ -119,9 +119,9 @@ class StepLauncher:
                      for i in plan.seeded_rows] if plan.seeded_rows else None
         return launch_sampling(self.backend.ops, logits, plan, self.seed, histories, row_seeds, masks)
 
-    def _plan_for(self, seqs: list[Sequence]) -> SamplingPlan:
-        """The last step's plan when it sampled the same streams (steady decoding without chained
-        steps, as on the CPU): its arrays (bias entries, temperatures) are then built only once."""
+    def plan_for(self, seqs: list[Sequence]) -> SamplingPlan:
+        """The last step's plan when it sampled the same streams (steady decoding): its arrays
+        (bias entries, temperatures) are then built only once."""
         last = self._last_plan
         if (last is None or len(last.params) != len(seqs)
                 or any(p is not s.params for p, s in zip(last.params, seqs, strict=True))):

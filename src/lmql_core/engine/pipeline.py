@@ -22,7 +22,7 @@ from lmql_core.engine.endings import Endings
 from lmql_core.engine.launch import StepLauncher
 from lmql_core.engine.sampling import PendingSamples
 from lmql_core.engine.scheduler import Scheduler
-from lmql_core.engine.sequence import Sequence
+from lmql_core.engine.sequence import Sequence, Status
 from lmql_core.engine.steps import EngineStats, LaunchedStep
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,14 @@ class Pipeline:
         """Queue a chained step: the next decode step of ``step``'s batch, fed with the tokens it
         sampled while they are still on the device, and rows that sampled nothing there (their
         constraints forced tokens after the token before) with their next forced token from the
-        host (``_forced_feeds``). Only in steady decoding: every running sequence is in ``step``,
-        none ends by length there, nobody waits or was cancelled. A sequence that samples EOS in
+        host (``_forced_feeds``). Only in steady decoding: nobody waits or was cancelled, and no
+        sequence ends by length in ``step``; rows of sequences that ended since (EOS, a grammar's
+        end) are left out, their cache slots given back meanwhile. A sequence that samples EOS in
         ``step`` costs one wasted row in the chained step."""
         sampling = step.sampling
-        batch = step.sampled if step.batch is None else step.batch
+        rows = step.sampled if step.batch is None else step.batch
+        reason, batch = self._unchained(step, rows)
         feeds: ForcedFeeds | None = None
-        reason = self._unchained(step, batch)
         if reason is None:
             feeds = _forced_feeds(batch, step.sampled)
             reason = "forced" if feeds is None else None
@@ -83,27 +84,34 @@ class Pipeline:
             self.stats.chain_breaks["backend"] += 1
         return following
 
-    def _unchained(self, step: LaunchedStep, batch: list[Sequence]) -> str | None:
-        """Why no chained step can follow ``step`` (``EngineStats.chain_breaks``), None if one can."""
+    def _unchained(self, step: LaunchedStep, rows: list[Sequence]) -> tuple[str | None, list[Sequence]]:
+        """Why no chained step can follow ``step``, whose batch was ``rows`` (a reason of
+        ``EngineStats.chain_breaks``; None if one can), and the batch it would run: those of
+        ``rows`` still running, which must be every running sequence."""
         sampling = step.sampling
         if sampling is None:
-            return "nothing sampled"  # (a step launched ahead follows)
+            return "nothing sampled", rows  # (a step launched ahead follows)
         if sampling.plan.penalized or step.scored:
-            return "other"
+            return "other", rows
         if step.headroom < 1:
-            return "length"
+            return "length", rows
         with self.lock:
-            if self.scheduler.is_steady(batch):
-                return None
-            return "waiting" if self.scheduler.waiting else "ended"
+            if self.scheduler.waiting:
+                return "waiting", rows
+            running = Status.RUNNING
+            ended = len(rows) != len(self.scheduler.running)  # (none joined: the scheduler did not run)
+            batch = [s for s in rows if s.status is running] if ended else rows
+            if not batch or not self.scheduler.is_steady(batch):
+                return "ended", rows  # (every sequence ended, or a cancelled one's cache is not freed yet)
+        return None, batch
 
     def _run_chained(self, step: LaunchedStep, batch: list[Sequence], sampling: PendingSamples,
                      feeds: ForcedFeeds, started: float) -> LaunchedStep | None:
         backend = self.chainer
         assert backend is not None
         tokens = sampling.tokens
-        if feeds.rows:  # forced tokens from the host, the sampled ones in their rows on the device
-            tokens = self.launcher.backend.ops.place(feeds.tokens, feeds.sampled_rows, tokens)
+        if feeds.rows or feeds.picked is not None:  # forced tokens from the host, or rows left out
+            tokens = self.launcher.backend.ops.place(feeds.tokens, feeds.sampled_rows, tokens, feeds.picked)
         output = backend.forward_sampled([s.seq_id for s in batch], tokens)
         if output is None:
             return None
@@ -114,16 +122,18 @@ class Pipeline:
             self.stats.tokens_forced_chained += len(feeds.rows)
         self.endings.end_failed_rows(batch, output.errors)  # their sampled rows are skipped later
         self.stats.steps_chained += 1
-        sampled_ids = [s.seq_id for s in step.sampled]  # fed the tokens of ``sampling``: confirmed later
+        # fed the tokens of ``sampling``, whose values the host confirms once read (those of
+        # sequences that ended meanwhile are ignored)
+        sampled_ids = [s.seq_id for s in step.sampled]
         # a constrained row's next mask needs the sampled token on the host first, unless it lets
         # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); where
         # one does not, or a row is fed a forced token, the chained step is sampled once the last
         # step's results are read (``sample_chained``: its rows whose tokens are all fed then), its
         # forward pass run meanwhile
-        if feeds.rows or (sampling.plan.constrained and _late_sampled(step.sampled)):
+        if feeds.rows or (sampling.plan.constrained and _late_sampled(batch)):
             return LaunchedStep(batch, None, [], None, started, step.headroom - 1, sampled_ids,
                                 unsampled=output.last_logits, batch=batch)
-        following = self.launcher.sample(batch, output.last_logits, sampling.plan)
+        following = self.launcher.sample(batch, output.last_logits, self.launcher.plan_for(batch))
         return LaunchedStep(batch, following, [], None, started, step.headroom - 1, sampled_ids, batch=batch)
 
     def _launch_ahead(self) -> LaunchedStep | None:
@@ -141,12 +151,14 @@ class Pipeline:
 
 @dataclass
 class ForcedFeeds:
-    """A chained step's input from the host: ``tokens[r]`` for the batch's rows ``rows`` (each
-    its next forced token); ``sampled_rows``: the others, fed the last step's sampled tokens."""
+    """A chained step's input, beside the last step's sampled tokens: ``tokens[r]`` for the
+    batch's rows ``rows`` (each its next forced token); ``sampled_rows``: the others, fed the
+    sampled tokens ``picked`` (indices into them; None: all of them, in order)."""
 
     tokens: list[int]
     rows: list[int]
     sampled_rows: list[int]
+    picked: list[int] | None = None
 
 
 NO_FEEDS = ForcedFeeds([], [], [])
@@ -162,17 +174,19 @@ IDLE_ROWS_SHARE = 0.5
 
 
 def _forced_feeds(batch: list[Sequence], sampled: list[Sequence]) -> ForcedFeeds | None:
-    """What a chained step after ``sampled`` (rows of ``batch``, in its order) feeds the rows of
-    ``batch`` that sampled nothing: their next forced token each (``ForcedFeeds``); None where a
-    row has none or the forced runs are too long to ride (IDLE_ROWS_SHARE)."""
-    if len(sampled) == len(batch):
+    """What a chained step feeds ``batch`` after a step that sampled ``sampled`` (in the same
+    order; some may have ended since and are not in ``batch``): the sampled token where a row
+    sampled one, else its next forced token (``ForcedFeeds``). None where such a row has none or
+    the forced runs are too long to ride (IDLE_ROWS_SHARE)."""
+    if sampled is batch or (len(sampled) == len(batch) and sampled == batch):
         return NO_FEEDS
-    tokens, rows, sampled_rows, idle = [0] * len(batch), [], [], 0
-    at = 0  # the next of ``sampled``
+    index = {id(seq): i for i, seq in enumerate(sampled)}
+    tokens, rows, sampled_rows, picked, idle = [0] * len(batch), [], [], [], 0
     for row, seq in enumerate(batch):
-        if at < len(sampled) and sampled[at] is seq:
+        at = index.get(id(seq))
+        if at is not None:
             sampled_rows.append(row)
-            at += 1
+            picked.append(at)
             continue
         left = seq.length - seq.num_fed
         if left < 1:
@@ -182,7 +196,7 @@ def _forced_feeds(batch: list[Sequence], sampled: list[Sequence]) -> ForcedFeeds
         idle += left - 1
     if idle > IDLE_ROWS_SHARE * len(batch):
         return None
-    return ForcedFeeds(tokens, rows, sampled_rows)
+    return ForcedFeeds(tokens, rows, sampled_rows, None if picked == list(range(len(sampled))) else picked)
 
 
 def _late_sampled(seqs: list[Sequence]) -> bool:
