@@ -387,6 +387,28 @@ def test_closed_masks_chain_too_sampled_once_the_tokens_are_read(tiny_server: Se
         assert chained.stop() == 0, chained.output()
 
 
+def test_templates_side_by_side_in_chained_steps(tiny_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every program at once on a server that chains steps (forced on here, the GPU's path): holes
+    end while others decode (their rows left out of the next chained step), tokens the constraints
+    force ride in chained steps beside the others' sampled ones, and next holes join. Each program
+    gives the client path's values and prompt, run alone."""
+    chained = Server(MODEL, "--chain_steps", "True")
+    try:
+        model = lmql.model(MODEL, endpoint=chained.endpoint)
+        before = server_metric(chained, "lmql_engine_steps_chained", MODEL)
+
+        async def together() -> list[Any]:
+            return await asyncio.gather(*(lmql.run(program(*p), model=model) for p in PROGRAMS.values()))
+
+        served = {name: (r.variables, r.prompt) for name, r in zip(PROGRAMS, asyncio.run(together()), strict=True)}
+        assert server_metric(chained, "lmql_engine_steps_chained", MODEL) > before
+        monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+        client = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+        assert served == {name: run(program(*p), client)[:2] for name, p in PROGRAMS.items()}
+    finally:
+        assert chained.stop() == 0, chained.output()
+
+
 @pytest.mark.parametrize(("op", "limit"), [("<", 5), ("<=", 5), ("==", 5), (">", 2), ("!=", 3)])
 def test_a_count_allows_all_exactly_where_its_mask_is_open(op: str, limit: int) -> None:
     """``len(TOKENS(X)) op limit`` lets every token and the end through after ``generated`` tokens
