@@ -65,6 +65,17 @@ class StepLauncher:
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scored, scoring, started, headroom)
 
+    def prefill(self, chunks: list[ScheduledChunk]) -> Any:
+        """Feed the prompt chunks of generations admitted beside a chained step (``Scheduler.admit``),
+        in a forward pass of their own: their last logits, a row a chunk."""
+        inputs, _, _, prefilled = self._read_chunks(chunks)
+        output = self.backend.forward(inputs)
+        for c in chunks:
+            c.seq.num_fed += len(c.tokens)
+        self.stats.tokens_prefilled += prefilled
+        self.endings.end_failed_rows([c.seq for c in chunks], output.errors)
+        return output.last_logits
+
     @staticmethod
     def _read_chunks(chunks: list[ScheduledChunk]) -> tuple[list[StepInput], list[int], list[Sequence], int]:
         """One pass over a step's chunks (up to ``max_batch`` of them, every step): the backend's

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lmql_core.base.backend import Backend, ChainedSteps
 from lmql_core.engine.endings import Endings
@@ -59,10 +60,11 @@ class Pipeline:
         """Queue a chained step: the next decode step of ``step``'s batch, fed with the tokens it
         sampled while they are still on the device, and rows that sampled nothing there (their
         constraints forced tokens after the token before) with their next forced token from the
-        host (``_forced_feeds``). Only in steady decoding: nobody waits or was cancelled, and no
-        sequence ends by length in ``step``; rows of sequences that ended since (EOS, a grammar's
-        end) are left out, their cache slots given back meanwhile. A sequence that samples EOS in
-        ``step`` costs one wasted row in the chained step."""
+        host (``_forced_feeds``); waiting sequences join it where they fit (``_admit_beside``). Only
+        in steady decoding: nobody was cancelled, and no sequence ends by length in ``step``; rows
+        of sequences that ended since (EOS, a grammar's end) are left out, their cache slots given
+        back meanwhile. A sequence that samples EOS in ``step`` costs one wasted row in the
+        chained step."""
         sampling = step.sampling
         rows = step.sampled if step.batch is None else step.batch
         reason, batch = self._unchained(step, rows)
@@ -96,8 +98,8 @@ class Pipeline:
         if step.headroom < 1:
             return "length", rows
         with self.lock:
-            if self.scheduler.waiting:
-                return "waiting", rows
+            if self.scheduler.waiting and not self.scheduler.fits_waiting():
+                return "waiting", rows  # (an ordinary step admits them, preempting for fairness)
             running = Status.RUNNING
             ended = len(rows) != len(self.scheduler.running)  # (none joined: the scheduler did not run)
             batch = [s for s in rows if s.status is running] if ended else rows
@@ -125,16 +127,37 @@ class Pipeline:
         # fed the tokens of ``sampling``, whose values the host confirms once read (those of
         # sequences that ended meanwhile are ignored)
         sampled_ids = [s.seq_id for s in step.sampled]
+        decoded = len(batch)
+        batch, logits = self._admit_beside(batch, output.last_logits)
         # a constrained row's next mask needs the sampled token on the host first, unless it lets
         # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); where
-        # one does not, or a row is fed a forced token, the chained step is sampled once the last
-        # step's results are read (``sample_chained``: its rows whose tokens are all fed then), its
-        # forward pass run meanwhile
-        if feeds.rows or (sampling.plan.constrained and _late_sampled(batch)):
+        # one does not, a row is fed a forced token or a sequence joined, the chained step is
+        # sampled once the last step's results are read (``sample_chained``: its rows whose tokens
+        # are all fed then), its forward pass run meanwhile
+        if feeds.rows or len(batch) > decoded or (sampling.plan.constrained and _late_sampled(batch)):
             return LaunchedStep(batch, None, [], None, started, step.headroom - 1, sampled_ids,
-                                unsampled=output.last_logits, batch=batch)
-        following = self.launcher.sample(batch, output.last_logits, self.launcher.plan_for(batch))
+                                unsampled=logits, batch=batch)
+        following = self.launcher.sample(batch, logits, self.launcher.plan_for(batch))
         return LaunchedStep(batch, following, [], None, started, step.headroom - 1, sampled_ids, batch=batch)
+
+    def _admit_beside(self, batch: list[Sequence], logits: Any) -> tuple[list[Sequence], Any]:
+        """Waiting generations admitted beside a chained step (``Scheduler.admit``: where they
+        fit without preemption), their prompts fed in a forward pass after its own: ``batch``
+        and ``logits`` with theirs appended. A template's next hole joins so without an ordinary
+        step for the whole batch (at 64 templates, one joins nearly every step on a GPU)."""
+        with self.lock:
+            chunks = self.scheduler.admit() if self.scheduler.waiting else []
+        if not chunks:
+            return batch, logits
+        joined = [c.seq for c in chunks]
+        try:
+            prompts = self.launcher.prefill(chunks)
+        except Exception as e:  # theirs alone: the chained step goes on for the others
+            log.exception("forward pass failed")
+            self.endings.end_all(joined, f"model error: {e}")
+            return batch, logits
+        self.stats.sequences_admitted_chained += len(joined)
+        return batch + joined, self.launcher.backend.ops.concat([logits, prompts])
 
     def _launch_ahead(self) -> LaunchedStep | None:
         """Queue the next step while one that samples nothing runs: its chunks need none of that
@@ -188,10 +211,10 @@ def _forced_feeds(batch: list[Sequence], sampled: list[Sequence]) -> ForcedFeeds
             sampled_rows.append(row)
             picked.append(at)
             continue
-        left = seq.length - seq.num_fed
-        if left < 1:
+        left, fed = seq.length - seq.num_fed, seq.num_fed - len(seq.prompt) - len(seq.scored)
+        if left < 1 or fed < 0:  # (a prompt longer than a step's budget is fed in ordinary steps)
             return None
-        tokens[row] = seq.generated[seq.num_fed - len(seq.prompt) - len(seq.scored)]
+        tokens[row] = seq.generated[fed]
         rows.append(row)
         idle += left - 1
     if idle > IDLE_ROWS_SHARE * len(batch):

@@ -30,10 +30,11 @@ class LaunchedStep:
     batch: list[Sequence] | None = None
 
 
-# a sequence waits to join the batch; one ended or was cancelled; forced tokens too many to feed one
-# a step (``pipeline.IDLE_ROWS_SHARE``); a sequence's length limit; the step sampled nothing (a
-# step launched ahead follows); the backend declined (``ChainedSteps.forward_sampled``); repetition
-# penalties or SCORE requests in the step
+# a sequence waits to join a batch with no room for it (or a SCORE request waits); every sequence
+# ended, or a cancelled one's cache waits to be freed; forced tokens too many to feed one a step
+# (``pipeline.IDLE_ROWS_SHARE``), or a prompt left to feed; a sequence's length limit; the step
+# sampled nothing (a step launched ahead follows); the backend declined
+# (``ChainedSteps.forward_sampled``); repetition penalties or SCORE requests in the step
 CHAIN_BREAKS = ("waiting", "ended", "forced", "length", "nothing sampled", "backend", "other")
 
 
@@ -43,6 +44,8 @@ class EngineStats:
     steps_chained: int = 0
     # forced tokens (a constraint's fast-forward) fed one a row in chained steps, beside sampled ones
     tokens_forced_chained: int = 0
+    # waiting generations admitted beside a chained step (their prompts fed after it), not breaking it
+    sequences_admitted_chained: int = 0
     # why a step that sampled was not followed by a chained step, on a backend that chains
     # (``Pipeline._unchained``): by reason, each of CHAIN_BREAKS
     chain_breaks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHAIN_BREAKS, 0))

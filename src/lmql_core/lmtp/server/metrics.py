@@ -95,6 +95,8 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
     ("lmql_engine_tokens_forced_chained", "Tokens a constraint forced, fed in chained steps (one a row "
      "a step)",
      CounterMetricFamily, lambda e: e.stats.tokens_forced_chained),
+    ("lmql_engine_sequences_admitted_chained", "Sequences admitted beside a chained step (their prompts fed "
+     "after it)", CounterMetricFamily, lambda e: e.stats.sequences_admitted_chained),
     ("lmql_engine_steps_ahead", "Steps launched ahead: queued while a step that samples nothing ran",
      CounterMetricFamily, lambda e: e.stats.steps_ahead),
     ("lmql_engine_busy_seconds", "Time the engine thread worked (waits for requests excluded)",
