@@ -390,18 +390,20 @@ def test_closed_masks_chain_too_sampled_once_the_tokens_are_read(tiny_server: Se
 def test_templates_side_by_side_in_chained_steps(tiny_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every program at once on a server that chains steps (forced on here, the GPU's path): holes
     end while others decode (their rows left out of the next chained step), tokens the constraints
-    force ride in chained steps beside the others' sampled ones, and next holes join. Each program
-    gives the client path's values and prompt, run alone."""
+    force ride in chained steps beside the others' sampled ones, and next holes join beside a
+    chained step. Each program gives the client path's values and prompt, run alone."""
     chained = Server(MODEL, "--chain_steps", "True")
     try:
         model = lmql.model(MODEL, endpoint=chained.endpoint)
-        before = server_metric(chained, "lmql_engine_steps_chained", MODEL)
+        counters = ("lmql_engine_steps_chained", "lmql_engine_sequences_admitted_chained")
+        before = [server_metric(chained, name, MODEL) for name in counters]
 
         async def together() -> list[Any]:
             return await asyncio.gather(*(lmql.run(program(*p), model=model) for p in PROGRAMS.values()))
 
         served = {name: (r.variables, r.prompt) for name, r in zip(PROGRAMS, asyncio.run(together()), strict=True)}
-        assert server_metric(chained, "lmql_engine_steps_chained", MODEL) > before
+        chained_steps, joined = (server_metric(chained, name, MODEL) - b for name, b in zip(counters, before, strict=True))
+        assert chained_steps > 0 and joined > 0  # next holes joined beside chained steps
         monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
         client = lmql.model(MODEL, endpoint=tiny_server.endpoint)
         assert served == {name: run(program(*p), client)[:2] for name, p in PROGRAMS.items()}
