@@ -149,15 +149,18 @@ class Pipeline:
             chunks = self.scheduler.admit() if self.scheduler.waiting else []
         if not chunks:
             return batch, logits
-        joined = [c.seq for c in chunks]
+        joined, ops = [c.seq for c in chunks], self.launcher.backend.ops
+        # a copy first: the chained step's logits may be a CUDA graph's output, in a memory pool
+        # that a graph the prompts' pass replays shares (its intermediates may overwrite them)
+        decoded = ops.concat([logits])
         try:
             prompts = self.launcher.prefill(chunks)
         except Exception as e:  # theirs alone: the chained step goes on for the others
             log.exception("forward pass failed")
             self.endings.end_all(joined, f"model error: {e}")
-            return batch, logits
+            return batch, decoded
         self.stats.sequences_admitted_chained += len(joined)
-        return batch + joined, self.launcher.backend.ops.concat([logits, prompts])
+        return batch + joined, ops.concat([decoded, prompts])
 
     def _launch_ahead(self) -> LaunchedStep | None:
         """Queue the next step while one that samples nothing runs: its chunks need none of that
