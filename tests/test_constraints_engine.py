@@ -7,6 +7,7 @@ become a match); outputs checked with Python's ``re`` and ``json``."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -206,7 +207,9 @@ FORCED_BETWEEN = r"([0-9]{1,3}; ){4}end"
 FORCED_RUNS = r"[0-9]{1,3}, said he; [0-9]{1,3}, said she; end"
 
 
-def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not os.environ.get("LMQL_TEST_CUDA"), reason="LMQL_TEST_CUDA=1 on a machine with a GPU"))])
+def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer, device) -> None:
     """A row whose grammar forces tokens after a sampled one stays in the chain: its forced tokens
     are fed from the host, one a step, in the next chained steps beside the other rows' sampled
     tokens, and it samples again in the step that feeds the last one (a run too long to ride, as
@@ -215,8 +218,9 @@ def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer) -> Non
     it. The steps stay chained: the prompts' step and that one are not (7 of 18 steps before
     forced tokens rode, 4 before ended rows were left out). The same tokens as the engine that
     does not chain, each sampled one transformers' greedy choice under the regex's mask after
-    the stream's tokens; the backend knows the forced tokens it was fed (a grown prompt reuses them)."""
-    chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
+    the stream's tokens; the backend knows the forced tokens it was fed (a grown prompt reuses them).
+    On a GPU (``LMQL_TEST_CUDA=1``) its CUDA graphs chain the steps."""
+    chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True, cuda=device == "cuda"))
     streams = [(PROMPT, FORCED_BETWEEN), ("Count with me:", FORCED_BETWEEN), ("Digits:", FORCED_BETWEEN),
                ("Here is a list", FORCED_BETWEEN), ("The answer:", FORCED_RUNS), ("Pick a number", FORCED_RUNS)]
     prompts = [tokenizer.encode(text) for text, _ in streams]
