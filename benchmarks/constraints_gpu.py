@@ -5,6 +5,8 @@ served by `lmql serve-model --cuda`, in one run from the repository root:
     python3 benchmarks/constraints_gpu.py --wheels .whl --out $OUT       # carry [".whl"]
     python3 benchmarks/constraints_gpu.py --cpu --lmql-python /work/lmql073/bin/python   # a CPU smoke run
     python3 benchmarks/constraints_gpu.py --only a --rounds 4 --out $OUT                  # (a) alone
+    python3 benchmarks/constraints_gpu.py --cpu --only a --chain-steps --streams 64 --rounds 2 \
+        --new-tokens 128                      # (a)'s steps on the CPU, chained as on a GPU
 
 (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh` where
 pip reaches the registry; ``--wheels`` installs llguidance beside lmql-core and LMQL 0.7.3 into its
@@ -14,7 +16,7 @@ own folder.)
     ``--client-procs`` processes; every prompt statement one template request): the five kinds of
     ``constraint_loads.programs`` in turn, each ``--rounds`` times, against as many unconstrained
     streams of ``--new-tokens`` tokens (EOS banned): tokens/s from the server's count, target
-    at least 0.8x;
+    at least 0.8x; the steps that were not chained, by reason (``lmql_engine_chain_breaks``);
 (b) JSON-schema output through the OpenAI transport (``response_format``) at ``--streams``
     concurrent completions, against unconstrained completions: target at least 0.8x;
 (c) mask work in (a) and (b) from the server's /metrics: filling masks (on its own thread, beside
