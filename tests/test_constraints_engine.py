@@ -251,6 +251,38 @@ def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer, device
         chained.stop()
 
 
+def test_generations_join_beside_chained_steps(engine, compiler, tokenizer) -> None:
+    """A stream that arrives while others decode in chained steps joins beside one (its prompt fed
+    in a pass after it), free or under a grammar, and nothing waits for an ordinary step: every
+    stream's tokens and log-probs as on the engine that does not chain."""
+    chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
+    first = [(tokenizer.encode(PROMPT), SamplingParams(max_tokens=30)),
+             (tokenizer.encode("Count with me:"), SamplingParams(max_tokens=24))]
+    late = [(tokenizer.encode("Here is a list"), SamplingParams(max_tokens=10)),
+            (tokenizer.encode("Digits:"), SamplingParams(max_tokens=20, constraint=compiler.compile(
+                GrammarSpec.of("regex", FORCED_BETWEEN))))]
+    try:
+        sink = Collector(len(first) + len(late))
+        for i, (prompt, params) in enumerate(first):
+            chained.submit(Sequence(i, prompt, params, sink))
+        for i, (prompt, params) in enumerate(late, start=len(first)):
+            deadline = time.monotonic() + 30
+            while len(sink.events.get(0, [])) < 4 * i and time.monotonic() < deadline:  # decoding
+                time.sleep(0.001)
+            chained.submit(Sequence(i, prompt, params, sink))
+        assert sink.done.wait(120), "the streams did not end"
+        assert chained.stats.sequences_admitted_chained == len(late), chained.stats
+        assert chained.stats.chain_breaks["waiting"] == 0, chained.stats.chain_breaks
+        for i, (prompt, params) in enumerate(first + late):
+            params.constraint = params.constraint and compiler.compile(GrammarSpec.of("regex", FORCED_BETWEEN))
+            [alone] = run(engine, [(prompt, params)])
+            mine = sink.events[i]
+            assert [e.token for e in mine] == [e.token for e in alone], i
+            assert [e.logprob for e in mine] == pytest.approx([e.logprob for e in alone], abs=1e-4), i
+    finally:
+        chained.stop()
+
+
 def test_forced_text_is_appended_without_sampling(engine, compiler, tokenizer) -> None:
     """A grammar that forces a long literal: its tokens come with log-prob 0, in fewer steps than tokens."""
     literal = "The answer, after a long and careful deliberation, is"

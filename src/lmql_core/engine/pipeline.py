@@ -127,18 +127,21 @@ class Pipeline:
         # fed the tokens of ``sampling``, whose values the host confirms once read (those of
         # sequences that ended meanwhile are ignored)
         sampled_ids = [s.seq_id for s in step.sampled]
+        late = feeds.rows or (sampling.plan.constrained and _late_sampled(batch))
         decoded = len(batch)
         batch, logits = self._admit_beside(batch, output.last_logits)
         # a constrained row's next mask needs the sampled token on the host first, unless it lets
         # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); where
-        # one does not, a row is fed a forced token or a sequence joined, the chained step is
-        # sampled once the last step's results are read (``sample_chained``: its rows whose tokens
-        # are all fed then), its forward pass run meanwhile
-        if feeds.rows or len(batch) > decoded or (sampling.plan.constrained and _late_sampled(batch)):
+        # one does not, a row is fed a forced token or a constrained sequence joined (its first
+        # mask is made as the step samples), the chained step is sampled once the last step's
+        # results are read (``sample_chained``: its rows whose tokens are all fed then), its
+        # forward pass run meanwhile
+        if late or any(s.params.constraint is not None or s.num_fed < s.length for s in batch[decoded:]):
             return LaunchedStep(batch, None, [], None, started, step.headroom - 1, sampled_ids,
                                 unsampled=logits, batch=batch)
         following = self.launcher.sample(batch, logits, self.launcher.plan_for(batch))
-        return LaunchedStep(batch, following, [], None, started, step.headroom - 1, sampled_ids, batch=batch)
+        headroom = min([step.headroom - 1] + [s.max_generated - 1 for s in batch[decoded:]])
+        return LaunchedStep(batch, following, [], None, started, headroom, sampled_ids, batch=batch)
 
     def _admit_beside(self, batch: list[Sequence], logits: Any) -> tuple[list[Sequence], Any]:
         """Waiting generations admitted beside a chained step (``Scheduler.admit``: where they
