@@ -60,7 +60,7 @@ METRICS = ("lmql_engine_busy_seconds", "lmql_engine_mask_fill_seconds", "lmql_en
            "lmql_engine_mask_rows_cpu_seconds", "lmql_engine_mask_rows_cpu_wait_seconds",
            "lmql_engine_mask_rows_blocked_seconds",
            "lmql_engine_mask_slowest_row_seconds", "lmql_engine_grammar_seconds", "lmql_engine_steps",
-           "lmql_engine_steps_chained",
+           "lmql_engine_steps_chained", "lmql_engine_tokens_forced_chained",
            "lmql_tokens_generated", "lmql_sequences_finished")
 EOS_BAN = -100.0
 
@@ -70,6 +70,14 @@ def metrics(port: int) -> dict[str, float]:
     return {name.removeprefix("lmql_engine_").removeprefix("lmql_"):
             sum(float(v) for v in re.findall(rf"^{name}(?:_total)?(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
             for name in METRICS}
+
+
+def chain_breaks(port: int) -> dict[str, float]:
+    """The server's ``lmql_engine_chain_breaks`` by reason (steps not followed by a chained step)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    pattern = r'^lmql_engine_chain_breaks_total{[^}]*reason="([^"]+)"[^}]*} ([0-9.e+-]+)$'
+    found = re.findall(pattern, text, re.M)
+    return {reason: float(value) for reason, value in found}
 
 
 def served_name(port: int) -> str:

@@ -5,6 +5,8 @@ served by `lmql serve-model --cuda`, in one run from the repository root:
     python3 benchmarks/constraints_gpu.py --wheels .whl --out $OUT       # carry [".whl"]
     python3 benchmarks/constraints_gpu.py --cpu --lmql-python /work/lmql073/bin/python   # a CPU smoke run
     python3 benchmarks/constraints_gpu.py --only a --rounds 4 --out $OUT                  # (a) alone
+    python3 benchmarks/constraints_gpu.py --cpu --only a --chain-steps --streams 64 --rounds 2 \
+        --new-tokens 128                      # (a)'s steps on the CPU, chained as on a GPU
 
 (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh` where
 pip reaches the registry; ``--wheels`` installs llguidance beside lmql-core and LMQL 0.7.3 into its
@@ -14,7 +16,7 @@ own folder.)
     ``--client-procs`` processes; every prompt statement one template request): the five kinds of
     ``constraint_loads.programs`` in turn, each ``--rounds`` times, against as many unconstrained
     streams of ``--new-tokens`` tokens (EOS banned): tokens/s from the server's count, target
-    at least 0.8x;
+    at least 0.8x; the steps that were not chained, by reason (``lmql_engine_chain_breaks``);
 (b) JSON-schema output through the OpenAI transport (``response_format``) at ``--streams``
     concurrent completions, against unconstrained completions: target at least 0.8x;
 (c) mask work in (a) and (b) from the server's /metrics: filling masks (on its own thread, beside
@@ -55,6 +57,7 @@ from build_model import legacy_merges  # noqa: E402  (tests/compat)
 from constrained_programs import PROGRAMS, runner_records, side_records  # noqa: E402
 from constraint_loads import (  # noqa: E402
     SCHEMA,
+    chain_breaks,
     free_streams,
     metrics,
     openai_completions,
@@ -98,17 +101,21 @@ def install_llguidance(wheels: Path) -> None:
 def measured(port: int, point: str, run: Any) -> dict[str, Any]:
     """``run(start)`` (-> seconds, errors) between two reads of the server's counters; the first
     read again where ``run`` calls ``start()`` (when its warm-up is over and its clock starts)."""
-    before = metrics(port)
+    before, breaks = metrics(port), chain_breaks(port)
 
     def start() -> None:
         before.update(metrics(port))
+        breaks.update(chain_breaks(port))
 
     seconds, errors = run(start)
     delta = {k: v - before[k] for k, v in metrics(port).items()}
+    broken = {k: int(v - breaks.get(k, 0)) for k, v in chain_breaks(port).items()}
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
             "tok_per_s": round(delta["tokens_generated"] / seconds, 1), "steps": int(delta["steps"]),
             "chained": int(delta["steps_chained"]),
+            "chain_breaks": {k: v for k, v in broken.items() if v},
+            "forced_chained": int(delta["tokens_forced_chained"]),
             "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
             "rows_us": "/".join(f"{delta[k] / steps * 1e6:.0f}" for k in (
                 "mask_rows_cpu_seconds", "mask_rows_cpu_wait_seconds", "mask_rows_blocked_seconds",
@@ -180,10 +187,11 @@ def main() -> None:
     ensure_tokenizer(model.folder)
     eos = model.eos_token_id() or 50256
     device = [] if args.cpu else ["--cuda", "--dtype", model.dtype]
+    chain = ["--chain_steps", "True"] if args.chain_steps else []
     port = free_port()
     started = time.monotonic()
     server = start_server([sys.executable, "-m", "lmql_core", "serve-model", str(model.folder), *device,
-                           "--port", str(port)], port, env={**os.environ, **OFFLINE_ENV})
+                           *chain, "--port", str(port)], port, env={**os.environ, **OFFLINE_ENV})
     try:
         print(f"our server ready in {time.monotonic() - started:.0f} s", flush=True)
         points = load_points(port, model.folder, args, eos)
@@ -219,6 +227,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lmql-python", help="python of an environment with lmql==0.7.3 (not --wheels)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--only", choices=["a", "b"], help="only point (a) or (b) with (c)'s shares; no (d)")
+    parser.add_argument("--chain-steps", action="store_true",
+                        help="chained steps on the CPU too (a GPU with CUDA graphs chains anyway): "
+                             "counts the steps that chain, as the GPU would")
     args = parser.parse_args()
     small = {"model": "gpt2-micro-50k", "streams": 8, "rounds": 1, "new_tokens": 24, "client_procs": 2,
              "reps": 1}
@@ -240,6 +251,11 @@ def report_points(points: list[dict[str, Any]]) -> None:
               f"| {p['steps']} ({p['chained']}) | {p['busy_share']:.0%} | {p['fill_us_per_step']} "
               f"| {p['rows_us']} | {p['fill_share']:.1%} | {p['wait_share']:.1%} "
               f"| {p['following_share']:.1%} | {p['errors']} |")
+    for p in points:
+        if p["chain_breaks"]:
+            reasons = ", ".join(f"{k} {v}" for k, v in p["chain_breaks"].items())
+            print(f"steps not chained ({p['point']}), by reason: {reasons}; forced tokens fed in "
+                  f"chained steps: {p['forced_chained']}")
     for p in points:
         if p["first_error"]:
             print(f"first error ({p['point']}): {p['first_error']}")

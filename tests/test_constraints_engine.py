@@ -7,6 +7,7 @@ become a match); outputs checked with Python's ``re`` and ``json``."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -169,6 +170,115 @@ def test_chained_steps_sample_grammars_once_they_took_the_last_token(engine, com
                [[(e.token, e.finish_reason, e.error) for e in events] for events in theirs]
         assert text_of(tokenizer, mine[1]) == reference_greedy(tokenizer, prompt, DATE)
         assert json.loads(text_of(tokenizer, mine[4])).keys() == {"day", "note"}
+    finally:
+        chained.stop()
+
+
+def greedy_under_regex_mask(tokenizer: JsonTokenizer, prompt: list[int], events: list[TokenEvent],
+                            pattern: str) -> None:
+    """Each of ``events``' tokens continues a partial match of ``pattern``, and each one chosen
+    among several (log-prob below 0; a forced one has 0) is transformers' greedy choice under that
+    mask after the stream's tokens before it (forced ones included), with its log-prob under the
+    mask: one pass over them all."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(bundled_path("lmql-tiny")).eval()
+    texts = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    tokens = [e.token for e in events]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:]
+    text = ""
+    for position, event in enumerate(events):
+        allowed = [i for i, t in enumerate(texts) if "\ufffd" not in t and t
+                   and regex.fullmatch(pattern, text + t, partial=True)]
+        assert event.token in allowed, (position, text, texts[event.token])
+        if event.logprob < 0.0:
+            chosen = max(allowed, key=lambda i: float(logits[position, i]))
+            assert event.token == chosen, (position, text, texts[event.token], texts[chosen])
+            logprobs = torch.log_softmax(logits[position, allowed], dim=-1)
+            assert event.logprob == pytest.approx(float(logprobs[allowed.index(chosen)]), abs=1e-4), position
+        text += texts[event.token]
+    assert regex.fullmatch(pattern, text), text
+
+
+# after each number "; " is forced (one token), and "end" after the fourth: the streams' numbers
+# differ in length, so their forced tokens come at different steps; ", said he; " is four tokens
+FORCED_BETWEEN = r"([0-9]{1,3}; ){4}end"
+FORCED_RUNS = r"[0-9]{1,3}, said he; [0-9]{1,3}, said she; end"
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not os.environ.get("LMQL_TEST_CUDA"), reason="LMQL_TEST_CUDA=1 on a machine with a GPU"))])
+def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer, device) -> None:
+    """A row whose grammar forces tokens after a sampled one stays in the chain: its forced tokens
+    are fed from the host, one a step, in the next chained steps beside the other rows' sampled
+    tokens, and it samples again in the step that feeds the last one (a run too long to ride, as
+    four tokens beside another run of three in a batch of six, is fed whole in an ordinary step,
+    its first token already fed in the chain); a stream that ends leaves the chain going without
+    it. The steps stay chained: the prompts' step and that one are not (7 of 18 steps before
+    forced tokens rode, 4 before ended rows were left out). The same tokens as the engine that
+    does not chain, each sampled one transformers' greedy choice under the regex's mask after
+    the stream's tokens; the backend knows the forced tokens it was fed (a grown prompt reuses them).
+    On a GPU (``LMQL_TEST_CUDA=1``) its CUDA graphs chain the steps."""
+    chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True, cuda=device == "cuda"))
+    streams = [(PROMPT, FORCED_BETWEEN), ("Count with me:", FORCED_BETWEEN), ("Digits:", FORCED_BETWEEN),
+               ("Here is a list", FORCED_BETWEEN), ("The answer:", FORCED_RUNS), ("Pick a number", FORCED_RUNS)]
+    prompts = [tokenizer.encode(text) for text, _ in streams]
+
+    def requests() -> list[tuple[list[int], SamplingParams]]:
+        return [(prompt, SamplingParams(max_tokens=40, constraint=compiler.compile(GrammarSpec.of("regex", p))))
+                for prompt, (_, p) in zip(prompts, streams, strict=True)]
+
+    try:
+        stats = chained.stats
+        mine = run(chained, requests())
+        theirs = run(engine, requests())
+        assert [[(e.token, e.finish_reason, e.error) for e in events] for events in mine] == \
+               [[(e.token, e.finish_reason, e.error) for e in events] for events in theirs]
+        for prompt, (_, pattern), events in zip(prompts, streams, mine, strict=True):
+            assert events[-1].finish_reason is Finish.EOS
+            greedy_under_regex_mask(tokenizer, prompt, events, pattern)
+        assert stats.tokens_forced_chained >= len(streams)
+        assert stats.chain_breaks["ended"] == 0 and stats.chain_breaks["forced"] <= 1, stats.chain_breaks
+        assert stats.steps - stats.steps_chained <= 3, (stats.steps, stats.steps_chained)
+        # the backend learnt the forced tokens' values too: a prompt grown from a stream reuses them
+        reused = chained.backend.table.reused_tokens
+        grown = prompts[1] + [e.token for e in mine[1]] + tokenizer.encode(" and")
+        run(chained, [(grown, SamplingParams(max_tokens=1))])
+        last_sampled = max(i for i, e in enumerate(mine[1]) if e.logprob < 0.0)  # (the forced end is never fed)
+        assert chained.backend.table.reused_tokens - reused >= len(prompts[1]) + last_sampled + 1
+    finally:
+        chained.stop()
+
+
+def test_generations_join_beside_chained_steps(engine, compiler, tokenizer) -> None:
+    """A stream that arrives while others decode in chained steps joins beside one (its prompt fed
+    in a pass after it), free or under a grammar, and nothing waits for an ordinary step: every
+    stream's tokens and log-probs as on the engine that does not chain."""
+    chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
+    first = [(tokenizer.encode(PROMPT), SamplingParams(max_tokens=30)),
+             (tokenizer.encode("Count with me:"), SamplingParams(max_tokens=24))]
+    late = [(tokenizer.encode("Here is a list"), SamplingParams(max_tokens=10)),
+            (tokenizer.encode("Digits:"), SamplingParams(max_tokens=20, constraint=compiler.compile(
+                GrammarSpec.of("regex", FORCED_BETWEEN))))]
+    try:
+        sink = Collector(len(first) + len(late))
+        for i, (prompt, params) in enumerate(first):
+            chained.submit(Sequence(i, prompt, params, sink))
+        for i, (prompt, params) in enumerate(late, start=len(first)):
+            deadline = time.monotonic() + 30
+            while len(sink.events.get(0, [])) < 4 * i and time.monotonic() < deadline:  # decoding
+                time.sleep(0.001)
+            chained.submit(Sequence(i, prompt, params, sink))
+        assert sink.done.wait(120), "the streams did not end"
+        assert chained.stats.sequences_admitted_chained == len(late), chained.stats
+        assert chained.stats.chain_breaks["waiting"] == 0, chained.stats.chain_breaks
+        for i, (prompt, params) in enumerate(first + late):
+            params.constraint = params.constraint and compiler.compile(GrammarSpec.of("regex", FORCED_BETWEEN))
+            [alone] = run(engine, [(prompt, params)])
+            mine = sink.events[i]
+            assert [e.token for e in mine] == [e.token for e in alone], i
+            assert [e.logprob for e in mine] == pytest.approx([e.logprob for e in alone], abs=1e-4), i
     finally:
         chained.stop()
 

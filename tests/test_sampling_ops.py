@@ -178,3 +178,19 @@ def test_a_long_bias_added_as_dense_rows_chooses_as_a_short_one_added_entry_by_e
     sparse, dense = results
     assert sparse.tokens == dense.tokens and sparse.logprobs == dense.logprobs
     assert sparse.top_logprobs == dense.top_logprobs
+
+
+@pytest.mark.parametrize("picked", [None, [2, 0]])  # every sampled token in order, or some of them
+def test_place_puts_device_tokens_beside_host_ones(picked: list[int] | None) -> None:
+    """``place`` (a chained step's input: forced tokens from the host, sampled ones where they
+    are) on numpy and torch, against the list written by hand."""
+    torch = pytest.importorskip("torch")
+    from lmql_core.base.array_ops import TorchOps
+
+    host, rows = [11, 0, 13, 0], [1, 3]
+    sampled = [7, 8, 9] if picked else [7, 8]
+    expected = [11, 9, 13, 7] if picked else [11, 7, 13, 8]
+    mine = NumpyOps().place(host, rows, np.array(sampled), picked)
+    assert mine.tolist() == expected and mine.dtype == np.int64
+    theirs = TorchOps().place(host, rows, torch.tensor(sampled), picked)
+    assert theirs.tolist() == expected and theirs.dtype == torch.int64

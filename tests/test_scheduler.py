@@ -349,3 +349,23 @@ def run_random_traffic(seed: int) -> int:
 def test_random_traffic_follows_the_brute_force_reference() -> None:
     preempted = [run_random_traffic(seed) for seed in range(16)]
     assert sum(preempted) >= 30 and sum(p > 0 for p in preempted) >= 12, preempted  # it was exercised
+
+
+def test_waiting_generations_join_beside_a_chained_step_only_where_they_fit() -> None:
+    """``admit`` (beside a chained step) takes waiting generations while the batch has room,
+    without preempting, and stops at a SCORE request; ``fits_waiting`` says whether every waiting
+    one fits so (else an ordinary step admits them, preempting for fairness)."""
+    scheduler, running = started(3, "r0", "r1")
+    late = request(client(), "late", prompt_length=5)
+    scheduler.add(late)
+    assert scheduler.fits_waiting()
+    [chunk] = scheduler.admit()
+    assert chunk.seq is late and chunk.tokens == [1, 2, 3, 4, 5] and chunk.completes_prefill
+    assert late.status is Status.RUNNING and scheduler.running == [*running, late]
+    full, score = request(client(), "full"), request(client(), "score", kind=Kind.SCORE)
+    scheduler.add(full)
+    assert not scheduler.fits_waiting() and scheduler.admit() == []  # the batch is full: nobody preempted
+    assert all(seq.status is Status.RUNNING for seq in [*running, late]) and full.status is Status.WAITING
+    roomy, _ = started(4, "r0")
+    roomy.add(score)
+    assert not roomy.fits_waiting() and roomy.admit() == [] and score.status is Status.WAITING

@@ -10,6 +10,7 @@ own stream with a clear error while the server and the connection live on."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from typing import Any
 
@@ -382,6 +383,34 @@ def test_closed_masks_chain_too_sampled_once_the_tokens_are_read(tiny_server: Se
         served = {name: run(program(*p), model)[:2] for name, p in PROGRAMS.items()}
         monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
         client = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+        assert served == {name: run(program(*p), client)[:2] for name, p in PROGRAMS.items()}
+    finally:
+        assert chained.stop() == 0, chained.output()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not os.environ.get("LMQL_TEST_CUDA"), reason="LMQL_TEST_CUDA=1 on a machine with a GPU"))])
+def test_templates_side_by_side_in_chained_steps(tiny_server: Server, monkeypatch: pytest.MonkeyPatch,
+                                                 device: str) -> None:
+    """Every program at once on a server that chains steps (forced on here on the CPU; CUDA graphs
+    chain on a GPU): holes end while others decode (their rows left out of the next chained
+    step), tokens the constraints force ride in chained steps beside the others' sampled ones,
+    and next holes join beside a chained step. Each program gives the client path's values and
+    prompt, run alone (on the GPU, on the same server)."""
+    chained = Server(MODEL, "--chain_steps", "True", *(["--cuda"] if device == "cuda" else []))
+    try:
+        model = lmql.model(MODEL, endpoint=chained.endpoint)
+        counters = ("lmql_engine_steps_chained", "lmql_engine_sequences_admitted_chained")
+        before = [server_metric(chained, name, MODEL) for name in counters]
+
+        async def together() -> list[Any]:
+            return await asyncio.gather(*(lmql.run(program(*p), model=model) for p in PROGRAMS.values()))
+
+        served = {name: (r.variables, r.prompt) for name, r in zip(PROGRAMS, asyncio.run(together()), strict=True)}
+        chained_steps, joined = (server_metric(chained, name, MODEL) - b for name, b in zip(counters, before, strict=True))
+        assert chained_steps > 0 and joined > 0  # next holes joined beside chained steps
+        monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+        client = lmql.model(MODEL, endpoint=(chained if device == "cuda" else tiny_server).endpoint)
         assert served == {name: run(program(*p), client)[:2] for name, p in PROGRAMS.items()}
     finally:
         assert chained.stop() == 0, chained.output()

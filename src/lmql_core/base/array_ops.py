@@ -28,6 +28,8 @@ class ArrayOps(Protocol):
     def add_gumbel(self, x: Any, rows: list[int], seed: int) -> Any: ...
     def argmax(self, x: Any) -> Any: ...
     def take(self, x: Any, index: Any) -> Any: ...  # x[i, index[i]]; index: array or list
+    # ints: values, with x[i] (x[picked[i]]) at rows[i], where x is
+    def place(self, values: list[int], rows: list[int], x: Any, picked: list[int] | None = None) -> Any: ...
     def topk(self, x: Any, k: int) -> tuple[Any, Any]: ...  # sorted, largest first
     def start_host_copy(self, *arrays: Any) -> Any: ...  # queued transfers, one wait for all
     def wait_host_copy(self, pending: Any) -> None: ...  # blocks until that transfer is done
@@ -89,6 +91,12 @@ class NumpyOps:
 
     def take(self, x: np.ndarray, index: Any) -> np.ndarray:
         return np.take_along_axis(x, np.asarray(index)[:, None], axis=-1)[:, 0]
+
+    def place(self, values: list[int], rows: list[int], x: np.ndarray,
+              picked: list[int] | None = None) -> np.ndarray:
+        out = np.array(values, dtype=x.dtype)
+        out[rows] = x if picked is None else x[picked]
+        return out
 
     def topk(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` largest of each row, best first; among equal values the lowest id first
@@ -238,6 +246,12 @@ class TorchOps:
         if isinstance(index, list):
             index = self.tensor(index, x.device)
         return x.gather(-1, index[:, None])[:, 0]
+
+    def place(self, values: list[int], rows: list[int], x: Any, picked: list[int] | None = None) -> Any:
+        """Host ``values`` beside ``x``'s on the device (sampled tokens never read by the host)."""
+        out = self.tensor(values, x.device, x.dtype)
+        out[self.tensor(rows, x.device)] = x if picked is None else x[self.tensor(picked, x.device)]
+        return out
 
     def topk(self, x: Any, k: int) -> tuple[Any, Any]:
         """As ``NumpyOps.topk``: among equal values the lowest id first, without a host sync."""

@@ -53,7 +53,7 @@ class StepLauncher:
             running = Status.RUNNING  # (a sequence cancelled meanwhile samples nothing)
             ready = [i for i in sampling_rows if chunks[i].seq.status is running]
             seqs = [chunks[i].seq for i in ready]
-            plan = self._plan_for(seqs)
+            plan = self.plan_for(seqs)
             batch_mask = self.masks.wait(masks, seqs) if masks else None
             sampling = (self.sample(seqs, _rows(output.last_logits, ready), plan, batch_mask)
                         if ready else None)
@@ -64,6 +64,17 @@ class StepLauncher:
             return None
         headroom = min((s.max_generated - len(s.generated) - 1 for s in seqs), default=0)
         return LaunchedStep(seqs, sampling, scored, scoring, started, headroom)
+
+    def prefill(self, chunks: list[ScheduledChunk]) -> Any:
+        """Feed the prompt chunks of generations admitted beside a chained step (``Scheduler.admit``),
+        in a forward pass of their own: their last logits, a row a chunk."""
+        inputs, _, _, prefilled = self._read_chunks(chunks)
+        output = self.backend.forward(inputs)
+        for c in chunks:
+            c.seq.num_fed += len(c.tokens)
+        self.stats.tokens_prefilled += prefilled
+        self.endings.end_failed_rows([c.seq for c in chunks], output.errors)
+        return output.last_logits
 
     @staticmethod
     def _read_chunks(chunks: list[ScheduledChunk]) -> tuple[list[StepInput], list[int], list[Sequence], int]:
@@ -88,8 +99,10 @@ class StepLauncher:
 
     def sample_chained(self, step: LaunchedStep) -> None:
         """Sample a chained step of constrained sequences (``LaunchedStep.unsampled``) now that the
-        last step's results are read: the rows whose constraints forced no tokens after it (those
-        are fed next step, their row here is dropped) of sequences still running, under masks."""
+        last step's results are read: the rows whose tokens are all fed, of sequences still
+        running, under masks. A row samples nothing here where its constraint forced tokens after
+        the one it was fed, or it was fed a forced token that is not its run's last: the next
+        chained steps feed them (``pipeline._forced_feeds``), and it stays in their batch."""
         logits, step.unsampled = step.unsampled, None
         running = Status.RUNNING
         ready = [i for i, s in enumerate(step.sampled) if s.status is running and s.num_fed == s.length]
@@ -100,7 +113,7 @@ class StepLauncher:
         try:
             masks = self.masks.start(seqs)
             batch_mask = self.masks.wait(masks, seqs) if masks else None
-            step.sampling = self.sample(seqs, _rows(logits, ready), self._plan_for(seqs), batch_mask)
+            step.sampling = self.sample(seqs, _rows(logits, ready), self.plan_for(seqs), batch_mask)
         except Exception as e:  # as in ``launch``: the streams end, the server lives on
             log.exception("sampling failed")
             self.endings.end_all(seqs, f"model error: {e}")
@@ -117,9 +130,9 @@ class StepLauncher:
                      for i in plan.seeded_rows] if plan.seeded_rows else None
         return launch_sampling(self.backend.ops, logits, plan, self.seed, histories, row_seeds, masks)
 
-    def _plan_for(self, seqs: list[Sequence]) -> SamplingPlan:
-        """The last step's plan when it sampled the same streams (steady decoding without chained
-        steps, as on the CPU): its arrays (bias entries, temperatures) are then built only once."""
+    def plan_for(self, seqs: list[Sequence]) -> SamplingPlan:
+        """The last step's plan when it sampled the same streams (steady decoding): its arrays
+        (bias entries, temperatures) are then built only once."""
         last = self._last_plan
         if (last is None or len(last.params) != len(seqs)
                 or any(p is not s.params for p, s in zip(last.params, seqs, strict=True))):

@@ -3,9 +3,10 @@ host reads the last one's results, so that the host's work overlaps the device's
 
 Two kinds, chosen once when the engine starts: in steady decoding, on a backend that chains
 steps (``backend.ChainedSteps``, the HF backend with CUDA graphs), a chained step fed with the
-last step's sampled tokens while they are still on the device, so that the GPU never idles;
-after a step that samples nothing (SCORE requests, prompt chunks that complete no prompt), on
-any backend, a step launched ahead, whose chunks need none of that step's results.
+last step's sampled tokens while they are still on the device, so that the GPU never idles (and
+the tokens a constraint forced, from the host, one a row a step: ``_forced_feeds``); after a
+step that samples nothing (SCORE requests, prompt chunks that complete no prompt), on any
+backend, a step launched ahead, whose chunks need none of that step's results.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from lmql_core.base.backend import Backend, ChainedSteps
 from lmql_core.engine.endings import Endings
 from lmql_core.engine.launch import StepLauncher
+from lmql_core.engine.sampling import PendingSamples
 from lmql_core.engine.scheduler import Scheduler
-from lmql_core.engine.sequence import Sequence
+from lmql_core.engine.sequence import Sequence, Status
 from lmql_core.engine.steps import EngineStats, LaunchedStep
 
 log = logging.getLogger(__name__)
@@ -53,43 +57,113 @@ class Pipeline:
         return following
 
     def _launch_chained(self, step: LaunchedStep) -> LaunchedStep | None:
-        """Queue a chained step: the next decode step of ``step``'s sequences, fed with the
-        tokens it sampled while they are still on the device. Only in steady decoding: every
-        running sequence sampled in ``step``, none ends by length there, nobody waits or was
-        cancelled. A sequence that samples EOS in ``step`` costs one wasted row in the chained step."""
-        sampling, backend = step.sampling, self.chainer
-        if backend is None or sampling is None or sampling.plan.penalized or step.scored:
+        """Queue a chained step: the next decode step of ``step``'s batch, fed with the tokens it
+        sampled while they are still on the device, and rows that sampled nothing there (their
+        constraints forced tokens after the token before) with their next forced token from the
+        host (``_forced_feeds``); waiting sequences join it where they fit (``_admit_beside``). Only
+        in steady decoding: nobody was cancelled, and no sequence ends by length in ``step``; rows
+        of sequences that ended since (EOS, a grammar's end) are left out, their cache slots given
+        back meanwhile. A sequence that samples EOS in ``step`` costs one wasted row in the
+        chained step."""
+        sampling = step.sampling
+        rows = step.sampled if step.batch is None else step.batch
+        reason, batch = self._unchained(step, rows)
+        feeds: ForcedFeeds | None = None
+        if reason is None:
+            feeds = _forced_feeds(batch, step.sampled)
+            reason = "forced" if feeds is None else None
+        if reason is not None or sampling is None or feeds is None:
+            self.stats.chain_breaks[reason or "other"] += 1
             return None
-        # a constrained row's next mask needs the sampled token on the host first, unless it lets
-        # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); where
-        # one does not, the chained step is sampled once the last step's results are read
-        # (``sample_chained``), its forward pass run meanwhile
-        late = sampling.plan.constrained and _late_sampled(step.sampled)
-        if step.headroom < 1:
-            return None
-        seqs = step.sampled
-        with self.lock:
-            if not self.scheduler.is_steady(seqs):
-                return None
         started = time.perf_counter()
         try:
-            seq_ids = [s.seq_id for s in seqs]
-            output = backend.forward_sampled(seq_ids, sampling.tokens)
-            if output is None:
-                return None
-            for s in seqs:
-                s.num_fed += 1
-            self.endings.end_failed_rows(seqs, output.errors)  # their sampled rows are skipped later
-            self.stats.steps_chained += 1
-            if late:
-                return LaunchedStep(seqs, None, [], None, started, step.headroom - 1, seq_ids,
-                                    unsampled=output.last_logits)
-            following = self.launcher.sample(seqs, output.last_logits, sampling.plan)
-            return LaunchedStep(seqs, following, [], None, started, step.headroom - 1, seq_ids)
+            following = self._run_chained(step, batch, sampling, feeds, started)
         except Exception as e:
             log.exception("forward pass failed")
-            self.endings.end_all(seqs, f"model error: {e}")
+            self.endings.end_all(batch, f"model error: {e}")
             return None
+        if following is None:
+            self.stats.chain_breaks["backend"] += 1
+        return following
+
+    def _unchained(self, step: LaunchedStep, rows: list[Sequence]) -> tuple[str | None, list[Sequence]]:
+        """Why no chained step can follow ``step``, whose batch was ``rows`` (a reason of
+        ``EngineStats.chain_breaks``; None if one can), and the batch it would run: those of
+        ``rows`` still running, which must be every running sequence."""
+        sampling = step.sampling
+        if sampling is None:
+            return "nothing sampled", rows  # (a step launched ahead follows)
+        if sampling.plan.penalized or step.scored:
+            return "other", rows
+        if step.headroom < 1:
+            return "length", rows
+        with self.lock:
+            if self.scheduler.waiting and not self.scheduler.fits_waiting():
+                return "waiting", rows  # (an ordinary step admits them, preempting for fairness)
+            running = Status.RUNNING
+            ended = len(rows) != len(self.scheduler.running)  # (none joined: the scheduler did not run)
+            batch = [s for s in rows if s.status is running] if ended else rows
+            if not batch or not self.scheduler.is_steady(batch):
+                return "ended", rows  # (every sequence ended, or a cancelled one's cache is not freed yet)
+        return None, batch
+
+    def _run_chained(self, step: LaunchedStep, batch: list[Sequence], sampling: PendingSamples,
+                     feeds: ForcedFeeds, started: float) -> LaunchedStep | None:
+        backend = self.chainer
+        assert backend is not None
+        tokens = sampling.tokens
+        if feeds.rows or feeds.picked is not None:  # forced tokens from the host, or rows left out
+            tokens = self.launcher.backend.ops.place(feeds.tokens, feeds.sampled_rows, tokens, feeds.picked)
+        output = backend.forward_sampled([s.seq_id for s in batch], tokens)
+        if output is None:
+            return None
+        for s in batch:
+            s.num_fed += 1
+        if feeds.rows:
+            backend.confirm([batch[r].seq_id for r in feeds.rows], [feeds.tokens[r] for r in feeds.rows])
+            self.stats.tokens_forced_chained += len(feeds.rows)
+        self.endings.end_failed_rows(batch, output.errors)  # their sampled rows are skipped later
+        self.stats.steps_chained += 1
+        # fed the tokens of ``sampling``, whose values the host confirms once read (those of
+        # sequences that ended meanwhile are ignored)
+        sampled_ids = [s.seq_id for s in step.sampled]
+        late = feeds.rows or (sampling.plan.constrained and _late_sampled(batch))
+        decoded = len(batch)
+        batch, logits = self._admit_beside(batch, output.last_logits)
+        # a constrained row's next mask needs the sampled token on the host first, unless it lets
+        # every token through whatever that token is (``len(TOKENS(X)) < n`` well before n); where
+        # one does not, a row is fed a forced token or a constrained sequence joined (its first
+        # mask is made as the step samples), the chained step is sampled once the last step's
+        # results are read (``sample_chained``: its rows whose tokens are all fed then), its
+        # forward pass run meanwhile
+        if late or any(s.params.constraint is not None or s.num_fed < s.length for s in batch[decoded:]):
+            return LaunchedStep(batch, None, [], None, started, step.headroom - 1, sampled_ids,
+                                unsampled=logits, batch=batch)
+        following = self.launcher.sample(batch, logits, self.launcher.plan_for(batch))
+        headroom = min([step.headroom - 1] + [s.max_generated - 1 for s in batch[decoded:]])
+        return LaunchedStep(batch, following, [], None, started, headroom, sampled_ids, batch=batch)
+
+    def _admit_beside(self, batch: list[Sequence], logits: Any) -> tuple[list[Sequence], Any]:
+        """Waiting generations admitted beside a chained step (``Scheduler.admit``: where they
+        fit without preemption), their prompts fed in a forward pass after its own: ``batch``
+        and ``logits`` with theirs appended. A template's next hole joins so without an ordinary
+        step for the whole batch (at 64 templates, one joins nearly every step on a GPU)."""
+        with self.lock:
+            chunks = self.scheduler.admit() if self.scheduler.waiting else []
+        if not chunks:
+            return batch, logits
+        joined, ops = [c.seq for c in chunks], self.launcher.backend.ops
+        # a copy first: the chained step's logits may be a CUDA graph's output, in a memory pool
+        # that a graph the prompts' pass replays shares (its intermediates may overwrite them)
+        decoded = ops.concat([logits])
+        try:
+            prompts = self.launcher.prefill(chunks)
+        except Exception as e:  # theirs alone: the chained step goes on for the others
+            log.exception("forward pass failed")
+            self.endings.end_all(joined, f"model error: {e}")
+            return batch, decoded
+        self.stats.sequences_admitted_chained += len(joined)
+        return batch + joined, ops.concat([decoded, prompts])
 
     def _launch_ahead(self) -> LaunchedStep | None:
         """Queue the next step while one that samples nothing runs: its chunks need none of that
@@ -102,6 +176,56 @@ class Pipeline:
         step = self.launcher.launch(chunks) if chunks else None
         self.stats.steps_ahead += step is not None
         return step
+
+
+@dataclass
+class ForcedFeeds:
+    """A chained step's input, beside the last step's sampled tokens: ``tokens[r]`` for the
+    batch's rows ``rows`` (each its next forced token); ``sampled_rows``: the others, fed the
+    sampled tokens ``picked`` (indices into them; None: all of them, in order)."""
+
+    tokens: list[int]
+    rows: list[int]
+    sampled_rows: list[int]
+    picked: list[int] | None = None
+
+
+NO_FEEDS = ForcedFeeds([], [], [])
+# Forced runs ride in chained steps, one token a row a step, while the rows they keep from sampling
+# (each row's forced tokens but its last) are at most this share of the batch; beyond, they are fed
+# whole in an ordinary step. Each row-step spent feeding one token costs that row a token of
+# progress; an ordinary step costs the whole batch the overlap of host and device work for a step
+# (chained steps exist because that overlap is most of a step on a GPU: 0.3x of free streams'
+# tokens/s without it, #31), so at half a batch of idle rows either way costs about the same. A
+# single forced token after a sampled one, the usual case (a literal's last characters, a choice's
+# rest), always rides; a long literal in a small batch, or many rows forced at once, does not.
+IDLE_ROWS_SHARE = 0.5
+
+
+def _forced_feeds(batch: list[Sequence], sampled: list[Sequence]) -> ForcedFeeds | None:
+    """What a chained step feeds ``batch`` after a step that sampled ``sampled`` (in the same
+    order; some may have ended since and are not in ``batch``): the sampled token where a row
+    sampled one, else its next forced token (``ForcedFeeds``). None where such a row has none or
+    the forced runs are too long to ride (IDLE_ROWS_SHARE)."""
+    if sampled is batch or (len(sampled) == len(batch) and sampled == batch):
+        return NO_FEEDS
+    index = {id(seq): i for i, seq in enumerate(sampled)}
+    tokens, rows, sampled_rows, picked, idle = [0] * len(batch), [], [], [], 0
+    for row, seq in enumerate(batch):
+        at = index.get(id(seq))
+        if at is not None:
+            sampled_rows.append(row)
+            picked.append(at)
+            continue
+        left, fed = seq.length - seq.num_fed, seq.num_fed - len(seq.prompt) - len(seq.scored)
+        if left < 1 or fed < 0:  # (a prompt longer than a step's budget is fed in ordinary steps)
+            return None
+        tokens[row] = seq.generated[fed]
+        rows.append(row)
+        idle += left - 1
+    if idle > IDLE_ROWS_SHARE * len(batch):
+        return None
+    return ForcedFeeds(tokens, rows, sampled_rows, None if picked == list(range(len(sampled))) else picked)
 
 
 def _late_sampled(seqs: list[Sequence]) -> bool:

@@ -129,8 +129,23 @@ class Scheduler:
         return bool(self.waiting or self.running or self._cancelled_running)
 
     def is_steady(self, seqs: list[Sequence]) -> bool:
-        """``seqs`` are the whole batch: nobody waits, ended or was cancelled since they ran."""
-        return not self.waiting and not self._cancelled_running and len(seqs) == len(self.running)
+        """``seqs`` (running sequences) are the whole batch, and no cancelled one's cache waits
+        to be freed (``take_cancelled``)."""
+        return not self._cancelled_running and len(seqs) == len(self.running)
+
+    def fits_waiting(self) -> bool:
+        """Every waiting sequence can join the batch without preempting anyone, and none of them
+        is a SCORE request (``admit`` takes them beside a chained step)."""
+        return (len(self.running) + len(self.waiting) <= self.max_batch
+                and all(seq.kind is Kind.GENERATE for seq in self.waiting))
+
+    def admit(self) -> list[ScheduledChunk]:
+        """Waiting generations into the batch while it has room, within the token budget, without
+        preemption (a SCORE request stops it): their prompt chunks, fed beside a chained step."""
+        chunks: list[ScheduledChunk] = []
+        if self.waiting and len(self.running) < self.max_batch:
+            self._admit(chunks, self.token_budget, False, generations_only=True)
+        return chunks
 
     def cancel(self, seqs: list[Sequence]) -> list[Sequence]:
         """Cancel those of ``seqs`` still waiting or running; returns them. A waiting one is
@@ -283,7 +298,8 @@ class Scheduler:
             budget -= len(take)
         return budget, prefilling
 
-    def _admit(self, chunks: list[ScheduledChunk], budget: int, prefilling: bool) -> None:
+    def _admit(self, chunks: list[ScheduledChunk], budget: int, prefilling: bool,
+               generations_only: bool = False) -> None:
         """Waiting sequences into the batch while it has room and the step has ``budget``: each
         from the first client in turn below its share, or without one, the first in turn."""
         share = self._share()
@@ -293,6 +309,8 @@ class Scheduler:
         while self.waiting and len(self.running) < self.max_batch and budget > 0:
             client = below[0] if below else next(iter(self.waiting.clients()))
             seq = self.waiting.peek(client)
+            if generations_only and seq.kind is not Kind.GENERATE:
+                break
             # A scored request runs whole: its log-probs need every position in one pass. One
             # that does not fit the budget left waits for the next step (where it comes first),
             # so a step's prompts stay within one pass of the backend's (see ``token_budget``).

@@ -14,7 +14,7 @@ from lmql_core.engine.sequence import Sequence
 class LaunchedStep:
     """A step whose work is queued on the device; its results are read by ``Collector.collect``."""
 
-    sampled: list[Sequence]
+    sampled: list[Sequence]  # the rows that sample, in the order of ``sampling``'s rows
     sampling: PendingSamples | None
     scored: list[Sequence]  # the SCORE requests it runs, whose log-probs ``scoring`` computes
     scoring: PendingScores | None
@@ -26,12 +26,30 @@ class LaunchedStep:
     # a chained step of constrained sequences: its logits, sampled (``StepLauncher.sample_chained``)
     # once the constraints followed the last step's tokens (which forces some rows' next tokens)
     unsampled: Any = None
+    # a chained step: every row it fed, in the order of its forward pass (the whole running batch);
+    # ``sampled`` may be fewer (rows fed a forced token that is not their last). None: ``sampled``
+    batch: list[Sequence] | None = None
+
+
+# a sequence waits to join a batch with no room for it (or a SCORE request waits); every sequence
+# ended, or a cancelled one's cache waits to be freed; forced tokens too many to feed one a step
+# (``pipeline.IDLE_ROWS_SHARE``), or a prompt left to feed; a sequence's length limit; the step
+# sampled nothing (a step launched ahead follows); the backend declined
+# (``ChainedSteps.forward_sampled``); repetition penalties or SCORE requests in the step
+CHAIN_BREAKS = ("waiting", "ended", "forced", "length", "nothing sampled", "backend", "other")
 
 
 @dataclass
 class EngineStats:
     steps: int = 0
     steps_chained: int = 0
+    # forced tokens (a constraint's fast-forward) fed one a row in chained steps, beside sampled ones
+    tokens_forced_chained: int = 0
+    # waiting generations admitted beside a chained step (their prompts fed after it), not breaking it
+    sequences_admitted_chained: int = 0
+    # why a step that sampled was not followed by a chained step, on a backend that chains
+    # (``Pipeline._unchained``): by reason, each of CHAIN_BREAKS
+    chain_breaks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHAIN_BREAKS, 0))
     steps_ahead: int = 0
     tokens_generated: int = 0
     tokens_prefilled: int = 0

@@ -39,6 +39,7 @@ class EngineCollector(Collector):
             for model_name, model in self.host.models.items():
                 family.add_metric([model_name], read(model.engine))
             yield family
+        yield self._chain_breaks()
         yield GaugeMetricFamily("lmql_connections", "Open LMTP connections", value=self.connections)
         requests = CounterMetricFamily("lmql_requests", "Requests received (LMTP frames, OpenAI "
                                        "HTTP requests)", labels=["transport"])
@@ -49,6 +50,16 @@ class EngineCollector(Collector):
             clients.add_metric([transport], self.traffic.clients[transport])
         yield requests
         yield clients
+
+
+    def _chain_breaks(self) -> CounterMetricFamily:
+        family = CounterMetricFamily("lmql_engine_chain_breaks", "Steps not followed by a chained step "
+                                     "(on a backend that chains), by reason",
+                                     labels=["model", "reason"])
+        for model_name, model in self.host.models.items():
+            for reason, count in model.engine.stats.chain_breaks.items():
+                family.add_metric([model_name, reason], count)
+        return family
 
 
 class GCCollector(Collector):
@@ -81,6 +92,11 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      lambda e: e.stats.steps),
     ("lmql_engine_steps_chained", "Chained steps: decode steps fed with the last step's tokens on the device",
      CounterMetricFamily, lambda e: e.stats.steps_chained),
+    ("lmql_engine_tokens_forced_chained", "Tokens a constraint forced, fed in chained steps (one a row "
+     "a step)",
+     CounterMetricFamily, lambda e: e.stats.tokens_forced_chained),
+    ("lmql_engine_sequences_admitted_chained", "Sequences admitted beside a chained step (their prompts fed "
+     "after it)", CounterMetricFamily, lambda e: e.stats.sequences_admitted_chained),
     ("lmql_engine_steps_ahead", "Steps launched ahead: queued while a step that samples nothing ran",
      CounterMetricFamily, lambda e: e.stats.steps_ahead),
     ("lmql_engine_busy_seconds", "Time the engine thread worked (waits for requests excluded)",
