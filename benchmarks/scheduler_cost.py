@@ -201,7 +201,7 @@ STAGES = [
     ("lmql_core.engine.scheduler", "Scheduler", "preempt"),
     ("lmql_core.engine.scheduler", "Scheduler", "schedule"),
     ("lmql_core.engine.launch", "StepLauncher", "launch"),
-    ("lmql_core.engine.launch", "StepLauncher", "_plan_for"),
+    ("lmql_core.engine.launch", "StepLauncher", "plan_for"),
     ("lmql_core.engine.launch", None, "launch_sampling"),
     ("lmql_core.engine.collect", "Collector", "collect"),
     ("lmql_core.engine.collect", "Collector", "_emit_samples"),
