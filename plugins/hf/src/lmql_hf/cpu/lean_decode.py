@@ -32,10 +32,13 @@ from lmql_hf.cache.slot_cache import SlotCache
 from lmql_hf.cpu.head_product import HeadProduct
 from lmql_hf.cpu.packed_linear import (
     PackedLinear,
+    PlusProduct,
     Product,
     Role,
     by_columns_product,
     packed_roles,
+    plus_by_columns,
+    plus_packed,
     side_by_side,
 )
 from lmql_hf.cpu.threads import HostThreads
@@ -44,6 +47,7 @@ from lmql_hf.cpu.threads import HostThreads
 HEAD_COPY_BYTES = 256 << 20
 # rotary embeddings whose angles depend on the position only (not on the sequence's length)
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
+_AS_SET = nullcontext()  # the threads stay as set (reusable)
 GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
 
@@ -77,6 +81,25 @@ def by_columns(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, bias
 
 
+def _plus_product_of(module: Any) -> PlusProduct:
+    """A layer's last product with the residual added (``packed_linear.plus_by_columns``)."""
+    if isinstance(module, PackedLinear):
+        return plus_packed(module)
+    if isinstance(module, nn.Linear):
+        return plus_by_columns(*by_columns([module]))
+    return plus_by_columns(module.weight.detach(), module.bias)
+
+
+def _rms_norm(weight: torch.Tensor, eps: float) -> Product:
+    """transformers' RMSNorm, ``x * rsqrt(mean(x**2) + eps) * weight``, its mean as a product
+    with a column of 1/n: torch's ``rms_norm`` on the CPU is a composite of ~8 operations whose
+    mean's reduction also slows the matrix product after it (one row of 192, on 2 cores of an AMD
+    EPYC: 9.3 -> 7.7 us alone, 17 norms between lmql-tiny's 17 products 420 -> 358 us)."""
+    epsilon = torch.full((1, 1), eps, dtype=weight.dtype)
+    mean_of = torch.full((weight.shape[0], 1), 1.0 / weight.shape[0], dtype=weight.dtype)
+    return lambda x: x * torch.addmm(epsilon, x * x, mean_of).rsqrt_() * weight
+
+
 def _head_product(model: Any) -> HeadProduct:
     """The output head's product, its weight held by rows (the model's own) and, up to
     HEAD_COPY_BYTES, by columns (packed for oneDNN at any size, if tuning chooses it)."""
@@ -105,6 +128,7 @@ class LeanDecoder:
         """``threads``: which parts run on every core (None: as set); ``packed``: whether the
         layers' linear modules are packed for oneDNN (``packed_linear.packed_roles``)."""
         self.model, self.cache, self.threads = model, cache, threads
+        self.switches_threads = threads is not None and threads.by_size is not None
         with self._cores(every=False):  # the layers' threads, for timing them
             self.packed_roles = packed_roles(self.layer_modules(model), self.ROLES, packed)
         self.columns = torch.arange(cache.max_len)
@@ -113,6 +137,9 @@ class LeanDecoder:
         # each head's first row from there
         self.slot_rows = keys.shape[1] * keys.shape[2]
         self.head_rows = torch.arange(keys.shape[1]) * keys.shape[2]
+        dim = keys.shape[3]
+        self.flat_keys = [k.view(-1, dim) for k in cache.keys]  # the cache's tensors never change
+        self.flat_values = [v.view(-1, dim) for v in cache.values]
         self.head = _head_product(model)
 
     ROLES: dict[str, Role] = {}  # each kind of linear layer: its modules in a decoder layer
@@ -174,7 +201,7 @@ class LeanDecoder:
         ~15 operations for a core the loop (or another process) holds, where the head's product,
         by far the largest, halves (4-layer GPT-2 served, 8 streams: 1,250-1,400 -> 1,690-1,800
         tok/s; 32 streams the same within the spread)."""
-        return nullcontext() if self.threads is None else self.threads.cores(every)
+        return self.threads.cores(every) if self.threads is not None and self.switches_threads else _AS_SET
 
     def _step(self, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice, length: int) -> Step:
         self._at_positions(positions)
@@ -195,8 +222,8 @@ class LeanDecoder:
         attend each row's ``query`` (rows, heads, dim) to its slot: (rows, heads x dim)."""
         keys, values = self.cache.keys[index], self.cache.values[index]
         dim = keys.shape[3]
-        keys.view(-1, dim).index_copy_(0, step.heads_at, key.reshape(-1, dim))
-        values.view(-1, dim).index_copy_(0, step.heads_at, value.reshape(-1, dim))
+        self.flat_keys[index].index_copy_(0, step.heads_at, key.reshape(-1, dim))
+        self.flat_values[index].index_copy_(0, step.heads_at, value.reshape(-1, dim))
         if step.groups is not None:
             return self._attend_chunks(query, keys, values, step.groups, scale)
         rows, kv_heads = query.shape[0], keys.shape[1]
@@ -269,38 +296,37 @@ class LeanLlama(LeanDecoder):
         base = model.model
         self.layers = [_LlamaWeights(layer) for layer in base.layers]
         self.embeddings = base.embed_tokens.weight
-        self.norm_weight, self.norm_eps = base.norm.weight, float(base.norm.variance_epsilon)
+        self.norm = _rms_norm(base.norm.weight, float(base.norm.variance_epsilon))
         dim = self.layers[0].dim
         positions = torch.arange(cache.max_len)[None]
         cos, sin = base.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)  # as the model's own pass
-        half = dim // 2
-        self.cos = cos[0].contiguous()  # (max_len, dim)
+        self.half = half = dim // 2
+        self.cos = cos[0, :, None].contiguous()  # (max_len, 1, dim): a step's rows (rows, 1, dim)
         # rotate_half(x) * sin == roll(x, half) * sin with its first half negated
-        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1).contiguous()
+        self.sin = torch.cat([-sin[0, :, None, :half], sin[0, :, None, half:]], -1).contiguous()
 
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return functional.embedding(ids, self.embeddings)
 
     def _at_positions(self, positions: torch.Tensor) -> None:
-        self.step_cos, self.step_sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        self.step_cos = self.cos.index_select(0, positions)  # (rows, 1, dim)
+        self.step_sin = self.sin.index_select(0, positions)
 
     def layer(self, index: int, hidden: torch.Tensor, step: Step) -> torch.Tensor:
+        # ~22 torch calls: on the CPU a few rows' layer is bound by calls, not arithmetic
         w = self.layers[index]
-        rows, dim, heads, kv_heads = hidden.shape[0], w.dim, w.heads, w.kv_heads
-        normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm1, w.eps1)
-        qkv = w.qkv(normed).view(rows, -1, dim)
-        qk, value = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
+        qkv = w.qkv(w.norm1(hidden)).view(hidden.shape[0], -1, w.dim)
+        qk, value = qkv.split(w.qk_and_v, 1)
         if w.qk_norm is not None:  # Qwen3's q_norm and k_norm, as one norm over every head
-            qk = functional.rms_norm(qk, (dim,), None, w.qk_eps) * w.qk_norm
-        rotated = qk * self.step_cos + qk.roll(dim // 2, -1) * self.step_sin
-        attended = self.attend(index, rotated[:, :heads], rotated[:, heads:], value, step, w.scale)
-        hidden = hidden + w.out(attended)
-        normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm2, w.eps2)
-        gate, up = w.gate_up(normed).chunk(2, -1)
-        return hidden + w.down(functional.silu(gate) * up)
+            qk = functional.rms_norm(qk, (w.dim,), None, w.qk_eps) * w.qk_norm
+        rotated = torch.addcmul(qk * self.step_cos, qk.roll(self.half, -1), self.step_sin)
+        query, key = rotated.split(w.q_and_k, 1)
+        hidden = w.out(self.attend(index, query, key, value, step, w.scale), hidden)
+        gate, up = w.gate_up(w.norm2(hidden)).chunk(2, -1)
+        return w.down(functional.silu(gate) * up, hidden)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
-        return functional.rms_norm(hidden, (hidden.shape[1],), self.norm_weight, self.norm_eps)
+        return self.norm(hidden)
 
 
 class _LlamaWeights:
@@ -311,14 +337,16 @@ class _LlamaWeights:
         self.dim, self.scale = attention.head_dim, float(attention.scaling)
         self.heads = attention.q_proj.out_features // self.dim
         self.kv_heads = attention.k_proj.out_features // self.dim
+        self.qk_and_v = [self.heads + self.kv_heads, self.kv_heads]  # qkv's heads split
+        self.q_and_k = [self.heads, self.kv_heads]
         self.qkv = _product_of([attention.q_proj, attention.k_proj, attention.v_proj])
         self.gate_up = _product_of([mlp.gate_proj, mlp.up_proj])
-        self.out = _product_of([attention.o_proj])
-        self.down = _product_of([mlp.down_proj])
+        self.out = _plus_product_of(attention.o_proj)  # the residual added in the product's call
+        self.down = _plus_product_of(mlp.down_proj)
         self.qk_norm, self.qk_eps = _qk_norm(attention, self.heads, self.kv_heads)
-        self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
-        self.norm2 = layer.post_attention_layernorm.weight
-        self.eps2 = float(layer.post_attention_layernorm.variance_epsilon)
+        first, second = layer.input_layernorm, layer.post_attention_layernorm
+        self.norm1 = _rms_norm(first.weight, float(first.variance_epsilon))
+        self.norm2 = _rms_norm(second.weight, float(second.variance_epsilon))
 
 
 def _qk_norm(attention: Any, heads: int, kv_heads: int) -> tuple[torch.Tensor | None, float]:

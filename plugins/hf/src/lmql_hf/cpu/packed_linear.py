@@ -28,6 +28,8 @@ TIMED_ROUNDS = 3
 
 
 Product = Callable[[torch.Tensor], torch.Tensor]  # x (rows, in) -> x @ W.T + bias, (rows, out)
+# x (rows, in), residual (rows, out) -> residual + (x @ W.T + bias): a layer's output added to its input
+PlusProduct = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @cache
@@ -57,6 +59,19 @@ def by_columns_product(weight: torch.Tensor, bias: torch.Tensor | None) -> Produ
     if bias is None:
         return lambda x: x @ weight
     return lambda x: torch.addmm(bias, x, weight)
+
+
+def plus_by_columns(weight: torch.Tensor, bias: torch.Tensor | None) -> PlusProduct:
+    """``residual + x @ weight (+ bias)`` for a weight by columns (in, out): one MKL call, the
+    sum in the product's own pass (no bias), or the bias there and the residual added after."""
+    if bias is None:
+        return lambda x, residual: torch.addmm(residual, x, weight)
+    return lambda x, residual: torch.addmm(bias, x, weight).add_(residual)
+
+
+def plus_packed(module: PackedLinear) -> PlusProduct:
+    """``residual + x @ W.T (+ bias)`` for a packed module."""
+    return lambda x, residual: module.product(x).add_(residual)
 
 
 def side_by_side(modules: Sequence[PackedLinear]) -> Product:
