@@ -316,11 +316,11 @@ class LeanLlama(LeanDecoder):
         # ~22 torch calls: on the CPU a few rows' layer is bound by calls, not arithmetic
         w = self.layers[index]
         qkv = w.qkv(w.norm1(hidden)).view(hidden.shape[0], -1, w.dim)
-        qk, value = qkv.split(w.qk_and_v, 1)
+        qk, value = qkv.split_with_sizes(w.qk_and_v, 1)
         if w.qk_norm is not None:  # Qwen3's q_norm and k_norm, as one norm over every head
             qk = functional.rms_norm(qk, (w.dim,), None, w.qk_eps) * w.qk_norm
         rotated = torch.addcmul(qk * self.step_cos, qk.roll(self.half, -1), self.step_sin)
-        query, key = rotated.split(w.q_and_k, 1)
+        query, key = rotated.split_with_sizes(w.q_and_k, 1)
         hidden = w.out(self.attend(index, query, key, value, step, w.scale), hidden)
         gate, up = w.gate_up(w.norm2(hidden)).chunk(2, -1)
         return w.down(functional.silu(gate) * up, hidden)

@@ -57,7 +57,7 @@ def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
 def by_columns_product(weight: torch.Tensor, bias: torch.Tensor | None) -> Product:
     """``x @ weight (+ bias)`` for a weight by columns (in, out): MKL."""
     if bias is None:
-        return lambda x: x @ weight
+        return lambda x: torch.mm(x, weight)
     return lambda x: torch.addmm(bias, x, weight)
 
 
