@@ -3,14 +3,18 @@ the model's own weights and the slot cache, without transformers' modules, masks
 
 On the CPU a decode step of a few rows is bound by the interpreter, not arithmetic: transformers
 spends ~1.35 ms of lmql-tiny's 1.7 ms one-row step in per-module Python (hooks, keyword
-arguments, mask and cache bookkeeping). Here each layer is ~15 torch calls: the norms as
-``rms_norm``/``layer_norm``, q, k and v as one product over their concatenated weights, stored
-by columns (the projections keep views of it), RoPE from a table of every
-position's cos and sin computed once by the model's own rotary module, the new keys and values
-written into the slot cache with one ``index_copy_`` each (flat row indices computed once per
-step, shared by every layer), and attention as one SDPA call per layer against each row's slot
-with a mask computed once per step. Results differ from transformers' by rounding only. Every
-other architecture, dtype or option keeps transformers' forward (``LeanDecoder.of`` says None).
+arguments, mask and cache bookkeeping). Here a Llama layer is ~22 torch calls, each a few us of
+interpreter and dispatch (so every call counts: lmql-tiny's one-row step 0.75 -> 0.57 ms of CPU
+from 33 calls a layer to 22): RMSNorm with its mean as a product (``_rms_norm``), q, k and v as
+one product over their concatenated weights, stored by columns (the projections keep views of
+it), RoPE as one multiply, a roll and an ``addcmul`` with each row's cos and sin selected once a
+step from a table of every position's computed by the model's own rotary module, the new keys
+and values written into the slot cache with one ``index_copy_`` each (flat row indices computed
+once per step, shared by every layer), attention as one SDPA call per layer against each row's
+slot with a mask computed once per step, and the residuals added in the output and down
+products' own calls (``packed_linear.plus_by_columns``). Results differ from transformers' by
+rounding only. Every other architecture, dtype or option keeps transformers' forward
+(``LeanDecoder.of`` says None).
 
 Prompt passes (``prompt_hidden``) run the same layers over a packed row of prompt chunks
 (``cache.packed``): only attention differs, each chunk's queries attending causally to its own
@@ -24,23 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional
 
 from lmql_hf.cache import packed
 from lmql_hf.cache.slot_cache import SlotCache
 from lmql_hf.cpu.head_product import HeadProduct
-from lmql_hf.cpu.packed_linear import (
-    PackedLinear,
-    PlusProduct,
-    Product,
-    Role,
-    by_columns_product,
-    packed_roles,
-    plus_by_columns,
-    plus_packed,
-    side_by_side,
-)
+from lmql_hf.cpu.packed_linear import Product, Role, packed_roles, plus_product_of, product_of
 from lmql_hf.cpu.threads import HostThreads
 
 # the output head is also held by columns up to this size (head_product.py)
@@ -64,32 +57,6 @@ class Step:
     groups: list[packed.Group] | None = None
 
 
-def by_columns(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One (in, sum of outs) contiguous weight (and bias) for ``linears``, whose modules keep
-    transposed views of it (no second copy). MKL's products of a few rows read a weight ~1.3-2x
-    faster by columns than by rows (one row, 192 x 576: 7.9 -> 4.7 us; the 4-layer GPT-2's head,
-    8 rows, one core: 5.5 -> 2.6 ms)."""
-    weight = torch.cat([m.weight.detach().T for m in linears], 1).contiguous()
-    bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
-    start = 0
-    for m in linears:
-        outs = m.weight.shape[0]
-        m.weight = nn.Parameter(weight[:, start : start + outs].T, requires_grad=False)
-        if bias is not None:
-            m.bias = nn.Parameter(bias[start : start + outs], requires_grad=False)
-        start += outs
-    return weight, bias
-
-
-def _plus_product_of(module: Any) -> PlusProduct:
-    """A layer's last product with the residual added (``packed_linear.plus_by_columns``)."""
-    if isinstance(module, PackedLinear):
-        return plus_packed(module)
-    if isinstance(module, nn.Linear):
-        return plus_by_columns(*by_columns([module]))
-    return plus_by_columns(module.weight.detach(), module.bias)
-
-
 def _rms_norm(weight: torch.Tensor, eps: float) -> Product:
     """transformers' RMSNorm, ``x * rsqrt(mean(x**2) + eps) * weight``, its mean as a product
     with a column of 1/n: torch's ``rms_norm`` on the CPU is a composite of ~8 operations whose
@@ -105,18 +72,6 @@ def _head_product(model: Any) -> HeadProduct:
     HEAD_COPY_BYTES, by columns (packed for oneDNN at any size, if tuning chooses it)."""
     weight = model.get_output_embeddings().weight.detach()
     return HeadProduct(weight, copies=weight.numel() * weight.element_size() <= HEAD_COPY_BYTES)
-
-
-def _product_of(modules: list[Any]) -> Product:
-    """One product over the outputs of ``modules`` side by side: their packed products
-    concatenated where they were packed (``packed_linear``), else one product over their weights
-    by columns (``nn.Linear``s become views of it; GPT-2's ``Conv1D``s are by columns already)."""
-    if all(isinstance(m, PackedLinear) for m in modules):
-        return side_by_side(modules)
-    if isinstance(modules[0], nn.Linear):
-        return by_columns_product(*by_columns(modules))
-    (module,) = modules
-    return by_columns_product(module.weight.detach(), module.bias)
 
 
 class LeanDecoder:
@@ -339,10 +294,10 @@ class _LlamaWeights:
         self.kv_heads = attention.k_proj.out_features // self.dim
         self.qk_and_v = [self.heads + self.kv_heads, self.kv_heads]  # qkv's heads split
         self.q_and_k = [self.heads, self.kv_heads]
-        self.qkv = _product_of([attention.q_proj, attention.k_proj, attention.v_proj])
-        self.gate_up = _product_of([mlp.gate_proj, mlp.up_proj])
-        self.out = _plus_product_of(attention.o_proj)  # the residual added in the product's call
-        self.down = _plus_product_of(mlp.down_proj)
+        self.qkv = product_of([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.gate_up = product_of([mlp.gate_proj, mlp.up_proj])
+        self.out = plus_product_of(attention.o_proj)  # the residual added in the product's call
+        self.down = plus_product_of(mlp.down_proj)
         self.qk_norm, self.qk_eps = _qk_norm(attention, self.heads, self.kv_heads)
         first, second = layer.input_layernorm, layer.post_attention_layernorm
         self.norm1 = _rms_norm(first.weight, float(first.variance_epsilon))
@@ -390,10 +345,10 @@ class LeanGPT2(LeanDecoder):
         normed = functional.layer_norm(hidden, (width,), w.norm1, w.norm1_bias, w.eps1)
         qkv = w.qkv(normed).view(rows, 3, -1, w.dim)
         attended = self.attend(index, qkv[:, 0], qkv[:, 1], qkv[:, 2], step, w.scale)
-        hidden = hidden + w.out(attended)
+        hidden = w.out(attended, hidden)
         normed = functional.layer_norm(hidden, (width,), w.norm2, w.norm2_bias, w.eps2)
         inner = functional.gelu(w.up(normed), approximate=self.gelu)
-        return hidden + w.down(inner)
+        return w.down(inner, hidden)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         ln_f = self.ln_f
@@ -409,8 +364,8 @@ class _GPT2Weights:
         self.dim, self.scale = attention.head_dim, float(attention.scaling)
         self.norm1, self.norm1_bias, self.eps1 = block.ln_1.weight, block.ln_1.bias, float(block.ln_1.eps)
         self.norm2, self.norm2_bias, self.eps2 = block.ln_2.weight, block.ln_2.bias, float(block.ln_2.eps)
-        self.qkv, self.out = _product_of([attention.c_attn]), _product_of([attention.c_proj])
-        self.up, self.down = _product_of([mlp.c_fc]), _product_of([mlp.c_proj])
+        self.qkv, self.out = product_of([attention.c_attn]), plus_product_of(attention.c_proj)
+        self.up, self.down = product_of([mlp.c_fc]), plus_product_of(mlp.c_proj)
 
 
 FAMILIES: dict[str, type[LeanDecoder]] = {"LlamaForCausalLM": LeanLlama, "Qwen2ForCausalLM": LeanLlama,
