@@ -55,6 +55,7 @@ class Step:
     read_rows: slice = field(default_factory=lambda: slice(0))
     length: int = 0
     groups: list[packed.Group] | None = None
+    chunk_masks: list[torch.Tensor | None] | None = None  # each group's (``packed.lower_right_mask``)
 
 
 def _rms_norm(weight: torch.Tensor, eps: float) -> Product:
@@ -130,7 +131,11 @@ class LeanDecoder:
         """A packed prompt pass: ``ids``, ``positions``, ``slots`` (T,) hold every chunk's tokens
         side by side (``packed.pack``), each written into its slot and attending causally to it;
         the final hidden states, normed, (T, hidden). Its layers run on the step's threads."""
-        step = Step(positions, self._heads_at(positions, slots), groups=packed.group(segments))
+        groups = packed.group(segments)
+        dtype = self.cache.keys[0].dtype
+        masks = [None if g.start == 0 else packed.lower_right_mask(g.length, g.start, dtype, ids.device)
+                 for g in groups]  # once for every layer
+        step = Step(positions, self._heads_at(positions, slots), groups=groups, chunk_masks=masks)
         self._at_positions(positions)
         hidden = self.embed(ids, positions)
         for index in range(len(self.cache.keys)):
@@ -180,7 +185,7 @@ class LeanDecoder:
         self.flat_keys[index].index_copy_(0, step.heads_at, key.reshape(-1, dim))
         self.flat_values[index].index_copy_(0, step.heads_at, value.reshape(-1, dim))
         if step.groups is not None:
-            return self._attend_chunks(query, keys, values, step.groups, scale)
+            return self._attend_chunks(query, keys, values, step, scale)
         rows, kv_heads = query.shape[0], keys.shape[1]
         # grouped-query heads: each key/value head's query heads attend as one head's rows
         grouped = query.reshape(rows, kv_heads, -1, dim)
@@ -190,18 +195,19 @@ class LeanDecoder:
         return out.reshape(rows, -1)
 
     @staticmethod
-    def _attend_chunks(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                       groups: list[packed.Group], scale: float) -> torch.Tensor:
+    def _attend_chunks(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: Step,
+                       scale: float) -> torch.Tensor:
         """A prompt pass's attention: each group's chunks (equal length and start, neighbouring
         slots) causally to their own slots, in one call per group; (tokens, heads x dim)."""
         _, heads, dim = query.shape
         repeat = heads // keys.shape[1]
         parts = []
-        for g in groups:
+        assert step.groups is not None and step.chunk_masks is not None
+        for g, mask in zip(step.groups, step.chunk_masks, strict=True):
             chunks = query[g.offset : g.offset + g.count * g.length].view(g.count, g.length, heads, dim)
             read = slice(g.slot, g.slot + g.count), slice(None), slice(0, g.start + g.length)
             queries = chunks.transpose(1, 2)  # (count, heads, length, dim)
-            out = packed.causal_attention(queries, keys[read], values[read], repeat, scale, g.start)
+            out = packed.causal_attention(queries, keys[read], values[read], repeat, scale, g.start, mask)
             parts.append(out.transpose(1, 2).reshape(g.count * g.length, heads * dim))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
