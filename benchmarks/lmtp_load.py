@@ -14,9 +14,11 @@ uniformly from it. Prompts are drawn fresh for every run, so no prefix cache can
 --no-warmup) use prompts of their own. With --score N every stream is a SCORE of N random tokens
 after its prompt instead, and req_per_s counts them. With --local the same requests go to an
 in-process engine (`local:` transport) instead of a socket; with --openai, as streamed
-`/v1/completions` requests on the same server (`openai_target.py`). With --processes N the
-streams are split between N driver processes started together (`load_workers.py`), so that the
-driver is not what limits the rate; driver_cpu_s is the drivers' CPU during the measured part.
+`/v1/completions` requests on the same server (`openai_target.py`: connections kept alive and
+reused, as the official `openai` client's pool does; --fresh-connections: one per stream). With
+--processes N the streams are split between N driver processes started together
+(`load_workers.py`), so that the driver is not what limits the rate; driver_cpu_s is the
+drivers' CPU during the measured part.
 This file is the command line; one run is `load_run.py`, its targets `load_targets.py`.
 """
 
@@ -47,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stagger-ms", type=float, default=0.0, help="delay between stream starts")
     parser.add_argument("--local", action="store_true", help="in-process engine instead of a socket")
     parser.add_argument("--openai", action="store_true", help="OpenAI's HTTP API on the same server")
+    parser.add_argument("--fresh-connections", action="store_true",
+                        help="with --openai: a new connection per stream (default: kept alive and reused)")
     parser.add_argument("--cuda", action="store_true", help="with --local: load the model on the GPU")
     parser.add_argument("--dtype", help="with --local: the weights' dtype (float16, ...)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")

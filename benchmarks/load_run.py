@@ -48,7 +48,7 @@ async def run(args: argparse.Namespace, go: Any = None) -> dict[str, Any]:
     if args.local:
         target: Any = LocalTarget(args.model, {"cuda": args.cuda, "dtype": args.dtype})
     elif args.openai:
-        target = OpenAITarget(args.endpoint)
+        target = OpenAITarget(args.endpoint, keep_alive=not args.fresh_connections)
     else:
         target = SocketTarget(args.endpoint)
     async with target:

@@ -10,7 +10,8 @@ unpacked). Each load is ``lmtp_load.py`` at 64 streams (OpenAI's from 4 driver p
 it the server's CPU time is read from /proc's schedstat (nanoseconds; all threads, and the event
 loop's: the main thread). Prints, per server and transport, the medians: tok/s, TTFT, the run's
 seconds, server CPU per request and per token, and the event loop's. With ``--new-tokens 1
---no-warmup`` a load is a burst of 64 one-token requests: what each request costs the server.
+--no-warmup`` a load is a burst of 64 one-token requests, each on a new connection: what each
+request costs the server (with the warm-up, on the warm-up's kept-alive connections).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def one_load(port: int, pid: int, model: str, openai: bool, args: argparse.Names
     command = [sys.executable, str(HERE / "lmtp_load.py"), "--endpoint", f"127.0.0.1:{port}",
                "--model", model, "--streams", str(STREAMS), "--new-tokens", str(args.new_tokens), "--json",
                *([] if args.warmup else ["--no-warmup"]),
+               *(["--fresh-connections"] if args.fresh_connections else []),
                *(["--openai", "--processes", "4"] if openai else [])]
     server, loop = cpu_ns(pid), cpu_ns(pid, pid)
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -73,6 +75,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--transports", default="lmtp,openai")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--fresh-connections", action="store_true",
+                        help="OpenAI's load: a connection per stream (default: the warm-up's, kept alive)")
     args, server_args = parser.parse_known_args()
     model = str(bench_model(args.model).folder) if args.model in FOLDERS else args.model
     servers = [serve(tree.resolve(), model, server_args) for tree in args.trees]

@@ -1,13 +1,15 @@
 """Issue 29's GPU point: the same load through LMTP and through OpenAI's HTTP API on one server.
 
     python benchmarks/openai_vs_lmtp.py [--model gpt2-medium] [--streams 64] [--rounds 2] [--processes 4]
-        [--openai-events-per-s N]
+        [--openai-events-per-s N] [--fresh-connections]
 
 Starts ``lmql serve-model`` on the model (built from its config, nothing downloads; ``--cuda``
 when a GPU is there), then runs ``lmtp_load.py`` with and without ``--openai`` in turns, fresh
 prompts each run, and prints tok/s per transport and the OpenAI/LMTP ratio. The OpenAI load
 comes from ``--processes`` driver processes (64 HTTP streams read by one Python process cost it
-more than the server; LMTP's one websocket is read by one), each run's driver CPU printed too.
+more than the server; LMTP's one websocket is read by one), each run's driver CPU printed too;
+their connections are kept alive and reused, as the official ``openai`` client's pool does (the
+warm-up opens them), or with ``--fresh-connections`` one per stream.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from processes import free_port, start_server  # noqa: E402
 
 
 def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, openai: bool,
-         processes: int) -> dict[str, float]:
+         processes: int, fresh_connections: bool = False) -> dict[str, float]:
     argv = ["--endpoint", endpoint, "--model", model, "--streams", str(streams), "--prompt-len", "16",
             "--new-tokens", "128", "--vocab-size", str(vocab), "--json"]
     argv += ["--eos-token-id", str(eos)] if eos is not None else []
     argv += ["--openai", "--processes", str(processes)] if openai else []
+    argv += ["--fresh-connections"] if openai and fresh_connections else []
     return lmtp_load.main(argv)
 
 
@@ -44,6 +47,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=4, help="the OpenAI load's driver processes")
     parser.add_argument("--openai-events-per-s", type=float, help="the server's pacing (default: its own)")
+    parser.add_argument("--fresh-connections", action="store_true",
+                        help="the OpenAI load opens a connection per stream (default: kept alive, reused)")
     args = parser.parse_args()
     import torch
 
@@ -61,7 +66,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for transport in results:
                 result = load(endpoint, str(model.folder), args.streams, vocab, model.eos_token_id(),
-                              transport == "openai", args.processes)
+                              transport == "openai", args.processes, args.fresh_connections)
                 results[transport].append(float(result["tok_per_s"]))
                 row = {"transport": transport, "streams": args.streams, "tok_per_s": result["tok_per_s"],
                        "processes": result["processes"], "driver_cpu_s": result["driver_cpu_s"]}

@@ -112,3 +112,37 @@ def test_the_load_driver_runs_through_openais_api(tiny_server: Server) -> None:
     assert results[""]["tokens"] == results["--openai"]["tokens"] == 15
     assert results["--openai --score 3"]["tokens"] == 9
     assert results["--openai --processes 2"]["tokens"] == 15  # the streams split 2 + 1, merged
+
+
+@pytest.mark.timeout(120)
+def test_the_openai_driver_keeps_its_connections_alive_as_the_openai_client_does(tiny_server: Server) -> None:
+    """The warm-up's connections carry the measured streams (the official client's pool reuses
+    them too); an error answer is the stream's error and leaves its connection usable;
+    ``keep_alive=False`` opens one per stream."""
+    import asyncio
+
+    from load_targets import run_stream
+    from openai_target import OpenAITarget
+
+    request = {"model": "lmql-tiny", "prompt": [1, 2, 3], "max_tokens": 4, "temperature": 0.0, "top_logprobs": 1}
+
+    async def rounds(keep_alive: bool) -> tuple[list[int], list[int], str]:
+        opened, tokens = [], []
+        async with OpenAITarget(tiny_server.endpoint, keep_alive=keep_alive) as target:
+            for _ in range(3):
+                streams = await asyncio.gather(*(run_stream(target, i, request, 0) for i in range(3)))
+                tokens += [len(s.arrivals) for s in streams]
+                await asyncio.sleep(0.05)  # each answer's last chunk read
+                opened.append(len(target.connections))
+            failed = await (await target.send("GENERATE", {**request, "model": "no-such-model"})).get()
+            again = await run_stream(target, 9, request, 0)
+            tokens.append(len(again.arrivals))
+            opened.append(len(target.connections))
+        return opened, tokens, failed[1]["error"]
+
+    opened, tokens, error = asyncio.run(rounds(keep_alive=True))
+    assert tokens == [4] * 10
+    assert opened == [3, 3, 3, 3]
+    assert error.startswith("HTTP/1.1 404") and "no-such-model" in error
+    opened, tokens, _ = asyncio.run(rounds(keep_alive=False))
+    assert tokens == [4] * 10 and opened == [3, 6, 9, 11]

@@ -123,6 +123,45 @@ def test_log_probs_written_from_their_entries_are_what_json_dumps_writes() -> No
             assert completion_logprobs_json(part, offset) == expected
 
 
+def test_log_probs_written_from_the_engines_events_are_what_json_dumps_writes() -> None:
+    """A stream's log-probs come from the engine's events without a ``TokenLogprob`` each; what
+    they say is LMTP's entry for each event, as OpenAI names tokens, in json.dumps' bytes."""
+    from lmql_core.engine.sampling import ONLY_THE_CHOSEN
+    from lmql_core.engine.sequence import TokenEvent
+    from lmql_core.lmtp.server.session import FINISH_REASONS
+    from lmql_core.openai_compat.choices import Choice, events_logprobs_json
+
+    tokenizer = load_model(parse_model_id("lmql-tiny")).tokenizer
+    assert tokenizer is not None
+    events = [TokenEvent(0, 5, -0.5, None, ONLY_THE_CHOSEN),  # the usual: the chosen token alone
+              TokenEvent(0, 6, float("-inf"), None, {6: float("-inf")}),
+              TokenEvent(0, 7, -1.25, None, {7: -1.0000000000000002}),  # the candidate's value wins
+              TokenEvent(0, 8, -2.0, None, {9: -0.5, 8: -2.0, 10: float("-inf")}),  # candidates
+              TokenEvent(0, 11, -0.0, None, {12: -3.0})]  # the chosen one not among them
+    for as_ids in (False, True):
+        def label(token: int, as_ids: bool = as_ids) -> str:
+            return f"token_id:{token}" if as_ids else tokenizer.decode([token])
+
+        choice = Choice(0, tokenizer, [], [], None, as_ids)
+        for event in events:
+            choice.add_event(event, None)
+        choice.settle()
+        taken = choice.new_logprob_events()
+        assert taken == events and choice.new_logprob_events() == []  # each given once
+        for offset in (0, 17):
+            entries = [wire.token_entry(e, FINISH_REASONS) for e in events]
+            offsets = [offset + sum(len(tokenizer.decode([e.token])) for e in events[:i]) for i in range(6)]
+            expected = {"tokens": [label(e["token"]) for e in entries],
+                        "token_logprobs": [e["logprob"] for e in entries],
+                        "top_logprobs": [{label(int(t)): lp for t, lp in sorted(e["top_logprobs"].items(),
+                                                                                key=lambda tv: -tv[1])}
+                                         for e in entries],
+                        "text_offset": offsets[:5]}
+            assert events_logprobs_json(choice, events, offset) == (
+                json.dumps(expected, separators=(",", ":")), offsets[5])
+        assert [item.token for item in choice.logprobs] == [e.token for e in events]  # made when asked
+
+
 def test_a_deferring_session_gets_its_events_when_it_takes_them_or_when_one_ends() -> None:
     from lmql_core.engine.sequence import Finish, TokenEvent
     from lmql_core.lmtp.server.outbox import Outbox

@@ -41,8 +41,10 @@ class Limits:
     shutdown_grace_s: float = _limit(
         10.0, "--shutdown-grace", "Seconds SIGTERM waits for clients to receive their streams' ends; "
         "then it closes every connection and exits.")
+    # 500: at 64 streams an event every 128 ms a stream; 2000 (every 32 ms) cost the GPU-shaped load
+    # (64 x 128 tokens, 1.5 ms steps) a third of its throughput (benchmarks/RESULTS.md, issue 29)
     openai_events_per_s: float = _limit(
-        2000.0, "--openai-events-per-s", "OpenAI's streams: server-sent events a second for all "
+        500.0, "--openai-events-per-s", "OpenAI's streams: server-sent events a second for all "
         "streams together; with many streams, each sends the tokens produced meanwhile in one event "
         "(0: one event per step).")
 

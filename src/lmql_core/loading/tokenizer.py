@@ -127,6 +127,9 @@ def from_spec(spec: dict[str, Any]) -> Tokenizer:
 
 
 HELD = 16  # tokens of unfinished text held back at most (IncrementalDecoder)
+# emitted tokens kept before the new ones as the next window's context (IncrementalDecoder): a
+# character spans at most 4 bytes; one token is all a leading-space rule (SentencePiece) needs
+CONTEXT_TOKENS = 4
 
 
 class IncrementalDecoder:
@@ -134,9 +137,10 @@ class IncrementalDecoder:
 
     A token that ends inside a multi-byte character decodes to U+FFFD; its text is held back
     until a later token completes the character. Only a short window of recent tokens is decoded
-    per call (the tokens since the last emitted text, after the ones before it as context), so
-    a long stream costs linear, not quadratic, time; tokens given together (``extend``) are
-    decoded together, at the cost of one token.
+    per call (the tokens since the last emitted text, after the last CONTEXT_TOKENS of the ones
+    before it as context), so a long stream costs linear, not quadratic, time; tokens given
+    together (``extend``) are decoded together, at the cost of one token (a paced OpenAI stream
+    gives ~20 at a time: their window is those 20 after 4, not after the 20 before them).
     """
 
     def __init__(self, tokenizer: Tokenizer, skip: set[int] | None = None) -> None:
@@ -172,7 +176,7 @@ class IncrementalDecoder:
             # (holding bytes that will never form a character made every call re-decode a
             # growing window); none of it completes: given out as it decodes
             end, text = self._last_complete(done, text)
-        self.context, self.emitted = self.emitted, end
+        self.context, self.emitted = max(self.emitted, end - CONTEXT_TOKENS), end
         return text[len(done) :]
 
     def _last_complete(self, done: str, text: str) -> tuple[int, str]:

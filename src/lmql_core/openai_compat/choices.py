@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,10 @@ class Choice:
         self.prefix = ""  # echo: the prompt's text
         self.prefix_logprobs: list[TokenLogprob] = []
         self.text = ""  # the completion's text (cut at a stop string once one is found)
-        self.logprobs: list[TokenLogprob] = []
+        self._made: list[TokenLogprob] = []  # the generated tokens' log-probs made so far (``logprobs``)
+        # then the engine's events whose log-probs are not made yet: a stream writes them from the
+        # events (``new_logprob_events``), without an object per token for the collector to count
+        self._unmade: list[TokenFields] = []
         self.tokens = 0  # generated
         self.finish_reason: str | None = None
         self.error: str | None = None
@@ -102,7 +105,7 @@ class Choice:
             finishes = [None] * (len(events) - 1) + [finish_reason]
             return any(self._take_event(e, f) for e, f in zip(events, finishes, strict=True))
         if self.wants_logprobs:
-            self.logprobs += [self._event_logprob(e) for e in events]
+            self._unmade += events
         self.tokens += len(events)
         self.text += self.decoder.extend([e.token for e in events])
         return self._finish(events[-1].token, finish_reason)
@@ -190,12 +193,35 @@ class Choice:
         head = self.prefix[start:] if start < shown else ""
         return head + self.text[max(0, start - shown) : end - shown]
 
+    @property
+    def logprobs(self) -> list[TokenLogprob]:
+        """The generated tokens' log-probs (those of events taken whole made now)."""
+        if self._unmade:
+            self._made += [self._event_logprob(e) for e in self._unmade]
+            self._unmade = []
+        return self._made
+
+    def logprobs_unsent(self) -> bool:
+        """Whether a stream has log-probs still to be given (``new_logprobs``)."""
+        return self.sent_logprobs < len(self.prefix_logprobs) + len(self._made) + len(self._unmade)
+
     def new_logprobs(self) -> list[TokenLogprob]:
         """The log-probs a stream has not been given yet (the echoed prompt's first)."""
         shown = len(self.prefix_logprobs)
         start = self.sent_logprobs
         new = self.prefix_logprobs[start:] + self.logprobs[max(0, start - shown) :]
-        self.sent_logprobs = shown + len(self.logprobs)
+        self.sent_logprobs = shown + len(self._made)
+        return new
+
+    def new_logprob_events(self) -> list[TokenFields] | None:
+        """``new_logprobs`` as the engine's events they are made from, when all of them are still
+        events (a stream of generated tokens, the usual); None: some are made already (take
+        ``new_logprobs``)."""
+        made = len(self.prefix_logprobs) + len(self._made)
+        if self.sent_logprobs < made:
+            return None
+        new = self._unmade[self.sent_logprobs - made :]
+        self.sent_logprobs = made + len(self._unmade)
         return new
 
 
@@ -257,26 +283,66 @@ def completion_logprobs_json(items: list[TokenLogprob], offset: int) -> str:
     """``delta_json`` of ``completion_logprobs(items, offset)``, written from the entries directly
     (a stream's every token goes through here): a token's label is escaped once per process, and
     the usual candidates (the chosen token alone) need no dictionary."""
-    tokens, values, tops, offsets = [], [], [], []
-    strings = _JSON_STRINGS
+    parts: _LogprobParts = ([], [], [], [])
     for item in items:
-        text, lp, top = item.text, item.logprob, item.top
+        _add_item(parts, item, offset)
+        offset += item.length
+    return _logprobs_object(parts)
+
+
+def events_logprobs_json(choice: Choice, events: Sequence[TokenFields], offset: int) -> tuple[str, int]:
+    """``completion_logprobs_json`` of the log-probs of ``events`` (``Choice.new_logprob_events``)
+    and the text offset after them, written from the events: the usual token (no candidate beside
+    the chosen one) makes no ``TokenLogprob`` (three objects a token for the collector to count)."""
+    parts: _LogprobParts = ([], [], [], [])
+    tokens, values, tops, offsets = parts
+    pieces, strings, as_ids = choice.pieces, _JSON_STRINGS, choice.tokens_as_ids
+    for event in events:
+        token, top = event.token, event.top_logprobs
+        if top is None or (top and (len(top) != 1 or token not in top)):  # other candidates
+            item = choice._event_logprob(event)
+            _add_item(parts, item, offset)
+            offset += item.length
+            continue
+        piece = pieces.get(token)
+        if piece is None:
+            piece = choice._piece(token)
+        text = f"token_id:{token}" if as_ids else piece
         label = strings.get(text) or _json_string(text)
-        value = _number_fast(lp)
+        value = _number_fast(finite_logprob(event.logprob))
         tokens.append(label)
         values.append(value)
-        if lp is None:
-            tops.append("null")
-        elif len(top) == 1:  # the usual: the chosen token alone, its label and often its value the same
-            _, top_text, top_lp = top[0]
-            top_label = label if top_text is text else _json_string(top_text)
-            tops.append(f"{{{top_label}:{value if top_lp is lp else _number_fast(top_lp)}}}")
-        elif not top:
-            tops.append(f"{{{label}:{value}}}")
-        else:  # several candidates: as the dictionary has them (one entry per text)
-            tops.append(_top_json({t: v for _, t, v in top}))
+        tops.append(f"{{{label}:{_number_fast(finite_logprob(top[token])) if top else value}}}")
         offsets.append(str(offset))
-        offset += item.length
+        offset += len(piece)
+    return _logprobs_object(parts), offset
+
+
+_LogprobParts = tuple[list[str], list[str], list[str], list[str]]  # tokens, values, tops, offsets (JSON)
+
+
+def _add_item(parts: _LogprobParts, item: TokenLogprob, offset: int) -> None:
+    tokens, values, tops, offsets = parts
+    text, lp, top = item.text, item.logprob, item.top
+    label = _JSON_STRINGS.get(text) or _json_string(text)
+    value = _number_fast(lp)
+    tokens.append(label)
+    values.append(value)
+    if lp is None:
+        tops.append("null")
+    elif len(top) == 1:  # the usual: the chosen token alone, its label and often its value the same
+        _, top_text, top_lp = top[0]
+        top_label = label if top_text is text else _json_string(top_text)
+        tops.append(f"{{{top_label}:{value if top_lp is lp else _number_fast(top_lp)}}}")
+    elif not top:
+        tops.append(f"{{{label}:{value}}}")
+    else:  # several candidates: as the dictionary has them (one entry per text)
+        tops.append(_top_json({t: v for _, t, v in top}))
+    offsets.append(str(offset))
+
+
+def _logprobs_object(parts: _LogprobParts) -> str:
+    tokens, values, tops, offsets = parts
     return (f'{{"tokens":[{",".join(tokens)}],"token_logprobs":[{",".join(values)}],'
             f'"top_logprobs":[{",".join(tops)}],"text_offset":[{",".join(offsets)}]}}')
 

@@ -17,7 +17,7 @@ from lmql_core.lmtp.server.outbox import Outbox
 from lmql_core.lmtp.server.session import FINISH_REASONS, Session
 from lmql_core.loading.model_host import LoadedModel, ModelHost
 from lmql_core.openai_compat import choices as shapes
-from lmql_core.openai_compat.choices import LENGTH, Choice, TokenLogprob, chat_logprobs, completion_logprobs
+from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs
 from lmql_core.openai_compat.pacing import MIN_PAUSE_S, StreamPacer
 from lmql_core.openai_compat.prompts import chat_ids, encode, served_model, tokenizer_of
 from lmql_core.openai_compat.requests import CompletionRequest, OpenAIError, bad_request
@@ -317,29 +317,30 @@ class Completion:
     def _usage_chunk(self) -> dict[str, Any]:
         return {**self._chunk_head(), "choices": [], "usage": self.usage()}
 
-    def _news(self, choice: Choice) -> tuple[str, list[TokenLogprob], str | None, bool] | None:
-        """What a stream's next event says of ``choice`` (its text, log-probs, finish reason, and
-        whether it is a chat stream's first), marked as sent; None: nothing new."""
+    def _news(self, choice: Choice) -> tuple[str, str | None, bool] | None:
+        """What a stream's next event says of ``choice`` (its text, finish reason, and whether it
+        is a chat stream's first; its log-probs the caller takes), marked as sent; None: nothing new."""
         if choice.index in self._finish_sent:
             return None
         if choice.settle():  # the tokens since the last event, decoded together
             self.session.cancel(choice.index)
-        text, items = choice.releasable_text(), choice.new_logprobs()
+        text = choice.releasable_text()
         all_sent = choice.sent_text == len(choice.prefix) + len(choice.text)
         finish = choice.finish_reason if choice.done and all_sent else None
         first = self.request.chat and not choice.role_sent
-        if not text and not items and finish is None and not first:
+        if not text and finish is None and not first and not choice.logprobs_unsent():
             return None
         if finish is not None:
             self._finish_sent.add(choice.index)
         choice.role_sent = True
-        return text, items, finish, first
+        return text, finish, first
 
     def _delta(self, choice: Choice, offsets: list[int]) -> dict[str, Any] | None:
         news = self._news(choice)
         if news is None:
             return None
-        text, items, finish, first = news
+        text, finish, first = news
+        items = choice.new_logprobs()
         k = self.request.logprobs
         body: dict[str, Any] = {"index": choice.index}
         if self.request.chat:
@@ -353,18 +354,25 @@ class Completion:
         return body
 
     def _delta_json(self, choice: Choice, offsets: list[int]) -> str | None:
-        """``delta_json(self._delta(choice, offsets))``; a /v1/completions delta written directly."""
+        """``delta_json(self._delta(choice, offsets))``; a /v1/completions delta written directly
+        (its log-probs from the engine's events where none are made yet: ``events_logprobs_json``)."""
         if self.request.chat:
             delta = self._delta(choice, offsets)
             return None if delta is None else shapes.delta_json(delta)
         news = self._news(choice)
         if news is None:
             return None
-        text, items, finish, _ = news
+        text, finish, _ = news
+        events = choice.new_logprob_events()
         logprobs = None
-        if self.request.logprobs is not None:
-            logprobs = shapes.completion_logprobs_json(items, offsets[choice.index])
-            offsets[choice.index] += sum(item.length for item in items)
+        if events is None:
+            items = choice.new_logprobs()
+            if self.request.logprobs is not None:
+                logprobs = shapes.completion_logprobs_json(items, offsets[choice.index])
+                offsets[choice.index] += sum(item.length for item in items)
+        elif self.request.logprobs is not None:
+            i = choice.index
+            logprobs, offsets[i] = shapes.events_logprobs_json(choice, events, offsets[i])
         return shapes.completion_delta_json(choice.index, text, logprobs, finish)
 
     def _chunk_head(self) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU checks and numbers still owed to issues 29, 31 and 32 (benchmarks/RESULTS.md, top
+# sections), in two device calls of under ten minutes each, from the repository root:
+#
+#   run(command="bash benchmarks/gpu_next.sh 1", carry=[".whl"])   # correctness, issue 31
+#   run(command="bash benchmarks/gpu_next.sh 2", carry=[".whl"])   # issues 29 and 32
+#
+# (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`.)
+# Each command has its own time limit; the whole output goes to $OUT/gpu_next_N.log, the tables
+# (lines starting with "|") and summaries to the terminal.
+set -u
+cd "$(dirname "$0")/.."
+part=${1:?"which part: 1 or 2"}
+out=${OUT:-/tmp/gpu-next}
+mkdir -p "$out"
+log="$out/gpu_next_$part.log"
+
+step() {  # step LIMIT_S COMMAND...: run it under a limit, keep its output, show its tables
+    local limit=$1 part_log
+    shift
+    part_log=$(mktemp)
+    echo "== $* (limit ${limit} s)"
+    timeout "$limit" "$@" >"$part_log" 2>&1
+    echo "   exit $?"
+    grep "^|\|OK\|MISMATCH\|passed\|failed\|steps not chained" "$part_log" | tail -n 30
+    { echo "== $*"; cat "$part_log"; } >>"$log"
+    rm -f "$part_log"
+}
+
+python3 -m pip install -q --no-deps --no-build-isolation . ./plugins/hf .whl/llguidance-*.whl
+
+if [ "$part" = 1 ]; then
+    step 220 python3 scripts/gpu_check.py
+    step 120 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_mask_staging.py tests/test_template_constraints.py \
+        tests/test_constraints_engine.py -k "cuda or side_by_side or forced_tokens_ride"
+    step 200 python3 benchmarks/constraints_gpu.py --wheels .whl --out "$out/cons"
+else
+    step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
+    step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4 \
+        --openai-events-per-s 1000
+    step 90 env LMQL_MASK_FILL=rows python3 benchmarks/constraints_gpu.py --only b --out "$out/rows"
+    step 90 python3 benchmarks/capture_costs.py --model gpt2-medium
+    step 90 python3 benchmarks/mask_costs.py --grammar --tokenizer /tmp/lmql-bench-gpt2-medium/tokenizer.json \
+        --threads 1,4,8,12
+fi
