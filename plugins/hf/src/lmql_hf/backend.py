@@ -226,6 +226,11 @@ class HFBackend(Backend):
                                     [r.slot for r in rows])
         if self.graphs and self.graphs.fits(slots, positions):
             return self.graphs.run_scattered(tokens, positions, slots)
+        if self.lean is not None and slots == list(range(slots[0], slots[0] + len(slots))):
+            # rows in neighbouring slots, in order (a lone stream's): straight to the lean step
+            at = torch.tensor(positions).view(-1, 1)
+            return self.lean.logits(torch.tensor(tokens).view(-1, 1), at, torch.tensor(slots).view(-1, 1),
+                                    slice(slots[0], slots[-1] + 1), max(positions) + 1)
         return self._eager(rows)[0]  # one token each: nothing is padded
 
     def _packed_pass(self, rows: list[Row]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:

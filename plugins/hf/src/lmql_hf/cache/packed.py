@@ -192,16 +192,27 @@ def _one_query_grouped(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeat: int, scale: float | None,
-            start: int) -> torch.Tensor:
-    """Causal attention of n queries at positions start.. to keys 0..start+n-1."""
+            start: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of n queries at positions start.. to keys 0..start+n-1; ``mask``: that
+    of ``lower_right_mask(n, start)``, where the caller holds it (a pass's layers share it)."""
     if repeat > 1:  # grouped-query attention
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
     if start == 0:
         return functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    from torch.nn.attention.bias import causal_lower_right
+    if mask is None:  # torch's bias: on a GPU, kernels that read it without a mask in memory
+        from torch.nn.attention.bias import causal_lower_right
 
-    mask = causal_lower_right(q.shape[2], k.shape[2])
+        bias = causal_lower_right(q.shape[2], k.shape[2])
+        return functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     return functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def lower_right_mask(queries: int, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The additive mask (0 or -inf) of ``queries`` queries at positions start.. against keys
+    0..start+queries-1, each reading up to its own position: what SDPA makes of torch's
+    ``causal_lower_right`` bias on the CPU, without that bias's Python dispatch on each call."""
+    allowed = torch.ones(queries, start + queries, dtype=torch.bool, device=device).tril_(start)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
 
 
 def install(model: Any) -> bool:

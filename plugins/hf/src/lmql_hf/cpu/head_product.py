@@ -30,7 +30,7 @@ from lmql_hf.cpu import packed_linear
 # a form: the layout of the weight it reads, and x, that weight -> x @ W.T as (rows, vocabulary),
 # contiguous (the sampler reads each row's logits)
 FORMS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
-    "x @ columns": ("columns", lambda x, weight: x @ weight),
+    "x @ columns": ("columns", torch.mm),
     "(rows @ x.T).T": ("rows", lambda x, weight: (weight @ x.T).T.contiguous()),
     "oneDNN packed": ("onednn", packed_linear.packed_product),
 }

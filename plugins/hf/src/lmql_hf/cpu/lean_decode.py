@@ -3,14 +3,18 @@ the model's own weights and the slot cache, without transformers' modules, masks
 
 On the CPU a decode step of a few rows is bound by the interpreter, not arithmetic: transformers
 spends ~1.35 ms of lmql-tiny's 1.7 ms one-row step in per-module Python (hooks, keyword
-arguments, mask and cache bookkeeping). Here each layer is ~15 torch calls: the norms as
-``rms_norm``/``layer_norm``, q, k and v as one product over their concatenated weights, stored
-by columns (the projections keep views of it), RoPE from a table of every
-position's cos and sin computed once by the model's own rotary module, the new keys and values
-written into the slot cache with one ``index_copy_`` each (flat row indices computed once per
-step, shared by every layer), and attention as one SDPA call per layer against each row's slot
-with a mask computed once per step. Results differ from transformers' by rounding only. Every
-other architecture, dtype or option keeps transformers' forward (``LeanDecoder.of`` says None).
+arguments, mask and cache bookkeeping). Here a Llama layer is ~22 torch calls, each a few us of
+interpreter and dispatch (so every call counts: lmql-tiny's one-row step 0.75 -> 0.57 ms of CPU
+from 33 calls a layer to 22): RMSNorm with its mean as a product (``_rms_norm``), q, k and v as
+one product over their concatenated weights, stored by columns (the projections keep views of
+it), RoPE as one multiply, a roll and an ``addcmul`` with each row's cos and sin selected once a
+step from a table of every position's computed by the model's own rotary module, the new keys
+and values written into the slot cache with one ``index_copy_`` each (flat row indices computed
+once per step, shared by every layer), attention as one SDPA call per layer against each row's
+slot with a mask computed once per step, and the residuals added in the output and down
+products' own calls (``packed_linear.plus_by_columns``). Results differ from transformers' by
+rounding only. Every other architecture, dtype or option keeps transformers' forward
+(``LeanDecoder.of`` says None).
 
 Prompt passes (``prompt_hidden``) run the same layers over a packed row of prompt chunks
 (``cache.packed``): only attention differs, each chunk's queries attending causally to its own
@@ -24,26 +28,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional
 
 from lmql_hf.cache import packed
 from lmql_hf.cache.slot_cache import SlotCache
 from lmql_hf.cpu.head_product import HeadProduct
-from lmql_hf.cpu.packed_linear import (
-    PackedLinear,
-    Product,
-    Role,
-    by_columns_product,
-    packed_roles,
-    side_by_side,
-)
+from lmql_hf.cpu.packed_linear import Product, Role, packed_roles, plus_product_of, product_of
 from lmql_hf.cpu.threads import HostThreads
 
 # the output head is also held by columns up to this size (head_product.py)
 HEAD_COPY_BYTES = 256 << 20
 # rotary embeddings whose angles depend on the position only (not on the sequence's length)
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
+_AS_SET = nullcontext()  # the threads stay as set (reusable)
 GPT2_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 
 
@@ -58,23 +55,17 @@ class Step:
     read_rows: slice = field(default_factory=lambda: slice(0))
     length: int = 0
     groups: list[packed.Group] | None = None
+    chunk_masks: list[torch.Tensor | None] | None = None  # each group's (``packed.lower_right_mask``)
 
 
-def by_columns(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One (in, sum of outs) contiguous weight (and bias) for ``linears``, whose modules keep
-    transposed views of it (no second copy). MKL's products of a few rows read a weight ~1.3-2x
-    faster by columns than by rows (one row, 192 x 576: 7.9 -> 4.7 us; the 4-layer GPT-2's head,
-    8 rows, one core: 5.5 -> 2.6 ms)."""
-    weight = torch.cat([m.weight.detach().T for m in linears], 1).contiguous()
-    bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
-    start = 0
-    for m in linears:
-        outs = m.weight.shape[0]
-        m.weight = nn.Parameter(weight[:, start : start + outs].T, requires_grad=False)
-        if bias is not None:
-            m.bias = nn.Parameter(bias[start : start + outs], requires_grad=False)
-        start += outs
-    return weight, bias
+def _rms_norm(weight: torch.Tensor, eps: float) -> Product:
+    """transformers' RMSNorm, ``x * rsqrt(mean(x**2) + eps) * weight``, its mean as a product
+    with a column of 1/n: torch's ``rms_norm`` on the CPU is a composite of ~8 operations whose
+    mean's reduction also slows the matrix product after it (one row of 192, on 2 cores of an AMD
+    EPYC: 9.3 -> 7.7 us alone, 17 norms between lmql-tiny's 17 products 420 -> 358 us)."""
+    epsilon = torch.full((1, 1), eps, dtype=weight.dtype)
+    mean_of = torch.full((weight.shape[0], 1), 1.0 / weight.shape[0], dtype=weight.dtype)
+    return lambda x: x * torch.addmm(epsilon, x * x, mean_of).rsqrt_() * weight
 
 
 def _head_product(model: Any) -> HeadProduct:
@@ -82,18 +73,6 @@ def _head_product(model: Any) -> HeadProduct:
     HEAD_COPY_BYTES, by columns (packed for oneDNN at any size, if tuning chooses it)."""
     weight = model.get_output_embeddings().weight.detach()
     return HeadProduct(weight, copies=weight.numel() * weight.element_size() <= HEAD_COPY_BYTES)
-
-
-def _product_of(modules: list[Any]) -> Product:
-    """One product over the outputs of ``modules`` side by side: their packed products
-    concatenated where they were packed (``packed_linear``), else one product over their weights
-    by columns (``nn.Linear``s become views of it; GPT-2's ``Conv1D``s are by columns already)."""
-    if all(isinstance(m, PackedLinear) for m in modules):
-        return side_by_side(modules)
-    if isinstance(modules[0], nn.Linear):
-        return by_columns_product(*by_columns(modules))
-    (module,) = modules
-    return by_columns_product(module.weight.detach(), module.bias)
 
 
 class LeanDecoder:
@@ -105,6 +84,7 @@ class LeanDecoder:
         """``threads``: which parts run on every core (None: as set); ``packed``: whether the
         layers' linear modules are packed for oneDNN (``packed_linear.packed_roles``)."""
         self.model, self.cache, self.threads = model, cache, threads
+        self.switches_threads = threads is not None and threads.by_size is not None
         with self._cores(every=False):  # the layers' threads, for timing them
             self.packed_roles = packed_roles(self.layer_modules(model), self.ROLES, packed)
         self.columns = torch.arange(cache.max_len)
@@ -113,6 +93,9 @@ class LeanDecoder:
         # each head's first row from there
         self.slot_rows = keys.shape[1] * keys.shape[2]
         self.head_rows = torch.arange(keys.shape[1]) * keys.shape[2]
+        dim = keys.shape[3]
+        self.flat_keys = [k.view(-1, dim) for k in cache.keys]  # the cache's tensors never change
+        self.flat_values = [v.view(-1, dim) for v in cache.values]
         self.head = _head_product(model)
 
     ROLES: dict[str, Role] = {}  # each kind of linear layer: its modules in a decoder layer
@@ -148,7 +131,11 @@ class LeanDecoder:
         """A packed prompt pass: ``ids``, ``positions``, ``slots`` (T,) hold every chunk's tokens
         side by side (``packed.pack``), each written into its slot and attending causally to it;
         the final hidden states, normed, (T, hidden). Its layers run on the step's threads."""
-        step = Step(positions, self._heads_at(positions, slots), groups=packed.group(segments))
+        groups = packed.group(segments)
+        dtype = self.cache.keys[0].dtype
+        masks = [None if g.start == 0 else packed.lower_right_mask(g.length, g.start, dtype, ids.device)
+                 for g in groups]  # once for every layer
+        step = Step(positions, self._heads_at(positions, slots), groups=groups, chunk_masks=masks)
         self._at_positions(positions)
         hidden = self.embed(ids, positions)
         for index in range(len(self.cache.keys)):
@@ -174,7 +161,7 @@ class LeanDecoder:
         ~15 operations for a core the loop (or another process) holds, where the head's product,
         by far the largest, halves (4-layer GPT-2 served, 8 streams: 1,250-1,400 -> 1,690-1,800
         tok/s; 32 streams the same within the spread)."""
-        return nullcontext() if self.threads is None else self.threads.cores(every)
+        return self.threads.cores(every) if self.threads is not None and self.switches_threads else _AS_SET
 
     def _step(self, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice, length: int) -> Step:
         self._at_positions(positions)
@@ -195,10 +182,10 @@ class LeanDecoder:
         attend each row's ``query`` (rows, heads, dim) to its slot: (rows, heads x dim)."""
         keys, values = self.cache.keys[index], self.cache.values[index]
         dim = keys.shape[3]
-        keys.view(-1, dim).index_copy_(0, step.heads_at, key.reshape(-1, dim))
-        values.view(-1, dim).index_copy_(0, step.heads_at, value.reshape(-1, dim))
+        self.flat_keys[index].index_copy_(0, step.heads_at, key.reshape(-1, dim))
+        self.flat_values[index].index_copy_(0, step.heads_at, value.reshape(-1, dim))
         if step.groups is not None:
-            return self._attend_chunks(query, keys, values, step.groups, scale)
+            return self._attend_chunks(query, keys, values, step, scale)
         rows, kv_heads = query.shape[0], keys.shape[1]
         # grouped-query heads: each key/value head's query heads attend as one head's rows
         grouped = query.reshape(rows, kv_heads, -1, dim)
@@ -208,18 +195,19 @@ class LeanDecoder:
         return out.reshape(rows, -1)
 
     @staticmethod
-    def _attend_chunks(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                       groups: list[packed.Group], scale: float) -> torch.Tensor:
+    def _attend_chunks(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: Step,
+                       scale: float) -> torch.Tensor:
         """A prompt pass's attention: each group's chunks (equal length and start, neighbouring
         slots) causally to their own slots, in one call per group; (tokens, heads x dim)."""
         _, heads, dim = query.shape
         repeat = heads // keys.shape[1]
         parts = []
-        for g in groups:
+        assert step.groups is not None and step.chunk_masks is not None
+        for g, mask in zip(step.groups, step.chunk_masks, strict=True):
             chunks = query[g.offset : g.offset + g.count * g.length].view(g.count, g.length, heads, dim)
             read = slice(g.slot, g.slot + g.count), slice(None), slice(0, g.start + g.length)
             queries = chunks.transpose(1, 2)  # (count, heads, length, dim)
-            out = packed.causal_attention(queries, keys[read], values[read], repeat, scale, g.start)
+            out = packed.causal_attention(queries, keys[read], values[read], repeat, scale, g.start, mask)
             parts.append(out.transpose(1, 2).reshape(g.count * g.length, heads * dim))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -269,38 +257,37 @@ class LeanLlama(LeanDecoder):
         base = model.model
         self.layers = [_LlamaWeights(layer) for layer in base.layers]
         self.embeddings = base.embed_tokens.weight
-        self.norm_weight, self.norm_eps = base.norm.weight, float(base.norm.variance_epsilon)
+        self.norm = _rms_norm(base.norm.weight, float(base.norm.variance_epsilon))
         dim = self.layers[0].dim
         positions = torch.arange(cache.max_len)[None]
         cos, sin = base.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)  # as the model's own pass
-        half = dim // 2
-        self.cos = cos[0].contiguous()  # (max_len, dim)
+        self.half = half = dim // 2
+        self.cos = cos[0, :, None].contiguous()  # (max_len, 1, dim): a step's rows (rows, 1, dim)
         # rotate_half(x) * sin == roll(x, half) * sin with its first half negated
-        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1).contiguous()
+        self.sin = torch.cat([-sin[0, :, None, :half], sin[0, :, None, half:]], -1).contiguous()
 
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return functional.embedding(ids, self.embeddings)
 
     def _at_positions(self, positions: torch.Tensor) -> None:
-        self.step_cos, self.step_sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        self.step_cos = self.cos.index_select(0, positions)  # (rows, 1, dim)
+        self.step_sin = self.sin.index_select(0, positions)
 
     def layer(self, index: int, hidden: torch.Tensor, step: Step) -> torch.Tensor:
+        # ~22 torch calls: on the CPU a few rows' layer is bound by calls, not arithmetic
         w = self.layers[index]
-        rows, dim, heads, kv_heads = hidden.shape[0], w.dim, w.heads, w.kv_heads
-        normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm1, w.eps1)
-        qkv = w.qkv(normed).view(rows, -1, dim)
-        qk, value = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
+        qkv = w.qkv(w.norm1(hidden)).view(hidden.shape[0], -1, w.dim)
+        qk, value = qkv.split_with_sizes(w.qk_and_v, 1)
         if w.qk_norm is not None:  # Qwen3's q_norm and k_norm, as one norm over every head
-            qk = functional.rms_norm(qk, (dim,), None, w.qk_eps) * w.qk_norm
-        rotated = qk * self.step_cos + qk.roll(dim // 2, -1) * self.step_sin
-        attended = self.attend(index, rotated[:, :heads], rotated[:, heads:], value, step, w.scale)
-        hidden = hidden + w.out(attended)
-        normed = functional.rms_norm(hidden, (hidden.shape[1],), w.norm2, w.eps2)
-        gate, up = w.gate_up(normed).chunk(2, -1)
-        return hidden + w.down(functional.silu(gate) * up)
+            qk = functional.rms_norm(qk, (w.dim,), None, w.qk_eps) * w.qk_norm
+        rotated = torch.addcmul(qk * self.step_cos, qk.roll(self.half, -1), self.step_sin)
+        query, key = rotated.split_with_sizes(w.q_and_k, 1)
+        hidden = w.out(self.attend(index, query, key, value, step, w.scale), hidden)
+        gate, up = w.gate_up(w.norm2(hidden)).chunk(2, -1)
+        return w.down(functional.silu(gate) * up, hidden)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
-        return functional.rms_norm(hidden, (hidden.shape[1],), self.norm_weight, self.norm_eps)
+        return self.norm(hidden)
 
 
 class _LlamaWeights:
@@ -311,14 +298,16 @@ class _LlamaWeights:
         self.dim, self.scale = attention.head_dim, float(attention.scaling)
         self.heads = attention.q_proj.out_features // self.dim
         self.kv_heads = attention.k_proj.out_features // self.dim
-        self.qkv = _product_of([attention.q_proj, attention.k_proj, attention.v_proj])
-        self.gate_up = _product_of([mlp.gate_proj, mlp.up_proj])
-        self.out = _product_of([attention.o_proj])
-        self.down = _product_of([mlp.down_proj])
+        self.qk_and_v = [self.heads + self.kv_heads, self.kv_heads]  # qkv's heads split
+        self.q_and_k = [self.heads, self.kv_heads]
+        self.qkv = product_of([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.gate_up = product_of([mlp.gate_proj, mlp.up_proj])
+        self.out = plus_product_of(attention.o_proj)  # the residual added in the product's call
+        self.down = plus_product_of(mlp.down_proj)
         self.qk_norm, self.qk_eps = _qk_norm(attention, self.heads, self.kv_heads)
-        self.norm1, self.eps1 = layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon)
-        self.norm2 = layer.post_attention_layernorm.weight
-        self.eps2 = float(layer.post_attention_layernorm.variance_epsilon)
+        first, second = layer.input_layernorm, layer.post_attention_layernorm
+        self.norm1 = _rms_norm(first.weight, float(first.variance_epsilon))
+        self.norm2 = _rms_norm(second.weight, float(second.variance_epsilon))
 
 
 def _qk_norm(attention: Any, heads: int, kv_heads: int) -> tuple[torch.Tensor | None, float]:
@@ -362,10 +351,10 @@ class LeanGPT2(LeanDecoder):
         normed = functional.layer_norm(hidden, (width,), w.norm1, w.norm1_bias, w.eps1)
         qkv = w.qkv(normed).view(rows, 3, -1, w.dim)
         attended = self.attend(index, qkv[:, 0], qkv[:, 1], qkv[:, 2], step, w.scale)
-        hidden = hidden + w.out(attended)
+        hidden = w.out(attended, hidden)
         normed = functional.layer_norm(hidden, (width,), w.norm2, w.norm2_bias, w.eps2)
         inner = functional.gelu(w.up(normed), approximate=self.gelu)
-        return hidden + w.down(inner)
+        return w.down(inner, hidden)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         ln_f = self.ln_f
@@ -381,8 +370,8 @@ class _GPT2Weights:
         self.dim, self.scale = attention.head_dim, float(attention.scaling)
         self.norm1, self.norm1_bias, self.eps1 = block.ln_1.weight, block.ln_1.bias, float(block.ln_1.eps)
         self.norm2, self.norm2_bias, self.eps2 = block.ln_2.weight, block.ln_2.bias, float(block.ln_2.eps)
-        self.qkv, self.out = _product_of([attention.c_attn]), _product_of([attention.c_proj])
-        self.up, self.down = _product_of([mlp.c_fc]), _product_of([mlp.c_proj])
+        self.qkv, self.out = product_of([attention.c_attn]), plus_product_of(attention.c_proj)
+        self.up, self.down = product_of([mlp.c_fc]), plus_product_of(mlp.c_proj)
 
 
 FAMILIES: dict[str, type[LeanDecoder]] = {"LlamaForCausalLM": LeanLlama, "Qwen2ForCausalLM": LeanLlama,

@@ -28,6 +28,8 @@ TIMED_ROUNDS = 3
 
 
 Product = Callable[[torch.Tensor], torch.Tensor]  # x (rows, in) -> x @ W.T + bias, (rows, out)
+# x (rows, in), residual (rows, out) -> residual + (x @ W.T + bias): a layer's output added to its input
+PlusProduct = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @cache
@@ -55,8 +57,21 @@ def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
 def by_columns_product(weight: torch.Tensor, bias: torch.Tensor | None) -> Product:
     """``x @ weight (+ bias)`` for a weight by columns (in, out): MKL."""
     if bias is None:
-        return lambda x: x @ weight
+        return lambda x: torch.mm(x, weight)
     return lambda x: torch.addmm(bias, x, weight)
+
+
+def plus_by_columns(weight: torch.Tensor, bias: torch.Tensor | None) -> PlusProduct:
+    """``residual + x @ weight (+ bias)`` for a weight by columns (in, out): one MKL call, the
+    sum in the product's own pass (no bias), or the bias there and the residual added after."""
+    if bias is None:
+        return lambda x, residual: torch.addmm(residual, x, weight)
+    return lambda x, residual: torch.addmm(bias, x, weight).add_(residual)
+
+
+def plus_packed(module: PackedLinear) -> PlusProduct:
+    """``residual + x @ W.T (+ bias)`` for a packed module."""
+    return lambda x, residual: module.product(x).add_(residual)
 
 
 def side_by_side(modules: Sequence[PackedLinear]) -> Product:
@@ -64,6 +79,44 @@ def side_by_side(modules: Sequence[PackedLinear]) -> Product:
     if len(modules) == 1:
         return modules[0].product
     return lambda x: torch.cat([m.product(x) for m in modules], -1)
+
+
+def by_columns(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (in, sum of outs) contiguous weight (and bias) for ``linears``, whose modules keep
+    transposed views of it (no second copy). MKL's products of a few rows read a weight ~1.3-2x
+    faster by columns than by rows (one row, 192 x 576: 7.9 -> 4.7 us; the 4-layer GPT-2's head,
+    8 rows, one core: 5.5 -> 2.6 ms)."""
+    weight = torch.cat([m.weight.detach().T for m in linears], 1).contiguous()
+    bias = None if linears[0].bias is None else torch.cat([m.bias.detach() for m in linears])
+    start = 0
+    for m in linears:
+        outs = m.weight.shape[0]
+        m.weight = nn.Parameter(weight[:, start : start + outs].T, requires_grad=False)
+        if bias is not None:
+            m.bias = nn.Parameter(bias[start : start + outs], requires_grad=False)
+        start += outs
+    return weight, bias
+
+
+def plus_product_of(module: Any) -> PlusProduct:
+    """A layer's last product with the residual added (``plus_by_columns``)."""
+    if isinstance(module, PackedLinear):
+        return plus_packed(module)
+    if isinstance(module, nn.Linear):
+        return plus_by_columns(*by_columns([module]))
+    return plus_by_columns(module.weight.detach(), module.bias)
+
+
+def product_of(modules: list[Any]) -> Product:
+    """One product over the outputs of ``modules`` side by side: their packed products
+    concatenated where they were packed, else one product over their weights
+    by columns (``nn.Linear``s become views of it; GPT-2's ``Conv1D``s are by columns already)."""
+    if all(isinstance(m, PackedLinear) for m in modules):
+        return side_by_side(modules)
+    if isinstance(modules[0], nn.Linear):
+        return by_columns_product(*by_columns(modules))
+    (module,) = modules
+    return by_columns_product(module.weight.detach(), module.bias)
 
 
 class PackedLinear(nn.Module):
