@@ -23,6 +23,7 @@ slot. transformers' forward took ~3 ms of a one-prompt step of lmql-tiny, this ~
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ from lmql_hf.cache.slot_cache import SlotCache
 from lmql_hf.cpu.head_product import HeadProduct
 from lmql_hf.cpu.packed_linear import Product, Role, packed_roles, plus_product_of, product_of
 from lmql_hf.cpu.threads import HostThreads
+
+log = logging.getLogger(__name__)
 
 # the output head is also held by columns up to this size (head_product.py)
 HEAD_COPY_BYTES = 256 << 20
@@ -111,7 +114,9 @@ class LeanDecoder:
             return None
         try:
             return family(model, cache, threads, packed)
-        except AttributeError:  # modules of a transformers release before 4.48 (no ``scaling``...)
+        except AttributeError as e:  # modules of a transformers release before 4.48 (no ``scaling``...)
+            log.warning("the lean CPU step is off for %s (%s): transformers' forward runs instead",
+                        type(model).__name__, e)
             return None
 
     def logits(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, read_rows: slice,
