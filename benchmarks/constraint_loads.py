@@ -232,4 +232,5 @@ if __name__ == "__main__":  # a program client (see ``program_clients``)
     parser.add_argument("--first", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    asyncio.run(client_main(*args.client, args.streams, args.rounds, args.new_tokens, args.first))
+    endpoint, folder = args.client
+    asyncio.run(client_main(endpoint, folder, args.streams, args.rounds, args.new_tokens, args.first))
