@@ -86,7 +86,7 @@ def test_paced_events_carry_several_tokens_and_reconstruct_the_answer() -> None:
 
 
 def test_deltas_are_written_as_json_dumps_writes_them() -> None:
-    from lmql_core.openai_compat.choices import delta_json
+    from lmql_core.openai_compat.chunk_json import delta_json
 
     logprobs = {"tokens": [" é\"\\\n", "token_id:7", "\u2028😀"], "token_logprobs": [None, -0.5, -1e30],
                 "top_logprobs": [None, {"a": -0.25, "b": float("-inf")}, {"\u2028😀": -3.0000000000000004}],
@@ -106,7 +106,8 @@ def test_deltas_are_written_as_json_dumps_writes_them() -> None:
 
 
 def test_log_probs_written_from_their_entries_are_what_json_dumps_writes() -> None:
-    from lmql_core.openai_compat.choices import TokenLogprob, completion_logprobs, completion_logprobs_json
+    from lmql_core.openai_compat.choices import TokenLogprob, completion_logprobs
+    from lmql_core.openai_compat.chunk_json import completion_logprobs_json
 
     items = [
         TokenLogprob(1, "<s>", None, [], 3),  # the echoed prompt's first token: no log-prob
@@ -129,7 +130,8 @@ def test_log_probs_written_from_the_engines_events_are_what_json_dumps_writes() 
     from lmql_core.engine.sampling import ONLY_THE_CHOSEN
     from lmql_core.engine.sequence import TokenEvent
     from lmql_core.lmtp.server.session import FINISH_REASONS
-    from lmql_core.openai_compat.choices import Choice, events_logprobs_json
+    from lmql_core.openai_compat.choices import Choice
+    from lmql_core.openai_compat.chunk_json import events_logprobs_json
 
     tokenizer = load_model(parse_model_id("lmql-tiny")).tokenizer
     assert tokenizer is not None

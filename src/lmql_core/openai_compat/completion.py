@@ -16,7 +16,7 @@ from lmql_core.lmtp import wire
 from lmql_core.lmtp.server.outbox import Outbox
 from lmql_core.lmtp.server.session import FINISH_REASONS, Session
 from lmql_core.loading.model_host import LoadedModel, ModelHost
-from lmql_core.openai_compat import choices as shapes
+from lmql_core.openai_compat import chunk_json
 from lmql_core.openai_compat.choices import LENGTH, Choice, chat_logprobs, completion_logprobs
 from lmql_core.openai_compat.pacing import MIN_PAUSE_S, StreamPacer
 from lmql_core.openai_compat.prompts import chat_ids, encode, served_model, tokenizer_of
@@ -358,7 +358,7 @@ class Completion:
         (its log-probs from the engine's events where none are made yet: ``events_logprobs_json``)."""
         if self.request.chat:
             delta = self._delta(choice, offsets)
-            return None if delta is None else shapes.delta_json(delta)
+            return None if delta is None else chunk_json.delta_json(delta)
         news = self._news(choice)
         if news is None:
             return None
@@ -368,12 +368,12 @@ class Completion:
         if events is None:
             items = choice.new_logprobs()
             if self.request.logprobs is not None:
-                logprobs = shapes.completion_logprobs_json(items, offsets[choice.index])
+                logprobs = chunk_json.completion_logprobs_json(items, offsets[choice.index])
                 offsets[choice.index] += sum(item.length for item in items)
         elif self.request.logprobs is not None:
             i = choice.index
-            logprobs, offsets[i] = shapes.events_logprobs_json(choice, events, offsets[i])
-        return shapes.completion_delta_json(choice.index, text, logprobs, finish)
+            logprobs, offsets[i] = chunk_json.events_logprobs_json(choice, events, offsets[i])
+        return chunk_json.completion_delta_json(choice.index, text, logprobs, finish)
 
     def _chunk_head(self) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.request.chat else "text_completion"
