@@ -6,21 +6,33 @@ folder (nothing downloads), each saved once and reused while its folder exists.
   vocabulary), bfloat16.
 - ``qwen3-0.6b``: Qwen3-0.6B's shape (151,936-token vocabulary, 28 layers, head_dim 128, tied
   embeddings), bfloat16.
-- ``gpt2-micro``: a GPT-2 of one layer of width 8 and 2,048 tokens, float32, with the same
-  config-only tokenizer as gpt2-medium: a CPU stand-in whose step costs little, so that the
-  server's per-token host work is what a CPU run measures (issue 29's OpenAI/LMTP point).
+- ``gpt2-micro``: a GPT-2 of one layer of width 8 and 2,048 tokens, float32: a CPU stand-in whose
+  step costs little, so that the server's per-token host work is what a CPU run measures (issue
+  29's OpenAI/LMTP point).
 - ``gpt2-micro-50k``: gpt2-micro with GPT-2's 50,257-token vocabulary: the CPU stand-in of
   ``constraints_gpu.py --cpu``, whose masks cover a real vocabulary.
 - ``lmql-tiny``: the bundled tiny model (the CPU smoke runs), float32.
+
+The GPT-2 shapes come with a byte-level BPE of their vocabulary trained on this machine's Python
+sources (``local_bpe.py``), so that their tokens decode to text as a real model's do (a folder with
+a config alone gets a tokenizer that decodes most tokens to nothing, which flatters every path that
+turns tokens into text). The Llama and Qwen3 shapes keep their configs' tokenizers.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from local_bpe import python_sources_bpe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "compat"))
+from build_model import legacy_merges  # noqa: E402  (tests/compat)
 
 ROOT = Path(tempfile.gettempdir())
 
@@ -76,7 +88,18 @@ def bench_model(name: str) -> BenchModel:
     model = BenchModel(name, FOLDERS[name], DTYPES[name])
     if not (model.folder / "config.json").exists():
         _build(name, model)
+    if name.startswith("gpt2") and not (model.folder / "tokenizer.json").exists():
+        _add_tokenizer(model.folder, model.config()["vocab_size"])
     return model
+
+
+def _add_tokenizer(folder: Path, vocab: int) -> None:
+    """The trained BPE, EOS last as GPT-2's, its merges in the form LMQL 0.7.3's older
+    ``tokenizers`` reads too."""
+    shutil.copyfile(python_sources_bpe(vocab), folder / "tokenizer.json")
+    legacy_merges(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "tokenizer_class": "GPT2TokenizerFast"}))
 
 
 def _build(name: str, model: BenchModel) -> None:

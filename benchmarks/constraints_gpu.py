@@ -45,7 +45,6 @@ import os
 import statistics
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "compat"))
 from bench_models import bench_model  # noqa: E402
-from build_model import legacy_merges  # noqa: E402  (tests/compat)
 from constrained_programs import PROGRAMS, runner_records, side_records  # noqa: E402
 from constraint_loads import (  # noqa: E402
     SCHEMA,
@@ -64,30 +62,10 @@ from constraint_loads import (  # noqa: E402
     program_clients,
     served_name,
 )
-from local_bpe import train_bpe  # noqa: E402
 from processes import LMQL_073_SERVE, OFFLINE_ENV, free_port, install_wheels, lmql_073_env, start_server  # noqa: E402
 
 SERVER_PATH, CLIENT_PATH, LMQL = "server path", "client masks", "lmql 0.7.3"
 LMQL_SITE = Path("/tmp/lmql073-site")
-
-
-def ensure_tokenizer(folder: Path, vocab: int = 50257) -> None:
-    """A byte-level BPE of ``vocab`` tokens (the last one ``<|endoftext|>``, GPT-2's EOS id),
-    trained on this machine's Python sources, in ``folder`` unless it has a tokenizer; its merges
-    in the form LMQL 0.7.3's older ``tokenizers`` reads too."""
-    if not (folder / "tokenizer.json").exists():
-        train_tokenizer(folder, vocab)
-    legacy_merges(folder)
-
-
-def train_tokenizer(folder: Path, vocab: int) -> None:
-    paths = sysconfig.get_paths()
-    tok = train_bpe([f"{paths['stdlib']}/**/*.py", f"{paths['purelib']}/**/*.py"], vocab, eos_last=True,
-                    max_chars=80_000_000)
-    assert tok.get_vocab_size() == vocab, f"trained {tok.get_vocab_size()} tokens; more text is needed"
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "tokenizer_class": "GPT2TokenizerFast"}))
 
 
 def install_llguidance(wheels: Path) -> None:
@@ -184,7 +162,6 @@ def main() -> None:
     if args.wheels:
         install_llguidance(args.wheels)
     model = bench_model(args.model)
-    ensure_tokenizer(model.folder)
     eos = model.eos_token_id() or 50256
     device = [] if args.cpu else ["--cuda", "--dtype", model.dtype]
     chain = ["--chain_steps", "True"] if args.chain_steps else []

@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import sysconfig
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_bpe import train_bpe  # noqa: E402
+from local_bpe import python_sources_bpe  # noqa: E402
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "grey", "pink", "brown",
           "cyan", "magenta", "olive", "navy", "teal", "maroon", "silver", "gold", "beige"]
@@ -57,15 +55,7 @@ def kinds() -> dict[str, tuple[Any, str]]:
 def tokenizer(path: str | None, vocab: int) -> Any:
     from lmql_core.loading.tokenizer import JsonTokenizer
 
-    if path is None:
-        folder = Path(tempfile.gettempdir()) / f"lmql-bench-bpe-{vocab}"
-        path = str(folder / "tokenizer.json")
-        if not Path(path).exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            paths = sysconfig.get_paths()
-            train_bpe([f"{paths['stdlib']}/**/*.py", f"{paths['purelib']}/**/*.py"], vocab, eos_last=True,
-                      max_chars=80_000_000).save(path)
-    tok = JsonTokenizer.from_file(path)
+    tok = JsonTokenizer.from_file(path or str(python_sources_bpe(vocab)))
     if tok.eos_token_id is None:
         tok.eos_token_id = tok.vocab_size - 1
     return tok
