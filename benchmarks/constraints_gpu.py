@@ -20,19 +20,20 @@ own folder.)
 (b) JSON-schema output through the OpenAI transport (``response_format``) at ``--streams``
     concurrent completions, against unconstrained completions: target at least 0.8x;
 (c) mask work in (a) and (b) from the server's /metrics: filling masks (on its own thread, beside
-    the forward pass) per step and as a share of the engine's busy time, the part the engine
-    thread waited for, and following llguidance grammars: target under 5% for what the engine
-    thread spends (wait + following); within the fill, llguidance's rows (``rows: CPU/CPU
-    wait/lock wait/slowest``, summed over the mask threads: their CPU time, their waits for a CPU,
-    their waits for the interpreter's lock; each step's slowest row: with n threads the fill cannot
-    beat max(slowest, CPU / n));
+    the forward pass) per step and as a share of the engine's busy time, the part the engine thread
+    waited for, and following llguidance grammars: target under 5% for what the engine thread spends
+    (wait + following); "engine busy": the engine thread's working share of the time between the two
+    reads of the counters (the clients' timed seconds and their wind-down); within the fill,
+    llguidance's rows (``rows: CPU/CPU wait/lock wait/slowest``, summed over the mask threads: their
+    CPU time, their waits for a CPU, their waits for the interpreter's lock; each step's slowest
+    row: with n threads the fill cannot beat max(slowest, CPU / n));
 (d) each of ``constrained_programs.py``'s five programs alone (``--reps`` runs, median ms) with
     the server path, with today's client masks (``LMQL_SERVER_CONSTRAINTS=off``, the same server)
     and with LMQL 0.7.3's runtime and server (from ``--wheels`` or ``--lmql-python``; left out
     without): targets at least 1x the client path and 20x LMQL 0.7.3.
 
-The model folder gets a 50,257-token byte-level BPE trained here on local Python sources when it
-has none (nothing downloads). ``--cpu``: gpt2-micro-50k (the same vocabulary, one tiny layer) on
+The model folder has a 50,257-token byte-level BPE trained on local Python sources
+(``bench_models.py``; nothing downloads). ``--cpu``: gpt2-micro-50k (the same vocabulary, one tiny layer) on
 the CPU at small sizes, to check the whole run end to end.
 """
 
@@ -80,13 +81,16 @@ def measured(port: int, point: str, run: Any) -> dict[str, Any]:
     """``run(start)`` (-> seconds, errors) between two reads of the server's counters; the first
     read again where ``run`` calls ``start()`` (when its warm-up is over and its clock starts)."""
     before, breaks = metrics(port), chain_breaks(port)
+    span = [time.monotonic()]  # from the first read to the last: the time the counters' deltas cover
 
     def start() -> None:
         before.update(metrics(port))
         breaks.update(chain_breaks(port))
+        span[0] = time.monotonic()
 
     seconds, errors = run(start)
     delta = {k: v - before[k] for k, v in metrics(port).items()}
+    span.append(time.monotonic())
     broken = {k: int(v - breaks.get(k, 0)) for k, v in chain_breaks(port).items()}
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
@@ -99,7 +103,7 @@ def measured(port: int, point: str, run: Any) -> dict[str, Any]:
                 "mask_rows_cpu_seconds", "mask_rows_cpu_wait_seconds", "mask_rows_blocked_seconds",
                 "mask_slowest_row_seconds")),
             "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
-            "following_share": delta["grammar_seconds"] / busy, "busy_share": busy / seconds,
+            "following_share": delta["grammar_seconds"] / busy, "busy_share": busy / (span[1] - span[0]),
             "errors": len(errors),
             "first_error": errors[0][:300] if errors else None}
 
