@@ -55,6 +55,20 @@ def test_a_bucket_runs_eagerly_once_then_is_captured_then_replays() -> None:
     assert [plan.use(key) for _ in range(3)] == ["replay"] * 3
 
 
+def test_capture_at_use_runs_a_bucket_eagerly_until_that_use() -> None:
+    plan = decode_plan(batch_buckets(256), length_buckets(2048), capture_at_use=4)
+    key = (64, 128)
+    assert [plan.use(key) for _ in range(4)] == ["eager", "eager", "eager", "capture"]
+    plan.captured.add(key)
+    assert plan.use(key) == "replay"
+    at_first = prompt_plan(token_buckets(8192), capture_at_use=1)
+    assert at_first.use(512) == "capture"
+    assert not at_first.ran_eagerly(512)  # so the capture runs a warm-up pass first
+    with pytest.raises(ValueError, match="from 1"):
+        CapturePlan([64], [64], capture_at_use=0)
+    assert OPTIONS["capture_at_use"].default == 2
+
+
 def test_a_bucket_whose_capture_failed_runs_eagerly_and_is_not_offered_again() -> None:
     plan = CapturePlan([64, 128, 256], [64])
     plan.use(128)
@@ -99,3 +113,12 @@ def test_with_any_length_graphs_one_decode_graph_per_batch_serves_every_length()
     assert plan.first == [(1, 2048)]
     option = OPTIONS["any_length_graphs"]
     assert option.default is False  # until a GPU has measured it (benchmarks/decode_lengths_bench.py)
+
+
+def test_capture_at_use_below_one_is_refused_before_the_model_loads() -> None:
+    from lmql_core.errors import LMQLError
+    from lmql_hf.backend import HFBackend
+    from lmql_hf.bundled import bundled_path
+
+    with pytest.raises(LMQLError, match="capture_at_use counts a shape's uses from 1, not 0"):
+        HFBackend(bundled_path("lmql-tiny"), warm_up=False, capture_at_use=0)

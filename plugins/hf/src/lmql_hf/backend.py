@@ -54,6 +54,8 @@ class HFBackend(Backend):
 
     def __init__(self, model: str, *, cuda: bool = False, dtype: str | None = None, **kwargs: Any) -> None:
         self.options = {k: kwargs.pop(k, v) for k, v in ENGINE_OPTIONS.items()}
+        if (at_use := int(self.options["capture_at_use"])) < 1:
+            raise LMQLError(f"capture_at_use counts a shape's uses from 1, not {at_use}")
         self.fused_modules = 0
         self.name = model
         self.kwargs = weights.loader_kwargs(cuda, dtype, kwargs)

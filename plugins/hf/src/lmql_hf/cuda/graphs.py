@@ -9,9 +9,9 @@ as a device tensor (what the previous step sampled), so a step can be queued bef
 knows them.
 
 Not every bucket is captured before "Ready" (``CapturePlan``): the first requests' few are; a
-bucket first needed later runs once eagerly at its padded shape (the same kernels a replay
-runs, so the same results), is captured at its next use, and every bucket left is captured
-while the engine idles (``idle_capture``), the likeliest first.
+bucket first needed later runs eagerly at its padded shape (the same kernels a replay runs, so
+the same results) until its ``--capture_at_use``-th use, which captures it, and every bucket left
+is captured while the engine idles (``idle_capture``), the likeliest first.
 """
 
 from __future__ import annotations
@@ -54,27 +54,44 @@ Key = TypeVar("Key", bound=Hashable)
 
 class CapturePlan(Generic[Key]):
     """When each bucket's graph is captured: ``first`` before "Ready" (every bucket where
-    ``everything``); any other at its second use, its first having run eagerly (``use``); and
-    while the engine idles, in ``order`` (``next_idle``). A bucket whose capture failed (out of
-    memory) runs eagerly from then on."""
+    ``everything``); any other at its ``capture_at_use``-th use, the uses before it run eagerly
+    (``use``); and while the engine idles, in ``order`` (``next_idle``). A bucket whose capture
+    failed (out of memory) runs eagerly from then on.
 
-    def __init__(self, order: list[Key], first: list[Key], everything: bool = False) -> None:
+    A capture stalls every stream for 20-75 ms, an eager step costs a few ms more than a replay:
+    capturing later keeps the stall away from a new batch size's first tokens."""
+
+    def __init__(self, order: list[Key], first: list[Key], everything: bool = False,
+                 capture_at_use: int = 2) -> None:
+        if capture_at_use < 1:
+            raise ValueError(f"capture_at_use counts uses from 1, not {capture_at_use}")
         self.order = order
         self.first = list(order) if everything else [k for k in order if k in set(first)]
+        self.capture_at_use = capture_at_use
         self.captured: set[Key] = set()
         self.failed: set[Key] = set()
         self.uses: Counter[Key] = Counter()
+        self.eager: set[Key] = set()  # buckets a pass ran eagerly at
 
     def use(self, key: Key) -> str:
         """What a pass of bucket ``key`` does now: "replay", "eager" or "capture" (then replay)."""
         if key in self.captured:
             return "replay"
         self.uses[key] += 1
-        return "eager" if key in self.failed or self.uses[key] == 1 else "capture"
+        if key in self.failed or self.uses[key] < self.capture_at_use:
+            self.eager.add(key)
+            return "eager"
+        return "capture"
+
+    def use_eagerly(self, key: Key) -> None:
+        """A pass of bucket ``key`` runs eagerly now whatever ``use`` would say (before Ready)."""
+        self.uses[key] += 1
+        self.eager.add(key)
 
     def ran_eagerly(self, key: Key) -> bool:
-        """Whether a pass of bucket ``key`` ran (its kernels compiled and loaded at its shapes)."""
-        return self.uses[key] > 0
+        """Whether a pass of bucket ``key`` ran eagerly (its kernels compiled and loaded at its
+        shapes: its capture needs no warm-up run)."""
+        return key in self.eager
 
     def next_idle(self) -> Key | None:
         return next((k for k in self.order if k not in self.captured and k not in self.failed), None)
@@ -84,16 +101,17 @@ def batch_buckets(max_batch: int) -> list[int]:
     return [b for b in BATCH_BUCKETS if b < max_batch] + [max_batch]
 
 
-def decode_plan(batches: list[int], lengths: list[int],
-                everything: bool = False) -> CapturePlan[tuple[int, int]]:
+def decode_plan(batches: list[int], lengths: list[int], everything: bool = False,
+                capture_at_use: int = 2) -> CapturePlan[tuple[int, int]]:
     """Before "Ready": one stream up to ``FIRST_LENGTH`` positions (a first request's)."""
     first = [(1, n) for n in lengths if n <= FIRST_LENGTH] or [(1, lengths[0])]
-    return CapturePlan(diagonal_order(batches, lengths), first, everything)
+    return CapturePlan(diagonal_order(batches, lengths), first, everything, capture_at_use)
 
 
-def prompt_plan(buckets: list[int], everything: bool = False) -> CapturePlan[int]:
+def prompt_plan(buckets: list[int], everything: bool = False, capture_at_use: int = 2) -> CapturePlan[int]:
     """Before "Ready": passes up to ``FIRST_LENGTH`` tokens (a first request's prompt)."""
-    return CapturePlan(buckets, [n for n in buckets if n <= FIRST_LENGTH] or buckets[:1], everything)
+    first = [n for n in buckets if n <= FIRST_LENGTH] or buckets[:1]
+    return CapturePlan(buckets, first, everything, capture_at_use)
 
 
 def diagonal_order(batches: list[int], lengths: list[int]) -> list[tuple[int, int]]:
@@ -199,14 +217,15 @@ class DecodeGraphs:
     """``forward(ids, positions, slots, length)`` runs the model on (batch, 1) inputs."""
 
     def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, lengths: list[int],
-                 max_batch: int, scratch_slot: int, capture_all: bool = False) -> None:
+                 max_batch: int, scratch_slot: int, capture_all: bool = False,
+                 capture_at_use: int = 2) -> None:
         self.forward = forward
         self.device = device
         self.lengths = lengths  # length_buckets
         self.batches = batch_buckets(max_batch)
         self.scratch = scratch_slot
         self.graphs: dict[tuple[int, int], DecodeGraph] = {}  # made, captured or not
-        self.plan = decode_plan(self.batches, self.lengths, capture_all)
+        self.plan = decode_plan(self.batches, self.lengths, capture_all, capture_at_use)
         self.pool: Any = None
         self.staging = Staging(self.batches[-1])
 
@@ -220,7 +239,7 @@ class DecodeGraphs:
             if (1, length) not in self.plan.captured:
                 graph = self._bucket(1, length)
                 graph.inputs[2].fill_(self.scratch)
-                self.plan.use((1, length))
+                self.plan.use_eagerly((1, length))
                 self._step(graph)
 
     def capture_next(self) -> bool:

@@ -60,7 +60,7 @@ class PromptGraphs:
 
     def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, most_tokens: int,
                  most_rows: int, tokens_per_tile: int, scratch_slot: int, capture: bool = True,
-                 capture_all: bool = False) -> None:
+                 capture_all: bool = False, capture_at_use: int = 2) -> None:
         self.forward = forward
         self.capture = capture
         self.device = device
@@ -68,7 +68,7 @@ class PromptGraphs:
         self.most_rows = most_rows
         self.scratch = scratch_slot
         self.graphs = {n: PromptGraph(n, self._width(n), device) for n in token_buckets(most_tokens)}
-        self.plan = prompt_plan(list(self.graphs), capture_all)
+        self.plan = prompt_plan(list(self.graphs), capture_all, capture_at_use)
         self.pool: Any = None
 
     def _width(self, tokens: int) -> int:

@@ -4,7 +4,7 @@ Decode steps (graphs.py) replay on one GPU unless ``--cuda_graphs False``; packe
 (prompt_graphs.py) where decode steps do and the slot-cache attention kernels run, for models
 whose logits are the output head applied to the last hidden states. Before "Ready" only the
 graphs of the first requests are captured (``--capture_all True``: every graph); the others at
-their second use or while the engine idles (``HFBackend.idle``), a capture at a time.
+their ``--capture_at_use``-th use or while the engine idles (``HFBackend.idle``), a capture at a time.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def decode_graphs(backend: Any) -> DecodeGraphs | None:
     # a compiled forward compiles again for every new shape: all of that before Ready
     everything = bool(backend.options["capture_all"] or backend.options["compile"])
     graphs = DecodeGraphs(forward, backend.device, backend.lengths, backend.max_batch,
-                          backend.table.scratch, everything)
+                          backend.table.scratch, everything, int(backend.options["capture_at_use"]))
     with capturing(len(graphs.plan.first), "decode steps", len(graphs.plan.order)):
         torch.cuda.empty_cache()  # what the loading left cached: free for the graphs' pool
         graphs.capture_first()
@@ -57,7 +57,8 @@ def prompt_graphs(backend: Any) -> PromptGraphs | None:
     # a pass packs many sequences: it can hold more tokens than one sequence's context
     prompts = PromptGraphs(backend.prompt_forward, backend.device, backend.prefill_tokens, backend.max_batch,
                            tile, backend.table.scratch, capture=on_cuda,
-                           capture_all=bool(backend.options["capture_all"]))
+                           capture_all=bool(backend.options["capture_all"]),
+                           capture_at_use=int(backend.options["capture_at_use"]))
     if on_cuda:  # on the CPU nothing is captured: the passes run eagerly
         with capturing(len(prompts.plan.first), "prompt passes", len(prompts.graphs)):
             prompts.capture_first()
