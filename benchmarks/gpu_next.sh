@@ -4,6 +4,7 @@
 #
 #   run(command="bash benchmarks/gpu_next.sh 1", carry=[".whl"])   # correctness, issue 31
 #   run(command="bash benchmarks/gpu_next.sh 2", carry=[".whl"])   # issues 29 and 32
+#   run(command="bash benchmarks/gpu_next.sh 3", carry=[".whl"])   # issue 32: start-up, first runs
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`.)
 # Each command has its own time limit; the whole output goes to $OUT/gpu_next_N.log, the tables
@@ -34,6 +35,14 @@ if [ "$part" = 1 ]; then
     step 120 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_mask_staging.py tests/test_template_constraints.py \
         tests/test_constraints_engine.py -k "cuda or side_by_side or forced_tokens_ride"
     step 200 python3 benchmarks/constraints_gpu.py --wheels .whl --out "$out/cons"
+elif [ "$part" = 3 ]; then
+    # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    step 200 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode \
+        --capture_all False
+    step 70 python3 benchmarks/startup.py --models gpt2-medium   # every graph before Ready, for comparison
+    step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --budget-s 110
+    step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --capture_at_use 4 --budget-s 110
 else
     step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
     step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4 \
