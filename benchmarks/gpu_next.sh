@@ -32,7 +32,7 @@ python3 -m pip install -q --no-deps --no-build-isolation . ./plugins/hf .whl/llg
 
 if [ "$part" = 1 ]; then
     step 220 python3 scripts/gpu_check.py
-    step 120 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_mask_staging.py tests/test_template_constraints.py \
+    step 120 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_mask_staging.py tests/test_template_steps.py \
         tests/test_constraints_engine.py -k "cuda or side_by_side or forced_tokens_ride"
     step 200 python3 benchmarks/constraints_gpu.py --wheels .whl --out "$out/cons"
 elif [ "$part" = 3 ]; then
