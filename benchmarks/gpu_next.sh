@@ -2,8 +2,8 @@
 # The GPU checks and numbers still owed to issues 29, 31 and 32 (benchmarks/RESULTS.md, top
 # sections), in two device calls of under ten minutes each, from the repository root:
 #
-#   run(command="bash benchmarks/gpu_next.sh 1", carry=[".whl"])   # correctness, issue 31
-#   run(command="bash benchmarks/gpu_next.sh 2", carry=[".whl"])   # issues 29 and 32
+#   run(command="bash benchmarks/gpu_next.sh 1", carry=[".whl"])   # CUDA tests, issues 31 and 29
+#   run(command="bash benchmarks/gpu_next.sh 2", carry=[".whl"])   # gpu_check, issues 29, 31 (c), 32
 #   run(command="bash benchmarks/gpu_next.sh 3", carry=[".whl"])   # issue 32: start-up, first runs
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`.)
@@ -30,11 +30,12 @@ step() {  # step LIMIT_S COMMAND...: run it under a limit, keep its output, show
 
 python3 -m pip install -q --no-deps --no-build-isolation . ./plugins/hf .whl/llguidance-*.whl
 
-if [ "$part" = 1 ]; then
-    step 220 python3 scripts/gpu_check.py
+if [ "$part" = 1 ]; then  # the engine's new CUDA paths, then issue 31's and 29's points
     step 120 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_mask_staging.py tests/test_template_steps.py \
         tests/test_constraints_engine.py -k "cuda or side_by_side or forced_tokens_ride"
     step 200 python3 benchmarks/constraints_gpu.py --wheels .whl --out "$out/cons"
+    step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
+    step 90 env LMQL_MASK_FILL=rows python3 benchmarks/constraints_gpu.py --only b --out "$out/rows"
 elif [ "$part" = 3 ]; then
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
@@ -44,10 +45,9 @@ elif [ "$part" = 3 ]; then
     step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --budget-s 110
     step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --capture_at_use 4 --budget-s 110
 else
-    step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
+    step 220 python3 scripts/gpu_check.py
     step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4 \
         --openai-events-per-s 1000
-    step 90 env LMQL_MASK_FILL=rows python3 benchmarks/constraints_gpu.py --only b --out "$out/rows"
     step 90 python3 benchmarks/capture_costs.py --model gpt2-medium
     step 90 python3 benchmarks/mask_costs.py --grammar --tokenizer /tmp/lmql-bench-gpt2-medium/tokenizer.json \
         --threads 1,4,8,12
