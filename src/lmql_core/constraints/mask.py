@@ -40,6 +40,7 @@ class Allowed:
 
 
 ANY = Allowed(None, True)
+REPLACEMENT = "\ufffd"  # what a decoder gives for bytes that are not (yet) a whole character
 
 
 class Value:
@@ -47,7 +48,11 @@ class Value:
 
     Given ``decode`` instead of ``text``, the text is decoded when a constraint first reads it
     (``len(TOKENS(X))`` alone never does), and ``diff`` from ``before``: the text of all but the
-    last token, or the ``Value`` of those tokens (decoded when needed)."""
+    last token, or the ``Value`` of those tokens (decoded when needed). Where ``before`` is a
+    ``Value`` whose text was read, the text is its text and what the last token adds after the
+    one before it (two short decodes, not one of every token: a value read at every token would
+    cost quadratic time), unless a character may be split across tokens there (U+FFFD on either
+    side) or the decoder's text of the two tokens does not extend that of the first."""
 
     __slots__ = ("ids", "_text", "_diff", "_decode", "_before")
 
@@ -61,8 +66,22 @@ class Value:
     def text(self) -> str:
         if self._text is None:
             assert self._decode is not None
-            self._text = self._decode(self.ids)
+            extended = self._extended(self._decode)
+            self._text = self._decode(self.ids) if extended is None else extended
         return self._text
+
+    def _extended(self, decode: Callable[[list[int]], str]) -> str | None:
+        """The text as ``before``'s and what the last token adds, where that is certain."""
+        before = self._before
+        if not isinstance(before, Value) or before._text is None or len(before.ids) != len(self.ids) - 1 \
+                or not before.ids or before._text.endswith(REPLACEMENT):
+            return None
+        pair = decode(self.ids[-2:])
+        first = decode(self.ids[-2:-1])
+        if REPLACEMENT in pair or not pair.startswith(first):
+            return None
+        self._diff = pair[len(first):]
+        return before._text + self._diff
 
     @property
     def diff(self) -> str:

@@ -4,6 +4,7 @@ is done; as the client sends it (``logit_bias``, LMQL's +-100) and as the engine
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,13 +23,14 @@ class Step:
     @property
     def done(self) -> bool:
         tokens = self.allowed.tokens
-        return self.stop or (tokens is not None and not tokens.any())
+        return self.stop or (tokens is not None and _census(tokens)[0] == 0)
 
     def forced(self) -> int | None:
         tokens = self.allowed.tokens
-        if self.allowed.eos or tokens is None or np.count_nonzero(tokens) != 1:
+        if self.allowed.eos or tokens is None:
             return None
-        return int(np.flatnonzero(tokens)[0])
+        count, first = _census(tokens)
+        return first if count == 1 else None
 
     def same_mask(self, other: Step) -> bool:
         a, b = self.allowed, other.allowed
@@ -68,3 +70,21 @@ class Step:
             if eos is not None:
                 row[eos] = self.allowed.eos
         return row
+
+
+# a shared (read-only) mask's census, by the array's id while it lives: a variable's masks repeat
+# (a count of characters, a regex state), and counting a vocabulary's flags costs µs every token
+_CENSUS: dict[int, tuple[weakref.ref[np.ndarray], int, int | None]] = {}
+
+
+def _census(tokens: np.ndarray) -> tuple[int, int | None]:
+    """How many tokens ``tokens`` allows, and the one it allows where it allows one."""
+    key = id(tokens)
+    known = _CENSUS.get(key)
+    if known is not None and known[0]() is tokens:
+        return known[1], known[2]
+    count = int(np.count_nonzero(tokens))
+    first = int(np.flatnonzero(tokens)[0]) if count == 1 else None
+    if not tokens.flags.writeable:
+        _CENSUS[key] = (weakref.ref(tokens, lambda _: _CENSUS.pop(key, None)), count, first)
+    return count, first
