@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from lmql_core.constraints.mask import Allowed, Value
+from lmql_core.constraints.mask import GROWN_AFTER, Allowed, Value
 from lmql_core.constraints.step import Step
 from lmql_core.loading.tokenizer import JsonTokenizer
 from tests.test_incremental_decoder import TEXT, byte_level, sentencepiece_style
@@ -53,22 +53,22 @@ def test_text_grown_token_by_token_is_the_decode_of_every_token(make: Callable[[
             whole, before = tokenizer.decode(ids[:k]), tokenizer.decode(ids[: k - 1])
             assert value.text == whole, (ids[:k], value.text, whole)
             assert value.diff == whole[len(before):]
-    calls.clear()  # text of whole characters: every read after the first is two tokens' decodes
-    ascii_ids = tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 4, add_special_tokens=False)
+    calls.clear()  # text of whole characters: past GROWN_AFTER tokens, two tokens' decodes a read
+    ascii_ids = tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 6, add_special_tokens=False)
     values = grown(ascii_ids, decode, random.Random(2))
-    reads_after_a_read = sum(1 for (_, was), (_, now) in zip(values, values[1:]) if was and now)
-    unlinked = [v for (v, now), (_, was) in zip(values[1:], values) if now and not was]
-    assert sorted(n for n in calls if n > 2) == sorted(len(v.ids) for v in unlinked if len(v.ids) > 2)
-    assert calls.count(2) == reads_after_a_read > 0
-
+    pairs = zip(values[1:], values[:-1], strict=True)
+    grown_reads = [v for (v, now), (_, was) in pairs if now and was and len(v.ids) > GROWN_AFTER]
+    whole_reads = [v for v, now in values if now and v not in grown_reads]
+    assert len(grown_reads) > 10
+    assert sorted(calls) == sorted([1, 2] * len(grown_reads) + [len(v.ids) for v in whole_reads])
 
 def test_a_character_split_across_tokens_is_decoded_whole() -> None:
     """Byte-fallback tokens of one character: the first ones alone decode to U+FFFD; the value
     that completes it is the character, not replacement characters added up."""
     tokenizer = sentencepiece_style()
-    ids = tokenizer.encode("ab 🙂 c", add_special_tokens=False)
-    assert any("\ufffd" in tokenizer.decode(ids[:k]) for k in range(1, len(ids)))
-    for k, (value, read) in enumerate(grown(ids, tokenizer.decode, random.Random(1)), start=1):
+    ids = tokenizer.encode("1 2 3 4 5 6 7 8 9 10 11 12 ab 🙂 c", add_special_tokens=False)
+    assert any("\ufffd" in tokenizer.decode(ids[:k]) for k in range(GROWN_AFTER + 1, len(ids)))
+    for k, (value, _) in enumerate(grown(ids, tokenizer.decode, random.Random(1)), start=1):
         assert value.text == tokenizer.decode(ids[:k])
     assert value.text.endswith("🙂 c")
 

@@ -41,18 +41,19 @@ class Allowed:
 
 ANY = Allowed(None, True)
 REPLACEMENT = "\ufffd"  # what a decoder gives for bytes that are not (yet) a whole character
+GROWN_AFTER = 16  # tokens: a shorter value decodes whole as fast as two decodes of one or two tokens
 
 
 class Value:
-    """The variable being generated: its tokens and text so far, and the text the last token added.
-
-    Given ``decode`` instead of ``text``, the text is decoded when a constraint first reads it
-    (``len(TOKENS(X))`` alone never does), and ``diff`` from ``before``: the text of all but the
-    last token, or the ``Value`` of those tokens (decoded when needed). Where ``before`` is a
-    ``Value`` whose text was read, the text is its text and what the last token adds after the
-    one before it (two short decodes, not one of every token: a value read at every token would
-    cost quadratic time), unless a character may be split across tokens there (U+FFFD on either
-    side) or the decoder's text of the two tokens does not extend that of the first."""
+    """The variable being generated: its tokens and text so far, and the text the last token
+    added. Given ``decode`` instead of ``text``, the text is decoded when a constraint first
+    reads it (``len(TOKENS(X))`` alone never does), and ``diff`` from ``before``: the text of
+    all but the last token, or the ``Value`` of those tokens (decoded when needed). Where
+    ``before`` is a ``Value`` whose text was read, the text of more than ``GROWN_AFTER`` tokens
+    is its text and what the last token adds after the one before it (two short decodes, not one
+    of every token: a value read at every token would cost quadratic time), unless a character
+    may be split across tokens there (U+FFFD on either side) or the decoder's text of the two
+    tokens does not extend that of the first."""
 
     __slots__ = ("ids", "_text", "_diff", "_decode", "_before")
 
@@ -73,8 +74,8 @@ class Value:
     def _extended(self, decode: Callable[[list[int]], str]) -> str | None:
         """The text as ``before``'s and what the last token adds, where that is certain."""
         before = self._before
-        if not isinstance(before, Value) or before._text is None or len(before.ids) != len(self.ids) - 1 \
-                or not before.ids or before._text.endswith(REPLACEMENT):
+        if len(self.ids) <= GROWN_AFTER or not isinstance(before, Value) or before._text is None \
+                or len(before.ids) != len(self.ids) - 1 or before._text.endswith(REPLACEMENT):
             return None
         pair = decode(self.ids[-2:])
         first = decode(self.ids[-2:-1])
