@@ -23,7 +23,7 @@ step() {  # step LIMIT_S COMMAND...: run it under a limit, keep its output, show
     echo "== $* (limit ${limit} s)"
     timeout "$limit" "$@" >"$part_log" 2>&1
     echo "   exit $?"
-    grep "^|\|OK\|MISMATCH\|passed\|failed\|steps not chained" "$part_log" | tail -n 30
+    grep "^|\|OK\|MISMATCH\|passed\|failed\|steps not chained\|OpenAI/LMTP" "$part_log" | tail -n 30
     { echo "== $*"; cat "$part_log"; } >>"$log"
     rm -f "$part_log"
 }
@@ -45,10 +45,10 @@ elif [ "$part" = 3 ]; then
     step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --budget-s 110
     step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --capture_at_use 4 --budget-s 110
 else
-    step 220 python3 scripts/gpu_check.py
+    step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
     step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4 \
         --openai-events-per-s 1000
-    step 90 python3 benchmarks/capture_costs.py --model gpt2-medium
     step 90 python3 benchmarks/mask_costs.py --grammar --tokenizer /tmp/lmql-bench-gpt2-medium/tokenizer.json \
         --threads 1,4,8,12
+    step 220 python3 scripts/gpu_check.py
 fi
