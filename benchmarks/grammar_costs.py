@@ -48,7 +48,7 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "ro
     from lmql_core.engine.sequence import SamplingParams, Sequence, Status
     from lmql_core.engine.steps import EngineStats
 
-    compiler = constraints.GrammarCompiler(tok, tok.vocab_size, tok.eos_token_id)
+    compiler = constraints.GrammarCompiler(tok, tok.vocab_size, tok.eos_token_id, lexer_groups=threads or 1)
     spec = constraints.GrammarSpec.of("json_schema", SCHEMA)
     seqs = [Sequence(i, [0], SamplingParams(max_tokens=steps, constraint=compiler.compile(spec)),
                      sink=lambda events: None, max_generated=steps) for i in range(rows)]

@@ -182,3 +182,38 @@ def test_rows_outside_the_masks_are_refused(compiler: GrammarCompiler) -> None:
     assert not bits.any()
     filler.fill([(matcher, 1)], bits)
     assert np.array_equal(bits[1], mask_of(matcher, words)) and not bits[0].any()
+
+
+def test_a_grammar_many_streams_use_is_compiled_once_per_lexer_group(tokenizer: JsonTokenizer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """llguidance's copies of a matcher share its lexer behind one lock, so a grammar's streams are
+    spread over ``lexer_groups`` compiled matchers in turn (one per mask thread); a grammar one
+    stream uses is compiled once. Each copy still follows its own tokens: every mask the 3 threads
+    fill equals the matcher's own, step after step, and every grammar takes its token."""
+    grouped = GrammarCompiler(tokenizer, tokenizer.vocab_size, tokenizer.eos_token_id, lexer_groups=3)
+    schema = [grouped.compile(SPECS[0]) for _ in range(7)]
+    lexers = [c.lexer for c in schema]
+    assert lexers[:3] == lexers[3:6] and lexers[6] == lexers[0] and len(set(lexers)) == 3
+    regex = grouped.compile(SPECS[1])
+    assert regex.lexer not in lexers
+    monkeypatch.setenv(mask_filler.MASK_THREADS_ENV, "3")
+    monkeypatch.setattr(mask_filler, "INLINE_FILL_SECONDS", 0.0)
+    filler, rng = MaskFiller(EngineStats()), random.Random(3)
+    seqs = [Sequence(i, [1, 2], SamplingParams(max_tokens=64, constraint=c), sink=lambda events: None)
+            for i, c in enumerate([regex, *schema])]
+    for seq in seqs:
+        seq.status = Status.RUNNING
+    words = regex.mask_words
+    for step in range(12):
+        expected = [mask_of(s.params.constraint.matcher, words) for s in seqs]
+        batch = filler.wait(filler.start(seqs), seqs)  # type: ignore[arg-type]
+        assert batch is not None
+        for j in range(len(seqs)):
+            assert np.array_equal(batch.bits[j], expected[j]), (step, j)
+        choices = [[t for t in allowed(batch.bits[j], tokenizer.vocab_size) if t != tokenizer.eos_token_id]
+                   for j in range(len(seqs))]
+        tokens = [int(rng.choice(c)) if c else tokenizer.eos_token_id for c in choices]
+        taken = filler.take_tokens(seqs, tokens, [0.0] * len(seqs), tokenizer.eos_token_id)
+        assert len(taken) == sum(1 for c in choices if c) and all(taken.values()), step
+        seqs = [s for s, c in zip(seqs, choices, strict=True) if c]  # a grammar at its end leaves
+    assert len(seqs) == 7  # the schema's streams went on throughout

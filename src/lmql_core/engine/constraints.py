@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from lmql_core.engine.mask_filler import mask_threads
 from lmql_core.engine.sequence import Finish, Sequence, TokenEvent
 from lmql_core.errors import LMQLError
 
@@ -121,10 +122,11 @@ class Constraint:
 
     follows_tokens = True
 
-    def __init__(self, matcher: Any, eos_token_id: int | None, mask_words: int) -> None:
+    def __init__(self, matcher: Any, eos_token_id: int | None, mask_words: int, lexer: int = 0) -> None:
         self.matcher = matcher
         self.eos_token_id = eos_token_id
         self.mask_words = mask_words  # int32 words of its mask (32 tokens each)
+        self.lexer = lexer  # the lexer it shares with other copies of its grammar (``GrammarCompiler``)
         # off: forced text is sampled token by token as any other (under a mask that allows only
         # its continuations), so the tokens are the model's greedy ones rather than the canonical
         # tokenization: what a client that masks each step itself would get
@@ -160,27 +162,48 @@ class Constraint:
         return False  # its state is the matcher's, which needs every token
 
 
+@dataclass
+class _Compiled:
+    """A grammar's fresh matchers to copy, one per lexer group, and how many copies were made."""
+
+    templates: list[Any]
+    copies: int = 0
+
+
 class GrammarCompiler:
     """Compiles grammars for one model's tokenizer. ``compile`` blocks (about a millisecond, a
-    hostile grammar at most its llguidance limits): call it off the event loop."""
+    hostile grammar at most its llguidance limits): call it off the event loop.
 
-    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_id: int | None) -> None:
+    A copy of a compiled matcher (llguidance's ``deep_copy``) shares its lexer with the original,
+    behind one lock: the lexer's states, built as masks need them, then serve every copy, but
+    the copies' masks cannot be computed at the same time. So a grammar many sequences use is
+    compiled up to ``lexer_groups`` times (the mask threads), its copies spread over them in
+    turn, and ``MaskFiller`` hands each mask thread the rows of one group."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_id: int | None,
+                 lexer_groups: int | None = None) -> None:
         self._tokenizer_source = tokenizer
         self.vocab_size = vocab_size
         self.eos_token_id = eos_token_id
+        self.lexer_groups = lexer_groups or mask_threads()
         self._ll_tokenizer: Any = None
-        self._cache: OrderedDict[GrammarSpec, Any] = OrderedDict()  # spec -> a fresh matcher to copy
+        self._cache: OrderedDict[GrammarSpec, _Compiled] = OrderedDict()
         self._lock = threading.RLock()
 
     def compile(self, spec: GrammarSpec) -> Constraint:
         with self._lock:
-            template = self._cache.get(spec)
-            if template is not None:
+            compiled = self._cache.get(spec)
+            if compiled is not None:
                 self._cache.move_to_end(spec)
-                return self._constraint(template)
+                group, compiled.copies = compiled.copies % self.lexer_groups, compiled.copies + 1
+                if group < len(compiled.templates):
+                    return self._constraint(compiled.templates[group])
         template = self._build(spec)
         with self._lock:
-            self._cache[spec] = template
+            if compiled is None:
+                compiled = self._cache[spec] = _Compiled([template], 1)
+            elif len(compiled.templates) < self.lexer_groups:
+                compiled.templates.append(template)
             while len(self._cache) > CACHE_ENTRIES or (
                     len(self._cache) > 1 and sum(len(s.source) for s in self._cache) > CACHE_SOURCE_CHARS):
                 self._cache.popitem(last=False)
@@ -188,7 +211,7 @@ class GrammarCompiler:
 
     def _constraint(self, template: Any) -> Constraint:
         words = (self.ll_tokenizer().vocab_size + 31) // 32
-        return Constraint(template.deep_copy(), self.eos_token_id, words)
+        return Constraint(template.deep_copy(), self.eos_token_id, words, lexer=id(template))
 
     def cached(self) -> int:
         return len(self._cache)

@@ -147,7 +147,8 @@ class MaskFiller:
         started = time.perf_counter()
         words = max(c.mask_words for c, _ in rows)  # the same for all: an engine serves one model
         bits = np.zeros((len(rows), words), dtype=np.int32)
-        matchers = [(c.matcher, j) for j, (c, _) in enumerate(rows) if c.follows_tokens]
+        # by lexer: llguidance's threads take the list in runs, a run then a lexer (see GrammarCompiler)
+        matchers = [(c.matcher, j) for j, (c, _) in sorted(enumerate(rows), key=_lexer) if c.follows_tokens]
         costs = self._fill_grammars(matchers, bits) if matchers else RowCosts()
         if len(matchers) < len(rows):
             for j, (constraint, generated) in enumerate(rows):
@@ -196,6 +197,7 @@ class MaskFiller:
         running, no_chance = Status.RUNNING, float("-inf")
         rows = [(seq, token) for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True)
                 if token != eos and logprob > no_chance and _follows_tokens(seq) and seq.status is running]
+        rows.sort(key=lambda row: row[0].params.constraint.lexer)  # a thread's run, a lexer (as in _fill)
         if not rows:
             return {}
         started = time.perf_counter()
@@ -211,6 +213,10 @@ class MaskFiller:
             self._thread.shutdown(wait=False)
         if self._rows is not None:
             self._rows.close()
+
+
+def _lexer(row: tuple[int, tuple[Any, list[int]]]) -> int:
+    return getattr(row[1][0], "lexer", 0)
 
 
 def _follows_tokens(seq: Sequence) -> bool:
