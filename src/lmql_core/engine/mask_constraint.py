@@ -40,6 +40,9 @@ class MaskConstraint:
 
     def fill(self, generated: list[int], row: np.ndarray) -> None:
         """The mask after ``generated`` into ``row`` (``mask_words`` int32 words, bit i: token i)."""
+        if self.rule.allows_all_after(len(generated)):  # every token and the end: no step to compute
+            row[:] = -1
+            return
         step = self._step(generated)
         tokens = step.allowed.tokens
         if tokens is None or not tokens.flags.writeable:  # a mask the vocabulary remembers: its row too
@@ -74,6 +77,8 @@ class MaskConstraint:
         an EOS token, as the runtime ends it) or ``max_generated`` is reached."""
         events = [TokenEvent(seq.stream_id, token, logprob, None, top)]
         while len(seq.generated) < seq.max_generated:
+            if self.rule.allows_all_after(len(seq.generated)):  # not done, nothing forced
+                return events, False
             step = self._step(seq.generated)
             if step.done:
                 events[-1].finish_reason = Finish.EOS
