@@ -57,9 +57,7 @@ def programs(n: int) -> dict[str, str]:
 
 
 METRICS = ("lmql_engine_busy_seconds", "lmql_engine_mask_fill_seconds", "lmql_engine_mask_wait_seconds",
-           "lmql_engine_mask_rows_cpu_seconds", "lmql_engine_mask_rows_cpu_wait_seconds",
-           "lmql_engine_mask_rows_blocked_seconds",
-           "lmql_engine_mask_slowest_row_seconds", "lmql_engine_grammar_seconds", "lmql_engine_steps",
+           "lmql_engine_grammar_seconds", "lmql_engine_steps",
            "lmql_engine_steps_chained", "lmql_engine_tokens_forced_chained",
            "lmql_tokens_generated", "lmql_sequences_finished")
 EOS_BAN = -100.0

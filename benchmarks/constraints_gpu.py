@@ -23,10 +23,7 @@ own folder.)
     the forward pass) per step and as a share of the engine's busy time, the part the engine thread
     waited for, and following llguidance grammars: target under 5% for what the engine thread spends
     (wait + following); "engine busy": the engine thread's working share of the time between the two
-    reads of the counters (the clients' timed seconds and their wind-down); within the fill,
-    llguidance's rows (``rows: CPU/CPU wait/lock wait/slowest``, summed over the mask threads: their
-    CPU time, their waits for a CPU, their waits for the interpreter's lock; each step's slowest
-    row: with n threads the fill cannot beat max(slowest, CPU / n));
+    reads of the counters (the clients' timed seconds and their wind-down);
 (d) each of ``constrained_programs.py``'s five programs alone (``--reps`` runs, median ms) with
     the server path, with today's client masks (``LMQL_SERVER_CONSTRAINTS=off``, the same server)
     and with LMQL 0.7.3's runtime and server (from ``--wheels`` or ``--lmql-python``; left out
@@ -99,9 +96,6 @@ def measured(port: int, point: str, run: Any) -> dict[str, Any]:
             "chain_breaks": {k: v for k, v in broken.items() if v},
             "forced_chained": int(delta["tokens_forced_chained"]),
             "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
-            "rows_us": "/".join(f"{delta[k] / steps * 1e6:.0f}" for k in (
-                "mask_rows_cpu_seconds", "mask_rows_cpu_wait_seconds", "mask_rows_blocked_seconds",
-                "mask_slowest_row_seconds")),
             "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
             "following_share": delta["grammar_seconds"] / busy, "busy_share": busy / (span[1] - span[0]),
             "errors": len(errors),
@@ -224,13 +218,13 @@ def parse_args() -> argparse.Namespace:
 
 def report_points(points: list[dict[str, Any]]) -> None:
     print("| point | tokens | s | tok/s | vs free | steps (chained) | engine busy | mask fill µs/step "
-          "| rows: CPU/CPU wait/lock wait/slowest µs/step | fill | wait | following | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| fill | wait | following | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, p in enumerate(points):
         ratio = f"{p['tok_per_s'] / points[i - 1]['tok_per_s']:.2f}x" if i % 2 else "-"
         print(f"| {p['point']} | {p['tokens']} | {p['seconds']} | {p['tok_per_s']} | {ratio} "
               f"| {p['steps']} ({p['chained']}) | {p['busy_share']:.0%} | {p['fill_us_per_step']} "
-              f"| {p['rows_us']} | {p['fill_share']:.1%} | {p['wait_share']:.1%} "
+              f"| {p['fill_share']:.1%} | {p['wait_share']:.1%} "
               f"| {p['following_share']:.1%} | {p['errors']} |")
     for p in points:
         if p["chain_breaks"]:

@@ -13,13 +13,11 @@ depends only on the masks, so every run below writes the same texts.
 
 Runs: llguidance's default tokenizer slices against ``constraints.MASK_SLICES``, the masks one row
 at a time (µs a row, and the slowest row of a step; CPU time, which other processes' load leaves
-alone; with it the bound for n threads, per step max(slowest row, all rows / n), and what two
-ways of spreading those rows would take: ``spread_ms``). Then, with
-MASK_SLICES, ``MaskFiller`` with each thread count and each way of spreading the rows
-(``LMQL_MASK_FILL``: ``rows``, ours, ``mask_rows.RowThreads``; ``executor``, llguidance's batch
-call): wall ms a step and the process's CPU ms a step (all threads: what spreading costs); for
-``rows``, its own account summed over the mask threads (``mask_rows.RowCosts``): CPU, waits for
-a CPU (other processes had the cores), waits for the interpreter's lock.
+alone; with it the bound for n threads, per step max(slowest row, all rows / n), and what rayon's
+contiguous runs of rows would take: ``spread_ms``). Then, with MASK_SLICES, ``MaskFiller`` with
+each thread count, the rows' grammars compiled once (every copy sharing one lexer and its lock,
+as before lexer groups) and once per thread (``GrammarCompiler``'s lexer groups, the default):
+wall ms a step and the process's CPU ms a step (all threads: what spreading costs).
 ``busy``: the same beside a Python thread that keeps the interpreter's lock busy at the server's
 switch interval, as the event loop and the engine thread do in the server (each matcher call
 of ours takes the lock back once; llguidance's batch call once a step).
@@ -41,14 +39,15 @@ import numpy as np
 from constraint_loads import SCHEMA
 
 
-def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "rows") -> dict[str, Any]:
-    """One run (``threads`` None: the masks one row at a time); ms and µs per step."""
+def walk(tok: Any, rows: int, steps: int, threads: int | None, lexers: int = 1) -> dict[str, Any]:
+    """One run (``threads`` None: the masks one row at a time), the grammar compiled ``lexers``
+    times; ms and µs per step."""
     from lmql_core.engine import constraints
     from lmql_core.engine.mask_filler import MaskFiller
     from lmql_core.engine.sequence import SamplingParams, Sequence, Status
     from lmql_core.engine.steps import EngineStats
 
-    compiler = constraints.GrammarCompiler(tok, tok.vocab_size, tok.eos_token_id, lexer_groups=threads or 1)
+    compiler = constraints.GrammarCompiler(tok, tok.vocab_size, tok.eos_token_id, lexer_groups=lexers)
     spec = constraints.GrammarSpec.of("json_schema", SCHEMA)
     seqs = [Sequence(i, [0], SamplingParams(max_tokens=steps, constraint=compiler.compile(spec)),
                      sink=lambda events: None, max_generated=steps) for i in range(rows)]
@@ -56,7 +55,6 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "ro
         seq.status = Status.RUNNING
     # one row at a time: the grammars take their tokens on this thread too, so CPU time counts all
     os.environ["LMQL_MASK_THREADS"] = str(threads or 1)
-    os.environ["LMQL_MASK_FILL"] = scheme
     clock = time.perf_counter if threads else time.thread_time
     filler, rng = MaskFiller(EngineStats()), np.random.default_rng(0)
     scores = rng.standard_normal(tok.vocab_size)
@@ -81,39 +79,29 @@ def walk(tok: Any, rows: int, steps: int, threads: int | None, scheme: str = "ro
         follow(filler, running, tokens, tok.eos_token_id)
         following.append(clock() - started)
     filler.close()
-    row_costs = filler.stats.mask_rows
     os.environ.pop("LMQL_MASK_THREADS", None)
-    os.environ.pop("LMQL_MASK_FILL", None)
     result: dict[str, Any] = {"fill_ms": statistics.mean(fills) * 1e3, "steps": len(fills),
                               "following_us": statistics.mean(following) * 1e6}
     if cpus:
         result["cpu_ms"] = statistics.mean(cpus) * 1e3
-        spent = (row_costs.cpu_seconds, row_costs.cpu_wait_seconds, row_costs.blocked_seconds)
-        result["row_us"] = "/".join(f"{t / len(fills) * 1e6:.0f}" for t in spent) if scheme == "rows" else "-"
     if slowest:
         result["slowest_us"] = statistics.mean(slowest) * 1e6
         result["row_costs"] = row_costs_by_step
     return result
 
 
-def spread_ms(steps: list[dict[int, float]], threads: int) -> tuple[float, float, float]:
+def spread_ms(steps: list[dict[int, float]], threads: int) -> tuple[float, float]:
     """From each step's row costs (one row at a time), ms a step when ``threads`` threads fill
     them, averaged: the bound max(slowest row, all rows / threads), no way of spreading does
     better; contiguous runs of rows in order, as rayon's splitter makes them (~2 a thread), each
-    idle thread taking the next; single rows, the costliest of the last step first, each idle
-    thread taking the next (``RowThreads``, not counting its hand-overs of the lock)."""
-    bound, runs, rows = [], [], []
-    last: dict[int, float] = {}
+    idle thread taking the next."""
+    bound, runs = [], []
     for costs in steps:
         ordered = list(costs.values())
         bound.append(max(max(ordered), sum(ordered) / threads))
         size = -(-len(ordered) // (2 * threads))
         runs.append(_list_schedule([sum(ordered[i:i + size]) for i in range(0, len(ordered), size)], threads))
-        typical = statistics.mean(last.values()) if last else 0.0
-        by_last = sorted(costs, key=lambda seq_id: last.get(seq_id, typical), reverse=True)
-        rows.append(_list_schedule([costs[seq_id] for seq_id in by_last], threads))
-        last = costs
-    return statistics.mean(bound) * 1e3, statistics.mean(runs) * 1e3, statistics.mean(rows) * 1e3
+    return statistics.mean(bound) * 1e3, statistics.mean(runs) * 1e3
 
 
 def _list_schedule(durations: list[float], threads: int) -> float:
@@ -165,29 +153,28 @@ def report(tok: Any, rows: int, steps: int, thread_counts: list[int], busy: bool
     print(f"vocabulary: {tok.vocab_size} tokens; {rows} rows of constraint_loads.SCHEMA, {steps} steps; "
           f"{len(os.sched_getaffinity(0))} CPUs (cgroup quota: {_cgroup_cpus() or 'none'}; the engine's "
           f"mask threads: {mask_threads()}); load average {os.getloadavg()[0]:.1f}")
-    print("| slices | masks filled | fill ms/step | CPU ms/step | slowest row µs/step "
-          "| rows: CPU/CPU wait/lock wait µs/step | following µs/step | steps |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| slices | masks filled | fill ms/step | CPU ms/step | slowest row µs/step | following µs/step "
+          "| steps |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     one_row: dict[str, Any] = {}
     for name, slices in (("llguidance's default", None), ("MASK_SLICES", ours)):
         constraints.MASK_SLICES = slices  # type: ignore[assignment]  # (None: llguidance's own)
         one_row = walk(tok, rows, steps, None)
         print(f"| {name} | one row at a time | {one_row['fill_ms']:.2f} | {one_row['fill_ms']:.2f} "
-              f"| {one_row['slowest_us']:,.0f} | - | {one_row['following_us']:,.0f} | {one_row['steps']} |",
+              f"| {one_row['slowest_us']:,.0f} | {one_row['following_us']:,.0f} | {one_row['steps']} |",
               flush=True)
     for threads in thread_counts:
-        bound, runs, by_cost = spread_ms(one_row["row_costs"], threads)
-        for how, ms in ((f"bound at {threads} threads", bound), ("simulated: contiguous runs (rayon)", runs),
-                        ("simulated: rows by last cost (RowThreads)", by_cost)):
-            print(f"| MASK_SLICES | {how} | {ms:.2f} | - | - | - | - | - |", flush=True)
-        for scheme, busy_lock in [(s, b) for b in ([False, True] if busy else [False])
-                                  for s in ("executor", "rows")]:
+        bound, runs = spread_ms(one_row["row_costs"], threads)
+        for how, ms in ((f"bound at {threads} threads", bound), ("simulated: contiguous runs (rayon)", runs)):
+            print(f"| MASK_SLICES | {how} | {ms:.2f} | - | - | - | - |", flush=True)
+        for lexers, busy_lock in [(n, b) for b in ([False, True] if busy else [False]) for n in (1, threads)]:
             with _lock_kept_busy(busy_lock):
-                r = walk(tok, rows, steps, threads, scheme)
-            how = ("llguidance's executor" if scheme == "executor" else "RowThreads") + f", {threads} threads"
+                r = walk(tok, rows, steps, threads, lexers)
+            shared = "one lexer" if lexers == 1 else "a lexer each"
+            how = f"llguidance's executor, {threads} threads, {shared}"
             how += ", busy" if busy_lock else ""
             print(f"| MASK_SLICES | {how} | {r['fill_ms']:.2f} | {r['cpu_ms']:.2f} "
-                  f"| - | {r['row_us']} | {r['following_us']:,.0f} | {r['steps']} |", flush=True)
+                  f"| - | {r['following_us']:,.0f} | {r['steps']} |", flush=True)
 
 
 @contextlib.contextmanager

@@ -14,10 +14,9 @@ import pytest
 
 llguidance = pytest.importorskip("llguidance")
 
-from lmql_core.engine import mask_filler, mask_rows  # noqa: E402
+from lmql_core.engine import mask_filler  # noqa: E402
 from lmql_core.engine.constraints import GrammarCompiler, GrammarSpec  # noqa: E402
 from lmql_core.engine.mask_filler import MaskFiller, mask_threads  # noqa: E402
-from lmql_core.engine.mask_rows import RowThreads  # noqa: E402
 from lmql_core.engine.sequence import SamplingParams, Sequence, Status  # noqa: E402
 from lmql_core.engine.steps import EngineStats  # noqa: E402
 from lmql_core.loading.tokenizer import JsonTokenizer  # noqa: E402
@@ -85,18 +84,14 @@ def sequences(compiler: GrammarCompiler, count: int) -> list[Sequence]:
     return seqs
 
 
-@pytest.mark.parametrize("fill", ["rows", "executor"])
 @pytest.mark.parametrize("threads", [1, 3], ids=["tokens-taken-here", "tokens-taken-on-the-executor"])
-def test_masks_started_ahead_are_each_matchers_own(threads: int, fill: str, compiler: GrammarCompiler,
+def test_masks_started_ahead_are_each_matchers_own(threads: int, compiler: GrammarCompiler,
                                                    tokenizer: JsonTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Started ahead (``prefetch``, as after a slow step), taken by the next step whose constrained
     rows they cover, in the step's order; a stream that joins makes the step fill all rows again;
-    the grammars take tokens only after masks started ahead are done. Filled by ``RowThreads`` and
-    by llguidance's executor (``LMQL_MASK_FILL``)."""
+    the grammars take tokens only after masks started ahead are done."""
     monkeypatch.setattr(mask_filler, "INLINE_FILL_SECONDS", 0.0)  # every step counts as slow
-    monkeypatch.setattr(mask_rows, "SHARE_SECONDS", 0.0)  # every thread
     monkeypatch.setenv(mask_filler.MASK_THREADS_ENV, str(threads))
-    monkeypatch.setenv(mask_filler.MASK_FILL_ENV, fill)
     filler = MaskFiller(EngineStats())
     seqs = sequences(compiler, 6)
     words = seqs[0].params.constraint.mask_words
@@ -119,7 +114,6 @@ def test_masks_started_ahead_are_each_matchers_own(threads: int, fill: str, comp
         expected = {id(s): mask_of(s.params.constraint.matcher, words) for s in seqs}
         filler.prefetch(seqs)
     assert filler.stats.mask_fill_seconds > 0 and filler.stats.grammar_seconds > 0
-    assert (filler.stats.mask_rows.cpu_seconds > 0) == (fill == "rows")
     filler.close()
 
 
@@ -133,55 +127,6 @@ def test_mask_threads_leave_two_cpus_and_obey_the_environment(monkeypatch: pytes
     assert mask_threads() == 3
     monkeypatch.setenv(mask_filler.MASK_THREADS_ENV, "12")
     assert mask_threads() == 12
-
-
-@pytest.mark.parametrize("threads", [1, 3])
-def test_rows_spread_over_threads_fill_each_matchers_own_row(threads: int, compiler: GrammarCompiler,
-                                                             tokenizer: JsonTokenizer,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """``RowThreads`` fills each matcher's mask into the row it names (rows given out of order, one
-    row of the buffer left alone) along random walks, step after step as the costs it orders the
-    rows by change; each row equals the matcher's own mask computed alone, bit for bit."""
-    monkeypatch.setattr(mask_rows, "SHARE_SECONDS", 0.0)  # every helper thread, even for cheap steps
-    filler = RowThreads(threads)
-    constraints = [compiler.compile(SPECS[i % 2]) for i in range(24)]
-    words = constraints[0].mask_words
-    rng = random.Random(2)
-    untouched = np.int32(0x5A5A5A5A)
-    for step in range(12):
-        running = [c for c in constraints if not c.matcher.is_stopped()]
-        expected = [mask_of(c.matcher, words) for c in running]
-        targets = rng.sample(range(len(running) + 1), len(running))  # a row of the buffer stays unused
-        bits = np.full((len(running) + 1, words), untouched, dtype=np.int32)
-        costs = filler.fill([(c.matcher, j) for c, j in zip(running, targets, strict=True)], bits)
-        for mask, j in zip(expected, targets, strict=True):
-            assert np.array_equal(bits[j], mask), (step, j)
-        unused = sorted(set(range(len(bits))) - set(targets))
-        assert (bits[unused] == untouched).all()
-        assert costs.slowest_seconds > 0 and costs.cpu_seconds > 0
-        for c, mask in zip(running, expected, strict=True):
-            tokens = [t for t in allowed(mask, tokenizer.vocab_size) if t != tokenizer.eos_token_id]
-            if tokens:
-                assert c.matcher.consume_token(int(rng.choice(tokens)))
-    filler.close()
-
-
-def test_rows_outside_the_masks_are_refused(compiler: GrammarCompiler) -> None:
-    """The matchers write through a raw address: a row index outside the array, or an array not
-    laid out as one int32 row after another, is refused before anything is written."""
-    matcher = compiler.compile(SPECS[0]).matcher
-    words = compiler.compile(SPECS[0]).mask_words
-    filler = RowThreads(1)
-    bits = np.zeros((2, words), dtype=np.int32)
-    for j in (2, -1):
-        with pytest.raises(ValueError, match="outside the 2 rows"):
-            filler.fill([(matcher, j)], bits)
-    for wrong in (np.zeros((2, words), dtype=np.int64), np.zeros((words, 2), dtype=np.int32).T):
-        with pytest.raises(ValueError, match="C-ordered 2-d int32"):
-            filler.fill([(matcher, 0)], wrong)
-    assert not bits.any()
-    filler.fill([(matcher, 1)], bits)
-    assert np.array_equal(bits[1], mask_of(matcher, words)) and not bits[0].any()
 
 
 def test_a_grammar_many_streams_use_is_compiled_once_per_lexer_group(tokenizer: JsonTokenizer,

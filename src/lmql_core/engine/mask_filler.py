@@ -1,9 +1,9 @@
 """A step's constraint masks, filled beside the engine thread, and the grammars' sampled tokens.
 
 ``MaskFiller`` fills the masks of a step's constrained rows on its own thread (llguidance's rows
-spread over threads of ours, the costly ones first, each matcher's call without the interpreter's
-lock: ``mask_rows.RowThreads``; LMQL's kinds, ``mask_constraint.MaskConstraint``, fill theirs
-there in Python). Where the last step's fill was
+in one batch call over its executor's threads, without the interpreter's lock, a thread's run of
+rows one lexer's: ``constraints.GrammarCompiler``; LMQL's kinds,
+``mask_constraint.MaskConstraint``, fill theirs there in Python). Where the last step's fill was
 not quick, the next step's llguidance masks are started as soon as the grammars took this step's
 tokens (``prefetch``, from ``collect.py``), so that they are filled while the engine thread hands
 out events, schedules and launches the forward pass, not only while the device runs it.
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from lmql_core.engine.mask_rows import RowCosts, RowThreads
 from lmql_core.engine.sequence import Sequence, Status
 
 # masks that took less than this last step are filled on the engine thread once the forward pass is
@@ -32,12 +31,8 @@ INLINE_FILL_SECONDS = 2e-4
 # two CPUs left to the engine thread and the event loop
 MAX_MASK_THREADS = 8
 MASK_THREADS_ENV = "LMQL_MASK_THREADS"
-# "rows": ``RowThreads`` (our threads, a matcher's call each, the costliest rows first) instead of
-# llguidance's own batch call on its executor's threads, the default until a GPU host measures
-# which fills 64 rows sooner there (on 2 busy cores neither won)
-MASK_FILL_ENV = "LMQL_MASK_FILL"
 
-Filled = tuple[np.ndarray, float, RowCosts]  # a step's masks, the seconds filling took, llguidance's rows
+Filled = tuple[np.ndarray, float]  # a step's masks, and the seconds filling them took
 
 
 def mask_threads() -> int:
@@ -75,7 +70,6 @@ class PendingMasks:
         self._filled = filled  # waits for the mask thread, or fills them here (``MaskFiller.start``)
         self._position = {id(seq): j for j, seq in enumerate(constrained)}
         self.fill_seconds = 0.0  # how long filling them took (known once ``for_rows`` returned)
-        self.row_costs = RowCosts()  # llguidance's rows, by ``RowThreads`` (known then too)
 
     def covers(self, seqs: list[Any]) -> bool:
         return all(id(seq) in self._position for seq in seqs)
@@ -83,7 +77,7 @@ class PendingMasks:
     def for_rows(self, sampled: list[Any]) -> BatchMask | None:
         """The masks of the constrained ones among ``sampled`` (a step's rows, in order); waits
         until they are filled, so no matcher is in use once this returns."""
-        bits, self.fill_seconds, self.row_costs = self._filled()
+        bits, self.fill_seconds = self._filled()
         rows = [r for r, seq in enumerate(sampled) if id(seq) in self._position]
         if not rows:
             return None
@@ -95,7 +89,7 @@ class PendingMasks:
 
 class MaskFiller:
     """Fills a step's masks on another thread (the engine thread goes on to the forward pass),
-    llguidance's rows on several (``RowThreads``)."""
+    llguidance's rows on its executor's threads."""
 
     def __init__(self, stats: Any) -> None:
         """``stats``: the engine's ``EngineStats``, where the time spent on masks is counted."""
@@ -104,7 +98,6 @@ class MaskFiller:
         self._thread: ThreadPoolExecutor | None = None
         self._executor: Any = None
         self._threads = 0  # the executor's
-        self._rows: RowThreads | None = None
         self._ahead: PendingMasks | None = None  # the next step's llguidance masks, started early
 
     def prefetch(self, seqs: list[Sequence]) -> None:
@@ -138,7 +131,6 @@ class MaskFiller:
         batch_mask = masks.for_rows(sampled)
         self.stats.mask_wait_seconds += time.perf_counter() - waiting
         self.stats.mask_fill_seconds += masks.fill_seconds
-        self.stats.mask_rows.add(masks.row_costs)
         self._last_fill = masks.fill_seconds
         return batch_mask
 
@@ -149,19 +141,13 @@ class MaskFiller:
         bits = np.zeros((len(rows), words), dtype=np.int32)
         # by lexer: llguidance's threads take the list in runs, a run then a lexer (see GrammarCompiler)
         matchers = [(c.matcher, j) for j, (c, _) in sorted(enumerate(rows), key=_lexer) if c.follows_tokens]
-        costs = self._fill_grammars(matchers, bits) if matchers else RowCosts()
+        if matchers:
+            self._llguidance().unsafe_compute_mask_ptr(matchers, bits.ctypes.data, bits.strides[0], len(bits))
         if len(matchers) < len(rows):
             for j, (constraint, generated) in enumerate(rows):
                 if not constraint.follows_tokens:
                     constraint.fill(generated, bits[j, :constraint.mask_words])
-        return bits, time.perf_counter() - started, costs
-
-    def _fill_grammars(self, matchers: list[tuple[Any, int]], bits: np.ndarray) -> RowCosts:
-        executor = self._llguidance()
-        if self._rows is not None:
-            return self._rows.fill(matchers, bits)
-        executor.unsafe_compute_mask_ptr(matchers, bits.ctypes.data, bits.strides[0], len(bits))
-        return RowCosts()
+        return bits, time.perf_counter() - started
 
     def _settle(self) -> None:
         """Wait for masks started ahead that no step took (no matcher may be in use meanwhile);
@@ -182,8 +168,6 @@ class MaskFiller:
 
             self._threads = mask_threads()
             self._executor = llguidance.LLExecutor(self._threads)
-            if os.environ.get(MASK_FILL_ENV, "executor") == "rows":
-                self._rows = RowThreads(self._threads)
         return self._executor
 
     def take_tokens(self, seqs: list[Sequence], tokens: list[int], logprobs: list[float],
@@ -211,8 +195,6 @@ class MaskFiller:
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=False)
-        if self._rows is not None:
-            self._rows.close()
 
 
 def _lexer(row: tuple[int, tuple[Any, list[int]]]) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmql_core.engine.mask_rows import RowCosts
 from lmql_core.engine.sampling import PendingSamples, PendingScores
 from lmql_core.engine.sequence import Sequence
 
@@ -66,8 +65,4 @@ class EngineStats:
     # sampled tokens (taking them, fast-forward) on the engine thread
     mask_fill_seconds: float = 0.0
     mask_wait_seconds: float = 0.0
-    # llguidance's rows within the fill (``mask_rows.RowThreads``): the mask threads' CPU time, waits
-    # for a CPU, waits for the interpreter's lock; each step's slowest row summed (what threads
-    # cannot shorten)
-    mask_rows: RowCosts = field(default_factory=RowCosts)
     grammar_seconds: float = 0.0

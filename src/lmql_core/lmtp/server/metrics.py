@@ -109,15 +109,6 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      CounterMetricFamily, lambda e: e.stats.mask_fill_seconds),
     ("lmql_engine_mask_wait_seconds", "Part of the busy time spent waiting for masks after a forward pass",
      CounterMetricFamily, lambda e: e.stats.mask_wait_seconds),
-    ("lmql_engine_mask_rows_cpu_seconds", "Within the mask fill: CPU time of the threads filling "
-     "llguidance's rows", CounterMetricFamily, lambda e: e.stats.mask_rows.cpu_seconds),
-    ("lmql_engine_mask_rows_cpu_wait_seconds", "Within the mask fill: time the threads filling llguidance's "
-     "rows waited for a CPU", CounterMetricFamily, lambda e: e.stats.mask_rows.cpu_wait_seconds),
-    ("lmql_engine_mask_rows_blocked_seconds", "Within the mask fill: time the threads filling llguidance's "
-     "rows waited to take the interpreter's lock back", CounterMetricFamily,
-     lambda e: e.stats.mask_rows.blocked_seconds),
-    ("lmql_engine_mask_slowest_row_seconds", "Within the mask fill: each step's slowest llguidance row, "
-     "summed", CounterMetricFamily, lambda e: e.stats.mask_rows.slowest_seconds),
     ("lmql_engine_grammar_seconds", "Part of the busy time spent following grammars (tokens taken, "
      "fast-forward)", CounterMetricFamily, lambda e: e.stats.grammar_seconds),
     ("lmql_sequences_finished", "Sequences finished", CounterMetricFamily,
