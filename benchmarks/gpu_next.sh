@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and numbers still owed to issues 29, 31 and 32 (benchmarks/RESULTS.md, top
-# sections), in two device calls of under ten minutes each, from the repository root:
+# sections), in device calls of under ten minutes each, from the repository root:
 #
 #   run(command="bash benchmarks/gpu_next.sh 1", carry=[".whl"])   # CUDA tests, issues 31 and 29
 #   run(command="bash benchmarks/gpu_next.sh 2", carry=[".whl"])   # gpu_check, issues 29, 31 (c), 32
