@@ -6,7 +6,9 @@
 #   run(command="bash benchmarks/gpu_next.sh 2", carry=[".whl"])   # gpu_check, issues 29, 31 (c), 32
 #   run(command="bash benchmarks/gpu_next.sh 3", carry=[".whl"])   # issue 32: start-up, first runs
 #
-# (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`.)
+# (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
+# `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
+# trained the GPT-2 shapes' tokenizer here, or the GPU machine trains it again, ~a minute.)
 # Each command has its own time limit; the whole output goes to $OUT/gpu_next_N.log, the tables
 # (lines starting with "|") and summaries to the terminal.
 set -u
