@@ -167,7 +167,8 @@ def report(tok: Any, rows: int, steps: int, thread_counts: list[int], busy: bool
         bound, runs = spread_ms(one_row["row_costs"], threads)
         for how, ms in ((f"bound at {threads} threads", bound), ("simulated: contiguous runs (rayon)", runs)):
             print(f"| MASK_SLICES | {how} | {ms:.2f} | - | - | - | - |", flush=True)
-        for lexers, busy_lock in [(n, b) for b in ([False, True] if busy else [False]) for n in (1, threads)]:
+        lexer_counts = sorted({1, threads})  # one lexer shared, and one a thread
+        for lexers, busy_lock in [(n, b) for b in ([False, True] if busy else [False]) for n in lexer_counts]:
             with _lock_kept_busy(busy_lock):
                 r = walk(tok, rows, steps, threads, lexers)
             shared = "one lexer" if lexers == 1 else "a lexer each"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -22,15 +23,18 @@ class Step:
 
     @property
     def done(self) -> bool:
-        tokens = self.allowed.tokens
-        return self.stop or (tokens is not None and _census(tokens)[0] == 0)
+        return self.stop or self._census[0] == 0
 
     def forced(self) -> int | None:
+        count, first = self._census
+        return None if self.allowed.eos or count != 1 else first
+
+    @cached_property
+    def _census(self) -> tuple[int | None, int | None]:
+        """How many tokens the mask allows (None: any) and the one where it allows one, counted
+        once a step (``done``, ``forced`` and ``row`` each ask)."""
         tokens = self.allowed.tokens
-        if self.allowed.eos or tokens is None:
-            return None
-        count, first = _census(tokens)
-        return first if count == 1 else None
+        return (None, None) if tokens is None else _census(tokens)
 
     def same_mask(self, other: Step) -> bool:
         a, b = self.allowed, other.allowed

@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from lmql_core.constraints.kinds import Rule
-from lmql_core.constraints.mask import Value
+from lmql_core.constraints.mask import ANY, Value
 from lmql_core.constraints.step import Step
 from lmql_core.constraints.vocabulary import Vocabulary
 from lmql_core.engine.constraints import FORCED_TOP
 from lmql_core.engine.sequence import Finish, Sequence, TokenEvent
+
+OPEN = Step(ANY)  # a step whose rule allows every token and the end: not done, nothing forced
 
 
 class MaskConstraint:
@@ -40,10 +42,10 @@ class MaskConstraint:
 
     def fill(self, generated: list[int], row: np.ndarray) -> None:
         """The mask after ``generated`` into ``row`` (``mask_words`` int32 words, bit i: token i)."""
-        if self.rule.allows_all_after(len(generated)):  # every token and the end: no step to compute
+        step = self._step(generated)
+        if step is OPEN:  # every bit: no row to look up
             row[:] = -1
             return
-        step = self._step(generated)
         tokens = step.allowed.tokens
         if tokens is None or not tokens.flags.writeable:  # a mask the vocabulary remembers: its row too
             # (the entry holds the array, so no other array can have its id while the entry lives)
@@ -54,6 +56,8 @@ class MaskConstraint:
 
     def _step(self, generated: list[int]) -> Step:
         """Where the variable stands after ``generated`` (a sequence's tokens only grow)."""
+        if self.rule.allows_all_after(len(generated)):  # every token and the end: nothing to compute
+            return OPEN
         last = self._last
         if last is not None and last[0] == len(generated):
             return last[2]
@@ -77,8 +81,6 @@ class MaskConstraint:
         an EOS token, as the runtime ends it) or ``max_generated`` is reached."""
         events = [TokenEvent(seq.stream_id, token, logprob, None, top)]
         while len(seq.generated) < seq.max_generated:
-            if self.rule.allows_all_after(len(seq.generated)):  # not done, nothing forced
-                return events, False
             step = self._step(seq.generated)
             if step.done:
                 events[-1].finish_reason = Finish.EOS

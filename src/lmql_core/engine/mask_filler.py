@@ -139,8 +139,9 @@ class MaskFiller:
         started = time.perf_counter()
         words = max(c.mask_words for c, _ in rows)  # the same for all: an engine serves one model
         bits = np.zeros((len(rows), words), dtype=np.int32)
+        grammars = [(c, j) for j, (c, _) in enumerate(rows) if c.follows_tokens]
         # by lexer: llguidance's threads take the list in runs, a run then a lexer (see GrammarCompiler)
-        matchers = [(c.matcher, j) for j, (c, _) in sorted(enumerate(rows), key=_lexer) if c.follows_tokens]
+        matchers = [(c.matcher, j) for c, j in sorted(grammars, key=lambda grammar: grammar[0].lexer)]
         if matchers:
             self._llguidance().unsafe_compute_mask_ptr(matchers, bits.ctypes.data, bits.strides[0], len(bits))
         if len(matchers) < len(rows):
@@ -195,10 +196,6 @@ class MaskFiller:
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=False)
-
-
-def _lexer(row: tuple[int, tuple[Any, list[int]]]) -> int:
-    return getattr(row[1][0], "lexer", 0)
 
 
 def _follows_tokens(seq: Sequence) -> bool:
