@@ -4,6 +4,7 @@ command and CI run all five; bench on demand. Every environment gets the CPU tor
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -22,15 +23,23 @@ LLAMA_CPP = "llama-cpp-python>=0.3.36"  # as plugins/llamacpp/pyproject.toml ask
 WHEELS = Path(".nox") / "wheels"
 
 
-def install_project(session: nox.Session, llamacpp: bool = True) -> None:
+def install_project(session: nox.Session, for_tests: bool = True) -> None:
     session.install(TORCH)
-    # triton: the HF backend's GPU kernel, tested on the CPU through Triton's interpreter;
-    # openai: the official client, which tests our OpenAI-compatible API; jsonschema checks the
-    # structured outputs those tests get
-    session.install("./", "./plugins/hf", "./tests/plugin_example", "triton", "openai", "jsonschema",
-                    "pytest>=8", "pytest-timeout")
-    if llamacpp:
+    session.install("./", "./plugins/hf", "./tests/plugin_example", "openai")
+    if for_tests:
+        # triton (1 GB): the HF backend's GPU kernels, tested on the CPU through Triton's
+        # interpreter; jsonschema checks the structured outputs of the OpenAI API's tests
+        session.install("triton", "jsonschema", "pytest>=8", "pytest-timeout")
         session.install(str(llama_cpp_wheel(session)), "./plugins/llamacpp[export]")
+
+
+def free_environment(session: nox.Session) -> None:
+    """Delete a session's environment once it passed, unless nox was asked to reuse it (-r): the
+    next run rebuilds it anyway, and CI's five sessions then need the disk of one or two at a
+    time (each holds torch; the tests' also triton), not of all five (~8 GB). A failed session
+    never gets here: its environment stays for a look."""
+    if not getattr(session.virtualenv, "reuse_existing", True):
+        shutil.rmtree(session.virtualenv.location, ignore_errors=True)
 
 
 def llama_cpp_wheel(session: nox.Session) -> Path:
@@ -57,6 +66,7 @@ def tests(session: nox.Session) -> None:
     # the slowest tests named at the end: where the CI's time goes
     session.run("pytest", "-ra", "--durations=15", *session.posargs,
                 env={"HF_HUB_OFFLINE": "1", "LMQL_STRICT_SKIPS": "1"})
+    free_environment(session)
 
 
 @nox.session(python=PYTHON)
@@ -67,9 +77,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    install_project(session, llamacpp=False)
+    install_project(session, for_tests=False)
     session.install("mypy")
     session.run("mypy", "src/lmql_core", "src/lmql", "plugins/hf/src/lmql_hf")
+    free_environment(session)
 
 
 # LMQL 0.7.3's own server and client, with the transformers of its time: 4.38 is the last release
@@ -102,6 +113,7 @@ def compat(session: nox.Session) -> None:
     work = Path(session.create_tmp()) / "run"
     session.run("python", "tests/compat/run_compat.py", "--lmql-python", str(python), "--work", str(work),
                 *session.posargs, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    free_environment(session)
 
 
 @nox.session(python=PYTHON)
@@ -114,6 +126,7 @@ def ray(session: nox.Session) -> None:
     lmql_073 = lmql_073_python(session)
     session.run("pytest", "-ra", "plugins/ray/tests", *session.posargs,
                 env={"HF_HUB_OFFLINE": "1", "LMQL_STRICT_SKIPS": "1", "LMQL_073_PYTHON": str(lmql_073)})
+    free_environment(session)
 
 
 @nox.session(python=PYTHON)
