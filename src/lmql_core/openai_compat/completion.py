@@ -78,7 +78,6 @@ class Completion:
                 for i, choice in enumerate(mine):
                     await self._start_choice(choice, ids, i)
         except RequestError as e:
-            self.close()
             raise bad_request(str(e)) from None
 
     def _prompt_ids(self, model: LoadedModel, prompt: str | list[int]) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Any
 from lmql_core.errors import RequestError
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.server.outbox import Outbox
-from lmql_core.lmtp.server.session import Session
+from lmql_core.lmtp.server.session import Session, ignore_sends
 from lmql_core.loading.model_host import ModelHost
 from lmql_core.openai_compat import requests
 from lmql_core.openai_compat.completion import Completion
@@ -45,12 +45,16 @@ class OpenAIService:
         loop = asyncio.get_running_loop()
         outbox = self._outboxes.get(loop) or self._outboxes.setdefault(loop, Outbox(loop))
         completion = Completion(self.host, self.limits, request, outbox, self.pacer)
-        await completion.begin()
+        try:
+            await completion.begin()
+        except BaseException:  # a refused request: streams it started stop, and it is freed now
+            completion.close()
+            raise
         return completion
 
     async def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         """vLLM's ``/tokenize``: ``prompt`` (``add_special_tokens``: the BOS) or chat ``messages``."""
-        session = Session(self.host, _ignore, self.limits)
+        session = Session(self.host, ignore_sends, self.limits)
         model = await served_model(session, requests.model_name(body))
         if "messages" in body:
             ids = await chat_ids(session, model, requests.messages(body["messages"]))
@@ -61,14 +65,10 @@ class OpenAIService:
 
     async def detokenize(self, body: dict[str, Any]) -> dict[str, Any]:
         """vLLM's ``/detokenize``: ``tokens`` back to text."""
-        session = Session(self.host, _ignore, self.limits)
+        session = Session(self.host, ignore_sends, self.limits)
         model = await served_model(session, requests.model_name(body))
         try:
             ids = wire.token_list(body.get("tokens"), "tokens", model.backend.vocab_size)
         except RequestError as e:
             raise bad_request(str(e), "tokens") from None
         return {"prompt": tokenizer_of(model).decode(ids)}
-
-
-def _ignore(command: str, payload: Any) -> None:
-    pass

@@ -30,6 +30,10 @@ FINISH_REASONS: wire.Reasons = {None: None, Finish.EOS: wire.STOP, Finish.SCORED
 STALE_EVENTS_S = 10.0  # a cancelled sequence's last events reach the session within a step
 
 
+def ignore_sends(command: str, payload: Any) -> None:
+    """The ``send`` of a session whose answers nobody reads (a closed one's, from then on)."""
+
+
 COMPILE_TIMEOUT_S = 10.0  # a grammar's compile (llguidance's limits bound it well below)
 
 
@@ -337,8 +341,12 @@ class Session:
         self._send("TOKEN", [{"stream_id": sid, "error": message} for sid in ended])
 
     def close(self) -> None:
-        """The client went away: stop its sequences so the engine frees their memory."""
+        """The client went away: stop its sequences so the engine frees their memory. Nothing
+        is sent any more, and the session lets go of its transport's ``send`` (which holds the
+        transport, which holds the session): the pair is freed as the request ends instead of
+        by the garbage collector, whose pauses stop every thread."""
         self.closed = True
+        self._send = ignore_sends
         self._cancel_all()
 
     def _cancel_all(self) -> None:
