@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -26,8 +24,8 @@ sys.path.insert(0, str(HERE))
 from bench_models import bench_model  # noqa: E402
 from load_targets import run_stream  # noqa: E402
 from openai_ab import cpu_ns  # noqa: E402
+from openai_request_cost import serve  # noqa: E402
 from openai_target import OpenAITarget  # noqa: E402
-from processes import free_port, start_server  # noqa: E402
 
 BURST = 64
 
@@ -48,10 +46,7 @@ async def requests(port: int, model: str, count: int) -> None:
 
 
 def measure(tree: Path, model: str, count: int) -> str:
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{tree / 'src'}:{tree / 'plugins/hf/src'}"}
-    command = [sys.executable, "-m", "lmql_core", "serve-model", model, "--port", str(port)]
-    server = start_server(command, port, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, port = serve(tree, model)
     try:
         asyncio.run(requests(port, model, BURST))  # opens the connections
         before, cpu, started = gc_metrics(port), cpu_ns(server.pid, server.pid), time.perf_counter()
