@@ -162,3 +162,46 @@ def test_a_grammar_many_streams_use_is_compiled_once_per_lexer_group(tokenizer: 
         assert len(taken) == sum(1 for c in choices if c) and all(taken.values()), step
         seqs = [s for s, c in zip(seqs, choices, strict=True) if c]  # a grammar at its end leaves
     assert len(seqs) == 7  # the schema's streams went on throughout
+
+
+def test_a_step_whose_constraint_bans_nothing_gets_no_mask_row(compiler: GrammarCompiler,
+                                                                tokenizer: JsonTokenizer) -> None:
+    """``len(TOKENS(X)) < 6`` bans nothing before its fifth token: the step fills no row for it
+    (a row of all ones, work for nothing); with five tokens, only the end is left (LMQL's
+    semantics, by hand), and the row is there; rows of other kinds and of grammars are always."""
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.vocabulary import Vocabulary
+    from lmql_core.engine.mask_constraint import MaskConstraint, mask_words
+
+    vocab = Vocabulary(tokenizer)
+    words = mask_words(tokenizer.vocab_size, vocab)
+
+    def seq(i: int, constraint: Any) -> Sequence:
+        s = Sequence(i, [0], SamplingParams(max_tokens=20, constraint=constraint), sink=lambda events: None,
+                     max_generated=20)
+        s.status = Status.RUNNING
+        return s
+
+    count = seq(0, MaskConstraint(kinds.Count("<", 6), vocab, words))
+    choice = seq(1, MaskConstraint(kinds.OneOf(["red", "green"]), vocab, words))
+    grammar = seq(2, compiler.compile(SPECS[1]))
+    filler = MaskFiller(EngineStats())
+    for generated in range(6):
+        count.generated = tokenizer.encode(" a" * generated, add_special_tokens=False)[:generated]
+        assert len(count.generated) == generated
+        rows = [count, choice, grammar]
+        pending = filler.start(rows)
+        assert pending is not None
+        batch = filler.wait(pending, rows)
+        assert batch is not None
+        if generated < 5:
+            assert batch.rows == [1, 2], generated
+        else:
+            assert batch.rows == [0, 1, 2]
+            assert list(allowed(batch.bits[0], tokenizer.vocab_size)) == [tokenizer.eos_token_id]
+        choice_row = batch.bits[batch.rows.index(1)]
+        firsts = {tokenizer.decode([t]) for t in allowed(choice_row, tokenizer.vocab_size)}
+        assert firsts and all("red".startswith(f) or "green".startswith(f) for f in firsts)
+    count.generated = []
+    assert filler.start([count]) is None  # nothing to fill at all
+    filler.close()

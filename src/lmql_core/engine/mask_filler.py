@@ -110,8 +110,10 @@ class MaskFiller:
         self._ahead = PendingMasks(self._mask_thread().submit(self._fill, rows).result, seqs)
 
     def start(self, seqs: list[Sequence]) -> PendingMasks | None:
-        """``seqs``: the step's sequences that sample; None when none of them is constrained."""
-        constrained = [seq for seq in seqs if seq.params.constraint is not None]
+        """``seqs``: the step's sequences that sample; None when none of them needs a mask (a
+        constraint that lets every token and the end through now, ``len(TOKENS(X)) < n`` well
+        before n, needs none: its row would ban nothing)."""
+        constrained = [seq for seq in seqs if _needs_mask(seq)]
         ahead = self._ahead
         if ahead is not None and constrained and ahead.covers(constrained):
             self._ahead = None
@@ -196,6 +198,12 @@ class MaskFiller:
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=False)
+
+
+def _needs_mask(seq: Sequence) -> bool:
+    constraint = seq.params.constraint
+    return constraint is not None and (constraint.follows_tokens
+                                       or not constraint.allows_all_after(len(seq.generated)))
 
 
 def _follows_tokens(seq: Sequence) -> bool:
