@@ -68,6 +68,17 @@ def test_certificate_true_prints_it_and_a_callable_gets_it(capsys: pytest.Captur
     assert certificate.asdict()["events"][1]["data"] == [GREET_VALUE]
 
 
+def test_a_certificate_renders_the_same_time_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[lmql.InferenceCertificate] = []
+    greet()(certificate=received.append)
+    (certificate,) = received
+    first = certificate.asdict()
+    seconds = iter(range(10_000))  # the clock moves on between renderings
+    monkeypatch.setattr("time.strftime", lambda *_: f"second {next(seconds)}")
+    assert certificate.asdict()["time"] == first["time"]
+    assert json.loads(str(certificate))["time"] == first["time"]
+
+
 def test_return_dict_pairs_each_result_with_the_certificate() -> None:
     # interpreter.py: results become [{"result": r, "certificate": cert}], then a single one unpacked
     q = lmql.query('argmax "Hi[X]" where len(TOKENS(X)) < 2', is_async=False)

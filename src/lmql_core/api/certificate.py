@@ -27,6 +27,8 @@ class InferenceCertificate:
 
     def __init__(self, tracer: Tracer | None) -> None:
         self.tracer = tracer
+        # fixed when issued, so that every rendering of one certificate is the same
+        self.time = time.strftime("%Y-%m-%d %H:%M:%S %z")
 
     def asdict(self, child: bool = False) -> dict[str, Any]:
         tracer = self.tracer
@@ -37,7 +39,7 @@ class InferenceCertificate:
         certificate: dict[str, Any] = {"name": tracer.name}
         if not child:
             certificate.update({"type": CERTIFICATE_TYPE, "lmql.version": _version(),
-                                "time": time.strftime("%Y-%m-%d %H:%M:%S %z")})
+                                "time": self.time})
         if tracer.events:
             certificate["events"] = tracer.events
         if tracer.children:
