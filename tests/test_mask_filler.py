@@ -7,6 +7,7 @@ slices shortcut), and each matcher's own mask computed alone."""
 from __future__ import annotations
 
 import random
+import threading
 from typing import Any
 
 import numpy as np
@@ -204,4 +205,28 @@ def test_a_step_whose_constraint_bans_nothing_gets_no_mask_row(compiler: Grammar
         assert firsts and all("red".startswith(f) or "green".startswith(f) for f in firsts)
     count.generated = []
     assert filler.start([count]) is None  # nothing to fill at all
+    filler.close()
+
+
+def test_masks_the_engine_waits_for_at_once_are_filled_on_its_own_thread(
+        compiler: GrammarCompiler, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow step's masks go to the mask thread while a forward pass runs (``overlapped``); where
+    the engine thread would wait for them at once (a chained step's, its forward pass queued
+    already), they are filled on that thread: no mask thread to wake. Either way the same bits,
+    each matcher's own mask."""
+    monkeypatch.setattr(mask_filler, "INLINE_FILL_SECONDS", 0.0)  # every step counts as slow
+    filler = MaskFiller(EngineStats())
+    seqs = sequences(compiler, 4)
+    words = seqs[0].params.constraint.mask_words
+    expected = [mask_of(s.params.constraint.matcher, words) for s in seqs]
+    filled_on: list[str] = []
+    fill = filler._fill
+    monkeypatch.setattr(filler, "_fill", lambda rows: (filled_on.append(threading.current_thread().name),
+                                                       fill(rows))[1])
+    for overlapped in (True, False):
+        pending = filler.start(seqs, overlapped=overlapped)
+        assert pending is not None
+        batch = filler.wait(pending, seqs)
+        assert batch is not None and all(np.array_equal(b, e) for b, e in zip(batch.bits, expected, strict=True))
+    assert filled_on[0].startswith("lmql-masks") and filled_on[1] == threading.current_thread().name
     filler.close()

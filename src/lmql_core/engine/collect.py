@@ -49,14 +49,16 @@ class Collector:
             if chained and chained.chained_ids:
                 assert self.chainer is not None, "a chained step ran on a backend that does not chain"
                 self.chainer.confirm(chained.chained_ids, samples.tokens)
-            self._emit_samples(step.sampled, samples, events)
+            # a chained step that samples once this returns takes the next masks at once: none ahead
+            prefetch = chained is None or chained.unsampled is None
+            self._emit_samples(step.sampled, samples, events, prefetch)
         scoring.add_events(step.scored, scores, events)
         self.endings.finish(step.scored)
         self.stats.steps += 1
         self.stats.last_step_seconds = time.perf_counter() - step.started
         return events
 
-    def _emit_samples(self, seqs: list[Sequence], samples: Samples, events: Events) -> None:
+    def _emit_samples(self, seqs: list[Sequence], samples: Samples, events: Events, prefetch: bool) -> None:
         eos = self.backend.eos_token_id
         taken = self.masks.take_tokens(seqs, samples.tokens, samples.logprobs, eos)  # grammars take theirs
         sink, batch = None, []  # one client's rows usually come together: group them in runs
@@ -93,7 +95,8 @@ class Collector:
                 ended.append(seq)
         self.stats.tokens_generated += produced
         self.endings.finish(ended)
-        self.masks.prefetch([s for s in seqs if s.status is running and s.params.constraint is not None])
+        if prefetch:
+            self.masks.prefetch([s for s in seqs if s.status is running and s.params.constraint is not None])
 
     def _wait_for(self, step: LaunchedStep) -> None:
         waiting = time.perf_counter()

@@ -111,7 +111,7 @@ class StepLauncher:
         if not seqs:
             return
         try:
-            masks = self.masks.start(seqs)
+            masks = self.masks.start(seqs, overlapped=False)  # (its forward pass is queued already)
             batch_mask = self.masks.wait(masks, seqs) if masks else None
             step.sampling = self.sample(seqs, _rows(logits, ready), self.plan_for(seqs), batch_mask)
         except Exception as e:  # as in ``launch``: the streams end, the server lives on

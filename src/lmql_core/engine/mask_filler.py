@@ -102,17 +102,20 @@ class MaskFiller:
 
     def prefetch(self, seqs: list[Sequence]) -> None:
         """Start filling the next step's masks of ``seqs`` (running sequences whose grammars just
-        took this step's tokens), when they are all llguidance's and filling is not quick."""
+        took this step's tokens), when they are all llguidance's and filling is not quick. (Not
+        before a chained step samples: it waits for them at once, ``start(overlapped=False)``.)"""
         self._settle()
         if self._last_fill < INLINE_FILL_SECONDS or not seqs or not all(_follows_tokens(s) for s in seqs):
             return
         rows: list[tuple[Any, list[int]]] = [(seq.params.constraint, []) for seq in seqs]
         self._ahead = PendingMasks(self._mask_thread().submit(self._fill, rows).result, seqs)
 
-    def start(self, seqs: list[Sequence]) -> PendingMasks | None:
+    def start(self, seqs: list[Sequence], overlapped: bool = True) -> PendingMasks | None:
         """``seqs``: the step's sequences that sample; None when none of them needs a mask (a
         constraint that lets every token and the end through now, ``len(TOKENS(X)) < n`` well
-        before n, needs none: its row would ban nothing)."""
+        before n, needs none: its row would ban nothing). ``overlapped``: whether the engine
+        thread has other work (the forward pass) before it waits for them; without, they are
+        filled on this thread (waking the mask thread and waiting for it would cost more)."""
         constrained = [seq for seq in seqs if _needs_mask(seq)]
         ahead = self._ahead
         if ahead is not None and constrained and ahead.covers(constrained):
@@ -123,7 +126,7 @@ class MaskFiller:
             return None
         rows = [(seq.params.constraint, [] if _follows_tokens(seq) else list(seq.generated))
                 for seq in constrained]
-        if self._last_fill < INLINE_FILL_SECONDS:  # filled in ``wait``, after the forward pass is launched
+        if not overlapped or self._last_fill < INLINE_FILL_SECONDS:  # filled in ``wait``
             return PendingMasks(lambda: self._fill(rows), constrained)
         return PendingMasks(self._mask_thread().submit(self._fill, rows).result, constrained)
 
