@@ -316,7 +316,7 @@ def test_bad_grammars_fail_to_compile_quickly(compiler, kind, source, message) -
     started = time.perf_counter()
     with pytest.raises(GrammarError, match=message):
         compiler.compile(GrammarSpec.of(kind, source))
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 10.0  # a bound on a runaway compile, with room for a loaded machine
 
 
 def test_a_grammar_too_costly_to_follow_ends_its_stream_alone(engine, compiler, tokenizer) -> None:

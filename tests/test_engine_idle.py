@@ -97,7 +97,7 @@ def test_requests_arriving_during_idle_work_are_served_and_steps_never_overlap_i
         began = time.perf_counter()
         assert run_one(engine, 1, tokens=5) != []
         # served after at most the piece in progress, not after all the deferred work
-        assert time.perf_counter() - began < 1.0
+        assert time.perf_counter() - began < 2.0  # (all of it would take 3 s)
         assert backend.left > 0
         assert not backend.overlapped
         left = backend.left
