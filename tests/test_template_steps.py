@@ -159,3 +159,10 @@ def test_a_count_allows_all_exactly_where_its_mask_is_open(op: str, limit: int) 
     assert not kinds.And([kinds.Count("<", 100), kinds.Truth(False)]).allows_all_after(0)
     assert not kinds.Count("<", 100, tokens=False).allows_all_after(0)
     assert not kinds.And([kinds.Count("<", 100), kinds.StopsAt(".")]).allows_all_after(0)
+    # the tokens before the first step that is not open: the engine follows none of them
+    first_closed = next(g for g in range(8) if not (may_grow.get(op, lambda n: True)(g + 1) and compare(g, limit)))
+    assert kinds.Count(op, limit).open_below() == first_closed
+    assert kinds.And([kinds.Truth(True), kinds.Count(op, limit), kinds.Count("<", 100)]).open_below() == first_closed
+    assert kinds.And([kinds.Count(op, limit), kinds.Truth(False)]).open_below() == 0
+    assert kinds.Count("<", 100, tokens=False).open_below() == 0
+    assert kinds.Or([kinds.Count("<", 100), kinds.Count("<", 50)]).open_below() == 0  # (an or: never)

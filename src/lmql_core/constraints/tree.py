@@ -13,6 +13,7 @@ from lmql_core.constraints.step import Step
 from lmql_core.constraints.vocabulary import Vocabulary
 
 Decided = tuple[str, int]  # an earlier hole's value: its prompt text, and how many tokens it was generated as
+OPEN_CAP = 4096  # ``open_below`` looks no further (a longer value then takes the ordinary path)
 
 
 class Rule:
@@ -55,6 +56,14 @@ class Rule:
         stopping phrase can end the variable there, whatever the tokens are (the engine then
         needs none of them on the host for that step's mask). False unless a kind knows better."""
         return False
+
+    def open_below(self) -> int:
+        """How many tokens the variable may have before ``allows_all_after`` fails for the first
+        time (at most OPEN_CAP): while fewer, no step needs its tokens, its mask or a look at them."""
+        generated = 0
+        while generated < OPEN_CAP and self.allows_all_after(generated):
+            generated += 1
+        return generated
 
     def value_of(self, text: str) -> tuple[str, Any] | None:
         return None
@@ -120,6 +129,9 @@ class Truth(Rule):
     def allows_all_after(self, generated: int) -> bool:
         return self.value
 
+    def open_below(self) -> int:
+        return OPEN_CAP if self.value else 0
+
     def fields(self) -> dict[str, Any]:
         return {"value": self.value}
 
@@ -172,6 +184,9 @@ class And(Junction):
 
     def allows_all_after(self, generated: int) -> bool:
         return all(child.allows_all_after(generated) for child in self.children)
+
+    def open_below(self) -> int:
+        return min((child.open_below() for child in self.children), default=OPEN_CAP)
 
     def conjuncts(self) -> list[Rule] | None:
         parts: list[Rule] = []

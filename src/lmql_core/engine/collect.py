@@ -80,10 +80,10 @@ class Collector:
             if seq.sink != sink:
                 sink = seq.sink
                 batch = events.setdefault(sink, [])
-            if reason is None and seq.params.constraint is not None:
+            constraint = seq.params.constraint
+            if reason is None and constraint is not None and len(seq.generated) >= constraint.open_below:
                 following = time.perf_counter()
-                followed, ends = seq.params.constraint.events_after(seq, token, logprob, top,
-                                                                    taken.get(id(seq), False))
+                followed, ends = constraint.events_after(seq, token, logprob, top, taken.get(id(seq), False))
                 self.stats.grammar_seconds += time.perf_counter() - following
                 batch.extend(followed)
                 produced += len(followed) - 1

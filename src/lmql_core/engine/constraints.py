@@ -100,6 +100,9 @@ class SequenceConstraint(Protocol):
 
     mask_words: int  # int32 words of its mask (32 tokens each)
     follows_tokens: bool  # an llguidance matcher: filled, and takes tokens, through llguidance's executor
+    # with fewer tokens generated, every step allows every token and the end (``allows_all_after``):
+    # the engine follows no token of the sequence, nor fills its mask (a plain int: read every row)
+    open_below: int
 
     def events_after(self, seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
                      taken: bool) -> tuple[list[TokenEvent], bool]:
@@ -121,6 +124,7 @@ class Constraint:
     threads while the engine thread waits for them)."""
 
     follows_tokens = True
+    open_below = 0  # its state is the matcher's, which takes every token
 
     def __init__(self, matcher: Any, eos_token_id: int | None, mask_words: int, lexer: int = 0) -> None:
         self.matcher = matcher

@@ -35,6 +35,7 @@ class MaskConstraint:
         self.rule = rule
         self.vocab = vocab
         self.mask_words = mask_words
+        self.open_below = rule.open_below()  # with fewer tokens every step is OPEN
         # the last step asked for: its token count, value and step (the next one's value before). A
         # step is asked for twice, by the engine thread after the token before it was sampled
         # (``events_after``) and by the mask thread for its mask (``fill``): computed once
@@ -56,7 +57,7 @@ class MaskConstraint:
 
     def _step(self, generated: list[int]) -> Step:
         """Where the variable stands after ``generated`` (a sequence's tokens only grow)."""
-        if self.rule.allows_all_after(len(generated)):  # every token and the end: nothing to compute
+        if self.allows_all_after(len(generated)):  # every token and the end: nothing to compute
             return OPEN
         last = self._last
         if last is not None and last[0] == len(generated):
@@ -96,7 +97,7 @@ class MaskConstraint:
     def allows_all_after(self, generated: int) -> bool:
         """Whether the mask after any ``generated`` tokens lets every token through (no row
         needed: the engine may sample that step before it reads the tokens before it)."""
-        return self.rule.allows_all_after(generated)
+        return generated < self.open_below or self.rule.allows_all_after(generated)
 
     def failure(self) -> str:
         return "constraint error: no token is allowed here"

@@ -205,8 +205,10 @@ class MaskFiller:
 
 def _needs_mask(seq: Sequence) -> bool:
     constraint = seq.params.constraint
-    return constraint is not None and (constraint.follows_tokens
-                                       or not constraint.allows_all_after(len(seq.generated)))
+    if constraint is None:
+        return False
+    generated = len(seq.generated)
+    return generated >= constraint.open_below and not constraint.allows_all_after(generated)
 
 
 def _follows_tokens(seq: Sequence) -> bool:
