@@ -169,7 +169,8 @@ def test_a_step_whose_constraint_bans_nothing_gets_no_mask_row(compiler: Grammar
                                                                 tokenizer: JsonTokenizer) -> None:
     """``len(TOKENS(X)) < 6`` bans nothing before its fifth token: the step fills no row for it
     (a row of all ones, work for nothing); with five tokens, only the end is left (LMQL's
-    semantics, by hand), and the row is there; rows of other kinds and of grammars are always."""
+    semantics, by hand), and the row is there; ``len(X) < n`` gets none while every token's text
+    fits; rows of other kinds and of grammars are always."""
     from lmql_core.constraints import kinds
     from lmql_core.constraints.vocabulary import Vocabulary
     from lmql_core.engine.mask_constraint import MaskConstraint, mask_words
@@ -186,23 +187,35 @@ def test_a_step_whose_constraint_bans_nothing_gets_no_mask_row(compiler: Grammar
     count = seq(0, MaskConstraint(kinds.Count("<", 6), vocab, words))
     choice = seq(1, MaskConstraint(kinds.OneOf(["red", "green"]), vocab, words))
     grammar = seq(2, compiler.compile(SPECS[1]))
+    # characters: every token fits while fewer than the longest token's length are left
+    roomy = vocab.longest + 6  # (" a" is 2 of them: after 3, the longest tokens no longer fit)
+    chars = seq(3, MaskConstraint(kinds.Count("<", roomy, tokens=False), vocab, words))
     filler = MaskFiller(EngineStats())
+    unfit = 0
     for generated in range(6):
         count.generated = tokenizer.encode(" a" * generated, add_special_tokens=False)[:generated]
         assert len(count.generated) == generated
-        rows = [count, choice, grammar]
+        chars.generated = tokenizer.encode(" a" * generated, add_special_tokens=False)[:generated]
+        rows = [count, choice, grammar, chars]
         pending = filler.start(rows)
         assert pending is not None
         batch = filler.wait(pending, rows)
         assert batch is not None
+        text = tokenizer.decode(chars.generated)
+        fits = roomy - len(text) > vocab.longest  # LMQL's rule by hand: a token of n chars needs n < room
         if generated < 5:
-            assert batch.rows == [1, 2], generated
+            assert batch.rows == [1, 2] + ([] if fits else [3]), generated
         else:
-            assert batch.rows == [0, 1, 2]
+            assert batch.rows == [0, 1, 2] + ([] if fits else [3])
             assert list(allowed(batch.bits[0], tokenizer.vocab_size)) == [tokenizer.eos_token_id]
+        if not fits:
+            unfit += 1
+            longest = {len(tokenizer.decode([t])) for t in allowed(batch.bits[-1], tokenizer.vocab_size)}
+            assert max(longest) < roomy - len(text)
         choice_row = batch.bits[batch.rows.index(1)]
         firsts = {tokenizer.decode([t]) for t in allowed(choice_row, tokenizer.vocab_size)}
         assert firsts and all("red".startswith(f) or "green".startswith(f) for f in firsts)
+    assert unfit == 3
     count.generated = []
     assert filler.start([count]) is None  # nothing to fill at all
     filler.close()

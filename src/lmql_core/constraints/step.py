@@ -25,6 +25,13 @@ class Step:
     def done(self) -> bool:
         return self.stop or self._census[0] == 0
 
+    @property
+    def bans_nothing(self) -> bool:
+        """Every token and the end allowed, no stopping phrase reached: its row would ban nothing
+        (``len(X) < n`` while every token's text fits)."""
+        tokens = self.allowed.tokens
+        return not self.stop and self.allowed.eos and (tokens is None or self._census[0] == len(tokens))
+
     def forced(self) -> int | None:
         count, first = self._census
         return None if self.allowed.eos or count != 1 else first

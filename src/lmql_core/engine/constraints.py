@@ -113,6 +113,11 @@ class SequenceConstraint(Protocol):
         """The error of a row where no token was left to choose."""
         ...
 
+    def needs_mask(self, generated: list[int]) -> bool:
+        """Whether the step after ``generated`` (the sequence's tokens) bans any token: else it
+        needs no row in the step's masks."""
+        ...
+
     def allows_all_after(self, generated: int) -> bool:
         """Whether the mask after any ``generated`` tokens lets every token through, whatever they
         are (the engine may then sample that step before it reads the tokens before it)."""
@@ -164,6 +169,9 @@ class Constraint:
 
     def allows_all_after(self, generated: int) -> bool:
         return False  # its state is the matcher's, which needs every token
+
+    def needs_mask(self, generated: list[int]) -> bool:
+        return True
 
 
 @dataclass

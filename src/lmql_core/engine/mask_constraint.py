@@ -55,6 +55,10 @@ class MaskConstraint:
         else:
             row[:] = self._packed(step)
 
+    def needs_mask(self, generated: list[int]) -> bool:
+        """Whether the step after ``generated`` bans anything (else the engine fills no row)."""
+        return len(generated) >= self.open_below and not self._step(generated).bans_nothing
+
     def _step(self, generated: list[int]) -> Step:
         """Where the variable stands after ``generated`` (a sequence's tokens only grow)."""
         if self.allows_all_after(len(generated)):  # every token and the end: nothing to compute

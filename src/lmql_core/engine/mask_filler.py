@@ -113,9 +113,10 @@ class MaskFiller:
     def start(self, seqs: list[Sequence], overlapped: bool = True) -> PendingMasks | None:
         """``seqs``: the step's sequences that sample; None when none of them needs a mask (a
         constraint that lets every token and the end through now, ``len(TOKENS(X)) < n`` well
-        before n, needs none: its row would ban nothing). ``overlapped``: whether the engine
-        thread has other work (the forward pass) before it waits for them; without, they are
-        filled on this thread (waking the mask thread and waiting for it would cost more)."""
+        before n or ``len(X) < n`` while every token fits, needs none: its row would ban
+        nothing). ``overlapped``: whether the engine thread has other work (the forward pass)
+        before it waits for them; without, they are filled on this thread (waking the mask
+        thread and waiting for it would cost more)."""
         constrained = [seq for seq in seqs if _needs_mask(seq)]
         ahead = self._ahead
         if ahead is not None and constrained and ahead.covers(constrained):
@@ -205,10 +206,7 @@ class MaskFiller:
 
 def _needs_mask(seq: Sequence) -> bool:
     constraint = seq.params.constraint
-    if constraint is None:
-        return False
-    generated = len(seq.generated)
-    return generated >= constraint.open_below and not constraint.allows_all_after(generated)
+    return constraint is not None and constraint.needs_mask(seq.generated)
 
 
 def _follows_tokens(seq: Sequence) -> bool:
