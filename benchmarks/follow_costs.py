@@ -98,7 +98,10 @@ def batch_steps(vocab: Any, rows: int, steps: int, rng: random.Random) -> tuple[
     tokens = 0
     for _ in range(steps):
         started = time.perf_counter()
-        pending = filler.start(seqs, overlapped=False)
+        try:
+            pending = filler.start(seqs, overlapped=False)
+        except TypeError:  # a tree from before ``overlapped`` (for comparisons)
+            pending = filler.start(seqs)
         batch = filler.wait(pending, seqs) if pending is not None else None
         filling += time.perf_counter() - started
         masked = dict(zip(batch.rows, batch.bits, strict=True)) if batch is not None else {}
