@@ -92,7 +92,9 @@ class Count(Rule):
         now = len(value.text)
         within = None
         if self.op in ("<", "<=", "=="):  # the tokens that keep now + len(token) <= (<) limit
-            within = vocab.at_most_chars(_most_chars(self.limit - now, strict=self.op == "<"))
+            most = _most_chars(self.limit - now, strict=self.op == "<")
+            if most < vocab.longest:  # (else every token fits: None, no mask to look up)
+                within = vocab.at_most_chars(most)
         return Allowed(within, compare(now, self.limit))
 
     def allows_all_after(self, generated: int) -> bool:

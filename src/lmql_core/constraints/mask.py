@@ -55,13 +55,16 @@ class Value:
     may be split across tokens there (U+FFFD on either side) or the decoder's text of the two
     tokens does not extend that of the first."""
 
-    __slots__ = ("ids", "_text", "_diff", "_decode", "_before")
+    __slots__ = ("ids", "_text", "_diff", "_decode", "_before", "_texts")
 
     def __init__(self, ids: list[int], text: str | None = None, diff: str | None = None,
-                 decode: Callable[[list[int]], str] | None = None, before: str | Value | None = None) -> None:
+                 decode: Callable[[list[int]], str] | None = None, before: str | Value | None = None,
+                 texts: list[str] | None = None) -> None:
+        """``texts``: each token's ``decode([id])``, where known (one decode fewer a token)."""
         assert text is not None or decode is not None, "a Value needs its text or a way to decode it"
         self.ids = ids
         self._text, self._diff, self._decode, self._before = text, diff, decode, before
+        self._texts = texts
 
     @property
     def text(self) -> str:
@@ -78,7 +81,11 @@ class Value:
                 or len(before.ids) != len(self.ids) - 1 or before._text.endswith(REPLACEMENT):
             return None
         pair = decode(self.ids[-2:])
-        first = decode(self.ids[-2:-1])
+        texts, second_last = self._texts, self.ids[-2]
+        if texts is not None and 0 <= second_last < len(texts):
+            first = texts[second_last]
+        else:
+            first = decode([second_last])
         if REPLACEMENT in pair or not pair.startswith(first):
             return None
         self._diff = pair[len(first):]

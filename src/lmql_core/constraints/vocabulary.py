@@ -134,7 +134,7 @@ class Vocabulary:
         """A variable's tokens so far as its constraints read them, decoded when one reads its text
         (``ids`` must not change meanwhile); ``before``: the text (or the ``Value``) of all but the
         last of them, where the caller knows it."""
-        return Value(ids, decode=self.decode, before=before)
+        return Value(ids, decode=self.decode, before=before, texts=self.__dict__.get("texts"))
 
     def none(self) -> np.ndarray:
         """No token allowed, in an array of one's own (to fill)."""
