@@ -190,6 +190,36 @@ def test_finish_all_ends_everything_and_names_the_caches_held() -> None:
     assert not scheduler.has_work()
 
 
+def test_a_held_sequence_leaves_the_batch_and_its_cache_then_queues_first_or_ends() -> None:
+    scheduler, (held, other) = started(4, "held", "other")
+    old_id, fed = held.seq_id, held.num_fed
+    assert fed > 0 and scheduler.hold(held) == old_id  # the cache to free: it feeds everything again
+    assert held.status is Status.HELD and held.seq_id != old_id and held.num_fed == 0
+    assert scheduler.running == [other] and scheduler.is_steady([other]) and not held.done
+    assert names([c.seq for c in step(scheduler)]) == ["other"]  # it sits out
+    late = request(held.sink, "late")  # the same client's
+    scheduler.add(late)
+    scheduler.unhold(held, finished=False)
+    assert held.status is Status.WAITING and names(list(scheduler.waiting))[0] == "held"
+    chunks = step(scheduler)
+    assert names([c.seq for c in chunks]) == ["other", "held", "late"]
+    assert chunks[1].tokens == held.prompt + held.generated[:-1]  # (a token was sampled in ``step``)
+    scheduler.hold(held)
+    scheduler.unhold(held, finished=True)
+    assert held.status is Status.FINISHED and held.done and not scheduler.held
+
+
+def test_a_held_sequence_cancelled_or_ended_by_finish_all_holds_no_cache() -> None:
+    scheduler, (cancelled, stopped, running) = started(4, "cancelled", "stopped", "running")
+    scheduler.hold(cancelled)
+    scheduler.hold(stopped)
+    assert scheduler.cancel([cancelled]) == [cancelled]
+    assert cancelled.status is Status.CANCELLED and scheduler.take_cancelled() == []
+    ended, holding = scheduler.finish_all()
+    assert names(ended) == ["running", "stopped"] and names(holding) == ["running"]
+    assert stopped.status is Status.FINISHED and not scheduler.held and not scheduler.has_work()
+
+
 @pytest.mark.parametrize("max_batch", [1, 3, 8])
 def test_every_client_gets_its_share_of_any_batch(max_batch: int) -> None:
     clients = [client() for _ in range(3)]

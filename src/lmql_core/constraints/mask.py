@@ -18,6 +18,12 @@ class NoDigits(ConstraintError, ValueError):
     """INT's value ended without a digit."""
 
 
+class MaskPending(Exception):  # noqa: N818 (not an error: a mask to compute elsewhere first)
+    """A mask costly to compute (milliseconds: a REGEX state's first) that the thread asking
+    leaves to another (``vocabulary.slow_masks_deferred``): the engine thread, which every
+    stream waits for."""
+
+
 @dataclass
 class Allowed:
     """The next tokens allowed (``None``: any) and whether the variable may end now."""

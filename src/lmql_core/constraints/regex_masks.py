@@ -51,7 +51,7 @@ def regex_mask(compiled: Any, text: str, vocab: Vocabulary, states: TextStates) 
     """The tokens that keep ``text`` a partial match of ``compiled`` and whether it is a full one
     (the array is shared: not to be changed)."""
     result: tuple[np.ndarray, bool] = vocab.remember(states.key(text),
-                                                     lambda: _compute(compiled, text, vocab))
+                                                     lambda: _compute(compiled, text, vocab), slow=True)
     return result
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 
-from lmql_core.constraints.mask import Value
+from lmql_core.constraints.mask import MaskPending, Value
 
 
 class Tokenizer(Protocol):
@@ -32,6 +33,17 @@ MASK_CACHE_BYTES = 64 * 2**20  # masks remembered per vocabulary (REGEX states, 
 # the least recently used go first, so programs over many models do not keep every tokenizer
 CACHED_VOCABULARIES = 8
 _cache: OrderedDict[int, Vocabulary] = OrderedDict()
+_deferring = threading.local()  # ``slow_masks_deferred``: this thread computes no slow mask
+
+
+@contextmanager
+def slow_masks_deferred() -> Iterator[None]:
+    """Within: a slow mask not remembered yet raises ``MaskPending`` instead of being computed."""
+    before, _deferring.on = getattr(_deferring, "on", False), True
+    try:
+        yield
+    finally:
+        _deferring.on = before
 
 
 class Vocabulary:
@@ -90,15 +102,18 @@ class Vocabulary:
                    for char, ids in groups.items()}
         return np.array(empty, dtype=np.int64), grouped
 
-    def remember(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+    def remember(self, key: Hashable, compute: Callable[[], Any], slow: bool = False) -> Any:
         """``compute()``'s result under ``key``, computed once while it stays among the most
         recently used (``MASK_CACHE_BYTES`` of numpy arrays in all); its arrays are made
-        read-only (shared by every step and row that asks)."""
+        read-only (shared by every step and row that asks). ``slow``: a computation of
+        milliseconds, which a thread in ``slow_masks_deferred`` leaves to another (``MaskPending``)."""
         with self._remembering:
             found = self._remembered.get(key)
             if found is not None:
                 self._remembered.move_to_end(key)
                 return found
+        if slow and getattr(_deferring, "on", False):
+            raise MaskPending(key)
         found = compute()
         _freeze(found)
         with self._remembering:
@@ -152,12 +167,13 @@ class Vocabulary:
             matches = [compiled.match(t) is not None for t in self.texts]
             return self._without_eos(np.array(matches, dtype=bool))
 
-        return self.remember(("matching", pattern), compute)
+        return self.remember(("matching", pattern), compute, slow=True)
 
     def containing(self, text: str) -> np.ndarray:
         """Tokens whose text holds ``text`` (EOS never)."""
         return self.remember(("containing", text),
-                             lambda: self._without_eos(np.array([text in t for t in self.texts], dtype=bool)))
+                             lambda: self._without_eos(np.array([text in t for t in self.texts], dtype=bool)),
+                             slow=True)
 
     def not_containing(self, text: str) -> np.ndarray:
         """Tokens whose text does not hold ``text`` (EOS too)."""

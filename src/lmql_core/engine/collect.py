@@ -6,8 +6,11 @@ import logging
 import time
 
 from lmql_core.base.backend import Backend, ChainedSteps
+from lmql_core.constraints.vocabulary import slow_masks_deferred
 from lmql_core.engine import scoring
 from lmql_core.engine.endings import Endings, Events
+from lmql_core.engine.holds import Holds
+from lmql_core.engine.mask_constraint import FollowPending
 from lmql_core.engine.mask_filler import MaskFiller
 from lmql_core.engine.sampling import Samples, collect_sampling, collect_scoring
 from lmql_core.engine.sequence import Finish, Sequence, Status, TokenEvent
@@ -25,11 +28,12 @@ class Collector:
     steps (told the values of the tokens they were fed), else None."""
 
     def __init__(self, backend: Backend, stats: EngineStats, masks: MaskFiller, endings: Endings,
-                 chainer: ChainedSteps | None) -> None:
+                 holds: Holds, chainer: ChainedSteps | None) -> None:
         self.backend = backend
         self.stats = stats
         self.masks = masks
         self.endings = endings
+        self.holds = holds
         self.chainer = chainer
 
     def collect(self, step: LaunchedStep, chained: LaunchedStep | None = None) -> Events:
@@ -83,8 +87,15 @@ class Collector:
             constraint = seq.params.constraint
             if reason is None and constraint is not None and len(seq.generated) >= constraint.open_below:
                 following = time.perf_counter()
-                followed, ends = constraint.events_after(seq, token, logprob, top, taken.get(id(seq), False))
-                self.stats.grammar_seconds += time.perf_counter() - following
+                try:
+                    with slow_masks_deferred():  # (no stream waits for one: holds.py)
+                        followed, ends = constraint.events_after(seq, token, logprob, top,
+                                                                 taken.get(id(seq), False))
+                except FollowPending as pending:
+                    self.holds.hold(seq, pending)
+                    continue
+                finally:
+                    self.stats.grammar_seconds += time.perf_counter() - following
                 batch.extend(followed)
                 produced += len(followed) - 1
                 if ends:

@@ -15,6 +15,7 @@ import time
 from lmql_core.base.backend import Backend
 from lmql_core.engine.collect import Collector
 from lmql_core.engine.endings import Endings, Events, deliver_all
+from lmql_core.engine.holds import Holds
 from lmql_core.engine.launch import StepLauncher
 from lmql_core.engine.mask_filler import MaskFiller
 from lmql_core.engine.pipeline import Pipeline, chaining
@@ -60,7 +61,8 @@ class Engine:
         self._endings = Endings(backend, self.scheduler, self._wake, self.stats)
         self._launcher = StepLauncher(backend, self.stats, self._masks, self._endings, seed)
         chainer = chaining(backend)  # asked once: the pipeline's form is fixed from the start
-        self._collector = Collector(backend, self.stats, self._masks, self._endings, chainer)
+        self._holds = Holds(self.scheduler, self._endings, self._wake, self.stats)
+        self._collector = Collector(backend, self.stats, self._masks, self._endings, self._holds, chainer)
         pipeline = Pipeline(self._launcher, self._endings, self.scheduler, self._wake,
                             lambda: self._stopping, chainer)
         self._launch_next = pipeline.launch_next
@@ -114,6 +116,7 @@ class Engine:
             self._wake.notify()
         self._thread.join(timeout=30)
         self._masks.close()
+        self._holds.close()
 
     # --- the engine thread ---------------------------------------------------------------
 
@@ -168,16 +171,20 @@ class Engine:
                 self._endings.fail_all("the server is shutting down")
                 return None
             self._endings.release(self.scheduler.take_cancelled())
+            self._holds.resume(events)
             return [] if following else self._reschedule()
 
     def _wait_for_work(self) -> None:
         """With the lock held: wait until a request comes or the engine stops, the backend's
         idle work run meanwhile."""
-        while not self._stopping and not self.scheduler.has_work():
+        while not self._stopping and not self._has_work():
             pause = self._idle_work()
-            if not self._stopping and not self.scheduler.has_work():
+            if not self._stopping and not self._has_work():
                 self._wake.wait(pause)
             self._busy_since = time.perf_counter()
+
+    def _has_work(self) -> bool:
+        return self.scheduler.has_work() or self._holds.any_ready()
 
     def _idle_work(self) -> float | None:
         """With the lock held: the backend's deferred work (``Backend.idle``), run with the lock

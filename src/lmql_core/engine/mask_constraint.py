@@ -17,13 +17,22 @@ from typing import Any
 import numpy as np
 
 from lmql_core.constraints.kinds import Rule
-from lmql_core.constraints.mask import ANY, Value
+from lmql_core.constraints.mask import ANY, MaskPending, Value
 from lmql_core.constraints.step import Step
 from lmql_core.constraints.vocabulary import Vocabulary
 from lmql_core.engine.constraints import FORCED_TOP
 from lmql_core.engine.sequence import Finish, Sequence, TokenEvent
 
 OPEN = Step(ANY)  # a step whose rule allows every token and the end: not done, nothing forced
+
+
+class FollowPending(Exception):  # noqa: N818 (not an error: the engine holds the sequence meanwhile)
+    """Following a sampled token met a slow mask not computed yet: ``events`` are the token's
+    (and forced ones') so far, not sent; ``MaskConstraint.prepare`` then ``follow`` go on."""
+
+    def __init__(self, events: list[TokenEvent]) -> None:
+        super().__init__("a mask is pending")
+        self.events = events
 
 
 class MaskConstraint:
@@ -83,10 +92,18 @@ class MaskConstraint:
         """The events of a token sampled under this mask, then of the tokens the constraints force
         after it (appended to ``seq.generated``, log-prob 0), as the query runtime takes them
         without asking the model; whether ``seq`` ends: its variable is done (finish EOS, without
-        an EOS token, as the runtime ends it) or ``max_generated`` is reached."""
-        events = [TokenEvent(seq.stream_id, token, logprob, None, top)]
+        an EOS token, as the runtime ends it) or ``max_generated`` is reached. Raises
+        ``FollowPending`` where a slow mask is deferred (``vocabulary.slow_masks_deferred``)."""
+        return self.follow(seq, [TokenEvent(seq.stream_id, token, logprob, None, top)])
+
+    def follow(self, seq: Sequence, events: list[TokenEvent]) -> tuple[list[TokenEvent], bool]:
+        """``events_after`` from the step after ``seq.generated`` on, ``events`` before them (a
+        token followed until a mask was pending: ``FollowPending.events``)."""
         while len(seq.generated) < seq.max_generated:
-            step = self._step(seq.generated)
+            try:
+                step = self._step(seq.generated)
+            except MaskPending:
+                raise FollowPending(events) from None
             if step.done:
                 events[-1].finish_reason = Finish.EOS
                 return events, True
@@ -97,6 +114,11 @@ class MaskConstraint:
             events.append(TokenEvent(seq.stream_id, forced, 0.0, None, FORCED_TOP))
         events[-1].finish_reason = Finish.LENGTH
         return events, True
+
+    def prepare(self, generated: list[int]) -> None:
+        """Compute the step after ``generated`` (its masks remembered), slow masks included: on
+        a thread other than the engine's, before ``follow`` goes on there."""
+        self._step(generated)
 
     def allows_all_after(self, generated: int) -> bool:
         """Whether the mask after any ``generated`` tokens lets every token through (no row

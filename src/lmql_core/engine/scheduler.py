@@ -16,10 +16,12 @@ its methods, called with the engine's lock held::
     add        -> WAITING
     schedule      WAITING -> RUNNING
     preempt       RUNNING -> WAITING   (its cache to free; it feeds everything again later)
+    hold          RUNNING -> HELD      (its cache to free: a slow mask is computed meanwhile)
+    unhold        HELD -> WAITING (first in its client's queue) or FINISHED
     finish        RUNNING -> FINISHED  (its last event made, or its batch failed)
-    cancel        WAITING -> CANCELLED (gone at once) and RUNNING -> CANCELLED (its cache to free:
-                  ``take_cancelled`` hands it to the engine thread between two steps)
-    finish_all    WAITING, RUNNING -> FINISHED (the server stops)
+    cancel        WAITING, HELD -> CANCELLED (gone at once) and RUNNING -> CANCELLED (its cache to
+                  free: ``take_cancelled`` hands it to the engine thread between two steps)
+    finish_all    WAITING, RUNNING, HELD -> FINISHED (the server stops)
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class Scheduler:
         # scan of the batch per sequence admitted or preempted
         self._running_of: dict[Any, dict[Sequence, None]] = {}
         self._cancelled_running: list[Sequence] = []  # cancelled while running: caches to free
+        self.held: dict[Sequence, None] = {}  # (an ordered set)
 
     def add(self, seq: Sequence) -> None:
         seq.status = Status.WAITING
@@ -152,11 +155,14 @@ class Scheduler:
         gone at once; a running one leaves the batch, its cache freed after ``take_cancelled``."""
         waiting = self._leave([s for s in seqs if s.status is Status.WAITING], Status.CANCELLED)
         running = self._leave([s for s in seqs if s.status is Status.RUNNING], Status.CANCELLED)
+        held = self._leave([s for s in seqs if s.status is Status.HELD], Status.CANCELLED)
         self.waiting.remove(waiting)
+        for seq in held:
+            del self.held[seq]
         if running:
             self._leave_batch(running)
             self._cancelled_running.extend(running)
-        return waiting + running
+        return waiting + running + held
 
     def take_cancelled(self) -> list[Sequence]:
         """The cancelled sequences whose caches the backend still holds (for the caller to free)."""
@@ -170,6 +176,23 @@ class Scheduler:
         if ended:
             self._leave_batch(ended)
         return ended
+
+    def hold(self, seq: Sequence) -> int:
+        """Take running ``seq`` out of the batch until ``unhold``; returns the backend id whose
+        cache the caller frees (it feeds everything again later, as a preempted one)."""
+        freed = seq.seq_id
+        seq.status = Status.HELD
+        self._leave_batch([seq])
+        self.held[seq] = None
+        seq.restart()
+        return freed
+
+    def unhold(self, seq: Sequence, finished: bool) -> None:
+        """Held ``seq`` ends (``finished``) or goes first in its client's queue."""
+        del self.held[seq]
+        seq.status = Status.FINISHED if finished else Status.WAITING
+        if not finished:
+            self.waiting.put_back(seq)
 
     @staticmethod
     def _leave(seqs: list[Sequence], status: Status) -> list[Sequence]:
@@ -199,10 +222,11 @@ class Scheduler:
         """End every sequence (the server stops): (all that were waiting or running, those
         among them or cancelled whose caches the backend still holds)."""
         holding = self.running + self.take_cancelled()
-        ended = self._leave(list(self.waiting) + self.running, Status.FINISHED)
+        ended = self._leave(list(self.waiting) + self.running + list(self.held), Status.FINISHED)
         self.running = []
         self._running_of.clear()
         self.waiting.clear()
+        self.held.clear()
         return ended, holding
 
     def _share(self) -> int:

@@ -45,6 +45,7 @@ class Status(Enum):
 
     WAITING = "waiting"  # queued: not yet admitted, or preempted (its cache freed)
     RUNNING = "running"  # in the batch: the backend holds its cache
+    HELD = "held"  # out of the batch (its cache freed) while a slow mask is computed (holds.py)
     FINISHED = "finished"  # its last event was made; results of steps still in flight are dropped
     CANCELLED = "cancelled"  # its client stopped it; nothing more is sent for it
 
@@ -75,7 +76,7 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     generated: list[int] = field(default_factory=list)
     num_fed: int = 0  # tokens the backend has seen
-    status: Status = Status.WAITING  # changed by the scheduler only
+    status: Status = Status.WAITING  # changed by the scheduler only (and HELD by ``Holds``' scheduler calls)
     max_generated: int = 0  # set by the engine: max_tokens, or fewer where the context ends first
 
     def restart(self) -> None:

@@ -55,6 +55,7 @@ class EngineStats:
     sequences_finished: int = 0
     sequences_cancelled: int = 0
     sequences_preempted: int = 0  # made way for other clients (see scheduler.py); they run again
+    sequences_held: int = 0  # out of the batch while a slow mask was computed (holds.py)
     last_step_seconds: float = 0.0
     busy_seconds: float = 0.0  # the engine thread at work, idle waits for requests excluded
     arrival_waits: int = 0  # wake-ups that waited for a burst's companions (engine.ARRIVAL_QUIET_S)

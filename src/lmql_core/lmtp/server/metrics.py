@@ -117,6 +117,8 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      lambda e: e.stats.sequences_cancelled),
     ("lmql_sequences_preempted", "Sequences paused to give other connections their share of the batch",
      CounterMetricFamily, lambda e: e.stats.sequences_preempted),
+    ("lmql_sequences_held", "Sequences paused while a slow constraint mask was computed beside the engine",
+     CounterMetricFamily, lambda e: e.stats.sequences_held),
 ]
 
 

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from lmql_core.constraints.kinds import NoDigits, Rule
+from lmql_core.constraints.mask import MaskPending
 from lmql_core.constraints.tree import Decided
-from lmql_core.constraints.vocabulary import Vocabulary
+from lmql_core.constraints.vocabulary import Vocabulary, slow_masks_deferred
 from lmql_core.engine.mask_constraint import MaskConstraint, mask_words
 from lmql_core.engine.sequence import SamplingParams, Sequence, Sink, TokenEvent
 from lmql_core.errors import LMQLError, shown
@@ -104,6 +105,7 @@ class TemplateRun:
         params = SamplingParams(**{**hole.sampling, "max_tokens": budget})
         if rule is not None:
             params.constraint = MaskConstraint(rule, vocab, mask_words(self.model.backend.vocab_size, vocab))
+            await _first_step(params.constraint)
         seq = Sequence(self.stream_id, list(prompt), params, self.sink)
         self._hole = running = _HoleTokens(index)
         self.register(seq, index == 0)
@@ -144,6 +146,16 @@ class _HoleTokens:
         self.ids: list[int] = []
         self.ended: asyncio.Future[tuple[list[int], dict[str, Any]] | None] = \
             asyncio.get_running_loop().create_future()
+
+
+async def _first_step(constraint: MaskConstraint) -> None:
+    """The hole's first step, before the engine samples it: here where it is quick, else on a
+    thread (a REGEX state's first mask: milliseconds no other stream should wait for)."""
+    try:
+        with slow_masks_deferred():
+            constraint.prepare([])
+    except MaskPending:
+        await asyncio.to_thread(constraint.prepare, [])
 
 
 def _prompt_text(rule: Rule | None, vocab: Vocabulary, ids: list[int]) -> str | None:
