@@ -69,7 +69,8 @@ def main() -> None:
         engine.submit(Sequence(i, prompt, free, sink))
     for _ in range(args.free + 1):
         left.acquire()
-    gaps = [b - a for i in range(args.free) for a, b in zip(arrivals[i], arrivals[i][1:], strict=False)] or [0.0]
+    gaps = [b - a for i in range(args.free)
+            for a, b in zip(arrivals[i], arrivals[i][1:], strict=False)] or [0.0]
     regex_done = arrivals["regex"][-1] - started
     print("| free streams | longest gap ms | median gap ms | REGEX tokens | REGEX s | holds |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
