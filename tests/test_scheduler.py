@@ -215,6 +215,7 @@ def test_a_held_sequence_cancelled_or_ended_by_finish_all_holds_no_cache() -> No
     scheduler.hold(stopped)
     assert scheduler.cancel([cancelled]) == [cancelled]
     assert cancelled.status is Status.CANCELLED and scheduler.take_cancelled() == []
+    assert scheduler.hold(cancelled) is None  # (a step's token, followed after the cancel)
     ended, holding = scheduler.finish_all()
     assert names(ended) == ["running", "stopped"] and names(holding) == ["running"]
     assert stopped.status is Status.FINISHED and not scheduler.held and not scheduler.has_work()

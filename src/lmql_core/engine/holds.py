@@ -53,6 +53,8 @@ class Holds:
         """On the engine thread, where following ``seq``'s sampled token met a deferred mask."""
         with self.lock:
             freed = self.scheduler.hold(seq)
+        if freed is None:  # cancelled since the step: nothing to follow
+            return
         self.endings.release_ids([freed])
         self.stats.sequences_held += 1
         self._prepare(seq, pending.events)
@@ -108,5 +110,5 @@ class Holds:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            self._pool.shutdown(wait=False, cancel_futures=True)
 

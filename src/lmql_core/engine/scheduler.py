@@ -177,9 +177,12 @@ class Scheduler:
             self._leave_batch(ended)
         return ended
 
-    def hold(self, seq: Sequence) -> int:
+    def hold(self, seq: Sequence) -> int | None:
         """Take running ``seq`` out of the batch until ``unhold``; returns the backend id whose
-        cache the caller frees (it feeds everything again later, as a preempted one)."""
+        cache the caller frees (it feeds everything again later, as a preempted one), or None
+        where ``seq`` no longer runs (cancelled meanwhile)."""
+        if seq.status is not Status.RUNNING:
+            return None
         freed = seq.seq_id
         seq.status = Status.HELD
         self._leave_batch([seq])
