@@ -66,6 +66,8 @@ class Holds:
         future.add_done_callback(lambda done: self._done(seq, events, done))
 
     def _done(self, seq: Sequence, events: list[TokenEvent], future: Future[None]) -> None:
+        if future.cancelled():  # the engine stopped (its streams ended with that error)
+            return
         error = future.exception()
         failure = None
         if error is not None:
