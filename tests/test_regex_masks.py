@@ -138,3 +138,24 @@ def test_a_pattern_whose_states_grow_too_large_is_keyed_by_text(tokenizer: JsonT
     machine = automaton(pattern)
     assert machine is not None and not machine.usable
     assert time.monotonic() - started < 30
+
+
+def test_counts_far_from_a_repetitions_end_share_one_mask(tokenizer: JsonTokenizer) -> None:
+    """[a-z]{1,200}: every count more than the longest token away from 200 has the same
+    continuations within a token, so one mask serves them all (an automaton state each, one
+    class set); every mask equals the per-token definition, near the end too."""
+    vocab = Vocabulary(tokenizer)
+    pattern, most = r"[a-z]{1,200}", 200
+    far = most - vocab.longest  # counts below this share
+    assert far > 20  # (the vocabulary's longest token leaves room to share)
+    rule = Regex(pattern)
+    counts_of: dict[int, list[int]] = {}
+    for count in list(range(far + 3)) + list(range(most - 6, most + 1)):
+        text = "a" * count
+        allowed = rule.mask(Value([], text, ""), vocab)
+        expected, full = reference_mask(pattern, text, vocab)
+        assert allowed.tokens is not None and np.array_equal(allowed.tokens, expected), count
+        assert allowed.eos == full, count
+        counts_of.setdefault(id(allowed.tokens), []).append(count)
+    assert list(range(1, far)) == counts_of[id(rule.mask(Value([], "a", ""), vocab).tokens)][:far - 1]
+    assert len(counts_of) <= 2 + 3 + 7  # the empty text, the shared counts, those near the end

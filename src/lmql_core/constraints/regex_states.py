@@ -44,6 +44,7 @@ class Automaton:
 
     def __init__(self) -> None:
         self.tests: list[tuple[Test, int] | None] = []
+        self.test_keys: list[Any] = []  # what each test is (equal keys: the same characters pass)
         self.empty: list[list[int]] = []
         self.accept = -1
         self.usable = True  # False once its states proved too large (see ``_reach``)
@@ -54,6 +55,7 @@ class Automaton:
         if len(self.tests) >= MAX_POSITIONS:
             raise Unsupported("too many positions")
         self.tests.append(None)
+        self.test_keys.append(None)
         self.empty.append([])
         return len(self.tests) - 1
 
@@ -79,6 +81,29 @@ class Automaton:
                 self._steps[key] = following
             state = following
         return state
+
+    def future_classes(self, depth: int) -> dict[int, int]:
+        """Each position a state may hold (a tested one, the end) -> its class: positions of one
+        class accept the same strings of up to ``depth`` characters, with the same positions'
+        classes after each (Moore's refinement, ``depth`` rounds at most, fewer where it settles).
+        A state's set of classes then decides which strings of up to ``depth`` characters keep a
+        partial match and where the end is reached: all a REGEX mask reads of it, where no token
+        is longer (regex's partial match is a text whose every character the pattern could take)."""
+        tested = [n for n, test in enumerate(self.tests) if test is not None]
+        after = {n: self._closure({self.tests[n][1]}) for n in tested}  # type: ignore[index]
+        ids: dict[Any, int] = {}
+        classes = {n: ids.setdefault(self.test_keys[n], len(ids)) for n in tested}
+        classes[self.accept] = -1  # the end's class: it tests no character
+        for _ in range(depth):
+            count, ids = len(ids), {}
+            refined = {n: ids.setdefault((self.test_keys[n], frozenset(classes[m] for m in after[n])),
+                                         len(ids))
+                       for n in tested}
+            refined[self.accept] = -1
+            classes = refined
+            if len(ids) == count:  # no class split: none will at any depth
+                break
+        return classes
 
     def _closure(self, positions: set[int]) -> State:
         found: set[int] = set()
@@ -130,6 +155,7 @@ def _item(machine: Automaton, op: object, argument: Any, at: int) -> int:
     if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
         end = machine.position()
         machine.tests[at] = (_test(op, argument), end)
+        machine.test_keys[at] = (op, tuple(argument) if isinstance(argument, list) else argument)
         # a tested position has no empty edges: give it a fresh successor to chain from
         return end
     if op is sre.SUBPATTERN:
