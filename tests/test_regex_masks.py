@@ -159,3 +159,23 @@ def test_counts_far_from_a_repetitions_end_share_one_mask(tokenizer: JsonTokeniz
         counts_of.setdefault(id(allowed.tokens), []).append(count)
     assert list(range(1, far)) == counts_of[id(rule.mask(Value([], "a", ""), vocab).tokens)][:far - 1]
     assert len(counts_of) <= 2 + 3 + 7  # the empty text, the shared counts, those near the end
+
+
+def test_a_key_asked_again_after_its_classes_were_left_to_another_thread_is_the_same(
+        tokenizer: JsonTokenizer) -> None:
+    """Following with slow masks deferred (the engine thread), a text's key may first need the
+    pattern's classes, which are left to another thread (MaskPending); asked again, the text's
+    mask is the definition's, not that of a text read twice."""
+    from lmql_core.constraints.mask import MaskPending
+    from lmql_core.constraints.vocabulary import slow_masks_deferred
+
+    pattern = r"[0-9]{2}-[a-z]{2}"
+    rule = Regex(pattern)
+    rule.mask(Value([], "1", ""), Vocabulary(tokenizer))
+    vocab = Vocabulary(tokenizer)  # one that remembers nothing yet (as after evictions)
+    with slow_masks_deferred(), pytest.raises(MaskPending):
+        rule.mask(Value([], "12", ""), vocab)
+    for text in ["12", "12-", "12-a", "1x"]:  # the value goes on (and a dead end's mask)
+        allowed = rule.mask(Value([], text, ""), vocab)
+        assert allowed.tokens is not None
+        assert np.array_equal(allowed.tokens, reference_mask(pattern, text, vocab)[0]), text

@@ -46,11 +46,11 @@ class TextStates:
             if not text.startswith(self._text):
                 self._text, self._state = "", machine.start()
             self._state = machine.advance(self._state, text[len(self._text):])
+            self._text = text  # (before the classes, which may be left to another thread: MaskPending)
             classes = vocab.remember(("regex classes", self.pattern, depth),
                                      lambda: machine.future_classes(depth), slow=True)
         except Unsupported:
             return ("regex", self.pattern, "text", text)
-        self._text = text
         return ("regex", self.pattern, "classes", depth, frozenset(classes[n] for n in self._state))
 
 
