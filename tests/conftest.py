@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -48,6 +49,23 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
+
+
+class StreamEvents:
+    """An engine sink for ``streams`` streams: each stream's events (``TokenEvent``s) by id;
+    ``done`` is set once every stream ended (a finish reason or an error)."""
+
+    def __init__(self, streams: int) -> None:
+        self.events: dict[Any, list[Any]] = {}
+        self.left, self.done = streams, threading.Event()
+
+    def __call__(self, events: list[Any]) -> None:
+        for e in events:
+            self.events.setdefault(e.stream_id, []).append(e)
+            if e.finish_reason is not None or e.error:
+                self.left -= 1
+        if self.left <= 0:
+            self.done.set()
 
 
 LMQL = [sys.executable, "-m", "lmql_core"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from lmql_core.engine.sequence import Finish, SamplingParams, Sequence, TokenEve
 from lmql_core.loading.tokenizer import JsonTokenizer  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
+from tests.conftest import StreamEvents  # noqa: E402
 
 pytestmark = pytest.mark.hf
 DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
@@ -49,22 +49,8 @@ def compiler(engine: Engine, tokenizer: JsonTokenizer) -> GrammarCompiler:
     return GrammarCompiler(tokenizer, engine.backend.vocab_size, engine.backend.eos_token_id)
 
 
-class Collector:
-    def __init__(self, streams: int) -> None:
-        self.events: dict[Any, list[TokenEvent]] = {}
-        self.left, self.done = streams, threading.Event()
-
-    def __call__(self, events: list[TokenEvent]) -> None:
-        for e in events:
-            self.events.setdefault(e.stream_id, []).append(e)
-            if e.finish_reason is not None or e.error:
-                self.left -= 1
-        if self.left <= 0:
-            self.done.set()
-
-
 def run(engine: Engine, requests: list[tuple[list[int], SamplingParams]]) -> list[list[TokenEvent]]:
-    sink = Collector(len(requests))
+    sink = StreamEvents(len(requests))
     for i, (prompt, params) in enumerate(requests):
         engine.submit(Sequence(i, prompt, params, sink))
     assert sink.done.wait(120), "the streams did not end"
@@ -262,7 +248,7 @@ def test_generations_join_beside_chained_steps(engine, compiler, tokenizer) -> N
             (tokenizer.encode("Digits:"), SamplingParams(max_tokens=20, constraint=compiler.compile(
                 GrammarSpec.of("regex", FORCED_BETWEEN))))]
     try:
-        sink = Collector(len(first) + len(late))
+        sink = StreamEvents(len(first) + len(late))
         for i, (prompt, params) in enumerate(first):
             chained.submit(Sequence(i, prompt, params, sink))
         for i, (prompt, params) in enumerate(late, start=len(first)):

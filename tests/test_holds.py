@@ -9,7 +9,6 @@ greedy choices with the end banned."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -22,10 +21,11 @@ from lmql_core.constraints import kinds  # noqa: E402
 from lmql_core.constraints.vocabulary import Vocabulary  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
 from lmql_core.engine.mask_constraint import MaskConstraint, mask_words  # noqa: E402
-from lmql_core.engine.sequence import SamplingParams, Sequence, TokenEvent  # noqa: E402
+from lmql_core.engine.sequence import SamplingParams, Sequence  # noqa: E402
 from lmql_core.loading.tokenizer import JsonTokenizer  # noqa: E402
 from lmql_hf.backend import HFBackend  # noqa: E402
 from lmql_hf.bundled import bundled_path  # noqa: E402
+from tests.conftest import StreamEvents  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -40,21 +40,6 @@ def model() -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(bundled_path("lmql-tiny")).eval()
-
-
-class Streams:
-    """The sink of several streams: their events."""
-
-    def __init__(self, count: int) -> None:
-        self.events: dict[Any, list[TokenEvent]] = {}
-        self.left, self.done = count, threading.Event()
-
-    def __call__(self, events: list[TokenEvent]) -> None:
-        for e in events:
-            self.events.setdefault(e.stream_id, []).append(e)
-            self.left -= e.finish_reason is not None or e.error is not None
-        if self.left <= 0:
-            self.done.set()
 
 
 def lmql_regex_greedy(model: Any, tokenizer: JsonTokenizer, prompt: list[int], pattern: str,
@@ -106,7 +91,7 @@ def test_a_stream_waiting_for_slow_masks_is_held_and_chooses_as_transformers_und
         eos = tokenizer.eos_token_id
         timed, free = tokenizer.encode("The meeting starts at"), tokenizer.encode("Once upon a time")
         constraint = MaskConstraint(kinds.Regex(pattern), vocab, mask_words(engine.backend.vocab_size, vocab))
-        streams = Streams(2)
+        streams = StreamEvents(2)
         engine.submit(Sequence("timed", timed, SamplingParams(max_tokens=30, constraint=constraint), streams))
         engine.submit(Sequence("free", free, SamplingParams(max_tokens=24, logit_bias={eos: -100.0}), streams))
         assert streams.done.wait(120), "the streams did not end"

@@ -233,9 +233,5 @@ def _late_sampled(seqs: list[Sequence]) -> bool:
     sampled late, under masks made once those tokens are read: where a constrained sequence of
     ``seqs`` may not let every token through next (an llguidance grammar's state or an LMQL
     kind's row needs the token in flight)."""
-    for seq in seqs:
-        constraint, next_step = seq.params.constraint, len(seq.generated) + 1
-        if constraint is not None and next_step >= constraint.open_below \
-                and not constraint.allows_all_after(next_step):
-            return True
-    return False
+    return any(seq.params.constraint is not None
+               and not seq.params.constraint.allows_all_after(len(seq.generated) + 1) for seq in seqs)
