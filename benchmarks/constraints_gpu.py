@@ -40,10 +40,12 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +76,10 @@ def install_llguidance(wheels: Path) -> None:
                         *map(str, wheels.glob("llguidance-*.whl"))], check=True)
 
 
-def measured(port: int, point: str, run: Any) -> dict[str, Any]:
+def measured(port: int, point: str, run: Any, profile: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """``run(start)`` (-> seconds, errors) between two reads of the server's counters; the first
-    read again where ``run`` calls ``start()`` (when its warm-up is over and its clock starts)."""
+    read again where ``run`` calls ``start()`` (when its warm-up is over and its clock starts).
+    ``profile()`` starts the server's stack sampling with the clock and ends it after the run."""
     before, breaks = metrics(port), chain_breaks(port)
     span = [time.monotonic()]  # from the first read to the last: the time the counters' deltas cover
 
@@ -84,8 +87,10 @@ def measured(port: int, point: str, run: Any) -> dict[str, Any]:
         before.update(metrics(port))
         breaks.update(chain_breaks(port))
         span[0] = time.monotonic()
+        profile()
 
     seconds, errors = run(start)
+    profile()
     delta = {k: v - before[k] for k, v in metrics(port).items()}
     span.append(time.monotonic())
     broken = {k: int(v - breaks.get(k, 0)) for k, v in chain_breaks(port).items()}
@@ -102,15 +107,20 @@ def measured(port: int, point: str, run: Any) -> dict[str, Any]:
             "first_error": errors[0][:300] if errors else None}
 
 
-def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int) -> list[dict[str, Any]]:
+def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int,
+                profile: Callable[[], None]) -> list[dict[str, Any]]:
     name, endpoint = served_name(port), f"127.0.0.1:{port}"
     env = {**os.environ, **OFFLINE_ENV}
     n, streams, rounds, prompt = args.new_tokens, args.streams, args.rounds, args.prompt_tokens
 
-    def free(s: int, r: int) -> tuple[float, list[str]]:
+    def free(s: int, r: int, start: Any = None) -> tuple[float, list[str]]:
+        if start:
+            start()
         return asyncio.run(free_streams(port, name, s, r, n, prompt, eos))
 
-    def openai(s: int, r: int, schema: dict[str, Any] | None) -> tuple[float, list[str]]:
+    def openai(s: int, r: int, schema: dict[str, Any] | None, start: Any = None) -> tuple[float, list[str]]:
+        if start:
+            start()
         seconds, _, errors = asyncio.run(openai_completions(port, name, s, r, n, prompt, eos, schema))
         return seconds, errors
 
@@ -121,16 +131,17 @@ def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int) -> 
 
     free(min(8, streams), 1)  # warm-up: each path once (the programs warm up in their clients)
     points = []
-    if args.only in (None, "a"):
-        points += [measured(port, f"(a) {streams} free LMTP streams", lambda _: free(streams, rounds)),
-                   measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs)]
-    if args.only in (None, "b"):
+    if args.only in (None, "a", "ab"):
+        points += [measured(port, f"(a) {streams} free LMTP streams",
+                            lambda start: free(streams, rounds, start), profile),
+                   measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs, profile)]
+    if args.only in (None, "b", "ab"):
         openai(min(8, streams), 1, None)
         openai(min(8, streams), 1, SCHEMA)
         points += [measured(port, f"(b) {streams} free OpenAI completions",
-                            lambda _: openai(streams, rounds, None)),
+                            lambda start: openai(streams, rounds, None, start), profile),
                    measured(port, f"(b) {streams} OpenAI JSON-schema completions",
-                            lambda _: openai(streams, rounds, SCHEMA))]
+                            lambda start: openai(streams, rounds, SCHEMA, start), profile)]
     return points
 
 
@@ -165,11 +176,19 @@ def main() -> None:
     chain = ["--chain_steps", "True"] if args.chain_steps else []
     port = free_port()
     started = time.monotonic()
-    server = start_server([sys.executable, "-m", "lmql_core", "serve-model", str(model.folder), *device,
-                           *chain, "--port", str(port)], port, env={**os.environ, **OFFLINE_ENV})
+    sampler = ([str(Path(__file__).resolve().parent / "stack_sampler.py"), "--out", str(args.sample_stacks)]
+               if args.sample_stacks else [])
+    server = start_server([sys.executable, *sampler, "-m", "lmql_core", "serve-model", str(model.folder),
+                           *device, *chain, "--port", str(port)], port, env={**os.environ, **OFFLINE_ENV})
+
+    def profile() -> None:
+        if args.sample_stacks:
+            server.send_signal(signal.SIGUSR1)
+            time.sleep(0.05)  # (the window's file written before the next starts)
+
     try:
         print(f"our server ready in {time.monotonic() - started:.0f} s", flush=True)
-        points = load_points(port, model.folder, args, eos)
+        points = load_points(port, model.folder, args, eos, profile)
         report_points(points)
         singles = single_programs(port, model.folder, args) if args.only is None else {}
     finally:
@@ -201,7 +220,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--wheels", type=Path, help="a folder with llguidance's and LMQL 0.7.3's wheels")
     parser.add_argument("--lmql-python", help="python of an environment with lmql==0.7.3 (not --wheels)")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--only", choices=["a", "b"], help="only point (a) or (b) with (c)'s shares; no (d)")
+    parser.add_argument("--sample-stacks", type=Path, metavar="DIR",
+                        help="sample the server's threads over each point: DIR/window-N.txt")
+    parser.add_argument("--only", choices=["a", "b", "ab"],
+                        help="only point (a), (b) or both, with (c)'s shares; no (d)")
     parser.add_argument("--chain-steps", action="store_true",
                         help="chained steps on the CPU too (a GPU with CUDA graphs chains anyway): "
                              "counts the steps that chain, as the GPU would")

@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +42,13 @@ def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, o
     return lmtp_load.main(argv)
 
 
+def profile(server: subprocess.Popen[bytes], sample_stacks: Path | None) -> None:
+    """Start or end a window of the server's stack sampling (with ``--sample-stacks``)."""
+    if sample_stacks:
+        server.send_signal(signal.SIGUSR1)
+        time.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +59,8 @@ def main() -> None:
     parser.add_argument("--openai-events-per-s", type=float, help="the server's pacing (default: its own)")
     parser.add_argument("--fresh-connections", action="store_true",
                         help="the OpenAI load opens a connection per stream (default: kept alive, reused)")
+    parser.add_argument("--sample-stacks", type=Path, metavar="DIR",
+                        help="sample the server's threads over each run (stack_sampler.py): DIR/window-N.txt")
     args = parser.parse_args()
     import torch
 
@@ -57,16 +69,19 @@ def main() -> None:
     port = free_port()
     events_per_s = args.openai_events_per_s
     pacing = [] if events_per_s is None else ["--openai-events-per-s", f"{events_per_s:g}"]
-    command = [sys.executable, "-m", "lmql_core", "serve-model", str(model.folder), "--port", str(port),
-               *device, *pacing]
+    sampler = [str(HERE / "stack_sampler.py"), "--out", str(args.sample_stacks)] if args.sample_stacks else []
+    command = [sys.executable, *sampler, "-m", "lmql_core", "serve-model", str(model.folder),
+               "--port", str(port), *device, *pacing]
     server = start_server(command, port, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         endpoint, vocab = f"localhost:{port}", model.config()["vocab_size"]
         results: dict[str, list[float]] = {"lmtp": [], "openai": []}
         for _ in range(args.rounds):
             for transport in results:
+                profile(server, args.sample_stacks)
                 result = load(endpoint, str(model.folder), args.streams, vocab, model.eos_token_id(),
                               transport == "openai", args.processes, args.fresh_connections)
+                profile(server, args.sample_stacks)
                 results[transport].append(float(result["tok_per_s"]))
                 row = {"transport": transport, "streams": args.streams, "tok_per_s": result["tok_per_s"],
                        "processes": result["processes"], "driver_cpu_s": result["driver_cpu_s"]}

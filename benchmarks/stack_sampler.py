@@ -1,0 +1,109 @@
+"""Where a server's threads spend their wall time, sampled from inside the process (no ptrace):
+
+    python benchmarks/stack_sampler.py --out DIR [--interval-ms 0.5] -m lmql_core serve-model ...
+
+runs the module as ``python -m`` would, with a thread that, while sampling is on, reads every
+thread's stack each interval (``sys._current_frames``) and counts them. SIGUSR1 toggles sampling:
+the first starts a window, the second writes it to ``DIR/window-N.txt`` (N from 1): per thread,
+its share of the samples by innermost function and the collapsed stacks (flamegraph input), so a
+benchmark can profile exactly the span it times. The sampler takes the interpreter's lock once a
+sample; at 0.5 ms that costs the other threads a few percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import runpy
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+SAMPLED_THREADS = ("lmql", "Main", "asyncio")  # the server's own threads (torch's are left out)
+
+
+class Sampler:
+    def __init__(self, out: Path, interval_s: float) -> None:
+        self.out = out
+        self.interval_s = interval_s
+        self.on = threading.Event()
+        self.lock = threading.Lock()  # a sample taken, or a window written: never both at once
+        self.window = 0
+        self.stacks: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.samples = 0
+        self.started = 0.0
+
+    def toggle(self, *_: object) -> None:
+        with self.lock:
+            self._toggle()
+
+    def _toggle(self) -> None:
+        if self.on.is_set():
+            self.on.clear()
+            self.window += 1
+            self.write(self.out / f"window-{self.window}.txt", time.perf_counter() - self.started)
+        else:
+            self.stacks.clear()
+            self.samples = 0
+            self.started = time.perf_counter()
+            self.on.set()
+
+    def run(self) -> None:
+        me = threading.get_ident()
+        while True:
+            self.on.wait()
+            with self.lock:
+                if self.on.is_set():
+                    self.sample(me)
+            time.sleep(self.interval_s)
+
+    def sample(self, me: int) -> None:
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            name = names.get(ident, str(ident))
+            if ident != me and name.startswith(SAMPLED_THREADS):
+                self.stacks[(name, collapse(frame))] += 1
+        self.samples += 1
+
+    def write(self, path: Path, seconds: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        by_thread: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for (thread, stack), n in self.stacks.items():
+            by_thread[thread][stack.rsplit(";", 1)[-1]] += n
+        lines = [f"# {self.samples} samples over {seconds:.3f} s"]
+        for thread, leaves in sorted(by_thread.items(), key=lambda kv: -sum(kv[1].values())):
+            lines.append(f"## thread {thread}")
+            lines += [f"{n / max(1, self.samples):7.1%}  {leaf}" for leaf, n in leaves.most_common(25)]
+        lines.append("## collapsed stacks")
+        lines += [f"{thread};{stack} {n}" for (thread, stack), n in self.stacks.most_common()]
+        path.write_text("\n".join(lines) + "\n")
+
+
+def collapse(frame: FrameType | None) -> str:
+    names = []
+    while frame is not None:
+        code = frame.f_code
+        names.append(f"{code.co_name} ({Path(code.co_filename).name}:{frame.f_lineno})")
+        frame = frame.f_back
+    return ";".join(reversed(names))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--interval-ms", type=float, default=0.5)
+    parser.add_argument("-m", dest="module", required=True)
+    args, rest = parser.parse_known_args()
+    sampler = Sampler(args.out, args.interval_ms / 1000)
+    signal.signal(signal.SIGUSR1, sampler.toggle)
+    threading.Thread(target=sampler.run, name="stack-sampler", daemon=True).start()
+    sys.argv = [args.module, *rest]
+    runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
