@@ -59,7 +59,8 @@ def programs(n: int) -> dict[str, str]:
 METRICS = ("lmql_engine_busy_seconds", "lmql_engine_mask_fill_seconds", "lmql_engine_mask_wait_seconds",
            "lmql_engine_grammar_seconds", "lmql_engine_steps",
            "lmql_engine_steps_chained", "lmql_engine_tokens_forced_chained",
-           "lmql_tokens_generated", "lmql_sequences_finished")
+           "lmql_engine_device_wait_seconds", "lmql_engine_sequences_admitted_chained",
+           "lmql_tokens_generated", "lmql_tokens_prefilled", "lmql_sequences_finished")
 EOS_BAN = -100.0
 
 
@@ -72,10 +73,18 @@ def metrics(port: int) -> dict[str, float]:
 
 def chain_breaks(port: int) -> dict[str, float]:
     """The server's ``lmql_engine_chain_breaks`` by reason (steps not followed by a chained step)."""
+    return _labelled(port, "lmql_engine_chain_breaks_total", "reason")
+
+
+def phases(port: int) -> dict[str, float]:
+    """The server's ``lmql_engine_phase_seconds`` by phase (the engine thread's busy time)."""
+    return _labelled(port, "lmql_engine_phase_seconds_total", "phase")
+
+
+def _labelled(port: int, name: str, label: str) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    pattern = r'^lmql_engine_chain_breaks_total{[^}]*reason="([^"]+)"[^}]*} ([0-9.e+-]+)$'
-    found = re.findall(pattern, text, re.M)
-    return {reason: float(value) for reason, value in found}
+    found = re.findall(rf'^{name}{{[^}}]*{label}="([^"]+)"[^}}]*}} ([0-9.e+-]+)$', text, re.M)
+    return {key: float(value) for key, value in found}
 
 
 def served_name(port: int) -> str:

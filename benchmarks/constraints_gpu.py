@@ -59,6 +59,7 @@ from constraint_loads import (  # noqa: E402
     free_streams,
     metrics,
     openai_completions,
+    phases,
     program_clients,
     served_name,
 )
@@ -80,12 +81,13 @@ def measured(port: int, point: str, run: Any, profile: Callable[[], None] = lamb
     """``run(start)`` (-> seconds, errors) between two reads of the server's counters; the first
     read again where ``run`` calls ``start()`` (when its warm-up is over and its clock starts).
     ``profile()`` starts the server's stack sampling with the clock and ends it after the run."""
-    before, breaks = metrics(port), chain_breaks(port)
+    before, breaks, parts = metrics(port), chain_breaks(port), phases(port)
     span = [time.monotonic()]  # from the first read to the last: the time the counters' deltas cover
 
     def start() -> None:
         before.update(metrics(port))
         breaks.update(chain_breaks(port))
+        parts.update(phases(port))
         span[0] = time.monotonic()
         profile()
 
@@ -94,6 +96,8 @@ def measured(port: int, point: str, run: Any, profile: Callable[[], None] = lamb
     delta = {k: v - before[k] for k, v in metrics(port).items()}
     span.append(time.monotonic())
     broken = {k: int(v - breaks.get(k, 0)) for k, v in chain_breaks(port).items()}
+    per_step = {k: round((v - parts.get(k, 0)) / max(1.0, delta["steps"]) * 1e3, 3)
+                for k, v in phases(port).items()}
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
             "tok_per_s": round(delta["tokens_generated"] / seconds, 1), "steps": int(delta["steps"]),
@@ -103,6 +107,11 @@ def measured(port: int, point: str, run: Any, profile: Callable[[], None] = lamb
             "fill_us_per_step": round(delta["mask_fill_seconds"] / steps * 1e6, 1),
             "fill_share": delta["mask_fill_seconds"] / busy, "wait_share": delta["mask_wait_seconds"] / busy,
             "following_share": delta["grammar_seconds"] / busy, "busy_share": busy / (span[1] - span[0]),
+            "busy_ms_per_step": round(busy / steps * 1e3, 3),
+            "device_wait_ms_per_step": round(delta["device_wait_seconds"] / steps * 1e3, 3),
+            "following_ms_per_step": round(delta["grammar_seconds"] / steps * 1e3, 3),
+            "phase_ms_per_step": per_step, "admitted_chained": int(delta["sequences_admitted_chained"]),
+            "tokens_prefilled": int(delta["tokens_prefilled"]),
             "errors": len(errors),
             "first_error": errors[0][:300] if errors else None}
 
@@ -253,6 +262,15 @@ def report_points(points: list[dict[str, Any]]) -> None:
             reasons = ", ".join(f"{k} {v}" for k, v in p["chain_breaks"].items())
             print(f"steps not chained ({p['point']}), by reason: {reasons}; forced tokens fed in "
                   f"chained steps: {p['forced_chained']}")
+    print("| point | busy ms/step | device wait | following | launch | deliver | collect | schedule "
+          "| admitted beside chained steps | prompt tokens |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for p in points:
+        phase = p["phase_ms_per_step"]
+        print(f"| {p['point']} | {p['busy_ms_per_step']} | {p['device_wait_ms_per_step']} "
+              f"| {p['following_ms_per_step']} | " + " | ".join(str(phase.get(k, "-")) for k in
+                                                             ("launch", "deliver", "collect", "schedule"))
+              + f" | {p['admitted_chained']} | {p['tokens_prefilled']} |")
     for p in points:
         if p["first_error"]:
             print(f"first error ({p['point']}): {p['first_error']}")

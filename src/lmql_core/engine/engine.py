@@ -142,16 +142,25 @@ class Engine:
         step: LaunchedStep | None = None
         events: Events = {}
         self._busy_since = time.perf_counter()
+        phases, clock = self.stats.phase_seconds, time.perf_counter
         while True:
+            began = clock()
             following = self._launch_next(step) if step else None
+            launched = clock()
             deliver_all(events)
+            delivered = clock()
             events = self._collector.collect(step, following) if step else {}
             if following is not None and following.unsampled is not None:
                 self._launcher.sample_chained(following)
+            collected = clock()
             chunks = self._schedule(events, following)
             if chunks is None:
                 return
+            scheduled = clock()
             step = following or (self._launcher.launch(chunks) if chunks else None)
+            phases["launch"] += launched - began + clock() - scheduled
+            phases["deliver"] += delivered - launched
+            phases["collect"] += collected - delivered
 
     def _schedule(self, events: Events, following: LaunchedStep | None) -> list[ScheduledChunk] | None:
         """With nothing to deliver nor to run, wait for work; then the next step's chunks (none
@@ -170,9 +179,12 @@ class Engine:
                 deliver_all(events)
                 self._endings.fail_all("the server is shutting down")
                 return None
+            began = time.perf_counter()
             self._endings.release(self.scheduler.take_cancelled())
             self._holds.resume(events)
-            return [] if following else self._reschedule()
+            chunks = [] if following else self._reschedule()
+            self.stats.phase_seconds["schedule"] += time.perf_counter() - began
+            return chunks
 
     def _wait_for_work(self) -> None:
         """With the lock held: wait until a request comes or the engine stops, the backend's

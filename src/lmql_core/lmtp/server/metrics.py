@@ -40,6 +40,7 @@ class EngineCollector(Collector):
                 family.add_metric([model_name], read(model.engine))
             yield family
         yield self._chain_breaks()
+        yield self._phases()
         yield GaugeMetricFamily("lmql_connections", "Open LMTP connections", value=self.connections)
         requests = CounterMetricFamily("lmql_requests", "Requests received (LMTP frames, OpenAI "
                                        "HTTP requests)", labels=["transport"])
@@ -59,6 +60,16 @@ class EngineCollector(Collector):
         for model_name, model in self.host.models.items():
             for reason, count in model.engine.stats.chain_breaks.items():
                 family.add_metric([model_name, reason], count)
+        return family
+
+
+    def _phases(self) -> CounterMetricFamily:
+        family = CounterMetricFamily("lmql_engine_phase_seconds", "The engine thread's busy time by part of "
+                                     "its loop (launch, deliver, collect, schedule)",
+                                     labels=["model", "phase"])
+        for model_name, model in self.host.models.items():
+            for phase, seconds in model.engine.stats.phase_seconds.items():
+                family.add_metric([model_name, phase], seconds)
         return family
 
 
