@@ -185,8 +185,9 @@ def main() -> None:
     chain = ["--chain_steps", "True"] if args.chain_steps else []
     port = free_port()
     started = time.monotonic()
-    sampler = ([str(Path(__file__).resolve().parent / "stack_sampler.py"), "--out", str(args.sample_stacks)]
-               if args.sample_stacks else [])
+    syncs = ["--sync-points", "--interval-ms", "0"] if args.sync_points else []
+    sampler = ([str(Path(__file__).resolve().parent / "stack_sampler.py"), "--out", str(args.sample_stacks),
+                *syncs] if args.sample_stacks else [])
     server = start_server([sys.executable, *sampler, "-m", "lmql_core", "serve-model", str(model.folder),
                            *device, *chain, "--port", str(port)], port, env={**os.environ, **OFFLINE_ENV})
 
@@ -231,6 +232,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--sample-stacks", type=Path, metavar="DIR",
                         help="sample the server's threads over each point: DIR/window-N.txt")
+    parser.add_argument("--sync-points", action="store_true",
+                        help="with --sample-stacks: count where the host waits for the GPU, by stack "
+                             "(no stacks sampled)")
     parser.add_argument("--only", choices=["a", "b", "ab"],
                         help="only point (a), (b) or both, with (c)'s shares; no (d)")
     parser.add_argument("--chain-steps", action="store_true",

@@ -8,6 +8,11 @@ the first starts a window, the second writes it to ``DIR/window-N.txt`` (N from 
 its share of the samples by innermost function and the collapsed stacks (flamegraph input), so a
 benchmark can profile exactly the span it times. The sampler takes the interpreter's lock once a
 sample; at 0.5 ms that costs the other threads a few percent.
+
+``--sync-points``: during a window, torch's CUDA sync debug mode is on and every operation that
+makes the host wait for the GPU (a blocking copy, ``.item()``, a list used as an index) is counted
+by its stack, as thread ``sync:NAME`` (where the host lost its lead on the device); with
+``--interval-ms 0`` only those are kept.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import signal
 import sys
 import threading
 import time
+import traceback
+import warnings
 from pathlib import Path
 from types import FrameType
 
@@ -26,11 +33,15 @@ SAMPLED_THREADS = ("lmql", "Main", "asyncio")  # the server's own threads (torch
 
 
 class Sampler:
-    def __init__(self, out: Path, interval_s: float) -> None:
+    def __init__(self, out: Path, interval_s: float, sync_points: bool = False) -> None:
         self.out = out
         self.interval_s = interval_s
+        self.sync_points = sync_points
         self.on = threading.Event()
-        self.lock = threading.Lock()  # a sample taken, or a window written: never both at once
+        # a sample taken, a sync point counted or a window written: one at a time (reentrant: the
+        # signal handler may interrupt its own thread's count)
+        self.lock = threading.RLock()
+        self.shown = warnings.showwarning
         self.window = 0
         self.stacks: collections.Counter[tuple[str, str]] = collections.Counter()
         self.samples = 0
@@ -43,17 +54,35 @@ class Sampler:
     def _toggle(self) -> None:
         if self.on.is_set():
             self.on.clear()
+            self._sync_debug(False)
             self.window += 1
             self.write(self.out / f"window-{self.window}.txt", time.perf_counter() - self.started)
         else:
             self.stacks.clear()
             self.samples = 0
             self.started = time.perf_counter()
+            self._sync_debug(True)
             self.on.set()
+
+    def _sync_debug(self, on: bool) -> None:
+        torch = sys.modules.get("torch")
+        if self.sync_points and torch is not None and torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("warn" if on else "default")
+
+    def synced(self, message: object, category: type[Warning], *_: object, **__: object) -> None:
+        """``warnings.showwarning``: a sync point counted by its stack (other warnings shown)."""
+        if "synchroniz" not in str(message):
+            self.shown(message, category, *_, **__)  # type: ignore[arg-type]
+            return
+        frames = traceback.extract_stack()[:-1]
+        stack = ";".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})" for f in frames
+                         if "warnings" not in f.filename)
+        with self.lock:
+            self.stacks[(f"sync:{threading.current_thread().name}", stack)] += 1
 
     def run(self) -> None:
         me = threading.get_ident()
-        while True:
+        while self.interval_s > 0:
             self.on.wait()
             with self.lock:
                 if self.on.is_set():
@@ -95,10 +124,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--interval-ms", type=float, default=0.5)
+    parser.add_argument("--interval-ms", type=float, default=0.5, help="0: no stacks sampled")
+    parser.add_argument("--sync-points", action="store_true",
+                        help="count the operations that make the host wait for the GPU, by stack")
     parser.add_argument("-m", dest="module", required=True)
     args, rest = parser.parse_known_args()
-    sampler = Sampler(args.out, args.interval_ms / 1000)
+    sampler = Sampler(args.out, args.interval_ms / 1000, args.sync_points)
+    if args.sync_points:
+        warnings.simplefilter("always")
+        warnings.showwarning = sampler.synced
     signal.signal(signal.SIGUSR1, sampler.toggle)
     threading.Thread(target=sampler.run, name="stack-sampler", daemon=True).start()
     sys.argv = [args.module, *rest]

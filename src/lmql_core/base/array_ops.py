@@ -19,6 +19,7 @@ class ArrayOps(Protocol):
     def bias_row(self, bias: dict[int, float], like: Any, fill: float = 0.0) -> Any: ...  # dense (vocab,) row
     def stack(self, rows: list[Any]) -> Any: ...  # 1-D rows into one 2-D array
     def concat(self, arrays: list[Any]) -> Any: ...  # 2-D arrays, one under the other
+    def pick_rows(self, x: Any, rows: list[int]) -> Any: ...  # x[rows], without waiting for the device
     def floats(self, values: list[float], like: Any) -> Any: ...  # a float32 column where ``like`` is
     def add_rows(self, x: Any, rows: list[int], values: Any) -> Any: ...  # x[rows[i]] += values[i]
     def entries(self, rows: list[int], columns: list[int], values: list[float], like: Any) -> Any: ...
@@ -55,6 +56,9 @@ class NumpyOps:
 
     def concat(self, arrays: list[Any]) -> np.ndarray:
         return np.concatenate([np.asarray(a) for a in arrays])
+
+    def pick_rows(self, x: Any, rows: list[int]) -> np.ndarray:
+        return np.asarray(x)[rows]
 
     def floats(self, values: list[float], like: Any) -> np.ndarray:
         return np.asarray(values, dtype=np.float32)
@@ -202,6 +206,10 @@ class TorchOps:
 
     def concat(self, arrays: list[Any]) -> Any:
         return self.torch.cat(arrays)
+
+    def pick_rows(self, x: Any, rows: list[int]) -> Any:
+        # (a list as the index would be copied to the device blocking, after all the work queued there)
+        return x[self.tensor(rows, x.device)]
 
     def floats(self, values: list[float], like: Any) -> Any:
         return self.tensor(values, like.device, self.torch.float32)

@@ -55,7 +55,7 @@ class StepLauncher:
             seqs = [chunks[i].seq for i in ready]
             plan = self.plan_for(seqs)
             batch_mask = self.masks.wait(masks, seqs) if masks else None
-            sampling = (self.sample(seqs, _rows(output.last_logits, ready), plan, batch_mask)
+            sampling = (self.sample(seqs, self._rows(output.last_logits, ready), plan, batch_mask)
                         if ready else None)
             scored, scoring = self._launch_scoring(scores, output)
         except Exception as e:  # a failed batch ends its streams, never the server
@@ -113,7 +113,7 @@ class StepLauncher:
         try:
             masks = self.masks.start(seqs, overlapped=False)  # (its forward pass is queued already)
             batch_mask = self.masks.wait(masks, seqs) if masks else None
-            step.sampling = self.sample(seqs, _rows(logits, ready), self.plan_for(seqs), batch_mask)
+            step.sampling = self.sample(seqs, self._rows(logits, ready), self.plan_for(seqs), batch_mask)
         except Exception as e:  # as in ``launch``: the streams end, the server lives on
             log.exception("sampling failed")
             self.endings.end_all(seqs, f"model error: {e}")
@@ -129,6 +129,9 @@ class StepLauncher:
         row_seeds = [stream_seed(seqs[i].params.seed, seqs[i].num_fed)  # type: ignore[arg-type]
                      for i in plan.seeded_rows] if plan.seeded_rows else None
         return launch_sampling(self.backend.ops, logits, plan, self.seed, histories, row_seeds, masks)
+
+    def _rows(self, logits: Any, rows: list[int]) -> Any:
+        return logits if len(rows) == len(logits) else self.backend.ops.pick_rows(logits, rows)
 
     def plan_for(self, seqs: list[Sequence]) -> SamplingPlan:
         """The last step's plan when it sampled the same streams (steady decoding): its arrays
@@ -156,6 +159,3 @@ class StepLauncher:
         rows = [scoring.scored_rows(seq, output.all_logits[seq.seq_id]) for seq in scored]
         return scored, launch_scoring(self.backend.ops, rows, [seq.scored for seq in scored])
 
-
-def _rows(logits: Any, rows: list[int]) -> Any:
-    return logits if len(rows) == len(logits) else logits[rows]
