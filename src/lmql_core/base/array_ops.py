@@ -7,12 +7,10 @@ It sits below both the backend interface (``Backend.ops``) and the engine.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Protocol
 
 import numpy as np
 
-from lmql_core.base.index_staging import IndexStaging
 from lmql_core.base.mask_staging import MaskStaging
 
 
@@ -178,7 +176,6 @@ class TorchOps:
 
         self.torch = torch
         self.mask_staging = MaskStaging(torch)
-        self.index_staging = IndexStaging(torch) if os.environ.get("LMQL_INDEX_STAGING") != "0" else None
 
     def tensor(self, values: Any, device: Any, dtype: Any = None) -> Any:
         """A host list on ``device``, copied without waiting for the work queued there."""
@@ -188,8 +185,6 @@ class TorchOps:
         """A host tensor on ``device``, copied without waiting for the work queued there."""
         if self.torch.device(device).type != "cuda":
             return host
-        if self.index_staging is not None:
-            return self.index_staging.to_device(host, device)
         return host.pin_memory().to(device, non_blocking=True)
 
     def prepare(self, logits: Any) -> Any:
