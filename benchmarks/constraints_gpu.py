@@ -186,6 +186,7 @@ def main() -> None:
     port = free_port()
     started = time.monotonic()
     syncs = ["--sync-points", "--interval-ms", "0"] if args.sync_points else []
+    syncs += ["--count-calls", "--interval-ms", "0"] if args.count_calls else []
     sampler = ([str(Path(__file__).resolve().parent / "stack_sampler.py"), "--out", str(args.sample_stacks),
                 *syncs] if args.sample_stacks else [])
     server = start_server([sys.executable, *sampler, "-m", "lmql_core", "serve-model", str(model.folder),
@@ -235,6 +236,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sync-points", action="store_true",
                         help="with --sample-stacks: count where the host waits for the GPU, by stack "
                              "(no stacks sampled)")
+    parser.add_argument("--count-calls", action="store_true",
+                        help="with --sample-stacks: count the engine thread's C calls by caller (slow)")
     parser.add_argument("--only", choices=["a", "b", "ab"],
                         help="only point (a), (b) or both, with (c)'s shares; no (d)")
     parser.add_argument("--chain-steps", action="store_true",

@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", default="128", help="N, or A-B: each stream's drawn uniformly")
     parser.add_argument("--score", type=int, default=0, metavar="N",
                         help="SCORE requests of N random tokens after the prompt instead of GENERATE")
+    parser.add_argument("--requests-per-stream", type=int, default=1,
+                        help="requests each stream sends one after another (a closed loop; 1: a burst)")
     parser.add_argument("--stagger-ms", type=float, default=0.0, help="delay between stream starts")
     parser.add_argument("--local", action="store_true", help="in-process engine instead of a socket")
     parser.add_argument("--openai", action="store_true", help="OpenAI's HTTP API on the same server")

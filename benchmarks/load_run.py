@@ -20,10 +20,11 @@ def length_range(text: str) -> tuple[int, int]:
     return int(low), int(high or low)
 
 
-def draw_requests(args: argparse.Namespace, rng: random.Random, vocab: int, eos: Any) -> list[dict[str, Any]]:
+def draw_requests(args: argparse.Namespace, rng: random.Random, vocab: int, eos: Any,
+                  count: int | None = None) -> list[dict[str, Any]]:
     prompt_lens, new_tokens = length_range(args.prompt_len), length_range(args.new_tokens)
     requests = []
-    for _ in range(args.streams):
+    for _ in range(args.streams if count is None else count):
         prompt = [rng.randrange(vocab) for _ in range(rng.randint(*prompt_lens))]
         request: dict[str, Any] = {"model": args.model, "prompt": prompt}
         if args.score:
@@ -56,7 +57,9 @@ async def run(args: argparse.Namespace, go: Any = None) -> dict[str, Any]:
         vocab = int(info.get("vocab_size") or args.vocab_size)
         eos = info.get("eos_token_id", args.eos_token_id)
         rng = prompt_rng(args)
-        requests = draw_requests(args, rng, vocab, eos)
+        per_stream = args.requests_per_stream
+        drawn = draw_requests(args, rng, vocab, eos, args.streams * per_stream)
+        requests = [drawn[i * per_stream : (i + 1) * per_stream] for i in range(args.streams)]
         if args.warmup:  # prompts of their own: the measured ones must not be cached by it
             warmups = draw_requests(args, random.Random(rng.random()), vocab, eos)
             await asyncio.gather(*(run_stream(target, 10_000 + i, short(r), 0)
@@ -65,13 +68,23 @@ async def run(args: argparse.Namespace, go: Any = None) -> dict[str, Any]:
             await go()
         started, cpu = time.perf_counter(), time.process_time()
         ids = range(args.first_stream, args.first_stream + len(requests))
-        streams = await asyncio.gather(*(run_stream(target, i + 1, r, i * args.stagger_ms / 1000)
+        streams = await asyncio.gather(*(run_requests(target, i + 1, r, i * args.stagger_ms / 1000)
                                          for i, r in zip(ids, requests, strict=True)))
         cpu = time.process_time() - cpu
         if go is not None:
             return {"started": started, "cpu": cpu, "streams": [[s.sent, s.arrivals] for s in streams]}
         elapsed = max(s.arrivals[-1] for s in streams) - started
     return summary(args, streams, elapsed, cpu)
+
+
+async def run_requests(target: Any, stream: int, requests: list[dict[str, Any]], delay: float) -> StreamTimes:
+    """A stream's requests one after another (a closed loop): their tokens' times as one stream's
+    (its TTFT the first request's; each next request's wait for its first token a gap)."""
+    times = await run_stream(target, stream, requests[0], delay)
+    for k, request in enumerate(requests[1:], 1):
+        more = await run_stream(target, stream + 1_000_000 * k, request, 0)
+        times.arrivals += more.arrivals
+    return times
 
 
 def short(request: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +104,8 @@ def summary(args: argparse.Namespace, streams: list[StreamTimes], elapsed: float
         "stagger_ms": args.stagger_ms,
         "transport": "local" if args.local else "openai" if args.openai else "lmtp",
         "tokens": tokens, "seconds": round(elapsed, 3), "tok_per_s": round(tokens / elapsed, 1),
-        "req_per_s": round(len(streams) / elapsed, 1),
+        "req_per_s": round(len(streams) * args.requests_per_stream / elapsed, 1),
+        "requests_per_stream": args.requests_per_stream,
         "ttft_median_ms": round(1000 * statistics.median(s.ttft for s in streams), 1),
         "ttft_p90_ms": round(1000 * sorted(s.ttft for s in streams)[int(0.9 * (len(streams) - 1))], 1),
         "itl_median_ms": round(1000 * statistics.median(gaps), 2) if gaps else None,

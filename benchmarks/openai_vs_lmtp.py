@@ -33,9 +33,10 @@ from processes import free_port, start_server  # noqa: E402
 
 
 def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, openai: bool,
-         processes: int, fresh_connections: bool = False) -> dict[str, float]:
+         processes: int, fresh_connections: bool = False, requests: int = 1) -> dict[str, float]:
     argv = ["--endpoint", endpoint, "--model", model, "--streams", str(streams), "--prompt-len", "16",
-            "--new-tokens", "128", "--vocab-size", str(vocab), "--json"]
+            "--new-tokens", "128", "--vocab-size", str(vocab), "--requests-per-stream", str(requests),
+            "--json"]
     argv += ["--eos-token-id", str(eos)] if eos is not None else []
     argv += ["--openai", "--processes", str(processes)] if openai else []
     argv += ["--fresh-connections"] if openai and fresh_connections else []
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=4, help="the OpenAI load's driver processes")
     parser.add_argument("--openai-events-per-s", type=float, help="the server's pacing (default: its own)")
+    parser.add_argument("--requests-per-stream", type=int, default=1,
+                        help="each stream's requests, one after another (default 1: one burst of streams)")
     parser.add_argument("--fresh-connections", action="store_true",
                         help="the OpenAI load opens a connection per stream (default: kept alive, reused)")
     parser.add_argument("--sample-stacks", type=Path, metavar="DIR",
@@ -80,7 +83,8 @@ def main() -> None:
             for transport in results:
                 profile(server, args.sample_stacks)
                 result = load(endpoint, str(model.folder), args.streams, vocab, model.eos_token_id(),
-                              transport == "openai", args.processes, args.fresh_connections)
+                              transport == "openai", args.processes, args.fresh_connections,
+                              args.requests_per_stream)
                 profile(server, args.sample_stacks)
                 results[transport].append(float(result["tok_per_s"]))
                 row = {"transport": transport, "streams": args.streams, "tok_per_s": result["tok_per_s"],
@@ -90,8 +94,8 @@ def main() -> None:
         server.terminate()
         server.wait(60)
     lmtp, openai = (statistics.median(results[t]) for t in ("lmtp", "openai"))
-    print(f"{args.model} {args.streams} streams: LMTP {lmtp:,.0f} tok/s, OpenAI {openai:,.0f} tok/s, "
-          f"OpenAI/LMTP {openai / lmtp:.2f}")
+    print(f"{args.model} {args.streams} streams x {args.requests_per_stream} requests: "
+          f"LMTP {lmtp:,.0f} tok/s, OpenAI {openai:,.0f} tok/s, OpenAI/LMTP {openai / lmtp:.2f}")
 
 
 if __name__ == "__main__":

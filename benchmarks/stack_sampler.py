@@ -12,7 +12,9 @@ sample; at 0.5 ms that costs the other threads a few percent.
 ``--sync-points``: during a window, torch's CUDA sync debug mode is on and every operation that
 makes the host wait for the GPU (a blocking copy, ``.item()``, a list used as an index) is counted
 by its stack, as thread ``sync:NAME`` (where the host lost its lead on the device); with
-``--interval-ms 0`` only those are kept.
+``--interval-ms 0`` only those are kept. ``--count-calls``: every call of a C function by the
+engine thread (torch's operations among them, each a kernel launch on a GPU) counted by the
+function and its caller, as thread ``calls:lmql-engine`` (a profile hook: everything runs slower).
 """
 
 from __future__ import annotations
@@ -80,6 +82,19 @@ class Sampler:
         with self.lock:
             self.stacks[(f"sync:{threading.current_thread().name}", stack)] += 1
 
+    def count_call(self, frame: FrameType, event: str, arg: object) -> None:
+        """A ``threading.setprofile`` hook: the engine thread's C calls, counted while sampling."""
+        if event != "c_call" or not self.on.is_set() or threading.current_thread().name != "lmql-engine":
+            return
+        owner = getattr(arg, "__self__", None)
+        name = getattr(arg, "__qualname__", str(arg))
+        if owner is not None and not isinstance(owner, type) and type(owner).__module__ != "builtins":
+            name = f"{type(owner).__name__}.{getattr(arg, '__name__', name)}"
+        code = frame.f_code
+        caller = f"{code.co_name} ({Path(code.co_filename).name}:{frame.f_lineno})"
+        with self.lock:
+            self.stacks[("calls:lmql-engine", f"{caller};{name}")] += 1
+
     def run(self) -> None:
         me = threading.get_ident()
         while self.interval_s > 0:
@@ -127,12 +142,16 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, default=0.5, help="0: no stacks sampled")
     parser.add_argument("--sync-points", action="store_true",
                         help="count the operations that make the host wait for the GPU, by stack")
+    parser.add_argument("--count-calls", action="store_true",
+                        help="count the engine thread's calls of C functions, by caller")
     parser.add_argument("-m", dest="module", required=True)
     args, rest = parser.parse_known_args()
     sampler = Sampler(args.out, args.interval_ms / 1000, args.sync_points)
     if args.sync_points:
         warnings.simplefilter("always")
         warnings.showwarning = sampler.synced
+    if args.count_calls:
+        threading.setprofile(sampler.count_call)
     signal.signal(signal.SIGUSR1, sampler.toggle)
     threading.Thread(target=sampler.run, name="stack-sampler", daemon=True).start()
     sys.argv = [args.module, *rest]
