@@ -176,6 +176,7 @@ class TorchOps:
 
         self.torch = torch
         self.mask_staging = MaskStaging(torch)
+        self._bits_on: dict[Any, Any] = {}
 
     def tensor(self, values: Any, device: Any, dtype: Any = None) -> Any:
         """A host list on ``device``, copied without waiting for the work queued there."""
@@ -301,6 +302,12 @@ class TorchOps:
 
     def mask_rows(self, x: Any, rows: list[int], bits: np.ndarray) -> Any:
         t = self.torch
+        if len(rows) < x.shape[0] and 32 * bits.shape[1] >= x.shape[1]:
+            # the other rows as masks that allow every token: one ``where`` for the batch instead
+            # of a gather and a scatter (each device operation costs the engine thread its launch)
+            every = np.full((x.shape[0], bits.shape[1]), -1, dtype=np.int32)
+            every[rows] = bits
+            rows, bits = list(range(x.shape[0])), every
         allowed = self._allowed(bits, x)
         if len(rows) == x.shape[0]:  # every row (rows are distinct and in order): no gather, no scatter
             return t.where(allowed, x, float("-inf"))
@@ -317,11 +324,17 @@ class TorchOps:
                                      bitorder="little")
             return t.from_numpy(unpacked.view(np.bool_))
         packed = self.mask_staging.to_device(bits, x.device)
-        shifts = t.arange(8, device=x.device, dtype=t.uint8)
-        allowed = ((packed[:, :, None] >> shifts) & 1).reshape(len(bits), -1).bool()
+        allowed = ((packed[:, :, None] & self._bit_values(x.device)) != 0).view(len(bits), -1)
         if allowed.shape[1] >= x.shape[1]:
             return allowed[:, : x.shape[1]]
         return t.nn.functional.pad(allowed, (0, x.shape[1] - allowed.shape[1]), value=False)
+
+    def _bit_values(self, device: Any) -> Any:
+        """1, 2, 4, ..., 128 on ``device`` (a byte's bits, the lowest first), made once."""
+        values = self._bits_on.get(device)
+        if values is None:
+            values = self._bits_on[device] = self.tensor([1 << i for i in range(8)], device, self.torch.uint8)
+        return values
 
     def start_host_copy(self, *arrays: Any) -> Any:
         # each array into pinned memory as it is (no casts, no concatenation: every call is a
