@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import time
 import urllib.request
 
@@ -38,6 +39,13 @@ def test_health_and_metrics(random_server: Server) -> None:
         read_metric(text, name)
     busy, waiting = read_metric(text, "lmql_engine_busy_seconds"), read_metric(text, "lmql_engine_device_wait_seconds")
     assert 0 < busy < 60 and 0 <= waiting <= busy  # the engine worked, and never longer than it ran
+    # its busy time by phase of its loop: each phase there, the work in launching and reading
+    # steps, and together no more than the busy time they divide (idle waits are in neither)
+    phases = {phase: float(value) for phase, value in re.findall(
+        r'^lmql_engine_phase_seconds_total{model="random",phase="(\w+)"} ([0-9.e+-]+)$', text, re.M)}
+    assert set(phases) == {"launch", "deliver", "collect", "schedule"}, text
+    assert phases["launch"] > 0 and phases["collect"] > 0 and min(phases.values()) >= 0
+    assert sum(phases.values()) <= busy * 1.05 + 0.01, (phases, busy)
     # the loaded process is frozen out of the collector's walks; the collections still run, timed
     assert read_metric(text, "lmql_gc_frozen_objects", label=None) > 10_000
     assert read_metric(text, "lmql_gc_collections", "0", label="generation") > 0
