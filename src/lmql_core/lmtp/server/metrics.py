@@ -39,8 +39,11 @@ class EngineCollector(Collector):
             for model_name, model in self.host.models.items():
                 family.add_metric([model_name], read(model.engine))
             yield family
-        yield self._chain_breaks()
-        yield self._phases()
+        yield self._by_label("lmql_engine_chain_breaks", "Steps not followed by a chained step (on a "
+                             "backend that chains), by reason", "reason", lambda stats: stats.chain_breaks)
+        yield self._by_label("lmql_engine_phase_seconds", "The engine thread's busy time by part of its "
+                             "loop (launch, deliver, collect, schedule)", "phase",
+                             lambda stats: stats.phase_seconds)
         yield GaugeMetricFamily("lmql_connections", "Open LMTP connections", value=self.connections)
         requests = CounterMetricFamily("lmql_requests", "Requests received (LMTP frames, OpenAI "
                                        "HTTP requests)", labels=["transport"])
@@ -53,23 +56,13 @@ class EngineCollector(Collector):
         yield clients
 
 
-    def _chain_breaks(self) -> CounterMetricFamily:
-        family = CounterMetricFamily("lmql_engine_chain_breaks", "Steps not followed by a chained step "
-                                     "(on a backend that chains), by reason",
-                                     labels=["model", "reason"])
+    def _by_label(self, name: str, doc: str, label: str,
+                  read: Callable[[Any], dict[str, float]]) -> CounterMetricFamily:
+        """A counter of each model's engine by ``label``: ``read(engine.stats)``'s entries."""
+        family = CounterMetricFamily(name, doc, labels=["model", label])
         for model_name, model in self.host.models.items():
-            for reason, count in model.engine.stats.chain_breaks.items():
-                family.add_metric([model_name, reason], count)
-        return family
-
-
-    def _phases(self) -> CounterMetricFamily:
-        family = CounterMetricFamily("lmql_engine_phase_seconds", "The engine thread's busy time by part of "
-                                     "its loop (launch, deliver, collect, schedule)",
-                                     labels=["model", "phase"])
-        for model_name, model in self.host.models.items():
-            for phase, seconds in model.engine.stats.phase_seconds.items():
-                family.add_metric([model_name, phase], seconds)
+            for key, value in read(model.engine.stats).items():
+                family.add_metric([model_name, key], value)
         return family
 
 
