@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lmql_hf")
 pytest.importorskip("llguidance")
 
+from lmql_core.engine import pipeline  # noqa: E402
 from lmql_core.engine.constraints import GrammarCompiler, GrammarError, GrammarSpec  # noqa: E402
 from lmql_core.engine.engine import Engine  # noqa: E402
 from lmql_core.engine.sequence import Finish, SamplingParams, Sequence, TokenEvent  # noqa: E402
@@ -237,10 +238,16 @@ def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer, device
         chained.stop()
 
 
-def test_generations_join_beside_chained_steps(engine, compiler, tokenizer) -> None:
+@pytest.mark.parametrize("admit_every", [1, 3])
+def test_generations_join_beside_chained_steps(engine, compiler, tokenizer, admit_every: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream that arrives while others decode in chained steps joins beside one (its prompt fed
     in a pass after it), free or under a grammar, and nothing waits for an ordinary step: every
-    stream's tokens and log-probs as on the engine that does not chain."""
+    stream's tokens and log-probs as on the engine that does not chain. With ``LMQL_ADMIT_EVERY``
+    (here from the smallest batch on) a joiner waits for every third chained step: the steps
+    before it leave it waiting, and the tokens are the same."""
+    monkeypatch.setenv(pipeline.ADMIT_EVERY_ENV, str(admit_every))
+    monkeypatch.setattr(pipeline, "DEFER_FROM_ROWS", 1)
     chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
     first = [(tokenizer.encode(PROMPT), SamplingParams(max_tokens=30)),
              (tokenizer.encode("Count with me:"), SamplingParams(max_tokens=24))]
@@ -257,8 +264,12 @@ def test_generations_join_beside_chained_steps(engine, compiler, tokenizer) -> N
                 time.sleep(0.001)
             chained.submit(Sequence(i, prompt, params, sink))
         assert sink.done.wait(120), "the streams did not end"
-        assert chained.stats.sequences_admitted_chained == len(late), chained.stats
-        assert chained.stats.chain_breaks["waiting"] == 0, chained.stats.chain_breaks
+        stats = chained.stats
+        assert stats.sequences_admitted_chained == len(late), stats
+        assert stats.chain_breaks["waiting"] == 0, stats.chain_breaks
+        assert 1 <= stats.prompt_passes_chained <= len(late), stats
+        # each joiner left waiting by the two chained steps before the one it joins
+        assert (stats.admissions_deferred >= 2 * stats.prompt_passes_chained) == (admit_every == 3), stats
         for i, (prompt, params) in enumerate(first + late):
             params.constraint = params.constraint and compiler.compile(GrammarSpec.of("regex", FORCED_BETWEEN))
             [alone] = run(engine, [(prompt, params)])

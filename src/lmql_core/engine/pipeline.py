@@ -12,6 +12,7 @@ backend, a step launched ahead, whose chunks need none of that step's results.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ class Pipeline:
         self.stopping = stopping
         self.chainer = chainer
         self.stats: EngineStats = launcher.stats
+        self.admit_every = admit_every()
+        self._deferred = 0  # chained steps since generations began to wait for one to join
 
     def launch_next(self, step: LaunchedStep) -> LaunchedStep | None:
         """A step queued before ``step``'s results are read: chained, or else launched ahead
@@ -149,7 +152,7 @@ class Pipeline:
         and ``logits`` with theirs appended. A template's next hole joins so without an ordinary
         step for the whole batch (at 64 templates, one joins nearly every step on a GPU)."""
         with self.lock:
-            chunks = self.scheduler.admit() if self.scheduler.waiting else []
+            chunks = self.scheduler.admit() if self._admits_now(len(batch)) else []
         if not chunks:
             return batch, logits
         joined, ops = [c.seq for c in chunks], self.launcher.backend.ops
@@ -163,7 +166,21 @@ class Pipeline:
             self.endings.end_all(joined, f"model error: {e}")
             return batch, decoded
         self.stats.sequences_admitted_chained += len(joined)
+        self.stats.prompt_passes_chained += 1
         return batch + joined, ops.concat([decoded, prompts])
+
+    def _admits_now(self, rows: int) -> bool:
+        """With the lock held: whether the waiting generations join beside this chained step of
+        ``rows`` rows, or wait for a later one (``admit_every``), so that several share a pass."""
+        if not self.scheduler.waiting:
+            self._deferred = 0
+            return False
+        if self.admit_every > 1 and rows >= DEFER_FROM_ROWS and self._deferred + 1 < self.admit_every:
+            self._deferred += 1
+            self.stats.admissions_deferred += 1
+            return False
+        self._deferred = 0
+        return True
 
     def _launch_ahead(self) -> LaunchedStep | None:
         """Queue the next step while one that samples nothing runs: its chunks need none of that
@@ -191,6 +208,19 @@ class ForcedFeeds:
 
 
 NO_FEEDS = ForcedFeeds([], [], [])
+# Generations that join a batch of at least DEFER_FROM_ROWS rows beside chained steps are let in
+# every ``LMQL_ADMIT_EVERY``-th chained step (default 1: every step). Each join is a prompt pass
+# after the chained step, whose host work and weights' read cost the whole batch (on an H100,
+# 64 rows: ~0.4 ms of a 1.6 ms step, a pass for nearly every step of 64 LMQL programs, #31);
+# waiting a step or two lets several share one pass, at a step or two of each joiner's time. An
+# experiment's knob until a GPU run measures it (benchmarks/RESULTS.md).
+ADMIT_EVERY_ENV = "LMQL_ADMIT_EVERY"
+DEFER_FROM_ROWS = 32
+
+
+def admit_every() -> int:
+    asked = os.environ.get(ADMIT_EVERY_ENV, "")
+    return max(1, int(asked)) if asked.strip().isdigit() else 1
 # Forced runs ride in chained steps, one token a row a step, while the rows they keep from sampling
 # (each row's forced tokens but its last) are at most this share of the batch; beyond, they are fed
 # whole in an ordinary step. Each row-step spent feeding one token costs that row a token of

@@ -47,6 +47,8 @@ class EngineStats:
     tokens_forced_chained: int = 0
     # waiting generations admitted beside a chained step (their prompts fed after it), not breaking it
     sequences_admitted_chained: int = 0
+    prompt_passes_chained: int = 0  # the passes that fed them (several may share one)
+    admissions_deferred: int = 0  # chained steps that left waiting generations for a later one
     # why a step that sampled was not followed by a chained step, on a backend that chains
     # (``Pipeline._unchained``): by reason, each of CHAIN_BREAKS
     chain_breaks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHAIN_BREAKS, 0))

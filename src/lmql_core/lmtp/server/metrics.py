@@ -101,6 +101,8 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      CounterMetricFamily, lambda e: e.stats.tokens_forced_chained),
     ("lmql_engine_sequences_admitted_chained", "Sequences admitted beside a chained step (their prompts fed "
      "after it)", CounterMetricFamily, lambda e: e.stats.sequences_admitted_chained),
+    ("lmql_engine_prompt_passes_chained", "Prompt passes that fed sequences admitted beside chained steps",
+     CounterMetricFamily, lambda e: e.stats.prompt_passes_chained),
     ("lmql_engine_steps_ahead", "Steps launched ahead: queued while a step that samples nothing ran",
      CounterMetricFamily, lambda e: e.stats.steps_ahead),
     ("lmql_engine_busy_seconds", "Time the engine thread worked (waits for requests excluded)",
