@@ -36,6 +36,8 @@ if [ "$part" = 1 ]; then  # the engine's new CUDA paths, then issue 31's and 29'
     step 120 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_mask_staging.py tests/test_template_steps.py \
         tests/test_constraints_engine.py -k "cuda or side_by_side or forced_tokens_ride"
     step 200 python3 benchmarks/constraints_gpu.py --wheels .whl --out "$out/cons"
+    # prompts admitted beside chained steps every third step (an experiment's knob, default off)
+    step 80 env LMQL_ADMIT_EVERY=3 python3 benchmarks/constraints_gpu.py --only a
     step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
 elif [ "$part" = 3 ]; then
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
