@@ -221,6 +221,8 @@ DEFER_FROM_ROWS = 32
 def admit_every() -> int:
     asked = os.environ.get(ADMIT_EVERY_ENV, "")
     return max(1, int(asked)) if asked.strip().isdigit() else 1
+
+
 # Forced runs ride in chained steps, one token a row a step, while the rows they keep from sampling
 # (each row's forced tokens but its last) are at most this share of the batch; beyond, they are fed
 # whole in an ordinary step. Each row-step spent feeding one token costs that row a token of
