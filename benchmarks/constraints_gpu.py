@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from constraint_loads import (  # noqa: E402
     served_name,
 )
 from processes import LMQL_073_SERVE, OFFLINE_ENV, free_port, install_wheels, lmql_073_env, start_server  # noqa: E402
+from stack_sampler import request_toggle  # noqa: E402
 
 SERVER_PATH, CLIENT_PATH, LMQL = "server path", "client masks", "lmql 0.7.3"
 LMQL_SITE = Path("/tmp/lmql073-site")
@@ -195,8 +195,7 @@ def main() -> None:
 
     def profile() -> None:
         if args.sample_stacks:
-            server.send_signal(signal.SIGUSR1)
-            time.sleep(0.05)  # (the window's file written before the next starts)
+            request_toggle(args.sample_stacks)
 
     try:
         print(f"our server ready in {time.monotonic() - started:.0f} s", flush=True)

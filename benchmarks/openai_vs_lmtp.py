@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,6 +27,7 @@ sys.path.insert(0, str(HERE))
 import lmtp_load  # noqa: E402
 from bench_models import bench_model  # noqa: E402
 from processes import free_port, start_server  # noqa: E402
+from stack_sampler import request_toggle  # noqa: E402
 
 
 def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, openai: bool,
@@ -43,11 +41,10 @@ def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, o
     return lmtp_load.main(argv)
 
 
-def profile(server: subprocess.Popen[bytes], sample_stacks: Path | None) -> None:
+def profile(sample_stacks: Path | None) -> None:
     """Start or end a window of the server's stack sampling (with ``--sample-stacks``)."""
     if sample_stacks:
-        server.send_signal(signal.SIGUSR1)
-        time.sleep(0.05)
+        request_toggle(sample_stacks)
 
 
 def main() -> None:
@@ -81,11 +78,11 @@ def main() -> None:
         results: dict[str, list[float]] = {"lmtp": [], "openai": []}
         for _ in range(args.rounds):
             for transport in results:
-                profile(server, args.sample_stacks)
+                profile(args.sample_stacks)
                 result = load(endpoint, str(model.folder), args.streams, vocab, model.eos_token_id(),
                               transport == "openai", args.processes, args.fresh_connections,
                               args.requests_per_stream)
-                profile(server, args.sample_stacks)
+                profile(args.sample_stacks)
                 results[transport].append(float(result["tok_per_s"]))
                 row = {"transport": transport, "streams": args.streams, "tok_per_s": result["tok_per_s"],
                        "processes": result["processes"], "driver_cpu_s": result["driver_cpu_s"]}

@@ -3,11 +3,13 @@
     python benchmarks/stack_sampler.py --out DIR [--interval-ms 0.5] -m lmql_core serve-model ...
 
 runs the module as ``python -m`` would, with a thread that, while sampling is on, reads every
-thread's stack each interval (``sys._current_frames``) and counts them. SIGUSR1 toggles sampling:
-the first starts a window, the second writes it to ``DIR/window-N.txt`` (N from 1): per thread,
-its share of the samples by innermost function and the collapsed stacks (flamegraph input), so a
-benchmark can profile exactly the span it times. The sampler takes the interpreter's lock once a
-sample; at 0.5 ms that costs the other threads a few percent.
+thread's stack each interval (``sys._current_frames``) and counts them. ``request_toggle(DIR)``
+(from the benchmark's process) toggles sampling through a file the thread watches: the first
+starts a window, the second writes it to ``DIR/window-N.txt`` (N from 1): per thread, its share of
+the samples by innermost function and the collapsed stacks (flamegraph input), so a benchmark can
+profile exactly the span it times. (Not a signal: on the GPU machine, a server compiling Triton
+kernels for the first time lost its SIGUSR1 handler, and with it the windows.) The sampler takes
+the interpreter's lock once a sample; at 0.5 ms that costs the other threads a few percent.
 
 ``--sync-points``: during a window, torch's CUDA sync debug mode is on and every operation that
 makes the host wait for the GPU (a blocking copy, ``.item()``, a list used as an index) is counted
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import runpy
-import signal
 import sys
 import threading
 import time
@@ -32,6 +33,19 @@ from pathlib import Path
 from types import FrameType
 
 SAMPLED_THREADS = ("lmql", "Main", "asyncio")  # the server's own threads (torch's are left out)
+TOGGLE = "toggle"  # the file in --out that asks the sampler to start or end a window
+
+
+def request_toggle(out: Path, timeout: float = 5.0) -> None:
+    """Ask the sampler of the server started with ``--out out`` to start or end a window, and
+    wait until it has (the window's file is written then)."""
+    asked = out / TOGGLE
+    asked.touch()
+    deadline = time.monotonic() + timeout
+    while asked.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the stack sampler did not answer ({asked} is still there)")
+        time.sleep(0.002)
 
 
 class Sampler:
@@ -40,8 +54,8 @@ class Sampler:
         self.interval_s = interval_s
         self.sync_points = sync_points
         self.on = threading.Event()
-        # a sample taken, a sync point counted or a window written: one at a time (reentrant: the
-        # signal handler may interrupt its own thread's count)
+        # a sample taken, a sync point counted or a window written: one at a time (reentrant: a
+        # warning may come while its thread counts)
         self.lock = threading.RLock()
         self.shown = warnings.showwarning
         self.window = 0
@@ -49,9 +63,18 @@ class Sampler:
         self.samples = 0
         self.started = 0.0
 
-    def toggle(self, *_: object) -> None:
-        with self.lock:
-            self._toggle()
+    def watch(self) -> None:
+        """Toggle sampling whenever the benchmark asks (``request_toggle``), and take the samples."""
+        me, asked = threading.get_ident(), self.out / TOGGLE
+        while True:
+            if asked.exists():
+                with self.lock:
+                    self._toggle()
+                asked.unlink()
+            if self.on.is_set() and self.interval_s > 0:
+                with self.lock:
+                    self.sample(me)
+            time.sleep(self.interval_s if self.on.is_set() and self.interval_s > 0 else 0.002)
 
     def _toggle(self) -> None:
         if self.on.is_set():
@@ -94,15 +117,6 @@ class Sampler:
         caller = f"{code.co_name} ({Path(code.co_filename).name}:{frame.f_lineno})"
         with self.lock:
             self.stacks[("calls:lmql-engine", f"{caller};{name}")] += 1
-
-    def run(self) -> None:
-        me = threading.get_ident()
-        while self.interval_s > 0:
-            self.on.wait()
-            with self.lock:
-                if self.on.is_set():
-                    self.sample(me)
-            time.sleep(self.interval_s)
 
     def sample(self, me: int) -> None:
         names = {t.ident: t.name for t in threading.enumerate()}
@@ -152,8 +166,9 @@ def main() -> None:
         warnings.showwarning = sampler.synced
     if args.count_calls:
         threading.setprofile(sampler.count_call)
-    signal.signal(signal.SIGUSR1, sampler.toggle)
-    threading.Thread(target=sampler.run, name="stack-sampler", daemon=True).start()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / TOGGLE).unlink(missing_ok=True)
+    threading.Thread(target=sampler.watch, name="stack-sampler", daemon=True).start()
     sys.argv = [args.module, *rest]
     runpy.run_module(args.module, run_name="__main__", alter_sys=True)
 
