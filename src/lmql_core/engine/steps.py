@@ -35,8 +35,12 @@ class LaunchedStep:
 # (``pipeline.IDLE_ROWS_SHARE``), or a prompt left to feed; a sequence's length limit; the step
 # sampled nothing (a step launched ahead follows); the backend declined
 # (``ChainedSteps.forward_sampled``); repetition penalties or SCORE requests in the step
-PHASES = ("launch", "deliver", "collect", "schedule")
 CHAIN_BREAKS = ("waiting", "ended", "forced", "length", "nothing sampled", "backend", "other")
+# the engine thread's busy time by part of its loop: launching steps (the pipelined one's forward
+# pass, prompts admitted beside it), handing events to the clients, reading a step's results (the
+# device's wait, following constraints, sampling a chained step), and the scheduler's work (idle
+# waits excluded)
+PHASES = ("launch", "deliver", "collect", "schedule")
 
 
 @dataclass
@@ -64,14 +68,10 @@ class EngineStats:
     arrival_waits: int = 0  # wake-ups that waited for a burst's companions (engine.ARRIVAL_QUIET_S)
     arrival_wait_seconds: float = 0.0
     device_wait_seconds: float = 0.0  # of which blocked until a step's results reached the host
+    phase_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     # grammars (engine/constraints.py): filling masks (on another thread, beside the forward
     # pass), the part of it the engine thread waited for after the pass, and following the
     # sampled tokens (taking them, fast-forward) on the engine thread
-    # the engine thread's busy time by part of its loop (PHASES): launching steps (the pipelined
-    # one's forward pass, prompts admitted beside it), handing events to the clients, reading a
-    # step's results (the device's wait, following constraints, sampling a chained step), and
-    # the scheduler's work (idle waits excluded)
-    phase_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     mask_fill_seconds: float = 0.0
     mask_wait_seconds: float = 0.0
     grammar_seconds: float = 0.0
