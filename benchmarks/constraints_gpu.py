@@ -63,7 +63,7 @@ from constraint_loads import (  # noqa: E402
     served_name,
 )
 from processes import LMQL_073_SERVE, OFFLINE_ENV, free_port, install_wheels, lmql_073_env, start_server  # noqa: E402
-from stack_sampler import request_toggle  # noqa: E402
+from stack_sampler import wrapped  # noqa: E402
 
 SERVER_PATH, CLIENT_PATH, LMQL = "server path", "client masks", "lmql 0.7.3"
 LMQL_SITE = Path("/tmp/lmql073-site")
@@ -96,9 +96,8 @@ def measured(port: int, point: str, run: Any, profile: Callable[[], None] = lamb
     delta = {k: v - before[k] for k, v in metrics(port).items()}
     span.append(time.monotonic())
     broken = {k: int(v - breaks.get(k, 0)) for k, v in chain_breaks(port).items()}
-    per_step = {k: round((v - parts.get(k, 0)) / max(1.0, delta["steps"]) * 1e3, 3)
-                for k, v in phases(port).items()}
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
+    per_step = {k: round((v - parts.get(k, 0)) / steps * 1e3, 3) for k, v in phases(port).items()}
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
             "tok_per_s": round(delta["tokens_generated"] / seconds, 1), "steps": int(delta["steps"]),
             "chained": int(delta["steps_chained"]),
@@ -186,17 +185,10 @@ def main() -> None:
     chain = ["--chain_steps", "True"] if args.chain_steps else []
     port = free_port()
     started = time.monotonic()
-    syncs = ["--sync-points", "--interval-ms", "0"] if args.sync_points else []
-    syncs += ["--count-calls", "--interval-ms", "0"] if args.count_calls else []
-    sampler = ([str(Path(__file__).resolve().parent / "stack_sampler.py"), "--out", str(args.sample_stacks),
-                *syncs] if args.sample_stacks else [])
+    counted = ["--sync-points"] * args.sync_points + ["--count-calls"] * args.count_calls  # (no stacks then)
+    sampler, profile = wrapped(args.sample_stacks, *counted, *(["--interval-ms", "0"] if counted else []))
     server = start_server([sys.executable, *sampler, "-m", "lmql_core", "serve-model", str(model.folder),
                            *device, *chain, "--port", str(port)], port, env={**os.environ, **OFFLINE_ENV})
-
-    def profile() -> None:
-        if args.sample_stacks:
-            request_toggle(args.sample_stacks)
-
     try:
         print(f"our server ready in {time.monotonic() - started:.0f} s", flush=True)
         points = load_points(port, model.folder, args, eos, profile)

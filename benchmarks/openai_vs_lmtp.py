@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 import lmtp_load  # noqa: E402
 from bench_models import bench_model  # noqa: E402
 from processes import free_port, start_server  # noqa: E402
-from stack_sampler import request_toggle  # noqa: E402
+from stack_sampler import wrapped  # noqa: E402
 
 
 def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, openai: bool,
@@ -39,12 +39,6 @@ def load(endpoint: str, model: str, streams: int, vocab: int, eos: int | None, o
     argv += ["--openai", "--processes", str(processes)] if openai else []
     argv += ["--fresh-connections"] if openai and fresh_connections else []
     return lmtp_load.main(argv)
-
-
-def profile(sample_stacks: Path | None) -> None:
-    """Start or end a window of the server's stack sampling (with ``--sample-stacks``)."""
-    if sample_stacks:
-        request_toggle(sample_stacks)
 
 
 def main() -> None:
@@ -69,7 +63,7 @@ def main() -> None:
     port = free_port()
     events_per_s = args.openai_events_per_s
     pacing = [] if events_per_s is None else ["--openai-events-per-s", f"{events_per_s:g}"]
-    sampler = [str(HERE / "stack_sampler.py"), "--out", str(args.sample_stacks)] if args.sample_stacks else []
+    sampler, profile = wrapped(args.sample_stacks)
     command = [sys.executable, *sampler, "-m", "lmql_core", "serve-model", str(model.folder),
                "--port", str(port), *device, *pacing]
     server = start_server(command, port, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -78,11 +72,11 @@ def main() -> None:
         results: dict[str, list[float]] = {"lmtp": [], "openai": []}
         for _ in range(args.rounds):
             for transport in results:
-                profile(args.sample_stacks)
+                profile()
                 result = load(endpoint, str(model.folder), args.streams, vocab, model.eos_token_id(),
                               transport == "openai", args.processes, args.fresh_connections,
                               args.requests_per_stream)
-                profile(args.sample_stacks)
+                profile()
                 results[transport].append(float(result["tok_per_s"]))
                 row = {"transport": transport, "streams": args.streams, "tok_per_s": result["tok_per_s"],
                        "processes": result["processes"], "driver_cpu_s": result["driver_cpu_s"]}

@@ -30,11 +30,21 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 SAMPLED_THREADS = ("lmql", "Main", "asyncio")  # the server's own threads (torch's are left out)
 TOGGLE = "toggle"  # the file in --out that asks the sampler to start or end a window
+
+
+def wrapped(out: Path | None, *flags: str) -> tuple[list[str], Callable[[], None]]:
+    """For a benchmark that starts a server with ``python -m ...``: what goes between ``python``
+    and ``-m`` to run it under this sampler writing to ``out`` (with ``flags``), and the call that
+    starts or ends a window; with ``out`` None, nothing and a call that does nothing."""
+    if out is None:
+        return [], lambda: None
+    return [str(Path(__file__).resolve()), "--out", str(out), *flags], lambda: request_toggle(out)
 
 
 def request_toggle(out: Path, timeout: float = 5.0) -> None:
