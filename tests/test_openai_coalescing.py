@@ -222,9 +222,9 @@ def test_a_paced_stream_sends_its_end_without_waiting_out_the_pause() -> None:
     chunks, seconds, whole, _ = asyncio.run(paced_stream(close_after_first=False))
     assert seconds < 5.0  # not the 10 s pause: the last tokens come as soon as the choice ends
     texts = [c["choices"][0] for c in chunks if c["choices"]]
-    # the first token at once; the rest, with the finish, in one chunk (one chunk for all six
-    # where the engine finished them before the stream made its first event)
-    assert 1 <= len(texts) <= 2 and (len(texts) == 1 or len(texts[0]["logprobs"]["tokens"]) == 1), texts
+    # what the engine made before the stream's first event at once (its first token, or more on a
+    # quick engine); the rest, with the finish, in one chunk: at most two chunks for six tokens
+    assert 1 <= len(texts) <= 2, texts
     reference = whole["choices"][0]
     assert "".join(c["text"] for c in texts) == reference["text"]
     assert texts[-1]["finish_reason"] == reference["finish_reason"] == "length"
