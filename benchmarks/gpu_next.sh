@@ -5,6 +5,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 1", carry=[".whl"])   # CUDA tests, issues 31 and 29
 #   run(command="bash benchmarks/gpu_next.sh 2", carry=[".whl"])   # gpu_check, issues 29, 31 (c), 32
 #   run(command="bash benchmarks/gpu_next.sh 3", carry=[".whl"])   # issue 32: start-up, first runs
+#   run(command="bash benchmarks/gpu_next.sh 4", carry=[".whl"])   # issues 29, 31 (a): joins batched
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -25,7 +26,7 @@ step() {  # step LIMIT_S COMMAND...: run it under a limit, keep its output, show
     echo "== $* (limit ${limit} s)"
     timeout "$limit" "$@" >"$part_log" 2>&1
     echo "   exit $?"
-    grep "^|\|OK\|MISMATCH\|passed\|failed\|steps not chained\|OpenAI/LMTP" "$part_log" | tail -n 30
+    grep "^|\|^{\"transport\|OK\|MISMATCH\|passed\|failed\|steps not chained\|OpenAI/LMTP" "$part_log" | tail -n 30
     { echo "== $*"; cat "$part_log"; } >>"$log"
     rm -f "$part_log"
 }
@@ -39,6 +40,15 @@ if [ "$part" = 1 ]; then  # the engine's new CUDA paths, then issue 31's and 29'
     # prompts admitted beside chained steps every third step (an experiment's knob, default off)
     step 80 env LMQL_ADMIT_EVERY=3 python3 benchmarks/constraints_gpu.py --only a
     step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
+elif [ "$part" = 4 ]; then  # where an OpenAI burst's time goes; prompts joined every third step
+    unset PYTHONDONTWRITEBYTECODE  # each server start after the first reads bytecode
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    step 110 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
+    step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 8
+    step 100 env LMQL_ADMIT_EVERY=3 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 \
+        --rounds 2 --processes 4
+    step 90 python3 benchmarks/constraints_gpu.py --only a
+    step 90 env LMQL_ADMIT_EVERY=3 python3 benchmarks/constraints_gpu.py --only a
 elif [ "$part" = 3 ]; then
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

@@ -111,4 +111,19 @@ def summary(args: argparse.Namespace, streams: list[StreamTimes], elapsed: float
         "itl_median_ms": round(1000 * statistics.median(gaps), 2) if gaps else None,
         "itl_max_ms": round(1000 * max(gaps), 2) if gaps else None,
         "processes": args.processes, "driver_cpu_s": round(cpu, 3),
+        **timeline(streams),
     }
+
+
+def timeline(streams: list[StreamTimes]) -> dict[str, float]:
+    """When, in ms from the first stream's request, the last request was sent, the last first
+    token came, and the first and last streams ended: where a run's time goes beyond the steps."""
+    start = min(s.sent for s in streams)
+
+    def ms(t: float) -> float:
+        return round(1000 * (t - start), 1)
+
+    return {"last_sent_ms": ms(max(s.sent for s in streams)),
+            "last_first_token_ms": ms(max(s.arrivals[0] for s in streams)),
+            "first_end_ms": ms(min(s.arrivals[-1] for s in streams)),
+            "last_end_ms": ms(max(s.arrivals[-1] for s in streams))}

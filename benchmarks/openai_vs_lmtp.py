@@ -79,7 +79,9 @@ def main() -> None:
                 profile()
                 results[transport].append(float(result["tok_per_s"]))
                 row = {"transport": transport, "streams": args.streams, "tok_per_s": result["tok_per_s"],
-                       "processes": result["processes"], "driver_cpu_s": result["driver_cpu_s"]}
+                       "processes": result["processes"], "driver_cpu_s": result["driver_cpu_s"],
+                       **{k: result[k] for k in ("ttft_median_ms", "ttft_p90_ms", "last_sent_ms",
+                                                 "last_first_token_ms", "first_end_ms", "last_end_ms")}}
                 print(json.dumps(row), flush=True)
     finally:
         server.terminate()
