@@ -43,6 +43,8 @@ if [ "$part" = 1 ]; then  # the engine's new CUDA paths, then issue 31's and 29'
 elif [ "$part" = 4 ]; then  # where an OpenAI burst's time goes; prompts joined every third step
     unset PYTHONDONTWRITEBYTECODE  # each server start after the first reads bytecode
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    python3 -c "import aiohttp, aiohttp.http_parser as p; print('aiohttp', aiohttp.__version__, p.HttpRequestParser)"
+    nproc; lscpu | grep -i "model name\|thread(s) per core"
     step 110 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
     step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 8
     step 100 env LMQL_ADMIT_EVERY=3 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 \
