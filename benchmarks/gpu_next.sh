@@ -6,6 +6,8 @@
 #   run(command="bash benchmarks/gpu_next.sh 2", carry=[".whl"])   # gpu_check, issues 29, 31 (c), 32
 #   run(command="bash benchmarks/gpu_next.sh 3", carry=[".whl"])   # issue 32: start-up, first runs
 #   run(command="bash benchmarks/gpu_next.sh 4", carry=[".whl"])   # issues 29, 31 (a): joins batched
+#   run(command="bash benchmarks/gpu_next.sh 5", carry=[".whl"])   # the same against .whl/base/src
+#   (5's baseline: `mkdir -p .whl/base && git archive COMMIT src | tar -x -C .whl/base`)
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -51,6 +53,15 @@ elif [ "$part" = 4 ]; then  # where an OpenAI burst's time goes; prompts joined 
         --rounds 2 --processes 4
     step 90 python3 benchmarks/constraints_gpu.py --only a
     step 90 env LMQL_ADMIT_EVERY=3 python3 benchmarks/constraints_gpu.py --only a
+elif [ "$part" = 5 ]; then  # a change against the sources in .whl/base/src, in one call
+    unset PYTHONDONTWRITEBYTECODE
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4"
+    step 110 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai
+    step 100 python3 $openai
+    step 100 env LMQL_ADMIT_EVERY=3 python3 $openai
+    step 80 python3 benchmarks/constraints_gpu.py --only a
+    step 80 env LMQL_ADMIT_EVERY=3 python3 benchmarks/constraints_gpu.py --only a
 elif [ "$part" = 3 ]; then
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
