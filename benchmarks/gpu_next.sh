@@ -59,7 +59,6 @@ elif [ "$part" = 5 ]; then  # a change against the sources in .whl/base/src, in 
     openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4"
     step 110 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai
     step 100 python3 $openai
-    step 100 env LMQL_ADMIT_EVERY=3 python3 $openai
     step 80 python3 benchmarks/constraints_gpu.py --only a
     step 80 env LMQL_ADMIT_EVERY=3 python3 benchmarks/constraints_gpu.py --only a
 elif [ "$part" = 3 ]; then
