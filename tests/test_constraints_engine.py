@@ -238,15 +238,29 @@ def test_forced_tokens_ride_in_chained_steps(engine, compiler, tokenizer, device
         chained.stop()
 
 
+@pytest.mark.parametrize("asked", ["0", "-2", "three", "1.5"])
+def test_a_bad_admit_every_is_refused_with_a_warning(asked: str, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(pipeline.ADMIT_EVERY_ENV, asked)
+    with caplog.at_level("WARNING"):
+        assert pipeline.admit_every() == pipeline.ADMIT_EVERY
+    assert f"LMQL_ADMIT_EVERY={asked!r} is not a positive whole number" in caplog.text
+    monkeypatch.setenv(pipeline.ADMIT_EVERY_ENV, " 5 ")
+    assert pipeline.admit_every() == 5
+
+
 @pytest.mark.parametrize("admit_every", [1, 3])
 def test_generations_join_beside_chained_steps(engine, compiler, tokenizer, admit_every: int,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream that arrives while others decode in chained steps joins beside one (its prompt fed
     in a pass after it), free or under a grammar, and nothing waits for an ordinary step: every
-    stream's tokens and log-probs as on the engine that does not chain. With ``LMQL_ADMIT_EVERY``
-    (here from the smallest batch on) a joiner waits for every third chained step: the steps
-    before it leave it waiting, and the tokens are the same."""
-    monkeypatch.setenv(pipeline.ADMIT_EVERY_ENV, str(admit_every))
+    stream's tokens and log-probs as on the engine that does not chain. By default (here from the
+    smallest batch on) a joiner waits for every third chained step: the steps before it leave it
+    waiting, and the tokens are the same; ``LMQL_ADMIT_EVERY=1`` lets it in at once."""
+    if admit_every == pipeline.ADMIT_EVERY:
+        monkeypatch.delenv(pipeline.ADMIT_EVERY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(pipeline.ADMIT_EVERY_ENV, str(admit_every))
     monkeypatch.setattr(pipeline, "DEFER_FROM_ROWS", 1)
     chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
     first = [(tokenizer.encode(PROMPT), SamplingParams(max_tokens=30)),

@@ -209,18 +209,27 @@ class ForcedFeeds:
 
 NO_FEEDS = ForcedFeeds([], [], [])
 # Generations that join a batch of at least DEFER_FROM_ROWS rows beside chained steps are let in
-# every ``LMQL_ADMIT_EVERY``-th chained step (default 1: every step). Each join is a prompt pass
-# after the chained step, whose host work and weights' read cost the whole batch (on an H100,
-# 64 rows: ~0.4 ms of a 1.6 ms step, a pass for nearly every step of 64 LMQL programs, #31);
-# waiting a step or two lets several share one pass, at a step or two of each joiner's time. An
-# experiment's knob until a GPU run measures it (benchmarks/RESULTS.md).
+# every ADMIT_EVERY-th chained step (``LMQL_ADMIT_EVERY`` sets another, 1: every step). Each join
+# is a prompt pass after the chained step, whose host work and weights' read cost the whole batch
+# (on an H100, 64 rows: ~0.4 ms of a 1.6 ms step, a pass for nearly every step of 64 LMQL
+# programs, #31); waiting a step or two lets several share one pass, at a step or two of each
+# joiner's time: 64 programs in 22 passes instead of 59, 13% less of the engine thread's time a
+# step (benchmarks/RESULTS.md). A batch below DEFER_FROM_ROWS admits at every step: its steps
+# are short, and its joiners a large share of it.
+ADMIT_EVERY = 3
 ADMIT_EVERY_ENV = "LMQL_ADMIT_EVERY"
 DEFER_FROM_ROWS = 32
 
 
 def admit_every() -> int:
-    asked = os.environ.get(ADMIT_EVERY_ENV, "")
-    return max(1, int(asked)) if asked.strip().isdigit() else 1
+    asked = os.environ.get(ADMIT_EVERY_ENV, "").strip()
+    if not asked:
+        return ADMIT_EVERY
+    if not asked.isdigit() or int(asked) < 1:
+        log.warning("%s=%r is not a positive whole number: joins every %d chained steps",
+                    ADMIT_EVERY_ENV, asked, ADMIT_EVERY)
+        return ADMIT_EVERY
+    return int(asked)
 
 
 # Forced runs ride in chained steps, one token a row a step, while the rows they keep from sampling
