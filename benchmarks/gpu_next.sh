@@ -60,7 +60,6 @@ elif [ "$part" = 5 ]; then  # a change against the sources in .whl/base/src, in 
     step 110 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai
     step 100 python3 $openai
     step 80 python3 benchmarks/constraints_gpu.py --only a
-    step 80 env LMQL_ADMIT_EVERY=1 python3 benchmarks/constraints_gpu.py --only a
 elif [ "$part" = 3 ]; then
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
