@@ -8,6 +8,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 4", carry=[".whl"])   # issues 29, 31 (a): joins batched
 #   run(command="bash benchmarks/gpu_next.sh 5", carry=[".whl"])   # the same against .whl/base/src
 #   (5's baseline: `mkdir -p .whl/base && git archive COMMIT src | tar -x -C .whl/base`)
+#   run(command="bash benchmarks/gpu_next.sh 6", carry=[".whl"])   # 3's first and third steps
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -60,6 +61,11 @@ elif [ "$part" = 5 ]; then  # a change against the sources in .whl/base/src, in 
     step 110 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai
     step 100 python3 $openai
     step 80 python3 benchmarks/constraints_gpu.py --only a
+elif [ "$part" = 6 ]; then  # issue 32's start-up with deferred captures, in under 6 minutes
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    step 200 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode \
+        --capture_all False
+    step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --budget-s 110
 elif [ "$part" = 3 ]; then
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
