@@ -243,43 +243,6 @@ def test_a_burst_of_requests_to_an_idle_engine_shares_one_step() -> None:
         engine.stop()
 
 
-def test_requests_one_turn_of_the_loop_starts_reach_an_idle_engine_together() -> None:
-    """Requests that one turn of the event loop starts (a burst of HTTP requests, each parsed
-    before the next) wake an idle engine once the turn ends, however slowly they were parsed: the
-    engine starts with all of them, in one step, not with the first few while the loop parses on."""
-    from lmql_core.engine.engine import ARRIVAL_QUIET_S, ARRIVAL_WINDOW_S
-    from lmql_core.lmtp.server.session import Session
-    from lmql_core.loading.identifiers import parse_model_id
-    from lmql_core.loading.model_host import ModelHost, load_model
-
-    async def run() -> tuple[int, list[int]]:
-        host, model = ModelHost(), load_model(parse_model_id("random"))
-        host.add(model)
-        engine = model.engine
-        ended: list[int] = []
-        finished = asyncio.Event()
-
-        def send(command: str, payload: list[dict]) -> None:
-            ended.extend(e["stream_id"] for e in payload if e["finish_reason"] is not None)
-            if len(ended) == 8:
-                finished.set()
-
-        session = Session(host, send)
-        try:
-            for sid in range(8):  # parsed slowly: longer apart than the engine waits for companions
-                await session.handle("GENERATE", {"model": "random", "prompt": [sid + 2, 5], "stream_id": sid,
-                                                  "max_tokens": 1, "temperature": 0.0})
-                time.sleep(2 * ARRIVAL_QUIET_S)
-            assert 8 * 2 * ARRIVAL_QUIET_S > ARRIVAL_WINDOW_S
-            await asyncio.wait_for(finished.wait(), 30)
-            return engine.stats.steps, sorted(ended)
-        finally:
-            engine.stop()
-
-    steps, ended = asyncio.run(run())
-    assert ended == list(range(8)) and steps == 1
-
-
 def test_requests_sent_one_at_a_time_start_at_once_and_a_burst_brings_the_wait_back() -> None:
     """A client that sends one request after another's end (one program after another) finds the
     engine idle each time: after the first, whose companions it waits for, none waits (1 ms of
