@@ -72,12 +72,10 @@ class Engine:
 
     # --- called from any thread -------------------------------------------------------------
 
-    def submit(self, seq: Sequence, from_client: bool = True, wake: bool = True) -> None:
+    def submit(self, seq: Sequence, from_client: bool = True) -> None:
         """Queue ``seq``, a request the session validated (token ids, context length).
         ``from_client`` False: a sequence the server made itself (a template's next hole), which
-        no companions follow, so an idle engine does not wait for them (ARRIVAL_QUIET_S).
-        ``wake`` False: an idle engine thread is not woken for it; the caller calls ``wake``
-        once it has queued its companions (a steady engine takes it at its next step anyway)."""
+        no companions follow, so an idle engine does not wait for them (ARRIVAL_QUIET_S)."""
         seq.max_generated = seq.params.max_tokens
         if self.backend.max_context is not None:
             room = self.backend.max_context - seq.length
@@ -87,12 +85,6 @@ class Engine:
             if from_client:
                 self._count_arrival(time.perf_counter())
             self.scheduler.add(seq)
-            if wake:
-                self._wake.notify()
-
-    def wake(self) -> None:
-        """Wake an idle engine thread for what ``submit(..., wake=False)`` queued."""
-        with self._wake:
             self._wake.notify()
 
     def _count_arrival(self, now: float) -> None:

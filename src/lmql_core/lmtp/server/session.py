@@ -18,7 +18,6 @@ from lmql_core.errors import LMQLError, RequestError, shown
 from lmql_core.lmtp import template, wire
 from lmql_core.lmtp.server.outbox import Outbox
 from lmql_core.lmtp.server.template import TemplateRun
-from lmql_core.lmtp.server.wakeups import wakeups
 from lmql_core.loading.model_host import LoadedModel, ModelHost
 from lmql_core.loading.tokenizer import IncrementalDecoder, spec_of
 
@@ -69,7 +68,6 @@ class Session:
         self._active: dict[Any, tuple[Sequence, LoadedModel]] = {}
         self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
         self._outbox = outbox or Outbox(self._loop)  # delivered by the engine, not yet sent
-        self._wakeups = wakeups(self._loop)  # an idle engine woken once a turn of the loop
         # the engine's events wait in the outbox until ``take_events`` (unless one ends a stream):
         # for a consumer that reads them only now and then (a paced OpenAI stream)
         self.defers = False
@@ -161,8 +159,7 @@ class Session:
 
         def register(seq: Sequence, first: bool) -> None:
             self._active[stream_id] = (seq, model)
-            model.engine.submit(seq, from_client=first, wake=False)
-            self._wakeups.add(model.engine)
+            model.engine.submit(seq, from_client=first)
 
         run = TemplateRun(stream_id, model, prompt, parsed, self._send_open, register, self._check_context,
                           FINISH_REASONS, self._deliver_hole)
@@ -252,8 +249,7 @@ class Session:
                                "the server allows (--max-streams); send more when some have finished")
         self._stale.discard(seq.stream_id)
         self._active[seq.stream_id] = (seq, model)
-        model.engine.submit(seq, wake=False)
-        self._wakeups.add(model.engine)
+        model.engine.submit(seq)
 
     def _deliver(self, events: list[TokenEvent]) -> None:
         """Called on the engine thread with one step's events for this session."""
