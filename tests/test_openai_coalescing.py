@@ -196,6 +196,46 @@ def test_a_deferring_session_gets_its_events_when_it_takes_them_or_when_one_ends
     asyncio.run(run())
 
 
+def test_one_steps_events_for_the_sessions_of_an_outbox_go_in_one_post_each_as_alone() -> None:
+    """The engine thread hands a step's events for every session of one outbox over at once
+    (``deliver_all`` -> ``Outbox.post_many``), with the rules of a post each: a session that
+    defers is not woken for them, a closed one gets none, a hole's events wait for its end."""
+    from lmql_core.engine.endings import deliver_all
+    from lmql_core.engine.sequence import Finish, TokenEvent
+    from lmql_core.lmtp.server.outbox import Outbox
+    from lmql_core.lmtp.server.session import Session
+
+    async def run() -> None:
+        outbox, got = Outbox(asyncio.get_running_loop()), {}
+
+        def session(name: str) -> Session:
+            return Session(ModelHost(), lambda command, events: got.setdefault(name, []).append(
+                [e.token for e in events]), outbox=outbox, raw_events=True)
+
+        plain, paced, closed, holes = session("plain"), session("paced"), session("closed"), session("holes")
+        paced.defers, closed.closed = True, True
+        posts = []
+        real_post_many = outbox.post_many
+        outbox.post_many = lambda deliveries: (posts.append(len(deliveries)), real_post_many(deliveries))
+
+        async def engine_step(step: dict) -> None:  # from another thread, as the engine's
+            await asyncio.to_thread(deliver_all, step)
+            await asyncio.sleep(0.05)  # time for the loop to take what it was woken for
+
+        await engine_step({paced._deliver: [TokenEvent(0, 1)], holes._deliver_hole: [TokenEvent(0, 2)]})
+        assert got == {} and posts == [2]  # nobody woke the loop
+        await engine_step({plain._deliver: [TokenEvent(0, 3)], paced._deliver: [TokenEvent(0, 4)],
+                           closed._deliver: [TokenEvent(0, 5)], holes._deliver_hole: [TokenEvent(0, 6)]})
+        # the plain session woke the loop: every session's events so far went out (a closed one's never)
+        assert got == {"plain": [[3]], "paced": [[1, 4]], "holes": [[2, 6]]} and posts == [2, 4]
+        await engine_step({holes._deliver_hole: [TokenEvent(0, 7, finish_reason=Finish.LENGTH)]})
+        assert got["holes"][-1] == [7]  # an end wakes the loop
+        paced.take_events()
+        assert got["paced"] == [[1, 4]]  # nothing left waiting
+
+    asyncio.run(run())
+
+
 async def paced_stream(close_after_first: bool) -> tuple[list[dict[str, Any]], float, dict[str, Any], int]:
     """A stream paced 10 s between its events (one stream, 0.1 events/s): its chunks, the seconds
     from its first chunk to its end, the same request's whole answer, and how many times the

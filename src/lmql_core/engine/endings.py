@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from lmql_core.base.backend import Backend, ReleasesTogether
 from lmql_core.engine.scheduler import Scheduler
@@ -23,9 +24,22 @@ def deliver(sink: Sink, events: list[TokenEvent]) -> None:
 
 
 def deliver_all(events: Events) -> None:
+    """Each sink its events; sinks with the same ``delivers_with`` (an object with ``post_many``,
+    as ``lmtp.server.outbox.OutboxSink``'s outbox) get theirs in one call to it."""
+    together: dict[Any, list[tuple[Any, list[TokenEvent]]]] = {}
     for sink, batch in events.items():
-        if batch:  # (a client's only row this step may have been held: holds.py)
+        if not batch:  # (a client's only row this step may have been held: holds.py)
+            continue
+        receiver = getattr(sink, "delivers_with", None)
+        if receiver is None:
             deliver(sink, batch)
+        else:
+            together.setdefault(receiver, []).append((sink, batch))
+    for receiver, deliveries in together.items():
+        try:
+            receiver.post_many(deliveries)
+        except Exception:  # a broken client must not stop the engine
+            log.exception("delivering tokens failed")
 
 
 class Endings:

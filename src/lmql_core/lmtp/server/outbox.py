@@ -14,8 +14,25 @@ class Receiver(Protocol):
     """What the outbox needs of a session (``session.Session``)."""
 
     defers: bool  # its events wake the loop only when one ends a stream; it takes the others
+    closed: bool  # nothing is posted for it any more
 
     def send_events(self, events: list[TokenEvent]) -> None: ...
+
+
+class OutboxSink:
+    """A session's sink (``engine.sequence.Sink``) into an outbox. ``delivers_with``: the outbox,
+    which takes a step's events for all its sessions at once (``post_many``, through
+    ``engine.endings.deliver_all``): at 64 OpenAI requests, a session each, one post per session
+    was ~3% of a GPU step on the engine thread."""
+
+    __slots__ = ("delivers_with", "hold", "session")
+
+    def __init__(self, outbox: Outbox, session: Receiver, hold: bool = False) -> None:
+        self.delivers_with, self.session, self.hold = outbox, session, hold
+
+    def __call__(self, events: list[TokenEvent]) -> None:
+        if not self.session.closed:
+            self.delivers_with.post(self.session, events, self.hold)
 
 
 class Outbox:
@@ -45,6 +62,25 @@ class Outbox:
                 return
             self._due = True
         self._loop.call_soon_threadsafe(self._drain)
+
+    def post_many(self, deliveries: list[tuple[OutboxSink, list[TokenEvent]]]) -> None:
+        """Called on the engine thread: ``post`` for each of one step's sinks, at once."""
+        wake = False
+        with self._lock:
+            pending = self._pending
+            for sink, events in deliveries:
+                session = sink.session
+                if session.closed:
+                    continue
+                waiting = pending.get(session)
+                if waiting is None:
+                    pending[session] = list(events)
+                else:
+                    waiting.extend(events)
+                if not wake and not self._due and (not (sink.hold or session.defers) or _end_any(events)):
+                    wake = self._due = True
+        if wake:
+            self._loop.call_soon_threadsafe(self._drain)
 
     def take(self, session: Receiver) -> None:
         """On the event loop: hand ``session`` the events that wait for it now."""

@@ -16,7 +16,7 @@ from lmql_core.engine.constraints import Constraint, GrammarError, GrammarSpec
 from lmql_core.engine.sequence import Finish, Kind, SamplingParams, Sequence, TokenEvent
 from lmql_core.errors import LMQLError, RequestError, shown
 from lmql_core.lmtp import template, wire
-from lmql_core.lmtp.server.outbox import Outbox
+from lmql_core.lmtp.server.outbox import Outbox, OutboxSink
 from lmql_core.lmtp.server.template import TemplateRun
 from lmql_core.loading.model_host import LoadedModel, ModelHost
 from lmql_core.loading.tokenizer import IncrementalDecoder, spec_of
@@ -68,6 +68,11 @@ class Session:
         self._active: dict[Any, tuple[Sequence, LoadedModel]] = {}
         self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
         self._outbox = outbox or Outbox(self._loop)  # delivered by the engine, not yet sent
+        self._deliver = OutboxSink(self._outbox, self)  # (called on the engine thread)
+        # a template hole's events wake the event loop only when the hole ends (its client reads
+        # whole holes): a wake-up costs the engine thread a turn for the interpreter's lock with
+        # the loop, up to a third of a CPU step's time
+        self._deliver_hole = OutboxSink(self._outbox, self, hold=True)
         # the engine's events wait in the outbox until ``take_events`` (unless one ends a stream):
         # for a consumer that reads them only now and then (a paced OpenAI stream)
         self.defers = False
@@ -250,18 +255,6 @@ class Session:
         self._stale.discard(seq.stream_id)
         self._active[seq.stream_id] = (seq, model)
         model.engine.submit(seq)
-
-    def _deliver(self, events: list[TokenEvent]) -> None:
-        """Called on the engine thread with one step's events for this session."""
-        if not self.closed:
-            self._outbox.post(self, events)
-
-    def _deliver_hole(self, events: list[TokenEvent]) -> None:
-        """On the engine thread: a template hole's events, which wake the event loop only when
-        the hole ends (its client reads whole holes): a wake-up costs the engine thread a
-        turn for the interpreter's lock with the loop, up to a third of a CPU step's time."""
-        if not self.closed:
-            self._outbox.post(self, events, hold=True)
 
     def take_events(self) -> None:
         """The events the engine delivered and the outbox holds, sent now (``defers``)."""
