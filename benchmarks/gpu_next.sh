@@ -9,6 +9,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 5", carry=[".whl"])   # the same against .whl/base/src
 #   (5's baseline: `mkdir -p .whl/base && git archive COMMIT src | tar -x -C .whl/base`)
 #   run(command="bash benchmarks/gpu_next.sh 6", carry=[".whl"])   # 3's first and third steps
+#   run(command="bash benchmarks/gpu_next.sh 7", carry=[".whl"])   # 5's OpenAI runs alone, 3 rounds
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -61,6 +62,12 @@ elif [ "$part" = 5 ]; then  # a change against the sources in .whl/base/src, in 
     step 110 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai
     step 100 python3 $openai
     step 80 python3 benchmarks/constraints_gpu.py --only a
+elif [ "$part" = 7 ]; then  # issue 29's burst against .whl/base/src, three rounds each
+    unset PYTHONDONTWRITEBYTECODE
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 3 --processes 4"
+    step 120 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai
+    step 120 python3 $openai
 elif [ "$part" = 6 ]; then  # issue 32's start-up with deferred captures, in under 6 minutes
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
     step 200 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode \
