@@ -176,7 +176,7 @@ def test_a_deferring_session_gets_its_events_when_it_takes_them_or_when_one_ends
         session.defers = True  # a paced stream during its pause
 
         async def engine_step(*events: TokenEvent) -> None:  # from another thread, as the engine's
-            await asyncio.to_thread(outbox.post, session, list(events))
+            await asyncio.to_thread(session._deliver, list(events))  # (the session's sink)
             await asyncio.sleep(0.05)  # time for the loop to take what it was woken for
 
         await engine_step(TokenEvent(0, 5))

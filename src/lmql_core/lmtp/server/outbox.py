@@ -31,8 +31,7 @@ class OutboxSink:
         self.delivers_with, self.session, self.hold = outbox, session, hold
 
     def __call__(self, events: list[TokenEvent]) -> None:
-        if not self.session.closed:
-            self.delivers_with.post(self.session, events, self.hold)
+        self.delivers_with.post_many([(self, events)])
 
 
 class Outbox:
@@ -49,22 +48,11 @@ class Outbox:
         self._lock = threading.Lock()
         self._due = False  # the event loop has been asked to drain
 
-    def post(self, session: Receiver, events: list[TokenEvent], hold: bool = False) -> None:
-        """Called on the engine thread. ``hold``: the events wake the loop only if one ends a
-        stream (else they wait for the next wake-up), as a deferring session's do."""
-        with self._lock:
-            pending = self._pending.get(session)
-            if pending is None:
-                self._pending[session] = list(events)
-            else:
-                pending.extend(events)
-            if self._due or ((hold or session.defers) and not _end_any(events)):
-                return
-            self._due = True
-        self._loop.call_soon_threadsafe(self._drain)
-
     def post_many(self, deliveries: list[tuple[OutboxSink, list[TokenEvent]]]) -> None:
-        """Called on the engine thread: ``post`` for each of one step's sinks, at once."""
+        """Called on the engine thread with one step's events for sessions of this outbox (those
+        of closed ones are dropped). A sink that ``hold``s (a template hole's, whose client reads
+        whole holes) or a session that defers wakes the loop only for an event that ends a
+        stream; its other events wait for the next wake-up, or its ``take``."""
         wake = False
         with self._lock:
             pending = self._pending
