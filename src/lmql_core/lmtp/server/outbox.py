@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from lmql_core.engine.sequence import TokenEvent
@@ -28,7 +30,10 @@ class OutboxSink:
     __slots__ = ("delivers_with", "hold", "session")
 
     def __init__(self, outbox: Outbox, session: Receiver, hold: bool = False) -> None:
-        self.delivers_with, self.session, self.hold = outbox, session, hold
+        # the session holds its sinks: a strong reference back would make a cycle, and a finished
+        # request's objects would wait for the collector, whose pauses stop every thread
+        self.session: Callable[[], Receiver | None] = weakref.ref(session)
+        self.delivers_with, self.hold = outbox, hold
 
     def __call__(self, events: list[TokenEvent]) -> None:
         self.delivers_with.post_many([(self, events)])
@@ -57,8 +62,8 @@ class Outbox:
         with self._lock:
             pending = self._pending
             for sink, events in deliveries:
-                session = sink.session
-                if session.closed:
+                session = sink.session()
+                if session is None or session.closed:
                     continue
                 waiting = pending.get(session)
                 if waiting is None:
