@@ -232,6 +232,10 @@ def test_one_steps_events_for_the_sessions_of_an_outbox_go_in_one_post_each_as_a
         assert got["holes"][-1] == [7]  # an end wakes the loop
         paced.take_events()
         assert got["paced"] == [[1, 4]]  # nothing left waiting
+        sink = plain._deliver
+        del plain  # the sink does not keep its session alive (no cycle): the session is freed at once
+        await engine_step({sink: [TokenEvent(0, 8)]})  # and a step's late events for it are dropped
+        assert got["plain"] == [[3]]
 
     asyncio.run(run())
 
