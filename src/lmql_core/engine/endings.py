@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from lmql_core.base.backend import Backend, ReleasesTogether
 from lmql_core.engine.scheduler import Scheduler
@@ -14,9 +15,11 @@ from lmql_core.engine.steps import EngineStats
 log = logging.getLogger(__name__)
 
 Events = dict[Sink, list[TokenEvent]]  # a step's events, grouped by client
+Delivered = TypeVar("Delivered")
 
 
-def deliver(sink: Sink, events: list[TokenEvent]) -> None:
+def deliver(sink: Callable[[Delivered], None], events: Delivered) -> None:
+    """``sink(events)``: a sink's events, or (``post_many``) several sinks' together."""
     try:
         sink(events)
     except Exception:  # a broken client must not stop the engine
@@ -36,10 +39,7 @@ def deliver_all(events: Events) -> None:
         else:
             together.setdefault(receiver, []).append((sink, batch))
     for receiver, deliveries in together.items():
-        try:
-            receiver.post_many(deliveries)
-        except Exception:  # a broken client must not stop the engine
-            log.exception("delivering tokens failed")
+        deliver(receiver.post_many, deliveries)
 
 
 class Endings:
