@@ -55,32 +55,27 @@ elif [ "$part" = 4 ]; then  # where an OpenAI burst's time goes; prompts joined 
         --rounds 2 --processes 4
     step 90 python3 benchmarks/constraints_gpu.py --only a
     step 90 env LMQL_ADMIT_EVERY=3 python3 benchmarks/constraints_gpu.py --only a
-elif [ "$part" = 5 ]; then  # a change against the sources in .whl/base/src, in one call
+elif [ "$part" = 5 ] || [ "$part" = 7 ]; then  # the OpenAI burst against .whl/base/src in one call
     unset PYTHONDONTWRITEBYTECODE
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
-    openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4"
-    step 110 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai
-    step 100 python3 $openai
-    step 80 python3 benchmarks/constraints_gpu.py --only a
-elif [ "$part" = 7 ]; then  # issue 29's burst against .whl/base/src, three rounds each
-    unset PYTHONDONTWRITEBYTECODE
-    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
-    openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 3 --processes 4"
+    rounds=$([ "$part" = 7 ] && echo 3 || echo 2)
+    openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds $rounds --processes 4"
     step 120 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai
     step 120 python3 $openai
-elif [ "$part" = 6 ]; then  # issue 32's start-up with deferred captures, in under 6 minutes
-    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
-    step 200 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode \
-        --capture_all False
-    step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --budget-s 110
-elif [ "$part" = 3 ]; then
+    if [ "$part" = 5 ]; then step 80 python3 benchmarks/constraints_gpu.py --only a; fi
+elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
     step 200 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode \
         --capture_all False
-    step 70 python3 benchmarks/startup.py --models gpt2-medium   # every graph before Ready, for comparison
+    if [ "$part" = 3 ]; then  # every graph before Ready, for comparison
+        step 70 python3 benchmarks/startup.py --models gpt2-medium
+    fi
     step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --budget-s 110
-    step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --capture_at_use 4 --budget-s 110
+    if [ "$part" = 3 ]; then
+        step 120 python3 benchmarks/workloads.py --workloads short --capture_all False --capture_at_use 4 \
+            --budget-s 110
+    fi
 else
     step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4
     step 100 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4 \
