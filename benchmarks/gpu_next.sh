@@ -9,7 +9,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 5", carry=[".whl"])   # the same against .whl/base/src
 #   (5's baseline: `mkdir -p .whl/base && git archive COMMIT src | tar -x -C .whl/base`)
 #   run(command="bash benchmarks/gpu_next.sh 6", carry=[".whl"])   # 3's first and third steps
-#   run(command="bash benchmarks/gpu_next.sh 7", carry=[".whl"])   # 5's OpenAI runs, then .whl/var/*/src
+#   run(command="bash benchmarks/gpu_next.sh 7", carry=[".whl"])   # main's OpenAI runs, then .whl/var/*/src's
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -59,7 +59,7 @@ elif [ "$part" = 5 ] || [ "$part" = 7 ]; then  # the OpenAI burst against .whl/b
     unset PYTHONDONTWRITEBYTECODE
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
     openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4"
-    step 110 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai
+    if [ "$part" = 5 ]; then step 110 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai; fi
     step 110 python3 $openai
     if [ "$part" = 5 ]; then step 80 python3 benchmarks/constraints_gpu.py --only a; fi
     for variant in .whl/var/*/src; do  # 7: source trees of changes not yet on main, one after another
