@@ -115,6 +115,9 @@ async def _answer(request: web.Request, completion: Completion) -> web.StreamRes
     departures = request.app[DEPARTURES_KEY]
     departures.watch(completion, request)
     try:
+        # the requests that arrived with this one reach the engine before its answer is set up:
+        # in a burst, the last one's streams then start without waiting for every earlier answer
+        await asyncio.sleep(0)
         if completion.request.stream:
             return await _stream(request, completion)
         return web.json_response(await completion.result())
