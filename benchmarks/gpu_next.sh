@@ -10,6 +10,7 @@
 #   (5's baseline: `mkdir -p .whl/base && git archive COMMIT src | tar -x -C .whl/base`)
 #   run(command="bash benchmarks/gpu_next.sh 6", carry=[".whl"])   # 3's first and third steps
 #   run(command="bash benchmarks/gpu_next.sh 7", carry=[".whl"])   # main's OpenAI runs, then .whl/var/*/src's
+#   run(command="bash benchmarks/gpu_next.sh 8", carry=[".whl"])   # main's OpenAI runs, 4 rounds
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -65,6 +66,10 @@ elif [ "$part" = 5 ] || [ "$part" = 7 ]; then  # the OpenAI burst against .whl/b
     for variant in .whl/var/*/src; do  # 7: source trees of changes not yet on main, one after another
         if [ "$part" = 7 ]; then step 110 env PYTHONPATH="$PWD/$variant" python3 $openai; fi
     done
+elif [ "$part" = 8 ]; then  # main's OpenAI burst alone, 4 rounds (a ratio moves by ~0.05 between rounds)
+    unset PYTHONDONTWRITEBYTECODE
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    step 200 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 4 --processes 4
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
