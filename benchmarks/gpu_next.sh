@@ -56,20 +56,21 @@ elif [ "$part" = 4 ]; then  # where an OpenAI burst's time goes; prompts joined 
         --rounds 2 --processes 4
     step 90 python3 benchmarks/constraints_gpu.py --only a
     step 90 env LMQL_ADMIT_EVERY=3 python3 benchmarks/constraints_gpu.py --only a
-elif [ "$part" = 5 ] || [ "$part" = 7 ]; then  # the OpenAI burst against .whl/base/src in one call
+elif [ "$part" = 5 ] || [ "$part" = 7 ] || [ "$part" = 8 ]; then  # the OpenAI burst, main and:
+    # 5: .whl/base/src before it (and (a)); 7: each tree under .whl/var after it; 8: nothing, 4 rounds
     unset PYTHONDONTWRITEBYTECODE
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
-    openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 2 --processes 4"
+    rounds=$([ "$part" = 8 ] && echo 4 || echo 2)
+    openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds $rounds --processes 4"
     if [ "$part" = 5 ]; then step 110 env PYTHONPATH="$PWD/.whl/base/src" python3 $openai; fi
-    step 110 python3 $openai
+    step $((55 * rounds)) python3 $openai
     if [ "$part" = 5 ]; then step 80 python3 benchmarks/constraints_gpu.py --only a; fi
-    for variant in .whl/var/*/src; do  # 7: source trees of changes not yet on main, one after another
-        if [ "$part" = 7 ]; then step 110 env PYTHONPATH="$PWD/$variant" python3 $openai; fi
-    done
-elif [ "$part" = 8 ]; then  # main's OpenAI burst alone, 4 rounds (a ratio moves by ~0.05 between rounds)
-    unset PYTHONDONTWRITEBYTECODE
-    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
-    step 200 python3 benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 4 --processes 4
+    if [ "$part" = 7 ]; then
+        for variant in .whl/var/*/src; do  # source trees of changes not on main, one after another
+            [ -d "$variant" ] || continue  # (none: the pattern stays as written)
+            step 110 env PYTHONPATH="$PWD/$variant" python3 $openai
+        done
+    fi
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

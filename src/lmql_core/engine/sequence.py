@@ -30,7 +30,10 @@ class TokenEvent:
     error: str | None = None
 
 
-Sink = Callable[[list[TokenEvent]], None]  # receives a step's events for one client, in order
+# receives a step's events for one client, in order; a sink with a ``delivers_with`` attribute
+# gets them in one ``delivers_with.post_many`` call with that object's other sinks
+# (``endings.deliver_all``; ``lmtp.server.outbox.OutboxSink``)
+Sink = Callable[[list[TokenEvent]], None]
 
 _ids = itertools.count(1)
 
