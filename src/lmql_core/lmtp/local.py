@@ -90,6 +90,13 @@ def _load_host(model_id: Any, loader_kwargs: dict[str, Any], silent: bool) -> Mo
     return host
 
 
+# Every muting stream ever installed as sys.stdout or sys.stderr, kept: CPython 3.11's print()
+# holds sys.stdout by a borrowed reference, so freeing a stream that another thread is printing to
+# when the loading thread puts the old one back crashes that thread (a use-after-free, seen as a
+# segfault in CI). Two small objects per silent load.
+_INSTALLED: list[_ThreadMuted] = []
+
+
 class _ThreadMuted:
     """A stand-in for ``sys.stdout`` or ``sys.stderr`` that drops what one thread writes (the one
     loading a model) and passes on the rest: other threads keep printing meanwhile."""
@@ -115,6 +122,7 @@ def quiet_thread(silent: bool) -> Iterator[None]:
         yield
         return
     muted = {name: _ThreadMuted(getattr(sys, name), threading.get_ident()) for name in ("stdout", "stderr")}
+    _INSTALLED.extend(muted.values())
     for name, stream in muted.items():
         setattr(sys, name, stream)
     try:
