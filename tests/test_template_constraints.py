@@ -10,6 +10,7 @@ own stream with a clear error while the server and the connection live on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
@@ -84,8 +85,9 @@ def test_a_template_over_the_socket_tags_each_hole(tiny_server: Server) -> None:
 
 def test_a_holes_entries_come_together_when_it_ends(tiny_server: Server) -> None:
     """A hole's entries wait on the server until it ends (its client reads whole holes; waking the
-    event loop for each token costs the engine thread): its tokens come in one frame, its end
-    entry in the next, then the next hole's; a plain stream's come token by token."""
+    event loop for each token costs the engine thread): its tokens and its end entry come in one
+    frame when the engine thread went on to the next hole itself, the last hole's end in a frame
+    of its own (the event loop ends the stream); a plain stream's come token by token."""
     from lmql_core.constraints import kinds
     from lmql_core.constraints.serial import to_json
 
@@ -103,8 +105,8 @@ def test_a_holes_entries_come_together_when_it_ends(tiny_server: Server) -> None
         return frames
 
     template = asyncio.run(frames_of({"prompt": [1, 200, 300], "template": {"holes": holes, "texts": [" and "]}}))
-    assert [[e["hole"] for e in frame] for frame in template] == [[0] * 5, [0], [1] * 3, [1]]
-    assert "hole_finish" in template[1][0] and "finish_reason" in template[3][0]
+    assert [[e["hole"] for e in frame] for frame in template] == [[0] * 6, [1] * 3, [1]]
+    assert "hole_finish" in template[0][-1] and "finish_reason" in template[2][0]
     # a lagging loop joins the entries of the steps it missed: 64 steps, so that some frames
     # still come apart on a loaded machine (CI once saw 6 tokens in one frame)
     plain = asyncio.run(frames_of({"prompt": [1, 200, 300], "max_tokens": 64}))
@@ -205,6 +207,35 @@ def test_cancelling_a_template_stops_its_hole(tiny_server: Server) -> None:
 
     asyncio.run(scenario())
     assert cancelled() - before == 1 and running() == 0
+
+
+def test_cancelling_a_template_whose_holes_the_engine_goes_through_stops_it(tiny_server: Server) -> None:
+    """The engine thread starts a template's next hole itself as one ends: a CANCEL between holes
+    stops the hole running then, whichever thread started it, and no later hole starts."""
+    from lmql_core.constraints import kinds
+    from lmql_core.constraints.serial import to_json
+
+    before = server_metric(tiny_server, "lmql_sequences_cancelled", MODEL)
+    holes = [hole(name=f"H{i}", constraints=to_json(kinds.Count("<", 30)), max_length=500) for i in range(12)]
+
+    async def scenario() -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        async with RawClient(tiny_server.endpoint) as client:
+            await client.send("GENERATE", {"model": MODEL, "stream_id": 8, "prompt": [1, 200],
+                                           "template": {"holes": holes, "texts": [" and"] * 11}})
+            while not any("hole_finish" in e for e in seen):  # the engine went on after hole 0
+                seen += (await client.frame())[1]
+            await client.send("CANCEL", {"stream_id": 8})
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    seen += (await client.frame(timeout=2.0))[1]
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert not [e for e in seen if "finish_reason" in e and e["finish_reason"] is not None]
+    assert max(e["hole"] for e in seen) < 11
+    assert server_metric(tiny_server, "lmql_sequences_cancelled", MODEL) - before == 1
+    assert server_metric(tiny_server, "lmql_active_sequences", MODEL) == 0
 
 
 ERRORS = {

@@ -66,7 +66,7 @@ class Collector:
         eos = self.backend.eos_token_id
         taken = self.masks.take_tokens(seqs, samples.tokens, samples.logprobs, eos)  # grammars take theirs
         sink, batch = None, []  # one client's rows usually come together: group them in runs
-        produced, ended, running = 0, [], Status.RUNNING
+        produced, ended, failed, running = 0, [], [], Status.RUNNING
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
                                             strict=True):
             if seq.status is not running:  # a row of a chained step, after its sequence ended
@@ -75,7 +75,7 @@ class Collector:
                 constraint = seq.params.constraint
                 error = NOTHING_TO_CHOOSE if constraint is None else constraint.failure()
                 events.setdefault(seq.sink, []).append(TokenEvent(seq.stream_id, error=error))
-                ended.append(seq)
+                failed.append(seq)
                 continue
             seq.generated.append(token)
             produced += 1
@@ -105,7 +105,8 @@ class Collector:
             if reason:
                 ended.append(seq)
         self.stats.tokens_generated += produced
-        self.endings.finish(ended)
+        self.endings.finish(failed)
+        self.endings.go_on(self.endings.finish(ended))
         if prefetch:
             self.masks.prefetch([s for s in seqs if s.status is running and s.params.constraint is not None])
 

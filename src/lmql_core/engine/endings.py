@@ -64,6 +64,28 @@ class Endings:
         self.release(ended)
         return ended
 
+    def go_on(self, ended: list[Sequence]) -> None:
+        """Of ``ended`` (sequences just finished with a token), those whose streams go on
+        (``SamplingParams.then``: a template's next hole): their next sequences queued now, as a
+        client's request would be. A continuation that fails leaves the stream to its client side,
+        which meets the same error."""
+        for seq in ended:
+            then = seq.params.then
+            if then is None:
+                continue
+            try:
+                following = then.after(seq)
+            except Exception:
+                log.exception("going on after a sequence failed")
+                continue
+            if following is None:
+                continue
+            following.limit_to(self.backend.max_context)
+            with self.lock:
+                if not then.stopped:
+                    then.started(following)
+                    self.scheduler.add(following)
+
     def end(self, seq: Sequence, event: TokenEvent) -> None:
         """End ``seq`` with ``event`` (an error), unless it ended or was cancelled already."""
         if self.finish([seq]):

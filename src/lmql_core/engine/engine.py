@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from lmql_core.base.backend import Backend
 from lmql_core.engine.collect import Collector
@@ -20,7 +21,7 @@ from lmql_core.engine.launch import StepLauncher
 from lmql_core.engine.mask_filler import MaskFiller
 from lmql_core.engine.pipeline import Pipeline, chaining
 from lmql_core.engine.scheduler import ScheduledChunk, Scheduler
-from lmql_core.engine.sequence import Sequence
+from lmql_core.engine.sequence import Continuation, Sequence
 from lmql_core.engine.steps import EngineStats, LaunchedStep
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,7 @@ class Engine:
         """Queue ``seq``, a request the session validated (token ids, context length).
         ``from_client`` False: a sequence the server made itself (a template's next hole), which
         no companions follow, so an idle engine does not wait for them (ARRIVAL_QUIET_S)."""
-        seq.max_generated = seq.params.max_tokens
-        if self.backend.max_context is not None:
-            room = self.backend.max_context - seq.length
-            assert room > 0, f"a request of {seq.length} tokens passed the session's context check"
-            seq.max_generated = min(seq.max_generated, room)
+        seq.limit_to(self.backend.max_context)
         with self._wake:
             if from_client:
                 self._count_arrival(time.perf_counter())
@@ -102,6 +99,16 @@ class Engine:
             self.stats.sequences_cancelled += len(cancelled)
             if cancelled:  # (its caches to free: the engine thread's work)
                 self._wake.notify()
+
+    def cancel_continued(self, stream: Continuation, current: Callable[[], Sequence | None]) -> None:
+        """Stop a stream whose sequences follow one another (``Continuation``): none is started
+        after this, and the one running now (``current()``, read with the lock held, so not one
+        the engine thread is starting meanwhile) is cancelled."""
+        with self._wake:
+            stream.stopped = True
+            seq = current()
+        if seq is not None:
+            self.cancel([seq])
 
     def active_sequences(self) -> int:
         with self._wake:

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 
 class Finish(Enum):
@@ -66,6 +66,24 @@ class SamplingParams:
     dense_bias: Any = field(default=None, compare=False, repr=False)  # built by the sampler
     # the grammar this stream follows (``constraints.Constraint``): masks its rows, forces tokens
     constraint: Any = field(default=None, compare=False, repr=False)
+    # what follows this generation in the same stream (a ``Continuation``: a template's next hole)
+    then: Any = field(default=None, compare=False, repr=False)
+
+
+class Continuation(Protocol):
+    """A stream that goes on after a generation ends (a template's next hole, ``lmtp/server/
+    template.py``), started by the engine thread without a round trip through the client's event
+    loop: the sequence would otherwise leave the batch for that long."""
+
+    stopped: bool  # set, with the engine's lock held, when the stream is cancelled
+
+    def after(self, seq: Sequence) -> Sequence | None:
+        """On the engine thread, where ``seq`` (whose ``params.then`` this is) ended with a
+        token: the sequence to run next, or None (the stream's client side goes on)."""
+
+    def started(self, seq: Sequence) -> None:
+        """With the engine's lock held: ``seq`` (from ``after``) is queued, before the events of
+        the generation before it are delivered."""
 
 
 @dataclass(eq=False)
@@ -81,6 +99,14 @@ class Sequence:
     num_fed: int = 0  # tokens the backend has seen
     status: Status = Status.WAITING  # changed by the scheduler only (and HELD by ``Holds``' scheduler calls)
     max_generated: int = 0  # set by the engine: max_tokens, or fewer where the context ends first
+
+    def limit_to(self, max_context: int | None) -> None:
+        """Set ``max_generated``: max_tokens, or fewer where the context ends first."""
+        self.max_generated = self.params.max_tokens
+        if max_context is not None:
+            room = max_context - self.length
+            assert room > 0, f"a request of {self.length} tokens passed the session's context check"
+            self.max_generated = min(self.max_generated, room)
 
     def restart(self) -> None:
         """Preempted, its cache freed: it feeds everything again, under a new id for the backend."""

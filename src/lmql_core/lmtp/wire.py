@@ -240,15 +240,18 @@ def token_entry(event: TokenFields, reasons: Reasons) -> dict[str, Any]:
     return entry
 
 
-def token_entries_json(events: Sequence[TokenFields], reasons: Reasons,
+def token_entries_json(events: Sequence[TokenFields | dict[str, Any]], reasons: Reasons,
                        holes: Sequence[int] | None = None) -> Encoded:
     """``json.dumps([token_entry(e, reasons) for e in events])`` (compact), character for
     character, but written directly: the event loop encodes every generated token of every
     stream, and the dictionaries plus the generic encoder cost it three times as much.
-    ``holes``: each event's template hole, added as ``"hole"`` (``tagged_entry``)."""
+    ``holes``: each event's template hole, added as ``"hole"`` (``tagged_entry``); an entry
+    already made (a dict: a template hole's end) is written as it is."""
     if holes is None:
-        return Encoded(f"[{','.join([_entry_json(e, reasons) for e in events])}]")
-    return Encoded(f"[{','.join([_entry_json(e, reasons, h) for e, h in zip(events, holes, strict=True)])}]")
+        return Encoded(f"[{','.join([_entry_json(e, reasons) for e in events])}]")  # type: ignore[arg-type]
+    entries = [json.dumps(e, separators=(",", ":")) if isinstance(e, dict) else _entry_json(e, reasons, h)
+               for e, h in zip(events, holes, strict=True)]
+    return Encoded(f"[{','.join(entries)}]")
 
 
 def tagged_entry(event: TokenFields, reasons: Reasons, hole: int) -> dict[str, Any]:

@@ -233,6 +233,7 @@ class Session:
         running = self._templates.pop(stream_id, None)
         if running is not None:
             running[0].cancel()
+            running[1].stop()  # its hole running now (the engine may have started it)
             self._outbox.drop(self, {stream_id})  # its hole's events held until the hole's end
         if active is not None:
             seq, model = active
@@ -292,16 +293,17 @@ class Session:
                 by_run.setdefault(event.stream_id, []).append(event)
             else:
                 others.append(event)
-        sent: list[TokenEvent] = []
+        sent: list[TokenEvent | dict[str, Any]] = []
         holes: list[int] = []
         for sid, taken in by_run.items():
-            now, hole = runs[sid][1].take(taken)
+            now, now_holes = runs[sid][1].take(taken)
             sent += now
-            holes += [hole] * len(now)
+            holes += now_holes
         if sent and not self.closed:
             tagged = zip(sent, holes, strict=True)
             self._send("TOKEN", wire.token_entries_json(sent, FINISH_REASONS, holes) if self.encode_tokens
-                       else [wire.tagged_entry(e, FINISH_REASONS, h) for e, h in tagged])
+                       else [e if isinstance(e, dict) else wire.tagged_entry(e, FINISH_REASONS, h)
+                             for e, h in tagged])
         return others
 
     def _entry(self, event: TokenEvent) -> dict[str, Any]:
@@ -351,8 +353,9 @@ class Session:
                 by_engine.setdefault(id(model.engine), (model.engine, []))[1].append(seq)
         for engine, seqs in by_engine.values():
             engine.cancel(seqs)
-        for task, _ in self._templates.values():
+        for task, run in self._templates.values():
             task.cancel()
+            run.stop()
         self._templates.clear()
         self._active.clear()
         self._decoders.clear()
