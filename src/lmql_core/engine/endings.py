@@ -1,4 +1,5 @@
-"""How the engine ends sequences: caches released, errors and tokens handed to their clients."""
+"""How the engine ends sequences: caches released, errors and tokens handed to their clients, and
+the sequences that follow some of them in their streams (a template's next hole) queued."""
 
 from __future__ import annotations
 

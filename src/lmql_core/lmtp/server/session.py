@@ -246,7 +246,7 @@ class Session:
 
     def _start(self, seq: Sequence, model: LoadedModel) -> None:
         earlier = self._active.get(seq.stream_id)
-        if earlier is not None and not earlier[0].done:
+        if (earlier is not None and not earlier[0].done) or seq.stream_id in self._templates:
             raise RequestError(f"stream {shown(seq.stream_id)} is already running on this connection")
         if len(self._active) >= self.limits.max_streams_per_connection:
             self._running()
@@ -324,11 +324,11 @@ class Session:
         return self._active
 
     def has_streams(self) -> bool:
-        return bool(self._running())
+        return bool(self._running()) or bool(self._templates)
 
     def end_all(self, message: str) -> None:
         """End every stream of this session with an error entry; the session goes on."""
-        ended = list(self._running())
+        ended = [*self._running(), *self._templates]  # (a template's later holes: not in _active)
         self._cancel_all()
         self._stale.update(ended)
         self._outbox.drop(self, self._stale)  # their tokens not sent yet are dropped with them
