@@ -14,15 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,42 @@ METRICS = ("lmql_engine_busy_seconds", "lmql_engine_mask_fill_seconds", "lmql_en
 EOS_BAN = -100.0
 
 
+@dataclass
+class Window:
+    """A steady-state measurement: the load's clients go on (each one's requests one after
+    another) until ``seconds`` after ``ramp`` seconds, so that every client has work in flight
+    throughout, with no tail of the slowest ones' last requests; ``begin()`` and ``end()`` are
+    called at the window's edges (the server's counters are read there)."""
+
+    seconds: float
+    begin: Callable[[], None]
+    end: Callable[[], None]
+    ramp: float = 1.0
+
+
+def rounds_of(rounds: int, stopped: Callable[[], bool]) -> Iterable[int]:
+    """A client's rounds: ``rounds`` of them, or (0) until ``stopped()``."""
+    return range(rounds) if rounds else itertools.takewhile(lambda _: not stopped(), itertools.count())
+
+
+async def windowed(window: Window | None, clients: Any, stop: asyncio.Event) -> float:
+    """Await ``clients`` (a gathering of them); with a ``window``, mark its edges meanwhile and
+    then ``stop`` them: the seconds measured (the window's, or the whole run's)."""
+    started = time.perf_counter()
+    if window is None:
+        await clients
+        return time.perf_counter() - started
+    await asyncio.sleep(window.ramp)
+    window.begin()
+    started = time.perf_counter()
+    await asyncio.sleep(window.seconds)
+    window.end()
+    seconds = time.perf_counter() - started
+    stop.set()
+    await clients
+    return seconds
+
+
 def metrics(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     return {name.removeprefix("lmql_engine_").removeprefix("lmql_"):
@@ -94,13 +133,14 @@ def served_name(port: int) -> str:
 
 
 async def free_streams(port: int, model: str, streams: int, rounds: int, new_tokens: int,
-                       prompt_tokens: int, eos: int) -> tuple[float, list[str]]:
-    """``streams`` clients, each ``rounds`` GENERATEs of ``new_tokens`` tokens one after another:
-    (seconds, errors)."""
+                       prompt_tokens: int, eos: int, window: Window | None = None) -> tuple[float, list[str]]:
+    """``streams`` clients, each ``rounds`` GENERATEs of ``new_tokens`` tokens one after another
+    (0 with a ``window``: until it ends): (seconds, errors)."""
     import aiohttp
 
     rng = random.Random(2)
     queues: dict[Any, asyncio.Queue[Any]] = {}
+    stop = asyncio.Event()
     async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{port}/",
                                                                 max_msg_size=0) as ws:
         async def read() -> None:
@@ -111,7 +151,7 @@ async def free_streams(port: int, model: str, streams: int, rounds: int, new_tok
 
         async def client(c: int) -> list[str]:
             errors = []
-            for r in range(rounds):
+            for r in rounds_of(0 if window else rounds, stop.is_set):
                 sid = f"{c}-{r}"
                 queues[sid] = asyncio.Queue()
                 body = {"model": model, "stream_id": sid, "max_tokens": new_tokens, "temperature": 0.0,
@@ -128,23 +168,25 @@ async def free_streams(port: int, model: str, streams: int, rounds: int, new_tok
             return errors
 
         reader = asyncio.create_task(read())
-        started = time.perf_counter()
-        results = await asyncio.gather(*(client(c) for c in range(streams)))
-        seconds = time.perf_counter() - started
+        gathered = asyncio.gather(*(client(c) for c in range(streams)))
+        seconds = await windowed(window, gathered, stop)
+        results = gathered.result()
         reader.cancel()
     return seconds, [e for errors in results for e in errors]
 
 
 def program_clients(endpoint: str, folder: Path, streams: int, processes: int, rounds: int,
-                    new_tokens: int, env: dict[str, str],
-                    on_ready: Callable[[], None] = lambda: None) -> tuple[float, int, list[str]]:
+                    new_tokens: int, env: dict[str, str], on_ready: Callable[[], None] = lambda: None,
+                    window: Window | None = None) -> tuple[float, int, list[str]]:
     """``streams`` concurrent program loops over ``processes`` client processes, each loop
-    ``rounds`` programs (the five kinds in turn). The processes first compile and run each program
-    once, then (after ``on_ready()``: the server's counters are read there, so that the warm-up's
-    tokens and steps are not counted) all start together: (seconds, programs run, errors)."""
+    ``rounds`` programs (the five kinds in turn; with a ``window``, until it ends). The processes
+    first compile and run each program once, then (after ``on_ready()``: the server's counters
+    are read there, so that the warm-up's tokens and steps are not counted) all start together:
+    (seconds, programs run, errors)."""
     share = [streams // processes + (1 if p < streams % processes else 0) for p in range(processes)]
     procs = [subprocess.Popen([sys.executable, __file__, "--client", endpoint, str(folder),
-                               "--streams", str(n), "--rounds", str(rounds), "--new-tokens", str(new_tokens),
+                               "--streams", str(n), "--rounds", str(0 if window else rounds),
+                               "--new-tokens", str(new_tokens),
                                "--first", str(sum(share[:p]))],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
              for p, n in enumerate(share) if n]
@@ -155,17 +197,31 @@ def program_clients(endpoint: str, folder: Path, streams: int, processes: int, r
             if not line.startswith("READY"):
                 raise RuntimeError(f"a program client did not start (exit {proc.wait()}): {line!r}")
         on_ready()
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("GO\n")
-            proc.stdin.flush()
+        _tell(procs, "GO")
+        seconds = None
+        if window is not None:
+            time.sleep(window.ramp)
+            window.begin()
+            started = time.monotonic()
+            time.sleep(window.seconds)
+            window.end()
+            seconds = time.monotonic() - started
+            _tell(procs, "STOP")
         results = [json.loads(proc.communicate(timeout=900)[0].partition("RESULT ")[2]) for proc in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
+    if seconds is None:
+        seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
     return seconds, sum(r["programs"] for r in results), [e for r in results for e in r["errors"]]
+
+
+def _tell(procs: list[subprocess.Popen[str]], line: str) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
 
 
 async def client_main(endpoint: str, folder: str, streams: int, rounds: int, new_tokens: int,
@@ -182,10 +238,18 @@ async def client_main(endpoint: str, folder: str, streams: int, rounds: int, new
     print("READY", flush=True)
     sys.stdin.readline()
     started = time.time()
+    stop = threading.Event()  # (rounds 0) set by the line STOP
+
+    def wait_for_stop() -> None:
+        sys.stdin.readline()
+        stop.set()
+
+    if not rounds:
+        threading.Thread(target=wait_for_stop, daemon=True).start()
 
     async def loop(c: int) -> tuple[int, list[str]]:
         done, errors = 0, []
-        for r in range(rounds):
+        for r in rounds_of(rounds, stop.is_set):
             try:
                 source = sources[kinds[(c + r) % len(kinds)]]
                 await lmql.run(source, model=model, name=f"Client {c} round {r}")
@@ -201,9 +265,10 @@ async def client_main(endpoint: str, folder: str, streams: int, rounds: int, new
 
 
 async def openai_completions(port: int, model: str, streams: int, rounds: int, new_tokens: int,
-                             prompt_tokens: int, eos: int,
-                             schema: dict[str, Any] | None) -> tuple[float, int, list[str]]:
-    """(seconds, completion tokens, errors) of ``streams`` clients' ``rounds`` completions each."""
+                             prompt_tokens: int, eos: int, schema: dict[str, Any] | None,
+                             window: Window | None = None) -> tuple[float, int, list[str]]:
+    """(seconds, completion tokens, errors) of ``streams`` clients' ``rounds`` completions each
+    (with a ``window``: until it ends)."""
     import aiohttp
 
     rng = random.Random(3 if schema else 4)
@@ -211,9 +276,11 @@ async def openai_completions(port: int, model: str, streams: int, rounds: int, n
                                                   "json_schema": {"name": "doc", "schema": schema}}}
                              if schema else {"logit_bias": {str(eos): EOS_BAN}})
 
+    stop = asyncio.Event()
+
     async def client(http: Any) -> tuple[int, list[str]]:
         tokens, errors = 0, []
-        for _ in range(rounds):
+        for _ in rounds_of(0 if window else rounds, stop.is_set):
             body = {"model": model, "prompt": [rng.randrange(eos) for _ in range(prompt_tokens)],
                     "max_tokens": new_tokens, "temperature": 0, **extra}
             async with http.post(f"http://127.0.0.1:{port}/v1/completions", json=body) as response:
@@ -225,9 +292,9 @@ async def openai_completions(port: int, model: str, streams: int, rounds: int, n
         return tokens, errors
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        started = time.perf_counter()
-        results = await asyncio.gather(*(client(http) for _ in range(streams)))
-        seconds = time.perf_counter() - started
+        gathered = asyncio.gather(*(client(http) for _ in range(streams)))
+        seconds = await windowed(window, gathered, stop)
+        results = gathered.result()
     return seconds, sum(t for t, _ in results), [e for _, errors in results for e in errors]
 
 

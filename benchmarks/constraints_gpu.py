@@ -54,6 +54,7 @@ from bench_models import bench_model  # noqa: E402
 from constrained_programs import PROGRAMS, runner_records, side_records  # noqa: E402
 from constraint_loads import (  # noqa: E402
     SCHEMA,
+    Window,
     chain_breaks,
     free_streams,
     metrics,
@@ -78,11 +79,13 @@ def install_llguidance(wheels: Path) -> None:
 
 
 def measured(port: int, point: str, run: Any, profile: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """``run(start)`` (-> seconds, errors) between two reads of the server's counters; the first
-    read again where ``run`` calls ``start()`` (when its warm-up is over and its clock starts).
+    """``run(start, end)`` (-> seconds, errors) between two reads of the server's counters; the
+    first read again where ``run`` calls ``start()`` (when its warm-up is over and its clock
+    starts), the last one where it calls ``end()`` (a ``--window``'s end), else after it.
     ``profile()`` starts the server's stack sampling with the clock and ends it after the run."""
     before, breaks, parts = metrics(port), chain_breaks(port), phases(port)
     span = [time.monotonic()]  # from the first read to the last: the time the counters' deltas cover
+    after: dict[str, dict[str, float]] = {}
 
     def start() -> None:
         before.update(metrics(port))
@@ -91,13 +94,18 @@ def measured(port: int, point: str, run: Any, profile: Callable[[], None] = lamb
         span[0] = time.monotonic()
         profile()
 
-    seconds, errors = run(start)
+    def end() -> None:
+        after.update(metrics=metrics(port), breaks=chain_breaks(port), parts=phases(port))
+        span.append(time.monotonic())
+
+    seconds, errors = run(start, end)
     profile()
-    delta = {k: v - before[k] for k, v in metrics(port).items()}
-    span.append(time.monotonic())
-    broken = {k: int(v - breaks.get(k, 0)) for k, v in chain_breaks(port).items()}
+    if not after:
+        end()
+    delta = {k: v - before[k] for k, v in after["metrics"].items()}
+    broken = {k: int(v - breaks.get(k, 0)) for k, v in after["breaks"].items()}
     busy, steps = delta["busy_seconds"] or float("nan"), max(1.0, delta["steps"])
-    per_step = {k: round((v - parts.get(k, 0)) / steps * 1e3, 3) for k, v in phases(port).items()}
+    per_step = {k: round((v - parts.get(k, 0)) / steps * 1e3, 3) for k, v in after["parts"].items()}
     return {"point": point, "tokens": int(delta["tokens_generated"]), "seconds": round(seconds, 3),
             "tok_per_s": round(delta["tokens_generated"] / seconds, 1), "steps": int(delta["steps"]),
             "chained": int(delta["steps_chained"]),
@@ -122,35 +130,42 @@ def load_points(port: int, folder: Path, args: argparse.Namespace, eos: int,
     env = {**os.environ, **OFFLINE_ENV}
     n, streams, rounds, prompt = args.new_tokens, args.streams, args.rounds, args.prompt_tokens
 
-    def free(s: int, r: int, start: Any = None) -> tuple[float, list[str]]:
-        if start:
-            start()
-        return asyncio.run(free_streams(port, name, s, r, n, prompt, eos))
+    def window(start: Any, end: Any) -> Window | None:
+        """With ``--window``: the steady-state window (its edges read the counters)."""
+        if start is None or not args.window:
+            if start:
+                start()
+            return None
+        return Window(args.window, start, end, ramp=args.ramp)
 
-    def openai(s: int, r: int, schema: dict[str, Any] | None, start: Any = None) -> tuple[float, list[str]]:
-        if start:
-            start()
-        seconds, _, errors = asyncio.run(openai_completions(port, name, s, r, n, prompt, eos, schema))
+    def free(s: int, r: int, start: Any = None, end: Any = None) -> tuple[float, list[str]]:
+        return asyncio.run(free_streams(port, name, s, r, n, prompt, eos, window(start, end)))
+
+    def openai(s: int, r: int, schema: dict[str, Any] | None, start: Any = None,
+               end: Any = None) -> tuple[float, list[str]]:
+        seconds, _, errors = asyncio.run(openai_completions(port, name, s, r, n, prompt, eos, schema,
+                                                            window(start, end)))
         return seconds, errors
 
-    def lmql_programs(start: Any) -> tuple[float, list[str]]:
+    def lmql_programs(start: Any, end: Any) -> tuple[float, list[str]]:
+        steady = Window(args.window, start, end, ramp=args.ramp) if args.window else None
         seconds, _, errors = program_clients(endpoint, folder, streams, args.client_procs, rounds, n, env,
-                                             start)
+                                             (lambda: None) if steady else start, steady)
         return seconds, errors
 
     free(min(8, streams), 1)  # warm-up: each path once (the programs warm up in their clients)
     points = []
     if args.only in (None, "a", "ab"):
         points += [measured(port, f"(a) {streams} free LMTP streams",
-                            lambda start: free(streams, rounds, start), profile),
+                            lambda start, end: free(streams, rounds, start, end), profile),
                    measured(port, f"(a) {streams} constrained LMQL programs", lmql_programs, profile)]
     if args.only in (None, "b", "ab"):
         openai(min(8, streams), 1, None)
         openai(min(8, streams), 1, SCHEMA)
         points += [measured(port, f"(b) {streams} free OpenAI completions",
-                            lambda start: openai(streams, rounds, None, start), profile),
+                            lambda start, end: openai(streams, rounds, None, start, end), profile),
                    measured(port, f"(b) {streams} OpenAI JSON-schema completions",
-                            lambda start: openai(streams, rounds, SCHEMA, start), profile)]
+                            lambda start, end: openai(streams, rounds, SCHEMA, start, end), profile)]
     return points
 
 
@@ -232,6 +247,13 @@ def parse_args() -> argparse.Namespace:
                         help="with --sample-stacks: count the engine thread's C calls by caller (slow)")
     parser.add_argument("--only", choices=["a", "b", "ab"],
                         help="only point (a), (b) or both, with (c)'s shares; no (d)")
+    parser.add_argument("--window", type=float, default=0.0, metavar="SECONDS",
+                        help="(a), (b): measure a steady state instead of whole runs: every client "
+                             "keeps requests (programs) in flight, one after another, and the counters "
+                             "are read over SECONDS after --ramp (no tail of the slowest clients' last "
+                             "requests, whose lengths differ between the kinds of program)")
+    parser.add_argument("--ramp", type=float, default=1.0, metavar="SECONDS",
+                        help="with --window: how long the clients run before it starts")
     parser.add_argument("--chain-steps", action="store_true",
                         help="chained steps on the CPU too (a GPU with CUDA graphs chains anyway): "
                              "counts the steps that chain, as the GPU would")

@@ -11,6 +11,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 6", carry=[".whl"])   # 3's first and third steps
 #   run(command="bash benchmarks/gpu_next.sh 7", carry=[".whl"])   # main's OpenAI runs, then .whl/var/*/src's
 #   run(command="bash benchmarks/gpu_next.sh 8", carry=[".whl"])   # main's OpenAI runs, 4 rounds
+#   run(command="bash benchmarks/gpu_next.sh 9", carry=[".whl"])   # issue 31 (a), (b) in a steady window
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -71,6 +72,10 @@ elif [ "$part" = 5 ] || [ "$part" = 7 ] || [ "$part" = 8 ]; then  # the OpenAI b
             step 110 env PYTHONPATH="$PWD/$variant" python3 $openai
         done
     fi
+elif [ "$part" = 9 ]; then  # issue 31 (a), (b): whole runs, then a steady window; (a) on .whl/base/src
+    step 110 python3 benchmarks/constraints_gpu.py --only ab
+    step 90 python3 benchmarks/constraints_gpu.py --only ab --window 4
+    step 80 env PYTHONPATH="$PWD/.whl/base/src" python3 benchmarks/constraints_gpu.py --only a --window 4
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
