@@ -269,13 +269,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def report_points(points: list[dict[str, Any]]) -> None:
-    print("| point | tokens | s | tok/s | vs free | steps (chained) | engine busy | mask fill µs/step "
-          "| fill | wait | following | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    # tokens a step: the batch's rows that produced a token (its occupancy, forced tokens aside)
+    print("| point | tokens | s | tok/s | vs free | steps (chained) | tokens a step | engine busy "
+          "| mask fill µs/step | fill | wait | following | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, p in enumerate(points):
         ratio = f"{p['tok_per_s'] / points[i - 1]['tok_per_s']:.2f}x" if i % 2 else "-"
         print(f"| {p['point']} | {p['tokens']} | {p['seconds']} | {p['tok_per_s']} | {ratio} "
-              f"| {p['steps']} ({p['chained']}) | {p['busy_share']:.0%} | {p['fill_us_per_step']} "
+              f"| {p['steps']} ({p['chained']}) | {p['tokens'] / max(1, p['steps']):.1f} "
+              f"| {p['busy_share']:.0%} | {p['fill_us_per_step']} "
               f"| {p['fill_share']:.1%} | {p['wait_share']:.1%} "
               f"| {p['following_share']:.1%} | {p['errors']} |")
     for p in points:
