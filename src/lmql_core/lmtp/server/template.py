@@ -132,8 +132,10 @@ class TemplateRun:
     def _after(self, progress: _Progress, ids: list[int], vocab: Vocabulary) -> _Progress | None:
         """Where the template stands after ``progress``'s hole ended with ``ids``: the next hole,
         its prompt and the values before it (its rule not bound yet); None: it has ended."""
+        if progress.index == len(self.template.holes) - 1:
+            return None
         prompt_text = _prompt_text(progress.rule, vocab, ids)
-        if prompt_text is None or progress.index == len(self.template.holes) - 1:
+        if prompt_text is None:
             return None
         following = self.template.texts[progress.index]
         prompt = vocab.prompt_after(progress.prompt, ids, vocab.decode(ids), prompt_text, following)
