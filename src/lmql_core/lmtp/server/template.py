@@ -30,7 +30,7 @@ from lmql_core.constraints.tree import Decided
 from lmql_core.constraints.vocabulary import Vocabulary, slow_masks_deferred
 from lmql_core.engine.mask_constraint import MaskConstraint, mask_words
 from lmql_core.engine.sequence import SamplingParams, Sequence, Sink, TokenEvent
-from lmql_core.errors import LMQLError, shown
+from lmql_core.errors import LMQLError, RequestError, shown
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.template import Hole, Template
 from lmql_core.loading.model_host import LoadedModel
@@ -107,10 +107,8 @@ class TemplateRun:
             await asyncio.to_thread(vocab.prepare)
         self._vocab = vocab
         while True:
-            progress = self._progress
+            self._progress = progress = self._bound(self._progress, vocab)
             hole = self.template.holes[progress.index]
-            rule = hole.rule.bound(progress.values, vocab) if hole.rule is not None else None
-            self._progress = progress = _Progress(progress.index, progress.prompt, progress.values, rule)
             budget = hole.max_length - len(progress.prompt)
             ids: list[int]
             last: dict[str, Any]
@@ -118,7 +116,7 @@ class TemplateRun:
                 ids, last = [], {"stream_id": self.stream_id}
             else:
                 self.check_context(self.model, len(progress.prompt))
-                ended = await self._generate(hole, rule, progress.prompt, budget)
+                ended = await self._generate(hole, progress.rule, progress.prompt, budget)
                 if ended is None:
                     return
                 ids, last = ended
@@ -128,6 +126,12 @@ class TemplateRun:
             if following is None:
                 return
             self._progress = following
+
+    def _bound(self, progress: _Progress, vocab: Vocabulary) -> _Progress:
+        """``progress`` with its hole's rule bound to the values before it."""
+        rule = self.template.holes[progress.index].rule
+        return _Progress(progress.index, progress.prompt, progress.values,
+                         rule.bound(progress.values, vocab) if rule is not None else None)
 
     def _after(self, progress: _Progress, ids: list[int], vocab: Vocabulary) -> _Progress | None:
         """Where the template stands after ``progress``'s hole ended with ``ids``: the next hole,
@@ -185,19 +189,21 @@ class TemplateRun:
             return None
         hole = self.template.holes[following.index]
         budget = hole.max_length - len(following.prompt)
-        limit = self.model.backend.max_context
-        if budget <= 0 or (limit is not None and len(following.prompt) >= limit):
+        if budget <= 0:
             return None
-        rule = hole.rule.bound(following.values, vocab) if hole.rule is not None else None
-        params = self._params(hole, rule, budget)
+        try:
+            self.check_context(self.model, len(following.prompt))
+        except RequestError:  # the event loop ends the stream with it
+            return None
+        following = self._bound(following, vocab)
+        params = self._params(hole, following.rule, budget)
         if params.constraint is not None:
             try:
                 with slow_masks_deferred():
                     params.constraint.prepare([])
             except MaskPending:
                 return None
-        self._next = _Next(Sequence(self.stream_id, list(following.prompt), params, self.sink),
-                           _Progress(following.index, following.prompt, following.values, rule))
+        self._next = _Next(Sequence(self.stream_id, list(following.prompt), params, self.sink), following)
         return self._next.seq
 
     def started(self, seq: Sequence) -> None:
