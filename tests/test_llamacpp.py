@@ -233,7 +233,8 @@ def test_server_hands_out_the_vocabulary_in_the_gguf_file(server: Server, gguf_p
     llm = lmql.model(f"llama.cpp:{gguf_path}", endpoint=server.endpoint)
     info = llm.model_info_sync()["model_info"]
     assert info["extensions"] == {"tokenizer": hf_llm.tokenizer.fingerprint(), "text": True, "cancel": True,
-                                  "constraints": ["regex", "grammar", "json_schema"], "template": 1}
+                                  "constraints": ["regex", "grammar", "json_schema"], "template": 1,
+                                  "chat": False}
     for prompt in [*PROMPTS, "naïve café 日本語 🙂\n\n  spaces"]:
         assert llm.encode_prompt(prompt) == hf_llm.encode_prompt(prompt)
     assert llm.generate_sync(PROMPTS[2], max_tokens=12) == hf_llm.generate_sync(PROMPTS[2], max_tokens=12)

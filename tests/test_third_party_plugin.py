@@ -133,7 +133,7 @@ def test_local_models_offer_the_registered_tokenizer() -> None:
     tokenizer.json of its own: text mode and TOKENIZER are offered, as over a socket."""
     info = lmql.model("local:counting:offered").model_info_sync()["model_info"]
     assert info["extensions"] == {"tokenizer": "bytes-256-None", "text": True, "cancel": True,
-                                  "constraints": [], "template": None}  # no EOS: a grammar could not end
+                                  "constraints": [], "template": None, "chat": False}  # no EOS: a grammar could not end
 
 
 def test_text_mode_without_a_tokenizer_is_an_error_and_the_server_lives_on() -> None:
@@ -158,7 +158,7 @@ def test_text_mode_without_a_tokenizer_is_an_error_and_the_server_lives_on() -> 
     assert "no tokenizer to send for 'counting:no-tokenizer'" in offer["error"]
     assert [e["token"] for e in tokens] == [98, 99]
     assert info["extensions"] == {"tokenizer": None, "text": False, "cancel": True, "constraints": [],
-                                  "template": None}
+                                  "template": None, "chat": False}
 
 
 def test_a_plugin_adds_a_subcommand_but_cannot_replace_the_cores() -> None:

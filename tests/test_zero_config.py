@@ -28,7 +28,8 @@ def test_model_info_advertises_the_extensions(tiny_server: Server) -> None:
     info = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint).model_info_sync()["model_info"]
     llm = lmql.model("lmql-tiny", endpoint=tiny_server.endpoint)
     assert info["extensions"] == {"tokenizer": llm.tokenizer.fingerprint(), "text": True, "cancel": True,
-                                  "constraints": ["regex", "grammar", "json_schema"], "template": 1}
+                                  "constraints": ["regex", "grammar", "json_schema"], "template": 1,
+                                  "chat": True}
 
 
 def test_client_without_tokenizer_files_uses_the_servers(tiny_server: Server, tmp_path: Path) -> None:

@@ -70,10 +70,14 @@ class ServeModelCommand(click.Command):
               help="Refuse connections that do not present this token (env: LMQL_AUTH_TOKEN).")
 @click.option("--no-openai", is_flag=True, help="Do not serve OpenAI's HTTP API (/v1/completions, ...) "
               "beside LMTP.")
+@click.option("--openai-processes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Serve OpenAI's HTTP API from N processes of its own, which pass requests to the "
+              "engine in LMTP's batched frames: for many concurrent OpenAI clients (0: on the server's "
+              "event loop).")
 @click.pass_context
 def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, port: int,
                 cuda: bool, dtype: str | None, load_on_demand: bool, auth_token: str | None,
-                no_openai: bool, **limit_values: Any) -> None:
+                no_openai: bool, openai_processes: int, **limit_values: Any) -> None:
     """Load MODEL once and serve it over LMTP (websocket) and OpenAI's HTTP API (/v1) until Ctrl-C or SIGTERM.
 
     MODEL is a model identifier: a Hugging Face name or folder (backend hf), `llama.cpp:PATH.gguf`,
@@ -90,7 +94,7 @@ def serve_model(ctx: click.Context, model: str, backend: str | None, host: str, 
         try:
             serve(model, host=host, port=port, cuda=cuda, dtype=dtype, backend=backend,
                   load_on_demand=load_on_demand, limits=limits, auth_token=auth_token,
-                  openai=not no_openai, **loader_kwargs)
+                  openai=not no_openai, openai_processes=openai_processes, **loader_kwargs)
         except PortInUse as error:
             raise error.command_line() from None
     _exit_without_finalizing()

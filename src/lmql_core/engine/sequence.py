@@ -99,6 +99,8 @@ class Sequence:
     num_fed: int = 0  # tokens the backend has seen
     status: Status = Status.WAITING  # changed by the scheduler only (and HELD by ``Holds``' scheduler calls)
     max_generated: int = 0  # set by the engine: max_tokens, or fewer where the context ends first
+    # the LMTP body it was made from, checked (what an OpenAI front-end passes on to the engine)
+    request: dict[str, Any] | None = field(default=None, repr=False)
 
     def limit_to(self, max_context: int | None) -> None:
         """Set ``max_generated``: max_tokens, or fewer where the context ends first."""

@@ -19,6 +19,11 @@ from lmql_core.lmtp.limits import Limits
 # Commands beyond LMQL 0.7, each advertised in MODEL_INFO's ``model_info.extensions``.
 TOKENIZER = "TOKENIZER"  # the served model's tokenizer
 CANCEL = "CANCEL"  # stop a stream and free it; no answer (unknown and finished ids are ignored)
+CHAT = "CHAT"  # the prompt a model's chat template makes of "messages" (MSG "chat_prompt")
+# an OpenAI front-end process's connection (serving/frontends.py): the header with its secret,
+# and its frames for the metrics (HTTP requests since the last one, requests in flight now)
+FRONTEND_HEADER = "X-LMQL-Frontend"
+TRAFFIC = "TRAFFIC"
 
 # GENERATE fields beyond LMQL 0.7 (the "constraints" extension in MODEL_INFO lists those served):
 # the output must match a regex, a grammar (Lark-like, llguidance's syntax) or a JSON schema

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from lmql_core.base.backend import Backend, contract_problems
+from lmql_core.base.backend import Backend, ChatTemplates, contract_problems
 from lmql_core.base.options import format_kwargs
 from lmql_core.engine.constraints import GrammarCompiler
 from lmql_core.engine.engine import Engine
@@ -74,13 +74,15 @@ class LoadedModel:
     def extensions(self) -> dict[str, Any]:
         """LMTP extensions this model supports, advertised in MODEL_INFO (LMQL 0.7 ignores them):
         the fingerprint of a tokenizer it can send (TOKENIZER), text mode, CANCEL, the
-        constraints a GENERATE may carry (``wire.CONSTRAINT_FIELDS``; they need a tokenizer), and
+        constraints a GENERATE may carry (``wire.CONSTRAINT_FIELDS``; they need a tokenizer), CHAT
+        (the backend renders chat templates), and
         the version of the template extension (``lmtp/template.py``; None: not run)."""
         tokenizer = self.tokenizer  # asked, not spec()'d: a spec holds the whole vocabulary
         runs_templates = self.runs_templates()  # what constraints need too, with llguidance
         constraints = list(wire.CONSTRAINT_FIELDS) if runs_templates and constraints_installed() else []
         return {"tokenizer": tokenizer.fingerprint() if sendable(tokenizer) else None,
                 "text": tokenizer is not None, "cancel": True, "constraints": constraints,
+                "chat": isinstance(self.backend, ChatTemplates),
                 "template": TEMPLATE_VERSION if runs_templates else None}
 
     def runs_templates(self) -> bool:

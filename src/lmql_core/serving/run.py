@@ -25,12 +25,13 @@ from lmql_core.base.options import format_kwargs
 from lmql_core.errors import LMQLError
 from lmql_core.lmtp.limits import DEFAULT_HOST, DEFAULT_MODEL, DEFAULT_PORT, Limits
 from lmql_core.lmtp.server import gc_pauses
-from lmql_core.lmtp.server.app import GUARD_KEY, make_app, shut_down
+from lmql_core.lmtp.server.app import FRONTEND_SECRET_KEY, GUARD_KEY, make_app, shut_down
 from lmql_core.lmtp.server.guard import GuardedSockSite
 from lmql_core.loading import plugin_manager
 from lmql_core.loading.identifiers import ModelId, parse_model_id
 from lmql_core.loading.model_host import ModelHost, load_model
 from lmql_core.openai_compat import http as openai_http
+from lmql_core.serving.frontends import Frontends, loopback_url
 
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 # The engine thread and the event loop take turns for the interpreter's lock several times a
@@ -46,7 +47,7 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = DEFAULT_HOST, port: int = D
           cuda: bool = False, dtype: str | None = None, backend: str | None = None,
           load_on_demand: bool = False, limits: Limits | None = None,
           auth_token: str | None = None, background: bool = False, openai: bool = True,
-          **loader_kwargs: Any) -> RunningServer | None:
+          openai_processes: int = 0, **loader_kwargs: Any) -> RunningServer | None:
     """Load ``model`` and serve it over LMTP on ``ws://host:port/`` and (``openai``) OpenAI's
     HTTP API on ``http://host:port/v1``.
 
@@ -54,8 +55,10 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = DEFAULT_HOST, port: int = D
     SIGTERM or Ctrl-C (KeyboardInterrupt); with ``background=True`` returns a ``RunningServer``
     once it serves (``.endpoint``, ``.stop()``, usable as a context manager). ``port=0`` picks a
     free port. ``auth_token`` (or ``LMQL_AUTH_TOKEN``) makes the server refuse connections
-    without it. The server's limits come as ``limits`` or by name (``max_streams_per_connection=8``,
-    the fields of ``lmtp.limits.Limits``); other keywords go to the backend's loader.
+    without it. ``openai_processes``: serve OpenAI's API from that many processes of its own
+    (``serving/frontends.py``; 0: on the server's event loop). The server's limits come as
+    ``limits`` or by name (``max_streams_per_connection=8``, the fields of ``lmtp.limits.Limits``);
+    other keywords go to the backend's loader.
     """
     limits = Limits.taken_from(loader_kwargs, limits)
     auth_token = auth_token or os.environ.get("LMQL_AUTH_TOKEN", "")
@@ -73,7 +76,9 @@ def serve(model: str = DEFAULT_MODEL, *, host: str = DEFAULT_HOST, port: int = D
         for listener in listeners:
             listener.close()
         raise
-    server = RunningServer(models, listeners, host, limits, auth_token, description, openai)
+    if openai_processes and not openai:
+        raise LMQLError("--openai-processes serves OpenAI's API: leave out --no-openai")
+    server = RunningServer(models, listeners, host, limits, auth_token, description, openai, openai_processes)
     if background:  # leaves the interpreter's settings alone: the process is the caller's
         return server.start(how_to_stop="server.stop() or leaving its with-block stops it")
     _tune_process_for_serving()
@@ -201,7 +206,8 @@ class RunningServer:
     """
 
     def __init__(self, models: ModelHost, listeners: list[socket.socket], host: str,
-                 limits: Limits | None, auth_token: str, description: str, openai: bool = True) -> None:
+                 limits: Limits | None, auth_token: str, description: str, openai: bool = True,
+                 openai_processes: int = 0) -> None:
         self.models = models
         self.listeners = listeners
         self.host = host
@@ -211,6 +217,7 @@ class RunningServer:
         self.auth_token = auth_token
         self.description = description
         self.openai = openai
+        self.openai_processes = openai_processes
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -227,7 +234,8 @@ class RunningServer:
                 self._loop.add_signal_handler(sig, self._on_signal)
         try:
             await run_server(self.models, self.listeners, self.limits, self.auth_token, openai=self.openai,
-                             stop=self._stop, on_serving=lambda: self._announce(how_to_stop))
+                             openai_processes=self.openai_processes, stop=self._stop,
+                             on_serving=lambda: self._announce(how_to_stop))
         except OSError as error:  # listen() lost a race for the port since bind()
             if self._serving.is_set():
                 raise
@@ -243,7 +251,8 @@ class RunningServer:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def _announce(self, how_to_stop: str) -> None:
-        openai = f" and OpenAI's API on [bold]http://{self.endpoint}/v1[/]" if self.openai else ""
+        processes = f" ({self.openai_processes} processes)" if self.openai_processes else ""
+        openai = f" and OpenAI's API on [bold]http://{self.endpoint}/v1[/]{processes}" if self.openai else ""
         console.print(f"[green]Ready:[/] {self.description}, serving LMTP on "
                       f"[bold]ws://{self.endpoint}/[/]{openai}; {how_to_stop}")
         self._serving.set()
@@ -294,18 +303,28 @@ class RunningServer:
 
 async def run_server(models: ModelHost, listeners: list[socket.socket],
                      limits: Limits | None = None, auth_token: str = "", *, openai: bool = True,
-                     stop: asyncio.Event, on_serving: Callable[[], None]) -> None:
+                     openai_processes: int = 0, stop: asyncio.Event, on_serving: Callable[[], None]) -> None:
     limits = limits or Limits()
     app = make_app(models, limits, auth_token)
     if openai:
         openai_http.add_routes(app)
+    frontends = Frontends(openai_processes, limits, auth_token) if openai_processes else None
+    if frontends is not None:
+        app[FRONTEND_SECRET_KEY] = frontends.secret
+        app[GUARD_KEY].hand_over = frontends
     # shut_down has ended every connection before the runner's cleanup waits on them
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    for listener in listeners:
-        await GuardedSockSite(runner, listener, app[GUARD_KEY], backlog=LISTEN_BACKLOG).start()
-    on_serving()
-    await stop.wait()
-    console.print(f"Shutting down: ending open streams (at most {limits.shutdown_grace_s:g} s)")
-    await shut_down(app, limits.shutdown_grace_s)  # in-flight streams get an error entry
-    await runner.cleanup()
+    try:
+        for listener in listeners:
+            await GuardedSockSite(runner, listener, app[GUARD_KEY], backlog=LISTEN_BACKLOG).start()
+        if frontends is not None:
+            await frontends.start(loopback_url(listeners[0]), list(models.models))
+        on_serving()
+        await stop.wait()
+        console.print(f"Shutting down: ending open streams (at most {limits.shutdown_grace_s:g} s)")
+        await shut_down(app, limits.shutdown_grace_s)  # in-flight streams get an error entry
+    finally:
+        if frontends is not None:  # (they answer what they hold, then exit)
+            await asyncio.to_thread(frontends.stop)
+        await runner.cleanup()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
+from lmql_core.errors import RequestError
 from lmql_core.lmtp import wire
 from lmql_core.lmtp.server.connection import Connection
 from lmql_core.lmtp.server.guard import ConnectionGuard
@@ -28,6 +30,7 @@ TOKEN_KEY = web.AppKey("auth_token", str)
 CONNECTIONS_KEY = web.AppKey("connections", set)
 GUARD_KEY = web.AppKey("guard", ConnectionGuard)
 TRAFFIC_KEY = web.AppKey("traffic", Traffic)
+FRONTEND_SECRET_KEY = web.AppKey("frontend_secret", str)  # what front-end processes show (frontends.py)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -50,6 +53,9 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
     if not authorized(request):
         raise web.HTTPUnauthorized(text="this LMTP server needs a token (--auth-token)\n")
     limits = request.app[LIMITS_KEY]
+    frontend = FrontendTraffic.of(request)  # an OpenAI front-end process's streams, not a client's
+    if frontend is not None:
+        limits = frontend.limits(limits)
     ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, heartbeat=30, compress=False)
     await ws.prepare(request)
     connection = Connection(request, ws, limits)
@@ -57,11 +63,15 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
     connection.start(session)
     request.app[CONNECTIONS_KEY].add(connection)
     traffic = request.app[TRAFFIC_KEY]
-    traffic.clients["lmtp"] += 1
+    traffic.clients["lmtp" if frontend is None else "frontends"] += 1
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                traffic.requests["lmtp"] += 1
+                if frontend is not None:
+                    if frontend.told(msg.data):
+                        continue
+                else:
+                    traffic.requests["lmtp"] += 1
                 await session.handle_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 connection.send("TOKEN", [{"stream_id": None,
@@ -69,11 +79,55 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
             elif msg.type == WSMsgType.ERROR:
                 log.info("connection error: %s", ws.exception())
     finally:
-        traffic.clients["lmtp"] -= 1
+        if frontend is None:
+            traffic.clients["lmtp"] -= 1
+        else:
+            traffic.clients["frontends"] -= 1
+            frontend.gone()
         request.app[CONNECTIONS_KEY].discard(connection)
         session.close()
         await connection.close()
     return ws
+
+
+class FrontendTraffic:
+    """An OpenAI front-end process's LMTP connection (``serving/frontends.py``): its session may run
+    the streams of all the front-end's requests, and it reports the HTTP requests it takes for
+    the metrics (TRAFFIC frames, which are not LMTP requests)."""
+
+    def __init__(self, traffic: Traffic) -> None:
+        self.traffic = traffic
+        self.clients = 0  # the front-end's requests in flight, as it last said
+
+    @classmethod
+    def of(cls, request: web.Request) -> FrontendTraffic | None:
+        secret = request.app[FRONTEND_SECRET_KEY]
+        given = request.headers.get(wire.FRONTEND_HEADER, "")
+        if not secret or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode()):
+            return None
+        return cls(request.app[TRAFFIC_KEY])
+
+    @staticmethod
+    def limits(limits: wire.Limits) -> wire.Limits:
+        """Its requests' limits are checked by the front-end, request by request."""
+        return dataclasses.replace(limits, max_streams_per_connection=limits.max_streams_per_connection
+                                   * limits.max_connections, max_outgoing_bytes=4 * limits.max_outgoing_bytes)
+
+    def told(self, text: str) -> bool:
+        """Whether ``text`` was a TRAFFIC frame (taken here)."""
+        if not text.startswith(wire.TRAFFIC):
+            return False
+        with contextlib.suppress(RequestError, TypeError, ValueError):
+            _, news = wire.parse_frame(text)
+            requests, clients = int(news["requests"]), int(news["clients"])
+            self.traffic.requests["openai"] += max(0, requests)
+            self.traffic.clients["openai"] += clients - self.clients
+            self.clients = clients
+        return True
+
+    def gone(self) -> None:
+        self.traffic.clients["openai"] -= self.clients
+        self.clients = 0
 
 
 async def shut_down(app: web.Application, grace_s: float) -> None:
@@ -144,7 +198,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def make_app(host: ModelHost, limits: wire.Limits | None = None, auth_token: str = "") -> web.Application:
+def base_app(host: ModelHost, limits: wire.Limits | None = None, auth_token: str = "") -> web.Application:
+    """An application with the server's state and no routes (``make_app``; a front-end's)."""
     app = web.Application(middlewares=[_handshake_done])
     app[HOST_KEY] = host
     app[LIMITS_KEY] = limits or wire.Limits()
@@ -152,6 +207,12 @@ def make_app(host: ModelHost, limits: wire.Limits | None = None, auth_token: str
     app[CONNECTIONS_KEY] = set()
     app[GUARD_KEY] = ConnectionGuard(app[LIMITS_KEY])
     app[TRAFFIC_KEY] = Traffic()
+    app[FRONTEND_SECRET_KEY] = ""
+    return app
+
+
+def make_app(host: ModelHost, limits: wire.Limits | None = None, auth_token: str = "") -> web.Application:
+    app = base_app(host, limits, auth_token)
     app.router.add_get("/", lmtp_socket)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -9,20 +9,32 @@ cannot pile up and hold file descriptors. At shutdown, ``abort_all`` ends what i
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from lmql_core.lmtp.wire import Limits
 
 REFUSAL_LINGER_S = 1.0  # a refused client gets this long to read the 503 before the socket closes
+SNIFF_BYTES = 8192  # a connection's first bytes looked at, at most, to tell where it goes (HandOver)
+
+
+class HandOver(Protocol):
+    """Where connections may go instead (``serving/frontends.py``: OpenAI front-end processes)."""
+
+    def wants(self, head: bytes) -> bool | None:
+        """Whether a connection whose first bytes are ``head`` goes there; None: too few to tell."""
+
+    def take(self, transport: asyncio.Transport, head: bytes) -> bool:
+        """Hand the connection over, with the bytes read from it so far; False: it stays here."""
 
 
 class ConnectionGuard:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, hand_over: HandOver | None = None) -> None:
         self.limits = limits
         self.open: dict[asyncio.Transport, GuardedProtocol] = {}
         self.closing = False  # shutting down: new connections are refused
+        self.hand_over = hand_over
 
     def handshake_done(self, transport: Any) -> None:
         protocol = self.open.get(transport)
@@ -45,12 +57,15 @@ class ConnectionGuard:
 class GuardedProtocol(asyncio.Protocol):
     """aiohttp's protocol for one connection, wrapped: it sees the connection only if admitted."""
 
-    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
+    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard, head: bytes = b"") -> None:
+        """``head``: bytes already read from the connection (by the process that handed it over)."""
         self.inner = inner
         self.guard = guard
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._admitted = False
+        self._head = head
+        self._sniffed: bytes | None = None if guard.hand_over is None else b""  # (HandOver.wants)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -65,6 +80,8 @@ class GuardedProtocol(asyncio.Protocol):
         self.guard.open[transport] = self
         self._timer = loop.call_later(self.guard.limits.handshake_timeout_s, transport.abort)
         self.inner.connection_made(transport)
+        if self._head:
+            self.inner.data_received(self._head)
 
     def handshake_done(self) -> None:
         if self._timer is not None:
@@ -72,8 +89,24 @@ class GuardedProtocol(asyncio.Protocol):
             self._timer = None
 
     def data_received(self, data: bytes) -> None:
-        if self._admitted:
+        if self._admitted and self._sniffed is not None:
+            data = self._sniff(data)
+        if self._admitted and data:
             self.inner.data_received(data)
+
+    def _sniff(self, data: bytes) -> bytes:
+        """The connection's bytes so far if it stays here, once that is known; else nothing."""
+        hand_over = self.guard.hand_over
+        assert self._sniffed is not None and hand_over is not None and self.transport is not None
+        head = self._sniffed + data
+        wanted = hand_over.wants(head)
+        if wanted is None and len(head) < SNIFF_BYTES:
+            self._sniffed = head
+            return b""
+        self._sniffed = None
+        if wanted and hand_over.take(self.transport, head):
+            return b""
+        return head
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self._admitted else None

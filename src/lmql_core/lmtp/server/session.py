@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from lmql_core.base.backend import ChatTemplates
 from lmql_core.engine.constraints import Constraint, GrammarError, GrammarSpec
 from lmql_core.engine.sequence import Finish, Kind, SamplingParams, Sequence, TokenEvent
 from lmql_core.errors import LMQLError, RequestError, shown
@@ -114,7 +115,7 @@ class Session:
 
     def _handlers(self) -> dict[str, Callable[[Any, dict[str, Any]], Any]]:
         return {"GENERATE": self._generate, "SCORE": self._score, "MODEL_INFO": self._model_info,
-                wire.TOKENIZER: self._tokenizer, wire.CANCEL: self._cancel}
+                wire.TOKENIZER: self._tokenizer, wire.CANCEL: self._cancel, wire.CHAT: self._chat}
 
     async def model(self, name: Any) -> LoadedModel:
         """The served model named ``name`` (loaded now where the server loads on demand)."""
@@ -141,7 +142,7 @@ class Session:
             follow_forced = wire.fast_forward(body)
             params.constraint = await compile_constraint(model, *asked)
             params.constraint.fast_forward = follow_forced
-        self._start(Sequence(stream_id, prompt, params, self._deliver), model)
+        self._start(Sequence(stream_id, prompt, params, self._deliver, request=body), model)
         if text_mode:
             assert model.tokenizer is not None
             skip = {model.tokenizer.eos_token_id} if model.tokenizer.eos_token_id is not None else set()
@@ -191,7 +192,8 @@ class Session:
             prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
             scored = wire.token_list(body.get("scored"), "scored", vocab)
         self._check_context(model, len(prompt) + len(scored))
-        seq = Sequence(stream_id, prompt, SamplingParams(max_tokens=0), self._deliver, Kind.SCORE, scored)
+        seq = Sequence(stream_id, prompt, SamplingParams(max_tokens=0), self._deliver, Kind.SCORE, scored,
+                       request=body)
         self._start(seq, model)
 
     def encode(self, model: LoadedModel, value: Any, field: str, bos: bool) -> list[int]:
@@ -219,6 +221,19 @@ class Session:
         model = await self.model(body.get("model"))
         self._send("MSG", [{"stream_id": stream_id, "model": model.model_id.served_name,
                             "model_info": model.info()}])
+
+    async def _chat(self, stream_id: Any, body: dict[str, Any]) -> None:
+        """CHAT (an extension, what OpenAI front-end processes ask): the prompt the model's chat
+        template makes of ``messages`` (None: it has none), answered as MSG ``chat_prompt``."""
+        model = await self.model(body.get("model"))
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise RequestError("'messages' must be a list of objects")
+        prompt = None
+        if isinstance(model.backend, ChatTemplates):  # off the loop: the first call loads the template
+            prompt = await asyncio.to_thread(model.backend.chat_prompt, messages)
+        name = model.model_id.served_name
+        self._send("MSG", [{"stream_id": stream_id, "model": name, "chat_prompt": prompt}])
 
     async def _cancel(self, stream_id: Any, body: dict[str, Any]) -> None:
         """CANCEL (an extension): stop the stream and free it. Nothing is answered; a stream

@@ -1,0 +1,200 @@
+"""OpenAI's HTTP API served by front-end processes (`lmql serve-model --openai-processes N`): the
+same answers and errors as when the server's own process serves it (the tests of those modules
+run here again, against servers with front-ends), LMTP on the same port, and the processes'
+lives: counted in the server's metrics, gone with the server, one lost without losing the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmql_core.openai_compat.frontend import TRAFFIC_EVERY_S
+from tests.conftest import Server, read_metric, server_metric, wait_until
+from tests.openai_fixtures import TOKEN, assert_openai_error, chat_model, client, lmtp_stream, post
+from tests.test_constraints_openai import (  # noqa: F401 (collected here, against these servers)
+    test_bad_structured_outputs_are_400,
+    test_chat_with_response_format,
+    test_regex_as_vllm_asks_gives_the_reference_text,
+    test_response_format_json_schema,
+)
+from tests.test_openai_http_errors import (  # noqa: F401
+    ENDLESS,
+    test_a_client_that_goes_away_stops_its_streams,
+    test_bad_requests_are_400,
+    test_max_tokens_past_the_context_is_400,
+    test_missing_or_wrong_key_is_401,
+    test_more_streams_than_allowed_is_429,
+    test_oversized_body_is_413,
+    test_unknown_model_is_404,
+    test_unknown_routes_are_404_in_openais_shape,
+)
+from tests.test_openai_server import (  # noqa: F401
+    PROMPT,
+    test_chat_renders_the_models_template,
+    test_chat_streams_and_n,
+    test_chat_without_a_template_is_a_clear_error,
+    test_echo_gives_the_prompts_logprobs_as_transformers,
+    test_errors_reach_the_client_as_its_exceptions,
+    test_greedy_completion_equals_lmtp,
+    test_logit_bias_as_lmtp,
+    test_n_choices_with_a_seed_repeat_exactly,
+    test_prompts_as_token_ids_and_lists,
+    test_stop_strings_cut_the_text,
+    test_stop_token_ids_end_the_choice,
+    test_streamed_choices_with_echo_equal_the_whole_answer,
+    test_streaming_equals_the_whole_answer,
+    test_tokenize_and_detokenize_as_vllm,
+    test_tokens_by_id_as_vllm_names_them,
+    test_top_k_one_samples_the_greedy_text,
+)
+
+FRONTENDS = "2"
+
+
+def with_frontends(model: str, *args: str) -> Server:
+    """A server with front-end processes, once it says Ready (they serve from then on)."""
+    server = Server(model, "--openai-processes", FRONTENDS, *args)
+    server.wait_ready(lambda: "Ready:" in server.output(), timeout=120)
+    return server
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Iterator[Server]:
+    server = with_frontends("lmql-tiny")
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from tests.openai_fixtures import MAX_BODY, MAX_STREAMS
+
+    path = chat_model(tmp_path_factory.mktemp("chat"))
+    server = with_frontends(str(path), "--auth-token", TOKEN, "--max-frame-bytes", str(MAX_BODY),
+                            "--max-streams", str(MAX_STREAMS))
+    server.model = str(path)  # type: ignore[attr-defined]
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+def frontend_pids(server: Server) -> list[int]:
+    """The server's child processes that are front-ends (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        parent = int(status.split("PPid:")[1].split()[0])
+        if parent == server.proc.pid and b"openai_compat.frontend" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def metrics(server: Server) -> str:
+    with urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def test_the_api_is_served_by_the_front_end_processes(tiny: Server) -> None:
+    assert len(frontend_pids(tiny)) == int(FRONTENDS)
+    # the server's process gets the request as a front-end's LMTP streams, which are not an LMTP
+    # client's requests: its LMTP request count does not move
+    before = read_metric(metrics(tiny), "lmql_requests", "lmtp", label="transport")
+    answer = client(tiny).completions.create(model="lmql-tiny", prompt=PROMPT, max_tokens=5, temperature=0)
+    assert answer.usage is not None and answer.usage.completion_tokens == 5
+    assert read_metric(metrics(tiny), "lmql_requests", "lmtp", label="transport") == before
+    # and LMTP on the same port, as ever
+    assert len(lmtp_stream(tiny, {"model": "lmql-tiny", "text": PROMPT, "max_tokens": 3})) == 3
+    assert read_metric(metrics(tiny), "lmql_requests", "lmtp", label="transport") == before + 1
+
+
+def openai_requests(server: Server) -> float:
+    return read_metric(metrics(server), "lmql_requests", "openai", label="transport")
+
+
+def settled_openai_requests(server: Server) -> float:
+    """The count once the front-ends have told everything (they tell every TRAFFIC_EVERY_S)."""
+    last = openai_requests(server)
+    while True:
+        time.sleep(4 * TRAFFIC_EVERY_S)
+        now = openai_requests(server)
+        if now == last:
+            return now
+        last = now
+
+
+def test_metrics_count_the_front_ends_requests_by_transport(tiny: Server) -> None:
+    before = settled_openai_requests(tiny)
+    client(tiny).models.list()
+    client(tiny).completions.create(model="lmql-tiny", prompt=PROMPT, max_tokens=1)
+    wait_until(lambda: openai_requests(tiny) >= before + 2)
+    assert settled_openai_requests(tiny) == before + 2
+    assert read_metric(metrics(tiny), "lmql_clients", "openai", label="transport") == 0
+
+
+def test_another_route_on_a_handed_over_connection_says_where_to_ask(tiny: Server) -> None:
+    with socket.create_connection(("127.0.0.1", tiny.port), timeout=30) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"lmql-tiny" in _response(sock)
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # kept alive: still the front-end's
+        answer = _response(sock)
+    assert answer.startswith(b"HTTP/1.1 421") and b"on a new connection" in answer
+    assert "lmql_requests" in metrics(tiny)  # which a new connection gets
+
+
+def _response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def test_the_api_goes_on_when_a_front_end_dies_and_they_go_with_the_server() -> None:
+    server = with_frontends("lmql-tiny")
+    try:
+        pids = frontend_pids(server)
+        os.kill(pids[0], signal.SIGKILL)
+        wait_until(lambda: len(frontend_pids(server)) == 1)
+        for _ in range(4):  # new connections, round robin: each reaches the one left
+            status, answer = post(server, "/v1/completions", {"model": "lmql-tiny", "prompt": PROMPT,
+                                                              "max_tokens": 2})
+            assert status == 200 and answer["usage"]["completion_tokens"] == 2
+    finally:
+        assert server.stop() == 0, server.output()
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def test_shutdown_ends_the_front_ends_requests_in_flight_with_503() -> None:
+    server = with_frontends("lmql-tiny")
+    answers: list[tuple[int, Any]] = []
+    request = threading.Thread(target=lambda: answers.append(post(server, "/v1/completions", {**ENDLESS, "n": 4})))
+    request.start()
+    wait_until(lambda: server_metric(server, "lmql_active_sequences", "lmql-tiny") == 4)
+    time.sleep(0.2)
+    pids = frontend_pids(server)
+    assert server.stop() == 0, server.output()
+    request.join(30)
+    assert_openai_error(*answers[0], 503, "shutting down")
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
