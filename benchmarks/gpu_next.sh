@@ -12,6 +12,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 7", carry=[".whl"])   # main's OpenAI runs, then .whl/var/*/src's
 #   run(command="bash benchmarks/gpu_next.sh 8", carry=[".whl"])   # main's OpenAI runs, 4 rounds
 #   run(command="bash benchmarks/gpu_next.sh 9", carry=[".whl"])   # issue 31 (a), (b) in a steady window
+#   run(command="bash benchmarks/gpu_next.sh 10", carry=[".whl"])  # issue 29: OpenAI front-end processes
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -76,6 +77,14 @@ elif [ "$part" = 9 ]; then  # issue 31 (a), (b): whole runs, then a steady windo
     step 110 python3 benchmarks/constraints_gpu.py --only ab
     step 90 python3 benchmarks/constraints_gpu.py --only ab --window 4
     step 80 env PYTHONPATH="$PWD/.whl/base/src" python3 benchmarks/constraints_gpu.py --only a --window 4
+elif [ "$part" = 10 ]; then  # issue 29: the OpenAI burst served by 0 (the baseline), 4 and 2 front-ends
+    unset PYTHONDONTWRITEBYTECODE
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    openai="benchmarks/openai_vs_lmtp.py --model gpt2-medium --streams 64 --rounds 3 --processes 4"
+    step 120 python3 $openai
+    step 120 python3 $openai --openai-processes 4
+    step 120 python3 $openai --openai-processes 2
+    step 120 python3 $openai --openai-processes 4 --requests-per-stream 4
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

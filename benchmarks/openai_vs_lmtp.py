@@ -1,7 +1,7 @@
 """Issue 29's GPU point: the same load through LMTP and through OpenAI's HTTP API on one server.
 
     python benchmarks/openai_vs_lmtp.py [--model gpt2-medium] [--streams 64] [--rounds 2] [--processes 4]
-        [--openai-events-per-s N] [--fresh-connections]
+        [--openai-events-per-s N] [--fresh-connections] [--openai-processes N]
 
 Starts ``lmql serve-model`` on the model (built from its config, nothing downloads; ``--cuda``
 when a GPU is there), then runs ``lmtp_load.py`` with and without ``--openai`` in turns, fresh
@@ -9,7 +9,8 @@ prompts each run, and prints tok/s per transport and the OpenAI/LMTP ratio. The 
 comes from ``--processes`` driver processes (64 HTTP streams read by one Python process cost it
 more than the server; LMTP's one websocket is read by one), each run's driver CPU printed too;
 their connections are kept alive and reused, as the official ``openai`` client's pool does (the
-warm-up opens them), or with ``--fresh-connections`` one per stream.
+warm-up opens them), or with ``--fresh-connections`` one per stream. ``--openai-processes N``:
+the server serves OpenAI's API from N front-end processes (its ``--openai-processes``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main() -> None:
                         help="each stream's requests, one after another (default 1: one burst of streams)")
     parser.add_argument("--fresh-connections", action="store_true",
                         help="the OpenAI load opens a connection per stream (default: kept alive, reused)")
+    parser.add_argument("--openai-processes", type=int, default=0,
+                        help="the server's OpenAI front-end processes (default 0: its event loop serves it)")
     parser.add_argument("--sample-stacks", type=Path, metavar="DIR",
                         help="sample the server's threads over each run (stack_sampler.py): DIR/window-N.txt")
     args = parser.parse_args()
@@ -63,6 +66,7 @@ def main() -> None:
     port = free_port()
     events_per_s = args.openai_events_per_s
     pacing = [] if events_per_s is None else ["--openai-events-per-s", f"{events_per_s:g}"]
+    pacing += ["--openai-processes", str(args.openai_processes)] if args.openai_processes else []
     sampler, profile = wrapped(args.sample_stacks)
     command = [sys.executable, *sampler, "-m", "lmql_core", "serve-model", str(model.folder),
                "--port", str(port), *device, *pacing]
@@ -87,7 +91,8 @@ def main() -> None:
         server.terminate()
         server.wait(60)
     lmtp, openai = (statistics.median(results[t]) for t in ("lmtp", "openai"))
-    print(f"{args.model} {args.streams} streams x {args.requests_per_stream} requests: "
+    frontends = f", {args.openai_processes} front-end processes" if args.openai_processes else ""
+    print(f"{args.model} {args.streams} streams x {args.requests_per_stream} requests{frontends}: "
           f"LMTP {lmtp:,.0f} tok/s, OpenAI {openai:,.0f} tok/s, OpenAI/LMTP {openai / lmtp:.2f}")
 
 

@@ -198,3 +198,32 @@ def test_shutdown_ends_the_front_ends_requests_in_flight_with_503() -> None:
     request.join(30)
     assert_openai_error(*answers[0], 503, "shutting down")
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def test_a_session_forgets_its_ended_streams_as_it_starts_more() -> None:
+    """A front-end's connection starts a stream per choice of every request it passes on: its
+    session must not hold the ended ones (their tokens) until the connection closes."""
+    import asyncio
+
+    from lmql_core.lmtp.server.session import FORGET_SLACK, Session
+    from lmql_core.loading.identifiers import parse_model_id
+    from lmql_core.loading.model_host import ModelHost, load_model
+
+    async def run() -> int:
+        host = ModelHost()
+        host.add(await asyncio.to_thread(load_model, parse_model_id("random")))
+        ended: list[Any] = []
+        session = Session(host, lambda command, entries: ended.extend(
+            e for e in entries if e.get("finish_reason")), raw_events=False)
+        try:
+            for i in range(5 * FORGET_SLACK):
+                await session.start("GENERATE", {"stream_id": i, "model": "random", "prompt": [1, 2],
+                                                 "max_tokens": 1})
+                while len(ended) <= i:
+                    await asyncio.sleep(0.001)
+            return len(session._active)
+        finally:
+            session.close()
+            host.close()
+
+    assert asyncio.run(run()) <= FORGET_SLACK + 1

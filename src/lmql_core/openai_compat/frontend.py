@@ -27,9 +27,9 @@ from lmql_core.lmtp.server.metrics import Traffic
 from lmql_core.openai_compat import http as openai_http
 from lmql_core.openai_compat.requests import OpenAIError
 from lmql_core.openai_compat.upstream import RemoteHost, Upstream, remote_model
-from lmql_core.serving.frontends import READY
 
 log = logging.getLogger("lmql_core.frontend")
+READY = b"ready"  # what it says on its channel once it serves
 TRAFFIC_EVERY_S = 0.5  # how often the server's metrics hear of this process's requests
 ENDING_S = 5.0  # at the end, how long requests in flight get to finish
 

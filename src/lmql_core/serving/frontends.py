@@ -25,10 +25,10 @@ from dataclasses import asdict
 
 from lmql_core.errors import LMQLError
 from lmql_core.lmtp.limits import Limits
+from lmql_core.openai_compat.frontend import READY
 
 log = logging.getLogger(__name__)
 OPENAI_PATHS = (b"/v1/", b"/tokenize", b"/detokenize")
-READY = b"ready"  # what a front-end says on its channel once it serves
 START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 5.0
 

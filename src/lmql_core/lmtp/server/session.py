@@ -28,6 +28,7 @@ Send = Callable[[str, Any], None]  # called on the session's event loop
 # the wire names of the engine's finish reasons
 FINISH_REASONS: wire.Reasons = {None: None, Finish.EOS: wire.STOP, Finish.SCORED: wire.STOP,
                                 Finish.LENGTH: wire.LENGTH}
+FORGET_SLACK = 64  # ended streams a session keeps before it looks for them (twice the running, plus this)
 STALE_EVENTS_S = 10.0  # a cancelled sequence's last events reach the session within a step
 
 
@@ -81,6 +82,7 @@ class Session:
         self._stale: set[Any] = set()
         # template streams running: their tasks, and their runs (which take their events)
         self._templates: dict[Any, tuple[asyncio.Task[None], TemplateRun]] = {}
+        self._forget_at = FORGET_SLACK  # streams started (``_active``) at which ended ones are dropped
         self.closed = False
 
     async def handle_text(self, text: str) -> None:
@@ -263,8 +265,9 @@ class Session:
         earlier = self._active.get(seq.stream_id)
         if (earlier is not None and not earlier[0].done) or seq.stream_id in self._templates:
             raise RequestError(f"stream {shown(seq.stream_id)} is already running on this connection")
-        if len(self._active) >= self.limits.max_streams_per_connection:
-            self._running()
+        if len(self._active) >= min(self._forget_at, self.limits.max_streams_per_connection):
+            self._running()  # the ended streams forgotten, now and then (an OpenAI front-end's
+            self._forget_at = 2 * len(self._active) + FORGET_SLACK  # connection starts millions)
         if len(self._active) >= self.limits.max_streams_per_connection:
             raise RequestError(f"this connection has {len(self._active)} streams running or queued, the most "
                                "the server allows (--max-streams); send more when some have finished")
