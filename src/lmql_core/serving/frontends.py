@@ -53,6 +53,9 @@ class Frontends:
     def __init__(self, count: int, limits: Limits, auth_token: str) -> None:
         if count < 1:
             raise LMQLError(f"--openai-processes must be at least 1, got {count}")
+        if not sys.platform.startswith("linux"):  # (Unix sockets of packets that carry descriptors)
+            raise LMQLError(f"--openai-processes runs on Linux only, not {sys.platform}: leave it out "
+                            "(the server's own process then serves OpenAI's API)")
         self.count = count
         self.limits = limits
         self.auth_token = auth_token
