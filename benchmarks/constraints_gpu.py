@@ -198,6 +198,7 @@ def main() -> None:
     eos = model.eos_token_id() or 50256
     device = [] if args.cpu else ["--cuda", "--dtype", model.dtype]
     chain = ["--chain_steps", "True"] if args.chain_steps else []
+    chain += ["--openai-processes", str(args.openai_processes)] if args.openai_processes else []
     port = free_port()
     started = time.monotonic()
     counted = ["--sync-points"] * args.sync_points + ["--count-calls"] * args.count_calls  # (no stacks then)
@@ -254,6 +255,8 @@ def parse_args() -> argparse.Namespace:
                              "requests, whose lengths differ between the kinds of program)")
     parser.add_argument("--ramp", type=float, default=1.0, metavar="SECONDS",
                         help="with --window: how long the clients run before it starts")
+    parser.add_argument("--openai-processes", type=int, default=0,
+                        help="(b): the server's OpenAI front-end processes (default 0: its event loop)")
     parser.add_argument("--chain-steps", action="store_true",
                         help="chained steps on the CPU too (a GPU with CUDA graphs chains anyway): "
                              "counts the steps that chain, as the GPU would")

@@ -13,6 +13,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 8", carry=[".whl"])   # main's OpenAI runs, 4 rounds
 #   run(command="bash benchmarks/gpu_next.sh 9", carry=[".whl"])   # issue 31 (a), (b) in a steady window
 #   run(command="bash benchmarks/gpu_next.sh 10", carry=[".whl"])  # issue 29: OpenAI front-end processes
+#   run(command="bash benchmarks/gpu_next.sh 11", carry=[".whl"])  # issue 31 (b) with front-ends, mask threads
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -85,6 +86,12 @@ elif [ "$part" = 10 ]; then  # issue 29: the OpenAI burst served by 0 (the basel
     step 120 python3 $openai --openai-processes 4
     step 120 python3 $openai --openai-processes 2
     step 120 python3 $openai --openai-processes 4 --requests-per-stream 4
+elif [ "$part" = 11 ]; then  # issue 31 (b): OpenAI JSON-schema rows with the HTTP work in front-ends
+    step 100 python3 benchmarks/constraints_gpu.py --only b --window 4
+    step 100 python3 benchmarks/constraints_gpu.py --only b --window 4 --openai-processes 4
+    step 100 env LMQL_MASK_THREADS=12 python3 benchmarks/constraints_gpu.py --only b --window 4 --openai-processes 4
+    step 100 env LMQL_MASK_THREADS=4 python3 benchmarks/constraints_gpu.py --only b --window 4 --openai-processes 4
+    step 100 python3 benchmarks/mask_costs.py --grammar --tokenizer /tmp/lmql-bench-gpt2-medium/tokenizer.json --threads 1,4,8,12
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

@@ -28,6 +28,7 @@ from tests.test_constraints_openai import (  # noqa: F401 (collected here, again
 )
 from tests.test_openai_http_errors import (  # noqa: F401
     ENDLESS,
+    open_request,
     test_a_client_that_goes_away_stops_its_streams,
     test_bad_requests_are_400,
     test_max_tokens_past_the_context_is_400,
@@ -60,9 +61,9 @@ from tests.test_openai_server import (  # noqa: F401
 FRONTENDS = "2"
 
 
-def with_frontends(model: str, *args: str) -> Server:
+def with_frontends(model: str, *args: str, processes: str = FRONTENDS) -> Server:
     """A server with front-end processes, once it says Ready (they serve from then on)."""
-    server = Server(model, "--openai-processes", FRONTENDS, *args)
+    server = Server(model, "--openai-processes", processes, *args)
     server.wait_ready(lambda: "Ready:" in server.output(), timeout=120)
     return server
 
@@ -227,3 +228,22 @@ def test_a_session_forgets_its_ended_streams_as_it_starts_more() -> None:
             host.close()
 
     assert asyncio.run(run()) <= FORGET_SLACK + 1
+
+
+def test_one_requests_streams_do_not_starve_another_request_on_the_same_front_end() -> None:
+    """Each request a front-end passes on is a client of its own in the engine's fair share (as
+    on the server's loop), not one client for all of the front-end's requests."""
+    server = with_frontends("random", processes="1")
+    hogs = []
+    try:
+        for _ in range(8):  # 1,024 streams of 2,000 tokens, all on the one front-end's connection
+            hogs.append(open_request(server, {"model": "random", "prompt": [1], "n": 128, "max_tokens": 2000}))
+        wait_until(lambda: server_metric(server, "lmql_queue_depth", "random") > 900, 60)
+        status, answer = post(server, "/v1/completions", {"model": "random", "prompt": [5, 6], "max_tokens": 24})
+        assert status == 200 and answer["usage"]["completion_tokens"] == 24
+        # first come, first served would have run the other requests' queue before it
+        assert server_metric(server, "lmql_queue_depth", "random") > 800
+    finally:
+        for sock in hogs:
+            sock.close()
+        assert server.stop() == 0, server.output()

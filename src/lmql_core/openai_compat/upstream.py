@@ -83,7 +83,8 @@ class Upstream:
         self._streams[sid] = seq
         self._ids_of[seq.seq_id] = sid
         body = {k: v for k, v in seq.request.items() if k not in ("text", "scored_text")}
-        body.update(stream_id=sid, prompt=seq.prompt)
+        # each request (a session here, its sink) a client of its own in the engine's fair share
+        body.update(stream_id=sid, prompt=seq.prompt, client=id(seq.sink))
         if seq.kind is Kind.SCORE:
             body["scored"] = seq.scored
         self.send("SCORE" if seq.kind is Kind.SCORE else "GENERATE", body)

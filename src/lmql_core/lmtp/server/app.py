@@ -59,7 +59,8 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=limits.max_frame_bytes, heartbeat=30, compress=False)
     await ws.prepare(request)
     connection = Connection(request, ws, limits)
-    session = Session(request.app[HOST_KEY], connection.send, limits, encode_tokens=True)
+    session = Session(request.app[HOST_KEY], connection.send, limits, encode_tokens=True,
+                      clients=frontend is not None)
     connection.start(session)
     request.app[CONNECTIONS_KEY].add(connection)
     traffic = request.app[TRAFFIC_KEY]

@@ -53,12 +53,15 @@ async def compile_constraint(model: LoadedModel, kind: str, value: Any) -> Const
 
 class Session:
     def __init__(self, host: ModelHost, send: Send, limits: wire.Limits | None = None,
-                 encode_tokens: bool = False, outbox: Outbox | None = None, raw_events: bool = False) -> None:
+                 encode_tokens: bool = False, outbox: Outbox | None = None, raw_events: bool = False,
+                 clients: bool = False) -> None:
         """``encode_tokens``: send TOKEN payloads in their JSON form (``wire.Encoded``), for
         a transport that writes text anyway; written directly, that is cheaper than dictionaries.
         ``outbox``: shared with other sessions on this loop (default: one of its own).
         ``raw_events``: TOKEN payloads are the engine's ``TokenEvent``s themselves (a transport in
-        this process that reads them directly; errors of requests still come as entries)."""
+        this process that reads them directly; errors of requests still come as entries).
+        ``clients``: a request's ``client`` tag makes it a client of its own in the engine's fair
+        share (an OpenAI front-end's connection, which carries the requests of many)."""
         self.host = host
         self.raw_events = raw_events
         self.encode_tokens = encode_tokens
@@ -71,6 +74,8 @@ class Session:
         self._decoders: dict[Any, IncrementalDecoder] = {}  # streams in text mode
         self._outbox = outbox or Outbox(self._loop)  # delivered by the engine, not yet sent
         self._deliver = OutboxSink(self._outbox, self)  # (called on the engine thread)
+        # ``clients``: the sinks of the tagged clients with streams (the scheduler shares by sink)
+        self._clients: dict[Any, OutboxSink] | None = {} if clients else None
         # a template hole's events wake the event loop only when the hole ends (its client reads
         # whole holes): a wake-up costs the engine thread a turn for the interpreter's lock with
         # the loop, up to a third of a CPU step's time
@@ -144,7 +149,7 @@ class Session:
             follow_forced = wire.fast_forward(body)
             params.constraint = await compile_constraint(model, *asked)
             params.constraint.fast_forward = follow_forced
-        self._start(Sequence(stream_id, prompt, params, self._deliver, request=body), model)
+        self._start(Sequence(stream_id, prompt, params, self._sink_for(body), request=body), model)
         if text_mode:
             assert model.tokenizer is not None
             skip = {model.tokenizer.eos_token_id} if model.tokenizer.eos_token_id is not None else set()
@@ -194,9 +199,20 @@ class Session:
             prompt = wire.token_list(body.get("prompt"), "prompt", vocab)
             scored = wire.token_list(body.get("scored"), "scored", vocab)
         self._check_context(model, len(prompt) + len(scored))
-        seq = Sequence(stream_id, prompt, SamplingParams(max_tokens=0), self._deliver, Kind.SCORE, scored,
-                       request=body)
+        params, sink = SamplingParams(max_tokens=0), self._sink_for(body)
+        seq = Sequence(stream_id, prompt, params, sink, Kind.SCORE, scored, request=body)
         self._start(seq, model)
+
+    def _sink_for(self, body: dict[str, Any]) -> OutboxSink:
+        tag = body.get("client")
+        if self._clients is None or tag is None:
+            return self._deliver
+        if not isinstance(tag, str | int) or isinstance(tag, bool):
+            raise RequestError("'client' must be a string or an integer")
+        sink = self._clients.get(tag)
+        if sink is None:
+            sink = self._clients[tag] = OutboxSink(self._outbox, self)
+        return sink
 
     def encode(self, model: LoadedModel, value: Any, field: str, bos: bool) -> list[int]:
         """Text mode: the server tokenizes ``value`` (the request's ``field``); a prompt gets the
@@ -337,8 +353,12 @@ class Session:
         self._send("TOKEN", [{"stream_id": stream_id, "error": message}])
 
     def _running(self) -> dict[Any, tuple[Sequence, LoadedModel]]:
-        """The streams that have not ended (their scheduler says), once those that did are forgotten."""
+        """The streams that have not ended (their scheduler says), once those that did are forgotten
+        (and the clients left without any)."""
         self._active = {sid: active for sid, active in self._active.items() if not active[0].done}
+        if self._clients:
+            sinks = {id(seq.sink) for seq, _ in self._active.values()}
+            self._clients = {tag: sink for tag, sink in self._clients.items() if id(sink) in sinks}
         return self._active
 
     def has_streams(self) -> bool:
