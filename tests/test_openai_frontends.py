@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 
 from lmql_core.openai_compat.frontend import TRAFFIC_EVERY_S
 from tests.conftest import Server, read_metric, server_metric, wait_until
-from tests.openai_fixtures import TOKEN, assert_openai_error, chat_model, client, lmtp_stream, post
+from tests.openai_fixtures import TOKEN, chat_model, client, lmtp_stream, post
 from tests.test_constraints_openai import (  # noqa: F401 (collected here, against these servers)
     test_bad_structured_outputs_are_400,
     test_chat_with_response_format,
@@ -27,7 +26,7 @@ from tests.test_constraints_openai import (  # noqa: F401 (collected here, again
     test_response_format_json_schema,
 )
 from tests.test_openai_http_errors import (  # noqa: F401
-    ENDLESS,
+    assert_shutdown_answers_503,
     open_request,
     test_a_client_that_goes_away_stops_its_streams,
     test_bad_requests_are_400,
@@ -189,15 +188,8 @@ def test_the_api_goes_on_when_a_front_end_dies_and_they_go_with_the_server() -> 
 
 def test_shutdown_ends_the_front_ends_requests_in_flight_with_503() -> None:
     server = with_frontends("lmql-tiny")
-    answers: list[tuple[int, Any]] = []
-    request = threading.Thread(target=lambda: answers.append(post(server, "/v1/completions", {**ENDLESS, "n": 4})))
-    request.start()
-    wait_until(lambda: server_metric(server, "lmql_active_sequences", "lmql-tiny") == 4)
-    time.sleep(0.2)
     pids = frontend_pids(server)
-    assert server.stop() == 0, server.output()
-    request.join(30)
-    assert_openai_error(*answers[0], 503, "shutting down")
+    assert_shutdown_answers_503(server)
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
 
 

@@ -143,7 +143,11 @@ def test_a_client_that_goes_away_stops_its_streams(tiny: Server, stream: bool) -
 
 
 def test_shutdown_ends_requests_in_flight_with_503() -> None:
-    server = Server("lmql-tiny")
+    assert_shutdown_answers_503(Server("lmql-tiny"))
+
+
+def assert_shutdown_answers_503(server: Server) -> None:
+    """A request in flight on ``server`` (lmql-tiny) is answered 503 when it stops."""
     answers: list[tuple[int, Any]] = []
     request = threading.Thread(target=lambda: answers.append(post(server, "/v1/completions", {**ENDLESS, "n": 4})))
     request.start()
