@@ -14,6 +14,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 9", carry=[".whl"])   # issue 31 (a), (b) in a steady window
 #   run(command="bash benchmarks/gpu_next.sh 10", carry=[".whl"])  # issue 29: OpenAI front-end processes
 #   run(command="bash benchmarks/gpu_next.sh 11", carry=[".whl"])  # issue 31 (b) with front-ends, mask threads
+#   run(command="bash benchmarks/gpu_next.sh 12", carry=[".whl"])  # issue 31 (a): the engine thread's stacks
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -92,6 +93,8 @@ elif [ "$part" = 11 ]; then  # issue 31 (b): OpenAI JSON-schema rows with the HT
     step 100 env LMQL_MASK_THREADS=12 python3 benchmarks/constraints_gpu.py --only b --window 4 --openai-processes 4
     step 100 env LMQL_MASK_THREADS=4 python3 benchmarks/constraints_gpu.py --only b --window 4 --openai-processes 4
     step 100 python3 benchmarks/mask_costs.py --grammar --tokenizer /tmp/lmql-bench-gpt2-medium/tokenizer.json --threads 1,4,8,12
+elif [ "$part" = 12 ]; then  # issue 31 (a): where the engine thread's time goes, free and constrained
+    step 120 python3 benchmarks/constraints_gpu.py --only a --window 4 --sample-stacks "$out/stacks_a"
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
