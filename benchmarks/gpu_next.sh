@@ -15,6 +15,8 @@
 #   run(command="bash benchmarks/gpu_next.sh 10", carry=[".whl"])  # issue 29: OpenAI front-end processes
 #   run(command="bash benchmarks/gpu_next.sh 11", carry=[".whl"])  # issue 31 (b) with front-ends, mask threads
 #   run(command="bash benchmarks/gpu_next.sh 12", carry=[".whl"])  # issue 31 (a): the engine thread's stacks
+#   run(command="bash benchmarks/gpu_next.sh 13", carry=[".whl"])  # the pinned ring: tests, cost, (a) before/after
+#   (13's baseline: `mkdir -p .whl/var/noring && git archive COMMIT src | tar -x -C .whl/var/noring`)
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -95,6 +97,14 @@ elif [ "$part" = 11 ]; then  # issue 31 (b): OpenAI JSON-schema rows with the HT
     step 100 python3 benchmarks/mask_costs.py --grammar --tokenizer /tmp/lmql-bench-gpt2-medium/tokenizer.json --threads 1,4,8,12
 elif [ "$part" = 12 ]; then  # issue 31 (a): where the engine thread's time goes, free and constrained
     step 120 python3 benchmarks/constraints_gpu.py --only a --window 4 --sample-stacks "$out/stacks_a"
+elif [ "$part" = 13 ]; then  # small host tensors through a pinned ring: CUDA tests, cost, (a) against before
+    step 90 python3 -m pytest -q tests/test_pinned_ring.py
+    step 120 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_mask_staging.py tests/test_template_steps.py \
+        tests/test_constraints_engine.py -k "cuda or side_by_side or forced_tokens_ride"
+    step 60 python3 benchmarks/to_device_cost.py
+    step 80 python3 benchmarks/constraints_gpu.py --only a --window 4
+    step 80 env PYTHONPATH="$PWD/.whl/var/noring/src" python3 benchmarks/constraints_gpu.py --only a --window 4
+    step 150 python3 scripts/gpu_check.py
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lmql_core.base.mask_staging import MaskStaging
+from lmql_core.base.pinned_ring import Rings
 
 
 class ArrayOps(Protocol):
@@ -176,6 +177,7 @@ class TorchOps:
 
         self.torch = torch
         self.mask_staging = MaskStaging(torch)
+        self.rings = Rings(torch)
         self._bits_on: dict[Any, Any] = {}
 
     def tensor(self, values: Any, device: Any, dtype: Any = None) -> Any:
@@ -186,7 +188,8 @@ class TorchOps:
         """A host tensor on ``device``, copied without waiting for the work queued there."""
         if self.torch.device(device).type != "cuda":
             return host
-        return host.pin_memory().to(device, non_blocking=True)
+        staged = self.rings.get().to_device(host, device)
+        return host.pin_memory().to(device, non_blocking=True) if staged is None else staged
 
     def prepare(self, logits: Any) -> Any:
         if logits.dtype is self.torch.float32 and logits.dim() == 2:  # as graphs return them
