@@ -17,6 +17,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 12", carry=[".whl"])  # issue 31 (a): the engine thread's stacks
 #   run(command="bash benchmarks/gpu_next.sh 13", carry=[".whl"])  # the pinned ring: tests, cost, (a) before/after
 #   (13's baseline: `mkdir -p .whl/var/noring && git archive COMMIT src | tar -x -C .whl/var/noring`)
+#   run(command="bash benchmarks/gpu_next.sh 14", carry=[".whl"])  # (a): before the ring, with it, af34be5
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -105,6 +106,11 @@ elif [ "$part" = 13 ]; then  # small host tensors through a pinned ring: CUDA te
     step 80 python3 benchmarks/constraints_gpu.py --only a --window 4
     step 80 env PYTHONPATH="$PWD/.whl/var/noring/src" python3 benchmarks/constraints_gpu.py --only a --window 4
     step 150 python3 scripts/gpu_check.py
+elif [ "$part" = 14 ]; then  # (a) windowed: the tree before the ring, this one, and af34be5, in turn
+    window="benchmarks/constraints_gpu.py --only a --window 3"
+    step 60 env PYTHONPATH="$PWD/.whl/var/noring/src" python3 $window
+    step 60 python3 $window
+    step 60 env PYTHONPATH="$PWD/.whl/var/af34be5/src" python3 $window
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
