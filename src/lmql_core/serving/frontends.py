@@ -21,7 +21,7 @@ import secrets
 import socket
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from lmql_core.errors import LMQLError
 from lmql_core.lmtp.limits import Limits
@@ -67,12 +67,14 @@ class Frontends:
     async def start(self, upstream_url: str, models: list[str]) -> None:
         """Start them, and return once each serves (it has connected back and read the models)."""
         loop = asyncio.get_running_loop()
+        # the connections handed over are theirs to count: together, at most the server's limit
+        limits = replace(self.limits, max_connections=max(1, self.limits.max_connections // self.count))
         for _ in range(self.count):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             env = {**os.environ, "LMQL_AUTH_TOKEN": self.auth_token, "LMQL_FRONTEND_SECRET": self.secret}
             command = [sys.executable, "-m", "lmql_core.openai_compat.frontend", "--channel-fd",
                        str(theirs.fileno()), "--upstream", upstream_url, "--models", json.dumps(models),
-                       "--limits", json.dumps(asdict(self.limits))]
+                       "--limits", json.dumps(asdict(limits))]
             self._processes.append(subprocess.Popen(command, pass_fds=(theirs.fileno(),), env=env))
             theirs.close()
             ours.setblocking(False)
