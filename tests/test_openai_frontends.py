@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from lmql_core.openai_compat.frontend import TRAFFIC_EVERY_S
-from tests.conftest import Server, read_metric, server_metric, wait_until
+from tests.conftest import Server, free_port, read_metric, run_lmql, server_metric, the_error, wait_until
 from tests.openai_fixtures import TOKEN, chat_model, client, lmtp_stream, post
 from tests.test_constraints_openai import (  # noqa: F401 (collected here, against these servers)
     test_bad_structured_outputs_are_400,
@@ -239,3 +239,9 @@ def test_one_requests_streams_do_not_starve_another_request_on_the_same_front_en
         for sock in hogs:
             sock.close()
         assert server.stop() == 0, server.output()
+
+
+def test_front_ends_without_the_api_are_a_clear_error() -> None:
+    result = run_lmql("serve-model", "random", "--no-openai", "--openai-processes", "2",
+                      "--port", str(free_port()))
+    assert "--openai-processes serves OpenAI's API: leave out --no-openai" in the_error(result)
