@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import sys
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +72,8 @@ def main() -> None:
     command = [sys.executable, *sampler, "-m", "lmql_core", "serve-model", str(model.folder),
                "--port", str(port), *device, *pacing]
     server = start_server(command, port, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    for _ in range(args.openai_processes):  # new connections go round the front-ends: each has started
+        urllib.request.urlopen(f"http://localhost:{port}/v1/models", timeout=300).read()
     try:
         endpoint, vocab = f"localhost:{port}", model.config()["vocab_size"]
         results: dict[str, list[float]] = {"lmtp": [], "openai": []}

@@ -245,3 +245,20 @@ def test_front_ends_without_the_api_are_a_clear_error() -> None:
     result = run_lmql("serve-model", "random", "--no-openai", "--openai-processes", "2",
                       "--port", str(free_port()))
     assert "--openai-processes serves OpenAI's API: leave out --no-openai" in the_error(result)
+
+
+def test_the_front_ends_exit_when_the_server_is_killed() -> None:
+    """No orphans even where the server cannot stop them (SIGKILL): their channel closes."""
+    server = with_frontends("random")
+    pids = frontend_pids(server)
+    assert len(pids) == int(FRONTENDS)
+    server.proc.kill()
+    server.stop()
+    wait_until(lambda: not [pid for pid in pids if running(pid)], 30)
+
+
+def running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:  # gone
+        return False
