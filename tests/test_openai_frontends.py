@@ -262,3 +262,27 @@ def running(pid: int) -> bool:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
     except OSError:  # gone
         return False
+
+
+def test_chat_over_lmtp_answers_the_prompt_or_a_clear_error_and_the_server_lives_on(tiny: Server) -> None:
+    """CHAT, what front-ends ask the server: lmql-tiny has no chat template (null); messages that
+    are not a list of objects are an error entry; the connection serves on."""
+    import asyncio
+
+    from tests.conftest import RawClient
+
+    async def scenario() -> tuple[list[dict], list[dict], list[dict]]:
+        async with RawClient(tiny.endpoint) as c:
+            await c.send("CHAT", {"model": "lmql-tiny", "stream_id": "a", "messages": [{"role": "user",
+                                                                                         "content": "Hi"}]})
+            command, answer = await c.frame()  # (a MSG: one entry, no finish reason)
+            assert command == "MSG"
+            await c.send("CHAT", {"model": "lmql-tiny", "stream_id": "b", "messages": "Hi"})
+            refused = await c.stream("b")
+            await c.send("GENERATE", {"model": "lmql-tiny", "stream_id": 1, "prompt": [1, 5], "max_tokens": 2})
+            return answer, refused, await c.stream(1)
+
+    [answer], [refused], tokens = asyncio.run(scenario())
+    assert answer == {"stream_id": "a", "model": "lmql-tiny", "chat_prompt": None}
+    assert "'messages' must be a list of objects" in refused["error"]
+    assert len(tokens) == 2

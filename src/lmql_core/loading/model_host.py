@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import threading
@@ -84,6 +85,13 @@ class LoadedModel:
                 "text": tokenizer is not None, "cancel": True, "constraints": constraints,
                 "chat": isinstance(self.backend, ChatTemplates),
                 "template": TEMPLATE_VERSION if runs_templates else None}
+
+    async def chat_prompt(self, messages: list[dict[str, Any]]) -> str | None:
+        """The prompt the model's chat template makes of ``messages`` (``ChatTemplates``); None
+        where it has none. Off the event loop: the first call loads the template."""
+        if not isinstance(self.backend, ChatTemplates):
+            return None
+        return await asyncio.to_thread(self.backend.chat_prompt, messages)
 
     def runs_templates(self) -> bool:
         """Whether a GENERATE may carry a template (its extension; asked per request, so without

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from lmql_core.base.backend import ChatTemplates
 from lmql_core.errors import LMQLError, RequestError
 from lmql_core.lmtp.server.session import Session
 from lmql_core.loading.model_host import LoadedModel
@@ -37,10 +35,7 @@ def encode(session: Session, model: LoadedModel, text: Any, field: str, bos: boo
 async def chat_ids(session: Session, model: LoadedModel, messages: list[dict[str, Any]]) -> list[int]:
     """The chat template's prompt, tokenized as transformers does (no special tokens added: the
     template writes them)."""
-    backend = model.backend
-    text = None
-    if isinstance(backend, ChatTemplates):  # off the loop: the first call loads the template
-        text = await asyncio.to_thread(backend.chat_prompt, messages)
+    text = await model.chat_prompt(messages)
     if text is None:
         raise bad_request(f"'{model.model_id.served_name}' has no chat template (its tokenizer configuration "
                           "sets no chat_template); send a prompt to /v1/completions instead", "messages")

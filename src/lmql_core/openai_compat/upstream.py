@@ -205,16 +205,6 @@ class RemoteBackend:
     max_context: int | None
     eos_token_id: int | None
     bos_token_id: int | None
-    upstream: Upstream
-    name: str
-    loop: asyncio.AbstractEventLoop
-
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str | None:  # backend.ChatTemplates
-        """The engine's process renders it (CHAT); called off the event loop, as the backend's is."""
-        ask = self.upstream.ask(wire.CHAT, {"model": self.name, "messages": messages})
-        answer = asyncio.run_coroutine_threadsafe(ask, self.loop).result()
-        prompt = answer.get("chat_prompt")
-        return prompt if isinstance(prompt, str) else None
 
     def close(self) -> None:
         """(The engine's process owns the model.)"""
@@ -222,16 +212,23 @@ class RemoteBackend:
 
 class RemoteModel(LoadedModel):
     """A served model in a front-end: its engine is the ``Upstream``, its tokenizer the one the
-    engine's process sent (TOKENIZER)."""
+    engine's process sent (TOKENIZER), its chat template rendered there (CHAT)."""
 
     def __init__(self, model_id: ModelId, backend: RemoteBackend, upstream: Upstream,
                  tokenizer: Tokenizer | None) -> None:
         super().__init__(model_id, cast(Any, backend), cast(Engine, upstream), {})
+        self.upstream = upstream
         self._sent_tokenizer = tokenizer
 
     @cached_property
     def tokenizer(self) -> Tokenizer | None:
         return self._sent_tokenizer
+
+    async def chat_prompt(self, messages: list[dict[str, Any]]) -> str | None:
+        asked = {"model": self.model_id.served_name, "messages": messages}
+        answer = await self.upstream.ask(wire.CHAT, asked)
+        prompt = answer.get("chat_prompt")
+        return prompt if isinstance(prompt, str) else None
 
 
 async def remote_model(upstream: Upstream, name: str) -> RemoteModel:
@@ -242,7 +239,7 @@ async def remote_model(upstream: Upstream, name: str) -> RemoteModel:
         tokenizer = from_spec((await upstream.ask(wire.TOKENIZER, {"model": name}))["tokenizer"])
     served = str(info["model"])
     backend = RemoteBackend(int(info["vocab_size"]), info.get("max_context"), info.get("eos_token_id"),
-                            info.get("bos_token_id"), upstream, served, asyncio.get_running_loop())
+                            info.get("bos_token_id"))
     return RemoteModel(ModelId(served, str(info.get("backend"))), backend, upstream, tokenizer)
 
 

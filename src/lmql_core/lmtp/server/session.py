@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from lmql_core.base.backend import ChatTemplates
 from lmql_core.engine.constraints import Constraint, GrammarError, GrammarSpec
 from lmql_core.engine.sequence import Finish, Kind, SamplingParams, Sequence, TokenEvent
 from lmql_core.errors import LMQLError, RequestError, shown
@@ -247,9 +246,7 @@ class Session:
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise RequestError("'messages' must be a list of objects")
-        prompt = None
-        if isinstance(model.backend, ChatTemplates):  # off the loop: the first call loads the template
-            prompt = await asyncio.to_thread(model.backend.chat_prompt, messages)
+        prompt = await model.chat_prompt(messages)
         name = model.model_id.served_name
         self._send("MSG", [{"stream_id": stream_id, "model": name, "chat_prompt": prompt}])
 
