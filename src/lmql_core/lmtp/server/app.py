@@ -64,7 +64,8 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
     connection.start(session)
     request.app[CONNECTIONS_KEY].add(connection)
     traffic = request.app[TRAFFIC_KEY]
-    traffic.clients["lmtp" if frontend is None else "frontends"] += 1
+    if frontend is None:
+        traffic.clients["lmtp"] += 1
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -83,7 +84,6 @@ async def lmtp_socket(request: web.Request) -> web.StreamResponse:
         if frontend is None:
             traffic.clients["lmtp"] -= 1
         else:
-            traffic.clients["frontends"] -= 1
             frontend.gone()
         request.app[CONNECTIONS_KEY].discard(connection)
         session.close()

@@ -30,11 +30,11 @@ class HandOver(Protocol):
 
 
 class ConnectionGuard:
-    def __init__(self, limits: Limits, hand_over: HandOver | None = None) -> None:
+    def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.open: dict[asyncio.Transport, GuardedProtocol] = {}
         self.closing = False  # shutting down: new connections are refused
-        self.hand_over = hand_over
+        self.hand_over: HandOver | None = None  # set before the server listens (front-ends)
 
     def handshake_done(self, transport: Any) -> None:
         protocol = self.open.get(transport)
