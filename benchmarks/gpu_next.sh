@@ -18,6 +18,8 @@
 #   run(command="bash benchmarks/gpu_next.sh 13", carry=[".whl"])  # the pinned ring: tests, cost, (a) before/after
 #   (13's baseline: `mkdir -p .whl/var/noring && git archive COMMIT src | tar -x -C .whl/var/noring`)
 #   run(command="bash benchmarks/gpu_next.sh 14", carry=[".whl"])  # (a): before the ring, with it, af34be5
+#   run(command="bash benchmarks/gpu_next.sh 15", carry=[".whl"])  # issue 32: covers' tests, start-up, first runs
+#   run(command="bash benchmarks/gpu_next.sh 16", carry=[".whl"])  # gpu_check; first runs with every graph, qwen3
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -111,6 +113,17 @@ elif [ "$part" = 14 ]; then  # (a) windowed: the tree before the ring, this one,
     step 60 env PYTHONPATH="$PWD/.whl/var/noring/src" python3 $window
     step 60 python3 $window
     step 60 env PYTHONPATH="$PWD/.whl/var/af34be5/src" python3 $window
+elif [ "$part" = 15 ]; then  # issue 32: decode buckets replaying their batch's cover
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    step 150 python3 -m pytest -q tests/test_hf_cover_graphs.py tests/test_hf_capture_plan.py
+    step 220 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode \
+        --capture_all False
+    step 150 python3 benchmarks/workloads.py --workloads short --capture_all False --budget-s 140
+elif [ "$part" = 16 ]; then  # the graph checks; first runs with every graph captured first; qwen3 with covers
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    step 220 python3 scripts/gpu_check.py
+    step 150 python3 benchmarks/workloads.py --workloads short --budget-s 140
+    step 150 python3 benchmarks/workloads.py --workloads qwen3,llama --capture_all False --budget-s 140
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

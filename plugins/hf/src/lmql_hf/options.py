@@ -20,11 +20,13 @@ OPTIONS: dict[str, Option] = {
     "cuda_graphs": Option(bool, True, "replay decode steps from CUDA graphs (single GPU)"),
     "capture_all": Option(bool, True,
                           "capture every CUDA graph before Ready (seconds longer start-up, no capture "
-                          "later); False: the first requests' few, the rest at their --capture_at_use-th "
-                          "use or while the server idles"),
+                          "later); False: the prompt passes' graphs, one stream's up to 256 positions and "
+                          "each batch size's at the longest length (which serves every shorter length at "
+                          "about the same cost), the rest while the server idles"),
     "capture_at_use": Option(int, 2,
-                             "with --capture_all False: a graph is captured at this use of its shape (a "
-                             "capture stalls every stream 20-75 ms), the uses before it run eagerly"),
+                             "a graph whose capture ran out of memory is tried again at this use of "
+                             "its shape (a capture stalls every stream 20-75 ms), the uses before it "
+                             "run eagerly"),
     "reuse_prefixes": Option(bool, True, "reuse finished streams' KV caches for prompts extending them"),
     "cache_memory_fraction": Option(float, None,
                                     "share of free GPU memory for the KV cache and the passes' work "

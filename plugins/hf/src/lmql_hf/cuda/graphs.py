@@ -8,10 +8,13 @@ small host-to-device copy, the replay, and whatever reads the logits. The tokens
 as a device tensor (what the previous step sampled), so a step can be queued before the host
 knows them.
 
-Not every bucket is captured before "Ready" (``CapturePlan``): the first requests' few are; a
-bucket first needed later runs eagerly at its padded shape (the same kernels a replay runs, so
-the same results) until its ``--capture_at_use``-th use, which captures it, and every bucket left
-is captured while the engine idles (``idle_capture``), the likeliest first.
+Not every bucket is captured before "Ready" (``CapturePlan``): the first requests' few are, and
+each batch bucket at the longest length (a "cover": the attention kernel reads each row only up to
+its own position, so it serves any shorter bucket of that batch at about a replay's cost). A
+bucket first needed later replays its batch's cover until the engine idles long enough to capture
+it (``idle_capture``, the likeliest first); one without a cover (its capture ran out of memory)
+runs eagerly at its padded shape (the same kernels a replay runs) until its
+``--capture_at_use``-th use, which captures it.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def length_buckets(max_len: int, any_length: bool = False) -> list[int]:
     return [*buckets, max_len]
 
 
-# before "Ready": single streams up to this many positions, and prompt passes up to as many tokens
+# before "Ready": single streams up to this many positions
 FIRST_LENGTH = 256
 
 
@@ -54,12 +57,13 @@ Key = TypeVar("Key", bound=Hashable)
 
 class CapturePlan(Generic[Key]):
     """When each bucket's graph is captured: ``first`` before "Ready" (every bucket where
-    ``everything``); any other at its ``capture_at_use``-th use, the uses before it run eagerly
-    (``use``); and while the engine idles, in ``order`` (``next_idle``). A bucket whose capture
-    failed (out of memory) runs eagerly from then on.
+    ``everything``); while the engine idles, in ``order`` (``next_idle``); and one that a pass
+    needs before that: a ``covered`` bucket (a captured graph can run its passes) never at use,
+    any other at its ``capture_at_use``-th use, the uses before it run eagerly (``use``). A
+    bucket whose capture failed (out of memory) is covered or eager from then on.
 
-    A capture stalls every stream for 20-75 ms, an eager step costs a few ms more than a replay:
-    capturing later keeps the stall away from a new batch size's first tokens."""
+    A capture stalls every stream for 20-75 ms and an eager step costs ~10 ms more than a replay
+    (the host launches every kernel): a covered bucket's passes cost neither."""
 
     def __init__(self, order: list[Key], first: list[Key], everything: bool = False,
                  capture_at_use: int = 2) -> None:
@@ -73,10 +77,13 @@ class CapturePlan(Generic[Key]):
         self.uses: Counter[Key] = Counter()
         self.eager: set[Key] = set()  # buckets a pass ran eagerly at
 
-    def use(self, key: Key) -> str:
-        """What a pass of bucket ``key`` does now: "replay", "eager" or "capture" (then replay)."""
+    def use(self, key: Key, covered: bool = False) -> str:
+        """What a pass of bucket ``key`` does now: "replay", "cover" (replay the covering graph),
+        "eager" or "capture" (then replay)."""
         if key in self.captured:
             return "replay"
+        if covered:
+            return "cover"
         self.uses[key] += 1
         if key in self.failed or self.uses[key] < self.capture_at_use:
             self.eager.add(key)
@@ -103,15 +110,18 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 def decode_plan(batches: list[int], lengths: list[int], everything: bool = False,
                 capture_at_use: int = 2) -> CapturePlan[tuple[int, int]]:
-    """Before "Ready": one stream up to ``FIRST_LENGTH`` positions (a first request's)."""
+    """Before "Ready": one stream up to ``FIRST_LENGTH`` positions (a first request's), and every
+    batch at the longest length (its cover)."""
     first = [(1, n) for n in lengths if n <= FIRST_LENGTH] or [(1, lengths[0])]
+    first += [(b, lengths[-1]) for b in batches if (b, lengths[-1]) not in first]
     return CapturePlan(diagonal_order(batches, lengths), first, everything, capture_at_use)
 
 
-def prompt_plan(buckets: list[int], everything: bool = False, capture_at_use: int = 2) -> CapturePlan[int]:
-    """Before "Ready": passes up to ``FIRST_LENGTH`` tokens (a first request's prompt)."""
-    first = [n for n in buckets if n <= FIRST_LENGTH] or buckets[:1]
-    return CapturePlan(buckets, first, everything, capture_at_use)
+def prompt_plan(buckets: list[int], capture_at_use: int = 2) -> CapturePlan[int]:
+    """Every bucket before "Ready": a dozen at most, under a second, where an eager pass costs a
+    request ~15 ms of host time and no bucket covers another cheaply (a pass's work grows with
+    its bucket's tokens)."""
+    return CapturePlan(buckets, buckets, True, capture_at_use)
 
 
 def diagonal_order(batches: list[int], lengths: list[int]) -> list[tuple[int, int]]:
@@ -230,9 +240,10 @@ class DecodeGraphs:
         self.staging = Staging(self.batches[-1])
 
     def capture_first(self) -> None:
-        """Capture the buckets the first requests need (every bucket with ``capture_all``), and
-        run one stream once at every other length: the attention kernel's variants differ by
-        length (how many splits), and are compiled now rather than during a request."""
+        """Capture the buckets the first requests need and each batch's cover (every bucket with
+        ``capture_all``), and run one stream once at every other length: the attention kernel's
+        variants differ by length (how many splits), and are compiled now rather than during a
+        request."""
         for batch, length in self.plan.first:
             self._capture(self._bucket(batch, length))
         for length in self.lengths:
@@ -257,13 +268,13 @@ class DecodeGraphs:
         rows = len(positions)
         batch = next(b for b in self.batches if b >= rows)
         length = next(n for n in self.lengths if n > max(positions))
-        graph = self._bucket(batch, length)
+        how = self.plan.use((batch, length), covered=(batch, self.lengths[-1]) in self.plan.captured)
+        graph = self._bucket(batch, self.lengths[-1] if how == "cover" else length)
         if isinstance(tokens, torch.Tensor):  # sampled by the previous step, still on the device
             self.staging.copy(graph.inputs, None, positions, self.scratch)
             (graph.inputs[0] if rows == batch else graph.inputs[0, :rows]).copy_(tokens)
         else:
             self.staging.copy(graph.inputs, tokens, positions, self.scratch, slots)
-        how = self.plan.use((batch, length))
         if how == "eager":  # at the graph's shapes, from its inputs: the kernels a replay runs
             logits = self._step(graph)
         else:

@@ -6,9 +6,8 @@ waited for the host, not the GPU. Here a pass of up to ``bucket`` tokens is one 
 tokens, their positions and slots, and the table of attention tiles (``tile_table``) are
 copied into the graph's static inputs; padding tokens write to the scratch slot and belong to no
 tile. The graph ends at the model's last hidden states; the output head runs afterwards on the
-positions whose logits are read only. Buckets up to ``FIRST_LENGTH`` tokens are captured before
-"Ready", the others as decode steps' are (``graphs.CapturePlan``): eagerly at first, captured at
-their next use or while the engine idles.
+positions whose logits are read only. Every bucket is captured before "Ready" (``prompt_plan``);
+one whose capture ran out of memory runs eagerly until its ``--capture_at_use``-th use.
 """
 
 from __future__ import annotations
@@ -60,7 +59,7 @@ class PromptGraphs:
 
     def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, most_tokens: int,
                  most_rows: int, tokens_per_tile: int, scratch_slot: int, capture: bool = True,
-                 capture_all: bool = False, capture_at_use: int = 2) -> None:
+                 capture_at_use: int = 2) -> None:
         self.forward = forward
         self.capture = capture
         self.device = device
@@ -68,7 +67,7 @@ class PromptGraphs:
         self.most_rows = most_rows
         self.scratch = scratch_slot
         self.graphs = {n: PromptGraph(n, self._width(n), device) for n in token_buckets(most_tokens)}
-        self.plan = prompt_plan(list(self.graphs), capture_all, capture_at_use)
+        self.plan = prompt_plan(list(self.graphs), capture_at_use)
         self.pool: Any = None
 
     def _width(self, tokens: int) -> int:
@@ -76,7 +75,7 @@ class PromptGraphs:
         return -(-tokens // self.per_tile) + min(tokens, self.most_rows)
 
     def capture_first(self) -> None:
-        """Capture the buckets the first requests need (every bucket with ``capture_all``)."""
+        """Capture every bucket (before "Ready")."""
         for tokens in self.plan.first if self.capture else ():
             self._capture(self.graphs[tokens])
 

@@ -2,9 +2,10 @@
 
 Decode steps (graphs.py) replay on one GPU unless ``--cuda_graphs False``; packed prompt passes
 (prompt_graphs.py) where decode steps do and the slot-cache attention kernels run, for models
-whose logits are the output head applied to the last hidden states. Before "Ready" only the
-graphs of the first requests are captured (``--capture_all True``: every graph); the others at
-their ``--capture_at_use``-th use or while the engine idles (``HFBackend.idle``), a capture at a time.
+whose logits are the output head applied to the last hidden states. Before "Ready" every prompt
+pass's graph is captured, and of the decode steps' the first requests' and each batch's cover
+(``--capture_all True``: every graph); the others while the engine idles (``HFBackend.idle``), a
+capture at a time, a step meanwhile replaying its batch's cover.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ def prompt_graphs(backend: Any) -> PromptGraphs | None:
     # a pass packs many sequences: it can hold more tokens than one sequence's context
     prompts = PromptGraphs(backend.prompt_forward, backend.device, backend.prefill_tokens, backend.max_batch,
                            tile, backend.table.scratch, capture=on_cuda,
-                           capture_all=bool(backend.options["capture_all"]),
                            capture_at_use=int(backend.options["capture_at_use"]))
     if on_cuda:  # on the CPU nothing is captured: the passes run eagerly
         with capturing(len(prompts.plan.first), "prompt passes", len(prompts.graphs)):
@@ -103,7 +103,7 @@ def capturing(count: int, what: str, of: int) -> Iterator[None]:
     began = time.perf_counter()
     with console.status(f"Capturing {count} CUDA graphs for {what}..."), no_collection():
         yield
-    rest = f" ({of - count} more when first needed or while idle)" if of > count else ""
+    rest = f" ({of - count} more while idle)" if of > count else ""
     console.print(f"Captured {count} CUDA graphs for {what} in {time.perf_counter() - began:.1f} s{rest}")
 
 
