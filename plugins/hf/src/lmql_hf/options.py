@@ -18,11 +18,11 @@ OPTIONS: dict[str, Option] = {
     "warm_up": Option(bool, True,
                       "run a made-up workload before Ready: no request loads kernels (a smaller one on CPU)"),
     "cuda_graphs": Option(bool, True, "replay decode steps from CUDA graphs (single GPU)"),
-    "capture_all": Option(bool, True,
+    "capture_all": Option(bool, False,
                           "capture every CUDA graph before Ready (seconds longer start-up, no capture "
-                          "later); False: the prompt passes' graphs, one stream's up to 256 positions and "
-                          "each batch size's at the longest length (which serves every shorter length at "
-                          "about the same cost), the rest while the server idles"),
+                          "later); default: the prompt passes' graphs, one stream's up to 256 positions "
+                          "and each batch size's at the longest length (which serves every shorter length "
+                          "at about the same cost), the rest while the server idles"),
     "capture_at_use": Option(int, 2,
                              "a graph whose capture ran out of memory is tried again at this use of "
                              "its shape (a capture stalls every stream 20-75 ms), the uses before it "
