@@ -20,7 +20,6 @@
 #   run(command="bash benchmarks/gpu_next.sh 14", carry=[".whl"])  # (a): before the ring, with it, af34be5
 #   run(command="bash benchmarks/gpu_next.sh 15", carry=[".whl"])  # issue 32: covers' tests, start-up, first runs
 #   run(command="bash benchmarks/gpu_next.sh 16", carry=[".whl"])  # gpu_check; first runs with every graph, qwen3
-#   run(command="bash benchmarks/gpu_next.sh 17", carry=[".whl"])  # issue 31 (b): masks on our threads by lexer
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -125,11 +124,6 @@ elif [ "$part" = 16 ]; then  # the graph checks; first runs with every graph cap
     step 220 python3 scripts/gpu_check.py
     step 150 python3 benchmarks/workloads.py --workloads short --budget-s 140
     step 150 python3 benchmarks/workloads.py --workloads qwen3,llama --capture_all False --budget-s 140
-elif [ "$part" = 17 ]; then  # issue 31 (b): each lexer group's masks on a thread of ours (LMQL_MASK_FILL=groups)
-    step 100 python3 benchmarks/constraints_gpu.py --only b --window 4
-    step 100 env LMQL_MASK_FILL=groups python3 benchmarks/constraints_gpu.py --only b --window 4
-    step 150 python3 benchmarks/mask_costs.py --grammar --tokenizer /tmp/lmql-bench-gpt2-medium/tokenizer.json \
-        --threads 1,4,8 --walk-steps 256
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

@@ -146,7 +146,7 @@ def follow(filler: Any, seqs: list[Any], tokens: list[int], eos: int) -> None:
 
 def report(tok: Any, rows: int, steps: int, thread_counts: list[int], busy: bool = False) -> None:
     from lmql_core.engine import constraints
-    from lmql_core.engine.mask_filler import MASK_FILL_ENV, _cgroup_cpus, mask_threads
+    from lmql_core.engine.mask_filler import _cgroup_cpus, mask_threads
 
     ours = constraints.MASK_SLICES
     thread_counts = thread_counts or [mask_threads()]
@@ -168,16 +168,11 @@ def report(tok: Any, rows: int, steps: int, thread_counts: list[int], busy: bool
         for how, ms in ((f"bound at {threads} threads", bound), ("simulated: contiguous runs (rayon)", runs)):
             print(f"| MASK_SLICES | {how} | {ms:.2f} | - | - | - | - |", flush=True)
         lexer_counts = sorted({1, threads})  # one lexer shared, and one a thread
-        runs = [(n, b, f) for b in ([False, True] if busy else [False]) for n in lexer_counts
-                for f in (["executor", "groups"] if n > 1 else ["executor"])]
-        for lexers, busy_lock, fill in runs:
-            os.environ[MASK_FILL_ENV] = fill
+        for lexers, busy_lock in [(n, b) for b in ([False, True] if busy else [False]) for n in lexer_counts]:
             with _lock_kept_busy(busy_lock):
                 r = walk(tok, rows, steps, threads, lexers)
-            os.environ.pop(MASK_FILL_ENV)
             shared = "one lexer" if lexers == 1 else "a lexer each"
-            how = (f"llguidance's executor, {threads} threads, {shared}" if fill == "executor"
-                   else f"our {threads} threads, a lexer group each")
+            how = f"llguidance's executor, {threads} threads, {shared}"
             how += ", busy" if busy_lock else ""
             print(f"| MASK_SLICES | {how} | {r['fill_ms']:.2f} | {r['cpu_ms']:.2f} "
                   f"| - | {r['following_us']:,.0f} | {r['steps']} |", flush=True)

@@ -31,9 +31,6 @@ INLINE_FILL_SECONDS = 2e-4
 # two CPUs left to the engine thread and the event loop
 MAX_MASK_THREADS = 8
 MASK_THREADS_ENV = "LMQL_MASK_THREADS"
-# "groups": each lexer group's rows on a thread of ours (an experiment against llguidance's
-# executor, whose work stealing can put two threads on one lexer's rows)
-MASK_FILL_ENV = "LMQL_MASK_FILL"
 
 Filled = tuple[np.ndarray, float]  # a step's masks, and the seconds filling them took
 
@@ -102,8 +99,6 @@ class MaskFiller:
         self._executor: Any = None
         self._threads = 0  # the executor's
         self._ahead: PendingMasks | None = None  # the next step's llguidance masks, started early
-        self._by_group = os.environ.get(MASK_FILL_ENV) == "groups"
-        self._group_pool: ThreadPoolExecutor | None = None
 
     def prefetch(self, seqs: list[Sequence]) -> None:
         """Start filling the next step's masks of ``seqs`` (running sequences whose grammars just
@@ -153,35 +148,13 @@ class MaskFiller:
         grammars = [(c, j) for j, (c, _) in enumerate(rows) if c.follows_tokens]
         # by lexer: llguidance's threads take the list in runs, a run then a lexer (see GrammarCompiler)
         matchers = [(c.matcher, j) for c, j in sorted(grammars, key=lambda grammar: grammar[0].lexer)]
-        if matchers and self._by_group:
-            self._fill_by_group(grammars, bits)
-        elif matchers:
+        if matchers:
             self._llguidance().unsafe_compute_mask_ptr(matchers, bits.ctypes.data, bits.strides[0], len(bits))
         if len(matchers) < len(rows):
             for j, (constraint, generated) in enumerate(rows):
                 if not constraint.follows_tokens:
                     constraint.fill(generated, bits[j, :constraint.mask_words])
         return bits, time.perf_counter() - started
-
-    def _fill_by_group(self, grammars: list[tuple[Any, int]], bits: np.ndarray) -> None:
-        """Each lexer's rows one after another on one thread (llguidance drops the interpreter's
-        lock for each mask), the groups side by side."""
-        groups: dict[int, list[tuple[Any, int]]] = {}
-        for constraint, j in grammars:
-            groups.setdefault(constraint.lexer, []).append((constraint.matcher, j))
-        size, base, stride = bits.strides[0], bits.ctypes.data, bits.strides[0]
-
-        def fill(rows: list[tuple[Any, int]]) -> None:
-            for matcher, j in rows:
-                matcher.unsafe_compute_mask_ptr(base + j * stride, size)
-
-        runs = list(groups.values())
-        if self._group_pool is None:
-            self._group_pool = ThreadPoolExecutor(max_workers=mask_threads(), thread_name_prefix="lmql-lexer")
-        futures = [self._group_pool.submit(fill, rows) for rows in runs[1:]]
-        fill(runs[0])
-        for future in futures:
-            future.result()
 
     def _settle(self) -> None:
         """Wait for masks started ahead that no step took (no matcher may be in use meanwhile);
