@@ -20,6 +20,9 @@
 #   run(command="bash benchmarks/gpu_next.sh 14", carry=[".whl"])  # (a): before the ring, with it, af34be5
 #   run(command="bash benchmarks/gpu_next.sh 15", carry=[".whl"])  # issue 32: covers' tests, start-up, first runs
 #   run(command="bash benchmarks/gpu_next.sh 16", carry=[".whl"])  # gpu_check; first runs with every graph, qwen3
+#   run(command="bash benchmarks/gpu_next.sh 18", carry=[".whl"])  # issue 32: many-row Llama layers: checks, steps
+#   run(command="bash benchmarks/gpu_next.sh 19", carry=[".whl"])  # the same: served, against the plugin before
+#   (18's and 19's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -124,6 +127,18 @@ elif [ "$part" = 16 ]; then  # the graph checks; first runs with every graph cap
     step 220 python3 scripts/gpu_check.py
     step 150 python3 benchmarks/workloads.py --workloads short --budget-s 140
     step 150 python3 benchmarks/workloads.py --workloads qwen3,llama --capture_all False --budget-s 140
+elif [ "$part" = 18 ]; then  # issue 32: Llama-shaped layers' decode steps of many rows in ~10 kernels
+    before="$PWD/.whl/rows_before/plugins/hf/src"
+    step 200 python3 scripts/gpu_check.py
+    step 100 python3 benchmarks/step_profile.py --model llama-1b --batches 1,64 --steps 50 --kernels
+    step 100 env PYTHONPATH="$before" python3 benchmarks/step_profile.py --model llama-1b --batches 64 --steps 50 \
+        --kernels
+    step 100 python3 benchmarks/step_profile.py --model qwen3-0.6b --batches 64 --steps 50
+    step 100 env PYTHONPATH="$before" python3 benchmarks/step_profile.py --model qwen3-0.6b --batches 64 --steps 50
+elif [ "$part" = 19 ]; then  # the same served: the plugin at 00ba65f, then this one, each on fresh servers
+    step 150 env PYTHONPATH="$PWD/.whl/rows_before/plugins/hf/src" python3 benchmarks/workloads.py \
+        --workloads llama,qwen3 --budget-s 140
+    step 150 python3 benchmarks/workloads.py --workloads llama,qwen3 --budget-s 140
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

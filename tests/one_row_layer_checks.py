@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -109,6 +110,43 @@ def test_rope_after_per_head_norms_matches_float64(kernel: ModuleType, dim: int)
     assert float((out - want).norm() / want.norm()) < 1e-6
 
 
+def test_rope_of_many_rows_at_their_own_positions_matches_transformers(kernel: ModuleType) -> None:
+    """Each row's token rotated by its own position's angles (a decode step of many streams)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    torch.manual_seed(5)
+    rows, heads, kv_heads, dim = 3, 4, 2, 16
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * dim)
+    angles = torch.rand(rows, 1, dim // 2) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    q = qkv[:, : heads * dim].view(rows, 1, heads, dim).transpose(1, 2)
+    k = qkv[:, heads * dim : (heads + kv_heads) * dim].view(rows, 1, kv_heads, dim).transpose(1, 2)
+    want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
+    out = kernel.rotate_heads(qkv, heads + kv_heads, cos, sin)
+    assert out.shape == (rows, (heads + kv_heads) * dim)
+    assert torch.allclose(out[:, : heads * dim], want_q.transpose(1, 2).reshape(rows, -1), atol=1e-6)
+    assert torch.allclose(out[:, heads * dim :], want_k.transpose(1, 2).reshape(rows, -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [64, 100])  # 100: the block's masked lanes add nothing to the sum
+def test_many_rows_norm_and_silu_times_up_match_transformers(k: int) -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from lmql_hf.kernels import rows_kernel
+
+    torch.manual_seed(k)
+    norm = LlamaRMSNorm(k, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(5, k) * 3
+    with torch.no_grad():
+        want = norm(x)
+    assert torch.allclose(rows_kernel.rms_norm(x, norm.weight.detach(), 1e-5), want, atol=1e-6)
+    gate_up = torch.randn(5, 2 * k) * 2
+    want = functional.silu(gate_up[:, :k]) * gate_up[:, k:]
+    assert torch.allclose(rows_kernel.silu_mul(gate_up), want, atol=1e-6)
+
+
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
     """Norm weights off one and biases off zero, so a stand-in that dropped one would show."""
     with torch.no_grad():
@@ -132,7 +170,30 @@ def _decode_logits(model: torch.nn.Module, prompt: torch.Tensor, then: list[int]
     return logits
 
 
-def _assert_fused_decode_matches(model: torch.nn.Module, wrapper: type, then: tuple[int, ...] = (13, 2, 40)) -> None:
+def _decode_rows_logits(model: torch.nn.Module, prompts: list[list[int]], then: list[int]) -> list[torch.Tensor]:
+    """As ``_decode_logits`` for several rows at once, prompts of different lengths left-padded:
+    each decode step is one token for every row, each at its own position."""
+    longest = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        logits, cache = [out.logits[:, -1]], out.past_key_values
+        for token in then:
+            mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], -1)
+            positions = positions[:, -1:] + 1
+            out = model(torch.full((len(prompts), 1), token), attention_mask=mask, position_ids=positions,
+                        past_key_values=cache, use_cache=True)
+            logits.append(out.logits[:, -1])
+            cache = out.past_key_values
+    return logits
+
+
+def _assert_fused_decode_matches(model: torch.nn.Module, wrapper: type, then: tuple[int, ...] = (13, 2, 40),
+                                 many_rows: bool = False) -> None:
+    """One row's decode steps through the fused layers give the untouched model's logits; with
+    ``many_rows``, so do three rows' at once, each at its own position."""
     from lmql_hf.cuda import fused
 
     original = copy.deepcopy(model)
@@ -141,8 +202,23 @@ def _assert_fused_decode_matches(model: torch.nn.Module, wrapper: type, then: tu
     assert len(layers) == 2
     prompt = torch.tensor([[5, 7, 9, 11]])
     want, got = _decode_logits(original, prompt, list(then)), _decode_logits(model, prompt, list(then))
+    if many_rows:
+        prompts = [[5, 7, 9, 11], [3, 1], [8, 6, 4, 2, 10, 12]]
+        want += _decode_rows_logits(original, prompts, list(then))
+        got += _decode_rows_logits(model, prompts, list(then))
+        taken = []  # the fused many-row path, not the original layer, ran those steps
+        layers[0].many_rows = _counted(layers[0].many_rows, taken)
+        _decode_rows_logits(model, prompts, list(then))
+        assert len(taken) == len(then)
     for a, b in zip(want, got, strict=True):
         assert torch.allclose(a, b, atol=2e-5), float((a - b).abs().max())
+
+
+def _counted(method: Any, calls: list[int]) -> Any:
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return method(*args, **kwargs)
+    return counting
 
 
 @pytest.mark.parametrize("attention_bias", [False, True])
@@ -158,7 +234,7 @@ def test_a_fused_llama_decodes_as_transformers_does(attention_bias: bool) -> Non
                          intermediate_size=96, vocab_size=128, attention_bias=attention_bias,
                          rope_parameters={"rope_type": "default", "rope_theta": 500.0})
     model = _perturbed(LlamaForCausalLM(config))
-    _assert_fused_decode_matches(model, one_row_layers.OneRowLlamaLayer)
+    _assert_fused_decode_matches(model, one_row_layers.OneRowLlamaLayer, many_rows=True)
     attention = model.model.layers[0].layer.self_attn
     assert attention.k_proj.weight.data_ptr() == attention.q_proj.weight.data_ptr() + 64 * 64 * 4  # views, no copy
 
@@ -181,7 +257,7 @@ def test_a_fused_qwen_decodes_as_transformers_does(family: str) -> None:
     from lmql_hf.cuda import one_row_layers
 
     model = _small_qwen(family)
-    _assert_fused_decode_matches(model, one_row_layers.OneRowLlamaLayer, then=(13, 2))
+    _assert_fused_decode_matches(model, one_row_layers.OneRowLlamaLayer, then=(13, 2), many_rows=True)
     assert (model.model.layers[0].head_norms is not None) == (family == "qwen3")
     if family == "qwen3":
         assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied, not copied

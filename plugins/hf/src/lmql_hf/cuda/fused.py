@@ -56,6 +56,15 @@ def _row_kernel() -> ModuleType | None:
     return gemv_kernel
 
 
+def _rows_kernel() -> ModuleType | None:
+    """The many-row kernels (norm, SiLU * up), where Triton is installed."""
+    try:
+        from lmql_hf.kernels import rows_kernel
+    except ImportError:
+        return None
+    return rows_kernel
+
+
 def runs_kernel(x: torch.Tensor) -> bool:
     return runs_on(x.device)
 
@@ -141,7 +150,7 @@ def _one_row_llama_layer(layer: nn.Module, kernel: ModuleType) -> nn.Module | No
         return None
     if not (_same_biases(qkv) and _same_biases(gate_up) and _head_norms_fit(attention, norm_class)):
         return None
-    return one_row_layers.OneRowLlamaLayer(layer, kernel, runs_kernel)
+    return one_row_layers.OneRowLlamaLayer(layer, kernel, runs_kernel, _rows_kernel())
 
 
 def _one_row_gpt2_block(block: nn.Module, kernel: ModuleType) -> nn.Module | None:

@@ -1,5 +1,5 @@
 """Triton kernels for a decode step of one row: y = act(norm(x) @ w.T + b) + residual, and RoPE
-(after a per-head RMSNorm where the model has one: Qwen3).
+(after a per-head RMSNorm where the model has one: Qwen3; of one row or many).
 
 At one row a layer's matrix product is a matrix-vector product: all that matters is
 reading the weights once at full memory bandwidth. On an H100 (3.35 TB/s) cuBLAS's one-row
@@ -151,14 +151,18 @@ class HeadNorms:
 
 
 @triton.jit
-def _rotated(qk_ptr, cos_ptr, sin_ptr, out_ptr, gq_ptr, gk_ptr, query_heads, eps,
-             HALF: tl.constexpr, BLOCK: tl.constexpr, HEAD_NORM: tl.constexpr):
-    """One head of RoPE: out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); with
-    HEAD_NORM, x is the head RMS-normalised and scaled by its norm's weight first."""
-    head = tl.program_id(0)
+def _rotated(qk_ptr, cos_ptr, sin_ptr, out_ptr, gq_ptr, gk_ptr, query_heads, heads, eps, stride_qk,
+             stride_angles, HALF: tl.constexpr, BLOCK: tl.constexpr, HEAD_NORM: tl.constexpr):
+    """One head of one row of RoPE: out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1);
+    with HEAD_NORM, x is the head RMS-normalised and scaled by its norm's weight first."""
+    head, row = tl.program_id(0), tl.program_id(1)
     base = head * 2 * HALF
     offs = tl.arange(0, BLOCK)
     mask = offs < HALF
+    qk_ptr += row * stride_qk
+    out_ptr += row * heads * 2 * HALF
+    cos_ptr += row * stride_angles
+    sin_ptr += row * stride_angles
     x1 = tl.load(qk_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(qk_ptr + base + HALF + offs, mask=mask, other=0.0).to(tl.float32)
     if HEAD_NORM:  # masked lanes are zeros: they add nothing to the sum of squares
@@ -180,16 +184,21 @@ def _rotated(qk_ptr, cos_ptr, sin_ptr, out_ptr, gq_ptr, gk_ptr, query_heads, eps
 
 def rotate_heads(qk: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor,
                  norms: HeadNorms | None = None) -> torch.Tensor:
-    """RoPE on the first ``heads`` heads of the one token's ``qk`` (1, >= heads x head_dim), as
-    transformers' ``apply_rotary_pos_emb``; ``cos`` and ``sin`` hold head_dim values each.
-    ``norms``: each head RMS-normalised first (as Qwen3's attention does). Returns (1, heads x head_dim)."""
-    dim = cos.numel()
-    assert sin.numel() == dim and dim % 2 == 0 and qk.is_contiguous() and qk.shape[-1] >= heads * dim
+    """RoPE on the first ``heads`` heads of each row's token in ``qk`` (rows, >= heads x
+    head_dim), as transformers' ``apply_rotary_pos_emb``; ``cos`` and ``sin`` hold head_dim values
+    for each row (or one row's for all). ``norms``: each head RMS-normalised first (as Qwen3's
+    attention does). Returns (rows, heads x head_dim)."""
+    rows = qk.shape[0]
+    dim = cos.shape[-1]
+    angles = cos.numel() // dim
+    assert angles in (1, rows) and sin.shape[-1] == dim and sin.numel() == cos.numel() and dim % 2 == 0
+    assert qk.dim() == 2 and qk.stride(1) == 1 and qk.shape[1] >= heads * dim
     assert norms is None or norms.query.numel() == dim == norms.key.numel()
-    out = torch.empty((1, heads * dim), dtype=qk.dtype, device=qk.device)
+    out = torch.empty((rows, heads * dim), dtype=qk.dtype, device=qk.device)
     query, key = (qk, qk) if norms is None else (norms.query, norms.key)
-    _rotated[(heads,)](qk, cos.contiguous(), sin.contiguous(), out, query, key,
-                       heads if norms is None else norms.query_heads, 0.0 if norms is None else norms.eps,
-                       HALF=dim // 2, BLOCK=triton.next_power_of_2(dim // 2), HEAD_NORM=norms is not None,
-                       num_warps=1)
+    _rotated[(heads, rows)](qk, cos.contiguous(), sin.contiguous(), out, query, key,
+                            heads if norms is None else norms.query_heads, heads,
+                            0.0 if norms is None else norms.eps, qk.stride(0), 0 if angles == 1 else dim,
+                            HALF=dim // 2, BLOCK=triton.next_power_of_2(dim // 2),
+                            HEAD_NORM=norms is not None, num_warps=1)
     return out
