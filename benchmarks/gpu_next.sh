@@ -22,6 +22,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 16", carry=[".whl"])  # gpu_check; first runs with every graph, qwen3
 #   run(command="bash benchmarks/gpu_next.sh 18", carry=[".whl"])  # issue 32: many-row Llama layers: checks, steps
 #   run(command="bash benchmarks/gpu_next.sh 19", carry=[".whl"])  # the same: served, against the plugin before
+#   run(command="bash benchmarks/gpu_next.sh 20", carry=[".whl"])  # captures of two models in one process; gpu_check
 #   (18's and 19's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
@@ -139,6 +140,9 @@ elif [ "$part" = 19 ]; then  # the same served: the plugin at 00ba65f, then this
     step 150 env PYTHONPATH="$PWD/.whl/rows_before/plugins/hf/src" python3 benchmarks/workloads.py \
         --workloads llama,qwen3 --budget-s 140
     step 150 python3 benchmarks/workloads.py --workloads llama,qwen3 --budget-s 140
+elif [ "$part" = 20 ]; then  # one capture at a time in a process, in CUDA's thread-local mode
+    step 150 python3 -m pytest -q tests/test_hf_cover_graphs.py tests/test_hf_capture_plan.py
+    step 220 python3 scripts/gpu_check.py
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

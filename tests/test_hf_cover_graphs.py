@@ -78,3 +78,33 @@ def test_uncaptured_buckets_replay_their_cover_with_transformers_tokens(gpt2_pat
         time.sleep(pause)
     assert {(8, 64), (8, 128), (8, 256)} <= plan.captured
     assert backend_greedy(backend) == expected
+
+
+def test_a_model_capturing_while_idle_and_another_loading_and_serving_do_not_meet(gpt2_path: Path) -> None:
+    """Two models in one process (in-process ``local:`` clients can load several): one captures
+    its graphs in its idle time on another thread while the second loads (capturing its own) and
+    decodes; neither capture fails and both give transformers' tokens."""
+    import threading
+
+    from lmql_hf.backend import HFBackend
+
+    expected = transformers_greedy(gpt2_path)
+    first = HFBackend(str(gpt2_path), cuda=True, dtype="float32", capture_all=False)
+    errors: list[BaseException] = []
+
+    def idle() -> None:
+        try:
+            while (pause := first.idle()) is not None:
+                time.sleep(min(pause, 0.01))
+        except BaseException as e:  # noqa: BLE001  (reported by the test below)
+            errors.append(e)
+
+    capturing = threading.Thread(target=idle)
+    first.stepped_at = time.perf_counter() - 10  # idle long enough already: capture at once
+    capturing.start()
+    second = HFBackend(str(gpt2_path), cuda=True, dtype="float32", capture_all=False)
+    assert backend_greedy(second) == expected
+    capturing.join()
+    assert not errors
+    assert len(first.graphs.plan.captured) == len(first.graphs.plan.order)
+    assert backend_greedy(first) == expected

@@ -133,6 +133,7 @@ def diagonal_order(batches: list[int], lengths: list[int]) -> list[tuple[int, in
 
 _STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 _WARMED: set[tuple[int, torch.device]] = set()  # (thread, device): a warm-up ran on its side stream
+_CAPTURING = threading.Lock()
 
 
 def capture(graph: torch.cuda.CUDAGraph, run: Callable[[], torch.Tensor], device: torch.device,
@@ -145,10 +146,20 @@ def capture(graph: torch.cuda.CUDAGraph, run: Callable[[], torch.Tensor], device
     empties them once before many captures). The garbage collector waits meanwhile: objects it
     frees can make CUDA calls that invalidate a capture. A thread's first capture on a device
     warms up regardless: cuBLAS keeps a workspace per thread's handle and stream, made at first
-    use. (A warm-up with a step's inputs writes what the step's replay writes again: the same.)"""
-    if device not in _STREAMS:
-        _STREAMS[device] = torch.cuda.Stream(device)
-    stream = _STREAMS[device]
+    use. (A warm-up with a step's inputs writes what the step's replay writes again: the same.)
+
+    One capture at a time in the process (``_CAPTURING``: backends share the side stream), and
+    each in CUDA's thread-local mode: another thread's work meanwhile (a second model of the same
+    process loading or serving while this one captures in its idle time) neither fails nor
+    invalidates the capture."""
+    with _CAPTURING:
+        if device not in _STREAMS:
+            _STREAMS[device] = torch.cuda.Stream(device)
+        return _capture_on(_STREAMS[device], graph, run, device, pool, warm)
+
+
+def _capture_on(stream: torch.cuda.Stream, graph: torch.cuda.CUDAGraph, run: Callable[[], torch.Tensor],
+                device: torch.device, pool: Any, warm: bool) -> torch.Tensor:
     thread = (threading.get_ident(), device)
     warm = warm or thread not in _WARMED
     _WARMED.add(thread)
@@ -159,7 +170,7 @@ def capture(graph: torch.cuda.CUDAGraph, run: Callable[[], torch.Tensor], device
         with torch.cuda.stream(stream):
             if warm:
                 run()
-            graph.capture_begin(pool=pool)
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
             try:
                 out = run()
             except BaseException:
