@@ -23,7 +23,8 @@
 #   run(command="bash benchmarks/gpu_next.sh 18", carry=[".whl"])  # issue 32: many-row Llama layers: checks, steps
 #   run(command="bash benchmarks/gpu_next.sh 19", carry=[".whl"])  # the same: served, against the plugin before
 #   run(command="bash benchmarks/gpu_next.sh 20", carry=[".whl"])  # captures of two models in one process; gpu_check
-#   (18's and 19's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
+#   run(command="bash benchmarks/gpu_next.sh 21", carry=[".whl"])  # GPT-2's many-row blocks against before
+#   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
 # `cp /tmp/lmql-bench-bpe-50257/tokenizer.json .whl/lmql-bench-bpe-50257.json` after any benchmark
@@ -143,6 +144,13 @@ elif [ "$part" = 19 ]; then  # the same served: the plugin at 00ba65f, then this
 elif [ "$part" = 20 ]; then  # one capture at a time in a process, in CUDA's thread-local mode
     step 150 python3 -m pytest -q tests/test_hf_cover_graphs.py tests/test_hf_capture_plan.py
     step 220 python3 scripts/gpu_check.py
+elif [ "$part" = 21 ]; then  # GPT-2's blocks' decode steps of many rows: steps, then served, against before
+    before="$PWD/.whl/rows_before/plugins/hf/src"
+    step 90 python3 benchmarks/step_profile.py --model gpt2-medium --batches 64 --steps 50 --kernels
+    step 90 env PYTHONPATH="$before" python3 benchmarks/step_profile.py --model gpt2-medium --batches 64 --steps 50 \
+        --kernels
+    step 120 python3 benchmarks/workloads.py --workloads short --budget-s 110
+    step 120 env PYTHONPATH="$before" python3 benchmarks/workloads.py --workloads short --budget-s 110
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

@@ -147,6 +147,19 @@ def test_many_rows_norm_and_silu_times_up_match_transformers(k: int) -> None:
     assert torch.allclose(rows_kernel.silu_mul(gate_up), want, atol=1e-6)
 
 
+def test_many_rows_residual_add_and_layer_norm_match_transformers() -> None:
+    from lmql_hf.kernels import rows_kernel
+
+    torch.manual_seed(9)
+    norm = torch.nn.LayerNorm(100, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.normal_()
+    x, residual = torch.randn(4, 100) * 2 + 1, torch.randn(4, 100)
+    total, normed = rows_kernel.add_layer_norm(x, residual, norm.weight.detach(), norm.bias.detach(), 1e-5)
+    with torch.no_grad():
+        assert torch.allclose(total, x + residual) and torch.allclose(normed, norm(x + residual), atol=1e-5)
+
+
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
     """Norm weights off one and biases off zero, so a stand-in that dropped one would show."""
     with torch.no_grad():
@@ -283,7 +296,7 @@ def test_a_fused_gpt2_decodes_as_transformers_does(small_gpt2: str) -> None:
 
     torch.manual_seed(2)
     model = _perturbed(GPT2LMHeadModel.from_pretrained(small_gpt2))
-    _assert_fused_decode_matches(model, one_row_layers.OneRowGPT2Block)
+    _assert_fused_decode_matches(model, one_row_layers.OneRowGPT2Block, many_rows=True)
 
 
 @pytest.mark.parametrize(("rows", "tokens"), [(3, 1), (1, 5)])  # decode rows; a packed prompt chunk

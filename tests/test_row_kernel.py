@@ -35,7 +35,7 @@ def checks_file(name: str, count: int) -> object:
 # transformers, cache kernels; attention over the slot cache against float64, generate, mixed traffic
 @pytest.mark.parametrize(("checks", "count"), [
     checks_file("row_kernel_checks.py", 10),
-    checks_file("one_row_layer_checks.py", 36),
+    checks_file("one_row_layer_checks.py", 37),
     checks_file("slot_attention_checks.py", 30),
 ])
 def test_the_kernels_compute_what_references_do_under_the_interpreter(checks: str, count: int) -> None:

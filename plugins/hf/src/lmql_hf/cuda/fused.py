@@ -168,7 +168,7 @@ def _one_row_gpt2_block(block: nn.Module, kernel: ModuleType) -> nn.Module | Non
         if type(child) is not OneRowLinear and (child := _one_row_linear(child)) is None:
             return None
         setattr(parent, name, child)
-    return one_row_layers.OneRowGPT2Block(block, kernel, runs_kernel)
+    return one_row_layers.OneRowGPT2Block(block, kernel, runs_kernel, _rows_kernel())
 
 
 # decoder layers built like Llama's, by exact class: the class of RMSNorm each must have. Qwen2 adds
