@@ -24,6 +24,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 19", carry=[".whl"])  # the same: served, against the plugin before
 #   run(command="bash benchmarks/gpu_next.sh 20", carry=[".whl"])  # captures of two models in one process; gpu_check
 #   run(command="bash benchmarks/gpu_next.sh 21", carry=[".whl"])  # GPT-2's many-row blocks against before
+#   run(command="bash benchmarks/gpu_next.sh 22", carry=[".whl"])  # 20 and 21 in one call, the checks first
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
@@ -151,6 +152,15 @@ elif [ "$part" = 21 ]; then  # GPT-2's blocks' decode steps of many rows: steps,
         --kernels
     step 120 python3 benchmarks/workloads.py --workloads short --budget-s 110
     step 120 env PYTHONPATH="$before" python3 benchmarks/workloads.py --workloads short --budget-s 110
+elif [ "$part" = 22 ]; then  # 20's checks, then 21's GPT-2 numbers, in one call
+    before="$PWD/.whl/rows_before/plugins/hf/src"
+    step 100 python3 -m pytest -q tests/test_hf_cover_graphs.py
+    step 200 python3 scripts/gpu_check.py
+    step 60 python3 benchmarks/step_profile.py --model gpt2-medium --batches 64 --steps 50 --kernels
+    step 60 env PYTHONPATH="$before" python3 benchmarks/step_profile.py --model gpt2-medium --batches 64 --steps 50 \
+        --kernels
+    step 100 python3 benchmarks/workloads.py --workloads short --budget-s 95
+    step 100 env PYTHONPATH="$before" python3 benchmarks/workloads.py --workloads short --budget-s 95
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc

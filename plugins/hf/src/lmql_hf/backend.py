@@ -30,7 +30,7 @@ from lmql_hf.cache.slots import SlotTable
 from lmql_hf.cpu import lean_decode
 from lmql_hf.cpu.threads import HostThreads, weights_per_token
 from lmql_hf.cuda import fused, replays
-from lmql_hf.cuda.graphs import BATCH_BUCKETS, length_buckets
+from lmql_hf.cuda.graphs import BATCH_BUCKETS, length_buckets, no_captures
 from lmql_hf.loading import chat, hub, loader_keys, weights
 from lmql_hf.loading.tokenizer import cached_tokenizer_json
 from lmql_hf.options import ENGINE_OPTIONS
@@ -53,6 +53,10 @@ class HFBackend(Backend):
     stepped_at: float  # when the last step began (``replays.CapturesLeft`` waits for a pause)
 
     def __init__(self, model: str, *, cuda: bool = False, dtype: str | None = None, **kwargs: Any) -> None:
+        with no_captures():  # another model of this process captures nothing meanwhile
+            self._load(model, cuda, dtype, kwargs)
+
+    def _load(self, model: str, cuda: bool, dtype: str | None, kwargs: dict[str, Any]) -> None:
         self.options = {k: kwargs.pop(k, v) for k, v in ENGINE_OPTIONS.items()}
         if (at_use := int(self.options["capture_at_use"])) < 1:
             raise LMQLError(f"capture_at_use counts a shape's uses from 1, not {at_use}")

@@ -133,7 +133,14 @@ def diagonal_order(batches: list[int], lengths: list[int]) -> list[tuple[int, in
 
 _STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 _WARMED: set[tuple[int, torch.device]] = set()  # (thread, device): a warm-up ran on its side stream
-_CAPTURING = threading.Lock()
+# held by a capture and by a model's whole load (``no_captures``): a load makes device-wide calls
+# (synchronize, empty_cache) that fail while any stream of the device is capturing
+_CAPTURING = threading.RLock()
+
+
+def no_captures() -> threading.RLock:
+    """Held, no other thread of the process captures a CUDA graph (a model's load holds it)."""
+    return _CAPTURING
 
 
 def capture(graph: torch.cuda.CUDAGraph, run: Callable[[], torch.Tensor], device: torch.device,
@@ -148,10 +155,10 @@ def capture(graph: torch.cuda.CUDAGraph, run: Callable[[], torch.Tensor], device
     warms up regardless: cuBLAS keeps a workspace per thread's handle and stream, made at first
     use. (A warm-up with a step's inputs writes what the step's replay writes again: the same.)
 
-    One capture at a time in the process (``_CAPTURING``: backends share the side stream), and
-    each in CUDA's thread-local mode: another thread's work meanwhile (a second model of the same
-    process loading or serving while this one captures in its idle time) neither fails nor
-    invalidates the capture."""
+    One capture at a time in the process (``_CAPTURING``: backends share the side stream), none
+    while another model loads, and each in CUDA's thread-local mode: another thread's work on its
+    own streams meanwhile (a second model of the same process serving while this one captures in
+    its idle time) neither fails nor invalidates the capture."""
     with _CAPTURING:
         if device not in _STREAMS:
             _STREAMS[device] = torch.cuda.Stream(device)
