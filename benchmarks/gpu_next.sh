@@ -25,6 +25,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 20", carry=[".whl"])  # captures of two models in one process; gpu_check
 #   run(command="bash benchmarks/gpu_next.sh 21", carry=[".whl"])  # GPT-2's many-row blocks against before
 #   run(command="bash benchmarks/gpu_next.sh 22", carry=[".whl"])  # 20 and 21 in one call, the checks first
+#   run(command="bash benchmarks/gpu_next.sh 23", carry=[".whl"])  # issue 32: offline and SCORE after the layers
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
@@ -161,6 +162,8 @@ elif [ "$part" = 22 ]; then  # 20's checks, then 21's GPT-2 numbers, in one call
         --kernels
     step 100 python3 benchmarks/workloads.py --workloads short --budget-s 95
     step 100 env PYTHONPATH="$before" python3 benchmarks/workloads.py --workloads short --budget-s 95
+elif [ "$part" = 23 ]; then  # issue 32's offline workload and SCORE with the many-row layers
+    step 170 python3 benchmarks/workloads.py --workloads offline,score --budget-s 160
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
