@@ -26,6 +26,9 @@
 #   run(command="bash benchmarks/gpu_next.sh 21", carry=[".whl"])  # GPT-2's many-row blocks against before
 #   run(command="bash benchmarks/gpu_next.sh 22", carry=[".whl"])  # 20 and 21 in one call, the checks first
 #   run(command="bash benchmarks/gpu_next.sh 23", carry=[".whl"])  # issue 32: offline and SCORE after the layers
+#   run(command="bash benchmarks/gpu_next.sh 24", kind="nvidia-h200", carry=[".whl"])  # issue 32's table, part 1
+#   run(command="bash benchmarks/gpu_next.sh 25", kind="nvidia-h200", carry=[".whl"])  # issue 32's table, part 2
+#   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
 # (.whl: `bash benchmarks/fetch_llguidance_wheel.sh && bash benchmarks/fetch_lmql073_wheels.sh`; and
@@ -164,6 +167,14 @@ elif [ "$part" = 22 ]; then  # 20's checks, then 21's GPT-2 numbers, in one call
     step 100 env PYTHONPATH="$before" python3 benchmarks/workloads.py --workloads short --budget-s 95
 elif [ "$part" = 23 ]; then  # issue 32's offline workload and SCORE with the many-row layers
     step 170 python3 benchmarks/workloads.py --workloads offline,score --budget-s 160
+elif [ "$part" = 24 ]; then  # issue 32's table on an H200, LMQL 0.7.3 beside: gpt2-medium's points
+    step 560 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts --lmql-wheels .whl \
+        --out "$out/w24" --budget-s 540
+elif [ "$part" = 25 ]; then  # the Llama, Qwen3 and offline points, then the start-up
+    step 420 python3 benchmarks/workloads.py --workloads llama,qwen3,offline --lmql-wheels .whl \
+        --out "$out/w25" --budget-s 400
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    step 170 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode --starts 1
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
