@@ -174,7 +174,7 @@ elif [ "$part" = 25 ]; then  # the Llama, Qwen3 and offline points, then the sta
     step 420 python3 benchmarks/workloads.py --workloads llama,qwen3,offline --lmql-wheels .whl \
         --out "$out/w25" --budget-s 400
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
-    step 170 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode --starts 1
+    step 170 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)
     # bytecode compiled once (pip does it on a user's machine; this image forbids writing it)
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
