@@ -1,5 +1,6 @@
 """The HF backend's Triton kernels on the CPU, through Triton's interpreter: the one-row matrix
-product (lmql_hf.kernels.gemv_kernel) and the attention over the slot cache (lmql_hf.kernels.slot_attention)."""
+product (lmql_hf.kernels.gemv_kernel), the many-row kernels (lmql_hf.kernels.rows_kernel) and the
+attention over the slot cache (lmql_hf.kernels.slot_attention)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ def checks_file(name: str, count: int) -> object:
 
 
 # the one-row product against float64; fused decoder layers (Llama, Qwen2, Qwen3, GPT-2) against
-# transformers, cache kernels; attention over the slot cache against float64, generate, mixed traffic
+# transformers, cache kernels; the many-row kernels against transformers' modules; attention over
+# the slot cache against float64, generate, mixed traffic
 @pytest.mark.parametrize(("checks", "count"), [
     checks_file("row_kernel_checks.py", 10),
-    checks_file("one_row_layer_checks.py", 37),
+    checks_file("one_row_layer_checks.py", 33),
+    checks_file("rows_kernel_checks.py", 4),
     checks_file("slot_attention_checks.py", 30),
 ])
 def test_the_kernels_compute_what_references_do_under_the_interpreter(checks: str, count: int) -> None:
