@@ -35,11 +35,13 @@ class OneRowLayer(nn.Module):
     """A decoder layer with a fused path for one token of one row (and of many: ``takes_rows``)."""
 
     ATTENTION = "self_attn"  # the layer's attention module
+    norms: list[Any]  # the layer's two norms (``RowNorm``), the input's first
 
-    def __init__(self, layer: Any, kernel: ModuleType, run_kernel: RunsKernel) -> None:
+    def __init__(self, layer: Any, kernel: ModuleType, run_kernel: RunsKernel,
+                 rows_kernel: ModuleType | None = None) -> None:
         super().__init__()
         self.layer: Any = layer
-        self.kernel, self.runs_kernel = kernel, run_kernel
+        self.kernel, self.runs_kernel, self.rows_kernel = kernel, run_kernel, rows_kernel
         self.signature = inspect.signature(layer.forward)
 
     def __getattr__(self, name: str) -> Any:
@@ -65,11 +67,16 @@ class OneRowLayer(nn.Module):
         extra = dict(bound.pop("kwargs", {}))
         extra.update({name: bound[name] for name in ("position_ids", "use_cache") if name in bound})
         cache = next((bound[name] for name in CACHE_ARGUMENTS if name in bound), None)
-        return self.one_row(hidden_states, attention, cache, bound, extra)
+        run = self.many_rows if hidden_states.shape[0] > 1 else self.one_row
+        return run(hidden_states, attention, cache, bound, extra)
 
     def takes_rows(self, x: torch.Tensor) -> bool:
-        """Whether ``one_row`` also runs a decode step of many rows, (rows, 1, hidden), like ``x``."""
-        return False
+        """Whether ``many_rows`` runs a decode step of many rows, (rows, 1, hidden), like ``x``."""
+        return self.rows_kernel is not None and x.dtype == self.norms[0].weight.dtype
+
+    def many_rows(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
+                  extra: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
 
     def one_row(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
                 extra: dict[str, Any]) -> torch.Tensor:
@@ -126,8 +133,7 @@ class OneRowLlamaLayer(OneRowLayer):
 
     def __init__(self, layer: Any, kernel: ModuleType, run_kernel: RunsKernel,
                  rows_kernel: ModuleType | None = None) -> None:
-        super().__init__(layer, kernel, run_kernel)
-        self.rows_kernel = rows_kernel
+        super().__init__(layer, kernel, run_kernel, rows_kernel)
         attention, mlp = layer.self_attn, layer.mlp
         self.qkv, self.qkv_bias = _concatenated([attention.q_proj, attention.k_proj, attention.v_proj])
         self.gate_up, self.gate_up_bias = _concatenated([mlp.gate_proj, mlp.up_proj])
@@ -139,13 +145,8 @@ class OneRowLlamaLayer(OneRowLayer):
         self.head_norms = None if q_norm is None or k_norm is None else kernel.HeadNorms(
             q_norm.weight, k_norm.weight, self.heads, float(q_norm.variance_epsilon))
 
-    def takes_rows(self, x: torch.Tensor) -> bool:
-        return self.rows_kernel is not None and x.dtype == self.norms[0].weight.dtype
-
     def one_row(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
                 extra: dict[str, Any]) -> torch.Tensor:
-        if x.shape[0] > 1:
-            return self.many_rows(x, attend, cache, arguments, extra)
         layer, kernel = self.layer, self.kernel
         attention, dim = layer.self_attn, layer.self_attn.head_dim
         row = x.reshape(1, -1)
@@ -193,18 +194,12 @@ class OneRowGPT2Block(OneRowLayer):
 
     def __init__(self, layer: Any, kernel: ModuleType, run_kernel: RunsKernel,
                  rows_kernel: ModuleType | None = None) -> None:
-        super().__init__(layer, kernel, run_kernel)
-        self.rows_kernel = rows_kernel
+        super().__init__(layer, kernel, run_kernel, rows_kernel)
         self.norms = [kernel.RowNorm("layer", n.weight, n.bias, float(n.eps))
                       for n in (layer.ln_1, layer.ln_2)]
 
-    def takes_rows(self, x: torch.Tensor) -> bool:
-        return self.rows_kernel is not None and x.dtype == self.norms[0].weight.dtype
-
     def one_row(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
                 extra: dict[str, Any]) -> torch.Tensor:
-        if x.shape[0] > 1:
-            return self.many_rows(x, attend, cache, arguments, extra)
         layer, kernel = self.layer, self.kernel
         attention, mlp = layer.attn, layer.mlp
         row = x.reshape(1, -1)
