@@ -28,6 +28,8 @@
 #   run(command="bash benchmarks/gpu_next.sh 23", carry=[".whl"])  # issue 32: offline and SCORE after the layers
 #   run(command="bash benchmarks/gpu_next.sh 24", kind="nvidia-h200", carry=[".whl"])  # issue 32's table, part 1
 #   run(command="bash benchmarks/gpu_next.sh 25", kind="nvidia-h200", carry=[".whl"])  # issue 32's table, part 2
+#   run(command="bash benchmarks/gpu_next.sh 26", carry=[".whl"])  # dependent launches: checks, steps with and without
+#   run(command="bash benchmarks/gpu_next.sh 27", carry=[".whl"])  # issue 32's table without LMQL 0.7.3, one call
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -173,6 +175,17 @@ elif [ "$part" = 24 ]; then  # issue 32's table on an H200, LMQL 0.7.3 beside: g
 elif [ "$part" = 25 ]; then  # the Llama, Qwen3 and offline points, then the start-up
     step 420 python3 benchmarks/workloads.py --workloads llama,qwen3,offline --lmql-wheels .whl \
         --out "$out/w25" --budget-s 400
+    export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
+    step 170 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode
+elif [ "$part" = 26 ]; then  # kernels launched as dependents (PDL): the graph checks, then steps without and with
+    step 200 python3 scripts/gpu_check.py
+    for model in gpt2-medium llama-1b qwen3-0.6b; do
+        step 70 env LMQL_PDL=0 python3 benchmarks/step_profile.py --model $model --batches 1,64 --steps 50
+        step 70 python3 benchmarks/step_profile.py --model $model --batches 1,64 --steps 50
+    done
+elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
+    step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
+        --out "$out/w27" --budget-s 380
     export PYTHONPYCACHEPREFIX=/tmp/lmql-pyc
     step 170 python3 benchmarks/startup.py --models gpt2-medium,qwen3-0.6b,llama-1b --compile-bytecode
 elif [ "$part" = 3 ] || [ "$part" = 6 ]; then  # 6: 3's first and third steps (under 6 minutes)

@@ -87,8 +87,11 @@ def test_the_triton_kernels_are_imported_only_inside_functions() -> None:
     with_triton = {name for name, path in MODULES.items()
                    if any(imported == "triton" for imported in _top_level_imports(path))}
     assert with_triton == {"lmql_hf.kernels.gemv_kernel", "lmql_hf.kernels.rows_kernel",
-                           "lmql_hf.kernels.cache_kernels", "lmql_hf.kernels.slot_attention"}
-    at_top = [f"{path.relative_to(SOURCES)}:{line}: {imported}" for path in MODULES.values()
+                           "lmql_hf.kernels.cache_kernels", "lmql_hf.kernels.slot_attention",
+                           "lmql_hf.kernels.dependent_launch"}
+    # (a kernel module may import another at its top: it needs Triton itself)
+    at_top = [f"{path.relative_to(SOURCES)}:{line}: {imported}" for name, path in MODULES.items()
+              if name not in with_triton
               for line, imported, level in imports(path) if level and imported in with_triton]
     assert not at_top, "a module-level import of a Triton kernel fails where Triton is not:\n" + "\n".join(at_top)
 

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lmql_hf.kernels.dependent_launch import launch_options, wait_for_inputs
+
 MOVE_BLOCK = 1024  # elements a program moves (of one layer, slot and head: its positions x dim)
 
 
@@ -29,7 +31,8 @@ def _write_tokens(new_k_ptr, new_v_ptr, keys_ptr, values_ptr, slots_ptr, positio
                   k_batch, k_head, k_token, v_batch, v_head, v_token, slot_row, slot_token,
                   cache_slot, cache_head, cache_position,
                   HEADS: tl.constexpr, DIM: tl.constexpr, HEADS_BLOCK: tl.constexpr,
-                  DIM_BLOCK: tl.constexpr):
+                  DIM_BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     row_token = tl.program_id(0)
     row, token = row_token // T, row_token % T
     slot = tl.load(slots_ptr + row * slot_row + token * slot_token)
@@ -58,7 +61,7 @@ def write_tokens(keys: torch.Tensor, values: torch.Tensor, key_states: torch.Ten
         key_states, value_states, keys, values, slots, positions, tokens,
         *key_states.stride()[:3], *value_states.stride()[:3], *slots.stride(), *keys.stride()[:3],
         HEADS=heads, DIM=dim, HEADS_BLOCK=heads_block, DIM_BLOCK=dim_block,
-        num_warps=4 if heads_block * dim_block >= 1024 else 1)
+        num_warps=4 if heads_block * dim_block >= 1024 else 1, **launch_options(keys.device))
 
 
 @triton.jit

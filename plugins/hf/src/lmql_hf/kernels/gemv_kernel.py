@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lmql_hf.kernels.dependent_launch import launch_options, wait_for_inputs
+
 ACTIVATIONS = {None: 0, "gelu_tanh": 1, "silu_mul": 2}
 NORMS = {None: 0, "rms": 1, "layer": 2}
 
@@ -53,7 +55,7 @@ def _layer_normed(x, k_mask, offs_k, g_ptr, gb_ptr, K, eps):
 def _row_times_weights(x_ptr, w_ptr, b_ptr, y_ptr, r_ptr, g_ptr, gb_ptr, N, K, stride_wn, eps,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
                        HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, NORM: tl.constexpr,
-                       HAS_RESIDUAL: tl.constexpr):
+                       HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -68,6 +70,7 @@ def _row_times_weights(x_ptr, w_ptr, b_ptr, y_ptr, r_ptr, g_ptr, gb_ptr, N, K, s
         w = tl.load(w_ptrs, mask=w_mask, other=0.0)
         if ACTIVATION == 2:
             u = tl.load(w_ptrs + N * stride_wn, mask=w_mask, other=0.0)
+        wait_for_inputs(PDL)  # the weights need no earlier kernel: their loads go out first
         if EVEN_K:
             x = tl.load(x_ptr + offs_k).to(tl.float32)
         else:
@@ -135,7 +138,7 @@ def row_times_weights(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         0.0 if norm is None else norm.eps,
         BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0, HAS_BIAS=bias is not None,
         ACTIVATION=ACTIVATIONS[activation], NORM=NORMS[None if norm is None else norm.kind],
-        HAS_RESIDUAL=residual is not None, num_warps=warps)
+        HAS_RESIDUAL=residual is not None, num_warps=warps, **launch_options(x.device))
     return y
 
 
@@ -152,9 +155,11 @@ class HeadNorms:
 
 @triton.jit
 def _rotated(qk_ptr, cos_ptr, sin_ptr, out_ptr, gq_ptr, gk_ptr, query_heads, heads, eps, stride_qk,
-             stride_angles, HALF: tl.constexpr, BLOCK: tl.constexpr, HEAD_NORM: tl.constexpr):
+             stride_angles, HALF: tl.constexpr, BLOCK: tl.constexpr, HEAD_NORM: tl.constexpr,
+             PDL: tl.constexpr):
     """One head of one row of RoPE: out = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1);
     with HEAD_NORM, x is the head RMS-normalised and scaled by its norm's weight first."""
+    wait_for_inputs(PDL)
     head, row = tl.program_id(0), tl.program_id(1)
     base = head * 2 * HALF
     offs = tl.arange(0, BLOCK)
@@ -200,5 +205,5 @@ def rotate_heads(qk: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Ten
                             heads if norms is None else norms.query_heads, heads,
                             0.0 if norms is None else norms.eps, qk.stride(0), 0 if angles == 1 else dim,
                             HALF=dim // 2, BLOCK=triton.next_power_of_2(dim // 2),
-                            HEAD_NORM=norms is not None, num_warps=1)
+                            HEAD_NORM=norms is not None, num_warps=1, **launch_options(qk.device))
     return out

@@ -14,11 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
+from lmql_hf.kernels.dependent_launch import launch_options, wait_for_inputs
+
 SILU_BLOCK = 1024
 
 
 @triton.jit
-def _rms_normed(x_ptr, g_ptr, y_ptr, K, stride_x, eps, BLOCK: tl.constexpr):
+def _rms_normed(x_ptr, g_ptr, y_ptr, K, stride_x, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     mask = offs < K
@@ -37,12 +40,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     assert x.stride(1) == 1 and weight.is_contiguous() and weight.numel() == k and weight.dtype == x.dtype
     y = torch.empty((rows, k), dtype=x.dtype, device=x.device)
     block = triton.next_power_of_2(k)
-    _rms_normed[(rows,)](x, weight, y, k, x.stride(0), eps, BLOCK=block, num_warps=8 if block >= 4096 else 4)
+    _rms_normed[(rows,)](x, weight, y, k, x.stride(0), eps, BLOCK=block, num_warps=8 if block >= 4096 else 4,
+                         **launch_options(x.device))
     return y
 
 
 @triton.jit
-def _silu_times(gu_ptr, y_ptr, N, BLOCK: tl.constexpr):
+def _silu_times(gu_ptr, y_ptr, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     row, part = tl.program_id(0), tl.program_id(1)
     offs = part * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -60,12 +65,15 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     assert gate_up.is_contiguous() and width % 2 == 0
     n = width // 2
     y = torch.empty((rows, n), dtype=gate_up.dtype, device=gate_up.device)
-    _silu_times[(rows, triton.cdiv(n, SILU_BLOCK))](gate_up, y, n, BLOCK=SILU_BLOCK, num_warps=4)
+    _silu_times[(rows, triton.cdiv(n, SILU_BLOCK))](gate_up, y, n, BLOCK=SILU_BLOCK, num_warps=4,
+                                                   **launch_options(gate_up.device))
     return y
 
 
 @triton.jit
-def _added_layer_normed(x_ptr, r_ptr, s_ptr, g_ptr, b_ptr, y_ptr, K, eps, BLOCK: tl.constexpr):
+def _added_layer_normed(x_ptr, r_ptr, s_ptr, g_ptr, b_ptr, y_ptr, K, eps, BLOCK: tl.constexpr,
+                        PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     mask = offs < K
@@ -92,5 +100,5 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
     total, normed = torch.empty_like(x), torch.empty_like(x)
     block = triton.next_power_of_2(k)
     _added_layer_normed[(rows,)](x, residual, total, weight, bias, normed, k, eps, BLOCK=block,
-                                 num_warps=8 if block >= 4096 else 4)
+                                 num_warps=8 if block >= 4096 else 4, **launch_options(x.device))
     return total, normed

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lmql_hf.kernels.dependent_launch import launch_options, wait_for_inputs
 from lmql_hf.kernels.tiles import tokens_per_tile
 
 BLOCK_N = 64  # keys per loop iteration
@@ -34,7 +35,8 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
             stride_vr, stride_vh, stride_vn, stride_pos, stride_tiles,
             scale, group, dim, heads, splits, span,
             TOKENS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
-            SPLIT: tl.constexpr, TILED: tl.constexpr, PRECISION: tl.constexpr):
+            SPLIT: tl.constexpr, TILED: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     tile, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if TILED:  # a prompt chunk's tile, from the table
         first = tl.load(tiles_ptr + tile)
@@ -86,7 +88,8 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
 
 @triton.jit
 def _combine_spans(part_ptr, stats_ptr, pos_ptr, out_ptr, stride_pos, dim, heads, splits, span,
-                   SPLITS: tl.constexpr, DIM: tl.constexpr):
+                   SPLITS: tl.constexpr, DIM: tl.constexpr, PDL: tl.constexpr):
+    wait_for_inputs(PDL)
     row, head = tl.program_id(0), tl.program_id(1)
     length = tl.load(pos_ptr + row * stride_pos) + 1
     s, d = tl.arange(0, SPLITS), tl.arange(0, DIM)
@@ -149,10 +152,11 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         key.stride(2), value.stride(0), value.stride(1), value.stride(2), positions.stride(0), 0,
         scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, splits, span,
         TOKENS=1, GROUP=max(16, group), DIM=block_dim, BLOCK=BLOCK_N, SPLIT=splits > 1, TILED=False,
-        PRECISION=_precision(query), num_warps=4)
+        PRECISION=_precision(query), num_warps=4, **launch_options(query.device))
     if splits > 1:
         _combine_spans[(rows, heads)](part, stats, positions, out, positions.stride(0), dim, heads,
-                                      splits, span, SPLITS=triton.next_power_of_2(splits), DIM=block_dim)
+                                      splits, span, SPLITS=triton.next_power_of_2(splits), DIM=block_dim,
+                                      **launch_options(query.device))
     return out
 
 
@@ -174,5 +178,5 @@ def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         key.stride(2), value.stride(0), value.stride(1), value.stride(2), 0, tiles.stride(0),
         scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, 1, key.shape[2],
         TOKENS=tokens_per_tile(heads, kv_heads), GROUP=group, DIM=block_dim, BLOCK=BLOCK_N, SPLIT=False,
-        TILED=True, PRECISION=_precision(query), num_warps=4)
+        TILED=True, PRECISION=_precision(query), num_warps=4, **launch_options(query.device))
     return out
