@@ -105,8 +105,11 @@ def test_a_holes_entries_come_together_when_it_ends(tiny_server: Server) -> None
         return frames
 
     template = asyncio.run(frames_of({"prompt": [1, 200, 300], "template": {"holes": holes, "texts": [" and "]}}))
-    assert [[e["hole"] for e in frame] for frame in template] == [[0] * 6, [1] * 3, [1]]
-    assert "hole_finish" in template[0][-1] and "finish_reason" in template[2][0]
+    assert [e["hole"] for frame in template for e in frame] == [0] * 6 + [1] * 4
+    # hole A whole in the first frame (a loop that lagged may have joined B's first entries to it)
+    assert [e["hole"] for e in template[0][:6]] == [0] * 6 and "hole_finish" in template[0][5]
+    assert len(template) <= 4 and template[-1][-1].get("finish_reason") is not None
+    assert all(e.get("finish_reason") is None for frame in template[:-1] for e in frame)
     # a lagging loop joins the entries of the steps it missed: 64 steps, so that some frames
     # still come apart on a loaded machine (CI once saw 6 tokens in one frame)
     plain = asyncio.run(frames_of({"prompt": [1, 200, 300], "max_tokens": 64}))
