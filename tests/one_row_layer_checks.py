@@ -321,9 +321,19 @@ def test_the_backend_decodes_through_the_fused_layers_as_without(model: str, sma
     assert any(isinstance(m, one_row_layers.OneRowLayer) for m in fused.model.modules())
     steps = [[StepInput(0, [5, 7, 9])], [StepInput(0, [11])], [StepInput(0, [3])],
              [StepInput(1, [8, 2]), StepInput(0, [4])], [StepInput(0, [6]), StepInput(1, [1])]]
+    left: list[bool] = []  # decode steps whose keys the attention kernel wrote (no write kernel first)
+    in_attention = fused.cache.update_in_attention
+
+    def noted(*args: Any) -> Any:
+        views = in_attention(*args)
+        left.append(views is not None)
+        return views
+
+    fused.cache.update_in_attention = noted
     for step in steps:
         want, got = plain.forward(step).last_logits, fused.forward(step).last_logits
         assert torch.allclose(want, got, atol=2e-5), float((want - got).abs().max())
+    assert left and all(left)
 
 
 def _saved_llama(tmp_path_factory: pytest.TempPathFactory) -> str:

@@ -121,6 +121,36 @@ def test_rows_read_nothing_past_their_own_length(kernel: ModuleType, heads: int,
         assert error < (1e-5 if dtype == "float32" else 3e-3), (length, even, error)
 
 
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(4, 4, 32), (8, 2, 64)])
+@pytest.mark.parametrize("length", [64, 1024])  # one split; several (a row's new key in its last)
+def test_a_decode_row_writes_its_new_key_and_value_as_it_attends(kernel: ModuleType, heads: int, kv_heads: int,
+                                                                 dim: int, length: int) -> None:
+    """``new``: each row's key and value at its position come beside the cache, which does not hold
+    them yet (NaN there): the rows attend as SDPA does over the cache holding them, and the kernel
+    leaves them in it, at each row's own slot, a padding row's in the scratch slot it names; no
+    other position of the cache changes."""
+    torch.manual_seed(heads + dim + length)
+    positions = [0, length - 1, 5, length // 2, 0]  # the last row pads: it writes the scratch slot
+    rows, first, scratch = len(positions), 2, 9
+    slots = torch.tensor([[first + r] for r in range(rows - 1)] + [[scratch]])
+    q = torch.randn(rows, 1, heads, dim).transpose(1, 2)
+    new_k, new_v = (torch.randn(rows, 1, kv_heads, dim).transpose(1, 2) for _ in range(2))
+    cache = torch.randn(2, 10, kv_heads, length, dim)
+    want_cache = cache.clone()
+    for r, position in enumerate(positions):
+        cache[:, int(slots[r, 0]), :, position] = float("nan")  # not written yet
+        want_cache[0, int(slots[r, 0]), :, position] = new_k[r, :, 0]
+        want_cache[1, int(slots[r, 0]), :, position] = new_v[r, :, 0]
+    view = slice(first, first + rows)
+    scale = dim ** -0.5
+    want = sdpa_reference(q[:-1], want_cache[0, view][:-1], want_cache[1, view][:-1], positions[:-1], scale)
+    out = kernel.decode_attention(q, cache[0, view], cache[1, view], torch.tensor(positions), scale,
+                                  new=(new_k, new_v, slots, first))
+    error = float((out[:-1].double() - want).abs().max())
+    assert error < 1e-5, error
+    assert torch.equal(cache, want_cache)
+
+
 def test_splits_only_where_rows_and_heads_leave_the_gpu_idle(kernel: ModuleType) -> None:
     assert kernel.split_of(1, 8, 2048)[0] > 1
     assert kernel.split_of(256, 8, 2048) == (1, 2048)

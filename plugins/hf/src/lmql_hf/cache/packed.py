@@ -85,6 +85,19 @@ def decode_pass(positions: torch.Tensor, even: bool = False) -> Iterator[None]:
         yield
 
 
+def attention_writes(attend: Any) -> bool:
+    """Whether ``attend``, called now, writes the pass's new keys and values into the slot cache
+    itself (``leave_to_attention``): the slot kernel in a decode pass."""
+    return attend is packed_attention and getattr(_current, "decode_positions", None) is not None
+
+
+def leave_to_attention(key_states: torch.Tensor, value_states: torch.Tensor, slots: torch.Tensor,
+                       first_slot: int) -> None:
+    """The new keys and values for the next ``packed_attention`` of this decode pass to write, row
+    i's into slot ``slots[i, 0]``; its keys start at slot ``first_slot``."""
+    _current.new_keys = (key_states, value_states, slots, first_slot)
+
+
 def tiled_pass(tiles: torch.Tensor) -> AbstractContextManager[None]:
     """A packed pass whose attention follows ``tiles`` (kernels.tiles.tile_table, on the device)."""
     return _in_pass("tiles", tiles)
@@ -147,7 +160,8 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
             from lmql_hf.kernels import slot_attention
 
             even = bool(getattr(_current, "even_splits", False))
-            return slot_attention.decode_attention(query, key, value, positions, scaling, even), None
+            new, _current.new_keys = getattr(_current, "new_keys", None), None
+            return slot_attention.decode_attention(query, key, value, positions, scaling, even, new), None
         if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
             return _one_query_grouped(query, key, value, attention_mask, scaling)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -27,6 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from lmql_hf.cache import packed
+from lmql_hf.cache.slot_cache import SlotCache
+
 RunsKernel = Callable[[torch.Tensor], bool]
 CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value", "layer_past")  # by transformers release
 
@@ -86,9 +89,12 @@ class OneRowLayer(nn.Module):
 def _attended(attend: Callable[..., Any], module: Any, query: torch.Tensor, key: torch.Tensor,
               value: torch.Tensor, cache: Any, arguments: dict[str, Any],
               extra: dict[str, Any]) -> torch.Tensor:
-    """Cache update and attention as the model's attention module runs them: (rows, heads x dim)."""
+    """Cache update and attention as the model's attention module runs them: (rows, heads x dim).
+    In a decode pass through the slot kernel, the kernel writes the new keys and values itself."""
     if cache is not None:
-        key, value = cache.update(key, value, module.layer_idx, kwargs=extra)
+        in_attention = (cache.update_in_attention(key, value, module.layer_idx)
+                        if isinstance(cache, SlotCache) and packed.attention_writes(attend) else None)
+        key, value = in_attention or cache.update(key, value, module.layer_idx, kwargs=extra)
     # Qwen2's and Qwen3's attention hand on their window (None where the layer sees everything)
     window = {"sliding_window": module.sliding_window} if hasattr(module, "sliding_window") else {}
     out, _ = attend(module, query, key, value, arguments.get("attention_mask"), dropout=0.0,

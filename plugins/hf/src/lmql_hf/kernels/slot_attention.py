@@ -30,12 +30,13 @@ EVEN_SPLITS = 16  # with ``even``: the most spans a row's positions split into (
 
 
 @triton.jit
-def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_ptr,
-            stride_qt, stride_qh, stride_ot, stride_oh, stride_kr, stride_kh, stride_kn,
-            stride_vr, stride_vh, stride_vn, stride_pos, stride_tiles,
-            scale, group, dim, heads, splits, span,
+def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_ptr, new_k_ptr, new_v_ptr,
+            new_slots_ptr, stride_qt, stride_qh, stride_ot, stride_oh, stride_kr, stride_kh, stride_kn,
+            stride_vr, stride_vh, stride_vn, stride_pos, stride_tiles, stride_nkr, stride_nkh, stride_nvr,
+            stride_nvh, stride_ns, first_slot, scale, group, dim, heads, splits, span,
             TOKENS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
-            SPLIT: tl.constexpr, TILED: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+            SPLIT: tl.constexpr, TILED: tl.constexpr, PRECISION: tl.constexpr, NEW: tl.constexpr,
+            PDL: tl.constexpr):
     wait_for_inputs(PDL)
     tile, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if TILED:  # a prompt chunk's tile, from the table
@@ -57,7 +58,10 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
     keys = k_ptr + slot.to(tl.int64) * stride_kr + kv_head * stride_kh
     values = v_ptr + slot.to(tl.int64) * stride_vr + kv_head * stride_vh
     start = split * span
-    end = tl.minimum(start + span, at + count)
+    # NEW: a decode row's own key and value come apart from the cache (``decode_attention``'s
+    # ``new``); the split holding its position writes them into the row's slot (a padding row's
+    # is the scratch slot, not the one it reads)
+    end = tl.minimum(start + span, at + (0 if NEW else count))
     best = tl.full((TOKENS * GROUP,), float("-inf"), tl.float32)
     total = tl.zeros((TOKENS * GROUP,), tl.float32)
     acc = tl.zeros((TOKENS * GROUP, DIM), tl.float32)
@@ -75,6 +79,15 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
         v = tl.load(values + n[:, None] * stride_vn + d[None, :], mask=kv_mask, other=0.0)
         acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
         best = new_best
+    if NEW:  # noqa: SIM102  (Triton: a compile-time condition, then one at run time)
+        if (at >= start) & (at < start + span):
+            into = (tl.load(new_slots_ptr + tile * stride_ns) - first_slot).to(tl.int64)
+            best, total, acc = _with_new_token(
+                q, d, dim, scale, best, total, acc,
+                k_ptr + into * stride_kr + kv_head * stride_kh + at * stride_kn,
+                v_ptr + into * stride_vr + kv_head * stride_vh + at * stride_vn,
+                new_k_ptr + tile * stride_nkr + kv_head * stride_nkh,
+                new_v_ptr + tile * stride_nvr + kv_head * stride_nvh)
     if SPLIT:  # a decode row's partial sums, combined by _combine_spans
         part = (tile * heads + head) * splits + split
         tl.store(part_ptr + part[:, None] * DIM + d[None, :], acc, mask=q_mask)
@@ -84,6 +97,25 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
         out = acc / tl.maximum(total, 1.0)[:, None]  # >= 1 where a row is real (its best weighs 1)
         tl.store(out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=q_mask)
+
+
+@triton.jit
+def _with_new_token(q, d, dim, scale, best, total, acc, key_at, value_at, new_k, new_v):
+    """The running softmax sums with one more position, whose key and value come from ``new_k`` and
+    ``new_v``, as the cache would have them (rounded to its dtype); written at ``key_at`` and
+    ``value_at`` in the cache."""
+    key = tl.load(new_k + d, mask=d < dim, other=0.0).to(key_at.dtype.element_ty)
+    value = tl.load(new_v + d, mask=d < dim, other=0.0).to(value_at.dtype.element_ty)
+    score = tl.sum(q.to(tl.float32) * key.to(tl.float32)[None, :], 1) * scale
+    new_best = tl.maximum(best, score)
+    weight = tl.exp(score - new_best)
+    rescale = tl.exp(best - new_best)
+    total = total * rescale + weight
+    rounded = weight.to(value.dtype).to(tl.float32)  # as the cached positions' weights are
+    acc = acc * rescale[:, None] + rounded[:, None] * value.to(tl.float32)[None, :]
+    tl.store(key_at + d, key, mask=d < dim)
+    tl.store(value_at + d, value, mask=d < dim)
+    return new_best, total, acc
 
 
 @triton.jit
@@ -131,14 +163,22 @@ def _sizes(heads: int, kv_heads: int, dim: int) -> tuple[int, int]:
 
 
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     positions: torch.Tensor, scale: float | None = None, even: bool = False) -> torch.Tensor:
+                     positions: torch.Tensor, scale: float | None = None, even: bool = False,
+                     new: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
     """Causal attention of one query per row: ``query`` (rows, heads, 1, dim); ``key`` and
     ``value`` (rows, kv_heads, length, dim), of which row i reads positions 0..``positions[i]``
     (a 1-D integer tensor, on the device). Returns (rows, 1, heads, dim), as transformers'
-    attention functions do. ``even``: positions split as ``split_of`` says."""
+    attention functions do. ``even``: positions split as ``split_of`` says. ``new``: (keys,
+    values, slots, first): each row's key and value at its position, (rows, kv_heads, 1, dim)
+    each, not in ``key`` and ``value`` yet; the kernel uses them and writes them at its position
+    of slot ``slots[i, 0]`` (row i reads slot ``first`` + i of the cache that ``key`` views; a
+    padding row may write another one), one launch fewer than a write before it."""
     rows, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     assert query.stride(3) == key.stride(3) == value.stride(3) == 1
+    new_key, new_value, new_slots, first_slot = new if new is not None else (query, query, positions, 0)
+    assert new is None or (new_key.shape == new_value.shape == (rows, kv_heads, 1, dim)
+                           and new_key.stride(3) == new_value.stride(3) == 1 and new_slots.shape[0] == rows)
     group, block_dim = _sizes(heads, kv_heads, dim)
     out = query.new_empty((rows, 1, heads, dim))
     splits, span = split_of(rows, kv_heads, length, even)
@@ -147,12 +187,14 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         part = torch.empty((rows, heads, splits, block_dim), dtype=torch.float32, device=query.device)
         stats = torch.empty((rows, heads, splits, 2), dtype=torch.float32, device=query.device)
     _attend[(rows, kv_heads, splits)](
-        query, key, value, positions, positions, out, part, stats,
+        query, key, value, positions, positions, out, part, stats, new_key, new_value, new_slots,
         query.stride(0), query.stride(1), out.stride(0), out.stride(2), key.stride(0), key.stride(1),
         key.stride(2), value.stride(0), value.stride(1), value.stride(2), positions.stride(0), 0,
+        new_key.stride(0), new_key.stride(1), new_value.stride(0), new_value.stride(1), new_slots.stride(0),
+        first_slot,
         scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, splits, span,
         TOKENS=1, GROUP=max(16, group), DIM=block_dim, BLOCK=BLOCK_N, SPLIT=splits > 1, TILED=False,
-        PRECISION=_precision(query), num_warps=4, **launch_options(query.device))
+        PRECISION=_precision(query), NEW=new is not None, num_warps=4, **launch_options(query.device))
     if splits > 1:
         _combine_spans[(rows, heads)](part, stats, positions, out, positions.stride(0), dim, heads,
                                       splits, span, SPLITS=triton.next_power_of_2(splits), DIM=block_dim,
@@ -173,10 +215,11 @@ def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     group, block_dim = _sizes(heads, kv_heads, dim)
     out = query.new_empty((1, query.shape[2], heads, dim))
     _attend[(tiles.shape[1], kv_heads, 1)](
-        query, key, value, tiles, tiles, out, out, out,
+        query, key, value, tiles, tiles, out, out, out, out, out, tiles,
         query.stride(2), query.stride(1), out.stride(1), out.stride(2), key.stride(0), key.stride(1),
         key.stride(2), value.stride(0), value.stride(1), value.stride(2), 0, tiles.stride(0),
+        0, 0, 0, 0, 0, 0,
         scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, 1, key.shape[2],
         TOKENS=tokens_per_tile(heads, kv_heads), GROUP=group, DIM=block_dim, BLOCK=BLOCK_N, SPLIT=False,
-        TILED=True, PRECISION=_precision(query), num_warps=4, **launch_options(query.device))
+        TILED=True, PRECISION=_precision(query), NEW=False, num_warps=4, **launch_options(query.device))
     return out
