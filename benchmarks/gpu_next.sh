@@ -30,6 +30,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 25", kind="nvidia-h200", carry=[".whl"])  # issue 32's table, part 2
 #   run(command="bash benchmarks/gpu_next.sh 26", carry=[".whl"])  # dependent launches: checks, steps with and without
 #   run(command="bash benchmarks/gpu_next.sh 27", carry=[".whl"])  # issue 32's table without LMQL 0.7.3, one call
+#   run(command="bash benchmarks/gpu_next.sh 28", carry=[".whl"])  # RoPE in the attention kernel: checks, steps, served
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -183,6 +184,12 @@ elif [ "$part" = 26 ]; then  # kernels launched as dependents (PDL): the graph c
         step 70 env LMQL_PDL=0 python3 benchmarks/step_profile.py --model $model --batches 1,64 --steps 50
         step 70 python3 benchmarks/step_profile.py --model $model --batches 1,64 --steps 50
     done
+elif [ "$part" = 28 ]; then  # queries and new keys rotated by the decode attention kernel: checks, steps, served
+    step 200 python3 scripts/gpu_check.py
+    for model in llama-1b qwen3-0.6b; do
+        step 70 python3 benchmarks/step_profile.py --model $model --batches 1,64 --steps 50
+    done
+    step 170 python3 benchmarks/workloads.py --workloads short,llama,qwen3 --budget-s 160
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
         --out "$out/w27" --budget-s 380

@@ -6,10 +6,26 @@ of torch; its interpreter in tests), inside a ``try``; this package and ``tiles`
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+
+@dataclass(frozen=True)
+class NewKeys:
+    """A decode step's own keys and values, (rows, kv_heads, 1, dim) each, which the attention
+    kernel (``slot_attention.decode_attention``) writes into the slot cache itself: row i's at its
+    position of slot ``slots[i, 0]``, the keys it reads starting at slot ``first_slot``. With
+    ``rope`` (cos, sin, ``gemv_kernel.HeadNorms`` or None), neither they nor the queries are
+    rotated yet: the kernel rotates them as ``gemv_kernel.rotate_heads`` would."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    slots: torch.Tensor
+    first_slot: int
+    rope: tuple[torch.Tensor, torch.Tensor, Any] | None = None
 
 
 def runs_on(device: torch.device) -> bool:
