@@ -31,6 +31,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 26", carry=[".whl"])  # dependent launches: checks, steps with and without
 #   run(command="bash benchmarks/gpu_next.sh 27", carry=[".whl"])  # issue 32's table without LMQL 0.7.3, one call
 #   run(command="bash benchmarks/gpu_next.sh 28", carry=[".whl"])  # RoPE in the attention kernel: checks, steps, served
+#   run(command="bash benchmarks/gpu_next.sh 29", carry=[".whl"])  # the greedy choice in one kernel: check, one-stream steps
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -190,6 +191,12 @@ elif [ "$part" = 28 ]; then  # queries and new keys rotated by the decode attent
         step 70 python3 benchmarks/step_profile.py --model $model --batches 1,64 --steps 50
     done
     step 170 python3 benchmarks/workloads.py --workloads short,llama,qwen3 --budget-s 160
+elif [ "$part" = 29 ]; then  # a greedy step's choice in one kernel: against torch; Qwen3's steps with
+    # RoPE in the attention kernel and without (.whl/var/norope: this plugin with 3fa1687 undone)
+    step 40 python3 scripts/best_of_check.py
+    step 55 python3 benchmarks/step_profile.py --model qwen3-0.6b --batches 1,64 --steps 50
+    step 55 env PYTHONPATH="$PWD/.whl/var/norope/plugins/hf/src" python3 benchmarks/step_profile.py \
+        --model qwen3-0.6b --batches 1,64 --steps 50
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
         --out "$out/w27" --budget-s 380

@@ -73,3 +73,26 @@ def test_many_rows_residual_add_and_layer_norm_match_transformers() -> None:
     total, normed = rows_kernel.add_layer_norm(x, residual, norm.weight.detach(), norm.bias.detach(), 1e-5)
     with torch.no_grad():
         assert torch.allclose(total, x + residual) and torch.allclose(normed, norm(x + residual), atol=1e-5)
+
+
+@pytest.mark.parametrize("vocabulary", [50, 2048, 5003])  # under a block, one block, blocks and a part
+def test_a_greedy_choice_in_one_pass_matches_log_softmax_and_max(vocabulary: int) -> None:
+    """kernels/best_kernel against torch's log_softmax and max (the engine's choice before it):
+    rows of plain logits, ties (the first wins), banned tokens (-inf), one row with a single
+    allowed token, large logits, and a row with nothing allowed (token 0 at -inf)."""
+    from lmql_hf.kernels import best_kernel
+
+    torch.manual_seed(vocabulary)
+    logits = torch.randn(6, vocabulary) * 4
+    logits[1, [7, vocabulary - 3, 20]] = 50.0  # a three-way tie for the best: the first id wins
+    logits[2, torch.rand(vocabulary) < 0.5] = float("-inf")
+    logits[3] = float("-inf")
+    logits[3, vocabulary - 1] = 2.5  # one token allowed: log-prob 0
+    logits[4] += 3e4
+    logits[5] = float("-inf")
+    values, indices = best_kernel.best_of(logits)
+    want_values, want_indices = torch.log_softmax(logits[:5], -1).max(-1, keepdim=True)
+    assert indices.shape == values.shape == (6, 1) and indices.dtype == torch.int64
+    assert torch.equal(indices[:5], want_indices) and int(indices[1]) == 7 and int(indices[3]) == vocabulary - 1
+    assert torch.allclose(values[:5], want_values, rtol=1e-5, atol=1e-5), (values, want_values)
+    assert int(indices[5]) == 0 and float(values[5]) == float("-inf")

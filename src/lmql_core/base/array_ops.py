@@ -41,6 +41,7 @@ class ArrayOps(Protocol):
     # tokens whose bit is 0 in ``bits[j]`` (a numpy int32 bitmask, 32 tokens a word) become -inf
     # in row ``rows[j]``, as do tokens beyond the mask's width
     def mask_rows(self, x: Any, rows: list[int], bits: np.ndarray) -> Any: ...
+    # optional: best_of(x) -> topk(log_softmax(x), 1), in one pass where the ops can (TorchOps.best_of)
 
 
 class NumpyOps:
@@ -102,6 +103,9 @@ class NumpyOps:
         out = np.array(values, dtype=x.dtype)
         out[rows] = x if picked is None else x[picked]
         return out
+
+    def best_of(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.topk(self.log_softmax(x), 1)
 
     def topk(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` largest of each row, best first; among equal values the lowest id first
@@ -264,6 +268,11 @@ class TorchOps:
         out = self.tensor(values, x.device, x.dtype)
         out[self.tensor(rows, x.device)] = x if picked is None else x[self.tensor(picked, x.device)]
         return out
+
+    def best_of(self, x: Any) -> tuple[Any, Any]:
+        """Each row's best token and its log-softmax value, (rows, 1) each (a backend's ops may
+        take both in one pass over the row)."""
+        return self.topk(self.log_softmax(x), 1)
 
     def topk(self, x: Any, k: int) -> tuple[Any, Any]:
         """As ``NumpyOps.topk``: among equal values the lowest id first, without a host sync."""

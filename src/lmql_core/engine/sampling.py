@@ -163,10 +163,11 @@ def launch_sampling(ops: ArrayOps, logits: Any, plan: SamplingPlan, seed: int,
     logits = apply_bias(ops, logits, plan)
     if masks is not None:
         logits = ops.mask_rows(logits, masks.rows, masks.bits)
-    logprobs = ops.log_softmax(logits)
     if not plan.sampled_rows:  # the chosen token heads the top list: fewer operations per step
-        values, indices = ops.topk(logprobs, max(plan.k, 1))
+        best_of = getattr(ops, "best_of", None) if plan.k <= 1 else None  # (optional in ArrayOps)
+        values, indices = best_of(logits) if best_of else ops.topk(ops.log_softmax(logits), max(plan.k, 1))
         return PendingSamples(indices[:, 0], ops.start_host_copy(indices, values), plan, ranked=True)
+    logprobs = ops.log_softmax(logits)
     scores = ops.scale_rows(logprobs, plan.device_array("scale", lambda: ops.floats(
         [1.0 / p.temperature if is_sampled(p) else 1.0 for p in params], logprobs)))
     if plan.truncated:

@@ -29,7 +29,7 @@ from lmql_hf.cache.slot_cache import SlotCache
 from lmql_hf.cache.slots import SlotTable
 from lmql_hf.cpu import lean_decode
 from lmql_hf.cpu.threads import HostThreads, weights_per_token
-from lmql_hf.cuda import fused, replays
+from lmql_hf.cuda import fused, kernel_ops, replays
 from lmql_hf.cuda.graphs import BATCH_BUCKETS, length_buckets, no_captures
 from lmql_hf.loading import chat, hub, loader_keys, weights
 from lmql_hf.loading.tokenizer import cached_tokenizer_json
@@ -78,7 +78,7 @@ class HFBackend(Backend):
         self.bos_token_id = _first(self.model.generation_config.bos_token_id or config.bos_token_id)
         context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_context = min(context or self.options["max_seq_len"], self.options["max_seq_len"])
-        self.ops = TorchOps()
+        self.ops = kernel_ops.ops_for(self.device)
         # transformers 5.x renamed `past_key_values` to `cache`
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
