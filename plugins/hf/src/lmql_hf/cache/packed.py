@@ -91,9 +91,11 @@ def attention_writes(attend: Any) -> bool:
     return attend is packed_attention and getattr(_current, "decode_positions", None) is not None
 
 
-def leave_to_attention(new: kernels.NewKeys) -> None:
-    """The new keys and values for the next ``packed_attention`` of this decode pass to write."""
-    _current.new_keys = new
+def leave_to_attention(key_states: torch.Tensor, value_states: torch.Tensor, slots: torch.Tensor,
+                       first_slot: int) -> None:
+    """The new keys and values for the next ``packed_attention`` of this decode pass to write, row
+    i's into slot ``slots[i, 0]``; its keys start at slot ``first_slot``."""
+    _current.new_keys = (key_states, value_states, slots, first_slot)
 
 
 def tiled_pass(tiles: torch.Tensor) -> AbstractContextManager[None]:

@@ -15,7 +15,6 @@ import torch
 from transformers import Cache
 
 from lmql_core.plugin import TorchOps
-from lmql_hf import kernels
 from lmql_hf.cache import packed
 
 _OPS = TorchOps()  # slot numbers reach the GPU without waiting for the work queued there
@@ -91,25 +90,18 @@ class SlotCache(Cache):
             values[slots, :, positions] = value_states.transpose(1, 2)
         return keys[self.read_rows, :, : self.read_len], values[self.read_rows, :, : self.read_len]
 
-    def writes_in_attention(self, key_states: torch.Tensor) -> bool:
-        """Whether ``update_in_attention`` can leave this pass's keys and values to the attention
-        kernel of a decode pass (the kernels write, one device)."""
-        slots = self.write_slots
-        return (self.write_tokens is not None and slots is not None and key_states.shape[2] == 1
-                and key_states.device == slots.device == self.keys[0].device)
-
-    def update_in_attention(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
-                            rope: tuple[torch.Tensor, torch.Tensor, Any] | None = None,
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As ``update``, in a decode pass whose attention is the slot kernel, where
-        ``writes_in_attention``: the keys and values the attention reads, with this step's left for
-        it to write (``packed.leave_to_attention``), each row's into its slot as ``update`` would;
-        with ``rope``, the keys (and queries) for it to rotate first (``kernels.NewKeys``)."""
-        assert self.write_slots is not None
-        packed.leave_to_attention(kernels.NewKeys(key_states, value_states, self.write_slots,
-                                                  self.read_rows.start or 0, rope))
-        return self.keys[layer_idx][self.read_rows, :, : self.read_len], \
-            self.values[layer_idx][self.read_rows, :, : self.read_len]
+    def update_in_attention(self, key_states: torch.Tensor, value_states: torch.Tensor,
+                            layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """As ``update``, for a decode pass whose attention is the slot kernel: the keys and values
+        the attention reads, with this step's left for it to write (``packed.leave_to_attention``);
+        None where it cannot (no kernel writes, layers spread over devices): then ``update``.
+        Row i writes its slot (``write_slots[i]``) as ``update`` would."""
+        keys, values, slots = self.keys[layer_idx], self.values[layer_idx], self.write_slots
+        if (self.write_tokens is None or slots is None or key_states.shape[2] != 1
+                or key_states.device != keys.device or slots.device != keys.device):
+            return None
+        packed.leave_to_attention(key_states, value_states, slots, self.read_rows.start or 0)
+        return keys[self.read_rows, :, : self.read_len], values[self.read_rows, :, : self.read_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions always come from position_ids

@@ -87,26 +87,19 @@ class OneRowLayer(nn.Module):
 
 
 def _attended(attend: Callable[..., Any], module: Any, query: torch.Tensor, key: torch.Tensor,
-              value: torch.Tensor, cache: Any, arguments: dict[str, Any], extra: dict[str, Any],
-              rope: tuple[torch.Tensor, torch.Tensor, Any] | None = None) -> torch.Tensor:
+              value: torch.Tensor, cache: Any, arguments: dict[str, Any],
+              extra: dict[str, Any]) -> torch.Tensor:
     """Cache update and attention as the model's attention module runs them: (rows, heads x dim).
-    In a decode pass through the slot kernel (``_in_attention``) the kernel writes the new keys and
-    values itself, and with ``rope`` (cos, sin, head norms) rotates them and the queries first."""
-    if cache is not None and _in_attention(attend, cache, key):
-        key, value = cache.update_in_attention(key, value, module.layer_idx, rope)
-    elif cache is not None:
-        assert rope is None, "queries and keys are rotated here only by the slot kernel"
-        key, value = cache.update(key, value, module.layer_idx, kwargs=extra)
+    In a decode pass through the slot kernel, the kernel writes the new keys and values itself."""
+    if cache is not None:
+        in_attention = (cache.update_in_attention(key, value, module.layer_idx)
+                        if isinstance(cache, SlotCache) and packed.attention_writes(attend) else None)
+        key, value = in_attention or cache.update(key, value, module.layer_idx, kwargs=extra)
     # Qwen2's and Qwen3's attention hand on their window (None where the layer sees everything)
     window = {"sliding_window": module.sliding_window} if hasattr(module, "sliding_window") else {}
     out, _ = attend(module, query, key, value, arguments.get("attention_mask"), dropout=0.0,
                     scaling=module.scaling, **window, **extra)
     return out.reshape(query.shape[0], -1).contiguous()
-
-
-def _in_attention(attend: Callable[..., Any], cache: Any, key: torch.Tensor) -> bool:
-    """Whether ``attend`` writes the new keys into ``cache`` (``SlotCache.update_in_attention``)."""
-    return isinstance(cache, SlotCache) and packed.attention_writes(attend) and cache.writes_in_attention(key)
 
 
 def _heads(flat: torch.Tensor, dim: int) -> torch.Tensor:
@@ -161,33 +154,20 @@ class OneRowLlamaLayer(OneRowLayer):
     def one_row(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
                 extra: dict[str, Any]) -> torch.Tensor:
         layer, kernel = self.layer, self.kernel
-        attention = layer.self_attn
+        attention, dim = layer.self_attn, layer.self_attn.head_dim
         row = x.reshape(1, -1)
         qkv = kernel.row_times_weights(row, self.qkv, self.qkv_bias, norm=self.norms[0])
-        attended = self._rotated_attention(qkv, attend, cache, arguments, extra)
+        cos, sin = arguments["position_embeddings"]
+        rotated = kernel.rotate_heads(qkv, self.heads + self.kv_heads, cos, sin, self.head_norms)
+        query, key = _heads(rotated[:, : self.heads * dim], dim), _heads(rotated[:, self.heads * dim :], dim)
+        value = _heads(qkv[:, (self.heads + self.kv_heads) * dim :], dim)
+        attended = _attended(attend, attention, query, key, value, cache, arguments, extra)
         out, down = attention.o_proj, layer.mlp.down_proj
         row = kernel.row_times_weights(attended, out.weight, out.bias, residual=row)
         gate_up, bias = self.gate_up, self.gate_up_bias
         hidden = kernel.row_times_weights(row, gate_up, bias, "silu_mul", norm=self.norms[1])
         row = kernel.row_times_weights(hidden, down.weight, down.bias, residual=row)
         return row.view(x.shape)
-
-    def _rotated_attention(self, qkv: torch.Tensor, attend: Callable[..., Any], cache: Any,
-                           arguments: dict[str, Any], extra: dict[str, Any]) -> torch.Tensor:
-        """Attention of the rows' q, k, v (side by side in ``qkv``), q and k rotated (after
-        Qwen3's head norms): by the slot kernel where it writes the keys, else one kernel here."""
-        attention = self.layer.self_attn
-        dim, heads, kv_heads = attention.head_dim, self.heads, self.kv_heads
-        cos, sin = arguments["position_embeddings"]
-        value = _heads(qkv[:, (heads + kv_heads) * dim :], dim)
-        if _in_attention(attend, cache, value):
-            query, key = (_heads(qkv[:, : heads * dim], dim),
-                          _heads(qkv[:, heads * dim : (heads + kv_heads) * dim], dim))
-            rope = (cos, sin, self.head_norms)
-            return _attended(attend, attention, query, key, value, cache, arguments, extra, rope)
-        rotated = self.kernel.rotate_heads(qkv, heads + kv_heads, cos, sin, self.head_norms)
-        query, key = _heads(rotated[:, : heads * dim], dim), _heads(rotated[:, heads * dim :], dim)
-        return _attended(attend, attention, query, key, value, cache, arguments, extra)
 
     def many_rows(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
                   extra: dict[str, Any]) -> torch.Tensor:
@@ -196,11 +176,15 @@ class OneRowLlamaLayer(OneRowLayer):
         layer, rows_kernel = self.layer, self.rows_kernel
         assert rows_kernel is not None
         input_norm, post_norm = self.norms
-        attention = layer.self_attn
+        attention, dim = layer.self_attn, layer.self_attn.head_dim
         rows = x.reshape(x.shape[0], -1)
         qkv = functional.linear(rows_kernel.rms_norm(rows, input_norm.weight, input_norm.eps), self.qkv,
                                 self.qkv_bias)
-        attended = self._rotated_attention(qkv, attend, cache, arguments, extra)
+        cos, sin = arguments["position_embeddings"]
+        rotated = self.kernel.rotate_heads(qkv, self.heads + self.kv_heads, cos, sin, self.head_norms)
+        query, key = _heads(rotated[:, : self.heads * dim], dim), _heads(rotated[:, self.heads * dim :], dim)
+        value = _heads(qkv[:, (self.heads + self.kv_heads) * dim :], dim)
+        attended = _attended(attend, attention, query, key, value, cache, arguments, extra)
         rows = _plus(rows, attended, attention.o_proj)
         gate_up = functional.linear(rows_kernel.rms_norm(rows, post_norm.weight, post_norm.eps), self.gate_up,
                                     self.gate_up_bias)

@@ -16,13 +16,10 @@ Imported only where Triton is (CUDA builds of torch; its interpreter in tests).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import triton
 import triton.language as tl
 
-from lmql_hf.kernels import NewKeys
 from lmql_hf.kernels.dependent_launch import launch_options, wait_for_inputs
 from lmql_hf.kernels.tiles import tokens_per_tile
 
@@ -36,11 +33,10 @@ EVEN_SPLITS = 16  # with ``even``: the most spans a row's positions split into (
 def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_ptr, new_k_ptr, new_v_ptr,
             new_slots_ptr, stride_qt, stride_qh, stride_ot, stride_oh, stride_kr, stride_kh, stride_kn,
             stride_vr, stride_vh, stride_vn, stride_pos, stride_tiles, stride_nkr, stride_nkh, stride_nvr,
-            stride_nvh, stride_ns, first_slot, cos_ptr, sin_ptr, stride_angles, gq_ptr, gk_ptr, eps,
-            scale, group, dim, heads, splits, span,
+            stride_nvh, stride_ns, first_slot, scale, group, dim, heads, splits, span,
             TOKENS: tl.constexpr, GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
             SPLIT: tl.constexpr, TILED: tl.constexpr, PRECISION: tl.constexpr, NEW: tl.constexpr,
-            ROPE: tl.constexpr, HEAD_NORM: tl.constexpr, PDL: tl.constexpr):
+            PDL: tl.constexpr):
     wait_for_inputs(PDL)
     tile, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if TILED:  # a prompt chunk's tile, from the table
@@ -57,15 +53,8 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
     seen = at + t  # the last position each row's query sees
     rows_ok = (t < count) & (g < group)
     q_mask = rows_ok[:, None] & (d < dim)[None, :]
-    if ROPE:  # a decode row's query and new key, rotated here (after their heads' norms)
-        cos = tl.load(cos_ptr + tile * stride_angles + d, mask=d < dim, other=0.0).to(tl.float32)
-        sin = tl.load(sin_ptr + tile * stride_angles + d, mask=d < dim, other=0.0).to(tl.float32)
-        q = _roped(q_ptr + token * stride_qt + head * stride_qh, d, dim, q_mask, cos, sin, gq_ptr, eps,
-                   HEAD_NORM).to(q_ptr.dtype.element_ty)
-    else:
-        cos, sin = tl.zeros((DIM,), tl.float32), tl.zeros((DIM,), tl.float32)
-        q = tl.load(q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :], mask=q_mask,
-                    other=0.0)
+    q_at = q_ptr + token[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :]
+    q = tl.load(q_at, mask=q_mask, other=0.0)
     keys = k_ptr + slot.to(tl.int64) * stride_kr + kv_head * stride_kh
     values = v_ptr + slot.to(tl.int64) * stride_vr + kv_head * stride_vh
     start = split * span
@@ -98,7 +87,7 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
                 k_ptr + into * stride_kr + kv_head * stride_kh + at * stride_kn,
                 v_ptr + into * stride_vr + kv_head * stride_vh + at * stride_vn,
                 new_k_ptr + tile * stride_nkr + kv_head * stride_nkh,
-                new_v_ptr + tile * stride_nvr + kv_head * stride_nvh, cos, sin, gk_ptr, eps, ROPE, HEAD_NORM)
+                new_v_ptr + tile * stride_nvr + kv_head * stride_nvh)
     if SPLIT:  # a decode row's partial sums, combined by _combine_spans
         part = (tile * heads + head) * splits + split
         tl.store(part_ptr + part[:, None] * DIM + d[None, :], acc, mask=q_mask)
@@ -111,36 +100,11 @@ def _attend(q_ptr, k_ptr, v_ptr, pos_ptr, tiles_ptr, out_ptr, part_ptr, stats_pt
 
 
 @triton.jit
-def _roped(heads_at, d, dim, mask, cos, sin, g_ptr, eps, HEAD_NORM: tl.constexpr):
-    """RoPE of the heads whose first elements ``heads_at`` points at: (heads, DIM) in float32,
-    x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); with HEAD_NORM each head is
-    RMS-normalised and scaled by ``g_ptr`` first (as gemv_kernel's ``_rotated``)."""
-    half = dim // 2
-    partner = tl.where(d < half, d + half, d - half)
-    x = tl.load(heads_at[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
-    x_partner = tl.load(heads_at[:, None] + partner[None, :], mask=mask, other=0.0).to(tl.float32)
-    if HEAD_NORM:  # masked lanes are zeros: they add nothing to the sum of squares
-        scale = tl.rsqrt(tl.sum(x * x, 1) / dim + eps)[:, None]
-        g = tl.load(g_ptr + d, mask=d < dim, other=0.0).to(tl.float32)
-        g_partner = tl.load(g_ptr + partner, mask=d < dim, other=0.0).to(tl.float32)
-        x, x_partner = x * scale * g[None, :], x_partner * scale * g_partner[None, :]
-    sign = tl.where(d < half, -1.0, 1.0)
-    return x * cos[None, :] + sign[None, :] * x_partner * sin[None, :]
-
-
-@triton.jit
-def _with_new_token(q, d, dim, scale, best, total, acc, key_at, value_at, new_k, new_v, cos, sin, gk_ptr, eps,
-                    ROPE: tl.constexpr, HEAD_NORM: tl.constexpr):
+def _with_new_token(q, d, dim, scale, best, total, acc, key_at, value_at, new_k, new_v):
     """The running softmax sums with one more position, whose key and value come from ``new_k`` and
-    ``new_v`` (the key rotated first with ROPE), as the cache would have them (rounded to its
-    dtype); written at ``key_at`` and ``value_at`` in the cache."""
-    if ROPE:  # one head: a block of one row, summed back to a vector
-        one = tl.zeros((1,), tl.int32)
-        mask = (one >= 0)[:, None] & (d < dim)[None, :]
-        rotated = _roped(new_k + one, d, dim, mask, cos, sin, gk_ptr, eps, HEAD_NORM)
-        key = tl.sum(rotated.to(new_k.dtype.element_ty), 0).to(key_at.dtype.element_ty)
-    else:
-        key = tl.load(new_k + d, mask=d < dim, other=0.0).to(key_at.dtype.element_ty)
+    ``new_v``, as the cache would have them (rounded to its dtype); written at ``key_at`` and
+    ``value_at`` in the cache."""
+    key = tl.load(new_k + d, mask=d < dim, other=0.0).to(key_at.dtype.element_ty)
     value = tl.load(new_v + d, mask=d < dim, other=0.0).to(value_at.dtype.element_ty)
     score = tl.sum(q.to(tl.float32) * key.to(tl.float32)[None, :], 1) * scale
     new_best = tl.maximum(best, score)
@@ -200,17 +164,21 @@ def _sizes(heads: int, kv_heads: int, dim: int) -> tuple[int, int]:
 
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      positions: torch.Tensor, scale: float | None = None, even: bool = False,
-                     new: NewKeys | None = None) -> torch.Tensor:
+                     new: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
     """Causal attention of one query per row: ``query`` (rows, heads, 1, dim); ``key`` and
     ``value`` (rows, kv_heads, length, dim), of which row i reads positions 0..``positions[i]``
     (a 1-D integer tensor, on the device). Returns (rows, 1, heads, dim), as transformers'
-    attention functions do. ``even``: positions split as ``split_of`` says. ``new``: each row's
-    own key and value, not in ``key`` and ``value`` yet: the kernel uses them and writes them
-    into the cache (one launch fewer than a write before it; with ``new.rope``, two: the queries
-    and new keys are rotated here)."""
+    attention functions do. ``even``: positions split as ``split_of`` says. ``new``: (keys,
+    values, slots, first): each row's key and value at its position, (rows, kv_heads, 1, dim)
+    each, not in ``key`` and ``value`` yet; the kernel uses them and writes them at its position
+    of slot ``slots[i, 0]`` (row i reads slot ``first`` + i of the cache that ``key`` views; a
+    padding row may write another one), one launch fewer than a write before it."""
     rows, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     assert query.stride(3) == key.stride(3) == value.stride(3) == 1
+    new_key, new_value, new_slots, first_slot = new if new is not None else (query, query, positions, 0)
+    assert new is None or (new_key.shape == new_value.shape == (rows, kv_heads, 1, dim)
+                           and new_key.stride(3) == new_value.stride(3) == 1 and new_slots.shape[0] == rows)
     group, block_dim = _sizes(heads, kv_heads, dim)
     out = query.new_empty((rows, 1, heads, dim))
     splits, span = split_of(rows, kv_heads, length, even)
@@ -218,43 +186,20 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     if splits > 1:
         part = torch.empty((rows, heads, splits, block_dim), dtype=torch.float32, device=query.device)
         stats = torch.empty((rows, heads, splits, 2), dtype=torch.float32, device=query.device)
-    pointers, rest = _new_arguments(new, query, key)
     _attend[(rows, kv_heads, splits)](
-        query, key, value, positions, positions, out, part, stats, *pointers,
+        query, key, value, positions, positions, out, part, stats, new_key, new_value, new_slots,
         query.stride(0), query.stride(1), out.stride(0), out.stride(2), key.stride(0), key.stride(1),
-        key.stride(2), value.stride(0), value.stride(1), value.stride(2), positions.stride(0), 0, *rest,
+        key.stride(2), value.stride(0), value.stride(1), value.stride(2), positions.stride(0), 0,
+        new_key.stride(0), new_key.stride(1), new_value.stride(0), new_value.stride(1), new_slots.stride(0),
+        first_slot,
         scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, splits, span,
         TOKENS=1, GROUP=max(16, group), DIM=block_dim, BLOCK=BLOCK_N, SPLIT=splits > 1, TILED=False,
-        PRECISION=_precision(query), NEW=new is not None, ROPE=new is not None and new.rope is not None,
-        HEAD_NORM=new is not None and new.rope is not None and new.rope[2] is not None, num_warps=4,
-        **launch_options(query.device))
+        PRECISION=_precision(query), NEW=new is not None, num_warps=4, **launch_options(query.device))
     if splits > 1:
         _combine_spans[(rows, heads)](part, stats, positions, out, positions.stride(0), dim, heads,
                                       splits, span, SPLITS=triton.next_power_of_2(splits), DIM=block_dim,
                                       **launch_options(query.device))
     return out
-
-
-def _new_arguments(new: NewKeys | None, query: torch.Tensor,
-                   key: torch.Tensor) -> tuple[list[torch.Tensor], list[Any]]:
-    """``_attend``'s arguments for ``new``: (``new_k_ptr`` to ``new_slots_ptr``, ``stride_nkr``
-    to ``eps``), placeholders where ``new`` (or its ``rope``) is None."""
-    if new is None:
-        return [query] * 3, [0, 0, 0, 0, 0, 0, query, query, 0, query, query, 0.0]
-    rows, kv_heads, dim = query.shape[0], key.shape[1], query.shape[3]
-    assert new.key.shape == new.value.shape == (rows, kv_heads, 1, dim) and new.slots.shape[0] == rows
-    assert new.key.stride(3) == new.value.stride(3) == 1
-    angles: list[Any] = [query, query, 0]
-    norms: list[Any] = [query, query, 0.0]
-    if new.rope is not None:
-        cos, sin, head_norms = new.rope
-        assert cos.shape[-1] == dim and cos.numel() // dim in (1, rows) and sin.shape == cos.shape
-        angles = [cos.contiguous(), sin.contiguous(), 0 if cos.numel() == dim else dim]
-        if head_norms is not None:
-            norms = [head_norms.query, head_norms.key, head_norms.eps]
-    strides = [new.key.stride(0), new.key.stride(1), new.value.stride(0), new.value.stride(1),
-               new.slots.stride(0)]
-    return [new.key, new.value, new.slots], [*strides, new.first_slot, *angles, *norms]
 
 
 def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tiles: torch.Tensor,
@@ -269,13 +214,12 @@ def prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     assert query.stride(3) == key.stride(3) == value.stride(3) == 1
     group, block_dim = _sizes(heads, kv_heads, dim)
     out = query.new_empty((1, query.shape[2], heads, dim))
-    pointers, rest = _new_arguments(None, query, key)
     _attend[(tiles.shape[1], kv_heads, 1)](
-        query, key, value, tiles, tiles, out, out, out, *pointers,
+        query, key, value, tiles, tiles, out, out, out, out, out, tiles,
         query.stride(2), query.stride(1), out.stride(1), out.stride(2), key.stride(0), key.stride(1),
-        key.stride(2), value.stride(0), value.stride(1), value.stride(2), 0, tiles.stride(0), *rest,
+        key.stride(2), value.stride(0), value.stride(1), value.stride(2), 0, tiles.stride(0),
+        0, 0, 0, 0, 0, 0,
         scale if scale is not None else dim ** -0.5, heads // kv_heads, dim, heads, 1, key.shape[2],
         TOKENS=tokens_per_tile(heads, kv_heads), GROUP=group, DIM=block_dim, BLOCK=BLOCK_N, SPLIT=False,
-        TILED=True, PRECISION=_precision(query), NEW=False, ROPE=False, HEAD_NORM=False, num_warps=4,
-        **launch_options(query.device))
+        TILED=True, PRECISION=_precision(query), NEW=False, num_warps=4, **launch_options(query.device))
     return out
