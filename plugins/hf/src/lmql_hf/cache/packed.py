@@ -81,7 +81,7 @@ def _in_pass(name: str, value: Any) -> Iterator[None]:
 def decode_pass(positions: torch.Tensor, even: bool = False) -> Iterator[None]:
     """Decode attention reads row i's keys up to ``positions[i]`` (1-D, on the device); with
     ``even`` its positions split evenly whatever the rows (``slot_attention.split_of``)."""
-    with _in_pass("decode_positions", positions), _in_pass("even_splits", even):
+    with _in_pass("decode_positions", positions), _in_pass("even_splits", even), _in_pass("new_keys", None):
         yield
 
 
@@ -162,6 +162,10 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
             even = bool(getattr(_current, "even_splits", False))
             new, _current.new_keys = getattr(_current, "new_keys", None), None
             return slot_attention.decode_attention(query, key, value, positions, scaling, even, new), None
+    # new keys left to a decode attention (``leave_to_attention``) would be lost by any other
+    if getattr(_current, "new_keys", None) is not None:
+        raise RuntimeError("new keys were left to a decode attention that did not run")
+    if query.shape[0] == key.shape[0]:
         if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
             return _one_query_grouped(query, key, value, attention_mask, scaling)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
