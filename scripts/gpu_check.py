@@ -15,6 +15,8 @@
    multiplies wrongly, so the CPU tests leave it out) against SDPA: 256 rows of mixed lengths
    whose keys past each row's length are NaN, given keys up to a bucket and up to the context
    (also split evenly, as ``--any_length_graphs`` runs it).
+5. a greedy step's choice in one kernel (``kernels/best_kernel``, which the engine's greedy steps
+   use on CUDA) against torch's log_softmax and max (``best_of_check.py``).
 
     python scripts/gpu_check.py
 """
@@ -59,6 +61,7 @@ def check_bundled() -> bool:
             if a != b:
                 print(f"   cpu : {b!r}\n   cuda: {a!r}")
         ok &= info["devices"] == ["cuda:0"] and info["dtype"] == dtype
+        ok &= dtype != "float32" or same == len(cpu)  # (half precisions may differ by rounding)
         biased = greedy(llm, logit_bias=BIAS)
         same = sum(a == b for a, b in zip(biased, cpu_biased, strict=True))
         print(f"lmql-tiny cuda {dtype} with a logit bias: greedy equal to CPU: {same}/{len(cpu)}")
@@ -200,6 +203,8 @@ def greedy_steps(path: str, options: dict[str, bool], streams: int, shortest: in
 
 if __name__ == "__main__":
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    ok = check_graphs() & check_slot_attention() & check_decode_kernel() & check_bundled()
+    from best_of_check import check as check_best_of  # (beside this script)
+
+    ok = check_graphs() & check_slot_attention() & check_decode_kernel() & check_bundled() & check_best_of()
     print("ALL OK" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)
