@@ -154,18 +154,18 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: query (batch, heads, tokens, dim); returns
     (batch, tokens, heads, dim). A packed pass has one row of queries and the whole cache as keys."""
-    if query.shape[0] == key.shape[0]:  # an ordinary pass: rows and their slots
-        positions = getattr(_current, "decode_positions", None)
-        if positions is not None and query.shape[2] == 1:
-            from lmql_hf.kernels import slot_attention
+    ordinary = query.shape[0] == key.shape[0]  # an ordinary pass: rows and their slots
+    positions = getattr(_current, "decode_positions", None)
+    if ordinary and positions is not None and query.shape[2] == 1:
+        from lmql_hf.kernels import slot_attention
 
-            even = bool(getattr(_current, "even_splits", False))
-            new, _current.new_keys = getattr(_current, "new_keys", None), None
-            return slot_attention.decode_attention(query, key, value, positions, scaling, even, new), None
+        even = bool(getattr(_current, "even_splits", False))
+        new, _current.new_keys = getattr(_current, "new_keys", None), None
+        return slot_attention.decode_attention(query, key, value, positions, scaling, even, new), None
     # new keys left to a decode attention (``leave_to_attention``) would be lost by any other
     if getattr(_current, "new_keys", None) is not None:
         raise RuntimeError("new keys were left to a decode attention that did not run")
-    if query.shape[0] == key.shape[0]:
+    if ordinary:
         if query.shape[2] == 1 and query.shape[1] > key.shape[1]:
             return _one_query_grouped(query, key, value, attention_mask, scaling)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -88,7 +88,7 @@ class SlotCache(Cache):
         else:
             keys[slots, :, positions] = key_states.transpose(1, 2)
             values[slots, :, positions] = value_states.transpose(1, 2)
-        return keys[self.read_rows, :, : self.read_len], values[self.read_rows, :, : self.read_len]
+        return self._read_views(keys, values)
 
     def update_in_attention(self, key_states: torch.Tensor, value_states: torch.Tensor,
                             layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -101,6 +101,10 @@ class SlotCache(Cache):
                 or key_states.device != keys.device or slots.device != keys.device):
             return None
         packed.leave_to_attention(key_states, value_states, slots, self.read_rows.start or 0)
+        return self._read_views(keys, values)
+
+    def _read_views(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the pass's attention reads of one layer's keys and values: its rows, its length."""
         return keys[self.read_rows, :, : self.read_len], values[self.read_rows, :, : self.read_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
