@@ -32,6 +32,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 27", carry=[".whl"])  # issue 32's table without LMQL 0.7.3, one call
 #   run(command="bash benchmarks/gpu_next.sh 28", carry=[".whl"])  # RoPE in the attention kernel: checks, steps, served
 #   run(command="bash benchmarks/gpu_next.sh 29", carry=[".whl"])  # the greedy choice in one kernel: check, one-stream steps
+#   run(command="bash benchmarks/gpu_next.sh 30", carry=[".whl"])  # gpu_check; issue 31 (a), (b) windowed, stacks sampled
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -197,6 +198,9 @@ elif [ "$part" = 29 ]; then  # a greedy step's choice in one kernel: against tor
     step 55 python3 benchmarks/step_profile.py --model qwen3-0.6b --batches 1,64 --steps 50
     step 55 env PYTHONPATH="$PWD/.whl/var/norope/plugins/hf/src" python3 benchmarks/step_profile.py \
         --model qwen3-0.6b --batches 1,64 --steps 50
+elif [ "$part" = 30 ]; then  # gpu_check, then where the engine thread's time goes in (a) and (b) today
+    step 200 python3 scripts/gpu_check.py
+    step 300 python3 benchmarks/constraints_gpu.py --only ab --window 3 --sample-stacks "$out/stacks30"
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
         --out "$out/w27" --budget-s 380
