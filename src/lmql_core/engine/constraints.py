@@ -144,7 +144,9 @@ class Constraint:
     def forced(self) -> list[int]:
         """After a sampled token was taken (``MaskFiller.take_tokens``): the tokens the grammar
         now forces, taken too."""
-        if not self.fast_forward or self.matcher.is_stopped():
+        # the forced bytes first: none at most steps, and half the cost of the forced tokens (a
+        # stopped matcher, an error's too, forces none)
+        if not self.fast_forward or not self.matcher.compute_ff_bytes():
             return []
         forced = list(self.matcher.compute_ff_tokens())
         if forced and not self.matcher.consume_tokens(forced):
@@ -304,15 +306,18 @@ def grammar_events(seq: Sequence, token: int, logprob: float, top: Mapping[int, 
     EOS, without an EOS token), ``max_generated`` is reached, or the grammar failed (an error)."""
     constraint: Constraint = seq.params.constraint
     forced = constraint.forced() if taken else []
-    if not taken or constraint.error is not None:
-        error = constraint.error or "the grammar refused the sampled token"
+    # a running matcher has no error and is not complete: one call tells (they run every row a step)
+    stopped = not taken or bool(constraint.matcher.is_stopped())
+    error = constraint.error if stopped else None
+    if not taken or error is not None:
+        error = error or "the grammar refused the sampled token"
         return [TokenEvent(seq.stream_id, error=f"grammar error: {error}")], True
     forced = forced[: seq.max_generated - len(seq.generated)]
     seq.generated.extend(forced)
     tokens = [(token, logprob, top)] + [(t, 0.0, FORCED_TOP) for t in forced]
     events = [TokenEvent(seq.stream_id, t, lp, None, tp) for t, lp, tp in tokens]
     last = events[-1]
-    if constraint.complete:
+    if stopped:  # (without an error: complete)
         last.finish_reason = Finish.EOS
     elif len(seq.generated) >= seq.max_generated:
         last.finish_reason = Finish.LENGTH
