@@ -33,6 +33,8 @@
 #   run(command="bash benchmarks/gpu_next.sh 28", carry=[".whl"])  # RoPE in the attention kernel: checks, steps, served
 #   run(command="bash benchmarks/gpu_next.sh 29", carry=[".whl"])  # the greedy choice in one kernel: check, one-stream steps
 #   run(command="bash benchmarks/gpu_next.sh 30", carry=[".whl"])  # gpu_check; issue 31 (a), (b) windowed, stacks sampled
+#   run(command="bash benchmarks/gpu_next.sh 31", carry=[".whl"])  # transfers with fewer torch calls: tests, checks, (a)/(b) against before
+#   (31's baseline: `mkdir -p .whl/var/before && git archive 337e7f1 src | tar -x -C .whl/var/before`)
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -201,6 +203,15 @@ elif [ "$part" = 29 ]; then  # a greedy step's choice in one kernel: against tor
 elif [ "$part" = 30 ]; then  # gpu_check, then where the engine thread's time goes in (a) and (b) today
     step 200 python3 scripts/gpu_check.py
     step 300 python3 benchmarks/constraints_gpu.py --only ab --window 3 --sample-stacks "$out/stacks30"
+elif [ "$part" = 31 ]; then  # host lists written into the pinned ring by numpy, results through reused
+    # pinned buffers, bias entries in one index_put: the CUDA tests, gpu_check, then (a) and (b)
+    # windowed on the tree before (.whl/var/before) and on this one, each on a fresh server
+    step 60 python3 -m pytest -q tests/test_pinned_ring.py
+    step 120 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_mask_staging.py tests/test_template_steps.py \
+        tests/test_constraints_engine.py -k "cuda or side_by_side or forced_tokens_ride"
+    step 200 python3 scripts/gpu_check.py
+    step 110 env PYTHONPATH="$PWD/.whl/var/before/src" python3 benchmarks/constraints_gpu.py --only ab --window 3
+    step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
         --out "$out/w27" --budget-s 380

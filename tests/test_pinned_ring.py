@@ -67,3 +67,50 @@ def test_copies_from_two_streams_and_two_threads() -> None:
 def test_a_tensor_larger_than_a_segment_is_copied_too() -> None:
     values = np.arange(pinned_ring.SEGMENT_BYTES // 4 + 10, dtype=np.int64)
     assert arrived([(values, TorchOps().to_device(torch.from_numpy(values), DEVICE))])
+
+
+@pytest.mark.parametrize(("values", "dtype"), [
+    ([3, -1, 7], None), ([0.5, -2.25], None), ([True, False, True], None), ([[1, 2], [3, 4]], None),
+    ([1, 2, 300], torch.long), ([5, 6], torch.int32), ([1, 2], torch.float32), ([1, 2, 128], torch.uint8),
+    ([], torch.long), ([], None),
+])
+def test_host_lists_arrive_as_torch_tensor_makes_them(values: list, dtype: torch.dtype | None) -> None:
+    """``TorchOps.tensor`` writes a list into the ring with numpy: the same dtype, shape and values
+    as ``torch.tensor`` gives, on the device."""
+    keep_busy()
+    on_device = TorchOps().tensor(values, DEVICE, dtype)
+    expected = torch.tensor(values, dtype=dtype)
+    assert on_device.device.type == "cuda" and on_device.dtype == expected.dtype
+    assert on_device.shape == expected.shape and torch.equal(on_device.cpu(), expected)
+
+
+def test_host_lists_arrive_as_they_were_across_laps_of_the_ring() -> None:
+    ops, rng, made, total = TorchOps(), np.random.default_rng(6), [], 0
+    while total < 2 * pinned_ring.SEGMENTS * pinned_ring.SEGMENT_BYTES:
+        values = rng.integers(-1000, 1000, size=int(rng.integers(1, 5_000)))
+        if rng.random() < 0.3:
+            keep_busy()
+        made.append((values, ops.tensor(values.tolist(), DEVICE, torch.long)))
+        total += values.nbytes
+    assert arrived(made)
+
+
+def test_results_come_back_through_reused_buffers() -> None:
+    """Results copied to the host while the device is busy: each step's values as they were on
+    the device, the pinned buffers used again once read, and a copy finished twice refused."""
+    ops = TorchOps()
+    seen_buffers, pendings = set(), []
+    for step in range(40):
+        tokens = torch.arange(64, device=DEVICE) * (step + 1)
+        logprobs = -torch.rand(64, 1, device=DEVICE)
+        keep_busy()
+        pending = ops.start_host_copy(tokens, logprobs)
+        seen_buffers.update(host.data_ptr() for host in pending.hosts)
+        tokens.add_(1)  # the copy was queued before: it reads the values as they were
+        pendings.append((pending, (tokens - 1).tolist(), logprobs.tolist()))
+        if len(pendings) > 2:  # two steps in flight, as chained steps keep them
+            pending, want_tokens, want_logprobs = pendings.pop(0)
+            assert ops.finish_host_copy(pending) == [want_tokens, want_logprobs]
+            with pytest.raises(RuntimeError, match="finished twice"):
+                ops.finish_host_copy(pending)
+    assert len(seen_buffers) <= 2 * 4  # two arrays, at most three steps' buffers at a time, then reused

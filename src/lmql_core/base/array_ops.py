@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lmql_core.base.mask_staging import MaskStaging
-from lmql_core.base.pinned_ring import Rings
+from lmql_core.base.pinned_ring import HostCopies, Rings
 
 
 class ArrayOps(Protocol):
@@ -182,10 +182,15 @@ class TorchOps:
         self.torch = torch
         self.mask_staging = MaskStaging(torch)
         self.rings = Rings(torch)
+        self.host_copies = HostCopies(torch)
         self._bits_on: dict[Any, Any] = {}
 
     def tensor(self, values: Any, device: Any, dtype: Any = None) -> Any:
         """A host list on ``device``, copied without waiting for the work queued there."""
+        if self.torch.device(device).type == "cuda":
+            staged = self.rings.get().values_to_device(values, dtype, device)
+            if staged is not None:
+                return staged
         return self.to_device(self.torch.tensor(values, dtype=dtype), device)
 
     def to_device(self, host: Any, device: Any) -> Any:
@@ -235,10 +240,8 @@ class TorchOps:
                 self.tensor(values, like.device, t.float32))
 
     def add_entries(self, x: Any, entries: Any) -> Any:
-        rows, columns, values = entries
-        x = x.clone()
-        x[rows, columns] += values
-        return x
+        rows, columns, values = entries  # (no entry twice: summing them is adding each)
+        return x.clone().index_put_((rows, columns), values, accumulate=True)
 
     def log_softmax(self, x: Any) -> Any:
         return self.torch.log_softmax(x, dim=-1)
@@ -351,19 +354,10 @@ class TorchOps:
     def start_host_copy(self, *arrays: Any) -> Any:
         # each array into pinned memory as it is (no casts, no concatenation: every call is a
         # turn for the interpreter's lock), then one event for all of them
-        if not arrays[0].is_cuda:
-            return arrays, None
-        t = self.torch
-        hosts = tuple(t.empty(a.shape, dtype=a.dtype, pin_memory=True).copy_(a, non_blocking=True)
-                      for a in arrays)
-        done = t.cuda.Event()
-        done.record()
-        return hosts, done
+        return self.host_copies.start(arrays)
 
     def wait_host_copy(self, pending: Any) -> None:
-        if pending[1] is not None:
-            pending[1].synchronize()
+        self.host_copies.wait(pending)
 
     def finish_host_copy(self, pending: Any) -> list[list[Any]]:
-        self.wait_host_copy(pending)
-        return [host.tolist() for host in pending[0]]
+        return self.host_copies.finish(pending)
