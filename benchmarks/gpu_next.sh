@@ -212,6 +212,8 @@ elif [ "$part" = 31 ]; then  # host lists written into the pinned ring by numpy,
     step 200 python3 scripts/gpu_check.py
     step 110 env PYTHONPATH="$PWD/.whl/var/before/src" python3 benchmarks/constraints_gpu.py --only ab --window 3
     step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
+    # the same with the interpreter's switch interval at 10 us (.whl/var/switch10/sitecustomize.py)
+    step 110 env PYTHONPATH="$PWD/.whl/var/switch10" python3 benchmarks/constraints_gpu.py --only ab --window 3
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
         --out "$out/w27" --budget-s 380
