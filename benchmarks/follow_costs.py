@@ -65,7 +65,7 @@ def follow(rule: Any, vocab: Any, paths: int, rng: random.Random) -> tuple[float
                 break
             seq.generated.append(token)
             started = time.perf_counter()
-            events, ends = constraint.events_after(seq, token, 0.0, {}, False)
+            events, ends = constraint.events_after(seq, token, 0.0, {}, None)
             following += time.perf_counter() - started
             tokens += len(events)
             if ends:
@@ -122,7 +122,7 @@ def batch_steps(vocab: Any, rows: int, steps: int, rng: random.Random) -> tuple[
             if len(seq.generated) < getattr(constraint, "open_below", 0):  # as the engine's loop
                 tokens += 1
                 continue
-            events, ends = constraint.events_after(seq, token, 0.0, {}, False)
+            events, ends = constraint.events_after(seq, token, 0.0, {}, None)
             tokens += len(events)
             if ends:
                 seqs[r] = fresh(seq.seq_id)

@@ -139,7 +139,7 @@ def follow(filler: Any, seqs: list[Any], tokens: list[int], eos: int) -> None:
         seq.generated.append(token)
         ends = token == eos or len(seq.generated) >= seq.max_generated
         if not ends:
-            _, ends = seq.params.constraint.events_after(seq, token, 0.0, {}, taken.get(id(seq), False))
+            _, ends = seq.params.constraint.events_after(seq, token, 0.0, {}, taken.get(id(seq)))
         if ends:
             seq.status = Status.FINISHED
 

@@ -128,12 +128,18 @@ def test_constrained_and_free_streams_share_a_batch(engine, compiler, tokenizer,
     assert set(value) == {"day", "ok"} and isinstance(value["day"], int) and isinstance(value["ok"], bool)
 
 
-def test_chained_steps_sample_grammars_once_they_took_the_last_token(engine, compiler, tokenizer) -> None:
+@pytest.mark.parametrize("inline_below", [0.0, 10.0], ids=["masks-filled-beside-the-events", "masks-inline"])
+def test_chained_steps_sample_grammars_once_they_took_the_last_token(engine, compiler, tokenizer, inline_below,
+                                                                     monkeypatch) -> None:
     """On a backend that chains steps (lmql-tiny with chain_steps, as CUDA graphs do on a GPU), a
     step of grammars' rows runs before the last step's tokens are read and is sampled once the
     grammars took them (a row whose grammar forced tokens is dropped there, they are fed next):
     the same tokens as the engine that does not chain (a seeded sampled stream too), the date as
-    transformers' under its mask."""
+    transformers' under its mask; whether the next masks are filled on llguidance's threads while
+    the step's events are made (as slow masks are), or on the engine thread after them."""
+    import lmql_core.engine.mask_filler as mask_filler
+
+    monkeypatch.setattr(mask_filler, "INLINE_FILL_SECONDS", inline_below)
     chained = Engine(HFBackend(str(bundled_path("lmql-tiny")), chain_steps=True))
     try:
         prompt = tokenizer.encode(PROMPT)

@@ -97,23 +97,22 @@ def test_masks_started_ahead_are_each_matchers_own(threads: int, compiler: Gramm
     seqs = sequences(compiler, 6)
     words = seqs[0].params.constraint.mask_words
     rng = random.Random(1)
-    expected = {id(s): mask_of(s.params.constraint.matcher, words) for s in seqs}
     for step in range(6):
         if step == 3:  # a stream joins: the masks started ahead do not cover it
             seqs.append(sequences(compiler, 1)[0])
-            expected[id(seqs[-1])] = mask_of(seqs[-1].params.constraint.matcher, words)
         sampled = seqs[::-1] if step % 2 else seqs  # the step's rows in another order than started
         pending = filler.start(sampled)
         assert pending is not None
         batch = filler.wait(pending, sampled)
+        # (after the wait no matcher is in use: each one's own mask, computed here)
+        expected = {id(s): mask_of(s.params.constraint.matcher, words) for s in seqs}
         assert batch is not None and batch.rows == list(range(len(sampled)))
         for j, seq in enumerate(sampled):
             assert np.array_equal(batch.bits[j], expected[id(seq)]), (step, j)
         tokens = [int(rng.choice(allowed(batch.bits[j], tokenizer.vocab_size))) for j in range(len(sampled))]
-        taken = filler.take_tokens(sampled, tokens, [0.0] * len(sampled), tokenizer.eos_token_id)
-        assert len(taken) == sum(t != tokenizer.eos_token_id for t in tokens) and all(taken.values())
-        expected = {id(s): mask_of(s.params.constraint.matcher, words) for s in seqs}
-        filler.prefetch(seqs)
+        taken = filler.take_tokens(sampled, tokens, [0.0] * len(sampled), tokenizer.eos_token_id)  # starts the next
+        assert len(taken) == sum(t != tokenizer.eos_token_id for t in tokens)
+        assert all(followed.taken for followed in taken.values())
     assert filler.stats.mask_fill_seconds > 0 and filler.stats.grammar_seconds > 0
     filler.close()
 
@@ -151,8 +150,8 @@ def test_a_grammar_many_streams_use_is_compiled_once_per_lexer_group(tokenizer: 
         seq.status = Status.RUNNING
     words = regex.mask_words
     for step in range(12):
-        expected = [mask_of(s.params.constraint.matcher, words) for s in seqs]
         batch = filler.wait(filler.start(seqs), seqs)  # type: ignore[arg-type]
+        expected = [mask_of(s.params.constraint.matcher, words) for s in seqs]  # (no matcher in use now)
         assert batch is not None
         for j in range(len(seqs)):
             assert np.array_equal(batch.bits[j], expected[j]), (step, j)
@@ -160,7 +159,7 @@ def test_a_grammar_many_streams_use_is_compiled_once_per_lexer_group(tokenizer: 
                    for j in range(len(seqs))]
         tokens = [int(rng.choice(c)) if c else tokenizer.eos_token_id for c in choices]
         taken = filler.take_tokens(seqs, tokens, [0.0] * len(seqs), tokenizer.eos_token_id)
-        assert len(taken) == sum(1 for c in choices if c) and all(taken.values()), step
+        assert len(taken) == sum(1 for c in choices if c) and all(f.taken for f in taken.values()), step
         seqs = [s for s, c in zip(seqs, choices, strict=True) if c]  # a grammar at its end leaves
     assert len(seqs) == 7  # the schema's streams went on throughout
 

@@ -53,18 +53,17 @@ class Collector:
             if chained and chained.chained_ids:
                 assert self.chainer is not None, "a chained step ran on a backend that does not chain"
                 self.chainer.confirm(chained.chained_ids, samples.tokens)
-            # a chained step that samples once this returns takes the next masks at once: none ahead
-            prefetch = chained is None or chained.unsampled is None
-            self._emit_samples(step.sampled, samples, events, prefetch)
+            self._emit_samples(step.sampled, samples, events)
         scoring.add_events(step.scored, scores, events)
         self.endings.finish(step.scored)
         self.stats.steps += 1
         self.stats.last_step_seconds = time.perf_counter() - step.started
         return events
 
-    def _emit_samples(self, seqs: list[Sequence], samples: Samples, events: Events, prefetch: bool) -> None:
+    def _emit_samples(self, seqs: list[Sequence], samples: Samples, events: Events) -> None:
         eos = self.backend.eos_token_id
-        taken = self.masks.take_tokens(seqs, samples.tokens, samples.logprobs, eos)  # grammars take theirs
+        # the grammars take theirs, and their next masks start filling beside this loop
+        followed = self.masks.take_tokens(seqs, samples.tokens, samples.logprobs, eos)
         sink, batch = None, []  # one client's rows usually come together: group them in runs
         produced, ended, failed, running = 0, [], [], Status.RUNNING
         for seq, token, logprob, top in zip(seqs, samples.tokens, samples.logprobs, samples.top_logprobs,
@@ -89,15 +88,14 @@ class Collector:
                 following = time.perf_counter()
                 try:
                     with slow_masks_deferred():  # (no stream waits for one: holds.py)
-                        followed, ends = constraint.events_after(seq, token, logprob, top,
-                                                                 taken.get(id(seq), False))
+                        made, ends = constraint.events_after(seq, token, logprob, top, followed.get(id(seq)))
                 except FollowPending as pending:
                     self.holds.hold(seq, pending)
                     continue
                 finally:
                     self.stats.grammar_seconds += time.perf_counter() - following
-                batch.extend(followed)
-                produced += len(followed) - 1
+                batch.extend(made)
+                produced += len(made) - 1
                 if ends:
                     ended.append(seq)
                 continue
@@ -107,8 +105,6 @@ class Collector:
         self.stats.tokens_generated += produced
         self.endings.finish(failed)
         self.endings.go_on(self.endings.finish(ended))
-        if prefetch:
-            self.masks.prefetch([s for s in seqs if s.status is running and s.params.constraint is not None])
 
     def _wait_for(self, step: LaunchedStep) -> None:
         waiting = time.perf_counter()

@@ -105,8 +105,9 @@ class SequenceConstraint(Protocol):
     open_below: int
 
     def events_after(self, seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
-                     taken: bool) -> tuple[list[TokenEvent], bool]:
-        """A sampled token's events (and tokens it forces), and whether the sequence ends."""
+                     followed: Followed | None) -> tuple[list[TokenEvent], bool]:
+        """A sampled token's events (and tokens it forces), and whether the sequence ends;
+        ``followed``: what a grammar did with the token (``MaskFiller.take_tokens``), else None."""
         ...
 
     def failure(self) -> str:
@@ -122,6 +123,24 @@ class SequenceConstraint(Protocol):
         """Whether the mask after any ``generated`` tokens lets every token through, whatever they
         are (the engine may then sample that step before it reads the tokens before it)."""
         ...
+
+
+@dataclass
+class Followed:
+    """What a grammar did with its row's sampled token, read from its matcher at once: whether
+    it took the token, the tokens it then forces (taken too), and whether it is complete or
+    failed. The step's events are made from it while the grammars' next masks are filled on
+    llguidance's threads, which no matcher call may meet (``MaskFiller.take_tokens``)."""
+
+    taken: bool
+    forced: list[int]
+    complete: bool = False
+    error: str | None = None
+
+    @property
+    def goes_on(self) -> bool:
+        """Whether the next step samples this row under the grammar's next mask."""
+        return self.taken and not self.forced and not self.complete and self.error is None
 
 
 class Constraint:
@@ -162,9 +181,20 @@ class Constraint:
     def error(self) -> str | None:
         return str(self.matcher.get_error()) or None if self.matcher.is_error() else None
 
+    def follow(self, taken: bool) -> Followed:
+        """After the matcher was handed its sampled token (it ``taken`` it or not)."""
+        if not taken:
+            return Followed(False, [], error=self.error or "the grammar refused the sampled token")
+        forced = self.forced()
+        if not self.matcher.is_stopped():  # (a running matcher has no error and is not complete)
+            return Followed(True, forced)
+        error = self.error
+        return Followed(True, forced, complete=error is None, error=error)
+
     def events_after(self, seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
-                     taken: bool) -> tuple[list[TokenEvent], bool]:
-        return grammar_events(seq, token, logprob, top, taken)
+                     followed: Followed | None) -> tuple[list[TokenEvent], bool]:
+        assert followed is not None, "a grammar's row is followed when it takes its token"
+        return grammar_events(seq, token, logprob, top, followed)
 
     def failure(self) -> str:
         return f"grammar error: {self.error or 'the grammar allows no token here'}"
@@ -298,29 +328,21 @@ FORCED_TOP: Mapping[int, float] = MappingProxyType({})  # a forced token's candi
 
 
 def grammar_events(seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
-                   taken: bool) -> tuple[list[TokenEvent], bool]:
-    """``token``, sampled for ``seq`` under its constraint (already in ``seq.generated``; its
-    grammar ``taken`` it or not: ``MaskFiller.take_tokens``), as events: itself, then the tokens
-    the grammar forces after it (appended to ``seq.generated`` too; log-prob 0: under the grammar
-    they are certain). Returns them and whether ``seq`` ends: its grammar is complete (finish
-    EOS, without an EOS token), ``max_generated`` is reached, or the grammar failed (an error)."""
-    constraint: Constraint = seq.params.constraint
-    forced = constraint.forced() if taken else []
-    # a running matcher has no error and is not complete: one call tells (they run every row a step)
-    stopped = not taken or bool(constraint.matcher.is_stopped())
-    error = constraint.error if stopped else None
-    if not taken or error is not None:
-        error = error or "the grammar refused the sampled token"
-        return [TokenEvent(seq.stream_id, error=f"grammar error: {error}")], True
-    forced = forced[: seq.max_generated - len(seq.generated)]
+                   followed: Followed) -> tuple[list[TokenEvent], bool]:
+    """``token``, sampled for ``seq`` under its constraint (already in ``seq.generated``; what its
+    grammar did with it: ``followed``), as events: itself, then the tokens the grammar forces
+    after it (appended to ``seq.generated`` too; log-prob 0: under the grammar they are certain).
+    Returns them and whether ``seq`` ends: its grammar is complete (finish EOS, without an EOS
+    token), ``max_generated`` is reached, or the grammar failed (an error). No matcher call."""
+    if followed.error is not None:
+        return [TokenEvent(seq.stream_id, error=f"grammar error: {followed.error}")], True
+    forced = followed.forced[: seq.max_generated - len(seq.generated)]
     seq.generated.extend(forced)
     tokens = [(token, logprob, top)] + [(t, 0.0, FORCED_TOP) for t in forced]
     events = [TokenEvent(seq.stream_id, t, lp, None, tp) for t, lp, tp in tokens]
     last = events[-1]
-    if stopped:  # (without an error: complete)
+    if followed.complete:
         last.finish_reason = Finish.EOS
     elif len(seq.generated) >= seq.max_generated:
         last.finish_reason = Finish.LENGTH
     return events, last.finish_reason is not None
-
-

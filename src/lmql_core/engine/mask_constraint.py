@@ -20,7 +20,7 @@ from lmql_core.constraints.kinds import Rule
 from lmql_core.constraints.mask import ANY, MaskPending, Value
 from lmql_core.constraints.step import Step
 from lmql_core.constraints.vocabulary import Vocabulary
-from lmql_core.engine.constraints import FORCED_TOP
+from lmql_core.engine.constraints import FORCED_TOP, Followed
 from lmql_core.engine.sequence import Finish, Sequence, TokenEvent
 
 OPEN = Step(ANY)  # a step whose rule allows every token and the end: not done, nothing forced
@@ -88,7 +88,7 @@ class MaskConstraint:
         return np.packbits(allowed, bitorder="little").view(np.int32)
 
     def events_after(self, seq: Sequence, token: int, logprob: float, top: Mapping[int, float],
-                     taken: bool) -> tuple[list[TokenEvent], bool]:
+                     followed: Followed | None) -> tuple[list[TokenEvent], bool]:
         """The events of a token sampled under this mask, then of the tokens the constraints force
         after it (appended to ``seq.generated``, log-prob 0), as the query runtime takes them
         without asking the model; whether ``seq`` ends: its variable is done (finish EOS, without

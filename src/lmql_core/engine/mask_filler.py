@@ -18,11 +18,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lmql_core.engine.sequence import Sequence, Status
+
+if TYPE_CHECKING:
+    from lmql_core.engine.constraints import Followed
 
 # masks that took less than this last step are filled on the engine thread once the forward pass is
 # launched (on a GPU, still while it runs): handing them to the mask thread and back costs more
@@ -102,8 +105,9 @@ class MaskFiller:
 
     def prefetch(self, seqs: list[Sequence]) -> None:
         """Start filling the next step's masks of ``seqs`` (running sequences whose grammars just
-        took this step's tokens), when they are all llguidance's and filling is not quick. (Not
-        before a chained step samples: it waits for them at once, ``start(overlapped=False)``.)"""
+        took this step's tokens), when they are all llguidance's and filling is not quick: on
+        llguidance's threads while the engine thread makes the step's events (and, where the next
+        step is not sampled at once, launches it)."""
         self._settle()
         if self._last_fill < INLINE_FILL_SECONDS or not seqs or not all(_follows_tokens(s) for s in seqs):
             return
@@ -178,12 +182,15 @@ class MaskFiller:
         return self._executor
 
     def take_tokens(self, seqs: list[Sequence], tokens: list[int], logprobs: list[float],
-                    eos: int | None) -> dict[int, bool]:
+                    eos: int | None) -> dict[int, Followed]:
         """The grammars of a step's running constrained sequences take their sampled tokens (EOS
         and rows where nothing could be chosen aside), all at once on llguidance's threads
         without the interpreter's lock (one by one costs ~2.5x as much on several threads; with
-        one, handing the rows over costs more than it saves): by ``id(seq)``, whether each
-        grammar took its token."""
+        one, handing the rows over costs more than it saves), then the tokens each forces: by
+        ``id(seq)``, what each grammar did (``Followed``). Then the next step's masks of the
+        batch's running constrained sequences are started (``prefetch``), the rows that end or
+        feed forced tokens next left out: no matcher of theirs is called until the step's masks
+        are taken (``start``), while ``Followed`` tells the events."""
         self._settle()
         running, no_chance = Status.RUNNING, float("-inf")
         rows = [(seq, token) for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True)
@@ -196,8 +203,12 @@ class MaskFiller:
         executor = self._llguidance()
         taken = (executor.consume_token_par(matchers) if self._threads > 1
                  else [matcher.consume_token(token) for matcher, token in matchers])
+        followed = {id(seq): seq.params.constraint.follow(ok)
+                    for (seq, _), ok in zip(rows, taken, strict=True)}
         self.stats.grammar_seconds += time.perf_counter() - started
-        return {id(seq): ok for (seq, _), ok in zip(rows, taken, strict=True)}
+        self.prefetch([seq for seq in seqs if seq.status is running and seq.params.constraint is not None
+                       and (not _follows_tokens(seq) or _goes_on(followed.get(id(seq))))])
+        return followed
 
     def close(self) -> None:
         if self._thread is not None:
@@ -207,6 +218,10 @@ class MaskFiller:
 def _needs_mask(seq: Sequence) -> bool:
     constraint = seq.params.constraint
     return constraint is not None and constraint.needs_mask(seq.generated)
+
+
+def _goes_on(followed: Followed | None) -> bool:
+    return followed is not None and followed.goes_on
 
 
 def _follows_tokens(seq: Sequence) -> bool:
