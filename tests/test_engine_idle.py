@@ -122,3 +122,41 @@ def test_a_failing_idle_hook_is_not_called_again_and_the_engine_serves_on() -> N
         assert Failing.calls == 1
     finally:
         engine.stop()
+
+
+def test_an_engine_without_idle_work_never_calls_the_hook_and_serves() -> None:
+    backend = IdleWork(pieces=5, piece_s=0.001)
+    engine = Engine(backend, idle_work=False)
+    try:
+        time.sleep(0.1)
+        assert run_one(engine, 1) != []
+        time.sleep(0.05)
+        assert backend.calls == [] and backend.left == 5
+    finally:
+        engine.stop()
+
+
+def test_a_model_in_the_users_process_does_no_idle_work_and_a_served_one_does() -> None:
+    """``local:`` models run beside the user's own code: their engines skip the backend's idle
+    work (the HF backend's CUDA graph captures, which the user's CUDA work in the same process
+    could break, and which would break it); a server's engine does it."""
+    import asyncio
+
+    from lmql_core.lmtp.local import InProcessClient
+    from lmql_core.loading.identifiers import parse_model_id
+    from lmql_core.loading.model_host import load_model
+
+    model_id = parse_model_id("local:random")
+    client = InProcessClient.for_model(model_id, silent=True, engine_options={"max_batch": 4})
+    asyncio.run(client._ensure_open())
+    try:
+        assert client.host is not None
+        [loaded] = client.host.models.values()
+        assert loaded.engine.idle_work is False and loaded.engine.scheduler.max_batch == 4
+    finally:
+        asyncio.run(client.close())
+    served = load_model(model_id)
+    try:
+        assert served.engine.idle_work is True
+    finally:
+        served.engine.stop()

@@ -42,9 +42,11 @@ class Engine:
     # 2048 tokens is bound by the host's launches (gpt2-medium: 16 ms on the host, 4.5 on the GPU),
     # so fewer, larger steps cut the TTFT of a burst of long prompts (benchmarks/RESULTS.md, #19)
     def __init__(self, backend: Backend, *, max_batch: int | None = None, token_budget: int = 8192,
-                 seed: int = 0) -> None:
+                 seed: int = 0, idle_work: bool = True) -> None:
         """``max_batch``: None takes the backend's (``Backend.max_batch``, which a backend may size
-        from memory), or DEFAULT_MAX_BATCH where it sets none; a backend's limit is never exceeded."""
+        from memory), or DEFAULT_MAX_BATCH where it sets none; a backend's limit is never exceeded.
+        ``idle_work``: whether the backend's deferred work (``Backend.idle``) runs while no
+        request is in flight (off for a model in the user's own process: see ``lmtp/local.py``)."""
         self.backend = backend
         wanted = max_batch or backend.max_batch or DEFAULT_MAX_BATCH
         limit = min(wanted, backend.max_batch or wanted)
@@ -67,7 +69,8 @@ class Engine:
         pipeline = Pipeline(self._launcher, self._endings, self.scheduler, self._wake,
                             lambda: self._stopping, chainer)
         self._launch_next = pipeline.launch_next
-        self._idle_done = not hasattr(backend, "idle")  # Backend.idle has returned None
+        self.idle_work = idle_work
+        self._idle_done = not idle_work or not hasattr(backend, "idle")  # Backend.idle has returned None
         self._thread = threading.Thread(target=self._serve, name="lmql-engine", daemon=True)
         self._thread.start()
 

@@ -83,10 +83,14 @@ class InProcessClient(LMTPClient):
 
 
 def _load_host(model_id: Any, loader_kwargs: dict[str, Any], silent: bool) -> ModelHost:
-    """Runs on a worker thread."""
+    """Runs on a worker thread. The engine does no idle work here: the HF backend's is capturing
+    CUDA graphs, and a capture beside the user's own CUDA work in this process fails both (a
+    device-wide synchronize is refused while any stream captures); the graphs captured before
+    the model is ready serve every batch (a batch size's own graph or its cover)."""
     host = ModelHost()
+    engine_options = {"idle_work": False, **(loader_kwargs.get("engine_options") or {})}
     with quiet_thread(silent):
-        host.add(load_model(model_id, **loader_kwargs))
+        host.add(load_model(model_id, **{**loader_kwargs, "engine_options": engine_options}))
     return host
 
 
