@@ -173,11 +173,6 @@ class Constraint:
         return forced
 
     @property
-    def complete(self) -> bool:
-        """The grammar allows no further token (its text is whole): the sequence ends here."""
-        return bool(self.matcher.is_stopped()) and not self.matcher.is_error()
-
-    @property
     def error(self) -> str | None:
         return str(self.matcher.get_error()) or None if self.matcher.is_error() else None
 
