@@ -35,6 +35,8 @@
 #   run(command="bash benchmarks/gpu_next.sh 30", carry=[".whl"])  # gpu_check; issue 31 (a), (b) windowed, stacks sampled
 #   run(command="bash benchmarks/gpu_next.sh 31", carry=[".whl"])  # transfers with fewer torch calls: tests, checks, (a)/(b) against before
 #   (31's baseline: `mkdir -p .whl/var/before && git archive 337e7f1 src | tar -x -C .whl/var/before`)
+#   run(command="bash benchmarks/gpu_next.sh 32", carry=[".whl"])  # gpu_check; branch masked31's kernel: check, (a)/(b)
+#   (32's tree: `mkdir -p .whl/var/masked && git archive masked31 src plugins/hf/src scripts | tar -x -C .whl/var/masked`)
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -214,6 +216,14 @@ elif [ "$part" = 31 ]; then  # host lists written into the pinned ring by numpy,
     step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
     # the same with the interpreter's switch interval at 10 us (.whl/var/switch10/sitecustomize.py)
     step 110 env PYTHONPATH="$PWD/.whl/var/switch10" python3 benchmarks/constraints_gpu.py --only ab --window 3
+elif [ "$part" = 32 ]; then  # gpu_check (in-process models no longer capture while idle: its last check
+    # met their captures in calls 30-31); then branch masked31 (a greedy choice under a constraint's
+    # mask in one kernel): its check against torch, and (a)/(b) windowed without it and with it
+    masked="$PWD/.whl/var/masked"
+    step 200 python3 scripts/gpu_check.py
+    step 60 env PYTHONPATH="$masked/src:$masked/plugins/hf/src" python3 "$masked/scripts/best_of_check.py"
+    step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
+    step 110 env PYTHONPATH="$masked/src:$masked/plugins/hf/src" python3 benchmarks/constraints_gpu.py --only ab --window 3
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
         --out "$out/w27" --budget-s 380
