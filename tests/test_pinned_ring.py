@@ -72,7 +72,8 @@ def test_a_tensor_larger_than_a_segment_is_copied_too() -> None:
 @pytest.mark.parametrize(("values", "dtype"), [
     ([3, -1, 7], None), ([0.5, -2.25], None), ([True, False, True], None), ([[1, 2], [3, 4]], None),
     ([1, 2, 300], torch.long), ([5, 6], torch.int32), ([1, 2], torch.float32), ([1, 2, 128], torch.uint8),
-    ([], torch.long), ([], None),
+    ([], torch.long), ([], None), (np.array([1, 2], dtype=np.int32), None), (np.array([0.5, 1.5]), None),
+    ([1, 2.5], None),
 ])
 def test_host_lists_arrive_as_torch_tensor_makes_them(values: list, dtype: torch.dtype | None) -> None:
     """``TorchOps.tensor`` writes a list into the ring with numpy: the same dtype, shape and values

@@ -59,8 +59,13 @@ class PinnedRing:
         """A host list (or array) as a tensor of ``dtype`` (None: as ``torch.tensor`` infers it)
         on ``device``, copied without blocking; None where this ring does not take it (a dtype
         it does not know, or too large): ``to_device`` of ``torch.tensor(values)`` then."""
-        host = np.asarray(values)
-        if dtype is None:  # torch.tensor's choices: whole numbers int64, other numbers float32
+        if dtype is None and isinstance(values, np.ndarray):
+            return None  # (torch.tensor keeps an array's own dtype)
+        try:
+            host = np.asarray(values)
+        except ValueError:  # ragged: torch.tensor tells what is wrong
+            return None
+        if dtype is None:  # torch.tensor's choices for lists: whole numbers int64, other numbers float32
             kind = host.dtype.kind
             dtype = (self.torch.int64 if kind in "iu" else self.torch.float32 if kind == "f"
                      else self.torch.bool if kind == "b" else None)
