@@ -37,6 +37,8 @@
 #   (31's baseline: `mkdir -p .whl/var/before && git archive 337e7f1 src | tar -x -C .whl/var/before`)
 #   run(command="bash benchmarks/gpu_next.sh 32", carry=[".whl"])  # gpu_check; branch masked31's kernel: check, (a)/(b)
 #   (32's tree: `mkdir -p .whl/var/masked && git archive masked31 src plugins/hf/src scripts | tar -x -C .whl/var/masked`)
+#   run(command="bash benchmarks/gpu_next.sh 33", carry=[".whl"])  # (a)/(b) at switch intervals 50 and 10 us, alternating
+#   (33's: `.whl/var/switch10/sitecustomize.py`, as in RESULTS' call 31)
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -224,6 +226,11 @@ elif [ "$part" = 32 ]; then  # gpu_check (in-process models no longer capture wh
     step 60 env PYTHONPATH="$masked/src:$masked/plugins/hf/src" python3 "$masked/scripts/best_of_check.py"
     step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
     step 110 env PYTHONPATH="$masked/src:$masked/plugins/hf/src" python3 benchmarks/constraints_gpu.py --only ab --window 3
+elif [ "$part" = 33 ]; then  # call 31's one run at a 10 us switch interval, settled: 50 and 10 in turn, twice
+    for round in 1 2; do
+        step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
+        step 110 env PYTHONPATH="$PWD/.whl/var/switch10" python3 benchmarks/constraints_gpu.py --only ab --window 3
+    done
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
         --out "$out/w27" --budget-s 380
