@@ -38,7 +38,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 32", carry=[".whl"])  # gpu_check; branch masked31's kernel: check, (a)/(b)
 #   (32's tree: `mkdir -p .whl/var/masked && git archive masked31 src plugins/hf/src scripts | tar -x -C .whl/var/masked`)
 #   run(command="bash benchmarks/gpu_next.sh 33", carry=[".whl"])  # (a)/(b) at switch intervals 50 and 10 us, alternating
-#   (33's: `.whl/var/switch10/sitecustomize.py`, as in RESULTS' call 31)
+#   (33: benchmarks/variants/switch10/sitecustomize.py sets it where the server sets its own)
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -216,8 +216,8 @@ elif [ "$part" = 31 ]; then  # host lists written into the pinned ring by numpy,
     step 200 python3 scripts/gpu_check.py
     step 110 env PYTHONPATH="$PWD/.whl/var/before/src" python3 benchmarks/constraints_gpu.py --only ab --window 3
     step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
-    # the same with the interpreter's switch interval at 10 us (.whl/var/switch10/sitecustomize.py)
-    step 110 env PYTHONPATH="$PWD/.whl/var/switch10" python3 benchmarks/constraints_gpu.py --only ab --window 3
+    # the same with the interpreter's switch interval at 10 us (benchmarks/variants/switch10/sitecustomize.py)
+    step 110 env PYTHONPATH="$PWD/benchmarks/variants/switch10" python3 benchmarks/constraints_gpu.py --only ab --window 3
 elif [ "$part" = 32 ]; then  # gpu_check (in-process models no longer capture while idle: its last check
     # met their captures in calls 30-31); then branch masked31 (a greedy choice under a constraint's
     # mask in one kernel): its check against torch, and (a)/(b) windowed without it and with it
@@ -229,7 +229,7 @@ elif [ "$part" = 32 ]; then  # gpu_check (in-process models no longer capture wh
 elif [ "$part" = 33 ]; then  # call 31's one run at a 10 us switch interval, settled: 50 and 10 in turn, twice
     for round in 1 2; do
         step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
-        step 110 env PYTHONPATH="$PWD/.whl/var/switch10" python3 benchmarks/constraints_gpu.py --only ab --window 3
+        step 110 env PYTHONPATH="$PWD/benchmarks/variants/switch10" python3 benchmarks/constraints_gpu.py --only ab --window 3
     done
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
