@@ -36,7 +36,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 31", carry=[".whl"])  # transfers with fewer torch calls: tests, checks, (a)/(b) against before
 #   (31's baseline: `mkdir -p .whl/var/before && git archive 337e7f1 src | tar -x -C .whl/var/before`)
 #   run(command="bash benchmarks/gpu_next.sh 32", carry=[".whl"])  # gpu_check; branch masked31's kernel: check, (a)/(b)
-#   (32's tree: `mkdir -p .whl/var/masked && git archive masked31 src plugins/hf/src scripts | tar -x -C .whl/var/masked`)
+#   (32 builds its second tree itself: this one with benchmarks/variants/masked31/masked31.patch applied)
 #   run(command="bash benchmarks/gpu_next.sh 33", carry=[".whl"])  # (a)/(b) at switch intervals 50 and 10 us, alternating
 #   (33: benchmarks/variants/switch10/sitecustomize.py sets it where the server sets its own)
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
@@ -220,8 +220,11 @@ elif [ "$part" = 31 ]; then  # host lists written into the pinned ring by numpy,
     step 110 env PYTHONPATH="$PWD/benchmarks/variants/switch10" python3 benchmarks/constraints_gpu.py --only ab --window 3
 elif [ "$part" = 32 ]; then  # gpu_check (in-process models no longer capture while idle: its last check
     # met their captures in calls 30-31); then branch masked31 (a greedy choice under a constraint's
-    # mask in one kernel): its check against torch, and (a)/(b) windowed without it and with it
-    masked="$PWD/.whl/var/masked"
+    # mask in one kernel, benchmarks/variants/masked31): its check against torch, and (a)/(b)
+    # windowed without it and with it
+    masked=/tmp/lmql-masked31
+    rm -rf "$masked" && mkdir -p "$masked/plugins" && cp -r src scripts tests "$masked/" && cp -r plugins/hf "$masked/plugins/"
+    patch -s -p1 -d "$masked" < benchmarks/variants/masked31/masked31.patch || echo "masked31.patch did not apply"
     step 200 python3 scripts/gpu_check.py
     step 60 env PYTHONPATH="$masked/src:$masked/plugins/hf/src" python3 "$masked/scripts/best_of_check.py"
     step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
