@@ -123,6 +123,7 @@ class Rings(threading.local):
 
 
 KEEP_BUFFERS = 4  # pinned result buffers kept for reuse, per shape and dtype
+KEEP_BYTES = 16 << 20  # and in all (SCORE requests of every length would otherwise keep one each)
 
 
 @dataclass
@@ -141,6 +142,7 @@ class HostCopies:
     def __init__(self, torch: Any) -> None:
         self.torch = torch
         self.free: dict[tuple[Any, Any], list[Any]] = {}  # by shape and dtype (list.pop: one taker)
+        self.kept_bytes = 0
 
     def start(self, arrays: tuple[Any, ...]) -> PendingCopy:
         if not arrays[0].is_cuda:
@@ -148,7 +150,11 @@ class HostCopies:
         hosts = []
         for array in arrays:
             free = self.free.get((array.shape, array.dtype))
-            host = free.pop() if free else self.torch.empty(array.shape, dtype=array.dtype, pin_memory=True)
+            if free:
+                host = free.pop()
+                self.kept_bytes -= _bytes(host)
+            else:
+                host = self.torch.empty(array.shape, dtype=array.dtype, pin_memory=True)
             hosts.append(host.copy_(array, non_blocking=True))
         done = self.torch.cuda.Event()
         done.record()
@@ -168,7 +174,12 @@ class HostCopies:
         values = [host.tolist() for host in hosts]
         if pending.done is not None:
             for host in hosts:
-                kept = self.free.setdefault((host.shape, host.dtype), [])
-                if len(kept) < KEEP_BUFFERS:
-                    kept.append(host)
+                kept = self.free.get((host.shape, host.dtype))
+                if (kept is None or len(kept) < KEEP_BUFFERS) and self.kept_bytes + _bytes(host) <= KEEP_BYTES:
+                    self.free.setdefault((host.shape, host.dtype), []).append(host)
+                    self.kept_bytes += _bytes(host)
         return values
+
+
+def _bytes(tensor: Any) -> int:
+    return int(tensor.numel() * tensor.element_size())
