@@ -115,3 +115,15 @@ def test_results_come_back_through_reused_buffers() -> None:
             with pytest.raises(RuntimeError, match="finished twice"):
                 ops.finish_host_copy(pending)
     assert len(seen_buffers) <= 2 * 4  # two arrays, at most three steps' buffers at a time, then reused
+
+
+def test_results_of_every_shape_keep_a_bounded_amount_of_pinned_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SCORE requests of every length: each shape's buffers could be kept; the bytes kept stay
+    under ``KEEP_BYTES``, and every step's values still come back as they were."""
+    monkeypatch.setattr(pinned_ring, "KEEP_BYTES", 64 << 10)
+    ops = TorchOps()
+    for length in range(1, 400, 7):
+        scores = torch.arange(length, device=DEVICE, dtype=torch.float32) / 3
+        assert ops.finish_host_copy(ops.start_host_copy(scores)) == [scores.tolist()]
+        assert ops.host_copies.kept_bytes <= 64 << 10
+    assert ops.host_copies.kept_bytes > 32 << 10  # (it does keep some)

@@ -174,10 +174,10 @@ class HostCopies:
         values = [host.tolist() for host in hosts]
         if pending.done is not None:
             for host in hosts:
-                kept = self.free.get((host.shape, host.dtype))
-                if (kept is None or len(kept) < KEEP_BUFFERS) and self.kept_bytes + _bytes(host) <= KEEP_BYTES:
-                    self.free.setdefault((host.shape, host.dtype), []).append(host)
-                    self.kept_bytes += _bytes(host)
+                key, size = (host.shape, host.dtype), _bytes(host)
+                if len(self.free.get(key, ())) < KEEP_BUFFERS and self.kept_bytes + size <= KEEP_BYTES:
+                    self.free.setdefault(key, []).append(host)
+                    self.kept_bytes += size
         return values
 
 
