@@ -154,20 +154,28 @@ class OneRowLlamaLayer(OneRowLayer):
     def one_row(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
                 extra: dict[str, Any]) -> torch.Tensor:
         layer, kernel = self.layer, self.kernel
-        attention, dim = layer.self_attn, layer.self_attn.head_dim
+        attention = layer.self_attn
         row = x.reshape(1, -1)
         qkv = kernel.row_times_weights(row, self.qkv, self.qkv_bias, norm=self.norms[0])
-        cos, sin = arguments["position_embeddings"]
-        rotated = kernel.rotate_heads(qkv, self.heads + self.kv_heads, cos, sin, self.head_norms)
-        query, key = _heads(rotated[:, : self.heads * dim], dim), _heads(rotated[:, self.heads * dim :], dim)
-        value = _heads(qkv[:, (self.heads + self.kv_heads) * dim :], dim)
-        attended = _attended(attend, attention, query, key, value, cache, arguments, extra)
+        attended = self._rotated_attention(qkv, attend, cache, arguments, extra)
         out, down = attention.o_proj, layer.mlp.down_proj
         row = kernel.row_times_weights(attended, out.weight, out.bias, residual=row)
         gate_up, bias = self.gate_up, self.gate_up_bias
         hidden = kernel.row_times_weights(row, gate_up, bias, "silu_mul", norm=self.norms[1])
         row = kernel.row_times_weights(hidden, down.weight, down.bias, residual=row)
         return row.view(x.shape)
+
+    def _rotated_attention(self, qkv: torch.Tensor, attend: Callable[..., Any], cache: Any,
+                           arguments: dict[str, Any], extra: dict[str, Any]) -> torch.Tensor:
+        """Attention of the rows' q, k, v (side by side in ``qkv``), q and k rotated in one kernel
+        (after Qwen3's head norms)."""
+        attention = self.layer.self_attn
+        dim, heads, kv_heads = attention.head_dim, self.heads, self.kv_heads
+        cos, sin = arguments["position_embeddings"]
+        rotated = self.kernel.rotate_heads(qkv, heads + kv_heads, cos, sin, self.head_norms)
+        query, key = _heads(rotated[:, : heads * dim], dim), _heads(rotated[:, heads * dim :], dim)
+        value = _heads(qkv[:, (heads + kv_heads) * dim :], dim)
+        return _attended(attend, attention, query, key, value, cache, arguments, extra)
 
     def many_rows(self, x: torch.Tensor, attend: Callable[..., Any], cache: Any, arguments: dict[str, Any],
                   extra: dict[str, Any]) -> torch.Tensor:
@@ -176,15 +184,11 @@ class OneRowLlamaLayer(OneRowLayer):
         layer, rows_kernel = self.layer, self.rows_kernel
         assert rows_kernel is not None
         input_norm, post_norm = self.norms
-        attention, dim = layer.self_attn, layer.self_attn.head_dim
+        attention = layer.self_attn
         rows = x.reshape(x.shape[0], -1)
         qkv = functional.linear(rows_kernel.rms_norm(rows, input_norm.weight, input_norm.eps), self.qkv,
                                 self.qkv_bias)
-        cos, sin = arguments["position_embeddings"]
-        rotated = self.kernel.rotate_heads(qkv, self.heads + self.kv_heads, cos, sin, self.head_norms)
-        query, key = _heads(rotated[:, : self.heads * dim], dim), _heads(rotated[:, self.heads * dim :], dim)
-        value = _heads(qkv[:, (self.heads + self.kv_heads) * dim :], dim)
-        attended = _attended(attend, attention, query, key, value, cache, arguments, extra)
+        attended = self._rotated_attention(qkv, attend, cache, arguments, extra)
         rows = _plus(rows, attended, attention.o_proj)
         gate_up = functional.linear(rows_kernel.rms_norm(rows, post_norm.weight, post_norm.eps), self.gate_up,
                                     self.gate_up_bias)
