@@ -314,32 +314,6 @@ def test_forced_text_is_appended_without_sampling(engine, compiler, tokenizer) -
     assert engine.stats.steps - steps_before < len(events) - 5
 
 
-def test_no_forced_bytes_means_no_forced_tokens(compiler) -> None:
-    """``Constraint.forced`` asks llguidance for tokens only where it forces bytes: along random
-    walks through a JSON schema and a grammar with literals, every state that forces tokens forces
-    bytes too (else forced text would be sampled instead of appended)."""
-    import numpy as np
-
-    rng = np.random.default_rng(7)
-    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
-                                               "tags": {"type": "array", "items": {"enum": ["red", "blue"]}}},
-              "required": ["name", "tags"], "additionalProperties": False}
-    specs = [GrammarSpec.of("json_schema", schema),
-             GrammarSpec.of("grammar", 'start: "Name: " /[A-Z][a-z]{1,5}/ "\\nAge: " /[0-9]{1,2}/ "."')]
-    forcing = 0
-    for spec in specs:
-        for _ in range(20):
-            matcher = compiler.compile(spec).matcher
-            while not matcher.is_stopped():
-                ff_tokens = matcher.compute_ff_tokens()
-                assert matcher.compute_ff_bytes() or not ff_tokens
-                forcing += bool(ff_tokens)
-                bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), np.uint8), bitorder="little")
-                allowed = np.flatnonzero(bits)
-                assert matcher.consume_token(int(rng.choice(allowed)))
-    assert forcing > 20  # the walks met forced text
-
-
 def test_length_limit_ends_a_constrained_stream(engine, compiler, tokenizer) -> None:
     spec = GrammarSpec.of("regex", "[a-z]{30}")
     [events] = run(engine, [(tokenizer.encode(PROMPT), SamplingParams(max_tokens=3,

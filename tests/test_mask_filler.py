@@ -242,3 +242,27 @@ def test_masks_the_engine_waits_for_at_once_are_filled_on_its_own_thread(
         assert batch is not None and all(np.array_equal(b, e) for b, e in zip(batch.bits, expected, strict=True))
     assert filled_on[0].startswith("lmql-masks") and filled_on[1] == threading.current_thread().name
     filler.close()
+
+
+def test_no_forced_bytes_means_no_forced_tokens(compiler: GrammarCompiler, tokenizer: JsonTokenizer) -> None:
+    """``Constraint.forced`` asks llguidance for tokens only where it forces bytes: along random
+    walks through a JSON schema and a grammar with literals, every state that forces tokens forces
+    bytes too (else forced text would be sampled instead of appended)."""
+    rng = np.random.default_rng(7)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+                                               "tags": {"type": "array", "items": {"enum": ["red", "blue"]}}},
+              "required": ["name", "tags"], "additionalProperties": False}
+    specs = [GrammarSpec.of("json_schema", schema),
+             GrammarSpec.of("grammar", 'start: "Name: " /[A-Z][a-z]{1,5}/ "\\nAge: " /[0-9]{1,2}/ "."')]
+    forcing = 0
+    for spec in specs:
+        for _ in range(20):
+            constraint = compiler.compile(spec)
+            matcher = constraint.matcher
+            while not matcher.is_stopped():
+                ff_tokens = matcher.compute_ff_tokens()
+                assert matcher.compute_ff_bytes() or not ff_tokens
+                forcing += bool(ff_tokens)
+                choices = allowed(mask_of(matcher, constraint.mask_words), tokenizer.vocab_size)
+                assert matcher.consume_token(int(rng.choice(choices)))
+    assert forcing > 20  # the walks met forced text
