@@ -63,7 +63,7 @@ METRICS = ("lmql_engine_busy_seconds", "lmql_engine_mask_fill_seconds", "lmql_en
            "lmql_engine_grammar_seconds", "lmql_engine_steps",
            "lmql_engine_steps_chained", "lmql_engine_tokens_forced_chained",
            "lmql_engine_device_wait_seconds", "lmql_engine_sequences_admitted_chained",
-           "lmql_engine_prompt_passes_chained",
+           "lmql_engine_prompt_passes_chained", "lmql_engine_sequences_taken_over",
            "lmql_tokens_generated", "lmql_tokens_prefilled", "lmql_sequences_finished")
 EOS_BAN = -100.0
 

@@ -119,6 +119,7 @@ def measured(port: int, point: str, run: Any, profile: Callable[[], None] = lamb
             "following_ms_per_step": round(delta["grammar_seconds"] / steps * 1e3, 3),
             "phase_ms_per_step": per_step, "admitted_chained": int(delta["sequences_admitted_chained"]),
             "prompt_passes_chained": int(delta["prompt_passes_chained"]),
+            "taken_over": int(delta["sequences_taken_over"]),
             "tokens_prefilled": int(delta["tokens_prefilled"]),
             "errors": len(errors),
             "first_error": errors[0][:300] if errors else None}
@@ -289,14 +290,15 @@ def report_points(points: list[dict[str, Any]]) -> None:
             print(f"steps not chained ({p['point']}), by reason: {reasons}; forced tokens fed in "
                   f"chained steps: {p['forced_chained']}")
     print("| point | busy ms/step | device wait | following | launch | deliver | collect | schedule "
-          "| admitted beside chained steps (passes) | prompt tokens |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| admitted beside chained steps (passes) | next holes in the last one's cache | prompt tokens |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in points:
         phase = p["phase_ms_per_step"]
         print(f"| {p['point']} | {p['busy_ms_per_step']} | {p['device_wait_ms_per_step']} "
               f"| {p['following_ms_per_step']} | " + " | ".join(str(phase.get(k, "-")) for k in
                                                              ("launch", "deliver", "collect", "schedule"))
-              + f" | {p['admitted_chained']} ({p['prompt_passes_chained']}) | {p['tokens_prefilled']} |")
+              + f" | {p['admitted_chained']} ({p['prompt_passes_chained']}) | {p['taken_over']} "
+              f"| {p['tokens_prefilled']} |")
     for p in points:
         if p["first_error"]:
             print(f"first error ({p['point']}): {p['first_error']}")

@@ -39,6 +39,8 @@
 #   (32 builds its second tree itself: this one with benchmarks/variants/masked31/masked31.patch applied)
 #   run(command="bash benchmarks/gpu_next.sh 33", carry=[".whl"])  # (a)/(b) at switch intervals 50 and 10 us, alternating
 #   (33: benchmarks/variants/switch10/sitecustomize.py sets it where the server sets its own)
+#   run(command="bash benchmarks/gpu_next.sh 34", carry=[".whl"])  # next holes in their last ones' caches: tests, (a) against before
+#   (34's baseline: `mkdir -p .whl/var/main51 && git archive ba805f6 src | tar -x -C .whl/var/main51`)
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -233,6 +235,14 @@ elif [ "$part" = 33 ]; then  # call 31's one run at a 10 us switch interval, set
     for round in 1 2; do
         step 110 python3 benchmarks/constraints_gpu.py --only ab --window 3
         step 110 env PYTHONPATH="$PWD/benchmarks/variants/switch10" python3 benchmarks/constraints_gpu.py --only ab --window 3
+    done
+elif [ "$part" = 34 ]; then  # a template's next hole in its last one's place and cache: the CUDA
+    # template tests, then (a) windowed on main before it (.whl/var/main51) and on this tree, in turn
+    step 150 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_template_steps.py tests/test_constraints_engine.py \
+        -k "cuda or side_by_side or forced_tokens_ride or go_on"
+    for round in 1 2; do
+        step 100 env PYTHONPATH="$PWD/.whl/var/main51/src" python3 benchmarks/constraints_gpu.py --only a --window 3
+        step 100 python3 benchmarks/constraints_gpu.py --only a --window 3
     done
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \

@@ -156,6 +156,30 @@ def test_a_confirmation_for_a_released_sequence_is_dropped() -> None:
     assert feed(table, 2, [5, 6, 30, 9])[1] == 2  # the token never confirmed matches nothing
 
 
+def test_a_next_sequence_takes_over_a_running_slot_kept_up_to_where_the_tokens_differ() -> None:
+    """A template's next hole goes on in its last one's slot (``backend.TakesOver``): no slot
+    moves, the cache kept up to the first token the new prompt does not share (a token still
+    pending shares none), never the prompt's last; a late confirmation for the old id is dropped."""
+    table = make_table()
+    feed(table, 1, [5, 6])
+    feed(table, 2, [7, 8, 9])
+    table.append_pending([2])  # a chained step fed its last token (an EOS, say), not read yet
+    assert table.take_over(2, 3, [7, 8, 9, 4, 4]) == 3  # the pending token is not kept
+    assert table.slot_of == {1: 0, 3: 1} and table.pending == {} and table.length(3) == 3
+    table.confirm([2], [30])  # the old id's token arrives late: dropped
+    assert table.slots[1].tokens == [7, 8, 9]
+    write(table, 1, 3, [4, 4])
+    table.append(3, [4, 4])
+    assert_cache_follows_table(table)
+    assert table.take_over(3, 4, [7, 8, 2, 2]) == 2  # the value was written otherwise: cut there
+    assert table.take_over(4, 5, [7, 8]) == 1  # an equal prompt still computes its last token
+    assert table.take_over(4, 6, [7, 8]) is None and table.slot_of == {1: 0, 5: 1}  # (4 has gone on)
+    assert table.reused_tokens == 3 + 2 + 1
+    table.release([5])
+    assert feed(table, 7, [7, 9])[1] == 1  # its tokens are a cached prefix once it ends
+    assert_cache_follows_table(table)
+
+
 def walked_prefix(table: SlotTable, prompt: list[int]) -> int:
     """The longest prefix of ``prompt`` a cached slot holds, by walking every slot above the
     running ones (at most all but the prompt's last token: its logits are the answer)."""

@@ -125,20 +125,41 @@ def test_templates_side_by_side_in_chained_steps(tiny_server: Server, monkeypatc
     chained = Server(MODEL, "--chain_steps", "True", *(["--cuda"] if device == "cuda" else []))
     try:
         model = lmql.model(MODEL, endpoint=chained.endpoint)
-        counters = ("lmql_engine_steps_chained", "lmql_engine_sequences_admitted_chained")
+        counters = ("lmql_engine_steps_chained", "lmql_engine_sequences_admitted_chained",
+                    "lmql_engine_sequences_taken_over")
         before = [server_metric(chained, name, MODEL) for name in counters]
 
         async def together() -> list[Any]:
             return await asyncio.gather(*(lmql.run(program(*p), model=model) for p in PROGRAMS.values()))
 
         served = {name: (r.variables, r.prompt) for name, r in zip(PROGRAMS, asyncio.run(together()), strict=True)}
-        chained_steps, joined = (server_metric(chained, name, MODEL) - b for name, b in zip(counters, before, strict=True))
-        assert chained_steps > 0 and joined > 0  # next holes joined beside chained steps
+        chained_steps, joined, taken_over = (server_metric(chained, name, MODEL) - b
+                                             for name, b in zip(counters, before, strict=True))
+        # first holes joined beside chained steps; next holes went on in their last ones' places
+        assert chained_steps > 0 and joined > 0 and taken_over > 0
         monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
         client = lmql.model(MODEL, endpoint=(chained if device == "cuda" else tiny_server).endpoint)
         assert served == {name: run(program(*p), client)[:2] for name, p in PROGRAMS.items()}
     finally:
         assert chained.stop() == 0, chained.output()
+
+
+def test_next_holes_go_on_in_the_last_ones_cache(tiny_server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template's next hole goes on in its last one's place in the batch and its cache
+    (``backend.TakesOver``): only the tokens after those the two prompts share are fed, also where
+    the value's prompt text differs from its tokens (a stopping phrase cut off, INT's number),
+    and every program gives the client path's values and prompt."""
+    model = lmql.model(MODEL, endpoint=tiny_server.endpoint)
+    names = ("four_variables", "stops_at", "later_hole_sees_earlier")
+    taken_over, served = [], {}
+    for name in names:
+        before = server_metric(tiny_server, "lmql_engine_sequences_taken_over", MODEL)
+        served[name] = run(program(*PROGRAMS[name]), model)[:2]
+        taken_over.append(server_metric(tiny_server, "lmql_engine_sequences_taken_over", MODEL) - before)
+    # (a hole whose first mask is slow, INT's, is started by the event loop, in a new sequence)
+    assert all(n >= 1 for n in taken_over), dict(zip(names, taken_over, strict=True))
+    monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+    assert served == {name: run(program(*PROGRAMS[name]), model)[:2] for name in names}
 
 
 @pytest.mark.parametrize(("op", "limit"), [("<", 5), ("<=", 5), ("==", 5), (">", 2), ("!=", 3)])

@@ -110,6 +110,18 @@ class ChainedSteps(Protocol):
 
 
 @runtime_checkable
+class TakesOver(Protocol):
+    """A stream's next sequence continues in its last one's cache (a template's next hole, whose
+    prompt mostly extends the tokens before it): no release, new slot or prompt pass for them."""
+
+    def take_over(self, seq_id: int, new_id: int, tokens: list[int]) -> int | None:
+        """``new_id`` takes ``seq_id``'s cache (``seq_id`` then holds none), kept for the longest
+        prefix of ``tokens`` it holds, and always at least one token short of ``tokens`` (its
+        logits are the answer); returns how many tokens it kept. None: ``seq_id`` holds no cache
+        here, and nothing changed."""
+
+
+@runtime_checkable
 class ReleasesTogether(Protocol):
     """Frees several sequences (those that ended in one step) at once, where together is cheaper
     than one ``release`` each."""

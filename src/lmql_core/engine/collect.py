@@ -104,7 +104,7 @@ class Collector:
                 ended.append(seq)
         self.stats.tokens_generated += produced
         self.endings.finish(failed)
-        self.endings.go_on(self.endings.finish(ended))
+        self.endings.finish_generations(ended)
 
     def _wait_for(self, step: LaunchedStep) -> None:
         waiting = time.perf_counter()

@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from lmql_core.base.backend import Backend, ReleasesTogether
+from lmql_core.base.backend import Backend, ReleasesTogether, TakesOver
 from lmql_core.engine.scheduler import Scheduler
-from lmql_core.engine.sequence import Sequence, Sink, TokenEvent
+from lmql_core.engine.sequence import Sequence, Sink, Status, TokenEvent
 from lmql_core.engine.steps import EngineStats
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Endings:
         self.lock = lock
         self.stats = stats
         self._releases_together = isinstance(backend, ReleasesTogether)
+        self._takes_over = backend if isinstance(backend, TakesOver) else None
 
     def finish(self, seqs: list[Sequence]) -> list[Sequence]:
         """End those of ``seqs`` still running, their caches released together (sequences that
@@ -65,27 +66,64 @@ class Endings:
         self.release(ended)
         return ended
 
-    def go_on(self, ended: list[Sequence]) -> None:
-        """Of ``ended`` (sequences just finished with a token), those whose streams go on
-        (``SamplingParams.then``: a template's next hole): their next sequences queued now, as a
-        client's request would be. A continuation that fails leaves the stream to its client side,
-        which meets the same error."""
+    def finish_generations(self, ended: list[Sequence]) -> None:
+        """End ``ended`` (sequences just finished with a token) and start what follows in their
+        streams (``SamplingParams.then``: a template's next hole): in the ended sequence's place
+        and cache where the backend can (``TakesOver``: it feeds only the tokens after those they
+        share), else queued as a client's request would be. A continuation that fails leaves the
+        stream to its client side, which meets the same error."""
+        going_on = self._following(ended)
+        if going_on:
+            with self.lock:
+                going_on = [(seq, following) for seq, following in going_on
+                            if not self._take_over(seq, following)]
+        finished = self.finish(ended)  # (those taken over have ended already)
+        if not going_on:
+            return
+        ended_now = {id(seq) for seq in finished}
+        with self.lock:
+            for seq, following in going_on:
+                then = seq.params.then
+                if id(seq) in ended_now and not then.stopped:
+                    then.started(following)
+                    self.scheduler.add(following)
+
+    def _following(self, ended: list[Sequence]) -> list[tuple[Sequence, Sequence]]:
+        """The next sequences of the streams of ``ended`` that go on (``Continuation.after``)."""
+        going_on = []
         for seq in ended:
             then = seq.params.then
-            if then is None:
+            if then is None or seq.status is not Status.RUNNING:
                 continue
             try:
                 following = then.after(seq)
             except Exception:
                 log.exception("going on after a sequence failed")
                 continue
-            if following is None:
-                continue
-            following.limit_to(self.backend.max_context)
-            with self.lock:
-                if not then.stopped:
-                    then.started(following)
-                    self.scheduler.add(following)
+            if following is not None:
+                following.limit_to(self.backend.max_context)
+                going_on.append((seq, following))
+        return going_on
+
+    def _take_over(self, seq: Sequence, following: Sequence) -> bool:
+        """With the lock held: ``following`` runs in running ``seq``'s place, with its cache,
+        where the backend can pass it on; whether it does."""
+        then = seq.params.then
+        if self._takes_over is None or seq.status is not Status.RUNNING or then.stopped:
+            return False
+        try:
+            kept = self._takes_over.take_over(seq.seq_id, following.seq_id, following.prompt)
+        except Exception:
+            log.exception("passing sequence %s's cache on failed", seq.seq_id)
+            return False
+        if kept is None:
+            return False
+        following.num_fed = kept
+        self.scheduler.take_over(seq, following)
+        then.started(following)
+        self.stats.sequences_finished += 1
+        self.stats.sequences_taken_over += 1
+        return True
 
     def end(self, seq: Sequence, event: TokenEvent) -> None:
         """End ``seq`` with ``event`` (an error), unless it ended or was cancelled already."""

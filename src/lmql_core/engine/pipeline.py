@@ -50,6 +50,7 @@ class Pipeline:
         self.stats: EngineStats = launcher.stats
         self.admit_every = admit_every()
         self._deferred = 0  # chained steps since generations began to wait for one to join
+        self._taken_over = 0  # the scheduler's ``taken_over`` at the last chained step
 
     def launch_next(self, step: LaunchedStep) -> LaunchedStep | None:
         """A step queued before ``step``'s results are read: chained, or else launched ahead
@@ -104,8 +105,14 @@ class Pipeline:
             if self.scheduler.waiting and not self.scheduler.fits_waiting():
                 return "waiting", rows  # (an ordinary step admits them, preempting for fairness)
             running = Status.RUNNING
-            ended = len(rows) != len(self.scheduler.running)  # (none joined: the scheduler did not run)
+            taken_over = self.scheduler.taken_over != self._taken_over
+            self._taken_over = self.scheduler.taken_over
+            # (none joined: the scheduler did not run; but a template's next hole may have gone on
+            # in its last one's place, which it takes in the batch)
+            ended = taken_over or len(rows) != len(self.scheduler.running)
             batch = [s for s in rows if s.status is running] if ended else rows
+            if taken_over:
+                batch += _newcomers(batch, self.scheduler.running)
             if not batch or not self.scheduler.is_steady(batch):
                 return "ended", rows  # (every sequence ended, or a cancelled one's cache is not freed yet)
         return None, batch
@@ -259,14 +266,21 @@ def _forced_feeds(batch: list[Sequence], sampled: list[Sequence]) -> ForcedFeeds
             picked.append(at)
             continue
         left, fed = seq.length - seq.num_fed, seq.num_fed - len(seq.prompt) - len(seq.scored)
-        if left < 1 or fed < 0:  # (a prompt longer than a step's budget is fed in ordinary steps)
+        if left < 1:
             return None
-        tokens[row] = seq.generated[fed]
+        # (the prompt's rest of a sequence that went on in its stream's last one's cache)
+        tokens[row] = seq.generated[fed] if fed >= 0 else seq.tokens[seq.num_fed]
         rows.append(row)
         idle += left - 1
     if idle > IDLE_ROWS_SHARE * len(batch):
         return None
     return ForcedFeeds(tokens, rows, sampled_rows, None if picked == list(range(len(sampled))) else picked)
+
+
+def _newcomers(batch: list[Sequence], running: list[Sequence]) -> list[Sequence]:
+    """The running sequences not in ``batch`` (those that went on in another's place)."""
+    inside = {id(seq) for seq in batch}
+    return [seq for seq in running if id(seq) not in inside]
 
 
 def _late_sampled(seqs: list[Sequence]) -> bool:

@@ -19,6 +19,8 @@ its methods, called with the engine's lock held::
     hold          RUNNING -> HELD      (its cache to free: a slow mask is computed meanwhile)
     unhold        HELD -> WAITING (first in its client's queue) or FINISHED
     finish        RUNNING -> FINISHED  (its last event made, or its batch failed)
+    take_over     RUNNING -> FINISHED for one sequence, and its stream's next -> RUNNING in its
+                  place (with its cache: a template's next hole, ``backend.TakesOver``)
     cancel        WAITING, HELD -> CANCELLED (gone at once) and RUNNING -> CANCELLED (its cache to
                   free: ``take_cancelled`` hands it to the engine thread between two steps)
     finish_all    WAITING, RUNNING, HELD -> FINISHED (the server stops)
@@ -123,6 +125,7 @@ class Scheduler:
         self._running_of: dict[Any, dict[Sequence, None]] = {}
         self._cancelled_running: list[Sequence] = []  # cancelled while running: caches to free
         self.held: dict[Sequence, None] = {}  # (an ordered set)
+        self.taken_over = 0  # sequences that went on in their stream's last one's place (``take_over``)
 
     def add(self, seq: Sequence) -> None:
         seq.status = Status.WAITING
@@ -176,6 +179,18 @@ class Scheduler:
         if ended:
             self._leave_batch(ended)
         return ended
+
+    def take_over(self, seq: Sequence, following: Sequence) -> None:
+        """Running ``seq`` ends, and ``following`` (new, of the same client) runs in its place
+        in the batch, with the cache the backend passed on to it. ``taken_over`` counts them:
+        a chained step's batch is then not the last one's rows (``pipeline.py``)."""
+        assert seq.status is Status.RUNNING and following.sink is seq.sink
+        seq.status, following.status = Status.FINISHED, Status.RUNNING
+        self.running[self.running.index(seq)] = following
+        mine = self._running_of[seq.sink]
+        del mine[seq]
+        mine[following] = None
+        self.taken_over += 1
 
     def hold(self, seq: Sequence) -> int | None:
         """Take running ``seq`` out of the batch until ``unhold``; returns the backend id whose

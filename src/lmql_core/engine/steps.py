@@ -52,6 +52,8 @@ class EngineStats:
     # waiting generations admitted beside a chained step (their prompts fed after it), not breaking it
     sequences_admitted_chained: int = 0
     prompt_passes_chained: int = 0  # the passes that fed them (several may share one)
+    # sequences that went on in their stream's last one's place and cache (a template's next hole)
+    sequences_taken_over: int = 0
     admissions_deferred: int = 0  # chained steps that left waiting generations for a later one
     # why a step that sampled was not followed by a chained step, on a backend that chains
     # (``Pipeline._unchained``): by reason, each of CHAIN_BREAKS

@@ -367,6 +367,9 @@ class HFBackend(Backend):
                          **{self._cache_kwarg: self.cache})
         return out.last_hidden_state if hidden else out.logits
 
+    def take_over(self, seq_id: int, new_id: int, tokens: list[int]) -> int | None:  # backend.TakesOver
+        return self.table.take_over(seq_id, new_id, tokens)
+
     def release(self, seq_id: int) -> None:
         self.table.release([seq_id])
 

@@ -96,11 +96,13 @@ METRICS: list[tuple[str, str, Any, Callable[[Any], float]]] = [
      lambda e: e.stats.steps),
     ("lmql_engine_steps_chained", "Chained steps: decode steps fed with the last step's tokens on the device",
      CounterMetricFamily, lambda e: e.stats.steps_chained),
-    ("lmql_engine_tokens_forced_chained", "Tokens a constraint forced, fed in chained steps (one a row "
-     "a step)",
+    ("lmql_engine_tokens_forced_chained", "Tokens fed from the host in chained steps, one a row a step: "
+     "those a constraint forced, and the text before a template's next hole",
      CounterMetricFamily, lambda e: e.stats.tokens_forced_chained),
     ("lmql_engine_sequences_admitted_chained", "Sequences admitted beside a chained step (their prompts fed "
      "after it)", CounterMetricFamily, lambda e: e.stats.sequences_admitted_chained),
+    ("lmql_engine_sequences_taken_over", "Template holes that went on in the last hole's place and cache "
+     "(only the text between them fed)", CounterMetricFamily, lambda e: e.stats.sequences_taken_over),
     ("lmql_engine_prompt_passes_chained", "Prompt passes that fed sequences admitted beside chained steps",
      CounterMetricFamily, lambda e: e.stats.prompt_passes_chained),
     ("lmql_engine_steps_ahead", "Steps launched ahead: queued while a step that samples nothing ran",

@@ -136,6 +136,22 @@ class SlotTable:
         if holes:
             self._swap(list(zip(holes, movers, strict=True)))
 
+    def take_over(self, seq_id: int, new_id: int, tokens: list[int]) -> int | None:
+        """``new_id`` goes on in ``seq_id``'s slot (``backend.TakesOver``): its tokens kept up to
+        where they differ from ``tokens`` (a token still pending differs from any), at most all
+        but the last of ``tokens``; returns how many. None: ``seq_id`` has no slot."""
+        index = self.slot_of.pop(seq_id, None)
+        self.pending.pop(seq_id, None)
+        if index is None:
+            return None
+        slot = self.slots[index]
+        kept = min(_common_prefix(slot.tokens, tokens), len(tokens) - 1)
+        del slot.tokens[max(kept, 0):]
+        slot.seq_id, slot.last_used = new_id, next(self._clock)
+        self.slot_of[new_id] = index
+        self.reused_tokens += max(kept, 0)
+        return max(kept, 0)
+
     def _swap(self, pairs: list[tuple[int, int]]) -> None:
         length = max(len(self.slots[i].tokens) for pair in pairs for i in pair)
         if length:
