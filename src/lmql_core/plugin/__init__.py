@@ -3,7 +3,7 @@ first-party plugins import nothing else of the core (``tests/test_layers.py`` ho
 
     from lmql_core.plugin import Backend, NumpyOps, Option, StepInput, StepOutput, hookimpl
     from lmql_core.plugin import check_backend  # in the plugin's tests
-    from lmql_core.plugin import ChainedSteps, ReleasesTogether  # optional capabilities
+    from lmql_core.plugin import ChainedSteps, ReleasesTogether, TakesOver  # optional capabilities
 
 Beyond the basics:
 - tokenizers: ``BytesTokenizer``, ``JsonTokenizer``, ``find_tokenizer_json`` (a model folder's
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lmql_core.base.array_ops import NumpyOps, TorchOps
-from lmql_core.base.backend import Backend, ChainedSteps, ReleasesTogether, StepInput, StepOutput
+from lmql_core.base.backend import Backend, ChainedSteps, ReleasesTogether, StepInput, StepOutput, TakesOver
 from lmql_core.base.hookspecs import hookimpl
 from lmql_core.base.options import Option, call_text
 from lmql_core.errors import LMQLError, RequestError, TokenizerNotFound
@@ -51,6 +51,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["SCORE_ROWS", "Backend", "BytesTokenizer", "ChainedSteps", "ConformanceError", "JsonTokenizer",
            "LMQLError", "NumpyOps", "Option", "ReleasesTogether", "RequestError", "SamplingParams",
-           "StepInput", "StepOutput", "TokenizerNotFound", "TorchOps", "backend_for_name", "call_text",
-           "check_backend", "collect_scoring", "find_tokenizer_json", "hookimpl", "launch_scoring",
-           "sample_batch", "versions", "vocab_fingerprint"]
+           "StepInput", "StepOutput", "TakesOver", "TokenizerNotFound", "TorchOps", "backend_for_name",
+           "call_text", "check_backend", "collect_scoring", "find_tokenizer_json", "hookimpl",
+           "launch_scoring", "sample_batch", "versions", "vocab_fingerprint"]
