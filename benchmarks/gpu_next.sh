@@ -41,6 +41,7 @@
 #   (33: benchmarks/variants/switch10/sitecustomize.py sets it where the server sets its own)
 #   run(command="bash benchmarks/gpu_next.sh 34", carry=[".whl"])  # next holes in their last ones' caches: tests, (a) against before
 #   (34's baseline: `mkdir -p .whl/var/main51 && git archive ba805f6 src | tar -x -C .whl/var/main51`)
+#   run(command="bash benchmarks/gpu_next.sh 35", carry=[".whl"])  # (a)'s engine thread by function, stacks sampled
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -244,6 +245,9 @@ elif [ "$part" = 34 ]; then  # a template's next hole in its last one's place an
         step 100 env PYTHONPATH="$PWD/.whl/var/main51/src" python3 benchmarks/constraints_gpu.py --only a --window 3
         step 100 python3 benchmarks/constraints_gpu.py --only a --window 3
     done
+elif [ "$part" = 35 ]; then  # where a constrained (a) step's engine thread goes now that next holes
+    # go on in their last ones' caches: (a) windowed with its stacks sampled (stack_shares.py reads them)
+    step 150 python3 benchmarks/constraints_gpu.py --only a --window 3 --sample-stacks "$out/stacks35"
 elif [ "$part" = 27 ]; then  # issue 32's points in one call, no LMQL lane; then the start-up
     step 400 python3 benchmarks/workloads.py --workloads short,score,staggered,long-prompts,llama,qwen3,offline \
         --out "$out/w27" --budget-s 380
