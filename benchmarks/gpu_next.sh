@@ -42,6 +42,7 @@
 #   run(command="bash benchmarks/gpu_next.sh 34", carry=[".whl"])  # next holes in their last ones' caches: tests, (a) against before
 #   (34's baseline: `mkdir -p .whl/var/main51 && git archive ba805f6 src | tar -x -C .whl/var/main51`)
 #   run(command="bash benchmarks/gpu_next.sh 35", carry=[".whl"])  # (a)'s engine thread by function, stacks sampled
+#   run(command="bash benchmarks/gpu_next.sh 36", carry=[".whl"])  # 34's CUDA tests, then 35
 #   (issue 32's "Done when" is stated for an H200, with LMQL 0.7.3 in the same run: 24 and 25 collect it)
 #   (18's, 19's and 21's baseline: `mkdir -p .whl/rows_before && git archive 00ba65f plugins/hf/src | tar -x -C .whl/rows_before`)
 #
@@ -245,6 +246,10 @@ elif [ "$part" = 34 ]; then  # a template's next hole in its last one's place an
         step 100 env PYTHONPATH="$PWD/.whl/var/main51/src" python3 benchmarks/constraints_gpu.py --only a --window 3
         step 100 python3 benchmarks/constraints_gpu.py --only a --window 3
     done
+elif [ "$part" = 36 ]; then  # 34's CUDA tests (next holes in their last ones' caches, on CUDA graphs), then 35
+    step 150 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_template_steps.py tests/test_constraints_engine.py \
+        -k "cuda or side_by_side or forced_tokens_ride or go_on"
+    step 150 python3 benchmarks/constraints_gpu.py --only a --window 3 --sample-stacks "$out/stacks35"
 elif [ "$part" = 35 ]; then  # where a constrained (a) step's engine thread goes now that next holes
     # go on in their last ones' caches: (a) windowed with its stacks sampled (stack_shares.py reads them)
     step 150 python3 benchmarks/constraints_gpu.py --only a --window 3 --sample-stacks "$out/stacks35"
