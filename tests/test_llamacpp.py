@@ -351,3 +351,22 @@ def test_constraints_on_the_gguf_vocabulary(server: Server, gguf_path: Path) -> 
     llm = lmql.model(f"llama.cpp:{gguf_path}", endpoint=server.endpoint)
     text = llm.generate_sync("Once upon a time", max_tokens=20, regex=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
     assert re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text), text
+
+
+def test_templates_go_on_without_passing_caches_on(server: Server, served_llm: lmql.LLM,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp's backend cannot pass a sequence's cache on to the next (``TakesOver``): a
+    template's next holes start as new sequences there, and every program gives the client
+    path's values and prompt."""
+    from tests.conftest import server_metric
+    from tests.template_programs import PROGRAMS, program, run
+
+    served = served_llm.model_id.served_name
+    names = ("four_variables", "stops_at", "later_hole_sees_earlier")
+    before = server_metric(server, "lmql_engine_sequences_taken_over", served)
+    results = {name: run(program(*PROGRAMS[name]), served_llm) for name in names}
+    assert all(requests == 1 for _, _, requests in results.values())  # each one template GENERATE
+    assert server_metric(server, "lmql_engine_sequences_taken_over", served) == before
+    monkeypatch.setenv("LMQL_SERVER_CONSTRAINTS", "off")
+    assert {name: r[:2] for name, r in results.items()} == {
+        name: run(program(*PROGRAMS[name]), served_llm)[:2] for name in names}
