@@ -250,6 +250,9 @@ elif [ "$part" = 36 ]; then  # 34's CUDA tests (next holes in their last ones' c
     step 150 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_template_steps.py tests/test_constraints_engine.py \
         -k "cuda or side_by_side or forced_tokens_ride or go_on"
     step 150 python3 benchmarks/constraints_gpu.py --only a --window 3 --sample-stacks "$out/stacks35"
+elif [ "$part" = 37 ]; then  # 36 within ~220 s: the CUDA side-by-side template test alone, then (a)'s stacks
+    step 100 env LMQL_TEST_CUDA=1 python3 -m pytest -q tests/test_template_steps.py -k "side_by_side and cuda"
+    step 110 python3 benchmarks/constraints_gpu.py --only a --window 3 --sample-stacks "$out/stacks35"
 elif [ "$part" = 35 ]; then  # where a constrained (a) step's engine thread goes now that next holes
     # go on in their last ones' caches: (a) windowed with its stacks sampled (stack_shares.py reads them)
     step 150 python3 benchmarks/constraints_gpu.py --only a --window 3 --sample-stacks "$out/stacks35"
