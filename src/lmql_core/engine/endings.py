@@ -109,7 +109,8 @@ class Endings:
         """With the lock held: ``following`` runs in running ``seq``'s place, with its cache,
         where the backend can pass it on; whether it does."""
         then = seq.params.then
-        if self._takes_over is None or seq.status is not Status.RUNNING or then.stopped:
+        if (self._takes_over is None or seq.status is not Status.RUNNING or then.stopped
+                or following.sink is not seq.sink):  # (another client's: it queues as a request)
             return False
         try:
             kept = self._takes_over.take_over(seq.seq_id, following.seq_id, following.prompt)
