@@ -4,7 +4,8 @@ slots kept compact on release, and tokens appended from the device (pending) the
 
 Every "computed" token is written into the cache as its own value (keys and values, every
 layer), so the cache can be read back: after every move the table describes, each slot's cache
-must still hold exactly the tokens the table says it holds."""
+must still hold exactly the tokens the table says it holds. (The last test loads lmql-tiny: the
+backend's order of a chained step's rows is its slots'.)"""
 
 from __future__ import annotations
 
@@ -207,3 +208,26 @@ def test_many_admissions_and_releases_reuse_the_longest_cached_prefix() -> None:
         assert feed(table, seq_id, prompt)[1] == expected, seq_id
         running.append(seq_id)
         assert_cache_follows_table(table)
+
+
+def test_the_backends_rows_order_is_the_slots_a_chained_step_runs_in() -> None:
+    """``HFBackend.rows_order`` (``ChainedSteps``' optional key): after a release moved a running
+    sequence into a lower slot, the rows in that order are the slots' order, and a chained step
+    fed them so gives each sequence the logits it gets fed in any other order."""
+    from lmql_core.base.backend import StepInput
+    from lmql_hf.backend import HFBackend
+    from lmql_hf.bundled import bundled_path
+
+    backend = HFBackend(str(bundled_path("lmql-tiny")), warm_up=False, chain_steps=True)
+    prompts = {1: [1, 5, 6], 2: [1, 7, 8, 9], 3: [1, 10]}
+    backend.forward([StepInput(seq_id, prompt) for seq_id, prompt in prompts.items()])
+    backend.release(1)  # sequence 3 moves down into slot 0
+    assert backend.rows_order([2, 3]) == [1, 0] and backend.rows_order([2, 4]) is None
+    ordered = backend.forward_sampled([3, 2], torch.tensor([11, 12]))
+    assert ordered is not None
+    backend.table.confirm([3, 2], [11, 12])
+    for seq_id in (2, 3):
+        backend.table.slots[backend.table.slot_of[seq_id]].tokens.pop()  # fed again below
+    other = backend.forward_sampled([2, 3], torch.tensor([12, 11]))
+    assert other is not None
+    torch.testing.assert_close(ordered.last_logits, other.last_logits[[1, 0]])

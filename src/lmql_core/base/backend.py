@@ -95,7 +95,10 @@ class Backend(ABC):
 class ChainedSteps(Protocol):
     """Chained steps: where the device runs behind the host (a GPU), the engine queues the next
     decode step with the tokens the previous step sampled while they are still on the device,
-    before the host reads them, and tells their values afterwards."""
+    before the host reads them, and tells their values afterwards. Optional beside them:
+    ``rows_order(seq_ids) -> list[int] | None``, a sort key for each sequence (its cache slot, say)
+    where the backend runs rows in that order faster; the engine then orders a chained step's
+    batch by it whenever the batch changes (None: no preference)."""
 
     # whether to chain (a backend may have the methods and not want it); read once, as the engine starts
     chains_steps: bool

@@ -51,6 +51,7 @@ class Pipeline:
         self.admit_every = admit_every()
         self._deferred = 0  # chained steps since generations began to wait for one to join
         self._taken_over = 0  # the scheduler's ``taken_over`` at the last chained step
+        self._rows_order = getattr(chainer, "rows_order", None)
 
     def launch_next(self, step: LaunchedStep) -> LaunchedStep | None:
         """A step queued before ``step``'s results are read: chained, or else launched ahead
@@ -115,7 +116,18 @@ class Pipeline:
                 batch += _newcomers(batch, self.scheduler.running)
             if not batch or not self.scheduler.is_steady(batch):
                 return "ended", rows  # (every sequence ended, or a cancelled one's cache is not freed yet)
+        if ended or step.batch is None:  # a new batch, or the first chained step after an ordinary one
+            batch = self._in_backend_order(batch)
         return None, batch
+
+    def _in_backend_order(self, batch: list[Sequence]) -> list[Sequence]:
+        """``batch`` in the order its backend runs rows fastest (``ChainedSteps``' optional
+        ``rows_order``): once a batch, where the backend would otherwise reorder every step
+        (the HF backend's slots, no longer in the batch's order once releases moved some)."""
+        keys = self._rows_order([seq.seq_id for seq in batch]) if self._rows_order else None
+        if keys is None or all(a <= b for a, b in zip(keys, keys[1:], strict=False)):
+            return batch
+        return [seq for _, seq in sorted(zip(keys, batch, strict=True), key=lambda pair: pair[0])]
 
     def _run_chained(self, step: LaunchedStep, batch: list[Sequence], sampling: PendingSamples,
                      feeds: ForcedFeeds, started: float) -> LaunchedStep | None:

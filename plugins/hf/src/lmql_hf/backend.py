@@ -328,6 +328,12 @@ class HFBackend(Backend):
         self.table.append_pending(seq_ids)
         return StepOutput(last, {})
 
+    def rows_order(self, seq_ids: list[int]) -> list[int] | None:  # ChainedSteps' optional key
+        """Each sequence's slot: a chained step whose rows come in slot order runs its graph
+        without reordering its tokens and logits."""
+        slot_of = self.table.slot_of
+        return [slot_of[i] for i in seq_ids] if all(i in slot_of for i in seq_ids) else None
+
     def _in_order(self, slots: list[int], by_slot: torch.Tensor) -> torch.Tensor:
         """Rows computed slot by slot (0..n-1), back in the batch's order (usually the same)."""
         if slots == list(range(len(slots))):
