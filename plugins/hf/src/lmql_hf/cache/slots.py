@@ -145,12 +145,12 @@ class SlotTable:
         if index is None:
             return None
         slot = self.slots[index]
-        kept = min(_common_prefix(slot.tokens, tokens), len(tokens) - 1)
-        del slot.tokens[max(kept, 0):]
+        kept = max(0, min(_common_prefix(slot.tokens, tokens), len(tokens) - 1))
+        del slot.tokens[kept:]
         slot.seq_id, slot.last_used = new_id, next(self._clock)
         self.slot_of[new_id] = index
-        self.reused_tokens += max(kept, 0)
-        return max(kept, 0)
+        self.reused_tokens += kept
+        return kept
 
     def _swap(self, pairs: list[tuple[int, int]]) -> None:
         length = max(len(self.slots[i].tokens) for pair in pairs for i in pair)
